@@ -1,0 +1,729 @@
+//! Diff files: a CAR v1 stream of blocks, cut into sealed segments, with a sealed block index.
+//!
+//! ```text
+//! header   "KILNDIFF" ‖ version u32 LE (=1) ‖ 0u32                      16 bytes
+//! segment* sealed("kiln/seg/v1" ‖ seg# u32 LE, CAR bytes)             ≤ SEGMENT_TARGET plaintext each
+//! page*    sealed("kiln/page/v1" ‖ page# u32 LE, dag-cbor [entry…])    only for large files
+//! index    sealed("kiln/index/v1", dag-cbor index record)
+//! trailer  index offset u64 LE ‖ index length u32 LE ‖ "KEND"           16 bytes
+//! ```
+//!
+//! The plaintext of all segments, concatenated, is a valid CAR v1 stream (header with the file's
+//! roots, then `varint ‖ CID ‖ data` sections); segments end on section boundaries, so a block is
+//! read by opening exactly one segment. A file is named by the sha2-256 of all its bytes, so
+//! storage can check a file without the key.
+
+use crate::block::cbor::{CborError, Decoder, Encoder};
+use crate::block::cid::{hex, unhex, Cid, CID_LEN};
+use crate::seal::{Key, SealError};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::fmt;
+
+pub const MAGIC: &[u8; 8] = b"KILNDIFF";
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 16;
+pub const TRAILER_LEN: usize = 16;
+/// Plaintext bytes per segment before a new one starts (a larger block gets a segment alone).
+pub const SEGMENT_TARGET: usize = 16 * 1024;
+/// Index entries per page; files with more entries get a paged index.
+pub const PAGE_ENTRIES: usize = 1024;
+
+/// A file's name: the sha2-256 of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileName(pub [u8; 32]);
+
+impl FileName {
+    pub fn of(bytes: &[u8]) -> FileName {
+        FileName(Sha256::digest(bytes).into())
+    }
+    pub fn parse(s: &str) -> Option<FileName> {
+        let v = unhex(s)?;
+        Some(FileName(v.try_into().ok()?))
+    }
+}
+impl fmt::Display for FileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+impl fmt::Debug for FileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileName({self})")
+    }
+}
+
+/// Where a block sits: segment number and the byte range of its data in the segment plaintext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub cid: Cid,
+    pub seg: u32,
+    pub off: u32,
+    pub len: u32,
+}
+
+/// Why a diff file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatError {
+    /// Not a kiln diff file, or damaged framing.
+    Framing(&'static str),
+    /// Written by a newer kiln.
+    Version(u32),
+    /// A sealed unit failed authentication: changed bytes or a different key.
+    Seal(&'static str),
+    /// A decrypted record does not parse.
+    Record(&'static str),
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FormatError::Framing(w) => write!(f, "bad framing: {w}"),
+            FormatError::Version(v) => write!(
+                f,
+                "format version {v} is newer than this kiln supports ({VERSION}); upgrade kiln"
+            ),
+            FormatError::Seal(w) => {
+                write!(f, "{w} failed authentication (changed bytes or wrong key)")
+            }
+            FormatError::Record(w) => write!(f, "bad record: {w}"),
+        }
+    }
+}
+
+impl From<CborError> for FormatError {
+    fn from(e: CborError) -> Self {
+        FormatError::Record(e.0)
+    }
+}
+
+fn seg_aad(n: u32) -> [u8; 15] {
+    let mut a = [0u8; 15];
+    a[..11].copy_from_slice(b"kiln/seg/v1");
+    a[11..].copy_from_slice(&n.to_le_bytes());
+    a
+}
+fn page_aad(n: u32) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..12].copy_from_slice(b"kiln/page/v1");
+    a[12..].copy_from_slice(&n.to_le_bytes());
+    a
+}
+const INDEX_AAD: &[u8] = b"kiln/index/v1";
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut n: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        n |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// Descriptive fields of a file, stored in its sealed index.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// 0 for a transaction's diff; n ≥ 1 for a file produced by compaction.
+    pub level: u8,
+    /// Milliseconds since the Unix epoch when the file was written.
+    pub time: u64,
+    /// The CAR roots: the events this file introduces (newest first).
+    pub roots: Vec<Cid>,
+    /// For compacted files: the files whose contents this one carries forward.
+    pub replaces: Vec<FileName>,
+}
+
+/// Builds one diff file in memory.
+pub struct Writer {
+    meta: Meta,
+    segs: Vec<Vec<u8>>,
+    cur: Vec<u8>,
+    entries: Vec<Entry>,
+    seen: HashSet<Cid>,
+}
+
+impl Writer {
+    pub fn new(meta: Meta) -> Writer {
+        let mut cur = Vec::with_capacity(4096);
+        let mut e = Encoder::new();
+        e.map(2);
+        e.str("roots");
+        e.array(meta.roots.len());
+        for r in &meta.roots {
+            e.link(r);
+        }
+        e.str("version");
+        e.u64(1);
+        let h = e.into_bytes();
+        put_varint(&mut cur, h.len() as u64);
+        cur.extend_from_slice(&h);
+        Writer {
+            meta,
+            segs: Vec::new(),
+            cur,
+            entries: Vec::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Adds a block (a repeat of a CID already added is ignored).
+    pub fn add(&mut self, cid: Cid, data: &[u8]) {
+        if !self.seen.insert(cid) {
+            return;
+        }
+        if !self.cur.is_empty() && self.cur.len() + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
+            self.segs.push(std::mem::take(&mut self.cur));
+        }
+        put_varint(&mut self.cur, (CID_LEN + data.len()) as u64);
+        self.cur.extend_from_slice(cid.as_bytes());
+        let off = self.cur.len() as u32;
+        self.cur.extend_from_slice(data);
+        self.entries.push(Entry {
+            cid,
+            seg: self.segs.len() as u32,
+            off,
+            len: data.len() as u32,
+        });
+    }
+
+    pub fn block_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Seals everything and returns the file's name and bytes.
+    pub fn finish(mut self, key: &Key) -> std::io::Result<(FileName, Vec<u8>)> {
+        if !self.cur.is_empty() {
+            self.segs.push(std::mem::take(&mut self.cur));
+        }
+        let plain: usize = self.segs.iter().map(|s| s.len()).sum();
+        let mut out =
+            Vec::with_capacity(plain + 64 * self.segs.len() + self.entries.len() * 48 + 256);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut seg_at = Vec::with_capacity(self.segs.len());
+        for (i, s) in self.segs.iter().enumerate() {
+            let start = out.len() as u64;
+            key.seal_into(&seg_aad(i as u32), s, &mut out)?;
+            seg_at.push((start, (out.len() as u64 - start) as u32));
+        }
+        self.entries.sort_by(|a, b| a.cid.cmp(&b.cid));
+        let mut pages = Vec::new();
+        if self.entries.len() > PAGE_ENTRIES {
+            for (i, chunk) in self.entries.chunks(PAGE_ENTRIES).enumerate() {
+                let mut e = Encoder::new();
+                encode_entries(&mut e, chunk);
+                let start = out.len() as u64;
+                key.seal_into(&page_aad(i as u32), &e.into_bytes(), &mut out)?;
+                pages.push((
+                    chunk[0].cid,
+                    start,
+                    (out.len() as u64 - start) as u32,
+                    chunk.len() as u32,
+                ));
+            }
+        }
+        let mut e = Encoder::new();
+        e.map(8);
+        e.str("v");
+        e.u64(VERSION as u64);
+        e.str("at");
+        e.u64(self.meta.time);
+        e.str("bk");
+        if pages.is_empty() {
+            encode_entries(&mut e, &self.entries);
+        } else {
+            e.array(0);
+        }
+        e.str("lv");
+        e.u64(self.meta.level as u64);
+        e.str("pg");
+        e.array(pages.len());
+        for (first, off, len, count) in &pages {
+            e.array(4);
+            e.bytes(first.as_bytes());
+            e.u64(*off);
+            e.u64(*len as u64);
+            e.u64(*count as u64);
+        }
+        e.str("rp");
+        e.array(self.meta.replaces.len());
+        for r in &self.meta.replaces {
+            e.bytes(&r.0);
+        }
+        e.str("rt");
+        e.array(self.meta.roots.len());
+        for r in &self.meta.roots {
+            e.link(r);
+        }
+        e.str("sg");
+        e.array(seg_at.len());
+        for (off, len) in &seg_at {
+            e.array(2);
+            e.u64(*off);
+            e.u64(*len as u64);
+        }
+        let index_at = out.len() as u64;
+        key.seal_into(INDEX_AAD, &e.into_bytes(), &mut out)?;
+        let index_len = (out.len() as u64 - index_at) as u32;
+        out.extend_from_slice(&index_at.to_le_bytes());
+        out.extend_from_slice(&index_len.to_le_bytes());
+        out.extend_from_slice(b"KEND");
+        Ok((FileName::of(&out), out))
+    }
+}
+
+fn encode_entries(e: &mut Encoder, entries: &[Entry]) {
+    e.array(entries.len());
+    for x in entries {
+        e.array(4);
+        e.bytes(x.cid.as_bytes());
+        e.u64(x.seg as u64);
+        e.u64(x.off as u64);
+        e.u64(x.len as u64);
+    }
+}
+
+fn decode_entries(d: &mut Decoder<'_>, segs: usize) -> Result<Vec<Entry>, FormatError> {
+    let n = d.array()?;
+    let mut v: Vec<Entry> = Vec::with_capacity(n);
+    for _ in 0..n {
+        if d.array()? != 4 {
+            return Err(FormatError::Record("index entry must have 4 fields"));
+        }
+        let cid = Cid::from_bytes(d.bytes()?).ok_or(FormatError::Record("index entry: bad CID"))?;
+        let seg = d.u64()?;
+        let off = d.u64()?;
+        let len = d.u64()?;
+        if seg >= segs as u64 || off > u32::MAX as u64 || len > u32::MAX as u64 {
+            return Err(FormatError::Record("index entry out of range"));
+        }
+        if v.last().is_some_and(|p| p.cid >= cid) {
+            return Err(FormatError::Record("index entries not sorted"));
+        }
+        v.push(Entry {
+            cid,
+            seg: seg as u32,
+            off: off as u32,
+            len: len as u32,
+        });
+    }
+    Ok(v)
+}
+
+/// A page of a large file's index.
+#[derive(Clone, Debug)]
+pub struct PageRef {
+    pub first: Cid,
+    pub off: u64,
+    pub len: u32,
+    pub count: u32,
+}
+
+/// A file's decrypted index: where its segments are and where each block is.
+#[derive(Clone, Debug)]
+pub struct Index {
+    pub meta: Meta,
+    pub segs: Vec<(u64, u32)>,
+    /// All entries, sorted by CID (small files).
+    pub entries: Vec<Entry>,
+    /// Page references, sorted by first CID (large files; then `entries` is empty).
+    pub pages: Vec<PageRef>,
+}
+
+/// Reads the trailer: (index offset, index length).
+pub fn parse_trailer(file_len: u64, t: &[u8]) -> Result<(u64, u32), FormatError> {
+    if file_len < (HEADER_LEN + TRAILER_LEN) as u64 || t.len() != TRAILER_LEN || &t[12..] != b"KEND"
+    {
+        return Err(FormatError::Framing("missing trailer (truncated file?)"));
+    }
+    let off = u64::from_le_bytes(
+        t[..8]
+            .try_into()
+            .map_err(|_| FormatError::Framing("trailer"))?,
+    );
+    let len = u32::from_le_bytes(
+        t[8..12]
+            .try_into()
+            .map_err(|_| FormatError::Framing("trailer"))?,
+    );
+    if off < HEADER_LEN as u64 || off.checked_add(len as u64) != Some(file_len - TRAILER_LEN as u64)
+    {
+        return Err(FormatError::Framing("index location out of range"));
+    }
+    Ok((off, len))
+}
+
+/// Checks the 16-byte header.
+pub fn check_header(h: &[u8]) -> Result<(), FormatError> {
+    if h.len() < HEADER_LEN || &h[..8] != MAGIC {
+        return Err(FormatError::Framing("not a kiln diff file"));
+    }
+    let v = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if v != VERSION {
+        return Err(FormatError::Version(v));
+    }
+    if h[12..16] != [0, 0, 0, 0] {
+        return Err(FormatError::Framing("reserved header bytes are not zero"));
+    }
+    Ok(())
+}
+
+impl Index {
+    /// Opens and parses the sealed index of a file of `file_len` bytes whose index starts at
+    /// `index_at`.
+    pub fn open(key: &Key, sealed: &[u8], index_at: u64) -> Result<Index, FormatError> {
+        let plain = key
+            .open(INDEX_AAD, sealed)
+            .map_err(|SealError| FormatError::Seal("index"))?;
+        let mut d = Decoder::new(&plain);
+        if d.map()? != 8 {
+            return Err(FormatError::Record("index: expected 8 fields"));
+        }
+        d.key("v")?;
+        let v = d.u64()?;
+        if v != VERSION as u64 {
+            return Err(FormatError::Version(v as u32));
+        }
+        d.key("at")?;
+        let time = d.u64()?;
+        d.key("bk")?;
+        // Segment count is not known yet; check entry ranges once it is.
+        let entries = decode_entries(&mut d, usize::MAX)?;
+        d.key("lv")?;
+        let level = d.u64()?.min(255) as u8;
+        d.key("pg")?;
+        let np = d.array()?;
+        let mut pages = Vec::with_capacity(np);
+        for _ in 0..np {
+            if d.array()? != 4 {
+                return Err(FormatError::Record("page ref must have 4 fields"));
+            }
+            let first =
+                Cid::from_bytes(d.bytes()?).ok_or(FormatError::Record("page ref: bad CID"))?;
+            let off = d.u64()?;
+            let len = d.u64()?;
+            let count = d.u64()?;
+            if off < HEADER_LEN as u64
+                || off.saturating_add(len) > index_at
+                || count as usize > PAGE_ENTRIES
+            {
+                return Err(FormatError::Record("page ref out of range"));
+            }
+            pages.push(PageRef {
+                first,
+                off,
+                len: len as u32,
+                count: count as u32,
+            });
+        }
+        d.key("rp")?;
+        let nr = d.array()?;
+        let mut replaces = Vec::with_capacity(nr);
+        for _ in 0..nr {
+            let b = d.bytes()?;
+            replaces.push(FileName(
+                b.try_into()
+                    .map_err(|_| FormatError::Record("replaced file name"))?,
+            ));
+        }
+        d.key("rt")?;
+        let nroots = d.array()?;
+        let mut roots = Vec::with_capacity(nroots);
+        for _ in 0..nroots {
+            roots.push(d.link()?);
+        }
+        d.key("sg")?;
+        let ns = d.array()?;
+        let mut segs = Vec::with_capacity(ns);
+        let mut at = HEADER_LEN as u64;
+        for _ in 0..ns {
+            if d.array()? != 2 {
+                return Err(FormatError::Record("segment ref must have 2 fields"));
+            }
+            let off = d.u64()?;
+            let len = d.u64()?;
+            if off != at || len > u32::MAX as u64 || off + len > index_at {
+                return Err(FormatError::Record("segment ref out of range"));
+            }
+            at = off + len;
+            segs.push((off, len as u32));
+        }
+        d.finish()?;
+        if entries.iter().any(|e| e.seg as usize >= segs.len()) {
+            return Err(FormatError::Record("index entry names a missing segment"));
+        }
+        Ok(Index {
+            meta: Meta {
+                level,
+                time,
+                roots,
+                replaces,
+            },
+            segs,
+            entries,
+            pages,
+        })
+    }
+
+    /// Finds a block in an unpaged index.
+    pub fn find(&self, cid: &Cid) -> Option<Entry> {
+        self.entries
+            .binary_search_by(|e| e.cid.cmp(cid))
+            .ok()
+            .map(|i| self.entries[i])
+    }
+
+    /// The page that would hold `cid` (paged index).
+    pub fn page_for(&self, cid: &Cid) -> Option<usize> {
+        let i = self.pages.partition_point(|p| p.first <= *cid);
+        i.checked_sub(1)
+    }
+
+    /// Decrypts page `n`.
+    pub fn open_page(&self, key: &Key, n: usize, sealed: &[u8]) -> Result<Vec<Entry>, FormatError> {
+        let plain = key
+            .open(&page_aad(n as u32), sealed)
+            .map_err(|SealError| FormatError::Seal("index page"))?;
+        let mut d = Decoder::new(&plain);
+        let v = decode_entries(&mut d, self.segs.len())?;
+        d.finish()?;
+        if v.len() != self.pages[n].count as usize
+            || v.first().map(|e| e.cid) != Some(self.pages[n].first)
+        {
+            return Err(FormatError::Record(
+                "index page does not match its reference",
+            ));
+        }
+        Ok(v)
+    }
+
+    pub fn block_count(&self) -> usize {
+        if self.pages.is_empty() {
+            self.entries.len()
+        } else {
+            self.pages.iter().map(|p| p.count as usize).sum()
+        }
+    }
+}
+
+/// Decrypts segment `n`.
+pub fn open_segment(key: &Key, n: u32, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+    key.open(&seg_aad(n), sealed)
+        .map_err(|SealError| FormatError::Seal("segment"))
+}
+
+/// Slices a block out of its segment's plaintext, checking it against its CID.
+pub fn block_in<'a>(seg: &'a [u8], e: &Entry) -> Result<&'a [u8], FormatError> {
+    let start = e.off as usize;
+    let end = start + e.len as usize;
+    let data = seg
+        .get(start..end)
+        .ok_or(FormatError::Record("block range outside its segment"))?;
+    if start < CID_LEN || seg[start - CID_LEN..start] != e.cid.as_bytes()[..] {
+        return Err(FormatError::Record("index points at the wrong section"));
+    }
+    if !e.cid.matches(data) {
+        return Err(FormatError::Record("block does not match its CID"));
+    }
+    Ok(data)
+}
+
+/// A whole-file check: name, framing, every seal, every block hash, and that the index lists
+/// exactly the blocks present. Returns the index and all blocks.
+pub fn verify_file(
+    key: &Key,
+    name: &FileName,
+    bytes: &[u8],
+) -> Result<(Index, Vec<(Cid, Vec<u8>)>), FormatError> {
+    if FileName::of(bytes) != *name {
+        return Err(FormatError::Framing(
+            "file bytes do not hash to the file's name",
+        ));
+    }
+    if bytes.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(FormatError::Framing("file too short"));
+    }
+    check_header(bytes)?;
+    let (at, len) = parse_trailer(bytes.len() as u64, &bytes[bytes.len() - TRAILER_LEN..])?;
+    let index = Index::open(key, &bytes[at as usize..at as usize + len as usize], at)?;
+    let mut entries = index.entries.clone();
+    for (i, p) in index.pages.iter().enumerate() {
+        entries.extend(index.open_page(
+            key,
+            i,
+            &bytes[p.off as usize..(p.off + p.len as u64) as usize],
+        )?);
+    }
+    let mut blocks = Vec::new();
+    let mut found: Vec<Entry> = Vec::new();
+    for (n, (off, len)) in index.segs.iter().enumerate() {
+        let plain = open_segment(
+            key,
+            n as u32,
+            &bytes[*off as usize..(*off + *len as u64) as usize],
+        )?;
+        let mut pos = 0;
+        if n == 0 {
+            let hl = get_varint(&plain, &mut pos)
+                .ok_or(FormatError::Framing("CAR header length"))? as usize;
+            let h = plain
+                .get(pos..pos + hl)
+                .ok_or(FormatError::Framing("CAR header"))?;
+            let mut d = Decoder::new(h);
+            if d.map()? != 2 {
+                return Err(FormatError::Framing("CAR header fields"));
+            }
+            d.key("roots")?;
+            let nr = d.array()?;
+            let mut roots = Vec::new();
+            for _ in 0..nr {
+                roots.push(d.link()?);
+            }
+            d.key("version")?;
+            if d.u64()? != 1 || roots != index.meta.roots {
+                return Err(FormatError::Framing("CAR header disagrees with the index"));
+            }
+            pos += hl;
+        }
+        while pos < plain.len() {
+            let sl = get_varint(&plain, &mut pos)
+                .ok_or(FormatError::Framing("CAR section length"))? as usize;
+            let sec = plain
+                .get(pos..pos + sl)
+                .ok_or(FormatError::Framing("CAR section overruns segment"))?;
+            if sl < CID_LEN {
+                return Err(FormatError::Framing("CAR section shorter than a CID"));
+            }
+            let cid =
+                Cid::from_bytes(&sec[..CID_LEN]).ok_or(FormatError::Framing("CAR section CID"))?;
+            let data = &sec[CID_LEN..];
+            if !cid.matches(data) {
+                return Err(FormatError::Record("block does not match its CID"));
+            }
+            found.push(Entry {
+                cid,
+                seg: n as u32,
+                off: (pos + CID_LEN) as u32,
+                len: data.len() as u32,
+            });
+            blocks.push((cid, data.to_vec()));
+            pos += sl;
+        }
+    }
+    found.sort_by(|a, b| a.cid.cmp(&b.cid));
+    if found != entries {
+        return Err(FormatError::Record(
+            "index does not list exactly the blocks in the file",
+        ));
+    }
+    Ok((index, blocks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(n: usize, big: bool) -> (Key, FileName, Vec<u8>, Vec<(Cid, Vec<u8>)>) {
+        let key = Key::generate().unwrap();
+        let blocks: Vec<(Cid, Vec<u8>)> = (0..n)
+            .map(|i| {
+                let d = vec![(i % 251) as u8; if big { 3000 + i } else { 10 + i % 50 }];
+                (Cid::of_cbor(&d), d)
+            })
+            .collect();
+        let mut w = Writer::new(Meta {
+            level: 0,
+            time: 7,
+            roots: vec![blocks[0].0],
+            replaces: vec![],
+        });
+        for (c, d) in &blocks {
+            w.add(*c, d);
+        }
+        let (name, bytes) = w.finish(&key).unwrap();
+        (key, name, bytes, blocks)
+    }
+
+    #[test]
+    fn small_and_large_files_verify_and_locate() {
+        for (n, big) in [(3, false), (40, true), (3000, false)] {
+            let (key, name, bytes, blocks) = sample(n, big);
+            let (idx, got) = verify_file(&key, &name, &bytes).unwrap();
+            assert_eq!(got.len(), n);
+            assert_eq!(idx.block_count(), n);
+            assert_eq!(idx.pages.is_empty(), n <= PAGE_ENTRIES);
+            for (c, d) in blocks.iter().step_by(7) {
+                let e = if idx.pages.is_empty() {
+                    idx.find(c).unwrap()
+                } else {
+                    let p = idx.page_for(c).unwrap();
+                    let pr = &idx.pages[p];
+                    let page = idx
+                        .open_page(
+                            &key,
+                            p,
+                            &bytes[pr.off as usize..(pr.off + pr.len as u64) as usize],
+                        )
+                        .unwrap();
+                    page[page.binary_search_by(|e| e.cid.cmp(c)).unwrap()]
+                };
+                let (o, l) = idx.segs[e.seg as usize];
+                let seg =
+                    open_segment(&key, e.seg, &bytes[o as usize..(o + l as u64) as usize]).unwrap();
+                assert_eq!(block_in(&seg, &e).unwrap(), &d[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn any_flipped_byte_fails_verification() {
+        let (key, name, bytes, _) = sample(5, false);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(
+                verify_file(&key, &FileName::of(&b), &b).is_err(),
+                "byte {i}"
+            );
+        }
+        assert!(verify_file(&key, &name, &bytes[..bytes.len() - 1]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_files_never_panic(pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>()) {
+            let (key, _, bytes, _) = sample(4, false);
+            let mut b = bytes.clone();
+            let i = pos.index(b.len());
+            b[i] = val;
+            let _ = verify_file(&key, &FileName::of(&b), &b);
+            let c = cut.index(b.len());
+            let _ = verify_file(&key, &FileName::of(&b[..c]), &b[..c]);
+            let t = &b[b.len().saturating_sub(TRAILER_LEN)..];
+            if let Ok((at, len)) = parse_trailer(b.len() as u64, t) {
+                let _ = Index::open(&key, &b[at as usize..(at + len as u64) as usize], at);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..400)) {
+            let key = Key::from_raw([1; 32]);
+            let _ = verify_file(&key, &FileName::of(&b), &b);
+            let _ = Index::open(&key, &b, 1 << 20);
+        }
+    }
+}

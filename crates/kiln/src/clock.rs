@@ -1,0 +1,286 @@
+//! The Merkle clock: one event per transaction, naming its parents by CID.
+//!
+//! An event's `height` is one more than its highest parent's, so every descendant sorts after
+//! its ancestors by `(height, cid)`; walks visit events in descending `(height, cid)` order and
+//! know an event's descendants have all been seen before it.
+
+use crate::block::cbor::{CborError, Decoder, Encoder};
+use crate::block::cid::Cid;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+/// One transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Parent events, sorted, unique (empty for the first event).
+    pub parents: Vec<Cid>,
+    /// 1 + the highest parent's height; 1 for a first event.
+    pub height: u64,
+    /// Milliseconds since the Unix epoch at commit (informational; never used for ordering).
+    pub time: u64,
+    /// Document ids written, sorted, unique: a new value's CID, or `None` for a delete.
+    pub ops: Vec<(String, Option<Cid>)>,
+    /// Commitment to the document-tree root after this event (not a link: trees of past
+    /// events may be dropped by compaction).
+    pub root: Option<Cid>,
+}
+
+impl Event {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.map(5);
+        e.str("ops");
+        e.array(self.ops.len());
+        for (id, v) in &self.ops {
+            e.array(2);
+            e.str(id);
+            e.opt_link(v.as_ref());
+        }
+        e.str("root");
+        match &self.root {
+            Some(r) => e.bytes(r.as_bytes()),
+            None => e.null(),
+        }
+        e.str("time");
+        e.u64(self.time);
+        e.str("height");
+        e.u64(self.height);
+        e.str("parents");
+        e.array(self.parents.len());
+        for p in &self.parents {
+            e.link(p);
+        }
+        e.into_bytes()
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Event, CborError> {
+        let mut d = Decoder::new(b);
+        if d.map()? != 5 {
+            return Err(CborError("event: expected 5 fields"));
+        }
+        d.key("ops")?;
+        let n = d.array()?;
+        let mut ops: Vec<(String, Option<Cid>)> = Vec::with_capacity(n);
+        for _ in 0..n {
+            if d.array()? != 2 {
+                return Err(CborError("event: op must be [id, link]"));
+            }
+            let id = d.str()?;
+            if ops
+                .last()
+                .is_some_and(|(p, _)| p.as_bytes() >= id.as_bytes())
+            {
+                return Err(CborError("event: ops not sorted by id"));
+            }
+            ops.push((id.to_owned(), d.opt_link()?));
+        }
+        d.key("root")?;
+        let root = if d.is_null()? {
+            d.null()?;
+            None
+        } else {
+            Some(Cid::from_bytes(d.bytes()?).ok_or(CborError("event: bad root"))?)
+        };
+        d.key("time")?;
+        let time = d.u64()?;
+        d.key("height")?;
+        let height = d.u64()?;
+        d.key("parents")?;
+        let np = d.array()?;
+        let mut parents: Vec<Cid> = Vec::with_capacity(np);
+        for _ in 0..np {
+            let p = d.link()?;
+            if parents.last().is_some_and(|q| *q >= p) {
+                return Err(CborError("event: parents not sorted"));
+            }
+            parents.push(p);
+        }
+        d.finish()?;
+        if (height == 1) != parents.is_empty() || height == 0 {
+            return Err(CborError("event: height disagrees with parents"));
+        }
+        Ok(Event {
+            parents,
+            height,
+            time,
+            ops,
+            root,
+        })
+    }
+}
+
+/// Where walks read events from.
+pub trait EventSource {
+    type Error;
+    fn event(&self, cid: &Cid) -> Result<Arc<Event>, Self::Error>;
+}
+
+/// Visits the events reachable from `heads` in descending `(height, cid)` order, each once,
+/// until `f` returns false.
+pub fn walk<S: EventSource>(
+    src: &S,
+    heads: &[Cid],
+    f: &mut dyn FnMut(&Cid, &Event) -> Result<bool, S::Error>,
+) -> Result<(), S::Error> {
+    since(src, heads, &[], f)
+}
+
+/// Visits exactly the events in `ancestors(heads) − ancestors(base)` (ancestors include the
+/// events themselves), in descending `(height, cid)` order, until `f` returns false.
+///
+/// Cost: the events visited plus the events of `base`'s side above the lowest visited height.
+pub fn since<S: EventSource>(
+    src: &S,
+    heads: &[Cid],
+    base: &[Cid],
+    f: &mut dyn FnMut(&Cid, &Event) -> Result<bool, S::Error>,
+) -> Result<(), S::Error> {
+    // Frontier keyed by (height, cid); the flag says "reachable from base" (wins over new).
+    let mut heap: BinaryHeap<(u64, Cid)> = BinaryHeap::new();
+    let mut flag: HashMap<Cid, bool> = HashMap::new();
+    let mut new_in_heap = 0usize;
+    for (list, old) in [(base, true), (heads, false)] {
+        for c in list {
+            let ev = src.event(c)?;
+            match flag.get(c) {
+                Some(_) if !old => {}
+                Some(true) => {}
+                Some(false) => {
+                    flag.insert(*c, true);
+                    new_in_heap -= 1;
+                }
+                None => {
+                    flag.insert(*c, old);
+                    heap.push((ev.height, *c));
+                    if !old {
+                        new_in_heap += 1;
+                    }
+                }
+            }
+        }
+    }
+    while new_in_heap > 0 {
+        let Some((_, cid)) = heap.pop() else { break };
+        let old = flag.remove(&cid).unwrap_or(true);
+        let ev = src.event(&cid)?;
+        if !old {
+            new_in_heap -= 1;
+            if !f(&cid, &ev)? {
+                return Ok(());
+            }
+        }
+        for p in &ev.parents {
+            match flag.get(p).copied() {
+                None => {
+                    let pe = src.event(p)?;
+                    heap.push((pe.height, *p));
+                    flag.insert(*p, old);
+                    if !old {
+                        new_in_heap += 1;
+                    }
+                }
+                Some(false) if old => {
+                    flag.insert(*p, true);
+                    new_in_heap -= 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops heads that are ancestors of other heads (a head set names only maximal events).
+pub fn maximal<S: EventSource>(src: &S, cands: &[Cid]) -> Result<Vec<Cid>, S::Error> {
+    let mut out: Vec<Cid> = Vec::new();
+    for (i, c) in cands.iter().enumerate() {
+        if cands[..i].contains(c) {
+            continue;
+        }
+        let others: Vec<Cid> = cands.iter().filter(|x| *x != c).copied().collect();
+        // c is redundant when it is not in ancestors(c) − ancestors(others).
+        let mut fresh = false;
+        since(src, &[*c], &others, &mut |x, _| {
+            fresh = *x == *c;
+            Ok(false)
+        })?;
+        if fresh {
+            out.push(*c);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[derive(Default)]
+    struct Mem(RefCell<HashMap<Cid, Arc<Event>>>);
+    impl EventSource for Mem {
+        type Error = ();
+        fn event(&self, c: &Cid) -> Result<Arc<Event>, ()> {
+            self.0.borrow().get(c).cloned().ok_or(())
+        }
+    }
+    impl Mem {
+        fn add(&self, parents: &[Cid], id: &str) -> Cid {
+            let mut parents = parents.to_vec();
+            parents.sort();
+            let height = parents
+                .iter()
+                .map(|p| self.event(p).unwrap().height)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let e = Event {
+                parents,
+                height,
+                time: 0,
+                ops: vec![(id.into(), None)],
+                root: None,
+            };
+            let b = e.encode();
+            assert_eq!(Event::decode(&b).unwrap(), e);
+            let c = Cid::of_cbor(&b);
+            self.0.borrow_mut().insert(c, Arc::new(e));
+            c
+        }
+        fn ids(&self, heads: &[Cid], base: &[Cid]) -> Vec<String> {
+            let mut v = Vec::new();
+            since(self, heads, base, &mut |_, e| {
+                v.push(e.ops[0].0.clone());
+                Ok(true)
+            })
+            .unwrap();
+            v.sort();
+            v
+        }
+    }
+
+    #[test]
+    fn since_with_several_heads() {
+        // a ← b ← c   and   a ← d ← e   (two branches), f merges c and e.
+        let m = Mem::default();
+        let a = m.add(&[], "a");
+        let b = m.add(&[a], "b");
+        let c = m.add(&[b], "c");
+        let d = m.add(&[a], "d");
+        let e = m.add(&[d], "e");
+        assert_eq!(m.ids(&[c, e], &[b]), vec!["c", "d", "e"]);
+        assert_eq!(m.ids(&[c, e], &[a]), vec!["b", "c", "d", "e"]);
+        assert_eq!(m.ids(&[c, e], &[c]), vec!["d", "e"]);
+        assert_eq!(m.ids(&[c, e], &[c, e]), Vec::<String>::new());
+        assert_eq!(m.ids(&[c, e], &[]), vec!["a", "b", "c", "d", "e"]);
+        let f = m.add(&[c, e], "f");
+        assert_eq!(m.ids(&[f], &[e]), vec!["b", "c", "f"]);
+        assert_eq!(maximal(&m, &[c, e, b]).unwrap(), {
+            let mut v = vec![c, e];
+            v.sort();
+            v
+        });
+        assert_eq!(maximal(&m, &[f, c]).unwrap(), vec![f]);
+    }
+}

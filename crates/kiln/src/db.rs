@@ -1,0 +1,1085 @@
+//! A database: documents in a prolly tree, transactions as events of a Merkle clock, each
+//! transaction one sealed diff file, the current state named by the head record.
+//!
+//! **Invariant:** opening reads the head record only; reads load just the blocks they need.
+//!
+//! **Invariant:** commits are serialized by an exclusive `flock` on `LOCK`, held from reading
+//! the head record to replacing it, so no acknowledged commit is ever overwritten. Readers
+//! take no lock: the head record is replaced by rename, so they see a whole state.
+
+use crate::block::cid::Cid;
+use crate::cache::{CacheKey, Cached};
+use crate::car::{self, FileName};
+use crate::clock::{self, Event, EventSource};
+use crate::doc;
+use crate::error::{Error, Result};
+use crate::head::{FileRef, Head};
+use crate::keys::{lineage_string, Lineage};
+use crate::seal::Key;
+use crate::storage::write_atomic;
+use crate::store::{Durability, StoreInner};
+use crate::tree::{self, Mode, NodeSource, Slot, TreeError};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Compacted files of one level merge into the next level when more than this many exist.
+pub const LEVEL_FANIN: usize = 8;
+
+/// A handle to one database. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Db>,
+}
+
+struct Db {
+    name: String,
+    dir: PathBuf,
+    store: Arc<StoreInner>,
+    key: Key,
+    lineage: Lineage,
+    lock: File,
+    state: RwLock<Arc<State>>,
+    writer: Mutex<()>,
+    poisoned: Mutex<Option<String>>,
+    indexes: RwLock<HashMap<FileName, Arc<car::Index>>>,
+}
+
+/// A head record as read, with the commit counter it was read under (`None`: do not trust it
+/// for freshness checks).
+struct State {
+    head: Head,
+    stamp: Option<u64>,
+}
+
+/// What a commit produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Ids written, in the order given.
+    pub ids: Vec<String>,
+    /// The new event.
+    pub event: Cid,
+    /// The clock heads after the commit.
+    pub heads: Vec<Cid>,
+}
+
+/// One entry of a change feed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub id: String,
+    /// Clock height of the write that produced the current value.
+    pub version: u64,
+    /// The document, or `{"_id":…, "_deleted": true}`.
+    pub doc: Value,
+    pub deleted: bool,
+}
+
+/// One event of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub cid: Cid,
+    pub parents: Vec<Cid>,
+    pub height: u64,
+    pub time: u64,
+    /// Ids touched, with `true` for a delete.
+    pub ops: Vec<(String, bool)>,
+}
+
+/// Sizes and counts of a database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    pub name: String,
+    pub lineage: String,
+    pub docs: u64,
+    pub events: u64,
+    pub heads: Vec<Cid>,
+    /// Document-tree root of the current state: equal on replicas holding the same documents.
+    pub root: Option<Cid>,
+    pub files: Vec<FileRef>,
+    pub bytes: u64,
+    pub commits: u64,
+    pub compacted: u64,
+}
+
+/// Options for listing documents by id.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// First id (inclusive).
+    pub start: Option<String>,
+    /// Last id (inclusive).
+    pub end: Option<String>,
+    /// At most this many documents (`None`: all).
+    pub limit: Option<usize>,
+}
+
+/// A pending write: the id and the stored body with its CID, or `None` for a delete.
+type Write = (String, Option<(Cid, Vec<u8>)>);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Database {
+    pub(crate) fn open(store: Arc<StoreInner>, name: &str, dir: PathBuf) -> Result<Database> {
+        let hp = dir.join("HEAD");
+        let bytes = match std::fs::read(&hp) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchDatabase(name.into()))
+            }
+            Err(e) => return Err(Error::io(&hp, e)),
+        };
+        let lineage =
+            Head::lineage(&bytes).map_err(|e| Error::format(hp.display().to_string(), e))?;
+        let key = store
+            .keybag
+            .get(&lineage)?
+            .ok_or_else(|| Error::MissingKey(name.into(), lineage_string(&lineage)))?;
+        let head =
+            Head::open(&bytes, &key).map_err(|e| Error::format(hp.display().to_string(), e))?;
+        let lp = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lp)
+            .map_err(|e| Error::io(&lp, e))?;
+        let db = Db {
+            name: name.into(),
+            dir,
+            store,
+            key,
+            lineage,
+            lock,
+            state: RwLock::new(Arc::new(State { head, stamp: None })),
+            writer: Mutex::new(()),
+            poisoned: Mutex::new(None),
+            indexes: RwLock::new(HashMap::new()),
+        };
+        // Record the counter the head was read under only if nothing moved meanwhile.
+        let c = db.counter()?;
+        if c[0] == c[1] {
+            let fresh = db.read_head()?;
+            db.set_state(fresh, Some(c[1]));
+        }
+        Ok(Database {
+            inner: Arc::new(db),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub(crate) fn lineage(&self) -> Lineage {
+        self.inner.lineage
+    }
+
+    /// Reads one document.
+    pub fn get(&self, id: &str) -> Result<Option<Value>> {
+        doc::check_id(id)?;
+        self.inner.read(|v| v.doc(id, v.head.root.as_ref()))
+    }
+
+    /// Reads one document as it was at `event` (any event of this database).
+    pub fn get_at(&self, id: &str, event: &Cid) -> Result<Option<Value>> {
+        doc::check_id(id)?;
+        self.inner.read(|v| v.doc_at(id, event))
+    }
+
+    /// Documents in id order.
+    pub fn docs(&self, opts: &ListOptions) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        self.scan(opts, &mut |d| {
+            out.push(d);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Visits documents in id order until `f` returns false.
+    pub fn scan(&self, opts: &ListOptions, f: &mut dyn FnMut(Value) -> bool) -> Result<()> {
+        if opts.limit == Some(0) {
+            return Ok(());
+        }
+        self.inner.read(|v| {
+            let end = opts.end.as_ref().map(|e| {
+                let mut b = e.as_bytes().to_vec();
+                b.push(0);
+                b
+            });
+            let mut n = 0;
+            tree::range(
+                v,
+                v.head.root.as_ref(),
+                opts.start.as_deref().map(str::as_bytes),
+                end.as_deref(),
+                &mut |k, s| {
+                    let Some(link) = s.link else { return Ok(true) };
+                    let id = std::str::from_utf8(k)
+                        .map_err(|_| v.corrupt_cid(&link, "document id is not UTF-8"))?;
+                    let d = v.load_doc(id, &link)?;
+                    n += 1;
+                    Ok(f(d) && opts.limit.is_none_or(|l| n < l))
+                },
+            )
+        })
+    }
+
+    /// Writes (replaces) one document. A document without `_id` gets a UUIDv7.
+    pub fn put(&self, doc: &Value) -> Result<Committed> {
+        self.bulk(std::slice::from_ref(doc))
+    }
+
+    /// Writes many documents in one transaction (one event, one diff file). If an id repeats,
+    /// the last one wins.
+    pub fn bulk(&self, docs: &[Value]) -> Result<Committed> {
+        if docs.is_empty() {
+            return Err(Error::InvalidArgument(
+                "bulk needs at least one document".into(),
+            ));
+        }
+        let mut writes = Vec::with_capacity(docs.len());
+        for d in docs {
+            let (id, body) = doc::prepare(d)?;
+            writes.push((id, Some((Cid::of_cbor(&body), body))));
+        }
+        self.inner.commit(None, writes)
+    }
+
+    /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
+    pub fn del(&self, id: &str) -> Result<Committed> {
+        doc::check_id(id)?;
+        self.inner.commit(None, vec![(id.to_owned(), None)])
+    }
+
+    /// Starts a transaction that reads the current state and, when committed, names that
+    /// state's heads as its parents. If other commits landed in between, the transaction
+    /// becomes a concurrent branch: the clock then has several heads and the state is their
+    /// deterministic merge (see [`crate::tree::Slot::rank`]) until the next commit joins them.
+    pub fn transaction(&self) -> Result<Transaction> {
+        let st = self.inner.refresh()?;
+        Ok(Transaction {
+            db: self.clone(),
+            base: st,
+            writes: Vec::new(),
+        })
+    }
+
+    /// The current clock heads.
+    pub fn heads(&self) -> Result<Vec<Cid>> {
+        Ok(self.inner.refresh()?.head.heads.clone())
+    }
+
+    /// Documents changed in `ancestors(heads) − ancestors(since)`, each once with its current
+    /// value, ordered by the version of that value, then id. `None` lists every document ever
+    /// written (deleted ones as tombstones).
+    pub fn changes(&self, since: Option<&[Cid]>) -> Result<Vec<Change>> {
+        self.inner.read(|v| {
+            let mut ids: Vec<(Vec<u8>, Slot)> = Vec::new();
+            match since {
+                None => tree::range(v, v.head.root.as_ref(), None, None, &mut |k, s| {
+                    ids.push((k.to_vec(), *s));
+                    Ok(true)
+                })?,
+                Some(base) => {
+                    for b in base {
+                        v.event(b)?;
+                    }
+                    let mut touched: HashSet<String> = HashSet::new();
+                    clock::since(v, &v.head.heads, base, &mut |_, e| {
+                        touched.extend(e.ops.iter().map(|(id, _)| id.clone()));
+                        Ok(true)
+                    })?;
+                    for id in touched {
+                        if let Some(s) = tree::get(v, v.head.root.as_ref(), id.as_bytes())? {
+                            ids.push((id.into_bytes(), s));
+                        }
+                    }
+                }
+            }
+            ids.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
+            let mut out = Vec::with_capacity(ids.len());
+            for (k, s) in ids {
+                let id = String::from_utf8(k)
+                    .map_err(|_| Error::corrupt(v.db.name.clone(), "document id is not UTF-8"))?;
+                let (doc, deleted) = match s.link {
+                    Some(l) => (v.load_doc(&id, &l)?, false),
+                    None => (doc::tombstone(&id), true),
+                };
+                out.push(Change {
+                    id,
+                    version: s.version,
+                    doc,
+                    deleted,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Events, newest first (descending height, then CID).
+    pub fn log(&self, limit: Option<usize>) -> Result<Vec<LogEntry>> {
+        self.inner.read(|v| {
+            let mut out = Vec::new();
+            if limit == Some(0) {
+                return Ok(out);
+            }
+            clock::walk(v, &v.head.heads, &mut |c, e| {
+                out.push(LogEntry {
+                    cid: *c,
+                    parents: e.parents.clone(),
+                    height: e.height,
+                    time: e.time,
+                    ops: e
+                        .ops
+                        .iter()
+                        .map(|(id, l)| (id.clone(), l.is_none()))
+                        .collect(),
+                });
+                Ok(limit.is_none_or(|l| out.len() < l))
+            })?;
+            Ok(out)
+        })
+    }
+
+    /// Counts and sizes.
+    pub fn info(&self) -> Result<Info> {
+        let st = self.inner.refresh()?;
+        let h = &st.head;
+        Ok(Info {
+            name: self.inner.name.clone(),
+            lineage: lineage_string(&self.inner.lineage),
+            docs: h.docs,
+            events: h.events,
+            heads: h.heads.clone(),
+            root: h.root,
+            bytes: h.files.iter().map(|f| f.size).sum(),
+            files: h.files.clone(),
+            commits: h.seq,
+            compacted: h.compacted,
+        })
+    }
+
+    /// Re-hashes every stored byte of the database and checks every link.
+    pub fn verify(&self) -> Result<crate::verify::Report> {
+        let st = self.inner.reload()?;
+        Ok(crate::verify::verify(
+            &self.inner.name,
+            &*self.inner.store.storage,
+            &self.inner.key,
+            &st.head,
+        ))
+    }
+
+    /// Compacts now: merges every live transaction diff into one file (and cascades levels).
+    pub fn compact(&self) -> Result<()> {
+        self.inner.with_lock(|db, head| {
+            let removed = db.compact_level(head, 0)?;
+            let more = db.compact_cascade(head)?;
+            Ok(((), removed.into_iter().chain(more).collect()))
+        })
+    }
+}
+
+/// Writes that commit together, on the state read when the transaction began.
+pub struct Transaction {
+    db: Database,
+    base: Arc<State>,
+    writes: Vec<Write>,
+}
+
+impl Transaction {
+    /// Reads a document: this transaction's own write, else the state it began on.
+    pub fn get(&self, id: &str) -> Result<Option<Value>> {
+        doc::check_id(id)?;
+        if let Some((_, w)) = self.writes.iter().rev().find(|(i, _)| i == id) {
+            return Ok(match w {
+                Some((_, body)) => {
+                    Some(doc::decode(id, body).map_err(|e| Error::corrupt("transaction", e))?)
+                }
+                None => None,
+            });
+        }
+        let v = View {
+            db: &self.db.inner,
+            head: &self.base.head,
+        };
+        v.doc(id, self.base.head.root.as_ref())
+    }
+
+    pub fn put(&mut self, doc: &Value) -> Result<String> {
+        let (id, body) = doc::prepare(doc)?;
+        self.writes
+            .push((id.clone(), Some((Cid::of_cbor(&body), body))));
+        Ok(id)
+    }
+
+    pub fn del(&mut self, id: &str) -> Result<()> {
+        doc::check_id(id)?;
+        self.writes.push((id.to_owned(), None));
+        Ok(())
+    }
+
+    pub fn commit(self) -> Result<Committed> {
+        if self.writes.is_empty() {
+            return Err(Error::InvalidArgument("nothing to commit".into()));
+        }
+        self.db.inner.commit(Some(&self.base.head), self.writes)
+    }
+}
+
+impl Db {
+    fn state(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_state(&self, head: Head, stamp: Option<u64>) -> Arc<State> {
+        let st = Arc::new(State { head, stamp });
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = st.clone();
+        st
+    }
+
+    /// The commit counter in LOCK: `[begin, end]`; equal when no commit is in flight.
+    fn counter(&self) -> Result<[u64; 2]> {
+        let mut b = [0u8; 16];
+        let n =
+            read_at_most(&self.lock, &mut b).map_err(|e| Error::io(self.dir.join("LOCK"), e))?;
+        if n < 16 {
+            return Ok([0, 0]);
+        }
+        let begin = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+        let end = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
+        Ok([begin, end])
+    }
+
+    fn set_counter(&self, c: [u64; 2]) -> Result<()> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&c[0].to_le_bytes());
+        b[8..].copy_from_slice(&c[1].to_le_bytes());
+        self.lock
+            .write_all_at(&b, 0)
+            .map_err(|e| Error::io(self.dir.join("LOCK"), e))
+    }
+
+    fn read_head(&self) -> Result<Head> {
+        let hp = self.dir.join("HEAD");
+        let bytes = match std::fs::read(&hp) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchDatabase(self.name.clone()))
+            }
+            Err(e) => return Err(Error::io(&hp, e)),
+        };
+        Head::open(&bytes, &self.key).map_err(|e| Error::format(hp.display().to_string(), e))
+    }
+
+    /// The current state, re-reading the head record only if a commit happened since.
+    fn refresh(&self) -> Result<Arc<State>> {
+        let c = self.counter()?;
+        let st = self.state();
+        if c[0] == c[1] && st.stamp == Some(c[1]) {
+            return Ok(st);
+        }
+        let head = self.read_head()?;
+        Ok(self.set_state(head, (c[0] == c[1]).then_some(c[1])))
+    }
+
+    fn reload(&self) -> Result<Arc<State>> {
+        let c = self.counter()?;
+        let head = self.read_head()?;
+        Ok(self.set_state(head, (c[0] == c[1]).then_some(c[1])))
+    }
+
+    /// Runs a read on the current state. A file removed by a concurrent compaction makes it
+    /// re-read the head record and retry; a file missing from an unchanged head is corruption.
+    fn read<T>(&self, mut f: impl FnMut(&View) -> Result<T>) -> Result<T> {
+        let mut st = self.refresh()?;
+        let mut tries = 0;
+        loop {
+            match f(&View {
+                db: self,
+                head: &st.head,
+            }) {
+                Err(Error::MissingFile(..)) if tries < 3 => {
+                    let fresh = self.reload()?;
+                    if fresh.head == st.head {
+                        return f(&View {
+                            db: self,
+                            head: &fresh.head,
+                        });
+                    }
+                    st = fresh;
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, e: &Error) {
+        *self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    }
+
+    fn sync(&self) -> bool {
+        self.store.opts.durability == Durability::Full
+    }
+
+    /// Runs `f` holding the writer lock on the latest head; `f` edits the head and returns files
+    /// to delete once the new head is durable. The head record is written only if `f` changed it.
+    fn with_lock<T>(
+        &self,
+        f: impl FnOnce(&Db, &mut Head) -> Result<(T, Vec<FileName>)>,
+    ) -> Result<T> {
+        self.check_poisoned()?;
+        let _g = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.lock
+            .lock()
+            .map_err(|e| Error::io(self.dir.join("LOCK"), e))?;
+        let r = (|| {
+            let c = self.counter()?;
+            let st = self.state();
+            let cur = if c[0] == c[1] && st.stamp == Some(c[1]) {
+                st.head.clone()
+            } else {
+                self.read_head()?
+            };
+            let mut head = cur.clone();
+            let (out, remove) = f(self, &mut head)?;
+            if head != cur {
+                head.seq = cur.seq + 1;
+                let n = c[0].max(c[1]) + 1;
+                if let Err(e) = self.write_head(&head, n) {
+                    self.poison(&e);
+                    return Err(e);
+                }
+                self.set_state(head, Some(n));
+                for f in remove {
+                    // The new head no longer names these; readers holding the old head retry.
+                    let _ = self.store.storage.remove(&f);
+                    self.indexes
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&f);
+                }
+            }
+            Ok(out)
+        })();
+        let _ = self.lock.unlock();
+        r
+    }
+
+    fn write_head(&self, head: &Head, n: u64) -> Result<()> {
+        let bytes = head
+            .seal(&self.lineage, &self.key)
+            .map_err(|e| Error::io(&self.dir, e))?;
+        // begin=n first: a crash from here on makes every process re-read the head record.
+        let old = self.counter()?;
+        self.set_counter([n, old[1]])?;
+        let hp = self.dir.join("HEAD");
+        write_atomic(&hp, &bytes, self.sync(), None).map_err(|e| Error::io(&hp, e))?;
+        self.set_counter([n, n])
+    }
+
+    fn commit(&self, base: Option<&Head>, writes: Vec<Write>) -> Result<Committed> {
+        let ids: Vec<String> = writes.iter().map(|w| w.0.clone()).collect();
+        // Last write of an id wins; ops sorted by id.
+        let mut by_id: HashMap<String, Option<(Cid, Vec<u8>)>> =
+            HashMap::with_capacity(writes.len());
+        for (id, w) in writes {
+            by_id.insert(id, w);
+        }
+        let mut writes: Vec<Write> = by_id.into_iter().collect();
+        writes.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        self.with_lock(|db, head| {
+            let cur = head.clone();
+            // A transaction whose base is still current is an ordinary linear commit.
+            let base = base.filter(|b| b.heads != cur.heads);
+            let (base_heads, base_root) = match base {
+                Some(b) => (b.heads.clone(), b.root),
+                None => (cur.heads.clone(), cur.root),
+            };
+            let v = View { db, head: &cur };
+            let mut height = 0;
+            for h in &base_heads {
+                height = height.max(v.event(h)?.height);
+            }
+            height += 1;
+            let ops: Vec<tree::Op> = writes
+                .iter()
+                .map(|(id, w)| {
+                    (
+                        id.as_bytes().into(),
+                        Some(Slot {
+                            version: height,
+                            link: w.as_ref().map(|x| x.0),
+                        }),
+                    )
+                })
+                .collect();
+            let own = tree::update(&v, base_root.as_ref(), &ops, Mode::Max)?;
+            let merged = if base.is_some() {
+                Some(tree::update(&v, cur.root.as_ref(), &ops, Mode::Max)?)
+            } else {
+                None
+            };
+            let state = merged.as_ref().unwrap_or(&own);
+            let mut docs = cur.docs as i64;
+            for (op, prev) in ops.iter().zip(&state.previous) {
+                let new = op.1.unwrap_or(Slot {
+                    version: 0,
+                    link: None,
+                });
+                let winner = match prev {
+                    Some(p) if p.rank(&new) == std::cmp::Ordering::Greater => *p,
+                    _ => new,
+                };
+                docs +=
+                    winner.link.is_some() as i64 - prev.is_some_and(|p| p.link.is_some()) as i64;
+            }
+            let mut parents = base_heads.clone();
+            parents.sort();
+            let event = Event {
+                parents,
+                height,
+                time: now_ms(),
+                ops: writes
+                    .iter()
+                    .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
+                    .collect(),
+                root: own.root,
+            };
+            let eb = event.encode();
+            let ecid = Cid::of_cbor(&eb);
+            let mut w = car::Writer::new(car::Meta {
+                level: 0,
+                time: event.time,
+                roots: vec![ecid],
+                replaces: vec![],
+            });
+            for (_, x) in &writes {
+                if let Some((c, body)) = x {
+                    w.add(*c, body);
+                }
+            }
+            for (c, b) in own
+                .blocks
+                .iter()
+                .chain(merged.iter().flat_map(|m| m.blocks.iter()))
+            {
+                w.add(*c, b);
+            }
+            w.add(ecid, &eb);
+            let (name, bytes) = w.finish(&db.key).map_err(|e| Error::io(&db.dir, e))?;
+            db.store
+                .storage
+                .put(&name, &bytes, db.sync())
+                .map_err(|e| Error::io(db.store.root.join("files"), e))?;
+            let heads = match base {
+                None => vec![ecid],
+                Some(b) => {
+                    let mut h: Vec<Cid> = cur
+                        .heads
+                        .iter()
+                        .filter(|x| !b.heads.contains(x))
+                        .copied()
+                        .collect();
+                    h.push(ecid);
+                    h.sort();
+                    h
+                }
+            };
+            head.heads = heads.clone();
+            head.root = state.root;
+            head.docs = docs.max(0) as u64;
+            head.events += 1;
+            head.files.insert(
+                0,
+                FileRef {
+                    name,
+                    level: 0,
+                    size: bytes.len() as u64,
+                },
+            );
+            let removed = db.compact_cascade(head)?;
+            Ok((
+                Committed {
+                    ids,
+                    event: ecid,
+                    heads,
+                },
+                removed,
+            ))
+        })
+    }
+
+    /// Merges levels whose file count passed their limit. Returns the replaced files.
+    fn compact_cascade(&self, head: &mut Head) -> Result<Vec<FileName>> {
+        let mut removed = Vec::new();
+        let mut level = 0u8;
+        loop {
+            let n = head.files.iter().filter(|f| f.level == level).count();
+            if n == 0 && !head.files.iter().any(|f| f.level > level) {
+                return Ok(removed);
+            }
+            let limit = if level == 0 {
+                self.store.opts.compact_threshold.max(1)
+            } else {
+                LEVEL_FANIN
+            };
+            if n > limit {
+                removed.extend(self.compact_level(head, level)?);
+            }
+            level += 1;
+        }
+    }
+
+    /// Merges every file of `level` into one file of `level + 1`, keeping all events, all
+    /// document versions they name, and the nodes of the current tree; superseded tree nodes are
+    /// dropped. Returns the replaced files (deleted by the caller once the new head is durable).
+    fn compact_level(&self, head: &mut Head, level: u8) -> Result<Vec<FileName>> {
+        let sel: Vec<FileRef> = head
+            .files
+            .iter()
+            .filter(|f| f.level == level)
+            .copied()
+            .collect();
+        if sel.is_empty() || (sel.len() == 1 && level > 0) {
+            return Ok(Vec::new());
+        }
+        let sel_names: HashSet<FileName> = sel.iter().map(|f| f.name).collect();
+        let mut blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
+        let mut have: HashSet<Cid> = HashSet::new();
+        let mut events: Vec<Cid> = Vec::new();
+        // Oldest first, so blocks keep their commit order.
+        for f in sel.iter().rev() {
+            let bytes = self
+                .store
+                .storage
+                .read(&f.name)
+                .map_err(|e| self.file_err(&f.name, e))?;
+            let (idx, bs) = car::verify_file(&self.key, &f.name, &bytes)
+                .map_err(|e| Error::format(format!("file {}", f.name), e))?;
+            events.extend(idx.meta.roots.iter().copied());
+            for (c, b) in bs {
+                if have.insert(c) {
+                    blocks.push((c, b));
+                }
+            }
+        }
+        let mut keep: HashSet<Cid> = HashSet::new();
+        let by_cid: HashMap<Cid, usize> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| (*c, i))
+            .collect();
+        for e in &events {
+            keep.insert(*e);
+            let i = *by_cid
+                .get(e)
+                .ok_or_else(|| Error::MissingBlock(*e, self.name.clone()))?;
+            let ev = Event::decode(&blocks[i].1)
+                .map_err(|x| Error::corrupt(format!("event {e}"), x.0))?;
+            keep.extend(ev.ops.iter().filter_map(|(_, l)| *l));
+        }
+        // Current-tree nodes: descend through newer files and the selected ones; stop at older.
+        let v = View { db: self, head };
+        let mut stack: Vec<Cid> = head.root.into_iter().collect();
+        while let Some(c) = stack.pop() {
+            let (file, _) = v.locate(&c)?;
+            let flevel = head
+                .files
+                .iter()
+                .find(|f| f.name == file)
+                .map_or(u8::MAX, |f| f.level);
+            if sel_names.contains(&file) {
+                keep.insert(c);
+            } else if flevel > level {
+                continue;
+            }
+            let node = v.node(&c)?;
+            stack.extend_from_slice(node.children());
+        }
+        let mut w = car::Writer::new(car::Meta {
+            level: level + 1,
+            time: now_ms(),
+            roots: events.clone(),
+            replaces: sel.iter().map(|f| f.name).collect(),
+        });
+        for (c, b) in &blocks {
+            if keep.contains(c) {
+                w.add(*c, b);
+            }
+        }
+        let (name, bytes) = w.finish(&self.key).map_err(|e| Error::io(&self.dir, e))?;
+        self.store
+            .storage
+            .put(&name, &bytes, self.sync())
+            .map_err(|e| Error::io(self.store.root.join("files"), e))?;
+        let pos = head
+            .files
+            .iter()
+            .position(|f| f.level == level)
+            .unwrap_or(0);
+        head.files.retain(|f| f.level != level);
+        head.files.insert(
+            pos.min(head.files.len()),
+            FileRef {
+                name,
+                level: level + 1,
+                size: bytes.len() as u64,
+            },
+        );
+        head.compacted = now_ms();
+        Ok(sel.iter().map(|f| f.name).collect())
+    }
+
+    fn file_err(&self, name: &FileName, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::MissingFile(*name, self.name.clone())
+        } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::corrupt(
+                format!("file {name}"),
+                "file is shorter than its index says (truncated)",
+            )
+        } else {
+            Error::io(self.store.root.join("files").join(name.to_string()), e)
+        }
+    }
+
+    fn index(&self, name: &FileName) -> Result<Arc<car::Index>> {
+        if let Some(i) = self
+            .indexes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(i.clone());
+        }
+        let st = &self.store.storage;
+        let len = st.len(name).map_err(|e| self.file_err(name, e))?;
+        let loc = format!("file {name}");
+        if len < (car::HEADER_LEN + car::TRAILER_LEN) as u64 {
+            return Err(Error::corrupt(loc, "file too short"));
+        }
+        let hdr = st
+            .read_at(name, 0, car::HEADER_LEN)
+            .map_err(|e| self.file_err(name, e))?;
+        car::check_header(&hdr).map_err(|e| Error::format(&loc, e))?;
+        let t = st
+            .read_at(name, len - car::TRAILER_LEN as u64, car::TRAILER_LEN)
+            .map_err(|e| self.file_err(name, e))?;
+        let (at, n) = car::parse_trailer(len, &t).map_err(|e| Error::format(&loc, e))?;
+        let sealed = st
+            .read_at(name, at, n as usize)
+            .map_err(|e| self.file_err(name, e))?;
+        let idx =
+            Arc::new(car::Index::open(&self.key, &sealed, at).map_err(|e| Error::format(&loc, e))?);
+        let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 4096 {
+            m.clear();
+        }
+        m.insert(*name, idx.clone());
+        Ok(idx)
+    }
+}
+
+fn read_at_most(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Reads against one head record.
+struct View<'a> {
+    db: &'a Db,
+    head: &'a Head,
+}
+
+impl View<'_> {
+    fn corrupt_cid(&self, cid: &Cid, what: &str) -> Error {
+        Error::corrupt(format!("block {cid} of database '{}'", self.db.name), what)
+    }
+
+    /// Finds the live file holding `cid` (newest first).
+    fn locate(&self, cid: &Cid) -> Result<(FileName, car::Entry)> {
+        for f in &self.head.files {
+            let idx = self.db.index(&f.name)?;
+            let found = if idx.pages.is_empty() {
+                idx.find(cid)
+            } else if let Some(p) = idx.page_for(cid) {
+                let page = self.page(&f.name, &idx, p)?;
+                page.binary_search_by(|e| e.cid.cmp(cid))
+                    .ok()
+                    .map(|i| page[i])
+            } else {
+                None
+            };
+            if let Some(e) = found {
+                return Ok((f.name, e));
+            }
+        }
+        Err(Error::MissingBlock(*cid, self.db.name.clone()))
+    }
+
+    fn page(&self, name: &FileName, idx: &car::Index, p: usize) -> Result<Arc<Vec<car::Entry>>> {
+        let key = CacheKey::Page(*name, p as u32);
+        if let Some(Cached::Page(v)) = self.db.store.cache.get(&key) {
+            return Ok(v);
+        }
+        let pr = &idx.pages[p];
+        let sealed = self
+            .db
+            .store
+            .storage
+            .read_at(name, pr.off, pr.len as usize)
+            .map_err(|e| self.db.file_err(name, e))?;
+        let v = Arc::new(
+            idx.open_page(&self.db.key, p, &sealed)
+                .map_err(|e| Error::format(format!("file {name}"), e))?,
+        );
+        self.db.store.cache.insert(key, Cached::Page(v.clone()));
+        Ok(v)
+    }
+
+    fn segment(&self, name: &FileName, n: u32) -> Result<Arc<Vec<u8>>> {
+        let key = CacheKey::Segment(*name, n);
+        if let Some(Cached::Bytes(b)) = self.db.store.cache.get(&key) {
+            return Ok(b);
+        }
+        let idx = self.db.index(name)?;
+        let (off, len) = idx.segs[n as usize];
+        let sealed = self
+            .db
+            .store
+            .storage
+            .read_at(name, off, len as usize)
+            .map_err(|e| self.db.file_err(name, e))?;
+        let plain = Arc::new(
+            car::open_segment(&self.db.key, n, &sealed)
+                .map_err(|e| Error::format(format!("file {name}"), e))?,
+        );
+        self.db
+            .store
+            .cache
+            .insert(key, Cached::Bytes(plain.clone()));
+        Ok(plain)
+    }
+
+    /// A block's bytes, checked against its CID.
+    fn with_block<T>(&self, cid: &Cid, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        let (name, e) = self.locate(cid)?;
+        let seg = self.segment(&name, e.seg)?;
+        let data = car::block_in(&seg, &e)
+            .map_err(|x| Error::format(format!("file {name}, block {cid}"), x))?;
+        f(data)
+    }
+
+    fn load_doc(&self, id: &str, cid: &Cid) -> Result<Value> {
+        self.with_block(cid, |b| {
+            doc::decode(id, b).map_err(|w| self.corrupt_cid(cid, w))
+        })
+    }
+
+    fn doc(&self, id: &str, root: Option<&Cid>) -> Result<Option<Value>> {
+        match tree::get(self, root, id.as_bytes())? {
+            Some(Slot { link: Some(l), .. }) => Ok(Some(self.load_doc(id, &l)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The document as of `event`: the write of `id` with the highest rank among the event's
+    /// ancestors (the same rule the tree applies when merging heads).
+    fn doc_at(&self, id: &str, event: &Cid) -> Result<Option<Value>> {
+        let ev = match self.event(event) {
+            Err(Error::MissingBlock(..)) => {
+                return Err(Error::NoSuchEvent(*event, self.db.name.clone()))
+            }
+            r => r?,
+        };
+        if let Some(root) = ev.root {
+            match self.doc(id, Some(&root)) {
+                Err(Error::MissingBlock(..)) => {} // that tree was dropped by compaction: replay
+                r => return r,
+            }
+        }
+        let mut best: Option<Slot> = None;
+        clock::walk(self, &[*event], &mut |_, e| {
+            if best.is_some_and(|b| e.height < b.version) {
+                return Ok(false);
+            }
+            if let Ok(i) = e
+                .ops
+                .binary_search_by(|(k, _)| k.as_bytes().cmp(id.as_bytes()))
+            {
+                let s = Slot {
+                    version: e.height,
+                    link: e.ops[i].1,
+                };
+                if best.is_none_or(|b| s.rank(&b) == std::cmp::Ordering::Greater) {
+                    best = Some(s);
+                }
+            }
+            Ok(true)
+        })?;
+        match best.and_then(|s| s.link) {
+            Some(l) => Ok(Some(self.load_doc(id, &l)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl From<TreeError> for Error {
+    fn from(t: TreeError) -> Error {
+        Error::corrupt(format!("tree node {}", t.cid), t.what)
+    }
+}
+
+impl NodeSource for View<'_> {
+    type Error = Error;
+    fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>> {
+        let key = CacheKey::Node(*cid);
+        if let Some(Cached::Node(n)) = self.db.store.cache.get(&key) {
+            return Ok(n);
+        }
+        let n = Arc::new(self.with_block(cid, |b| {
+            tree::Node::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
+        })?);
+        self.db.store.cache.insert(key, Cached::Node(n.clone()));
+        Ok(n)
+    }
+}
+
+impl EventSource for View<'_> {
+    type Error = Error;
+    fn event(&self, cid: &Cid) -> Result<Arc<Event>> {
+        let key = CacheKey::Event(*cid);
+        if let Some(Cached::Event(e)) = self.db.store.cache.get(&key) {
+            return Ok(e);
+        }
+        let e = Arc::new(self.with_block(cid, |b| {
+            Event::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
+        })?);
+        self.db.store.cache.insert(key, Cached::Event(e.clone()));
+        Ok(e)
+    }
+}

@@ -1,0 +1,84 @@
+//! Errors. Every message says what happened and, where there is one, what to do.
+
+use crate::block::cid::Cid;
+use crate::car::{FileName, FormatError};
+use std::path::PathBuf;
+
+/// Everything a kiln call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database name outside the allowed alphabet or length.
+    #[error("invalid database name {name:?}: {why}")]
+    InvalidName { name: String, why: &'static str },
+    #[error("database '{0}' does not exist (see `kiln db list`)")]
+    NoSuchDatabase(String),
+    #[error("database '{0}' already exists")]
+    DatabaseExists(String),
+    /// Bad input for a write; nothing was changed.
+    #[error("invalid document: {0}")]
+    InvalidDocument(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("event {0} is not part of database '{1}' (see `kiln log`)")]
+    NoSuchEvent(Cid, String),
+    /// Stored bytes are damaged or were tampered with. Never reported as "not found".
+    #[error("corruption in {location}: {what}")]
+    Corrupt { location: String, what: String },
+    /// A file the head record names is gone from storage.
+    #[error("file {0} named by the head record of database '{1}' is missing from storage")]
+    MissingFile(FileName, String),
+    /// A block some record links to is in no live file.
+    #[error("block {0} is missing from database '{1}'")]
+    MissingBlock(Cid, String),
+    #[error("{what} was written by a newer kiln (format {version}); upgrade kiln")]
+    NewerFormat { what: String, version: u32 },
+    #[error("the keybag has no key for database '{0}' (lineage {1}); import the key to read it")]
+    MissingKey(String, String),
+    /// A write failed part-way (after which the on-disk state is uncertain): reopen.
+    #[error("this database handle is unusable after a failed write ({0}); reopen the database")]
+    Poisoned(String),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(location: impl Into<String>, what: impl Into<String>) -> Error {
+        Error::Corrupt {
+            location: location.into(),
+            what: what.into(),
+        }
+    }
+
+    pub(crate) fn format(location: impl Into<String>, e: FormatError) -> Error {
+        match e {
+            FormatError::Version(v) => Error::NewerFormat {
+                what: location.into(),
+                version: v,
+            },
+            other => Error::corrupt(location, other.to_string()),
+        }
+    }
+
+    /// Whether the error means stored data is damaged (as opposed to bad input or I/O).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::MissingFile(..) | Error::MissingBlock(..)
+        )
+    }
+}

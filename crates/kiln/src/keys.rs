@@ -1,0 +1,116 @@
+//! The keybag: one key per database lineage, in `ROOT/keys/<lineage>.key`, mode 0600, in a
+//! folder of mode 0700. The file is JSON: `{"v":1,"lineage":"<uuid>","key":"<64 hex>"}`.
+//!
+//! **Invariant:** keys are written nowhere else; diff files and head records name the lineage,
+//! never the key.
+
+use crate::block::cid::{hex, unhex};
+use crate::error::{Error, Result};
+use crate::seal::Key;
+use crate::storage::write_atomic;
+use std::path::{Path, PathBuf};
+
+/// A lineage id: databases that share files share a lineage and its key.
+pub type Lineage = [u8; 16];
+
+pub fn lineage_string(l: &Lineage) -> String {
+    uuid::Uuid::from_bytes(*l).hyphenated().to_string()
+}
+
+/// The keybag folder of a store.
+#[derive(Debug, Clone)]
+pub struct Keybag {
+    dir: PathBuf,
+}
+
+impl Keybag {
+    pub fn new(dir: impl Into<PathBuf>) -> Keybag {
+        Keybag { dir: dir.into() }
+    }
+
+    fn path(&self, l: &Lineage) -> PathBuf {
+        self.dir.join(format!("{}.key", lineage_string(l)))
+    }
+
+    /// Creates the keybag folder (mode 0700) if absent.
+    pub fn init(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::io(&self.dir, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores a key for a lineage (mode 0600).
+    pub fn put(&self, l: &Lineage, key: &Key, sync: bool) -> Result<()> {
+        let body = serde_json::json!({"v": 1, "lineage": lineage_string(l), "key": hex(key.raw())});
+        let path = self.path(l);
+        write_atomic(&path, body.to_string().as_bytes(), sync, Some(0o600))
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    /// Loads a lineage's key; `None` when the keybag has none.
+    pub fn get(&self, l: &Lineage) -> Result<Option<Key>> {
+        let path = self.path(l);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        parse_key(&path, &bytes).map(Some)
+    }
+
+    pub fn remove(&self, l: &Lineage) -> Result<()> {
+        let path = self.path(l);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Parses a keybag entry.
+pub fn parse_key(path: &Path, bytes: &[u8]) -> Result<Key> {
+    let bad =
+        |what: &str| Error::corrupt(path.display().to_string(), format!("keybag entry: {what}"));
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad("not JSON"))?;
+    if v.get("v").and_then(|x| x.as_u64()) != Some(1) {
+        return Err(bad("unknown version"));
+    }
+    let raw = v
+        .get("key")
+        .and_then(|k| k.as_str())
+        .and_then(unhex)
+        .ok_or_else(|| bad("key is not hex"))?;
+    let raw: [u8; 32] = raw.try_into().map_err(|_| bad("key is not 32 bytes"))?;
+    Ok(Key::from_raw(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn round_trip_with_private_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let kb = Keybag::new(d.path().join("keys"));
+        kb.init().unwrap();
+        let l = [7u8; 16];
+        assert!(kb.get(&l).unwrap().is_none());
+        let k = Key::generate().unwrap();
+        kb.put(&l, &k, true).unwrap();
+        assert_eq!(kb.get(&l).unwrap().unwrap().raw(), k.raw());
+        let mode = std::fs::metadata(kb.path(&l)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(d.path().join("keys"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
+        for junk in [&b""[..], b"{}", b"{\"v\":1,\"key\":\"zz\"}", b"\xff\xfe"] {
+            assert!(parse_key(Path::new("x"), junk).is_err());
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! A store: one root folder holding any number of databases, a shared pool of diff files and
+//! the keybag.
+//!
+//! ```text
+//! ROOT/KILN                  store marker: {"kiln_store":1}
+//! ROOT/dbs/<name>/HEAD       head record (replaced atomically)
+//! ROOT/dbs/<name>/LOCK       writer lock (flock) + commit counter
+//! ROOT/files/ab/<hash>.kdf   diff files, named by the sha2-256 of their bytes
+//! ROOT/keys/<lineage>.key    keybag entries (0600)
+//! ```
+
+use crate::cache::Cache;
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::head::Head;
+use crate::keys::{Keybag, Lineage};
+use crate::seal::Key;
+use crate::storage::{sync_dir, write_atomic, LocalStorage, Storage};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What survives a crash, per commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A commit returns after its diff file, the head record and both directory entries are
+    /// fsynced: it survives a process crash and a power cut.
+    #[default]
+    Full,
+    /// A commit returns once its bytes are handed to the OS (no fsync): it survives a process
+    /// crash (kill -9) but the last commits may be lost in a power cut or kernel crash. The
+    /// database is never torn either way: the head record is still replaced atomically.
+    Buffered,
+}
+
+/// Store-wide settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub durability: Durability,
+    /// Budget of the shared block cache, in bytes.
+    pub cache_bytes: usize,
+    /// Compact when more than this many transaction diff files are live.
+    pub compact_threshold: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Full,
+            cache_bytes: 64 << 20,
+            compact_threshold: 100,
+        }
+    }
+}
+
+pub(crate) struct StoreInner {
+    pub root: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub keybag: Keybag,
+    pub cache: Cache,
+    pub opts: Options,
+}
+
+/// A store of databases under one root folder. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<StoreInner>,
+}
+
+const MARKER: &str = "KILN";
+const STORE_VERSION: u64 = 1;
+
+/// Longest database name.
+pub const MAX_NAME: usize = 128;
+
+/// Checks a database name: 1–128 of `A–Z a–z 0–9 . _ -`, not starting with `.`.
+pub fn check_name(name: &str) -> Result<()> {
+    let bad = |why| {
+        Err(Error::InvalidName {
+            name: name.to_owned(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return bad("a name must not be empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad("a name is at most 128 characters");
+    }
+    if name.starts_with('.') {
+        return bad("a name must not start with '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad("use only letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The default root: `$KILN_ROOT`, else `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
+    pub fn default_root() -> PathBuf {
+        if let Some(r) = std::env::var_os("KILN_ROOT").filter(|v| !v.is_empty()) {
+            return PathBuf::from(r);
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(x).join("kiln");
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        home.join(".local/share/kiln")
+    }
+
+    /// Opens the store at `root`, creating it if absent.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(root, Options::default())
+    }
+
+    pub fn open_with(root: impl AsRef<Path>, opts: Options) -> Result<Store> {
+        let root = root.as_ref().to_path_buf();
+        let marker = root.join(MARKER);
+        match std::fs::read(&marker) {
+            Ok(b) => {
+                let v: serde_json::Value = serde_json::from_slice(&b).map_err(|_| {
+                    Error::corrupt(marker.display().to_string(), "store marker is not JSON")
+                })?;
+                let ver = v.get("kiln_store").and_then(|x| x.as_u64()).unwrap_or(0);
+                if ver > STORE_VERSION {
+                    return Err(Error::NewerFormat {
+                        what: format!("store {}", root.display()),
+                        version: ver as u32,
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                for d in [root.clone(), root.join("dbs"), root.join("files")] {
+                    std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+                }
+                Keybag::new(root.join("keys")).init()?;
+                let body = serde_json::json!({ "kiln_store": STORE_VERSION }).to_string();
+                write_atomic(&marker, body.as_bytes(), true, None)
+                    .map_err(|e| Error::io(&marker, e))?;
+            }
+            Err(e) => return Err(Error::io(&marker, e)),
+        }
+        let cache = Cache::new(opts.cache_bytes);
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                storage: Arc::new(LocalStorage::new(root.join("files"))),
+                keybag: Keybag::new(root.join("keys")),
+                root,
+                cache,
+                opts,
+            }),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// Bytes the shared block cache holds now (bounded by [`Options::cache_bytes`]).
+    pub fn cache_weight(&self) -> usize {
+        self.inner.cache.weight()
+    }
+
+    fn dbs(&self) -> PathBuf {
+        self.inner.root.join("dbs")
+    }
+
+    /// Creates a database. `None` names it with a fresh UUID.
+    pub fn create(&self, name: Option<&str>) -> Result<Database> {
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => uuid::Uuid::new_v4().hyphenated().to_string(),
+        };
+        check_name(&name)?;
+        let dbs = self.dbs();
+        let final_dir = dbs.join(&name);
+        if final_dir.exists() {
+            return Err(Error::DatabaseExists(name));
+        }
+        let sync = self.inner.opts.durability == Durability::Full;
+        // Build it under a hidden name, then rename into place: a database appears whole or
+        // not at all, and two creators of one name cannot both win.
+        let tmp = dbs.join(format!(".new-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let result = (|| {
+            let lineage: Lineage = *uuid::Uuid::new_v4().as_bytes();
+            let key = Key::generate().map_err(|e| Error::io(&tmp, e))?;
+            self.inner.keybag.put(&lineage, &key, sync)?;
+            let head = Head::default()
+                .seal(&lineage, &key)
+                .map_err(|e| Error::io(&tmp, e))?;
+            let hp = tmp.join("HEAD");
+            write_atomic(&hp, &head, sync, None).map_err(|e| Error::io(&hp, e))?;
+            let lp = tmp.join("LOCK");
+            std::fs::write(&lp, [0u8; 16]).map_err(|e| Error::io(&lp, e))?;
+            Ok::<_, Error>(lineage)
+        })();
+        let lineage = match result {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp, &final_dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = self.inner.keybag.remove(&lineage);
+            return Err(if final_dir.exists() {
+                Error::DatabaseExists(name)
+            } else {
+                Error::io(&final_dir, e)
+            });
+        }
+        if sync {
+            sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
+        }
+        self.open_db(&name)
+    }
+
+    /// Opens an existing database.
+    pub fn open_db(&self, name: &str) -> Result<Database> {
+        check_name(name)?;
+        Database::open(self.inner.clone(), name, self.dbs().join(name))
+    }
+
+    /// Whether a database of that name exists.
+    pub fn exists(&self, name: &str) -> bool {
+        check_name(name).is_ok() && self.dbs().join(name).join("HEAD").exists()
+    }
+
+    /// Names of all databases, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let dbs = self.dbs();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dbs).map_err(|e| Error::io(&dbs, e))? {
+            let e = e.map_err(|e| Error::io(&dbs, e))?;
+            if let Some(n) = e.file_name().to_str() {
+                if !n.starts_with('.') {
+                    out.push(n.to_owned());
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Deletes a database, its diff files and its key.
+    pub fn drop_db(&self, name: &str) -> Result<()> {
+        let db = self.open_db(name)?;
+        let info = db.info()?;
+        let lineage = db.lineage();
+        drop(db);
+        let dbs = self.dbs();
+        let dir = dbs.join(name);
+        let gone = dbs.join(format!(".drop-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::rename(&dir, &gone).map_err(|e| Error::io(&dir, e))?;
+        if self.inner.opts.durability == Durability::Full {
+            sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
+        }
+        // Each database is its own lineage until forks exist, so its files are its own.
+        for f in &info.files {
+            self.inner
+                .storage
+                .remove(&f.name)
+                .map_err(|e| Error::io(self.inner.root.join("files"), e))?;
+        }
+        self.inner.keybag.remove(&lineage)?;
+        std::fs::remove_dir_all(&gone).map_err(|e| Error::io(&gone, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in [
+            "a",
+            "A-b_c.d",
+            "0",
+            &"x".repeat(128),
+            "0190e3c2-7b1a-7000-8000-000000000000",
+        ] {
+            check_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "../x",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(129),
+            "a\0b",
+            "..",
+            ".",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,688 @@
+//! Prolly tree: a content-defined B-tree over byte keys whose shape depends only on its keys.
+//!
+//! A level-0 node (leaf) holds sorted `(key, Slot)` entries; a level-L node (L ≥ 1) holds sorted
+//! `(first key of child, child CID)` items. A node ends after an item whose key is a *boundary*
+//! at that level (a stable hash of `(level, key)` is ≡ 0 mod [`FANOUT`]), or at the end of its
+//! level. A root never has a single child. So two trees with the same entries have the same root
+//! CID, whatever order the entries arrived in.
+//!
+//! Updates rebuild only the nodes on the paths to changed keys: a subtree with no changes that
+//! starts where the new tree would start a node is reused by CID without being loaded.
+//!
+//! **Invariant:** the tree knows nothing of documents; a slot is a versioned link or a tombstone.
+
+use crate::block::cbor::{CborError, Decoder, Encoder};
+use crate::block::cid::Cid;
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+/// Expected items per node.
+pub const FANOUT: u64 = 16;
+/// Levels at or above this never end a node early (keeps the height finite for any input).
+const MAX_LEVEL: u8 = 48;
+
+/// A leaf value: a link (or a tombstone, `None`) with the version that wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Slot {
+    pub version: u64,
+    pub link: Option<Cid>,
+}
+
+impl Slot {
+    /// Total order used to pick the winner between two writes of one key: higher version wins;
+    /// at equal versions a value beats a tombstone and the larger CID wins.
+    pub fn rank(&self, other: &Slot) -> Ordering {
+        self.version
+            .cmp(&other.version)
+            .then_with(|| self.link.cmp(&other.link))
+    }
+}
+
+/// How an update treats a key that already has a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The new slot replaces the old one.
+    Overwrite,
+    /// The higher-ranked slot stays (see [`Slot::rank`]): merging is order-independent.
+    Max,
+}
+
+/// A decoded node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub level: u8,
+    pub keys: Vec<Box<[u8]>>,
+    pub items: Items,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Items {
+    Leaf(Vec<Slot>),
+    Branch(Vec<Cid>),
+}
+
+impl Node {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.map(3);
+        e.str("k");
+        e.array(self.keys.len());
+        for k in &self.keys {
+            e.bytes(k);
+        }
+        e.str("l");
+        e.u64(self.level as u64);
+        e.str("v");
+        match &self.items {
+            Items::Leaf(v) => {
+                e.array(v.len());
+                for s in v {
+                    e.array(2);
+                    e.u64(s.version);
+                    e.opt_link(s.link.as_ref());
+                }
+            }
+            Items::Branch(v) => {
+                e.array(v.len());
+                for c in v {
+                    e.link(c);
+                }
+            }
+        }
+        e.into_bytes()
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Node, CborError> {
+        let mut d = Decoder::new(b);
+        if d.map()? != 3 {
+            return Err(CborError("tree node: expected 3 fields"));
+        }
+        d.key("k")?;
+        let n = d.array()?;
+        let mut keys: Vec<Box<[u8]>> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = d.bytes()?;
+            if let Some(p) = keys.last() {
+                if **p >= *k {
+                    return Err(CborError("tree node: keys not strictly sorted"));
+                }
+            }
+            keys.push(k.into());
+        }
+        if n == 0 {
+            return Err(CborError("tree node: empty"));
+        }
+        d.key("l")?;
+        let level = d.u64()?;
+        if level > MAX_LEVEL as u64 + 8 {
+            return Err(CborError("tree node: level out of range"));
+        }
+        let level = level as u8;
+        d.key("v")?;
+        if d.array()? != n {
+            return Err(CborError("tree node: keys and values differ in length"));
+        }
+        let items = if level == 0 {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                if d.array()? != 2 {
+                    return Err(CborError("tree node: slot must be [version, link]"));
+                }
+                v.push(Slot {
+                    version: d.u64()?,
+                    link: d.opt_link()?,
+                });
+            }
+            Items::Leaf(v)
+        } else {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(d.link()?);
+            }
+            Items::Branch(v)
+        };
+        d.finish()?;
+        Ok(Node { level, keys, items })
+    }
+
+    /// Approximate heap size, for cache accounting.
+    pub fn weight(&self) -> usize {
+        64 + self.keys.iter().map(|k| k.len() + 16).sum::<usize>() + self.keys.len() * 48
+    }
+
+    /// Index of the child whose range holds `key` (branch nodes).
+    fn route(&self, key: &[u8]) -> usize {
+        self.keys.partition_point(|k| **k <= *key).saturating_sub(1)
+    }
+
+    /// The child CIDs of a branch node (empty for a leaf).
+    pub fn children(&self) -> &[Cid] {
+        match &self.items {
+            Items::Branch(c) => c,
+            Items::Leaf(_) => &[],
+        }
+    }
+}
+
+/// Where the tree reads nodes from. Errors are the caller's (storage, corruption).
+pub trait NodeSource {
+    type Error: From<TreeError>;
+    fn node(&self, cid: &Cid) -> Result<Arc<Node>, Self::Error>;
+}
+
+/// A node that is not where the tree's shape says it must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeError {
+    pub cid: Cid,
+    pub what: &'static str,
+}
+
+fn is_boundary(key: &[u8], level: u8) -> bool {
+    if level >= MAX_LEVEL {
+        return false;
+    }
+    // FNV-1a over (level, key), then the splitmix64 finaliser. Part of the format: changing it
+    // changes every root CID.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in std::iter::once(&level).chain(key) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    h % FANOUT == 0
+}
+
+/// Looks up one key.
+pub fn get<S: NodeSource>(
+    src: &S,
+    root: Option<&Cid>,
+    key: &[u8],
+) -> Result<Option<Slot>, S::Error> {
+    let Some(root) = root else { return Ok(None) };
+    let mut node = src.node(root)?;
+    loop {
+        match &node.items {
+            Items::Leaf(v) => {
+                return Ok(node
+                    .keys
+                    .binary_search_by(|k| (**k).cmp(key))
+                    .ok()
+                    .map(|i| v[i]));
+            }
+            Items::Branch(c) => {
+                let child = c[node.route(key)];
+                let next = src.node(&child)?;
+                if next.level + 1 != node.level {
+                    return Err(TreeError {
+                        cid: child,
+                        what: "child at the wrong level",
+                    }
+                    .into());
+                }
+                node = next;
+            }
+        }
+    }
+}
+
+/// Visits entries with `start <= key < end` in key order until `f` returns false.
+pub fn range<S: NodeSource>(
+    src: &S,
+    root: Option<&Cid>,
+    start: Option<&[u8]>,
+    end: Option<&[u8]>,
+    f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, S::Error>,
+) -> Result<(), S::Error> {
+    fn walk<S: NodeSource>(
+        src: &S,
+        node: &Node,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, S::Error>,
+    ) -> Result<bool, S::Error> {
+        match &node.items {
+            Items::Leaf(v) => {
+                let from = start.map_or(0, |s| node.keys.partition_point(|k| **k < *s));
+                for i in from..v.len() {
+                    if end.is_some_and(|e| *node.keys[i] >= *e) {
+                        return Ok(false);
+                    }
+                    if !f(&node.keys[i], &v[i])? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Items::Branch(c) => {
+                let from = start.map_or(0, |s| node.route(s));
+                for i in from..c.len() {
+                    if end.is_some_and(|e| *node.keys[i] >= *e) {
+                        return Ok(false);
+                    }
+                    let child = src.node(&c[i])?;
+                    if child.level + 1 != node.level {
+                        return Err(TreeError {
+                            cid: c[i],
+                            what: "child at the wrong level",
+                        }
+                        .into());
+                    }
+                    if !walk(src, &child, start, end, f)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+    if let Some(root) = root {
+        let node = src.node(root)?;
+        walk(src, &node, start, end, f)?;
+    }
+    Ok(())
+}
+
+/// One change to apply: `Some(slot)` sets (subject to [`Mode`]), `None` removes the key.
+pub type Op = (Box<[u8]>, Option<Slot>);
+
+/// Result of [`update`]: the new root and the nodes that did not exist before.
+pub struct Update {
+    pub root: Option<Cid>,
+    /// New nodes, encoded, each with its CID; every one is reachable from `root`.
+    pub blocks: Vec<(Cid, Vec<u8>)>,
+    /// For each op, in order: the slot the key had before (`None` when absent).
+    pub previous: Vec<Option<Slot>>,
+}
+
+/// Applies `ops` (sorted by key, keys unique) to the tree at `root`.
+pub fn update<S: NodeSource>(
+    src: &S,
+    root: Option<&Cid>,
+    ops: &[Op],
+    mode: Mode,
+) -> Result<Update, S::Error> {
+    debug_assert!(
+        ops.windows(2).all(|w| w[0].0 < w[1].0),
+        "ops must be sorted and unique"
+    );
+    if ops.is_empty() {
+        return Ok(Update {
+            root: root.copied(),
+            blocks: Vec::new(),
+            previous: Vec::new(),
+        });
+    }
+    let mut b = Builder {
+        levels: Vec::new(),
+        out: Vec::new(),
+        previous: vec![None; ops.len()],
+        mode,
+    };
+    match root {
+        Some(r) => {
+            let node = src.node(r)?;
+            b.walk(src, &node, ops, 0)?;
+        }
+        None => b.merge_leaf(&[], &[], ops, 0),
+    }
+    b.finish(src)
+}
+
+struct Level {
+    keys: Vec<Box<[u8]>>,
+    slots: Vec<Slot>,
+    kids: Vec<Cid>,
+    pushes: u64,
+}
+
+struct Builder {
+    levels: Vec<Level>,
+    out: Vec<(u8, Cid, Arc<Node>, Vec<u8>)>,
+    previous: Vec<Option<Slot>>,
+    mode: Mode,
+}
+
+impl Builder {
+    fn level(&mut self, l: u8) -> &mut Level {
+        while self.levels.len() <= l as usize {
+            self.levels.push(Level {
+                keys: Vec::new(),
+                slots: Vec::new(),
+                kids: Vec::new(),
+                pushes: 0,
+            });
+        }
+        &mut self.levels[l as usize]
+    }
+
+    /// No partly-built node at levels `0..=l`: the next item starts a fresh node at each.
+    fn clean_through(&self, l: u8) -> bool {
+        self.levels
+            .iter()
+            .take(l as usize + 1)
+            .all(|x| x.keys.is_empty())
+    }
+
+    fn push_slot(&mut self, key: Box<[u8]>, slot: Slot) {
+        let boundary = is_boundary(&key, 0);
+        let lv = self.level(0);
+        lv.keys.push(key);
+        lv.slots.push(slot);
+        lv.pushes += 1;
+        if boundary {
+            self.close(0);
+        }
+    }
+
+    fn push_child(&mut self, l: u8, key: Box<[u8]>, cid: Cid) {
+        let boundary = is_boundary(&key, l);
+        let lv = self.level(l);
+        lv.keys.push(key);
+        lv.kids.push(cid);
+        lv.pushes += 1;
+        if boundary {
+            self.close(l);
+        }
+    }
+
+    fn close(&mut self, l: u8) {
+        let lv = self.level(l);
+        if lv.keys.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut lv.keys);
+        let items = if l == 0 {
+            Items::Leaf(std::mem::take(&mut lv.slots))
+        } else {
+            Items::Branch(std::mem::take(&mut lv.kids))
+        };
+        let first = keys[0].clone();
+        let node = Node {
+            level: l,
+            keys,
+            items,
+        };
+        let bytes = node.encode();
+        let cid = Cid::of_cbor(&bytes);
+        self.out.push((l, cid, Arc::new(node), bytes));
+        self.push_child(l + 1, first, cid);
+    }
+
+    fn merge_leaf(&mut self, keys: &[Box<[u8]>], slots: &[Slot], ops: &[Op], op_base: usize) {
+        let (mut i, mut j) = (0, 0);
+        while i < keys.len() || j < ops.len() {
+            let ord = match (keys.get(i), ops.get(j)) {
+                (Some(k), Some(o)) => (**k).cmp(&*o.0),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            match ord {
+                Ordering::Less => {
+                    self.push_slot(keys[i].clone(), slots[i]);
+                    i += 1;
+                }
+                Ordering::Equal => {
+                    let old = slots[i];
+                    self.previous[op_base + j] = Some(old);
+                    match ops[j].1 {
+                        None => {}
+                        Some(new) => {
+                            let keep_old =
+                                self.mode == Mode::Max && old.rank(&new) == Ordering::Greater;
+                            self.push_slot(keys[i].clone(), if keep_old { old } else { new });
+                        }
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                Ordering::Greater => {
+                    if let Some(new) = ops[j].1 {
+                        self.push_slot(ops[j].0.clone(), new);
+                    }
+                    j += 1;
+                }
+            }
+        }
+    }
+
+    fn walk<S: NodeSource>(
+        &mut self,
+        src: &S,
+        node: &Node,
+        ops: &[Op],
+        op_base: usize,
+    ) -> Result<(), S::Error> {
+        let kids = match &node.items {
+            Items::Leaf(slots) => {
+                self.merge_leaf(&node.keys, slots, ops, op_base);
+                return Ok(());
+            }
+            Items::Branch(k) => k,
+        };
+        let n = kids.len();
+        let mut at = 0;
+        for c in 0..n {
+            let end = if c + 1 < n {
+                at + ops[at..].partition_point(|o| *o.0 < *node.keys[c + 1])
+            } else {
+                ops.len()
+            };
+            let mine = &ops[at..end];
+            if mine.is_empty() && self.clean_through(node.level - 1) {
+                self.push_child(node.level, node.keys[c].clone(), kids[c]);
+            } else {
+                let child = src.node(&kids[c])?;
+                if child.level + 1 != node.level {
+                    return Err(TreeError {
+                        cid: kids[c],
+                        what: "child at the wrong level",
+                    }
+                    .into());
+                }
+                self.walk(src, &child, mine, op_base + at)?;
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
+    fn finish<S: NodeSource>(mut self, src: &S) -> Result<Update, S::Error> {
+        let mut l: u8 = 0;
+        let mut root = loop {
+            if l as usize >= self.levels.len() {
+                break None;
+            }
+            let top = self.levels[l as usize + 1..].iter().all(|x| x.pushes == 0);
+            let lv = &self.levels[l as usize];
+            if top {
+                if lv.keys.is_empty() {
+                    break None; // nothing was ever pushed: the tree is empty
+                }
+                if l > 0 && lv.keys.len() == 1 && lv.pushes == 1 {
+                    break Some(lv.kids[0]);
+                }
+            }
+            self.close(l);
+            l += 1;
+        };
+        // A root never has a single child: strip such nodes (built here or reused).
+        while let Some(r) = root {
+            let node = match self.out.iter().find(|x| x.1 == r) {
+                Some(x) => x.2.clone(),
+                None => src.node(&r)?,
+            };
+            match &node.items {
+                Items::Branch(k) if k.len() == 1 => root = Some(k[0]),
+                _ => break,
+            }
+        }
+        // Keep only new nodes reachable from the root (drops stripped ones), once each.
+        let mut blocks = Vec::new();
+        if let Some(r) = root {
+            let mut by_cid: std::collections::HashMap<Cid, (Arc<Node>, Vec<u8>)> = self
+                .out
+                .into_iter()
+                .map(|(_, c, n, b)| (c, (n, b)))
+                .collect();
+            let mut stack = vec![r];
+            while let Some(c) = stack.pop() {
+                if let Some((n, b)) = by_cid.remove(&c) {
+                    stack.extend_from_slice(n.children());
+                    blocks.push((c, b));
+                }
+            }
+        }
+        Ok(Update {
+            root,
+            blocks,
+            previous: self.previous,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, HashMap};
+
+    #[derive(Default)]
+    struct Mem(RefCell<HashMap<Cid, Arc<Node>>>);
+    #[derive(Debug)]
+    struct E(#[allow(dead_code)] TreeError);
+    impl From<TreeError> for E {
+        fn from(t: TreeError) -> E {
+            E(t)
+        }
+    }
+    impl NodeSource for Mem {
+        type Error = E;
+        fn node(&self, cid: &Cid) -> Result<Arc<Node>, E> {
+            self.0.borrow().get(cid).cloned().ok_or(E(TreeError {
+                cid: *cid,
+                what: "missing",
+            }))
+        }
+    }
+    impl Mem {
+        fn apply(&self, root: Option<Cid>, ops: &[Op], mode: Mode) -> Option<Cid> {
+            let u = update(self, root.as_ref(), ops, mode).unwrap();
+            for (c, b) in u.blocks {
+                assert_eq!(Cid::of_cbor(&b), c);
+                let n = Node::decode(&b).unwrap();
+                self.0.borrow_mut().insert(c, Arc::new(n));
+            }
+            u.root
+        }
+        fn all(&self, root: Option<Cid>) -> Vec<(Vec<u8>, Slot)> {
+            let mut v = Vec::new();
+            range(self, root.as_ref(), None, None, &mut |k, s| {
+                v.push((k.to_vec(), *s));
+                Ok(true)
+            })
+            .unwrap();
+            v
+        }
+    }
+
+    fn slot(v: u64) -> Option<Slot> {
+        Some(Slot {
+            version: v,
+            link: Some(Cid::of_cbor(&v.to_be_bytes())),
+        })
+    }
+    fn key(i: u32) -> Box<[u8]> {
+        format!("doc-{i:08}").into_bytes().into()
+    }
+
+    fn build(entries: &BTreeMap<Box<[u8]>, Slot>, mem: &Mem) -> Option<Cid> {
+        let ops: Vec<Op> = entries.iter().map(|(k, v)| (k.clone(), Some(*v))).collect();
+        mem.apply(None, &ops, Mode::Overwrite)
+    }
+
+    #[test]
+    fn sequential_inserts_match_bulk_build() {
+        let mem = Mem::default();
+        let mut root = None;
+        let mut model = BTreeMap::new();
+        for i in 0..2000u32 {
+            root = mem.apply(root, &[(key(i), slot(i as u64))], Mode::Overwrite);
+            model.insert(key(i), slot(i as u64).unwrap());
+        }
+        assert_eq!(root, build(&model, &mem));
+        assert_eq!(mem.all(root).len(), 2000);
+        assert_eq!(get(&mem, root.as_ref(), &key(777)).unwrap(), slot(777));
+        assert_eq!(get(&mem, root.as_ref(), b"zzz").unwrap(), None);
+        // Delete everything, one at a time, in a scattered order.
+        for i in (0..2000u32).map(|i| (i * 7919) % 2000) {
+            root = mem.apply(root, &[(key(i), None)], Mode::Overwrite);
+        }
+        assert_eq!(root, None);
+    }
+
+    #[test]
+    fn max_mode_keeps_the_higher_rank() {
+        let mem = Mem::default();
+        let r = mem.apply(None, &[(key(1), slot(5))], Mode::Max);
+        let r2 = mem.apply(r, &[(key(1), slot(3))], Mode::Max);
+        assert_eq!(r, r2);
+        let r3 = mem.apply(r, &[(key(1), slot(3))], Mode::Overwrite);
+        assert_ne!(r, r3);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any sequence of batches gives the tree a from-scratch build gives (canonical shape),
+        /// and the same entries as a BTreeMap model.
+        #[test]
+        fn batches_agree_with_model_and_are_canonical(
+            batches in prop::collection::vec(
+                prop::collection::btree_map(0u32..600, prop::option::of(0u64..1000), 1..80), 1..12)
+        ) {
+            let mem = Mem::default();
+            let mut root = None;
+            let mut model: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
+            for b in &batches {
+                let ops: Vec<Op> = b.iter().map(|(k, v)| (key(*k), v.and_then(slot))).collect();
+                root = mem.apply(root, &ops, Mode::Overwrite);
+                for (k, v) in ops {
+                    match v { Some(s) => { model.insert(k, s); } None => { model.remove(&k); } }
+                }
+                let got: Vec<(Vec<u8>, Slot)> = mem.all(root);
+                let want: Vec<(Vec<u8>, Slot)> = model.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
+                prop_assert_eq!(got, want);
+            }
+            let fresh = Mem::default();
+            prop_assert_eq!(root, build(&model, &fresh));
+        }
+
+        /// Max-mode merges of the same writes in any order give the same root.
+        #[test]
+        fn max_merge_is_order_independent(
+            writes in prop::collection::vec((0u32..200, 0u64..50), 1..200), seed in any::<u64>()
+        ) {
+            let mem = Mem::default();
+            let mut a = None;
+            for (k, v) in &writes { a = mem.apply(a, &[(key(*k), slot(*v))], Mode::Max); }
+            let mut shuffled = writes.clone();
+            let mut s = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+            let mut b = None;
+            for (k, v) in &shuffled { b = mem.apply(b, &[(key(*k), slot(*v))], Mode::Max); }
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Node::decode(&bytes);
+        }
+    }
+}

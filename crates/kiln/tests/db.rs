@@ -1,0 +1,484 @@
+//! Behaviour of a database through the public API.
+
+use kiln::{Cid, Durability, Error, ListOptions, Options, Store};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn opts(threshold: usize) -> Options {
+    Options {
+        durability: Durability::Buffered,
+        compact_threshold: threshold,
+        ..Options::default()
+    }
+}
+
+fn ids(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| d["_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn all_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn put_get_del_list_and_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    assert!(db.get("a").unwrap().is_none());
+    db.put(&json!({"_id": "b", "x": 2})).unwrap();
+    db.put(&json!({"_id": "a", "x": 1})).unwrap();
+    let c = db
+        .bulk(&[
+            json!({"_id": "c"}),
+            json!({"_id": "d"}),
+            json!({"_id": "c", "x": 3}),
+        ])
+        .unwrap();
+    assert_eq!(c.ids, vec!["c", "d", "c"]);
+    assert_eq!(db.get("c").unwrap().unwrap(), json!({"_id": "c", "x": 3}));
+    db.del("b").unwrap();
+    assert_eq!(
+        ids(&db.docs(&ListOptions::default()).unwrap()),
+        vec!["a", "c", "d"]
+    );
+    let page = db
+        .docs(&ListOptions {
+            start: Some("b".into()),
+            end: Some("c".into()),
+            limit: None,
+        })
+        .unwrap();
+    assert_eq!(ids(&page), vec!["c"]);
+    assert_eq!(
+        ids(&db
+            .docs(&ListOptions {
+                limit: Some(2),
+                ..Default::default()
+            })
+            .unwrap()),
+        vec!["a", "c"]
+    );
+    assert!(db
+        .docs(&ListOptions {
+            limit: Some(0),
+            ..Default::default()
+        })
+        .unwrap()
+        .is_empty());
+    let info = db.info().unwrap();
+    assert_eq!(
+        (info.docs, info.events, info.files.len(), info.heads.len()),
+        (3, 4, 4, 1)
+    );
+    // A generated id is a UUIDv7 and comes back.
+    let g = db.put(&json!({"y": 1})).unwrap();
+    assert_eq!(g.ids[0].len(), 36);
+    assert_eq!(db.get(&g.ids[0]).unwrap().unwrap()["y"], 1);
+    assert!(db.verify().unwrap().ok());
+    // Reopen from a new store handle: same state.
+    drop(db);
+    let store2 = Store::open(dir.path()).unwrap();
+    let db2 = store2.open_db("t").unwrap();
+    assert_eq!(db2.docs(&ListOptions::default()).unwrap().len(), 4);
+    assert_eq!(db2.info().unwrap().docs, 4);
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    db.put(&json!({"_id": "a"})).unwrap();
+    let before = db.info().unwrap();
+    for bad in [
+        json!(1),
+        json!({"_id": 1}),
+        json!({"_id": "x", "_rev": 1}),
+        json!({"_id": ""}),
+    ] {
+        assert!(
+            matches!(db.put(&bad), Err(Error::InvalidDocument(_))),
+            "{bad}"
+        );
+        assert!(matches!(
+            db.bulk(&[json!({"_id": "ok"}), bad.clone()]),
+            Err(Error::InvalidDocument(_))
+        ));
+    }
+    assert!(matches!(db.bulk(&[]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(db.get(""), Err(Error::InvalidDocument(_))));
+    assert_eq!(db.info().unwrap(), before);
+    assert!(db.get("ok").unwrap().is_none());
+}
+
+#[test]
+fn databases_create_list_open_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let a = store.create(None).unwrap();
+    assert_eq!(a.name().len(), 36);
+    store
+        .create(Some("b"))
+        .unwrap()
+        .put(&json!({"_id": "x"}))
+        .unwrap();
+    assert!(matches!(
+        store.create(Some("b")),
+        Err(Error::DatabaseExists(_))
+    ));
+    for bad in ["../x", ".x", "a/b", ""] {
+        assert!(
+            matches!(store.create(Some(bad)), Err(Error::InvalidName { .. })),
+            "{bad}"
+        );
+        assert!(
+            matches!(store.open_db(bad), Err(Error::InvalidName { .. })),
+            "{bad}"
+        );
+    }
+    assert!(matches!(
+        store.open_db("nope"),
+        Err(Error::NoSuchDatabase(_))
+    ));
+    let mut want = vec![a.name().to_owned(), "b".to_owned()];
+    want.sort();
+    assert_eq!(store.list().unwrap(), want);
+    store.drop_db("b").unwrap();
+    assert_eq!(store.list().unwrap(), vec![a.name().to_owned()]);
+    assert!(matches!(store.open_db("b"), Err(Error::NoSuchDatabase(_))));
+    assert!(matches!(store.drop_db("b"), Err(Error::NoSuchDatabase(_))));
+    // Its files and key are gone too.
+    let left: Vec<_> = all_files(&dir.path().join("files"));
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(all_files(&dir.path().join("keys")).len(), 1);
+}
+
+#[test]
+fn no_plaintext_in_any_stored_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(3)).unwrap();
+    let db = store.create(Some("secret")).unwrap();
+    for i in 0..10 {
+        db.put(
+            &json!({"_id": format!("ZEBRA-ID-{i}"), "note": "ZEBRA-MARKER body", "field_ZEBRA": i}),
+        )
+        .unwrap();
+    }
+    db.del("ZEBRA-ID-3").unwrap();
+    assert!(
+        db.info().unwrap().files.iter().any(|f| f.level > 0),
+        "compaction ran"
+    );
+    for p in all_files(dir.path()) {
+        let b = std::fs::read(&p).unwrap();
+        assert!(
+            !b.windows(5).any(|w| w == b"ZEBRA"),
+            "plaintext in {}",
+            p.display()
+        );
+    }
+}
+
+#[test]
+fn corruption_is_reported_by_name_never_as_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    db.put(&json!({"_id": "a", "x": "y".repeat(50)})).unwrap();
+    let info = db.info().unwrap();
+    let name = info.files[0].name.to_string();
+    let path = dir
+        .path()
+        .join("files")
+        .join(&name[..2])
+        .join(format!("{name}.kdf"));
+    let orig = std::fs::read(&path).unwrap();
+    // Flip one byte in each region: header, segment, index, trailer.
+    for at in [3, 40, orig.len() - 30, orig.len() - 10] {
+        let mut b = orig.clone();
+        b[at] ^= 0x10;
+        std::fs::write(&path, &b).unwrap();
+        let s = Store::open_with(dir.path(), opts(100)).unwrap();
+        let db = s.open_db("t").unwrap();
+        let e = db.get("a").unwrap_err();
+        assert!(e.is_corruption(), "byte {at}: {e}");
+        let r = db.verify().unwrap();
+        assert!(!r.ok());
+        assert!(
+            r.problems.iter().any(|p| p.location.contains(&name)),
+            "byte {at}: {:?}",
+            r.problems
+        );
+    }
+    std::fs::write(&path, &orig).unwrap();
+    assert!(Store::open(dir.path())
+        .unwrap()
+        .open_db("t")
+        .unwrap()
+        .verify()
+        .unwrap()
+        .ok());
+    // A missing file is corruption too.
+    std::fs::remove_file(&path).unwrap();
+    let e = Store::open(dir.path())
+        .unwrap()
+        .open_db("t")
+        .unwrap()
+        .get("a")
+        .unwrap_err();
+    assert!(matches!(e, Error::MissingFile(..)), "{e}");
+    // A damaged head record is reported on open.
+    std::fs::write(&path, &orig).unwrap();
+    let hp = dir.path().join("dbs/t/HEAD");
+    let mut h = std::fs::read(&hp).unwrap();
+    let n = h.len();
+    h[n - 5] ^= 1;
+    std::fs::write(&hp, &h).unwrap();
+    let e = Store::open(dir.path()).unwrap().open_db("t").err().unwrap();
+    assert!(e.is_corruption(), "{e}");
+}
+
+#[test]
+fn concurrent_transactions_leave_two_heads_then_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let base = db.put(&json!({"_id": "x", "v": 0})).unwrap();
+    let mut t1 = db.transaction().unwrap();
+    let mut t2 = db.transaction().unwrap();
+    t1.put(&json!({"_id": "a", "v": 1})).unwrap();
+    t1.put(&json!({"_id": "x", "v": 1})).unwrap();
+    t2.put(&json!({"_id": "b", "v": 2})).unwrap();
+    t2.put(&json!({"_id": "x", "v": 2})).unwrap();
+    assert_eq!(t2.get("x").unwrap().unwrap()["v"], 2);
+    assert_eq!(t2.get("a").unwrap(), None);
+    let c1 = t1.commit().unwrap();
+    let c2 = t2.commit().unwrap();
+    assert_eq!(c2.heads.len(), 2);
+    assert!(c2.heads.contains(&c1.event) && c2.heads.contains(&c2.event));
+    // Both branches are visible; the conflicting write has one deterministic winner.
+    assert_eq!(db.get("a").unwrap().unwrap()["v"], 1);
+    assert_eq!(db.get("b").unwrap().unwrap()["v"], 2);
+    let winner = db.get("x").unwrap().unwrap();
+    // changes since the base: exactly a, b, x once each, also with two heads.
+    let ch = db.changes(Some(&[base.event])).unwrap();
+    let mut got: Vec<&str> = ch.iter().map(|c| c.id.as_str()).collect();
+    got.sort();
+    assert_eq!(got, vec!["a", "b", "x"]);
+    assert_eq!(ch.iter().find(|c| c.id == "x").unwrap().doc, winner);
+    let ch1: Vec<String> = db
+        .changes(Some(&[c1.event]))
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mut ch1 = ch1;
+    ch1.sort();
+    assert_eq!(ch1, vec!["b", "x"]);
+    assert!(db.changes(Some(&c2.heads)).unwrap().is_empty());
+    assert!(db.verify().unwrap().ok());
+    // The same two transactions committed in the other order elsewhere pick the same winner
+    // and reach the same tree root.
+    let other = store.create(Some("u")).unwrap();
+    other.put(&json!({"_id": "x", "v": 0})).unwrap();
+    let mut u1 = other.transaction().unwrap();
+    let mut u2 = other.transaction().unwrap();
+    u1.put(&json!({"_id": "a", "v": 1})).unwrap();
+    u1.put(&json!({"_id": "x", "v": 1})).unwrap();
+    u2.put(&json!({"_id": "b", "v": 2})).unwrap();
+    u2.put(&json!({"_id": "x", "v": 2})).unwrap();
+    u2.commit().unwrap();
+    u1.commit().unwrap();
+    assert_eq!(other.get("x").unwrap().unwrap(), winner);
+    assert_eq!(other.info().unwrap().root, db.info().unwrap().root);
+    // The next commit joins the heads.
+    let j = db.put(&json!({"_id": "y"})).unwrap();
+    assert_eq!(j.heads, vec![j.event]);
+    let log = db.log(None).unwrap();
+    assert_eq!(log[0].parents.len(), 2);
+    assert_eq!(log.len(), 4);
+    assert_eq!(db.info().unwrap().docs, 4);
+}
+
+#[test]
+fn history_is_readable_at_every_event_across_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(3)).unwrap();
+    let db = store.create(Some("h")).unwrap();
+    let mut model: BTreeMap<String, i64> = BTreeMap::new();
+    let mut snapshots: Vec<(Cid, BTreeMap<String, i64>)> = Vec::new();
+    for k in 0..120i64 {
+        let id = format!("d{}", (k * 7) % 13);
+        let c = if k % 5 == 4 {
+            model.remove(&id);
+            db.del(&id).unwrap()
+        } else {
+            model.insert(id.clone(), k);
+            db.put(&json!({"_id": id, "k": k})).unwrap()
+        };
+        snapshots.push((c.event, model.clone()));
+    }
+    let info = db.info().unwrap();
+    assert!(
+        info.files.len() <= 3 + 2 * kiln::LEVEL_FANIN,
+        "{:?}",
+        info.files
+    );
+    assert!(
+        info.files.iter().any(|f| f.level >= 2),
+        "cascaded: {:?}",
+        info.files
+    );
+    assert!(db.verify().unwrap().ok());
+    let reopened = Store::open_with(dir.path(), opts(3))
+        .unwrap()
+        .open_db("h")
+        .unwrap();
+    for (ev, snap) in &snapshots {
+        for i in 0..13 {
+            let id = format!("d{i}");
+            let got = reopened
+                .get_at(&id, ev)
+                .unwrap()
+                .map(|d| d["k"].as_i64().unwrap());
+            assert_eq!(got, snap.get(&id).copied(), "{id} at {ev}");
+        }
+    }
+    assert_eq!(reopened.log(None).unwrap().len(), 120);
+    assert_eq!(reopened.log(Some(5)).unwrap().len(), 5);
+    // changes since the 100th event: exactly the ids written after it.
+    let since = snapshots[99].0;
+    let mut want: Vec<String> = (100..120i64)
+        .map(|k| format!("d{}", (k * 7) % 13))
+        .collect();
+    want.sort();
+    want.dedup();
+    let mut got: Vec<String> = reopened
+        .changes(Some(&[since]))
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+    let unknown = Cid::of_cbor(b"nope");
+    assert!(matches!(
+        reopened.get_at("d1", &unknown),
+        Err(Error::NoSuchEvent(..))
+    ));
+    // On-demand compaction leaves one file per level at most, and changes nothing visible.
+    reopened.compact().unwrap();
+    assert!(reopened.verify().unwrap().ok());
+    let all: Vec<(String, i64)> = reopened
+        .docs(&ListOptions::default())
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["_id"].as_str().unwrap().to_owned(),
+                d["k"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn threads_and_handles_share_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(20)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let other_store = Store::open_with(dir.path(), opts(20)).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let db = if t % 2 == 0 {
+                db.clone()
+            } else {
+                other_store.open_db("t").unwrap()
+            };
+            std::thread::spawn(move || {
+                for i in 0..60 {
+                    db.put(&json!({"_id": format!("t{t}-{i}")})).unwrap();
+                    if i % 10 == 0 {
+                        assert!(db.get(&format!("t{t}-{i}")).unwrap().is_some());
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let info = db.info().unwrap();
+    assert_eq!((info.docs, info.events, info.heads.len()), (240, 240, 1));
+    assert_eq!(db.docs(&ListOptions::default()).unwrap().len(), 240);
+    assert!(db.verify().unwrap().ok());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, u16),
+    Del(u8),
+    Bulk(Vec<(u8, u16)>),
+    Reopen,
+    Compact,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..40, any::<u16>()).prop_map(|(k, v)| Op::Put(k, v)),
+        2 => (0u8..40).prop_map(Op::Del),
+        2 => prop::collection::vec((0u8..40, any::<u16>()), 1..20).prop_map(Op::Bulk),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Compact),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn agrees_with_a_btreemap(ops in prop::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_with(dir.path(), opts(4)).unwrap();
+        let mut db = store.create(Some("m")).unwrap();
+        let mut model: BTreeMap<String, u16> = BTreeMap::new();
+        for op in &ops {
+            match op {
+                Op::Put(k, v) => { db.put(&json!({"_id": format!("k{k:02}"), "v": v})).unwrap(); model.insert(format!("k{k:02}"), *v); }
+                Op::Del(k) => { db.del(&format!("k{k:02}")).unwrap(); model.remove(&format!("k{k:02}")); }
+                Op::Bulk(kv) => {
+                    let docs: Vec<Value> = kv.iter().map(|(k, v)| json!({"_id": format!("k{k:02}"), "v": v})).collect();
+                    db.bulk(&docs).unwrap();
+                    for (k, v) in kv { model.insert(format!("k{k:02}"), *v); }
+                }
+                Op::Reopen => { store = Store::open_with(dir.path(), opts(4)).unwrap(); db = store.open_db("m").unwrap(); }
+                Op::Compact => db.compact().unwrap(),
+            }
+            for k in 0..40u8 {
+                let id = format!("k{k:02}");
+                let got = db.get(&id).unwrap().map(|d| d["v"].as_u64().unwrap() as u16);
+                prop_assert_eq!(got, model.get(&id).copied());
+            }
+        }
+        let listed: Vec<(String, u16)> = db.docs(&ListOptions::default()).unwrap().iter()
+            .map(|d| (d["_id"].as_str().unwrap().to_owned(), d["v"].as_u64().unwrap() as u16)).collect();
+        prop_assert_eq!(listed, model.clone().into_iter().collect::<Vec<_>>());
+        prop_assert_eq!(db.info().unwrap().docs, model.len() as u64);
+        let r = db.verify().unwrap();
+        prop_assert!(r.ok(), "{:?}", r.problems);
+    }
+}
