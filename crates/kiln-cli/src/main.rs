@@ -1,1 +1,507 @@
-fn main() {}
+//! `kiln`: the command-line tool. Every verb is one library call plus printing.
+
+use clap::{Parser, Subcommand};
+use kiln::{Cid, Database, Durability, Error, ListOptions, Options, Store};
+use serde_json::{json, Value};
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit codes (also in `kiln --help`).
+mod code {
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+    pub const NO_SUCH: u8 = 4;
+    pub const CORRUPT: u8 = 5;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "kiln: an embedded, encrypted, content-addressed document database",
+    after_help = "Exit codes: 0 ok, 1 error, 2 bad usage or input, 3 document not found, \
+                  4 no such database or event, 5 corruption found.\n\
+                  The store folder is --root, else $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln."
+)]
+struct Cli {
+    /// Store folder (created if absent).
+    #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// `full`: fsync every commit (survives power loss); `buffered`: no fsync (survives a
+    /// process crash, may lose the last commits on power loss).
+    #[arg(long, global = true, default_value = "full", value_parser = ["full", "buffered"])]
+    durability: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create, list, inspect and drop databases.
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// Write a document (replaces the whole document). JSON from the argument or stdin.
+    Put {
+        db: String,
+        /// The document; read from stdin when omitted.
+        #[arg(value_name = "JSON")]
+        doc: Option<String>,
+    },
+    /// Read a document; exit code 3 if it does not exist.
+    Get {
+        db: String,
+        id: String,
+        /// Read it as of this event (a CID from `kiln log`).
+        #[arg(long, value_name = "EVENT")]
+        at: Option<String>,
+    },
+    /// Delete a document (records a tombstone).
+    Del { db: String, id: String },
+    /// List documents in id order.
+    Docs {
+        db: String,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// First id (inclusive).
+        #[arg(long)]
+        start: Option<String>,
+        /// Last id (inclusive).
+        #[arg(long)]
+        end: Option<String>,
+    },
+    /// Import JSON lines (one document per line) in transactions of --batch documents.
+    Import {
+        db: String,
+        /// A .jsonl file, or - for stdin.
+        file: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Print every document as JSON lines, in id order.
+    Export { db: String },
+    /// Documents changed since an event (all documents, with deletions, without --since).
+    Changes {
+        db: String,
+        /// Event CID(s); repeat or separate with commas for several heads.
+        #[arg(long, value_name = "EVENT", value_delimiter = ',')]
+        since: Vec<String>,
+    },
+    /// The event log, newest first.
+    Log {
+        db: String,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Re-hash every stored byte and check every link; exit code 5 on any problem.
+    Verify { db: String },
+    /// Merge the transaction diff files into one file now.
+    Compact { db: String },
+    /// Create a database "demo" with 1,000 sample documents, read them back and verify.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Create a database (a fresh UUID name when NAME is omitted).
+    Create { name: Option<String> },
+    /// List databases.
+    List,
+    /// Delete a database with its files and key.
+    Drop { name: String },
+    /// Documents, heads, files and bytes of a database.
+    Info { name: String },
+}
+
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn print(&self, human: impl FnOnce() -> String, machine: impl FnOnce() -> Value) {
+        let mut o = std::io::stdout().lock();
+        let text = if self.json { machine().to_string() } else { human() };
+        if !text.is_empty() {
+            let _ = writeln!(o, "{text}");
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { code::USAGE } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(c) => ExitCode::from(c),
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::InvalidName { .. } | Error::InvalidDocument(_) | Error::InvalidArgument(_) | Error::DatabaseExists(_) => {
+            code::USAGE
+        }
+        Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) => code::NO_SUCH,
+        e if e.is_corruption() => code::CORRUPT,
+        _ => code::ERROR,
+    }
+}
+
+fn parse_event(s: &str) -> kiln::Result<Cid> {
+    Cid::parse(s.trim())
+        .ok_or_else(|| Error::InvalidArgument(format!("{s:?} is not an event CID (copy one from `kiln log`)")))
+}
+
+fn parse_doc(text: &str, what: &str) -> kiln::Result<Value> {
+    serde_json::from_str(text).map_err(|e| Error::InvalidDocument(format!("{what} is not valid JSON: {e}")))
+}
+
+fn cids(v: &[Cid]) -> Vec<String> {
+    v.iter().map(|c| c.to_string()).collect()
+}
+
+fn run(cli: Cli) -> kiln::Result<u8> {
+    let opts = Options {
+        durability: if cli.durability == "buffered" { Durability::Buffered } else { Durability::Full },
+        ..Options::default()
+    };
+    let root = cli.root.clone().unwrap_or_else(Store::default_root);
+    let store = Store::open_with(&root, opts)?;
+    let out = Out { json: cli.json };
+    match cli.cmd {
+        Cmd::Db(DbCmd::Create { name }) => {
+            let db = store.create(name.as_deref())?;
+            out.print(|| format!("created {}", db.name()), || json!({"name": db.name()}));
+        }
+        Cmd::Db(DbCmd::List) => {
+            let names = store.list()?;
+            out.print(|| names.join("\n"), || json!(names));
+        }
+        Cmd::Db(DbCmd::Drop { name }) => {
+            store.drop_db(&name)?;
+            out.print(|| format!("dropped {name}"), || json!({"dropped": name}));
+        }
+        Cmd::Db(DbCmd::Info { name }) => {
+            let i = store.open_db(&name)?.info()?;
+            let levels = |l: u8| i.files.iter().filter(|f| f.level == l).count();
+            out.print(
+                || {
+                    let mut s = format!(
+                        "database   {}\nlineage    {}\ndocuments  {}\nevents     {}\nheads      {}\nfiles      {} ({} diffs, {} compacted)\nbytes      {}\ncommits    {}",
+                        i.name,
+                        i.lineage,
+                        i.docs,
+                        i.events,
+                        if i.heads.is_empty() { "(none)".into() } else { cids(&i.heads).join(", ") },
+                        i.files.len(),
+                        levels(0),
+                        i.files.len() - levels(0),
+                        i.bytes,
+                        i.commits
+                    );
+                    if i.compacted > 0 {
+                        s.push_str(&format!("\ncompacted  {}", utc(i.compacted)));
+                    }
+                    s
+                },
+                || {
+                    json!({"name": i.name, "lineage": i.lineage, "docs": i.docs, "events": i.events,
+                        "heads": cids(&i.heads), "root": i.root.map(|r| r.to_string()), "bytes": i.bytes,
+                        "commits": i.commits, "compacted_ms": i.compacted,
+                        "files": i.files.iter().map(|f| json!({"name": f.name.to_string(), "level": f.level, "size": f.size})).collect::<Vec<_>>()})
+                },
+            );
+        }
+        Cmd::Put { db, doc: text } => {
+            let db = store.open_db(&db)?;
+            let text = match text {
+                Some(t) => t,
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s).map_err(|e| Error::io("stdin", e))?;
+                    s
+                }
+            };
+            let c = db.put(&parse_doc(&text, "the document")?)?;
+            out.print(
+                || format!("{} {}", c.ids[0], c.event),
+                || json!({"id": c.ids[0], "event": c.event.to_string(), "heads": cids(&c.heads)}),
+            );
+        }
+        Cmd::Get { db, id, at } => {
+            let db = store.open_db(&db)?;
+            let doc = match at {
+                Some(e) => db.get_at(&id, &parse_event(&e)?)?,
+                None => db.get(&id)?,
+            };
+            match doc {
+                Some(d) => out.print(|| serde_json::to_string_pretty(&d).unwrap_or_default(), || d.clone()),
+                None => {
+                    eprintln!("kiln: no document {id:?} in {}", db.name());
+                    return Ok(code::NOT_FOUND);
+                }
+            }
+        }
+        Cmd::Del { db, id } => {
+            let db = store.open_db(&db)?;
+            let c = db.del(&id)?;
+            out.print(
+                || format!("deleted {id} {}", c.event),
+                || json!({"id": id, "event": c.event.to_string(), "heads": cids(&c.heads)}),
+            );
+        }
+        Cmd::Docs { db, limit, start, end } => {
+            let db = store.open_db(&db)?;
+            let docs = db.docs(&ListOptions { start, end, limit })?;
+            out.print(
+                || docs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
+                || Value::Array(docs.clone()),
+            );
+        }
+        Cmd::Import { db, file, batch } => {
+            let db = store.open_db(&db)?;
+            let n = import(&db, &file, batch.max(1))?;
+            out.print(|| format!("imported {n} documents into {}", db.name()), || json!({"imported": n}));
+        }
+        Cmd::Export { db } => {
+            let db = store.open_db(&db)?;
+            let mut o = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut failed = None;
+            db.scan(&ListOptions::default(), &mut |d| match writeln!(o, "{d}") {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            })?;
+            if let Some(e) = failed.or_else(|| o.flush().err()) {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(Error::io("stdout", e));
+                }
+            }
+        }
+        Cmd::Changes { db, since } => {
+            let db = store.open_db(&db)?;
+            let since: Vec<Cid> = since.iter().map(|s| parse_event(s)).collect::<kiln::Result<_>>()?;
+            let ch = db.changes(if since.is_empty() { None } else { Some(&since) })?;
+            out.print(
+                || {
+                    ch.iter()
+                        .map(|c| format!("{:>6} {}{}", c.version, c.id, if c.deleted { "  (deleted)" } else { "" }))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                || {
+                    json!(ch
+                        .iter()
+                        .map(|c| json!({"id": c.id, "version": c.version, "deleted": c.deleted, "doc": c.doc}))
+                        .collect::<Vec<_>>())
+                },
+            );
+        }
+        Cmd::Log { db, limit } => {
+            let db = store.open_db(&db)?;
+            let log = db.log(limit)?;
+            out.print(
+                || {
+                    log.iter()
+                        .map(|e| {
+                            let ids: Vec<String> =
+                                e.ops.iter().map(|(id, del)| if *del { format!("-{id}") } else { id.clone() }).collect();
+                            let shown = if ids.len() > 5 {
+                                format!("{} … (+{})", ids[..5].join(" "), ids.len() - 5)
+                            } else {
+                                ids.join(" ")
+                            };
+                            format!("{}  height {}  {}  parents {}  {}", e.cid, e.height, utc(e.time), e.parents.len(), shown)
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                || {
+                    json!(log
+                        .iter()
+                        .map(|e| json!({"cid": e.cid.to_string(), "parents": cids(&e.parents), "height": e.height,
+                            "time_ms": e.time, "ops": e.ops.iter().map(|(id, del)| json!({"id": id, "deleted": del})).collect::<Vec<_>>()}))
+                        .collect::<Vec<_>>())
+                },
+            );
+        }
+        Cmd::Verify { db } => {
+            let db = store.open_db(&db)?;
+            let r = db.verify()?;
+            out.print(
+                || {
+                    let mut s = format!(
+                        "{}: {} files, {} bytes, {} blocks, {} events, {} tree nodes, {} documents",
+                        db.name(),
+                        r.files,
+                        r.bytes,
+                        r.blocks,
+                        r.events,
+                        r.tree_nodes,
+                        r.docs
+                    );
+                    for p in &r.problems {
+                        s.push_str(&format!("\nPROBLEM {}: {}", p.location, p.what));
+                    }
+                    s.push_str(if r.ok() { "\nok" } else { "\nFAILED" });
+                    s
+                },
+                || {
+                    json!({"ok": r.ok(), "files": r.files, "bytes": r.bytes, "blocks": r.blocks, "events": r.events,
+                        "tree_nodes": r.tree_nodes, "docs": r.docs,
+                        "problems": r.problems.iter().map(|p| json!({"location": p.location, "what": p.what})).collect::<Vec<_>>()})
+                },
+            );
+            if !r.ok() {
+                return Ok(code::CORRUPT);
+            }
+        }
+        Cmd::Compact { db } => {
+            let db = store.open_db(&db)?;
+            db.compact()?;
+            let i = db.info()?;
+            out.print(
+                || format!("compacted {}: {} files, {} bytes", db.name(), i.files.len(), i.bytes),
+                || json!({"files": i.files.len(), "bytes": i.bytes}),
+            );
+        }
+        Cmd::Demo => return demo(&store, &out),
+    }
+    Ok(0)
+}
+
+fn import(db: &Database, file: &PathBuf, batch: usize) -> kiln::Result<u64> {
+    let (reader, total): (Box<dyn BufRead>, Option<u64>) = if file.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+        let len = f.metadata().map(|m| m.len()).ok();
+        (Box::new(std::io::BufReader::new(f)), len)
+    };
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {wide_bar} {per_sec} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut docs = Vec::with_capacity(batch);
+    let mut done = 0u64;
+    let flush = |docs: &mut Vec<Value>, done: &mut u64| -> kiln::Result<()> {
+        if !docs.is_empty() {
+            db.bulk(docs)?;
+            *done += docs.len() as u64;
+            docs.clear();
+        }
+        Ok(())
+    };
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| Error::io(file, e))?;
+        bar.inc(line.len() as u64 + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let doc = parse_doc(&line, "it")
+            .and_then(|d| kiln::doc::prepare(&d).map(|_| d))
+            .map_err(|e| {
+                let why = match e {
+                    Error::InvalidDocument(m) => m,
+                    other => other.to_string(),
+                };
+                Error::InvalidDocument(format!("line {}: {why} ({done} documents before it were imported)", n + 1))
+            })?;
+        docs.push(doc);
+        if docs.len() >= batch {
+            flush(&mut docs, &mut done)?;
+            bar.set_message(format!("{done} docs"));
+        }
+    }
+    flush(&mut docs, &mut done)?;
+    bar.finish_and_clear();
+    Ok(done)
+}
+
+fn demo(store: &Store, out: &Out) -> kiln::Result<u8> {
+    let t = std::time::Instant::now();
+    let db = match store.open_db("demo") {
+        Ok(db) => db,
+        Err(Error::NoSuchDatabase(_)) => store.create(Some("demo"))?,
+        Err(e) => return Err(e),
+    };
+    let docs: Vec<Value> = (0..1000)
+        .map(|i| json!({"_id": format!("item-{i:04}"), "title": format!("Item number {i}"), "n": (i * 7919) % 1000,
+                        "tags": [format!("t{}", i % 10)]}))
+        .collect();
+    let c = db.bulk(&docs)?;
+    let first = db.get("item-0042")?;
+    let updated = db.put(&json!({"_id": "item-0042", "title": "changed", "n": -1}))?;
+    let before = db.get_at("item-0042", &c.event)?;
+    let changes = db.changes(Some(&[c.event]))?;
+    let r = db.verify()?;
+    let info = db.info()?;
+    out.print(
+        || {
+            format!(
+                "store {}\nwrote 1,000 documents into database 'demo' (event {})\nread item-0042: {}\n\
+                 updated it (event {}); as of the bulk write it was: {}\nchanges since the bulk write: {}\n\
+                 database: {} documents, {} events, {} files, {} bytes (encrypted)\nverify: {}\ndone in {:.0} ms",
+                store.root().display(),
+                c.event,
+                first.map(|d| d.to_string()).unwrap_or_default(),
+                updated.event,
+                before.map(|d| d["title"].to_string()).unwrap_or_default(),
+                changes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", "),
+                info.docs,
+                info.events,
+                info.files.len(),
+                info.bytes,
+                if r.ok() { "ok" } else { "FAILED" },
+                t.elapsed().as_secs_f64() * 1000.0
+            )
+        },
+        || json!({"docs": info.docs, "events": info.events, "files": info.files.len(), "bytes": info.bytes, "verify_ok": r.ok()}),
+    );
+    Ok(if r.ok() { 0 } else { code::CORRUPT })
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem / 60 % 60, rem % 60, ms % 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000Z");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123Z");
+        assert_eq!(super::utc(1_795_857_206_688), "2026-11-28 09:13:26.688Z");
+    }
+}

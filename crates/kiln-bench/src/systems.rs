@@ -1,0 +1,220 @@
+//! One adapter per system, mirroring the adapters of `lib/adapters.mjs`.
+
+use crate::docs::{apply_update, Doc};
+use kiln::{Database, Durability, ListOptions, Options, Store};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+use std::path::Path;
+
+pub type BoxErr = Box<dyn std::error::Error + Send + Sync>;
+pub type Res<T> = Result<T, BoxErr>;
+
+pub const SYSTEMS: &[&str] = &["kiln", "kiln-sync", "sqlite", "sqlite-sync"];
+
+/// Whether the system fsyncs per commit.
+pub fn durability(system: &str) -> &'static str {
+    if system.ends_with("-sync") {
+        "full"
+    } else {
+        "buffered"
+    }
+}
+
+/// The version reported in the result line: kiln's crate version, or SQLite's library version.
+pub fn version(system: &str) -> String {
+    if system.starts_with("sqlite") {
+        rusqlite::version().to_owned()
+    } else {
+        env!("CARGO_PKG_VERSION").to_owned()
+    }
+}
+
+pub trait Adapter {
+    /// One document, its own transaction.
+    fn put_one(&mut self, doc: &Doc) -> Res<()>;
+    /// Many documents, one transaction.
+    fn put_batch(&mut self, docs: &[Doc]) -> Res<()>;
+    /// Reads one document; a missing document is an error (bench.mjs then throws too).
+    fn get(&mut self, id: &str) -> Res<Value>;
+    /// Read-modify-write of one existing document.
+    fn update(&mut self, id: &str) -> Res<()>;
+    /// Reads all documents with their bodies; returns how many.
+    fn all_docs(&mut self) -> Res<u64>;
+    fn close(self: Box<Self>) -> Res<()>;
+}
+
+/// Opens (creating where absent) the system's store under `dir`.
+pub fn open(system: &str, dir: &Path) -> Res<Box<dyn Adapter>> {
+    match system {
+        "kiln" => Ok(Box::new(KilnAdapter::open(dir, Durability::Buffered)?)),
+        "kiln-sync" => Ok(Box::new(KilnAdapter::open(dir, Durability::Full)?)),
+        "sqlite" => Ok(Box::new(SqliteAdapter::open(dir, "NORMAL")?)),
+        "sqlite-sync" => Ok(Box::new(SqliteAdapter::open(dir, "FULL")?)),
+        other => Err(format!("unknown system {other}").into()),
+    }
+}
+
+// ---------------------------------------------------------------- kiln
+
+/// kiln store at `<dir>/kiln`, database `bench`.
+pub struct KilnAdapter {
+    db: Database,
+    _store: Store,
+}
+
+const DB_NAME: &str = "bench";
+
+impl KilnAdapter {
+    fn open(dir: &Path, durability: Durability) -> Res<Self> {
+        let store = Store::open_with(
+            dir.join("kiln"),
+            Options {
+                durability,
+                ..Options::default()
+            },
+        )?;
+        let db = if store.exists(DB_NAME) {
+            store.open_db(DB_NAME)?
+        } else {
+            store.create(Some(DB_NAME))?
+        };
+        Ok(KilnAdapter { db, _store: store })
+    }
+}
+
+impl Adapter for KilnAdapter {
+    fn put_one(&mut self, doc: &Doc) -> Res<()> {
+        self.db.put(&doc.to_value())?;
+        Ok(())
+    }
+
+    fn put_batch(&mut self, docs: &[Doc]) -> Res<()> {
+        let v: Vec<Value> = docs.iter().map(Doc::to_value).collect();
+        self.db.bulk(&v)?;
+        Ok(())
+    }
+
+    fn get(&mut self, id: &str) -> Res<Value> {
+        self.db
+            .get(id)?
+            .ok_or_else(|| format!("not found {id}").into())
+    }
+
+    fn update(&mut self, id: &str) -> Res<()> {
+        let mut d = self.db.get(id)?.ok_or_else(|| format!("not found {id}"))?;
+        apply_update(&mut d)?;
+        self.db.put(&d)?;
+        Ok(())
+    }
+
+    fn all_docs(&mut self) -> Res<u64> {
+        let mut c = 0u64;
+        self.db.scan(&ListOptions::default(), &mut |_d| {
+            c += 1;
+            true
+        })?;
+        Ok(c)
+    }
+
+    fn close(self: Box<Self>) -> Res<()> {
+        drop(self);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- SQLite
+
+/// `<dir>/bench.sqlite`, WAL, `synchronous` as given; tables as in adapters.mjs.
+pub struct SqliteAdapter {
+    conn: Connection,
+}
+
+const SQL_PUT: &str = "INSERT OR REPLACE INTO docs (id, body) VALUES (?, ?)";
+const SQL_GET: &str = "SELECT body FROM docs WHERE id = ?";
+
+impl SqliteAdapter {
+    fn open(dir: &Path, synchronous: &str) -> Res<Self> {
+        std::fs::create_dir_all(dir)?;
+        let conn = Connection::open(dir.join("bench.sqlite"))?;
+        // better-sqlite3 builds SQLite with SQLITE_DEFAULT_CACHE_SIZE=-16000; match it.
+        conn.execute_batch("PRAGMA cache_size = -16000")?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(format!("sqlite: journal_mode is {mode}, not wal").into());
+        }
+        conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS files (doc_id TEXT NOT NULL, name TEXT NOT NULL,
+               type TEXT, data BLOB NOT NULL, PRIMARY KEY (doc_id, name));",
+        )?;
+        // Prepare the statements up front, as the JS adapter does.
+        conn.prepare_cached(SQL_PUT)?;
+        conn.prepare_cached(SQL_GET)?;
+        let _: i64 = conn.query_row("SELECT count(*) FROM docs", [], |r| r.get(0))?; // touch the file
+        Ok(SqliteAdapter { conn })
+    }
+}
+
+impl Adapter for SqliteAdapter {
+    fn put_one(&mut self, doc: &Doc) -> Res<()> {
+        // autocommit = one transaction
+        self.conn
+            .prepare_cached(SQL_PUT)?
+            .execute(params![doc.id, doc.to_json_string()])?;
+        Ok(())
+    }
+
+    fn put_batch(&mut self, docs: &[Doc]) -> Res<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(SQL_PUT)?;
+            for d in docs {
+                st.execute(params![d.id, d.to_json_string()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get(&mut self, id: &str) -> Res<Value> {
+        let mut st = self.conn.prepare_cached(SQL_GET)?;
+        let body: Option<String> = st.query_row([id], |r| r.get(0)).optional()?;
+        let body = body.ok_or_else(|| format!("not found {id}"))?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    fn update(&mut self, id: &str) -> Res<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let body: String = tx
+                .prepare_cached(SQL_GET)?
+                .query_row([id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| format!("not found {id}"))?;
+            let mut d: Value = serde_json::from_str(&body)?;
+            apply_update(&mut d)?;
+            tx.prepare_cached(SQL_PUT)?
+                .execute(params![id, serde_json::to_string(&d)?])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn all_docs(&mut self) -> Res<u64> {
+        let mut st = self.conn.prepare("SELECT id, body FROM docs ORDER BY id")?;
+        let mut rows = st.query([])?;
+        let mut c = 0u64;
+        while let Some(r) = rows.next()? {
+            let body = r.get_ref(1)?.as_str()?;
+            let _v: Value = serde_json::from_str(body)?;
+            c += 1;
+        }
+        Ok(c)
+    }
+
+    fn close(self: Box<Self>) -> Res<()> {
+        self.conn.close().map_err(|(_, e)| e)?;
+        Ok(())
+    }
+}

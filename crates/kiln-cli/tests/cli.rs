@@ -1,0 +1,160 @@
+//! The `kiln` binary end to end: output, JSON mode and exit codes.
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn kiln(root: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(root)
+        .args(["--durability", "buffered"])
+        .args(args)
+        .env_remove("KILN_ROOT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut i = c.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        i.write_all(s.as_bytes()).unwrap();
+    }
+    drop(i);
+    c.wait_with_output().unwrap()
+}
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    let o = kiln(root, args, None);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn json(root: &Path, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(root, &a)).unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap()
+}
+
+#[test]
+fn a_session_from_create_to_verify() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    assert_eq!(json(r, &["db", "create", "notes"])["name"], "notes");
+    let anon = json(r, &["db", "create"]);
+    assert_eq!(anon["name"].as_str().unwrap().len(), 36);
+    assert_eq!(json(r, &["db", "list"]).as_array().unwrap().len(), 2);
+
+    let p1 = json(r, &["put", "notes", r#"{"_id":"a","text":"first"}"#]);
+    assert_eq!(p1["id"], "a");
+    let o = kiln(r, &["--json", "put", "notes"], Some(r#"{"_id":"a","text":"second"}"#));
+    assert!(o.status.success());
+    assert_eq!(json(r, &["get", "notes", "a"])["text"], "second");
+    let at = p1["event"].as_str().unwrap();
+    assert_eq!(json(r, &["get", "notes", "a", "--at", at])["text"], "first");
+
+    // Missing document: distinct exit code, message on stderr, nothing on stdout.
+    let o = kiln(r, &["get", "notes", "zzz"], None);
+    assert_eq!(code(&o), 3);
+    assert!(o.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no document"));
+
+    // Import with batches, then export and list.
+    let lines: String = (0..250).map(|i| format!("{{\"_id\":\"doc-{i:03}\",\"n\":{i}}}\n")).collect();
+    let f = d.path().join("in.jsonl");
+    std::fs::write(&f, lines).unwrap();
+    assert_eq!(json(r, &["import", "notes", f.to_str().unwrap(), "--batch", "100"])["imported"], 250);
+    let info = json(r, &["db", "info", "notes"]);
+    assert_eq!(info["docs"], 251);
+    assert_eq!(info["events"], 5); // 2 puts + 3 batches
+    let export = ok(r, &["export", "notes"]);
+    assert_eq!(export.lines().count(), 251);
+    assert!(export.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));
+    assert_eq!(json(r, &["docs", "notes", "--limit", "3", "--start", "doc-100"]).as_array().unwrap().len(), 3);
+
+    // Delete, then changes since the second put.
+    let p2 = json(r, &["log", "notes", "--limit", "1"]);
+    let head = p2[0]["cid"].as_str().unwrap().to_owned();
+    ok(r, &["del", "notes", "doc-007"]);
+    let ch = json(r, &["changes", "notes", "--since", &head]);
+    assert_eq!(ch.as_array().unwrap().len(), 1);
+    assert_eq!(ch[0]["id"], "doc-007");
+    assert_eq!(ch[0]["deleted"], true);
+    assert_eq!(ch[0]["doc"]["_deleted"], true);
+    assert_eq!(json(r, &["log", "notes"]).as_array().unwrap().len(), 6);
+    assert!(ok(r, &["log", "notes"]).contains("-doc-007"));
+
+    let v = json(r, &["verify", "notes"]);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["docs"], 250);
+    assert!(ok(r, &["verify", "notes"]).trim_end().ends_with("ok"));
+    assert!(ok(r, &["db", "info", "notes"]).contains("documents  250"));
+    ok(r, &["compact", "notes"]);
+    assert_eq!(json(r, &["db", "info", "notes"])["files"].as_array().unwrap().len(), 1);
+    ok(r, &["db", "drop", "notes"]);
+    assert_eq!(code(&kiln(r, &["db", "info", "notes"], None)), 4);
+}
+
+#[test]
+fn errors_have_clear_messages_and_exit_codes() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["db", "create", "../evil"], 2, "invalid database name"),
+        (&["db", "create", "x"], 2, "already exists"),
+        (&["get", "nope", "a"], 4, "does not exist"),
+        (&["put", "x", "[1,2]"], 2, "must be a JSON object"),
+        (&["put", "x", "{oops"], 2, "not valid JSON"),
+        (&["put", "x", r#"{"_id":7}"#], 2, "_id must be a string"),
+        (&["get", "x", "a", "--at", "notacid"], 2, "not an event CID"),
+        (&["get", "x", "a", "--at", "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"], 4, "not part of database"),
+        (&["frobnicate"], 2, "unrecognized subcommand"),
+    ];
+    for (args, want, msg) in cases {
+        let o = kiln(r, args, None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(code(&o), *want, "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+    // A bad line stops an import and says where; earlier batches stay.
+    let f = d.path().join("bad.jsonl");
+    std::fs::write(&f, "{\"_id\":\"a\"}\n{\"_id\":\"b\"}\nnot json\n").unwrap();
+    let o = kiln(r, &["import", "x", f.to_str().unwrap(), "--batch", "1"], None);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 3"));
+    assert_eq!(json(r, &["db", "info", "x"])["docs"], 2);
+}
+
+#[test]
+fn verify_names_a_damaged_file_and_exits_5() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    ok(r, &["put", "x", r#"{"_id":"a","v":"some text here"}"#]);
+    let info = json(r, &["db", "info", "x"]);
+    let name = info["files"][0]["name"].as_str().unwrap().to_owned();
+    let path = r.join("files").join(&name[..2]).join(format!("{name}.kdf"));
+    let mut b = std::fs::read(&path).unwrap();
+    b[30] ^= 0xff;
+    std::fs::write(&path, b).unwrap();
+    let o = kiln(r, &["verify", "x"], None);
+    assert_eq!(code(&o), 5);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&name));
+    let o = kiln(r, &["get", "x", "a"], None);
+    assert_eq!(code(&o), 5, "a damaged file is corruption, not 'not found'");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("corruption"));
+}
+
+#[test]
+fn demo_runs_on_a_fresh_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let out = ok(&d.path().join("store"), &["demo"]);
+    assert!(out.contains("verify: ok"), "{out}");
+    assert!(ok(&d.path().join("store"), &["demo"]).contains("verify: ok"), "runs twice");
+}
