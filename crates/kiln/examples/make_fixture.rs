@@ -1,0 +1,35 @@
+//! Writes the format fixture: `cargo run -p kiln --example make_fixture -- DIR`.
+//! The checked-in copy lives in `tests/fixtures/v1/`; `tests/fixture.rs` reads it on every run.
+
+use kiln::{Durability, Options, Store};
+use serde_json::json;
+
+fn main() -> kiln::Result<()> {
+    let dir = std::env::args().nth(1).expect("usage: make_fixture DIR");
+    let store = Store::open_with(&dir, Options { durability: Durability::Full, compact_threshold: 4, ..Options::default() })?;
+    let db = store.create(Some("fixture"))?;
+    db.put(&json!({"_id": "alpha", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5, "y": null, "z": true}}))?;
+    db.put(&json!({"_id": "beta", "n": -2, "text": "héllo wörld"}))?;
+    let docs: Vec<_> = (0..20).map(|i| json!({"_id": format!("bulk-{i:02}"), "i": i})).collect();
+    db.bulk(&docs)?;
+    db.del("beta")?;
+    db.put(&json!({"_id": "alpha", "n": 2}))?;
+    let mut t1 = db.transaction()?;
+    let mut t2 = db.transaction()?;
+    t1.put(&json!({"_id": "left", "side": "l"}))?;
+    t1.put(&json!({"_id": "both", "side": "l"}))?;
+    t2.put(&json!({"_id": "right", "side": "r"}))?;
+    t2.put(&json!({"_id": "both", "side": "r"}))?;
+    t1.commit()?;
+    t2.commit()?; // two heads
+    db.put(&json!({"_id": "gamma", "big": "x".repeat(20_000)}))?; // joins them; spans segments
+    let empty = store.create(Some("empty"))?;
+    drop(empty);
+    let i = db.info()?;
+    println!("root {}", i.root.map(|r| r.to_string()).unwrap_or_default());
+    println!("docs {} events {} files {:?}", i.docs, i.events, i.files.iter().map(|f| f.level).collect::<Vec<_>>());
+    for e in db.log(None)? {
+        println!("event {} height {} ops {:?}", e.cid, e.height, e.ops);
+    }
+    Ok(())
+}
