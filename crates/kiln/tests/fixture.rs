@@ -64,7 +64,7 @@ fn v1_fixture_reads_and_verifies() {
     assert_eq!(log.len(), 8);
     assert_eq!(log[0].parents.len(), 2);
     assert_eq!(log[7].cid, first);
-    assert_eq!(db.changes(Some(&[Cid::parse(SECOND_EVENT).unwrap()])).unwrap().len(), 25);
+    assert_eq!(db.changes(Some(&[Cid::parse(SECOND_EVENT).unwrap()])).unwrap().len(), 26); // 20 bulk + beta (deleted) + alpha, left, right, both, gamma
     assert_eq!(db.docs(&ListOptions::default()).unwrap().len(), 25);
     assert_eq!(store.open_db("empty").unwrap().info().unwrap().docs, 0);
 }
