@@ -6,11 +6,20 @@ use serde_json::json;
 
 fn main() -> kiln::Result<()> {
     let dir = std::env::args().nth(1).expect("usage: make_fixture DIR");
-    let store = Store::open_with(&dir, Options { durability: Durability::Full, compact_threshold: 4, ..Options::default() })?;
+    let store = Store::open_with(
+        &dir,
+        Options {
+            durability: Durability::Full,
+            compact_threshold: 4,
+            ..Options::default()
+        },
+    )?;
     let db = store.create(Some("fixture"))?;
     db.put(&json!({"_id": "alpha", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5, "y": null, "z": true}}))?;
     db.put(&json!({"_id": "beta", "n": -2, "text": "héllo wörld"}))?;
-    let docs: Vec<_> = (0..20).map(|i| json!({"_id": format!("bulk-{i:02}"), "i": i})).collect();
+    let docs: Vec<_> = (0..20)
+        .map(|i| json!({"_id": format!("bulk-{i:02}"), "i": i}))
+        .collect();
     db.bulk(&docs)?;
     db.del("beta")?;
     db.put(&json!({"_id": "alpha", "n": 2}))?;
@@ -27,7 +36,12 @@ fn main() -> kiln::Result<()> {
     drop(empty);
     let i = db.info()?;
     println!("root {}", i.root.map(|r| r.to_string()).unwrap_or_default());
-    println!("docs {} events {} files {:?}", i.docs, i.events, i.files.iter().map(|f| f.level).collect::<Vec<_>>());
+    println!(
+        "docs {} events {} files {:?}",
+        i.docs,
+        i.events,
+        i.files.iter().map(|f| f.level).collect::<Vec<_>>()
+    );
     for e in db.log(None)? {
         println!("event {} height {} ops {:?}", e.cid, e.height, e.ops);
     }

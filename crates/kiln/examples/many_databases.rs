@@ -28,7 +28,11 @@ fn du(p: &std::path::Path) -> (u64, u64, u64) {
 fn main() -> kiln::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let count: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let durability = if args.get(2).map(String::as_str) == Some("full") { Durability::Full } else { Durability::Buffered };
+    let durability = if args.get(2).map(String::as_str) == Some("full") {
+        Durability::Full
+    } else {
+        Durability::Buffered
+    };
     let tmp;
     let dir = match args.get(3) {
         Some(d) => std::path::PathBuf::from(d),
@@ -37,14 +41,24 @@ fn main() -> kiln::Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let store = Store::open_with(&dir, Options { durability, ..Options::default() })?;
+    let store = Store::open_with(
+        &dir,
+        Options {
+            durability,
+            ..Options::default()
+        },
+    )?;
     let t = Instant::now();
     let mut names = Vec::with_capacity(count);
     for i in 0..count {
         let db = store.create(None)?;
         names.push(db.name().to_owned());
         if (i + 1) % 20_000 == 0 {
-            eprintln!("  created {} ({:.0}/s so far)", i + 1, (i + 1) as f64 / t.elapsed().as_secs_f64());
+            eprintln!(
+                "  created {} ({:.0}/s so far)",
+                i + 1,
+                (i + 1) as f64 / t.elapsed().as_secs_f64()
+            );
         }
     }
     let create = t.elapsed();

@@ -127,12 +127,25 @@ fn now_ms() -> u64 {
 
 impl Database {
     pub(crate) fn open(store: Arc<StoreInner>, name: &str, dir: PathBuf) -> Result<Database> {
+        let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let lp = dir.join("LOCK");
+        let lock = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lp)
+        {
+            Ok(f) => f,
+            Err(e) if missing(&e) => return Err(Error::NoSuchDatabase(name.into())),
+            Err(e) => return Err(Error::io(&lp, e)),
+        };
+        // The counter first: while it still reads the same, this head record is current.
+        let c = read_counter(&lock).map_err(|e| Error::io(&lp, e))?;
         let hp = dir.join("HEAD");
         let bytes = match std::fs::read(&hp) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NoSuchDatabase(name.into()))
-            }
+            Err(e) if missing(&e) => return Err(Error::NoSuchDatabase(name.into())),
             Err(e) => return Err(Error::io(&hp, e)),
         };
         let lineage =
@@ -143,14 +156,7 @@ impl Database {
             .ok_or_else(|| Error::MissingKey(name.into(), lineage_string(&lineage)))?;
         let head =
             Head::open(&bytes, &key).map_err(|e| Error::format(hp.display().to_string(), e))?;
-        let lp = dir.join("LOCK");
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lp)
-            .map_err(|e| Error::io(&lp, e))?;
+        let stamp = (c[0] == c[1]).then_some(c[1]);
         let db = Db {
             name: name.into(),
             dir,
@@ -158,17 +164,11 @@ impl Database {
             key,
             lineage,
             lock,
-            state: RwLock::new(Arc::new(State { head, stamp: None })),
+            state: RwLock::new(Arc::new(State { head, stamp })),
             writer: Mutex::new(()),
             poisoned: Mutex::new(None),
             indexes: RwLock::new(HashMap::new()),
         };
-        // Record the counter the head was read under only if nothing moved meanwhile.
-        let c = db.counter()?;
-        if c[0] == c[1] {
-            let fresh = db.read_head()?;
-            db.set_state(fresh, Some(c[1]));
-        }
         Ok(Database {
             inner: Arc::new(db),
         })
@@ -449,15 +449,7 @@ impl Db {
 
     /// The commit counter in LOCK: `[begin, end]`; equal when no commit is in flight.
     fn counter(&self) -> Result<[u64; 2]> {
-        let mut b = [0u8; 16];
-        let n =
-            read_at_most(&self.lock, &mut b).map_err(|e| Error::io(self.dir.join("LOCK"), e))?;
-        if n < 16 {
-            return Ok([0, 0]);
-        }
-        let begin = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-        let end = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
-        Ok([begin, end])
+        read_counter(&self.lock).map_err(|e| Error::io(self.dir.join("LOCK"), e))
     }
 
     fn set_counter(&self, c: [u64; 2]) -> Result<()> {
@@ -541,15 +533,34 @@ impl Db {
 
     /// Runs `f` holding the writer lock on the latest head; `f` edits the head and returns files
     /// to delete once the new head is durable. The head record is written only if `f` changed it.
+    /// Takes the cross-process writer lock, waiting up to [`Options::lock_timeout`].
+    fn acquire(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + self.store.opts.lock_timeout;
+        let mut pause = std::time::Duration::from_micros(50);
+        loop {
+            match self.lock.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::Busy(self.name.clone()));
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io(self.dir.join("LOCK"), e))
+                }
+            }
+        }
+    }
+
     fn with_lock<T>(
         &self,
         f: impl FnOnce(&Db, &mut Head) -> Result<(T, Vec<FileName>)>,
     ) -> Result<T> {
         self.check_poisoned()?;
         let _g = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.lock
-            .lock()
-            .map_err(|e| Error::io(self.dir.join("LOCK"), e))?;
+        self.acquire()?;
         let r = (|| {
             let c = self.counter()?;
             let st = self.state();
@@ -715,7 +726,16 @@ impl Db {
                     size: bytes.len() as u64,
                 },
             );
-            let removed = db.compact_cascade(head)?;
+            // A failed compaction must not fail (or block) commits: the commit stands without
+            // it, and `compact`/`verify` report the cause.
+            let mut compacted = head.clone();
+            let removed = match db.compact_cascade(&mut compacted) {
+                Ok(r) => {
+                    *head = compacted;
+                    r
+                }
+                Err(_) => Vec::new(),
+            };
             Ok((
                 Committed {
                     ids,
@@ -898,15 +918,25 @@ impl Db {
     }
 }
 
-fn read_at_most(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// The commit counter in LOCK: `[begin, end]`; equal when no commit is in flight. A short
+/// file reads as `[0, 0]`.
+fn read_counter(f: &File) -> std::io::Result<[u64; 2]> {
+    let mut b = [0u8; 16];
     let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], n as u64)? {
+    while n < b.len() {
+        match f.read_at(&mut b[n..], n as u64)? {
             0 => break,
             k => n += k,
         }
     }
-    Ok(n)
+    if n < 16 {
+        return Ok([0, 0]);
+    }
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[..8]);
+    let begin = u64::from_le_bytes(x);
+    x.copy_from_slice(&b[8..]);
+    Ok([begin, u64::from_le_bytes(x)])
 }
 
 /// Reads against one head record.

@@ -38,6 +38,9 @@ pub enum Error {
     /// A write failed part-way (after which the on-disk state is uncertain): reopen.
     #[error("this database handle is unusable after a failed write ({0}); reopen the database")]
     Poisoned(String),
+    /// Another writer held the database's lock for longer than the lock timeout.
+    #[error("database '{0}' is busy: another writer holds its lock; retry later")]
+    Busy(String),
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

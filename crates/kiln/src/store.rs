@@ -40,6 +40,9 @@ pub struct Options {
     pub cache_bytes: usize,
     /// Compact when more than this many transaction diff files are live.
     pub compact_threshold: usize,
+    /// How long a commit waits for another writer's lock before failing with
+    /// [`crate::Error::Busy`].
+    pub lock_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             durability: Durability::Full,
             cache_bytes: 64 << 20,
             compact_threshold: 100,
+            lock_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 const IDS: u64 = 50;
 
 fn opts(durability: Durability) -> Options {
-    Options { durability, compact_threshold: 4, ..Options::default() }
+    Options {
+        durability,
+        compact_threshold: 4,
+        ..Options::default()
+    }
 }
 
 /// Operation `k` of the deterministic sequence every writer follows.
@@ -31,7 +35,11 @@ fn op(k: u64) -> Op {
     if k % 5 == 4 {
         Op::Del((k * 3) % IDS)
     } else if k % 7 == 3 {
-        Op::Bulk(vec![((k + 1) % IDS, k), ((k + 2) % IDS, k), ((k + 3) % IDS, k)])
+        Op::Bulk(vec![
+            ((k + 1) % IDS, k),
+            ((k + 2) % IDS, k),
+            ((k + 3) % IDS, k),
+        ])
     } else {
         Op::Put(k % IDS, k)
     }
@@ -54,11 +62,18 @@ fn id(i: u64) -> String {
 }
 
 fn child(dir: &str, start: u64, durability: &str, prefix: &str, count: u64) {
-    let d = if durability == "full" { Durability::Full } else { Durability::Buffered };
+    let d = if durability == "full" {
+        Durability::Full
+    } else {
+        Durability::Buffered
+    };
     let store = Store::open_with(dir, opts(d)).expect("open store");
     let db = match store.open_db("crash") {
         Ok(db) => db,
-        Err(_) => store.create(Some("crash")).or_else(|_| store.open_db("crash")).expect("create"),
+        Err(_) => store
+            .create(Some("crash"))
+            .or_else(|_| store.open_db("crash"))
+            .expect("create"),
     };
     let out = std::io::stdout();
     for k in start..start + count {
@@ -67,13 +82,16 @@ fn child(dir: &str, start: u64, durability: &str, prefix: &str, count: u64) {
             match op(k) {
                 Op::Put(i, v) => db.put(&json!({"_id": id(i), "v": v, "pad": pad})),
                 Op::Del(i) => db.del(&id(i)),
-                Op::Bulk(kv) => {
-                    db.bulk(&kv.iter().map(|(i, v)| json!({"_id": id(*i), "v": v, "pad": pad})).collect::<Vec<_>>())
-                }
+                Op::Bulk(kv) => db.bulk(
+                    &kv.iter()
+                        .map(|(i, v)| json!({"_id": id(*i), "v": v, "pad": pad}))
+                        .collect::<Vec<_>>(),
+                ),
             }
             .expect("commit");
         } else {
-            db.put(&json!({"_id": format!("{prefix}{k:05}"), "v": k})).expect("commit");
+            db.put(&json!({"_id": format!("{prefix}{k:05}"), "v": k}))
+                .expect("commit");
         }
         let mut o = out.lock();
         writeln!(o, "{k}").expect("stdout");
@@ -117,7 +135,14 @@ fn kill_loop(kills: usize) {
     for round in 0..kills {
         let durability = if round % 2 == 0 { "full" } else { "buffered" };
         let mut c = Command::new(&exe)
-            .args(["--child", &path, &next.to_string(), durability, "", "1000000"])
+            .args([
+                "--child",
+                &path,
+                &next.to_string(),
+                durability,
+                "",
+                "1000000",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -140,7 +165,10 @@ fn kill_loop(kills: usize) {
         let acked = reader.join().unwrap();
         let mut err = String::new();
         std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
-        assert!(err.is_empty() || status.code().is_none(), "child failed: {err}");
+        assert!(
+            err.is_empty() || status.code().is_none(),
+            "child failed: {err}"
+        );
         let last = acked.last().copied();
         if let Some(l) = last {
             assert_eq!(acked, (next..=l).collect::<Vec<_>>());
@@ -153,7 +181,10 @@ fn kill_loop(kills: usize) {
         let got = state(dir.path());
         let mut with_next = model.clone();
         apply(&mut with_next, next);
-        assert!(got == model || got == with_next, "round {round}: state after kill matches neither\n got {got:?}\nwant {model:?}");
+        assert!(
+            got == model || got == with_next,
+            "round {round}: state after kill matches neither\n got {got:?}\nwant {model:?}"
+        );
         // If it landed, the next child simply redoes it: every op is idempotent.
         if got != model {
             landed_unacked += 1;
@@ -161,7 +192,14 @@ fn kill_loop(kills: usize) {
     }
     // Files written but never named by a head record: kills between a file write and the head
     // record update (a commit's diff, or a compaction's output).
-    let live = Store::open(dir.path()).unwrap().open_db("crash").unwrap().info().unwrap().files.len();
+    let live = Store::open(dir.path())
+        .unwrap()
+        .open_db("crash")
+        .unwrap()
+        .info()
+        .unwrap()
+        .files
+        .len();
     let stored = std::fs::read_dir(dir.path().join("files"))
         .unwrap()
         .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
@@ -192,11 +230,17 @@ fn two_writers() {
     for k in kids {
         let o = k.wait_with_output().unwrap();
         assert!(o.status.success());
-        assert_eq!(String::from_utf8(o.stdout).unwrap().lines().count() as u64, n);
+        assert_eq!(
+            String::from_utf8(o.stdout).unwrap().lines().count() as u64,
+            n
+        );
     }
     let db = Store::open(&path).unwrap().open_db("crash").unwrap();
     let info = db.info().unwrap();
-    assert_eq!((info.docs, info.events, info.heads.len()), (2 * n, 2 * n, 1));
+    assert_eq!(
+        (info.docs, info.events, info.heads.len()),
+        (2 * n, 2 * n, 1)
+    );
     for p in ["a", "b"] {
         for k in 0..n {
             assert!(db.get(&format!("{p}{k:05}")).unwrap().is_some());
@@ -215,10 +259,17 @@ fn main() {
         return;
     }
     // Skip when a filter that doesn't name this binary's tests is given (cargo test NAME).
-    if args.iter().skip(1).any(|a| !a.starts_with('-') && !"crash two_writers".contains(a.as_str())) {
+    if args
+        .iter()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !"crash two_writers".contains(a.as_str()))
+    {
         return;
     }
-    let kills = std::env::var("KILN_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let kills = std::env::var("KILN_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let t = Instant::now();
     two_writers();
     kill_loop(kills);

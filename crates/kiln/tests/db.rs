@@ -482,3 +482,63 @@ proptest! {
         prop_assert!(r.ok(), "{:?}", r.problems);
     }
 }
+
+#[test]
+fn a_held_lock_makes_writers_wait_then_fail_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Options {
+        lock_timeout: std::time::Duration::from_millis(200),
+        ..opts(100)
+    };
+    let store = Store::open_with(dir.path(), o).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let holder = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("dbs/t/LOCK"))
+        .unwrap();
+    holder.lock().unwrap();
+    let e = db.put(&json!({"_id": "a"})).unwrap_err();
+    assert!(matches!(e, Error::Busy(_)), "{e}");
+    assert!(e.to_string().contains("busy"));
+    assert_eq!(db.get("a").unwrap(), None);
+    // Released within the timeout: the writer waits and succeeds.
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        holder.unlock().unwrap();
+    });
+    db.put(&json!({"_id": "a"})).unwrap();
+    t.join().unwrap();
+    assert!(db.get("a").unwrap().is_some());
+}
+
+#[test]
+fn a_compaction_that_fails_does_not_block_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(2)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    db.put(&json!({"_id": "a", "pad": "x".repeat(100)}))
+        .unwrap();
+    db.put(&json!({"_id": "b"})).unwrap();
+    // Damage the oldest diff: the next commit's compaction cannot read it.
+    let name = db.info().unwrap().files.last().unwrap().name.to_string();
+    let path = dir
+        .path()
+        .join("files")
+        .join(&name[..2])
+        .join(format!("{name}.kdf"));
+    let mut b = std::fs::read(&path).unwrap();
+    b[40] ^= 1;
+    std::fs::write(&path, b).unwrap();
+    db.put(&json!({"_id": "c"})).unwrap();
+    db.put(&json!({"_id": "d"})).unwrap();
+    assert!(db.get("d").unwrap().is_some());
+    let fresh = Store::open_with(dir.path(), opts(2))
+        .unwrap()
+        .open_db("t")
+        .unwrap();
+    assert!(fresh.get("a").unwrap_err().is_corruption());
+    assert!(fresh.get("c").unwrap().is_some());
+    assert!(db.compact().unwrap_err().is_corruption());
+    let r = db.verify().unwrap();
+    assert!(r.problems.iter().any(|p| p.location.contains(&name)));
+}

@@ -45,10 +45,22 @@ fn v1_fixture_reads_and_verifies() {
     let r = db.verify().unwrap();
     assert!(r.ok(), "{:?}", r.problems);
 
-    assert_eq!(db.get("alpha").unwrap().unwrap(), json!({"_id": "alpha", "n": 2}));
+    assert_eq!(
+        db.get("alpha").unwrap().unwrap(),
+        json!({"_id": "alpha", "n": 2})
+    );
     assert_eq!(db.get("beta").unwrap(), None);
-    assert_eq!(db.get("bulk-07").unwrap().unwrap(), json!({"_id": "bulk-07", "i": 7}));
-    assert_eq!(db.get("gamma").unwrap().unwrap()["big"].as_str().unwrap().len(), 20_000);
+    assert_eq!(
+        db.get("bulk-07").unwrap().unwrap(),
+        json!({"_id": "bulk-07", "i": 7})
+    );
+    assert_eq!(
+        db.get("gamma").unwrap().unwrap()["big"]
+            .as_str()
+            .unwrap()
+            .len(),
+        20_000
+    );
     assert_eq!(db.get("left").unwrap().unwrap()["side"], "l");
     assert_eq!(db.get("right").unwrap().unwrap()["side"], "r");
     // The concurrent writes of "both" (equal heights) resolve by value CID, the same everywhere.
@@ -58,13 +70,23 @@ fn v1_fixture_reads_and_verifies() {
         db.get_at("alpha", &first).unwrap().unwrap(),
         json!({"_id": "alpha", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5, "y": null, "z": true}})
     );
-    assert_eq!(db.get_at("beta", &Cid::parse(SECOND_EVENT).unwrap()).unwrap().unwrap()["text"], "héllo wörld");
+    assert_eq!(
+        db.get_at("beta", &Cid::parse(SECOND_EVENT).unwrap())
+            .unwrap()
+            .unwrap()["text"],
+        "héllo wörld"
+    );
     assert_eq!(db.get_at("beta", &first).unwrap(), None);
     let log = db.log(None).unwrap();
     assert_eq!(log.len(), 8);
     assert_eq!(log[0].parents.len(), 2);
     assert_eq!(log[7].cid, first);
-    assert_eq!(db.changes(Some(&[Cid::parse(SECOND_EVENT).unwrap()])).unwrap().len(), 26); // 20 bulk + beta (deleted) + alpha, left, right, both, gamma
+    assert_eq!(
+        db.changes(Some(&[Cid::parse(SECOND_EVENT).unwrap()]))
+            .unwrap()
+            .len(),
+        26
+    ); // 20 bulk + beta (deleted) + alpha, left, right, both, gamma
     assert_eq!(db.docs(&ListOptions::default()).unwrap().len(), 25);
     assert_eq!(store.open_db("empty").unwrap().info().unwrap().docs, 0);
 }
@@ -77,8 +99,14 @@ fn same_content_gives_the_fixture_root() {
     let store = Store::open(dir.path()).unwrap();
     let db = store.create(Some("again")).unwrap();
     db.put(&json!({"_id": "alpha", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5, "y": null, "z": true}})).unwrap();
-    db.put(&json!({"_id": "beta", "n": -2, "text": "héllo wörld"})).unwrap();
-    db.bulk(&(0..20).map(|i| json!({"_id": format!("bulk-{i:02}"), "i": i})).collect::<Vec<_>>()).unwrap();
+    db.put(&json!({"_id": "beta", "n": -2, "text": "héllo wörld"}))
+        .unwrap();
+    db.bulk(
+        &(0..20)
+            .map(|i| json!({"_id": format!("bulk-{i:02}"), "i": i}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     db.del("beta").unwrap();
     db.put(&json!({"_id": "alpha", "n": 2})).unwrap();
     let mut t1 = db.transaction().unwrap();
@@ -89,6 +117,7 @@ fn same_content_gives_the_fixture_root() {
     t2.put(&json!({"_id": "both", "side": "r"})).unwrap();
     t2.commit().unwrap(); // the other order this time
     t1.commit().unwrap();
-    db.put(&json!({"_id": "gamma", "big": "x".repeat(20_000)})).unwrap();
+    db.put(&json!({"_id": "gamma", "big": "x".repeat(20_000)}))
+        .unwrap();
     assert_eq!(db.info().unwrap().root.unwrap().to_string(), ROOT);
 }
