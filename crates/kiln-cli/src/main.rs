@@ -124,7 +124,11 @@ struct Out {
 impl Out {
     fn print(&self, human: impl FnOnce() -> String, machine: impl FnOnce() -> Value) {
         let mut o = std::io::stdout().lock();
-        let text = if self.json { machine().to_string() } else { human() };
+        let text = if self.json {
+            machine().to_string()
+        } else {
+            human()
+        };
         if !text.is_empty() {
             let _ = writeln!(o, "{text}");
         }
@@ -150,9 +154,10 @@ fn main() -> ExitCode {
 
 fn exit_code(e: &Error) -> u8 {
     match e {
-        Error::InvalidName { .. } | Error::InvalidDocument(_) | Error::InvalidArgument(_) | Error::DatabaseExists(_) => {
-            code::USAGE
-        }
+        Error::InvalidName { .. }
+        | Error::InvalidDocument(_)
+        | Error::InvalidArgument(_)
+        | Error::DatabaseExists(_) => code::USAGE,
         Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) => code::NO_SUCH,
         e if e.is_corruption() => code::CORRUPT,
         _ => code::ERROR,
@@ -160,12 +165,16 @@ fn exit_code(e: &Error) -> u8 {
 }
 
 fn parse_event(s: &str) -> kiln::Result<Cid> {
-    Cid::parse(s.trim())
-        .ok_or_else(|| Error::InvalidArgument(format!("{s:?} is not an event CID (copy one from `kiln log`)")))
+    Cid::parse(s.trim()).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{s:?} is not an event CID (copy one from `kiln log`)"
+        ))
+    })
 }
 
 fn parse_doc(text: &str, what: &str) -> kiln::Result<Value> {
-    serde_json::from_str(text).map_err(|e| Error::InvalidDocument(format!("{what} is not valid JSON: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| Error::InvalidDocument(format!("{what} is not valid JSON: {e}")))
 }
 
 fn cids(v: &[Cid]) -> Vec<String> {
@@ -174,7 +183,11 @@ fn cids(v: &[Cid]) -> Vec<String> {
 
 fn run(cli: Cli) -> kiln::Result<u8> {
     let opts = Options {
-        durability: if cli.durability == "buffered" { Durability::Buffered } else { Durability::Full },
+        durability: if cli.durability == "buffered" {
+            Durability::Buffered
+        } else {
+            Durability::Full
+        },
         ..Options::default()
     };
     let root = cli.root.clone().unwrap_or_else(Store::default_root);
@@ -183,7 +196,10 @@ fn run(cli: Cli) -> kiln::Result<u8> {
     match cli.cmd {
         Cmd::Db(DbCmd::Create { name }) => {
             let db = store.create(name.as_deref())?;
-            out.print(|| format!("created {}", db.name()), || json!({"name": db.name()}));
+            out.print(
+                || format!("created {}", db.name()),
+                || json!({"name": db.name()}),
+            );
         }
         Cmd::Db(DbCmd::List) => {
             let names = store.list()?;
@@ -230,7 +246,9 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 Some(t) => t,
                 None => {
                     let mut s = String::new();
-                    std::io::stdin().read_to_string(&mut s).map_err(|e| Error::io("stdin", e))?;
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .map_err(|e| Error::io("stdin", e))?;
                     s
                 }
             };
@@ -247,7 +265,10 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 None => db.get(&id)?,
             };
             match doc {
-                Some(d) => out.print(|| serde_json::to_string_pretty(&d).unwrap_or_default(), || d.clone()),
+                Some(d) => out.print(
+                    || serde_json::to_string_pretty(&d).unwrap_or_default(),
+                    || d.clone(),
+                ),
                 None => {
                     eprintln!("kiln: no document {id:?} in {}", db.name());
                     return Ok(code::NOT_FOUND);
@@ -262,18 +283,31 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 || json!({"id": id, "event": c.event.to_string(), "heads": cids(&c.heads)}),
             );
         }
-        Cmd::Docs { db, limit, start, end } => {
+        Cmd::Docs {
+            db,
+            limit,
+            start,
+            end,
+        } => {
             let db = store.open_db(&db)?;
             let docs = db.docs(&ListOptions { start, end, limit })?;
             out.print(
-                || docs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
+                || {
+                    docs.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
                 || Value::Array(docs.clone()),
             );
         }
         Cmd::Import { db, file, batch } => {
             let db = store.open_db(&db)?;
             let n = import(&db, &file, batch.max(1))?;
-            out.print(|| format!("imported {n} documents into {}", db.name()), || json!({"imported": n}));
+            out.print(
+                || format!("imported {n} documents into {}", db.name()),
+                || json!({"imported": n}),
+            );
         }
         Cmd::Export { db } => {
             let db = store.open_db(&db)?;
@@ -294,7 +328,10 @@ fn run(cli: Cli) -> kiln::Result<u8> {
         }
         Cmd::Changes { db, since } => {
             let db = store.open_db(&db)?;
-            let since: Vec<Cid> = since.iter().map(|s| parse_event(s)).collect::<kiln::Result<_>>()?;
+            let since: Vec<Cid> = since
+                .iter()
+                .map(|s| parse_event(s))
+                .collect::<kiln::Result<_>>()?;
             let ch = db.changes(if since.is_empty() { None } else { Some(&since) })?;
             out.print(
                 || {
@@ -375,7 +412,14 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             db.compact()?;
             let i = db.info()?;
             out.print(
-                || format!("compacted {}: {} files, {} bytes", db.name(), i.files.len(), i.bytes),
+                || {
+                    format!(
+                        "compacted {}: {} files, {} bytes",
+                        db.name(),
+                        i.files.len(),
+                        i.bytes
+                    )
+                },
                 || json!({"files": i.files.len(), "bytes": i.bytes}),
             );
         }
@@ -397,8 +441,10 @@ fn import(db: &Database, file: &PathBuf, batch: usize) -> kiln::Result<u64> {
         None => indicatif::ProgressBar::new_spinner(),
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {wide_bar} {per_sec} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {wide_bar} {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut docs = Vec::with_capacity(batch);
     let mut done = 0u64;
@@ -423,7 +469,10 @@ fn import(db: &Database, file: &PathBuf, batch: usize) -> kiln::Result<u64> {
                     Error::InvalidDocument(m) => m,
                     other => other.to_string(),
                 };
-                Error::InvalidDocument(format!("line {}: {why} ({done} documents before it were imported)", n + 1))
+                Error::InvalidDocument(format!(
+                    "line {}: {why} ({done} documents before it were imported)",
+                    n + 1
+                ))
             })?;
         docs.push(doc);
         if docs.len() >= batch {
@@ -493,7 +542,13 @@ fn utc(ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem / 60 % 60, rem % 60, ms % 1000)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 #[cfg(test)]

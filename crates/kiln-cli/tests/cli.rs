@@ -27,7 +27,11 @@ fn kiln(root: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 
 fn ok(root: &Path, args: &[&str]) -> String {
     let o = kiln(root, args, None);
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -52,7 +56,11 @@ fn a_session_from_create_to_verify() {
 
     let p1 = json(r, &["put", "notes", r#"{"_id":"a","text":"first"}"#]);
     assert_eq!(p1["id"], "a");
-    let o = kiln(r, &["--json", "put", "notes"], Some(r#"{"_id":"a","text":"second"}"#));
+    let o = kiln(
+        r,
+        &["--json", "put", "notes"],
+        Some(r#"{"_id":"a","text":"second"}"#),
+    );
     assert!(o.status.success());
     assert_eq!(json(r, &["get", "notes", "a"])["text"], "second");
     let at = p1["event"].as_str().unwrap();
@@ -65,17 +73,33 @@ fn a_session_from_create_to_verify() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no document"));
 
     // Import with batches, then export and list.
-    let lines: String = (0..250).map(|i| format!("{{\"_id\":\"doc-{i:03}\",\"n\":{i}}}\n")).collect();
+    let lines: String = (0..250)
+        .map(|i| format!("{{\"_id\":\"doc-{i:03}\",\"n\":{i}}}\n"))
+        .collect();
     let f = d.path().join("in.jsonl");
     std::fs::write(&f, lines).unwrap();
-    assert_eq!(json(r, &["import", "notes", f.to_str().unwrap(), "--batch", "100"])["imported"], 250);
+    assert_eq!(
+        json(
+            r,
+            &["import", "notes", f.to_str().unwrap(), "--batch", "100"]
+        )["imported"],
+        250
+    );
     let info = json(r, &["db", "info", "notes"]);
     assert_eq!(info["docs"], 251);
     assert_eq!(info["events"], 5); // 2 puts + 3 batches
     let export = ok(r, &["export", "notes"]);
     assert_eq!(export.lines().count(), 251);
-    assert!(export.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));
-    assert_eq!(json(r, &["docs", "notes", "--limit", "3", "--start", "doc-100"]).as_array().unwrap().len(), 3);
+    assert!(export
+        .lines()
+        .all(|l| serde_json::from_str::<Value>(l).is_ok()));
+    assert_eq!(
+        json(r, &["docs", "notes", "--limit", "3", "--start", "doc-100"])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 
     // Delete, then changes since the second put.
     let p2 = json(r, &["log", "notes", "--limit", "1"]);
@@ -95,7 +119,13 @@ fn a_session_from_create_to_verify() {
     assert!(ok(r, &["verify", "notes"]).trim_end().ends_with("ok"));
     assert!(ok(r, &["db", "info", "notes"]).contains("documents  250"));
     ok(r, &["compact", "notes"]);
-    assert_eq!(json(r, &["db", "info", "notes"])["files"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(r, &["db", "info", "notes"])["files"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     ok(r, &["db", "drop", "notes"]);
     assert_eq!(code(&kiln(r, &["db", "info", "notes"], None)), 4);
 }
@@ -113,7 +143,17 @@ fn errors_have_clear_messages_and_exit_codes() {
         (&["put", "x", "{oops"], 2, "not valid JSON"),
         (&["put", "x", r#"{"_id":7}"#], 2, "_id must be a string"),
         (&["get", "x", "a", "--at", "notacid"], 2, "not an event CID"),
-        (&["get", "x", "a", "--at", "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"], 4, "not part of database"),
+        (
+            &[
+                "get",
+                "x",
+                "a",
+                "--at",
+                "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+            ],
+            4,
+            "not part of database",
+        ),
         (&["frobnicate"], 2, "unrecognized subcommand"),
     ];
     for (args, want, msg) in cases {
@@ -125,7 +165,11 @@ fn errors_have_clear_messages_and_exit_codes() {
     // A bad line stops an import and says where; earlier batches stay.
     let f = d.path().join("bad.jsonl");
     std::fs::write(&f, "{\"_id\":\"a\"}\n{\"_id\":\"b\"}\nnot json\n").unwrap();
-    let o = kiln(r, &["import", "x", f.to_str().unwrap(), "--batch", "1"], None);
+    let o = kiln(
+        r,
+        &["import", "x", f.to_str().unwrap(), "--batch", "1"],
+        None,
+    );
     assert_eq!(code(&o), 2);
     assert!(String::from_utf8_lossy(&o.stderr).contains("line 3"));
     assert_eq!(json(r, &["db", "info", "x"])["docs"], 2);
@@ -156,5 +200,8 @@ fn demo_runs_on_a_fresh_folder() {
     let d = tempfile::tempdir().unwrap();
     let out = ok(&d.path().join("store"), &["demo"]);
     assert!(out.contains("verify: ok"), "{out}");
-    assert!(ok(&d.path().join("store"), &["demo"]).contains("verify: ok"), "runs twice");
+    assert!(
+        ok(&d.path().join("store"), &["demo"]).contains("verify: ok"),
+        "runs twice"
+    );
 }
