@@ -89,7 +89,17 @@ pub fn parse_key(path: &Path, bytes: &[u8]) -> Result<Key> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::os::unix::fs::PermissionsExt;
+
+    proptest! {
+        #[test]
+        fn random_keybag_entries_never_panic(b in prop::collection::vec(any::<u8>(), 0..200), s in ".{0,120}") {
+            let _ = parse_key(Path::new("x"), &b);
+            let _ = parse_key(Path::new("x"), s.as_bytes());
+            let _ = parse_key(Path::new("x"), format!("{{\"v\":1,\"key\":\"{s}\"}}").as_bytes());
+        }
+    }
 
     #[test]
     fn round_trip_with_private_modes() {

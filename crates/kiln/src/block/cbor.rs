@@ -383,7 +383,42 @@ impl<'a> Decoder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut d = Decoder::new(&b);
+            let _ = d.json();
+            let mut d = Decoder::new(&b);
+            let _ = d.link();
+            let _ = crate::clock::Event::decode(&b);
+        }
+
+        #[test]
+        fn json_documents_round_trip(v in json_value(3)) {
+            prop_assert_eq!(round(&v), v);
+        }
+    }
+
+    fn json_value(depth: u32) -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<u64>().prop_map(|i| json!(i)),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(depth, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
 
     fn round(v: &Value) -> Value {
         let mut e = Encoder::new();
