@@ -202,8 +202,9 @@ impl Writer {
         self.entries.len()
     }
 
-    /// Seals everything and returns the file's name and bytes.
-    pub fn finish(mut self, key: &Key) -> std::io::Result<(FileName, Vec<u8>)> {
+    /// Seals everything and returns the file with its index and segment plaintexts (so the
+    /// writer can cache what it just wrote instead of reading it back).
+    pub fn finish(mut self, key: &Key) -> std::io::Result<Finished> {
         if !self.cur.is_empty() {
             self.segs.push(std::mem::take(&mut self.cur));
         }
@@ -281,8 +282,38 @@ impl Writer {
         out.extend_from_slice(&index_at.to_le_bytes());
         out.extend_from_slice(&index_len.to_le_bytes());
         out.extend_from_slice(b"KEND");
-        Ok((FileName::of(&out), out))
+        let paged = !pages.is_empty();
+        let index = Index {
+            meta: self.meta,
+            segs: seg_at,
+            entries: if paged { Vec::new() } else { self.entries },
+            pages: pages
+                .into_iter()
+                .map(|(first, off, len, count)| PageRef {
+                    first,
+                    off,
+                    len,
+                    count,
+                })
+                .collect(),
+        };
+        Ok(Finished {
+            name: FileName::of(&out),
+            bytes: out,
+            index,
+            segments: self.segs,
+        })
     }
+}
+
+/// A sealed file, ready to store.
+pub struct Finished {
+    pub name: FileName,
+    pub bytes: Vec<u8>,
+    /// The index, as [`Index::open`] would read it back.
+    pub index: Index,
+    /// The plaintext of each segment.
+    pub segments: Vec<Vec<u8>>,
 }
 
 fn encode_entries(e: &mut Encoder, entries: &[Entry]) {
@@ -654,8 +685,22 @@ mod tests {
         for (c, d) in &blocks {
             w.add(*c, d);
         }
-        let (name, bytes) = w.finish(&key).unwrap();
-        (key, name, bytes, blocks)
+        let f = w.finish(&key).unwrap();
+        // The returned index is the one a reader gets.
+        let t = &f.bytes[f.bytes.len() - TRAILER_LEN..];
+        let (at, len) = parse_trailer(f.bytes.len() as u64, t).unwrap();
+        let read =
+            Index::open(&key, &f.bytes[at as usize..(at + len as u64) as usize], at).unwrap();
+        assert_eq!(
+            (read.segs.clone(), read.entries.clone(), read.meta.clone()),
+            (
+                f.index.segs.clone(),
+                f.index.entries.clone(),
+                f.index.meta.clone()
+            )
+        );
+        assert_eq!(read.pages.len(), f.index.pages.len());
+        (key, f.name, f.bytes, blocks)
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::head::{FileRef, Head};
 use crate::keys::{lineage_string, Lineage};
 use crate::seal::Key;
-use crate::storage::write_atomic;
+use crate::storage::replace_via_spare;
 use crate::store::{Durability, StoreInner};
 use crate::tree::{self, Mode, NodeSource, Slot, TreeError};
 use serde_json::Value;
@@ -140,23 +140,18 @@ impl Database {
             Err(e) if missing(&e) => return Err(Error::NoSuchDatabase(name.into())),
             Err(e) => return Err(Error::io(&lp, e)),
         };
-        // The counter first: while it still reads the same, this head record is current.
-        let c = read_counter(&lock).map_err(|e| Error::io(&lp, e))?;
         let hp = dir.join("HEAD");
-        let bytes = match std::fs::read(&hp) {
-            Ok(b) => b,
-            Err(e) if missing(&e) => return Err(Error::NoSuchDatabase(name.into())),
-            Err(e) => return Err(Error::io(&hp, e)),
-        };
-        let lineage =
-            Head::lineage(&bytes).map_err(|e| Error::format(hp.display().to_string(), e))?;
-        let key = store
-            .keybag
-            .get(&lineage)?
-            .ok_or_else(|| Error::MissingKey(name.into(), lineage_string(&lineage)))?;
-        let head =
-            Head::open(&bytes, &key).map_err(|e| Error::format(hp.display().to_string(), e))?;
-        let stamp = (c[0] == c[1]).then_some(c[1]);
+        let ((head, lineage, key), stamp) = read_head_with(&lock, &hp, name, |bytes| {
+            let lineage =
+                Head::lineage(bytes).map_err(|e| Error::format(hp.display().to_string(), e))?;
+            let key = store
+                .keybag
+                .get(&lineage)?
+                .ok_or_else(|| Error::MissingKey(name.into(), lineage_string(&lineage)))?;
+            let head =
+                Head::open(bytes, &key).map_err(|e| Error::format(hp.display().to_string(), e))?;
+            Ok((head, lineage, key))
+        })?;
         let db = Db {
             name: name.into(),
             dir,
@@ -461,16 +456,12 @@ impl Db {
             .map_err(|e| Error::io(self.dir.join("LOCK"), e))
     }
 
-    fn read_head(&self) -> Result<Head> {
+    /// Reads the head record and the commit counter it is current for.
+    fn read_head(&self) -> Result<(Head, Option<u64>)> {
         let hp = self.dir.join("HEAD");
-        let bytes = match std::fs::read(&hp) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NoSuchDatabase(self.name.clone()))
-            }
-            Err(e) => return Err(Error::io(&hp, e)),
-        };
-        Head::open(&bytes, &self.key).map_err(|e| Error::format(hp.display().to_string(), e))
+        read_head_with(&self.lock, &hp, &self.name, |b| {
+            Head::open(b, &self.key).map_err(|e| Error::format(hp.display().to_string(), e))
+        })
     }
 
     /// The current state, re-reading the head record only if a commit happened since.
@@ -480,18 +471,17 @@ impl Db {
         if c[0] == c[1] && st.stamp == Some(c[1]) {
             return Ok(st);
         }
-        let head = self.read_head()?;
-        Ok(self.set_state(head, (c[0] == c[1]).then_some(c[1])))
+        self.reload()
     }
 
     fn reload(&self) -> Result<Arc<State>> {
-        let c = self.counter()?;
-        let head = self.read_head()?;
-        Ok(self.set_state(head, (c[0] == c[1]).then_some(c[1])))
+        let (head, stamp) = self.read_head()?;
+        Ok(self.set_state(head, stamp))
     }
 
-    /// Runs a read on the current state. A file removed by a concurrent compaction makes it
-    /// re-read the head record and retry; a file missing from an unchanged head is corruption.
+    /// Runs a read on the current state. A file that a concurrent compaction removed (gone, or
+    /// its space already reused so it fails its checks) makes it re-read the head record and
+    /// retry; damage under an unchanged head record is reported as corruption.
     fn read<T>(&self, mut f: impl FnMut(&View) -> Result<T>) -> Result<T> {
         let mut st = self.refresh()?;
         let mut tries = 0;
@@ -500,13 +490,10 @@ impl Db {
                 db: self,
                 head: &st.head,
             }) {
-                Err(Error::MissingFile(..)) if tries < 3 => {
+                Err(e) if e.is_corruption() && tries < 3 => {
                     let fresh = self.reload()?;
                     if fresh.head == st.head {
-                        return f(&View {
-                            db: self,
-                            head: &fresh.head,
-                        });
+                        return Err(e);
                     }
                     st = fresh;
                     tries += 1;
@@ -567,7 +554,7 @@ impl Db {
             let cur = if c[0] == c[1] && st.stamp == Some(c[1]) {
                 st.head.clone()
             } else {
-                self.read_head()?
+                self.read_head()?.0
             };
             let mut head = cur.clone();
             let (out, remove) = f(self, &mut head)?;
@@ -602,7 +589,8 @@ impl Db {
         let old = self.counter()?;
         self.set_counter([n, old[1]])?;
         let hp = self.dir.join("HEAD");
-        write_atomic(&hp, &bytes, self.sync(), None).map_err(|e| Error::io(&hp, e))?;
+        replace_via_spare(&hp, &self.dir.join("HEAD.next"), &bytes, self.sync())
+            .map_err(|e| Error::io(&hp, e))?;
         self.set_counter([n, n])
     }
 
@@ -687,19 +675,26 @@ impl Db {
                     w.add(*c, body);
                 }
             }
-            for (c, b) in own
-                .blocks
-                .iter()
-                .chain(merged.iter().flat_map(|m| m.blocks.iter()))
-            {
+            let new_nodes = || {
+                own.blocks
+                    .iter()
+                    .chain(merged.iter().flat_map(|m| m.blocks.iter()))
+            };
+            for (c, b, _) in new_nodes() {
                 w.add(*c, b);
             }
             w.add(ecid, &eb);
-            let (name, bytes) = w.finish(&db.key).map_err(|e| Error::io(&db.dir, e))?;
+            let (name, size) = db.store_file(w)?;
+            // What this process wrote, it need not read back.
+            for (c, _, n) in new_nodes() {
+                db.store
+                    .cache
+                    .insert(CacheKey::Node(*c), Cached::Node(n.clone()));
+            }
             db.store
-                .storage
-                .put(&name, &bytes, db.sync())
-                .map_err(|e| Error::io(db.store.root.join("files"), e))?;
+                .cache
+                .insert(CacheKey::Event(ecid), Cached::Event(Arc::new(event)));
+
             let heads = match base {
                 None => vec![ecid],
                 Some(b) => {
@@ -723,7 +718,7 @@ impl Db {
                 FileRef {
                     name,
                     level: 0,
-                    size: bytes.len() as u64,
+                    size,
                 },
             );
             // A failed compaction must not fail (or block) commits: the commit stands without
@@ -785,19 +780,24 @@ impl Db {
         let mut blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
         let mut have: HashSet<Cid> = HashSet::new();
         let mut events: Vec<Cid> = Vec::new();
-        // Oldest first, so blocks keep their commit order.
+        let v = View { db: self, head };
+        // Oldest first, so blocks keep their commit order. Read through the index and the
+        // segment cache (a file this process just wrote costs no I/O); every block is checked
+        // against its CID.
         for f in sel.iter().rev() {
-            let bytes = self
-                .store
-                .storage
-                .read(&f.name)
-                .map_err(|e| self.file_err(&f.name, e))?;
-            let (idx, bs) = car::verify_file(&self.key, &f.name, &bytes)
-                .map_err(|e| Error::format(format!("file {}", f.name), e))?;
+            let idx = self.index(&f.name)?;
             events.extend(idx.meta.roots.iter().copied());
-            for (c, b) in bs {
-                if have.insert(c) {
-                    blocks.push((c, b));
+            let mut entries = idx.entries.clone();
+            for p in 0..idx.pages.len() {
+                entries.extend(v.page(&f.name, &idx, p)?.iter().copied());
+            }
+            entries.sort_by_key(|e| (e.seg, e.off));
+            for e in entries {
+                if have.insert(e.cid) {
+                    let seg = v.segment(&f.name, e.seg)?;
+                    let data = car::block_in(&seg, &e)
+                        .map_err(|x| Error::format(format!("file {}", f.name), x))?;
+                    blocks.push((e.cid, data.to_vec()));
                 }
             }
         }
@@ -817,7 +817,6 @@ impl Db {
             keep.extend(ev.ops.iter().filter_map(|(_, l)| *l));
         }
         // Current-tree nodes: descend through newer files and the selected ones; stop at older.
-        let v = View { db: self, head };
         let mut stack: Vec<Cid> = head.root.into_iter().collect();
         while let Some(c) = stack.pop() {
             let (file, _) = v.locate(&c)?;
@@ -845,11 +844,7 @@ impl Db {
                 w.add(*c, b);
             }
         }
-        let (name, bytes) = w.finish(&self.key).map_err(|e| Error::io(&self.dir, e))?;
-        self.store
-            .storage
-            .put(&name, &bytes, self.sync())
-            .map_err(|e| Error::io(self.store.root.join("files"), e))?;
+        let (name, size) = self.store_file(w)?;
         let pos = head
             .files
             .iter()
@@ -861,11 +856,41 @@ impl Db {
             FileRef {
                 name,
                 level: level + 1,
-                size: bytes.len() as u64,
+                size,
             },
         );
         head.compacted = now_ms();
         Ok(sel.iter().map(|f| f.name).collect())
+    }
+
+    /// Seals and stores a file, keeping its index and segments in memory so this process
+    /// never reads back what it just wrote. Returns its name and size.
+    fn store_file(&self, w: car::Writer) -> Result<(FileName, u64)> {
+        let f = w.finish(&self.key).map_err(|e| Error::io(&self.dir, e))?;
+        self.store
+            .storage
+            .put(&f.name, &f.bytes, self.sync())
+            .map_err(|e| Error::io(self.store.root.join("files"), e))?;
+        let car::Finished {
+            name,
+            bytes,
+            index,
+            segments,
+        } = f;
+        {
+            let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+            if m.len() > 4096 {
+                m.clear();
+            }
+            m.insert(name, Arc::new(index));
+        }
+        for (n, seg) in segments.into_iter().enumerate() {
+            self.store.cache.insert(
+                CacheKey::Segment(name, n as u32),
+                Cached::Bytes(Arc::new(seg)),
+            );
+        }
+        Ok((name, bytes.len() as u64))
     }
 
     fn file_err(&self, name: &FileName, e: std::io::Error) -> Error {
@@ -915,6 +940,41 @@ impl Db {
         }
         m.insert(*name, idx.clone());
         Ok(idx)
+    }
+}
+
+/// Reads `HEAD` and parses it with `parse`. A head record that fails to open while the commit
+/// counter moved was being rewritten under us (see [`replace_via_spare`]): read again. Returns the
+/// counter value the record is current for, if no commit was in flight.
+fn read_head_with<T>(
+    lock: &File,
+    hp: &std::path::Path,
+    name: &str,
+    mut parse: impl FnMut(&[u8]) -> Result<T>,
+) -> Result<(T, Option<u64>)> {
+    let lock_err = |e| Error::io(hp.with_file_name("LOCK"), e);
+    let mut tries = 0u32;
+    loop {
+        let c1 = read_counter(lock).map_err(lock_err)?;
+        let bytes = match std::fs::read(hp) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchDatabase(name.into()))
+            }
+            Err(e) => return Err(Error::io(hp, e)),
+        };
+        match parse(&bytes) {
+            Ok(v) => return Ok((v, (c1[0] == c1[1]).then_some(c1[1]))),
+            Err(e) => {
+                let c2 = read_counter(lock).map_err(lock_err)?;
+                if (c1 != c2 || c1[0] != c1[1]) && tries < 50 {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_micros(50 * tries as u64));
+                    continue;
+                }
+                return Err(e);
+            }
+        }
     }
 }
 

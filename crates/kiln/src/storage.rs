@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A place that keeps immutable files by name.
 pub trait Storage: Send + Sync + std::fmt::Debug {
@@ -22,27 +22,85 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn len(&self, name: &FileName) -> io::Result<u64>;
     /// The whole file.
     fn read(&self, name: &FileName) -> io::Result<Vec<u8>>;
-    /// Removes a file (absent is not an error).
+    /// Removes a file (absent is not an error). A backend may keep the space to reuse for a
+    /// later file; the name is gone either way.
     fn remove(&self, name: &FileName) -> io::Result<()>;
     /// Every file held.
     fn list(&self) -> io::Result<Vec<FileName>>;
 }
 
 /// Files under a local folder: `DIR/ab/abcdef….kdf`, 256 shards by the first byte of the name.
+///
+/// Removed files are not unlinked but renamed into `DIR/.pool/` (up to [`POOL_MAX`]) and reused
+/// for later files: rename-and-rewrite allocates no inode. Creating and unlinking a file per
+/// commit makes ext4 without a journal skip every recently deleted inode on each create, which
+/// cost more than everything else a commit does. A reader still holding a removed file open may
+/// then read another file's bytes: they fail their seal or CID check, and the database layer
+/// re-reads its head record and retries (the name is gone from every current head by then).
 #[derive(Debug)]
 pub struct LocalStorage {
     dir: PathBuf,
     open: RwLock<HashMap<FileName, Arc<File>>>,
+    pool: Mutex<Pool>,
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    /// Pool files this process knows of (others may take them first).
+    known: Vec<PathBuf>,
+    /// Puts left before the pool folder is listed again after finding it empty.
+    skip: u32,
 }
 
 /// Open file handles kept for reads.
 const MAX_OPEN: usize = 256;
+/// Most removed files kept for reuse; beyond it they are unlinked.
+pub const POOL_MAX: usize = 1024;
 
 impl LocalStorage {
     pub fn new(dir: impl Into<PathBuf>) -> LocalStorage {
         LocalStorage {
             dir: dir.into(),
             open: RwLock::new(HashMap::new()),
+            pool: Mutex::new(Pool::default()),
+        }
+    }
+
+    fn pool_dir(&self) -> PathBuf {
+        self.dir.join(".pool")
+    }
+
+    /// Moves a pooled file to `path`; false when the pool is empty.
+    fn take_pooled(&self, path: &Path) -> io::Result<bool> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if pool.known.is_empty() {
+                if pool.skip > 0 {
+                    pool.skip -= 1;
+                    return Ok(false);
+                }
+                match fs::read_dir(self.pool_dir()) {
+                    Ok(rd) => pool.known = rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                if pool.known.is_empty() {
+                    pool.skip = 64;
+                    return Ok(false);
+                }
+            }
+            let Some(p) = pool.known.pop() else {
+                return Ok(false);
+            };
+            match fs::rename(&p, path) {
+                Ok(()) => return Ok(true),
+                // Gone: taken by another process; try the next one.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !p.exists() => continue,
+                Err(e) => {
+                    pool.known.push(p); // still there: the destination folder is missing
+                    return Err(e);
+                }
+            }
         }
     }
 
@@ -74,6 +132,33 @@ impl Storage for LocalStorage {
     fn put(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()> {
         let path = self.path(name);
         let shard = path.parent().unwrap_or(&self.dir).to_path_buf();
+        if path.exists() {
+            return Ok(()); // same name, same bytes
+        }
+        let reused = match self.take_pooled(&path) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&shard)?;
+                if sync {
+                    sync_dir(&self.dir)?;
+                }
+                self.take_pooled(&path)?
+            }
+            Err(e) => return Err(e),
+        };
+        if reused {
+            let f = OpenOptions::new().write(true).open(&path)?;
+            let old = f.metadata()?.len();
+            f.write_all_at(bytes, 0)?;
+            if old > bytes.len() as u64 {
+                f.set_len(bytes.len() as u64)?;
+            }
+            if sync {
+                f.sync_all()?;
+                sync_dir(&shard)?;
+            }
+            return Ok(());
+        }
         let mut f = match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -118,7 +203,30 @@ impl Storage for LocalStorage {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
-        match fs::remove_file(self.path(name)) {
+        let path = self.path(name);
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.known.len() < POOL_MAX {
+            let pd = self.pool_dir();
+            let to = pd.join(format!("{}.free", uuid::Uuid::new_v4().simple()));
+            let moved = match fs::rename(&path, &to) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !pd.exists() => {
+                    fs::create_dir_all(&pd)?;
+                    fs::rename(&path, &to)
+                }
+                r => r,
+            };
+            match moved {
+                Ok(()) => {
+                    pool.known.push(to);
+                    pool.skip = 0;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(_) => {} // fall through to unlink
+            }
+        }
+        drop(pool);
+        match fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -133,7 +241,8 @@ impl Storage for LocalStorage {
         };
         for shard in rd {
             let shard = shard?;
-            if !shard.file_type()?.is_dir() {
+            if !shard.file_type()?.is_dir() || shard.file_name().to_string_lossy().starts_with('.')
+            {
                 continue;
             }
             for f in fs::read_dir(shard.path())? {
@@ -186,9 +295,104 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool, mode: Option<u32>) ->
     Ok(())
 }
 
+/// Replaces `path` with `bytes` without allocating an inode: `spare` (created on first use) is
+/// rewritten in place, (fsynced), then swapped with `path` by `renameat2(RENAME_EXCHANGE)`, so
+/// `path` names the new contents and `spare` the old, ready for the next write. A reader that
+/// opens `path` sees the old or the new file whole; a reader still holding the old file after
+/// the swap may see it rewritten by the *next* replacement, so callers detect that (kiln's
+/// commit counter) and re-read. Falls back to a plain rename where the exchange is unsupported.
+///
+/// Why: creating and deleting a file per commit makes ext4 without a journal scan its
+/// "recently deleted" inodes on every create, which dominated commit time.
+pub fn replace_via_spare(path: &Path, spare: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(spare)?;
+    f.write_all_at(bytes, 0)?;
+    f.set_len(bytes.len() as u64)?;
+    if sync {
+        f.sync_all()?;
+    }
+    drop(f);
+    if !exchange(path, spare)? {
+        fs::rename(spare, path)?;
+    }
+    if sync {
+        sync_dir(
+            path.parent()
+                .ok_or_else(|| io::Error::other("path has no parent"))?,
+        )?;
+    }
+    Ok(())
+}
+
+/// Atomically swaps two paths; `Ok(false)` when the platform or file system cannot.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; the call
+    // reads them and touches no other memory of ours.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Not supported here, or `a` does not exist yet: the caller renames instead.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) => {
+            Ok(false)
+        }
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> io::Result<bool> {
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_via_spare_swaps_without_new_inodes() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let (p, sp) = (d.path().join("HEAD"), d.path().join("HEAD.next"));
+        write_atomic(&p, b"first version", true, None).unwrap();
+        replace_via_spare(&p, &sp, b"second", true).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"second");
+        let inodes = [
+            fs::metadata(&p).unwrap().ino(),
+            fs::metadata(&sp).unwrap().ino(),
+        ];
+        for i in 0..5u8 {
+            let body = vec![b'a' + i; 3 + i as usize];
+            replace_via_spare(&p, &sp, &body, false).unwrap();
+            assert_eq!(fs::read(&p).unwrap(), body);
+        }
+        let mut now = [
+            fs::metadata(&p).unwrap().ino(),
+            fs::metadata(&sp).unwrap().ino(),
+        ];
+        let mut before = inodes;
+        now.sort();
+        before.sort();
+        assert_eq!(now, before, "the two inodes are reused");
+    }
 
     #[test]
     fn put_read_list_remove() {
@@ -205,5 +409,25 @@ mod tests {
         s.remove(&name).unwrap();
         assert_eq!(s.read(&name).unwrap_err().kind(), io::ErrorKind::NotFound);
         assert!(s.list().unwrap().is_empty());
+        // The removed file's inode is reused, with exactly the new bytes.
+        use std::os::unix::fs::MetadataExt;
+        let pooled = fs::read_dir(d.path().join("files/.pool"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let ino = fs::metadata(&pooled).unwrap().ino();
+        let other = FileName::of(b"hi");
+        s.put(&other, b"hi", false).unwrap();
+        assert_eq!(fs::metadata(s.path(&other)).unwrap().ino(), ino);
+        assert_eq!(s.read(&other).unwrap(), b"hi");
+        assert_eq!(s.list().unwrap(), vec![other]);
+        // A second store handle (another process) finds pooled files by listing the pool.
+        s.remove(&other).unwrap();
+        let s2 = LocalStorage::new(d.path().join("files"));
+        s2.put(&name, b"hello", true).unwrap();
+        assert_eq!(fs::metadata(s2.path(&name)).unwrap().ino(), ino);
+        assert_eq!(s2.read(&name).unwrap(), b"hello");
     }
 }

@@ -292,8 +292,9 @@ pub type Op = (Box<[u8]>, Option<Slot>);
 /// Result of [`update`]: the new root and the nodes that did not exist before.
 pub struct Update {
     pub root: Option<Cid>,
-    /// New nodes, encoded, each with its CID; every one is reachable from `root`.
-    pub blocks: Vec<(Cid, Vec<u8>)>,
+    /// New nodes, each with its CID, encoding and decoded form; every one is reachable from
+    /// `root`.
+    pub blocks: Vec<(Cid, Vec<u8>, Arc<Node>)>,
     /// For each op, in order: the slot the key had before (`None` when absent).
     pub previous: Vec<Option<Slot>>,
 }
@@ -532,7 +533,7 @@ impl Builder {
             while let Some(c) = stack.pop() {
                 if let Some((n, b)) = by_cid.remove(&c) {
                     stack.extend_from_slice(n.children());
-                    blocks.push((c, b));
+                    blocks.push((c, b, n));
                 }
             }
         }
@@ -572,9 +573,10 @@ mod tests {
     impl Mem {
         fn apply(&self, root: Option<Cid>, ops: &[Op], mode: Mode) -> Option<Cid> {
             let u = update(self, root.as_ref(), ops, mode).unwrap();
-            for (c, b) in u.blocks {
+            for (c, b, built) in u.blocks {
                 assert_eq!(Cid::of_cbor(&b), c);
                 let n = Node::decode(&b).unwrap();
+                assert_eq!(n, *built);
                 self.0.borrow_mut().insert(c, Arc::new(n));
             }
             u.root

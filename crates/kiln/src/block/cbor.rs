@@ -408,7 +408,9 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|i| json!(i)),
             any::<u64>().prop_map(|i| json!(i)),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
             ".{0,12}".prop_map(Value::String),
         ];
         leaf.prop_recursive(depth, 64, 8, |inner| {
