@@ -15,9 +15,9 @@
 
 use crate::block::cbor::{CborError, Decoder, Encoder};
 use crate::block::cid::{hex, unhex, Cid, CID_LEN};
+use crate::block::DigestSet;
 use crate::seal::{Key, SealError};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::fmt;
 
 pub const MAGIC: &[u8; 8] = b"KILNDIFF";
@@ -30,8 +30,16 @@ pub const SEGMENT_TARGET: usize = 16 * 1024;
 pub const PAGE_ENTRIES: usize = 1024;
 
 /// A file's name: the sha2-256 of its bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FileName(pub [u8; 32]);
+
+impl std::hash::Hash for FileName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(x));
+    }
+}
 
 impl FileName {
     pub fn of(bytes: &[u8]) -> FileName {
@@ -151,12 +159,12 @@ pub struct Writer {
     segs: Vec<Vec<u8>>,
     cur: Vec<u8>,
     entries: Vec<Entry>,
-    seen: HashSet<Cid>,
+    seen: DigestSet<Cid>,
 }
 
 impl Writer {
     pub fn new(meta: Meta) -> Writer {
-        let mut cur = Vec::with_capacity(4096);
+        let mut cur = Vec::with_capacity(SEGMENT_TARGET + 1024);
         let mut e = Encoder::new();
         e.map(2);
         e.str("roots");
@@ -174,7 +182,7 @@ impl Writer {
             segs: Vec::new(),
             cur,
             entries: Vec::new(),
-            seen: HashSet::new(),
+            seen: DigestSet::default(),
         }
     }
 
@@ -184,7 +192,8 @@ impl Writer {
             return;
         }
         if !self.cur.is_empty() && self.cur.len() + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
-            self.segs.push(std::mem::take(&mut self.cur));
+            let next = Vec::with_capacity(SEGMENT_TARGET.max(data.len() + 64));
+            self.segs.push(std::mem::replace(&mut self.cur, next));
         }
         put_varint(&mut self.cur, (CID_LEN + data.len()) as u64);
         self.cur.extend_from_slice(cid.as_bytes());

@@ -8,6 +8,7 @@
 //! take no lock: the head record is replaced by rename, so they see a whole state.
 
 use crate::block::cid::Cid;
+use crate::block::{DigestMap, DigestSet};
 use crate::cache::{CacheKey, Cached};
 use crate::car::{self, FileName};
 use crate::clock::{self, Event, EventSource};
@@ -596,14 +597,12 @@ impl Db {
 
     fn commit(&self, base: Option<&Head>, writes: Vec<Write>) -> Result<Committed> {
         let ids: Vec<String> = writes.iter().map(|w| w.0.clone()).collect();
-        // Last write of an id wins; ops sorted by id.
-        let mut by_id: HashMap<String, Option<(Cid, Vec<u8>)>> =
-            HashMap::with_capacity(writes.len());
-        for (id, w) in writes {
-            by_id.insert(id, w);
-        }
-        let mut writes: Vec<Write> = by_id.into_iter().collect();
+        // Ops sorted by id; the last write of an id wins (the sort is stable).
+        let mut writes = writes;
         writes.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut writes: Vec<Write> = writes.into_iter().rev().collect();
+        writes.dedup_by(|later, earlier| later.0 == earlier.0);
+        writes.reverse();
         self.with_lock(|db, head| {
             let cur = head.clone();
             // A transaction whose base is still current is an ordinary linear commit.
@@ -776,9 +775,8 @@ impl Db {
         if sel.is_empty() || (sel.len() == 1 && level > 0) {
             return Ok(Vec::new());
         }
-        let sel_names: HashSet<FileName> = sel.iter().map(|f| f.name).collect();
         let mut blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
-        let mut have: HashSet<Cid> = HashSet::new();
+        let mut have: DigestSet<Cid> = DigestSet::default();
         let mut events: Vec<Cid> = Vec::new();
         let v = View { db: self, head };
         // Oldest first, so blocks keep their commit order. Read through the index and the
@@ -801,8 +799,8 @@ impl Db {
                 }
             }
         }
-        let mut keep: HashSet<Cid> = HashSet::new();
-        let by_cid: HashMap<Cid, usize> = blocks
+        let mut keep: DigestSet<Cid> = DigestSet::default();
+        let by_cid: DigestMap<Cid, usize> = blocks
             .iter()
             .enumerate()
             .map(|(i, (c, _))| (*c, i))
@@ -816,19 +814,31 @@ impl Db {
                 .map_err(|x| Error::corrupt(format!("event {e}"), x.0))?;
             keep.extend(ev.ops.iter().filter_map(|(_, l)| *l));
         }
-        // Current-tree nodes: descend through newer files and the selected ones; stop at older.
-        let mut stack: Vec<Cid> = head.root.into_iter().collect();
-        while let Some(c) = stack.pop() {
-            let (file, _) = v.locate(&c)?;
-            let flevel = head
+        // Current-tree nodes: descend through the selected files and newer ones; stop at
+        // older ones (a node only links to nodes at least as old as itself).
+        let newer = Head {
+            files: head
                 .files
                 .iter()
-                .find(|f| f.name == file)
-                .map_or(u8::MAX, |f| f.level);
-            if sel_names.contains(&file) {
+                .filter(|f| f.level < level)
+                .copied()
+                .collect(),
+            ..Head::default()
+        };
+        let in_newer = View {
+            db: self,
+            head: &newer,
+        };
+        let mut stack: Vec<Cid> = head.root.into_iter().collect();
+        while let Some(c) = stack.pop() {
+            if have.contains(&c) {
                 keep.insert(c);
-            } else if flevel > level {
-                continue;
+            } else {
+                match in_newer.locate(&c) {
+                    Ok(_) => {}
+                    Err(Error::MissingBlock(..)) => continue,
+                    Err(e) => return Err(e),
+                }
             }
             let node = v.node(&c)?;
             stack.extend_from_slice(node.children());

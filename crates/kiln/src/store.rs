@@ -49,7 +49,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             durability: Durability::Full,
-            cache_bytes: 64 << 20,
+            cache_bytes: 32 << 20,
             compact_threshold: 100,
             lock_timeout: std::time::Duration::from_secs(30),
         }
