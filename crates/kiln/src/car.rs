@@ -310,6 +310,7 @@ impl Writer {
             name: FileName::of(&out),
             bytes: out,
             index,
+            index_len,
             segments: self.segs,
         })
     }
@@ -321,6 +322,8 @@ pub struct Finished {
     pub bytes: Vec<u8>,
     /// The index, as [`Index::open`] would read it back.
     pub index: Index,
+    /// Length of the sealed index (it ends where the trailer starts).
+    pub index_len: u32,
     /// The plaintext of each segment.
     pub segments: Vec<Vec<u8>>,
 }

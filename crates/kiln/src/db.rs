@@ -221,7 +221,7 @@ impl Database {
                     let Some(link) = s.link else { return Ok(true) };
                     let id = std::str::from_utf8(k)
                         .map_err(|_| v.corrupt_cid(&link, "document id is not UTF-8"))?;
-                    let d = v.load_doc(id, &link)?;
+                    let d = v.load_doc(id, &link, s.version)?;
                     n += 1;
                     Ok(f(d) && opts.limit.is_none_or(|l| n < l))
                 },
@@ -307,7 +307,7 @@ impl Database {
                 let id = String::from_utf8(k)
                     .map_err(|_| Error::corrupt(v.db.name.clone(), "document id is not UTF-8"))?;
                 let (doc, deleted) = match s.link {
-                    Some(l) => (v.load_doc(&id, &l)?, false),
+                    Some(l) => (v.load_doc(&id, &l, s.version)?, false),
                     None => (doc::tombstone(&id), true),
                 };
                 out.push(Change {
@@ -683,7 +683,7 @@ impl Db {
                 w.add(*c, b);
             }
             w.add(ecid, &eb);
-            let (name, size) = db.store_file(w)?;
+            let file = db.store_file(w, 0, (height, height))?;
             // What this process wrote, it need not read back.
             for (c, _, n) in new_nodes() {
                 db.store
@@ -712,14 +712,7 @@ impl Db {
             head.root = state.root;
             head.docs = docs.max(0) as u64;
             head.events += 1;
-            head.files.insert(
-                0,
-                FileRef {
-                    name,
-                    level: 0,
-                    size,
-                },
-            );
+            head.files.insert(0, file);
             // A failed compaction must not fail (or block) commits: the commit stands without
             // it, and `compact`/`verify` report the cause.
             let mut compacted = head.clone();
@@ -783,7 +776,7 @@ impl Db {
         // segment cache (a file this process just wrote costs no I/O); every block is checked
         // against its CID.
         for f in sel.iter().rev() {
-            let idx = self.index(&f.name)?;
+            let idx = self.index(f)?;
             events.extend(idx.meta.roots.iter().copied());
             let mut entries = idx.entries.clone();
             for p in 0..idx.pages.len() {
@@ -792,7 +785,7 @@ impl Db {
             entries.sort_by_key(|e| (e.seg, e.off));
             for e in entries {
                 if have.insert(e.cid) {
-                    let seg = v.segment(&f.name, e.seg)?;
+                    let seg = v.segment(f, e.seg)?;
                     let data = car::block_in(&seg, &e)
                         .map_err(|x| Error::format(format!("file {}", f.name), x))?;
                     blocks.push((e.cid, data.to_vec()));
@@ -805,6 +798,7 @@ impl Db {
             .enumerate()
             .map(|(i, (c, _))| (*c, i))
             .collect();
+        let mut heights = (u64::MAX, 0);
         for e in &events {
             keep.insert(*e);
             let i = *by_cid
@@ -813,6 +807,7 @@ impl Db {
             let ev = Event::decode(&blocks[i].1)
                 .map_err(|x| Error::corrupt(format!("event {e}"), x.0))?;
             keep.extend(ev.ops.iter().filter_map(|(_, l)| *l));
+            heights = (heights.0.min(ev.height), heights.1.max(ev.height));
         }
         // Current-tree nodes: descend through the selected files and newer ones; stop at
         // older ones (a node only links to nodes at least as old as itself).
@@ -834,7 +829,7 @@ impl Db {
             if have.contains(&c) {
                 keep.insert(c);
             } else {
-                match in_newer.locate(&c) {
+                match in_newer.locate(&c, None) {
                     Ok(_) => {}
                     Err(Error::MissingBlock(..)) => continue,
                     Err(e) => return Err(e),
@@ -854,28 +849,21 @@ impl Db {
                 w.add(*c, b);
             }
         }
-        let (name, size) = self.store_file(w)?;
+        let file = self.store_file(w, level + 1, heights)?;
         let pos = head
             .files
             .iter()
             .position(|f| f.level == level)
             .unwrap_or(0);
         head.files.retain(|f| f.level != level);
-        head.files.insert(
-            pos.min(head.files.len()),
-            FileRef {
-                name,
-                level: level + 1,
-                size,
-            },
-        );
+        head.files.insert(pos.min(head.files.len()), file);
         head.compacted = now_ms();
         Ok(sel.iter().map(|f| f.name).collect())
     }
 
     /// Seals and stores a file, keeping its index and segments in memory so this process
-    /// never reads back what it just wrote. Returns its name and size.
-    fn store_file(&self, w: car::Writer) -> Result<(FileName, u64)> {
+    /// never reads back what it just wrote.
+    fn store_file(&self, w: car::Writer, level: u8, heights: (u64, u64)) -> Result<FileRef> {
         let f = w.finish(&self.key).map_err(|e| Error::io(&self.dir, e))?;
         self.store
             .storage
@@ -885,6 +873,7 @@ impl Db {
             name,
             bytes,
             index,
+            index_len,
             segments,
         } = f;
         {
@@ -900,7 +889,13 @@ impl Db {
                 Cached::Bytes(Arc::new(seg)),
             );
         }
-        Ok((name, bytes.len() as u64))
+        Ok(FileRef {
+            name,
+            level,
+            size: bytes.len() as u64,
+            index_len,
+            heights,
+        })
     }
 
     fn file_err(&self, name: &FileName, e: std::io::Error) -> Error {
@@ -916,7 +911,8 @@ impl Db {
         }
     }
 
-    fn index(&self, name: &FileName) -> Result<Arc<car::Index>> {
+    fn index(&self, f: &FileRef) -> Result<Arc<car::Index>> {
+        let name = &f.name;
         if let Some(i) = self
             .indexes
             .read()
@@ -926,24 +922,28 @@ impl Db {
             return Ok(i.clone());
         }
         let st = &self.store.storage;
-        let len = st.len(name).map_err(|e| self.file_err(name, e))?;
         let loc = format!("file {name}");
-        if len < (car::HEADER_LEN + car::TRAILER_LEN) as u64 {
-            return Err(Error::corrupt(loc, "file too short"));
+        let tail = car::TRAILER_LEN as u64 + f.index_len as u64;
+        if f.index_len == 0 || f.size < tail + car::HEADER_LEN as u64 {
+            return Err(Error::corrupt(
+                loc,
+                "head record gives an impossible index location",
+            ));
         }
-        let hdr = st
-            .read_at(name, 0, car::HEADER_LEN)
+        // Index and trailer in one read; the trailer must agree with the head record.
+        let b = st
+            .read_at(name, f.size - tail, tail as usize)
             .map_err(|e| self.file_err(name, e))?;
-        car::check_header(&hdr).map_err(|e| Error::format(&loc, e))?;
-        let t = st
-            .read_at(name, len - car::TRAILER_LEN as u64, car::TRAILER_LEN)
-            .map_err(|e| self.file_err(name, e))?;
-        let (at, n) = car::parse_trailer(len, &t).map_err(|e| Error::format(&loc, e))?;
-        let sealed = st
-            .read_at(name, at, n as usize)
-            .map_err(|e| self.file_err(name, e))?;
+        let (sealed, t) = b.split_at(f.index_len as usize);
+        let (at, n) = car::parse_trailer(f.size, t).map_err(|e| Error::format(&loc, e))?;
+        if at != f.size - tail || n != f.index_len {
+            return Err(Error::corrupt(
+                loc,
+                "trailer disagrees with the head record",
+            ));
+        }
         let idx =
-            Arc::new(car::Index::open(&self.key, &sealed, at).map_err(|e| Error::format(&loc, e))?);
+            Arc::new(car::Index::open(&self.key, sealed, at).map_err(|e| Error::format(&loc, e))?);
         let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
         if m.len() > 4096 {
             m.clear();
@@ -1020,10 +1020,24 @@ impl View<'_> {
         Error::corrupt(format!("block {cid} of database '{}'", self.db.name), what)
     }
 
-    /// Finds the live file holding `cid` (newest first).
-    fn locate(&self, cid: &Cid) -> Result<(FileName, car::Entry)> {
-        for f in &self.head.files {
-            let idx = self.db.index(&f.name)?;
+    /// Finds the live file holding `cid`. With `height` (the version of a document slot), the
+    /// files whose event heights cover it are probed first — usually exactly one; otherwise the
+    /// newest file (where recent tree nodes are), then compacted files, then the other diffs.
+    fn locate(&self, cid: &Cid, height: Option<u64>) -> Result<(FileRef, car::Entry)> {
+        let files = &self.head.files;
+        let covers = |f: &FileRef| height.is_some_and(|h| f.heights.0 <= h && h <= f.heights.1);
+        let first = files.iter().filter(|f| covers(f));
+        let rest = files.iter().enumerate().filter(|(_, f)| !covers(f));
+        let order = first
+            .chain(rest.clone().filter(|(i, _)| *i == 0).map(|x| x.1))
+            .chain(
+                rest.clone()
+                    .filter(|(i, f)| *i > 0 && f.level > 0)
+                    .map(|x| x.1),
+            )
+            .chain(rest.filter(|(i, f)| *i > 0 && f.level == 0).map(|x| x.1));
+        for f in order {
+            let idx = self.db.index(f)?;
             let found = if idx.pages.is_empty() {
                 idx.find(cid)
             } else if let Some(p) = idx.page_for(cid) {
@@ -1035,7 +1049,7 @@ impl View<'_> {
                 None
             };
             if let Some(e) = found {
-                return Ok((f.name, e));
+                return Ok((*f, e));
             }
         }
         Err(Error::MissingBlock(*cid, self.db.name.clone()))
@@ -1061,12 +1075,13 @@ impl View<'_> {
         Ok(v)
     }
 
-    fn segment(&self, name: &FileName, n: u32) -> Result<Arc<Vec<u8>>> {
+    fn segment(&self, file: &FileRef, n: u32) -> Result<Arc<Vec<u8>>> {
+        let name = &file.name;
         let key = CacheKey::Segment(*name, n);
         if let Some(Cached::Bytes(b)) = self.db.store.cache.get(&key) {
             return Ok(b);
         }
-        let idx = self.db.index(name)?;
+        let idx = self.db.index(file)?;
         let (off, len) = idx.segs[n as usize];
         let sealed = self
             .db
@@ -1086,23 +1101,32 @@ impl View<'_> {
     }
 
     /// A block's bytes, checked against its CID.
-    fn with_block<T>(&self, cid: &Cid, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
-        let (name, e) = self.locate(cid)?;
-        let seg = self.segment(&name, e.seg)?;
+    fn with_block<T>(
+        &self,
+        cid: &Cid,
+        height: Option<u64>,
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let (file, e) = self.locate(cid, height)?;
+        let seg = self.segment(&file, e.seg)?;
         let data = car::block_in(&seg, &e)
-            .map_err(|x| Error::format(format!("file {name}, block {cid}"), x))?;
+            .map_err(|x| Error::format(format!("file {}, block {cid}", file.name), x))?;
         f(data)
     }
 
-    fn load_doc(&self, id: &str, cid: &Cid) -> Result<Value> {
-        self.with_block(cid, |b| {
+    /// A document version; `height` is the version of the slot that names it (a hint).
+    fn load_doc(&self, id: &str, cid: &Cid, height: u64) -> Result<Value> {
+        self.with_block(cid, Some(height), |b| {
             doc::decode(id, b).map_err(|w| self.corrupt_cid(cid, w))
         })
     }
 
     fn doc(&self, id: &str, root: Option<&Cid>) -> Result<Option<Value>> {
         match tree::get(self, root, id.as_bytes())? {
-            Some(Slot { link: Some(l), .. }) => Ok(Some(self.load_doc(id, &l)?)),
+            Some(Slot {
+                link: Some(l),
+                version,
+            }) => Ok(Some(self.load_doc(id, &l, version)?)),
             _ => Ok(None),
         }
     }
@@ -1141,9 +1165,12 @@ impl View<'_> {
             }
             Ok(true)
         })?;
-        match best.and_then(|s| s.link) {
-            Some(l) => Ok(Some(self.load_doc(id, &l)?)),
-            None => Ok(None),
+        match best {
+            Some(Slot {
+                link: Some(l),
+                version,
+            }) => Ok(Some(self.load_doc(id, &l, version)?)),
+            _ => Ok(None),
         }
     }
 }
@@ -1161,7 +1188,7 @@ impl NodeSource for View<'_> {
         if let Some(Cached::Node(n)) = self.db.store.cache.get(&key) {
             return Ok(n);
         }
-        let n = Arc::new(self.with_block(cid, |b| {
+        let n = Arc::new(self.with_block(cid, None, |b| {
             tree::Node::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
         })?);
         self.db.store.cache.insert(key, Cached::Node(n.clone()));
@@ -1176,7 +1203,7 @@ impl EventSource for View<'_> {
         if let Some(Cached::Event(e)) = self.db.store.cache.get(&key) {
             return Ok(e);
         }
-        let e = Arc::new(self.with_block(cid, |b| {
+        let e = Arc::new(self.with_block(cid, None, |b| {
             Event::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
         })?);
         self.db.store.cache.insert(key, Cached::Event(e.clone()));

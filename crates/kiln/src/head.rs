@@ -23,6 +23,11 @@ pub struct FileRef {
     /// 0: one transaction's diff; n ≥ 1: produced by compaction.
     pub level: u8,
     pub size: u64,
+    /// Length of the sealed index just before the trailer (lets a reader fetch it in one read).
+    pub index_len: u32,
+    /// Lowest and highest height of the events in the file: a document written at height h is
+    /// in a file whose range holds h.
+    pub heights: (u64, u64),
 }
 
 /// The decoded head record.
@@ -57,10 +62,13 @@ impl Head {
         e.str("files");
         e.array(self.files.len());
         for f in &self.files {
-            e.array(3);
+            e.array(6);
             e.bytes(&f.name.0);
             e.u64(f.level as u64);
             e.u64(f.size);
+            e.u64(f.index_len as u64);
+            e.u64(f.heights.0);
+            e.u64(f.heights.1);
         }
         e.str("heads");
         e.array(self.heads.len());
@@ -89,8 +97,8 @@ impl Head {
         let n = d.array()?;
         let mut files = Vec::with_capacity(n);
         for _ in 0..n {
-            if d.array()? != 3 {
-                return Err(CborError("head: file ref must have 3 fields"));
+            if d.array()? != 6 {
+                return Err(CborError("head: file ref must have 6 fields"));
             }
             let name = FileName(
                 d.bytes()?
@@ -101,10 +109,18 @@ impl Head {
             if level > 64 {
                 return Err(CborError("head: file level out of range"));
             }
+            let size = d.u64()?;
+            let index_len = d.u64()?;
+            if index_len > u32::MAX as u64 || index_len + 32 > size {
+                return Err(CborError("head: index length out of range"));
+            }
+            let heights = (d.u64()?, d.u64()?);
             files.push(FileRef {
                 name,
                 level: level as u8,
-                size: d.u64()?,
+                size,
+                index_len: index_len as u32,
+                heights,
             });
         }
         d.key("heads")?;
@@ -184,6 +200,8 @@ mod tests {
                 name: FileName::of(b"f"),
                 level: 1,
                 size: 99,
+                index_len: 40,
+                heights: (1, 3),
             }],
             heads: vec![Cid::of_cbor(b"h")],
             events: 3,

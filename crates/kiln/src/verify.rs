@@ -67,6 +67,18 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                 ),
             );
         }
+        let t = &bytes[bytes.len().saturating_sub(car::TRAILER_LEN)..];
+        if let Ok((_, n)) = car::parse_trailer(bytes.len() as u64, t) {
+            if n != f.index_len {
+                r.bad(
+                    &loc,
+                    format!(
+                        "index length {n} differs from the {} the head record names",
+                        f.index_len
+                    ),
+                );
+            }
+        }
         match car::verify_file(key, &f.name, &bytes) {
             Ok((_, bs)) => {
                 r.blocks += bs.len();

@@ -7,9 +7,9 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "bafyreige7n5eeymvvsqnnclsw2jaaxxup6funum2h5h4bjygbw2jzbtofm";
-const FIRST_EVENT: &str = "bafyreiedqoqy2of3vizvpceaetengpl3gwaycaokiz2c6pqc5ltimnjagm";
-const SECOND_EVENT: &str = "bafyreibeettfcqwrbrbbifd6akepfsrrbt3rhitdsoivs3uuyswrfl43p4";
-const HEAD_EVENT: &str = "bafyreiflftht25n5gegowmrk2k7phhgwypshkkuj3or4ywisgk6oaef2uy";
+const FIRST_EVENT: &str = "bafyreiag2a7v7krdyqqdkexp532hkrrsjtknymsx4snakmyzvljldwa73i";
+const SECOND_EVENT: &str = "bafyreibnl4gbxz4rm7e2zk227x2jb42mm5roke3wtxrft6gwzyh55nb7ri";
+const HEAD_EVENT: &str = "bafyreiedy4ykh7glazvlkzh53mowybvxxxxm2mbpxriasa2ko5v56tuvnu";
 
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
