@@ -68,6 +68,8 @@ pub struct Entry {
     pub seg: u32,
     pub off: u32,
     pub len: u32,
+    /// The block is a clock event (compaction finds a file's events without a list of them).
+    pub event: bool,
 }
 
 /// Why a diff file could not be read.
@@ -147,7 +149,8 @@ pub struct Meta {
     pub level: u8,
     /// Milliseconds since the Unix epoch when the file was written.
     pub time: u64,
-    /// The CAR roots: the events this file introduces (newest first).
+    /// The CAR roots: a diff's event; for a compacted file, its newest events (those no event
+    /// in the file names as a parent). Every event in a file is flagged in the index.
     pub roots: Vec<Cid>,
     /// For compacted files: the files whose contents this one carries forward.
     pub replaces: Vec<FileName>,
@@ -188,6 +191,15 @@ impl Writer {
 
     /// Adds a block (a repeat of a CID already added is ignored).
     pub fn add(&mut self, cid: Cid, data: &[u8]) {
+        self.add_kind(cid, data, false)
+    }
+
+    /// Adds a clock event block.
+    pub fn add_event(&mut self, cid: Cid, data: &[u8]) {
+        self.add_kind(cid, data, true)
+    }
+
+    fn add_kind(&mut self, cid: Cid, data: &[u8], event: bool) {
         if !self.seen.insert(cid) {
             return;
         }
@@ -204,6 +216,7 @@ impl Writer {
             seg: self.segs.len() as u32,
             off,
             len: data.len() as u32,
+            event,
         });
     }
 
@@ -331,11 +344,12 @@ pub struct Finished {
 fn encode_entries(e: &mut Encoder, entries: &[Entry]) {
     e.array(entries.len());
     for x in entries {
-        e.array(4);
+        e.array(5);
         e.bytes(x.cid.as_bytes());
         e.u64(x.seg as u64);
         e.u64(x.off as u64);
         e.u64(x.len as u64);
+        e.u64(x.event as u64);
     }
 }
 
@@ -343,14 +357,15 @@ fn decode_entries(d: &mut Decoder<'_>, segs: usize) -> Result<Vec<Entry>, Format
     let n = d.array()?;
     let mut v: Vec<Entry> = Vec::with_capacity(n);
     for _ in 0..n {
-        if d.array()? != 4 {
-            return Err(FormatError::Record("index entry must have 4 fields"));
+        if d.array()? != 5 {
+            return Err(FormatError::Record("index entry must have 5 fields"));
         }
         let cid = Cid::from_bytes(d.bytes()?).ok_or(FormatError::Record("index entry: bad CID"))?;
         let seg = d.u64()?;
         let off = d.u64()?;
         let len = d.u64()?;
-        if seg >= segs as u64 || off > u32::MAX as u64 || len > u32::MAX as u64 {
+        let kind = d.u64()?;
+        if seg >= segs as u64 || off > u32::MAX as u64 || len > u32::MAX as u64 || kind > 1 {
             return Err(FormatError::Record("index entry out of range"));
         }
         if v.last().is_some_and(|p| p.cid >= cid) {
@@ -361,6 +376,7 @@ fn decode_entries(d: &mut Decoder<'_>, segs: usize) -> Result<Vec<Entry>, Format
             seg: seg as u32,
             off: off as u32,
             len: len as u32,
+            event: kind == 1,
         });
     }
     Ok(v)
@@ -661,13 +677,18 @@ pub fn verify_file(
                 seg: n as u32,
                 off: (pos + CID_LEN) as u32,
                 len: data.len() as u32,
+                event: false,
             });
             blocks.push((cid, data.to_vec()));
             pos += sl;
         }
     }
     found.sort_by(|a, b| a.cid.cmp(&b.cid));
-    if found != entries {
+    let plain: Vec<Entry> = entries
+        .iter()
+        .map(|e| Entry { event: false, ..*e })
+        .collect();
+    if found != plain {
         return Err(FormatError::Record(
             "index does not list exactly the blocks in the file",
         ));

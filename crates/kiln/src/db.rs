@@ -14,7 +14,7 @@ use crate::car::{self, FileName};
 use crate::clock::{self, Event, EventSource};
 use crate::doc;
 use crate::error::{Error, Result};
-use crate::head::{FileRef, Head};
+use crate::head::{bloom_bits, FileRef, Head};
 use crate::keys::{lineage_string, Lineage};
 use crate::seal::Key;
 use crate::storage::replace_via_spare;
@@ -682,7 +682,7 @@ impl Db {
             for (c, b, _) in new_nodes() {
                 w.add(*c, b);
             }
-            w.add(ecid, &eb);
+            w.add_event(ecid, &eb);
             let file = db.store_file(w, 0, (height, height))?;
             // What this process wrote, it need not read back.
             for (c, _, n) in new_nodes() {
@@ -777,12 +777,12 @@ impl Db {
         // against its CID.
         for f in sel.iter().rev() {
             let idx = self.index(f)?;
-            events.extend(idx.meta.roots.iter().copied());
             let mut entries = idx.entries.clone();
             for p in 0..idx.pages.len() {
                 entries.extend(v.page(&f.name, &idx, p)?.iter().copied());
             }
             entries.sort_by_key(|e| (e.seg, e.off));
+            events.extend(entries.iter().filter(|e| e.event).map(|e| e.cid));
             for e in entries {
                 if have.insert(e.cid) {
                     let seg = v.segment(f, e.seg)?;
@@ -799,6 +799,7 @@ impl Db {
             .map(|(i, (c, _))| (*c, i))
             .collect();
         let mut heights = (u64::MAX, 0);
+        let mut parents: DigestSet<Cid> = DigestSet::default();
         for e in &events {
             keep.insert(*e);
             let i = *by_cid
@@ -808,6 +809,7 @@ impl Db {
                 .map_err(|x| Error::corrupt(format!("event {e}"), x.0))?;
             keep.extend(ev.ops.iter().filter_map(|(_, l)| *l));
             heights = (heights.0.min(ev.height), heights.1.max(ev.height));
+            parents.extend(ev.parents.iter().copied());
         }
         // Current-tree nodes: descend through the selected files and newer ones; stop at
         // older ones (a node only links to nodes at least as old as itself).
@@ -841,11 +843,19 @@ impl Db {
         let mut w = car::Writer::new(car::Meta {
             level: level + 1,
             time: now_ms(),
-            roots: events.clone(),
+            // The CAR roots: the file's newest events (no event in it names them).
+            roots: events
+                .iter()
+                .filter(|e| !parents.contains(e))
+                .copied()
+                .collect(),
             replaces: sel.iter().map(|f| f.name).collect(),
         });
+        let is_event: DigestSet<Cid> = events.iter().copied().collect();
         for (c, b) in &blocks {
-            if keep.contains(c) {
+            if is_event.contains(c) {
+                w.add_event(*c, b);
+            } else if keep.contains(c) {
                 w.add(*c, b);
             }
         }
@@ -876,6 +886,11 @@ impl Db {
             index_len,
             segments,
         } = f;
+        // Small files get a filter; in a large one most bits would be set anyway.
+        let bloom = match index.entries.len() {
+            1..=24 => index.entries.iter().fold(0, |b, e| b | bloom_bits(&e.cid)),
+            _ => 0,
+        };
         {
             let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
             if m.len() > 4096 {
@@ -895,6 +910,7 @@ impl Db {
             size: bytes.len() as u64,
             index_len,
             heights,
+            bloom,
         })
     }
 
@@ -1036,7 +1052,7 @@ impl View<'_> {
                     .map(|x| x.1),
             )
             .chain(rest.filter(|(i, f)| *i > 0 && f.level == 0).map(|x| x.1));
-        for f in order {
+        for f in order.filter(|f| f.may_hold(cid)) {
             let idx = self.db.index(f)?;
             let found = if idx.pages.is_empty() {
                 idx.find(cid)

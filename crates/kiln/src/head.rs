@@ -28,6 +28,23 @@ pub struct FileRef {
     /// Lowest and highest height of the events in the file: a document written at height h is
     /// in a file whose range holds h.
     pub heights: (u64, u64),
+    /// A 64-bit Bloom filter of the file's block CIDs ([`bloom_bits`]), so a lookup skips most
+    /// small files without reading their index; 0 means "no filter: probe".
+    pub bloom: u64,
+}
+
+/// The two filter bits of a CID in a [`FileRef::bloom`].
+pub fn bloom_bits(cid: &Cid) -> u64 {
+    let d = cid.digest();
+    (1u64 << (d[20] & 63)) | (1u64 << (d[21] & 63))
+}
+
+impl FileRef {
+    /// False only when the file certainly lacks `cid`.
+    pub fn may_hold(&self, cid: &Cid) -> bool {
+        let b = bloom_bits(cid);
+        self.bloom == 0 || self.bloom & b == b
+    }
 }
 
 /// The decoded head record.
@@ -62,13 +79,14 @@ impl Head {
         e.str("files");
         e.array(self.files.len());
         for f in &self.files {
-            e.array(6);
+            e.array(7);
             e.bytes(&f.name.0);
             e.u64(f.level as u64);
             e.u64(f.size);
             e.u64(f.index_len as u64);
             e.u64(f.heights.0);
             e.u64(f.heights.1);
+            e.u64(f.bloom);
         }
         e.str("heads");
         e.array(self.heads.len());
@@ -97,8 +115,8 @@ impl Head {
         let n = d.array()?;
         let mut files = Vec::with_capacity(n);
         for _ in 0..n {
-            if d.array()? != 6 {
-                return Err(CborError("head: file ref must have 6 fields"));
+            if d.array()? != 7 {
+                return Err(CborError("head: file ref must have 7 fields"));
             }
             let name = FileName(
                 d.bytes()?
@@ -115,12 +133,14 @@ impl Head {
                 return Err(CborError("head: index length out of range"));
             }
             let heights = (d.u64()?, d.u64()?);
+            let bloom = d.u64()?;
             files.push(FileRef {
                 name,
                 level: level as u8,
                 size,
                 index_len: index_len as u32,
                 heights,
+                bloom,
             });
         }
         d.key("heads")?;
@@ -202,6 +222,7 @@ mod tests {
                 size: 99,
                 index_len: 40,
                 heights: (1, 3),
+                bloom: 5,
             }],
             heads: vec![Cid::of_cbor(b"h")],
             events: 3,

@@ -217,6 +217,10 @@ impl Storage for LocalStorage {
             };
             match moved {
                 Ok(()) => {
+                    // Keep the inode, free its data: no stale ciphertext, no disk use.
+                    if let Ok(f) = OpenOptions::new().write(true).open(&to) {
+                        let _ = f.set_len(0);
+                    }
                     pool.known.push(to);
                     pool.skip = 0;
                     return Ok(());

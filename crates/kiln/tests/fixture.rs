@@ -7,9 +7,9 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "bafyreige7n5eeymvvsqnnclsw2jaaxxup6funum2h5h4bjygbw2jzbtofm";
-const FIRST_EVENT: &str = "bafyreiag2a7v7krdyqqdkexp532hkrrsjtknymsx4snakmyzvljldwa73i";
-const SECOND_EVENT: &str = "bafyreibnl4gbxz4rm7e2zk227x2jb42mm5roke3wtxrft6gwzyh55nb7ri";
-const HEAD_EVENT: &str = "bafyreiedy4ykh7glazvlkzh53mowybvxxxxm2mbpxriasa2ko5v56tuvnu";
+const FIRST_EVENT: &str = "bafyreig5ge7rn3f6bgbgqgupfewolvhtjaiivxptbohwr5itcadnlqqqs4";
+const SECOND_EVENT: &str = "bafyreigvory4f2u3pvab54u5vuiklgy5cg43yeslwshc4pojia2kuef2ru";
+const HEAD_EVENT: &str = "bafyreig7s55dksaas3uj5qwzfiohpdp6mhfqbkfh2qbztj3smpt5zj4tse";
 
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
