@@ -26,8 +26,11 @@ pub const HEADER_LEN: usize = 16;
 pub const TRAILER_LEN: usize = 16;
 /// Plaintext bytes per segment before a new one starts (a larger block gets a segment alone).
 pub const SEGMENT_TARGET: usize = 16 * 1024;
-/// Index entries per page; files with more entries get a paged index.
-pub const PAGE_ENTRIES: usize = 1024;
+/// Index entries per page written; files with more entries get a paged index. Small pages keep
+/// a lookup in a large file cheap: one ~12 KiB page, not the whole index.
+pub const PAGE_ENTRIES: usize = 256;
+/// Most entries a reader accepts in one page (writers may choose any page size up to it).
+pub const MAX_PAGE_ENTRIES: usize = 4096;
 
 /// A file's name: the sha2-256 of its bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -477,7 +480,7 @@ impl Index {
             let count = d.u64()?;
             if off < HEADER_LEN as u64
                 || off.saturating_add(len) > index_at
-                || count as usize > PAGE_ENTRIES
+                || count as usize > MAX_PAGE_ENTRIES
             {
                 return Err(FormatError::Record("page ref out of range"));
             }
@@ -738,7 +741,7 @@ mod tests {
 
     #[test]
     fn small_and_large_files_verify_and_locate() {
-        for (n, big) in [(3, false), (40, true), (3000, false)] {
+        for (n, big) in [(3, false), (40, true), (300, false), (3000, false)] {
             let (key, name, bytes, blocks) = sample(n, big);
             let (idx, got) = verify_file(&key, &name, &bytes).unwrap();
             assert_eq!(got.len(), n);

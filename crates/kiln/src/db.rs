@@ -1037,21 +1037,25 @@ impl View<'_> {
     }
 
     /// Finds the live file holding `cid`. With `height` (the version of a document slot), the
-    /// files whose event heights cover it are probed first — usually exactly one; otherwise the
-    /// newest file (where recent tree nodes are), then compacted files, then the other diffs.
+    /// files whose event heights cover it are probed first — usually exactly one. Otherwise: the
+    /// newest file (where the root and recently changed nodes are), then compacted files,
+    /// largest first (most of an old tree is in the largest), then the other diffs. Small
+    /// files whose Bloom filter rules `cid` out are skipped without reading their index.
     fn locate(&self, cid: &Cid, height: Option<u64>) -> Result<(FileRef, car::Entry)> {
         let files = &self.head.files;
         let covers = |f: &FileRef| height.is_some_and(|h| f.heights.0 <= h && h <= f.heights.1);
-        let first = files.iter().filter(|f| covers(f));
-        let rest = files.iter().enumerate().filter(|(_, f)| !covers(f));
-        let order = first
-            .chain(rest.clone().filter(|(i, _)| *i == 0).map(|x| x.1))
-            .chain(
-                rest.clone()
-                    .filter(|(i, f)| *i > 0 && f.level > 0)
-                    .map(|x| x.1),
-            )
-            .chain(rest.filter(|(i, f)| *i > 0 && f.level == 0).map(|x| x.1));
+        let mut compacted: Vec<&FileRef> = files
+            .iter()
+            .skip(1)
+            .filter(|f| f.level > 0 && !covers(f))
+            .collect();
+        compacted.sort_by(|a, b| b.size.cmp(&a.size));
+        let order = files
+            .iter()
+            .filter(|f| covers(f))
+            .chain(files.first().filter(|f| !covers(f)))
+            .chain(compacted)
+            .chain(files.iter().skip(1).filter(|f| f.level == 0 && !covers(f)));
         for f in order.filter(|f| f.may_hold(cid)) {
             let idx = self.db.index(f)?;
             let found = if idx.pages.is_empty() {
