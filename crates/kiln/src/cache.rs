@@ -39,7 +39,7 @@ impl Cached {
                 256 + 2 * e.ops.iter().map(|(id, _)| id.len() + 64).sum::<usize>()
                     + e.parents.len() * 36
             }
-            Cached::Bytes(b) => 64 + b.len(),
+            Cached::Bytes(b) => 64 + b.capacity(),
             Cached::Page(p) => 64 + p.len() * 48,
         }
     }

@@ -898,7 +898,8 @@ impl Db {
             }
             m.insert(name, Arc::new(index));
         }
-        for (n, seg) in segments.into_iter().enumerate() {
+        for (n, mut seg) in segments.into_iter().enumerate() {
+            seg.shrink_to_fit(); // written with room to grow; cache only what it holds
             self.store.cache.insert(
                 CacheKey::Segment(name, n as u32),
                 Cached::Bytes(Arc::new(seg)),
