@@ -245,7 +245,7 @@ impl Writer {
             key.seal_into(&seg_aad(i as u32), s, &mut out)?;
             seg_at.push((start, (out.len() as u64 - start) as u32));
         }
-        self.entries.sort_by(|a, b| a.cid.cmp(&b.cid));
+        self.entries.sort_by_key(|e| e.cid);
         let mut pages = Vec::new();
         if self.entries.len() > PAGE_ENTRIES {
             for (i, chunk) in self.entries.chunks(PAGE_ENTRIES).enumerate() {
@@ -686,7 +686,7 @@ pub fn verify_file(
             pos += sl;
         }
     }
-    found.sort_by(|a, b| a.cid.cmp(&b.cid));
+    found.sort_by_key(|e| e.cid);
     let plain: Vec<Entry> = entries
         .iter()
         .map(|e| Entry { event: false, ..*e })

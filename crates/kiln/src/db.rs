@@ -1050,7 +1050,7 @@ impl View<'_> {
             .skip(1)
             .filter(|f| f.level > 0 && !covers(f))
             .collect();
-        compacted.sort_by(|a, b| b.size.cmp(&a.size));
+        compacted.sort_by_key(|f| std::cmp::Reverse(f.size));
         let order = files
             .iter()
             .filter(|f| covers(f))

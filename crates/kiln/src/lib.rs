@@ -19,6 +19,8 @@
 //! # Ok(()) }
 //! ```
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+// Visitor callbacks (`&mut dyn FnMut(..) -> Result<bool, E>`) read better spelled out.
+#![allow(clippy::type_complexity)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod block;

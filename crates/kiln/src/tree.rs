@@ -193,7 +193,7 @@ fn is_boundary(key: &[u8], level: u8) -> bool {
     h ^= h >> 27;
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^= h >> 31;
-    h % FANOUT == 0
+    h.is_multiple_of(FANOUT)
 }
 
 /// Looks up one key.
