@@ -446,16 +446,7 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
                 let mut r = snapshot;
                 let w = ms_since(t0);
                 let c = done.load(Ordering::SeqCst);
-                r.set("wall_ms", fixed(w, 2));
-                r.set("ops", c);
-                r.set(
-                    "ops_per_sec",
-                    if w > 0.0 {
-                        fixed(c as f64 * 1000.0 / w, 1)
-                    } else {
-                        Value::Null
-                    },
-                );
+                set_rate(&mut r, w, c as u64);
                 r.set("completed", c);
                 r.set("timed_out", true);
                 r.set("hung", true);
@@ -545,16 +536,7 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
         a.close()?;
         drop(wd);
     }
-    res.set("wall_ms", fixed(wall, 2));
-    res.set("ops", ops);
-    res.set(
-        "ops_per_sec",
-        if wall > 0.0 {
-            fixed(ops as f64 * 1000.0 / wall, 1)
-        } else {
-            Value::Null
-        },
-    );
+    set_rate(&mut res, wall, ops as u64);
     res.set("completed", completed);
     res.set("timed_out", timed_out);
     if timed_out {
@@ -623,4 +605,18 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// `wall_ms`, `ops` and `ops_per_sec` as the harness prints them.
+fn set_rate(r: &mut out::Obj, wall: f64, ops: u64) {
+    r.set("wall_ms", fixed(wall, 2));
+    r.set("ops", ops);
+    r.set(
+        "ops_per_sec",
+        if wall > 0.0 {
+            fixed(ops as f64 * 1000.0 / wall, 1)
+        } else {
+            Value::Null
+        },
+    );
 }
