@@ -629,13 +629,25 @@ impl Db {
                     )
                 })
                 .collect();
-            let own = tree::update(&v, base_root.as_ref(), &ops, Mode::Max)?;
             let merged = if base.is_some() {
                 Some(tree::update(&v, cur.root.as_ref(), &ops, Mode::Max)?)
             } else {
                 None
             };
-            let state = merged.as_ref().unwrap_or(&own);
+            // The event's own state: its base plus its writes. A base older than a compaction
+            // may have lost its tree (only the current tree is kept); the event then carries no
+            // root commitment and reads at it replay the clock instead.
+            let own = match tree::update(&v, base_root.as_ref(), &ops, Mode::Max) {
+                Ok(u) => Some(u),
+                Err(Error::MissingBlock(..)) if merged.is_some() => None,
+                Err(e) => return Err(e),
+            };
+            let state = match (&merged, &own) {
+                (Some(m), _) | (None, Some(m)) => m,
+                (None, None) => {
+                    return Err(Error::corrupt(db.name.clone(), "no tree to commit on"))
+                }
+            };
             let mut docs = cur.docs as i64;
             for (op, prev) in ops.iter().zip(&state.previous) {
                 let new = op.1.unwrap_or(Slot {
@@ -659,7 +671,7 @@ impl Db {
                     .iter()
                     .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
                     .collect(),
-                root: own.root,
+                root: own.as_ref().and_then(|u| u.root),
             };
             let eb = event.encode();
             let ecid = Cid::of_cbor(&eb);
@@ -675,8 +687,8 @@ impl Db {
                 }
             }
             let new_nodes = || {
-                own.blocks
-                    .iter()
+                own.iter()
+                    .flat_map(|u| u.blocks.iter())
                     .chain(merged.iter().flat_map(|m| m.blocks.iter()))
             };
             for (c, b, _) in new_nodes() {

@@ -554,3 +554,37 @@ fn a_compaction_that_fails_does_not_block_commits() {
     let r = db.verify().unwrap();
     assert!(r.problems.iter().any(|p| p.location.contains(&name)));
 }
+
+#[test]
+fn a_transaction_older_than_a_compaction_still_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    // No cache, so the dropped tree cannot be served from memory.
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            cache_bytes: 0,
+            ..opts(2)
+        },
+    )
+    .unwrap();
+    let db = store.create(Some("t")).unwrap();
+    db.put(&json!({"_id": "a", "v": 0})).unwrap();
+    let mut tx = db.transaction().unwrap();
+    // Many commits and compactions drop the tree the transaction began on.
+    for i in 0..30 {
+        db.put(&json!({"_id": format!("k{i}"), "v": i})).unwrap();
+    }
+    tx.put(&json!({"_id": "a", "v": 1})).unwrap();
+    tx.put(&json!({"_id": "t", "v": 1})).unwrap();
+    let c = tx.commit().unwrap();
+    assert_eq!(c.heads.len(), 2);
+    assert_eq!(db.get("t").unwrap().unwrap()["v"], 1);
+    assert_eq!(db.get("k29").unwrap().unwrap()["v"], 29);
+    // Its own state is still readable, by replaying the clock.
+    assert_eq!(db.get_at("a", &c.event).unwrap().unwrap()["v"], 1);
+    assert_eq!(db.get_at("k3", &c.event).unwrap(), None);
+    assert!(db.verify().unwrap().ok());
+    db.put(&json!({"_id": "z"})).unwrap();
+    assert_eq!(db.heads().unwrap().len(), 1);
+    assert_eq!(db.info().unwrap().docs, 33);
+}
