@@ -260,6 +260,10 @@ impl Database {
     /// state's heads as its parents. If other commits landed in between, the transaction
     /// becomes a concurrent branch: the clock then has several heads and the state is their
     /// deterministic merge (see [`crate::tree::Slot::rank`]) until the next commit joins them.
+    ///
+    /// The snapshot is not pinned: if compaction drops the files it was read from, the
+    /// transaction's own reads can fail with [`Error::MissingFile`] (start a new transaction);
+    /// its commit still succeeds.
     pub fn transaction(&self) -> Result<Transaction> {
         let st = self.inner.refresh()?;
         Ok(Transaction {
