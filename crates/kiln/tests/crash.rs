@@ -250,8 +250,71 @@ fn two_writers() {
     println!("two writer processes: {} commits each, none lost", n);
 }
 
+/// Writer for `readers_never_see_torn_state`: each commit sets "a" and "b" to the same value k.
+fn pair_writer(dir: &str, count: u64) {
+    let store = Store::open_with(dir, opts(Durability::Buffered)).expect("open store");
+    let db = store.open_db("pairs").expect("open");
+    for k in 1..=count {
+        db.bulk(&[json!({"_id": "a", "k": k}), json!({"_id": "b", "k": k})])
+            .expect("commit");
+    }
+}
+
+/// A reader in this process while a writer process commits (and compacts every few commits):
+/// every read sees both halves of one transaction, and never goes back in time.
+fn readers_never_see_torn_state() {
+    let exe = std::env::current_exe().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_owned();
+    Store::open(&path).unwrap().create(Some("pairs")).unwrap();
+    let n = 1500u64;
+    let mut w = Command::new(&exe)
+        .args(["--pairs", &path, &n.to_string()])
+        .spawn()
+        .unwrap();
+    let store = Store::open_with(&path, opts(Durability::Buffered)).unwrap();
+    let db = store.open_db("pairs").unwrap();
+    let (mut last, mut reads, mut fresh_handles) = (0u64, 0u64, 0u64);
+    loop {
+        let done = w.try_wait().unwrap().is_some();
+        // Alternate between a long-lived handle and fresh ones (cold caches, new opens).
+        let h = if reads % 7 == 0 {
+            fresh_handles += 1;
+            Store::open_with(&path, opts(Durability::Buffered))
+                .unwrap()
+                .open_db("pairs")
+                .unwrap()
+        } else {
+            db.clone()
+        };
+        let docs = h.docs(&ListOptions::default()).unwrap();
+        reads += 1;
+        if !docs.is_empty() {
+            assert_eq!(docs.len(), 2, "{docs:?}");
+            let (a, b) = (
+                docs[0]["k"].as_u64().unwrap(),
+                docs[1]["k"].as_u64().unwrap(),
+            );
+            assert_eq!(a, b, "a torn transaction: {docs:?}");
+            assert!(a >= last, "went back in time: {a} after {last}");
+            last = a;
+        }
+        if done {
+            break;
+        }
+    }
+    assert!(w.wait().unwrap().success());
+    assert_eq!(last, n);
+    assert!(db.verify().unwrap().ok());
+    println!("readers: {reads} consistent reads ({fresh_handles} on fresh handles) during {n} commits by another process");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--pairs") {
+        pair_writer(&args[2], args[3].parse().unwrap());
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("--child") {
         let start: u64 = args[3].parse().unwrap();
         let count: u64 = args[6].parse().unwrap();
@@ -262,7 +325,7 @@ fn main() {
     if args
         .iter()
         .skip(1)
-        .any(|a| !a.starts_with('-') && !"crash two_writers".contains(a.as_str()))
+        .any(|a| !a.starts_with('-') && !"crash two_writers readers".contains(a.as_str()))
     {
         return;
     }
@@ -272,6 +335,7 @@ fn main() {
         .unwrap_or(200);
     let t = Instant::now();
     two_writers();
+    readers_never_see_torn_state();
     kill_loop(kills);
-    println!("2 passed, 0 failed ({:.1}s)", t.elapsed().as_secs_f64());
+    println!("3 passed, 0 failed ({:.1}s)", t.elapsed().as_secs_f64());
 }
