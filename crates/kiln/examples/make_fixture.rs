@@ -11,6 +11,7 @@ fn main() -> kiln::Result<()> {
         Options {
             durability: Durability::Full,
             compact_threshold: 4,
+            background_compaction: false,
             ..Options::default()
         },
     )?;

@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Compacted files of one level merge into the next level when more than this many exist.
@@ -47,6 +48,8 @@ struct Db {
     writer: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     indexes: RwLock<HashMap<FileName, Arc<car::Index>>>,
+    /// A background compaction of this handle is running.
+    compacting: AtomicBool,
 }
 
 /// A head record as read, with the commit counter it was read under (`None`: do not trust it
@@ -164,6 +167,7 @@ impl Database {
             writer: Mutex::new(()),
             poisoned: Mutex::new(None),
             indexes: RwLock::new(HashMap::new()),
+            compacting: AtomicBool::new(false),
         };
         Ok(Database {
             inner: Arc::new(db),
@@ -205,17 +209,27 @@ impl Database {
         if opts.limit == Some(0) {
             return Ok(());
         }
+        let end = opts.end.as_ref().map(|e| {
+            let mut b = e.as_bytes().to_vec();
+            b.push(0);
+            b
+        });
+        // A read retried on a newer head (see `Db::read`) resumes after the last document
+        // handed out, so the caller sees each document once, in order.
+        let mut resume: Option<Vec<u8>> = None;
+        let mut n = 0;
+        let mut stopped = false;
         self.inner.read(|v| {
-            let end = opts.end.as_ref().map(|e| {
-                let mut b = e.as_bytes().to_vec();
-                b.push(0);
-                b
-            });
-            let mut n = 0;
+            if stopped {
+                return Ok(());
+            }
+            let start = resume
+                .clone()
+                .or_else(|| opts.start.as_ref().map(|s| s.as_bytes().to_vec()));
             tree::range(
                 v,
                 v.head.root.as_ref(),
-                opts.start.as_deref().map(str::as_bytes),
+                start.as_deref(),
                 end.as_deref(),
                 &mut |k, s| {
                     let Some(link) = s.link else { return Ok(true) };
@@ -223,7 +237,12 @@ impl Database {
                         .map_err(|_| v.corrupt_cid(&link, "document id is not UTF-8"))?;
                     let d = v.load_doc(id, &link, s.version)?;
                     n += 1;
-                    Ok(f(d) && opts.limit.is_none_or(|l| n < l))
+                    let mut next = k.to_vec();
+                    next.push(0);
+                    resume = Some(next);
+                    let go = f(d) && opts.limit.is_none_or(|l| n < l);
+                    stopped = !go;
+                    Ok(go)
                 },
             )
         })
@@ -247,13 +266,13 @@ impl Database {
             let (id, body) = doc::prepare(d)?;
             writes.push((id, Some((Cid::of_cbor(&body), body))));
         }
-        self.inner.commit(None, writes)
+        self.finish(self.inner.commit(None, writes)?)
     }
 
     /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
     pub fn del(&self, id: &str) -> Result<Committed> {
         doc::check_id(id)?;
-        self.inner.commit(None, vec![(id.to_owned(), None)])
+        self.finish(self.inner.commit(None, vec![(id.to_owned(), None)])?)
     }
 
     /// Starts a transaction that reads the current state and, when committed, names that
@@ -369,14 +388,39 @@ impl Database {
     }
 
     /// Re-hashes every stored byte of the database and checks every link.
+    ///
+    /// A head record replaced while it runs (a compaction elsewhere removed files it was
+    /// checking) makes it start over on the new one; problems under an unchanged head record
+    /// are reported.
     pub fn verify(&self) -> Result<crate::verify::Report> {
-        let st = self.inner.reload()?;
-        Ok(crate::verify::verify(
-            &self.inner.name,
-            &*self.inner.store.storage,
-            &self.inner.key,
-            &st.head,
-        ))
+        let mut tries = 0;
+        loop {
+            let st = self.inner.reload()?;
+            let db = &self.inner;
+            let r = crate::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
+            if r.ok() || tries == 5 || self.inner.reload()?.head == st.head {
+                return Ok(r);
+            }
+            tries += 1;
+        }
+    }
+
+    /// Starts a background compaction after a commit that wants one (one at a time per handle).
+    fn finish(&self, (c, wanted): (Committed, bool)) -> Result<Committed> {
+        if wanted && !self.inner.compacting.swap(true, Ordering::SeqCst) {
+            let db = self.inner.clone();
+            let spawned = std::thread::Builder::new()
+                .name("kiln-compact".into())
+                .spawn(move || {
+                    // Errors surface through `compact` and `verify`; commits never wait on this.
+                    let _ = db.compact_background();
+                    db.compacting.store(false, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                self.inner.compacting.store(false, Ordering::SeqCst);
+            }
+        }
+        Ok(c)
     }
 
     /// Compacts now: merges every live transaction diff into one file (and cascades levels).
@@ -432,7 +476,8 @@ impl Transaction {
         if self.writes.is_empty() {
             return Err(Error::InvalidArgument("nothing to commit".into()));
         }
-        self.db.inner.commit(Some(&self.base.head), self.writes)
+        self.db
+            .finish(self.db.inner.commit(Some(&self.base.head), self.writes)?)
     }
 }
 
@@ -599,7 +644,8 @@ impl Db {
         self.set_counter([n, n])
     }
 
-    fn commit(&self, base: Option<&Head>, writes: Vec<Write>) -> Result<Committed> {
+    /// Commits; the flag says a background compaction is wanted.
+    fn commit(&self, base: Option<&Head>, writes: Vec<Write>) -> Result<(Committed, bool)> {
         let ids: Vec<String> = writes.iter().map(|w| w.0.clone()).collect();
         // Ops sorted by id; the last write of an id wins (the sort is stable).
         let mut writes = writes;
@@ -729,22 +775,31 @@ impl Db {
             head.docs = docs.max(0) as u64;
             head.events += 1;
             head.files.insert(0, file);
-            // A failed compaction must not fail (or block) commits: the commit stands without
-            // it, and `compact`/`verify` report the cause.
-            let mut compacted = head.clone();
-            let removed = match db.compact_cascade(&mut compacted) {
-                Ok(r) => {
+            // Compaction runs in the background; inline only without a background worker, or
+            // when commits outrun it (then it also bounds the files a read may consult). A
+            // failed compaction must not fail (or block) commits: the commit stands without it,
+            // and `compact`/`verify` report the cause.
+            let threshold = db.store.opts.compact_threshold.max(1);
+            let diffs = head.files.iter().filter(|f| f.level == 0).count();
+            let background = db.store.opts.background_compaction;
+            let mut removed = Vec::new();
+            if !background || diffs > 4 * threshold {
+                let mut compacted = head.clone();
+                if let Ok(r) = db.compact_cascade(&mut compacted) {
                     *head = compacted;
-                    r
+                    removed = r;
                 }
-                Err(_) => Vec::new(),
-            };
+            }
+            let wanted = background && db.level_to_compact(head).is_some();
             Ok((
-                Committed {
-                    ids,
-                    event: ecid,
-                    heads,
-                },
+                (
+                    Committed {
+                        ids,
+                        event: ecid,
+                        heads,
+                    },
+                    wanted,
+                ),
                 removed,
             ))
         })
@@ -771,10 +826,24 @@ impl Db {
         }
     }
 
-    /// Merges every file of `level` into one file of `level + 1`, keeping all events, all
-    /// document versions they name, and the nodes of the current tree; superseded tree nodes are
-    /// dropped. Returns the replaced files (deleted by the caller once the new head is durable).
+    /// Merges every file of `level` into one file of `level + 1` in `head`. Returns the replaced
+    /// files (deleted by the caller once the new head is durable).
     fn compact_level(&self, head: &mut Head, level: u8) -> Result<Vec<FileName>> {
+        match self.merge_level(head, level)? {
+            Some((file, sel)) => {
+                apply_merge(head, file, &sel);
+                Ok(sel)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Writes one file of `level + 1` holding what the files of `level` in `head` hold that is
+    /// still needed: every event, every document version an event names, and the nodes of
+    /// `head`'s tree (superseded tree nodes are dropped; a later tree cannot need a node of
+    /// these files that `head`'s tree does not, since trees only link nodes of their
+    /// predecessors or nodes they write anew). Returns it with the names it replaces.
+    fn merge_level(&self, head: &Head, level: u8) -> Result<Option<(FileRef, Vec<FileName>)>> {
         let sel: Vec<FileRef> = head
             .files
             .iter()
@@ -782,7 +851,7 @@ impl Db {
             .copied()
             .collect();
         if sel.is_empty() || (sel.len() == 1 && level > 0) {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
         let mut have: DigestSet<Cid> = DigestSet::default();
@@ -876,15 +945,43 @@ impl Db {
             }
         }
         let file = self.store_file(w, level + 1, heights)?;
-        let pos = head
-            .files
-            .iter()
-            .position(|f| f.level == level)
-            .unwrap_or(0);
-        head.files.retain(|f| f.level != level);
-        head.files.insert(pos.min(head.files.len()), file);
-        head.compacted = now_ms();
-        Ok(sel.iter().map(|f| f.name).collect())
+        Ok(Some((file, sel.iter().map(|f| f.name).collect())))
+    }
+
+    /// The lowest level holding more files than its limit.
+    fn level_to_compact(&self, head: &Head) -> Option<u8> {
+        let top = head.files.iter().map(|f| f.level).max()?;
+        (0..=top).find(|&l| {
+            let n = head.files.iter().filter(|f| f.level == l).count();
+            n > if l == 0 {
+                self.store.opts.compact_threshold.max(1)
+            } else {
+                LEVEL_FANIN
+            }
+        })
+    }
+
+    /// Background compaction: merge on a snapshot without the lock, then swap the result in
+    /// under the lock if the merged files are all still live (commits go on meanwhile; another
+    /// compaction may have won, and then this one's output is discarded).
+    fn compact_background(&self) -> Result<()> {
+        loop {
+            let st = self.refresh()?;
+            let Some(level) = self.level_to_compact(&st.head) else {
+                return Ok(());
+            };
+            let Some((file, sel)) = self.merge_level(&st.head, level)? else {
+                return Ok(());
+            };
+            let applied = self.with_lock(|_, head| {
+                let ok = apply_merge(head, file, &sel);
+                Ok((ok, if ok { sel.clone() } else { Vec::new() }))
+            })?;
+            if !applied {
+                let _ = self.store.storage.remove(&file.name);
+                return Ok(());
+            }
+        }
     }
 
     /// Seals and stores a file, keeping its index and segments in memory so this process
@@ -984,6 +1081,24 @@ impl Db {
         m.insert(*name, idx.clone());
         Ok(idx)
     }
+}
+
+/// Replaces the files `sel` in `head` with `file`, placed where the first of them was (so files
+/// stay ordered newest first, levels non-decreasing). False, changing nothing, unless every file
+/// of `sel` is still live.
+fn apply_merge(head: &mut Head, file: FileRef, sel: &[FileName]) -> bool {
+    if !sel.iter().all(|n| head.files.iter().any(|f| f.name == *n)) {
+        return false;
+    }
+    let pos = head
+        .files
+        .iter()
+        .position(|f| sel.contains(&f.name))
+        .unwrap_or(0);
+    head.files.retain(|f| !sel.contains(&f.name));
+    head.files.insert(pos.min(head.files.len()), file);
+    head.compacted = now_ms();
+    true
 }
 
 /// Reads `HEAD` and parses it with `parse`. A head record that fails to open while the commit

@@ -43,6 +43,9 @@ pub struct Options {
     /// How long a commit waits for another writer's lock before failing with
     /// [`crate::Error::Busy`].
     pub lock_timeout: std::time::Duration,
+    /// Compact in a background thread (default) rather than inside the commit that crosses the
+    /// threshold. Commits outrunning it (more than 4 × threshold diffs) compact inline.
+    pub background_compaction: bool,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
             cache_bytes: 32 << 20,
             compact_threshold: 100,
             lock_timeout: std::time::Duration::from_secs(30),
+            background_compaction: true,
         }
     }
 }
