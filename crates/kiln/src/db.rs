@@ -50,6 +50,9 @@ struct Db {
     indexes: RwLock<HashMap<FileName, Arc<car::Index>>>,
     /// A background compaction of this handle is running.
     compacting: AtomicBool,
+    /// The background compaction waits to swap its result in: commits let it go first (the
+    /// in-process mutex is not fair, and back-to-back commits would starve it).
+    swap_waiting: AtomicBool,
 }
 
 /// A head record as read, with the commit counter it was read under (`None`: do not trust it
@@ -168,6 +171,7 @@ impl Database {
             poisoned: Mutex::new(None),
             indexes: RwLock::new(HashMap::new()),
             compacting: AtomicBool::new(false),
+            swap_waiting: AtomicBool::new(false),
         };
         Ok(Database {
             inner: Arc::new(db),
@@ -646,6 +650,13 @@ impl Db {
 
     /// Commits; the flag says a background compaction is wanted.
     fn commit(&self, base: Option<&Head>, writes: Vec<Write>) -> Result<(Committed, bool)> {
+        // Let a finished background compaction swap its result in first (bounded wait).
+        let t = std::time::Instant::now();
+        while self.swap_waiting.load(Ordering::SeqCst)
+            && t.elapsed() < std::time::Duration::from_millis(50)
+        {
+            std::thread::yield_now();
+        }
         let ids: Vec<String> = writes.iter().map(|w| w.0.clone()).collect();
         // Ops sorted by id; the last write of an id wins (the sort is stable).
         let mut writes = writes;

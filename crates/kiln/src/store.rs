@@ -43,8 +43,10 @@ pub struct Options {
     /// How long a commit waits for another writer's lock before failing with
     /// [`crate::Error::Busy`].
     pub lock_timeout: std::time::Duration,
-    /// Compact in a background thread (default) rather than inside the commit that crosses the
-    /// threshold. Commits outrunning it (more than 4 × threshold diffs) compact inline.
+    /// Compact in a background thread rather than inside the commit that crosses the threshold
+    /// (the default). Commits outrunning it (more than 4 × threshold diffs) compact inline.
+    /// Measured on 2 cores it smooths commit latency but does not raise throughput, and lets
+    /// more files (and memory) build up, so it is off by default.
     pub background_compaction: bool,
 }
 
@@ -55,7 +57,7 @@ impl Default for Options {
             cache_bytes: 32 << 20,
             compact_threshold: 100,
             lock_timeout: std::time::Duration::from_secs(30),
-            background_compaction: true,
+            background_compaction: false,
         }
     }
 }

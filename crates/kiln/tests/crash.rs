@@ -20,6 +20,7 @@ fn opts(durability: Durability) -> Options {
     Options {
         durability,
         compact_threshold: 4,
+        background_compaction: true,
         ..Options::default()
     }
 }
@@ -62,12 +63,17 @@ fn id(i: u64) -> String {
 }
 
 fn child(dir: &str, start: u64, durability: &str, prefix: &str, count: u64) {
-    let d = if durability == "full" {
+    let d = if durability.starts_with("full") {
         Durability::Full
     } else {
         Durability::Buffered
     };
-    let store = Store::open_with(dir, opts(d)).expect("open store");
+    // "-inline": compaction inside the commit, so kills land in it too.
+    let o = Options {
+        background_compaction: !durability.ends_with("-inline"),
+        ..opts(d)
+    };
+    let store = Store::open_with(dir, o).expect("open store");
     let db = match store.open_db("crash") {
         Ok(db) => db,
         Err(_) => store
@@ -133,7 +139,7 @@ fn kill_loop(kills: usize) {
     let mut model = BTreeMap::new(); // state after ops 0..next
     let mut landed_unacked = 0;
     for round in 0..kills {
-        let durability = if round % 2 == 0 { "full" } else { "buffered" };
+        let durability = ["full", "buffered", "full-inline", "buffered-inline"][round % 4];
         let mut c = Command::new(&exe)
             .args([
                 "--child",
