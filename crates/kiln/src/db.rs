@@ -572,9 +572,7 @@ impl Db {
         self.store.opts.durability == Durability::Full
     }
 
-    /// Runs `f` holding the writer lock on the latest head; `f` edits the head and returns files
-    /// to delete once the new head is durable. The head record is written only if `f` changed it.
-    /// Takes the cross-process writer lock, waiting up to [`Options::lock_timeout`].
+    /// Takes the cross-process writer lock, waiting up to [`crate::Options::lock_timeout`].
     fn acquire(&self) -> Result<()> {
         let deadline = std::time::Instant::now() + self.store.opts.lock_timeout;
         let mut pause = std::time::Duration::from_micros(50);
@@ -595,6 +593,8 @@ impl Db {
         }
     }
 
+    /// Runs `f` holding the writer lock on the latest head; `f` edits the head and returns files
+    /// to delete once the new head is durable. The head record is written only if `f` changed it.
     fn with_lock<T>(
         &self,
         f: impl FnOnce(&Db, &mut Head) -> Result<(T, Vec<FileName>)>,
