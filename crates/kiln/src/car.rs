@@ -223,10 +223,6 @@ impl Writer {
         });
     }
 
-    pub fn block_count(&self) -> usize {
-        self.entries.len()
-    }
-
     /// Seals everything and returns the file with its index and segment plaintexts (so the
     /// writer can cache what it just wrote instead of reading it back).
     pub fn finish(mut self, key: &Key) -> std::io::Result<Finished> {
