@@ -462,16 +462,19 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
                 print_line(&r);
             })
         };
-        let over = |t0: Instant| t0.elapsed() > timeout;
+        // Counts finished operations; true once the time budget is spent.
+        let tick = |completed: &mut u64, k: u64| {
+            *completed += k;
+            done.store(*completed, Ordering::Relaxed);
+            t0.elapsed() > timeout
+        };
         completed = 0;
         timed_out = false;
         match workload {
             "put-seq" => {
                 for i in 0..n {
                     a.put_one(&make_doc(i, n))?;
-                    completed += 1;
-                    done.store(completed, Ordering::Relaxed);
-                    if over(t0) {
+                    if tick(&mut completed, 1) {
                         timed_out = true;
                         break;
                     }
@@ -483,9 +486,7 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
                 while i < n {
                     let docs: Vec<_> = (i..n.min(i + opt.batch)).map(|k| make_doc(k, n)).collect();
                     a.put_batch(&docs)?;
-                    completed += docs.len() as u64;
-                    done.store(completed, Ordering::Relaxed);
-                    if over(t0) {
+                    if tick(&mut completed, docs.len() as u64) {
                         timed_out = true;
                         break;
                     }
@@ -500,9 +501,7 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
                     if d.get("_id").and_then(Value::as_str) != Some(id.as_str()) {
                         return Err("get returned wrong doc".into());
                     }
-                    completed += 1;
-                    done.store(completed, Ordering::Relaxed);
-                    if over(t0) {
+                    if tick(&mut completed, 1) {
                         timed_out = true;
                         break;
                     }
@@ -521,9 +520,7 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
                 for _ in 0..n {
                     let id = doc_id(rnd.below(loaded));
                     a.update(&id)?;
-                    completed += 1;
-                    done.store(completed, Ordering::Relaxed);
-                    if over(t0) {
+                    if tick(&mut completed, 1) {
                         timed_out = true;
                         break;
                     }
