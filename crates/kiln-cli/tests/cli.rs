@@ -154,6 +154,16 @@ fn errors_have_clear_messages_and_exit_codes() {
             4,
             "not part of database",
         ),
+        (
+            &[
+                "changes",
+                "x",
+                "--since",
+                "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+            ],
+            4,
+            "not part of database",
+        ),
         (&["frobnicate"], 2, "unrecognized subcommand"),
     ];
     for (args, want, msg) in cases {

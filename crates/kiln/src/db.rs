@@ -314,7 +314,12 @@ impl Database {
                 })?,
                 Some(base) => {
                     for b in base {
-                        v.event(b)?;
+                        match v.event(b) {
+                            Err(Error::MissingBlock(..)) => {
+                                return Err(Error::NoSuchEvent(*b, v.db.name.clone()))
+                            }
+                            r => r?,
+                        };
                     }
                     let mut touched: HashSet<String> = HashSet::new();
                     clock::since(v, &v.head.heads, base, &mut |_, e| {
