@@ -314,12 +314,7 @@ impl Database {
                 })?,
                 Some(base) => {
                     for b in base {
-                        match v.event(b) {
-                            Err(Error::MissingBlock(..)) => {
-                                return Err(Error::NoSuchEvent(*b, v.db.name.clone()))
-                            }
-                            r => r?,
-                        };
+                        v.given_event(b)?;
                     }
                     let mut touched: HashSet<String> = HashSet::new();
                     clock::since(v, &v.head.heads, base, &mut |_, e| {
@@ -1282,6 +1277,19 @@ impl View<'_> {
         f(data)
     }
 
+    /// An event CID the user gave: absent, or a (hash-checked) block that is not an event, is
+    /// "no such event", not corruption.
+    fn given_event(&self, cid: &Cid) -> Result<Arc<Event>> {
+        let no = || Error::NoSuchEvent(*cid, self.db.name.clone());
+        match self.event(cid) {
+            Err(Error::MissingBlock(..)) => Err(no()),
+            Err(Error::Corrupt { .. }) if self.with_block(cid, None, |_| Ok(())).is_ok() => {
+                Err(no())
+            }
+            r => r,
+        }
+    }
+
     /// A document version; `height` is the version of the slot that names it (a hint).
     fn load_doc(&self, id: &str, cid: &Cid, height: u64) -> Result<Value> {
         self.with_block(cid, Some(height), |b| {
@@ -1302,12 +1310,7 @@ impl View<'_> {
     /// The document as of `event`: the write of `id` with the highest rank among the event's
     /// ancestors (the same rule the tree applies when merging heads).
     fn doc_at(&self, id: &str, event: &Cid) -> Result<Option<Value>> {
-        let ev = match self.event(event) {
-            Err(Error::MissingBlock(..)) => {
-                return Err(Error::NoSuchEvent(*event, self.db.name.clone()))
-            }
-            r => r?,
-        };
+        let ev = self.given_event(event)?;
         if let Some(root) = ev.root {
             match self.doc(id, Some(&root)) {
                 Err(Error::MissingBlock(..)) => {} // that tree was dropped by compaction: replay

@@ -647,3 +647,23 @@ fn background_compaction_loses_no_write() {
     }
     assert!(fresh.verify().unwrap().ok());
 }
+
+#[test]
+fn a_cid_that_is_not_an_event_is_no_such_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    db.put(&json!({"_id": "a"})).unwrap();
+    // The tree root is a stored block, hash-checked, but not an event.
+    let root = db.info().unwrap().root.unwrap();
+    assert!(matches!(db.get_at("a", &root), Err(Error::NoSuchEvent(..))));
+    assert!(matches!(
+        db.changes(Some(&[root])),
+        Err(Error::NoSuchEvent(..))
+    ));
+    let absent = Cid::of_cbor(b"absent");
+    assert!(matches!(
+        db.changes(Some(&[absent])),
+        Err(Error::NoSuchEvent(..))
+    ));
+}
