@@ -487,6 +487,9 @@ impl Index {
                 count: count as u32,
             });
         }
+        if pages.windows(2).any(|w| w[0].first >= w[1].first) {
+            return Err(FormatError::Record("index pages not sorted"));
+        }
         d.key("rp")?;
         let nr = d.array()?;
         let mut replaces = Vec::with_capacity(nr);
@@ -637,8 +640,9 @@ pub fn verify_file(
         if n == 0 {
             let hl = get_varint(&plain, &mut pos)
                 .ok_or(FormatError::Framing("CAR header length"))? as usize;
-            let h = plain
-                .get(pos..pos + hl)
+            let h = pos
+                .checked_add(hl)
+                .and_then(|end| plain.get(pos..end))
                 .ok_or(FormatError::Framing("CAR header"))?;
             let mut d = Decoder::new(h);
             if d.map()? != 2 {
@@ -659,8 +663,9 @@ pub fn verify_file(
         while pos < plain.len() {
             let sl = get_varint(&plain, &mut pos)
                 .ok_or(FormatError::Framing("CAR section length"))? as usize;
-            let sec = plain
-                .get(pos..pos + sl)
+            let sec = pos
+                .checked_add(sl)
+                .and_then(|end| plain.get(pos..end))
                 .ok_or(FormatError::Framing("CAR section overruns segment"))?;
             if sl < CID_LEN {
                 return Err(FormatError::Framing("CAR section shorter than a CID"));

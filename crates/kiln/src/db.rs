@@ -28,6 +28,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+/// LOCK counter value marking a dropped database: handles still open on it stop writing (a new
+/// database of the same name has a new LOCK file).
+const DROPPED: u64 = u64::MAX;
+
 /// Compacted files of one level merge into the next level when more than this many exist.
 pub const LEVEL_FANIN: usize = 8;
 
@@ -409,6 +413,24 @@ impl Database {
         }
     }
 
+    /// Marks the database dropped under its writer lock and returns the files its final head
+    /// record names. Every handle, in any process, then fails with `NoSuchDatabase`.
+    pub(crate) fn mark_dropped(&self) -> Result<Vec<FileRef>> {
+        let db = &self.inner;
+        let _g = db.writer.lock().unwrap_or_else(|p| p.into_inner());
+        db.acquire()?;
+        let r = (|| {
+            if db.counter()?[0] == DROPPED {
+                return Err(Error::NoSuchDatabase(db.name.clone()));
+            }
+            let (head, _) = db.read_head()?;
+            db.set_counter([DROPPED, DROPPED])?;
+            Ok(head.files)
+        })();
+        let _ = db.lock.unlock();
+        r
+    }
+
     /// Starts a background compaction after a commit that wants one (one at a time per handle).
     fn finish(&self, (c, wanted): (Committed, bool)) -> Result<Committed> {
         if wanted && !self.inner.compacting.swap(true, Ordering::SeqCst) {
@@ -521,6 +543,9 @@ impl Db {
     /// The current state, re-reading the head record only if a commit happened since.
     fn refresh(&self) -> Result<Arc<State>> {
         let c = self.counter()?;
+        if c[0] == DROPPED {
+            return Err(Error::NoSuchDatabase(self.name.clone()));
+        }
         let st = self.state();
         if c[0] == c[1] && st.stamp == Some(c[1]) {
             return Ok(st);
@@ -604,6 +629,9 @@ impl Db {
         self.acquire()?;
         let r = (|| {
             let c = self.counter()?;
+            if c[0] == DROPPED {
+                return Err(Error::NoSuchDatabase(self.name.clone()));
+            }
             let st = self.state();
             let cur = if c[0] == c[1] && st.stamp == Some(c[1]) {
                 st.head.clone()
@@ -1281,6 +1309,11 @@ impl View<'_> {
     /// "no such event", not corruption.
     fn given_event(&self, cid: &Cid) -> Result<Arc<Event>> {
         let no = || Error::NoSuchEvent(*cid, self.db.name.clone());
+        // In this database's files, not merely in the store-wide cache (another database's).
+        match self.locate(cid, None) {
+            Err(Error::MissingBlock(..)) => return Err(no()),
+            r => r?,
+        };
         match self.event(cid) {
             Err(Error::MissingBlock(..)) => Err(no()),
             Err(Error::Corrupt { .. }) if self.with_block(cid, None, |_| Ok(())).is_ok() => {

@@ -148,7 +148,15 @@ impl Storage for LocalStorage {
         };
         if reused {
             let f = OpenOptions::new().write(true).open(&path)?;
-            let old = f.metadata()?.len();
+            let meta = f.metadata()?;
+            if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+                // A crash can leave a pool name and a live file naming one inode (the pool
+                // folder is not fsynced): never write into a file another name still holds.
+                drop(f);
+                fs::remove_file(&path)?;
+                return self.put(name, bytes, sync);
+            }
+            let old = meta.len();
             f.write_all_at(bytes, 0)?;
             if old > bytes.len() as u64 {
                 f.set_len(bytes.len() as u64)?;
@@ -208,6 +216,13 @@ impl Storage for LocalStorage {
         if pool.known.len() < POOL_MAX {
             let pd = self.pool_dir();
             let to = pd.join(format!("{}.free", uuid::Uuid::new_v4().simple()));
+            // Empty it under its own name first: once it has a pool name, another process may
+            // take it and write a new file into it at any moment.
+            match OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f.set_len(0)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
             let moved = match fs::rename(&path, &to) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !pd.exists() => {
                     fs::create_dir_all(&pd)?;
@@ -217,10 +232,6 @@ impl Storage for LocalStorage {
             };
             match moved {
                 Ok(()) => {
-                    // Keep the inode, free its data: no stale ciphertext, no disk use.
-                    if let Ok(f) = OpenOptions::new().write(true).open(&to) {
-                        let _ = f.set_len(0);
-                    }
                     pool.known.push(to);
                     pool.skip = 0;
                     return Ok(());

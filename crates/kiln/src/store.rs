@@ -266,7 +266,8 @@ impl Store {
     /// Deletes a database, its diff files and its key.
     pub fn drop_db(&self, name: &str) -> Result<()> {
         let db = self.open_db(name)?;
-        let info = db.info()?;
+        // Under the writer lock: no commit lands after this, and open handles stop writing.
+        let files = db.mark_dropped()?;
         let lineage = db.lineage();
         drop(db);
         let dbs = self.dbs();
@@ -277,7 +278,7 @@ impl Store {
             sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
         }
         // Each database is its own lineage until forks exist, so its files are its own.
-        for f in &info.files {
+        for f in &files {
             self.inner
                 .storage
                 .remove(&f.name)

@@ -667,3 +667,45 @@ fn a_cid_that_is_not_an_event_is_no_such_event() {
         Err(Error::NoSuchEvent(..))
     ));
 }
+
+#[test]
+fn a_dropped_database_stops_old_handles_and_its_name_can_be_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let old = store.create(Some("x")).unwrap();
+    old.put(&json!({"_id": "a", "v": "old"})).unwrap();
+    let other_process = Store::open_with(dir.path(), opts(100))
+        .unwrap()
+        .open_db("x")
+        .unwrap();
+    store.drop_db("x").unwrap();
+    let new = store.create(Some("x")).unwrap();
+    new.put(&json!({"_id": "a", "v": "new"})).unwrap();
+    // Handles on the dropped database can neither write into the new one nor read it.
+    for h in [&old, &other_process] {
+        assert!(matches!(
+            h.put(&json!({"_id": "b"})),
+            Err(Error::NoSuchDatabase(_))
+        ));
+        assert!(matches!(h.get("a"), Err(Error::NoSuchDatabase(_))));
+    }
+    let fresh = Store::open(dir.path()).unwrap().open_db("x").unwrap();
+    assert_eq!(fresh.get("a").unwrap().unwrap()["v"], "new");
+    assert_eq!(fresh.get("b").unwrap(), None);
+    assert!(fresh.verify().unwrap().ok());
+}
+
+#[test]
+fn an_event_of_another_database_is_no_such_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let a = store.create(Some("a")).unwrap();
+    let b = store.create(Some("b")).unwrap();
+    let ev = a.put(&json!({"_id": "k", "in": "a"})).unwrap().event; // now in the shared cache
+    b.put(&json!({"_id": "k", "in": "b"})).unwrap();
+    assert!(matches!(b.get_at("k", &ev), Err(Error::NoSuchEvent(..))));
+    assert!(matches!(
+        b.changes(Some(&[ev])),
+        Err(Error::NoSuchEvent(..))
+    ));
+}
