@@ -416,19 +416,11 @@ impl Database {
     /// Marks the database dropped under its writer lock and returns the files its final head
     /// record names. Every handle, in any process, then fails with `NoSuchDatabase`.
     pub(crate) fn mark_dropped(&self) -> Result<Vec<FileRef>> {
-        let db = &self.inner;
-        let _g = db.writer.lock().unwrap_or_else(|p| p.into_inner());
-        db.acquire()?;
-        let r = (|| {
-            if db.counter()?[0] == DROPPED {
-                return Err(Error::NoSuchDatabase(db.name.clone()));
-            }
-            let (head, _) = db.read_head()?;
+        // `with_lock` refuses an already-dropped database; the head record is left unchanged.
+        self.inner.with_lock(|db, head| {
             db.set_counter([DROPPED, DROPPED])?;
-            Ok(head.files)
-        })();
-        let _ = db.lock.unlock();
-        r
+            Ok((head.files.clone(), Vec::new()))
+        })
     }
 
     /// Starts a background compaction after a commit that wants one (one at a time per handle).
@@ -847,22 +839,15 @@ impl Db {
     /// Merges levels whose file count passed their limit. Returns the replaced files.
     fn compact_cascade(&self, head: &mut Head) -> Result<Vec<FileName>> {
         let mut removed = Vec::new();
-        let mut level = 0u8;
-        loop {
-            let n = head.files.iter().filter(|f| f.level == level).count();
-            if n == 0 && !head.files.iter().any(|f| f.level > level) {
-                return Ok(removed);
+        // Lowest level first: merging level k only adds a file to level k + 1.
+        while let Some(level) = self.level_to_compact(head) {
+            let r = self.compact_level(head, level)?;
+            if r.is_empty() {
+                break;
             }
-            let limit = if level == 0 {
-                self.store.opts.compact_threshold.max(1)
-            } else {
-                LEVEL_FANIN
-            };
-            if n > limit {
-                removed.extend(self.compact_level(head, level)?);
-            }
-            level += 1;
+            removed.extend(r);
         }
+        Ok(removed)
     }
 
     /// Merges every file of `level` into one file of `level + 1` in `head`. Returns the replaced
