@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::head::{bloom_bits, FileRef, Head};
 use crate::keys::{lineage_string, Lineage};
 use crate::seal::Key;
-use crate::storage::replace_via_spare;
+use crate::storage::HeadFile;
 use crate::store::{Durability, StoreInner};
 use crate::tree::{self, Mode, NodeSource, Slot, TreeError};
 use serde_json::Value;
@@ -49,7 +49,8 @@ struct Db {
     lineage: Lineage,
     lock: File,
     state: RwLock<Arc<State>>,
-    writer: Mutex<()>,
+    /// Serializes this handle's writers; holds the head-record files kept open between commits.
+    writer: Mutex<Writer>,
     poisoned: Mutex<Option<String>>,
     indexes: RwLock<HashMap<FileName, Arc<car::Index>>>,
     /// A background compaction of this handle is running.
@@ -171,7 +172,10 @@ impl Database {
             lineage,
             lock,
             state: RwLock::new(Arc::new(State { head, stamp })),
-            writer: Mutex::new(()),
+            writer: Mutex::new(Writer {
+                head_file: HeadFile::new(hp.clone(), hp.with_file_name("HEAD.next")),
+                last: None,
+            }),
             poisoned: Mutex::new(None),
             indexes: RwLock::new(HashMap::new()),
             compacting: AtomicBool::new(false),
@@ -499,6 +503,14 @@ impl Transaction {
     }
 }
 
+/// What a handle's writer keeps between commits.
+#[derive(Debug)]
+struct Writer {
+    head_file: HeadFile,
+    /// The counter value this handle's last head-record write ended with.
+    last: Option<u64>,
+}
+
 impl Db {
     fn state(&self) -> Arc<State> {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -617,7 +629,7 @@ impl Db {
         f: impl FnOnce(&Db, &mut Head) -> Result<(T, Vec<FileName>)>,
     ) -> Result<T> {
         self.check_poisoned()?;
-        let _g = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.acquire()?;
         let r = (|| {
             let c = self.counter()?;
@@ -635,7 +647,7 @@ impl Db {
             if head != cur {
                 head.seq = cur.seq + 1;
                 let n = c[0].max(c[1]) + 1;
-                if let Err(e) = self.write_head(&head, n) {
+                if let Err(e) = self.write_head(&mut w, &head, c, n) {
                     self.poison(&e);
                     return Err(e);
                 }
@@ -655,17 +667,23 @@ impl Db {
         r
     }
 
-    fn write_head(&self, head: &Head, n: u64) -> Result<()> {
+    /// Writes the head record as commit `n`; `old` is the counter read under the lock.
+    fn write_head(&self, w: &mut Writer, head: &Head, old: [u64; 2], n: u64) -> Result<()> {
         let bytes = head
             .seal(&self.lineage, &self.key)
             .map_err(|e| Error::io(&self.dir, e))?;
         // begin=n first: a crash from here on makes every process re-read the head record.
-        let old = self.counter()?;
         self.set_counter([n, old[1]])?;
+        // The files kept open are still HEAD and HEAD.next only if nobody else wrote since.
+        let trusted = old[0] == old[1] && w.last == Some(old[1]);
+        w.last = None;
         let hp = self.dir.join("HEAD");
-        replace_via_spare(&hp, &self.dir.join("HEAD.next"), &bytes, self.sync())
+        w.head_file
+            .replace(&bytes, self.sync(), trusted)
             .map_err(|e| Error::io(&hp, e))?;
-        self.set_counter([n, n])
+        self.set_counter([n, n])?;
+        w.last = Some(n);
+        Ok(())
     }
 
     /// Commits; the flag says a background compaction is wanted.

@@ -42,6 +42,8 @@ pub struct LocalStorage {
     dir: PathBuf,
     open: RwLock<HashMap<FileName, Arc<File>>>,
     pool: Mutex<Pool>,
+    /// Random per instance, so pool names of two processes with a reused pid differ.
+    instance: u32,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +58,9 @@ struct Pool {
 const MAX_OPEN: usize = 256;
 /// Most removed files kept for reuse; beyond it they are unlinked.
 pub const POOL_MAX: usize = 1024;
+/// Pooled files up to this size keep their bytes (rewriting allocated blocks is cheaper than
+/// freeing and allocating them); larger ones are emptied when pooled.
+const POOL_KEEP_BYTES: u64 = 32 * 1024;
 
 impl LocalStorage {
     pub fn new(dir: impl Into<PathBuf>) -> LocalStorage {
@@ -63,6 +68,11 @@ impl LocalStorage {
             dir: dir.into(),
             open: RwLock::new(HashMap::new()),
             pool: Mutex::new(Pool::default()),
+            instance: {
+                let mut b = [0u8; 4];
+                let _ = getrandom::getrandom(&mut b);
+                u32::from_le_bytes(b)
+            },
         }
     }
 
@@ -70,7 +80,8 @@ impl LocalStorage {
         self.dir.join(".pool")
     }
 
-    /// Moves a pooled file to `path`; false when the pool is empty.
+    /// Moves a pooled file to `path`; false when the pool is empty. `AlreadyExists` when `path`
+    /// is there already (same name, same bytes: nothing to write).
     fn take_pooled(&self, path: &Path) -> io::Result<bool> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -92,16 +103,25 @@ impl LocalStorage {
             let Some(p) = pool.known.pop() else {
                 return Ok(false);
             };
-            match fs::rename(&p, path) {
+            match rename_noreplace(&p, path) {
                 Ok(()) => return Ok(true),
                 // Gone: taken by another process; try the next one.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !p.exists() => continue,
                 Err(e) => {
-                    pool.known.push(p); // still there: the destination folder is missing
+                    // Still there: the destination folder is missing, or the file exists.
+                    pool.known.push(p);
                     return Err(e);
                 }
             }
         }
+    }
+
+    /// A fresh name in the pool folder (unique per process and call).
+    fn pool_name(&self) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pool_dir()
+            .join(format!("{}-{}-{n}.free", std::process::id(), self.instance))
     }
 
     pub fn path(&self, name: &FileName) -> PathBuf {
@@ -132,18 +152,20 @@ impl Storage for LocalStorage {
     fn put(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()> {
         let path = self.path(name);
         let shard = path.parent().unwrap_or(&self.dir).to_path_buf();
-        if path.exists() {
-            return Ok(()); // same name, same bytes
-        }
-        let reused = match self.take_pooled(&path) {
-            Ok(r) => r,
+        let taken = match self.take_pooled(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(&shard)?;
                 if sync {
                     sync_dir(&self.dir)?;
                 }
-                self.take_pooled(&path)?
+                self.take_pooled(&path)
             }
+            r => r,
+        };
+        let reused = match taken {
+            Ok(r) => r,
+            // Same name means same bytes: the file is already there.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
             Err(e) => return Err(e),
         };
         if reused {
@@ -215,11 +237,19 @@ impl Storage for LocalStorage {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.known.len() < POOL_MAX {
             let pd = self.pool_dir();
-            let to = pd.join(format!("{}.free", uuid::Uuid::new_v4().simple()));
-            // Empty it under its own name first: once it has a pool name, another process may
-            // take it and write a new file into it at any moment.
-            match OpenOptions::new().write(true).open(&path) {
-                Ok(f) => f.set_len(0)?,
+            let to = self.pool_name();
+            // A large file is emptied first (its space goes back to the file system), under
+            // its own name: once it has a pool name, another process may take it and write a
+            // new file into it at any moment. A small one keeps its (sealed) bytes until reused.
+            match fs::metadata(&path) {
+                Ok(m) if m.len() > POOL_KEEP_BYTES => {
+                    match OpenOptions::new().write(true).open(&path) {
+                        Ok(f) => f.set_len(0)?,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(e),
             }
@@ -343,6 +373,129 @@ pub fn replace_via_spare(path: &Path, spare: &Path, bytes: &[u8], sync: bool) ->
     Ok(())
 }
 
+/// [`replace_via_spare`] for one path, keeping both files open between replacements so a
+/// replacement costs a write and a rename, not two opens and closes. The caller says whether
+/// the cached files can be trusted: only if no other process replaced the file since this
+/// handle's last replacement (kiln checks its commit counter under the writer lock).
+#[derive(Debug)]
+pub struct HeadFile {
+    path: PathBuf,
+    spare: PathBuf,
+    /// After this handle's last replacement: the files at `path` and at `spare` with their
+    /// lengths (`u64::MAX`: unknown).
+    open: Option<[(File, u64); 2]>,
+}
+
+impl HeadFile {
+    pub fn new(path: PathBuf, spare: PathBuf) -> HeadFile {
+        HeadFile {
+            path,
+            spare,
+            open: None,
+        }
+    }
+
+    /// Forgets the cached files (after an error, or when another writer may have swapped).
+    pub fn forget(&mut self) {
+        self.open = None;
+    }
+
+    pub fn replace(&mut self, bytes: &[u8], sync: bool, trusted: bool) -> io::Result<()> {
+        let r = self.replace_inner(bytes, sync, trusted);
+        if r.is_err() {
+            self.open = None;
+        }
+        r
+    }
+
+    fn replace_inner(&mut self, bytes: &[u8], sync: bool, trusted: bool) -> io::Result<()> {
+        let len = bytes.len() as u64;
+        let [(cur, cur_len), (spare, spare_len)] = match self.open.take().filter(|_| trusted) {
+            Some(o) => o,
+            None => {
+                let spare = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&self.spare)?;
+                let cur = match OpenOptions::new().write(true).open(&self.path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        drop(spare);
+                        return replace_via_spare(&self.path, &self.spare, bytes, sync);
+                    }
+                    Err(e) => return Err(e),
+                };
+                [(cur, u64::MAX), (spare, u64::MAX)]
+            }
+        };
+        spare.write_all_at(bytes, 0)?;
+        if spare_len > len {
+            spare.set_len(len)?;
+        }
+        if sync {
+            spare.sync_all()?;
+        }
+        if !exchange(&self.path, &self.spare)? {
+            // No exchange here: fall back to a plain rename (a new spare each time).
+            drop((cur, spare));
+            fs::rename(&self.spare, &self.path)?;
+            if sync {
+                sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+            }
+            return Ok(());
+        }
+        if sync {
+            sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        }
+        self.open = Some([(spare, len), (cur, cur_len)]);
+        Ok(())
+    }
+}
+
+/// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists.
+#[cfg(target_os = "linux")]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cf = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let ct = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; the call
+    // reads them and touches no other memory of ours.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+            rename_noreplace_fallback(from, to)
+        }
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    rename_noreplace_fallback(from, to)
+}
+
+/// Where the kernel cannot refuse atomically: check, then rename (callers hold names that are
+/// content hashes, so a lost race overwrites a file with the same bytes).
+fn rename_noreplace_fallback(from: &Path, to: &Path) -> io::Result<()> {
+    if to.exists() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    fs::rename(from, to)
+}
+
 /// Atomically swaps two paths; `Ok(false)` when the platform or file system cannot.
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
@@ -381,6 +534,28 @@ fn exchange(_: &Path, _: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_file_keeps_files_open_and_stays_exact() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, sp) = (d.path().join("HEAD"), d.path().join("HEAD.next"));
+        let mut h = HeadFile::new(p.clone(), sp.clone());
+        // First write: no HEAD yet.
+        h.replace(b"first version, long", false, false).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"first version, long");
+        // Lengths go up and down; each read sees exactly the last bytes.
+        for i in 0..40usize {
+            let body = vec![b'a' + (i % 26) as u8; 1 + (i * 7919) % 97];
+            h.replace(&body, i % 5 == 0, i % 3 != 0).unwrap();
+            assert_eq!(fs::read(&p).unwrap(), body, "write {i}");
+            if i % 9 == 4 {
+                // Another writer replaces the file: this handle is told not to trust its cache.
+                replace_via_spare(&p, &sp, b"other writer", false).unwrap();
+                assert_eq!(fs::read(&p).unwrap(), b"other writer");
+                h.forget();
+            }
+        }
+    }
 
     #[test]
     fn replace_via_spare_swaps_without_new_inodes() {
