@@ -14,7 +14,7 @@ use crate::car::{self, FileName};
 use crate::clock::{self, Event, EventSource};
 use crate::doc;
 use crate::error::{Error, Result};
-use crate::head::{bloom_bits, FileRef, Head};
+use crate::head::{bloom_bits, FileRef, Head, Log};
 use crate::keys::{lineage_string, Lineage};
 use crate::seal::Key;
 use crate::storage::HeadFile;
@@ -65,6 +65,8 @@ struct Db {
 struct State {
     head: Head,
     stamp: Option<u64>,
+    /// Where the head file's records end (for appending the next commit's delta).
+    log: Log,
 }
 
 /// What a commit produced.
@@ -153,16 +155,16 @@ impl Database {
             Err(e) => return Err(Error::io(&lp, e)),
         };
         let hp = dir.join("HEAD");
-        let ((head, lineage, key), stamp) = read_head_with(&lock, &hp, name, |bytes| {
+        let ((head, lineage, key, log), stamp) = read_head_with(&lock, &hp, name, |bytes| {
             let lineage =
                 Head::lineage(bytes).map_err(|e| Error::format(hp.display().to_string(), e))?;
             let key = store
                 .keybag
                 .get(&lineage)?
                 .ok_or_else(|| Error::MissingKey(name.into(), lineage_string(&lineage)))?;
-            let head =
-                Head::open(bytes, &key).map_err(|e| Error::format(hp.display().to_string(), e))?;
-            Ok((head, lineage, key))
+            let (head, log) = Head::open_log(bytes, &key)
+                .map_err(|e| Error::format(hp.display().to_string(), e))?;
+            Ok((head, lineage, key, log))
         })?;
         let db = Db {
             name: name.into(),
@@ -171,7 +173,7 @@ impl Database {
             key,
             lineage,
             lock,
-            state: RwLock::new(Arc::new(State { head, stamp })),
+            state: RwLock::new(Arc::new(State { head, stamp, log })),
             writer: Mutex::new(Writer {
                 head_file: HeadFile::new(hp.clone(), hp.with_file_name("HEAD.next")),
                 last: None,
@@ -516,8 +518,8 @@ impl Db {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set_state(&self, head: Head, stamp: Option<u64>) -> Arc<State> {
-        let st = Arc::new(State { head, stamp });
+    fn set_state(&self, head: Head, stamp: Option<u64>, log: Log) -> Arc<State> {
+        let st = Arc::new(State { head, stamp, log });
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = st.clone();
         st
     }
@@ -537,10 +539,10 @@ impl Db {
     }
 
     /// Reads the head record and the commit counter it is current for.
-    fn read_head(&self) -> Result<(Head, Option<u64>)> {
+    fn read_head(&self) -> Result<((Head, Log), Option<u64>)> {
         let hp = self.dir.join("HEAD");
         read_head_with(&self.lock, &hp, &self.name, |b| {
-            Head::open(b, &self.key).map_err(|e| Error::format(hp.display().to_string(), e))
+            Head::open_log(b, &self.key).map_err(|e| Error::format(hp.display().to_string(), e))
         })
     }
 
@@ -558,8 +560,8 @@ impl Db {
     }
 
     fn reload(&self) -> Result<Arc<State>> {
-        let (head, stamp) = self.read_head()?;
-        Ok(self.set_state(head, stamp))
+        let ((head, log), stamp) = self.read_head()?;
+        Ok(self.set_state(head, stamp, log))
     }
 
     /// Runs a read on the current state. A file that a concurrent compaction removed (gone, or
@@ -637,8 +639,8 @@ impl Db {
                 return Err(Error::NoSuchDatabase(self.name.clone()));
             }
             let st = self.state();
-            let cur = if c[0] == c[1] && st.stamp == Some(c[1]) {
-                st.head.clone()
+            let (cur, log) = if c[0] == c[1] && st.stamp == Some(c[1]) {
+                (st.head.clone(), st.log)
             } else {
                 self.read_head()?.0
             };
@@ -647,11 +649,14 @@ impl Db {
             if head != cur {
                 head.seq = cur.seq + 1;
                 let n = c[0].max(c[1]) + 1;
-                if let Err(e) = self.write_head(&mut w, &head, c, n) {
-                    self.poison(&e);
-                    return Err(e);
-                }
-                self.set_state(head, Some(n));
+                let log = match self.write_head(&mut w, (&cur, &log), &head, c, n) {
+                    Ok(log) => log,
+                    Err(e) => {
+                        self.poison(&e);
+                        return Err(e);
+                    }
+                };
+                self.set_state(head, Some(n), log);
                 for f in remove {
                     // The new head no longer names these; readers holding the old head retry.
                     let _ = self.store.storage.remove(&f);
@@ -667,23 +672,55 @@ impl Db {
         r
     }
 
-    /// Writes the head record as commit `n`; `old` is the counter read under the lock.
-    fn write_head(&self, w: &mut Writer, head: &Head, old: [u64; 2], n: u64) -> Result<()> {
-        let bytes = head
-            .seal(&self.lineage, &self.key)
-            .map_err(|e| Error::io(&self.dir, e))?;
+    /// Writes `head` as commit `n` over `prev` (stored as `log`): a delta appended to the head
+    /// file when it can be, else a fresh snapshot. `old` is the counter read under the lock.
+    fn write_head(
+        &self,
+        w: &mut Writer,
+        (prev, log): (&Head, &Log),
+        head: &Head,
+        old: [u64; 2],
+        n: u64,
+    ) -> Result<Log> {
+        let hp = self.dir.join("HEAD");
+        let io = |e| Error::io(&hp, e);
+        let delta = head
+            .seal_delta(prev, log, &self.lineage, &self.key)
+            .map_err(io)?;
         // begin=n first: a crash from here on makes every process re-read the head record.
         self.set_counter([n, old[1]])?;
         // The files kept open are still HEAD and HEAD.next only if nobody else wrote since.
         let trusted = old[0] == old[1] && w.last == Some(old[1]);
         w.last = None;
-        let hp = self.dir.join("HEAD");
-        w.head_file
-            .replace(&bytes, self.sync(), trusted)
-            .map_err(|e| Error::io(&hp, e))?;
+        let new_log = match delta {
+            Some(rec) => {
+                let end = log.end + rec.len() as u64;
+                w.head_file
+                    .append(&rec, log.end, log.len, self.sync(), trusted)
+                    .map_err(io)?;
+                Log {
+                    version: log.version,
+                    end,
+                    len: end,
+                    deltas: log.deltas + 1,
+                }
+            }
+            None => {
+                let bytes = head.seal(&self.lineage, &self.key).map_err(io)?;
+                w.head_file
+                    .replace(&bytes, self.sync(), trusted)
+                    .map_err(io)?;
+                Log {
+                    version: crate::head::VERSION,
+                    end: bytes.len() as u64,
+                    len: bytes.len() as u64,
+                    deltas: 0,
+                }
+            }
+        };
         self.set_counter([n, n])?;
         w.last = Some(n);
-        Ok(())
+        Ok(new_log)
     }
 
     /// Commits; the flag says a background compaction is wanted.

@@ -2,8 +2,17 @@
 //! document-tree root of the current state and the live files; opening a database reads it and
 //! nothing else.
 //!
+//! Version 2 is a short log: a snapshot of the whole head followed by deltas, one per commit,
+//! each sealed on its own; a commit appends ~250 bytes instead of rewriting every file
+//! reference. A writer starts a fresh file (a single snapshot) when files are removed or the
+//! log grows past [`MAX_DELTAS`] / [`MAX_LOG_BYTES`].
+//!
 //! ```text
-//! "KILNHEAD" ‖ version u32 LE (=1) ‖ lineage (16) ‖ sealed("kiln/head/v1" ‖ lineage, body)
+//! v2: "KILNHEAD" ‖ 2 u32 LE ‖ lineage (16) ‖ record+
+//!     record = len u32 LE ‖ !len u32 LE ‖ sealed(aad, body)     (len = sealed length)
+//!     aad    = "kiln/head/v2" ‖ lineage ‖ offset of the record u64 LE ‖ kind u8 (0 snapshot, 1 delta)
+//!     the first record is a snapshot, every later one a delta
+//! v1: "KILNHEAD" ‖ 1 u32 LE ‖ lineage (16) ‖ sealed("kiln/head/v1" ‖ lineage, snapshot body)
 //! ```
 
 use crate::block::cbor::{CborError, Decoder, Encoder};
@@ -13,8 +22,35 @@ use crate::keys::Lineage;
 use crate::seal::{Key, SealError};
 
 pub const MAGIC: &[u8; 8] = b"KILNHEAD";
-pub const VERSION: u32 = 1;
+/// The version this kiln writes; it reads 1 and 2.
+pub const VERSION: u32 = 2;
 const PREFIX: usize = 8 + 4 + 16;
+/// Deltas after which a writer starts a fresh snapshot.
+pub const MAX_DELTAS: u32 = 128;
+/// Log length after which a writer starts a fresh snapshot.
+pub const MAX_LOG_BYTES: u64 = 64 * 1024;
+/// Largest sealed record accepted (a snapshot of ~1 M file references).
+const MAX_RECORD: u32 = 64 << 20;
+
+/// Where a read head file's records end, so a writer can append the next delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Log {
+    /// Format version of the file (1: cannot be appended to).
+    pub version: u32,
+    /// End of the last valid record.
+    pub end: u64,
+    /// The file's length (more than `end` after a torn append).
+    pub len: u64,
+    /// Deltas after the snapshot.
+    pub deltas: u32,
+}
+
+impl Log {
+    /// True when the next head can go in as a delta appended to this file.
+    pub fn appendable(&self) -> bool {
+        self.version == 2 && self.deltas < MAX_DELTAS && self.end < MAX_LOG_BYTES
+    }
+}
 
 /// A live file and what it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,17 +113,7 @@ impl Head {
         e.str("root");
         e.opt_link(self.root.as_ref());
         e.str("files");
-        e.array(self.files.len());
-        for f in &self.files {
-            e.array(7);
-            e.bytes(&f.name.0);
-            e.u64(f.level as u64);
-            e.u64(f.size);
-            e.u64(f.index_len as u64);
-            e.u64(f.heights.0);
-            e.u64(f.heights.1);
-            e.u64(f.bloom);
-        }
+        encode_files(&mut e, &self.files);
         e.str("heads");
         e.array(self.heads.len());
         for h in &self.heads {
@@ -112,40 +138,10 @@ impl Head {
         d.key("root")?;
         let root = d.opt_link()?;
         d.key("files")?;
-        let n = d.array()?;
-        let mut files = Vec::with_capacity(n);
-        for _ in 0..n {
-            if d.array()? != 7 {
-                return Err(CborError("head: file ref must have 7 fields"));
-            }
-            let name = FileName(
-                d.bytes()?
-                    .try_into()
-                    .map_err(|_| CborError("head: file name length"))?,
-            );
-            let level = d.u64()?;
-            if level > 64 {
-                return Err(CborError("head: file level out of range"));
-            }
-            let size = d.u64()?;
-            let index_len = d.u64()?;
-            if index_len > u32::MAX as u64 || index_len + 32 > size {
-                return Err(CborError("head: index length out of range"));
-            }
-            let heights = (d.u64()?, d.u64()?);
-            let bloom = d.u64()?;
-            files.push(FileRef {
-                name,
-                level: level as u8,
-                size,
-                index_len: index_len as u32,
-                heights,
-                bloom,
-            });
-        }
+        let files = decode_files(&mut d)?;
         d.key("heads")?;
         let n = d.array()?;
-        let mut heads = Vec::with_capacity(n);
+        let mut heads = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
             heads.push(d.link()?);
         }
@@ -165,14 +161,56 @@ impl Head {
         })
     }
 
-    /// The stored form.
+    /// The stored form: a version-2 file holding one snapshot record.
     pub fn seal(&self, lineage: &Lineage, key: &Key) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(256 + self.files.len() * 48);
+        let body = self.encode_body();
+        let mut out = Vec::with_capacity(PREFIX + 8 + body.len() + crate::seal::OVERHEAD);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(lineage);
-        key.seal_into(&aad(lineage), &self.encode_body(), &mut out)?;
+        push_record(&mut out, PREFIX as u64, lineage, key, SNAPSHOT, &body)?;
         Ok(out)
+    }
+
+    /// The record that turns `prev` (stored with `log`) into `self` when appended at `log.end`,
+    /// or `None` when `self` is not `prev` plus new files at the front (a fresh snapshot is then
+    /// written instead).
+    pub fn seal_delta(
+        &self,
+        prev: &Head,
+        log: &Log,
+        lineage: &Lineage,
+        key: &Key,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        if !log.appendable() || self.files.len() < prev.files.len() {
+            return Ok(None);
+        }
+        let added = self.files.len() - prev.files.len();
+        if self.files[added..] != prev.files[..] {
+            return Ok(None);
+        }
+        let mut e = Encoder::new();
+        e.map(7);
+        e.str("add");
+        encode_files(&mut e, &self.files[..added]);
+        e.str("seq");
+        e.u64(self.seq);
+        e.str("docs");
+        e.u64(self.docs);
+        e.str("root");
+        e.opt_link(self.root.as_ref());
+        e.str("heads");
+        e.array(self.heads.len());
+        for h in &self.heads {
+            e.link(h);
+        }
+        e.str("events");
+        e.u64(self.events);
+        e.str("compacted");
+        e.u64(self.compacted);
+        let mut out = Vec::with_capacity(256 + added * 64);
+        push_record(&mut out, log.end, lineage, key, DELTA, &e.into_bytes())?;
+        Ok(Some(out))
     }
 
     /// Reads the lineage from a stored head record without the key.
@@ -181,7 +219,7 @@ impl Head {
             return Err(FormatError::Framing("not a kiln head record"));
         }
         let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if v != VERSION {
+        if v != 1 && v != 2 {
             return Err(FormatError::Version(v));
         }
         let mut l = [0u8; 16];
@@ -191,15 +229,225 @@ impl Head {
 
     /// Opens a stored head record.
     pub fn open(b: &[u8], key: &Key) -> Result<Head, FormatError> {
+        Head::open_log(b, key).map(|(h, _)| h)
+    }
+
+    /// Opens a stored head record and says where its records end.
+    ///
+    /// An append that never finished is skipped: a writer appends only at the end of the last
+    /// valid record of a file holding nothing after it (it cuts off a torn tail before
+    /// appending), so an unfinished append is a *prefix* of a record: the file ends inside it.
+    /// A power cut can also leave zeros where its bytes should be. Any other damage is an
+    /// error. (A reader racing a live append can see other states; the commit counter tells
+    /// it to read again.)
+    pub fn open_log(b: &[u8], key: &Key) -> Result<(Head, Log), FormatError> {
         let l = Head::lineage(b)?;
-        let body = key
-            .open(&aad(&l), &b[PREFIX..])
-            .map_err(|SealError| FormatError::Seal("head record"))?;
-        Ok(Head::decode_body(&body)?)
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if version == 1 {
+            let body = key
+                .open(&aad_v1(&l), &b[PREFIX..])
+                .map_err(|SealError| FormatError::Seal("head record"))?;
+            let log = Log {
+                version,
+                end: b.len() as u64,
+                len: b.len() as u64,
+                deltas: 0,
+            };
+            return Ok((Head::decode_body(&body)?, log));
+        }
+        let mut pos = PREFIX;
+        let mut head: Option<Head> = None;
+        let mut deltas = 0u32;
+        while pos < b.len() {
+            let kind = if head.is_none() { SNAPSHOT } else { DELTA };
+            let body = match read_record(b, pos, &l, key, kind) {
+                Ok((body, next)) => {
+                    pos = next;
+                    body
+                }
+                Err(e) => {
+                    let unfinished = match e {
+                        RecordError::CutShort => true,
+                        RecordError::Length => b[pos..].iter().all(|&x| x == 0),
+                        // Complete but failing: unfinished only if it is the last record and
+                        // its tag never reached the disk.
+                        RecordError::Seal { end } => {
+                            end == b.len() && b[end - 16..].iter().all(|&x| x == 0)
+                        }
+                    };
+                    if head.is_some() && unfinished {
+                        break; // an append that never finished, so was never acknowledged
+                    }
+                    return Err(match e {
+                        RecordError::CutShort => FormatError::Framing("head record cut short"),
+                        RecordError::Length => FormatError::Framing("head record length damaged"),
+                        RecordError::Seal { .. } => FormatError::Seal("head record"),
+                    });
+                }
+            };
+            match head.as_mut() {
+                None => head = Some(Head::decode_body(&body)?),
+                Some(h) => {
+                    h.apply_delta(&body)?;
+                    deltas += 1;
+                }
+            }
+        }
+        let head = head.ok_or(FormatError::Framing("head record has no snapshot"))?;
+        let log = Log {
+            version,
+            end: pos as u64,
+            len: b.len() as u64,
+            deltas,
+        };
+        Ok((head, log))
+    }
+
+    fn apply_delta(&mut self, b: &[u8]) -> Result<(), CborError> {
+        let mut d = Decoder::new(b);
+        if d.map()? != 7 {
+            return Err(CborError("head delta: expected 7 fields"));
+        }
+        d.key("add")?;
+        let mut files = decode_files(&mut d)?;
+        d.key("seq")?;
+        self.seq = d.u64()?;
+        d.key("docs")?;
+        self.docs = d.u64()?;
+        d.key("root")?;
+        self.root = d.opt_link()?;
+        d.key("heads")?;
+        let n = d.array()?;
+        let mut heads = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            heads.push(d.link()?);
+        }
+        self.heads = heads;
+        d.key("events")?;
+        self.events = d.u64()?;
+        d.key("compacted")?;
+        self.compacted = d.u64()?;
+        d.finish()?;
+        files.append(&mut self.files);
+        self.files = files;
+        Ok(())
     }
 }
 
-fn aad(l: &Lineage) -> [u8; 28] {
+const SNAPSHOT: u8 = 0;
+const DELTA: u8 = 1;
+
+enum RecordError {
+    /// The file ends inside the record.
+    CutShort,
+    /// The length and its check disagree.
+    Length,
+    /// The record (ending at `end`) fails authentication.
+    Seal { end: usize },
+}
+
+fn push_record(
+    out: &mut Vec<u8>,
+    offset: u64,
+    lineage: &Lineage,
+    key: &Key,
+    kind: u8,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(body.len() + crate::seal::OVERHEAD)
+        .ok()
+        .filter(|&n| n <= MAX_RECORD)
+        .ok_or_else(|| std::io::Error::other("head record too large"))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    key.seal_into(&aad_v2(lineage, offset, kind), body, out)
+}
+
+/// The record at `pos`: its body and where the next one starts.
+fn read_record(
+    b: &[u8],
+    pos: usize,
+    l: &Lineage,
+    key: &Key,
+    kind: u8,
+) -> Result<(Vec<u8>, usize), RecordError> {
+    let Some(h) = b.get(pos..pos + 8) else {
+        return Err(RecordError::CutShort);
+    };
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let check = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if check != !len || len > MAX_RECORD {
+        return Err(RecordError::Length);
+    }
+    let end = pos + 8 + len as usize;
+    let Some(sealed) = b.get(pos + 8..end) else {
+        return Err(RecordError::CutShort);
+    };
+    let body = key
+        .open(&aad_v2(l, pos as u64, kind), sealed)
+        .map_err(|SealError| RecordError::Seal { end })?;
+    Ok((body, end))
+}
+
+fn encode_files(e: &mut Encoder, files: &[FileRef]) {
+    e.array(files.len());
+    for f in files {
+        e.array(7);
+        e.bytes(&f.name.0);
+        e.u64(f.level as u64);
+        e.u64(f.size);
+        e.u64(f.index_len as u64);
+        e.u64(f.heights.0);
+        e.u64(f.heights.1);
+        e.u64(f.bloom);
+    }
+}
+
+fn decode_files(d: &mut Decoder) -> Result<Vec<FileRef>, CborError> {
+    let n = d.array()?;
+    let mut files = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        if d.array()? != 7 {
+            return Err(CborError("head: file ref must have 7 fields"));
+        }
+        let name = FileName(
+            d.bytes()?
+                .try_into()
+                .map_err(|_| CborError("head: file name length"))?,
+        );
+        let level = d.u64()?;
+        if level > 64 {
+            return Err(CborError("head: file level out of range"));
+        }
+        let size = d.u64()?;
+        let index_len = d.u64()?;
+        if index_len > u32::MAX as u64 || index_len + 32 > size {
+            return Err(CborError("head: index length out of range"));
+        }
+        let heights = (d.u64()?, d.u64()?);
+        let bloom = d.u64()?;
+        files.push(FileRef {
+            name,
+            level: level as u8,
+            size,
+            index_len: index_len as u32,
+            heights,
+            bloom,
+        });
+    }
+    Ok(files)
+}
+
+fn aad_v2(l: &Lineage, offset: u64, kind: u8) -> [u8; 37] {
+    let mut a = [0u8; 37];
+    a[..12].copy_from_slice(b"kiln/head/v2");
+    a[12..28].copy_from_slice(l);
+    a[28..36].copy_from_slice(&offset.to_le_bytes());
+    a[36] = kind;
+    a
+}
+
+fn aad_v1(l: &Lineage) -> [u8; 28] {
     let mut a = [0u8; 28];
     a[..12].copy_from_slice(b"kiln/head/v1");
     a[12..].copy_from_slice(l);
@@ -242,6 +490,100 @@ mod tests {
         assert!(Head::open(&t, &k).is_err());
     }
 
+    /// A snapshot of `sample()` followed by three deltas; returns the file, the heads after
+    /// each record and the record offsets.
+    fn log_of_three(k: &Key, l: &Lineage) -> (Vec<u8>, Vec<Head>, Vec<usize>) {
+        let mut h = sample();
+        let mut file = h.seal(l, k).unwrap();
+        let (_, mut log) = Head::open_log(&file, k).unwrap();
+        let mut heads = vec![h.clone()];
+        let mut offs = vec![PREFIX];
+        for i in 0..3u8 {
+            let prev = h.clone();
+            h.seq += 1;
+            h.docs += 1;
+            h.root = Some(Cid::of_cbor(&[i]));
+            h.files.insert(
+                0,
+                FileRef {
+                    name: FileName::of(&[i]),
+                    level: 0,
+                    size: 100 + i as u64,
+                    index_len: 40,
+                    heights: (4 + i as u64, 4 + i as u64),
+                    bloom: 0,
+                },
+            );
+            let rec = h.seal_delta(&prev, &log, l, k).unwrap().unwrap();
+            offs.push(file.len());
+            file.extend_from_slice(&rec);
+            log = Head::open_log(&file, k).unwrap().1;
+            assert_eq!(log.deltas, i as u32 + 1);
+            assert_eq!(log.end, file.len() as u64);
+            heads.push(h.clone());
+        }
+        (file, heads, offs)
+    }
+
+    #[test]
+    fn deltas_append_and_replay() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        let (file, heads, _) = log_of_three(&k, &l);
+        assert_eq!(Head::open(&file, &k).unwrap(), heads[3]);
+        // Removing a file cannot be a delta: the writer starts a fresh snapshot.
+        let (_, log) = Head::open_log(&file, &k).unwrap();
+        let mut fewer = heads[3].clone();
+        fewer.files.pop();
+        assert!(fewer.seal_delta(&heads[3], &log, &l, &k).unwrap().is_none());
+        // A full log is not appended to.
+        let full = Log {
+            deltas: MAX_DELTAS,
+            ..log
+        };
+        assert!(heads[3]
+            .seal_delta(&heads[2], &full, &l, &k)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn unfinished_last_append_is_skipped_damage_is_not() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        let (file, heads, offs) = log_of_three(&k, &l);
+        let last = offs[3];
+        // Cut short anywhere inside the last record: the state before it, with or without a
+        // commit in flight.
+        for cut in [last + 1, last + 7, last + 9, file.len() - 1] {
+            let (h, log) = Head::open_log(&file[..cut], &k).unwrap();
+            assert_eq!(h, heads[2]);
+            assert_eq!((log.end, log.len), (last as u64, cut as u64));
+        }
+        // Zeros where the last record or its tail should be (a power cut after the size grew).
+        for from in [last, file.len() - 16] {
+            let mut z = file.clone();
+            z[from..].fill(0);
+            assert_eq!(Head::open(&z, &k).unwrap(), heads[2]);
+        }
+        // A changed byte anywhere, also in the last record or its length, is corruption.
+        for at in [
+            last + 2,
+            last + 5,
+            last + 20,
+            file.len() - 1,
+            offs[1] + 3,
+            offs[2] + 30,
+            PREFIX + 20,
+        ] {
+            let mut t = file.clone();
+            t[at] ^= 0x10;
+            assert!(Head::open(&t, &k).is_err(), "flip at {at}");
+        }
+        // A record moved to another offset does not authenticate there.
+        let mut moved = file[..offs[2]].to_vec();
+        moved.extend_from_slice(&file[offs[3]..]);
+        assert!(Head::open(&moved, &k).is_err());
+    }
+
     proptest! {
         #[test]
         fn mutated_records_never_panic(pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>()) {
@@ -252,6 +594,16 @@ mod tests {
             let _ = Head::open(&b, &k);
             let _ = Head::open(&b[..cut.index(b.len())], &k);
             let _ = Head::decode_body(&b);
+        }
+
+        #[test]
+        fn mutated_logs_never_panic(pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>()) {
+            let k = Key::from_raw([3; 32]);
+            let (mut b, _, _) = log_of_three(&k, &[1; 16]);
+            let i = pos.index(b.len());
+            b[i] = val;
+            let _ = Head::open_log(&b, &k);
+            let _ = Head::open_log(&b[..cut.index(b.len())], &k);
         }
     }
 }

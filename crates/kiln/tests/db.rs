@@ -270,6 +270,56 @@ fn corruption_is_reported_by_name_never_as_not_found() {
 }
 
 #[test]
+fn a_torn_head_append_is_skipped_and_cut_off_by_the_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let hp = dir.path().join("dbs/t/HEAD");
+    {
+        let store = Store::open_with(dir.path(), opts(100)).unwrap();
+        let db = store.create(Some("t")).unwrap();
+        db.put(&json!({"_id": "a"})).unwrap();
+        let l1 = std::fs::metadata(&hp).unwrap().len() as usize;
+        db.put(&json!({"_id": "b"})).unwrap();
+        let h = std::fs::read(&hp).unwrap();
+        assert!(h.len() > l1, "a commit appends to the head record");
+        // What a writer killed inside its append leaves: a prefix of a record (here of a long
+        // one, longer than the next commit's record).
+        let rec = h[l1..].to_vec();
+        let mut torn = h.clone();
+        torn.extend_from_slice(&100_000u32.to_le_bytes());
+        torn.extend_from_slice(&(!100_000u32).to_le_bytes());
+        for _ in 0..4 {
+            torn.extend_from_slice(&rec);
+        }
+        std::fs::write(&hp, &torn).unwrap();
+    }
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.open_db("t").unwrap();
+    assert_eq!(ids(&db.docs(&ListOptions::default()).unwrap()), ["a", "b"]);
+    let torn_len = std::fs::metadata(&hp).unwrap().len();
+    db.put(&json!({"_id": "c"})).unwrap();
+    drop(db);
+    let db = Store::open_with(dir.path(), opts(100))
+        .unwrap()
+        .open_db("t")
+        .unwrap();
+    assert_eq!(
+        ids(&db.docs(&ListOptions::default()).unwrap()),
+        ["a", "b", "c"]
+    );
+    assert!(db.verify().unwrap().ok());
+    // The torn bytes were cut off before the append: the file holds whole records only, so a
+    // changed byte in its last record is now reported, not skipped.
+    let h = std::fs::read(&hp).unwrap();
+    assert!((h.len() as u64) < torn_len);
+    let mut bad = h.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    std::fs::write(&hp, &bad).unwrap();
+    let e = Store::open(dir.path()).unwrap().open_db("t").err().unwrap();
+    assert!(e.is_corruption(), "{e}");
+}
+
+#[test]
 fn concurrent_transactions_leave_two_heads_then_join() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_with(dir.path(), opts(100)).unwrap();

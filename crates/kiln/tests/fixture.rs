@@ -1,15 +1,38 @@
-//! Reads the checked-in format-v1 fixture (`tests/fixtures/v1`, written by
-//! `cargo run -p kiln --example make_fixture`). A change that breaks reading it, or that changes
-//! the CIDs kiln computes for the same content, fails here: formats are contracts.
+//! Reads the checked-in format fixtures (`tests/fixtures/v1`: head record version 1;
+//! `tests/fixtures/v2`: head record version 2, a snapshot and three appended deltas; both
+//! written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
+//! them, or that changes the CIDs kiln computes for the same content, fails here: formats are
+//! contracts.
 
 use kiln::{Cid, ListOptions, Store};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "bafyreige7n5eeymvvsqnnclsw2jaaxxup6funum2h5h4bjygbw2jzbtofm";
-const FIRST_EVENT: &str = "bafyreig5ge7rn3f6bgbgqgupfewolvhtjaiivxptbohwr5itcadnlqqqs4";
-const SECOND_EVENT: &str = "bafyreigvory4f2u3pvab54u5vuiklgy5cg43yeslwshc4pojia2kuef2ru";
-const HEAD_EVENT: &str = "bafyreig7s55dksaas3uj5qwzfiohpdp6mhfqbkfh2qbztj3smpt5zj4tse";
+
+/// A fixture folder and its events (first, second, head): events carry their commit time.
+struct Fixture {
+    dir: &'static str,
+    events: [&'static str; 3],
+}
+
+const V1: Fixture = Fixture {
+    dir: "v1",
+    events: [
+        "bafyreig5ge7rn3f6bgbgqgupfewolvhtjaiivxptbohwr5itcadnlqqqs4",
+        "bafyreigvory4f2u3pvab54u5vuiklgy5cg43yeslwshc4pojia2kuef2ru",
+        "bafyreig7s55dksaas3uj5qwzfiohpdp6mhfqbkfh2qbztj3smpt5zj4tse",
+    ],
+};
+
+const V2: Fixture = Fixture {
+    dir: "v2",
+    events: [
+        "bafyreihjvl2b2ow2l3qzwigdwt5unwmohuvhl5n2yts74fdesfrqacoxou",
+        "bafyreibuumr6q34qypt5zt5fsip3pycef77uzexvxdy7tm4als466oiqiy",
+        "bafyreicsthpjkij26chln77qf6psr3dsfozn6cny54jgtbqikn23qn5gmu",
+    ],
+};
 
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -24,8 +47,10 @@ fn copy(from: &Path, to: &Path) {
     }
 }
 
-fn fixture() -> (tempfile::TempDir, Store) {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/v1");
+fn open(f: &Fixture) -> (tempfile::TempDir, Store) {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(f.dir);
     let dir = tempfile::tempdir().unwrap();
     copy(&src, dir.path());
     let store = Store::open(dir.path()).unwrap();
@@ -34,13 +59,37 @@ fn fixture() -> (tempfile::TempDir, Store) {
 
 #[test]
 fn v1_fixture_reads_and_verifies() {
-    let (_d, store) = fixture();
+    reads_and_verifies(&V1);
+}
+
+#[test]
+fn v2_fixture_reads_and_verifies() {
+    reads_and_verifies(&V2);
+}
+
+/// A version-1 database gets a version-2 head record on its next commit and keeps everything.
+#[test]
+fn v1_database_takes_a_commit() {
+    let (d, store) = open(&V1);
+    let db = store.open_db("fixture").unwrap();
+    db.put(&json!({"_id": "new"})).unwrap();
+    let head = std::fs::read(d.path().join("dbs/fixture/HEAD")).unwrap();
+    assert_eq!(head[8..12], 2u32.to_le_bytes());
+    db.put(&json!({"_id": "newer"})).unwrap();
+    let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
+    assert_eq!(db.info().unwrap().docs, 27);
+    assert!(db.verify().unwrap().ok());
+}
+
+fn reads_and_verifies(f: &Fixture) {
+    let [first_event, second_event, head_event] = f.events;
+    let (_d, store) = open(f);
     assert_eq!(store.list().unwrap(), vec!["empty", "fixture"]);
     let db = store.open_db("fixture").unwrap();
     let info = db.info().unwrap();
     assert_eq!(info.root.unwrap().to_string(), ROOT);
     assert_eq!((info.docs, info.events), (25, 8));
-    assert_eq!(info.heads, vec![Cid::parse(HEAD_EVENT).unwrap()]);
+    assert_eq!(info.heads, vec![Cid::parse(head_event).unwrap()]);
     assert!(info.files.iter().any(|f| f.level == 1) && info.files.iter().any(|f| f.level == 0));
     let r = db.verify().unwrap();
     assert!(r.ok(), "{:?}", r.problems);
@@ -65,13 +114,13 @@ fn v1_fixture_reads_and_verifies() {
     assert_eq!(db.get("right").unwrap().unwrap()["side"], "r");
     // The concurrent writes of "both" (equal heights) resolve by value CID, the same everywhere.
     assert_eq!(db.get("both").unwrap().unwrap()["side"], "l");
-    let first = Cid::parse(FIRST_EVENT).unwrap();
+    let first = Cid::parse(first_event).unwrap();
     assert_eq!(
         db.get_at("alpha", &first).unwrap().unwrap(),
         json!({"_id": "alpha", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5, "y": null, "z": true}})
     );
     assert_eq!(
-        db.get_at("beta", &Cid::parse(SECOND_EVENT).unwrap())
+        db.get_at("beta", &Cid::parse(second_event).unwrap())
             .unwrap()
             .unwrap()["text"],
         "héllo wörld"
@@ -82,7 +131,7 @@ fn v1_fixture_reads_and_verifies() {
     assert_eq!(log[0].parents.len(), 2);
     assert_eq!(log[7].cid, first);
     assert_eq!(
-        db.changes(Some(&[Cid::parse(SECOND_EVENT).unwrap()]))
+        db.changes(Some(&[Cid::parse(second_event).unwrap()]))
             .unwrap()
             .len(),
         26

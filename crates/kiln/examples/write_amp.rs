@@ -1,0 +1,80 @@
+//! Write amplification: N single-document commits of small (~300-byte JSON) documents with the
+//! default settings, then reports bytes handed to the file system (every `write`/`pwrite`,
+//! counted by the kernel in `/proc/self/io` `wchar`) ÷ bytes of JSON committed, the files a
+//! reader consults, and the disk bytes at the end.
+//!
+//! `cargo run --release -p kiln --example write_amp -- [N] [DIR]` (default 100000, a temp dir)
+
+use kiln::{Durability, Options, Store};
+use serde_json::json;
+
+fn wchar() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn disk(p: &std::path::Path) -> u64 {
+    let mut t = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            t += if m.is_dir() { disk(&e.path()) } else { m.len() };
+        }
+    }
+    t
+}
+
+fn main() -> kiln::Result<()> {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::env::args()
+        .nth(2)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let store = Store::open_with(
+        &dir,
+        Options {
+            durability: Durability::Buffered,
+            ..Options::default()
+        },
+    )?;
+    let db = store.create(Some("wa"))?;
+    let base = wchar();
+    let mut json_bytes = 0u64;
+    let t = std::time::Instant::now();
+    let mut max_files = 0;
+    for k in 0..n {
+        // Same shape as the shared harness's documents (~300 bytes of JSON).
+        let doc = json!({
+            "_id": format!("doc-{k:08}"),
+            "title": format!("Document number {k}"),
+            "n": (k * 7919) % n,
+            "tags": [format!("t{}", k % 10), format!("g{}", k % 7), if k % 2 == 0 {"even"} else {"odd"}],
+            "body": format!("{:0200}", k),
+        });
+        json_bytes += serde_json::to_vec(&doc).unwrap().len() as u64;
+        db.put(&doc)?;
+        if k % 1000 == 999 {
+            max_files = max_files.max(db.info()?.files.len());
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let written = wchar() - base;
+    let info = db.info()?;
+    println!(
+        "{n} commits in {secs:.1} s ({:.0}/s); JSON {json_bytes} B; written {written} B; \
+         write amplification {:.2}x; live files {} (max seen {max_files}); disk {} B ({:.2}x JSON)",
+        n as f64 / secs,
+        written as f64 / json_bytes as f64,
+        info.files.len(),
+        disk(&dir),
+        disk(&dir) as f64 / json_bytes as f64,
+    );
+    Ok(())
+}
