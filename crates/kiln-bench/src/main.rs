@@ -446,7 +446,7 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
                 let mut r = snapshot;
                 let w = ms_since(t0);
                 let c = done.load(Ordering::SeqCst);
-                set_rate(&mut r, w, c as u64);
+                set_rate(&mut r, w, c);
                 r.set("completed", c);
                 r.set("timed_out", true);
                 r.set("hung", true);
@@ -533,7 +533,7 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
         a.close()?;
         drop(wd);
     }
-    set_rate(&mut res, wall, ops as u64);
+    set_rate(&mut res, wall, ops);
     res.set("completed", completed);
     res.set("timed_out", timed_out);
     if timed_out {

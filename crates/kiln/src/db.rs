@@ -21,7 +21,7 @@ use crate::storage::HeadFile;
 use crate::store::{Durability, StoreInner};
 use crate::tree::{self, Mode, NodeSource, Slot, TreeError};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -53,6 +53,10 @@ struct Db {
     writer: Mutex<Writer>,
     poisoned: Mutex<Option<String>>,
     indexes: RwLock<HashMap<FileName, Arc<car::Index>>>,
+    /// Tree nodes of the current state not yet in any file (see [`Head::base`]): written by
+    /// this handle's commits or rebuilt from the level-0 events; the level-0 compaction writes
+    /// them out. Dropping them is always safe (they are rebuilt on demand).
+    pending: RwLock<DigestMap<Cid, (Arc<[u8]>, Arc<tree::Node>)>>,
     /// A background compaction of this handle is running.
     compacting: AtomicBool,
     /// The background compaction waits to swap its result in: commits let it go first (the
@@ -180,6 +184,7 @@ impl Database {
             }),
             poisoned: Mutex::new(None),
             indexes: RwLock::new(HashMap::new()),
+            pending: RwLock::new(DigestMap::default()),
             compacting: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
         };
@@ -505,6 +510,13 @@ impl Transaction {
     }
 }
 
+/// A compaction's output: the new file, the files it replaces and (level 0) the new base tree.
+struct Merged {
+    file: FileRef,
+    replaced: Vec<FileName>,
+    base: Option<Option<Cid>>,
+}
+
 /// What a handle's writer keeps between commits.
 #[derive(Debug)]
 struct Writer {
@@ -571,9 +583,11 @@ impl Db {
         let mut st = self.refresh()?;
         let mut tries = 0;
         loop {
-            match f(&View {
-                db: self,
-                head: &st.head,
+            match self.ensure_tree(&st.head).and_then(|()| {
+                f(&View {
+                    db: self,
+                    head: &st.head,
+                })
             }) {
                 Err(e) if e.is_corruption() && tries < 3 => {
                     let fresh = self.reload()?;
@@ -656,7 +670,18 @@ impl Db {
                         return Err(e);
                     }
                 };
+                let new_base = head.base != cur.base;
                 self.set_state(head, Some(n), log);
+                if new_base {
+                    // The level-0 compaction wrote the pending nodes out. Only now that the
+                    // head naming its file is written: a reader still on the old head keeps
+                    // finding them until it sees the new one. Anything still needed later is
+                    // rebuilt.
+                    self.pending
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
+                }
                 for f in remove {
                     // The new head no longer names these; readers holding the old head retry.
                     let _ = self.store.storage.remove(&f);
@@ -740,6 +765,7 @@ impl Db {
         writes.dedup_by(|later, earlier| later.0 == earlier.0);
         writes.reverse();
         self.with_lock(|db, head| {
+            db.ensure_tree(head)?;
             let cur = head.clone();
             // A transaction whose base is still current is an ordinary linear commit.
             let base = base.filter(|b| b.heads != cur.heads);
@@ -822,22 +848,12 @@ impl Db {
                     w.add(*c, body);
                 }
             }
-            let new_nodes = || {
-                own.iter()
-                    .flat_map(|u| u.blocks.iter())
-                    .chain(merged.iter().flat_map(|m| m.blocks.iter()))
-            };
-            for (c, b, _) in new_nodes() {
-                w.add(*c, b);
-            }
             w.add_event(ecid, &eb);
             let file = db.store_file(w, 0, (height, height))?;
-            // What this process wrote, it need not read back.
-            for (c, _, n) in new_nodes() {
-                db.store
-                    .cache
-                    .insert(CacheKey::Node(*c), Cached::Node(n.clone()));
-            }
+            // The state's new tree nodes stay in memory until the level-0 compaction writes
+            // them (an event's own tree, when it differs from the state, is not kept: a read
+            // at that event replays the clock).
+            db.add_pending(state.blocks.iter());
             db.store
                 .cache
                 .insert(CacheKey::Event(ecid), Cached::Event(Arc::new(event)));
@@ -891,6 +907,72 @@ impl Db {
         })
     }
 
+    fn add_pending<'a>(&self, nodes: impl Iterator<Item = &'a (Cid, Vec<u8>, Arc<tree::Node>)>) {
+        let mut p = self.pending.write().unwrap_or_else(|p| p.into_inner());
+        for (c, b, n) in nodes {
+            p.insert(*c, (b.as_slice().into(), n.clone()));
+        }
+    }
+
+    /// Makes the nodes of `head`'s tree readable: they are in the files, or in `pending`, or
+    /// are rebuilt from the base tree and the writes of the events in the level-0 files.
+    fn ensure_tree(&self, head: &Head) -> Result<()> {
+        let Some(root) = head.root else {
+            return Ok(());
+        };
+        if head.base == head.root
+            || self
+                .pending
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&root)
+        {
+            return Ok(());
+        }
+        let v = View { db: self, head };
+        let mut latest: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
+        for f in head.files.iter().filter(|f| f.level == 0) {
+            for e in self.file_entries(&v, f)?.iter().filter(|e| e.event) {
+                let ev = v.event(&e.cid)?;
+                for (id, link) in &ev.ops {
+                    let s = Slot {
+                        version: ev.height,
+                        link: *link,
+                    };
+                    latest
+                        .entry(id.as_bytes().into())
+                        .and_modify(|o| {
+                            if s.rank(o) == std::cmp::Ordering::Greater {
+                                *o = s
+                            }
+                        })
+                        .or_insert(s);
+                }
+            }
+        }
+        let ops: Vec<tree::Op> = latest.into_iter().map(|(k, s)| (k, Some(s))).collect();
+        let u = tree::update(&v, head.base.as_ref(), &ops, Mode::Max)?;
+        if u.root != head.root {
+            return Err(Error::corrupt(
+                format!("head record of '{}'", self.name),
+                "its tree root is not its base tree with the writes of its level-0 events",
+            ));
+        }
+        self.add_pending(u.blocks.iter());
+        Ok(())
+    }
+
+    /// Every index entry of a file, in file order.
+    fn file_entries(&self, v: &View, f: &FileRef) -> Result<Vec<car::Entry>> {
+        let idx = self.index(f)?;
+        let mut entries = idx.entries.clone();
+        for p in 0..idx.pages.len() {
+            entries.extend(v.page(&f.name, &idx, p)?.iter().copied());
+        }
+        entries.sort_by_key(|e| (e.seg, e.off));
+        Ok(entries)
+    }
+
     /// Merges levels whose file count passed their limit. Returns the replaced files.
     fn compact_cascade(&self, head: &mut Head) -> Result<Vec<FileName>> {
         let mut removed = Vec::new();
@@ -909,20 +991,44 @@ impl Db {
     /// files (deleted by the caller once the new head is durable).
     fn compact_level(&self, head: &mut Head, level: u8) -> Result<Vec<FileName>> {
         match self.merge_level(head, level)? {
-            Some((file, sel)) => {
-                apply_merge(head, file, &sel);
-                Ok(sel)
+            Some(m) => {
+                self.apply_merge(head, &m);
+                Ok(m.replaced)
             }
             None => Ok(Vec::new()),
         }
     }
 
+    /// Puts a merge's file in place of the files it replaced; false (and `head` unchanged) if
+    /// any of them is no longer live (another compaction won).
+    fn apply_merge(&self, head: &mut Head, m: &Merged) -> bool {
+        let sel = &m.replaced;
+        if !sel.iter().all(|n| head.files.iter().any(|f| f.name == *n)) {
+            return false;
+        }
+        let pos = head
+            .files
+            .iter()
+            .position(|f| sel.contains(&f.name))
+            .unwrap_or(0);
+        head.files.retain(|f| !sel.contains(&f.name));
+        head.files.insert(pos.min(head.files.len()), m.file);
+        head.compacted = now_ms();
+        if let Some(base) = m.base {
+            head.base = base;
+        }
+        true
+    }
+
     /// Writes one file of `level + 1` holding what the files of `level` in `head` hold that is
-    /// still needed: every event, every document version an event names, and the nodes of
-    /// `head`'s tree (superseded tree nodes are dropped; a later tree cannot need a node of
-    /// these files that `head`'s tree does not, since trees only link nodes of their
-    /// predecessors or nodes they write anew). Returns it with the names it replaces.
-    fn merge_level(&self, head: &Head, level: u8) -> Result<Option<(FileRef, Vec<FileName>)>> {
+    /// still needed: every event, every document version an event names, and tree nodes. For
+    /// level 0 those are the current tree's nodes that are in these files or only in memory
+    /// (`pending`): the output then holds the whole new part of the current tree, which becomes
+    /// the base tree. For a higher level, the base tree's nodes in these files (a node of an
+    /// older tree is superseded: a later tree links only nodes of its predecessors or nodes it
+    /// writes anew, and the base tree is the one every later tree is rebuilt from). Returns the
+    /// file, the names it replaces and, for level 0, the new base.
+    fn merge_level(&self, head: &Head, level: u8) -> Result<Option<Merged>> {
         let sel: Vec<FileRef> = head
             .files
             .iter()
@@ -932,6 +1038,9 @@ impl Db {
         if sel.is_empty() || (sel.len() == 1 && level > 0) {
             return Ok(None);
         }
+        if level == 0 {
+            self.ensure_tree(head)?;
+        }
         let mut blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
         let mut have: DigestSet<Cid> = DigestSet::default();
         let mut events: Vec<Cid> = Vec::new();
@@ -940,12 +1049,7 @@ impl Db {
         // segment cache (a file this process just wrote costs no I/O); every block is checked
         // against its CID.
         for f in sel.iter().rev() {
-            let idx = self.index(f)?;
-            let mut entries = idx.entries.clone();
-            for p in 0..idx.pages.len() {
-                entries.extend(v.page(&f.name, &idx, p)?.iter().copied());
-            }
-            entries.sort_by_key(|e| (e.seg, e.off));
+            let entries = self.file_entries(&v, f)?;
             events.extend(entries.iter().filter(|e| e.event).map(|e| e.cid));
             for e in entries {
                 if have.insert(e.cid) {
@@ -975,7 +1079,7 @@ impl Db {
             heights = (heights.0.min(ev.height), heights.1.max(ev.height));
             parents.extend(ev.parents.iter().copied());
         }
-        // Current-tree nodes: descend through the selected files and newer ones; stop at
+        // Tree nodes: descend through the selected files, memory and newer files; stop at
         // older ones (a node only links to nodes at least as old as itself).
         let newer = Head {
             files: head
@@ -990,10 +1094,23 @@ impl Db {
             db: self,
             head: &newer,
         };
-        let mut stack: Vec<Cid> = head.root.into_iter().collect();
+        let tree_root = if level == 0 { head.root } else { head.base };
+        let mut extra: Vec<(Cid, Arc<[u8]>)> = Vec::new();
+        let mut stack: Vec<Cid> = tree_root.into_iter().collect();
         while let Some(c) = stack.pop() {
             if have.contains(&c) {
                 keep.insert(c);
+            } else if level == 0 {
+                let p = self
+                    .pending
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&c)
+                    .map(|(b, _)| b.clone());
+                match p {
+                    Some(b) => extra.push((c, b)),
+                    None => continue, // in an older file, with everything below it
+                }
             } else {
                 match in_newer.locate(&c, None) {
                     Ok(_) => {}
@@ -1023,8 +1140,15 @@ impl Db {
                 w.add(*c, b);
             }
         }
+        for (c, b) in &extra {
+            w.add(*c, b);
+        }
         let file = self.store_file(w, level + 1, heights)?;
-        Ok(Some((file, sel.iter().map(|f| f.name).collect())))
+        Ok(Some(Merged {
+            file,
+            replaced: sel.iter().map(|f| f.name).collect(),
+            base: (level == 0).then_some(head.root),
+        }))
     }
 
     /// The lowest level holding more files than its limit.
@@ -1049,15 +1173,15 @@ impl Db {
             let Some(level) = self.level_to_compact(&st.head) else {
                 return Ok(());
             };
-            let Some((file, sel)) = self.merge_level(&st.head, level)? else {
+            let Some(m) = self.merge_level(&st.head, level)? else {
                 return Ok(());
             };
-            let applied = self.with_lock(|_, head| {
-                let ok = apply_merge(head, file, &sel);
-                Ok((ok, if ok { sel.clone() } else { Vec::new() }))
+            let applied = self.with_lock(|db, head| {
+                let ok = db.apply_merge(head, &m);
+                Ok((ok, if ok { m.replaced.clone() } else { Vec::new() }))
             })?;
             if !applied {
-                let _ = self.store.storage.remove(&file.name);
+                let _ = self.store.storage.remove(&m.file.name);
                 return Ok(());
             }
         }
@@ -1165,21 +1289,6 @@ impl Db {
 /// Replaces the files `sel` in `head` with `file`, placed where the first of them was (so files
 /// stay ordered newest first, levels non-decreasing). False, changing nothing, unless every file
 /// of `sel` is still live.
-fn apply_merge(head: &mut Head, file: FileRef, sel: &[FileName]) -> bool {
-    if !sel.iter().all(|n| head.files.iter().any(|f| f.name == *n)) {
-        return false;
-    }
-    let pos = head
-        .files
-        .iter()
-        .position(|f| sel.contains(&f.name))
-        .unwrap_or(0);
-    head.files.retain(|f| !sel.contains(&f.name));
-    head.files.insert(pos.min(head.files.len()), file);
-    head.compacted = now_ms();
-    true
-}
-
 /// Reads `HEAD` and parses it with `parse`. A head record that fails to open while the commit
 /// counter moved was being rewritten under us (see [`replace_via_spare`]): read again. Returns the
 /// counter value the record is current for, if no commit was in flight.
@@ -1428,6 +1537,15 @@ impl From<TreeError> for Error {
 impl NodeSource for View<'_> {
     type Error = Error;
     fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>> {
+        if let Some((_, n)) = self
+            .db
+            .pending
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cid)
+        {
+            return Ok(n.clone());
+        }
         let key = CacheKey::Node(*cid);
         if let Some(Cached::Node(n)) = self.db.store.cache.get(&key) {
             return Ok(n);

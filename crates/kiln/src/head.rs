@@ -92,6 +92,11 @@ pub struct Head {
     pub docs: u64,
     /// Document-tree root of the current state (the merge of all heads).
     pub root: Option<Cid>,
+    /// Root of the newest tree whose nodes are all in the files (written by the last
+    /// compaction of level 0). The current tree is this tree with the writes of the events in
+    /// the level-0 files applied; level-0 files hold no tree nodes, a writer keeps the new
+    /// nodes in memory and a reader rebuilds them. Equal to `root` when nothing is pending.
+    pub base: Option<Cid>,
     /// Live files, newest first.
     pub files: Vec<FileRef>,
     /// Clock heads, sorted.
@@ -105,9 +110,11 @@ pub struct Head {
 impl Head {
     fn encode_body(&self) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.map(7);
+        e.map(8);
         e.str("seq");
         e.u64(self.seq);
+        e.str("base");
+        e.opt_link(self.base.as_ref());
         e.str("docs");
         e.u64(self.docs);
         e.str("root");
@@ -126,17 +133,26 @@ impl Head {
         e.into_bytes()
     }
 
-    fn decode_body(b: &[u8]) -> Result<Head, CborError> {
+    /// A snapshot body: version 1 has no `base` (its diffs hold their tree nodes).
+    fn decode_body(b: &[u8], version: u32) -> Result<Head, CborError> {
         let mut d = Decoder::new(b);
-        if d.map()? != 7 {
-            return Err(CborError("head: expected 7 fields"));
+        let fields = if version == 1 { 7 } else { 8 };
+        if d.map()? != fields {
+            return Err(CborError("head: wrong number of fields"));
         }
         d.key("seq")?;
         let seq = d.u64()?;
+        let base = if version == 1 {
+            None
+        } else {
+            d.key("base")?;
+            d.opt_link()?
+        };
         d.key("docs")?;
         let docs = d.u64()?;
         d.key("root")?;
         let root = d.opt_link()?;
+        let base = if version == 1 { root } else { base };
         d.key("files")?;
         let files = decode_files(&mut d)?;
         d.key("heads")?;
@@ -154,6 +170,7 @@ impl Head {
             seq,
             docs,
             root,
+            base,
             files,
             heads,
             events,
@@ -190,11 +207,13 @@ impl Head {
             return Ok(None);
         }
         let mut e = Encoder::new();
-        e.map(7);
+        e.map(8);
         e.str("add");
         encode_files(&mut e, &self.files[..added]);
         e.str("seq");
         e.u64(self.seq);
+        e.str("base");
+        e.opt_link(self.base.as_ref());
         e.str("docs");
         e.u64(self.docs);
         e.str("root");
@@ -253,7 +272,7 @@ impl Head {
                 len: b.len() as u64,
                 deltas: 0,
             };
-            return Ok((Head::decode_body(&body)?, log));
+            return Ok((Head::decode_body(&body, 1)?, log));
         }
         let mut pos = PREFIX;
         let mut head: Option<Head> = None;
@@ -286,7 +305,7 @@ impl Head {
                 }
             };
             match head.as_mut() {
-                None => head = Some(Head::decode_body(&body)?),
+                None => head = Some(Head::decode_body(&body, version)?),
                 Some(h) => {
                     h.apply_delta(&body)?;
                     deltas += 1;
@@ -305,13 +324,15 @@ impl Head {
 
     fn apply_delta(&mut self, b: &[u8]) -> Result<(), CborError> {
         let mut d = Decoder::new(b);
-        if d.map()? != 7 {
-            return Err(CborError("head delta: expected 7 fields"));
+        if d.map()? != 8 {
+            return Err(CborError("head delta: expected 8 fields"));
         }
         d.key("add")?;
         let mut files = decode_files(&mut d)?;
         d.key("seq")?;
         self.seq = d.u64()?;
+        d.key("base")?;
+        self.base = d.opt_link()?;
         d.key("docs")?;
         self.docs = d.u64()?;
         d.key("root")?;
@@ -464,6 +485,7 @@ mod tests {
             seq: 3,
             docs: 2,
             root: Some(Cid::of_cbor(b"r")),
+            base: Some(Cid::of_cbor(b"b")),
             files: vec![FileRef {
                 name: FileName::of(b"f"),
                 level: 1,
@@ -593,7 +615,8 @@ mod tests {
             b[i] = val;
             let _ = Head::open(&b, &k);
             let _ = Head::open(&b[..cut.index(b.len())], &k);
-            let _ = Head::decode_body(&b);
+            let _ = Head::decode_body(&b, 2);
+            let _ = Head::decode_body(&b, 1);
         }
 
         #[test]

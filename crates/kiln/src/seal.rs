@@ -44,10 +44,11 @@ impl Nonces {
     }
 
     fn take(&self) -> [u8; 12] {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let i = self.next.fetch_add(1, Ordering::Relaxed).to_le_bytes();
         let mut n = self.base;
-        let low = u64::from_le_bytes(n[4..].try_into().expect("8 bytes")) ^ i;
-        n[4..].copy_from_slice(&low.to_le_bytes());
+        for (b, x) in n[4..].iter_mut().zip(i) {
+            *b ^= x;
+        }
         n
     }
 }

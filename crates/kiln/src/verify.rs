@@ -8,8 +8,38 @@ use crate::doc;
 use crate::head::Head;
 use crate::seal::Key;
 use crate::storage::Storage;
-use crate::tree::{Items, Node};
-use std::collections::{HashMap, HashSet};
+use crate::tree::{self, Items, Mode, Node, NodeSource, Slot, TreeError};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// Tree nodes for verification: the checked blocks of the files, plus the nodes of the current
+/// tree rebuilt from the base tree and the level-0 events.
+struct Nodes<'a> {
+    blocks: &'a HashMap<Cid, (FileName, Vec<u8>)>,
+    rebuilt: HashMap<Cid, Arc<Node>>,
+}
+
+impl NodeSource for Nodes<'_> {
+    type Error = String;
+    fn node(&self, cid: &Cid) -> Result<Arc<Node>, String> {
+        if let Some(n) = self.rebuilt.get(cid) {
+            return Ok(n.clone());
+        }
+        let (_, b) = self
+            .blocks
+            .get(cid)
+            .ok_or_else(|| format!("tree node {cid} is missing"))?;
+        Node::decode(b)
+            .map(Arc::new)
+            .map_err(|e| format!("block {cid} is not a tree node: {}", e.0))
+    }
+}
+
+impl From<TreeError> for String {
+    fn from(e: TreeError) -> String {
+        format!("tree node {}: {}", e.cid, e.what)
+    }
+}
 
 /// One thing found wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +76,9 @@ impl Report {
 pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) -> Report {
     let mut r = Report::default();
     let mut blocks: HashMap<Cid, (FileName, Vec<u8>)> = HashMap::new();
+    // The events of the level-0 files (one per diff): their writes on top of the base tree
+    // make the current tree.
+    let mut level0_events: Vec<Cid> = Vec::new();
     for f in &head.files {
         r.files += 1;
         let loc = format!("file {}", f.name);
@@ -80,7 +113,10 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
             }
         }
         match car::verify_file(key, &f.name, &bytes) {
-            Ok((_, bs)) => {
+            Ok((idx, bs)) => {
+                if f.level == 0 {
+                    level0_events.extend_from_slice(&idx.meta.roots);
+                }
                 r.blocks += bs.len();
                 for (c, b) in bs {
                     blocks.entry(c).or_insert((f.name, b));
@@ -167,20 +203,69 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
     }
 
     // The current document tree.
+    // The base tree must be whole in the files; the current tree is it with the level-0
+    // events' writes applied (the order-independent maximum per id), and must have the root
+    // the head record names.
+    let mut src = Nodes {
+        blocks: &blocks,
+        rebuilt: HashMap::new(),
+    };
+    if head.base != head.root {
+        let mut latest: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
+        for c in &level0_events {
+            let Some(e) = events.get(c) else {
+                r.bad(
+                    format!("event {c}"),
+                    "event of a level-0 file is not in the clock",
+                );
+                continue;
+            };
+            for (id, link) in &e.ops {
+                let s = Slot {
+                    version: e.height,
+                    link: *link,
+                };
+                let o = latest.entry(id.as_bytes().into()).or_insert(s);
+                if s.rank(o) == std::cmp::Ordering::Greater {
+                    *o = s;
+                }
+            }
+        }
+        let ops: Vec<tree::Op> = latest.into_iter().map(|(k, s)| (k, Some(s))).collect();
+        match tree::update(&src, head.base.as_ref(), &ops, Mode::Max) {
+            Ok(u) if u.root == head.root => {
+                src.rebuilt = u.blocks.into_iter().map(|(c, _, n)| (c, n)).collect();
+            }
+            Ok(_) => r.bad(
+                "head record",
+                "tree root is not the base tree with the level-0 events' writes applied",
+            ),
+            Err(e) => r.bad("base tree", e),
+        }
+    }
+    if let Some(base) = head.base {
+        // Every node of the base tree is in the files (a node the current tree shares with it
+        // is checked again below; that is cheap).
+        let mut stack = vec![base];
+        while let Some(c) = stack.pop() {
+            match blocks.get(&c) {
+                None => r.bad(format!("tree node {c}"), "node of the base tree is missing"),
+                Some((_, b)) => match Node::decode(b) {
+                    Ok(n) => stack.extend_from_slice(n.children()),
+                    Err(e) => r.bad(where_(&c, &blocks), format!("not a tree node: {}", e.0)),
+                },
+            }
+        }
+    }
     let mut live = 0u64;
     let mut last_key: Option<Vec<u8>> = None;
     if let Some(root) = head.root {
         let mut stack: Vec<(Cid, Option<u8>)> = vec![(root, None)];
-        // Depth-first, children pushed in reverse so keys come out in order.
         while let Some((c, want_level)) = stack.pop() {
-            let Some((_, b)) = blocks.get(&c) else {
-                r.bad(format!("tree node {c}"), "tree node is missing");
-                continue;
-            };
-            let node = match Node::decode(b) {
+            let node = match src.node(&c) {
                 Ok(n) => n,
                 Err(e) => {
-                    r.bad(where_(&c, &blocks), format!("not a tree node: {}", e.0));
+                    r.bad(where_(&c, &blocks), e);
                     continue;
                 }
             };

@@ -1,5 +1,6 @@
 //! Reads the checked-in format fixtures (`tests/fixtures/v1`: head record version 1;
-//! `tests/fixtures/v2`: head record version 2, a snapshot and three appended deltas; both
+//! `tests/fixtures/v2`: head record version 2, a snapshot and three appended deltas, whose
+//! level-0 diffs hold no tree nodes, so reading it rebuilds the current tree; both
 //! written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
 //! them, or that changes the CIDs kiln computes for the same content, fails here: formats are
 //! contracts.
@@ -28,9 +29,9 @@ const V1: Fixture = Fixture {
 const V2: Fixture = Fixture {
     dir: "v2",
     events: [
-        "bafyreihjvl2b2ow2l3qzwigdwt5unwmohuvhl5n2yts74fdesfrqacoxou",
-        "bafyreibuumr6q34qypt5zt5fsip3pycef77uzexvxdy7tm4als466oiqiy",
-        "bafyreicsthpjkij26chln77qf6psr3dsfozn6cny54jgtbqikn23qn5gmu",
+        "bafyreiai77goci77thplyqzdnrazrmxrk4mfilt7u2xj7pwk3cj5m5m6tq",
+        "bafyreidj2ra7tavzktcco6zkxumysstweyq6wn3bhfbmf6doglgjc3uqja",
+        "bafyreigcwok37mzql55e4h75fiw3rmdyg4vsm7turgilzz5sys7hjjvpoy",
     ],
 };
 
