@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::head::{bloom_bits, FileRef, Head, Log};
 use crate::keys::{lineage_string, Lineage};
 use crate::seal::Key;
+use crate::settings::Settings;
 use crate::storage::HeadFile;
 use crate::store::{Durability, StoreInner};
 use crate::tree::{self, Mode, NodeSource, Slot, TreeError};
@@ -57,6 +58,8 @@ struct Db {
     /// this handle's commits or rebuilt from the level-0 events; the level-0 compaction writes
     /// them out. Dropping them is always safe (they are rebuilt on demand).
     pending: RwLock<DigestMap<Cid, (Arc<[u8]>, Arc<tree::Node>)>>,
+    /// `dbs/<name>/settings.json`, as read at open or set through this handle.
+    settings: RwLock<Settings>,
     /// A background compaction of this handle is running.
     compacting: AtomicBool,
     /// The background compaction waits to swap its result in: commits let it go first (the
@@ -119,7 +122,38 @@ pub struct Info {
     pub files: Vec<FileRef>,
     pub bytes: u64,
     pub commits: u64,
+    /// When compaction last ran (ms since the Unix epoch), 0 for never.
     pub compacted: u64,
+    /// The compaction threshold in force for this database.
+    pub compact_threshold: usize,
+    /// The database's own settings (empty: the store's apply).
+    pub settings: Settings,
+}
+
+/// Where a file of [`Database::history_files`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// Named by the head record.
+    Live,
+    /// Replaced, but still in the store's files (not yet collected).
+    Kept,
+    /// Replaced and moved to the archive.
+    Archived,
+    /// Replaced and deleted (no archive kept).
+    Gone,
+}
+
+/// A file in a database's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryFile {
+    pub name: FileName,
+    pub location: Location,
+    /// 0 for a transaction's diff, n ≥ 1 for a compaction's output; `None` when gone.
+    pub level: Option<u8>,
+    /// A diff's event, or a compacted file's newest events (empty when gone).
+    pub events: Vec<Cid>,
+    /// The files a compacted file replaced.
+    pub replaces: Vec<FileName>,
 }
 
 /// Options for listing documents by id.
@@ -159,6 +193,7 @@ impl Database {
             Err(e) => return Err(Error::io(&lp, e)),
         };
         let hp = dir.join("HEAD");
+        let settings_path = dir.join("settings.json");
         let ((head, lineage, key, log), stamp) = read_head_with(&lock, &hp, name, |bytes| {
             let lineage =
                 Head::lineage(bytes).map_err(|e| Error::format(hp.display().to_string(), e))?;
@@ -185,6 +220,7 @@ impl Database {
             poisoned: Mutex::new(None),
             indexes: RwLock::new(HashMap::new()),
             pending: RwLock::new(DigestMap::default()),
+            settings: RwLock::new(Settings::read(&settings_path)?),
             compacting: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
         };
@@ -403,7 +439,37 @@ impl Database {
             files: h.files.clone(),
             commits: h.seq,
             compacted: h.compacted,
+            compact_threshold: self.inner.compact_threshold(),
+            settings: self.settings(),
         })
+    }
+
+    /// The database's own settings (`dbs/<name>/settings.json`).
+    pub fn settings(&self) -> Settings {
+        self.inner
+            .settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the database's own settings (only `compact_threshold` applies to a database;
+    /// `None` falls back to the store's). Takes effect at this handle's next commit and in
+    /// handles opened afterwards.
+    pub fn set_settings(&self, s: &Settings) -> Result<()> {
+        if s.keep_archive.is_some() {
+            return Err(Error::InvalidArgument(
+                "keep_archive is a store setting, not a database one".into(),
+            ));
+        }
+        let sync = self.inner.sync();
+        s.write(&self.inner.dir.join("settings.json"), sync)?;
+        *self
+            .inner
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = s.clone();
+        Ok(())
     }
 
     /// Re-hashes every stored byte of the database and checks every link.
@@ -453,6 +519,66 @@ impl Database {
     }
 
     /// Compacts now: merges every live transaction diff into one file (and cascades levels).
+    /// The live files and, following each compacted file's record of the files it replaced,
+    /// every earlier file still in the store or its archive: with an archive kept, the whole
+    /// sequence of diffs back to the first transaction. Newest first, each file once.
+    pub fn history_files(&self) -> Result<Vec<HistoryFile>> {
+        let st = self.inner.refresh()?;
+        let storage = &self.inner.store.storage;
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<(FileName, bool)> =
+            st.head.files.iter().rev().map(|f| (f.name, true)).collect();
+        while let Some((name, live)) = stack.pop() {
+            if !seen.insert(name) {
+                continue;
+            }
+            let (bytes, location) = match storage.read(&name) {
+                Ok(b) => (Some(b), if live { Location::Live } else { Location::Kept }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    match storage.read_archived(&name) {
+                        Ok(b) => (Some(b), Location::Archived),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            (None, Location::Gone)
+                        }
+                        Err(e) => return Err(Error::io(format!("archived file {name}"), e)),
+                    }
+                }
+                Err(e) => return Err(self.inner.file_err(&name, e)),
+            };
+            let meta = match &bytes {
+                Some(b) => Some(self.inner.meta_of(&name, b)?),
+                None => None,
+            };
+            let replaces = meta
+                .as_ref()
+                .map(|m| m.replaces.clone())
+                .unwrap_or_default();
+            for r in replaces.iter().rev() {
+                stack.push((*r, false));
+            }
+            out.push(HistoryFile {
+                name,
+                location,
+                level: meta.as_ref().map(|m| m.level),
+                events: meta.map(|m| m.roots).unwrap_or_default(),
+                replaces,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Merges every live file into exactly one (`kiln compact --full`).
+    pub fn compact_full(&self) -> Result<()> {
+        self.inner.with_lock(|db, head| match db.merge_all(head)? {
+            Some(m) => {
+                db.apply_merge(head, &m);
+                Ok(((), m.replaced))
+            }
+            None => Ok(((), Vec::new())),
+        })
+    }
+
     pub fn compact(&self) -> Result<()> {
         self.inner.with_lock(|db, head| {
             let removed = db.compact_level(head, 0)?;
@@ -526,6 +652,18 @@ struct Writer {
 }
 
 impl Db {
+    /// The compaction threshold in force: the database's setting, else the store's, else the
+    /// program's [`crate::Options::compact_threshold`].
+    fn compact_threshold(&self) -> usize {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .compact_threshold
+            .or(self.store.settings().compact_threshold)
+            .unwrap_or(self.store.opts.compact_threshold)
+            .max(1)
+    }
+
     fn state(&self) -> Arc<State> {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -646,6 +784,7 @@ impl Db {
     ) -> Result<T> {
         self.check_poisoned()?;
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _gc = self.store.gc.shared()?;
         self.acquire()?;
         let r = (|| {
             let c = self.counter()?;
@@ -682,9 +821,14 @@ impl Db {
                         .unwrap_or_else(|p| p.into_inner())
                         .clear();
                 }
+                let archive = self.store.settings().keep_archive.unwrap_or(false);
                 for f in remove {
                     // The new head no longer names these; readers holding the old head retry.
-                    let _ = self.store.storage.remove(&f);
+                    let _ = if archive {
+                        self.store.storage.archive(&f)
+                    } else {
+                        self.store.storage.remove(&f)
+                    };
                     self.indexes
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
@@ -881,7 +1025,7 @@ impl Db {
             // when commits outrun it (then it also bounds the files a read may consult). A
             // failed compaction must not fail (or block) commits: the commit stands without it,
             // and `compact`/`verify` report the cause.
-            let threshold = db.store.opts.compact_threshold.max(1);
+            let threshold = db.compact_threshold();
             let diffs = head.files.iter().filter(|f| f.level == 0).count();
             let background = db.store.opts.background_compaction;
             let mut removed = Vec::new();
@@ -1038,7 +1182,35 @@ impl Db {
         if sel.is_empty() || (sel.len() == 1 && level > 0) {
             return Ok(None);
         }
-        if level == 0 {
+        self.merge_files(head, sel, level + 1, level == 0, false)
+            .map(Some)
+    }
+
+    /// Merges every live file into one (`compact --full`): it holds every event, every
+    /// document version and exactly the current tree's nodes; it becomes the base.
+    fn merge_all(&self, head: &Head) -> Result<Option<Merged>> {
+        if head.files.is_empty() || (head.files.len() == 1 && head.base == head.root) {
+            return Ok(None);
+        }
+        let top = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
+        self.merge_files(head, head.files.clone(), top, true, true)
+            .map(Some)
+    }
+
+    /// Writes one file of `out_level` holding what the files `sel` hold that is still needed
+    /// (see [`Db::merge_level`]); with `current`, the current tree's nodes (from `sel` and
+    /// memory) rather than the base tree's; with `all`, `sel` is every live file, so a node
+    /// found nowhere is missing rather than in an older file.
+    fn merge_files(
+        &self,
+        head: &Head,
+        sel: Vec<FileRef>,
+        out_level: u8,
+        current: bool,
+        all: bool,
+    ) -> Result<Merged> {
+        let level = out_level - 1;
+        if current {
             self.ensure_tree(head)?;
         }
         let mut blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
@@ -1085,7 +1257,7 @@ impl Db {
             files: head
                 .files
                 .iter()
-                .filter(|f| f.level < level)
+                .filter(|f| f.level < level && !all)
                 .copied()
                 .collect(),
             ..Head::default()
@@ -1094,13 +1266,13 @@ impl Db {
             db: self,
             head: &newer,
         };
-        let tree_root = if level == 0 { head.root } else { head.base };
+        let tree_root = if current { head.root } else { head.base };
         let mut extra: Vec<(Cid, Arc<[u8]>)> = Vec::new();
         let mut stack: Vec<Cid> = tree_root.into_iter().collect();
         while let Some(c) = stack.pop() {
             if have.contains(&c) {
                 keep.insert(c);
-            } else if level == 0 {
+            } else if current {
                 let p = self
                     .pending
                     .read()
@@ -1109,6 +1281,7 @@ impl Db {
                     .map(|(b, _)| b.clone());
                 match p {
                     Some(b) => extra.push((c, b)),
+                    None if all => return Err(Error::MissingBlock(c, self.name.clone())),
                     None => continue, // in an older file, with everything below it
                 }
             } else {
@@ -1122,7 +1295,7 @@ impl Db {
             stack.extend_from_slice(node.children());
         }
         let mut w = car::Writer::new(car::Meta {
-            level: level + 1,
+            level: out_level,
             time: now_ms(),
             // The CAR roots: the file's newest events (no event in it names them).
             roots: events
@@ -1143,12 +1316,12 @@ impl Db {
         for (c, b) in &extra {
             w.add(*c, b);
         }
-        let file = self.store_file(w, level + 1, heights)?;
-        Ok(Some(Merged {
+        let file = self.store_file(w, out_level, heights)?;
+        Ok(Merged {
             file,
             replaced: sel.iter().map(|f| f.name).collect(),
-            base: (level == 0).then_some(head.root),
-        }))
+            base: current.then_some(head.root),
+        })
     }
 
     /// The lowest level holding more files than its limit.
@@ -1157,7 +1330,7 @@ impl Db {
         (0..=top).find(|&l| {
             let n = head.files.iter().filter(|f| f.level == l).count();
             n > if l == 0 {
-                self.store.opts.compact_threshold.max(1)
+                self.compact_threshold()
             } else {
                 LEVEL_FANIN
             }
@@ -1173,6 +1346,8 @@ impl Db {
             let Some(level) = self.level_to_compact(&st.head) else {
                 return Ok(());
             };
+            // From writing the merged file until a head record names it (or it is removed).
+            let _gc = self.store.gc.shared()?;
             let Some(m) = self.merge_level(&st.head, level)? else {
                 return Ok(());
             };
@@ -1229,6 +1404,20 @@ impl Db {
             heights,
             bloom,
         })
+    }
+
+    /// The metadata of a whole file's bytes (its index is checked and decrypted).
+    fn meta_of(&self, name: &FileName, b: &[u8]) -> Result<car::Meta> {
+        let bad = |e| Error::format(format!("file {name}"), e);
+        let t = b
+            .get(b.len().saturating_sub(car::TRAILER_LEN)..)
+            .unwrap_or_default();
+        let (at, len) = car::parse_trailer(b.len() as u64, t).map_err(bad)?;
+        let sealed = usize::try_from(at)
+            .ok()
+            .and_then(|at| b.get(at..at.checked_add(len as usize)?))
+            .ok_or_else(|| bad(car::FormatError::Framing("index outside the file")))?;
+        Ok(car::Index::open(&self.key, sealed, at).map_err(bad)?.meta)
     }
 
     fn file_err(&self, name: &FileName, e: std::io::Error) -> Error {

@@ -33,12 +33,17 @@ mod error;
 pub mod head;
 pub mod keys;
 pub mod seal;
+pub mod settings;
 pub mod storage;
 mod store;
 pub mod tree;
 pub mod verify;
 
 pub use block::cid::Cid;
-pub use db::{Change, Committed, Database, Info, ListOptions, LogEntry, Transaction, LEVEL_FANIN};
+pub use db::{
+    Change, Committed, Database, HistoryFile, Info, ListOptions, Location, LogEntry, Transaction,
+    LEVEL_FANIN,
+};
 pub use error::{Error, Result};
-pub use store::{check_name, Durability, Options, Store};
+pub use settings::Settings;
+pub use store::{check_name, Durability, GcReport, Options, Store};

@@ -27,6 +27,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn remove(&self, name: &FileName) -> io::Result<()>;
     /// Every file held.
     fn list(&self) -> io::Result<Vec<FileName>>;
+    /// Moves a file into the archive (absent is not an error): it is no longer listed or
+    /// readable by [`Storage::read`], but [`Storage::read_archived`] finds it.
+    fn archive(&self, name: &FileName) -> io::Result<()>;
+    /// A file from the archive.
+    fn read_archived(&self, name: &FileName) -> io::Result<Vec<u8>>;
+    /// Drops whatever space removed files still hold for reuse (after a purge, so no removed
+    /// byte survives); returns the files and bytes freed.
+    fn clear_reusable(&self) -> io::Result<(u64, u64)>;
 }
 
 /// Files under a local folder: `DIR/ab/abcdef….kdf`, 256 shards by the first byte of the name.
@@ -122,6 +130,15 @@ impl LocalStorage {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.pool_dir()
             .join(format!("{}-{}-{n}.free", std::process::id(), self.instance))
+    }
+
+    /// Where an archived file lives: `DIR/.archive/ab/<name>.kdf`.
+    pub fn archive_path(&self, name: &FileName) -> PathBuf {
+        let h = name.to_string();
+        self.dir
+            .join(".archive")
+            .join(&h[..2])
+            .join(format!("{h}.kdf"))
     }
 
     pub fn path(&self, name: &FileName) -> PathBuf {
@@ -275,6 +292,51 @@ impl Storage for LocalStorage {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    fn archive(&self, name: &FileName) -> io::Result<()> {
+        self.open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let to = self.archive_path(name);
+        let from = self.path(name);
+        match fs::rename(&from, &to) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
+                fs::create_dir_all(to.parent().unwrap_or(&self.dir))?;
+                fs::rename(&from, &to)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn read_archived(&self, name: &FileName) -> io::Result<Vec<u8>> {
+        fs::read(self.archive_path(name))
+    }
+
+    fn clear_reusable(&self) -> io::Result<(u64, u64)> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.known.clear();
+        let (mut n, mut bytes) = (0, 0);
+        let rd = match fs::read_dir(self.pool_dir()) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(e),
+        };
+        for e in rd {
+            let e = e?;
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            match fs::remove_file(e.path()) {
+                Ok(()) => {
+                    n += 1;
+                    bytes += len;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // taken meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((n, bytes))
     }
 
     fn list(&self) -> io::Result<Vec<FileName>> {

@@ -3,6 +3,11 @@
 //!
 //! ```text
 //! ROOT/KILN                  store marker: {"kiln_store":1}
+//! ROOT/settings.json         store settings (optional, see `settings`)
+//! ROOT/GC                    lock between garbage collection and writers (empty)
+//! ROOT/files/.archive/ab/…   retired files, when the store keeps an archive
+//! ROOT/files/.pool/…         removed files kept for reuse
+//! ROOT/dbs/<name>/settings.json  database settings (optional)
 //! ROOT/dbs/<name>/HEAD       head record (replaced atomically)
 //! ROOT/dbs/<name>/LOCK       writer lock (flock) + commit counter
 //! ROOT/files/ab/<hash>.kdf   diff files, named by the sha2-256 of their bytes
@@ -15,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::head::Head;
 use crate::keys::{Keybag, Lineage};
 use crate::seal::Key;
+use crate::settings::Settings;
 use crate::storage::{sync_dir, write_atomic, LocalStorage, Storage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +44,8 @@ pub struct Options {
     pub durability: Durability,
     /// Budget of the shared block cache, in bytes.
     pub cache_bytes: usize,
-    /// Compact when more than this many transaction diff files are live.
+    /// Compact when more than this many transaction diff files are live, unless the database
+    /// or the store has its own setting ([`crate::Settings`]).
     pub compact_threshold: usize,
     /// How long a commit waits for another writer's lock before failing with
     /// [`crate::Error::Busy`].
@@ -68,6 +75,146 @@ pub(crate) struct StoreInner {
     pub keybag: Keybag,
     pub cache: Cache,
     pub opts: Options,
+    /// `ROOT/settings.json`, as last read or written by this handle.
+    pub settings: std::sync::RwLock<Settings>,
+    /// `ROOT/GC`: see [`GcLock`].
+    pub gc: GcLock,
+}
+
+/// The store-wide lock between garbage collection and writers. A writer holds it shared from
+/// writing a file until a head record names that file (or it is removed again); garbage
+/// collection holds it exclusively while it lists files, reads every head record and removes
+/// what none names. So no file is collected between being written and being named.
+///
+/// `flock` locks belong to the open file, which this process's threads share: a count of
+/// users in this process takes the lock on the first and releases it on the last.
+pub(crate) struct GcLock {
+    file: std::fs::File,
+    path: PathBuf,
+    users: std::sync::Mutex<usize>,
+    timeout: std::time::Duration,
+}
+
+/// Holds [`GcLock`] shared while alive.
+pub(crate) struct GcShared<'a>(&'a GcLock);
+
+impl GcLock {
+    fn open(path: PathBuf, timeout: std::time::Duration) -> Result<GcLock> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(GcLock {
+            file,
+            path,
+            users: std::sync::Mutex::new(0),
+            timeout,
+        })
+    }
+
+    /// Waits (up to the lock timeout) while a garbage collection runs.
+    pub fn shared(&self) -> Result<GcShared<'_>> {
+        let mut n = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if *n == 0 {
+            self.wait(|f| f.try_lock_shared())?;
+        }
+        *n += 1;
+        Ok(GcShared(self))
+    }
+
+    fn exclusive(&self) -> Result<GcExclusive<'_>> {
+        // Hold the in-process count at zero too, so this process's writers wait behind it
+        // (they share the open file, whose shared lock would turn into the exclusive one).
+        let deadline = std::time::Instant::now() + self.timeout;
+        let n = loop {
+            let n = self.users.lock().unwrap_or_else(|p| p.into_inner());
+            if *n == 0 {
+                break n;
+            }
+            drop(n);
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Busy("store (garbage collection)".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        self.wait(|f| f.try_lock())?;
+        Ok(GcExclusive {
+            lock: self,
+            _users: n,
+        })
+    }
+
+    fn wait(
+        &self,
+        mut f: impl FnMut(&std::fs::File) -> std::result::Result<(), std::fs::TryLockError>,
+    ) -> Result<()> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mut pause = std::time::Duration::from_micros(100);
+        loop {
+            match f(&self.file) {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::Busy("store (garbage collection)".into()));
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&self.path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for GcShared<'_> {
+    fn drop(&mut self) {
+        let mut n = self.0.users.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            let _ = self.0.file.unlock();
+        }
+    }
+}
+
+struct GcExclusive<'a> {
+    lock: &'a GcLock,
+    /// Held so this process's writers wait too.
+    _users: std::sync::MutexGuard<'a, usize>,
+}
+
+impl Drop for GcExclusive<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.file.unlock();
+    }
+}
+
+/// What [`Store::gc`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Databases whose head records were read.
+    pub databases: usize,
+    /// Files some database names.
+    pub live_files: usize,
+    /// Files no database named, removed (or archived).
+    pub removed_files: usize,
+    pub removed_bytes: u64,
+    /// Of those, moved to the archive rather than deleted.
+    pub archived: bool,
+    /// Space kept for reuse by earlier removals, freed.
+    pub reusable_files: u64,
+    pub reusable_bytes: u64,
+}
+
+impl StoreInner {
+    pub fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A store of databases under one root folder. Cheap to clone.
@@ -77,6 +224,8 @@ pub struct Store {
 }
 
 const MARKER: &str = "KILN";
+const SETTINGS: &str = "settings.json";
+const GC: &str = "GC";
 const STORE_VERSION: u64 = 1;
 
 /// Longest database name.
@@ -156,15 +305,36 @@ impl Store {
             Err(e) => return Err(Error::io(&marker, e)),
         }
         let cache = Cache::new(opts.cache_bytes);
+        let settings = Settings::read(&root.join(SETTINGS))?;
         Ok(Store {
             inner: Arc::new(StoreInner {
                 storage: Arc::new(LocalStorage::new(root.join("files"))),
                 keybag: Keybag::new(root.join("keys")),
+                gc: GcLock::open(root.join(GC), opts.lock_timeout)?,
                 root,
                 cache,
                 opts,
+                settings: std::sync::RwLock::new(settings),
             }),
         })
+    }
+
+    /// The store's settings (`ROOT/settings.json`).
+    pub fn settings(&self) -> Settings {
+        self.inner.settings()
+    }
+
+    /// Replaces the store's settings. They apply to databases opened afterwards (and to this
+    /// handle's open databases at once).
+    pub fn set_settings(&self, s: &Settings) -> Result<()> {
+        let p = self.inner.root.join(SETTINGS);
+        s.write(&p, self.inner.opts.durability == Durability::Full)?;
+        *self
+            .inner
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = s.clone();
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -186,6 +356,18 @@ impl Store {
 
     /// Creates a database. `None` names it with a fresh UUID.
     pub fn create(&self, name: Option<&str>) -> Result<Database> {
+        self.create_with(name, &Settings::default())
+    }
+
+    /// Creates a database with its own settings (only `compact_threshold` applies to a
+    /// database).
+    pub fn create_with(&self, name: Option<&str>, settings: &Settings) -> Result<Database> {
+        if settings.keep_archive.is_some() {
+            return Err(Error::InvalidArgument(
+                "keep_archive is a store setting, not a database one".into(),
+            ));
+        }
+        settings.validate()?;
         let name = match name {
             Some(n) => n.to_owned(),
             None => uuid::Uuid::new_v4().hyphenated().to_string(),
@@ -212,6 +394,7 @@ impl Store {
             write_atomic(&hp, &head, sync, None).map_err(|e| Error::io(&hp, e))?;
             let lp = tmp.join("LOCK");
             std::fs::write(&lp, [0u8; 16]).map_err(|e| Error::io(&lp, e))?;
+            settings.write(&tmp.join(SETTINGS), sync)?;
             Ok::<_, Error>(lineage)
         })();
         let lineage = match result {
@@ -261,6 +444,53 @@ impl Store {
         }
         out.sort_unstable();
         Ok(out)
+    }
+
+    /// Removes every file no database's head record names (moves it to the archive when the
+    /// store keeps one), and frees the space removed files kept for reuse. Safe while other
+    /// handles and processes write: it holds the store's GC lock exclusively, which every
+    /// writer holds shared from writing a file until a head record names it. A head record
+    /// that cannot be read stops it (nothing is removed).
+    pub fn gc(&self) -> Result<GcReport> {
+        let _x = self.inner.gc.exclusive()?;
+        let storage = &self.inner.storage;
+        let files_dir = self.inner.root.join("files");
+        let listed = storage.list().map_err(|e| Error::io(&files_dir, e))?;
+        let mut live = std::collections::HashSet::new();
+        let names = self.list()?;
+        for name in &names {
+            let db = match self.open_db(name) {
+                Ok(db) => db,
+                // Dropped meanwhile (a drop does not take the GC lock): nothing to keep.
+                Err(Error::NoSuchDatabase(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            live.extend(db.info()?.files.iter().map(|f| f.name));
+        }
+        let archive = self.settings().keep_archive.unwrap_or(false);
+        let mut r = GcReport {
+            databases: names.len(),
+            live_files: live.len(),
+            archived: archive,
+            ..GcReport::default()
+        };
+        for f in listed.iter().filter(|f| !live.contains(*f)) {
+            let len = storage.len(f).unwrap_or(0);
+            let done = if archive {
+                storage.archive(f)
+            } else {
+                storage.remove(f)
+            };
+            done.map_err(|e| Error::io(&files_dir, e))?;
+            r.removed_files += 1;
+            r.removed_bytes += len;
+        }
+        let (n, b) = storage
+            .clear_reusable()
+            .map_err(|e| Error::io(&files_dir, e))?;
+        r.reusable_files = n;
+        r.reusable_bytes = b;
+        Ok(r)
     }
 
     /// Deletes a database, its diff files and its key.

@@ -1,0 +1,394 @@
+//! Compaction, its settings, archive, garbage collection.
+
+use kiln::storage::{LocalStorage, Storage};
+use kiln::{Cid, Durability, Error, ListOptions, Location, Options, Settings, Store};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+fn opts() -> Options {
+    Options {
+        durability: Durability::Buffered,
+        ..Options::default()
+    }
+}
+
+fn levels(db: &kiln::Database) -> Vec<u8> {
+    db.info().unwrap().files.iter().map(|f| f.level).collect()
+}
+
+#[test]
+fn threshold_settings_take_effect_and_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts()).unwrap();
+    // Store setting: 3.
+    store
+        .set_settings(&Settings {
+            compact_threshold: Some(3),
+            ..Settings::default()
+        })
+        .unwrap();
+    let db = store.create(Some("s")).unwrap();
+    assert_eq!(db.info().unwrap().compact_threshold, 3);
+    for k in 0..3 {
+        db.put(&json!({"_id": format!("a{k}")})).unwrap();
+    }
+    assert_eq!(levels(&db), [0, 0, 0]);
+    db.put(&json!({"_id": "a3"})).unwrap();
+    assert_eq!(levels(&db), [1], "the 4th diff crosses a threshold of 3");
+    // Database setting: 10 wins over the store's, also for a handle opened later.
+    db.set_settings(&Settings {
+        compact_threshold: Some(10),
+        ..Settings::default()
+    })
+    .unwrap();
+    for k in 4..14 {
+        db.put(&json!({"_id": format!("a{k}")})).unwrap();
+    }
+    assert_eq!(levels(&db).iter().filter(|l| **l == 0).count(), 10);
+    let again = Store::open_with(dir.path(), opts()).unwrap();
+    let db2 = again.open_db("s").unwrap();
+    assert_eq!(db2.info().unwrap().compact_threshold, 10);
+    assert_eq!(db2.settings().compact_threshold, Some(10));
+    db2.put(&json!({"_id": "a14"})).unwrap();
+    assert_eq!(levels(&db2), [1, 1]);
+    // Back to the store's setting.
+    db2.set_settings(&Settings::default()).unwrap();
+    assert_eq!(db2.info().unwrap().compact_threshold, 3);
+    // Created with its own setting.
+    let c = again
+        .create_with(
+            Some("c"),
+            &Settings {
+                compact_threshold: Some(1),
+                ..Settings::default()
+            },
+        )
+        .unwrap();
+    c.put(&json!({"_id": "x"})).unwrap();
+    c.put(&json!({"_id": "y"})).unwrap();
+    assert_eq!(levels(&c), [1]);
+    // Bad values change nothing.
+    for bad in [0, 2_000_000] {
+        let s = Settings {
+            compact_threshold: Some(bad),
+            ..Settings::default()
+        };
+        assert!(matches!(c.set_settings(&s), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            again.create_with(Some("bad"), &s),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    assert!(!again.exists("bad"));
+    let archive_on_db = Settings {
+        keep_archive: Some(true),
+        ..Settings::default()
+    };
+    assert!(matches!(
+        c.set_settings(&archive_on_db),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(c.info().unwrap().compact_threshold, 1);
+}
+
+/// Everything readable about every event, to compare before and after compaction.
+fn history(db: &kiln::Database, events: &[Cid], ids: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for ev in events {
+        for id in ids {
+            out.push(format!("{ev} {id} {:?}", db.get_at(id, ev).unwrap()));
+        }
+        let mut ch: Vec<(String, u64, Value)> = db
+            .changes(Some(&[*ev]))
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.id, c.version, c.doc))
+            .collect();
+        ch.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push(format!("{ev} changes {ch:?}"));
+    }
+    out.push(format!("{:?}", db.log(None).unwrap()));
+    out.push(format!("{:?}", db.changes(None).unwrap()));
+    out.push(format!("{:?}", db.docs(&ListOptions::default()).unwrap()));
+    out
+}
+
+#[test]
+fn history_is_the_same_before_and_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            compact_threshold: 1_000,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let db = store.create(Some("h")).unwrap();
+    let ids: Vec<String> = (0..11).map(|i| format!("d{i}")).collect();
+    let mut events = Vec::new();
+    for k in 0..90usize {
+        let id = &ids[(k * 7) % 11];
+        let c = if k % 4 == 3 {
+            db.del(id).unwrap()
+        } else if k % 10 == 5 {
+            let docs: Vec<Value> = (0..3)
+                .map(|j| json!({"_id": ids[(k + j) % 11], "k": k, "j": j}))
+                .collect();
+            db.bulk(&docs).unwrap()
+        } else {
+            db.put(&json!({"_id": id, "k": k})).unwrap()
+        };
+        events.push(c.event);
+    }
+    // Two concurrent transactions too.
+    let mut t1 = db.transaction().unwrap();
+    let mut t2 = db.transaction().unwrap();
+    t1.put(&json!({"_id": "d1", "side": 1})).unwrap();
+    t2.put(&json!({"_id": "d1", "side": 2})).unwrap();
+    events.push(t1.commit().unwrap().event);
+    events.push(t2.commit().unwrap().event);
+    events.push(db.put(&json!({"_id": "d2", "last": true})).unwrap().event);
+
+    let before = history(&db, &events, &ids);
+    assert!(db.verify().unwrap().ok());
+    assert!(db.info().unwrap().files.len() > 90);
+    db.compact().unwrap();
+    assert_eq!(levels(&db), [1]);
+    assert_eq!(history(&db, &events, &ids), before);
+    db.compact_full().unwrap();
+    assert_eq!(db.info().unwrap().files.len(), 1);
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+    assert_eq!(r.events, events.len());
+    let fresh = Store::open_with(dir.path(), opts())
+        .unwrap()
+        .open_db("h")
+        .unwrap();
+    assert_eq!(history(&fresh, &events, &ids), before);
+    // More writes after a full compaction, then full again: still one file, same answers.
+    for k in 0..30 {
+        events.push(db.put(&json!({"_id": format!("n{k}")})).unwrap().event);
+    }
+    let before = history(&db, &events, &ids);
+    db.compact_full().unwrap();
+    assert_eq!(db.info().unwrap().files.len(), 1);
+    assert_eq!(history(&db, &events, &ids), before);
+    assert!(db.verify().unwrap().ok());
+}
+
+#[test]
+fn ten_thousand_puts_two_threads_threshold_10() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            compact_threshold: 10,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let db = store.create(Some("big")).unwrap();
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for k in 0..5_000 {
+                    db.put(&json!({"_id": format!("t{t}-{k:05}"), "k": k}))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let info = db.info().unwrap();
+    assert!(
+        info.files.len() <= 10 + 4 * kiln::LEVEL_FANIN,
+        "{}",
+        info.files.len()
+    );
+    drop(db);
+    let db = Store::open_with(dir.path(), opts())
+        .unwrap()
+        .open_db("big")
+        .unwrap();
+    assert_eq!(db.info().unwrap().docs, 10_000);
+    for t in 0..2 {
+        for k in 0..5_000 {
+            let d = db.get(&format!("t{t}-{k:05}")).unwrap().unwrap();
+            assert_eq!(d["k"], k);
+        }
+    }
+    assert_eq!(db.log(None).unwrap().len(), 10_000);
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+}
+
+#[test]
+fn an_archive_keeps_the_whole_sequence_of_diffs() {
+    for keep in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            Options {
+                compact_threshold: 3,
+                ..opts()
+            },
+        )
+        .unwrap();
+        store
+            .set_settings(&Settings {
+                keep_archive: Some(keep),
+                ..Settings::default()
+            })
+            .unwrap();
+        let db = store.create(Some("a")).unwrap();
+        let mut events = Vec::new();
+        for k in 0..60 {
+            events.push(
+                db.put(&json!({"_id": format!("k{}", k % 9), "k": k}))
+                    .unwrap()
+                    .event,
+            );
+        }
+        let hist = db.history_files().unwrap();
+        let diffs: Vec<_> = hist.iter().filter(|f| f.level == Some(0)).collect();
+        if keep {
+            // Every transaction's diff, found by following what each compaction replaced.
+            assert_eq!(diffs.len(), 60);
+            let mut found: Vec<Cid> = diffs.iter().flat_map(|f| f.events.clone()).collect();
+            found.sort();
+            events.sort();
+            assert_eq!(found, events);
+            assert!(hist.iter().all(|f| f.location != Location::Gone));
+            assert!(hist.iter().any(|f| f.location == Location::Archived));
+        } else {
+            assert!(hist
+                .iter()
+                .filter(|f| f.location == Location::Gone)
+                .all(|f| f.level.is_none()));
+            assert!(hist.iter().any(|f| f.location == Location::Gone));
+        }
+        assert_eq!(
+            hist.iter().filter(|f| f.location == Location::Live).count(),
+            db.info().unwrap().files.len()
+        );
+        assert!(db.verify().unwrap().ok());
+    }
+}
+
+#[test]
+fn gc_removes_only_what_no_database_names_even_while_writers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            compact_threshold: 4,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let a = store.create(Some("a")).unwrap();
+    let b = store.create(Some("b")).unwrap();
+    for k in 0..20 {
+        a.put(&json!({"_id": format!("a{k}")})).unwrap();
+        b.put(&json!({"_id": format!("b{k}")})).unwrap();
+    }
+    // What a crash between writing a file and naming it leaves behind.
+    let files = LocalStorage::new(dir.path().join("files"));
+    let orphan = b"an orphaned diff".to_vec();
+    let name = kiln::car::FileName::of(&orphan);
+    files.put(&name, &orphan, false).unwrap();
+    let r = store.gc().unwrap();
+    assert_eq!((r.databases, r.removed_files), (2, 1));
+    assert_eq!(r.removed_bytes, orphan.len() as u64);
+    assert!(files.read(&name).is_err());
+    assert_eq!(store.gc().unwrap().removed_files, 0);
+
+    // Writers in other handles (as other processes would be) while gc runs again and again.
+    let other = Store::open_with(
+        dir.path(),
+        Options {
+            compact_threshold: 4,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let writers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|n| {
+            let db = other.open_db(n).unwrap();
+            std::thread::spawn(move || {
+                for k in 0..600 {
+                    db.put(&json!({"_id": format!("w{k}"), "k": k})).unwrap();
+                }
+            })
+        })
+        .collect();
+    let gcs = Store::open_with(dir.path(), opts()).unwrap();
+    let mut runs = 0;
+    while !writers.iter().all(|w| w.is_finished()) {
+        gcs.gc().unwrap();
+        runs += 1;
+        // (gc in a tight loop would starve the writers, who poll for the lock)
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(runs > 0);
+    for n in ["a", "b"] {
+        let db = Store::open(dir.path()).unwrap().open_db(n).unwrap();
+        for k in 0..600 {
+            assert_eq!(db.get(&format!("w{k}")).unwrap().unwrap()["k"], k);
+        }
+        let r = db.verify().unwrap();
+        assert!(r.ok(), "{n}: {:?}", r.problems);
+    }
+    // After gc, only named files remain, and nothing is kept for reuse.
+    let r = gcs.gc().unwrap();
+    assert_eq!(r.reusable_files, 0);
+    let live: usize = ["a", "b"]
+        .iter()
+        .map(|n| gcs.open_db(n).unwrap().info().unwrap().files.len())
+        .sum();
+    assert_eq!(files.list().unwrap().len(), live);
+}
+
+#[test]
+fn model_after_full_compactions() {
+    // Random-ish writes with full compactions in between agree with a map.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts()).unwrap();
+    let db = store.create(Some("m")).unwrap();
+    let mut model: BTreeMap<String, u64> = BTreeMap::new();
+    for k in 0..200u64 {
+        let id = format!("x{}", (k * 31) % 47);
+        if k % 6 == 5 {
+            db.del(&id).unwrap();
+            model.remove(&id);
+        } else {
+            db.put(&json!({"_id": id, "k": k})).unwrap();
+            model.insert(id, k);
+        }
+        if k % 37 == 36 {
+            db.compact_full().unwrap();
+            assert_eq!(db.info().unwrap().files.len(), 1);
+        }
+    }
+    let got: BTreeMap<String, u64> = db
+        .docs(&ListOptions::default())
+        .unwrap()
+        .into_iter()
+        .map(|d| {
+            (
+                d["_id"].as_str().unwrap().to_owned(),
+                d["k"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, model);
+    assert!(db.verify().unwrap().ok());
+}
