@@ -1,7 +1,7 @@
 //! `kiln`: the command-line tool. Every verb is one library call plus printing.
 
 use clap::{Parser, Subcommand};
-use kiln::{Cid, Database, Durability, Error, ListOptions, Options, Store};
+use kiln::{Cid, Database, Durability, Error, ListOptions, Location, Options, Settings, Store};
 use serde_json::{json, Value};
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -99,8 +99,27 @@ enum Cmd {
     },
     /// Re-hash every stored byte and check every link; exit code 5 on any problem.
     Verify { db: String },
-    /// Merge the transaction diff files into one file now.
-    Compact { db: String },
+    /// Merge the transaction diff files into one file now (and cascade levels over their
+    /// limit); with --full, merge every file of the database into exactly one.
+    Compact {
+        db: String,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Remove files no database names (into the archive when the store keeps one); safe
+    /// while other processes write. Prints the bytes freed.
+    Gc,
+    /// Show or change store settings (--compact-threshold N|default, --keep-archive on|off).
+    Config {
+        /// Compact a database when more than N diff files are live (default 100), unless the
+        /// database has its own setting. `default` clears it.
+        #[arg(long, value_name = "N|default")]
+        compact_threshold: Option<String>,
+        /// Keep the files that compaction and gc retire in files/.archive/ instead of deleting
+        /// them, so every diff can be read back.
+        #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+        keep_archive: Option<String>,
+    },
     /// Create a database "demo" with 1,000 sample documents, read them back and verify.
     Demo,
 }
@@ -108,7 +127,26 @@ enum Cmd {
 #[derive(Subcommand)]
 enum DbCmd {
     /// Create a database (a fresh UUID name when NAME is omitted).
-    Create { name: Option<String> },
+    Create {
+        name: Option<String>,
+        /// This database's compaction threshold (else the store's, default 100).
+        #[arg(long, value_name = "N")]
+        compact_threshold: Option<usize>,
+    },
+    /// Change a database's settings.
+    Set {
+        name: String,
+        /// Compact when more than N diff files are live; `default` uses the store's setting.
+        #[arg(long, value_name = "N|default")]
+        compact_threshold: String,
+    },
+    /// A database's files: live ones, and with --history every earlier one reachable through
+    /// what each compaction replaced (live, kept, archived or gone).
+    Files {
+        name: String,
+        #[arg(long)]
+        history: bool,
+    },
     /// List databases.
     List,
     /// Delete a database with its files and key.
@@ -194,8 +232,17 @@ fn run(cli: Cli) -> kiln::Result<u8> {
     let store = Store::open_with(&root, opts)?;
     let out = Out { json: cli.json };
     match cli.cmd {
-        Cmd::Db(DbCmd::Create { name }) => {
-            let db = store.create(name.as_deref())?;
+        Cmd::Db(DbCmd::Create {
+            name,
+            compact_threshold,
+        }) => {
+            let db = store.create_with(
+                name.as_deref(),
+                &Settings {
+                    compact_threshold,
+                    ..Settings::default()
+                },
+            )?;
             out.print(
                 || format!("created {}", db.name()),
                 || json!({"name": db.name()}),
@@ -227,15 +274,20 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                         i.bytes,
                         i.commits
                     );
-                    if i.compacted > 0 {
-                        s.push_str(&format!("\ncompacted  {}", utc(i.compacted)));
-                    }
+                    s.push_str(&format!(
+                        "\ncompacted  {}\nthreshold  {} ({})",
+                        if i.compacted > 0 { utc(i.compacted) } else { "never".into() },
+                        i.compact_threshold,
+                        if i.settings.compact_threshold.is_some() { "this database" } else { "store" }
+                    ));
                     s
                 },
                 || {
                     json!({"name": i.name, "lineage": i.lineage, "docs": i.docs, "events": i.events,
                         "heads": cids(&i.heads), "root": i.root.map(|r| r.to_string()), "bytes": i.bytes,
                         "commits": i.commits, "compacted_ms": i.compacted,
+                        "diffs": levels(0), "compacted_files": i.files.len() - levels(0),
+                        "compact_threshold": i.compact_threshold, "settings": i.settings.to_json(),
                         "files": i.files.iter().map(|f| json!({"name": f.name.to_string(), "level": f.level, "size": f.size})).collect::<Vec<_>>()})
                 },
             );
@@ -407,9 +459,123 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 return Ok(code::CORRUPT);
             }
         }
-        Cmd::Compact { db } => {
+        Cmd::Db(DbCmd::Set {
+            name,
+            compact_threshold,
+        }) => {
+            let db = store.open_db(&name)?;
+            let s = Settings {
+                compact_threshold: parse_threshold(&compact_threshold)?,
+                ..db.settings()
+            };
+            db.set_settings(&s)?;
+            let t = db.info()?.compact_threshold;
+            out.print(
+                || format!("{name}: compaction threshold {t}"),
+                || json!({"name": name, "settings": s.to_json(), "compact_threshold": t}),
+            );
+        }
+        Cmd::Db(DbCmd::Files { name, history }) => {
+            let db = store.open_db(&name)?;
+            let files = if history {
+                db.history_files()?
+            } else {
+                db.history_files()?
+                    .into_iter()
+                    .filter(|f| f.location == Location::Live)
+                    .collect()
+            };
+            let loc = |l: Location| match l {
+                Location::Live => "live",
+                Location::Kept => "kept",
+                Location::Archived => "archived",
+                Location::Gone => "gone",
+            };
+            out.print(
+                || {
+                    files
+                        .iter()
+                        .map(|f| {
+                            format!(
+                                "{}  {:<8}  level {}  replaces {}",
+                                f.name,
+                                loc(f.location),
+                                f.level.map_or("?".into(), |l| l.to_string()),
+                                f.replaces.len()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                || {
+                    json!(files
+                        .iter()
+                        .map(|f| json!({"name": f.name.to_string(), "location": loc(f.location),
+                            "level": f.level, "events": cids(&f.events),
+                            "replaces": f.replaces.iter().map(|r| r.to_string()).collect::<Vec<_>>()}))
+                        .collect::<Vec<_>>())
+                },
+            );
+        }
+        Cmd::Gc => {
+            let r = store.gc()?;
+            let freed = r.removed_bytes + r.reusable_bytes;
+            out.print(
+                || {
+                    format!(
+                        "{} databases, {} live files; {} unreferenced files ({} bytes) {}; {} reusable files ({} bytes) freed; {} bytes freed in all",
+                        r.databases,
+                        r.live_files,
+                        r.removed_files,
+                        r.removed_bytes,
+                        if r.archived { "archived" } else { "removed" },
+                        r.reusable_files,
+                        r.reusable_bytes,
+                        if r.archived { r.reusable_bytes } else { freed }
+                    )
+                },
+                || {
+                    json!({"databases": r.databases, "live_files": r.live_files,
+                        "removed_files": r.removed_files, "removed_bytes": r.removed_bytes,
+                        "archived": r.archived, "reusable_files": r.reusable_files,
+                        "reusable_bytes": r.reusable_bytes,
+                        "freed_bytes": if r.archived { r.reusable_bytes } else { freed }})
+                },
+            );
+        }
+        Cmd::Config {
+            compact_threshold,
+            keep_archive,
+        } => {
+            let mut s = store.settings();
+            if let Some(t) = compact_threshold {
+                s.compact_threshold = parse_threshold(&t)?;
+            }
+            if let Some(a) = keep_archive {
+                s.keep_archive = (a == "on").then_some(true);
+            }
+            store.set_settings(&s)?;
+            let t = s
+                .compact_threshold
+                .unwrap_or(store.options().compact_threshold);
+            let a = s.keep_archive.unwrap_or(false);
+            out.print(
+                || {
+                    format!(
+                        "compact threshold {t}\nkeep archive {}",
+                        if a { "on" } else { "off" }
+                    )
+                },
+                || json!({"compact_threshold": t, "keep_archive": a}),
+            );
+        }
+        Cmd::Compact { db, full } => {
             let db = store.open_db(&db)?;
-            db.compact()?;
+            if full {
+                db.compact_full()?;
+            } else {
+                db.compact()?;
+            }
             let i = db.info()?;
             out.print(
                 || {
@@ -426,6 +592,18 @@ fn run(cli: Cli) -> kiln::Result<u8> {
         Cmd::Demo => return demo(&store, &out),
     }
     Ok(0)
+}
+
+/// `N` or `default` (no setting).
+fn parse_threshold(s: &str) -> kiln::Result<Option<usize>> {
+    if s == "default" {
+        return Ok(None);
+    }
+    s.parse::<usize>().map(Some).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "compaction threshold {s:?} is not a whole number or `default`"
+        ))
+    })
 }
 
 fn import(db: &Database, file: &PathBuf, batch: usize) -> kiln::Result<u64> {

@@ -215,3 +215,80 @@ fn demo_runs_on_a_fresh_folder() {
         "runs twice"
     );
 }
+
+#[test]
+fn compaction_settings_archive_and_gc() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    assert_eq!(json(r, &["config"])["compact_threshold"], 100);
+    let c = json(
+        r,
+        &["config", "--compact-threshold", "3", "--keep-archive", "on"],
+    );
+    assert_eq!(
+        (c["compact_threshold"].clone(), c["keep_archive"].clone()),
+        (3.into(), true.into())
+    );
+    ok(r, &["db", "create", "a", "--compact-threshold", "2"]);
+    ok(r, &["db", "create", "b"]);
+    for i in 0..7 {
+        ok(r, &["put", "a", &format!("{{\"_id\":\"x{i}\"}}")]);
+        ok(r, &["put", "b", &format!("{{\"_id\":\"y{i}\"}}")]);
+    }
+    let a = json(r, &["db", "info", "a"]);
+    assert_eq!(a["compact_threshold"], 2);
+    assert!(a["diffs"].as_u64().unwrap() <= 2);
+    assert!(a["compacted_files"].as_u64().unwrap() >= 1);
+    assert!(a["compacted_ms"].as_u64().unwrap() > 0);
+    let b = json(r, &["db", "info", "b"]);
+    assert_eq!(
+        (b["compact_threshold"].clone(), b["diffs"].clone()),
+        (3.into(), 3.into())
+    );
+    // Every diff of "a" is still reachable through the archive.
+    let h = json(r, &["db", "files", "a", "--history"]);
+    let diffs = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["level"] == 0)
+        .count();
+    assert_eq!(diffs, 7);
+    assert!(h
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["location"] == "archived"));
+    // Full compaction: exactly one file, same documents.
+    ok(r, &["compact", "a", "--full"]);
+    assert_eq!(json(r, &["db", "files", "a"]).as_array().unwrap().len(), 1);
+    assert_eq!(json(r, &["docs", "a"]).as_array().unwrap().len(), 7);
+    ok(r, &["verify", "a"]);
+    // The threshold can be changed back, and bad values are refused.
+    assert_eq!(
+        json(r, &["db", "set", "a", "--compact-threshold", "default"])["compact_threshold"],
+        3
+    );
+    for bad in [
+        vec!["db", "set", "a", "--compact-threshold", "0"],
+        vec!["config", "--compact-threshold", "x"],
+        vec!["db", "create", "c", "--compact-threshold", "0"],
+    ] {
+        let o = kiln(r, &bad, None);
+        assert_eq!(code(&o), 2, "{bad:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("threshold"));
+    }
+    // gc: an orphan (what a crash leaves) is archived; nothing named is touched.
+    let orphan = r.join("files/ab/ab".to_owned() + &"0".repeat(62) + ".kdf");
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"orphan").unwrap();
+    let g = json(r, &["gc"]);
+    assert_eq!(
+        (g["databases"].clone(), g["removed_files"].clone()),
+        (2.into(), 1.into())
+    );
+    assert!(!orphan.exists());
+    ok(r, &["verify", "a"]);
+    ok(r, &["verify", "b"]);
+    assert!(ok(r, &["gc"]).contains("0 unreferenced files"));
+}
