@@ -5,7 +5,12 @@
 //! every few commits), then reopens the store and checks that every acknowledged write is
 //! there and `verify` passes. A second phase runs two writer processes on one database at once.
 //!
-//! `KILN_CRASH_KILLS` sets the number of kills (default 200).
+//! A third phase compacts the whole database after every commit, so kills land inside
+//! compaction steps (the child marks the start of each compaction on its output; the phase runs
+//! until 200 kills landed in one), then garbage collection removes what the kills orphaned.
+//!
+//! `KILN_CRASH_KILLS` sets the number of kills of the first phase (default 200),
+//! `KILN_CRASH_COMPACTION_KILLS` the kills inside compaction of the third (default 200).
 
 use kiln::{Durability, ListOptions, Options, Store};
 use serde_json::json;
@@ -68,9 +73,11 @@ fn child(dir: &str, start: u64, durability: &str, prefix: &str, count: u64) {
     } else {
         Durability::Buffered
     };
-    // "-inline": compaction inside the commit, so kills land in it too.
+    // "-inline": compaction inside the commit, so kills land in it too. "-compact": also a
+    // full compaction after every commit, marked "c<k>" on stdout before it starts.
+    let compact = durability.ends_with("-compact");
     let o = Options {
-        background_compaction: !durability.ends_with("-inline"),
+        background_compaction: !durability.ends_with("-inline") && !compact,
         ..opts(d)
     };
     let store = Store::open_with(dir, o).expect("open store");
@@ -102,6 +109,12 @@ fn child(dir: &str, start: u64, durability: &str, prefix: &str, count: u64) {
         let mut o = out.lock();
         writeln!(o, "{k}").expect("stdout");
         o.flush().expect("stdout");
+        if compact {
+            writeln!(o, "c{k}").expect("stdout");
+            o.flush().expect("stdout");
+            drop(o);
+            db.compact_full().expect("compact");
+        }
     }
 }
 
@@ -130,7 +143,9 @@ fn rng(seed: &mut u64) -> u64 {
     *seed
 }
 
-fn kill_loop(kills: usize) {
+/// Kills writer children until `kills` rounds are done (`in_compaction`: until that many kills
+/// landed inside a compaction), checking after each that every acknowledged op is present.
+fn kill_loop(kills: usize, in_compaction: bool) {
     let exe = std::env::current_exe().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
@@ -138,8 +153,22 @@ fn kill_loop(kills: usize) {
     let mut next = 0u64; // first op the next child runs
     let mut model = BTreeMap::new(); // state after ops 0..next
     let mut landed_unacked = 0;
-    for round in 0..kills {
-        let durability = ["full", "buffered", "full-inline", "buffered-inline"][round % 4];
+    let mut mid_compaction = 0;
+    let mut round = 0;
+    while if in_compaction {
+        mid_compaction < kills
+    } else {
+        round < kills
+    } {
+        assert!(
+            round < 10 * kills.max(1),
+            "too few kills land in compaction"
+        );
+        let durability = if in_compaction {
+            ["full-compact", "buffered-compact"][round % 2]
+        } else {
+            ["full", "buffered", "full-inline", "buffered-inline"][round % 4]
+        };
         let mut c = Command::new(&exe)
             .args([
                 "--child",
@@ -156,25 +185,30 @@ fn kill_loop(kills: usize) {
         let delay = Duration::from_micros(2_000 + rng(&mut seed) % 40_000);
         let stdout = c.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            let mut acked = Vec::new();
+            let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 match line {
-                    Ok(l) => acked.push(l.parse::<u64>().unwrap()),
+                    Ok(l) => lines.push(l),
                     Err(_) => break,
                 }
             }
-            acked
+            lines
         });
         std::thread::sleep(delay);
         c.kill().unwrap();
         let status = c.wait().unwrap();
-        let acked = reader.join().unwrap();
+        let lines = reader.join().unwrap();
         let mut err = String::new();
         std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
         assert!(
             err.is_empty() || status.code().is_none(),
             "child failed: {err}"
         );
+        // Killed after "c<k>" and before the next ack: inside a compaction.
+        if lines.last().is_some_and(|l| l.starts_with('c')) {
+            mid_compaction += 1;
+        }
+        let acked: Vec<u64> = lines.iter().filter_map(|l| l.parse().ok()).collect();
         let last = acked.last().copied();
         if let Some(l) = last {
             assert_eq!(acked, (next..=l).collect::<Vec<_>>());
@@ -195,25 +229,35 @@ fn kill_loop(kills: usize) {
         if got != model {
             landed_unacked += 1;
         }
+        round += 1;
     }
     // Files written but never named by a head record: kills between a file write and the head
-    // record update (a commit's diff, or a compaction's output).
-    let live = Store::open(dir.path())
-        .unwrap()
-        .open_db("crash")
-        .unwrap()
-        .info()
-        .unwrap()
-        .files
-        .len();
-    let stored = std::fs::read_dir(dir.path().join("files"))
-        .unwrap()
-        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
-        .sum::<usize>();
+    // record update (a commit's diff, or a compaction's output). Garbage collection removes
+    // exactly those.
+    let store = Store::open(dir.path()).unwrap();
+    let live = store.open_db("crash").unwrap().info().unwrap().files.len();
+    let stored = |d: &std::path::Path| {
+        std::fs::read_dir(d.join("files"))
+            .unwrap()
+            .map(|d| d.unwrap())
+            .filter(|d| !d.file_name().to_string_lossy().starts_with('.'))
+            .map(|d| std::fs::read_dir(d.path()).unwrap().count())
+            .sum::<usize>()
+    };
+    let orphans = stored(dir.path()) - live;
+    let r = store.gc().unwrap();
+    assert_eq!(r.removed_files, orphans);
+    assert_eq!(stored(dir.path()), live);
+    // gc took nothing a head record names.
+    let got = state(dir.path());
+    let mut with_next = model.clone();
+    apply(&mut with_next, next);
+    assert!(got == model || got == with_next, "after gc");
     println!(
-        "crash: {kills} kills, {next} acknowledged ops all present, {landed_unacked} unacknowledged ops landed, \
-         {} orphaned files from kills between a file write and its head record",
-        stored - live
+        "crash{}: {round} kills ({mid_compaction} inside a compaction), {next} acknowledged ops all \
+         present, {landed_unacked} unacknowledged ops landed, {orphans} orphaned files (kills \
+         between a file write and its head record) removed by gc",
+        if in_compaction { " during compaction" } else { "" }
     );
 }
 
@@ -342,6 +386,11 @@ fn main() {
     let t = Instant::now();
     two_writers();
     readers_never_see_torn_state();
-    kill_loop(kills);
-    println!("3 passed, 0 failed ({:.1}s)", t.elapsed().as_secs_f64());
+    kill_loop(kills, false);
+    let compaction_kills = std::env::var("KILN_CRASH_COMPACTION_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    kill_loop(compaction_kills, true);
+    println!("4 passed, 0 failed ({:.1}s)", t.elapsed().as_secs_f64());
 }
