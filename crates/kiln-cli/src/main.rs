@@ -21,7 +21,7 @@ mod code {
     name = "kiln",
     version,
     about = "kiln: an embedded, encrypted, content-addressed document database",
-    after_help = "Exit codes: 0 ok, 1 error, 2 bad usage or input, 3 document not found, \
+    after_help = "Exit codes: 0 ok, 1 error, 2 bad usage or input, 3 document not found (or purged), \
                   4 no such database or event, 5 corruption found.\n\
                   The store folder is --root, else $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln."
 )]
@@ -106,6 +106,11 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
+    /// Remove every stored version of one document (for privacy requests): the document is
+    /// deleted, its versions are removed from all files (the database is rewritten into one
+    /// file, archived copies are deleted), and reads of them say "purged". Its id stays in
+    /// the history.
+    Purge { db: String, id: String },
     /// Remove files no database names (into the archive when the store keeps one); safe
     /// while other processes write. Prints the bytes freed.
     Gc,
@@ -197,6 +202,7 @@ fn exit_code(e: &Error) -> u8 {
         | Error::InvalidArgument(_)
         | Error::DatabaseExists(_) => code::USAGE,
         Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) => code::NO_SUCH,
+        Error::Purged(..) => code::NOT_FOUND,
         e if e.is_corruption() => code::CORRUPT,
         _ => code::ERROR,
     }
@@ -514,6 +520,23 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                             "level": f.level, "events": cids(&f.events),
                             "replaces": f.replaces.iter().map(|r| r.to_string()).collect::<Vec<_>>()}))
                         .collect::<Vec<_>>())
+                },
+            );
+        }
+        Cmd::Purge { db, id } => {
+            let db = store.open_db(&db)?;
+            let r = db.purge(&id)?;
+            out.print(
+                || {
+                    format!(
+                        "purged {} stored version(s) of {id:?} (event {}); {} archived file(s) removed",
+                        r.versions, r.event, r.archived_removed
+                    )
+                },
+                || {
+                    json!({"id": id, "event": r.event.to_string(), "versions": r.versions,
+                        "archived_removed": r.archived_removed,
+                        "reusable_bytes_freed": r.reusable_bytes_freed})
                 },
             );
         }

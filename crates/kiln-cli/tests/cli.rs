@@ -292,3 +292,24 @@ fn compaction_settings_archive_and_gc() {
     ok(r, &["verify", "b"]);
     assert!(ok(r, &["gc"]).contains("0 unreferenced files"));
 }
+
+#[test]
+fn purge_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "p"]);
+    let first = json(r, &["put", "p", r#"{"_id":"s","v":"secret-1"}"#])["event"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(r, &["put", "p", r#"{"_id":"s","v":"secret-2"}"#]);
+    ok(r, &["put", "p", r#"{"_id":"o","v":"keep"}"#]);
+    let p = json(r, &["purge", "p", "s"]);
+    assert_eq!(p["versions"], 2);
+    let o = kiln(r, &["get", "p", "s", "--at", &first], None);
+    assert_eq!(code(&o), 3);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("purged"));
+    assert_eq!(code(&kiln(r, &["get", "p", "s"], None)), 3);
+    assert!(ok(r, &["get", "p", "o"]).contains("keep"));
+    ok(r, &["verify", "p"]);
+}

@@ -1,5 +1,7 @@
 //! Writes the format fixture: `cargo run -p kiln --example make_fixture -- DIR`.
-//! The checked-in copy lives in `tests/fixtures/v1/`; `tests/fixture.rs` reads it on every run.
+//! Checked-in copies live in `tests/fixtures/v1/` (older head records) and `tests/fixtures/v2/`;
+//! `tests/fixture.rs` reads them on every run. Besides "fixture" and "empty" it writes
+//! "purged": a document purged after a compaction (a purge event and the head's purged list).
 
 use kiln::{Durability, Options, Store};
 use serde_json::json;
@@ -35,6 +37,13 @@ fn main() -> kiln::Result<()> {
     db.put(&json!({"_id": "gamma", "big": "x".repeat(20_000)}))?; // joins them; spans segments
     let empty = store.create(Some("empty"))?;
     drop(empty);
+    let p = store.create(Some("purged"))?;
+    p.put(&json!({"_id": "keep", "v": 1}))?;
+    p.put(&json!({"_id": "gone", "v": "secret"}))?;
+    p.put(&json!({"_id": "gone", "v": "more secret"}))?;
+    let r = p.purge("gone")?;
+    p.put(&json!({"_id": "after", "v": 2}))?;
+    println!("purged {} versions in {}", r.versions, r.event);
     let i = db.info()?;
     println!("root {}", i.root.map(|r| r.to_string()).unwrap_or_default());
     println!(

@@ -23,12 +23,16 @@ pub struct Event {
     /// Commitment to the document-tree root after this event (not a link: trees of past
     /// events may be dropped by compaction).
     pub root: Option<Cid>,
+    /// Document versions (value CIDs) this event purges: their blocks are removed from
+    /// storage and reads of them say "purged". Empty for ordinary transactions (and then not
+    /// encoded, so their CIDs are unchanged).
+    pub purge: Vec<Cid>,
 }
 
 impl Event {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.map(5);
+        e.map(if self.purge.is_empty() { 5 } else { 6 });
         e.str("ops");
         e.array(self.ops.len());
         for (id, v) in &self.ops {
@@ -43,6 +47,13 @@ impl Event {
         }
         e.str("time");
         e.u64(self.time);
+        if !self.purge.is_empty() {
+            e.str("purge");
+            e.array(self.purge.len());
+            for c in &self.purge {
+                e.bytes(c.as_bytes());
+            }
+        }
         e.str("height");
         e.u64(self.height);
         e.str("parents");
@@ -55,8 +66,9 @@ impl Event {
 
     pub fn decode(b: &[u8]) -> Result<Event, CborError> {
         let mut d = Decoder::new(b);
-        if d.map()? != 5 {
-            return Err(CborError("event: expected 5 fields"));
+        let fields = d.map()?;
+        if fields != 5 && fields != 6 {
+            return Err(CborError("event: expected 5 or 6 fields"));
         }
         d.key("ops")?;
         let n = d.array()?;
@@ -83,6 +95,21 @@ impl Event {
         };
         d.key("time")?;
         let time = d.u64()?;
+        let mut purge: Vec<Cid> = Vec::new();
+        if fields == 6 {
+            d.key("purge")?;
+            let n = d.array()?;
+            if n == 0 {
+                return Err(CborError("event: empty purge list"));
+            }
+            for _ in 0..n {
+                let c = Cid::from_bytes(d.bytes()?).ok_or(CborError("event: bad purge CID"))?;
+                if purge.last().is_some_and(|q| *q >= c) {
+                    return Err(CborError("event: purge list not sorted"));
+                }
+                purge.push(c);
+            }
+        }
         d.key("height")?;
         let height = d.u64()?;
         d.key("parents")?;
@@ -105,6 +132,7 @@ impl Event {
             time,
             ops,
             root,
+            purge,
         })
     }
 }
@@ -241,6 +269,7 @@ mod tests {
                 time: 0,
                 ops: vec![(id.into(), None)],
                 root: None,
+                purge: Vec::new(),
             };
             let b = e.encode();
             assert_eq!(Event::decode(&b).unwrap(), e);
@@ -282,5 +311,28 @@ mod tests {
             v
         });
         assert_eq!(maximal(&m, &[f, c]).unwrap(), vec![f]);
+    }
+
+    #[test]
+    fn purge_lists_round_trip_and_ordinary_events_keep_their_encoding() {
+        let mut purge = vec![Cid::of_cbor(b"a"), Cid::of_cbor(b"b")];
+        purge.sort();
+        let mut e = Event {
+            parents: vec![],
+            height: 1,
+            time: 5,
+            ops: vec![("x".into(), None)],
+            root: None,
+            purge: purge.clone(),
+        };
+        assert_eq!(Event::decode(&e.encode()).unwrap(), e);
+        let plain = Event {
+            purge: vec![],
+            ..e.clone()
+        };
+        assert_eq!(plain.encode()[0], 0xa5, "five fields without a purge list");
+        assert_eq!(Event::decode(&plain.encode()).unwrap(), plain);
+        e.purge.reverse();
+        assert!(Event::decode(&e.encode()).is_err(), "unsorted purge list");
     }
 }

@@ -130,6 +130,19 @@ pub struct Info {
     pub settings: Settings,
 }
 
+/// What [`Database::purge`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// The purge event.
+    pub event: Cid,
+    /// Stored versions purged.
+    pub versions: usize,
+    /// Archived files removed because they held a purged version.
+    pub archived_removed: usize,
+    /// Bytes of removed files kept for reuse, freed.
+    pub reusable_bytes_freed: u64,
+}
+
 /// Where a file of [`Database::history_files`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Location {
@@ -321,13 +334,13 @@ impl Database {
             let (id, body) = doc::prepare(d)?;
             writes.push((id, Some((Cid::of_cbor(&body), body))));
         }
-        self.finish(self.inner.commit(None, writes)?)
+        self.finish(self.inner.commit(None, writes, None)?)
     }
 
     /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
     pub fn del(&self, id: &str) -> Result<Committed> {
         doc::check_id(id)?;
-        self.finish(self.inner.commit(None, vec![(id.to_owned(), None)])?)
+        self.finish(self.inner.commit(None, vec![(id.to_owned(), None)], None)?)
     }
 
     /// Starts a transaction that reads the current state and, when committed, names that
@@ -568,6 +581,52 @@ impl Database {
         Ok(out)
     }
 
+    /// Removes every stored version of one document (`kiln purge`): commits a purge event that
+    /// deletes the document and records the versions purged, rewrites the database into one
+    /// file without them, removes archived files that hold them and frees the space removed
+    /// files kept for reuse. The document's id stays in the history (events name it); its
+    /// contents are gone. Reads of a purged version fail with [`Error::Purged`]; `verify`
+    /// counts purged versions instead of reporting them missing.
+    pub fn purge(&self, id: &str) -> Result<PurgeReport> {
+        doc::check_id(id)?;
+        let (c, _) = self
+            .inner
+            .commit(None, vec![(id.to_owned(), None)], Some(id))?;
+        let ev = self.inner.read(|v| v.event(&c.event))?;
+        self.compact_full()?;
+        // Archived files (and files replaced but not yet collected) may hold the versions.
+        let storage = &self.inner.store.storage;
+        let mut scrubbed = 0;
+        for f in self.history_files()? {
+            if f.location != Location::Archived {
+                continue;
+            }
+            let bytes = storage
+                .read_archived(&f.name)
+                .map_err(|e| Error::io(format!("archived file {}", f.name), e))?;
+            let holds = match car::verify_file(&self.inner.key, &f.name, &bytes) {
+                Ok((_, blocks)) => blocks.iter().any(|(c, _)| ev.purge.contains(c)),
+                Err(_) => true, // unreadable: do not keep what may hold them
+            };
+            if holds {
+                storage
+                    .remove_archived(&f.name)
+                    .map_err(|e| Error::io(format!("archived file {}", f.name), e))?;
+                scrubbed += 1;
+            }
+        }
+        let files_dir = self.inner.store.root.join("files");
+        let (_, freed) = storage
+            .clear_reusable()
+            .map_err(|e| Error::io(&files_dir, e))?;
+        Ok(PurgeReport {
+            event: c.event,
+            versions: ev.purge.len(),
+            archived_removed: scrubbed,
+            reusable_bytes_freed: freed,
+        })
+    }
+
     /// Merges every live file into exactly one (`kiln compact --full`).
     pub fn compact_full(&self) -> Result<()> {
         self.inner.with_lock(|db, head| match db.merge_all(head)? {
@@ -631,8 +690,11 @@ impl Transaction {
         if self.writes.is_empty() {
             return Err(Error::InvalidArgument("nothing to commit".into()));
         }
-        self.db
-            .finish(self.db.inner.commit(Some(&self.base.head), self.writes)?)
+        self.db.finish(
+            self.db
+                .inner
+                .commit(Some(&self.base.head), self.writes, None)?,
+        )
     }
 }
 
@@ -893,7 +955,12 @@ impl Db {
     }
 
     /// Commits; the flag says a background compaction is wanted.
-    fn commit(&self, base: Option<&Head>, writes: Vec<Write>) -> Result<(Committed, bool)> {
+    fn commit(
+        &self,
+        base: Option<&Head>,
+        writes: Vec<Write>,
+        purge_id: Option<&str>,
+    ) -> Result<(Committed, bool)> {
         // Let a finished background compaction swap its result in first (bounded wait).
         let t = std::time::Instant::now();
         while self.swap_waiting.load(Ordering::SeqCst)
@@ -969,6 +1036,10 @@ impl Db {
             }
             let mut parents = base_heads.clone();
             parents.sort();
+            let purge = match purge_id {
+                Some(id) => db.versions_to_purge(&v, &cur, id)?,
+                None => Vec::new(),
+            };
             let event = Event {
                 parents,
                 height,
@@ -978,6 +1049,7 @@ impl Db {
                     .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
                     .collect(),
                 root: own.as_ref().and_then(|u| u.root),
+                purge: purge.clone(),
             };
             let eb = event.encode();
             let ecid = Cid::of_cbor(&eb);
@@ -1020,6 +1092,11 @@ impl Db {
             head.root = state.root;
             head.docs = docs.max(0) as u64;
             head.events += 1;
+            if !purge.is_empty() {
+                head.purged.extend_from_slice(&purge);
+                head.purged.sort();
+                head.purged.dedup();
+            }
             head.files.insert(0, file);
             // Compaction runs in the background; inline only without a background worker, or
             // when commits outrun it (then it also bounds the files a read may consult). A
@@ -1115,6 +1192,31 @@ impl Db {
         }
         entries.sort_by_key(|e| (e.seg, e.off));
         Ok(entries)
+    }
+
+    /// Every stored version of `id` in `head`'s history that no other document shares (equal
+    /// contents share a block), and is not purged already.
+    fn versions_to_purge(&self, v: &View, head: &Head, id: &str) -> Result<Vec<Cid>> {
+        let mut mine: DigestSet<Cid> = DigestSet::default();
+        let mut others: DigestSet<Cid> = DigestSet::default();
+        clock::walk(v, &head.heads, &mut |_, e| {
+            for (i, l) in &e.ops {
+                if let Some(l) = l {
+                    if i == id {
+                        mine.insert(*l);
+                    } else {
+                        others.insert(*l);
+                    }
+                }
+            }
+            Ok(true)
+        })?;
+        let mut out: Vec<Cid> = mine
+            .into_iter()
+            .filter(|c| !others.contains(c) && head.purged.binary_search(c).is_err())
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Merges levels whose file count passed their limit. Returns the replaced files.
@@ -1309,7 +1411,7 @@ impl Db {
         for (c, b) in &blocks {
             if is_event.contains(c) {
                 w.add_event(*c, b);
-            } else if keep.contains(c) {
+            } else if keep.contains(c) && head.purged.binary_search(c).is_err() {
                 w.add(*c, b);
             }
         }
@@ -1663,6 +1765,9 @@ impl View<'_> {
 
     /// A document version; `height` is the version of the slot that names it (a hint).
     fn load_doc(&self, id: &str, cid: &Cid, height: u64) -> Result<Value> {
+        if self.head.purged.binary_search(cid).is_ok() {
+            return Err(Error::Purged(id.to_owned(), self.db.name.clone()));
+        }
         self.with_block(cid, Some(height), |b| {
             doc::decode(id, b).map_err(|w| self.corrupt_cid(cid, w))
         })

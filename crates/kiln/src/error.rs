@@ -31,6 +31,10 @@ pub enum Error {
     /// A block some record links to is in no live file.
     #[error("block {0} is missing from database '{1}'")]
     MissingBlock(Cid, String),
+    /// The document version asked for was purged (`kiln purge`): its content is gone on
+    /// purpose.
+    #[error("document {0:?}: that version was purged from database '{1}'")]
+    Purged(String, String),
     #[error("{what} was written by a newer kiln (format {version}); upgrade kiln")]
     NewerFormat { what: String, version: u32 },
     #[error("the keybag has no key for database '{0}' (lineage {1}); import the key to read it")]

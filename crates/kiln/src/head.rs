@@ -105,12 +105,15 @@ pub struct Head {
     pub events: u64,
     /// When compaction last ran (ms since the Unix epoch), 0 for never.
     pub compacted: u64,
+    /// Document versions (value CIDs) purged by purge events, sorted: their blocks are gone
+    /// on purpose, and reads and `verify` say so.
+    pub purged: Vec<Cid>,
 }
 
 impl Head {
     fn encode_body(&self) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.map(8);
+        e.map(9);
         e.str("seq");
         e.u64(self.seq);
         e.str("base");
@@ -128,6 +131,11 @@ impl Head {
         }
         e.str("events");
         e.u64(self.events);
+        e.str("purged");
+        e.array(self.purged.len());
+        for c in &self.purged {
+            e.bytes(c.as_bytes());
+        }
         e.str("compacted");
         e.u64(self.compacted);
         e.into_bytes()
@@ -136,7 +144,7 @@ impl Head {
     /// A snapshot body: version 1 has no `base` (its diffs hold their tree nodes).
     fn decode_body(b: &[u8], version: u32) -> Result<Head, CborError> {
         let mut d = Decoder::new(b);
-        let fields = if version == 1 { 7 } else { 8 };
+        let fields = if version == 1 { 7 } else { 9 };
         if d.map()? != fields {
             return Err(CborError("head: wrong number of fields"));
         }
@@ -163,10 +171,23 @@ impl Head {
         }
         d.key("events")?;
         let events = d.u64()?;
+        let mut purged = Vec::new();
+        if version > 1 {
+            d.key("purged")?;
+            let n = d.array()?;
+            for _ in 0..n {
+                let c = Cid::from_bytes(d.bytes()?).ok_or(CborError("head: bad purged CID"))?;
+                if purged.last().is_some_and(|p| *p >= c) {
+                    return Err(CborError("head: purged list not sorted"));
+                }
+                purged.push(c);
+            }
+        }
         d.key("compacted")?;
         let compacted = d.u64()?;
         d.finish()?;
         Ok(Head {
+            purged,
             seq,
             docs,
             root,
@@ -199,7 +220,7 @@ impl Head {
         lineage: &Lineage,
         key: &Key,
     ) -> std::io::Result<Option<Vec<u8>>> {
-        if !log.appendable() || self.files.len() < prev.files.len() {
+        if !log.appendable() || self.files.len() < prev.files.len() || self.purged != prev.purged {
             return Ok(None);
         }
         let added = self.files.len() - prev.files.len();
@@ -497,6 +518,7 @@ mod tests {
             heads: vec![Cid::of_cbor(b"h")],
             events: 3,
             compacted: 0,
+            purged: vec![Cid::of_cbor(b"p")],
         }
     }
 

@@ -32,6 +32,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn archive(&self, name: &FileName) -> io::Result<()>;
     /// A file from the archive.
     fn read_archived(&self, name: &FileName) -> io::Result<Vec<u8>>;
+    /// Deletes a file from the archive (absent is not an error).
+    fn remove_archived(&self, name: &FileName) -> io::Result<()>;
     /// Drops whatever space removed files still hold for reuse (after a purge, so no removed
     /// byte survives); returns the files and bytes freed.
     fn clear_reusable(&self) -> io::Result<(u64, u64)>;
@@ -313,6 +315,13 @@ impl Storage for LocalStorage {
 
     fn read_archived(&self, name: &FileName) -> io::Result<Vec<u8>> {
         fs::read(self.archive_path(name))
+    }
+
+    fn remove_archived(&self, name: &FileName) -> io::Result<()> {
+        match fs::remove_file(self.archive_path(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn clear_reusable(&self) -> io::Result<(u64, u64)> {

@@ -58,6 +58,8 @@ pub struct Report {
     pub events: usize,
     pub docs: usize,
     pub tree_nodes: usize,
+    /// Document versions events name that were purged on purpose (not problems).
+    pub purged: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -148,6 +150,7 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                 for (id, l) in &e.ops {
                     if let Some(l) = l {
                         match blocks.get(l) {
+                            None if head.purged.binary_search(l).is_ok() => r.purged += 1,
                             None => r.bad(
                                 format!("event {c}"),
                                 format!("value of {id:?} ({l}) is missing"),
@@ -288,7 +291,7 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                         last_key = Some(k.to_vec());
                         if let Some(l) = s.link {
                             live += 1;
-                            if !blocks.contains_key(&l) {
+                            if !blocks.contains_key(&l) && head.purged.binary_search(&l).is_err() {
                                 r.bad(where_(&c, &blocks), format!("document {l} is missing"));
                             }
                         }

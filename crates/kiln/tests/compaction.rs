@@ -392,3 +392,135 @@ fn model_after_full_compactions() {
     assert_eq!(got, model);
     assert!(db.verify().unwrap().ok());
 }
+
+/// Every byte stored under `root`, with every diff file (live, archived, kept for reuse)
+/// decrypted with every key of the keybag.
+fn stored_plaintext(root: &std::path::Path) -> Vec<u8> {
+    fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(root, &mut files);
+    let keys: Vec<kiln::seal::Key> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .map(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            let hex = v["key"].as_str().unwrap();
+            let mut raw = [0u8; 32];
+            for (i, b) in raw.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+            }
+            kiln::seal::Key::from_raw(raw)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for p in files {
+        let bytes = std::fs::read(&p).unwrap();
+        let name = kiln::car::FileName::of(&bytes);
+        for k in &keys {
+            if let Ok((_, blocks)) = kiln::car::verify_file(k, &name, &bytes) {
+                for (_, b) in blocks {
+                    out.extend_from_slice(&b);
+                }
+            }
+        }
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn purge_removes_every_stored_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            compact_threshold: 3,
+            ..opts()
+        },
+    )
+    .unwrap();
+    store
+        .set_settings(&Settings {
+            keep_archive: Some(true),
+            ..Settings::default()
+        })
+        .unwrap();
+    let db = store.create(Some("p")).unwrap();
+    let marker = "MARKER-PURGE-7731";
+    let mut events = Vec::new();
+    for (k, s) in [
+        format!("{marker} one"),
+        "plain".to_owned(),
+        format!("{marker} three"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        events.push(db.put(&json!({"_id": "secret", "s": s})).unwrap().event);
+        for j in 0..4 {
+            db.put(&json!({"_id": format!("other{k}{j}"), "n": j}))
+                .unwrap();
+        }
+    }
+    // Same contents as the second version: a shared block, which must survive.
+    db.put(&json!({"_id": "twin", "s": "plain"})).unwrap();
+    assert!(contains(&stored_plaintext(dir.path()), marker.as_bytes()));
+    let log_before = db.log(None).unwrap().len();
+
+    let r = db.purge("secret").unwrap();
+    assert_eq!(r.versions, 2);
+    assert!(r.archived_removed > 0);
+    store.gc().unwrap();
+    assert!(
+        !contains(&stored_plaintext(dir.path()), marker.as_bytes()),
+        "purged content is still stored"
+    );
+    for db in [
+        db.clone(),
+        Store::open(dir.path()).unwrap().open_db("p").unwrap(),
+    ] {
+        assert_eq!(db.get("secret").unwrap(), None);
+        assert!(matches!(
+            db.get_at("secret", &events[0]),
+            Err(Error::Purged(..))
+        ));
+        assert!(matches!(
+            db.get_at("secret", &events[2]),
+            Err(Error::Purged(..))
+        ));
+        // The version another document shares is not purged.
+        assert_eq!(
+            db.get_at("secret", &events[1]).unwrap().unwrap()["s"],
+            "plain"
+        );
+        assert_eq!(db.get("twin").unwrap().unwrap()["s"], "plain");
+        assert_eq!(db.get("other21").unwrap().unwrap()["n"], 1);
+        assert_eq!(db.log(None).unwrap().len(), log_before + 1);
+        let ch = db.changes(None).unwrap();
+        assert!(ch.iter().any(|c| c.id == "secret" && c.deleted));
+        let v = db.verify().unwrap();
+        assert!(v.ok(), "{:?}", v.problems);
+        assert_eq!(v.purged, 2);
+        assert_eq!(db.info().unwrap().files.len(), 1);
+    }
+    // Purging again finds nothing more; bad ids are refused.
+    assert_eq!(db.purge("secret").unwrap().versions, 0);
+    assert!(matches!(db.purge(""), Err(Error::InvalidDocument(_))));
+    // Writing the id again works as usual.
+    db.put(&json!({"_id": "secret", "s": "new"})).unwrap();
+    assert_eq!(db.get("secret").unwrap().unwrap()["s"], "new");
+    assert!(db.verify().unwrap().ok());
+}

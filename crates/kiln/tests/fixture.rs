@@ -29,9 +29,9 @@ const V1: Fixture = Fixture {
 const V2: Fixture = Fixture {
     dir: "v2",
     events: [
-        "bafyreiai77goci77thplyqzdnrazrmxrk4mfilt7u2xj7pwk3cj5m5m6tq",
-        "bafyreidj2ra7tavzktcco6zkxumysstweyq6wn3bhfbmf6doglgjc3uqja",
-        "bafyreigcwok37mzql55e4h75fiw3rmdyg4vsm7turgilzz5sys7hjjvpoy",
+        "bafyreid7pqeyunjze2i5ak3suxpiuirxcfh7o556vorbzaj3ro4ztk4rri",
+        "bafyreibirixd7zkh4lxvq3r27qjee7wpxpiqwqf33uyisgiqwgros5uk7a",
+        "bafyreicdpaomlizrlseycqxv76kcryfw2b7kyzsdhhjdtrygn6h7bqoanm",
     ],
 };
 
@@ -85,7 +85,27 @@ fn v1_database_takes_a_commit() {
 fn reads_and_verifies(f: &Fixture) {
     let [first_event, second_event, head_event] = f.events;
     let (_d, store) = open(f);
-    assert_eq!(store.list().unwrap(), vec!["empty", "fixture"]);
+    let mut names = vec!["empty", "fixture"];
+    if f.dir != "v1" {
+        names.push("purged");
+        let p = store.open_db("purged").unwrap();
+        assert_eq!(p.get("keep").unwrap().unwrap()["v"], 1);
+        assert_eq!(p.get("after").unwrap().unwrap()["v"], 2);
+        assert_eq!(p.get("gone").unwrap(), None);
+        let log = p.log(None).unwrap();
+        assert_eq!(log.len(), 5);
+        // The second write of "gone", read at its event: purged, not missing.
+        let second = &log[3];
+        assert_eq!(second.ops, vec![("gone".to_owned(), false)]);
+        assert!(matches!(
+            p.get_at("gone", &second.cid),
+            Err(kiln::Error::Purged(..))
+        ));
+        let r = p.verify().unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+        assert_eq!(r.purged, 2);
+    }
+    assert_eq!(store.list().unwrap(), names);
     let db = store.open_db("fixture").unwrap();
     let info = db.info().unwrap();
     assert_eq!(info.root.unwrap().to_string(), ROOT);
