@@ -105,6 +105,11 @@ enum Cmd {
         db: String,
         #[arg(long)]
         full: bool,
+        /// Squash the history older than EVENT into the state at EVENT: earlier events and the
+        /// versions only they name are removed; reads at EVENT and later are unchanged. Leaves
+        /// one file.
+        #[arg(long, value_name = "EVENT", conflicts_with = "full")]
+        drop_history_before: Option<String>,
     },
     /// Remove every stored version of one document (for privacy requests): the document is
     /// deleted, its versions are removed from all files (the database is rewritten into one
@@ -592,9 +597,18 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 || json!({"compact_threshold": t, "keep_archive": a}),
             );
         }
-        Cmd::Compact { db, full } => {
+        Cmd::Compact {
+            db,
+            full,
+            drop_history_before,
+        } => {
             let db = store.open_db(&db)?;
-            if full {
+            if let Some(e) = drop_history_before {
+                let n = db.drop_history_before(&parse_event(&e)?)?;
+                if !out.json {
+                    eprintln!("dropped {n} events of history");
+                }
+            } else if full {
                 db.compact_full()?;
             } else {
                 db.compact()?;

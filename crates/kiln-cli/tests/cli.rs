@@ -313,3 +313,30 @@ fn purge_from_the_command_line() {
     assert!(ok(r, &["get", "p", "o"]).contains("keep"));
     ok(r, &["verify", "p"]);
 }
+
+#[test]
+fn dropping_history_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "h"]);
+    let mut events = Vec::new();
+    for k in 0..6 {
+        let e = json(
+            r,
+            &["put", "h", &format!("{{\"_id\":\"x{}\",\"k\":{k}}}", k % 2)],
+        );
+        events.push(e["event"].as_str().unwrap().to_owned());
+    }
+    ok(r, &["compact", "h", "--drop-history-before", &events[3]]);
+    assert_eq!(json(r, &["log", "h"]).as_array().unwrap().len(), 3);
+    assert_eq!(json(r, &["db", "files", "h"]).as_array().unwrap().len(), 1);
+    assert!(ok(r, &["get", "h", "x1", "--at", &events[3]]).contains("\"k\": 3"));
+    assert!(ok(r, &["get", "h", "x0", "--at", &events[3]]).contains("\"k\": 2"));
+    assert_eq!(
+        code(&kiln(r, &["get", "h", "x0", "--at", &events[1]], None)),
+        4
+    );
+    let bad = kiln(r, &["compact", "h", "--drop-history-before", "nope"], None);
+    assert_eq!(code(&bad), 2);
+    ok(r, &["verify", "h"]);
+}

@@ -1,7 +1,8 @@
 //! Writes the format fixture: `cargo run -p kiln --example make_fixture -- DIR`.
 //! Checked-in copies live in `tests/fixtures/v1/` (older head records) and `tests/fixtures/v2/`;
 //! `tests/fixture.rs` reads them on every run. Besides "fixture" and "empty" it writes
-//! "purged": a document purged after a compaction (a purge event and the head's purged list).
+//! "purged": a document purged after a compaction (a purge event and the head's purged list);
+//! "cut": history dropped before its third event (the head's cut list).
 
 use kiln::{Durability, Options, Store};
 use serde_json::json;
@@ -44,6 +45,14 @@ fn main() -> kiln::Result<()> {
     let r = p.purge("gone")?;
     p.put(&json!({"_id": "after", "v": 2}))?;
     println!("purged {} versions in {}", r.versions, r.event);
+    let c = store.create(Some("cut"))?;
+    let mut evs = Vec::new();
+    for k in 0..5 {
+        evs.push(c.put(&json!({"_id": format!("c{}", k % 3), "k": k}))?.event);
+    }
+    let n = c.drop_history_before(&evs[2])?;
+    c.put(&json!({"_id": "c9", "k": 9}))?;
+    println!("cut: dropped {n} events before {}", evs[2]);
     let i = db.info()?;
     println!("root {}", i.root.map(|r| r.to_string()).unwrap_or_default());
     println!(

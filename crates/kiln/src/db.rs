@@ -627,6 +627,15 @@ impl Database {
         })
     }
 
+    /// Drops the history older than `event` (`kiln compact --drop-history-before`): its strict
+    /// ancestors and the values only they name are removed; the state at `event` is kept as a
+    /// tree, so reads at `event` and at every later event, `changes` since them, and the
+    /// current state are unchanged. Reads at a dropped event fail with
+    /// [`Error::NoSuchEvent`]. Leaves exactly one file. Returns the number of events dropped.
+    pub fn drop_history_before(&self, event: &Cid) -> Result<usize> {
+        self.inner.with_lock(|db, head| db.squash(head, event))
+    }
+
     /// Merges every live file into exactly one (`kiln compact --full`).
     pub fn compact_full(&self) -> Result<()> {
         self.inner.with_lock(|db, head| match db.merge_all(head)? {
@@ -1194,6 +1203,143 @@ impl Db {
         Ok(entries)
     }
 
+    /// Drops the history older than event `e` (its strict ancestors), keeping the state at `e`
+    /// as a tree the head record names (a *cut*): writes one file with every kept event, every
+    /// value they name, the current tree, and the trees of the cuts, and replaces every live
+    /// file with it. Returns the replaced files; `head` unchanged when `e` has no history.
+    fn squash(&self, head: &mut Head, e: &Cid) -> Result<(usize, Vec<FileName>)> {
+        self.ensure_tree(head)?;
+        let v = View { db: self, head };
+        let ev = v.given_event(e)?;
+        // The strict ancestors of `e`, to drop.
+        let mut dropped: DigestSet<Cid> = DigestSet::default();
+        clock::walk(&v, &ev.parents, &mut |c, _| {
+            dropped.insert(*c);
+            Ok(true)
+        })?;
+        if dropped.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        // The state at `e`: for every id, the highest slot among `e` and its ancestors (and the
+        // states at cuts among them).
+        let mut state: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
+        let mut put = |k: &[u8], s: Slot| {
+            let o = state.entry(k.into()).or_insert(s);
+            if s.rank(o) == std::cmp::Ordering::Greater {
+                *o = s;
+            }
+        };
+        clock::walk(&v, &[*e], &mut |c, x| {
+            for (id, l) in &x.ops {
+                put(
+                    id.as_bytes(),
+                    Slot {
+                        version: x.height,
+                        link: *l,
+                    },
+                );
+            }
+            if let Some(root) = head.cut_root(c) {
+                tree::range(&v, root.as_ref(), None, None, &mut |k, s| {
+                    put(k, *s);
+                    Ok(true)
+                })?;
+            }
+            Ok(true)
+        })?;
+        let ops: Vec<tree::Op> = state.into_iter().map(|(k, s)| (k, Some(s))).collect();
+        let at_e = tree::update(&v, None, &ops, Mode::Max)?;
+        if ev.root.is_some() && ev.root != at_e.root {
+            return Err(Error::corrupt(
+                format!("event {e}"),
+                "its tree root is not the state its history gives",
+            ));
+        }
+        let fresh: DigestMap<Cid, &[u8]> = at_e
+            .blocks
+            .iter()
+            .map(|(c, b, _)| (*c, b.as_slice()))
+            .collect();
+        // Kept events: everything reachable but the dropped ones.
+        let mut kept: Vec<(Cid, Arc<Event>)> = Vec::new();
+        clock::walk(&v, &head.heads, &mut |c, x| {
+            if !dropped.contains(c) {
+                kept.push((*c, Arc::new(x.clone())));
+            }
+            Ok(true)
+        })?;
+        kept.reverse(); // oldest first
+        let mut cut: Vec<(Cid, Option<Cid>)> = head
+            .cut
+            .iter()
+            .filter(|(c, _)| !dropped.contains(c) && c != e)
+            .copied()
+            .collect();
+        cut.push((*e, at_e.root));
+        cut.sort();
+        let level = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
+        let mut w = car::Writer::new(car::Meta {
+            level,
+            time: now_ms(),
+            roots: head.heads.clone(),
+            replaces: head.files.iter().map(|f| f.name).collect(),
+        });
+        let mut added: DigestSet<Cid> = DigestSet::default();
+        let raw = |c: &Cid| -> Result<Vec<u8>> {
+            if let Some(b) = fresh.get(c) {
+                return Ok(b.to_vec());
+            }
+            if let Some((b, _)) = self
+                .pending
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(c)
+            {
+                return Ok(b.to_vec());
+            }
+            v.with_block(c, None, |b| Ok(b.to_vec()))
+        };
+        let mut heights = (u64::MAX, 0);
+        for (c, x) in &kept {
+            heights = (heights.0.min(x.height), heights.1.max(x.height));
+            w.add_event(*c, &raw(c)?);
+            for l in x.ops.iter().filter_map(|(_, l)| *l) {
+                if head.purged.binary_search(&l).is_err() && added.insert(l) {
+                    w.add(l, &raw(&l)?);
+                }
+            }
+        }
+        let mut stack: Vec<Cid> = head
+            .root
+            .into_iter()
+            .chain(cut.iter().filter_map(|(_, r)| *r))
+            .collect();
+        while let Some(c) = stack.pop() {
+            if !added.insert(c) {
+                continue;
+            }
+            let b = raw(&c)?;
+            let node = tree::Node::decode(&b).map_err(|x| v.corrupt_cid(&c, x.0))?;
+            w.add(c, &b);
+            stack.extend_from_slice(node.children());
+            if let tree::Items::Leaf(slots) = &node.items {
+                for l in slots.iter().filter_map(|s| s.link) {
+                    if head.purged.binary_search(&l).is_err() && added.insert(l) {
+                        w.add(l, &raw(&l)?);
+                    }
+                }
+            }
+        }
+        let file = self.store_file(w, level, heights)?;
+        let replaced: Vec<FileName> = head.files.iter().map(|f| f.name).collect();
+        head.files = vec![file];
+        head.base = head.root;
+        head.cut = cut;
+        head.events = kept.len() as u64;
+        head.compacted = now_ms();
+        Ok((dropped.len(), replaced))
+    }
+
     /// Every stored version of `id` in `head`'s history that no other document shares (equal
     /// contents share a block), and is not purged already.
     fn versions_to_purge(&self, v: &View, head: &Head, id: &str) -> Result<Vec<Cid>> {
@@ -1211,6 +1357,19 @@ impl Db {
             }
             Ok(true)
         })?;
+        // Versions written before a cut live on in the state at it.
+        for (_, root) in &head.cut {
+            tree::range(v, root.as_ref(), None, None, &mut |k, s| {
+                if let Some(l) = s.link {
+                    if k == id.as_bytes() {
+                        mine.insert(l);
+                    } else {
+                        others.insert(l);
+                    }
+                }
+                Ok(true)
+            })?;
+        }
         let mut out: Vec<Cid> = mine
             .into_iter()
             .filter(|c| !others.contains(c) && head.purged.binary_search(c).is_err())
@@ -1370,8 +1529,16 @@ impl Db {
         };
         let tree_root = if current { head.root } else { head.base };
         let mut extra: Vec<(Cid, Arc<[u8]>)> = Vec::new();
-        let mut stack: Vec<Cid> = tree_root.into_iter().collect();
+        // The trees to keep: the current (or base) tree, and the state at every cut event.
+        let mut stack: Vec<Cid> = tree_root
+            .into_iter()
+            .chain(head.cut.iter().filter_map(|(_, r)| *r))
+            .collect();
+        let mut visited: DigestSet<Cid> = DigestSet::default();
         while let Some(c) = stack.pop() {
+            if !visited.insert(c) {
+                continue;
+            }
             if have.contains(&c) {
                 keep.insert(c);
             } else if current {
@@ -1395,6 +1562,10 @@ impl Db {
             }
             let node = v.node(&c)?;
             stack.extend_from_slice(node.children());
+            // A tree's values stay with it (after a cut, no kept event names some of them).
+            if let tree::Items::Leaf(slots) = &node.items {
+                keep.extend(slots.iter().filter_map(|s| s.link));
+            }
         }
         let mut w = car::Writer::new(car::Meta {
             level: out_level,
@@ -1794,7 +1965,15 @@ impl View<'_> {
             }
         }
         let mut best: Option<Slot> = None;
-        clock::walk(self, &[*event], &mut |_, e| {
+        clock::walk(self, &[*event], &mut |c, e| {
+            if let Some(root) = self.head.cut_root(c) {
+                // History before a cut event lives on as the state at it.
+                if let Some(s) = tree::get(self, root.as_ref(), id.as_bytes())? {
+                    if best.is_none_or(|b| s.rank(&b) == std::cmp::Ordering::Greater) {
+                        best = Some(s);
+                    }
+                }
+            }
             if best.is_some_and(|b| e.height < b.version) {
                 return Ok(false);
             }
@@ -1854,15 +2033,26 @@ impl NodeSource for View<'_> {
 
 impl EventSource for View<'_> {
     type Error = Error;
+    /// An event; a cut event (its history dropped) comes without parents, so every walk stops
+    /// there.
     fn event(&self, cid: &Cid) -> Result<Arc<Event>> {
         let key = CacheKey::Event(*cid);
-        if let Some(Cached::Event(e)) = self.db.store.cache.get(&key) {
+        let e = match self.db.store.cache.get(&key) {
+            Some(Cached::Event(e)) => e,
+            _ => {
+                let e = Arc::new(self.with_block(cid, None, |b| {
+                    Event::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
+                })?);
+                self.db.store.cache.insert(key, Cached::Event(e.clone()));
+                e
+            }
+        };
+        if self.head.cut.is_empty() || self.head.cut_root(cid).is_none() {
             return Ok(e);
         }
-        let e = Arc::new(self.with_block(cid, None, |b| {
-            Event::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
-        })?);
-        self.db.store.cache.insert(key, Cached::Event(e.clone()));
-        Ok(e)
+        Ok(Arc::new(Event {
+            parents: Vec::new(),
+            ..(*e).clone()
+        }))
     }
 }

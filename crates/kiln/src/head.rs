@@ -108,12 +108,36 @@ pub struct Head {
     /// Document versions (value CIDs) purged by purge events, sorted: their blocks are gone
     /// on purpose, and reads and `verify` say so.
     pub purged: Vec<Cid>,
+    /// Events whose history was dropped (`compact --drop-history-before`), sorted, each with
+    /// the tree root of the state at that event (`None`: empty). Their parents are gone; walks
+    /// stop at them and reads consult the tree instead.
+    pub cut: Vec<(Cid, Option<Cid>)>,
+}
+
+impl Head {
+    /// The state-at-event tree root of a cut event (`None` when `e` is not a cut event).
+    pub fn cut_root(&self, e: &Cid) -> Option<Option<Cid>> {
+        self.cut
+            .binary_search_by(|(c, _)| c.cmp(e))
+            .ok()
+            .map(|i| self.cut[i].1)
+    }
 }
 
 impl Head {
     fn encode_body(&self) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.map(9);
+        e.map(10);
+        e.str("cut");
+        e.array(self.cut.len());
+        for (c, r) in &self.cut {
+            e.array(2);
+            e.bytes(c.as_bytes());
+            match r {
+                Some(r) => e.bytes(r.as_bytes()),
+                None => e.null(),
+            }
+        }
         e.str("seq");
         e.u64(self.seq);
         e.str("base");
@@ -144,9 +168,30 @@ impl Head {
     /// A snapshot body: version 1 has no `base` (its diffs hold their tree nodes).
     fn decode_body(b: &[u8], version: u32) -> Result<Head, CborError> {
         let mut d = Decoder::new(b);
-        let fields = if version == 1 { 7 } else { 9 };
+        let fields = if version == 1 { 7 } else { 10 };
         if d.map()? != fields {
             return Err(CborError("head: wrong number of fields"));
+        }
+        let mut cut: Vec<(Cid, Option<Cid>)> = Vec::new();
+        if version > 1 {
+            d.key("cut")?;
+            let n = d.array()?;
+            for _ in 0..n {
+                if d.array()? != 2 {
+                    return Err(CborError("head: cut entry must be [event, root]"));
+                }
+                let c = Cid::from_bytes(d.bytes()?).ok_or(CborError("head: bad cut event"))?;
+                let r = if d.is_null()? {
+                    d.null()?;
+                    None
+                } else {
+                    Some(Cid::from_bytes(d.bytes()?).ok_or(CborError("head: bad cut root"))?)
+                };
+                if cut.last().is_some_and(|(p, _)| *p >= c) {
+                    return Err(CborError("head: cut list not sorted"));
+                }
+                cut.push((c, r));
+            }
         }
         d.key("seq")?;
         let seq = d.u64()?;
@@ -188,6 +233,7 @@ impl Head {
         d.finish()?;
         Ok(Head {
             purged,
+            cut,
             seq,
             docs,
             root,
@@ -519,6 +565,7 @@ mod tests {
             events: 3,
             compacted: 0,
             purged: vec![Cid::of_cbor(b"p")],
+            cut: vec![(Cid::of_cbor(b"e"), None)],
         }
     }
 

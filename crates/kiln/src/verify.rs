@@ -146,7 +146,10 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
         };
         match Event::decode(b) {
             Ok(e) => {
-                stack.extend_from_slice(&e.parents);
+                // History before a cut event was dropped on purpose.
+                if head.cut_root(&c).is_none() {
+                    stack.extend_from_slice(&e.parents);
+                }
                 for (id, l) in &e.ops {
                     if let Some(l) = l {
                         match blocks.get(l) {
@@ -177,7 +180,10 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
             .max()
             .unwrap_or(0)
             + 1;
-        if e.parents.iter().all(|p| events.contains_key(p)) && e.height != want {
+        if head.cut_root(c).is_none()
+            && e.parents.iter().all(|p| events.contains_key(p))
+            && e.height != want
+        {
             r.bad(
                 where_(c, &blocks),
                 format!("height {} but parents say {want}", e.height),
@@ -244,6 +250,35 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                 "tree root is not the base tree with the level-0 events' writes applied",
             ),
             Err(e) => r.bad("base tree", e),
+        }
+    }
+    // The state at every cut event: whole, with its values (or purged).
+    for (e, root) in &head.cut {
+        if !events.contains_key(e) {
+            r.bad(
+                format!("event {e}"),
+                "the head record cuts history at an event that is not reachable",
+            );
+        }
+        let mut stack: Vec<Cid> = root.iter().copied().collect();
+        while let Some(c) = stack.pop() {
+            match blocks.get(&c).map(|(_, b)| Node::decode(b)) {
+                None => r.bad(
+                    format!("tree node {c}"),
+                    format!("node of the state at cut event {e} is missing"),
+                ),
+                Some(Err(x)) => r.bad(where_(&c, &blocks), format!("not a tree node: {}", x.0)),
+                Some(Ok(n)) => {
+                    stack.extend_from_slice(n.children());
+                    if let Items::Leaf(slots) = &n.items {
+                        for l in slots.iter().filter_map(|s| s.link) {
+                            if !blocks.contains_key(&l) && head.purged.binary_search(&l).is_err() {
+                                r.bad(where_(&c, &blocks), format!("document {l} is missing"));
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
     if let Some(base) = head.base {

@@ -524,3 +524,135 @@ fn purge_removes_every_stored_version() {
     assert_eq!(db.get("secret").unwrap().unwrap()["s"], "new");
     assert!(db.verify().unwrap().ok());
 }
+
+/// Reads at every event: each id's value, and the changes since it.
+fn reads_at(db: &kiln::Database, events: &[Cid], ids: &[String]) -> Vec<String> {
+    events
+        .iter()
+        .map(|ev| {
+            let vals: Vec<_> = ids.iter().map(|id| db.get_at(id, ev).unwrap()).collect();
+            let mut ch: Vec<(String, Value)> = db
+                .changes(Some(&[*ev]))
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.id, c.doc))
+                .collect();
+            ch.sort_by(|a, b| a.0.cmp(&b.0));
+            format!("{ev} {vals:?} {ch:?}")
+        })
+        .collect()
+}
+
+#[test]
+fn dropping_history_before_an_event_keeps_the_state_at_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            compact_threshold: 7,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let db = store.create(Some("d")).unwrap();
+    let ids: Vec<String> = (0..9).map(|i| format!("d{i}")).collect();
+    let marker = "OLD-VERSION-MARKER-5521";
+    let mut events = Vec::new();
+    // An early version with a marker, overwritten before the cut: it must go.
+    // "only-old" is written once, long before the cut: afterwards its value lives only in
+    // the state kept at the cut.
+    events.push(
+        db.bulk(&[
+            json!({"_id": "d0", "m": marker}),
+            json!({"_id": "only-old", "v": "OLD-BUT-LIVE"}),
+        ])
+        .unwrap()
+        .event,
+    );
+    events.push(db.put(&json!({"_id": "d0", "k": 0})).unwrap().event);
+    for k in 2..60usize {
+        let id = &ids[(k * 5) % 9];
+        let c = if k % 6 == 5 {
+            db.del(id).unwrap()
+        } else {
+            db.put(&json!({"_id": id, "k": k})).unwrap()
+        };
+        events.push(c.event);
+    }
+    let e = events[30];
+    let later = &events[30..];
+    let before = reads_at(&db, later, &ids);
+    let docs_before = db.docs(&ListOptions::default()).unwrap();
+    assert!(contains(&stored_plaintext(dir.path()), marker.as_bytes()));
+
+    assert_eq!(db.drop_history_before(&e).unwrap(), 30);
+    store.gc().unwrap();
+    assert!(!contains(&stored_plaintext(dir.path()), marker.as_bytes()));
+    for db in [
+        db.clone(),
+        Store::open(dir.path()).unwrap().open_db("d").unwrap(),
+    ] {
+        assert_eq!(db.info().unwrap().files.len(), 1);
+        assert_eq!(db.info().unwrap().events, 30);
+        assert_eq!(db.log(None).unwrap().len(), 30);
+        assert_eq!(db.log(None).unwrap().last().unwrap().cid, e);
+        assert_eq!(reads_at(&db, later, &ids), before);
+        assert_eq!(db.docs(&ListOptions::default()).unwrap(), docs_before);
+        for old in &events[..30] {
+            assert!(matches!(db.get_at("d1", old), Err(Error::NoSuchEvent(..))));
+            assert!(matches!(
+                db.changes(Some(&[*old])),
+                Err(Error::NoSuchEvent(..))
+            ));
+        }
+        let r = db.verify().unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+        assert_eq!(r.events, 30);
+    }
+    // Life goes on: more commits (with compactions), a concurrent pair, a second cut later.
+    for k in 60..80usize {
+        events.push(db.put(&json!({"_id": ids[k % 9], "k": k})).unwrap().event);
+    }
+    let mut t1 = db.transaction().unwrap();
+    let mut t2 = db.transaction().unwrap();
+    t1.put(&json!({"_id": "d3", "side": 1})).unwrap();
+    t2.put(&json!({"_id": "d4", "side": 2})).unwrap();
+    events.push(t1.commit().unwrap().event);
+    events.push(t2.commit().unwrap().event);
+    events.push(db.put(&json!({"_id": "d5", "k": 99})).unwrap().event);
+    let later = &events[30..];
+    let before = reads_at(&db, later, &ids);
+    assert_eq!(
+        db.drop_history_before(&events[30]).unwrap(),
+        0,
+        "already cut there"
+    );
+    assert_eq!(reads_at(&db, later, &ids), before);
+    let e2 = events[70];
+    assert_eq!(db.drop_history_before(&e2).unwrap(), 40);
+    let later = &events[70..];
+    let before2: Vec<String> = before[40..].to_vec();
+    assert_eq!(reads_at(&db, later, &ids), before2);
+    // A document whose only stored version lives in the state at the cut: readable, and
+    // purgeable.
+    assert_eq!(db.get("only-old").unwrap().unwrap()["v"], "OLD-BUT-LIVE");
+    assert_eq!(
+        db.get_at("only-old", &e2).unwrap().unwrap()["v"],
+        "OLD-BUT-LIVE"
+    );
+    assert!(contains(&stored_plaintext(dir.path()), b"OLD-BUT-LIVE"));
+    assert_eq!(db.purge("only-old").unwrap().versions, 1);
+    store.gc().unwrap();
+    assert!(!contains(&stored_plaintext(dir.path()), b"OLD-BUT-LIVE"));
+    assert_eq!(db.get("only-old").unwrap(), None);
+    assert!(matches!(db.get_at("only-old", &e2), Err(Error::Purged(..))));
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+    // An unknown event is refused, and nothing changes.
+    let files = db.info().unwrap().files;
+    assert!(matches!(
+        db.drop_history_before(&Cid::of_cbor(b"nope")),
+        Err(Error::NoSuchEvent(..))
+    ));
+    assert_eq!(db.info().unwrap().files, files);
+}

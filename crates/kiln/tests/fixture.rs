@@ -29,11 +29,14 @@ const V1: Fixture = Fixture {
 const V2: Fixture = Fixture {
     dir: "v2",
     events: [
-        "bafyreid7pqeyunjze2i5ak3suxpiuirxcfh7o556vorbzaj3ro4ztk4rri",
-        "bafyreibirixd7zkh4lxvq3r27qjee7wpxpiqwqf33uyisgiqwgros5uk7a",
-        "bafyreicdpaomlizrlseycqxv76kcryfw2b7kyzsdhhjdtrygn6h7bqoanm",
+        "bafyreifzm27bqwaqqq2x3p25njrpviodi3apnv6tflzlncfx2pydc6wvua",
+        "bafyreienqudq4sn64w3yjwt3hmrbirfk5m6hy4hpz6bbcgci7wxxnxwm7a",
+        "bafyreihrtp6n3k4m5u7w2lease3lyxtcb37dzkzipkw2tbgukwl5qn2cnu",
     ],
 };
+
+/// The event of the v2 fixture's "cut" database before which history was dropped.
+const CUT_AT: &str = "bafyreifnxxjso3f3p25uvnx7sowrncv3vedinm6nualwn53nh7n5ce4sv4";
 
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -87,7 +90,20 @@ fn reads_and_verifies(f: &Fixture) {
     let (_d, store) = open(f);
     let mut names = vec!["empty", "fixture"];
     if f.dir != "v1" {
+        names.insert(0, "cut");
         names.push("purged");
+        // "cut": puts k=0..4 of c0,c1,c2,c0,c1, history dropped before k=2, then c9.
+        let c = store.open_db("cut").unwrap();
+        let at = Cid::parse(CUT_AT).unwrap();
+        assert_eq!(c.log(None).unwrap().len(), 4);
+        assert_eq!(c.log(None).unwrap().last().unwrap().cid, at);
+        assert_eq!(c.get_at("c0", &at).unwrap().unwrap()["k"], 0);
+        assert_eq!(c.get_at("c2", &at).unwrap().unwrap()["k"], 2);
+        assert_eq!(c.get("c1").unwrap().unwrap()["k"], 4);
+        assert_eq!(c.get("c9").unwrap().unwrap()["k"], 9);
+        assert_eq!(c.changes(Some(&[at])).unwrap().len(), 3); // c0, c1, c9
+        let r = c.verify().unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
         let p = store.open_db("purged").unwrap();
         assert_eq!(p.get("keep").unwrap().unwrap()["v"], 1);
         assert_eq!(p.get("after").unwrap().unwrap()["v"], 2);
