@@ -21,7 +21,13 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 pub const MAGIC: &[u8; 8] = b"KILNDIFF";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Largest segment plaintext a compressed segment may declare (a segment holds ≤ 16 KiB unless
+/// one block is larger; blocks are ≤ ~1 MiB).
+const MAX_SEGMENT: usize = 64 << 20;
+/// Segment codecs (the first plaintext byte of a version-2 segment).
+const RAW: u8 = 0;
+const LZ4: u8 = 1;
 pub const HEADER_LEN: usize = 16;
 pub const TRAILER_LEN: usize = 16;
 /// Plaintext bytes per segment before a new one starts (a larger block gets a segment alone).
@@ -236,9 +242,11 @@ impl Writer {
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         let mut seg_at = Vec::with_capacity(self.segs.len());
+        let mut packed = Vec::new();
         for (i, s) in self.segs.iter().enumerate() {
             let start = out.len() as u64;
-            key.seal_into(&seg_aad(i as u32), s, &mut out)?;
+            pack_segment(s, &mut packed);
+            key.seal_into(&seg_aad(i as u32), &packed, &mut out)?;
             seg_at.push((start, (out.len() as u64 - start) as u32));
         }
         self.entries.sort_by_key(|e| e.cid);
@@ -305,6 +313,7 @@ impl Writer {
         out.extend_from_slice(b"KEND");
         let paged = !pages.is_empty();
         let index = Index {
+            version: VERSION,
             meta: self.meta,
             segs: seg_at,
             entries: if paged { Vec::new() } else { self.entries },
@@ -393,6 +402,8 @@ pub struct PageRef {
 /// A file's decrypted index: where its segments are and where each block is.
 #[derive(Clone, Debug)]
 pub struct Index {
+    /// Format version of the file (2: segments carry a codec byte).
+    pub version: u32,
     pub meta: Meta,
     pub segs: Vec<(u64, u32)>,
     /// All entries, sorted by CID (small files).
@@ -430,7 +441,7 @@ pub fn check_header(h: &[u8]) -> Result<(), FormatError> {
         return Err(FormatError::Framing("not a kiln diff file"));
     }
     let v = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if v != VERSION {
+    if v != 1 && v != VERSION {
         return Err(FormatError::Version(v));
     }
     if h[12..16] != [0, 0, 0, 0] {
@@ -452,8 +463,8 @@ impl Index {
         }
         d.key("v")?;
         let v = d.u64()?;
-        if v != VERSION as u64 {
-            return Err(FormatError::Version(v as u32));
+        if v != 1 && v != VERSION as u64 {
+            return Err(FormatError::Version(v.min(u32::MAX as u64) as u32));
         }
         d.key("at")?;
         let time = d.u64()?;
@@ -527,6 +538,7 @@ impl Index {
             return Err(FormatError::Record("index entry names a missing segment"));
         }
         Ok(Index {
+            version: v as u32,
             meta: Meta {
                 level,
                 time,
@@ -580,10 +592,55 @@ impl Index {
     }
 }
 
-/// Decrypts segment `n`.
-pub fn open_segment(key: &Key, n: u32, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
-    key.open(&seg_aad(n), sealed)
-        .map_err(|SealError| FormatError::Seal("segment"))
+/// A segment's stored plaintext (version 2): a codec byte, then the CAR bytes as they are
+/// (`RAW`) or as an LZ4 block with their length as u32 LE in front (`LZ4`), whichever is
+/// smaller.
+fn pack_segment(s: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let z = lz4_flex::block::compress_prepend_size(s);
+    if z.len() < s.len() {
+        out.push(LZ4);
+        out.extend_from_slice(&z);
+    } else {
+        out.push(RAW);
+        out.extend_from_slice(s);
+    }
+}
+
+/// Decrypts segment `n` of a file of format `version` and returns its CAR bytes.
+pub fn open_segment(
+    key: &Key,
+    n: u32,
+    sealed: &[u8],
+    version: u32,
+) -> Result<Vec<u8>, FormatError> {
+    let mut plain = key
+        .open(&seg_aad(n), sealed)
+        .map_err(|SealError| FormatError::Seal("segment"))?;
+    if version < 2 {
+        return Ok(plain);
+    }
+    match plain.first() {
+        Some(&RAW) => {
+            plain.remove(0);
+            Ok(plain)
+        }
+        Some(&LZ4) => {
+            let body = &plain[1..];
+            let len = body
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or(FormatError::Framing("compressed segment too short"))?;
+            if len > MAX_SEGMENT {
+                return Err(FormatError::Framing(
+                    "compressed segment declares too many bytes",
+                ));
+            }
+            lz4_flex::block::decompress_size_prepended(body)
+                .map_err(|_| FormatError::Framing("compressed segment does not decompress"))
+        }
+        _ => Err(FormatError::Framing("unknown segment codec")),
+    }
 }
 
 /// Slices a block out of its segment's plaintext, checking it against its CID.
@@ -620,6 +677,9 @@ pub fn verify_file(
     check_header(bytes)?;
     let (at, len) = parse_trailer(bytes.len() as u64, &bytes[bytes.len() - TRAILER_LEN..])?;
     let index = Index::open(key, &bytes[at as usize..at as usize + len as usize], at)?;
+    if u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) != index.version {
+        return Err(FormatError::Framing("header and index versions differ"));
+    }
     let mut entries = index.entries.clone();
     for (i, p) in index.pages.iter().enumerate() {
         entries.extend(index.open_page(
@@ -635,6 +695,7 @@ pub fn verify_file(
             key,
             n as u32,
             &bytes[*off as usize..(*off + *len as u64) as usize],
+            index.version,
         )?;
         let mut pos = 0;
         if n == 0 {
@@ -741,6 +802,45 @@ mod tests {
     }
 
     #[test]
+    fn segments_are_compressed_when_it_pays() {
+        // Repetitive blocks: the file is much smaller than its plaintext, and reads back.
+        let (key, name, bytes, blocks) = sample(200, true);
+        let plain: usize = blocks.iter().map(|(_, d)| d.len()).sum();
+        assert!(bytes.len() < plain / 4, "{} vs {plain}", bytes.len());
+        let (_, got) = verify_file(&key, &name, &bytes).unwrap();
+        assert_eq!(got.len(), blocks.len());
+        // Incompressible bytes are stored raw (never larger than without compression).
+        let mut packed = Vec::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 56) as u8
+            })
+            .collect();
+        pack_segment(&noise, &mut packed);
+        assert_eq!((packed[0], packed.len()), (RAW, noise.len() + 1));
+        // Codec bytes a reader does not know, or lies about sizes, are framing errors.
+        let k = Key::generate().unwrap();
+        for bad in [
+            vec![9u8, 1, 2, 3],
+            vec![LZ4, 1],
+            vec![LZ4, 0xff, 0xff, 0xff, 0xff, 0],
+        ] {
+            let sealed = k.seal(&seg_aad(0), &bad).unwrap();
+            assert!(matches!(
+                open_segment(&k, 0, &sealed, 2),
+                Err(FormatError::Framing(_))
+            ));
+        }
+        // A version-1 segment is the CAR bytes as they are.
+        let sealed = k.seal(&seg_aad(3), b"car bytes").unwrap();
+        assert_eq!(open_segment(&k, 3, &sealed, 1).unwrap(), b"car bytes");
+    }
+
+    #[test]
     fn small_and_large_files_verify_and_locate() {
         for (n, big) in [(3, false), (40, true), (300, false), (3000, false)] {
             let (key, name, bytes, blocks) = sample(n, big);
@@ -764,8 +864,13 @@ mod tests {
                     page[page.binary_search_by(|e| e.cid.cmp(c)).unwrap()]
                 };
                 let (o, l) = idx.segs[e.seg as usize];
-                let seg =
-                    open_segment(&key, e.seg, &bytes[o as usize..(o + l as u64) as usize]).unwrap();
+                let seg = open_segment(
+                    &key,
+                    e.seg,
+                    &bytes[o as usize..(o + l as u64) as usize],
+                    VERSION,
+                )
+                .unwrap();
                 assert_eq!(block_in(&seg, &e).unwrap(), &d[..]);
             }
         }

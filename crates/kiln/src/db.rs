@@ -1892,7 +1892,7 @@ impl View<'_> {
             .read_at(name, off, len as usize)
             .map_err(|e| self.db.file_err(name, e))?;
         let plain = Arc::new(
-            car::open_segment(&self.db.key, n, &sealed)
+            car::open_segment(&self.db.key, n, &sealed, idx.version)
                 .map_err(|e| Error::format(format!("file {name}"), e))?,
         );
         self.db

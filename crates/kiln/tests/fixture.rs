@@ -1,6 +1,7 @@
-//! Reads the checked-in format fixtures (`tests/fixtures/v1`: head record version 1;
-//! `tests/fixtures/v2`: head record version 2, a snapshot and three appended deltas, whose
-//! level-0 diffs hold no tree nodes, so reading it rebuilds the current tree; both
+//! Reads the checked-in format fixtures (`tests/fixtures/v1`: head records and diff files of
+//! version 1; `tests/fixtures/v2`: today's formats: head record version 2, a snapshot and three
+//! appended deltas, whose level-0 diffs hold no tree nodes, so reading it rebuilds the current
+//! tree; diff files version 2, with compressed segments; a purge and a cut; both
 //! written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
 //! them, or that changes the CIDs kiln computes for the same content, fails here: formats are
 //! contracts.
@@ -29,14 +30,14 @@ const V1: Fixture = Fixture {
 const V2: Fixture = Fixture {
     dir: "v2",
     events: [
-        "bafyreifzm27bqwaqqq2x3p25njrpviodi3apnv6tflzlncfx2pydc6wvua",
-        "bafyreienqudq4sn64w3yjwt3hmrbirfk5m6hy4hpz6bbcgci7wxxnxwm7a",
-        "bafyreihrtp6n3k4m5u7w2lease3lyxtcb37dzkzipkw2tbgukwl5qn2cnu",
+        "bafyreifs3qju236vmuqgbkbvvknc2nc3j76az56eekuydn4xxgziiqz5qy",
+        "bafyreigog7qxupmrlhlvrtwy3tdcfnnr3wjpcpn73fyvzsuxo4l7btv7wu",
+        "bafyreihaawh2rs2pu5ov5t5vkcxzvbkngpakuwynxwe6xe3luwb72nqmbm",
     ],
 };
 
 /// The event of the v2 fixture's "cut" database before which history was dropped.
-const CUT_AT: &str = "bafyreifnxxjso3f3p25uvnx7sowrncv3vedinm6nualwn53nh7n5ce4sv4";
+const CUT_AT: &str = "bafyreify5f6ydpr65u3wqpwcpt6h5exlwtqtlgcx5g2x2bofnozzlmtvdi";
 
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
