@@ -10,18 +10,13 @@
 //! `cargo run --release -p kiln --example compaction -- load 100000`
 
 use kiln::{Durability, Options, Store};
-use serde_json::{json, Value};
+use serde_json::Value;
+
+#[path = "shared/harness_doc.rs"]
+mod harness_doc;
+use harness_doc::doc;
 use std::time::Instant;
 
-fn doc(k: u64, n: u64) -> Value {
-    json!({
-        "_id": format!("doc-{k:08}"),
-        "title": format!("Document number {k}"),
-        "n": (k * 7919) % n,
-        "tags": [format!("t{}", k % 10), format!("g{}", k % 7), if k % 2 == 0 {"even"} else {"odd"}],
-        "body": format!("{:0200}", k),
-    })
-}
 
 fn status(key: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -6,7 +6,9 @@
 //! `cargo run --release -p kiln --example write_amp -- [N] [DIR]` (default 100000, a temp dir)
 
 use kiln::{Durability, Options, Store};
-use serde_json::json;
+#[path = "shared/harness_doc.rs"]
+mod harness_doc;
+use harness_doc::doc;
 
 fn wchar() -> u64 {
     let s = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
@@ -50,14 +52,8 @@ fn main() -> kiln::Result<()> {
     let t = std::time::Instant::now();
     let mut max_files = 0;
     for k in 0..n {
-        // Same shape as the shared harness's documents (~300 bytes of JSON).
-        let doc = json!({
-            "_id": format!("doc-{k:08}"),
-            "title": format!("Document number {k}"),
-            "n": (k * 7919) % n,
-            "tags": [format!("t{}", k % 10), format!("g{}", k % 7), if k % 2 == 0 {"even"} else {"odd"}],
-            "body": format!("{:0200}", k),
-        });
+        // The shared harness's document (~300 bytes of JSON).
+        let doc = doc(k, n);
         json_bytes += serde_json::to_vec(&doc).unwrap().len() as u64;
         db.put(&doc)?;
         if k % 1000 == 999 {

@@ -1,0 +1,36 @@
+//! The shared benchmark harness's document (`lib/docs.mjs` `makeDoc(i, N)`): ~300 bytes of JSON
+//! with a 200-character pseudo-random body, generated with the same PRNG (mulberry32) so the
+//! figures use the same bytes as the harness's runs.
+
+use serde_json::{json, Value};
+
+struct Mulberry32(u32);
+
+impl Mulberry32 {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x6d2b_79f5);
+        let mut t = self.0;
+        t = (t ^ (t >> 15)).wrapping_mul(t | 1);
+        t ^= t.wrapping_add((t ^ (t >> 7)).wrapping_mul(t | 61));
+        f64::from(t ^ (t >> 14)) / 4_294_967_296.0
+    }
+}
+
+const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz     ";
+
+fn body(i: u64) -> String {
+    let mut r = Mulberry32(0x9e37_79b9 ^ (i & 0xffff_ffff) as u32);
+    (0..200)
+        .map(|_| ALPHA[(r.next() * ALPHA.len() as f64).floor() as usize] as char)
+        .collect()
+}
+
+pub fn doc(i: u64, n: u64) -> Value {
+    json!({
+        "_id": format!("doc-{i:08}"),
+        "title": format!("Document number {i}"),
+        "n": ((i as u128 * 7919) % n as u128) as u64,
+        "tags": [format!("t{}", i % 10), format!("g{}", i % 7), if i % 2 == 0 { "even" } else { "odd" }],
+        "body": body(i),
+    })
+}
