@@ -17,7 +17,6 @@ mod harness_doc;
 use harness_doc::doc;
 use std::time::Instant;
 
-
 fn status(key: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()

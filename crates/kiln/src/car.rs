@@ -79,6 +79,9 @@ pub struct Entry {
     pub len: u32,
     /// The block is a clock event (compaction finds a file's events without a list of them).
     pub event: bool,
+    /// The block is a tree node (version 2; compaction drops superseded ones without decoding
+    /// blocks to tell nodes from documents).
+    pub node: bool,
 }
 
 /// Why a diff file could not be read.
@@ -177,18 +180,7 @@ pub struct Writer {
 impl Writer {
     pub fn new(meta: Meta) -> Writer {
         let mut cur = Vec::with_capacity(SEGMENT_TARGET + 1024);
-        let mut e = Encoder::new();
-        e.map(2);
-        e.str("roots");
-        e.array(meta.roots.len());
-        for r in &meta.roots {
-            e.link(r);
-        }
-        e.str("version");
-        e.u64(1);
-        let h = e.into_bytes();
-        put_varint(&mut cur, h.len() as u64);
-        cur.extend_from_slice(&h);
+        cur.extend_from_slice(&car_header(&meta.roots));
         Writer {
             meta,
             segs: Vec::new(),
@@ -200,15 +192,20 @@ impl Writer {
 
     /// Adds a block (a repeat of a CID already added is ignored).
     pub fn add(&mut self, cid: Cid, data: &[u8]) {
-        self.add_kind(cid, data, false)
+        self.add_kind(cid, data, OTHER)
     }
 
     /// Adds a clock event block.
     pub fn add_event(&mut self, cid: Cid, data: &[u8]) {
-        self.add_kind(cid, data, true)
+        self.add_kind(cid, data, EVENT)
     }
 
-    fn add_kind(&mut self, cid: Cid, data: &[u8], event: bool) {
+    /// Adds a tree node.
+    pub fn add_node(&mut self, cid: Cid, data: &[u8]) {
+        self.add_kind(cid, data, NODE)
+    }
+
+    fn add_kind(&mut self, cid: Cid, data: &[u8], kind: u8) {
         if !self.seen.insert(cid) {
             return;
         }
@@ -225,7 +222,8 @@ impl Writer {
             seg: self.segs.len() as u32,
             off,
             len: data.len() as u32,
-            event,
+            event: kind == EVENT,
+            node: kind == NODE,
         });
     }
 
@@ -249,84 +247,7 @@ impl Writer {
             key.seal_into(&seg_aad(i as u32), &packed, &mut out)?;
             seg_at.push((start, (out.len() as u64 - start) as u32));
         }
-        self.entries.sort_by_key(|e| e.cid);
-        let mut pages = Vec::new();
-        if self.entries.len() > PAGE_ENTRIES {
-            for (i, chunk) in self.entries.chunks(PAGE_ENTRIES).enumerate() {
-                let mut e = Encoder::new();
-                encode_entries(&mut e, chunk);
-                let start = out.len() as u64;
-                key.seal_into(&page_aad(i as u32), &e.into_bytes(), &mut out)?;
-                pages.push((
-                    chunk[0].cid,
-                    start,
-                    (out.len() as u64 - start) as u32,
-                    chunk.len() as u32,
-                ));
-            }
-        }
-        let mut e = Encoder::new();
-        e.map(8);
-        e.str("v");
-        e.u64(VERSION as u64);
-        e.str("at");
-        e.u64(self.meta.time);
-        e.str("bk");
-        if pages.is_empty() {
-            encode_entries(&mut e, &self.entries);
-        } else {
-            e.array(0);
-        }
-        e.str("lv");
-        e.u64(self.meta.level as u64);
-        e.str("pg");
-        e.array(pages.len());
-        for (first, off, len, count) in &pages {
-            e.array(4);
-            e.bytes(first.as_bytes());
-            e.u64(*off);
-            e.u64(*len as u64);
-            e.u64(*count as u64);
-        }
-        e.str("rp");
-        e.array(self.meta.replaces.len());
-        for r in &self.meta.replaces {
-            e.bytes(&r.0);
-        }
-        e.str("rt");
-        e.array(self.meta.roots.len());
-        for r in &self.meta.roots {
-            e.link(r);
-        }
-        e.str("sg");
-        e.array(seg_at.len());
-        for (off, len) in &seg_at {
-            e.array(2);
-            e.u64(*off);
-            e.u64(*len as u64);
-        }
-        let index_at = out.len() as u64;
-        key.seal_into(INDEX_AAD, &e.into_bytes(), &mut out)?;
-        let index_len = (out.len() as u64 - index_at) as u32;
-        out.extend_from_slice(&index_at.to_le_bytes());
-        out.extend_from_slice(&index_len.to_le_bytes());
-        out.extend_from_slice(b"KEND");
-        let paged = !pages.is_empty();
-        let index = Index {
-            version: VERSION,
-            meta: self.meta,
-            segs: seg_at,
-            entries: if paged { Vec::new() } else { self.entries },
-            pages: pages
-                .into_iter()
-                .map(|(first, off, len, count)| PageRef {
-                    first,
-                    off,
-                    len,
-                    count,
-                })
-                .collect(),
-        };
+        let (index, index_len) = write_tail(key, self.meta, self.entries, seg_at, &mut out)?;
         Ok(Finished {
             name: FileName::of(&out),
             bytes: out,
@@ -334,6 +255,266 @@ impl Writer {
             index_len,
             segments: self.segs,
         })
+    }
+}
+
+const OTHER: u8 = 0;
+const EVENT: u8 = 1;
+const NODE: u8 = 2;
+
+/// Appends a file's index pages, index and trailer to `out`, which holds the file's bytes so
+/// far (its header and sealed segments). Returns the index as a reader would get it.
+fn write_tail(
+    key: &Key,
+    meta: Meta,
+    mut entries: Vec<Entry>,
+    seg_at: Vec<(u64, u32)>,
+    out: &mut Vec<u8>,
+) -> std::io::Result<(Index, u32)> {
+    write_tail_at(key, meta, &mut entries, seg_at, 0, out).map(|(i, l)| {
+        (
+            Index {
+                entries: if i.pages.is_empty() {
+                    entries
+                } else {
+                    Vec::new()
+                },
+                ..i
+            },
+            l,
+        )
+    })
+}
+
+/// [`write_tail`] for a file of which `base` bytes were already written elsewhere and `out`
+/// holds only what follows; the index returned has no entries (callers have them).
+fn write_tail_at(
+    key: &Key,
+    meta: Meta,
+    entries: &mut [Entry],
+    seg_at: Vec<(u64, u32)>,
+    base: u64,
+    out: &mut Vec<u8>,
+) -> std::io::Result<(Index, u32)> {
+    let at = |out: &Vec<u8>| base + out.len() as u64;
+    entries.sort_by_key(|e| e.cid);
+    let mut pages = Vec::new();
+    if entries.len() > PAGE_ENTRIES {
+        for (i, chunk) in entries.chunks(PAGE_ENTRIES).enumerate() {
+            let mut e = Encoder::new();
+            encode_entries(&mut e, chunk);
+            let start = at(out);
+            key.seal_into(&page_aad(i as u32), &e.into_bytes(), out)?;
+            pages.push((
+                chunk[0].cid,
+                start,
+                (at(out) - start) as u32,
+                chunk.len() as u32,
+            ));
+        }
+    }
+    let mut e = Encoder::new();
+    e.map(8);
+    e.str("v");
+    e.u64(VERSION as u64);
+    e.str("at");
+    e.u64(meta.time);
+    e.str("bk");
+    if pages.is_empty() {
+        encode_entries(&mut e, entries);
+    } else {
+        e.array(0);
+    }
+    e.str("lv");
+    e.u64(meta.level as u64);
+    e.str("pg");
+    e.array(pages.len());
+    for (first, off, len, count) in &pages {
+        e.array(4);
+        e.bytes(first.as_bytes());
+        e.u64(*off);
+        e.u64(*len as u64);
+        e.u64(*count as u64);
+    }
+    e.str("rp");
+    e.array(meta.replaces.len());
+    for r in &meta.replaces {
+        e.bytes(&r.0);
+    }
+    e.str("rt");
+    e.array(meta.roots.len());
+    for r in &meta.roots {
+        e.link(r);
+    }
+    e.str("sg");
+    e.array(seg_at.len());
+    for (off, len) in &seg_at {
+        e.array(2);
+        e.u64(*off);
+        e.u64(*len as u64);
+    }
+    let index_at = at(out);
+    key.seal_into(INDEX_AAD, &e.into_bytes(), out)?;
+    let index_len = (at(out) - index_at) as u32;
+    out.extend_from_slice(&index_at.to_le_bytes());
+    out.extend_from_slice(&index_len.to_le_bytes());
+    out.extend_from_slice(b"KEND");
+    let index = Index {
+        version: VERSION,
+        meta,
+        segs: seg_at,
+        entries: Vec::new(),
+        pages: pages
+            .into_iter()
+            .map(|(first, off, len, count)| PageRef {
+                first,
+                off,
+                len,
+                count,
+            })
+            .collect(),
+    };
+    Ok((index, index_len))
+}
+
+fn car_header(roots: &[Cid]) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.map(2);
+    e.str("roots");
+    e.array(roots.len());
+    for r in roots {
+        e.link(r);
+    }
+    e.str("version");
+    e.u64(1);
+    let h = e.into_bytes();
+    let mut out = Vec::with_capacity(h.len() + 4);
+    put_varint(&mut out, h.len() as u64);
+    out.extend_from_slice(&h);
+    out
+}
+
+/// Writes a diff file of any size to `out` as it goes: each segment is sealed and written when
+/// it fills, so memory holds one segment and the index entries, not the file. The name (the
+/// hash of all bytes) is known at the end.
+pub struct StreamWriter<'a> {
+    key: &'a Key,
+    out: &'a mut dyn std::io::Write,
+    hash: Sha256,
+    len: u64,
+    meta: Meta,
+    cur: Vec<u8>,
+    packed: Vec<u8>,
+    sealed: Vec<u8>,
+    seg_at: Vec<(u64, u32)>,
+    entries: Vec<Entry>,
+    seen: DigestSet<Cid>,
+}
+
+impl<'a> StreamWriter<'a> {
+    pub fn new(
+        meta: Meta,
+        key: &'a Key,
+        out: &'a mut dyn std::io::Write,
+    ) -> std::io::Result<StreamWriter<'a>> {
+        let mut w = StreamWriter {
+            key,
+            out,
+            hash: Sha256::new(),
+            len: 0,
+            cur: car_header(&meta.roots),
+            meta,
+            packed: Vec::new(),
+            sealed: Vec::new(),
+            seg_at: Vec::new(),
+            entries: Vec::new(),
+            seen: DigestSet::default(),
+        };
+        let mut h = Vec::with_capacity(HEADER_LEN);
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        w.emit(&h)?;
+        Ok(w)
+    }
+
+    fn emit(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(b)?;
+        self.hash.update(b);
+        self.len += b.len() as u64;
+        Ok(())
+    }
+
+    fn flush_segment(&mut self) -> std::io::Result<()> {
+        let n = self.seg_at.len() as u32;
+        pack_segment(&self.cur, &mut self.packed);
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.clear();
+        self.key.seal_into(&seg_aad(n), &self.packed, &mut sealed)?;
+        self.seg_at.push((self.len, sealed.len() as u32));
+        self.emit(&sealed)?;
+        self.sealed = sealed;
+        self.cur.clear();
+        Ok(())
+    }
+
+    pub fn add(&mut self, cid: Cid, data: &[u8]) -> std::io::Result<()> {
+        self.add_kind(cid, data, OTHER)
+    }
+
+    pub fn add_event(&mut self, cid: Cid, data: &[u8]) -> std::io::Result<()> {
+        self.add_kind(cid, data, EVENT)
+    }
+
+    pub fn add_node(&mut self, cid: Cid, data: &[u8]) -> std::io::Result<()> {
+        self.add_kind(cid, data, NODE)
+    }
+
+    fn add_kind(&mut self, cid: Cid, data: &[u8], kind: u8) -> std::io::Result<()> {
+        if !self.seen.insert(cid) {
+            return Ok(());
+        }
+        if !self.cur.is_empty() && self.cur.len() + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
+            self.flush_segment()?;
+        }
+        put_varint(&mut self.cur, (CID_LEN + data.len()) as u64);
+        self.cur.extend_from_slice(cid.as_bytes());
+        let off = self.cur.len() as u32;
+        self.cur.extend_from_slice(data);
+        self.entries.push(Entry {
+            cid,
+            seg: self.seg_at.len() as u32,
+            off,
+            len: data.len() as u32,
+            event: kind == EVENT,
+            node: kind == NODE,
+        });
+        Ok(())
+    }
+
+    /// Writes the rest and returns the file's name, size, index (with its entries) and index
+    /// length.
+    pub fn finish(mut self) -> std::io::Result<(FileName, u64, Index, u32)> {
+        if !self.cur.is_empty() {
+            self.flush_segment()?;
+        }
+        let mut tail = Vec::new();
+        let mut entries = std::mem::take(&mut self.entries);
+        let seg_at = std::mem::take(&mut self.seg_at);
+        let meta = self.meta.clone();
+        let (index, index_len) =
+            write_tail_at(self.key, meta, &mut entries, seg_at, self.len, &mut tail)?;
+        self.emit(&tail)?;
+        let name = FileName(self.hash.finalize().into());
+        let index = Index {
+            entries: if index.pages.is_empty() {
+                entries
+            } else {
+                Vec::new()
+            },
+            ..index
+        };
+        Ok((name, self.len, index, index_len))
     }
 }
 
@@ -357,7 +538,13 @@ fn encode_entries(e: &mut Encoder, entries: &[Entry]) {
         e.u64(x.seg as u64);
         e.u64(x.off as u64);
         e.u64(x.len as u64);
-        e.u64(x.event as u64);
+        e.u64(if x.event {
+            1
+        } else if x.node {
+            2
+        } else {
+            0
+        });
     }
 }
 
@@ -373,7 +560,7 @@ fn decode_entries(d: &mut Decoder<'_>, segs: usize) -> Result<Vec<Entry>, Format
         let off = d.u64()?;
         let len = d.u64()?;
         let kind = d.u64()?;
-        if seg >= segs as u64 || off > u32::MAX as u64 || len > u32::MAX as u64 || kind > 1 {
+        if seg >= segs as u64 || off > u32::MAX as u64 || len > u32::MAX as u64 || kind > 2 {
             return Err(FormatError::Record("index entry out of range"));
         }
         if v.last().is_some_and(|p| p.cid >= cid) {
@@ -385,6 +572,7 @@ fn decode_entries(d: &mut Decoder<'_>, segs: usize) -> Result<Vec<Entry>, Format
             off: off as u32,
             len: len as u32,
             event: kind == 1,
+            node: kind == 2,
         });
     }
     Ok(v)
@@ -743,6 +931,7 @@ pub fn verify_file(
                 off: (pos + CID_LEN) as u32,
                 len: data.len() as u32,
                 event: false,
+                node: false,
             });
             blocks.push((cid, data.to_vec()));
             pos += sl;
@@ -751,7 +940,11 @@ pub fn verify_file(
     found.sort_by_key(|e| e.cid);
     let plain: Vec<Entry> = entries
         .iter()
-        .map(|e| Entry { event: false, ..*e })
+        .map(|e| Entry {
+            event: false,
+            node: false,
+            ..*e
+        })
         .collect();
     if found != plain {
         return Err(FormatError::Record(
@@ -799,6 +992,59 @@ mod tests {
         );
         assert_eq!(read.pages.len(), f.index.pages.len());
         (key, f.name, f.bytes, blocks)
+    }
+
+    #[test]
+    fn a_streamed_file_is_a_valid_file() {
+        let key = Key::generate().unwrap();
+        for n in [3usize, 600] {
+            let blocks: Vec<(Cid, Vec<u8>)> = (0..n)
+                .map(|i| {
+                    let d = format!("block {i} {}", "z".repeat(i % 300)).into_bytes();
+                    (Cid::of_cbor(&d), d)
+                })
+                .collect();
+            let mut out = Vec::new();
+            let mut w = StreamWriter::new(
+                Meta {
+                    level: 2,
+                    time: 9,
+                    roots: vec![blocks[0].0],
+                    replaces: vec![FileName::of(b"x")],
+                },
+                &key,
+                &mut out,
+            )
+            .unwrap();
+            for (i, (c, d)) in blocks.iter().enumerate() {
+                match i % 3 {
+                    0 => w.add_event(*c, d).unwrap(),
+                    1 => w.add_node(*c, d).unwrap(),
+                    _ => w.add(*c, d).unwrap(),
+                }
+            }
+            w.add(blocks[1].0, &blocks[1].1).unwrap(); // repeats are ignored
+            let (name, size, index, index_len) = w.finish().unwrap();
+            assert_eq!((name, size), (FileName::of(&out), out.len() as u64));
+            let (idx, got) = verify_file(&key, &name, &out).unwrap();
+            assert_eq!(got.len(), n);
+            assert_eq!(idx.meta.replaces, vec![FileName::of(b"x")]);
+            let t = &out[out.len() - TRAILER_LEN..];
+            assert_eq!(parse_trailer(out.len() as u64, t).unwrap().1, index_len);
+            // Kinds survive, also through index pages.
+            let mut entries = idx.entries.clone();
+            for (i, p) in idx.pages.iter().enumerate() {
+                let b = &out[p.off as usize..(p.off + p.len as u64) as usize];
+                entries.extend(idx.open_page(&key, i, b).unwrap());
+            }
+            assert_eq!(entries.len(), n);
+            assert_eq!(idx.pages.is_empty(), n <= PAGE_ENTRIES);
+            assert_eq!(index.pages.len(), idx.pages.len());
+            for (i, (c, _)) in blocks.iter().enumerate() {
+                let e = entries.iter().find(|e| e.cid == *c).unwrap();
+                assert_eq!((e.event, e.node), (i % 3 == 0, i % 3 == 1));
+            }
+        }
     }
 
     #[test]

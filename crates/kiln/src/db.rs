@@ -616,6 +616,8 @@ impl Database {
             }
         }
         let files_dir = self.inner.store.root.join("files");
+        // No writer may be streaming a file meanwhile (partial files are cleared too).
+        let _x = self.inner.store.gc.exclusive()?;
         let (_, freed) = storage
             .clear_reusable()
             .map_err(|e| Error::io(&files_dir, e))?;
@@ -1320,7 +1322,7 @@ impl Db {
             }
             let b = raw(&c)?;
             let node = tree::Node::decode(&b).map_err(|x| v.corrupt_cid(&c, x.0))?;
-            w.add(c, &b);
+            w.add_node(c, &b);
             stack.extend_from_slice(node.children());
             if let tree::Items::Leaf(slots) = &node.items {
                 for l in slots.iter().filter_map(|s| s.link) {
@@ -1474,45 +1476,38 @@ impl Db {
         if current {
             self.ensure_tree(head)?;
         }
-        let mut blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
-        let mut have: DigestSet<Cid> = DigestSet::default();
-        let mut events: Vec<Cid> = Vec::new();
         let v = View { db: self, head };
-        // Oldest first, so blocks keep their commit order. Read through the index and the
-        // segment cache (a file this process just wrote costs no I/O); every block is checked
-        // against its CID.
+        // Pass 1, over the indexes and the events only: which tree nodes the files hold, the
+        // events' heights and parents, and (for version-1 files, whose index does not mark
+        // tree nodes) the values the events name.
+        let mut nodes_here: DigestSet<Cid> = DigestSet::default();
+        let mut values: DigestSet<Cid> = DigestSet::default();
+        let mut event_set: DigestSet<Cid> = DigestSet::default();
+        let mut parents: DigestSet<Cid> = DigestSet::default();
+        let mut heights = (u64::MAX, 0);
+        let mut versions = Vec::with_capacity(sel.len());
         for f in sel.iter().rev() {
-            let entries = self.file_entries(&v, f)?;
-            events.extend(entries.iter().filter(|e| e.event).map(|e| e.cid));
-            for e in entries {
-                if have.insert(e.cid) {
+            let idx = self.index(f)?;
+            versions.push(idx.version);
+            for e in self.file_entries(&v, f)? {
+                if e.event {
                     let seg = v.segment(f, e.seg)?;
                     let data = car::block_in(&seg, &e)
                         .map_err(|x| Error::format(format!("file {}", f.name), x))?;
-                    blocks.push((e.cid, data.to_vec()));
+                    let ev = Event::decode(data)
+                        .map_err(|x| Error::corrupt(format!("event {}", e.cid), x.0))?;
+                    heights = (heights.0.min(ev.height), heights.1.max(ev.height));
+                    parents.extend(ev.parents.iter().copied());
+                    if idx.version < 2 {
+                        values.extend(ev.ops.iter().filter_map(|(_, l)| *l));
+                    }
+                    event_set.insert(e.cid);
+                } else if e.node || idx.version < 2 {
+                    nodes_here.insert(e.cid);
                 }
             }
         }
-        let mut keep: DigestSet<Cid> = DigestSet::default();
-        let by_cid: DigestMap<Cid, usize> = blocks
-            .iter()
-            .enumerate()
-            .map(|(i, (c, _))| (*c, i))
-            .collect();
-        let mut heights = (u64::MAX, 0);
-        let mut parents: DigestSet<Cid> = DigestSet::default();
-        for e in &events {
-            keep.insert(*e);
-            let i = *by_cid
-                .get(e)
-                .ok_or_else(|| Error::MissingBlock(*e, self.name.clone()))?;
-            let ev = Event::decode(&blocks[i].1)
-                .map_err(|x| Error::corrupt(format!("event {e}"), x.0))?;
-            keep.extend(ev.ops.iter().filter_map(|(_, l)| *l));
-            heights = (heights.0.min(ev.height), heights.1.max(ev.height));
-            parents.extend(ev.parents.iter().copied());
-        }
-        // Tree nodes: descend through the selected files, memory and newer files; stop at
+        // Tree nodes to keep: descend through these files, memory and newer files; stop at
         // older ones (a node only links to nodes at least as old as itself).
         let newer = Head {
             files: head
@@ -1528,6 +1523,7 @@ impl Db {
             head: &newer,
         };
         let tree_root = if current { head.root } else { head.base };
+        let mut keep: DigestSet<Cid> = DigestSet::default();
         let mut extra: Vec<(Cid, Arc<[u8]>)> = Vec::new();
         // The trees to keep: the current (or base) tree, and the state at every cut event.
         let mut stack: Vec<Cid> = tree_root
@@ -1539,7 +1535,7 @@ impl Db {
             if !visited.insert(c) {
                 continue;
             }
-            if have.contains(&c) {
+            if nodes_here.contains(&c) {
                 keep.insert(c);
             } else if current {
                 let p = self
@@ -1564,34 +1560,104 @@ impl Db {
             stack.extend_from_slice(node.children());
             // A tree's values stay with it (after a cut, no kept event names some of them).
             if let tree::Items::Leaf(slots) = &node.items {
-                keep.extend(slots.iter().filter_map(|s| s.link));
+                values.extend(slots.iter().filter_map(|s| s.link));
             }
         }
-        let mut w = car::Writer::new(car::Meta {
+        drop(visited);
+        let meta = car::Meta {
             level: out_level,
             time: now_ms(),
             // The CAR roots: the file's newest events (no event in it names them).
-            roots: events
-                .iter()
-                .filter(|e| !parents.contains(e))
-                .copied()
-                .collect(),
+            roots: {
+                let mut r: Vec<Cid> = event_set
+                    .iter()
+                    .filter(|e| !parents.contains(e))
+                    .copied()
+                    .collect();
+                r.sort();
+                r
+            },
             replaces: sel.iter().map(|f| f.name).collect(),
+        };
+        drop(parents);
+        let purged = |c: &Cid| head.purged.binary_search(c).is_ok();
+        // Pass 2: stream every kept block, oldest file first and in file order, into the new
+        // file; memory holds one segment and the new index, not the files.
+        let mut failed: Option<Error> = None;
+        let mut done: Option<(u64, car::Index, u32)> = None;
+        let name = self.store.storage.put_with(self.sync(), &mut |out| {
+            let r = (|| -> Result<FileName> {
+                let io = |e| Error::io(self.store.root.join("files"), e);
+                let mut w = car::StreamWriter::new(meta.clone(), &self.key, out).map_err(io)?;
+                for (f, version) in sel.iter().rev().zip(&versions) {
+                    for e in self.file_entries(&v, f)? {
+                        // Version-1 files do not mark tree nodes: a block there is a kept
+                        // node, or a value an event or a kept tree names, or dropped.
+                        let kept = if e.event {
+                            true
+                        } else if e.node {
+                            keep.contains(&e.cid)
+                        } else if *version < 2 {
+                            keep.contains(&e.cid) || (values.contains(&e.cid) && !purged(&e.cid))
+                        } else {
+                            !purged(&e.cid)
+                        };
+                        if !kept {
+                            continue;
+                        }
+                        let seg = v.segment(f, e.seg)?;
+                        let data = car::block_in(&seg, &e)
+                            .map_err(|x| Error::format(format!("file {}", f.name), x))?;
+                        if e.event {
+                            w.add_event(e.cid, data)
+                        } else if e.node || keep.contains(&e.cid) {
+                            w.add_node(e.cid, data)
+                        } else {
+                            w.add(e.cid, data)
+                        }
+                        .map_err(io)?;
+                    }
+                }
+                for (c, b) in &extra {
+                    w.add_node(*c, b).map_err(io)?;
+                }
+                let (name, size, index, index_len) = w.finish().map_err(io)?;
+                done = Some((size, index, index_len));
+                Ok(name)
+            })();
+            r.map_err(|e| {
+                let msg = e.to_string();
+                failed = Some(e);
+                std::io::Error::other(msg)
+            })
         });
-        let is_event: DigestSet<Cid> = events.iter().copied().collect();
-        for (c, b) in &blocks {
-            if is_event.contains(c) {
-                w.add_event(*c, b);
-            } else if keep.contains(c) && head.purged.binary_search(c).is_err() {
-                w.add(*c, b);
+        let name = match (name, failed) {
+            (_, Some(e)) => return Err(e),
+            (Err(e), None) => return Err(Error::io(self.store.root.join("files"), e)),
+            (Ok(n), None) => n,
+        };
+        let (size, index, index_len) =
+            done.ok_or_else(|| Error::corrupt("compaction", "no file written"))?;
+        let bloom = match index.entries.len() {
+            1..=24 => index.entries.iter().fold(0, |b, e| b | bloom_bits(&e.cid)),
+            _ => 0,
+        };
+        {
+            let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+            if m.len() > 4096 {
+                m.clear();
             }
+            m.insert(name, Arc::new(index));
         }
-        for (c, b) in &extra {
-            w.add(*c, b);
-        }
-        let file = self.store_file(w, out_level, heights)?;
         Ok(Merged {
-            file,
+            file: FileRef {
+                name,
+                level: out_level,
+                size,
+                index_len,
+                heights,
+                bloom,
+            },
             replaced: sel.iter().map(|f| f.name).collect(),
             base: current.then_some(head.root),
         })

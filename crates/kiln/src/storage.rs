@@ -16,6 +16,14 @@ use std::sync::{Arc, Mutex, RwLock};
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Stores a file. With `sync`, returns only once the file and its name are durable.
     fn put(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()>;
+    /// Stores a file whose name is known only once it is written: `fill` writes its bytes to
+    /// the sink and returns the name. The file appears under that name whole or not at all
+    /// (with `sync`, durably).
+    fn put_with(
+        &self,
+        sync: bool,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<FileName>,
+    ) -> io::Result<FileName>;
     /// Reads `len` bytes at `offset`.
     fn read_at(&self, name: &FileName, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// The file's length in bytes.
@@ -35,7 +43,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Deletes a file from the archive (absent is not an error).
     fn remove_archived(&self, name: &FileName) -> io::Result<()>;
     /// Drops whatever space removed files still hold for reuse (after a purge, so no removed
-    /// byte survives); returns the files and bytes freed.
+    /// byte survives), and partial files of interrupted [`Storage::put_with`] calls (callers
+    /// make sure none is in progress); returns the files and bytes freed.
     fn clear_reusable(&self) -> io::Result<(u64, u64)>;
 }
 
@@ -232,6 +241,51 @@ impl Storage for LocalStorage {
         Ok(())
     }
 
+    fn put_with(
+        &self,
+        sync: bool,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<FileName>,
+    ) -> io::Result<FileName> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp_dir = self.dir.join(".tmp");
+        let tmp = tmp_dir.join(format!("{}-{}-{n}.part", std::process::id(), self.instance));
+        let f = match File::create(&tmp) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&tmp_dir)?;
+                File::create(&tmp)?
+            }
+            r => r?,
+        };
+        let r = (|| {
+            let mut w = io::BufWriter::with_capacity(1 << 20, f);
+            let name = fill(&mut w)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            if sync {
+                f.sync_all()?;
+            }
+            let path = self.path(&name);
+            let moved = match rename_noreplace(&tmp, &path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+                    rename_noreplace(&tmp, &path)
+                }
+                r => r,
+            };
+            match moved {
+                // Same name, same bytes.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                r => r?,
+            }
+            if sync {
+                sync_dir(path.parent().unwrap_or(&self.dir))?;
+            }
+            Ok(name)
+        })();
+        let _ = fs::remove_file(&tmp); // gone already when renamed
+        r
+    }
+
     fn read_at(&self, name: &FileName, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let f = self.handle(name)?;
         let mut buf = vec![0u8; len];
@@ -328,12 +382,16 @@ impl Storage for LocalStorage {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         pool.known.clear();
         let (mut n, mut bytes) = (0, 0);
-        let rd = match fs::read_dir(self.pool_dir()) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
-            Err(e) => return Err(e),
-        };
-        for e in rd {
+        let mut entries = Vec::new();
+        // Removed files kept for reuse, and partial files of streamed writes a crash left.
+        for d in [self.pool_dir(), self.dir.join(".tmp")] {
+            match fs::read_dir(d) {
+                Ok(r) => entries.extend(r),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for e in entries {
             let e = e?;
             let len = e.metadata().map(|m| m.len()).unwrap_or(0);
             match fs::remove_file(e.path()) {

@@ -125,7 +125,7 @@ impl GcLock {
         Ok(GcShared(self))
     }
 
-    fn exclusive(&self) -> Result<GcExclusive<'_>> {
+    pub fn exclusive(&self) -> Result<GcExclusive<'_>> {
         // Hold the in-process count at zero too, so this process's writers wait behind it
         // (they share the open file, whose shared lock would turn into the exclusive one).
         let deadline = std::time::Instant::now() + self.timeout;
@@ -179,7 +179,7 @@ impl Drop for GcShared<'_> {
     }
 }
 
-struct GcExclusive<'a> {
+pub(crate) struct GcExclusive<'a> {
     lock: &'a GcLock,
     /// Held so this process's writers wait too.
     _users: std::sync::MutexGuard<'a, usize>,

@@ -84,6 +84,17 @@ fn v1_database_takes_a_commit() {
     let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
     assert_eq!(db.info().unwrap().docs, 27);
     assert!(db.verify().unwrap().ok());
+    // Compacting version-1 files (whose index does not mark tree nodes) into version 2 keeps
+    // everything, history included.
+    let first = Cid::parse(V1.events[0]).unwrap();
+    let before = db.get_at("alpha", &first).unwrap();
+    db.compact_full().unwrap();
+    assert_eq!(db.info().unwrap().files.len(), 1);
+    assert_eq!(db.get_at("alpha", &first).unwrap(), before);
+    assert_eq!(db.docs(&ListOptions::default()).unwrap().len(), 27);
+    assert_eq!(db.log(None).unwrap().len(), 10);
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
 }
 
 fn reads_and_verifies(f: &Fixture) {
