@@ -709,6 +709,10 @@ impl Transaction {
     }
 }
 
+/// Transactions with at least this many writes store their tree nodes with them (see
+/// `Db::commit`).
+const CHECKPOINT_OPS: usize = 32;
+
 /// A compaction's output: the new file, the files it replaces and (level 0) the new base tree.
 struct Merged {
     file: FileRef,
@@ -1075,12 +1079,50 @@ impl Db {
                     w.add(*c, body);
                 }
             }
+            // A large transaction writes the state's tree with it (its new nodes and the pending
+            // ones it still uses), so the tree is whole in files again (a *checkpoint*): its
+            // nodes cost little next to its documents, and it bounds what another handle must
+            // replay. A small one leaves its new nodes in memory until the level-0 compaction
+            // writes them (an event's own tree, when it differs from the state, is not kept: a
+            // read at that event replays the clock).
+            let checkpoint = writes.len() >= CHECKPOINT_OPS;
+            if checkpoint {
+                let fresh: DigestMap<Cid, (&[u8], &Arc<tree::Node>)> = state
+                    .blocks
+                    .iter()
+                    .map(|(c, b, n)| (*c, (b.as_slice(), n)))
+                    .collect();
+                let pending = db.pending.read().unwrap_or_else(|p| p.into_inner());
+                let mut stack: Vec<Cid> = state.root.into_iter().collect();
+                let mut seen: DigestSet<Cid> = DigestSet::default();
+                while let Some(c) = stack.pop() {
+                    if !seen.insert(c) {
+                        continue;
+                    }
+                    let (bytes, node): (&[u8], Arc<tree::Node>) = match fresh.get(&c) {
+                        Some((b, n)) => (b, (*n).clone()),
+                        None => match pending.get(&c) {
+                            Some((b, n)) => (b, n.clone()),
+                            None => continue, // in a file already, with all below it
+                        },
+                    };
+                    w.add_node(c, bytes);
+                    stack.extend_from_slice(node.children());
+                }
+            }
             w.add_event(ecid, &eb);
             let file = db.store_file(w, 0, (height, height))?;
-            // The state's new tree nodes stay in memory until the level-0 compaction writes
-            // them (an event's own tree, when it differs from the state, is not kept: a read
-            // at that event replays the clock).
-            db.add_pending(state.blocks.iter());
+            if checkpoint {
+                // Readable without a file read, but not pending: the tree is in files.
+                for (c, _, n) in &state.blocks {
+                    db.store
+                        .cache
+                        .insert(CacheKey::Node(*c), Cached::Node(n.clone()));
+                }
+                head.base = state.root;
+            } else {
+                db.add_pending(state.blocks.iter());
+            }
             db.store
                 .cache
                 .insert(CacheKey::Event(ecid), Cached::Event(Arc::new(event)));

@@ -656,3 +656,65 @@ fn dropping_history_before_an_event_keeps_the_state_at_it() {
     ));
     assert_eq!(db.info().unwrap().files, files);
 }
+
+#[test]
+fn large_transactions_checkpoint_the_tree_and_mix_with_small_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            compact_threshold: 6,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let db = store.create(Some("x")).unwrap();
+    // Many leaves: a large transaction leaves most of them alone, so the leaves small ones
+    // changed (pending in memory) must go into its checkpoint.
+    let ids: Vec<String> = (0..2000).map(|i| format!("id{i:04}")).collect();
+    let mut events = Vec::new();
+    let mut model: BTreeMap<String, u64> = BTreeMap::new();
+    for round in 0..12u64 {
+        // A large transaction (a checkpoint), then small ones that build on it.
+        let docs: Vec<Value> = (0..40)
+            .map(|j| json!({"_id": ids[((round * 37 + j * 7) % 2000) as usize], "r": round}))
+            .collect();
+        for d in &docs {
+            model.insert(d["_id"].as_str().unwrap().to_owned(), round);
+        }
+        events.push(db.bulk(&docs).unwrap().event);
+        for j in 0..3 {
+            let id = &ids[((round * 611 + j * 97) % 2000) as usize];
+            events.push(db.put(&json!({"_id": id, "r": 100 + round})).unwrap().event);
+            model.insert(id.clone(), 100 + round);
+        }
+        // Another handle (as another process would) reads the state right away.
+        let other = Store::open_with(dir.path(), opts())
+            .unwrap()
+            .open_db("x")
+            .unwrap();
+        let got: BTreeMap<String, u64> = other
+            .docs(&ListOptions::default())
+            .unwrap()
+            .into_iter()
+            .map(|d| {
+                (
+                    d["_id"].as_str().unwrap().to_owned(),
+                    d["r"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, model, "round {round}");
+    }
+    let before = history(&db, &events, &ids[..20]);
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+    db.compact_full().unwrap();
+    assert_eq!(history(&db, &events, &ids[..20]), before);
+    let fresh = Store::open_with(dir.path(), opts())
+        .unwrap()
+        .open_db("x")
+        .unwrap();
+    assert_eq!(history(&fresh, &events, &ids[..20]), before);
+    assert!(fresh.verify().unwrap().ok());
+}
