@@ -64,6 +64,7 @@ fn main() -> kiln::Result<()> {
             store.gc()?;
             let before = disk(&tmp.path().join("files"));
             let files_before = db.info()?.files.len();
+            let load_peak = status("VmHWM:");
             // Reset the peak RSS, so it measures the compaction alone.
             let _ = std::fs::write("/proc/self/clear_refs", "5");
             let rss0 = status("VmRSS:");
@@ -84,8 +85,16 @@ fn main() -> kiln::Result<()> {
                 after / n,
                 json_bytes / n
             );
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+            let t = Instant::now();
             let r = db.verify()?;
             assert!(r.ok(), "{:?}", r.problems);
+            println!(
+                "peak RSS while loading {} MiB; verify {:.1} s, peak RSS {} MiB",
+                load_peak / 1024,
+                t.elapsed().as_secs_f64(),
+                status("VmHWM:") / 1024
+            );
         }
         "open" => {
             for (label, t) in [
