@@ -14,27 +14,11 @@ use serde_json::Value;
 
 #[path = "shared/harness_doc.rs"]
 mod harness_doc;
-use harness_doc::doc;
+use harness_doc::{disk, doc, proc_figure};
 use std::time::Instant;
 
 fn status(key: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn disk(p: &std::path::Path) -> u64 {
-    let mut t = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let m = e.metadata().unwrap();
-            t += if m.is_dir() { disk(&e.path()) } else { m.len() };
-        }
-    }
-    t
+    proc_figure("status", key)
 }
 
 fn main() -> kiln::Result<()> {

@@ -8,25 +8,10 @@
 use kiln::{Durability, Options, Store};
 #[path = "shared/harness_doc.rs"]
 mod harness_doc;
-use harness_doc::doc;
+use harness_doc::{disk, doc, proc_figure};
 
 fn wchar() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("wchar: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn disk(p: &std::path::Path) -> u64 {
-    let mut t = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let m = e.metadata().unwrap();
-            t += if m.is_dir() { disk(&e.path()) } else { m.len() };
-        }
-    }
-    t
+    proc_figure("io", "wchar:")
 }
 
 fn main() -> kiln::Result<()> {

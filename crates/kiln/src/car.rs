@@ -213,18 +213,8 @@ impl Writer {
             let next = Vec::with_capacity(SEGMENT_TARGET.max(data.len() + 64));
             self.segs.push(std::mem::replace(&mut self.cur, next));
         }
-        put_varint(&mut self.cur, (CID_LEN + data.len()) as u64);
-        self.cur.extend_from_slice(cid.as_bytes());
-        let off = self.cur.len() as u32;
-        self.cur.extend_from_slice(data);
-        self.entries.push(Entry {
-            cid,
-            seg: self.segs.len() as u32,
-            off,
-            len: data.len() as u32,
-            event: kind == EVENT,
-            node: kind == NODE,
-        });
+        let seg = self.segs.len() as u32;
+        push_section(&mut self.cur, &mut self.entries, seg, cid, data, kind);
     }
 
     /// Seals everything and returns the file with its index and segment plaintexts (so the
@@ -261,6 +251,29 @@ impl Writer {
 const OTHER: u8 = 0;
 const EVENT: u8 = 1;
 const NODE: u8 = 2;
+
+/// Appends a block's CAR section to segment `seg`'s plaintext `cur` and records its entry.
+fn push_section(
+    cur: &mut Vec<u8>,
+    entries: &mut Vec<Entry>,
+    seg: u32,
+    cid: Cid,
+    data: &[u8],
+    kind: u8,
+) {
+    put_varint(cur, (CID_LEN + data.len()) as u64);
+    cur.extend_from_slice(cid.as_bytes());
+    let off = cur.len() as u32;
+    cur.extend_from_slice(data);
+    entries.push(Entry {
+        cid,
+        seg,
+        off,
+        len: data.len() as u32,
+        event: kind == EVENT,
+        node: kind == NODE,
+    });
+}
 
 /// Appends a file's index pages, index and trailer to `out`, which holds the file's bytes so
 /// far (its header and sealed segments). Returns the index as a reader would get it.
@@ -477,18 +490,8 @@ impl<'a> StreamWriter<'a> {
         if !self.cur.is_empty() && self.cur.len() + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
             self.flush_segment()?;
         }
-        put_varint(&mut self.cur, (CID_LEN + data.len()) as u64);
-        self.cur.extend_from_slice(cid.as_bytes());
-        let off = self.cur.len() as u32;
-        self.cur.extend_from_slice(data);
-        self.entries.push(Entry {
-            cid,
-            seg: self.seg_at.len() as u32,
-            off,
-            len: data.len() as u32,
-            event: kind == EVENT,
-            node: kind == NODE,
-        });
+        let seg = self.seg_at.len() as u32;
+        push_section(&mut self.cur, &mut self.entries, seg, cid, data, kind);
         Ok(())
     }
 

@@ -1680,17 +1680,7 @@ impl Db {
         };
         let (size, index, index_len) =
             done.ok_or_else(|| Error::corrupt("compaction", "no file written"))?;
-        let bloom = match index.entries.len() {
-            1..=24 => index.entries.iter().fold(0, |b, e| b | bloom_bits(&e.cid)),
-            _ => 0,
-        };
-        {
-            let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
-            if m.len() > 4096 {
-                m.clear();
-            }
-            m.insert(name, Arc::new(index));
-        }
+        let bloom = self.register_index(name, index);
         Ok(Merged {
             file: FileRef {
                 name,
@@ -1758,18 +1748,7 @@ impl Db {
             index_len,
             segments,
         } = f;
-        // Small files get a filter; in a large one most bits would be set anyway.
-        let bloom = match index.entries.len() {
-            1..=24 => index.entries.iter().fold(0, |b, e| b | bloom_bits(&e.cid)),
-            _ => 0,
-        };
-        {
-            let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
-            if m.len() > 4096 {
-                m.clear();
-            }
-            m.insert(name, Arc::new(index));
-        }
+        let bloom = self.register_index(name, index);
         for (n, mut seg) in segments.into_iter().enumerate() {
             seg.shrink_to_fit(); // written with room to grow; cache only what it holds
             self.store.cache.insert(
@@ -1799,6 +1778,21 @@ impl Db {
             .and_then(|at| b.get(at..at.checked_add(len as usize)?))
             .ok_or_else(|| bad(car::FormatError::Framing("index outside the file")))?;
         Ok(car::Index::open(&self.key, sealed, at).map_err(bad)?.meta)
+    }
+
+    /// Keeps the index of a file this handle just wrote (no need to read it back) and returns
+    /// the file's Bloom filter: small files get one; in a large one most bits would be set.
+    fn register_index(&self, name: FileName, index: car::Index) -> u64 {
+        let bloom = match index.entries.len() {
+            1..=24 => index.entries.iter().fold(0, |b, e| b | bloom_bits(&e.cid)),
+            _ => 0,
+        };
+        let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 4096 {
+            m.clear();
+        }
+        m.insert(name, Arc::new(index));
+        bloom
     }
 
     fn file_err(&self, name: &FileName, e: std::io::Error) -> Error {

@@ -34,3 +34,26 @@ pub fn doc(i: u64, n: u64) -> Value {
         "body": body(i),
     })
 }
+
+/// A number from `/proc/self/<file>` (`status`: kB; `io`: bytes) on the line starting `key`.
+#[allow(dead_code)]
+pub fn proc_figure(file: &str, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/self/{file}")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes of every file below `p`.
+pub fn disk(p: &std::path::Path) -> u64 {
+    let mut t = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            t += if m.is_dir() { disk(&e.path()) } else { m.len() };
+        }
+    }
+    t
+}
