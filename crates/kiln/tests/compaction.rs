@@ -12,6 +12,27 @@ fn opts() -> Options {
     }
 }
 
+/// A store in `dir` compacting past `threshold` diffs, keeping an archive when `archive`.
+fn store_at(dir: &std::path::Path, threshold: usize, archive: bool) -> Store {
+    let store = Store::open_with(
+        dir,
+        Options {
+            compact_threshold: threshold,
+            ..opts()
+        },
+    )
+    .unwrap();
+    if archive {
+        store
+            .set_settings(&Settings {
+                keep_archive: Some(true),
+                ..Settings::default()
+            })
+            .unwrap();
+    }
+    store
+}
+
 fn levels(db: &kiln::Database) -> Vec<u8> {
     db.info().unwrap().files.iter().map(|f| f.level).collect()
 }
@@ -116,14 +137,7 @@ fn history(db: &kiln::Database, events: &[Cid], ids: &[String]) -> Vec<String> {
 #[test]
 fn history_is_the_same_before_and_after_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        Options {
-            compact_threshold: 1_000,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let store = store_at(dir.path(), 1_000, false);
     let db = store.create(Some("h")).unwrap();
     let ids: Vec<String> = (0..11).map(|i| format!("d{i}")).collect();
     let mut events = Vec::new();
@@ -180,14 +194,7 @@ fn history_is_the_same_before_and_after_compaction() {
 #[test]
 fn ten_thousand_puts_two_threads_threshold_10() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        Options {
-            compact_threshold: 10,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let store = store_at(dir.path(), 10, false);
     let db = store.create(Some("big")).unwrap();
     let threads: Vec<_> = (0..2)
         .map(|t| {
@@ -230,20 +237,7 @@ fn ten_thousand_puts_two_threads_threshold_10() {
 fn an_archive_keeps_the_whole_sequence_of_diffs() {
     for keep in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with(
-            dir.path(),
-            Options {
-                compact_threshold: 3,
-                ..opts()
-            },
-        )
-        .unwrap();
-        store
-            .set_settings(&Settings {
-                keep_archive: Some(keep),
-                ..Settings::default()
-            })
-            .unwrap();
+        let store = store_at(dir.path(), 3, keep);
         let db = store.create(Some("a")).unwrap();
         let mut events = Vec::new();
         for k in 0..60 {
@@ -282,14 +276,7 @@ fn an_archive_keeps_the_whole_sequence_of_diffs() {
 #[test]
 fn gc_removes_only_what_no_database_names_even_while_writers_run() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        Options {
-            compact_threshold: 4,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let store = store_at(dir.path(), 4, false);
     let a = store.create(Some("a")).unwrap();
     let b = store.create(Some("b")).unwrap();
     for k in 0..20 {
@@ -308,14 +295,7 @@ fn gc_removes_only_what_no_database_names_even_while_writers_run() {
     assert_eq!(store.gc().unwrap().removed_files, 0);
 
     // Writers in other handles (as other processes would be) while gc runs again and again.
-    let other = Store::open_with(
-        dir.path(),
-        Options {
-            compact_threshold: 4,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let other = store_at(dir.path(), 4, false);
     let writers: Vec<_> = ["a", "b"]
         .into_iter()
         .map(|n| {
@@ -444,20 +424,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn purge_removes_every_stored_version() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        Options {
-            compact_threshold: 3,
-            ..opts()
-        },
-    )
-    .unwrap();
-    store
-        .set_settings(&Settings {
-            keep_archive: Some(true),
-            ..Settings::default()
-        })
-        .unwrap();
+    let store = store_at(dir.path(), 3, true);
     let db = store.create(Some("p")).unwrap();
     let marker = "MARKER-PURGE-7731";
     let mut events = Vec::new();
@@ -546,14 +513,7 @@ fn reads_at(db: &kiln::Database, events: &[Cid], ids: &[String]) -> Vec<String> 
 #[test]
 fn dropping_history_before_an_event_keeps_the_state_at_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        Options {
-            compact_threshold: 7,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let store = store_at(dir.path(), 7, false);
     let db = store.create(Some("d")).unwrap();
     let ids: Vec<String> = (0..9).map(|i| format!("d{i}")).collect();
     let marker = "OLD-VERSION-MARKER-5521";
@@ -660,14 +620,7 @@ fn dropping_history_before_an_event_keeps_the_state_at_it() {
 #[test]
 fn large_transactions_checkpoint_the_tree_and_mix_with_small_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        Options {
-            compact_threshold: 6,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let store = store_at(dir.path(), 6, false);
     let db = store.create(Some("x")).unwrap();
     // Many leaves: a large transaction leaves most of them alone, so the leaves small ones
     // changed (pending in memory) must go into its checkpoint.
