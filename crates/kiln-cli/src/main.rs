@@ -45,6 +45,9 @@ enum Cmd {
     /// Create, list, inspect and drop databases.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Fork a database: a new database (a fresh UUID name when DST is omitted) that starts at
+    /// SRC's current state and shares its files; costs one head record, copies nothing.
+    Fork { src: String, dst: Option<String> },
     /// Write a document (replaces the whole document). JSON from the argument or stdin.
     Put {
         db: String,
@@ -526,6 +529,13 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                             "replaces": f.replaces.iter().map(|r| r.to_string()).collect::<Vec<_>>()}))
                         .collect::<Vec<_>>())
                 },
+            );
+        }
+        Cmd::Fork { src, dst } => {
+            let db = store.fork(&src, dst.as_deref())?;
+            out.print(
+                || format!("forked {src} into {}", db.name()),
+                || json!({"source": src, "name": db.name()}),
             );
         }
         Cmd::Purge { db, id } => {

@@ -340,3 +340,20 @@ fn dropping_history_from_the_command_line() {
     assert_eq!(code(&bad), 2);
     ok(r, &["verify", "h"]);
 }
+
+#[test]
+fn fork_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "main"]);
+    ok(r, &["put", "main", r#"{"_id":"a","v":1}"#]);
+    assert_eq!(json(r, &["fork", "main", "mine"])["name"], "mine");
+    ok(r, &["put", "mine", r#"{"_id":"a","v":2}"#]);
+    assert!(ok(r, &["get", "main", "a"]).contains("\"v\": 1"));
+    assert!(ok(r, &["get", "mine", "a"]).contains("\"v\": 2"));
+    let anon = json(r, &["fork", "mine"]);
+    assert_eq!(anon["name"].as_str().unwrap().len(), 36);
+    assert_eq!(code(&kiln(r, &["fork", "nope", "x"], None)), 4);
+    assert_eq!(code(&kiln(r, &["fork", "main", "mine"], None)), 2);
+    ok(r, &["verify", "mine"]);
+}

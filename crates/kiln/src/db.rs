@@ -505,6 +505,17 @@ impl Database {
 
     /// Marks the database dropped under its writer lock and returns the files its final head
     /// record names. Every handle, in any process, then fails with `NoSuchDatabase`.
+    /// The current head record, read under the writer lock (no commit is half done), for a
+    /// fork to start from.
+    pub(crate) fn head_for_fork(&self) -> Result<Head> {
+        self.inner
+            .with_lock(|_, head| Ok((head.clone(), Vec::new())))
+    }
+
+    pub(crate) fn key(&self) -> Key {
+        self.inner.key.clone()
+    }
+
     pub(crate) fn mark_dropped(&self) -> Result<Vec<FileRef>> {
         // `with_lock` refuses an already-dropped database; the head record is left unchanged.
         self.inner.with_lock(|db, head| {
@@ -899,6 +910,13 @@ impl Db {
                         .clear();
                 }
                 let archive = self.store.settings().keep_archive.unwrap_or(false);
+                // Forks share files: then only garbage collection, which reads every
+                // database's head record, may take them away.
+                let remove = if !remove.is_empty() && self.store.keybag.is_shared(&self.lineage) {
+                    Vec::new()
+                } else {
+                    remove
+                };
                 for f in remove {
                     // The new head no longer names these; readers holding the old head retry.
                     let _ = if archive {

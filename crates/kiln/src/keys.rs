@@ -60,6 +60,20 @@ impl Keybag {
         parse_key(&path, &bytes).map(Some)
     }
 
+    /// Marks a lineage as held by more than one database (forks): from then on no database of
+    /// it deletes files by itself (they may be shared); garbage collection does, by reference.
+    pub fn mark_shared(&self, l: &Lineage, sync: bool) -> Result<()> {
+        let path = self.dir.join(format!("{}.shared", lineage_string(l)));
+        write_atomic(&path, b"", sync, Some(0o600)).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Whether [`Keybag::mark_shared`] was called for the lineage.
+    pub fn is_shared(&self, l: &Lineage) -> bool {
+        self.dir
+            .join(format!("{}.shared", lineage_string(l)))
+            .exists()
+    }
+
     pub fn remove(&self, l: &Lineage) -> Result<()> {
         let path = self.path(l);
         match std::fs::remove_file(&path) {

@@ -368,47 +368,83 @@ impl Store {
             ));
         }
         settings.validate()?;
+        let name = self.new_name(name)?;
+        let sync = self.inner.opts.durability == Durability::Full;
+        let lineage: Lineage = *uuid::Uuid::new_v4().as_bytes();
+        let key = Key::generate().map_err(|e| Error::io(self.dbs(), e))?;
+        self.inner.keybag.put(&lineage, &key, sync)?;
+        match self.place(&name, &lineage, &key, &Head::default(), settings) {
+            Ok(db) => Ok(db),
+            Err(e) => {
+                let _ = self.inner.keybag.remove(&lineage);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forks `src` into a new database (a fresh UUID name when `dst` is `None`) that starts
+    /// at `src`'s current state and shares its files and its lineage's key: no file is copied,
+    /// the store grows by one head record. Writes to either side do not show on the other.
+    /// From now on neither deletes files by itself (they are shared); `gc` does, by reference.
+    pub fn fork(&self, src: &str, dst: Option<&str>) -> Result<Database> {
+        let source = self.open_db(src)?;
+        let name = self.new_name(dst)?;
+        let sync = self.inner.opts.durability == Durability::Full;
+        let lineage = source.lineage();
+        // Shared before the head is read: a compaction of `src` that has not yet deleted the
+        // files it replaced sees the mark and keeps them; one that already did has written the
+        // head record read below (it deletes under the writer lock, which the read waits for).
+        self.inner.keybag.mark_shared(&lineage, sync)?;
+        let mut head = source.head_for_fork()?;
+        head.seq = 0;
+        self.place(&name, &lineage, &source.key(), &head, &Settings::default())
+    }
+
+    /// A name for a new database: the given one (checked, and not taken) or a fresh UUID.
+    fn new_name(&self, name: Option<&str>) -> Result<String> {
         let name = match name {
             Some(n) => n.to_owned(),
             None => uuid::Uuid::new_v4().hyphenated().to_string(),
         };
         check_name(&name)?;
-        let dbs = self.dbs();
-        let final_dir = dbs.join(&name);
-        if final_dir.exists() {
+        if self.dbs().join(&name).exists() {
             return Err(Error::DatabaseExists(name));
         }
+        Ok(name)
+    }
+
+    /// Writes a database folder holding `head` under a hidden name, then renames it into
+    /// place: a database appears whole or not at all, and two creators of one name cannot
+    /// both win.
+    fn place(
+        &self,
+        name: &str,
+        lineage: &Lineage,
+        key: &Key,
+        head: &Head,
+        settings: &Settings,
+    ) -> Result<Database> {
+        let dbs = self.dbs();
+        let final_dir = dbs.join(name);
         let sync = self.inner.opts.durability == Durability::Full;
-        // Build it under a hidden name, then rename into place: a database appears whole or
-        // not at all, and two creators of one name cannot both win.
         let tmp = dbs.join(format!(".new-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let result = (|| {
-            let lineage: Lineage = *uuid::Uuid::new_v4().as_bytes();
-            let key = Key::generate().map_err(|e| Error::io(&tmp, e))?;
-            self.inner.keybag.put(&lineage, &key, sync)?;
-            let head = Head::default()
-                .seal(&lineage, &key)
-                .map_err(|e| Error::io(&tmp, e))?;
+            let bytes = head.seal(lineage, key).map_err(|e| Error::io(&tmp, e))?;
             let hp = tmp.join("HEAD");
-            write_atomic(&hp, &head, sync, None).map_err(|e| Error::io(&hp, e))?;
+            write_atomic(&hp, &bytes, sync, None).map_err(|e| Error::io(&hp, e))?;
             let lp = tmp.join("LOCK");
             std::fs::write(&lp, [0u8; 16]).map_err(|e| Error::io(&lp, e))?;
-            settings.write(&tmp.join(SETTINGS), sync)?;
-            Ok::<_, Error>(lineage)
+            settings.write(&tmp.join(SETTINGS), sync)
         })();
-        let lineage = match result {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        };
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         if let Err(e) = std::fs::rename(&tmp, &final_dir) {
             let _ = std::fs::remove_dir_all(&tmp);
-            let _ = self.inner.keybag.remove(&lineage);
             return Err(if final_dir.exists() {
-                Error::DatabaseExists(name)
+                Error::DatabaseExists(name.to_owned())
             } else {
                 Error::io(&final_dir, e)
             });
@@ -416,7 +452,7 @@ impl Store {
         if sync {
             sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
         }
-        self.open_db(&name)
+        self.open_db(name)
     }
 
     /// Opens an existing database.
@@ -507,14 +543,17 @@ impl Store {
         if self.inner.opts.durability == Durability::Full {
             sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
         }
-        // Each database is its own lineage until forks exist, so its files are its own.
-        for f in &files {
-            self.inner
-                .storage
-                .remove(&f.name)
-                .map_err(|e| Error::io(self.inner.root.join("files"), e))?;
+        // A database that never shared its lineage owns its files and its key; after a fork
+        // they may be shared: garbage collection removes files no one names, the key stays.
+        if !self.inner.keybag.is_shared(&lineage) {
+            for f in &files {
+                self.inner
+                    .storage
+                    .remove(&f.name)
+                    .map_err(|e| Error::io(self.inner.root.join("files"), e))?;
+            }
+            self.inner.keybag.remove(&lineage)?;
         }
-        self.inner.keybag.remove(&lineage)?;
         std::fs::remove_dir_all(&gone).map_err(|e| Error::io(&gone, e))?;
         Ok(())
     }
