@@ -45,6 +45,10 @@ enum Cmd {
     /// Create, list, inspect and drop databases.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Documents added, changed and deleted from A to B. Each side is a database (its current
+    /// state) or DB@EVENT (its state at that event). Compares trees, so the cost follows the
+    /// differences, not the size.
+    Diff { a: String, b: String },
     /// Fork a database: a new database (a fresh UUID name when DST is omitted) that starts at
     /// SRC's current state and shares its files; costs one head record, copies nothing.
     Fork { src: String, dst: Option<String> },
@@ -527,6 +531,45 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                         .map(|f| json!({"name": f.name.to_string(), "location": loc(f.location),
                             "level": f.level, "events": cids(&f.events),
                             "replaces": f.replaces.iter().map(|r| r.to_string()).collect::<Vec<_>>()}))
+                        .collect::<Vec<_>>())
+                },
+            );
+        }
+        Cmd::Diff { a, b } => {
+            let point = |s: &str| -> kiln::Result<(Database, Option<Cid>)> {
+                match s.split_once('@') {
+                    Some((db, e)) => Ok((store.open_db(db)?, Some(parse_event(e)?))),
+                    None => Ok((store.open_db(s)?, None)),
+                }
+            };
+            let ((da, ea), (db, eb)) = (point(&a)?, point(&b)?);
+            let d = da.diff(ea.as_ref(), &db, eb.as_ref())?;
+            let count = |k: &str| d.iter().filter(|x| x.kind() == k).count();
+            out.print(
+                || {
+                    let mut lines: Vec<String> = d
+                        .iter()
+                        .map(|x| {
+                            let sign = match x.kind() {
+                                "added" => "+",
+                                "deleted" => "-",
+                                _ => "~",
+                            };
+                            format!("{sign} {}", x.id)
+                        })
+                        .collect();
+                    lines.push(format!(
+                        "{} added, {} changed, {} deleted",
+                        count("added"),
+                        count("changed"),
+                        count("deleted")
+                    ));
+                    lines.join("\n")
+                },
+                || {
+                    json!(d
+                        .iter()
+                        .map(|x| json!({"id": x.id, "change": x.kind(), "before": x.before, "after": x.after}))
                         .collect::<Vec<_>>())
                 },
             );

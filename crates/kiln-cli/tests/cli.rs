@@ -357,3 +357,33 @@ fn fork_from_the_command_line() {
     assert_eq!(code(&kiln(r, &["fork", "main", "mine"], None)), 2);
     ok(r, &["verify", "mine"]);
 }
+
+#[test]
+fn diff_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "main"]);
+    let e = json(r, &["put", "main", r#"{"_id":"a","v":1}"#])["event"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(r, &["put", "main", r#"{"_id":"b","v":1}"#]);
+    ok(r, &["fork", "main", "mine"]);
+    ok(r, &["put", "mine", r#"{"_id":"a","v":2}"#]);
+    ok(r, &["del", "mine", "b"]);
+    ok(r, &["put", "mine", r#"{"_id":"c","v":3}"#]);
+    let text = ok(r, &["diff", "main", "mine"]);
+    assert!(
+        text.contains("~ a") && text.contains("- b") && text.contains("+ c"),
+        "{text}"
+    );
+    assert!(text.contains("1 added, 1 changed, 1 deleted"));
+    let j = json(r, &["diff", "main", "mine"]);
+    assert_eq!(j[0]["before"]["v"], 1);
+    assert_eq!(j[0]["after"]["v"], 2);
+    let at = json(r, &["diff", &format!("main@{e}"), "main"]);
+    assert_eq!(at.as_array().unwrap().len(), 1);
+    assert_eq!(at[0]["id"], "b");
+    assert_eq!(code(&kiln(r, &["diff", "main", "nope"], None)), 4);
+    assert_eq!(code(&kiln(r, &["diff", "main@zzz", "mine"], None)), 2);
+}

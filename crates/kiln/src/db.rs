@@ -130,6 +130,45 @@ pub struct Info {
     pub settings: Settings,
 }
 
+/// One document that differs between two states ([`Database::diff`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocDiff {
+    pub id: String,
+    /// The document in the first state (`None`: absent or deleted there).
+    pub before: Option<Value>,
+    /// The document in the second state (`None`: absent or deleted there).
+    pub after: Option<Value>,
+}
+
+impl DocDiff {
+    /// "added", "deleted" or "changed".
+    pub fn kind(&self) -> &'static str {
+        match (&self.before, &self.after) {
+            (None, _) => "added",
+            (_, None) => "deleted",
+            _ => "changed",
+        }
+    }
+}
+
+/// A database state to read a tree from: a head and tree nodes built in memory (the state at
+/// an event whose own tree was dropped by compaction).
+struct Point<'a> {
+    view: View<'a>,
+    root: Option<Cid>,
+    built: DigestMap<Cid, Arc<tree::Node>>,
+}
+
+impl NodeSource for Point<'_> {
+    type Error = Error;
+    fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>> {
+        match self.built.get(cid) {
+            Some(n) => Ok(n.clone()),
+            None => self.view.node(cid),
+        }
+    }
+}
+
 /// What [`Database::purge`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PurgeReport {
@@ -647,6 +686,59 @@ impl Database {
     /// [`Error::NoSuchEvent`]. Leaves exactly one file. Returns the number of events dropped.
     pub fn drop_history_before(&self, event: &Cid) -> Result<usize> {
         self.inner.with_lock(|db, head| db.squash(head, event))
+    }
+
+    /// The documents that differ from this database's state (now, or at event `at`) to
+    /// `other`'s (now, or at `other_at`), in id order, with both values. The two trees are
+    /// compared by CID, so subtrees they share (forks share most) are skipped unread: the cost
+    /// follows the number of differences, not the size of the databases.
+    pub fn diff(
+        &self,
+        at: Option<&Cid>,
+        other: &Database,
+        other_at: Option<&Cid>,
+    ) -> Result<Vec<DocDiff>> {
+        let (sa, sb) = (self.inner.refresh()?, other.inner.refresh()?);
+        // An event's own tree first; if compaction dropped part of it, build it from history.
+        let mut build = false;
+        let (a, b, keys) = loop {
+            let a = self.inner.point(&sa.head, at, build)?;
+            let b = other.inner.point(&sb.head, other_at, build)?;
+            let mut keys: Vec<(Vec<u8>, Option<Slot>, Option<Slot>)> = Vec::new();
+            match tree::diff(&a, a.root.as_ref(), &b, b.root.as_ref(), &mut |k, x, y| {
+                keys.push((k.to_vec(), x.copied(), y.copied()))
+            }) {
+                Ok(()) => break (a, b, keys),
+                Err(Error::MissingBlock(..)) if !build && (at.is_some() || other_at.is_some()) => {
+                    build = true
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut out = Vec::new();
+        for (k, x, y) in keys {
+            let (lx, ly) = (x.and_then(|s| s.link), y.and_then(|s| s.link));
+            if lx == ly {
+                continue; // same contents (or deleted on both sides), other versions
+            }
+            let id = String::from_utf8(k)
+                .map_err(|_| Error::corrupt(self.inner.name.clone(), "document id is not UTF-8"))?;
+            let load = |p: &Point, s: Option<Slot>| -> Result<Option<Value>> {
+                match s {
+                    Some(Slot {
+                        link: Some(l),
+                        version,
+                    }) => p.view.load_doc(&id, &l, version).map(Some),
+                    _ => Ok(None),
+                }
+            };
+            out.push(DocDiff {
+                before: load(&a, x)?,
+                after: load(&b, y)?,
+                id,
+            });
+        }
+        Ok(out)
     }
 
     /// Merges every live file into exactly one (`kiln compact --full`).
@@ -1265,6 +1357,74 @@ impl Db {
         Ok(entries)
     }
 
+    /// A state to diff: the current one, or the one at event `at` (its own tree when still
+    /// stored, else built from its history).
+    fn point<'a>(&'a self, head: &'a Head, at: Option<&Cid>, build: bool) -> Result<Point<'a>> {
+        let view = View { db: self, head };
+        let Some(e) = at else {
+            self.ensure_tree(head)?;
+            return Ok(Point {
+                view,
+                root: head.root,
+                built: DigestMap::default(),
+            });
+        };
+        let ev = view.given_event(e)?;
+        if !build {
+            return Ok(Point {
+                view,
+                root: ev.root,
+                built: DigestMap::default(),
+            });
+        }
+        let u = self.state_at(&view, e, &ev)?;
+        Ok(Point {
+            root: u.root,
+            built: u.blocks.into_iter().map(|(c, _, n)| (c, n)).collect(),
+            view,
+        })
+    }
+
+    /// The tree of the state at event `e` built from its history: for every id, the highest
+    /// slot among `e` and its ancestors (and the states at cuts among them). Checked against
+    /// the root `e` commits to, when it has one.
+    fn state_at(&self, v: &View, e: &Cid, ev: &Event) -> Result<tree::Update> {
+        let mut state: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
+        let mut put = |k: &[u8], s: Slot| {
+            let o = state.entry(k.into()).or_insert(s);
+            if s.rank(o) == std::cmp::Ordering::Greater {
+                *o = s;
+            }
+        };
+        clock::walk(v, &[*e], &mut |c, x| {
+            for (id, l) in &x.ops {
+                put(
+                    id.as_bytes(),
+                    Slot {
+                        version: x.height,
+                        link: *l,
+                    },
+                );
+            }
+            if let Some(root) = v.head.cut_root(c) {
+                tree::range(v, root.as_ref(), None, None, &mut |k, s| {
+                    put(k, *s);
+                    Ok(true)
+                })?;
+            }
+            Ok(true)
+        })?;
+        let ops: Vec<tree::Op> = state.into_iter().map(|(k, s)| (k, Some(s))).collect();
+        let at_e = tree::update(v, None, &ops, Mode::Max)?;
+        if ev.root.is_some() && ev.root != at_e.root {
+            return Err(Error::corrupt(
+                format!("event {e}"),
+                "its tree root is not the state its history gives",
+            ));
+        }
+        Ok(at_e)
+    }
+
     /// Drops the history older than event `e` (its strict ancestors), keeping the state at `e`
     /// as a tree the head record names (a *cut*): writes one file with every kept event, every
     /// value they name, the current tree, and the trees of the cuts, and replaces every live
@@ -1282,41 +1442,7 @@ impl Db {
         if dropped.is_empty() {
             return Ok((0, Vec::new()));
         }
-        // The state at `e`: for every id, the highest slot among `e` and its ancestors (and the
-        // states at cuts among them).
-        let mut state: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
-        let mut put = |k: &[u8], s: Slot| {
-            let o = state.entry(k.into()).or_insert(s);
-            if s.rank(o) == std::cmp::Ordering::Greater {
-                *o = s;
-            }
-        };
-        clock::walk(&v, &[*e], &mut |c, x| {
-            for (id, l) in &x.ops {
-                put(
-                    id.as_bytes(),
-                    Slot {
-                        version: x.height,
-                        link: *l,
-                    },
-                );
-            }
-            if let Some(root) = head.cut_root(c) {
-                tree::range(&v, root.as_ref(), None, None, &mut |k, s| {
-                    put(k, *s);
-                    Ok(true)
-                })?;
-            }
-            Ok(true)
-        })?;
-        let ops: Vec<tree::Op> = state.into_iter().map(|(k, s)| (k, Some(s))).collect();
-        let at_e = tree::update(&v, None, &ops, Mode::Max)?;
-        if ev.root.is_some() && ev.root != at_e.root {
-            return Err(Error::corrupt(
-                format!("event {e}"),
-                "its tree root is not the state its history gives",
-            ));
-        }
+        let at_e = self.state_at(&v, e, &ev)?;
         let fresh: DigestMap<Cid, &[u8]> = at_e
             .blocks
             .iter()

@@ -286,6 +286,103 @@ pub fn range<S: NodeSource>(
     Ok(())
 }
 
+/// Every key whose slot differs between the tree at `ra` (read from `a`) and the tree at `rb`
+/// (read from `b`), in key order, with its slot on each side (`None`: absent). Subtrees with
+/// the same CID on both sides are skipped without being read, so the cost follows the number
+/// of differences (times the depth), not the size of the trees.
+pub fn diff<A, B>(
+    a: &A,
+    ra: Option<&Cid>,
+    b: &B,
+    rb: Option<&Cid>,
+    f: &mut dyn FnMut(&[u8], Option<&Slot>, Option<&Slot>),
+) -> Result<(), A::Error>
+where
+    A: NodeSource,
+    B: NodeSource<Error = A::Error>,
+{
+    if ra == rb {
+        return Ok(());
+    }
+    // Lists of (CID, node) of one level that together cover every key of their tree.
+    let mut la: Vec<(Cid, Arc<Node>)> = match ra {
+        Some(r) => vec![(*r, a.node(r)?)],
+        None => Vec::new(),
+    };
+    let mut lb: Vec<(Cid, Arc<Node>)> = match rb {
+        Some(r) => vec![(*r, b.node(r)?)],
+        None => Vec::new(),
+    };
+    let level = |l: &[(Cid, Arc<Node>)]| l.first().map_or(0, |n| n.1.level);
+    loop {
+        // Bring both lists to the same level, then drop the subtrees they share.
+        while level(&la) > level(&lb) {
+            la = children(a, &la)?;
+        }
+        while level(&lb) > level(&la) {
+            lb = children(b, &lb)?;
+        }
+        let in_b: std::collections::HashSet<Cid> = lb.iter().map(|n| n.0).collect();
+        let in_a: std::collections::HashSet<Cid> = la.iter().map(|n| n.0).collect();
+        la.retain(|n| !in_b.contains(&n.0));
+        lb.retain(|n| !in_a.contains(&n.0));
+        if level(&la) == 0 && level(&lb) == 0 {
+            break;
+        }
+        la = children(a, &la)?;
+        lb = children(b, &lb)?;
+    }
+    let entries = |l: &[(Cid, Arc<Node>)]| -> Vec<(Box<[u8]>, Slot)> {
+        let mut v = Vec::new();
+        for (_, n) in l {
+            if let Items::Leaf(slots) = &n.items {
+                v.extend(n.keys.iter().cloned().zip(slots.iter().copied()));
+            }
+        }
+        v
+    };
+    let (ea, eb) = (entries(&la), entries(&lb));
+    let (mut i, mut j) = (0, 0);
+    while i < ea.len() || j < eb.len() {
+        let ord = match (ea.get(i), eb.get(j)) {
+            (Some(x), Some(y)) => x.0.cmp(&y.0),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        match ord {
+            Ordering::Less => {
+                f(&ea[i].0, Some(&ea[i].1), None);
+                i += 1;
+            }
+            Ordering::Greater => {
+                f(&eb[j].0, None, Some(&eb[j].1));
+                j += 1;
+            }
+            Ordering::Equal => {
+                if ea[i].1 != eb[j].1 {
+                    f(&ea[i].0, Some(&ea[i].1), Some(&eb[j].1));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn children<S: NodeSource>(
+    src: &S,
+    l: &[(Cid, Arc<Node>)],
+) -> Result<Vec<(Cid, Arc<Node>)>, S::Error> {
+    let mut out = Vec::new();
+    for (_, n) in l {
+        for c in n.children() {
+            out.push((*c, src.node(c)?));
+        }
+    }
+    Ok(out)
+}
+
 /// One change to apply: `Some(slot)` sets (subject to [`Mode`]), `None` removes the key.
 pub type Op = (Box<[u8]>, Option<Slot>);
 
@@ -680,6 +777,39 @@ mod tests {
             let mut b = None;
             for (k, v) in &shuffled { b = mem.apply(b, &[(key(*k), slot(*v))], Mode::Max); }
             prop_assert_eq!(a, b);
+        }
+
+        /// The diff of two trees is exactly the keys whose slots differ in the models, whatever
+        /// they share.
+        #[test]
+        fn diff_is_exactly_the_differences(
+            base in prop::collection::btree_map(0u32..2000, 0u64..1000, 0..600),
+            left in prop::collection::btree_map(0u32..2000, prop::option::of(0u64..1000), 0..40),
+            right in prop::collection::btree_map(0u32..2000, prop::option::of(0u64..1000), 0..40),
+        ) {
+            let mem = Mem::default();
+            let ops: Vec<Op> = base.iter().map(|(k, v)| (key(*k), slot(*v))).collect();
+            let root = mem.apply(None, &ops, Mode::Overwrite);
+            let side = |changes: &BTreeMap<u32, Option<u64>>| {
+                let ops: Vec<Op> = changes.iter().map(|(k, v)| (key(*k), v.and_then(slot))).collect();
+                let r = mem.apply(root, &ops, Mode::Overwrite);
+                let mut m: BTreeMap<Vec<u8>, Slot> = base.iter().filter_map(|(k, v)| slot(*v).map(|s| (key(*k).to_vec(), s))).collect();
+                for (k, v) in changes {
+                    match v.and_then(slot) { Some(s) => { m.insert(key(*k).to_vec(), s); } None => { m.remove(&key(*k).to_vec()); } }
+                }
+                (r, m)
+            };
+            let (ra, ma) = side(&left);
+            let (rb, mb) = side(&right);
+            let mut got = Vec::new();
+            diff(&mem, ra.as_ref(), &mem, rb.as_ref(), &mut |k, x, y| got.push((k.to_vec(), x.copied(), y.copied()))).unwrap();
+            let keys: std::collections::BTreeSet<&Vec<u8>> = ma.keys().chain(mb.keys()).collect();
+            let want: Vec<(Vec<u8>, Option<Slot>, Option<Slot>)> = keys
+                .into_iter()
+                .filter(|k| ma.get(*k) != mb.get(*k))
+                .map(|k| (k.clone(), ma.get(k).copied(), mb.get(k).copied()))
+                .collect();
+            prop_assert_eq!(got, want);
         }
 
         #[test]

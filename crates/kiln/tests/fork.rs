@@ -142,3 +142,77 @@ fn fork_errors() {
     ));
     assert_eq!(store.list().unwrap(), ["a", "b"]);
 }
+
+fn summary(d: &[kiln::DocDiff]) -> Vec<(String, &'static str)> {
+    d.iter().map(|x| (x.id.clone(), x.kind())).collect()
+}
+
+#[test]
+fn diff_between_forks_points_in_history_and_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(4)).unwrap();
+    let main = store.create(Some("main")).unwrap();
+    main.bulk(
+        &(0..300)
+            .map(|i| json!({"_id": format!("k{i:03}"), "v": i}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let fork = store.fork("main", Some("fork")).unwrap();
+    assert!(main.diff(None, &fork, None).unwrap().is_empty());
+    fork.put(&json!({"_id": "k005", "v": "changed"})).unwrap();
+    fork.del("k100").unwrap();
+    fork.put(&json!({"_id": "new", "v": 1})).unwrap();
+    // Same contents written again is no difference.
+    fork.put(&json!({"_id": "k200", "v": 200})).unwrap();
+    let d = main.diff(None, &fork, None).unwrap();
+    assert_eq!(
+        summary(&d),
+        [
+            ("k005".to_owned(), "changed"),
+            ("k100".to_owned(), "deleted"),
+            ("new".to_owned(), "added")
+        ]
+    );
+    assert_eq!(d[0].before.as_ref().unwrap()["v"], 5);
+    assert_eq!(d[0].after.as_ref().unwrap()["v"], "changed");
+    let back = fork.diff(None, &main, None).unwrap();
+    assert_eq!(
+        summary(&back),
+        [
+            ("k005".to_owned(), "changed"),
+            ("k100".to_owned(), "added"),
+            ("new".to_owned(), "deleted")
+        ]
+    );
+    // Points in one database's history, before and after compaction dropped their trees.
+    let e1 = main.put(&json!({"_id": "k001", "v": "x"})).unwrap().event;
+    main.del("k002").unwrap();
+    let e3 = main.put(&json!({"_id": "k003", "v": "y"})).unwrap().event;
+    let want = vec![
+        ("k002".to_owned(), "deleted"),
+        ("k003".to_owned(), "changed"),
+    ];
+    assert_eq!(
+        summary(&main.diff(Some(&e1), &main, Some(&e3)).unwrap()),
+        want
+    );
+    for k in 0..20 {
+        main.put(&json!({"_id": format!("later{k}")})).unwrap();
+    }
+    main.compact_full().unwrap();
+    assert_eq!(
+        summary(&main.diff(Some(&e1), &main, Some(&e3)).unwrap()),
+        want
+    );
+    // Databases created apart (different keys) compare too.
+    let other = store.create(Some("other")).unwrap();
+    other.put(&json!({"_id": "k000", "v": 0})).unwrap();
+    let d = other.diff(None, &fork, None).unwrap();
+    assert_eq!(d.len(), 300 - 1 + 1 - 1); // fork: 299 k-docs + "new"; other: k000 (equal)
+    assert!(d.iter().all(|x| x.kind() == "added"));
+    assert!(matches!(
+        main.diff(Some(&kiln::Cid::of_cbor(b"no")), &fork, None),
+        Err(kiln::Error::NoSuchEvent(..))
+    ));
+}
