@@ -275,7 +275,9 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             out.print(|| format!("dropped {name}"), || json!({"dropped": name}));
         }
         Cmd::Db(DbCmd::Info { name }) => {
-            let i = store.open_db(&name)?.info()?;
+            let db = store.open_db(&name)?;
+            let i = db.info()?;
+            let shared = db.shared_bytes()?;
             let levels = |l: u8| i.files.iter().filter(|f| f.level == l).count();
             out.print(
                 || {
@@ -293,6 +295,10 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                         i.commits
                     );
                     s.push_str(&format!(
+                        "\nshared     {shared} bytes with other databases, {} its own",
+                        i.bytes - shared
+                    ));
+                    s.push_str(&format!(
                         "\ncompacted  {}\nthreshold  {} ({})",
                         if i.compacted > 0 { utc(i.compacted) } else { "never".into() },
                         i.compact_threshold,
@@ -305,6 +311,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                         "heads": cids(&i.heads), "root": i.root.map(|r| r.to_string()), "bytes": i.bytes,
                         "commits": i.commits, "compacted_ms": i.compacted,
                         "diffs": levels(0), "compacted_files": i.files.len() - levels(0),
+                        "shared_bytes": shared, "own_bytes": i.bytes - shared,
                         "compact_threshold": i.compact_threshold, "settings": i.settings.to_json(),
                         "files": i.files.iter().map(|f| json!({"name": f.name.to_string(), "level": f.level, "size": f.size})).collect::<Vec<_>>()})
                 },

@@ -348,7 +348,18 @@ fn fork_from_the_command_line() {
     ok(r, &["db", "create", "main"]);
     ok(r, &["put", "main", r#"{"_id":"a","v":1}"#]);
     assert_eq!(json(r, &["fork", "main", "mine"])["name"], "mine");
+    let i = json(r, &["db", "info", "mine"]);
+    assert_eq!(
+        (i["own_bytes"].clone(), i["shared_bytes"].clone()),
+        (0.into(), i["bytes"].clone())
+    );
     ok(r, &["put", "mine", r#"{"_id":"a","v":2}"#]);
+    assert!(
+        json(r, &["db", "info", "mine"])["own_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     assert!(ok(r, &["get", "main", "a"]).contains("\"v\": 1"));
     assert!(ok(r, &["get", "mine", "a"]).contains("\"v\": 2"));
     let anon = json(r, &["fork", "mine"]);

@@ -496,6 +496,47 @@ impl Database {
         })
     }
 
+    /// Bytes of this database's live files that another database (a fork, or what it was
+    /// forked from) also names; the rest are its own. Reads the head record of every other
+    /// database of its lineage (none unless the lineage was ever forked).
+    pub fn shared_bytes(&self) -> Result<u64> {
+        let db = &self.inner;
+        if !db.store.keybag.is_shared(&db.lineage) {
+            return Ok(0);
+        }
+        let files = db.refresh()?.head.files.clone();
+        let mine: HashSet<FileName> = files.iter().map(|f| f.name).collect();
+        let mut shared: HashSet<FileName> = HashSet::new();
+        let dbs = db.store.root.join("dbs");
+        for e in std::fs::read_dir(&dbs).map_err(|e| Error::io(&dbs, e))? {
+            let e = e.map_err(|e| Error::io(&dbs, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == db.name {
+                continue;
+            }
+            let hp = e.path().join("HEAD");
+            let Ok(bytes) = std::fs::read(&hp) else {
+                continue; // dropped meanwhile
+            };
+            if Head::lineage(&bytes).ok() != Some(db.lineage) {
+                continue;
+            }
+            let head = Head::open(&bytes, &db.key)
+                .map_err(|x| Error::format(hp.display().to_string(), x))?;
+            shared.extend(
+                head.files
+                    .iter()
+                    .map(|f| f.name)
+                    .filter(|n| mine.contains(n)),
+            );
+        }
+        Ok(files
+            .iter()
+            .filter(|f| shared.contains(&f.name))
+            .map(|f| f.size)
+            .sum())
+    }
+
     /// The database's own settings (`dbs/<name>/settings.json`).
     pub fn settings(&self) -> Settings {
         self.inner

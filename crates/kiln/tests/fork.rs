@@ -75,8 +75,14 @@ fn forks_share_files_and_diverge() {
             .map(|f| f.name)
             .collect::<Vec<_>>()
     );
+    // Everything is shared until a side writes.
+    assert_eq!(fork.shared_bytes().unwrap(), fork.info().unwrap().bytes);
+    assert_eq!(main.shared_bytes().unwrap(), main.info().unwrap().bytes);
     // Each side writes on its own.
     fork.put(&json!({"_id": "only-fork"})).unwrap();
+    let i = fork.info().unwrap();
+    let own = i.bytes - fork.shared_bytes().unwrap();
+    assert_eq!(own, i.files[0].size, "the new diff is the fork's own");
     main.put(&json!({"_id": "only-main"})).unwrap();
     assert!(fork.get("only-main").unwrap().is_none());
     assert!(main.get("only-fork").unwrap().is_none());
