@@ -49,6 +49,18 @@ enum Cmd {
     /// state) or DB@EVENT (its state at that event). Compares trees, so the cost follows the
     /// differences, not the size.
     Diff { a: String, b: String },
+    /// Merge SRC into DST: DST gains SRC's events and a merge event joins the heads. A
+    /// document changed on one side takes that change; changed on both sides to different
+    /// values is a conflict (the write with the greater height, then value CID, wins — the
+    /// same everywhere); the report lists each with the ancestor and both values. With
+    /// --only, just those documents take SRC's values, as an ordinary transaction.
+    Merge {
+        src: String,
+        #[arg(long, value_name = "DST")]
+        into: String,
+        #[arg(long, value_name = "ID", num_args = 1..)]
+        only: Vec<String>,
+    },
     /// Fork a database: a new database (a fresh UUID name when DST is omitted) that starts at
     /// SRC's current state and shares its files; costs one head record, copies nothing.
     Fork { src: String, dst: Option<String> },
@@ -64,8 +76,12 @@ enum Cmd {
         db: String,
         id: String,
         /// Read it as of this event (a CID from `kiln log`).
-        #[arg(long, value_name = "EVENT")]
+        #[arg(long, value_name = "EVENT", conflicts_with = "conflicts")]
         at: Option<String>,
+        /// Print the values a merge lost for this document (JSON lines; none once a later write
+        /// settled them) instead of the document.
+        #[arg(long)]
+        conflicts: bool,
     },
     /// Delete a document (records a tombstone).
     Del { db: String, id: String },
@@ -335,7 +351,26 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 || json!({"id": c.ids[0], "event": c.event.to_string(), "heads": cids(&c.heads)}),
             );
         }
-        Cmd::Get { db, id, at } => {
+        Cmd::Get {
+            db,
+            id,
+            conflicts: true,
+            ..
+        } => {
+            let db = store.open_db(&db)?;
+            let losers = db.conflicts(&id)?;
+            out.print(
+                || {
+                    losers
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                || json!(losers),
+            );
+        }
+        Cmd::Get { db, id, at, .. } => {
             let db = store.open_db(&db)?;
             let doc = match at {
                 Some(e) => db.get_at(&id, &parse_event(&e)?)?,
@@ -578,6 +613,45 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                         .iter()
                         .map(|x| json!({"id": x.id, "change": x.kind(), "before": x.before, "after": x.after}))
                         .collect::<Vec<_>>())
+                },
+            );
+        }
+        Cmd::Merge { src, into, only } => {
+            let (s, d) = (store.open_db(&src)?, store.open_db(&into)?);
+            let r = d.merge_from(&s, (!only.is_empty()).then_some(only.as_slice()))?;
+            let side = |x: kiln::Side| match x {
+                kiln::Side::Ours => "ours",
+                kiln::Side::Theirs => "theirs",
+            };
+            out.print(
+                || {
+                    let mut lines = vec![match (&r.event, r.fast_forward) {
+                        (_, true) => format!("fast-forward: {into} took {src}'s {} events", r.events),
+                        (None, _) => format!("nothing to merge: {into} has all of {src}"),
+                        (Some(e), _) => format!(
+                            "merged {src} into {into}: {} events, {} documents changed, {} conflicts (event {e})",
+                            r.events,
+                            r.changed.len(),
+                            r.conflicts.len()
+                        ),
+                    }];
+                    for c in &r.conflicts {
+                        lines.push(format!(
+                            "conflict {}: ancestor {} | ours {} | theirs {} -> {} wins",
+                            c.id,
+                            c.ancestor.as_ref().map_or("(none)".into(), |v| v.to_string()),
+                            c.ours.as_ref().map_or("(none)".into(), |v| v.to_string()),
+                            c.theirs.as_ref().map_or("(none)".into(), |v| v.to_string()),
+                            side(c.winner)
+                        ));
+                    }
+                    lines.join("\n")
+                },
+                || {
+                    json!({"event": r.event.map(|e| e.to_string()), "fast_forward": r.fast_forward,
+                        "events": r.events, "changed": r.changed,
+                        "conflicts": r.conflicts.iter().map(|c| json!({"id": c.id, "ancestor": c.ancestor,
+                            "ours": c.ours, "theirs": c.theirs, "winner": side(c.winner)})).collect::<Vec<_>>()})
                 },
             );
         }

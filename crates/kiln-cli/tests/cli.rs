@@ -398,3 +398,33 @@ fn diff_from_the_command_line() {
     assert_eq!(code(&kiln(r, &["diff", "main", "nope"], None)), 4);
     assert_eq!(code(&kiln(r, &["diff", "main@zzz", "mine"], None)), 2);
 }
+
+#[test]
+fn merge_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "main"]);
+    ok(r, &["put", "main", r#"{"_id":"a","v":0}"#]);
+    ok(r, &["put", "main", r#"{"_id":"b","v":0}"#]);
+    ok(r, &["fork", "main", "mine"]);
+    ok(r, &["put", "mine", r#"{"_id":"a","v":"mine"}"#]);
+    ok(r, &["put", "mine", r#"{"_id":"b","v":"mine"}"#]);
+    ok(r, &["put", "main", r#"{"_id":"b","v":"main"}"#]);
+    ok(r, &["put", "mine", r#"{"_id":"c","v":"mine"}"#]);
+    // Take part of it first.
+    let part = json(r, &["merge", "mine", "--into", "main", "--only", "c"]);
+    assert_eq!(part["changed"], serde_json::json!(["c"]));
+    let m = json(r, &["merge", "mine", "--into", "main"]);
+    assert_eq!(m["conflicts"].as_array().unwrap().len(), 1);
+    assert_eq!(m["conflicts"][0]["id"], "b");
+    assert_eq!(m["conflicts"][0]["ancestor"]["v"], 0);
+    assert!(ok(r, &["get", "main", "a"]).contains("mine"));
+    let lost = ok(r, &["get", "main", "b", "--conflicts"]);
+    assert_eq!(lost.lines().count(), 1);
+    assert!(ok(r, &["merge", "mine", "--into", "main"]).contains("nothing to merge"));
+    assert_eq!(
+        code(&kiln(r, &["merge", "nope", "--into", "main"], None)),
+        4
+    );
+    ok(r, &["verify", "main"]);
+}

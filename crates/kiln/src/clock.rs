@@ -27,12 +27,22 @@ pub struct Event {
     /// storage and reads of them say "purged". Empty for ordinary transactions (and then not
     /// encoded, so their CIDs are unchanged).
     pub purge: Vec<Cid>,
+    /// For a merge event: the ids both sides changed to different values, each with the
+    /// losing value(s) (readable until a later write to the id). Empty otherwise (not encoded).
+    pub conflicts: Vec<(String, Vec<Cid>)>,
+    /// For a transaction that took changes from another database (`merge --only`): that
+    /// database's heads. Empty otherwise (not encoded).
+    pub source: Vec<Cid>,
 }
 
 impl Event {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.map(if self.purge.is_empty() { 5 } else { 6 });
+        e.map(
+            5 + usize::from(!self.purge.is_empty())
+                + usize::from(!self.source.is_empty())
+                + usize::from(!self.conflicts.is_empty()),
+        );
         e.str("ops");
         e.array(self.ops.len());
         for (id, v) in &self.ops {
@@ -56,10 +66,29 @@ impl Event {
         }
         e.str("height");
         e.u64(self.height);
+        if !self.source.is_empty() {
+            e.str("source");
+            e.array(self.source.len());
+            for c in &self.source {
+                e.bytes(c.as_bytes());
+            }
+        }
         e.str("parents");
         e.array(self.parents.len());
         for p in &self.parents {
             e.link(p);
+        }
+        if !self.conflicts.is_empty() {
+            e.str("conflicts");
+            e.array(self.conflicts.len());
+            for (id, losers) in &self.conflicts {
+                e.array(2);
+                e.str(id);
+                e.array(losers.len());
+                for l in losers {
+                    e.bytes(l.as_bytes());
+                }
+            }
         }
         e.into_bytes()
     }
@@ -67,9 +96,10 @@ impl Event {
     pub fn decode(b: &[u8]) -> Result<Event, CborError> {
         let mut d = Decoder::new(b);
         let fields = d.map()?;
-        if fields != 5 && fields != 6 {
-            return Err(CborError("event: expected 5 or 6 fields"));
+        if !(5..=8).contains(&fields) {
+            return Err(CborError("event: expected 5 to 8 fields"));
         }
+        let mut left = fields - 5; // optional fields still to come
         d.key("ops")?;
         let n = d.array()?;
         let mut ops: Vec<(String, Option<Cid>)> = Vec::with_capacity(n);
@@ -96,7 +126,8 @@ impl Event {
         d.key("time")?;
         let time = d.u64()?;
         let mut purge: Vec<Cid> = Vec::new();
-        if fields == 6 {
+        if left > 0 && d.peek_key()? == "purge" {
+            left -= 1;
             d.key("purge")?;
             let n = d.array()?;
             if n == 0 {
@@ -112,6 +143,18 @@ impl Event {
         }
         d.key("height")?;
         let height = d.u64()?;
+        let mut source: Vec<Cid> = Vec::new();
+        if left > 0 && d.peek_key()? == "source" {
+            left -= 1;
+            d.key("source")?;
+            let n = d.array()?;
+            if n == 0 {
+                return Err(CborError("event: empty source list"));
+            }
+            for _ in 0..n {
+                source.push(Cid::from_bytes(d.bytes()?).ok_or(CborError("event: bad source CID"))?);
+            }
+        }
         d.key("parents")?;
         let np = d.array()?;
         let mut parents: Vec<Cid> = Vec::with_capacity(np);
@@ -121,6 +164,32 @@ impl Event {
                 return Err(CborError("event: parents not sorted"));
             }
             parents.push(p);
+        }
+        let mut conflicts: Vec<(String, Vec<Cid>)> = Vec::new();
+        if left > 0 {
+            left -= 1;
+            d.key("conflicts")?;
+            let n = d.array()?;
+            if n == 0 {
+                return Err(CborError("event: empty conflict list"));
+            }
+            for _ in 0..n {
+                if d.array()? != 2 {
+                    return Err(CborError("event: conflict must be [id, [link]]"));
+                }
+                let id = d.str()?.to_owned();
+                let m = d.array()?;
+                let mut losers = Vec::with_capacity(m.min(64));
+                for _ in 0..m {
+                    losers.push(
+                        Cid::from_bytes(d.bytes()?).ok_or(CborError("event: bad conflict CID"))?,
+                    );
+                }
+                conflicts.push((id, losers));
+            }
+        }
+        if left != 0 {
+            return Err(CborError("event: unknown field"));
         }
         d.finish()?;
         if (height == 1) != parents.is_empty() || height == 0 {
@@ -133,6 +202,8 @@ impl Event {
             ops,
             root,
             purge,
+            conflicts,
+            source,
         })
     }
 }
@@ -270,6 +341,8 @@ mod tests {
                 ops: vec![(id.into(), None)],
                 root: None,
                 purge: Vec::new(),
+                conflicts: Vec::new(),
+                source: Vec::new(),
             };
             let b = e.encode();
             assert_eq!(Event::decode(&b).unwrap(), e);
@@ -324,10 +397,14 @@ mod tests {
             ops: vec![("x".into(), None)],
             root: None,
             purge: purge.clone(),
+            conflicts: vec![("x".into(), vec![Cid::of_cbor(b"l")])],
+            source: vec![Cid::of_cbor(b"s")],
         };
         assert_eq!(Event::decode(&e.encode()).unwrap(), e);
         let plain = Event {
             purge: vec![],
+            conflicts: vec![],
+            source: vec![],
             ..e.clone()
         };
         assert_eq!(plain.encode()[0], 0xa5, "five fields without a purge list");

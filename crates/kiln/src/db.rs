@@ -130,6 +130,45 @@ pub struct Info {
     pub settings: Settings,
 }
 
+/// What [`Database::merge_from`] did.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct MergeReport {
+    /// The merge event (or, with `only`, the transaction); `None` when nothing was new or the
+    /// merge was a fast-forward.
+    pub event: Option<Cid>,
+    /// The destination was an ancestor of the source: it took the source's heads, no merge
+    /// event.
+    pub fast_forward: bool,
+    /// Events of the source the destination did not have (now copied into it).
+    pub events: usize,
+    /// Documents whose value in the destination changed.
+    pub changed: Vec<String>,
+    /// Documents both sides changed to different values since their common history.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A document both sides of a merge changed to different values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conflict {
+    pub id: String,
+    /// The value in their common history (`None`: absent or deleted).
+    pub ancestor: Option<Value>,
+    /// The destination's value before the merge.
+    pub ours: Option<Value>,
+    /// The source's value.
+    pub theirs: Option<Value>,
+    /// Which one the merged state holds: the write with the greater (height, value CID), the
+    /// same rule on every replica and in either merge direction.
+    pub winner: Side,
+}
+
+/// A side of a merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Ours,
+    Theirs,
+}
+
 /// One document that differs between two states ([`Database::diff`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DocDiff {
@@ -373,13 +412,16 @@ impl Database {
             let (id, body) = doc::prepare(d)?;
             writes.push((id, Some((Cid::of_cbor(&body), body))));
         }
-        self.finish(self.inner.commit(None, writes, None)?)
+        self.finish(self.inner.commit(None, writes, None, Vec::new())?)
     }
 
     /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
     pub fn del(&self, id: &str) -> Result<Committed> {
         doc::check_id(id)?;
-        self.finish(self.inner.commit(None, vec![(id.to_owned(), None)], None)?)
+        self.finish(
+            self.inner
+                .commit(None, vec![(id.to_owned(), None)], None, Vec::new())?,
+        )
     }
 
     /// Starts a transaction that reads the current state and, when committed, names that
@@ -682,7 +724,7 @@ impl Database {
         doc::check_id(id)?;
         let (c, _) = self
             .inner
-            .commit(None, vec![(id.to_owned(), None)], Some(id))?;
+            .commit(None, vec![(id.to_owned(), None)], Some(id), Vec::new())?;
         let ev = self.inner.read(|v| v.event(&c.event))?;
         self.compact_full()?;
         // Archived files (and files replaced but not yet collected) may hold the versions.
@@ -727,6 +769,105 @@ impl Database {
     /// [`Error::NoSuchEvent`]. Leaves exactly one file. Returns the number of events dropped.
     pub fn drop_history_before(&self, event: &Cid) -> Result<usize> {
         self.inner.with_lock(|db, head| db.squash(head, event))
+    }
+
+    /// Merges `src` into this database. This database's clock gains every event of `src` it
+    /// lacks (copied, re-sealed under this database's key when the lineages differ) and a merge
+    /// event joins the heads; the merged state keeps, for every document, the write with the
+    /// greatest (height, value CID) — so a change made on one side only wins over the common
+    /// ancestor, and a document changed on both sides is a conflict settled the same way on
+    /// every replica and in either direction. The report lists every conflict with the
+    /// ancestor and both values; the losing values stay readable ([`Database::conflicts`])
+    /// until a later write to the document. When this database is an ancestor of `src`, it
+    /// simply takes `src`'s heads (fast-forward, no merge event); merging again changes
+    /// nothing. With `only`, just those documents take `src`'s current values, as an ordinary
+    /// transaction that names `src`'s heads.
+    pub fn merge_from(&self, src: &Database, only: Option<&[String]>) -> Result<MergeReport> {
+        if let Some(ids) = only {
+            return self.take_from(src, ids);
+        }
+        let sst = src.inner.refresh()?;
+        src.inner.ensure_tree(&sst.head)?;
+        let report = self
+            .inner
+            .with_lock(|db, head| db.merge(head, &src.inner, &sst.head))?;
+        Ok(report)
+    }
+
+    /// `merge_from` with `only`: a transaction writing `src`'s current values of `ids`.
+    fn take_from(&self, src: &Database, ids: &[String]) -> Result<MergeReport> {
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument("no documents to take".into()));
+        }
+        for id in ids {
+            doc::check_id(id)?;
+        }
+        let (writes, heads) = src.inner.read(|v| {
+            let mut writes: Vec<Write> = Vec::new();
+            for id in ids {
+                let w = match tree::get(v, v.head.root.as_ref(), id.as_bytes())? {
+                    Some(Slot {
+                        link: Some(l),
+                        version,
+                    }) => {
+                        let body = v.with_block(&l, Some(version), |b| Ok(b.to_vec()))?;
+                        Some((l, body))
+                    }
+                    _ => None,
+                };
+                writes.push((id.clone(), w));
+            }
+            Ok((writes, v.head.heads.clone()))
+        })?;
+        let mine = self.inner.read(|v| {
+            ids.iter()
+                .map(|id| tree::get(v, v.head.root.as_ref(), id.as_bytes()))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let changed: Vec<String> = ids
+            .iter()
+            .zip(&mine)
+            .zip(&writes)
+            .filter(|((_, m), w)| m.and_then(|s| s.link) != w.1.as_ref().map(|x| x.0))
+            .map(|((id, _), _)| id.clone())
+            .collect();
+        let (c, _) = self.inner.commit(None, writes, None, heads)?;
+        Ok(MergeReport {
+            event: Some(c.event),
+            changed,
+            ..MergeReport::default()
+        })
+    }
+
+    /// The values a merge lost for `id` that no later write to it has settled (empty when
+    /// there is no open conflict).
+    pub fn conflicts(&self, id: &str) -> Result<Vec<Value>> {
+        self.inner.read(|v| {
+            let mut losers: Vec<(Cid, u64)> = Vec::new();
+            let mut settled = false;
+            clock::walk(v, &v.head.heads, &mut |_, e| {
+                if e.ops.binary_search_by(|(k, _)| k.as_str().cmp(id)).is_ok() {
+                    settled = true;
+                    return Ok(false);
+                }
+                if let Some((_, ls)) = e.conflicts.iter().find(|(k, _)| k == id) {
+                    losers.extend(ls.iter().map(|l| (*l, e.height)));
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            if settled {
+                return Ok(Vec::new());
+            }
+            losers
+                .iter()
+                .map(|(l, _)| {
+                    v.with_block(l, None, |b| {
+                        doc::decode(id, b).map_err(|w| v.corrupt_cid(l, w))
+                    })
+                })
+                .collect()
+        })
     }
 
     /// The documents that differ from this database's state (now, or at event `at`) to
@@ -845,11 +986,12 @@ impl Transaction {
         if self.writes.is_empty() {
             return Err(Error::InvalidArgument("nothing to commit".into()));
         }
-        self.db.finish(
-            self.db
-                .inner
-                .commit(Some(&self.base.head), self.writes, None)?,
-        )
+        self.db.finish(self.db.inner.commit(
+            Some(&self.base.head),
+            self.writes,
+            None,
+            Vec::new(),
+        )?)
     }
 }
 
@@ -1126,6 +1268,7 @@ impl Db {
         base: Option<&Head>,
         writes: Vec<Write>,
         purge_id: Option<&str>,
+        source: Vec<Cid>,
     ) -> Result<(Committed, bool)> {
         // Let a finished background compaction swap its result in first (bounded wait).
         let t = std::time::Instant::now();
@@ -1216,6 +1359,8 @@ impl Db {
                     .collect(),
                 root: own.as_ref().and_then(|u| u.root),
                 purge: purge.clone(),
+                conflicts: Vec::new(),
+                source: source.clone(),
             };
             let eb = event.encode();
             let ecid = Cid::of_cbor(&eb);
@@ -1238,28 +1383,7 @@ impl Db {
             // read at that event replays the clock).
             let checkpoint = writes.len() >= CHECKPOINT_OPS;
             if checkpoint {
-                let fresh: DigestMap<Cid, (&[u8], &Arc<tree::Node>)> = state
-                    .blocks
-                    .iter()
-                    .map(|(c, b, n)| (*c, (b.as_slice(), n)))
-                    .collect();
-                let pending = db.pending.read().unwrap_or_else(|p| p.into_inner());
-                let mut stack: Vec<Cid> = state.root.into_iter().collect();
-                let mut seen: DigestSet<Cid> = DigestSet::default();
-                while let Some(c) = stack.pop() {
-                    if !seen.insert(c) {
-                        continue;
-                    }
-                    let (bytes, node): (&[u8], Arc<tree::Node>) = match fresh.get(&c) {
-                        Some((b, n)) => (b, (*n).clone()),
-                        None => match pending.get(&c) {
-                            Some((b, n)) => (b, n.clone()),
-                            None => continue, // in a file already, with all below it
-                        },
-                    };
-                    w.add_node(c, bytes);
-                    stack.extend_from_slice(node.children());
-                }
+                db.write_tree(&mut w, state)?;
             }
             w.add_event(ecid, &eb);
             let file = db.store_file(w, 0, (height, height))?;
@@ -1424,6 +1548,269 @@ impl Db {
             built: u.blocks.into_iter().map(|(c, _, n)| (c, n)).collect(),
             view,
         })
+    }
+
+    /// The merge step of [`Database::merge_from`], under this database's writer lock.
+    fn merge(
+        &self,
+        head: &mut Head,
+        src: &Db,
+        shead: &Head,
+    ) -> Result<(MergeReport, Vec<FileName>)> {
+        self.ensure_tree(head)?;
+        let cur = head.clone();
+        let dv = View {
+            db: self,
+            head: &cur,
+        };
+        let sv = View {
+            db: src,
+            head: shead,
+        };
+        let has = |v: &View, c: &Cid| match v.locate(c, None) {
+            Ok(_) => Ok(true),
+            Err(Error::MissingBlock(..)) => Ok(false),
+            Err(e) => Err(e),
+        };
+        // Events one side has and the other lacks (each side's history is closed under
+        // parents, so a walk stops at the first event the other side has).
+        let only_in = |from: &View, other: &View| -> Result<Vec<(Cid, Arc<Event>)>> {
+            let mut out = Vec::new();
+            let mut seen: DigestSet<Cid> = DigestSet::default();
+            let mut stack: Vec<Cid> = from.head.heads.clone();
+            while let Some(c) = stack.pop() {
+                if !seen.insert(c) || has(other, &c)? {
+                    continue;
+                }
+                if from.head.cut_root(&c).is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot merge across dropped history (event {c} of '{}' has no parents \
+                         here); merge from before the drop",
+                        from.db.name
+                    )));
+                }
+                let e = from.event(&c)?;
+                stack.extend_from_slice(&e.parents);
+                out.push((c, e));
+            }
+            out.sort_by_key(|(c, e)| (e.height, *c)); // oldest first
+            Ok(out)
+        };
+        let theirs_only = only_in(&sv, &dv)?;
+        if theirs_only.is_empty() {
+            return Ok((MergeReport::default(), Vec::new())); // nothing new: already merged
+        }
+        let ours_only = only_in(&dv, &sv)?;
+        let fast_forward = ours_only.is_empty();
+        // The merged state: our tree with their current slot of every id their new events
+        // touched, by the usual (height, CID) maximum.
+        let ids_theirs: std::collections::BTreeSet<&str> = theirs_only
+            .iter()
+            .flat_map(|(_, e)| e.ops.iter().map(|(id, _)| id.as_str()))
+            .collect();
+        let ids_ours: HashSet<&str> = ours_only
+            .iter()
+            .flat_map(|(_, e)| e.ops.iter().map(|(id, _)| id.as_str()))
+            .collect();
+        let mut ops: Vec<tree::Op> = Vec::new();
+        let mut sides: Vec<(String, Option<Slot>, Option<Slot>)> = Vec::new();
+        for id in &ids_theirs {
+            let t = tree::get(&sv, shead.root.as_ref(), id.as_bytes())?;
+            let o = tree::get(&dv, cur.root.as_ref(), id.as_bytes())?;
+            if let Some(t) = t {
+                ops.push((id.as_bytes().into(), Some(t)));
+            }
+            sides.push((id.to_string(), o, t));
+        }
+        let merged = tree::update(&dv, cur.root.as_ref(), &ops, Mode::Max)?;
+        if fast_forward && merged.root != shead.root {
+            return Err(Error::corrupt(
+                format!("database '{}'", src.name),
+                "its tree root is not the state of its events",
+            ));
+        }
+        // Conflicts: changed on both sides (since the common history) to different values.
+        let mut conflicts: Vec<(String, Option<Slot>, Option<Slot>)> = sides
+            .iter()
+            .filter(|(id, o, t)| {
+                ids_ours.contains(id.as_str()) && o.and_then(|s| s.link) != t.and_then(|s| s.link)
+            })
+            .cloned()
+            .collect();
+        conflicts.sort_by(|a, b| a.0.cmp(&b.0));
+        // Their values in the common history: the greatest slot among events both have.
+        let ours_set: DigestSet<Cid> = ours_only.iter().map(|(c, _)| *c).collect();
+        let mut ancestor: HashMap<String, Slot> = HashMap::new();
+        if !conflicts.is_empty() {
+            let wanted: HashSet<&str> = conflicts.iter().map(|c| c.0.as_str()).collect();
+            clock::walk(&dv, &cur.heads, &mut |c, e| {
+                if !ours_set.contains(c) {
+                    for (id, l) in e.ops.iter().filter(|(id, _)| wanted.contains(id.as_str())) {
+                        let s = Slot {
+                            version: e.height,
+                            link: *l,
+                        };
+                        let o = ancestor.entry(id.clone()).or_insert(s);
+                        if s.rank(o) == std::cmp::Ordering::Greater {
+                            *o = s;
+                        }
+                    }
+                }
+                Ok(true)
+            })?;
+        }
+        // One file: their new events and values, the merged tree, the merge event.
+        let mut heads: Vec<Cid> = cur.heads.iter().chain(&shead.heads).copied().collect();
+        heads.sort();
+        heads.dedup();
+        let mut height = 0;
+        for h in &cur.heads {
+            height = height.max(dv.event(h)?.height);
+        }
+        for h in &shead.heads {
+            height = height.max(sv.event(h)?.height);
+        }
+        let rank = |o: &Option<Slot>, t: &Option<Slot>| match (o, t) {
+            (Some(o), Some(t)) => t.rank(o) == std::cmp::Ordering::Greater,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let event = (!fast_forward).then(|| Event {
+            parents: heads.clone(),
+            height: height + 1,
+            time: now_ms(),
+            ops: Vec::new(),
+            root: merged.root,
+            purge: Vec::new(),
+            conflicts: conflicts
+                .iter()
+                .filter_map(|(id, o, t)| {
+                    let loser = if rank(o, t) { o } else { t };
+                    loser.and_then(|s| s.link).map(|l| (id.clone(), vec![l]))
+                })
+                .collect(),
+            source: Vec::new(),
+        });
+        let mut w = car::Writer::new(car::Meta {
+            level: 0,
+            time: now_ms(),
+            roots: match &event {
+                Some(e) => vec![Cid::of_cbor(&e.encode())],
+                None => shead.heads.clone(),
+            },
+            replaces: vec![],
+        });
+        let mut heights = (u64::MAX, 0);
+        for (c, e) in &theirs_only {
+            heights = (heights.0.min(e.height), heights.1.max(e.height));
+            for l in e.ops.iter().filter_map(|(_, l)| *l) {
+                if shead.purged.binary_search(&l).is_ok() {
+                    continue;
+                }
+                let body = sv.with_block(&l, Some(e.height), |b| Ok(b.to_vec()))?;
+                w.add(l, &body);
+            }
+            let b = sv.with_block(c, Some(e.height), |b| Ok(b.to_vec()))?;
+            w.add_event(*c, &b);
+        }
+        self.write_tree(&mut w, &merged)?;
+        let ecid = match &event {
+            Some(e) => {
+                let b = e.encode();
+                let c = Cid::of_cbor(&b);
+                heights.1 = heights.1.max(e.height);
+                w.add_event(c, &b);
+                Some(c)
+            }
+            None => None,
+        };
+        let file = self.store_file(w, 0, heights)?;
+        // Documents count: what the merged slots changed.
+        let mut docs = cur.docs as i64;
+        for (prev, (_, new)) in merged.previous.iter().zip(&ops) {
+            let new = new.unwrap_or(Slot {
+                version: 0,
+                link: None,
+            });
+            let winner = match prev {
+                Some(p) if p.rank(&new) == std::cmp::Ordering::Greater => *p,
+                _ => new,
+            };
+            docs += winner.link.is_some() as i64 - prev.is_some_and(|p| p.link.is_some()) as i64;
+        }
+        for (c, n) in merged.blocks.iter().map(|(c, _, n)| (c, n)) {
+            self.store
+                .cache
+                .insert(CacheKey::Node(*c), Cached::Node(n.clone()));
+        }
+        head.heads = match ecid {
+            Some(c) => vec![c],
+            None => shead.heads.clone(),
+        };
+        head.root = merged.root;
+        head.base = merged.root;
+        head.docs = docs.max(0) as u64;
+        head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
+        head.files.insert(0, file);
+        let load = |v: &View, id: &str, s: &Option<Slot>| -> Result<Option<Value>> {
+            match s {
+                Some(Slot {
+                    link: Some(l),
+                    version,
+                }) => v.load_doc(id, l, *version).map(Some),
+                _ => Ok(None),
+            }
+        };
+        let mut report = MergeReport {
+            event: ecid,
+            fast_forward,
+            events: theirs_only.len(),
+            changed: sides
+                .iter()
+                .filter(|(_, o, t)| rank(o, t) && o.and_then(|s| s.link) != t.and_then(|s| s.link))
+                .map(|(id, _, _)| id.clone())
+                .collect(),
+            conflicts: Vec::new(),
+        };
+        let nv = View { db: self, head };
+        for (id, o, t) in &conflicts {
+            report.conflicts.push(Conflict {
+                ancestor: load(&nv, id, &ancestor.get(id).copied())?,
+                ours: load(&nv, id, o)?,
+                theirs: load(&nv, id, t)?,
+                winner: if rank(o, t) { Side::Theirs } else { Side::Ours },
+                id: id.clone(),
+            });
+        }
+        Ok((report, Vec::new()))
+    }
+
+    /// Adds the nodes of `state`'s tree that are in no file yet (its new nodes and the pending
+    /// ones it uses) to `w`, so the tree is whole in files once `w` is stored.
+    fn write_tree(&self, w: &mut car::Writer, state: &tree::Update) -> Result<()> {
+        let fresh: DigestMap<Cid, (&[u8], &Arc<tree::Node>)> = state
+            .blocks
+            .iter()
+            .map(|(c, b, n)| (*c, (b.as_slice(), n)))
+            .collect();
+        let pending = self.pending.read().unwrap_or_else(|p| p.into_inner());
+        let mut stack: Vec<Cid> = state.root.into_iter().collect();
+        let mut seen: DigestSet<Cid> = DigestSet::default();
+        while let Some(c) = stack.pop() {
+            if !seen.insert(c) {
+                continue;
+            }
+            let (bytes, node): (&[u8], Arc<tree::Node>) = match fresh.get(&c) {
+                Some((b, n)) => (b, (*n).clone()),
+                None => match pending.get(&c) {
+                    Some((b, n)) => (b, n.clone()),
+                    None => continue, // in a file already, with all below it
+                },
+            };
+            w.add_node(c, bytes);
+            stack.extend_from_slice(node.children());
+        }
+        Ok(())
     }
 
     /// The tree of the state at event `e` built from its history: for every id, the highest

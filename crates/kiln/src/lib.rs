@@ -41,8 +41,8 @@ pub mod verify;
 
 pub use block::cid::Cid;
 pub use db::{
-    Change, Committed, Database, DocDiff, HistoryFile, Info, ListOptions, Location, LogEntry,
-    PurgeReport, Transaction, LEVEL_FANIN,
+    Change, Committed, Conflict, Database, DocDiff, HistoryFile, Info, ListOptions, Location,
+    LogEntry, MergeReport, PurgeReport, Side, Transaction, LEVEL_FANIN,
 };
 pub use error::{Error, Result};
 pub use settings::Settings;

@@ -276,6 +276,14 @@ impl<'a> Decoder<'a> {
         let n = self.expect(5, "expected a map")?;
         self.len(n)
     }
+    /// The next map key, without consuming it (for records with optional fields).
+    pub fn peek_key(&self) -> R<&'a str> {
+        let mut d = Decoder {
+            buf: self.buf,
+            pos: self.pos,
+        };
+        d.str()
+    }
     /// Reads the next map key and checks it is `want` (kiln's own records have fixed keys).
     pub fn key(&mut self, want: &'static str) -> R<()> {
         if self.str()? == want {
