@@ -2,7 +2,9 @@
 //! Checked-in copies live in `tests/fixtures/v1/` (older head records) and `tests/fixtures/v2/`;
 //! `tests/fixture.rs` reads them on every run. Besides "fixture" and "empty" it writes
 //! "purged": a document purged after a compaction (a purge event and the head's purged list);
-//! "cut": history dropped before its third event (the head's cut list).
+//! "cut": history dropped before its third event (the head's cut list); "merged" and "side":
+//! a fork merged back with a conflict, after an `--only` transaction (events with conflict and
+//! source lists).
 
 use kiln::{Durability, Options, Store};
 use serde_json::json;
@@ -53,6 +55,20 @@ fn main() -> kiln::Result<()> {
     let n = c.drop_history_before(&evs[2])?;
     c.put(&json!({"_id": "c9", "k": 9}))?;
     println!("cut: dropped {n} events before {}", evs[2]);
+    let m = store.create(Some("merged"))?;
+    m.put(&json!({"_id": "x", "v": 0}))?;
+    let side = store.fork("merged", Some("side"))?;
+    side.put(&json!({"_id": "x", "v": "side"}))?;
+    side.put(&json!({"_id": "y", "v": "side"}))?;
+    m.put(&json!({"_id": "x", "v": "main"}))?;
+    let part = m.merge_from(&side, Some(&["y".to_owned()]))?;
+    let all = m.merge_from(&side, None)?;
+    println!(
+        "merged: --only event {:?}, merge event {:?}, {} conflict(s)",
+        part.event,
+        all.event,
+        all.conflicts.len()
+    );
     let i = db.info()?;
     println!("root {}", i.root.map(|r| r.to_string()).unwrap_or_default());
     println!(

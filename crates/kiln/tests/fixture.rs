@@ -30,14 +30,14 @@ const V1: Fixture = Fixture {
 const V2: Fixture = Fixture {
     dir: "v2",
     events: [
-        "bafyreifs3qju236vmuqgbkbvvknc2nc3j76az56eekuydn4xxgziiqz5qy",
-        "bafyreigog7qxupmrlhlvrtwy3tdcfnnr3wjpcpn73fyvzsuxo4l7btv7wu",
-        "bafyreihaawh2rs2pu5ov5t5vkcxzvbkngpakuwynxwe6xe3luwb72nqmbm",
+        "bafyreih3elz56yh7bpy3fbwb3cye3hmov7jg2sxe4s4uhbzf5qrkyslu24",
+        "bafyreickuelyhynhgtqx5ya2wunynqviyefeivwxonubstf2lwllfzgdvu",
+        "bafyreiaasnlojt74v4nctsdfxplzpows3oh4q3sinllqvaf4vxpy3dnbru",
     ],
 };
 
 /// The event of the v2 fixture's "cut" database before which history was dropped.
-const CUT_AT: &str = "bafyreify5f6ydpr65u3wqpwcpt6h5exlwtqtlgcx5g2x2bofnozzlmtvdi";
+const CUT_AT: &str = "bafyreibo3g3ra3zdjcaeo3aamctsnk6dssqw3oldwb7lbqmxnfg6iu75da";
 
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -103,7 +103,21 @@ fn reads_and_verifies(f: &Fixture) {
     let mut names = vec!["empty", "fixture"];
     if f.dir != "v1" {
         names.insert(0, "cut");
+        names.insert(3, "merged");
         names.push("purged");
+        names.push("side");
+        // "merged": x changed on both sides (a conflict), y taken with --only, then merged.
+        let m = store.open_db("merged").unwrap();
+        assert_eq!(m.get("y").unwrap().unwrap()["v"], "side");
+        let x = m.get("x").unwrap().unwrap()["v"].clone();
+        let lost = m.conflicts("x").unwrap();
+        assert_eq!(lost.len(), 1);
+        assert_ne!(lost[0]["v"], x);
+        assert_eq!(m.heads().unwrap().len(), 1);
+        assert!(m.verify().unwrap().ok());
+        // Already merged: nothing new.
+        let side = store.open_db("side").unwrap();
+        assert_eq!(m.merge_from(&side, None).unwrap().events, 0);
         // "cut": puts k=0..4 of c0,c1,c2,c0,c1, history dropped before k=2, then c9.
         let c = store.open_db("cut").unwrap();
         let at = Cid::parse(CUT_AT).unwrap();
