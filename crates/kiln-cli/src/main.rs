@@ -61,6 +61,39 @@ enum Cmd {
         #[arg(long, value_name = "ID", num_args = 1..)]
         only: Vec<String>,
     },
+    /// Nominate FORK's changes for MAIN; prints the proposal id.
+    Propose {
+        fork: String,
+        #[arg(long, value_name = "MAIN")]
+        to: String,
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Proposals for MAIN (open ones; --all for decided ones too).
+    Proposals {
+        main: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// What accepting a proposal would change in its target now, conflicts flagged.
+    Review { id: String },
+    /// Accept a proposal: merge the fork into the target (--only: just those documents),
+    /// recorded in the target's history with who accepted it (--by, else $USER).
+    Accept {
+        id: String,
+        #[arg(long, value_name = "ID", num_args = 1..)]
+        only: Vec<String>,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Reject a proposal, with a reason.
+    Reject {
+        id: String,
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Fork a database: a new database (a fresh UUID name when DST is omitted) that starts at
     /// SRC's current state and shares its files; costs one head record, copies nothing.
     Fork { src: String, dst: Option<String> },
@@ -474,7 +507,8 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                             } else {
                                 ids.join(" ")
                             };
-                            format!("{}  height {}  {}  parents {}  {}", e.cid, e.height, utc(e.time), e.parents.len(), shown)
+                            let note = if e.note.is_empty() { String::new() } else { format!("  [{}]", e.note) };
+                            format!("{}  height {}  {}  parents {}  {}{note}", e.cid, e.height, utc(e.time), e.parents.len(), shown)
                         })
                         .collect::<Vec<_>>()
                         .join("\n")
@@ -483,7 +517,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                     json!(log
                         .iter()
                         .map(|e| json!({"cid": e.cid.to_string(), "parents": cids(&e.parents), "height": e.height,
-                            "time_ms": e.time, "ops": e.ops.iter().map(|(id, del)| json!({"id": id, "deleted": del})).collect::<Vec<_>>()}))
+                            "time_ms": e.time, "note": e.note, "ops": e.ops.iter().map(|(id, del)| json!({"id": id, "deleted": del})).collect::<Vec<_>>()}))
                         .collect::<Vec<_>>())
                 },
             );
@@ -655,6 +689,88 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 },
             );
         }
+        Cmd::Propose { fork, to, message } => {
+            let p = store.propose(&fork, &to, &message)?;
+            out.print(
+                || format!("proposal {} ({fork} -> {to})", p.id),
+                || proposal_json(&p),
+            );
+        }
+        Cmd::Proposals { main, all } => {
+            let ps = store.proposals(main.as_deref(), !all)?;
+            out.print(
+                || {
+                    ps.iter()
+                        .map(|p| {
+                            format!(
+                                "{}  {} -> {}  {}  {}",
+                                p.id,
+                                p.fork,
+                                p.to,
+                                proposal_json(p)["status"]["state"].as_str().unwrap_or(""),
+                                p.message
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                || json!(ps.iter().map(proposal_json).collect::<Vec<_>>()),
+            );
+        }
+        Cmd::Review { id } => {
+            let (p, r) = store.review(&id)?;
+            out.print(
+                || {
+                    let mut lines = vec![format!(
+                        "proposal {} ({} -> {}): {}",
+                        p.id, p.fork, p.to, p.message
+                    )];
+                    let conflicted: Vec<&str> = r.conflicts.iter().map(|c| c.id.as_str()).collect();
+                    for id in &r.changed {
+                        if !conflicted.contains(&id.as_str()) {
+                            lines.push(format!("~ {id}"));
+                        }
+                    }
+                    for c in &r.conflicts {
+                        lines.push(format!(
+                            "! {} conflict: ancestor {} | here {} | proposed {}",
+                            c.id,
+                            c.ancestor.as_ref().map_or("(none)".into(), |v| v.to_string()),
+                            c.ours.as_ref().map_or("(none)".into(), |v| v.to_string()),
+                            c.theirs.as_ref().map_or("(none)".into(), |v| v.to_string())
+                        ));
+                    }
+                    lines.push(format!("{} changes, {} conflicts", r.changed.len(), r.conflicts.len()));
+                    lines.join("\n")
+                },
+                || {
+                    json!({"proposal": proposal_json(&p), "changed": r.changed,
+                        "conflicts": r.conflicts.iter().map(|c| json!({"id": c.id, "ancestor": c.ancestor,
+                            "here": c.ours, "proposed": c.theirs})).collect::<Vec<_>>()})
+                },
+            );
+        }
+        Cmd::Accept { id, only, by } => {
+            let by = by.unwrap_or_else(who);
+            let r = store.accept(&id, (!only.is_empty()).then_some(only.as_slice()), &by)?;
+            out.print(
+                || {
+                    format!(
+                        "accepted {id}: {} documents changed, {} conflicts settled",
+                        r.changed.len(),
+                        r.conflicts.len()
+                    )
+                },
+                || {
+                    json!({"id": id, "event": r.event.map(|e| e.to_string()), "changed": r.changed,
+                    "conflicts": r.conflicts.len()})
+                },
+            );
+        }
+        Cmd::Reject { id, message, by } => {
+            let p = store.reject(&id, &message, &by.unwrap_or_else(who))?;
+            out.print(|| format!("rejected {}", p.id), || proposal_json(&p));
+        }
         Cmd::Fork { src, dst } => {
             let db = store.fork(&src, dst.as_deref())?;
             out.print(
@@ -763,6 +879,30 @@ fn run(cli: Cli) -> kiln::Result<u8> {
         Cmd::Demo => return demo(&store, &out),
     }
     Ok(0)
+}
+
+/// Who is deciding: $USER, else "unknown".
+fn who() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+}
+
+fn proposal_json(p: &kiln::Proposal) -> Value {
+    let status = match &p.status {
+        kiln::Status::Open => json!({"state": "open"}),
+        kiln::Status::Accepted {
+            event,
+            by,
+            at,
+            only,
+        } => {
+            json!({"state": "accepted", "event": event, "by": by, "at_ms": at, "only": only})
+        }
+        kiln::Status::Rejected { by, at, reason } => {
+            json!({"state": "rejected", "by": by, "at_ms": at, "reason": reason})
+        }
+    };
+    json!({"id": p.id, "fork": p.fork, "to": p.to, "message": p.message,
+        "created_ms": p.created, "status": status})
 }
 
 /// `N` or `default` (no setting).

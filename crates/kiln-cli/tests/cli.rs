@@ -428,3 +428,38 @@ fn merge_from_the_command_line() {
     );
     ok(r, &["verify", "main"]);
 }
+
+#[test]
+fn proposals_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "site"]);
+    ok(r, &["put", "site", r#"{"_id":"home","t":"hi"}"#]);
+    ok(r, &["fork", "site", "alice"]);
+    ok(r, &["put", "alice", r#"{"_id":"blog","t":"post"}"#]);
+    ok(r, &["put", "alice", r#"{"_id":"home","t":"hello"}"#]);
+    let p = json(r, &["propose", "alice", "--to", "site", "-m", "a blog"]);
+    let id = p["id"].as_str().unwrap().to_owned();
+    assert_eq!(json(r, &["proposals", "site"]).as_array().unwrap().len(), 1);
+    let rev = ok(r, &["review", &id]);
+    assert!(rev.contains("~ blog") && rev.contains("~ home"), "{rev}");
+    let a = json(r, &["accept", &id, "--only", "blog", "--by", "mod"]);
+    assert_eq!(a["changed"], serde_json::json!(["blog"]));
+    assert!(ok(r, &["log", "site", "--limit", "1"]).contains("by mod"));
+    let again = kiln(r, &["accept", &id], None);
+    assert_eq!(code(&again), 2);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already accepted"));
+    assert!(json(r, &["proposals", "site"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        json(r, &["proposals", "--all"])[0]["status"]["state"],
+        "accepted"
+    );
+    let p2 = json(r, &["propose", "alice", "--to", "site"]);
+    let r2 = json(r, &["reject", p2["id"].as_str().unwrap(), "-m", "not now"]);
+    assert_eq!(r2["status"]["reason"], "not now");
+    assert!(ok(r, &["get", "site", "blog"]).contains("post"));
+    assert!(ok(r, &["get", "site", "home"]).contains("hi"));
+}

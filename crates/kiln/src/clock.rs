@@ -33,6 +33,9 @@ pub struct Event {
     /// For a transaction that took changes from another database (`merge --only`): that
     /// database's heads. Empty otherwise (not encoded).
     pub source: Vec<Cid>,
+    /// A human note recorded with the transaction (who accepted which proposal, …); empty
+    /// for most (and then not encoded).
+    pub note: String,
 }
 
 impl Event {
@@ -41,7 +44,8 @@ impl Event {
         e.map(
             5 + usize::from(!self.purge.is_empty())
                 + usize::from(!self.source.is_empty())
-                + usize::from(!self.conflicts.is_empty()),
+                + usize::from(!self.conflicts.is_empty())
+                + usize::from(!self.note.is_empty()),
         );
         e.str("ops");
         e.array(self.ops.len());
@@ -49,6 +53,10 @@ impl Event {
             e.array(2);
             e.str(id);
             e.opt_link(v.as_ref());
+        }
+        if !self.note.is_empty() {
+            e.str("note");
+            e.str(&self.note);
         }
         e.str("root");
         match &self.root {
@@ -96,8 +104,8 @@ impl Event {
     pub fn decode(b: &[u8]) -> Result<Event, CborError> {
         let mut d = Decoder::new(b);
         let fields = d.map()?;
-        if !(5..=8).contains(&fields) {
-            return Err(CborError("event: expected 5 to 8 fields"));
+        if !(5..=9).contains(&fields) {
+            return Err(CborError("event: expected 5 to 9 fields"));
         }
         let mut left = fields - 5; // optional fields still to come
         d.key("ops")?;
@@ -115,6 +123,15 @@ impl Event {
                 return Err(CborError("event: ops not sorted by id"));
             }
             ops.push((id.to_owned(), d.opt_link()?));
+        }
+        let mut note = String::new();
+        if left > 0 && d.peek_key()? == "note" {
+            left -= 1;
+            d.key("note")?;
+            note = d.str()?.to_owned();
+            if note.is_empty() {
+                return Err(CborError("event: empty note"));
+            }
         }
         d.key("root")?;
         let root = if d.is_null()? {
@@ -204,6 +221,7 @@ impl Event {
             purge,
             conflicts,
             source,
+            note,
         })
     }
 }
@@ -343,6 +361,7 @@ mod tests {
                 purge: Vec::new(),
                 conflicts: Vec::new(),
                 source: Vec::new(),
+                note: String::new(),
             };
             let b = e.encode();
             assert_eq!(Event::decode(&b).unwrap(), e);
@@ -399,12 +418,14 @@ mod tests {
             purge: purge.clone(),
             conflicts: vec![("x".into(), vec![Cid::of_cbor(b"l")])],
             source: vec![Cid::of_cbor(b"s")],
+            note: "accepted by m".into(),
         };
         assert_eq!(Event::decode(&e.encode()).unwrap(), e);
         let plain = Event {
             purge: vec![],
             conflicts: vec![],
             source: vec![],
+            note: String::new(),
             ..e.clone()
         };
         assert_eq!(plain.encode()[0], 0xa5, "five fields without a purge list");

@@ -107,6 +107,8 @@ pub struct LogEntry {
     pub time: u64,
     /// Ids touched, with `true` for a delete.
     pub ops: Vec<(String, bool)>,
+    /// The note recorded with the event (merges of accepted proposals), else empty.
+    pub note: String,
 }
 
 /// Sizes and counts of a database.
@@ -412,7 +414,7 @@ impl Database {
             let (id, body) = doc::prepare(d)?;
             writes.push((id, Some((Cid::of_cbor(&body), body))));
         }
-        self.finish(self.inner.commit(None, writes, None, Vec::new())?)
+        self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
     }
 
     /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
@@ -420,7 +422,7 @@ impl Database {
         doc::check_id(id)?;
         self.finish(
             self.inner
-                .commit(None, vec![(id.to_owned(), None)], None, Vec::new())?,
+                .commit(None, vec![(id.to_owned(), None)], None, Vec::new(), "")?,
         )
     }
 
@@ -511,6 +513,7 @@ impl Database {
                         .iter()
                         .map(|(id, l)| (id.clone(), l.is_none()))
                         .collect(),
+                    note: e.note.clone(),
                 });
                 Ok(limit.is_none_or(|l| out.len() < l))
             })?;
@@ -722,9 +725,9 @@ impl Database {
     /// counts purged versions instead of reporting them missing.
     pub fn purge(&self, id: &str) -> Result<PurgeReport> {
         doc::check_id(id)?;
-        let (c, _) = self
-            .inner
-            .commit(None, vec![(id.to_owned(), None)], Some(id), Vec::new())?;
+        let (c, _) =
+            self.inner
+                .commit(None, vec![(id.to_owned(), None)], Some(id), Vec::new(), "")?;
         let ev = self.inner.read(|v| v.event(&c.event))?;
         self.compact_full()?;
         // Archived files (and files replaced but not yet collected) may hold the versions.
@@ -783,19 +786,39 @@ impl Database {
     /// nothing. With `only`, just those documents take `src`'s current values, as an ordinary
     /// transaction that names `src`'s heads.
     pub fn merge_from(&self, src: &Database, only: Option<&[String]>) -> Result<MergeReport> {
+        self.merge_from_noted(src, only, "")
+    }
+
+    /// [`Database::merge_from`], recording `note` (who merged what, and why) in the event.
+    pub fn merge_from_noted(
+        &self,
+        src: &Database,
+        only: Option<&[String]>,
+        note: &str,
+    ) -> Result<MergeReport> {
         if let Some(ids) = only {
-            return self.take_from(src, ids);
+            return self.take_from(src, ids, note);
         }
         let sst = src.inner.refresh()?;
         src.inner.ensure_tree(&sst.head)?;
-        let report = self
-            .inner
-            .with_lock(|db, head| db.merge(head, &src.inner, &sst.head))?;
-        Ok(report)
+        self.inner
+            .with_lock(|db, head| db.merge(head, &src.inner, &sst.head, note, false))
+    }
+
+    /// What [`Database::merge_from`] would do, without writing anything: the changes it would
+    /// take and the conflicts it would settle (`event` is `None`).
+    pub fn preview_merge(&self, src: &Database) -> Result<MergeReport> {
+        let sst = src.inner.refresh()?;
+        src.inner.ensure_tree(&sst.head)?;
+        let st = self.inner.refresh()?;
+        let mut head = st.head.clone();
+        self.inner
+            .merge(&mut head, &src.inner, &sst.head, "", true)
+            .map(|(r, _)| r)
     }
 
     /// `merge_from` with `only`: a transaction writing `src`'s current values of `ids`.
-    fn take_from(&self, src: &Database, ids: &[String]) -> Result<MergeReport> {
+    fn take_from(&self, src: &Database, ids: &[String], note: &str) -> Result<MergeReport> {
         if ids.is_empty() {
             return Err(Error::InvalidArgument("no documents to take".into()));
         }
@@ -831,7 +854,7 @@ impl Database {
             .filter(|((_, m), w)| m.and_then(|s| s.link) != w.1.as_ref().map(|x| x.0))
             .map(|((id, _), _)| id.clone())
             .collect();
-        let (c, _) = self.inner.commit(None, writes, None, heads)?;
+        let (c, _) = self.inner.commit(None, writes, None, heads, note)?;
         Ok(MergeReport {
             event: Some(c.event),
             changed,
@@ -991,6 +1014,7 @@ impl Transaction {
             self.writes,
             None,
             Vec::new(),
+            "",
         )?)
     }
 }
@@ -1269,6 +1293,7 @@ impl Db {
         writes: Vec<Write>,
         purge_id: Option<&str>,
         source: Vec<Cid>,
+        note: &str,
     ) -> Result<(Committed, bool)> {
         // Let a finished background compaction swap its result in first (bounded wait).
         let t = std::time::Instant::now();
@@ -1361,6 +1386,7 @@ impl Db {
                 purge: purge.clone(),
                 conflicts: Vec::new(),
                 source: source.clone(),
+                note: note.to_owned(),
             };
             let eb = event.encode();
             let ecid = Cid::of_cbor(&eb);
@@ -1556,6 +1582,8 @@ impl Db {
         head: &mut Head,
         src: &Db,
         shead: &Head,
+        note: &str,
+        dry_run: bool,
     ) -> Result<(MergeReport, Vec<FileName>)> {
         self.ensure_tree(head)?;
         let cur = head.clone();
@@ -1690,7 +1718,21 @@ impl Db {
                 })
                 .collect(),
             source: Vec::new(),
+            note: note.to_owned(),
         });
+        if dry_run {
+            let r = self.merge_report(
+                &dv,
+                &sv,
+                None,
+                fast_forward,
+                &theirs_only,
+                &sides,
+                &conflicts,
+                &ancestor,
+            )?;
+            return Ok((r, Vec::new()));
+        }
         let mut w = car::Writer::new(car::Meta {
             level: 0,
             time: now_ms(),
@@ -1752,6 +1794,33 @@ impl Db {
         head.docs = docs.max(0) as u64;
         head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
         head.files.insert(0, file);
+        let report = self.merge_report(
+            &dv,
+            &sv,
+            ecid,
+            fast_forward,
+            &theirs_only,
+            &sides,
+            &conflicts,
+            &ancestor,
+        )?;
+        Ok((report, Vec::new()))
+    }
+
+    /// The report of a merge: values of ours and of the common history read from `dv`, theirs
+    /// from `sv`.
+    #[allow(clippy::too_many_arguments)]
+    fn merge_report(
+        &self,
+        dv: &View,
+        sv: &View,
+        event: Option<Cid>,
+        fast_forward: bool,
+        theirs_only: &[(Cid, Arc<Event>)],
+        sides: &[(String, Option<Slot>, Option<Slot>)],
+        conflicts: &[(String, Option<Slot>, Option<Slot>)],
+        ancestor: &HashMap<String, Slot>,
+    ) -> Result<MergeReport> {
         let load = |v: &View, id: &str, s: &Option<Slot>| -> Result<Option<Value>> {
             match s {
                 Some(Slot {
@@ -1761,28 +1830,38 @@ impl Db {
                 _ => Ok(None),
             }
         };
+        let theirs_win = |o: &Option<Slot>, t: &Option<Slot>| match (o, t) {
+            (Some(o), Some(t)) => t.rank(o) == std::cmp::Ordering::Greater,
+            (None, Some(_)) => true,
+            _ => false,
+        };
         let mut report = MergeReport {
-            event: ecid,
+            event,
             fast_forward,
             events: theirs_only.len(),
             changed: sides
                 .iter()
-                .filter(|(_, o, t)| rank(o, t) && o.and_then(|s| s.link) != t.and_then(|s| s.link))
+                .filter(|(_, o, t)| {
+                    theirs_win(o, t) && o.and_then(|s| s.link) != t.and_then(|s| s.link)
+                })
                 .map(|(id, _, _)| id.clone())
                 .collect(),
             conflicts: Vec::new(),
         };
-        let nv = View { db: self, head };
-        for (id, o, t) in &conflicts {
+        for (id, o, t) in conflicts {
             report.conflicts.push(Conflict {
-                ancestor: load(&nv, id, &ancestor.get(id).copied())?,
-                ours: load(&nv, id, o)?,
-                theirs: load(&nv, id, t)?,
-                winner: if rank(o, t) { Side::Theirs } else { Side::Ours },
+                ancestor: load(dv, id, &ancestor.get(id).copied())?,
+                ours: load(dv, id, o)?,
+                theirs: load(sv, id, t)?,
+                winner: if theirs_win(o, t) {
+                    Side::Theirs
+                } else {
+                    Side::Ours
+                },
                 id: id.clone(),
             });
         }
-        Ok((report, Vec::new()))
+        Ok(report)
     }
 
     /// Adds the nodes of `state`'s tree that are in no file yet (its new nodes and the pending

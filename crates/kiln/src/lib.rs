@@ -32,6 +32,7 @@ pub mod doc;
 mod error;
 pub mod head;
 pub mod keys;
+pub mod proposals;
 pub mod seal;
 pub mod settings;
 pub mod storage;
@@ -45,5 +46,6 @@ pub use db::{
     LogEntry, MergeReport, PurgeReport, Side, Transaction, LEVEL_FANIN,
 };
 pub use error::{Error, Result};
+pub use proposals::{Proposal, Status};
 pub use settings::Settings;
 pub use store::{check_name, Durability, GcReport, Options, Store};

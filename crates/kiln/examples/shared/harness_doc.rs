@@ -30,7 +30,7 @@ pub fn doc(i: u64, n: u64) -> Value {
         "_id": format!("doc-{i:08}"),
         "title": format!("Document number {i}"),
         "n": ((i as u128 * 7919) % n as u128) as u64,
-        "tags": [format!("t{}", i % 10), format!("g{}", i % 7), if i % 2 == 0 { "even" } else { "odd" }],
+        "tags": [format!("t{}", i % 10), format!("g{}", i % 7), if i.is_multiple_of(2) { "even" } else { "odd" }],
         "body": body(i),
     })
 }
