@@ -42,7 +42,13 @@ fn main() -> kiln::Result<()> {
             let t = Instant::now();
             load(&store, "base", n)?;
             let loaded = t.elapsed().as_secs_f64();
+            store.gc()?;
+            let before = disk(tmp.path());
             let fork = store.fork("base", Some("fork"))?;
+            println!(
+                "fork of a {before}-byte store added {} bytes",
+                disk(tmp.path()) - before
+            );
             for k in 0..100 {
                 let i = (k * 7919) % n;
                 fork.put(&json!({"_id": format!("doc-{i:08}"), "changed": k}))?;

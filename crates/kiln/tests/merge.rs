@@ -238,3 +238,41 @@ proptest! {
         prop_assert!(v.ok(), "{:?}", v.problems);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(10))]
+    /// Three forks with random histories: (a ← b) ← c and a ← (b ← c) end in one state.
+    #[test]
+    fn merging_is_associative(
+        base in prop::collection::vec(op(), 0..10),
+        sides in prop::collection::vec(prop::collection::vec(op(), 0..10), 3),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let b = s.create(Some("b")).unwrap();
+        let apply = |db: &kiln::Database, ops: &[Op]| {
+            for o in ops {
+                match o {
+                    Op::Put(k, v) => { db.put(&json!({"_id": format!("k{k}"), "v": v})).unwrap(); }
+                    Op::Del(k) => { db.del(&format!("k{k}")).unwrap(); }
+                }
+            }
+        };
+        apply(&b, &base);
+        let names = ["x", "y", "z"];
+        for (n, ops) in names.iter().zip(&sides) {
+            let db = s.fork("b", Some(n)).unwrap();
+            apply(&db, ops);
+        }
+        let (y, z) = (s.open_db("y").unwrap(), s.open_db("z").unwrap());
+        let left = s.fork("x", Some("left")).unwrap();
+        left.merge_from(&y, None).unwrap();
+        left.merge_from(&z, None).unwrap();
+        let yz = s.fork("y", Some("yz")).unwrap();
+        yz.merge_from(&z, None).unwrap();
+        let right = s.fork("x", Some("right")).unwrap();
+        right.merge_from(&yz, None).unwrap();
+        prop_assert_eq!(left.info().unwrap().root, right.info().unwrap().root);
+        prop_assert_eq!(state(&left), state(&right));
+    }
+}
