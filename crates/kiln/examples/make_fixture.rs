@@ -62,7 +62,7 @@ fn main() -> kiln::Result<()> {
     side.put(&json!({"_id": "y", "v": "side"}))?;
     m.put(&json!({"_id": "x", "v": "main"}))?;
     let part = m.merge_from(&side, Some(&["y".to_owned()]))?;
-    let all = m.merge_from(&side, None)?;
+    let all = m.merge_from_noted(&side, None, "merged by the fixture")?;
     println!(
         "merged: --only event {:?}, merge event {:?}, {} conflict(s)",
         part.event,

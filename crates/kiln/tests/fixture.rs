@@ -30,14 +30,14 @@ const V1: Fixture = Fixture {
 const V2: Fixture = Fixture {
     dir: "v2",
     events: [
-        "bafyreih3elz56yh7bpy3fbwb3cye3hmov7jg2sxe4s4uhbzf5qrkyslu24",
-        "bafyreickuelyhynhgtqx5ya2wunynqviyefeivwxonubstf2lwllfzgdvu",
-        "bafyreiaasnlojt74v4nctsdfxplzpows3oh4q3sinllqvaf4vxpy3dnbru",
+        "bafyreihpqx4ynx2sycsc5xb6iyryay6xl6mgnq74233uf2g3mcho4qtgk4",
+        "bafyreiholhqkazgtsw2scnxvsja7yuyvpaai5urgtqk6dory23rzkwljbm",
+        "bafyreif7b4inubrw3o5vqyzruvqx5s2ubwiiyaknmfdnuvmfjww2mm643a",
     ],
 };
 
 /// The event of the v2 fixture's "cut" database before which history was dropped.
-const CUT_AT: &str = "bafyreibo3g3ra3zdjcaeo3aamctsnk6dssqw3oldwb7lbqmxnfg6iu75da";
+const CUT_AT: &str = "bafyreiezv7undhoyes2lnv7jdf7oquaqq7ysmjbgz5sbm624ko34bdifdq";
 
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -114,6 +114,7 @@ fn reads_and_verifies(f: &Fixture) {
         assert_eq!(lost.len(), 1);
         assert_ne!(lost[0]["v"], x);
         assert_eq!(m.heads().unwrap().len(), 1);
+        assert_eq!(m.log(Some(1)).unwrap()[0].note, "merged by the fixture");
         assert!(m.verify().unwrap().ok());
         // Already merged: nothing new.
         let side = store.open_db("side").unwrap();
