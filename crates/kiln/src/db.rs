@@ -263,7 +263,7 @@ pub struct ListOptions {
 /// A pending write: the id and the stored body with its CID, or `None` for a delete.
 type Write = (String, Option<(Cid, Vec<u8>)>);
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -1720,18 +1720,20 @@ impl Db {
             source: Vec::new(),
             note: note.to_owned(),
         });
-        if dry_run {
-            let r = self.merge_report(
+        let report = |event: Option<Cid>| {
+            self.merge_report(
                 &dv,
                 &sv,
-                None,
+                event,
                 fast_forward,
                 &theirs_only,
                 &sides,
                 &conflicts,
                 &ancestor,
-            )?;
-            return Ok((r, Vec::new()));
+            )
+        };
+        if dry_run {
+            return Ok((report(None)?, Vec::new()));
         }
         let mut w = car::Writer::new(car::Meta {
             level: 0,
@@ -1794,17 +1796,7 @@ impl Db {
         head.docs = docs.max(0) as u64;
         head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
         head.files.insert(0, file);
-        let report = self.merge_report(
-            &dv,
-            &sv,
-            ecid,
-            fast_forward,
-            &theirs_only,
-            &sides,
-            &conflicts,
-            &ancestor,
-        )?;
-        Ok((report, Vec::new()))
+        Ok((report(ecid)?, Vec::new()))
     }
 
     /// The report of a merge: values of ours and of the common history read from `dv`, theirs

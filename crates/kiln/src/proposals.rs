@@ -3,7 +3,7 @@
 //! `ROOT/proposals/`, written atomically; deciding one first creates `<id>.decided` exclusively,
 //! so a proposal is decided once even with several moderators at work.
 
-use crate::db::{Database, MergeReport};
+use crate::db::{now_ms, Database, MergeReport};
 use crate::error::{Error, Result};
 use crate::storage::write_atomic;
 use crate::store::Store;
@@ -40,13 +40,6 @@ pub struct Proposal {
     /// ms since the Unix epoch.
     pub created: u64,
     pub status: Status,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Proposal {
