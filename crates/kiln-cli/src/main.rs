@@ -45,15 +45,18 @@ enum Cmd {
     /// Create, list, inspect and drop databases.
     #[command(subcommand)]
     Db(DbCmd),
-    /// Documents added, changed and deleted from A to B. Each side is a database (its current
-    /// state) or DB@EVENT (its state at that event). Compares trees, so the cost follows the
-    /// differences, not the size.
+    /// Documents added, changed and deleted from A to B.
+    ///
+    /// Each side is a database (its current state) or DB@EVENT (its state at that event).
+    /// Compares trees, so the cost follows the differences, not the size.
     Diff { a: String, b: String },
-    /// Merge SRC into DST: DST gains SRC's events and a merge event joins the heads. A
-    /// document changed on one side takes that change; changed on both sides to different
-    /// values is a conflict (the write with the greater height, then value CID, wins — the
-    /// same everywhere); the report lists each with the ancestor and both values. With
-    /// --only, just those documents take SRC's values, as an ordinary transaction.
+    /// Merge SRC into DST (three-way; conflicts listed).
+    ///
+    /// DST gains SRC's events and a merge event joins the heads. A document changed on one
+    /// side takes that change; changed on both sides to different values is a conflict (the
+    /// write with the greater height, then value CID, wins — the same everywhere); the report
+    /// lists each with the ancestor and both values. With --only, just those documents take
+    /// SRC's values, as an ordinary transaction.
     Merge {
         src: String,
         #[arg(long, value_name = "DST")]
@@ -77,8 +80,10 @@ enum Cmd {
     },
     /// What accepting a proposal would change in its target now, conflicts flagged.
     Review { id: String },
-    /// Accept a proposal: merge the fork into the target (--only: just those documents),
-    /// recorded in the target's history with who accepted it (--by, else $USER).
+    /// Accept a proposal: merge the fork into the target.
+    ///
+    /// With --only, just those documents. Recorded in the target's history with who accepted
+    /// it (--by, else $USER). A proposal is decided once.
     Accept {
         id: String,
         #[arg(long, value_name = "ID", num_args = 1..)]
@@ -94,8 +99,10 @@ enum Cmd {
         #[arg(long)]
         by: Option<String>,
     },
-    /// Fork a database: a new database (a fresh UUID name when DST is omitted) that starts at
-    /// SRC's current state and shares its files; costs one head record, copies nothing.
+    /// Fork a database (O(1): shares its files).
+    ///
+    /// The new database (a fresh UUID name when DST is omitted) starts at SRC's current state
+    /// and shares its files; it costs one head record and copies nothing.
     Fork { src: String, dst: Option<String> },
     /// Write a document (replaces the whole document). JSON from the argument or stdin.
     Put {
@@ -155,8 +162,9 @@ enum Cmd {
     },
     /// Re-hash every stored byte and check every link; exit code 5 on any problem.
     Verify { db: String },
-    /// Merge the transaction diff files into one file now (and cascade levels over their
-    /// limit); with --full, merge every file of the database into exactly one.
+    /// Merge the transaction diff files now (--full: everything into one file).
+    ///
+    /// Without options, the diffs merge into one file and levels over their limit cascade.
     Compact {
         db: String,
         #[arg(long)]
@@ -167,13 +175,15 @@ enum Cmd {
         #[arg(long, value_name = "EVENT", conflicts_with = "full")]
         drop_history_before: Option<String>,
     },
-    /// Remove every stored version of one document (for privacy requests): the document is
-    /// deleted, its versions are removed from all files (the database is rewritten into one
-    /// file, archived copies are deleted), and reads of them say "purged". Its id stays in
-    /// the history.
+    /// Remove every stored version of one document (privacy requests).
+    ///
+    /// The document is deleted, its versions are removed from all files (the database is
+    /// rewritten into one file, archived copies are deleted), and reads of them say
+    /// "purged". Its id stays in the history. Forks keep their own copies.
     Purge { db: String, id: String },
-    /// Remove files no database names (into the archive when the store keeps one); safe
-    /// while other processes write. Prints the bytes freed.
+    /// Remove files no database names; prints the bytes freed.
+    ///
+    /// Into the archive when the store keeps one. Safe while other processes write.
     Gc,
     /// Show or change store settings (--compact-threshold N|default, --keep-archive on|off).
     Config {
