@@ -436,6 +436,7 @@ impl Database {
     /// its commit still succeeds.
     pub fn transaction(&self) -> Result<Transaction> {
         let st = self.inner.refresh()?;
+        self.inner.ensure_tree(&st.head)?;
         Ok(Transaction {
             db: self.clone(),
             base: st,
@@ -989,7 +990,14 @@ impl Transaction {
             db: &self.db.inner,
             head: &self.base.head,
         };
-        v.doc(id, self.base.head.root.as_ref())
+        match v.doc(id, self.base.head.root.as_ref()) {
+            // Nodes only in memory, dropped meanwhile (a compaction wrote them out): rebuild.
+            Err(Error::MissingBlock(..)) => {
+                self.db.inner.ensure_tree(&self.base.head)?;
+                v.doc(id, self.base.head.root.as_ref())
+            }
+            r => r,
+        }
     }
 
     pub fn put(&mut self, doc: &Value) -> Result<String> {
@@ -1028,6 +1036,8 @@ struct Merged {
     file: FileRef,
     replaced: Vec<FileName>,
     base: Option<Option<Cid>>,
+    /// The base of the head the merge was computed on.
+    from_base: Option<Cid>,
 }
 
 /// What a handle's writer keeps between commits.
@@ -1504,6 +1514,37 @@ impl Db {
         {
             return Ok(());
         }
+        let u = self.rebuild_tree(head)?;
+        self.add_pending(u.blocks.iter());
+        Ok(())
+    }
+
+    /// The nodes of `head`'s tree that are in no file: a private copy, which stays whole even
+    /// if `pending` is cleared meanwhile (a background compaction reads it without the lock).
+    fn memory_tree(&self, head: &Head) -> Result<DigestMap<Cid, (Arc<[u8]>, Arc<tree::Node>)>> {
+        let Some(root) = head.root else {
+            return Ok(DigestMap::default());
+        };
+        if head.base == head.root {
+            return Ok(DigestMap::default());
+        }
+        {
+            let p = self.pending.read().unwrap_or_else(|p| p.into_inner());
+            if p.contains_key(&root) {
+                return Ok(p.clone());
+            }
+        }
+        let u = self.rebuild_tree(head)?;
+        self.add_pending(u.blocks.iter());
+        Ok(u.blocks
+            .iter()
+            .map(|(c, b, n)| (*c, (Arc::from(b.as_slice()), n.clone())))
+            .collect())
+    }
+
+    /// Rebuilds the nodes of `head`'s tree that are in no file: the base tree (in files) with
+    /// the writes of the events in the level-0 files, checked against the head's root.
+    fn rebuild_tree(&self, head: &Head) -> Result<tree::Update> {
         let v = View { db: self, head };
         let mut latest: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
         for f in head.files.iter().filter(|f| f.level == 0) {
@@ -1533,8 +1574,7 @@ impl Db {
                 "its tree root is not its base tree with the writes of its level-0 events",
             ));
         }
-        self.add_pending(u.blocks.iter());
-        Ok(())
+        Ok(u)
     }
 
     /// Every index entry of a file, in file order.
@@ -1796,6 +1836,17 @@ impl Db {
         head.docs = docs.max(0) as u64;
         head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
         head.files.insert(0, file);
+        // Versions the source purged are gone here too: say so, not "missing".
+        let purged: Vec<Cid> = theirs_only
+            .iter()
+            .flat_map(|(_, e)| e.ops.iter().filter_map(|(_, l)| *l))
+            .filter(|l| shead.purged.binary_search(l).is_ok())
+            .collect();
+        if !purged.is_empty() {
+            head.purged.extend(purged);
+            head.purged.sort();
+            head.purged.dedup();
+        }
         Ok((report(ecid)?, Vec::new()))
     }
 
@@ -2106,7 +2157,9 @@ impl Db {
         head.files.retain(|f| !sel.contains(&f.name));
         head.files.insert(pos.min(head.files.len()), m.file);
         head.compacted = now_ms();
-        if let Some(base) = m.base {
+        // Only forward: a commit meanwhile may have moved the base already (a checkpoint or a
+        // merge), and its tree is whole in files too.
+        if let Some(base) = m.base.filter(|_| head.base == m.from_base) {
             head.base = base;
         }
         true
@@ -2158,9 +2211,11 @@ impl Db {
         all: bool,
     ) -> Result<Merged> {
         let level = out_level - 1;
-        if current {
-            self.ensure_tree(head)?;
-        }
+        let memory = if current {
+            self.memory_tree(head)?
+        } else {
+            DigestMap::default()
+        };
         let v = View { db: self, head };
         // Pass 1, over the indexes and the events only: which tree nodes the files hold, the
         // events' heights and parents, and (for version-1 files, whose index does not mark
@@ -2223,14 +2278,8 @@ impl Db {
             if nodes_here.contains(&c) {
                 keep.insert(c);
             } else if current {
-                let p = self
-                    .pending
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&c)
-                    .map(|(b, _)| b.clone());
-                match p {
-                    Some(b) => extra.push((c, b)),
+                match memory.get(&c) {
+                    Some((b, _)) => extra.push((c, b.clone())),
                     None if all => return Err(Error::MissingBlock(c, self.name.clone())),
                     None => continue, // in an older file, with everything below it
                 }
@@ -2241,7 +2290,10 @@ impl Db {
                     Err(e) => return Err(e),
                 }
             }
-            let node = v.node(&c)?;
+            let node = match memory.get(&c) {
+                Some((_, n)) => n.clone(),
+                None => v.node(&c)?,
+            };
             stack.extend_from_slice(node.children());
             // A tree's values stay with it (after a cut, no kept event names some of them).
             if let tree::Items::Leaf(slots) = &node.items {
@@ -2335,6 +2387,7 @@ impl Db {
             },
             replaced: sel.iter().map(|f| f.name).collect(),
             base: current.then_some(head.root),
+            from_base: head.base,
         })
     }
 

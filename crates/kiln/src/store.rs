@@ -395,6 +395,9 @@ impl Store {
         // files it replaced sees the mark and keeps them; one that already did has written the
         // head record read below (it deletes under the writer lock, which the read waits for).
         self.inner.keybag.mark_shared(&lineage, sync)?;
+        // From reading the files the fork will name until its head record is in place (where
+        // gc can see it): gc must not take them meanwhile.
+        let _gc = self.inner.gc.shared()?;
         let mut head = source.head_for_fork()?;
         head.seq = 0;
         self.place(&name, &lineage, &source.key(), &head, &Settings::default())

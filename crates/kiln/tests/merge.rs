@@ -276,3 +276,27 @@ proptest! {
         prop_assert_eq!(state(&left), state(&right));
     }
 }
+
+/// Review finding: merging a fork that purged a document reported the purged version as
+/// missing (corruption) instead of purged.
+#[test]
+fn merging_a_purge_keeps_it_a_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let main = s.create(Some("main")).unwrap();
+    main.put(&json!({"_id": "keep", "v": 0})).unwrap();
+    let fork = s.fork("main", Some("fork")).unwrap();
+    let c = fork.put(&json!({"_id": "secret", "v": "x"})).unwrap();
+    fork.purge("secret").unwrap();
+    main.merge_from(&fork, None).unwrap();
+    let v = main.verify().unwrap();
+    assert!(v.ok(), "{:?}", v.problems);
+    assert_eq!(v.purged, 1);
+    assert!(matches!(
+        main.get_at("secret", &c.event),
+        Err(kiln::Error::Purged(..))
+    ));
+    assert_eq!(main.get("secret").unwrap(), None);
+    main.compact_full().unwrap();
+    assert!(main.verify().unwrap().ok());
+}
