@@ -570,7 +570,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             let db = store.open_db(&name)?;
             let s = Settings {
                 compact_threshold: parse_threshold(&compact_threshold)?,
-                ..db.settings()
+                ..db.settings()?
             };
             db.set_settings(&s)?;
             let t = db.info()?.compact_threshold;

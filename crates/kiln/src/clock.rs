@@ -67,19 +67,13 @@ impl Event {
         e.u64(self.time);
         if !self.purge.is_empty() {
             e.str("purge");
-            e.array(self.purge.len());
-            for c in &self.purge {
-                e.bytes(c.as_bytes());
-            }
+            e.cid_array(&self.purge);
         }
         e.str("height");
         e.u64(self.height);
         if !self.source.is_empty() {
             e.str("source");
-            e.array(self.source.len());
-            for c in &self.source {
-                e.bytes(c.as_bytes());
-            }
+            e.cid_array(&self.source);
         }
         e.str("parents");
         e.array(self.parents.len());
@@ -92,10 +86,7 @@ impl Event {
             for (id, losers) in &self.conflicts {
                 e.array(2);
                 e.str(id);
-                e.array(losers.len());
-                for l in losers {
-                    e.bytes(l.as_bytes());
-                }
+                e.cid_array(losers);
             }
         }
         e.into_bytes()
@@ -146,16 +137,9 @@ impl Event {
         if left > 0 && d.peek_key()? == "purge" {
             left -= 1;
             d.key("purge")?;
-            let n = d.array()?;
-            if n == 0 {
+            purge = d.cid_array()?;
+            if purge.is_empty() {
                 return Err(CborError("event: empty purge list"));
-            }
-            for _ in 0..n {
-                let c = Cid::from_bytes(d.bytes()?).ok_or(CborError("event: bad purge CID"))?;
-                if purge.last().is_some_and(|q| *q >= c) {
-                    return Err(CborError("event: purge list not sorted"));
-                }
-                purge.push(c);
             }
         }
         d.key("height")?;
@@ -164,12 +148,9 @@ impl Event {
         if left > 0 && d.peek_key()? == "source" {
             left -= 1;
             d.key("source")?;
-            let n = d.array()?;
-            if n == 0 {
+            source = d.cid_array()?;
+            if source.is_empty() {
                 return Err(CborError("event: empty source list"));
-            }
-            for _ in 0..n {
-                source.push(Cid::from_bytes(d.bytes()?).ok_or(CborError("event: bad source CID"))?);
             }
         }
         d.key("parents")?;
@@ -195,14 +176,7 @@ impl Event {
                     return Err(CborError("event: conflict must be [id, [link]]"));
                 }
                 let id = d.str()?.to_owned();
-                let m = d.array()?;
-                let mut losers = Vec::with_capacity(m.min(64));
-                for _ in 0..m {
-                    losers.push(
-                        Cid::from_bytes(d.bytes()?).ok_or(CborError("event: bad conflict CID"))?,
-                    );
-                }
-                conflicts.push((id, losers));
+                conflicts.push((id, d.cid_array()?));
             }
         }
         if left != 0 {

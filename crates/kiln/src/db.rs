@@ -58,8 +58,9 @@ struct Db {
     /// this handle's commits or rebuilt from the level-0 events; the level-0 compaction writes
     /// them out. Dropping them is always safe (they are rebuilt on demand).
     pending: RwLock<DigestMap<Cid, (Arc<[u8]>, Arc<tree::Node>)>>,
-    /// `dbs/<name>/settings.json`, as read at open or set through this handle.
-    settings: RwLock<Settings>,
+    /// `dbs/<name>/settings.json`, read when first needed (not at open) or set through this
+    /// handle.
+    settings: RwLock<Option<Settings>>,
     /// A background compaction of this handle is running.
     compacting: AtomicBool,
     /// The background compaction waits to swap its result in: commits let it go first (the
@@ -286,7 +287,6 @@ impl Database {
             Err(e) => return Err(Error::io(&lp, e)),
         };
         let hp = dir.join("HEAD");
-        let settings_path = dir.join("settings.json");
         let ((head, lineage, key, log), stamp) = read_head_with(&lock, &hp, name, |bytes| {
             let lineage =
                 Head::lineage(bytes).map_err(|e| Error::format(hp.display().to_string(), e))?;
@@ -313,7 +313,7 @@ impl Database {
             poisoned: Mutex::new(None),
             indexes: RwLock::new(HashMap::new()),
             pending: RwLock::new(DigestMap::default()),
-            settings: RwLock::new(Settings::read(&settings_path)?),
+            settings: RwLock::new(None),
             compacting: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
         };
@@ -537,8 +537,8 @@ impl Database {
             files: h.files.clone(),
             commits: h.seq,
             compacted: h.compacted,
-            compact_threshold: self.inner.compact_threshold(),
-            settings: self.settings(),
+            compact_threshold: self.inner.compact_threshold()?,
+            settings: self.settings()?,
         })
     }
 
@@ -584,12 +584,8 @@ impl Database {
     }
 
     /// The database's own settings (`dbs/<name>/settings.json`).
-    pub fn settings(&self) -> Settings {
-        self.inner
-            .settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn settings(&self) -> Result<Settings> {
+        self.inner.own_settings()
     }
 
     /// Replaces the database's own settings (only `compact_threshold` applies to a database;
@@ -607,7 +603,7 @@ impl Database {
             .inner
             .settings
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = s.clone();
+            .unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
         Ok(())
     }
 
@@ -1027,6 +1023,15 @@ impl Transaction {
     }
 }
 
+/// Whether a merge's state takes the source's slot `t` over ours `o` (the state rule).
+fn theirs_win(o: &Option<Slot>, t: &Option<Slot>) -> bool {
+    match (o, t) {
+        (Some(o), Some(t)) => t.rank(o) == std::cmp::Ordering::Greater,
+        (None, Some(_)) => true,
+        _ => false,
+    }
+}
+
 /// Transactions with at least this many writes store their tree nodes with them (see
 /// `Db::commit`).
 const CHECKPOINT_OPS: usize = 32;
@@ -1051,14 +1056,23 @@ struct Writer {
 impl Db {
     /// The compaction threshold in force: the database's setting, else the store's, else the
     /// program's [`crate::Options::compact_threshold`].
-    fn compact_threshold(&self) -> usize {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+    fn compact_threshold(&self) -> Result<usize> {
+        Ok(self
+            .own_settings()?
             .compact_threshold
             .or(self.store.settings().compact_threshold)
             .unwrap_or(self.store.opts.compact_threshold)
-            .max(1)
+            .max(1))
+    }
+
+    /// The database's own settings, read from its file the first time they are needed.
+    fn own_settings(&self) -> Result<Settings> {
+        if let Some(s) = &*self.settings.read().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(s.clone());
+        }
+        let s = Settings::read(&self.dir.join("settings.json"))?;
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+        Ok(s)
     }
 
     fn state(&self) -> Arc<State> {
@@ -1365,19 +1379,7 @@ impl Db {
                     return Err(Error::corrupt(db.name.clone(), "no tree to commit on"))
                 }
             };
-            let mut docs = cur.docs as i64;
-            for (op, prev) in ops.iter().zip(&state.previous) {
-                let new = op.1.unwrap_or(Slot {
-                    version: 0,
-                    link: None,
-                });
-                let winner = match prev {
-                    Some(p) if p.rank(&new) == std::cmp::Ordering::Greater => *p,
-                    _ => new,
-                };
-                docs +=
-                    winner.link.is_some() as i64 - prev.is_some_and(|p| p.link.is_some()) as i64;
-            }
+            let docs = cur.docs as i64 + tree::live_delta(&ops, &state.previous);
             let mut parents = base_heads.clone();
             parents.sort();
             let purge = match purge_id {
@@ -1466,7 +1468,7 @@ impl Db {
             // when commits outrun it (then it also bounds the files a read may consult). A
             // failed compaction must not fail (or block) commits: the commit stands without it,
             // and `compact`/`verify` report the cause.
-            let threshold = db.compact_threshold();
+            let threshold = db.compact_threshold()?;
             let diffs = head.files.iter().filter(|f| f.level == 0).count();
             let background = db.store.opts.background_compaction;
             let mut removed = Vec::new();
@@ -1477,7 +1479,7 @@ impl Db {
                     removed = r;
                 }
             }
-            let wanted = background && db.level_to_compact(head).is_some();
+            let wanted = background && db.level_to_compact(head)?.is_some();
             Ok((
                 (
                     Committed {
@@ -1555,14 +1557,7 @@ impl Db {
                         version: ev.height,
                         link: *link,
                     };
-                    latest
-                        .entry(id.as_bytes().into())
-                        .and_modify(|o| {
-                            if s.rank(o) == std::cmp::Ordering::Greater {
-                                *o = s
-                            }
-                        })
-                        .or_insert(s);
+                    tree::raise_into(&mut latest, id.as_bytes().into(), s);
                 }
             }
         }
@@ -1718,10 +1713,7 @@ impl Db {
                             version: e.height,
                             link: *l,
                         };
-                        let o = ancestor.entry(id.clone()).or_insert(s);
-                        if s.rank(o) == std::cmp::Ordering::Greater {
-                            *o = s;
-                        }
+                        ancestor.entry(id.clone()).or_insert(s).raise(s);
                     }
                 }
                 Ok(true)
@@ -1738,11 +1730,6 @@ impl Db {
         for h in &shead.heads {
             height = height.max(sv.event(h)?.height);
         }
-        let rank = |o: &Option<Slot>, t: &Option<Slot>| match (o, t) {
-            (Some(o), Some(t)) => t.rank(o) == std::cmp::Ordering::Greater,
-            (None, Some(_)) => true,
-            _ => false,
-        };
         let event = (!fast_forward).then(|| Event {
             parents: heads.clone(),
             height: height + 1,
@@ -1753,7 +1740,7 @@ impl Db {
             conflicts: conflicts
                 .iter()
                 .filter_map(|(id, o, t)| {
-                    let loser = if rank(o, t) { o } else { t };
+                    let loser = if theirs_win(o, t) { o } else { t };
                     loser.and_then(|s| s.link).map(|l| (id.clone(), vec![l]))
                 })
                 .collect(),
@@ -1810,18 +1797,7 @@ impl Db {
         };
         let file = self.store_file(w, 0, heights)?;
         // Documents count: what the merged slots changed.
-        let mut docs = cur.docs as i64;
-        for (prev, (_, new)) in merged.previous.iter().zip(&ops) {
-            let new = new.unwrap_or(Slot {
-                version: 0,
-                link: None,
-            });
-            let winner = match prev {
-                Some(p) if p.rank(&new) == std::cmp::Ordering::Greater => *p,
-                _ => new,
-            };
-            docs += winner.link.is_some() as i64 - prev.is_some_and(|p| p.link.is_some()) as i64;
-        }
+        let docs = cur.docs as i64 + tree::live_delta(&ops, &merged.previous);
         for (c, n) in merged.blocks.iter().map(|(c, _, n)| (c, n)) {
             self.store
                 .cache
@@ -1872,11 +1848,6 @@ impl Db {
                 }) => v.load_doc(id, l, *version).map(Some),
                 _ => Ok(None),
             }
-        };
-        let theirs_win = |o: &Option<Slot>, t: &Option<Slot>| match (o, t) {
-            (Some(o), Some(t)) => t.rank(o) == std::cmp::Ordering::Greater,
-            (None, Some(_)) => true,
-            _ => false,
         };
         let mut report = MergeReport {
             event,
@@ -1940,12 +1911,7 @@ impl Db {
     /// the root `e` commits to, when it has one.
     fn state_at(&self, v: &View, e: &Cid, ev: &Event) -> Result<tree::Update> {
         let mut state: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
-        let mut put = |k: &[u8], s: Slot| {
-            let o = state.entry(k.into()).or_insert(s);
-            if s.rank(o) == std::cmp::Ordering::Greater {
-                *o = s;
-            }
-        };
+        let mut put = |k: &[u8], s: Slot| tree::raise_into(&mut state, k.into(), s);
         clock::walk(v, &[*e], &mut |c, x| {
             for (id, l) in &x.ops {
                 put(
@@ -2120,7 +2086,7 @@ impl Db {
     fn compact_cascade(&self, head: &mut Head) -> Result<Vec<FileName>> {
         let mut removed = Vec::new();
         // Lowest level first: merging level k only adds a file to level k + 1.
-        while let Some(level) = self.level_to_compact(head) {
+        while let Some(level) = self.level_to_compact(head)? {
             let r = self.compact_level(head, level)?;
             if r.is_empty() {
                 break;
@@ -2392,16 +2358,15 @@ impl Db {
     }
 
     /// The lowest level holding more files than its limit.
-    fn level_to_compact(&self, head: &Head) -> Option<u8> {
-        let top = head.files.iter().map(|f| f.level).max()?;
-        (0..=top).find(|&l| {
+    fn level_to_compact(&self, head: &Head) -> Result<Option<u8>> {
+        let Some(top) = head.files.iter().map(|f| f.level).max() else {
+            return Ok(None);
+        };
+        let threshold = self.compact_threshold()?;
+        Ok((0..=top).find(|&l| {
             let n = head.files.iter().filter(|f| f.level == l).count();
-            n > if l == 0 {
-                self.compact_threshold()
-            } else {
-                LEVEL_FANIN
-            }
-        })
+            n > if l == 0 { threshold } else { LEVEL_FANIN }
+        }))
     }
 
     /// Background compaction: merge on a snapshot without the lock, then swap the result in
@@ -2410,7 +2375,7 @@ impl Db {
     fn compact_background(&self) -> Result<()> {
         loop {
             let st = self.refresh()?;
-            let Some(level) = self.level_to_compact(&st.head) else {
+            let Some(level) = self.level_to_compact(&st.head)? else {
                 return Ok(());
             };
             // From writing the merged file until a head record names it (or it is removed).

@@ -156,10 +156,7 @@ impl Head {
         e.str("events");
         e.u64(self.events);
         e.str("purged");
-        e.array(self.purged.len());
-        for c in &self.purged {
-            e.bytes(c.as_bytes());
-        }
+        e.cid_array(&self.purged);
         e.str("compacted");
         e.u64(self.compacted);
         e.into_bytes()
@@ -216,18 +213,12 @@ impl Head {
         }
         d.key("events")?;
         let events = d.u64()?;
-        let mut purged = Vec::new();
-        if version > 1 {
+        let purged = if version > 1 {
             d.key("purged")?;
-            let n = d.array()?;
-            for _ in 0..n {
-                let c = Cid::from_bytes(d.bytes()?).ok_or(CborError("head: bad purged CID"))?;
-                if purged.last().is_some_and(|p| *p >= c) {
-                    return Err(CborError("head: purged list not sorted"));
-                }
-                purged.push(c);
-            }
-        }
+            d.cid_array()?
+        } else {
+            Vec::new()
+        };
         d.key("compacted")?;
         let compacted = d.u64()?;
         d.finish()?;

@@ -629,9 +629,9 @@ impl HeadFile {
     }
 }
 
-/// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists.
+/// `renameat2(from, to, flags)` relative to the working directory.
 #[cfg(target_os = "linux")]
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let cf = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let ct = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
@@ -643,18 +643,31 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
             cf.as_ptr(),
             libc::AT_FDCWD,
             ct.as_ptr(),
-            libc::RENAME_NOREPLACE,
+            flags,
         )
     };
     if r == 0 {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
-            rename_noreplace_fallback(from, to)
-        }
-        _ => Err(e),
+}
+
+/// Whether a `renameat2` error means "not available here" (old kernel or file system).
+#[cfg(target_os = "linux")]
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+/// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists.
+#[cfg(target_os = "linux")]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    match renameat2(from, to, libc::RENAME_NOREPLACE) {
+        Err(e) if unsupported(&e) => rename_noreplace_fallback(from, to),
+        r => r,
     }
 }
 
@@ -675,30 +688,11 @@ fn rename_noreplace_fallback(from: &Path, to: &Path) -> io::Result<()> {
 /// Atomically swaps two paths; `Ok(false)` when the platform or file system cannot.
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; the call
-    // reads them and touches no other memory of ours.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
+    match renameat2(a, b, libc::RENAME_EXCHANGE) {
+        Ok(()) => Ok(true),
         // Not supported here, or `a` does not exist yet: the caller renames instead.
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) => {
-            Ok(false)
-        }
-        _ => Err(e),
+        Err(e) if unsupported(&e) || e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -36,6 +36,36 @@ impl Slot {
             .cmp(&other.version)
             .then_with(|| self.link.cmp(&other.link))
     }
+
+    /// Keeps in `self` the higher-ranked of `self` and `other` (the state rule).
+    pub fn raise(&mut self, other: Slot) {
+        if other.rank(self) == Ordering::Greater {
+            *self = other;
+        }
+    }
+}
+
+/// Puts `s` into `map` at `key` unless a higher-ranked slot is there already.
+pub fn raise_into<K: Ord>(map: &mut std::collections::BTreeMap<K, Slot>, key: K, s: Slot) {
+    map.entry(key).or_insert(s).raise(s);
+}
+
+/// How many live documents applying `ops` with [`Mode::Max`] adds (negative: removes), given
+/// the slots the keys had before (`previous` of the [`Update`]).
+pub fn live_delta(ops: &[Op], previous: &[Option<Slot>]) -> i64 {
+    ops.iter()
+        .zip(previous)
+        .map(|((_, new), prev)| {
+            let mut winner = new.unwrap_or(Slot {
+                version: 0,
+                link: None,
+            });
+            if let Some(p) = prev {
+                winner.raise(*p);
+            }
+            winner.link.is_some() as i64 - prev.is_some_and(|p| p.link.is_some()) as i64
+        })
+        .sum()
 }
 
 /// How an update treats a key that already has a slot.

@@ -234,10 +234,7 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                     version: e.height,
                     link: *link,
                 };
-                let o = latest.entry(id.as_bytes().into()).or_insert(s);
-                if s.rank(o) == std::cmp::Ordering::Greater {
-                    *o = s;
-                }
+                tree::raise_into(&mut latest, id.as_bytes().into(), s);
             }
         }
         let ops: Vec<tree::Op> = latest.into_iter().map(|(k, s)| (k, Some(s))).collect();

@@ -69,7 +69,7 @@ fn threshold_settings_take_effect_and_persist() {
     let again = Store::open_with(dir.path(), opts()).unwrap();
     let db2 = again.open_db("s").unwrap();
     assert_eq!(db2.info().unwrap().compact_threshold, 10);
-    assert_eq!(db2.settings().compact_threshold, Some(10));
+    assert_eq!(db2.settings().unwrap().compact_threshold, Some(10));
     db2.put(&json!({"_id": "a14"})).unwrap();
     assert_eq!(levels(&db2), [1, 1]);
     // Back to the store's setting.

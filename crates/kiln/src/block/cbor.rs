@@ -96,6 +96,13 @@ impl Encoder {
         self.buf.push(0);
         self.buf.extend_from_slice(cid.as_bytes());
     }
+    /// An array of CIDs as byte strings (lists in kiln's records that are not graph links).
+    pub fn cid_array(&mut self, cids: &[Cid]) {
+        self.array(cids.len());
+        for c in cids {
+            self.bytes(c.as_bytes());
+        }
+    }
     pub fn opt_link(&mut self, cid: Option<&Cid>) {
         match cid {
             Some(c) => self.link(c),
@@ -312,6 +319,19 @@ impl<'a> Decoder<'a> {
             return Err(CborError("link without identity multibase prefix"));
         }
         Cid::from_bytes(&b[1..]).ok_or(CborError("malformed CID"))
+    }
+    /// An array written by [`Encoder::cid_array`], which must be strictly ascending.
+    pub fn cid_array(&mut self) -> R<Vec<Cid>> {
+        let n = self.array()?;
+        let mut out: Vec<Cid> = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let c = Cid::from_bytes(self.bytes()?).ok_or(CborError("bad CID"))?;
+            if out.last().is_some_and(|p| *p >= c) {
+                return Err(CborError("CID list not sorted"));
+            }
+            out.push(c);
+        }
+        Ok(out)
     }
     pub fn opt_link(&mut self) -> R<Option<Cid>> {
         if self.is_null()? {
