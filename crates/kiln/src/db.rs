@@ -542,6 +542,18 @@ impl Database {
         })
     }
 
+    /// The names of the files the current head record names.
+    pub(crate) fn file_names(&self) -> Result<Vec<FileName>> {
+        Ok(self
+            .inner
+            .refresh()?
+            .head
+            .files
+            .iter()
+            .map(|f| f.name)
+            .collect())
+    }
+
     /// Bytes of this database's live files that another database (a fork, or what it was
     /// forked from) also names; the rest are its own. Reads the head record of every other
     /// database of its lineage (none unless the lineage was ever forked).
@@ -1232,7 +1244,6 @@ impl Db {
                         .unwrap_or_else(|p| p.into_inner())
                         .clear();
                 }
-                let archive = self.store.settings().keep_archive.unwrap_or(false);
                 // Forks share files: then only garbage collection, which reads every
                 // database's head record, may take them away.
                 let remove = if !remove.is_empty() && self.store.keybag.is_shared(&self.lineage) {
@@ -1240,6 +1251,8 @@ impl Db {
                 } else {
                     remove
                 };
+                let archive =
+                    !remove.is_empty() && self.store.settings().keep_archive.unwrap_or(false);
                 for f in remove {
                     // The new head no longer names these; readers holding the old head retry.
                     let _ = if archive {

@@ -504,7 +504,7 @@ impl Store {
                 Err(Error::NoSuchDatabase(_)) => continue,
                 Err(e) => return Err(e),
             };
-            live.extend(db.info()?.files.iter().map(|f| f.name));
+            live.extend(db.file_names()?);
         }
         let archive = self.settings().keep_archive.unwrap_or(false);
         let mut r = GcReport {
