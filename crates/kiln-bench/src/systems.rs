@@ -70,6 +70,11 @@ impl KilnAdapter {
             dir.join("kiln"),
             Options {
                 durability,
+                background_compaction: std::env::var_os("KILN_BG").is_some(),
+                compact_threshold: std::env::var("KILN_TH")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100),
                 ..Options::default()
             },
         )?;

@@ -1258,7 +1258,7 @@ impl Db {
                     let _ = if archive {
                         self.store.storage.archive(&f)
                     } else {
-                        self.store.storage.remove(&f)
+                        self.store.storage.retire(&f)
                     };
                     self.indexes
                         .write()
@@ -2401,7 +2401,7 @@ impl Db {
                 Ok((ok, if ok { m.replaced.clone() } else { Vec::new() }))
             })?;
             if !applied {
-                let _ = self.store.storage.remove(&m.file.name);
+                let _ = self.store.storage.retire(&m.file.name);
                 return Ok(());
             }
         }

@@ -7,7 +7,7 @@
 use crate::car::FileName;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,6 +33,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Removes a file (absent is not an error). A backend may keep the space to reuse for a
     /// later file; the name is gone either way.
     fn remove(&self, name: &FileName) -> io::Result<()>;
+    /// Removes a file a head record no longer names, on a commit's path: like
+    /// [`Storage::remove`], except that a backend may keep it under its name for a while to
+    /// reuse its space cheaply (garbage collection takes it if this process does not).
+    fn retire(&self, name: &FileName) -> io::Result<()> {
+        self.remove(name)
+    }
     /// Every file held.
     fn list(&self) -> io::Result<Vec<FileName>>;
     /// Moves a file into the archive (absent is not an error): it is no longer listed or
@@ -51,7 +57,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 /// Files under a local folder: `DIR/ab/abcdef….kdf`, 256 shards by the first byte of the name.
 ///
 /// Removed files are not unlinked but renamed into `DIR/.pool/` (up to [`POOL_MAX`]) and reused
-/// for later files: rename-and-rewrite allocates no inode. Creating and unlinking a file per
+/// for later files: rename-and-rewrite allocates no inode. Files retired by a commit stay under
+/// their names as this process's *spares* until a put renames one straight to its new name (or
+/// the handle is dropped and moves them to the pool; a killed process leaves them for garbage
+/// collection). Creating and unlinking a file per
 /// commit makes ext4 without a journal skip every recently deleted inode on each create, which
 /// cost more than everything else a commit does. A reader still holding a removed file open may
 /// then read another file's bytes: they fail their seal or CID check, and the database layer
@@ -59,7 +68,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct LocalStorage {
     dir: PathBuf,
-    open: RwLock<HashMap<FileName, Arc<File>>>,
+    open: RwLock<HashMap<FileName, Handle>>,
     pool: Mutex<Pool>,
     /// Random per instance, so pool names of two processes with a reused pid differ.
     instance: u32,
@@ -71,6 +80,23 @@ struct Pool {
     known: Vec<PathBuf>,
     /// Puts left before the pool folder is listed again after finding it empty.
     skip: u32,
+    /// Files this process retired ([`Storage::retire`]), still under their own names: a put
+    /// renames one straight to its new name (one rename per reuse instead of two).
+    spare: Vec<Spare>,
+}
+
+#[derive(Debug)]
+struct Spare {
+    name: FileName,
+    /// A read-write handle and the length written through it, when this process wrote it.
+    file: Option<(Arc<File>, u64)>,
+}
+
+/// An open file: read-only, or read-write with its length when this process wrote it.
+#[derive(Debug, Clone)]
+struct Handle {
+    file: Arc<File>,
+    written: Option<u64>,
 }
 
 /// Open file handles kept for reads.
@@ -93,6 +119,20 @@ impl LocalStorage {
                 u32::from_le_bytes(b)
             },
         }
+    }
+
+    /// Creates the folder and its 256 shard folders. Done once when a store is created, so
+    /// commits do not pay for them (a missing shard, as in stores made before, is still created
+    /// when first needed).
+    pub fn create_shards(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        for b in 0..=255u8 {
+            match fs::create_dir(self.dir.join(format!("{b:02x}"))) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn pool_dir(&self) -> PathBuf {
@@ -158,21 +198,125 @@ impl LocalStorage {
     }
 
     fn handle(&self, name: &FileName) -> io::Result<Arc<File>> {
-        if let Some(f) = self
+        if let Some(h) = self
             .open
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
         {
-            return Ok(f.clone());
+            return Ok(h.file.clone());
         }
         let f = Arc::new(File::open(self.path(name))?);
+        self.keep_open(
+            *name,
+            Handle {
+                file: f.clone(),
+                written: None,
+            },
+        );
+        Ok(f)
+    }
+
+    fn keep_open(&self, name: FileName, h: Handle) {
         let mut m = self.open.write().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_OPEN {
             m.clear();
         }
-        m.insert(*name, f.clone());
-        Ok(f)
+        m.insert(name, h);
+    }
+
+    /// Takes a spare (one no longer than `len` when there is one among the newest few, so the
+    /// rewrite need not shorten it) and renames it to `path`. `Ok(None)`: no spare left.
+    /// `AlreadyExists`: `path` is there already (same name, same bytes).
+    fn take_spare(&self, path: &Path, len: u64) -> io::Result<Option<(File, u64)>> {
+        loop {
+            let sp = {
+                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                let n = pool.spare.len();
+                let Some(last) = n.checked_sub(1) else {
+                    return Ok(None);
+                };
+                let i = (n.saturating_sub(8)..n)
+                    .rev()
+                    .find(|&i| pool.spare[i].file.as_ref().is_some_and(|f| f.1 <= len))
+                    .unwrap_or(last);
+                pool.spare.swap_remove(i)
+            };
+            let from = self.path(&sp.name);
+            let moved = match rename_noreplace(&from, path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
+                    fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+                    rename_noreplace(&from, path)
+                }
+                r => r,
+            };
+            match moved {
+                Ok(()) => {}
+                // Gone (garbage collection took it): try the next one.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.pool
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .spare
+                        .push(sp);
+                    return Err(e);
+                }
+            }
+            // A handle this process wrote through names an inode with no other name; any other
+            // file is checked like a pooled one.
+            let opened = match sp.file {
+                Some((f, n)) => Arc::try_unwrap(f)
+                    .or_else(|f| f.try_clone())
+                    .map(|f| Some((f, n)))?,
+                None => open_reused(path)?,
+            };
+            match opened {
+                Some(x) => return Ok(Some(x)),
+                None => continue,
+            }
+        }
+    }
+
+    /// Rewrites a reused file with `bytes`, shortening it when it was longer.
+    fn rewrite(f: &File, old: u64, bytes: &[u8]) -> io::Result<()> {
+        f.write_all_at(bytes, 0)?;
+        if old > bytes.len() as u64 {
+            f.set_len(bytes.len() as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the spares into the pool folder (or unlinks them beyond [`POOL_MAX`]), so other
+    /// processes can reuse them and their names are gone.
+    fn release_spares(&self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let spares = std::mem::take(&mut pool.spare);
+        drop(pool);
+        for sp in spares {
+            let _ = self.remove(&sp.name);
+        }
+    }
+}
+
+/// Opens a file just taken from the pool for rewriting, with its current length; `None` (and
+/// the name removed) when another name still holds its inode: a crash can leave a pool name
+/// and a live file naming one inode (the pool folder is not fsynced), and a file another name
+/// holds is never written into.
+fn open_reused(path: &Path) -> io::Result<Option<(File, u64)>> {
+    let f = OpenOptions::new().read(true).write(true).open(path)?;
+    let meta = f.metadata()?;
+    if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        drop(f);
+        fs::remove_file(path)?;
+        return Ok(None);
+    }
+    Ok(Some((f, meta.len())))
+}
+
+impl Drop for LocalStorage {
+    fn drop(&mut self) {
+        self.release_spares();
     }
 }
 
@@ -180,64 +324,75 @@ impl Storage for LocalStorage {
     fn put(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()> {
         let path = self.path(name);
         let shard = path.parent().unwrap_or(&self.dir).to_path_buf();
-        let taken = match self.take_pooled(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&shard)?;
-                if sync {
-                    sync_dir(&self.dir)?;
+        let len = bytes.len() as u64;
+        let same = |e: &io::Error| e.kind() == io::ErrorKind::AlreadyExists;
+        let reused = match self.take_spare(&path, len) {
+            Ok(Some(x)) => Some(x),
+            Ok(None) => {
+                let taken = match self.take_pooled(&path) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        fs::create_dir_all(&shard)?;
+                        if sync {
+                            sync_dir(&self.dir)?;
+                        }
+                        self.take_pooled(&path)
+                    }
+                    r => r,
+                };
+                match taken {
+                    Ok(true) => match open_reused(&path)? {
+                        Some(x) => Some(x),
+                        None => return self.put(name, bytes, sync),
+                    },
+                    Ok(false) => None,
+                    // Same name means same bytes: the file is already there.
+                    Err(e) if same(&e) => return Ok(()),
+                    Err(e) => return Err(e),
                 }
-                self.take_pooled(&path)
             }
-            r => r,
-        };
-        let reused = match taken {
-            Ok(r) => r,
-            // Same name means same bytes: the file is already there.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) if same(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if reused {
-            let f = OpenOptions::new().write(true).open(&path)?;
-            let meta = f.metadata()?;
-            if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
-                // A crash can leave a pool name and a live file naming one inode (the pool
-                // folder is not fsynced): never write into a file another name still holds.
-                drop(f);
-                fs::remove_file(&path)?;
-                return self.put(name, bytes, sync);
+        let f = match reused {
+            Some((f, old)) => {
+                Self::rewrite(&f, old, bytes)?;
+                f
             }
-            let old = meta.len();
-            f.write_all_at(bytes, 0)?;
-            if old > bytes.len() as u64 {
-                f.set_len(bytes.len() as u64)?;
+            None => {
+                let create = || {
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                };
+                let f = match create() {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        fs::create_dir_all(&shard)?;
+                        if sync {
+                            sync_dir(&self.dir)?;
+                        }
+                        create()?
+                    }
+                    Err(e) if same(&e) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                f.write_all_at(bytes, 0)?;
+                f
             }
-            if sync {
-                f.sync_all()?;
-                sync_dir(&shard)?;
-            }
-            return Ok(());
-        }
-        let mut f = match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&shard)?;
-                if sync {
-                    sync_dir(&self.dir)?;
-                }
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)?
-            }
-            // Same name means same bytes: the file is already there.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(e),
         };
-        f.write_all(bytes)?;
         if sync {
             f.sync_all()?;
             sync_dir(&shard)?;
         }
+        self.keep_open(
+            *name,
+            Handle {
+                file: Arc::new(f),
+                written: Some(len),
+            },
+        );
         Ok(())
     }
 
@@ -250,17 +405,40 @@ impl Storage for LocalStorage {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp_dir = self.dir.join(".tmp");
         let tmp = tmp_dir.join(format!("{}-{}-{n}.part", std::process::id(), self.instance));
-        let f = match File::create(&tmp) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&tmp_dir)?;
-                File::create(&tmp)?
+        // A spare or pooled file when there is one (no new inode), else a new file.
+        let mut reused = None;
+        for _ in 0..2 {
+            let r = self.take_spare(&tmp, u64::MAX).and_then(|x| match x {
+                Some(x) => Ok(Some(x)),
+                None if self.take_pooled(&tmp)? => open_reused(&tmp),
+                None => Ok(None),
+            });
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(&tmp_dir)?,
+                r => {
+                    reused = r?;
+                    break;
+                }
             }
-            r => r?,
+        }
+        let (f, old) = match reused {
+            Some(x) => x,
+            None => match File::create(&tmp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(&tmp_dir)?;
+                    (File::create(&tmp)?, 0)
+                }
+                r => (r?, 0),
+            },
         };
         let r = (|| {
             let mut w = io::BufWriter::with_capacity(1 << 20, f);
             let name = fill(&mut w)?;
-            let f = w.into_inner().map_err(|e| e.into_error())?;
+            let mut f = w.into_inner().map_err(|e| e.into_error())?;
+            let written = f.stream_position()?;
+            if old > written {
+                f.set_len(written)?;
+            }
             if sync {
                 f.sync_all()?;
             }
@@ -301,6 +479,40 @@ impl Storage for LocalStorage {
         fs::read(self.path(name))
     }
 
+    fn retire(&self, name: &FileName) -> io::Result<()> {
+        let h = self
+            .open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.known.len() + pool.spare.len() >= POOL_MAX {
+            drop(pool);
+            return self.remove(name);
+        }
+        let file = match h {
+            Some(Handle {
+                file,
+                written: Some(n),
+            }) => {
+                // A large file gives its space back now; a small one keeps its (sealed) bytes
+                // until reused.
+                if n > POOL_KEEP_BYTES {
+                    file.set_len(0)?;
+                    Some((file, 0))
+                } else {
+                    Some((file, n))
+                }
+            }
+            _ => {
+                drop(pool);
+                return self.remove(name);
+            }
+        };
+        pool.spare.push(Spare { name: *name, file });
+        Ok(())
+    }
+
     fn remove(&self, name: &FileName) -> io::Result<()> {
         self.open
             .write()
@@ -308,6 +520,8 @@ impl Storage for LocalStorage {
             .remove(name);
         let path = self.path(name);
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        // Not a spare any more: its name goes now.
+        pool.spare.retain(|s| s.name != *name);
         if pool.known.len() < POOL_MAX {
             let pd = self.pool_dir();
             let to = self.pool_name();
@@ -382,6 +596,18 @@ impl Storage for LocalStorage {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         pool.known.clear();
         let (mut n, mut bytes) = (0, 0);
+        for sp in std::mem::take(&mut pool.spare) {
+            let p = self.path(&sp.name);
+            let len = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            match fs::remove_file(&p) {
+                Ok(()) => {
+                    n += 1;
+                    bytes += len;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         let mut entries = Vec::new();
         // Removed files kept for reuse, and partial files of streamed writes a crash left.
         for d in [self.pool_dir(), self.dir.join(".tmp")] {
@@ -430,6 +656,13 @@ impl Storage for LocalStorage {
                     out.push(name);
                 }
             }
+        }
+        // This process's spares are space kept for reuse, not files.
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if !pool.spare.is_empty() {
+            let spare: std::collections::HashSet<FileName> =
+                pool.spare.iter().map(|s| s.name).collect();
+            out.retain(|n| !spare.contains(n));
         }
         out.sort();
         Ok(out)
@@ -789,5 +1022,70 @@ mod tests {
         s2.put(&name, b"hello", true).unwrap();
         assert_eq!(fs::metadata(s2.path(&name)).unwrap().ino(), ino);
         assert_eq!(s2.read(&name).unwrap(), b"hello");
+    }
+
+    /// Retired files wait under their names (not listed) and are renamed straight to the next
+    /// file's name; a dropped handle gives them to the pool; `clear_reusable` deletes them.
+    #[test]
+    fn retired_files_are_reused_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(d.path().join("files"));
+        s.create_shards().unwrap();
+        let pool = d.path().join("files/.pool");
+        let in_pool = || fs::read_dir(&pool).map(|r| r.count()).unwrap_or(0);
+        let long = vec![7u8; 300];
+        let a = FileName::of(&long);
+        s.put(&a, &long, false).unwrap();
+        let ino = fs::metadata(s.path(&a)).unwrap().ino();
+        s.retire(&a).unwrap();
+        // Still there under its name (a reader holding the old head reads it whole)...
+        assert_eq!(fs::read(s.path(&a)).unwrap(), long);
+        // ...but not a file any more for this handle, and not in the pool.
+        assert!(s.list().unwrap().is_empty());
+        assert_eq!(in_pool(), 0);
+        // The next put renames it to its own name and holds exactly the new (shorter) bytes.
+        let b = FileName::of(b"short");
+        s.put(&b, b"short", false).unwrap();
+        assert_eq!(fs::metadata(s.path(&b)).unwrap().ino(), ino);
+        assert!(!s.path(&a).exists());
+        assert_eq!(s.read(&b).unwrap(), b"short");
+        assert_eq!(s.read_at(&b, 1, 3).unwrap(), b"hor");
+        assert_eq!(s.list().unwrap(), vec![b]);
+        // A compaction's streamed output reuses one too.
+        s.retire(&b).unwrap();
+        let c = s
+            .put_with(false, &mut |w| {
+                w.write_all(b"streamed")?;
+                Ok(FileName::of(b"streamed"))
+            })
+            .unwrap();
+        assert_eq!(fs::metadata(s.path(&c)).unwrap().ino(), ino);
+        assert_eq!(s.read(&c).unwrap(), b"streamed");
+        // Putting a name that is already there writes nothing and takes no spare.
+        s.retire(&c).unwrap();
+        s.put(&a, &long, false).unwrap();
+        s.put(&a, &long, false).unwrap();
+        assert_eq!(s.list().unwrap(), vec![a]);
+        assert_eq!(fs::metadata(s.path(&a)).unwrap().ino(), ino);
+        // Dropping the handle moves its spares into the pool: their names are gone.
+        s.retire(&a).unwrap();
+        let path_a = s.path(&a);
+        drop(s);
+        assert!(!path_a.exists());
+        assert_eq!(in_pool(), 1);
+        // clear_reusable deletes spares and pooled files with their bytes.
+        let s = LocalStorage::new(d.path().join("files"));
+        s.put(&b, b"short", false).unwrap(); // takes the pooled one
+        assert_eq!(in_pool(), 0);
+        s.put(&a, &long, false).unwrap(); // a new file
+        s.retire(&b).unwrap();
+        s.remove(&a).unwrap(); // into the pool
+        assert!(s.path(&b).exists());
+        assert_eq!(in_pool(), 1);
+        let (n, bytes) = s.clear_reusable().unwrap();
+        assert_eq!((n, bytes), (2, 300 + 5));
+        assert!(!s.path(&b).exists());
+        assert_eq!(in_pool(), 0);
     }
 }

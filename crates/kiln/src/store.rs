@@ -294,9 +294,13 @@ impl Store {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                for d in [root.clone(), root.join("dbs"), root.join("files")] {
+                for d in [root.clone(), root.join("dbs")] {
                     std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
                 }
+                let files = root.join("files");
+                LocalStorage::new(&files)
+                    .create_shards()
+                    .map_err(|e| Error::io(&files, e))?;
                 Keybag::new(root.join("keys")).init()?;
                 let body = serde_json::json!({ "kiln_store": STORE_VERSION }).to_string();
                 write_atomic(&marker, body.as_bytes(), true, None)
