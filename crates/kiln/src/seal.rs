@@ -8,8 +8,7 @@
 //! Sealed form: `nonce (12) ‖ ciphertext ‖ tag (16)`. The associated data names what the unit is
 //! (a segment, an index, a head record), so a unit cannot be passed off as another kind.
 
-use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -20,7 +19,7 @@ pub const OVERHEAD: usize = 12 + 16;
 #[derive(Clone)]
 pub struct Key {
     raw: [u8; 32],
-    cipher: Arc<Aes256Gcm>,
+    cipher: Arc<LessSafeKey>,
     nonces: Arc<Nonces>,
 }
 
@@ -72,7 +71,10 @@ impl Key {
     }
 
     pub fn from_raw(raw: [u8; 32]) -> Key {
-        let cipher = Arc::new(Aes256Gcm::new((&raw).into()));
+        // A 32-byte key is always valid for AES-256-GCM.
+        let cipher = Arc::new(LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &raw).expect("32-byte AES-256 key"),
+        ));
         Key {
             raw,
             cipher,
@@ -93,9 +95,13 @@ impl Key {
         out.extend_from_slice(plain);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[start..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[start..],
+            )
             .map_err(|_| std::io::Error::other("encryption failed"))?;
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
         Ok(())
     }
 
@@ -111,9 +117,15 @@ impl Key {
             return Err(SealError);
         }
         let (nonce, ct) = sealed.split_at(12);
-        self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| SealError)
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError)?;
+        let mut buf = ct.to_vec();
+        let n = self
+            .cipher
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| SealError)?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
     }
 }
 
