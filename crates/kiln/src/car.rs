@@ -218,8 +218,11 @@ impl Writer {
     }
 
     /// Seals everything and returns the file with its index and segment plaintexts (so the
-    /// writer can cache what it just wrote instead of reading it back).
-    pub fn finish(mut self, key: &Key) -> std::io::Result<Finished> {
+    /// writer can cache what it just wrote instead of reading it back). Segments are
+    /// LZ4-compressed only with `compress`: transaction diffs are written raw (the commit path
+    /// stays short, as LSM stores leave their newest level uncompressed) and compaction
+    /// compresses what it merges.
+    pub fn finish(mut self, key: &Key, compress: bool) -> std::io::Result<Finished> {
         if !self.cur.is_empty() {
             self.segs.push(std::mem::take(&mut self.cur));
         }
@@ -233,7 +236,7 @@ impl Writer {
         let mut packed = Vec::new();
         for (i, s) in self.segs.iter().enumerate() {
             let start = out.len() as u64;
-            pack_segment(s, &mut packed);
+            pack_segment(s, &mut packed, compress);
             key.seal_into(&seg_aad(i as u32), &packed, &mut out)?;
             seg_at.push((start, (out.len() as u64 - start) as u32));
         }
@@ -460,7 +463,7 @@ impl<'a> StreamWriter<'a> {
 
     fn flush_segment(&mut self) -> std::io::Result<()> {
         let n = self.seg_at.len() as u32;
-        pack_segment(&self.cur, &mut self.packed);
+        pack_segment(&self.cur, &mut self.packed, true);
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.clear();
         self.key.seal_into(&seg_aad(n), &self.packed, &mut sealed)?;
@@ -784,18 +787,24 @@ impl Index {
 }
 
 /// A segment's stored plaintext (version 2): a codec byte, then the CAR bytes as they are
-/// (`RAW`) or as an LZ4 block with their length as u32 LE in front (`LZ4`), whichever is
-/// smaller.
-fn pack_segment(s: &[u8], out: &mut Vec<u8>) {
+/// (`RAW`) or, with `compress`, as an LZ4 block with their length as u32 LE in front (`LZ4`)
+/// when that is smaller.
+fn pack_segment(s: &[u8], out: &mut Vec<u8>, compress: bool) {
     out.clear();
-    let z = lz4_flex::block::compress_prepend_size(s);
-    if z.len() < s.len() {
-        out.push(LZ4);
-        out.extend_from_slice(&z);
-    } else {
-        out.push(RAW);
-        out.extend_from_slice(s);
+    if compress {
+        out.resize(5 + lz4_flex::block::get_maximum_output_size(s.len()), 0);
+        out[0] = LZ4;
+        out[1..5].copy_from_slice(&(s.len() as u32).to_le_bytes());
+        if let Ok(n) = lz4_flex::block::compress_into(s, &mut out[5..]) {
+            if 4 + n < s.len() {
+                out.truncate(5 + n);
+                return;
+            }
+        }
+        out.clear();
     }
+    out.push(RAW);
+    out.extend_from_slice(s);
 }
 
 /// Decrypts segment `n` of a file of format `version` and returns its CAR bytes.
@@ -979,7 +988,7 @@ mod tests {
         for (c, d) in &blocks {
             w.add(*c, d);
         }
-        let f = w.finish(&key).unwrap();
+        let f = w.finish(&key, true).unwrap();
         // The returned index is the one a reader gets.
         let t = &f.bytes[f.bytes.len() - TRAILER_LEN..];
         let (at, len) = parse_trailer(f.bytes.len() as u64, t).unwrap();
@@ -1069,8 +1078,18 @@ mod tests {
                 (x >> 56) as u8
             })
             .collect();
-        pack_segment(&noise, &mut packed);
+        pack_segment(&noise, &mut packed, true);
         assert_eq!((packed[0], packed.len()), (RAW, noise.len() + 1));
+        // Without compression (transaction diffs) even repetitive bytes are stored raw, and
+        // read back.
+        let rep = vec![b'a'; 3000];
+        pack_segment(&rep, &mut packed, false);
+        assert_eq!((packed[0], &packed[1..]), (RAW, &rep[..]));
+        pack_segment(&rep, &mut packed, true);
+        assert_eq!(packed[0], LZ4);
+        let k = Key::generate().unwrap();
+        let sealed = k.seal(&seg_aad(3), &packed).unwrap();
+        assert_eq!(open_segment(&k, 3, &sealed, 2).unwrap(), rep);
         // Codec bytes a reader does not know, or lies about sizes, are framing errors.
         let k = Key::generate().unwrap();
         for bad in [

@@ -1561,7 +1561,7 @@ impl Db {
     /// the writes of the events in the level-0 files, checked against the head's root.
     fn rebuild_tree(&self, head: &Head) -> Result<tree::Update> {
         let v = View { db: self, head };
-        let mut latest: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
+        let mut latest: BTreeMap<Arc<[u8]>, Slot> = BTreeMap::new();
         for f in head.files.iter().filter(|f| f.level == 0) {
             for e in self.file_entries(&v, f)?.iter().filter(|e| e.event) {
                 let ev = v.event(&e.cid)?;
@@ -1923,7 +1923,7 @@ impl Db {
     /// slot among `e` and its ancestors (and the states at cuts among them). Checked against
     /// the root `e` commits to, when it has one.
     fn state_at(&self, v: &View, e: &Cid, ev: &Event) -> Result<tree::Update> {
-        let mut state: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
+        let mut state: BTreeMap<Arc<[u8]>, Slot> = BTreeMap::new();
         let mut put = |k: &[u8], s: Slot| tree::raise_into(&mut state, k.into(), s);
         clock::walk(v, &[*e], &mut |c, x| {
             for (id, l) in &x.ops {
@@ -2410,7 +2410,9 @@ impl Db {
     /// Seals and stores a file, keeping its index and segments in memory so this process
     /// never reads back what it just wrote.
     fn store_file(&self, w: car::Writer, level: u8, heights: (u64, u64)) -> Result<FileRef> {
-        let f = w.finish(&self.key).map_err(|e| Error::io(&self.dir, e))?;
+        let f = w
+            .finish(&self.key, level > 0)
+            .map_err(|e| Error::io(&self.dir, e))?;
         self.store
             .storage
             .put(&f.name, &f.bytes, self.sync())

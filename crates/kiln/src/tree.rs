@@ -81,7 +81,7 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub level: u8,
-    pub keys: Vec<Box<[u8]>>,
+    pub keys: Vec<Arc<[u8]>>,
     pub items: Items,
 }
 
@@ -93,7 +93,11 @@ pub enum Items {
 
 impl Node {
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
+        // Keys plus at most 2 + 46 bytes per item (a link, or a version and a link).
+        let cap = 16 + self.keys.iter().map(|k| k.len() + 50).sum::<usize>();
+        let mut e = Encoder {
+            buf: Vec::with_capacity(cap),
+        };
         e.map(3);
         e.str("k");
         e.array(self.keys.len());
@@ -129,7 +133,7 @@ impl Node {
         }
         d.key("k")?;
         let n = d.array()?;
-        let mut keys: Vec<Box<[u8]>> = Vec::with_capacity(n);
+        let mut keys: Vec<Arc<[u8]>> = Vec::with_capacity(n);
         for _ in 0..n {
             let k = d.bytes()?;
             if let Some(p) = keys.last() {
@@ -362,7 +366,7 @@ where
         la = children(a, &la)?;
         lb = children(b, &lb)?;
     }
-    let entries = |l: &[(Cid, Arc<Node>)]| -> Vec<(Box<[u8]>, Slot)> {
+    let entries = |l: &[(Cid, Arc<Node>)]| -> Vec<(Arc<[u8]>, Slot)> {
         let mut v = Vec::new();
         for (_, n) in l {
             if let Items::Leaf(slots) = &n.items {
@@ -414,7 +418,7 @@ fn children<S: NodeSource>(
 }
 
 /// One change to apply: `Some(slot)` sets (subject to [`Mode`]), `None` removes the key.
-pub type Op = (Box<[u8]>, Option<Slot>);
+pub type Op = (Arc<[u8]>, Option<Slot>);
 
 /// Result of [`update`]: the new root and the nodes that did not exist before.
 pub struct Update {
@@ -444,6 +448,21 @@ pub fn update<S: NodeSource>(
             previous: Vec::new(),
         });
     }
+    if let ([(key, new)], Some(r)) = (ops, root) {
+        if let Some(u) = update_one(src, r, key, *new, mode)? {
+            return Ok(u);
+        }
+    }
+    rebuild(src, root, ops, mode)
+}
+
+/// The general update: walks the tree along the ops, re-deciding node boundaries.
+fn rebuild<S: NodeSource>(
+    src: &S,
+    root: Option<&Cid>,
+    ops: &[Op],
+    mode: Mode,
+) -> Result<Update, S::Error> {
     let mut b = Builder {
         levels: Vec::new(),
         out: Vec::new(),
@@ -460,8 +479,104 @@ pub fn update<S: NodeSource>(
     b.finish(src)
 }
 
+/// One key's change by path copying: the leaf and the branch nodes above it are copied with
+/// the one entry and the child links changed, without re-deciding any node boundary. Exact only
+/// when the change moves no boundary: the key is not a boundary at level 0, is not (and does not
+/// become) the first key of its leaf, and does not go after a leaf's closing boundary key; a
+/// deletion leaves its leaf non-empty. `None` when those do not hold: the caller then rebuilds
+/// in general.
+fn update_one<S: NodeSource>(
+    src: &S,
+    root: &Cid,
+    key: &Arc<[u8]>,
+    new: Option<Slot>,
+    mode: Mode,
+) -> Result<Option<Update>, S::Error> {
+    let mut path: Vec<(Arc<Node>, usize)> = Vec::new();
+    let mut node = src.node(root)?;
+    while let Items::Branch(kids) = &node.items {
+        let i = node.route(key);
+        let child = src.node(&kids[i])?;
+        if child.level + 1 != node.level {
+            return Err(TreeError {
+                cid: kids[i],
+                what: "child at the wrong level",
+            }
+            .into());
+        }
+        path.push((node.clone(), i));
+        node = child;
+    }
+    let Items::Leaf(slots) = &node.items else {
+        unreachable!("the loop above ends at a leaf");
+    };
+    let unchanged = |previous: Option<Slot>| {
+        Some(Update {
+            root: Some(*root),
+            blocks: Vec::new(),
+            previous: vec![previous],
+        })
+    };
+    let mut keys = node.keys.clone();
+    let mut slots = slots.clone();
+    let previous = match (node.keys.binary_search(key), new) {
+        (Ok(i), Some(s)) => {
+            let old = slots[i];
+            if old == s || (mode == Mode::Max && old.rank(&s) == Ordering::Greater) {
+                return Ok(unchanged(Some(old)));
+            }
+            slots[i] = s;
+            Some(old)
+        }
+        (Ok(i), None) => {
+            if i == 0 || is_boundary(key, 0) {
+                return Ok(None);
+            }
+            keys.remove(i);
+            Some(slots.remove(i))
+        }
+        (Err(_), None) => return Ok(unchanged(None)),
+        (Err(i), Some(s)) => {
+            let closed = i == keys.len() && is_boundary(&keys[i - 1], 0);
+            if i == 0 || closed || is_boundary(key, 0) {
+                return Ok(None);
+            }
+            keys.insert(i, key.clone());
+            slots.insert(i, s);
+            None
+        }
+    };
+    let mut blocks = Vec::with_capacity(path.len() + 1);
+    let mut built = Node {
+        level: 0,
+        keys,
+        items: Items::Leaf(slots),
+    };
+    loop {
+        let bytes = built.encode();
+        let cid = Cid::of_cbor(&bytes);
+        blocks.push((cid, bytes, Arc::new(built)));
+        let Some((parent, i)) = path.pop() else {
+            break;
+        };
+        let mut kids = parent.children().to_vec();
+        kids[i] = cid;
+        built = Node {
+            level: parent.level,
+            keys: parent.keys.clone(),
+            items: Items::Branch(kids),
+        };
+    }
+    blocks.reverse(); // root first, as the general path lists them
+    Ok(Some(Update {
+        root: Some(blocks[0].0),
+        blocks,
+        previous: vec![previous],
+    }))
+}
+
 struct Level {
-    keys: Vec<Box<[u8]>>,
+    keys: Vec<Arc<[u8]>>,
     slots: Vec<Slot>,
     kids: Vec<Cid>,
     pushes: u64,
@@ -495,7 +610,7 @@ impl Builder {
             .all(|x| x.keys.is_empty())
     }
 
-    fn push_slot(&mut self, key: Box<[u8]>, slot: Slot) {
+    fn push_slot(&mut self, key: Arc<[u8]>, slot: Slot) {
         let boundary = is_boundary(&key, 0);
         let lv = self.level(0);
         lv.keys.push(key);
@@ -506,7 +621,7 @@ impl Builder {
         }
     }
 
-    fn push_child(&mut self, l: u8, key: Box<[u8]>, cid: Cid) {
+    fn push_child(&mut self, l: u8, key: Arc<[u8]>, cid: Cid) {
         let boundary = is_boundary(&key, l);
         let lv = self.level(l);
         lv.keys.push(key);
@@ -522,11 +637,12 @@ impl Builder {
         if lv.keys.is_empty() {
             return;
         }
-        let keys = std::mem::take(&mut lv.keys);
+        // Exact-size copies; the level keeps its buffers for the next node.
+        let keys: Vec<Arc<[u8]>> = lv.keys.drain(..).collect();
         let items = if l == 0 {
-            Items::Leaf(std::mem::take(&mut lv.slots))
+            Items::Leaf(lv.slots.drain(..).collect())
         } else {
-            Items::Branch(std::mem::take(&mut lv.kids))
+            Items::Branch(lv.kids.drain(..).collect())
         };
         let first = keys[0].clone();
         let node = Node {
@@ -540,7 +656,7 @@ impl Builder {
         self.push_child(l + 1, first, cid);
     }
 
-    fn merge_leaf(&mut self, keys: &[Box<[u8]>], slots: &[Slot], ops: &[Op], op_base: usize) {
+    fn merge_leaf(&mut self, keys: &[Arc<[u8]>], slots: &[Slot], ops: &[Op], op_base: usize) {
         let (mut i, mut j) = (0, 0);
         while i < keys.len() || j < ops.len() {
             let ord = match (keys.get(i), ops.get(j)) {
@@ -725,11 +841,11 @@ mod tests {
             link: Some(Cid::of_cbor(&v.to_be_bytes())),
         })
     }
-    fn key(i: u32) -> Box<[u8]> {
+    fn key(i: u32) -> Arc<[u8]> {
         format!("doc-{i:08}").into_bytes().into()
     }
 
-    fn build(entries: &BTreeMap<Box<[u8]>, Slot>, mem: &Mem) -> Option<Cid> {
+    fn build(entries: &BTreeMap<Arc<[u8]>, Slot>, mem: &Mem) -> Option<Cid> {
         let ops: Vec<Op> = entries.iter().map(|(k, v)| (k.clone(), Some(*v))).collect();
         mem.apply(None, &ops, Mode::Overwrite)
     }
@@ -745,6 +861,22 @@ mod tests {
         }
         assert_eq!(root, build(&model, &mem));
         assert_eq!(mem.all(root).len(), 2000);
+        // An overwrite inside a leaf copies the path (one new node per level).
+        let r = root.unwrap();
+        let depth = {
+            let mut d = 1;
+            let mut n = mem.node(&r).unwrap();
+            while let Items::Branch(k) = &n.items {
+                n = mem.node(&k[0]).unwrap();
+                d += 1;
+            }
+            d
+        };
+        let u = update_one(&mem, &r, &key(1001), slot(5000), Mode::Max)
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.blocks.len(), depth);
+        assert_eq!(u.previous, vec![slot(1001)]);
         assert_eq!(get(&mem, root.as_ref(), &key(777)).unwrap(), slot(777));
         assert_eq!(get(&mem, root.as_ref(), b"zzz").unwrap(), None);
         // Delete everything, one at a time, in a scattered order.
@@ -775,7 +907,7 @@ mod tests {
         ) {
             let mem = Mem::default();
             let mut root = None;
-            let mut model: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
+            let mut model: BTreeMap<Arc<[u8]>, Slot> = BTreeMap::new();
             for b in &batches {
                 let ops: Vec<Op> = b.iter().map(|(k, v)| (key(*k), v.and_then(slot))).collect();
                 root = mem.apply(root, &ops, Mode::Overwrite);
@@ -788,6 +920,46 @@ mod tests {
             }
             let fresh = Mem::default();
             prop_assert_eq!(root, build(&model, &fresh));
+        }
+
+        /// A one-key change by path copying gives exactly what the general rebuild gives
+        /// (root, previous slot, new nodes), or declines; on trees of every shape, for
+        /// overwrites, inserts (also before the first key and after the last), deletes and
+        /// missing keys, in both modes.
+        #[test]
+        fn one_key_path_copy_matches_rebuild(
+            keys in prop::collection::btree_set(0u32..3000, 1..900),
+            k in 0u32..3100, v in prop::option::of(0u64..4), max in any::<bool>(),
+        ) {
+            let mem = Mem::default();
+            let model: BTreeMap<Arc<[u8]>, Slot> =
+                keys.iter().map(|k| (key(*k), slot(*k as u64 % 3 + 1).unwrap())).collect();
+            let root = build(&model, &mem).unwrap();
+            let mode = if max { Mode::Max } else { Mode::Overwrite };
+            let op_key = key(k);
+            let new = v.and_then(slot);
+            let fast = update_one(&mem, &root, &op_key, new, mode).unwrap();
+            let slow = rebuild(&mem, Some(&root), &[(op_key, new)], mode).unwrap();
+            if let Some(fast) = fast {
+                prop_assert_eq!(fast.root, slow.root);
+                prop_assert_eq!(&fast.previous, &slow.previous);
+                let set = |u: &Update| {
+                    let mut v: Vec<Cid> = u.blocks.iter().map(|b| b.0).collect();
+                    v.sort();
+                    v
+                };
+                if fast.blocks.is_empty() {
+                    // Nothing changed (the rebuild may re-list nodes the tree already has).
+                    prop_assert_eq!(slow.root, Some(root));
+                    prop_assert!(slow.blocks.iter().all(|b| mem.0.borrow().contains_key(&b.0)));
+                } else {
+                    prop_assert_eq!(set(&fast), set(&slow));
+                }
+                for (c, b, n) in &fast.blocks {
+                    prop_assert_eq!(Cid::of_cbor(b), *c);
+                    prop_assert_eq!(&Node::decode(b).unwrap(), &**n);
+                }
+            }
         }
 
         /// Max-mode merges of the same writes in any order give the same root.

@@ -220,7 +220,7 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
         rebuilt: HashMap::new(),
     };
     if head.base != head.root {
-        let mut latest: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
+        let mut latest: BTreeMap<Arc<[u8]>, Slot> = BTreeMap::new();
         for c in &level0_events {
             let Some(e) = events.get(c) else {
                 r.bad(
