@@ -117,17 +117,6 @@ impl Doc {
         o.push('}');
         o
     }
-
-    /// The document as a JSON value (the form kiln takes).
-    pub fn to_value(&self) -> Value {
-        json!({
-            "_id": self.id,
-            "title": self.title,
-            "n": self.n,
-            "tags": self.tags,
-            "body": self.body,
-        })
-    }
 }
 
 /// The update every system applies: `{...d, title: d.title + " u", v: (d.v || 0) + 1}`.

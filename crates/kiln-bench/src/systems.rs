@@ -88,14 +88,15 @@ impl KilnAdapter {
 }
 
 impl Adapter for KilnAdapter {
+    // Documents go in as JSON text, as the SQLite adapter stores them.
     fn put_one(&mut self, doc: &Doc) -> Res<()> {
-        self.db.put(&doc.to_value())?;
+        self.db.put_json(&doc.to_json_string())?;
         Ok(())
     }
 
     fn put_batch(&mut self, docs: &[Doc]) -> Res<()> {
-        let v: Vec<Value> = docs.iter().map(Doc::to_value).collect();
-        self.db.bulk(&v)?;
+        let v: Vec<String> = docs.iter().map(Doc::to_json_string).collect();
+        self.db.bulk_json(&v)?;
         Ok(())
     }
 

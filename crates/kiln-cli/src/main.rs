@@ -947,9 +947,9 @@ fn import(db: &Database, file: &PathBuf, batch: usize) -> kiln::Result<u64> {
     );
     let mut docs = Vec::with_capacity(batch);
     let mut done = 0u64;
-    let flush = |docs: &mut Vec<Value>, done: &mut u64| -> kiln::Result<()> {
+    let flush = |docs: &mut Vec<String>, done: &mut u64| -> kiln::Result<()> {
         if !docs.is_empty() {
-            db.bulk(docs)?;
+            db.bulk_json(docs)?;
             *done += docs.len() as u64;
             docs.clear();
         }
@@ -961,19 +961,18 @@ fn import(db: &Database, file: &PathBuf, batch: usize) -> kiln::Result<u64> {
         if line.trim().is_empty() {
             continue;
         }
-        let doc = parse_doc(&line, "it")
-            .and_then(|d| kiln::doc::prepare(&d).map(|_| d))
-            .map_err(|e| {
-                let why = match e {
-                    Error::InvalidDocument(m) => m,
-                    other => other.to_string(),
-                };
-                Error::InvalidDocument(format!(
-                    "line {}: {why} ({done} documents before it were imported)",
-                    n + 1
-                ))
-            })?;
-        docs.push(doc);
+        // Checked line by line (the error names the line); stored from the text as it is.
+        kiln::doc::prepare_json(&line).map_err(|e| {
+            let why = match e {
+                Error::InvalidDocument(m) => m,
+                other => other.to_string(),
+            };
+            Error::InvalidDocument(format!(
+                "line {}: {why} ({done} documents before it were imported)",
+                n + 1
+            ))
+        })?;
+        docs.push(line);
         if docs.len() >= batch {
             flush(&mut docs, &mut done)?;
             bar.set_message(format!("{done} docs"));

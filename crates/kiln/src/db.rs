@@ -417,6 +417,28 @@ impl Database {
         self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
     }
 
+    /// [`Database::put`] for a document given as JSON text: it is parsed straight into its
+    /// stored form (no `serde_json::Value` in between), with the same rules and the same
+    /// result as `put` of the parsed value.
+    pub fn put_json(&self, text: &str) -> Result<Committed> {
+        self.bulk_json(&[text])
+    }
+
+    /// [`Database::bulk`] for documents given as JSON text (see [`Database::put_json`]).
+    pub fn bulk_json<S: AsRef<str>>(&self, docs: &[S]) -> Result<Committed> {
+        if docs.is_empty() {
+            return Err(Error::InvalidArgument(
+                "bulk needs at least one document".into(),
+            ));
+        }
+        let mut writes = Vec::with_capacity(docs.len());
+        for d in docs {
+            let (id, body) = doc::prepare_json(d.as_ref())?;
+            writes.push((id, Some((Cid::of_cbor(&body), body))));
+        }
+        self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
+    }
+
     /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
     pub fn del(&self, id: &str) -> Result<Committed> {
         doc::check_id(id)?;

@@ -5,6 +5,8 @@
 //! marks a deletion in change feeds; `_files`, `_conflicts` and every other `_` name are
 //! reserved for later use and refused in writes.
 
+mod json;
+
 use crate::block::cbor::{Decoder, Encoder};
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
@@ -32,6 +34,8 @@ pub fn check_id(id: &str) -> Result<()> {
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().hyphenated().to_string()
 }
+
+pub use json::prepare_json;
 
 /// Validates a document for a write and returns its id and stored body. A missing `_id` gets a
 /// fresh UUIDv7.
