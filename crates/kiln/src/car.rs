@@ -222,13 +222,21 @@ impl Writer {
     /// LZ4-compressed only with `compress`: transaction diffs are written raw (the commit path
     /// stays short, as LSM stores leave their newest level uncompressed) and compaction
     /// compresses what it merges.
-    pub fn finish(mut self, key: &Key, compress: bool) -> std::io::Result<Finished> {
+    ///
+    /// The file's bytes are built in `out` (cleared first; a caller may reuse one buffer for
+    /// every file, sparing the allocation and its page faults) and `Finished::bytes` is empty.
+    pub fn finish_into(
+        mut self,
+        key: &Key,
+        compress: bool,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<Finished> {
         if !self.cur.is_empty() {
             self.segs.push(std::mem::take(&mut self.cur));
         }
         let plain: usize = self.segs.iter().map(|s| s.len()).sum();
-        let mut out =
-            Vec::with_capacity(plain + 64 * self.segs.len() + self.entries.len() * 48 + 256);
+        out.clear();
+        out.reserve(plain + 64 * self.segs.len() + self.entries.len() * 48 + 256);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
@@ -236,18 +244,31 @@ impl Writer {
         let mut packed = Vec::new();
         for (i, s) in self.segs.iter().enumerate() {
             let start = out.len() as u64;
-            pack_segment(s, &mut packed, compress);
-            key.seal_into(&seg_aad(i as u32), &packed, &mut out)?;
+            if compress {
+                pack_segment(s, &mut packed, true);
+                key.seal_into(&seg_aad(i as u32), &packed, out)?;
+            } else {
+                // Raw: the codec byte and the CAR bytes, sealed without an extra copy.
+                key.seal_parts_into(&seg_aad(i as u32), &[&[RAW], s], out)?;
+            }
             seg_at.push((start, (out.len() as u64 - start) as u32));
         }
-        let (index, index_len) = write_tail(key, self.meta, self.entries, seg_at, &mut out)?;
+        let (index, index_len) = write_tail(key, self.meta, self.entries, seg_at, out)?;
         Ok(Finished {
-            name: FileName::of(&out),
-            bytes: out,
+            name: FileName::of(out),
+            bytes: Vec::new(),
             index,
             index_len,
             segments: self.segs,
         })
+    }
+
+    /// [`Writer::finish_into`] with a buffer of its own, returned in `Finished::bytes`.
+    pub fn finish(self, key: &Key, compress: bool) -> std::io::Result<Finished> {
+        let mut out = Vec::new();
+        let mut f = self.finish_into(key, compress, &mut out)?;
+        f.bytes = out;
+        Ok(f)
     }
 }
 

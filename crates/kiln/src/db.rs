@@ -66,7 +66,12 @@ struct Db {
     /// The background compaction waits to swap its result in: commits let it go first (the
     /// in-process mutex is not fair, and back-to-back commits would starve it).
     swap_waiting: AtomicBool,
+    /// Where this handle builds the files it stores (see [`Db::store_file`]).
+    file_buf: Mutex<Vec<u8>>,
 }
+
+/// A file buffer larger than this is not kept between files.
+const FILE_BUF_KEEP: usize = 8 << 20;
 
 /// A head record as read, with the commit counter it was read under (`None`: do not trust it
 /// for freshness checks).
@@ -264,6 +269,44 @@ pub struct ListOptions {
 /// A pending write: the id and the stored body with its CID, or `None` for a delete.
 type Write = (String, Option<(Cid, Vec<u8>)>);
 
+/// Validates and encodes documents for a write, with their CIDs. Large batches are split
+/// across two threads (a batch's documents are independent); the error reported is the first
+/// bad document's, as in a sequential pass.
+fn prepare_all<T: Sync>(
+    docs: &[T],
+    prepare: impl Fn(&T) -> Result<(String, Vec<u8>)> + Sync,
+) -> Result<Vec<Write>> {
+    let run = |part: &[T]| -> Result<Vec<Write>> {
+        part.iter()
+            .map(|d| {
+                let (id, body) = prepare(d)?;
+                Ok((id, Some((Cid::of_cbor(&body), body))))
+            })
+            .collect()
+    };
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let parallel = docs.len() >= PARALLEL_DOCS && cores > 1;
+    if !parallel {
+        return run(docs);
+    }
+    let (a, b) = docs.split_at(docs.len() / 2);
+    let (ra, rb) = std::thread::scope(|s| {
+        let tb = s.spawn(|| run(b));
+        let ra = run(a);
+        (ra, tb.join())
+    });
+    let mut out = ra?;
+    match rb {
+        Ok(r) => out.extend(r?),
+        Err(p) => std::panic::resume_unwind(p),
+    }
+    Ok(out)
+}
+
+/// Batches at least this large are prepared on two threads.
+const PARALLEL_DOCS: usize = 128;
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -316,6 +359,7 @@ impl Database {
             settings: RwLock::new(None),
             compacting: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
+            file_buf: Mutex::new(Vec::new()),
         };
         Ok(Database {
             inner: Arc::new(db),
@@ -409,11 +453,7 @@ impl Database {
                 "bulk needs at least one document".into(),
             ));
         }
-        let mut writes = Vec::with_capacity(docs.len());
-        for d in docs {
-            let (id, body) = doc::prepare(d)?;
-            writes.push((id, Some((Cid::of_cbor(&body), body))));
-        }
+        let writes = prepare_all(docs, doc::prepare)?;
         self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
     }
 
@@ -425,17 +465,13 @@ impl Database {
     }
 
     /// [`Database::bulk`] for documents given as JSON text (see [`Database::put_json`]).
-    pub fn bulk_json<S: AsRef<str>>(&self, docs: &[S]) -> Result<Committed> {
+    pub fn bulk_json<S: AsRef<str> + Sync>(&self, docs: &[S]) -> Result<Committed> {
         if docs.is_empty() {
             return Err(Error::InvalidArgument(
                 "bulk needs at least one document".into(),
             ));
         }
-        let mut writes = Vec::with_capacity(docs.len());
-        for d in docs {
-            let (id, body) = doc::prepare_json(d.as_ref())?;
-            writes.push((id, Some((Cid::of_cbor(&body), body))));
-        }
+        let writes = prepare_all(docs, |d| doc::prepare_json(d.as_ref()))?;
         self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
     }
 
@@ -2432,19 +2468,27 @@ impl Db {
     /// Seals and stores a file, keeping its index and segments in memory so this process
     /// never reads back what it just wrote.
     fn store_file(&self, w: car::Writer, level: u8, heights: (u64, u64)) -> Result<FileRef> {
+        // One buffer reused for every file this handle writes (allocating a fresh one for a
+        // large transaction costs its page faults each time).
+        let mut buf = self.file_buf.lock().unwrap_or_else(|p| p.into_inner());
         let f = w
-            .finish(&self.key, level > 0)
+            .finish_into(&self.key, level > 0, &mut buf)
             .map_err(|e| Error::io(&self.dir, e))?;
         self.store
             .storage
-            .put(&f.name, &f.bytes, self.sync())
+            .put(&f.name, &buf, self.sync())
             .map_err(|e| Error::io(self.store.root.join("files"), e))?;
+        let size = buf.len() as u64;
+        if buf.capacity() > FILE_BUF_KEEP {
+            *buf = Vec::new();
+        }
+        drop(buf);
         let car::Finished {
             name,
-            bytes,
             index,
             index_len,
             segments,
+            ..
         } = f;
         let bloom = self.register_index(name, index);
         for (n, mut seg) in segments.into_iter().enumerate() {
@@ -2457,7 +2501,7 @@ impl Db {
         Ok(FileRef {
             name,
             level,
-            size: bytes.len() as u64,
+            size,
             index_len,
             heights,
             bloom,

@@ -88,11 +88,24 @@ impl Key {
 
     /// Seals `plain`, appending the sealed unit to `out`.
     pub fn seal_into(&self, aad: &[u8], plain: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        self.seal_parts_into(aad, &[plain], out)
+    }
+
+    /// Seals the concatenation of `parts` (without building it first), appending the sealed
+    /// unit to `out`.
+    pub fn seal_parts_into(
+        &self,
+        aad: &[u8],
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
         let nonce = self.nonces.take();
-        out.reserve(plain.len() + OVERHEAD);
+        out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + OVERHEAD);
         out.extend_from_slice(&nonce);
         let start = out.len();
-        out.extend_from_slice(plain);
+        for p in parts {
+            out.extend_from_slice(p);
+        }
         let tag = self
             .cipher
             .seal_in_place_separate_tag(

@@ -69,9 +69,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 pub struct LocalStorage {
     dir: PathBuf,
     open: RwLock<HashMap<FileName, Handle>>,
-    pool: Mutex<Pool>,
+    pool: Arc<Mutex<Pool>>,
     /// Random per instance, so pool names of two processes with a reused pid differ.
     instance: u32,
+    /// Empty files to keep ready in the pool (0: none); see [`LocalStorage::with_reserve`].
+    reserve: usize,
+    /// The thread creating them, while it runs.
+    filler: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Debug, Default)]
@@ -109,16 +113,68 @@ const POOL_KEEP_BYTES: u64 = 32 * 1024;
 
 impl LocalStorage {
     pub fn new(dir: impl Into<PathBuf>) -> LocalStorage {
+        LocalStorage::with_reserve(dir, 0)
+    }
+
+    /// Keeps about `reserve` empty files ready in the pool: when a put finds fewer than a
+    /// quarter of that, a background thread creates more, so commits rename a file instead of
+    /// allocating an inode (which ext4 without a journal makes slow after many deletions).
+    pub fn with_reserve(dir: impl Into<PathBuf>, reserve: usize) -> LocalStorage {
         LocalStorage {
             dir: dir.into(),
             open: RwLock::new(HashMap::new()),
-            pool: Mutex::new(Pool::default()),
+            pool: Arc::new(Mutex::new(Pool::default())),
             instance: {
                 let mut b = [0u8; 4];
                 let _ = getrandom::getrandom(&mut b);
                 u32::from_le_bytes(b)
             },
+            reserve,
+            filler: Mutex::new(None),
         }
+    }
+
+    /// Starts the background thread that tops the pool up to the reserve, if it is low and no
+    /// such thread runs.
+    fn top_up(&self) {
+        if self.reserve == 0 {
+            return;
+        }
+        let need = {
+            let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            let have = pool.known.len() + pool.spare.len();
+            if have * 4 >= self.reserve {
+                return;
+            }
+            self.reserve - have
+        };
+        let mut filler = self.filler.lock().unwrap_or_else(|p| p.into_inner());
+        if filler.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let (pool, dir, instance) = (self.pool.clone(), self.pool_dir(), self.instance);
+        *filler = std::thread::Builder::new()
+            .name("kiln-reserve".into())
+            .spawn(move || {
+                if fs::create_dir_all(&dir).is_err() {
+                    return;
+                }
+                for _ in 0..need {
+                    let p = dir.join(pool_file_name(instance));
+                    if OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&p)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+                    pool.known.push(p);
+                    pool.skip = 0;
+                }
+            })
+            .ok();
     }
 
     /// Creates the folder and its 256 shard folders. Done once when a store is created, so
@@ -177,10 +233,7 @@ impl LocalStorage {
 
     /// A fresh name in the pool folder (unique per process and call).
     fn pool_name(&self) -> PathBuf {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.pool_dir()
-            .join(format!("{}-{}-{n}.free", std::process::id(), self.instance))
+        self.pool_dir().join(pool_file_name(self.instance))
     }
 
     /// Where an archived file lives: `DIR/.archive/ab/<name>.kdf`.
@@ -299,6 +352,13 @@ impl LocalStorage {
     }
 }
 
+/// A fresh file name for the pool folder (unique per process, instance and call).
+fn pool_file_name(instance: u32) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{instance}-{n}.free", std::process::id())
+}
+
 /// Opens a file just taken from the pool for rewriting, with its current length; `None` (and
 /// the name removed) when another name still holds its inode: a crash can leave a pool name
 /// and a live file naming one inode (the pool folder is not fsynced), and a file another name
@@ -316,6 +376,14 @@ fn open_reused(path: &Path) -> io::Result<Option<(File, u64)>> {
 
 impl Drop for LocalStorage {
     fn drop(&mut self) {
+        if let Some(t) = self
+            .filler
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = t.join();
+        }
         self.release_spares();
     }
 }
@@ -393,6 +461,7 @@ impl Storage for LocalStorage {
                 written: Some(len),
             },
         );
+        self.top_up();
         Ok(())
     }
 
@@ -461,6 +530,7 @@ impl Storage for LocalStorage {
             Ok(name)
         })();
         let _ = fs::remove_file(&tmp); // gone already when renamed
+        self.top_up();
         r
     }
 
@@ -1022,6 +1092,43 @@ mod tests {
         s2.put(&name, b"hello", true).unwrap();
         assert_eq!(fs::metadata(s2.path(&name)).unwrap().ino(), ino);
         assert_eq!(s2.read(&name).unwrap(), b"hello");
+    }
+
+    /// With a reserve, a put that finds the pool low starts a thread that fills it with empty
+    /// files; later puts take those inodes instead of allocating new ones.
+    #[test]
+    fn a_reserve_of_empty_files_is_kept_in_the_pool() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStorage::with_reserve(d.path().join("files"), 8);
+        s.create_shards().unwrap();
+        let pool = d.path().join("files/.pool");
+        let first = FileName::of(b"first");
+        s.put(&first, b"first", false).unwrap();
+        let t = std::time::Instant::now();
+        let inodes = loop {
+            let v: Vec<u64> = fs::read_dir(&pool)
+                .map(|r| r.map(|e| e.unwrap().metadata().unwrap().ino()).collect())
+                .unwrap_or_default();
+            if v.len() == 8 || t.elapsed() > std::time::Duration::from_secs(10) {
+                break v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(inodes.len(), 8);
+        // Empty, so no stored byte is in them.
+        assert!(fs::read_dir(&pool)
+            .unwrap()
+            .all(|e| e.unwrap().metadata().unwrap().len() == 0));
+        let next = FileName::of(b"next");
+        s.put(&next, b"next", false).unwrap();
+        assert!(inodes.contains(&fs::metadata(s.path(&next)).unwrap().ino()));
+        assert_eq!(s.read(&next).unwrap(), b"next");
+        // gc's clear_reusable removes them (they are recreated only by later puts).
+        drop(s);
+        let s = LocalStorage::new(d.path().join("files"));
+        assert_eq!(s.clear_reusable().unwrap().1, 0);
+        assert_eq!(fs::read_dir(&pool).unwrap().count(), 0);
     }
 
     /// Retired files wait under their names (not listed) and are renamed straight to the next

@@ -13,7 +13,7 @@ use std::fmt;
 /// Validates a document given as JSON text and returns its id and stored body.
 pub fn prepare_json(text: &str) -> Result<(String, Vec<u8>)> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let (id, body) = Top
+    let (id, body) = Top(text.len())
         .deserialize(&mut de)
         .and_then(|r| de.end().map(|()| r))
         .map_err(|e| {
@@ -39,8 +39,9 @@ pub fn prepare_json(text: &str) -> Result<(String, Vec<u8>)> {
     Ok((id, body))
 }
 
-/// The top level: an object, its `_id` taken out, reserved names refused.
-struct Top;
+/// The top level: an object, its `_id` taken out, reserved names refused. Holds the text's
+/// length (the encoded values take about as much).
+struct Top(usize);
 
 impl<'de> DeserializeSeed<'de> for Top {
     type Value = (Option<String>, Vec<u8>);
@@ -56,7 +57,10 @@ impl<'de> Visitor<'de> for Top {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Self::Value, A::Error> {
         let mut id = None;
-        let mut fields = Fields::default();
+        let mut fields = Fields {
+            keys: Vec::with_capacity(8),
+            values: Vec::with_capacity(self.0),
+        };
         while let Some(k) = m.next_key_seed(KeySeed)? {
             if k == "_id" {
                 id = Some(m.next_value_seed(IdSeed)?);
@@ -261,7 +265,9 @@ impl<'de> Visitor<'de> for Cbor<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> std::result::Result<(), A::Error> {
         // The count comes first in dag-cbor: items go to a buffer of their own first.
-        let mut items = Encoder { buf: Vec::new() };
+        let mut items = Encoder {
+            buf: Vec::with_capacity(64),
+        };
         let mut n = 0;
         while s.next_element_seed(Cbor(&mut items))?.is_some() {
             n += 1;
