@@ -71,6 +71,10 @@ impl KilnAdapter {
             Options {
                 durability,
                 background_compaction: std::env::var_os("KILN_BG").is_some(),
+                reserve_files: std::env::var("KILN_RESERVE")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(64),
                 compact_threshold: std::env::var("KILN_TH")
                     .ok()
                     .and_then(|v| v.parse().ok())

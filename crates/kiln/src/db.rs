@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 const DROPPED: u64 = u64::MAX;
 
 /// Compacted files of one level merge into the next level when more than this many exist.
-pub const LEVEL_FANIN: usize = 8;
+pub const LEVEL_FANIN: usize = 24;
 
 /// A handle to one database. Cheap to clone; safe to share between threads.
 #[derive(Clone)]
