@@ -134,6 +134,11 @@ impl LocalStorage {
         }
     }
 
+    /// Creates the reserve now (when a store is created, so its first commits find it too).
+    pub fn fill_reserve(&self) -> io::Result<()> {
+        fill_pool(&self.pool, &self.pool_dir(), self.instance, self.reserve)
+    }
+
     /// Starts the background thread that tops the pool up to the reserve, if it is low and no
     /// such thread runs.
     fn top_up(&self) {
@@ -156,23 +161,8 @@ impl LocalStorage {
         *filler = std::thread::Builder::new()
             .name("kiln-reserve".into())
             .spawn(move || {
-                if fs::create_dir_all(&dir).is_err() {
-                    return;
-                }
-                for _ in 0..need {
-                    let p = dir.join(pool_file_name(instance));
-                    if OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&p)
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-                    pool.known.push(p);
-                    pool.skip = 0;
-                }
+                // A failure only leaves the pool short; commits then create files themselves.
+                let _ = fill_pool(&pool, &dir, instance, need);
             })
             .ok();
     }
@@ -350,6 +340,19 @@ impl LocalStorage {
             let _ = self.remove(&sp.name);
         }
     }
+}
+
+/// Creates `n` empty files in the pool folder and makes them known to `pool`.
+fn fill_pool(pool: &Mutex<Pool>, dir: &Path, instance: u32, n: usize) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    for _ in 0..n {
+        let p = dir.join(pool_file_name(instance));
+        OpenOptions::new().write(true).create_new(true).open(&p)?;
+        let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.known.push(p);
+        pool.skip = 0;
+    }
+    Ok(())
 }
 
 /// A fresh file name for the pool folder (unique per process, instance and call).

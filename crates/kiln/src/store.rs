@@ -301,9 +301,12 @@ impl Store {
                 for d in [root.clone(), root.join("dbs")] {
                     std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
                 }
+                // The shard folders and the reserve of empty files exist from the start, so
+                // no commit pays for making them.
                 let files = root.join("files");
-                LocalStorage::new(&files)
-                    .create_shards()
+                let s = LocalStorage::with_reserve(&files, opts.reserve_files);
+                s.create_shards()
+                    .and_then(|()| s.fill_reserve())
                     .map_err(|e| Error::io(&files, e))?;
                 Keybag::new(root.join("keys")).init()?;
                 let body = serde_json::json!({ "kiln_store": STORE_VERSION }).to_string();
