@@ -236,8 +236,23 @@ impl LocalStorage {
     }
 
     pub fn path(&self, name: &FileName) -> PathBuf {
-        let h = name.to_string();
-        self.dir.join(&h[..2]).join(format!("{h}.kdf"))
+        // DIR/ab/abcdef….kdf, built in one buffer (this is on every commit's path).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut tail = [0u8; 2 + 1 + 64 + 4];
+        for (i, b) in name.0.iter().enumerate() {
+            tail[3 + 2 * i] = HEX[(b >> 4) as usize];
+            tail[4 + 2 * i] = HEX[(b & 15) as usize];
+        }
+        tail[0] = tail[3];
+        tail[1] = tail[4];
+        tail[2] = b'/';
+        tail[67..].copy_from_slice(b".kdf");
+        let mut p = std::ffi::OsString::with_capacity(self.dir.as_os_str().len() + 1 + tail.len());
+        p.push(self.dir.as_os_str());
+        p.push("/");
+        // ASCII only.
+        p.push(std::str::from_utf8(&tail).unwrap_or_default());
+        PathBuf::from(p)
     }
 
     fn handle(&self, name: &FileName) -> io::Result<Arc<File>> {
