@@ -39,6 +39,10 @@ Options:
   --batch=1000        batch size for put-bulk and bulk pre-loading
   --grace-s=60        watchdog: exit with a partial result this long after the timeout
   (--queries, --att-size and any other --x=y are accepted and ignored)
+Environment (kiln only, for experiments; defaults are kiln's own):
+  KILN_TH=N           compaction threshold (default 100)
+  KILN_BG=1           compact in a background thread
+  KILN_RESERVE=N      empty files kept ready in the pool (default 64)
 Prints one JSON result line on stdout, starting with {\"system\":.";
 
 const WORKLOADS: &[&str] = &["put-seq", "put-bulk", "get", "reopen", "alldocs", "update"];

@@ -225,7 +225,8 @@ pub struct PurgeReport {
     pub versions: usize,
     /// Archived files removed because they held a purged version.
     pub archived_removed: usize,
-    /// Bytes of removed files kept for reuse, freed.
+    /// Bytes freed: of files kept for reuse, and of unreferenced files garbage collection
+    /// removed (when the store keeps no archive).
     pub reusable_bytes_freed: u64,
 }
 
@@ -789,8 +790,9 @@ impl Database {
 
     /// Removes every stored version of one document (`kiln purge`): commits a purge event that
     /// deletes the document and records the versions purged, rewrites the database into one
-    /// file without them, removes archived files that hold them and frees the space removed
-    /// files kept for reuse. The document's id stays in the history (events name it); its
+    /// file without them, runs garbage collection of the whole store (removing every file no
+    /// head names, as other handles' retired files, and the space removed files kept for reuse)
+    /// and removes archived files that hold them. The document's id stays in the history (events name it); its
     /// contents are gone. Reads of a purged version fail with [`Error::Purged`]; `verify`
     /// counts purged versions instead of reporting them missing.
     pub fn purge(&self, id: &str) -> Result<PurgeReport> {
@@ -800,7 +802,14 @@ impl Database {
                 .commit(None, vec![(id.to_owned(), None)], Some(id), Vec::new(), "")?;
         let ev = self.inner.read(|v| v.event(&c.event))?;
         self.compact_full()?;
-        // Archived files (and files replaced but not yet collected) may hold the versions.
+        // Files no head names may hold the versions: the files just replaced, files other
+        // handles retired and keep for reuse under their names, what a crash left. Garbage
+        // collection of the whole store removes (or archives) them and empties the reuse pool.
+        let gc = crate::Store {
+            inner: self.inner.store.clone(),
+        }
+        .gc()?;
+        // Archived files may hold the versions.
         let storage = &self.inner.store.storage;
         let mut scrubbed = 0;
         for f in self.history_files()? {
@@ -821,17 +830,12 @@ impl Database {
                 scrubbed += 1;
             }
         }
-        let files_dir = self.inner.store.root.join("files");
-        // No writer may be streaming a file meanwhile (partial files are cleared too).
-        let _x = self.inner.store.gc.exclusive()?;
-        let (_, freed) = storage
-            .clear_reusable()
-            .map_err(|e| Error::io(&files_dir, e))?;
         Ok(PurgeReport {
             event: c.event,
             versions: ev.purge.len(),
             archived_removed: scrubbed,
-            reusable_bytes_freed: freed,
+            reusable_bytes_freed: gc.reusable_bytes
+                + if gc.archived { 0 } else { gc.removed_bytes },
         })
     }
 

@@ -336,6 +336,14 @@ impl LocalStorage {
         }
     }
 
+    /// Takes `name` off the spares, if it is one.
+    fn unspare(&self, name: &FileName) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = pool.spare.iter().position(|s| s.name == *name) {
+            pool.spare.swap_remove(i);
+        }
+    }
+
     /// Rewrites a reused file with `bytes`, shortening it when it was longer.
     fn rewrite(f: &File, old: u64, bytes: &[u8]) -> io::Result<()> {
         f.write_all_at(bytes, 0)?;
@@ -408,6 +416,9 @@ impl Drop for LocalStorage {
 
 impl Storage for LocalStorage {
     fn put(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()> {
+        // A name being stored is live again even if it was one of this process's spares (same
+        // name, same bytes): it must not be reused for another file.
+        self.unspare(name);
         let path = self.path(name);
         let shard = path.parent().unwrap_or(&self.dir).to_path_buf();
         let len = bytes.len() as u64;
@@ -538,8 +549,8 @@ impl Storage for LocalStorage {
                 r => r,
             };
             match moved {
-                // Same name, same bytes.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                // Same name, same bytes (live again if it was a spare).
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.unspare(&name),
                 r => r?,
             }
             if sync {
@@ -579,19 +590,13 @@ impl Storage for LocalStorage {
             return self.remove(name);
         }
         let file = match h {
+            // A small file this process wrote keeps its (sealed) bytes under its name until
+            // reused. A large one goes to the pool now, emptied: its space goes back at once,
+            // and a file under a live-looking name is never left without its bytes.
             Some(Handle {
                 file,
                 written: Some(n),
-            }) => {
-                // A large file gives its space back now; a small one keeps its (sealed) bytes
-                // until reused.
-                if n > POOL_KEEP_BYTES {
-                    file.set_len(0)?;
-                    Some((file, 0))
-                } else {
-                    Some((file, n))
-                }
-            }
+            }) if n <= POOL_KEEP_BYTES => Some((file, n)),
             _ => {
                 drop(pool);
                 return self.remove(name);
@@ -616,7 +621,18 @@ impl Storage for LocalStorage {
             // A large file is emptied first (its space goes back to the file system), under
             // its own name: once it has a pool name, another process may take it and write a
             // new file into it at any moment. A small one keeps its (sealed) bytes until reused.
+            // A file with another name too (a crash can leave a renamed file under both its
+            // old and new names, the old folder not being fsynced) only loses this name: its
+            // bytes belong to the other.
+            use std::os::unix::fs::MetadataExt;
             match fs::metadata(&path) {
+                Ok(m) if m.nlink() > 1 => {
+                    drop(pool);
+                    return match fs::remove_file(&path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                        _ => Ok(()),
+                    };
+                }
                 Ok(m) if m.len() > POOL_KEEP_BYTES => {
                     match OpenOptions::new().write(true).open(&path) {
                         Ok(f) => f.set_len(0)?,
@@ -1110,6 +1126,45 @@ mod tests {
         s2.put(&name, b"hello", true).unwrap();
         assert_eq!(fs::metadata(s2.path(&name)).unwrap().ino(), ino);
         assert_eq!(s2.read(&name).unwrap(), b"hello");
+    }
+
+    /// A crash can leave a renamed file under its old name too (the old folder not fsynced):
+    /// removing the old name, as gc does for an unreferenced file, must not empty the file the
+    /// new name holds, however large.
+    #[test]
+    fn removing_a_second_name_leaves_the_file_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(d.path().join("files"));
+        s.create_shards().unwrap();
+        let big = vec![5u8; 100_000];
+        let live = FileName::of(&big);
+        s.put(&live, &big, false).unwrap();
+        let stale = FileName::of(b"stale name");
+        fs::hard_link(s.path(&live), s.path(&stale)).unwrap();
+        s.remove(&stale).unwrap();
+        assert!(!s.path(&stale).exists());
+        assert_eq!(s.read(&live).unwrap(), big);
+        // And a retired large file is not kept as a spare (it goes to the pool, emptied).
+        s.retire(&live).unwrap();
+        assert!(!s.path(&live).exists());
+    }
+
+    /// Storing a name that is one of this process's spares makes it live again: the next put
+    /// must not take it.
+    #[test]
+    fn a_spare_stored_again_is_not_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(d.path().join("files"));
+        s.create_shards().unwrap();
+        let a = FileName::of(b"aaaa");
+        s.put(&a, b"aaaa", false).unwrap();
+        s.retire(&a).unwrap();
+        s.put(&a, b"aaaa", false).unwrap();
+        let b = FileName::of(b"bbbb");
+        s.put(&b, b"bbbb", false).unwrap();
+        assert_eq!(s.read(&a).unwrap(), b"aaaa");
+        assert_eq!(s.read(&b).unwrap(), b"bbbb");
+        assert_eq!(s.list().unwrap().len(), 2);
     }
 
     /// With a reserve, a put that finds the pool low starts a thread that fills it with empty

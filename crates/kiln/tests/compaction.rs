@@ -495,6 +495,34 @@ fn purge_removes_every_stored_version() {
     assert!(db.verify().unwrap().ok());
 }
 
+/// Another handle (as another process) that wrote and compacted keeps the replaced diffs under
+/// their names for reuse; a purge elsewhere still leaves no purged byte stored, without a
+/// separate gc, and the writer goes on working.
+#[test]
+fn purge_leaves_no_byte_in_files_another_handle_keeps_for_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = store_at(dir.path(), 3, false);
+    let w = writer.create(Some("d")).unwrap();
+    let marker = "MARKER-SPARE-4410";
+    w.put(&json!({"_id": "secret", "s": marker})).unwrap();
+    for k in 0..3 {
+        w.put(&json!({"_id": format!("x{k}")})).unwrap(); // the 4th diff compacts
+    }
+    assert!(contains(&stored_plaintext(dir.path()), marker.as_bytes()));
+    let purger = store_at(dir.path(), 3, false);
+    purger.open_db("d").unwrap().purge("secret").unwrap();
+    assert!(
+        !contains(&stored_plaintext(dir.path()), marker.as_bytes()),
+        "purged content is still stored"
+    );
+    for k in 3..12 {
+        w.put(&json!({"_id": format!("x{k}")})).unwrap();
+    }
+    assert_eq!(w.get("secret").unwrap(), None);
+    assert_eq!(w.get("x11").unwrap().unwrap()["_id"], "x11");
+    assert!(w.verify().unwrap().ok());
+}
+
 /// Reads at every event: each id's value, and the changes since it.
 fn reads_at(db: &kiln::Database, events: &[Cid], ids: &[String]) -> Vec<String> {
     events

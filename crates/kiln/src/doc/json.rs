@@ -56,7 +56,8 @@ impl<'de> Visitor<'de> for Top {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Self::Value, A::Error> {
-        let mut id = None;
+        // The last `_id` counts (as in a `Value`): a string, or the kind of what it was.
+        let mut id: Option<std::result::Result<String, &'static str>> = None;
         let mut fields = Fields {
             keys: Vec::with_capacity(8),
             values: Vec::with_capacity(self.0),
@@ -72,6 +73,7 @@ impl<'de> Visitor<'de> for Top {
                 fields.value(k, &mut m)?;
             }
         }
+        let id = id.transpose().map_err(not_string)?;
         let mut e = Encoder { buf: Vec::new() };
         fields.write(&mut e);
         Ok((id, e.into_bytes()))
@@ -176,52 +178,76 @@ impl<'de> Visitor<'de> for KeySeed {
     }
 }
 
-/// The `_id` value: a string.
+/// The `_id` value: a string, or the kind of value it is instead.
 struct IdSeed;
 
+type IdValue = std::result::Result<String, &'static str>;
+
 impl<'de> DeserializeSeed<'de> for IdSeed {
-    type Value = String;
+    type Value = IdValue;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for IdSeed {
-    type Value = String;
+    type Value = IdValue;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string _id")
+        f.write_str("an _id")
     }
-    fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<Self::Value, E> {
-        Ok(s.to_owned())
+    fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<IdValue, E> {
+        Ok(Ok(s.to_owned()))
     }
-    fn visit_string<E: de::Error>(self, s: String) -> std::result::Result<Self::Value, E> {
-        Ok(s)
+    fn visit_string<E: de::Error>(self, s: String) -> std::result::Result<IdValue, E> {
+        Ok(Ok(s))
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Self::Value, E> {
-        Err(not_string("a boolean"))
+    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<IdValue, E> {
+        Ok(Err("a boolean"))
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Self::Value, E> {
-        Err(not_string("a number"))
+    fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<IdValue, E> {
+        Ok(Err("a number"))
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Self::Value, E> {
-        Err(not_string("a number"))
+    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<IdValue, E> {
+        Ok(Err("a number"))
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Self::Value, E> {
-        Err(not_string("a number"))
+    fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<IdValue, E> {
+        Ok(Err("a number"))
     }
-    fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
-        Err(not_string("null"))
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<IdValue, E> {
+        Ok(Err("null"))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> std::result::Result<Self::Value, A::Error> {
-        Err(not_string("an array"))
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> std::result::Result<IdValue, A::Error> {
+        while s.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(Err("an array"))
     }
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> std::result::Result<Self::Value, A::Error> {
-        Err(not_string("an object"))
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<IdValue, A::Error> {
+        // (With serde_json's arbitrary_precision, a number arrives as a one-entry map.)
+        let mut kind = "an object";
+        let mut first = true;
+        while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+            m.next_value::<de::IgnoredAny>()?;
+            if first && k == NUMBER_TOKEN && arbitrary_precision() {
+                kind = "a number";
+            }
+            first = false;
+        }
+        Ok(Err(kind))
     }
 }
 
 fn not_string<E: de::Error>(kind: &str) -> E {
     E::custom(format!("_id must be a string, not {kind}"))
+}
+
+/// The map key under which serde_json hands over a number when its `arbitrary_precision`
+/// feature is on (Cargo unifies features: another crate in the program may turn it on).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// Whether serde_json was built with `arbitrary_precision` (then it accepts a number beyond
+/// f64's range, which it otherwise refuses).
+fn arbitrary_precision() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| serde_json::from_str::<serde_json::Value>("1e400").is_ok())
 }
 
 /// Any JSON value, written as dag-cbor into the encoder.
@@ -279,6 +305,15 @@ impl<'de> Visitor<'de> for Cbor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
         let mut fields = Fields::default();
         while let Some(k) = m.next_key_seed(KeySeed)? {
+            if fields.keys.is_empty() && k == NUMBER_TOKEN && arbitrary_precision() {
+                // A number, as serde_json hands it over when some crate in the program turned
+                // on its arbitrary_precision feature: encoded as the Value path would.
+                let text: Cow<'de, str> = m.next_value_seed(KeySeed)?;
+                self.0.json(&serde_json::Value::Number(
+                    text.parse().map_err(|_| de::Error::custom("bad number"))?,
+                ));
+                return Ok(());
+            }
             fields.value(k, &mut m)?;
         }
         fields.write(self.0);
@@ -364,5 +399,24 @@ mod tests {
             .contains("1024"));
         // No _id: a fresh UUIDv7.
         assert_eq!(prepare_json(r#"{"a":1}"#).unwrap().0.len(), 36);
+        // Of repeated _ids the last counts, as in a Value, whatever the earlier ones were.
+        for t in [
+            r#"{"_id":5,"_id":"a","x":1}"#,
+            r#"{"_id":"b","x":1,"_id":"a"}"#,
+            r#"{"_id":[1],"_id":{"k":2},"_id":"a","x":1}"#,
+        ] {
+            let v: Value = serde_json::from_str(t).unwrap();
+            assert_eq!(prepare_json(t).unwrap(), prepare(&v).unwrap(), "{t}");
+        }
+        let e = prepare_json(r#"{"_id":"a","_id":null}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("_id must be a string, not null"), "{e}");
+        // This build's serde_json parses numbers itself; the map key serde_json would use
+        // for numbers with arbitrary_precision is then an ordinary key.
+        assert!(!arbitrary_precision());
+        let t = r#"{"_id":"a","m":{"$serde_json::private::Number":"1.5"}}"#;
+        let v: Value = serde_json::from_str(t).unwrap();
+        assert_eq!(prepare_json(t).unwrap(), prepare(&v).unwrap());
     }
 }
