@@ -412,11 +412,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("_id must be a string, not null"), "{e}");
-        // This build's serde_json parses numbers itself; the map key serde_json would use
-        // for numbers with arbitrary_precision is then an ordinary key.
-        assert!(!arbitrary_precision());
-        let t = r#"{"_id":"a","m":{"$serde_json::private::Number":"1.5"}}"#;
-        let v: Value = serde_json::from_str(t).unwrap();
-        assert_eq!(prepare_json(t).unwrap(), prepare(&v).unwrap());
+        // Without arbitrary_precision (this workspace's build), the key serde_json would use
+        // for numbers with it is an ordinary key. (With the feature turned on, every test here
+        // passes too: checked by building with it.)
+        if !arbitrary_precision() {
+            let t = r#"{"_id":"a","m":{"$serde_json::private::Number":"1.5"}}"#;
+            let v: Value = serde_json::from_str(t).unwrap();
+            assert_eq!(prepare_json(t).unwrap(), prepare(&v).unwrap());
+        }
     }
 }
