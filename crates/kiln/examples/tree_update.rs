@@ -54,9 +54,9 @@ fn main() {
         }
         let rounds = if batch == 1 { 20_000 } else { 200 };
         let t = Instant::now();
-        let mut v = 2;
         for r in 0..rounds {
-            // Existing keys (overwrites) and new ones (appends), as put-seq and update do.
+            let v = r + 2; // a newer version each round
+                           // Existing keys (overwrites) and new ones (appends), as put-seq and update do.
             let mut ops: Vec<tree::Op> = (0..batch)
                 .map(|k| {
                     let i = (r * 7919 + k * 104_729) % (n + n / 10);
@@ -70,7 +70,6 @@ fn main() {
                 mem.0.borrow_mut().insert(*c, node.clone());
             }
             root = u.root;
-            v += 1;
         }
         let per = t.elapsed().as_secs_f64() / rounds as f64;
         println!(
