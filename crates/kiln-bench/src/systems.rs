@@ -66,20 +66,17 @@ const DB_NAME: &str = "bench";
 
 impl KilnAdapter {
     fn open(dir: &Path, durability: Durability) -> Res<Self> {
+        // Experiment knobs (kiln-bench's usage text): unset means kiln's defaults.
+        let env_num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+        let defaults = Options::default();
         let store = Store::open_with(
             dir.join("kiln"),
             Options {
                 durability,
                 background_compaction: std::env::var_os("KILN_BG").is_some(),
-                reserve_files: std::env::var("KILN_RESERVE")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(64),
-                compact_threshold: std::env::var("KILN_TH")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(100),
-                ..Options::default()
+                reserve_files: env_num("KILN_RESERVE").unwrap_or(defaults.reserve_files),
+                compact_threshold: env_num("KILN_TH").unwrap_or(defaults.compact_threshold),
+                ..defaults
             },
         )?;
         let db = if store.exists(DB_NAME) {

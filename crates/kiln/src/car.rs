@@ -224,7 +224,7 @@ impl Writer {
     /// compresses what it merges.
     ///
     /// The file's bytes are built in `out` (cleared first; a caller may reuse one buffer for
-    /// every file, sparing the allocation and its page faults) and `Finished::bytes` is empty.
+    /// every file, sparing the allocation and its page faults).
     pub fn finish_into(
         mut self,
         key: &Key,
@@ -256,19 +256,10 @@ impl Writer {
         let (index, index_len) = write_tail(key, self.meta, self.entries, seg_at, out)?;
         Ok(Finished {
             name: FileName::of(out),
-            bytes: Vec::new(),
             index,
             index_len,
             segments: self.segs,
         })
-    }
-
-    /// [`Writer::finish_into`] with a buffer of its own, returned in `Finished::bytes`.
-    pub fn finish(self, key: &Key, compress: bool) -> std::io::Result<Finished> {
-        let mut out = Vec::new();
-        let mut f = self.finish_into(key, compress, &mut out)?;
-        f.bytes = out;
-        Ok(f)
     }
 }
 
@@ -545,10 +536,9 @@ impl<'a> StreamWriter<'a> {
     }
 }
 
-/// A sealed file, ready to store.
+/// A sealed file's name, index and segments (its bytes are in the caller's buffer).
 pub struct Finished {
     pub name: FileName,
-    pub bytes: Vec<u8>,
     /// The index, as [`Index::open`] would read it back.
     pub index: Index,
     /// Length of the sealed index (it ends where the trailer starts).
@@ -1009,12 +999,12 @@ mod tests {
         for (c, d) in &blocks {
             w.add(*c, d);
         }
-        let f = w.finish(&key, true).unwrap();
+        let mut bytes = Vec::new();
+        let f = w.finish_into(&key, true, &mut bytes).unwrap();
         // The returned index is the one a reader gets.
-        let t = &f.bytes[f.bytes.len() - TRAILER_LEN..];
-        let (at, len) = parse_trailer(f.bytes.len() as u64, t).unwrap();
-        let read =
-            Index::open(&key, &f.bytes[at as usize..(at + len as u64) as usize], at).unwrap();
+        let t = &bytes[bytes.len() - TRAILER_LEN..];
+        let (at, len) = parse_trailer(bytes.len() as u64, t).unwrap();
+        let read = Index::open(&key, &bytes[at as usize..(at + len as u64) as usize], at).unwrap();
         assert_eq!(
             (read.segs.clone(), read.entries.clone(), read.meta.clone()),
             (
@@ -1024,7 +1014,7 @@ mod tests {
             )
         );
         assert_eq!(read.pages.len(), f.index.pages.len());
-        (key, f.name, f.bytes, blocks)
+        (key, f.name, bytes, blocks)
     }
 
     #[test]

@@ -270,13 +270,18 @@ pub struct ListOptions {
 /// A pending write: the id and the stored body with its CID, or `None` for a delete.
 type Write = (String, Option<(Cid, Vec<u8>)>);
 
-/// Validates and encodes documents for a write, with their CIDs. Large batches are split
-/// across two threads (a batch's documents are independent); the error reported is the first
-/// bad document's, as in a sequential pass.
+/// Validates and encodes the documents of a write (at least one), with their CIDs. Large
+/// batches are split across two threads (a batch's documents are independent); the error
+/// reported is the first bad document's, as in a sequential pass.
 fn prepare_all<T: Sync>(
     docs: &[T],
     prepare: impl Fn(&T) -> Result<(String, Vec<u8>)> + Sync,
 ) -> Result<Vec<Write>> {
+    if docs.is_empty() {
+        return Err(Error::InvalidArgument(
+            "bulk needs at least one document".into(),
+        ));
+    }
     let run = |part: &[T]| -> Result<Vec<Write>> {
         part.iter()
             .map(|d| {
@@ -452,11 +457,6 @@ impl Database {
     /// Writes many documents in one transaction (one event, one diff file). If an id repeats,
     /// the last one wins.
     pub fn bulk(&self, docs: &[Value]) -> Result<Committed> {
-        if docs.is_empty() {
-            return Err(Error::InvalidArgument(
-                "bulk needs at least one document".into(),
-            ));
-        }
         let writes = prepare_all(docs, doc::prepare)?;
         self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
     }
@@ -470,11 +470,6 @@ impl Database {
 
     /// [`Database::bulk`] for documents given as JSON text (see [`Database::put_json`]).
     pub fn bulk_json<S: AsRef<str> + Sync>(&self, docs: &[S]) -> Result<Committed> {
-        if docs.is_empty() {
-            return Err(Error::InvalidArgument(
-                "bulk needs at least one document".into(),
-            ));
-        }
         let writes = prepare_all(docs, |d| doc::prepare_json(d.as_ref()))?;
         self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
     }

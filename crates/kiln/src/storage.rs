@@ -92,8 +92,10 @@ struct Pool {
 #[derive(Debug)]
 struct Spare {
     name: FileName,
-    /// A read-write handle and the length written through it, when this process wrote it.
-    file: Option<(Arc<File>, u64)>,
+    /// The read-write handle this process wrote it through (so its inode has no other name),
+    /// and the length written.
+    file: Arc<File>,
+    len: u64,
 }
 
 /// An open file: read-only, or read-write with its length when this process wrote it.
@@ -237,21 +239,14 @@ impl LocalStorage {
 
     pub fn path(&self, name: &FileName) -> PathBuf {
         // DIR/ab/abcdef….kdf, built in one buffer (this is on every commit's path).
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut tail = [0u8; 2 + 1 + 64 + 4];
-        for (i, b) in name.0.iter().enumerate() {
-            tail[3 + 2 * i] = HEX[(b >> 4) as usize];
-            tail[4 + 2 * i] = HEX[(b & 15) as usize];
-        }
-        tail[0] = tail[3];
-        tail[1] = tail[4];
-        tail[2] = b'/';
-        tail[67..].copy_from_slice(b".kdf");
-        let mut p = std::ffi::OsString::with_capacity(self.dir.as_os_str().len() + 1 + tail.len());
+        let h = crate::block::cid::hex(&name.0);
+        let mut p = std::ffi::OsString::with_capacity(self.dir.as_os_str().len() + 72);
         p.push(self.dir.as_os_str());
         p.push("/");
-        // ASCII only.
-        p.push(std::str::from_utf8(&tail).unwrap_or_default());
+        p.push(&h[..2]);
+        p.push("/");
+        p.push(&h);
+        p.push(".kdf");
         PathBuf::from(p)
     }
 
@@ -296,7 +291,7 @@ impl LocalStorage {
                 };
                 let i = (n.saturating_sub(8)..n)
                     .rev()
-                    .find(|&i| pool.spare[i].file.as_ref().is_some_and(|f| f.1 <= len))
+                    .find(|&i| pool.spare[i].len <= len)
                     .unwrap_or(last);
                 pool.spare.swap_remove(i)
             };
@@ -321,18 +316,9 @@ impl LocalStorage {
                     return Err(e);
                 }
             }
-            // A handle this process wrote through names an inode with no other name; any other
-            // file is checked like a pooled one.
-            let opened = match sp.file {
-                Some((f, n)) => Arc::try_unwrap(f)
-                    .or_else(|f| f.try_clone())
-                    .map(|f| Some((f, n)))?,
-                None => open_reused(path)?,
-            };
-            match opened {
-                Some(x) => return Ok(Some(x)),
-                None => continue,
-            }
+            // Written through by this process, so no other name holds its inode.
+            let f = Arc::try_unwrap(sp.file).or_else(|f| f.try_clone())?;
+            return Ok(Some((f, sp.len)));
         }
     }
 
@@ -376,6 +362,14 @@ fn fill_pool(pool: &Mutex<Pool>, dir: &Path, instance: u32, n: usize) -> io::Res
         pool.skip = 0;
     }
     Ok(())
+}
+
+/// Removes a name; one already gone is not an error.
+fn unlink(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// A fresh file name for the pool folder (unique per process, instance and call).
@@ -589,21 +583,26 @@ impl Storage for LocalStorage {
             drop(pool);
             return self.remove(name);
         }
-        let file = match h {
+        match h {
             // A small file this process wrote keeps its (sealed) bytes under its name until
             // reused. A large one goes to the pool now, emptied: its space goes back at once,
             // and a file under a live-looking name is never left without its bytes.
             Some(Handle {
                 file,
-                written: Some(n),
-            }) if n <= POOL_KEEP_BYTES => Some((file, n)),
+                written: Some(len),
+            }) if len <= POOL_KEEP_BYTES => {
+                pool.spare.push(Spare {
+                    name: *name,
+                    file,
+                    len,
+                });
+                Ok(())
+            }
             _ => {
                 drop(pool);
-                return self.remove(name);
+                self.remove(name)
             }
-        };
-        pool.spare.push(Spare { name: *name, file });
-        Ok(())
+        }
     }
 
     fn remove(&self, name: &FileName) -> io::Result<()> {
@@ -628,10 +627,7 @@ impl Storage for LocalStorage {
             match fs::metadata(&path) {
                 Ok(m) if m.nlink() > 1 => {
                     drop(pool);
-                    return match fs::remove_file(&path) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                        _ => Ok(()),
-                    };
+                    return unlink(&path);
                 }
                 Ok(m) if m.len() > POOL_KEEP_BYTES => {
                     match OpenOptions::new().write(true).open(&path) {
@@ -662,10 +658,7 @@ impl Storage for LocalStorage {
             }
         }
         drop(pool);
-        match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        unlink(&path)
     }
 
     fn archive(&self, name: &FileName) -> io::Result<()> {
@@ -690,10 +683,7 @@ impl Storage for LocalStorage {
     }
 
     fn remove_archived(&self, name: &FileName) -> io::Result<()> {
-        match fs::remove_file(self.archive_path(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        unlink(&self.archive_path(name))
     }
 
     fn clear_reusable(&self) -> io::Result<(u64, u64)> {

@@ -230,6 +230,19 @@ fn is_boundary(key: &[u8], level: u8) -> bool {
     h.is_multiple_of(FANOUT)
 }
 
+/// A branch node's child, checked to be one level below it.
+fn child_of<S: NodeSource>(src: &S, parent: &Node, cid: &Cid) -> Result<Arc<Node>, S::Error> {
+    let child = src.node(cid)?;
+    if child.level + 1 != parent.level {
+        return Err(TreeError {
+            cid: *cid,
+            what: "child at the wrong level",
+        }
+        .into());
+    }
+    Ok(child)
+}
+
 /// Looks up one key.
 pub fn get<S: NodeSource>(
     src: &S,
@@ -297,14 +310,7 @@ pub fn range<S: NodeSource>(
                     if end.is_some_and(|e| *node.keys[i] >= *e) {
                         return Ok(false);
                     }
-                    let child = src.node(&c[i])?;
-                    if child.level + 1 != node.level {
-                        return Err(TreeError {
-                            cid: c[i],
-                            what: "child at the wrong level",
-                        }
-                        .into());
-                    }
+                    let child = child_of(src, node, &c[i])?;
                     if !walk(src, &child, start, end, f)? {
                         return Ok(false);
                     }
@@ -496,14 +502,7 @@ fn update_one<S: NodeSource>(
     let mut node = src.node(root)?;
     while let Items::Branch(kids) = &node.items {
         let i = node.route(key);
-        let child = src.node(&kids[i])?;
-        if child.level + 1 != node.level {
-            return Err(TreeError {
-                cid: kids[i],
-                what: "child at the wrong level",
-            }
-            .into());
-        }
+        let child = child_of(src, &node, &kids[i])?;
         path.push((node.clone(), i));
         node = child;
     }
@@ -719,14 +718,7 @@ impl Builder {
             if mine.is_empty() && self.clean_through(node.level - 1) {
                 self.push_child(node.level, node.keys[c].clone(), kids[c]);
             } else {
-                let child = src.node(&kids[c])?;
-                if child.level + 1 != node.level {
-                    return Err(TreeError {
-                        cid: kids[c],
-                        what: "child at the wrong level",
-                    }
-                    .into());
-                }
+                let child = child_of(src, node, &kids[c])?;
                 self.walk(src, &child, mine, op_base + at)?;
             }
             at = end;
