@@ -175,19 +175,36 @@ pub struct Writer {
     cur: Vec<u8>,
     entries: Vec<Entry>,
     seen: DigestSet<Cid>,
+    /// Emptied segment buffers to fill before allocating new ones.
+    recycled: Vec<Vec<u8>>,
 }
 
 impl Writer {
     pub fn new(meta: Meta) -> Writer {
+        Writer::with_capacity(meta, 0)
+    }
+
+    /// A writer with room for about `blocks` blocks (growing the index and the set of CIDs
+    /// seen block by block cost a large transaction more than copying its documents).
+    pub fn with_capacity(meta: Meta, blocks: usize) -> Writer {
         let mut cur = Vec::with_capacity(SEGMENT_TARGET + 1024);
         cur.extend_from_slice(&car_header(&meta.roots));
+        let mut seen = DigestSet::default();
+        seen.reserve(blocks);
         Writer {
             meta,
             segs: Vec::new(),
             cur,
-            entries: Vec::new(),
-            seen: DigestSet::default(),
+            entries: Vec::with_capacity(blocks),
+            seen,
+            recycled: Vec::new(),
         }
+    }
+
+    /// Gives the writer segment buffers to reuse (their contents are dropped): a large
+    /// transaction otherwise pays a page fault for every 4 KiB of fresh memory it fills.
+    pub fn recycle(&mut self, bufs: Vec<Vec<u8>>) {
+        self.recycled = bufs;
     }
 
     /// Adds a block (a repeat of a CID already added is ignored).
@@ -210,7 +227,14 @@ impl Writer {
             return;
         }
         if !self.cur.is_empty() && self.cur.len() + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
-            let next = Vec::with_capacity(SEGMENT_TARGET.max(data.len() + 64));
+            let want = SEGMENT_TARGET.max(data.len() + 64);
+            let next = match self.recycled.pop() {
+                Some(mut b) if b.capacity() >= want => {
+                    b.clear();
+                    b
+                }
+                _ => Vec::with_capacity(want),
+            };
             self.segs.push(std::mem::replace(&mut self.cur, next));
         }
         let seg = self.segs.len() as u32;
@@ -224,7 +248,8 @@ impl Writer {
     /// compresses what it merges.
     ///
     /// The file's bytes are built in `out` (cleared first; a caller may reuse one buffer for
-    /// every file, sparing the allocation and its page faults).
+    /// every file, sparing the allocation and its page faults). Its name is
+    /// [`FileName::of`] those bytes, left to the caller (who may hash while writing).
     pub fn finish_into(
         mut self,
         key: &Key,
@@ -255,7 +280,6 @@ impl Writer {
         }
         let (index, index_len) = write_tail(key, self.meta, self.entries, seg_at, out)?;
         Ok(Finished {
-            name: FileName::of(out),
             index,
             index_len,
             segments: self.segs,
@@ -538,7 +562,6 @@ impl<'a> StreamWriter<'a> {
 
 /// A sealed file's name, index and segments (its bytes are in the caller's buffer).
 pub struct Finished {
-    pub name: FileName,
     /// The index, as [`Index::open`] would read it back.
     pub index: Index,
     /// Length of the sealed index (it ends where the trailer starts).
@@ -1014,7 +1037,7 @@ mod tests {
             )
         );
         assert_eq!(read.pages.len(), f.index.pages.len());
-        (key, f.name, bytes, blocks)
+        (key, FileName::of(&bytes), bytes, blocks)
     }
 
     #[test]

@@ -68,10 +68,18 @@ struct Db {
     swap_waiting: AtomicBool,
     /// Where this handle builds the files it stores (see [`Db::store_file`]).
     file_buf: Mutex<Vec<u8>>,
+    /// Segment buffers of large files this handle wrote and did not cache, to reuse.
+    seg_bufs: Mutex<Vec<Vec<u8>>>,
 }
 
 /// A file buffer larger than this is not kept between files.
 const FILE_BUF_KEEP: usize = 8 << 20;
+
+/// A file this handle writes is kept in the block cache only up to this size.
+const FILE_CACHE_MAX: u64 = 128 << 10;
+
+/// Segment buffers of an uncached file kept for the next large transaction (1 MiB).
+const SEG_BUFS_KEEP: usize = 64;
 
 /// A head record as read, with the commit counter it was read under (`None`: do not trust it
 /// for freshness checks).
@@ -369,6 +377,7 @@ impl Database {
             compacting: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
             file_buf: Mutex::new(Vec::new()),
+            seg_bufs: Mutex::new(Vec::new()),
         };
         Ok(Database {
             inner: Arc::new(db),
@@ -1293,16 +1302,12 @@ impl Db {
                     }
                 };
                 let new_base = head.base != cur.base;
-                self.set_state(head, Some(n), log);
+                let st = self.set_state(head, Some(n), log);
                 if new_base {
-                    // The level-0 compaction wrote the pending nodes out. Only now that the
-                    // head naming its file is written: a reader still on the old head keeps
-                    // finding them until it sees the new one. Anything still needed later is
-                    // rebuilt.
-                    self.pending
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clear();
+                    // The base tree is in files now. Only now that the head naming them is
+                    // written: a reader still on the old head keeps finding its nodes until
+                    // it sees the new one. Anything still needed later is rebuilt.
+                    self.prune_pending(st.head.root, st.head.base);
                 }
                 // Forks share files: then only garbage collection, which reads every
                 // database's head record, may take them away.
@@ -1475,12 +1480,20 @@ impl Db {
             };
             let eb = event.encode();
             let ecid = Cid::of_cbor(&eb);
-            let mut w = car::Writer::new(car::Meta {
-                level: 0,
-                time: event.time,
-                roots: vec![ecid],
-                replaces: vec![],
-            });
+            // Room for the documents, the event and (for a checkpoint) about one tree node
+            // per eight documents.
+            let mut w = car::Writer::with_capacity(
+                car::Meta {
+                    level: 0,
+                    time: event.time,
+                    roots: vec![ecid],
+                    replaces: vec![],
+                },
+                writes.len() + writes.len() / 8 + 2,
+            );
+            w.recycle(std::mem::take(
+                &mut *db.seg_bufs.lock().unwrap_or_else(|p| p.into_inner()),
+            ));
             for (_, x) in &writes {
                 if let Some((c, body)) = x {
                     w.add(*c, body);
@@ -1546,8 +1559,15 @@ impl Db {
             let background = db.store.opts.background_compaction;
             let mut removed = Vec::new();
             if !background || diffs > 4 * threshold {
+                // Beside a background compaction only level 0 (a merge of higher levels the
+                // background one may be running would be lost work).
                 let mut compacted = head.clone();
-                if let Ok(r) = db.compact_cascade(&mut compacted) {
+                let r = if background {
+                    db.compact_level(&mut compacted, 0)
+                } else {
+                    db.compact_cascade(&mut compacted)
+                };
+                if let Ok(r) = r {
                     *head = compacted;
                     removed = r;
                 }
@@ -1565,6 +1585,37 @@ impl Db {
                 removed,
             ))
         })
+    }
+
+    /// Keeps in `pending` only the nodes of `root`'s tree that `base`'s tree (whole in files)
+    /// lacks: after a level-0 compaction that ran beside later commits, their new nodes stay
+    /// (clearing them would make the next commit rebuild its tree from the clock), while the
+    /// nodes the compaction wrote and those of superseded trees go.
+    fn prune_pending(&self, root: Option<Cid>, base: Option<Cid>) {
+        let mut p = self.pending.write().unwrap_or_else(|p| p.into_inner());
+        if root == base || root.is_none_or(|r| !p.contains_key(&r)) {
+            p.clear();
+            return;
+        }
+        // The nodes reachable from `from` through `p`, not entering `stop`.
+        let reach = |p: &DigestMap<Cid, (Arc<[u8]>, Arc<tree::Node>)>,
+                     from: Option<Cid>,
+                     stop: &DigestSet<Cid>| {
+            let mut seen: DigestSet<Cid> = DigestSet::default();
+            let mut stack: Vec<Cid> = from.into_iter().collect();
+            while let Some(c) = stack.pop() {
+                if stop.contains(&c) || seen.contains(&c) {
+                    continue;
+                }
+                let Some((_, n)) = p.get(&c) else { continue };
+                seen.insert(c);
+                stack.extend_from_slice(n.children());
+            }
+            seen
+        };
+        let written = reach(&p, base, &DigestSet::default());
+        let keep = reach(&p, root, &written);
+        p.retain(|c, _| keep.contains(c));
     }
 
     fn add_pending<'a>(&self, nodes: impl Iterator<Item = &'a (Cid, Vec<u8>, Arc<tree::Node>)>) {
@@ -2456,10 +2507,15 @@ impl Db {
             let Some(m) = self.merge_level(&st.head, level)? else {
                 return Ok(());
             };
+            // Commits let the swap go first (they wait for this flag, briefly).
+            self.swap_waiting.store(true, Ordering::SeqCst);
             let applied = self.with_lock(|db, head| {
+                db.swap_waiting.store(false, Ordering::SeqCst);
                 let ok = db.apply_merge(head, &m);
                 Ok((ok, if ok { m.replaced.clone() } else { Vec::new() }))
-            })?;
+            });
+            self.swap_waiting.store(false, Ordering::SeqCst);
+            let applied = applied?;
             if !applied {
                 let _ = self.store.storage.retire(&m.file.name);
                 return Ok(());
@@ -2476,9 +2532,10 @@ impl Db {
         let f = w
             .finish_into(&self.key, level > 0, &mut buf)
             .map_err(|e| Error::io(&self.dir, e))?;
+        let name = FileName::of(&buf);
         self.store
             .storage
-            .put(&f.name, &buf, self.sync())
+            .put(&name, &buf, self.sync())
             .map_err(|e| Error::io(self.store.root.join("files"), e))?;
         let size = buf.len() as u64;
         if buf.capacity() > FILE_BUF_KEEP {
@@ -2486,19 +2543,26 @@ impl Db {
         }
         drop(buf);
         let car::Finished {
-            name,
             index,
             index_len,
             segments,
             ..
         } = f;
         let bloom = self.register_index(name, index);
-        for (n, mut seg) in segments.into_iter().enumerate() {
-            seg.shrink_to_fit(); // written with room to grow; cache only what it holds
-            self.store.cache.insert(
-                CacheKey::Segment(name, n as u32),
-                Cached::Bytes(Arc::new(seg)),
-            );
+        if size > FILE_CACHE_MAX {
+            // A large transaction's segments are not cached (they would push out what reads
+            // use); their buffers serve the next one.
+            let mut keep = segments;
+            keep.truncate(SEG_BUFS_KEEP);
+            *self.seg_bufs.lock().unwrap_or_else(|p| p.into_inner()) = keep;
+        } else {
+            for (n, mut seg) in segments.into_iter().enumerate() {
+                seg.shrink_to_fit(); // written with room to grow; cache only what it holds
+                self.store.cache.insert(
+                    CacheKey::Segment(name, n as u32),
+                    Cached::Bytes(Arc::new(seg)),
+                );
+            }
         }
         Ok(FileRef {
             name,
@@ -2900,5 +2964,72 @@ impl EventSource for View<'_> {
             parents: Vec::new(),
             ..(*e).clone()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pending_has(db: &Db, c: &Cid) -> bool {
+        db.pending.read().unwrap().contains_key(c)
+    }
+
+    /// The nodes of `root`'s tree, walked through `pending` (stopping where it has none).
+    fn pending_tree(db: &Db, root: Cid) -> DigestSet<Cid> {
+        let p = db.pending.read().unwrap();
+        let mut seen = DigestSet::default();
+        let mut stack = vec![root];
+        while let Some(c) = stack.pop() {
+            if let Some((_, n)) = p.get(&c) {
+                if seen.insert(c) {
+                    stack.extend_from_slice(n.children());
+                }
+            }
+        }
+        seen
+    }
+
+    /// After a level-0 compaction made an older tree the base while later commits went on,
+    /// only the later trees' own nodes stay pending: the base tree's (now in files) and the
+    /// superseded ones' go, and the current tree stays whole.
+    #[test]
+    fn pruning_pending_keeps_exactly_the_current_trees_new_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::Options {
+            compact_threshold: 1000,
+            durability: crate::Durability::Buffered,
+            ..Default::default()
+        };
+        let store = crate::Store::open_with(dir.path(), opts).unwrap();
+        let db = store.create(Some("t")).unwrap();
+        let mut roots = Vec::new();
+        for i in 0..200 {
+            db.put(&json!({"_id": format!("k{i:04}"), "v": i})).unwrap();
+            roots.push(db.inner.refresh().unwrap().head.root.unwrap());
+        }
+        let inner = &db.inner;
+        let (base, root) = (roots[149], roots[199]);
+        let old = roots[100];
+        let (in_base, in_root) = (pending_tree(inner, base), pending_tree(inner, root));
+        let only_old: Vec<Cid> = pending_tree(inner, old)
+            .into_iter()
+            .filter(|c| !in_root.contains(c))
+            .collect();
+        assert!(!only_old.is_empty() && !in_base.is_empty());
+        inner.prune_pending(Some(root), Some(base));
+        let kept: DigestSet<Cid> = inner.pending.read().unwrap().keys().copied().collect();
+        let want: DigestSet<Cid> = in_root
+            .iter()
+            .filter(|c| !in_base.contains(c))
+            .copied()
+            .collect();
+        assert_eq!(kept, want);
+        assert!(pending_has(inner, &root) && !pending_has(inner, &base));
+        assert!(only_old.iter().all(|c| !pending_has(inner, c)));
+        // Pruning to the current tree itself (an inline compaction) leaves nothing.
+        inner.prune_pending(Some(root), Some(root));
+        assert!(inner.pending.read().unwrap().is_empty());
     }
 }

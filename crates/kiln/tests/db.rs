@@ -809,3 +809,35 @@ fn an_event_of_another_database_is_no_such_event() {
         Err(Error::NoSuchEvent(..))
     ));
 }
+
+/// Large transactions are not cached and the next one refills their segment buffers: what
+/// each wrote must read back whole, from the writing handle and a fresh one.
+#[test]
+fn large_transactions_reusing_buffers_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let body = |round: usize, i: usize| format!("{round}-{i}-{}", "x".repeat(300 + i % 7));
+    for round in 0..3 {
+        let docs: Vec<Value> = (0..800)
+            .map(|i| json!({"_id": format!("r{round}-{i:04}"), "b": body(round, i)}))
+            .collect();
+        db.bulk(&docs).unwrap();
+    }
+    // The last bulk rewrote round 0's ids with shorter bodies, in the same buffers.
+    let docs: Vec<Value> = (0..800)
+        .map(|i| json!({"_id": format!("r0-{i:04}"), "b": format!("short {i}")}))
+        .collect();
+    db.bulk(&docs).unwrap();
+    let fresh = Store::open(dir.path()).unwrap().open_db("t").unwrap();
+    for d in [&db, &fresh] {
+        for i in 0..800 {
+            assert_eq!(d.get(&format!("r0-{i:04}")).unwrap().unwrap()["b"], format!("short {i}"));
+            for round in 1..3 {
+                let got = d.get(&format!("r{round}-{i:04}")).unwrap().unwrap();
+                assert_eq!(got["b"], body(round, i));
+            }
+        }
+        assert!(d.verify().unwrap().ok());
+    }
+}
