@@ -832,7 +832,10 @@ fn large_transactions_reusing_buffers_read_back_whole() {
     let fresh = Store::open(dir.path()).unwrap().open_db("t").unwrap();
     for d in [&db, &fresh] {
         for i in 0..800 {
-            assert_eq!(d.get(&format!("r0-{i:04}")).unwrap().unwrap()["b"], format!("short {i}"));
+            assert_eq!(
+                d.get(&format!("r0-{i:04}")).unwrap().unwrap()["b"],
+                format!("short {i}")
+            );
             for round in 1..3 {
                 let got = d.get(&format!("r{round}-{i:04}")).unwrap().unwrap();
                 assert_eq!(got["b"], body(round, i));

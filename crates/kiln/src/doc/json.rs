@@ -366,6 +366,26 @@ mod tests {
         }
     }
 
+    /// Arrays past 23 items (wider count headers); nested objects sort and drop repeated keys
+    /// too; a failed document leaves nothing behind for the next one.
+    #[test]
+    fn long_arrays_nested_duplicates_and_reuse_after_errors() {
+        for n in [0usize, 1, 23, 24, 255, 256, 65_535, 65_536] {
+            let items: Vec<String> = (0..n).map(|i| format!("[{i},[]]")).collect();
+            let t = format!(
+                r#"{{"_id":"a","z":[{}],"a":{{"q":1,"bb":[1,2],"q":{{"y":1,"x":2,"y":3}}}}}}"#,
+                items.join(",")
+            );
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(prepare_json(&t).unwrap(), prepare(&v).unwrap(), "{n} items");
+            assert!(prepare_json(r#"{"_id":"b","x":[1,2,"#).is_err());
+            assert!(prepare_json(r#"{"_id":"b","_x":1}"#).is_err());
+            let t = r#"{"_id":"c","k":[true]}"#;
+            let v: Value = serde_json::from_str(t).unwrap();
+            assert_eq!(prepare_json(t).unwrap(), prepare(&v).unwrap());
+        }
+    }
+
     #[test]
     fn duplicates_escapes_and_errors_match_the_value_path() {
         // A later duplicate wins; escaped keys and strings decode.
