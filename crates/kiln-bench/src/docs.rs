@@ -66,9 +66,11 @@ pub fn n_for(i: u64, n: u64) -> u64 {
     ((u128::from(i) * 7919) % u128::from(n)) as u64
 }
 
-/// The document `makeDoc(i, N)` returns.
-#[derive(Clone, Debug, PartialEq)]
+/// The document `makeDoc(i, N)` returns. It serializes (serde) to the same JSON object as
+/// [`Doc::to_json_string`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Doc {
+    #[serde(rename = "_id")]
     pub id: String,
     pub title: String,
     pub n: u64,
@@ -185,6 +187,12 @@ mod tests {
             let parsed: Value = serde_json::from_str(want).unwrap();
             let ours: Value = serde_json::from_str(&d.to_json_string()).unwrap();
             assert_eq!(ours, parsed);
+            // Handed to kiln as a value, it is stored exactly as its JSON text would be.
+            assert_eq!(serde_json::to_value(&d).unwrap(), parsed);
+            assert_eq!(
+                kiln::doc::prepare_serialize(&d).unwrap(),
+                kiln::doc::prepare_json(want).unwrap()
+            );
         }
     }
 

@@ -88,16 +88,32 @@ impl KilnAdapter {
     }
 }
 
+/// Whether kiln gets documents as JSON text (`KILN_JSON_TEXT`) rather than as values.
+fn json_text() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("KILN_JSON_TEXT").is_some())
+}
+
 impl Adapter for KilnAdapter {
-    // Documents go in as JSON text, as the SQLite adapter stores them.
+    // Documents go in as the program's own values (serde), as the JS harness hands Fireproof
+    // and PouchDB its objects; the SQLite adapter turns them into JSON text, as the harness's
+    // does (`JSON.stringify`). With KILN_JSON_TEXT set, kiln gets that JSON text too.
     fn put_one(&mut self, doc: &Doc) -> Res<()> {
-        self.db.put_json(&doc.to_json_string())?;
+        if json_text() {
+            self.db.put_json(&doc.to_json_string())?;
+        } else {
+            self.db.put(doc)?;
+        }
         Ok(())
     }
 
     fn put_batch(&mut self, docs: &[Doc]) -> Res<()> {
-        let v: Vec<String> = docs.iter().map(Doc::to_json_string).collect();
-        self.db.bulk_json(&v)?;
+        if json_text() {
+            let v: Vec<String> = docs.iter().map(Doc::to_json_string).collect();
+            self.db.bulk_json(&v)?;
+        } else {
+            self.db.bulk(docs)?;
+        }
         Ok(())
     }
 

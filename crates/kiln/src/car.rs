@@ -349,7 +349,7 @@ fn write_tail_at(
     out: &mut Vec<u8>,
 ) -> std::io::Result<(Index, u32)> {
     let at = |out: &Vec<u8>| base + out.len() as u64;
-    entries.sort_by_key(|e| e.cid);
+    entries.sort_unstable_by_key(|e| e.cid); // (CIDs are unique in a file)
     let mut pages = Vec::new();
     if entries.len() > PAGE_ENTRIES {
         for (i, chunk) in entries.chunks(PAGE_ENTRIES).enumerate() {

@@ -21,6 +21,7 @@ use crate::settings::Settings;
 use crate::storage::HeadFile;
 use crate::store::{Durability, StoreInner};
 use crate::tree::{self, Mode, NodeSource, Slot, TreeError};
+use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -459,14 +460,20 @@ impl Database {
     }
 
     /// Writes (replaces) one document. A document without `_id` gets a UUIDv7.
-    pub fn put(&self, doc: &Value) -> Result<Committed> {
-        self.bulk(std::slice::from_ref(doc))
+    ///
+    /// The document is any `Serialize` value that serializes as an object: a
+    /// `serde_json::Value`, or a program's own struct, encoded straight into the stored form
+    /// with serde_json's value model (it is stored as `serde_json::to_value` of it would be).
+    pub fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Committed> {
+        let (id, body) = doc::prepare_serialize(doc)?;
+        let writes = vec![(id, Some((Cid::of_cbor(&body), body)))];
+        self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
     }
 
     /// Writes many documents in one transaction (one event, one diff file). If an id repeats,
-    /// the last one wins.
-    pub fn bulk(&self, docs: &[Value]) -> Result<Committed> {
-        let writes = prepare_all(docs, doc::prepare)?;
+    /// the last one wins. Documents as for [`Database::put`].
+    pub fn bulk<T: Serialize + Sync>(&self, docs: &[T]) -> Result<Committed> {
+        let writes = prepare_all(docs, |d| doc::prepare_serialize(d))?;
         self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
     }
 
@@ -1077,8 +1084,8 @@ impl Transaction {
         }
     }
 
-    pub fn put(&mut self, doc: &Value) -> Result<String> {
-        let (id, body) = doc::prepare(doc)?;
+    pub fn put<T: Serialize + ?Sized>(&mut self, doc: &T) -> Result<String> {
+        let (id, body) = doc::prepare_serialize(doc)?;
         self.writes
             .push((id.clone(), Some((Cid::of_cbor(&body), body))));
         Ok(id)

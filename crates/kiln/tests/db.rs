@@ -129,7 +129,10 @@ fn bad_input_changes_nothing() {
             Err(Error::InvalidDocument(_))
         ));
     }
-    assert!(matches!(db.bulk(&[]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        db.bulk::<Value>(&[]),
+        Err(Error::InvalidArgument(_))
+    ));
     assert!(matches!(db.get(""), Err(Error::InvalidDocument(_))));
     assert_eq!(db.info().unwrap(), before);
     assert!(db.get("ok").unwrap().is_none());

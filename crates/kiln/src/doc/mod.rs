@@ -6,6 +6,7 @@
 //! reserved for later use and refused in writes.
 
 mod json;
+mod ser;
 
 use crate::block::cbor::{Decoder, Encoder};
 use crate::error::{Error, Result};
@@ -36,6 +37,7 @@ pub fn new_id() -> String {
 }
 
 pub use json::prepare_json;
+pub use ser::prepare_serialize;
 
 /// Validates a document for a write and returns its id and stored body. A missing `_id` gets a
 /// fresh UUIDv7.

@@ -1,0 +1,1376 @@
+//! Documents given as any `serde::Serialize` value (a `serde_json::Value`, or a program's own
+//! struct): encoded straight into their stored dag-cbor form. The result is byte for byte what
+//! [`super::prepare`] makes of `serde_json::to_value(doc)` (same id rules, same errors, same
+//! body), without building that `Value`: the value model is serde_json's (a non-finite float is
+//! null, bytes are an array of numbers, an enum variant with data is a one-entry object, map
+//! keys become strings as serde_json makes them).
+
+use super::{check_id, new_id, MAX_DOC_BYTES};
+use crate::block::cbor::Encoder;
+use crate::error::{Error, Result};
+use serde::ser::{self, Impossible, Serialize};
+use std::fmt;
+
+/// Validates a document and returns its id and stored body.
+pub fn prepare_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<(String, Vec<u8>)> {
+    let mut top = Top::default();
+    doc.serialize(TopSer(&mut top))
+        .map_err(|e| Error::InvalidDocument(e.0))?;
+    let Top {
+        id,
+        reserved,
+        fields,
+    } = top;
+    let id = match id {
+        None => new_id(),
+        Some(Ok(id)) => {
+            check_id(&id)?;
+            id
+        }
+        Some(Err(kind)) => {
+            return Err(Error::InvalidDocument(format!(
+                "_id must be a string, not {kind}"
+            )))
+        }
+    };
+    if let Some(k) = reserved {
+        return Err(Error::InvalidDocument(format!(
+            "field {k:?} is reserved (top-level names starting with '_' other than _id are kept for kiln)"
+        )));
+    }
+    let mut e = Encoder {
+        buf: Vec::with_capacity(fields.size()),
+    };
+    fields.write(&mut e);
+    let body = e.into_bytes();
+    if body.len() > MAX_DOC_BYTES {
+        return Err(Error::InvalidDocument(format!(
+            "document {id:?} is {} bytes encoded; the limit is {MAX_DOC_BYTES}",
+            body.len()
+        )));
+    }
+    Ok((id, body))
+}
+
+/// Why a value cannot be a document (or a part of one).
+#[derive(Debug)]
+pub struct SerError(String);
+
+impl fmt::Display for SerError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SerError {}
+
+impl ser::Error for SerError {
+    fn custom<M: fmt::Display>(msg: M) -> Self {
+        SerError(msg.to_string())
+    }
+}
+
+type R<T = ()> = std::result::Result<T, SerError>;
+
+/// What serde_json makes of a value it cannot turn into a `Value` (a number out of range, a
+/// map key that is not a string), as our error.
+fn json_err(e: serde_json::Error) -> SerError {
+    SerError(e.to_string())
+}
+
+/// An object's entries as they are written: keys, and their encoded values one after another
+/// in one buffer.
+#[derive(Default)]
+struct Fields {
+    keys: Vec<(String, std::ops::Range<usize>)>,
+    values: Vec<u8>,
+}
+
+impl Fields {
+    /// Encodes `v` as the value of `key`.
+    fn value<T: Serialize + ?Sized>(&mut self, key: String, v: &T) -> R {
+        let start = self.values.len();
+        let mut e = Encoder {
+            buf: std::mem::take(&mut self.values),
+        };
+        let r = v.serialize(Ser(&mut e));
+        self.values = e.buf;
+        r?;
+        self.keys.push((key, start..self.values.len()));
+        Ok(())
+    }
+
+    /// The map in dag-cbor key order; of repeated keys the last one stays (as in a `Value`).
+    fn sorted(&mut self) {
+        // Stable: equal keys keep their order, and the last of each run is kept.
+        self.keys
+            .sort_by(|a, b| crate::block::cbor::key_order(&a.0, &b.0));
+        let keys = std::mem::take(&mut self.keys);
+        for k in keys {
+            match self.keys.last_mut() {
+                Some(last) if last.0 == k.0 => *last = k,
+                _ => self.keys.push(k),
+            }
+        }
+    }
+
+    /// Adds `key` with a value already encoded.
+    fn push_encoded(&mut self, key: String, v: &[u8]) {
+        let start = self.values.len();
+        self.values.extend_from_slice(v);
+        self.keys.push((key, start..self.values.len()));
+    }
+
+    /// An upper bound of the encoded size.
+    fn size(&self) -> usize {
+        9 + self.values.len() + self.keys.iter().map(|k| k.0.len() + 9).sum::<usize>()
+    }
+
+    fn write(mut self, e: &mut Encoder) {
+        self.sorted();
+        e.buf.reserve(self.size());
+        e.map(self.keys.len());
+        for (k, v) in &self.keys {
+            e.str(k);
+            e.buf.extend_from_slice(&self.values[v.clone()]);
+        }
+    }
+}
+
+/// The top level: an object, its `_id` taken out, reserved names noted.
+#[derive(Default)]
+struct Top {
+    /// The last `_id`: a string, or the kind of value it was.
+    id: Option<std::result::Result<String, &'static str>>,
+    /// The first reserved name, in key order (as the `Value` path reports it).
+    reserved: Option<String>,
+    fields: Fields,
+}
+
+impl Top {
+    fn entry<T: Serialize + ?Sized>(&mut self, key: String, v: &T) -> R {
+        if key == "_id" {
+            self.id = Some(v.serialize(IdSer)?);
+            return Ok(());
+        }
+        self.note_reserved(&key);
+        self.fields.value(key, v)
+    }
+
+    /// An entry whose value is already encoded and is of kind `kind` (an array or an object).
+    fn entry_encoded(&mut self, key: String, v: &[u8], kind: &'static str) {
+        if key == "_id" {
+            self.id = Some(Err(kind));
+            return;
+        }
+        self.note_reserved(&key);
+        self.fields.push_encoded(key, v);
+    }
+
+    fn note_reserved(&mut self, key: &str) {
+        if key.starts_with('_') && self.reserved.as_deref().is_none_or(|r| key < r) {
+            self.reserved = Some(key.to_owned());
+        }
+    }
+}
+
+fn not_object(kind: &str) -> SerError {
+    SerError(format!("a document must be a JSON object, not {kind}"))
+}
+
+/// The kind of a value serde_json turns a non-finite float into.
+fn float_kind(x: f64) -> &'static str {
+    if x.is_finite() {
+        "a number"
+    } else {
+        "null"
+    }
+}
+
+/// serde_json's names for the two structs it serializes specially: a number under its
+/// `arbitrary_precision` feature, a raw JSON value under `raw_value` (Cargo unifies features:
+/// another crate in the program may turn either on).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+const RAW_TOKEN: &str = "$serde_json::private::RawValue";
+
+// ------------------------------------------------------------------------------ top level
+
+struct TopSer<'a>(&'a mut Top);
+
+/// A one-entry object `{variant: value}` at the top level, its value written by the inner
+/// serializer that `finish` closes.
+struct TopVariant<'a, S> {
+    top: &'a mut Top,
+    variant: &'static str,
+    inner: S,
+}
+
+impl<'a> ser::Serializer for TopSer<'a> {
+    type Ok = ();
+    type Error = SerError;
+    type SerializeSeq = Impossible<(), SerError>;
+    type SerializeTuple = Impossible<(), SerError>;
+    type SerializeTupleStruct = Impossible<(), SerError>;
+    type SerializeTupleVariant = TopVariant<'a, ArrayOf>;
+    type SerializeMap = TopMap<'a>;
+    type SerializeStruct = TopMap<'a>;
+    type SerializeStructVariant = TopVariant<'a, MapOf>;
+
+    fn serialize_bool(self, _: bool) -> R {
+        Err(not_object("a boolean"))
+    }
+    fn serialize_i64(self, _: i64) -> R {
+        Err(not_object("a number"))
+    }
+    fn serialize_u64(self, _: u64) -> R {
+        Err(not_object("a number"))
+    }
+    fn serialize_i128(self, v: i128) -> R {
+        serde_json::to_value(v).map_err(json_err)?;
+        Err(not_object("a number"))
+    }
+    fn serialize_u128(self, v: u128) -> R {
+        serde_json::to_value(v).map_err(json_err)?;
+        Err(not_object("a number"))
+    }
+    fn serialize_f64(self, v: f64) -> R {
+        Err(not_object(float_kind(v)))
+    }
+    fn serialize_f32(self, v: f32) -> R {
+        Err(not_object(float_kind(v as f64)))
+    }
+    fn serialize_i8(self, v: i8) -> R {
+        self.serialize_i64(v as i64)
+    }
+    fn serialize_i16(self, v: i16) -> R {
+        self.serialize_i64(v as i64)
+    }
+    fn serialize_i32(self, v: i32) -> R {
+        self.serialize_i64(v as i64)
+    }
+    fn serialize_u8(self, v: u8) -> R {
+        self.serialize_u64(v as u64)
+    }
+    fn serialize_u16(self, v: u16) -> R {
+        self.serialize_u64(v as u64)
+    }
+    fn serialize_u32(self, v: u32) -> R {
+        self.serialize_u64(v as u64)
+    }
+    fn serialize_char(self, _: char) -> R {
+        Err(not_object("a string"))
+    }
+    fn serialize_str(self, _: &str) -> R {
+        Err(not_object("a string"))
+    }
+    fn serialize_bytes(self, _: &[u8]) -> R {
+        Err(not_object("an array"))
+    }
+    fn serialize_none(self) -> R {
+        Err(not_object("null"))
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> R {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> R {
+        Err(not_object("null"))
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> R {
+        Err(not_object("null"))
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> R {
+        Err(not_object("a string"))
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> R {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> R {
+        self.0.entry(variant.to_owned(), v)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> R<Self::SerializeSeq> {
+        Err(not_object("an array"))
+    }
+    fn serialize_tuple(self, _: usize) -> R<Self::SerializeTuple> {
+        Err(not_object("an array"))
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> R<Self::SerializeTupleStruct> {
+        Err(not_object("an array"))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> R<Self::SerializeTupleVariant> {
+        Ok(TopVariant {
+            top: self.0,
+            variant,
+            inner: ArrayOf::default(),
+        })
+    }
+    fn serialize_map(self, _: Option<usize>) -> R<Self::SerializeMap> {
+        Ok(TopMap {
+            top: self.0,
+            key: None,
+            special: None,
+        })
+    }
+    fn serialize_struct(self, name: &'static str, _: usize) -> R<Self::SerializeStruct> {
+        Ok(TopMap {
+            top: self.0,
+            key: None,
+            special: (name == NUMBER_TOKEN || name == RAW_TOKEN).then_some(name),
+        })
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> R<Self::SerializeStructVariant> {
+        Ok(TopVariant {
+            top: self.0,
+            variant,
+            inner: MapOf::default(),
+        })
+    }
+}
+
+/// The top-level object's entries.
+struct TopMap<'a> {
+    top: &'a mut Top,
+    key: Option<String>,
+    /// A serde_json special struct (a number or raw JSON) seen at the top level.
+    special: Option<&'static str>,
+}
+
+impl ser::SerializeMap for TopMap<'_> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> R {
+        self.key = Some(map_key(k)?);
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        let k = self
+            .key
+            .take()
+            .ok_or_else(|| SerError("a map value without its key".into()))?;
+        self.top.entry(k, v)
+    }
+    fn end(self) -> R {
+        Ok(())
+    }
+}
+
+impl ser::SerializeStruct for TopMap<'_> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, k: &'static str, v: &T) -> R {
+        match self.special {
+            Some(NUMBER_TOKEN) => Err(not_object("a number")),
+            Some(_) => {
+                // Raw JSON text: a document if it is an object.
+                let text = v.serialize(TextOf)?;
+                let doc: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
+                doc.serialize(TopSer(self.top))
+            }
+            None => self.top.entry(k.to_owned(), v),
+        }
+    }
+    fn end(self) -> R {
+        Ok(())
+    }
+}
+
+impl<S: Inner> TopVariant<'_, S> {
+    fn close(self) -> R {
+        let kind = S::KIND;
+        let mut e = Encoder { buf: Vec::new() };
+        self.inner.finish(&mut e);
+        self.top
+            .entry_encoded(self.variant.to_owned(), &e.buf, kind);
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleVariant for TopVariant<'_, ArrayOf> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.inner.push(v)
+    }
+    fn end(self) -> R {
+        self.close()
+    }
+}
+
+impl ser::SerializeStructVariant for TopVariant<'_, MapOf> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, k: &'static str, v: &T) -> R {
+        self.inner.fields.value(k.to_owned(), v)
+    }
+    fn end(self) -> R {
+        self.close()
+    }
+}
+
+// ------------------------------------------------------------------------------ values
+
+/// Any value, written as dag-cbor into the encoder.
+struct Ser<'a>(&'a mut Encoder);
+
+/// Inner collectors of a compound value: what a `Ser` compound writes when it ends.
+trait Inner {
+    /// What the value is, in the words of error messages.
+    const KIND: &'static str;
+    fn finish(self, e: &mut Encoder);
+}
+
+/// An array's items, encoded one after another, and their count.
+#[derive(Default)]
+struct ArrayOf {
+    items: Encoder,
+    n: usize,
+}
+
+impl ArrayOf {
+    fn push<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        v.serialize(Ser(&mut self.items))?;
+        self.n += 1;
+        Ok(())
+    }
+}
+
+impl Inner for ArrayOf {
+    const KIND: &'static str = "an array";
+    fn finish(self, e: &mut Encoder) {
+        e.array(self.n);
+        e.buf.extend_from_slice(&self.items.buf);
+    }
+}
+
+/// An object's entries.
+#[derive(Default)]
+struct MapOf {
+    fields: Fields,
+    key: Option<String>,
+}
+
+impl Inner for MapOf {
+    const KIND: &'static str = "an object";
+    fn finish(self, e: &mut Encoder) {
+        self.fields.write(e);
+    }
+}
+
+/// A compound value being written into `out`; with `variant`, it is wrapped as the one entry
+/// of an object `{variant: value}`.
+struct Compound<'a, S> {
+    out: &'a mut Encoder,
+    variant: Option<&'static str>,
+    inner: S,
+    /// A serde_json special struct being written (a number or raw JSON).
+    special: Option<&'static str>,
+}
+
+impl<S: Inner> Compound<'_, S> {
+    fn close(self) -> R {
+        match self.variant {
+            None => self.inner.finish(self.out),
+            Some(v) => {
+                self.out.map(1);
+                self.out.str(v);
+                self.inner.finish(self.out);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'a> ser::Serializer for Ser<'a> {
+    type Ok = ();
+    type Error = SerError;
+    type SerializeSeq = Compound<'a, ArrayOf>;
+    type SerializeTuple = Compound<'a, ArrayOf>;
+    type SerializeTupleStruct = Compound<'a, ArrayOf>;
+    type SerializeTupleVariant = Compound<'a, ArrayOf>;
+    type SerializeMap = Compound<'a, MapOf>;
+    type SerializeStruct = Compound<'a, MapOf>;
+    type SerializeStructVariant = Compound<'a, MapOf>;
+
+    fn serialize_bool(self, v: bool) -> R {
+        self.0.bool(v);
+        Ok(())
+    }
+    fn serialize_i64(self, v: i64) -> R {
+        self.0.i64(v);
+        Ok(())
+    }
+    fn serialize_u64(self, v: u64) -> R {
+        self.0.u64(v);
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> R {
+        self.serialize_i64(v as i64)
+    }
+    fn serialize_i16(self, v: i16) -> R {
+        self.serialize_i64(v as i64)
+    }
+    fn serialize_i32(self, v: i32) -> R {
+        self.serialize_i64(v as i64)
+    }
+    fn serialize_u8(self, v: u8) -> R {
+        self.serialize_u64(v as u64)
+    }
+    fn serialize_u16(self, v: u16) -> R {
+        self.serialize_u64(v as u64)
+    }
+    fn serialize_u32(self, v: u32) -> R {
+        self.serialize_u64(v as u64)
+    }
+    fn serialize_i128(self, v: i128) -> R {
+        self.0.json(&serde_json::to_value(v).map_err(json_err)?);
+        Ok(())
+    }
+    fn serialize_u128(self, v: u128) -> R {
+        self.0.json(&serde_json::to_value(v).map_err(json_err)?);
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> R {
+        self.0.json(&serde_json::to_value(v).map_err(json_err)?);
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> R {
+        if v.is_finite() {
+            self.0.f64(v);
+        } else {
+            self.0.null();
+        }
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> R {
+        self.0.str(v.encode_utf8(&mut [0; 4]));
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> R {
+        self.0.str(v);
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> R {
+        self.0.array(v.len());
+        for &b in v {
+            self.0.u64(b as u64);
+        }
+        Ok(())
+    }
+    fn serialize_none(self) -> R {
+        self.0.null();
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> R {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> R {
+        self.0.null();
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> R {
+        self.0.null();
+        Ok(())
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> R {
+        self.0.str(variant);
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> R {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> R {
+        self.0.map(1);
+        self.0.str(variant);
+        v.serialize(Ser(self.0))
+    }
+    fn serialize_seq(self, _: Option<usize>) -> R<Self::SerializeSeq> {
+        Ok(self.compound(None, ArrayOf::default()))
+    }
+    fn serialize_tuple(self, _: usize) -> R<Self::SerializeTuple> {
+        Ok(self.compound(None, ArrayOf::default()))
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> R<Self::SerializeTupleStruct> {
+        Ok(self.compound(None, ArrayOf::default()))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> R<Self::SerializeTupleVariant> {
+        Ok(self.compound(Some(variant), ArrayOf::default()))
+    }
+    fn serialize_map(self, _: Option<usize>) -> R<Self::SerializeMap> {
+        Ok(self.compound(None, MapOf::default()))
+    }
+    fn serialize_struct(self, name: &'static str, _: usize) -> R<Self::SerializeStruct> {
+        let mut c = self.compound(None, MapOf::default());
+        c.special = (name == NUMBER_TOKEN || name == RAW_TOKEN).then_some(name);
+        Ok(c)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> R<Self::SerializeStructVariant> {
+        Ok(self.compound(Some(variant), MapOf::default()))
+    }
+}
+
+impl<'a> Ser<'a> {
+    fn compound<S>(self, variant: Option<&'static str>, inner: S) -> Compound<'a, S> {
+        Compound {
+            out: self.0,
+            variant,
+            inner,
+            special: None,
+        }
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_, ArrayOf> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.inner.push(v)
+    }
+    fn end(self) -> R {
+        self.close()
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_, ArrayOf> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.inner.push(v)
+    }
+    fn end(self) -> R {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_, ArrayOf> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.inner.push(v)
+    }
+    fn end(self) -> R {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_, ArrayOf> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.inner.push(v)
+    }
+    fn end(self) -> R {
+        self.close()
+    }
+}
+
+impl ser::SerializeMap for Compound<'_, MapOf> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> R {
+        self.inner.key = Some(map_key(k)?);
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        let k = self
+            .inner
+            .key
+            .take()
+            .ok_or_else(|| SerError("a map value without its key".into()))?;
+        self.inner.fields.value(k, v)
+    }
+    fn end(self) -> R {
+        self.close()
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_, MapOf> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, k: &'static str, v: &T) -> R {
+        match self.special {
+            None => self.inner.fields.value(k.to_owned(), v),
+            Some(name) => {
+                // serde_json's number or raw JSON: its text, read as the `Value` path would.
+                let text = v.serialize(TextOf)?;
+                let value: serde_json::Value = if name == NUMBER_TOKEN {
+                    serde_json::Value::Number(
+                        text.parse()
+                            .map_err(|_| SerError(format!("bad number {text:?}")))?,
+                    )
+                } else {
+                    serde_json::from_str(&text).map_err(json_err)?
+                };
+                self.out.json(&value);
+                self.special = Some(""); // written: `end` adds nothing
+                Ok(())
+            }
+        }
+    }
+    fn end(self) -> R {
+        if self.special.is_some() {
+            return Ok(());
+        }
+        self.close()
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_, MapOf> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, k: &'static str, v: &T) -> R {
+        self.inner.fields.value(k.to_owned(), v)
+    }
+    fn end(self) -> R {
+        self.close()
+    }
+}
+
+/// A map key as serde_json makes it: strings and characters as they are; anything else
+/// (numbers, booleans, unit variants…) through serde_json itself, which also refuses what
+/// cannot be a key.
+fn map_key<T: Serialize + ?Sized>(k: &T) -> R<String> {
+    if let Ok(s) = k.serialize(TextOf) {
+        return Ok(s);
+    }
+    struct One<'a, T: ?Sized>(&'a T);
+    impl<T: Serialize + ?Sized> Serialize for One<'_, T> {
+        fn serialize<S: ser::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeMap;
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry(self.0, &())?;
+            m.end()
+        }
+    }
+    match serde_json::to_value(One(k)).map_err(json_err)? {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .next()
+            .map(|(k, _)| k)
+            .ok_or_else(|| SerError("key must be a string".into())),
+        _ => Err(SerError("key must be a string".into())),
+    }
+}
+
+// ------------------------------------------------------------------------------ helpers
+
+/// Accepts only text (a string, a character, or one inside a newtype) and returns it; any
+/// other value is an error (the caller then asks serde_json).
+struct TextOf;
+
+fn not_text() -> SerError {
+    SerError("not text".into())
+}
+
+impl ser::Serializer for TextOf {
+    type Ok = String;
+    type Error = SerError;
+    type SerializeSeq = Impossible<String, SerError>;
+    type SerializeTuple = Impossible<String, SerError>;
+    type SerializeTupleStruct = Impossible<String, SerError>;
+    type SerializeTupleVariant = Impossible<String, SerError>;
+    type SerializeMap = Impossible<String, SerError>;
+    type SerializeStruct = Impossible<String, SerError>;
+    type SerializeStructVariant = Impossible<String, SerError>;
+
+    fn serialize_str(self, v: &str) -> R<String> {
+        Ok(v.to_owned())
+    }
+    fn serialize_char(self, v: char) -> R<String> {
+        Ok(v.to_string())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> R<String> {
+        v.serialize(self)
+    }
+    fn serialize_bool(self, _: bool) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_i64(self, _: i64) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_u64(self, _: u64) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_i8(self, _: i8) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_i16(self, _: i16) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_i32(self, _: i32) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_u8(self, _: u8) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_u16(self, _: u16) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_u32(self, _: u32) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_f32(self, _: f32) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_f64(self, _: f64) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_bytes(self, _: &[u8]) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_none(self) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_unit(self) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> R<String> {
+        Err(not_text())
+    }
+    fn serialize_seq(self, _: Option<usize>) -> R<Self::SerializeSeq> {
+        Err(not_text())
+    }
+    fn serialize_tuple(self, _: usize) -> R<Self::SerializeTuple> {
+        Err(not_text())
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> R<Self::SerializeTupleStruct> {
+        Err(not_text())
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> R<Self::SerializeTupleVariant> {
+        Err(not_text())
+    }
+    fn serialize_map(self, _: Option<usize>) -> R<Self::SerializeMap> {
+        Err(not_text())
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> R<Self::SerializeStruct> {
+        Err(not_text())
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> R<Self::SerializeStructVariant> {
+        Err(not_text())
+    }
+}
+
+// ------------------------------------------------------------------------------ `_id`
+
+/// The `_id` value: a string, or the kind of value it is instead.
+type IdValue = std::result::Result<String, &'static str>;
+
+struct IdSer;
+
+/// A compound `_id` (an error either way): its parts are still written, to a scratch buffer,
+/// so that what serde_json would refuse in them is refused here too.
+struct IdSkip {
+    kind: &'static str,
+    scratch: Encoder,
+    /// serde_json's raw-JSON struct: its text decides.
+    raw: bool,
+    /// What a raw `_id` turned out to be.
+    raw_value: Option<IdValue>,
+}
+
+impl IdSkip {
+    fn new(kind: &'static str) -> IdSkip {
+        IdSkip {
+            kind,
+            scratch: Encoder { buf: Vec::new() },
+            raw: false,
+            raw_value: None,
+        }
+    }
+
+    fn part<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.scratch.buf.clear();
+        v.serialize(Ser(&mut self.scratch))
+    }
+
+    fn end(self) -> R<IdValue> {
+        Ok(self.raw_value.unwrap_or(Err(self.kind)))
+    }
+}
+
+impl ser::SerializeSeq for IdSkip {
+    type Ok = IdValue;
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.part(v)
+    }
+    fn end(self) -> R<IdValue> {
+        IdSkip::end(self)
+    }
+}
+
+impl ser::SerializeTuple for IdSkip {
+    type Ok = IdValue;
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.part(v)
+    }
+    fn end(self) -> R<IdValue> {
+        IdSkip::end(self)
+    }
+}
+
+impl ser::SerializeTupleStruct for IdSkip {
+    type Ok = IdValue;
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.part(v)
+    }
+    fn end(self) -> R<IdValue> {
+        IdSkip::end(self)
+    }
+}
+
+impl ser::SerializeTupleVariant for IdSkip {
+    type Ok = IdValue;
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.part(v)
+    }
+    fn end(self) -> R<IdValue> {
+        IdSkip::end(self)
+    }
+}
+
+impl ser::SerializeMap for IdSkip {
+    type Ok = IdValue;
+    type Error = SerError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> R {
+        map_key(k).map(drop)
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.part(v)
+    }
+    fn end(self) -> R<IdValue> {
+        IdSkip::end(self)
+    }
+}
+
+impl ser::SerializeStruct for IdSkip {
+    type Ok = IdValue;
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> R {
+        if self.raw {
+            let text = v.serialize(TextOf)?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
+            self.raw_value = Some(value.serialize(IdSer)?);
+            return Ok(());
+        }
+        self.part(v)
+    }
+    fn end(self) -> R<IdValue> {
+        IdSkip::end(self)
+    }
+}
+
+impl ser::SerializeStructVariant for IdSkip {
+    type Ok = IdValue;
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> R {
+        self.part(v)
+    }
+    fn end(self) -> R<IdValue> {
+        IdSkip::end(self)
+    }
+}
+
+impl ser::Serializer for IdSer {
+    type Ok = IdValue;
+    type Error = SerError;
+    type SerializeSeq = IdSkip;
+    type SerializeTuple = IdSkip;
+    type SerializeTupleStruct = IdSkip;
+    type SerializeTupleVariant = IdSkip;
+    type SerializeMap = IdSkip;
+    type SerializeStruct = IdSkip;
+    type SerializeStructVariant = IdSkip;
+
+    fn serialize_str(self, v: &str) -> R<IdValue> {
+        Ok(Ok(v.to_owned()))
+    }
+    fn serialize_char(self, v: char) -> R<IdValue> {
+        Ok(Ok(v.to_string()))
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, v: &'static str) -> R<IdValue> {
+        Ok(Ok(v.to_owned()))
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> R<IdValue> {
+        v.serialize(self)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> R<IdValue> {
+        v.serialize(self)
+    }
+    fn serialize_bool(self, _: bool) -> R<IdValue> {
+        Ok(Err("a boolean"))
+    }
+    fn serialize_i64(self, _: i64) -> R<IdValue> {
+        Ok(Err("a number"))
+    }
+    fn serialize_u64(self, _: u64) -> R<IdValue> {
+        Ok(Err("a number"))
+    }
+    fn serialize_i8(self, _: i8) -> R<IdValue> {
+        Ok(Err("a number"))
+    }
+    fn serialize_i16(self, _: i16) -> R<IdValue> {
+        Ok(Err("a number"))
+    }
+    fn serialize_i32(self, _: i32) -> R<IdValue> {
+        Ok(Err("a number"))
+    }
+    fn serialize_u8(self, _: u8) -> R<IdValue> {
+        Ok(Err("a number"))
+    }
+    fn serialize_u16(self, _: u16) -> R<IdValue> {
+        Ok(Err("a number"))
+    }
+    fn serialize_u32(self, _: u32) -> R<IdValue> {
+        Ok(Err("a number"))
+    }
+    fn serialize_i128(self, v: i128) -> R<IdValue> {
+        serde_json::to_value(v).map_err(json_err)?;
+        Ok(Err("a number"))
+    }
+    fn serialize_u128(self, v: u128) -> R<IdValue> {
+        serde_json::to_value(v).map_err(json_err)?;
+        Ok(Err("a number"))
+    }
+    fn serialize_f32(self, v: f32) -> R<IdValue> {
+        Ok(Err(float_kind(v as f64)))
+    }
+    fn serialize_f64(self, v: f64) -> R<IdValue> {
+        Ok(Err(float_kind(v)))
+    }
+    fn serialize_bytes(self, _: &[u8]) -> R<IdValue> {
+        Ok(Err("an array"))
+    }
+    fn serialize_none(self) -> R<IdValue> {
+        Ok(Err("null"))
+    }
+    fn serialize_unit(self) -> R<IdValue> {
+        Ok(Err("null"))
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> R<IdValue> {
+        Ok(Err("null"))
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        v: &T,
+    ) -> R<IdValue> {
+        v.serialize(Ser(&mut Encoder { buf: Vec::new() }))?;
+        Ok(Err("an object"))
+    }
+    fn serialize_seq(self, _: Option<usize>) -> R<IdSkip> {
+        Ok(IdSkip::new("an array"))
+    }
+    fn serialize_tuple(self, _: usize) -> R<IdSkip> {
+        Ok(IdSkip::new("an array"))
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> R<IdSkip> {
+        Ok(IdSkip::new("an array"))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> R<IdSkip> {
+        Ok(IdSkip::new("an object"))
+    }
+    fn serialize_map(self, _: Option<usize>) -> R<IdSkip> {
+        Ok(IdSkip::new("an object"))
+    }
+    fn serialize_struct(self, name: &'static str, _: usize) -> R<IdSkip> {
+        let mut s = IdSkip::new("an object");
+        if name == NUMBER_TOKEN {
+            s.kind = "a number";
+        }
+        s.raw = name == RAW_TOKEN;
+        Ok(s)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> R<IdSkip> {
+        Ok(IdSkip::new("an object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::prepare;
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Serialize;
+    use serde_json::{json, Value};
+    use std::collections::{BTreeMap, HashMap};
+
+    /// What the `Value` path makes of `x`: errors compared by message.
+    fn via_value<T: Serialize>(x: &T) -> std::result::Result<(String, Vec<u8>), String> {
+        let v = serde_json::to_value(x).map_err(|e| e.to_string())?;
+        prepare(&v).map_err(|e| e.to_string())
+    }
+
+    fn direct<T: Serialize>(x: &T) -> std::result::Result<(String, Vec<u8>), String> {
+        prepare_serialize(x).map_err(|e| e.to_string())
+    }
+
+    /// Same outcome, with generated ids (no `_id`) compared by shape only.
+    fn same<T: Serialize>(x: &T) {
+        match (direct(x), via_value(x)) {
+            (Ok((ia, a)), Ok((ib, b))) => {
+                assert_eq!(a, b);
+                if ia.len() == 36 && ib.len() == 36 && ia != ib {
+                    return; // two fresh UUIDv7s
+                }
+                assert_eq!(ia, ib);
+            }
+            (Err(a), Err(b)) => assert!(a == b || a.ends_with(&b) || b.ends_with(&a), "{a} vs {b}"),
+            (a, b) => panic!("{a:?} vs {b:?}"),
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|x| json!(x)),
+            "[a-z_\\\\\"\u{e9}\u{1F600} ]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..30).prop_map(Value::Array),
+                prop::collection::btree_map("_?[a-z\u{e9}]{0,6}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any `Value`, a document or not: the same body, id and error as `prepare`.
+        #[test]
+        fn values_agree_with_the_value_path(v in arb_json(), id in prop::option::of(arb_json())) {
+            let mut v = v;
+            if let (Value::Object(m), Some(id)) = (&mut v, id) {
+                m.insert("_id".into(), id);
+            }
+            same(&v);
+        }
+    }
+
+    #[derive(Serialize)]
+    enum Kind {
+        Unit,
+        New(u8),
+        Tuple(i32, String),
+        Struct { a: Option<bool>, b: f32 },
+    }
+
+    #[derive(Serialize)]
+    struct Wrapper(String);
+
+    #[derive(Serialize)]
+    struct Doc {
+        _id: Wrapper,
+        title: String,
+        n: u64,
+        neg: i16,
+        ratio: f64,
+        bad: f64,
+        small: f32,
+        big: u128,
+        wide: i128,
+        letter: char,
+        bytes: Vec<u8>,
+        tuple: (u8, &'static str, ()),
+        kinds: Vec<Kind>,
+        nested: BTreeMap<String, Vec<Option<i32>>>,
+        by_number: HashMap<i32, &'static str>,
+        by_bool: BTreeMap<bool, u8>,
+        by_float: BTreeMap<u8, f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        skipped: Option<u8>,
+        #[serde(flatten)]
+        extra: BTreeMap<String, Value>,
+    }
+
+    fn sample() -> Doc {
+        Doc {
+            _id: Wrapper("doc-1".into()),
+            title: "Document number 1".into(),
+            n: 7919,
+            neg: -3,
+            ratio: 1.0,
+            bad: f64::NAN,
+            small: 1.1,
+            big: u64::MAX as u128,
+            wide: -5,
+            letter: 'é',
+            bytes: vec![0, 1, 255],
+            tuple: (1, "two", ()),
+            kinds: vec![
+                Kind::Unit,
+                Kind::New(3),
+                Kind::Tuple(-1, "x".into()),
+                Kind::Struct { a: None, b: 2.5 },
+            ],
+            nested: BTreeMap::from([("k".into(), vec![Some(1), None])]),
+            by_number: HashMap::from([(10, "ten"), (-2, "minus two"), (3, "three")]),
+            by_bool: BTreeMap::from([(true, 1), (false, 0)]),
+            by_float: BTreeMap::from([(1, 0.5)]),
+            skipped: None,
+            extra: BTreeMap::from([("zz".into(), json!({"deep": [1, {"b": 2, "a": 1}]}))]),
+        }
+    }
+
+    #[test]
+    fn program_types_agree_with_the_value_path() {
+        same(&sample());
+        assert_eq!(direct(&sample()).unwrap().0, "doc-1");
+        // Top-level enum variants with data are one-entry objects; others are not documents.
+        same(&Kind::New(1));
+        same(&Kind::Tuple(1, "a".into()));
+        same(&Kind::Struct {
+            a: Some(true),
+            b: 0.0,
+        });
+        same(&Kind::Unit);
+        same(&Some(sample()));
+        same(&"text");
+        same(&3u8);
+        same(&f64::INFINITY);
+        same(&vec![1, 2]);
+        same(&());
+    }
+
+    #[test]
+    fn ids_and_errors_agree_with_the_value_path() {
+        #[derive(Serialize)]
+        struct Id<T> {
+            _id: T,
+            v: u8,
+        }
+        same(&Id { _id: 5u32, v: 1 });
+        same(&Id {
+            _id: Option::<String>::None,
+            v: 1,
+        });
+        same(&Id {
+            _id: Some("x"),
+            v: 1,
+        });
+        same(&Id { _id: 'c', v: 1 });
+        same(&Id {
+            _id: Kind::Unit,
+            v: 1,
+        });
+        same(&Id {
+            _id: Kind::New(1),
+            v: 1,
+        });
+        same(&Id { _id: vec![1], v: 1 });
+        same(&Id {
+            _id: f64::NAN,
+            v: 1,
+        });
+        same(&Id { _id: "", v: 1 });
+        same(&Id {
+            _id: "x".repeat(1025),
+            v: 1,
+        });
+        same(&Id {
+            _id: u128::MAX,
+            v: 1,
+        });
+        #[derive(Serialize)]
+        struct Reserved {
+            _rev: u8,
+            _files: u8,
+        }
+        same(&Reserved { _rev: 1, _files: 2 });
+        // Numbers and keys serde_json refuses are refused.
+        #[derive(Serialize)]
+        struct Huge {
+            n: u128,
+        }
+        same(&Huge { n: u128::MAX });
+        assert!(direct(&Huge { n: u128::MAX }).is_err());
+        let bad_key: BTreeMap<Vec<u8>, u8> = BTreeMap::from([(vec![1], 1)]);
+        same(&json!({}));
+        assert!(direct(&BTreeMap::from([("k", bad_key)])).is_err());
+        let nan_key: BTreeMap<String, BTreeMap<u8, u8>> = BTreeMap::new();
+        same(&nan_key);
+        // Over the size limit.
+        same(&json!({"_id": "big", "b": "x".repeat(MAX_DOC_BYTES)}));
+    }
+}
