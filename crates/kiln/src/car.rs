@@ -10,8 +10,8 @@
 //!
 //! The plaintext of all segments, concatenated, is a valid CAR v1 stream (header with the file's
 //! roots, then `varint ‖ CID ‖ data` sections); segments end on section boundaries, so a block is
-//! read by opening exactly one segment. A file is named by the sha2-256 of all its bytes, so
-//! storage can check a file without the key.
+//! read by opening exactly one segment. A file is named by the hash of all its bytes (BLAKE3
+//! from version 3, sha2-256 before), so storage can check a file without the key.
 
 use crate::block::cbor::{CborError, Decoder, Encoder};
 use crate::block::cid::{hex, unhex, Cid, CID_LEN};
@@ -21,7 +21,9 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 pub const MAGIC: &[u8; 8] = b"KILNDIFF";
-pub const VERSION: u32 = 2;
+/// The version written. 3: named by BLAKE3; 2: LZ4-compressed segments, tree nodes marked in
+/// the index, named by sha2-256; 1: raw segments, no node marks, sha2-256. All three are read.
+pub const VERSION: u32 = 3;
 /// Largest segment plaintext a compressed segment may declare (a segment holds ≤ 16 KiB unless
 /// one block is larger; blocks are ≤ ~1 MiB).
 const MAX_SEGMENT: usize = 64 << 20;
@@ -38,7 +40,7 @@ pub const PAGE_ENTRIES: usize = 256;
 /// Most entries a reader accepts in one page (writers may choose any page size up to it).
 pub const MAX_PAGE_ENTRIES: usize = 4096;
 
-/// A file's name: the sha2-256 of its bytes.
+/// A file's name: the hash of its bytes (see [`FileName::of`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FileName(pub [u8; 32]);
 
@@ -51,8 +53,14 @@ impl std::hash::Hash for FileName {
 }
 
 impl FileName {
+    /// The name of a file's bytes: BLAKE3 for version 3 on, sha2-256 for files of versions 1
+    /// and 2 (and for bytes that are no diff file at all), as their header says.
     pub fn of(bytes: &[u8]) -> FileName {
-        FileName(Sha256::digest(bytes).into())
+        if names_by_blake3(bytes) {
+            FileName(*blake3::hash(bytes).as_bytes())
+        } else {
+            FileName(Sha256::digest(bytes).into())
+        }
     }
     pub fn parse(s: &str) -> Option<FileName> {
         let v = unhex(s)?;
@@ -452,7 +460,7 @@ fn car_header(roots: &[Cid]) -> Vec<u8> {
 pub struct StreamWriter<'a> {
     key: &'a Key,
     out: &'a mut dyn std::io::Write,
-    hash: Sha256,
+    hash: blake3::Hasher,
     len: u64,
     meta: Meta,
     cur: Vec<u8>,
@@ -472,7 +480,7 @@ impl<'a> StreamWriter<'a> {
         let mut w = StreamWriter {
             key,
             out,
-            hash: Sha256::new(),
+            hash: blake3::Hasher::new(),
             len: 0,
             cur: car_header(&meta.roots),
             meta,
@@ -547,7 +555,7 @@ impl<'a> StreamWriter<'a> {
         let (index, index_len) =
             write_tail_at(self.key, meta, &mut entries, seg_at, self.len, &mut tail)?;
         self.emit(&tail)?;
-        let name = FileName(self.hash.finalize().into());
+        let name = FileName(*self.hash.finalize().as_bytes());
         let index = Index {
             entries: if index.pages.is_empty() {
                 entries
@@ -663,13 +671,25 @@ pub fn parse_trailer(file_len: u64, t: &[u8]) -> Result<(u64, u32), FormatError>
     Ok((off, len))
 }
 
+/// Whether a file is named by BLAKE3: its header says version 3 or later.
+fn names_by_blake3(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_LEN
+        && &bytes[..8] == MAGIC
+        && u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) >= 3
+}
+
+/// Whether this kiln reads a file or index of version `v`.
+fn known_version(v: u64) -> bool {
+    (1..=VERSION as u64).contains(&v)
+}
+
 /// Checks the 16-byte header.
 pub fn check_header(h: &[u8]) -> Result<(), FormatError> {
     if h.len() < HEADER_LEN || &h[..8] != MAGIC {
         return Err(FormatError::Framing("not a kiln diff file"));
     }
     let v = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if v != 1 && v != VERSION {
+    if !known_version(v as u64) {
         return Err(FormatError::Version(v));
     }
     if h[12..16] != [0, 0, 0, 0] {
@@ -691,7 +711,7 @@ impl Index {
         }
         d.key("v")?;
         let v = d.u64()?;
-        if v != 1 && v != VERSION as u64 {
+        if !known_version(v) {
             return Err(FormatError::Version(v.min(u32::MAX as u64) as u32));
         }
         d.key("at")?;

@@ -1,8 +1,9 @@
 //! Reads the checked-in format fixtures (`tests/fixtures/v1`: head records and diff files of
-//! version 1; `tests/fixtures/v2`: today's formats: head record version 2, a snapshot and three
-//! appended deltas, whose level-0 diffs hold no tree nodes, so reading it rebuilds the current
-//! tree; diff files version 2, with compressed segments; a purge and a cut; both
-//! written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
+//! version 1; `tests/fixtures/v2`: head record version 2, a snapshot and three appended deltas,
+//! whose level-0 diffs hold no tree nodes, so reading it rebuilds the current tree; diff files
+//! version 2, with compressed segments, named by sha2-256; a purge and a cut;
+//! `tests/fixtures/v3`: today's formats, the same with diff files version 3, named by BLAKE3;
+//! all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
 //! them, or that changes the CIDs kiln computes for the same content, fails here: formats are
 //! contracts.
 
@@ -16,6 +17,8 @@ const ROOT: &str = "bafyreige7n5eeymvvsqnnclsw2jaaxxup6funum2h5h4bjygbw2jzbtofm"
 struct Fixture {
     dir: &'static str,
     events: [&'static str; 3],
+    /// The event of the "cut" database before which history was dropped (v2 on).
+    cut_at: &'static str,
 }
 
 const V1: Fixture = Fixture {
@@ -25,6 +28,7 @@ const V1: Fixture = Fixture {
         "bafyreigvory4f2u3pvab54u5vuiklgy5cg43yeslwshc4pojia2kuef2ru",
         "bafyreig7s55dksaas3uj5qwzfiohpdp6mhfqbkfh2qbztj3smpt5zj4tse",
     ],
+    cut_at: "",
 };
 
 const V2: Fixture = Fixture {
@@ -34,10 +38,18 @@ const V2: Fixture = Fixture {
         "bafyreiholhqkazgtsw2scnxvsja7yuyvpaai5urgtqk6dory23rzkwljbm",
         "bafyreif7b4inubrw3o5vqyzruvqx5s2ubwiiyaknmfdnuvmfjww2mm643a",
     ],
+    cut_at: "bafyreiezv7undhoyes2lnv7jdf7oquaqq7ysmjbgz5sbm624ko34bdifdq",
 };
 
-/// The event of the v2 fixture's "cut" database before which history was dropped.
-const CUT_AT: &str = "bafyreiezv7undhoyes2lnv7jdf7oquaqq7ysmjbgz5sbm624ko34bdifdq";
+const V3: Fixture = Fixture {
+    dir: "v3",
+    events: [
+        "bafyreiejkze6sx2uldzywmiosujanufcubojsp3dvrpslf2tykz4f5zhny",
+        "bafyreigjvvczygq3rfkvne7sayam5u25q4hfnrdax7gu7efnbynesqhgfy",
+        "bafyreiabwws34pqvsyltzuui5nlrbfke27s6lpmfnm6w5lbhgzwtwgs3vy",
+    ],
+    cut_at: "bafyreicbgzo6i72ev7xk522uzarlavi73olunxnsd7yddftb5ezxo7e6ha",
+};
 
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -70,6 +82,49 @@ fn v1_fixture_reads_and_verifies() {
 #[test]
 fn v2_fixture_reads_and_verifies() {
     reads_and_verifies(&V2);
+}
+
+#[test]
+fn v3_fixture_reads_and_verifies() {
+    reads_and_verifies(&V3);
+}
+
+/// Diff files are named by the hash their version says: sha2-256 up to version 2, BLAKE3 from
+/// version 3 (what this kiln writes).
+#[test]
+fn file_names_are_the_hash_of_their_version() {
+    use sha2::Digest;
+    for (f, version) in [(&V1, 1u32), (&V2, 2), (&V3, 3)] {
+        let (d, _store) = open(f);
+        let mut n = 0;
+        for shard in std::fs::read_dir(d.path().join("files")).unwrap() {
+            let shard = shard.unwrap().path();
+            if !shard.is_dir()
+                || shard
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with('.')
+            {
+                continue;
+            }
+            for file in std::fs::read_dir(&shard).unwrap() {
+                let path = file.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                assert_eq!(bytes[8..12], version.to_le_bytes(), "{path:?}");
+                let want = if version >= 3 {
+                    blake3::hash(&bytes).to_hex().to_string()
+                } else {
+                    let h: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+                    h.iter().map(|b| format!("{b:02x}")).collect()
+                };
+                assert_eq!(path.file_stem().unwrap().to_str().unwrap(), want);
+                n += 1;
+            }
+        }
+        assert!(n > 0, "{}", f.dir);
+    }
 }
 
 /// A version-1 database gets a version-2 head record on its next commit and keeps everything.
@@ -121,7 +176,7 @@ fn reads_and_verifies(f: &Fixture) {
         assert_eq!(m.merge_from(&side, None).unwrap().events, 0);
         // "cut": puts k=0..4 of c0,c1,c2,c0,c1, history dropped before k=2, then c9.
         let c = store.open_db("cut").unwrap();
-        let at = Cid::parse(CUT_AT).unwrap();
+        let at = Cid::parse(f.cut_at).unwrap();
         assert_eq!(c.log(None).unwrap().len(), 4);
         assert_eq!(c.log(None).unwrap().last().unwrap().cid, at);
         assert_eq!(c.get_at("c0", &at).unwrap().unwrap()["k"], 0);
