@@ -294,11 +294,11 @@ pub fn range<S: NodeSource>(
         match &node.items {
             Items::Leaf(v) => {
                 let from = start.map_or(0, |s| node.keys.partition_point(|k| **k < *s));
-                for i in from..v.len() {
-                    if end.is_some_and(|e| *node.keys[i] >= *e) {
+                for (k, slot) in node.keys.iter().zip(v).skip(from) {
+                    if end.is_some_and(|e| **k >= *e) {
                         return Ok(false);
                     }
-                    if !f(&node.keys[i], &v[i])? {
+                    if !f(k, slot)? {
                         return Ok(false);
                     }
                 }
@@ -306,11 +306,11 @@ pub fn range<S: NodeSource>(
             }
             Items::Branch(c) => {
                 let from = start.map_or(0, |s| node.route(s));
-                for i in from..c.len() {
-                    if end.is_some_and(|e| *node.keys[i] >= *e) {
+                for (k, link) in node.keys.iter().zip(c).skip(from) {
+                    if end.is_some_and(|e| **k >= *e) {
                         return Ok(false);
                     }
-                    let child = child_of(src, node, &c[i])?;
+                    let child = child_of(src, node, link)?;
                     if !walk(src, &child, start, end, f)? {
                         return Ok(false);
                     }
@@ -708,7 +708,7 @@ impl Builder {
         };
         let n = kids.len();
         let mut at = 0;
-        for c in 0..n {
+        for (c, kid) in kids.iter().enumerate() {
             let end = if c + 1 < n {
                 at + ops[at..].partition_point(|o| *o.0 < *node.keys[c + 1])
             } else {
@@ -716,9 +716,9 @@ impl Builder {
             };
             let mine = &ops[at..end];
             if mine.is_empty() && self.clean_through(node.level - 1) {
-                self.push_child(node.level, node.keys[c].clone(), kids[c]);
+                self.push_child(node.level, node.keys[c].clone(), *kid);
             } else {
-                let child = child_of(src, node, &kids[c])?;
+                let child = child_of(src, node, kid)?;
                 self.walk(src, &child, mine, op_base + at)?;
             }
             at = end;
