@@ -79,8 +79,8 @@ const FILE_BUF_KEEP: usize = 8 << 20;
 /// A file this handle writes is kept in the block cache only up to this size.
 const FILE_CACHE_MAX: u64 = 128 << 10;
 
-/// Segment buffers of an uncached file kept for the next large transaction (1 MiB).
-const SEG_BUFS_KEEP: usize = 64;
+/// Bytes of segment buffers of an uncached file kept for the next large transaction.
+const SEG_BUFS_KEEP: usize = 1 << 20;
 
 /// A head record as read, with the commit counter it was read under (`None`: do not trust it
 /// for freshness checks).
@@ -1074,11 +1074,25 @@ impl Transaction {
             db: &self.db.inner,
             head: &self.base.head,
         };
-        match v.doc(id, self.base.head.root.as_ref()) {
-            // Nodes only in memory, dropped meanwhile (a compaction wrote them out): rebuild.
+        let root = self.base.head.root.as_ref();
+        match v.doc(id, root) {
+            // Nodes only in memory, dropped meanwhile: a compaction wrote them into a file
+            // this snapshot's head does not name (look in the current files too), or they
+            // belonged to no tree still in use (rebuild the snapshot's).
             Err(Error::MissingBlock(..)) => {
-                self.db.inner.ensure_tree(&self.base.head)?;
-                v.doc(id, self.base.head.root.as_ref())
+                let db = &self.db.inner;
+                let cur = db.refresh()?;
+                let mut both = self.base.head.clone();
+                let known = |f: &FileRef| self.base.head.files.iter().any(|g| g.name == f.name);
+                both.files
+                    .extend(cur.head.files.iter().filter(|f| !known(f)).copied());
+                match (View { db, head: &both }).doc(id, root) {
+                    Err(Error::MissingBlock(..)) => {
+                        db.ensure_tree(&self.base.head)?;
+                        v.doc(id, root)
+                    }
+                    r => r,
+                }
             }
             r => r,
         }
@@ -1498,9 +1512,12 @@ impl Db {
                 },
                 writes.len() + writes.len() / 8 + 2,
             );
-            w.recycle(std::mem::take(
-                &mut *db.seg_bufs.lock().unwrap_or_else(|p| p.into_inner()),
-            ));
+            if writes.len() >= CHECKPOINT_OPS {
+                // A large transaction refills the last one's segment buffers.
+                w.recycle(std::mem::take(
+                    &mut *db.seg_bufs.lock().unwrap_or_else(|p| p.into_inner()),
+                ));
+            }
             for (_, x) in &writes {
                 if let Some((c, body)) = x {
                     w.add(*c, body);
@@ -2559,8 +2576,14 @@ impl Db {
         if size > FILE_CACHE_MAX {
             // A large transaction's segments are not cached (they would push out what reads
             // use); their buffers serve the next one.
-            let mut keep = segments;
-            keep.truncate(SEG_BUFS_KEEP);
+            let mut room = SEG_BUFS_KEEP;
+            let keep: Vec<Vec<u8>> = segments
+                .into_iter()
+                .take_while(|s| {
+                    room = room.saturating_sub(s.capacity());
+                    room > 0
+                })
+                .collect();
             *self.seg_bufs.lock().unwrap_or_else(|p| p.into_inner()) = keep;
         } else {
             for (n, mut seg) in segments.into_iter().enumerate() {
@@ -2996,6 +3019,54 @@ mod tests {
             }
         }
         seen
+    }
+
+    /// Review finding: a transaction begun before a background level-0 compaction swapped in
+    /// reads nodes the compaction wrote into a file its snapshot does not name (they are no
+    /// longer pending), instead of failing with MissingBlock.
+    #[test]
+    fn a_transaction_reads_across_a_background_compaction_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::Options {
+            compact_threshold: 1000,
+            durability: crate::Durability::Buffered,
+            ..Default::default()
+        };
+        let store = crate::Store::open_with(dir.path(), opts).unwrap();
+        let db = store.create(Some("t")).unwrap();
+        for i in 0..300 {
+            db.put(&json!({"_id": format!("k{i:04}"), "v": i})).unwrap();
+        }
+        let inner = &db.inner;
+        inner
+            .with_lock(|db, head| Ok(((), db.compact_level(head, 0)?)))
+            .unwrap();
+        for i in (0..300).step_by(7) {
+            db.put(&json!({"_id": format!("k{i:04}"), "v": i + 1}))
+                .unwrap();
+        }
+        // The background compaction's snapshot and merge, without the lock...
+        let snap = inner.refresh().unwrap().head.clone();
+        let m = inner.merge_level(&snap, 0).unwrap().unwrap();
+        // ...commits meanwhile, a transaction begun...
+        for i in 0..3 {
+            db.put(&json!({"_id": format!("z{i}"), "v": i})).unwrap();
+        }
+        let tx = db.transaction().unwrap();
+        // ...and the swap, under the lock.
+        inner
+            .with_lock(|db, head| {
+                let ok = db.apply_merge(head, &m);
+                Ok((ok, if ok { m.replaced.clone() } else { Vec::new() }))
+            })
+            .unwrap();
+        for i in 0..300 {
+            let want = if i % 7 == 0 { i + 1 } else { i };
+            let got = tx.get(&format!("k{i:04}")).unwrap().unwrap();
+            assert_eq!(got["v"], want, "k{i:04}");
+            assert_eq!(db.get(&format!("k{i:04}")).unwrap().unwrap()["v"], want);
+        }
+        assert!(db.verify().unwrap().ok());
     }
 
     /// After a level-0 compaction made an older tree the base while later commits went on,

@@ -10,7 +10,8 @@
 //! ROOT/dbs/<name>/settings.json  database settings (optional)
 //! ROOT/dbs/<name>/HEAD       head record (replaced atomically)
 //! ROOT/dbs/<name>/LOCK       writer lock (flock) + commit counter
-//! ROOT/files/ab/<hash>.kdf   diff files, named by the sha2-256 of their bytes
+//! ROOT/files/ab/<hash>.kdf   diff files, named by the hash of their bytes (BLAKE3; sha2-256
+//!                            for files of format versions 1 and 2)
 //! ROOT/keys/<lineage>.key    keybag entries (0600)
 //! ```
 

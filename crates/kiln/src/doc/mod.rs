@@ -51,6 +51,12 @@ pub fn prepare(doc: &Value) -> Result<(String, Vec<u8>)> {
             )))
         }
     };
+    if nests_too_deep(obj) {
+        return Err(Error::InvalidDocument(format!(
+            "the document nests deeper than {} levels",
+            crate::block::cbor::MAX_DEPTH
+        )));
+    }
     let id = match obj.get("_id") {
         None => new_id(),
         Some(Value::String(s)) => {
@@ -84,6 +90,30 @@ pub fn prepare(doc: &Value) -> Result<(String, Vec<u8>)> {
         )));
     }
     Ok((id, body))
+}
+
+/// Whether a value inside the document sits deeper than a reader decodes (the document's own
+/// object is depth 0, a reader takes values down to depth 128; `_id` does not count). Walked with a stack of its own: a `Value` built by
+/// a program can be deeper than the call stack allows.
+fn nests_too_deep(obj: &Map<String, Value>) -> bool {
+    let max = crate::block::cbor::MAX_DEPTH;
+    let mut stack: Vec<(&Value, usize)> = obj
+        .iter()
+        .filter(|(k, _)| *k != "_id")
+        .map(|(_, v)| (v, 1))
+        .collect();
+    while let Some((v, depth)) = stack.pop() {
+        let kids: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(m) => Box::new(m.values()),
+            _ => continue,
+        };
+        if depth >= max {
+            return true; // a container whose items would sit deeper than a reader decodes
+        }
+        stack.extend(kids.map(|x| (x, depth + 1)));
+    }
+    false
 }
 
 /// Rebuilds the JSON document from its stored body.

@@ -84,6 +84,8 @@ fn json_err(e: serde_json::Error) -> SerError {
 struct Fields {
     keys: Vec<(String, std::ops::Range<usize>)>,
     values: Vec<u8>,
+    /// How many containers hold this object (0: the document itself).
+    depth: usize,
 }
 
 impl Fields {
@@ -93,7 +95,7 @@ impl Fields {
         let mut e = Encoder {
             buf: std::mem::take(&mut self.values),
         };
-        let r = v.serialize(Ser(&mut e));
+        let r = v.serialize(Ser(&mut e, self.depth + 1));
         self.values = e.buf;
         r?;
         self.keys.push((key, start..self.values.len()));
@@ -167,8 +169,18 @@ impl Top {
         self.fields.push_encoded(key, v);
     }
 
+    /// Notes a reserved name: the one reported is the first in the order a `serde_json::Map`
+    /// keeps (sorted, or insertion order under serde_json's `preserve_order` feature, which
+    /// another crate in the program may turn on), as on the `Value` path.
     fn note_reserved(&mut self, key: &str) {
-        if key.starts_with('_') && self.reserved.as_deref().is_none_or(|r| key < r) {
+        if !key.starts_with('_') {
+            return;
+        }
+        let first = match &self.reserved {
+            None => true,
+            Some(r) => !map_keeps_insertion_order() && key < r.as_str(),
+        };
+        if first {
             self.reserved = Some(key.to_owned());
         }
     }
@@ -185,6 +197,17 @@ fn float_kind(x: f64) -> &'static str {
     } else {
         "null"
     }
+}
+
+/// Whether `serde_json::Map` keeps insertion order (its `preserve_order` feature is on).
+fn map_keeps_insertion_order() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let mut m = serde_json::Map::new();
+        m.insert("b".into(), serde_json::Value::Null);
+        m.insert("a".into(), serde_json::Value::Null);
+        m.keys().next().is_some_and(|k| k == "b")
+    })
 }
 
 /// serde_json's names for the two structs it serializes specially: a number under its
@@ -208,9 +231,9 @@ struct TopVariant<'a, S> {
 impl<'a> ser::Serializer for TopSer<'a> {
     type Ok = ();
     type Error = SerError;
-    type SerializeSeq = Impossible<(), SerError>;
-    type SerializeTuple = Impossible<(), SerError>;
-    type SerializeTupleStruct = Impossible<(), SerError>;
+    type SerializeSeq = TopArray;
+    type SerializeTuple = TopArray;
+    type SerializeTupleStruct = TopArray;
     type SerializeTupleVariant = TopVariant<'a, ArrayOf>;
     type SerializeMap = TopMap<'a>;
     type SerializeStruct = TopMap<'a>;
@@ -294,13 +317,13 @@ impl<'a> ser::Serializer for TopSer<'a> {
         self.0.entry(variant.to_owned(), v)
     }
     fn serialize_seq(self, _: Option<usize>) -> R<Self::SerializeSeq> {
-        Err(not_object("an array"))
+        Ok(TopArray(ArrayOf::new(0)))
     }
     fn serialize_tuple(self, _: usize) -> R<Self::SerializeTuple> {
-        Err(not_object("an array"))
+        Ok(TopArray(ArrayOf::new(0)))
     }
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> R<Self::SerializeTupleStruct> {
-        Err(not_object("an array"))
+        Ok(TopArray(ArrayOf::new(0)))
     }
     fn serialize_tuple_variant(
         self,
@@ -312,7 +335,7 @@ impl<'a> ser::Serializer for TopSer<'a> {
         Ok(TopVariant {
             top: self.0,
             variant,
-            inner: ArrayOf::default(),
+            inner: ArrayOf::new(1),
         })
     }
     fn serialize_map(self, _: Option<usize>) -> R<Self::SerializeMap> {
@@ -339,8 +362,56 @@ impl<'a> ser::Serializer for TopSer<'a> {
         Ok(TopVariant {
             top: self.0,
             variant,
-            inner: MapOf::default(),
+            inner: MapOf::new(1),
         })
+    }
+}
+
+/// An array at the top level: not a document, but its items are still written (to nowhere
+/// useful), so that what serde_json would refuse in them is what is reported, as on the
+/// `Value` path.
+struct TopArray(ArrayOf);
+
+impl TopArray {
+    /// An item; nesting too deep does not matter here (an array is refused anyway).
+    fn push<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        match self.0.push(v) {
+            Err(e) if e.0 == too_deep().0 => Ok(()),
+            r => r,
+        }
+    }
+}
+
+impl ser::SerializeSeq for TopArray {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.push(v)
+    }
+    fn end(self) -> R {
+        Err(not_object("an array"))
+    }
+}
+
+impl ser::SerializeTuple for TopArray {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.push(v)
+    }
+    fn end(self) -> R {
+        Err(not_object("an array"))
+    }
+}
+
+impl ser::SerializeTupleStruct for TopArray {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+        self.push(v)
+    }
+    fn end(self) -> R {
+        Err(not_object("an array"))
     }
 }
 
@@ -426,8 +497,17 @@ impl ser::SerializeStructVariant for TopVariant<'_, MapOf> {
 
 // ------------------------------------------------------------------------------ values
 
-/// Any value, written as dag-cbor into the encoder.
-struct Ser<'a>(&'a mut Encoder);
+/// Any value, written as dag-cbor into the encoder, held by as many containers as the number
+/// says.
+struct Ser<'a>(&'a mut Encoder, usize);
+
+/// The deepest nesting a stored document may have (what a reader decodes).
+fn too_deep() -> SerError {
+    SerError(format!(
+        "the document nests deeper than {} levels",
+        crate::block::cbor::MAX_DEPTH
+    ))
+}
 
 /// Inner collectors of a compound value: what a `Ser` compound writes when it ends.
 trait Inner {
@@ -437,15 +517,24 @@ trait Inner {
 }
 
 /// An array's items, encoded one after another, and their count.
-#[derive(Default)]
 struct ArrayOf {
     items: Encoder,
     n: usize,
+    /// How many containers hold this array.
+    depth: usize,
 }
 
 impl ArrayOf {
+    fn new(depth: usize) -> ArrayOf {
+        ArrayOf {
+            items: Encoder { buf: Vec::new() },
+            n: 0,
+            depth,
+        }
+    }
+
     fn push<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        v.serialize(Ser(&mut self.items))?;
+        v.serialize(Ser(&mut self.items, self.depth + 1))?;
         self.n += 1;
         Ok(())
     }
@@ -460,10 +549,21 @@ impl Inner for ArrayOf {
 }
 
 /// An object's entries.
-#[derive(Default)]
 struct MapOf {
     fields: Fields,
     key: Option<String>,
+}
+
+impl MapOf {
+    fn new(depth: usize) -> MapOf {
+        MapOf {
+            fields: Fields {
+                depth,
+                ..Fields::default()
+            },
+            key: None,
+        }
+    }
 }
 
 impl Inner for MapOf {
@@ -602,18 +702,21 @@ impl<'a> ser::Serializer for Ser<'a> {
         variant: &'static str,
         v: &T,
     ) -> R {
+        if self.1 >= crate::block::cbor::MAX_DEPTH {
+            return Err(too_deep());
+        }
         self.0.map(1);
         self.0.str(variant);
-        v.serialize(Ser(self.0))
+        v.serialize(Ser(self.0, self.1 + 1))
     }
     fn serialize_seq(self, _: Option<usize>) -> R<Self::SerializeSeq> {
-        Ok(self.compound(None, ArrayOf::default()))
+        self.compound(None, ArrayOf::new)
     }
     fn serialize_tuple(self, _: usize) -> R<Self::SerializeTuple> {
-        Ok(self.compound(None, ArrayOf::default()))
+        self.compound(None, ArrayOf::new)
     }
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> R<Self::SerializeTupleStruct> {
-        Ok(self.compound(None, ArrayOf::default()))
+        self.compound(None, ArrayOf::new)
     }
     fn serialize_tuple_variant(
         self,
@@ -622,13 +725,13 @@ impl<'a> ser::Serializer for Ser<'a> {
         variant: &'static str,
         _: usize,
     ) -> R<Self::SerializeTupleVariant> {
-        Ok(self.compound(Some(variant), ArrayOf::default()))
+        self.compound(Some(variant), ArrayOf::new)
     }
     fn serialize_map(self, _: Option<usize>) -> R<Self::SerializeMap> {
-        Ok(self.compound(None, MapOf::default()))
+        self.compound(None, MapOf::new)
     }
     fn serialize_struct(self, name: &'static str, _: usize) -> R<Self::SerializeStruct> {
-        let mut c = self.compound(None, MapOf::default());
+        let mut c = self.compound(None, MapOf::new)?;
         c.special = (name == NUMBER_TOKEN || name == RAW_TOKEN).then_some(name);
         Ok(c)
     }
@@ -639,18 +742,28 @@ impl<'a> ser::Serializer for Ser<'a> {
         variant: &'static str,
         _: usize,
     ) -> R<Self::SerializeStructVariant> {
-        Ok(self.compound(Some(variant), MapOf::default()))
+        self.compound(Some(variant), MapOf::new)
     }
 }
 
 impl<'a> Ser<'a> {
-    fn compound<S>(self, variant: Option<&'static str>, inner: S) -> Compound<'a, S> {
-        Compound {
+    /// A container at this value's depth (inside a one-entry object for a variant), refused
+    /// where its items would sit deeper than a reader decodes.
+    fn compound<S>(
+        self,
+        variant: Option<&'static str>,
+        inner: impl FnOnce(usize) -> S,
+    ) -> R<Compound<'a, S>> {
+        let depth = self.1 + variant.is_some() as usize;
+        if depth >= crate::block::cbor::MAX_DEPTH {
+            return Err(too_deep());
+        }
+        Ok(Compound {
             out: self.0,
             variant,
-            inner,
+            inner: inner(depth),
             special: None,
-        }
+        })
     }
 }
 
@@ -939,9 +1052,13 @@ impl IdSkip {
         }
     }
 
+    /// A part; nesting too deep does not matter here (the `_id` is refused anyway).
     fn part<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
         self.scratch.buf.clear();
-        v.serialize(Ser(&mut self.scratch))
+        match v.serialize(Ser(&mut self.scratch, 2)) {
+            Err(e) if e.0 == too_deep().0 => Ok(()),
+            r => r,
+        }
     }
 
     fn end(self) -> R<IdValue> {
@@ -1121,7 +1238,10 @@ impl ser::Serializer for IdSer {
         _: &'static str,
         v: &T,
     ) -> R<IdValue> {
-        v.serialize(Ser(&mut Encoder { buf: Vec::new() }))?;
+        match v.serialize(Ser(&mut Encoder { buf: Vec::new() }, 2)) {
+            Err(e) if e.0 != too_deep().0 => return Err(e),
+            _ => {}
+        }
         Ok(Err("an object"))
     }
     fn serialize_seq(self, _: Option<usize>) -> R<IdSkip> {
@@ -1372,5 +1492,58 @@ mod tests {
         same(&nan_key);
         // Over the size limit.
         same(&json!({"_id": "big", "b": "x".repeat(MAX_DOC_BYTES)}));
+        // Review findings: what serde_json refuses inside a top-level array is what is
+        // reported (not "not an object").
+        same(&vec![u128::MAX]);
+        assert!(direct(&vec![u128::MAX])
+            .unwrap_err()
+            .contains("out of range"));
+        same(&(1u8, BTreeMap::from([(vec![1u8], 1u8)])));
+    }
+
+    /// Nesting: as deep as a reader decodes (values at depth 128 at most) is stored and reads
+    /// back; one level more is refused on every path (it used to be stored, then read back as
+    /// corruption).
+    #[test]
+    fn nesting_deeper_than_a_reader_decodes_is_refused() {
+        let max = crate::block::cbor::MAX_DEPTH;
+        // `levels` arrays inside the document's own object: the innermost at depth `levels`.
+        let nested = |levels: usize| {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!([v]);
+            }
+            json!({"_id": "deep", "a": v})
+        };
+        same(&nested(max - 1));
+        same(&nested(max));
+        let e = direct(&nested(max)).unwrap_err();
+        assert!(e.contains("nests deeper than 128"), "{e}");
+        // A deep `_id` is still just not a string; a deep top-level array not an object.
+        let mut deep_id = nested(max + 5);
+        deep_id["_id"] = deep_id["a"].take();
+        deep_id["a"] = json!(1);
+        same(&deep_id);
+        same(&nested(max + 5)["a"]);
+        // Stored at the limit, read back whole.
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let db = store.create(Some("t")).unwrap();
+        db.put(&nested(max - 1)).unwrap();
+        assert_eq!(db.get("deep").unwrap().unwrap(), nested(max - 1));
+        assert!(db.put(&nested(max)).is_err());
+        // A Value deeper than the call stack would allow is refused, not a crash.
+        let mut v = json!(1);
+        for _ in 0..200_000 {
+            v = Value::Array(vec![v]);
+        }
+        // (Not `json!`: it would copy `v` through serde_json::to_value, recursively.)
+        let mut m = serde_json::Map::new();
+        m.insert("_id".into(), json!("x"));
+        m.insert("a".into(), v);
+        let doc = Value::Object(m);
+        assert!(prepare(&doc).is_err());
+        assert!(direct(&doc).is_err());
+        std::mem::forget(doc); // (serde_json drops a Value recursively)
     }
 }
