@@ -913,13 +913,34 @@ pub fn block_in<'a>(seg: &'a [u8], e: &Entry) -> Result<&'a [u8], FormatError> {
     Ok(data)
 }
 
+/// A block as [`verify_file`] found it: its CID, its bytes, and whether it is structural (an
+/// event or a tree node; in a version-1 file, whose index does not mark tree nodes, anything
+/// but a document may be one, so every block counts).
+pub type CheckedBlock = (Cid, Vec<u8>, bool);
+
 /// A whole-file check: name, framing, every seal, every block hash, and that the index lists
 /// exactly the blocks present. Returns the index and all blocks.
 pub fn verify_file(
     key: &Key,
     name: &FileName,
     bytes: &[u8],
-) -> Result<(Index, Vec<(Cid, Vec<u8>)>), FormatError> {
+) -> Result<(Index, Vec<CheckedBlock>), FormatError> {
+    let mut blocks = Vec::new();
+    let index = verify_file_with(key, name, bytes, &mut |c, d, s| {
+        blocks.push((c, d.to_vec(), s))
+    })?;
+    Ok((index, blocks))
+}
+
+/// [`verify_file`] handing each block to `visit` (CID, bytes, structural) as its segment is
+/// opened, instead of collecting them: memory holds the file and one segment. A block is
+/// visited before the file is found whole; callers keep what they learn only on `Ok`.
+pub fn verify_file_with(
+    key: &Key,
+    name: &FileName,
+    bytes: &[u8],
+    visit: &mut dyn FnMut(Cid, &[u8], bool),
+) -> Result<Index, FormatError> {
     if FileName::of(bytes) != *name {
         return Err(FormatError::Framing(
             "file bytes do not hash to the file's name",
@@ -942,7 +963,14 @@ pub fn verify_file(
             &bytes[p.off as usize..(p.off + p.len as u64) as usize],
         )?);
     }
-    let mut blocks = Vec::new();
+    // (`entries` is sorted by CID once the check below passes; until then a kind may be wrong,
+    // and the caller drops what it saw.)
+    let structural = |c: &Cid| {
+        index.version < 2
+            || entries
+                .binary_search_by_key(c, |e| e.cid)
+                .is_ok_and(|i| entries[i].event || entries[i].node)
+    };
     let mut found: Vec<Entry> = Vec::new();
     for (n, (off, len)) in index.segs.iter().enumerate() {
         let plain = open_segment(
@@ -999,7 +1027,7 @@ pub fn verify_file(
                 event: false,
                 node: false,
             });
-            blocks.push((cid, data.to_vec()));
+            visit(cid, data, structural(&cid));
             pos += sl;
         }
     }
@@ -1017,7 +1045,7 @@ pub fn verify_file(
             "index does not list exactly the blocks in the file",
         ));
     }
-    Ok((index, blocks))
+    Ok(index)
 }
 
 #[cfg(test)]

@@ -831,7 +831,7 @@ impl Database {
                 .read_archived(&f.name)
                 .map_err(|e| Error::io(format!("archived file {}", f.name), e))?;
             let holds = match car::verify_file(&self.inner.key, &f.name, &bytes) {
-                Ok((_, blocks)) => blocks.iter().any(|(c, _)| ev.purge.contains(c)),
+                Ok((_, blocks)) => blocks.iter().any(|(c, ..)| ev.purge.contains(c)),
                 Err(_) => true, // unreadable: do not keep what may hold them
             };
             if holds {

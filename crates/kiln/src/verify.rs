@@ -12,10 +12,22 @@ use crate::tree::{self, Items, Mode, Node, NodeSource, Slot, TreeError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+/// Every checked block: the file it is in and, for events and tree nodes, its bytes (a
+/// document's bytes are checked as the file is read and not kept: they are most of a store).
+type Blocks = HashMap<Cid, (FileName, Option<Vec<u8>>)>;
+
+/// A block's bytes, or what it is instead (a document stored as such).
+fn structural<'a>(blocks: &'a Blocks, c: &Cid) -> Option<Result<&'a [u8], &'static str>> {
+    blocks.get(c).map(|(_, b)| {
+        b.as_deref()
+            .ok_or("it is stored as a document, not as an event or a tree node")
+    })
+}
+
 /// Tree nodes for verification: the checked blocks of the files, plus the nodes of the current
 /// tree rebuilt from the base tree and the level-0 events.
 struct Nodes<'a> {
-    blocks: &'a HashMap<Cid, (FileName, Vec<u8>)>,
+    blocks: &'a Blocks,
     rebuilt: HashMap<Cid, Arc<Node>>,
 }
 
@@ -25,10 +37,9 @@ impl NodeSource for Nodes<'_> {
         if let Some(n) = self.rebuilt.get(cid) {
             return Ok(n.clone());
         }
-        let (_, b) = self
-            .blocks
-            .get(cid)
-            .ok_or_else(|| format!("tree node {cid} is missing"))?;
+        let b = structural(self.blocks, cid)
+            .ok_or_else(|| format!("tree node {cid} is missing"))?
+            .map_err(|w| format!("block {cid} is not a tree node: {w}"))?;
         Node::decode(b)
             .map(Arc::new)
             .map_err(|e| format!("block {cid} is not a tree node: {}", e.0))
@@ -77,7 +88,9 @@ impl Report {
 
 pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) -> Report {
     let mut r = Report::default();
-    let mut blocks: HashMap<Cid, (FileName, Vec<u8>)> = HashMap::new();
+    let mut blocks: Blocks = HashMap::new();
+    // Documents that do not decode, with why (reported where an event names them).
+    let mut bad_docs: HashMap<Cid, &'static str> = HashMap::new();
     // The events of the level-0 files (one per diff): their writes on top of the base tree
     // make the current tree.
     let mut level0_events: Vec<Cid> = Vec::new();
@@ -114,20 +127,38 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                 );
             }
         }
-        match car::verify_file(key, &f.name, &bytes) {
-            Ok((idx, bs)) => {
+        // What this file holds, kept only if the whole file checks out.
+        let mut here: Vec<(Cid, Option<Vec<u8>>)> = Vec::new();
+        let mut bad_here: Vec<(Cid, &'static str)> = Vec::new();
+        let checked = car::verify_file_with(key, &f.name, &bytes, &mut |c, b, kept| {
+            if blocks.contains_key(&c) {
+                return;
+            }
+            if kept {
+                here.push((c, Some(b.to_vec())));
+            } else {
+                if let Err(w) = doc::decode("", b) {
+                    bad_here.push((c, w));
+                }
+                here.push((c, None));
+            }
+        });
+        drop(bytes);
+        match checked {
+            Ok(idx) => {
                 if f.level == 0 {
                     level0_events.extend_from_slice(&idx.meta.roots);
                 }
-                r.blocks += bs.len();
-                for (c, b) in bs {
+                r.blocks += idx.block_count();
+                for (c, b) in here {
                     blocks.entry(c).or_insert((f.name, b));
                 }
+                bad_docs.extend(bad_here);
             }
             Err(e) => r.bad(loc, e.to_string()),
         }
     }
-    let where_ = |c: &Cid, blocks: &HashMap<Cid, (FileName, Vec<u8>)>| match blocks.get(c) {
+    let where_ = |c: &Cid, blocks: &Blocks| match blocks.get(c) {
         Some((f, _)) => format!("block {c} in file {f}"),
         None => format!("block {c}"),
     };
@@ -140,9 +171,16 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
         if !seen.insert(c) {
             continue;
         }
-        let Some((_, b)) = blocks.get(&c) else {
-            r.bad(format!("event {c}"), "event block is missing");
-            continue;
+        let b = match structural(&blocks, &c) {
+            None => {
+                r.bad(format!("event {c}"), "event block is missing");
+                continue;
+            }
+            Some(Err(w)) => {
+                r.bad(where_(&c, &blocks), format!("not an event: {w}"));
+                continue;
+            }
+            Some(Ok(b)) => b,
         };
         match Event::decode(b) {
             Ok(e) => {
@@ -159,7 +197,11 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                                 format!("value of {id:?} ({l}) is missing"),
                             ),
                             Some((_, body)) => {
-                                if let Err(w) = doc::decode(id, body) {
+                                let bad = match body {
+                                    None => bad_docs.get(l).copied(),
+                                    Some(b) => doc::decode(id, b).err(),
+                                };
+                                if let Some(w) = bad {
                                     r.bad(where_(l, &blocks), format!("document {id:?}: {w}"));
                                 }
                             }
@@ -259,12 +301,13 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
         }
         let mut stack: Vec<Cid> = root.iter().copied().collect();
         while let Some(c) = stack.pop() {
-            match blocks.get(&c).map(|(_, b)| Node::decode(b)) {
+            match structural(&blocks, &c).map(|b| b.and_then(|b| Node::decode(b).map_err(|x| x.0)))
+            {
                 None => r.bad(
                     format!("tree node {c}"),
                     format!("node of the state at cut event {e} is missing"),
                 ),
-                Some(Err(x)) => r.bad(where_(&c, &blocks), format!("not a tree node: {}", x.0)),
+                Some(Err(x)) => r.bad(where_(&c, &blocks), format!("not a tree node: {x}")),
                 Some(Ok(n)) => {
                     stack.extend_from_slice(n.children());
                     if let Items::Leaf(slots) = &n.items {
@@ -283,12 +326,11 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
         // is checked again below; that is cheap).
         let mut stack = vec![base];
         while let Some(c) = stack.pop() {
-            match blocks.get(&c) {
+            match structural(&blocks, &c).map(|b| b.and_then(|b| Node::decode(b).map_err(|x| x.0)))
+            {
                 None => r.bad(format!("tree node {c}"), "node of the base tree is missing"),
-                Some((_, b)) => match Node::decode(b) {
-                    Ok(n) => stack.extend_from_slice(n.children()),
-                    Err(e) => r.bad(where_(&c, &blocks), format!("not a tree node: {}", e.0)),
-                },
+                Some(Ok(n)) => stack.extend_from_slice(n.children()),
+                Some(Err(e)) => r.bad(where_(&c, &blocks), format!("not a tree node: {e}")),
             }
         }
     }
@@ -341,4 +383,82 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
     }
     let _ = db;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::car::{Meta, Writer};
+    use crate::head::FileRef;
+    use crate::storage::LocalStorage;
+
+    /// A document block that is no document (a CBOR number, not a map) is reported where an
+    /// event names it, with the id and the file, though verify keeps no document's bytes; an
+    /// event stored as a document block is "not an event".
+    #[test]
+    fn bad_documents_and_misfiled_events_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path());
+        let key = Key::generate().unwrap();
+        let bad = vec![0x05];
+        let bad_cid = Cid::of_cbor(&bad);
+        let event = Event {
+            parents: vec![],
+            height: 1,
+            time: 1,
+            ops: vec![("a".into(), Some(bad_cid))],
+            root: None,
+            purge: vec![],
+            conflicts: vec![],
+            source: vec![],
+            note: String::new(),
+        };
+        let eb = event.encode();
+        let ecid = Cid::of_cbor(&eb);
+        for misfiled in [false, true] {
+            let mut w = Writer::new(Meta {
+                level: 0,
+                time: 1,
+                roots: vec![ecid],
+                replaces: vec![],
+            });
+            w.add(bad_cid, &bad);
+            if misfiled {
+                w.add(ecid, &eb); // an event stored as a document
+            } else {
+                w.add_event(ecid, &eb);
+            }
+            let mut bytes = Vec::new();
+            let f = w.finish_into(&key, false, &mut bytes).unwrap();
+            let name = FileName::of(&bytes);
+            storage.put(&name, &bytes, false).unwrap();
+            let head = Head {
+                heads: vec![ecid],
+                events: 1,
+                files: vec![FileRef {
+                    name,
+                    level: 0,
+                    size: bytes.len() as u64,
+                    index_len: f.index_len,
+                    heights: (1, 1),
+                    bloom: 0,
+                }],
+                ..Head::default()
+            };
+            let r = verify("t", &storage, &key, &head);
+            let said: Vec<String> = r
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.location, p.what))
+                .collect();
+            let want = if misfiled {
+                format!("block {ecid} in file {name}: not an event: it is stored as a document")
+            } else {
+                format!(
+                    "block {bad_cid} in file {name}: document \"a\": document body is not a map"
+                )
+            };
+            assert!(said.iter().any(|s| s.starts_with(&want)), "{said:?}");
+        }
+    }
 }

@@ -410,7 +410,7 @@ fn stored_plaintext(root: &std::path::Path) -> Vec<u8> {
         let name = kiln::car::FileName::of(&bytes);
         for k in &keys {
             if let Ok((_, blocks)) = kiln::car::verify_file(k, &name, &bytes) {
-                for (_, b) in blocks {
+                for (_, b, _) in blocks {
                     out.extend_from_slice(&b);
                 }
             }
