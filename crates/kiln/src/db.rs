@@ -3002,6 +3002,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A database that compacts only when told to (threshold 1,000), without fsync.
+    fn uncompacted() -> (tempfile::TempDir, crate::Store, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::Options {
+            compact_threshold: 1000,
+            durability: crate::Durability::Buffered,
+            ..Default::default()
+        };
+        let store = crate::Store::open_with(dir.path(), opts).unwrap();
+        let db = store.create(Some("t")).unwrap();
+        (dir, store, db)
+    }
+
     fn pending_has(db: &Db, c: &Cid) -> bool {
         db.pending.read().unwrap().contains_key(c)
     }
@@ -3026,14 +3039,7 @@ mod tests {
     /// longer pending), instead of failing with MissingBlock.
     #[test]
     fn a_transaction_reads_across_a_background_compaction_swap() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = crate::Options {
-            compact_threshold: 1000,
-            durability: crate::Durability::Buffered,
-            ..Default::default()
-        };
-        let store = crate::Store::open_with(dir.path(), opts).unwrap();
-        let db = store.create(Some("t")).unwrap();
+        let (_dir, _store, db) = uncompacted();
         for i in 0..300 {
             db.put(&json!({"_id": format!("k{i:04}"), "v": i})).unwrap();
         }
@@ -3074,14 +3080,7 @@ mod tests {
     /// superseded ones' go, and the current tree stays whole.
     #[test]
     fn pruning_pending_keeps_exactly_the_current_trees_new_nodes() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = crate::Options {
-            compact_threshold: 1000,
-            durability: crate::Durability::Buffered,
-            ..Default::default()
-        };
-        let store = crate::Store::open_with(dir.path(), opts).unwrap();
-        let db = store.create(Some("t")).unwrap();
+        let (_dir, _store, db) = uncompacted();
         let mut roots = Vec::new();
         for i in 0..200 {
             db.put(&json!({"_id": format!("k{i:04}"), "v": i})).unwrap();

@@ -3,7 +3,7 @@
 //! makes of the same document parsed as a `Value` (same id rules, same errors, same body): an
 //! object's later duplicate key wins, numbers keep the `Value` path's integer/float choice.
 
-use super::{check_id, new_id, MAX_DOC_BYTES};
+use super::{check_id, new_id, sized};
 use crate::block::cbor::{key_order, Encoder};
 use crate::error::{Error, Result};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -30,13 +30,7 @@ pub fn prepare_json(text: &str) -> Result<(String, Vec<u8>)> {
         }
         None => new_id(),
     };
-    if body.len() > MAX_DOC_BYTES {
-        return Err(Error::InvalidDocument(format!(
-            "document {id:?} is {} bytes encoded; the limit is {MAX_DOC_BYTES}",
-            body.len()
-        )));
-    }
-    Ok((id, body))
+    sized(id, body)
 }
 
 /// The top level: an object, its `_id` taken out, reserved names refused. Holds the text's
@@ -323,27 +317,13 @@ impl<'de> Visitor<'de> for Cbor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::prepare;
+    use super::super::{prepare, MAX_DOC_BYTES};
     use super::*;
     use proptest::prelude::*;
-    use serde_json::{json, Value};
+    use serde_json::Value;
 
     fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|n| json!(n)),
-            any::<u64>().prop_map(|n| json!(n)),
-            (-1e9f64..1e9).prop_map(|x| json!(x)),
-            "[a-z\\\\\"\u{e9}\u{1F600} ]{0,8}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 40, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::btree_map("[a-z\u{e9}]{0,6}", inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        super::super::testgen::arb_json(-1e9f64..1e9, "[a-z\u{e9}]{0,6}", 5)
     }
 
     proptest! {

@@ -7,6 +7,8 @@
 
 mod json;
 mod ser;
+#[cfg(test)]
+mod testgen;
 
 use crate::block::cbor::{Decoder, Encoder};
 use crate::error::{Error, Result};
@@ -83,6 +85,11 @@ pub fn prepare(doc: &Value) -> Result<(String, Vec<u8>)> {
         obj.len() - obj.contains_key("_id") as usize,
     );
     let body = e.into_bytes();
+    sized(id, body)
+}
+
+/// A prepared document, refused when its body is over [`MAX_DOC_BYTES`].
+fn sized(id: String, body: Vec<u8>) -> Result<(String, Vec<u8>)> {
     if body.len() > MAX_DOC_BYTES {
         return Err(Error::InvalidDocument(format!(
             "document {id:?} is {} bytes encoded; the limit is {MAX_DOC_BYTES}",

@@ -5,7 +5,7 @@
 //! null, bytes are an array of numbers, an enum variant with data is a one-entry object, map
 //! keys become strings as serde_json makes them).
 
-use super::{check_id, new_id, MAX_DOC_BYTES};
+use super::{check_id, new_id, sized};
 use crate::block::cbor::Encoder;
 use crate::error::{Error, Result};
 use serde::ser::{self, Impossible, Serialize};
@@ -43,13 +43,7 @@ pub fn prepare_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<(String, Vec<
     };
     fields.write(&mut e);
     let body = e.into_bytes();
-    if body.len() > MAX_DOC_BYTES {
-        return Err(Error::InvalidDocument(format!(
-            "document {id:?} is {} bytes encoded; the limit is {MAX_DOC_BYTES}",
-            body.len()
-        )));
-    }
-    Ok((id, body))
+    sized(id, body)
 }
 
 /// Why a value cannot be a document (or a part of one).
@@ -216,6 +210,15 @@ fn map_keeps_insertion_order() -> bool {
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 const RAW_TOKEN: &str = "$serde_json::private::RawValue";
 
+/// Scalar methods of a `Serializer` that all answer alike.
+macro_rules! scalars {
+    ($ok:ty = $e:expr; $($m:ident: $t:ty),+) => {
+        $(fn $m(self, _: $t) -> R<$ok> {
+            $e
+        })+
+    };
+}
+
 // ------------------------------------------------------------------------------ top level
 
 struct TopSer<'a>(&'a mut Top);
@@ -239,15 +242,9 @@ impl<'a> ser::Serializer for TopSer<'a> {
     type SerializeStruct = TopMap<'a>;
     type SerializeStructVariant = TopVariant<'a, MapOf>;
 
-    fn serialize_bool(self, _: bool) -> R {
-        Err(not_object("a boolean"))
-    }
-    fn serialize_i64(self, _: i64) -> R {
-        Err(not_object("a number"))
-    }
-    fn serialize_u64(self, _: u64) -> R {
-        Err(not_object("a number"))
-    }
+    scalars!(() = Err(not_object("a number")); serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64);
+    scalars!(() = Err(not_object("a boolean")); serialize_bool: bool);
+
     fn serialize_i128(self, v: i128) -> R {
         serde_json::to_value(v).map_err(json_err)?;
         Err(not_object("a number"))
@@ -261,24 +258,6 @@ impl<'a> ser::Serializer for TopSer<'a> {
     }
     fn serialize_f32(self, v: f32) -> R {
         Err(not_object(float_kind(v as f64)))
-    }
-    fn serialize_i8(self, v: i8) -> R {
-        self.serialize_i64(v as i64)
-    }
-    fn serialize_i16(self, v: i16) -> R {
-        self.serialize_i64(v as i64)
-    }
-    fn serialize_i32(self, v: i32) -> R {
-        self.serialize_i64(v as i64)
-    }
-    fn serialize_u8(self, v: u8) -> R {
-        self.serialize_u64(v as u64)
-    }
-    fn serialize_u16(self, v: u16) -> R {
-        self.serialize_u64(v as u64)
-    }
-    fn serialize_u32(self, v: u32) -> R {
-        self.serialize_u64(v as u64)
     }
     fn serialize_char(self, _: char) -> R {
         Err(not_object("a string"))
@@ -367,6 +346,23 @@ impl<'a> ser::Serializer for TopSer<'a> {
     }
 }
 
+/// Implements serde's one-value-at-a-time traits (sequences, tuples, tuple structs, tuple
+/// variants) for a collector, all alike: its inherent `push` takes each value, `done` ends.
+macro_rules! one_at_a_time {
+    ($t:ty, $ok:ty: $($tr:ident :: $m:ident),+) => {
+        $(impl ser::$tr for $t {
+            type Ok = $ok;
+            type Error = SerError;
+            fn $m<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+                self.push(v)
+            }
+            fn end(self) -> R<$ok> {
+                self.done()
+            }
+        })+
+    };
+}
+
 /// An array at the top level: not a document, but its items are still written (to nowhere
 /// useful), so that what serde_json would refuse in them is what is reported, as on the
 /// `Value` path.
@@ -380,40 +376,13 @@ impl TopArray {
             r => r,
         }
     }
-}
 
-impl ser::SerializeSeq for TopArray {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        self.push(v)
-    }
-    fn end(self) -> R {
+    fn done(self) -> R {
         Err(not_object("an array"))
     }
 }
 
-impl ser::SerializeTuple for TopArray {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        self.push(v)
-    }
-    fn end(self) -> R {
-        Err(not_object("an array"))
-    }
-}
-
-impl ser::SerializeTupleStruct for TopArray {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        self.push(v)
-    }
-    fn end(self) -> R {
-        Err(not_object("an array"))
-    }
-}
+one_at_a_time!(TopArray, (): SerializeSeq::serialize_element, SerializeTuple::serialize_element, SerializeTupleStruct::serialize_field);
 
 /// The top-level object's entries.
 struct TopMap<'a> {
@@ -767,49 +736,17 @@ impl<'a> Ser<'a> {
     }
 }
 
-impl ser::SerializeSeq for Compound<'_, ArrayOf> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+impl Compound<'_, ArrayOf> {
+    fn push<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
         self.inner.push(v)
     }
-    fn end(self) -> R {
+
+    fn done(self) -> R {
         self.close()
     }
 }
 
-impl ser::SerializeTuple for Compound<'_, ArrayOf> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        self.inner.push(v)
-    }
-    fn end(self) -> R {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_, ArrayOf> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        self.inner.push(v)
-    }
-    fn end(self) -> R {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_, ArrayOf> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        self.inner.push(v)
-    }
-    fn end(self) -> R {
-        self.close()
-    }
-}
+one_at_a_time!(Compound<'_, ArrayOf>, (): SerializeSeq::serialize_element, SerializeTuple::serialize_element, SerializeTupleStruct::serialize_field, SerializeTupleVariant::serialize_field);
 
 impl ser::SerializeMap for Compound<'_, MapOf> {
     type Ok = ();
@@ -920,6 +857,8 @@ impl ser::Serializer for TextOf {
     type SerializeStruct = Impossible<String, SerError>;
     type SerializeStructVariant = Impossible<String, SerError>;
 
+    scalars!(String = Err(not_text()); serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64, serialize_bool: bool, serialize_f32: f32, serialize_f64: f64);
+
     fn serialize_str(self, v: &str) -> R<String> {
         Ok(v.to_owned())
     }
@@ -928,39 +867,6 @@ impl ser::Serializer for TextOf {
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> R<String> {
         v.serialize(self)
-    }
-    fn serialize_bool(self, _: bool) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_i64(self, _: i64) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_u64(self, _: u64) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_i8(self, _: i8) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_i16(self, _: i16) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_i32(self, _: i32) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_u8(self, _: u8) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_u16(self, _: u16) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_u32(self, _: u32) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_f32(self, _: f32) -> R<String> {
-        Err(not_text())
-    }
-    fn serialize_f64(self, _: f64) -> R<String> {
-        Err(not_text())
     }
     fn serialize_bytes(self, _: &[u8]) -> R<String> {
         Err(not_text())
@@ -1061,54 +967,16 @@ impl IdSkip {
         }
     }
 
-    fn end(self) -> R<IdValue> {
+    fn done(self) -> R<IdValue> {
         Ok(self.raw_value.unwrap_or(Err(self.kind)))
     }
-}
 
-impl ser::SerializeSeq for IdSkip {
-    type Ok = IdValue;
-    type Error = SerError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
+    fn push<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
         self.part(v)
-    }
-    fn end(self) -> R<IdValue> {
-        IdSkip::end(self)
     }
 }
 
-impl ser::SerializeTuple for IdSkip {
-    type Ok = IdValue;
-    type Error = SerError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        self.part(v)
-    }
-    fn end(self) -> R<IdValue> {
-        IdSkip::end(self)
-    }
-}
-
-impl ser::SerializeTupleStruct for IdSkip {
-    type Ok = IdValue;
-    type Error = SerError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        self.part(v)
-    }
-    fn end(self) -> R<IdValue> {
-        IdSkip::end(self)
-    }
-}
-
-impl ser::SerializeTupleVariant for IdSkip {
-    type Ok = IdValue;
-    type Error = SerError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-        self.part(v)
-    }
-    fn end(self) -> R<IdValue> {
-        IdSkip::end(self)
-    }
-}
+one_at_a_time!(IdSkip, IdValue: SerializeSeq::serialize_element, SerializeTuple::serialize_element, SerializeTupleStruct::serialize_field, SerializeTupleVariant::serialize_field);
 
 impl ser::SerializeMap for IdSkip {
     type Ok = IdValue;
@@ -1120,7 +988,7 @@ impl ser::SerializeMap for IdSkip {
         self.part(v)
     }
     fn end(self) -> R<IdValue> {
-        IdSkip::end(self)
+        self.done()
     }
 }
 
@@ -1137,7 +1005,7 @@ impl ser::SerializeStruct for IdSkip {
         self.part(v)
     }
     fn end(self) -> R<IdValue> {
-        IdSkip::end(self)
+        self.done()
     }
 }
 
@@ -1148,7 +1016,7 @@ impl ser::SerializeStructVariant for IdSkip {
         self.part(v)
     }
     fn end(self) -> R<IdValue> {
-        IdSkip::end(self)
+        self.done()
     }
 }
 
@@ -1162,6 +1030,8 @@ impl ser::Serializer for IdSer {
     type SerializeMap = IdSkip;
     type SerializeStruct = IdSkip;
     type SerializeStructVariant = IdSkip;
+
+    scalars!(IdValue = Ok(Err("a number")); serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64);
 
     fn serialize_str(self, v: &str) -> R<IdValue> {
         Ok(Ok(v.to_owned()))
@@ -1180,30 +1050,6 @@ impl ser::Serializer for IdSer {
     }
     fn serialize_bool(self, _: bool) -> R<IdValue> {
         Ok(Err("a boolean"))
-    }
-    fn serialize_i64(self, _: i64) -> R<IdValue> {
-        Ok(Err("a number"))
-    }
-    fn serialize_u64(self, _: u64) -> R<IdValue> {
-        Ok(Err("a number"))
-    }
-    fn serialize_i8(self, _: i8) -> R<IdValue> {
-        Ok(Err("a number"))
-    }
-    fn serialize_i16(self, _: i16) -> R<IdValue> {
-        Ok(Err("a number"))
-    }
-    fn serialize_i32(self, _: i32) -> R<IdValue> {
-        Ok(Err("a number"))
-    }
-    fn serialize_u8(self, _: u8) -> R<IdValue> {
-        Ok(Err("a number"))
-    }
-    fn serialize_u16(self, _: u16) -> R<IdValue> {
-        Ok(Err("a number"))
-    }
-    fn serialize_u32(self, _: u32) -> R<IdValue> {
-        Ok(Err("a number"))
     }
     fn serialize_i128(self, v: i128) -> R<IdValue> {
         serde_json::to_value(v).map_err(json_err)?;
@@ -1286,7 +1132,7 @@ impl ser::Serializer for IdSer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::prepare;
+    use super::super::{prepare, MAX_DOC_BYTES};
     use super::*;
     use proptest::prelude::*;
     use serde::Serialize;
@@ -1319,21 +1165,7 @@ mod tests {
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|n| json!(n)),
-            any::<u64>().prop_map(|n| json!(n)),
-            any::<f64>().prop_map(|x| json!(x)),
-            "[a-z_\\\\\"\u{e9}\u{1F600} ]{0,8}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 40, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..30).prop_map(Value::Array),
-                prop::collection::btree_map("_?[a-z\u{e9}]{0,6}", inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        super::super::testgen::arb_json(any::<f64>(), "_?[a-z\u{e9}]{0,6}", 30)
     }
 
     proptest! {
