@@ -129,8 +129,10 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
         }
         // What this file holds, kept only if the whole file checks out.
         let mut here: Vec<(Cid, Option<Vec<u8>>)> = Vec::new();
+        let mut seen_here = 0;
         let mut bad_here: Vec<(Cid, &'static str)> = Vec::new();
         let checked = car::verify_file_with(key, &f.name, &bytes, &mut |c, b, kept| {
+            seen_here += 1;
             if blocks.contains_key(&c) {
                 return;
             }
@@ -149,7 +151,7 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                 if f.level == 0 {
                     level0_events.extend_from_slice(&idx.meta.roots);
                 }
-                r.blocks += idx.block_count();
+                r.blocks += seen_here;
                 for (c, b) in here {
                     blocks.entry(c).or_insert((f.name, b));
                 }

@@ -20,7 +20,9 @@ impl std::fmt::Display for CborError {
 
 type R<T> = Result<T, CborError>;
 
-/// Deepest nesting accepted in a document (matches serde_json's parser limit).
+/// Deepest nesting a reader decodes: values down to depth 128, the document's own map being
+/// depth 0. Writers refuse a container at depth 128 even when empty (a little stricter than
+/// needed); serde_json's parser, which `put_json` uses, stops one level earlier still.
 pub const MAX_DEPTH: usize = 128;
 
 /// Appends dag-cbor items to a byte vector.

@@ -103,12 +103,16 @@ fn sized(id: String, body: Vec<u8>) -> Result<(String, Vec<u8>)> {
 /// object is depth 0, a reader takes values down to depth 128; `_id` does not count). Walked with a stack of its own: a `Value` built by
 /// a program can be deeper than the call stack allows.
 fn nests_too_deep(obj: &Map<String, Value>) -> bool {
-    let max = crate::block::cbor::MAX_DEPTH;
-    let mut stack: Vec<(&Value, usize)> = obj
-        .iter()
+    obj.iter()
         .filter(|(k, _)| *k != "_id")
-        .map(|(_, v)| (v, 1))
-        .collect();
+        .any(|(_, v)| too_deep_at(v, 1))
+}
+
+/// Whether `v`, sitting at `depth`, holds a container whose items would sit deeper than a
+/// reader decodes (see [`crate::block::cbor::MAX_DEPTH`]).
+fn too_deep_at(v: &Value, depth: usize) -> bool {
+    let max = crate::block::cbor::MAX_DEPTH;
+    let mut stack: Vec<(&Value, usize)> = vec![(v, depth)];
     while let Some((v, depth)) = stack.pop() {
         let kids: Box<dyn Iterator<Item = &Value>> = match v {
             Value::Array(a) => Box::new(a.iter()),

@@ -700,9 +700,16 @@ impl<'a> ser::Serializer for Ser<'a> {
         self.compound(None, MapOf::new)
     }
     fn serialize_struct(self, name: &'static str, _: usize) -> R<Self::SerializeStruct> {
-        let mut c = self.compound(None, MapOf::new)?;
-        c.special = (name == NUMBER_TOKEN || name == RAW_TOKEN).then_some(name);
-        Ok(c)
+        if name == NUMBER_TOKEN || name == RAW_TOKEN {
+            // One value in disguise: its depth is checked once it is read.
+            return Ok(Compound {
+                out: self.0,
+                variant: None,
+                inner: MapOf::new(self.1),
+                special: Some(name),
+            });
+        }
+        self.compound(None, MapOf::new)
     }
     fn serialize_struct_variant(
         self,
@@ -785,6 +792,9 @@ impl ser::SerializeStruct for Compound<'_, MapOf> {
                 } else {
                     serde_json::from_str(&text).map_err(json_err)?
                 };
+                if super::too_deep_at(&value, self.inner.fields.depth) {
+                    return Err(too_deep());
+                }
                 self.out.json(&value);
                 self.special = Some(""); // written: `end` adds nothing
                 Ok(())
@@ -1377,5 +1387,89 @@ mod tests {
         assert!(prepare(&doc).is_err());
         assert!(direct(&doc).is_err());
         std::mem::forget(doc); // (serde_json drops a Value recursively)
+    }
+
+    /// serde_json's number (under `arbitrary_precision`) and raw JSON (under `raw_value`) as
+    /// they serialize: a struct of a special name with one field holding the text.
+    struct Special(&'static str, String);
+
+    impl Serialize for Special {
+        fn serialize<S: ser::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeStruct;
+            let mut st = s.serialize_struct(self.0, 1)?;
+            st.serialize_field(self.0, &self.1)?;
+            st.end()
+        }
+    }
+
+    /// `levels` arrays around a special value.
+    enum Nest {
+        Leaf(Special),
+        In(Box<Nest>),
+    }
+
+    impl Nest {
+        fn new(leaf: Special, levels: usize) -> Nest {
+            (0..levels).fold(Nest::Leaf(leaf), |n, _| Nest::In(Box::new(n)))
+        }
+    }
+
+    impl Serialize for Nest {
+        fn serialize<S: ser::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            match self {
+                Nest::Leaf(x) => x.serialize(s),
+                Nest::In(n) => [n].serialize(s),
+            }
+        }
+    }
+
+    /// Review findings: a number in disguise sits as deep as any number may (it is no
+    /// container); raw JSON counts its own nesting from where it sits.
+    #[test]
+    fn numbers_and_raw_json_nest_as_the_values_they_are() {
+        let max = crate::block::cbor::MAX_DEPTH;
+        let wrap = |mut v: Value, levels: usize| {
+            for _ in 0..levels {
+                v = json!([v]);
+            }
+            v
+        };
+        #[derive(Serialize)]
+        struct Doc {
+            _id: &'static str,
+            a: Nest,
+        }
+        // A number at depth 128: `a` (depth 1) holds 127 arrays around it.
+        let number = Nest::new(Special(NUMBER_TOKEN, "5".into()), max - 1);
+        assert_eq!(
+            prepare_serialize(&Doc {
+                _id: "n",
+                a: number
+            })
+            .unwrap(),
+            prepare(&json!({"_id": "n", "a": wrap(json!(5), max - 1)})).unwrap()
+        );
+        // Raw JSON of 3 levels inside 126 arrays: its number at depth 1 + 126 + 3 = 130.
+        let raw = |levels: usize, inner: usize| {
+            Nest::new(
+                Special(RAW_TOKEN, wrap(json!(1), inner).to_string()),
+                levels,
+            )
+        };
+        let e = prepare_serialize(&Doc {
+            _id: "r",
+            a: raw(126, 3),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("nests deeper"), "{e}");
+        // Two levels inside 125 arrays: its number at depth 128, stored as the Value path would.
+        assert_eq!(
+            prepare_serialize(&Doc {
+                _id: "r",
+                a: raw(125, 2)
+            })
+            .unwrap(),
+            prepare(&json!({"_id": "r", "a": wrap(json!(1), 127)})).unwrap()
+        );
     }
 }
