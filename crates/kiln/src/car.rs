@@ -62,6 +62,41 @@ impl FileName {
             FileName(Sha256::digest(bytes).into())
         }
     }
+}
+
+/// [`FileName::of`] fed piece by piece, the file's first bytes (at least its header) first.
+pub enum NameHasher {
+    Sha(Box<Sha256>),
+    Blake(Box<blake3::Hasher>),
+}
+
+impl NameHasher {
+    pub fn new(start: &[u8]) -> NameHasher {
+        if names_by_blake3(start) {
+            NameHasher::Blake(Box::default())
+        } else {
+            NameHasher::Sha(Box::default())
+        }
+    }
+
+    pub fn update(&mut self, b: &[u8]) {
+        match self {
+            NameHasher::Sha(h) => h.update(b),
+            NameHasher::Blake(h) => {
+                h.update(b);
+            }
+        }
+    }
+
+    pub fn finish(self) -> FileName {
+        match self {
+            NameHasher::Sha(h) => FileName(h.finalize().into()),
+            NameHasher::Blake(h) => FileName(*h.finalize().as_bytes()),
+        }
+    }
+}
+
+impl FileName {
     pub fn parse(s: &str) -> Option<FileName> {
         let v = unhex(s)?;
         Some(FileName(v.try_into().ok()?))
@@ -946,22 +981,41 @@ pub fn verify_file_with(
             "file bytes do not hash to the file's name",
         ));
     }
-    if bytes.len() < HEADER_LEN + TRAILER_LEN {
+    let mut read = |off: u64, len: usize| {
+        usize::try_from(off)
+            .ok()
+            .and_then(|off| bytes.get(off..)?.get(..len))
+            .map(<[u8]>::to_vec)
+            .ok_or(FormatError::Framing("a part lies outside the file"))
+    };
+    verify_parts(key, bytes.len() as u64, &mut read, visit)
+}
+
+/// Reads `len` bytes of a file at an offset.
+pub type ReadPart<'a> = dyn FnMut(u64, usize) -> Result<Vec<u8>, FormatError> + 'a;
+
+/// [`verify_file_with`] without the name check, reading the file's parts (header, trailer,
+/// index, pages, one segment at a time) through `read`: memory holds one part, not the file.
+/// The caller checks the name (a [`NameHasher`] over the bytes in order).
+pub fn verify_parts(
+    key: &Key,
+    file_len: u64,
+    read: &mut ReadPart<'_>,
+    visit: &mut dyn FnMut(Cid, &[u8], bool),
+) -> Result<Index, FormatError> {
+    if file_len < (HEADER_LEN + TRAILER_LEN) as u64 {
         return Err(FormatError::Framing("file too short"));
     }
-    check_header(bytes)?;
-    let (at, len) = parse_trailer(bytes.len() as u64, &bytes[bytes.len() - TRAILER_LEN..])?;
-    let index = Index::open(key, &bytes[at as usize..at as usize + len as usize], at)?;
-    if u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) != index.version {
+    let header = read(0, HEADER_LEN)?;
+    check_header(&header)?;
+    let (at, len) = parse_trailer(file_len, &read(file_len - TRAILER_LEN as u64, TRAILER_LEN)?)?;
+    let index = Index::open(key, &read(at, len as usize)?, at)?;
+    if u32::from_le_bytes([header[8], header[9], header[10], header[11]]) != index.version {
         return Err(FormatError::Framing("header and index versions differ"));
     }
     let mut entries = index.entries.clone();
     for (i, p) in index.pages.iter().enumerate() {
-        entries.extend(index.open_page(
-            key,
-            i,
-            &bytes[p.off as usize..(p.off + p.len as u64) as usize],
-        )?);
+        entries.extend(index.open_page(key, i, &read(p.off, p.len as usize)?)?);
     }
     // (`entries` is sorted by CID once the check below passes; until then a kind may be wrong,
     // and the caller drops what it saw.)
@@ -973,12 +1027,7 @@ pub fn verify_file_with(
     };
     let mut found: Vec<Entry> = Vec::new();
     for (n, (off, len)) in index.segs.iter().enumerate() {
-        let plain = open_segment(
-            key,
-            n as u32,
-            &bytes[*off as usize..(*off + *len as u64) as usize],
-            index.version,
-        )?;
+        let plain = open_segment(key, n as u32, &read(*off, *len as usize)?, index.version)?;
         let mut pos = 0;
         if n == 0 {
             let hl = get_varint(&plain, &mut pos)

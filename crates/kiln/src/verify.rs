@@ -24,6 +24,25 @@ fn structural<'a>(blocks: &'a Blocks, c: &Cid) -> Option<Result<&'a [u8], &'stat
     })
 }
 
+/// The name a stored file's bytes hash to, read in order a MiB at a time.
+fn name_of(storage: &dyn Storage, name: &FileName, size: u64) -> std::io::Result<FileName> {
+    const CHUNK: u64 = 1 << 20;
+    let mut hasher: Option<car::NameHasher> = None;
+    let mut off = 0;
+    while off < size {
+        let n = CHUNK.min(size - off) as usize;
+        let b = storage.read_at(name, off, n)?;
+        if b.len() != n {
+            return Err(std::io::Error::other("the file is shorter than it was"));
+        }
+        hasher
+            .get_or_insert_with(|| car::NameHasher::new(&b))
+            .update(&b);
+        off += n as u64;
+    }
+    Ok(hasher.unwrap_or_else(|| car::NameHasher::new(&[])).finish())
+}
+
 /// Tree nodes for verification: the checked blocks of the files, plus the nodes of the current
 /// tree rebuilt from the base tree and the level-0 events.
 struct Nodes<'a> {
@@ -97,41 +116,67 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
     for f in &head.files {
         r.files += 1;
         let loc = format!("file {}", f.name);
-        let bytes = match storage.read(&f.name) {
-            Ok(b) => b,
+        // The file is read a part at a time (memory holds a part, never the file): once in
+        // order for its name, then by its index for its contents.
+        let size = match storage.len(&f.name) {
+            Ok(n) => n,
             Err(e) => {
                 r.bad(loc, format!("cannot read: {e}"));
                 continue;
             }
         };
-        r.bytes += bytes.len() as u64;
-        if bytes.len() as u64 != f.size {
+        r.bytes += size;
+        if size != f.size {
             r.bad(
                 &loc,
                 format!(
-                    "size {} differs from the {} bytes the head record names",
-                    bytes.len(),
+                    "size {size} differs from the {} bytes the head record names",
                     f.size
                 ),
             );
         }
-        let t = &bytes[bytes.len().saturating_sub(car::TRAILER_LEN)..];
-        if let Ok((_, n)) = car::parse_trailer(bytes.len() as u64, t) {
-            if n != f.index_len {
+        match name_of(storage, &f.name, size) {
+            Ok(n) if n == f.name => {}
+            Ok(_) => {
                 r.bad(
-                    &loc,
-                    format!(
-                        "index length {n} differs from the {} the head record names",
-                        f.index_len
-                    ),
+                    loc,
+                    "bad framing: file bytes do not hash to the file's name",
                 );
+                continue;
+            }
+            Err(e) => {
+                r.bad(loc, format!("cannot read: {e}"));
+                continue;
+            }
+        }
+        let mut read = |off: u64, len: usize| {
+            storage
+                .read_at(&f.name, off, len)
+                .ok()
+                .filter(|b| b.len() == len)
+                .ok_or(car::FormatError::Framing("a part lies outside the file"))
+        };
+        if let Ok(t) = read(
+            size.saturating_sub(car::TRAILER_LEN as u64),
+            car::TRAILER_LEN,
+        ) {
+            if let Ok((_, n)) = car::parse_trailer(size, &t) {
+                if n != f.index_len {
+                    r.bad(
+                        &loc,
+                        format!(
+                            "index length {n} differs from the {} the head record names",
+                            f.index_len
+                        ),
+                    );
+                }
             }
         }
         // What this file holds, kept only if the whole file checks out.
         let mut here: Vec<(Cid, Option<Vec<u8>>)> = Vec::new();
         let mut seen_here = 0;
         let mut bad_here: Vec<(Cid, &'static str)> = Vec::new();
-        let checked = car::verify_file_with(key, &f.name, &bytes, &mut |c, b, kept| {
+        let checked = car::verify_parts(key, size, &mut read, &mut |c, b, kept| {
             seen_here += 1;
             if blocks.contains_key(&c) {
                 return;
@@ -145,7 +190,6 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                 here.push((c, None));
             }
         });
-        drop(bytes);
         match checked {
             Ok(idx) => {
                 if f.level == 0 {
