@@ -56,11 +56,14 @@ impl FileName {
     /// The name of a file's bytes: BLAKE3 for version 3 on, sha2-256 for files of versions 1
     /// and 2 (and for bytes that are no diff file at all), as their header says.
     pub fn of(bytes: &[u8]) -> FileName {
-        if names_by_blake3(bytes) {
-            FileName(*blake3::hash(bytes).as_bytes())
-        } else {
-            FileName(Sha256::digest(bytes).into())
-        }
+        let mut h = NameHasher::new(bytes);
+        h.update(bytes);
+        h.finish()
+    }
+
+    pub fn parse(s: &str) -> Option<FileName> {
+        let v = unhex(s)?;
+        Some(FileName(v.try_into().ok()?))
     }
 }
 
@@ -72,7 +75,7 @@ pub enum NameHasher {
 
 impl NameHasher {
     pub fn new(start: &[u8]) -> NameHasher {
-        if names_by_blake3(start) {
+        if header_version(start).is_some_and(|v| v >= 3) {
             NameHasher::Blake(Box::default())
         } else {
             NameHasher::Sha(Box::default())
@@ -96,12 +99,7 @@ impl NameHasher {
     }
 }
 
-impl FileName {
-    pub fn parse(s: &str) -> Option<FileName> {
-        let v = unhex(s)?;
-        Some(FileName(v.try_into().ok()?))
-    }
-}
+impl FileName {}
 impl fmt::Display for FileName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex(&self.0))
@@ -706,11 +704,10 @@ pub fn parse_trailer(file_len: u64, t: &[u8]) -> Result<(u64, u32), FormatError>
     Ok((off, len))
 }
 
-/// Whether a file is named by BLAKE3: its header says version 3 or later.
-fn names_by_blake3(bytes: &[u8]) -> bool {
-    bytes.len() >= HEADER_LEN
-        && &bytes[..8] == MAGIC
-        && u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) >= 3
+/// The version a file's header states (`None`: no diff file header).
+fn header_version(h: &[u8]) -> Option<u32> {
+    let h = h.get(..HEADER_LEN).filter(|h| &h[..8] == MAGIC)?;
+    Some(u32::from_le_bytes([h[8], h[9], h[10], h[11]]))
 }
 
 /// Whether this kiln reads a file or index of version `v`.
@@ -720,10 +717,9 @@ fn known_version(v: u64) -> bool {
 
 /// Checks the 16-byte header.
 pub fn check_header(h: &[u8]) -> Result<(), FormatError> {
-    if h.len() < HEADER_LEN || &h[..8] != MAGIC {
+    let Some(v) = header_version(h) else {
         return Err(FormatError::Framing("not a kiln diff file"));
-    }
-    let v = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    };
     if !known_version(v as u64) {
         return Err(FormatError::Version(v));
     }
@@ -948,6 +944,9 @@ pub fn block_in<'a>(seg: &'a [u8], e: &Entry) -> Result<&'a [u8], FormatError> {
     Ok(data)
 }
 
+/// What [`verify_file`] says of a file whose bytes do not hash to its name.
+pub const NOT_ITS_NAME: &str = "file bytes do not hash to the file's name";
+
 /// A block as [`verify_file`] found it: its CID, its bytes, and whether it is structural (an
 /// event or a tree node; in a version-1 file, whose index does not mark tree nodes, anything
 /// but a document may be one, so every block counts).
@@ -960,26 +959,8 @@ pub fn verify_file(
     name: &FileName,
     bytes: &[u8],
 ) -> Result<(Index, Vec<CheckedBlock>), FormatError> {
-    let mut blocks = Vec::new();
-    let index = verify_file_with(key, name, bytes, &mut |c, d, s| {
-        blocks.push((c, d.to_vec(), s))
-    })?;
-    Ok((index, blocks))
-}
-
-/// [`verify_file`] handing each block to `visit` (CID, bytes, structural) as its segment is
-/// opened, instead of collecting them: memory holds the file and one segment. A block is
-/// visited before the file is found whole; callers keep what they learn only on `Ok`.
-pub fn verify_file_with(
-    key: &Key,
-    name: &FileName,
-    bytes: &[u8],
-    visit: &mut dyn FnMut(Cid, &[u8], bool),
-) -> Result<Index, FormatError> {
     if FileName::of(bytes) != *name {
-        return Err(FormatError::Framing(
-            "file bytes do not hash to the file's name",
-        ));
+        return Err(FormatError::Framing(NOT_ITS_NAME));
     }
     let mut read = |off: u64, len: usize| {
         usize::try_from(off)
@@ -988,15 +969,21 @@ pub fn verify_file_with(
             .map(<[u8]>::to_vec)
             .ok_or(FormatError::Framing("a part lies outside the file"))
     };
-    verify_parts(key, bytes.len() as u64, &mut read, visit)
+    let mut blocks = Vec::new();
+    let index = verify_parts(key, bytes.len() as u64, &mut read, &mut |c, d, s| {
+        blocks.push((c, d.to_vec(), s))
+    })?;
+    Ok((index, blocks))
 }
 
 /// Reads `len` bytes of a file at an offset.
 pub type ReadPart<'a> = dyn FnMut(u64, usize) -> Result<Vec<u8>, FormatError> + 'a;
 
-/// [`verify_file_with`] without the name check, reading the file's parts (header, trailer,
-/// index, pages, one segment at a time) through `read`: memory holds one part, not the file.
-/// The caller checks the name (a [`NameHasher`] over the bytes in order).
+/// [`verify_file`] without the name check, reading the file's parts (header, trailer, index,
+/// pages, one segment at a time) through `read` and handing each block to `visit` (CID, bytes,
+/// structural) instead of collecting them: memory holds one part, not the file. A block is
+/// visited before the file is found whole; callers keep what they learn only on `Ok`. The
+/// caller checks the name (a [`NameHasher`] over the bytes in order).
 pub fn verify_parts(
     key: &Key,
     file_len: u64,
@@ -1008,9 +995,10 @@ pub fn verify_parts(
     }
     let header = read(0, HEADER_LEN)?;
     check_header(&header)?;
+    let version = header_version(&header);
     let (at, len) = parse_trailer(file_len, &read(file_len - TRAILER_LEN as u64, TRAILER_LEN)?)?;
     let index = Index::open(key, &read(at, len as usize)?, at)?;
-    if u32::from_le_bytes([header[8], header[9], header[10], header[11]]) != index.version {
+    if version != Some(index.version) {
         return Err(FormatError::Framing("header and index versions differ"));
     }
     let mut entries = index.entries.clone();

@@ -292,12 +292,7 @@ fn prepare_all<T: Sync>(
         ));
     }
     let run = |part: &[T]| -> Result<Vec<Write>> {
-        part.iter()
-            .map(|d| {
-                let (id, body) = prepare(d)?;
-                Ok((id, Some((Cid::of_cbor(&body), body))))
-            })
-            .collect()
+        part.iter().map(|d| prepare(d).map(write_of)).collect()
     };
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     // (sysconf, not available_parallelism: that one reads cgroup files, ~0.1 ms on first use.)
@@ -320,6 +315,30 @@ fn prepare_all<T: Sync>(
         Err(p) => std::panic::resume_unwind(p),
     }
     Ok(out)
+}
+
+/// The nodes reachable from `from` through the in-memory nodes `p`, not entering `stop`.
+fn pending_reach(
+    p: &DigestMap<Cid, (Arc<[u8]>, Arc<tree::Node>)>,
+    from: Option<Cid>,
+    stop: &DigestSet<Cid>,
+) -> DigestSet<Cid> {
+    let mut seen: DigestSet<Cid> = DigestSet::default();
+    let mut stack: Vec<Cid> = from.into_iter().collect();
+    while let Some(c) = stack.pop() {
+        if stop.contains(&c) || seen.contains(&c) {
+            continue;
+        }
+        let Some((_, n)) = p.get(&c) else { continue };
+        seen.insert(c);
+        stack.extend_from_slice(n.children());
+    }
+    seen
+}
+
+/// A prepared document as a write: its id, body and the body's CID.
+fn write_of((id, body): (String, Vec<u8>)) -> Write {
+    (id, Some((Cid::of_cbor(&body), body)))
 }
 
 /// Batches at least this large are prepared on two threads.
@@ -465,8 +484,7 @@ impl Database {
     /// `serde_json::Value`, or a program's own struct, encoded straight into the stored form
     /// with serde_json's value model (it is stored as `serde_json::to_value` of it would be).
     pub fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Committed> {
-        let (id, body) = doc::prepare_serialize(doc)?;
-        let writes = vec![(id, Some((Cid::of_cbor(&body), body)))];
+        let writes = vec![write_of(doc::prepare_serialize(doc)?)];
         self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
     }
 
@@ -802,9 +820,9 @@ impl Database {
     /// Removes every stored version of one document (`kiln purge`): commits a purge event that
     /// deletes the document and records the versions purged, rewrites the database into one
     /// file without them, runs garbage collection of the whole store (removing every file no
-    /// head names, as other handles' retired files, and the space removed files kept for reuse)
-    /// and removes archived files that hold them. The document's id stays in the history (events name it); its
-    /// contents are gone. Reads of a purged version fail with [`Error::Purged`]; `verify`
+    /// head names, as other handles' retired files, and the space removed files kept for
+    /// reuse) and removes archived files that hold them. The document's id stays in the history
+    /// (events name it); its contents are gone. Reads of a purged version fail with [`Error::Purged`]; `verify`
     /// counts purged versions instead of reporting them missing.
     pub fn purge(&self, id: &str) -> Result<PurgeReport> {
         doc::check_id(id)?;
@@ -1099,9 +1117,9 @@ impl Transaction {
     }
 
     pub fn put<T: Serialize + ?Sized>(&mut self, doc: &T) -> Result<String> {
-        let (id, body) = doc::prepare_serialize(doc)?;
-        self.writes
-            .push((id.clone(), Some((Cid::of_cbor(&body), body))));
+        let w = write_of(doc::prepare_serialize(doc)?);
+        let id = w.0.clone();
+        self.writes.push(w);
         Ok(id)
     }
 
@@ -1621,24 +1639,8 @@ impl Db {
             p.clear();
             return;
         }
-        // The nodes reachable from `from` through `p`, not entering `stop`.
-        let reach = |p: &DigestMap<Cid, (Arc<[u8]>, Arc<tree::Node>)>,
-                     from: Option<Cid>,
-                     stop: &DigestSet<Cid>| {
-            let mut seen: DigestSet<Cid> = DigestSet::default();
-            let mut stack: Vec<Cid> = from.into_iter().collect();
-            while let Some(c) = stack.pop() {
-                if stop.contains(&c) || seen.contains(&c) {
-                    continue;
-                }
-                let Some((_, n)) = p.get(&c) else { continue };
-                seen.insert(c);
-                stack.extend_from_slice(n.children());
-            }
-            seen
-        };
-        let written = reach(&p, base, &DigestSet::default());
-        let keep = reach(&p, root, &written);
+        let written = pending_reach(&p, base, &DigestSet::default());
+        let keep = pending_reach(&p, root, &written);
         p.retain(|c, _| keep.contains(c));
     }
 
@@ -3021,17 +3023,11 @@ mod tests {
 
     /// The nodes of `root`'s tree, walked through `pending` (stopping where it has none).
     fn pending_tree(db: &Db, root: Cid) -> DigestSet<Cid> {
-        let p = db.pending.read().unwrap();
-        let mut seen = DigestSet::default();
-        let mut stack = vec![root];
-        while let Some(c) = stack.pop() {
-            if let Some((_, n)) = p.get(&c) {
-                if seen.insert(c) {
-                    stack.extend_from_slice(n.children());
-                }
-            }
-        }
-        seen
+        pending_reach(
+            &db.pending.read().unwrap(),
+            Some(root),
+            &DigestSet::default(),
+        )
     }
 
     /// Review finding: a transaction begun before a background level-0 compaction swapped in

@@ -135,20 +135,6 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                 ),
             );
         }
-        match name_of(storage, &f.name, size) {
-            Ok(n) if n == f.name => {}
-            Ok(_) => {
-                r.bad(
-                    loc,
-                    "bad framing: file bytes do not hash to the file's name",
-                );
-                continue;
-            }
-            Err(e) => {
-                r.bad(loc, format!("cannot read: {e}"));
-                continue;
-            }
-        }
         let mut read = |off: u64, len: usize| {
             storage
                 .read_at(&f.name, off, len)
@@ -170,6 +156,20 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
                         ),
                     );
                 }
+            }
+        }
+        match name_of(storage, &f.name, size) {
+            Ok(n) if n == f.name => {}
+            Ok(_) => {
+                r.bad(
+                    loc,
+                    car::FormatError::Framing(car::NOT_ITS_NAME).to_string(),
+                );
+                continue;
+            }
+            Err(e) => {
+                r.bad(loc, format!("cannot read: {e}"));
+                continue;
             }
         }
         // What this file holds, kept only if the whole file checks out.

@@ -3,7 +3,7 @@
 //! makes of the same document parsed as a `Value` (same id rules, same errors, same body): an
 //! object's later duplicate key wins, numbers keep the `Value` path's integer/float choice.
 
-use super::{check_id, new_id, sized};
+use super::{check_id, id_not_string_msg, new_id, not_object_msg, reserved_msg, sized};
 use crate::block::cbor::{key_order, Encoder};
 use crate::error::{Error, Result};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -60,9 +60,7 @@ impl<'de> Visitor<'de> for Top {
             if k == "_id" {
                 id = Some(m.next_value_seed(IdSeed)?);
             } else if k.starts_with('_') {
-                return Err(de::Error::custom(format!(
-                    "field {k:?} is reserved (top-level names starting with '_' other than _id are kept for kiln)"
-                )));
+                return Err(de::Error::custom(reserved_msg(&k)));
             } else {
                 fields.value(k, &mut m)?;
             }
@@ -96,7 +94,7 @@ impl<'de> Visitor<'de> for Top {
 }
 
 fn not_object<E: de::Error>(kind: &str) -> E {
-    E::custom(format!("a document must be a JSON object, not {kind}"))
+    E::custom(not_object_msg(kind))
 }
 
 /// An object's entries as they are read: keys, and their encoded values one after another in
@@ -230,7 +228,7 @@ impl<'de> Visitor<'de> for IdSeed {
 }
 
 fn not_string<E: de::Error>(kind: &str) -> E {
-    E::custom(format!("_id must be a string, not {kind}"))
+    E::custom(id_not_string_msg(kind))
 }
 
 /// The map key under which serde_json hands over a number when its `arbitrary_precision`

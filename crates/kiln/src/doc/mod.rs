@@ -41,23 +41,39 @@ pub fn new_id() -> String {
 pub use json::prepare_json;
 pub use ser::prepare_serialize;
 
+// What the three ways in (a `Value`, JSON text, any `Serialize`) say of a bad document: the
+// same words on every path.
+
+fn not_object_msg(kind: &str) -> String {
+    format!("a document must be a JSON object, not {kind}")
+}
+
+fn id_not_string_msg(kind: &str) -> String {
+    format!("_id must be a string, not {kind}")
+}
+
+fn reserved_msg(k: &str) -> String {
+    format!(
+        "field {k:?} is reserved (top-level names starting with '_' other than _id are kept for kiln)"
+    )
+}
+
+fn too_deep_msg() -> String {
+    format!(
+        "the document nests deeper than {} levels",
+        crate::block::cbor::MAX_DEPTH
+    )
+}
+
 /// Validates a document for a write and returns its id and stored body. A missing `_id` gets a
 /// fresh UUIDv7.
 pub fn prepare(doc: &Value) -> Result<(String, Vec<u8>)> {
     let obj = match doc {
         Value::Object(m) => m,
-        other => {
-            return Err(Error::InvalidDocument(format!(
-                "a document must be a JSON object, not {}",
-                kind(other)
-            )))
-        }
+        other => return Err(Error::InvalidDocument(not_object_msg(kind(other)))),
     };
     if nests_too_deep(obj) {
-        return Err(Error::InvalidDocument(format!(
-            "the document nests deeper than {} levels",
-            crate::block::cbor::MAX_DEPTH
-        )));
+        return Err(Error::InvalidDocument(too_deep_msg()));
     }
     let id = match obj.get("_id") {
         None => new_id(),
@@ -65,17 +81,10 @@ pub fn prepare(doc: &Value) -> Result<(String, Vec<u8>)> {
             check_id(s)?;
             s.clone()
         }
-        Some(other) => {
-            return Err(Error::InvalidDocument(format!(
-                "_id must be a string, not {}",
-                kind(other)
-            )))
-        }
+        Some(other) => return Err(Error::InvalidDocument(id_not_string_msg(kind(other)))),
     };
     if let Some(k) = obj.keys().find(|k| k.starts_with('_') && *k != "_id") {
-        return Err(Error::InvalidDocument(format!(
-            "field {k:?} is reserved (top-level names starting with '_' other than _id are kept for kiln)"
-        )));
+        return Err(Error::InvalidDocument(reserved_msg(k)));
     }
     let mut e = Encoder::new();
     e.json_map(

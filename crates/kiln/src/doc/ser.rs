@@ -5,7 +5,9 @@
 //! null, bytes are an array of numbers, an enum variant with data is a one-entry object, map
 //! keys become strings as serde_json makes them).
 
-use super::{check_id, new_id, sized};
+use super::{
+    check_id, id_not_string_msg, new_id, not_object_msg, reserved_msg, sized, too_deep_msg,
+};
 use crate::block::cbor::Encoder;
 use crate::error::{Error, Result};
 use serde::ser::{self, Impossible, Serialize};
@@ -27,16 +29,10 @@ pub fn prepare_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<(String, Vec<
             check_id(&id)?;
             id
         }
-        Some(Err(kind)) => {
-            return Err(Error::InvalidDocument(format!(
-                "_id must be a string, not {kind}"
-            )))
-        }
+        Some(Err(kind)) => return Err(Error::InvalidDocument(id_not_string_msg(kind))),
     };
     if let Some(k) = reserved {
-        return Err(Error::InvalidDocument(format!(
-            "field {k:?} is reserved (top-level names starting with '_' other than _id are kept for kiln)"
-        )));
+        return Err(Error::InvalidDocument(reserved_msg(&k)));
     }
     let mut e = Encoder {
         buf: Vec::with_capacity(fields.size()),
@@ -181,7 +177,7 @@ impl Top {
 }
 
 fn not_object(kind: &str) -> SerError {
-    SerError(format!("a document must be a JSON object, not {kind}"))
+    SerError(not_object_msg(kind))
 }
 
 /// The kind of a value serde_json turns a non-finite float into.
@@ -472,10 +468,7 @@ struct Ser<'a>(&'a mut Encoder, usize);
 
 /// The deepest nesting a stored document may have (what a reader decodes).
 fn too_deep() -> SerError {
-    SerError(format!(
-        "the document nests deeper than {} levels",
-        crate::block::cbor::MAX_DEPTH
-    ))
+    SerError(too_deep_msg())
 }
 
 /// Inner collectors of a compound value: what a `Ser` compound writes when it ends.
