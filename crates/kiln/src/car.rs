@@ -16,7 +16,7 @@
 use crate::block::cbor::{CborError, Decoder, Encoder};
 use crate::block::cid::{hex, unhex, Cid, CID_LEN};
 use crate::block::DigestSet;
-use crate::seal::{Key, SealError};
+use crate::seal::{Key, SealError, NONCE_LEN, TAG_LEN};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -209,43 +209,63 @@ pub struct Meta {
     pub replaces: Vec<FileName>,
 }
 
-/// Builds one diff file in memory.
+/// Builds one diff file in memory, in place: blocks are appended straight into the file's
+/// buffer, each segment between room for its nonce and codec byte and room for its tag, and
+/// sealed there when the file is finished (a large transaction's bytes are then written to
+/// memory once, not once as plaintext and again sealed).
 pub struct Writer {
     meta: Meta,
-    segs: Vec<Vec<u8>>,
-    cur: Vec<u8>,
+    /// The file so far: its header, then each segment as it will be sealed: room for the
+    /// nonce, the codec byte, the CAR bytes and (once closed) room for the tag.
+    file: Vec<u8>,
+    /// Where each closed segment's CAR bytes start and end in `file`.
+    segs: Vec<(usize, usize)>,
+    /// Where the open segment's CAR bytes start.
+    cur: usize,
     entries: Vec<Entry>,
     seen: DigestSet<Cid>,
-    /// Emptied segment buffers to fill before allocating new ones.
-    recycled: Vec<Vec<u8>>,
 }
 
 impl Writer {
     pub fn new(meta: Meta) -> Writer {
-        Writer::with_capacity(meta, 0)
+        Writer::with_capacity(meta, 0, Vec::new())
     }
 
     /// A writer with room for about `blocks` blocks (growing the index and the set of CIDs
-    /// seen block by block cost a large transaction more than copying its documents).
-    pub fn with_capacity(meta: Meta, blocks: usize) -> Writer {
-        let mut cur = Vec::with_capacity(SEGMENT_TARGET + 1024);
-        cur.extend_from_slice(&car_header(&meta.roots));
+    /// seen block by block cost a large transaction more than copying its documents), that
+    /// builds the file in `buf` (cleared first: a caller reusing one buffer for every file
+    /// spares the allocation and, for a large file, its page faults; reserve in it what the
+    /// file will need).
+    pub fn with_capacity(meta: Meta, blocks: usize, mut buf: Vec<u8>) -> Writer {
+        buf.clear();
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&VERSION.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
         let mut seen = DigestSet::default();
         seen.reserve(blocks);
-        Writer {
+        let mut w = Writer {
             meta,
+            file: buf,
             segs: Vec::new(),
-            cur,
+            cur: 0,
             entries: Vec::with_capacity(blocks),
             seen,
-            recycled: Vec::new(),
-        }
+        };
+        w.open_segment();
+        let h = car_header(&w.meta.roots);
+        w.file.extend_from_slice(&h);
+        w
     }
 
-    /// Gives the writer segment buffers to reuse (their contents are dropped): a large
-    /// transaction otherwise pays a page fault for every 4 KiB of fresh memory it fills.
-    pub fn recycle(&mut self, bufs: Vec<Vec<u8>>) {
-        self.recycled = bufs;
+    fn open_segment(&mut self) {
+        self.file.extend_from_slice(&[0; NONCE_LEN]);
+        self.file.push(RAW);
+        self.cur = self.file.len();
+    }
+
+    fn close_segment(&mut self) {
+        self.segs.push((self.cur, self.file.len()));
+        self.file.extend_from_slice(&[0; TAG_LEN]);
     }
 
     /// Adds a block (a repeat of a CID already added is ignored).
@@ -267,63 +287,73 @@ impl Writer {
         if !self.seen.insert(cid) {
             return;
         }
-        if !self.cur.is_empty() && self.cur.len() + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
-            let want = SEGMENT_TARGET.max(data.len() + 64);
-            let next = match self.recycled.pop() {
-                Some(mut b) if b.capacity() >= want => {
-                    b.clear();
-                    b
-                }
-                _ => Vec::with_capacity(want),
-            };
-            self.segs.push(std::mem::replace(&mut self.cur, next));
+        let used = self.file.len() - self.cur;
+        if used > 0 && used + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
+            self.close_segment();
+            self.open_segment();
         }
         let seg = self.segs.len() as u32;
-        push_section(&mut self.cur, &mut self.entries, seg, cid, data, kind);
+        push_section(
+            &mut self.file,
+            self.cur,
+            &mut self.entries,
+            seg,
+            cid,
+            data,
+            kind,
+        );
     }
 
-    /// Seals everything and returns the file with its index and segment plaintexts (so the
-    /// writer can cache what it just wrote instead of reading it back). Segments are
-    /// LZ4-compressed only with `compress`: transaction diffs are written raw (the commit path
-    /// stays short, as LSM stores leave their newest level uncompressed) and compaction
-    /// compresses what it merges.
-    ///
-    /// The file's bytes are built in `out` (cleared first; a caller may reuse one buffer for
-    /// every file, sparing the allocation and its page faults). Its name is
-    /// [`FileName::of`] those bytes, left to the caller (who may hash while writing).
-    pub fn finish_into(
+    /// Seals everything and returns the file's bytes with its index and, when their
+    /// plaintext is at most `keep_plain` bytes, its segments' CAR bytes (so the writer can
+    /// cache what it just wrote instead of reading it back). Segments are LZ4-compressed only
+    /// with `compress`: transaction diffs are written raw (the commit path stays short, as
+    /// LSM stores leave their newest level uncompressed) and compaction compresses what it
+    /// merges. The file's name is [`FileName::of`] its bytes, left to the caller.
+    pub fn finish(
         mut self,
         key: &Key,
         compress: bool,
-        out: &mut Vec<u8>,
+        keep_plain: usize,
     ) -> std::io::Result<Finished> {
-        if !self.cur.is_empty() {
-            self.segs.push(std::mem::take(&mut self.cur));
-        }
-        let plain: usize = self.segs.iter().map(|s| s.len()).sum();
-        out.clear();
-        out.reserve(plain + 64 * self.segs.len() + self.entries.len() * 48 + 256);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        self.close_segment();
+        let plain: usize = self.segs.iter().map(|(s, e)| e - s).sum();
+        let segments = if plain <= keep_plain {
+            self.segs
+                .iter()
+                .map(|&(s, e)| self.file[s..e].to_vec())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut seg_at = Vec::with_capacity(self.segs.len());
-        let mut packed = Vec::new();
-        for (i, s) in self.segs.iter().enumerate() {
-            let start = out.len() as u64;
-            if compress {
-                pack_segment(s, &mut packed, true);
-                key.seal_into(&seg_aad(i as u32), &packed, out)?;
-            } else {
-                // Raw: the codec byte and the CAR bytes, sealed without an extra copy.
-                key.seal_parts_into(&seg_aad(i as u32), &[&[RAW], s], out)?;
+        let mut out = if compress {
+            let mut out = Vec::with_capacity(plain / 2 + 64 * self.segs.len() + 256);
+            out.extend_from_slice(&self.file[..HEADER_LEN]);
+            let mut packed = Vec::new();
+            for (i, &(s, e)) in self.segs.iter().enumerate() {
+                let start = out.len() as u64;
+                pack_segment(&self.file[s..e], &mut packed, true);
+                key.seal_into(&seg_aad(i as u32), &packed, &mut out)?;
+                seg_at.push((start, (out.len() as u64 - start) as u32));
             }
-            seg_at.push((start, (out.len() as u64 - start) as u32));
-        }
-        let (index, index_len) = write_tail(key, self.meta, self.entries, seg_at, out)?;
+            out
+        } else {
+            // Raw: the codec byte and the CAR bytes are sealed where they are.
+            for (i, &(s, e)) in self.segs.iter().enumerate() {
+                let unit = s - 1 - NONCE_LEN..e + TAG_LEN;
+                seg_at.push((unit.start as u64, unit.len() as u32));
+                key.seal_in_place(&seg_aad(i as u32), &mut self.file[unit])?;
+            }
+            std::mem::take(&mut self.file)
+        };
+        out.reserve(self.entries.len() * 48 + 256);
+        let (index, index_len) = write_tail(key, self.meta, self.entries, seg_at, &mut out)?;
         Ok(Finished {
+            bytes: out,
             index,
             index_len,
-            segments: self.segs,
+            segments,
         })
     }
 }
@@ -332,9 +362,11 @@ const OTHER: u8 = 0;
 const EVENT: u8 = 1;
 const NODE: u8 = 2;
 
-/// Appends a block's CAR section to segment `seg`'s plaintext `cur` and records its entry.
+/// Appends a block's CAR section to segment `seg`, whose CAR bytes start at `base` in `cur`,
+/// and records its entry.
 fn push_section(
     cur: &mut Vec<u8>,
+    base: usize,
     entries: &mut Vec<Entry>,
     seg: u32,
     cid: Cid,
@@ -343,7 +375,7 @@ fn push_section(
 ) {
     put_varint(cur, (CID_LEN + data.len()) as u64);
     cur.extend_from_slice(cid.as_bytes());
-    let off = cur.len() as u32;
+    let off = (cur.len() - base) as u32;
     cur.extend_from_slice(data);
     entries.push(Entry {
         cid,
@@ -390,7 +422,17 @@ fn write_tail_at(
     out: &mut Vec<u8>,
 ) -> std::io::Result<(Index, u32)> {
     let at = |out: &Vec<u8>| base + out.len() as u64;
-    entries.sort_unstable_by_key(|e| e.cid); // (CIDs are unique in a file)
+    // By CID (unique in a file). Most pairs differ in their first 8 bytes (4 of them the
+    // digest's), compared as one integer before the whole CID.
+    let lead = |c: &Cid| {
+        let b = c.as_bytes();
+        u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    };
+    entries.sort_unstable_by(|a, b| {
+        lead(&a.cid)
+            .cmp(&lead(&b.cid))
+            .then_with(|| a.cid.cmp(&b.cid))
+    });
     let mut pages = Vec::new();
     if entries.len() > PAGE_ENTRIES {
         for (i, chunk) in entries.chunks(PAGE_ENTRIES).enumerate() {
@@ -571,7 +613,7 @@ impl<'a> StreamWriter<'a> {
             self.flush_segment()?;
         }
         let seg = self.seg_at.len() as u32;
-        push_section(&mut self.cur, &mut self.entries, seg, cid, data, kind);
+        push_section(&mut self.cur, 0, &mut self.entries, seg, cid, data, kind);
         Ok(())
     }
 
@@ -601,13 +643,15 @@ impl<'a> StreamWriter<'a> {
     }
 }
 
-/// A sealed file's name, index and segments (its bytes are in the caller's buffer).
+/// A sealed file's bytes, index and segments.
 pub struct Finished {
+    /// The file (its name is [`FileName::of`] these bytes).
+    pub bytes: Vec<u8>,
     /// The index, as [`Index::open`] would read it back.
     pub index: Index,
     /// Length of the sealed index (it ends where the trailer starts).
     pub index_len: u32,
-    /// The plaintext of each segment.
+    /// The CAR bytes of each segment, if asked for (see [`Writer::finish`]).
     pub segments: Vec<Vec<u8>>,
 }
 
@@ -1091,6 +1135,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample(n: usize, big: bool) -> (Key, FileName, Vec<u8>, Vec<(Cid, Vec<u8>)>) {
+        sample_with(n, big, true)
+    }
+
+    /// A file of `n` blocks, compressed (as compaction writes them) or raw (sealed in place,
+    /// as transactions write them).
+    fn sample_with(
+        n: usize,
+        big: bool,
+        compress: bool,
+    ) -> (Key, FileName, Vec<u8>, Vec<(Cid, Vec<u8>)>) {
         let key = Key::generate().unwrap();
         let blocks: Vec<(Cid, Vec<u8>)> = (0..n)
             .map(|i| {
@@ -1107,8 +1161,15 @@ mod tests {
         for (c, d) in &blocks {
             w.add(*c, d);
         }
-        let mut bytes = Vec::new();
-        let f = w.finish_into(&key, true, &mut bytes).unwrap();
+        let f = w.finish(&key, compress, usize::MAX).unwrap();
+        let bytes = &f.bytes;
+        // The segments handed back are the CAR bytes a reader decrypts.
+        assert_eq!(f.segments.len(), f.index.segs.len());
+        for (i, (o, l)) in f.index.segs.iter().enumerate() {
+            let sealed = &bytes[*o as usize..(*o + *l as u64) as usize];
+            let plain = open_segment(&key, i as u32, sealed, VERSION).unwrap();
+            assert_eq!(plain, f.segments[i]);
+        }
         // The returned index is the one a reader gets.
         let t = &bytes[bytes.len() - TRAILER_LEN..];
         let (at, len) = parse_trailer(bytes.len() as u64, t).unwrap();
@@ -1122,7 +1183,7 @@ mod tests {
             )
         );
         assert_eq!(read.pages.len(), f.index.pages.len());
-        (key, FileName::of(&bytes), bytes, blocks)
+        (key, FileName::of(bytes), bytes.clone(), blocks)
     }
 
     #[test]
@@ -1229,8 +1290,16 @@ mod tests {
 
     #[test]
     fn small_and_large_files_verify_and_locate() {
-        for (n, big) in [(3, false), (40, true), (300, false), (3000, false)] {
-            let (key, name, bytes, blocks) = sample(n, big);
+        for (n, big, compress) in [
+            (3, false, true),
+            (3, false, false),
+            (40, true, true),
+            (40, true, false),
+            (300, false, false),
+            (3000, false, true),
+            (3000, false, false),
+        ] {
+            let (key, name, bytes, blocks) = sample_with(n, big, compress);
             let (idx, got) = verify_file(&key, &name, &bytes).unwrap();
             assert_eq!(got.len(), n);
             assert_eq!(idx.block_count(), n);
@@ -1260,6 +1329,21 @@ mod tests {
                 .unwrap();
                 assert_eq!(block_in(&seg, &e).unwrap(), &d[..]);
             }
+        }
+    }
+
+    #[test]
+    fn segments_are_handed_back_only_up_to_the_size_asked() {
+        let blocks: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; 3000]).collect();
+        let key = Key::generate().unwrap();
+        for (keep, want) in [(0, false), (1 << 20, true)] {
+            let mut w = Writer::new(Meta::default());
+            for d in &blocks {
+                w.add(Cid::of_cbor(d), d);
+            }
+            let f = w.finish(&key, false, keep).unwrap();
+            assert_eq!(!f.segments.is_empty(), want);
+            verify_file(&key, &FileName::of(&f.bytes), &f.bytes).unwrap();
         }
     }
 

@@ -67,20 +67,16 @@ struct Db {
     /// The background compaction waits to swap its result in: commits let it go first (the
     /// in-process mutex is not fair, and back-to-back commits would starve it).
     swap_waiting: AtomicBool,
-    /// Where this handle builds the files it stores (see [`Db::store_file`]).
+    /// Where this handle builds the files it stores (see [`Db::take_file_buf`]).
     file_buf: Mutex<Vec<u8>>,
-    /// Segment buffers of large files this handle wrote and did not cache, to reuse.
-    seg_bufs: Mutex<Vec<Vec<u8>>>,
 }
 
 /// A file buffer larger than this is not kept between files.
 const FILE_BUF_KEEP: usize = 8 << 20;
 
-/// A file this handle writes is kept in the block cache only up to this size.
-const FILE_CACHE_MAX: u64 = 128 << 10;
-
-/// Bytes of segment buffers of an uncached file kept for the next large transaction.
-const SEG_BUFS_KEEP: usize = 1 << 20;
+/// A file this handle writes is kept in the block cache only up to this many bytes of
+/// plaintext.
+const FILE_CACHE_MAX: usize = 128 << 10;
 
 /// A head record as read, with the commit counter it was read under (`None`: do not trust it
 /// for freshness checks).
@@ -294,25 +290,13 @@ fn prepare_all<T: Sync>(
     let run = |part: &[T]| -> Result<Vec<Write>> {
         part.iter().map(|d| prepare(d).map(write_of)).collect()
     };
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    // (sysconf, not available_parallelism: that one reads cgroup files, ~0.1 ms on first use.)
-    // SAFETY: sysconf has no preconditions.
-    let cores =
-        *CORES.get_or_init(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize);
-    let parallel = docs.len() >= PARALLEL_DOCS && cores > 1;
+    let parallel = docs.len() >= PARALLEL_DOCS && crate::par::cores() > 1;
     if !parallel {
         return run(docs);
     }
-    let (a, b) = docs.split_at(docs.len() / 2);
-    let (ra, rb) = std::thread::scope(|s| {
-        let tb = s.spawn(|| run(b));
-        let ra = run(a);
-        (ra, tb.join())
-    });
-    let mut out = ra?;
-    match rb {
-        Ok(r) => out.extend(r?),
-        Err(p) => std::panic::resume_unwind(p),
+    let mut out = Vec::with_capacity(docs.len());
+    for part in crate::par::map_chunks(docs, PREPARE_CHUNK, run) {
+        out.extend(part?);
     }
     Ok(out)
 }
@@ -343,6 +327,8 @@ fn write_of((id, body): (String, Vec<u8>)) -> Write {
 
 /// Batches at least this large are prepared on two threads.
 const PARALLEL_DOCS: usize = 128;
+/// Documents a thread takes at a time when a batch is prepared on two threads.
+const PREPARE_CHUNK: usize = 64;
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -397,7 +383,6 @@ impl Database {
             compacting: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
             file_buf: Mutex::new(Vec::new()),
-            seg_bufs: Mutex::new(Vec::new()),
         };
         Ok(Database {
             inner: Arc::new(db),
@@ -1443,14 +1428,19 @@ impl Db {
         {
             std::thread::yield_now();
         }
-        let ids: Vec<String> = writes.iter().map(|w| w.0.clone()).collect();
-        // Ops sorted by id; the last write of an id wins (the sort is stable).
-        let mut writes = writes;
-        writes.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut writes: Vec<Write> = writes.into_iter().rev().collect();
-        writes.dedup_by(|later, earlier| later.0 == earlier.0);
-        writes.reverse();
-        self.with_lock(|db, head| {
+        // Ops sorted by id; of an id written more than once the last write wins. (Sorted by
+        // reference: the writes keep their order and their ids for `Committed::ids`.)
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            writes[a]
+                .0
+                .as_bytes()
+                .cmp(writes[b].0.as_bytes())
+                .then(b.cmp(&a))
+        });
+        order.dedup_by(|later, kept| writes[*later].0 == writes[*kept].0);
+        let sorted: Vec<&Write> = order.iter().map(|&i| &writes[i]).collect();
+        let (mut c, wanted) = self.with_lock(|db, head| {
             db.ensure_tree(head)?;
             let cur = head.clone();
             // A transaction whose base is still current is an ordinary linear commit.
@@ -1465,7 +1455,7 @@ impl Db {
                 height = height.max(v.event(h)?.height);
             }
             height += 1;
-            let ops: Vec<tree::Op> = writes
+            let ops: Vec<tree::Op> = sorted
                 .iter()
                 .map(|(id, w)| {
                     (
@@ -1507,7 +1497,7 @@ impl Db {
                 parents,
                 height,
                 time: now_ms(),
-                ops: writes
+                ops: sorted
                     .iter()
                     .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
                     .collect(),
@@ -1521,6 +1511,16 @@ impl Db {
             let ecid = Cid::of_cbor(&eb);
             // Room for the documents, the event and (for a checkpoint) about one tree node
             // per eight documents.
+            // The file is built in the handle's reused buffer, with room for the documents,
+            // their sections, the event and (for a checkpoint) about one tree node per eight
+            // documents.
+            let blocks = sorted.len() + sorted.len() / 8 + 2;
+            let mut buf = db.take_file_buf();
+            let bodies: usize = sorted
+                .iter()
+                .filter_map(|(_, x)| x.as_ref().map(|(_, b)| b.len()))
+                .sum();
+            buf.reserve(bodies + eb.len() + blocks * (crate::block::cid::CID_LEN + 64) + 4096);
             let mut w = car::Writer::with_capacity(
                 car::Meta {
                     level: 0,
@@ -1528,15 +1528,10 @@ impl Db {
                     roots: vec![ecid],
                     replaces: vec![],
                 },
-                writes.len() + writes.len() / 8 + 2,
+                blocks,
+                buf,
             );
-            if writes.len() >= CHECKPOINT_OPS {
-                // A large transaction refills the last one's segment buffers.
-                w.recycle(std::mem::take(
-                    &mut *db.seg_bufs.lock().unwrap_or_else(|p| p.into_inner()),
-                ));
-            }
-            for (_, x) in &writes {
+            for (_, x) in &sorted {
                 if let Some((c, body)) = x {
                     w.add(*c, body);
                 }
@@ -1547,7 +1542,7 @@ impl Db {
             // replay. A small one leaves its new nodes in memory until the level-0 compaction
             // writes them (an event's own tree, when it differs from the state, is not kept: a
             // read at that event replays the clock).
-            let checkpoint = writes.len() >= CHECKPOINT_OPS;
+            let checkpoint = sorted.len() >= CHECKPOINT_OPS;
             if checkpoint {
                 db.write_tree(&mut w, state)?;
             }
@@ -1618,7 +1613,7 @@ impl Db {
             Ok((
                 (
                     Committed {
-                        ids,
+                        ids: Vec::new(), // (below)
                         event: ecid,
                         heads,
                     },
@@ -1626,7 +1621,10 @@ impl Db {
                 ),
                 removed,
             ))
-        })
+        })?;
+        drop(sorted);
+        c.ids = writes.into_iter().map(|w| w.0).collect();
+        Ok((c, wanted))
     }
 
     /// Keeps in `pending` only the nodes of `root`'s tree that `base`'s tree (whole in files)
@@ -2552,49 +2550,28 @@ impl Db {
     /// Seals and stores a file, keeping its index and segments in memory so this process
     /// never reads back what it just wrote.
     fn store_file(&self, w: car::Writer, level: u8, heights: (u64, u64)) -> Result<FileRef> {
-        // One buffer reused for every file this handle writes (allocating a fresh one for a
-        // large transaction costs its page faults each time).
-        let mut buf = self.file_buf.lock().unwrap_or_else(|p| p.into_inner());
-        let f = w
-            .finish_into(&self.key, level > 0, &mut buf)
-            .map_err(|e| Error::io(&self.dir, e))?;
-        let name = FileName::of(&buf);
-        self.store
-            .storage
-            .put(&name, &buf, self.sync())
-            .map_err(|e| Error::io(self.store.root.join("files"), e))?;
-        let size = buf.len() as u64;
-        if buf.capacity() > FILE_BUF_KEEP {
-            *buf = Vec::new();
-        }
-        drop(buf);
         let car::Finished {
+            bytes,
             index,
             index_len,
             segments,
-            ..
-        } = f;
+        } = w
+            .finish(&self.key, level > 0, FILE_CACHE_MAX)
+            .map_err(|e| Error::io(&self.dir, e))?;
+        let name = FileName::of(&bytes);
+        self.store
+            .storage
+            .put(&name, &bytes, self.sync())
+            .map_err(|e| Error::io(self.store.root.join("files"), e))?;
+        let size = bytes.len() as u64;
+        self.give_file_buf(bytes);
         let bloom = self.register_index(name, index);
-        if size > FILE_CACHE_MAX {
-            // A large transaction's segments are not cached (they would push out what reads
-            // use); their buffers serve the next one.
-            let mut room = SEG_BUFS_KEEP;
-            let keep: Vec<Vec<u8>> = segments
-                .into_iter()
-                .take_while(|s| {
-                    room = room.saturating_sub(s.capacity());
-                    room > 0
-                })
-                .collect();
-            *self.seg_bufs.lock().unwrap_or_else(|p| p.into_inner()) = keep;
-        } else {
-            for (n, mut seg) in segments.into_iter().enumerate() {
-                seg.shrink_to_fit(); // written with room to grow; cache only what it holds
-                self.store.cache.insert(
-                    CacheKey::Segment(name, n as u32),
-                    Cached::Bytes(Arc::new(seg)),
-                );
-            }
+        // A large file's segments are not cached (they would push out what reads use).
+        for (n, seg) in segments.into_iter().enumerate() {
+            self.store.cache.insert(
+                CacheKey::Segment(name, n as u32),
+                Cached::Bytes(Arc::new(seg)),
+            );
         }
         Ok(FileRef {
             name,
@@ -2604,6 +2581,19 @@ impl Db {
             heights,
             bloom,
         })
+    }
+
+    /// The buffer this handle builds files in (see [`car::Writer::with_capacity`]); empty
+    /// while another file of the handle is being built.
+    fn take_file_buf(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.file_buf.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Keeps a file's buffer for the next file, unless it grew too large to hold on to.
+    fn give_file_buf(&self, buf: Vec<u8>) {
+        if buf.capacity() <= FILE_BUF_KEEP {
+            *self.file_buf.lock().unwrap_or_else(|p| p.into_inner()) = buf;
+        }
     }
 
     /// The metadata of a whole file's bytes (its index is checked and decrypted).

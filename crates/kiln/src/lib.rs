@@ -32,6 +32,7 @@ pub mod doc;
 mod error;
 pub mod head;
 pub mod keys;
+mod par;
 pub mod proposals;
 pub mod seal;
 pub mod settings;

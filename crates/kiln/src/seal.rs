@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Bytes a sealed unit adds to its plaintext.
-pub const OVERHEAD: usize = 12 + 16;
+pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// Bytes of a sealed unit before its ciphertext (the nonce) and after it (the tag).
+pub const NONCE_LEN: usize = 12;
+pub const TAG_LEN: usize = 16;
 
 /// A database lineage's secret key. Never written anywhere but the keybag.
 #[derive(Clone)]
@@ -116,6 +119,26 @@ impl Key {
             )
             .map_err(|_| std::io::Error::other("encryption failed"))?;
         out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Seals in place: `unit` is the sealed unit's room, its plaintext between
+    /// [`NONCE_LEN`] bytes at the front and [`TAG_LEN`] at the back (their contents do not
+    /// matter); nonce and tag are written there and the plaintext is encrypted where it is.
+    pub fn seal_in_place(&self, aad: &[u8], unit: &mut [u8]) -> std::io::Result<()> {
+        if unit.len() < OVERHEAD {
+            return Err(std::io::Error::other("no room to seal in place"));
+        }
+        let nonce = self.nonces.take();
+        let (head, rest) = unit.split_at_mut(NONCE_LEN);
+        head.copy_from_slice(&nonce);
+        let body = rest.len() - TAG_LEN;
+        let (plain, tag_room) = rest.split_at_mut(body);
+        let tag = self
+            .cipher
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), plain)
+            .map_err(|_| std::io::Error::other("encryption failed"))?;
+        tag_room.copy_from_slice(tag.as_ref());
         Ok(())
     }
 

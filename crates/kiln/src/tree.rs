@@ -759,7 +759,7 @@ impl Builder {
         // Keep only new nodes reachable from the root (drops stripped ones), once each.
         let mut blocks = Vec::new();
         if let Some(r) = root {
-            let mut by_cid: std::collections::HashMap<Cid, (Arc<Node>, Vec<u8>)> = self
+            let mut by_cid: crate::block::DigestMap<Cid, (Arc<Node>, Vec<u8>)> = self
                 .out
                 .into_iter()
                 .map(|(_, c, n, b)| (c, (n, b)))

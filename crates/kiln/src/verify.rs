@@ -474,8 +474,8 @@ mod tests {
             } else {
                 w.add_event(ecid, &eb);
             }
-            let mut bytes = Vec::new();
-            let f = w.finish_into(&key, false, &mut bytes).unwrap();
+            let f = w.finish(&key, false, 0).unwrap();
+            let bytes = f.bytes.clone();
             let name = FileName::of(&bytes);
             storage.put(&name, &bytes, false).unwrap();
             let head = Head {

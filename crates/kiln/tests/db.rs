@@ -139,6 +139,43 @@ fn bad_input_changes_nothing() {
 }
 
 #[test]
+fn a_large_bulk_keeps_given_order_last_writes_and_the_first_error() {
+    // Large batches are prepared on two threads a chunk at a time: what a caller sees must
+    // be what a sequential pass gives.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let docs: Vec<Value> = (0..1000)
+        .map(|i| json!({"_id": format!("d{:03}", i % 300), "i": i}))
+        .collect();
+    let c = db.bulk(&docs).unwrap();
+    let given: Vec<String> = (0..1000).map(|i| format!("d{:03}", i % 300)).collect();
+    assert_eq!(c.ids, given);
+    assert!(db.verify().unwrap().ok());
+    assert_eq!(db.info().unwrap().docs, 300);
+    for k in [0, 99, 100, 299] {
+        // The last of i ≡ k (mod 300) below 1000.
+        let last = k + 300 * ((999 - k) / 300);
+        assert_eq!(db.get(&format!("d{k:03}")).unwrap().unwrap()["i"], last);
+    }
+    // Two bad documents: the error is the first one's, and nothing is written.
+    let before = db.info().unwrap();
+    let mut bad = docs.clone();
+    bad[300] = json!({"_id": 7});
+    bad[700] = json!({"_id": "x", "_rev": 1});
+    match db.bulk(&bad) {
+        Err(Error::InvalidDocument(m)) => assert!(m.contains("_id"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let text: Vec<String> = bad.iter().map(|d| d.to_string()).collect();
+    match db.bulk_json(&text) {
+        Err(Error::InvalidDocument(m)) => assert!(m.starts_with("_id must be a string"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(db.info().unwrap(), before);
+}
+
+#[test]
 fn databases_create_list_open_drop() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_with(dir.path(), opts(100)).unwrap();

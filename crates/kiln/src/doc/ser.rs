@@ -11,11 +11,21 @@ use super::{
 use crate::block::cbor::Encoder;
 use crate::error::{Error, Result};
 use serde::ser::{self, Impossible, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 
 /// Validates a document and returns its id and stored body.
 pub fn prepare_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<(String, Vec<u8>)> {
-    let mut top = Top::default();
+    // Room for a typical document's fields up front (growing buffers field by field cost
+    // more than encoding them).
+    let mut top = Top {
+        fields: Fields {
+            keys: Vec::with_capacity(16),
+            values: Vec::with_capacity(512),
+            depth: 0,
+        },
+        ..Top::default()
+    };
     doc.serialize(TopSer(&mut top))
         .map_err(|e| Error::InvalidDocument(e.0))?;
     let Top {
@@ -68,11 +78,14 @@ fn json_err(e: serde_json::Error) -> SerError {
     SerError(e.to_string())
 }
 
+/// A map key: a struct's field names are `'static` and need no copy.
+type Key = Cow<'static, str>;
+
 /// An object's entries as they are written: keys, and their encoded values one after another
 /// in one buffer.
 #[derive(Default)]
 struct Fields {
-    keys: Vec<(String, std::ops::Range<usize>)>,
+    keys: Vec<(Key, std::ops::Range<usize>)>,
     values: Vec<u8>,
     /// How many containers hold this object (0: the document itself).
     depth: usize,
@@ -80,7 +93,7 @@ struct Fields {
 
 impl Fields {
     /// Encodes `v` as the value of `key`.
-    fn value<T: Serialize + ?Sized>(&mut self, key: String, v: &T) -> R {
+    fn value<T: Serialize + ?Sized>(&mut self, key: Key, v: &T) -> R {
         let start = self.values.len();
         let mut e = Encoder {
             buf: std::mem::take(&mut self.values),
@@ -107,7 +120,7 @@ impl Fields {
     }
 
     /// Adds `key` with a value already encoded.
-    fn push_encoded(&mut self, key: String, v: &[u8]) {
+    fn push_encoded(&mut self, key: Key, v: &[u8]) {
         let start = self.values.len();
         self.values.extend_from_slice(v);
         self.keys.push((key, start..self.values.len()));
@@ -140,7 +153,7 @@ struct Top {
 }
 
 impl Top {
-    fn entry<T: Serialize + ?Sized>(&mut self, key: String, v: &T) -> R {
+    fn entry<T: Serialize + ?Sized>(&mut self, key: Key, v: &T) -> R {
         if key == "_id" {
             self.id = Some(v.serialize(IdSer)?);
             return Ok(());
@@ -150,7 +163,7 @@ impl Top {
     }
 
     /// An entry whose value is already encoded and is of kind `kind` (an array or an object).
-    fn entry_encoded(&mut self, key: String, v: &[u8], kind: &'static str) {
+    fn entry_encoded(&mut self, key: Key, v: &[u8], kind: &'static str) {
         if key == "_id" {
             self.id = Some(Err(kind));
             return;
@@ -289,7 +302,7 @@ impl<'a> ser::Serializer for TopSer<'a> {
         variant: &'static str,
         v: &T,
     ) -> R {
-        self.0.entry(variant.to_owned(), v)
+        self.0.entry(Cow::Borrowed(variant), v)
     }
     fn serialize_seq(self, _: Option<usize>) -> R<Self::SerializeSeq> {
         Ok(TopArray(ArrayOf::new(0)))
@@ -400,7 +413,7 @@ impl ser::SerializeMap for TopMap<'_> {
             .key
             .take()
             .ok_or_else(|| SerError("a map value without its key".into()))?;
-        self.top.entry(k, v)
+        self.top.entry(Cow::Owned(k), v)
     }
     fn end(self) -> R {
         Ok(())
@@ -419,7 +432,7 @@ impl ser::SerializeStruct for TopMap<'_> {
                 let doc: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
                 doc.serialize(TopSer(self.top))
             }
-            None => self.top.entry(k.to_owned(), v),
+            None => self.top.entry(Cow::Borrowed(k), v),
         }
     }
     fn end(self) -> R {
@@ -433,7 +446,7 @@ impl<S: Inner> TopVariant<'_, S> {
         let mut e = Encoder { buf: Vec::new() };
         self.inner.finish(&mut e);
         self.top
-            .entry_encoded(self.variant.to_owned(), &e.buf, kind);
+            .entry_encoded(Cow::Borrowed(self.variant), &e.buf, kind);
         Ok(())
     }
 }
@@ -453,7 +466,7 @@ impl ser::SerializeStructVariant for TopVariant<'_, MapOf> {
     type Ok = ();
     type Error = SerError;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, k: &'static str, v: &T) -> R {
-        self.inner.fields.value(k.to_owned(), v)
+        self.inner.fields.value(Cow::Borrowed(k), v)
     }
     fn end(self) -> R {
         self.close()
@@ -761,7 +774,7 @@ impl ser::SerializeMap for Compound<'_, MapOf> {
             .key
             .take()
             .ok_or_else(|| SerError("a map value without its key".into()))?;
-        self.inner.fields.value(k, v)
+        self.inner.fields.value(Cow::Owned(k), v)
     }
     fn end(self) -> R {
         self.close()
@@ -773,7 +786,7 @@ impl ser::SerializeStruct for Compound<'_, MapOf> {
     type Error = SerError;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, k: &'static str, v: &T) -> R {
         match self.special {
-            None => self.inner.fields.value(k.to_owned(), v),
+            None => self.inner.fields.value(Cow::Borrowed(k), v),
             Some(name) => {
                 // serde_json's number or raw JSON: its text, read as the `Value` path would.
                 let text = v.serialize(TextOf)?;
@@ -806,7 +819,7 @@ impl ser::SerializeStructVariant for Compound<'_, MapOf> {
     type Ok = ();
     type Error = SerError;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, k: &'static str, v: &T) -> R {
-        self.inner.fields.value(k.to_owned(), v)
+        self.inner.fields.value(Cow::Borrowed(k), v)
     }
     fn end(self) -> R {
         self.close()
