@@ -47,6 +47,11 @@ fn helper() -> Option<&'static Helper> {
     })
 }
 
+/// Starts the helper now (a store's open), so the first large batch does not pay for it.
+pub fn warm() {
+    let _ = helper();
+}
+
 /// Online cores (sysconf: `available_parallelism` reads cgroup files, ~0.1 ms on first use).
 pub fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
