@@ -42,7 +42,7 @@ Options:
 Environment (kiln only, for experiments; defaults are kiln's own):
   KILN_TH=N           compaction threshold (default 100)
   KILN_BG=1           compact in a background thread
-  KILN_RESERVE=N      empty files kept ready in the pool (default 64)
+  KILN_RESERVE=N      empty files kept ready in the pool (default 160)
   KILN_JSON_TEXT=1    hand kiln JSON text (as SQLite gets) instead of the documents as values
 Prints one JSON result line on stdout, starting with {\"system\":.";
 

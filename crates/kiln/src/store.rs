@@ -57,7 +57,11 @@ pub struct Options {
     /// more files (and memory) build up, so it is off by default.
     pub background_compaction: bool,
     /// Empty files a background thread keeps ready in `files/.pool/`, so a commit renames one
-    /// instead of allocating an inode (0: none). They cost an inode each and no data.
+    /// instead of allocating an inode (0: none). They cost an inode each and no data. The
+    /// default covers a new database's first compaction cycle (100 diffs, then compaction's
+    /// output) before retired files come back as spares: with 64, a fresh store's first 1,000
+    /// one-document commits ran at 12,000/s instead of 29,000/s here, on a file system where
+    /// allocating an inode after many deletions costs up to 1 ms.
     pub reserve_files: usize,
 }
 
@@ -69,7 +73,7 @@ impl Default for Options {
             compact_threshold: 100,
             lock_timeout: std::time::Duration::from_secs(30),
             background_compaction: false,
-            reserve_files: 64,
+            reserve_files: 160,
         }
     }
 }
