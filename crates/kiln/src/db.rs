@@ -69,6 +69,9 @@ struct Db {
     swap_waiting: AtomicBool,
     /// Where this handle builds the files it stores (see [`Db::take_file_buf`]).
     file_buf: Mutex<Vec<u8>>,
+    /// A fully durable commit's small diff file, written unsynced for the head record to carry
+    /// (see [`Db::write_head`]); set by the commit under the lock, taken when the head is written.
+    carried: Mutex<Option<(FileName, Vec<u8>)>>,
 }
 
 /// A file buffer larger than this is not kept between files.
@@ -294,9 +297,27 @@ fn prepare_all<T: Sync>(
     if !parallel {
         return run(docs);
     }
+    // What a sequential pass would give: the first failing document in order decides, be it
+    // an error or a panic; chunks after a known failure are skipped.
+    let failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let parts = crate::par::map_chunks(docs, PREPARE_CHUNK, |i, part| {
+        if i > failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(part)));
+        if !matches!(r, Ok(Ok(_))) {
+            failed.fetch_min(i, Ordering::Relaxed);
+        }
+        Some(r)
+    });
     let mut out = Vec::with_capacity(docs.len());
-    for part in crate::par::map_chunks(docs, PREPARE_CHUNK, run) {
-        out.extend(part?);
+    for part in parts {
+        match part {
+            Some(Ok(Ok(v))) => out.extend(v),
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(p)) => std::panic::resume_unwind(p),
+            None => unreachable!("a chunk is skipped only after an earlier one failed"),
+        }
     }
     Ok(out)
 }
@@ -383,6 +404,7 @@ impl Database {
             compacting: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
             file_buf: Mutex::new(Vec::new()),
+            carried: Mutex::new(None),
         };
         Ok(Database {
             inner: Arc::new(db),
@@ -705,6 +727,21 @@ impl Database {
         loop {
             let st = self.inner.reload()?;
             let db = &self.inner;
+            // A diff file the head record holds a copy of, lost or torn by a power cut after
+            // its commit, is put back first (as a read of it would).
+            for name in &st.log.files {
+                let _ = db.restoring(name, || {
+                    let b = db
+                        .store
+                        .storage
+                        .read(name)
+                        .map_err(|e| db.file_err(name, e))?;
+                    match FileName::of(&b) == *name {
+                        true => Ok(()),
+                        false => Err(Error::corrupt(format!("file {name}"), car::NOT_ITS_NAME)),
+                    }
+                });
+            }
             let r = crate::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
             if r.ok() || tries == 5 || self.inner.reload()?.head == st.head {
                 return Ok(r);
@@ -718,8 +755,22 @@ impl Database {
     /// The current head record, read under the writer lock (no commit is half done), for a
     /// fork to start from.
     pub(crate) fn head_for_fork(&self) -> Result<Head> {
-        self.inner
-            .with_lock(|_, head| Ok((head.clone(), Vec::new())))
+        self.inner.with_lock(|db, head| {
+            // The fork's head record will name this one's files but carry none of them: the
+            // files only this head record carries are made durable where they are first.
+            if db.sync() {
+                let ((_, log), _) = db.read_head()?;
+                for name in &log.files {
+                    if head.files.iter().any(|f| f.name == *name) {
+                        db.store
+                            .storage
+                            .sync_file(name)
+                            .map_err(|e| db.file_err(name, e))?;
+                    }
+                }
+            }
+            Ok((head.clone(), Vec::new()))
+        })
     }
 
     pub(crate) fn key(&self) -> Key {
@@ -1309,16 +1360,24 @@ impl Db {
             }
             let st = self.state();
             let (cur, log) = if c[0] == c[1] && st.stamp == Some(c[1]) {
-                (st.head.clone(), st.log)
+                (st.head.clone(), st.log.clone())
             } else {
                 self.read_head()?.0
             };
             let mut head = cur.clone();
-            let (out, remove) = f(self, &mut head)?;
+            let r = f(self, &mut head);
+            // (A file the commit left for the head record to carry, if any: unreferenced when
+            // `f` failed, like any file of a failed commit.)
+            let carried = self
+                .carried
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            let (out, remove) = r?;
             if head != cur {
                 head.seq = cur.seq + 1;
                 let n = c[0].max(c[1]) + 1;
-                let log = match self.write_head(&mut w, (&cur, &log), &head, c, n) {
+                let log = match self.write_head(&mut w, (&cur, &log), &head, c, n, carried) {
                     Ok(log) => log,
                     Err(e) => {
                         self.poison(&e);
@@ -1363,6 +1422,12 @@ impl Db {
 
     /// Writes `head` as commit `n` over `prev` (stored as `log`): a delta appended to the head
     /// file when it can be, else a fresh snapshot. `old` is the counter read under the lock.
+    ///
+    /// `carried` is a fully durable commit's small diff file, written but not synced: it goes
+    /// into the log as a file record right before the delta, and the one flush of the log makes
+    /// both durable. When the log cannot take it, the file is synced where it is first. Before
+    /// a snapshot drops the log's file records, the files they hold that are still live are
+    /// synced.
     fn write_head(
         &self,
         w: &mut Writer,
@@ -1370,12 +1435,48 @@ impl Db {
         head: &Head,
         old: [u64; 2],
         n: u64,
+        carried: Option<(FileName, Vec<u8>)>,
     ) -> Result<Log> {
         let hp = self.dir.join("HEAD");
         let io = |e| Error::io(&hp, e);
-        let delta = head
-            .seal_delta(prev, log, &self.lineage, &self.key)
-            .map_err(io)?;
+        let sync_file = |name: &FileName| {
+            self.store
+                .storage
+                .sync_file(name)
+                .map_err(|e| self.file_err(name, e))
+        };
+        let mut file_rec = None;
+        let mut delta = None;
+        if let Some((name, bytes)) = carried.as_ref().filter(|c| log.can_hold_file(c.1.len())) {
+            let rec = Head::seal_file_record(name, bytes, log.end, &self.lineage, &self.key)
+                .map_err(io)?;
+            let after = Log {
+                end: log.end + rec.len() as u64,
+                file_bytes: log.file_bytes + rec.len() as u64,
+                ..log.clone()
+            };
+            delta = head
+                .seal_delta(prev, &after, &self.lineage, &self.key)
+                .map_err(io)?;
+            if delta.is_some() {
+                file_rec = Some((*name, rec));
+            }
+        }
+        if file_rec.is_none() {
+            if let Some((name, _)) = &carried {
+                sync_file(name)?;
+            }
+            delta = head
+                .seal_delta(prev, log, &self.lineage, &self.key)
+                .map_err(io)?;
+        }
+        if delta.is_none() && self.sync() {
+            for name in &log.files {
+                if head.files.iter().any(|f| f.name == *name) {
+                    sync_file(name)?;
+                }
+            }
+        }
         // begin=n first: a crash from here on makes every process re-read the head record.
         self.set_counter([n, old[1]])?;
         // The files kept open are still HEAD and HEAD.next only if nobody else wrote since.
@@ -1383,16 +1484,23 @@ impl Db {
         w.last = None;
         let new_log = match delta {
             Some(rec) => {
-                let end = log.end + rec.len() as u64;
+                let mut next = log.clone();
+                let rec = match file_rec {
+                    Some((name, mut both)) => {
+                        next.file_bytes += both.len() as u64;
+                        next.files.push(name);
+                        both.extend_from_slice(&rec);
+                        both
+                    }
+                    None => rec,
+                };
+                next.end = log.end + rec.len() as u64;
+                next.len = next.end;
+                next.deltas += 1;
                 w.head_file
                     .append(&rec, log.end, log.len, self.sync(), trusted)
                     .map_err(io)?;
-                Log {
-                    version: log.version,
-                    end,
-                    len: end,
-                    deltas: log.deltas + 1,
-                }
+                next
             }
             None => {
                 let bytes = head.seal(&self.lineage, &self.key).map_err(io)?;
@@ -1403,7 +1511,7 @@ impl Db {
                     version: crate::head::VERSION,
                     end: bytes.len() as u64,
                     len: bytes.len() as u64,
-                    deltas: 0,
+                    ..Log::default()
                 }
             }
         };
@@ -1520,7 +1628,11 @@ impl Db {
                 .iter()
                 .filter_map(|(_, x)| x.as_ref().map(|(_, b)| b.len()))
                 .sum();
-            buf.reserve(bodies + eb.len() + blocks * (crate::block::cid::CID_LEN + 64) + 4096);
+            let want = bodies + eb.len() + blocks * (crate::block::cid::CID_LEN + 64) + 4096;
+            if buf.capacity() < want {
+                // With a margin: the next transaction's estimate is rarely exactly the same.
+                buf.reserve_exact(want + want / 4);
+            }
             let mut w = car::Writer::with_capacity(
                 car::Meta {
                     level: 0,
@@ -1547,7 +1659,7 @@ impl Db {
                 db.write_tree(&mut w, state)?;
             }
             w.add_event(ecid, &eb);
-            let file = db.store_file(w, 0, (height, height))?;
+            let file = db.store_file_carried(w, (height, height))?;
             if checkpoint {
                 // Readable without a file read, but not pending: the tree is in files.
                 for (c, _, n) in &state.blocks {
@@ -2550,6 +2662,22 @@ impl Db {
     /// Seals and stores a file, keeping its index and segments in memory so this process
     /// never reads back what it just wrote.
     fn store_file(&self, w: car::Writer, level: u8, heights: (u64, u64)) -> Result<FileRef> {
+        self.store_file_with(w, level, heights, false)
+    }
+
+    /// [`Db::store_file`] for a transaction's diff: with full durability a small one is written
+    /// unsynced and left for the head record to carry (see [`Db::write_head`]).
+    fn store_file_carried(&self, w: car::Writer, heights: (u64, u64)) -> Result<FileRef> {
+        self.store_file_with(w, 0, heights, self.sync())
+    }
+
+    fn store_file_with(
+        &self,
+        w: car::Writer,
+        level: u8,
+        heights: (u64, u64),
+        carry: bool,
+    ) -> Result<FileRef> {
         let car::Finished {
             bytes,
             index,
@@ -2559,10 +2687,14 @@ impl Db {
             .finish(&self.key, level > 0, FILE_CACHE_MAX)
             .map_err(|e| Error::io(&self.dir, e))?;
         let name = FileName::of(&bytes);
+        let carry = carry && bytes.len() <= crate::head::MAX_FILE_RECORD;
         self.store
             .storage
-            .put(&name, &bytes, self.sync())
+            .put(&name, &bytes, self.sync() && !carry)
             .map_err(|e| Error::io(self.store.root.join("files"), e))?;
+        if carry {
+            *self.carried.lock().unwrap_or_else(|p| p.into_inner()) = Some((name, bytes.clone()));
+        }
         let size = bytes.len() as u64;
         self.give_file_buf(bytes);
         let bloom = self.register_index(name, index);
@@ -2586,7 +2718,9 @@ impl Db {
     /// The buffer this handle builds files in (see [`car::Writer::with_capacity`]); empty
     /// while another file of the handle is being built.
     fn take_file_buf(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.file_buf.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut b = std::mem::take(&mut *self.file_buf.lock().unwrap_or_else(|p| p.into_inner()));
+        b.clear(); // (it comes back holding the last file: reserving on top of that doubled it)
+        b
     }
 
     /// Keeps a file's buffer for the next file, unless it grew too large to hold on to.
@@ -2648,6 +2782,18 @@ impl Db {
         {
             return Ok(i.clone());
         }
+        let idx = self.restoring(name, || self.read_index(f))?;
+        let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 4096 {
+            m.clear();
+        }
+        m.insert(*name, idx.clone());
+        Ok(idx)
+    }
+
+    /// Reads and opens a file's index.
+    fn read_index(&self, f: &FileRef) -> Result<Arc<car::Index>> {
+        let name = &f.name;
         let st = &self.store.storage;
         let loc = format!("file {name}");
         let tail = car::TRAILER_LEN as u64 + f.index_len as u64;
@@ -2669,14 +2815,36 @@ impl Db {
                 "trailer disagrees with the head record",
             ));
         }
-        let idx =
-            Arc::new(car::Index::open(&self.key, sealed, at).map_err(|e| Error::format(&loc, e))?);
-        let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
-        if m.len() > 4096 {
-            m.clear();
+        Ok(Arc::new(
+            car::Index::open(&self.key, sealed, at).map_err(|e| Error::format(&loc, e))?,
+        ))
+    }
+
+    /// Runs `read` of file `name`; if it fails and the head record holds the file's bytes (a
+    /// fully durable commit's diff, written unsynced: a power cut can lose or tear it), puts
+    /// them back and runs `read` again.
+    fn restoring<T>(&self, name: &FileName, read: impl Fn() -> Result<T>) -> Result<T> {
+        match read() {
+            Ok(v) => Ok(v),
+            Err(e) => match self.restore_file(name) {
+                Ok(true) => read(),
+                _ => Err(e),
+            },
         }
-        m.insert(*name, idx.clone());
-        Ok(idx)
+    }
+
+    /// Puts file `name` back from the copy the head record holds, if it holds one.
+    fn restore_file(&self, name: &FileName) -> Result<bool> {
+        let hp = self.dir.join("HEAD");
+        let b = std::fs::read(&hp).map_err(|e| Error::io(&hp, e))?;
+        let Some(bytes) = crate::head::embedded_file(&b, &self.key, name) else {
+            return Ok(false);
+        };
+        self.store
+            .storage
+            .restore(name, &bytes)
+            .map_err(|e| self.file_err(name, e))?;
+        Ok(true)
     }
 }
 
@@ -2795,16 +2963,18 @@ impl View<'_> {
             return Ok(v);
         }
         let pr = &idx.pages[p];
-        let sealed = self
-            .db
-            .store
-            .storage
-            .read_at(name, pr.off, pr.len as usize)
-            .map_err(|e| self.db.file_err(name, e))?;
-        let v = Arc::new(
-            idx.open_page(&self.db.key, p, &sealed)
-                .map_err(|e| Error::format(format!("file {name}"), e))?,
-        );
+        let v = self.db.restoring(name, || {
+            let sealed = self
+                .db
+                .store
+                .storage
+                .read_at(name, pr.off, pr.len as usize)
+                .map_err(|e| self.db.file_err(name, e))?;
+            Ok(Arc::new(
+                idx.open_page(&self.db.key, p, &sealed)
+                    .map_err(|e| Error::format(format!("file {name}"), e))?,
+            ))
+        })?;
         self.db.store.cache.insert(key, Cached::Page(v.clone()));
         Ok(v)
     }
@@ -2817,16 +2987,18 @@ impl View<'_> {
         }
         let idx = self.db.index(file)?;
         let (off, len) = idx.segs[n as usize];
-        let sealed = self
-            .db
-            .store
-            .storage
-            .read_at(name, off, len as usize)
-            .map_err(|e| self.db.file_err(name, e))?;
-        let plain = Arc::new(
-            car::open_segment(&self.db.key, n, &sealed, idx.version)
-                .map_err(|e| Error::format(format!("file {name}"), e))?,
-        );
+        let plain = self.db.restoring(name, || {
+            let sealed = self
+                .db
+                .store
+                .storage
+                .read_at(name, off, len as usize)
+                .map_err(|e| self.db.file_err(name, e))?;
+            Ok(Arc::new(
+                car::open_segment(&self.db.key, n, &sealed, idx.version)
+                    .map_err(|e| Error::format(format!("file {name}"), e))?,
+            ))
+        })?;
         self.db
             .store
             .cache
@@ -3018,6 +3190,27 @@ mod tests {
             Some(root),
             &DigestSet::default(),
         )
+    }
+
+    /// Review finding: the reused file buffer came back holding the last file, so reserving
+    /// room for the next one on top of it doubled the buffer each large commit (and past the
+    /// keep limit it was dropped every other commit).
+    #[test]
+    fn the_file_buffer_is_reused_at_its_size() {
+        let (_dir, _store, db) = uncompacted();
+        let bulk = |r: u32| {
+            let docs: Vec<_> = (0..3000)
+                .map(|i| json!({"_id": format!("d{i}"), "r": r, "pad": "x".repeat(400)}))
+                .collect();
+            db.bulk(&docs).unwrap();
+            db.inner.file_buf.lock().unwrap().capacity()
+        };
+        let first = bulk(0);
+        assert!(first > 0);
+        for r in 1..4 {
+            assert_eq!(bulk(r), first, "commit {r}");
+        }
+        assert!(db.inner.take_file_buf().is_empty());
     }
 
     /// Review finding: a transaction begun before a background level-0 compaction swapped in

@@ -7,11 +7,21 @@
 //! reference. A writer starts a fresh file (a single snapshot) when files are removed or the
 //! log grows past [`MAX_DELTAS`] / [`MAX_LOG_BYTES`].
 //!
+//! Version 3 adds *file records*: a fully durable commit of a small diff appends the diff
+//! file's bytes to the log right before its delta and syncs the log alone, one flush instead
+//! of three (the diff file, its folder, the log). The diff file itself is written unsynced; if
+//! a power cut loses it, the copy in the log restores it ([`embedded_file`]). A snapshot drops
+//! the copies, so the writer syncs such files still live before it writes one.
+//!
 //! ```text
-//! v2: "KILNHEAD" ‖ 2 u32 LE ‖ lineage (16) ‖ record+
-//!     record = len u32 LE ‖ !len u32 LE ‖ sealed(aad, body)     (len = sealed length)
-//!     aad    = "kiln/head/v2" ‖ lineage ‖ offset of the record u64 LE ‖ kind u8 (0 snapshot, 1 delta)
-//!     the first record is a snapshot, every later one a delta
+//! v3: "KILNHEAD" ‖ 3 u32 LE ‖ lineage (16) ‖ record+
+//!     record = len u32 LE ‖ !len u32 LE ‖ sealed(aad, body)     (len = sealed length, < 2^31)
+//!     aad    = "kiln/head/v2" ‖ lineage ‖ offset of the record u64 LE ‖ kind u8
+//!              (0 snapshot, 1 delta, 2 file)
+//!     a file record has bit 31 of len (and so of !len's complement) set; its body is the
+//!     file's name (32) ‖ the file's bytes, and the next record is the delta adding the file
+//!     the first record is a snapshot, every later one a delta or a file record
+//! v2: the same without file records
 //! v1: "KILNHEAD" ‖ 1 u32 LE ‖ lineage (16) ‖ sealed("kiln/head/v1" ‖ lineage, snapshot body)
 //! ```
 
@@ -22,8 +32,8 @@ use crate::keys::Lineage;
 use crate::seal::{Key, SealError};
 
 pub const MAGIC: &[u8; 8] = b"KILNHEAD";
-/// The version this kiln writes; it reads 1 and 2.
-pub const VERSION: u32 = 2;
+/// The version this kiln writes; it reads 1, 2 and 3.
+pub const VERSION: u32 = 3;
 const PREFIX: usize = 8 + 4 + 16;
 /// Deltas after which a writer starts a fresh snapshot.
 pub const MAX_DELTAS: u32 = 128;
@@ -31,9 +41,17 @@ pub const MAX_DELTAS: u32 = 128;
 pub const MAX_LOG_BYTES: u64 = 64 * 1024;
 /// Largest sealed record accepted (a snapshot of ~1 M file references).
 const MAX_RECORD: u32 = 64 << 20;
+/// Largest diff file a commit copies into the log (larger ones are synced in place).
+pub const MAX_FILE_RECORD: usize = 64 * 1024;
+/// Bytes of file records a log holds before a writer syncs files in place instead: the
+/// default compaction threshold's worth of small diffs, so in steady use the log's copies are
+/// dropped by the compaction that makes their files durable anyway.
+pub const MAX_FILE_BYTES: u64 = 2 << 20;
+/// Marks a file record in a record's length field.
+const FILE_FLAG: u32 = 1 << 31;
 
 /// Where a read head file's records end, so a writer can append the next delta.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Log {
     /// Format version of the file (1: cannot be appended to).
     pub version: u32,
@@ -43,12 +61,26 @@ pub struct Log {
     pub len: u64,
     /// Deltas after the snapshot.
     pub deltas: u32,
+    /// Bytes of file records (version 3).
+    pub file_bytes: u64,
+    /// The files whose bytes the log holds (file records each followed by their delta).
+    pub files: Vec<FileName>,
 }
 
 impl Log {
     /// True when the next head can go in as a delta appended to this file.
     pub fn appendable(&self) -> bool {
-        self.version == 2 && self.deltas < MAX_DELTAS && self.end < MAX_LOG_BYTES
+        self.version >= 2
+            && self.deltas < MAX_DELTAS
+            && self.end.saturating_sub(self.file_bytes) < MAX_LOG_BYTES
+    }
+
+    /// True when the next delta can go in with a file record of `len` bytes of file.
+    pub fn can_hold_file(&self, len: usize) -> bool {
+        self.version >= 3
+            && self.appendable()
+            && len <= MAX_FILE_RECORD
+            && self.file_bytes + len as u64 <= MAX_FILE_BYTES
     }
 }
 
@@ -290,13 +322,30 @@ impl Head {
         Ok(Some(out))
     }
 
+    /// The file record holding diff file `name`'s `bytes`, to append at `at` right before the
+    /// delta that adds the file.
+    pub fn seal_file_record(
+        name: &FileName,
+        bytes: &[u8],
+        at: u64,
+        lineage: &Lineage,
+        key: &Key,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::with_capacity(32 + bytes.len());
+        body.extend_from_slice(&name.0);
+        body.extend_from_slice(bytes);
+        let mut out = Vec::with_capacity(8 + body.len() + crate::seal::OVERHEAD);
+        push_record(&mut out, at, lineage, key, FILE, &body)?;
+        Ok(out)
+    }
+
     /// Reads the lineage from a stored head record without the key.
     pub fn lineage(b: &[u8]) -> Result<Lineage, FormatError> {
         if b.len() < PREFIX || &b[..8] != MAGIC {
             return Err(FormatError::Framing("not a kiln head record"));
         }
         let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if v != 1 && v != 2 {
+        if !(1..=3).contains(&v) {
             return Err(FormatError::Version(v));
         }
         let mut l = [0u8; 16];
@@ -328,20 +377,20 @@ impl Head {
                 version,
                 end: b.len() as u64,
                 len: b.len() as u64,
-                deltas: 0,
+                ..Log::default()
             };
             return Ok((Head::decode_body(&body, 1)?, log));
         }
         let mut pos = PREFIX;
+        // End of the last snapshot or delta: a file record counts once its delta follows.
+        let mut end = PREFIX;
         let mut head: Option<Head> = None;
         let mut deltas = 0u32;
+        let (mut file_bytes, mut files) = (0u64, Vec::new());
+        let mut pending: Option<(FileName, u64)> = None;
         while pos < b.len() {
-            let kind = if head.is_none() { SNAPSHOT } else { DELTA };
-            let body = match read_record(b, pos, &l, key, kind) {
-                Ok((body, next)) => {
-                    pos = next;
-                    body
-                }
+            let (kind, body, next) = match read_record(b, pos, &l, key, head.is_none(), version) {
+                Ok(r) => r,
                 Err(e) => {
                     let unfinished = match e {
                         RecordError::CutShort => true,
@@ -362,20 +411,37 @@ impl Head {
                     });
                 }
             };
-            match head.as_mut() {
-                None => head = Some(Head::decode_body(&body, version)?),
-                Some(h) => {
-                    h.apply_delta(&body)?;
-                    deltas += 1;
+            if kind == FILE {
+                if head.is_none() || pending.is_some() || body.len() < 32 {
+                    return Err(FormatError::Framing("misplaced head file record"));
                 }
+                let mut n = [0u8; 32];
+                n.copy_from_slice(&body[..32]);
+                pending = Some((FileName(n), (next - pos) as u64));
+            } else {
+                match head.as_mut() {
+                    None => head = Some(Head::decode_body(&body, version)?),
+                    Some(h) => {
+                        h.apply_delta(&body)?;
+                        deltas += 1;
+                    }
+                }
+                if let Some((n, len)) = pending.take() {
+                    files.push(n);
+                    file_bytes += len;
+                }
+                end = next;
             }
+            pos = next;
         }
         let head = head.ok_or(FormatError::Framing("head record has no snapshot"))?;
         let log = Log {
             version,
-            end: pos as u64,
+            end: end as u64,
             len: b.len() as u64,
             deltas,
+            file_bytes,
+            files,
         };
         Ok((head, log))
     }
@@ -415,6 +481,7 @@ impl Head {
 
 const SNAPSHOT: u8 = 0;
 const DELTA: u8 = 1;
+const FILE: u8 = 2;
 
 enum RecordError {
     /// The file ends inside the record.
@@ -437,25 +504,37 @@ fn push_record(
         .ok()
         .filter(|&n| n <= MAX_RECORD)
         .ok_or_else(|| std::io::Error::other("head record too large"))?;
+    let len = if kind == FILE { len | FILE_FLAG } else { len };
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&(!len).to_le_bytes());
     key.seal_into(&aad_v2(lineage, offset, kind), body, out)
 }
 
-/// The record at `pos`: its body and where the next one starts.
+/// The record at `pos` (the snapshot when `first`) of a file of format `version`: its kind,
+/// body and where the next one starts.
 fn read_record(
     b: &[u8],
     pos: usize,
     l: &Lineage,
     key: &Key,
-    kind: u8,
-) -> Result<(Vec<u8>, usize), RecordError> {
+    first: bool,
+    version: u32,
+) -> Result<(u8, Vec<u8>, usize), RecordError> {
     let Some(h) = b.get(pos..pos + 8) else {
         return Err(RecordError::CutShort);
     };
-    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let raw = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
     let check = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    if check != !len || len > MAX_RECORD {
+    if check != !raw {
+        return Err(RecordError::Length);
+    }
+    let (kind, len) = match raw & FILE_FLAG {
+        0 if first => (SNAPSHOT, raw),
+        0 => (DELTA, raw),
+        _ if version >= 3 => (FILE, raw & !FILE_FLAG),
+        _ => return Err(RecordError::Length),
+    };
+    if len > MAX_RECORD {
         return Err(RecordError::Length);
     }
     let end = pos + 8 + len as usize;
@@ -465,7 +544,30 @@ fn read_record(
     let body = key
         .open(&aad_v2(l, pos as u64, kind), sealed)
         .map_err(|SealError| RecordError::Seal { end })?;
-    Ok((body, end))
+    Ok((kind, body, end))
+}
+
+/// The bytes of file `name` as a stored head record `b` holds them in a file record, checked
+/// against the name; `None` when it holds none.
+pub fn embedded_file(b: &[u8], key: &Key, name: &FileName) -> Option<Vec<u8>> {
+    let l = Head::lineage(b).ok()?;
+    let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    if version < 3 {
+        return None;
+    }
+    let mut pos = PREFIX;
+    while let Some(h) = b.get(pos..pos + 8) {
+        let raw = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let len = (raw & !FILE_FLAG) as usize;
+        if raw & FILE_FLAG != 0 {
+            let (_, body, _) = read_record(b, pos, &l, key, false, version).ok()?;
+            if body.get(..32) == Some(&name.0[..]) && FileName::of(&body[32..]) == *name {
+                return Some(body[32..].to_vec());
+            }
+        }
+        pos += 8 + len;
+    }
+    None
 }
 
 fn encode_files(e: &mut Encoder, files: &[FileRef]) {
@@ -575,6 +677,13 @@ mod tests {
     /// A snapshot of `sample()` followed by three deltas; returns the file, the heads after
     /// each record and the record offsets.
     fn log_of_three(k: &Key, l: &Lineage) -> (Vec<u8>, Vec<Head>, Vec<usize>) {
+        log_of_three_with(k, l, false)
+    }
+
+    /// [`log_of_three`], with the second delta's file carried in a file record before it when
+    /// `carry` (the offsets are then those of the deltas and the file record is before the
+    /// second).
+    fn log_of_three_with(k: &Key, l: &Lineage, carry: bool) -> (Vec<u8>, Vec<Head>, Vec<usize>) {
         let mut h = sample();
         let mut file = h.seal(l, k).unwrap();
         let (_, mut log) = Head::open_log(&file, k).unwrap();
@@ -596,6 +705,14 @@ mod tests {
                     bloom: 0,
                 },
             );
+            if carry && i == 1 {
+                let bytes = vec![i; 300];
+                h.files[0].name = FileName::of(&bytes);
+                let f = Head::seal_file_record(&h.files[0].name, &bytes, log.end, l, k).unwrap();
+                file.extend_from_slice(&f);
+                log.end += f.len() as u64;
+                log.file_bytes += f.len() as u64;
+            }
             let rec = h.seal_delta(&prev, &log, l, k).unwrap().unwrap();
             offs.push(file.len());
             file.extend_from_slice(&rec);
@@ -620,7 +737,7 @@ mod tests {
         // A full log is not appended to.
         let full = Log {
             deltas: MAX_DELTAS,
-            ..log
+            ..log.clone()
         };
         assert!(heads[3]
             .seal_delta(&heads[2], &full, &l, &k)
@@ -666,6 +783,54 @@ mod tests {
         assert!(Head::open(&moved, &k).is_err());
     }
 
+    #[test]
+    fn a_file_record_rides_with_its_delta() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        let (file, heads, offs) = log_of_three_with(&k, &l, true);
+        let (h, log) = Head::open_log(&file, &k).unwrap();
+        assert_eq!(h, heads[3]);
+        let carried = heads[2].files[0].name;
+        assert_eq!(log.files, vec![carried]);
+        assert_eq!(log.deltas, 3);
+        assert!(log.file_bytes > 300 && log.end == file.len() as u64);
+        assert_eq!(embedded_file(&file, &k, &carried), Some(vec![1u8; 300]));
+        assert_eq!(embedded_file(&file, &k, &heads[3].files[0].name), None);
+        // An append cut after the file record, before or inside its delta: neither counts, and
+        // the next writer appends where the file record began.
+        let file_at = offs[1] + (offs[2] - offs[1]) - (log.file_bytes as usize);
+        for cut in [file_at + 3, offs[2], offs[2] + 9, offs[3] - 1] {
+            let (h, log) = Head::open_log(&file[..cut], &k).unwrap();
+            assert_eq!(h, heads[1], "cut {cut}");
+            assert_eq!(
+                (log.end, log.files.len(), log.file_bytes),
+                (file_at as u64, 0, 0)
+            );
+        }
+        // Its flag is authenticated: cleared, the record does not open as a delta.
+        let mut t = file.clone();
+        t[file_at + 3] ^= 0x80;
+        t[file_at + 7] ^= 0x80;
+        assert!(Head::open(&t, &k).is_err());
+        // In a version-2 file a file record is damage.
+        let mut v2 = file.clone();
+        v2[8] = 2;
+        assert!(Head::open(&v2, &k).is_err());
+        // Room: a log carries files up to its budget, and only version 3 does.
+        assert!(log.can_hold_file(1000));
+        assert!(!log.can_hold_file(MAX_FILE_RECORD + 1));
+        let spent = Log {
+            file_bytes: MAX_FILE_BYTES,
+            end: MAX_FILE_BYTES + 1000,
+            ..log.clone()
+        };
+        assert!(!spent.can_hold_file(10) && spent.appendable());
+        let old = Log {
+            version: 2,
+            ..log.clone()
+        };
+        assert!(!old.can_hold_file(10) && old.appendable());
+    }
+
     proptest! {
         #[test]
         fn mutated_records_never_panic(pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>()) {
@@ -682,7 +847,7 @@ mod tests {
         #[test]
         fn mutated_logs_never_panic(pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>()) {
             let k = Key::from_raw([3; 32]);
-            let (mut b, _, _) = log_of_three(&k, &[1; 16]);
+            let (mut b, _, _) = log_of_three_with(&k, &[1; 16], true);
             let i = pos.index(b.len());
             b[i] = val;
             let _ = Head::open_log(&b, &k);

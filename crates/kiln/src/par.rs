@@ -13,6 +13,8 @@ use std::sync::{Condvar, Mutex, OnceLock};
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 struct Helper {
+    /// The process that started it: a forked child inherits this value but not the thread.
+    pid: u32,
     state: Mutex<State>,
     /// Signals the helper: a job is there.
     work: Condvar,
@@ -25,6 +27,10 @@ struct State {
     /// A caller holds the helper (from handing a job in until that job is done).
     busy: bool,
     job: Option<Job>,
+    /// Jobs handed in and jobs done (one at a time, in order): a caller waits for its own
+    /// job only, not for a later caller's.
+    issued: u64,
+    finished: u64,
 }
 
 /// The helper, started on first use; `None` with a single core or when no thread could start.
@@ -35,6 +41,7 @@ fn helper() -> Option<&'static Helper> {
             return None;
         }
         let h: &'static Helper = Box::leak(Box::new(Helper {
+            pid: std::process::id(),
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -69,6 +76,7 @@ impl Helper {
                     job(); // (catches its own panic: see `join`)
                     st = lock(&self.state);
                     st.busy = false;
+                    st.finished += 1;
                     self.done.notify_all();
                 }
                 None => st = self.work.wait(st).unwrap_or_else(|p| p.into_inner()),
@@ -89,7 +97,9 @@ where
     B: FnOnce() -> RB + Send,
     RB: Send,
 {
-    let Some(h) = helper() else {
+    // (In a forked child the helper thread stayed behind with the parent, and its lock may
+    // have been held at the fork: not touched.)
+    let Some(h) = helper().filter(|h| h.pid == std::process::id()) else {
         return (a(), b());
     };
     let mut st = lock(&h.state);
@@ -111,9 +121,11 @@ where
     let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
     st.busy = true;
     st.job = Some(job);
+    st.issued += 1;
+    let ticket = st.issued;
     drop(st);
     h.work.notify_one();
-    let wait = Wait(h);
+    let wait = Wait(h, ticket);
     let ra = a();
     drop(wait);
     match out {
@@ -128,25 +140,26 @@ struct Slot<T>(*mut Option<std::thread::Result<T>>);
 // SAFETY: only the helper writes through it, while the caller waits (see `join`).
 unsafe impl<T: Send> Send for Slot<T> {}
 
-/// Waits, when dropped, until the helper has finished the job handed to it.
-struct Wait(&'static Helper);
+/// Waits, when dropped, until the helper has finished job number `.1`.
+struct Wait(&'static Helper, u64);
 
 impl Drop for Wait {
     fn drop(&mut self) {
         let mut st = lock(&self.0.state);
-        while st.busy {
+        while st.finished < self.1 {
             st = self.0.done.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
 
-/// `f` of each `chunk`-sized piece of `items`, in order. This thread and the helper take the
-/// next piece whenever they finish one, so neither waits on the other's slower half.
+/// `f` of each `chunk`-sized piece of `items` (with the piece's number), in order. This thread
+/// and the helper take the next piece whenever they finish one, so neither waits on the
+/// other's slower half.
 pub fn map_chunks<T, R, F>(items: &[T], chunk: usize, f: F) -> Vec<R>
 where
     T: Sync,
     R: Send,
-    F: Fn(&[T]) -> R + Sync,
+    F: Fn(usize, &[T]) -> R + Sync,
 {
     let chunk = chunk.max(1);
     let pieces = items.len().div_ceil(chunk);
@@ -159,7 +172,7 @@ where
                 return done;
             }
             let piece = &items[i * chunk..items.len().min((i + 1) * chunk)];
-            done.push((i, f(piece)));
+            done.push((i, f(i, piece)));
         }
     };
     let (mut a, b) = join(work, work);
@@ -232,6 +245,35 @@ mod tests {
         });
     }
 
+    /// A caller waits for its own job only: here caller 1 holds a lock through its `join`,
+    /// and caller 2's job, handed to the helper once caller 1's is done, needs that lock
+    /// (waiting for "the helper is idle" deadlocked).
+    #[test]
+    fn a_caller_does_not_wait_for_the_next_callers_job() {
+        use std::sync::{mpsc, Arc};
+        let m = Arc::new(Mutex::new(()));
+        let (tx, rx) = mpsc::channel();
+        let (m1, tx1) = (m.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let g = m1.lock().unwrap();
+            join(|| std::thread::sleep(Duration::from_millis(300)), || ());
+            drop(g);
+            tx1.send(1).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        std::thread::spawn(move || {
+            join(|| (), move || drop(m.lock().unwrap()));
+            tx.send(2).unwrap();
+        });
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(x) => got.push(x),
+                Err(_) => panic!("deadlocked: finished {got:?}"),
+            }
+        }
+    }
+
     #[test]
     fn chunks_come_back_in_order() {
         for (n, chunk) in [
@@ -244,7 +286,7 @@ mod tests {
             (10, 0),
         ] {
             let items: Vec<usize> = (0..n).collect();
-            let parts = map_chunks(&items, chunk, |p: &[usize]| p.to_vec());
+            let parts = map_chunks(&items, chunk, |_, p: &[usize]| p.to_vec());
             assert!(parts
                 .iter()
                 .all(|p| !p.is_empty() && p.len() <= chunk.max(1)));

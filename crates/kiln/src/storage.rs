@@ -16,6 +16,11 @@ use std::sync::{Arc, Mutex, RwLock};
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Stores a file. With `sync`, returns only once the file and its name are durable.
     fn put(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()>;
+    /// Makes a file stored without `sync` durable: its bytes and its name.
+    fn sync_file(&self, name: &FileName) -> io::Result<()>;
+    /// Durably replaces a stored file whose bytes were lost or damaged (a power cut after a
+    /// put without `sync`) with `bytes`, which the caller checked are the file's.
+    fn restore(&self, name: &FileName, bytes: &[u8]) -> io::Result<()>;
     /// Stores a file whose name is known only once it is written: `fill` writes its bytes to
     /// the sink and returns the name. The file appears under that name whole or not at all
     /// (with `sync`, durably).
@@ -489,6 +494,47 @@ impl Storage for LocalStorage {
         );
         self.top_up();
         Ok(())
+    }
+
+    fn sync_file(&self, name: &FileName) -> io::Result<()> {
+        let f = self.handle(name)?;
+        let path = self.path(name);
+        let shard = path.parent().unwrap_or(&self.dir);
+        let (file, dir) = crate::par::join(|| f.sync_all(), || sync_dir(shard));
+        file?;
+        dir
+    }
+
+    fn restore(&self, name: &FileName, bytes: &[u8]) -> io::Result<()> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp_dir = self.dir.join(".tmp");
+        fs::create_dir_all(&tmp_dir)?;
+        let tmp = tmp_dir.join(format!(
+            "{}-{}-r{n}.part",
+            std::process::id(),
+            self.instance
+        ));
+        let path = self.path(name);
+        let r = (|| {
+            let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all_at(bytes, 0)?;
+            f.sync_all()?;
+            if let Some(shard) = path.parent() {
+                fs::create_dir_all(shard)?;
+            }
+            fs::rename(&tmp, &path)?;
+            sync_dir(path.parent().unwrap_or(&self.dir))
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        // A handle kept open reads the old (damaged) file.
+        self.open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        r
     }
 
     fn put_with(

@@ -138,6 +138,47 @@ fn bad_input_changes_nothing() {
     assert!(db.get("ok").unwrap().is_none());
 }
 
+/// A document type whose serialization panics for one document.
+struct Panicky(usize);
+
+impl serde::Serialize for Panicky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.0 == 900 {
+            panic!("document 900 cannot be serialized");
+        }
+        let mut m = s.serialize_map(None)?;
+        if self.0 == 10 {
+            m.serialize_entry("_id", &7)?; // the first bad document
+        } else {
+            m.serialize_entry("_id", &format!("d{}", self.0))?;
+        }
+        m.end()
+    }
+}
+
+#[test]
+fn the_first_bad_document_decides_also_over_a_later_panic() {
+    // As a sequential pass: document 10's error, never document 900's panic (the chunks are
+    // prepared on two threads; a later one could fail first).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let docs: Vec<Panicky> = (0..1000).map(Panicky).collect();
+    for _ in 0..20 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.bulk(&docs)));
+        match r {
+            Ok(Err(Error::InvalidDocument(m))) => assert!(m.contains("_id"), "{m}"),
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => panic!("panicked on document 900; document 10 is the first bad one"),
+        }
+    }
+    // Without the bad one, the panic is the caller's.
+    let docs: Vec<Panicky> = (11..1000).map(Panicky).collect();
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.bulk(&docs))).is_err());
+    assert_eq!(db.info().unwrap().docs, 0);
+}
+
 #[test]
 fn a_large_bulk_keeps_given_order_last_writes_and_the_first_error() {
     // Large batches are prepared on two threads a chunk at a time: what a caller sees must

@@ -2,8 +2,9 @@
 //! version 1; `tests/fixtures/v2`: head record version 2, a snapshot and three appended deltas,
 //! whose level-0 diffs hold no tree nodes, so reading it rebuilds the current tree; diff files
 //! version 2, with compressed segments, named by sha2-256; a purge and a cut;
-//! `tests/fixtures/v3`: today's formats, the same with diff files version 3, named by BLAKE3;
-//! all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
+//! `tests/fixtures/v3`: the same with diff files version 3, named by BLAKE3;
+//! `tests/fixtures/v4`: today's formats, the same with head records version 3, whose logs carry
+//! small fully durable diffs in file records; all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
 //! them, or that changes the CIDs kiln computes for the same content, fails here: formats are
 //! contracts.
 
@@ -51,6 +52,16 @@ const V3: Fixture = Fixture {
     cut_at: "bafyreicbgzo6i72ev7xk522uzarlavi73olunxnsd7yddftb5ezxo7e6ha",
 };
 
+const V4: Fixture = Fixture {
+    dir: "v4",
+    events: [
+        "bafyreieq5potbql5v2f3yqka4jv5nak2652iwkz3zlrgrsd4bfyaqipsoq",
+        "bafyreiailq25dztaeatcr4lm5aj4n3n5nwzctz7r4pywttrhuydv55ojua",
+        "bafyreie2crf65meu4sbfelslx4adi7fx3cr2qfcuvvqpr76jmznq37xpga",
+    ],
+    cut_at: "bafyreib7sb2j7lnl76xcirzg6nqrums2tf5tw7p7s42esl65zg47avxaha",
+};
+
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -89,12 +100,52 @@ fn v3_fixture_reads_and_verifies() {
     reads_and_verifies(&V3);
 }
 
+#[test]
+fn v4_fixture_reads_and_verifies() {
+    reads_and_verifies(&V4);
+}
+
+/// The v4 fixture's head records carry its small diffs (written with full durability): with
+/// every level-0 file of "fixture" gone, the database still reads whole and verifies, and the
+/// files are back under their names.
+#[test]
+fn v4_head_records_carry_their_small_diffs() {
+    let (d, store) = open(&V4);
+    let db = store.open_db("fixture").unwrap();
+    let diffs: Vec<_> = db
+        .info()
+        .unwrap()
+        .files
+        .iter()
+        .filter(|f| f.level == 0)
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(diffs.len(), 3);
+    drop(db);
+    drop(store);
+    let path = |n: &kiln::car::FileName| {
+        let hex = n.to_string();
+        d.path()
+            .join("files")
+            .join(&hex[..2])
+            .join(format!("{hex}.kdf"))
+    };
+    for n in &diffs {
+        std::fs::remove_file(path(n)).unwrap();
+    }
+    let store = Store::open(d.path()).unwrap();
+    let db = store.open_db("fixture").unwrap();
+    assert_eq!(db.docs(&ListOptions::default()).unwrap().len(), 25);
+    assert!(db.verify().unwrap().ok());
+    assert!(diffs.iter().all(|n| path(n).exists()));
+}
+
 /// Diff files are named by the hash their version says: sha2-256 up to version 2, BLAKE3 from
 /// version 3 (what this kiln writes).
 #[test]
 fn file_names_are_the_hash_of_their_version() {
     use sha2::Digest;
-    for (f, version) in [(&V1, 1u32), (&V2, 2), (&V3, 3)] {
+    for (f, version) in [(&V1, 1u32), (&V2, 2), (&V3, 3), (&V4, 3)] {
         let (d, _store) = open(f);
         let mut n = 0;
         for shard in std::fs::read_dir(d.path().join("files")).unwrap() {
@@ -127,14 +178,15 @@ fn file_names_are_the_hash_of_their_version() {
     }
 }
 
-/// A version-1 database gets a version-2 head record on its next commit and keeps everything.
+/// A version-1 database gets today's head record (version 3) on its next commit and keeps
+/// everything.
 #[test]
 fn v1_database_takes_a_commit() {
     let (d, store) = open(&V1);
     let db = store.open_db("fixture").unwrap();
     db.put(&json!({"_id": "new"})).unwrap();
     let head = std::fs::read(d.path().join("dbs/fixture/HEAD")).unwrap();
-    assert_eq!(head[8..12], 2u32.to_le_bytes());
+    assert_eq!(head[8..12], 3u32.to_le_bytes());
     db.put(&json!({"_id": "newer"})).unwrap();
     let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
     assert_eq!(db.info().unwrap().docs, 27);
