@@ -730,17 +730,7 @@ impl Database {
             // A diff file the head record holds a copy of, lost or torn by a power cut after
             // its commit, is put back first (as a read of it would).
             for name in &st.log.files {
-                let _ = db.restoring(name, || {
-                    let b = db
-                        .store
-                        .storage
-                        .read(name)
-                        .map_err(|e| db.file_err(name, e))?;
-                    match FileName::of(&b) == *name {
-                        true => Ok(()),
-                        false => Err(Error::corrupt(format!("file {name}"), car::NOT_ITS_NAME)),
-                    }
-                });
+                db.restore_if_damaged(name);
             }
             let r = crate::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
             if r.ok() || tries == 5 || self.inner.reload()?.head == st.head {
@@ -809,6 +799,9 @@ impl Database {
     /// sequence of diffs back to the first transaction. Newest first, each file once.
     pub fn history_files(&self) -> Result<Vec<HistoryFile>> {
         let st = self.inner.refresh()?;
+        for name in &st.log.files {
+            self.inner.restore_if_damaged(name); // (as a read of it would)
+        }
         let storage = &self.inner.store.storage;
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -2831,6 +2824,22 @@ impl Db {
                 _ => Err(e),
             },
         }
+    }
+
+    /// Puts file `name` back from the head record's copy if the file is missing or its bytes
+    /// are not its name's (for readers of whole files; a failure is left to them to report).
+    fn restore_if_damaged(&self, name: &FileName) {
+        let _ = self.restoring(name, || {
+            let b = self
+                .store
+                .storage
+                .read(name)
+                .map_err(|e| self.file_err(name, e))?;
+            match FileName::of(&b) == *name {
+                true => Ok(()),
+                false => Err(Error::corrupt(format!("file {name}"), car::NOT_ITS_NAME)),
+            }
+        });
     }
 
     /// Puts file `name` back from the copy the head record holds, if it holds one.

@@ -75,6 +75,17 @@ fn lost_torn_or_zeroed_diff_files_come_back_from_the_head_record() {
     }
     assert!(db.verify().unwrap().ok());
 
+    // So does listing the history (which reads whole files), without a read first.
+    std::fs::remove_file(file_path(dir.path(), &files[0])).unwrap();
+    let store = Store::open_with(dir.path(), full(100)).unwrap();
+    let db = store.open_db("t").unwrap();
+    let h = db.history_files().unwrap();
+    assert!(
+        h.iter().all(|f| f.location == kiln::Location::Live),
+        "{h:?}"
+    );
+    assert!(file_path(dir.path(), &files[0]).exists());
+
     // verify puts them back too, without a read first.
     let name = files[1];
     std::fs::remove_file(file_path(dir.path(), &name)).unwrap();
