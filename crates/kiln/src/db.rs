@@ -748,17 +748,8 @@ impl Database {
         self.inner.with_lock(|db, head| {
             // The fork's head record will name this one's files but carry none of them: the
             // files only this head record carries are made durable where they are first.
-            if db.sync() {
-                let ((_, log), _) = db.read_head()?;
-                for name in &log.files {
-                    if head.files.iter().any(|f| f.name == *name) {
-                        db.store
-                            .storage
-                            .sync_file(name)
-                            .map_err(|e| db.file_err(name, e))?;
-                    }
-                }
-            }
+            let ((_, log), _) = db.read_head()?;
+            db.secure_carried(&log, head)?;
             Ok((head.clone(), Vec::new()))
         })
     }
@@ -1438,6 +1429,7 @@ impl Db {
                 .sync_file(name)
                 .map_err(|e| self.file_err(name, e))
         };
+        let sync_file = &sync_file;
         let mut file_rec = None;
         let mut delta = None;
         if let Some((name, bytes)) = carried.as_ref().filter(|c| log.can_hold_file(c.1.len())) {
@@ -1463,12 +1455,9 @@ impl Db {
                 .seal_delta(prev, log, &self.lineage, &self.key)
                 .map_err(io)?;
         }
-        if delta.is_none() && self.sync() {
-            for name in &log.files {
-                if head.files.iter().any(|f| f.name == *name) {
-                    sync_file(name)?;
-                }
-            }
+        if delta.is_none() {
+            // Whatever this handle's durability: the copies may be a fully durable commit's.
+            self.secure_carried(log, head)?;
         }
         // begin=n first: a crash from here on makes every process re-read the head record.
         self.set_counter([n, old[1]])?;
@@ -2775,6 +2764,12 @@ impl Db {
         {
             return Ok(i.clone());
         }
+        // A carried diff (see `write_head`) is checked whole the first time this handle loads
+        // it: after a power cut its name can hold a reused file's old bytes, which read and
+        // authenticate like any diff's (only the name's hash tells).
+        if self.state().log.files.contains(name) {
+            self.restore_if_damaged(name);
+        }
         let idx = self.restoring(name, || self.read_index(f))?;
         let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
         if m.len() > 4096 {
@@ -2819,11 +2814,42 @@ impl Db {
     fn restoring<T>(&self, name: &FileName, read: impl Fn() -> Result<T>) -> Result<T> {
         match read() {
             Ok(v) => Ok(v),
-            Err(e) => match self.restore_file(name) {
+            Err(e) => match self.restore_file(name, false) {
                 Ok(true) => read(),
                 _ => Err(e),
             },
         }
+    }
+
+    /// Makes the files `log` carries that `head` still names durable where they are, before a
+    /// head record without the copies replaces `log`: each is checked whole first (a power
+    /// cut may have left it lost or holding other bytes) and put back from its copy if it is
+    /// not its name's. Called holding the writer lock, so `HEAD` is `log`.
+    fn secure_carried(&self, log: &Log, head: &Head) -> Result<()> {
+        for name in &log.files {
+            if !head.files.iter().any(|f| f.name == *name) {
+                continue;
+            }
+            let whole = || -> Result<()> {
+                let b = self
+                    .store
+                    .storage
+                    .read(name)
+                    .map_err(|e| self.file_err(name, e))?;
+                match FileName::of(&b) == *name {
+                    true => Ok(()),
+                    false => Err(Error::corrupt(format!("file {name}"), car::NOT_ITS_NAME)),
+                }
+            };
+            if whole().is_err() && !self.restore_file(name, true)? {
+                whole()?; // (the error)
+            }
+            self.store
+                .storage
+                .sync_file(name)
+                .map_err(|e| self.file_err(name, e))?;
+        }
+        Ok(())
     }
 
     /// Puts file `name` back from the head record's copy if the file is missing or its bytes
@@ -2842,8 +2868,15 @@ impl Db {
         });
     }
 
-    /// Puts file `name` back from the copy the head record holds, if it holds one.
-    fn restore_file(&self, name: &FileName) -> Result<bool> {
+    /// Puts file `name` back from the copy the head record holds, if it holds one. Unless
+    /// `known`, only a file this handle's state says is carried is looked for (a failed read
+    /// of any other file, as of one compaction removed, costs no read of `HEAD`).
+    fn restore_file(&self, name: &FileName, known: bool) -> Result<bool> {
+        if !known && !self.state().log.files.contains(name) {
+            return Ok(false);
+        }
+        // (Garbage collection empties `files/.tmp`, where the file is rebuilt.)
+        let _gc = self.store.gc.shared()?;
         let hp = self.dir.join("HEAD");
         let b = std::fs::read(&hp).map_err(|e| Error::io(&hp, e))?;
         let Some(bytes) = crate::head::embedded_file(&b, &self.key, name) else {

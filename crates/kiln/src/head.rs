@@ -46,7 +46,7 @@ pub const MAX_FILE_RECORD: usize = 64 * 1024;
 /// Bytes of file records a log holds before a writer syncs files in place instead: the
 /// default compaction threshold's worth of small diffs, so in steady use the log's copies are
 /// dropped by the compaction that makes their files durable anyway.
-pub const MAX_FILE_BYTES: u64 = 2 << 20;
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Marks a file record in a record's length field.
 const FILE_FLAG: u32 = 1 << 31;
 
@@ -395,10 +395,17 @@ impl Head {
                     let unfinished = match e {
                         RecordError::CutShort => true,
                         RecordError::Length => b[pos..].iter().all(|&x| x == 0),
-                        // Complete but failing: unfinished only if it is the last record and
-                        // its tag never reached the disk.
+                        // Complete but failing: unfinished only if it ends the file (it is the
+                        // last record, or a file record and its delta's part of the same
+                        // append) and shows what a power cut leaves: its tag, or a whole
+                        // sector of it or after it, reads as zeros. (One append of a file
+                        // record spans many pages, which reach the disk in any order.)
                         RecordError::Seal { end } => {
-                            end == b.len() && b[end - 16..].iter().all(|&x| x == 0)
+                            let last = end == b.len();
+                            let file = b[pos + 3] & 0x80 != 0;
+                            (last && b[end - 16..].iter().all(|&x| x == 0))
+                                || ((last || (file && ends_the_file(b, end)))
+                                    && zero_sector_from(b, pos))
                         }
                     };
                     if head.is_some() && unfinished {
@@ -427,6 +434,14 @@ impl Head {
                     }
                 }
                 if let Some((n, len)) = pending.take() {
+                    if !head
+                        .as_ref()
+                        .is_some_and(|h| h.files.iter().any(|f| f.name == n))
+                    {
+                        return Err(FormatError::Framing(
+                            "head file record for a file its delta does not add",
+                        ));
+                    }
                     files.push(n);
                     file_bytes += len;
                 }
@@ -547,6 +562,27 @@ fn read_record(
     Ok((kind, body, end))
 }
 
+/// True if what starts at `at` (after a file record) is at most one record reaching the end of
+/// `b`: the rest of the same append.
+fn ends_the_file(b: &[u8], at: usize) -> bool {
+    let Some(h) = b.get(at..at + 8) else {
+        return true;
+    };
+    let raw = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let len = (raw & !FILE_FLAG) as usize;
+    h.iter().all(|&x| x == 0) || at.saturating_add(8).saturating_add(len) >= b.len()
+}
+
+/// True if a whole 512-byte sector of `b` (aligned in the file) at or after `from` reads as
+/// zeros: a page of an append that never reached the disk. (Sealed bytes hold 512 zero bytes
+/// by chance with probability 2^-4096.)
+fn zero_sector_from(b: &[u8], from: usize) -> bool {
+    let first = from.div_ceil(512) * 512;
+    (first..b.len())
+        .step_by(512)
+        .any(|s| b.get(s..s + 512).is_some_and(|x| x.iter().all(|&v| v == 0)))
+}
+
 /// The bytes of file `name` as a stored head record `b` holds them in a file record, checked
 /// against the name; `None` when it holds none.
 pub fn embedded_file(b: &[u8], key: &Key, name: &FileName) -> Option<Vec<u8>> {
@@ -565,7 +601,7 @@ pub fn embedded_file(b: &[u8], key: &Key, name: &FileName) -> Option<Vec<u8>> {
                 return Some(body[32..].to_vec());
             }
         }
-        pos += 8 + len;
+        pos = pos.checked_add(8)?.checked_add(len)?;
     }
     None
 }
@@ -853,5 +889,68 @@ mod tests {
             let _ = Head::open_log(&b, &k);
             let _ = Head::open_log(&b[..cut.index(b.len())], &k);
         }
+
+        /// `embedded_file` walks unauthenticated length fields (up to 2^31 each).
+        #[test]
+        fn mutated_logs_never_make_embedded_file_panic_or_lie(pos in any::<prop::sample::Index>(), val in any::<u8>(), cut in any::<prop::sample::Index>(), huge in any::<bool>()) {
+            let k = Key::from_raw([3; 32]);
+            let (mut b, heads, _) = log_of_three_with(&k, &[1; 16], true);
+            let name = heads[2].files[0].name;
+            let i = pos.index(b.len());
+            if huge && i + 8 <= b.len() {
+                let raw = 0x7fff_ffffu32 | (u32::from(val) << 31);
+                b[i..i + 4].copy_from_slice(&raw.to_le_bytes());
+                b[i + 4..i + 8].copy_from_slice(&(!raw).to_le_bytes());
+            } else {
+                b[i] = val;
+            }
+            for bytes in [&b[..], &b[..cut.index(b.len())]] {
+                if let Some(f) = embedded_file(bytes, &k, &name) {
+                    prop_assert_eq!(f, vec![1u8; 300]);
+                }
+            }
+        }
+    }
+
+    /// An append of a file record and its delta spans many pages, which a power cut
+    /// can persist in any order; a page of the file record left zero while the delta's page
+    /// reached the disk is an unfinished append (never acknowledged), not damage.
+    #[test]
+    fn a_file_record_with_a_zero_page_before_a_whole_delta_is_unfinished() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        let (h0, mut file) = {
+            let h = sample();
+            (h.clone(), h.seal(&l, &k).unwrap())
+        };
+        let (_, log) = Head::open_log(&file, &k).unwrap();
+        let mut h1 = h0.clone();
+        h1.seq += 1;
+        let bytes = vec![9u8; 20_000];
+        h1.files.insert(
+            0,
+            FileRef {
+                name: FileName::of(&bytes),
+                level: 0,
+                size: bytes.len() as u64,
+                index_len: 100,
+                heights: (9, 9),
+                bloom: 0,
+            },
+        );
+        let rec = Head::seal_file_record(&h1.files[0].name, &bytes, log.end, &l, &k).unwrap();
+        let after = Log {
+            end: log.end + rec.len() as u64,
+            file_bytes: rec.len() as u64,
+            ..log.clone()
+        };
+        let delta = h1.seal_delta(&h0, &after, &l, &k).unwrap().unwrap();
+        file.extend_from_slice(&rec);
+        file.extend_from_slice(&delta);
+        assert_eq!(Head::open(&file, &k).unwrap(), h1);
+        let page = (log.end as usize / 4096 + 2) * 4096;
+        file[page..page + 4096].fill(0);
+        let r = Head::open_log(&file, &k);
+        assert!(r.is_ok(), "{:?}", r.err());
+        assert_eq!(r.unwrap().0, h0);
     }
 }
