@@ -2830,19 +2830,8 @@ impl Db {
             if !head.files.iter().any(|f| f.name == *name) {
                 continue;
             }
-            let whole = || -> Result<()> {
-                let b = self
-                    .store
-                    .storage
-                    .read(name)
-                    .map_err(|e| self.file_err(name, e))?;
-                match FileName::of(&b) == *name {
-                    true => Ok(()),
-                    false => Err(Error::corrupt(format!("file {name}"), car::NOT_ITS_NAME)),
-                }
-            };
-            if whole().is_err() && !self.restore_file(name, true)? {
-                whole()?; // (the error)
+            if self.check_whole(name).is_err() && !self.restore_file(name, true)? {
+                self.check_whole(name)?; // (the error)
             }
             self.store
                 .storage
@@ -2855,17 +2844,20 @@ impl Db {
     /// Puts file `name` back from the head record's copy if the file is missing or its bytes
     /// are not its name's (for readers of whole files; a failure is left to them to report).
     fn restore_if_damaged(&self, name: &FileName) {
-        let _ = self.restoring(name, || {
-            let b = self
-                .store
-                .storage
-                .read(name)
-                .map_err(|e| self.file_err(name, e))?;
-            match FileName::of(&b) == *name {
-                true => Ok(()),
-                false => Err(Error::corrupt(format!("file {name}"), car::NOT_ITS_NAME)),
-            }
-        });
+        let _ = self.restoring(name, || self.check_whole(name));
+    }
+
+    /// Reads file `name` whole and checks its bytes hash to its name.
+    fn check_whole(&self, name: &FileName) -> Result<()> {
+        let b = self
+            .store
+            .storage
+            .read(name)
+            .map_err(|e| self.file_err(name, e))?;
+        match FileName::of(&b) == *name {
+            true => Ok(()),
+            false => Err(Error::corrupt(format!("file {name}"), car::NOT_ITS_NAME)),
+        }
     }
 
     /// Puts file `name` back from the copy the head record holds, if it holds one. Unless
