@@ -1486,9 +1486,10 @@ impl Db {
             }
             None => {
                 let bytes = head.seal(&self.lineage, &self.key).map_err(io)?;
-                w.head_file
-                    .replace(&bytes, self.sync(), trusted)
-                    .map_err(io)?;
+                // Replacing a log that carries files: durably also for a Buffered writer, or
+                // a power cut could roll back the Full commits that log holds.
+                let sync = self.sync() || !log.files.is_empty();
+                w.head_file.replace(&bytes, sync, trusted).map_err(io)?;
                 Log {
                     version: crate::head::VERSION,
                     end: bytes.len() as u64,
@@ -2767,8 +2768,11 @@ impl Db {
         // A carried diff (see `write_head`) is checked whole the first time this handle loads
         // it: after a power cut its name can hold a reused file's old bytes, which read and
         // authenticate like any diff's (only the name's hash tells).
+        // If it cannot be put back, nothing is read from it (stale bytes would authenticate
+        // and be cached). (The state's log is the one this handle's head came from: damage
+        // comes from a power cut, before any live handle opened.)
         if self.state().log.files.contains(name) {
-            self.restore_if_damaged(name);
+            self.ensure_whole(name)?;
         }
         let idx = self.restoring(name, || self.read_index(f))?;
         let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
@@ -2830,9 +2834,7 @@ impl Db {
             if !head.files.iter().any(|f| f.name == *name) {
                 continue;
             }
-            if self.check_whole(name).is_err() && !self.restore_file(name, true)? {
-                self.check_whole(name)?; // (the error)
-            }
+            self.ensure_whole(name)?;
             self.store
                 .storage
                 .sync_file(name)
@@ -2845,6 +2847,15 @@ impl Db {
     /// are not its name's (for readers of whole files; a failure is left to them to report).
     fn restore_if_damaged(&self, name: &FileName) {
         let _ = self.restoring(name, || self.check_whole(name));
+    }
+
+    /// Checks carried file `name` whole and puts it back from the head record's copy if it is
+    /// not its name's; an error if it stays damaged.
+    fn ensure_whole(&self, name: &FileName) -> Result<()> {
+        if self.check_whole(name).is_err() && !self.restore_file(name, true)? {
+            self.check_whole(name)?; // (the error)
+        }
+        Ok(())
     }
 
     /// Reads file `name` whole and checks its bytes hash to its name.

@@ -392,22 +392,19 @@ impl Head {
             let (kind, body, next) = match read_record(b, pos, &l, key, head.is_none(), version) {
                 Ok(r) => r,
                 Err(e) => {
-                    let unfinished = match e {
+                    // Torn: what a power cut leaves of an append whose pages did not all reach
+                    // the disk (cut short, or zeros where its header, its tag or a whole
+                    // sector of it should be); and nothing after it but the rest of that same
+                    // append. Other damage, anywhere, is corruption.
+                    let torn = match e {
                         RecordError::CutShort => true,
-                        RecordError::Length => b[pos..].iter().all(|&x| x == 0),
-                        // Complete but failing: unfinished only if it ends the file (it is the
-                        // last record, or a file record and its delta's part of the same
-                        // append) and shows what a power cut leaves: its tag, or a whole
-                        // sector of it or after it, reads as zeros. (One append of a file
-                        // record spans many pages, which reach the disk in any order.)
-                        RecordError::Seal { end } => {
-                            let last = end == b.len();
-                            let file = b[pos + 3] & 0x80 != 0;
-                            (last && b[end - 16..].iter().all(|&x| x == 0))
-                                || ((last || (file && ends_the_file(b, end)))
-                                    && zero_sector_from(b, pos))
-                        }
-                    };
+                        RecordError::Length => b[pos..pos + 8].iter().all(|&x| x == 0),
+                        RecordError::Seal { end } => b[end - 16..end].iter().all(|&x| x == 0),
+                    } || zero_sector_from(b, pos);
+                    let unfinished = torn
+                        && head
+                            .as_ref()
+                            .is_some_and(|h| only_the_rest_of_one_append(b, pos, &l, key, h));
                     if head.is_some() && unfinished {
                         break; // an append that never finished, so was never acknowledged
                     }
@@ -562,20 +559,41 @@ fn read_record(
     Ok((kind, body, end))
 }
 
-/// True if what starts at `at` (after a file record) is at most one record reaching the end of
-/// `b`: the rest of the same append.
-fn ends_the_file(b: &[u8], at: usize) -> bool {
-    let Some(h) = b.get(at..at + 8) else {
-        return true;
-    };
-    let raw = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-    let len = (raw & !FILE_FLAG) as usize;
-    h.iter().all(|&x| x == 0) || at.saturating_add(8).saturating_add(len) >= b.len()
+/// True if nothing from `pos` on (where a record failed to read) authenticates as a record,
+/// except at most one delta ending the file that is the next commit after `head` (the delta of
+/// an append whose file record was torn). Scans every offset: only on the failure path.
+fn only_the_rest_of_one_append(b: &[u8], pos: usize, l: &Lineage, key: &Key, head: &Head) -> bool {
+    let mut found = None;
+    for q in pos + 1..b.len().saturating_sub(8) {
+        let raw = u32::from_le_bytes([b[q], b[q + 1], b[q + 2], b[q + 3]]);
+        let check = u32::from_le_bytes([b[q + 4], b[q + 5], b[q + 6], b[q + 7]]);
+        if check != !raw || (raw & !FILE_FLAG) > MAX_RECORD {
+            continue;
+        }
+        let kind = if raw & FILE_FLAG != 0 { FILE } else { DELTA };
+        let end = q + 8 + (raw & !FILE_FLAG) as usize;
+        let Some(sealed) = b.get(q + 8..end) else {
+            continue;
+        };
+        if let Ok(body) = key.open(&aad_v2(l, q as u64, kind), sealed) {
+            if found.is_some() || kind != DELTA || end != b.len() {
+                return false;
+            }
+            found = Some(body);
+        }
+    }
+    match found {
+        None => true,
+        Some(body) => {
+            let mut next = head.clone();
+            next.apply_delta(&body).is_ok() && next.seq == head.seq + 1
+        }
+    }
 }
 
 /// True if a whole 512-byte sector of `b` (aligned in the file) at or after `from` reads as
 /// zeros: a page of an append that never reached the disk. (Sealed bytes hold 512 zero bytes
-/// by chance with probability 2^-4096.)
+/// by chance with probability 2^-4096; a record's plaintext header is 8 bytes.)
 fn zero_sector_from(b: &[u8], from: usize) -> bool {
     let first = from.div_ceil(512) * 512;
     (first..b.len())
@@ -910,6 +928,110 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A snapshot of `sample()`, then a file record of `n` bytes and its delta;
+    /// returns (file, h0, h1, offset of the file record, offset of the delta).
+    fn carried_append(k: &Key, l: &Lineage, n: usize) -> (Vec<u8>, Head, Head, usize, usize) {
+        let h0 = sample();
+        let mut file = h0.seal(l, k).unwrap();
+        let (_, log) = Head::open_log(&file, k).unwrap();
+        let mut h1 = h0.clone();
+        h1.seq += 1;
+        let bytes = vec![9u8; n];
+        h1.files.insert(
+            0,
+            FileRef {
+                name: FileName::of(&bytes),
+                level: 0,
+                size: bytes.len() as u64,
+                index_len: 100,
+                heights: (9, 9),
+                bloom: 0,
+            },
+        );
+        let rec = Head::seal_file_record(&h1.files[0].name, &bytes, log.end, l, k).unwrap();
+        let after = Log {
+            end: log.end + rec.len() as u64,
+            file_bytes: rec.len() as u64,
+            ..log.clone()
+        };
+        let delta = h1.seal_delta(&h0, &after, l, k).unwrap().unwrap();
+        let (fr, d) = (file.len(), file.len() + rec.len());
+        file.extend_from_slice(&rec);
+        file.extend_from_slice(&delta);
+        assert_eq!(Head::open(&file, k).unwrap(), h1);
+        (file, h0, h1, fr, d)
+    }
+
+    /// The first page of the append is the old, partly filled last page of the file (an
+    /// overwrite); the later pages are new. A power cut that persisted the new pages (and the
+    /// size) but not the first leaves the file record's *header* zero, the rest present: an
+    /// unfinished append, not damage.
+    #[test]
+    fn torn_append_whose_first_page_is_zero_is_unfinished() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        let (mut file, h0, _, fr, _) = carried_append(&k, &l, 20_000);
+        let page_end = (fr / 4096 + 1) * 4096;
+        file[fr..page_end].fill(0);
+        let r = Head::open_log(&file, &k);
+        assert!(
+            r.is_ok(),
+            "an unacknowledged torn append makes HEAD unopenable: {:?}",
+            r.err()
+        );
+        assert_eq!(r.unwrap().0, h0);
+    }
+
+    /// The file record whole, its delta straddling a page boundary, the delta's first page
+    /// (its header) zero and its second page written: an unfinished append.
+    #[test]
+    fn torn_append_whose_delta_header_is_zero_is_unfinished() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        // Size the file record so the delta starts 100 bytes before a page boundary.
+        let (_, _, _, _, d) = carried_append(&k, &l, 20_000);
+        let n = 20_000 + (2 * 4096 - 100 - d % 4096) % 4096;
+        let (mut file, h0, _, _, d) = carried_append(&k, &l, n);
+        assert_eq!(d % 4096, 4096 - 100);
+        assert!(file.len() > d + 100);
+        file[d..d + 100].fill(0);
+        let r = Head::open_log(&file, &k);
+        assert!(
+            r.is_ok(),
+            "an unacknowledged torn append makes HEAD unopenable: {:?}",
+            r.err()
+        );
+        assert_eq!(r.unwrap().0, h0);
+    }
+
+    /// Damage in the middle of the log (one zeroed page spanning the end of an acknowledged
+    /// file record and its delta's header), with a later acknowledged delta after it, is
+    /// corruption: taken for an unfinished append, the later commit was dropped (and the next
+    /// append cut it off the file).
+    #[test]
+    fn a_zero_page_mid_log_is_damage_not_an_unfinished_append() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        let (_, _, _, _, d) = carried_append(&k, &l, 20_000);
+        // Delta starts 1000 bytes into a page: that page holds a whole sector of the record.
+        let n = 20_000 + (1000 + 4096 - d % 4096) % 4096;
+        let (mut file, _, h1, _, d) = carried_append(&k, &l, n);
+        assert_eq!(d % 4096, 1000);
+        let (_, log) = Head::open_log(&file, &k).unwrap();
+        let mut h2 = h1.clone();
+        h2.seq += 1;
+        h2.docs += 1;
+        let rec = h2.seal_delta(&h1, &log, &l, &k).unwrap().unwrap();
+        file.extend_from_slice(&rec);
+        assert_eq!(Head::open(&file, &k).unwrap(), h2);
+        let page = d - 1000;
+        file[page..page + 1008].fill(0); // the record's last 1000 bytes and the delta header
+        let r = Head::open_log(&file, &k);
+        assert!(
+            r.is_err(),
+            "mid-log damage read as an unfinished append: head {:?} (acknowledged seq {})",
+            r.map(|(h, lg)| (h.seq, lg.end, lg.len)).ok(),
+            h2.seq
+        );
     }
 
     /// An append of a file record and its delta spans many pages, which a power cut

@@ -100,12 +100,12 @@ where
     // (In a forked child the helper thread stayed behind with the parent, and its lock may
     // have been held at the fork: not touched.)
     let Some(h) = helper().filter(|h| h.pid == std::process::id()) else {
-        return (a(), b());
+        return both_here(a, b);
     };
     let mut st = lock(&h.state);
     if st.busy {
         drop(st);
-        return (a(), b());
+        return both_here(a, b);
     }
     let mut out: Option<std::thread::Result<RB>> = None;
     let slot = Slot(&mut out);
@@ -132,6 +132,20 @@ where
         Some(Ok(rb)) => (ra, rb),
         Some(Err(p)) => panic::resume_unwind(p),
         None => unreachable!("the helper finished the job without running it"),
+    }
+}
+
+/// Both halves on this thread, with `join`'s promise: both run even if the first panics.
+fn both_here<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA,
+    B: FnOnce() -> RB,
+{
+    let ra = panic::catch_unwind(AssertUnwindSafe(a));
+    let rb = b();
+    match ra {
+        Ok(ra) => (ra, rb),
+        Err(p) => panic::resume_unwind(p),
     }
 }
 
@@ -229,6 +243,17 @@ mod tests {
         assert!(done_there.load(Ordering::SeqCst));
         // The helper still serves after both.
         assert_eq!(join(|| 1, || 2), (1, 2));
+    }
+
+    /// Run here (the helper busy or absent), the second half still runs when the first
+    /// panics, as on the helper (a test run in parallel with others found the difference).
+    #[test]
+    fn run_here_both_halves_finish_before_a_panic_surfaces() {
+        let done = AtomicBool::new(false);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            both_here(|| panic!("first"), || done.store(true, Ordering::SeqCst))
+        }));
+        assert!(r.is_err() && done.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -444,3 +444,36 @@ fn a_snapshot_puts_back_a_lost_carried_file_instead_of_failing() {
     }
     assert_eq!(db.get("a").unwrap().unwrap()["v"], 1);
 }
+
+/// The whole-file check on first index load must not fail open (third review): when the
+/// put-back itself fails (here `gc.shared()` times out behind another process's `Store::gc`;
+/// in life also ENOSPC or EIO), the read fails and caches nothing. (It loaded the index of the
+/// stale, authenticating bytes and cached it for the handle's life; a later compaction merged
+/// from it and dropped the acknowledged commit 6.)
+#[test]
+fn a_failed_put_back_does_not_cache_the_stale_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (retired, live) = setup(dir.path());
+    cut_power(dir.path(), &retired, &live[2]); // commit 6
+    let opts = Options {
+        lock_timeout: std::time::Duration::from_millis(200),
+        ..full(1000)
+    };
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    let db = store.open_db("t").unwrap();
+    // Another process runs garbage collection (holds ROOT/GC exclusively) during the read.
+    let gc = std::fs::File::open(dir.path().join("GC")).unwrap();
+    gc.lock().unwrap();
+    let r = db.get("c"); // rebuilds the tree: loads every level-0 file's index
+    eprintln!("get during gc: {r:?}");
+    gc.unlock().unwrap();
+    let r = db.compact();
+    eprintln!("compact: {r:?}");
+    drop(db);
+    drop(store);
+    let store = Store::open_with(dir.path(), full(1000)).unwrap();
+    let db = store.open_db("t").unwrap();
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "acknowledged commit 6 lost: {r:?}");
+    assert_eq!(db.log(None).unwrap().len(), 8);
+}
