@@ -730,7 +730,7 @@ impl Database {
             // A diff file the head record holds a copy of, lost or torn by a power cut after
             // its commit, is put back first (as a read of it would).
             for name in &st.log.files {
-                db.restore_if_damaged(name);
+                let _ = db.ensure_whole(name); // (what stays damaged, verify reports)
             }
             let r = crate::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
             if r.ok() || tries == 5 || self.inner.reload()?.head == st.head {
@@ -791,7 +791,7 @@ impl Database {
     pub fn history_files(&self) -> Result<Vec<HistoryFile>> {
         let st = self.inner.refresh()?;
         for name in &st.log.files {
-            self.inner.restore_if_damaged(name); // (as a read of it would)
+            let _ = self.inner.ensure_whole(name); // (as a read of it would; errors below)
         }
         let storage = &self.inner.store.storage;
         let mut out = Vec::new();
@@ -1423,13 +1423,6 @@ impl Db {
     ) -> Result<Log> {
         let hp = self.dir.join("HEAD");
         let io = |e| Error::io(&hp, e);
-        let sync_file = |name: &FileName| {
-            self.store
-                .storage
-                .sync_file(name)
-                .map_err(|e| self.file_err(name, e))
-        };
-        let sync_file = &sync_file;
         let mut file_rec = None;
         let mut delta = None;
         if let Some((name, bytes)) = carried.as_ref().filter(|c| log.can_hold_file(c.1.len())) {
@@ -1449,7 +1442,7 @@ impl Db {
         }
         if file_rec.is_none() {
             if let Some((name, _)) = &carried {
-                sync_file(name)?;
+                self.sync_file(name)?;
             }
             delta = head
                 .seal_delta(prev, log, &self.lineage, &self.key)
@@ -1600,8 +1593,6 @@ impl Db {
             };
             let eb = event.encode();
             let ecid = Cid::of_cbor(&eb);
-            // Room for the documents, the event and (for a checkpoint) about one tree node
-            // per eight documents.
             // The file is built in the handle's reused buffer, with room for the documents,
             // their sections, the event and (for a checkpoint) about one tree node per eight
             // documents.
@@ -2767,10 +2758,9 @@ impl Db {
         }
         // A carried diff (see `write_head`) is checked whole the first time this handle loads
         // it: after a power cut its name can hold a reused file's old bytes, which read and
-        // authenticate like any diff's (only the name's hash tells).
-        // If it cannot be put back, nothing is read from it (stale bytes would authenticate
-        // and be cached). (The state's log is the one this handle's head came from: damage
-        // comes from a power cut, before any live handle opened.)
+        // authenticate like any diff's (only the name's hash tells). If it cannot be put back,
+        // nothing is read from it. (The state's log is the one this handle's head came from:
+        // damage comes from a power cut, before any live handle opened.)
         if self.state().log.files.contains(name) {
             self.ensure_whole(name)?;
         }
@@ -2835,18 +2825,17 @@ impl Db {
                 continue;
             }
             self.ensure_whole(name)?;
-            self.store
-                .storage
-                .sync_file(name)
-                .map_err(|e| self.file_err(name, e))?;
+            self.sync_file(name)?;
         }
         Ok(())
     }
 
-    /// Puts file `name` back from the head record's copy if the file is missing or its bytes
-    /// are not its name's (for readers of whole files; a failure is left to them to report).
-    fn restore_if_damaged(&self, name: &FileName) {
-        let _ = self.restoring(name, || self.check_whole(name));
+    /// Makes a file stored unsynced durable (its bytes and its name).
+    fn sync_file(&self, name: &FileName) -> Result<()> {
+        self.store
+            .storage
+            .sync_file(name)
+            .map_err(|e| self.file_err(name, e))
     }
 
     /// Checks carried file `name` whole and puts it back from the head record's copy if it is

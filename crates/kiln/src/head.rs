@@ -964,44 +964,52 @@ mod tests {
         (file, h0, h1, fr, d)
     }
 
-    /// The first page of the append is the old, partly filled last page of the file (an
-    /// overwrite); the later pages are new. A power cut that persisted the new pages (and the
-    /// size) but not the first leaves the file record's *header* zero, the rest present: an
-    /// unfinished append, not damage.
+    /// [`carried_append`] sized so that its delta starts `at` bytes into a 4 KiB page.
+    fn carried_append_with_delta_at(
+        k: &Key,
+        l: &Lineage,
+        at: usize,
+    ) -> (Vec<u8>, Head, Head, usize, usize) {
+        let (_, _, _, _, d) = carried_append(k, l, 20_000);
+        let n = 20_000 + (4096 + at - d % 4096) % 4096;
+        let r = carried_append(k, l, n);
+        assert_eq!(r.4 % 4096, at);
+        r
+    }
+
+    /// An unacknowledged torn append is skipped: the log opens at the head before it.
+    fn opens_at(file: &[u8], k: &Key, before: &Head) {
+        let r = Head::open_log(file, k);
+        assert!(
+            r.is_ok(),
+            "a torn append makes HEAD unopenable: {:?}",
+            r.err()
+        );
+        assert_eq!(r.unwrap().0, *before);
+    }
+
+    /// A power cut can persist an append's pages in any order (it spans many with a file
+    /// record). Unfinished, not damage: the first page (the old, partly filled last page of the
+    /// file, overwritten) never written, so the file record's *header* reads as zeros; the
+    /// delta straddling a page boundary with its first page (its header) zero; a page inside
+    /// the file record zero while the delta's page reached the disk.
     #[test]
-    fn torn_append_whose_first_page_is_zero_is_unfinished() {
+    fn torn_appends_are_unfinished() {
         let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
         let (mut file, h0, _, fr, _) = carried_append(&k, &l, 20_000);
         let page_end = (fr / 4096 + 1) * 4096;
         file[fr..page_end].fill(0);
-        let r = Head::open_log(&file, &k);
-        assert!(
-            r.is_ok(),
-            "an unacknowledged torn append makes HEAD unopenable: {:?}",
-            r.err()
-        );
-        assert_eq!(r.unwrap().0, h0);
-    }
+        opens_at(&file, &k, &h0);
 
-    /// The file record whole, its delta straddling a page boundary, the delta's first page
-    /// (its header) zero and its second page written: an unfinished append.
-    #[test]
-    fn torn_append_whose_delta_header_is_zero_is_unfinished() {
-        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
-        // Size the file record so the delta starts 100 bytes before a page boundary.
-        let (_, _, _, _, d) = carried_append(&k, &l, 20_000);
-        let n = 20_000 + (2 * 4096 - 100 - d % 4096) % 4096;
-        let (mut file, h0, _, _, d) = carried_append(&k, &l, n);
-        assert_eq!(d % 4096, 4096 - 100);
+        let (mut file, h0, _, _, d) = carried_append_with_delta_at(&k, &l, 4096 - 100);
         assert!(file.len() > d + 100);
         file[d..d + 100].fill(0);
-        let r = Head::open_log(&file, &k);
-        assert!(
-            r.is_ok(),
-            "an unacknowledged torn append makes HEAD unopenable: {:?}",
-            r.err()
-        );
-        assert_eq!(r.unwrap().0, h0);
+        opens_at(&file, &k, &h0);
+
+        let (mut file, h0, _, fr, _) = carried_append(&k, &l, 20_000);
+        let page = (fr / 4096 + 2) * 4096;
+        file[page..page + 4096].fill(0);
+        opens_at(&file, &k, &h0);
     }
 
     /// Damage in the middle of the log (one zeroed page spanning the end of an acknowledged
@@ -1011,11 +1019,8 @@ mod tests {
     #[test]
     fn a_zero_page_mid_log_is_damage_not_an_unfinished_append() {
         let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
-        let (_, _, _, _, d) = carried_append(&k, &l, 20_000);
         // Delta starts 1000 bytes into a page: that page holds a whole sector of the record.
-        let n = 20_000 + (1000 + 4096 - d % 4096) % 4096;
-        let (mut file, _, h1, _, d) = carried_append(&k, &l, n);
-        assert_eq!(d % 4096, 1000);
+        let (mut file, _, h1, _, d) = carried_append_with_delta_at(&k, &l, 1000);
         let (_, log) = Head::open_log(&file, &k).unwrap();
         let mut h2 = h1.clone();
         h2.seq += 1;
@@ -1032,47 +1037,5 @@ mod tests {
             r.map(|(h, lg)| (h.seq, lg.end, lg.len)).ok(),
             h2.seq
         );
-    }
-
-    /// An append of a file record and its delta spans many pages, which a power cut
-    /// can persist in any order; a page of the file record left zero while the delta's page
-    /// reached the disk is an unfinished append (never acknowledged), not damage.
-    #[test]
-    fn a_file_record_with_a_zero_page_before_a_whole_delta_is_unfinished() {
-        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
-        let (h0, mut file) = {
-            let h = sample();
-            (h.clone(), h.seal(&l, &k).unwrap())
-        };
-        let (_, log) = Head::open_log(&file, &k).unwrap();
-        let mut h1 = h0.clone();
-        h1.seq += 1;
-        let bytes = vec![9u8; 20_000];
-        h1.files.insert(
-            0,
-            FileRef {
-                name: FileName::of(&bytes),
-                level: 0,
-                size: bytes.len() as u64,
-                index_len: 100,
-                heights: (9, 9),
-                bloom: 0,
-            },
-        );
-        let rec = Head::seal_file_record(&h1.files[0].name, &bytes, log.end, &l, &k).unwrap();
-        let after = Log {
-            end: log.end + rec.len() as u64,
-            file_bytes: rec.len() as u64,
-            ..log.clone()
-        };
-        let delta = h1.seal_delta(&h0, &after, &l, &k).unwrap().unwrap();
-        file.extend_from_slice(&rec);
-        file.extend_from_slice(&delta);
-        assert_eq!(Head::open(&file, &k).unwrap(), h1);
-        let page = (log.end as usize / 4096 + 2) * 4096;
-        file[page..page + 4096].fill(0);
-        let r = Head::open_log(&file, &k);
-        assert!(r.is_ok(), "{:?}", r.err());
-        assert_eq!(r.unwrap().0, h0);
     }
 }

@@ -175,6 +175,18 @@ fn bulk_of_40_kib(db: &kiln::Database) {
     db.bulk(&docs).unwrap();
 }
 
+/// A database "t" whose one carried diff (a 40 KiB bulk) a power cut left with its first
+/// page of segments zero.
+fn damaged_bulk_of_40_kib(root: &Path) {
+    let victim = {
+        let store = Store::open_with(root, full(1000)).unwrap();
+        let db = store.create(Some("t")).unwrap();
+        bulk_of_40_kib(&db);
+        live_diffs(&db)[0]
+    };
+    zero_first_page(root, &victim);
+}
+
 /// A power cut left the first page of a file's segments zero (its length and index reached
 /// the disk).
 fn zero_first_page(root: &Path, victim: &FileName) {
@@ -293,14 +305,7 @@ fn a_snapshot_does_not_drop_the_copy_of_a_damaged_file() {
 #[test]
 fn a_full_log_does_not_drop_the_copy_of_a_damaged_file() {
     let dir = tempfile::tempdir().unwrap();
-    let victim;
-    {
-        let store = Store::open_with(dir.path(), full(1000)).unwrap();
-        let db = store.create(Some("t")).unwrap();
-        bulk_of_40_kib(&db);
-        victim = live_diffs(&db)[0];
-    }
-    zero_first_page(dir.path(), &victim);
+    damaged_bulk_of_40_kib(dir.path());
 
     let store = Store::open_with(dir.path(), full(1000)).unwrap();
     let db = store.open_db("t").unwrap();
@@ -364,14 +369,7 @@ fn control_the_same_damage_is_repaired_without_a_snapshot_first() {
     assert_eq!(db.log(None).unwrap().len(), 8);
 
     let dir = tempfile::tempdir().unwrap();
-    let victim;
-    {
-        let store = Store::open_with(dir.path(), full(1000)).unwrap();
-        let db = store.create(Some("t")).unwrap();
-        bulk_of_40_kib(&db);
-        victim = live_diffs(&db)[0];
-    }
-    zero_first_page(dir.path(), &victim);
+    damaged_bulk_of_40_kib(dir.path());
     let store = Store::open_with(dir.path(), full(1000)).unwrap();
     let db = store.open_db("t").unwrap();
     assert!(db.get("d00").unwrap().is_some());
