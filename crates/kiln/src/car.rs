@@ -222,8 +222,13 @@ pub struct Writer {
     segs: Vec<(usize, usize)>,
     /// Where the open segment's CAR bytes start.
     cur: usize,
+    /// A segment is open (blocks go into it).
+    open: bool,
     entries: Vec<Entry>,
     seen: DigestSet<Cid>,
+    /// Segments built apart (see [`Run`]), sealed already; they follow segment 0, which then
+    /// holds only the CAR header.
+    runs: Option<SealedRuns>,
 }
 
 impl Writer {
@@ -248,8 +253,10 @@ impl Writer {
             file: buf,
             segs: Vec::new(),
             cur: 0,
+            open: false,
             entries: Vec::with_capacity(blocks),
             seen,
+            runs: None,
         };
         w.open_segment();
         let h = car_header(&w.meta.roots);
@@ -257,15 +264,36 @@ impl Writer {
         w
     }
 
+    /// A writer whose file takes `runs`' segments as they are, right after segment 0 (the CAR
+    /// header alone); blocks added afterwards (tree nodes, the event) follow them. A block
+    /// whose CID a run holds already is not added again.
+    pub fn with_runs(meta: Meta, blocks: usize, buf: Vec<u8>, runs: SealedRuns) -> Writer {
+        let mut w = Writer::with_capacity(meta, blocks, buf);
+        w.close_segment();
+        w.runs = Some(runs);
+        w
+    }
+
+    /// The number of segment `local` of this writer's own (segments of runs come between its
+    /// segment 0 and 1).
+    fn seg_number(&self, local: usize) -> u32 {
+        match &self.runs {
+            Some(r) if local > 0 => (local + r.units) as u32,
+            _ => local as u32,
+        }
+    }
+
     fn open_segment(&mut self) {
         self.file.extend_from_slice(&[0; NONCE_LEN]);
         self.file.push(RAW);
         self.cur = self.file.len();
+        self.open = true;
     }
 
     fn close_segment(&mut self) {
         self.segs.push((self.cur, self.file.len()));
         self.file.extend_from_slice(&[0; TAG_LEN]);
+        self.open = false;
     }
 
     /// Adds a block (a repeat of a CID already added is ignored).
@@ -284,15 +312,17 @@ impl Writer {
     }
 
     fn add_kind(&mut self, cid: Cid, data: &[u8], kind: u8) {
-        if !self.seen.insert(cid) {
+        if self.runs.as_ref().is_some_and(|r| r.holds(&cid)) || !self.seen.insert(cid) {
             return;
         }
         let used = self.file.len() - self.cur;
-        if used > 0 && used + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
+        if !self.open {
+            self.open_segment();
+        } else if used > 0 && used + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
             self.close_segment();
             self.open_segment();
         }
-        let seg = self.segs.len() as u32;
+        let seg = self.seg_number(self.segs.len());
         push_section(
             &mut self.file,
             self.cur,
@@ -316,7 +346,12 @@ impl Writer {
         compress: bool,
         keep_plain: usize,
     ) -> std::io::Result<Finished> {
-        self.close_segment();
+        if self.open {
+            self.close_segment();
+        }
+        if let Some(runs) = self.runs.take() {
+            return self.finish_with_runs(key, runs, keep_plain);
+        }
         let plain: usize = self.segs.iter().map(|(s, e)| e - s).sum();
         let segments = if plain <= keep_plain {
             self.segs
@@ -350,12 +385,283 @@ impl Writer {
         out.reserve(self.entries.len() * 48 + 256);
         let (index, index_len) = write_tail(key, self.meta, self.entries, seg_at, &mut out)?;
         Ok(Finished {
+            split: out.len(),
             bytes: out,
+            runs: Vec::new(),
             index,
             index_len,
             segments,
         })
     }
+
+    /// [`Writer::finish`] of a file with runs: segment 0, the runs' segments, this writer's
+    /// later segments, all raw (the runs are sealed already).
+    fn finish_with_runs(
+        mut self,
+        key: &Key,
+        runs: SealedRuns,
+        keep_plain: usize,
+    ) -> std::io::Result<Finished> {
+        // The file: `file[..split]` (header, segment 0), the runs, `file[split..]`.
+        let split = self.segs[0].1 + TAG_LEN;
+        let run_bytes: usize = runs.runs.iter().map(|r| r.buf.len()).sum();
+        let own_plain: usize = self.segs.iter().map(|(s, e)| e - s).sum();
+        let keep = runs.plain.is_some() && own_plain + runs.plain_len <= keep_plain;
+        let mut segments = Vec::new();
+        let mut seg_at = Vec::with_capacity(self.segs.len() + runs.units);
+        let at_file = |buf_at: usize| {
+            if buf_at < split {
+                buf_at
+            } else {
+                buf_at + run_bytes
+            }
+        };
+        for (i, &(s, e)) in self.segs.iter().enumerate() {
+            let unit = s - 1 - NONCE_LEN..e + TAG_LEN;
+            seg_at.push((at_file(unit.start) as u64, unit.len() as u32));
+            if i == 0 {
+                // The runs' segments come right after segment 0.
+                let mut at = split;
+                for r in &runs.runs {
+                    for &(s, e) in &r.segs {
+                        let unit = s - 1 - NONCE_LEN..e + TAG_LEN;
+                        seg_at.push(((at + unit.start) as u64, unit.len() as u32));
+                    }
+                    at += r.buf.len();
+                }
+            }
+        }
+        if keep {
+            for (i, &(s, e)) in self.segs.iter().enumerate() {
+                segments.push(self.file[s..e].to_vec());
+                if i == 0 {
+                    segments.extend(runs.plain.iter().flatten().cloned());
+                }
+            }
+        }
+        for (i, &(s, e)) in self.segs.iter().enumerate() {
+            let unit = s - 1 - NONCE_LEN..e + TAG_LEN;
+            let n = if i == 0 { 0 } else { i + runs.units };
+            key.seal_in_place(&seg_aad(n as u32), &mut self.file[unit])?;
+        }
+        // Every entry, sorted: the runs' (sorted already) merged with this writer's.
+        let mut own = std::mem::take(&mut self.entries);
+        sort_entries(&mut own);
+        let mut entries = Vec::with_capacity(own.len() + runs.entries.len());
+        let mut theirs = runs.entries.iter().copied().peekable();
+        for e in own {
+            while let Some(t) = theirs.next_if(|t| entry_order(t, &e).is_lt()) {
+                entries.push(t);
+            }
+            entries.push(e);
+        }
+        entries.extend(theirs);
+        let mut out = std::mem::take(&mut self.file);
+        out.reserve(entries.len() * 48 + 256);
+        let (index, index_len) =
+            write_tail_at(key, self.meta, &entries, seg_at, run_bytes as u64, &mut out)?;
+        let index = Index {
+            entries: if index.pages.is_empty() {
+                entries
+            } else {
+                Vec::new()
+            },
+            ..index
+        };
+        Ok(Finished {
+            bytes: out,
+            split,
+            runs: runs.runs.into_iter().map(|r| r.buf).collect(),
+            index,
+            index_len,
+            segments,
+        })
+    }
+}
+
+/// Blocks laid out as a file's raw segments apart from its [`Writer`], so a large batch's
+/// documents can be encoded on two threads at once, each into a run of its own; the file then
+/// takes the runs' segments as they are (sealed in place by [`seal_runs`], written without a
+/// copy). Blocks go in any order; a file's index is sorted by CID whatever the order.
+pub struct Run {
+    /// Raw segment units back to back: room for the nonce, the codec byte, the CAR bytes and
+    /// (once closed) room for the tag.
+    buf: Vec<u8>,
+    /// Where each closed unit's CAR bytes start and end in `buf`.
+    segs: Vec<(usize, usize)>,
+    /// Where the open unit's CAR bytes start.
+    cur: usize,
+    /// Blocks, with `seg` numbering this run's units from 0.
+    entries: Vec<Entry>,
+}
+
+impl Run {
+    /// An empty run with room for about `bytes` of blocks.
+    pub fn with_capacity(bytes: usize, blocks: usize) -> Run {
+        let mut buf = Vec::with_capacity(bytes + bytes / SEGMENT_TARGET * 40 + 64);
+        buf.extend_from_slice(&[0; NONCE_LEN]);
+        buf.push(RAW);
+        Run {
+            cur: buf.len(),
+            buf,
+            segs: Vec::new(),
+            entries: Vec::with_capacity(blocks),
+        }
+    }
+
+    /// Adds a block (the same rule for ending a segment as [`Writer::add`]; a CID added twice
+    /// is stored twice: [`seal_runs`] refuses such runs).
+    pub fn add(&mut self, cid: Cid, data: &[u8]) {
+        let used = self.buf.len() - self.cur;
+        if used > 0 && used + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
+            self.close_unit();
+            self.buf.extend_from_slice(&[0; NONCE_LEN]);
+            self.buf.push(RAW);
+            self.cur = self.buf.len();
+        }
+        let seg = self.segs.len() as u32;
+        push_section(
+            &mut self.buf,
+            self.cur,
+            &mut self.entries,
+            seg,
+            cid,
+            data,
+            OTHER,
+        );
+    }
+
+    fn close_unit(&mut self) {
+        self.segs.push((self.cur, self.buf.len()));
+        self.buf.extend_from_slice(&[0; TAG_LEN]);
+    }
+
+    /// Ends the open segment; adds nothing afterwards.
+    fn close(&mut self) {
+        if self.buf.len() > self.cur {
+            self.close_unit();
+        } else {
+            // Nothing in the open unit: drop its room.
+            self.buf.truncate(self.cur - 1 - NONCE_LEN);
+        }
+    }
+
+    /// The blocks, in the order added.
+    pub fn blocks(&self) -> impl Iterator<Item = (Cid, &[u8])> {
+        self.entries.iter().map(move |e| {
+            let (start, _) = self
+                .segs
+                .get(e.seg as usize)
+                .copied()
+                .unwrap_or((self.cur, self.buf.len()));
+            let at = start + e.off as usize;
+            (e.cid, &self.buf[at..at + e.len as usize])
+        })
+    }
+
+    /// Makes room for `blocks` more blocks of `bytes` in all.
+    pub fn reserve(&mut self, bytes: usize, blocks: usize) {
+        self.buf
+            .reserve(bytes + bytes / SEGMENT_TARGET * (NONCE_LEN + 1 + TAG_LEN) + 64);
+        self.entries.reserve(blocks);
+    }
+
+    /// Bytes of its blocks' sections so far.
+    pub fn byte_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Blocks held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Runs ready for [`Writer::with_runs`]: sealed, numbered from segment 1 on.
+pub struct SealedRuns {
+    runs: Vec<Run>,
+    /// Their units.
+    units: usize,
+    /// Every block, numbered as in the file, sorted by CID.
+    entries: Vec<Entry>,
+    /// The units' CAR bytes before sealing (when kept) and their total length.
+    plain: Option<Vec<Vec<u8>>>,
+    plain_len: usize,
+}
+
+impl SealedRuns {
+    fn holds(&self, cid: &Cid) -> bool {
+        self.entries
+            .binary_search_by(|e| entry_order(e, &Entry { cid: *cid, ..*e }))
+            .is_ok()
+    }
+}
+
+/// Closes `runs`, numbers their segments from 1 in order and seals them in place (keeping a
+/// copy of their CAR bytes when these are at most `keep_plain` bytes). `Ok(Err(runs))`, the
+/// runs closed but unsealed, when a CID repeats among them (a file lists a block once).
+pub fn seal_runs(
+    key: &Key,
+    mut runs: Vec<Run>,
+    keep_plain: usize,
+) -> std::io::Result<Result<SealedRuns, Vec<Run>>> {
+    let mut entries = Vec::with_capacity(runs.iter().map(Run::len).sum());
+    let mut first = 1u32;
+    for r in &mut runs {
+        r.close();
+        entries.extend(r.entries.iter().map(|e| Entry {
+            seg: e.seg + first,
+            ..*e
+        }));
+        first += r.segs.len() as u32;
+    }
+    sort_entries(&mut entries);
+    if entries.windows(2).any(|w| w[0].cid == w[1].cid) {
+        return Ok(Err(runs));
+    }
+    let plain_len: usize = runs
+        .iter()
+        .flat_map(|r| r.segs.iter().map(|(s, e)| e - s))
+        .sum();
+    let plain = (plain_len <= keep_plain).then(|| {
+        runs.iter()
+            .flat_map(|r| r.segs.iter().map(|&(s, e)| r.buf[s..e].to_vec()))
+            .collect()
+    });
+    let mut n = 1u32;
+    for r in &mut runs {
+        for &(s, e) in &r.segs {
+            key.seal_in_place(&seg_aad(n), &mut r.buf[s - 1 - NONCE_LEN..e + TAG_LEN])?;
+            n += 1;
+        }
+    }
+    Ok(Ok(SealedRuns {
+        units: (n - 1) as usize,
+        runs,
+        entries,
+        plain,
+        plain_len,
+    }))
+}
+
+/// The order of a file's index: by CID. Most pairs differ in their first 8 bytes (4 of them
+/// the digest's), compared as one integer before the whole CID.
+fn entry_order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    let lead = |c: &Cid| {
+        let b = c.as_bytes();
+        u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    };
+    lead(&a.cid)
+        .cmp(&lead(&b.cid))
+        .then_with(|| a.cid.cmp(&b.cid))
+}
+
+fn sort_entries(entries: &mut [Entry]) {
+    entries.sort_unstable_by(entry_order);
 }
 
 const OTHER: u8 = 0;
@@ -396,7 +702,8 @@ fn write_tail(
     seg_at: Vec<(u64, u32)>,
     out: &mut Vec<u8>,
 ) -> std::io::Result<(Index, u32)> {
-    write_tail_at(key, meta, &mut entries, seg_at, 0, out).map(|(i, l)| {
+    sort_entries(&mut entries);
+    write_tail_at(key, meta, &entries, seg_at, 0, out).map(|(i, l)| {
         (
             Index {
                 entries: if i.pages.is_empty() {
@@ -411,28 +718,18 @@ fn write_tail(
     })
 }
 
-/// [`write_tail`] for a file of which `base` bytes were already written elsewhere and `out`
-/// holds only what follows; the index returned has no entries (callers have them).
+/// [`write_tail`] for entries sorted by [`entry_order`], in a file of which `base` bytes
+/// are not in `out` (written elsewhere, or a writer's runs); the index returned has no entries
+/// (callers have them).
 fn write_tail_at(
     key: &Key,
     meta: Meta,
-    entries: &mut [Entry],
+    entries: &[Entry],
     seg_at: Vec<(u64, u32)>,
     base: u64,
     out: &mut Vec<u8>,
 ) -> std::io::Result<(Index, u32)> {
     let at = |out: &Vec<u8>| base + out.len() as u64;
-    // By CID (unique in a file). Most pairs differ in their first 8 bytes (4 of them the
-    // digest's), compared as one integer before the whole CID.
-    let lead = |c: &Cid| {
-        let b = c.as_bytes();
-        u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-    };
-    entries.sort_unstable_by(|a, b| {
-        lead(&a.cid)
-            .cmp(&lead(&b.cid))
-            .then_with(|| a.cid.cmp(&b.cid))
-    });
     let mut pages = Vec::new();
     if entries.len() > PAGE_ENTRIES {
         for (i, chunk) in entries.chunks(PAGE_ENTRIES).enumerate() {
@@ -627,8 +924,9 @@ impl<'a> StreamWriter<'a> {
         let mut entries = std::mem::take(&mut self.entries);
         let seg_at = std::mem::take(&mut self.seg_at);
         let meta = self.meta.clone();
+        sort_entries(&mut entries);
         let (index, index_len) =
-            write_tail_at(self.key, meta, &mut entries, seg_at, self.len, &mut tail)?;
+            write_tail_at(self.key, meta, &entries, seg_at, self.len, &mut tail)?;
         self.emit(&tail)?;
         let name = FileName(*self.hash.finalize().as_bytes());
         let index = Index {
@@ -645,14 +943,44 @@ impl<'a> StreamWriter<'a> {
 
 /// A sealed file's bytes, index and segments.
 pub struct Finished {
-    /// The file (its name is [`FileName::of`] these bytes).
+    /// The file's bytes, but for its runs' segments (a writer with runs): those go between
+    /// `bytes[..split]` and `bytes[split..]` (see [`Finished::parts`]).
     pub bytes: Vec<u8>,
+    pub split: usize,
+    /// The runs' buffers, in order.
+    pub runs: Vec<Vec<u8>>,
     /// The index, as [`Index::open`] would read it back.
     pub index: Index,
     /// Length of the sealed index (it ends where the trailer starts).
     pub index_len: u32,
     /// The CAR bytes of each segment, if asked for (see [`Writer::finish`]).
     pub segments: Vec<Vec<u8>>,
+}
+
+impl Finished {
+    /// The file's bytes, in order, as slices (its name is the hash of their concatenation).
+    pub fn parts(&self) -> Vec<&[u8]> {
+        let mut p = Vec::with_capacity(self.runs.len() + 2);
+        p.push(&self.bytes[..self.split]);
+        p.extend(self.runs.iter().map(Vec::as_slice));
+        p.push(&self.bytes[self.split..]);
+        p
+    }
+
+    /// The file's length.
+    pub fn file_len(&self) -> usize {
+        self.bytes.len() + self.runs.iter().map(Vec::len).sum::<usize>()
+    }
+
+    /// The file's name (see [`FileName::of`]).
+    pub fn name(&self) -> FileName {
+        let parts = self.parts();
+        let mut h = NameHasher::new(parts[0]);
+        for p in &parts {
+            h.update(p);
+        }
+        h.finish()
+    }
 }
 
 fn encode_entries(e: &mut Encoder, entries: &[Entry]) {
@@ -1286,6 +1614,112 @@ mod tests {
         // A version-1 segment is the CAR bytes as they are.
         let sealed = k.seal(&seg_aad(3), b"car bytes").unwrap();
         assert_eq!(open_segment(&k, 3, &sealed, 1).unwrap(), b"car bytes");
+    }
+
+    /// A file of runs: blocks spread over two runs, more added to the writer after them (one a
+    /// repeat of a run's block).
+    fn runs_file(n: usize, size: usize, keep: usize) -> (Key, Finished, Vec<(Cid, Vec<u8>)>) {
+        let key = Key::generate().unwrap();
+        let blocks: Vec<(Cid, Vec<u8>)> = (0..n)
+            .map(|i| {
+                let mut d = vec![(i % 251) as u8; size + i % 7];
+                d[..4].copy_from_slice(&(i as u32).to_le_bytes());
+                (Cid::of_cbor(&d), d)
+            })
+            .collect();
+        let (body, tail) = blocks.split_at(n - n / 10);
+        let mut runs = vec![Run::with_capacity(0, 0), Run::with_capacity(100, 4)];
+        for (i, (c, d)) in body.iter().enumerate() {
+            runs[i % 2].add(*c, d);
+        }
+        let sealed = match seal_runs(&key, runs, keep).unwrap() {
+            Ok(s) => s,
+            Err(_) => panic!("no CID repeats"),
+        };
+        let mut w = Writer::with_runs(
+            Meta {
+                level: 0,
+                time: 7,
+                roots: vec![tail[0].0],
+                replaces: vec![],
+            },
+            tail.len(),
+            Vec::new(),
+            sealed,
+        );
+        w.add(body[3].0, &body[3].1);
+        for (c, d) in tail {
+            w.add_event(*c, d);
+        }
+        let f = w.finish(&key, false, keep).unwrap();
+        (key, f, blocks)
+    }
+
+    #[test]
+    fn files_with_runs_verify_and_read_back() {
+        for (n, size, keep) in [
+            (10, 10, usize::MAX),
+            (40, 3000, usize::MAX),
+            (40, 3000, 0),
+            (1000, 300, 0),
+            (3000, 20, usize::MAX),
+        ] {
+            let (key, f, blocks) = runs_file(n, size, keep);
+            let bytes = f.parts().concat();
+            assert_eq!(bytes.len(), f.file_len());
+            let name = f.name();
+            assert_eq!(name, FileName::of(&bytes));
+
+            let (idx, got) = verify_file(&key, &name, &bytes).unwrap();
+            assert_eq!((got.len(), idx.block_count()), (n, n));
+            let entries: Vec<Entry> = if idx.pages.is_empty() {
+                idx.entries.clone()
+            } else {
+                (0..idx.pages.len())
+                    .flat_map(|p| {
+                        let pr = &idx.pages[p];
+                        idx.open_page(&key, p, &bytes[pr.off as usize..][..pr.len as usize])
+                            .unwrap()
+                    })
+                    .collect()
+            };
+            if idx.pages.is_empty() {
+                assert_eq!(entries, f.index.entries);
+            }
+            for (i, (c, d)) in blocks.iter().enumerate() {
+                let e = entries[entries.binary_search_by(|e| e.cid.cmp(c)).unwrap()];
+                assert_eq!(e.event, i >= n - n / 10, "block {i}'s kind");
+                let (o, l) = idx.segs[e.seg as usize];
+                let seg =
+                    open_segment(&key, e.seg, &bytes[o as usize..][..l as usize], VERSION).unwrap();
+                assert_eq!(block_in(&seg, &e).unwrap(), &d[..]);
+                if !f.segments.is_empty() {
+                    assert_eq!(seg, f.segments[e.seg as usize]);
+                }
+            }
+            assert_eq!(f.segments.is_empty(), keep == 0);
+        }
+    }
+
+    #[test]
+    fn runs_holding_a_block_twice_are_refused() {
+        let key = Key::generate().unwrap();
+        let d = b"same".to_vec();
+        let mut runs = vec![Run::with_capacity(0, 0), Run::with_capacity(0, 0)];
+        runs[0].add(Cid::of_cbor(&d), &d);
+        runs[1].add(Cid::of_cbor(b"other"), b"other");
+        runs[1].add(Cid::of_cbor(&d), &d);
+        let back = match seal_runs(&key, runs, usize::MAX).unwrap() {
+            Ok(_) => panic!("a repeated CID must be refused"),
+            Err(r) => r,
+        };
+        // Unsealed: the blocks read back as added.
+        let got: Vec<(Cid, Vec<u8>)> = back
+            .iter()
+            .flat_map(|r| r.blocks().map(|(c, b)| (c, b.to_vec())))
+            .collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2], (Cid::of_cbor(&d), d));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// LOCK counter value marking a dropped database: handles still open on it stop writing (a new
@@ -275,41 +275,63 @@ pub struct ListOptions {
     pub limit: Option<usize>,
 }
 
-/// A pending write: the id and the stored body with its CID, or `None` for a delete.
+/// A pending write: the id and the stored body with its CID, or `None` for a delete. (Of a
+/// large bulk the bodies lie in the batch's runs instead, and these are left empty.)
 type Write = (String, Option<(Cid, Vec<u8>)>);
 
-/// Validates and encodes the documents of a write (at least one), with their CIDs. Large
-/// batches are split across two threads (a batch's documents are independent); the error
-/// reported is the first bad document's, as in a sequential pass.
+/// Validates and encodes the documents of a write (at least one), with their CIDs. A large
+/// batch is encoded on two threads straight into file segments ([`car::Run`]s, one per thread;
+/// the writes' bodies are then left empty); the error reported is the first bad document's, as
+/// in a sequential pass.
 fn prepare_all<T: Sync>(
     docs: &[T],
     prepare: impl Fn(&T) -> Result<(String, Vec<u8>)> + Sync,
-) -> Result<Vec<Write>> {
+) -> Result<(Vec<Write>, Vec<car::Run>)> {
     if docs.is_empty() {
         return Err(Error::InvalidArgument(
             "bulk needs at least one document".into(),
         ));
     }
-    let run = |part: &[T]| -> Result<Vec<Write>> {
-        part.iter().map(|d| prepare(d).map(write_of)).collect()
-    };
     let parallel = docs.len() >= PARALLEL_DOCS && crate::par::cores() > 1;
     if !parallel {
-        return run(docs);
+        let writes = docs
+            .iter()
+            .map(|d| prepare(d).map(write_of))
+            .collect::<Result<_>>()?;
+        return Ok((writes, Vec::new()));
     }
     // What a sequential pass would give: the first failing document in order decides, be it
     // an error or a panic; chunks after a known failure are skipped.
-    let failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
-    let parts = crate::par::map_chunks(docs, PREPARE_CHUNK, |i, part| {
-        if i > failed.load(Ordering::Relaxed) {
-            return None;
-        }
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(part)));
-        if !matches!(r, Ok(Ok(_))) {
-            failed.fetch_min(i, Ordering::Relaxed);
-        }
-        Some(r)
-    });
+    let failed = AtomicUsize::new(usize::MAX);
+    let (parts, runs) = crate::par::map_chunks(
+        docs,
+        PREPARE_CHUNK,
+        || car::Run::with_capacity(0, 0),
+        |run, i, part| {
+            if i > failed.load(Ordering::Relaxed) {
+                return None;
+            }
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut writes = Vec::with_capacity(part.len());
+                for d in part {
+                    let (id, body) = prepare(d)?;
+                    if run.is_empty() {
+                        // About this thread's share of the batch, if documents are alike.
+                        let share = docs.len() / 2 + 16;
+                        run.reserve((body.len() + 48) * share, share);
+                    }
+                    let cid = Cid::of_cbor(&body);
+                    run.add(cid, &body);
+                    writes.push((id, Some((cid, Vec::new()))));
+                }
+                Ok(writes)
+            }));
+            if !matches!(r, Ok(Ok(_))) {
+                failed.fetch_min(i, Ordering::Relaxed);
+            }
+            Some(r)
+        },
+    );
     let mut out = Vec::with_capacity(docs.len());
     for part in parts {
         match part {
@@ -319,7 +341,7 @@ fn prepare_all<T: Sync>(
             None => unreachable!("a chunk is skipped only after an earlier one failed"),
         }
     }
-    Ok(out)
+    Ok((out, runs.into()))
 }
 
 /// The nodes reachable from `from` through the in-memory nodes `p`, not entering `stop`.
@@ -344,6 +366,16 @@ fn pending_reach(
 /// A prepared document as a write: its id, body and the body's CID.
 fn write_of((id, body): (String, Vec<u8>)) -> Write {
     (id, Some((Cid::of_cbor(&body), body)))
+}
+
+/// What [`Inner::commit`] builds of a transaction before its file: the new state's tree, the
+/// live document count, the event with its bytes and CID.
+struct Built {
+    state: tree::Update,
+    docs: i64,
+    event: Event,
+    eb: Vec<u8>,
+    ecid: Cid,
 }
 
 /// Batches at least this large are prepared on two threads.
@@ -492,14 +524,20 @@ impl Database {
     /// with serde_json's value model (it is stored as `serde_json::to_value` of it would be).
     pub fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Committed> {
         let writes = vec![write_of(doc::prepare_serialize(doc)?)];
-        self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
+        self.finish(
+            self.inner
+                .commit(None, writes, Vec::new(), None, Vec::new(), "")?,
+        )
     }
 
     /// Writes many documents in one transaction (one event, one diff file). If an id repeats,
     /// the last one wins. Documents as for [`Database::put`].
     pub fn bulk<T: Serialize + Sync>(&self, docs: &[T]) -> Result<Committed> {
-        let writes = prepare_all(docs, |d| doc::prepare_serialize(d))?;
-        self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
+        let (writes, runs) = prepare_all(docs, |d| doc::prepare_serialize(d))?;
+        self.finish(
+            self.inner
+                .commit(None, writes, runs, None, Vec::new(), "")?,
+        )
     }
 
     /// [`Database::put`] for a document given as JSON text: it is parsed straight into its
@@ -511,17 +549,24 @@ impl Database {
 
     /// [`Database::bulk`] for documents given as JSON text (see [`Database::put_json`]).
     pub fn bulk_json<S: AsRef<str> + Sync>(&self, docs: &[S]) -> Result<Committed> {
-        let writes = prepare_all(docs, |d| doc::prepare_json(d.as_ref()))?;
-        self.finish(self.inner.commit(None, writes, None, Vec::new(), "")?)
+        let (writes, runs) = prepare_all(docs, |d| doc::prepare_json(d.as_ref()))?;
+        self.finish(
+            self.inner
+                .commit(None, writes, runs, None, Vec::new(), "")?,
+        )
     }
 
     /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
     pub fn del(&self, id: &str) -> Result<Committed> {
         doc::check_id(id)?;
-        self.finish(
-            self.inner
-                .commit(None, vec![(id.to_owned(), None)], None, Vec::new(), "")?,
-        )
+        self.finish(self.inner.commit(
+            None,
+            vec![(id.to_owned(), None)],
+            Vec::new(),
+            None,
+            Vec::new(),
+            "",
+        )?)
     }
 
     /// Starts a transaction that reads the current state and, when committed, names that
@@ -846,9 +891,14 @@ impl Database {
     /// counts purged versions instead of reporting them missing.
     pub fn purge(&self, id: &str) -> Result<PurgeReport> {
         doc::check_id(id)?;
-        let (c, _) =
-            self.inner
-                .commit(None, vec![(id.to_owned(), None)], Some(id), Vec::new(), "")?;
+        let (c, _) = self.inner.commit(
+            None,
+            vec![(id.to_owned(), None)],
+            Vec::new(),
+            Some(id),
+            Vec::new(),
+            "",
+        )?;
         let ev = self.inner.read(|v| v.event(&c.event))?;
         self.compact_full()?;
         // Files no head names may hold the versions: the files just replaced, files other
@@ -977,7 +1027,9 @@ impl Database {
             .filter(|((_, m), w)| m.and_then(|s| s.link) != w.1.as_ref().map(|x| x.0))
             .map(|((id, _), _)| id.clone())
             .collect();
-        let (c, _) = self.inner.commit(None, writes, None, heads, note)?;
+        let (c, _) = self
+            .inner
+            .commit(None, writes, Vec::new(), None, heads, note)?;
         Ok(MergeReport {
             event: Some(c.event),
             changed,
@@ -1156,6 +1208,7 @@ impl Transaction {
         self.db.finish(self.db.inner.commit(
             Some(&self.base.head),
             self.writes,
+            Vec::new(),
             None,
             Vec::new(),
             "",
@@ -1501,6 +1554,7 @@ impl Db {
         &self,
         base: Option<&Head>,
         writes: Vec<Write>,
+        runs: Vec<car::Run>,
         purge_id: Option<&str>,
         source: Vec<Cid>,
         note: &str,
@@ -1524,6 +1578,10 @@ impl Db {
         });
         order.dedup_by(|later, kept| writes[*later].0 == writes[*kept].0);
         let sorted: Vec<&Write> = order.iter().map(|&i| &writes[i]).collect();
+        // A batch's runs go into the file as they are when they hold exactly its blocks, each
+        // once: they are sealed on the helper thread while this one builds the tree. (A repeated
+        // id leaves an overwritten body in them; a repeated CID, a block twice.)
+        let whole_runs = !runs.is_empty() && sorted.len() == writes.len();
         let (mut c, wanted) = self.with_lock(|db, head| {
             db.ensure_tree(head)?;
             let cur = head.clone();
@@ -1539,89 +1597,138 @@ impl Db {
                 height = height.max(v.event(h)?.height);
             }
             height += 1;
-            let ops: Vec<tree::Op> = sorted
-                .iter()
-                .map(|(id, w)| {
-                    (
-                        id.as_bytes().into(),
-                        Some(Slot {
-                            version: height,
-                            link: w.as_ref().map(|x| x.0),
-                        }),
-                    )
-                })
-                .collect();
-            let merged = if base.is_some() {
-                Some(tree::update(&v, cur.root.as_ref(), &ops, Mode::Max)?)
-            } else {
-                None
-            };
-            // The event's own state: its base plus its writes. A base older than a compaction
-            // may have lost its tree (only the current tree is kept); the event then carries no
-            // root commitment and reads at it replay the clock instead.
-            let own = match tree::update(&v, base_root.as_ref(), &ops, Mode::Max) {
-                Ok(u) => Some(u),
-                Err(Error::MissingBlock(..)) if merged.is_some() => None,
-                Err(e) => return Err(e),
-            };
-            let state = match (&merged, &own) {
-                (Some(m), _) | (None, Some(m)) => m,
-                (None, None) => {
-                    return Err(Error::corrupt(db.name.clone(), "no tree to commit on"))
-                }
-            };
-            let docs = cur.docs as i64 + tree::live_delta(&ops, &state.previous);
-            let mut parents = base_heads.clone();
-            parents.sort();
-            let purge = match purge_id {
-                Some(id) => db.versions_to_purge(&v, &cur, id)?,
-                None => Vec::new(),
-            };
-            let event = Event {
-                parents,
-                height,
-                time: now_ms(),
-                ops: sorted
+            let build = || -> Result<Built> {
+                let ops: Vec<tree::Op> = sorted
                     .iter()
-                    .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
-                    .collect(),
-                root: own.as_ref().and_then(|u| u.root),
-                purge: purge.clone(),
-                conflicts: Vec::new(),
-                source: source.clone(),
-                note: note.to_owned(),
+                    .map(|(id, w)| {
+                        (
+                            id.as_bytes().into(),
+                            Some(Slot {
+                                version: height,
+                                link: w.as_ref().map(|x| x.0),
+                            }),
+                        )
+                    })
+                    .collect();
+                let merged = if base.is_some() {
+                    Some(tree::update(&v, cur.root.as_ref(), &ops, Mode::Max)?)
+                } else {
+                    None
+                };
+                // The event's own state: its base plus its writes. A base older than a
+                // compaction may have lost its tree (only the current tree is kept); the event
+                // then carries no root commitment and reads at it replay the clock instead.
+                let own = match tree::update(&v, base_root.as_ref(), &ops, Mode::Max) {
+                    Ok(u) => Some(u),
+                    Err(Error::MissingBlock(..)) if merged.is_some() => None,
+                    Err(e) => return Err(e),
+                };
+                let own_root = own.as_ref().and_then(|u| u.root);
+                let state = match (merged, own) {
+                    (Some(m), _) | (None, Some(m)) => m,
+                    (None, None) => {
+                        return Err(Error::corrupt(db.name.clone(), "no tree to commit on"))
+                    }
+                };
+                let docs = cur.docs as i64 + tree::live_delta(&ops, &state.previous);
+                let mut parents = base_heads.clone();
+                parents.sort();
+                let purge = match purge_id {
+                    Some(id) => db.versions_to_purge(&v, &cur, id)?,
+                    None => Vec::new(),
+                };
+                let event = Event {
+                    parents,
+                    height,
+                    time: now_ms(),
+                    ops: sorted
+                        .iter()
+                        .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
+                        .collect(),
+                    root: own_root,
+                    purge,
+                    conflicts: Vec::new(),
+                    source: source.clone(),
+                    note: note.to_owned(),
+                };
+                let eb = event.encode();
+                let ecid = Cid::of_cbor(&eb);
+                Ok(Built {
+                    state,
+                    docs,
+                    event,
+                    eb,
+                    ecid,
+                })
             };
-            let eb = event.encode();
-            let ecid = Cid::of_cbor(&eb);
-            // The file is built in the handle's reused buffer, with room for the documents,
-            // their sections, the event and (for a checkpoint) about one tree node per eight
-            // documents.
+            let (built, runs) = if whole_runs {
+                let key = &db.key;
+                let (b, r) =
+                    crate::par::join(build, move || car::seal_runs(key, runs, FILE_CACHE_MAX));
+                let r = r.map_err(|e| Error::io(&db.dir, e))?;
+                (b?, r)
+            } else {
+                (build()?, Err(runs))
+            };
+            let Built {
+                state,
+                docs,
+                event,
+                eb,
+                ecid,
+            } = built;
+            let purge = event.purge.clone();
+            // The file is built in the handle's reused buffer, with room for the documents
+            // (unless they are in runs), their sections, the event and (for a checkpoint) about
+            // one tree node per eight documents.
             let blocks = sorted.len() + sorted.len() / 8 + 2;
             let mut buf = db.take_file_buf();
-            let bodies: usize = sorted
-                .iter()
-                .filter_map(|(_, x)| x.as_ref().map(|(_, b)| b.len()))
-                .sum();
+            let bodies: usize = match &runs {
+                Ok(_) => 0,
+                Err(r) if !r.is_empty() => r.iter().map(car::Run::byte_len).sum(),
+                Err(_) => sorted
+                    .iter()
+                    .filter_map(|(_, x)| x.as_ref().map(|(_, b)| b.len()))
+                    .sum(),
+            };
             let want = bodies + eb.len() + blocks * (crate::block::cid::CID_LEN + 64) + 4096;
             if buf.capacity() < want {
                 // With a margin: the next transaction's estimate is rarely exactly the same.
                 buf.reserve_exact(want + want / 4);
             }
-            let mut w = car::Writer::with_capacity(
-                car::Meta {
-                    level: 0,
-                    time: event.time,
-                    roots: vec![ecid],
-                    replaces: vec![],
-                },
-                blocks,
-                buf,
-            );
-            for (_, x) in &sorted {
-                if let Some((c, body)) = x {
-                    w.add(*c, body);
+            let meta = car::Meta {
+                level: 0,
+                time: event.time,
+                roots: vec![ecid],
+                replaces: vec![],
+            };
+            let mut w = match runs {
+                Ok(sealed) => car::Writer::with_runs(meta, blocks - sorted.len(), buf, sealed),
+                Err(runs) => {
+                    let mut w = car::Writer::with_capacity(meta, blocks, buf);
+                    if runs.is_empty() {
+                        for (_, x) in &sorted {
+                            if let Some((c, body)) = x {
+                                w.add(*c, body);
+                            }
+                        }
+                    } else {
+                        // Only the bodies of the writes that count (the writer adds a CID once).
+                        let wanted: DigestSet<Cid> = sorted
+                            .iter()
+                            .filter_map(|(_, x)| Some(x.as_ref()?.0))
+                            .collect();
+                        for r in &runs {
+                            for (c, body) in r.blocks() {
+                                if wanted.contains(&c) {
+                                    w.add(c, body);
+                                }
+                            }
+                        }
+                    }
+                    w
                 }
-            }
+            };
             // A large transaction writes the state's tree with it (its new nodes and the pending
             // ones it still uses), so the tree is whole in files again (a *checkpoint*): its
             // nodes cost little next to its documents, and it bounds what another handle must
@@ -1630,7 +1737,7 @@ impl Db {
             // read at that event replays the clock).
             let checkpoint = sorted.len() >= CHECKPOINT_OPS;
             if checkpoint {
-                db.write_tree(&mut w, state)?;
+                db.write_tree(&mut w, &state)?;
             }
             w.add_event(ecid, &eb);
             let file = db.store_file_carried(w, (height, height))?;
@@ -2652,24 +2759,28 @@ impl Db {
         heights: (u64, u64),
         carry: bool,
     ) -> Result<FileRef> {
+        let f = w
+            .finish(&self.key, level > 0, FILE_CACHE_MAX)
+            .map_err(|e| Error::io(&self.dir, e))?;
+        let name = f.name();
+        let size = f.file_len();
+        let carry = carry && size <= crate::head::MAX_FILE_RECORD;
+        self.store
+            .storage
+            .put_parts(&name, &f.parts(), self.sync() && !carry)
+            .map_err(|e| Error::io(self.store.root.join("files"), e))?;
+        if carry {
+            let bytes = f.parts().concat();
+            *self.carried.lock().unwrap_or_else(|p| p.into_inner()) = Some((name, bytes));
+        }
         let car::Finished {
             bytes,
             index,
             index_len,
             segments,
-        } = w
-            .finish(&self.key, level > 0, FILE_CACHE_MAX)
-            .map_err(|e| Error::io(&self.dir, e))?;
-        let name = FileName::of(&bytes);
-        let carry = carry && bytes.len() <= crate::head::MAX_FILE_RECORD;
-        self.store
-            .storage
-            .put(&name, &bytes, self.sync() && !carry)
-            .map_err(|e| Error::io(self.store.root.join("files"), e))?;
-        if carry {
-            *self.carried.lock().unwrap_or_else(|p| p.into_inner()) = Some((name, bytes.clone()));
-        }
-        let size = bytes.len() as u64;
+            ..
+        } = f;
+        let size = size as u64;
         self.give_file_buf(bytes);
         let bloom = self.register_index(name, index);
         // A large file's segments are not cached (they would push out what reads use).

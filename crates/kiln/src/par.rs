@@ -166,33 +166,41 @@ impl Drop for Wait {
     }
 }
 
-/// `f` of each `chunk`-sized piece of `items` (with the piece's number), in order. This thread
-/// and the helper take the next piece whenever they finish one, so neither waits on the
-/// other's slower half.
-pub fn map_chunks<T, R, F>(items: &[T], chunk: usize, f: F) -> Vec<R>
+/// `f` of each `chunk`-sized piece of `items` (with the piece's number and the state of the
+/// thread taking it, made by `init`), in order, and the two threads' states. This thread and
+/// the helper take the next piece whenever they finish one, so neither waits on the other's
+/// slower half.
+pub fn map_chunks<T, S, R, F>(
+    items: &[T],
+    chunk: usize,
+    init: impl Fn() -> S + Sync,
+    f: F,
+) -> (Vec<R>, [S; 2])
 where
     T: Sync,
+    S: Send,
     R: Send,
-    F: Fn(usize, &[T]) -> R + Sync,
+    F: Fn(&mut S, usize, &[T]) -> R + Sync,
 {
     let chunk = chunk.max(1);
     let pieces = items.len().div_ceil(chunk);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || {
+        let mut state = init();
         let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if i >= pieces {
-                return done;
+                return (done, state);
             }
             let piece = &items[i * chunk..items.len().min((i + 1) * chunk)];
-            done.push((i, f(i, piece)));
+            done.push((i, f(&mut state, i, piece)));
         }
     };
-    let (mut a, b) = join(work, work);
+    let ((mut a, sa), (b, sb)) = join(work, work);
     a.extend(b);
     a.sort_unstable_by_key(|x| x.0);
-    a.into_iter().map(|x| x.1).collect()
+    (a.into_iter().map(|x| x.1).collect(), [sa, sb])
 }
 
 #[cfg(test)]
@@ -311,7 +319,7 @@ mod tests {
             (10, 0),
         ] {
             let items: Vec<usize> = (0..n).collect();
-            let parts = map_chunks(&items, chunk, |_, p: &[usize]| p.to_vec());
+            let (parts, _) = map_chunks(&items, chunk, || (), |_, _, p: &[usize]| p.to_vec());
             assert!(parts
                 .iter()
                 .all(|p| !p.is_empty() && p.len() <= chunk.max(1)));

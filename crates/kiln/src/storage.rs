@@ -15,7 +15,12 @@ use std::sync::{Arc, Mutex, RwLock};
 /// A place that keeps immutable files by name.
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Stores a file. With `sync`, returns only once the file and its name are durable.
-    fn put(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()>;
+    fn put(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()> {
+        self.put_parts(name, &[bytes], sync)
+    }
+    /// [`Storage::put`] of the concatenation of `parts` (a large diff file is built in
+    /// several buffers).
+    fn put_parts(&self, name: &FileName, parts: &[&[u8]], sync: bool) -> io::Result<()>;
     /// Makes a file stored without `sync` durable: its bytes and its name.
     fn sync_file(&self, name: &FileName) -> io::Result<()>;
     /// Durably replaces a stored file whose bytes were lost or damaged (a power cut after a
@@ -346,10 +351,10 @@ impl LocalStorage {
     }
 
     /// Rewrites a reused file with `bytes`, shortening it when it was longer.
-    fn rewrite(f: &File, old: u64, bytes: &[u8]) -> io::Result<()> {
-        f.write_all_at(bytes, 0)?;
-        if old > bytes.len() as u64 {
-            f.set_len(bytes.len() as u64)?;
+    fn rewrite(f: &File, old: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let len = write_parts(f, parts)?;
+        if old > len {
+            f.set_len(len)?;
         }
         Ok(())
     }
@@ -377,6 +382,16 @@ fn fill_pool(pool: &Mutex<Pool>, dir: &Path, instance: u32, n: usize) -> io::Res
         pool.skip = 0;
     }
     Ok(())
+}
+
+/// Writes `parts` one after another from the start of `f`; returns their length.
+fn write_parts(f: &File, parts: &[&[u8]]) -> io::Result<u64> {
+    let mut at = 0u64;
+    for p in parts {
+        f.write_all_at(p, at)?;
+        at += p.len() as u64;
+    }
+    Ok(at)
 }
 
 /// Removes a name; one already gone is not an error.
@@ -424,13 +439,13 @@ impl Drop for LocalStorage {
 }
 
 impl Storage for LocalStorage {
-    fn put(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()> {
+    fn put_parts(&self, name: &FileName, parts: &[&[u8]], sync: bool) -> io::Result<()> {
         // A name being stored is live again even if it was one of this process's spares (same
         // name, same bytes): it must not be reused for another file.
         self.unspare(name);
         let path = self.path(name);
         let shard = path.parent().unwrap_or(&self.dir).to_path_buf();
-        let len = bytes.len() as u64;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let same = |e: &io::Error| e.kind() == io::ErrorKind::AlreadyExists;
         let reused = match self.take_spare(&path, len) {
             Ok(Some(x)) => Some(x),
@@ -448,7 +463,7 @@ impl Storage for LocalStorage {
                 match taken {
                     Ok(true) => match open_reused(&path)? {
                         Some(x) => Some(x),
-                        None => return self.put(name, bytes, sync),
+                        None => return self.put_parts(name, parts, sync),
                     },
                     Ok(false) => None,
                     // Same name means same bytes: the file is already there.
@@ -461,7 +476,7 @@ impl Storage for LocalStorage {
         };
         let f = match reused {
             Some((f, old)) => {
-                Self::rewrite(&f, old, bytes)?;
+                Self::rewrite(&f, old, parts)?;
                 f
             }
             None => {
@@ -484,7 +499,7 @@ impl Storage for LocalStorage {
                     Err(e) if same(&e) => return Ok(()),
                     Err(e) => return Err(e),
                 };
-                f.write_all_at(bytes, 0)?;
+                write_parts(&f, parts)?;
                 f
             }
         };
