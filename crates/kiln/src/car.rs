@@ -594,6 +594,11 @@ pub struct SealedRuns {
 }
 
 impl SealedRuns {
+    /// The runs' bytes, in file order (they start at [`runs_offset`] in a file with one root).
+    pub fn bytes(&self) -> impl Iterator<Item = &[u8]> {
+        self.runs.iter().map(|r| r.buf.as_slice())
+    }
+
     fn holds(&self, cid: &Cid) -> bool {
         self.entries
             .binary_search_by(|e| entry_order(e, &Entry { cid: *cid, ..*e }))
@@ -646,6 +651,13 @@ pub fn seal_runs(
         plain,
         plain_len,
     }))
+}
+
+/// Where the runs of a [`Writer::with_runs`] file with one root start: after the header and
+/// segment 0 (the CAR header alone), whose length depends only on how many roots it has.
+pub fn runs_offset() -> u64 {
+    let header = car_header(&[Cid::of_cbor(&[])]).len();
+    (HEADER_LEN + NONCE_LEN + 1 + header + TAG_LEN) as u64
 }
 
 /// The order of a file's index: by CID. Most pairs differ in their first 8 bytes (4 of them

@@ -1661,11 +1661,27 @@ impl Db {
                     ecid,
                 })
             };
+            // The file's runs are sealed and written on the helper meanwhile, into a file named
+            // once it is whole.
+            let mut early = None;
             let (built, runs) = if whole_runs {
                 let key = &db.key;
-                let (b, r) =
-                    crate::par::join(build, move || car::seal_runs(key, runs, FILE_CACHE_MAX));
-                let r = r.map_err(|e| Error::io(&db.dir, e))?;
+                let storage = &db.store.storage;
+                let at = car::runs_offset();
+                let (b, r) = crate::par::join(build, || {
+                    let pending = storage.begin()?;
+                    let r = car::seal_runs(key, runs, FILE_CACHE_MAX)?;
+                    if let Ok(sealed) = &r {
+                        let mut off = at;
+                        for b in sealed.bytes() {
+                            pending.write_at(b, off)?;
+                            off += b.len() as u64;
+                        }
+                    }
+                    std::io::Result::Ok((r, pending))
+                });
+                let (r, pending) = r.map_err(|e| Error::io(db.store.root.join("files"), e))?;
+                early = Some((pending, r.is_ok().then_some(at)));
                 (b?, r)
             } else {
                 (build()?, Err(runs))
@@ -1740,7 +1756,7 @@ impl Db {
                 db.write_tree(&mut w, &state)?;
             }
             w.add_event(ecid, &eb);
-            let file = db.store_file_carried(w, (height, height))?;
+            let file = db.store_file_with(w, 0, (height, height), db.sync(), early)?;
             if checkpoint {
                 // Readable without a file read, but not pending: the tree is in files.
                 for (c, _, n) in &state.blocks {
@@ -2743,32 +2759,63 @@ impl Db {
     /// Seals and stores a file, keeping its index and segments in memory so this process
     /// never reads back what it just wrote.
     fn store_file(&self, w: car::Writer, level: u8, heights: (u64, u64)) -> Result<FileRef> {
-        self.store_file_with(w, level, heights, false)
+        self.store_file_with(w, level, heights, false, None)
     }
 
-    /// [`Db::store_file`] for a transaction's diff: with full durability a small one is written
-    /// unsynced and left for the head record to carry (see [`Db::write_head`]).
-    fn store_file_carried(&self, w: car::Writer, heights: (u64, u64)) -> Result<FileRef> {
-        self.store_file_with(w, 0, heights, self.sync())
-    }
-
+    /// [`Db::store_file`] with two more choices. `carry` (a transaction's diff with full
+    /// durability): a small file is written unsynced and left for the head record to carry
+    /// (see [`Db::write_head`]). `early`: the file was begun before the writer finished (see
+    /// [`crate::storage::Storage::begin`]), and its runs written at the offset given, if any.
     fn store_file_with(
         &self,
         w: car::Writer,
         level: u8,
         heights: (u64, u64),
         carry: bool,
+        early: Option<(crate::storage::Pending, Option<u64>)>,
     ) -> Result<FileRef> {
         let f = w
             .finish(&self.key, level > 0, FILE_CACHE_MAX)
             .map_err(|e| Error::io(&self.dir, e))?;
-        let name = f.name();
         let size = f.file_len();
         let carry = carry && size <= crate::head::MAX_FILE_RECORD;
-        self.store
-            .storage
-            .put_parts(&name, &f.parts(), self.sync() && !carry)
-            .map_err(|e| Error::io(self.store.root.join("files"), e))?;
+        let sync = self.sync() && !carry;
+        let io = |e| Error::io(self.store.root.join("files"), e);
+        let name = match early {
+            // Written while hashed; the runs may be there already.
+            Some((pending, runs_at)) => {
+                let parts = f.parts();
+                let runs_written = runs_at == Some(f.split as u64);
+                let (name, written) = crate::par::join(
+                    || f.name(),
+                    || {
+                        let mut at = 0;
+                        for (i, p) in parts.iter().enumerate() {
+                            let is_run = i > 0 && i + 1 < parts.len();
+                            if !(is_run && runs_written) {
+                                pending.write_at(p, at)?;
+                            }
+                            at += p.len() as u64;
+                        }
+                        std::io::Result::Ok(())
+                    },
+                );
+                written.map_err(io)?;
+                self.store
+                    .storage
+                    .finish(pending, &name, size as u64, sync)
+                    .map_err(io)?;
+                name
+            }
+            None => {
+                let name = f.name();
+                self.store
+                    .storage
+                    .put_parts(&name, &f.parts(), sync)
+                    .map_err(io)?;
+                name
+            }
+        };
         if carry {
             let bytes = f.parts().concat();
             *self.carried.lock().unwrap_or_else(|p| p.into_inner()) = Some((name, bytes));

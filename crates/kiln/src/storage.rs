@@ -34,6 +34,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         sync: bool,
         fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<FileName>,
     ) -> io::Result<FileName>;
+    /// Starts a file whose name is known only once all its bytes are: its parts may be written
+    /// in any order, from several threads ([`Pending::write_at`]), while the rest is still
+    /// being made; [`Storage::finish`] names it. A pending file never finished is discarded.
+    fn begin(&self) -> io::Result<Pending>;
+    /// Stores a [`Storage::begin`] file of `len` bytes under `name`, as [`Storage::put`] would.
+    fn finish(&self, file: Pending, name: &FileName, len: u64, sync: bool) -> io::Result<()>;
     /// Reads `len` bytes at `offset`.
     fn read_at(&self, name: &FileName, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// The file's length in bytes.
@@ -62,6 +68,38 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// byte survives), and partial files of interrupted [`Storage::put_with`] calls (callers
     /// make sure none is in progress); returns the files and bytes freed.
     fn clear_reusable(&self) -> io::Result<(u64, u64)>;
+}
+
+/// A file being written before its name is known (see [`Storage::begin`]): for
+/// [`LocalStorage`], a file in `files/.tmp/` renamed to its name at the end, removed if it
+/// never gets one.
+#[derive(Debug)]
+pub struct Pending(Option<LocalPending>);
+
+#[derive(Debug)]
+struct LocalPending {
+    file: File,
+    path: PathBuf,
+    /// Its length before (a reused file).
+    old: u64,
+}
+
+impl Pending {
+    /// Writes `bytes` at `offset`.
+    pub fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        match &self.0 {
+            Some(p) => p.file.write_all_at(bytes, offset),
+            None => Err(io::Error::other("pending file already finished")),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p.path);
+        }
+    }
 }
 
 /// Files under a local folder: `DIR/ab/abcdef….kdf`, 256 shards by the first byte of the name.
@@ -179,11 +217,11 @@ impl LocalStorage {
             .ok();
     }
 
-    /// Creates the folder and its 256 shard folders. Done once when a store is created, so
-    /// commits do not pay for them (a missing shard, as in stores made before, is still created
-    /// when first needed).
+    /// Creates the folder, its 256 shard folders and `.tmp/`. Done once when a store is
+    /// created, so commits do not pay for them (a missing one, as in stores made before, is
+    /// still created when first needed).
     pub fn create_shards(&self) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
+        fs::create_dir_all(self.dir.join(".tmp"))?;
         for b in 0..=255u8 {
             match fs::create_dir(self.dir.join(format!("{b:02x}"))) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
@@ -510,6 +548,91 @@ impl Storage for LocalStorage {
             *name,
             Handle {
                 file: Arc::new(f),
+                written: Some(len),
+            },
+        );
+        self.top_up();
+        Ok(())
+    }
+
+    fn begin(&self) -> io::Result<Pending> {
+        // A spare or a pooled file moved to a name of its own (no inode allocated, and no other
+        // process can take it meanwhile), else a new file.
+        let tmp = self.tmp_path();
+        let tmp_dir = self.dir.join(".tmp");
+        let reused = match self.take_spare(&tmp, u64::MAX)? {
+            Some(x) => Some(x),
+            None => {
+                let taken = match self.take_pooled(&tmp) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        fs::create_dir_all(&tmp_dir)?;
+                        self.take_pooled(&tmp)
+                    }
+                    r => r,
+                };
+                if taken? {
+                    open_reused(&tmp)?
+                } else {
+                    None
+                }
+            }
+        };
+        let (file, old) = match reused {
+            Some(x) => x,
+            None => {
+                fs::create_dir_all(&tmp_dir)?;
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)?;
+                (f, 0)
+            }
+        };
+        Ok(Pending(Some(LocalPending {
+            file,
+            path: tmp,
+            old,
+        })))
+    }
+
+    fn finish(&self, mut file: Pending, name: &FileName, len: u64, sync: bool) -> io::Result<()> {
+        let Some(LocalPending {
+            file,
+            path: tmp,
+            old,
+        }) = file.0.take()
+        else {
+            return Err(io::Error::other("pending file already finished"));
+        };
+        // (Removed again if anything below fails.)
+        let fail = |e: io::Error| {
+            let _ = fs::remove_file(&tmp);
+            e
+        };
+        // A name being stored is live again even if it was one of this process's spares.
+        self.unspare(name);
+        if old > len {
+            file.set_len(len).map_err(fail)?;
+        }
+        let path = self.path(name);
+        let shard = path.parent().unwrap_or(&self.dir).to_path_buf();
+        // Same name, same bytes: replacing a file already there changes nothing.
+        match fs::rename(&tmp, &path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
+                fs::create_dir_all(&shard).map_err(fail)?;
+                fs::rename(&tmp, &path).map_err(fail)?;
+            }
+            r => r.map_err(fail)?,
+        }
+        // (Named before it is durable, as a put's reused file is: no head names it yet.)
+        if sync {
+            sync_with_folder(&file, &shard)?;
+        }
+        self.keep_open(
+            *name,
+            Handle {
+                file: Arc::new(file),
                 written: Some(len),
             },
         );
@@ -1144,6 +1267,50 @@ mod tests {
         now.sort();
         before.sort();
         assert_eq!(now, before, "the two inodes are reused");
+    }
+
+    #[test]
+    fn pending_files_are_named_when_whole_and_leave_nothing_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(d.path().join("files"));
+        s.create_shards().unwrap();
+        let tmp_empty = || fs::read_dir(d.path().join("files/.tmp")).unwrap().count() == 0;
+        // Parts in any order; named once whole.
+        let p = s.begin().unwrap();
+        p.write_at(b"world", 5).unwrap();
+        p.write_at(b"hello", 0).unwrap();
+        let name = FileName::of(b"helloworld");
+        s.finish(p, &name, 10, true).unwrap();
+        assert_eq!(s.read(&name).unwrap(), b"helloworld");
+        assert!(tmp_empty());
+        // A reused file longer than the new one is cut to its length: a pooled one…
+        let long = FileName::of(&[7u8; 20_000]);
+        s.put(&long, &[7u8; 20_000], false).unwrap();
+        s.remove(&long).unwrap();
+        let p = s.begin().unwrap();
+        p.write_at(b"short", 0).unwrap();
+        let short = FileName::of(b"short");
+        s.finish(p, &short, 5, false).unwrap();
+        assert_eq!(s.read(&short).unwrap(), b"short");
+        // …or a spare (retired, still under its name until reused).
+        s.retire(&name).unwrap();
+        let p = s.begin().unwrap();
+        p.write_at(b"x", 0).unwrap();
+        let x = FileName::of(b"x");
+        s.finish(p, &x, 1, false).unwrap();
+        assert_eq!(s.read(&x).unwrap(), b"x");
+        assert!(s.read(&name).is_err(), "the spare was taken");
+        assert_eq!(s.read(&short).unwrap(), b"short");
+        // A pending file never named is removed.
+        let p = s.begin().unwrap();
+        p.write_at(b"abandoned", 0).unwrap();
+        drop(p);
+        assert!(tmp_empty());
+        let mut names = s.list().unwrap();
+        names.sort();
+        let mut want = vec![short, x];
+        want.sort();
+        assert_eq!(names, want);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const IDS: u64 = 50;
+/// Documents of the occasional large bulk (ids of their own, bodies all different).
+const LARGE: u64 = 130;
 
 fn opts(durability: Durability) -> Options {
     Options {
@@ -40,6 +42,9 @@ enum Op {
 fn op(k: u64) -> Op {
     if k % 5 == 4 {
         Op::Del((k * 3) % IDS)
+    } else if k % 23 == 11 {
+        // Large enough to be encoded on two threads and written while its tree is built.
+        Op::Bulk((0..LARGE).map(|j| (1000 + j, k)).collect())
     } else if k % 7 == 3 {
         Op::Bulk(vec![
             ((k + 1) % IDS, k),
@@ -97,7 +102,7 @@ fn child(dir: &str, start: u64, durability: &str, prefix: &str, count: u64) {
                 Op::Del(i) => db.del(&id(i)),
                 Op::Bulk(kv) => db.bulk(
                     &kv.iter()
-                        .map(|(i, v)| json!({"_id": id(*i), "v": v, "pad": pad}))
+                        .map(|(i, v)| json!({"_id": id(*i), "v": v, "i": i, "pad": pad}))
                         .collect::<Vec<_>>(),
                 ),
             }
