@@ -19,6 +19,7 @@ use crate::block::DigestSet;
 use crate::seal::{Key, SealError, NONCE_LEN, TAG_LEN};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::sync::Arc;
 
 pub const MAGIC: &[u8; 8] = b"KILNDIFF";
 /// The version written. 3: named by BLAKE3; 2: LZ4-compressed segments, tree nodes marked in
@@ -99,7 +100,106 @@ impl NameHasher {
     }
 }
 
-impl FileName {}
+/// BLAKE3 chaining values of the largest aligned subtrees wholly inside one span of a file,
+/// hashed ahead of the rest (a large diff's runs, on the helper thread while this one
+/// finishes the file): [`Finished::name_with`] then does not hash those bytes again.
+#[derive(Default)]
+pub struct Subtrees(Vec<(u64, u64, ChainingValue)>);
+
+type ChainingValue = blake3::hazmat::ChainingValue;
+
+impl Subtrees {
+    /// The subtrees of `runs`' bytes, which start at `start` in their file.
+    pub fn of_runs(runs: &[Run], start: u64) -> Subtrees {
+        let parts: Vec<&[u8]> = runs.iter().map(|r| r.buf.as_slice()).collect();
+        Subtrees::of(&parts, start)
+    }
+
+    /// The subtrees of `parts` (consecutive bytes of a file from `start` on).
+    pub fn of(parts: &[&[u8]], start: u64) -> Subtrees {
+        use blake3::hazmat::HasherExt;
+        let chunk = blake3::CHUNK_LEN as u64;
+        let end = start + parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        let (mut at, stop) = (start.div_ceil(chunk) * chunk, end / chunk * chunk);
+        let mut out = Vec::new();
+        while at < stop {
+            // The largest power-of-two run of chunks starting at a multiple of its size.
+            let mut size = chunk;
+            while at % (2 * size) == 0 && at + 2 * size <= stop {
+                size *= 2;
+            }
+            let mut h = blake3::Hasher::new();
+            h.set_input_offset(at);
+            feed(&mut h, parts, start, at, at + size);
+            out.push((at, size, h.finalize_non_root()));
+            at += size;
+        }
+        Subtrees(out)
+    }
+
+    fn find(&self, lo: u64, hi: u64) -> Option<&ChainingValue> {
+        self.0
+            .iter()
+            .find(|k| k.0 == lo && k.0 + k.1 == hi)
+            .map(|k| &k.2)
+    }
+
+    fn any_within(&self, lo: u64, hi: u64) -> bool {
+        self.0.iter().any(|k| k.0 >= lo && k.0 + k.1 <= hi)
+    }
+}
+
+/// Hashes the bytes `[lo, hi)` of the file whose bytes from `base` on are `parts`.
+fn feed(h: &mut blake3::Hasher, parts: &[&[u8]], base: u64, lo: u64, hi: u64) {
+    let mut at = base;
+    for p in parts {
+        let end = at + p.len() as u64;
+        if end > lo && at < hi {
+            let from = lo.max(at) - at;
+            let to = hi.min(end) - at;
+            h.update(&p[from as usize..to as usize]);
+        }
+        at = end;
+    }
+}
+
+/// The chaining value of the BLAKE3 subtree `[lo, hi)` of a file (`parts` from offset 0),
+/// taking the subtrees `known` wherever the tree has them.
+fn subtree_cv(parts: &[&[u8]], lo: u64, hi: u64, known: &Subtrees) -> ChainingValue {
+    use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, HasherExt, Mode};
+    if let Some(cv) = known.find(lo, hi) {
+        return *cv;
+    }
+    if hi - lo <= blake3::CHUNK_LEN as u64 || !known.any_within(lo, hi) {
+        let mut h = blake3::Hasher::new();
+        h.set_input_offset(lo);
+        feed(&mut h, parts, 0, lo, hi);
+        return h.finalize_non_root();
+    }
+    let mid = lo + left_subtree_len(hi - lo);
+    merge_subtrees_non_root(
+        &subtree_cv(parts, lo, mid, known),
+        &subtree_cv(parts, mid, hi, known),
+        Mode::Hash,
+    )
+}
+
+/// The BLAKE3 hash of the file `parts` (from offset 0, `len` bytes), taking `known` subtrees.
+fn blake3_with(parts: &[&[u8]], len: u64, known: &Subtrees) -> [u8; 32] {
+    use blake3::hazmat::{left_subtree_len, merge_subtrees_root, Mode};
+    if len <= blake3::CHUNK_LEN as u64 || !known.any_within(0, len) {
+        let mut h = blake3::Hasher::new();
+        feed(&mut h, parts, 0, 0, len);
+        return *h.finalize().as_bytes();
+    }
+    let mid = left_subtree_len(len);
+    let root = merge_subtrees_root(
+        &subtree_cv(parts, 0, mid, known),
+        &subtree_cv(parts, mid, len, known),
+        Mode::Hash,
+    );
+    *root.as_bytes()
+}
 impl fmt::Display for FileName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex(&self.0))
@@ -387,7 +487,7 @@ impl Writer {
         Ok(Finished {
             split: out.len(),
             bytes: out,
-            runs: Vec::new(),
+            runs: Arc::default(),
             index,
             index_len,
             segments,
@@ -422,7 +522,7 @@ impl Writer {
             if i == 0 {
                 // The runs' segments come right after segment 0.
                 let mut at = split;
-                for r in &runs.runs {
+                for r in runs.runs.iter() {
                     for &(s, e) in &r.segs {
                         let unit = s - 1 - NONCE_LEN..e + TAG_LEN;
                         seg_at.push(((at + unit.start) as u64, unit.len() as u32));
@@ -471,7 +571,7 @@ impl Writer {
         Ok(Finished {
             bytes: out,
             split,
-            runs: runs.runs.into_iter().map(|r| r.buf).collect(),
+            runs: runs.runs,
             index,
             index_len,
             segments,
@@ -583,7 +683,8 @@ impl Run {
 
 /// Runs ready for [`Writer::with_runs`]: sealed, numbered from segment 1 on.
 pub struct SealedRuns {
-    runs: Vec<Run>,
+    /// (Shared: a name's hashing may read them while the file is finished.)
+    runs: Arc<Vec<Run>>,
     /// Their units.
     units: usize,
     /// Every block, numbered as in the file, sorted by CID.
@@ -597,6 +698,11 @@ impl SealedRuns {
     /// The runs' bytes, in file order (they start at [`runs_offset`] in a file with one root).
     pub fn bytes(&self) -> impl Iterator<Item = &[u8]> {
         self.runs.iter().map(|r| r.buf.as_slice())
+    }
+
+    /// The runs, shared (see [`Subtrees::of_runs`]).
+    pub fn shared(&self) -> Arc<Vec<Run>> {
+        self.runs.clone()
     }
 
     fn holds(&self, cid: &Cid) -> bool {
@@ -646,7 +752,7 @@ pub fn seal_runs(
     }
     Ok(Ok(SealedRuns {
         units: (n - 1) as usize,
-        runs,
+        runs: Arc::new(runs),
         entries,
         plain,
         plain_len,
@@ -745,10 +851,8 @@ fn write_tail_at(
     let mut pages = Vec::new();
     if entries.len() > PAGE_ENTRIES {
         for (i, chunk) in entries.chunks(PAGE_ENTRIES).enumerate() {
-            let mut e = Encoder::new();
-            encode_entries(&mut e, chunk);
             let start = at(out);
-            key.seal_into(&page_aad(i as u32), &e.into_bytes(), out)?;
+            seal_encoded(key, &page_aad(i as u32), out, |e| encode_entries(e, chunk))?;
             pages.push((
                 chunk[0].cid,
                 start,
@@ -757,48 +861,48 @@ fn write_tail_at(
             ));
         }
     }
-    let mut e = Encoder::new();
-    e.map(8);
-    e.str("v");
-    e.u64(VERSION as u64);
-    e.str("at");
-    e.u64(meta.time);
-    e.str("bk");
-    if pages.is_empty() {
-        encode_entries(&mut e, entries);
-    } else {
-        e.array(0);
-    }
-    e.str("lv");
-    e.u64(meta.level as u64);
-    e.str("pg");
-    e.array(pages.len());
-    for (first, off, len, count) in &pages {
-        e.array(4);
-        e.bytes(first.as_bytes());
-        e.u64(*off);
-        e.u64(*len as u64);
-        e.u64(*count as u64);
-    }
-    e.str("rp");
-    e.array(meta.replaces.len());
-    for r in &meta.replaces {
-        e.bytes(&r.0);
-    }
-    e.str("rt");
-    e.array(meta.roots.len());
-    for r in &meta.roots {
-        e.link(r);
-    }
-    e.str("sg");
-    e.array(seg_at.len());
-    for (off, len) in &seg_at {
-        e.array(2);
-        e.u64(*off);
-        e.u64(*len as u64);
-    }
     let index_at = at(out);
-    key.seal_into(INDEX_AAD, &e.into_bytes(), out)?;
+    seal_encoded(key, INDEX_AAD, out, |e| {
+        e.map(8);
+        e.str("v");
+        e.u64(VERSION as u64);
+        e.str("at");
+        e.u64(meta.time);
+        e.str("bk");
+        if pages.is_empty() {
+            encode_entries(e, entries);
+        } else {
+            e.array(0);
+        }
+        e.str("lv");
+        e.u64(meta.level as u64);
+        e.str("pg");
+        e.array(pages.len());
+        for (first, off, len, count) in &pages {
+            e.array(4);
+            e.bytes(first.as_bytes());
+            e.u64(*off);
+            e.u64(*len as u64);
+            e.u64(*count as u64);
+        }
+        e.str("rp");
+        e.array(meta.replaces.len());
+        for r in &meta.replaces {
+            e.bytes(&r.0);
+        }
+        e.str("rt");
+        e.array(meta.roots.len());
+        for r in &meta.roots {
+            e.link(r);
+        }
+        e.str("sg");
+        e.array(seg_at.len());
+        for (off, len) in &seg_at {
+            e.array(2);
+            e.u64(*off);
+            e.u64(*len as u64);
+        }
+    })?;
     let index_len = (at(out) - index_at) as u32;
     out.extend_from_slice(&index_at.to_le_bytes());
     out.extend_from_slice(&index_len.to_le_bytes());
@@ -819,6 +923,25 @@ fn write_tail_at(
             .collect(),
     };
     Ok((index, index_len))
+}
+
+/// Appends to `out` a sealed unit whose plaintext `encode` writes, encoded and sealed in
+/// place (no plaintext copy).
+fn seal_encoded(
+    key: &Key,
+    aad: &[u8],
+    out: &mut Vec<u8>,
+    encode: impl FnOnce(&mut Encoder),
+) -> std::io::Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&[0; NONCE_LEN]);
+    let mut e = Encoder {
+        buf: std::mem::take(out),
+    };
+    encode(&mut e);
+    *out = e.buf;
+    out.extend_from_slice(&[0; TAG_LEN]);
+    key.seal_in_place(aad, &mut out[start..])
 }
 
 fn car_header(roots: &[Cid]) -> Vec<u8> {
@@ -960,7 +1083,7 @@ pub struct Finished {
     pub bytes: Vec<u8>,
     pub split: usize,
     /// The runs' buffers, in order.
-    pub runs: Vec<Vec<u8>>,
+    pub runs: Arc<Vec<Run>>,
     /// The index, as [`Index::open`] would read it back.
     pub index: Index,
     /// Length of the sealed index (it ends where the trailer starts).
@@ -974,14 +1097,23 @@ impl Finished {
     pub fn parts(&self) -> Vec<&[u8]> {
         let mut p = Vec::with_capacity(self.runs.len() + 2);
         p.push(&self.bytes[..self.split]);
-        p.extend(self.runs.iter().map(Vec::as_slice));
+        p.extend(self.runs.iter().map(|r| r.buf.as_slice()));
         p.push(&self.bytes[self.split..]);
         p
     }
 
     /// The file's length.
     pub fn file_len(&self) -> usize {
-        self.bytes.len() + self.runs.iter().map(Vec::len).sum::<usize>()
+        self.bytes.len() + self.runs.iter().map(|r| r.buf.len()).sum::<usize>()
+    }
+
+    /// [`Finished::name`], taking the hashes of subtrees of its bytes computed before.
+    pub fn name_with(&self, known: &Subtrees) -> FileName {
+        if header_version(&self.bytes).is_some_and(|v| v >= 3) {
+            FileName(blake3_with(&self.parts(), self.file_len() as u64, known))
+        } else {
+            self.name()
+        }
     }
 
     /// The file's name (see [`FileName::of`]).
@@ -1710,6 +1842,49 @@ mod tests {
                 }
             }
             assert_eq!(f.segments.is_empty(), keep == 0);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn hashes_taking_known_subtrees_are_blake3(
+            len in 0usize..300_000,
+            a in any::<prop::sample::Index>(),
+            b in any::<prop::sample::Index>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + i / 1000) as u8).collect();
+            let (s, e) = {
+                let (x, y) = (a.index(len + 1), b.index(len + 1));
+                (x.min(y), x.max(y))
+            };
+            // The span in two parts, the file in three.
+            let c = s + cut.index(e - s + 1);
+            let known = Subtrees::of(&[&bytes[s..c], &bytes[c..e]], s as u64);
+            let parts: [&[u8]; 3] = [&bytes[..s], &bytes[s..c], &bytes[c..]];
+            prop_assert_eq!(
+                blake3_with(&parts, len as u64, &known),
+                *blake3::hash(&bytes).as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn known_subtrees_are_the_trees_own() {
+        // A span inside a file: every subtree found for it is one the file's tree has (the
+        // name then hashes none of its bytes again).
+        let bytes = vec![5u8; 600_000];
+        let known = Subtrees::of(&[&bytes[104..400_000]], 104);
+        assert!(known.0.iter().map(|k| k.1).sum::<u64>() > 398_000);
+        for (lo, size, _) in &known.0 {
+            let mut n = (0u64, bytes.len() as u64);
+            // Walk the tree down to the node starting at `lo` of this size.
+            while n != (*lo, lo + size) {
+                assert!(n.1 - n.0 > *size, "no node [{lo}, {})", lo + size);
+                let mid = n.0 + blake3::hazmat::left_subtree_len(n.1 - n.0);
+                n = if *lo < mid { (n.0, mid) } else { (mid, n.1) };
+            }
         }
     }
 

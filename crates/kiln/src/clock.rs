@@ -40,7 +40,19 @@ pub struct Event {
 
 impl Event {
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
+        // Room for the ops (an id and a link each, at most 2 + 3 + 41 bytes more) and the rest.
+        let cap = 128
+            + self.ops.iter().map(|(id, _)| id.len() + 46).sum::<usize>()
+            + 41 * (self.parents.len() + self.purge.len() + self.source.len())
+            + self.note.len()
+            + self
+                .conflicts
+                .iter()
+                .map(|(id, l)| id.len() + 8 + 41 * l.len())
+                .sum::<usize>();
+        let mut e = Encoder {
+            buf: Vec::with_capacity(cap),
+        };
         e.map(
             5 + usize::from(!self.purge.is_empty())
                 + usize::from(!self.source.is_empty())

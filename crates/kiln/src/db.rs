@@ -1698,65 +1698,79 @@ impl Db {
             // (unless they are in runs), their sections, the event and (for a checkpoint) about
             // one tree node per eight documents.
             let blocks = sorted.len() + sorted.len() / 8 + 2;
-            let mut buf = db.take_file_buf();
-            let bodies: usize = match &runs {
-                Ok(_) => 0,
-                Err(r) if !r.is_empty() => r.iter().map(car::Run::byte_len).sum(),
-                Err(_) => sorted
-                    .iter()
-                    .filter_map(|(_, x)| x.as_ref().map(|(_, b)| b.len()))
-                    .sum(),
-            };
-            let want = bodies + eb.len() + blocks * (crate::block::cid::CID_LEN + 64) + 4096;
-            if buf.capacity() < want {
-                // With a margin: the next transaction's estimate is rarely exactly the same.
-                buf.reserve_exact(want + want / 4);
-            }
-            let meta = car::Meta {
-                level: 0,
-                time: event.time,
-                roots: vec![ecid],
-                replaces: vec![],
-            };
-            let mut w = match runs {
-                Ok(sealed) => car::Writer::with_runs(meta, blocks - sorted.len(), buf, sealed),
-                Err(runs) => {
-                    let mut w = car::Writer::with_capacity(meta, blocks, buf);
-                    if runs.is_empty() {
-                        for (_, x) in &sorted {
-                            if let Some((c, body)) = x {
-                                w.add(*c, body);
+            let checkpoint = sorted.len() >= CHECKPOINT_OPS;
+            // The runs' share of the file's name is hashed on the helper meanwhile.
+            let shared = runs.as_ref().ok().map(car::SealedRuns::shared);
+            let make = || -> Result<car::Finished> {
+                let mut buf = db.take_file_buf();
+                let bodies: usize = match &runs {
+                    Ok(_) => 0,
+                    Err(r) if !r.is_empty() => r.iter().map(car::Run::byte_len).sum(),
+                    Err(_) => sorted
+                        .iter()
+                        .filter_map(|(_, x)| x.as_ref().map(|(_, b)| b.len()))
+                        .sum(),
+                };
+                let want = bodies + eb.len() + blocks * (crate::block::cid::CID_LEN + 64) + 4096;
+                if buf.capacity() < want {
+                    // With a margin: the next transaction's estimate is rarely exactly the same.
+                    buf.reserve_exact(want + want / 4);
+                }
+                let meta = car::Meta {
+                    level: 0,
+                    time: event.time,
+                    roots: vec![ecid],
+                    replaces: vec![],
+                };
+                let mut w = match runs {
+                    Ok(sealed) => car::Writer::with_runs(meta, blocks - sorted.len(), buf, sealed),
+                    Err(runs) => {
+                        let mut w = car::Writer::with_capacity(meta, blocks, buf);
+                        if runs.is_empty() {
+                            for (_, x) in &sorted {
+                                if let Some((c, body)) = x {
+                                    w.add(*c, body);
+                                }
                             }
-                        }
-                    } else {
-                        // Only the bodies of the writes that count (the writer adds a CID once).
-                        let wanted: DigestSet<Cid> = sorted
-                            .iter()
-                            .filter_map(|(_, x)| Some(x.as_ref()?.0))
-                            .collect();
-                        for r in &runs {
-                            for (c, body) in r.blocks() {
-                                if wanted.contains(&c) {
-                                    w.add(c, body);
+                        } else {
+                            // Only the bodies of the writes that count (the writer adds a CID once).
+                            let wanted: DigestSet<Cid> = sorted
+                                .iter()
+                                .filter_map(|(_, x)| Some(x.as_ref()?.0))
+                                .collect();
+                            for r in &runs {
+                                for (c, body) in r.blocks() {
+                                    if wanted.contains(&c) {
+                                        w.add(c, body);
+                                    }
                                 }
                             }
                         }
+                        w
                     }
-                    w
+                };
+                // A large transaction writes the state's tree with it (its new nodes and the pending
+                // ones it still uses), so the tree is whole in files again (a *checkpoint*): its
+                // nodes cost little next to its documents, and it bounds what another handle must
+                // replay. A small one leaves its new nodes in memory until the level-0 compaction
+                // writes them (an event's own tree, when it differs from the state, is not kept: a
+                // read at that event replays the clock).
+                if checkpoint {
+                    db.write_tree(&mut w, &state)?;
                 }
+                w.add_event(ecid, &eb);
+                db.finish_file(w, 0)
             };
-            // A large transaction writes the state's tree with it (its new nodes and the pending
-            // ones it still uses), so the tree is whole in files again (a *checkpoint*): its
-            // nodes cost little next to its documents, and it bounds what another handle must
-            // replay. A small one leaves its new nodes in memory until the level-0 compaction
-            // writes them (an event's own tree, when it differs from the state, is not kept: a
-            // read at that event replays the clock).
-            let checkpoint = sorted.len() >= CHECKPOINT_OPS;
-            if checkpoint {
-                db.write_tree(&mut w, &state)?;
-            }
-            w.add_event(ecid, &eb);
-            let file = db.store_file_with(w, 0, (height, height), db.sync(), early)?;
+            let (f, known) = match shared {
+                Some(r) => {
+                    let (f, k) = crate::par::join(make, move || {
+                        car::Subtrees::of_runs(&r, car::runs_offset())
+                    });
+                    (f?, k)
+                }
+                None => (make()?, car::Subtrees::default()),
+            };
+            let file = db.store_finished(f, 0, (height, height), db.sync(), early, &known)?;
             if checkpoint {
                 // Readable without a file read, but not pending: the tree is in files.
                 for (c, _, n) in &state.blocks {
@@ -2759,24 +2773,30 @@ impl Db {
     /// Seals and stores a file, keeping its index and segments in memory so this process
     /// never reads back what it just wrote.
     fn store_file(&self, w: car::Writer, level: u8, heights: (u64, u64)) -> Result<FileRef> {
-        self.store_file_with(w, level, heights, false, None)
+        let f = self.finish_file(w, level)?;
+        self.store_finished(f, level, heights, false, None, &car::Subtrees::default())
     }
 
-    /// [`Db::store_file`] with two more choices. `carry` (a transaction's diff with full
-    /// durability): a small file is written unsynced and left for the head record to carry
-    /// (see [`Db::write_head`]). `early`: the file was begun before the writer finished (see
-    /// [`crate::storage::Storage::begin`]), and its runs written at the offset given, if any.
-    fn store_file_with(
+    /// Seals a file (compressed above level 0).
+    fn finish_file(&self, w: car::Writer, level: u8) -> Result<car::Finished> {
+        w.finish(&self.key, level > 0, FILE_CACHE_MAX)
+            .map_err(|e| Error::io(&self.dir, e))
+    }
+
+    /// [`Db::store_file`] of a sealed file, with three more choices. `carry` (a transaction's
+    /// diff with full durability): a small file is written unsynced and left for the head
+    /// record to carry (see [`Db::write_head`]). `early`: the file was begun before it was
+    /// sealed (see [`crate::storage::Storage::begin`]), its runs written at the offset given,
+    /// if any. `known`: subtrees of its bytes hashed before, for its name.
+    fn store_finished(
         &self,
-        w: car::Writer,
+        f: car::Finished,
         level: u8,
         heights: (u64, u64),
         carry: bool,
         early: Option<(crate::storage::Pending, Option<u64>)>,
+        known: &car::Subtrees,
     ) -> Result<FileRef> {
-        let f = w
-            .finish(&self.key, level > 0, FILE_CACHE_MAX)
-            .map_err(|e| Error::io(&self.dir, e))?;
         let size = f.file_len();
         let carry = carry && size <= crate::head::MAX_FILE_RECORD;
         let sync = self.sync() && !carry;
@@ -2787,7 +2807,7 @@ impl Db {
                 let parts = f.parts();
                 let runs_written = runs_at == Some(f.split as u64);
                 let (name, written) = crate::par::join(
-                    || f.name(),
+                    || f.name_with(known),
                     || {
                         let mut at = 0;
                         for (i, p) in parts.iter().enumerate() {

@@ -53,8 +53,9 @@ pub fn raise_into<K: Ord>(map: &mut std::collections::BTreeMap<K, Slot>, key: K,
 /// How many live documents applying `ops` with [`Mode::Max`] adds (negative: removes), given
 /// the slots the keys had before (`previous` of the [`Update`]).
 pub fn live_delta(ops: &[Op], previous: &[Option<Slot>]) -> i64 {
+    let none = std::iter::repeat(&None);
     ops.iter()
-        .zip(previous)
+        .zip(previous.iter().chain(none))
         .map(|((_, new), prev)| {
             let mut winner = new.unwrap_or(Slot {
                 version: 0,
@@ -432,7 +433,8 @@ pub struct Update {
     /// New nodes, each with its CID, encoding and decoded form; every one is reachable from
     /// `root`.
     pub blocks: Vec<(Cid, Vec<u8>, Arc<Node>)>,
-    /// For each op, in order: the slot the key had before (`None` when absent).
+    /// For each op, in order: the slot the key had before (`None` when absent); empty when
+    /// the tree was empty (every key was absent).
     pub previous: Vec<Option<Slot>>,
 }
 
@@ -472,7 +474,12 @@ fn rebuild<S: NodeSource>(
     let mut b = Builder {
         levels: Vec::new(),
         out: Vec::new(),
-        previous: vec![None; ops.len()],
+        // (Nothing had a slot in an empty tree.)
+        previous: if root.is_some() {
+            vec![None; ops.len()]
+        } else {
+            Vec::new()
+        },
         mode,
     };
     match root {
