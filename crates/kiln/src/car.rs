@@ -560,14 +560,7 @@ impl Writer {
         out.reserve(entries.len() * 48 + 256);
         let (index, index_len) =
             write_tail_at(key, self.meta, &entries, seg_at, run_bytes as u64, &mut out)?;
-        let index = Index {
-            entries: if index.pages.is_empty() {
-                entries
-            } else {
-                Vec::new()
-            },
-            ..index
-        };
+        let index = index.with_entries(entries);
         Ok(Finished {
             bytes: out,
             split,
@@ -821,19 +814,7 @@ fn write_tail(
     out: &mut Vec<u8>,
 ) -> std::io::Result<(Index, u32)> {
     sort_entries(&mut entries);
-    write_tail_at(key, meta, &entries, seg_at, 0, out).map(|(i, l)| {
-        (
-            Index {
-                entries: if i.pages.is_empty() {
-                    entries
-                } else {
-                    Vec::new()
-                },
-                ..i
-            },
-            l,
-        )
-    })
+    write_tail_at(key, meta, &entries, seg_at, 0, out).map(|(i, l)| (i.with_entries(entries), l))
 }
 
 /// [`write_tail`] for entries sorted by [`entry_order`], in a file of which `base` bytes
@@ -1064,14 +1045,7 @@ impl<'a> StreamWriter<'a> {
             write_tail_at(self.key, meta, &entries, seg_at, self.len, &mut tail)?;
         self.emit(&tail)?;
         let name = FileName(*self.hash.finalize().as_bytes());
-        let index = Index {
-            entries: if index.pages.is_empty() {
-                entries
-            } else {
-                Vec::new()
-            },
-            ..index
-        };
+        let index = index.with_entries(entries);
         Ok((name, self.len, index, index_len))
     }
 }
@@ -1347,6 +1321,18 @@ impl Index {
     }
 
     /// Finds a block in an unpaged index.
+    /// The index as a reader gets it: with `entries` (all of the file's, sorted) unless paged.
+    fn with_entries(self, entries: Vec<Entry>) -> Index {
+        Index {
+            entries: if self.pages.is_empty() {
+                entries
+            } else {
+                Vec::new()
+            },
+            ..self
+        }
+    }
+
     pub fn find(&self, cid: &Cid) -> Option<Entry> {
         self.entries
             .binary_search_by(|e| e.cid.cmp(cid))

@@ -380,6 +380,30 @@ impl LocalStorage {
         }
     }
 
+    /// The end of a put: the file written under its name is made durable (with `sync`) and
+    /// kept open for reads; the pool is topped up if low.
+    fn stored(
+        &self,
+        name: &FileName,
+        f: File,
+        len: u64,
+        sync: bool,
+        shard: &Path,
+    ) -> io::Result<()> {
+        if sync {
+            sync_with_folder(&f, shard)?;
+        }
+        self.keep_open(
+            *name,
+            Handle {
+                file: Arc::new(f),
+                written: Some(len),
+            },
+        );
+        self.top_up();
+        Ok(())
+    }
+
     /// Takes `name` off the spares, if it is one.
     fn unspare(&self, name: &FileName) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -541,18 +565,7 @@ impl Storage for LocalStorage {
                 f
             }
         };
-        if sync {
-            sync_with_folder(&f, &shard)?;
-        }
-        self.keep_open(
-            *name,
-            Handle {
-                file: Arc::new(f),
-                written: Some(len),
-            },
-        );
-        self.top_up();
-        Ok(())
+        self.stored(name, f, len, sync, &shard)
     }
 
     fn begin(&self) -> io::Result<Pending> {
@@ -626,18 +639,7 @@ impl Storage for LocalStorage {
             r => r.map_err(fail)?,
         }
         // (Named before it is durable, as a put's reused file is: no head names it yet.)
-        if sync {
-            sync_with_folder(&file, &shard)?;
-        }
-        self.keep_open(
-            *name,
-            Handle {
-                file: Arc::new(file),
-                written: Some(len),
-            },
-        );
-        self.top_up();
-        Ok(())
+        self.stored(name, file, len, sync, &shard)
     }
 
     fn sync_file(&self, name: &FileName) -> io::Result<()> {
