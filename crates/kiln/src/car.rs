@@ -104,7 +104,12 @@ impl NameHasher {
 /// hashed ahead of the rest (a large diff's runs, on the helper thread while this one
 /// finishes the file): [`Finished::name_with`] then does not hash those bytes again.
 #[derive(Default)]
-pub struct Subtrees(Vec<(u64, u64, ChainingValue)>);
+pub struct Subtrees {
+    /// Where the span starts in its file.
+    start: u64,
+    /// Offset, length and chaining value of each subtree.
+    trees: Vec<(u64, u64, ChainingValue)>,
+}
 
 type ChainingValue = blake3::hazmat::ChainingValue;
 
@@ -134,18 +139,18 @@ impl Subtrees {
             out.push((at, size, h.finalize_non_root()));
             at += size;
         }
-        Subtrees(out)
+        Subtrees { start, trees: out }
     }
 
     fn find(&self, lo: u64, hi: u64) -> Option<&ChainingValue> {
-        self.0
+        self.trees
             .iter()
             .find(|k| k.0 == lo && k.0 + k.1 == hi)
             .map(|k| &k.2)
     }
 
     fn any_within(&self, lo: u64, hi: u64) -> bool {
-        self.0.iter().any(|k| k.0 >= lo && k.0 + k.1 <= hi)
+        self.trees.iter().any(|k| k.0 >= lo && k.0 + k.1 <= hi)
     }
 }
 
@@ -1081,9 +1086,11 @@ impl Finished {
         self.bytes.len() + self.runs.iter().map(|r| r.buf.len()).sum::<usize>()
     }
 
-    /// [`Finished::name`], taking the hashes of subtrees of its bytes computed before.
+    /// [`Finished::name`], taking the hashes of subtrees of its runs computed before (ignored
+    /// unless they are of a span starting where its runs do).
     pub fn name_with(&self, known: &Subtrees) -> FileName {
-        if header_version(&self.bytes).is_some_and(|v| v >= 3) {
+        let fits = known.trees.is_empty() || known.start == self.split as u64;
+        if fits && header_version(&self.bytes).is_some_and(|v| v >= 3) {
             FileName(blake3_with(&self.parts(), self.file_len() as u64, known))
         } else {
             self.name()
@@ -1799,6 +1806,11 @@ mod tests {
             assert_eq!(bytes.len(), f.file_len());
             let name = f.name();
             assert_eq!(name, FileName::of(&bytes));
+            let known = Subtrees::of_runs(&f.runs, runs_offset());
+            assert_eq!(f.name_with(&known), name);
+            // Subtrees of another span are not taken.
+            let elsewhere = Subtrees::of_runs(&f.runs, runs_offset() + 1024);
+            assert_eq!(f.name_with(&elsewhere), name);
 
             let (idx, got) = verify_file(&key, &name, &bytes).unwrap();
             assert_eq!((got.len(), idx.block_count()), (n, n));
@@ -1862,8 +1874,8 @@ mod tests {
         // name then hashes none of its bytes again).
         let bytes = vec![5u8; 600_000];
         let known = Subtrees::of(&[&bytes[104..400_000]], 104);
-        assert!(known.0.iter().map(|k| k.1).sum::<u64>() > 398_000);
-        for (lo, size, _) in &known.0 {
+        assert!(known.trees.iter().map(|k| k.1).sum::<u64>() > 398_000);
+        for (lo, size, _) in &known.trees {
             let mut n = (0u64, bytes.len() as u64);
             // Walk the tree down to the node starting at `lo` of this size.
             while n != (*lo, lo + size) {

@@ -40,9 +40,20 @@ pub struct Event {
 
 impl Event {
     pub fn encode(&self) -> Vec<u8> {
+        let ops = self.ops.iter().map(|(id, v)| (id.as_str(), v.as_ref()));
+        self.encode_ops(self.ops.len(), ops)
+    }
+
+    /// [`Event::encode`] of this event with the `n` `ops` given in place of its own (not read):
+    /// a large transaction's ops are encoded from where they are, not copied into an event.
+    pub fn encode_ops<'a>(
+        &self,
+        n: usize,
+        ops: impl Iterator<Item = (&'a str, Option<&'a Cid>)> + Clone,
+    ) -> Vec<u8> {
         // Room for the ops (an id and a link each, at most 2 + 3 + 41 bytes more) and the rest.
         let cap = 128
-            + self.ops.iter().map(|(id, _)| id.len() + 46).sum::<usize>()
+            + ops.clone().map(|(id, _)| id.len() + 46).sum::<usize>()
             + 41 * (self.parents.len() + self.purge.len() + self.source.len())
             + self.note.len()
             + self
@@ -60,11 +71,11 @@ impl Event {
                 + usize::from(!self.note.is_empty()),
         );
         e.str("ops");
-        e.array(self.ops.len());
-        for (id, v) in &self.ops {
+        e.array(n);
+        for (id, v) in ops {
             e.array(2);
             e.str(id);
-            e.opt_link(v.as_ref());
+            e.opt_link(v);
         }
         if !self.note.is_empty() {
             e.str("note");

@@ -286,28 +286,39 @@ type Write = (String, Option<(Cid, Vec<u8>)>);
 fn prepare_all<T: Sync>(
     docs: &[T],
     prepare: impl Fn(&T) -> Result<(String, Vec<u8>)> + Sync,
-) -> Result<(Vec<Write>, Vec<car::Run>)> {
+    storage: &dyn crate::storage::Storage,
+) -> Result<Prepared> {
     if docs.is_empty() {
         return Err(Error::InvalidArgument(
             "bulk needs at least one document".into(),
         ));
     }
-    let parallel = docs.len() >= PARALLEL_DOCS && crate::par::cores() > 1;
-    if !parallel {
+    // (On one core the helper is absent and `map_chunks` takes every chunk on this thread: the
+    // runs still spare the bodies' copies.)
+    if docs.len() < PARALLEL_DOCS {
         let writes = docs
             .iter()
             .map(|d| prepare(d).map(write_of))
             .collect::<Result<_>>()?;
-        return Ok((writes, Vec::new()));
+        return Ok(Prepared::of(writes));
     }
     // What a sequential pass would give: the first failing document in order decides, be it
     // an error or a panic; chunks after a known failure are skipped.
     let failed = AtomicUsize::new(usize::MAX);
-    let (parts, runs) = crate::par::map_chunks(
+    let begun = AtomicBool::new(false);
+    let (parts, states) = crate::par::map_chunks(
         docs,
         PREPARE_CHUNK,
-        || car::Run::with_capacity(0, 0),
-        |run, i, part| {
+        // One of the two threads also begins the file the runs will go to (a rename and an
+        // open: the work is shared out all the same).
+        || {
+            // (One that cannot be begun is begun again, or the file stored whole, at the end.)
+            let pending = (!begun.swap(true, Ordering::Relaxed))
+                .then(|| storage.begin().ok())
+                .flatten();
+            (car::Run::with_capacity(0, 0), pending)
+        },
+        |(run, _), i, part| {
             if i > failed.load(Ordering::Relaxed) {
                 return None;
             }
@@ -316,9 +327,11 @@ fn prepare_all<T: Sync>(
                 for d in part {
                     let (id, body) = prepare(d)?;
                     if run.is_empty() {
-                        // About this thread's share of the batch, if documents are alike.
+                        // About this thread's share of the batch if documents are alike, but
+                        // not more than RUN_RESERVE (a large first one says little).
                         let share = docs.len() / 2 + 16;
-                        run.reserve((body.len() + 48) * share, share);
+                        let bytes = (body.len() + 48).saturating_mul(share).min(RUN_RESERVE);
+                        run.reserve(bytes, share);
                     }
                     let cid = Cid::of_cbor(&body);
                     run.add(cid, &body);
@@ -341,7 +354,31 @@ fn prepare_all<T: Sync>(
             None => unreachable!("a chunk is skipped only after an earlier one failed"),
         }
     }
-    Ok((out, runs.into()))
+    let [(run_a, pa), (run_b, pb)] = states;
+    Ok(Prepared {
+        writes: out,
+        runs: vec![run_a, run_b],
+        pending: pa.or(pb),
+    })
+}
+
+/// A commit's writes ([`prepare_all`]'s result), and for a large batch its runs (the bodies)
+/// and the file begun for them.
+struct Prepared {
+    writes: Vec<Write>,
+    runs: Vec<car::Run>,
+    pending: Option<crate::storage::Pending>,
+}
+
+impl Prepared {
+    /// Writes that carry their bodies.
+    fn of(writes: Vec<Write>) -> Prepared {
+        Prepared {
+            writes,
+            runs: Vec::new(),
+            pending: None,
+        }
+    }
 }
 
 /// The nodes reachable from `from` through the in-memory nodes `p`, not entering `stop`.
@@ -363,6 +400,14 @@ fn pending_reach(
     seen
 }
 
+/// The ops of an event writing `sorted`.
+fn event_ops(sorted: &[&Write]) -> Vec<(String, Option<Cid>)> {
+    sorted
+        .iter()
+        .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
+        .collect()
+}
+
 /// A prepared document as a write: its id, body and the body's CID.
 fn write_of((id, body): (String, Vec<u8>)) -> Write {
     (id, Some((Cid::of_cbor(&body), body)))
@@ -382,6 +427,8 @@ struct Built {
 const PARALLEL_DOCS: usize = 128;
 /// Documents a thread takes at a time when a batch is prepared on two threads.
 const PREPARE_CHUNK: usize = 64;
+/// Most bytes a run reserves up front (it grows as any buffer beyond).
+const RUN_RESERVE: usize = 8 << 20;
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -526,18 +573,21 @@ impl Database {
         let writes = vec![write_of(doc::prepare_serialize(doc)?)];
         self.finish(
             self.inner
-                .commit(None, writes, Vec::new(), None, Vec::new(), "")?,
+                .commit(None, Prepared::of(writes), None, Vec::new(), "")?,
         )
     }
 
     /// Writes many documents in one transaction (one event, one diff file). If an id repeats,
     /// the last one wins. Documents as for [`Database::put`].
     pub fn bulk<T: Serialize + Sync>(&self, docs: &[T]) -> Result<Committed> {
-        let (writes, runs) = prepare_all(docs, |d| doc::prepare_serialize(d))?;
-        self.finish(
-            self.inner
-                .commit(None, writes, runs, None, Vec::new(), "")?,
-        )
+        // (Held from here: a file begun for the commit lies in files/.tmp, which gc empties.)
+        let _gc = self.inner.store.gc.shared()?;
+        let p = prepare_all(
+            docs,
+            |d| doc::prepare_serialize(d),
+            &*self.inner.store.storage,
+        )?;
+        self.finish(self.inner.commit(None, p, None, Vec::new(), "")?)
     }
 
     /// [`Database::put`] for a document given as JSON text: it is parsed straight into its
@@ -549,11 +599,13 @@ impl Database {
 
     /// [`Database::bulk`] for documents given as JSON text (see [`Database::put_json`]).
     pub fn bulk_json<S: AsRef<str> + Sync>(&self, docs: &[S]) -> Result<Committed> {
-        let (writes, runs) = prepare_all(docs, |d| doc::prepare_json(d.as_ref()))?;
-        self.finish(
-            self.inner
-                .commit(None, writes, runs, None, Vec::new(), "")?,
-        )
+        let _gc = self.inner.store.gc.shared()?; // (as in `bulk`)
+        let p = prepare_all(
+            docs,
+            |d| doc::prepare_json(d.as_ref()),
+            &*self.inner.store.storage,
+        )?;
+        self.finish(self.inner.commit(None, p, None, Vec::new(), "")?)
     }
 
     /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
@@ -561,8 +613,7 @@ impl Database {
         doc::check_id(id)?;
         self.finish(self.inner.commit(
             None,
-            vec![(id.to_owned(), None)],
-            Vec::new(),
+            Prepared::of(vec![(id.to_owned(), None)]),
             None,
             Vec::new(),
             "",
@@ -893,8 +944,7 @@ impl Database {
         doc::check_id(id)?;
         let (c, _) = self.inner.commit(
             None,
-            vec![(id.to_owned(), None)],
-            Vec::new(),
+            Prepared::of(vec![(id.to_owned(), None)]),
             Some(id),
             Vec::new(),
             "",
@@ -1029,7 +1079,7 @@ impl Database {
             .collect();
         let (c, _) = self
             .inner
-            .commit(None, writes, Vec::new(), None, heads, note)?;
+            .commit(None, Prepared::of(writes), None, heads, note)?;
         Ok(MergeReport {
             event: Some(c.event),
             changed,
@@ -1207,8 +1257,7 @@ impl Transaction {
         }
         self.db.finish(self.db.inner.commit(
             Some(&self.base.head),
-            self.writes,
-            Vec::new(),
+            Prepared::of(self.writes),
             None,
             Vec::new(),
             "",
@@ -1553,12 +1602,16 @@ impl Db {
     fn commit(
         &self,
         base: Option<&Head>,
-        writes: Vec<Write>,
-        runs: Vec<car::Run>,
+        batch: Prepared,
         purge_id: Option<&str>,
         source: Vec<Cid>,
         note: &str,
     ) -> Result<(Committed, bool)> {
+        let Prepared {
+            writes,
+            runs,
+            pending,
+        } = batch;
         // Let a finished background compaction swap its result in first (bounded wait).
         let t = std::time::Instant::now();
         while self.swap_waiting.load(Ordering::SeqCst)
@@ -1637,21 +1690,26 @@ impl Db {
                     Some(id) => db.versions_to_purge(&v, &cur, id)?,
                     None => Vec::new(),
                 };
-                let event = Event {
+                // Encoded from the writes; a large one's event for the cache is decoded from
+                // its bytes on the helper later (see below), not built here.
+                let mut event = Event {
                     parents,
                     height,
                     time: now_ms(),
-                    ops: sorted
-                        .iter()
-                        .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
-                        .collect(),
+                    ops: Vec::new(),
                     root: own_root,
                     purge,
                     conflicts: Vec::new(),
                     source: source.clone(),
                     note: note.to_owned(),
                 };
-                let eb = event.encode();
+                let ops = sorted
+                    .iter()
+                    .map(|(id, w)| (id.as_str(), w.as_ref().map(|x| &x.0)));
+                let eb = event.encode_ops(sorted.len(), ops);
+                if !whole_runs {
+                    event.ops = event_ops(&sorted);
+                }
                 let ecid = Cid::of_cbor(&eb);
                 Ok(Built {
                     state,
@@ -1663,27 +1721,32 @@ impl Db {
             };
             // The file's runs are sealed and written on the helper meanwhile, into a file named
             // once it is whole.
-            let mut early = None;
+            let early;
             let (built, runs) = if whole_runs {
                 let key = &db.key;
                 let storage = &db.store.storage;
                 let at = car::runs_offset();
                 let (b, r) = crate::par::join(build, || {
-                    let pending = storage.begin()?;
+                    // (Without a file begun, the runs are stored with the rest at the end.)
+                    let pending = pending.or_else(|| storage.begin().ok());
                     let r = car::seal_runs(key, runs, FILE_CACHE_MAX)?;
-                    if let Ok(sealed) = &r {
+                    let mut runs_at = None;
+                    if let (Ok(sealed), Some(p)) = (&r, &pending) {
                         let mut off = at;
                         for b in sealed.bytes() {
-                            pending.write_at(b, off)?;
+                            p.write_at(b, off)?;
                             off += b.len() as u64;
                         }
+                        runs_at = Some(at);
                     }
-                    std::io::Result::Ok((r, pending))
+                    std::io::Result::Ok((r, pending.map(|p| (p, runs_at))))
                 });
-                let (r, pending) = r.map_err(|e| Error::io(db.store.root.join("files"), e))?;
-                early = Some((pending, r.is_ok().then_some(at)));
+                let (r, e) = r.map_err(|e| Error::io(db.store.root.join("files"), e))?;
+                early = e;
                 (b?, r)
             } else {
+                // (A file begun for runs that are not used as they are takes the file whole.)
+                early = pending.map(|p| (p, None));
                 (build()?, Err(runs))
             };
             let Built {
@@ -1761,14 +1824,24 @@ impl Db {
                 w.add_event(ecid, &eb);
                 db.finish_file(w, 0)
             };
-            let (f, known) = match shared {
+            let ebr = &eb;
+            let (f, known, decoded) = match shared {
                 Some(r) => {
-                    let (f, k) = crate::par::join(make, move || {
-                        car::Subtrees::of_runs(&r, car::runs_offset())
+                    let (f, (k, d)) = crate::par::join(make, move || {
+                        let k = car::Subtrees::of_runs(&r, car::runs_offset());
+                        (k, Event::decode(ebr).ok())
                     });
-                    (f?, k)
+                    (f?, k, d)
                 }
-                None => (make()?, car::Subtrees::default()),
+                None => (make()?, car::Subtrees::default(), None),
+            };
+            let event = match decoded {
+                Some(e) => e,
+                None if event.ops.len() != sorted.len() => Event {
+                    ops: event_ops(&sorted),
+                    ..event
+                },
+                None => event,
             };
             let file = db.store_finished(f, 0, (height, height), db.sync(), early, &known)?;
             if checkpoint {

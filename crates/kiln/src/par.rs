@@ -58,6 +58,8 @@ struct State {
     /// job only, not for a later caller's.
     issued: u64,
     finished: u64,
+    /// The job's caller expects another job soon (see [`SPIN`]).
+    spin: bool,
 }
 
 /// The helper, started on first use; `None` with a single core or when no thread could start.
@@ -109,10 +111,12 @@ impl Helper {
                     self.finished.store(st.finished, Ordering::Release);
                     let done = st.finished;
                     self.done.notify_all();
-                    // The next job often follows at once: wait for it awake a while.
-                    drop(st);
-                    spin_until(|| self.issued.load(Ordering::Acquire) > done);
-                    st = lock(&self.state);
+                    if st.spin {
+                        // The next job often follows at once: wait for it awake a while.
+                        drop(st);
+                        spin_until(|| self.issued.load(Ordering::Acquire) > done);
+                        st = lock(&self.state);
+                    }
                 }
                 None => st = self.work.wait(st).unwrap_or_else(|p| p.into_inner()),
             }
@@ -127,6 +131,25 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 /// Runs `a` here and `b` on the helper thread (or both here when the helper is busy or
 /// absent) and returns both results. A panic in either is resumed here, after both are done.
 pub fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA,
+    B: FnOnce() -> RB + Send,
+    RB: Send,
+{
+    join_with(a, b, true)
+}
+
+/// [`join`] for halves that wait on the system (fsyncs): nobody spins for them.
+pub fn join_io<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA,
+    B: FnOnce() -> RB + Send,
+    RB: Send,
+{
+    join_with(a, b, false)
+}
+
+fn join_with<A, B, RA, RB>(a: A, b: B, spin: bool) -> (RA, RB)
 where
     A: FnOnce() -> RA,
     B: FnOnce() -> RB + Send,
@@ -155,13 +178,14 @@ where
     // helper has run and dropped it, also when `a` panics.
     let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
     st.busy = true;
+    st.spin = spin;
     st.job = Some(job);
     st.issued += 1;
     let ticket = st.issued;
     h.issued.store(ticket, Ordering::Release);
     drop(st);
     h.work.notify_one();
-    let wait = Wait(h, ticket);
+    let wait = Wait(h, ticket, spin);
     let ra = a();
     drop(wait);
     match out {
@@ -191,11 +215,11 @@ struct Slot<T>(*mut Option<std::thread::Result<T>>);
 unsafe impl<T: Send> Send for Slot<T> {}
 
 /// Waits, when dropped, until the helper has finished job number `.1`.
-struct Wait(&'static Helper, u64);
+struct Wait(&'static Helper, u64, bool);
 
 impl Drop for Wait {
     fn drop(&mut self) {
-        if spin_until(|| self.0.finished.load(Ordering::Acquire) >= self.1) {
+        if self.2 && spin_until(|| self.0.finished.load(Ordering::Acquire) >= self.1) {
             return;
         }
         let mut st = lock(&self.0.state);

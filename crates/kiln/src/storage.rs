@@ -404,6 +404,15 @@ impl LocalStorage {
         Ok(())
     }
 
+    /// Creates a missing shard folder (durably with `sync`: its name in the folder above too).
+    fn make_shard(&self, shard: &Path, sync: bool) -> io::Result<()> {
+        fs::create_dir_all(shard)?;
+        if sync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
     /// Takes `name` off the spares, if it is one.
     fn unspare(&self, name: &FileName) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -514,10 +523,7 @@ impl Storage for LocalStorage {
             Ok(None) => {
                 let taken = match self.take_pooled(&path) {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::create_dir_all(&shard)?;
-                        if sync {
-                            sync_dir(&self.dir)?;
-                        }
+                        self.make_shard(&shard, sync)?;
                         self.take_pooled(&path)
                     }
                     r => r,
@@ -552,10 +558,7 @@ impl Storage for LocalStorage {
                 let f = match create() {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::create_dir_all(&shard)?;
-                        if sync {
-                            sync_dir(&self.dir)?;
-                        }
+                        self.make_shard(&shard, sync)?;
                         create()?
                     }
                     Err(e) if same(&e) => return Ok(()),
@@ -633,7 +636,7 @@ impl Storage for LocalStorage {
         // Same name, same bytes: replacing a file already there changes nothing.
         match fs::rename(&tmp, &path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
-                fs::create_dir_all(&shard).map_err(fail)?;
+                self.make_shard(&shard, sync).map_err(fail)?;
                 fs::rename(&tmp, &path).map_err(fail)?;
             }
             r => r.map_err(fail)?,
@@ -719,7 +722,7 @@ impl Storage for LocalStorage {
             let path = self.path(&name);
             let moved = match rename_noreplace(&tmp, &path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+                    self.make_shard(path.parent().unwrap_or(&self.dir), sync)?;
                     rename_noreplace(&tmp, &path)
                 }
                 r => r,
@@ -949,7 +952,7 @@ impl Storage for LocalStorage {
 /// Flushes a file and the folder holding its name. They are independent, so side by side on
 /// the helper thread (~5% off a fully durable commit here; each flush is ~100-300 µs).
 fn sync_with_folder(f: &File, folder: &Path) -> io::Result<()> {
-    let (file, dir) = crate::par::join(|| f.sync_all(), || sync_dir(folder));
+    let (file, dir) = crate::par::join_io(|| f.sync_all(), || sync_dir(folder));
     file?;
     dir
 }

@@ -192,7 +192,10 @@ fn a_large_bulk_keeps_given_order_last_writes_and_the_first_error() {
     let c = db.bulk(&docs).unwrap();
     let given: Vec<String> = (0..1000).map(|i| format!("d{:03}", i % 300)).collect();
     assert_eq!(c.ids, given);
-    assert!(db.verify().unwrap().ok());
+    let report = db.verify().unwrap();
+    assert!(report.ok(), "{report:?}");
+    // The overwritten versions are not stored: 300 bodies, the tree and the event.
+    assert_eq!(report.blocks, 300 + report.tree_nodes + 1, "{report:?}");
     assert_eq!(db.info().unwrap().docs, 300);
     for k in [0, 99, 100, 299] {
         // The last of i ≡ k (mod 300) below 1000.
@@ -214,6 +217,43 @@ fn a_large_bulk_keeps_given_order_last_writes_and_the_first_error() {
         other => panic!("{other:?}"),
     }
     assert_eq!(db.info().unwrap(), before);
+}
+
+#[test]
+fn a_large_bulk_led_by_a_large_document() {
+    // Each thread sized its buffer from the first document it encoded, times its share of the
+    // batch: a 1 MB one leading 60,000 small ones asked for 30 GB, and the process aborted.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let mut docs = vec![json!({"_id": "big", "b": "x".repeat(1_000_000)})];
+    docs.extend((1..60_000).map(|i| json!({"_id": format!("d{i:05}"), "v": i})));
+    db.bulk(&docs).unwrap();
+    assert_eq!(db.get("d00001").unwrap().unwrap()["v"], 1);
+    assert_eq!(
+        db.get("big").unwrap().unwrap()["b"].as_str().unwrap().len(),
+        1_000_000
+    );
+}
+
+#[test]
+fn a_large_bulk_is_stored_whole_when_its_file_cannot_be_begun() {
+    // A large bulk's file is begun in files/.tmp before its name is known; when that fails
+    // (here .tmp is a file), the commit stores the file whole at the end instead.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let tmp = dir.path().join("files/.tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a folder").unwrap();
+    let docs: Vec<Value> = (0..500)
+        .map(|i| json!({"_id": format!("d{i:03}"), "v": i}))
+        .collect();
+    db.bulk(&docs).unwrap();
+    let fresh = Store::open(dir.path()).unwrap().open_db("t").unwrap();
+    assert_eq!(fresh.get("d499").unwrap().unwrap()["v"], 499);
+    let report = fresh.verify().unwrap();
+    assert!(report.ok(), "{report:?}");
 }
 
 #[test]
