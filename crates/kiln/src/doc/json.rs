@@ -126,14 +126,15 @@ impl<'de> Fields<'de> {
     fn write(mut self, e: &mut Encoder) {
         // Stable: equal keys keep their input order, and the last of each run is kept.
         self.keys.sort_by(|a, b| key_order(&a.0, &b.0));
-        let mut kept: Vec<(Cow<'de, str>, std::ops::Range<usize>)> =
-            Vec::with_capacity(self.keys.len());
-        for f in self.keys {
-            match kept.last_mut() {
-                Some(last) if last.0 == f.0 => *last = f,
-                _ => kept.push(f),
+        // In place: the later of two equal keys takes the earlier one's slot.
+        self.keys.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
             }
-        }
+            same
+        });
+        let kept = self.keys;
         e.buf
             .reserve(9 + self.values.len() + kept.iter().map(|k| k.0.len() + 9).sum::<usize>());
         e.map(kept.len());

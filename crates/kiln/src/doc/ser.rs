@@ -16,12 +16,15 @@ use std::fmt;
 
 /// Validates a document and returns its id and stored body.
 pub fn prepare_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<(String, Vec<u8>)> {
-    // Room for a typical document's fields up front (growing buffers field by field cost
-    // more than encoding them).
+    // The thread's buffers of the last document, or room for a typical document's fields
+    // (growing buffers field by field cost more than encoding them).
+    let (keys, values) = SCRATCH
+        .take()
+        .unwrap_or_else(|| (Vec::with_capacity(16), Vec::with_capacity(512)));
     let mut top = Top {
         fields: Fields {
-            keys: Vec::with_capacity(16),
-            values: Vec::with_capacity(512),
+            keys,
+            values,
             depth: 0,
         },
         ..Top::default()
@@ -31,7 +34,7 @@ pub fn prepare_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<(String, Vec<
     let Top {
         id,
         reserved,
-        fields,
+        mut fields,
     } = top;
     let id = match id {
         None => new_id(),
@@ -48,8 +51,17 @@ pub fn prepare_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<(String, Vec<
         buf: Vec::with_capacity(fields.size()),
     };
     fields.write(&mut e);
+    fields.keys.clear();
+    fields.values.clear();
+    SCRATCH.set(Some((fields.keys, fields.values)));
     let body = e.into_bytes();
     sized(id, body)
+}
+
+thread_local! {
+    /// A thread's top-level field buffers, kept from one document to the next.
+    static SCRATCH: std::cell::Cell<Option<(Vec<(Key, std::ops::Range<usize>)>, Vec<u8>)>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// Why a value cannot be a document (or a part of one).
@@ -110,13 +122,14 @@ impl Fields {
         // Stable: equal keys keep their order, and the last of each run is kept.
         self.keys
             .sort_by(|a, b| crate::block::cbor::key_order(&a.0, &b.0));
-        let keys = std::mem::take(&mut self.keys);
-        for k in keys {
-            match self.keys.last_mut() {
-                Some(last) if last.0 == k.0 => *last = k,
-                _ => self.keys.push(k),
+        // In place: the later of two equal keys takes the earlier one's slot.
+        self.keys.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
             }
-        }
+            same
+        });
     }
 
     /// Adds `key` with a value already encoded.
@@ -131,7 +144,7 @@ impl Fields {
         9 + self.values.len() + self.keys.iter().map(|k| k.0.len() + 9).sum::<usize>()
     }
 
-    fn write(mut self, e: &mut Encoder) {
+    fn write(&mut self, e: &mut Encoder) {
         self.sorted();
         e.buf.reserve(self.size());
         e.map(self.keys.len());
@@ -543,7 +556,7 @@ impl MapOf {
 
 impl Inner for MapOf {
     const KIND: &'static str = "an object";
-    fn finish(self, e: &mut Encoder) {
+    fn finish(mut self, e: &mut Encoder) {
         self.fields.write(e);
     }
 }
@@ -1154,6 +1167,32 @@ mod tests {
     use serde::Serialize;
     use serde_json::{json, Value};
     use std::collections::{BTreeMap, HashMap};
+
+    /// Emits `k` three times (1, 2, 3) among other fields, then nested the same way.
+    struct Repeats;
+    impl Serialize for Repeats {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut m = s.serialize_map(None)?;
+            for (k, v) in [("k", 1), ("a", 0), ("k", 2), ("zz", 0), ("k", 3)] {
+                m.serialize_entry(k, &v)?;
+            }
+            m.serialize_entry("_id", "r")?;
+            m.serialize_entry("in", &BTreeMap::from([("x", 1)]))?;
+            m.end()
+        }
+    }
+
+    #[test]
+    fn of_repeated_keys_the_last_stays_and_buffers_are_reused() {
+        // (Twice: the second document reuses the thread's buffers of the first.)
+        for _ in 0..2 {
+            let got = prepare_serialize(&Repeats).unwrap();
+            let want =
+                prepare(&json!({"_id": "r", "a": 0, "k": 3, "zz": 0, "in": {"x": 1}})).unwrap();
+            assert_eq!(got, want);
+        }
+    }
 
     /// What the `Value` path makes of `x`: errors compared by message.
     fn via_value<T: Serialize>(x: &T) -> std::result::Result<(String, Vec<u8>), String> {
