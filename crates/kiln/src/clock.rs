@@ -51,6 +51,7 @@ impl Event {
         n: usize,
         ops: impl Iterator<Item = (&'a str, Option<&'a Cid>)> + Clone,
     ) -> Vec<u8> {
+        debug_assert_eq!(ops.clone().count(), n, "the ops and their count disagree");
         // Room for the ops (an id and a link each, at most 2 + 3 + 41 bytes more) and the rest.
         let cap = 128
             + ops.clone().map(|(id, _)| id.len() + 46).sum::<usize>()

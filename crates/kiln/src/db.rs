@@ -580,13 +580,23 @@ impl Database {
     /// Writes many documents in one transaction (one event, one diff file). If an id repeats,
     /// the last one wins. Documents as for [`Database::put`].
     pub fn bulk<T: Serialize + Sync>(&self, docs: &[T]) -> Result<Committed> {
-        // (Held from here: a file begun for the commit lies in files/.tmp, which gc empties.)
-        let _gc = self.inner.store.gc.shared()?;
-        let p = prepare_all(
-            docs,
-            |d| doc::prepare_serialize(d),
-            &*self.inner.store.storage,
-        )?;
+        self.bulk_with(docs, |d| doc::prepare_serialize(d))
+    }
+
+    /// A bulk of documents `prepare` validates and encodes. A large one begins its file while
+    /// its documents are encoded, in `files/.tmp/`, which garbage collection empties: from
+    /// then until it commits, garbage collection waits (the store's gc lock is held shared).
+    fn bulk_with<T: Sync>(
+        &self,
+        docs: &[T],
+        prepare: impl Fn(&T) -> Result<(String, Vec<u8>)> + Sync,
+    ) -> Result<Committed> {
+        let _gc = if docs.len() >= PARALLEL_DOCS {
+            Some(self.inner.store.gc.shared()?)
+        } else {
+            None
+        };
+        let p = prepare_all(docs, prepare, &*self.inner.store.storage)?;
         self.finish(self.inner.commit(None, p, None, Vec::new(), "")?)
     }
 
@@ -599,13 +609,7 @@ impl Database {
 
     /// [`Database::bulk`] for documents given as JSON text (see [`Database::put_json`]).
     pub fn bulk_json<S: AsRef<str> + Sync>(&self, docs: &[S]) -> Result<Committed> {
-        let _gc = self.inner.store.gc.shared()?; // (as in `bulk`)
-        let p = prepare_all(
-            docs,
-            |d| doc::prepare_json(d.as_ref()),
-            &*self.inner.store.storage,
-        )?;
-        self.finish(self.inner.commit(None, p, None, Vec::new(), "")?)
+        self.bulk_with(docs, |d| doc::prepare_json(d.as_ref()))
     }
 
     /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.

@@ -95,9 +95,22 @@ impl Pending {
 }
 
 impl Drop for Pending {
+    /// A file never named goes back to the pool (emptied when large), else away.
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = fs::remove_file(p.path);
+        let Some(p) = self.0.take() else { return };
+        let back = (|| {
+            let files = p.path.parent()?.parent()?;
+            let name = p.path.file_name()?;
+            let mut pooled = files.join(".pool").join(name);
+            pooled.set_extension("free");
+            let len = p.file.metadata().ok()?.len();
+            if len > POOL_KEEP_BYTES {
+                p.file.set_len(0).ok()?;
+            }
+            fs::rename(&p.path, pooled).ok()
+        })();
+        if back.is_none() {
+            let _ = fs::remove_file(&p.path);
         }
     }
 }
@@ -339,7 +352,7 @@ impl LocalStorage {
     /// Takes a spare (one no longer than `len` when there is one among the newest few, so the
     /// rewrite need not shorten it) and renames it to `path`. `Ok(None)`: no spare left.
     /// `AlreadyExists`: `path` is there already (same name, same bytes).
-    fn take_spare(&self, path: &Path, len: u64) -> io::Result<Option<(File, u64)>> {
+    fn take_spare(&self, path: &Path, len: u64, sync: bool) -> io::Result<Option<(File, u64)>> {
         loop {
             let sp = {
                 let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -356,7 +369,7 @@ impl LocalStorage {
             let from = self.path(&sp.name);
             let moved = match rename_noreplace(&from, path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
-                    fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+                    self.make_shard(path.parent().unwrap_or(&self.dir), sync)?;
                     rename_noreplace(&from, path)
                 }
                 r => r,
@@ -518,7 +531,7 @@ impl Storage for LocalStorage {
         let shard = path.parent().unwrap_or(&self.dir).to_path_buf();
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let same = |e: &io::Error| e.kind() == io::ErrorKind::AlreadyExists;
-        let reused = match self.take_spare(&path, len) {
+        let reused = match self.take_spare(&path, len, sync) {
             Ok(Some(x)) => Some(x),
             Ok(None) => {
                 let taken = match self.take_pooled(&path) {
@@ -576,7 +589,7 @@ impl Storage for LocalStorage {
         // process can take it meanwhile), else a new file.
         let tmp = self.tmp_path();
         let tmp_dir = self.dir.join(".tmp");
-        let reused = match self.take_spare(&tmp, u64::MAX)? {
+        let reused = match self.take_spare(&tmp, u64::MAX, false)? {
             Some(x) => Some(x),
             None => {
                 let taken = match self.take_pooled(&tmp) {
@@ -659,7 +672,7 @@ impl Storage for LocalStorage {
             f.write_all_at(bytes, 0)?;
             f.sync_all()?;
             if let Some(shard) = path.parent() {
-                fs::create_dir_all(shard)?;
+                self.make_shard(shard, true)?;
             }
             fs::rename(&tmp, &path)?;
             sync_dir(path.parent().unwrap_or(&self.dir))
@@ -685,11 +698,13 @@ impl Storage for LocalStorage {
         // A spare or pooled file when there is one (no new inode), else a new file.
         let mut reused = None;
         for _ in 0..2 {
-            let r = self.take_spare(&tmp, u64::MAX).and_then(|x| match x {
-                Some(x) => Ok(Some(x)),
-                None if self.take_pooled(&tmp)? => open_reused(&tmp),
-                None => Ok(None),
-            });
+            let r = self
+                .take_spare(&tmp, u64::MAX, false)
+                .and_then(|x| match x {
+                    Some(x) => Ok(Some(x)),
+                    None if self.take_pooled(&tmp)? => open_reused(&tmp),
+                    None => Ok(None),
+                });
             match r {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(&tmp_dir)?,
                 r => {

@@ -256,6 +256,67 @@ fn a_large_bulk_is_stored_whole_when_its_file_cannot_be_begun() {
     assert!(report.ok(), "{report:?}");
 }
 
+/// A document whose serialization runs garbage collection (the first one of a bulk).
+struct GcInside<'a>(&'a Store, usize, &'a std::sync::Mutex<Option<bool>>);
+
+impl serde::Serialize for GcInside<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.1 == 0 {
+            *self.2.lock().unwrap() = Some(self.0.gc().is_ok());
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("_id", &format!("d{:04}", self.1))?;
+        m.serialize_entry("v", &self.1)?;
+        m.end()
+    }
+}
+
+#[test]
+fn garbage_collection_waits_only_for_a_large_bulk_being_encoded() {
+    // A large bulk holds the gc lock from its encoding on (its file is begun in files/.tmp);
+    // a small one takes it only to commit, so garbage collection meanwhile goes ahead.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        Options {
+            lock_timeout: std::time::Duration::from_millis(200),
+            ..opts(100)
+        },
+    )
+    .unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let ran = std::sync::Mutex::new(None);
+    let small: Vec<GcInside> = (0..5).map(|i| GcInside(&store, i, &ran)).collect();
+    db.bulk(&small).unwrap();
+    assert_eq!(*ran.lock().unwrap(), Some(true));
+    let large: Vec<GcInside> = (0..200).map(|i| GcInside(&store, i, &ran)).collect();
+    db.bulk(&large).unwrap();
+    assert_eq!(*ran.lock().unwrap(), Some(false), "gc waited, then gave up");
+    assert_eq!(db.info().unwrap().docs, 200);
+}
+
+#[test]
+fn a_failed_large_bulk_gives_its_file_back() {
+    // A large bulk begins its file while its documents are encoded; when one of them is bad,
+    // the file goes back to the pool of empty files (it was unlinked, and the pool shrank).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let count = |d: &str| std::fs::read_dir(dir.path().join(d)).unwrap().count();
+    let before = count("files/.pool");
+    assert!(before > 0);
+    let mut docs: Vec<Value> = (0..500)
+        .map(|i| json!({"_id": format!("d{i:03}"), "v": i}))
+        .collect();
+    docs[499] = json!({"_id": 5});
+    for _ in 0..10 {
+        assert!(matches!(db.bulk(&docs), Err(Error::InvalidDocument(_))));
+    }
+    assert_eq!(count("files/.tmp"), 0);
+    assert_eq!(count("files/.pool"), before);
+}
+
 #[test]
 fn a_large_bulk_of_equal_documents_stores_each_body_once() {
     // Bodies leave out `_id`, so equal documents share one block; a large batch encoded on two

@@ -19,7 +19,9 @@ pub fn prepare_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<(String, Vec<
     // The thread's buffers of the last document, or room for a typical document's fields
     // (growing buffers field by field cost more than encoding them).
     let (keys, values) = SCRATCH
-        .take()
+        .try_with(std::cell::Cell::take)
+        .ok()
+        .flatten()
         .unwrap_or_else(|| (Vec::with_capacity(16), Vec::with_capacity(512)));
     let mut top = Top {
         fields: Fields {
@@ -51,12 +53,18 @@ pub fn prepare_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<(String, Vec<
         buf: Vec::with_capacity(fields.size()),
     };
     fields.write(&mut e);
-    fields.keys.clear();
-    fields.values.clear();
-    SCRATCH.set(Some((fields.keys, fields.values)));
+    // Kept unless a large document grew them (a thread would hold on to that for good).
+    if fields.values.capacity() <= SCRATCH_KEEP && fields.keys.capacity() <= 256 {
+        fields.keys.clear();
+        fields.values.clear();
+        let _ = SCRATCH.try_with(|s| s.set(Some((fields.keys, fields.values))));
+    }
     let body = e.into_bytes();
     sized(id, body)
 }
+
+/// Largest values buffer a thread keeps for its next document.
+const SCRATCH_KEEP: usize = 64 << 10;
 
 thread_local! {
     /// A thread's top-level field buffers, kept from one document to the next.
@@ -1181,6 +1189,16 @@ mod tests {
             m.serialize_entry("in", &BTreeMap::from([("x", 1)]))?;
             m.end()
         }
+    }
+
+    #[test]
+    fn a_thread_keeps_no_large_buffer_from_a_document() {
+        // The buffers of a document refused for its size (and of any large one) are dropped,
+        // not kept by the thread for its next document.
+        let big = json!({"_id": "big", "b": "x".repeat(5_000_000)});
+        assert!(prepare_serialize(&big).is_err());
+        let kept = SCRATCH.take().map_or(0, |(_, v)| v.capacity());
+        assert!(kept < 1 << 20, "the thread keeps {kept} bytes");
     }
 
     #[test]
