@@ -1730,6 +1730,7 @@ impl Db {
                 let key = &db.key;
                 let storage = &db.store.storage;
                 let at = car::runs_offset();
+                let durable = db.sync();
                 let (b, r) = crate::par::join(build, || {
                     // (Without a file begun, the runs are stored with the rest at the end.)
                     let pending = pending.or_else(|| storage.begin().ok());
@@ -1740,6 +1741,9 @@ impl Db {
                         for b in sealed.bytes() {
                             p.write_at(b, off)?;
                             off += b.len() as u64;
+                        }
+                        if durable {
+                            p.start_writeback(at, off - at);
                         }
                         runs_at = Some(at);
                     }

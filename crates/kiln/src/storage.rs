@@ -92,6 +92,24 @@ impl Pending {
             None => Err(io::Error::other("pending file already finished")),
         }
     }
+
+    /// Starts writing `len` bytes at `offset` to the disk without waiting (a durable file's
+    /// first parts, so its fsync later has less left to do). Advisory: errors are the
+    /// fsync's to report.
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        if let Some(p) = &self.0 {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid descriptor; the call only schedules writeback of its pages.
+            unsafe {
+                libc::sync_file_range(
+                    p.file.as_raw_fd(),
+                    offset as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+    }
 }
 
 impl Drop for Pending {
