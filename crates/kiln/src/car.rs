@@ -379,25 +379,13 @@ impl Writer {
         w
     }
 
-    /// The number of segment `local` of this writer's own (segments of runs come between its
-    /// segment 0 and 1).
-    fn seg_number(&self, local: usize) -> u32 {
-        match &self.runs {
-            Some(r) if local > 0 => (local + r.units) as u32,
-            _ => local as u32,
-        }
-    }
-
     fn open_segment(&mut self) {
-        self.file.extend_from_slice(&[0; NONCE_LEN]);
-        self.file.push(RAW);
-        self.cur = self.file.len();
+        self.cur = open_unit(&mut self.file);
         self.open = true;
     }
 
     fn close_segment(&mut self) {
-        self.segs.push((self.cur, self.file.len()));
-        self.file.extend_from_slice(&[0; TAG_LEN]);
+        close_unit(&mut self.file, self.cur, &mut self.segs);
         self.open = false;
     }
 
@@ -423,11 +411,11 @@ impl Writer {
         let used = self.file.len() - self.cur;
         if !self.open {
             self.open_segment();
-        } else if used > 0 && used + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
+        } else if segment_full(used, data.len()) {
             self.close_segment();
             self.open_segment();
         }
-        let seg = self.seg_number(self.segs.len());
+        let seg = file_seg(self.segs.len(), self.runs.as_ref().map_or(0, |r| r.units));
         push_section(
             &mut self.file,
             self.cur,
@@ -481,9 +469,9 @@ impl Writer {
         } else {
             // Raw: the codec byte and the CAR bytes are sealed where they are.
             for (i, &(s, e)) in self.segs.iter().enumerate() {
-                let unit = s - 1 - NONCE_LEN..e + TAG_LEN;
-                seg_at.push((unit.start as u64, unit.len() as u32));
-                key.seal_in_place(&seg_aad(i as u32), &mut self.file[unit])?;
+                let u = unit(s, e);
+                seg_at.push((u.start as u64, u.len() as u32));
+                key.seal_in_place(&seg_aad(i as u32), &mut self.file[u])?;
             }
             std::mem::take(&mut self.file)
         };
@@ -522,15 +510,15 @@ impl Writer {
             }
         };
         for (i, &(s, e)) in self.segs.iter().enumerate() {
-            let unit = s - 1 - NONCE_LEN..e + TAG_LEN;
-            seg_at.push((at_file(unit.start) as u64, unit.len() as u32));
+            let u = unit(s, e);
+            seg_at.push((at_file(u.start) as u64, u.len() as u32));
             if i == 0 {
                 // The runs' segments come right after segment 0.
                 let mut at = split;
                 for r in runs.runs.iter() {
                     for &(s, e) in &r.segs {
-                        let unit = s - 1 - NONCE_LEN..e + TAG_LEN;
-                        seg_at.push(((at + unit.start) as u64, unit.len() as u32));
+                        let u = unit(s, e);
+                        seg_at.push(((at + u.start) as u64, u.len() as u32));
                     }
                     at += r.buf.len();
                 }
@@ -545,9 +533,10 @@ impl Writer {
             }
         }
         for (i, &(s, e)) in self.segs.iter().enumerate() {
-            let unit = s - 1 - NONCE_LEN..e + TAG_LEN;
-            let n = if i == 0 { 0 } else { i + runs.units };
-            key.seal_in_place(&seg_aad(n as u32), &mut self.file[unit])?;
+            key.seal_in_place(
+                &seg_aad(file_seg(i, runs.units)),
+                &mut self.file[unit(s, e)],
+            )?;
         }
         // Every entry, sorted: the runs' (sorted already) merged with this writer's.
         let mut own = std::mem::take(&mut self.entries);
@@ -597,10 +586,8 @@ impl Run {
     /// An empty run with room for about `bytes` of blocks.
     pub fn with_capacity(bytes: usize, blocks: usize) -> Run {
         let mut buf = Vec::with_capacity(bytes + bytes / SEGMENT_TARGET * 40 + 64);
-        buf.extend_from_slice(&[0; NONCE_LEN]);
-        buf.push(RAW);
         Run {
-            cur: buf.len(),
+            cur: open_unit(&mut buf),
             buf,
             segs: Vec::new(),
             entries: Vec::with_capacity(blocks),
@@ -610,12 +597,9 @@ impl Run {
     /// Adds a block (the same rule for ending a segment as [`Writer::add`]; a CID added twice
     /// is stored twice: [`seal_runs`] refuses such runs).
     pub fn add(&mut self, cid: Cid, data: &[u8]) {
-        let used = self.buf.len() - self.cur;
-        if used > 0 && used + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
-            self.close_unit();
-            self.buf.extend_from_slice(&[0; NONCE_LEN]);
-            self.buf.push(RAW);
-            self.cur = self.buf.len();
+        if segment_full(self.buf.len() - self.cur, data.len()) {
+            close_unit(&mut self.buf, self.cur, &mut self.segs);
+            self.cur = open_unit(&mut self.buf);
         }
         let seg = self.segs.len() as u32;
         push_section(
@@ -629,15 +613,10 @@ impl Run {
         );
     }
 
-    fn close_unit(&mut self) {
-        self.segs.push((self.cur, self.buf.len()));
-        self.buf.extend_from_slice(&[0; TAG_LEN]);
-    }
-
     /// Ends the open segment; adds nothing afterwards.
     fn close(&mut self) {
         if self.buf.len() > self.cur {
-            self.close_unit();
+            close_unit(&mut self.buf, self.cur, &mut self.segs);
         } else {
             // Nothing in the open unit: drop its room.
             self.buf.truncate(self.cur - 1 - NONCE_LEN);
@@ -744,7 +723,7 @@ pub fn seal_runs(
     let mut n = 1u32;
     for r in &mut runs {
         for &(s, e) in &r.segs {
-            key.seal_in_place(&seg_aad(n), &mut r.buf[s - 1 - NONCE_LEN..e + TAG_LEN])?;
+            key.seal_in_place(&seg_aad(n), &mut r.buf[unit(s, e)])?;
             n += 1;
         }
     }
@@ -778,6 +757,37 @@ fn entry_order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
 
 fn sort_entries(entries: &mut [Entry]) {
     entries.sort_unstable_by(entry_order);
+}
+
+/// Whether a segment holding `used` CAR bytes ends before a block of `len` bytes (unless it is
+/// empty: a larger block gets a segment alone).
+fn segment_full(used: usize, len: usize) -> bool {
+    used > 0 && used + len + CID_LEN + 10 > SEGMENT_TARGET
+}
+
+/// Opens a raw segment unit at the end of `buf` (room for the nonce, the codec byte); returns
+/// where its CAR bytes start.
+fn open_unit(buf: &mut Vec<u8>) -> usize {
+    buf.extend_from_slice(&[0; NONCE_LEN]);
+    buf.push(RAW);
+    buf.len()
+}
+
+/// Closes the unit whose CAR bytes started at `cur` (records them, leaves room for the tag).
+fn close_unit(buf: &mut Vec<u8>, cur: usize, segs: &mut Vec<(usize, usize)>) {
+    segs.push((cur, buf.len()));
+    buf.extend_from_slice(&[0; TAG_LEN]);
+}
+
+/// The sealed unit around CAR bytes `s..e` of a raw segment.
+fn unit(s: usize, e: usize) -> std::ops::Range<usize> {
+    s - 1 - NONCE_LEN..e + TAG_LEN
+}
+
+/// The file's number of a writer's segment `local` when `units` segments of runs sit between
+/// its segment 0 and 1.
+fn file_seg(local: usize, units: usize) -> u32 {
+    (if local > 0 { local + units } else { 0 }) as u32
 }
 
 const OTHER: u8 = 0;
@@ -1027,7 +1037,7 @@ impl<'a> StreamWriter<'a> {
         if !self.seen.insert(cid) {
             return Ok(());
         }
-        if !self.cur.is_empty() && self.cur.len() + data.len() + CID_LEN + 10 > SEGMENT_TARGET {
+        if segment_full(self.cur.len(), data.len()) {
             self.flush_segment()?;
         }
         let seg = self.seg_at.len() as u32;

@@ -400,14 +400,6 @@ fn pending_reach(
     seen
 }
 
-/// The ops of an event writing `sorted`.
-fn event_ops(sorted: &[&Write]) -> Vec<(String, Option<Cid>)> {
-    sorted
-        .iter()
-        .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
-        .collect()
-}
-
 /// A prepared document as a write: its id, body and the body's CID.
 fn write_of((id, body): (String, Vec<u8>)) -> Write {
     (id, Some((Cid::of_cbor(&body), body)))
@@ -1694,9 +1686,8 @@ impl Db {
                     Some(id) => db.versions_to_purge(&v, &cur, id)?,
                     None => Vec::new(),
                 };
-                // Encoded from the writes; a large one's event for the cache is decoded from
-                // its bytes on the helper later (see below), not built here.
-                let mut event = Event {
+                // Encoded from the writes; its ops for the cache come later (see below).
+                let event = Event {
                     parents,
                     height,
                     time: now_ms(),
@@ -1711,9 +1702,6 @@ impl Db {
                     .iter()
                     .map(|(id, w)| (id.as_str(), w.as_ref().map(|x| &x.0)));
                 let eb = event.encode_ops(sorted.len(), ops);
-                if !whole_runs {
-                    event.ops = event_ops(&sorted);
-                }
                 let ecid = Cid::of_cbor(&eb);
                 Ok(Built {
                     state,
@@ -1843,14 +1831,15 @@ impl Db {
                 }
                 None => (make()?, car::Subtrees::default(), None),
             };
-            let event = match decoded {
-                Some(e) => e,
-                None if event.ops.len() != sorted.len() => Event {
-                    ops: event_ops(&sorted),
-                    ..event
-                },
-                None => event,
-            };
+            // The event for the cache: a large one's decoded on the helper, else with its ops
+            // copied from the writes.
+            let event = decoded.unwrap_or_else(|| Event {
+                ops: sorted
+                    .iter()
+                    .map(|(id, w)| (id.clone(), w.as_ref().map(|x| x.0)))
+                    .collect(),
+                ..event
+            });
             let file = db.store_finished(f, 0, (height, height), db.sync(), early, &known)?;
             if checkpoint {
                 // Readable without a file read, but not pending: the tree is in files.
@@ -2909,7 +2898,7 @@ impl Db {
                 name
             }
             None => {
-                let name = f.name();
+                let name = f.name_with(known);
                 self.store
                     .storage
                     .put_parts(&name, &f.parts(), sync)

@@ -82,6 +82,10 @@ struct LocalPending {
     path: PathBuf,
     /// Its length before (a reused file).
     old: u64,
+    /// Where it goes back to if it never gets its name.
+    pool: Arc<Mutex<Pool>>,
+    pool_dir: PathBuf,
+    instance: u32,
 }
 
 impl Pending {
@@ -116,21 +120,10 @@ impl Pending {
 }
 
 impl Drop for Pending {
-    /// A file never named goes back to the pool (emptied when large), else away.
+    /// A file never named goes back to the pool, as a removed one does.
     fn drop(&mut self) {
         let Some(p) = self.0.take() else { return };
-        let back = (|| {
-            let files = p.path.parent()?.parent()?;
-            let name = p.path.file_name()?;
-            let mut pooled = files.join(".pool").join(name);
-            pooled.set_extension("free");
-            let len = p.file.metadata().ok()?.len();
-            if len > POOL_KEEP_BYTES {
-                p.file.set_len(0).ok()?;
-            }
-            fs::rename(&p.path, pooled).ok()
-        })();
-        if back.is_none() {
+        if pool_or_unlink(&p.pool, &p.pool_dir, p.instance, &p.path).is_err() {
             let _ = fs::remove_file(&p.path);
         }
     }
@@ -315,11 +308,6 @@ impl LocalStorage {
         }
     }
 
-    /// A fresh name in the pool folder (unique per process and call).
-    fn pool_name(&self) -> PathBuf {
-        self.pool_dir().join(pool_file_name(self.instance))
-    }
-
     /// Where an archived file lives: `DIR/.archive/ab/<name>.kdf`.
     pub fn archive_path(&self, name: &FileName) -> PathBuf {
         let h = name.to_string();
@@ -438,6 +426,44 @@ impl LocalStorage {
         Ok(())
     }
 
+    /// A file of its own in `files/.tmp/` for a file being built, with its length before: a
+    /// spare or pooled file moved there (no inode allocated, and no other process can take it
+    /// meanwhile), else a new one.
+    fn claim_tmp(&self) -> io::Result<(File, PathBuf, u64)> {
+        let tmp = self.tmp_path();
+        let tmp_dir = self.dir.join(".tmp");
+        let reused = match self.take_spare(&tmp, u64::MAX, false)? {
+            Some(x) => Some(x),
+            None => {
+                let taken = match self.take_pooled(&tmp) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        fs::create_dir_all(&tmp_dir)?;
+                        self.take_pooled(&tmp)
+                    }
+                    r => r,
+                };
+                if taken? {
+                    open_reused(&tmp)?
+                } else {
+                    None
+                }
+            }
+        };
+        let (file, old) = match reused {
+            Some(x) => x,
+            None => {
+                fs::create_dir_all(&tmp_dir)?;
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)?;
+                (f, 0)
+            }
+        };
+        Ok((file, tmp, old))
+    }
+
     /// Creates a missing shard folder (durably with `sync`: its name in the folder above too).
     fn make_shard(&self, shard: &Path, sync: bool) -> io::Result<()> {
         fs::create_dir_all(shard)?;
@@ -497,6 +523,59 @@ fn write_parts(f: &File, parts: &[&[u8]]) -> io::Result<u64> {
         at += p.len() as u64;
     }
     Ok(at)
+}
+
+/// Moves the file at `path` into the pool folder to be reused (emptied first when large), or
+/// unlinks it when the pool is full or another name holds it too; absent is not an error.
+fn pool_or_unlink(
+    pool: &Mutex<Pool>,
+    pool_dir: &Path,
+    instance: u32,
+    path: &Path,
+) -> io::Result<()> {
+    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.known.len() < POOL_MAX {
+        let to = pool_dir.join(pool_file_name(instance));
+        // A large file is emptied first (its space goes back to the file system), under
+        // its own name: once it has a pool name, another process may take it and write a
+        // new file into it at any moment. A small one keeps its (sealed) bytes until reused.
+        // A file with another name too (a crash can leave a renamed file under both its
+        // old and new names, the old folder not being fsynced) only loses this name: its
+        // bytes belong to the other.
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(path) {
+            Ok(m) if m.nlink() > 1 => {
+                drop(pool);
+                return unlink(path);
+            }
+            Ok(m) if m.len() > POOL_KEEP_BYTES => match OpenOptions::new().write(true).open(path) {
+                Ok(f) => f.set_len(0)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            },
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let moved = match fs::rename(path, &to) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !pool_dir.exists() => {
+                fs::create_dir_all(pool_dir)?;
+                fs::rename(path, &to)
+            }
+            r => r,
+        };
+        match moved {
+            Ok(()) => {
+                pool.known.push(to);
+                pool.skip = 0;
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(_) => {} // fall through to unlink
+        }
+    }
+    drop(pool);
+    unlink(path)
 }
 
 /// Removes a name; one already gone is not an error.
@@ -606,43 +685,14 @@ impl Storage for LocalStorage {
     }
 
     fn begin(&self) -> io::Result<Pending> {
-        // A spare or a pooled file moved to a name of its own (no inode allocated, and no other
-        // process can take it meanwhile), else a new file.
-        let tmp = self.tmp_path();
-        let tmp_dir = self.dir.join(".tmp");
-        let reused = match self.take_spare(&tmp, u64::MAX, false)? {
-            Some(x) => Some(x),
-            None => {
-                let taken = match self.take_pooled(&tmp) {
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::create_dir_all(&tmp_dir)?;
-                        self.take_pooled(&tmp)
-                    }
-                    r => r,
-                };
-                if taken? {
-                    open_reused(&tmp)?
-                } else {
-                    None
-                }
-            }
-        };
-        let (file, old) = match reused {
-            Some(x) => x,
-            None => {
-                fs::create_dir_all(&tmp_dir)?;
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&tmp)?;
-                (f, 0)
-            }
-        };
+        let (file, path, old) = self.claim_tmp()?;
         Ok(Pending(Some(LocalPending {
             file,
-            path: tmp,
+            path,
             old,
+            pool: self.pool.clone(),
+            pool_dir: self.pool_dir(),
+            instance: self.instance,
         })))
     }
 
@@ -651,6 +701,7 @@ impl Storage for LocalStorage {
             file,
             path: tmp,
             old,
+            ..
         }) = file.0.take()
         else {
             return Err(io::Error::other("pending file already finished"));
@@ -714,36 +765,7 @@ impl Storage for LocalStorage {
         sync: bool,
         fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<FileName>,
     ) -> io::Result<FileName> {
-        let tmp_dir = self.dir.join(".tmp");
-        let tmp = self.tmp_path();
-        // A spare or pooled file when there is one (no new inode), else a new file.
-        let mut reused = None;
-        for _ in 0..2 {
-            let r = self
-                .take_spare(&tmp, u64::MAX, false)
-                .and_then(|x| match x {
-                    Some(x) => Ok(Some(x)),
-                    None if self.take_pooled(&tmp)? => open_reused(&tmp),
-                    None => Ok(None),
-                });
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(&tmp_dir)?,
-                r => {
-                    reused = r?;
-                    break;
-                }
-            }
-        }
-        let (f, old) = match reused {
-            Some(x) => x,
-            None => match File::create(&tmp) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir_all(&tmp_dir)?;
-                    (File::create(&tmp)?, 0)
-                }
-                r => (r?, 0),
-            },
-        };
+        let (f, tmp, old) = self.claim_tmp()?;
         let r = (|| {
             let mut w = io::BufWriter::with_capacity(1 << 20, f);
             let name = fill(&mut w)?;
@@ -832,54 +854,13 @@ impl Storage for LocalStorage {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         let path = self.path(name);
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         // Not a spare any more: its name goes now.
-        pool.spare.retain(|s| s.name != *name);
-        if pool.known.len() < POOL_MAX {
-            let pd = self.pool_dir();
-            let to = self.pool_name();
-            // A large file is emptied first (its space goes back to the file system), under
-            // its own name: once it has a pool name, another process may take it and write a
-            // new file into it at any moment. A small one keeps its (sealed) bytes until reused.
-            // A file with another name too (a crash can leave a renamed file under both its
-            // old and new names, the old folder not being fsynced) only loses this name: its
-            // bytes belong to the other.
-            use std::os::unix::fs::MetadataExt;
-            match fs::metadata(&path) {
-                Ok(m) if m.nlink() > 1 => {
-                    drop(pool);
-                    return unlink(&path);
-                }
-                Ok(m) if m.len() > POOL_KEEP_BYTES => {
-                    match OpenOptions::new().write(true).open(&path) {
-                        Ok(f) => f.set_len(0)?,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let moved = match fs::rename(&path, &to) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && !pd.exists() => {
-                    fs::create_dir_all(&pd)?;
-                    fs::rename(&path, &to)
-                }
-                r => r,
-            };
-            match moved {
-                Ok(()) => {
-                    pool.known.push(to);
-                    pool.skip = 0;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(_) => {} // fall through to unlink
-            }
-        }
-        drop(pool);
-        unlink(&path)
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spare
+            .retain(|s| s.name != *name);
+        pool_or_unlink(&self.pool, &self.pool_dir(), self.instance, &path)
     }
 
     fn archive(&self, name: &FileName) -> io::Result<()> {

@@ -4,7 +4,7 @@
 //! object's later duplicate key wins, numbers keep the `Value` path's integer/float choice.
 
 use super::{check_id, id_not_string_msg, new_id, not_object_msg, reserved_msg, sized};
-use crate::block::cbor::{key_order, Encoder};
+use crate::block::cbor::Encoder;
 use crate::error::{Error, Result};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
@@ -124,16 +124,7 @@ impl<'de> Fields<'de> {
 
     /// The map in dag-cbor key order; of repeated keys the last one stays (as in a `Value`).
     fn write(mut self, e: &mut Encoder) {
-        // Stable: equal keys keep their input order, and the last of each run is kept.
-        self.keys.sort_by(|a, b| key_order(&a.0, &b.0));
-        // In place: the later of two equal keys takes the earlier one's slot.
-        self.keys.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                std::mem::swap(later, kept);
-            }
-            same
-        });
+        super::sort_fields(&mut self.keys);
         let kept = self.keys;
         e.buf
             .reserve(9 + self.values.len() + kept.iter().map(|k| k.0.len() + 9).sum::<usize>());

@@ -97,6 +97,20 @@ pub fn prepare(doc: &Value) -> Result<(String, Vec<u8>)> {
     sized(id, body)
 }
 
+/// An object's fields (key, where its value is) in dag-cbor key order; of repeated keys the
+/// last one stays (as in a `Value`). In place: the sort is stable, and the later of two equal
+/// keys takes the earlier one's slot.
+fn sort_fields<K: AsRef<str> + PartialEq, V>(fields: &mut Vec<(K, V)>) {
+    fields.sort_by(|a, b| crate::block::cbor::key_order(a.0.as_ref(), b.0.as_ref()));
+    fields.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+}
+
 /// A prepared document, refused when its body is over [`MAX_DOC_BYTES`].
 fn sized(id: String, body: Vec<u8>) -> Result<(String, Vec<u8>)> {
     if body.len() > MAX_DOC_BYTES {

@@ -125,21 +125,6 @@ impl Fields {
         Ok(())
     }
 
-    /// The map in dag-cbor key order; of repeated keys the last one stays (as in a `Value`).
-    fn sorted(&mut self) {
-        // Stable: equal keys keep their order, and the last of each run is kept.
-        self.keys
-            .sort_by(|a, b| crate::block::cbor::key_order(&a.0, &b.0));
-        // In place: the later of two equal keys takes the earlier one's slot.
-        self.keys.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                std::mem::swap(later, kept);
-            }
-            same
-        });
-    }
-
     /// Adds `key` with a value already encoded.
     fn push_encoded(&mut self, key: Key, v: &[u8]) {
         let start = self.values.len();
@@ -153,7 +138,7 @@ impl Fields {
     }
 
     fn write(&mut self, e: &mut Encoder) {
-        self.sorted();
+        super::sort_fields(&mut self.keys);
         e.buf.reserve(self.size());
         e.map(self.keys.len());
         for (k, v) in &self.keys {
