@@ -91,6 +91,11 @@ enum Cmd {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Pin a proposal to its fork's current state (after the fork changed).
+    ///
+    /// A proposal pins the fork's state when it is made: review and accept work on exactly
+    /// that state and refuse once the fork has moved on, until the proposal is updated.
+    UpdateProposal { id: String },
     /// Reject a proposal, with a reason.
     Reject {
         id: String,
@@ -274,6 +279,7 @@ fn exit_code(e: &Error) -> u8 {
         | Error::DatabaseExists(_) => code::USAGE,
         Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) => code::NO_SUCH,
         Error::Purged(..) => code::NOT_FOUND,
+        Error::Changed(_) => code::USAGE,
         e if e.is_corruption() => code::CORRUPT,
         _ => code::ERROR,
     }
@@ -777,6 +783,18 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 },
             );
         }
+        Cmd::UpdateProposal { id } => {
+            let p = store.update_proposal(&id)?;
+            out.print(
+                || {
+                    format!(
+                        "proposal {} now pins {} at its current state; review it again",
+                        p.id, p.fork
+                    )
+                },
+                || proposal_json(&p),
+            );
+        }
         Cmd::Reject { id, message, by } => {
             let p = store.reject(&id, &message, &by.unwrap_or_else(who))?;
             out.print(|| format!("rejected {}", p.id), || proposal_json(&p));
@@ -810,7 +828,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             let freed = r.removed_bytes + r.reusable_bytes;
             out.print(
                 || {
-                    format!(
+                    let mut s = format!(
                         "{} databases, {} live files; {} unreferenced files ({} bytes) {}; {} reusable files ({} bytes) freed; {} bytes freed in all",
                         r.databases,
                         r.live_files,
@@ -820,16 +838,48 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                         r.reusable_files,
                         r.reusable_bytes,
                         if r.archived { r.reusable_bytes } else { freed }
-                    )
+                    );
+                    if r.leftovers_removed + r.keys_removed + r.proposals_removed > 0 {
+                        s.push_str(&format!(
+                            "\nleft by interrupted commands: {} database folders, {} keys, {} proposals removed",
+                            r.leftovers_removed, r.keys_removed, r.proposals_removed
+                        ));
+                    }
+                    for n in &r.purges_finished {
+                        s.push_str(&format!("\nfinished the interrupted purge in {n}"));
+                    }
+                    for (n, why) in &r.unreadable {
+                        s.push_str(&format!("\nPROBLEM database {n} cannot be read: {why}"));
+                    }
+                    if !r.kept_files.is_empty() {
+                        s.push_str(&format!(
+                            "\nkept {} unreferenced files an unreadable database may name",
+                            r.kept_files.len()
+                        ));
+                    }
+                    for (n, why) in &r.purges_unfinished {
+                        s.push_str(&format!("\nPROBLEM purge in {n} not finished: {why}"));
+                    }
+                    s
                 },
                 || {
                     json!({"databases": r.databases, "live_files": r.live_files,
                         "removed_files": r.removed_files, "removed_bytes": r.removed_bytes,
                         "archived": r.archived, "reusable_files": r.reusable_files,
                         "reusable_bytes": r.reusable_bytes,
-                        "freed_bytes": if r.archived { r.reusable_bytes } else { freed }})
+                        "freed_bytes": if r.archived { r.reusable_bytes } else { freed },
+                        "leftovers_removed": r.leftovers_removed, "keys_removed": r.keys_removed,
+                        "proposals_removed": r.proposals_removed,
+                        "purges_finished": r.purges_finished,
+                        "unreadable": r.unreadable.iter().map(|(n, w)| json!({"database": n, "error": w})).collect::<Vec<_>>(),
+                        "kept_files": r.kept_files.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+                        "purges_unfinished": r.purges_unfinished.iter().map(|(n, w)| json!({"database": n, "error": w})).collect::<Vec<_>>()})
                 },
             );
+            // The rest of the store was collected; what could not be is damage to report.
+            if !r.unreadable.is_empty() || !r.purges_unfinished.is_empty() {
+                return Ok(code::CORRUPT);
+            }
         }
         Cmd::Config {
             compact_threshold,
@@ -912,7 +962,8 @@ fn proposal_json(p: &kiln::Proposal) -> Value {
         }
     };
     json!({"id": p.id, "fork": p.fork, "to": p.to, "message": p.message,
-        "created_ms": p.created, "status": status})
+        "created_ms": p.created, "heads": p.heads.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "status": status})
 }
 
 /// `N` or `default` (no setting).

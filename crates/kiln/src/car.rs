@@ -1447,6 +1447,37 @@ pub fn open_segment(
     }
 }
 
+/// Every segment of a diff file's bytes that opens under `key`, decrypted (and decompressed),
+/// for audits: damaged segments are skipped, not errors. Empty when the file is not a diff
+/// file, or its index does not open under `key`.
+pub fn plaintexts(key: &Key, bytes: &[u8]) -> Vec<Vec<u8>> {
+    let Some(version) = header_version(bytes) else {
+        return Vec::new();
+    };
+    let len = bytes.len() as u64;
+    let Some(t) = bytes.get(bytes.len().saturating_sub(TRAILER_LEN)..) else {
+        return Vec::new();
+    };
+    let Ok((at, ilen)) = parse_trailer(len, t) else {
+        return Vec::new();
+    };
+    let Some(sealed) = bytes.get(at as usize..at as usize + ilen as usize) else {
+        return Vec::new();
+    };
+    let Ok(index) = Index::open(key, sealed, at) else {
+        return Vec::new();
+    };
+    index
+        .segs
+        .iter()
+        .enumerate()
+        .filter_map(|(n, (off, l))| {
+            let unit = bytes.get(*off as usize..(*off as usize).checked_add(*l as usize)?)?;
+            open_segment(key, n as u32, unit, version).ok()
+        })
+        .collect()
+}
+
 /// Slices a block out of its segment's plaintext, checking it against its CID.
 pub fn block_in<'a>(seg: &'a [u8], e: &Entry) -> Result<&'a [u8], FormatError> {
     let start = e.off as usize;

@@ -31,7 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// LOCK counter value marking a dropped database: handles still open on it stop writing (a new
-/// database of the same name has a new LOCK file).
+/// database of the same name has a new LOCK file). A drop marks LOCK and renames the folder
+/// away under the writer lock; the rename is the drop's commit point, so a marked LOCK in a
+/// folder still in place is a drop that never happened (killed between the two steps) and
+/// the next open takes the mark back ([`recover_unfinished_drop`]).
 const DROPPED: u64 = u64::MAX;
 
 /// Compacted files of one level merge into the next level when more than this many exist.
@@ -444,6 +447,9 @@ impl Database {
             Err(e) if missing(&e) => return Err(Error::NoSuchDatabase(name.into())),
             Err(e) => return Err(Error::io(&lp, e)),
         };
+        if read_counter(&lock).map_err(|e| Error::io(&lp, e))?[0] == DROPPED {
+            recover_unfinished_drop(&lock, &lp, name, store.opts.lock_timeout)?;
+        }
         let hp = dir.join("HEAD");
         let ((head, lineage, key, log), stamp) = read_head_with(&lock, &hp, name, |bytes| {
             let lineage =
@@ -832,8 +838,6 @@ impl Database {
         }
     }
 
-    /// Marks the database dropped under its writer lock and returns the files its final head
-    /// record names. Every handle, in any process, then fails with `NoSuchDatabase`.
     /// The current head record, read under the writer lock (no commit is half done), for a
     /// fork to start from.
     pub(crate) fn head_for_fork(&self) -> Result<Head> {
@@ -850,16 +854,35 @@ impl Database {
         self.inner.key.clone()
     }
 
-    pub(crate) fn mark_dropped(&self) -> Result<Vec<FileRef>> {
+    /// Drops the database under its writer lock: marks LOCK dropped (open handles, in any
+    /// process, stop writing and reading), then renames the folder to `gone` (the commit point:
+    /// the name is free and listing no longer shows it) and, with `Durability::Full`, makes the
+    /// rename durable. Returns the files the final head record names. If the rename fails the
+    /// mark is taken back; if the process dies between the two, the next open takes it back.
+    pub(crate) fn drop_to(&self, gone: &std::path::Path) -> Result<Vec<FileRef>> {
         // `with_lock` refuses an already-dropped database; the head record is left unchanged.
         self.inner.with_lock(|db, head| {
+            let before = db.counter()?;
             db.set_counter([DROPPED, DROPPED])?;
+            if let Err(e) = std::fs::rename(&db.dir, gone) {
+                let _ = db.set_counter(before);
+                return Err(Error::io(&db.dir, e));
+            }
+            if db.sync() {
+                if let Some(dbs) = gone.parent() {
+                    crate::storage::sync_dir(dbs).map_err(|e| Error::io(dbs, e))?;
+                }
+            }
             Ok((head.files.clone(), Vec::new()))
         })
     }
 
     /// Starts a background compaction after a commit that wants one (one at a time per handle).
     fn finish(&self, (c, wanted): (Committed, bool)) -> Result<Committed> {
+        if self.inner.state().head.scrub {
+            // Another handle's purge did not finish (a crash): finish it now.
+            self.finish_purge()?;
+        }
         if wanted && !self.inner.compacting.swap(true, Ordering::SeqCst) {
             let db = self.inner.clone();
             let spawned = std::thread::Builder::new()
@@ -930,12 +953,17 @@ impl Database {
     }
 
     /// Removes every stored version of one document (`kiln purge`): commits a purge event that
-    /// deletes the document and records the versions purged, rewrites the database into one
-    /// file without them, runs garbage collection of the whole store (removing every file no
-    /// head names, as other handles' retired files, and the space removed files kept for
-    /// reuse) and removes archived files that hold them. The document's id stays in the history
-    /// (events name it); its contents are gone. Reads of a purged version fail with [`Error::Purged`]; `verify`
-    /// counts purged versions instead of reporting them missing.
+    /// deletes the document, records the versions purged and marks the head record *scrubbing*
+    /// ([`Head::scrub`]); then finishes the purge through garbage collection of the whole
+    /// store, which rewrites this database into one file without them, removes every file no
+    /// head names (the files just replaced, files other handles retired and keep for reuse,
+    /// what a crash left), empties the reuse pool, removes archived files holding them,
+    /// empties the previous head record (`HEAD.next`, which may carry small diffs) and clears
+    /// the mark. A crash anywhere after the purge event leaves the mark, and the next open,
+    /// write or `gc` finishes the purge. The document's id stays in the history (events name
+    /// it); its contents are gone. Reads of a purged version fail with [`Error::Purged`];
+    /// `verify` counts purged versions instead of reporting them missing, and reports any that
+    /// are still stored.
     pub fn purge(&self, id: &str) -> Result<PurgeReport> {
         doc::check_id(id)?;
         let (c, _) = self.inner.commit(
@@ -946,42 +974,98 @@ impl Database {
             "",
         )?;
         let ev = self.inner.read(|v| v.event(&c.event))?;
-        self.compact_full()?;
-        // Files no head names may hold the versions: the files just replaced, files other
-        // handles retired and keep for reuse under their names, what a crash left. Garbage
-        // collection of the whole store removes (or archives) them and empties the reuse pool.
-        let gc = crate::Store {
-            inner: self.inner.store.clone(),
-        }
-        .gc()?;
-        // Archived files may hold the versions.
-        let storage = &self.inner.store.storage;
-        let mut scrubbed = 0;
-        for f in self.history_files()? {
-            if f.location != Location::Archived {
-                continue;
-            }
-            let bytes = storage
-                .read_archived(&f.name)
-                .map_err(|e| Error::io(format!("archived file {}", f.name), e))?;
-            let holds = match car::verify_file(&self.inner.key, &f.name, &bytes) {
-                Ok((_, blocks)) => blocks.iter().any(|(c, ..)| ev.purge.contains(c)),
-                Err(_) => true, // unreadable: do not keep what may hold them
-            };
-            if holds {
-                storage
-                    .remove_archived(&f.name)
-                    .map_err(|e| Error::io(format!("archived file {}", f.name), e))?;
-                scrubbed += 1;
-            }
+        let gc = self.store().gc()?;
+        if self.inner.refresh()?.head.scrub {
+            return Err(Error::PurgeUnfinished(
+                self.inner.name.clone(),
+                gc.why_unfinished(&self.inner.name),
+            ));
         }
         Ok(PurgeReport {
             event: c.event,
             versions: ev.purge.len(),
-            archived_removed: scrubbed,
+            archived_removed: gc.archived_scrubbed,
             reusable_bytes_freed: gc.reusable_bytes
                 + if gc.archived { 0 } else { gc.removed_bytes },
         })
+    }
+
+    /// The store this database is in (garbage collection finishes purges).
+    fn store(&self) -> crate::Store {
+        crate::Store {
+            inner: self.inner.store.clone(),
+        }
+    }
+
+    /// Whether a purge (or a merge that brought purged versions) is committed but not finished.
+    pub(crate) fn scrubbing(&self) -> Result<bool> {
+        Ok(self.inner.refresh()?.head.scrub)
+    }
+
+    /// Finishes an unfinished purge (see [`Database::purge`]) through garbage collection of the
+    /// whole store; a no-op when none is pending.
+    pub(crate) fn finish_purge(&self) -> Result<()> {
+        if self.scrubbing()? {
+            self.store().gc()?;
+        }
+        Ok(())
+    }
+
+    /// The database's own part of finishing a purge: under the writer lock, rewrites every
+    /// live file into one that leaves out the purged versions (even a single file: after a
+    /// crash it is not known which step was reached). Returns the purged set it is for, or
+    /// `None` when no purge is pending. The replaced files are left for garbage collection's
+    /// sweep, which runs next.
+    pub(crate) fn scrub_files(&self) -> Result<Option<Vec<Cid>>> {
+        self.inner.with_lock(|db, head| {
+            if !head.scrub {
+                return Ok((None, Vec::new()));
+            }
+            let purged = head.purged.clone();
+            if head.files.is_empty() {
+                return Ok((Some(purged), Vec::new()));
+            }
+            let top = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
+            let m = db.merge_files(head, head.files.clone(), top, true, true)?;
+            db.apply_merge(head, &m);
+            Ok((Some(purged), m.replaced))
+        })
+    }
+
+    /// The last part of finishing a purge, after garbage collection removed every file no
+    /// head names: removes archived files holding a version of `purged` and clears the mark
+    /// (if no later purge came meanwhile), which also empties `HEAD.next`. Returns the archived
+    /// files removed.
+    pub(crate) fn scrub_done(&self, purged: &[Cid]) -> Result<usize> {
+        let storage = &self.inner.store.storage;
+        let mut scrubbed = 0;
+        let archived = storage
+            .list_archived()
+            .map_err(|e| Error::io("the archive", e))?;
+        for name in archived {
+            let io = |e| Error::io(format!("archived file {name}"), e);
+            let bytes = storage.read_archived(&name).map_err(io)?;
+            // Only this lineage's files can hold its versions; of those, a damaged one is
+            // not kept (it may hold them).
+            if car::plaintexts(&self.inner.key, &bytes).is_empty() {
+                continue;
+            }
+            let holds = match car::verify_file(&self.inner.key, &name, &bytes) {
+                Ok((_, blocks)) => blocks.iter().any(|(c, ..)| purged.binary_search(c).is_ok()),
+                Err(_) => true,
+            };
+            if holds {
+                storage.remove_archived(&name).map_err(io)?;
+                scrubbed += 1;
+            }
+        }
+        self.inner.with_lock(|_, head| {
+            if head.scrub && head.purged == purged {
+                head.scrub = false;
+            }
+            Ok(((), Vec::new()))
+        })?;
+        Ok(scrubbed)
     }
 
     /// Drops the history older than `event` (`kiln compact --drop-history-before`): its strict
@@ -1015,19 +1099,64 @@ impl Database {
         only: Option<&[String]>,
         note: &str,
     ) -> Result<MergeReport> {
+        self.merge_inner(src, None, only, note)
+    }
+
+    /// [`Database::merge_from_noted`] of exactly the state of `src` at clock heads `heads`
+    /// (an accepted proposal's): refused with [`Error::Changed`] if `src` is no longer there.
+    pub(crate) fn merge_pinned(
+        &self,
+        src: &Database,
+        heads: &[Cid],
+        only: Option<&[String]>,
+        note: &str,
+    ) -> Result<MergeReport> {
+        self.merge_inner(src, Some(heads), only, note)
+    }
+
+    fn merge_inner(
+        &self,
+        src: &Database,
+        pinned: Option<&[Cid]>,
+        only: Option<&[String]>,
+        note: &str,
+    ) -> Result<MergeReport> {
         if let Some(ids) = only {
-            return self.take_from(src, ids, note);
+            return self.take_from(src, pinned, ids, note);
         }
         let sst = src.inner.refresh()?;
+        src.check_pinned(&sst.head, pinned)?;
         src.inner.ensure_tree(&sst.head)?;
-        self.inner
-            .with_lock(|db, head| db.merge(head, &src.inner, &sst.head, note, false))
+        let r = self
+            .inner
+            .with_lock(|db, head| db.merge(head, &src.inner, &sst.head, note, false))?;
+        // The source's purges apply here too: versions it purged leave this database's files.
+        self.finish_purge()?;
+        Ok(r)
     }
 
     /// What [`Database::merge_from`] would do, without writing anything: the changes it would
     /// take and the conflicts it would settle (`event` is `None`).
     pub fn preview_merge(&self, src: &Database) -> Result<MergeReport> {
+        self.preview_merge_pinned_opt(src, None)
+    }
+
+    /// [`Database::preview_merge`] of the state of `src` at clock heads `heads`.
+    pub(crate) fn preview_merge_pinned(
+        &self,
+        src: &Database,
+        heads: &[Cid],
+    ) -> Result<MergeReport> {
+        self.preview_merge_pinned_opt(src, Some(heads))
+    }
+
+    fn preview_merge_pinned_opt(
+        &self,
+        src: &Database,
+        pinned: Option<&[Cid]>,
+    ) -> Result<MergeReport> {
         let sst = src.inner.refresh()?;
+        src.check_pinned(&sst.head, pinned)?;
         src.inner.ensure_tree(&sst.head)?;
         let st = self.inner.refresh()?;
         let mut head = st.head.clone();
@@ -1036,8 +1165,23 @@ impl Database {
             .map(|(r, _)| r)
     }
 
-    /// `merge_from` with `only`: a transaction writing `src`'s current values of `ids`.
-    fn take_from(&self, src: &Database, ids: &[String], note: &str) -> Result<MergeReport> {
+    /// Fails with [`Error::Changed`] unless `head`'s clock heads are `pinned` (when given).
+    fn check_pinned(&self, head: &Head, pinned: Option<&[Cid]>) -> Result<()> {
+        match pinned {
+            Some(p) if head.heads != p => Err(Error::Changed(self.inner.name.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// `merge_from` with `only`: a transaction writing `src`'s current values of `ids` (its
+    /// values at `pinned`, which must be its heads still).
+    fn take_from(
+        &self,
+        src: &Database,
+        pinned: Option<&[Cid]>,
+        ids: &[String],
+        note: &str,
+    ) -> Result<MergeReport> {
         if ids.is_empty() {
             return Err(Error::InvalidArgument("no documents to take".into()));
         }
@@ -1045,6 +1189,7 @@ impl Database {
             doc::check_id(id)?;
         }
         let (writes, heads) = src.inner.read(|v| {
+            src.check_pinned(v.head, pinned)?;
             let mut writes: Vec<Write> = Vec::new();
             for id in ids {
                 let w = match tree::get(v, v.head.root.as_ref(), id.as_bytes())? {
@@ -1456,6 +1601,11 @@ impl Db {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
             let (out, remove) = r?;
+            if head.purged.len() > cur.purged.len() {
+                // Purged versions may still be stored (the purge's own history, or a merge
+                // that brought another database's purge): finished after this commit.
+                head.scrub = true;
+            }
             if head != cur {
                 head.seq = cur.seq + 1;
                 let n = c[0].max(c[1]) + 1;
@@ -1466,6 +1616,15 @@ impl Db {
                         return Err(e);
                     }
                 };
+                if cur.scrub && !head.scrub {
+                    // A purge finished: the previous head record (`HEAD.next`) may carry
+                    // small diffs holding purged versions.
+                    if let Err(e) = w.head_file.clear_spare(self.sync()) {
+                        let e = Error::io(self.dir.join("HEAD.next"), e);
+                        self.poison(&e);
+                        return Err(e);
+                    }
+                }
                 let new_base = head.base != cur.base;
                 let st = self.set_state(head, Some(n), log);
                 if new_base {
@@ -3168,6 +3327,53 @@ fn read_head_with<T>(
     }
 }
 
+/// A LOCK marked dropped in a folder still in place: a drop killed between marking LOCK and
+/// renaming the folder away (or a LOCK damaged to read as marked). The rename is a drop's
+/// commit point, so the database was never dropped: under its writer lock (a drop in progress
+/// holds it until the folder is gone), if this LOCK is still the one at `lp`, its counter
+/// restarts at a fresh value, so no handle mistakes its cached head for current. Otherwise
+/// the drop went through: no such database.
+fn recover_unfinished_drop(
+    lock: &File,
+    lp: &std::path::Path,
+    name: &str,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let io = |e| Error::io(lp, e);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Busy(name.into())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+    }
+    let r = (|| {
+        if read_counter(lock).map_err(io)?[0] != DROPPED {
+            return Ok(()); // taken back meanwhile
+        }
+        use std::os::unix::fs::MetadataExt;
+        let mine = lock.metadata().map_err(io)?;
+        let in_place =
+            std::fs::metadata(lp).is_ok_and(|m| m.dev() == mine.dev() && m.ino() == mine.ino());
+        if !in_place {
+            return Err(Error::NoSuchDatabase(name.into()));
+        }
+        let mut r = [0u8; 8];
+        getrandom::getrandom(&mut r).map_err(|e| io(std::io::Error::other(e)))?;
+        let fresh = u64::from_le_bytes(r) >> 2;
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&fresh.to_le_bytes());
+        b[8..].copy_from_slice(&fresh.to_le_bytes());
+        lock.write_all_at(&b, 0).map_err(io)
+    })();
+    let _ = lock.unlock();
+    r
+}
+
 /// The commit counter in LOCK: `[begin, end]`; equal when no commit is in flight. A short
 /// file reads as `[0, 0]`.
 fn read_counter(f: &File) -> std::io::Result<[u64; 2]> {
@@ -3472,6 +3678,45 @@ mod tests {
             Some(root),
             &DigestSet::default(),
         )
+    }
+
+    /// Bug (issue 12): a purge killed between its event and its rewrite left the purged body
+    /// decryptable in a live file while `get` said "purged" and `verify` said ok. The purge
+    /// event now marks the head record, `verify` reports the mark and any purged version still
+    /// stored, and the next open (or write, or gc) finishes the purge.
+    #[test]
+    fn an_interrupted_purge_is_reported_and_finished_by_the_next_open() {
+        let (dir, store, db) = uncompacted();
+        db.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
+        db.put(&json!({"_id": "b", "v": "kept"})).unwrap();
+        // The purge's event, as a process killed right after it would leave it.
+        db.inner
+            .commit(
+                None,
+                Prepared::of(vec![("a".to_owned(), None)]),
+                Some("a"),
+                Vec::new(),
+                "",
+            )
+            .unwrap();
+        assert!(matches!(db.get("a"), Ok(None)));
+        let r = db.verify().unwrap();
+        assert!(!r.ok());
+        assert_eq!(r.purged_stored, 1, "{:?}", r.problems);
+        drop(db);
+        drop(store);
+        // The next open finishes it: one file without the version, the mark cleared.
+        let store = crate::Store::open(dir.path()).unwrap();
+        let db = store.open_db("t").unwrap();
+        assert!(!db.scrubbing().unwrap());
+        let r = db.verify().unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+        assert_eq!((r.purged, r.purged_stored), (1, 0));
+        assert_eq!(db.info().unwrap().files.len(), 1);
+        assert_eq!(db.get("b").unwrap().unwrap()["v"], "kept");
+        // HEAD.next (the previous head record) is empty.
+        let next = dir.path().join("dbs/t/HEAD.next");
+        assert_eq!(std::fs::metadata(next).map(|m| m.len()).unwrap_or(0), 0);
     }
 
     /// Review finding: the reused file buffer came back holding the last file, so reserving

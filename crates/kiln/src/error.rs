@@ -35,6 +35,14 @@ pub enum Error {
     /// purpose.
     #[error("document {0:?}: that version was purged from database '{1}'")]
     Purged(String, String),
+    /// A database moved on from the state an operation was pinned to (a proposal's fork
+    /// changed after it was proposed).
+    #[error("database '{0}' has changed since the state this was pinned to")]
+    Changed(String),
+    /// A purge was committed (the document reads as purged) but some of its versions may
+    /// still be stored; the next open, write or `gc` of the store tries again.
+    #[error("the purge in database '{0}' is committed but not finished: {1}")]
+    PurgeUnfinished(String, String),
     #[error("{what} was written by a newer kiln (format {version}); upgrade kiln")]
     NewerFormat { what: String, version: u32 },
     #[error("the keybag has no key for database '{0}' (lineage {1}); import the key to read it")]

@@ -13,7 +13,12 @@
 //! a power cut loses it, the copy in the log restores it ([`embedded_file`]). A snapshot drops
 //! the copies, so the writer syncs such files still live before it writes one.
 //!
+//! Version 4 adds `scrub` to the snapshot: a purge committed but not yet finished (its
+//! versions may still be stored somewhere in the store), finished by the next open, write or
+//! garbage collection.
+//!
 //! ```text
+//! v4: v3 with the snapshot's "scrub" field
 //! v3: "KILNHEAD" ‖ 3 u32 LE ‖ lineage (16) ‖ record+
 //!     record = len u32 LE ‖ !len u32 LE ‖ sealed(aad, body)     (len = sealed length, < 2^31)
 //!     aad    = "kiln/head/v2" ‖ lineage ‖ offset of the record u64 LE ‖ kind u8
@@ -32,8 +37,8 @@ use crate::keys::Lineage;
 use crate::seal::{Key, SealError};
 
 pub const MAGIC: &[u8; 8] = b"KILNHEAD";
-/// The version this kiln writes; it reads 1, 2 and 3.
-pub const VERSION: u32 = 3;
+/// The version this kiln writes; it reads 1 to 4.
+pub const VERSION: u32 = 4;
 const PREFIX: usize = 8 + 4 + 16;
 /// Deltas after which a writer starts a fresh snapshot.
 pub const MAX_DELTAS: u32 = 128;
@@ -144,6 +149,11 @@ pub struct Head {
     /// the tree root of the state at that event (`None`: empty). Their parents are gone; walks
     /// stop at them and reads consult the tree instead.
     pub cut: Vec<(Cid, Option<Cid>)>,
+    /// A purge (or a merge that brought purged versions) committed but not yet finished:
+    /// purged versions may still be stored in files, in the store's reuse pool, the archive
+    /// or the previous head record. Whoever opens or writes the database, or `gc`, finishes
+    /// it and clears the flag (see `Database::purge`). Version 4 on.
+    pub scrub: bool,
 }
 
 impl Head {
@@ -159,7 +169,7 @@ impl Head {
 impl Head {
     fn encode_body(&self) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.map(10);
+        e.map(11);
         e.str("cut");
         e.array(self.cut.len());
         for (c, r) in &self.cut {
@@ -185,6 +195,8 @@ impl Head {
         for h in &self.heads {
             e.link(h);
         }
+        e.str("scrub");
+        e.bool(self.scrub);
         e.str("events");
         e.u64(self.events);
         e.str("purged");
@@ -197,7 +209,11 @@ impl Head {
     /// A snapshot body: version 1 has no `base` (its diffs hold their tree nodes).
     fn decode_body(b: &[u8], version: u32) -> Result<Head, CborError> {
         let mut d = Decoder::new(b);
-        let fields = if version == 1 { 7 } else { 10 };
+        let fields = match version {
+            1 => 7,
+            2 | 3 => 10,
+            _ => 11,
+        };
         if d.map()? != fields {
             return Err(CborError("head: wrong number of fields"));
         }
@@ -243,6 +259,12 @@ impl Head {
         for _ in 0..n {
             heads.push(d.link()?);
         }
+        let scrub = if version >= 4 {
+            d.key("scrub")?;
+            d.bool()?
+        } else {
+            false
+        };
         d.key("events")?;
         let events = d.u64()?;
         let purged = if version > 1 {
@@ -256,6 +278,7 @@ impl Head {
         d.finish()?;
         Ok(Head {
             purged,
+            scrub,
             cut,
             seq,
             docs,
@@ -289,7 +312,11 @@ impl Head {
         lineage: &Lineage,
         key: &Key,
     ) -> std::io::Result<Option<Vec<u8>>> {
-        if !log.appendable() || self.files.len() < prev.files.len() || self.purged != prev.purged {
+        if !log.appendable()
+            || self.files.len() < prev.files.len()
+            || self.purged != prev.purged
+            || self.scrub != prev.scrub
+        {
             return Ok(None);
         }
         let added = self.files.len() - prev.files.len();
@@ -345,7 +372,7 @@ impl Head {
             return Err(FormatError::Framing("not a kiln head record"));
         }
         let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if !(1..=3).contains(&v) {
+        if !(1..=VERSION).contains(&v) {
             return Err(FormatError::Version(v));
         }
         let mut l = [0u8; 16];
@@ -591,6 +618,48 @@ fn only_the_rest_of_one_append(b: &[u8], pos: usize, l: &Lineage, key: &Key, hea
     }
 }
 
+/// Every record of a stored head record `b` that opens under `key`, wherever it lies (an
+/// older, longer log left behind the current one is found too), as (kind, body): for audits.
+/// A file record's body is the file's name (32 bytes) and its bytes.
+pub fn plaintexts(b: &[u8], key: &Key) -> Vec<(u8, Vec<u8>)> {
+    let Ok(l) = Head::lineage(b) else {
+        return Vec::new();
+    };
+    let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    if version == 1 {
+        return key
+            .open(&aad_v1(&l), &b[PREFIX..])
+            .map(|body| vec![(SNAPSHOT, body)])
+            .unwrap_or_default();
+    }
+    let mut out = Vec::new();
+    for q in PREFIX..b.len().saturating_sub(8) {
+        let raw = u32::from_le_bytes([b[q], b[q + 1], b[q + 2], b[q + 3]]);
+        let check = u32::from_le_bytes([b[q + 4], b[q + 5], b[q + 6], b[q + 7]]);
+        if check != !raw || (raw & !FILE_FLAG) > MAX_RECORD {
+            continue;
+        }
+        let end = q + 8 + (raw & !FILE_FLAG) as usize;
+        let Some(sealed) = b.get(q + 8..end) else {
+            continue;
+        };
+        let kinds: &[u8] = if raw & FILE_FLAG != 0 {
+            &[FILE]
+        } else {
+            &[SNAPSHOT, DELTA]
+        };
+        for &kind in kinds {
+            if let Ok(body) = key.open(&aad_v2(&l, q as u64, kind), sealed) {
+                out.push((kind, body));
+            }
+        }
+    }
+    out
+}
+
+/// The kind of a file record in [`plaintexts`].
+pub const FILE_RECORD: u8 = FILE;
+
 /// True if a whole 512-byte sector of `b` (aligned in the file) at or after `from` reads as
 /// zeros: a page of an append that never reached the disk. (Sealed bytes hold 512 zero bytes
 /// by chance with probability 2^-4096; a record's plaintext header is 8 bytes.)
@@ -713,6 +782,7 @@ mod tests {
             compacted: 0,
             purged: vec![Cid::of_cbor(b"p")],
             cut: vec![(Cid::of_cbor(b"e"), None)],
+            scrub: true,
         }
     }
 

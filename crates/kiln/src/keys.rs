@@ -74,6 +74,70 @@ impl Keybag {
             .exists()
     }
 
+    /// Every key in the keybag (entries that do not parse are left out).
+    pub fn all(&self) -> Result<Vec<Key>> {
+        let mut out = Vec::new();
+        for l in self.lineages()? {
+            if let Ok(Some(k)) = self.get(&l) {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The lineages the keybag holds keys (or shared marks) for.
+    fn lineages(&self) -> Result<Vec<Lineage>> {
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.dir, e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| Error::io(&self.dir, e))?;
+            let name = e.file_name();
+            let Some(stem) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".key").or_else(|| n.strip_suffix(".shared")))
+            else {
+                continue;
+            };
+            if let Ok(u) = uuid::Uuid::parse_str(stem) {
+                out.push(*u.as_bytes());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Removes the key and shared mark of every lineage not in `used` (garbage collection,
+    /// which holds the store's GC lock exclusively: creators hold it shared from writing a
+    /// key until their database is in place). Returns the keys removed.
+    pub fn remove_unused(&self, used: &std::collections::HashSet<Lineage>) -> Result<usize> {
+        let mut n = 0;
+        for l in self.lineages()? {
+            if used.contains(&l) {
+                continue;
+            }
+            if self.path(&l).exists() {
+                n += 1;
+            }
+            self.remove(&l)?;
+            let shared = self.dir.join(format!("{}.shared", lineage_string(&l)));
+            match std::fs::remove_file(&shared) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&shared, e))
+                }
+                _ => {}
+            }
+        }
+        if n > 0 {
+            crate::storage::sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        }
+        Ok(n)
+    }
+
     pub fn remove(&self, l: &Lineage) -> Result<()> {
         let path = self.path(l);
         match std::fs::remove_file(&path) {

@@ -23,6 +23,7 @@
 #![allow(clippy::type_complexity)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod audit;
 pub mod block;
 mod cache;
 pub mod car;

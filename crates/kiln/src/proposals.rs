@@ -1,14 +1,32 @@
 //! Contributions: a fork's changes nominated for another database, reviewed, then accepted
-//! (merged, wholly or in part) or rejected. Each proposal is a small JSON file in
-//! `ROOT/proposals/`, written atomically; deciding one first creates `<id>.decided` exclusively,
-//! so a proposal is decided once even with several moderators at work.
+//! (merged, wholly or in part) or rejected. Each proposal is a small record in
+//! `ROOT/proposals/<id>.prop`, sealed with the target database's key (its message, names and
+//! decisions are readable only with the key) and written atomically, mode 0600; deciding one
+//! first creates `<id>.decided` exclusively, so a proposal is decided once even with several
+//! moderators at work.
+//!
+//! A proposal pins the fork's clock heads when it is made: review and accept work on exactly
+//! that state, and refuse once the fork has moved on, until the proposal is updated
+//! ([`Store::update_proposal`]) or a new one is made.
+//!
+//! ```text
+//! "KILNPROP" ‖ version u32 LE (=1) ‖ lineage (16) ‖ sealed(aad, JSON body)
+//! aad = "kiln/proposal/v1" ‖ lineage ‖ id (ASCII)
+//! ```
 
+use crate::block::cid::Cid;
 use crate::db::{now_ms, Database, MergeReport};
 use crate::error::{Error, Result};
+use crate::keys::Lineage;
+use crate::seal::Key;
 use crate::storage::write_atomic;
 use crate::store::Store;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"KILNPROP";
+const VERSION: u32 = 1;
+const PREFIX: usize = 8 + 4 + 16;
 
 /// Where a proposal stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +57,9 @@ pub struct Proposal {
     pub message: String,
     /// ms since the Unix epoch.
     pub created: u64,
+    /// The fork's clock heads when the proposal was made (or last updated): what review shows
+    /// and accept merges.
+    pub heads: Vec<Cid>,
     pub status: Status,
 }
 
@@ -58,12 +79,23 @@ impl Proposal {
                 json!({"state": "rejected", "by": by, "at": at, "reason": reason})
             }
         };
-        json!({"v": 1, "id": self.id, "fork": self.fork, "to": self.to,
-            "message": self.message, "created": self.created, "status": status})
+        json!({"v": 2, "id": self.id, "fork": self.fork, "to": self.to,
+            "message": self.message, "created": self.created,
+            "heads": self.heads.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "status": status})
     }
 
-    fn from_json(path: &std::path::Path, v: &Value) -> Result<Proposal> {
+    fn from_json(path: &Path, v: &Value) -> Result<Proposal> {
         let bad = || Error::corrupt(path.display().to_string(), "not a proposal record");
+        // Version 1 (plaintext, before heads were pinned) has none: such a proposal must be
+        // updated before it can be reviewed or accepted.
+        let heads = match v.get("heads").and_then(|h| h.as_array()) {
+            Some(a) => a
+                .iter()
+                .map(|c| c.as_str().and_then(Cid::parse).ok_or_else(bad))
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
         let st = v.get("status").ok_or_else(bad)?;
         let ss = |k: &str| st.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
@@ -97,9 +129,60 @@ impl Proposal {
             to: s("to").ok_or_else(bad)?,
             message: s("message").unwrap_or_default(),
             created: v.get("created").and_then(|x| x.as_u64()).unwrap_or(0),
+            heads,
             status,
         })
     }
+}
+
+/// Seals a proposal's JSON body under the target's lineage key.
+fn seal(id: &str, lineage: &Lineage, key: &Key, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(PREFIX + body.len() + crate::seal::OVERHEAD);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(lineage);
+    key.seal_into(&aad(lineage, id), body, &mut out)?;
+    Ok(out)
+}
+
+fn aad(lineage: &Lineage, id: &str) -> Vec<u8> {
+    let mut a = b"kiln/proposal/v1".to_vec();
+    a.extend_from_slice(lineage);
+    a.extend_from_slice(id.as_bytes());
+    a
+}
+
+/// The lineage a sealed proposal names (plaintext, so the key can be found).
+fn lineage_of(path: &Path, b: &[u8]) -> Result<Lineage> {
+    if b.len() < PREFIX || &b[..8] != MAGIC {
+        return Err(Error::corrupt(
+            path.display().to_string(),
+            "not a proposal record",
+        ));
+    }
+    let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    if v != VERSION {
+        return Err(Error::NewerFormat {
+            what: path.display().to_string(),
+            version: v,
+        });
+    }
+    let mut l = [0u8; 16];
+    l.copy_from_slice(&b[12..PREFIX]);
+    Ok(l)
+}
+
+/// The JSON body of proposal `id`'s stored bytes `b`, if sealed under `key` (for audits).
+pub(crate) fn opens_with(b: &[u8], key: &Key, id: &str) -> Option<Vec<u8>> {
+    let l = lineage_of(Path::new(""), b).ok()?;
+    key.open(&aad(&l, id), &b[PREFIX..]).ok()
+}
+
+/// What a stored proposal file holds.
+enum Stored {
+    Proposal(Box<Proposal>),
+    /// Sealed under a key the keybag no longer has (its target was dropped): unreadable.
+    NoKey,
 }
 
 impl Store {
@@ -107,33 +190,165 @@ impl Store {
         self.root().join("proposals")
     }
 
-    fn proposal_path(&self, id: &str) -> Result<PathBuf> {
+    fn check_proposal_id(id: &str) -> Result<()> {
         if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(Error::InvalidArgument(format!(
                 "{id:?} is not a proposal id"
             )));
         }
-        Ok(self.proposals_dir().join(format!("{id}.json")))
+        Ok(())
     }
 
+    fn proposal_path(&self, id: &str) -> Result<PathBuf> {
+        Self::check_proposal_id(id)?;
+        Ok(self.proposals_dir().join(format!("{id}.prop")))
+    }
+
+    /// Where kiln before sealed proposals kept them, in plaintext.
+    fn legacy_path(&self, id: &str) -> PathBuf {
+        self.proposals_dir().join(format!("{id}.json"))
+    }
+
+    /// Writes a proposal sealed under its target's key (mode 0600, always fsynced: it is
+    /// small and rare), then removes a plaintext copy an older kiln left.
     fn save(&self, p: &Proposal) -> Result<()> {
+        let to = self.open_db(&p.to)?;
         let path = self.proposal_path(&p.id)?;
-        let sync = self.options().durability == crate::Durability::Full;
-        write_atomic(&path, p.to_json().to_string().as_bytes(), sync, None)
-            .map_err(|e| Error::io(&path, e))
+        let body = p.to_json().to_string();
+        let bytes = seal(&p.id, &to.lineage(), &to.key(), body.as_bytes())
+            .map_err(|e| Error::io(&path, e))?;
+        write_atomic(&path, &bytes, true, Some(0o600)).map_err(|e| Error::io(&path, e))?;
+        let legacy = self.legacy_path(&p.id);
+        match std::fs::remove_file(&legacy) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&legacy, e)),
+            _ => Ok(()),
+        }
     }
 
-    /// Nominates `fork`'s changes for `to` (`kiln propose FORK --to MAIN`).
+    /// Reads a stored proposal (sealed, or a plaintext one an older kiln wrote, which is
+    /// sealed now when its target still exists).
+    fn load(&self, id: &str) -> Result<Option<Stored>> {
+        let path = self.proposal_path(id)?;
+        match std::fs::read(&path) {
+            Ok(b) => {
+                let l = lineage_of(&path, &b)?;
+                let Some(key) = self.inner.keybag.get(&l)? else {
+                    return Ok(Some(Stored::NoKey));
+                };
+                let body = key.open(&aad(&l, id), &b[PREFIX..]).map_err(|_| {
+                    Error::corrupt(
+                        path.display().to_string(),
+                        "proposal record fails authentication",
+                    )
+                })?;
+                let v: Value = serde_json::from_slice(&body).map_err(|_| {
+                    Error::corrupt(path.display().to_string(), "proposal is not JSON")
+                })?;
+                let p = Proposal::from_json(&path, &v)?;
+                if p.id != id {
+                    return Err(Error::corrupt(
+                        path.display().to_string(),
+                        "proposal id mismatch",
+                    ));
+                }
+                Ok(Some(Stored::Proposal(Box::new(p))))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let legacy = self.legacy_path(id);
+                let b = match std::fs::read(&legacy) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(Error::io(&legacy, e)),
+                };
+                let v: Value = serde_json::from_slice(&b).map_err(|_| {
+                    Error::corrupt(legacy.display().to_string(), "proposal is not JSON")
+                })?;
+                let p = Proposal::from_json(&legacy, &v)?;
+                match self.save(&p) {
+                    Ok(()) => Ok(Some(Stored::Proposal(Box::new(p)))),
+                    // Its target is gone: nothing can decide it any more.
+                    Err(Error::NoSuchDatabase(_)) => {
+                        let _ = std::fs::remove_file(&legacy);
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// The ids of the proposals stored, sealed or not.
+    fn proposal_ids(&self) -> Result<Vec<String>> {
+        let dir = self.proposals_dir();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        let mut ids = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| Error::io(&dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name
+                .strip_suffix(".prop")
+                .or_else(|| name.strip_suffix(".json"))
+            {
+                if Self::check_proposal_id(id).is_ok() {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Removes proposals no key opens any more (their target was dropped with its key), and
+    /// plaintext ones whose target is gone (garbage collection). Returns how many.
+    pub(crate) fn remove_unreadable_proposals(&self) -> Result<usize> {
+        let mut n = 0;
+        for id in self.proposal_ids()? {
+            if let Ok(Some(Stored::NoKey)) | Ok(None) = self.load(&id) {
+                for p in [self.proposal_path(&id)?, self.legacy_path(&id)] {
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => n += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(&p, e)),
+                    }
+                }
+                let mark = self.proposals_dir().join(format!("{id}.decided"));
+                let _ = std::fs::remove_file(mark);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Nominates `fork`'s changes for `to` (`kiln propose FORK --to MAIN`): the fork's
+    /// current heads are pinned.
     pub fn propose(&self, fork: &str, to: &str, message: &str) -> Result<Proposal> {
         if fork == to {
             return Err(Error::InvalidArgument(
                 "a database cannot propose changes to itself".into(),
             ));
         }
-        self.open_db(fork)?;
+        let heads = self.open_db(fork)?.heads()?;
+        if heads.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "'{fork}' is empty: nothing to propose"
+            )));
+        }
         self.open_db(to)?;
         let dir = self.proposals_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io(&dir, e))
+                }
+                _ => {}
+            }
+        }
         let p = Proposal {
             // Time-ordered (and, within a millisecond, ordered within this process).
             id: uuid::Uuid::now_v7().simple().to_string(),
@@ -141,60 +356,82 @@ impl Store {
             to: to.into(),
             message: message.into(),
             created: now_ms(),
+            heads,
             status: Status::Open,
         };
         self.save(&p)?;
         Ok(p)
     }
 
+    /// Pins an open proposal to its fork's current heads (after the fork changed; review it
+    /// again before accepting).
+    pub fn update_proposal(&self, id: &str) -> Result<Proposal> {
+        let mut p = self.proposal(id)?;
+        if p.status != Status::Open {
+            return Err(Error::InvalidArgument(format!(
+                "proposal {id} was already decided"
+            )));
+        }
+        p.heads = self.open_db(&p.fork)?.heads()?;
+        self.save(&p)?;
+        Ok(p)
+    }
+
     /// One proposal.
     pub fn proposal(&self, id: &str) -> Result<Proposal> {
-        let path = self.proposal_path(id)?;
-        let b = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::InvalidArgument(format!("no proposal {id:?}")))
-            }
-            Err(e) => return Err(Error::io(&path, e)),
-        };
-        let v: Value = serde_json::from_slice(&b)
-            .map_err(|_| Error::corrupt(path.display().to_string(), "proposal is not JSON"))?;
-        Proposal::from_json(&path, &v)
+        match self.load(id)? {
+            Some(Stored::Proposal(p)) => Ok(*p),
+            Some(Stored::NoKey) => Err(Error::InvalidArgument(format!(
+                "proposal {id:?} is sealed with the key of a database that no longer exists"
+            ))),
+            None => Err(Error::InvalidArgument(format!("no proposal {id:?}"))),
+        }
     }
 
     /// Proposals (for database `to`, or all), oldest first; with `open_only`, the open ones.
+    /// Proposals whose target was dropped (no key opens them) are left out.
     pub fn proposals(&self, to: Option<&str>, open_only: bool) -> Result<Vec<Proposal>> {
-        let dir = self.proposals_dir();
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(&dir, e)),
-        };
         let mut out = Vec::new();
-        for e in rd {
-            let e = e.map_err(|e| Error::io(&dir, e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_suffix(".json") else {
+        for id in self.proposal_ids()? {
+            let Some(Stored::Proposal(p)) = self.load(&id)? else {
                 continue;
             };
-            let p = self.proposal(id)?;
             if to.is_none_or(|t| p.to == t) && (!open_only || p.status == Status::Open) {
-                out.push(p);
+                out.push(*p);
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
-    /// What accepting a proposal would do to its target now: the documents it would change
-    /// and the conflicts it would settle (nothing is written).
-    pub fn review(&self, id: &str) -> Result<(Proposal, MergeReport)> {
-        let p = self.proposal(id)?;
-        let (fork, to) = (self.open_db(&p.fork)?, self.open_db(&p.to)?);
-        let r = to.preview_merge(&fork)?;
-        Ok((p, r))
+    /// The fork of proposal `p`, checked to be still at the heads the proposal pinned.
+    fn pinned_fork(&self, p: &Proposal) -> Result<Database> {
+        let fork = self.open_db(&p.fork)?;
+        let now = fork.heads()?;
+        // (A proposal an older kiln wrote pinned nothing: it must be updated first.)
+        if p.heads.is_empty() || now != p.heads {
+            return Err(Error::InvalidArgument(format!(
+                "proposal {} pins '{}' at {}, but '{}' has changed since (now at {}): review \
+                 it again after `kiln update-proposal {}`, or make a new proposal",
+                p.id,
+                p.fork,
+                heads_text(&p.heads),
+                p.fork,
+                heads_text(&now),
+                p.id
+            )));
+        }
+        Ok(fork)
     }
 
+    /// What accepting a proposal would do to its target now: the documents it would change
+    /// and the conflicts it would settle (nothing is written). Refused once the fork moved on
+    /// from the pinned heads.
+    pub fn review(&self, id: &str) -> Result<(Proposal, MergeReport)> {
+        let p = self.proposal(id)?;
+        let (fork, to) = (self.pinned_fork(&p)?, self.open_db(&p.to)?);
+        let r = to.preview_merge_pinned(&fork, &p.heads)?;
+        Ok((p, r))
+    }
     /// Claims an open proposal for a decision: only one caller ever gets it.
     fn claim(&self, id: &str) -> Result<(Proposal, PathBuf)> {
         let decided = |p: &Proposal| {
@@ -234,12 +471,12 @@ impl Store {
     pub fn accept(&self, id: &str, only: Option<&[String]>, by: &str) -> Result<MergeReport> {
         let (mut p, mark) = self.claim(id)?;
         let result = (|| {
-            let (fork, to): (Database, Database) = (self.open_db(&p.fork)?, self.open_db(&p.to)?);
+            let (fork, to): (Database, Database) = (self.pinned_fork(&p)?, self.open_db(&p.to)?);
             let note = format!(
                 "accepted proposal {} from {} by {by}: {}",
                 p.id, p.fork, p.message
             );
-            to.merge_from_noted(&fork, only, &note)
+            to.merge_pinned(&fork, &p.heads, only, &note)
         })();
         match result {
             Ok(r) => {
@@ -270,4 +507,15 @@ impl Store {
         self.save(&p)?;
         Ok(p)
     }
+}
+
+/// Heads for messages: their CIDs, comma-separated (`(empty)` for a new database).
+fn heads_text(h: &[Cid]) -> String {
+    if h.is_empty() {
+        return "(empty)".into();
+    }
+    h.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -49,6 +49,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Removes a file (absent is not an error). A backend may keep the space to reuse for a
     /// later file; the name is gone either way.
     fn remove(&self, name: &FileName) -> io::Result<()>;
+    /// Removes a file and its bytes (a dropped database's files): unlike [`Storage::remove`],
+    /// nothing of its contents is kept for reuse. Absent is not an error.
+    fn erase(&self, name: &FileName) -> io::Result<()>;
     /// Removes a file a head record no longer names, on a commit's path: like
     /// [`Storage::remove`], except that a backend may keep it under its name for a while to
     /// reuse its space cheaply (garbage collection takes it if this process does not).
@@ -64,9 +67,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn read_archived(&self, name: &FileName) -> io::Result<Vec<u8>>;
     /// Deletes a file from the archive (absent is not an error).
     fn remove_archived(&self, name: &FileName) -> io::Result<()>;
-    /// Drops whatever space removed files still hold for reuse (after a purge, so no removed
-    /// byte survives), and partial files of interrupted [`Storage::put_with`] calls (callers
-    /// make sure none is in progress); returns the files and bytes freed.
+    /// Every file in the archive.
+    fn list_archived(&self) -> io::Result<Vec<FileName>>;
+    /// Drops whatever removed files still hold for reuse (after a purge, so no removed byte
+    /// survives; empty reusable files hold none and stay), and partial files of interrupted
+    /// [`Storage::put_with`] calls (callers make sure none is in progress); returns the files
+    /// and bytes freed.
     fn clear_reusable(&self) -> io::Result<(u64, u64)>;
 }
 
@@ -863,6 +869,27 @@ impl Storage for LocalStorage {
         pool_or_unlink(&self.pool, &self.pool_dir(), self.instance, &path)
     }
 
+    fn erase(&self, name: &FileName) -> io::Result<()> {
+        let path = self.path(name);
+        // Emptied under its own name first (unless another name holds it too: a crash can
+        // leave a renamed file under two names, and the bytes are the other's), so the pool
+        // keeps no byte of it.
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(&path) {
+            Ok(m) if m.nlink() == 1 && m.len() > 0 => {
+                match OpenOptions::new().write(true).open(&path) {
+                    Ok(f) => f.set_len(0)?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.remove(name)
+    }
+
     fn archive(&self, name: &FileName) -> io::Result<()> {
         self.open
             .write()
@@ -888,6 +915,10 @@ impl Storage for LocalStorage {
         unlink(&self.archive_path(name))
     }
 
+    fn list_archived(&self) -> io::Result<Vec<FileName>> {
+        list_shards(&self.dir.join(".archive"))
+    }
+
     fn clear_reusable(&self) -> io::Result<(u64, u64)> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         pool.known.clear();
@@ -907,15 +938,21 @@ impl Storage for LocalStorage {
         let mut entries = Vec::new();
         // Removed files kept for reuse, and partial files of streamed writes a crash left.
         for d in [self.pool_dir(), self.dir.join(".tmp")] {
-            match fs::read_dir(d) {
-                Ok(r) => entries.extend(r),
+            match fs::read_dir(&d) {
+                Ok(r) => entries.extend(r.map(|e| (d == self.pool_dir(), e))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
-        for e in entries {
+        for (pooled, e) in entries {
             let e = e?;
             let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            if pooled && len == 0 {
+                // An empty pooled file (the reserve, or a large removed file emptied when
+                // pooled) holds no byte: it stays, ready for reuse.
+                pool.known.push(e.path());
+                continue;
+            }
             match fs::remove_file(e.path()) {
                 Ok(()) => {
                     n += 1;
@@ -929,30 +966,7 @@ impl Storage for LocalStorage {
     }
 
     fn list(&self) -> io::Result<Vec<FileName>> {
-        let mut out = Vec::new();
-        let rd = match fs::read_dir(&self.dir) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for shard in rd {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() || shard.file_name().to_string_lossy().starts_with('.')
-            {
-                continue;
-            }
-            for f in fs::read_dir(shard.path())? {
-                let f = f?;
-                let n = f.file_name();
-                if let Some(name) = n
-                    .to_str()
-                    .and_then(|s| s.strip_suffix(".kdf"))
-                    .and_then(FileName::parse)
-                {
-                    out.push(name);
-                }
-            }
-        }
+        let mut out = list_shards(&self.dir)?;
         // This process's spares are space kept for reuse, not files.
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if !pool.spare.is_empty() {
@@ -963,6 +977,35 @@ impl Storage for LocalStorage {
         out.sort();
         Ok(out)
     }
+}
+
+/// The files named `<hash>.kdf` in the shard folders of `dir` (hidden folders skipped).
+fn list_shards(dir: &Path) -> io::Result<Vec<FileName>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for shard in rd {
+        let shard = shard?;
+        if !shard.file_type()?.is_dir() || shard.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        for f in fs::read_dir(shard.path())? {
+            let f = f?;
+            let n = f.file_name();
+            if let Some(name) = n
+                .to_str()
+                .and_then(|s| s.strip_suffix(".kdf"))
+                .and_then(FileName::parse)
+            {
+                out.push(name);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// fsyncs a directory, making the names in it durable.
@@ -1105,6 +1148,25 @@ impl HeadFile {
             self.forget();
         }
         r
+    }
+
+    /// Empties the spare file (the previous head record, which may carry diffs that must
+    /// not outlive a purge), durably with `sync`. Absent is not an error.
+    pub fn clear_spare(&mut self, sync: bool) -> io::Result<()> {
+        let f = match self.next.take() {
+            Some((f, _)) => f,
+            None => match OpenOptions::new().write(true).open(&self.spare) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            },
+        };
+        f.set_len(0)?;
+        if sync {
+            f.sync_all()?;
+        }
+        self.next = Some((f, 0));
+        Ok(())
     }
 
     /// Replaces the file at `path` with `bytes` (see [`replace_via_spare`]).
@@ -1441,11 +1503,16 @@ mod tests {
         s.put(&next, b"next", false).unwrap();
         assert!(inodes.contains(&fs::metadata(s.path(&next)).unwrap().ino()));
         assert_eq!(s.read(&next).unwrap(), b"next");
-        // gc's clear_reusable removes them (they are recreated only by later puts).
+        // gc's clear_reusable keeps them: they hold no byte (it used to delete them, and
+        // the next puts created them all again).
         drop(s);
         let s = LocalStorage::new(d.path().join("files"));
-        assert_eq!(s.clear_reusable().unwrap().1, 0);
-        assert_eq!(fs::read_dir(&pool).unwrap().count(), 0);
+        assert_eq!(s.clear_reusable().unwrap(), (0, 0));
+        assert_eq!(fs::read_dir(&pool).unwrap().count(), 7);
+        // A pooled file with bytes goes.
+        fs::write(pool.join("x.free"), b"sealed bytes").unwrap();
+        assert_eq!(s.clear_reusable().unwrap(), (1, 12));
+        assert_eq!(fs::read_dir(&pool).unwrap().count(), 7);
     }
 
     /// Retired files wait under their names (not listed) and are renamed straight to the next

@@ -16,6 +16,7 @@
 //! ```
 
 use crate::cache::Cache;
+use crate::car::FileName;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::head::Head;
@@ -215,6 +216,50 @@ pub struct GcReport {
     /// Space kept for reuse by earlier removals, freed.
     pub reusable_files: u64,
     pub reusable_bytes: u64,
+    /// What killed creates, forks and drops left behind (`dbs/.new-*`, `dbs/.drop-*`
+    /// folders), removed.
+    pub leftovers_removed: usize,
+    /// Keybag entries of lineages no database uses any more, removed.
+    pub keys_removed: usize,
+    /// Proposals no key opens any more (their target was dropped), removed.
+    pub proposals_removed: usize,
+    /// Databases whose head record could not be read, with why. Their files are kept: a file
+    /// no readable head names is kept when it may be theirs (it opens under their key, or
+    /// their lineage or key is unknown).
+    pub unreadable: Vec<(String, String)>,
+    /// Files no readable head names, kept because an unreadable database may name them.
+    pub kept_files: Vec<FileName>,
+    /// Databases whose unfinished purge this collection finished.
+    pub purges_finished: Vec<String>,
+    /// Databases whose unfinished purge could not be finished, with why.
+    pub purges_unfinished: Vec<(String, String)>,
+    /// Archived files removed because they held a purged version.
+    pub archived_scrubbed: usize,
+}
+
+impl GcReport {
+    /// Why the purge of `db` could not be finished (see [`GcReport::purges_unfinished`]).
+    pub fn why_unfinished(&self, db: &str) -> String {
+        self.purges_unfinished
+            .iter()
+            .find(|(n, _)| n == db)
+            .map(|(_, w)| w.clone())
+            .unwrap_or_else(|| "garbage collection did not reach it".into())
+    }
+
+    fn absorb(&mut self, o: GcReport) {
+        self.removed_files += o.removed_files;
+        self.removed_bytes += o.removed_bytes;
+        self.reusable_files += o.reusable_files;
+        self.reusable_bytes += o.reusable_bytes;
+        self.leftovers_removed += o.leftovers_removed;
+        self.keys_removed += o.keys_removed;
+        self.proposals_removed += o.proposals_removed;
+        self.live_files = o.live_files;
+        self.databases = o.databases;
+        self.unreadable = o.unreadable;
+        self.kept_files = o.kept_files;
+    }
 }
 
 impl StoreInner {
@@ -233,6 +278,12 @@ pub struct Store {
 }
 
 const MARKER: &str = "KILN";
+/// Prefix of a database folder being created (or forked) under `dbs/`, renamed into place
+/// when whole.
+const NEW_PREFIX: &str = ".new-";
+/// Prefix a dropped database's folder is renamed to (the drop's commit point), removed when
+/// its files and key are gone.
+const DROP_PREFIX: &str = ".drop-";
 const SETTINGS: &str = "settings.json";
 const GC: &str = "GC";
 const STORE_VERSION: u64 = 1;
@@ -394,6 +445,9 @@ impl Store {
         let sync = self.inner.opts.durability == Durability::Full;
         let lineage: Lineage = *uuid::Uuid::new_v4().as_bytes();
         let key = Key::generate().map_err(|e| Error::io(self.dbs(), e))?;
+        // From the key's write until the database is in place, garbage collection (which
+        // removes keys no database uses) waits.
+        let _gc = self.inner.gc.shared()?;
         self.inner.keybag.put(&lineage, &key, sync)?;
         match self.place(&name, &lineage, &key, &Head::default(), settings) {
             Ok(db) => Ok(db),
@@ -452,7 +506,10 @@ impl Store {
         let dbs = self.dbs();
         let final_dir = dbs.join(name);
         let sync = self.inner.opts.durability == Durability::Full;
-        let tmp = dbs.join(format!(".new-{}", uuid::Uuid::new_v4().simple()));
+        // Until it is renamed into place, garbage collection (which removes leftover `.new-*`
+        // folders) waits.
+        let _gc = self.inner.gc.shared()?;
+        let tmp = dbs.join(format!("{NEW_PREFIX}{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let result = (|| {
             let bytes = head.seal(lineage, key).map_err(|e| Error::io(&tmp, e))?;
@@ -477,11 +534,23 @@ impl Store {
         if sync {
             sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
         }
-        self.open_db(name)
+        self.open_plain(name)
     }
 
-    /// Opens an existing database.
+    /// Opens an existing database. If a purge of it was committed but not finished (the
+    /// process doing it died), this finishes it first when it can (see [`Database::purge`]);
+    /// when it cannot, the database still opens, purged versions still read as purged, and
+    /// `verify` and `gc` report the unfinished purge.
     pub fn open_db(&self, name: &str) -> Result<Database> {
+        let db = self.open_plain(name)?;
+        if db.scrubbing().unwrap_or(false) {
+            let _ = db.finish_purge();
+        }
+        Ok(db)
+    }
+
+    /// Opens an existing database, nothing more.
+    fn open_plain(&self, name: &str) -> Result<Database> {
         check_name(name)?;
         Database::open(self.inner.clone(), name, self.dbs().join(name))
     }
@@ -508,34 +577,124 @@ impl Store {
     }
 
     /// Removes every file no database's head record names (moves it to the archive when the
-    /// store keeps one), and frees the space removed files kept for reuse. Safe while other
-    /// handles and processes write: it holds the store's GC lock exclusively, which every
-    /// writer holds shared from writing a file until a head record names it. A head record
-    /// that cannot be read stops it (nothing is removed).
+    /// store keeps one), frees the space removed files kept for reuse, and finishes what
+    /// killed commands left: `dbs/.new-*` and `dbs/.drop-*` folders, keys of lineages no
+    /// database uses, proposals no key opens, and unfinished purges (see
+    /// [`Database::purge`]). Safe while other handles and processes write: it holds the
+    /// store's GC lock exclusively, which every writer holds shared from writing a file until
+    /// a head record names it (and creators from writing a key until the database is in
+    /// place).
+    ///
+    /// A database whose head record cannot be read does not stop it: it is reported in
+    /// [`GcReport::unreadable`] and whatever may be its (files that open under its key, or
+    /// every unnamed file and key when its lineage or key is unknown) is kept.
     pub fn gc(&self) -> Result<GcReport> {
+        let (mut r, scrubbing) = self.sweep()?;
+        if scrubbing.is_empty() {
+            return Ok(r);
+        }
+        // Unfinished purges: each database rewrites its files without the purged versions
+        // (under its own writer lock, so not under the exclusive GC lock), then a second sweep
+        // removes the files that held them, and the purge's mark is cleared.
+        let mut done = Vec::new();
+        for db in scrubbing {
+            match db.scrub_files() {
+                Ok(Some(purged)) => done.push((db, purged)),
+                Ok(None) => {}
+                Err(e) => r.purges_unfinished.push((db.name().into(), e.to_string())),
+            }
+        }
+        let (again, _) = self.sweep()?;
+        r.absorb(again);
+        for (db, purged) in done {
+            let name = db.name().to_owned();
+            if let Some(f) = r
+                .kept_files
+                .iter()
+                .find(|f| self.file_opens_with(f, &[db.key()]))
+            {
+                r.purges_unfinished.push((
+                    name,
+                    format!(
+                        "file {f} may hold purged versions but is kept: a database whose head \
+                         record cannot be read may name it ({})",
+                        unreadable_names(&r)
+                    ),
+                ));
+                continue;
+            }
+            match db.scrub_done(&purged) {
+                Ok(n) => {
+                    r.archived_scrubbed += n;
+                    r.purges_finished.push(name);
+                }
+                Err(e) => r.purges_unfinished.push((name, e.to_string())),
+            }
+        }
+        Ok(r)
+    }
+
+    /// One pass of garbage collection under the exclusive GC lock (see [`Store::gc`]);
+    /// returns the report and the databases with an unfinished purge.
+    fn sweep(&self) -> Result<(GcReport, Vec<Database>)> {
         let _x = self.inner.gc.exclusive()?;
         let storage = &self.inner.storage;
         let files_dir = self.inner.root.join("files");
-        let listed = storage.list().map_err(|e| Error::io(&files_dir, e))?;
-        let mut live = std::collections::HashSet::new();
-        let names = self.list()?;
-        for name in &names {
-            let db = match self.open_db(name) {
-                Ok(db) => db,
-                // Dropped meanwhile (a drop does not take the GC lock): nothing to keep.
-                Err(Error::NoSuchDatabase(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            live.extend(db.file_names()?);
-        }
-        let archive = self.settings().keep_archive.unwrap_or(false);
         let mut r = GcReport {
-            databases: names.len(),
-            live_files: live.len(),
-            archived: archive,
+            leftovers_removed: self.remove_leftovers()?,
             ..GcReport::default()
         };
+        let listed = storage.list().map_err(|e| Error::io(&files_dir, e))?;
+        let mut live = std::collections::HashSet::new();
+        // Lineages some database uses, and what may be an unreadable database's.
+        let mut lineages = std::collections::HashSet::new();
+        let mut damaged = Damaged::default();
+        let mut scrubbing = Vec::new();
+        let names = self.list()?;
+        for name in &names {
+            let named = self.open_plain(name).and_then(|db| {
+                let files = db.file_names()?;
+                Ok((db, files))
+            });
+            let (db, files) = match named {
+                Ok(x) => x,
+                // Dropped meanwhile: nothing to keep.
+                Err(Error::NoSuchDatabase(_)) => continue,
+                Err(e) => {
+                    r.unreadable.push((name.clone(), e.to_string()));
+                    match self.lineage_on_disk(name) {
+                        Some(l) => {
+                            lineages.insert(l);
+                            match self.inner.keybag.get(&l) {
+                                Ok(Some(k)) => damaged.keys.push(k),
+                                _ => damaged.keyless = true,
+                            }
+                        }
+                        None => damaged.unknown = true,
+                    }
+                    continue;
+                }
+            };
+            lineages.insert(db.lineage());
+            live.extend(files);
+            if db.scrubbing().unwrap_or(false) {
+                scrubbing.push(db);
+            }
+        }
+        let all_keys = if damaged.keyless && !damaged.unknown {
+            self.inner.keybag.all()?
+        } else {
+            Vec::new()
+        };
+        let archive = self.settings().keep_archive.unwrap_or(false);
+        r.databases = names.len();
+        r.live_files = live.len();
+        r.archived = archive;
         for f in listed.iter().filter(|f| !live.contains(*f)) {
+            if damaged.may_own(|keys| self.file_opens_with(f, keys), &all_keys) {
+                r.kept_files.push(*f);
+                continue;
+            }
             let len = storage.len(f).unwrap_or(0);
             let done = if archive {
                 storage.archive(f)
@@ -551,37 +710,128 @@ impl Store {
             .map_err(|e| Error::io(&files_dir, e))?;
         r.reusable_files = n;
         r.reusable_bytes = b;
-        Ok(r)
+        if !damaged.unknown {
+            r.keys_removed = self.inner.keybag.remove_unused(&lineages)?;
+        }
+        r.proposals_removed = self.remove_unreadable_proposals()?;
+        Ok((r, scrubbing))
     }
 
-    /// Deletes a database, its diff files and its key.
-    pub fn drop_db(&self, name: &str) -> Result<()> {
-        let db = self.open_db(name)?;
-        // Under the writer lock: no commit lands after this, and open handles stop writing.
-        let files = db.mark_dropped()?;
-        let lineage = db.lineage();
-        drop(db);
+    /// Removes the folders killed creates, forks and drops left under `dbs/` (callers hold the
+    /// GC lock exclusively: creators hold it shared while their folder is unfinished).
+    fn remove_leftovers(&self) -> Result<usize> {
         let dbs = self.dbs();
-        let dir = dbs.join(name);
-        let gone = dbs.join(format!(".drop-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::rename(&dir, &gone).map_err(|e| Error::io(&dir, e))?;
-        if self.inner.opts.durability == Durability::Full {
+        let mut n = 0;
+        for e in std::fs::read_dir(&dbs).map_err(|e| Error::io(&dbs, e))? {
+            let e = e.map_err(|e| Error::io(&dbs, e))?;
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(NEW_PREFIX) || name.starts_with(DROP_PREFIX) {
+                let p = e.path();
+                match std::fs::remove_dir_all(&p) {
+                    Ok(()) => n += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&p, e)),
+                }
+            }
+        }
+        if n > 0 && self.inner.opts.durability == Durability::Full {
             sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
         }
-        // A database that never shared its lineage owns its files and its key; after a fork
-        // they may be shared: garbage collection removes files no one names, the key stays.
+        Ok(n)
+    }
+
+    /// The lineage a database's head record names in plaintext, if it can be read.
+    fn lineage_on_disk(&self, name: &str) -> Option<Lineage> {
+        let b = std::fs::read(self.dbs().join(name).join("HEAD")).ok()?;
+        Head::lineage(&b).ok()
+    }
+
+    /// Whether diff file `f`'s sealed index opens under one of `keys` (the file is of that
+    /// lineage). A file that cannot be read opens under none.
+    fn file_opens_with(&self, f: &FileName, keys: &[Key]) -> bool {
+        let storage = &self.inner.storage;
+        let Ok(len) = storage.len(f) else {
+            return false;
+        };
+        let t_at = len.saturating_sub(crate::car::TRAILER_LEN as u64);
+        let Ok(t) = storage.read_at(f, t_at, crate::car::TRAILER_LEN) else {
+            return false;
+        };
+        let Ok((at, ilen)) = crate::car::parse_trailer(len, &t) else {
+            return false;
+        };
+        let Ok(sealed) = storage.read_at(f, at, ilen as usize) else {
+            return false;
+        };
+        keys.iter()
+            .any(|k| crate::car::Index::open(k, &sealed, at).is_ok())
+    }
+
+    /// Deletes a database: its folder, and its diff files and key unless a fork shares them
+    /// (garbage collection removes those once no database names them). Crash-complete: the
+    /// drop commits when the folder is renamed to `dbs/.drop-*` under the database's writer
+    /// lock; a kill before that leaves the database as it was (its LOCK mark is taken back by
+    /// the next open), a kill after it leaves a folder `gc` removes, with the files and key.
+    pub fn drop_db(&self, name: &str) -> Result<()> {
+        let db = self.open_plain(name)?;
+        let lineage = db.lineage();
+        let gone = self
+            .dbs()
+            .join(format!("{DROP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+        let files = db.drop_to(&gone)?;
+        drop(db);
+        // A database that never shared its lineage owns its files and its key: the key goes
+        // first (what is left is then unreadable), then the files' bytes, then the folder.
+        // After a fork they may be shared: garbage collection removes files no one names and
+        // the key once no database of the lineage is left.
         if !self.inner.keybag.is_shared(&lineage) {
+            self.inner.keybag.remove(&lineage)?;
             for f in &files {
                 self.inner
                     .storage
-                    .remove(&f.name)
+                    .erase(&f.name)
                     .map_err(|e| Error::io(self.inner.root.join("files"), e))?;
             }
-            self.inner.keybag.remove(&lineage)?;
         }
         std::fs::remove_dir_all(&gone).map_err(|e| Error::io(&gone, e))?;
         Ok(())
     }
+}
+
+/// What garbage collection knows of the databases whose head record it cannot read: whatever
+/// may be theirs is kept.
+#[derive(Default)]
+struct Damaged {
+    /// Keys of their lineages: unnamed files that open under one may be theirs.
+    keys: Vec<Key>,
+    /// One's lineage has no key here: an unnamed file no key opens may be its.
+    keyless: bool,
+    /// One's lineage cannot be read: any unnamed file may be its.
+    unknown: bool,
+}
+
+impl Damaged {
+    /// Whether an unnamed file may belong to an unreadable database; `opens_with` says whether
+    /// it opens under one of some keys, `all_keys` are the keybag's (loaded when `keyless`).
+    fn may_own(&self, opens_with: impl Fn(&[Key]) -> bool, all_keys: &[Key]) -> bool {
+        if self.unknown {
+            return true;
+        }
+        if !self.keys.is_empty() && opens_with(&self.keys) {
+            return true;
+        }
+        self.keyless && !opens_with(all_keys)
+    }
+}
+
+/// The unreadable databases of a report, for messages.
+fn unreadable_names(r: &GcReport) -> String {
+    r.unreadable
+        .iter()
+        .map(|(n, _)| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -90,6 +90,9 @@ pub struct Report {
     pub tree_nodes: usize,
     /// Document versions events name that were purged on purpose (not problems).
     pub purged: usize,
+    /// Purged document versions still stored in a live file (a problem: a purge that did not
+    /// finish, e.g. one interrupted before purges were crash-complete).
+    pub purged_stored: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -113,6 +116,13 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
     // The events of the level-0 files (one per diff): their writes on top of the base tree
     // make the current tree.
     let mut level0_events: Vec<Cid> = Vec::new();
+    if head.scrub {
+        r.bad(
+            format!("database '{db}'"),
+            "a purge is committed but not finished: purged versions may still be stored in \
+             the store (`kiln gc` finishes it)",
+        );
+    }
     for f in &head.files {
         r.files += 1;
         let loc = format!("file {}", f.name);
@@ -176,8 +186,12 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
         let mut here: Vec<(Cid, Option<Vec<u8>>)> = Vec::new();
         let mut seen_here = 0;
         let mut bad_here: Vec<(Cid, &'static str)> = Vec::new();
+        let mut purged_here = 0;
         let checked = car::verify_parts(key, size, &mut read, &mut |c, b, kept| {
             seen_here += 1;
+            if head.purged.binary_search(&c).is_ok() {
+                purged_here += 1;
+            }
             if blocks.contains_key(&c) {
                 return;
             }
@@ -192,6 +206,16 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
         });
         match checked {
             Ok(idx) => {
+                if purged_here > 0 {
+                    r.purged_stored += purged_here;
+                    r.bad(
+                        &loc,
+                        format!(
+                            "holds {purged_here} purged document version(s): a purge did not \
+                             finish (`kiln gc` finishes it)"
+                        ),
+                    );
+                }
                 if f.level == 0 {
                     level0_events.extend_from_slice(&idx.meta.roots);
                 }

@@ -304,6 +304,13 @@ impl<'a> Decoder<'a> {
     pub fn is_null(&self) -> R<bool> {
         Ok(self.peek()? == 0xf6)
     }
+    pub fn bool(&mut self) -> R<bool> {
+        match self.byte()? {
+            0xf5 => Ok(true),
+            0xf4 => Ok(false),
+            _ => Err(CborError("expected a boolean")),
+        }
+    }
     pub fn null(&mut self) -> R<()> {
         if self.byte()? == 0xf6 {
             Ok(())
