@@ -359,6 +359,7 @@ fn prepare_all<T: Sync>(
         writes: out,
         runs: vec![run_a, run_b],
         pending: pa.or(pb),
+        deletes_need_live: false,
     })
 }
 
@@ -368,6 +369,9 @@ struct Prepared {
     writes: Vec<Write>,
     runs: Vec<car::Run>,
     pending: Option<crate::storage::Pending>,
+    /// A delete of an id without a live document fails the commit ([`Error::NoSuchDocument`],
+    /// checked under the writer lock) instead of recording it.
+    deletes_need_live: bool,
 }
 
 impl Prepared {
@@ -377,6 +381,7 @@ impl Prepared {
             writes,
             runs: Vec::new(),
             pending: None,
+            deletes_need_live: false,
         }
     }
 }
@@ -604,16 +609,14 @@ impl Database {
         self.bulk_with(docs, |d| doc::prepare_json(d.as_ref()))
     }
 
-    /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
+    /// Deletes a document (writes a tombstone). An id without a live document (never written,
+    /// or already deleted) is [`Error::NoSuchDocument`], and nothing is written. (A
+    /// [`Transaction::del`] records a delete whatever the id holds.)
     pub fn del(&self, id: &str) -> Result<Committed> {
         doc::check_id(id)?;
-        self.finish(self.inner.commit(
-            None,
-            Prepared::of(vec![(id.to_owned(), None)]),
-            None,
-            Vec::new(),
-            "",
-        )?)
+        let mut p = Prepared::of(vec![(id.to_owned(), None)]);
+        p.deletes_need_live = true;
+        self.finish(self.inner.commit(None, p, None, Vec::new(), "")?)
     }
 
     /// Starts a transaction that reads the current state and, when committed, names that
@@ -1003,7 +1006,8 @@ impl Database {
     /// until a later write to the document. When this database is an ancestor of `src`, it
     /// simply takes `src`'s heads (fast-forward, no merge event); merging again changes
     /// nothing. With `only`, just those documents take `src`'s current values, as an ordinary
-    /// transaction that names `src`'s heads.
+    /// transaction that names `src`'s heads; an id `src` never had is
+    /// [`Error::NoSuchDocument`], and nothing is written.
     pub fn merge_from(&self, src: &Database, only: Option<&[String]>) -> Result<MergeReport> {
         self.merge_from_noted(src, only, "")
     }
@@ -1036,7 +1040,9 @@ impl Database {
             .map(|(r, _)| r)
     }
 
-    /// `merge_from` with `only`: a transaction writing `src`'s current values of `ids`.
+    /// `merge_from` with `only`: a transaction writing `src`'s current values of `ids` (a
+    /// document deleted there is deleted here); an id `src` never had is
+    /// [`Error::NoSuchDocument`], and nothing is written.
     fn take_from(&self, src: &Database, ids: &[String], note: &str) -> Result<MergeReport> {
         if ids.is_empty() {
             return Err(Error::InvalidArgument("no documents to take".into()));
@@ -1044,8 +1050,9 @@ impl Database {
         for id in ids {
             doc::check_id(id)?;
         }
-        let (writes, heads) = src.inner.read(|v| {
+        let (writes, heads, lacking) = src.inner.read(|v| {
             let mut writes: Vec<Write> = Vec::new();
+            let mut lacking: Vec<String> = Vec::new();
             for id in ids {
                 let w = match tree::get(v, v.head.root.as_ref(), id.as_bytes())? {
                     Some(Slot {
@@ -1055,12 +1062,24 @@ impl Database {
                         let body = v.with_block(&l, Some(version), |b| Ok(b.to_vec()))?;
                         Some((l, body))
                     }
-                    _ => None,
+                    // Deleted there: the delete is taken.
+                    Some(Slot { link: None, .. }) => None,
+                    None => {
+                        lacking.push(id.clone());
+                        None
+                    }
                 };
                 writes.push((id.clone(), w));
             }
-            Ok((writes, v.head.heads.clone()))
+            Ok((writes, v.head.heads.clone(), lacking))
         })?;
+        // An id the source never had is no value to take: refused, nothing written.
+        if !lacking.is_empty() {
+            return Err(Error::NoSuchDocument {
+                db: src.inner.name.clone(),
+                ids: lacking,
+            });
+        }
         let mine = self.inner.read(|v| {
             ids.iter()
                 .map(|id| tree::get(v, v.head.root.as_ref(), id.as_bytes()))
@@ -1607,6 +1626,7 @@ impl Db {
             writes,
             runs,
             pending,
+            deletes_need_live,
         } = batch;
         // Let a finished background compaction swap its result in first (bounded wait).
         let t = std::time::Instant::now();
@@ -1679,6 +1699,23 @@ impl Db {
                         return Err(Error::corrupt(db.name.clone(), "no tree to commit on"))
                     }
                 };
+                if deletes_need_live {
+                    let ids: Vec<String> = sorted
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, (_, w))| {
+                            let prev = state.previous.get(*i).copied().flatten();
+                            w.is_none() && prev.is_none_or(|p| p.link.is_none())
+                        })
+                        .map(|(_, (id, _))| id.clone())
+                        .collect();
+                    if !ids.is_empty() {
+                        return Err(Error::NoSuchDocument {
+                            db: db.name.clone(),
+                            ids,
+                        });
+                    }
+                }
                 let docs = cur.docs as i64 + tree::live_delta(&ops, &state.previous);
                 let mut parents = base_heads.clone();
                 parents.sort();
