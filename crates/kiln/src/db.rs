@@ -144,6 +144,9 @@ pub struct Info {
     pub compact_threshold: usize,
     /// The database's own settings (empty: the store's apply).
     pub settings: Settings,
+    /// The head record ends in an append a crash left unfinished (see
+    /// [`Database::torn_append`]).
+    pub torn_append: bool,
 }
 
 /// What [`Database::merge_from`] did.
@@ -732,7 +735,16 @@ impl Database {
             compacted: h.compacted,
             compact_threshold: self.inner.compact_threshold()?,
             settings: self.settings()?,
+            torn_append: self.inner.torn_append(&st)?,
         })
+    }
+
+    /// Whether the head record ends in an append a crash left unfinished: a commit that was
+    /// never acknowledged, which reads skip and the next commit cuts off. Worth telling: it
+    /// means a writer died mid-commit.
+    pub fn torn_append(&self) -> Result<bool> {
+        let st = self.inner.refresh()?;
+        self.inner.torn_append(&st)
     }
 
     /// The names of the files the current head record names.
@@ -819,16 +831,24 @@ impl Database {
     /// are reported.
     pub fn verify(&self) -> Result<crate::verify::Report> {
         let mut tries = 0;
+        let mut repaired = Vec::new();
         loop {
             let st = self.inner.reload()?;
             let db = &self.inner;
             // A diff file the head record holds a copy of, lost or torn by a power cut after
-            // its commit, is put back first (as a read of it would).
+            // its commit, is put back first (as a read of it would), and reported.
             for name in &st.log.files {
-                let _ = db.ensure_whole(name); // (what stays damaged, verify reports)
+                // (What stays damaged, verify reports.)
+                if let Ok(true) = db.ensure_whole(name) {
+                    if !repaired.contains(name) {
+                        repaired.push(*name);
+                    }
+                }
             }
-            let r = crate::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
+            let mut r = crate::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
             if r.ok() || tries == 5 || self.inner.reload()?.head == st.head {
+                r.repaired = repaired;
+                r.torn_append = db.torn_append(&st)?;
                 return Ok(r);
             }
             tries += 1;
@@ -3124,12 +3144,25 @@ impl Db {
     }
 
     /// Checks carried file `name` whole and puts it back from the head record's copy if it is
-    /// not its name's; an error if it stays damaged.
-    fn ensure_whole(&self, name: &FileName) -> Result<()> {
-        if self.check_whole(name).is_err() && !self.restore_file(name, true)? {
-            self.check_whole(name)?; // (the error)
+    /// not its name's (then true); an error if it stays damaged.
+    fn ensure_whole(&self, name: &FileName) -> Result<bool> {
+        if self.check_whole(name).is_ok() {
+            return Ok(false);
         }
-        Ok(())
+        if self.restore_file(name, true)? {
+            return Ok(true);
+        }
+        self.check_whole(name).map(|()| false) // (the error)
+    }
+
+    /// Whether the head record `st` was read from ends in an unfinished append (see
+    /// [`Log::torn`]). What a reader finds past the last record may also be a commit in
+    /// flight, so it is confirmed under the writer lock.
+    fn torn_append(&self, st: &State) -> Result<bool> {
+        if !st.log.torn() {
+            return Ok(false);
+        }
+        self.with_lock(|db, _| Ok((db.read_head()?.0 .1.torn(), Vec::new())))
     }
 
     /// Reads file `name` whole and checks its bytes hash to its name.

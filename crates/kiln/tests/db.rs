@@ -1116,6 +1116,37 @@ fn deleting_an_id_without_a_document_is_not_found_and_writes_nothing() {
     assert!(db.verify().unwrap().ok());
 }
 
+/// A head record that ends in an append a crash left unfinished is said so by `info` and
+/// `verify` (it was skipped without a word), until the next commit cuts it off.
+#[test]
+fn a_torn_head_append_is_reported_by_info_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let hp = dir.path().join("dbs/t/HEAD");
+    let store = Store::open_with(dir.path(), opts(100)).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    db.put(&json!({"_id": "a"})).unwrap();
+    assert!(!db.info().unwrap().torn_append);
+    assert!(!db.verify().unwrap().torn_append);
+    // What a writer killed inside its append leaves: the start of a record.
+    let mut h = std::fs::read(&hp).unwrap();
+    h.extend_from_slice(&300u32.to_le_bytes());
+    h.extend_from_slice(&(!300u32).to_le_bytes());
+    h.extend_from_slice(&[7; 40]);
+    std::fs::write(&hp, &h).unwrap();
+    let db = Store::open_with(dir.path(), opts(100))
+        .unwrap()
+        .open_db("t")
+        .unwrap();
+    assert!(db.torn_append().unwrap());
+    assert!(db.info().unwrap().torn_append);
+    let r = db.verify().unwrap();
+    assert!(r.ok() && r.torn_append, "{r:?}");
+    assert!(db.get("a").unwrap().is_some());
+    db.put(&json!({"_id": "b"})).unwrap();
+    assert!(!db.info().unwrap().torn_append);
+    assert!(!db.verify().unwrap().torn_append);
+}
+
 /// `Store::open_existing` opens a store that is there and creates nothing where none is (a
 /// mistyped path used to become a store of 256 folders and 160 files).
 #[test]
