@@ -21,12 +21,14 @@ mod code {
     name = "kiln",
     version,
     about = "kiln: an embedded, encrypted, content-addressed document database",
-    after_help = "Exit codes: 0 ok, 1 error, 2 bad usage or input, 3 document not found (or purged), \
-                  4 no such database or event, 5 corruption found.\n\
+    after_help = "Exit codes: 0 ok, 1 error, 2 bad usage or input (also: invalid UTF-8, a document \
+                  over 8 MiB of JSON text, an integer outside the 64-bit range), 3 document not \
+                  found (or purged), 4 no such store, database or event, 5 corruption found.\n\
                   The store folder is --root, else $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln."
 )]
 struct Cli {
-    /// Store folder (created if absent).
+    /// Store folder. Only `db create`, `demo` and a `config` change create a store where
+    /// there is none; other commands say "no kiln store" (exit 4).
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
     /// Machine-readable JSON output.
@@ -50,7 +52,7 @@ enum Cmd {
     /// Each side is a database (its current state) or DB@EVENT (its state at that event).
     /// Compares trees, so the cost follows the differences, not the size.
     Diff { a: String, b: String },
-    /// Merge SRC into DST (three-way; conflicts listed).
+    /// Merge SRC into DST (three-way; conflicts listed; --only: exit 3 if SRC never had one).
     ///
     /// DST gains SRC's events and a merge event joins the heads. A document changed on one
     /// side takes that change; changed on both sides to different values is a conflict (the
@@ -110,9 +112,12 @@ enum Cmd {
     /// and shares its files; it costs one head record and copies nothing.
     Fork { src: String, dst: Option<String> },
     /// Write a document (replaces the whole document). JSON from the argument or stdin.
+    ///
+    /// The JSON text is read up to 8 MiB (any stored document's compact JSON fits); the stored
+    /// document is at most 1 MiB. Integers must fit in 64 bits (store larger ones as strings).
     Put {
         db: String,
-        /// The document; read from stdin when omitted.
+        /// The document; read from stdin when omitted or `-`.
         #[arg(value_name = "JSON")]
         doc: Option<String>,
     },
@@ -128,7 +133,8 @@ enum Cmd {
         #[arg(long)]
         conflicts: bool,
     },
-    /// Delete a document (records a tombstone).
+    /// Delete a document (records a tombstone); exit code 3, writing nothing, if it does not
+    /// exist.
     Del { db: String, id: String },
     /// List documents in id order.
     Docs {
@@ -143,11 +149,15 @@ enum Cmd {
         end: Option<String>,
     },
     /// Import JSON lines (one document per line) in transactions of --batch documents.
+    ///
+    /// A line is read up to 8 MiB. On a bad line (exit 2) or a failed commit the import stops
+    /// and says at which line and how many documents were imported before it; those stay.
     Import {
         db: String,
         /// A .jsonl file, or - for stdin.
         file: PathBuf,
-        #[arg(long, default_value_t = 1000)]
+        /// Documents per transaction (at least 1).
+        #[arg(long, default_value_t = 1000, value_parser = batch_size)]
         batch: usize,
     },
     /// Print every document as JSON lines, in id order.
@@ -166,6 +176,10 @@ enum Cmd {
         limit: Option<usize>,
     },
     /// Re-hash every stored byte and check every link; exit code 5 on any problem.
+    ///
+    /// Also puts back a diff file a power cut lost or damaged from the copy the head record
+    /// carries (listed as repaired), and says when the head record ends in a commit a crash
+    /// cut off (never acknowledged, discarded).
     Verify { db: String },
     /// Merge the transaction diff files now (--full: everything into one file).
     ///
@@ -254,6 +268,36 @@ impl Out {
     }
 }
 
+/// Why a command failed: what to print and the exit code.
+struct Fail {
+    code: u8,
+    msg: String,
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        let mut msg = e.to_string();
+        if let Error::NoStore(_) = e {
+            msg.push_str(
+                " (check --root or $KILN_ROOT; `kiln db create NAME` creates a store with its \
+                 first database)",
+            );
+        }
+        Fail {
+            code: exit_code(&e),
+            msg,
+        }
+    }
+}
+
+/// Bad input (exit 2).
+fn bad_input(msg: String) -> Fail {
+    Fail {
+        code: code::USAGE,
+        msg,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -264,10 +308,19 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(c) => ExitCode::from(c),
-        Err(e) => {
-            eprintln!("kiln: {e}");
-            ExitCode::from(exit_code(&e))
+        Err(f) => {
+            eprintln!("kiln: {}", f.msg);
+            ExitCode::from(f.code)
         }
+    }
+}
+
+/// `--batch`: a whole number, at least 1.
+fn batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("a batch holds at least 1 document".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -277,8 +330,8 @@ fn exit_code(e: &Error) -> u8 {
         | Error::InvalidDocument(_)
         | Error::InvalidArgument(_)
         | Error::DatabaseExists(_) => code::USAGE,
-        Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) => code::NO_SUCH,
-        Error::Purged(..) => code::NOT_FOUND,
+        Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) | Error::NoStore(_) => code::NO_SUCH,
+        Error::Purged(..) | Error::NoSuchDocument { .. } => code::NOT_FOUND,
         Error::Changed(_) => code::USAGE,
         e if e.is_corruption() => code::CORRUPT,
         _ => code::ERROR,
@@ -293,16 +346,80 @@ fn parse_event(s: &str) -> kiln::Result<Cid> {
     })
 }
 
-fn parse_doc(text: &str, what: &str) -> kiln::Result<Value> {
-    serde_json::from_str(text)
-        .map_err(|e| Error::InvalidDocument(format!("{what} is not valid JSON: {e}")))
+/// The most JSON text read for one document (the argument, stdin, or one import line): any
+/// document kiln stores, written as compact JSON (as `export` writes it), fits, since no byte of
+/// a stored body takes more than 6 bytes of JSON (`false,`, or `\u001f` in a string). Longer
+/// input is refused without reading further (a 300 MB document used to take 1.2 GB).
+const MAX_TEXT: usize = 8 << 20;
+
+fn too_long(what: &str) -> String {
+    format!(
+        "invalid document: {what} is longer than {} MiB of JSON text; refused without reading \
+         further (a stored document is at most {} MiB)",
+        MAX_TEXT >> 20,
+        kiln::doc::MAX_DOC_BYTES >> 20
+    )
+}
+
+fn not_utf8(what: &str, e: &std::str::Utf8Error) -> String {
+    format!(
+        "invalid document: {what} is not valid UTF-8 (at byte {})",
+        e.valid_up_to() + 1
+    )
+}
+
+/// The document given on stdin, read up to [`MAX_TEXT`] bytes.
+fn read_stdin_doc() -> Result<String, Fail> {
+    let mut b = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_TEXT as u64 + 1)
+        .read_to_end(&mut b)
+        .map_err(|e| Error::io("stdin", e))?;
+    if b.len() > MAX_TEXT {
+        return Err(bad_input(too_long("the document on stdin")));
+    }
+    String::from_utf8(b).map_err(|e| bad_input(not_utf8("the document on stdin", &e.utf8_error())))
+}
+
+/// Text for a terminal: an id (or a message) holding control characters, which could move the
+/// cursor, color the output or fake lines of it, is shown escaped and quoted (`"a\nb"`); any
+/// other as it is. (`--json` output is escaped by JSON.)
+fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+                | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if s.chars().any(unsafe_char) {
+        format!("{s:?}").into()
+    } else {
+        s.into()
+    }
+}
+
+/// Opens a database; says so on stderr when its head record ends in an append a crash cut off
+/// (a commit never acknowledged, discarded).
+fn open(store: &Store, name: &str) -> kiln::Result<Database> {
+    let db = store.open_db(name)?;
+    if db.torn_append()? {
+        eprintln!("kiln: note: {}", torn_note(name));
+    }
+    Ok(db)
+}
+
+fn torn_note(name: &str) -> String {
+    format!(
+        "the head record of database '{name}' ends in an append a crash cut off (a commit that \
+         was never acknowledged); it was discarded, and the next commit removes it"
+    )
 }
 
 fn cids(v: &[Cid]) -> Vec<String> {
     v.iter().map(|c| c.to_string()).collect()
 }
 
-fn run(cli: Cli) -> kiln::Result<u8> {
+fn run(cli: Cli) -> Result<u8, Fail> {
     let opts = Options {
         durability: if cli.durability == "buffered" {
             Durability::Buffered
@@ -312,7 +429,21 @@ fn run(cli: Cli) -> kiln::Result<u8> {
         ..Options::default()
     };
     let root = cli.root.clone().unwrap_or_else(Store::default_root);
-    let store = Store::open_with(&root, opts)?;
+    // Only commands that can start a store create one; the others never make a store in a
+    // mistyped folder.
+    let creates = match &cli.cmd {
+        Cmd::Db(DbCmd::Create { .. }) | Cmd::Demo => true,
+        Cmd::Config {
+            compact_threshold,
+            keep_archive,
+        } => compact_threshold.is_some() || keep_archive.is_some(),
+        _ => false,
+    };
+    let store = if creates {
+        Store::open_with(&root, opts)?
+    } else {
+        Store::open_existing(&root, opts)?
+    };
     let out = Out { json: cli.json };
     match cli.cmd {
         Cmd::Db(DbCmd::Create {
@@ -369,6 +500,9 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                         i.compact_threshold,
                         if i.settings.compact_threshold.is_some() { "this database" } else { "store" }
                     ));
+                    if i.torn_append {
+                        s.push_str(&format!("\nnote       {}", torn_note(&i.name)));
+                    }
                     s
                 },
                 || {
@@ -378,25 +512,27 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                         "diffs": levels(0), "compacted_files": i.files.len() - levels(0),
                         "shared_bytes": shared, "own_bytes": i.bytes - shared,
                         "compact_threshold": i.compact_threshold, "settings": i.settings.to_json(),
+                        "torn_append": i.torn_append,
                         "files": i.files.iter().map(|f| json!({"name": f.name.to_string(), "level": f.level, "size": f.size})).collect::<Vec<_>>()})
                 },
             );
         }
         Cmd::Put { db, doc: text } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             let text = match text {
-                Some(t) => t,
-                None => {
-                    let mut s = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut s)
-                        .map_err(|e| Error::io("stdin", e))?;
-                    s
+                Some(t) if t != "-" => {
+                    if t.len() > MAX_TEXT {
+                        return Err(bad_input(too_long("the document")));
+                    }
+                    t
                 }
+                _ => read_stdin_doc()?,
             };
-            let c = db.put(&parse_doc(&text, "the document")?)?;
+            // From the text (not through a serde_json Value, which makes a float of an
+            // integer outside the 64-bit range: the text path refuses it).
+            let c = db.put_json(&text)?;
             out.print(
-                || format!("{} {}", c.ids[0], c.event),
+                || format!("{} {}", esc(&c.ids[0]), c.event),
                 || json!({"id": c.ids[0], "event": c.event.to_string(), "heads": cids(&c.heads)}),
             );
         }
@@ -406,7 +542,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             conflicts: true,
             ..
         } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             let losers = db.conflicts(&id)?;
             out.print(
                 || {
@@ -420,7 +556,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             );
         }
         Cmd::Get { db, id, at, .. } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             let doc = match at {
                 Some(e) => db.get_at(&id, &parse_event(&e)?)?,
                 None => db.get(&id)?,
@@ -437,10 +573,10 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             }
         }
         Cmd::Del { db, id } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             let c = db.del(&id)?;
             out.print(
-                || format!("deleted {id} {}", c.event),
+                || format!("deleted {} {}", esc(&id), c.event),
                 || json!({"id": id, "event": c.event.to_string(), "heads": cids(&c.heads)}),
             );
         }
@@ -450,7 +586,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             start,
             end,
         } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             let docs = db.docs(&ListOptions { start, end, limit })?;
             out.print(
                 || {
@@ -463,15 +599,15 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             );
         }
         Cmd::Import { db, file, batch } => {
-            let db = store.open_db(&db)?;
-            let n = import(&db, &file, batch.max(1))?;
+            let db = open(&store, &db)?;
+            let n = import(&db, &file, batch)?;
             out.print(
                 || format!("imported {n} documents into {}", db.name()),
                 || json!({"imported": n}),
             );
         }
         Cmd::Export { db } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             let mut o = std::io::BufWriter::new(std::io::stdout().lock());
             let mut failed = None;
             db.scan(&ListOptions::default(), &mut |d| match writeln!(o, "{d}") {
@@ -483,12 +619,12 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             })?;
             if let Some(e) = failed.or_else(|| o.flush().err()) {
                 if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    return Err(Error::io("stdout", e));
+                    return Err(Error::io("stdout", e).into());
                 }
             }
         }
         Cmd::Changes { db, since } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             let since: Vec<Cid> = since
                 .iter()
                 .map(|s| parse_event(s))
@@ -497,7 +633,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             out.print(
                 || {
                     ch.iter()
-                        .map(|c| format!("{:>6} {}{}", c.version, c.id, if c.deleted { "  (deleted)" } else { "" }))
+                        .map(|c| format!("{:>6} {}{}", c.version, esc(&c.id), if c.deleted { "  (deleted)" } else { "" }))
                         .collect::<Vec<_>>()
                         .join("\n")
                 },
@@ -510,20 +646,20 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             );
         }
         Cmd::Log { db, limit } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             let log = db.log(limit)?;
             out.print(
                 || {
                     log.iter()
                         .map(|e| {
                             let ids: Vec<String> =
-                                e.ops.iter().map(|(id, del)| if *del { format!("-{id}") } else { id.clone() }).collect();
+                                e.ops.iter().map(|(id, del)| format!("{}{}", if *del { "-" } else { "" }, esc(id))).collect();
                             let shown = if ids.len() > 5 {
                                 format!("{} … (+{})", ids[..5].join(" "), ids.len() - 5)
                             } else {
                                 ids.join(" ")
                             };
-                            let note = if e.note.is_empty() { String::new() } else { format!("  [{}]", e.note) };
+                            let note = if e.note.is_empty() { String::new() } else { format!("  [{}]", esc(&e.note)) };
                             format!("{}  height {}  {}  parents {}  {}{note}", e.cid, e.height, utc(e.time), e.parents.len(), shown)
                         })
                         .collect::<Vec<_>>()
@@ -541,6 +677,12 @@ fn run(cli: Cli) -> kiln::Result<u8> {
         Cmd::Verify { db } => {
             let db = store.open_db(&db)?;
             let r = db.verify()?;
+            let repaired = |f: &kiln::car::FileName| {
+                format!(
+                    "file {f}: lost or damaged (a power cut after its commit); put back from the \
+                     copy the head record carries"
+                )
+            };
             out.print(
                 || {
                     let mut s = format!(
@@ -553,15 +695,26 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                         r.tree_nodes,
                         r.docs
                     );
+                    for f in &r.repaired {
+                        s.push_str(&format!("\nrepaired {}", repaired(f)));
+                    }
+                    if r.torn_append {
+                        s.push_str(&format!("\nnote: {}", torn_note(db.name())));
+                    }
                     for p in &r.problems {
                         s.push_str(&format!("\nPROBLEM {}: {}", p.location, p.what));
                     }
-                    s.push_str(if r.ok() { "\nok" } else { "\nFAILED" });
+                    s.push_str(match (r.ok(), r.repaired.is_empty()) {
+                        (true, true) => "\nok",
+                        (true, false) => "\nok (after the repairs above)",
+                        (false, _) => "\nFAILED",
+                    });
                     s
                 },
                 || {
                     json!({"ok": r.ok(), "files": r.files, "bytes": r.bytes, "blocks": r.blocks, "events": r.events,
-                        "tree_nodes": r.tree_nodes, "docs": r.docs,
+                        "tree_nodes": r.tree_nodes, "docs": r.docs, "torn_append": r.torn_append,
+                        "repaired": r.repaired.iter().map(|f| json!({"file": f.to_string(), "what": repaired(f)})).collect::<Vec<_>>(),
                         "problems": r.problems.iter().map(|p| json!({"location": p.location, "what": p.what})).collect::<Vec<_>>()})
                 },
             );
@@ -573,7 +726,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             name,
             compact_threshold,
         }) => {
-            let db = store.open_db(&name)?;
+            let db = open(&store, &name)?;
             let s = Settings {
                 compact_threshold: parse_threshold(&compact_threshold)?,
                 ..db.settings()?
@@ -586,7 +739,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             );
         }
         Cmd::Db(DbCmd::Files { name, history }) => {
-            let db = store.open_db(&name)?;
+            let db = open(&store, &name)?;
             let files = if history {
                 db.history_files()?
             } else {
@@ -630,8 +783,8 @@ fn run(cli: Cli) -> kiln::Result<u8> {
         Cmd::Diff { a, b } => {
             let point = |s: &str| -> kiln::Result<(Database, Option<Cid>)> {
                 match s.split_once('@') {
-                    Some((db, e)) => Ok((store.open_db(db)?, Some(parse_event(e)?))),
-                    None => Ok((store.open_db(s)?, None)),
+                    Some((db, e)) => Ok((open(&store, db)?, Some(parse_event(e)?))),
+                    None => Ok((open(&store, s)?, None)),
                 }
             };
             let ((da, ea), (db, eb)) = (point(&a)?, point(&b)?);
@@ -647,7 +800,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                                 "deleted" => "-",
                                 _ => "~",
                             };
-                            format!("{sign} {}", x.id)
+                            format!("{sign} {}", esc(&x.id))
                         })
                         .collect();
                     lines.push(format!(
@@ -667,7 +820,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             );
         }
         Cmd::Merge { src, into, only } => {
-            let (s, d) = (store.open_db(&src)?, store.open_db(&into)?);
+            let (s, d) = (open(&store, &src)?, open(&store, &into)?);
             let r = d.merge_from(&s, (!only.is_empty()).then_some(only.as_slice()))?;
             let side = |x: kiln::Side| match x {
                 kiln::Side::Ours => "ours",
@@ -688,7 +841,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                     for c in &r.conflicts {
                         lines.push(format!(
                             "conflict {}: ancestor {} | ours {} | theirs {} -> {} wins",
-                            c.id,
+                            esc(&c.id),
                             c.ancestor.as_ref().map_or("(none)".into(), |v| v.to_string()),
                             c.ours.as_ref().map_or("(none)".into(), |v| v.to_string()),
                             c.theirs.as_ref().map_or("(none)".into(), |v| v.to_string()),
@@ -724,7 +877,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                                 p.fork,
                                 p.to,
                                 proposal_json(p)["status"]["state"].as_str().unwrap_or(""),
-                                p.message
+                                esc(&p.message)
                             )
                         })
                         .collect::<Vec<_>>()
@@ -739,18 +892,18 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 || {
                     let mut lines = vec![format!(
                         "proposal {} ({} -> {}): {}",
-                        p.id, p.fork, p.to, p.message
+                        p.id, p.fork, p.to, esc(&p.message)
                     )];
                     let conflicted: Vec<&str> = r.conflicts.iter().map(|c| c.id.as_str()).collect();
                     for id in &r.changed {
                         if !conflicted.contains(&id.as_str()) {
-                            lines.push(format!("~ {id}"));
+                            lines.push(format!("~ {}", esc(id)));
                         }
                     }
                     for c in &r.conflicts {
                         lines.push(format!(
                             "! {} conflict: ancestor {} | here {} | proposed {}",
-                            c.id,
+                            esc(&c.id),
                             c.ancestor.as_ref().map_or("(none)".into(), |v| v.to_string()),
                             c.ours.as_ref().map_or("(none)".into(), |v| v.to_string()),
                             c.theirs.as_ref().map_or("(none)".into(), |v| v.to_string())
@@ -807,7 +960,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             );
         }
         Cmd::Purge { db, id } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             let r = db.purge(&id)?;
             out.print(
                 || {
@@ -912,7 +1065,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
             full,
             drop_history_before,
         } => {
-            let db = store.open_db(&db)?;
+            let db = open(&store, &db)?;
             if let Some(e) = drop_history_before {
                 let n = db.drop_history_before(&parse_event(&e)?)?;
                 if !out.json {
@@ -936,7 +1089,7 @@ fn run(cli: Cli) -> kiln::Result<u8> {
                 || json!({"files": i.files.len(), "bytes": i.bytes}),
             );
         }
-        Cmd::Demo => return demo(&store, &out),
+        Cmd::Demo => return Ok(demo(&store, &out)?),
     }
     Ok(0)
 }
@@ -978,8 +1131,58 @@ fn parse_threshold(s: &str) -> kiln::Result<Option<usize>> {
     })
 }
 
-fn import(db: &Database, file: &PathBuf, batch: usize) -> kiln::Result<u64> {
-    let (reader, total): (Box<dyn BufRead>, Option<u64>) = if file.as_os_str() == "-" {
+/// What [`read_line`] read.
+enum Line {
+    End,
+    Text,
+    /// Longer than the limit: not read further.
+    TooLong,
+}
+
+/// Reads the next line into `buf` (without its `\n` or `\r\n`), at most `max` bytes of it
+/// and a buffer's worth more: a longer line is not read to its end.
+fn read_line(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+    buf.clear();
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(match buf.len() {
+                0 => Line::End,
+                n if n > max => Line::TooLong,
+                _ => Line::Text,
+            });
+        }
+        let (take, ends) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        buf.extend_from_slice(&avail[..take]);
+        r.consume(take);
+        if ends {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(if buf.len() > max {
+                Line::TooLong
+            } else {
+                Line::Text
+            });
+        }
+        if buf.len() > max + 1 {
+            return Ok(Line::TooLong);
+        }
+    }
+}
+
+/// Imports JSON lines in transactions of `batch` documents. A failure says at which line it
+/// stopped and how many documents were imported (committed) before it, which stay.
+fn import(db: &Database, file: &PathBuf, batch: usize) -> Result<u64, Fail> {
+    let (mut reader, total): (Box<dyn BufRead>, Option<u64>) = if file.as_os_str() == "-" {
         (Box::new(std::io::stdin().lock()), None)
     } else {
         let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
@@ -996,41 +1199,103 @@ fn import(db: &Database, file: &PathBuf, batch: usize) -> kiln::Result<u64> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut docs = Vec::with_capacity(batch);
-    let mut done = 0u64;
-    let flush = |docs: &mut Vec<String>, done: &mut u64| -> kiln::Result<()> {
-        if !docs.is_empty() {
-            db.bulk_json(docs)?;
-            *done += docs.len() as u64;
-            docs.clear();
+    let r = import_lines(db, &mut *reader, file, batch, &bar);
+    bar.finish_and_clear();
+    r
+}
+
+fn import_lines(
+    db: &Database,
+    reader: &mut dyn BufRead,
+    file: &std::path::Path,
+    batch: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<u64, Fail> {
+    let mut docs: Vec<String> = Vec::with_capacity(batch.min(1 << 16));
+    // Documents committed, and the line the last committed batch ended at.
+    let (mut done, mut done_to) = (0u64, 0u64);
+    // The line the batch being gathered starts at.
+    let mut first = 0u64;
+    // Where it stopped (a line, or the lines of a batch), why, and what was imported before.
+    let stop = |(first, last): (u64, u64), why: String, code: u8, done: u64, done_to: u64| {
+        let (at, it) = match first == last {
+            true => (format!("line {last}"), "it"),
+            false => (format!("lines {first}–{last}"), "them"),
+        };
+        let before = match done {
+            0 => "nothing was imported".to_owned(),
+            _ => format!("{done} documents before {it} were imported (lines 1–{done_to})"),
+        };
+        Fail {
+            code,
+            msg: format!("import stopped at {at}: {why}; {before}"),
         }
-        Ok(())
     };
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| Error::io(file, e))?;
-        bar.inc(line.len() as u64 + 1);
+    let flush =
+        |docs: &mut Vec<String>, first: u64, last: u64, done: &mut u64, done_to: &mut u64| {
+            if docs.is_empty() {
+                return Ok(());
+            }
+            if let Err(e) = db.bulk_json(docs) {
+                let why = format!(
+                    "committing {} failed: {e}",
+                    if first == last { "it" } else { "them" }
+                );
+                return Err(stop((first, last), why, exit_code(&e), *done, *done_to));
+            }
+            *done += docs.len() as u64;
+            *done_to = last;
+            docs.clear();
+            bar.set_message(format!("{done} docs"));
+            Ok(())
+        };
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    loop {
+        let read = read_line(reader, &mut buf, MAX_TEXT);
+        let line_no = n + 1;
+        let at = (line_no, line_no);
+        match read {
+            Ok(Line::End) => break,
+            Ok(Line::TooLong) => {
+                return Err(stop(at, too_long("the line"), code::USAGE, done, done_to));
+            }
+            Ok(Line::Text) => {}
+            Err(e) => {
+                let e = Error::io(file, e);
+                return Err(stop(at, e.to_string(), exit_code(&e), done, done_to));
+            }
+        }
+        n = line_no;
+        bar.inc(buf.len() as u64 + 1);
+        let line = match std::str::from_utf8(&buf) {
+            Ok(l) => l,
+            Err(e) => {
+                return Err(stop(
+                    at,
+                    not_utf8("the line", &e),
+                    code::USAGE,
+                    done,
+                    done_to,
+                ))
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
         // Checked line by line (the error names the line); stored from the text as it is.
-        kiln::doc::prepare_json(&line).map_err(|e| {
-            let why = match e {
-                Error::InvalidDocument(m) => m,
-                other => other.to_string(),
-            };
-            Error::InvalidDocument(format!(
-                "line {}: {why} ({done} documents before it were imported)",
-                n + 1
-            ))
-        })?;
-        docs.push(line);
+        if let Err(e) = kiln::doc::prepare_json(line) {
+            return Err(stop(at, e.to_string(), exit_code(&e), done, done_to));
+        }
+        if docs.is_empty() {
+            first = n;
+        }
+        docs.push(line.to_owned());
         if docs.len() >= batch {
-            flush(&mut docs, &mut done)?;
-            bar.set_message(format!("{done} docs"));
+            flush(&mut docs, first, n, &mut done, &mut done_to)?;
         }
     }
-    flush(&mut docs, &mut done)?;
-    bar.finish_and_clear();
+    flush(&mut docs, first, n, &mut done, &mut done_to)?;
     Ok(done)
 }
 

@@ -1,6 +1,7 @@
 //! The `kiln` binary end to end: output, JSON mode and exit codes.
 
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -23,6 +24,36 @@ fn kiln(root: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     }
     drop(i);
     c.wait_with_output().unwrap()
+}
+
+/// Runs `kiln` with `args` (any bytes) and `stdin` written from a thread, so a `kiln` that
+/// stops reading does not stop the test. Also says whether all of `stdin` was taken.
+fn kiln_raw(root: &Path, args: &[&OsStr], stdin: Vec<u8>) -> (Output, bool) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(root)
+        .args(["--durability", "buffered"])
+        .args(args)
+        .env_remove("KILN_ROOT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut i = c.stdin.take().unwrap();
+    let w = std::thread::spawn(move || i.write_all(&stdin).is_ok());
+    let o = c.wait_with_output().unwrap();
+    (o, w.join().unwrap())
+}
+
+fn os(args: &[&str]) -> Vec<&'static OsStr> {
+    args.iter()
+        .map(|a| OsStr::new(Box::leak(a.to_string().into_boxed_str())))
+        .collect()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {
@@ -220,6 +251,9 @@ fn demo_runs_on_a_fresh_folder() {
 fn compaction_settings_archive_and_gc() {
     let d = tempfile::tempdir().unwrap();
     let r = d.path();
+    // Showing the settings creates no store; changing one does.
+    assert_eq!(code(&kiln(r, &["config"], None)), 4);
+    ok(r, &["config", "--keep-archive", "off"]);
     assert_eq!(json(r, &["config"])["compact_threshold"], 100);
     let c = json(
         r,
@@ -462,4 +496,395 @@ fn proposals_from_the_command_line() {
     assert_eq!(r2["status"]["reason"], "not now");
     assert!(ok(r, &["get", "site", "blog"]).contains("post"));
     assert!(ok(r, &["get", "site", "home"]).contains("hi"));
+}
+
+/// Bad input exits 2 on every path: invalid UTF-8 on stdin (it exited 1, "I/O error", where
+/// the same bytes as an argument exit 2) and in an import line, a document or line over the
+/// text limit (read no further), `--batch 0` (it was taken as 1). `put DB -` reads stdin.
+#[test]
+fn bad_input_exits_2_on_every_path() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    let bad = b"{\"_id\":\"a\",\"v\":\"\xff\"}".to_vec();
+    let (o, _) = kiln_raw(r, &os(&["put", "x"]), bad.clone());
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not valid UTF-8 (at byte 17)"),
+        "{}",
+        stderr(&o)
+    );
+    let mut args = os(&["put", "x"]);
+    args.push(OsStr::from_bytes(&bad));
+    assert_eq!(code(&kiln_raw(r, &args, Vec::new()).0), 2);
+    let (o, _) = kiln_raw(r, &os(&["put", "x", "-"]), bad.clone());
+    assert_eq!(code(&o), 2);
+    // `-` is stdin.
+    let o = kiln(r, &["--json", "put", "x", "-"], Some(r#"{"_id":"dash"}"#));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(r, &["get", "x", "dash"])["_id"], "dash");
+    // An import line: exit 2, naming the line and what was imported before it.
+    let mut lines = b"{\"_id\":\"i1\"}\n{\"_id\":\"i2\"}\r\n\n".to_vec();
+    lines.extend_from_slice(&bad);
+    lines.extend_from_slice(b"\n{\"_id\":\"i5\"}\n");
+    let f = r.join("bad.jsonl");
+    std::fs::write(&f, &lines).unwrap();
+    for src in [f.to_str().unwrap(), "-"] {
+        let (o, _) = kiln_raw(r, &os(&["import", "x", src, "--batch", "1"]), lines.clone());
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert_eq!(
+            stderr(&o).trim_end(),
+            "kiln: import stopped at line 4: invalid document: the line is not valid UTF-8 (at \
+             byte 17); 2 documents before it were imported (lines 1–2)"
+        );
+    }
+    assert!(json(r, &["get", "x", "i2"])["_id"] == "i2");
+    // --batch 0 is refused, and nothing is imported. (Refused before stdin is read.)
+    let (o, _) = kiln_raw(
+        r,
+        &os(&["import", "x", "-", "--batch", "0"]),
+        b"{\"_id\":\"z\"}\n".to_vec(),
+    );
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("at least 1"), "{}", stderr(&o));
+    assert_eq!(code(&kiln(r, &["get", "x", "z"], None)), 3);
+    // Over the limit (8 MiB of text): refused without reading the rest (64 MiB here).
+    let mut huge = b"{\"_id\":\"h\",\"v\":\"".to_vec();
+    huge.resize(64 << 20, b'x');
+    let (o, all_read) = kiln_raw(r, &os(&["put", "x"]), huge.clone());
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("longer than 8 MiB"), "{}", stderr(&o));
+    assert!(!all_read, "kiln read on past the limit");
+    let mut huge_lines = b"{\"_id\":\"l1\"}\n".to_vec();
+    huge_lines.extend_from_slice(&huge);
+    let (o, all_read) = kiln_raw(r, &os(&["import", "x", "-"]), huge_lines);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o)
+            .contains("import stopped at line 2: invalid document: the line is longer than 8 MiB"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!all_read, "kiln read on past the limit");
+    // Under the text limit but over the stored limit: the stored limit speaks.
+    let mut big = b"{\"_id\":\"b\",\"v\":\"".to_vec();
+    big.resize(2 << 20, b'x');
+    big.extend_from_slice(b"\"}");
+    let (o, all_read) = kiln_raw(r, &os(&["put", "x"]), big);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("the limit is 1048576"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(all_read);
+}
+
+/// An import that fails to commit (here: the file size limit, as a full disk would) says at
+/// which lines it stopped and how many documents were imported before; those stay.
+#[test]
+fn a_failed_import_commit_says_where_and_how_many_were_imported() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    let mut lines = String::new();
+    for i in 0..4 {
+        lines.push_str(&format!("{{\"_id\":\"s{i}\"}}\n"));
+    }
+    for i in 0..2 {
+        // Two different 40 KB documents: a 80 KB diff, over the 64 KiB limit below.
+        lines.push_str(&format!(
+            "{{\"_id\":\"b{i}\",\"v\":\"{}\"}}\n",
+            i.to_string().repeat(40_000)
+        ));
+    }
+    let f = r.join("in.jsonl");
+    std::fs::write(&f, lines).unwrap();
+    // (SIGXFSZ ignored, so a write past the limit fails with EFBIG instead of killing.)
+    let o = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 128; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--root", r.to_str().unwrap(), "--durability", "buffered"])
+        .args(["import", "x", f.to_str().unwrap(), "--batch", "2"])
+        .env_remove("KILN_ROOT")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.starts_with("kiln: import stopped at lines 5–6: committing them failed: I/O error"),
+        "{e}"
+    );
+    assert!(
+        e.trim_end()
+            .ends_with("; 4 documents before them were imported (lines 1–4)"),
+        "{e}"
+    );
+    assert_eq!(json(r, &["db", "info", "x"])["docs"], 4);
+}
+
+/// Integers outside the 64-bit range are refused (they came back as floats:
+/// 100000000000000000000 as 1e+20); the ends of the range come back exact.
+#[test]
+fn integers_outside_64_bits_are_refused_not_rounded() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    let doc = r#"{"_id":"b","n":100000000000000000000}"#;
+    let want = "integer 100000000000000000000 is outside the 64-bit range";
+    for o in [
+        kiln(r, &["put", "x", doc], None),
+        kiln(r, &["put", "x"], Some(doc)),
+        kiln(
+            r,
+            &["import", "x", "-"],
+            Some(&format!("{{\"_id\":\"a\"}}\n{doc}\n")),
+        ),
+    ] {
+        assert_eq!(code(&o), 2);
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    }
+    assert!(stderr(&kiln(
+        r,
+        &["import", "x", "-"],
+        Some(&format!("{{\"_id\":\"a\"}}\n{doc}\n"))
+    ))
+    .contains("at line 2"));
+    assert_eq!(code(&kiln(r, &["get", "x", "b"], None)), 3);
+    ok(
+        r,
+        &[
+            "put",
+            "x",
+            r#"{"_id":"e","max":18446744073709551615,"min":-9223372036854775808,"f":1e20}"#,
+        ],
+    );
+    let text = ok(r, &["get", "x", "e"]);
+    assert!(
+        text.contains("18446744073709551615") && text.contains("-9223372036854775808"),
+        "{text}"
+    );
+    let e = json(r, &["get", "x", "e"]);
+    assert_eq!(e["max"], u64::MAX);
+    assert_eq!(e["min"], i64::MIN);
+    assert_eq!(e["f"], 1e20);
+}
+
+/// `del` of an id with no document exits 3 and writes nothing (it exited 0 and wrote an
+/// event); `merge --only` of ids the source never had says so and writes nothing.
+#[test]
+fn deleting_or_taking_a_missing_document_is_exit_3_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    ok(r, &["put", "x", r#"{"_id":"a"}"#]);
+    ok(r, &["fork", "x", "f"]);
+    ok(r, &["put", "f", r#"{"_id":"a","v":2}"#]);
+    let events = |db: &str| json(r, &["log", db]).as_array().unwrap().len();
+    for id in ["nope", "a"] {
+        if id == "a" {
+            ok(r, &["del", "x", "a"]);
+        }
+        let before = events("x");
+        let o = kiln(r, &["del", "x", id], None);
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+        assert!(o.stdout.is_empty());
+        assert_eq!(
+            stderr(&o).trim_end(),
+            format!("kiln: no document \"{id}\" in database 'x'")
+        );
+        assert_eq!(events("x"), before);
+    }
+    let before = events("x");
+    let o = kiln(
+        r,
+        &["merge", "f", "--into", "x", "--only", "a", "nope", "zz"],
+        None,
+    );
+    assert_eq!(code(&o), 3);
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "kiln: no documents \"nope\", \"zz\" in database 'f'"
+    );
+    assert_eq!(events("x"), before);
+    assert_eq!(
+        json(r, &["merge", "f", "--into", "x", "--only", "a"])["changed"][0],
+        "a"
+    );
+    assert_eq!(json(r, &["get", "x", "a"])["v"], 2);
+}
+
+/// `verify` says which files it put back from the head record's copy (it said only "ok").
+#[test]
+fn verify_says_what_it_repaired() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    // Fully durable: the head record carries the small diff's bytes.
+    let put = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "--root",
+            r.to_str().unwrap(),
+            "--json",
+            "put",
+            "x",
+            r#"{"_id":"a"}"#,
+        ])
+        .env_remove("KILN_ROOT")
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", stderr(&put));
+    let name = json(r, &["db", "info", "x"])["files"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = r.join("files").join(&name[..2]).join(format!("{name}.kdf"));
+    assert_eq!(ok(r, &["verify", "x"]).lines().last(), Some("ok"));
+    std::fs::remove_file(&path).unwrap(); // what a power cut can do to it
+    let out = ok(r, &["verify", "x"]);
+    assert!(
+        out.contains(&format!("repaired file {name}: lost or damaged")),
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some("ok (after the repairs above)"));
+    assert!(path.exists());
+    std::fs::remove_file(&path).unwrap();
+    let v = json(r, &["verify", "x"]);
+    assert_eq!(
+        (v["ok"].clone(), v["repaired"][0]["file"].clone()),
+        (true.into(), name.into())
+    );
+    assert_eq!(json(r, &["verify", "x"])["repaired"], serde_json::json!([]));
+}
+
+/// A head record whose last append a crash tore is said so by `db info`, `verify` and, on
+/// stderr, by commands that open the database (it was discarded without a word); the next
+/// commit cuts it off.
+#[test]
+fn a_torn_head_append_is_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    ok(r, &["put", "x", r#"{"_id":"a"}"#]);
+    let hp = r.join("dbs/x/HEAD");
+    let mut h = std::fs::read(&hp).unwrap();
+    h.extend_from_slice(&[0x2c, 1, 0, 0, 0xd3, 0xfe, 0xff, 0xff, 9, 9, 9]); // a record's start
+    std::fs::write(&hp, &h).unwrap();
+    let note = "ends in an append a crash cut off";
+    assert!(ok(r, &["db", "info", "x"]).contains(note));
+    assert_eq!(json(r, &["db", "info", "x"])["torn_append"], true);
+    let v = ok(r, &["verify", "x"]);
+    assert!(v.contains(note) && v.trim_end().ends_with("ok"), "{v}");
+    assert_eq!(json(r, &["verify", "x"])["torn_append"], true);
+    let o = kiln(r, &["get", "x", "a"], None);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains(note), "{}", stderr(&o));
+    ok(r, &["put", "x", r#"{"_id":"b"}"#]);
+    let o = kiln(r, &["get", "x", "a"], None);
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    assert_eq!(json(r, &["db", "info", "x"])["torn_append"], false);
+    assert!(!ok(r, &["verify", "x"]).contains(note));
+}
+
+/// Commands on a folder that holds no store say so (exit 4) and create nothing (they made a
+/// store of 256 folders and 160 files in any folder a typo named); `db create` makes one.
+#[test]
+fn commands_on_a_folder_without_a_store_create_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path().join("typo");
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let ev = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    for root in [&r, &empty] {
+        for args in [
+            &["db", "list"][..],
+            &["db", "info", "x"],
+            &["db", "files", "x"],
+            &["get", "x", "a"],
+            &["docs", "x"],
+            &["export", "x"],
+            &["changes", "x"],
+            &["log", "x"],
+            &["verify", "x"],
+            &["diff", "x", "y"],
+            &["proposals"],
+            &["config"],
+            &["gc"],
+            &["put", "x", "{}"],
+            &["del", "x", "a"],
+            &["import", "x", "-"],
+            &["compact", "x"],
+            &["fork", "x", "y"],
+            &["merge", "x", "--into", "y"],
+            &["changes", "x", "--since", ev],
+        ] {
+            let o = kiln(root, args, Some(""));
+            assert_eq!(code(&o), 4, "{args:?}: {}", stderr(&o));
+            assert!(
+                stderr(&o).starts_with(&format!("kiln: no kiln store at {}", root.display())),
+                "{args:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
+    assert!(!r.exists());
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    assert_eq!(json(&r, &["db", "create", "x"])["name"], "x");
+    assert_eq!(json(&r, &["db", "list"]), serde_json::json!(["x"]));
+    ok(&empty, &["config", "--compact-threshold", "50"]);
+    assert_eq!(json(&empty, &["db", "list"]), serde_json::json!([]));
+}
+
+/// Ids with control characters (ANSI escapes, newlines) are shown escaped in text output, so
+/// they cannot fake lines of `log`, `diff` or `changes`; `--json` keeps them exact.
+#[test]
+fn control_characters_in_ids_are_escaped_in_text_output() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    ok(r, &["put", "x", r#"{"_id":"a"}"#]);
+    ok(r, &["fork", "x", "y"]);
+    let evil = "e\u{1b}[2J\nbafyfake  height 99  (deleted)\u{202e}";
+    let doc = serde_json::json!({"_id": evil}).to_string();
+    let put = ok(r, &["put", "y", &doc]);
+    let log = ok(r, &["log", "y"]);
+    let changes = ok(r, &["changes", "y"]);
+    let diff = ok(r, &["diff", "x", "y"]);
+    let del = ok(r, &["del", "y", evil]);
+    let escaped = r#""e\u{1b}[2J\nbafyfake  height 99  (deleted)\u{202e}""#;
+    for (text, lines) in [(&put, 1), (&log, 2), (&changes, 2), (&diff, 2), (&del, 1)] {
+        assert_eq!(text.lines().count(), lines, "{text}");
+        assert!(text.contains(escaped), "{text}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{text}"
+        );
+    }
+    assert!(ok(r, &["log", "y"]).contains(&format!("-{escaped}")));
+    assert_eq!(json(r, &["log", "y"])[1]["ops"][0]["id"], evil);
+    assert_eq!(json(r, &["changes", "y"])[1]["id"], evil);
+    // Plain ids, accents included, are shown as they are.
+    ok(r, &["put", "y", r#"{"_id":"café e\u0301"}"#]);
+    assert!(ok(r, &["log", "y", "--limit", "1"]).ends_with("café e\u{301}\n"));
+}
+
+/// A head record whose lineage id names no key (a flipped byte) says "no key for database",
+/// and points to no command that does not exist.
+#[test]
+fn a_lineage_without_a_key_says_no_key() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "x"]);
+    ok(r, &["put", "x", r#"{"_id":"a"}"#]);
+    let hp = r.join("dbs/x/HEAD");
+    let mut h = std::fs::read(&hp).unwrap();
+    h[20] ^= 0x40;
+    std::fs::write(&hp, &h).unwrap();
+    let o = kiln(r, &["get", "x", "a"], None);
+    let e = stderr(&o);
+    assert_eq!(code(&o), 1, "{e}");
+    assert!(e.starts_with("kiln: no key for database 'x'"), "{e}");
+    assert!(!e.contains("import") && !e.contains("`kiln"), "{e}");
 }

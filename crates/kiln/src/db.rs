@@ -147,6 +147,9 @@ pub struct Info {
     pub compact_threshold: usize,
     /// The database's own settings (empty: the store's apply).
     pub settings: Settings,
+    /// The head record ends in an append a crash left unfinished (see
+    /// [`Database::torn_append`]).
+    pub torn_append: bool,
 }
 
 /// What [`Database::merge_from`] did.
@@ -362,6 +365,7 @@ fn prepare_all<T: Sync>(
         writes: out,
         runs: vec![run_a, run_b],
         pending: pa.or(pb),
+        deletes_need_live: false,
     })
 }
 
@@ -371,6 +375,9 @@ struct Prepared {
     writes: Vec<Write>,
     runs: Vec<car::Run>,
     pending: Option<crate::storage::Pending>,
+    /// A delete of an id without a live document fails the commit ([`Error::NoSuchDocument`],
+    /// checked under the writer lock) instead of recording it.
+    deletes_need_live: bool,
 }
 
 impl Prepared {
@@ -380,6 +387,7 @@ impl Prepared {
             writes,
             runs: Vec::new(),
             pending: None,
+            deletes_need_live: false,
         }
     }
 }
@@ -610,16 +618,14 @@ impl Database {
         self.bulk_with(docs, |d| doc::prepare_json(d.as_ref()))
     }
 
-    /// Deletes a document (writes a tombstone). Deleting an absent id still records the delete.
+    /// Deletes a document (writes a tombstone). An id without a live document (never written,
+    /// or already deleted) is [`Error::NoSuchDocument`], and nothing is written. (A
+    /// [`Transaction::del`] records a delete whatever the id holds.)
     pub fn del(&self, id: &str) -> Result<Committed> {
         doc::check_id(id)?;
-        self.finish(self.inner.commit(
-            None,
-            Prepared::of(vec![(id.to_owned(), None)]),
-            None,
-            Vec::new(),
-            "",
-        )?)
+        let mut p = Prepared::of(vec![(id.to_owned(), None)]);
+        p.deletes_need_live = true;
+        self.finish(self.inner.commit(None, p, None, Vec::new(), "")?)
     }
 
     /// Starts a transaction that reads the current state and, when committed, names that
@@ -735,7 +741,16 @@ impl Database {
             compacted: h.compacted,
             compact_threshold: self.inner.compact_threshold()?,
             settings: self.settings()?,
+            torn_append: self.inner.torn_append(&st)?,
         })
+    }
+
+    /// Whether the head record ends in an append a crash left unfinished: a commit that was
+    /// never acknowledged, which reads skip and the next commit cuts off. Worth telling: it
+    /// means a writer died mid-commit.
+    pub fn torn_append(&self) -> Result<bool> {
+        let st = self.inner.refresh()?;
+        self.inner.torn_append(&st)
     }
 
     /// The names of the files the current head record names.
@@ -822,16 +837,24 @@ impl Database {
     /// are reported.
     pub fn verify(&self) -> Result<crate::verify::Report> {
         let mut tries = 0;
+        let mut repaired = Vec::new();
         loop {
             let st = self.inner.reload()?;
             let db = &self.inner;
             // A diff file the head record holds a copy of, lost or torn by a power cut after
-            // its commit, is put back first (as a read of it would).
+            // its commit, is put back first (as a read of it would), and reported.
             for name in &st.log.files {
-                let _ = db.ensure_whole(name); // (what stays damaged, verify reports)
+                // (What stays damaged, verify reports.)
+                if let Ok(true) = db.ensure_whole(name) {
+                    if !repaired.contains(name) {
+                        repaired.push(*name);
+                    }
+                }
             }
-            let r = crate::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
+            let mut r = crate::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
             if r.ok() || tries == 5 || self.inner.reload()?.head == st.head {
+                r.repaired = repaired;
+                r.torn_append = db.torn_append(&st)?;
                 return Ok(r);
             }
             tries += 1;
@@ -963,7 +986,8 @@ impl Database {
     /// write or `gc` finishes the purge. The document's id stays in the history (events name
     /// it); its contents are gone. Reads of a purged version fail with [`Error::Purged`];
     /// `verify` counts purged versions instead of reporting them missing, and reports any that
-    /// are still stored.
+    /// are still stored. An id with no live document and no stored version (never written,
+    /// or purged already) is [`Error::NoSuchDocument`], and nothing is written.
     pub fn purge(&self, id: &str) -> Result<PurgeReport> {
         doc::check_id(id)?;
         let (c, _) = self.inner.commit(
@@ -1087,7 +1111,8 @@ impl Database {
     /// until a later write to the document. When this database is an ancestor of `src`, it
     /// simply takes `src`'s heads (fast-forward, no merge event); merging again changes
     /// nothing. With `only`, just those documents take `src`'s current values, as an ordinary
-    /// transaction that names `src`'s heads.
+    /// transaction that names `src`'s heads; an id `src` never had is
+    /// [`Error::NoSuchDocument`], and nothing is written.
     pub fn merge_from(&self, src: &Database, only: Option<&[String]>) -> Result<MergeReport> {
         self.merge_from_noted(src, only, "")
     }
@@ -1174,7 +1199,8 @@ impl Database {
     }
 
     /// `merge_from` with `only`: a transaction writing `src`'s current values of `ids` (its
-    /// values at `pinned`, which must be its heads still).
+    /// values at `pinned`, which must be its heads still; a document deleted there is deleted
+    /// here); an id `src` never had is [`Error::NoSuchDocument`], and nothing is written.
     fn take_from(
         &self,
         src: &Database,
@@ -1188,9 +1214,10 @@ impl Database {
         for id in ids {
             doc::check_id(id)?;
         }
-        let (writes, heads) = src.inner.read(|v| {
+        let (writes, heads, lacking) = src.inner.read(|v| {
             src.check_pinned(v.head, pinned)?;
             let mut writes: Vec<Write> = Vec::new();
+            let mut lacking: Vec<String> = Vec::new();
             for id in ids {
                 let w = match tree::get(v, v.head.root.as_ref(), id.as_bytes())? {
                     Some(Slot {
@@ -1200,12 +1227,24 @@ impl Database {
                         let body = v.with_block(&l, Some(version), |b| Ok(b.to_vec()))?;
                         Some((l, body))
                     }
-                    _ => None,
+                    // Deleted there: the delete is taken.
+                    Some(Slot { link: None, .. }) => None,
+                    None => {
+                        lacking.push(id.clone());
+                        None
+                    }
                 };
                 writes.push((id.clone(), w));
             }
-            Ok((writes, v.head.heads.clone()))
+            Ok((writes, v.head.heads.clone(), lacking))
         })?;
+        // An id the source never had is no value to take: refused, nothing written.
+        if !lacking.is_empty() {
+            return Err(Error::NoSuchDocument {
+                db: src.inner.name.clone(),
+                ids: lacking,
+            });
+        }
         let mine = self.inner.read(|v| {
             ids.iter()
                 .map(|id| tree::get(v, v.head.root.as_ref(), id.as_bytes()))
@@ -1766,6 +1805,7 @@ impl Db {
             writes,
             runs,
             pending,
+            deletes_need_live,
         } = batch;
         // Let a finished background compaction swap its result in first (bounded wait).
         let t = std::time::Instant::now();
@@ -1838,6 +1878,23 @@ impl Db {
                         return Err(Error::corrupt(db.name.clone(), "no tree to commit on"))
                     }
                 };
+                if deletes_need_live {
+                    let ids: Vec<String> = sorted
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, (_, w))| {
+                            let prev = state.previous.get(*i).copied().flatten();
+                            w.is_none() && prev.is_none_or(|p| p.link.is_none())
+                        })
+                        .map(|(_, (id, _))| id.clone())
+                        .collect();
+                    if !ids.is_empty() {
+                        return Err(Error::NoSuchDocument {
+                            db: db.name.clone(),
+                            ids,
+                        });
+                    }
+                }
                 let docs = cur.docs as i64 + tree::live_delta(&ops, &state.previous);
                 let mut parents = base_heads.clone();
                 parents.sort();
@@ -1845,6 +1902,22 @@ impl Db {
                     Some(id) => db.versions_to_purge(&v, &cur, id)?,
                     None => Vec::new(),
                 };
+                // A purge of an id with no live document and no stored version (never
+                // written, or purged already) has nothing to do: nothing is written.
+                let live = |i: usize| {
+                    state
+                        .previous
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|p| p.link.is_some())
+                };
+                if let Some(id) = purge_id.filter(|_| purge.is_empty() && !live(0)) {
+                    return Err(Error::NoSuchDocument {
+                        db: db.name.clone(),
+                        ids: vec![id.to_owned()],
+                    });
+                }
                 // Encoded from the writes; its ops for the cache come later (see below).
                 let event = Event {
                     parents,
@@ -3246,12 +3319,25 @@ impl Db {
     }
 
     /// Checks carried file `name` whole and puts it back from the head record's copy if it is
-    /// not its name's; an error if it stays damaged.
-    fn ensure_whole(&self, name: &FileName) -> Result<()> {
-        if self.check_whole(name).is_err() && !self.restore_file(name, true)? {
-            self.check_whole(name)?; // (the error)
+    /// not its name's (then true); an error if it stays damaged.
+    fn ensure_whole(&self, name: &FileName) -> Result<bool> {
+        if self.check_whole(name).is_ok() {
+            return Ok(false);
         }
-        Ok(())
+        if self.restore_file(name, true)? {
+            return Ok(true);
+        }
+        self.check_whole(name).map(|()| false) // (the error)
+    }
+
+    /// Whether the head record `st` was read from ends in an unfinished append (see
+    /// [`Log::torn`]). What a reader finds past the last record may also be a commit in
+    /// flight, so it is confirmed under the writer lock.
+    fn torn_append(&self, st: &State) -> Result<bool> {
+        if !st.log.torn() {
+            return Ok(false);
+        }
+        self.with_lock(|db, _| Ok((db.read_head()?.0 .1.torn(), Vec::new())))
     }
 
     /// Reads file `name` whole and checks its bytes hash to its name.

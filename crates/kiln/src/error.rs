@@ -13,6 +13,13 @@ pub enum Error {
     InvalidName { name: String, why: &'static str },
     #[error("database '{0}' does not exist (see `kiln db list`)")]
     NoSuchDatabase(String),
+    /// [`crate::Store::open_existing`] found no store at the path (nothing was created).
+    #[error("no kiln store at {}", .0.display())]
+    NoStore(PathBuf),
+    /// The ids have no live document in the database (never written, or deleted); nothing
+    /// was changed.
+    #[error("{}", no_such_document(.db, .ids))]
+    NoSuchDocument { db: String, ids: Vec<String> },
     #[error("database '{0}' already exists")]
     DatabaseExists(String),
     /// Bad input for a write; nothing was changed.
@@ -45,7 +52,13 @@ pub enum Error {
     PurgeUnfinished(String, String),
     #[error("{what} was written by a newer kiln (format {version}); upgrade kiln")]
     NewerFormat { what: String, version: u32 },
-    #[error("the keybag has no key for database '{0}' (lineage {1}); import the key to read it")]
+    /// The keybag holds no key for the lineage the head record names: the key file is
+    /// missing, or the head record's (plaintext) lineage id is damaged.
+    #[error(
+        "no key for database '{0}': the keybag has no keys/{1}.key (restore that file from a \
+         backup of the store's keys/ folder; if the database was never moved or copied, the \
+         lineage id in its head record may be damaged)"
+    )]
     MissingKey(String, String),
     /// A write failed part-way (after which the on-disk state is uncertain): reopen.
     #[error("this database handle is unusable after a failed write ({0}); reopen the database")]
@@ -59,6 +72,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn no_such_document(db: &str, ids: &[String]) -> String {
+    let list = ids
+        .iter()
+        .map(|id| format!("{id:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let s = if ids.len() == 1 { "" } else { "s" };
+    format!("no document{s} {list} in database '{db}'")
 }
 
 /// Shorthand.

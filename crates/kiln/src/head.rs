@@ -73,6 +73,13 @@ pub struct Log {
 }
 
 impl Log {
+    /// True when the file holds more than its whole records: what is left of an append that
+    /// never finished (a crash; never acknowledged), which readers skip and the next writer
+    /// cuts off. (A reader can also catch a writer's append half done.)
+    pub fn torn(&self) -> bool {
+        self.len > self.end
+    }
+
     /// True when the next head can go in as a delta appended to this file.
     pub fn appendable(&self) -> bool {
         self.version >= 2

@@ -337,6 +337,26 @@ impl Store {
         Store::open_with(root, Options::default())
     }
 
+    /// Opens the store at `root` only if one is there: unlike [`Store::open_with`] it never
+    /// creates anything, and a folder without a store (or no folder) is
+    /// [`Error::NoStore`]. For readers, so a mistyped path does not become a new store.
+    pub fn open_existing(root: impl AsRef<Path>, opts: Options) -> Result<Store> {
+        let root = root.as_ref();
+        let marker = root.join(MARKER);
+        match std::fs::symlink_metadata(&marker) {
+            Ok(_) => Store::open_with(root, opts),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Err(Error::NoStore(root.to_path_buf()))
+            }
+            Err(e) => Err(Error::io(&marker, e)),
+        }
+    }
+
     pub fn open_with(root: impl AsRef<Path>, opts: Options) -> Result<Store> {
         // The helper thread large batches share their work with starts with the store, not
         // inside the first batch (~70 µs there).

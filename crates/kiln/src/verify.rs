@@ -94,6 +94,12 @@ pub struct Report {
     /// finish, e.g. one interrupted before purges were crash-complete).
     pub purged_stored: usize,
     pub problems: Vec<Problem>,
+    /// Files found lost or damaged (a power cut after their commit) and put back from the copy
+    /// the head record carries before they were checked (not problems: they check whole now).
+    pub repaired: Vec<FileName>,
+    /// The head record ends in an append a crash left unfinished (a commit never
+    /// acknowledged), which was discarded: readers skip it and the next commit cuts it off.
+    pub torn_append: bool,
 }
 
 impl Report {

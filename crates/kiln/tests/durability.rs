@@ -475,3 +475,36 @@ fn a_failed_put_back_does_not_cache_the_stale_index() {
     assert!(r.ok(), "acknowledged commit 6 lost: {r:?}");
     assert_eq!(db.log(None).unwrap().len(), 8);
 }
+
+/// `verify` says which files it put back from the head record's copy (it fixed them and said
+/// only "ok").
+#[test]
+fn verify_names_the_files_it_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_with(dir.path(), full(100)).unwrap();
+        let db = store.create(Some("t")).unwrap();
+        for i in 0..3 {
+            db.put(&json!({"_id": format!("d{i}"), "v": i})).unwrap();
+        }
+        assert!(db.verify().unwrap().repaired.is_empty());
+    }
+    let store = Store::open_with(dir.path(), full(100)).unwrap();
+    let files = live_diffs(&store.open_db("t").unwrap());
+    std::fs::remove_file(file_path(dir.path(), &files[0])).unwrap();
+    let p = file_path(dir.path(), &files[2]);
+    let len = std::fs::metadata(&p).unwrap().len();
+    std::fs::write(&p, vec![0u8; len as usize]).unwrap();
+    let db = Store::open_with(dir.path(), full(100))
+        .unwrap()
+        .open_db("t")
+        .unwrap();
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{r:?}");
+    let mut want = vec![files[0], files[2]];
+    let mut got = r.repaired.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(db.verify().unwrap().repaired.is_empty(), "once put back");
+}

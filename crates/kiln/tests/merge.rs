@@ -18,6 +18,14 @@ fn store(dir: &std::path::Path) -> Store {
     .unwrap()
 }
 
+/// A delete recorded whatever the id holds, as `del` did before it refused ids without a
+/// document (a transaction's delete is recorded as given): a tombstone takes part in merges.
+fn record_del(db: &kiln::Database, id: &str) {
+    let mut tx = db.transaction().unwrap();
+    tx.del(id).unwrap();
+    tx.commit().unwrap();
+}
+
 fn state(db: &kiln::Database) -> BTreeMap<String, Value> {
     db.docs(&ListOptions::default())
         .unwrap()
@@ -203,7 +211,7 @@ proptest! {
             for o in ops {
                 match o {
                     Op::Put(k, v) => { db.put(&json!({"_id": format!("k{k}"), "v": v})).unwrap(); touched.insert(format!("k{k}")); }
-                    Op::Del(k) => { db.del(&format!("k{k}")).unwrap(); touched.insert(format!("k{k}")); }
+                    Op::Del(k) => { record_del(db, &format!("k{k}")); touched.insert(format!("k{k}")); }
                 }
             }
             touched
@@ -254,7 +262,7 @@ proptest! {
             for o in ops {
                 match o {
                     Op::Put(k, v) => { db.put(&json!({"_id": format!("k{k}"), "v": v})).unwrap(); }
-                    Op::Del(k) => { db.del(&format!("k{k}")).unwrap(); }
+                    Op::Del(k) => record_del(db, &format!("k{k}")),
                 }
             }
         };
@@ -299,4 +307,45 @@ fn merging_a_purge_keeps_it_a_purge() {
     assert_eq!(main.get("secret").unwrap(), None);
     main.compact_full().unwrap();
     assert!(main.verify().unwrap().ok());
+}
+
+/// `merge --only` of an id the source never had says so and writes nothing (it committed an
+/// event deleting it here); an id the source deleted is taken as a delete.
+#[test]
+fn taking_an_id_the_source_never_had_is_not_found_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let main = s.create(Some("main")).unwrap();
+    main.put(&json!({"_id": "a", "v": 0})).unwrap();
+    main.put(&json!({"_id": "gone", "v": 0})).unwrap();
+    let fork = s.fork("main", Some("fork")).unwrap();
+    fork.put(&json!({"_id": "a", "v": 1})).unwrap();
+    fork.del("gone").unwrap();
+    main.put(&json!({"_id": "mine"})).unwrap();
+    let events = main.log(None).unwrap().len();
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // ("mine" is main's own: the fork never had it either.)
+    for (only, lacking) in [
+        (ids(&["nope"]), ids(&["nope"])),
+        (ids(&["a", "mine", "nope"]), ids(&["mine", "nope"])),
+    ] {
+        match main.merge_from(&fork, Some(&only)) {
+            Err(kiln::Error::NoSuchDocument { db, ids: missing }) => {
+                assert_eq!((db.as_str(), missing), ("fork", lacking));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(main.log(None).unwrap().len(), events);
+        assert!(main.get("mine").unwrap().is_some());
+        assert_eq!(main.get("a").unwrap().unwrap()["v"], 0);
+    }
+    let e = main
+        .merge_from(&fork, Some(&ids(&["x", "y"])))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "no documents \"x\", \"y\" in database 'fork'");
+    let r = main.merge_from(&fork, Some(&ids(&["a", "gone"]))).unwrap();
+    assert_eq!(r.changed, ["a", "gone"]);
+    assert!(main.get("gone").unwrap().is_none());
+    assert_eq!(main.get("a").unwrap().unwrap()["v"], 1);
 }

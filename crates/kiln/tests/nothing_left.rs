@@ -246,3 +246,28 @@ fn old_plaintext_proposals_are_sealed_when_read() {
     s.update_proposal(id).unwrap();
     s.review(id).unwrap();
 }
+
+/// A purge of an id that was never written (or is purged already) wrote a purge event,
+/// rewrote the database and ran gc of the whole store. It is "no such document" now, and
+/// writes nothing.
+#[test]
+fn purging_an_absent_id_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let db = s.create(Some("d")).unwrap();
+    db.put(&json!({"_id": "a"})).unwrap();
+    let heads = db.heads().unwrap();
+    assert!(matches!(db.purge("nope"), Err(Error::NoSuchDocument { .. })));
+    assert_eq!(db.heads().unwrap(), heads);
+    db.purge("a").unwrap();
+    let heads = db.heads().unwrap();
+    assert!(matches!(db.purge("a"), Err(Error::NoSuchDocument { .. })));
+    assert_eq!(db.heads().unwrap(), heads);
+    // A deleted document's stored versions can still be purged.
+    db.put(&json!({"_id": "b", "v": "SECRET"})).unwrap();
+    db.del("b").unwrap();
+    assert_eq!(db.purge("b").unwrap().versions, 1);
+    assert!(kiln::audit::find(dir.path(), &keys(dir.path()), b"SECRET")
+        .unwrap()
+        .is_empty());
+}

@@ -1,9 +1,13 @@
 //! Documents given as JSON text: parsed straight into their stored dag-cbor form, without
 //! building a `serde_json::Value` first. The result is byte for byte what [`super::prepare`]
 //! makes of the same document parsed as a `Value` (same id rules, same errors, same body): an
-//! object's later duplicate key wins, numbers keep the `Value` path's integer/float choice.
+//! object's later duplicate key wins, numbers keep the `Value` path's integer/float choice. An
+//! integer outside the 64-bit range is refused (serde_json would make a float of it).
 
-use super::{check_id, id_not_string_msg, new_id, not_object_msg, reserved_msg, sized};
+use super::{
+    arbitrary_precision, check_id, first_big_integer, id_not_string_msg, integer_out_of_range,
+    new_id, not_object_msg, out_of_range_msg, reserved_msg, sized,
+};
 use crate::block::cbor::Encoder;
 use crate::error::{Error, Result};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -12,17 +16,32 @@ use std::fmt;
 
 /// Validates a document given as JSON text and returns its id and stored body.
 pub fn prepare_json(text: &str) -> Result<(String, Vec<u8>)> {
+    let _ = BIG_FLOAT.try_with(|b| b.set(false));
     let mut de = serde_json::Deserializer::from_str(text);
     let (id, body) = Top(text.len())
         .deserialize(&mut de)
         .and_then(|r| de.end().map(|()| r))
         .map_err(|e| {
+            // An integer too large even for a float: serde_json says "number out of range".
+            if e.to_string().starts_with("number out of range") {
+                if let Some(t) = first_big_integer(text) {
+                    return Error::InvalidDocument(out_of_range_msg(t));
+                }
+            }
             Error::InvalidDocument(match e.classify() {
                 // The rules of documents (ours), or a value JSON cannot hold.
                 serde_json::error::Category::Data => e.to_string(),
                 _ => format!("not valid JSON: {e}"),
             })
         })?;
+    // A float as large as 2^63 may have been an integer literal outside the 64-bit range,
+    // which serde_json hands over as a float: the text tells. (Under serde_json's
+    // `arbitrary_precision` such an integer comes with its text, and sets the flag too.)
+    if BIG_FLOAT.try_with(|b| b.get()).unwrap_or(true) {
+        if let Some(t) = first_big_integer(text) {
+            return Err(Error::InvalidDocument(out_of_range_msg(t)));
+        }
+    }
     let id = match id {
         Some(id) => {
             check_id(&id)?;
@@ -31,6 +50,12 @@ pub fn prepare_json(text: &str) -> Result<(String, Vec<u8>)> {
         None => new_id(),
     };
     sized(id, body)
+}
+
+thread_local! {
+    /// A value of the document being parsed on this thread was a float of magnitude 2^63 or
+    /// more (see [`prepare_json`]).
+    static BIG_FLOAT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The top level: an object, its `_id` taken out, reserved names refused. Holds the text's
@@ -56,7 +81,13 @@ impl<'de> Visitor<'de> for Top {
             keys: Vec::with_capacity(8),
             values: Vec::with_capacity(self.0),
         };
+        let mut first = true;
         while let Some(k) = m.next_key_seed(KeySeed)? {
+            // (A number, as serde_json hands it over under `arbitrary_precision`.)
+            if first && k == NUMBER_TOKEN && arbitrary_precision() {
+                return Err(not_object("a number"));
+            }
+            first = false;
             if k == "_id" {
                 id = Some(m.next_value_seed(IdSeed)?);
             } else if k.starts_with('_') {
@@ -227,13 +258,6 @@ fn not_string<E: de::Error>(kind: &str) -> E {
 /// feature is on (Cargo unifies features: another crate in the program may turn it on).
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
-/// Whether serde_json was built with `arbitrary_precision` (then it accepts a number beyond
-/// f64's range, which it otherwise refuses).
-fn arbitrary_precision() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| serde_json::from_str::<serde_json::Value>("1e400").is_ok())
-}
-
 /// Any JSON value, written as dag-cbor into the encoder.
 struct Cbor<'a>(&'a mut Encoder);
 
@@ -262,6 +286,9 @@ impl<'de> Visitor<'de> for Cbor<'_> {
         Ok(())
     }
     fn visit_f64<E: de::Error>(self, x: f64) -> std::result::Result<(), E> {
+        if x.abs() >= 9_223_372_036_854_775_808.0 {
+            let _ = BIG_FLOAT.try_with(|b| b.set(true));
+        }
         self.0.f64(x);
         Ok(())
     }
@@ -293,6 +320,10 @@ impl<'de> Visitor<'de> for Cbor<'_> {
                 // A number, as serde_json hands it over when some crate in the program turned
                 // on its arbitrary_precision feature: encoded as the Value path would.
                 let text: Cow<'de, str> = m.next_value_seed(KeySeed)?;
+                if integer_out_of_range(&text) {
+                    // (Refused by `prepare_json`, in the words of the other paths.)
+                    let _ = BIG_FLOAT.try_with(|b| b.set(true));
+                }
                 self.0.json(&serde_json::Value::Number(
                     text.parse().map_err(|_| de::Error::custom("bad number"))?,
                 ));

@@ -58,6 +58,108 @@ fn reserved_msg(k: &str) -> String {
     )
 }
 
+/// What every path says of an integer outside the 64-bit range (`text`: the integer as JSON
+/// writes it). Such an integer is refused, never stored as a float (which would change it).
+fn out_of_range_msg(text: &str) -> String {
+    let digits = text.trim_start_matches('-');
+    let shown = match digits.get(..20) {
+        Some(first) if digits.len() > 40 => {
+            let sign = &text[..text.len() - digits.len()];
+            format!("{sign}{first}… ({} digits)", digits.len())
+        }
+        _ => text.to_owned(),
+    };
+    format!(
+        "integer {shown} is outside the 64-bit range (-9223372036854775808 to \
+         18446744073709551615); store it as a string"
+    )
+}
+
+/// Whether `text` is a JSON integer (no fraction, no exponent) outside the range a stored
+/// integer takes: -2⁶³ to 2⁶⁴−1.
+fn integer_out_of_range(text: &str) -> bool {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    // (More than 39 digits does not parse: out of range too.)
+    let limit = if neg { 1u128 << 63 } else { u64::MAX as u128 };
+    digits.parse::<u128>().map_or(true, |n| n > limit)
+}
+
+/// The first integer in JSON `text` outside the 64-bit range, if any: serde_json hands such
+/// an integer over as a float (or refuses it as out of range when even a float cannot hold
+/// it), so only the text tells it from a float. Expects JSON (strings are skipped, escapes
+/// and all); anything else gives some answer, no panic.
+fn first_big_integer(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                // (ASCII only between `start` and `i`: a valid slice.)
+                let t = text.get(start..i).unwrap_or("");
+                if integer_out_of_range(t) {
+                    return Some(t);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Whether serde_json was built with `arbitrary_precision` (Cargo unifies features: another
+/// crate in the program may turn it on). Then a `Value`'s number keeps its text, and accepts
+/// a number beyond f64's range, which it otherwise refuses.
+fn arbitrary_precision() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| serde_json::from_str::<serde_json::Value>("1e400").is_ok())
+}
+
+/// The first integer outside the 64-bit range in a document's values. Only a number that
+/// keeps its text (serde_json's `arbitrary_precision`) can be one: without it, serde_json has
+/// already made a float of such an integer when it parsed it, and a `Value` holds nothing else.
+fn big_integer_in(obj: &Map<String, Value>) -> Option<String> {
+    if !arbitrary_precision() {
+        return None;
+    }
+    let mut stack: Vec<&Value> = obj
+        .iter()
+        .filter(|(k, _)| *k != "_id")
+        .map(|(_, v)| v)
+        .collect();
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Number(n) if !n.is_u64() && !n.is_i64() => {
+                let t = n.to_string();
+                if integer_out_of_range(&t) {
+                    return Some(t);
+                }
+            }
+            Value::Array(a) => stack.extend(a.iter()),
+            Value::Object(m) => stack.extend(m.values()),
+            _ => {}
+        }
+    }
+    None
+}
+
 fn too_deep_msg() -> String {
     format!(
         "the document nests deeper than {} levels",
@@ -85,6 +187,9 @@ pub fn prepare(doc: &Value) -> Result<(String, Vec<u8>)> {
     };
     if let Some(k) = obj.keys().find(|k| k.starts_with('_') && *k != "_id") {
         return Err(Error::InvalidDocument(reserved_msg(k)));
+    }
+    if let Some(t) = big_integer_in(obj) {
+        return Err(Error::InvalidDocument(out_of_range_msg(&t)));
     }
     let mut e = Encoder::new();
     e.json_map(
@@ -212,6 +317,111 @@ mod tests {
         ] {
             let e = prepare(&doc).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
+        }
+    }
+
+    /// An integer outside the 64-bit range is refused with the same words on the JSON-text
+    /// path and the serde path, never stored as a float (`100000000000000000000` came back
+    /// as `1e+20`); the ends of the range and floats as large are stored as they are.
+    #[test]
+    fn integers_outside_64_bits_are_refused_on_every_path() {
+        let want = "integer 100000000000000000000 is outside the 64-bit range \
+                    (-9223372036854775808 to 18446744073709551615); store it as a string";
+        let text = prepare_json(r#"{"_id":"a","n":100000000000000000000}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(text, format!("invalid document: {want}"));
+        #[derive(serde::Serialize)]
+        struct Doc<T> {
+            _id: &'static str,
+            n: T,
+        }
+        let ser = prepare_serialize(&Doc {
+            _id: "a",
+            n: 100_000_000_000_000_000_000u128,
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(ser, text);
+        for (t, n) in [
+            ("18446744073709551616", 18_446_744_073_709_551_616i128),
+            ("-9223372036854775809", -9_223_372_036_854_775_809),
+            ("-18446744073709551616", -18_446_744_073_709_551_616),
+        ] {
+            let doc = format!(r#"{{"_id":"a","x":[1,{{"n":{t}}}]}}"#);
+            let e = prepare_json(&doc).unwrap_err().to_string();
+            assert!(e.contains(&format!("integer {t} is outside")), "{e}");
+            let e = prepare_serialize(&Doc { _id: "a", n })
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("integer {t} is outside")), "{e}");
+        }
+        // Too large even for a float: the same words, shortened (serde_json said "number out
+        // of range").
+        let huge = format!(r#"{{"_id":"a","n":-{}}}"#, "9".repeat(400));
+        let e = prepare_json(&huge).unwrap_err().to_string();
+        assert!(
+            e.contains("integer -99999999999999999999… (400 digits) is outside"),
+            "{e}"
+        );
+        // The ends of the range, floats of any size, and digits in strings are stored.
+        let edges = r#"{"_id":"a","max":18446744073709551615,"min":-9223372036854775808,"f":1e20,"g":-1.5e300,"h":100000000000000000000.0,"s":"100000000000000000000","k\"100000000000000000000":1}"#;
+        let v: Value = serde_json::from_str(edges).unwrap();
+        assert_eq!(prepare_json(edges).unwrap(), prepare(&v).unwrap());
+        let (id, body) = prepare_json(edges).unwrap();
+        let back = decode(&id, &body).unwrap();
+        assert_eq!(back["max"], json!(u64::MAX));
+        assert_eq!(back["min"], json!(i64::MIN));
+        assert_eq!(back["f"], json!(1e20));
+        for n in [u64::MAX as i128, i64::MIN as i128] {
+            assert_eq!(
+                prepare_serialize(&Doc { _id: "a", n }).unwrap(),
+                prepare(&json!({"_id": "a", "n": n})).unwrap()
+            );
+        }
+        // An _id or a whole document that is such an integer is what it was before: not a
+        // string, not an object.
+        for (t, want) in [
+            (
+                r#"{"_id":100000000000000000000}"#,
+                "_id must be a string, not a number",
+            ),
+            (
+                "100000000000000000000",
+                "must be a JSON object, not a number",
+            ),
+        ] {
+            let e = prepare_json(t).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let e = prepare_serialize(&Doc { _id: "a", n: () }).unwrap();
+        assert_eq!(e.0, "a");
+        #[derive(serde::Serialize)]
+        struct Id {
+            _id: u128,
+        }
+        let e = prepare_serialize(&Id { _id: u128::MAX })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("_id must be a string, not a number"), "{e}");
+    }
+
+    #[test]
+    fn big_integers_are_found_in_json_text() {
+        for (t, want) in [
+            ("[1,2.5,-3e40,18446744073709551615]", None),
+            ("[18446744073709551616]", Some("18446744073709551616")),
+            (r#"{"a":"1\"99999999999999999999","b":7}"#, None),
+            (
+                r#"{"a\\":99999999999999999999}"#,
+                Some("99999999999999999999"),
+            ),
+            ("[-0,0,1E5,-9223372036854775808]", None),
+            ("[-9223372036854775809]", Some("-9223372036854775809")),
+            ("\"unterminated 99999999999999999999", None),
+            ("-", None),
+        ] {
+            assert_eq!(first_big_integer(t), want, "{t}");
         }
     }
 }
