@@ -81,6 +81,14 @@ fn open(f: &Fixture) -> (tempfile::TempDir, Store) {
         .join(f.dir);
     let dir = tempfile::tempdir().unwrap();
     copy(&src, dir.path());
+    // Git keeps no folder modes: the keybag folder must be private again (kiln refuses it
+    // otherwise).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("keys"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
     let store = Store::open(dir.path()).unwrap();
     (dir, store)
 }
