@@ -1,6 +1,7 @@
 //! Writes the format fixture: `cargo run -p kiln --example make_fixture -- DIR`.
 //! Checked-in copies live in `tests/fixtures/v1/` (older head records), `tests/fixtures/v2/`,
-//! `tests/fixtures/v3/` (older head records) and `tests/fixtures/v4/` (today's formats; the
+//! `tests/fixtures/v3/` (older head records), `tests/fixtures/v4/` (head records version 3)
+//! and `tests/fixtures/v5/` (today's formats: diff files and head records version 4; the
 //! store's pool of empty files left out);
 //! `tests/fixture.rs` reads them on every run. Besides "fixture" and "empty" it writes
 //! "purged": a document purged after a compaction (a purge event and the head's purged list);
