@@ -1,12 +1,13 @@
 //! Writes the format fixture: `cargo run -p kiln --example make_fixture -- DIR`.
 //! Checked-in copies live in `tests/fixtures/v1/` (older head records), `tests/fixtures/v2/`,
-//! `tests/fixtures/v3/` (older head records) and `tests/fixtures/v4/` (today's formats; the
+//! `tests/fixtures/v3/` (older head records), `tests/fixtures/v4/` (head records version 3)
+//! and `tests/fixtures/v5/` (today's formats: diff files and head records version 4; the
 //! store's pool of empty files left out);
 //! `tests/fixture.rs` reads them on every run. Besides "fixture" and "empty" it writes
 //! "purged": a document purged after a compaction (a purge event and the head's purged list);
 //! "cut": history dropped before its third event (the head's cut list); "merged" and "side":
 //! a fork merged back with a conflict, after an `--only` transaction (events with conflict and
-//! source lists).
+//! source lists), then proposed for it again (a sealed proposal, from `v5` on).
 
 use kiln::{Durability, Options, Store};
 use serde_json::json;
@@ -71,6 +72,8 @@ fn main() -> kiln::Result<()> {
         all.event,
         all.conflicts.len()
     );
+    let prop = store.propose("side", "merged", "a sealed proposal")?;
+    println!("proposal {}", prop.id);
     let i = db.info()?;
     println!("root {}", i.root.map(|r| r.to_string()).unwrap_or_default());
     println!(

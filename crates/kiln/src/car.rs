@@ -1,12 +1,18 @@
 //! Diff files: a CAR v1 stream of blocks, cut into sealed segments, with a sealed block index.
 //!
 //! ```text
-//! header   "KILNDIFF" ‖ version u32 LE (=1) ‖ 0u32                      16 bytes
+//! header   "KILNDIFF" ‖ version u32 LE (=4) ‖ 0u32                      16 bytes
 //! segment* sealed("kiln/seg/v1" ‖ seg# u32 LE, CAR bytes)             ≤ SEGMENT_TARGET plaintext each
 //! page*    sealed("kiln/page/v1" ‖ page# u32 LE, dag-cbor [entry…])    only for large files
+//! salt     32 random bytes (version 4 on)
 //! index    sealed("kiln/index/v1", dag-cbor index record)
-//! trailer  index offset u64 LE ‖ index length u32 LE ‖ "KEND"           16 bytes
+//! trailer  index offset u64 LE ‖ index length u32 LE ‖ "KSLT"           16 bytes
+//!          (offset and length of salt and index together; "KEND" before version 4: no salt)
 //! ```
+//!
+//! From version 4 every unit is sealed under the file's own key, derived from the lineage key
+//! and the file's salt ([`FileKey`]); nonces are the unit's kind and number, unique in the
+//! file. Before, units were sealed under the lineage key with per-process nonces.
 //!
 //! The plaintext of all segments, concatenated, is a valid CAR v1 stream (header with the file's
 //! roots, then `varint ‖ CID ‖ data` sections); segments end on section boundaries, so a block is
@@ -16,15 +22,20 @@
 use crate::block::cbor::{CborError, Decoder, Encoder};
 use crate::block::cid::{hex, unhex, Cid, CID_LEN};
 use crate::block::DigestSet;
-use crate::seal::{Key, SealError, NONCE_LEN, TAG_LEN};
+use crate::seal::{Key, Purpose, Salt, SealError, SubKey, NONCE_LEN, SALT_LEN, TAG_LEN};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::sync::Arc;
 
 pub const MAGIC: &[u8; 8] = b"KILNDIFF";
-/// The version written. 3: named by BLAKE3; 2: LZ4-compressed segments, tree nodes marked in
-/// the index, named by sha2-256; 1: raw segments, no node marks, sha2-256. All three are read.
-pub const VERSION: u32 = 3;
+/// The version written. 4: sealed under a key of its own (a salt before the index); 3: named
+/// by BLAKE3; 2: LZ4-compressed segments, tree nodes marked in the index, named by sha2-256;
+/// 1: raw segments, no node marks, sha2-256. All four are read.
+pub const VERSION: u32 = 4;
+/// The trailer's last bytes: before version 4 (no salt), and from version 4 on (the index
+/// region starts with the file's salt).
+const END_PLAIN: &[u8; 4] = b"KEND";
+const END_SALTED: &[u8; 4] = b"KSLT";
 /// Largest segment plaintext a compressed segment may declare (a segment holds ≤ 16 KiB unless
 /// one block is larger; blocks are ≤ ~1 MiB).
 const MAX_SEGMENT: usize = 64 << 20;
@@ -279,6 +290,75 @@ fn page_aad(n: u32) -> [u8; 16] {
 }
 const INDEX_AAD: &[u8] = b"kiln/index/v1";
 
+/// Unit kinds, the first byte of a version-4 unit's nonce.
+const SEG_UNIT: u8 = 1;
+const PAGE_UNIT: u8 = 2;
+const INDEX_UNIT: u8 = 3;
+
+/// The nonce of unit `n` of a kind in a version-4 file: `kind ‖ 0[7] ‖ n u32 LE`. Each is used
+/// once per file, and each file has a key of its own.
+fn unit_nonce(kind: u8, n: u32) -> [u8; NONCE_LEN] {
+    let mut x = [0u8; NONCE_LEN];
+    x[0] = kind;
+    x[8..].copy_from_slice(&n.to_le_bytes());
+    x
+}
+
+/// The key of one diff file being written: a fresh random salt (drawn from the system for
+/// each file) and the key derived from it and the lineage key. A writer seals each unit of
+/// its file once, under the nonce of its kind and number.
+pub struct FileKey {
+    salt: Salt,
+    key: Arc<SubKey>,
+}
+
+impl FileKey {
+    /// A new file's key; fails when the system's random source does.
+    pub fn new(lineage: &Key) -> std::io::Result<FileKey> {
+        let salt = crate::seal::fresh_salt()?;
+        Ok(FileKey {
+            key: Arc::new(lineage.subkey(Purpose::DiffFile, &salt)),
+            salt,
+        })
+    }
+
+    /// The salt written into the file.
+    pub fn salt(&self) -> &Salt {
+        &self.salt
+    }
+
+    fn seal_in_place(&self, kind: u8, n: u32, aad: &[u8], unit: &mut [u8]) -> std::io::Result<()> {
+        self.key.seal_in_place(unit_nonce(kind, n), aad, unit)
+    }
+
+    fn seal_into(
+        &self,
+        kind: u8,
+        n: u32,
+        aad: &[u8],
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        self.key.seal_into(unit_nonce(kind, n), aad, plain, out)
+    }
+}
+
+/// What opens a file's units: the lineage key (versions 1–3) or the file's own (4 on).
+#[derive(Clone, Copy)]
+enum Opener<'a> {
+    Lineage(&'a Key),
+    File(&'a SubKey),
+}
+
+impl Opener<'_> {
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        match self {
+            Opener::Lineage(k) => k.open(aad, sealed),
+            Opener::File(k) => k.open(aad, sealed),
+        }
+    }
+}
+
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
@@ -432,7 +512,9 @@ impl Writer {
     /// cache what it just wrote instead of reading it back). Segments are LZ4-compressed only
     /// with `compress`: transaction diffs are written raw (the commit path stays short, as
     /// LSM stores leave their newest level uncompressed) and compaction compresses what it
-    /// merges. The file's name is [`FileName::of`] its bytes, left to the caller.
+    /// merges. The file's name is [`FileName::of`] its bytes, left to the caller. The file is
+    /// sealed under a key of its own (a fresh salt; a file with runs takes theirs), so this
+    /// fails only when the system's random source or the cipher does.
     pub fn finish(
         mut self,
         key: &Key,
@@ -443,8 +525,9 @@ impl Writer {
             self.close_segment();
         }
         if let Some(runs) = self.runs.take() {
-            return self.finish_with_runs(key, runs, keep_plain);
+            return self.finish_with_runs(runs, keep_plain);
         }
+        let key = FileKey::new(key)?;
         let plain: usize = self.segs.iter().map(|(s, e)| e - s).sum();
         let segments = if plain <= keep_plain {
             self.segs
@@ -462,7 +545,7 @@ impl Writer {
             for (i, &(s, e)) in self.segs.iter().enumerate() {
                 let start = out.len() as u64;
                 pack_segment(&self.file[s..e], &mut packed, true);
-                key.seal_into(&seg_aad(i as u32), &packed, &mut out)?;
+                key.seal_into(SEG_UNIT, i as u32, &seg_aad(i as u32), &packed, &mut out)?;
                 seg_at.push((start, (out.len() as u64 - start) as u32));
             }
             out
@@ -471,12 +554,12 @@ impl Writer {
             for (i, &(s, e)) in self.segs.iter().enumerate() {
                 let u = unit(s, e);
                 seg_at.push((u.start as u64, u.len() as u32));
-                key.seal_in_place(&seg_aad(i as u32), &mut self.file[u])?;
+                key.seal_in_place(SEG_UNIT, i as u32, &seg_aad(i as u32), &mut self.file[u])?;
             }
             std::mem::take(&mut self.file)
         };
         out.reserve(self.entries.len() * 48 + 256);
-        let (index, index_len) = write_tail(key, self.meta, self.entries, seg_at, &mut out)?;
+        let (index, index_len) = write_tail(&key, self.meta, self.entries, seg_at, &mut out)?;
         Ok(Finished {
             split: out.len(),
             bytes: out,
@@ -491,10 +574,10 @@ impl Writer {
     /// later segments, all raw (the runs are sealed already).
     fn finish_with_runs(
         mut self,
-        key: &Key,
         runs: SealedRuns,
         keep_plain: usize,
     ) -> std::io::Result<Finished> {
+        let key = &runs.key;
         // The file: `file[..split]` (header, segment 0), the runs, `file[split..]`.
         let split = self.segs[0].1 + TAG_LEN;
         let run_bytes: usize = runs.runs.iter().map(|r| r.buf.len()).sum();
@@ -533,10 +616,8 @@ impl Writer {
             }
         }
         for (i, &(s, e)) in self.segs.iter().enumerate() {
-            key.seal_in_place(
-                &seg_aad(file_seg(i, runs.units)),
-                &mut self.file[unit(s, e)],
-            )?;
+            let n = file_seg(i, runs.units);
+            key.seal_in_place(SEG_UNIT, n, &seg_aad(n), &mut self.file[unit(s, e)])?;
         }
         // Every entry, sorted: the runs' (sorted already) merged with this writer's.
         let mut own = std::mem::take(&mut self.entries);
@@ -660,6 +741,8 @@ impl Run {
 
 /// Runs ready for [`Writer::with_runs`]: sealed, numbered from segment 1 on.
 pub struct SealedRuns {
+    /// The key of the file the runs go into (drawn before they were sealed).
+    key: FileKey,
     /// (Shared: a name's hashing may read them while the file is finished.)
     runs: Arc<Vec<Run>>,
     /// Their units.
@@ -689,9 +772,10 @@ impl SealedRuns {
     }
 }
 
-/// Closes `runs`, numbers their segments from 1 in order and seals them in place (keeping a
-/// copy of their CAR bytes when these are at most `keep_plain` bytes). `Ok(Err(runs))`, the
-/// runs closed but unsealed, when a CID repeats among them (a file lists a block once).
+/// Closes `runs`, numbers their segments from 1 in order and seals them in place under a new
+/// file's key (keeping a copy of their CAR bytes when these are at most `keep_plain` bytes);
+/// the file ([`Writer::with_runs`]) takes that key. `Ok(Err(runs))`, the runs closed but
+/// unsealed, when a CID repeats among them (a file lists a block once).
 pub fn seal_runs(
     key: &Key,
     mut runs: Vec<Run>,
@@ -720,14 +804,16 @@ pub fn seal_runs(
             .flat_map(|r| r.segs.iter().map(|&(s, e)| r.buf[s..e].to_vec()))
             .collect()
     });
+    let key = FileKey::new(key)?;
     let mut n = 1u32;
     for r in &mut runs {
         for &(s, e) in &r.segs {
-            key.seal_in_place(&seg_aad(n), &mut r.buf[unit(s, e)])?;
+            key.seal_in_place(SEG_UNIT, n, &seg_aad(n), &mut r.buf[unit(s, e)])?;
             n += 1;
         }
     }
     Ok(Ok(SealedRuns {
+        key,
         units: (n - 1) as usize,
         runs: Arc::new(runs),
         entries,
@@ -822,7 +908,7 @@ fn push_section(
 /// Appends a file's index pages, index and trailer to `out`, which holds the file's bytes so
 /// far (its header and sealed segments). Returns the index as a reader would get it.
 fn write_tail(
-    key: &Key,
+    key: &FileKey,
     meta: Meta,
     mut entries: Vec<Entry>,
     seg_at: Vec<(u64, u32)>,
@@ -836,7 +922,7 @@ fn write_tail(
 /// are not in `out` (written elsewhere, or a writer's runs); the index returned has no entries
 /// (callers have them).
 fn write_tail_at(
-    key: &Key,
+    key: &FileKey,
     meta: Meta,
     entries: &[Entry],
     seg_at: Vec<(u64, u32)>,
@@ -848,7 +934,10 @@ fn write_tail_at(
     if entries.len() > PAGE_ENTRIES {
         for (i, chunk) in entries.chunks(PAGE_ENTRIES).enumerate() {
             let start = at(out);
-            seal_encoded(key, &page_aad(i as u32), out, |e| encode_entries(e, chunk))?;
+            let aad = page_aad(i as u32);
+            seal_encoded(key, PAGE_UNIT, i as u32, &aad, out, |e| {
+                encode_entries(e, chunk)
+            })?;
             pages.push((
                 chunk[0].cid,
                 start,
@@ -858,7 +947,8 @@ fn write_tail_at(
         }
     }
     let index_at = at(out);
-    seal_encoded(key, INDEX_AAD, out, |e| {
+    out.extend_from_slice(&key.salt);
+    seal_encoded(key, INDEX_UNIT, 0, INDEX_AAD, out, |e| {
         e.map(8);
         e.str("v");
         e.u64(VERSION as u64);
@@ -902,8 +992,9 @@ fn write_tail_at(
     let index_len = (at(out) - index_at) as u32;
     out.extend_from_slice(&index_at.to_le_bytes());
     out.extend_from_slice(&index_len.to_le_bytes());
-    out.extend_from_slice(b"KEND");
+    out.extend_from_slice(END_SALTED);
     let index = Index {
+        key: Some(key.key.clone()),
         version: VERSION,
         meta,
         segs: seg_at,
@@ -924,7 +1015,9 @@ fn write_tail_at(
 /// Appends to `out` a sealed unit whose plaintext `encode` writes, encoded and sealed in
 /// place (no plaintext copy).
 fn seal_encoded(
-    key: &Key,
+    key: &FileKey,
+    kind: u8,
+    n: u32,
     aad: &[u8],
     out: &mut Vec<u8>,
     encode: impl FnOnce(&mut Encoder),
@@ -937,7 +1030,7 @@ fn seal_encoded(
     encode(&mut e);
     *out = e.buf;
     out.extend_from_slice(&[0; TAG_LEN]);
-    key.seal_in_place(aad, &mut out[start..])
+    key.seal_in_place(kind, n, aad, &mut out[start..])
 }
 
 fn car_header(roots: &[Cid]) -> Vec<u8> {
@@ -961,7 +1054,7 @@ fn car_header(roots: &[Cid]) -> Vec<u8> {
 /// it fills, so memory holds one segment and the index entries, not the file. The name (the
 /// hash of all bytes) is known at the end.
 pub struct StreamWriter<'a> {
-    key: &'a Key,
+    key: FileKey,
     out: &'a mut dyn std::io::Write,
     hash: blake3::Hasher,
     len: u64,
@@ -977,11 +1070,11 @@ pub struct StreamWriter<'a> {
 impl<'a> StreamWriter<'a> {
     pub fn new(
         meta: Meta,
-        key: &'a Key,
+        key: &Key,
         out: &'a mut dyn std::io::Write,
     ) -> std::io::Result<StreamWriter<'a>> {
         let mut w = StreamWriter {
-            key,
+            key: FileKey::new(key)?,
             out,
             hash: blake3::Hasher::new(),
             len: 0,
@@ -1013,7 +1106,8 @@ impl<'a> StreamWriter<'a> {
         pack_segment(&self.cur, &mut self.packed, true);
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.clear();
-        self.key.seal_into(&seg_aad(n), &self.packed, &mut sealed)?;
+        self.key
+            .seal_into(SEG_UNIT, n, &seg_aad(n), &self.packed, &mut sealed)?;
         self.seg_at.push((self.len, sealed.len() as u32));
         self.emit(&sealed)?;
         self.sealed = sealed;
@@ -1057,7 +1151,7 @@ impl<'a> StreamWriter<'a> {
         let meta = self.meta.clone();
         sort_entries(&mut entries);
         let (index, index_len) =
-            write_tail_at(self.key, meta, &entries, seg_at, self.len, &mut tail)?;
+            write_tail_at(&self.key, meta, &entries, seg_at, self.len, &mut tail)?;
         self.emit(&tail)?;
         let name = FileName(*self.hash.finalize().as_bytes());
         let index = index.with_entries(entries);
@@ -1178,6 +1272,8 @@ pub struct PageRef {
 /// A file's decrypted index: where its segments are and where each block is.
 #[derive(Clone, Debug)]
 pub struct Index {
+    /// The file's own key (version 4 on; before, its units are sealed under the lineage key).
+    key: Option<Arc<SubKey>>,
     /// Format version of the file (2: segments carry a codec byte).
     pub version: u32,
     pub meta: Meta,
@@ -1188,9 +1284,12 @@ pub struct Index {
     pub pages: Vec<PageRef>,
 }
 
-/// Reads the trailer: (index offset, index length).
+/// Reads the trailer: (index offset, index length), the index region's: from version 4 on the
+/// file's salt and the sealed index.
 pub fn parse_trailer(file_len: u64, t: &[u8]) -> Result<(u64, u32), FormatError> {
-    if file_len < (HEADER_LEN + TRAILER_LEN) as u64 || t.len() != TRAILER_LEN || &t[12..] != b"KEND"
+    if file_len < (HEADER_LEN + TRAILER_LEN) as u64
+        || t.len() != TRAILER_LEN
+        || (&t[12..] != END_PLAIN && &t[12..] != END_SALTED)
     {
         return Err(FormatError::Framing("missing trailer (truncated file?)"));
     }
@@ -1237,10 +1336,35 @@ pub fn check_header(h: &[u8]) -> Result<(), FormatError> {
 }
 
 impl Index {
-    /// Opens and parses the sealed index of a file of `file_len` bytes whose index starts at
-    /// `index_at`.
-    pub fn open(key: &Key, sealed: &[u8], index_at: u64) -> Result<Index, FormatError> {
-        let plain = key
+    /// Opens and parses the index of a file: `tail` is the file's last bytes from `index_at`
+    /// on, the index region (the file's salt, from version 4 on, and the sealed index) and
+    /// the trailer, whose end says which (see [`parse_trailer`] for the region's place).
+    pub fn open(key: &Key, tail: &[u8], index_at: u64) -> Result<Index, FormatError> {
+        let (region, trailer) = tail
+            .len()
+            .checked_sub(TRAILER_LEN)
+            .map(|n| tail.split_at(n))
+            .ok_or(FormatError::Framing("missing trailer (truncated file?)"))?;
+        let salted = match &trailer[12..] {
+            e if e == END_PLAIN => false,
+            e if e == END_SALTED => true,
+            _ => return Err(FormatError::Framing("missing trailer (truncated file?)")),
+        };
+        let (file_key, sealed) = if salted {
+            let salt: &Salt = region
+                .get(..SALT_LEN)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(FormatError::Framing("index region shorter than its salt"))?;
+            let k = Arc::new(key.subkey(Purpose::DiffFile, salt));
+            (Some(k), &region[SALT_LEN..])
+        } else {
+            (None, region)
+        };
+        let opener = match &file_key {
+            Some(k) => Opener::File(k),
+            None => Opener::Lineage(key),
+        };
+        let plain = opener
             .open(INDEX_AAD, sealed)
             .map_err(|SealError| FormatError::Seal("index"))?;
         let mut d = Decoder::new(&plain);
@@ -1251,6 +1375,9 @@ impl Index {
         let v = d.u64()?;
         if !known_version(v) {
             return Err(FormatError::Version(v.min(u32::MAX as u64) as u32));
+        }
+        if salted != (v >= 4) {
+            return Err(FormatError::Framing("trailer and index versions differ"));
         }
         d.key("at")?;
         let time = d.u64()?;
@@ -1324,6 +1451,7 @@ impl Index {
             return Err(FormatError::Record("index entry names a missing segment"));
         }
         Ok(Index {
+            key: file_key,
             version: v as u32,
             meta: Meta {
                 level,
@@ -1363,9 +1491,23 @@ impl Index {
         i.checked_sub(1)
     }
 
-    /// Decrypts page `n`.
+    /// What opens this file's units (`key`: the lineage's).
+    fn opener<'a>(&'a self, key: &'a Key) -> Opener<'a> {
+        match &self.key {
+            Some(k) => Opener::File(k),
+            None => Opener::Lineage(key),
+        }
+    }
+
+    /// Decrypts segment `n` of this file (`key`: the lineage's) and returns its CAR bytes.
+    pub fn open_segment(&self, key: &Key, n: u32, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+        open_segment_with(self.opener(key), n, sealed, self.version)
+    }
+
+    /// Decrypts page `n` (`key`: the lineage's).
     pub fn open_page(&self, key: &Key, n: usize, sealed: &[u8]) -> Result<Vec<Entry>, FormatError> {
-        let plain = key
+        let plain = self
+            .opener(key)
             .open(&page_aad(n as u32), sealed)
             .map_err(|SealError| FormatError::Seal("index page"))?;
         let mut d = Decoder::new(&plain);
@@ -1412,8 +1554,8 @@ fn pack_segment(s: &[u8], out: &mut Vec<u8>, compress: bool) {
 }
 
 /// Decrypts segment `n` of a file of format `version` and returns its CAR bytes.
-pub fn open_segment(
-    key: &Key,
+fn open_segment_with(
+    key: Opener<'_>,
     n: u32,
     sealed: &[u8],
     version: u32,
@@ -1451,20 +1593,20 @@ pub fn open_segment(
 /// for audits: damaged segments are skipped, not errors. Empty when the file is not a diff
 /// file, or its index does not open under `key`.
 pub fn plaintexts(key: &Key, bytes: &[u8]) -> Vec<Vec<u8>> {
-    let Some(version) = header_version(bytes) else {
+    if header_version(bytes).is_none() {
         return Vec::new();
-    };
+    }
     let len = bytes.len() as u64;
     let Some(t) = bytes.get(bytes.len().saturating_sub(TRAILER_LEN)..) else {
         return Vec::new();
     };
-    let Ok((at, ilen)) = parse_trailer(len, t) else {
+    let Ok((at, _)) = parse_trailer(len, t) else {
         return Vec::new();
     };
-    let Some(sealed) = bytes.get(at as usize..at as usize + ilen as usize) else {
+    let Some(tail) = bytes.get(at as usize..) else {
         return Vec::new();
     };
-    let Ok(index) = Index::open(key, sealed, at) else {
+    let Ok(index) = Index::open(key, tail, at) else {
         return Vec::new();
     };
     index
@@ -1473,7 +1615,7 @@ pub fn plaintexts(key: &Key, bytes: &[u8]) -> Vec<Vec<u8>> {
         .enumerate()
         .filter_map(|(n, (off, l))| {
             let unit = bytes.get(*off as usize..(*off as usize).checked_add(*l as usize)?)?;
-            open_segment(key, n as u32, unit, version).ok()
+            index.open_segment(key, n as u32, unit).ok()
         })
         .collect()
 }
@@ -1547,7 +1689,7 @@ pub fn verify_parts(
     check_header(&header)?;
     let version = header_version(&header);
     let (at, len) = parse_trailer(file_len, &read(file_len - TRAILER_LEN as u64, TRAILER_LEN)?)?;
-    let index = Index::open(key, &read(at, len as usize)?, at)?;
+    let index = Index::open(key, &read(at, len as usize + TRAILER_LEN)?, at)?;
     if version != Some(index.version) {
         return Err(FormatError::Framing("header and index versions differ"));
     }
@@ -1565,7 +1707,7 @@ pub fn verify_parts(
     };
     let mut found: Vec<Entry> = Vec::new();
     for (n, (off, len)) in index.segs.iter().enumerate() {
-        let plain = open_segment(key, n as u32, &read(*off, *len as usize)?, index.version)?;
+        let plain = index.open_segment(key, n as u32, &read(*off, *len as usize)?)?;
         let mut pos = 0;
         if n == 0 {
             let hl = get_varint(&plain, &mut pos)
@@ -1673,13 +1815,14 @@ mod tests {
         assert_eq!(f.segments.len(), f.index.segs.len());
         for (i, (o, l)) in f.index.segs.iter().enumerate() {
             let sealed = &bytes[*o as usize..(*o + *l as u64) as usize];
-            let plain = open_segment(&key, i as u32, sealed, VERSION).unwrap();
+            let plain = f.index.open_segment(&key, i as u32, sealed).unwrap();
             assert_eq!(plain, f.segments[i]);
         }
         // The returned index is the one a reader gets.
         let t = &bytes[bytes.len() - TRAILER_LEN..];
         let (at, len) = parse_trailer(bytes.len() as u64, t).unwrap();
-        let read = Index::open(&key, &bytes[at as usize..(at + len as u64) as usize], at).unwrap();
+        assert_eq!(at + len as u64 + TRAILER_LEN as u64, bytes.len() as u64);
+        let read = Index::open(&key, &bytes[at as usize..], at).unwrap();
         assert_eq!(
             (read.segs.clone(), read.entries.clone(), read.meta.clone()),
             (
@@ -1775,7 +1918,10 @@ mod tests {
         assert_eq!(packed[0], LZ4);
         let k = Key::generate().unwrap();
         let sealed = k.seal(&seg_aad(3), &packed).unwrap();
-        assert_eq!(open_segment(&k, 3, &sealed, 2).unwrap(), rep);
+        assert_eq!(
+            open_segment_with(Opener::Lineage(&k), 3, &sealed, 2).unwrap(),
+            rep
+        );
         // Codec bytes a reader does not know, or lies about sizes, are framing errors.
         let k = Key::generate().unwrap();
         for bad in [
@@ -1785,13 +1931,16 @@ mod tests {
         ] {
             let sealed = k.seal(&seg_aad(0), &bad).unwrap();
             assert!(matches!(
-                open_segment(&k, 0, &sealed, 2),
+                open_segment_with(Opener::Lineage(&k), 0, &sealed, 2),
                 Err(FormatError::Framing(_))
             ));
         }
         // A version-1 segment is the CAR bytes as they are.
         let sealed = k.seal(&seg_aad(3), b"car bytes").unwrap();
-        assert_eq!(open_segment(&k, 3, &sealed, 1).unwrap(), b"car bytes");
+        assert_eq!(
+            open_segment_with(Opener::Lineage(&k), 3, &sealed, 1).unwrap(),
+            b"car bytes"
+        );
     }
 
     /// A file of runs: blocks spread over two runs, more added to the writer after them (one a
@@ -1873,8 +2022,9 @@ mod tests {
                 let e = entries[entries.binary_search_by(|e| e.cid.cmp(c)).unwrap()];
                 assert_eq!(e.event, i >= n - n / 10, "block {i}'s kind");
                 let (o, l) = idx.segs[e.seg as usize];
-                let seg =
-                    open_segment(&key, e.seg, &bytes[o as usize..][..l as usize], VERSION).unwrap();
+                let seg = idx
+                    .open_segment(&key, e.seg, &bytes[o as usize..][..l as usize])
+                    .unwrap();
                 assert_eq!(block_in(&seg, &e).unwrap(), &d[..]);
                 if !f.segments.is_empty() {
                     assert_eq!(seg, f.segments[e.seg as usize]);
@@ -1925,6 +2075,102 @@ mod tests {
                 n = if *lo < mid { (n.0, mid) } else { (mid, n.1) };
             }
         }
+    }
+
+    /// The salt of a version-4 file and the nonce of its segment 0.
+    fn salt_and_first_nonce(bytes: &[u8]) -> (Salt, [u8; NONCE_LEN]) {
+        let t = &bytes[bytes.len() - TRAILER_LEN..];
+        assert_eq!(&t[12..], END_SALTED);
+        assert_eq!(header_version(bytes), Some(VERSION));
+        let (at, _) = parse_trailer(bytes.len() as u64, t).unwrap();
+        let salt = bytes[at as usize..][..SALT_LEN].try_into().unwrap();
+        (salt, bytes[HEADER_LEN..][..NONCE_LEN].try_into().unwrap())
+    }
+
+    /// Every writer (in place, with runs, streamed) seals each file under a key of its own:
+    /// two files of the same blocks, by one key instance or by two of the same key, have
+    /// different salts, and their units differ although their nonces (kind and number) do not.
+    #[test]
+    fn every_file_has_a_key_of_its_own() {
+        let k1 = Key::from_raw([4; 32]);
+        let k2 = Key::from_raw([4; 32]);
+        let d = b"the same block".to_vec();
+        let c = Cid::of_cbor(&d);
+        let meta = Meta {
+            roots: vec![c],
+            ..Meta::default()
+        };
+        let in_place = |k: &Key| {
+            let mut w = Writer::new(meta.clone());
+            w.add(c, &d);
+            w.finish(k, false, 0).unwrap().bytes
+        };
+        let with_runs = |k: &Key| {
+            let mut r = Run::with_capacity(0, 0);
+            r.add(Cid::of_cbor(b"x"), b"x");
+            let Ok(Ok(sealed)) = seal_runs(k, vec![r], 0) else {
+                panic!("runs refused")
+            };
+            let mut w = Writer::with_runs(meta.clone(), 1, Vec::new(), sealed);
+            w.add_event(c, &d);
+            w.finish(k, false, 0).unwrap().parts().concat()
+        };
+        let streamed = |k: &Key| {
+            let mut out = Vec::new();
+            let mut w = StreamWriter::new(meta.clone(), k, &mut out).unwrap();
+            w.add(c, &d).unwrap();
+            w.finish().unwrap();
+            out
+        };
+        let files = [
+            in_place(&k1),
+            in_place(&k1),
+            in_place(&k2),
+            with_runs(&k1),
+            with_runs(&k1),
+            streamed(&k1),
+            streamed(&k2),
+        ];
+        let mut salts = std::collections::HashSet::new();
+        for (i, f) in files.iter().enumerate() {
+            let (salt, nonce) = salt_and_first_nonce(f);
+            assert_eq!(nonce, unit_nonce(SEG_UNIT, 0), "file {i}");
+            assert!(salts.insert(salt), "file {i} repeats a salt");
+            // Each reads back whole under the lineage key.
+            let (_, blocks) = verify_file(&k2, &FileName::of(f), f).unwrap();
+            assert!(blocks.iter().any(|(x, b, _)| *x == c && *b == d));
+        }
+        // The same plaintext under the same nonce, sealed twice by one key instance.
+        assert_ne!(files[0], files[1]);
+        let seg0 = |f: &[u8]| f[HEADER_LEN + NONCE_LEN..][..40].to_vec();
+        assert_ne!(seg0(&files[0]), seg0(&files[1]));
+        // A trailer that claims no salt (or a salt-less index that claims one) is refused.
+        let mut f = files[0].clone();
+        let n = f.len();
+        f[n - 4..].copy_from_slice(END_PLAIN);
+        assert!(verify_file(&k1, &FileName::of(&f), &f).is_err());
+    }
+
+    /// No file is written without a salt from the system's random source: when it fails,
+    /// every writer fails.
+    #[test]
+    fn a_failing_random_source_writes_no_file() {
+        let k = Key::from_raw([4; 32]);
+        let d = b"block".to_vec();
+        let c = Cid::of_cbor(&d);
+        crate::seal::fail_random_on_this_thread(true);
+        let mut w = Writer::new(Meta::default());
+        w.add(c, &d);
+        assert!(w.finish(&k, false, 0).is_err());
+        let mut r = Run::with_capacity(0, 0);
+        r.add(c, &d);
+        assert!(seal_runs(&k, vec![r], 0).is_err());
+        let mut out = Vec::new();
+        assert!(StreamWriter::new(Meta::default(), &k, &mut out).is_err());
+        crate::seal::fail_random_on_this_thread(false);
+        let mut w = Writer::new(Meta::default());
+        w.add(c, &d);
+        assert!(w.finish(&k, false, 0).is_ok());
     }
 
     #[test]
@@ -1980,13 +2226,9 @@ mod tests {
                     page[page.binary_search_by(|e| e.cid.cmp(c)).unwrap()]
                 };
                 let (o, l) = idx.segs[e.seg as usize];
-                let seg = open_segment(
-                    &key,
-                    e.seg,
-                    &bytes[o as usize..(o + l as u64) as usize],
-                    VERSION,
-                )
-                .unwrap();
+                let seg = idx
+                    .open_segment(&key, e.seg, &bytes[o as usize..(o + l as u64) as usize])
+                    .unwrap();
                 assert_eq!(block_in(&seg, &e).unwrap(), &d[..]);
             }
         }
@@ -2032,8 +2274,8 @@ mod tests {
             let c = cut.index(b.len());
             let _ = verify_file(&key, &FileName::of(&b[..c]), &b[..c]);
             let t = &b[b.len().saturating_sub(TRAILER_LEN)..];
-            if let Ok((at, len)) = parse_trailer(b.len() as u64, t) {
-                let _ = Index::open(&key, &b[at as usize..(at + len as u64) as usize], at);
+            if let Ok((at, _)) = parse_trailer(b.len() as u64, t) {
+                let _ = Index::open(&key, &b[at as usize..], at);
             }
         }
 

@@ -1722,8 +1722,8 @@ impl Db {
         let mut file_rec = None;
         let mut delta = None;
         if let Some((name, bytes)) = carried.as_ref().filter(|c| log.can_hold_file(c.1.len())) {
-            let rec = Head::seal_file_record(name, bytes, log.end, &self.lineage, &self.key)
-                .map_err(io)?;
+            let rec =
+                Head::seal_file_record(name, bytes, log, &self.lineage, &self.key).map_err(io)?;
             let after = Log {
                 end: log.end + rec.len() as u64,
                 file_bytes: log.file_bytes + rec.len() as u64,
@@ -1779,12 +1779,7 @@ impl Db {
                 // a power cut could roll back the Full commits that log holds.
                 let sync = self.sync() || !log.files.is_empty();
                 w.head_file.replace(&bytes, sync, trusted).map_err(io)?;
-                Log {
-                    version: crate::head::VERSION,
-                    end: bytes.len() as u64,
-                    len: bytes.len() as u64,
-                    ..Log::default()
-                }
+                Log::fresh(&bytes)
             }
         };
         self.set_counter([n, n])?;
@@ -3191,11 +3186,12 @@ impl Db {
             .get(b.len().saturating_sub(car::TRAILER_LEN)..)
             .unwrap_or_default();
         let (at, len) = car::parse_trailer(b.len() as u64, t).map_err(bad)?;
-        let sealed = usize::try_from(at)
+        let tail = usize::try_from(at)
             .ok()
-            .and_then(|at| b.get(at..at.checked_add(len as usize)?))
+            .filter(|&at| b.len().checked_sub(at) == Some(len as usize + car::TRAILER_LEN))
+            .and_then(|at| b.get(at..))
             .ok_or_else(|| bad(car::FormatError::Framing("index outside the file")))?;
-        Ok(car::Index::open(&self.key, sealed, at).map_err(bad)?.meta)
+        Ok(car::Index::open(&self.key, tail, at).map_err(bad)?.meta)
     }
 
     /// Keeps the index of a file this handle just wrote (no need to read it back) and returns
@@ -3269,7 +3265,7 @@ impl Db {
         let b = st
             .read_at(name, f.size - tail, tail as usize)
             .map_err(|e| self.file_err(name, e))?;
-        let (sealed, t) = b.split_at(f.index_len as usize);
+        let t = &b[f.index_len as usize..];
         let (at, n) = car::parse_trailer(f.size, t).map_err(|e| Error::format(&loc, e))?;
         if at != f.size - tail || n != f.index_len {
             return Err(Error::corrupt(
@@ -3278,7 +3274,7 @@ impl Db {
             ));
         }
         Ok(Arc::new(
-            car::Index::open(&self.key, sealed, at).map_err(|e| Error::format(&loc, e))?,
+            car::Index::open(&self.key, &b, at).map_err(|e| Error::format(&loc, e))?,
         ))
     }
 
@@ -3569,7 +3565,7 @@ impl View<'_> {
                 .read_at(name, off, len as usize)
                 .map_err(|e| self.db.file_err(name, e))?;
             Ok(Arc::new(
-                car::open_segment(&self.db.key, n, &sealed, idx.version)
+                idx.open_segment(&self.db.key, n, &sealed)
                     .map_err(|e| Error::format(format!("file {name}"), e))?,
             ))
         })?;

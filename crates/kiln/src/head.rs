@@ -13,12 +13,17 @@
 //! a power cut loses it, the copy in the log restores it ([`embedded_file`]). A snapshot drops
 //! the copies, so the writer syncs such files still live before it writes one.
 //!
-//! Version 4 adds `scrub` to the snapshot: a purge committed but not yet finished (its
-//! versions may still be stored somewhere in the store), finished by the next open, write or
-//! garbage collection.
+//! Version 4 seals each log under a key of its own: its header carries a fresh random salt
+//! (drawn when the snapshot starting the log is written), its records are sealed under
+//! HKDF(lineage key, salt) (see `seal`), each under a fresh random nonce (a record's offset
+//! is not unique: after a torn append the next writer writes at the same offset). Its
+//! snapshot also gains `scrub`: a purge committed but not yet finished (its versions may
+//! still be stored somewhere in the store), finished by the next open, write or garbage
+//! collection. The record framing and delta bodies are version 3's.
 //!
 //! ```text
-//! v4: v3 with the snapshot's "scrub" field
+//! v4: "KILNHEAD" ‖ 4 u32 LE ‖ lineage (16) ‖ salt (32) ‖ record+   (records as in v3, sealed
+//!     under the log's key; the snapshot body has "scrub")
 //! v3: "KILNHEAD" ‖ 3 u32 LE ‖ lineage (16) ‖ record+
 //!     record = len u32 LE ‖ !len u32 LE ‖ sealed(aad, body)     (len = sealed length, < 2^31)
 //!     aad    = "kiln/head/v2" ‖ lineage ‖ offset of the record u64 LE ‖ kind u8
@@ -34,12 +39,20 @@ use crate::block::cbor::{CborError, Decoder, Encoder};
 use crate::block::cid::Cid;
 use crate::car::{FileName, FormatError};
 use crate::keys::Lineage;
-use crate::seal::{Key, SealError};
+use crate::seal::{Key, Salt, SealError, SubKey, SALT_LEN};
+use std::sync::Arc;
 
 pub const MAGIC: &[u8; 8] = b"KILNHEAD";
-/// The version this kiln writes; it reads 1 to 4.
+/// The version this kiln writes; it reads 1 to 4. (Versions 2 and 3 logs are appended to in
+/// their own form until their next snapshot.)
 pub const VERSION: u32 = 4;
-const PREFIX: usize = 8 + 4 + 16;
+/// The first version whose logs have a key of their own (a salt in the header).
+const SALTED: u32 = 4;
+/// Bytes before the first record: magic, version, lineage (and the salt from version 4).
+fn prefix_len(version: u32) -> usize {
+    8 + 4 + 16 + if version >= SALTED { SALT_LEN } else { 0 }
+}
+const MIN_PREFIX: usize = 8 + 4 + 16;
 /// Deltas after which a writer starts a fresh snapshot.
 pub const MAX_DELTAS: u32 = 128;
 /// Log length after which a writer starts a fresh snapshot.
@@ -70,6 +83,8 @@ pub struct Log {
     pub file_bytes: u64,
     /// The files whose bytes the log holds (file records each followed by their delta).
     pub files: Vec<FileName>,
+    /// The salt of the log's key (version 4 on).
+    pub salt: Option<Salt>,
 }
 
 impl Log {
@@ -78,6 +93,20 @@ impl Log {
     /// cuts off. (A reader can also catch a writer's append half done.)
     pub fn torn(&self) -> bool {
         self.len > self.end
+    }
+
+    /// The log of a head file just written whole by [`Head::seal`] (its snapshot alone).
+    pub fn fresh(sealed: &[u8]) -> Log {
+        let version = sealed
+            .get(8..12)
+            .map_or(0, |v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+        Log {
+            version,
+            end: sealed.len() as u64,
+            len: sealed.len() as u64,
+            salt: salt_of(sealed, version),
+            ..Log::default()
+        }
     }
 
     /// True when the next head can go in as a delta appended to this file.
@@ -175,8 +204,13 @@ impl Head {
 
 impl Head {
     fn encode_body(&self) -> Vec<u8> {
+        self.encode_body_of(VERSION)
+    }
+
+    /// The snapshot body of format `version` (2 on; `scrub` from 4).
+    fn encode_body_of(&self, version: u32) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.map(11);
+        e.map(if version >= 4 { 11 } else { 10 });
         e.str("cut");
         e.array(self.cut.len());
         for (c, r) in &self.cut {
@@ -202,8 +236,10 @@ impl Head {
         for h in &self.heads {
             e.link(h);
         }
-        e.str("scrub");
-        e.bool(self.scrub);
+        if version >= 4 {
+            e.str("scrub");
+            e.bool(self.scrub);
+        }
         e.str("events");
         e.u64(self.events);
         e.str("purged");
@@ -298,14 +334,20 @@ impl Head {
         })
     }
 
-    /// The stored form: a version-2 file holding one snapshot record.
+    /// The stored form: a head file of today's version holding one snapshot record, the
+    /// start of a log with a key of its own (a fresh salt). Fails when the system's random
+    /// source does.
     pub fn seal(&self, lineage: &Lineage, key: &Key) -> std::io::Result<Vec<u8>> {
         let body = self.encode_body();
-        let mut out = Vec::with_capacity(PREFIX + 8 + body.len() + crate::seal::OVERHEAD);
+        let salt = crate::seal::fresh_salt()?;
+        let prefix = prefix_len(VERSION);
+        let mut out = Vec::with_capacity(prefix + 8 + body.len() + crate::seal::OVERHEAD);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(lineage);
-        push_record(&mut out, PREFIX as u64, lineage, key, SNAPSHOT, &body)?;
+        out.extend_from_slice(&salt);
+        let k = RecordKey::Log(key.log_key(&salt));
+        push_record(&mut out, prefix as u64, lineage, &k, SNAPSHOT, &body)?;
         Ok(out)
     }
 
@@ -352,16 +394,17 @@ impl Head {
         e.str("compacted");
         e.u64(self.compacted);
         let mut out = Vec::with_capacity(256 + added * 64);
-        push_record(&mut out, log.end, lineage, key, DELTA, &e.into_bytes())?;
+        let k = RecordKey::of_log(log, key)?;
+        push_record(&mut out, log.end, lineage, &k, DELTA, &e.into_bytes())?;
         Ok(Some(out))
     }
 
-    /// The file record holding diff file `name`'s `bytes`, to append at `at` right before the
-    /// delta that adds the file.
+    /// The file record holding diff file `name`'s `bytes`, to append to `log` (at its end)
+    /// right before the delta that adds the file.
     pub fn seal_file_record(
         name: &FileName,
         bytes: &[u8],
-        at: u64,
+        log: &Log,
         lineage: &Lineage,
         key: &Key,
     ) -> std::io::Result<Vec<u8>> {
@@ -369,18 +412,22 @@ impl Head {
         body.extend_from_slice(&name.0);
         body.extend_from_slice(bytes);
         let mut out = Vec::with_capacity(8 + body.len() + crate::seal::OVERHEAD);
-        push_record(&mut out, at, lineage, key, FILE, &body)?;
+        let k = RecordKey::of_log(log, key)?;
+        push_record(&mut out, log.end, lineage, &k, FILE, &body)?;
         Ok(out)
     }
 
     /// Reads the lineage from a stored head record without the key.
     pub fn lineage(b: &[u8]) -> Result<Lineage, FormatError> {
-        if b.len() < PREFIX || &b[..8] != MAGIC {
+        if b.len() < MIN_PREFIX || &b[..8] != MAGIC {
             return Err(FormatError::Framing("not a kiln head record"));
         }
         let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
         if !(1..=VERSION).contains(&v) {
             return Err(FormatError::Version(v));
+        }
+        if b.len() < prefix_len(v) {
+            return Err(FormatError::Framing("head record cut short"));
         }
         let mut l = [0u8; 16];
         l.copy_from_slice(&b[12..28]);
@@ -405,7 +452,7 @@ impl Head {
         let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
         if version == 1 {
             let body = key
-                .open(&aad_v1(&l), &b[PREFIX..])
+                .open(&aad_v1(&l), &b[MIN_PREFIX..])
                 .map_err(|SealError| FormatError::Seal("head record"))?;
             let log = Log {
                 version,
@@ -415,9 +462,10 @@ impl Head {
             };
             return Ok((Head::decode_body(&body, 1)?, log));
         }
-        let mut pos = PREFIX;
+        let key = &RecordKey::of_file(b, version, key);
+        let mut pos = prefix_len(version);
         // End of the last snapshot or delta: a file record counts once its delta follows.
-        let mut end = PREFIX;
+        let mut end = pos;
         let mut head: Option<Head> = None;
         let mut deltas = 0u32;
         let (mut file_bytes, mut files) = (0u64, Vec::new());
@@ -488,6 +536,7 @@ impl Head {
             deltas,
             file_bytes,
             files,
+            salt: salt_of(b, version),
         };
         Ok((head, log))
     }
@@ -538,11 +587,63 @@ enum RecordError {
     Seal { end: usize },
 }
 
+/// What seals and opens a log's records: the lineage key (versions 2 and 3) or the log's
+/// own (4 on).
+enum RecordKey<'a> {
+    Lineage(&'a Key),
+    Log(Arc<SubKey>),
+}
+
+impl<'a> RecordKey<'a> {
+    /// The key of the head file `b` of format `version` (its salt checked present by
+    /// [`Head::lineage`]).
+    fn of_file(b: &[u8], version: u32, key: &'a Key) -> RecordKey<'a> {
+        match salt_of(b, version) {
+            Some(s) => RecordKey::Log(key.log_key(&s)),
+            None => RecordKey::Lineage(key),
+        }
+    }
+
+    /// The key to append to `log` with.
+    fn of_log(log: &Log, key: &'a Key) -> std::io::Result<RecordKey<'a>> {
+        match (log.version >= SALTED, log.salt) {
+            (false, _) => Ok(RecordKey::Lineage(key)),
+            (true, Some(s)) => Ok(RecordKey::Log(key.log_key(&s))),
+            (true, None) => Err(std::io::Error::other("head log without its salt")),
+        }
+    }
+
+    /// Seals a record's body: under the log's key with a fresh random nonce (or, for an older
+    /// log, under the lineage key, also with a fresh random nonce).
+    fn seal_into(&self, aad: &[u8], body: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        match self {
+            RecordKey::Lineage(k) => k.seal_into(aad, body, out),
+            RecordKey::Log(k) => k.seal_into(crate::seal::random_nonce()?, aad, body, out),
+        }
+    }
+
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        match self {
+            RecordKey::Lineage(k) => k.open(aad, sealed),
+            RecordKey::Log(k) => k.open(aad, sealed),
+        }
+    }
+}
+
+/// The salt in the header of head file `b` of format `version` (version 4 on).
+fn salt_of(b: &[u8], version: u32) -> Option<Salt> {
+    if version < SALTED {
+        return None;
+    }
+    b.get(MIN_PREFIX..MIN_PREFIX + SALT_LEN)
+        .and_then(|s| s.try_into().ok())
+}
+
 fn push_record(
     out: &mut Vec<u8>,
     offset: u64,
     lineage: &Lineage,
-    key: &Key,
+    key: &RecordKey,
     kind: u8,
     body: &[u8],
 ) -> std::io::Result<()> {
@@ -562,7 +663,7 @@ fn read_record(
     b: &[u8],
     pos: usize,
     l: &Lineage,
-    key: &Key,
+    key: &RecordKey,
     first: bool,
     version: u32,
 ) -> Result<(u8, Vec<u8>, usize), RecordError> {
@@ -596,7 +697,13 @@ fn read_record(
 /// True if nothing from `pos` on (where a record failed to read) authenticates as a record,
 /// except at most one delta ending the file that is the next commit after `head` (the delta of
 /// an append whose file record was torn). Scans every offset: only on the failure path.
-fn only_the_rest_of_one_append(b: &[u8], pos: usize, l: &Lineage, key: &Key, head: &Head) -> bool {
+fn only_the_rest_of_one_append(
+    b: &[u8],
+    pos: usize,
+    l: &Lineage,
+    key: &RecordKey,
+    head: &Head,
+) -> bool {
     let mut found = None;
     for q in pos + 1..b.len().saturating_sub(8) {
         let raw = u32::from_le_bytes([b[q], b[q + 1], b[q + 2], b[q + 3]]);
@@ -635,12 +742,13 @@ pub fn plaintexts(b: &[u8], key: &Key) -> Vec<(u8, Vec<u8>)> {
     let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
     if version == 1 {
         return key
-            .open(&aad_v1(&l), &b[PREFIX..])
+            .open(&aad_v1(&l), &b[MIN_PREFIX..])
             .map(|body| vec![(SNAPSHOT, body)])
             .unwrap_or_default();
     }
+    let rk = RecordKey::of_file(b, version, key);
     let mut out = Vec::new();
-    for q in PREFIX..b.len().saturating_sub(8) {
+    for q in prefix_len(version)..b.len().saturating_sub(8) {
         let raw = u32::from_le_bytes([b[q], b[q + 1], b[q + 2], b[q + 3]]);
         let check = u32::from_le_bytes([b[q + 4], b[q + 5], b[q + 6], b[q + 7]]);
         if check != !raw || (raw & !FILE_FLAG) > MAX_RECORD {
@@ -656,7 +764,7 @@ pub fn plaintexts(b: &[u8], key: &Key) -> Vec<(u8, Vec<u8>)> {
             &[SNAPSHOT, DELTA]
         };
         for &kind in kinds {
-            if let Ok(body) = key.open(&aad_v2(&l, q as u64, kind), sealed) {
+            if let Ok(body) = rk.open(&aad_v2(&l, q as u64, kind), sealed) {
                 out.push((kind, body));
             }
         }
@@ -685,7 +793,8 @@ pub fn embedded_file(b: &[u8], key: &Key, name: &FileName) -> Option<Vec<u8>> {
     if version < 3 {
         return None;
     }
-    let mut pos = PREFIX;
+    let key = &RecordKey::of_file(b, version, key);
+    let mut pos = prefix_len(version);
     while let Some(h) = b.get(pos..pos + 8) {
         let raw = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let len = (raw & !FILE_FLAG) as usize;
@@ -805,6 +914,89 @@ mod tests {
         assert!(Head::open(&t, &k).is_err());
     }
 
+    /// Each log has a key of its own: a snapshot draws a fresh salt (two snapshots of one head
+    /// by one key differ), a record opens only under its log's salt, and a record sealed again
+    /// at the same offset (the next writer after a torn append) takes a fresh nonce.
+    #[test]
+    fn each_log_has_its_own_key_and_fresh_nonces() {
+        let (k, l) = (Key::from_raw([2; 32]), [7u8; 16]);
+        let (a, b) = (
+            sample().seal(&l, &k).unwrap(),
+            sample().seal(&l, &k).unwrap(),
+        );
+        let prefix = prefix_len(VERSION);
+        assert_eq!(a[8..12], VERSION.to_le_bytes());
+        assert_ne!(a[28..prefix], b[28..prefix]);
+        assert_ne!(a[prefix..], b[prefix..]);
+        let log = Log::fresh(&a);
+        assert_eq!(log, Head::open_log(&a, &k).unwrap().1);
+        assert_eq!(log.salt.map(|s| s.to_vec()), Some(a[28..prefix].to_vec()));
+        // Another log's salt: nothing opens.
+        let mut swapped = a.clone();
+        swapped[28..prefix].copy_from_slice(&b[28..prefix]);
+        assert!(Head::open(&swapped, &k).is_err());
+        // A delta sealed twice for one offset: the same body, two nonces, two ciphertexts.
+        let mut next = sample();
+        next.seq += 1;
+        let d1 = next.seal_delta(&sample(), &log, &l, &k).unwrap().unwrap();
+        let d2 = next.seal_delta(&sample(), &log, &l, &k).unwrap().unwrap();
+        assert_ne!(d1[8..20], d2[8..20]);
+        for d in [&d1, &d2] {
+            let mut f = a.clone();
+            f.extend_from_slice(d);
+            assert_eq!(Head::open(&f, &k).unwrap(), next);
+        }
+        // No salt or nonce without the system's random source.
+        crate::seal::fail_random_on_this_thread(true);
+        assert!(sample().seal(&l, &k).is_err());
+        assert!(next.seal_delta(&sample(), &log, &l, &k).is_err());
+        assert!(Head::seal_file_record(&FileName::of(b"f"), b"f", &log, &l, &k).is_err());
+        crate::seal::fail_random_on_this_thread(false);
+    }
+
+    /// A version-3 log (no salt: records under the lineage key) still reads, and is appended
+    /// to in its own form until its next snapshot.
+    #[test]
+    fn a_version_3_log_is_appended_to_in_its_own_form() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&3u32.to_le_bytes());
+        file.extend_from_slice(&l);
+        let v3 = Head {
+            scrub: false,
+            ..sample()
+        };
+        let body = v3.encode_body_of(3);
+        let at = file.len() as u64;
+        push_record(&mut file, at, &l, &RecordKey::Lineage(&k), SNAPSHOT, &body).unwrap();
+        let (h, log) = Head::open_log(&file, &k).unwrap();
+        assert_eq!((h, log.version, log.salt), (v3.clone(), 3, None));
+        let mut next = v3.clone();
+        next.seq += 1;
+        let bytes = vec![3u8; 100];
+        next.files.insert(
+            0,
+            FileRef {
+                name: FileName::of(&bytes),
+                ..sample().files[0]
+            },
+        );
+        let fr = Head::seal_file_record(&next.files[0].name, &bytes, &log, &l, &k).unwrap();
+        let fr_at = log.end;
+        let after = Log {
+            end: log.end + fr.len() as u64,
+            ..log.clone()
+        };
+        let d = next.seal_delta(&v3, &after, &l, &k).unwrap().unwrap();
+        file.extend_from_slice(&fr);
+        file.extend_from_slice(&d);
+        let (h, log) = Head::open_log(&file, &k).unwrap();
+        assert_eq!((h, log.version, log.files.len()), (next.clone(), 3, 1));
+        assert_eq!(embedded_file(&file, &k, &next.files[0].name), Some(bytes));
+        // Both records are sealed under the lineage key itself.
+        assert!(k.open(&aad_v2(&l, fr_at, FILE), &fr[8..]).is_ok());
+    }
+
     /// A snapshot of `sample()` followed by three deltas; returns the file, the heads after
     /// each record and the record offsets.
     fn log_of_three(k: &Key, l: &Lineage) -> (Vec<u8>, Vec<Head>, Vec<usize>) {
@@ -819,7 +1011,7 @@ mod tests {
         let mut file = h.seal(l, k).unwrap();
         let (_, mut log) = Head::open_log(&file, k).unwrap();
         let mut heads = vec![h.clone()];
-        let mut offs = vec![PREFIX];
+        let mut offs = vec![prefix_len(VERSION)];
         for i in 0..3u8 {
             let prev = h.clone();
             h.seq += 1;
@@ -839,7 +1031,7 @@ mod tests {
             if carry && i == 1 {
                 let bytes = vec![i; 300];
                 h.files[0].name = FileName::of(&bytes);
-                let f = Head::seal_file_record(&h.files[0].name, &bytes, log.end, l, k).unwrap();
+                let f = Head::seal_file_record(&h.files[0].name, &bytes, &log, l, k).unwrap();
                 file.extend_from_slice(&f);
                 log.end += f.len() as u64;
                 log.file_bytes += f.len() as u64;
@@ -902,7 +1094,7 @@ mod tests {
             file.len() - 1,
             offs[1] + 3,
             offs[2] + 30,
-            PREFIX + 20,
+            prefix_len(VERSION) + 20,
         ] {
             let mut t = file.clone();
             t[at] ^= 0x10;
@@ -1027,7 +1219,7 @@ mod tests {
                 bloom: 0,
             },
         );
-        let rec = Head::seal_file_record(&h1.files[0].name, &bytes, log.end, l, k).unwrap();
+        let rec = Head::seal_file_record(&h1.files[0].name, &bytes, &log, l, k).unwrap();
         let after = Log {
             end: log.end + rec.len() as u64,
             file_bytes: rec.len() as u64,

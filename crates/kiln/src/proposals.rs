@@ -10,7 +10,9 @@
 //! ([`Store::update_proposal`]) or a new one is made.
 //!
 //! ```text
-//! "KILNPROP" ‖ version u32 LE (=1) ‖ lineage (16) ‖ sealed(aad, JSON body)
+//! "KILNPROP" ‖ version u32 LE (=1) ‖ lineage (16) ‖ salt (32) ‖ sealed(aad, JSON body)
+//! sealed under HKDF(target's lineage key, "kiln/v1 proposal key" ‖ salt), a fresh salt and
+//! nonce per write
 //! aad = "kiln/proposal/v1" ‖ lineage ‖ id (ASCII)
 //! ```
 
@@ -18,7 +20,7 @@ use crate::block::cid::Cid;
 use crate::db::{now_ms, Database, MergeReport};
 use crate::error::{Error, Result};
 use crate::keys::Lineage;
-use crate::seal::Key;
+use crate::seal::{Key, Purpose, SALT_LEN};
 use crate::storage::write_atomic;
 use crate::store::Store;
 use serde_json::{json, Value};
@@ -26,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"KILNPROP";
 const VERSION: u32 = 1;
-const PREFIX: usize = 8 + 4 + 16;
+const PREFIX: usize = 8 + 4 + 16 + SALT_LEN;
 
 /// Where a proposal stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,12 +139,27 @@ impl Proposal {
 
 /// Seals a proposal's JSON body under the target's lineage key.
 fn seal(id: &str, lineage: &Lineage, key: &Key, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let salt = crate::seal::fresh_salt()?;
     let mut out = Vec::with_capacity(PREFIX + body.len() + crate::seal::OVERHEAD);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(lineage);
-    key.seal_into(&aad(lineage, id), body, &mut out)?;
+    out.extend_from_slice(&salt);
+    key.subkey(Purpose::Proposal, &salt).seal_into(
+        crate::seal::random_nonce()?,
+        &aad(lineage, id),
+        body,
+        &mut out,
+    )?;
     Ok(out)
+}
+
+/// Opens a sealed proposal's body (`b`: the whole file, checked by [`lineage_of`]).
+fn open_sealed(b: &[u8], lineage: &Lineage, key: &Key, id: &str) -> Option<Vec<u8>> {
+    let salt: crate::seal::Salt = b.get(PREFIX - SALT_LEN..PREFIX)?.try_into().ok()?;
+    key.subkey(Purpose::Proposal, &salt)
+        .open(&aad(lineage, id), &b[PREFIX..])
+        .ok()
 }
 
 fn aad(lineage: &Lineage, id: &str) -> Vec<u8> {
@@ -168,14 +185,14 @@ fn lineage_of(path: &Path, b: &[u8]) -> Result<Lineage> {
         });
     }
     let mut l = [0u8; 16];
-    l.copy_from_slice(&b[12..PREFIX]);
+    l.copy_from_slice(&b[12..28]);
     Ok(l)
 }
 
 /// The JSON body of proposal `id`'s stored bytes `b`, if sealed under `key` (for audits).
 pub(crate) fn opens_with(b: &[u8], key: &Key, id: &str) -> Option<Vec<u8>> {
     let l = lineage_of(Path::new(""), b).ok()?;
-    key.open(&aad(&l, id), &b[PREFIX..]).ok()
+    open_sealed(b, &l, key, id)
 }
 
 /// What a stored proposal file holds.
@@ -235,7 +252,7 @@ impl Store {
                 let Some(key) = self.inner.keybag.get(&l)? else {
                     return Ok(Some(Stored::NoKey));
                 };
-                let body = key.open(&aad(&l, id), &b[PREFIX..]).map_err(|_| {
+                let body = open_sealed(&b, &l, &key, id).ok_or_else(|| {
                     Error::corrupt(
                         path.display().to_string(),
                         "proposal record fails authentication",

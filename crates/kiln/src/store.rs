@@ -781,11 +781,12 @@ impl Store {
         let Ok((at, ilen)) = crate::car::parse_trailer(len, &t) else {
             return false;
         };
-        let Ok(sealed) = storage.read_at(f, at, ilen as usize) else {
+        // The index region and the trailer.
+        let Ok(tail) = storage.read_at(f, at, ilen as usize + crate::car::TRAILER_LEN) else {
             return false;
         };
         keys.iter()
-            .any(|k| crate::car::Index::open(k, &sealed, at).is_ok())
+            .any(|k| crate::car::Index::open(k, &tail, at).is_ok())
     }
 
     /// Deletes a database: its folder, and its diff files and key unless a fork shares them

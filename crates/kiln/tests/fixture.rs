@@ -3,8 +3,10 @@
 //! whose level-0 diffs hold no tree nodes, so reading it rebuilds the current tree; diff files
 //! version 2, with compressed segments, named by sha2-256; a purge and a cut;
 //! `tests/fixtures/v3`: the same with diff files version 3, named by BLAKE3;
-//! `tests/fixtures/v4`: today's formats, the same with head records version 3, whose logs carry
-//! small fully durable diffs in file records; all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
+//! `tests/fixtures/v4`: the same with head records version 3, whose logs carry small fully
+//! durable diffs in file records; `tests/fixtures/v5`: today's formats, the same with diff
+//! files and head records version 4, each file and each head log sealed under a key of its own;
+//! all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
 //! them, or that changes the CIDs kiln computes for the same content, fails here: formats are
 //! contracts.
 
@@ -62,6 +64,16 @@ const V4: Fixture = Fixture {
     cut_at: "bafyreib7sb2j7lnl76xcirzg6nqrums2tf5tw7p7s42esl65zg47avxaha",
 };
 
+const V5: Fixture = Fixture {
+    dir: "v5",
+    events: [
+        "bafyreiabrrd3gwk33g2nymyj2mby43gj5s3h6glxlnflghqh7siq2txzhe",
+        "bafyreihh6ds5fuj4fu5zrvzkqj6a2og5swxoxxbuvdsghliee5zrpiqzgi",
+        "bafyreigru4lhwtan727rdrtixqgpdgcivtjr2fyse653m5afocmiipzkai",
+    ],
+    cut_at: "bafyreiekilxm7x4iy2fu352wbaazgnmvclik6vmg4xuepf6ymw6xjx2l4y",
+};
+
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -81,6 +93,14 @@ fn open(f: &Fixture) -> (tempfile::TempDir, Store) {
         .join(f.dir);
     let dir = tempfile::tempdir().unwrap();
     copy(&src, dir.path());
+    // Git keeps no folder modes: the keybag folder must be private again (kiln refuses it
+    // otherwise).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("keys"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
     let store = Store::open(dir.path()).unwrap();
     (dir, store)
 }
@@ -105,12 +125,85 @@ fn v4_fixture_reads_and_verifies() {
     reads_and_verifies(&V4);
 }
 
+#[test]
+fn v5_fixture_reads_and_verifies() {
+    reads_and_verifies(&V5);
+}
+
+/// The v5 fixture holds a sealed proposal (side → merged): it opens with the target's key, its
+/// message is nowhere in plaintext, and it pins the fork's heads.
+#[test]
+fn v5_proposal_is_sealed_and_pins_the_fork() {
+    let (d, store) = open(&V5);
+    let ps = store.proposals(Some("merged"), true).unwrap();
+    assert_eq!(ps.len(), 1);
+    let p = &ps[0];
+    assert_eq!(
+        (p.fork.as_str(), p.message.as_str()),
+        ("side", "a sealed proposal")
+    );
+    assert_eq!(p.heads, store.open_db("side").unwrap().heads().unwrap());
+    let raw = std::fs::read(d.path().join(format!("proposals/{}.prop", p.id))).unwrap();
+    assert_eq!(&raw[..8], b"KILNPROP");
+    assert!(!raw.windows(6).any(|w| w == b"sealed"));
+    store.review(&p.id).unwrap();
+}
+
+/// The v5 fixture is of today's formats: head records and diff files of version 4, each
+/// diff file with a salt of its own before its index (its trailer ends "KSLT"), each head
+/// file with a salt of its own in its header, no two alike.
+#[test]
+fn v5_fixture_files_and_logs_have_keys_of_their_own() {
+    let (d, _store) = open(&V5);
+    let mut salts = std::collections::HashSet::new();
+    for db in ["cut", "empty", "fixture", "merged", "purged", "side"] {
+        let h = std::fs::read(d.path().join("dbs").join(db).join("HEAD")).unwrap();
+        assert_eq!(h[8..12], kiln::head::VERSION.to_le_bytes(), "{db}");
+        assert!(
+            salts.insert(h[28..60].to_vec()),
+            "{db}: a head salt repeats"
+        );
+    }
+    let mut files = 0;
+    for shard in std::fs::read_dir(d.path().join("files")).unwrap() {
+        let shard = shard.unwrap().path();
+        if shard
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with('.')
+        {
+            continue;
+        }
+        for f in std::fs::read_dir(&shard).unwrap() {
+            let b = std::fs::read(f.unwrap().path()).unwrap();
+            assert_eq!(b[8..12], kiln::car::VERSION.to_le_bytes());
+            let t = &b[b.len() - 16..];
+            assert_eq!(&t[12..], b"KSLT");
+            let at = u64::from_le_bytes(t[..8].try_into().unwrap()) as usize;
+            assert!(salts.insert(b[at..at + 32].to_vec()), "a file salt repeats");
+            files += 1;
+        }
+    }
+    assert!(files > 5);
+}
+
 /// The v4 fixture's head records carry its small diffs (written with full durability): with
 /// every level-0 file of "fixture" gone, the database still reads whole and verifies, and the
 /// files are back under their names.
 #[test]
 fn v4_head_records_carry_their_small_diffs() {
-    let (d, store) = open(&V4);
+    head_records_carry_their_small_diffs(&V4);
+}
+
+/// The same of the v5 fixture (head records version 4).
+#[test]
+fn v5_head_records_carry_their_small_diffs() {
+    head_records_carry_their_small_diffs(&V5);
+}
+
+fn head_records_carry_their_small_diffs(f: &Fixture) {
+    let (d, store) = open(f);
     let db = store.open_db("fixture").unwrap();
     let diffs: Vec<_> = db
         .info()
@@ -145,7 +238,7 @@ fn v4_head_records_carry_their_small_diffs() {
 #[test]
 fn file_names_are_the_hash_of_their_version() {
     use sha2::Digest;
-    for (f, version) in [(&V1, 1u32), (&V2, 2), (&V3, 3), (&V4, 3)] {
+    for (f, version) in [(&V1, 1u32), (&V2, 2), (&V3, 3), (&V4, 3), (&V5, 4)] {
         let (d, _store) = open(f);
         let mut n = 0;
         for shard in std::fs::read_dir(d.path().join("files")).unwrap() {
@@ -199,6 +292,32 @@ fn v1_database_takes_a_commit() {
     assert_eq!(db.get_at("alpha", &first).unwrap(), before);
     assert_eq!(db.docs(&ListOptions::default()).unwrap().len(), 27);
     assert_eq!(db.log(None).unwrap().len(), 10);
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+}
+
+/// A version-3 head log (the v4 fixture's) takes commits in its own form until its next
+/// snapshot, which is of today's version (a log with a key of its own); everything reads and
+/// verifies throughout.
+#[test]
+fn a_version_3_head_log_is_appended_to_until_its_next_snapshot() {
+    let (d, store) = open(&V4);
+    let hp = d.path().join("dbs/fixture/HEAD");
+    let before = std::fs::read(&hp).unwrap();
+    assert_eq!(before[8..12], 3u32.to_le_bytes());
+    let db = store.open_db("fixture").unwrap();
+    db.put(&json!({"_id": "new", "n": 1})).unwrap();
+    let after = std::fs::read(&hp).unwrap();
+    assert_eq!(after[8..12], 3u32.to_le_bytes());
+    assert_eq!(after[..before.len()], before[..]);
+    let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
+    assert_eq!(db.get("new").unwrap().unwrap()["n"], 1);
+    db.compact_full().unwrap();
+    let head = std::fs::read(&hp).unwrap();
+    assert_eq!(head[8..12], kiln::head::VERSION.to_le_bytes());
+    db.put(&json!({"_id": "newer"})).unwrap();
+    let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
+    assert_eq!(db.info().unwrap().docs, 27);
     let r = db.verify().unwrap();
     assert!(r.ok(), "{:?}", r.problems);
 }

@@ -257,7 +257,10 @@ fn purging_an_absent_id_writes_nothing() {
     let db = s.create(Some("d")).unwrap();
     db.put(&json!({"_id": "a"})).unwrap();
     let heads = db.heads().unwrap();
-    assert!(matches!(db.purge("nope"), Err(Error::NoSuchDocument { .. })));
+    assert!(matches!(
+        db.purge("nope"),
+        Err(Error::NoSuchDocument { .. })
+    ));
     assert_eq!(db.heads().unwrap(), heads);
     db.purge("a").unwrap();
     let heads = db.heads().unwrap();
