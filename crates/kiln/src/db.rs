@@ -455,11 +455,8 @@ impl Database {
             Err(e) if missing(&e) => return Err(Error::NoSuchDatabase(name.into())),
             Err(e) => return Err(Error::io(&lp, e)),
         };
-        if read_counter(&lock).map_err(|e| Error::io(&lp, e))?[0] == DROPPED {
-            recover_unfinished_drop(&lock, &lp, name, store.opts.lock_timeout)?;
-        }
         let hp = dir.join("HEAD");
-        let ((head, lineage, key, log), stamp) = read_head_with(&lock, &hp, name, |bytes| {
+        let ((head, lineage, key, log), mut stamp) = read_head_with(&lock, &hp, name, |bytes| {
             let lineage =
                 Head::lineage(bytes).map_err(|e| Error::format(hp.display().to_string(), e))?;
             let key = store
@@ -470,6 +467,11 @@ impl Database {
                 .map_err(|e| Error::format(hp.display().to_string(), e))?;
             Ok((head, lineage, key, log))
         })?;
+        if stamp == Some(DROPPED) {
+            // (The head record stands: a drop that never happened changes nothing in it.)
+            recover_unfinished_drop(&lock, &lp, name, store.opts.lock_timeout)?;
+            stamp = None;
+        }
         let db = Db {
             name: name.into(),
             dir,
@@ -1024,6 +1026,11 @@ impl Database {
     /// Whether a purge (or a merge that brought purged versions) is committed but not finished.
     pub(crate) fn scrubbing(&self) -> Result<bool> {
         Ok(self.inner.refresh()?.head.scrub)
+    }
+
+    /// [`Database::scrubbing`] as of the head record this handle read last.
+    pub(crate) fn scrubbing_as_read(&self) -> bool {
+        self.inner.state().head.scrub
     }
 
     /// Finishes an unfinished purge (see [`Database::purge`]) through garbage collection of the

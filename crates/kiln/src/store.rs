@@ -563,7 +563,7 @@ impl Store {
     /// `verify` and `gc` report the unfinished purge.
     pub fn open_db(&self, name: &str) -> Result<Database> {
         let db = self.open_plain(name)?;
-        if db.scrubbing().unwrap_or(false) {
+        if db.scrubbing_as_read() {
             let _ = db.finish_purge();
         }
         Ok(db)
