@@ -605,7 +605,10 @@ impl Database {
             None
         };
         let p = prepare_all(docs, prepare, &*self.inner.store.storage)?;
-        self.finish(self.inner.commit(None, p, None, Vec::new(), "")?)
+        let c = self.inner.commit(None, p, None, Vec::new(), "")?;
+        // (Released first: finishing an interrupted purge runs gc, which waits for it.)
+        drop(_gc);
+        self.finish(c)
     }
 
     /// [`Database::put`] for a document given as JSON text: it is parsed straight into its
@@ -3806,6 +3809,36 @@ mod tests {
         // HEAD.next (the previous head record) is empty.
         let next = dir.path().join("dbs/t/HEAD.next");
         assert_eq!(std::fs::metadata(next).map(|m| m.len()).unwrap_or(0), 0);
+    }
+
+    /// A large bulk held the GC lock shared while its commit finished another process's
+    /// interrupted purge, whose gc waited for that lock: the bulk failed as busy after the
+    /// lock timeout.
+    #[test]
+    fn a_large_bulk_finishes_an_interrupted_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::Options {
+            durability: crate::Durability::Buffered,
+            lock_timeout: std::time::Duration::from_millis(500),
+            ..Default::default()
+        };
+        let store = crate::Store::open_with(dir.path(), opts).unwrap();
+        let db = store.create(Some("t")).unwrap();
+        db.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
+        db.inner
+            .commit(
+                None,
+                Prepared::of(vec![("a".to_owned(), None)]),
+                Some("a"),
+                Vec::new(),
+                "",
+            )
+            .unwrap();
+        let docs: Vec<_> = (0..PARALLEL_DOCS * 2)
+            .map(|i| json!({"_id": format!("d{i}")}))
+            .collect();
+        db.bulk(&docs).unwrap();
+        assert!(!db.scrubbing().unwrap());
     }
 
     /// Review finding: the reused file buffer came back holding the last file, so reserving

@@ -322,12 +322,32 @@ impl Store {
     }
 
     /// Removes proposals no key opens any more (their target was dropped with its key), and
-    /// plaintext ones whose target is gone (garbage collection). Returns how many.
+    /// plaintext ones whose target is gone (garbage collection, which holds the GC lock
+    /// exclusively: this opens no database, as an open may finish a purge through gc).
+    /// Returns how many.
     pub(crate) fn remove_unreadable_proposals(&self) -> Result<usize> {
         let mut n = 0;
         for id in self.proposal_ids()? {
-            if let Ok(Some(Stored::NoKey)) | Ok(None) = self.load(&id) {
-                for p in [self.proposal_path(&id)?, self.legacy_path(&id)] {
+            let sealed = self.proposal_path(&id)?;
+            let legacy = self.legacy_path(&id);
+            let gone = match std::fs::read(&sealed) {
+                Ok(b) => match lineage_of(&sealed, &b) {
+                    Ok(l) => self.inner.keybag.get(&l)?.is_none(),
+                    Err(_) => false, // damaged or newer: not garbage of ours to judge
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    match std::fs::read(&legacy) {
+                        Ok(b) => serde_json::from_slice::<Value>(&b)
+                            .ok()
+                            .and_then(|v| v.get("to")?.as_str().map(str::to_owned))
+                            .is_some_and(|to| !self.exists(&to)),
+                        Err(_) => false,
+                    }
+                }
+                Err(e) => return Err(Error::io(&sealed, e)),
+            };
+            if gone {
+                for p in [sealed, legacy] {
                     match std::fs::remove_file(&p) {
                         Ok(()) => n += 1,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

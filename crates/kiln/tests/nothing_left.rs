@@ -274,3 +274,28 @@ fn purging_an_absent_id_writes_nothing() {
         .unwrap()
         .is_empty());
 }
+
+/// A proposal whose databases are dropped is garbage: once gc removed the lineage's key (no
+/// database uses it), nothing can read it, and gc removes it too.
+#[test]
+fn gc_removes_proposals_of_dropped_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = store(root);
+    s.create(Some("main")).unwrap();
+    s.fork("main", Some("f"))
+        .unwrap()
+        .put(&json!({"_id": "a"}))
+        .unwrap();
+    s.propose("f", "main", "SECRET").unwrap();
+    s.drop_db("f").unwrap();
+    s.drop_db("main").unwrap();
+    // Forked: the drops left the key to gc.
+    assert_eq!(key_files(root), 1);
+    let r = s.gc().unwrap();
+    assert_eq!((r.keys_removed, r.proposals_removed), (1, 1));
+    assert_eq!(
+        std::fs::read_dir(root.join("proposals")).unwrap().count(),
+        0
+    );
+}
