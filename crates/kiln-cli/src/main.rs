@@ -194,15 +194,21 @@ enum Cmd {
         #[arg(long, value_name = "EVENT", conflicts_with = "full")]
         drop_history_before: Option<String>,
     },
-    /// Remove every stored version of one document (privacy requests).
+    /// Remove every stored version of one document (privacy requests); exit code 3, writing
+    /// nothing, if it has none.
     ///
     /// The document is deleted, its versions are removed from all files (the database is
-    /// rewritten into one file, archived copies are deleted), and reads of them say
-    /// "purged". Its id stays in the history. Forks keep their own copies.
+    /// rewritten into one file, archived copies and the reuse pool's copies are deleted), and
+    /// reads of them say "purged". Its id stays in the history. Forks keep their own copies.
+    /// If interrupted, the next command that opens the database, or `kiln gc`, finishes it.
     Purge { db: String, id: String },
-    /// Remove files no database names; prints the bytes freed.
+    /// Remove what crashes left and finish interrupted purges; prints the bytes freed.
     ///
-    /// Into the archive when the store keeps one. Safe while other processes write.
+    /// Removes files no database names (into the archive when the store keeps one), pooled
+    /// files holding bytes, half-made or half-dropped database folders, keys no database uses
+    /// and proposals no key opens. Safe while other processes write. A database whose head
+    /// record cannot be read is reported (exit 5) and whatever may be its is kept; the rest of
+    /// the store is collected.
     Gc,
     /// Show or change store settings (--compact-threshold N|default, --keep-archive on|off).
     Config {
