@@ -1,20 +1,19 @@
 //! `kiln`: the command-line tool. Every verb is one library call plus printing.
 
+mod input;
+mod out;
+
 use clap::{Parser, Subcommand};
+use input::{
+    batch_size, not_utf8, parse_event, parse_threshold, read_line, read_stdin_doc, too_long, Line,
+    MAX_TEXT,
+};
 use kiln::{Cid, Database, Durability, Error, ListOptions, Location, Options, Settings, Store};
+use out::{bad_input, cids, code, esc, exit_code, proposal_json, torn_note, utc, Fail, Out};
 use serde_json::{json, Value};
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Exit codes (also in `kiln --help`).
-mod code {
-    pub const ERROR: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const NOT_FOUND: u8 = 3;
-    pub const NO_SUCH: u8 = 4;
-    pub const CORRUPT: u8 = 5;
-}
 
 #[derive(Parser)]
 #[command(
@@ -256,54 +255,6 @@ enum DbCmd {
     Info { name: String },
 }
 
-struct Out {
-    json: bool,
-}
-
-impl Out {
-    fn print(&self, human: impl FnOnce() -> String, machine: impl FnOnce() -> Value) {
-        let mut o = std::io::stdout().lock();
-        let text = if self.json {
-            machine().to_string()
-        } else {
-            human()
-        };
-        if !text.is_empty() {
-            let _ = writeln!(o, "{text}");
-        }
-    }
-}
-
-/// Why a command failed: what to print and the exit code.
-struct Fail {
-    code: u8,
-    msg: String,
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Fail {
-        let mut msg = e.to_string();
-        if let Error::NoStore(_) = e {
-            msg.push_str(
-                " (check --root or $KILN_ROOT; `kiln db create NAME` creates a store with its \
-                 first database)",
-            );
-        }
-        Fail {
-            code: exit_code(&e),
-            msg,
-        }
-    }
-}
-
-/// Bad input (exit 2).
-fn bad_input(msg: String) -> Fail {
-    Fail {
-        code: code::USAGE,
-        msg,
-    }
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -321,89 +272,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--batch`: a whole number, at least 1.
-fn batch_size(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("a batch holds at least 1 document".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn exit_code(e: &Error) -> u8 {
-    match e {
-        Error::InvalidName { .. }
-        | Error::InvalidDocument(_)
-        | Error::InvalidArgument(_)
-        | Error::DatabaseExists(_) => code::USAGE,
-        Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) | Error::NoStore(_) => code::NO_SUCH,
-        Error::Purged(..) | Error::NoSuchDocument { .. } => code::NOT_FOUND,
-        Error::Changed(_) => code::USAGE,
-        e if e.is_corruption() => code::CORRUPT,
-        _ => code::ERROR,
-    }
-}
-
-fn parse_event(s: &str) -> kiln::Result<Cid> {
-    Cid::parse(s.trim()).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "{s:?} is not an event CID (copy one from `kiln log`)"
-        ))
-    })
-}
-
-/// The most JSON text read for one document (the argument, stdin, or one import line): any
-/// document kiln stores, written as compact JSON (as `export` writes it), fits, since no byte of
-/// a stored body takes more than 6 bytes of JSON (`false,`, or `\u001f` in a string). Longer
-/// input is refused without reading further (a 300 MB document used to take 1.2 GB).
-const MAX_TEXT: usize = 8 << 20;
-
-fn too_long(what: &str) -> String {
-    format!(
-        "invalid document: {what} is longer than {} MiB of JSON text; refused without reading \
-         further (a stored document is at most {} MiB)",
-        MAX_TEXT >> 20,
-        kiln::doc::MAX_DOC_BYTES >> 20
-    )
-}
-
-fn not_utf8(what: &str, e: &std::str::Utf8Error) -> String {
-    format!(
-        "invalid document: {what} is not valid UTF-8 (at byte {})",
-        e.valid_up_to() + 1
-    )
-}
-
-/// The document given on stdin, read up to [`MAX_TEXT`] bytes.
-fn read_stdin_doc() -> Result<String, Fail> {
-    let mut b = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(MAX_TEXT as u64 + 1)
-        .read_to_end(&mut b)
-        .map_err(|e| Error::io("stdin", e))?;
-    if b.len() > MAX_TEXT {
-        return Err(bad_input(too_long("the document on stdin")));
-    }
-    String::from_utf8(b).map_err(|e| bad_input(not_utf8("the document on stdin", &e.utf8_error())))
-}
-
-/// Text for a terminal: an id (or a message) holding control characters, which could move the
-/// cursor, color the output or fake lines of it, is shown escaped and quoted (`"a\nb"`); any
-/// other as it is. (`--json` output is escaped by JSON.)
-fn esc(s: &str) -> std::borrow::Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
-                | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if s.chars().any(unsafe_char) {
-        format!("{s:?}").into()
-    } else {
-        s.into()
-    }
-}
-
 /// Opens a database; says so on stderr when its head record ends in an append a crash cut off
 /// (a commit never acknowledged, discarded).
 fn open(store: &Store, name: &str) -> kiln::Result<Database> {
@@ -412,17 +280,6 @@ fn open(store: &Store, name: &str) -> kiln::Result<Database> {
         eprintln!("kiln: note: {}", torn_note(name));
     }
     Ok(db)
-}
-
-fn torn_note(name: &str) -> String {
-    format!(
-        "the head record of database '{name}' ends in an append a crash cut off (a commit that \
-         was never acknowledged); it was discarded, and the next commit removes it"
-    )
-}
-
-fn cids(v: &[Cid]) -> Vec<String> {
-    v.iter().map(|c| c.to_string()).collect()
 }
 
 fn run(cli: Cli) -> Result<u8, Fail> {
@@ -1105,86 +962,6 @@ fn who() -> String {
     std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 
-fn proposal_json(p: &kiln::Proposal) -> Value {
-    let status = match &p.status {
-        kiln::Status::Open => json!({"state": "open"}),
-        kiln::Status::Accepted {
-            event,
-            by,
-            at,
-            only,
-        } => {
-            json!({"state": "accepted", "event": event, "by": by, "at_ms": at, "only": only})
-        }
-        kiln::Status::Rejected { by, at, reason } => {
-            json!({"state": "rejected", "by": by, "at_ms": at, "reason": reason})
-        }
-    };
-    json!({"id": p.id, "fork": p.fork, "to": p.to, "message": p.message,
-        "created_ms": p.created, "heads": p.heads.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-        "status": status})
-}
-
-/// `N` or `default` (no setting).
-fn parse_threshold(s: &str) -> kiln::Result<Option<usize>> {
-    if s == "default" {
-        return Ok(None);
-    }
-    s.parse::<usize>().map(Some).map_err(|_| {
-        Error::InvalidArgument(format!(
-            "compaction threshold {s:?} is not a whole number or `default`"
-        ))
-    })
-}
-
-/// What [`read_line`] read.
-enum Line {
-    End,
-    Text,
-    /// Longer than the limit: not read further.
-    TooLong,
-}
-
-/// Reads the next line into `buf` (without its `\n` or `\r\n`), at most `max` bytes of it
-/// and a buffer's worth more: a longer line is not read to its end.
-fn read_line(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
-    buf.clear();
-    loop {
-        let avail = match r.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if avail.is_empty() {
-            return Ok(match buf.len() {
-                0 => Line::End,
-                n if n > max => Line::TooLong,
-                _ => Line::Text,
-            });
-        }
-        let (take, ends) = match avail.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (avail.len(), false),
-        };
-        buf.extend_from_slice(&avail[..take]);
-        r.consume(take);
-        if ends {
-            buf.pop();
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-            return Ok(if buf.len() > max {
-                Line::TooLong
-            } else {
-                Line::Text
-            });
-        }
-        if buf.len() > max + 1 {
-            return Ok(Line::TooLong);
-        }
-    }
-}
-
 /// Imports JSON lines in transactions of `batch` documents. A failure says at which line it
 /// stopped and how many documents were imported (committed) before it, which stay.
 fn import(db: &Database, file: &PathBuf, batch: usize) -> Result<u64, Fail> {
@@ -1346,37 +1123,4 @@ fn demo(store: &Store, out: &Out) -> kiln::Result<u8> {
         || json!({"docs": info.docs, "events": info.events, "files": info.files.len(), "bytes": info.bytes, "verify_ok": r.ok()}),
     );
     Ok(if r.ok() { 0 } else { code::CORRUPT })
-}
-
-/// `YYYY-MM-DD HH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
-fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000Z");
-        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123Z");
-        assert_eq!(super::utc(1_795_857_206_688), "2026-11-28 09:13:26.688Z");
-    }
 }
