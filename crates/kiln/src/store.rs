@@ -797,11 +797,21 @@ impl Store {
     pub fn drop_db(&self, name: &str) -> Result<()> {
         let db = self.open_plain(name)?;
         let lineage = db.lineage();
+        // Held until the folder is gone: garbage collection would take the `.drop-*` folder
+        // (and the files, archiving them when the store keeps an archive) as a killed drop's
+        // leftovers while this drop still removes them.
+        let _gc = self.inner.gc.shared()?;
         let gone = self
             .dbs()
             .join(format!("{DROP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
         let files = db.drop_to(&gone)?;
         drop(db);
+        #[cfg(test)]
+        tests::AFTER_DROP_COMMIT.with(|h| {
+            if let Some(f) = &*h.borrow() {
+                f()
+            }
+        });
         // A database that never shared its lineage owns its files and its key: the key goes
         // first (what is left is then unreadable), then the files' bytes, then the folder.
         // After a fork they may be shared: garbage collection removes files no one names and
@@ -815,8 +825,10 @@ impl Store {
                     .map_err(|e| Error::io(self.inner.root.join("files"), e))?;
             }
         }
-        std::fs::remove_dir_all(&gone).map_err(|e| Error::io(&gone, e))?;
-        Ok(())
+        match std::fs::remove_dir_all(&gone) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&gone, e)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -858,6 +870,56 @@ fn unreadable_names(r: &GcReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    thread_local! {
+        /// Runs in [`Store::drop_db`] right after the drop's commit point: what another thread
+        /// or process does then.
+        pub(super) static AFTER_DROP_COMMIT: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Review: a drop removed its key, files and `.drop-*` folder after its commit point
+    /// without the GC lock, so a gc running then took the folder as a killed drop's leftover
+    /// (and the files, archiving them when the store keeps an archive): the drop, committed,
+    /// failed with "No such file or directory" (the CLI's exit 1).
+    #[test]
+    fn a_gc_beside_a_drop_does_not_fail_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            durability: Durability::Buffered,
+            lock_timeout: std::time::Duration::from_millis(300),
+            ..Options::default()
+        };
+        let s = Store::open_with(dir.path(), opts).unwrap();
+        s.set_settings(&Settings {
+            keep_archive: Some(true),
+            ..Settings::default()
+        })
+        .unwrap();
+        let d = s.create(Some("d")).unwrap();
+        d.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
+        drop(d);
+        let keys = s.inner.keybag.all().unwrap();
+        let other = s.clone();
+        AFTER_DROP_COMMIT.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let s = other.clone();
+                // Another thread's gc: it waits for the drop to finish (busy here), or ran.
+                let _ = std::thread::spawn(move || s.gc()).join().unwrap();
+            }))
+        });
+        let r = s.drop_db("d");
+        AFTER_DROP_COMMIT.with(|h| *h.borrow_mut() = None);
+        r.unwrap();
+        s.gc().unwrap();
+        assert!(std::fs::read_dir(dir.path().join("dbs"))
+            .unwrap()
+            .next()
+            .is_none());
+        let found = crate::audit::find(dir.path(), &keys, b"SECRET").unwrap();
+        assert!(found.is_empty(), "{found:?}");
+    }
 
     #[test]
     fn names() {
