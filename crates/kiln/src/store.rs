@@ -223,6 +223,8 @@ pub struct GcReport {
     pub keys_removed: usize,
     /// Proposals no key opens any more (their target was dropped), removed.
     pub proposals_removed: usize,
+    /// Archived files of lineages no database uses any more (dropped), removed with their key.
+    pub archived_removed: usize,
     /// Databases whose head record could not be read, with why. Their files are kept: a file
     /// no readable head names is kept when it may be theirs (it opens under their key, or
     /// their lineage or key is unknown).
@@ -255,6 +257,7 @@ impl GcReport {
         self.leftovers_removed += o.leftovers_removed;
         self.keys_removed += o.keys_removed;
         self.proposals_removed += o.proposals_removed;
+        self.archived_removed += o.archived_removed;
         self.live_files = o.live_files;
         self.databases = o.databases;
         self.unreadable = o.unreadable;
@@ -731,6 +734,9 @@ impl Store {
         r.reusable_files = n;
         r.reusable_bytes = b;
         if !damaged.unknown {
+            // A lineage's archived files go before its key: they open under it alone.
+            let unused = self.inner.keybag.unused_keys(&lineages)?;
+            r.archived_removed = self.remove_archived_of(&unused)?;
             r.keys_removed = self.inner.keybag.remove_unused(&lineages)?;
         }
         r.proposals_removed = self.remove_unreadable_proposals()?;
@@ -789,6 +795,41 @@ impl Store {
             .any(|k| crate::car::Index::open(k, &tail, at).is_ok())
     }
 
+    /// [`Store::file_opens_with`] for a file in the archive.
+    fn archived_opens_with(&self, f: &FileName, keys: &[Key]) -> bool {
+        let storage = &self.inner.storage;
+        let Ok((t, len)) = storage.read_archived_tail(f, crate::car::TRAILER_LEN) else {
+            return false;
+        };
+        let Ok((at, _)) = crate::car::parse_trailer(len, &t) else {
+            return false;
+        };
+        // The index region and the trailer.
+        let Ok((tail, _)) = storage.read_archived_tail(f, (len - at) as usize) else {
+            return false;
+        };
+        keys.iter()
+            .any(|k| crate::car::Index::open(k, &tail, at).is_ok())
+    }
+
+    /// Removes the archived files that open under one of `keys` (lineages that are going);
+    /// returns how many.
+    fn remove_archived_of(&self, keys: &[Key]) -> Result<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let storage = &self.inner.storage;
+        let io = |e| Error::io(self.inner.root.join("files/.archive"), e);
+        let mut n = 0;
+        for f in storage.list_archived().map_err(io)? {
+            if self.archived_opens_with(&f, keys) {
+                storage.remove_archived(&f).map_err(io)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Deletes a database: its folder, and its diff files and key unless a fork shares them
     /// (garbage collection removes those once no database names them). Crash-complete: the
     /// drop commits when the folder is renamed to `dbs/.drop-*` under the database's writer
@@ -796,7 +837,7 @@ impl Store {
     /// the next open), a kill after it leaves a folder `gc` removes, with the files and key.
     pub fn drop_db(&self, name: &str) -> Result<()> {
         let db = self.open_plain(name)?;
-        let lineage = db.lineage();
+        let (lineage, key) = (db.lineage(), db.key());
         // Held until the folder is gone: garbage collection would take the `.drop-*` folder
         // (and the files, archiving them when the store keeps an archive) as a killed drop's
         // leftovers while this drop still removes them.
@@ -812,11 +853,14 @@ impl Store {
                 f()
             }
         });
-        // A database that never shared its lineage owns its files and its key: the key goes
-        // first (what is left is then unreadable), then the files' bytes, then the folder.
-        // After a fork they may be shared: garbage collection removes files no one names and
-        // the key once no database of the lineage is left.
+        // A database that never shared its lineage owns its files and its key: its archived
+        // files go first (found by the key; a kill before the key goes leaves them to gc,
+        // which removes a lineage's archived files with its key), then the key (what is left
+        // is then unreadable), then the files' bytes, then the folder. After a fork they may
+        // be shared: garbage collection removes files no one names, and the key and the
+        // archived files once no database of the lineage is left.
         if !self.inner.keybag.is_shared(&lineage) {
+            self.remove_archived_of(std::slice::from_ref(&key))?;
             self.inner.keybag.remove(&lineage)?;
             for f in &files {
                 self.inner

@@ -299,3 +299,49 @@ fn gc_removes_proposals_of_dropped_databases() {
         0
     );
 }
+
+/// Review: with an archive kept, a drop left every file the database's compactions had
+/// archived (its whole history) in `files/.archive/` for good: nothing removed them, and
+/// they open under the key the drop removed. A drop removes them before its key; a drop
+/// killed before that leaves the key, and gc removes a lineage's archived files with its key.
+#[test]
+fn a_drop_leaves_nothing_in_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = store(root);
+    s.set_settings(&kiln::Settings {
+        keep_archive: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    let o = s.create(Some("o")).unwrap();
+    o.put(&json!({"_id": "x", "v": "kept"})).unwrap();
+    o.put(&json!({"_id": "y"})).unwrap();
+    o.compact().unwrap();
+    for name in ["d", "k"] {
+        let d = s.create(Some(name)).unwrap();
+        d.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
+        d.put(&json!({"_id": "b", "v": 2})).unwrap();
+        d.compact().unwrap();
+    }
+    let all = keys(root);
+    let archived = || {
+        kiln::audit::find(&root.join("files/.archive"), &all, b"SECRET")
+            .unwrap()
+            .len()
+    };
+    assert!(archived() > 0);
+    s.drop_db("d").unwrap();
+    assert_eq!(archived(), 1, "k's are left");
+    // What a drop of `k` killed right after its rename leaves: gc finishes it.
+    std::fs::rename(root.join("dbs/k"), root.join("dbs/.drop-0123")).unwrap();
+    s.gc().unwrap();
+    assert_eq!(archived(), 0);
+    assert!(kiln::audit::find(root, &all, b"SECRET").unwrap().is_empty());
+    // The other database's archive stays.
+    assert!(
+        !kiln::audit::find(&root.join("files/.archive"), &all, b"kept")
+            .unwrap()
+            .is_empty()
+    );
+}
