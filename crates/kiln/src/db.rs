@@ -1657,7 +1657,13 @@ impl Db {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
             let (out, remove) = r?;
-            if head.purged.len() > cur.purged.len() {
+            if head.purged.len() > cur.purged.len()
+                || (head.purged != cur.purged
+                    && head
+                        .purged
+                        .iter()
+                        .any(|c| cur.purged.binary_search(c).is_err()))
+            {
                 // Purged versions may still be stored (the purge's own history, or a merge
                 // that brought another database's purge): finished after this commit.
                 head.scrub = true;
@@ -2096,6 +2102,20 @@ impl Db {
             } else {
                 db.add_pending(state.blocks.iter());
             }
+            // A purged version written again (equal contents share a block, whatever the id)
+            // is stored again: it leaves the purged list, as a purge leaves out a version
+            // another id names (else it read as purged and compaction dropped it).
+            let mut again: Vec<Cid> = if head.purged.is_empty() {
+                Vec::new()
+            } else {
+                event
+                    .ops
+                    .iter()
+                    .filter_map(|(_, l)| *l)
+                    .filter(|l| head.purged.binary_search(l).is_ok())
+                    .collect()
+            };
+            again.sort();
             db.store
                 .cache
                 .insert(CacheKey::Event(ecid), Cached::Event(Arc::new(event)));
@@ -2118,6 +2138,9 @@ impl Db {
             head.root = state.root;
             head.docs = docs.max(0) as u64;
             head.events += 1;
+            if !again.is_empty() {
+                head.purged.retain(|c| again.binary_search(c).is_err());
+            }
             if !purge.is_empty() {
                 head.purged.extend_from_slice(&purge);
                 head.purged.sort();
@@ -2457,11 +2480,16 @@ impl Db {
             replaces: vec![],
         });
         let mut heights = (u64::MAX, 0);
+        // Versions this database purged that the source has (see `commit`): stored again.
+        let mut again: Vec<Cid> = Vec::new();
         for (c, e) in &theirs_only {
             heights = (heights.0.min(e.height), heights.1.max(e.height));
             for l in e.ops.iter().filter_map(|(_, l)| *l) {
                 if shead.purged.binary_search(&l).is_ok() {
                     continue;
+                }
+                if head.purged.binary_search(&l).is_ok() {
+                    again.push(l);
                 }
                 let body = sv.with_block(&l, Some(e.height), |b| Ok(b.to_vec()))?;
                 w.add(l, &body);
@@ -2497,6 +2525,10 @@ impl Db {
         head.docs = docs.max(0) as u64;
         head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
         head.files.insert(0, file);
+        if !again.is_empty() {
+            again.sort();
+            head.purged.retain(|c| again.binary_search(c).is_err());
+        }
         // Versions the source purged are gone here too: say so, not "missing".
         let purged: Vec<Cid> = theirs_only
             .iter()
