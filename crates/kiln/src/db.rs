@@ -467,7 +467,11 @@ impl Database {
                 .map_err(|e| Error::format(hp.display().to_string(), e))?;
             Ok((head, lineage, key, log))
         })?;
-        if stamp == Some(DROPPED) {
+        // (A LOCK whose first half alone reads as the mark, damaged, is one too: every handle
+        // takes `begin` = DROPPED for dropped.)
+        if stamp == Some(DROPPED)
+            || read_counter(&lock).map_err(|e| Error::io(&lp, e))?[0] == DROPPED
+        {
             // (The head record stands: a drop that never happened changes nothing in it.)
             recover_unfinished_drop(&lock, &lp, name, store.opts.lock_timeout)?;
             stamp = None;

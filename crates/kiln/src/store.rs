@@ -681,8 +681,9 @@ impl Store {
             });
             let (db, files) = match named {
                 Ok(x) => x,
-                // Dropped meanwhile: nothing to keep.
-                Err(Error::NoSuchDatabase(_)) => continue,
+                // Dropped meanwhile: nothing to keep. (Not while the folder is in place: no
+                // drop commits while gc holds its lock, so that is damage, kept below.)
+                Err(Error::NoSuchDatabase(_)) if !self.dbs().join(name).exists() => continue,
                 Err(e) => {
                     r.unreadable.push((name.clone(), e.to_string()));
                     match self.lineage_on_disk(name) {
