@@ -332,7 +332,8 @@ impl Store {
             let legacy = self.legacy_path(&id);
             let gone = match std::fs::read(&sealed) {
                 Ok(b) => match lineage_of(&sealed, &b) {
-                    Ok(l) => self.inner.keybag.get(&l)?.is_none(),
+                    // (A key that cannot be read may still be there: kept, as its database.)
+                    Ok(l) => matches!(self.inner.keybag.get(&l), Ok(None)),
                     Err(_) => false, // damaged or newer: not garbage of ours to judge
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -408,3 +408,31 @@ fn gc_keeps_a_database_whose_lock_is_half_marked() {
     assert_eq!(key_files(root), 1);
     assert!(r.removed_files == 0, "{r:?}");
 }
+
+/// Review: gc asked the keybag for each proposal's key and failed for the whole store when an
+/// entry could not be read (a damaged key file): one damaged database blocked every other's
+/// maintenance again. A proposal whose key cannot be read is kept, like its database.
+#[test]
+fn a_damaged_key_does_not_block_gc_through_a_proposal() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = store(root);
+    let main = s.create(Some("main")).unwrap();
+    let lineage =
+        kiln::head::Head::lineage(&std::fs::read(root.join("dbs/main/HEAD")).unwrap()).unwrap();
+    drop(main);
+    let f = s.fork("main", Some("f")).unwrap();
+    f.put(&json!({"_id": "a"})).unwrap();
+    drop(f);
+    let p = s.propose("f", "main", "m").unwrap();
+    let o = s.create(Some("o")).unwrap();
+    o.put(&json!({"_id": "x", "v": "SECRET"})).unwrap();
+    o.put(&json!({"_id": "y"})).unwrap();
+    drop(o);
+    let kp = root.join(format!("keys/{}.key", kiln::keys::lineage_string(&lineage)));
+    std::fs::write(&kp, b"{\"v\":1,\"key\":\"damaged\"}").unwrap();
+    let r = s.gc().unwrap();
+    assert_eq!(r.unreadable.len(), 2, "{r:?}");
+    assert!(root.join(format!("proposals/{}.prop", p.id)).exists());
+    s.open_db("o").unwrap().purge("x").unwrap();
+}
