@@ -404,15 +404,16 @@ impl Store {
     /// Pins an open proposal to its fork's current heads (after the fork changed; review it
     /// again before accepting).
     pub fn update_proposal(&self, id: &str) -> Result<Proposal> {
-        let mut p = self.proposal(id)?;
-        if p.status != Status::Open {
-            return Err(Error::InvalidArgument(format!(
-                "proposal {id} was already decided"
-            )));
-        }
-        p.heads = self.open_db(&p.fork)?.heads()?;
-        self.save(&p)?;
-        Ok(p)
+        // Claimed as a decision is, for the time of the rewrite: a decision made meanwhile
+        // would otherwise be overwritten by the still open record read here (and the
+        // proposal, merged, would read open with its mark set: never decidable again).
+        let (mut p, mark) = self.claim(id)?;
+        let r = (|| {
+            p.heads = self.open_db(&p.fork)?.heads()?;
+            self.save(&p)
+        })();
+        let _ = std::fs::remove_file(&mark);
+        r.map(|()| p)
     }
 
     /// One proposal.

@@ -436,3 +436,34 @@ fn a_damaged_key_does_not_block_gc_through_a_proposal() {
     assert!(root.join(format!("proposals/{}.prop", p.id)).exists());
     s.open_db("o").unwrap().purge("x").unwrap();
 }
+
+/// Review: `update_proposal` read the record, then rewrote it without the decision mark, so a
+/// moderator accepting meanwhile had the accepted record overwritten by the still open one
+/// (merged, yet open, with its mark set: never decidable again). It now waits its turn as a
+/// decision does: while a decision is under way it is busy and rewrites nothing.
+#[test]
+fn update_proposal_does_not_overwrite_a_decision_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = store(root);
+    s.create(Some("main")).unwrap();
+    let f = s.fork("main", Some("f")).unwrap();
+    f.put(&json!({"_id": "a"})).unwrap();
+    let p = s.propose("f", "main", "m").unwrap();
+    f.put(&json!({"_id": "b"})).unwrap();
+    // Another moderator's decision under way (its mark made, its record not yet written).
+    let mark = root.join(format!("proposals/{}.decided", p.id));
+    std::fs::write(&mark, b"").unwrap();
+    let path = root.join(format!("proposals/{}.prop", p.id));
+    let before = std::fs::read(&path).unwrap();
+    assert!(matches!(s.update_proposal(&p.id), Err(Error::Busy(_))));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    std::fs::remove_file(&mark).unwrap();
+    // Otherwise it updates, and leaves the proposal decidable.
+    s.update_proposal(&p.id).unwrap();
+    s.accept(&p.id, None, "mod").unwrap();
+    assert!(matches!(
+        s.update_proposal(&p.id),
+        Err(Error::InvalidArgument(_))
+    ));
+}
