@@ -714,13 +714,23 @@ impl Store {
         r.databases = names.len();
         r.live_files = live.len();
         r.archived = archive;
+        // The archive keeps the history of the lineages databases use: a file no key of
+        // theirs opens (a dropped database's, its key gone or going) is removed, not archived.
+        let archive_keys: Vec<Key> = if archive {
+            lineages
+                .iter()
+                .filter_map(|l| self.inner.keybag.get(l).ok().flatten())
+                .collect()
+        } else {
+            Vec::new()
+        };
         for f in listed.iter().filter(|f| !live.contains(*f)) {
             if damaged.may_own(|keys| self.file_opens_with(f, keys), &all_keys) {
                 r.kept_files.push(*f);
                 continue;
             }
             let len = storage.len(f).unwrap_or(0);
-            let done = if archive {
+            let done = if archive && self.file_opens_with(f, &archive_keys) {
                 storage.archive(f)
             } else {
                 storage.remove(f)
