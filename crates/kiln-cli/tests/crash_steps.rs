@@ -215,8 +215,18 @@ fn doc_reads(root: &Path, db: &str, id: &str) -> Option<String> {
 
 #[test]
 fn a_drop_killed_at_any_step_is_finished_by_gc_or_never_happened() {
+    drop_at_every_step(false);
+}
+
+/// With an archive kept, a drop left the files its compactions had archived for good.
+#[test]
+fn a_drop_killed_at_any_step_leaves_nothing_in_the_archive_either() {
+    drop_at_every_step(true);
+}
+
+fn drop_at_every_step(archive: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let t = template(dir.path(), false);
+    let t = template(dir.path(), archive);
     let all = keys(&t);
     let kills = every_step(&t, &dir.path().join("w"), &["db", "drop", "s"], &|w| {
         let exists = w.join("dbs/s").exists();

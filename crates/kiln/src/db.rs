@@ -467,7 +467,11 @@ impl Database {
                 .map_err(|e| Error::format(hp.display().to_string(), e))?;
             Ok((head, lineage, key, log))
         })?;
-        if stamp == Some(DROPPED) {
+        // (A LOCK whose first half alone reads as the mark, damaged, is one too: every handle
+        // takes `begin` = DROPPED for dropped.)
+        if stamp == Some(DROPPED)
+            || read_counter(&lock).map_err(|e| Error::io(&lp, e))?[0] == DROPPED
+        {
             // (The head record stands: a drop that never happened changes nothing in it.)
             recover_unfinished_drop(&lock, &lp, name, store.opts.lock_timeout)?;
             stamp = None;
@@ -908,8 +912,10 @@ impl Database {
     /// Starts a background compaction after a commit that wants one (one at a time per handle).
     fn finish(&self, (c, wanted): (Committed, bool)) -> Result<Committed> {
         if self.inner.state().head.scrub {
-            // Another handle's purge did not finish (a crash): finish it now.
-            self.finish_purge()?;
+            // Another handle's purge did not finish (a crash): finish it now. The commit is
+            // done whatever comes of that: what stays unfinished, the next open, write or gc
+            // tries again (and `verify` and gc report).
+            let _ = self.finish_purge();
         }
         if wanted && !self.inner.compacting.swap(true, Ordering::SeqCst) {
             let db = self.inner.clone();
@@ -1003,7 +1009,11 @@ impl Database {
             "",
         )?;
         let ev = self.inner.read(|v| v.event(&c.event))?;
-        let gc = self.store().gc()?;
+        // (Committed: a gc that fails leaves the purge unfinished, not undone.)
+        let gc = self
+            .store()
+            .gc()
+            .map_err(|e| Error::PurgeUnfinished(self.inner.name.clone(), e.to_string()))?;
         if self.inner.refresh()?.head.scrub {
             return Err(Error::PurgeUnfinished(
                 self.inner.name.clone(),
@@ -1165,8 +1175,9 @@ impl Database {
         let r = self
             .inner
             .with_lock(|db, head| db.merge(head, &src.inner, &sst.head, note, false))?;
-        // The source's purges apply here too: versions it purged leave this database's files.
-        self.finish_purge()?;
+        // The source's purges apply here too: versions it purged leave this database's files
+        // (the merge is done whatever comes of that, as for any commit: see `finish`).
+        let _ = self.finish_purge();
         Ok(r)
     }
 
@@ -1650,7 +1661,13 @@ impl Db {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
             let (out, remove) = r?;
-            if head.purged.len() > cur.purged.len() {
+            if head.purged.len() > cur.purged.len()
+                || (head.purged != cur.purged
+                    && head
+                        .purged
+                        .iter()
+                        .any(|c| cur.purged.binary_search(c).is_err()))
+            {
                 // Purged versions may still be stored (the purge's own history, or a merge
                 // that brought another database's purge): finished after this commit.
                 head.scrub = true;
@@ -2089,6 +2106,20 @@ impl Db {
             } else {
                 db.add_pending(state.blocks.iter());
             }
+            // A purged version written again (equal contents share a block, whatever the id)
+            // is stored again: it leaves the purged list, as a purge leaves out a version
+            // another id names (else it read as purged and compaction dropped it).
+            let mut again: Vec<Cid> = if head.purged.is_empty() {
+                Vec::new()
+            } else {
+                event
+                    .ops
+                    .iter()
+                    .filter_map(|(_, l)| *l)
+                    .filter(|l| head.purged.binary_search(l).is_ok())
+                    .collect()
+            };
+            again.sort();
             db.store
                 .cache
                 .insert(CacheKey::Event(ecid), Cached::Event(Arc::new(event)));
@@ -2111,6 +2142,9 @@ impl Db {
             head.root = state.root;
             head.docs = docs.max(0) as u64;
             head.events += 1;
+            if !again.is_empty() {
+                head.purged.retain(|c| again.binary_search(c).is_err());
+            }
             if !purge.is_empty() {
                 head.purged.extend_from_slice(&purge);
                 head.purged.sort();
@@ -2450,11 +2484,16 @@ impl Db {
             replaces: vec![],
         });
         let mut heights = (u64::MAX, 0);
+        // Versions this database purged that the source has (see `commit`): stored again.
+        let mut again: Vec<Cid> = Vec::new();
         for (c, e) in &theirs_only {
             heights = (heights.0.min(e.height), heights.1.max(e.height));
             for l in e.ops.iter().filter_map(|(_, l)| *l) {
                 if shead.purged.binary_search(&l).is_ok() {
                     continue;
+                }
+                if head.purged.binary_search(&l).is_ok() {
+                    again.push(l);
                 }
                 let body = sv.with_block(&l, Some(e.height), |b| Ok(b.to_vec()))?;
                 w.add(l, &body);
@@ -2490,6 +2529,10 @@ impl Db {
         head.docs = docs.max(0) as u64;
         head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
         head.files.insert(0, file);
+        if !again.is_empty() {
+            again.sort();
+            head.purged.retain(|c| again.binary_search(c).is_err());
+        }
         // Versions the source purged are gone here too: say so, not "missing".
         let purged: Vec<Cid> = theirs_only
             .iter()
@@ -3809,6 +3852,48 @@ mod tests {
         // HEAD.next (the previous head record) is empty.
         let next = dir.path().join("dbs/t/HEAD.next");
         assert_eq!(std::fs::metadata(next).map(|m| m.len()).unwrap_or(0), 0);
+    }
+
+    /// Review: a write (or merge) that found an unfinished purge and could not finish it (gc
+    /// busy behind another process's writer, or failing) returned that error although it
+    /// had committed: a caller retrying a `del` then got "no such document".
+    #[test]
+    fn a_write_that_cannot_finish_a_purge_still_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::Options {
+            durability: crate::Durability::Buffered,
+            lock_timeout: std::time::Duration::from_millis(200),
+            ..Default::default()
+        };
+        let store = crate::Store::open_with(dir.path(), opts.clone()).unwrap();
+        let db = store.create(Some("t")).unwrap();
+        db.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
+        db.put(&json!({"_id": "b"})).unwrap();
+        db.inner
+            .commit(
+                None,
+                Prepared::of(vec![("a".to_owned(), None)]),
+                Some("a"),
+                Vec::new(),
+                "",
+            )
+            .unwrap();
+        let src = store.create(Some("s")).unwrap();
+        src.put(&json!({"_id": "m"})).unwrap();
+        // Another process (its own handle on the GC lock) writing meanwhile.
+        let other = crate::Store::open_with(dir.path(), opts).unwrap();
+        let held = other.inner.gc.shared().unwrap();
+        db.put(&json!({"_id": "c"})).unwrap();
+        db.del("b").unwrap();
+        db.merge_from(&src, None).unwrap();
+        assert!(db.scrubbing().unwrap(), "still to finish");
+        // A purge commits, and says it is not finished (it said "busy").
+        assert!(matches!(db.purge("c"), Err(Error::PurgeUnfinished(..))));
+        assert!(matches!(db.get("c"), Ok(None)));
+        drop(held);
+        db.put(&json!({"_id": "d"})).unwrap();
+        assert!(!db.scrubbing().unwrap());
+        assert!(db.get("d").unwrap().is_some() && db.get("m").unwrap().is_some());
     }
 
     /// A large bulk held the GC lock shared while its commit finished another process's

@@ -232,6 +232,20 @@ impl Keybag {
         Ok(out)
     }
 
+    /// The keys of the lineages not in `used` (what [`Keybag::remove_unused`] removes; entries
+    /// that do not parse are left out).
+    pub fn unused_keys(&self, used: &std::collections::HashSet<Lineage>) -> Result<Vec<Key>> {
+        let mut out = Vec::new();
+        for l in self.lineages()? {
+            if !used.contains(&l) {
+                if let Ok(Some(k)) = self.get(&l) {
+                    out.push(k);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes the key and shared mark of every lineage not in `used` (garbage collection,
     /// which holds the store's GC lock exclusively: creators hold it shared from writing a
     /// key until their database is in place). Returns the keys removed.

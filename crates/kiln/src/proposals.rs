@@ -332,7 +332,8 @@ impl Store {
             let legacy = self.legacy_path(&id);
             let gone = match std::fs::read(&sealed) {
                 Ok(b) => match lineage_of(&sealed, &b) {
-                    Ok(l) => self.inner.keybag.get(&l)?.is_none(),
+                    // (A key that cannot be read may still be there: kept, as its database.)
+                    Ok(l) => matches!(self.inner.keybag.get(&l), Ok(None)),
                     Err(_) => false, // damaged or newer: not garbage of ours to judge
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -403,15 +404,16 @@ impl Store {
     /// Pins an open proposal to its fork's current heads (after the fork changed; review it
     /// again before accepting).
     pub fn update_proposal(&self, id: &str) -> Result<Proposal> {
-        let mut p = self.proposal(id)?;
-        if p.status != Status::Open {
-            return Err(Error::InvalidArgument(format!(
-                "proposal {id} was already decided"
-            )));
-        }
-        p.heads = self.open_db(&p.fork)?.heads()?;
-        self.save(&p)?;
-        Ok(p)
+        // Claimed as a decision is, for the time of the rewrite: a decision made meanwhile
+        // would otherwise be overwritten by the still open record read here (and the
+        // proposal, merged, would read open with its mark set: never decidable again).
+        let (mut p, mark) = self.claim(id)?;
+        let r = (|| {
+            p.heads = self.open_db(&p.fork)?.heads()?;
+            self.save(&p)
+        })();
+        let _ = std::fs::remove_file(&mark);
+        r.map(|()| p)
     }
 
     /// One proposal.

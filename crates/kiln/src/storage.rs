@@ -65,6 +65,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn archive(&self, name: &FileName) -> io::Result<()>;
     /// A file from the archive.
     fn read_archived(&self, name: &FileName) -> io::Result<Vec<u8>>;
+    /// The last `len` bytes (at most) of a file in the archive, and the file's length.
+    fn read_archived_tail(&self, name: &FileName, len: usize) -> io::Result<(Vec<u8>, u64)>;
     /// Deletes a file from the archive (absent is not an error).
     fn remove_archived(&self, name: &FileName) -> io::Result<()>;
     /// Every file in the archive.
@@ -909,6 +911,15 @@ impl Storage for LocalStorage {
 
     fn read_archived(&self, name: &FileName) -> io::Result<Vec<u8>> {
         fs::read(self.archive_path(name))
+    }
+
+    fn read_archived_tail(&self, name: &FileName, len: usize) -> io::Result<(Vec<u8>, u64)> {
+        let f = File::open(self.archive_path(name))?;
+        let size = f.metadata()?.len();
+        let n = (len as u64).min(size);
+        let mut b = vec![0u8; n as usize];
+        f.read_exact_at(&mut b, size - n)?;
+        Ok((b, size))
     }
 
     fn remove_archived(&self, name: &FileName) -> io::Result<()> {

@@ -223,6 +223,8 @@ pub struct GcReport {
     pub keys_removed: usize,
     /// Proposals no key opens any more (their target was dropped), removed.
     pub proposals_removed: usize,
+    /// Archived files of lineages no database uses any more (dropped), removed with their key.
+    pub archived_removed: usize,
     /// Databases whose head record could not be read, with why. Their files are kept: a file
     /// no readable head names is kept when it may be theirs (it opens under their key, or
     /// their lineage or key is unknown).
@@ -255,6 +257,7 @@ impl GcReport {
         self.leftovers_removed += o.leftovers_removed;
         self.keys_removed += o.keys_removed;
         self.proposals_removed += o.proposals_removed;
+        self.archived_removed += o.archived_removed;
         self.live_files = o.live_files;
         self.databases = o.databases;
         self.unreadable = o.unreadable;
@@ -678,8 +681,9 @@ impl Store {
             });
             let (db, files) = match named {
                 Ok(x) => x,
-                // Dropped meanwhile: nothing to keep.
-                Err(Error::NoSuchDatabase(_)) => continue,
+                // Dropped meanwhile: nothing to keep. (Not while the folder is in place: no
+                // drop commits while gc holds its lock, so that is damage, kept below.)
+                Err(Error::NoSuchDatabase(_)) if !self.dbs().join(name).exists() => continue,
                 Err(e) => {
                     r.unreadable.push((name.clone(), e.to_string()));
                     match self.lineage_on_disk(name) {
@@ -710,13 +714,23 @@ impl Store {
         r.databases = names.len();
         r.live_files = live.len();
         r.archived = archive;
+        // The archive keeps the history of the lineages databases use: a file no key of
+        // theirs opens (a dropped database's, its key gone or going) is removed, not archived.
+        let archive_keys: Vec<Key> = if archive {
+            lineages
+                .iter()
+                .filter_map(|l| self.inner.keybag.get(l).ok().flatten())
+                .collect()
+        } else {
+            Vec::new()
+        };
         for f in listed.iter().filter(|f| !live.contains(*f)) {
             if damaged.may_own(|keys| self.file_opens_with(f, keys), &all_keys) {
                 r.kept_files.push(*f);
                 continue;
             }
             let len = storage.len(f).unwrap_or(0);
-            let done = if archive {
+            let done = if archive && self.file_opens_with(f, &archive_keys) {
                 storage.archive(f)
             } else {
                 storage.remove(f)
@@ -731,6 +745,9 @@ impl Store {
         r.reusable_files = n;
         r.reusable_bytes = b;
         if !damaged.unknown {
+            // A lineage's archived files go before its key: they open under it alone.
+            let unused = self.inner.keybag.unused_keys(&lineages)?;
+            r.archived_removed = self.remove_archived_of(&unused)?;
             r.keys_removed = self.inner.keybag.remove_unused(&lineages)?;
         }
         r.proposals_removed = self.remove_unreadable_proposals()?;
@@ -789,6 +806,41 @@ impl Store {
             .any(|k| crate::car::Index::open(k, &tail, at).is_ok())
     }
 
+    /// [`Store::file_opens_with`] for a file in the archive.
+    fn archived_opens_with(&self, f: &FileName, keys: &[Key]) -> bool {
+        let storage = &self.inner.storage;
+        let Ok((t, len)) = storage.read_archived_tail(f, crate::car::TRAILER_LEN) else {
+            return false;
+        };
+        let Ok((at, _)) = crate::car::parse_trailer(len, &t) else {
+            return false;
+        };
+        // The index region and the trailer.
+        let Ok((tail, _)) = storage.read_archived_tail(f, (len - at) as usize) else {
+            return false;
+        };
+        keys.iter()
+            .any(|k| crate::car::Index::open(k, &tail, at).is_ok())
+    }
+
+    /// Removes the archived files that open under one of `keys` (lineages that are going);
+    /// returns how many.
+    fn remove_archived_of(&self, keys: &[Key]) -> Result<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let storage = &self.inner.storage;
+        let io = |e| Error::io(self.inner.root.join("files/.archive"), e);
+        let mut n = 0;
+        for f in storage.list_archived().map_err(io)? {
+            if self.archived_opens_with(&f, keys) {
+                storage.remove_archived(&f).map_err(io)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Deletes a database: its folder, and its diff files and key unless a fork shares them
     /// (garbage collection removes those once no database names them). Crash-complete: the
     /// drop commits when the folder is renamed to `dbs/.drop-*` under the database's writer
@@ -796,17 +848,30 @@ impl Store {
     /// the next open), a kill after it leaves a folder `gc` removes, with the files and key.
     pub fn drop_db(&self, name: &str) -> Result<()> {
         let db = self.open_plain(name)?;
-        let lineage = db.lineage();
+        let (lineage, key) = (db.lineage(), db.key());
+        // Held until the folder is gone: garbage collection would take the `.drop-*` folder
+        // (and the files, archiving them when the store keeps an archive) as a killed drop's
+        // leftovers while this drop still removes them.
+        let _gc = self.inner.gc.shared()?;
         let gone = self
             .dbs()
             .join(format!("{DROP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
         let files = db.drop_to(&gone)?;
         drop(db);
-        // A database that never shared its lineage owns its files and its key: the key goes
-        // first (what is left is then unreadable), then the files' bytes, then the folder.
-        // After a fork they may be shared: garbage collection removes files no one names and
-        // the key once no database of the lineage is left.
+        #[cfg(test)]
+        tests::AFTER_DROP_COMMIT.with(|h| {
+            if let Some(f) = &*h.borrow() {
+                f()
+            }
+        });
+        // A database that never shared its lineage owns its files and its key: its archived
+        // files go first (found by the key; a kill before the key goes leaves them to gc,
+        // which removes a lineage's archived files with its key), then the key (what is left
+        // is then unreadable), then the files' bytes, then the folder. After a fork they may
+        // be shared: garbage collection removes files no one names, and the key and the
+        // archived files once no database of the lineage is left.
         if !self.inner.keybag.is_shared(&lineage) {
+            self.remove_archived_of(std::slice::from_ref(&key))?;
             self.inner.keybag.remove(&lineage)?;
             for f in &files {
                 self.inner
@@ -815,8 +880,10 @@ impl Store {
                     .map_err(|e| Error::io(self.inner.root.join("files"), e))?;
             }
         }
-        std::fs::remove_dir_all(&gone).map_err(|e| Error::io(&gone, e))?;
-        Ok(())
+        match std::fs::remove_dir_all(&gone) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&gone, e)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -858,6 +925,56 @@ fn unreadable_names(r: &GcReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    thread_local! {
+        /// Runs in [`Store::drop_db`] right after the drop's commit point: what another thread
+        /// or process does then.
+        pub(super) static AFTER_DROP_COMMIT: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Review: a drop removed its key, files and `.drop-*` folder after its commit point
+    /// without the GC lock, so a gc running then took the folder as a killed drop's leftover
+    /// (and the files, archiving them when the store keeps an archive): the drop, committed,
+    /// failed with "No such file or directory" (the CLI's exit 1).
+    #[test]
+    fn a_gc_beside_a_drop_does_not_fail_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            durability: Durability::Buffered,
+            lock_timeout: std::time::Duration::from_millis(300),
+            ..Options::default()
+        };
+        let s = Store::open_with(dir.path(), opts).unwrap();
+        s.set_settings(&Settings {
+            keep_archive: Some(true),
+            ..Settings::default()
+        })
+        .unwrap();
+        let d = s.create(Some("d")).unwrap();
+        d.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
+        drop(d);
+        let keys = s.inner.keybag.all().unwrap();
+        let other = s.clone();
+        AFTER_DROP_COMMIT.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let s = other.clone();
+                // Another thread's gc: it waits for the drop to finish (busy here), or ran.
+                let _ = std::thread::spawn(move || s.gc()).join().unwrap();
+            }))
+        });
+        let r = s.drop_db("d");
+        AFTER_DROP_COMMIT.with(|h| *h.borrow_mut() = None);
+        r.unwrap();
+        s.gc().unwrap();
+        assert!(std::fs::read_dir(dir.path().join("dbs"))
+            .unwrap()
+            .next()
+            .is_none());
+        let found = crate::audit::find(dir.path(), &keys, b"SECRET").unwrap();
+        assert!(found.is_empty(), "{found:?}");
+    }
 
     #[test]
     fn names() {

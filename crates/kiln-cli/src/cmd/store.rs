@@ -62,10 +62,10 @@ fn gc(ctx: &Ctx) -> Result<u8, Fail> {
                 r.reusable_bytes,
                 if r.archived { r.reusable_bytes } else { freed }
             );
-            if r.leftovers_removed + r.keys_removed + r.proposals_removed > 0 {
+            if r.leftovers_removed + r.keys_removed + r.proposals_removed + r.archived_removed > 0 {
                 s.push_str(&format!(
-                    "\nleft by interrupted commands: {} database folders, {} keys, {} proposals removed",
-                    r.leftovers_removed, r.keys_removed, r.proposals_removed
+                    "\nleft by interrupted commands: {} database folders, {} keys, {} proposals, {} archived files removed",
+                    r.leftovers_removed, r.keys_removed, r.proposals_removed, r.archived_removed
                 ));
             }
             for n in &r.purges_finished {
@@ -93,6 +93,7 @@ fn gc(ctx: &Ctx) -> Result<u8, Fail> {
                 "freed_bytes": if r.archived { r.reusable_bytes } else { freed },
                 "leftovers_removed": r.leftovers_removed, "keys_removed": r.keys_removed,
                 "proposals_removed": r.proposals_removed,
+                "archived_removed": r.archived_removed,
                 "purges_finished": r.purges_finished,
                 "unreadable": r.unreadable.iter().map(|(n, w)| json!({"database": n, "error": w})).collect::<Vec<_>>(),
                 "kept_files": r.kept_files.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
