@@ -915,7 +915,7 @@ impl Database {
             // Another handle's purge did not finish (a crash): finish it now. The commit is
             // done whatever comes of that: what stays unfinished, the next open, write or gc
             // tries again (and `verify` and gc report).
-            let _ = self.finish_purge();
+            self.finish_purge_soon();
         }
         if wanted && !self.inner.compacting.swap(true, Ordering::SeqCst) {
             let db = self.inner.clone();
@@ -1009,16 +1009,20 @@ impl Database {
             "",
         )?;
         let ev = self.inner.read(|v| v.event(&c.event))?;
-        // (Committed: a gc that fails leaves the purge unfinished, not undone.)
-        let gc = self
-            .store()
-            .gc()
-            .map_err(|e| Error::PurgeUnfinished(self.inner.name.clone(), e.to_string()))?;
+        // (Committed: a gc that fails leaves the purge unfinished, not undone; opens and
+        // writes of this handle's store wait a while before they try again.)
+        let unfinished = |why: String| {
+            self.inner
+                .store
+                .purge_tries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(self.inner.name.clone(), std::time::Instant::now());
+            Error::PurgeUnfinished(self.inner.name.clone(), why)
+        };
+        let gc = self.store().gc().map_err(|e| unfinished(e.to_string()))?;
         if self.inner.refresh()?.head.scrub {
-            return Err(Error::PurgeUnfinished(
-                self.inner.name.clone(),
-                gc.why_unfinished(&self.inner.name),
-            ));
+            return Err(unfinished(gc.why_unfinished(&self.inner.name)));
         }
         Ok(PurgeReport {
             event: c.event,
@@ -1053,6 +1057,32 @@ impl Database {
             self.store().gc()?;
         }
         Ok(())
+    }
+
+    /// [`Database::finish_purge`] on an open or a write: best effort (the caller's work stands
+    /// either way), and when this store handle tried and failed within the last
+    /// [`crate::store::PURGE_RETRY`], not again yet (a try is a gc of the store and a rewrite
+    /// of the database; one that cannot finish, say beside a database gc cannot read, would
+    /// otherwise make every write pay that).
+    pub(crate) fn finish_purge_soon(&self) {
+        let tries = &self.inner.store.purge_tries;
+        let name = &self.inner.name;
+        let recent = |t: &std::time::Instant| t.elapsed() < crate::store::PURGE_RETRY;
+        if tries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(recent)
+        {
+            return;
+        }
+        let done = self.finish_purge().is_ok() && !self.scrubbing().unwrap_or(true);
+        let mut t = tries.lock().unwrap_or_else(|p| p.into_inner());
+        if done {
+            t.remove(name);
+        } else {
+            t.insert(name.clone(), std::time::Instant::now());
+        }
     }
 
     /// The database's own part of finishing a purge: under the writer lock, rewrites every
@@ -1177,7 +1207,7 @@ impl Database {
             .with_lock(|db, head| db.merge(head, &src.inner, &sst.head, note, false))?;
         // The source's purges apply here too: versions it purged leave this database's files
         // (the merge is done whatever comes of that, as for any commit: see `finish`).
-        let _ = self.finish_purge();
+        self.finish_purge_soon();
         Ok(r)
     }
 
@@ -1554,7 +1584,13 @@ impl Db {
     fn refresh(&self) -> Result<Arc<State>> {
         let c = self.counter()?;
         if c[0] == DROPPED {
-            return Err(Error::NoSuchDatabase(self.name.clone()));
+            // Dropped, or a drop killed before its commit point (then taken back here, as
+            // an open would). Under this handle's writer mutex: the writer lock is this
+            // handle's file's, which a drop through this handle may hold.
+            let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let lp = self.dir.join("LOCK");
+            recover_unfinished_drop(&self.lock, &lp, &self.name, self.store.opts.lock_timeout)?;
+            return self.reload();
         }
         let st = self.state();
         if c[0] == c[1] && st.stamp == Some(c[1]) {
@@ -1641,9 +1677,12 @@ impl Db {
         let _gc = self.store.gc.shared()?;
         self.acquire()?;
         let r = (|| {
-            let c = self.counter()?;
+            let mut c = self.counter()?;
             if c[0] == DROPPED {
-                return Err(Error::NoSuchDatabase(self.name.clone()));
+                // Dropped (the folder is gone), or a drop killed before its commit point,
+                // whose mark is taken back here as an open would.
+                take_back_drop_mark(&self.lock, &self.dir.join("LOCK"), &self.name)?;
+                c = self.counter()?;
             }
             let st = self.state();
             let (cur, log) = if c[0] == c[1] && st.stamp == Some(c[1]) {
@@ -3486,27 +3525,31 @@ fn recover_unfinished_drop(
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
     }
-    let r = (|| {
-        if read_counter(lock).map_err(io)?[0] != DROPPED {
-            return Ok(()); // taken back meanwhile
-        }
-        use std::os::unix::fs::MetadataExt;
-        let mine = lock.metadata().map_err(io)?;
-        let in_place =
-            std::fs::metadata(lp).is_ok_and(|m| m.dev() == mine.dev() && m.ino() == mine.ino());
-        if !in_place {
-            return Err(Error::NoSuchDatabase(name.into()));
-        }
-        let mut r = [0u8; 8];
-        getrandom::getrandom(&mut r).map_err(|e| io(std::io::Error::other(e)))?;
-        let fresh = u64::from_le_bytes(r) >> 2;
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&fresh.to_le_bytes());
-        b[8..].copy_from_slice(&fresh.to_le_bytes());
-        lock.write_all_at(&b, 0).map_err(io)
-    })();
+    let r = take_back_drop_mark(lock, lp, name);
     let _ = lock.unlock();
     r
+}
+
+/// [`recover_unfinished_drop`] for a caller that holds the writer lock already.
+fn take_back_drop_mark(lock: &File, lp: &std::path::Path, name: &str) -> Result<()> {
+    let io = |e| Error::io(lp, e);
+    if read_counter(lock).map_err(io)?[0] != DROPPED {
+        return Ok(()); // taken back meanwhile
+    }
+    use std::os::unix::fs::MetadataExt;
+    let mine = lock.metadata().map_err(io)?;
+    let in_place =
+        std::fs::metadata(lp).is_ok_and(|m| m.dev() == mine.dev() && m.ino() == mine.ino());
+    if !in_place {
+        return Err(Error::NoSuchDatabase(name.into()));
+    }
+    let mut r = [0u8; 8];
+    getrandom::getrandom(&mut r).map_err(|e| io(std::io::Error::other(e)))?;
+    let fresh = u64::from_le_bytes(r) >> 2;
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&fresh.to_le_bytes());
+    b[8..].copy_from_slice(&fresh.to_le_bytes());
+    lock.write_all_at(&b, 0).map_err(io)
 }
 
 /// The commit counter in LOCK: `[begin, end]`; equal when no commit is in flight. A short
@@ -3891,7 +3934,10 @@ mod tests {
         assert!(matches!(db.purge("c"), Err(Error::PurgeUnfinished(..))));
         assert!(matches!(db.get("c"), Ok(None)));
         drop(held);
+        // Writes try again only after a pause (each try is a gc of the store); gc always does.
         db.put(&json!({"_id": "d"})).unwrap();
+        assert!(db.scrubbing().unwrap());
+        store.gc().unwrap();
         assert!(!db.scrubbing().unwrap());
         assert!(db.get("d").unwrap().is_some() && db.get("m").unwrap().is_some());
     }

@@ -321,7 +321,8 @@ impl Store {
         Ok(ids)
     }
 
-    /// Removes proposals no key opens any more (their target was dropped with its key), and
+    /// Removes proposals whose target is gone: sealed ones no key opens any more (their
+    /// target was dropped with its key) or naming a target that no longer exists, and
     /// plaintext ones whose target is gone (garbage collection, which holds the GC lock
     /// exclusively: this opens no database, as an open may finish a purge through gc).
     /// Returns how many.
@@ -332,8 +333,17 @@ impl Store {
             let legacy = self.legacy_path(&id);
             let gone = match std::fs::read(&sealed) {
                 Ok(b) => match lineage_of(&sealed, &b) {
-                    // (A key that cannot be read may still be there: kept, as its database.)
-                    Ok(l) => matches!(self.inner.keybag.get(&l), Ok(None)),
+                    // No key: its lineage is gone. With the key: gone when its target is (a
+                    // fork of the lineage keeps the key alive). (A key that cannot be read
+                    // may still be there: kept, as its database.)
+                    Ok(l) => match self.inner.keybag.get(&l) {
+                        Ok(None) => true,
+                        Ok(Some(k)) => open_sealed(&b, &l, &k, &id)
+                            .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
+                            .and_then(|v| v.get("to")?.as_str().map(str::to_owned))
+                            .is_some_and(|to| !self.exists(&to)),
+                        Err(_) => false,
+                    },
                     Err(_) => false, // damaged or newer: not garbage of ours to judge
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -407,13 +417,10 @@ impl Store {
         // Claimed as a decision is, for the time of the rewrite: a decision made meanwhile
         // would otherwise be overwritten by the still open record read here (and the
         // proposal, merged, would read open with its mark set: never decidable again).
-        let (mut p, mark) = self.claim(id)?;
-        let r = (|| {
-            p.heads = self.open_db(&p.fork)?.heads()?;
-            self.save(&p)
-        })();
-        let _ = std::fs::remove_file(&mark);
-        r.map(|()| p)
+        let (mut p, _claim) = self.claim(id)?;
+        p.heads = self.open_db(&p.fork)?.heads()?;
+        self.save(&p)?;
+        Ok(p)
     }
 
     /// One proposal.
@@ -471,8 +478,13 @@ impl Store {
         let r = to.preview_merge_pinned(&fork, &p.heads)?;
         Ok((p, r))
     }
-    /// Claims an open proposal for a decision: only one caller ever gets it.
-    fn claim(&self, id: &str) -> Result<(Proposal, PathBuf)> {
+    /// Claims an open proposal for a decision (or an update): an exclusive `flock` on
+    /// `<id>.decided`, held until the returned file is dropped, so one caller at a time gets
+    /// it, and a claimer killed midway leaves nothing that blocks the next (its lock goes with
+    /// its process; an accept it left half done is taken up again: merging the same pinned
+    /// state twice changes nothing). The mark file itself stays (unlinking it would let two
+    /// claimers lock two files).
+    fn claim(&self, id: &str) -> Result<(Proposal, std::fs::File)> {
         let decided = |p: &Proposal| {
             Error::InvalidArgument(format!(
                 "proposal {id} was already {}",
@@ -487,28 +499,38 @@ impl Store {
             return Err(decided(&p));
         }
         let mark = self.proposals_dir().join(format!("{id}.decided"));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&mark)
-        {
-            Ok(_) => Ok((p, mark)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let now = self.proposal(id)?;
-                Err(if now.status == Status::Open {
-                    Error::Busy(format!("proposal {id} (another moderator is deciding it)"))
-                } else {
-                    decided(&now)
-                })
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&mark)
+                .map_err(|e| Error::io(&mark, e))?
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Busy(format!(
+                    "proposal {id} (another moderator is deciding it)"
+                )))
             }
-            Err(e) => Err(Error::io(&mark, e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&mark, e)),
         }
+        // Holding it: a decision may have finished before.
+        let now = self.proposal(id)?;
+        if now.status != Status::Open {
+            return Err(decided(&now));
+        }
+        Ok((now, file))
     }
 
     /// Accepts a proposal: merges the fork into the target (with `only`, just those documents),
     /// recording who accepted which proposal in the merge event's note.
     pub fn accept(&self, id: &str, only: Option<&[String]>, by: &str) -> Result<MergeReport> {
-        let (mut p, mark) = self.claim(id)?;
+        let (mut p, _claim) = self.claim(id)?;
         let result = (|| {
             let (fork, to): (Database, Database) = (self.pinned_fork(&p)?, self.open_db(&p.to)?);
             let note = format!(
@@ -517,27 +539,20 @@ impl Store {
             );
             to.merge_pinned(&fork, &p.heads, only, &note)
         })();
-        match result {
-            Ok(r) => {
-                p.status = Status::Accepted {
-                    event: r.event.map(|e| e.to_string()),
-                    by: by.into(),
-                    at: now_ms(),
-                    only: only.map(<[String]>::to_vec).unwrap_or_default(),
-                };
-                self.save(&p)?;
-                Ok(r)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&mark);
-                Err(e)
-            }
-        }
+        let r = result?;
+        p.status = Status::Accepted {
+            event: r.event.map(|e| e.to_string()),
+            by: by.into(),
+            at: now_ms(),
+            only: only.map(<[String]>::to_vec).unwrap_or_default(),
+        };
+        self.save(&p)?;
+        Ok(r)
     }
 
     /// Rejects a proposal, with a reason.
     pub fn reject(&self, id: &str, reason: &str, by: &str) -> Result<Proposal> {
-        let (mut p, _) = self.claim(id)?;
+        let (mut p, _claim) = self.claim(id)?;
         p.status = Status::Rejected {
             by: by.into(),
             at: now_ms(),

@@ -89,7 +89,15 @@ pub(crate) struct StoreInner {
     pub settings: std::sync::RwLock<Settings>,
     /// `ROOT/GC`: see [`GcLock`].
     pub gc: GcLock,
+    /// When this handle last tried, on an open or a write, to finish a database's interrupted
+    /// purge and could not: such tries wait [`PURGE_RETRY`] (each is a gc of the whole store
+    /// and a rewrite of the database). `gc` itself always tries.
+    pub purge_tries: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// How long an open or a write waits before it tries again to finish an interrupted purge
+/// that it could not finish (see [`StoreInner::purge_tries`]).
+pub(crate) const PURGE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The store-wide lock between garbage collection and writers. A writer holds it shared from
 /// writing a file until a head record names that file (or it is removed again); garbage
@@ -411,6 +419,7 @@ impl Store {
                 cache,
                 opts,
                 settings: std::sync::RwLock::new(settings),
+                purge_tries: Default::default(),
             }),
         })
     }
@@ -567,7 +576,7 @@ impl Store {
     pub fn open_db(&self, name: &str) -> Result<Database> {
         let db = self.open_plain(name)?;
         if db.scrubbing_as_read() {
-            let _ = db.finish_purge();
+            db.finish_purge_soon();
         }
         Ok(db)
     }
@@ -589,8 +598,13 @@ impl Store {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&dbs).map_err(|e| Error::io(&dbs, e))? {
             let e = e.map_err(|e| Error::io(&dbs, e))?;
+            // A database is a folder with a database's name (a stray file, or a folder no
+            // database could be named, is not one).
+            if !e.file_type().map_err(|x| Error::io(e.path(), x))?.is_dir() {
+                continue;
+            }
             if let Some(n) = e.file_name().to_str() {
-                if !n.starts_with('.') {
+                if check_name(n).is_ok() {
                     out.push(n.to_owned());
                 }
             }
@@ -675,6 +689,14 @@ impl Store {
         let mut scrubbing = Vec::new();
         let names = self.list()?;
         for name in &names {
+            let dir = self.dbs().join(name);
+            if ["HEAD", "HEAD.next", "LOCK"]
+                .iter()
+                .all(|f| !dir.join(f).exists())
+            {
+                // A folder with none of a database's files is no database (nor damage to one).
+                continue;
+            }
             let named = self.open_plain(name).and_then(|db| {
                 let files = db.file_names()?;
                 Ok((db, files))

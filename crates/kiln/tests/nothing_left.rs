@@ -451,14 +451,15 @@ fn update_proposal_does_not_overwrite_a_decision_under_way() {
     f.put(&json!({"_id": "a"})).unwrap();
     let p = s.propose("f", "main", "m").unwrap();
     f.put(&json!({"_id": "b"})).unwrap();
-    // Another moderator's decision under way (its mark made, its record not yet written).
+    // Another moderator's decision under way (its mark locked, its record not yet written).
     let mark = root.join(format!("proposals/{}.decided", p.id));
-    std::fs::write(&mark, b"").unwrap();
+    let other = std::fs::File::create(&mark).unwrap();
+    other.lock().unwrap();
     let path = root.join(format!("proposals/{}.prop", p.id));
     let before = std::fs::read(&path).unwrap();
     assert!(matches!(s.update_proposal(&p.id), Err(Error::Busy(_))));
     assert_eq!(std::fs::read(&path).unwrap(), before);
-    std::fs::remove_file(&mark).unwrap();
+    drop(other);
     // Otherwise it updates, and leaves the proposal decidable.
     s.update_proposal(&p.id).unwrap();
     s.accept(&p.id, None, "mod").unwrap();
@@ -466,4 +467,127 @@ fn update_proposal_does_not_overwrite_a_decision_under_way() {
         s.update_proposal(&p.id),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+/// A purge that cannot finish (a database whose head record cannot be read at all, so gc keeps
+/// every unnamed file) made every later open and write of the database run a gc of the whole
+/// store and rewrite all its files. A store handle now tries again only after a pause; `gc`
+/// always tries.
+#[test]
+fn a_purge_that_cannot_finish_is_not_retried_on_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = store(root);
+    let db = s.create(Some("d")).unwrap();
+    db.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
+    db.put(&json!({"_id": "b"})).unwrap();
+    // Forked (then dropped): the lineage is shared, so the files a rewrite replaces are the
+    // sweep's to remove, and it keeps them beside a database whose lineage it cannot tell.
+    s.fork("d", Some("f")).unwrap();
+    s.drop_db("f").unwrap();
+    s.create(Some("bad")).unwrap();
+    std::fs::write(root.join("dbs/bad/HEAD"), b"not a head record at all").unwrap();
+    assert!(matches!(db.purge("a"), Err(Error::PurgeUnfinished(..))));
+    assert_eq!(db.info().unwrap().files.len(), 1);
+    db.put(&json!({"_id": "c"})).unwrap();
+    s.open_db("d").unwrap();
+    // Not rewritten again: the diff of the last write is still its own file.
+    assert_eq!(db.info().unwrap().files.len(), 2);
+    let r = s.gc().unwrap();
+    assert_eq!(r.purges_unfinished.len(), 1, "{r:?}");
+    // Once the damage is gone, gc finishes it.
+    std::fs::remove_dir_all(root.join("dbs/bad")).unwrap();
+    let r = s.gc().unwrap();
+    assert_eq!(r.purges_finished, ["d"]);
+    assert!(kiln::audit::find(root, &keys(root), b"SECRET")
+        .unwrap()
+        .is_empty());
+}
+
+/// Handles open on a database whose drop was killed before its commit point kept failing with
+/// "no such database" (only a new open took the mark back); they take it back too.
+#[test]
+fn open_handles_outlive_a_drop_that_never_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let d = s.create(Some("d")).unwrap();
+    d.put(&json!({"_id": "a", "v": 1})).unwrap();
+    let reader = s.open_db("d").unwrap();
+    assert!(reader.get("a").unwrap().is_some());
+    std::fs::write(dir.path().join("dbs/d/LOCK"), [0xFF; 16]).unwrap();
+    assert_eq!(reader.get("a").unwrap().unwrap()["v"], 1);
+    std::fs::write(dir.path().join("dbs/d/LOCK"), [0xFF; 16]).unwrap();
+    d.put(&json!({"_id": "b"})).unwrap();
+    assert!(reader.get("b").unwrap().is_some());
+    // A real drop still stops them.
+    s.drop_db("d").unwrap();
+    assert!(matches!(reader.get("a"), Err(Error::NoSuchDatabase(_))));
+    assert!(matches!(
+        d.put(&json!({"_id": "c"})),
+        Err(Error::NoSuchDatabase(_))
+    ));
+}
+
+/// A decision killed midway (its `.decided` mark made, the record not yet written) left the
+/// proposal "busy: another moderator is deciding it" forever. The mark is a lock now: a dead
+/// claimer's goes with its process, and the next accept takes the decision up again.
+#[test]
+fn a_decision_killed_midway_does_not_block_the_proposal() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = store(root);
+    let main = s.create(Some("main")).unwrap();
+    let f = s.fork("main", Some("f")).unwrap();
+    f.put(&json!({"_id": "a", "v": 1})).unwrap();
+    let p = s.propose("f", "main", "m").unwrap();
+    // What a moderator killed after making the mark leaves: the mark, unlocked.
+    std::fs::write(root.join(format!("proposals/{}.decided", p.id)), b"").unwrap();
+    s.accept(&p.id, None, "mod").unwrap();
+    assert_eq!(main.get("a").unwrap().unwrap()["v"], 1);
+    assert!(matches!(
+        s.proposal(&p.id).unwrap().status,
+        kiln::Status::Accepted { .. }
+    ));
+}
+
+/// A stray file or empty folder under `dbs/` was listed as a database (and made gc keep every
+/// unnamed file and key, taking it for a database it could not read).
+#[test]
+fn strays_under_dbs_are_not_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = store(root);
+    let d = s.create(Some("d")).unwrap();
+    d.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
+    std::fs::write(root.join("dbs/notes.txt"), b"x").unwrap();
+    std::fs::create_dir(root.join("dbs/empty-folder")).unwrap();
+    std::fs::create_dir(root.join("dbs/bad name")).unwrap();
+    assert_eq!(s.list().unwrap(), ["d", "empty-folder"]);
+    let r = s.gc().unwrap();
+    assert!(r.unreadable.is_empty(), "{r:?}");
+    d.purge("a").unwrap();
+    assert!(kiln::audit::find(root, &keys(root), b"SECRET")
+        .unwrap()
+        .is_empty());
+}
+
+/// A proposal for a database that was dropped stayed readable (message, reason, who) as long
+/// as a fork kept the lineage's key; gc removes it once its target is gone.
+#[test]
+fn gc_removes_proposals_whose_target_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = store(root);
+    s.create(Some("main")).unwrap();
+    s.fork("main", Some("f"))
+        .unwrap()
+        .put(&json!({"_id": "a"}))
+        .unwrap();
+    s.propose("f", "main", "SECRET").unwrap();
+    s.drop_db("main").unwrap();
+    let r = s.gc().unwrap();
+    assert_eq!((r.keys_removed, r.proposals_removed), (0, 1));
+    assert!(kiln::audit::find(root, &keys(root), b"SECRET")
+        .unwrap()
+        .is_empty());
 }
