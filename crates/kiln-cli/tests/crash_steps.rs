@@ -148,6 +148,13 @@ fn after_kill(root: &Path, all_keys: &[kiln::seal::Key], secret: &str, gone: boo
     assert!(String::from_utf8_lossy(&o.stdout).contains("other-1"));
     let v = kiln(root, &["verify", "other"]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let p = kiln(root, &["purge", "other", "o2"]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let found = kiln::audit::find(root, all_keys, b"other-2").unwrap();
+    assert!(
+        found.is_empty(),
+        "other-2 still stored after its purge: {found:?}"
+    );
 }
 
 /// A store with database `s` (a secret in a compacted file, a later version of it in a small
