@@ -190,8 +190,8 @@ mod tests {
             // Handed to kiln as a value, it is stored exactly as its JSON text would be.
             assert_eq!(serde_json::to_value(&d).unwrap(), parsed);
             assert_eq!(
-                kiln::doc::prepare_serialize(&d).unwrap(),
-                kiln::doc::prepare_json(want).unwrap()
+                kiln::internals::doc::prepare_serialize(&d).unwrap(),
+                kiln::internals::doc::prepare_json(want).unwrap()
             );
         }
     }

@@ -16,7 +16,7 @@ pub fn too_long(what: &str) -> String {
         "invalid document: {what} is longer than {} MiB of JSON text; refused without reading \
          further (a stored document is at most {} MiB)",
         MAX_TEXT >> 20,
-        kiln::doc::MAX_DOC_BYTES >> 20
+        kiln::MAX_DOC_BYTES >> 20
     )
 }
 

@@ -90,8 +90,10 @@ fn killed_run(root: &Path, args: &[&str], syscall: &str, n: u32) -> bool {
 }
 
 /// Every key the keybag of `root` holds.
-fn keys(root: &Path) -> Vec<kiln::seal::Key> {
-    kiln::keys::Keybag::new(root.join("keys")).all().unwrap()
+fn keys(root: &Path) -> Vec<kiln::Key> {
+    kiln::internals::keys::Keybag::new(root.join("keys"))
+        .all()
+        .unwrap()
 }
 
 /// The lineages of the keybag's keys, and of the databases that exist.
@@ -116,8 +118,8 @@ fn lineages(root: &Path) -> (Vec<String>, Vec<String>) {
                 .unwrap_or_default()
         );
         let h = std::fs::read(e.path().join("HEAD")).unwrap();
-        let l = kiln::head::Head::lineage(&h).unwrap();
-        dbs.push(kiln::keys::lineage_string(&l));
+        let l = kiln::internals::head::Head::lineage(&h).unwrap();
+        dbs.push(kiln::internals::keys::lineage_string(&l));
     }
     dbs.sort();
     dbs.dedup();
@@ -125,7 +127,7 @@ fn lineages(root: &Path) -> (Vec<String>, Vec<String>) {
 }
 
 /// The checks every kill is followed by; `secret`: text that must be nowhere (when `gone`).
-fn after_kill(root: &Path, all_keys: &[kiln::seal::Key], secret: &str, gone: bool) {
+fn after_kill(root: &Path, all_keys: &[kiln::Key], secret: &str, gone: bool) {
     let gc = kiln(root, &["gc"]);
     assert!(
         gc.status.success(),

@@ -4,7 +4,7 @@
 //! `cargo run --release -p kiln --example tree_update -- [N] [1|1000]` (default 10,000 keys,
 //! both kinds)
 
-use kiln::tree::{self, Mode, Node, NodeSource, Slot, TreeError};
+use kiln::internals::tree::{self, Mode, Node, NodeSource, Slot, TreeError};
 use kiln::Cid;
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -6,7 +6,7 @@
 //! authenticates anywhere in the file, including diffs carried in file records), and
 //! proposals, under each of the keys given; and every file's raw bytes.
 
-use crate::seal::Key;
+use crate::format::seal::Key;
 use std::path::{Path, PathBuf};
 
 /// Where a search found the bytes.
@@ -55,25 +55,30 @@ fn search(b: &[u8], stem: &str, keys: &[Key], needle: &[u8]) -> Vec<&'static str
         out.push("raw");
     }
     for k in keys {
-        if b.starts_with(crate::car::MAGIC) && crate::car::plaintexts(k, b).iter().any(|p| has(p)) {
+        if b.starts_with(crate::format::car::MAGIC)
+            && crate::format::car::plaintexts(k, b).iter().any(|p| has(p))
+        {
             out.push("diff segment");
         }
-        if b.starts_with(crate::head::MAGIC) {
-            for (kind, body) in crate::head::plaintexts(b, k) {
+        if b.starts_with(crate::format::head::MAGIC) {
+            for (kind, body) in crate::format::head::plaintexts(b, k) {
                 if has(&body) {
                     out.push("head record");
                 }
-                if kind == crate::head::FILE_RECORD {
+                if kind == crate::format::head::FILE_RECORD {
                     let carried = body.get(32..).unwrap_or_default();
                     for kk in keys {
-                        if crate::car::plaintexts(kk, carried).iter().any(|p| has(p)) {
+                        if crate::format::car::plaintexts(kk, carried)
+                            .iter()
+                            .any(|p| has(p))
+                        {
                             out.push("carried diff segment");
                         }
                     }
                 }
             }
         }
-        if crate::proposals::opens_with(b, k, stem).is_some_and(|p| has(&p)) {
+        if crate::store::proposals::opens_with(b, k, stem).is_some_and(|p| has(&p)) {
             out.push("proposal");
         }
     }

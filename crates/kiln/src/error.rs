@@ -1,7 +1,7 @@
 //! Errors. Every message says what happened and, where there is one, what to do.
 
-use crate::block::cid::Cid;
-use crate::car::{FileName, FormatError};
+use crate::format::block::cid::Cid;
+use crate::format::car::{FileName, FormatError};
 use std::path::PathBuf;
 
 /// Everything a kiln call can fail with.

@@ -14,7 +14,7 @@
 //! wiped from memory once used.
 
 use crate::error::{Error, Result};
-use crate::seal::{wipe, Key};
+use crate::format::seal::{wipe, Key};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -119,10 +119,10 @@ impl Keybag {
     fn write_private(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut r = [0u8; 16];
-        crate::seal::fill_random(&mut r)?;
+        crate::format::seal::fill_random(&mut r)?;
         let tmp = self
             .dir
-            .join(format!(".{}.tmp", crate::block::cid::hex(&r)));
+            .join(format!(".{}.tmp", crate::format::block::cid::hex(&r)));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

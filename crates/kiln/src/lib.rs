@@ -23,31 +23,54 @@
 #![allow(clippy::type_complexity)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+// The layers, lowest first (a module imports only from its own layer and those below; the
+// test `layers` in tests/layers.rs checks it):
 pub mod audit;
-pub mod block;
-mod cache;
-pub mod car;
-pub mod clock;
-mod db;
-pub mod doc;
+mod db; // a database: reads, commits, compaction, merge, purge, verify
 mod error;
-pub mod head;
-pub mod keys;
-mod par;
-pub mod proposals;
-pub mod seal;
-pub mod settings;
-pub mod storage;
-mod store;
-pub mod tree;
-pub mod verify;
+mod format; // bytes: blocks, sealing, diff files, head records
+mod keys; // the keybag
+mod model; // documents, the prolly tree, the Merkle clock
+mod storage; // immutable named files and the local folder that keeps them
+mod store; // a store of databases: create, fork, drop, gc, proposals
+mod util; // helpers that know nothing of kiln
+// Places for the capabilities to come (each says what will live there).
+mod attachments;
+mod index;
+mod sync;
+mod watch;
 
-pub use block::cid::Cid;
+pub use db::settings::Settings;
+pub use db::verify::{Problem, Report as VerifyReport};
 pub use db::{
     Change, Committed, Conflict, Database, DocDiff, HistoryFile, Info, ListOptions, Location,
     LogEntry, MergeReport, PurgeReport, Side, Transaction, LEVEL_FANIN,
 };
 pub use error::{Error, Result};
-pub use proposals::{Proposal, Status};
-pub use settings::Settings;
+pub use format::block::cid::Cid;
+pub use format::seal::Key;
+pub use model::doc::MAX_DOC_BYTES;
+pub use storage::FileName;
+pub use store::proposals::{Proposal, Status};
 pub use store::{check_name, Durability, GcReport, Options, Store};
+
+/// Checks a document given as JSON text as [`Database::put_json`] would (id, size, nesting,
+/// reserved fields, numbers), without writing it.
+pub fn check_document_json(text: &str) -> Result<()> {
+    model::doc::prepare_json(text).map(|_| ())
+}
+
+/// The formats' and layers' insides, for kiln's own tests, examples and benchmarks: not a
+/// stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::format::{block, car, head, seal};
+    pub use crate::model::{clock, doc, tree};
+    pub use crate::util::par;
+    pub mod keys {
+        pub use crate::keys::*;
+    }
+    pub mod storage {
+        pub use crate::storage::*;
+    }
+}

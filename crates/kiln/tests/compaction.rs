@@ -1,6 +1,6 @@
 //! Compaction, its settings, archive, garbage collection.
 
-use kiln::storage::{LocalStorage, Storage};
+use kiln::internals::storage::{LocalStorage, Storage};
 use kiln::{Cid, Durability, Error, ListOptions, Location, Options, Settings, Store};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -294,7 +294,7 @@ fn gc_removes_only_what_no_database_names_even_while_writers_run() {
     // What a crash between writing a file and naming it leaves behind.
     let files = LocalStorage::new(dir.path().join("files"));
     let orphan = b"an orphaned diff".to_vec();
-    let name = kiln::car::FileName::of(&orphan);
+    let name = kiln::FileName::of(&orphan);
     files.put(&name, &orphan, false).unwrap();
     let r = store.gc().unwrap();
     assert_eq!((r.databases, r.removed_files), (2, 1));
@@ -404,7 +404,7 @@ fn stored_plaintext(root: &std::path::Path) -> Vec<u8> {
     }
     let mut files = Vec::new();
     walk(root, &mut files);
-    let keys: Vec<kiln::seal::Key> = files
+    let keys: Vec<kiln::Key> = files
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "key"))
         .map(|p| {
@@ -414,15 +414,15 @@ fn stored_plaintext(root: &std::path::Path) -> Vec<u8> {
             for (i, b) in raw.iter_mut().enumerate() {
                 *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
             }
-            kiln::seal::Key::from_raw(raw)
+            kiln::Key::from_raw(raw)
         })
         .collect();
     let mut out = Vec::new();
     for p in files {
         let bytes = std::fs::read(&p).unwrap();
-        let name = kiln::car::FileName::of(&bytes);
+        let name = kiln::FileName::of(&bytes);
         for k in &keys {
-            if let Ok((_, blocks)) = kiln::car::verify_file(k, &name, &bytes) {
+            if let Ok((_, blocks)) = kiln::internals::car::verify_file(k, &name, &bytes) {
                 for (_, b, _) in blocks {
                     out.extend_from_slice(&b);
                 }

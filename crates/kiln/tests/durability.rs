@@ -8,7 +8,7 @@
 //! `Durability::Full` commit promises. (Those from the second review of file records failed
 //! on their first version, 3a602d0.)
 
-use kiln::car::FileName;
+use kiln::FileName;
 use kiln::{Durability, Options, Store};
 use serde_json::json;
 use std::path::{Path, PathBuf};

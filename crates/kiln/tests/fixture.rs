@@ -158,7 +158,11 @@ fn v5_fixture_files_and_logs_have_keys_of_their_own() {
     let mut salts = std::collections::HashSet::new();
     for db in ["cut", "empty", "fixture", "merged", "purged", "side"] {
         let h = std::fs::read(d.path().join("dbs").join(db).join("HEAD")).unwrap();
-        assert_eq!(h[8..12], kiln::head::VERSION.to_le_bytes(), "{db}");
+        assert_eq!(
+            h[8..12],
+            kiln::internals::head::VERSION.to_le_bytes(),
+            "{db}"
+        );
         assert!(
             salts.insert(h[28..60].to_vec()),
             "{db}: a head salt repeats"
@@ -177,7 +181,7 @@ fn v5_fixture_files_and_logs_have_keys_of_their_own() {
         }
         for f in std::fs::read_dir(&shard).unwrap() {
             let b = std::fs::read(f.unwrap().path()).unwrap();
-            assert_eq!(b[8..12], kiln::car::VERSION.to_le_bytes());
+            assert_eq!(b[8..12], kiln::internals::car::VERSION.to_le_bytes());
             let t = &b[b.len() - 16..];
             assert_eq!(&t[12..], b"KSLT");
             let at = u64::from_le_bytes(t[..8].try_into().unwrap()) as usize;
@@ -216,7 +220,7 @@ fn head_records_carry_their_small_diffs(f: &Fixture) {
     assert_eq!(diffs.len(), 3);
     drop(db);
     drop(store);
-    let path = |n: &kiln::car::FileName| {
+    let path = |n: &kiln::FileName| {
         let hex = n.to_string();
         d.path()
             .join("files")
@@ -278,7 +282,7 @@ fn v1_database_takes_a_commit() {
     let db = store.open_db("fixture").unwrap();
     db.put(&json!({"_id": "new"})).unwrap();
     let head = std::fs::read(d.path().join("dbs/fixture/HEAD")).unwrap();
-    assert_eq!(head[8..12], kiln::head::VERSION.to_le_bytes());
+    assert_eq!(head[8..12], kiln::internals::head::VERSION.to_le_bytes());
     db.put(&json!({"_id": "newer"})).unwrap();
     let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
     assert_eq!(db.info().unwrap().docs, 27);
@@ -314,7 +318,7 @@ fn a_version_3_head_log_is_appended_to_until_its_next_snapshot() {
     assert_eq!(db.get("new").unwrap().unwrap()["n"], 1);
     db.compact_full().unwrap();
     let head = std::fs::read(&hp).unwrap();
-    assert_eq!(head[8..12], kiln::head::VERSION.to_le_bytes());
+    assert_eq!(head[8..12], kiln::internals::head::VERSION.to_le_bytes());
     db.put(&json!({"_id": "newer"})).unwrap();
     let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
     assert_eq!(db.info().unwrap().docs, 27);

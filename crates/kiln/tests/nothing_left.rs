@@ -18,8 +18,10 @@ fn store(dir: &Path) -> Store {
     .unwrap()
 }
 
-fn keys(root: &Path) -> Vec<kiln::seal::Key> {
-    kiln::keys::Keybag::new(root.join("keys")).all().unwrap()
+fn keys(root: &Path) -> Vec<kiln::Key> {
+    kiln::internals::keys::Keybag::new(root.join("keys"))
+        .all()
+        .unwrap()
 }
 
 fn key_files(root: &Path) -> usize {
@@ -419,7 +421,8 @@ fn a_damaged_key_does_not_block_gc_through_a_proposal() {
     let s = store(root);
     let main = s.create(Some("main")).unwrap();
     let lineage =
-        kiln::head::Head::lineage(&std::fs::read(root.join("dbs/main/HEAD")).unwrap()).unwrap();
+        kiln::internals::head::Head::lineage(&std::fs::read(root.join("dbs/main/HEAD")).unwrap())
+            .unwrap();
     drop(main);
     let f = s.fork("main", Some("f")).unwrap();
     f.put(&json!({"_id": "a"})).unwrap();
@@ -429,7 +432,10 @@ fn a_damaged_key_does_not_block_gc_through_a_proposal() {
     o.put(&json!({"_id": "x", "v": "SECRET"})).unwrap();
     o.put(&json!({"_id": "y"})).unwrap();
     drop(o);
-    let kp = root.join(format!("keys/{}.key", kiln::keys::lineage_string(&lineage)));
+    let kp = root.join(format!(
+        "keys/{}.key",
+        kiln::internals::keys::lineage_string(&lineage)
+    ));
     std::fs::write(&kp, b"{\"v\":1,\"key\":\"damaged\"}").unwrap();
     let r = s.gc().unwrap();
     assert_eq!(r.unreadable.len(), 2, "{r:?}");

@@ -382,7 +382,7 @@ fn import_lines(
             continue;
         }
         // Checked line by line (the error names the line); stored from the text as it is.
-        if let Err(e) = kiln::doc::prepare_json(line) {
+        if let Err(e) = kiln::check_document_json(line) {
             return Err(stop(at, e.to_string(), exit_code(&e), done, done_to));
         }
         if docs.is_empty() {

@@ -159,7 +159,7 @@ fn merge(ctx: &Ctx, src: String, into: String, only: Vec<String>) -> Result<u8, 
 fn verify(ctx: &Ctx, db: String) -> Result<u8, Fail> {
     let db = ctx.store.open_db(&db)?;
     let r = db.verify()?;
-    let repaired = |f: &kiln::car::FileName| {
+    let repaired = |f: &kiln::FileName| {
         format!(
             "file {f}: lost or damaged (a power cut after its commit); put back from the \
              copy the head record carries"

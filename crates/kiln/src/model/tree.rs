@@ -11,8 +11,8 @@
 //!
 //! **Invariant:** the tree knows nothing of documents; a slot is a versioned link or a tombstone.
 
-use crate::block::cbor::{CborError, Decoder, Encoder};
-use crate::block::cid::Cid;
+use crate::format::block::cbor::{CborError, Decoder, Encoder};
+use crate::format::block::cid::Cid;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -766,7 +766,7 @@ impl Builder {
         // Keep only new nodes reachable from the root (drops stripped ones), once each.
         let mut blocks = Vec::new();
         if let Some(r) = root {
-            let mut by_cid: crate::block::DigestMap<Cid, (Arc<Node>, Vec<u8>)> = self
+            let mut by_cid: crate::format::block::DigestMap<Cid, (Arc<Node>, Vec<u8>)> = self
                 .out
                 .into_iter()
                 .map(|(_, c, n, b)| (c, (n, b)))

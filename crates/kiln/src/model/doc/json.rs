@@ -8,8 +8,8 @@ use super::{
     arbitrary_precision, check_id, first_big_integer, id_not_string_msg, integer_out_of_range,
     new_id, not_object_msg, out_of_range_msg, reserved_msg, sized,
 };
-use crate::block::cbor::Encoder;
 use crate::error::{Error, Result};
+use crate::format::block::cbor::Encoder;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;

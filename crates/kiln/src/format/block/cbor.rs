@@ -430,7 +430,7 @@ mod tests {
             let _ = d.json();
             let mut d = Decoder::new(&b);
             let _ = d.link();
-            let _ = crate::clock::Event::decode(&b);
+            let _ = crate::model::clock::Event::decode(&b);
         }
 
         #[test]

@@ -35,11 +35,11 @@
 //! v1: "KILNHEAD" ‖ 1 u32 LE ‖ lineage (16) ‖ sealed("kiln/head/v1" ‖ lineage, snapshot body)
 //! ```
 
-use crate::block::cbor::{CborError, Decoder, Encoder};
-use crate::block::cid::Cid;
-use crate::car::{FileName, FormatError};
+use crate::format::block::cbor::{CborError, Decoder, Encoder};
+use crate::format::block::cid::Cid;
+use crate::format::car::{FileName, FormatError};
+use crate::format::seal::{Key, Salt, SealError, SubKey, SALT_LEN};
 use crate::keys::Lineage;
-use crate::seal::{Key, Salt, SealError, SubKey, SALT_LEN};
 use std::sync::Arc;
 
 pub const MAGIC: &[u8; 8] = b"KILNHEAD";
@@ -339,9 +339,9 @@ impl Head {
     /// source does.
     pub fn seal(&self, lineage: &Lineage, key: &Key) -> std::io::Result<Vec<u8>> {
         let body = self.encode_body();
-        let salt = crate::seal::fresh_salt()?;
+        let salt = crate::format::seal::fresh_salt()?;
         let prefix = prefix_len(VERSION);
-        let mut out = Vec::with_capacity(prefix + 8 + body.len() + crate::seal::OVERHEAD);
+        let mut out = Vec::with_capacity(prefix + 8 + body.len() + crate::format::seal::OVERHEAD);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(lineage);
@@ -411,7 +411,7 @@ impl Head {
         let mut body = Vec::with_capacity(32 + bytes.len());
         body.extend_from_slice(&name.0);
         body.extend_from_slice(bytes);
-        let mut out = Vec::with_capacity(8 + body.len() + crate::seal::OVERHEAD);
+        let mut out = Vec::with_capacity(8 + body.len() + crate::format::seal::OVERHEAD);
         let k = RecordKey::of_log(log, key)?;
         push_record(&mut out, log.end, lineage, &k, FILE, &body)?;
         Ok(out)
@@ -618,7 +618,7 @@ impl<'a> RecordKey<'a> {
     fn seal_into(&self, aad: &[u8], body: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
         match self {
             RecordKey::Lineage(k) => k.seal_into(aad, body, out),
-            RecordKey::Log(k) => k.seal_into(crate::seal::random_nonce()?, aad, body, out),
+            RecordKey::Log(k) => k.seal_into(crate::format::seal::random_nonce()?, aad, body, out),
         }
     }
 
@@ -647,7 +647,7 @@ fn push_record(
     kind: u8,
     body: &[u8],
 ) -> std::io::Result<()> {
-    let len = u32::try_from(body.len() + crate::seal::OVERHEAD)
+    let len = u32::try_from(body.len() + crate::format::seal::OVERHEAD)
         .ok()
         .filter(|&n| n <= MAX_RECORD)
         .ok_or_else(|| std::io::Error::other("head record too large"))?;
@@ -947,11 +947,11 @@ mod tests {
             assert_eq!(Head::open(&f, &k).unwrap(), next);
         }
         // No salt or nonce without the system's random source.
-        crate::seal::fail_random_on_this_thread(true);
+        crate::format::seal::fail_random_on_this_thread(true);
         assert!(sample().seal(&l, &k).is_err());
         assert!(next.seal_delta(&sample(), &log, &l, &k).is_err());
         assert!(Head::seal_file_record(&FileName::of(b"f"), b"f", &log, &l, &k).is_err());
-        crate::seal::fail_random_on_this_thread(false);
+        crate::format::seal::fail_random_on_this_thread(false);
     }
 
     /// A version-3 log (no salt: records under the lineage key) still reads, and is appended

@@ -7,20 +7,24 @@
 //! the head record to replacing it, so no acknowledged commit is ever overwritten. Readers
 //! take no lock: the head record is replaced by rename, so they see a whole state.
 
-use crate::block::cid::Cid;
-use crate::block::{DigestMap, DigestSet};
-use crate::cache::{CacheKey, Cached};
-use crate::car::{self, FileName};
-use crate::clock::{self, Event, EventSource};
-use crate::doc;
+pub mod cache;
+pub mod settings;
+pub mod verify;
+
+use crate::db::cache::{CacheKey, Cached};
+use crate::db::settings::Settings;
 use crate::error::{Error, Result};
-use crate::head::{bloom_bits, FileRef, Head, Log};
+use crate::format::block::cid::Cid;
+use crate::format::block::{DigestMap, DigestSet};
+use crate::format::car::{self, FileName};
+use crate::format::head::{bloom_bits, FileRef, Head, Log};
+use crate::format::seal::Key;
 use crate::keys::{lineage_string, Lineage};
-use crate::seal::Key;
-use crate::settings::Settings;
+use crate::model::clock::{self, Event, EventSource};
+use crate::model::doc;
+use crate::model::tree::{self, Mode, NodeSource, Slot, TreeError};
 use crate::storage::HeadFile;
 use crate::store::{Durability, StoreInner};
-use crate::tree::{self, Mode, NodeSource, Slot, TreeError};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -312,7 +316,7 @@ fn prepare_all<T: Sync>(
     // an error or a panic; chunks after a known failure are skipped.
     let failed = AtomicUsize::new(usize::MAX);
     let begun = AtomicBool::new(false);
-    let (parts, states) = crate::par::map_chunks(
+    let (parts, states) = crate::util::par::map_chunks(
         docs,
         PREPARE_CHUNK,
         // One of the two threads also begins the file the runs will go to (a rename and an
@@ -640,7 +644,7 @@ impl Database {
     /// Starts a transaction that reads the current state and, when committed, names that
     /// state's heads as its parents. If other commits landed in between, the transaction
     /// becomes a concurrent branch: the clock then has several heads and the state is their
-    /// deterministic merge (see [`crate::tree::Slot::rank`]) until the next commit joins them.
+    /// deterministic merge (see [`crate::model::tree::Slot::rank`]) until the next commit joins them.
     ///
     /// The snapshot is not pinned: if compaction drops the files it was read from, the
     /// transaction's own reads can fail with [`Error::MissingFile`] (start a new transaction);
@@ -844,7 +848,7 @@ impl Database {
     /// A head record replaced while it runs (a compaction elsewhere removed files it was
     /// checking) makes it start over on the new one; problems under an unchanged head record
     /// are reported.
-    pub fn verify(&self) -> Result<crate::verify::Report> {
+    pub fn verify(&self) -> Result<crate::db::verify::Report> {
         let mut tries = 0;
         let mut repaired = Vec::new();
         loop {
@@ -860,7 +864,7 @@ impl Database {
                     }
                 }
             }
-            let mut r = crate::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
+            let mut r = crate::db::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
             if r.ok() || tries == 5 || self.inner.reload()?.head == st.head {
                 r.repaired = repaired;
                 r.torn_append = db.torn_append(&st)?;
@@ -2012,7 +2016,7 @@ impl Db {
                 let storage = &db.store.storage;
                 let at = car::runs_offset();
                 let durable = db.sync();
-                let (b, r) = crate::par::join(build, || {
+                let (b, r) = crate::util::par::join(build, || {
                     // (Without a file begun, the runs are stored with the rest at the end.)
                     let pending = pending.or_else(|| storage.begin().ok());
                     let r = car::seal_runs(key, runs, FILE_CACHE_MAX)?;
@@ -2063,7 +2067,8 @@ impl Db {
                         .filter_map(|(_, x)| x.as_ref().map(|(_, b)| b.len()))
                         .sum(),
                 };
-                let want = bodies + eb.len() + blocks * (crate::block::cid::CID_LEN + 64) + 4096;
+                let want =
+                    bodies + eb.len() + blocks * (crate::format::block::cid::CID_LEN + 64) + 4096;
                 if buf.capacity() < want {
                     // With a margin: the next transaction's estimate is rarely exactly the same.
                     buf.reserve_exact(want + want / 4);
@@ -2116,7 +2121,7 @@ impl Db {
             let ebr = &eb;
             let (f, known, decoded) = match shared {
                 Some(r) => {
-                    let (f, (k, d)) = crate::par::join(make, move || {
+                    let (f, (k, d)) = crate::util::par::join(make, move || {
                         let k = car::Subtrees::of_runs(&r, car::runs_offset());
                         (k, Event::decode(ebr).ok())
                     });
@@ -3187,7 +3192,7 @@ impl Db {
         known: &car::Subtrees,
     ) -> Result<FileRef> {
         let size = f.file_len();
-        let carry = carry && size <= crate::head::MAX_FILE_RECORD;
+        let carry = carry && size <= crate::format::head::MAX_FILE_RECORD;
         let sync = self.sync() && !carry;
         let io = |e| Error::io(self.store.root.join("files"), e);
         let name = match early {
@@ -3195,7 +3200,7 @@ impl Db {
             Some((pending, runs_at)) => {
                 let parts = f.parts();
                 let runs_written = runs_at == Some(f.split as u64);
-                let (name, written) = crate::par::join(
+                let (name, written) = crate::util::par::join(
                     || f.name_with(known),
                     || {
                         let mut at = 0;
@@ -3452,7 +3457,7 @@ impl Db {
         let _gc = self.store.gc.shared()?;
         let hp = self.dir.join("HEAD");
         let b = std::fs::read(&hp).map_err(|e| Error::io(&hp, e))?;
-        let Some(bytes) = crate::head::embedded_file(&b, &self.key, name) else {
+        let Some(bytes) = crate::format::head::embedded_file(&b, &self.key, name) else {
             return Ok(false);
         };
         self.store

@@ -19,10 +19,10 @@
 //! read by opening exactly one segment. A file is named by the hash of all its bytes (BLAKE3
 //! from version 3, sha2-256 before), so storage can check a file without the key.
 
-use crate::block::cbor::{CborError, Decoder, Encoder};
-use crate::block::cid::{hex, unhex, Cid, CID_LEN};
-use crate::block::DigestSet;
-use crate::seal::{Key, Purpose, Salt, SealError, SubKey, NONCE_LEN, SALT_LEN, TAG_LEN};
+use crate::format::block::cbor::{CborError, Decoder, Encoder};
+use crate::format::block::cid::{Cid, CID_LEN};
+use crate::format::block::DigestSet;
+use crate::format::seal::{Key, Purpose, Salt, SealError, SubKey, NONCE_LEN, SALT_LEN, TAG_LEN};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::sync::Arc;
@@ -52,17 +52,7 @@ pub const PAGE_ENTRIES: usize = 256;
 /// Most entries a reader accepts in one page (writers may choose any page size up to it).
 pub const MAX_PAGE_ENTRIES: usize = 4096;
 
-/// A file's name: the hash of its bytes (see [`FileName::of`]).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct FileName(pub [u8; 32]);
-
-impl std::hash::Hash for FileName {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let mut x = [0u8; 8];
-        x.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(x));
-    }
-}
+pub use crate::storage::FileName;
 
 impl FileName {
     /// The name of a file's bytes: BLAKE3 for version 3 on, sha2-256 for files of versions 1
@@ -71,11 +61,6 @@ impl FileName {
         let mut h = NameHasher::new(bytes);
         h.update(bytes);
         h.finish()
-    }
-
-    pub fn parse(s: &str) -> Option<FileName> {
-        let v = unhex(s)?;
-        Some(FileName(v.try_into().ok()?))
     }
 }
 
@@ -216,16 +201,6 @@ fn blake3_with(parts: &[&[u8]], len: u64, known: &Subtrees) -> [u8; 32] {
     );
     *root.as_bytes()
 }
-impl fmt::Display for FileName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex(&self.0))
-    }
-}
-impl fmt::Debug for FileName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FileName({self})")
-    }
-}
 
 /// Where a block sits: segment number and the byte range of its data in the segment plaintext.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,7 +290,7 @@ pub struct FileKey {
 impl FileKey {
     /// A new file's key; fails when the system's random source does.
     pub fn new(lineage: &Key) -> std::io::Result<FileKey> {
-        let salt = crate::seal::fresh_salt()?;
+        let salt = crate::format::seal::fresh_salt()?;
         Ok(FileKey {
             key: Arc::new(lineage.subkey(Purpose::DiffFile, &salt)),
             salt,
@@ -2158,7 +2133,7 @@ mod tests {
         let k = Key::from_raw([4; 32]);
         let d = b"block".to_vec();
         let c = Cid::of_cbor(&d);
-        crate::seal::fail_random_on_this_thread(true);
+        crate::format::seal::fail_random_on_this_thread(true);
         let mut w = Writer::new(Meta::default());
         w.add(c, &d);
         assert!(w.finish(&k, false, 0).is_err());
@@ -2167,7 +2142,7 @@ mod tests {
         assert!(seal_runs(&k, vec![r], 0).is_err());
         let mut out = Vec::new();
         assert!(StreamWriter::new(Meta::default(), &k, &mut out).is_err());
-        crate::seal::fail_random_on_this_thread(false);
+        crate::format::seal::fail_random_on_this_thread(false);
         let mut w = Writer::new(Meta::default());
         w.add(c, &d);
         assert!(w.finish(&k, false, 0).is_ok());

@@ -9,8 +9,8 @@ use super::{
     check_id, id_not_string_msg, integer_out_of_range, new_id, not_object_msg, out_of_range_msg,
     reserved_msg, sized, too_deep_msg,
 };
-use crate::block::cbor::Encoder;
 use crate::error::{Error, Result};
+use crate::format::block::cbor::Encoder;
 use serde::ser::{self, Impossible, Serialize};
 use std::borrow::Cow;
 use std::fmt;
@@ -685,7 +685,7 @@ impl<'a> ser::Serializer for Ser<'a> {
         variant: &'static str,
         v: &T,
     ) -> R {
-        if self.1 >= crate::block::cbor::MAX_DEPTH {
+        if self.1 >= crate::format::block::cbor::MAX_DEPTH {
             return Err(too_deep());
         }
         self.0.map(1);
@@ -745,7 +745,7 @@ impl<'a> Ser<'a> {
         inner: impl FnOnce(usize) -> S,
     ) -> R<Compound<'a, S>> {
         let depth = self.1 + variant.is_some() as usize;
-        if depth >= crate::block::cbor::MAX_DEPTH {
+        if depth >= crate::format::block::cbor::MAX_DEPTH {
             return Err(too_deep());
         }
         Ok(Compound {
@@ -1417,7 +1417,7 @@ mod tests {
     /// corruption).
     #[test]
     fn nesting_deeper_than_a_reader_decodes_is_refused() {
-        let max = crate::block::cbor::MAX_DEPTH;
+        let max = crate::format::block::cbor::MAX_DEPTH;
         // `levels` arrays inside the document's own object: the innermost at depth `levels`.
         let nested = |levels: usize| {
             let mut v = json!(1);
@@ -1496,7 +1496,7 @@ mod tests {
     /// container); raw JSON counts its own nesting from where it sits.
     #[test]
     fn numbers_and_raw_json_nest_as_the_values_they_are() {
-        let max = crate::block::cbor::MAX_DEPTH;
+        let max = crate::format::block::cbor::MAX_DEPTH;
         let wrap = |mut v: Value, levels: usize| {
             for _ in 0..levels {
                 v = json!([v]);

@@ -4,13 +4,45 @@
 //! them by name. Every backend (the local folder here; object stores and the sync server later)
 //! implements [`Storage`].
 
-use crate::car::FileName;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+
+/// A file's name: 32 bytes, the hash of its bytes (the formats choose the hash; storage
+/// only keeps files under their names). Shown and parsed as 64 hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FileName(pub [u8; 32]);
+
+impl std::hash::Hash for FileName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(x));
+    }
+}
+
+impl FileName {
+    /// A name from its 64 hex characters.
+    pub fn parse(s: &str) -> Option<FileName> {
+        let v = crate::util::hex::unhex(s)?;
+        Some(FileName(v.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Display for FileName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::util::hex::hex(&self.0))
+    }
+}
+
+impl std::fmt::Debug for FileName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileName({self})")
+    }
+}
 
 /// A place that keeps immutable files by name.
 pub trait Storage: Send + Sync + std::fmt::Debug {
@@ -327,7 +359,7 @@ impl LocalStorage {
 
     pub fn path(&self, name: &FileName) -> PathBuf {
         // DIR/ab/abcdef….kdf, built in one buffer (this is on every commit's path).
-        let h = crate::block::cid::hex(&name.0);
+        let h = crate::util::hex::hex(&name.0);
         let mut p = std::ffi::OsString::with_capacity(self.dir.as_os_str().len() + 72);
         p.push(self.dir.as_os_str());
         p.push("/");
@@ -1023,7 +1055,7 @@ fn list_shards(dir: &Path) -> io::Result<Vec<FileName>> {
 /// Flushes a file and the folder holding its name. They are independent, so side by side on
 /// the helper thread (~5% off a fully durable commit here; each flush is ~100-300 µs).
 fn sync_with_folder(f: &File, folder: &Path) -> io::Result<()> {
-    let (file, dir) = crate::par::join_io(|| f.sync_all(), || sync_dir(folder));
+    let (file, dir) = crate::util::par::join_io(|| f.sync_all(), || sync_dir(folder));
     file?;
     dir
 }

@@ -4,8 +4,8 @@
 //! its ancestors by `(height, cid)`; walks visit events in descending `(height, cid)` order and
 //! know an event's descendants have all been seen before it.
 
-use crate::block::cbor::{CborError, Decoder, Encoder};
-use crate::block::cid::Cid;
+use crate::format::block::cbor::{CborError, Decoder, Encoder};
+use crate::format::block::cid::Cid;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 

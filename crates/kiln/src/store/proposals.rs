@@ -16,11 +16,11 @@
 //! aad = "kiln/proposal/v1" ‖ lineage ‖ id (ASCII)
 //! ```
 
-use crate::block::cid::Cid;
 use crate::db::{now_ms, Database, MergeReport};
 use crate::error::{Error, Result};
+use crate::format::block::cid::Cid;
+use crate::format::seal::{Key, Purpose, SALT_LEN};
 use crate::keys::Lineage;
-use crate::seal::{Key, Purpose, SALT_LEN};
 use crate::storage::write_atomic;
 use crate::store::Store;
 use serde_json::{json, Value};
@@ -139,14 +139,14 @@ impl Proposal {
 
 /// Seals a proposal's JSON body under the target's lineage key.
 fn seal(id: &str, lineage: &Lineage, key: &Key, body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let salt = crate::seal::fresh_salt()?;
-    let mut out = Vec::with_capacity(PREFIX + body.len() + crate::seal::OVERHEAD);
+    let salt = crate::format::seal::fresh_salt()?;
+    let mut out = Vec::with_capacity(PREFIX + body.len() + crate::format::seal::OVERHEAD);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(lineage);
     out.extend_from_slice(&salt);
     key.subkey(Purpose::Proposal, &salt).seal_into(
-        crate::seal::random_nonce()?,
+        crate::format::seal::random_nonce()?,
         &aad(lineage, id),
         body,
         &mut out,
@@ -156,7 +156,7 @@ fn seal(id: &str, lineage: &Lineage, key: &Key, body: &[u8]) -> std::io::Result<
 
 /// Opens a sealed proposal's body (`b`: the whole file, checked by [`lineage_of`]).
 fn open_sealed(b: &[u8], lineage: &Lineage, key: &Key, id: &str) -> Option<Vec<u8>> {
-    let salt: crate::seal::Salt = b.get(PREFIX - SALT_LEN..PREFIX)?.try_into().ok()?;
+    let salt: crate::format::seal::Salt = b.get(PREFIX - SALT_LEN..PREFIX)?.try_into().ok()?;
     key.subkey(Purpose::Proposal, &salt)
         .open(&aad(lineage, id), &b[PREFIX..])
         .ok()

@@ -4,11 +4,11 @@
 //! oldest quarter (by stamp) is dropped in one sweep, so eviction costs O(n log n) once per
 //! n/4 inserts.
 
-use crate::block::cid::Cid;
-use crate::block::DigestMap;
-use crate::car::{Entry, FileName};
-use crate::clock::Event;
-use crate::tree::Node;
+use crate::format::block::cid::Cid;
+use crate::format::block::DigestMap;
+use crate::format::car::{Entry, FileName};
+use crate::model::clock::Event;
+use crate::model::tree::Node;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -10,8 +10,8 @@ mod ser;
 #[cfg(test)]
 mod testgen;
 
-use crate::block::cbor::{Decoder, Encoder};
 use crate::error::{Error, Result};
+use crate::format::block::cbor::{Decoder, Encoder};
 use serde_json::{Map, Value};
 
 /// Longest document id, in bytes of UTF-8.
@@ -163,7 +163,7 @@ fn big_integer_in(obj: &Map<String, Value>) -> Option<String> {
 fn too_deep_msg() -> String {
     format!(
         "the document nests deeper than {} levels",
-        crate::block::cbor::MAX_DEPTH
+        crate::format::block::cbor::MAX_DEPTH
     )
 }
 
@@ -206,7 +206,7 @@ pub fn prepare(doc: &Value) -> Result<(String, Vec<u8>)> {
 /// last one stays (as in a `Value`). In place: the sort is stable, and the later of two equal
 /// keys takes the earlier one's slot.
 fn sort_fields<K: AsRef<str> + PartialEq, V>(fields: &mut Vec<(K, V)>) {
-    fields.sort_by(|a, b| crate::block::cbor::key_order(a.0.as_ref(), b.0.as_ref()));
+    fields.sort_by(|a, b| crate::format::block::cbor::key_order(a.0.as_ref(), b.0.as_ref()));
     fields.dedup_by(|later, kept| {
         let same = later.0 == kept.0;
         if same {
@@ -237,9 +237,9 @@ fn nests_too_deep(obj: &Map<String, Value>) -> bool {
 }
 
 /// Whether `v`, sitting at `depth`, holds a container whose items would sit deeper than a
-/// reader decodes (see [`crate::block::cbor::MAX_DEPTH`]).
+/// reader decodes (see [`crate::format::block::cbor::MAX_DEPTH`]).
 fn too_deep_at(v: &Value, depth: usize) -> bool {
-    let max = crate::block::cbor::MAX_DEPTH;
+    let max = crate::format::block::cbor::MAX_DEPTH;
     let mut stack: Vec<(&Value, usize)> = vec![(v, depth)];
     while let Some((v, depth)) = stack.pop() {
         let kids: Box<dyn Iterator<Item = &Value>> = match v {

@@ -1,14 +1,14 @@
 //! `verify`: re-hash every live file and every block, then check every link of the clock and of
 //! the current document tree. Independent of the caches and of the read path on purpose.
 
-use crate::block::cid::Cid;
-use crate::car::{self, FileName};
-use crate::clock::Event;
-use crate::doc;
-use crate::head::Head;
-use crate::seal::Key;
+use crate::format::block::cid::Cid;
+use crate::format::car::{self, FileName};
+use crate::format::head::Head;
+use crate::format::seal::Key;
+use crate::model::clock::Event;
+use crate::model::doc;
+use crate::model::tree::{self, Items, Mode, Node, NodeSource, Slot, TreeError};
 use crate::storage::Storage;
-use crate::tree::{self, Items, Mode, Node, NodeSource, Slot, TreeError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -464,8 +464,8 @@ pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::car::{Meta, Writer};
-    use crate::head::FileRef;
+    use crate::format::car::{Meta, Writer};
+    use crate::format::head::FileRef;
     use crate::storage::LocalStorage;
 
     /// A document block that is no document (a CBOR number, not a map) is reported where an

@@ -15,14 +15,16 @@
 //! ROOT/keys/<lineage>.key    keybag entries (0600)
 //! ```
 
-use crate::cache::Cache;
-use crate::car::FileName;
+pub mod proposals;
+
+use crate::db::cache::Cache;
+use crate::db::settings::Settings;
 use crate::db::Database;
 use crate::error::{Error, Result};
-use crate::head::Head;
+use crate::format::car::FileName;
+use crate::format::head::Head;
+use crate::format::seal::Key;
 use crate::keys::{Keybag, Lineage};
-use crate::seal::Key;
-use crate::settings::Settings;
 use crate::storage::{sync_dir, write_atomic, LocalStorage, Storage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -371,7 +373,7 @@ impl Store {
     pub fn open_with(root: impl AsRef<Path>, opts: Options) -> Result<Store> {
         // The helper thread large batches share their work with starts with the store, not
         // inside the first batch (~70 µs there).
-        crate::par::warm();
+        crate::util::par::warm();
         let root = root.as_ref().to_path_buf();
         let marker = root.join(MARKER);
         match std::fs::read(&marker) {
@@ -813,28 +815,29 @@ impl Store {
         let Ok(len) = storage.len(f) else {
             return false;
         };
-        let t_at = len.saturating_sub(crate::car::TRAILER_LEN as u64);
-        let Ok(t) = storage.read_at(f, t_at, crate::car::TRAILER_LEN) else {
+        let t_at = len.saturating_sub(crate::format::car::TRAILER_LEN as u64);
+        let Ok(t) = storage.read_at(f, t_at, crate::format::car::TRAILER_LEN) else {
             return false;
         };
-        let Ok((at, ilen)) = crate::car::parse_trailer(len, &t) else {
+        let Ok((at, ilen)) = crate::format::car::parse_trailer(len, &t) else {
             return false;
         };
         // The index region and the trailer.
-        let Ok(tail) = storage.read_at(f, at, ilen as usize + crate::car::TRAILER_LEN) else {
+        let Ok(tail) = storage.read_at(f, at, ilen as usize + crate::format::car::TRAILER_LEN)
+        else {
             return false;
         };
         keys.iter()
-            .any(|k| crate::car::Index::open(k, &tail, at).is_ok())
+            .any(|k| crate::format::car::Index::open(k, &tail, at).is_ok())
     }
 
     /// [`Store::file_opens_with`] for a file in the archive.
     fn archived_opens_with(&self, f: &FileName, keys: &[Key]) -> bool {
         let storage = &self.inner.storage;
-        let Ok((t, len)) = storage.read_archived_tail(f, crate::car::TRAILER_LEN) else {
+        let Ok((t, len)) = storage.read_archived_tail(f, crate::format::car::TRAILER_LEN) else {
             return false;
         };
-        let Ok((at, _)) = crate::car::parse_trailer(len, &t) else {
+        let Ok((at, _)) = crate::format::car::parse_trailer(len, &t) else {
             return false;
         };
         // The index region and the trailer.
@@ -842,7 +845,7 @@ impl Store {
             return false;
         };
         keys.iter()
-            .any(|k| crate::car::Index::open(k, &tail, at).is_ok())
+            .any(|k| crate::format::car::Index::open(k, &tail, at).is_ok())
     }
 
     /// Removes the archived files that open under one of `keys` (lineages that are going);

@@ -1,0 +1,4 @@
+//! Helpers that know nothing of kiln's formats or databases.
+
+pub mod hex;
+pub mod par;
