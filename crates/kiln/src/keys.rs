@@ -18,12 +18,7 @@ use crate::format::seal::{wipe, Key};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// A lineage id: databases that share files share a lineage and its key.
-pub type Lineage = [u8; 16];
-
-pub fn lineage_string(l: &Lineage) -> String {
-    uuid::Uuid::from_bytes(*l).hyphenated().to_string()
-}
+pub use crate::format::head::{lineage_string, Lineage};
 
 /// The keybag folder of a store.
 #[derive(Debug, Clone)]

@@ -34,7 +34,7 @@ mod model; // documents, the prolly tree, the Merkle clock
 mod storage; // immutable named files and the local folder that keeps them
 mod store; // a store of databases: create, fork, drop, gc, proposals
 mod util; // helpers that know nothing of kiln
-// Places for the capabilities to come (each says what will live there).
+          // Places for the capabilities to come (each says what will live there).
 mod attachments;
 mod index;
 mod sync;

@@ -8,6 +8,9 @@
 //! take no lock: the head record is replaced by rename, so they see a whole state.
 
 pub mod cache;
+pub mod env;
+pub mod gc_lock;
+pub mod options;
 pub mod settings;
 pub mod verify;
 
@@ -24,7 +27,8 @@ use crate::model::clock::{self, Event, EventSource};
 use crate::model::doc;
 use crate::model::tree::{self, Mode, NodeSource, Slot, TreeError};
 use crate::storage::HeadFile;
-use crate::store::{Durability, StoreInner};
+use env::{Env, GcReport};
+use options::Durability;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,7 +57,7 @@ pub struct Database {
 struct Db {
     name: String,
     dir: PathBuf,
-    store: Arc<StoreInner>,
+    store: Arc<Env>,
     key: Key,
     lineage: Lineage,
     lock: File,
@@ -445,7 +449,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Database {
-    pub(crate) fn open(store: Arc<StoreInner>, name: &str, dir: PathBuf) -> Result<Database> {
+    pub(crate) fn open(store: Arc<Env>, name: &str, dir: PathBuf) -> Result<Database> {
         let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         let lp = dir.join("LOCK");
         let lock = match std::fs::OpenOptions::new()
@@ -1024,7 +1028,7 @@ impl Database {
                 .insert(self.inner.name.clone(), std::time::Instant::now());
             Error::PurgeUnfinished(self.inner.name.clone(), why)
         };
-        let gc = self.store().gc().map_err(|e| unfinished(e.to_string()))?;
+        let gc = self.collect().map_err(|e| unfinished(e.to_string()))?;
         if self.inner.refresh()?.head.scrub {
             return Err(unfinished(gc.why_unfinished(&self.inner.name)));
         }
@@ -1038,10 +1042,9 @@ impl Database {
     }
 
     /// The store this database is in (garbage collection finishes purges).
-    fn store(&self) -> crate::Store {
-        crate::Store {
-            inner: self.inner.store.clone(),
-        }
+    /// Garbage collection of the store this database is in (which finishes purges).
+    fn collect(&self) -> Result<GcReport> {
+        (self.inner.store.collect)(&self.inner.store)
     }
 
     /// Whether a purge (or a merge that brought purged versions) is committed but not finished.
@@ -1058,20 +1061,20 @@ impl Database {
     /// whole store; a no-op when none is pending.
     pub(crate) fn finish_purge(&self) -> Result<()> {
         if self.scrubbing()? {
-            self.store().gc()?;
+            self.collect()?;
         }
         Ok(())
     }
 
     /// [`Database::finish_purge`] on an open or a write: best effort (the caller's work stands
     /// either way), and when this store handle tried and failed within the last
-    /// [`crate::store::PURGE_RETRY`], not again yet (a try is a gc of the store and a rewrite
+    /// [`env::PURGE_RETRY`], not again yet (a try is a gc of the store and a rewrite
     /// of the database; one that cannot finish, say beside a database gc cannot read, would
     /// otherwise make every write pay that).
     pub(crate) fn finish_purge_soon(&self) {
         let tries = &self.inner.store.purge_tries;
         let name = &self.inner.name;
-        let recent = |t: &std::time::Instant| t.elapsed() < crate::store::PURGE_RETRY;
+        let recent = |t: &std::time::Instant| t.elapsed() < env::PURGE_RETRY;
         if tries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1532,7 +1535,7 @@ struct Writer {
 
 impl Db {
     /// The compaction threshold in force: the database's setting, else the store's, else the
-    /// program's [`crate::Options::compact_threshold`].
+    /// program's [`options::Options::compact_threshold`].
     fn compact_threshold(&self) -> Result<usize> {
         Ok(self
             .own_settings()?
@@ -1649,7 +1652,7 @@ impl Db {
         self.store.opts.durability == Durability::Full
     }
 
-    /// Takes the cross-process writer lock, waiting up to [`crate::Options::lock_timeout`].
+    /// Takes the cross-process writer lock, waiting up to [`options::Options::lock_timeout`].
     fn acquire(&self) -> Result<()> {
         let deadline = std::time::Instant::now() + self.store.opts.lock_timeout;
         let mut pause = std::time::Duration::from_micros(50);

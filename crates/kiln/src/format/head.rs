@@ -39,8 +39,16 @@ use crate::format::block::cbor::{CborError, Decoder, Encoder};
 use crate::format::block::cid::Cid;
 use crate::format::car::{FileName, FormatError};
 use crate::format::seal::{Key, Salt, SealError, SubKey, SALT_LEN};
-use crate::keys::Lineage;
 use std::sync::Arc;
+
+/// A lineage id: databases that share files share a lineage (and its key). The head record
+/// names it in plaintext, so a reader can find the key.
+pub type Lineage = [u8; 16];
+
+/// A lineage id as text (a UUID).
+pub fn lineage_string(l: &Lineage) -> String {
+    uuid::Uuid::from_bytes(*l).hyphenated().to_string()
+}
 
 pub const MAGIC: &[u8; 8] = b"KILNHEAD";
 /// The version this kiln writes; it reads 1 to 4. (Versions 2 and 3 logs are appended to in

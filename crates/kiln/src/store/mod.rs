@@ -18,6 +18,10 @@
 pub mod proposals;
 
 use crate::db::cache::Cache;
+use crate::db::env::Env;
+pub use crate::db::env::GcReport;
+use crate::db::gc_lock::GcLock;
+pub use crate::db::options::{Durability, Options};
 use crate::db::settings::Settings;
 use crate::db::Database;
 use crate::error::{Error, Result};
@@ -25,269 +29,14 @@ use crate::format::car::FileName;
 use crate::format::head::Head;
 use crate::format::seal::Key;
 use crate::keys::{Keybag, Lineage};
-use crate::storage::{sync_dir, write_atomic, LocalStorage, Storage};
+use crate::storage::{sync_dir, write_atomic, LocalStorage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// What survives a crash, per commit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// A commit returns after its diff file, the head record and both directory entries are
-    /// fsynced: it survives a process crash and a power cut.
-    #[default]
-    Full,
-    /// A commit returns once its bytes are handed to the OS (no fsync): it survives a process
-    /// crash (kill -9) but the last commits may be lost in a power cut or kernel crash. The
-    /// database is never torn either way: the head record is still replaced atomically.
-    Buffered,
-}
-
-/// Store-wide settings.
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub durability: Durability,
-    /// Budget of the shared block cache, in bytes.
-    pub cache_bytes: usize,
-    /// Compact when more than this many transaction diff files are live, unless the database
-    /// or the store has its own setting ([`crate::Settings`]).
-    pub compact_threshold: usize,
-    /// How long a commit waits for another writer's lock before failing with
-    /// [`crate::Error::Busy`].
-    pub lock_timeout: std::time::Duration,
-    /// Compact in a background thread rather than inside the commit that crosses the threshold
-    /// (the default). Commits outrunning it (more than 4 × threshold diffs) compact inline.
-    /// Measured on 2 cores it smooths commit latency but does not raise throughput, and lets
-    /// more files (and memory) build up, so it is off by default.
-    pub background_compaction: bool,
-    /// Empty files a background thread keeps ready in `files/.pool/`, so a commit renames one
-    /// instead of allocating an inode (0: none). They cost an inode each and no data. The
-    /// default covers a new database's first compaction cycle (100 diffs, then compaction's
-    /// output) before retired files come back as spares: with 64, a fresh store's first 1,000
-    /// one-document commits ran at 12,000/s instead of 29,000/s here, on a file system where
-    /// allocating an inode after many deletions costs up to 1 ms.
-    pub reserve_files: usize,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            durability: Durability::Full,
-            cache_bytes: 32 << 20,
-            compact_threshold: 100,
-            lock_timeout: std::time::Duration::from_secs(30),
-            background_compaction: false,
-            reserve_files: 160,
-        }
-    }
-}
-
-pub(crate) struct StoreInner {
-    pub root: PathBuf,
-    pub storage: Arc<dyn Storage>,
-    pub keybag: Keybag,
-    pub cache: Cache,
-    pub opts: Options,
-    /// `ROOT/settings.json`, as last read or written by this handle.
-    pub settings: std::sync::RwLock<Settings>,
-    /// `ROOT/GC`: see [`GcLock`].
-    pub gc: GcLock,
-    /// When this handle last tried, on an open or a write, to finish a database's interrupted
-    /// purge and could not: such tries wait [`PURGE_RETRY`] (each is a gc of the whole store
-    /// and a rewrite of the database). `gc` itself always tries.
-    pub purge_tries: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-}
-
-/// How long an open or a write waits before it tries again to finish an interrupted purge
-/// that it could not finish (see [`StoreInner::purge_tries`]).
-pub(crate) const PURGE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The store-wide lock between garbage collection and writers. A writer holds it shared from
-/// writing a file until a head record names that file (or it is removed again); garbage
-/// collection holds it exclusively while it lists files, reads every head record and removes
-/// what none names. So no file is collected between being written and being named.
-///
-/// `flock` locks belong to the open file, which this process's threads share: a count of
-/// users in this process takes the lock on the first and releases it on the last.
-pub(crate) struct GcLock {
-    file: std::fs::File,
-    path: PathBuf,
-    users: std::sync::Mutex<usize>,
-    timeout: std::time::Duration,
-}
-
-/// Holds [`GcLock`] shared while alive.
-pub(crate) struct GcShared<'a>(&'a GcLock);
-
-impl GcLock {
-    fn open(path: PathBuf, timeout: std::time::Duration) -> Result<GcLock> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(GcLock {
-            file,
-            path,
-            users: std::sync::Mutex::new(0),
-            timeout,
-        })
-    }
-
-    /// Waits (up to the lock timeout) while a garbage collection runs.
-    pub fn shared(&self) -> Result<GcShared<'_>> {
-        let mut n = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        if *n == 0 {
-            self.wait(|f| f.try_lock_shared())?;
-        }
-        *n += 1;
-        Ok(GcShared(self))
-    }
-
-    pub fn exclusive(&self) -> Result<GcExclusive<'_>> {
-        // Hold the in-process count at zero too, so this process's writers wait behind it
-        // (they share the open file, whose shared lock would turn into the exclusive one).
-        let deadline = std::time::Instant::now() + self.timeout;
-        let n = loop {
-            let n = self.users.lock().unwrap_or_else(|p| p.into_inner());
-            if *n == 0 {
-                break n;
-            }
-            drop(n);
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::Busy("store (garbage collection)".into()));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
-        self.wait(|f| f.try_lock())?;
-        Ok(GcExclusive {
-            lock: self,
-            _users: n,
-        })
-    }
-
-    fn wait(
-        &self,
-        mut f: impl FnMut(&std::fs::File) -> std::result::Result<(), std::fs::TryLockError>,
-    ) -> Result<()> {
-        let deadline = std::time::Instant::now() + self.timeout;
-        let mut pause = std::time::Duration::from_micros(100);
-        loop {
-            match f(&self.file) {
-                Ok(()) => return Ok(()),
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    if std::time::Instant::now() >= deadline {
-                        return Err(Error::Busy("store (garbage collection)".into()));
-                    }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&self.path, e)),
-            }
-        }
-    }
-}
-
-impl Drop for GcShared<'_> {
-    fn drop(&mut self) {
-        let mut n = self.0.users.lock().unwrap_or_else(|p| p.into_inner());
-        *n -= 1;
-        if *n == 0 {
-            let _ = self.0.file.unlock();
-        }
-    }
-}
-
-pub(crate) struct GcExclusive<'a> {
-    lock: &'a GcLock,
-    /// Held so this process's writers wait too.
-    _users: std::sync::MutexGuard<'a, usize>,
-}
-
-impl Drop for GcExclusive<'_> {
-    fn drop(&mut self) {
-        let _ = self.lock.file.unlock();
-    }
-}
-
-/// What [`Store::gc`] did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GcReport {
-    /// Databases whose head records were read.
-    pub databases: usize,
-    /// Files some database names.
-    pub live_files: usize,
-    /// Files no database named, removed (or archived).
-    pub removed_files: usize,
-    pub removed_bytes: u64,
-    /// Of those, moved to the archive rather than deleted.
-    pub archived: bool,
-    /// Space kept for reuse by earlier removals, freed.
-    pub reusable_files: u64,
-    pub reusable_bytes: u64,
-    /// What killed creates, forks and drops left behind (`dbs/.new-*`, `dbs/.drop-*`
-    /// folders), removed.
-    pub leftovers_removed: usize,
-    /// Keybag entries of lineages no database uses any more, removed.
-    pub keys_removed: usize,
-    /// Proposals no key opens any more (their target was dropped), removed.
-    pub proposals_removed: usize,
-    /// Archived files of lineages no database uses any more (dropped), removed with their key.
-    pub archived_removed: usize,
-    /// Databases whose head record could not be read, with why. Their files are kept: a file
-    /// no readable head names is kept when it may be theirs (it opens under their key, or
-    /// their lineage or key is unknown).
-    pub unreadable: Vec<(String, String)>,
-    /// Files no readable head names, kept because an unreadable database may name them.
-    pub kept_files: Vec<FileName>,
-    /// Databases whose unfinished purge this collection finished.
-    pub purges_finished: Vec<String>,
-    /// Databases whose unfinished purge could not be finished, with why.
-    pub purges_unfinished: Vec<(String, String)>,
-    /// Archived files removed because they held a purged version.
-    pub archived_scrubbed: usize,
-}
-
-impl GcReport {
-    /// Why the purge of `db` could not be finished (see [`GcReport::purges_unfinished`]).
-    pub fn why_unfinished(&self, db: &str) -> String {
-        self.purges_unfinished
-            .iter()
-            .find(|(n, _)| n == db)
-            .map(|(_, w)| w.clone())
-            .unwrap_or_else(|| "garbage collection did not reach it".into())
-    }
-
-    fn absorb(&mut self, o: GcReport) {
-        self.removed_files += o.removed_files;
-        self.removed_bytes += o.removed_bytes;
-        self.reusable_files += o.reusable_files;
-        self.reusable_bytes += o.reusable_bytes;
-        self.leftovers_removed += o.leftovers_removed;
-        self.keys_removed += o.keys_removed;
-        self.proposals_removed += o.proposals_removed;
-        self.archived_removed += o.archived_removed;
-        self.live_files = o.live_files;
-        self.databases = o.databases;
-        self.unreadable = o.unreadable;
-        self.kept_files = o.kept_files;
-    }
-}
-
-impl StoreInner {
-    pub fn settings(&self) -> Settings {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
 
 /// A store of databases under one root folder. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) inner: Arc<StoreInner>,
+    pub(crate) inner: Arc<Env>,
 }
 
 const MARKER: &str = "KILN";
@@ -410,7 +159,7 @@ impl Store {
         let cache = Cache::new(opts.cache_bytes);
         let settings = Settings::read(&root.join(SETTINGS))?;
         Ok(Store {
-            inner: Arc::new(StoreInner {
+            inner: Arc::new(Env {
                 storage: Arc::new(LocalStorage::with_reserve(
                     root.join("files"),
                     opts.reserve_files,
@@ -422,6 +171,7 @@ impl Store {
                 opts,
                 settings: std::sync::RwLock::new(settings),
                 purge_tries: Default::default(),
+                collect: |env| Store { inner: env.clone() }.gc(),
             }),
         })
     }
