@@ -1,0 +1,356 @@
+//! Compaction: combining a level's files into one file of the next level (inline or on a
+//! background thread), and full compaction.
+
+use super::*;
+
+/// Compacted files of one level merge into the next level when more than this many exist.
+pub const LEVEL_FANIN: usize = 24;
+
+/// A compaction's output: the new file, the files it replaces and (level 0) the new base tree.
+pub(super) struct Merged {
+    pub(super) file: FileRef,
+    pub(super) replaced: Vec<FileName>,
+    pub(super) base: Option<Option<Cid>>,
+    /// The base of the head the merge was computed on.
+    pub(super) from_base: Option<Cid>,
+}
+
+impl Database {
+    /// Merges every live file into exactly one (`kiln compact --full`).
+    pub fn compact_full(&self) -> Result<()> {
+        self.inner.with_lock(|db, head| match db.merge_all(head)? {
+            Some(m) => {
+                db.apply_merge(head, &m);
+                Ok(((), m.replaced))
+            }
+            None => Ok(((), Vec::new())),
+        })
+    }
+
+    pub fn compact(&self) -> Result<()> {
+        self.inner.with_lock(|db, head| {
+            let removed = db.compact_level(head, 0)?;
+            let more = db.compact_cascade(head)?;
+            Ok(((), removed.into_iter().chain(more).collect()))
+        })
+    }
+}
+
+impl Db {
+    /// Merges levels whose file count passed their limit. Returns the replaced files.
+    pub(super) fn compact_cascade(&self, head: &mut Head) -> Result<Vec<FileName>> {
+        let mut removed = Vec::new();
+        // Lowest level first: merging level k only adds a file to level k + 1.
+        while let Some(level) = self.level_to_compact(head)? {
+            let r = self.compact_level(head, level)?;
+            if r.is_empty() {
+                break;
+            }
+            removed.extend(r);
+        }
+        Ok(removed)
+    }
+
+    /// Merges every file of `level` into one file of `level + 1` in `head`. Returns the replaced
+    /// files (deleted by the caller once the new head is durable).
+    pub(super) fn compact_level(&self, head: &mut Head, level: u8) -> Result<Vec<FileName>> {
+        match self.merge_level(head, level)? {
+            Some(m) => {
+                self.apply_merge(head, &m);
+                Ok(m.replaced)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Puts a merge's file in place of the files it replaced; false (and `head` unchanged) if
+    /// any of them is no longer live (another compaction won).
+    pub(super) fn apply_merge(&self, head: &mut Head, m: &Merged) -> bool {
+        let sel = &m.replaced;
+        if !sel.iter().all(|n| head.files.iter().any(|f| f.name == *n)) {
+            return false;
+        }
+        let pos = head
+            .files
+            .iter()
+            .position(|f| sel.contains(&f.name))
+            .unwrap_or(0);
+        head.files.retain(|f| !sel.contains(&f.name));
+        head.files.insert(pos.min(head.files.len()), m.file);
+        head.compacted = now_ms();
+        // Only forward: a commit meanwhile may have moved the base already (a checkpoint or a
+        // merge), and its tree is whole in files too.
+        if let Some(base) = m.base.filter(|_| head.base == m.from_base) {
+            head.base = base;
+        }
+        true
+    }
+
+    /// Writes one file of `level + 1` holding what the files of `level` in `head` hold that is
+    /// still needed: every event, every document version an event names, and tree nodes. For
+    /// level 0 those are the current tree's nodes that are in these files or only in memory
+    /// (`pending`): the output then holds the whole new part of the current tree, which becomes
+    /// the base tree. For a higher level, the base tree's nodes in these files (a node of an
+    /// older tree is superseded: a later tree links only nodes of its predecessors or nodes it
+    /// writes anew, and the base tree is the one every later tree is rebuilt from). Returns the
+    /// file, the names it replaces and, for level 0, the new base.
+    pub(super) fn merge_level(&self, head: &Head, level: u8) -> Result<Option<Merged>> {
+        let sel: Vec<FileRef> = head
+            .files
+            .iter()
+            .filter(|f| f.level == level)
+            .copied()
+            .collect();
+        if sel.is_empty() || (sel.len() == 1 && level > 0) {
+            return Ok(None);
+        }
+        self.merge_files(head, sel, level + 1, level == 0, false)
+            .map(Some)
+    }
+
+    /// Merges every live file into one (`compact --full`): it holds every event, every
+    /// document version and exactly the current tree's nodes; it becomes the base.
+    pub(super) fn merge_all(&self, head: &Head) -> Result<Option<Merged>> {
+        if head.files.is_empty() || (head.files.len() == 1 && head.base == head.root) {
+            return Ok(None);
+        }
+        let top = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
+        self.merge_files(head, head.files.clone(), top, true, true)
+            .map(Some)
+    }
+
+    /// Writes one file of `out_level` holding what the files `sel` hold that is still needed
+    /// (see [`Db::merge_level`]); with `current`, the current tree's nodes (from `sel` and
+    /// memory) rather than the base tree's; with `all`, `sel` is every live file, so a node
+    /// found nowhere is missing rather than in an older file.
+    pub(super) fn merge_files(
+        &self,
+        head: &Head,
+        sel: Vec<FileRef>,
+        out_level: u8,
+        current: bool,
+        all: bool,
+    ) -> Result<Merged> {
+        let level = out_level - 1;
+        let memory = if current {
+            self.memory_tree(head)?
+        } else {
+            DigestMap::default()
+        };
+        let v = View { db: self, head };
+        // Pass 1, over the indexes and the events only: which tree nodes the files hold, the
+        // events' heights and parents, and (for version-1 files, whose index does not mark
+        // tree nodes) the values the events name.
+        let mut nodes_here: DigestSet<Cid> = DigestSet::default();
+        let mut values: DigestSet<Cid> = DigestSet::default();
+        let mut event_set: DigestSet<Cid> = DigestSet::default();
+        let mut parents: DigestSet<Cid> = DigestSet::default();
+        let mut heights = (u64::MAX, 0);
+        let mut versions = Vec::with_capacity(sel.len());
+        for f in sel.iter().rev() {
+            let idx = self.index(f)?;
+            versions.push(idx.version);
+            for e in self.file_entries(&v, f)? {
+                if e.event {
+                    let seg = v.segment(f, e.seg)?;
+                    let data = car::block_in(&seg, &e)
+                        .map_err(|x| Error::format(format!("file {}", f.name), x))?;
+                    let ev = Event::decode(data)
+                        .map_err(|x| Error::corrupt(format!("event {}", e.cid), x.0))?;
+                    heights = (heights.0.min(ev.height), heights.1.max(ev.height));
+                    parents.extend(ev.parents.iter().copied());
+                    if idx.version < 2 {
+                        values.extend(ev.ops.iter().filter_map(|(_, l)| *l));
+                    }
+                    event_set.insert(e.cid);
+                } else if e.node || idx.version < 2 {
+                    nodes_here.insert(e.cid);
+                }
+            }
+        }
+        // Tree nodes to keep: descend through these files, memory and newer files; stop at
+        // older ones (a node only links to nodes at least as old as itself).
+        let newer = Head {
+            files: head
+                .files
+                .iter()
+                .filter(|f| f.level < level && !all)
+                .copied()
+                .collect(),
+            ..Head::default()
+        };
+        let in_newer = View {
+            db: self,
+            head: &newer,
+        };
+        let tree_root = if current { head.root } else { head.base };
+        let mut keep: DigestSet<Cid> = DigestSet::default();
+        let mut extra: Vec<(Cid, Arc<[u8]>)> = Vec::new();
+        // The trees to keep: the current (or base) tree, and the state at every cut event.
+        let mut stack: Vec<Cid> = tree_root
+            .into_iter()
+            .chain(head.cut.iter().filter_map(|(_, r)| *r))
+            .collect();
+        let mut visited: DigestSet<Cid> = DigestSet::default();
+        while let Some(c) = stack.pop() {
+            if !visited.insert(c) {
+                continue;
+            }
+            if nodes_here.contains(&c) {
+                keep.insert(c);
+            } else if current {
+                match memory.get(&c) {
+                    Some((b, _)) => extra.push((c, b.clone())),
+                    None if all => return Err(Error::MissingBlock(c, self.name.clone())),
+                    None => continue, // in an older file, with everything below it
+                }
+            } else {
+                match in_newer.locate(&c, None) {
+                    Ok(_) => {}
+                    Err(Error::MissingBlock(..)) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let node = match memory.get(&c) {
+                Some((_, n)) => n.clone(),
+                None => v.node(&c)?,
+            };
+            stack.extend_from_slice(node.children());
+            // A tree's values stay with it (after a cut, no kept event names some of them).
+            if let tree::Items::Leaf(slots) = &node.items {
+                values.extend(slots.iter().filter_map(|s| s.link));
+            }
+        }
+        drop(visited);
+        let meta = car::Meta {
+            level: out_level,
+            time: now_ms(),
+            // The CAR roots: the file's newest events (no event in it names them).
+            roots: {
+                let mut r: Vec<Cid> = event_set
+                    .iter()
+                    .filter(|e| !parents.contains(e))
+                    .copied()
+                    .collect();
+                r.sort();
+                r
+            },
+            replaces: sel.iter().map(|f| f.name).collect(),
+        };
+        drop(parents);
+        let purged = |c: &Cid| head.purged.binary_search(c).is_ok();
+        // Pass 2: stream every kept block, oldest file first and in file order, into the new
+        // file; memory holds one segment and the new index, not the files.
+        let mut failed: Option<Error> = None;
+        let mut done: Option<(u64, car::Index, u32)> = None;
+        let name = self.store.storage.put_with(self.sync(), &mut |out| {
+            let r = (|| -> Result<FileName> {
+                let io = |e| Error::io(self.store.root.join("files"), e);
+                let mut w = car::StreamWriter::new(meta.clone(), &self.key, out).map_err(io)?;
+                for (f, version) in sel.iter().rev().zip(&versions) {
+                    for e in self.file_entries(&v, f)? {
+                        // Version-1 files do not mark tree nodes: a block there is a kept
+                        // node, or a value an event or a kept tree names, or dropped.
+                        let kept = if e.event {
+                            true
+                        } else if e.node {
+                            keep.contains(&e.cid)
+                        } else if *version < 2 {
+                            keep.contains(&e.cid) || (values.contains(&e.cid) && !purged(&e.cid))
+                        } else {
+                            !purged(&e.cid)
+                        };
+                        if !kept {
+                            continue;
+                        }
+                        let seg = v.segment(f, e.seg)?;
+                        let data = car::block_in(&seg, &e)
+                            .map_err(|x| Error::format(format!("file {}", f.name), x))?;
+                        if e.event {
+                            w.add_event(e.cid, data)
+                        } else if e.node || keep.contains(&e.cid) {
+                            w.add_node(e.cid, data)
+                        } else {
+                            w.add(e.cid, data)
+                        }
+                        .map_err(io)?;
+                    }
+                }
+                for (c, b) in &extra {
+                    w.add_node(*c, b).map_err(io)?;
+                }
+                let (name, size, index, index_len) = w.finish().map_err(io)?;
+                done = Some((size, index, index_len));
+                Ok(name)
+            })();
+            r.map_err(|e| {
+                let msg = e.to_string();
+                failed = Some(e);
+                std::io::Error::other(msg)
+            })
+        });
+        let name = match (name, failed) {
+            (_, Some(e)) => return Err(e),
+            (Err(e), None) => return Err(Error::io(self.store.root.join("files"), e)),
+            (Ok(n), None) => n,
+        };
+        let (size, index, index_len) =
+            done.ok_or_else(|| Error::corrupt("compaction", "no file written"))?;
+        let bloom = self.register_index(name, index);
+        Ok(Merged {
+            file: FileRef {
+                name,
+                level: out_level,
+                size,
+                index_len,
+                heights,
+                bloom,
+            },
+            replaced: sel.iter().map(|f| f.name).collect(),
+            base: current.then_some(head.root),
+            from_base: head.base,
+        })
+    }
+
+    /// The lowest level holding more files than its limit.
+    pub(super) fn level_to_compact(&self, head: &Head) -> Result<Option<u8>> {
+        let Some(top) = head.files.iter().map(|f| f.level).max() else {
+            return Ok(None);
+        };
+        let threshold = self.compact_threshold()?;
+        Ok((0..=top).find(|&l| {
+            let n = head.files.iter().filter(|f| f.level == l).count();
+            n > if l == 0 { threshold } else { LEVEL_FANIN }
+        }))
+    }
+
+    /// Background compaction: merge on a snapshot without the lock, then swap the result in
+    /// under the lock if the merged files are all still live (commits go on meanwhile; another
+    /// compaction may have won, and then this one's output is discarded).
+    pub(super) fn compact_background(&self) -> Result<()> {
+        loop {
+            let st = self.refresh()?;
+            let Some(level) = self.level_to_compact(&st.head)? else {
+                return Ok(());
+            };
+            // From writing the merged file until a head record names it (or it is removed).
+            let _gc = self.store.gc.shared()?;
+            let Some(m) = self.merge_level(&st.head, level)? else {
+                return Ok(());
+            };
+            // Commits let the swap go first (they wait for this flag, briefly).
+            self.swap_waiting.store(true, Ordering::SeqCst);
+            let applied = self.with_lock(|db, head| {
+                db.swap_waiting.store(false, Ordering::SeqCst);
+                let ok = db.apply_merge(head, &m);
+                Ok((ok, if ok { m.replaced.clone() } else { Vec::new() }))
+            });
+            self.swap_waiting.store(false, Ordering::SeqCst);
+            let applied = applied?;
+            if !applied {
+                let _ = self.store.storage.retire(&m.file.name);
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Dropping a database: its commit point (the folder renamed under the writer lock) and the
+//! taking back of a drop mark a kill left before it.
+
+use super::*;
+
+/// LOCK counter value marking a dropped database: handles still open on it stop writing (a new
+/// database of the same name has a new LOCK file). A drop marks LOCK and renames the folder
+/// away under the writer lock; the rename is the drop's commit point, so a marked LOCK in a
+/// folder still in place is a drop that never happened (killed between the two steps) and
+/// the next open takes the mark back ([`recover_unfinished_drop`]).
+pub(super) const DROPPED: u64 = u64::MAX;
+
+/// A LOCK marked dropped in a folder still in place: a drop killed between marking LOCK and
+/// renaming the folder away (or a LOCK damaged to read as marked). The rename is a drop's
+/// commit point, so the database was never dropped: under its writer lock (a drop in progress
+/// holds it until the folder is gone), if this LOCK is still the one at `lp`, its counter
+/// restarts at a fresh value, so no handle mistakes its cached head for current. Otherwise
+/// the drop went through: no such database.
+pub(super) fn recover_unfinished_drop(
+    lock: &File,
+    lp: &std::path::Path,
+    name: &str,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let io = |e| Error::io(lp, e);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Busy(name.into())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+    }
+    let r = take_back_drop_mark(lock, lp, name);
+    let _ = lock.unlock();
+    r
+}
+
+/// [`recover_unfinished_drop`] for a caller that holds the writer lock already.
+pub(super) fn take_back_drop_mark(lock: &File, lp: &std::path::Path, name: &str) -> Result<()> {
+    let io = |e| Error::io(lp, e);
+    if read_counter(lock).map_err(io)?[0] != DROPPED {
+        return Ok(()); // taken back meanwhile
+    }
+    use std::os::unix::fs::MetadataExt;
+    let mine = lock.metadata().map_err(io)?;
+    let in_place =
+        std::fs::metadata(lp).is_ok_and(|m| m.dev() == mine.dev() && m.ino() == mine.ino());
+    if !in_place {
+        return Err(Error::NoSuchDatabase(name.into()));
+    }
+    let mut r = [0u8; 8];
+    getrandom::getrandom(&mut r).map_err(|e| io(std::io::Error::other(e)))?;
+    let fresh = u64::from_le_bytes(r) >> 2;
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&fresh.to_le_bytes());
+    b[8..].copy_from_slice(&fresh.to_le_bytes());
+    lock.write_all_at(&b, 0).map_err(io)
+}
+
+impl Database {
+    /// Drops the database under its writer lock: marks LOCK dropped (open handles, in any
+    /// process, stop writing and reading), then renames the folder to `gone` (the commit point:
+    /// the name is free and listing no longer shows it) and, with `Durability::Full`, makes the
+    /// rename durable. Returns the files the final head record names. If the rename fails the
+    /// mark is taken back; if the process dies between the two, the next open takes it back.
+    pub(crate) fn drop_to(&self, gone: &std::path::Path) -> Result<Vec<FileRef>> {
+        // `with_lock` refuses an already-dropped database; the head record is left unchanged.
+        self.inner.with_lock(|db, head| {
+            let before = db.counter()?;
+            db.set_counter([DROPPED, DROPPED])?;
+            if let Err(e) = std::fs::rename(&db.dir, gone) {
+                let _ = db.set_counter(before);
+                return Err(Error::io(&db.dir, e));
+            }
+            if db.sync() {
+                if let Some(dbs) = gone.parent() {
+                    crate::storage::sync_dir(dbs).map_err(|e| Error::io(dbs, e))?;
+                }
+            }
+            Ok((head.files.clone(), Vec::new()))
+        })
+    }
+}

@@ -1,0 +1,446 @@
+//! The read path: a `View` on one head record finds a block's file (by height, Bloom filter,
+//! index page), decrypts one segment (cached) and checks the block's hash; the head record and
+//! LOCK counter are read here, and a read that meets a file a compaction removed re-reads the
+//! head record and retries.
+
+use super::*;
+
+/// A database state to read a tree from: a head and tree nodes built in memory (the state at
+/// an event whose own tree was dropped by compaction).
+pub(super) struct Point<'a> {
+    pub(super) view: View<'a>,
+    pub(super) root: Option<Cid>,
+    pub(super) built: DigestMap<Cid, Arc<tree::Node>>,
+}
+
+impl NodeSource for Point<'_> {
+    type Error = Error;
+    fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>> {
+        match self.built.get(cid) {
+            Some(n) => Ok(n.clone()),
+            None => self.view.node(cid),
+        }
+    }
+}
+
+/// Replaces the files `sel` in `head` with `file`, placed where the first of them was (so files
+/// stay ordered newest first, levels non-decreasing). False, changing nothing, unless every file
+/// of `sel` is still live.
+/// Reads `HEAD` and parses it with `parse`. A head record that fails to open while the commit
+/// counter moved was being rewritten under us (see [`replace_via_spare`]): read again. Returns the
+/// counter value the record is current for, if no commit was in flight.
+pub(super) fn read_head_with<T>(
+    lock: &File,
+    hp: &std::path::Path,
+    name: &str,
+    mut parse: impl FnMut(&[u8]) -> Result<T>,
+) -> Result<(T, Option<u64>)> {
+    let lock_err = |e| Error::io(hp.with_file_name("LOCK"), e);
+    let mut tries = 0u32;
+    loop {
+        let c1 = read_counter(lock).map_err(lock_err)?;
+        let bytes = match std::fs::read(hp) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchDatabase(name.into()))
+            }
+            Err(e) => return Err(Error::io(hp, e)),
+        };
+        match parse(&bytes) {
+            Ok(v) => return Ok((v, (c1[0] == c1[1]).then_some(c1[1]))),
+            Err(e) => {
+                let c2 = read_counter(lock).map_err(lock_err)?;
+                if (c1 != c2 || c1[0] != c1[1]) && tries < 50 {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_micros(50 * tries as u64));
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// The commit counter in LOCK: `[begin, end]`; equal when no commit is in flight. A short
+/// file reads as `[0, 0]`.
+pub(super) fn read_counter(f: &File) -> std::io::Result<[u64; 2]> {
+    let mut b = [0u8; 16];
+    let mut n = 0;
+    while n < b.len() {
+        match f.read_at(&mut b[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    if n < 16 {
+        return Ok([0, 0]);
+    }
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[..8]);
+    let begin = u64::from_le_bytes(x);
+    x.copy_from_slice(&b[8..]);
+    Ok([begin, u64::from_le_bytes(x)])
+}
+
+/// Reads against one head record.
+pub(super) struct View<'a> {
+    pub(super) db: &'a Db,
+    pub(super) head: &'a Head,
+}
+
+impl View<'_> {
+    pub(super) fn corrupt_cid(&self, cid: &Cid, what: &str) -> Error {
+        Error::corrupt(format!("block {cid} of database '{}'", self.db.name), what)
+    }
+
+    /// Finds the live file holding `cid`. With `height` (the version of a document slot), the
+    /// files whose event heights cover it are probed first — usually exactly one. Otherwise: the
+    /// newest file (where the root and recently changed nodes are), then compacted files,
+    /// largest first (most of an old tree is in the largest), then the other diffs. Small
+    /// files whose Bloom filter rules `cid` out are skipped without reading their index.
+    pub(super) fn locate(&self, cid: &Cid, height: Option<u64>) -> Result<(FileRef, car::Entry)> {
+        let files = &self.head.files;
+        let covers = |f: &FileRef| height.is_some_and(|h| f.heights.0 <= h && h <= f.heights.1);
+        let mut compacted: Vec<&FileRef> = files
+            .iter()
+            .skip(1)
+            .filter(|f| f.level > 0 && !covers(f))
+            .collect();
+        compacted.sort_by_key(|f| std::cmp::Reverse(f.size));
+        let order = files
+            .iter()
+            .filter(|f| covers(f))
+            .chain(files.first().filter(|f| !covers(f)))
+            .chain(compacted)
+            .chain(files.iter().skip(1).filter(|f| f.level == 0 && !covers(f)));
+        for f in order.filter(|f| f.may_hold(cid)) {
+            let idx = self.db.index(f)?;
+            let found = if idx.pages.is_empty() {
+                idx.find(cid)
+            } else if let Some(p) = idx.page_for(cid) {
+                let page = self.page(&f.name, &idx, p)?;
+                page.binary_search_by(|e| e.cid.cmp(cid))
+                    .ok()
+                    .map(|i| page[i])
+            } else {
+                None
+            };
+            if let Some(e) = found {
+                return Ok((*f, e));
+            }
+        }
+        Err(Error::MissingBlock(*cid, self.db.name.clone()))
+    }
+
+    pub(super) fn page(
+        &self,
+        name: &FileName,
+        idx: &car::Index,
+        p: usize,
+    ) -> Result<Arc<Vec<car::Entry>>> {
+        let key = CacheKey::Page(*name, p as u32);
+        if let Some(Cached::Page(v)) = self.db.store.cache.get(&key) {
+            return Ok(v);
+        }
+        let pr = &idx.pages[p];
+        let v = self.db.restoring(name, || {
+            let sealed = self
+                .db
+                .store
+                .storage
+                .read_at(name, pr.off, pr.len as usize)
+                .map_err(|e| self.db.file_err(name, e))?;
+            Ok(Arc::new(
+                idx.open_page(&self.db.key, p, &sealed)
+                    .map_err(|e| Error::format(format!("file {name}"), e))?,
+            ))
+        })?;
+        self.db.store.cache.insert(key, Cached::Page(v.clone()));
+        Ok(v)
+    }
+
+    pub(super) fn segment(&self, file: &FileRef, n: u32) -> Result<Arc<Vec<u8>>> {
+        let name = &file.name;
+        let key = CacheKey::Segment(*name, n);
+        if let Some(Cached::Bytes(b)) = self.db.store.cache.get(&key) {
+            return Ok(b);
+        }
+        let idx = self.db.index(file)?;
+        let (off, len) = idx.segs[n as usize];
+        let plain = self.db.restoring(name, || {
+            let sealed = self
+                .db
+                .store
+                .storage
+                .read_at(name, off, len as usize)
+                .map_err(|e| self.db.file_err(name, e))?;
+            Ok(Arc::new(
+                idx.open_segment(&self.db.key, n, &sealed)
+                    .map_err(|e| Error::format(format!("file {name}"), e))?,
+            ))
+        })?;
+        self.db
+            .store
+            .cache
+            .insert(key, Cached::Bytes(plain.clone()));
+        Ok(plain)
+    }
+
+    /// A block's bytes, checked against its CID.
+    pub(super) fn with_block<T>(
+        &self,
+        cid: &Cid,
+        height: Option<u64>,
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let (file, e) = self.locate(cid, height)?;
+        let seg = self.segment(&file, e.seg)?;
+        let data = car::block_in(&seg, &e)
+            .map_err(|x| Error::format(format!("file {}, block {cid}", file.name), x))?;
+        f(data)
+    }
+
+    /// An event CID the user gave: absent, or a (hash-checked) block that is not an event, is
+    /// "no such event", not corruption.
+    pub(super) fn given_event(&self, cid: &Cid) -> Result<Arc<Event>> {
+        let no = || Error::NoSuchEvent(*cid, self.db.name.clone());
+        // In this database's files, not merely in the store-wide cache (another database's).
+        match self.locate(cid, None) {
+            Err(Error::MissingBlock(..)) => return Err(no()),
+            r => r?,
+        };
+        match self.event(cid) {
+            Err(Error::MissingBlock(..)) => Err(no()),
+            Err(Error::Corrupt { .. }) if self.with_block(cid, None, |_| Ok(())).is_ok() => {
+                Err(no())
+            }
+            r => r,
+        }
+    }
+
+    /// A document version; `height` is the version of the slot that names it (a hint).
+    pub(super) fn load_doc(&self, id: &str, cid: &Cid, height: u64) -> Result<Value> {
+        if self.head.purged.binary_search(cid).is_ok() {
+            return Err(Error::Purged(id.to_owned(), self.db.name.clone()));
+        }
+        self.with_block(cid, Some(height), |b| {
+            doc::decode(id, b).map_err(|w| self.corrupt_cid(cid, w))
+        })
+    }
+
+    pub(super) fn doc(&self, id: &str, root: Option<&Cid>) -> Result<Option<Value>> {
+        match tree::get(self, root, id.as_bytes())? {
+            Some(Slot {
+                link: Some(l),
+                version,
+            }) => Ok(Some(self.load_doc(id, &l, version)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The document as of `event`: the write of `id` with the highest rank among the event's
+    /// ancestors (the same rule the tree applies when merging heads).
+    pub(super) fn doc_at(&self, id: &str, event: &Cid) -> Result<Option<Value>> {
+        let ev = self.given_event(event)?;
+        if let Some(root) = ev.root {
+            match self.doc(id, Some(&root)) {
+                Err(Error::MissingBlock(..)) => {} // that tree was dropped by compaction: replay
+                r => return r,
+            }
+        }
+        let mut best: Option<Slot> = None;
+        clock::walk(self, &[*event], &mut |c, e| {
+            if let Some(root) = self.head.cut_root(c) {
+                // History before a cut event lives on as the state at it.
+                if let Some(s) = tree::get(self, root.as_ref(), id.as_bytes())? {
+                    if best.is_none_or(|b| s.rank(&b) == std::cmp::Ordering::Greater) {
+                        best = Some(s);
+                    }
+                }
+            }
+            if best.is_some_and(|b| e.height < b.version) {
+                return Ok(false);
+            }
+            if let Ok(i) = e
+                .ops
+                .binary_search_by(|(k, _)| k.as_bytes().cmp(id.as_bytes()))
+            {
+                let s = Slot {
+                    version: e.height,
+                    link: e.ops[i].1,
+                };
+                if best.is_none_or(|b| s.rank(&b) == std::cmp::Ordering::Greater) {
+                    best = Some(s);
+                }
+            }
+            Ok(true)
+        })?;
+        match best {
+            Some(Slot {
+                link: Some(l),
+                version,
+            }) => Ok(Some(self.load_doc(id, &l, version)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl From<TreeError> for Error {
+    fn from(t: TreeError) -> Error {
+        Error::corrupt(format!("tree node {}", t.cid), t.what)
+    }
+}
+
+impl NodeSource for View<'_> {
+    type Error = Error;
+    fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>> {
+        if let Some((_, n)) = self
+            .db
+            .pending
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cid)
+        {
+            return Ok(n.clone());
+        }
+        let key = CacheKey::Node(*cid);
+        if let Some(Cached::Node(n)) = self.db.store.cache.get(&key) {
+            return Ok(n);
+        }
+        let n = Arc::new(self.with_block(cid, None, |b| {
+            tree::Node::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
+        })?);
+        self.db.store.cache.insert(key, Cached::Node(n.clone()));
+        Ok(n)
+    }
+}
+
+impl EventSource for View<'_> {
+    type Error = Error;
+    /// An event; a cut event (its history dropped) comes without parents, so every walk stops
+    /// there.
+    fn event(&self, cid: &Cid) -> Result<Arc<Event>> {
+        let key = CacheKey::Event(*cid);
+        let e = match self.db.store.cache.get(&key) {
+            Some(Cached::Event(e)) => e,
+            _ => {
+                let e = Arc::new(self.with_block(cid, None, |b| {
+                    Event::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
+                })?);
+                self.db.store.cache.insert(key, Cached::Event(e.clone()));
+                e
+            }
+        };
+        if self.head.cut.is_empty() || self.head.cut_root(cid).is_none() {
+            return Ok(e);
+        }
+        Ok(Arc::new(Event {
+            parents: Vec::new(),
+            ..(*e).clone()
+        }))
+    }
+}
+
+impl Db {
+    /// Reads the head record and the commit counter it is current for.
+    pub(super) fn read_head(&self) -> Result<((Head, Log), Option<u64>)> {
+        let hp = self.dir.join("HEAD");
+        read_head_with(&self.lock, &hp, &self.name, |b| {
+            Head::open_log(b, &self.key).map_err(|e| Error::format(hp.display().to_string(), e))
+        })
+    }
+
+    /// The current state, re-reading the head record only if a commit happened since.
+    pub(super) fn refresh(&self) -> Result<Arc<State>> {
+        let c = self.counter()?;
+        if c[0] == DROPPED {
+            // Dropped, or a drop killed before its commit point (then taken back here, as
+            // an open would). Under this handle's writer mutex: the writer lock is this
+            // handle's file's, which a drop through this handle may hold.
+            let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let lp = self.dir.join("LOCK");
+            recover_unfinished_drop(&self.lock, &lp, &self.name, self.store.opts.lock_timeout)?;
+            return self.reload();
+        }
+        let st = self.state();
+        if c[0] == c[1] && st.stamp == Some(c[1]) {
+            return Ok(st);
+        }
+        self.reload()
+    }
+
+    pub(super) fn reload(&self) -> Result<Arc<State>> {
+        let ((head, log), stamp) = self.read_head()?;
+        Ok(self.set_state(head, stamp, log))
+    }
+
+    /// Runs a read on the current state. A file that a concurrent compaction removed (gone, or
+    /// its space already reused so it fails its checks) makes it re-read the head record and
+    /// retry; damage under an unchanged head record is reported as corruption.
+    pub(super) fn read<T>(&self, mut f: impl FnMut(&View) -> Result<T>) -> Result<T> {
+        let mut st = self.refresh()?;
+        let mut tries = 0;
+        loop {
+            match self.ensure_tree(&st.head).and_then(|()| {
+                f(&View {
+                    db: self,
+                    head: &st.head,
+                })
+            }) {
+                Err(e) if e.is_corruption() && tries < 3 => {
+                    let fresh = self.reload()?;
+                    if fresh.head == st.head {
+                        return Err(e);
+                    }
+                    st = fresh;
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Every index entry of a file, in file order.
+    pub(super) fn file_entries(&self, v: &View, f: &FileRef) -> Result<Vec<car::Entry>> {
+        let idx = self.index(f)?;
+        let mut entries = idx.entries.clone();
+        for p in 0..idx.pages.len() {
+            entries.extend(v.page(&f.name, &idx, p)?.iter().copied());
+        }
+        entries.sort_by_key(|e| (e.seg, e.off));
+        Ok(entries)
+    }
+
+    /// A state to diff: the current one, or the one at event `at` (its own tree when still
+    /// stored, else built from its history).
+    pub(super) fn point<'a>(
+        &'a self,
+        head: &'a Head,
+        at: Option<&Cid>,
+        build: bool,
+    ) -> Result<Point<'a>> {
+        let view = View { db: self, head };
+        let Some(e) = at else {
+            self.ensure_tree(head)?;
+            return Ok(Point {
+                view,
+                root: head.root,
+                built: DigestMap::default(),
+            });
+        };
+        let ev = view.given_event(e)?;
+        if !build {
+            return Ok(Point {
+                view,
+                root: ev.root,
+                built: DigestMap::default(),
+            });
+        }
+        let u = self.state_at(&view, e, &ev)?;
+        Ok(Point {
+            root: u.root,
+            built: u.blocks.into_iter().map(|(c, _, n)| (c, n)).collect(),
+            view,
+        })
+    }
+}

@@ -1,0 +1,174 @@
+//! What database calls return: commits, changes, log entries, info, merge and purge reports,
+//! history files, listing options.
+
+use super::*;
+
+/// What a commit produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Ids written, in the order given.
+    pub ids: Vec<String>,
+    /// The new event.
+    pub event: Cid,
+    /// The clock heads after the commit.
+    pub heads: Vec<Cid>,
+}
+
+/// One entry of a change feed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub id: String,
+    /// Clock height of the write that produced the current value.
+    pub version: u64,
+    /// The document, or `{"_id":…, "_deleted": true}`.
+    pub doc: Value,
+    pub deleted: bool,
+}
+
+/// One event of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub cid: Cid,
+    pub parents: Vec<Cid>,
+    pub height: u64,
+    pub time: u64,
+    /// Ids touched, with `true` for a delete.
+    pub ops: Vec<(String, bool)>,
+    /// The note recorded with the event (merges of accepted proposals), else empty.
+    pub note: String,
+}
+
+/// Sizes and counts of a database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    pub name: String,
+    pub lineage: String,
+    pub docs: u64,
+    pub events: u64,
+    pub heads: Vec<Cid>,
+    /// Document-tree root of the current state: equal on replicas holding the same documents.
+    pub root: Option<Cid>,
+    pub files: Vec<FileRef>,
+    pub bytes: u64,
+    pub commits: u64,
+    /// When compaction last ran (ms since the Unix epoch), 0 for never.
+    pub compacted: u64,
+    /// The compaction threshold in force for this database.
+    pub compact_threshold: usize,
+    /// The database's own settings (empty: the store's apply).
+    pub settings: Settings,
+    /// The head record ends in an append a crash left unfinished (see
+    /// [`Database::torn_append`]).
+    pub torn_append: bool,
+}
+
+/// What [`Database::merge_from`] did.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct MergeReport {
+    /// The merge event (or, with `only`, the transaction); `None` when nothing was new or the
+    /// merge was a fast-forward.
+    pub event: Option<Cid>,
+    /// The destination was an ancestor of the source: it took the source's heads, no merge
+    /// event.
+    pub fast_forward: bool,
+    /// Events of the source the destination did not have (now copied into it).
+    pub events: usize,
+    /// Documents whose value in the destination changed.
+    pub changed: Vec<String>,
+    /// Documents both sides changed to different values since their common history.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A document both sides of a merge changed to different values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conflict {
+    pub id: String,
+    /// The value in their common history (`None`: absent or deleted).
+    pub ancestor: Option<Value>,
+    /// The destination's value before the merge.
+    pub ours: Option<Value>,
+    /// The source's value.
+    pub theirs: Option<Value>,
+    /// Which one the merged state holds: the write with the greater (height, value CID), the
+    /// same rule on every replica and in either merge direction.
+    pub winner: Side,
+}
+
+/// A side of a merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Ours,
+    Theirs,
+}
+
+/// One document that differs between two states ([`Database::diff`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocDiff {
+    pub id: String,
+    /// The document in the first state (`None`: absent or deleted there).
+    pub before: Option<Value>,
+    /// The document in the second state (`None`: absent or deleted there).
+    pub after: Option<Value>,
+}
+
+impl DocDiff {
+    /// "added", "deleted" or "changed".
+    pub fn kind(&self) -> &'static str {
+        match (&self.before, &self.after) {
+            (None, _) => "added",
+            (_, None) => "deleted",
+            _ => "changed",
+        }
+    }
+}
+
+/// What [`Database::purge`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// The purge event.
+    pub event: Cid,
+    /// Stored versions purged.
+    pub versions: usize,
+    /// Archived files removed because they held a purged version.
+    pub archived_removed: usize,
+    /// Bytes freed: of files kept for reuse, and of unreferenced files garbage collection
+    /// removed (when the store keeps no archive).
+    pub reusable_bytes_freed: u64,
+}
+
+/// Where a file of [`Database::history_files`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// Named by the head record.
+    Live,
+    /// Replaced, but still in the store's files (not yet collected).
+    Kept,
+    /// Replaced and moved to the archive.
+    Archived,
+    /// Replaced and deleted (no archive kept).
+    Gone,
+}
+
+/// A file in a database's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryFile {
+    pub name: FileName,
+    pub location: Location,
+    /// 0 for a transaction's diff, n ≥ 1 for a compaction's output; `None` when gone.
+    pub level: Option<u8>,
+    /// A diff's event, or a compacted file's newest events (empty when gone).
+    pub events: Vec<Cid>,
+    /// The files a compacted file replaced.
+    pub replaces: Vec<FileName>,
+}
+
+/// Options for listing documents by id.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// First id (inclusive).
+    pub start: Option<String>,
+    /// Last id (inclusive).
+    pub end: Option<String>,
+    /// At most this many documents (`None`: all).
+    pub limit: Option<usize>,
+}

@@ -1,0 +1,98 @@
+//! Transactions: writes on the state read when they began, committed as a concurrent branch when
+//! others committed meanwhile.
+
+use super::*;
+
+/// Writes that commit together, on the state read when the transaction began.
+pub struct Transaction {
+    db: Database,
+    base: Arc<State>,
+    writes: Vec<Write>,
+}
+
+impl Transaction {
+    /// Reads a document: this transaction's own write, else the state it began on.
+    pub fn get(&self, id: &str) -> Result<Option<Value>> {
+        doc::check_id(id)?;
+        if let Some((_, w)) = self.writes.iter().rev().find(|(i, _)| i == id) {
+            return Ok(match w {
+                Some((_, body)) => {
+                    Some(doc::decode(id, body).map_err(|e| Error::corrupt("transaction", e))?)
+                }
+                None => None,
+            });
+        }
+        let v = View {
+            db: &self.db.inner,
+            head: &self.base.head,
+        };
+        let root = self.base.head.root.as_ref();
+        match v.doc(id, root) {
+            // Nodes only in memory, dropped meanwhile: a compaction wrote them into a file
+            // this snapshot's head does not name (look in the current files too), or they
+            // belonged to no tree still in use (rebuild the snapshot's).
+            Err(Error::MissingBlock(..)) => {
+                let db = &self.db.inner;
+                let cur = db.refresh()?;
+                let mut both = self.base.head.clone();
+                let known = |f: &FileRef| self.base.head.files.iter().any(|g| g.name == f.name);
+                both.files
+                    .extend(cur.head.files.iter().filter(|f| !known(f)).copied());
+                match (View { db, head: &both }).doc(id, root) {
+                    Err(Error::MissingBlock(..)) => {
+                        db.ensure_tree(&self.base.head)?;
+                        v.doc(id, root)
+                    }
+                    r => r,
+                }
+            }
+            r => r,
+        }
+    }
+
+    pub fn put<T: Serialize + ?Sized>(&mut self, doc: &T) -> Result<String> {
+        let w = write_of(doc::prepare_serialize(doc)?);
+        let id = w.0.clone();
+        self.writes.push(w);
+        Ok(id)
+    }
+
+    pub fn del(&mut self, id: &str) -> Result<()> {
+        doc::check_id(id)?;
+        self.writes.push((id.to_owned(), None));
+        Ok(())
+    }
+
+    pub fn commit(self) -> Result<Committed> {
+        if self.writes.is_empty() {
+            return Err(Error::InvalidArgument("nothing to commit".into()));
+        }
+        self.db.finish(self.db.inner.commit(
+            Some(&self.base.head),
+            Prepared::of(self.writes),
+            None,
+            Vec::new(),
+            "",
+        )?)
+    }
+}
+
+impl Database {
+    /// Starts a transaction that reads the current state and, when committed, names that
+    /// state's heads as its parents. If other commits landed in between, the transaction
+    /// becomes a concurrent branch: the clock then has several heads and the state is their
+    /// deterministic merge (see [`crate::model::tree::Slot::rank`]) until the next commit joins them.
+    ///
+    /// The snapshot is not pinned: if compaction drops the files it was read from, the
+    /// transaction's own reads can fail with [`Error::MissingFile`] (start a new transaction);
+    /// its commit still succeeds.
+    pub fn transaction(&self) -> Result<Transaction> {
+        let st = self.inner.refresh()?;
+        self.inner.ensure_tree(&st.head)?;
+        Ok(Transaction {
+            db: self.clone(),
+            base: st,
+            writes: Vec::new(),
+        })
+    }
+}
