@@ -799,25 +799,19 @@ impl Db {
             // when commits outrun it (then it also bounds the files a read may consult). A
             // failed compaction must not fail (or block) commits: the commit stands without it,
             // and `compact`/`verify` report the cause.
-            let threshold = db.compact_threshold()?;
-            let diffs = head.files.iter().filter(|f| f.level == 0).count();
-            let background = db.store.opts.background_compaction;
+            let policy = db.policy()?;
             let mut removed = Vec::new();
-            if !background || diffs > 4 * threshold {
-                // Beside a background compaction only level 0 (a merge of higher levels the
-                // background one may be running would be lost work).
-                let mut compacted = head.clone();
-                let r = if background {
-                    db.compact_level(&mut compacted, 0)
-                } else {
-                    db.compact_cascade(&mut compacted)
-                };
-                if let Ok(r) = r {
-                    *head = compacted;
-                    removed = r;
-                }
+            let mut compacted = head.clone();
+            let r = match policy.on_commit(&compact::levels(head)) {
+                compact::policy::OnCommit::Nothing => Ok(Vec::new()),
+                compact::policy::OnCommit::Cascade => db.compact_cascade(&mut compacted),
+                compact::policy::OnCommit::Level0 => db.compact_level(&mut compacted, 0),
+            };
+            if let Ok(r) = r {
+                *head = compacted;
+                removed = r;
             }
-            let wanted = background && db.level_to_compact(head)?.is_some();
+            let wanted = policy.wants_background(&compact::levels(head));
             Ok((
                 (
                     Committed {

@@ -170,8 +170,8 @@ impl Database {
                 return Ok((Some(purged), Vec::new()));
             }
             let top = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
-            let m = db.merge_files(head, head.files.clone(), top, true, true)?;
-            db.apply_merge(head, &m);
+            let m = db.combine_files(head, head.files.clone(), top, true, true)?;
+            db.apply_combined(head, &m);
             Ok((Some(purged), m.replaced))
         })
     }

@@ -184,7 +184,7 @@ fn a_transaction_reads_across_a_background_compaction_swap() {
     }
     // The background compaction's snapshot and merge, without the lock...
     let snap = inner.refresh().unwrap().head.clone();
-    let m = inner.merge_level(&snap, 0).unwrap().unwrap();
+    let m = inner.combine_level(&snap, 0).unwrap().unwrap();
     // ...commits meanwhile, a transaction begun...
     for i in 0..3 {
         db.put(&json!({"_id": format!("z{i}"), "v": i})).unwrap();
@@ -193,7 +193,7 @@ fn a_transaction_reads_across_a_background_compaction_swap() {
     // ...and the swap, under the lock.
     inner
         .with_lock(|db, head| {
-            let ok = db.apply_merge(head, &m);
+            let ok = db.apply_combined(head, &m);
             Ok((ok, if ok { m.replaced.clone() } else { Vec::new() }))
         })
         .unwrap();

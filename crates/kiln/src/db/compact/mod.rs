@@ -3,28 +3,31 @@
 
 use super::*;
 
-/// Compacted files of one level merge into the next level when more than this many exist.
-pub const LEVEL_FANIN: usize = 24;
+pub(crate) mod policy;
+
+use policy::Policy;
+pub use policy::LEVEL_FANIN;
 
 /// A compaction's output: the new file, the files it replaces and (level 0) the new base tree.
-pub(super) struct Merged {
+pub(super) struct Combined {
     pub(super) file: FileRef,
     pub(super) replaced: Vec<FileName>,
     pub(super) base: Option<Option<Cid>>,
-    /// The base of the head the merge was computed on.
+    /// The base of the head the compaction was computed on.
     pub(super) from_base: Option<Cid>,
 }
 
 impl Database {
-    /// Merges every live file into exactly one (`kiln compact --full`).
+    /// Combines every live file into exactly one (`kiln compact --full`).
     pub fn compact_full(&self) -> Result<()> {
-        self.inner.with_lock(|db, head| match db.merge_all(head)? {
-            Some(m) => {
-                db.apply_merge(head, &m);
-                Ok(((), m.replaced))
-            }
-            None => Ok(((), Vec::new())),
-        })
+        self.inner
+            .with_lock(|db, head| match db.combine_all(head)? {
+                Some(m) => {
+                    db.apply_combined(head, &m);
+                    Ok(((), m.replaced))
+                }
+                None => Ok(((), Vec::new())),
+            })
     }
 
     pub fn compact(&self) -> Result<()> {
@@ -37,11 +40,11 @@ impl Database {
 }
 
 impl Db {
-    /// Merges levels whose file count passed their limit. Returns the replaced files.
+    /// Combines the levels whose file count passed their limit, lowest first (see
+    /// [`policy`]). Returns the replaced files.
     pub(super) fn compact_cascade(&self, head: &mut Head) -> Result<Vec<FileName>> {
         let mut removed = Vec::new();
-        // Lowest level first: merging level k only adds a file to level k + 1.
-        while let Some(level) = self.level_to_compact(head)? {
+        while let Some(level) = self.level_to_combine(head)? {
             let r = self.compact_level(head, level)?;
             if r.is_empty() {
                 break;
@@ -51,21 +54,21 @@ impl Db {
         Ok(removed)
     }
 
-    /// Merges every file of `level` into one file of `level + 1` in `head`. Returns the replaced
+    /// Combines every file of `level` into one file of `level + 1` in `head`. Returns the replaced
     /// files (deleted by the caller once the new head is durable).
     pub(super) fn compact_level(&self, head: &mut Head, level: u8) -> Result<Vec<FileName>> {
-        match self.merge_level(head, level)? {
+        match self.combine_level(head, level)? {
             Some(m) => {
-                self.apply_merge(head, &m);
+                self.apply_combined(head, &m);
                 Ok(m.replaced)
             }
             None => Ok(Vec::new()),
         }
     }
 
-    /// Puts a merge's file in place of the files it replaced; false (and `head` unchanged) if
+    /// Puts a compaction's file in place of the files it replaced; false (and `head` unchanged) if
     /// any of them is no longer live (another compaction won).
-    pub(super) fn apply_merge(&self, head: &mut Head, m: &Merged) -> bool {
+    pub(super) fn apply_combined(&self, head: &mut Head, m: &Combined) -> bool {
         let sel = &m.replaced;
         if !sel.iter().all(|n| head.files.iter().any(|f| f.name == *n)) {
             return false;
@@ -94,7 +97,7 @@ impl Db {
     /// older tree is superseded: a later tree links only nodes of its predecessors or nodes it
     /// writes anew, and the base tree is the one every later tree is rebuilt from). Returns the
     /// file, the names it replaces and, for level 0, the new base.
-    pub(super) fn merge_level(&self, head: &Head, level: u8) -> Result<Option<Merged>> {
+    pub(super) fn combine_level(&self, head: &Head, level: u8) -> Result<Option<Combined>> {
         let sel: Vec<FileRef> = head
             .files
             .iter()
@@ -104,33 +107,33 @@ impl Db {
         if sel.is_empty() || (sel.len() == 1 && level > 0) {
             return Ok(None);
         }
-        self.merge_files(head, sel, level + 1, level == 0, false)
+        self.combine_files(head, sel, level + 1, level == 0, false)
             .map(Some)
     }
 
-    /// Merges every live file into one (`compact --full`): it holds every event, every
+    /// Combines every live file into one (`compact --full`): it holds every event, every
     /// document version and exactly the current tree's nodes; it becomes the base.
-    pub(super) fn merge_all(&self, head: &Head) -> Result<Option<Merged>> {
+    pub(super) fn combine_all(&self, head: &Head) -> Result<Option<Combined>> {
         if head.files.is_empty() || (head.files.len() == 1 && head.base == head.root) {
             return Ok(None);
         }
         let top = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
-        self.merge_files(head, head.files.clone(), top, true, true)
+        self.combine_files(head, head.files.clone(), top, true, true)
             .map(Some)
     }
 
     /// Writes one file of `out_level` holding what the files `sel` hold that is still needed
-    /// (see [`Db::merge_level`]); with `current`, the current tree's nodes (from `sel` and
+    /// (see [`Db::combine_level`]); with `current`, the current tree's nodes (from `sel` and
     /// memory) rather than the base tree's; with `all`, `sel` is every live file, so a node
     /// found nowhere is missing rather than in an older file.
-    pub(super) fn merge_files(
+    pub(super) fn combine_files(
         &self,
         head: &Head,
         sel: Vec<FileRef>,
         out_level: u8,
         current: bool,
         all: bool,
-    ) -> Result<Merged> {
+    ) -> Result<Combined> {
         let level = out_level - 1;
         let memory = if current {
             self.memory_tree(head)?
@@ -297,7 +300,7 @@ impl Db {
         let (size, index, index_len) =
             done.ok_or_else(|| Error::corrupt("compaction", "no file written"))?;
         let bloom = self.register_index(name, index);
-        Ok(Merged {
+        Ok(Combined {
             file: FileRef {
                 name,
                 level: out_level,
@@ -313,36 +316,37 @@ impl Db {
     }
 
     /// The lowest level holding more files than its limit.
-    pub(super) fn level_to_compact(&self, head: &Head) -> Result<Option<u8>> {
-        let Some(top) = head.files.iter().map(|f| f.level).max() else {
-            return Ok(None);
-        };
-        let threshold = self.compact_threshold()?;
-        Ok((0..=top).find(|&l| {
-            let n = head.files.iter().filter(|f| f.level == l).count();
-            n > if l == 0 { threshold } else { LEVEL_FANIN }
-        }))
+    pub(super) fn level_to_combine(&self, head: &Head) -> Result<Option<u8>> {
+        Ok(self.policy()?.level_to_combine(&levels(head)))
     }
 
-    /// Background compaction: merge on a snapshot without the lock, then swap the result in
-    /// under the lock if the merged files are all still live (commits go on meanwhile; another
+    /// The compaction policy in force (the settings as they are now).
+    pub(super) fn policy(&self) -> Result<Policy> {
+        Ok(Policy {
+            threshold: self.compact_threshold()?,
+            background: self.store.opts.background_compaction,
+        })
+    }
+
+    /// Background compaction: combine on a snapshot without the lock, then swap the result in
+    /// under the lock if the combined files are all still live (commits go on meanwhile; another
     /// compaction may have won, and then this one's output is discarded).
     pub(super) fn compact_background(&self) -> Result<()> {
         loop {
             let st = self.refresh()?;
-            let Some(level) = self.level_to_compact(&st.head)? else {
+            let Some(level) = self.level_to_combine(&st.head)? else {
                 return Ok(());
             };
-            // From writing the merged file until a head record names it (or it is removed).
+            // From writing the combined file until a head record names it (or it is removed).
             let _gc = self.store.gc.shared()?;
-            let Some(m) = self.merge_level(&st.head, level)? else {
+            let Some(m) = self.combine_level(&st.head, level)? else {
                 return Ok(());
             };
             // Commits let the swap go first (they wait for this flag, briefly).
             self.swap_waiting.store(true, Ordering::SeqCst);
             let applied = self.with_lock(|db, head| {
                 db.swap_waiting.store(false, Ordering::SeqCst);
-                let ok = db.apply_merge(head, &m);
+                let ok = db.apply_combined(head, &m);
                 Ok((ok, if ok { m.replaced.clone() } else { Vec::new() }))
             });
             self.swap_waiting.store(false, Ordering::SeqCst);
@@ -353,4 +357,9 @@ impl Db {
             }
         }
     }
+}
+
+/// The level of every live file of `head`.
+pub(super) fn levels(head: &Head) -> Vec<u8> {
+    head.files.iter().map(|f| f.level).collect()
 }

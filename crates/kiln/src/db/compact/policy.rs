@@ -1,0 +1,119 @@
+//! Compaction policy: given the live files' levels and the settings, what to combine. Pure
+//! functions, tested without I/O; the runner in `compact` (inline in a commit, or on the
+//! background thread) only schedules what these decide.
+//!
+//! The rule: more than `threshold` transaction diffs (level 0), or more than [`LEVEL_FANIN`]
+//! files at a higher level, are combined into one file of the next level, lowest level first
+//! (combining level k only adds a file to level k + 1). So a reader consults at most
+//! `threshold` + [`LEVEL_FANIN`] files per level.
+
+/// Compacted files of one level are combined into the next level when more than this many
+/// exist.
+pub const LEVEL_FANIN: usize = 24;
+
+/// The compaction settings in force for a database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Policy {
+    /// Transaction diffs allowed before level 0 is combined (at least 1).
+    pub threshold: usize,
+    /// Combine on a background thread rather than inside the commit that crosses a limit.
+    pub background: bool,
+}
+
+/// What a commit does about compaction, decided on the head it is about to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnCommit {
+    /// Nothing now.
+    Nothing,
+    /// Combine every level over its limit, lowest first, inside this commit.
+    Cascade,
+    /// Combine level 0 only, inside this commit: a background compaction runs but commits
+    /// outran it (more than 4 × threshold diffs); higher levels stay the thread's (combining a
+    /// level it may be combining would be lost work).
+    Level0,
+}
+
+impl Policy {
+    /// The lowest level over its limit, if any: more than `threshold` files at level 0, more
+    /// than [`LEVEL_FANIN`] at a higher level.
+    pub fn level_to_combine(&self, levels: &[u8]) -> Option<u8> {
+        let top = levels.iter().copied().max()?;
+        (0..=top).find(|&l| {
+            let n = levels.iter().filter(|&&x| x == l).count();
+            n > if l == 0 { self.threshold } else { LEVEL_FANIN }
+        })
+    }
+
+    /// What a commit whose head has files at `levels` does inline.
+    pub fn on_commit(&self, levels: &[u8]) -> OnCommit {
+        let diffs = levels.iter().filter(|&&l| l == 0).count();
+        if !self.background {
+            OnCommit::Cascade
+        } else if diffs > 4 * self.threshold {
+            OnCommit::Level0
+        } else {
+            OnCommit::Nothing
+        }
+    }
+
+    /// Whether the background thread has work after a commit whose head (after any inline
+    /// compaction) has files at `levels`.
+    pub fn wants_background(&self, levels: &[u8]) -> bool {
+        self.background && self.level_to_combine(levels).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn levels(counts: &[(u8, usize)]) -> Vec<u8> {
+        counts
+            .iter()
+            .flat_map(|&(l, n)| std::iter::repeat_n(l, n))
+            .collect()
+    }
+
+    #[test]
+    fn the_lowest_level_over_its_limit_is_combined_first() {
+        let p = Policy {
+            threshold: 100,
+            background: false,
+        };
+        assert_eq!(p.level_to_combine(&[]), None);
+        assert_eq!(p.level_to_combine(&levels(&[(0, 100)])), None);
+        assert_eq!(p.level_to_combine(&levels(&[(0, 101)])), Some(0));
+        assert_eq!(p.level_to_combine(&levels(&[(0, 5), (1, 24)])), None);
+        assert_eq!(p.level_to_combine(&levels(&[(0, 5), (1, 25)])), Some(1));
+        assert_eq!(
+            p.level_to_combine(&levels(&[(0, 101), (1, 25), (2, 30)])),
+            Some(0)
+        );
+        assert_eq!(p.level_to_combine(&levels(&[(1, 3), (3, 25)])), Some(3));
+        // A threshold of 1: two diffs are one too many.
+        let one = Policy {
+            threshold: 1,
+            background: false,
+        };
+        assert_eq!(one.level_to_combine(&levels(&[(0, 2)])), Some(0));
+    }
+
+    #[test]
+    fn commits_compact_inline_unless_a_background_thread_keeps_up() {
+        let inline = Policy {
+            threshold: 10,
+            background: false,
+        };
+        assert_eq!(inline.on_commit(&levels(&[(0, 3)])), OnCommit::Cascade);
+        assert!(!inline.wants_background(&levels(&[(0, 30)])));
+        let bg = Policy {
+            threshold: 10,
+            background: true,
+        };
+        assert_eq!(bg.on_commit(&levels(&[(0, 40)])), OnCommit::Nothing);
+        assert_eq!(bg.on_commit(&levels(&[(0, 41), (1, 3)])), OnCommit::Level0);
+        assert!(bg.wants_background(&levels(&[(0, 11)])));
+        assert!(!bg.wants_background(&levels(&[(0, 10), (1, 24)])));
+        assert!(bg.wants_background(&levels(&[(1, 25)])));
+    }
+}
