@@ -92,6 +92,40 @@ pub(super) fn prepare_all<T: Sync>(
     })
 }
 
+/// What a commit is asked to do: its writes, and on which state and with what record.
+pub(super) struct CommitRequest<'a> {
+    /// The writes, prepared.
+    pub(super) batch: Prepared,
+    /// A transaction's base: when other commits landed since it was read, the commit becomes
+    /// a concurrent branch on it. `None`: on the latest head (linear history).
+    pub(super) base: Option<&'a Head>,
+    /// A purge of this id: the event lists its stored versions (see `Database::purge`).
+    pub(super) purge: Option<&'a str>,
+    /// `merge --only`: the source database's heads, recorded in the event.
+    pub(super) source: Vec<Cid>,
+    /// Who did what and why (an accepted proposal), recorded in the event.
+    pub(super) note: &'a str,
+}
+
+impl CommitRequest<'_> {
+    /// An ordinary commit of `batch` on the latest head.
+    pub(super) fn of(batch: Prepared) -> CommitRequest<'static> {
+        CommitRequest {
+            batch,
+            base: None,
+            purge: None,
+            source: Vec::new(),
+            note: "",
+        }
+    }
+}
+
+/// What a commit did: its result, and whether a background compaction is wanted.
+pub(super) struct CommitOutcome {
+    pub(super) committed: Committed,
+    pub(super) wants_background: bool,
+}
+
 /// A commit's writes ([`prepare_all`]'s result), and for a large batch its runs (the bodies)
 /// and the file begun for them.
 pub(super) struct Prepared {
@@ -120,7 +154,7 @@ pub(super) fn write_of((id, body): (String, Vec<u8>)) -> Write {
     (id, Some((Cid::of_cbor(&body), body)))
 }
 
-/// What [`Inner::commit`] builds of a transaction before its file: the new state's tree, the
+/// What [`Db::commit`] builds of a transaction before its file: the new state's tree, the
 /// live document count, the event with its bytes and CID.
 pub(super) struct Built {
     pub(super) state: tree::Update,
@@ -155,10 +189,7 @@ impl Database {
     /// with serde_json's value model (it is stored as `serde_json::to_value` of it would be).
     pub fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Committed> {
         let writes = vec![write_of(doc::prepare_serialize(doc)?)];
-        self.finish(
-            self.inner
-                .commit(None, Prepared::of(writes), None, Vec::new(), "")?,
-        )
+        self.finish(self.inner.commit(CommitRequest::of(Prepared::of(writes)))?)
     }
 
     /// Writes many documents in one transaction (one event, one diff file). If an id repeats,
@@ -181,7 +212,7 @@ impl Database {
             None
         };
         let p = prepare_all(docs, prepare, &*self.inner.store.storage)?;
-        let c = self.inner.commit(None, p, None, Vec::new(), "")?;
+        let c = self.inner.commit(CommitRequest::of(p))?;
         // (Released first: finishing an interrupted purge runs gc, which waits for it.)
         drop(_gc);
         self.finish(c)
@@ -206,11 +237,15 @@ impl Database {
         doc::check_id(id)?;
         let mut p = Prepared::of(vec![(id.to_owned(), None)]);
         p.deletes_need_live = true;
-        self.finish(self.inner.commit(None, p, None, Vec::new(), "")?)
+        self.finish(self.inner.commit(CommitRequest::of(p))?)
     }
 
     /// Starts a background compaction after a commit that wants one (one at a time per handle).
-    pub(super) fn finish(&self, (c, wanted): (Committed, bool)) -> Result<Committed> {
+    pub(super) fn finish(&self, outcome: CommitOutcome) -> Result<Committed> {
+        let CommitOutcome {
+            committed: c,
+            wants_background: wanted,
+        } = outcome;
         if self.inner.state().head.scrub {
             // Another handle's purge did not finish (a crash): finish it now. The commit is
             // done whatever comes of that: what stays unfinished, the next open, write or gc
@@ -458,14 +493,14 @@ impl Db {
     }
 
     /// Commits; the flag says a background compaction is wanted.
-    pub(super) fn commit(
-        &self,
-        base: Option<&Head>,
-        batch: Prepared,
-        purge_id: Option<&str>,
-        source: Vec<Cid>,
-        note: &str,
-    ) -> Result<(Committed, bool)> {
+    pub(super) fn commit(&self, req: CommitRequest) -> Result<CommitOutcome> {
+        let CommitRequest {
+            batch,
+            base,
+            purge: purge_id,
+            source,
+            note,
+        } = req;
         let Prepared {
             writes,
             runs,
@@ -826,6 +861,9 @@ impl Db {
         })?;
         drop(sorted);
         c.ids = writes.into_iter().map(|w| w.0).collect();
-        Ok((c, wanted))
+        Ok(CommitOutcome {
+            committed: c,
+            wants_background: wanted,
+        })
     }
 }

@@ -4,7 +4,6 @@
 use super::*;
 
 impl Database {
-    /// Compacts now: merges every live transaction diff into one file (and cascades levels).
     /// The live files and, following each compacted file's record of the files it replaced,
     /// every earlier file still in the store or its archive: with an archive kept, the whole
     /// sequence of diffs back to the first transaction. Newest first, each file once.
@@ -72,13 +71,13 @@ impl Database {
     /// or purged already) is [`Error::NoSuchDocument`], and nothing is written.
     pub fn purge(&self, id: &str) -> Result<PurgeReport> {
         doc::check_id(id)?;
-        let (c, _) = self.inner.commit(
-            None,
-            Prepared::of(vec![(id.to_owned(), None)]),
-            Some(id),
-            Vec::new(),
-            "",
-        )?;
+        let c = self
+            .inner
+            .commit(CommitRequest {
+                purge: Some(id),
+                ..CommitRequest::of(Prepared::of(vec![(id.to_owned(), None)]))
+            })?
+            .committed;
         let ev = self.inner.read(|v| v.event(&c.event))?;
         // (Committed: a gc that fails leaves the purge unfinished, not undone; opens and
         // writes of this handle's store wait a while before they try again.)

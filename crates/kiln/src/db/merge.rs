@@ -174,9 +174,14 @@ impl Database {
             .filter(|((_, m), w)| m.and_then(|s| s.link) != w.1.as_ref().map(|x| x.0))
             .map(|((id, _), _)| id.clone())
             .collect();
-        let (c, _) = self
+        let c = self
             .inner
-            .commit(None, Prepared::of(writes), None, heads, note)?;
+            .commit(CommitRequest {
+                source: heads,
+                note,
+                ..CommitRequest::of(Prepared::of(writes))
+            })?
+            .committed;
         Ok(MergeReport {
             event: Some(c.event),
             changed,

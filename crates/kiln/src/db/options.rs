@@ -4,13 +4,16 @@
 /// What survives a crash, per commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// A commit returns after its diff file, the head record and both directory entries are
-    /// fsynced: it survives a process crash and a power cut.
+    /// A commit returns once it is durable: it survives a process crash and a power cut. Its
+    /// diff file and the head record are fsynced (with their folders when names changed); a
+    /// small diff (up to 64 KiB) rides in the head record's fsynced append instead, and is put
+    /// back from there if a power cut loses it (docs/format.md, "File records").
     #[default]
     Full,
     /// A commit returns once its bytes are handed to the OS (no fsync): it survives a process
-    /// crash (kill -9) but the last commits may be lost in a power cut or kernel crash. The
-    /// database is never torn either way: the head record is still replaced atomically.
+    /// crash (kill -9), but a power cut or kernel crash may lose the last commits and, as with
+    /// SQLite's `synchronous=OFF`, can leave the database damaged, which reads and `verify`
+    /// report as corruption (never as valid data).
     Buffered,
 }
 

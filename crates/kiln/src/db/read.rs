@@ -23,9 +23,6 @@ impl NodeSource for Point<'_> {
     }
 }
 
-/// Replaces the files `sel` in `head` with `file`, placed where the first of them was (so files
-/// stay ordered newest first, levels non-decreasing). False, changing nothing, unless every file
-/// of `sel` is still live.
 /// Reads `HEAD` and parses it with `parse`. A head record that fails to open while the commit
 /// counter moved was being rewritten under us (see [`replace_via_spare`]): read again. Returns the
 /// counter value the record is current for, if no commit was in flight.

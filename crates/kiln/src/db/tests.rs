@@ -41,13 +41,10 @@ fn an_interrupted_purge_is_reported_and_finished_by_the_next_open() {
     db.put(&json!({"_id": "b", "v": "kept"})).unwrap();
     // The purge's event, as a process killed right after it would leave it.
     db.inner
-        .commit(
-            None,
-            Prepared::of(vec![("a".to_owned(), None)]),
-            Some("a"),
-            Vec::new(),
-            "",
-        )
+        .commit(CommitRequest {
+            purge: Some("a"),
+            ..CommitRequest::of(Prepared::of(vec![("a".to_owned(), None)]))
+        })
         .unwrap();
     assert!(matches!(db.get("a"), Ok(None)));
     let r = db.verify().unwrap();
@@ -85,13 +82,10 @@ fn a_write_that_cannot_finish_a_purge_still_succeeds() {
     db.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
     db.put(&json!({"_id": "b"})).unwrap();
     db.inner
-        .commit(
-            None,
-            Prepared::of(vec![("a".to_owned(), None)]),
-            Some("a"),
-            Vec::new(),
-            "",
-        )
+        .commit(CommitRequest {
+            purge: Some("a"),
+            ..CommitRequest::of(Prepared::of(vec![("a".to_owned(), None)]))
+        })
         .unwrap();
     let src = store.create(Some("s")).unwrap();
     src.put(&json!({"_id": "m"})).unwrap();
@@ -129,13 +123,10 @@ fn a_large_bulk_finishes_an_interrupted_purge() {
     let db = store.create(Some("t")).unwrap();
     db.put(&json!({"_id": "a", "v": "SECRET"})).unwrap();
     db.inner
-        .commit(
-            None,
-            Prepared::of(vec![("a".to_owned(), None)]),
-            Some("a"),
-            Vec::new(),
-            "",
-        )
+        .commit(CommitRequest {
+            purge: Some("a"),
+            ..CommitRequest::of(Prepared::of(vec![("a".to_owned(), None)]))
+        })
         .unwrap();
     let docs: Vec<_> = (0..PARALLEL_DOCS * 2)
         .map(|i| json!({"_id": format!("d{i}")}))

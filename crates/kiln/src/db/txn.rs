@@ -67,13 +67,10 @@ impl Transaction {
         if self.writes.is_empty() {
             return Err(Error::InvalidArgument("nothing to commit".into()));
         }
-        self.db.finish(self.db.inner.commit(
-            Some(&self.base.head),
-            Prepared::of(self.writes),
-            None,
-            Vec::new(),
-            "",
-        )?)
+        self.db.finish(self.db.inner.commit(CommitRequest {
+            base: Some(&self.base.head),
+            ..CommitRequest::of(Prepared::of(self.writes))
+        })?)
     }
 }
 

@@ -41,6 +41,10 @@ use crate::format::car::{FileName, FormatError};
 use crate::format::seal::{Key, Salt, SealError, SubKey, SALT_LEN};
 use std::sync::Arc;
 
+/// A document tree's root as the head record names it: the root node's CID, or `None` for
+/// the empty tree.
+pub type Root = Option<Cid>;
+
 /// A lineage id: databases that share files share a lineage (and its key). The head record
 /// names it in plaintext, so a reader can find the key.
 pub type Lineage = [u8; 16];
@@ -202,7 +206,7 @@ pub struct Head {
 
 impl Head {
     /// The state-at-event tree root of a cut event (`None` when `e` is not a cut event).
-    pub fn cut_root(&self, e: &Cid) -> Option<Option<Cid>> {
+    pub fn cut_root(&self, e: &Cid) -> Option<Root> {
         self.cut
             .binary_search_by(|(c, _)| c.cmp(e))
             .ok()

@@ -12,7 +12,9 @@ pub use policy::LEVEL_FANIN;
 pub(super) struct Combined {
     pub(super) file: FileRef,
     pub(super) replaced: Vec<FileName>,
-    pub(super) base: Option<Option<Cid>>,
+    /// The new base tree (a level-0 or full compaction writes the current tree's nodes), or
+    /// `None`: the base stays.
+    pub(super) base: Option<Root>,
     /// The base of the head the compaction was computed on.
     pub(super) from_base: Option<Cid>,
 }
@@ -30,6 +32,8 @@ impl Database {
             })
     }
 
+    /// Compacts now: combines every live transaction diff into one file (and cascades levels
+    /// over their limits).
     pub fn compact(&self) -> Result<()> {
         self.inner.with_lock(|db, head| {
             let removed = db.compact_level(head, 0)?;
@@ -66,8 +70,9 @@ impl Db {
         }
     }
 
-    /// Puts a compaction's file in place of the files it replaced; false (and `head` unchanged) if
-    /// any of them is no longer live (another compaction won).
+    /// Puts a compaction's file in place of the files it replaced, where the first of them was
+    /// (so files stay ordered newest first, levels non-decreasing); false (and `head`
+    /// unchanged) if any of them is no longer live (another compaction won).
     pub(super) fn apply_combined(&self, head: &mut Head, m: &Combined) -> bool {
         let sel = &m.replaced;
         if !sel.iter().all(|n| head.files.iter().any(|f| f.name == *n)) {
