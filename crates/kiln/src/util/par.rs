@@ -13,7 +13,7 @@
 //! the helper) is kept in [`join`], whose `Wait` guard keeps the caller's frame alive until the
 //! helper is done with it, also when the caller's half panics. (A thread pool crate would hide
 //! the same step, and a forked child, which inherits the pool's state but not its threads,
-//! must run both halves itself: this helper knows that, see `forked`.)
+//! must run both halves itself: this helper knows that, see `Helper::pid`.)
 //!
 //! One caller uses the helper at a time; a second caller meanwhile runs both halves itself.
 
