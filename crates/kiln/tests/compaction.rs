@@ -1,6 +1,6 @@
 //! Compaction, its settings, archive, garbage collection.
 
-use kiln::internals::storage::{LocalStorage, Storage};
+use kiln::internals::storage::LocalStorage;
 use kiln::{Cid, Durability, Error, ListOptions, Location, Options, Settings, Store};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

@@ -15,7 +15,7 @@ pub(super) type Write = (String, Option<(Cid, Vec<u8>)>);
 pub(super) fn prepare_all<T: Sync>(
     docs: &[T],
     prepare: impl Fn(&T) -> Result<(String, Vec<u8>)> + Sync,
-    storage: &dyn crate::storage::Storage,
+    storage: &crate::storage::LocalStorage,
 ) -> Result<Prepared> {
     if docs.is_empty() {
         return Err(Error::InvalidArgument(
@@ -211,7 +211,7 @@ impl Database {
         } else {
             None
         };
-        let p = prepare_all(docs, prepare, &*self.inner.store.storage)?;
+        let p = prepare_all(docs, prepare, &self.inner.store.storage)?;
         let c = self.inner.commit(CommitRequest::of(p))?;
         // (Released first: finishing an interrupted purge runs gc, which waits for it.)
         drop(_gc);

@@ -8,14 +8,14 @@ use super::options::Options;
 use super::settings::Settings;
 use crate::error::Result;
 use crate::keys::Keybag;
-use crate::storage::{FileName, Storage};
+use crate::storage::{FileName, LocalStorage};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// One store's shared state (a `Store` is a handle to it).
 pub(crate) struct Env {
     pub root: PathBuf,
-    pub storage: Arc<dyn Storage>,
+    pub storage: Arc<LocalStorage>,
     pub keybag: Keybag,
     pub cache: Cache,
     pub opts: Options,

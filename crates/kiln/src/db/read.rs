@@ -58,26 +58,7 @@ pub(super) fn read_head_with<T>(
     }
 }
 
-/// The commit counter in LOCK: `[begin, end]`; equal when no commit is in flight. A short
-/// file reads as `[0, 0]`.
-pub(super) fn read_counter(f: &File) -> std::io::Result<[u64; 2]> {
-    let mut b = [0u8; 16];
-    let mut n = 0;
-    while n < b.len() {
-        match f.read_at(&mut b[n..], n as u64)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    if n < 16 {
-        return Ok([0, 0]);
-    }
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[..8]);
-    let begin = u64::from_le_bytes(x);
-    x.copy_from_slice(&b[8..]);
-    Ok([begin, u64::from_le_bytes(x)])
-}
+pub(super) use crate::storage::local::read_counter;
 
 /// Reads against one head record.
 pub(super) struct View<'a> {

@@ -8,7 +8,7 @@ use crate::format::seal::Key;
 use crate::model::clock::Event;
 use crate::model::doc;
 use crate::model::tree::{self, Items, Mode, Node, NodeSource, Slot, TreeError};
-use crate::storage::Storage;
+use crate::storage::Files;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ fn structural<'a>(blocks: &'a Blocks, c: &Cid) -> Option<Result<&'a [u8], &'stat
 }
 
 /// The name a stored file's bytes hash to, read in order a MiB at a time.
-fn name_of(storage: &dyn Storage, name: &FileName, size: u64) -> std::io::Result<FileName> {
+fn name_of(storage: &dyn Files, name: &FileName, size: u64) -> std::io::Result<FileName> {
     const CHUNK: u64 = 1 << 20;
     let mut hasher: Option<car::NameHasher> = None;
     let mut off = 0;
@@ -114,7 +114,7 @@ impl Report {
     }
 }
 
-pub(crate) fn verify(db: &str, storage: &dyn Storage, key: &Key, head: &Head) -> Report {
+pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> Report {
     let mut r = Report::default();
     let mut blocks: Blocks = HashMap::new();
     // Documents that do not decode, with why (reported where an event names them).
