@@ -54,6 +54,12 @@ pub use storage::FileName;
 pub use store::proposals::{Proposal, Status};
 pub use store::{check_name, Durability, GcReport, Options, Store};
 
+// README's library section is compiled as a doctest (so the front page cannot drift from the
+// API).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeLibrarySection;
+
 /// Checks a document given as JSON text as [`Database::put_json`] would (id, size, nesting,
 /// reserved fields, numbers), without writing it.
 pub fn check_document_json(text: &str) -> Result<()> {

@@ -59,7 +59,32 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 pub use txn::Transaction;
 
-/// A handle to one database. Cheap to clone; safe to share between threads.
+/// A handle to one database. Cheap to clone; safe to share between threads (and other
+/// processes may open the same database: commits take its writer lock, reads take none).
+///
+/// ```
+/// # fn main() -> kiln::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let store = kiln::Store::open(dir.path())?;
+/// let db = store.create(Some("rooms"))?;
+/// let first = db.put(&serde_json::json!({"_id": "m1", "text": "hi"}))?;
+/// db.bulk(&[
+///     serde_json::json!({"_id": "m2", "text": "hello"}),
+///     serde_json::json!({"_id": "m3", "text": "hey"}),
+/// ])?;                                                   // one transaction, one event
+/// db.del("m2")?;
+/// assert_eq!(db.get("m2")?, None);
+/// assert_eq!(db.get_at("m1", &first.event)?.unwrap()["text"], "hi"); // time travel
+/// let changed = db.changes(Some(&[first.event]))?;      // since the first commit
+/// let mut ids: Vec<&str> = changed.iter().map(|c| c.id.as_str()).collect();
+/// ids.sort();
+/// assert_eq!(ids, ["m2", "m3"]);                         // m2 with `deleted` set
+/// assert_eq!(db.log(None)?.len(), 3);                    // events, newest first
+/// let page = db.docs(&kiln::ListOptions { limit: Some(10), ..Default::default() })?;
+/// assert_eq!(page.len(), 2);
+/// assert!(db.verify()?.ok());                            // re-hash every stored byte
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Database {
     inner: Arc<Db>,

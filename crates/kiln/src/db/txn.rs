@@ -3,7 +3,27 @@
 
 use super::*;
 
-/// Writes that commit together, on the state read when the transaction began.
+/// Writes that commit together, on the state read when the transaction began. Reads see the
+/// transaction's own writes. If other commits landed meanwhile, it commits as a concurrent
+/// branch (the state is then the deterministic merge of the heads, see [`Database::merge_from`]
+/// for the rule) until the next commit joins them.
+///
+/// ```
+/// # fn main() -> kiln::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let store = kiln::Store::open(dir.path())?;
+/// let db = store.create(Some("accounts"))?;
+/// db.put(&serde_json::json!({"_id": "a", "balance": 10}))?;
+/// let mut tx = db.transaction()?;
+/// let a = tx.get("a")?.unwrap();
+/// tx.put(&serde_json::json!({"_id": "a", "balance": a["balance"].as_i64().unwrap() - 3}))?;
+/// tx.put(&serde_json::json!({"_id": "b", "balance": 3}))?;
+/// assert_eq!(tx.get("b")?.unwrap()["balance"], 3);      // its own writes
+/// assert_eq!(db.get("b")?, None);                        // not yet committed
+/// tx.commit()?;
+/// assert_eq!(db.get("a")?.unwrap()["balance"], 7);
+/// # Ok(()) }
+/// ```
 pub struct Transaction {
     db: Database,
     base: Arc<State>,

@@ -33,7 +33,27 @@ use crate::storage::{sync_dir, write_atomic, LocalStorage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A store of databases under one root folder. Cheap to clone.
+/// A store of databases under one root folder: the databases, the diff files they share, the
+/// keybag. Cheap to clone; safe to share between threads and processes.
+///
+/// ```
+/// # fn main() -> kiln::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = kiln::Store::open(dir.path())?;           // creates the store if absent
+/// let notes = store.create(Some("notes"))?;
+/// notes.put(&serde_json::json!({"_id": "n1", "text": "hello"}))?;
+/// let draft = store.fork("notes", Some("draft"))?;      // O(1): shares notes' files
+/// draft.put(&serde_json::json!({"_id": "n1", "text": "hello, world"}))?;
+/// assert_eq!(store.list()?, ["draft", "notes"]);
+/// notes.merge_from(&draft, None)?;                       // three-way; conflicts reported
+/// assert_eq!(notes.get("n1")?.unwrap()["text"], "hello, world");
+/// store.drop_db("draft")?;
+/// let report = store.gc()?;                              // what crashes left, if anything
+/// assert!(report.unreadable.is_empty());
+/// // Reading tools open without creating: a mistyped path is an error.
+/// assert!(kiln::Store::open_existing(dir.path().join("typo"), kiln::Options::default()).is_err());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Env>,
