@@ -207,7 +207,7 @@ impl Database {
         prepare: impl Fn(&T) -> Result<(String, Vec<u8>)> + Sync,
     ) -> Result<Committed> {
         let _gc = if docs.len() >= PARALLEL_DOCS {
-            Some(self.inner.store.gc.shared()?)
+            Some(self.inner.store.gc_shared()?)
         } else {
             None
         };
@@ -272,36 +272,23 @@ impl Database {
 impl Db {
     /// The commit counter in LOCK: `[begin, end]`; equal when no commit is in flight.
     pub(super) fn counter(&self) -> Result<[u64; 2]> {
-        read_counter(&self.lock).map_err(|e| Error::io(self.dir.join("LOCK"), e))
+        self.lock
+            .counter()
+            .map_err(|e| Error::io(self.lock.path(), e))
     }
 
     pub(super) fn set_counter(&self, c: [u64; 2]) -> Result<()> {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&c[0].to_le_bytes());
-        b[8..].copy_from_slice(&c[1].to_le_bytes());
         self.lock
-            .write_all_at(&b, 0)
-            .map_err(|e| Error::io(self.dir.join("LOCK"), e))
+            .set_counter(c)
+            .map_err(|e| Error::io(self.lock.path(), e))
     }
 
     /// Takes the cross-process writer lock, waiting up to [`options::Options::lock_timeout`].
     pub(super) fn acquire(&self) -> Result<()> {
-        let deadline = std::time::Instant::now() + self.store.opts.lock_timeout;
-        let mut pause = std::time::Duration::from_micros(50);
-        loop {
-            match self.lock.try_lock() {
-                Ok(()) => return Ok(()),
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    if std::time::Instant::now() >= deadline {
-                        return Err(Error::Busy(self.name.clone()));
-                    }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(Error::io(self.dir.join("LOCK"), e))
-                }
-            }
+        match self.lock.lock(self.store.opts.lock_timeout) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Busy(self.name.clone())),
+            Err(e) => Err(Error::io(self.lock.path(), e)),
         }
     }
 
@@ -313,14 +300,14 @@ impl Db {
     ) -> Result<T> {
         self.check_poisoned()?;
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let _gc = self.store.gc.shared()?;
+        let _gc = self.store.gc_shared()?;
         self.acquire()?;
         let r = (|| {
             let mut c = self.counter()?;
             if c[0] == DROPPED {
                 // Dropped (the folder is gone), or a drop killed before its commit point,
                 // whose mark is taken back here as an open would.
-                take_back_drop_mark(&self.lock, &self.dir.join("LOCK"), &self.name)?;
+                take_back_drop_mark(&self.lock, &self.name)?;
                 c = self.counter()?;
             }
             let st = self.state();
@@ -401,7 +388,7 @@ impl Db {
             }
             Ok(out)
         })();
-        let _ = self.lock.unlock();
+        self.lock.unlock();
         r
     }
 

@@ -17,48 +17,33 @@ pub(super) const DROPPED: u64 = u64::MAX;
 /// restarts at a fresh value, so no handle mistakes its cached head for current. Otherwise
 /// the drop went through: no such database.
 pub(super) fn recover_unfinished_drop(
-    lock: &File,
-    lp: &std::path::Path,
+    lock: &DbLock,
     name: &str,
     timeout: std::time::Duration,
 ) -> Result<()> {
-    let io = |e| Error::io(lp, e);
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match lock.try_lock() {
-            Ok(()) => break,
-            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(1))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Busy(name.into())),
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
+    match lock.lock(timeout) {
+        Ok(true) => {}
+        Ok(false) => return Err(Error::Busy(name.into())),
+        Err(e) => return Err(Error::io(lock.path(), e)),
     }
-    let r = take_back_drop_mark(lock, lp, name);
-    let _ = lock.unlock();
+    let r = take_back_drop_mark(lock, name);
+    lock.unlock();
     r
 }
 
 /// [`recover_unfinished_drop`] for a caller that holds the writer lock already.
-pub(super) fn take_back_drop_mark(lock: &File, lp: &std::path::Path, name: &str) -> Result<()> {
-    let io = |e| Error::io(lp, e);
-    if read_counter(lock).map_err(io)?[0] != DROPPED {
+pub(super) fn take_back_drop_mark(lock: &DbLock, name: &str) -> Result<()> {
+    let io = |e| Error::io(lock.path(), e);
+    if lock.counter().map_err(io)?[0] != DROPPED {
         return Ok(()); // taken back meanwhile
     }
-    use std::os::unix::fs::MetadataExt;
-    let mine = lock.metadata().map_err(io)?;
-    let in_place =
-        std::fs::metadata(lp).is_ok_and(|m| m.dev() == mine.dev() && m.ino() == mine.ino());
-    if !in_place {
+    if !lock.in_place().map_err(io)? {
         return Err(Error::NoSuchDatabase(name.into()));
     }
     let mut r = [0u8; 8];
     getrandom::getrandom(&mut r).map_err(|e| io(std::io::Error::other(e)))?;
     let fresh = u64::from_le_bytes(r) >> 2;
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&fresh.to_le_bytes());
-    b[8..].copy_from_slice(&fresh.to_le_bytes());
-    lock.write_all_at(&b, 0).map_err(io)
+    lock.set_counter([fresh, fresh]).map_err(io)
 }
 
 impl Database {

@@ -3,11 +3,11 @@
 //! store (this layer imports nothing from `store`).
 
 use super::cache::Cache;
-use super::gc_lock::GcLock;
 use super::options::Options;
 use super::settings::Settings;
 use crate::error::Result;
 use crate::keys::Keybag;
+use crate::storage::local::{GcExclusive, GcLock, GcShared};
 use crate::storage::{FileName, LocalStorage};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +37,24 @@ pub(crate) struct Env {
 pub(crate) const PURGE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Env {
+    /// Holds the GC lock shared (see [`GcLock`]); busy after the lock timeout.
+    pub fn gc_shared(&self) -> Result<GcShared<'_>> {
+        self.gc.shared().map_err(|e| self.gc_error(e))
+    }
+
+    /// Holds the GC lock exclusively (garbage collection).
+    pub fn gc_exclusive(&self) -> Result<GcExclusive<'_>> {
+        self.gc.exclusive().map_err(|e| self.gc_error(e))
+    }
+
+    fn gc_error(&self, e: std::io::Error) -> crate::error::Error {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            crate::error::Error::Busy("store (garbage collection)".into())
+        } else {
+            crate::error::Error::io(self.root.join("GC"), e)
+        }
+    }
+
     pub fn settings(&self) -> Settings {
         self.settings
             .read()

@@ -84,10 +84,14 @@ impl Db {
             return Ok(false);
         }
         // (Garbage collection empties `files/.tmp`, where the file is rebuilt.)
-        let _gc = self.store.gc.shared()?;
+        let _gc = self.store.gc_shared()?;
         let hp = self.dir.join("HEAD");
-        let b = std::fs::read(&hp).map_err(|e| Error::io(&hp, e))?;
-        let Some(bytes) = crate::format::head::embedded_file(&b, &self.key, name) else {
+        let found = self.lock.read_head(
+            &hp,
+            |b| Ok::<_, Error>(crate::format::head::embedded_file(b, &self.key, name)),
+            |p, e| Error::io(p, e),
+        )?;
+        let Some((Some(bytes), _)) = found else {
             return Ok(false);
         };
         self.store

@@ -13,7 +13,6 @@ mod compact;
 mod dropped;
 pub mod env;
 mod files;
-pub mod gc_lock;
 mod history;
 mod journal;
 mod merge;
@@ -39,7 +38,7 @@ use crate::keys::{lineage_string, Lineage};
 use crate::model::clock::{self, Event, EventSource};
 use crate::model::doc;
 use crate::model::tree::{self, Mode, NodeSource, Slot, TreeError};
-use crate::storage::HeadFile;
+use crate::storage::{DbLock, HeadFile, Heads};
 use commit::*;
 pub use compact::LEVEL_FANIN;
 use dropped::*;
@@ -52,8 +51,6 @@ pub use results::*;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -96,7 +93,7 @@ struct Db {
     store: Arc<Env>,
     key: Key,
     lineage: Lineage,
-    lock: File,
+    lock: DbLock,
     state: RwLock<Arc<State>>,
     /// Serializes this handle's writers; holds the head-record files kept open between commits.
     writer: Mutex<Writer>,
@@ -139,17 +136,12 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Database {
     pub(crate) fn open(store: Arc<Env>, name: &str, dir: PathBuf) -> Result<Database> {
-        let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         let lp = dir.join("LOCK");
-        let lock = match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lp)
-        {
-            Ok(f) => f,
-            Err(e) if missing(&e) => return Err(Error::NoSuchDatabase(name.into())),
+        let lock = match DbLock::open(&dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchDatabase(name.into()))
+            }
             Err(e) => return Err(Error::io(&lp, e)),
         };
         let hp = dir.join("HEAD");
@@ -166,11 +158,9 @@ impl Database {
         })?;
         // (A LOCK whose first half alone reads as the mark, damaged, is one too: every handle
         // takes `begin` = DROPPED for dropped.)
-        if stamp == Some(DROPPED)
-            || read_counter(&lock).map_err(|e| Error::io(&lp, e))?[0] == DROPPED
-        {
+        if stamp == Some(DROPPED) || lock.counter().map_err(|e| Error::io(&lp, e))?[0] == DROPPED {
             // (The head record stands: a drop that never happened changes nothing in it.)
-            recover_unfinished_drop(&lock, &lp, name, store.opts.lock_timeout)?;
+            recover_unfinished_drop(&lock, name, store.opts.lock_timeout)?;
             stamp = None;
         }
         let db = Db {
@@ -404,21 +394,20 @@ impl Database {
         let mine: HashSet<FileName> = files.iter().map(|f| f.name).collect();
         let mut shared: HashSet<FileName> = HashSet::new();
         let dbs = db.store.root.join("dbs");
-        for e in std::fs::read_dir(&dbs).map_err(|e| Error::io(&dbs, e))? {
-            let e = e.map_err(|e| Error::io(&dbs, e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name == db.name {
+        let heads = crate::storage::LocalHeads::new(&dbs);
+        let io = |e| Error::io(&dbs, e);
+        for name in heads.list().map_err(io)? {
+            if name == db.name {
                 continue;
             }
-            let hp = e.path().join("HEAD");
-            let Ok(bytes) = std::fs::read(&hp) else {
+            let Some((bytes, _)) = heads.read(&name).map_err(io)? else {
                 continue; // dropped meanwhile
             };
             if Head::lineage(&bytes).ok() != Some(db.lineage) {
                 continue;
             }
             let head = Head::open(&bytes, &db.key)
-                .map_err(|x| Error::format(hp.display().to_string(), x))?;
+                .map_err(|x| Error::format(format!("head record of database '{name}'"), x))?;
             shared.extend(
                 head.files
                     .iter()

@@ -23,42 +23,18 @@ impl NodeSource for Point<'_> {
     }
 }
 
-/// Reads `HEAD` and parses it with `parse`. A head record that fails to open while the commit
-/// counter moved was being rewritten under us (see [`replace_via_spare`]): read again. Returns the
-/// counter value the record is current for, if no commit was in flight.
+/// Reads `HEAD` and parses it with `parse`, consistently with the LOCK counter (see
+/// [`DbLock::read_head`]): the record and the counter value it is current for. No head record
+/// is no such database.
 pub(super) fn read_head_with<T>(
-    lock: &File,
+    lock: &DbLock,
     hp: &std::path::Path,
     name: &str,
-    mut parse: impl FnMut(&[u8]) -> Result<T>,
+    parse: impl FnMut(&[u8]) -> Result<T>,
 ) -> Result<(T, Option<u64>)> {
-    let lock_err = |e| Error::io(hp.with_file_name("LOCK"), e);
-    let mut tries = 0u32;
-    loop {
-        let c1 = read_counter(lock).map_err(lock_err)?;
-        let bytes = match std::fs::read(hp) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NoSuchDatabase(name.into()))
-            }
-            Err(e) => return Err(Error::io(hp, e)),
-        };
-        match parse(&bytes) {
-            Ok(v) => return Ok((v, (c1[0] == c1[1]).then_some(c1[1]))),
-            Err(e) => {
-                let c2 = read_counter(lock).map_err(lock_err)?;
-                if (c1 != c2 || c1[0] != c1[1]) && tries < 50 {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_micros(50 * tries as u64));
-                    continue;
-                }
-                return Err(e);
-            }
-        }
-    }
+    lock.read_head(hp, parse, |p, e| Error::io(p, e))?
+        .ok_or_else(|| Error::NoSuchDatabase(name.into()))
 }
-
-pub(super) use crate::storage::local::read_counter;
 
 /// Reads against one head record.
 pub(super) struct View<'a> {
@@ -336,8 +312,7 @@ impl Db {
             // an open would). Under this handle's writer mutex: the writer lock is this
             // handle's file's, which a drop through this handle may hold.
             let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            let lp = self.dir.join("LOCK");
-            recover_unfinished_drop(&self.lock, &lp, &self.name, self.store.opts.lock_timeout)?;
+            recover_unfinished_drop(&self.lock, &self.name, self.store.opts.lock_timeout)?;
             return self.reload();
         }
         let st = self.state();

@@ -91,7 +91,7 @@ fn a_write_that_cannot_finish_a_purge_still_succeeds() {
     src.put(&json!({"_id": "m"})).unwrap();
     // Another process (its own handle on the GC lock) writing meanwhile.
     let other = crate::Store::open_with(dir.path(), opts).unwrap();
-    let held = other.inner.gc.shared().unwrap();
+    let held = other.inner.gc_shared().unwrap();
     db.put(&json!({"_id": "c"})).unwrap();
     db.del("b").unwrap();
     db.merge_from(&src, None).unwrap();

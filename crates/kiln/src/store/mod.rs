@@ -20,7 +20,6 @@ pub mod proposals;
 use crate::db::cache::Cache;
 use crate::db::env::Env;
 pub use crate::db::env::GcReport;
-use crate::db::gc_lock::GcLock;
 pub use crate::db::options::{Durability, Options};
 use crate::db::settings::Settings;
 use crate::db::Database;
@@ -29,6 +28,7 @@ use crate::format::car::FileName;
 use crate::format::head::Head;
 use crate::format::seal::Key;
 use crate::keys::{Keybag, Lineage};
+use crate::storage::local::GcLock;
 use crate::storage::{sync_dir, write_atomic, LocalStorage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,7 +185,8 @@ impl Store {
                     opts.reserve_files,
                 )),
                 keybag: Keybag::new(root.join("keys")),
-                gc: GcLock::open(root.join(GC), opts.lock_timeout)?,
+                gc: GcLock::open(root.join(GC), opts.lock_timeout)
+                    .map_err(|e| Error::io(root.join(GC), e))?,
                 root,
                 cache,
                 opts,
@@ -251,7 +252,7 @@ impl Store {
         let key = Key::generate().map_err(|e| Error::io(self.dbs(), e))?;
         // From the key's write until the database is in place, garbage collection (which
         // removes keys no database uses) waits.
-        let _gc = self.inner.gc.shared()?;
+        let _gc = self.inner.gc_shared()?;
         self.inner.keybag.put(&lineage, &key, sync)?;
         match self.place(&name, &lineage, &key, &Head::default(), settings) {
             Ok(db) => Ok(db),
@@ -277,7 +278,7 @@ impl Store {
         self.inner.keybag.mark_shared(&lineage, sync)?;
         // From reading the files the fork will name until its head record is in place (where
         // gc can see it): gc must not take them meanwhile.
-        let _gc = self.inner.gc.shared()?;
+        let _gc = self.inner.gc_shared()?;
         let mut head = source.head_for_fork()?;
         head.seq = 0;
         self.place(&name, &lineage, &source.key(), &head, &Settings::default())
@@ -312,7 +313,7 @@ impl Store {
         let sync = self.inner.opts.durability == Durability::Full;
         // Until it is renamed into place, garbage collection (which removes leftover `.new-*`
         // folders) waits.
-        let _gc = self.inner.gc.shared()?;
+        let _gc = self.inner.gc_shared()?;
         let tmp = dbs.join(format!("{NEW_PREFIX}{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let result = (|| {
@@ -446,7 +447,7 @@ impl Store {
     /// One pass of garbage collection under the exclusive GC lock (see [`Store::gc`]);
     /// returns the report and the databases with an unfinished purge.
     fn sweep(&self) -> Result<(GcReport, Vec<Database>)> {
-        let _x = self.inner.gc.exclusive()?;
+        let _x = self.inner.gc_exclusive()?;
         let storage = &self.inner.storage;
         let files_dir = self.inner.root.join("files");
         let mut r = GcReport {
@@ -647,7 +648,7 @@ impl Store {
         // Held until the folder is gone: garbage collection would take the `.drop-*` folder
         // (and the files, archiving them when the store keeps an archive) as a killed drop's
         // leftovers while this drop still removes them.
-        let _gc = self.inner.gc.shared()?;
+        let _gc = self.inner.gc_shared()?;
         let gone = self
             .dbs()
             .join(format!("{DROP_PREFIX}{}", uuid::Uuid::new_v4().simple()));

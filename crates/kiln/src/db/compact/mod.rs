@@ -343,7 +343,7 @@ impl Db {
                 return Ok(());
             };
             // From writing the combined file until a head record names it (or it is removed).
-            let _gc = self.store.gc.shared()?;
+            let _gc = self.store.gc_shared()?;
             let Some(m) = self.combine_level(&st.head, level)? else {
                 return Ok(());
             };

@@ -12,14 +12,18 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+mod db_lock;
 mod fs_util;
+mod gc_lock;
 mod head_file;
 mod heads;
 #[cfg(test)]
 mod tests;
 
+pub use db_lock::DbLock;
 pub(crate) use fs_util::*;
 pub use fs_util::{sync_dir, write_atomic};
+pub use gc_lock::{GcExclusive, GcLock, GcShared};
 pub use head_file::HeadFile;
 pub(crate) use heads::read_counter;
 pub use heads::LocalHeads;

@@ -1,6 +1,6 @@
 //! The store-wide `GC` lock between garbage collection and writers.
 
-use crate::error::{Error, Result};
+use std::io;
 use std::path::PathBuf;
 
 /// The store-wide lock between garbage collection and writers. A writer holds it shared from
@@ -10,35 +10,32 @@ use std::path::PathBuf;
 ///
 /// `flock` locks belong to the open file, which this process's threads share: a count of
 /// users in this process takes the lock on the first and releases it on the last.
-pub(crate) struct GcLock {
+pub struct GcLock {
     file: std::fs::File,
-    path: PathBuf,
     users: std::sync::Mutex<usize>,
     timeout: std::time::Duration,
 }
 
 /// Holds [`GcLock`] shared while alive.
-pub(crate) struct GcShared<'a>(&'a GcLock);
+pub struct GcShared<'a>(&'a GcLock);
 
 impl GcLock {
-    pub(crate) fn open(path: PathBuf, timeout: std::time::Duration) -> Result<GcLock> {
+    pub fn open(path: PathBuf, timeout: std::time::Duration) -> io::Result<GcLock> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+            .open(&path)?;
         Ok(GcLock {
             file,
-            path,
             users: std::sync::Mutex::new(0),
             timeout,
         })
     }
 
     /// Waits (up to the lock timeout) while a garbage collection runs.
-    pub fn shared(&self) -> Result<GcShared<'_>> {
+    pub fn shared(&self) -> io::Result<GcShared<'_>> {
         let mut n = self.users.lock().unwrap_or_else(|p| p.into_inner());
         if *n == 0 {
             self.wait(|f| f.try_lock_shared())?;
@@ -47,7 +44,7 @@ impl GcLock {
         Ok(GcShared(self))
     }
 
-    pub fn exclusive(&self) -> Result<GcExclusive<'_>> {
+    pub fn exclusive(&self) -> io::Result<GcExclusive<'_>> {
         // Hold the in-process count at zero too, so this process's writers wait behind it
         // (they share the open file, whose shared lock would turn into the exclusive one).
         let deadline = std::time::Instant::now() + self.timeout;
@@ -58,7 +55,7 @@ impl GcLock {
             }
             drop(n);
             if std::time::Instant::now() >= deadline {
-                return Err(Error::Busy("store (garbage collection)".into()));
+                return Err(timed_out());
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         };
@@ -72,7 +69,7 @@ impl GcLock {
     fn wait(
         &self,
         mut f: impl FnMut(&std::fs::File) -> std::result::Result<(), std::fs::TryLockError>,
-    ) -> Result<()> {
+    ) -> io::Result<()> {
         let deadline = std::time::Instant::now() + self.timeout;
         let mut pause = std::time::Duration::from_micros(100);
         loop {
@@ -80,12 +77,12 @@ impl GcLock {
                 Ok(()) => return Ok(()),
                 Err(std::fs::TryLockError::WouldBlock) => {
                     if std::time::Instant::now() >= deadline {
-                        return Err(Error::Busy("store (garbage collection)".into()));
+                        return Err(timed_out());
                     }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(std::time::Duration::from_millis(20));
                 }
-                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&self.path, e)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
             }
         }
     }
@@ -101,7 +98,7 @@ impl Drop for GcShared<'_> {
     }
 }
 
-pub(crate) struct GcExclusive<'a> {
+pub struct GcExclusive<'a> {
     lock: &'a GcLock,
     /// Held so this process's writers wait too.
     _users: std::sync::MutexGuard<'a, usize>,
@@ -111,4 +108,10 @@ impl Drop for GcExclusive<'_> {
     fn drop(&mut self) {
         let _ = self.lock.file.unlock();
     }
+}
+
+/// The error of a wait for the GC lock that ran out (`TimedOut`; the database layer reports it
+/// as the store being busy).
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "store (garbage collection)")
 }
