@@ -1,13 +1,16 @@
 //! Writes the format fixture: `cargo run -p kiln --example make_fixture -- DIR`.
 //! Checked-in copies live in `tests/fixtures/v1/` (older head records), `tests/fixtures/v2/`,
-//! `tests/fixtures/v3/` (older head records), `tests/fixtures/v4/` (head records version 3)
-//! and `tests/fixtures/v5/` (today's formats: diff files and head records version 4; the
-//! store's pool of empty files left out);
+//! `tests/fixtures/v3/` (older head records), `tests/fixtures/v4/` (head records version 3),
+//! `tests/fixtures/v5/` (diff files and head records version 4) and `tests/fixtures/v6/`
+//! (today's formats: diff files and head records version 5; the store's pool of empty files
+//! left out);
 //! `tests/fixture.rs` reads them on every run. Besides "fixture" and "empty" it writes
 //! "purged": a document purged after a compaction (a purge event and the head's purged list);
 //! "cut": history dropped before its third event (the head's cut list); "merged" and "side":
 //! a fork merged back with a conflict, after an `--only` transaction (events with conflict and
-//! source lists), then proposed for it again (a sealed proposal, from `v5` on).
+//! source lists), then proposed for it again (a sealed proposal, from `v5` on); "paged" (from
+//! `v6` on): 300 documents in one transaction, a diff file whose index is paged, then one more
+//! write.
 
 use kiln::{Durability, Options, Store};
 use serde_json::json;
@@ -74,6 +77,13 @@ fn main() -> kiln::Result<()> {
     );
     let prop = store.propose("side", "merged", "a sealed proposal")?;
     println!("proposal {}", prop.id);
+    // A file of more than 128 blocks: its index is paged (from v6 on).
+    let paged = store.create(Some("paged"))?;
+    let many: Vec<_> = (0..300)
+        .map(|i| json!({"_id": format!("p{i:03}"), "i": i, "sq": i * i}))
+        .collect();
+    paged.bulk(&many)?;
+    paged.put(&json!({"_id": "p000", "i": "changed"}))?;
     let i = db.info()?;
     println!("root {}", i.root.map(|r| r.to_string()).unwrap_or_default());
     println!(

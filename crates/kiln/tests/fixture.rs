@@ -4,9 +4,11 @@
 //! version 2, with compressed segments, named by sha2-256; a purge and a cut;
 //! `tests/fixtures/v3`: the same with diff files version 3, named by BLAKE3;
 //! `tests/fixtures/v4`: the same with head records version 3, whose logs carry small fully
-//! durable diffs in file records; `tests/fixtures/v5`: today's formats, the same with diff
-//! files and head records version 4, each file and each head log sealed under a key of its own;
-//! all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
+//! durable diffs in file records; `tests/fixtures/v5`: the same with diff files and head
+//! records version 4, each file and each head log sealed under a key of its own;
+//! `tests/fixtures/v6`: today's formats, the same with diff files version 5 (fixed-width index
+//! entries; a database "paged" whose diff file has a paged index) and head records version 5
+//! (structural filters in the file references); all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
 //! them, or that changes the CIDs kiln computes for the same content, fails here: formats are
 //! contracts.
 
@@ -62,6 +64,16 @@ const V4: Fixture = Fixture {
         "bafyreie2crf65meu4sbfelslx4adi7fx3cr2qfcuvvqpr76jmznq37xpga",
     ],
     cut_at: "bafyreib7sb2j7lnl76xcirzg6nqrums2tf5tw7p7s42esl65zg47avxaha",
+};
+
+const V6: Fixture = Fixture {
+    dir: "v6",
+    events: [
+        "bafyreie3ldexk7jgbcpqzk4tvb5qsb5ffele7pnexvbsqwu6piczabovju",
+        "bafyreifl4gzt2cpkhl7hsbsr3v56lwuetlc3nw2hx7d72spbz77seckfsq",
+        "bafyreihybf7w6cfass6o4dvyruqljrzlry2qh7qtmzmvx4lyqj6k3iya6e",
+    ],
+    cut_at: "bafyreib2jf6ocpmvcpe6itrnpmvdwx6wgcquea365lquoqpcm6daflij54",
 };
 
 const V5: Fixture = Fixture {
@@ -130,6 +142,29 @@ fn v5_fixture_reads_and_verifies() {
     reads_and_verifies(&V5);
 }
 
+#[test]
+fn v6_fixture_reads_and_verifies() {
+    reads_and_verifies(&V6);
+}
+
+/// The v6 fixture's "paged" database: 300 documents in one diff file whose index is paged
+/// (fixed-width entries), then one more write; every document reads, the filters of its
+/// head record find the tree, and it verifies.
+#[test]
+fn v6_paged_index_reads_and_verifies() {
+    let (_d, store) = open(&V6);
+    let db = store.open_db("paged").unwrap();
+    let docs = db.docs(&ListOptions::default()).unwrap();
+    assert_eq!(docs.len(), 300);
+    for i in 1..300u64 {
+        let d = db.get(&format!("p{i:03}")).unwrap().unwrap();
+        assert_eq!((d["i"].as_u64(), d["sq"].as_u64()), (Some(i), Some(i * i)));
+    }
+    assert_eq!(db.get("p000").unwrap().unwrap()["i"], "changed");
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+}
+
 /// The v5 fixture holds a sealed proposal (side → merged): it opens with the target's key, its
 /// message is nowhere in plaintext, and it pins the fork's heads.
 #[test]
@@ -149,23 +184,32 @@ fn v5_proposal_is_sealed_and_pins_the_fork() {
     store.review(&p.id).unwrap();
 }
 
-/// The v5 fixture is of today's formats: head records and diff files of version 4, each
-/// diff file with a salt of its own before its index (its trailer ends "KSLT"), each head
-/// file with a salt of its own in its header, no two alike.
+/// The v5 fixture: head records and diff files of version 4, each diff file with a salt of
+/// its own before its index (its trailer ends "KSLT"), each head file with a salt of its own in
+/// its header, no two alike.
 #[test]
 fn v5_fixture_files_and_logs_have_keys_of_their_own() {
-    let (d, _store) = open(&V5);
+    files_and_logs_have_keys_of_their_own(&V5, 4, 4);
+}
+
+/// The same of the v6 fixture (today's formats: both version 5).
+#[test]
+fn v6_fixture_files_and_logs_have_keys_of_their_own() {
+    assert_eq!(kiln::internals::head::VERSION, 5);
+    assert_eq!(kiln::internals::car::VERSION, 5);
+    files_and_logs_have_keys_of_their_own(&V6, 5, 5);
+}
+
+fn files_and_logs_have_keys_of_their_own(f: &Fixture, head_version: u32, file_version: u32) {
+    let (d, _store) = open(f);
     let mut salts = std::collections::HashSet::new();
-    for db in ["cut", "empty", "fixture", "merged", "purged", "side"] {
-        let h = std::fs::read(d.path().join("dbs").join(db).join("HEAD")).unwrap();
-        assert_eq!(
-            h[8..12],
-            kiln::internals::head::VERSION.to_le_bytes(),
-            "{db}"
-        );
+    for db in std::fs::read_dir(d.path().join("dbs")).unwrap() {
+        let db = db.unwrap().path();
+        let h = std::fs::read(db.join("HEAD")).unwrap();
+        assert_eq!(h[8..12], head_version.to_le_bytes(), "{db:?}");
         assert!(
             salts.insert(h[28..60].to_vec()),
-            "{db}: a head salt repeats"
+            "{db:?}: a head salt repeats"
         );
     }
     let mut files = 0;
@@ -181,7 +225,7 @@ fn v5_fixture_files_and_logs_have_keys_of_their_own() {
         }
         for f in std::fs::read_dir(&shard).unwrap() {
             let b = std::fs::read(f.unwrap().path()).unwrap();
-            assert_eq!(b[8..12], kiln::internals::car::VERSION.to_le_bytes());
+            assert_eq!(b[8..12], file_version.to_le_bytes());
             let t = &b[b.len() - 16..];
             assert_eq!(&t[12..], b"KSLT");
             let at = u64::from_le_bytes(t[..8].try_into().unwrap()) as usize;
@@ -204,6 +248,12 @@ fn v4_head_records_carry_their_small_diffs() {
 #[test]
 fn v5_head_records_carry_their_small_diffs() {
     head_records_carry_their_small_diffs(&V5);
+}
+
+/// The same of the v6 fixture (head records version 5).
+#[test]
+fn v6_head_records_carry_their_small_diffs() {
+    head_records_carry_their_small_diffs(&V6);
 }
 
 fn head_records_carry_their_small_diffs(f: &Fixture) {
@@ -242,7 +292,14 @@ fn head_records_carry_their_small_diffs(f: &Fixture) {
 #[test]
 fn file_names_are_the_hash_of_their_version() {
     use sha2::Digest;
-    for (f, version) in [(&V1, 1u32), (&V2, 2), (&V3, 3), (&V4, 3), (&V5, 4)] {
+    for (f, version) in [
+        (&V1, 1u32),
+        (&V2, 2),
+        (&V3, 3),
+        (&V4, 3),
+        (&V5, 4),
+        (&V6, 5),
+    ] {
         let (d, _store) = open(f);
         let mut n = 0;
         for shard in std::fs::read_dir(d.path().join("files")).unwrap() {
@@ -300,30 +357,29 @@ fn v1_database_takes_a_commit() {
     assert!(r.ok(), "{:?}", r.problems);
 }
 
-/// A version-3 head log (the v4 fixture's) takes commits in its own form until its next
-/// snapshot, which is of today's version (a log with a key of its own); everything reads and
-/// verifies throughout.
+/// A head log of an earlier version (the v4 fixture's version 3, the v5 fixture's version 4)
+/// is not appended to: the next commit replaces it with a snapshot of today's version (a log
+/// with a key of its own); everything reads and verifies throughout.
 #[test]
-fn a_version_3_head_log_is_appended_to_until_its_next_snapshot() {
-    let (d, store) = open(&V4);
-    let hp = d.path().join("dbs/fixture/HEAD");
-    let before = std::fs::read(&hp).unwrap();
-    assert_eq!(before[8..12], 3u32.to_le_bytes());
-    let db = store.open_db("fixture").unwrap();
-    db.put(&json!({"_id": "new", "n": 1})).unwrap();
-    let after = std::fs::read(&hp).unwrap();
-    assert_eq!(after[8..12], 3u32.to_le_bytes());
-    assert_eq!(after[..before.len()], before[..]);
-    let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
-    assert_eq!(db.get("new").unwrap().unwrap()["n"], 1);
-    db.compact_full().unwrap();
-    let head = std::fs::read(&hp).unwrap();
-    assert_eq!(head[8..12], kiln::internals::head::VERSION.to_le_bytes());
-    db.put(&json!({"_id": "newer"})).unwrap();
-    let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
-    assert_eq!(db.info().unwrap().docs, 27);
-    let r = db.verify().unwrap();
-    assert!(r.ok(), "{:?}", r.problems);
+fn an_older_head_log_is_replaced_at_its_next_commit() {
+    for (f, old) in [(&V4, 3u32), (&V5, 4)] {
+        let (d, store) = open(f);
+        let hp = d.path().join("dbs/fixture/HEAD");
+        let before = std::fs::read(&hp).unwrap();
+        assert_eq!(before[8..12], old.to_le_bytes());
+        let db = store.open_db("fixture").unwrap();
+        db.put(&json!({"_id": "new", "n": 1})).unwrap();
+        let after = std::fs::read(&hp).unwrap();
+        assert_eq!(after[8..12], kiln::internals::head::VERSION.to_le_bytes());
+        let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
+        assert_eq!(db.get("new").unwrap().unwrap()["n"], 1);
+        db.put(&json!({"_id": "newer"})).unwrap();
+        db.compact_full().unwrap();
+        let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
+        assert_eq!(db.info().unwrap().docs, 27);
+        let r = db.verify().unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+    }
 }
 
 fn reads_and_verifies(f: &Fixture) {
@@ -376,6 +432,9 @@ fn reads_and_verifies(f: &Fixture) {
         let r = p.verify().unwrap();
         assert!(r.ok(), "{:?}", r.problems);
         assert_eq!(r.purged, 2);
+    }
+    if !["v1", "v2", "v3", "v4", "v5"].contains(&f.dir) {
+        names.insert(4, "paged");
     }
     assert_eq!(store.list().unwrap(), names);
     let db = store.open_db("fixture").unwrap();

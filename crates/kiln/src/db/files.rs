@@ -95,7 +95,7 @@ impl Db {
         } = f;
         let size = size as u64;
         self.give_file_buf(bytes);
-        let bloom = self.register_index(name, index);
+        let filter = self.register_index(name, index);
         // A large file's segments are not cached (they would push out what reads use).
         for (n, seg) in segments.into_iter().enumerate() {
             self.store.cache.insert(
@@ -109,7 +109,7 @@ impl Db {
             size,
             index_len,
             heights,
-            bloom,
+            filter,
         })
     }
 
@@ -144,18 +144,15 @@ impl Db {
     }
 
     /// Keeps the index of a file this handle just wrote (no need to read it back) and returns
-    /// the file's Bloom filter: small files get one; in a large one most bits would be set.
-    pub(super) fn register_index(&self, name: FileName, index: car::Index) -> u64 {
-        let bloom = match index.entries.len() {
-            1..=24 => index.entries.iter().fold(0, |b, e| b | bloom_bits(&e.cid)),
-            _ => 0,
-        };
+    /// the file's filter (its writer made it), for the head record.
+    pub(super) fn register_index(&self, name: FileName, mut index: car::Index) -> Filter {
+        let filter = std::mem::take(&mut index.filter);
         let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
         if m.len() > 4096 {
             m.clear();
         }
         m.insert(name, Arc::new(index));
-        bloom
+        filter
     }
 
     pub(super) fn file_err(&self, name: &FileName, e: std::io::Error) -> Error {

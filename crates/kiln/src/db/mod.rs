@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::format::block::cid::Cid;
 use crate::format::block::{DigestMap, DigestSet};
 use crate::format::car::{self, FileName};
-use crate::format::head::{bloom_bits, FileRef, Head, Log, Root};
+use crate::format::head::{FileRef, Filter, Head, Log, Root};
 use crate::format::seal::Key;
 use crate::keys::{lineage_string, Lineage};
 use crate::model::clock::{self, Event, EventSource};

@@ -42,7 +42,7 @@ pub(super) struct View<'a> {
     pub(super) head: &'a Head,
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
     pub(super) fn corrupt_cid(&self, cid: &Cid, what: &str) -> Error {
         Error::corrupt(format!("block {cid} of database '{}'", self.db.name), what)
     }
@@ -50,10 +50,18 @@ impl View<'_> {
     /// Finds the live file holding `cid`. With `height` (the version of a document slot), the
     /// files whose event heights cover it are probed first — usually exactly one. Otherwise: the
     /// newest file (where the root and recently changed nodes are), then compacted files,
-    /// largest first (most of an old tree is in the largest), then the other diffs. Small
-    /// files whose Bloom filter rules `cid` out are skipped without reading their index.
-    pub(super) fn locate(&self, cid: &Cid, height: Option<u64>) -> Result<(FileRef, car::Entry)> {
-        let files = &self.head.files;
+    /// largest first (most of an old tree is in the largest), then the other diffs. A file whose
+    /// filter rules `cid` out is skipped without reading its index; a structural filter (tree
+    /// nodes and events only) rules out nothing else, so a block no filter admits (a document
+    /// version read without its height, or a filter that is wrong: `verify` reports those) is
+    /// looked for in the skipped files last.
+    pub(super) fn locate(
+        &self,
+        cid: &Cid,
+        height: Option<u64>,
+    ) -> Result<(&'a FileRef, car::Entry)> {
+        let head: &'a Head = self.head;
+        let files = &head.files;
         let covers = |f: &FileRef| height.is_some_and(|h| f.heights.0 <= h && h <= f.heights.1);
         let mut compacted: Vec<&FileRef> = files
             .iter()
@@ -61,29 +69,40 @@ impl View<'_> {
             .filter(|f| f.level > 0 && !covers(f))
             .collect();
         compacted.sort_by_key(|f| std::cmp::Reverse(f.size));
-        let order = files
-            .iter()
-            .filter(|f| covers(f))
-            .chain(files.first().filter(|f| !covers(f)))
-            .chain(compacted)
-            .chain(files.iter().skip(1).filter(|f| f.level == 0 && !covers(f)));
-        for f in order.filter(|f| f.may_hold(cid)) {
-            let idx = self.db.index(f)?;
-            let found = if idx.pages.is_empty() {
-                idx.find(cid)
-            } else if let Some(p) = idx.page_for(cid) {
-                let page = self.page(&f.name, &idx, p)?;
-                page.binary_search_by(|e| e.cid.cmp(cid))
-                    .ok()
-                    .map(|i| page[i])
-            } else {
-                None
-            };
-            if let Some(e) = found {
-                return Ok((*f, e));
+        let order = || {
+            files
+                .iter()
+                .filter(|f| covers(f))
+                .chain(files.first().filter(|f| !covers(f)))
+                .chain(compacted.iter().copied())
+                .chain(files.iter().skip(1).filter(|f| f.level == 0 && !covers(f)))
+        };
+        for f in order().filter(|f| f.filter.may_hold(cid)) {
+            if let Some(e) = self.probe(f, cid)? {
+                return Ok((f, e));
+            }
+        }
+        for f in order().filter(|f| f.filter.structural_only() && !f.filter.may_hold(cid)) {
+            if let Some(e) = self.probe(f, cid)? {
+                return Ok((f, e));
             }
         }
         Err(Error::MissingBlock(*cid, self.db.name.clone()))
+    }
+
+    /// `cid`'s entry in file `f`'s index, if it has one.
+    fn probe(&self, f: &FileRef, cid: &Cid) -> Result<Option<car::Entry>> {
+        let idx = self.db.index(f)?;
+        Ok(if idx.pages.is_empty() {
+            idx.find(cid)
+        } else if let Some(p) = idx.page_for(cid) {
+            let page = self.page(&f.name, &idx, p)?;
+            page.binary_search_by(|e| e.cid.cmp(cid))
+                .ok()
+                .map(|i| page[i])
+        } else {
+            None
+        })
     }
 
     pub(super) fn page(
@@ -148,7 +167,7 @@ impl View<'_> {
         f: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Result<T> {
         let (file, e) = self.locate(cid, height)?;
-        let seg = self.segment(&file, e.seg)?;
+        let seg = self.segment(file, e.seg)?;
         let data = car::block_in(&seg, &e)
             .map_err(|x| Error::format(format!("file {}, block {cid}", file.name), x))?;
         f(data)

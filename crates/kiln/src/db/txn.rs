@@ -57,7 +57,7 @@ impl Transaction {
                 let mut both = self.base.head.clone();
                 let known = |f: &FileRef| self.base.head.files.iter().any(|g| g.name == f.name);
                 both.files
-                    .extend(cur.head.files.iter().filter(|f| !known(f)).copied());
+                    .extend(cur.head.files.iter().filter(|f| !known(f)).cloned());
                 match (View { db, head: &both }).doc(id, root) {
                     Err(Error::MissingBlock(..)) => {
                         db.ensure_tree(&self.base.head)?;

@@ -193,8 +193,12 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
         let mut seen_here = 0;
         let mut bad_here: Vec<(Cid, &'static str)> = Vec::new();
         let mut purged_here = 0;
+        let mut unfiltered = 0;
         let checked = car::verify_parts(key, size, &mut read, &mut |c, b, kept| {
             seen_here += 1;
+            if kept && !f.filter.may_hold(&c) {
+                unfiltered += 1;
+            }
             if head.purged.binary_search(&c).is_ok() {
                 purged_here += 1;
             }
@@ -219,6 +223,16 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
                         format!(
                             "holds {purged_here} purged document version(s): a purge did not \
                              finish (`kiln gc` finishes it)"
+                        ),
+                    );
+                }
+                if unfiltered > 0 {
+                    r.bad(
+                        &loc,
+                        format!(
+                            "the head record's filter for it misses {unfiltered} of its tree \
+                             node(s) and event(s) (reads still find them, after probing every \
+                             other file)"
                         ),
                     );
                 }
@@ -517,7 +531,7 @@ mod tests {
                     size: bytes.len() as u64,
                     index_len: f.index_len,
                     heights: (1, 1),
-                    bloom: 0,
+                    filter: crate::format::head::Filter::None,
                 }],
                 ..Head::default()
             };

@@ -22,6 +22,7 @@
 use crate::format::block::cbor::{CborError, Decoder, Encoder};
 use crate::format::block::cid::{Cid, CID_LEN};
 use crate::format::block::DigestSet;
+use crate::format::filter::Filter;
 use crate::format::seal::{Key, Purpose, Salt, SealError, SubKey, NONCE_LEN, SALT_LEN, TAG_LEN};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -31,7 +32,7 @@ pub const MAGIC: &[u8; 8] = b"KILNDIFF";
 /// The version written. 4: sealed under a key of its own (a salt before the index); 3: named
 /// by BLAKE3; 2: LZ4-compressed segments, tree nodes marked in the index, named by sha2-256;
 /// 1: raw segments, no node marks, sha2-256. All four are read.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// The trailer's last bytes: before version 4 (no salt), and from version 4 on (the index
 /// region starts with the file's salt).
 const END_PLAIN: &[u8; 4] = b"KEND";
@@ -45,10 +46,10 @@ const LZ4: u8 = 1;
 pub const HEADER_LEN: usize = 16;
 pub const TRAILER_LEN: usize = 16;
 /// Plaintext bytes per segment before a new one starts (a larger block gets a segment alone).
-pub const SEGMENT_TARGET: usize = 16 * 1024;
+pub const SEGMENT_TARGET: usize = 4 * 1024;
 /// Index entries per page written; files with more entries get a paged index. Small pages keep
 /// a lookup in a large file cheap: one ~12 KiB page, not the whole index.
-pub const PAGE_ENTRIES: usize = 256;
+pub const PAGE_ENTRIES: usize = 128;
 /// Most entries a reader accepts in one page (writers may choose any page size up to it).
 pub const MAX_PAGE_ENTRIES: usize = 4096;
 
@@ -910,9 +911,7 @@ fn write_tail_at(
         for (i, chunk) in entries.chunks(PAGE_ENTRIES).enumerate() {
             let start = at(out);
             let aad = page_aad(i as u32);
-            seal_encoded(key, PAGE_UNIT, i as u32, &aad, out, |e| {
-                encode_entries(e, chunk)
-            })?;
+            key.seal_into(PAGE_UNIT, i as u32, &aad, &fixed_entries(chunk), out)?;
             pages.push((
                 chunk[0].cid,
                 start,
@@ -931,9 +930,9 @@ fn write_tail_at(
         e.u64(meta.time);
         e.str("bk");
         if pages.is_empty() {
-            encode_entries(e, entries);
+            e.bytes(&fixed_entries(entries));
         } else {
-            e.array(0);
+            e.bytes(&[]);
         }
         e.str("lv");
         e.u64(meta.level as u64);
@@ -968,11 +967,17 @@ fn write_tail_at(
     out.extend_from_slice(&index_at.to_le_bytes());
     out.extend_from_slice(&index_len.to_le_bytes());
     out.extend_from_slice(END_SALTED);
+    let structural: Vec<&Cid> = entries
+        .iter()
+        .filter(|e| e.event || e.node)
+        .map(|e| &e.cid)
+        .collect();
     let index = Index {
         key: Some(key.key.clone()),
         version: VERSION,
         meta,
         segs: seg_at,
+        filter: Filter::structural(structural.into_iter()),
         entries: Vec::new(),
         pages: pages
             .into_iter()
@@ -1187,24 +1192,67 @@ impl Finished {
     }
 }
 
-fn encode_entries(e: &mut Encoder, entries: &[Entry]) {
-    e.array(entries.len());
-    for x in entries {
-        e.array(5);
-        e.bytes(x.cid.as_bytes());
-        e.u64(x.seg as u64);
-        e.u64(x.off as u64);
-        e.u64(x.len as u64);
-        e.u64(if x.event {
-            1
-        } else if x.node {
-            2
-        } else {
-            0
-        });
+/// The first version whose index entries are fixed-width records (see [`ENTRY_LEN`]).
+const FIXED_ENTRIES: u32 = 5;
+/// Bytes of an index entry from version 5 on: CID[36] ‖ seg u32 ‖ off u32 ‖ len u32 ‖ kind u8.
+pub const ENTRY_LEN: usize = CID_LEN + 13;
+
+fn kind_of(x: &Entry) -> u8 {
+    if x.event {
+        EVENT
+    } else if x.node {
+        NODE
+    } else {
+        OTHER
     }
 }
 
+/// Index entries as version-5 fixed-width records, back to back.
+fn fixed_entries(entries: &[Entry]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(entries.len() * ENTRY_LEN);
+    for x in entries {
+        b.extend_from_slice(x.cid.as_bytes());
+        b.extend_from_slice(&x.seg.to_le_bytes());
+        b.extend_from_slice(&x.off.to_le_bytes());
+        b.extend_from_slice(&x.len.to_le_bytes());
+        b.push(kind_of(x));
+    }
+    b
+}
+
+/// Reads version-5 fixed-width index entries (sorted by CID, each naming one of `segs`
+/// segments).
+fn decode_fixed_entries(b: &[u8], segs: usize) -> Result<Vec<Entry>, FormatError> {
+    if !b.len().is_multiple_of(ENTRY_LEN) {
+        return Err(FormatError::Record(
+            "index entries: length is not whole entries",
+        ));
+    }
+    let mut v: Vec<Entry> = Vec::with_capacity(b.len() / ENTRY_LEN);
+    for r in b.chunks_exact(ENTRY_LEN) {
+        let cid =
+            Cid::from_bytes(&r[..CID_LEN]).ok_or(FormatError::Record("index entry: bad CID"))?;
+        let u = |i: usize| u32::from_le_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+        let (seg, off, len, kind) = (u(CID_LEN), u(CID_LEN + 4), u(CID_LEN + 8), r[CID_LEN + 12]);
+        if seg as usize >= segs || kind > NODE {
+            return Err(FormatError::Record("index entry out of range"));
+        }
+        if v.last().is_some_and(|p| p.cid >= cid) {
+            return Err(FormatError::Record("index entries not sorted"));
+        }
+        v.push(Entry {
+            cid,
+            seg,
+            off,
+            len,
+            event: kind == EVENT,
+            node: kind == NODE,
+        });
+    }
+    Ok(v)
+}
+
+/// Reads index entries of versions 1 to 4 (a CBOR array of 5-element arrays).
 fn decode_entries(d: &mut Decoder<'_>, segs: usize) -> Result<Vec<Entry>, FormatError> {
     let n = d.array()?;
     let mut v: Vec<Entry> = Vec::with_capacity(n);
@@ -1257,6 +1305,9 @@ pub struct Index {
     pub entries: Vec<Entry>,
     /// Page references, sorted by first CID (large files; then `entries` is empty).
     pub pages: Vec<PageRef>,
+    /// The structural filter of the file's tree nodes and events, from its writer (an index
+    /// read back from a file has none: the head record keeps it).
+    pub filter: Filter,
 }
 
 /// Reads the trailer: (index offset, index length), the index region's: from version 4 on the
@@ -1358,7 +1409,11 @@ impl Index {
         let time = d.u64()?;
         d.key("bk")?;
         // Segment count is not known yet; check entry ranges once it is.
-        let entries = decode_entries(&mut d, usize::MAX)?;
+        let entries = if v >= FIXED_ENTRIES as u64 {
+            decode_fixed_entries(d.bytes()?, usize::MAX)?
+        } else {
+            decode_entries(&mut d, usize::MAX)?
+        };
         d.key("lv")?;
         let level = d.u64()?.min(255) as u8;
         d.key("pg")?;
@@ -1437,6 +1492,7 @@ impl Index {
             segs,
             entries,
             pages,
+            filter: Filter::None,
         })
     }
 
@@ -1485,9 +1541,14 @@ impl Index {
             .opener(key)
             .open(&page_aad(n as u32), sealed)
             .map_err(|SealError| FormatError::Seal("index page"))?;
-        let mut d = Decoder::new(&plain);
-        let v = decode_entries(&mut d, self.segs.len())?;
-        d.finish()?;
+        let v = if self.version >= FIXED_ENTRIES {
+            decode_fixed_entries(&plain, self.segs.len())?
+        } else {
+            let mut d = Decoder::new(&plain);
+            let v = decode_entries(&mut d, self.segs.len())?;
+            d.finish()?;
+            v
+        };
         if v.len() != self.pages[n].count as usize
             || v.first().map(|e| e.cid) != Some(self.pages[n].first)
         {

@@ -38,6 +38,7 @@
 use crate::format::block::cbor::{CborError, Decoder, Encoder};
 use crate::format::block::cid::Cid;
 use crate::format::car::{FileName, FormatError};
+pub use crate::format::filter::Filter;
 use crate::format::seal::{Key, Salt, SealError, SubKey, SALT_LEN};
 use std::sync::Arc;
 
@@ -55,11 +56,13 @@ pub fn lineage_string(l: &Lineage) -> String {
 }
 
 pub const MAGIC: &[u8; 8] = b"KILNHEAD";
-/// The version this kiln writes; it reads 1 to 4. (Versions 2 and 3 logs are appended to in
-/// their own form until their next snapshot.)
-pub const VERSION: u32 = 4;
+/// The version this kiln writes; it reads 1 to 5. (A log of an earlier version is never
+/// appended to: the next commit replaces it with a snapshot of this version.)
+pub const VERSION: u32 = 5;
 /// The first version whose logs have a key of their own (a salt in the header).
 const SALTED: u32 = 4;
+/// The first version whose file references may carry a structural filter.
+const FILTERS: u32 = 5;
 /// Bytes before the first record: magic, version, lineage (and the salt from version 4).
 fn prefix_len(version: u32) -> usize {
     8 + 4 + 16 + if version >= SALTED { SALT_LEN } else { 0 }
@@ -123,7 +126,7 @@ impl Log {
 
     /// True when the next head can go in as a delta appended to this file.
     pub fn appendable(&self) -> bool {
-        self.version >= 2
+        self.version == VERSION
             && self.deltas < MAX_DELTAS
             && self.end.saturating_sub(self.file_bytes) < MAX_LOG_BYTES
     }
@@ -138,7 +141,7 @@ impl Log {
 }
 
 /// A live file and what it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileRef {
     pub name: FileName,
     /// 0: one transaction's diff; n ≥ 1: produced by compaction.
@@ -149,23 +152,9 @@ pub struct FileRef {
     /// Lowest and highest height of the events in the file: a document written at height h is
     /// in a file whose range holds h.
     pub heights: (u64, u64),
-    /// A 64-bit Bloom filter of the file's block CIDs ([`bloom_bits`]), so a lookup skips most
-    /// small files without reading their index; 0 means "no filter: probe".
-    pub bloom: u64,
-}
-
-/// The two filter bits of a CID in a [`FileRef::bloom`].
-pub fn bloom_bits(cid: &Cid) -> u64 {
-    let d = cid.digest();
-    (1u64 << (d[20] & 63)) | (1u64 << (d[21] & 63))
-}
-
-impl FileRef {
-    /// False only when the file certainly lacks `cid`.
-    pub fn may_hold(&self, cid: &Cid) -> bool {
-        let b = bloom_bits(cid);
-        self.bloom == 0 || self.bloom & b == b
-    }
+    /// Which blocks the file may hold (see [`Filter`]), so a lookup skips files without
+    /// reading their index.
+    pub filter: Filter,
 }
 
 /// The decoded head record.
@@ -307,7 +296,7 @@ impl Head {
         let root = d.opt_link()?;
         let base = if version == 1 { root } else { base };
         d.key("files")?;
-        let files = decode_files(&mut d)?;
+        let files = decode_files(&mut d, version)?;
         d.key("heads")?;
         let n = d.array()?;
         let mut heads = Vec::with_capacity(n.min(1024));
@@ -384,6 +373,15 @@ impl Head {
         if self.files[added..] != prev.files[..] {
             return Ok(None);
         }
+        let body = self.delta_body(added);
+        let mut out = Vec::with_capacity(body.len() + 64);
+        let k = RecordKey::of_log(log, key)?;
+        push_record(&mut out, log.end, lineage, &k, DELTA, &body)?;
+        Ok(Some(out))
+    }
+
+    /// The body of a delta adding this head's first `added` files.
+    fn delta_body(&self, added: usize) -> Vec<u8> {
         let mut e = Encoder::new();
         e.map(8);
         e.str("add");
@@ -405,10 +403,7 @@ impl Head {
         e.u64(self.events);
         e.str("compacted");
         e.u64(self.compacted);
-        let mut out = Vec::with_capacity(256 + added * 64);
-        let k = RecordKey::of_log(log, key)?;
-        push_record(&mut out, log.end, lineage, &k, DELTA, &e.into_bytes())?;
-        Ok(Some(out))
+        e.into_bytes()
     }
 
     /// The file record holding diff file `name`'s `bytes`, to append to `log` (at its end)
@@ -496,9 +491,9 @@ impl Head {
                         RecordError::Seal { end } => b[end - 16..end].iter().all(|&x| x == 0),
                     } || zero_sector_from(b, pos);
                     let unfinished = torn
-                        && head
-                            .as_ref()
-                            .is_some_and(|h| only_the_rest_of_one_append(b, pos, &l, key, h));
+                        && head.as_ref().is_some_and(|h| {
+                            only_the_rest_of_one_append(b, pos, &l, key, h, version)
+                        });
                     if head.is_some() && unfinished {
                         break; // an append that never finished, so was never acknowledged
                     }
@@ -520,7 +515,7 @@ impl Head {
                 match head.as_mut() {
                     None => head = Some(Head::decode_body(&body, version)?),
                     Some(h) => {
-                        h.apply_delta(&body)?;
+                        h.apply_delta(&body, version)?;
                         deltas += 1;
                     }
                 }
@@ -553,13 +548,13 @@ impl Head {
         Ok((head, log))
     }
 
-    fn apply_delta(&mut self, b: &[u8]) -> Result<(), CborError> {
+    fn apply_delta(&mut self, b: &[u8], version: u32) -> Result<(), CborError> {
         let mut d = Decoder::new(b);
         if d.map()? != 8 {
             return Err(CborError("head delta: expected 8 fields"));
         }
         d.key("add")?;
-        let mut files = decode_files(&mut d)?;
+        let mut files = decode_files(&mut d, version)?;
         d.key("seq")?;
         self.seq = d.u64()?;
         d.key("base")?;
@@ -715,6 +710,7 @@ fn only_the_rest_of_one_append(
     l: &Lineage,
     key: &RecordKey,
     head: &Head,
+    version: u32,
 ) -> bool {
     let mut found = None;
     for q in pos + 1..b.len().saturating_sub(8) {
@@ -739,7 +735,7 @@ fn only_the_rest_of_one_append(
         None => true,
         Some(body) => {
             let mut next = head.clone();
-            next.apply_delta(&body).is_ok() && next.seq == head.seq + 1
+            next.apply_delta(&body, version).is_ok() && next.seq == head.seq + 1
         }
     }
 }
@@ -831,11 +827,16 @@ fn encode_files(e: &mut Encoder, files: &[FileRef]) {
         e.u64(f.index_len as u64);
         e.u64(f.heights.0);
         e.u64(f.heights.1);
-        e.u64(f.bloom);
+        match &f.filter {
+            Filter::None => e.u64(0),
+            Filter::Small(b) => e.u64(*b),
+            Filter::Structural(b) => e.bytes(b),
+        }
     }
 }
 
-fn decode_files(d: &mut Decoder) -> Result<Vec<FileRef>, CborError> {
+/// File references; a structural filter (bytes) from `version` 5 on.
+fn decode_files(d: &mut Decoder, version: u32) -> Result<Vec<FileRef>, CborError> {
     let n = d.array()?;
     let mut files = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
@@ -857,14 +858,25 @@ fn decode_files(d: &mut Decoder) -> Result<Vec<FileRef>, CborError> {
             return Err(CborError("head: index length out of range"));
         }
         let heights = (d.u64()?, d.u64()?);
-        let bloom = d.u64()?;
+        let filter = if version >= FILTERS && d.is_bytes()? {
+            let b = d.bytes()?;
+            if !Filter::check_bytes(b) {
+                return Err(CborError("head: filter length"));
+            }
+            Filter::Structural(b.into())
+        } else {
+            match d.u64()? {
+                0 => Filter::None,
+                b => Filter::Small(b),
+            }
+        };
         files.push(FileRef {
             name,
             level: level as u8,
             size,
             index_len: index_len as u32,
             heights,
-            bloom,
+            filter,
         });
     }
     Ok(files)
@@ -903,7 +915,7 @@ mod tests {
                 size: 99,
                 index_len: 40,
                 heights: (1, 3),
-                bloom: 5,
+                filter: Filter::structural([Cid::of_cbor(b"n")].iter()),
             }],
             heads: vec![Cid::of_cbor(b"h")],
             events: 3,
@@ -966,23 +978,25 @@ mod tests {
         crate::format::seal::fail_random_on_this_thread(false);
     }
 
-    /// A version-3 log (no salt: records under the lineage key) still reads, and is appended
-    /// to in its own form until its next snapshot.
+    /// A version-3 log (no salt: records under the lineage key) with a file record and its delta
+    /// still reads; it is not appended to (the next commit writes a snapshot of today's version).
     #[test]
-    fn a_version_3_log_is_appended_to_in_its_own_form() {
+    fn a_version_3_log_reads_and_is_replaced_not_appended_to() {
         let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
         let mut file = MAGIC.to_vec();
         file.extend_from_slice(&3u32.to_le_bytes());
         file.extend_from_slice(&l);
-        let v3 = Head {
+        let mut v3 = Head {
             scrub: false,
             ..sample()
         };
+        v3.files[0].filter = Filter::Small(5); // before version 5: a 64-bit filter
         let body = v3.encode_body_of(3);
         let at = file.len() as u64;
         push_record(&mut file, at, &l, &RecordKey::Lineage(&k), SNAPSHOT, &body).unwrap();
         let (h, log) = Head::open_log(&file, &k).unwrap();
         assert_eq!((h, log.version, log.salt), (v3.clone(), 3, None));
+        assert!(!log.appendable());
         let mut next = v3.clone();
         next.seq += 1;
         let bytes = vec![3u8; 100];
@@ -990,16 +1004,17 @@ mod tests {
             0,
             FileRef {
                 name: FileName::of(&bytes),
-                ..sample().files[0]
+                ..v3.files[0].clone()
             },
         );
+        assert!(next.seal_delta(&v3, &log, &l, &k).unwrap().is_none());
+        // As a kiln of version 3 appended them: a file record, then the delta adding the file.
         let fr = Head::seal_file_record(&next.files[0].name, &bytes, &log, &l, &k).unwrap();
         let fr_at = log.end;
-        let after = Log {
-            end: log.end + fr.len() as u64,
-            ..log.clone()
-        };
-        let d = next.seal_delta(&v3, &after, &l, &k).unwrap().unwrap();
+        let mut d = Vec::new();
+        let d_at = log.end + fr.len() as u64;
+        let key = RecordKey::Lineage(&k);
+        push_record(&mut d, d_at, &l, &key, DELTA, &next.delta_body(1)).unwrap();
         file.extend_from_slice(&fr);
         file.extend_from_slice(&d);
         let (h, log) = Head::open_log(&file, &k).unwrap();
@@ -1037,7 +1052,7 @@ mod tests {
                     size: 100 + i as u64,
                     index_len: 40,
                     heights: (4 + i as u64, 4 + i as u64),
-                    bloom: 0,
+                    filter: Filter::None,
                 },
             );
             if carry && i == 1 {
@@ -1163,7 +1178,8 @@ mod tests {
             version: 2,
             ..log.clone()
         };
-        assert!(!old.can_hold_file(10) && old.appendable());
+        // An older log is not appended to at all: the next commit replaces it.
+        assert!(!old.can_hold_file(10) && !old.appendable());
     }
 
     proptest! {
@@ -1228,7 +1244,7 @@ mod tests {
                 size: bytes.len() as u64,
                 index_len: 100,
                 heights: (9, 9),
-                bloom: 0,
+                filter: Filter::None,
             },
         );
         let rec = Head::seal_file_record(&h1.files[0].name, &bytes, &log, l, k).unwrap();

@@ -6,5 +6,6 @@
 
 pub mod block;
 pub mod car;
+pub mod filter;
 pub mod head;
 pub mod seal;

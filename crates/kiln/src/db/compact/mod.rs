@@ -84,7 +84,7 @@ impl Db {
             .position(|f| sel.contains(&f.name))
             .unwrap_or(0);
         head.files.retain(|f| !sel.contains(&f.name));
-        head.files.insert(pos.min(head.files.len()), m.file);
+        head.files.insert(pos.min(head.files.len()), m.file.clone());
         head.compacted = now_ms();
         // Only forward: a commit meanwhile may have moved the base already (a checkpoint or a
         // merge), and its tree is whole in files too.
@@ -107,7 +107,7 @@ impl Db {
             .files
             .iter()
             .filter(|f| f.level == level)
-            .copied()
+            .cloned()
             .collect();
         if sel.is_empty() || (sel.len() == 1 && level > 0) {
             return Ok(None);
@@ -183,7 +183,7 @@ impl Db {
                 .files
                 .iter()
                 .filter(|f| f.level < level && !all)
-                .copied()
+                .cloned()
                 .collect(),
             ..Head::default()
         };
@@ -304,7 +304,7 @@ impl Db {
         };
         let (size, index, index_len) =
             done.ok_or_else(|| Error::corrupt("compaction", "no file written"))?;
-        let bloom = self.register_index(name, index);
+        let filter = self.register_index(name, index);
         Ok(Combined {
             file: FileRef {
                 name,
@@ -312,7 +312,7 @@ impl Db {
                 size,
                 index_len,
                 heights,
-                bloom,
+                filter,
             },
             replaced: sel.iter().map(|f| f.name).collect(),
             base: current.then_some(head.root),
