@@ -63,6 +63,13 @@ impl<'a> View<'a> {
         let head: &'a Head = self.head;
         let files = &head.files;
         let covers = |f: &FileRef| height.is_some_and(|h| f.heights.0 <= h && h <= f.heights.1);
+        // A document version is in the file whose heights cover its slot's: probed first, its
+        // filter unasked (a structural filter says nothing of document versions).
+        for f in files.iter().filter(|f| covers(f)) {
+            if let Some(e) = self.probe(f, cid)? {
+                return Ok((f, e));
+            }
+        }
         let mut compacted: Vec<&FileRef> = files
             .iter()
             .skip(1)
@@ -71,9 +78,9 @@ impl<'a> View<'a> {
         compacted.sort_by_key(|f| std::cmp::Reverse(f.size));
         let order = || {
             files
-                .iter()
-                .filter(|f| covers(f))
-                .chain(files.first().filter(|f| !covers(f)))
+                .first()
+                .filter(|f| !covers(f))
+                .into_iter()
                 .chain(compacted.iter().copied())
                 .chain(files.iter().skip(1).filter(|f| f.level == 0 && !covers(f)))
         };
