@@ -816,7 +816,7 @@ impl Db {
                 head.purged.sort();
                 head.purged.dedup();
             }
-            head.files.insert(0, file);
+            head.files_mut().insert(0, file);
             // Compaction runs in the background; inline only without a background worker, or
             // when commits outrun it (then it also bounds the files a read may consult). A
             // failed compaction must not fail (or block) commits: the commit stands without it,

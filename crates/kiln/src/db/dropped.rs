@@ -66,7 +66,7 @@ impl Database {
                     crate::storage::sync_dir(dbs).map_err(|e| Error::io(dbs, e))?;
                 }
             }
-            Ok((head.files.clone(), Vec::new()))
+            Ok((head.files.to_vec(), Vec::new()))
         })
     }
 }

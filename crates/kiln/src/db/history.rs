@@ -169,7 +169,7 @@ impl Database {
                 return Ok((Some(purged), Vec::new()));
             }
             let top = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
-            let m = db.combine_files(head, head.files.clone(), top, true, true)?;
+            let m = db.combine_files(head, head.files.to_vec(), top, true, true)?;
             db.apply_combined(head, &m);
             Ok((Some(purged), m.replaced))
         })
@@ -352,7 +352,7 @@ impl Db {
         }
         let file = self.store_file(w, level, heights)?;
         let replaced: Vec<FileName> = head.files.iter().map(|f| f.name).collect();
-        head.files = vec![file];
+        head.files = Arc::new(vec![file]);
         head.base = head.root;
         head.cut = cut;
         head.events = kept.len() as u64;

@@ -480,7 +480,7 @@ impl Db {
         head.base = merged.root;
         head.docs = docs.max(0) as u64;
         head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
-        head.files.insert(0, file);
+        head.files_mut().insert(0, file);
         if !again.is_empty() {
             again.sort();
             head.purged.retain(|c| again.binary_search(c).is_err());

@@ -353,7 +353,7 @@ impl Database {
             heads: h.heads.clone(),
             root: h.root,
             bytes: h.files.iter().map(|f| f.size).sum(),
-            files: h.files.clone(),
+            files: h.files.to_vec(),
             commits: h.seq,
             compacted: h.compacted,
             compact_threshold: self.inner.compact_threshold()?,

@@ -248,7 +248,7 @@ fn verify_checks_files_on_any_backend() {
     let local = &db.inner.store.storage;
     let copy = MemoryFiles::new();
     let torn = Faulty::new(MemoryFiles::new(), 0, Fault::Tear);
-    for f in &st.head.files {
+    for f in st.head.files.iter() {
         let bytes = local.read(&f.name).unwrap();
         copy.put(&f.name, &[&bytes], true).unwrap();
         assert!(torn.put(&f.name, &[&bytes], true).is_err());
@@ -281,7 +281,7 @@ fn a_wrong_filter_falls_back_and_verify_reports_it() {
     let lineage = Head::lineage(&b).unwrap();
     let (mut head, _) = Head::open_log(&b, &key).unwrap();
     assert!(head.files.iter().all(|f| f.filter.structural_only()));
-    for f in &mut head.files {
+    for f in head.files_mut() {
         f.filter = Filter::structural([].iter());
     }
     std::fs::write(&hp, head.seal(&lineage, &key).unwrap()).unwrap();

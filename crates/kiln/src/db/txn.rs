@@ -56,8 +56,14 @@ impl Transaction {
                 let cur = db.refresh()?;
                 let mut both = self.base.head.clone();
                 let known = |f: &FileRef| self.base.head.files.iter().any(|g| g.name == f.name);
-                both.files
-                    .extend(cur.head.files.iter().filter(|f| !known(f)).cloned());
+                let more: Vec<FileRef> = cur
+                    .head
+                    .files
+                    .iter()
+                    .filter(|f| !known(f))
+                    .cloned()
+                    .collect();
+                both.files_mut().extend(more);
                 match (View { db, head: &both }).doc(id, root) {
                     Err(Error::MissingBlock(..)) => {
                         db.ensure_tree(&self.base.head)?;

@@ -129,7 +129,7 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
              the store (`kiln gc` finishes it)",
         );
     }
-    for f in &head.files {
+    for f in head.files.iter() {
         r.files += 1;
         let loc = format!("file {}", f.name);
         // The file is read a part at a time (memory holds a part, never the file): once in
@@ -525,14 +525,14 @@ mod tests {
             let head = Head {
                 heads: vec![ecid],
                 events: 1,
-                files: vec![FileRef {
+                files: Arc::new(vec![FileRef {
                     name,
                     level: 0,
                     size: bytes.len() as u64,
                     index_len: f.index_len,
                     heights: (1, 1),
                     filter: crate::format::head::Filter::None,
-                }],
+                }]),
                 ..Head::default()
             };
             let r = verify("t", &storage, &key, &head);

@@ -172,7 +172,7 @@ pub struct Head {
     /// nodes in memory and a reader rebuilds them. Equal to `root` when nothing is pending.
     pub base: Option<Cid>,
     /// Live files, newest first.
-    pub files: Vec<FileRef>,
+    pub files: Arc<Vec<FileRef>>,
     /// Clock heads, sorted.
     pub heads: Vec<Cid>,
     /// Events in the clock.
@@ -191,6 +191,14 @@ pub struct Head {
     /// or the previous head record. Whoever opens or writes the database, or `gc`, finishes
     /// it and clears the flag (see `Database::purge`). Version 4 on.
     pub scrub: bool,
+}
+
+impl Head {
+    /// The live files, to change (shared with the heads this one was cloned from until then:
+    /// a head is cloned several times a commit, its files only copied when one changes).
+    pub fn files_mut(&mut self) -> &mut Vec<FileRef> {
+        Arc::make_mut(&mut self.files)
+    }
 }
 
 impl Head {
@@ -328,7 +336,7 @@ impl Head {
             docs,
             root,
             base,
-            files,
+            files: Arc::new(files),
             heads,
             events,
             compacted,
@@ -575,8 +583,8 @@ impl Head {
         d.key("compacted")?;
         self.compacted = d.u64()?;
         d.finish()?;
-        files.append(&mut self.files);
-        self.files = files;
+        files.extend(self.files.iter().cloned());
+        self.files = Arc::new(files);
         Ok(())
     }
 }
@@ -909,14 +917,14 @@ mod tests {
             docs: 2,
             root: Some(Cid::of_cbor(b"r")),
             base: Some(Cid::of_cbor(b"b")),
-            files: vec![FileRef {
+            files: Arc::new(vec![FileRef {
                 name: FileName::of(b"f"),
                 level: 1,
                 size: 99,
                 index_len: 40,
                 heights: (1, 3),
                 filter: Filter::structural([Cid::of_cbor(b"n")].iter()),
-            }],
+            }]),
             heads: vec![Cid::of_cbor(b"h")],
             events: 3,
             compacted: 0,
@@ -990,7 +998,7 @@ mod tests {
             scrub: false,
             ..sample()
         };
-        v3.files[0].filter = Filter::Small(5); // before version 5: a 64-bit filter
+        v3.files_mut()[0].filter = Filter::Small(5); // before version 5: a 64-bit filter
         let body = v3.encode_body_of(3);
         let at = file.len() as u64;
         push_record(&mut file, at, &l, &RecordKey::Lineage(&k), SNAPSHOT, &body).unwrap();
@@ -1000,7 +1008,7 @@ mod tests {
         let mut next = v3.clone();
         next.seq += 1;
         let bytes = vec![3u8; 100];
-        next.files.insert(
+        next.files_mut().insert(
             0,
             FileRef {
                 name: FileName::of(&bytes),
@@ -1044,7 +1052,7 @@ mod tests {
             h.seq += 1;
             h.docs += 1;
             h.root = Some(Cid::of_cbor(&[i]));
-            h.files.insert(
+            h.files_mut().insert(
                 0,
                 FileRef {
                     name: FileName::of(&[i]),
@@ -1057,7 +1065,7 @@ mod tests {
             );
             if carry && i == 1 {
                 let bytes = vec![i; 300];
-                h.files[0].name = FileName::of(&bytes);
+                h.files_mut()[0].name = FileName::of(&bytes);
                 let f = Head::seal_file_record(&h.files[0].name, &bytes, &log, l, k).unwrap();
                 file.extend_from_slice(&f);
                 log.end += f.len() as u64;
@@ -1082,7 +1090,7 @@ mod tests {
         // Removing a file cannot be a delta: the writer starts a fresh snapshot.
         let (_, log) = Head::open_log(&file, &k).unwrap();
         let mut fewer = heads[3].clone();
-        fewer.files.pop();
+        fewer.files_mut().pop();
         assert!(fewer.seal_delta(&heads[3], &log, &l, &k).unwrap().is_none());
         // A full log is not appended to.
         let full = Log {
@@ -1236,7 +1244,7 @@ mod tests {
         let mut h1 = h0.clone();
         h1.seq += 1;
         let bytes = vec![9u8; n];
-        h1.files.insert(
+        h1.files_mut().insert(
             0,
             FileRef {
                 name: FileName::of(&bytes),

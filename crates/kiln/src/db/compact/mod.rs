@@ -83,8 +83,9 @@ impl Db {
             .iter()
             .position(|f| sel.contains(&f.name))
             .unwrap_or(0);
-        head.files.retain(|f| !sel.contains(&f.name));
-        head.files.insert(pos.min(head.files.len()), m.file.clone());
+        let files = head.files_mut();
+        files.retain(|f| !sel.contains(&f.name));
+        files.insert(pos.min(files.len()), m.file.clone());
         head.compacted = now_ms();
         // Only forward: a commit meanwhile may have moved the base already (a checkpoint or a
         // merge), and its tree is whole in files too.
@@ -123,7 +124,7 @@ impl Db {
             return Ok(None);
         }
         let top = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
-        self.combine_files(head, head.files.clone(), top, true, true)
+        self.combine_files(head, head.files.to_vec(), top, true, true)
             .map(Some)
     }
 
@@ -184,13 +185,15 @@ impl Db {
                 .iter()
                 .filter(|f| f.level < level && !all)
                 .cloned()
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
             ..Head::default()
         };
         let in_newer = View {
             db: self,
             head: &newer,
         };
+        let any_v1 = versions.iter().any(|v| *v < 2);
         let tree_root = if current { head.root } else { head.base };
         let mut keep: DigestSet<Cid> = DigestSet::default();
         let mut extra: Vec<(Cid, Arc<[u8]>)> = Vec::new();
@@ -225,8 +228,12 @@ impl Db {
             };
             stack.extend_from_slice(node.children());
             // A tree's values stay with it (after a cut, no kept event names some of them).
-            if let tree::Items::Leaf(slots) = &node.items {
-                values.extend(slots.iter().filter_map(|s| s.link));
+            // Only version-1 files need the list (later ones mark tree nodes, and keep every
+            // value not purged): at a million documents it held a million CIDs.
+            if any_v1 {
+                if let tree::Items::Leaf(slots) = &node.items {
+                    values.extend(slots.iter().filter_map(|s| s.link));
+                }
             }
         }
         drop(visited);
