@@ -69,11 +69,11 @@ const V4: Fixture = Fixture {
 const V6: Fixture = Fixture {
     dir: "v6",
     events: [
-        "bafyreie3ldexk7jgbcpqzk4tvb5qsb5ffele7pnexvbsqwu6piczabovju",
-        "bafyreifl4gzt2cpkhl7hsbsr3v56lwuetlc3nw2hx7d72spbz77seckfsq",
-        "bafyreihybf7w6cfass6o4dvyruqljrzlry2qh7qtmzmvx4lyqj6k3iya6e",
+        "bafyreifozepmajubp6yueroxcc2olu5k5xxe3gd3rsgi2bq2kv2jpcy6mq",
+        "bafyreihimeo7zv4fwl73m3kxlgrsj5ob7xtccwj5in3e7gigii5i4rpzea",
+        "bafyreiaqpsxysvokbaff3cbwl2xsvpy3yu2cqhguyfxcafkmeqlm6f3pzu",
     ],
-    cut_at: "bafyreib2jf6ocpmvcpe6itrnpmvdwx6wgcquea365lquoqpcm6daflij54",
+    cut_at: "bafyreicvkuj4h5v7ikpdmhbjszuc5optigragjt5x4fdmfduox7nuzn62i",
 };
 
 const V5: Fixture = Fixture {

@@ -6,7 +6,7 @@
 
 use crate::format::block::cid::Cid;
 use crate::format::block::DigestMap;
-use crate::format::car::{Entry, FileName};
+use crate::format::car::{FileName, Page};
 use crate::model::clock::Event;
 use crate::model::tree::Node;
 use std::hash::Hash;
@@ -26,7 +26,7 @@ pub enum Cached {
     Node(Arc<Node>),
     Event(Arc<Event>),
     Bytes(Arc<Vec<u8>>),
-    Page(Arc<Vec<Entry>>),
+    Page(Arc<Page>),
 }
 
 impl Cached {
@@ -40,7 +40,7 @@ impl Cached {
                     + e.parents.len() * 36
             }
             Cached::Bytes(b) => 64 + b.capacity(),
-            Cached::Page(p) => 64 + p.len() * 48,
+            Cached::Page(p) => 64 + p.byte_len(),
         }
     }
 }

@@ -100,13 +100,13 @@ impl<'a> View<'a> {
     /// `cid`'s entry in file `f`'s index, if it has one.
     fn probe(&self, f: &FileRef, cid: &Cid) -> Result<Option<car::Entry>> {
         let idx = self.db.index(f)?;
-        Ok(if idx.pages.is_empty() {
-            idx.find(cid)
-        } else if let Some(p) = idx.page_for(cid) {
-            let page = self.page(&f.name, &idx, p)?;
-            page.binary_search_by(|e| e.cid.cmp(cid))
-                .ok()
-                .map(|i| page[i])
+        if let Some(e) = idx.find(cid) {
+            return Ok(Some(e));
+        }
+        Ok(if let Some(p) = idx.page_for(cid) {
+            self.page(&f.name, &idx, p)?
+                .find(cid, idx.segs.len())
+                .map_err(|e| Error::format(format!("file {}", f.name), e))?
         } else {
             None
         })
@@ -117,7 +117,7 @@ impl<'a> View<'a> {
         name: &FileName,
         idx: &car::Index,
         p: usize,
-    ) -> Result<Arc<Vec<car::Entry>>> {
+    ) -> Result<Arc<car::Page>> {
         let key = CacheKey::Page(*name, p as u32);
         if let Some(Cached::Page(v)) = self.db.store.cache.get(&key) {
             return Ok(v);
@@ -131,7 +131,7 @@ impl<'a> View<'a> {
                 .read_at(name, pr.off, pr.len as usize)
                 .map_err(|e| self.db.file_err(name, e))?;
             Ok(Arc::new(
-                idx.open_page(&self.db.key, p, &sealed)
+                idx.open_page_for_reads(&self.db.key, p, &sealed)
                     .map_err(|e| Error::format(format!("file {name}"), e))?,
             ))
         })?;
@@ -384,7 +384,11 @@ impl Db {
         let idx = self.index(f)?;
         let mut entries = idx.entries.clone();
         for p in 0..idx.pages.len() {
-            entries.extend(v.page(&f.name, &idx, p)?.iter().copied());
+            let page = v.page(&f.name, &idx, p)?;
+            entries.extend(
+                page.entries(idx.segs.len())
+                    .map_err(|e| Error::format(format!("file {}", f.name), e))?,
+            );
         }
         entries.sort_by_key(|e| (e.seg, e.off));
         Ok(entries)

@@ -907,8 +907,11 @@ fn write_tail_at(
 ) -> std::io::Result<(Index, u32)> {
     let at = |out: &Vec<u8>| base + out.len() as u64;
     let mut pages = Vec::new();
-    if entries.len() > PAGE_ENTRIES {
-        for (i, chunk) in entries.chunks(PAGE_ENTRIES).enumerate() {
+    // Paged: the document versions go into pages, the tree nodes and events stay in the index
+    // itself (a node lookup then reads no page; they are a few percent of a file's blocks).
+    let (listed, paged) = split_entries(entries);
+    if !paged.is_empty() {
+        for (i, chunk) in paged.chunks(PAGE_ENTRIES).enumerate() {
             let start = at(out);
             let aad = page_aad(i as u32);
             key.seal_into(PAGE_UNIT, i as u32, &aad, &fixed_entries(chunk), out)?;
@@ -929,11 +932,7 @@ fn write_tail_at(
         e.str("at");
         e.u64(meta.time);
         e.str("bk");
-        if pages.is_empty() {
-            e.bytes(&fixed_entries(entries));
-        } else {
-            e.bytes(&[]);
-        }
+        e.bytes(&fixed_entries(&listed));
         e.str("lv");
         e.u64(meta.level as u64);
         e.str("pg");
@@ -1207,6 +1206,17 @@ fn kind_of(x: &Entry) -> u8 {
     }
 }
 
+/// The entries an index lists itself and those it puts in pages (both sorted as `entries`
+/// is): all listed while the document versions fit in one page; else the tree nodes and
+/// events listed, the document versions paged.
+fn split_entries(entries: &[Entry]) -> (Vec<Entry>, Vec<Entry>) {
+    let values = entries.iter().filter(|e| !e.event && !e.node).count();
+    if values <= PAGE_ENTRIES {
+        return (entries.to_vec(), Vec::new());
+    }
+    entries.iter().partition(|e| e.event || e.node)
+}
+
 /// Index entries as version-5 fixed-width records, back to back.
 fn fixed_entries(entries: &[Entry]) -> Vec<u8> {
     let mut b = Vec::with_capacity(entries.len() * ENTRY_LEN);
@@ -1283,6 +1293,58 @@ fn decode_entries(d: &mut Decoder<'_>, segs: usize) -> Result<Vec<Entry>, Format
     Ok(v)
 }
 
+/// An index page opened for lookups (see [`Index::open_page_for_reads`]).
+#[derive(Debug)]
+pub enum Page {
+    /// Version 5: fixed-width entries, searched where they are.
+    Fixed(Vec<u8>),
+    /// Versions 1–4: decoded.
+    Decoded(Vec<Entry>),
+}
+
+impl Page {
+    /// `cid`'s entry, checked (its segment must be one of the file's `segs`).
+    pub fn find(&self, cid: &Cid, segs: usize) -> Result<Option<Entry>, FormatError> {
+        match self {
+            Page::Decoded(v) => Ok(v.binary_search_by(|e| e.cid.cmp(cid)).ok().map(|i| v[i])),
+            Page::Fixed(b) => {
+                let n = b.len() / ENTRY_LEN;
+                let want = cid.as_bytes();
+                let (mut lo, mut hi) = (0, n);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    let r = &b[mid * ENTRY_LEN..][..CID_LEN];
+                    match r.cmp(want) {
+                        std::cmp::Ordering::Less => lo = mid + 1,
+                        std::cmp::Ordering::Greater => hi = mid,
+                        std::cmp::Ordering::Equal => {
+                            let e = decode_fixed_entries(&b[mid * ENTRY_LEN..][..ENTRY_LEN], segs)?;
+                            return Ok(e.first().copied());
+                        }
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every entry, checked (sorted, each naming one of `segs` segments).
+    pub fn entries(&self, segs: usize) -> Result<Vec<Entry>, FormatError> {
+        match self {
+            Page::Decoded(v) => Ok(v.clone()),
+            Page::Fixed(b) => decode_fixed_entries(b, segs),
+        }
+    }
+
+    /// Bytes held.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Page::Fixed(b) => b.capacity(),
+            Page::Decoded(v) => v.len() * std::mem::size_of::<Entry>(),
+        }
+    }
+}
+
 /// A page of a large file's index.
 #[derive(Clone, Debug)]
 pub struct PageRef {
@@ -1301,9 +1363,10 @@ pub struct Index {
     pub version: u32,
     pub meta: Meta,
     pub segs: Vec<(u64, u32)>,
-    /// All entries, sorted by CID (small files).
+    /// Entries listed in the index itself, sorted by CID: every block of a file without pages;
+    /// of a paged file, its tree nodes and events (version 5) or none (before).
     pub entries: Vec<Entry>,
-    /// Page references, sorted by first CID (large files; then `entries` is empty).
+    /// Page references, sorted by first CID (files with more than a page of document versions).
     pub pages: Vec<PageRef>,
     /// The structural filter of the file's tree nodes and events, from its writer (an index
     /// read back from a file has none: the head record keeps it).
@@ -1496,19 +1559,21 @@ impl Index {
         })
     }
 
-    /// Finds a block in an unpaged index.
-    /// The index as a reader gets it: with `entries` (all of the file's, sorted) unless paged.
+    /// The index as a reader gets it: with `entries` (all of the file's, sorted) unless paged,
+    /// then with the tree nodes and events only.
     fn with_entries(self, entries: Vec<Entry>) -> Index {
         Index {
             entries: if self.pages.is_empty() {
                 entries
             } else {
-                Vec::new()
+                entries.into_iter().filter(|e| e.event || e.node).collect()
             },
             ..self
         }
     }
 
+    /// Finds a block among the entries the index lists itself (all of an unpaged file's; a
+    /// paged version-5 file's tree nodes and events).
     pub fn find(&self, cid: &Cid) -> Option<Entry> {
         self.entries
             .binary_search_by(|e| e.cid.cmp(cid))
@@ -1537,34 +1602,47 @@ impl Index {
 
     /// Decrypts page `n` (`key`: the lineage's).
     pub fn open_page(&self, key: &Key, n: usize, sealed: &[u8]) -> Result<Vec<Entry>, FormatError> {
+        self.open_page_for_reads(key, n, sealed)?
+            .entries(self.segs.len())
+    }
+
+    /// Decrypts page `n` for lookups: a version-5 page stays as its fixed-width records,
+    /// searched in place (its count and first CID checked against its reference here, each
+    /// entry found checked as it is read); an older page is decoded whole.
+    pub fn open_page_for_reads(
+        &self,
+        key: &Key,
+        n: usize,
+        sealed: &[u8],
+    ) -> Result<Page, FormatError> {
         let plain = self
             .opener(key)
             .open(&page_aad(n as u32), sealed)
             .map_err(|SealError| FormatError::Seal("index page"))?;
-        let v = if self.version >= FIXED_ENTRIES {
-            decode_fixed_entries(&plain, self.segs.len())?
-        } else {
-            let mut d = Decoder::new(&plain);
-            let v = decode_entries(&mut d, self.segs.len())?;
-            d.finish()?;
-            v
-        };
-        if v.len() != self.pages[n].count as usize
-            || v.first().map(|e| e.cid) != Some(self.pages[n].first)
-        {
+        let pr = &self.pages[n];
+        if self.version >= FIXED_ENTRIES {
+            if plain.len() != pr.count as usize * ENTRY_LEN
+                || plain.get(..CID_LEN) != Some(pr.first.as_bytes())
+            {
+                return Err(FormatError::Record(
+                    "index page does not match its reference",
+                ));
+            }
+            return Ok(Page::Fixed(plain));
+        }
+        let mut d = Decoder::new(&plain);
+        let v = decode_entries(&mut d, self.segs.len())?;
+        d.finish()?;
+        if v.len() != pr.count as usize || v.first().map(|e| e.cid) != Some(pr.first) {
             return Err(FormatError::Record(
                 "index page does not match its reference",
             ));
         }
-        Ok(v)
+        Ok(Page::Decoded(v))
     }
 
     pub fn block_count(&self) -> usize {
-        if self.pages.is_empty() {
-            self.entries.len()
-        } else {
-            self.pages.iter().map(|p| p.count as usize).sum()
-        }
+        self.entries.len() + self.pages.iter().map(|p| p.count as usize).sum::<usize>()
     }
 }
 
@@ -1733,6 +1811,8 @@ pub fn verify_parts(
     for (i, p) in index.pages.iter().enumerate() {
         entries.extend(index.open_page(key, i, &read(p.off, p.len as usize)?)?);
     }
+    // (Version 5 lists a paged file's nodes and events apart from its pages.)
+    entries.sort_by_key(|e| e.cid);
     // (`entries` is sorted by CID once the check below passes; until then a kind may be wrong,
     // and the caller drops what it saw.)
     let structural = |c: &Cid| {
@@ -2040,20 +2120,16 @@ mod tests {
 
             let (idx, got) = verify_file(&key, &name, &bytes).unwrap();
             assert_eq!((got.len(), idx.block_count()), (n, n));
-            let entries: Vec<Entry> = if idx.pages.is_empty() {
-                idx.entries.clone()
-            } else {
-                (0..idx.pages.len())
-                    .flat_map(|p| {
-                        let pr = &idx.pages[p];
-                        idx.open_page(&key, p, &bytes[pr.off as usize..][..pr.len as usize])
-                            .unwrap()
-                    })
-                    .collect()
-            };
-            if idx.pages.is_empty() {
-                assert_eq!(entries, f.index.entries);
-            }
+            // Paged: the index lists the events itself, the pages hold the rest.
+            let mut entries: Vec<Entry> = idx.entries.clone();
+            entries.extend((0..idx.pages.len()).flat_map(|p| {
+                let pr = &idx.pages[p];
+                idx.open_page(&key, p, &bytes[pr.off as usize..][..pr.len as usize])
+                    .unwrap()
+            }));
+            entries.sort_by_key(|e| e.cid);
+            assert_eq!(idx.entries, f.index.entries);
+            assert!(idx.pages.is_empty() || idx.entries.iter().all(|e| e.event || e.node));
             for (i, (c, d)) in blocks.iter().enumerate() {
                 let e = entries[entries.binary_search_by(|e| e.cid.cmp(c)).unwrap()];
                 assert_eq!(e.event, i >= n - n / 10, "block {i}'s kind");
@@ -2259,7 +2335,15 @@ mod tests {
                             &bytes[pr.off as usize..(pr.off + pr.len as u64) as usize],
                         )
                         .unwrap();
-                    page[page.binary_search_by(|e| e.cid.cmp(c)).unwrap()]
+                    let e = page[page.binary_search_by(|e| e.cid.cmp(c)).unwrap()];
+                    // Searched in place, as reads do: the same entry; a CID not there is not.
+                    let raw = &bytes[pr.off as usize..(pr.off + pr.len as u64) as usize];
+                    let found = idx.open_page_for_reads(&key, p, raw).unwrap();
+                    assert!(matches!(found, Page::Fixed(_)));
+                    assert_eq!(found.find(c, idx.segs.len()).unwrap(), Some(e));
+                    let absent = Cid::of_cbor(b"not in this file");
+                    assert_eq!(found.find(&absent, idx.segs.len()).unwrap(), None);
+                    e
                 };
                 let (o, l) = idx.segs[e.seg as usize];
                 let seg = idx
