@@ -90,6 +90,8 @@ pub struct Log {
     pub version: u32,
     /// End of the last valid record.
     pub end: u64,
+    /// End of the snapshot record (where the deltas start).
+    pub snapshot_end: u64,
     /// The file's length (more than `end` after a torn append).
     pub len: u64,
     /// Deltas after the snapshot.
@@ -118,17 +120,21 @@ impl Log {
         Log {
             version,
             end: sealed.len() as u64,
+            snapshot_end: sealed.len() as u64,
             len: sealed.len() as u64,
             salt: salt_of(sealed, version),
             ..Log::default()
         }
     }
 
-    /// True when the next head can go in as a delta appended to this file.
+    /// True when the next head can go in as a delta appended to this file: fewer than
+    /// [`MAX_DELTAS`] deltas and [`MAX_LOG_BYTES`] of them after the snapshot (the snapshot's
+    /// own size, which grows with the files' filters, does not count: a snapshot larger than
+    /// that made every commit write a new one).
     pub fn appendable(&self) -> bool {
         self.version == VERSION
             && self.deltas < MAX_DELTAS
-            && self.end.saturating_sub(self.file_bytes) < MAX_LOG_BYTES
+            && self.end.saturating_sub(self.snapshot_end + self.file_bytes) < MAX_LOG_BYTES
     }
 
     /// True when the next delta can go in with a file record of `len` bytes of file.
@@ -482,6 +488,7 @@ impl Head {
         // End of the last snapshot or delta: a file record counts once its delta follows.
         let mut end = pos;
         let mut head: Option<Head> = None;
+        let mut snapshot_end = pos;
         let mut deltas = 0u32;
         let (mut file_bytes, mut files) = (0u64, Vec::new());
         let mut pending: Option<(FileName, u64)> = None;
@@ -521,7 +528,10 @@ impl Head {
                 pending = Some((FileName(n), (next - pos) as u64));
             } else {
                 match head.as_mut() {
-                    None => head = Some(Head::decode_body(&body, version)?),
+                    None => {
+                        head = Some(Head::decode_body(&body, version)?);
+                        snapshot_end = next;
+                    }
                     Some(h) => {
                         h.apply_delta(&body, version)?;
                         deltas += 1;
@@ -547,6 +557,7 @@ impl Head {
         let log = Log {
             version,
             end: end as u64,
+            snapshot_end: snapshot_end as u64,
             len: b.len() as u64,
             deltas,
             file_bytes,
@@ -1080,6 +1091,29 @@ mod tests {
             heads.push(h.clone());
         }
         (file, heads, offs)
+    }
+
+    /// Bug (issue 14): the log budget counted the snapshot, so once a head's filters made its
+    /// snapshot larger than 64 KiB (a 100,000-document database after some updates), every
+    /// commit rewrote the whole snapshot instead of appending ~250 bytes.
+    #[test]
+    fn a_large_snapshot_still_takes_deltas() {
+        let (k, l) = (Key::generate().unwrap(), [9u8; 16]);
+        let many: Vec<Cid> = (0..40_000u32).map(|i| Cid::of_cbor(&i.to_le_bytes())).collect();
+        let mut big = sample();
+        big.files_mut()[0].filter = Filter::structural(many.iter());
+        let sealed = big.seal(&l, &k).unwrap();
+        assert!(sealed.len() as u64 > MAX_LOG_BYTES);
+        for log in [Log::fresh(&sealed), Head::open_log(&sealed, &k).unwrap().1] {
+            assert!(log.appendable());
+            let mut next = big.clone();
+            next.seq += 1;
+            let d = next.seal_delta(&big, &log, &l, &k).unwrap().unwrap();
+            assert!(d.len() < 1024);
+            let mut f = sealed.clone();
+            f.extend_from_slice(&d);
+            assert_eq!(Head::open(&f, &k).unwrap(), next);
+        }
     }
 
     #[test]
