@@ -26,7 +26,10 @@ fn main() -> kiln::Result<()> {
             true
         })?;
         let s = t.elapsed().as_secs_f64();
-        println!("scanned {seen} documents in {s:.2} s: {:.0}/s", seen as f64 / s);
+        println!(
+            "scanned {seen} documents in {s:.2} s: {:.0}/s",
+            seen as f64 / s
+        );
         return Ok(());
     }
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;

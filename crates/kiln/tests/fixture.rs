@@ -7,8 +7,8 @@
 //! durable diffs in file records; `tests/fixtures/v5`: the same with diff files and head
 //! records version 4, each file and each head log sealed under a key of its own;
 //! `tests/fixtures/v6`: today's formats, the same with diff files version 5 (fixed-width index
-//! entries; a database "paged" whose diff file has a paged index) and head records version 5
-//! (structural filters in the file references); all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
+//! entries, a structural filter in each index; a database "paged" whose diff file has a paged
+//! index) and head records version 4; all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
 //! them, or that changes the CIDs kiln computes for the same content, fails here: formats are
 //! contracts.
 
@@ -69,11 +69,11 @@ const V4: Fixture = Fixture {
 const V6: Fixture = Fixture {
     dir: "v6",
     events: [
-        "bafyreifozepmajubp6yueroxcc2olu5k5xxe3gd3rsgi2bq2kv2jpcy6mq",
-        "bafyreihimeo7zv4fwl73m3kxlgrsj5ob7xtccwj5in3e7gigii5i4rpzea",
-        "bafyreiaqpsxysvokbaff3cbwl2xsvpy3yu2cqhguyfxcafkmeqlm6f3pzu",
+        "bafyreihv2fery6f3kev5ochpg74mlejrmqztcwhwcmygit7zy7uusqfv2e",
+        "bafyreihkz6tohc2hxjcb3koah7s7wozsgo2r2ukrxia3mdn5d6mw5odufe",
+        "bafyreig74xac43hlsgeggxdbjwu73bdo64h7mfiy7gczrbq7sxvw2x3a24",
     ],
-    cut_at: "bafyreicvkuj4h5v7ikpdmhbjszuc5optigragjt5x4fdmfduox7nuzn62i",
+    cut_at: "bafyreiceiuygybeefvdm3tt3ynz6gnld7vrkkwnx7bh6ihwygxubyboeq4",
 };
 
 const V5: Fixture = Fixture {
@@ -192,12 +192,12 @@ fn v5_fixture_files_and_logs_have_keys_of_their_own() {
     files_and_logs_have_keys_of_their_own(&V5, 4, 4);
 }
 
-/// The same of the v6 fixture (today's formats: both version 5).
+/// The same of the v6 fixture (today's formats: head records version 4, diff files 5).
 #[test]
 fn v6_fixture_files_and_logs_have_keys_of_their_own() {
-    assert_eq!(kiln::internals::head::VERSION, 5);
+    assert_eq!(kiln::internals::head::VERSION, 4);
     assert_eq!(kiln::internals::car::VERSION, 5);
-    files_and_logs_have_keys_of_their_own(&V6, 5, 5);
+    files_and_logs_have_keys_of_their_own(&V6, 4, 5);
 }
 
 fn files_and_logs_have_keys_of_their_own(f: &Fixture, head_version: u32, file_version: u32) {
@@ -250,7 +250,7 @@ fn v5_head_records_carry_their_small_diffs() {
     head_records_carry_their_small_diffs(&V5);
 }
 
-/// The same of the v6 fixture (head records version 5).
+/// The same of the v6 fixture (today's formats).
 #[test]
 fn v6_head_records_carry_their_small_diffs() {
     head_records_carry_their_small_diffs(&V6);
@@ -357,29 +357,28 @@ fn v1_database_takes_a_commit() {
     assert!(r.ok(), "{:?}", r.problems);
 }
 
-/// A head log of an earlier version (the v4 fixture's version 3, the v5 fixture's version 4)
-/// is not appended to: the next commit replaces it with a snapshot of today's version (a log
-/// with a key of its own); everything reads and verifies throughout.
+/// A head log of an earlier version (the v4 fixture's version 3) is not appended to: the next
+/// commit replaces it with a snapshot of today's version (a log with a key of its own);
+/// everything reads and verifies throughout.
 #[test]
 fn an_older_head_log_is_replaced_at_its_next_commit() {
-    for (f, old) in [(&V4, 3u32), (&V5, 4)] {
-        let (d, store) = open(f);
-        let hp = d.path().join("dbs/fixture/HEAD");
-        let before = std::fs::read(&hp).unwrap();
-        assert_eq!(before[8..12], old.to_le_bytes());
-        let db = store.open_db("fixture").unwrap();
-        db.put(&json!({"_id": "new", "n": 1})).unwrap();
-        let after = std::fs::read(&hp).unwrap();
-        assert_eq!(after[8..12], kiln::internals::head::VERSION.to_le_bytes());
-        let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
-        assert_eq!(db.get("new").unwrap().unwrap()["n"], 1);
-        db.put(&json!({"_id": "newer"})).unwrap();
-        db.compact_full().unwrap();
-        let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
-        assert_eq!(db.info().unwrap().docs, 27);
-        let r = db.verify().unwrap();
-        assert!(r.ok(), "{:?}", r.problems);
-    }
+    let (f, old) = (&V4, 3u32);
+    let (d, store) = open(f);
+    let hp = d.path().join("dbs/fixture/HEAD");
+    let before = std::fs::read(&hp).unwrap();
+    assert_eq!(before[8..12], old.to_le_bytes());
+    let db = store.open_db("fixture").unwrap();
+    db.put(&json!({"_id": "new", "n": 1})).unwrap();
+    let after = std::fs::read(&hp).unwrap();
+    assert_eq!(after[8..12], kiln::internals::head::VERSION.to_le_bytes());
+    let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
+    assert_eq!(db.get("new").unwrap().unwrap()["n"], 1);
+    db.put(&json!({"_id": "newer"})).unwrap();
+    db.compact_full().unwrap();
+    let db = Store::open(d.path()).unwrap().open_db("fixture").unwrap();
+    assert_eq!(db.info().unwrap().docs, 27);
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
 }
 
 fn reads_and_verifies(f: &Fixture) {

@@ -144,9 +144,19 @@ impl Db {
     }
 
     /// Keeps the index of a file this handle just wrote (no need to read it back) and returns
-    /// the file's filter (its writer made it), for the head record.
-    pub(super) fn register_index(&self, name: FileName, mut index: car::Index) -> Filter {
-        let filter = std::mem::take(&mut index.filter);
+    /// the file's filter for the head record: a small file's 64-bit filter of every block (a
+    /// lookup skips it without reading its index); a larger file's structural filter is in its
+    /// index.
+    pub(super) fn register_index(&self, name: FileName, index: car::Index) -> Filter {
+        let filter = match index.entries.len() {
+            n @ 1..=24 if index.pages.is_empty() && n == index.block_count() => Filter::Small(
+                index
+                    .entries
+                    .iter()
+                    .fold(0, |b, e| b | crate::format::filter::small_bits(&e.cid)),
+            ),
+            _ => Filter::None,
+        };
         let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());
         if m.len() > 4096 {
             m.clear();

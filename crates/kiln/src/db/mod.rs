@@ -98,7 +98,7 @@ struct Db {
     /// Serializes this handle's writers; holds the head-record files kept open between commits.
     writer: Mutex<Writer>,
     poisoned: Mutex<Option<String>>,
-    indexes: RwLock<HashMap<FileName, Arc<car::Index>>>,
+    indexes: RwLock<DigestMap<FileName, Arc<car::Index>>>,
     /// Tree nodes of the current state not yet in any file (see [`Head::base`]): written by
     /// this handle's commits or rebuilt from the level-0 events; the level-0 compaction writes
     /// them out. Dropping them is always safe (they are rebuilt on demand).
@@ -176,7 +176,7 @@ impl Database {
                 last: None,
             }),
             poisoned: Mutex::new(None),
-            indexes: RwLock::new(HashMap::new()),
+            indexes: RwLock::new(DigestMap::default()),
             pending: RwLock::new(DigestMap::default()),
             settings: RwLock::new(None),
             compacting: AtomicBool::new(false),

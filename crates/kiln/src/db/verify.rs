@@ -193,11 +193,11 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
         let mut seen_here = 0;
         let mut bad_here: Vec<(Cid, &'static str)> = Vec::new();
         let mut purged_here = 0;
-        let mut unfiltered = 0;
+        let mut structural_here: Vec<Cid> = Vec::new();
         let checked = car::verify_parts(key, size, &mut read, &mut |c, b, kept| {
             seen_here += 1;
-            if kept && !f.filter.may_hold(&c) {
-                unfiltered += 1;
+            if kept {
+                structural_here.push(c);
             }
             if head.purged.binary_search(&c).is_ok() {
                 purged_here += 1;
@@ -226,13 +226,16 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
                         ),
                     );
                 }
+                let unfiltered = structural_here
+                    .iter()
+                    .filter(|c| !f.filter.may_hold(c) || !idx.filter.may_hold(c))
+                    .count();
                 if unfiltered > 0 {
                     r.bad(
                         &loc,
                         format!(
-                            "the head record's filter for it misses {unfiltered} of its tree \
-                             node(s) and event(s) (reads still find them, after probing every \
-                             other file)"
+                            "its filter misses {unfiltered} of its tree node(s) and event(s) \
+                             (reads still find them, after probing every other file)"
                         ),
                     );
                 }

@@ -923,10 +923,16 @@ fn write_tail_at(
             ));
         }
     }
+    let structural: Vec<&Cid> = entries
+        .iter()
+        .filter(|e| e.event || e.node)
+        .map(|e| &e.cid)
+        .collect();
+    let filter = Filter::structural(structural.into_iter());
     let index_at = at(out);
     out.extend_from_slice(&key.salt);
     seal_encoded(key, INDEX_UNIT, 0, INDEX_AAD, out, |e| {
-        e.map(8);
+        e.map(9);
         e.str("v");
         e.u64(VERSION as u64);
         e.str("at");
@@ -954,6 +960,11 @@ fn write_tail_at(
         for r in &meta.roots {
             e.link(r);
         }
+        e.str("sf");
+        match &filter {
+            Filter::Structural(b) => e.bytes(b),
+            _ => e.bytes(&[]),
+        }
         e.str("sg");
         e.array(seg_at.len());
         for (off, len) in &seg_at {
@@ -966,17 +977,12 @@ fn write_tail_at(
     out.extend_from_slice(&index_at.to_le_bytes());
     out.extend_from_slice(&index_len.to_le_bytes());
     out.extend_from_slice(END_SALTED);
-    let structural: Vec<&Cid> = entries
-        .iter()
-        .filter(|e| e.event || e.node)
-        .map(|e| &e.cid)
-        .collect();
     let index = Index {
         key: Some(key.key.clone()),
         version: VERSION,
         meta,
         segs: seg_at,
-        filter: Filter::structural(structural.into_iter()),
+        filter,
         entries: Vec::new(),
         pages: pages
             .into_iter()
@@ -1193,6 +1199,8 @@ impl Finished {
 
 /// The first version whose index entries are fixed-width records (see [`ENTRY_LEN`]).
 const FIXED_ENTRIES: u32 = 5;
+/// The first version whose index holds a structural filter ("sf", see [`Filter`]).
+const FILTERED: u32 = 5;
 /// Bytes of an index entry from version 5 on: CID[36] ‖ seg u32 ‖ off u32 ‖ len u32 ‖ kind u8.
 pub const ENTRY_LEN: usize = CID_LEN + 13;
 
@@ -1368,8 +1376,8 @@ pub struct Index {
     pub entries: Vec<Entry>,
     /// Page references, sorted by first CID (files with more than a page of document versions).
     pub pages: Vec<PageRef>,
-    /// The structural filter of the file's tree nodes and events, from its writer (an index
-    /// read back from a file has none: the head record keeps it).
+    /// The structural filter of the file's tree nodes and events (version 5 on; before,
+    /// [`Filter::None`]: probe).
     pub filter: Filter,
 }
 
@@ -1457,9 +1465,7 @@ impl Index {
             .open(INDEX_AAD, sealed)
             .map_err(|SealError| FormatError::Seal("index"))?;
         let mut d = Decoder::new(&plain);
-        if d.map()? != 8 {
-            return Err(FormatError::Record("index: expected 8 fields"));
-        }
+        let fields = d.map()?;
         d.key("v")?;
         let v = d.u64()?;
         if !known_version(v) {
@@ -1467,6 +1473,9 @@ impl Index {
         }
         if salted != (v >= 4) {
             return Err(FormatError::Framing("trailer and index versions differ"));
+        }
+        if fields != if v >= FILTERED as u64 { 9 } else { 8 } {
+            return Err(FormatError::Record("index: wrong number of fields"));
         }
         d.key("at")?;
         let time = d.u64()?;
@@ -1523,6 +1532,16 @@ impl Index {
         for _ in 0..nroots {
             roots.push(d.link()?);
         }
+        let filter = if v >= FILTERED as u64 {
+            d.key("sf")?;
+            let b = d.bytes()?;
+            if !Filter::check_bytes(b) {
+                return Err(FormatError::Record("index: structural filter length"));
+            }
+            Filter::Structural(b.into())
+        } else {
+            Filter::None
+        };
         d.key("sg")?;
         let ns = d.array()?;
         let mut segs = Vec::with_capacity(ns);
@@ -1555,7 +1574,7 @@ impl Index {
             segs,
             entries,
             pages,
-            filter: Filter::None,
+            filter,
         })
     }
 
