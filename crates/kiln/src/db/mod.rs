@@ -99,6 +99,8 @@ struct Db {
     writer: Mutex<Writer>,
     poisoned: Mutex<Option<String>>,
     indexes: RwLock<DigestMap<FileName, Arc<car::Index>>>,
+    /// The structural filters of the live files of the head last read through, by position.
+    filters: Mutex<Arc<FileFilters>>,
     /// Tree nodes of the current state not yet in any file (see [`Head::base`]): written by
     /// this handle's commits or rebuilt from the level-0 events; the level-0 compaction writes
     /// them out. Dropping them is always safe (they are rebuilt on demand).
@@ -120,6 +122,32 @@ struct Db {
 
 /// A head record as read, with the commit counter it was read under (`None`: do not trust it
 /// for freshness checks).
+/// The structural filters of one list of live files (a head's `files`), by position, each
+/// filled in when that file's index is first loaded: a lookup asks them without a map lookup
+/// per file.
+#[derive(Default)]
+pub(super) struct FileFilters {
+    /// The list these are for (held weakly: its address cannot be reused while this lives).
+    files: std::sync::Weak<Vec<FileRef>>,
+    pub(super) filters: Vec<std::sync::OnceLock<Filter>>,
+}
+
+impl Db {
+    /// The filters of `head`'s files (kept for the head last asked about).
+    pub(super) fn filters_of(&self, head: &Head) -> Arc<FileFilters> {
+        let mut g = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+        if !std::ptr::eq(g.files.as_ptr(), Arc::as_ptr(&head.files)) {
+            *g = Arc::new(FileFilters {
+                files: Arc::downgrade(&head.files),
+                filters: (0..head.files.len())
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect(),
+            });
+        }
+        g.clone()
+    }
+}
+
 struct State {
     head: Head,
     stamp: Option<u64>,
@@ -177,6 +205,7 @@ impl Database {
             }),
             poisoned: Mutex::new(None),
             indexes: RwLock::new(DigestMap::default()),
+            filters: Mutex::new(Arc::new(FileFilters::default())),
             pending: RwLock::new(DigestMap::default()),
             settings: RwLock::new(None),
             compacting: AtomicBool::new(false),

@@ -71,43 +71,36 @@ impl<'a> View<'a> {
                 return Ok((f, e));
             }
         }
-        let mut compacted: Vec<&FileRef> = files
-            .iter()
-            .skip(1)
-            .filter(|f| f.level > 0 && !covers(f))
+        // Then, by position in `files`: the newest file, compacted files largest first, the
+        // other diffs.
+        let mut compacted: Vec<usize> = (1..files.len())
+            .filter(|&i| files[i].level > 0 && !covers(&files[i]))
             .collect();
-        compacted.sort_by_key(|f| std::cmp::Reverse(f.size));
+        compacted.sort_by_key(|&i| std::cmp::Reverse(files[i].size));
         let order = || {
-            files
-                .first()
-                .filter(|f| !covers(f))
-                .into_iter()
+            (0..files.len().min(1))
+                .filter(|&i| !covers(&files[i]))
                 .chain(compacted.iter().copied())
-                .chain(files.iter().skip(1).filter(|f| f.level == 0 && !covers(f)))
+                .chain((1..files.len()).filter(|&i| files[i].level == 0 && !covers(&files[i])))
         };
         // The files whose filters (the head record's 64-bit filter of a small file, the index's
-        // structural filter) admit `cid`, then the others.
-        // (The loaded indexes' filters are asked under one lock: a node lookup asks every
-        // live file's, ~165 after a million-document load.)
-        let mut candidates: Vec<&FileRef> = Vec::with_capacity(4);
-        {
-            let loaded = self.db.indexes.read().unwrap_or_else(|p| p.into_inner());
-            for f in order().filter(|f| f.filter.may_hold(cid)) {
-                match loaded.get(&f.name) {
-                    Some(idx) if !idx.filter.may_hold(cid) => {}
-                    _ => candidates.push(f),
-                }
+        // structural filter, kept per head: a node lookup asks every live file's, ~165 after a
+        // million-document load) admit `cid`, then the others.
+        let known = self.db.filters_of(head);
+        for i in order().filter(|&i| files[i].filter.may_hold(cid)) {
+            if known.filters[i].get().is_some_and(|f| !f.may_hold(cid)) {
+                continue;
             }
-        }
-        for f in candidates {
+            let f = &files[i];
             let idx = self.db.index(f)?;
+            let _ = known.filters[i].set(idx.filter.clone());
             if idx.filter.may_hold(cid) {
                 if let Some(e) = self.probe_in(f, &idx, cid)? {
                     return Ok((f, e));
                 }
             }
         }
-        for f in order() {
+        for f in order().map(|i| &files[i]) {
             let idx = self.db.index(f)?;
             if f.filter.may_hold(cid) && idx.filter.may_hold(cid) {
                 continue; // probed above
