@@ -149,7 +149,7 @@ impl Db {
     /// index.
     pub(super) fn register_index(&self, name: FileName, index: car::Index) -> Filter {
         let filter = match index.entries.len() {
-            n @ 1..=24 if index.pages.is_empty() && n == index.block_count() => Filter::Small(
+            1..=24 if index.pages.is_empty() => Filter::Small(
                 index
                     .entries
                     .iter()

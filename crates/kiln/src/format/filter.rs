@@ -123,12 +123,6 @@ impl Filter {
         }
     }
 
-    /// True when the filter rules out only structural blocks: a lookup of a document version
-    /// (or of a block of unknown kind) must still probe the file when its filter says no.
-    pub fn structural_only(&self) -> bool {
-        matches!(self, Filter::Structural(_))
-    }
-
     /// Bytes the filter takes in a head record.
     pub fn byte_len(&self) -> usize {
         match self {

@@ -308,7 +308,7 @@ impl Head {
         let root = d.opt_link()?;
         let base = if version == 1 { root } else { base };
         d.key("files")?;
-        let files = decode_files(&mut d, version)?;
+        let files = decode_files(&mut d)?;
         d.key("heads")?;
         let n = d.array()?;
         let mut heads = Vec::with_capacity(n.min(1024));
@@ -504,9 +504,9 @@ impl Head {
                         RecordError::Seal { end } => b[end - 16..end].iter().all(|&x| x == 0),
                     } || zero_sector_from(b, pos);
                     let unfinished = torn
-                        && head.as_ref().is_some_and(|h| {
-                            only_the_rest_of_one_append(b, pos, &l, key, h, version)
-                        });
+                        && head
+                            .as_ref()
+                            .is_some_and(|h| only_the_rest_of_one_append(b, pos, &l, key, h));
                     if head.is_some() && unfinished {
                         break; // an append that never finished, so was never acknowledged
                     }
@@ -531,7 +531,7 @@ impl Head {
                         snapshot_end = next;
                     }
                     Some(h) => {
-                        h.apply_delta(&body, version)?;
+                        h.apply_delta(&body)?;
                         deltas += 1;
                     }
                 }
@@ -565,13 +565,13 @@ impl Head {
         Ok((head, log))
     }
 
-    fn apply_delta(&mut self, b: &[u8], version: u32) -> Result<(), CborError> {
+    fn apply_delta(&mut self, b: &[u8]) -> Result<(), CborError> {
         let mut d = Decoder::new(b);
         if d.map()? != 8 {
             return Err(CborError("head delta: expected 8 fields"));
         }
         d.key("add")?;
-        let mut files = decode_files(&mut d, version)?;
+        let mut files = decode_files(&mut d)?;
         d.key("seq")?;
         self.seq = d.u64()?;
         d.key("base")?;
@@ -727,7 +727,6 @@ fn only_the_rest_of_one_append(
     l: &Lineage,
     key: &RecordKey,
     head: &Head,
-    version: u32,
 ) -> bool {
     let mut found = None;
     for q in pos + 1..b.len().saturating_sub(8) {
@@ -752,7 +751,7 @@ fn only_the_rest_of_one_append(
         None => true,
         Some(body) => {
             let mut next = head.clone();
-            next.apply_delta(&body, version).is_ok() && next.seq == head.seq + 1
+            next.apply_delta(&body).is_ok() && next.seq == head.seq + 1
         }
     }
 }
@@ -852,8 +851,7 @@ fn encode_files(e: &mut Encoder, files: &[FileRef]) {
     }
 }
 
-/// File references (`version` is the record's; every version reads them alike).
-fn decode_files(d: &mut Decoder, _version: u32) -> Result<Vec<FileRef>, CborError> {
+fn decode_files(d: &mut Decoder) -> Result<Vec<FileRef>, CborError> {
     let n = d.array()?;
     let mut files = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {

@@ -304,10 +304,6 @@ impl<'a> Decoder<'a> {
     pub fn is_null(&self) -> R<bool> {
         Ok(self.peek()? == 0xf6)
     }
-    /// Whether the next item is a byte string (major type 2).
-    pub fn is_bytes(&self) -> R<bool> {
-        Ok(self.peek()? >> 5 == 2)
-    }
     pub fn bool(&mut self) -> R<bool> {
         match self.byte()? {
             0xf5 => Ok(true),
