@@ -8,7 +8,7 @@ use crate::format::block::cid::Cid;
 use crate::format::block::DigestMap;
 use crate::format::car::{FileName, Page};
 use crate::model::clock::Event;
-use crate::model::tree::Node;
+use crate::model::tree::{Leaf, Node};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,14 +16,25 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum CacheKey {
     Node(Cid),
+    Leaf(Cid),
     Event(Cid),
     Segment(FileName, u32),
     Page(FileName, u32),
 }
 
+/// Where a block was read from: a file's segment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Place {
+    pub file: FileName,
+    pub seg: u32,
+}
+
 #[derive(Clone)]
 pub enum Cached {
-    Node(Arc<Node>),
+    /// A decoded tree node, with where it was read (`None`: built in memory).
+    Node(Arc<Node>, Option<Place>),
+    /// A tree leaf decoded for point reads, with where it was read.
+    Leaf(Arc<Leaf>, Option<Place>),
     Event(Arc<Event>),
     Bytes(Arc<Vec<u8>>),
     Page(Arc<Page>),
@@ -34,7 +45,8 @@ impl Cached {
     /// tracked about twice the payload-only estimate).
     fn weight(&self) -> usize {
         160 + match self {
-            Cached::Node(n) => n.weight() * 3 / 2,
+            Cached::Node(n, _) => n.weight() * 3 / 2,
+            Cached::Leaf(l, _) => l.weight(),
             Cached::Event(e) => {
                 256 + 2 * e.ops.iter().map(|(id, _)| id.len() + 64).sum::<usize>()
                     + e.parents.len() * 36
@@ -51,9 +63,34 @@ pub struct Cache {
     inner: Mutex<Inner>,
 }
 
+/// What an entry is kept for. The upper levels of a tree and the clock's events are few and
+/// on every read's path; segments, index pages and leaves are many, and at a million
+/// documents most are read once. So that a stream of those cannot push out the former (at
+/// a million documents they did: a level-1 node, reached once per ~4,000 random gets, was
+/// gone by then), each class is evicted on its own once it holds more than its share.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Class {
+    Upper,
+    Bulk,
+}
+
+impl Cached {
+    fn class(&self) -> Class {
+        match self {
+            Cached::Node(n, _) if n.level > 0 => Class::Upper,
+            Cached::Event(_) => Class::Upper,
+            _ => Class::Bulk,
+        }
+    }
+}
+
+/// The share of the budget kept for [`Class::Upper`] entries when both classes compete.
+const UPPER_SHARE: usize = 3;
+
 struct Inner {
     map: DigestMap<CacheKey, (Cached, usize, u64)>,
     total: usize,
+    upper: usize,
 }
 
 impl Cache {
@@ -64,6 +101,7 @@ impl Cache {
             inner: Mutex::new(Inner {
                 map: DigestMap::default(),
                 total: 0,
+                upper: 0,
             }),
         }
     }
@@ -83,30 +121,61 @@ impl Cache {
         }
         let t = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if v.class() == Class::Upper {
+            g.upper += w;
+        }
         if let Some(old) = g.map.insert(k, (v, w, t)) {
             g.total -= old.1;
+            if old.0.class() == Class::Upper {
+                g.upper -= old.1;
+            }
         }
         g.total += w;
         if g.total > self.budget {
-            let mut stamps: Vec<u64> = g.map.values().map(|e| e.2).collect();
-            let cut_at = stamps.len() / 4;
-            let (_, cut, _) = stamps.select_nth_unstable(cut_at);
-            let cut = *cut;
-            let mut freed = 0;
-            g.map.retain(|_, e| {
-                let keep = e.2 > cut;
-                if !keep {
-                    freed += e.1;
-                }
-                keep
-            });
-            g.total -= freed;
+            // The class over its share gives way: its oldest quarter goes.
+            let class = if g.upper > self.budget / UPPER_SHARE {
+                Class::Upper
+            } else {
+                Class::Bulk
+            };
+            g.evict(class);
         }
     }
 
     /// Bytes currently held (approximate).
     pub fn weight(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+impl Inner {
+    /// Drops the oldest quarter (by last use) of `class`'s entries.
+    fn evict(&mut self, class: Class) {
+        let mut stamps: Vec<u64> = self
+            .map
+            .values()
+            .filter(|e| e.0.class() == class)
+            .map(|e| e.2)
+            .collect();
+        if stamps.is_empty() {
+            return;
+        }
+        let cut_at = stamps.len() / 4;
+        let (_, cut, _) = stamps.select_nth_unstable(cut_at);
+        let cut = *cut;
+        let (mut freed, mut freed_upper) = (0, 0);
+        self.map.retain(|_, e| {
+            let keep = e.0.class() != class || e.2 > cut;
+            if !keep {
+                freed += e.1;
+                if class == Class::Upper {
+                    freed_upper += e.1;
+                }
+            }
+            keep
+        });
+        self.total -= freed;
+        self.upper -= freed_upper;
     }
 }
 
@@ -126,6 +195,43 @@ mod tests {
             );
             assert!(c.get(&hot).is_some(), "hot entry evicted at {i}");
             assert!(c.weight() <= 100_000 + 2000);
+        }
+    }
+
+    /// Issue 14: a stream of segments read once (random gets at a million documents) does not
+    /// push out the upper tree nodes every read passes through, while they fit their share.
+    #[test]
+    fn upper_nodes_outlive_a_stream_of_segments() {
+        use crate::model::tree::{Items, Node};
+        let c = Cache::new(1_000_000);
+        let branch = |i: u32| {
+            Cached::Node(
+                Arc::new(Node {
+                    level: 1,
+                    keys: vec![Arc::from(&i.to_be_bytes()[..])],
+                    items: Items::Branch(vec![Cid::of_cbor(&i.to_be_bytes())]),
+                }),
+                None,
+            )
+        };
+        for i in 0..100u32 {
+            c.insert(CacheKey::Node(Cid::of_cbor(&i.to_be_bytes())), branch(i));
+        }
+        for i in 0..5000u32 {
+            c.insert(
+                CacheKey::Segment(FileName([1; 32]), i),
+                Cached::Bytes(Arc::new(vec![0; 4000])),
+            );
+            assert!(c.weight() <= 1_000_000 + 5000);
+        }
+        for i in 0..100u32 {
+            let k = CacheKey::Node(Cid::of_cbor(&i.to_be_bytes()));
+            assert!(c.get(&k).is_some(), "upper node {i} evicted");
+        }
+        // Beyond their share, upper nodes give way too: the budget holds.
+        for i in 100..20_000u32 {
+            c.insert(CacheKey::Node(Cid::of_cbor(&i.to_be_bytes())), branch(i));
+            assert!(c.weight() <= 1_000_000 + 5000);
         }
     }
 }

@@ -526,7 +526,7 @@ impl Db {
                 Some(b) => (b.heads.clone(), b.root),
                 None => (cur.heads.clone(), cur.root),
             };
-            let v = View { db, head: &cur };
+            let v = View::new(db, &cur);
             let mut height = 0;
             for h in &base_heads {
                 height = height.max(v.event(h)?.height);
@@ -766,7 +766,7 @@ impl Db {
                 for (c, _, n) in &state.blocks {
                     db.store
                         .cache
-                        .insert(CacheKey::Node(*c), Cached::Node(n.clone()));
+                        .insert(CacheKey::Node(*c), Cached::Node(n.clone(), None));
                 }
                 head.base = state.root;
             } else {

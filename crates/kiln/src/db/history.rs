@@ -263,7 +263,7 @@ impl Db {
     /// file with it. Returns the replaced files; `head` unchanged when `e` has no history.
     pub(super) fn squash(&self, head: &mut Head, e: &Cid) -> Result<(usize, Vec<FileName>)> {
         self.ensure_tree(head)?;
-        let v = View { db: self, head };
+        let v = View::new(self, head);
         let ev = v.given_event(e)?;
         // The strict ancestors of `e`, to drop.
         let mut dropped: DigestSet<Cid> = DigestSet::default();

@@ -286,14 +286,8 @@ impl Db {
     ) -> Result<(MergeReport, Vec<FileName>)> {
         self.ensure_tree(head)?;
         let cur = head.clone();
-        let dv = View {
-            db: self,
-            head: &cur,
-        };
-        let sv = View {
-            db: src,
-            head: shead,
-        };
+        let dv = View::new(self, &cur);
+        let sv = View::new(src, shead);
         let has = |v: &View, c: &Cid| match v.locate(c, None) {
             Ok(_) => Ok(true),
             Err(Error::MissingBlock(..)) => Ok(false),
@@ -470,7 +464,7 @@ impl Db {
         for (c, n) in merged.blocks.iter().map(|(c, _, n)| (c, n)) {
             self.store
                 .cache
-                .insert(CacheKey::Node(*c), Cached::Node(n.clone()));
+                .insert(CacheKey::Node(*c), Cached::Node(n.clone(), None));
         }
         head.heads = match ecid {
             Some(c) => vec![c],

@@ -98,7 +98,7 @@ impl Db {
     /// Rebuilds the nodes of `head`'s tree that are in no file: the base tree (in files) with
     /// the writes of the events in the level-0 files, checked against the head's root.
     pub(super) fn rebuild_tree(&self, head: &Head) -> Result<tree::Update> {
-        let v = View { db: self, head };
+        let v = View::new(self, head);
         let mut latest: BTreeMap<Arc<[u8]>, Slot> = BTreeMap::new();
         for f in head.files.iter().filter(|f| f.level == 0) {
             for e in self.file_entries(&v, f)?.iter().filter(|e| e.event) {

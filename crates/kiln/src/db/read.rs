@@ -21,6 +21,12 @@ impl NodeSource for Point<'_> {
             None => self.view.node(cid),
         }
     }
+    fn leaf(&self, cid: &Cid) -> Result<LeafRef> {
+        match self.built.get(cid) {
+            Some(n) => Ok(LeafRef::Node(n.clone())),
+            None => self.view.leaf(cid),
+        }
+    }
 }
 
 /// Reads `HEAD` and parses it with `parse`, consistently with the LOCK counter (see
@@ -40,9 +46,21 @@ pub(super) fn read_head_with<T>(
 pub(super) struct View<'a> {
     pub(super) db: &'a Db,
     pub(super) head: &'a Head,
+    /// Where the last tree node this view read lies (a file's segment), if in a file: the
+    /// document versions a leaf names are usually written beside it (see
+    /// `compact::cluster`), so [`View::locate`] looks there first.
+    pub(super) near: Cell<Option<Place>>,
 }
 
 impl<'a> View<'a> {
+    pub(super) fn new(db: &'a Db, head: &'a Head) -> View<'a> {
+        View {
+            db,
+            head,
+            near: Cell::new(None),
+        }
+    }
+
     pub(super) fn corrupt_cid(&self, cid: &Cid, what: &str) -> Error {
         Error::corrupt(format!("block {cid} of database '{}'", self.db.name), what)
     }
@@ -65,8 +83,18 @@ impl<'a> View<'a> {
         let files = &head.files;
         let covers = |f: &FileRef| height.is_some_and(|h| f.heights.0 <= h && h <= f.heights.1);
         // A document version is in the file whose heights cover its slot's: probed first, its
-        // filter unasked (a structural filter says nothing of document versions).
+        // filter unasked (a structural filter says nothing of document versions); when the
+        // leaf that names it was read from that file, in the leaf's segment or the next.
+        let near = self.near.get().filter(|_| height.is_some());
         for f in files.iter().filter(|f| covers(f)) {
+            if let Some(e) = near
+                .filter(|n| n.file == f.name)
+                .map(|n| self.beside(f, n.seg, cid))
+                .transpose()?
+                .flatten()
+            {
+                return Ok((f, e));
+            }
             if let Some(e) = self.probe(f, cid)? {
                 return Ok((f, e));
             }
@@ -110,6 +138,17 @@ impl<'a> View<'a> {
             }
         }
         Err(Error::MissingBlock(*cid, self.db.name.clone()))
+    }
+
+    /// `cid`'s section in segment `seg` of file `f` or the next one, found without the index.
+    fn beside(&self, f: &FileRef, seg: u32, cid: &Cid) -> Result<Option<car::Entry>> {
+        let segs = self.db.index(f)?.segs.len() as u32;
+        for n in (seg..seg.saturating_add(2)).filter(|&n| n < segs) {
+            if let Some(e) = car::find_in_segment(&self.segment(f, n)?, n, cid) {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
     }
 
     /// `cid`'s entry in file `f`'s index, if it has one.
@@ -300,17 +339,73 @@ impl NodeSource for View<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .get(cid)
         {
+            self.near.set(None);
             return Ok(n.clone());
         }
         let key = CacheKey::Node(*cid);
-        if let Some(Cached::Node(n)) = self.db.store.cache.get(&key) {
+        if let Some(Cached::Node(n, at)) = self.db.store.cache.get(&key) {
+            self.near.set(at);
             return Ok(n);
         }
-        let n = Arc::new(self.with_block(cid, None, |b| {
-            tree::Node::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
-        })?);
-        self.db.store.cache.insert(key, Cached::Node(n.clone()));
+        let (n, at) = self.decode_node(cid, tree::Node::decode)?;
+        let n = Arc::new(n);
+        self.db.store.cache.insert(key, Cached::Node(n.clone(), at));
         Ok(n)
+    }
+
+    /// A leaf built in memory or cached decoded (a scan or a commit read it) is used as it is;
+    /// else the leaf is read into a [`tree::Leaf`] (cheaper to build and drop).
+    fn leaf(&self, cid: &Cid) -> Result<LeafRef> {
+        let pending = self
+            .db
+            .pending
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cid)
+            .map(|(_, n)| n.clone());
+        if let Some(n) = pending {
+            self.near.set(None);
+            return Ok(LeafRef::Node(n));
+        }
+        let key = CacheKey::Leaf(*cid);
+        match self.db.store.cache.get(&key) {
+            Some(Cached::Leaf(l, at)) => {
+                self.near.set(at);
+                return Ok(LeafRef::Leaf(l));
+            }
+            _ => {
+                if let Some(Cached::Node(n, at)) = self.db.store.cache.get(&CacheKey::Node(*cid)) {
+                    self.near.set(at);
+                    return Ok(LeafRef::Node(n));
+                }
+            }
+        }
+        let (l, at) = self.decode_node(cid, tree::Leaf::decode)?;
+        let l = Arc::new(l);
+        self.db.store.cache.insert(key, Cached::Leaf(l.clone(), at));
+        Ok(LeafRef::Leaf(l))
+    }
+}
+
+impl View<'_> {
+    /// Reads tree node `cid` from its file and decodes it with `decode`; notes where it was
+    /// (the hint for the documents it names).
+    fn decode_node<T>(
+        &self,
+        cid: &Cid,
+        decode: fn(&[u8]) -> std::result::Result<T, CborError>,
+    ) -> Result<(T, Option<Place>)> {
+        let (file, e) = self.locate(cid, None)?;
+        let seg = self.segment(file, e.seg)?;
+        let data = car::block_in(&seg, &e)
+            .map_err(|x| Error::format(format!("file {}, block {cid}", file.name), x))?;
+        let n = decode(data).map_err(|e| self.corrupt_cid(cid, e.0))?;
+        let at = Some(Place {
+            file: file.name,
+            seg: e.seg,
+        });
+        self.near.set(at);
+        Ok((n, at))
     }
 }
 
@@ -379,12 +474,10 @@ impl Db {
         let mut st = self.refresh()?;
         let mut tries = 0;
         loop {
-            match self.ensure_tree(&st.head).and_then(|()| {
-                f(&View {
-                    db: self,
-                    head: &st.head,
-                })
-            }) {
+            match self
+                .ensure_tree(&st.head)
+                .and_then(|()| f(&View::new(self, &st.head)))
+            {
                 Err(e) if e.is_corruption() && tries < 3 => {
                     let fresh = self.reload()?;
                     if fresh.head == st.head {
@@ -421,7 +514,7 @@ impl Db {
         at: Option<&Cid>,
         build: bool,
     ) -> Result<Point<'a>> {
-        let view = View { db: self, head };
+        let view = View::new(self, head);
         let Some(e) = at else {
             self.ensure_tree(head)?;
             return Ok(Point {

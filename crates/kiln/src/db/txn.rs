@@ -42,10 +42,7 @@ impl Transaction {
                 None => None,
             });
         }
-        let v = View {
-            db: &self.db.inner,
-            head: &self.base.head,
-        };
+        let v = View::new(&self.db.inner, &self.base.head);
         let root = self.base.head.root.as_ref();
         match v.doc(id, root) {
             // Nodes only in memory, dropped meanwhile: a compaction wrote them into a file
@@ -64,7 +61,7 @@ impl Transaction {
                     .cloned()
                     .collect();
                 both.files_mut().extend(more);
-                match (View { db, head: &both }).doc(id, root) {
+                match View::new(db, &both).doc(id, root) {
                     Err(Error::MissingBlock(..)) => {
                         db.ensure_tree(&self.base.head)?;
                         v.doc(id, root)

@@ -3,6 +3,7 @@
 
 use super::*;
 
+mod cluster;
 pub(crate) mod policy;
 
 use policy::Policy;
@@ -146,7 +147,7 @@ impl Db {
         } else {
             DigestMap::default()
         };
-        let v = View { db: self, head };
+        let v = View::new(self, head);
         // Pass 1, over the indexes and the events only: which tree nodes the files hold, the
         // events' heights and parents, and (for version-1 files, whose index does not mark
         // tree nodes) the values the events name.
@@ -189,10 +190,7 @@ impl Db {
                 .into(),
             ..Head::default()
         };
-        let in_newer = View {
-            db: self,
-            head: &newer,
-        };
+        let in_newer = View::new(self, &newer);
         let any_v1 = versions.iter().any(|v| *v < 2);
         let tree_root = if current { head.root } else { head.base };
         let mut keep: DigestSet<Cid> = DigestSet::default();
@@ -203,15 +201,21 @@ impl Db {
             .chain(head.cut.iter().filter_map(|(_, r)| *r))
             .collect();
         let mut visited: DigestSet<Cid> = DigestSet::default();
+        // The nodes this file writes, in pre-order with keys ascending (its layout).
+        let mut order: Vec<Cid> = Vec::new();
         while let Some(c) = stack.pop() {
             if !visited.insert(c) {
                 continue;
             }
             if nodes_here.contains(&c) {
                 keep.insert(c);
+                order.push(c);
             } else if current {
                 match memory.get(&c) {
-                    Some((b, _)) => extra.push((c, b.clone())),
+                    Some((b, _)) => {
+                        extra.push((c, b.clone()));
+                        order.push(c);
+                    }
                     None if all => return Err(Error::MissingBlock(c, self.name.clone())),
                     None => continue, // in an older file, with everything below it
                 }
@@ -226,7 +230,7 @@ impl Db {
                 Some((_, n)) => n.clone(),
                 None => v.node(&c)?,
             };
-            stack.extend_from_slice(node.children());
+            stack.extend(node.children().iter().rev());
             // A tree's values stay with it (after a cut, no kept event names some of them).
             // Only version-1 files need the list (later ones mark tree nodes, and keep every
             // value not purged): at a million documents it held a million CIDs.
@@ -254,18 +258,27 @@ impl Db {
         };
         drop(parents);
         let purged = |c: &Cid| head.purged.binary_search(c).is_ok();
-        // Pass 2: stream every kept block, oldest file first and in file order, into the new
-        // file; memory holds one segment and the new index, not the files.
+        // Pass 2: stream the kept tree with the document versions it names (see `cluster`),
+        // then every other kept block, oldest file first and in file order, into the new
+        // file; memory holds the files' index entries, the new index and a segment, not the
+        // files.
+        let inputs = cluster::Inputs::load(self, &v, &sel)?;
         let mut failed: Option<Error> = None;
         let mut done: Option<(u64, car::Index, u32)> = None;
         let name = self.store.storage.put_with(self.sync(), &mut |out| {
             let r = (|| -> Result<FileName> {
                 let io = |e| Error::io(self.store.root.join("files"), e);
                 let mut w = car::StreamWriter::new(meta.clone(), &self.key, out).map_err(io)?;
-                for (f, version) in sel.iter().rev().zip(&versions) {
-                    for e in self.file_entries(&v, f)? {
+                cluster::write_tree(&v, &sel, &inputs, &order, &memory, &purged, &mut w)?;
+                for (i, version) in (0..sel.len()).rev().zip(&versions) {
+                    let f = &sel[i];
+                    for e in inputs.of_file(i) {
+                        if w.holds(&e.cid) {
+                            continue; // written with the tree
+                        }
                         // Version-1 files do not mark tree nodes: a block there is a kept
                         // node, or a value an event or a kept tree names, or dropped.
+                        let e = *e;
                         let kept = if e.event {
                             true
                         } else if e.node {

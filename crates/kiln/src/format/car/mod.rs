@@ -825,7 +825,41 @@ fn sort_entries(entries: &mut [Entry]) {
 /// Whether a segment holding `used` CAR bytes ends before a block of `len` bytes (unless it is
 /// empty: a larger block gets a segment alone).
 fn segment_full(used: usize, len: usize) -> bool {
-    used > 0 && used + len + CID_LEN + 10 > SEGMENT_TARGET
+    segment_full_at(used, len, SEGMENT_TARGET)
+}
+
+/// [`segment_full`] for a segment that may grow to `limit` bytes.
+fn segment_full_at(used: usize, len: usize, limit: usize) -> bool {
+    used > 0 && used + len + CID_LEN + 10 > limit
+}
+
+/// Most plaintext bytes a segment holding a group (see [`StreamWriter::begin_group`]) grows to
+/// before it ends: a tree leaf with the document versions it names, read together.
+pub const GROUP_TARGET: usize = 4 * SEGMENT_TARGET;
+
+/// The section of `cid` in a segment's plaintext `seg` (segment number `n`), found by walking
+/// its sections: how a reader with a hint of where a block lies (next to the tree leaf that
+/// names it) finds it without the file's index. `None` when it is not there or the bytes do
+/// not frame as sections (a hint is never trusted: the caller checks the block's hash).
+pub fn find_in_segment(seg: &[u8], n: u32, cid: &Cid) -> Option<Entry> {
+    let want = cid.as_bytes();
+    let mut pos = 0;
+    while pos < seg.len() {
+        let len = get_varint(seg, &mut pos)? as usize;
+        let end = pos.checked_add(len).filter(|&e| e <= seg.len())?;
+        if len >= CID_LEN && seg[pos..pos + CID_LEN] == want[..] {
+            return Some(Entry {
+                cid: *cid,
+                seg: n,
+                off: (pos + CID_LEN) as u32,
+                len: (len - CID_LEN) as u32,
+                event: false,
+                node: false,
+            });
+        }
+        pos = end;
+    }
+    None
 }
 
 /// Opens a raw segment unit at the end of `buf` (room for the nonce, the codec byte); returns
@@ -1051,6 +1085,9 @@ pub struct StreamWriter<'a> {
     seg_at: Vec<(u64, u32)>,
     entries: Vec<Entry>,
     seen: DigestSet<Cid>,
+    /// How large the current segment may grow: [`SEGMENT_TARGET`], or up to [`GROUP_TARGET`]
+    /// while a group is being written.
+    limit: usize,
 }
 
 impl<'a> StreamWriter<'a> {
@@ -1071,6 +1108,7 @@ impl<'a> StreamWriter<'a> {
             seg_at: Vec::new(),
             entries: Vec::new(),
             seen: DigestSet::default(),
+            limit: SEGMENT_TARGET,
         };
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
@@ -1113,11 +1151,38 @@ impl<'a> StreamWriter<'a> {
         self.add_kind(cid, data, NODE)
     }
 
+    /// Whether `cid` was added already (a later add of it is ignored).
+    pub fn holds(&self, cid: &Cid) -> bool {
+        self.seen.contains(cid)
+    }
+
+    /// The next blocks, about `bytes` of them, are read together (a tree leaf and the document
+    /// versions it names): they start a segment of their own unless they fit in the current
+    /// one, and that segment may grow to [`GROUP_TARGET`] bytes before it ends, until
+    /// [`StreamWriter::end_group`].
+    pub fn begin_group(&mut self, bytes: usize) -> std::io::Result<()> {
+        if !self.cur.is_empty() && self.cur.len() + bytes > SEGMENT_TARGET {
+            self.flush_segment()?;
+        }
+        self.limit = GROUP_TARGET;
+        Ok(())
+    }
+
+    /// Ends a group: segments go back to [`SEGMENT_TARGET`] bytes; the group's segment ends
+    /// here, so what follows does not share it.
+    pub fn end_group(&mut self) -> std::io::Result<()> {
+        self.limit = SEGMENT_TARGET;
+        if self.cur.len() > SEGMENT_TARGET / 2 {
+            self.flush_segment()?;
+        }
+        Ok(())
+    }
+
     fn add_kind(&mut self, cid: Cid, data: &[u8], kind: u8) -> std::io::Result<()> {
         if !self.seen.insert(cid) {
             return Ok(());
         }
-        if segment_full(self.cur.len(), data.len()) {
+        if segment_full_at(self.cur.len(), data.len(), self.limit) {
             self.flush_segment()?;
         }
         let seg = self.seg_at.len() as u32;

@@ -539,3 +539,91 @@ proptest! {
         let _ = Index::open(&key, &b, 1 << 20);
     }
 }
+
+/// Issue 14: a group (a leaf and the documents it names) starts a segment of its own unless
+/// it fits the current one, and stays in one segment up to `GROUP_TARGET` bytes; each block
+/// of a segment is found in it by `find_in_segment`, exactly where the index says.
+#[test]
+fn groups_share_a_segment_and_are_found_in_it() {
+    let k = Key::generate().unwrap();
+    let mut out = Vec::new();
+    let mut w = StreamWriter::new(Meta::default(), &k, &mut out).unwrap();
+    let block = |g: u32, i: u32| {
+        let mut d = vec![0; 300];
+        d[..8].copy_from_slice(&[g.to_le_bytes(), i.to_le_bytes()].concat());
+        (Cid::of_cbor(&d), d)
+    };
+    // Loose blocks first, so the first group meets a segment already in use.
+    for i in 0..5 {
+        let (c, d) = block(999, i);
+        w.add(c, &d).unwrap();
+    }
+    let sizes = [3u32, 20, 40, 12];
+    for (g, n) in sizes.iter().enumerate() {
+        w.begin_group(*n as usize * 340).unwrap();
+        for i in 0..*n {
+            let (c, d) = block(g as u32, i);
+            w.add(c, &d).unwrap();
+        }
+        w.end_group().unwrap();
+    }
+    let (name, _, index, _) = w.finish().unwrap();
+    let (idx, _) = verify_file(&k, &name, &out).unwrap();
+    assert_eq!(idx.segs.len(), index.segs.len());
+    let seg_of = |c: &Cid| index.find(c).unwrap().seg;
+    for (g, n) in sizes.iter().enumerate() {
+        let segs: std::collections::BTreeSet<u32> =
+            (0..*n).map(|i| seg_of(&block(g as u32, i).0)).collect();
+        let bytes = *n as usize * 340;
+        let want = if bytes <= GROUP_TARGET {
+            1
+        } else {
+            bytes.div_ceil(GROUP_TARGET)
+        };
+        assert_eq!(
+            segs.len(),
+            want,
+            "group {g} of {n} blocks in segments {segs:?}"
+        );
+        // The first group fits beside the loose blocks; the others do not, and start anew.
+        if g > 0 {
+            assert!(
+                !segs.contains(&seg_of(&block(999, 0).0)),
+                "group {g} shares a segment"
+            );
+        }
+    }
+    // Every block is found in its segment's plaintext where the index says; others are not.
+    for n in 0..index.segs.len() as u32 {
+        let (off, len) = index.segs[n as usize];
+        let plain = index
+            .open_segment(&k, n, &out[off as usize..][..len as usize])
+            .unwrap();
+        for e in index.entries.iter().filter(|e| e.seg == n) {
+            assert_eq!(
+                find_in_segment(&plain, n, &e.cid),
+                Some(Entry {
+                    event: false,
+                    node: false,
+                    ..*e
+                })
+            );
+        }
+        for e in index.entries.iter().filter(|e| e.seg != n) {
+            assert_eq!(find_in_segment(&plain, n, &e.cid), None);
+        }
+    }
+}
+
+proptest! {
+    /// A hint never panics: any bytes, walked as a segment, give a section inside them or
+    /// nothing.
+    #[test]
+    fn find_in_segment_takes_any_bytes(seg in proptest::collection::vec(any::<u8>(), 0..600), at in 0usize..600) {
+        let cid = Cid::from_bytes(&seg.get(at..at + CID_LEN).map(|s| s.to_vec()).unwrap_or_else(|| vec![0; CID_LEN])).unwrap_or(Cid::of_cbor(b"x"));
+        if let Some(e) = find_in_segment(&seg, 3, &cid) {
+            prop_assert!(e.off as usize + e.len as usize <= seg.len());
+            prop_assert_eq!(&seg[e.off as usize - CID_LEN..e.off as usize], cid.as_bytes());
+        }
+    }
+}
