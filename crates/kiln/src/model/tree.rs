@@ -274,6 +274,20 @@ pub enum LeafRef {
 }
 
 impl LeafRef {
+    /// Its keys and slots, in key order; a node that is not a leaf is an error.
+    fn entries(&self, cid: &Cid) -> Result<Vec<(&[u8], Slot)>, TreeError> {
+        match self {
+            LeafRef::Leaf(l) => Ok((0..l.slots.len()).map(|i| (l.key(i), l.slots[i])).collect()),
+            LeafRef::Node(n) => match &n.items {
+                Items::Leaf(v) => Ok(n.keys.iter().map(|k| &**k).zip(v.iter().copied()).collect()),
+                Items::Branch(_) => Err(TreeError {
+                    cid: *cid,
+                    what: "child at the wrong level",
+                }),
+            },
+        }
+    }
+
     /// The slot of `key`; a node that is not a leaf is an error.
     fn get(&self, cid: &Cid, key: &[u8]) -> Result<Option<Slot>, TreeError> {
         match self {
@@ -397,16 +411,8 @@ pub fn range<S: NodeSource>(
     ) -> Result<bool, S::Error> {
         match &node.items {
             Items::Leaf(v) => {
-                let from = start.map_or(0, |s| node.keys.partition_point(|k| **k < *s));
-                for (k, slot) in node.keys.iter().zip(v).skip(from) {
-                    if end.is_some_and(|e| **k >= *e) {
-                        return Ok(false);
-                    }
-                    if !f(k, slot)? {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
+                let entries = node.keys.iter().map(|k| &**k).zip(v.iter().copied());
+                in_leaf(entries, start, end, f)
             }
             Items::Branch(c) => {
                 let from = start.map_or(0, |s| node.route(s));
@@ -414,14 +420,37 @@ pub fn range<S: NodeSource>(
                     if end.is_some_and(|e| **k >= *e) {
                         return Ok(false);
                     }
-                    let child = child_of(src, node, link)?;
-                    if !walk(src, &child, start, end, f)? {
+                    let more = if node.level == 1 {
+                        // Leaves as a point read reads them (see `NodeSource::leaf`).
+                        let leaf = src.leaf(link)?;
+                        in_leaf(leaf.entries(link)?.into_iter(), start, end, f)?
+                    } else {
+                        walk(src, &*child_of(src, node, link)?, start, end, f)?
+                    };
+                    if !more {
                         return Ok(false);
                     }
                 }
                 Ok(true)
             }
         }
+    }
+    /// Visits a leaf's entries from `start` until `end`; false once done (`end` or `f`).
+    fn in_leaf<'k, E>(
+        entries: impl Iterator<Item = (&'k [u8], Slot)>,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, E>,
+    ) -> Result<bool, E> {
+        for (k, slot) in entries.skip_while(|(k, _)| start.is_some_and(|s| *k < s)) {
+            if end.is_some_and(|e| k >= e) {
+                return Ok(false);
+            }
+            if !f(k, &slot)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
     if let Some(root) = root {
         let node = src.node(root)?;
@@ -996,6 +1025,59 @@ mod tests {
         assert_eq!(r, r2);
         let r3 = mem.apply(r, &[(key(1), slot(3))], Mode::Overwrite);
         assert_ne!(r, r3);
+    }
+
+    /// `Mem`, with leaves served as `Leaf`s (as the database's reads serve them).
+    struct AsLeaves<'a>(&'a Mem);
+    impl NodeSource for AsLeaves<'_> {
+        type Error = E;
+        fn node(&self, cid: &Cid) -> Result<Arc<Node>, E> {
+            self.0.node(cid)
+        }
+        fn leaf(&self, cid: &Cid) -> Result<LeafRef, E> {
+            let n = self.0.node(cid)?;
+            let l = Leaf::decode(&n.encode()).map_err(|_| {
+                E(TreeError {
+                    cid: *cid,
+                    what: "child at the wrong level",
+                })
+            })?;
+            Ok(LeafRef::Leaf(Arc::new(l)))
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Gets and ranges over leaves read as `Leaf`s answer as the model does, for any
+        /// bounds (issue 14: point reads and scans read leaves that way).
+        #[test]
+        fn reads_through_leaves_match_the_model(
+            keys in prop::collection::btree_set(0u32..5000, 1..1500),
+            bounds in prop::collection::vec((0u32..5100, 0u32..400), 1..8),
+        ) {
+            let mem = Mem::default();
+            let ops: Vec<Op> = keys.iter().map(|k| (key(*k), slot(*k as u64))).collect();
+            let root = mem.apply(None, &ops, Mode::Max);
+            let src = AsLeaves(&mem);
+            for k in keys.iter().step_by(7).chain([&5001]) {
+                let want = keys.contains(k).then(|| slot(*k as u64).unwrap());
+                prop_assert_eq!(get(&src, root.as_ref(), &key(*k)).unwrap(), want);
+            }
+            for (lo, len) in bounds {
+                let (lo_k, hi_k) = (key(lo), key(lo + len));
+                let mut got = Vec::new();
+                range(&src, root.as_ref(), Some(&lo_k), Some(&hi_k), &mut |k, s| {
+                    got.push((k.to_vec(), *s));
+                    Ok(got.len() < 100)
+                }).unwrap();
+                let want: Vec<(Vec<u8>, Slot)> = keys
+                    .range(lo..lo + len)
+                    .take(100)
+                    .map(|k| (key(*k).to_vec(), slot(*k as u64).unwrap()))
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+        }
     }
 
     proptest! {
