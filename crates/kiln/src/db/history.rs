@@ -168,8 +168,7 @@ impl Database {
             if head.files.is_empty() {
                 return Ok((Some(purged), Vec::new()));
             }
-            let top = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
-            let m = db.combine_files(head, head.files.to_vec(), top, true, true)?;
+            let m = db.combine_files(head, head.files.to_vec(), None, true)?;
             db.apply_combined(head, &m);
             Ok((Some(purged), m.replaced))
         })

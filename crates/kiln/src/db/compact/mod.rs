@@ -13,6 +13,8 @@ pub use policy::LEVEL_FANIN;
 pub(super) struct Combined {
     pub(super) file: FileRef,
     pub(super) replaced: Vec<FileName>,
+    /// The level whose files were combined (`None`: every file).
+    pub(super) from: Option<u8>,
     /// The new base tree (a level-0 or full compaction writes the current tree's nodes), or
     /// `None`: the base stays.
     pub(super) base: Option<Root>,
@@ -84,9 +86,17 @@ impl Db {
             .iter()
             .position(|f| sel.contains(&f.name))
             .unwrap_or(0);
+        let mut file = m.file.clone();
+        if let Some(k) = m.from {
+            // Files that came meanwhile may hold the level down (see `policy::out_level`).
+            let others = head.files.iter().filter(|f| !sel.contains(&f.name));
+            file.level = file
+                .level
+                .min(policy::out_level(k, u64::MAX, others.map(|f| f.level)));
+        }
         let files = head.files_mut();
         files.retain(|f| !sel.contains(&f.name));
-        files.insert(pos.min(files.len()), m.file.clone());
+        files.insert(pos.min(files.len()), file);
         head.compacted = now_ms();
         // Only forward: a commit meanwhile may have moved the base already (a checkpoint or a
         // merge), and its tree is whole in files too.
@@ -114,7 +124,7 @@ impl Db {
         if sel.is_empty() || (sel.len() == 1 && level > 0) {
             return Ok(None);
         }
-        self.combine_files(head, sel, level + 1, level == 0, false)
+        self.combine_files(head, sel, Some(level), level == 0)
             .map(Some)
     }
 
@@ -124,24 +134,24 @@ impl Db {
         if head.files.is_empty() || (head.files.len() == 1 && head.base == head.root) {
             return Ok(None);
         }
-        let top = head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1);
-        self.combine_files(head, head.files.to_vec(), top, true, true)
+        self.combine_files(head, head.files.to_vec(), None, true)
             .map(Some)
     }
 
-    /// Writes one file of `out_level` holding what the files `sel` hold that is still needed
-    /// (see [`Db::combine_level`]); with `current`, the current tree's nodes (from `sel` and
-    /// memory) rather than the base tree's; with `all`, `sel` is every live file, so a node
-    /// found nowhere is missing rather than in an older file.
+    /// Writes one file holding what the files `sel` hold that is still needed (see
+    /// [`Db::combine_level`]): the files of level `from`, or (`None`) every live file, so a
+    /// node found nowhere is missing rather than in an older file. With `current`, the
+    /// current tree's nodes (from `sel` and memory) rather than the base tree's. The file's
+    /// level is [`policy::out_level`]'s (every live file's top level for `None`).
     pub(super) fn combine_files(
         &self,
         head: &Head,
         sel: Vec<FileRef>,
-        out_level: u8,
+        from: Option<u8>,
         current: bool,
-        all: bool,
     ) -> Result<Combined> {
-        let level = out_level - 1;
+        let all = from.is_none();
+        let level = from.unwrap_or(0);
         let memory = if current {
             self.memory_tree(head)?
         } else {
@@ -241,6 +251,19 @@ impl Db {
             }
         }
         drop(visited);
+        let out_level = match from {
+            None => head.files.iter().map(|f| f.level).max().unwrap_or(0).max(1),
+            // By the bytes going in: the files, and the tree nodes only in memory.
+            Some(k) => policy::out_level(
+                k,
+                sel.iter().map(|f| f.size).sum::<u64>()
+                    + extra.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
+                head.files
+                    .iter()
+                    .filter(|f| !sel.iter().any(|s| s.name == f.name))
+                    .map(|f| f.level),
+            ),
+        };
         let meta = car::Meta {
             level: out_level,
             time: now_ms(),
@@ -335,6 +358,7 @@ impl Db {
                 filter,
             },
             replaced: sel.iter().map(|f| f.name).collect(),
+            from,
             base: current.then_some(head.root),
             from_base: head.base,
         })

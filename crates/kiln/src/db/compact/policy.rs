@@ -11,6 +11,35 @@
 /// exist.
 pub const LEVEL_FANIN: usize = 24;
 
+/// Bytes of the smallest size class: a combined file up to this size belongs to level 1.
+pub const CLASS_BASE: u64 = 4 << 20;
+/// Each size class holds files up to this many times larger than the one below.
+pub const CLASS_RATIO: u64 = 4;
+
+/// The size class of a file of `bytes` bytes: 1 up to [`CLASS_BASE`], then one more for each
+/// [`CLASS_RATIO`]-fold.
+pub fn size_level(bytes: u64) -> u8 {
+    let (mut level, mut cap) = (1u8, CLASS_BASE);
+    while bytes > cap && level < 64 {
+        cap = cap.saturating_mul(CLASS_RATIO);
+        level += 1;
+    }
+    level
+}
+
+/// The level of a file combined from the files of level `from`, about `bytes` bytes: its size
+/// class, but at least `from + 1` and at most the lowest level above `from` that another live
+/// file (`others`) has. Levels order files by age (a lower level holds only newer files, which
+/// compaction relies on to tell a superseded tree node from a live one), and the combined file
+/// is newer than every file above `from` and older than every file below it: so it may skip
+/// empty levels, not pass an older file. Without this a bulk load's 40 MB files waited in
+/// level 1 for the small files later updates make, and the first combination of level 1
+/// rewrote the whole database.
+pub fn out_level(from: u8, bytes: u64, others: impl Iterator<Item = u8>) -> u8 {
+    let cap = others.filter(|&l| l > from).min().unwrap_or(u8::MAX);
+    size_level(bytes).min(cap).max(from + 1)
+}
+
 /// The compaction settings in force for a database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Policy {
@@ -96,6 +125,26 @@ mod tests {
             background: false,
         };
         assert_eq!(one.level_to_combine(&levels(&[(0, 2)])), Some(0));
+    }
+
+    #[test]
+    fn combined_files_go_to_their_size_class_without_passing_older_files() {
+        assert_eq!(size_level(0), 1);
+        assert_eq!(size_level(CLASS_BASE), 1);
+        assert_eq!(size_level(CLASS_BASE + 1), 2);
+        assert_eq!(size_level(CLASS_BASE * 4), 2);
+        assert_eq!(size_level(CLASS_BASE * 16 + 1), 4);
+        assert_eq!(size_level(u64::MAX), 22); // 2^22 × 4^21 saturates
+        let none = || std::iter::empty();
+        // Small: the next level. Large: its class, past empty levels.
+        assert_eq!(out_level(0, 1000, none()), 1);
+        assert_eq!(out_level(0, 40 << 20, none()), 3);
+        assert_eq!(out_level(2, 1000, none()), 3);
+        // Never above an older file's level (levels above `from`), never at or below `from`.
+        assert_eq!(out_level(0, 40 << 20, [2u8, 5].into_iter()), 2);
+        assert_eq!(out_level(1, 40 << 20, [0u8, 1, 2].into_iter()), 2);
+        assert_eq!(out_level(1, 1 << 40, [0u8, 9].into_iter()), 9);
+        assert_eq!(out_level(3, 1000, [4u8].into_iter()), 4);
     }
 
     #[test]

@@ -1,0 +1,44 @@
+//! Random updates against an existing store, for profiling the write path apart from loading:
+//! `cargo run --release -p kiln --example random_updates -- STORE DB COUNT N`
+//! reads and rewrites COUNT random documents `doc-%08d` below N (kiln-bench's `update`: one
+//! commit each, `title` extended, `v` counted up) and prints the rate and the files written.
+
+use kiln::Store;
+use serde_json::{json, Value};
+
+fn main() -> kiln::Result<()> {
+    let a: Vec<String> = std::env::args().collect();
+    let usage = "usage: random_updates STORE DB COUNT N";
+    let (root, db, count, n) = match &a[1..] {
+        [r, d, c, n] => (
+            r,
+            d,
+            c.parse::<u64>().expect(usage),
+            n.parse::<u64>().expect(usage),
+        ),
+        _ => panic!("{usage}"),
+    };
+    let opts = kiln::Options {
+        durability: kiln::Durability::Buffered,
+        ..Default::default()
+    };
+    let db = Store::open_existing(root, opts)?.open_db(db)?;
+    let t = std::time::Instant::now();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = format!("doc-{:08}", x % n);
+        let mut d = db.get(&id)?.expect("every id below N exists");
+        let o = d.as_object_mut().expect("an object");
+        let title = format!("{} u", o["title"].as_str().unwrap_or(""));
+        let v = o.get("v").and_then(Value::as_i64).unwrap_or(0) + 1;
+        o.insert("title".into(), json!(title));
+        o.insert("v".into(), json!(v));
+        db.put(&d)?;
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!("{count} updates in {s:.2} s: {:.0}/s", count as f64 / s);
+    Ok(())
+}
