@@ -63,11 +63,14 @@ pub struct Cache {
     inner: Mutex<Inner>,
 }
 
-/// What an entry is kept for. The upper levels of a tree and the clock's events are few and
-/// on every read's path; segments, index pages and leaves are many, and at a million
-/// documents most are read once. So that a stream of those cannot push out the former (at
-/// a million documents they did: a level-1 node, reached once per ~4,000 random gets, was
-/// gone by then), each class is evicted on its own once it holds more than its share.
+/// What an entry is kept for. The upper levels of a tree are few and on every read's path;
+/// segments, index pages, leaves and events are many, and at a million documents most are
+/// read once. So that a stream of those cannot push out the former (at a million documents
+/// they did: a level-1 node, reached once per ~4,000 random gets, was gone by then), each
+/// class is evicted on its own once it holds more than its share. Only nodes read from files
+/// count as upper: the nodes a commit builds (and caches) are mostly superseded by the next
+/// commits, and as upper nodes they (and events, at first also upper) held a third of the
+/// cache under updates, never read again.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Class {
     Upper,
@@ -77,8 +80,7 @@ enum Class {
 impl Cached {
     fn class(&self) -> Class {
         match self {
-            Cached::Node(n, _) if n.level > 0 => Class::Upper,
-            Cached::Event(_) => Class::Upper,
+            Cached::Node(n, Some(_)) if n.level > 0 => Class::Upper,
             _ => Class::Bulk,
         }
     }
@@ -211,7 +213,10 @@ mod tests {
                     keys: vec![Arc::from(&i.to_be_bytes()[..])],
                     items: Items::Branch(vec![Cid::of_cbor(&i.to_be_bytes())]),
                 }),
-                None,
+                Some(Place {
+                    file: FileName([2; 32]),
+                    seg: i,
+                }),
             )
         };
         for i in 0..100u32 {
@@ -228,6 +233,24 @@ mod tests {
             let k = CacheKey::Node(Cid::of_cbor(&i.to_be_bytes()));
             assert!(c.get(&k).is_some(), "upper node {i} evicted");
         }
+        // Nodes a commit built (no place in a file) are not upper nodes: the stream pushes
+        // them out.
+        let built = Cached::Node(
+            Arc::new(Node {
+                level: 1,
+                keys: vec![Arc::from(&b"b"[..])],
+                items: Items::Branch(vec![Cid::of_cbor(b"b")]),
+            }),
+            None,
+        );
+        c.insert(CacheKey::Node(Cid::of_cbor(b"built")), built);
+        for i in 5000..10_000u32 {
+            c.insert(
+                CacheKey::Segment(FileName([1; 32]), i),
+                Cached::Bytes(Arc::new(vec![0; 4000])),
+            );
+        }
+        assert!(c.get(&CacheKey::Node(Cid::of_cbor(b"built"))).is_none());
         // Beyond their share, upper nodes give way too: the budget holds.
         for i in 100..20_000u32 {
             c.insert(CacheKey::Node(Cid::of_cbor(&i.to_be_bytes())), branch(i));

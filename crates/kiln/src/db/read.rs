@@ -87,8 +87,10 @@ impl<'a> View<'a> {
         // leaf that names it was read from that file, in the leaf's segment or the next.
         let near = self.near.get().filter(|_| height.is_some());
         for f in files.iter().filter(|f| covers(f)) {
+            // Only compacted files are laid out so (a transaction's diff lists its documents
+            // before its tree nodes): elsewhere the walk would cost a segment for nothing.
             if let Some(e) = near
-                .filter(|n| n.file == f.name)
+                .filter(|n| n.file == f.name && f.level > 0)
                 .map(|n| self.beside(f, n.seg, cid))
                 .transpose()?
                 .flatten()
@@ -347,7 +349,12 @@ impl NodeSource for View<'_> {
             self.near.set(at);
             return Ok(n);
         }
-        let (n, at) = self.decode_node(cid, tree::Node::decode)?;
+        // A leaf a get just read (an update reads, then rewrites) is decoded from the copy.
+        let (n, at) = match self.db.store.cache.get(&CacheKey::Leaf(*cid)) {
+            Some(Cached::Leaf(l, at)) => (l.to_node(), at),
+            _ => self.decode_node(cid, tree::Node::decode)?,
+        };
+        self.near.set(at);
         let n = Arc::new(n);
         self.db.store.cache.insert(key, Cached::Node(n.clone(), at));
         Ok(n)

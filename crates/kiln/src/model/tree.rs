@@ -242,6 +242,24 @@ impl Leaf {
         })
     }
 
+    /// The decoded node (what a commit changes), without parsing or hashing the leaf again.
+    pub fn to_node(&self) -> Node {
+        Node {
+            level: 0,
+            keys: (0..self.keys.len()).map(|i| self.key(i).into()).collect(),
+            items: Items::Leaf(self.slots.clone()),
+        }
+    }
+
+    /// The document links of a leaf's encoding, checked as [`Node::decode`] checks it; `None`
+    /// for a node of another level.
+    pub fn links_of(b: &[u8]) -> Result<Option<Vec<Cid>>, CborError> {
+        Ok(match parse(b)?.2 {
+            Items::Leaf(slots) => Some(slots.iter().filter_map(|s| s.link).collect()),
+            Items::Branch(_) => None,
+        })
+    }
+
     fn key(&self, i: usize) -> &[u8] {
         let (off, len) = self.keys[i];
         &self.raw[off as usize..(off + len) as usize]
@@ -1101,7 +1119,10 @@ mod tests {
             };
             let bytes = node.encode();
             let leaf = Leaf::decode(&bytes).unwrap();
+            prop_assert_eq!(&leaf.to_node(), &node);
             let Items::Leaf(slots) = &node.items else { unreachable!() };
+            let links: Vec<Cid> = slots.iter().filter_map(|s| s.link).collect();
+            prop_assert_eq!(Leaf::links_of(&bytes).unwrap(), Some(links));
             for p in probes.iter().chain(&keys) {
                 let want = node.keys.binary_search(&key(*p)).ok().map(|i| slots[i]);
                 prop_assert_eq!(leaf.get(&key(*p)), want);

@@ -90,17 +90,19 @@ pub(super) fn write_tree(
                 &held.0[held.1..held.1 + e.len as usize]
             }
         };
-        let node = match memory.get(c) {
-            Some((_, n)) => n.clone(),
-            None => Arc::new(tree::Node::decode(data).map_err(|x| v.corrupt_cid(c, x.0))?),
+        let links = match memory.get(c) {
+            Some((_, n)) => match &n.items {
+                tree::Items::Leaf(slots) => Some(slots.iter().filter_map(|s| s.link).collect()),
+                tree::Items::Branch(_) => None,
+            },
+            None => tree::Leaf::links_of(data).map_err(|x| v.corrupt_cid(c, x.0))?,
         };
-        let tree::Items::Leaf(slots) = &node.items else {
+        let Some(links) = links else {
             branches.push(*c);
             continue;
         };
-        let values: Vec<(usize, &car::Entry)> = slots
-            .iter()
-            .filter_map(|s| s.link)
+        let values: Vec<(usize, &car::Entry)> = links
+            .into_iter()
             .filter(|l| !purged(l) && !w.holds(l))
             .filter_map(|l| inputs.find(&l))
             .collect();
