@@ -46,6 +46,7 @@ impl Ord for Cid {
     /// The order of the binary forms, compared 8 bytes at a time (as big-endian integers):
     /// lookups in sorted CID lists are most of a read's comparisons, and every kiln CID starts
     /// with the same 4 bytes, which a byte-wise compare walks each time.
+    #[inline]
     fn cmp(&self, other: &Cid) -> std::cmp::Ordering {
         let word = |b: &[u8; CID_LEN], i: usize| {
             u64::from_be_bytes([
@@ -71,6 +72,7 @@ impl Ord for Cid {
 }
 
 impl PartialOrd for Cid {
+    #[inline]
     fn partial_cmp(&self, other: &Cid) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
