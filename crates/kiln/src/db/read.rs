@@ -17,13 +17,19 @@ impl NodeSource for Point<'_> {
     type Error = Error;
     fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>> {
         match self.built.get(cid) {
-            Some(n) => Ok(n.clone()),
+            Some(n) => {
+                self.view.near.set(None);
+                Ok(n.clone())
+            }
             None => self.view.node(cid),
         }
     }
     fn leaf(&self, cid: &Cid) -> Result<LeafRef> {
         match self.built.get(cid) {
-            Some(n) => Ok(LeafRef::Node(n.clone())),
+            Some(n) => {
+                self.view.near.set(None);
+                Ok(LeafRef::Node(n.clone()))
+            }
             None => self.view.leaf(cid),
         }
     }
@@ -91,9 +97,7 @@ impl<'a> View<'a> {
             // before its tree nodes): elsewhere the walk would cost a segment for nothing.
             if let Some(e) = near
                 .filter(|n| n.file == f.name && f.level > 0)
-                .map(|n| self.beside(f, n.seg, cid))
-                .transpose()?
-                .flatten()
+                .and_then(|n| self.beside(f, n.seg, cid))
             {
                 return Ok((f, e));
             }
@@ -143,14 +147,14 @@ impl<'a> View<'a> {
     }
 
     /// `cid`'s section in segment `seg` of file `f` or the next one, found without the index.
-    fn beside(&self, f: &FileRef, seg: u32, cid: &Cid) -> Result<Option<car::Entry>> {
-        let segs = self.db.index(f)?.segs.len() as u32;
-        for n in (seg..seg.saturating_add(2)).filter(|&n| n < segs) {
-            if let Some(e) = car::find_in_segment(&self.segment(f, n)?, n, cid) {
-                return Ok(Some(e));
-            }
-        }
-        Ok(None)
+    /// A segment that cannot be read is a miss, not an error: the block may be elsewhere (a
+    /// document two leaves share is beside the first), and the index finds it; if it is in
+    /// that segment after all, the index's read reports the damage.
+    fn beside(&self, f: &FileRef, seg: u32, cid: &Cid) -> Option<car::Entry> {
+        let segs = self.db.index(f).ok()?.segs.len() as u32;
+        (seg..seg.saturating_add(2))
+            .filter(|&n| n < segs)
+            .find_map(|n| car::find_in_segment(&*self.segment(f, n).ok()?, n, cid))
     }
 
     /// `cid`'s entry in file `f`'s index, if it has one.

@@ -384,3 +384,67 @@ fn a_wrong_place_hint_falls_back_to_the_index() {
         );
     }
 }
+
+/// Found by review (issue 14): the hint's look at the segment after a leaf's read it with `?`,
+/// so a damaged segment there failed a get whose document was whole elsewhere. Two documents
+/// with one body share a block, written beside the first one's leaf; the second one's leaf is
+/// far away, and the segment after it is damaged: the get still reads its document.
+#[test]
+fn a_damaged_segment_beside_a_leaf_does_not_fail_a_get_elsewhere() {
+    let (dir, store, db) = uncompacted();
+    let body = "x".repeat(150);
+    let mut docs: Vec<_> = (0..3000)
+        .map(|i| json!({"_id": format!("d{i:05}"), "i": i, "b": body}))
+        .collect();
+    docs.push(json!({"_id": "a", "shared": true}));
+    docs.push(json!({"_id": "d01500x", "shared": true}));
+    db.bulk(&docs[..1500]).unwrap();
+    db.bulk(&docs[1500..]).unwrap();
+    db.compact_full().unwrap();
+    let st = db.inner.refresh().unwrap();
+    let f = st.head.files[0].clone();
+    assert!(f.level > 0);
+    let v = View::new(&db.inner, &st.head);
+    let slot = tree::get(&v, st.head.root.as_ref(), b"d01500x")
+        .unwrap()
+        .unwrap();
+    let entries = db.inner.file_entries(&v, &f).unwrap();
+    let leaf_seg = entries
+        .iter()
+        .filter(|e| e.node)
+        .find(|e| {
+            let seg = v.segment(&f, e.seg).unwrap();
+            let node = tree::Node::decode(car::block_in(&seg, e).unwrap()).unwrap();
+            node.level == 0 && node.keys.iter().any(|k| &**k == b"d01500x")
+        })
+        .unwrap()
+        .seg;
+    let doc_seg = entries
+        .iter()
+        .find(|e| Some(e.cid) == slot.link)
+        .unwrap()
+        .seg;
+    let segs = db.inner.index(&f).unwrap().segs.clone();
+    assert!(
+        doc_seg + 1 < leaf_seg,
+        "the shared body is beside the first leaf"
+    );
+    assert!((leaf_seg as usize + 1) < segs.len());
+    drop(v);
+    drop(db);
+    drop(store);
+    let hex = f.name.to_string();
+    let p = dir
+        .path()
+        .join("files")
+        .join(&hex[..2])
+        .join(format!("{hex}.kdf"));
+    let mut b = std::fs::read(&p).unwrap();
+    let (off, len) = segs[leaf_seg as usize + 1];
+    b[off as usize + len as usize / 2] ^= 0xff;
+    std::fs::write(&p, &b).unwrap();
+    let store = crate::Store::open(dir.path()).unwrap();
+    let db = store.open_db("t").unwrap();
+    assert_eq!(db.get("d01500x").unwrap().unwrap()["shared"], true);
+    assert_eq!(db.get("a").unwrap().unwrap()["shared"], true);
+}
