@@ -154,7 +154,7 @@ impl<'a> View<'a> {
         let segs = self.db.index(f).ok()?.segs.len() as u32;
         (seg..seg.saturating_add(2))
             .filter(|&n| n < segs)
-            .find_map(|n| car::find_in_segment(&*self.segment(f, n).ok()?, n, cid))
+            .find_map(|n| car::find_in_segment(&self.segment(f, n).ok()?, n, cid))
     }
 
     /// `cid`'s entry in file `f`'s index, if it has one.

@@ -430,7 +430,6 @@ fn a_damaged_segment_beside_a_leaf_does_not_fail_a_get_elsewhere() {
         "the shared body is beside the first leaf"
     );
     assert!((leaf_seg as usize + 1) < segs.len());
-    drop(v);
     drop(db);
     drop(store);
     let hex = f.name.to_string();
