@@ -1,8 +1,9 @@
 //! Diff files: a CAR v1 stream of blocks, cut into sealed segments, with a sealed block index.
 //!
 //! ```text
-//! header   "KILNDIFF" ‖ version u32 LE (=4) ‖ 0u32                      16 bytes
+//! header   "KILNDIFF" ‖ version u32 LE (=5) ‖ 0u32                      16 bytes
 //! segment* sealed("kiln/seg/v1" ‖ seg# u32 LE, CAR bytes)             ≤ SEGMENT_TARGET plaintext each
+//!                                                                      (≤ GROUP_TARGET holding a group)
 //! page*    sealed("kiln/page/v1" ‖ page# u32 LE, dag-cbor [entry…])    only for large files
 //! salt     32 random bytes (version 4 on)
 //! index    sealed("kiln/index/v1", dag-cbor index record)
