@@ -447,3 +447,50 @@ fn a_damaged_segment_beside_a_leaf_does_not_fail_a_get_elsewhere() {
     assert_eq!(db.get("d01500x").unwrap().unwrap()["shared"], true);
     assert_eq!(db.get("a").unwrap().unwrap()["shared"], true);
 }
+
+/// Issue 14: a combined file goes to its size class, past empty levels but never past an older
+/// file's level, so levels stay ordered by age (newest first, levels never decreasing) through
+/// bulk loads, small commits and cascades; every state reads back and verifies.
+#[test]
+fn combined_files_skip_to_their_size_class_and_keep_levels_ordered_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = crate::Options {
+        compact_threshold: 3,
+        durability: crate::Durability::Buffered,
+        ..Default::default()
+    };
+    let store = crate::Store::open_with(dir.path(), opts).unwrap();
+    let db = store.create(Some("t")).unwrap();
+    let levels = |db: &Database| -> Vec<u8> {
+        let st = db.inner.refresh().unwrap();
+        st.head.files.iter().map(|f| f.level).collect()
+    };
+    let body = "y".repeat(300);
+    // Four large bulks (~5 MB together): their merge is larger than level 1's class.
+    for b in 0..4 {
+        let docs: Vec<_> = (0..4000)
+            .map(|i| json!({"_id": format!("b{:06}", b * 4000 + i), "i": i, "b": body}))
+            .collect();
+        db.bulk(&docs).unwrap();
+    }
+    let after_bulk = levels(&db);
+    assert!(after_bulk.iter().any(|&l| l > 1), "{after_bulk:?}");
+    // Then many small commits: their merges go to level 1, below the big file, and cascade.
+    let mut model = std::collections::BTreeMap::new();
+    for i in 0..400u32 {
+        let id = format!("b{:06}", (i * 7919) % 16000);
+        db.put(&json!({"_id": id, "v": i})).unwrap();
+        model.insert(id, i);
+        let l = levels(&db);
+        assert!(
+            l.windows(2).all(|w| w[0] <= w[1]),
+            "levels out of order: {l:?}"
+        );
+    }
+    for (id, v) in &model {
+        assert_eq!(db.get(id).unwrap().unwrap()["v"], *v);
+    }
+    assert_eq!(db.get("b000001").unwrap().unwrap()["i"], 1);
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+}
