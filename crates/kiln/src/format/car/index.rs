@@ -1,0 +1,473 @@
+//! A diff file's index: its entries (fixed-width from version 5, CBOR before), pages, trailer,
+//! and the `Index` a reader opens, with its lookups.
+
+use super::*;
+
+/// The first version whose index entries are fixed-width records (see [`ENTRY_LEN`]).
+pub(super) const FIXED_ENTRIES: u32 = 5;
+/// The first version whose index holds a structural filter ("sf", see [`Filter`]).
+pub(super) const FILTERED: u32 = 5;
+/// Bytes of an index entry from version 5 on: CID[36] ‖ seg u32 ‖ off u32 ‖ len u32 ‖ kind u8.
+pub const ENTRY_LEN: usize = CID_LEN + 13;
+
+pub(super) fn kind_of(x: &Entry) -> u8 {
+    if x.event {
+        EVENT
+    } else if x.node {
+        NODE
+    } else {
+        OTHER
+    }
+}
+
+/// The entries an index lists itself and those it puts in pages (both sorted as `entries`
+/// is): all listed while the document versions fit in one page; else the tree nodes and
+/// events listed, the document versions paged.
+pub(super) fn split_entries(entries: &[Entry]) -> (Cow<'_, [Entry]>, Vec<Entry>) {
+    let values = entries.iter().filter(|e| !e.event && !e.node).count();
+    if values <= PAGE_ENTRIES {
+        return (Cow::Borrowed(entries), Vec::new());
+    }
+    let (listed, paged): (Vec<Entry>, Vec<Entry>) = entries.iter().partition(|e| e.event || e.node);
+    (Cow::Owned(listed), paged)
+}
+
+/// Index entries as version-5 fixed-width records, back to back.
+pub(super) fn fixed_entries(entries: &[Entry]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(entries.len() * ENTRY_LEN);
+    for x in entries {
+        b.extend_from_slice(x.cid.as_bytes());
+        b.extend_from_slice(&x.seg.to_le_bytes());
+        b.extend_from_slice(&x.off.to_le_bytes());
+        b.extend_from_slice(&x.len.to_le_bytes());
+        b.push(kind_of(x));
+    }
+    b
+}
+
+/// Reads version-5 fixed-width index entries (sorted by CID, each naming one of `segs`
+/// segments).
+pub(super) fn decode_fixed_entries(b: &[u8], segs: usize) -> Result<Vec<Entry>, FormatError> {
+    if !b.len().is_multiple_of(ENTRY_LEN) {
+        return Err(FormatError::Record(
+            "index entries: length is not whole entries",
+        ));
+    }
+    let mut v: Vec<Entry> = Vec::with_capacity(b.len() / ENTRY_LEN);
+    for r in b.chunks_exact(ENTRY_LEN) {
+        let cid =
+            Cid::from_bytes(&r[..CID_LEN]).ok_or(FormatError::Record("index entry: bad CID"))?;
+        let u = |i: usize| u32::from_le_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+        let (seg, off, len, kind) = (u(CID_LEN), u(CID_LEN + 4), u(CID_LEN + 8), r[CID_LEN + 12]);
+        if seg as usize >= segs || kind > NODE {
+            return Err(FormatError::Record("index entry out of range"));
+        }
+        if v.last().is_some_and(|p| p.cid >= cid) {
+            return Err(FormatError::Record("index entries not sorted"));
+        }
+        v.push(Entry {
+            cid,
+            seg,
+            off,
+            len,
+            event: kind == EVENT,
+            node: kind == NODE,
+        });
+    }
+    Ok(v)
+}
+
+/// Reads index entries of versions 1 to 4 (a CBOR array of 5-element arrays).
+pub(super) fn decode_entries(d: &mut Decoder<'_>, segs: usize) -> Result<Vec<Entry>, FormatError> {
+    let n = d.array()?;
+    let mut v: Vec<Entry> = Vec::with_capacity(n);
+    for _ in 0..n {
+        if d.array()? != 5 {
+            return Err(FormatError::Record("index entry must have 5 fields"));
+        }
+        let cid = Cid::from_bytes(d.bytes()?).ok_or(FormatError::Record("index entry: bad CID"))?;
+        let seg = d.u64()?;
+        let off = d.u64()?;
+        let len = d.u64()?;
+        let kind = d.u64()?;
+        if seg >= segs as u64 || off > u32::MAX as u64 || len > u32::MAX as u64 || kind > 2 {
+            return Err(FormatError::Record("index entry out of range"));
+        }
+        if v.last().is_some_and(|p| p.cid >= cid) {
+            return Err(FormatError::Record("index entries not sorted"));
+        }
+        v.push(Entry {
+            cid,
+            seg: seg as u32,
+            off: off as u32,
+            len: len as u32,
+            event: kind == 1,
+            node: kind == 2,
+        });
+    }
+    Ok(v)
+}
+
+/// An index page opened for lookups (see [`Index::open_page_for_reads`]).
+#[derive(Debug)]
+pub enum Page {
+    /// Version 5: fixed-width entries, searched where they are.
+    Fixed(Vec<u8>),
+    /// Versions 1–4: decoded.
+    Decoded(Vec<Entry>),
+}
+
+impl Page {
+    /// `cid`'s entry, checked (its segment must be one of the file's `segs`).
+    pub fn find(&self, cid: &Cid, segs: usize) -> Result<Option<Entry>, FormatError> {
+        match self {
+            Page::Decoded(v) => Ok(v.binary_search_by(|e| e.cid.cmp(cid)).ok().map(|i| v[i])),
+            Page::Fixed(b) => {
+                let n = b.len() / ENTRY_LEN;
+                let want = cid.as_bytes();
+                let (mut lo, mut hi) = (0, n);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    let r = &b[mid * ENTRY_LEN..][..CID_LEN];
+                    match r.cmp(want) {
+                        std::cmp::Ordering::Less => lo = mid + 1,
+                        std::cmp::Ordering::Greater => hi = mid,
+                        std::cmp::Ordering::Equal => {
+                            let e = decode_fixed_entries(&b[mid * ENTRY_LEN..][..ENTRY_LEN], segs)?;
+                            return Ok(e.first().copied());
+                        }
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every entry, checked (sorted, each naming one of `segs` segments).
+    pub fn entries(&self, segs: usize) -> Result<Vec<Entry>, FormatError> {
+        match self {
+            Page::Decoded(v) => Ok(v.clone()),
+            Page::Fixed(b) => decode_fixed_entries(b, segs),
+        }
+    }
+
+    /// Bytes held.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Page::Fixed(b) => b.capacity(),
+            Page::Decoded(v) => v.len() * std::mem::size_of::<Entry>(),
+        }
+    }
+}
+
+/// A page of a large file's index.
+#[derive(Clone, Debug)]
+pub struct PageRef {
+    pub first: Cid,
+    pub off: u64,
+    pub len: u32,
+    pub count: u32,
+}
+
+/// A file's decrypted index: where its segments are and where each block is.
+#[derive(Clone, Debug)]
+pub struct Index {
+    /// The file's own key (version 4 on; before, its units are sealed under the lineage key).
+    pub(super) key: Option<Arc<SubKey>>,
+    /// Format version of the file (2: segments carry a codec byte).
+    pub version: u32,
+    pub meta: Meta,
+    pub segs: Vec<(u64, u32)>,
+    /// Entries listed in the index itself, sorted by CID: every block of a file without pages;
+    /// of a paged file, its tree nodes and events (version 5) or none (before).
+    pub entries: Vec<Entry>,
+    /// Page references, sorted by first CID (files with more than a page of document versions).
+    pub pages: Vec<PageRef>,
+    /// The structural filter of the file's tree nodes and events (version 5 on; before,
+    /// [`Filter::None`]: probe).
+    pub filter: Filter,
+}
+
+/// Reads the trailer: (index offset, index length), the index region's: from version 4 on the
+/// file's salt and the sealed index.
+pub fn parse_trailer(file_len: u64, t: &[u8]) -> Result<(u64, u32), FormatError> {
+    if file_len < (HEADER_LEN + TRAILER_LEN) as u64
+        || t.len() != TRAILER_LEN
+        || (&t[12..] != END_PLAIN && &t[12..] != END_SALTED)
+    {
+        return Err(FormatError::Framing("missing trailer (truncated file?)"));
+    }
+    let off = u64::from_le_bytes(
+        t[..8]
+            .try_into()
+            .map_err(|_| FormatError::Framing("trailer"))?,
+    );
+    let len = u32::from_le_bytes(
+        t[8..12]
+            .try_into()
+            .map_err(|_| FormatError::Framing("trailer"))?,
+    );
+    if off < HEADER_LEN as u64 || off.checked_add(len as u64) != Some(file_len - TRAILER_LEN as u64)
+    {
+        return Err(FormatError::Framing("index location out of range"));
+    }
+    Ok((off, len))
+}
+
+/// The version a file's header states (`None`: no diff file header).
+pub(super) fn header_version(h: &[u8]) -> Option<u32> {
+    let h = h.get(..HEADER_LEN).filter(|h| &h[..8] == MAGIC)?;
+    Some(u32::from_le_bytes([h[8], h[9], h[10], h[11]]))
+}
+
+/// Whether this kiln reads a file or index of version `v`.
+pub(super) fn known_version(v: u64) -> bool {
+    (1..=VERSION as u64).contains(&v)
+}
+
+/// Checks the 16-byte header.
+pub fn check_header(h: &[u8]) -> Result<(), FormatError> {
+    let Some(v) = header_version(h) else {
+        return Err(FormatError::Framing("not a kiln diff file"));
+    };
+    if !known_version(v as u64) {
+        return Err(FormatError::Version(v));
+    }
+    if h[12..16] != [0, 0, 0, 0] {
+        return Err(FormatError::Framing("reserved header bytes are not zero"));
+    }
+    Ok(())
+}
+
+impl Index {
+    /// Opens and parses the index of a file: `tail` is the file's last bytes from `index_at`
+    /// on, the index region (the file's salt, from version 4 on, and the sealed index) and
+    /// the trailer, whose end says which (see [`parse_trailer`] for the region's place).
+    pub fn open(key: &Key, tail: &[u8], index_at: u64) -> Result<Index, FormatError> {
+        let (region, trailer) = tail
+            .len()
+            .checked_sub(TRAILER_LEN)
+            .map(|n| tail.split_at(n))
+            .ok_or(FormatError::Framing("missing trailer (truncated file?)"))?;
+        let salted = match &trailer[12..] {
+            e if e == END_PLAIN => false,
+            e if e == END_SALTED => true,
+            _ => return Err(FormatError::Framing("missing trailer (truncated file?)")),
+        };
+        let (file_key, sealed) = if salted {
+            let salt: &Salt = region
+                .get(..SALT_LEN)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(FormatError::Framing("index region shorter than its salt"))?;
+            let k = Arc::new(key.subkey(Purpose::DiffFile, salt));
+            (Some(k), &region[SALT_LEN..])
+        } else {
+            (None, region)
+        };
+        let opener = match &file_key {
+            Some(k) => Opener::File(k),
+            None => Opener::Lineage(key),
+        };
+        let plain = opener
+            .open(INDEX_AAD, sealed)
+            .map_err(|SealError| FormatError::Seal("index"))?;
+        let mut d = Decoder::new(&plain);
+        let fields = d.map()?;
+        d.key("v")?;
+        let v = d.u64()?;
+        if !known_version(v) {
+            return Err(FormatError::Version(v.min(u32::MAX as u64) as u32));
+        }
+        if salted != (v >= 4) {
+            return Err(FormatError::Framing("trailer and index versions differ"));
+        }
+        if fields != if v >= FILTERED as u64 { 9 } else { 8 } {
+            return Err(FormatError::Record("index: wrong number of fields"));
+        }
+        d.key("at")?;
+        let time = d.u64()?;
+        d.key("bk")?;
+        // Segment count is not known yet; check entry ranges once it is.
+        let entries = if v >= FIXED_ENTRIES as u64 {
+            decode_fixed_entries(d.bytes()?, usize::MAX)?
+        } else {
+            decode_entries(&mut d, usize::MAX)?
+        };
+        d.key("lv")?;
+        let level = d.u64()?.min(255) as u8;
+        d.key("pg")?;
+        let np = d.array()?;
+        let mut pages = Vec::with_capacity(np);
+        for _ in 0..np {
+            if d.array()? != 4 {
+                return Err(FormatError::Record("page ref must have 4 fields"));
+            }
+            let first =
+                Cid::from_bytes(d.bytes()?).ok_or(FormatError::Record("page ref: bad CID"))?;
+            let off = d.u64()?;
+            let len = d.u64()?;
+            let count = d.u64()?;
+            if off < HEADER_LEN as u64
+                || off.saturating_add(len) > index_at
+                || count as usize > MAX_PAGE_ENTRIES
+            {
+                return Err(FormatError::Record("page ref out of range"));
+            }
+            pages.push(PageRef {
+                first,
+                off,
+                len: len as u32,
+                count: count as u32,
+            });
+        }
+        if pages.windows(2).any(|w| w[0].first >= w[1].first) {
+            return Err(FormatError::Record("index pages not sorted"));
+        }
+        d.key("rp")?;
+        let nr = d.array()?;
+        let mut replaces = Vec::with_capacity(nr);
+        for _ in 0..nr {
+            let b = d.bytes()?;
+            replaces.push(FileName(
+                b.try_into()
+                    .map_err(|_| FormatError::Record("replaced file name"))?,
+            ));
+        }
+        d.key("rt")?;
+        let nroots = d.array()?;
+        let mut roots = Vec::with_capacity(nroots);
+        for _ in 0..nroots {
+            roots.push(d.link()?);
+        }
+        let filter = if v >= FILTERED as u64 {
+            d.key("sf")?;
+            let b = d.bytes()?;
+            if !Filter::check_bytes(b) {
+                return Err(FormatError::Record("index: structural filter length"));
+            }
+            Filter::Structural(b.into())
+        } else {
+            Filter::None
+        };
+        d.key("sg")?;
+        let ns = d.array()?;
+        let mut segs = Vec::with_capacity(ns);
+        let mut at = HEADER_LEN as u64;
+        for _ in 0..ns {
+            if d.array()? != 2 {
+                return Err(FormatError::Record("segment ref must have 2 fields"));
+            }
+            let off = d.u64()?;
+            let len = d.u64()?;
+            if off != at || len > u32::MAX as u64 || off + len > index_at {
+                return Err(FormatError::Record("segment ref out of range"));
+            }
+            at = off + len;
+            segs.push((off, len as u32));
+        }
+        d.finish()?;
+        if entries.iter().any(|e| e.seg as usize >= segs.len()) {
+            return Err(FormatError::Record("index entry names a missing segment"));
+        }
+        Ok(Index {
+            key: file_key,
+            version: v as u32,
+            meta: Meta {
+                level,
+                time,
+                roots,
+                replaces,
+            },
+            segs,
+            entries,
+            pages,
+            filter,
+        })
+    }
+
+    /// The index as a reader gets it: with `entries` (all of the file's, sorted) unless paged,
+    /// then with the tree nodes and events only.
+    pub(super) fn with_entries(self, entries: Vec<Entry>) -> Index {
+        Index {
+            entries: if self.pages.is_empty() {
+                entries
+            } else {
+                entries.into_iter().filter(|e| e.event || e.node).collect()
+            },
+            ..self
+        }
+    }
+
+    /// Finds a block among the entries the index lists itself (all of an unpaged file's; a
+    /// paged version-5 file's tree nodes and events).
+    pub fn find(&self, cid: &Cid) -> Option<Entry> {
+        self.entries
+            .binary_search_by(|e| e.cid.cmp(cid))
+            .ok()
+            .map(|i| self.entries[i])
+    }
+
+    /// The page that would hold `cid` (paged index).
+    pub fn page_for(&self, cid: &Cid) -> Option<usize> {
+        let i = self.pages.partition_point(|p| p.first <= *cid);
+        i.checked_sub(1)
+    }
+
+    /// What opens this file's units (`key`: the lineage's).
+    pub(super) fn opener<'a>(&'a self, key: &'a Key) -> Opener<'a> {
+        match &self.key {
+            Some(k) => Opener::File(k),
+            None => Opener::Lineage(key),
+        }
+    }
+
+    /// Decrypts segment `n` of this file (`key`: the lineage's) and returns its CAR bytes.
+    pub fn open_segment(&self, key: &Key, n: u32, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+        open_segment_with(self.opener(key), n, sealed, self.version)
+    }
+
+    /// Decrypts page `n` (`key`: the lineage's).
+    pub fn open_page(&self, key: &Key, n: usize, sealed: &[u8]) -> Result<Vec<Entry>, FormatError> {
+        self.open_page_for_reads(key, n, sealed)?
+            .entries(self.segs.len())
+    }
+
+    /// Decrypts page `n` for lookups: a version-5 page stays as its fixed-width records,
+    /// searched in place (its count and first CID checked against its reference here, each
+    /// entry found checked as it is read); an older page is decoded whole.
+    pub fn open_page_for_reads(
+        &self,
+        key: &Key,
+        n: usize,
+        sealed: &[u8],
+    ) -> Result<Page, FormatError> {
+        let plain = self
+            .opener(key)
+            .open(&page_aad(n as u32), sealed)
+            .map_err(|SealError| FormatError::Seal("index page"))?;
+        let pr = &self.pages[n];
+        if self.version >= FIXED_ENTRIES {
+            if plain.len() != pr.count as usize * ENTRY_LEN
+                || plain.get(..CID_LEN) != Some(pr.first.as_bytes())
+            {
+                return Err(FormatError::Record(
+                    "index page does not match its reference",
+                ));
+            }
+            return Ok(Page::Fixed(plain));
+        }
+        let mut d = Decoder::new(&plain);
+        let v = decode_entries(&mut d, self.segs.len())?;
+        d.finish()?;
+        if v.len() != pr.count as usize || v.first().map(|e| e.cid) != Some(pr.first) {
+            return Err(FormatError::Record(
+                "index page does not match its reference",
+            ));
+        }
+        Ok(Page::Decoded(v))
+    }
+
+    pub fn block_count(&self) -> usize {
+        self.entries.len() + self.pages.iter().map(|p| p.count as usize).sum::<usize>()
+    }
+}
