@@ -3,21 +3,13 @@
 //! reads COUNT random ids `doc-%08d` below N (kiln-bench's ids) and prints the rate; with
 //! COUNT 0 it scans every document in id order instead (kiln-bench's `alldocs`).
 
+mod common;
+
 use kiln::Store;
 
 fn main() -> kiln::Result<()> {
-    let a: Vec<String> = std::env::args().collect();
-    let usage = "usage: random_gets STORE DB COUNT N";
-    let (root, db, count, n) = match &a[1..] {
-        [r, d, c, n] => (
-            r,
-            d,
-            c.parse::<u64>().expect(usage),
-            n.parse::<u64>().expect(usage),
-        ),
-        _ => panic!("{usage}"),
-    };
-    let db = Store::open_existing(root, kiln::Options::default())?.open_db(db)?;
+    let (root, db, count, n) = common::args("usage: random_gets STORE DB COUNT N");
+    let db = Store::open_existing(&root, kiln::Options::default())?.open_db(&db)?;
     let t = std::time::Instant::now();
     if count == 0 {
         let mut seen = 0u64;
@@ -32,12 +24,7 @@ fn main() -> kiln::Result<()> {
         );
         return Ok(());
     }
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for _ in 0..count {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let id = format!("doc-{:08}", x % n);
+    for id in common::random_ids(n).take(count as usize) {
         db.get(&id)?.expect("every id below N exists");
     }
     let s = t.elapsed().as_secs_f64();

@@ -3,33 +3,20 @@
 //! reads and rewrites COUNT random documents `doc-%08d` below N (kiln-bench's `update`: one
 //! commit each, `title` extended, `v` counted up) and prints the rate and the files written.
 
+mod common;
+
 use kiln::Store;
 use serde_json::{json, Value};
 
 fn main() -> kiln::Result<()> {
-    let a: Vec<String> = std::env::args().collect();
-    let usage = "usage: random_updates STORE DB COUNT N";
-    let (root, db, count, n) = match &a[1..] {
-        [r, d, c, n] => (
-            r,
-            d,
-            c.parse::<u64>().expect(usage),
-            n.parse::<u64>().expect(usage),
-        ),
-        _ => panic!("{usage}"),
-    };
+    let (root, db, count, n) = common::args("usage: random_updates STORE DB COUNT N");
     let opts = kiln::Options {
         durability: kiln::Durability::Buffered,
         ..Default::default()
     };
-    let db = Store::open_existing(root, opts)?.open_db(db)?;
+    let db = Store::open_existing(&root, opts)?.open_db(&db)?;
     let t = std::time::Instant::now();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for _ in 0..count {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let id = format!("doc-{:08}", x % n);
+    for id in common::random_ids(n).take(count as usize) {
         let mut d = db.get(&id)?.expect("every id below N exists");
         let o = d.as_object_mut().expect("an object");
         let title = format!("{} u", o["title"].as_str().unwrap_or(""));

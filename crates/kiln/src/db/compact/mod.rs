@@ -204,7 +204,8 @@ impl Db {
         let any_v1 = versions.iter().any(|v| *v < 2);
         let tree_root = if current { head.root } else { head.base };
         let mut keep: DigestSet<Cid> = DigestSet::default();
-        let mut extra: Vec<(Cid, Arc<[u8]>)> = Vec::new();
+        // Bytes of the nodes only in memory this file writes (in `order` with the others).
+        let mut memory_bytes = 0u64;
         // The trees to keep: the current (or base) tree, and the state at every cut event.
         let mut stack: Vec<Cid> = tree_root
             .into_iter()
@@ -223,7 +224,7 @@ impl Db {
             } else if current {
                 match memory.get(&c) {
                     Some((b, _)) => {
-                        extra.push((c, b.clone()));
+                        memory_bytes += b.len() as u64;
                         order.push(c);
                     }
                     None if all => return Err(Error::MissingBlock(c, self.name.clone())),
@@ -256,8 +257,7 @@ impl Db {
             // By the bytes going in: the files, and the tree nodes only in memory.
             Some(k) => policy::out_level(
                 k,
-                sel.iter().map(|f| f.size).sum::<u64>()
-                    + extra.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
+                sel.iter().map(|f| f.size).sum::<u64>() + memory_bytes,
                 head.files
                     .iter()
                     .filter(|f| !sel.iter().any(|s| s.name == f.name))
@@ -326,9 +326,6 @@ impl Db {
                         }
                         .map_err(io)?;
                     }
-                }
-                for (c, b) in &extra {
-                    w.add_node(*c, b).map_err(io)?;
                 }
                 let (name, size, index, index_len) = w.finish().map_err(io)?;
                 done = Some((size, index, index_len));
