@@ -77,7 +77,9 @@ pub(super) fn write_tree(
     w: &mut car::StreamWriter,
 ) -> Result<()> {
     let io = |e| Error::io(v.db.store.root.join("files"), e);
-    let mut branches: Vec<Cid> = Vec::new();
+    // Branches are written after every group, from the bytes read here (one read and hash
+    // check per node).
+    let mut branches: Vec<(Cid, Arc<[u8]>)> = Vec::new();
     for c in order {
         let held;
         let data: &[u8] = match memory.get(c) {
@@ -98,7 +100,7 @@ pub(super) fn write_tree(
             None => tree::Leaf::links_of(data).map_err(|x| v.corrupt_cid(c, x.0))?,
         };
         let Some(links) = links else {
-            branches.push(*c);
+            branches.push((*c, Arc::from(data)));
             continue;
         };
         let values: Vec<(usize, &car::Entry)> = links
@@ -119,17 +121,8 @@ pub(super) fn write_tree(
         }
         w.end_group().map_err(io)?;
     }
-    for c in &branches {
-        match memory.get(c) {
-            Some((b, _)) => w.add_node(*c, b).map_err(io)?,
-            None => {
-                if let Some((i, e)) = inputs.find(c) {
-                    let (seg, off) = block(v, sel, i, e)?;
-                    w.add_node(*c, &seg[off..off + e.len as usize])
-                        .map_err(io)?;
-                }
-            }
-        }
+    for (c, b) in &branches {
+        w.add_node(*c, b).map_err(io)?;
     }
     Ok(())
 }
