@@ -212,14 +212,14 @@ impl<'a> View<'a> {
         let idx = self.db.index(file)?;
         let (off, len) = idx.segs[n as usize];
         let plain = self.db.restoring(name, || {
-            let sealed = self
+            let mut sealed = self
                 .db
                 .store
                 .storage
                 .read_at(name, off, len as usize)
                 .map_err(|e| self.db.file_err(name, e))?;
             Ok(Arc::new(
-                idx.open_segment(&self.db.key, n, &sealed)
+                idx.open_segment_in(&self.db.key, n, &mut sealed)
                     .map_err(|e| Error::format(format!("file {name}"), e))?,
             ))
         })?;

@@ -261,6 +261,11 @@ impl Key {
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         open(&self.0.cipher, aad, sealed)
     }
+
+    /// [`Key::open`] in place: decrypts within `sealed` and returns the plaintext's part of it.
+    pub fn open_in<'a>(&self, aad: &[u8], sealed: &'a mut [u8]) -> Result<&'a [u8], SealError> {
+        open_in(&self.0.cipher, aad, sealed)
+    }
 }
 
 /// A key derived from a lineage's [`Key`] and a salt (see the module doc): one diff file's,
@@ -315,6 +320,12 @@ impl SubKey {
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         open(&self.cipher, aad, sealed)
     }
+
+    /// [`SubKey::open`] in place: decrypts within `sealed` and returns the plaintext's part of
+    /// it (no copy of the unit; the bytes of a unit that fails to open are unspecified).
+    pub fn open_in<'a>(&self, aad: &[u8], sealed: &'a mut [u8]) -> Result<&'a [u8], SealError> {
+        open_in(&self.cipher, aad, sealed)
+    }
 }
 
 fn seal_into(
@@ -354,6 +365,22 @@ fn open(cipher: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Seal
     Ok(buf)
 }
 
+fn open_in<'a>(
+    cipher: &LessSafeKey,
+    aad: &[u8],
+    sealed: &'a mut [u8],
+) -> Result<&'a [u8], SealError> {
+    if sealed.len() < OVERHEAD {
+        return Err(SealError);
+    }
+    let (nonce, ct) = sealed.split_at_mut(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError)?;
+    let plain = cipher
+        .open_in_place(nonce, Aad::from(aad), ct)
+        .map_err(|_| SealError)?;
+    Ok(plain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +391,8 @@ mod tests {
         let s = k.seal(b"a", b"hello").unwrap();
         assert_eq!(s.len(), 5 + OVERHEAD);
         assert_eq!(k.open(b"a", &s).unwrap(), b"hello");
+        assert_eq!(k.open_in(b"a", &mut s.clone()).unwrap(), b"hello");
+        assert_eq!(k.open_in(b"b", &mut s.clone()), Err(SealError));
         assert_eq!(k.open(b"b", &s), Err(SealError));
         let mut t = s.clone();
         t[14] ^= 1;

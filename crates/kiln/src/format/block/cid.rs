@@ -135,6 +135,72 @@ impl Cid {
     }
 }
 
+/// Where `want` is among `n` CIDs sorted by binary form, as [`slice::binary_search`] answers:
+/// `Ok(i)` when the `i`-th is `want`, else `Err(i)` where it would go. `cmp_at(i)` compares
+/// the `i`-th with `want`; `key_at(i)` is the `i`-th's [`spread_key`].
+///
+/// CIDs are hash digests, evenly spread over their range, so the search interpolates: it probes
+/// where `want` would sit if the keys between the bounds were evenly spaced (a handful of probes
+/// instead of log2 n, each a likely cache miss in a large index). After a few rounds it falls
+/// back to halving, so keys that are not evenly spread cost at most a few probes more than a
+/// binary search, and the answer never depends on the spread.
+pub fn search_sorted(
+    n: usize,
+    want: &Cid,
+    cmp_at: impl Fn(usize) -> std::cmp::Ordering,
+    key_at: impl Fn(usize) -> u64,
+) -> Result<usize, usize> {
+    use std::cmp::Ordering::*;
+    const ROUNDS: u32 = 6;
+    const SMALL: usize = 8;
+    // Invariant: every CID before `lo` is below `want`, every one from `hi` on is above it.
+    let (mut lo, mut hi) = (0, n);
+    let k = spread_key(&want.bytes);
+    if n > SMALL {
+        let (mut klo, mut khi) = (key_at(lo), key_at(hi - 1));
+        for _ in 0..ROUNDS {
+            if hi - lo <= SMALL || k < klo || k > khi || klo == khi {
+                break;
+            }
+            let span = (hi - 1 - lo) as u128;
+            let pos = lo + ((k - klo) as u128 * span / (khi - klo) as u128) as usize;
+            match cmp_at(pos) {
+                Equal => return Ok(pos),
+                Less => {
+                    lo = pos + 1;
+                    if lo < hi {
+                        klo = key_at(lo);
+                    }
+                }
+                Greater => {
+                    hi = pos;
+                    if lo < hi {
+                        khi = key_at(hi - 1);
+                    }
+                }
+            }
+        }
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match cmp_at(mid) {
+            Equal => return Ok(mid),
+            Less => lo = mid + 1,
+            Greater => hi = mid,
+        }
+    }
+    Err(lo)
+}
+
+/// The interpolation key of a CID's binary form `b` (at least 9 bytes): its codec and the
+/// first 7 digest bytes as a big-endian integer, which orders as the CIDs do where it differs.
+#[inline]
+pub fn spread_key(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[1..9]);
+    u64::from_be_bytes(w)
+}
+
 impl std::hash::Hash for Cid {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         // The digest is already uniformly distributed: 8 of its bytes are a fine hash.
@@ -232,6 +298,59 @@ mod tests {
             proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
             proptest::prop_assert_eq!(y.cmp(&x), b.cmp(&a));
             proptest::prop_assert_eq!(x.partial_cmp(&y), Some(a.cmp(&b)));
+        }
+    }
+
+    /// The interpolating search answers as a binary search does, for evenly spread digests
+    /// and for lists that are not (shared prefixes, both codecs, runs of near-equal keys).
+    fn check_search(
+        cids: &mut Vec<Cid>,
+        probes: &[Cid],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        cids.sort();
+        cids.dedup();
+        for want in cids.iter().chain(probes) {
+            let got = search_sorted(
+                cids.len(),
+                want,
+                |i| cids[i].cmp(want),
+                |i| spread_key(cids[i].as_bytes()),
+            );
+            proptest::prop_assert_eq!(got, cids.binary_search(want));
+        }
+        Ok(())
+    }
+
+    fn cid_from(codec: u8, digest: [u8; 32]) -> Cid {
+        let mut bytes = [0u8; CID_LEN];
+        bytes[..4].copy_from_slice(&[0x01, codec, 0x12, 0x20]);
+        bytes[4..].copy_from_slice(&digest);
+        Cid { bytes }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn search_sorted_matches_binary_search_on_hashes(n in 0usize..3000, probes in 0u32..50) {
+            let mut cids: Vec<Cid> = (0..n).map(|i| Cid::of_cbor(&i.to_le_bytes())).collect();
+            let others: Vec<Cid> = (0..probes).map(|i| Cid::hash(Codec::Raw, &i.to_le_bytes())).collect();
+            check_search(&mut cids, &others)?;
+        }
+
+        #[test]
+        fn search_sorted_matches_binary_search_on_skewed_keys(
+            raw in proptest::collection::vec((proptest::bool::ANY, 0u8..4, 0u8..=255, proptest::num::u64::ANY), 0..400),
+        ) {
+            // Few distinct leading bytes, long shared prefixes, both codecs: far from even.
+            let mk = |(is_raw, top, mid, low): (bool, u8, u8, u64)| {
+                let mut d = [0u8; 32];
+                d[0] = top;
+                d[6] = mid;
+                d[24..].copy_from_slice(&low.to_be_bytes());
+                cid_from(if is_raw { 0x55 } else { 0x71 }, d)
+            };
+            let mut cids: Vec<Cid> = raw.iter().copied().map(mk).collect();
+            let probes: Vec<Cid> = raw.iter().map(|&(r, t, m, l)| mk((!r, t, m.wrapping_add(1), l ^ 1))).collect();
+            check_search(&mut cids, &probes)?;
         }
     }
 

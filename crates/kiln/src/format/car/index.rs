@@ -2,6 +2,7 @@
 //! and the `Index` a reader opens, with its lookups.
 
 use super::*;
+use crate::format::block::cid::{search_sorted, spread_key};
 
 /// The first version whose index entries are fixed-width records (see [`ENTRY_LEN`]).
 pub(super) const FIXED_ENTRIES: u32 = 5;
@@ -121,24 +122,23 @@ impl Page {
     /// `cid`'s entry, checked (its segment must be one of the file's `segs`).
     pub fn find(&self, cid: &Cid, segs: usize) -> Result<Option<Entry>, FormatError> {
         match self {
-            Page::Decoded(v) => Ok(v.binary_search_by(|e| e.cid.cmp(cid)).ok().map(|i| v[i])),
+            Page::Decoded(v) => Ok(find_entry(v, cid).map(|i| v[i])),
             Page::Fixed(b) => {
-                let n = b.len() / ENTRY_LEN;
                 let want = cid.as_bytes();
-                let (mut lo, mut hi) = (0, n);
-                while lo < hi {
-                    let mid = (lo + hi) / 2;
-                    let r = &b[mid * ENTRY_LEN..][..CID_LEN];
-                    match r.cmp(want) {
-                        std::cmp::Ordering::Less => lo = mid + 1,
-                        std::cmp::Ordering::Greater => hi = mid,
-                        std::cmp::Ordering::Equal => {
-                            let e = decode_fixed_entries(&b[mid * ENTRY_LEN..][..ENTRY_LEN], segs)?;
-                            return Ok(e.first().copied());
-                        }
+                let cid_at = |i: usize| &b[i * ENTRY_LEN..][..CID_LEN];
+                let found = search_sorted(
+                    b.len() / ENTRY_LEN,
+                    cid,
+                    |i| cid_at(i).cmp(want),
+                    |i| spread_key(cid_at(i)),
+                );
+                match found {
+                    Ok(i) => {
+                        let e = decode_fixed_entries(&b[i * ENTRY_LEN..][..ENTRY_LEN], segs)?;
+                        Ok(e.first().copied())
                     }
+                    Err(_) => Ok(None),
                 }
-                Ok(None)
             }
         }
     }
@@ -401,16 +401,22 @@ impl Index {
     /// Finds a block among the entries the index lists itself (all of an unpaged file's; a
     /// paged version-5 file's tree nodes and events).
     pub fn find(&self, cid: &Cid) -> Option<Entry> {
-        self.entries
-            .binary_search_by(|e| e.cid.cmp(cid))
-            .ok()
-            .map(|i| self.entries[i])
+        find_entry(&self.entries, cid).map(|i| self.entries[i])
     }
 
     /// The page that would hold `cid` (paged index).
     pub fn page_for(&self, cid: &Cid) -> Option<usize> {
-        let i = self.pages.partition_point(|p| p.first <= *cid);
-        i.checked_sub(1)
+        let pages = &self.pages;
+        let at = search_sorted(
+            pages.len(),
+            cid,
+            |i| pages[i].first.cmp(cid),
+            |i| spread_key(pages[i].first.as_bytes()),
+        );
+        match at {
+            Ok(i) => Some(i),
+            Err(i) => i.checked_sub(1),
+        }
     }
 
     /// What opens this file's units (`key`: the lineage's).
@@ -424,6 +430,17 @@ impl Index {
     /// Decrypts segment `n` of this file (`key`: the lineage's) and returns its CAR bytes.
     pub fn open_segment(&self, key: &Key, n: u32, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
         open_segment_with(self.opener(key), n, sealed, self.version)
+    }
+
+    /// [`Index::open_segment`], decrypting within `sealed` (a buffer the caller owns and
+    /// discards: one copy fewer).
+    pub fn open_segment_in(
+        &self,
+        key: &Key,
+        n: u32,
+        sealed: &mut [u8],
+    ) -> Result<Vec<u8>, FormatError> {
+        open_segment_in(self.opener(key), n, sealed, self.version)
     }
 
     /// Decrypts page `n` (`key`: the lineage's).
@@ -470,4 +487,15 @@ impl Index {
     pub fn block_count(&self) -> usize {
         self.entries.len() + self.pages.iter().map(|p| p.count as usize).sum::<usize>()
     }
+}
+
+/// Where `cid` is in `entries` (sorted by CID).
+fn find_entry(entries: &[Entry], cid: &Cid) -> Option<usize> {
+    search_sorted(
+        entries.len(),
+        cid,
+        |i| entries[i].cid.cmp(cid),
+        |i| spread_key(entries[i].cid.as_bytes()),
+    )
+    .ok()
 }

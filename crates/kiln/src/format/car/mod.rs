@@ -335,6 +335,13 @@ impl Opener<'_> {
             Opener::File(k) => k.open(aad, sealed),
         }
     }
+
+    fn open_in<'b>(&self, aad: &[u8], sealed: &'b mut [u8]) -> Result<&'b [u8], SealError> {
+        match self {
+            Opener::Lineage(k) => k.open_in(aad, sealed),
+            Opener::File(k) => k.open_in(aad, sealed),
+        }
+    }
 }
 
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
@@ -1292,17 +1299,24 @@ fn open_segment_with(
     sealed: &[u8],
     version: u32,
 ) -> Result<Vec<u8>, FormatError> {
-    let mut plain = key
-        .open(&seg_aad(n), sealed)
+    open_segment_in(key, n, &mut sealed.to_vec(), version)
+}
+
+/// [`open_segment_with`], decrypting within `sealed` (whose bytes it leaves unspecified).
+fn open_segment_in(
+    key: Opener<'_>,
+    n: u32,
+    sealed: &mut [u8],
+    version: u32,
+) -> Result<Vec<u8>, FormatError> {
+    let plain = key
+        .open_in(&seg_aad(n), sealed)
         .map_err(|SealError| FormatError::Seal("segment"))?;
     if version < 2 {
-        return Ok(plain);
+        return Ok(plain.to_vec());
     }
     match plain.first() {
-        Some(&RAW) => {
-            plain.remove(0);
-            Ok(plain)
-        }
+        Some(&RAW) => Ok(plain[1..].to_vec()),
         Some(&LZ4) => {
             let body = &plain[1..];
             let len = body

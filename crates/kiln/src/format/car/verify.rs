@@ -145,7 +145,7 @@ pub fn verify_parts(
     };
     let mut found: Vec<Entry> = Vec::new();
     for (n, (off, len)) in index.segs.iter().enumerate() {
-        let plain = index.open_segment(key, n as u32, &read(*off, *len as usize)?)?;
+        let plain = index.open_segment_in(key, n as u32, &mut read(*off, *len as usize)?)?;
         let mut pos = 0;
         if n == 0 {
             let hl = get_varint(&plain, &mut pos)
