@@ -56,6 +56,9 @@ pub(super) struct View<'a> {
     /// document versions a leaf names are usually written beside it (see
     /// `compact::cluster`), so [`View::locate`] looks there first.
     pub(super) near: Cell<Option<Place>>,
+    /// The last segment this view opened: a leaf's document is usually in the leaf's segment,
+    /// which the cache may have declined to keep ([`Cache::admit`]).
+    last: RefCell<Option<(Place, Arc<Vec<u8>>)>>,
 }
 
 impl<'a> View<'a> {
@@ -64,6 +67,7 @@ impl<'a> View<'a> {
             db,
             head,
             near: Cell::new(None),
+            last: RefCell::new(None),
         }
     }
 
@@ -205,6 +209,15 @@ impl<'a> View<'a> {
 
     pub(super) fn segment(&self, file: &FileRef, n: u32) -> Result<Arc<Vec<u8>>> {
         let name = &file.name;
+        let here = Place {
+            file: *name,
+            seg: n,
+        };
+        if let Some((at, b)) = &*self.last.borrow() {
+            if *at == here {
+                return Ok(b.clone());
+            }
+        }
         let key = CacheKey::Segment(*name, n);
         if let Some(Cached::Bytes(b)) = self.db.store.cache.get(&key) {
             return Ok(b);
@@ -223,10 +236,8 @@ impl<'a> View<'a> {
                     .map_err(|e| Error::format(format!("file {name}"), e))?,
             ))
         })?;
-        self.db
-            .store
-            .cache
-            .insert(key, Cached::Bytes(plain.clone()));
+        self.db.store.cache.admit(key, Cached::Bytes(plain.clone()));
+        *self.last.borrow_mut() = Some((here, plain.clone()));
         Ok(plain)
     }
 
