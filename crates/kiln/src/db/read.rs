@@ -48,6 +48,16 @@ pub(super) fn read_head_with<T>(
         .ok_or_else(|| Error::NoSuchDatabase(name.into()))
 }
 
+thread_local! {
+    /// The buffer segments are read and decrypted in (one per thread, reused: a segment is
+    /// 4–16 KiB, above what the allocator keeps at hand for small sizes).
+    static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The largest [`SEALED`] buffer a thread keeps between reads (a larger segment, from a huge
+/// document, gets its own).
+const KEEP_SEALED: usize = 1 << 20;
+
 /// Reads against one head record.
 pub(super) struct View<'a> {
     pub(super) db: &'a Db,
@@ -225,16 +235,20 @@ impl<'a> View<'a> {
         let idx = self.db.index(file)?;
         let (off, len) = idx.segs[n as usize];
         let plain = self.db.restoring(name, || {
-            let mut sealed = self
-                .db
-                .store
-                .storage
-                .read_at(name, off, len as usize)
-                .map_err(|e| self.db.file_err(name, e))?;
-            Ok(Arc::new(
-                idx.open_segment_in(&self.db.key, n, &mut sealed)
-                    .map_err(|e| Error::format(format!("file {name}"), e))?,
-            ))
+            SEALED.with_borrow_mut(|sealed| {
+                self.db
+                    .store
+                    .storage
+                    .read_into(name, off, len as usize, sealed)
+                    .map_err(|e| self.db.file_err(name, e))?;
+                let plain = idx.open_segment_in(&self.db.key, n, sealed);
+                if sealed.capacity() > KEEP_SEALED {
+                    *sealed = Vec::new();
+                }
+                Ok(Arc::new(
+                    plain.map_err(|e| Error::format(format!("file {name}"), e))?,
+                ))
+            })
         })?;
         self.db.store.cache.admit(key, Cached::Bytes(plain.clone()));
         *self.last.borrow_mut() = Some((here, plain.clone()));

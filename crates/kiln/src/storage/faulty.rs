@@ -96,6 +96,16 @@ impl<B: Files> Files for Faulty<B> {
         self.inner.read_at(name, offset, len)
     }
 
+    fn read_into(
+        &self,
+        name: &FileName,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        self.inner.read_into(name, offset, len, buf)
+    }
+
     fn len(&self, name: &FileName) -> io::Result<u64> {
         self.inner.len(name)
     }

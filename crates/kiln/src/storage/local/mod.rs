@@ -782,6 +782,23 @@ impl LocalStorage {
         Ok(buf)
     }
 
+    /// [`LocalStorage::read_at`] into `buf`, reusing its allocation.
+    pub fn read_into(
+        &self,
+        name: &FileName,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let f = self.handle(name)?;
+        if len == 0 && offset > f.metadata()?.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.clear();
+        buf.resize(len, 0);
+        f.read_exact_at(buf, offset)
+    }
+
     pub fn len(&self, name: &FileName) -> io::Result<u64> {
         Ok(self.handle(name)?.metadata()?.len())
     }
@@ -1001,6 +1018,16 @@ impl Files for LocalStorage {
 
     fn read_at(&self, name: &FileName, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         LocalStorage::read_at(self, name, offset, len)
+    }
+
+    fn read_into(
+        &self,
+        name: &FileName,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        LocalStorage::read_into(self, name, offset, len, buf)
     }
 
     fn len(&self, name: &FileName) -> io::Result<u64> {
