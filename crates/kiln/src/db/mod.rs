@@ -122,8 +122,6 @@ struct Db {
     carried: Mutex<Option<(FileName, Vec<u8>)>>,
 }
 
-/// A head record as read, with the commit counter it was read under (`None`: do not trust it
-/// for freshness checks).
 /// The structural filters of one list of live files (a head's `files`), by position, each
 /// filled in when that file's index is first loaded: a lookup asks them without a map lookup
 /// per file.
@@ -150,6 +148,8 @@ impl Db {
     }
 }
 
+/// A head record as read, with the commit counter it was read under (`None`: do not trust it
+/// for freshness checks).
 struct State {
     head: Head,
     stamp: Option<u64>,
