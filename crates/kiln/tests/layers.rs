@@ -4,8 +4,9 @@
 //! util · storage · format · error · model · keys · db · store · (audit, attachments, index,
 //! sync, watch) · lib.rs
 //!
-//! Every `crate::…` path in the code of `src/` (not in comments, not in `#[cfg(test)]` code,
-//! which may build whole stores) is checked against the layer of the file it is in.
+//! Every `crate::…` path in the code of `src/` (not in comments, not in `#[cfg(test)]` code
+//! or modules declared under it, which may build whole stores) is checked against the layer of
+//! the file it is in.
 
 use std::path::{Path, PathBuf};
 
@@ -85,8 +86,12 @@ fn no_module_uses_a_layer_above_its_own() {
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     files.sort();
+    let tests = test_module_files(&files);
     let mut bad = Vec::new();
-    for f in &files {
+    for f in files
+        .iter()
+        .filter(|f| !tests.iter().any(|t| f.starts_with(t)))
+    {
         let top = top_module(&src, f);
         let Some(mine) = layer_of(&top) else {
             bad.push(format!("{}: module `{top}` is in no layer", f.display()));
@@ -109,6 +114,51 @@ fn no_module_uses_a_layer_above_its_own() {
     }
     assert!(files.len() > 20, "found {} files", files.len());
     assert!(bad.is_empty(), "layering broken:\n{}", bad.join("\n"));
+}
+
+/// The files (or folders) of modules declared right after `#[cfg(test)]` (`#[cfg(test)] mod
+/// tests;` keeps a module's tests in `tests.rs` beside it): test code, like a `#[cfg(test)]`
+/// block, which may build whole stores.
+fn test_module_files(files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        // A `mod.rs` (or `lib.rs`) declares modules beside it; `x.rs` declares them in `x/`.
+        let name = f.file_name().unwrap().to_string_lossy();
+        let dir = if name == "mod.rs" || name == "lib.rs" {
+            f.parent().unwrap().to_path_buf()
+        } else {
+            f.with_extension("")
+        };
+        for w in lines.windows(2) {
+            if w[0] != "#[cfg(test)]" {
+                continue;
+            }
+            if let Some(m) = w[1].strip_prefix("mod ").and_then(|r| r.strip_suffix(';')) {
+                out.push(dir.join(format!("{m}.rs")));
+                out.push(dir.join(m));
+            }
+        }
+    }
+    out
+}
+
+/// Test modules in files of their own are found (and only those declared under
+/// `#[cfg(test)]`), so the rule skips them as it skips `#[cfg(test)]` blocks.
+#[test]
+fn test_modules_in_their_own_files_are_found() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let tests = test_module_files(&files);
+    assert!(
+        tests.contains(&src.join("db").join("tests.rs")),
+        "{tests:?}"
+    );
+    assert!(!tests
+        .iter()
+        .any(|t| t.ends_with("db/read.rs") || t.ends_with("db/read")));
 }
 
 /// The checker itself: it sees what it must and skips comments and tests.
