@@ -42,7 +42,7 @@ fn main() {
         .unwrap_or(10_000);
     let mem = Mem::default();
     let ops: Vec<tree::Op> = (0..n).map(|i| (key(i).into(), slot(1))).collect();
-    let u = tree::update(&mem, None, &ops, Mode::Max).unwrap();
+    let u = tree::update(&mem, None, &ops, Mode::Max, tree::Shape::default()).unwrap();
     for (c, _, node) in &u.blocks {
         mem.0.borrow_mut().insert(*c, node.clone());
     }
@@ -65,7 +65,8 @@ fn main() {
                 .collect();
             ops.sort_by(|a, b| a.0.cmp(&b.0));
             ops.dedup_by(|a, b| a.0 == b.0);
-            let u = tree::update(&mem, root.as_ref(), &ops, Mode::Max).unwrap();
+            let u =
+                tree::update(&mem, root.as_ref(), &ops, Mode::Max, tree::Shape::default()).unwrap();
             for (c, _, node) in &u.blocks {
                 mem.0.borrow_mut().insert(*c, node.clone());
             }

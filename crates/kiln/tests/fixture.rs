@@ -6,17 +6,22 @@
 //! `tests/fixtures/v4`: the same with head records version 3, whose logs carry small fully
 //! durable diffs in file records; `tests/fixtures/v5`: the same with diff files and head
 //! records version 4, each file and each head log sealed under a key of its own;
-//! `tests/fixtures/v6`: today's formats, the same with diff files version 5 (fixed-width index
-//! entries, a structural filter in each index; a database "paged" whose diff file has a paged
-//! index) and head records version 4; all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks reading
-//! them, or that changes the CIDs kiln computes for the same content, fails here: formats are
-//! contracts.
+//! `tests/fixtures/v6`: the same with diff files version 5 (fixed-width index entries, a
+//! structural filter in each index; a database "paged" whose diff file has a paged index) and
+//! head records version 4; `tests/fixtures/v7`: today's formats, the same with head records
+//! version 5, whose databases' trees are of the `Bounded` shape (every tree before is `Mod16`);
+//! all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks
+//! reading them, or that changes the CIDs kiln computes for the same content, fails here:
+//! formats are contracts.
 
 use kiln::{Cid, ListOptions, Store};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
+/// The "fixture" database's root in a `Mod16` tree (fixtures v1 to v6).
 const ROOT: &str = "bafyreige7n5eeymvvsqnnclsw2jaaxxup6funum2h5h4bjygbw2jzbtofm";
+/// The same content's root in a `Bounded` tree (fixture v7, every database created since).
+const ROOT_BOUNDED: &str = "bafyreifqpbbzlcgy6rucvueawej233hho55xpppt6rsvbnnwu2fjphtfoa";
 
 /// A fixture folder and its events (first, second, head): events carry their commit time.
 struct Fixture {
@@ -74,6 +79,16 @@ const V6: Fixture = Fixture {
         "bafyreig74xac43hlsgeggxdbjwu73bdo64h7mfiy7gczrbq7sxvw2x3a24",
     ],
     cut_at: "bafyreiceiuygybeefvdm3tt3ynz6gnld7vrkkwnx7bh6ihwygxubyboeq4",
+};
+
+const V7: Fixture = Fixture {
+    dir: "v7",
+    events: [
+        "bafyreig5pm2dmomwbwihmpb3htwrwxcojvzkzngliqp7p3mamuvu2lceim",
+        "bafyreidl6xxagbnfzjxkrjwwr53v6mut76ay3gfjs6sfhzyqxgtn4ngfei",
+        "bafyreiefvvgooov2y2ed4uqgsci2bkwfo6c65rtygupgqr7gai5vbcnj4q",
+    ],
+    cut_at: "bafyreiexy6uvny76b7pebhfokfutkodakqtirj6zdco2zyfpgqtwvxojqu",
 };
 
 const V5: Fixture = Fixture {
@@ -147,12 +162,26 @@ fn v6_fixture_reads_and_verifies() {
     reads_and_verifies(&V6);
 }
 
+#[test]
+fn v7_fixture_reads_and_verifies() {
+    reads_and_verifies(&V7);
+}
+
 /// The v6 fixture's "paged" database: 300 documents in one diff file whose index is paged
 /// (fixed-width entries), then one more write; every document reads, the filters of its
 /// head record find the tree, and it verifies.
 #[test]
 fn v6_paged_index_reads_and_verifies() {
-    let (_d, store) = open(&V6);
+    paged_index_reads_and_verifies(&V6);
+}
+
+#[test]
+fn v7_paged_index_reads_and_verifies() {
+    paged_index_reads_and_verifies(&V7);
+}
+
+fn paged_index_reads_and_verifies(f: &Fixture) {
+    let (_d, store) = open(f);
     let db = store.open_db("paged").unwrap();
     let docs = db.docs(&ListOptions::default()).unwrap();
     assert_eq!(docs.len(), 300);
@@ -192,12 +221,18 @@ fn v5_fixture_files_and_logs_have_keys_of_their_own() {
     files_and_logs_have_keys_of_their_own(&V5, 4, 4);
 }
 
-/// The same of the v6 fixture (today's formats: head records version 4, diff files 5).
+/// The same of the v6 fixture (head records version 4, diff files 5).
 #[test]
 fn v6_fixture_files_and_logs_have_keys_of_their_own() {
-    assert_eq!(kiln::internals::head::VERSION, 4);
-    assert_eq!(kiln::internals::car::VERSION, 5);
     files_and_logs_have_keys_of_their_own(&V6, 4, 5);
+}
+
+/// The same of the v7 fixture (today's formats: head records version 5, diff files 5).
+#[test]
+fn v7_fixture_files_and_logs_have_keys_of_their_own() {
+    assert_eq!(kiln::internals::head::VERSION, 5);
+    assert_eq!(kiln::internals::car::VERSION, 5);
+    files_and_logs_have_keys_of_their_own(&V7, 5, 5);
 }
 
 fn files_and_logs_have_keys_of_their_own(f: &Fixture, head_version: u32, file_version: u32) {
@@ -250,10 +285,16 @@ fn v5_head_records_carry_their_small_diffs() {
     head_records_carry_their_small_diffs(&V5);
 }
 
-/// The same of the v6 fixture (today's formats).
+/// The same of the v6 fixture.
 #[test]
 fn v6_head_records_carry_their_small_diffs() {
     head_records_carry_their_small_diffs(&V6);
+}
+
+/// The same of the v7 fixture (today's formats).
+#[test]
+fn v7_head_records_carry_their_small_diffs() {
+    head_records_carry_their_small_diffs(&V7);
 }
 
 fn head_records_carry_their_small_diffs(f: &Fixture) {
@@ -299,6 +340,7 @@ fn file_names_are_the_hash_of_their_version() {
         (&V4, 3),
         (&V5, 4),
         (&V6, 5),
+        (&V7, 5),
     ] {
         let (d, _store) = open(f);
         let mut n = 0;
@@ -438,7 +480,8 @@ fn reads_and_verifies(f: &Fixture) {
     assert_eq!(store.list().unwrap(), names);
     let db = store.open_db("fixture").unwrap();
     let info = db.info().unwrap();
-    assert_eq!(info.root.unwrap().to_string(), ROOT);
+    let root = if f.dir == "v7" { ROOT_BOUNDED } else { ROOT };
+    assert_eq!(info.root.unwrap().to_string(), root);
     assert_eq!((info.docs, info.events), (25, 8));
     assert_eq!(info.heads, vec![Cid::parse(head_event).unwrap()]);
     assert!(info.files.iter().any(|f| f.level == 1) && info.files.iter().any(|f| f.level == 0));
@@ -492,12 +535,36 @@ fn reads_and_verifies(f: &Fixture) {
 }
 
 /// The same operations today give the same tree root CID: document encoding, tree node
-/// encoding and chunk boundaries are unchanged.
+/// encoding and node boundaries are unchanged, for a new database (`Bounded`, as in the v7
+/// fixture) and for a database created before head records of version 5 (`Mod16`: the v6
+/// fixture's "empty" database, which keeps that shape), as in fixtures v1 to v6.
 #[test]
 fn same_content_gives_the_fixture_root() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let db = store.create(Some("again")).unwrap();
+    write_the_fixture_content(&db);
+    assert_eq!(db.info().unwrap().root.unwrap().to_string(), ROOT_BOUNDED);
+    let (old_dir, old) = open(&V6);
+    let db = old.open_db("empty").unwrap();
+    write_the_fixture_content(&db);
+    assert_eq!(db.info().unwrap().root.unwrap().to_string(), ROOT);
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+    // Reopened: its deferred tree is rebuilt in its own shape.
+    drop(db);
+    let db = Store::open(old_dir.path())
+        .unwrap()
+        .open_db("empty")
+        .unwrap();
+    db.put(&json!({"_id": "more", "n": 3})).unwrap();
+    assert_eq!(db.get("alpha").unwrap().unwrap()["n"], 2);
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+}
+
+/// What make_fixture writes to "fixture", in the same transactions.
+fn write_the_fixture_content(db: &kiln::Database) {
     db.put(&json!({"_id": "alpha", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5, "y": null, "z": true}})).unwrap();
     db.put(&json!({"_id": "beta", "n": -2, "text": "héllo wörld"}))
         .unwrap();
@@ -519,5 +586,48 @@ fn same_content_gives_the_fixture_root() {
     t1.commit().unwrap();
     db.put(&json!({"_id": "gamma", "big": "x".repeat(20_000)}))
         .unwrap();
-    assert_eq!(db.info().unwrap().root.unwrap().to_string(), ROOT);
+}
+
+/// Databases of the two tree shapes merge both ways (issue 14): an old database (`Mod16`,
+/// from the v6 fixture) into a new one (`Bounded`) and back. Neither takes the other's heads
+/// as they are (a fast-forward would name a tree of the other shape): a merge event names a
+/// tree of the target's own shape. Everything reads, verifies, and the history before a merged
+/// event can be dropped (its tree root, of the other shape, is recognised).
+#[test]
+fn databases_of_the_two_tree_shapes_merge_both_ways() {
+    let (d, store) = open(&V6);
+    let old = store.open_db("fixture").unwrap();
+    let new = store.create(Some("new")).unwrap();
+    // The new database has nothing: a merge into it would be a fast-forward if shapes agreed.
+    let r = new.merge_from(&old, None).unwrap();
+    assert!(!r.fast_forward);
+    assert_eq!(new.info().unwrap().docs, 25);
+    new.put(&json!({"_id": "from-new", "v": 1})).unwrap();
+    let r = old.merge_from(&new, None).unwrap();
+    assert!(!r.fast_forward);
+    for db in [&old, &new] {
+        assert_eq!(db.get("alpha").unwrap().unwrap()["n"], 2);
+        let docs = db.docs(&ListOptions::default()).unwrap();
+        assert_eq!(docs.len(), 26, "{}", db.name());
+        let r = db.verify().unwrap();
+        assert!(r.ok(), "{}: {:?}", db.name(), r.problems);
+    }
+    assert_eq!(old.get("from-new").unwrap().unwrap()["v"], 1);
+    // Reopened, and the new database's history dropped before the old database's last event,
+    // which it merged: that event's root is a `Mod16` tree, the state kept there is checked
+    // against it.
+    let store = Store::open(d.path()).unwrap();
+    let new = store.open_db("new").unwrap();
+    let theirs = Cid::parse(V6.events[2]).unwrap();
+    new.drop_history_before(&theirs).unwrap();
+    assert_eq!(
+        new.get_at("gamma", &theirs).unwrap().unwrap()["big"]
+            .as_str()
+            .unwrap()
+            .len(),
+        20_000
+    );
+    assert_eq!(new.get("bulk-07").unwrap().unwrap()["i"], 7);
+    let r = new.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
 }

@@ -546,14 +546,20 @@ impl Db {
                     })
                     .collect();
                 let merged = if base.is_some() {
-                    Some(tree::update(&v, cur.root.as_ref(), &ops, Mode::Max)?)
+                    Some(tree::update(
+                        &v,
+                        cur.root.as_ref(),
+                        &ops,
+                        Mode::Max,
+                        cur.shape,
+                    )?)
                 } else {
                     None
                 };
                 // The event's own state: its base plus its writes. A base older than a
                 // compaction may have lost its tree (only the current tree is kept); the event
                 // then carries no root commitment and reads at it replay the clock instead.
-                let own = match tree::update(&v, base_root.as_ref(), &ops, Mode::Max) {
+                let own = match tree::update(&v, base_root.as_ref(), &ops, Mode::Max, cur.shape) {
                     Ok(u) => Some(u),
                     Err(Error::MissingBlock(..)) if merged.is_some() => None,
                     Err(e) => return Err(e),

@@ -246,12 +246,20 @@ impl Db {
             Ok(true)
         })?;
         let ops: Vec<tree::Op> = state.into_iter().map(|(k, s)| (k, Some(s))).collect();
-        let at_e = tree::update(v, None, &ops, Mode::Max)?;
+        let at_e = tree::update(v, None, &ops, Mode::Max, v.head.shape)?;
         if ev.root.is_some() && ev.root != at_e.root {
-            return Err(Error::corrupt(
-                format!("event {e}"),
-                "its tree root is not the state its history gives",
-            ));
+            // An event a merge brought from a database of the other tree shape commits to a
+            // tree of that shape.
+            let other = match v.head.shape {
+                tree::Shape::Mod16 => tree::Shape::Bounded,
+                tree::Shape::Bounded => tree::Shape::Mod16,
+            };
+            if tree::update(v, None, &ops, Mode::Max, other)?.root != ev.root {
+                return Err(Error::corrupt(
+                    format!("event {e}"),
+                    "its tree root is not the state its history gives",
+                ));
+            }
         }
         Ok(at_e)
     }

@@ -322,7 +322,9 @@ impl Db {
             return Ok((MergeReport::default(), Vec::new())); // nothing new: already merged
         }
         let ours_only = only_in(&dv, &sv)?;
-        let fast_forward = ours_only.is_empty();
+        // (A database of another tree shape, from another lineage, cannot hand over its heads
+        // as they are: their trees are not this database's shape. The merge event names ours.)
+        let fast_forward = ours_only.is_empty() && shead.shape == cur.shape;
         // The merged state: our tree with their current slot of every id their new events
         // touched, by the usual (height, CID) maximum.
         let ids_theirs: std::collections::BTreeSet<&str> = theirs_only
@@ -343,7 +345,7 @@ impl Db {
             }
             sides.push((id.to_string(), o, t));
         }
-        let merged = tree::update(&dv, cur.root.as_ref(), &ops, Mode::Max)?;
+        let merged = tree::update(&dv, cur.root.as_ref(), &ops, Mode::Max, cur.shape)?;
         if fast_forward && merged.root != shead.root {
             return Err(Error::corrupt(
                 format!("database '{}'", src.name),

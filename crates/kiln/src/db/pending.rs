@@ -113,7 +113,7 @@ impl Db {
             }
         }
         let ops: Vec<tree::Op> = latest.into_iter().map(|(k, s)| (k, Some(s))).collect();
-        let u = tree::update(&v, head.base.as_ref(), &ops, Mode::Max)?;
+        let u = tree::update(&v, head.base.as_ref(), &ops, Mode::Max, head.shape)?;
         if u.root != head.root {
             return Err(Error::corrupt(
                 format!("head record of '{}'", self.name),

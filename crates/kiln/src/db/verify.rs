@@ -373,7 +373,7 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
             }
         }
         let ops: Vec<tree::Op> = latest.into_iter().map(|(k, s)| (k, Some(s))).collect();
-        match tree::update(&src, head.base.as_ref(), &ops, Mode::Max) {
+        match tree::update(&src, head.base.as_ref(), &ops, Mode::Max, head.shape) {
             Ok(u) if u.root == head.root => {
                 src.rebuilt = u.blocks.into_iter().map(|(c, _, n)| (c, n)).collect();
             }

@@ -37,8 +37,9 @@ pub enum Filter {
     /// rebuilt without one).
     #[default]
     None,
-    /// Head records before version 5: a 64-bit Bloom filter of *every* block CID of a file of
-    /// at most 24 blocks (bits `digest[20] & 63` and `digest[21] & 63`); 0 = no filter.
+    /// What a head record's file reference carries (every version): a 64-bit Bloom filter of
+    /// *every* block CID of a file of at most 24 blocks (bits `digest[20] & 63` and
+    /// `digest[21] & 63`); 0 = no filter.
     Small(u64),
     /// A split-block Bloom filter of the file's tree nodes and events (empty: it holds none).
     Structural(Arc<[u8]>),

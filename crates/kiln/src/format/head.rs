@@ -21,7 +21,11 @@
 //! still be stored somewhere in the store), finished by the next open, write or garbage
 //! collection. The record framing and delta bodies are version 3's.
 //!
+//! Version 5's snapshot gains `shape`: where the database's tree nodes end ([`TreeShape`];
+//! code 1 for every database written before, 2 for databases created since). Otherwise as 4.
+//!
 //! ```text
+//! v5: as v4; the snapshot body has "shape"
 //! v4: "KILNHEAD" ‖ 4 u32 LE ‖ lineage (16) ‖ salt (32) ‖ record+   (records as in v3, sealed
 //!     under the log's key; the snapshot body has "scrub")
 //! v3: "KILNHEAD" ‖ 3 u32 LE ‖ lineage (16) ‖ record+
@@ -56,9 +60,11 @@ pub fn lineage_string(l: &Lineage) -> String {
 }
 
 pub const MAGIC: &[u8; 8] = b"KILNHEAD";
-/// The version this kiln writes; it reads 1 to 4. (A log of an earlier version is never
+/// The version this kiln writes; it reads 1 to 5. (A log of an earlier version is never
 /// appended to: the next commit replaces it with a snapshot of this version.)
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
+/// The first version whose snapshot names the tree shape (before: [`TreeShape::Mod16`]).
+const SHAPED: u32 = 5;
 /// The first version whose logs have a key of their own (a salt in the header).
 const SALTED: u32 = 4;
 /// Bytes before the first record: magic, version, lineage (and the salt from version 4).
@@ -161,6 +167,45 @@ pub struct FileRef {
     pub filter: Filter,
 }
 
+/// Where a database's tree nodes end: part of the format (it decides every root CID). A
+/// database keeps one shape for its whole life, so that every replay of its writes (a reader
+/// rebuilding the deferred tree, `verify`, a replica) builds the same nodes. The rules
+/// themselves are the tree's (`model::tree`); head records carry the code (version 5 on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum TreeShape {
+    /// Code 1; every database created before head records of version 5. A node ends after
+    /// an item whose hash is ≡ 0 mod 16. Node sizes are geometric: 16 items on average, but
+    /// the node holding a random key has ~31 (size-biased), and keys chosen to avoid
+    /// boundaries make nodes of any size.
+    Mod16,
+    /// Code 2; databases created since. A node ends after its item at position `p` (from 1)
+    /// when `p` ≥ 12 and the item's hash mod 8 is below `p − 11`: never fewer than 12 items
+    /// (but a level's last node), never more than 19, 14.2 on average and 14.4 for the node
+    /// holding a random key. A random read decrypts and hashes about half the bytes of a
+    /// `Mod16` tree's, and a random update rewrites half the leaf.
+    #[default]
+    Bounded,
+}
+
+impl TreeShape {
+    /// The code in head records.
+    pub fn code(self) -> u64 {
+        match self {
+            TreeShape::Mod16 => 1,
+            TreeShape::Bounded => 2,
+        }
+    }
+
+    /// The shape of a head record's code.
+    pub fn from_code(c: u64) -> Option<TreeShape> {
+        match c {
+            1 => Some(TreeShape::Mod16),
+            2 => Some(TreeShape::Bounded),
+            _ => None,
+        }
+    }
+}
+
 /// The decoded head record.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Head {
@@ -195,6 +240,8 @@ pub struct Head {
     /// or the previous head record. Whoever opens or writes the database, or `gc`, finishes
     /// it and clears the flag (see `Database::purge`). Version 4 on.
     pub scrub: bool,
+    /// Where the database's tree nodes end (version 5 on; [`TreeShape::Mod16`] before).
+    pub shape: TreeShape,
 }
 
 impl Head {
@@ -223,7 +270,11 @@ impl Head {
     /// The snapshot body of format `version` (2 on; `scrub` from 4).
     fn encode_body_of(&self, version: u32) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.map(if version >= 4 { 11 } else { 10 });
+        e.map(match version {
+            SHAPED.. => 12,
+            4 => 11,
+            _ => 10,
+        });
         e.str("cut");
         e.array(self.cut.len());
         for (c, r) in &self.cut {
@@ -253,6 +304,10 @@ impl Head {
             e.str("scrub");
             e.bool(self.scrub);
         }
+        if version >= SHAPED {
+            e.str("shape");
+            e.u64(self.shape.code());
+        }
         e.str("events");
         e.u64(self.events);
         e.str("purged");
@@ -268,7 +323,8 @@ impl Head {
         let fields = match version {
             1 => 7,
             2 | 3 => 10,
-            _ => 11,
+            4 => 11,
+            _ => 12,
         };
         if d.map()? != fields {
             return Err(CborError("head: wrong number of fields"));
@@ -321,6 +377,12 @@ impl Head {
         } else {
             false
         };
+        let shape = if version >= SHAPED {
+            d.key("shape")?;
+            TreeShape::from_code(d.u64()?).ok_or(CborError("head: unknown tree shape"))?
+        } else {
+            TreeShape::Mod16
+        };
         d.key("events")?;
         let events = d.u64()?;
         let purged = if version > 1 {
@@ -335,6 +397,7 @@ impl Head {
         Ok(Head {
             purged,
             scrub,
+            shape,
             cut,
             seq,
             docs,
@@ -930,7 +993,30 @@ mod tests {
             purged: vec![Cid::of_cbor(b"p")],
             cut: vec![(Cid::of_cbor(b"e"), None)],
             scrub: true,
+            shape: TreeShape::Bounded,
         }
+    }
+
+    /// Version 5 snapshots name the tree shape, both shapes round-trip, an unknown code is
+    /// refused, and a version-4 snapshot (no shape) reads as `Mod16`, the only shape before.
+    #[test]
+    fn the_tree_shape_round_trips_and_older_snapshots_are_mod16() {
+        for shape in [TreeShape::Mod16, TreeShape::Bounded] {
+            let h = Head { shape, ..sample() };
+            assert_eq!(Head::decode_body(&h.encode_body(), VERSION).unwrap(), h);
+            assert_eq!(TreeShape::from_code(shape.code()), Some(shape));
+        }
+        assert_eq!(TreeShape::from_code(0), None);
+        assert_eq!(TreeShape::from_code(3), None);
+        let v4 = sample().encode_body_of(4);
+        assert_eq!(Head::decode_body(&v4, 4).unwrap().shape, TreeShape::Mod16);
+        // A version-5 body with an unknown shape code is refused, not guessed.
+        let mut bad = sample().encode_body();
+        let at = bad.windows(6).position(|w| w == b"eshape").unwrap() + 6;
+        assert_eq!(bad[at], 2);
+        bad[at] = 7;
+        assert!(Head::decode_body(&bad, VERSION).is_err());
+        assert_eq!(TreeShape::default(), TreeShape::Bounded, "new databases");
     }
 
     #[test]
@@ -995,6 +1081,7 @@ mod tests {
         file.extend_from_slice(&l);
         let mut v3 = Head {
             scrub: false,
+            shape: TreeShape::Mod16, // before version 5: every tree
             ..sample()
         };
         v3.files_mut()[0].filter = Filter::Small(5); // before version 5: a 64-bit filter

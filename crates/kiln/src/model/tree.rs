@@ -1,10 +1,11 @@
 //! Prolly tree: a content-defined B-tree over byte keys whose shape depends only on its keys.
 //!
 //! A level-0 node (leaf) holds sorted `(key, Slot)` entries; a level-L node (L ≥ 1) holds sorted
-//! `(first key of child, child CID)` items. A node ends after an item whose key is a *boundary*
-//! at that level (a stable hash of `(level, key)` is ≡ 0 mod [`FANOUT`]), or at the end of its
-//! level. A root never has a single child. So two trees with the same entries have the same root
-//! CID, whatever order the entries arrived in.
+//! `(first key of child, child CID)` items. A node ends after an item that its tree's [`Shape`]
+//! makes a *boundary* (decided by a stable hash of `(level, key)` and, for [`Shape::Bounded`],
+//! the item's position in its node), or at the end of its level. A root never has a single
+//! child. So two trees of one shape with the same entries have the same root CID, whatever
+//! order the entries arrived in: a node's end depends only on its own items from its start.
 //!
 //! Updates rebuild only the nodes on the paths to changed keys: a subtree with no changes that
 //! starts where the new tree would start a node is reused by CID without being loaded.
@@ -16,8 +17,17 @@ use crate::format::block::cid::Cid;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-/// Expected items per node.
+/// Expected items per node of a [`Shape::Mod16`] tree.
 pub const FANOUT: u64 = 16;
+
+/// Where a tree's nodes end (recorded per database in its head record; the rules are here).
+pub use crate::format::head::TreeShape as Shape;
+
+/// Fewest items of a [`Shape::Bounded`] node (but a level's last).
+pub const BOUNDED_MIN: usize = 12;
+/// Positions over which a [`Shape::Bounded`] node's chance to end rises to certainty.
+pub const BOUNDED_RAMP: u64 = 8;
+
 /// Levels at or above this never end a node early (keeps the height finite for any input).
 const MAX_LEVEL: u8 = 48;
 
@@ -344,10 +354,24 @@ pub struct TreeError {
     pub what: &'static str,
 }
 
-fn is_boundary(key: &[u8], level: u8) -> bool {
+/// Whether the item with `key` at position `pos` (from 1) of a node at `level` ends it.
+fn is_boundary(shape: Shape, key: &[u8], level: u8, pos: usize) -> bool {
     if level >= MAX_LEVEL {
         return false;
     }
+    match shape {
+        Shape::Mod16 => boundary_hash(key, level).is_multiple_of(FANOUT),
+        Shape::Bounded => {
+            if pos < BOUNDED_MIN {
+                return false;
+            }
+            let step = (pos - BOUNDED_MIN + 1) as u64;
+            step >= BOUNDED_RAMP || boundary_hash(key, level) % BOUNDED_RAMP < step
+        }
+    }
+}
+
+fn boundary_hash(key: &[u8], level: u8) -> u64 {
     // FNV-1a over (level, key), then the splitmix64 finaliser. Part of the format: changing it
     // changes every root CID.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -360,7 +384,7 @@ fn is_boundary(key: &[u8], level: u8) -> bool {
     h ^= h >> 27;
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^= h >> 31;
-    h.is_multiple_of(FANOUT)
+    h
 }
 
 /// A branch node's child, checked to be one level below it.
@@ -588,12 +612,13 @@ pub struct Update {
     pub previous: Vec<Option<Slot>>,
 }
 
-/// Applies `ops` (sorted by key, keys unique) to the tree at `root`.
+/// Applies `ops` (sorted by key, keys unique) to the tree at `root`, of `shape`.
 pub fn update<S: NodeSource>(
     src: &S,
     root: Option<&Cid>,
     ops: &[Op],
     mode: Mode,
+    shape: Shape,
 ) -> Result<Update, S::Error> {
     debug_assert!(
         ops.windows(2).all(|w| w[0].0 < w[1].0),
@@ -607,11 +632,11 @@ pub fn update<S: NodeSource>(
         });
     }
     if let ([(key, new)], Some(r)) = (ops, root) {
-        if let Some(u) = update_one(src, r, key, *new, mode)? {
+        if let Some(u) = update_one(src, r, key, *new, mode, shape)? {
             return Ok(u);
         }
     }
-    rebuild(src, root, ops, mode)
+    rebuild(src, root, ops, mode, shape)
 }
 
 /// The general update: walks the tree along the ops, re-deciding node boundaries.
@@ -620,8 +645,10 @@ fn rebuild<S: NodeSource>(
     root: Option<&Cid>,
     ops: &[Op],
     mode: Mode,
+    shape: Shape,
 ) -> Result<Update, S::Error> {
     let mut b = Builder {
+        shape,
         levels: Vec::new(),
         out: Vec::new(),
         // (Nothing had a slot in an empty tree.)
@@ -644,16 +671,19 @@ fn rebuild<S: NodeSource>(
 
 /// One key's change by path copying: the leaf and the branch nodes above it are copied with
 /// the one entry and the child links changed, without re-deciding any node boundary. Exact only
-/// when the change moves no boundary: the key is not a boundary at level 0, is not (and does not
-/// become) the first key of its leaf, and does not go after a leaf's closing boundary key; a
-/// deletion leaves its leaf non-empty. `None` when those do not hold: the caller then rebuilds
-/// in general.
+/// when the change moves no boundary. A new value for a key moves none (boundaries depend on
+/// keys and positions only). Of a [`Shape::Mod16`] tree, an insertion or deletion moves none
+/// either when the key is not a boundary at level 0, is not (and does not become) the first
+/// key of its leaf, and does not go after a leaf's closing boundary key, and a deletion leaves
+/// its leaf non-empty; of a [`Shape::Bounded`] tree, one shifts the positions after it, so it
+/// is never path-copied. `None` when those do not hold: the caller then rebuilds in general.
 fn update_one<S: NodeSource>(
     src: &S,
     root: &Cid,
     key: &Arc<[u8]>,
     new: Option<Slot>,
     mode: Mode,
+    shape: Shape,
 ) -> Result<Option<Update>, S::Error> {
     let mut path: Vec<(Arc<Node>, usize)> = Vec::new();
     let mut node = src.node(root)?;
@@ -684,8 +714,9 @@ fn update_one<S: NodeSource>(
             slots[i] = s;
             Some(old)
         }
+        (Ok(_), None) | (Err(_), Some(_)) if shape == Shape::Bounded => return Ok(None),
         (Ok(i), None) => {
-            if i == 0 || is_boundary(key, 0) {
+            if i == 0 || is_boundary(shape, key, 0, 0) {
                 return Ok(None);
             }
             keys.remove(i);
@@ -693,8 +724,8 @@ fn update_one<S: NodeSource>(
         }
         (Err(_), None) => return Ok(unchanged(None)),
         (Err(i), Some(s)) => {
-            let closed = i == keys.len() && is_boundary(&keys[i - 1], 0);
-            if i == 0 || closed || is_boundary(key, 0) {
+            let closed = i == keys.len() && is_boundary(shape, &keys[i - 1], 0, 0);
+            if i == 0 || closed || is_boundary(shape, key, 0, 0) {
                 return Ok(None);
             }
             keys.insert(i, key.clone());
@@ -739,6 +770,7 @@ struct Level {
 }
 
 struct Builder {
+    shape: Shape,
     levels: Vec<Level>,
     out: Vec<(u8, Cid, Arc<Node>, Vec<u8>)>,
     previous: Vec<Option<Slot>>,
@@ -767,8 +799,9 @@ impl Builder {
     }
 
     fn push_slot(&mut self, key: Arc<[u8]>, slot: Slot) {
-        let boundary = is_boundary(&key, 0);
+        let shape = self.shape;
         let lv = self.level(0);
+        let boundary = is_boundary(shape, &key, 0, lv.keys.len() + 1);
         lv.keys.push(key);
         lv.slots.push(slot);
         lv.pushes += 1;
@@ -778,8 +811,9 @@ impl Builder {
     }
 
     fn push_child(&mut self, l: u8, key: Arc<[u8]>, cid: Cid) {
-        let boundary = is_boundary(&key, l);
+        let shape = self.shape;
         let lv = self.level(l);
+        let boundary = is_boundary(shape, &key, l, lv.keys.len() + 1);
         lv.keys.push(key);
         lv.kids.push(cid);
         lv.pushes += 1;
@@ -944,8 +978,9 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::{BTreeMap, HashMap};
 
+    /// Nodes in memory, for trees of one shape.
     #[derive(Default)]
-    struct Mem(RefCell<HashMap<Cid, Arc<Node>>>);
+    struct Mem(RefCell<HashMap<Cid, Arc<Node>>>, Shape);
     #[derive(Debug)]
     struct E(#[allow(dead_code)] TreeError);
     impl From<TreeError> for E {
@@ -963,8 +998,18 @@ mod tests {
         }
     }
     impl Mem {
+        fn of(shape: Shape) -> Mem {
+            Mem(RefCell::default(), shape)
+        }
+        fn of_bounded(bounded: bool) -> Mem {
+            Mem::of(if bounded {
+                Shape::Bounded
+            } else {
+                Shape::Mod16
+            })
+        }
         fn apply(&self, root: Option<Cid>, ops: &[Op], mode: Mode) -> Option<Cid> {
-            let u = update(self, root.as_ref(), ops, mode).unwrap();
+            let u = update(self, root.as_ref(), ops, mode, self.1).unwrap();
             for (c, b, built) in u.blocks {
                 assert_eq!(Cid::of_cbor(&b), c);
                 let n = Node::decode(&b).unwrap();
@@ -1001,7 +1046,13 @@ mod tests {
 
     #[test]
     fn sequential_inserts_match_bulk_build() {
-        let mem = Mem::default();
+        for shape in [Shape::Mod16, Shape::Bounded] {
+            sequential_inserts_match_bulk_build_in(shape);
+        }
+    }
+
+    fn sequential_inserts_match_bulk_build_in(shape: Shape) {
+        let mem = Mem::of(shape);
         let mut root = None;
         let mut model = BTreeMap::new();
         for i in 0..2000u32 {
@@ -1021,7 +1072,7 @@ mod tests {
             }
             d
         };
-        let u = update_one(&mem, &r, &key(1001), slot(5000), Mode::Max)
+        let u = update_one(&mem, &r, &key(1001), slot(5000), Mode::Max, shape)
             .unwrap()
             .unwrap();
         assert_eq!(u.blocks.len(), depth);
@@ -1138,6 +1189,61 @@ mod tests {
         }
     }
 
+    /// The sizes of a tree's nodes, level by level in key order.
+    fn node_sizes(mem: &Mem, root: Option<Cid>) -> Vec<Vec<usize>> {
+        let mut levels: Vec<Vec<usize>> = Vec::new();
+        let mut row: Vec<Cid> = root.into_iter().collect();
+        while !row.is_empty() {
+            let nodes: Vec<Arc<Node>> = row.iter().map(|c| mem.node(c).unwrap()).collect();
+            levels.push(nodes.iter().map(|n| n.keys.len()).collect());
+            row = nodes.iter().flat_map(|n| n.children().to_vec()).collect();
+        }
+        levels.reverse(); // leaves first
+        levels
+    }
+
+    /// Issue 14: a `Bounded` tree's nodes hold 12 to 19 items (a level's last node may hold
+    /// fewer; the root is one), about 14 on average, through inserts and deletes in any order;
+    /// a `Mod16` tree's leaves vary far more (the leaf holding a random key has ~31 items).
+    #[test]
+    fn bounded_nodes_hold_12_to_19_items() {
+        let n = 20_000u32;
+        for shape in [Shape::Bounded, Shape::Mod16] {
+            let mem = Mem::of(shape);
+            let mut root = None;
+            // Inserts in a scattered order, in batches, then every third key deleted.
+            for chunk in (0..n)
+                .map(|i| (i * 7919) % n)
+                .collect::<Vec<_>>()
+                .chunks(500)
+            {
+                let mut ops: Vec<Op> = chunk.iter().map(|i| (key(*i), slot(1))).collect();
+                ops.sort_by(|a, b| a.0.cmp(&b.0));
+                root = mem.apply(root, &ops, Mode::Overwrite);
+            }
+            for i in (0..n).step_by(3) {
+                root = mem.apply(root, &[(key(i), None)], Mode::Overwrite);
+            }
+            let sizes = node_sizes(&mem, root);
+            let leaves = &sizes[0];
+            let items: usize = leaves.iter().sum();
+            assert_eq!(items, (n - n.div_ceil(3)) as usize);
+            // The leaf a random key is in: size-biased mean.
+            let biased = leaves.iter().map(|s| s * s).sum::<usize>() as f64 / items as f64;
+            match shape {
+                Shape::Bounded => {
+                    for level in &sizes[..sizes.len() - 1] {
+                        let (last, rest) = level.split_last().unwrap();
+                        assert!(rest.iter().all(|s| (12..=19).contains(s)), "{level:?}");
+                        assert!((1..=19).contains(last));
+                    }
+                    assert!(biased < 16.0, "{biased}");
+                }
+                Shape::Mod16 => assert!(biased > 24.0, "{biased}"),
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Any sequence of batches gives the tree a from-scratch build gives (canonical shape),
@@ -1145,9 +1251,10 @@ mod tests {
         #[test]
         fn batches_agree_with_model_and_are_canonical(
             batches in prop::collection::vec(
-                prop::collection::btree_map(0u32..600, prop::option::of(0u64..1000), 1..80), 1..12)
+                prop::collection::btree_map(0u32..600, prop::option::of(0u64..1000), 1..80), 1..12),
+            bounded in any::<bool>(),
         ) {
-            let mem = Mem::default();
+            let mem = Mem::of_bounded(bounded);
             let mut root = None;
             let mut model: BTreeMap<Arc<[u8]>, Slot> = BTreeMap::new();
             for b in &batches {
@@ -1160,7 +1267,7 @@ mod tests {
                 let want: Vec<(Vec<u8>, Slot)> = model.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
                 prop_assert_eq!(got, want);
             }
-            let fresh = Mem::default();
+            let fresh = Mem::of_bounded(bounded);
             prop_assert_eq!(root, build(&model, &fresh));
         }
 
@@ -1172,16 +1279,17 @@ mod tests {
         fn one_key_path_copy_matches_rebuild(
             keys in prop::collection::btree_set(0u32..3000, 1..900),
             k in 0u32..3100, v in prop::option::of(0u64..4), max in any::<bool>(),
+            bounded in any::<bool>(),
         ) {
-            let mem = Mem::default();
+            let mem = Mem::of_bounded(bounded);
             let model: BTreeMap<Arc<[u8]>, Slot> =
                 keys.iter().map(|k| (key(*k), slot(*k as u64 % 3 + 1).unwrap())).collect();
             let root = build(&model, &mem).unwrap();
             let mode = if max { Mode::Max } else { Mode::Overwrite };
             let op_key = key(k);
             let new = v.and_then(slot);
-            let fast = update_one(&mem, &root, &op_key, new, mode).unwrap();
-            let slow = rebuild(&mem, Some(&root), &[(op_key, new)], mode).unwrap();
+            let fast = update_one(&mem, &root, &op_key, new, mode, mem.1).unwrap();
+            let slow = rebuild(&mem, Some(&root), &[(op_key, new)], mode, mem.1).unwrap();
             if let Some(fast) = fast {
                 prop_assert_eq!(fast.root, slow.root);
                 prop_assert_eq!(&fast.previous, &slow.previous);
@@ -1207,9 +1315,10 @@ mod tests {
         /// Max-mode merges of the same writes in any order give the same root.
         #[test]
         fn max_merge_is_order_independent(
-            writes in prop::collection::vec((0u32..200, 0u64..50), 1..200), seed in any::<u64>()
+            writes in prop::collection::vec((0u32..200, 0u64..50), 1..200), seed in any::<u64>(),
+            bounded in any::<bool>(),
         ) {
-            let mem = Mem::default();
+            let mem = Mem::of_bounded(bounded);
             let mut a = None;
             for (k, v) in &writes { a = mem.apply(a, &[(key(*k), slot(*v))], Mode::Max); }
             let mut shuffled = writes.clone();
@@ -1230,8 +1339,9 @@ mod tests {
             base in prop::collection::btree_map(0u32..2000, 0u64..1000, 0..600),
             left in prop::collection::btree_map(0u32..2000, prop::option::of(0u64..1000), 0..40),
             right in prop::collection::btree_map(0u32..2000, prop::option::of(0u64..1000), 0..40),
+            bounded in any::<bool>(),
         ) {
-            let mem = Mem::default();
+            let mem = Mem::of_bounded(bounded);
             let ops: Vec<Op> = base.iter().map(|(k, v)| (key(*k), slot(*v))).collect();
             let root = mem.apply(None, &ops, Mode::Overwrite);
             let side = |changes: &BTreeMap<u32, Option<u64>>| {
