@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 /// The "fixture" database's root in a `Mod16` tree (fixtures v1 to v6).
 const ROOT: &str = "bafyreige7n5eeymvvsqnnclsw2jaaxxup6funum2h5h4bjygbw2jzbtofm";
 /// The same content's root in a `Bounded` tree (fixture v7, every database created since).
-const ROOT_BOUNDED: &str = "bafyreifqpbbzlcgy6rucvueawej233hho55xpppt6rsvbnnwu2fjphtfoa";
+const ROOT_BOUNDED: &str = "bafyreifwxjepfb6g5pezq3phvp5gw22dz4j53jauebduxo4jyeqsmkugzu";
 
 /// A fixture folder and its events (first, second, head): events carry their commit time.
 struct Fixture {
@@ -84,11 +84,11 @@ const V6: Fixture = Fixture {
 const V7: Fixture = Fixture {
     dir: "v7",
     events: [
-        "bafyreig5pm2dmomwbwihmpb3htwrwxcojvzkzngliqp7p3mamuvu2lceim",
-        "bafyreidl6xxagbnfzjxkrjwwr53v6mut76ay3gfjs6sfhzyqxgtn4ngfei",
-        "bafyreiefvvgooov2y2ed4uqgsci2bkwfo6c65rtygupgqr7gai5vbcnj4q",
+        "bafyreihys36u7cikkci7mqmwpftfonej2kxxjl3sg3h2jf5a7mfoak2quq",
+        "bafyreibi5uxugp77ehui27mq2ep6y7vwmrd22vuzbm2s45wdeksjgqtuay",
+        "bafyreibeieev6fcvh3h5oqs46i56vyq5sb6mg5xyt6drdkphbrtjlpkd74",
     ],
-    cut_at: "bafyreiexy6uvny76b7pebhfokfutkodakqtirj6zdco2zyfpgqtwvxojqu",
+    cut_at: "bafyreibwci26xz3f3gqh6ul2txrxiz3mddmb4acaxvrs2aujwbxlekgbsa",
 };
 
 const V5: Fixture = Fixture {
@@ -630,4 +630,43 @@ fn databases_of_the_two_tree_shapes_merge_both_ways() {
     assert_eq!(new.get("bulk-07").unwrap().unwrap()["i"], 7);
     let r = new.verify().unwrap();
     assert!(r.ok(), "{:?}", r.problems);
+}
+
+/// Found by review (issue 14): merges between databases of the two shapes must settle and
+/// name no redundant parents. Merging back and forth with no writes changes nothing after the
+/// first round each way (before, each side answered the other's merge event with one of its
+/// own, forever); a merge whose target is an ancestor of the source names only the source's
+/// heads (before, also the target's: dropping history before one of them left the merge event
+/// naming a dropped event, which `verify` reported missing).
+#[test]
+fn merges_across_tree_shapes_settle_and_name_no_redundant_parents() {
+    let (_d, store) = open(&V6);
+    let old = store.open_db("fixture").unwrap();
+    let new = store.create(Some("new")).unwrap();
+    new.merge_from(&old, None).unwrap();
+    let m = new.heads().unwrap()[0];
+    new.put(&json!({"_id": "n1"})).unwrap();
+    // `old` is an ancestor of `new`: its merge event's only parent is `new`'s head.
+    old.merge_from(&new, None).unwrap();
+    let e = old.log(Some(1)).unwrap()[0].clone();
+    assert_eq!(e.parents, new.heads().unwrap());
+    // Back and forth without writes: nothing changes.
+    let counts = |db: &kiln::Database| db.info().unwrap().events;
+    let (a, b) = (counts(&old), counts(&new));
+    for _ in 0..3 {
+        assert_eq!(new.merge_from(&old, None).unwrap().events, 0);
+        assert_eq!(old.merge_from(&new, None).unwrap().events, 0);
+    }
+    assert_eq!((counts(&old), counts(&new)), (a, b));
+    // A write on either side still travels.
+    old.put(&json!({"_id": "o1"})).unwrap();
+    new.merge_from(&old, None).unwrap();
+    assert!(new.get("o1").unwrap().is_some());
+    // History dropped before `new`'s first merge, on `old`: everything verifies.
+    old.drop_history_before(&m).unwrap();
+    for db in [&old, &new] {
+        let r = db.verify().unwrap();
+        assert!(r.ok(), "{}: {:?}", db.name(), r.problems);
+        assert_eq!(db.get("n1").unwrap().unwrap()["_id"], "n1");
+    }
 }

@@ -322,9 +322,22 @@ impl Db {
             return Ok((MergeReport::default(), Vec::new())); // nothing new: already merged
         }
         let ours_only = only_in(&dv, &sv)?;
-        // (A database of another tree shape, from another lineage, cannot hand over its heads
-        // as they are: their trees are not this database's shape. The merge event names ours.)
-        let fast_forward = ours_only.is_empty() && shead.shape == cur.shape;
+        // A database of another tree shape (another lineage) cannot hand over its heads as they
+        // are: their trees are not this database's shape, so where a merge would fast-forward a
+        // merge event naming ours takes their heads as its only parents (ours are their
+        // ancestors). And two such databases never share heads: when all they have new is such
+        // events and merges (no writes, no purge), there is nothing to merge — or they would
+        // answer each other's merge event with one of their own forever.
+        let other_shape = shead.shape != cur.shape;
+        if other_shape
+            && ours_only.is_empty()
+            && theirs_only
+                .iter()
+                .all(|(_, e)| e.ops.is_empty() && e.purge.is_empty())
+        {
+            return Ok((MergeReport::default(), Vec::new()));
+        }
+        let fast_forward = ours_only.is_empty() && !other_shape;
         // The merged state: our tree with their current slot of every id their new events
         // touched, by the usual (height, CID) maximum.
         let ids_theirs: std::collections::BTreeSet<&str> = theirs_only
@@ -380,7 +393,12 @@ impl Db {
             })?;
         }
         // One file: their new events and values, the merged tree, the merge event.
-        let mut heads: Vec<Cid> = cur.heads.iter().chain(&shead.heads).copied().collect();
+        let ours_too = if ours_only.is_empty() {
+            &[][..]
+        } else {
+            &cur.heads[..]
+        };
+        let mut heads: Vec<Cid> = ours_too.iter().chain(&shead.heads).copied().collect();
         heads.sort();
         heads.dedup();
         let mut height = 0;

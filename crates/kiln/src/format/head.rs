@@ -179,9 +179,9 @@ pub enum TreeShape {
     /// boundaries make nodes of any size.
     Mod16,
     /// Code 2; databases created since. A node ends after its item at position `p` (from 1)
-    /// when `p` ≥ 12 and the item's hash mod 8 is below `p − 11`: never fewer than 12 items
-    /// (but a level's last node), never more than 19, 14.2 on average and 14.4 for the node
-    /// holding a random key. A random read decrypts and hashes about half the bytes of a
+    /// when `p` ≥ 8 and the item's hash is ≡ 0 mod 8, or when `p` = 24: never fewer than 8
+    /// items (but a level's last node), never more than 24, ~14 on average and ~16 for the
+    /// node holding a random key. A random read decrypts and hashes about half the bytes of a
     /// `Mod16` tree's, and a random update rewrites half the leaf.
     #[default]
     Bounded,
