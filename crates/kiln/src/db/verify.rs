@@ -430,8 +430,10 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
     let mut live = 0u64;
     let mut last_key: Option<Vec<u8>> = None;
     if let Some(root) = head.root {
-        let mut stack: Vec<(Cid, Option<u8>)> = vec![(root, None)];
-        while let Some((c, want_level)) = stack.pop() {
+        // (Each node with whether it is its level's last: the root, and the last child of a
+        // level's last node.)
+        let mut stack: Vec<(Cid, Option<u8>, bool)> = vec![(root, None, true)];
+        while let Some((c, want_level, last_of_level)) = stack.pop() {
             let node = match src.node(&c) {
                 Ok(n) => n,
                 Err(e) => {
@@ -444,10 +446,20 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
                 r.bad(where_(&c, &blocks), "tree node at the wrong level");
                 continue;
             }
+            if !tree::ends_as_shaped(&node, head.shape, last_of_level) {
+                r.bad(
+                    where_(&c, &blocks),
+                    format!(
+                        "tree node does not end where the database's tree shape ({:?}) says",
+                        head.shape
+                    ),
+                );
+            }
             match &node.items {
                 Items::Branch(kids) => {
-                    for k in kids.iter().rev() {
-                        stack.push((*k, Some(node.level - 1)));
+                    for (i, k) in kids.iter().enumerate().rev() {
+                        let last = last_of_level && i + 1 == kids.len();
+                        stack.push((*k, Some(node.level - 1), last));
                     }
                 }
                 Items::Leaf(slots) => {

@@ -441,6 +441,7 @@ impl Head {
             || self.files.len() < prev.files.len()
             || self.purged != prev.purged
             || self.scrub != prev.scrub
+            || self.shape != prev.shape
         {
             return Ok(None);
         }

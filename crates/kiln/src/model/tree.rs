@@ -357,6 +357,18 @@ pub struct TreeError {
     pub what: &'static str,
 }
 
+/// Whether `node` ends where `shape` says: none of its items but the last is a boundary, and
+/// the last is one unless the node is its level's last (`last_of_level`), which the level's end
+/// closes. For `verify`: a tree built in another shape than its database's is damage (every
+/// replay of its writes would build other nodes).
+pub fn ends_as_shaped(node: &Node, shape: Shape, last_of_level: bool) -> bool {
+    let n = node.keys.len();
+    let early =
+        (0..n.saturating_sub(1)).any(|i| is_boundary(shape, &node.keys[i], node.level, i + 1));
+    let closed = n > 0 && is_boundary(shape, &node.keys[n - 1], node.level, n);
+    !early && (closed || last_of_level)
+}
+
 /// Whether the item with `key` at position `pos` (from 1) of a node at `level` ends it.
 fn is_boundary(shape: Shape, key: &[u8], level: u8, pos: usize) -> bool {
     if level >= MAX_LEVEL {
