@@ -119,6 +119,7 @@ fn a_session_from_create_to_verify() {
     let info = json(r, &["db", "info", "notes"]);
     assert_eq!(info["docs"], 251);
     assert_eq!(info["events"], 5); // 2 puts + 3 batches
+    assert_eq!(info["tree_shape"], "bounded"); // a new database's (docs/format.md, "Tree node")
     let export = ok(r, &["export", "notes"]);
     assert_eq!(export.lines().count(), 251);
     assert!(export
@@ -148,7 +149,9 @@ fn a_session_from_create_to_verify() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["docs"], 250);
     assert!(ok(r, &["verify", "notes"]).trim_end().ends_with("ok"));
-    assert!(ok(r, &["db", "info", "notes"]).contains("documents  250"));
+    let text = ok(r, &["db", "info", "notes"]);
+    assert!(text.contains("documents  250"));
+    assert!(text.contains("tree shape bounded"));
     ok(r, &["compact", "notes"]);
     assert_eq!(
         json(r, &["db", "info", "notes"])["files"]

@@ -48,6 +48,7 @@ pub use db::{
 };
 pub use error::{Error, Result};
 pub use format::block::cid::Cid;
+pub use format::head::TreeShape;
 pub use format::seal::Key;
 pub use model::doc::MAX_DOC_BYTES;
 pub use storage::FileName;

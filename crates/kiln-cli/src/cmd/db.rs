@@ -56,7 +56,8 @@ pub enum DbCmd {
     List,
     /// Delete a database with its files and key.
     Drop { name: String },
-    /// Documents, heads, files and bytes of a database.
+    /// Documents, heads, files and bytes of a database, its compaction settings and its tree
+    /// shape (`bounded`, or `mod16` for a database created before head records of version 5).
     Info { name: String },
 }
 
@@ -168,6 +169,14 @@ fn drop_db(ctx: &Ctx, name: String) -> Result<u8, Fail> {
     Ok(0)
 }
 
+/// A tree shape as `db info` names it.
+fn shape_name(s: kiln::TreeShape) -> &'static str {
+    match s {
+        kiln::TreeShape::Mod16 => "mod16",
+        kiln::TreeShape::Bounded => "bounded",
+    }
+}
+
 fn info(ctx: &Ctx, name: String) -> Result<u8, Fail> {
     let db = ctx.store.open_db(&name)?;
     let i = db.info()?;
@@ -192,6 +201,7 @@ fn info(ctx: &Ctx, name: String) -> Result<u8, Fail> {
                 "\nshared     {shared} bytes with other databases, {} its own",
                 i.bytes - shared
             ));
+            s.push_str(&format!("\ntree shape {}", shape_name(i.tree_shape)));
             s.push_str(&format!(
                 "\ncompacted  {}\nthreshold  {} ({})",
                 if i.compacted > 0 { utc(i.compacted) } else { "never".into() },
@@ -210,7 +220,7 @@ fn info(ctx: &Ctx, name: String) -> Result<u8, Fail> {
                 "diffs": levels(0), "compacted_files": i.files.len() - levels(0),
                 "shared_bytes": shared, "own_bytes": i.bytes - shared,
                 "compact_threshold": i.compact_threshold, "settings": i.settings.to_json(),
-                "torn_append": i.torn_append,
+                "torn_append": i.torn_append, "tree_shape": shape_name(i.tree_shape),
                 "files": i.files.iter().map(|f| json!({"name": f.name.to_string(), "level": f.level, "size": f.size})).collect::<Vec<_>>()})
         },
     );

@@ -383,6 +383,7 @@ impl Database {
             events: h.events,
             heads: h.heads.clone(),
             root: h.root,
+            tree_shape: h.shape,
             bytes: h.files.iter().map(|f| f.size).sum(),
             files: h.files.to_vec(),
             commits: h.seq,

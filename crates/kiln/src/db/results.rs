@@ -46,8 +46,12 @@ pub struct Info {
     pub docs: u64,
     pub events: u64,
     pub heads: Vec<Cid>,
-    /// Document-tree root of the current state: equal on replicas holding the same documents.
+    /// Document-tree root of the current state: equal on replicas holding the same documents
+    /// (in trees of one shape).
     pub root: Option<Cid>,
+    /// Where the database's tree nodes end, fixed for its life: `Bounded` for databases created
+    /// since head records of version 5, `Mod16` before (docs/format.md, "Tree node").
+    pub tree_shape: crate::TreeShape,
     pub files: Vec<FileRef>,
     pub bytes: u64,
     pub commits: u64,
