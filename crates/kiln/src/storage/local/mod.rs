@@ -772,13 +772,8 @@ impl LocalStorage {
     }
 
     pub fn read_at(&self, name: &FileName, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let f = self.handle(name)?;
-        if len == 0 && offset > f.metadata()?.len() {
-            // (An empty read reads nothing, but not past the end either.)
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset)?;
+        let mut buf = Vec::new();
+        self.read_into(name, offset, len, &mut buf)?;
         Ok(buf)
     }
 
@@ -792,6 +787,7 @@ impl LocalStorage {
     ) -> io::Result<()> {
         let f = self.handle(name)?;
         if len == 0 && offset > f.metadata()?.len() {
+            // (An empty read reads nothing, but not past the end either.)
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         buf.clear();
