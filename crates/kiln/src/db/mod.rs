@@ -122,27 +122,53 @@ struct Db {
     carried: Mutex<Option<(FileName, Vec<u8>)>>,
 }
 
-/// The structural filters of one list of live files (a head's `files`), by position, each
-/// filled in when that file's index is first loaded: a lookup asks them without a map lookup
-/// per file.
+/// What lookups need of one list of live files (a head's `files`), worked out once per list:
+/// the structural filters by position, each filled in when that file's index is first
+/// loaded (a lookup asks them without a map lookup per file); the order to search the files
+/// in for a block whose height is unknown; each file's position by name.
 #[derive(Default)]
 pub(super) struct FileFilters {
     /// The list these are for (held weakly: its address cannot be reused while this lives).
     files: std::sync::Weak<Vec<FileRef>>,
     pub(super) filters: Vec<std::sync::OnceLock<Filter>>,
+    /// Positions in `files`: the newest file (where the root and recently changed nodes
+    /// are), then compacted files, largest first (most of an old tree is in the largest),
+    /// then the other diffs, newest first.
+    pub(super) order: Vec<u32>,
+    /// Each file's position in `files`.
+    pub(super) position: DigestMap<FileName, u32>,
+}
+
+impl FileFilters {
+    fn of(files: &Arc<Vec<FileRef>>) -> FileFilters {
+        let n = files.len();
+        let mut compacted: Vec<u32> = (1..n as u32)
+            .filter(|&i| files[i as usize].level > 0)
+            .collect();
+        compacted.sort_by_key(|&i| std::cmp::Reverse(files[i as usize].size));
+        let order = (0..n.min(1) as u32)
+            .chain(compacted)
+            .chain((1..n as u32).filter(|&i| files[i as usize].level == 0))
+            .collect();
+        FileFilters {
+            files: Arc::downgrade(files),
+            filters: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+            order,
+            position: files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.name, i as u32))
+                .collect(),
+        }
+    }
 }
 
 impl Db {
-    /// The filters of `head`'s files (kept for the head last asked about).
+    /// The lookup aids of `head`'s files (kept for the head last asked about).
     pub(super) fn filters_of(&self, head: &Head) -> Arc<FileFilters> {
         let mut g = self.filters.lock().unwrap_or_else(|p| p.into_inner());
         if !std::ptr::eq(g.files.as_ptr(), Arc::as_ptr(&head.files)) {
-            *g = Arc::new(FileFilters {
-                files: Arc::downgrade(&head.files),
-                filters: (0..head.files.len())
-                    .map(|_| std::sync::OnceLock::new())
-                    .collect(),
-            });
+            *g = Arc::new(FileFilters::of(&head.files));
         }
         g.clone()
     }

@@ -86,14 +86,16 @@ impl<'a> View<'a> {
     }
 
     /// Finds the live file holding `cid`. With `height` (the version of a document slot), the
-    /// files whose event heights cover it are probed first — usually exactly one. Otherwise: the
-    /// newest file (where the root and recently changed nodes are), then compacted files,
-    /// largest first (most of an old tree is in the largest), then the other diffs. A small file
-    /// whose 64-bit filter (in the head record) rules `cid` out is skipped without reading its
-    /// index; a file whose structural filter (in its index: tree nodes and events only) rules
-    /// it out is skipped without reading a page, but only at first: a block no filter admits (a
-    /// document version read without its height, or a filter that is wrong: `verify` reports
-    /// those) is looked for in those files last.
+    /// files whose event heights cover it are probed first — usually exactly one. A tree node
+    /// is looked for first in the file its parent was read from (a compaction writes the
+    /// nodes of a tree it keeps together). Otherwise: the newest file (where the root and
+    /// recently changed nodes are), then compacted files, largest first (most of an old tree
+    /// is in the largest), then the other diffs. A small file whose 64-bit filter (in the head
+    /// record) rules `cid` out is skipped without reading its index; a file whose structural
+    /// filter (in its index: tree nodes and events only) rules it out is skipped without
+    /// reading a page, but only at first: a block no filter admits (a document version read
+    /// without its height, or a filter that is wrong: `verify` reports those) is looked for in
+    /// those files last.
     pub(super) fn locate(
         &self,
         cid: &Cid,
@@ -105,7 +107,7 @@ impl<'a> View<'a> {
         // A document version is in the file whose heights cover its slot's: probed first, its
         // filter unasked (a structural filter says nothing of document versions); when the
         // leaf that names it was read from that file, in the leaf's segment or the next.
-        let near = self.near.get().filter(|_| height.is_some());
+        let near = self.near.get();
         for f in files.iter().filter(|f| covers(f)) {
             // Only compacted files are laid out so (a transaction's diff lists its documents
             // before its tree nodes): elsewhere the walk would cost a segment for nothing.
@@ -119,22 +121,27 @@ impl<'a> View<'a> {
                 return Ok((f, e));
             }
         }
-        // Then, by position in `files`: the newest file, compacted files largest first, the
-        // other diffs.
-        let mut compacted: Vec<usize> = (1..files.len())
-            .filter(|&i| files[i].level > 0 && !covers(&files[i]))
-            .collect();
-        compacted.sort_by_key(|&i| std::cmp::Reverse(files[i].size));
-        let order = || {
-            (0..files.len().min(1))
-                .filter(|&i| !covers(&files[i]))
-                .chain(compacted.iter().copied())
-                .chain((1..files.len()).filter(|&i| files[i].level == 0 && !covers(&files[i])))
-        };
+        let known = self.db.filters_of(head);
         // The files whose filters (the head record's 64-bit filter of a small file, the index's
         // structural filter, kept per head: a node lookup asks every live file's, ~165 after a
-        // million-document load) admit `cid`, then the others.
-        let known = self.db.filters_of(head);
+        // million-document load) admit `cid`, then the others; for a tree node, its parent's
+        // file first.
+        let parents_file = near
+            .filter(|_| height.is_none())
+            .and_then(|n| known.position.get(&n.file).copied());
+        let order = || {
+            parents_file
+                .into_iter()
+                .chain(
+                    known
+                        .order
+                        .iter()
+                        .copied()
+                        .filter(move |&i| Some(i) != parents_file),
+                )
+                .map(|i| i as usize)
+                .filter(|&i| !covers(&files[i]))
+        };
         for i in order().filter(|&i| files[i].filter.may_hold(cid)) {
             if known.filters[i].get().is_some_and(|f| !f.may_hold(cid)) {
                 continue;
