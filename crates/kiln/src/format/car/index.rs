@@ -389,10 +389,18 @@ impl Index {
     /// then with the tree nodes and events only.
     pub(super) fn with_entries(self, entries: Vec<Entry>) -> Index {
         Index {
+            // Not collected in place: that would keep the room of every paged entry for as
+            // long as the index lives (the file is live).
             entries: if self.pages.is_empty() {
                 entries
             } else {
-                entries.into_iter().filter(|e| e.event || e.node).collect()
+                let mut listed: Vec<Entry> = entries
+                    .iter()
+                    .filter(|e| e.event || e.node)
+                    .copied()
+                    .collect();
+                listed.shrink_to_fit();
+                listed
             },
             ..self
         }
