@@ -39,6 +39,11 @@ impl Inputs {
         Ok(Inputs { entries, by_cid })
     }
 
+    /// How many entries the combined files have.
+    pub(super) fn len(&self) -> usize {
+        self.by_cid.len()
+    }
+
     /// Every entry of file `i`, in file order.
     pub(super) fn of_file(&self, i: usize) -> &[car::Entry] {
         &self.entries[i]

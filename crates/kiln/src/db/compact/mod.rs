@@ -279,19 +279,24 @@ impl Db {
             },
             replaces: sel.iter().map(|f| f.name).collect(),
         };
-        drop(parents);
+        drop((parents, event_set, nodes_here));
         let purged = |c: &Cid| head.purged.binary_search(c).is_ok();
         // Pass 2: stream the kept tree with the document versions it names (see `cluster`),
         // then every other kept block, oldest file first and in file order, into the new
         // file; memory holds the files' index entries, the new index and a segment, not the
         // files.
-        let inputs = cluster::Inputs::load(self, &v, &sel)?;
+        let mut inputs = Some(cluster::Inputs::load(self, &v, &sel)?);
         let mut failed: Option<Error> = None;
         let mut done: Option<(u64, car::Index, u32)> = None;
         let name = self.store.storage.put_with(self.sync(), &mut |out| {
             let r = (|| -> Result<FileName> {
                 let io = |e| Error::io(self.store.root.join("files"), e);
                 let mut w = car::StreamWriter::new(meta.clone(), &self.key, out).map_err(io)?;
+                let Some(inputs) = inputs.take() else {
+                    return Err(Error::corrupt("compaction", "written twice"));
+                };
+                // At most every input block, plus the tree nodes only in memory.
+                w.reserve(inputs.len() + order.len());
                 cluster::write_tree(&v, &sel, &inputs, &order, &memory, &purged, &mut w)?;
                 for (i, version) in (0..sel.len()).rev().zip(&versions) {
                     let f = &sel[i];
@@ -327,6 +332,8 @@ impl Db {
                         .map_err(io)?;
                     }
                 }
+                // The inputs' entries go before the new file's index is sorted and written.
+                drop(inputs);
                 let (name, size, index, index_len) = w.finish().map_err(io)?;
                 done = Some((size, index, index_len));
                 Ok(name)

@@ -75,6 +75,14 @@ impl Encoder {
         self.head(2, b.len() as u64);
         self.buf.extend_from_slice(b);
     }
+    /// A byte string of `len` bytes that `fill` appends (no copy of them made first); `fill`
+    /// must append exactly `len` bytes.
+    pub fn bytes_with(&mut self, len: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        self.head(2, len as u64);
+        let at = self.buf.len();
+        fill(&mut self.buf);
+        debug_assert_eq!(self.buf.len() - at, len, "byte string of the wrong length");
+    }
     pub fn str(&mut self, s: &str) {
         self.head(3, s.len() as u64);
         self.buf.extend_from_slice(s.as_bytes());

@@ -21,21 +21,55 @@ pub(super) fn kind_of(x: &Entry) -> u8 {
     }
 }
 
-/// The entries an index lists itself and those it puts in pages (both sorted as `entries`
-/// is): all listed while the document versions fit in one page; else the tree nodes and
-/// events listed, the document versions paged.
-pub(super) fn split_entries(entries: &[Entry]) -> (Cow<'_, [Entry]>, Vec<Entry>) {
+/// The entries an index lists itself (sorted as `entries` is), and whether the others go
+/// into pages: all listed while the document versions fit in one page; else the tree nodes
+/// and events listed, the document versions paged (see [`paged_chunks`]).
+pub(super) fn split_entries(entries: &[Entry]) -> (Cow<'_, [Entry]>, bool) {
     let values = entries.iter().filter(|e| !e.event && !e.node).count();
     if values <= PAGE_ENTRIES {
-        return (Cow::Borrowed(entries), Vec::new());
+        return (Cow::Borrowed(entries), false);
     }
-    let (listed, paged): (Vec<Entry>, Vec<Entry>) = entries.iter().partition(|e| e.event || e.node);
-    (Cow::Owned(listed), paged)
+    let mut listed: Vec<Entry> = entries
+        .iter()
+        .filter(|e| e.event || e.node)
+        .copied()
+        .collect();
+    listed.shrink_to_fit(); // kept as the index's for as long as the file is live
+    (Cow::Owned(listed), true)
+}
+
+/// Calls `f` with each page's worth of the document versions among `entries` (in order),
+/// through one buffer: a copy of every paged entry was, at the end of a large compaction,
+/// one more allocation the size of its index.
+pub(super) fn paged_chunks<E>(
+    entries: &[Entry],
+    mut f: impl FnMut(usize, &[Entry]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut chunk: Vec<Entry> = Vec::with_capacity(PAGE_ENTRIES);
+    let mut n = 0;
+    for e in entries.iter().filter(|e| !e.event && !e.node) {
+        chunk.push(*e);
+        if chunk.len() == PAGE_ENTRIES {
+            f(n, &chunk)?;
+            chunk.clear();
+            n += 1;
+        }
+    }
+    if !chunk.is_empty() {
+        f(n, &chunk)?;
+    }
+    Ok(())
 }
 
 /// Index entries as version-5 fixed-width records, back to back.
 pub(super) fn fixed_entries(entries: &[Entry]) -> Vec<u8> {
     let mut b = Vec::with_capacity(entries.len() * ENTRY_LEN);
+    put_fixed_entries(entries, &mut b);
+    b
+}
+
+/// [`fixed_entries`], appended to `b`.
+pub(super) fn put_fixed_entries(entries: &[Entry], b: &mut Vec<u8>) {
     for x in entries {
         b.extend_from_slice(x.cid.as_bytes());
         b.extend_from_slice(&x.seg.to_le_bytes());
@@ -43,7 +77,6 @@ pub(super) fn fixed_entries(entries: &[Entry]) -> Vec<u8> {
         b.extend_from_slice(&x.len.to_le_bytes());
         b.push(kind_of(x));
     }
-    b
 }
 
 /// Reads version-5 fixed-width index entries (sorted by CID, each naming one of `segs`
@@ -386,21 +419,17 @@ impl Index {
     }
 
     /// The index as a reader gets it: with `entries` (all of the file's, sorted) unless paged,
-    /// then with the tree nodes and events only.
+    /// then with the tree nodes and events only. A paged index written here holds those
+    /// already (see `write_tail_at`), in a list their size: collected in place from
+    /// `entries`, it kept the room of every paged entry for as long as the file was live.
     pub(super) fn with_entries(self, entries: Vec<Entry>) -> Index {
         Index {
-            // Not collected in place: that would keep the room of every paged entry for as
-            // long as the index lives (the file is live).
             entries: if self.pages.is_empty() {
+                let mut entries = entries;
+                entries.shrink_to_fit();
                 entries
             } else {
-                let mut listed: Vec<Entry> = entries
-                    .iter()
-                    .filter(|e| e.event || e.node)
-                    .copied()
-                    .collect();
-                listed.shrink_to_fit();
-                listed
+                self.entries
             },
             ..self
         }

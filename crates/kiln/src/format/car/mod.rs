@@ -22,7 +22,7 @@
 
 use crate::format::block::cbor::{CborError, Decoder, Encoder};
 use crate::format::block::cid::{Cid, CID_LEN};
-use crate::format::block::DigestSet;
+use crate::format::block::{DigestMap, DigestSet};
 use crate::format::filter::Filter;
 use crate::format::seal::{Key, Purpose, Salt, SealError, SubKey, NONCE_LEN, SALT_LEN, TAG_LEN};
 use sha2::{Digest, Sha256};
@@ -938,8 +938,8 @@ fn write_tail(
 }
 
 /// [`write_tail`] for entries sorted by [`entry_order`], in a file of which `base` bytes
-/// are not in `out` (written elsewhere, or a writer's runs); the index returned has no entries
-/// (callers have them).
+/// are not in `out` (written elsewhere, or a writer's runs); the index returned holds the
+/// entries it lists if paged, else none (callers have them: see [`Index::with_entries`]).
 fn write_tail_at(
     key: &FileKey,
     meta: Meta,
@@ -953,8 +953,8 @@ fn write_tail_at(
     // Paged: the document versions go into pages, the tree nodes and events stay in the index
     // itself (a node lookup then reads no page; they are a few percent of a file's blocks).
     let (listed, paged) = split_entries(entries);
-    if !paged.is_empty() {
-        for (i, chunk) in paged.chunks(PAGE_ENTRIES).enumerate() {
+    if paged {
+        paged_chunks(entries, |i, chunk| -> std::io::Result<()> {
             let start = at(out);
             let aad = page_aad(i as u32);
             key.seal_into(PAGE_UNIT, i as u32, &aad, &fixed_entries(chunk), out)?;
@@ -964,7 +964,8 @@ fn write_tail_at(
                 (at(out) - start) as u32,
                 chunk.len() as u32,
             ));
-        }
+            Ok(())
+        })?;
     }
     let structural: Vec<&Cid> = entries
         .iter()
@@ -973,6 +974,18 @@ fn write_tail_at(
         .collect();
     let filter = Filter::structural(structural.into_iter());
     let index_at = at(out);
+    out.reserve(
+        SALT_LEN
+            + NONCE_LEN
+            + TAG_LEN
+            + 256
+            + listed.len() * ENTRY_LEN
+            + pages.len() * (CID_LEN + 32)
+            + meta.replaces.len() * 34
+            + meta.roots.len() * 48
+            + seg_at.len() * 20
+            + filter.byte_len(),
+    );
     out.extend_from_slice(&key.salt);
     seal_encoded(key, INDEX_UNIT, 0, INDEX_AAD, out, |e| {
         e.map(9);
@@ -981,7 +994,7 @@ fn write_tail_at(
         e.str("at");
         e.u64(meta.time);
         e.str("bk");
-        e.bytes(&fixed_entries(&listed));
+        e.bytes_with(listed.len() * ENTRY_LEN, |b| put_fixed_entries(&listed, b));
         e.str("lv");
         e.u64(meta.level as u64);
         e.str("pg");
@@ -1026,7 +1039,11 @@ fn write_tail_at(
         meta,
         segs: seg_at,
         filter,
-        entries: Vec::new(),
+        // A paged file's listed entries (a copy), kept: the caller's are all of them.
+        entries: match listed {
+            Cow::Owned(l) => l,
+            Cow::Borrowed(_) => Vec::new(),
+        },
         pages: pages
             .into_iter()
             .map(|(first, off, len, count)| PageRef {
@@ -1092,7 +1109,7 @@ pub struct StreamWriter<'a> {
     sealed: Vec<u8>,
     seg_at: Vec<(u64, u32)>,
     entries: Vec<Entry>,
-    seen: DigestSet<Cid>,
+    seen: Added,
     /// How large the current segment may grow: [`SEGMENT_TARGET`], or up to [`GROUP_TARGET`]
     /// while a group is being written.
     limit: usize,
@@ -1115,7 +1132,7 @@ impl<'a> StreamWriter<'a> {
             sealed: Vec::new(),
             seg_at: Vec::new(),
             entries: Vec::new(),
-            seen: DigestSet::default(),
+            seen: Added::default(),
             limit: SEGMENT_TARGET,
         };
         let mut h = Vec::with_capacity(HEADER_LEN);
@@ -1161,7 +1178,15 @@ impl<'a> StreamWriter<'a> {
 
     /// Whether `cid` was added already (a later add of it is ignored).
     pub fn holds(&self, cid: &Cid) -> bool {
-        self.seen.contains(cid)
+        self.seen.contains(cid, &self.entries)
+    }
+
+    /// Makes room for `blocks` more blocks' entries at once (a compaction knows how many its
+    /// inputs hold): growing by doubling, the list held up to twice its size, and three times
+    /// while being copied.
+    pub fn reserve(&mut self, blocks: usize) {
+        self.entries.reserve_exact(blocks);
+        self.seen.by_lead.reserve(blocks);
     }
 
     /// The next blocks, about `bytes` of them, are read together (a tree leaf and the document
@@ -1187,7 +1212,7 @@ impl<'a> StreamWriter<'a> {
     }
 
     fn add_kind(&mut self, cid: Cid, data: &[u8], kind: u8) -> std::io::Result<()> {
-        if !self.seen.insert(cid) {
+        if !self.seen.insert(&cid, &self.entries) {
             return Ok(());
         }
         if segment_full_at(self.cur.len(), data.len(), self.limit) {
@@ -1204,6 +1229,7 @@ impl<'a> StreamWriter<'a> {
         if !self.cur.is_empty() {
             self.flush_segment()?;
         }
+        self.seen = Added::default(); // nothing more is added
         let mut tail = Vec::new();
         let mut entries = std::mem::take(&mut self.entries);
         let seg_at = std::mem::take(&mut self.seg_at);
@@ -1215,6 +1241,46 @@ impl<'a> StreamWriter<'a> {
         let name = FileName(*self.hash.finalize().as_bytes());
         let index = index.with_entries(entries);
         Ok((name, self.len, index, index_len))
+    }
+}
+
+/// The CIDs a [`StreamWriter`] has added, in ~16 bytes each where a set of CIDs takes ~60
+/// (a compaction of a million blocks held both this and their entries): each CID's first 8
+/// digest bytes mapped to the position of its entry, which holds the whole CID; the rare CID
+/// whose first 8 bytes another one has (they are hash bytes: chance, or made on purpose) is
+/// kept whole apart.
+#[derive(Default)]
+struct Added {
+    by_lead: DigestMap<u64, u32>,
+    clashes: DigestSet<Cid>,
+}
+
+fn digest_lead(c: &Cid) -> u64 {
+    let b = c.as_bytes();
+    u64::from_le_bytes([b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]])
+}
+
+impl Added {
+    /// Notes `cid`, whose entry will be pushed at the end of `entries`; false if it was added
+    /// before.
+    fn insert(&mut self, cid: &Cid, entries: &[Entry]) -> bool {
+        use std::collections::hash_map::Entry as Slot;
+        match self.by_lead.entry(digest_lead(cid)) {
+            Slot::Vacant(v) => {
+                v.insert(entries.len() as u32);
+                true
+            }
+            Slot::Occupied(o) => {
+                entries[*o.get() as usize].cid != *cid && self.clashes.insert(*cid)
+            }
+        }
+    }
+
+    fn contains(&self, cid: &Cid, entries: &[Entry]) -> bool {
+        match self.by_lead.get(&digest_lead(cid)) {
+            None => false,
+            Some(&i) => entries[i as usize].cid == *cid || self.clashes.contains(cid),
+        }
     }
 }
 

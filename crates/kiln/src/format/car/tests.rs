@@ -175,6 +175,44 @@ fn a_paged_index_keeps_no_room_for_its_paged_entries() {
     );
 }
 
+/// A streaming writer tells added CIDs apart by their first 8 digest bytes, and keeps whole
+/// the ones whose first 8 bytes another has: both are written, both held, a third with those
+/// bytes is not held, a repeat of either is ignored.
+#[test]
+fn a_writer_tells_apart_cids_that_share_their_first_digest_bytes() {
+    let key = Key::generate().unwrap();
+    let with = |codec: u8, tail: u8| {
+        let mut b = [7u8; CID_LEN];
+        b[..4].copy_from_slice(&[0x01, codec, 0x12, 0x20]);
+        b[CID_LEN - 1] = tail;
+        Cid::from_bytes(&b).unwrap()
+    };
+    let (a, b, c) = (with(0x71, 1), with(0x55, 1), with(0x71, 2));
+    let mut out = Vec::new();
+    let mut w = StreamWriter::new(
+        Meta {
+            level: 1,
+            time: 1,
+            roots: vec![],
+            replaces: vec![],
+        },
+        &key,
+        &mut out,
+    )
+    .unwrap();
+    w.add(a, b"first").unwrap();
+    assert!(w.holds(&a) && !w.holds(&b) && !w.holds(&c));
+    w.add(b, b"second").unwrap();
+    assert!(w.holds(&a) && w.holds(&b) && !w.holds(&c));
+    w.add(a, b"again").unwrap();
+    w.add(b, b"again").unwrap();
+    let (_, _, index, _) = w.finish().unwrap();
+    assert_eq!(index.entries.len(), 2);
+    assert_eq!(index.find(&a).unwrap().len, 5);
+    assert_eq!(index.find(&b).unwrap().len, 6);
+    assert!(index.find(&c).is_none());
+}
+
 #[test]
 fn segments_are_compressed_when_it_pays() {
     // Repetitive blocks: the file is much smaller than its plaintext, and reads back.
