@@ -29,12 +29,9 @@ pub(super) fn split_entries(entries: &[Entry]) -> (Cow<'_, [Entry]>, bool) {
     if values <= PAGE_ENTRIES {
         return (Cow::Borrowed(entries), false);
     }
-    let mut listed: Vec<Entry> = entries
-        .iter()
-        .filter(|e| e.event || e.node)
-        .copied()
-        .collect();
-    listed.shrink_to_fit(); // kept as the index's for as long as the file is live
+    // Kept as the index's for as long as the file is live: no room to spare.
+    let mut listed: Vec<Entry> = Vec::with_capacity(entries.len() - values);
+    listed.extend(entries.iter().filter(|e| e.event || e.node));
     (Cow::Owned(listed), true)
 }
 
