@@ -73,7 +73,11 @@ impl KilnAdapter {
             dir.join("kiln"),
             Options {
                 durability,
-                background_compaction: std::env::var_os("KILN_BG").is_some(),
+                background_compaction: if std::env::var_os("KILN_INLINE").is_some() {
+                    false
+                } else {
+                    defaults.background_compaction
+                },
                 reserve_files: env_num("KILN_RESERVE").unwrap_or(defaults.reserve_files),
                 compact_threshold: env_num("KILN_TH").unwrap_or(defaults.compact_threshold),
                 ..defaults

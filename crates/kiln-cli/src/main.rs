@@ -85,6 +85,9 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         } else {
             Durability::Full
         },
+        // One command per process: a commit that crosses a compaction limit compacts before
+        // the process exits, not on a thread the exit would cut short.
+        background_compaction: false,
         ..Options::default()
     };
     let root = cli.root.clone().unwrap_or_else(Store::default_root);

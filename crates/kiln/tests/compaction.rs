@@ -5,9 +5,11 @@ use kiln::{Cid, Durability, Error, ListOptions, Location, Options, Settings, Sto
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+/// Inline compaction: these tests count files after each commit.
 fn opts() -> Options {
     Options {
         durability: Durability::Buffered,
+        background_compaction: false,
         ..Options::default()
     }
 }

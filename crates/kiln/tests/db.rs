@@ -569,6 +569,40 @@ fn background_compaction_racing_checkpoints_keeps_the_tree_whole() {
     assert!(v.ok(), "{:?}", v.problems);
 }
 
+/// Issue 14: compaction runs in the background by default, and the last handle of a
+/// database waits for the merge it is doing when dropped: right after the drop the merge is
+/// in the head record (a program that drops its handles and exits loses no work and leaves
+/// no half-written file). Another handle still open does not wait.
+#[test]
+fn dropping_the_last_handle_waits_for_its_background_compaction() {
+    assert!(Options::default().background_compaction);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), opts_bg(3)).unwrap();
+    let db = store.create(Some("c")).unwrap();
+    let other = store.open_db("c").unwrap(); // another handle: its own compactions
+    for b in 0..4u64 {
+        let docs: Vec<Value> = (0..6000u64)
+            .map(|i| json!({"_id": format!("d{b}-{i:05}"), "pad": "p".repeat(200)}))
+            .collect();
+        db.bulk(&docs).unwrap(); // the 4th crosses the threshold of 3: a merge starts
+    }
+    drop(db);
+    let diffs = |d: &kiln::Database| {
+        d.info()
+            .unwrap()
+            .files
+            .iter()
+            .filter(|f| f.level == 0)
+            .count()
+    };
+    assert!(
+        diffs(&other) <= 3,
+        "the merge the last commit started is done"
+    );
+    assert_eq!(other.docs(&ListOptions::default()).unwrap().len(), 24_000);
+    assert!(other.verify().unwrap().ok());
+}
+
 #[test]
 fn concurrent_transactions_leave_two_heads_then_join() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,10 +3,12 @@
 use kiln::{Durability, ListOptions, Options, Store};
 use serde_json::json;
 
+/// Inline compaction: these tests count files and bytes after each commit.
 fn opts(threshold: usize) -> Options {
     Options {
         durability: Durability::Buffered,
         compact_threshold: threshold,
+        background_compaction: false,
         ..Options::default()
     }
 }

@@ -261,11 +261,43 @@ impl Database {
                     let _ = db.compact_background();
                     db.compacting.store(false, Ordering::SeqCst);
                 });
-            if spawned.is_err() {
-                self.inner.compacting.store(false, Ordering::SeqCst);
+            match spawned {
+                Ok(h) => {
+                    let mut slot = self
+                        .inner
+                        .compactor
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    *slot = Some(h); // the one before has finished (`compacting` was false)
+                }
+                Err(_) => self.inner.compacting.store(false, Ordering::SeqCst),
             }
         }
         Ok(c)
+    }
+}
+
+impl Drop for Database {
+    /// The last handle of a database waits for its background compaction to finish the merge
+    /// it is doing (it starts no other), so a program that drops its handles and exits leaves
+    /// no half-written file behind and no work done for nothing.
+    fn drop(&mut self) {
+        let mut slot = self
+            .inner
+            .compactor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(h) = slot.take() else {
+            return;
+        };
+        // This handle and the thread's: no other handle is left.
+        if !h.is_finished() && Arc::strong_count(&self.inner) == 2 {
+            drop(slot);
+            self.inner.closing.store(true, Ordering::SeqCst);
+            let _ = h.join();
+        } else if !h.is_finished() {
+            *slot = Some(h);
+        }
     }
 }
 
@@ -823,17 +855,20 @@ impl Db {
                 head.purged.dedup();
             }
             head.files_mut().insert(0, file);
-            // Compaction runs in the background; inline only without a background worker, or
-            // when commits outrun it (then it also bounds the files a read may consult). A
+            // Compaction runs in the background; inline without a background worker, for small
+            // merges while none runs (`policy::BACKGROUND_FROM`), or when commits outrun it
+            // (then it also bounds the files a read may consult). A
             // failed compaction must not fail (or block) commits: the commit stands without it,
             // and `compact`/`verify` report the cause.
             let policy = db.policy()?;
             let mut removed = Vec::new();
             let mut compacted = head.clone();
-            let r = match policy.on_commit(&compact::levels(head)) {
+            let running = db.compacting.load(Ordering::SeqCst);
+            let r = match policy.on_commit(&compact::sized_levels(head), running) {
                 compact::policy::OnCommit::Nothing => Ok(Vec::new()),
                 compact::policy::OnCommit::Cascade => db.compact_cascade(&mut compacted),
                 compact::policy::OnCommit::Level0 => db.compact_level(&mut compacted, 0),
+                compact::policy::OnCommit::Small => db.compact_small(&mut compacted, &policy),
             };
             if let Ok(r) = r {
                 *head = compacted;

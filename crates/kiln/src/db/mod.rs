@@ -112,6 +112,12 @@ struct Db {
     settings: RwLock<Option<Settings>>,
     /// A background compaction of this handle is running.
     compacting: AtomicBool,
+    /// The background compaction thread last started by this handle (see
+    /// [`Database`]'s `Drop`: the last handle waits for it).
+    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The last handle is being dropped: the background compaction stops after the merge it
+    /// is doing (or, not yet begun, the one it was started for).
+    closing: AtomicBool,
     /// The background compaction waits to swap its result in: commits let it go first (the
     /// in-process mutex is not fair, and back-to-back commits would starve it).
     swap_waiting: AtomicBool,
@@ -237,6 +243,8 @@ impl Database {
             pending: RwLock::new(DigestMap::default()),
             settings: RwLock::new(None),
             compacting: AtomicBool::new(false),
+            compactor: Mutex::new(None),
+            closing: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
             file_buf: Mutex::new(Vec::new()),
             carried: Mutex::new(None),

@@ -29,10 +29,14 @@ pub struct Options {
     /// How long a commit waits for another writer's lock before failing with
     /// [`crate::Error::Busy`].
     pub lock_timeout: std::time::Duration,
-    /// Compact in a background thread rather than inside the commit that crosses the threshold
-    /// (the default). Commits outrunning it (more than 4 × threshold diffs) compact inline.
-    /// Measured on 2 cores it smooths commit latency but does not raise throughput, and lets
-    /// more files (and memory) build up, so it is off by default.
+    /// Merge files in a background thread rather than inside the commit that crosses a limit
+    /// (on by default). Small merges (under 4 MiB in, while no background merge runs) stay
+    /// inside the commit, and commits outrunning the thread (more than 4 × threshold diffs)
+    /// merge level 0 inline. The last handle of a database waits, when dropped, for the merge
+    /// its thread is doing. Measured on 2 cores (README, "Scale"): bulk loads of a million
+    /// documents +43%, random updates at a million +32%, peak memory up to ~25 MB higher
+    /// (a merge runs beside the commits). A program of one command per process (the CLI)
+    /// turns it off.
     pub background_compaction: bool,
     /// Empty files a background thread keeps ready in `files/.pool/`, so a commit renames one
     /// instead of allocating an inode (0: none). They cost an inode each and no data. The
@@ -50,7 +54,7 @@ impl Default for Options {
             cache_bytes: 32 << 20,
             compact_threshold: 100,
             lock_timeout: std::time::Duration::from_secs(30),
-            background_compaction: false,
+            background_compaction: true,
             reserve_files: 160,
         }
     }

@@ -457,6 +457,7 @@ fn combined_files_skip_to_their_size_class_and_keep_levels_ordered_by_age() {
     let opts = crate::Options {
         compact_threshold: 3,
         durability: crate::Durability::Buffered,
+        background_compaction: false,
         ..Default::default()
     };
     let store = crate::Store::open_with(dir.path(), opts).unwrap();
@@ -505,6 +506,7 @@ fn a_merge_above_level_0_keeps_the_layout_and_what_a_purge_removed_stays_gone() 
     let opts = crate::Options {
         compact_threshold: 2,
         durability: crate::Durability::Buffered,
+        background_compaction: false, // the levels asserted below are inline compaction's
         ..Default::default()
     };
     let store = crate::Store::open_with(dir.path(), opts).unwrap();

@@ -61,6 +61,23 @@ impl Db {
         Ok(removed)
     }
 
+    /// [`Db::compact_cascade`] while the level to combine is small (see
+    /// [`policy::BACKGROUND_FROM`]): the rest is the background thread's.
+    pub(super) fn compact_small(&self, head: &mut Head, policy: &Policy) -> Result<Vec<FileName>> {
+        let mut removed = Vec::new();
+        while policy.next_is_small(&sized_levels(head)) {
+            let Some(level) = policy.level_to_combine(&levels(head)) else {
+                break;
+            };
+            let r = self.compact_level(head, level)?;
+            if r.is_empty() {
+                break;
+            }
+            removed.extend(r);
+        }
+        Ok(removed)
+    }
+
     /// Combines every file of `level` into one file of `level + 1` in `head`. Returns the replaced
     /// files (deleted by the caller once the new head is durable).
     pub(super) fn compact_level(&self, head: &mut Head, level: u8) -> Result<Vec<FileName>> {
@@ -446,8 +463,17 @@ impl Db {
                 let _ = self.store.storage.retire(&m.file.name);
                 return Ok(());
             }
+            // The last handle is being dropped: this merge was the one the commit asked for.
+            if self.closing.load(Ordering::SeqCst) {
+                return Ok(());
+            }
         }
     }
+}
+
+/// The level and size of every live file of `head`.
+pub(super) fn sized_levels(head: &Head) -> Vec<(u8, u64)> {
+    head.files.iter().map(|f| (f.level, f.size)).collect()
 }
 
 /// The level of every live file of `head`.

@@ -40,6 +40,15 @@ pub fn out_level(from: u8, bytes: u64, others: impl Iterator<Item = u8>) -> u8 {
     size_level(bytes).min(cap).max(from + 1)
 }
 
+/// With background compaction on, a merge of fewer input bytes than this still runs inside
+/// the commit that crosses the limit, when no background merge is running: a hundred small
+/// diffs merge in well under a millisecond, less than starting the thread and handing the
+/// result back under the lock (one-document commits at 10,000 documents were 8% slower with
+/// every merge in the background). Larger merges (a bulk load's, the upper levels' at scale)
+/// run beside the commits, on the other core: bulk loads of a million documents +43%, random
+/// updates at a million +32%.
+pub const BACKGROUND_FROM: u64 = 4 << 20;
+
 /// The compaction settings in force for a database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Policy {
@@ -60,6 +69,9 @@ pub(crate) enum OnCommit {
     /// outran it (more than 4 × threshold diffs); higher levels stay the thread's (combining a
     /// level it may be combining would be lost work).
     Level0,
+    /// Combine the levels over their limits, lowest first, inside this commit while each is
+    /// smaller than [`BACKGROUND_FROM`]; the first larger one is the background thread's.
+    Small,
 }
 
 impl Policy {
@@ -73,16 +85,28 @@ impl Policy {
         })
     }
 
-    /// What a commit whose head has files at `levels` does inline.
-    pub fn on_commit(&self, levels: &[u8]) -> OnCommit {
+    /// What a commit whose head has `files` (level and bytes of each) does inline; `running`:
+    /// a background merge of this handle is under way.
+    pub fn on_commit(&self, files: &[(u8, u64)], running: bool) -> OnCommit {
+        let levels: Vec<u8> = files.iter().map(|f| f.0).collect();
         let diffs = levels.iter().filter(|&&l| l == 0).count();
         if !self.background {
             OnCommit::Cascade
         } else if diffs > 4 * self.threshold {
             OnCommit::Level0
+        } else if !running && self.next_is_small(files) {
+            OnCommit::Small
         } else {
             OnCommit::Nothing
         }
+    }
+
+    /// Whether the level to combine next (if any) holds fewer than [`BACKGROUND_FROM`] bytes.
+    pub fn next_is_small(&self, files: &[(u8, u64)]) -> bool {
+        let levels: Vec<u8> = files.iter().map(|f| f.0).collect();
+        self.level_to_combine(&levels).is_some_and(|l| {
+            files.iter().filter(|f| f.0 == l).map(|f| f.1).sum::<u64>() < BACKGROUND_FROM
+        })
     }
 
     /// Whether the background thread has work after a commit whose head (after any inline
@@ -153,14 +177,47 @@ mod tests {
             threshold: 10,
             background: false,
         };
-        assert_eq!(inline.on_commit(&levels(&[(0, 3)])), OnCommit::Cascade);
+        let sized = |counts: &[(u8, usize)], bytes: u64| -> Vec<(u8, u64)> {
+            levels(counts).into_iter().map(|l| (l, bytes)).collect()
+        };
+        let big = BACKGROUND_FROM / 8;
+        assert_eq!(
+            inline.on_commit(&sized(&[(0, 3)], 1), false),
+            OnCommit::Cascade
+        );
         assert!(!inline.wants_background(&levels(&[(0, 30)])));
         let bg = Policy {
             threshold: 10,
             background: true,
         };
-        assert_eq!(bg.on_commit(&levels(&[(0, 40)])), OnCommit::Nothing);
-        assert_eq!(bg.on_commit(&levels(&[(0, 41), (1, 3)])), OnCommit::Level0);
+        assert_eq!(
+            bg.on_commit(&sized(&[(0, 40)], big), false),
+            OnCommit::Nothing
+        );
+        assert_eq!(
+            bg.on_commit(&sized(&[(0, 41), (1, 3)], 1), true),
+            OnCommit::Level0
+        );
+        // Small merges stay inline while no background merge runs.
+        assert_eq!(
+            bg.on_commit(&sized(&[(0, 11)], 1000), false),
+            OnCommit::Small
+        );
+        assert_eq!(
+            bg.on_commit(&sized(&[(0, 11)], 1000), true),
+            OnCommit::Nothing
+        );
+        assert_eq!(
+            bg.on_commit(&sized(&[(0, 10)], 1000), false),
+            OnCommit::Nothing
+        );
+        assert_eq!(
+            bg.on_commit(&sized(&[(0, 11)], big), false),
+            OnCommit::Nothing
+        );
+        assert!(bg.next_is_small(&sized(&[(0, 11)], 1000)));
+        assert!(!bg.next_is_small(&sized(&[(0, 11)], big)));
+        assert!(!bg.next_is_small(&sized(&[(0, 10)], 1000)));
         assert!(bg.wants_background(&levels(&[(0, 11)])));
         assert!(!bg.wants_background(&levels(&[(0, 10), (1, 24)])));
         assert!(bg.wants_background(&levels(&[(1, 25)])));
