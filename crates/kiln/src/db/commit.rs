@@ -268,7 +268,11 @@ impl Database {
                         .compactor
                         .lock()
                         .unwrap_or_else(|p| p.into_inner());
-                    *slot = Some(h); // the one before has finished (`compacting` was false)
+                    // The thread before has done its work (`compacting` was false) and ends
+                    // at once: joined, not left running unwatched.
+                    if let Some(before) = slot.replace(h) {
+                        let _ = before.join();
+                    }
                 }
                 Err(_) => self.inner.compacting.store(false, Ordering::SeqCst),
             }
@@ -282,21 +286,18 @@ impl Drop for Database {
     /// it is doing (it starts no other), so a program that drops its handles and exits leaves
     /// no half-written file behind and no work done for nothing.
     fn drop(&mut self) {
-        let mut slot = self
+        if self.inner.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return; // another handle is left
+        }
+        let h = self
             .inner
             .compactor
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let Some(h) = slot.take() else {
-            return;
-        };
-        // This handle and the thread's: no other handle is left.
-        if !h.is_finished() && Arc::strong_count(&self.inner) == 2 {
-            drop(slot);
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = h {
             self.inner.closing.store(true, Ordering::SeqCst);
             let _ = h.join();
-        } else if !h.is_finished() {
-            *slot = Some(h);
         }
     }
 }

@@ -84,9 +84,17 @@ pub use txn::Transaction;
 /// assert!(db.verify()?.ok());                            // re-hash every stored byte
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct Database {
     inner: Arc<Db>,
+}
+
+impl Clone for Database {
+    fn clone(&self) -> Database {
+        self.inner.handles.fetch_add(1, Ordering::SeqCst);
+        Database {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 struct Db {
@@ -115,6 +123,9 @@ struct Db {
     /// The background compaction thread last started by this handle (see
     /// [`Database`]'s `Drop`: the last handle waits for it).
     compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// How many [`Database`] handles share this (clones of one opened handle): the last one
+    /// dropped waits for the background compaction.
+    handles: AtomicUsize,
     /// The last handle is being dropped: the background compaction stops after the merge it
     /// is doing (or, not yet begun, the one it was started for).
     closing: AtomicBool,
@@ -244,6 +255,7 @@ impl Database {
             settings: RwLock::new(None),
             compacting: AtomicBool::new(false),
             compactor: Mutex::new(None),
+            handles: AtomicUsize::new(1),
             closing: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
             file_buf: Mutex::new(Vec::new()),

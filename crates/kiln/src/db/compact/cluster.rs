@@ -71,12 +71,13 @@ fn block(v: &View, sel: &[FileRef], i: usize, e: &car::Entry) -> Result<(Arc<Vec
 
 /// Writes the kept tree nodes `order` (pre-order, keys ascending) as described in the module
 /// doc: leaves with the document versions they name (unless `purged`), then branches. A node
-/// comes from `memory` (built, not yet in a file) or from the combined files.
+/// comes from `memory` (built, not yet in a file) or from the combined files. A node marked
+/// as taken for a leaf unread must be one.
 pub(super) fn write_tree(
     v: &View,
     sel: &[FileRef],
     inputs: &Inputs,
-    order: &[Cid],
+    order: &[(Cid, bool)],
     memory: &DigestMap<Cid, (Arc<[u8]>, Arc<tree::Node>)>,
     purged: &dyn Fn(&Cid) -> bool,
     w: &mut car::StreamWriter,
@@ -85,7 +86,7 @@ pub(super) fn write_tree(
     // Branches are written after every group, from the bytes read here (one read and hash
     // check per node).
     let mut branches: Vec<(Cid, Arc<[u8]>)> = Vec::new();
-    for c in order {
+    for (c, unread_leaf) in order {
         let held;
         let data: &[u8] = match memory.get(c) {
             Some((b, _)) => b,
@@ -105,6 +106,11 @@ pub(super) fn write_tree(
             None => tree::Leaf::links_of(data).map_err(|x| v.corrupt_cid(c, x.0))?,
         };
         let Some(links) = links else {
+            if *unread_leaf {
+                // Its parent is at level 1: what is below it was not looked for (reads fail
+                // on such a tree too).
+                return Err(v.corrupt_cid(c, "a level-1 tree node links a node above level 0"));
+            }
             branches.push((*c, Arc::from(data)));
             continue;
         };

@@ -234,8 +234,9 @@ impl Db {
             .map(|c| (c, None))
             .collect();
         let mut visited: DigestSet<Cid> = DigestSet::default();
-        // The nodes this file writes, in pre-order with keys ascending (its layout).
-        let mut order: Vec<Cid> = Vec::new();
+        // The nodes this file writes, in pre-order with keys ascending (its layout), each
+        // with whether it was taken for a leaf unread (`write_tree` checks that it is one).
+        let mut order: Vec<(Cid, bool)> = Vec::new();
         while let Some((c, level)) = stack.pop() {
             if !visited.insert(c) {
                 continue;
@@ -243,12 +244,12 @@ impl Db {
             let leaf = level == Some(0) && !any_v1;
             if nodes_here.contains(&c) {
                 keep.insert(c);
-                order.push(c);
+                order.push((c, leaf));
             } else if current {
                 match memory.get(&c) {
                     Some((b, _)) => {
                         memory_bytes += b.len() as u64;
-                        order.push(c);
+                        order.push((c, leaf));
                     }
                     None if all => return Err(Error::MissingBlock(c, self.name.clone())),
                     None => continue, // in an older file, with everything below it

@@ -1212,12 +1212,14 @@ impl<'a> StreamWriter<'a> {
     }
 
     fn add_kind(&mut self, cid: Cid, data: &[u8], kind: u8) -> std::io::Result<()> {
-        if !self.seen.insert(&cid, &self.entries) {
+        if self.seen.contains(&cid, &self.entries) {
             return Ok(());
         }
         if segment_full_at(self.cur.len(), data.len(), self.limit) {
             self.flush_segment()?;
         }
+        // Noted only now, right before its entry is pushed (the position it names).
+        self.seen.insert(&cid, &self.entries);
         let seg = self.seg_at.len() as u32;
         push_section(&mut self.cur, 0, &mut self.entries, seg, cid, data, kind);
         Ok(())

@@ -213,6 +213,63 @@ fn a_writer_tells_apart_cids_that_share_their_first_digest_bytes() {
     assert!(index.find(&c).is_none());
 }
 
+/// Review finding: a block whose segment could not be written (the output failed) was noted
+/// as added all the same, at a position no entry had: a later question about a CID sharing
+/// its first 8 digest bytes read past the end of the entries (a panic).
+#[test]
+fn a_block_that_failed_to_be_written_is_not_noted_as_added() {
+    struct FailAfter(usize);
+    impl std::io::Write for FailAfter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.0 < b.len() {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.0 -= b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let key = Key::generate().unwrap();
+    let mut out = FailAfter(100);
+    let mut w = StreamWriter::new(
+        Meta {
+            level: 1,
+            time: 1,
+            roots: vec![],
+            replaces: vec![],
+        },
+        &key,
+        &mut out,
+    )
+    .unwrap();
+    let with = |codec: u8, i: u32| {
+        let mut b = [7u8; CID_LEN];
+        b[..4].copy_from_slice(&[0x01, codec, 0x12, 0x20]);
+        b[CID_LEN - 4..].copy_from_slice(&i.to_le_bytes());
+        Cid::from_bytes(&b).unwrap()
+    };
+    let big = vec![b'x'; SEGMENT_TARGET];
+    let mut failed = None;
+    for i in 0..8u32 {
+        // Different first digest bytes each, so a later CID can share this one's.
+        let mut b = *with(0x71, i).as_bytes();
+        b[4] = i as u8;
+        let c = Cid::from_bytes(&b).unwrap();
+        if w.add(c, &big).is_err() {
+            failed = Some(c);
+            break;
+        }
+    }
+    let failed = failed.expect("the output fails");
+    let mut twin = *failed.as_bytes();
+    twin[1] = 0x55; // same digest, another codec
+    let twin = Cid::from_bytes(&twin).unwrap();
+    assert!(!w.holds(&failed));
+    assert!(!w.holds(&twin));
+}
+
 #[test]
 fn segments_are_compressed_when_it_pays() {
     // Repetitive blocks: the file is much smaller than its plaintext, and reads back.
