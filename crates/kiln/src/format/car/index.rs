@@ -22,29 +22,32 @@ pub(super) fn kind_of(x: &Entry) -> u8 {
 }
 
 /// The entries an index lists itself (sorted as `entries` is), and whether the others go
-/// into pages: all listed while the document versions fit in one page; else the tree nodes
-/// and events listed, the document versions paged (see [`paged_chunks`]).
+/// into pages: all listed while the rest fit in one page; else the tree nodes listed (a tree
+/// lookup then reads no page), the document versions and events paged (see [`paged_chunks`]).
+/// Readers look in the pages for whatever is not listed: files written before listed their
+/// events too, which kept one entry per commit ever made in memory for as long as its file
+/// was live (52 MB after a million commits).
 pub(super) fn split_entries(entries: &[Entry]) -> (Cow<'_, [Entry]>, bool) {
-    let values = entries.iter().filter(|e| !e.event && !e.node).count();
-    if values <= PAGE_ENTRIES {
+    let nodes = entries.iter().filter(|e| e.node).count();
+    if entries.len() - nodes <= PAGE_ENTRIES {
         return (Cow::Borrowed(entries), false);
     }
     // Kept as the index's for as long as the file is live: no room to spare.
-    let mut listed: Vec<Entry> = Vec::with_capacity(entries.len() - values);
-    listed.extend(entries.iter().filter(|e| e.event || e.node));
+    let mut listed: Vec<Entry> = Vec::with_capacity(nodes);
+    listed.extend(entries.iter().filter(|e| e.node));
     (Cow::Owned(listed), true)
 }
 
-/// Calls `f` with each page's worth of the document versions among `entries` (in order),
-/// through one buffer: a copy of every paged entry was, at the end of a large compaction,
-/// one more allocation the size of its index.
+/// Calls `f` with each page's worth of the entries [`split_entries`] does not list (in
+/// order), through one buffer: a copy of every paged entry was, at the end of a large
+/// compaction, one more allocation the size of its index.
 pub(super) fn paged_chunks<E>(
     entries: &[Entry],
     mut f: impl FnMut(usize, &[Entry]) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut chunk: Vec<Entry> = Vec::with_capacity(PAGE_ENTRIES);
     let mut n = 0;
-    for e in entries.iter().filter(|e| !e.event && !e.node) {
+    for e in entries.iter().filter(|e| !e.node) {
         chunk.push(*e);
         if chunk.len() == PAGE_ENTRIES {
             f(n, &chunk)?;
@@ -209,7 +212,8 @@ pub struct Index {
     pub meta: Meta,
     pub segs: Vec<(u64, u32)>,
     /// Entries listed in the index itself, sorted by CID: every block of a file without pages;
-    /// of a paged file, its tree nodes and events (version 5) or none (before).
+    /// of a paged file, its tree nodes (version 5; files written before 2026-12-06 its events
+    /// too) or none (before version 5).
     pub entries: Vec<Entry>,
     /// Page references, sorted by first CID (files with more than a page of document versions).
     pub pages: Vec<PageRef>,
@@ -416,7 +420,7 @@ impl Index {
     }
 
     /// The index as a reader gets it: with `entries` (all of the file's, sorted) unless paged,
-    /// then with the tree nodes and events only. A paged index written here holds those
+    /// then with the tree nodes only. A paged index written here holds those
     /// already (see `write_tail_at`), in a list their size: collected in place from
     /// `entries`, it kept the room of every paged entry for as long as the file was live.
     pub(super) fn with_entries(self, entries: Vec<Entry>) -> Index {
@@ -433,7 +437,7 @@ impl Index {
     }
 
     /// Finds a block among the entries the index lists itself (all of an unpaged file's; a
-    /// paged version-5 file's tree nodes and events).
+    /// paged version-5 file's tree nodes, and events in older ones).
     pub fn find(&self, cid: &Cid) -> Option<Entry> {
         find_entry(&self.entries, cid).map(|i| self.entries[i])
     }

@@ -950,7 +950,7 @@ fn write_tail_at(
 ) -> std::io::Result<(Index, u32)> {
     let at = |out: &Vec<u8>| base + out.len() as u64;
     let mut pages = Vec::new();
-    // Paged: the document versions go into pages, the tree nodes and events stay in the index
+    // Paged: the document versions and events go into pages, the tree nodes stay in the index
     // itself (a node lookup then reads no page; they are a few percent of a file's blocks).
     let (listed, paged) = split_entries(entries);
     if paged {

@@ -138,7 +138,7 @@ fn a_streamed_file_is_a_valid_file() {
 }
 
 /// Issue 14: the index a writer hands back (kept in memory for as long as its file is live)
-/// holds only the tree nodes and events of a paged file, in a buffer their size: collected in
+/// holds only the tree nodes of a paged file, in a buffer their size: collected in
 /// place, it kept the capacity of every entry (~7 MB for each 100,000-document file, 61 MB
 /// of heap after a million-document bulk load).
 #[test]
@@ -167,6 +167,7 @@ fn a_paged_index_keeps_no_room_for_its_paged_entries() {
     let (_, _, index, _) = w.finish().unwrap();
     assert!(!index.pages.is_empty());
     assert_eq!(index.entries.len(), 200);
+    assert!(index.entries.iter().all(|e| e.node));
     assert!(
         index.entries.capacity() < 400,
         "capacity {} for {} entries",
@@ -386,7 +387,7 @@ fn files_with_runs_verify_and_read_back() {
 
         let (idx, got) = verify_file(&key, &name, &bytes).unwrap();
         assert_eq!((got.len(), idx.block_count()), (n, n));
-        // Paged: the index lists the events itself, the pages hold the rest.
+        // Paged: the index lists the tree nodes itself, the pages hold the rest.
         let mut entries: Vec<Entry> = idx.entries.clone();
         entries.extend((0..idx.pages.len()).flat_map(|p| {
             let pr = &idx.pages[p];
@@ -395,7 +396,7 @@ fn files_with_runs_verify_and_read_back() {
         }));
         entries.sort_by_key(|e| e.cid);
         assert_eq!(idx.entries, f.index.entries);
-        assert!(idx.pages.is_empty() || idx.entries.iter().all(|e| e.event || e.node));
+        assert!(idx.pages.is_empty() || idx.entries.iter().all(|e| e.node));
         for (i, (c, d)) in blocks.iter().enumerate() {
             let e = entries[entries.binary_search_by(|e| e.cid.cmp(c)).unwrap()];
             assert_eq!(e.event, i >= n - n / 10, "block {i}'s kind");
