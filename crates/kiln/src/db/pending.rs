@@ -102,7 +102,8 @@ impl Db {
         let mut latest: BTreeMap<Arc<[u8]>, Slot> = BTreeMap::new();
         for f in head.files.iter().filter(|f| f.level == 0) {
             for e in self.file_entries(&v, f)?.iter().filter(|e| e.event) {
-                let ev = v.event(&e.cid)?;
+                // Read where the file's own entries say, not looked for through every file.
+                let ev = v.event_in(&e.cid, Some((f, e)))?;
                 for (id, link) in &ev.ops {
                     let s = Slot {
                         version: ev.height,

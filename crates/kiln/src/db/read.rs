@@ -457,13 +457,32 @@ impl EventSource for View<'_> {
     /// An event; a cut event (its history dropped) comes without parents, so every walk stops
     /// there.
     fn event(&self, cid: &Cid) -> Result<Arc<Event>> {
+        self.event_in(cid, None)
+    }
+}
+
+impl View<'_> {
+    /// [`EventSource::event`], from where the caller knows it is (file `f`, entry `e`, as a
+    /// file's own entries list it) or else found by [`View::locate`].
+    pub(super) fn event_in(
+        &self,
+        cid: &Cid,
+        at: Option<(&FileRef, &car::Entry)>,
+    ) -> Result<Arc<Event>> {
         let key = CacheKey::Event(*cid);
         let e = match self.db.store.cache.get(&key) {
             Some(Cached::Event(e)) => e,
             _ => {
-                let e = Arc::new(self.with_block(cid, None, |b| {
-                    Event::decode(b).map_err(|e| self.corrupt_cid(cid, e.0))
-                })?);
+                let decode = |b: &[u8]| Event::decode(b).map_err(|e| self.corrupt_cid(cid, e.0));
+                let e = Arc::new(match at {
+                    Some((f, entry)) => {
+                        let seg = self.segment(f, entry.seg)?;
+                        decode(car::block_in(&seg, entry).map_err(|x| {
+                            Error::format(format!("file {}, block {cid}", f.name), x)
+                        })?)?
+                    }
+                    None => self.with_block(cid, None, decode)?,
+                });
                 self.db.store.cache.insert(key, Cached::Event(e.clone()));
                 e
             }
