@@ -34,9 +34,9 @@ pub struct Options {
     /// inside the commit, and commits outrunning the thread (more than 4 × threshold diffs)
     /// merge level 0 inline. The last handle of a database waits, when dropped, for the merge
     /// its thread is doing. Measured on 2 cores (README, "Scale"): bulk loads of a million
-    /// documents +43%, random updates at a million +32%, peak memory up to ~25 MB higher
-    /// (a merge runs beside the commits). A program of one command per process (the CLI)
-    /// turns it off.
+    /// documents +43%, random updates +15–30% at 100,000 and a million, peak memory up to
+    /// ~25 MB higher (a merge runs beside the commits). A program of one command per process
+    /// (the CLI) turns it off.
     pub background_compaction: bool,
     /// Empty files a background thread keeps ready in `files/.pool/`, so a commit renames one
     /// instead of allocating an inode (0: none). They cost an inode each and no data. The
