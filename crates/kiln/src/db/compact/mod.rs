@@ -65,10 +65,7 @@ impl Db {
     /// [`policy::BACKGROUND_FROM`]): the rest is the background thread's.
     pub(super) fn compact_small(&self, head: &mut Head, policy: &Policy) -> Result<Vec<FileName>> {
         let mut removed = Vec::new();
-        while policy.next_is_small(&sized_levels(head)) {
-            let Some(level) = policy.level_to_combine(&levels(head)) else {
-                break;
-            };
+        while let Some(level) = policy.small_level(&sized_levels(head)) {
             let r = self.compact_level(head, level)?;
             if r.is_empty() {
                 break;

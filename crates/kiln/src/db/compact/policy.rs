@@ -94,17 +94,18 @@ impl Policy {
             OnCommit::Cascade
         } else if diffs > 4 * self.threshold {
             OnCommit::Level0
-        } else if !running && self.next_is_small(files) {
+        } else if !running && self.small_level(files).is_some() {
             OnCommit::Small
         } else {
             OnCommit::Nothing
         }
     }
 
-    /// Whether the level to combine next (if any) holds fewer than [`BACKGROUND_FROM`] bytes.
-    pub fn next_is_small(&self, files: &[(u8, u64)]) -> bool {
+    /// The level to combine next, if there is one and it holds fewer than [`BACKGROUND_FROM`]
+    /// bytes.
+    pub fn small_level(&self, files: &[(u8, u64)]) -> Option<u8> {
         let levels: Vec<u8> = files.iter().map(|f| f.0).collect();
-        self.level_to_combine(&levels).is_some_and(|l| {
+        self.level_to_combine(&levels).filter(|&l| {
             files.iter().filter(|f| f.0 == l).map(|f| f.1).sum::<u64>() < BACKGROUND_FROM
         })
     }
@@ -215,9 +216,9 @@ mod tests {
             bg.on_commit(&sized(&[(0, 11)], big), false),
             OnCommit::Nothing
         );
-        assert!(bg.next_is_small(&sized(&[(0, 11)], 1000)));
-        assert!(!bg.next_is_small(&sized(&[(0, 11)], big)));
-        assert!(!bg.next_is_small(&sized(&[(0, 10)], 1000)));
+        assert_eq!(bg.small_level(&sized(&[(0, 11)], 1000)), Some(0));
+        assert_eq!(bg.small_level(&sized(&[(0, 11)], big)), None);
+        assert_eq!(bg.small_level(&sized(&[(0, 10)], 1000)), None);
         assert!(bg.wants_background(&levels(&[(0, 11)])));
         assert!(!bg.wants_background(&levels(&[(0, 10), (1, 24)])));
         assert!(bg.wants_background(&levels(&[(1, 25)])));

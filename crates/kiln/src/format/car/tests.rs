@@ -137,6 +137,16 @@ fn a_streamed_file_is_a_valid_file() {
     }
 }
 
+/// A CID of codec `codec` whose digest starts with `lead` (then 7s) and ends with `tail`: CIDs
+/// that share their first 8 digest bytes, or their whole digest, as a writer must tell apart.
+fn cid_of_digest(codec: u8, lead: u8, tail: u32) -> Cid {
+    let mut b = [7u8; CID_LEN];
+    b[..4].copy_from_slice(&[0x01, codec, 0x12, 0x20]);
+    b[4] = lead;
+    b[CID_LEN - 4..].copy_from_slice(&tail.to_le_bytes());
+    Cid::from_bytes(&b).unwrap()
+}
+
 /// Issue 14: the index a writer hands back (kept in memory for as long as its file is live)
 /// holds only the tree nodes of a paged file, in a buffer their size: collected in
 /// place, it kept the capacity of every entry (~7 MB for each 100,000-document file, 61 MB
@@ -145,17 +155,7 @@ fn a_streamed_file_is_a_valid_file() {
 fn a_paged_index_keeps_no_room_for_its_paged_entries() {
     let key = Key::generate().unwrap();
     let mut out = Vec::new();
-    let mut w = StreamWriter::new(
-        Meta {
-            level: 1,
-            time: 1,
-            roots: vec![],
-            replaces: vec![],
-        },
-        &key,
-        &mut out,
-    )
-    .unwrap();
+    let mut w = StreamWriter::new(Meta::default(), &key, &mut out).unwrap();
     for i in 0..20_000u32 {
         let d = format!("document {i}").into_bytes();
         if i % 100 == 0 {
@@ -182,25 +182,13 @@ fn a_paged_index_keeps_no_room_for_its_paged_entries() {
 #[test]
 fn a_writer_tells_apart_cids_that_share_their_first_digest_bytes() {
     let key = Key::generate().unwrap();
-    let with = |codec: u8, tail: u8| {
-        let mut b = [7u8; CID_LEN];
-        b[..4].copy_from_slice(&[0x01, codec, 0x12, 0x20]);
-        b[CID_LEN - 1] = tail;
-        Cid::from_bytes(&b).unwrap()
-    };
-    let (a, b, c) = (with(0x71, 1), with(0x55, 1), with(0x71, 2));
+    let (a, b, c) = (
+        cid_of_digest(0x71, 7, 1),
+        cid_of_digest(0x55, 7, 1),
+        cid_of_digest(0x71, 7, 2),
+    );
     let mut out = Vec::new();
-    let mut w = StreamWriter::new(
-        Meta {
-            level: 1,
-            time: 1,
-            roots: vec![],
-            replaces: vec![],
-        },
-        &key,
-        &mut out,
-    )
-    .unwrap();
+    let mut w = StreamWriter::new(Meta::default(), &key, &mut out).unwrap();
     w.add(a, b"first").unwrap();
     assert!(w.holds(&a) && !w.holds(&b) && !w.holds(&c));
     w.add(b, b"second").unwrap();
@@ -234,30 +222,12 @@ fn a_block_that_failed_to_be_written_is_not_noted_as_added() {
     }
     let key = Key::generate().unwrap();
     let mut out = FailAfter(100);
-    let mut w = StreamWriter::new(
-        Meta {
-            level: 1,
-            time: 1,
-            roots: vec![],
-            replaces: vec![],
-        },
-        &key,
-        &mut out,
-    )
-    .unwrap();
-    let with = |codec: u8, i: u32| {
-        let mut b = [7u8; CID_LEN];
-        b[..4].copy_from_slice(&[0x01, codec, 0x12, 0x20]);
-        b[CID_LEN - 4..].copy_from_slice(&i.to_le_bytes());
-        Cid::from_bytes(&b).unwrap()
-    };
+    let mut w = StreamWriter::new(Meta::default(), &key, &mut out).unwrap();
     let big = vec![b'x'; SEGMENT_TARGET];
     let mut failed = None;
     for i in 0..8u32 {
         // Different first digest bytes each, so a later CID can share this one's.
-        let mut b = *with(0x71, i).as_bytes();
-        b[4] = i as u8;
-        let c = Cid::from_bytes(&b).unwrap();
+        let c = cid_of_digest(0x71, i as u8, i);
         if w.add(c, &big).is_err() {
             failed = Some(c);
             break;
