@@ -28,6 +28,8 @@ fn main() -> kiln::Result<()> {
         &dir,
         Options {
             durability: Durability::Buffered,
+            // KILN_INLINE=1: compact inside the commits (as before background compaction).
+            background_compaction: std::env::var_os("KILN_INLINE").is_none(),
             ..Options::default()
         },
     )?;

@@ -316,6 +316,13 @@ impl Db {
             .map_err(|e| Error::io(self.lock.path(), e))
     }
 
+    /// Sets the counter's `begin` (half 0) or `end` (half 1) alone.
+    fn set_counter_half(&self, half: usize, v: u64) -> Result<()> {
+        self.lock
+            .set_half(half, v)
+            .map_err(|e| Error::io(self.lock.path(), e))
+    }
+
     /// Takes the cross-process writer lock, waiting up to [`options::Options::lock_timeout`].
     pub(super) fn acquire(&self) -> Result<()> {
         match self.lock.lock(self.store.opts.lock_timeout) {
@@ -473,8 +480,9 @@ impl Db {
             // Whatever this handle's durability: the copies may be a fully durable commit's.
             self.secure_carried(log, head)?;
         }
-        // begin=n first: a crash from here on makes every process re-read the head record.
-        self.set_counter([n, old[1]])?;
+        // begin=n first (end stays old[1]): a crash from here on makes every process re-read
+        // the head record.
+        self.set_counter_half(0, n)?;
         // The files kept open are still HEAD and HEAD.next only if nobody else wrote since.
         let trusted = old[0] == old[1] && w.last == Some(old[1]);
         w.last = None;
@@ -507,7 +515,7 @@ impl Db {
                 Log::fresh(&bytes)
             }
         };
-        self.set_counter([n, n])?;
+        self.set_counter_half(1, n)?;
         w.last = Some(n);
         Ok(new_log)
     }

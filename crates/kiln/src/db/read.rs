@@ -1,5 +1,6 @@
 //! The read path: a `View` on one head record finds a block's file (by height, Bloom filter,
-//! index page), decrypts one segment (cached) and checks the block's hash; the head record and
+//! index page), decrypts one segment (cached) and takes the section labelled with the block's CID
+//! (authenticated with the segment, not re-hashed: see `car::block_at`); the head record and
 //! LOCK counter are read here, and a read that meets a file a compaction removed re-reads the
 //! head record and retries.
 
@@ -262,7 +263,7 @@ impl<'a> View<'a> {
         Ok(plain)
     }
 
-    /// A block's bytes, checked against its CID.
+    /// A block's bytes: the section of its segment labelled with its CID ([`car::block_at`]).
     pub(super) fn with_block<T>(
         &self,
         cid: &Cid,
@@ -271,12 +272,12 @@ impl<'a> View<'a> {
     ) -> Result<T> {
         let (file, e) = self.locate(cid, height)?;
         let seg = self.segment(file, e.seg)?;
-        let data = car::block_in(&seg, &e)
+        let data = car::block_at(&seg, &e)
             .map_err(|x| Error::format(format!("file {}, block {cid}", file.name), x))?;
         f(data)
     }
 
-    /// An event CID the user gave: absent, or a (hash-checked) block that is not an event, is
+    /// An event CID the user gave: absent, or a stored block that is not an event, is
     /// "no such event", not corruption.
     pub(super) fn given_event(&self, cid: &Cid) -> Result<Arc<Event>> {
         let no = || Error::NoSuchEvent(*cid, self.db.name.clone());
@@ -440,7 +441,7 @@ impl View<'_> {
     ) -> Result<(T, Option<Place>)> {
         let (file, e) = self.locate(cid, None)?;
         let seg = self.segment(file, e.seg)?;
-        let data = car::block_in(&seg, &e)
+        let data = car::block_at(&seg, &e)
             .map_err(|x| Error::format(format!("file {}, block {cid}", file.name), x))?;
         let n = decode(data).map_err(|e| self.corrupt_cid(cid, e.0))?;
         let at = Some(Place {
@@ -477,7 +478,7 @@ impl View<'_> {
                 let e = Arc::new(match at {
                     Some((f, entry)) => {
                         let seg = self.segment(f, entry.seg)?;
-                        decode(car::block_in(&seg, entry).map_err(|x| {
+                        decode(car::block_at(&seg, entry).map_err(|x| {
                             Error::format(format!("file {}, block {cid}", f.name), x)
                         })?)?
                     }

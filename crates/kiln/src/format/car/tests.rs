@@ -731,3 +731,33 @@ proptest! {
         }
     }
 }
+
+/// The trust boundary of reads: a block filed under a CID its bytes do not hash to can only
+/// come from a writer holding the key. A read takes it (the segment it sits in authenticated,
+/// the section labelled with that CID); copying it (`block_in`, as compaction does) and
+/// `verify` refuse it. A section under another CID is refused by both.
+#[test]
+fn a_block_under_a_wrong_cid_is_read_but_refused_by_copies_and_verify() {
+    let key = Key::generate().unwrap();
+    let good = b"a block".to_vec();
+    let bad = b"bytes of another block".to_vec();
+    let claimed = Cid::of_cbor(b"what the writer claimed");
+    let mut w = Writer::new(Meta {
+        level: 0,
+        time: 7,
+        roots: vec![Cid::of_cbor(&good)],
+        replaces: vec![],
+    });
+    w.add(Cid::of_cbor(&good), &good);
+    w.add(claimed, &bad);
+    let f = w.finish(&key, false, usize::MAX).unwrap();
+    let e = f.index.find(&claimed).unwrap();
+    let seg = &f.segments[e.seg as usize];
+    assert_eq!(block_at(seg, &e).unwrap(), &bad[..]);
+    assert!(block_in(seg, &e).is_err());
+    assert!(verify_file(&key, &FileName::of(&f.bytes), &f.bytes).is_err());
+    let mut elsewhere = f.index.find(&Cid::of_cbor(&good)).unwrap();
+    elsewhere.cid = claimed;
+    assert!(block_at(seg, &elsewhere).is_err());
+    assert!(block_in(seg, &elsewhere).is_err());
+}
