@@ -185,7 +185,12 @@ impl<'a> View<'a> {
     }
 
     /// [`View::probe`] with the file's index at hand.
-    fn probe_in(&self, f: &FileRef, idx: &car::Index, cid: &Cid) -> Result<Option<car::Entry>> {
+    pub(super) fn probe_in(
+        &self,
+        f: &FileRef,
+        idx: &car::Index,
+        cid: &Cid,
+    ) -> Result<Option<car::Entry>> {
         if let Some(e) = idx.find(cid) {
             return Ok(Some(e));
         }

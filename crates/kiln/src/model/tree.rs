@@ -264,11 +264,11 @@ impl Leaf {
         }
     }
 
-    /// The document links of a leaf's encoding, checked as [`Node::decode`] checks it; `None`
-    /// for a node of another level.
-    pub fn links_of(b: &[u8]) -> Result<Option<Vec<Cid>>, CborError> {
+    /// The document links of a leaf's encoding with their versions, checked as
+    /// [`Node::decode`] checks it; `None` for a node of another level.
+    pub fn links_of(b: &[u8]) -> Result<Option<Vec<(Cid, u64)>>, CborError> {
         Ok(match parse(b)?.2 {
-            Items::Leaf(slots) => Some(slots.iter().filter_map(|s| s.link).collect()),
+            Items::Leaf(slots) => Some(linked(&slots)),
             Items::Branch(_) => None,
         })
     }
@@ -296,6 +296,14 @@ impl Leaf {
     pub fn weight(&self) -> usize {
         96 + self.raw.len() + self.keys.len() * 8 + self.slots.len() * 48
     }
+}
+
+/// The links of `slots` (tombstones have none), each with its slot's version.
+pub fn linked(slots: &[Slot]) -> Vec<(Cid, u64)> {
+    slots
+        .iter()
+        .filter_map(|s| s.link.map(|l| (l, s.version)))
+        .collect()
 }
 
 /// A leaf to look a key up in: a decoded node, or a [`Leaf`].
@@ -1188,7 +1196,8 @@ mod tests {
             let leaf = Leaf::decode(&bytes).unwrap();
             prop_assert_eq!(&leaf.to_node(), &node);
             let Items::Leaf(slots) = &node.items else { unreachable!() };
-            let links: Vec<Cid> = slots.iter().filter_map(|s| s.link).collect();
+            let links: Vec<(Cid, u64)> =
+                slots.iter().filter_map(|s| Some((s.link?, s.version))).collect();
             prop_assert_eq!(Leaf::links_of(&bytes).unwrap(), Some(links));
             for p in probes.iter().chain(&keys) {
                 let want = node.keys.binary_search(&key(*p)).ok().map(|i| slots[i]);

@@ -9,55 +9,119 @@
 
 use super::*;
 
-/// Where every block of the combined files is: their index entries, and the entries sorted by
-/// the first 8 bytes of their CIDs (16 bytes each, beside the entries themselves).
-pub(super) struct Inputs {
-    entries: Vec<Vec<car::Entry>>,
-    by_cid: Vec<(u64, u32, u32)>,
+/// The tree nodes the combined files hold, each with the position (in the merge's list) of
+/// a file holding it, by the first 8 digest bytes of its CID (~16 bytes each; a map of whole
+/// CIDs took ~48, and at a million documents under updates a merge's files hold hundreds of
+/// thousands of nodes, most of them superseded). A CID whose 8 bytes another node's has is
+/// kept whole apart; one that merely shares them with a node here reads as here: the walk
+/// then looks at a node it need not have, and [`Sources::node`] does not find it, so the
+/// merge writes it nowhere — it stays where it is.
+#[derive(Default)]
+pub(super) struct NodesHere {
+    by_lead: DigestMap<u64, u32>,
+    clashes: DigestMap<Cid, u32>,
 }
 
-fn lead(c: &Cid) -> u64 {
-    let b = c.as_bytes();
-    u64::from_le_bytes([b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]])
-}
-
-impl Inputs {
-    /// The entries of `sel`'s files, in file order each (`entries[i]` is `sel[i]`'s).
-    pub(super) fn load(db: &Db, v: &View, sel: &[FileRef]) -> Result<Inputs> {
-        let mut entries = Vec::with_capacity(sel.len());
-        let mut by_cid = Vec::new();
-        for (i, f) in sel.iter().enumerate() {
-            let es = db.file_entries(v, f)?;
-            by_cid.extend(
-                es.iter()
-                    .enumerate()
-                    .map(|(j, e)| (lead(&e.cid), i as u32, j as u32)),
-            );
-            entries.push(es);
+impl NodesHere {
+    /// Notes that file `file` holds node `c` (a node in two files: either).
+    pub(super) fn insert(&mut self, c: Cid, file: u32) {
+        use std::collections::hash_map::Entry;
+        match self.by_lead.entry(c.lead()) {
+            Entry::Vacant(v) => {
+                v.insert(file);
+            }
+            // Another node of the same file with the same 8 bytes is found there too.
+            Entry::Occupied(o) if *o.get() == file => {}
+            // Taken for another file (by another CID, or by this one stored twice): kept
+            // whole, and the exact map answers first.
+            Entry::Occupied(_) => {
+                self.clashes.insert(c, file);
+            }
         }
-        by_cid.sort_unstable_by_key(|x| x.0);
-        Ok(Inputs { entries, by_cid })
     }
 
-    /// How many entries the combined files have.
+    /// Whether `c` may be one of the nodes (never false for one that is).
+    pub(super) fn may_hold(&self, c: &Cid) -> bool {
+        self.clashes.contains_key(c) || self.by_lead.contains_key(&c.lead())
+    }
+
+    /// The file most likely to hold `c`: its own if kept whole, else the one noted for its 8
+    /// bytes.
+    fn file_of(&self, c: &Cid) -> Option<u32> {
+        self.clashes
+            .get(c)
+            .or_else(|| self.by_lead.get(&c.lead()))
+            .copied()
+    }
+}
+
+/// Where the combined files' blocks are, found through the files' indexes (held by the
+/// handle; index pages through the cache) rather than a list of every entry: at a million
+/// documents under random updates that list (68 bytes per block) was a quarter of a merge's
+/// memory. Which file holds each tree node is known from the first pass (`nodes`).
+pub(super) struct Sources<'a> {
+    v: &'a View<'a>,
+    sel: &'a [FileRef],
+    indexes: Vec<Arc<car::Index>>,
+    nodes: NodesHere,
+}
+
+impl<'a> Sources<'a> {
+    /// The files `sel` (seen through `v`), whose tree nodes are `nodes` (node → position in
+    /// `sel`).
+    pub(super) fn new(
+        v: &'a View<'a>,
+        sel: &'a [FileRef],
+        nodes: NodesHere,
+    ) -> Result<Sources<'a>> {
+        let indexes = sel.iter().map(|f| v.db.index(f)).collect::<Result<_>>()?;
+        Ok(Sources {
+            v,
+            sel,
+            indexes,
+            nodes,
+        })
+    }
+
+    /// How many blocks the combined files hold.
     pub(super) fn len(&self) -> usize {
-        self.by_cid.len()
+        self.indexes.iter().map(|i| i.block_count()).sum()
     }
 
-    /// Every entry of file `i`, in file order.
-    pub(super) fn of_file(&self, i: usize) -> &[car::Entry] {
-        &self.entries[i]
+    /// Every entry of file `i`, in file order (one file's at a time).
+    pub(super) fn of_file(&self, i: usize) -> Result<Vec<car::Entry>> {
+        self.v.db.file_entries(self.v, &self.sel[i])
     }
 
-    /// Which file holds `cid`, and where.
-    pub(super) fn find(&self, cid: &Cid) -> Option<(usize, &car::Entry)> {
-        let l = lead(cid);
-        let from = self.by_cid.partition_point(|x| x.0 < l);
-        self.by_cid[from..]
-            .iter()
-            .take_while(|x| x.0 == l)
-            .map(|&(_, i, j)| (i as usize, &self.entries[i as usize][j as usize]))
-            .find(|(_, e)| e.cid == *cid)
+    /// Which file holds tree node `c`, and where; `None` when none of them does.
+    pub(super) fn node(&self, c: &Cid) -> Result<Option<(usize, car::Entry)>> {
+        let Some(first) = self.nodes.file_of(c) else {
+            return Ok(None);
+        };
+        // The file noted first; the others when it is not there (8 bytes shared).
+        let first = first as usize;
+        let order = std::iter::once(first).chain((0..self.sel.len()).filter(|&i| i != first));
+        for i in order {
+            if let Some(e) = self.v.probe_in(&self.sel[i], &self.indexes[i], c)? {
+                return Ok(Some((i, e)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where document version `c`, named by a slot of version `version`, is in the files
+    /// whose event heights cover that version (where its transaction stored it). `None`
+    /// also when it is elsewhere in the combined files (stored once under an earlier write
+    /// of equal contents): the merge then copies it with the rest, not beside the leaf.
+    pub(super) fn value(&self, c: &Cid, version: u64) -> Result<Option<(usize, car::Entry)>> {
+        for (i, f) in self.sel.iter().enumerate() {
+            if f.heights.0 <= version && version <= f.heights.1 {
+                if let Some(e) = self.v.probe_in(f, &self.indexes[i], c)? {
+                    return Ok(Some((i, e)));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -76,7 +140,7 @@ fn block(v: &View, sel: &[FileRef], i: usize, e: &car::Entry) -> Result<(Arc<Vec
 pub(super) fn write_tree(
     v: &View,
     sel: &[FileRef],
-    inputs: &Inputs,
+    sources: &Sources,
     order: &[(Cid, bool)],
     memory: &DigestMap<Cid, (Arc<[u8]>, Arc<tree::Node>)>,
     purged: &dyn Fn(&Cid) -> bool,
@@ -91,16 +155,16 @@ pub(super) fn write_tree(
         let data: &[u8] = match memory.get(c) {
             Some((b, _)) => b,
             None => {
-                let Some((i, e)) = inputs.find(c) else {
+                let Some((i, e)) = sources.node(c)? else {
                     continue;
                 };
-                held = block(v, sel, i, e)?;
+                held = block(v, sel, i, &e)?;
                 &held.0[held.1..held.1 + e.len as usize]
             }
         };
         let links = match memory.get(c) {
             Some((_, n)) => match &n.items {
-                tree::Items::Leaf(slots) => Some(slots.iter().filter_map(|s| s.link).collect()),
+                tree::Items::Leaf(slots) => Some(tree::linked(slots)),
                 tree::Items::Branch(_) => None,
             },
             None => tree::Leaf::links_of(data).map_err(|x| v.corrupt_cid(c, x.0))?,
@@ -114,11 +178,12 @@ pub(super) fn write_tree(
             branches.push((*c, Arc::from(data)));
             continue;
         };
-        let values: Vec<(usize, &car::Entry)> = links
-            .into_iter()
-            .filter(|l| !purged(l) && !w.holds(l))
-            .filter_map(|l| inputs.find(&l))
-            .collect();
+        let mut values: Vec<(usize, car::Entry)> = Vec::with_capacity(links.len());
+        for (l, version) in links {
+            if !purged(&l) && !w.holds(&l) {
+                values.extend(sources.value(&l, version)?);
+            }
+        }
         let bytes = data.len()
             + values
                 .iter()
@@ -127,7 +192,7 @@ pub(super) fn write_tree(
         w.begin_group(bytes).map_err(io)?;
         w.add_node(*c, data).map_err(io)?;
         for (i, e) in values {
-            let (seg, off) = block(v, sel, i, e)?;
+            let (seg, off) = block(v, sel, i, &e)?;
             w.add(e.cid, &seg[off..off + e.len as usize]).map_err(io)?;
         }
         w.end_group().map_err(io)?;
@@ -136,4 +201,38 @@ pub(super) fn write_tree(
         w.add_node(*c, b).map_err(io)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dag-cbor CID whose digest starts with the 8 bytes of `lead` and ends with `tail`.
+    fn cid(lead: u64, tail: u8) -> Cid {
+        let mut b = [tail; crate::format::block::cid::CID_LEN];
+        b[..4].copy_from_slice(&[0x01, 0x71, 0x12, 0x20]);
+        b[4..12].copy_from_slice(&lead.to_le_bytes());
+        Cid::from_bytes(&b).unwrap()
+    }
+
+    #[test]
+    fn nodes_that_share_their_first_digest_bytes_are_told_apart() {
+        let mut here = NodesHere::default();
+        let (a, b, c, elsewhere) = (cid(7, 1), cid(7, 2), cid(7, 3), cid(7, 4));
+        here.insert(a, 0);
+        here.insert(b, 1); // same 8 bytes, another file: kept whole
+        here.insert(c, 0); // same 8 bytes, the same file as `a`
+        here.insert(a, 2); // `a` stored twice
+        assert!([0, 2].contains(&here.file_of(&a).unwrap()));
+        assert_eq!(here.file_of(&b), Some(1));
+        assert_eq!(here.file_of(&c), Some(0));
+        for n in [a, b, c] {
+            assert!(here.may_hold(&n));
+        }
+        // Sharing the 8 bytes reads as here (Sources::node then finds it in no file);
+        // other bytes do not.
+        assert!(here.may_hold(&elsewhere));
+        assert!(!here.may_hold(&cid(8, 1)));
+        assert_eq!(here.file_of(&cid(8, 1)), None);
+    }
 }

@@ -175,13 +175,15 @@ impl Db {
         // Pass 1, over the indexes and the events only: which tree nodes the files hold, the
         // events' heights and parents, and (for version-1 files, whose index does not mark
         // tree nodes) the values the events name.
-        let mut nodes_here: DigestSet<Cid> = DigestSet::default();
+        // Each tree node the files hold, with the position in `sel` of the file holding it.
+        let mut nodes_here = cluster::NodesHere::default();
+        let mut nodes = 0usize; // tree node blocks in the files
         let mut values: DigestSet<Cid> = DigestSet::default();
         let mut event_set: DigestSet<Cid> = DigestSet::default();
         let mut parents: DigestSet<Cid> = DigestSet::default();
         let mut heights = (u64::MAX, 0);
         let mut versions = Vec::with_capacity(sel.len());
-        for f in sel.iter().rev() {
+        for (i, f) in sel.iter().enumerate().rev() {
             let idx = self.index(f)?;
             versions.push(idx.version);
             for e in self.file_entries(&v, f)? {
@@ -198,7 +200,8 @@ impl Db {
                     }
                     event_set.insert(e.cid);
                 } else if e.node || idx.version < 2 {
-                    nodes_here.insert(e.cid);
+                    nodes_here.insert(e.cid, i as u32);
+                    nodes += 1;
                 }
             }
         }
@@ -239,7 +242,7 @@ impl Db {
                 continue;
             }
             let leaf = level == Some(0) && !any_v1;
-            if nodes_here.contains(&c) {
+            if nodes_here.may_hold(&c) {
                 keep.insert(c);
                 order.push((c, leaf));
             } else if current {
@@ -306,34 +309,35 @@ impl Db {
             },
             replaces: sel.iter().map(|f| f.name).collect(),
         };
-        drop((parents, event_set, nodes_here));
+        drop((parents, event_set));
         let purged = |c: &Cid| head.purged.binary_search(c).is_ok();
         // Pass 2: stream the kept tree with the document versions it names (see `cluster`),
         // then every other kept block, oldest file first and in file order, into the new
-        // file; memory holds the files' index entries, the new index and a segment, not the
-        // files.
-        let mut inputs = Some(cluster::Inputs::load(self, &v, &sel)?);
+        // file; memory holds one file's index entries at a time, the new index and a
+        // segment, not the files.
+        let mut sources = Some(cluster::Sources::new(&v, &sel, nodes_here)?);
         let mut failed: Option<Error> = None;
         let mut done: Option<(u64, car::Index, u32)> = None;
         let name = self.store.storage.put_with(self.sync(), &mut |out| {
             let r = (|| -> Result<FileName> {
                 let io = |e| Error::io(self.store.root.join("files"), e);
                 let mut w = car::StreamWriter::new(meta.clone(), &self.key, out).map_err(io)?;
-                let Some(inputs) = inputs.take() else {
+                let Some(sources) = sources.take() else {
                     return Err(Error::corrupt("compaction", "written twice"));
                 };
-                // At most every input block, plus the tree nodes only in memory.
-                w.reserve(inputs.len() + order.len());
-                cluster::write_tree(&v, &sel, &inputs, &order, &memory, &purged, &mut w)?;
+                // At most every input block but the tree nodes, and the nodes it keeps (a
+                // merge under updates drops most of the nodes it reads: reserving room for
+                // them too was a tenth of its memory).
+                w.reserve(sources.len().saturating_sub(nodes) + order.len());
+                cluster::write_tree(&v, &sel, &sources, &order, &memory, &purged, &mut w)?;
                 for (i, version) in (0..sel.len()).rev().zip(&versions) {
                     let f = &sel[i];
-                    for e in inputs.of_file(i) {
+                    for e in sources.of_file(i)? {
                         if w.holds(&e.cid) {
                             continue; // written with the tree
                         }
                         // Version-1 files do not mark tree nodes: a block there is a kept
                         // node, or a value an event or a kept tree names, or dropped.
-                        let e = *e;
                         let kept = if e.event {
                             true
                         } else if e.node {
@@ -359,8 +363,8 @@ impl Db {
                         .map_err(io)?;
                     }
                 }
-                // The inputs' entries go before the new file's index is sorted and written.
-                drop(inputs);
+                // The map of tree nodes goes before the new file's index is sorted and written.
+                drop(sources);
                 let (name, size, index, index_len) = w.finish().map_err(io)?;
                 done = Some((size, index, index_len));
                 Ok(name)

@@ -201,12 +201,21 @@ pub fn spread_key(b: &[u8]) -> u64 {
     u64::from_be_bytes(w)
 }
 
+impl Cid {
+    /// The first 8 digest bytes (little-endian): uniformly distributed, what maps keyed by
+    /// CIDs hash, and what compact sets of CIDs keep (two CIDs may share it).
+    #[inline]
+    pub fn lead(&self) -> u64 {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&self.bytes[4..12]);
+        u64::from_le_bytes(x)
+    }
+}
+
 impl std::hash::Hash for Cid {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         // The digest is already uniformly distributed: 8 of its bytes are a fine hash.
-        let mut x = [0u8; 8];
-        x.copy_from_slice(&self.bytes[4..12]);
-        state.write_u64(u64::from_le_bytes(x));
+        state.write_u64(self.lead());
     }
 }
 

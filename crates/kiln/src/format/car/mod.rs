@@ -618,8 +618,15 @@ impl Writer {
         entries.extend(theirs);
         let mut out = std::mem::take(&mut self.file);
         out.reserve(entries.len() * 48 + 256);
-        let (index, index_len) =
-            write_tail_at(key, self.meta, &entries, seg_at, run_bytes as u64, &mut out)?;
+        let (index, index_len) = write_tail_at(
+            key,
+            self.meta,
+            &entries,
+            seg_at,
+            run_bytes as u64,
+            &mut out,
+            None,
+        )?;
         let index = index.with_entries(entries);
         Ok(Finished {
             bytes: out,
@@ -934,36 +941,52 @@ fn write_tail(
     out: &mut Vec<u8>,
 ) -> std::io::Result<(Index, u32)> {
     sort_entries(&mut entries);
-    write_tail_at(key, meta, &entries, seg_at, 0, out).map(|(i, l)| (i.with_entries(entries), l))
+    write_tail_at(key, meta, &entries, seg_at, 0, out, None)
+        .map(|(i, l)| (i.with_entries(entries), l))
 }
+
+/// Bytes of sealed index pages a streaming writer hands on at a time (see [`write_tail_at`]).
+const SPILL_AT: usize = 1 << 20;
+
+/// What [`write_tail_at`] hands bytes it has finished to, when it may (a streaming writer's
+/// output): the tail of a large file is not held whole.
+type Spill<'a> = Option<&'a mut dyn FnMut(&[u8]) -> std::io::Result<()>>;
 
 /// [`write_tail`] for entries sorted by [`entry_order`], in a file of which `base` bytes
 /// are not in `out` (written elsewhere, or a writer's runs); the index returned holds the
 /// entries it lists if paged, else none (callers have them: see [`Index::with_entries`]).
+/// With `spill`, sealed pages go to it whenever [`SPILL_AT`] bytes are ready (`out` then
+/// holds the rest of the tail only).
 fn write_tail_at(
     key: &FileKey,
     meta: Meta,
     entries: &[Entry],
     seg_at: Vec<(u64, u32)>,
-    base: u64,
+    mut base: u64,
     out: &mut Vec<u8>,
+    mut spill: Spill,
 ) -> std::io::Result<(Index, u32)> {
-    let at = |out: &Vec<u8>| base + out.len() as u64;
+    let at = |base: u64, out: &Vec<u8>| base + out.len() as u64;
     let mut pages = Vec::new();
     // Paged: the document versions and events go into pages, the tree nodes stay in the index
     // itself (a node lookup then reads no page; they are a few percent of a file's blocks).
     let (listed, paged) = split_entries(entries);
     if paged {
         paged_chunks(entries, |i, chunk| -> std::io::Result<()> {
-            let start = at(out);
+            let start = at(base, out);
             let aad = page_aad(i as u32);
             key.seal_into(PAGE_UNIT, i as u32, &aad, &fixed_entries(chunk), out)?;
             pages.push((
                 chunk[0].cid,
                 start,
-                (at(out) - start) as u32,
+                (at(base, out) - start) as u32,
                 chunk.len() as u32,
             ));
+            if let Some(s) = spill.as_mut().filter(|_| out.len() >= SPILL_AT) {
+                s(out)?;
+                base += out.len() as u64;
+                out.clear();
+            }
             Ok(())
         })?;
     }
@@ -973,7 +996,7 @@ fn write_tail_at(
         .map(|e| &e.cid)
         .collect();
     let filter = Filter::structural(structural.into_iter());
-    let index_at = at(out);
+    let index_at = at(base, out);
     out.reserve(
         SALT_LEN
             + NONCE_LEN
@@ -1029,7 +1052,7 @@ fn write_tail_at(
             e.u64(*len as u64);
         }
     })?;
-    let index_len = (at(out) - index_at) as u32;
+    let index_len = (at(base, out) - index_at) as u32;
     out.extend_from_slice(&index_at.to_le_bytes());
     out.extend_from_slice(&index_len.to_le_bytes());
     out.extend_from_slice(END_SALTED);
@@ -1144,10 +1167,7 @@ impl<'a> StreamWriter<'a> {
     }
 
     fn emit(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(b)?;
-        self.hash.update(b);
-        self.len += b.len() as u64;
-        Ok(())
+        emit_to(&mut self.out, &mut self.hash, &mut self.len, b)
     }
 
     fn flush_segment(&mut self) -> std::io::Result<()> {
@@ -1237,13 +1257,36 @@ impl<'a> StreamWriter<'a> {
         let seg_at = std::mem::take(&mut self.seg_at);
         let meta = self.meta.clone();
         sort_entries(&mut entries);
-        let (index, index_len) =
-            write_tail_at(&self.key, meta, &entries, seg_at, self.len, &mut tail)?;
+        let base = self.len;
+        let (out, hash, len) = (&mut self.out, &mut self.hash, &mut self.len);
+        let mut spill = |b: &[u8]| emit_to(out, hash, len, b);
+        let (index, index_len) = write_tail_at(
+            &self.key,
+            meta,
+            &entries,
+            seg_at,
+            base,
+            &mut tail,
+            Some(&mut spill),
+        )?;
         self.emit(&tail)?;
         let name = FileName(*self.hash.finalize().as_bytes());
         let index = index.with_entries(entries);
         Ok((name, self.len, index, index_len))
     }
+}
+
+/// Writes `b` on a streaming writer's output, hashing and counting it.
+fn emit_to(
+    out: &mut dyn std::io::Write,
+    hash: &mut blake3::Hasher,
+    len: &mut u64,
+    b: &[u8],
+) -> std::io::Result<()> {
+    out.write_all(b)?;
+    hash.update(b);
+    *len += b.len() as u64;
+    Ok(())
 }
 
 /// The CIDs a [`StreamWriter`] has added, in ~16 bytes each where a set of CIDs takes ~60
@@ -1257,17 +1300,12 @@ struct Added {
     clashes: DigestSet<Cid>,
 }
 
-fn digest_lead(c: &Cid) -> u64 {
-    let b = c.as_bytes();
-    u64::from_le_bytes([b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]])
-}
-
 impl Added {
     /// Notes `cid`, whose entry will be pushed at the end of `entries`; false if it was added
     /// before.
     fn insert(&mut self, cid: &Cid, entries: &[Entry]) -> bool {
         use std::collections::hash_map::Entry as Slot;
-        match self.by_lead.entry(digest_lead(cid)) {
+        match self.by_lead.entry(cid.lead()) {
             Slot::Vacant(v) => {
                 v.insert(entries.len() as u32);
                 true
@@ -1279,7 +1317,7 @@ impl Added {
     }
 
     fn contains(&self, cid: &Cid, entries: &[Entry]) -> bool {
-        match self.by_lead.get(&digest_lead(cid)) {
+        match self.by_lead.get(&cid.lead()) {
             None => false,
             Some(&i) => entries[i as usize].cid == *cid || self.clashes.contains(cid),
         }
