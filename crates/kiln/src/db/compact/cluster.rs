@@ -64,6 +64,10 @@ pub(super) struct Sources<'a> {
     sel: &'a [FileRef],
     indexes: Vec<Arc<car::Index>>,
     nodes: NodesHere,
+    /// Each file's event heights `(lowest, highest, position in sel)`, by lowest height.
+    heights: Vec<(u64, u64, usize)>,
+    /// Whether no two files' heights overlap (then one binary search finds the file).
+    disjoint: bool,
 }
 
 impl<'a> Sources<'a> {
@@ -75,11 +79,20 @@ impl<'a> Sources<'a> {
         nodes: NodesHere,
     ) -> Result<Sources<'a>> {
         let indexes = sel.iter().map(|f| v.db.index(f)).collect::<Result<_>>()?;
+        let mut heights: Vec<(u64, u64, usize)> = sel
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.heights.0, f.heights.1, i))
+            .collect();
+        heights.sort_unstable();
+        let disjoint = heights.windows(2).all(|w| w[0].1 < w[1].0);
         Ok(Sources {
             v,
             sel,
             indexes,
             nodes,
+            heights,
+            disjoint,
         })
     }
 
@@ -114,9 +127,18 @@ impl<'a> Sources<'a> {
     /// also when it is elsewhere in the combined files (stored once under an earlier write
     /// of equal contents): the merge then copies it with the rest, not beside the leaf.
     pub(super) fn value(&self, c: &Cid, version: u64) -> Result<Option<(usize, car::Entry)>> {
-        for (i, f) in self.sel.iter().enumerate() {
-            if f.heights.0 <= version && version <= f.heights.1 {
-                if let Some(e) = self.v.probe_in(f, &self.indexes[i], c)? {
+        // The files whose heights start at or below `version`; with disjoint heights only
+        // the last of them can cover it (a hundred diffs, each its own height, were looked
+        // at one by one for every document a leaf names).
+        let upto = self.heights.partition_point(|h| h.0 <= version);
+        let from = if self.disjoint {
+            upto.saturating_sub(1)
+        } else {
+            0
+        };
+        for &(lo, hi, i) in &self.heights[from..upto] {
+            if lo <= version && version <= hi {
+                if let Some(e) = self.v.probe_in(&self.sel[i], &self.indexes[i], c)? {
                     return Ok(Some((i, e)));
                 }
             }
