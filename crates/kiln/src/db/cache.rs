@@ -7,17 +7,21 @@
 use crate::format::block::cid::Cid;
 use crate::format::block::{DigestHasher, DigestMap};
 use crate::format::car::{FileName, Page};
+use crate::format::head::Lineage;
 use crate::model::clock::Event;
 use crate::model::tree::{Leaf, Node};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Decoded blocks are cached per lineage: a read takes a block from its authenticated segment
+/// without re-hashing it (`car::block_at`), which vouches for the block only within the key
+/// that sealed it, so one lineage's files never answer another's reads of the same CID.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum CacheKey {
-    Node(Cid),
-    Leaf(Cid),
-    Event(Cid),
+    Node(Lineage, Cid),
+    Leaf(Lineage, Cid),
+    Event(Lineage, Cid),
     Segment(FileName, u32),
     Page(FileName, u32),
 }
@@ -287,7 +291,10 @@ mod tests {
             )
         };
         for i in 0..100u32 {
-            c.insert(CacheKey::Node(Cid::of_cbor(&i.to_be_bytes())), branch(i));
+            c.insert(
+                CacheKey::Node([0; 16], Cid::of_cbor(&i.to_be_bytes())),
+                branch(i),
+            );
         }
         for i in 0..5000u32 {
             c.insert(
@@ -297,7 +304,7 @@ mod tests {
             assert!(c.weight() <= 1_000_000 + 5000);
         }
         for i in 0..100u32 {
-            let k = CacheKey::Node(Cid::of_cbor(&i.to_be_bytes()));
+            let k = CacheKey::Node([0; 16], Cid::of_cbor(&i.to_be_bytes()));
             assert!(c.get(&k).is_some(), "upper node {i} evicted");
         }
         // Nodes a commit built (no place in a file) are not upper nodes: the stream pushes
@@ -310,17 +317,22 @@ mod tests {
             }),
             None,
         );
-        c.insert(CacheKey::Node(Cid::of_cbor(b"built")), built);
+        c.insert(CacheKey::Node([0; 16], Cid::of_cbor(b"built")), built);
         for i in 5000..10_000u32 {
             c.insert(
                 CacheKey::Segment(FileName([1; 32]), i),
                 Cached::Bytes(Arc::new(vec![0; 4000])),
             );
         }
-        assert!(c.get(&CacheKey::Node(Cid::of_cbor(b"built"))).is_none());
+        assert!(c
+            .get(&CacheKey::Node([0; 16], Cid::of_cbor(b"built")))
+            .is_none());
         // Beyond their share, upper nodes give way too: the budget holds.
         for i in 100..20_000u32 {
-            c.insert(CacheKey::Node(Cid::of_cbor(&i.to_be_bytes())), branch(i));
+            c.insert(
+                CacheKey::Node([0; 16], Cid::of_cbor(&i.to_be_bytes())),
+                branch(i),
+            );
             assert!(c.weight() <= 1_000_000 + 5000);
         }
     }

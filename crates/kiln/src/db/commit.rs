@@ -316,13 +316,6 @@ impl Db {
             .map_err(|e| Error::io(self.lock.path(), e))
     }
 
-    /// Sets the counter's `begin` (half 0) or `end` (half 1) alone.
-    fn set_counter_half(&self, half: usize, v: u64) -> Result<()> {
-        self.lock
-            .set_half(half, v)
-            .map_err(|e| Error::io(self.lock.path(), e))
-    }
-
     /// Takes the cross-process writer lock, waiting up to [`options::Options::lock_timeout`].
     pub(super) fn acquire(&self) -> Result<()> {
         match self.lock.lock(self.store.opts.lock_timeout) {
@@ -480,9 +473,9 @@ impl Db {
             // Whatever this handle's durability: the copies may be a fully durable commit's.
             self.secure_carried(log, head)?;
         }
-        // begin=n first (end stays old[1]): a crash from here on makes every process re-read
-        // the head record.
-        self.set_counter_half(0, n)?;
+        // begin=n first: a crash from here on makes every process re-read the head record.
+        // (Both halves written: a LOCK shorter than 16 bytes reads as [0, 0].)
+        self.set_counter([n, old[1]])?;
         // The files kept open are still HEAD and HEAD.next only if nobody else wrote since.
         let trusted = old[0] == old[1] && w.last == Some(old[1]);
         w.last = None;
@@ -515,7 +508,7 @@ impl Db {
                 Log::fresh(&bytes)
             }
         };
-        self.set_counter_half(1, n)?;
+        self.set_counter([n, n])?;
         w.last = Some(n);
         Ok(new_log)
     }
@@ -811,9 +804,10 @@ impl Db {
             if checkpoint {
                 // Readable without a file read, but not pending: the tree is in files.
                 for (c, _, n) in &state.blocks {
-                    db.store
-                        .cache
-                        .insert(CacheKey::Node(*c), Cached::Node(n.clone(), None));
+                    db.store.cache.insert(
+                        CacheKey::Node(db.lineage, *c),
+                        Cached::Node(n.clone(), None),
+                    );
                 }
                 head.base = state.root;
             } else {
@@ -833,9 +827,10 @@ impl Db {
                     .collect()
             };
             again.sort();
-            db.store
-                .cache
-                .insert(CacheKey::Event(ecid), Cached::Event(Arc::new(event)));
+            db.store.cache.insert(
+                CacheKey::Event(db.lineage, ecid),
+                Cached::Event(Arc::new(event)),
+            );
 
             let heads = match base {
                 None => vec![ecid],

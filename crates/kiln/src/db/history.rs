@@ -324,7 +324,7 @@ impl Db {
             {
                 return Ok(b.to_vec());
             }
-            v.with_block(c, None, |b| Ok(b.to_vec()))
+            v.with_checked_block(c, None, |b| Ok(b.to_vec()))
         };
         let mut heights = (u64::MAX, 0);
         for (c, x) in &kept {

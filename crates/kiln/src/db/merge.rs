@@ -141,7 +141,7 @@ impl Database {
                         link: Some(l),
                         version,
                     }) => {
-                        let body = v.with_block(&l, Some(version), |b| Ok(b.to_vec()))?;
+                        let body = v.with_checked_block(&l, Some(version), |b| Ok(b.to_vec()))?;
                         Some((l, body))
                     }
                     // Deleted there: the delete is taken.
@@ -461,10 +461,10 @@ impl Db {
                 if head.purged.binary_search(&l).is_ok() {
                     again.push(l);
                 }
-                let body = sv.with_block(&l, Some(e.height), |b| Ok(b.to_vec()))?;
+                let body = sv.with_checked_block(&l, Some(e.height), |b| Ok(b.to_vec()))?;
                 w.add(l, &body);
             }
-            let b = sv.with_block(c, Some(e.height), |b| Ok(b.to_vec()))?;
+            let b = sv.with_checked_block(c, Some(e.height), |b| Ok(b.to_vec()))?;
             w.add_event(*c, &b);
         }
         self.write_tree(&mut w, &merged)?;
@@ -482,9 +482,10 @@ impl Db {
         // Documents count: what the merged slots changed.
         let docs = cur.docs as i64 + tree::live_delta(&ops, &merged.previous);
         for (c, n) in merged.blocks.iter().map(|(c, _, n)| (c, n)) {
-            self.store
-                .cache
-                .insert(CacheKey::Node(*c), Cached::Node(n.clone(), None));
+            self.store.cache.insert(
+                CacheKey::Node(self.lineage, *c),
+                Cached::Node(n.clone(), None),
+            );
         }
         head.heads = match ecid {
             Some(c) => vec![c],

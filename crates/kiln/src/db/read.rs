@@ -282,6 +282,22 @@ impl<'a> View<'a> {
         f(data)
     }
 
+    /// A block's bytes checked against its CID ([`car::block_in`]), for what copies a block
+    /// into another file (a merge taking another database's blocks, a squash): the copy
+    /// vouches for it under this database's key.
+    pub(super) fn with_checked_block<T>(
+        &self,
+        cid: &Cid,
+        height: Option<u64>,
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let (file, e) = self.locate(cid, height)?;
+        let seg = self.segment(file, e.seg)?;
+        let data = car::block_in(&seg, &e)
+            .map_err(|x| Error::format(format!("file {}, block {cid}", file.name), x))?;
+        f(data)
+    }
+
     /// An event CID the user gave: absent, or a stored block that is not an event, is
     /// "no such event", not corruption.
     pub(super) fn given_event(&self, cid: &Cid) -> Result<Arc<Event>> {
@@ -293,7 +309,9 @@ impl<'a> View<'a> {
         };
         match self.event(cid) {
             Err(Error::MissingBlock(..)) => Err(no()),
-            Err(Error::Corrupt { .. }) if self.with_block(cid, None, |_| Ok(())).is_ok() => {
+            Err(Error::Corrupt { .. })
+                if self.with_checked_block(cid, None, |_| Ok(())).is_ok() =>
+            {
                 Err(no())
             }
             r => r,
@@ -386,13 +404,18 @@ impl NodeSource for View<'_> {
             self.near.set(None);
             return Ok(n.clone());
         }
-        let key = CacheKey::Node(*cid);
+        let key = CacheKey::Node(self.db.lineage, *cid);
         if let Some(Cached::Node(n, at)) = self.db.store.cache.get(&key) {
             self.near.set(at);
             return Ok(n);
         }
         // A leaf a get just read (an update reads, then rewrites) is decoded from the copy.
-        let (n, at) = match self.db.store.cache.get(&CacheKey::Leaf(*cid)) {
+        let (n, at) = match self
+            .db
+            .store
+            .cache
+            .get(&CacheKey::Leaf(self.db.lineage, *cid))
+        {
             Some(Cached::Leaf(l, at)) => (l.to_node(), at),
             _ => self.decode_node(cid, tree::Node::decode)?,
         };
@@ -416,14 +439,19 @@ impl NodeSource for View<'_> {
             self.near.set(None);
             return Ok(LeafRef::Node(n));
         }
-        let key = CacheKey::Leaf(*cid);
+        let key = CacheKey::Leaf(self.db.lineage, *cid);
         match self.db.store.cache.get(&key) {
             Some(Cached::Leaf(l, at)) => {
                 self.near.set(at);
                 return Ok(LeafRef::Leaf(l));
             }
             _ => {
-                if let Some(Cached::Node(n, at)) = self.db.store.cache.get(&CacheKey::Node(*cid)) {
+                if let Some(Cached::Node(n, at)) = self
+                    .db
+                    .store
+                    .cache
+                    .get(&CacheKey::Node(self.db.lineage, *cid))
+                {
                     self.near.set(at);
                     return Ok(LeafRef::Node(n));
                 }
@@ -475,7 +503,7 @@ impl View<'_> {
         cid: &Cid,
         at: Option<(&FileRef, &car::Entry)>,
     ) -> Result<Arc<Event>> {
-        let key = CacheKey::Event(*cid);
+        let key = CacheKey::Event(self.db.lineage, *cid);
         let e = match self.db.store.cache.get(&key) {
             Some(Cached::Event(e)) => e,
             _ => {

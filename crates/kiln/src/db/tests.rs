@@ -607,7 +607,11 @@ fn a_compaction_caches_the_upper_nodes_it_wrote_where_they_are() {
     let mut stack = vec![root];
     while let Some(c) = stack.pop() {
         // Asked before the read below (which would cache what it reads, with its place).
-        let cached = db.inner.store.cache.get(&CacheKey::Node(c));
+        let cached = db
+            .inner
+            .store
+            .cache
+            .get(&CacheKey::Node(db.inner.lineage, c));
         let n = v.node(&c).unwrap();
         if n.level == 0 {
             continue;
@@ -682,4 +686,52 @@ fn a_compacted_file_pages_its_events() {
     assert_eq!(db.get_at("k5", &events[5]).unwrap().unwrap()["i"], 5);
     assert_eq!(db.get_at("k5", &events[299]).unwrap().unwrap()["i"], 285);
     assert!(db.verify().unwrap().ok());
+}
+
+/// Found by review (issue 14): reads take a block from its authenticated segment without
+/// re-hashing it, which vouches for it only within the key that sealed it; the decoded blocks
+/// were cached by CID store-wide, so one lineage's file (a replica's, written by whoever holds
+/// that key) could answer another database's read of the same CID. They are cached per
+/// lineage: two databases holding the same tree read it each from its own files.
+#[test]
+fn decoded_blocks_are_cached_per_lineage() {
+    let (dir, store, a) = uncompacted();
+    let b = store.create(Some("u")).unwrap();
+    assert_ne!(a.inner.lineage, b.inner.lineage);
+    let docs: Vec<_> = (0..300)
+        .map(|i| json!({"_id": format!("d{i:05}"), "i": i}))
+        .collect();
+    for db in [&a, &b] {
+        db.bulk(&docs).unwrap();
+        db.compact().unwrap();
+    }
+    let root = a.inner.refresh().unwrap().head.root.unwrap();
+    assert_eq!(Some(root), b.inner.refresh().unwrap().head.root);
+    drop((a, b, store));
+    // A fresh store handle: an empty cache.
+    let store = crate::Store::open_existing(dir.path(), crate::Options::default()).unwrap();
+    let (a, b) = (store.open_db("t").unwrap(), store.open_db("u").unwrap());
+    assert!(a.get("d00007").unwrap().is_some());
+    let cache = &a.inner.store.cache;
+    let cached = |l, c| {
+        cache.get(&CacheKey::Leaf(l, c)).is_some() || cache.get(&CacheKey::Node(l, c)).is_some()
+    };
+    // The leaf a's read decoded: the first one (d00007 is in it).
+    let st = a.inner.refresh().unwrap();
+    let v = View::new(&a.inner, &st.head);
+    let mut c = root;
+    let leaf = loop {
+        let n = v.node(&c).unwrap();
+        match &n.items {
+            tree::Items::Leaf(_) => break c,
+            tree::Items::Branch(_) => c = n.children()[0],
+        }
+    };
+    assert!(cached(a.inner.lineage, leaf));
+    assert!(
+        !cached(b.inner.lineage, leaf),
+        "b's reads must read b's files"
+    );
+    assert!(b.get("d00007").unwrap().is_some());
+    assert!(cached(b.inner.lineage, leaf));
 }

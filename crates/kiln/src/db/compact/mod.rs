@@ -418,7 +418,7 @@ impl Db {
                     seg: e.seg,
                 };
                 self.store.cache.insert(
-                    CacheKey::Node(*cid),
+                    CacheKey::Node(self.lineage, *cid),
                     Cached::Node(node.clone(), Some(place)),
                 );
             }

@@ -744,8 +744,8 @@ proptest! {
 
 /// The trust boundary of reads: a block filed under a CID its bytes do not hash to can only
 /// come from a writer holding the key. A read takes it (the segment it sits in authenticated,
-/// the section labelled with that CID); copying it (`block_in`, as compaction does) and
-/// `verify` refuse it. A section under another CID is refused by both.
+/// the section labelled with that CID); `block_in` (what every copy into another file uses)
+/// and `verify` refuse it. A section under another CID is refused by both.
 #[test]
 fn a_block_under_a_wrong_cid_is_read_but_refused_by_copies_and_verify() {
     let key = Key::generate().unwrap();

@@ -45,12 +45,14 @@ pub fn block_in<'a>(seg: &'a [u8], e: &Entry) -> Result<&'a [u8], FormatError> {
 }
 
 /// Slices a block out of its segment's plaintext for a read, without re-hashing it: the
-/// section must start with the block's CID, and the segment was authenticated under the
-/// file's key when it was opened, so its bytes are exactly what a holder of the key wrote
-/// there under that CID. A block whose bytes do not hash to its CID can only come from a
-/// writer holding the key (a bug, or a replica's files taken in unchecked): `verify` and
-/// compaction, which re-hash every block, report it. At a million documents the hash was 7%
-/// of a random read.
+/// section must start with the block's CID, and the segment was authenticated when it was
+/// opened (under the file's own key from version 4, the lineage's before), so its bytes are
+/// what a holder of the key wrote under that CID. A block whose bytes do not hash to its CID
+/// can only come from a writer holding the key (a bug, or a replica's files taken in
+/// unchecked), so this vouches for a block only within that key: readers cache decoded blocks
+/// per lineage, and whatever copies a block into another file (compaction, merges, squash)
+/// and `verify` use [`block_in`], which re-hashes. At a million documents the hash was 7% of
+/// a random read.
 pub fn block_at<'a>(seg: &'a [u8], e: &Entry) -> Result<&'a [u8], FormatError> {
     let start = e.off as usize;
     let end = start + e.len as usize;

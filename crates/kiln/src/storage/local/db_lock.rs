@@ -42,13 +42,6 @@ impl DbLock {
         self.file.write_all_at(&b, 0)
     }
 
-    /// Sets one half of the counter (0: `begin`, 1: `end`), leaving the other as it is: a
-    /// commit moves `begin` on, then `end` up to it, and writes only what changes.
-    pub fn set_half(&self, half: usize, v: u64) -> io::Result<()> {
-        self.file
-            .write_all_at(&v.to_le_bytes(), 8 * half.min(1) as u64)
-    }
-
     /// Takes the writer lock, waiting up to `timeout` (polling, with pauses growing from 50 µs
     /// to 20 ms); `false` when it timed out. (An `flock` belongs to the open file: this
     /// process's threads share it, so callers serialize their own.)
