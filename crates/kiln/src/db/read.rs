@@ -275,11 +275,7 @@ impl<'a> View<'a> {
         height: Option<u64>,
         f: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Result<T> {
-        let (file, e) = self.locate(cid, height)?;
-        let seg = self.segment(file, e.seg)?;
-        let data = car::block_at(&seg, &e)
-            .map_err(|x| Error::format(format!("file {}, block {cid}", file.name), x))?;
-        f(data)
+        self.block_by(cid, height, car::block_at, f)
     }
 
     /// A block's bytes checked against its CID ([`car::block_in`]), for what copies a block
@@ -291,9 +287,20 @@ impl<'a> View<'a> {
         height: Option<u64>,
         f: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Result<T> {
+        self.block_by(cid, height, car::block_in, f)
+    }
+
+    /// A block's bytes as `slice` takes them out of the segment that holds them.
+    fn block_by<T>(
+        &self,
+        cid: &Cid,
+        height: Option<u64>,
+        slice: for<'s> fn(&'s [u8], &car::Entry) -> std::result::Result<&'s [u8], car::FormatError>,
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
         let (file, e) = self.locate(cid, height)?;
         let seg = self.segment(file, e.seg)?;
-        let data = car::block_in(&seg, &e)
+        let data = slice(&seg, &e)
             .map_err(|x| Error::format(format!("file {}, block {cid}", file.name), x))?;
         f(data)
     }
