@@ -8,9 +8,11 @@
 //! records version 4, each file and each head log sealed under a key of its own;
 //! `tests/fixtures/v6`: the same with diff files version 5 (fixed-width index entries, a
 //! structural filter in each index; a database "paged" whose diff file has a paged index) and
-//! head records version 4; `tests/fixtures/v7`: today's formats, the same with head records
-//! version 5, whose databases' trees are of the `Bounded` shape (every tree before is `Mod16`);
-//! all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks
+//! head records version 4; `tests/fixtures/v7`: the same with head records version 5, whose
+//! databases' trees are of the `Bounded` shape (every tree before is `Mod16`);
+//! `tests/fixtures/v8`: today's formats, the same with head records version 6 (a commit's
+//! delta in the short form) and diff files version 6 (a small file's index without its roots
+//! and structural filter); all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks
 //! reading them, or that changes the CIDs kiln computes for the same content, fails here:
 //! formats are contracts.
 
@@ -20,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 /// The "fixture" database's root in a `Mod16` tree (fixtures v1 to v6).
 const ROOT: &str = "bafyreige7n5eeymvvsqnnclsw2jaaxxup6funum2h5h4bjygbw2jzbtofm";
-/// The same content's root in a `Bounded` tree (fixture v7, every database created since).
+/// The same content's root in a `Bounded` tree (fixtures v7 and v8, every database created
+/// since).
 const ROOT_BOUNDED: &str = "bafyreifwxjepfb6g5pezq3phvp5gw22dz4j53jauebduxo4jyeqsmkugzu";
 
 /// A fixture folder and its events (first, second, head): events carry their commit time.
@@ -89,6 +92,16 @@ const V7: Fixture = Fixture {
         "bafyreibeieev6fcvh3h5oqs46i56vyq5sb6mg5xyt6drdkphbrtjlpkd74",
     ],
     cut_at: "bafyreibwci26xz3f3gqh6ul2txrxiz3mddmb4acaxvrs2aujwbxlekgbsa",
+};
+
+const V8: Fixture = Fixture {
+    dir: "v8",
+    events: [
+        "bafyreiajvzu2up5kdlotyqih5n6f5faopndsm36aso3dymv4jwt72awhhi",
+        "bafyreicpss3yhjnlnr7jiabqtkif4is2dc5kwzdzesjplgdmwb5djezz24",
+        "bafyreidziaehon2p5lumo6tiuytq6n6oubxgmyxeocm3mq55exnzpzkm54",
+    ],
+    cut_at: "bafyreif5rap7eqo3gpj3lg3x25cw7ssyqt42qhk4ut3ylmanxwitg4v4c4",
 };
 
 const V5: Fixture = Fixture {
@@ -167,6 +180,11 @@ fn v7_fixture_reads_and_verifies() {
     reads_and_verifies(&V7);
 }
 
+#[test]
+fn v8_fixture_reads_and_verifies() {
+    reads_and_verifies(&V8);
+}
+
 /// The v6 fixture's "paged" database: 300 documents in one diff file whose index is paged
 /// (fixed-width entries), then one more write; every document reads, the filters of its
 /// head record find the tree, and it verifies.
@@ -178,6 +196,11 @@ fn v6_paged_index_reads_and_verifies() {
 #[test]
 fn v7_paged_index_reads_and_verifies() {
     paged_index_reads_and_verifies(&V7);
+}
+
+#[test]
+fn v8_paged_index_reads_and_verifies() {
+    paged_index_reads_and_verifies(&V8);
 }
 
 fn paged_index_reads_and_verifies(f: &Fixture) {
@@ -227,12 +250,18 @@ fn v6_fixture_files_and_logs_have_keys_of_their_own() {
     files_and_logs_have_keys_of_their_own(&V6, 4, 5);
 }
 
-/// The same of the v7 fixture (today's formats: head records version 5, diff files 5).
+/// The same of the v7 fixture (head records version 5, diff files 5).
 #[test]
 fn v7_fixture_files_and_logs_have_keys_of_their_own() {
-    assert_eq!(kiln::internals::head::VERSION, 5);
-    assert_eq!(kiln::internals::car::VERSION, 5);
     files_and_logs_have_keys_of_their_own(&V7, 5, 5);
+}
+
+/// The same of the v8 fixture (today's formats: head records version 6, diff files 6).
+#[test]
+fn v8_fixture_files_and_logs_have_keys_of_their_own() {
+    assert_eq!(kiln::internals::head::VERSION, 6);
+    assert_eq!(kiln::internals::car::VERSION, 6);
+    files_and_logs_have_keys_of_their_own(&V8, 6, 6);
 }
 
 fn files_and_logs_have_keys_of_their_own(f: &Fixture, head_version: u32, file_version: u32) {
@@ -291,10 +320,16 @@ fn v6_head_records_carry_their_small_diffs() {
     head_records_carry_their_small_diffs(&V6);
 }
 
-/// The same of the v7 fixture (today's formats).
+/// The same of the v7 fixture.
 #[test]
 fn v7_head_records_carry_their_small_diffs() {
     head_records_carry_their_small_diffs(&V7);
+}
+
+/// The same of the v8 fixture (today's formats).
+#[test]
+fn v8_head_records_carry_their_small_diffs() {
+    head_records_carry_their_small_diffs(&V8);
 }
 
 fn head_records_carry_their_small_diffs(f: &Fixture) {
@@ -341,6 +376,7 @@ fn file_names_are_the_hash_of_their_version() {
         (&V5, 4),
         (&V6, 5),
         (&V7, 5),
+        (&V8, 6),
     ] {
         let (d, _store) = open(f);
         let mut n = 0;
@@ -480,7 +516,11 @@ fn reads_and_verifies(f: &Fixture) {
     assert_eq!(store.list().unwrap(), names);
     let db = store.open_db("fixture").unwrap();
     let info = db.info().unwrap();
-    let root = if f.dir == "v7" { ROOT_BOUNDED } else { ROOT };
+    let root = if matches!(f.dir, "v7" | "v8") {
+        ROOT_BOUNDED
+    } else {
+        ROOT
+    };
     assert_eq!(info.root.unwrap().to_string(), root);
     assert_eq!((info.docs, info.events), (25, 8));
     assert_eq!(info.heads, vec![Cid::parse(head_event).unwrap()]);

@@ -149,12 +149,14 @@ impl Db {
     /// index.
     pub(super) fn register_index(&self, name: FileName, index: car::Index) -> Filter {
         let filter = match index.entries.len() {
-            1..=24 if index.pages.is_empty() => Filter::Small(
-                index
-                    .entries
-                    .iter()
-                    .fold(0, |b, e| b | crate::format::filter::small_bits(&e.cid)),
-            ),
+            1..=crate::format::filter::SMALL_FILE_BLOCKS if index.pages.is_empty() => {
+                Filter::Small(
+                    index
+                        .entries
+                        .iter()
+                        .fold(0, |b, e| b | crate::format::filter::small_bits(&e.cid)),
+                )
+            }
             _ => Filter::None,
         };
         let mut m = self.indexes.write().unwrap_or_else(|p| p.into_inner());

@@ -30,6 +30,10 @@ const MUL: [u32; 8] = [
     0xB55A_4F09,
 ];
 
+/// Blocks in a file small enough for a head record's [`Filter::Small`] (such a file's index
+/// carries no structural filter from diff file version 6 on).
+pub const SMALL_FILE_BLOCKS: usize = 24;
+
 /// What a lookup learns from a file reference before reading the file.
 #[derive(Clone, Debug, Eq, Default)]
 pub enum Filter {

@@ -60,9 +60,12 @@ pub fn lineage_string(l: &Lineage) -> String {
 }
 
 pub const MAGIC: &[u8; 8] = b"KILNHEAD";
-/// The version this kiln writes; it reads 1 to 5. (A log of an earlier version is never
+/// The version this kiln writes; it reads 1 to 6. (A log of an earlier version is never
 /// appended to: the next commit replaces it with a snapshot of this version.)
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
+/// The first version whose deltas may take the short form (an array that leaves out what a
+/// commit does not change: see [`Head::delta_body`]).
+const SHORT_DELTAS: u32 = 6;
 /// The first version whose snapshot names the tree shape (before: [`TreeShape::Mod16`]).
 const SHAPED: u32 = 5;
 /// The first version whose logs have a key of their own (a salt in the header).
@@ -449,16 +452,30 @@ impl Head {
         if self.files[added..] != prev.files[..] {
             return Ok(None);
         }
-        let body = self.delta_body(added);
+        let body = self.delta_body(prev, added);
         let mut out = Vec::with_capacity(body.len() + 64);
         let k = RecordKey::of_log(log, key)?;
         push_record(&mut out, log.end, lineage, &k, DELTA, &body)?;
         Ok(Some(out))
     }
 
-    /// The body of a delta adding this head's first `added` files.
-    fn delta_body(&self, added: usize) -> Vec<u8> {
+    /// The body of a delta adding this head's first `added` files to `prev`. A commit's delta
+    /// takes the short form, an array `[add, seq, docs, root, heads, events]`, when its `base`
+    /// and `compacted` are `prev`'s (a third of a commit's head record bytes were those two
+    /// and the field names). Anything else writes the map. (`seq` stays: it tells the next
+    /// commit's delta from an older one when an append was torn.)
+    fn delta_body(&self, prev: &Head, added: usize) -> Vec<u8> {
         let mut e = Encoder::new();
+        if self.base == prev.base && self.compacted == prev.compacted {
+            e.array(6);
+            encode_files(&mut e, &self.files[..added]);
+            e.u64(self.seq);
+            e.u64(self.docs);
+            e.opt_link(self.root.as_ref());
+            encode_links(&mut e, &self.heads);
+            e.u64(self.events);
+            return e.into_bytes();
+        }
         e.map(8);
         e.str("add");
         encode_files(&mut e, &self.files[..added]);
@@ -471,10 +488,7 @@ impl Head {
         e.str("root");
         e.opt_link(self.root.as_ref());
         e.str("heads");
-        e.array(self.heads.len());
-        for h in &self.heads {
-            e.link(h);
-        }
+        encode_links(&mut e, &self.heads);
         e.str("events");
         e.u64(self.events);
         e.str("compacted");
@@ -568,9 +582,9 @@ impl Head {
                         RecordError::Seal { end } => b[end - 16..end].iter().all(|&x| x == 0),
                     } || zero_sector_from(b, pos);
                     let unfinished = torn
-                        && head
-                            .as_ref()
-                            .is_some_and(|h| only_the_rest_of_one_append(b, pos, &l, key, h));
+                        && head.as_ref().is_some_and(|h| {
+                            only_the_rest_of_one_append(b, pos, &l, key, h, version)
+                        });
                     if head.is_some() && unfinished {
                         break; // an append that never finished, so was never acknowledged
                     }
@@ -595,7 +609,7 @@ impl Head {
                         snapshot_end = next;
                     }
                     Some(h) => {
-                        h.apply_delta(&body)?;
+                        h.apply_delta(&body, version)?;
                         deltas += 1;
                     }
                 }
@@ -629,8 +643,25 @@ impl Head {
         Ok((head, log))
     }
 
-    fn apply_delta(&mut self, b: &[u8]) -> Result<(), CborError> {
+    /// Applies a delta of a log of format `version` (see [`Head::delta_body`]).
+    fn apply_delta(&mut self, b: &[u8], version: u32) -> Result<(), CborError> {
         let mut d = Decoder::new(b);
+        // CBOR major type 4 (an array): the short form.
+        if b.first().is_some_and(|x| x >> 5 == 4) {
+            if version < SHORT_DELTAS || d.array()? != 6 {
+                return Err(CborError("head delta: expected 6 items"));
+            }
+            let mut files = decode_files(&mut d)?;
+            self.seq = d.u64()?;
+            self.docs = d.u64()?;
+            self.root = d.opt_link()?;
+            self.heads = decode_links(&mut d)?;
+            self.events = d.u64()?;
+            d.finish()?;
+            files.extend(self.files.iter().cloned());
+            self.files = Arc::new(files);
+            return Ok(());
+        }
         if d.map()? != 8 {
             return Err(CborError("head delta: expected 8 fields"));
         }
@@ -645,12 +676,7 @@ impl Head {
         d.key("root")?;
         self.root = d.opt_link()?;
         d.key("heads")?;
-        let n = d.array()?;
-        let mut heads = Vec::with_capacity(n.min(1024));
-        for _ in 0..n {
-            heads.push(d.link()?);
-        }
-        self.heads = heads;
+        self.heads = decode_links(&mut d)?;
         d.key("events")?;
         self.events = d.u64()?;
         d.key("compacted")?;
@@ -660,6 +686,24 @@ impl Head {
         self.files = Arc::new(files);
         Ok(())
     }
+}
+
+/// An array of links (a head's clock heads).
+fn encode_links(e: &mut Encoder, links: &[Cid]) {
+    e.array(links.len());
+    for l in links {
+        e.link(l);
+    }
+}
+
+/// An array of links, as [`encode_links`] writes it.
+fn decode_links(d: &mut Decoder) -> Result<Vec<Cid>, CborError> {
+    let n = d.array()?;
+    let mut links = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        links.push(d.link()?);
+    }
+    Ok(links)
 }
 
 const SNAPSHOT: u8 = 0;
@@ -791,6 +835,7 @@ fn only_the_rest_of_one_append(
     l: &Lineage,
     key: &RecordKey,
     head: &Head,
+    version: u32,
 ) -> bool {
     let mut found = None;
     for q in pos + 1..b.len().saturating_sub(8) {
@@ -815,7 +860,7 @@ fn only_the_rest_of_one_append(
         None => true,
         Some(body) => {
             let mut next = head.clone();
-            next.apply_delta(&body).is_ok() && next.seq == head.seq + 1
+            next.apply_delta(&body, version).is_ok() && next.seq == head.seq + 1
         }
     }
 }
@@ -1109,7 +1154,14 @@ mod tests {
         let mut d = Vec::new();
         let d_at = log.end + fr.len() as u64;
         let key = RecordKey::Lineage(&k);
-        push_record(&mut d, d_at, &l, &key, DELTA, &next.delta_body(1)).unwrap();
+        // (The map form: `prev`'s base differs.)
+        let not_prev = Head {
+            base: next.root,
+            ..Head::default()
+        };
+        let body = next.delta_body(&not_prev, 1);
+        assert_eq!(body[0] >> 5, 5, "a CBOR map");
+        push_record(&mut d, d_at, &l, &key, DELTA, &body).unwrap();
         file.extend_from_slice(&fr);
         file.extend_from_slice(&d);
         let (h, log) = Head::open_log(&file, &k).unwrap();
@@ -1216,6 +1268,40 @@ mod tests {
             .seal_delta(&heads[2], &full, &l, &k)
             .unwrap()
             .is_none());
+    }
+
+    /// Version 6: a commit's delta leaves out `base` and `compacted` (unchanged) and the field
+    /// names; a delta that changes either is the map, and both replay. A version-5 log takes
+    /// no short delta.
+    #[test]
+    fn a_commits_delta_is_short_and_replays() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        let (file, heads, offs) = log_of_three(&k, &l);
+        let (_, log) = Head::open_log(&file, &k).unwrap();
+        let short = heads[3].delta_body(&heads[2], 1);
+        assert_eq!(short[0] >> 5, 4, "a CBOR array");
+        let mut moved = heads[3].clone();
+        moved.seq += 1;
+        moved.base = Some(Cid::of_cbor(&[9]));
+        moved.compacted = 77;
+        let long = moved.delta_body(&heads[3], 0);
+        assert_eq!(long[0] >> 5, 5, "a CBOR map");
+        assert!(
+            long.len() > short.len() + 40,
+            "{} vs {}",
+            long.len(),
+            short.len()
+        );
+        let rec = moved.seal_delta(&heads[3], &log, &l, &k).unwrap().unwrap();
+        let mut both = file.clone();
+        both.extend_from_slice(&rec);
+        assert_eq!(Head::open(&both, &k).unwrap(), moved);
+        // The same short body in a log of version 5 is refused.
+        let mut h = heads[2].clone();
+        assert!(h.apply_delta(&short, SHORT_DELTAS - 1).is_err());
+        assert!(h.apply_delta(&short, SHORT_DELTAS).is_ok());
+        assert_eq!(h, heads[3]);
+        assert_eq!(offs.len(), 4);
     }
 
     #[test]

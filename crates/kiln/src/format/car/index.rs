@@ -8,6 +8,19 @@ use crate::format::block::cid::{search_sorted, spread_key};
 pub(super) const FIXED_ENTRIES: u32 = 5;
 /// The first version whose index holds a structural filter ("sf", see [`Filter`]).
 pub(super) const FILTERED: u32 = 5;
+/// The first version whose index may leave out its roots ("rt") and structural filter ("sf"):
+/// an unpaged file of one event (its root) or of at most [`SMALL_FILE_BLOCKS`] blocks.
+pub(super) const IMPLIED: u32 = 6;
+
+/// The roots an unpaged file's index leaves out (version 6 on): its one event. `None` when its
+/// entries hold no event or several.
+pub(super) fn implied_roots(entries: &[Entry]) -> Option<Vec<Cid>> {
+    let mut events = entries.iter().filter(|e| e.event);
+    match (events.next(), events.next()) {
+        (Some(e), None) => Some(vec![e.cid]),
+        _ => None,
+    }
+}
 /// Bytes of an index entry from version 5 on: CID[36] ‖ seg u32 ‖ off u32 ‖ len u32 ‖ kind u8.
 pub const ENTRY_LEN: usize = CID_LEN + 13;
 
@@ -315,7 +328,12 @@ impl Index {
         if salted != (v >= 4) {
             return Err(FormatError::Framing("trailer and index versions differ"));
         }
-        if fields != if v >= FILTERED as u64 { 9 } else { 8 } {
+        let fields_ok = match v {
+            v if v >= IMPLIED as u64 => (7..=9).contains(&fields),
+            v if v >= FILTERED as u64 => fields == 9,
+            _ => fields == 8,
+        };
+        if !fields_ok {
             return Err(FormatError::Record("index: wrong number of fields"));
         }
         d.key("at")?;
@@ -367,13 +385,24 @@ impl Index {
                     .map_err(|_| FormatError::Record("replaced file name"))?,
             ));
         }
-        d.key("rt")?;
-        let nroots = d.array()?;
-        let mut roots = Vec::with_capacity(nroots);
-        for _ in 0..nroots {
-            roots.push(d.link()?);
-        }
-        let filter = if v >= FILTERED as u64 {
+        let optional = v >= IMPLIED as u64;
+        let roots = if optional && d.peek_key()? != "rt" {
+            Some(&entries)
+                .filter(|_| pages.is_empty())
+                .and_then(|e| implied_roots(e))
+                .ok_or(FormatError::Record("index: no roots"))?
+        } else {
+            d.key("rt")?;
+            let nroots = d.array()?;
+            let mut roots = Vec::with_capacity(nroots);
+            for _ in 0..nroots {
+                roots.push(d.link()?);
+            }
+            roots
+        };
+        let filter = if optional && d.peek_key()? != "sf" {
+            Filter::None
+        } else if v >= FILTERED as u64 {
             d.key("sf")?;
             let b = d.bytes()?;
             if !Filter::check_bytes(b) {

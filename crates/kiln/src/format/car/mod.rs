@@ -23,7 +23,7 @@
 use crate::format::block::cbor::{CborError, Decoder, Encoder};
 use crate::format::block::cid::{Cid, CID_LEN};
 use crate::format::block::{DigestMap, DigestSet};
-use crate::format::filter::Filter;
+use crate::format::filter::{Filter, SMALL_FILE_BLOCKS};
 use crate::format::seal::{Key, Purpose, Salt, SealError, SubKey, NONCE_LEN, SALT_LEN, TAG_LEN};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -31,10 +31,12 @@ use std::fmt;
 use std::sync::Arc;
 
 pub const MAGIC: &[u8; 8] = b"KILNDIFF";
-/// The version written. 4: sealed under a key of its own (a salt before the index); 3: named
-/// by BLAKE3; 2: LZ4-compressed segments, tree nodes marked in the index, named by sha2-256;
-/// 1: raw segments, no node marks, sha2-256. All four are read.
-pub const VERSION: u32 = 5;
+/// The version written. 6: a small file's index leaves out what a reader knows otherwise (its
+/// roots, its structural filter); 5: fixed-width index entries, structural filters, 4 KiB
+/// segments; 4: sealed under a key of its own (a salt before the index); 3: named by BLAKE3;
+/// 2: LZ4-compressed segments, tree nodes marked in the index, named by sha2-256; 1: raw
+/// segments, no node marks, sha2-256. All are read.
+pub const VERSION: u32 = 6;
 /// The trailer's last bytes: before version 4 (no salt), and from version 4 on (the index
 /// region starts with the file's salt).
 const END_PLAIN: &[u8; 4] = b"KEND";
@@ -995,7 +997,16 @@ fn write_tail_at(
         .filter(|e| e.event || e.node)
         .map(|e| &e.cid)
         .collect();
-    let filter = Filter::structural(structural.into_iter());
+    // A small file's index leaves out its structural filter (the head record's
+    // `Filter::Small` covers every block) and, when its one event is its root, its roots
+    // (a one-document commit's index was a fifth of its diff: see `Index::open`).
+    let small = !paged && entries.len() <= SMALL_FILE_BLOCKS;
+    let filter = if small {
+        Filter::None
+    } else {
+        Filter::structural(structural.into_iter())
+    };
+    let roots_implied = !paged && implied_roots(&listed).as_ref() == Some(&meta.roots);
     let index_at = at(base, out);
     out.reserve(
         SALT_LEN
@@ -1011,7 +1022,7 @@ fn write_tail_at(
     );
     out.extend_from_slice(&key.salt);
     seal_encoded(key, INDEX_UNIT, 0, INDEX_AAD, out, |e| {
-        e.map(9);
+        e.map(7 + usize::from(!roots_implied) + usize::from(!small));
         e.str("v");
         e.u64(VERSION as u64);
         e.str("at");
@@ -1034,15 +1045,19 @@ fn write_tail_at(
         for r in &meta.replaces {
             e.bytes(&r.0);
         }
-        e.str("rt");
-        e.array(meta.roots.len());
-        for r in &meta.roots {
-            e.link(r);
+        if !roots_implied {
+            e.str("rt");
+            e.array(meta.roots.len());
+            for r in &meta.roots {
+                e.link(r);
+            }
         }
-        e.str("sf");
-        match &filter {
-            Filter::Structural(b) => e.bytes(b),
-            _ => e.bytes(&[]),
+        if !small {
+            e.str("sf");
+            match &filter {
+                Filter::Structural(b) => e.bytes(b),
+                _ => e.bytes(&[]),
+            }
         }
         e.str("sg");
         e.array(seg_at.len());

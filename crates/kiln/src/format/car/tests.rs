@@ -771,3 +771,56 @@ fn a_block_under_a_wrong_cid_is_read_but_refused_by_copies_and_verify() {
     assert!(block_at(seg, &elsewhere).is_err());
     assert!(block_in(seg, &elsewhere).is_err());
 }
+
+/// Version 6: the index of a file small enough for the head record's 64-bit filter holds no
+/// structural filter, and a file whose one event is its root does not list its roots; a
+/// reader takes them from the entries. Larger files keep both.
+#[test]
+fn a_small_files_index_leaves_out_its_roots_and_filter() {
+    let key = Key::generate().unwrap();
+    let file = |docs: usize| {
+        let ev = Cid::of_cbor(b"the event");
+        let mut w = Writer::new(Meta {
+            level: 0,
+            time: 7,
+            roots: vec![ev],
+            replaces: vec![],
+        });
+        for i in 0..docs {
+            let d = vec![i as u8; 20];
+            w.add(Cid::of_cbor(&d), &d);
+        }
+        w.add_event(ev, b"the event");
+        let f = w.finish(&key, false, usize::MAX).unwrap();
+        let (at, len) = parse_trailer(
+            f.bytes.len() as u64,
+            &f.bytes[f.bytes.len() - TRAILER_LEN..],
+        )
+        .unwrap();
+        let read = Index::open(&key, &f.bytes[at as usize..], at).unwrap();
+        assert_eq!(read.meta.roots, vec![ev]);
+        let (idx, got) = verify_file(&key, &FileName::of(&f.bytes), &f.bytes).unwrap();
+        assert_eq!(got.len(), docs + 1);
+        assert_eq!(idx.meta.roots, vec![ev]);
+        // The index's plaintext: which of the optional keys it has.
+        let region = &f.bytes[at as usize..(at + len as u64) as usize];
+        let salt: Salt = region[..SALT_LEN].try_into().unwrap();
+        let plain = key
+            .subkey(Purpose::DiffFile, &salt)
+            .open(INDEX_AAD, &region[SALT_LEN..])
+            .unwrap();
+        let has = |k: &str| {
+            plain
+                .windows(3)
+                .any(|w| w == [0x62, k.as_bytes()[0], k.as_bytes()[1]])
+        };
+        (read, has("rt"), has("sf"))
+    };
+    let (small, rt, sf) = file(1);
+    assert!(matches!(small.filter, Filter::None));
+    assert_eq!((rt, sf), (false, false));
+    let (large, rt, sf) = file(SMALL_FILE_BLOCKS);
+    assert!(matches!(large.filter, Filter::Structural(_)));
+    assert_eq!((rt, sf), (false, true));
+    assert!(large.filter.may_hold(&Cid::of_cbor(b"the event")));
+}
