@@ -27,6 +27,20 @@ pub enum Error {
     InvalidDocument(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A stored document does not fit the type a typed read asked for (`Database::get_as`
+    /// and the like); the document is as it was.
+    #[error("document {id:?} in database '{db}' does not fit {into}: {why}")]
+    Decode {
+        db: String,
+        id: String,
+        /// The type asked for (as `std::any::type_name` spells it).
+        into: &'static str,
+        why: String,
+    },
+    /// JSON that does not parse or does not fit a type, met in an app's own code: lets `?`
+    /// turn a `serde_json::Error` into a kiln error.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
     #[error("event {0} is not part of database '{1}' (see `kiln log`)")]
     NoSuchEvent(Cid, String),
     /// Stored bytes are damaged or were tampered with. Never reported as "not found".

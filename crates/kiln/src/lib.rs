@@ -47,7 +47,7 @@ pub use db::{
     LogEntry, MergeReport, PurgeReport, Side, Transaction, LEVEL_FANIN,
 };
 pub use error::{Error, Result};
-pub use format::block::cid::Cid;
+pub use format::block::cid::{Cid, ParseCidError};
 pub use format::head::TreeShape;
 pub use format::seal::Key;
 pub use model::doc::MAX_DOC_BYTES;

@@ -24,6 +24,7 @@ pub mod settings;
 #[cfg(test)]
 mod tests;
 mod txn;
+mod typed;
 pub mod verify;
 
 use crate::db::cache::{CacheKey, Cached, Place};
@@ -86,6 +87,15 @@ pub use txn::Transaction;
 /// ```
 pub struct Database {
     inner: Arc<Db>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("name", &self.name())
+            .field("lineage", &lineage_string(&self.inner.lineage))
+            .finish()
+    }
 }
 
 impl Clone for Database {

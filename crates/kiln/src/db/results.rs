@@ -14,14 +14,15 @@ pub struct Committed {
     pub heads: Vec<Cid>,
 }
 
-/// One entry of a change feed.
+/// One entry of a change feed (`T`: the document's type, JSON by default; see
+/// [`Change::decode`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Change {
+pub struct Change<T = Value> {
     pub id: String,
     /// Clock height of the write that produced the current value.
     pub version: u64,
     /// The document, or `{"_id":…, "_deleted": true}`.
-    pub doc: Value,
+    pub doc: T,
     pub deleted: bool,
 }
 
@@ -83,16 +84,17 @@ pub struct MergeReport {
     pub conflicts: Vec<Conflict>,
 }
 
-/// A document both sides of a merge changed to different values.
+/// A document both sides of a merge changed to different values (`T`: the document's type,
+/// JSON by default; see [`Conflict::decode`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Conflict {
+pub struct Conflict<T = Value> {
     pub id: String,
     /// The value in their common history (`None`: absent or deleted).
-    pub ancestor: Option<Value>,
+    pub ancestor: Option<T>,
     /// The destination's value before the merge.
-    pub ours: Option<Value>,
+    pub ours: Option<T>,
     /// The source's value.
-    pub theirs: Option<Value>,
+    pub theirs: Option<T>,
     /// Which one the merged state holds: the write with the greater (height, value CID), the
     /// same rule on every replica and in either merge direction.
     pub winner: Side,
@@ -105,17 +107,18 @@ pub enum Side {
     Theirs,
 }
 
-/// One document that differs between two states ([`Database::diff`]).
+/// One document that differs between two states ([`Database::diff`]; `T`: the document's
+/// type, JSON by default; see [`DocDiff::decode`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct DocDiff {
+pub struct DocDiff<T = Value> {
     pub id: String,
     /// The document in the first state (`None`: absent or deleted there).
-    pub before: Option<Value>,
+    pub before: Option<T>,
     /// The document in the second state (`None`: absent or deleted there).
-    pub after: Option<Value>,
+    pub after: Option<T>,
 }
 
-impl DocDiff {
+impl<T> DocDiff<T> {
     /// "added", "deleted" or "changed".
     pub fn kind(&self) -> &'static str {
         match (&self.before, &self.after) {

@@ -30,6 +30,15 @@ pub struct Transaction {
     writes: Vec<Write>,
 }
 
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("db", &self.db.name())
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}
+
 impl Transaction {
     /// Reads a document: this transaction's own write, else the state it began on.
     pub fn get(&self, id: &str) -> Result<Option<Value>> {

@@ -59,6 +59,12 @@ pub struct Store {
     pub(crate) inner: Arc<Env>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root()).finish()
+    }
+}
+
 const MARKER: &str = "KILN";
 /// Prefix of a database folder being created (or forked) under `dbs/`, renamed into place
 /// when whole.

@@ -232,6 +232,50 @@ impl fmt::Debug for Cid {
     }
 }
 
+/// Text that is not a CID's text form (see [`Cid`]'s `FromStr`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseCidError(String);
+
+impl fmt::Display for ParseCidError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a CID (expected its text form, \"b\" and base32, as in bafyrei…)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ParseCidError {}
+
+/// The text form, as [`fmt::Display`] writes it (`b` and lower-case base32: `bafyrei…`).
+///
+/// ```
+/// let c: kiln::Cid = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy".parse().unwrap();
+/// assert_eq!(c.to_string().parse::<kiln::Cid>().unwrap(), c);
+/// assert!("hello".parse::<kiln::Cid>().is_err());
+/// ```
+impl std::str::FromStr for Cid {
+    type Err = ParseCidError;
+    fn from_str(s: &str) -> Result<Cid, ParseCidError> {
+        Cid::parse(s).ok_or_else(|| ParseCidError(s.chars().take(80).collect()))
+    }
+}
+
+/// Serialized as its text form (so an event's CID can be kept in a document, e.g. as a cursor).
+impl serde::Serialize for Cid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cid, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
 /// RFC 4648 base32, lower case, no padding.

@@ -1,0 +1,180 @@
+//! The library as an app uses it: typed documents, CIDs kept in documents, handles that print.
+
+use kiln::{Cid, Database, Error, ListOptions, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Message {
+    #[serde(rename = "_id")]
+    id: String,
+    room: String,
+    text: String,
+}
+
+fn msg(id: &str, text: &str) -> Message {
+    Message {
+        id: id.into(),
+        room: "lobby".into(),
+        text: text.into(),
+    }
+}
+
+fn db() -> (tempfile::TempDir, Store, Database) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.create(Some("chat")).unwrap();
+    (dir, store, db)
+}
+
+#[test]
+fn typed_reads_give_the_documents_written() {
+    let (_d, _s, db) = db();
+    let first = db.put(&msg("m1", "hi")).unwrap();
+    db.bulk(&[msg("m2", "hello"), msg("m3", "hey")]).unwrap();
+    db.put(&msg("m1", "hi, edited")).unwrap();
+    assert_eq!(
+        db.get_as::<Message>("m1").unwrap(),
+        Some(msg("m1", "hi, edited"))
+    );
+    assert_eq!(db.get_as::<Message>("nope").unwrap(), None);
+    assert_eq!(
+        db.get_at_as::<Message>("m1", &first.event).unwrap(),
+        Some(msg("m1", "hi"))
+    );
+    let all: Vec<Message> = db.docs_as(&ListOptions::default()).unwrap();
+    assert_eq!(
+        all,
+        [
+            msg("m1", "hi, edited"),
+            msg("m2", "hello"),
+            msg("m3", "hey")
+        ]
+    );
+    // A change feed and a diff, typed: a deleted document's tombstone fits a type that
+    // reads only what a tombstone has.
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Id {
+        #[serde(rename = "_id")]
+        id: String,
+    }
+    db.del("m2").unwrap();
+    let changes = db.changes(Some(&[first.event])).unwrap();
+    let typed: Vec<_> = changes
+        .into_iter()
+        .map(|c| c.decode::<Id>(&db).unwrap())
+        .collect();
+    let ids: Vec<(&str, bool)> = typed
+        .iter()
+        .map(|c| (c.doc.id.as_str(), c.deleted))
+        .collect();
+    assert_eq!(ids, [("m3", false), ("m1", false), ("m2", true)]);
+    let diffs = db.diff(Some(&first.event), &db, None).unwrap();
+    let m1 = diffs.into_iter().find(|d| d.id == "m1").unwrap();
+    let m1 = m1.decode::<Message>(&db).unwrap();
+    assert_eq!(m1.before, Some(msg("m1", "hi")));
+    assert_eq!(m1.after, Some(msg("m1", "hi, edited")));
+}
+
+#[test]
+fn a_document_that_does_not_fit_the_type_is_named_and_kept() {
+    let (_d, _s, db) = db();
+    db.put(&json!({"_id": "m1", "room": "lobby", "text": 42}))
+        .unwrap();
+    db.put(&msg("m2", "fine")).unwrap();
+    let e = db.get_as::<Message>("m1").unwrap_err();
+    assert!(
+        matches!(&e, Error::Decode { id, db, .. } if id == "m1" && db == "chat"),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("\"m1\"") && text.contains("Message"),
+        "{text}"
+    );
+    // A listing stops at the first that does not fit, and says which.
+    let e = db.docs_as::<Message>(&ListOptions::default()).unwrap_err();
+    assert!(matches!(&e, Error::Decode { id, .. } if id == "m1"), "{e}");
+    // Nothing was changed: the untyped read still has it.
+    assert_eq!(db.get("m1").unwrap().unwrap()["text"], 42);
+    assert!(!e.is_corruption());
+}
+
+#[test]
+fn conflicts_come_typed() {
+    let (_d, s, main) = db();
+    main.put(&msg("m1", "base")).unwrap();
+    let fork = s.fork("chat", Some("side")).unwrap();
+    main.put(&msg("m1", "ours")).unwrap();
+    fork.put(&msg("m1", "theirs")).unwrap();
+    let report = main.merge_from(&fork, None).unwrap();
+    let c = report.conflicts[0]
+        .clone()
+        .decode::<Message>(&main)
+        .unwrap();
+    assert_eq!(c.ancestor, Some(msg("m1", "base")));
+    assert_eq!(c.ours, Some(msg("m1", "ours")));
+    assert_eq!(c.theirs, Some(msg("m1", "theirs")));
+    let losers: Vec<Message> = main.conflicts_as("m1").unwrap();
+    assert_eq!(losers.len(), 1);
+    assert!(["ours", "theirs"].contains(&losers[0].text.as_str()));
+}
+
+/// An app's own function returning `kiln::Result` can `?` a serde_json error.
+fn parse_then_store(db: &Database, text: &str) -> kiln::Result<String> {
+    let m: Message = serde_json::from_str(text)?;
+    db.put(&m)?;
+    Ok(m.id)
+}
+
+#[test]
+fn serde_json_errors_convert_with_the_question_mark() {
+    let (_d, _s, db) = db();
+    let ok = parse_then_store(&db, r#"{"_id": "m1", "room": "r", "text": "t"}"#);
+    assert_eq!(ok.unwrap(), "m1");
+    let e = parse_then_store(&db, "{not json").unwrap_err();
+    assert!(matches!(e, Error::Json(_)), "{e}");
+}
+
+#[test]
+fn a_cid_is_kept_in_a_document_and_parsed_from_text() {
+    let (_d, _s, db) = db();
+    let c = db.put(&msg("m1", "hi")).unwrap();
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Bookmark {
+        #[serde(rename = "_id")]
+        id: String,
+        seen: Cid,
+    }
+    db.put(&Bookmark {
+        id: "cursor".into(),
+        seen: c.event,
+    })
+    .unwrap();
+    let back: Bookmark = db.get_as("cursor").unwrap().unwrap();
+    assert_eq!(back.seen, c.event);
+    assert_eq!(
+        db.get("cursor").unwrap().unwrap()["seen"],
+        c.event.to_string()
+    );
+    assert_eq!(c.event.to_string().parse::<Cid>().unwrap(), c.event);
+    let e = "not-a-cid".parse::<Cid>().unwrap_err();
+    assert!(e.to_string().contains("not-a-cid"), "{e}");
+    // A document whose field is not a CID does not fit.
+    db.put(&json!({"_id": "bad", "seen": "xyz"})).unwrap();
+    assert!(matches!(
+        db.get_as::<Bookmark>("bad"),
+        Err(Error::Decode { .. })
+    ));
+}
+
+#[test]
+fn handles_print_what_they_are() {
+    let (d, s, db) = db();
+    let store = format!("{s:?}");
+    assert!(store.contains(&d.path().display().to_string()), "{store}");
+    let handle = format!("{db:?}");
+    assert!(handle.contains("chat"), "{handle}");
+    let tx = db.transaction().unwrap();
+    assert!(format!("{tx:?}").contains("chat"));
+}
