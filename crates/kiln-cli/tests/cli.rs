@@ -132,6 +132,35 @@ fn a_session_from_create_to_verify() {
             .len(),
         3
     );
+    // Pages backwards within a prefix, joined by --after; one line per document without
+    // --json.
+    let ids = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let last = [
+        "docs", "notes", "--prefix", "doc-2", "--desc", "--limit", "2",
+    ];
+    assert_eq!(ids(json(r, &last)), ["doc-249", "doc-248"]);
+    let next = [&last[..], &["--after", "doc-248"]].concat();
+    assert_eq!(ids(json(r, &next)), ["doc-247", "doc-246"]);
+    let lines = ok(
+        r,
+        &["docs", "notes", "--prefix", "doc-24", "--after", "doc-245"],
+    );
+    let got: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(got, ["doc-246", "doc-247", "doc-248", "doc-249"]);
 
     // Delete, then changes since the second put.
     let p2 = json(r, &["log", "notes", "--limit", "1"]);

@@ -43,8 +43,8 @@ mod watch;
 pub use db::settings::Settings;
 pub use db::verify::{Problem, Report as VerifyReport};
 pub use db::{
-    Change, Committed, Conflict, Database, DocDiff, HistoryFile, Info, ListOptions, Location,
-    LogEntry, MergeReport, PurgeReport, Side, Transaction, LEVEL_FANIN,
+    Change, Committed, Conflict, Cursor, Database, DocDiff, HistoryFile, Info, ListOptions,
+    Location, LogEntry, MergeReport, PurgeReport, Side, Transaction, TypedCursor, LEVEL_FANIN,
 };
 pub use error::{Error, Result};
 pub use format::block::cid::{Cid, ParseCidError};

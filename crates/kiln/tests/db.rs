@@ -69,7 +69,7 @@ fn put_get_del_list_and_info() {
         .docs(&ListOptions {
             start: Some("b".into()),
             end: Some("c".into()),
-            limit: None,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(ids(&page), vec!["c"]);

@@ -39,7 +39,10 @@ pub enum DocsGroup {
     /// Delete a document (records a tombstone); exit code 3, writing nothing, if it does not
     /// exist.
     Del { db: String, id: String },
-    /// List documents in id order.
+    /// List documents in id order (one JSON document per line; --json: one array).
+    ///
+    /// Pages: `--limit N`, then `--after LAST_ID` with the last id printed. The listing is of
+    /// the state when it began (commits made meanwhile do not show).
     Docs {
         db: String,
         #[arg(long)]
@@ -50,6 +53,15 @@ pub enum DocsGroup {
         /// Last id (inclusive).
         #[arg(long)]
         end: Option<String>,
+        /// Only ids after this one in the listing's order (greater; smaller with --desc).
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
+        /// Only ids starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Descending id order (with --limit: the last ids).
+        #[arg(long)]
+        desc: bool,
     },
     /// Import JSON lines (one document per line) in transactions of --batch documents.
     ///
@@ -97,7 +109,21 @@ impl DocsGroup {
                 limit,
                 start,
                 end,
-            } => docs(ctx, db, limit, start, end),
+                after,
+                prefix,
+                desc,
+            } => docs(
+                ctx,
+                db,
+                ListOptions {
+                    start,
+                    end,
+                    limit,
+                    after,
+                    prefix,
+                    desc,
+                },
+            ),
             DocsGroup::Import { db, file, batch } => import(ctx, db, file, batch),
             DocsGroup::Export { db } => export(ctx, db),
             DocsGroup::Changes { db, since } => changes(ctx, db, since),
@@ -172,24 +198,21 @@ fn del(ctx: &Ctx, db: String, id: String) -> Result<u8, Fail> {
     Ok(0)
 }
 
-fn docs(
-    ctx: &Ctx,
-    db: String,
-    limit: Option<usize>,
-    start: Option<String>,
-    end: Option<String>,
-) -> Result<u8, Fail> {
+fn docs(ctx: &Ctx, db: String, opts: ListOptions) -> Result<u8, Fail> {
     let db = ctx.open(&db)?;
-    let docs = db.docs(&ListOptions { start, end, limit })?;
-    ctx.out.print(
-        || {
-            docs.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
-        || Value::Array(docs.clone()),
-    );
+    if ctx.out.json {
+        let docs = db.docs(&opts)?;
+        ctx.out.print(String::new, || Value::Array(docs));
+        return Ok(0);
+    }
+    // One line per document as the cursor yields it: a large listing is never held whole.
+    let mut o = std::io::BufWriter::new(std::io::stdout().lock());
+    for d in db.cursor(&opts)? {
+        if writeln!(o, "{}", d?).is_err() {
+            return Ok(0); // stdout closed (a pager quit): nothing more to say
+        }
+    }
+    let _ = o.flush();
     Ok(0)
 }
 

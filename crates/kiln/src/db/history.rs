@@ -225,9 +225,39 @@ impl Db {
     /// slot among `e` and its ancestors (and the states at cuts among them). Checked against
     /// the root `e` commits to, when it has one.
     pub(super) fn state_at(&self, v: &View, e: &Cid, ev: &Event) -> Result<tree::Update> {
+        let ops = self.history_state(v, &[*e])?;
+        let at_e = tree::update(v, None, &ops, Mode::Max, v.head.shape)?;
+        if ev.root.is_some() && ev.root != at_e.root {
+            // An event a merge brought from a database of the other tree shape commits to a
+            // tree of that shape.
+            let other = match v.head.shape {
+                tree::Shape::Mod16 => tree::Shape::Bounded,
+                tree::Shape::Bounded => tree::Shape::Mod16,
+            };
+            if tree::update(v, None, &ops, Mode::Max, other)?.root != ev.root {
+                return Err(Error::corrupt(
+                    format!("event {e}"),
+                    "its tree root is not the state its history gives",
+                ));
+            }
+        }
+        Ok(at_e)
+    }
+
+    /// The tree of the state at clock heads `heads` built from their history, in `v`'s tree
+    /// shape (for a head record whose tree nodes are no longer stored: a cursor's snapshot
+    /// after compaction replaced its files).
+    pub(super) fn state_of_heads(&self, v: &View, heads: &[Cid]) -> Result<tree::Update> {
+        let ops = self.history_state(v, heads)?;
+        tree::update(v, None, &ops, Mode::Max, v.head.shape)
+    }
+
+    /// For every id written in `from` and its ancestors (and the states at cuts among them),
+    /// its highest slot, in id order.
+    fn history_state(&self, v: &View, from: &[Cid]) -> Result<Vec<tree::Op>> {
         let mut state: BTreeMap<Arc<[u8]>, Slot> = BTreeMap::new();
         let mut put = |k: &[u8], s: Slot| tree::raise_into(&mut state, k.into(), s);
-        clock::walk(v, &[*e], &mut |c, x| {
+        clock::walk(v, from, &mut |c, x| {
             for (id, l) in &x.ops {
                 put(
                     id.as_bytes(),
@@ -245,23 +275,7 @@ impl Db {
             }
             Ok(true)
         })?;
-        let ops: Vec<tree::Op> = state.into_iter().map(|(k, s)| (k, Some(s))).collect();
-        let at_e = tree::update(v, None, &ops, Mode::Max, v.head.shape)?;
-        if ev.root.is_some() && ev.root != at_e.root {
-            // An event a merge brought from a database of the other tree shape commits to a
-            // tree of that shape.
-            let other = match v.head.shape {
-                tree::Shape::Mod16 => tree::Shape::Bounded,
-                tree::Shape::Bounded => tree::Shape::Mod16,
-            };
-            if tree::update(v, None, &ops, Mode::Max, other)?.root != ev.root {
-                return Err(Error::corrupt(
-                    format!("event {e}"),
-                    "its tree root is not the state its history gives",
-                ));
-            }
-        }
-        Ok(at_e)
+        Ok(state.into_iter().map(|(k, s)| (k, Some(s))).collect())
     }
 
     /// Drops the history older than event `e` (its strict ancestors), keeping the state at `e`

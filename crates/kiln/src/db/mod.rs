@@ -10,6 +10,7 @@
 pub mod cache;
 mod commit;
 mod compact;
+mod cursor;
 mod dropped;
 pub mod env;
 mod files;
@@ -43,6 +44,7 @@ use crate::model::tree::{self, LeafRef, Mode, NodeSource, Slot, TreeError};
 use crate::storage::{DbLock, HeadFile, Heads};
 use commit::*;
 pub use compact::LEVEL_FANIN;
+pub use cursor::{Cursor, TypedCursor};
 use dropped::*;
 use env::{Env, GcReport};
 use files::*;
@@ -296,58 +298,19 @@ impl Database {
         self.inner.read(|v| v.doc_at(id, event))
     }
 
-    /// Documents in id order.
+    /// Documents in id order (see [`ListOptions`]; one at a time: [`Database::cursor`]).
     pub fn docs(&self, opts: &ListOptions) -> Result<Vec<Value>> {
-        let mut out = Vec::new();
-        self.scan(opts, &mut |d| {
-            out.push(d);
-            true
-        })?;
-        Ok(out)
+        self.cursor(opts)?.collect()
     }
 
-    /// Visits documents in id order until `f` returns false.
+    /// Visits documents in id order (see [`ListOptions`]) until `f` returns false.
     pub fn scan(&self, opts: &ListOptions, f: &mut dyn FnMut(Value) -> bool) -> Result<()> {
-        if opts.limit == Some(0) {
-            return Ok(());
-        }
-        let end = opts.end.as_ref().map(|e| {
-            let mut b = e.as_bytes().to_vec();
-            b.push(0);
-            b
-        });
-        // A read retried on a newer head (see `Db::read`) resumes after the last document
-        // handed out, so the caller sees each document once, in order.
-        let mut resume: Option<Vec<u8>> = None;
-        let mut n = 0;
-        let mut stopped = false;
-        self.inner.read(|v| {
-            if stopped {
-                return Ok(());
+        for d in self.cursor(opts)? {
+            if !f(d?) {
+                break;
             }
-            let start = resume
-                .clone()
-                .or_else(|| opts.start.as_ref().map(|s| s.as_bytes().to_vec()));
-            tree::range(
-                v,
-                v.head.root.as_ref(),
-                start.as_deref(),
-                end.as_deref(),
-                &mut |k, s| {
-                    let Some(link) = s.link else { return Ok(true) };
-                    let id = std::str::from_utf8(k)
-                        .map_err(|_| v.corrupt_cid(&link, "document id is not UTF-8"))?;
-                    let d = v.load_doc(id, &link, s.version)?;
-                    n += 1;
-                    let mut next = k.to_vec();
-                    next.push(0);
-                    resume = Some(next);
-                    let go = f(d) && opts.limit.is_none_or(|l| n < l);
-                    stopped = !go;
-                    Ok(go)
-                },
-            )
-        })
+        }
+        Ok(())
     }
 
     /// The current clock heads.

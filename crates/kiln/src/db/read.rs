@@ -72,6 +72,13 @@ pub(super) struct View<'a> {
     last: RefCell<Option<(Place, Arc<Vec<u8>>)>>,
 }
 
+/// A view's memory of where it last read ([`View::hints`]).
+#[derive(Default)]
+pub(super) struct Hints {
+    near: Option<Place>,
+    last: Option<(Place, Arc<Vec<u8>>)>,
+}
+
 impl<'a> View<'a> {
     pub(super) fn new(db: &'a Db, head: &'a Head) -> View<'a> {
         View {
@@ -79,6 +86,25 @@ impl<'a> View<'a> {
             head,
             near: Cell::new(None),
             last: RefCell::new(None),
+        }
+    }
+
+    /// A view that starts from what an earlier view over the same files learned (see
+    /// [`View::hints`]): a cursor's next batch reads on from where the last one stopped.
+    pub(super) fn resume(db: &'a Db, head: &'a Head, hints: Hints) -> View<'a> {
+        View {
+            db,
+            head,
+            near: Cell::new(hints.near),
+            last: RefCell::new(hints.last),
+        }
+    }
+
+    /// Where this view last read (files are immutable, so this stays true for any view).
+    pub(super) fn hints(self) -> Hints {
+        Hints {
+            near: self.near.get(),
+            last: self.last.into_inner(),
         }
     }
 

@@ -169,7 +169,13 @@ pub struct HistoryFile {
     pub replaces: Vec<FileName>,
 }
 
-/// Options for listing documents by id.
+/// Options for listing documents by id ([`Database::cursor`], [`Database::docs`],
+/// [`Database::scan`]): the fields, or the builder methods.
+///
+/// ```
+/// let page = kiln::ListOptions::default().prefix("room-7/").after("room-7/0042").limit(50);
+/// assert_eq!(page.limit, Some(50));
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct ListOptions {
     /// First id (inclusive).
@@ -178,4 +184,44 @@ pub struct ListOptions {
     pub end: Option<String>,
     /// At most this many documents (`None`: all).
     pub limit: Option<usize>,
+    /// Only ids that come after this one in the listing's order (greater ones; smaller with
+    /// `desc`): where the previous page ended.
+    pub after: Option<String>,
+    /// Only ids starting with this.
+    pub prefix: Option<String>,
+    /// Descending id order.
+    pub desc: bool,
+}
+
+impl ListOptions {
+    /// From id `start` on (inclusive).
+    pub fn start(mut self, start: impl Into<String>) -> Self {
+        self.start = Some(start.into());
+        self
+    }
+    /// Up to id `end` (inclusive).
+    pub fn end(mut self, end: impl Into<String>) -> Self {
+        self.end = Some(end.into());
+        self
+    }
+    /// At most `n` documents.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+    /// Only ids after `id` in the listing's order (a page's last id: the next page).
+    pub fn after(mut self, id: impl Into<String>) -> Self {
+        self.after = Some(id.into());
+        self
+    }
+    /// Only ids starting with `prefix`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+    /// Descending id order.
+    pub fn desc(mut self) -> Self {
+        self.desc = true;
+        self
+    }
 }

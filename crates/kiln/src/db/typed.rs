@@ -16,6 +16,20 @@ pub(crate) fn decode<T: DeserializeOwned>(db: &str, id: &str, doc: Value) -> Res
     })
 }
 
+/// A listed document as a `T` (its id, for the error, read from its `_id`).
+pub(crate) fn decode_doc<T: DeserializeOwned>(db: &str, doc: Value) -> Result<T> {
+    T::deserialize(&doc).map_err(|e| Error::Decode {
+        db: db.to_owned(),
+        id: doc
+            .get("_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        into: std::any::type_name::<T>(),
+        why: e.to_string(),
+    })
+}
+
 fn decode_opt<T: DeserializeOwned>(db: &str, id: &str, doc: Option<Value>) -> Result<Option<T>> {
     doc.map(|d| decode(db, id, d)).transpose()
 }
@@ -53,29 +67,7 @@ impl Database {
 
     /// [`Database::docs`] as `T`s: the first document that does not fit `T` fails the call.
     pub fn docs_as<T: DeserializeOwned>(&self, opts: &ListOptions) -> Result<Vec<T>> {
-        let mut out = Vec::new();
-        let mut failed = None;
-        self.scan(opts, &mut |d| {
-            let id = d
-                .get("_id")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            match decode(self.name(), &id, d) {
-                Ok(t) => {
-                    out.push(t);
-                    true
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            }
-        })?;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        self.cursor_as(opts)?.collect()
     }
 
     /// [`Database::conflicts`] as `T`s.

@@ -525,6 +525,81 @@ pub fn range<S: NodeSource>(
     Ok(())
 }
 
+/// Visits entries with `start <= key < end` in descending key order until `f` returns false
+/// ([`range`] backwards: a branch's children from the last one whose keys may lie below
+/// `end`, down to the first one whose keys may reach `start`).
+pub fn range_rev<S: NodeSource>(
+    src: &S,
+    root: Option<&Cid>,
+    start: Option<&[u8]>,
+    end: Option<&[u8]>,
+    f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, S::Error>,
+) -> Result<(), S::Error> {
+    fn walk<S: NodeSource>(
+        src: &S,
+        node: &Node,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, S::Error>,
+    ) -> Result<bool, S::Error> {
+        match &node.items {
+            Items::Leaf(v) => {
+                let entries: Vec<(&[u8], Slot)> = node
+                    .keys
+                    .iter()
+                    .map(|k| &**k)
+                    .zip(v.iter().copied())
+                    .collect();
+                in_leaf_rev(entries, start, end, f)
+            }
+            Items::Branch(c) => {
+                // Children whose first key is below `end` (child i holds [k[i], k[i+1])).
+                let upto = end.map_or(c.len(), |e| node.keys.partition_point(|k| **k < *e));
+                for i in (0..upto).rev() {
+                    let link = &c[i];
+                    let more = if node.level == 1 {
+                        let leaf = src.leaf(link)?;
+                        in_leaf_rev(leaf.entries(link)?, start, end, f)?
+                    } else {
+                        walk(src, &*child_of(src, node, link)?, start, end, f)?
+                    };
+                    // Keys before this child's first are below it: done once that is <= start.
+                    if !more || start.is_some_and(|s| *node.keys[i] <= *s) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+    /// Visits a leaf's entries below `end` downwards until `start`; false once done.
+    fn in_leaf_rev<E>(
+        entries: Vec<(&[u8], Slot)>,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, E>,
+    ) -> Result<bool, E> {
+        let below_end = entries
+            .into_iter()
+            .rev()
+            .skip_while(|(k, _)| end.is_some_and(|e| *k >= e));
+        for (k, slot) in below_end {
+            if start.is_some_and(|s| k < s) {
+                return Ok(false);
+            }
+            if !f(k, &slot)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+    if let Some(root) = root {
+        let node = src.node(root)?;
+        walk(src, &node, start, end, f)?;
+    }
+    Ok(())
+}
+
 /// Every key whose slot differs between the tree at `ra` (read from `a`) and the tree at `rb`
 /// (read from `b`), in key order, with its slot on each side (`None`: absent). Subtrees with
 /// the same CID on both sides are skipped without being read, so the cost follows the number
@@ -1169,6 +1244,34 @@ mod tests {
                     .map(|k| (key(*k).to_vec(), slot(*k as u64).unwrap()))
                     .collect();
                 prop_assert_eq!(got, want);
+                // Backwards, from either kind of source, bounded or open on either side.
+                for (lo_b, hi_b) in [
+                    (Some(&lo_k), Some(&hi_k)),
+                    (None, Some(&hi_k)),
+                    (Some(&lo_k), None),
+                ] {
+                    let (from, to) = (lo_b.map_or(0, |_| lo), hi_b.map_or(u32::MAX, |_| lo + len));
+                    let want: Vec<(Vec<u8>, Slot)> = keys
+                        .range(from..to)
+                        .rev()
+                        .take(100)
+                        .map(|k| (key(*k).to_vec(), slot(*k as u64).unwrap()))
+                        .collect();
+                    let rev = |src: &dyn Fn(&mut dyn FnMut(&[u8], &Slot) -> Result<bool, E>)| {
+                        let mut got = Vec::new();
+                        src(&mut |k, s| {
+                            got.push((k.to_vec(), *s));
+                            Ok(got.len() < 100)
+                        });
+                        got
+                    };
+                    let lo_s = lo_b.map(|k| &k[..]);
+                    let hi_s = hi_b.map(|k| &k[..]);
+                    let through_leaves = rev(&|f| range_rev(&src, root.as_ref(), lo_s, hi_s, f).unwrap());
+                    let through_nodes = rev(&|f| range_rev(&mem, root.as_ref(), lo_s, hi_s, f).unwrap());
+                    prop_assert_eq!(&through_leaves, &want);
+                    prop_assert_eq!(&through_nodes, &want);
+                }
             }
         }
     }

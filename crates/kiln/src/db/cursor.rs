@@ -1,0 +1,414 @@
+//! Cursors: a database's documents in id order, forwards or backwards, within bounds, after a
+//! key, with a prefix; read from the state the cursor was opened on, a batch at a time.
+//!
+//! A cursor holds its snapshot (the head record it was opened on), not the documents: each
+//! batch descends the snapshot's tree from where the last one stopped. If a compaction
+//! replaced the snapshot's files meanwhile (reads then fail to find them), the snapshot's
+//! tree is rebuilt once from its history (the same state, as every replica computes it) and
+//! the cursor goes on from there: what it hands out is always the state it was opened on.
+
+use super::*;
+use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+
+/// Entries read by the first batch; each later batch doubles, up to [`MAX_BATCH`].
+const FIRST_BATCH: usize = 16;
+const MAX_BATCH: usize = 256;
+
+/// An iterator over documents in id order, as JSON (see [`Database::cursor`]; typed:
+/// [`TypedCursor`]).
+pub struct Cursor {
+    db: Database,
+    snapshot: Arc<State>,
+    /// The snapshot's tree built from its history, once its files are gone.
+    rebuilt: Option<(Option<Cid>, DigestMap<Cid, Arc<tree::Node>>)>,
+    /// Ids still to visit: `lo` inclusive, `hi` exclusive (`None`: unbounded).
+    lo: Option<Vec<u8>>,
+    hi: Option<Vec<u8>>,
+    desc: bool,
+    left: Option<usize>,
+    /// The batch's entries not yet handed out: (where the id is in `ids`, its length, the
+    /// document version's CID, its version). Documents are loaded one at a time as they are
+    /// handed out (a batch of decoded documents held at once made the allocator's work a
+    /// third slower).
+    buf: VecDeque<(u32, u32, Cid, u64)>,
+    /// The batch's ids, back to back (one allocation for the batch, its room kept).
+    ids: Vec<u8>,
+    batch: usize,
+    done: bool,
+    /// Where the last batch read (the next one's documents are usually beside it).
+    hints: Hints,
+}
+
+impl std::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cursor")
+            .field("db", &self.db.name())
+            .field("desc", &self.desc)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix` (`None`: there
+/// is none, every string from `prefix` on starts with it or is greater).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// `id` followed by a zero byte: the smallest id greater than `id`.
+fn just_after(id: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(id.len() + 1);
+    v.extend_from_slice(id);
+    v.push(0);
+    v
+}
+
+fn max_lo(a: Option<Vec<u8>>, b: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn min_hi(a: Option<Vec<u8>>, b: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Cursor {
+    pub(super) fn open(db: &Database, opts: &ListOptions) -> Result<Cursor> {
+        let snapshot = db.inner.refresh()?;
+        let mut lo = opts.start.as_ref().map(|s| s.as_bytes().to_vec());
+        let mut hi = opts.end.as_ref().map(|e| just_after(e.as_bytes()));
+        if let Some(p) = &opts.prefix {
+            lo = max_lo(lo, Some(p.as_bytes().to_vec()));
+            hi = min_hi(hi, prefix_end(p.as_bytes()));
+        }
+        if let Some(a) = &opts.after {
+            if opts.desc {
+                hi = min_hi(hi, Some(a.as_bytes().to_vec()));
+            } else {
+                lo = max_lo(lo, Some(just_after(a.as_bytes())));
+            }
+        }
+        Ok(Cursor {
+            db: db.clone(),
+            snapshot,
+            rebuilt: None,
+            lo,
+            hi,
+            desc: opts.desc,
+            left: opts.limit,
+            buf: VecDeque::new(),
+            ids: Vec::new(),
+            batch: FIRST_BATCH,
+            done: opts.limit == Some(0),
+            hints: Hints::default(),
+        })
+    }
+
+    /// The clock heads of the state this cursor reads.
+    pub fn heads(&self) -> &[Cid] {
+        &self.snapshot.head.heads
+    }
+
+    /// The next document as JSON, or `None` at the end.
+    fn next_value(&mut self) -> Result<Option<Value>> {
+        if self.buf.is_empty() && !self.done {
+            self.fill()?;
+        }
+        let Some((at, len, link, version)) = self.buf.pop_front() else {
+            self.done = true;
+            return Ok(None);
+        };
+        if let Some(l) = &mut self.left {
+            *l -= 1;
+            if *l == 0 {
+                self.done = true;
+                self.buf.clear();
+            }
+        }
+        let id = std::str::from_utf8(&self.ids[at as usize..(at + len) as usize])
+            .map_err(|_| Error::corrupt(self.db.name().to_owned(), "document id is not UTF-8"))?
+            .to_owned();
+        self.with_view(|v| v.load_doc(&id, &link, version))
+            .map(Some)
+    }
+
+    /// Runs `f` on a view of the snapshot. If the snapshot's files are gone (a compaction
+    /// replaced them) and the database moved on, the snapshot's tree is rebuilt from its
+    /// history and `f` runs again; under an unchanged head record the damage is real.
+    fn with_view<T>(&mut self, mut f: impl FnMut(&dyn CursorSource) -> Result<T>) -> Result<T> {
+        match self.on_view(&mut f) {
+            Err(e) if e.is_corruption() && self.rebuilt.is_none() => {
+                let now = self.db.inner.reload()?;
+                if now.head == self.snapshot.head {
+                    return Err(e);
+                }
+                self.rebuild(&now)?;
+                self.on_view(&mut f)
+            }
+            r => r,
+        }
+    }
+
+    fn on_view<T>(&mut self, f: &mut dyn FnMut(&dyn CursorSource) -> Result<T>) -> Result<T> {
+        let db = &self.db.inner;
+        let head = &self.snapshot.head;
+        let hints = std::mem::take(&mut self.hints);
+        match &mut self.rebuilt {
+            None => {
+                db.ensure_tree(head)?;
+                let view = View::resume(db, head, hints);
+                let r = f(&view);
+                self.hints = view.hints();
+                r
+            }
+            Some((root, nodes)) => {
+                let point = Point {
+                    view: View::resume(db, head, hints),
+                    root: *root,
+                    built: std::mem::take(nodes),
+                };
+                let r = f(&point);
+                *nodes = point.built;
+                self.hints = point.view.hints();
+                r
+            }
+        }
+    }
+
+    /// Reads the next batch of the snapshot's entries into `buf`, and moves the bounds past
+    /// it.
+    fn fill(&mut self) -> Result<()> {
+        let want = self.batch.min(self.left.unwrap_or(usize::MAX));
+        self.batch = (self.batch * 2).min(MAX_BATCH);
+        self.ids.clear();
+        let (lo, hi, desc) = (self.lo.clone(), self.hi.clone(), self.desc);
+        let mut got = Vec::new();
+        let mut ids = std::mem::take(&mut self.ids);
+        self.with_view(|src| {
+            got.clear();
+            ids.clear();
+            src.entries(&lo, &hi, desc, want, &mut ids, &mut got)
+        })?;
+        self.ids = ids;
+        if got.len() < want {
+            self.done = true;
+        }
+        if let Some(&(at, len, _, _)) = got.last() {
+            let id = &self.ids[at as usize..(at + len) as usize];
+            if self.desc {
+                self.hi = Some(id.to_vec());
+            } else {
+                self.lo = Some(just_after(id));
+            }
+        }
+        self.buf.extend(got);
+        Ok(())
+    }
+
+    /// The snapshot's tree from its history, read through the current head `now` (whose
+    /// files hold every event the snapshot's history has, and every document version).
+    fn rebuild(&mut self, now: &State) -> Result<()> {
+        let db = &self.db.inner;
+        let view = View::new(db, &now.head);
+        let built = db.state_of_heads(&view, &self.snapshot.head.heads)?;
+        if built.root != self.snapshot.head.root {
+            return Err(Error::corrupt(
+                db.name.clone(),
+                "a cursor's snapshot rebuilt from its history is not the state its head \
+                 record names",
+            ));
+        }
+        let nodes = built.blocks.into_iter().map(|(c, _, n)| (c, n)).collect();
+        self.snapshot = Arc::new(State {
+            head: Head {
+                root: built.root,
+                ..now.head.clone()
+            },
+            stamp: now.stamp,
+            log: now.log.clone(),
+        });
+        self.rebuilt = Some((built.root, nodes));
+        Ok(())
+    }
+}
+
+/// What a cursor reads through: a view of its snapshot, or that view with the snapshot's tree
+/// rebuilt ([`Point`]).
+trait CursorSource {
+    /// Appends to `out` up to `want` live entries with ids in `[lo, hi)`, ascending or
+    /// descending, their ids to `ids`.
+    fn entries(
+        &self,
+        lo: &Option<Vec<u8>>,
+        hi: &Option<Vec<u8>>,
+        desc: bool,
+        want: usize,
+        ids: &mut Vec<u8>,
+        out: &mut Vec<(u32, u32, Cid, u64)>,
+    ) -> Result<()>;
+    fn load_doc(&self, id: &str, link: &Cid, version: u64) -> Result<Value>;
+}
+
+impl CursorSource for View<'_> {
+    fn entries(
+        &self,
+        lo: &Option<Vec<u8>>,
+        hi: &Option<Vec<u8>>,
+        desc: bool,
+        want: usize,
+        ids: &mut Vec<u8>,
+        out: &mut Vec<(u32, u32, Cid, u64)>,
+    ) -> Result<()> {
+        collect(self, self.head.root.as_ref(), lo, hi, desc, want, ids, out)
+    }
+    fn load_doc(&self, id: &str, link: &Cid, version: u64) -> Result<Value> {
+        View::load_doc(self, id, link, version)
+    }
+}
+
+impl CursorSource for Point<'_> {
+    fn entries(
+        &self,
+        lo: &Option<Vec<u8>>,
+        hi: &Option<Vec<u8>>,
+        desc: bool,
+        want: usize,
+        ids: &mut Vec<u8>,
+        out: &mut Vec<(u32, u32, Cid, u64)>,
+    ) -> Result<()> {
+        collect(self, self.root.as_ref(), lo, hi, desc, want, ids, out)
+    }
+    fn load_doc(&self, id: &str, link: &Cid, version: u64) -> Result<Value> {
+        self.view.load_doc(id, link, version)
+    }
+}
+
+/// Appends to `out` up to `want` live entries with ids in `[lo, hi)` of the tree at `root`
+/// (read through `src`), ascending or descending, their ids to `ids`.
+#[allow(clippy::too_many_arguments)]
+fn collect<S: NodeSource<Error = Error>>(
+    src: &S,
+    root: Option<&Cid>,
+    lo: &Option<Vec<u8>>,
+    hi: &Option<Vec<u8>>,
+    desc: bool,
+    want: usize,
+    ids: &mut Vec<u8>,
+    out: &mut Vec<(u32, u32, Cid, u64)>,
+) -> Result<()> {
+    let mut f = |k: &[u8], s: &Slot| -> Result<bool> {
+        let Some(link) = s.link else { return Ok(true) };
+        out.push((ids.len() as u32, k.len() as u32, link, s.version));
+        ids.extend_from_slice(k);
+        Ok(out.len() < want)
+    };
+    let (lo, hi) = (lo.as_deref(), hi.as_deref());
+    if lo.zip(hi).is_some_and(|(l, h)| l >= h) {
+        return Ok(());
+    }
+    if desc {
+        tree::range_rev(src, root, lo, hi, &mut f)
+    } else {
+        tree::range(src, root, lo, hi, &mut f)
+    }
+}
+
+impl Iterator for Cursor {
+    type Item = Result<Value>;
+    fn next(&mut self) -> Option<Result<Value>> {
+        match self.next_value() {
+            Ok(d) => d.map(Ok),
+            Err(e) => {
+                self.done = true;
+                self.buf.clear();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// A cursor over documents decoded as `T` ([`Database::cursor_as`]).
+pub struct TypedCursor<T> {
+    inner: Cursor,
+    _doc: PhantomData<fn() -> T>,
+}
+
+impl<T> TypedCursor<T> {
+    /// The clock heads of the state this cursor reads.
+    pub fn heads(&self) -> &[Cid] {
+        self.inner.heads()
+    }
+}
+
+impl<T> std::fmt::Debug for TypedCursor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for TypedCursor<T> {
+    type Item = Result<T>;
+    fn next(&mut self) -> Option<Result<T>> {
+        let c = &mut self.inner;
+        let r = c
+            .next_value()
+            .and_then(|d| d.map(|v| typed::decode_doc(c.db.name(), v)).transpose());
+        match r {
+            Ok(d) => d.map(Ok),
+            Err(e) => {
+                c.done = true;
+                c.buf.clear();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Database {
+    /// An iterator over the documents `opts` selects, in id order (descending with
+    /// `opts.desc`), read from the state as it is now (later commits do not show), a batch at
+    /// a time: it holds the state, not the documents. `limit` bounds how many it yields.
+    ///
+    /// ```
+    /// # fn main() -> kiln::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = kiln::Store::open(dir.path())?;
+    /// # let db = store.create(Some("chat"))?;
+    /// for i in 0..100 {
+    ///     db.put(&serde_json::json!({"_id": format!("lobby/{i:04}"), "n": i}))?;
+    /// }
+    /// // The latest 3 messages of the room, newest first.
+    /// let latest = db.cursor(&kiln::ListOptions::default().prefix("lobby/").desc().limit(3))?;
+    /// let n: Vec<i64> = latest.map(|d| Ok(d?["n"].as_i64().unwrap())).collect::<kiln::Result<_>>()?;
+    /// assert_eq!(n, [99, 98, 97]);
+    /// // The page after a given id.
+    /// let page = db.cursor(&kiln::ListOptions::default().after("lobby/0010").limit(2))?;
+    /// assert_eq!(page.map(|d| d.unwrap()["n"].clone()).collect::<Vec<_>>(), [11, 12]);
+    /// # Ok(()) }
+    /// ```
+    pub fn cursor(&self, opts: &ListOptions) -> Result<Cursor> {
+        Cursor::open(self, opts)
+    }
+
+    /// [`Database::cursor`] yielding documents as `T`s (see [`Database::get_as`]).
+    pub fn cursor_as<T: DeserializeOwned>(&self, opts: &ListOptions) -> Result<TypedCursor<T>> {
+        Ok(TypedCursor {
+            inner: Cursor::open(self, opts)?,
+            _doc: PhantomData,
+        })
+    }
+}
