@@ -146,23 +146,33 @@ impl Cursor {
             .map(Some)
     }
 
-    /// Runs `f` on a view of the snapshot. If the snapshot's files are gone (a compaction
-    /// replaced them) and the database moved on, the snapshot's tree is rebuilt from its
-    /// history and `f` runs again; under an unchanged head record the damage is real.
+    /// Runs `f` on a view of the snapshot. If the files it reads through are gone (another
+    /// handle or process compacted: the files were replaced) and the database moved on, the
+    /// snapshot's tree is rebuilt (once) from its history, read through the newer files, and
+    /// `f` runs again; the files can be replaced again meanwhile, so this repeats a few
+    /// times. Under an unchanged head record the damage is real.
     fn with_view<T>(&mut self, mut f: impl FnMut(&dyn CursorSource) -> Result<T>) -> Result<T> {
-        match self.on_view(&mut f) {
-            Err(e) if e.is_corruption() && self.rebuilt.is_none() => {
+        let mut tries = 0;
+        loop {
+            let e = match self.on_view(&mut f) {
+                Err(e) if e.is_corruption() => e,
+                r => return r,
+            };
+            loop {
                 let now = self.db.inner.reload()?;
-                if now.head == self.snapshot.head {
+                let through = &self.snapshot.head;
+                if tries == 8 || (now.head.seq == through.seq && now.head.files == through.files) {
                     return Err(e);
                 }
-                self.rebuild(&now)?;
-                self.on_view(&mut f)
+                tries += 1;
+                match self.read_through(&now) {
+                    Err(e) if e.is_corruption() => continue,
+                    r => r?,
+                }
+                break;
             }
-            r => r,
         }
     }
-
     fn on_view<T>(&mut self, f: &mut dyn FnMut(&dyn CursorSource) -> Result<T>) -> Result<T> {
         let db = &self.db.inner;
         let head = &self.snapshot.head;
@@ -219,29 +229,35 @@ impl Cursor {
         Ok(())
     }
 
-    /// The snapshot's tree from its history, read through the current head `now` (whose
-    /// files hold every event the snapshot's history has, and every document version).
-    fn rebuild(&mut self, now: &State) -> Result<()> {
-        let db = &self.db.inner;
-        let view = View::new(db, &now.head);
-        let built = db.state_of_heads(&view, &self.snapshot.head.heads)?;
-        if built.root != self.snapshot.head.root {
-            return Err(Error::corrupt(
-                db.name.clone(),
-                "a cursor's snapshot rebuilt from its history is not the state its head \
-                 record names",
-            ));
-        }
-        let nodes = built.blocks.into_iter().map(|(c, _, n)| (c, n)).collect();
+    /// Reads the snapshot on through the files of `now` (a newer head record): its tree
+    /// rebuilt from its history the first time (the files replaced held the tree's nodes).
+    fn read_through(&mut self, now: &State) -> Result<()> {
+        let root = match &self.rebuilt {
+            Some((root, _)) => *root,
+            None => {
+                let db = &self.db.inner;
+                let view = View::new(db, &now.head);
+                let built = db.state_of_heads(&view, &self.snapshot.head.heads)?;
+                if built.root != self.snapshot.head.root {
+                    return Err(Error::corrupt(
+                        db.name.clone(),
+                        "a cursor's snapshot rebuilt from its history is not the state its \
+                         head record names",
+                    ));
+                }
+                let nodes = built.blocks.into_iter().map(|(c, _, n)| (c, n)).collect();
+                self.rebuilt = Some((built.root, nodes));
+                built.root
+            }
+        };
         self.snapshot = Arc::new(State {
             head: Head {
-                root: built.root,
+                root,
                 ..now.head.clone()
             },
             stamp: now.stamp,
             log: now.log.clone(),
         });
-        self.rebuilt = Some((built.root, nodes));
         Ok(())
     }
 }
