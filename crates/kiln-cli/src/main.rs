@@ -26,7 +26,8 @@ use std::process::ExitCode;
     about = "kiln: an embedded, encrypted, content-addressed document database",
     after_help = "Exit codes: 0 ok, 1 error, 2 bad usage or input (also: invalid UTF-8, a document \
                   over 8 MiB of JSON text, an integer outside the 64-bit range), 3 document not \
-                  found (or purged), 4 no such store, database or event, 5 corruption found.\n\
+                  found (or purged), 4 no such store, database or event, 5 corruption found, 6 the \
+                  document changed (put --if-rev / --if-absent, del --if-rev): nothing written.\n\
                   The store folder is --root, else $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln."
 )]
 struct Cli {

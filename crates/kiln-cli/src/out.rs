@@ -12,6 +12,8 @@ pub mod code {
     pub const NOT_FOUND: u8 = 3;
     pub const NO_SUCH: u8 = 4;
     pub const CORRUPT: u8 = 5;
+    /// An expected-version write found the document at another version: nothing written.
+    pub const CONFLICT: u8 = 6;
 }
 
 pub struct Out {
@@ -71,6 +73,7 @@ pub fn exit_code(e: &Error) -> u8 {
         Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) | Error::NoStore(_) => code::NO_SUCH,
         Error::Purged(..) | Error::NoSuchDocument { .. } => code::NOT_FOUND,
         Error::Changed(_) => code::USAGE,
+        Error::Conflict { .. } => code::CONFLICT,
         e if e.is_corruption() => code::CORRUPT,
         _ => code::ERROR,
     }

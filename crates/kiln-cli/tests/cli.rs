@@ -920,3 +920,30 @@ fn a_lineage_without_a_key_says_no_key() {
     assert!(e.starts_with("kiln: no key for database 'x'"), "{e}");
     assert!(!e.contains("import") && !e.contains("`kiln"), "{e}");
 }
+
+/// `get --rev`, then `put --if-rev` / `--if-absent` and `del --if-rev`: a write that finds
+/// the document moved exits 6 and writes nothing.
+#[test]
+fn expected_version_writes_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "n"]);
+    ok(r, &["put", "n", r#"{"_id":"a","v":1}"#, "--if-absent"]);
+    let o = kiln(r, &["put", "n", r#"{"_id":"a","v":9}"#, "--if-absent"], None);
+    assert_eq!(code(&o), 6, "{}", stderr(&o));
+    assert!(stderr(&o).contains("changed"), "{}", stderr(&o));
+    let rev = ok(r, &["get", "n", "a", "--rev"]).trim().to_owned();
+    assert_eq!(json(r, &["get", "n", "a", "--rev"])["rev"], rev.as_str());
+    ok(r, &["put", "n", r#"{"_id":"a","v":2}"#]);
+    let o = kiln(r, &["put", "n", r#"{"_id":"a","v":3}"#, "--if-rev", &rev], None);
+    assert_eq!(code(&o), 6);
+    assert_eq!(json(r, &["get", "n", "a"])["v"], 2);
+    let rev = ok(r, &["get", "n", "a", "--rev"]).trim().to_owned();
+    ok(r, &["put", "n", r#"{"_id":"a","v":3}"#, "--if-rev", &rev]);
+    assert_eq!(code(&kiln(r, &["del", "n", "a", "--if-rev", &rev], None)), 6);
+    let rev = ok(r, &["get", "n", "a", "--rev"]).trim().to_owned();
+    ok(r, &["del", "n", "a", "--if-rev", &rev]);
+    assert_eq!(code(&kiln(r, &["get", "n", "a", "--rev"], None)), 3);
+    let o = kiln(r, &["put", "n", r#"{"_id":"a"}"#, "--if-rev", "nonsense"], None);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}

@@ -27,6 +27,17 @@ pub enum Error {
     InvalidDocument(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An expected-version write (`Database::put_if`, `del_if`) found the document at another
+    /// version: another write came first. Nothing was written.
+    #[error("{}", conflict(.db, .id, .expected, .actual))]
+    Conflict {
+        db: String,
+        id: String,
+        /// The version the write expected (`None`: no document).
+        expected: Option<crate::Rev>,
+        /// The version the document is at (`None`: none, or deleted).
+        actual: Option<crate::Rev>,
+    },
     /// A stored document does not fit the type a typed read asked for (`Database::get_as`
     /// and the like); the document is as it was.
     #[error("document {id:?} in database '{db}' does not fit {into}: {why}")]
@@ -96,6 +107,24 @@ fn no_such_document(db: &str, ids: &[String]) -> String {
         .join(", ");
     let s = if ids.len() == 1 { "" } else { "s" };
     format!("no document{s} {list} in database '{db}'")
+}
+
+fn conflict(
+    db: &str,
+    id: &str,
+    expected: &Option<crate::Rev>,
+    actual: &Option<crate::Rev>,
+) -> String {
+    let at = |r: &Option<crate::Rev>| match r {
+        Some(r) => format!("version {r}"),
+        None => "no document".to_owned(),
+    };
+    format!(
+        "document {id:?} in database '{db}' changed: expected {}, found {} (read it again \
+         and retry)",
+        at(expected),
+        at(actual)
+    )
 }
 
 /// Shorthand.

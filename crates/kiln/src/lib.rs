@@ -44,7 +44,7 @@ pub use db::settings::Settings;
 pub use db::verify::{Problem, Report as VerifyReport};
 pub use db::{
     Change, Committed, Conflict, Cursor, Database, DocDiff, HistoryFile, Info, ListOptions,
-    Location, LogEntry, MergeReport, PurgeReport, Side, Transaction, TypedCursor, LEVEL_FANIN,
+    Location, LogEntry, MergeReport, PurgeReport, Rev, Side, Transaction, TypedCursor, LEVEL_FANIN,
 };
 pub use error::{Error, Result};
 pub use format::block::cid::{Cid, ParseCidError};

@@ -178,3 +178,84 @@ fn handles_print_what_they_are() {
     let tx = db.transaction().unwrap();
     assert!(format!("{tx:?}").contains("chat"));
 }
+
+#[test]
+fn an_expected_version_write_refuses_a_document_that_moved() {
+    let (_d, _s, db) = db();
+    db.put_if(&msg("m1", "first"), None).unwrap();
+    // Only if absent: it exists now.
+    let e = db.put_if(&msg("m1", "again"), None).unwrap_err();
+    assert!(
+        matches!(&e, Error::Conflict { id, expected: None, actual: Some(_), .. } if id == "m1"),
+        "{e}"
+    );
+    let (doc, rev) = db.get_with_rev("m1").unwrap().unwrap();
+    assert_eq!(doc["text"], "first");
+    assert_eq!(db.rev("m1").unwrap(), Some(rev));
+    let events = db.info().unwrap().events;
+    db.put(&msg("m1", "someone else")).unwrap();
+    let e = db.put_if(&msg("m1", "mine"), Some(&rev)).unwrap_err();
+    assert!(matches!(&e, Error::Conflict { expected: Some(x), .. } if *x == rev), "{e}");
+    assert!(e.to_string().contains("read it again"), "{e}");
+    assert_eq!(db.info().unwrap().events, events + 1, "the refused write wrote nothing");
+    assert_eq!(db.get_as::<Message>("m1").unwrap().unwrap().text, "someone else");
+    // Written back to equal contents, a document still has a new version.
+    let before = db.rev("m1").unwrap().unwrap();
+    db.put(&msg("m1", "someone else")).unwrap();
+    let after = db.rev("m1").unwrap().unwrap();
+    assert_eq!(before.cid, after.cid);
+    assert_ne!(before, after);
+    assert!(db.put_if(&msg("m1", "x"), Some(&before)).is_err());
+    db.put_if(&msg("m1", "x"), Some(&after)).unwrap();
+    // Deletes too; then "absent" holds again.
+    let now = db.rev("m1").unwrap().unwrap();
+    assert!(matches!(db.del_if("m1", &after), Err(Error::Conflict { .. })));
+    db.del_if("m1", &now).unwrap();
+    assert_eq!(db.rev("m1").unwrap(), None);
+    assert!(matches!(
+        db.del_if("m1", &now),
+        Err(Error::Conflict { actual: None, .. })
+    ));
+    db.put_json_if(r#"{"_id": "m1", "room": "r", "text": "back"}"#, None)
+        .unwrap();
+    // The text form round-trips, and bad text is a clear error.
+    let r = db.rev("m1").unwrap().unwrap();
+    assert_eq!(r.to_string().parse::<kiln::Rev>().unwrap(), r);
+    assert!(r.to_string().starts_with(&format!("{}-b", r.height)));
+    let bad = "12-nope".parse::<kiln::Rev>().unwrap_err();
+    assert!(matches!(bad, Error::InvalidArgument(_)), "{bad}");
+}
+
+/// Compare-and-swap increments from several threads and handles lose none.
+#[test]
+fn expected_version_writes_lose_no_update() {
+    let (d, _s, db) = db();
+    db.put(&json!({"_id": "counter", "n": 0})).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            // Half share the handle, half open their own (as other processes would).
+            let db = if t % 2 == 0 {
+                db.clone()
+            } else {
+                Store::open(d.path()).unwrap().open_db("chat").unwrap()
+            };
+            std::thread::spawn(move || {
+                let mut retries = 0;
+                for _ in 0..25 {
+                    loop {
+                        let (doc, rev) = db.get_with_rev("counter").unwrap().unwrap();
+                        let n = doc["n"].as_u64().unwrap();
+                        match db.put_if(&json!({"_id": "counter", "n": n + 1}), Some(&rev)) {
+                            Ok(_) => break,
+                            Err(Error::Conflict { .. }) => retries += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                retries
+            })
+        })
+        .collect();
+    let retries: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(db.get("counter").unwrap().unwrap()["n"], 100, "{retries} retries");
+}

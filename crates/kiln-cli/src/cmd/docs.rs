@@ -6,7 +6,7 @@ use crate::input::{
 };
 use crate::out::{bad_input, cids, code, esc, exit_code, utc, Fail};
 use clap::Subcommand;
-use kiln::{Cid, Database, Error, ListOptions};
+use kiln::{Cid, Database, Error, ListOptions, Rev};
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -23,6 +23,13 @@ pub enum DocsGroup {
         /// The document; read from stdin when omitted or `-`.
         #[arg(value_name = "JSON")]
         doc: Option<String>,
+        /// Write only if the document is still at this version (from `kiln get DB ID --rev`);
+        /// else exit 6, writing nothing.
+        #[arg(long, value_name = "REV", conflicts_with = "if_absent")]
+        if_rev: Option<String>,
+        /// Write only if the document does not exist; else exit 6, writing nothing.
+        #[arg(long)]
+        if_absent: bool,
     },
     /// Read a document; exit code 3 if it does not exist.
     Get {
@@ -35,10 +42,21 @@ pub enum DocsGroup {
         /// settled them) instead of the document.
         #[arg(long)]
         conflicts: bool,
+        /// Print the document's version (HEIGHT-CID, for `put --if-rev`) instead of the
+        /// document.
+        #[arg(long, conflicts_with_all = ["at", "conflicts"])]
+        rev: bool,
     },
     /// Delete a document (records a tombstone); exit code 3, writing nothing, if it does not
     /// exist.
-    Del { db: String, id: String },
+    Del {
+        db: String,
+        id: String,
+        /// Delete only if the document is still at this version (from `kiln get DB ID
+        /// --rev`); else exit 6, writing nothing.
+        #[arg(long, value_name = "REV")]
+        if_rev: Option<String>,
+    },
     /// List documents in id order (one JSON document per line; --json: one array).
     ///
     /// Pages: `--limit N`, then `--after LAST_ID` with the last id printed. The listing is of
@@ -95,7 +113,15 @@ pub enum DocsGroup {
 impl DocsGroup {
     pub fn run(self, ctx: &Ctx) -> Result<u8, Fail> {
         match self {
-            DocsGroup::Put { db, doc: text } => put(ctx, db, text),
+            DocsGroup::Put {
+                db,
+                doc: text,
+                if_rev,
+                if_absent,
+            } => put(ctx, db, text, expected(if_rev, if_absent)?),
+            DocsGroup::Get {
+                db, id, rev: true, ..
+            } => rev(ctx, db, id),
             DocsGroup::Get {
                 db,
                 id,
@@ -103,7 +129,7 @@ impl DocsGroup {
                 ..
             } => conflicts(ctx, db, id),
             DocsGroup::Get { db, id, at, .. } => get(ctx, db, id, at),
-            DocsGroup::Del { db, id } => del(ctx, db, id),
+            DocsGroup::Del { db, id, if_rev } => del(ctx, db, id, if_rev),
             DocsGroup::Docs {
                 db,
                 limit,
@@ -132,7 +158,22 @@ impl DocsGroup {
     }
 }
 
-fn put(ctx: &Ctx, db: String, text: Option<String>) -> Result<u8, Fail> {
+/// What `put` expects of the document: nothing (`None`), no document (`Some(None)`), or a
+/// version.
+fn expected(if_rev: Option<String>, if_absent: bool) -> Result<Option<Option<Rev>>, Fail> {
+    match (if_rev, if_absent) {
+        (Some(r), _) => Ok(Some(Some(r.parse::<Rev>()?))),
+        (None, true) => Ok(Some(None)),
+        (None, false) => Ok(None),
+    }
+}
+
+fn put(
+    ctx: &Ctx,
+    db: String,
+    text: Option<String>,
+    expect: Option<Option<Rev>>,
+) -> Result<u8, Fail> {
     let db = ctx.open(&db)?;
     let text = match text {
         Some(t) if t != "-" => {
@@ -145,7 +186,10 @@ fn put(ctx: &Ctx, db: String, text: Option<String>) -> Result<u8, Fail> {
     };
     // From the text (not through a serde_json Value, which makes a float of an
     // integer outside the 64-bit range: the text path refuses it).
-    let c = db.put_json(&text)?;
+    let c = match expect {
+        None => db.put_json(&text)?,
+        Some(rev) => db.put_json_if(&text, rev.as_ref())?,
+    };
     ctx.out.print(
         || format!("{} {}", esc(&c.ids[0]), c.event),
         || json!({"id": c.ids[0], "event": c.event.to_string(), "heads": cids(&c.heads)}),
@@ -188,9 +232,26 @@ fn get(ctx: &Ctx, db: String, id: String, at: Option<String>) -> Result<u8, Fail
     Ok(0)
 }
 
-fn del(ctx: &Ctx, db: String, id: String) -> Result<u8, Fail> {
+fn rev(ctx: &Ctx, db: String, id: String) -> Result<u8, Fail> {
     let db = ctx.open(&db)?;
-    let c = db.del(&id)?;
+    match db.rev(&id)? {
+        Some(r) => ctx
+            .out
+            .print(|| r.to_string(), || json!({"id": id, "rev": r})),
+        None => {
+            eprintln!("kiln: no document {id:?} in {}", db.name());
+            return Ok(code::NOT_FOUND);
+        }
+    }
+    Ok(0)
+}
+
+fn del(ctx: &Ctx, db: String, id: String, if_rev: Option<String>) -> Result<u8, Fail> {
+    let db = ctx.open(&db)?;
+    let c = match if_rev {
+        Some(r) => db.del_if(&id, &r.parse::<Rev>()?)?,
+        None => db.del(&id)?,
+    };
     ctx.out.print(
         || format!("deleted {} {}", esc(&id), c.event),
         || json!({"id": id, "event": c.event.to_string(), "heads": cids(&c.heads)}),

@@ -89,6 +89,7 @@ pub(super) fn prepare_all<T: Sync>(
         runs: vec![run_a, run_b],
         pending: pa.or(pb),
         deletes_need_live: false,
+        expect: Vec::new(),
     })
 }
 
@@ -135,6 +136,9 @@ pub(super) struct Prepared {
     /// A delete of an id without a live document fails the commit ([`Error::NoSuchDocument`],
     /// checked under the writer lock) instead of recording it.
     pub(super) deletes_need_live: bool,
+    /// Versions the written ids must be at (`None`: no live document) for the commit to go
+    /// ahead, checked under the writer lock ([`Error::Conflict`] otherwise).
+    pub(super) expect: Vec<(String, Option<Rev>)>,
 }
 
 impl Prepared {
@@ -145,6 +149,7 @@ impl Prepared {
             runs: Vec::new(),
             pending: None,
             deletes_need_live: false,
+            expect: Vec::new(),
         }
     }
 }
@@ -228,6 +233,56 @@ impl Database {
     /// [`Database::bulk`] for documents given as JSON text (see [`Database::put_json`]).
     pub fn bulk_json<S: AsRef<str> + Sync>(&self, docs: &[S]) -> Result<Committed> {
         self.bulk_with(docs, |d| doc::prepare_json(d.as_ref()))
+    }
+
+    /// Writes (replaces) one document only if it is still at version `expected` (what
+    /// [`Database::rev`] or [`Database::get_with_rev`] gave when it was read; `None`: only if
+    /// it does not exist): a compare-and-swap. Checked under the writer lock against the
+    /// latest state; another write in between makes it [`Error::Conflict`] and nothing is
+    /// written (read again, apply the change, retry).
+    ///
+    /// ```
+    /// # fn main() -> kiln::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = kiln::Store::open(dir.path())?.create(Some("c"))?;
+    /// use serde_json::json;
+    /// db.put_if(&json!({"_id": "n", "count": 1}), None)?;          // only if absent
+    /// let (doc, rev) = db.get_with_rev("n")?.unwrap();
+    /// db.put(&json!({"_id": "n", "count": 5}))?;                    // someone else's write
+    /// let stale = db.put_if(&json!({"_id": "n", "count": doc["count"].as_i64().unwrap() + 1}), Some(&rev));
+    /// assert!(matches!(stale, Err(kiln::Error::Conflict { .. })));
+    /// let (_, rev) = db.get_with_rev("n")?.unwrap();
+    /// db.put_if(&json!({"_id": "n", "count": 6}), Some(&rev))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn put_if<T: Serialize + ?Sized>(
+        &self,
+        doc: &T,
+        expected: Option<&Rev>,
+    ) -> Result<Committed> {
+        let w = write_of(doc::prepare_serialize(doc)?);
+        let mut p = Prepared::of(Vec::new());
+        p.expect = vec![(w.0.clone(), expected.copied())];
+        p.writes = vec![w];
+        self.finish(self.inner.commit(CommitRequest::of(p))?)
+    }
+
+    /// [`Database::put_if`] for a document given as JSON text (see [`Database::put_json`]).
+    pub fn put_json_if(&self, text: &str, expected: Option<&Rev>) -> Result<Committed> {
+        let w = write_of(doc::prepare_json(text)?);
+        let mut p = Prepared::of(Vec::new());
+        p.expect = vec![(w.0.clone(), expected.copied())];
+        p.writes = vec![w];
+        self.finish(self.inner.commit(CommitRequest::of(p))?)
+    }
+
+    /// [`Database::del`] only if the document is still at version `expected` (see
+    /// [`Database::put_if`]).
+    pub fn del_if(&self, id: &str, expected: &Rev) -> Result<Committed> {
+        doc::check_id(id)?;
+        let mut p = Prepared::of(vec![(id.to_owned(), None)]);
+        p.expect = vec![(id.to_owned(), Some(*expected))];
+        self.finish(self.inner.commit(CommitRequest::of(p))?)
     }
 
     /// Deletes a document (writes a tombstone). An id without a live document (never written,
@@ -527,6 +582,7 @@ impl Db {
             runs,
             pending,
             deletes_need_live,
+            expect,
         } = batch;
         // Let a finished background compaction swap its result in first (bounded wait).
         let t = std::time::Instant::now();
@@ -619,6 +675,21 @@ impl Db {
                         return Err(Error::NoSuchDocument {
                             db: db.name.clone(),
                             ids,
+                        });
+                    }
+                }
+                for (id, want) in &expect {
+                    let at = sorted
+                        .binary_search_by(|(k, _)| k.as_bytes().cmp(id.as_bytes()))
+                        .ok()
+                        .and_then(|i| state.previous.get(i).copied().flatten());
+                    let now = at.and_then(Rev::of);
+                    if now != *want {
+                        return Err(Error::Conflict {
+                            db: db.name.clone(),
+                            id: id.clone(),
+                            expected: *want,
+                            actual: now,
                         });
                     }
                 }

@@ -292,6 +292,27 @@ impl Database {
         self.inner.read(|v| v.doc(id, v.head.root.as_ref()))
     }
 
+    /// The version a document is at (`None`: no live document), for [`Database::put_if`].
+    pub fn rev(&self, id: &str) -> Result<Option<Rev>> {
+        doc::check_id(id)?;
+        self.inner
+            .read(|v| Ok(tree::get(v, v.head.root.as_ref(), id.as_bytes())?.and_then(Rev::of)))
+    }
+
+    /// Reads one document with its version (one state: the version is the document's).
+    pub fn get_with_rev(&self, id: &str) -> Result<Option<(Value, Rev)>> {
+        doc::check_id(id)?;
+        self.inner.read(|v| {
+            let Some(slot) = tree::get(v, v.head.root.as_ref(), id.as_bytes())? else {
+                return Ok(None);
+            };
+            let Some(rev) = Rev::of(slot) else {
+                return Ok(None);
+            };
+            Ok(Some((v.load_doc(id, &rev.cid, rev.height)?, rev)))
+        })
+    }
+
     /// Reads one document as it was at `event` (any event of this database).
     pub fn get_at(&self, id: &str, event: &Cid) -> Result<Option<Value>> {
         doc::check_id(id)?;

@@ -14,6 +14,61 @@ pub struct Committed {
     pub heads: Vec<Cid>,
 }
 
+/// A document's version: the height of the event that wrote it and the CID of what it wrote
+/// (as text `HEIGHT-CID`, e.g. `12-bafyrei…`). Two writes of equal contents differ in height,
+/// so a document written back to an earlier value has a new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rev {
+    pub height: u64,
+    pub cid: Cid,
+}
+
+impl Rev {
+    /// A tree slot's version, `None` for a tombstone.
+    pub(crate) fn of(s: Slot) -> Option<Rev> {
+        s.link.map(|cid| Rev {
+            height: s.version,
+            cid,
+        })
+    }
+}
+
+impl std::fmt::Display for Rev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.height, self.cid)
+    }
+}
+
+impl std::str::FromStr for Rev {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Rev> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "{s:?} is not a document version (expected HEIGHT-CID, as `kiln get --rev` \
+                 prints)"
+            ))
+        };
+        let (h, c) = s.split_once('-').ok_or_else(bad)?;
+        Ok(Rev {
+            height: h.parse().map_err(|_| bad())?,
+            cid: c.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl serde::Serialize for Rev {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Rev {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Rev, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One entry of a change feed (`T`: the document's type, JSON by default; see
 /// [`Change::decode`]).
 #[derive(Clone, Debug, PartialEq)]
