@@ -73,7 +73,7 @@ pub fn exit_code(e: &Error) -> u8 {
         Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) | Error::NoStore(_) => code::NO_SUCH,
         Error::Purged(..) | Error::NoSuchDocument { .. } => code::NOT_FOUND,
         Error::Changed(_) => code::USAGE,
-        Error::Conflict { .. } => code::CONFLICT,
+        Error::Conflict(_) => code::CONFLICT,
         e if e.is_corruption() => code::CORRUPT,
         _ => code::ERROR,
     }

@@ -929,21 +929,36 @@ fn expected_version_writes_from_the_command_line() {
     let r = d.path();
     ok(r, &["db", "create", "n"]);
     ok(r, &["put", "n", r#"{"_id":"a","v":1}"#, "--if-absent"]);
-    let o = kiln(r, &["put", "n", r#"{"_id":"a","v":9}"#, "--if-absent"], None);
+    let o = kiln(
+        r,
+        &["put", "n", r#"{"_id":"a","v":9}"#, "--if-absent"],
+        None,
+    );
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     assert!(stderr(&o).contains("changed"), "{}", stderr(&o));
     let rev = ok(r, &["get", "n", "a", "--rev"]).trim().to_owned();
     assert_eq!(json(r, &["get", "n", "a", "--rev"])["rev"], rev.as_str());
     ok(r, &["put", "n", r#"{"_id":"a","v":2}"#]);
-    let o = kiln(r, &["put", "n", r#"{"_id":"a","v":3}"#, "--if-rev", &rev], None);
+    let o = kiln(
+        r,
+        &["put", "n", r#"{"_id":"a","v":3}"#, "--if-rev", &rev],
+        None,
+    );
     assert_eq!(code(&o), 6);
     assert_eq!(json(r, &["get", "n", "a"])["v"], 2);
     let rev = ok(r, &["get", "n", "a", "--rev"]).trim().to_owned();
     ok(r, &["put", "n", r#"{"_id":"a","v":3}"#, "--if-rev", &rev]);
-    assert_eq!(code(&kiln(r, &["del", "n", "a", "--if-rev", &rev], None)), 6);
+    assert_eq!(
+        code(&kiln(r, &["del", "n", "a", "--if-rev", &rev], None)),
+        6
+    );
     let rev = ok(r, &["get", "n", "a", "--rev"]).trim().to_owned();
     ok(r, &["del", "n", "a", "--if-rev", &rev]);
     assert_eq!(code(&kiln(r, &["get", "n", "a", "--rev"], None)), 3);
-    let o = kiln(r, &["put", "n", r#"{"_id":"a"}"#, "--if-rev", "nonsense"], None);
+    let o = kiln(
+        r,
+        &["put", "n", r#"{"_id":"a"}"#, "--if-rev", "nonsense"],
+        None,
+    );
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }

@@ -29,15 +29,8 @@ pub enum Error {
     InvalidArgument(String),
     /// An expected-version write (`Database::put_if`, `del_if`) found the document at another
     /// version: another write came first. Nothing was written.
-    #[error("{}", conflict(.db, .id, .expected, .actual))]
-    Conflict {
-        db: String,
-        id: String,
-        /// The version the write expected (`None`: no document).
-        expected: Option<crate::Rev>,
-        /// The version the document is at (`None`: none, or deleted).
-        actual: Option<crate::Rev>,
-    },
+    #[error("{0}")]
+    Conflict(Box<WriteConflict>),
     /// A stored document does not fit the type a typed read asked for (`Database::get_as`
     /// and the like); the document is as it was.
     #[error("document {id:?} in database '{db}' does not fit {into}: {why}")]
@@ -109,22 +102,33 @@ fn no_such_document(db: &str, ids: &[String]) -> String {
     format!("no document{s} {list} in database '{db}'")
 }
 
-fn conflict(
-    db: &str,
-    id: &str,
-    expected: &Option<crate::Rev>,
-    actual: &Option<crate::Rev>,
-) -> String {
-    let at = |r: &Option<crate::Rev>| match r {
-        Some(r) => format!("version {r}"),
-        None => "no document".to_owned(),
-    };
-    format!(
-        "document {id:?} in database '{db}' changed: expected {}, found {} (read it again \
-         and retry)",
-        at(expected),
-        at(actual)
-    )
+/// What an expected-version write found ([`Error::Conflict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteConflict {
+    pub db: String,
+    pub id: String,
+    /// The version the write expected (`None`: no document).
+    pub expected: Option<crate::Rev>,
+    /// The version the document is at (`None`: none, or deleted).
+    pub actual: Option<crate::Rev>,
+}
+
+impl std::fmt::Display for WriteConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |r: &Option<crate::Rev>| match r {
+            Some(r) => format!("version {r}"),
+            None => "no document".to_owned(),
+        };
+        write!(
+            f,
+            "document {:?} in database '{}' changed: expected {}, found {} (read it again \
+             and retry)",
+            self.id,
+            self.db,
+            at(&self.expected),
+            at(&self.actual)
+        )
+    }
 }
 
 /// Shorthand.

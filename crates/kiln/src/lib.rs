@@ -46,7 +46,7 @@ pub use db::{
     Change, Committed, Conflict, Cursor, Database, DocDiff, HistoryFile, Info, ListOptions,
     Location, LogEntry, MergeReport, PurgeReport, Rev, Side, Transaction, TypedCursor, LEVEL_FANIN,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, WriteConflict};
 pub use format::block::cid::{Cid, ParseCidError};
 pub use format::head::TreeShape;
 pub use format::seal::Key;

@@ -186,7 +186,7 @@ fn an_expected_version_write_refuses_a_document_that_moved() {
     // Only if absent: it exists now.
     let e = db.put_if(&msg("m1", "again"), None).unwrap_err();
     assert!(
-        matches!(&e, Error::Conflict { id, expected: None, actual: Some(_), .. } if id == "m1"),
+        matches!(&e, Error::Conflict(c) if c.id == "m1" && c.expected.is_none() && c.actual.is_some()),
         "{e}"
     );
     let (doc, rev) = db.get_with_rev("m1").unwrap().unwrap();
@@ -195,10 +195,20 @@ fn an_expected_version_write_refuses_a_document_that_moved() {
     let events = db.info().unwrap().events;
     db.put(&msg("m1", "someone else")).unwrap();
     let e = db.put_if(&msg("m1", "mine"), Some(&rev)).unwrap_err();
-    assert!(matches!(&e, Error::Conflict { expected: Some(x), .. } if *x == rev), "{e}");
+    assert!(
+        matches!(&e, Error::Conflict(c) if c.expected == Some(rev)),
+        "{e}"
+    );
     assert!(e.to_string().contains("read it again"), "{e}");
-    assert_eq!(db.info().unwrap().events, events + 1, "the refused write wrote nothing");
-    assert_eq!(db.get_as::<Message>("m1").unwrap().unwrap().text, "someone else");
+    assert_eq!(
+        db.info().unwrap().events,
+        events + 1,
+        "the refused write wrote nothing"
+    );
+    assert_eq!(
+        db.get_as::<Message>("m1").unwrap().unwrap().text,
+        "someone else"
+    );
     // Written back to equal contents, a document still has a new version.
     let before = db.rev("m1").unwrap().unwrap();
     db.put(&msg("m1", "someone else")).unwrap();
@@ -209,12 +219,12 @@ fn an_expected_version_write_refuses_a_document_that_moved() {
     db.put_if(&msg("m1", "x"), Some(&after)).unwrap();
     // Deletes too; then "absent" holds again.
     let now = db.rev("m1").unwrap().unwrap();
-    assert!(matches!(db.del_if("m1", &after), Err(Error::Conflict { .. })));
+    assert!(matches!(db.del_if("m1", &after), Err(Error::Conflict(_))));
     db.del_if("m1", &now).unwrap();
     assert_eq!(db.rev("m1").unwrap(), None);
     assert!(matches!(
         db.del_if("m1", &now),
-        Err(Error::Conflict { actual: None, .. })
+        Err(Error::Conflict(c)) if c.actual.is_none()
     ));
     db.put_json_if(r#"{"_id": "m1", "room": "r", "text": "back"}"#, None)
         .unwrap();
@@ -247,7 +257,7 @@ fn expected_version_writes_lose_no_update() {
                         let n = doc["n"].as_u64().unwrap();
                         match db.put_if(&json!({"_id": "counter", "n": n + 1}), Some(&rev)) {
                             Ok(_) => break,
-                            Err(Error::Conflict { .. }) => retries += 1,
+                            Err(Error::Conflict(_)) => retries += 1,
                             Err(e) => panic!("{e}"),
                         }
                     }
@@ -257,5 +267,9 @@ fn expected_version_writes_lose_no_update() {
         })
         .collect();
     let retries: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    assert_eq!(db.get("counter").unwrap().unwrap()["n"], 100, "{retries} retries");
+    assert_eq!(
+        db.get("counter").unwrap().unwrap()["n"],
+        100,
+        "{retries} retries"
+    );
 }

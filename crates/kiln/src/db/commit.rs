@@ -250,7 +250,7 @@ impl Database {
     /// let (doc, rev) = db.get_with_rev("n")?.unwrap();
     /// db.put(&json!({"_id": "n", "count": 5}))?;                    // someone else's write
     /// let stale = db.put_if(&json!({"_id": "n", "count": doc["count"].as_i64().unwrap() + 1}), Some(&rev));
-    /// assert!(matches!(stale, Err(kiln::Error::Conflict { .. })));
+    /// assert!(matches!(stale, Err(kiln::Error::Conflict(_))));
     /// let (_, rev) = db.get_with_rev("n")?.unwrap();
     /// db.put_if(&json!({"_id": "n", "count": 6}), Some(&rev))?;
     /// # Ok(()) }
@@ -685,12 +685,12 @@ impl Db {
                         .and_then(|i| state.previous.get(i).copied().flatten());
                     let now = at.and_then(Rev::of);
                     if now != *want {
-                        return Err(Error::Conflict {
+                        return Err(Error::Conflict(Box::new(crate::error::WriteConflict {
                             db: db.name.clone(),
                             id: id.clone(),
                             expected: *want,
                             actual: now,
-                        });
+                        })));
                     }
                 }
                 let docs = cur.docs as i64 + tree::live_delta(&ops, &state.previous);
