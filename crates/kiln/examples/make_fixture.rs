@@ -11,7 +11,8 @@
 //! a fork merged back with a conflict, after an `--only` transaction (events with conflict and
 //! source lists), then proposed for it again (a sealed proposal, from `v5` on); "paged" (from
 //! `v6` on): 300 documents in one transaction, a diff file whose index is paged, then one more
-//! write.
+//! write; "joined" (from `v8` on): two transactions on one state wrote "x" differently, and
+//! the next commit joined the two heads, recording the losing value in its event.
 
 use kiln::{Durability, Options, Store};
 use serde_json::json;
@@ -85,6 +86,22 @@ fn main() -> kiln::Result<()> {
         .collect();
     paged.bulk(&many)?;
     paged.put(&json!({"_id": "p000", "i": "changed"}))?;
+    // Two transactions on one state writing "x" differently, then a commit joining the two
+    // heads: its event lists the losing value (from v8 on).
+    let joined = store.create(Some("joined"))?;
+    joined.put(&json!({"_id": "x", "v": "base"}))?;
+    let mut t1 = joined.transaction()?;
+    let mut t2 = joined.transaction()?;
+    t1.put(&json!({"_id": "x", "v": "one"}))?;
+    t2.put(&json!({"_id": "x", "v": "two"}))?;
+    t1.commit()?;
+    t2.commit()?;
+    joined.put(&json!({"_id": "y", "v": "join"}))?;
+    println!(
+        "joined: x = {}, lost {:?}",
+        joined.get("x")?.unwrap_or_default(),
+        joined.conflicts("x")?
+    );
     let i = db.info()?;
     println!("root {}", i.root.map(|r| r.to_string()).unwrap_or_default());
     println!(

@@ -97,11 +97,11 @@ const V7: Fixture = Fixture {
 const V8: Fixture = Fixture {
     dir: "v8",
     events: [
-        "bafyreiajvzu2up5kdlotyqih5n6f5faopndsm36aso3dymv4jwt72awhhi",
-        "bafyreicpss3yhjnlnr7jiabqtkif4is2dc5kwzdzesjplgdmwb5djezz24",
-        "bafyreidziaehon2p5lumo6tiuytq6n6oubxgmyxeocm3mq55exnzpzkm54",
+        "bafyreid2sjj6xfixy6pma3sbj55mualhzvu2db5fqlwpsahnckhejcy3j4",
+        "bafyreieqhf5imuvzmzta5hvexpmxp65exeradzarr4jefv4os2coucp44a",
+        "bafyreifd6fvtux4airowr6dbzwxhww55daqeqjrnvnstbb3a3venrehrd4",
     ],
-    cut_at: "bafyreif5rap7eqo3gpj3lg3x25cw7ssyqt42qhk4ut3ylmanxwitg4v4c4",
+    cut_at: "bafyreiel5civirrybtuuzdwabyostgxgjmcnhkwff4qsznnwuh4vqur5k4",
 };
 
 const V5: Fixture = Fixture {
@@ -213,6 +213,22 @@ fn paged_index_reads_and_verifies(f: &Fixture) {
         assert_eq!((d["i"].as_u64(), d["sq"].as_u64()), (Some(i), Some(i * i)));
     }
     assert_eq!(db.get("p000").unwrap().unwrap()["i"], "changed");
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+}
+
+/// The v8 fixture's "joined" database: two transactions on one state wrote "x" differently and
+/// the next commit joined the heads, its event listing the value that lost.
+#[test]
+fn v8_a_joining_commit_records_the_conflict() {
+    let (_d, store) = open(&V8);
+    let db = store.open_db("joined").unwrap();
+    assert_eq!(db.heads().unwrap().len(), 1);
+    assert_eq!(db.get("x").unwrap().unwrap()["v"], "two");
+    assert_eq!(
+        db.conflicts("x").unwrap(),
+        vec![json!({"_id": "x", "v": "one"})]
+    );
     let r = db.verify().unwrap();
     assert!(r.ok(), "{:?}", r.problems);
 }
@@ -512,6 +528,9 @@ fn reads_and_verifies(f: &Fixture) {
     }
     if !["v1", "v2", "v3", "v4", "v5"].contains(&f.dir) {
         names.insert(4, "paged");
+    }
+    if f.dir == "v8" {
+        names.insert(3, "joined");
     }
     assert_eq!(store.list().unwrap(), names);
     let db = store.open_db("fixture").unwrap();

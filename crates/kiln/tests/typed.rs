@@ -273,3 +273,56 @@ fn expected_version_writes_lose_no_update() {
         "{retries} retries"
     );
 }
+
+/// Two transactions begun on one state that both wrote a document: the state keeps one value
+/// and the other is a conflict, listed at once and recorded by the commit that joins the two
+/// heads; a later write to the document settles it.
+#[test]
+fn concurrent_transactions_leave_visible_conflicts() {
+    let (d, _s, db) = db();
+    db.put(&msg("x", "base")).unwrap();
+    let mut t1 = db.transaction().unwrap();
+    let mut t2 = db.transaction().unwrap();
+    t1.put(&msg("x", "one")).unwrap();
+    t1.put(&msg("only1", "a")).unwrap();
+    t2.put(&msg("x", "two")).unwrap();
+    t2.put(&msg("only2", "b")).unwrap();
+    t1.commit().unwrap();
+    t2.commit().unwrap();
+    assert_eq!(db.heads().unwrap().len(), 2);
+    let winner = db.get_as::<Message>("x").unwrap().unwrap().text;
+    let loser = if winner == "one" { "two" } else { "one" };
+    let open: Vec<Message> = db.conflicts_as("x").unwrap();
+    assert_eq!(open, [msg("x", loser)]);
+    assert!(db.conflicts("only1").unwrap().is_empty());
+    assert!(db.conflicts("only2").unwrap().is_empty());
+    // The next commit joins the heads and records the conflict; it stays after a reopen.
+    db.put(&msg("other", "c")).unwrap();
+    assert_eq!(db.heads().unwrap().len(), 1);
+    let reopened = Store::open(d.path()).unwrap().open_db("chat").unwrap();
+    assert_eq!(
+        reopened.conflicts_as::<Message>("x").unwrap(),
+        [msg("x", loser)]
+    );
+    // A write settles it.
+    db.put(&msg("x", "settled")).unwrap();
+    assert!(db.conflicts("x").unwrap().is_empty());
+}
+
+/// A commit that joins heads while writing the conflicting document itself settles it.
+#[test]
+fn a_joining_write_to_the_document_settles_its_conflict() {
+    let (_d, _s, db) = db();
+    db.put(&msg("x", "base")).unwrap();
+    let mut t1 = db.transaction().unwrap();
+    let mut t2 = db.transaction().unwrap();
+    t1.put(&msg("x", "one")).unwrap();
+    t2.put(&msg("x", "two")).unwrap();
+    t1.commit().unwrap();
+    t2.commit().unwrap();
+    assert_eq!(db.conflicts("x").unwrap().len(), 1);
+    db.put(&msg("x", "decided")).unwrap();
+    assert_eq!(db.heads().unwrap().len(), 1);
+    assert!(db.conflicts("x").unwrap().is_empty());
+    assert!(db.verify().unwrap().ok());
+}

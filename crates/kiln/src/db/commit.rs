@@ -716,6 +716,21 @@ impl Db {
                         ids: vec![id.to_owned()],
                     });
                 }
+                // A commit on several heads joins them: the values concurrent transactions
+                // lost are recorded as a merge records them (see `concurrent`), but for the
+                // ids this commit writes, which it settles.
+                let conflicts = if base.is_none() && cur.heads.len() > 1 {
+                    concurrent::open_conflicts(&v, &cur.heads)?
+                        .into_iter()
+                        .filter(|(id, _)| {
+                            sorted
+                                .binary_search_by(|(k, _)| k.as_bytes().cmp(id.as_bytes()))
+                                .is_err()
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 // Encoded from the writes; its ops for the cache come later (see below).
                 let event = Event {
                     parents,
@@ -724,7 +739,7 @@ impl Db {
                     ops: Vec::new(),
                     root: own_root,
                     purge,
-                    conflicts: Vec::new(),
+                    conflicts,
                     source: source.clone(),
                     note: note.to_owned(),
                 };

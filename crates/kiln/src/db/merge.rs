@@ -189,10 +189,25 @@ impl Database {
         })
     }
 
-    /// The values a merge lost for `id` that no later write to it has settled (empty when
-    /// there is no open conflict).
+    /// The values a merge, or a concurrent transaction of this database, lost for `id` that
+    /// no later write to it has settled (empty when there is no open conflict). Two
+    /// transactions begun on the same state that both wrote `id` leave two clock heads; the
+    /// state keeps one value (the greater `(height, value CID)`, as a merge does) and the
+    /// other is listed here, from then on, and recorded by the commit that joins the heads.
     pub fn conflicts(&self, id: &str) -> Result<Vec<Value>> {
         self.inner.read(|v| {
+            if v.head.heads.len() > 1 {
+                if let Some(ls) = concurrent::open_conflicts(v, &v.head.heads)?.remove(id) {
+                    return ls
+                        .iter()
+                        .map(|l| {
+                            v.with_block(l, None, |b| {
+                                doc::decode(id, b).map_err(|w| v.corrupt_cid(l, w))
+                            })
+                        })
+                        .collect();
+                }
+            }
             let mut losers: Vec<(Cid, u64)> = Vec::new();
             let mut settled = false;
             clock::walk(v, &v.head.heads, &mut |_, e| {

@@ -10,6 +10,7 @@
 pub mod cache;
 mod commit;
 mod compact;
+mod concurrent;
 mod cursor;
 mod dropped;
 pub mod env;
