@@ -233,3 +233,25 @@ fn a_cursor_outlives_compactions_by_another_handle() {
     assert_eq!(first.len() + rest.len(), 300);
     assert!(first.iter().chain(&rest).all(|d| d["v"] == 1));
 }
+
+/// Found by review: a cursor whose snapshot was read on through newer files reported the newer
+/// state's heads, so a change feed started from them skipped what was committed meanwhile.
+#[test]
+fn a_cursor_keeps_its_heads_across_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 1000);
+    let db = s.create(Some("c")).unwrap();
+    for i in 0..300 {
+        db.put(&json!({"_id": format!("d{i:03}"), "v": 1})).unwrap();
+    }
+    let mut c = db.cursor(&ListOptions::default()).unwrap();
+    let heads = c.heads().to_vec();
+    assert_eq!(c.by_ref().take(20).count(), 20);
+    for i in 0..300 {
+        db.put(&json!({"_id": format!("d{i:03}"), "v": 2})).unwrap();
+    }
+    db.compact_full().unwrap();
+    assert_eq!(c.by_ref().count(), 280);
+    assert_eq!(c.heads(), &heads[..]);
+    assert_eq!(db.changes(Some(c.heads())).unwrap().len(), 300);
+}

@@ -326,3 +326,91 @@ fn a_joining_write_to_the_document_settles_its_conflict() {
     assert!(db.conflicts("x").unwrap().is_empty());
     assert!(db.verify().unwrap().ok());
 }
+
+/// `sync` and `close` (Buffered commits made durable at shutdown; the background merge
+/// finished): what was written reads back after a reopen.
+#[test]
+fn close_finishes_the_work_and_sync_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = kiln::Options {
+        durability: kiln::Durability::Buffered,
+        compact_threshold: 10,
+        ..kiln::Options::default()
+    };
+    let store = Store::open_with(dir.path(), opts.clone()).unwrap();
+    let db = store.create(Some("chat")).unwrap();
+    for i in 0..50 {
+        db.put(&msg(&format!("m{i:02}"), "x")).unwrap();
+    }
+    db.sync().unwrap();
+    store.sync().unwrap();
+    db.close().unwrap();
+    assert_eq!(store.open_handles(), 1);
+    store.close().unwrap();
+    let again = Store::open_with(dir.path(), opts).unwrap();
+    let db = again.open_db("chat").unwrap();
+    assert_eq!(db.docs(&ListOptions::default()).unwrap().len(), 50);
+    assert!(db.info().unwrap().files.len() < 50, "compacted");
+    assert!(db.verify().unwrap().ok());
+}
+
+/// Found by review: a transaction begun on two concurrent heads that lands after another
+/// commit joins those heads as well, and records their conflict (it was lost for good).
+#[test]
+fn a_late_transaction_on_concurrent_heads_records_their_conflict() {
+    let (_d, _s, db) = db();
+    db.put(&msg("x", "base")).unwrap();
+    let (mut t1, mut t2, mut t3) = (
+        db.transaction().unwrap(),
+        db.transaction().unwrap(),
+        db.transaction().unwrap(),
+    );
+    t1.put(&msg("x", "one")).unwrap();
+    t2.put(&msg("x", "two")).unwrap();
+    t3.put(&msg("z", "z")).unwrap();
+    t1.commit().unwrap();
+    t2.commit().unwrap();
+    let lost = db.conflicts("x").unwrap();
+    assert_eq!(lost.len(), 1);
+    let mut t4 = db.transaction().unwrap(); // begun on the two heads
+    t4.put(&msg("y", "y")).unwrap();
+    t3.commit().unwrap();
+    t4.commit().unwrap();
+    assert_eq!(db.conflicts("x").unwrap(), lost);
+    db.put(&msg("w", "joins everything")).unwrap();
+    assert_eq!(db.heads().unwrap().len(), 1);
+    assert_eq!(db.conflicts("x").unwrap(), lost);
+}
+
+/// Found by review: a merge joins the destination's concurrent heads too, and keeps their
+/// open conflict (it recorded only the conflicts between the two databases).
+#[test]
+fn a_merge_keeps_the_open_conflicts_of_the_heads_it_joins() {
+    let (_d, s, a) = db();
+    a.put(&msg("x", "base")).unwrap();
+    let b = s.fork("chat", Some("side")).unwrap();
+    b.put(&msg("y", "theirs")).unwrap();
+    let (mut t1, mut t2) = (a.transaction().unwrap(), a.transaction().unwrap());
+    t1.put(&msg("x", "one")).unwrap();
+    t2.put(&msg("x", "two")).unwrap();
+    t1.commit().unwrap();
+    t2.commit().unwrap();
+    let lost = a.conflicts("x").unwrap();
+    assert_eq!(lost.len(), 1);
+    a.merge_from(&b, None).unwrap();
+    assert_eq!(a.heads().unwrap().len(), 1);
+    assert_eq!(a.conflicts("x").unwrap(), lost);
+    // And merged into another database, the source's open conflict comes along.
+    let c = s.fork("side", Some("third")).unwrap();
+    c.put(&msg("q", "q")).unwrap();
+    let (mut t1, mut t2) = (b.transaction().unwrap(), b.transaction().unwrap());
+    t1.put(&msg("k", "one")).unwrap();
+    t2.put(&msg("k", "two")).unwrap();
+    t1.commit().unwrap();
+    t2.commit().unwrap();
+    let lost_k = b.conflicts("k").unwrap();
+    c.merge_from(&b, None).unwrap();
+    assert_eq!(c.heads().unwrap().len(), 1);
+    assert_eq!(c.conflicts("k").unwrap(), lost_k);
+    assert!(c.verify().unwrap().ok());
+}

@@ -336,6 +336,35 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Makes every commit made so far durable, through any handle of the store
+    /// ([`Durability::Buffered`] commits then survive a power cut too): flushes the file system
+    /// the store is on (`syncfs`). A `Full` handle's commits are durable already.
+    pub fn sync(&self) -> Result<()> {
+        crate::storage::sync_file_system(&self.inner.store.root)
+            .map_err(|e| Error::io(&self.inner.store.root, e))
+    }
+
+    /// Finishes this handle's work and lets it go: waits for the merge its background
+    /// compaction is doing, then makes its commits durable ([`Database::sync`]). (Dropping
+    /// the last handle also waits for the merge, but cannot report an error. The store may
+    /// keep the database open to hand it out again: see `Options::open_databases`.)
+    pub fn close(self) -> Result<()> {
+        let h = self
+            .inner
+            .compactor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = h {
+            self.inner.closing.store(true, Ordering::SeqCst);
+            let _ = h.join();
+            self.inner.closing.store(false, Ordering::SeqCst);
+        }
+        self.sync()
+    }
+}
+
 impl Drop for Database {
     /// The last handle of a database waits for its background compaction to finish the merge
     /// it is doing (it starts no other), so a program that drops its handles and exits leaves
@@ -716,11 +745,12 @@ impl Db {
                         ids: vec![id.to_owned()],
                     });
                 }
-                // A commit on several heads joins them: the values concurrent transactions
-                // lost are recorded as a merge records them (see `concurrent`), but for the
-                // ids this commit writes, which it settles.
-                let conflicts = if base.is_none() && cur.heads.len() > 1 {
-                    concurrent::open_conflicts(&v, &cur.heads)?
+                // A commit on several heads joins them (a transaction begun on several heads
+                // too, even when it lands late): the values concurrent transactions lost are
+                // recorded as a merge records them (see `concurrent`), but for the ids this
+                // commit writes, which it settles.
+                let conflicts = if base_heads.len() > 1 {
+                    concurrent::open_conflicts(&v, &base_heads)?
                         .into_iter()
                         .filter(|(id, _)| {
                             sorted

@@ -20,6 +20,9 @@ const MAX_BATCH: usize = 256;
 /// [`TypedCursor`]).
 pub struct Cursor {
     db: Database,
+    /// The clock heads of the state this cursor reads (`snapshot` may later be a newer head
+    /// record read through, see [`Cursor::read_through`]).
+    heads: Vec<Cid>,
     snapshot: Arc<State>,
     /// The snapshot's tree built from its history, once its files are gone.
     rebuilt: Option<(Option<Cid>, DigestMap<Cid, Arc<tree::Node>>)>,
@@ -104,6 +107,7 @@ impl Cursor {
         }
         Ok(Cursor {
             db: db.clone(),
+            heads: snapshot.head.heads.clone(),
             snapshot,
             rebuilt: None,
             lo,
@@ -120,7 +124,7 @@ impl Cursor {
 
     /// The clock heads of the state this cursor reads.
     pub fn heads(&self) -> &[Cid] {
-        &self.snapshot.head.heads
+        &self.heads
     }
 
     /// The next document as JSON, or `None` at the end.
@@ -237,7 +241,11 @@ impl Cursor {
             None => {
                 let db = &self.db.inner;
                 let view = View::new(db, &now.head);
-                let built = db.state_of_heads(&view, &self.snapshot.head.heads)?;
+                let built = match db.state_of_heads(&view, &self.heads) {
+                    // Its history was dropped meanwhile (`drop_history_before`).
+                    Err(Error::NoSuchEvent(..)) => return Err(Error::Changed(db.name.clone())),
+                    r => r?,
+                };
                 if built.root != self.snapshot.head.root {
                     return Err(Error::corrupt(
                         db.name.clone(),

@@ -423,6 +423,33 @@ impl Db {
         for h in &shead.heads {
             height = height.max(sv.event(h)?.height);
         }
+        // What the merge event records as lost: the values the merge decided against, and
+        // the conflicts open between either side's own concurrent heads, which it joins (a
+        // value that lost inside one side never wins the merge).
+        let mut lost: BTreeMap<String, Vec<Cid>> = BTreeMap::new();
+        for (id, o, t) in &conflicts {
+            let loser = if theirs_win(o, t) { o } else { t };
+            if let Some(l) = loser.and_then(|s| s.link) {
+                lost.entry(id.clone()).or_default().push(l);
+            }
+        }
+        if !fast_forward {
+            for (v, hs) in [(&dv, &cur.heads), (&sv, &shead.heads)] {
+                if hs.len() > 1 {
+                    for (id, ls) in concurrent::open_conflicts(v, hs)? {
+                        lost.entry(id).or_default().extend(ls);
+                    }
+                }
+            }
+        }
+        let lost: Vec<(String, Vec<Cid>)> = lost
+            .into_iter()
+            .map(|(id, mut ls)| {
+                ls.sort();
+                ls.dedup();
+                (id, ls)
+            })
+            .collect();
         let event = (!fast_forward).then(|| Event {
             parents: heads.clone(),
             height: height + 1,
@@ -430,13 +457,7 @@ impl Db {
             ops: Vec::new(),
             root: merged.root,
             purge: Vec::new(),
-            conflicts: conflicts
-                .iter()
-                .filter_map(|(id, o, t)| {
-                    let loser = if theirs_win(o, t) { o } else { t };
-                    loser.and_then(|s| s.link).map(|l| (id.clone(), vec![l]))
-                })
-                .collect(),
+            conflicts: lost,
             source: Vec::new(),
             note: note.to_owned(),
         });

@@ -283,6 +283,17 @@ impl Database {
         &self.inner.name
     }
 
+    /// Whether this handle can go on being handed out by its store: it has not failed a write
+    /// and its database was not dropped (the head record reads).
+    pub(crate) fn still_good(&self) -> bool {
+        self.inner
+            .poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+            && self.inner.refresh().is_ok()
+    }
+
     pub(crate) fn lineage(&self) -> Lineage {
         self.inner.lineage
     }

@@ -45,6 +45,10 @@ pub struct Options {
     /// one-document commits ran at 12,000/s instead of 29,000/s here, on a file system where
     /// allocating an inode after many deletions costs up to 1 ms.
     pub reserve_files: usize,
+    /// Database handles a [`crate::Store`] keeps open for [`crate::Store::open_db`] to hand
+    /// out again (the most recently opened; 0: every call opens anew). Each costs three file
+    /// descriptors and its handle's caches (the block cache is the store's, shared).
+    pub open_databases: usize,
 }
 
 impl Default for Options {
@@ -56,6 +60,7 @@ impl Default for Options {
             lock_timeout: std::time::Duration::from_secs(30),
             background_compaction: true,
             reserve_files: 160,
+            open_databases: 64,
         }
     }
 }

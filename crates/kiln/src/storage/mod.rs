@@ -21,7 +21,9 @@ pub mod local;
 pub mod memory;
 
 pub use heads::{Conflict, Heads, Version};
-pub use local::{sync_dir, write_atomic, DbLock, HeadFile, LocalHeads, LocalStorage, Pending};
+pub use local::{
+    sync_dir, sync_file_system, write_atomic, DbLock, HeadFile, LocalHeads, LocalStorage, Pending,
+};
 
 /// A file's name: 32 bytes, the hash of its bytes (the formats choose the hash; storage
 /// only keeps files under their names). Shown and parsed as 64 hex characters.

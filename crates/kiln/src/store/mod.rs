@@ -15,6 +15,7 @@
 //! ROOT/keys/<lineage>.key    keybag entries (0600)
 //! ```
 
+mod handles;
 pub mod proposals;
 
 use crate::db::cache::Cache;
@@ -57,6 +58,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Env>,
+    /// Open database handles to hand out again (see [`handles`]).
+    handles: Arc<handles::Handles>,
 }
 
 impl std::fmt::Debug for Store {
@@ -184,7 +187,9 @@ impl Store {
         }
         let cache = Cache::new(opts.cache_bytes);
         let settings = Settings::read(&root.join(SETTINGS))?;
+        let handles = Arc::new(handles::Handles::new(opts.open_databases));
         Ok(Store {
+            handles,
             inner: Arc::new(Env {
                 storage: Arc::new(LocalStorage::with_reserve(
                     root.join("files"),
@@ -198,7 +203,13 @@ impl Store {
                 opts,
                 settings: std::sync::RwLock::new(settings),
                 purge_tries: Default::default(),
-                collect: |env| Store { inner: env.clone() }.gc(),
+                collect: |env| {
+                    Store {
+                        inner: env.clone(),
+                        handles: Arc::new(handles::Handles::new(0)),
+                    }
+                    .gc()
+                },
             }),
         })
     }
@@ -345,19 +356,54 @@ impl Store {
         if sync {
             sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
         }
-        self.open_plain(name)
+        let db = self.open_plain(name)?;
+        self.handles.keep(&db);
+        Ok(db)
     }
 
     /// Opens an existing database. If a purge of it was committed but not finished (the
     /// process doing it died), this finishes it first when it can (see [`Database::purge`]);
     /// when it cannot, the database still opens, purged versions still read as purged, and
     /// `verify` and `gc` report the unfinished purge.
+    ///
+    /// A database opened lately through this store (or created or forked through it) is
+    /// handed out again: the same handle, its caches and file descriptors (see
+    /// [`Options::open_databases`]). A handle that failed a write, or whose database was
+    /// dropped meanwhile, is not.
     pub fn open_db(&self, name: &str) -> Result<Database> {
+        check_name(name)?;
+        if let Some(db) = self.handles.take(name) {
+            if db.still_good() {
+                self.handles.keep(&db);
+                return Ok(db);
+            }
+        }
         let db = self.open_plain(name)?;
         if db.scrubbing_as_read() {
             db.finish_purge_soon();
         }
+        self.handles.keep(&db);
         Ok(db)
+    }
+
+    /// Makes every commit made so far in this store durable (see [`Database::sync`]).
+    pub fn sync(&self) -> Result<()> {
+        crate::storage::sync_file_system(self.root()).map_err(|e| Error::io(self.root(), e))
+    }
+
+    /// Lets go of the database handles this store keeps to hand out again, each closed
+    /// ([`Database::close`]: background merges finished), then makes every commit durable.
+    /// Handles the program still holds stay open.
+    pub fn close(self) -> Result<()> {
+        for db in self.handles.drain() {
+            db.close()?;
+        }
+        self.sync()
+    }
+
+    /// How many database handles this store keeps open to hand out again.
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
     }
 
     /// Opens an existing database, nothing more.
@@ -649,6 +695,7 @@ impl Store {
     /// lock; a kill before that leaves the database as it was (its LOCK mark is taken back by
     /// the next open), a kill after it leaves a folder `gc` removes, with the files and key.
     pub fn drop_db(&self, name: &str) -> Result<()> {
+        self.handles.forget(name);
         let db = self.open_plain(name)?;
         let (lineage, key) = (db.lineage(), db.key());
         // Held until the folder is gone: garbage collection would take the `.drop-*` folder

@@ -328,6 +328,7 @@ impl Index {
         if salted != (v >= 4) {
             return Err(FormatError::Framing("trailer and index versions differ"));
         }
+        // (Version 6: 7 to 9, checked against the keys present below.)
         let fields_ok = match v {
             v if v >= IMPLIED as u64 => (7..=9).contains(&fields),
             v if v >= FILTERED as u64 => fields == 9,
@@ -386,7 +387,8 @@ impl Index {
             ));
         }
         let optional = v >= IMPLIED as u64;
-        let roots = if optional && d.peek_key()? != "rt" {
+        let has_rt = !optional || d.peek_key()? == "rt";
+        let roots = if !has_rt {
             Some(&entries)
                 .filter(|_| pages.is_empty())
                 .and_then(|e| implied_roots(e))
@@ -400,7 +402,11 @@ impl Index {
             }
             roots
         };
-        let filter = if optional && d.peek_key()? != "sf" {
+        let has_sf = v >= FILTERED as u64 && (!optional || d.peek_key()? == "sf");
+        if optional && fields != 7 + usize::from(has_rt) + usize::from(has_sf) {
+            return Err(FormatError::Record("index: wrong number of fields"));
+        }
+        let filter = if optional && !has_sf {
             Filter::None
         } else if v >= FILTERED as u64 {
             d.key("sf")?;

@@ -15,6 +15,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Flushes everything written to the file system holding `path` (`syncfs(2)`): every file,
+/// rename and unlink made before reaches the disk.
+pub fn sync_file_system(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Replaces `path` atomically with `bytes`: write a temporary file beside it, (fsync), rename
 /// over, (fsync the directory). A reader sees the old or the new contents, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool, mode: Option<u32>) -> io::Result<()> {

@@ -22,7 +22,7 @@ mod tests;
 
 pub use db_lock::DbLock;
 pub(crate) use fs_util::*;
-pub use fs_util::{sync_dir, write_atomic};
+pub use fs_util::{sync_dir, sync_file_system, write_atomic};
 pub use gc_lock::{GcExclusive, GcLock, GcShared};
 pub use head_file::HeadFile;
 pub(crate) use heads::read_counter;
