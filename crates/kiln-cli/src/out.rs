@@ -42,12 +42,19 @@ pub struct Fail {
 
 impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
+        // The library's messages say what happened; the command line adds where to look.
         let mut msg = e.to_string();
-        if let Error::NoStore(_) = e {
-            msg.push_str(
+        match e {
+            Error::NoStore(_) => msg.push_str(
                 " (check --root or $KILN_ROOT; `kiln db create NAME` creates a store with its \
                  first database)",
-            );
+            ),
+            Error::NoSuchDatabase(_) => msg.push_str(" (see `kiln db list`)"),
+            Error::NoSuchEvent(..) => msg.push_str(" (see `kiln log`)"),
+            Error::InvalidArgument(ref m) if m.contains("document version") => {
+                msg.push_str(" (`kiln get DB ID --rev` prints it)")
+            }
+            _ => {}
         }
         Fail {
             code: exit_code(&e),

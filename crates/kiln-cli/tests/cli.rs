@@ -962,3 +962,51 @@ fn expected_version_writes_from_the_command_line() {
     );
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+/// `db meta` sets, unsets and shows a database's metadata; `db list --meta` lists it.
+#[test]
+fn database_metadata_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "room"]);
+    ok(r, &["db", "create", "other"]);
+    let m = json(
+        r,
+        &[
+            "db",
+            "meta",
+            "room",
+            "--set",
+            "title=Lunch plans",
+            "--set",
+            "n=3",
+            "--set",
+            "tags=[\"a\"]",
+        ],
+    );
+    assert_eq!(
+        m,
+        serde_json::json!({"title": "Lunch plans", "n": 3, "tags": ["a"]})
+    );
+    let m = json(r, &["db", "meta", "room", "--unset", "n"]);
+    assert_eq!(
+        m,
+        serde_json::json!({"title": "Lunch plans", "tags": ["a"]})
+    );
+    assert_eq!(json(r, &["db", "meta", "room"])["title"], "Lunch plans");
+    let list = json(r, &["db", "list", "--meta"]);
+    assert_eq!(
+        list,
+        serde_json::json!([
+            {"name": "other", "meta": {}},
+            {"name": "room", "meta": {"title": "Lunch plans", "tags": ["a"]}}
+        ])
+    );
+    assert_eq!(
+        json(r, &["db", "list"]),
+        serde_json::json!(["other", "room"])
+    );
+    let o = kiln(r, &["db", "meta", "room", "--set", "novalue"], None);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(code(&kiln(r, &["db", "meta", "nope"], None)), 4);
+}

@@ -12,7 +12,8 @@
 //! source lists), then proposed for it again (a sealed proposal, from `v5` on); "paged" (from
 //! `v6` on): 300 documents in one transaction, a diff file whose index is paged, then one more
 //! write; "joined" (from `v8` on): two transactions on one state wrote "x" differently, and
-//! the next commit joined the two heads, recording the losing value in its event.
+//! the next commit joined the two heads, recording the losing value in its event, and its
+//! metadata holds a title.
 
 use kiln::{Durability, Options, Store};
 use serde_json::json;
@@ -97,6 +98,10 @@ fn main() -> kiln::Result<()> {
     t1.commit()?;
     t2.commit()?;
     joined.put(&json!({"_id": "y", "v": "join"}))?;
+    // The database's own metadata, in its head record (from v8 on).
+    let mut meta = serde_json::Map::new();
+    meta.insert("title".into(), json!("Joined room"));
+    joined.set_meta(&meta)?;
     println!(
         "joined: x = {}, lost {:?}",
         joined.get("x")?.unwrap_or_default(),

@@ -11,7 +11,7 @@ pub enum Error {
     /// A database name outside the allowed alphabet or length.
     #[error("invalid database name {name:?}: {why}")]
     InvalidName { name: String, why: &'static str },
-    #[error("database '{0}' does not exist (see `kiln db list`)")]
+    #[error("database '{0}' does not exist")]
     NoSuchDatabase(String),
     /// [`crate::Store::open_existing`] found no store at the path (nothing was created).
     #[error("no kiln store at {}", .0.display())]
@@ -45,7 +45,7 @@ pub enum Error {
     /// turn a `serde_json::Error` into a kiln error.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("event {0} is not part of database '{1}' (see `kiln log`)")]
+    #[error("event {0} is not part of database '{1}'")]
     NoSuchEvent(Cid, String),
     /// Stored bytes are damaged or were tampered with. Never reported as "not found".
     #[error("corruption in {location}: {what}")]
@@ -84,6 +84,11 @@ pub enum Error {
     /// Another writer held the database's lock for longer than the lock timeout.
     #[error("database '{0}' is busy: another writer holds its lock; retry later")]
     Busy(String),
+    /// Garbage collection of the store (or a purge finishing through it) held the store's
+    /// lock for longer than the lock timeout, or waited that long for the writers it needs
+    /// gone.
+    #[error("the store is busy with garbage collection; retry later")]
+    StoreBusy,
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

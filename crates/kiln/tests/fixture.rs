@@ -97,11 +97,11 @@ const V7: Fixture = Fixture {
 const V8: Fixture = Fixture {
     dir: "v8",
     events: [
-        "bafyreid2sjj6xfixy6pma3sbj55mualhzvu2db5fqlwpsahnckhejcy3j4",
-        "bafyreieqhf5imuvzmzta5hvexpmxp65exeradzarr4jefv4os2coucp44a",
-        "bafyreifd6fvtux4airowr6dbzwxhww55daqeqjrnvnstbb3a3venrehrd4",
+        "bafyreiajpbp73j4nhrrcojh6j3kx6ao7prwcy5nf62szl5fpevwlstzsne",
+        "bafyreifurtrbmbtqzccxpvs7sydfcjrtqfokzqn2hfkh23ixpzu66yx7bq",
+        "bafyreiestqbhpfg5337igkctcxe7vwza6vqdi2kf3wni26cbnszjucpdfe",
     ],
-    cut_at: "bafyreiel5civirrybtuuzdwabyostgxgjmcnhkwff4qsznnwuh4vqur5k4",
+    cut_at: "bafyreifdkfxp6tms5wcrhi3hx6uruj3l2ow2rk4k7hlyrvqeydrtnf2p5q",
 };
 
 const V5: Fixture = Fixture {
@@ -218,7 +218,8 @@ fn paged_index_reads_and_verifies(f: &Fixture) {
 }
 
 /// The v8 fixture's "joined" database: two transactions on one state wrote "x" differently and
-/// the next commit joined the heads, its event listing the value that lost.
+/// the next commit joined the heads, its event listing the value that lost; its metadata
+/// holds a title.
 #[test]
 fn v8_a_joining_commit_records_the_conflict() {
     let (_d, store) = open(&V8);
@@ -229,6 +230,8 @@ fn v8_a_joining_commit_records_the_conflict() {
         db.conflicts("x").unwrap(),
         vec![json!({"_id": "x", "v": "one"})]
     );
+    // Its head record (a version-6 snapshot) carries its metadata.
+    assert_eq!(db.meta().unwrap()["title"], "Joined room");
     let r = db.verify().unwrap();
     assert!(r.ok(), "{:?}", r.problems);
 }

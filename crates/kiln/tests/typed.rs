@@ -414,3 +414,64 @@ fn a_merge_keeps_the_open_conflicts_of_the_heads_it_joins() {
     assert_eq!(c.conflicts("k").unwrap(), lost_k);
     assert!(c.verify().unwrap().ok());
 }
+
+/// A database's own metadata: set, changed under the lock, kept across commits, compaction
+/// and reopen, copied by a fork, sealed (not in any file's raw bytes), bounded in size.
+#[test]
+fn a_database_keeps_its_own_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let room = store.create(None).unwrap();
+    assert!(room.meta().unwrap().is_empty());
+    let mut m = serde_json::Map::new();
+    m.insert("title".into(), json!("TITLE-MARKER-42"));
+    m.insert("tags".into(), json!(["food"]));
+    room.set_meta(&m).unwrap();
+    for i in 0..30 {
+        room.put(&msg(&format!("m{i}"), "x")).unwrap();
+    }
+    room.compact_full().unwrap();
+    room.update_meta(|m| {
+        m.insert("members".into(), json!(3));
+    })
+    .unwrap();
+    let again = Store::open(dir.path())
+        .unwrap()
+        .open_db(room.name())
+        .unwrap();
+    let got = again.meta().unwrap();
+    assert_eq!(got["title"], "TITLE-MARKER-42");
+    assert_eq!(got["members"], 3);
+    let fork = store.fork(room.name(), Some("copy")).unwrap();
+    assert_eq!(fork.meta().unwrap(), got);
+    fork.update_meta(|m| {
+        m.remove("title");
+    })
+    .unwrap();
+    assert_eq!(room.meta().unwrap()["title"], "TITLE-MARKER-42");
+    let big = serde_json::Map::from_iter([("x".to_owned(), json!("y".repeat(20_000)))]);
+    assert!(matches!(
+        room.set_meta(&big),
+        Err(Error::InvalidArgument(_))
+    ));
+    room.set_meta(&serde_json::Map::new()).unwrap();
+    assert!(room.meta().unwrap().is_empty());
+    // Sealed: no file of the store holds it in plaintext.
+    room.set_meta(&m).unwrap();
+    fn files(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                files(&p, out)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(dir.path(), &mut all);
+    for p in all {
+        let b = std::fs::read(&p).unwrap();
+        assert!(!b.windows(15).any(|w| w == b"TITLE-MARKER-42"), "{p:?}");
+    }
+}

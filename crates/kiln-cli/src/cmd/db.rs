@@ -2,10 +2,10 @@
 
 use super::Ctx;
 use crate::input::parse_threshold;
-use crate::out::{cids, torn_note, utc, Fail};
+use crate::out::{bad_input, cids, torn_note, utc, Fail};
 use clap::Subcommand;
 use kiln::{Location, Settings};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// `kiln db …`, and `kiln fork`.
 #[derive(Subcommand)]
@@ -52,8 +52,25 @@ pub enum DbCmd {
         #[arg(long)]
         history: bool,
     },
-    /// List databases.
-    List,
+    /// List databases (--meta: with each one's metadata; one JSON object per line, or with
+    /// --json an array of {"name", "meta"}).
+    List {
+        #[arg(long)]
+        meta: bool,
+    },
+    /// Show or change a database's own metadata: a small JSON object (a title, tags), sealed in
+    /// its head record, read without its documents, kept by forks.
+    ///
+    /// `--set KEY=VALUE` takes VALUE as JSON when it parses (`--set n=3`, `--set 'tags=["a"]'`),
+    /// else as a string (`--set title=Lunch plans`); `--unset KEY` removes one. Prints the
+    /// metadata after the change.
+    Meta {
+        name: String,
+        #[arg(long, value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long, value_name = "KEY")]
+        unset: Vec<String>,
+    },
     /// Delete a database with its files and key.
     Drop { name: String },
     /// Documents, heads, files and bytes of a database, its compaction settings and its tree
@@ -73,7 +90,8 @@ impl DbCmd {
                 compact_threshold,
             } => set(ctx, name, compact_threshold),
             DbCmd::Files { name, history } => files(ctx, name, history),
-            DbCmd::List => list(ctx),
+            DbCmd::List { meta } => list(ctx, meta),
+            DbCmd::Meta { name, set, unset } => meta(ctx, name, set, unset),
             DbCmd::Drop { name } => drop_db(ctx, name),
             DbCmd::Info { name } => info(ctx, name),
         }
@@ -156,9 +174,57 @@ fn files(ctx: &Ctx, name: String, history: bool) -> Result<u8, Fail> {
     Ok(0)
 }
 
-fn list(ctx: &Ctx) -> Result<u8, Fail> {
+fn list(ctx: &Ctx, with_meta: bool) -> Result<u8, Fail> {
     let names = ctx.store.list()?;
-    ctx.out.print(|| names.join("\n"), || json!(names));
+    if !with_meta {
+        ctx.out.print(|| names.join("\n"), || json!(names));
+        return Ok(0);
+    }
+    let mut rows = Vec::with_capacity(names.len());
+    for n in &names {
+        let meta = ctx.store.open_db(n)?.meta()?;
+        rows.push(json!({"name": n, "meta": meta}));
+    }
+    ctx.out.print(
+        || {
+            rows.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+        || json!(rows),
+    );
+    Ok(0)
+}
+
+fn meta(ctx: &Ctx, name: String, set: Vec<String>, unset: Vec<String>) -> Result<u8, Fail> {
+    let db = ctx.store.open_db(&name)?;
+    let mut changes = Vec::with_capacity(set.len());
+    for kv in &set {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(bad_input(format!("--set {kv:?}: expected KEY=VALUE")));
+        };
+        if k.is_empty() {
+            return Err(bad_input(format!("--set {kv:?}: the key is empty")));
+        }
+        let value = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::from(v));
+        changes.push((k.to_owned(), value));
+    }
+    if !changes.is_empty() || !unset.is_empty() {
+        db.update_meta(|m| {
+            for k in &unset {
+                m.remove(k);
+            }
+            for (k, v) in changes {
+                m.insert(k, v);
+            }
+        })?;
+    }
+    let m = Value::Object(db.meta()?);
+    ctx.out.print(
+        || serde_json::to_string_pretty(&m).unwrap_or_default(),
+        || m.clone(),
+    );
     Ok(0)
 }
 

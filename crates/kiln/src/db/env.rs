@@ -49,7 +49,7 @@ impl Env {
 
     fn gc_error(&self, e: std::io::Error) -> crate::error::Error {
         if e.kind() == std::io::ErrorKind::TimedOut {
-            crate::error::Error::Busy("store (garbage collection)".into())
+            crate::error::Error::StoreBusy
         } else {
             crate::error::Error::io(self.root.join("GC"), e)
         }

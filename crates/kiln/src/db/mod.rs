@@ -18,6 +18,7 @@ mod files;
 mod history;
 mod journal;
 mod merge;
+mod meta;
 pub mod options;
 mod pending;
 mod read;

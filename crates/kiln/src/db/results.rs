@@ -44,8 +44,7 @@ impl std::str::FromStr for Rev {
     fn from_str(s: &str) -> Result<Rev> {
         let bad = || {
             Error::InvalidArgument(format!(
-                "{s:?} is not a document version (expected HEIGHT-CID, as `kiln get --rev` \
-                 prints)"
+                "{s:?} is not a document version (expected HEIGHT-CID, as a version prints)"
             ))
         };
         let (h, c) = s.split_once('-').ok_or_else(bad)?;

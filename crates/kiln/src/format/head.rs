@@ -63,6 +63,10 @@ pub const MAGIC: &[u8; 8] = b"KILNHEAD";
 /// The version this kiln writes; it reads 1 to 6. (A log of an earlier version is never
 /// appended to: the next commit replaces it with a snapshot of this version.)
 pub const VERSION: u32 = 6;
+/// The first version whose snapshot may carry the database's own metadata (`"meta"`).
+const META: u32 = 6;
+/// Largest metadata record (JSON text) a head record carries.
+pub const MAX_META: usize = 16 * 1024;
 /// The first version whose deltas may take the short form (an array that leaves out what a
 /// commit does not change: see [`Head::delta_body`]).
 const SHORT_DELTAS: u32 = 6;
@@ -245,6 +249,9 @@ pub struct Head {
     pub scrub: bool,
     /// Where the database's tree nodes end (version 5 on; [`TreeShape::Mod16`] before).
     pub shape: TreeShape,
+    /// The database's own metadata: a JSON object as compact text (a title, tags: what its
+    /// users set), empty for none. Version 6 on; at most [`MAX_META`] bytes.
+    pub meta: String,
 }
 
 impl Head {
@@ -273,8 +280,9 @@ impl Head {
     /// The snapshot body of format `version` (2 on; `scrub` from 4).
     fn encode_body_of(&self, version: u32) -> Vec<u8> {
         let mut e = Encoder::new();
+        let meta = version >= META && !self.meta.is_empty();
         e.map(match version {
-            SHAPED.. => 12,
+            SHAPED.. => 12 + usize::from(meta),
             4 => 11,
             _ => 10,
         });
@@ -294,6 +302,10 @@ impl Head {
         e.opt_link(self.base.as_ref());
         e.str("docs");
         e.u64(self.docs);
+        if meta {
+            e.str("meta");
+            e.bytes(self.meta.as_bytes());
+        }
         e.str("root");
         e.opt_link(self.root.as_ref());
         e.str("files");
@@ -329,7 +341,9 @@ impl Head {
             4 => 11,
             _ => 12,
         };
-        if d.map()? != fields {
+        let n = d.map()?;
+        // (Version 6 on: one more when the snapshot carries metadata, checked below.)
+        if n != fields && !(version >= META && n == fields + 1) {
             return Err(CborError("head: wrong number of fields"));
         }
         let mut cut: Vec<(Cid, Option<Cid>)> = Vec::new();
@@ -363,6 +377,17 @@ impl Head {
         };
         d.key("docs")?;
         let docs = d.u64()?;
+        let meta = if n > fields {
+            d.key("meta")?;
+            let m = std::str::from_utf8(d.bytes()?)
+                .map_err(|_| CborError("head: metadata is not UTF-8"))?;
+            if m.is_empty() || m.len() > MAX_META {
+                return Err(CborError("head: metadata length out of range"));
+            }
+            m.to_owned()
+        } else {
+            String::new()
+        };
         d.key("root")?;
         let root = d.opt_link()?;
         let base = if version == 1 { root } else { base };
@@ -401,6 +426,7 @@ impl Head {
             purged,
             scrub,
             shape,
+            meta,
             cut,
             seq,
             docs,
@@ -445,6 +471,7 @@ impl Head {
             || self.purged != prev.purged
             || self.scrub != prev.scrub
             || self.shape != prev.shape
+            || self.meta != prev.meta
         {
             return Ok(None);
         }
@@ -1040,6 +1067,7 @@ mod tests {
             cut: vec![(Cid::of_cbor(b"e"), None)],
             scrub: true,
             shape: TreeShape::Bounded,
+            meta: String::new(),
         }
     }
 
@@ -1268,6 +1296,42 @@ mod tests {
             .seal_delta(&heads[2], &full, &l, &k)
             .unwrap()
             .is_none());
+    }
+
+    /// Version 6: a snapshot may carry the database's metadata; a change to it is written as
+    /// a snapshot, and the deltas after keep it.
+    #[test]
+    fn metadata_rides_in_the_snapshot() {
+        let (k, l) = (Key::generate().unwrap(), [7u8; 16]);
+        let h = Head {
+            meta: r#"{"title":"Lunch"}"#.into(),
+            ..sample()
+        };
+        assert_eq!(Head::decode_body(&h.encode_body(), VERSION).unwrap(), h);
+        assert_eq!(
+            Head::decode_body(&sample().encode_body(), VERSION).unwrap(),
+            sample()
+        );
+        let file = h.seal(&l, &k).unwrap();
+        let (_, log) = Head::open_log(&file, &k).unwrap();
+        let mut next = h.clone();
+        next.seq += 1;
+        next.meta = r#"{"title":"Dinner"}"#.into();
+        assert!(next.seal_delta(&h, &log, &l, &k).unwrap().is_none());
+        let mut commit = h.clone();
+        commit.seq += 1;
+        commit.docs += 1;
+        let rec = commit.seal_delta(&h, &log, &l, &k).unwrap().unwrap();
+        let mut both = file.clone();
+        both.extend_from_slice(&rec);
+        assert_eq!(Head::open(&both, &k).unwrap().meta, h.meta);
+        // Version 5 has no such field; an empty one is never written.
+        assert!(Head::decode_body(&h.encode_body(), 5).is_err());
+        let mut b = h.encode_body();
+        let at = b.windows(4).position(|w| w == b"meta").unwrap();
+        b[at + 5] = 0x40; // a zero-length byte string
+        b.truncate(at + 6);
+        assert!(Head::decode_body(&b, VERSION).is_err());
     }
 
     /// Version 6: a commit's delta leaves out `base` and `compacted` (unchanged) and the field
