@@ -42,6 +42,10 @@ struct Cli {
     /// process crash, may lose the last commits on power loss).
     #[arg(long, global = true, default_value = "full", value_parser = ["full", "buffered"])]
     durability: String,
+    /// Open the store for reading only: nothing is created, written or locked (works on a
+    /// read-only mount); a command that writes fails with exit 1.
+    #[arg(long, global = true)]
+    read_only: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -89,6 +93,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         // One command per process: a commit that crosses a compaction limit compacts before
         // the process exits, not on a thread the exit would cut short.
         background_compaction: false,
+        read_only: cli.read_only,
         ..Options::default()
     };
     let root = cli.root.clone().unwrap_or_else(Store::default_root);

@@ -1010,3 +1010,20 @@ fn database_metadata_from_the_command_line() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert_eq!(code(&kiln(r, &["db", "meta", "nope"], None)), 4);
 }
+
+/// `--read-only`: reads work, writes fail (exit 1, saying so), nothing is created.
+#[test]
+fn read_only_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "n"]);
+    ok(r, &["put", "n", r#"{"_id":"a","v":1}"#]);
+    assert_eq!(json(r, &["--read-only", "get", "n", "a"])["v"], 1);
+    let o = kiln(r, &["--read-only", "put", "n", r#"{"_id":"b"}"#], None);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
+    let fresh = r.join("fresh");
+    let o = kiln(&fresh, &["--read-only", "db", "create", "x"], None);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(!fresh.exists());
+}

@@ -81,6 +81,9 @@ pub enum Error {
     /// A write failed part-way (after which the on-disk state is uncertain): reopen.
     #[error("this database handle is unusable after a failed write ({0}); reopen the database")]
     Poisoned(String),
+    /// The store was opened read-only (`Options::read_only`): nothing was written.
+    #[error("the store at {} is open read-only: {} refused", .0.display(), .1)]
+    ReadOnly(PathBuf, &'static str),
     /// Another writer held the database's lock for longer than the lock timeout.
     #[error("database '{0}' is busy: another writer holds its lock; retry later")]
     Busy(String),

@@ -37,13 +37,24 @@ pub(crate) struct Env {
 pub(crate) const PURGE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Env {
-    /// Holds the GC lock shared (see [`GcLock`]); busy after the lock timeout.
+    /// Holds the GC lock shared (see [`GcLock`]); busy after the lock timeout. Every write
+    /// takes it first, so a read-only store refuses here ([`Env::writable`]).
     pub fn gc_shared(&self) -> Result<GcShared<'_>> {
+        self.writable("a write")?;
         self.gc.shared().map_err(|e| self.gc_error(e))
+    }
+
+    /// [`crate::Error::ReadOnly`] for `what` when the store was opened read-only.
+    pub fn writable(&self, what: &'static str) -> Result<()> {
+        if self.opts.read_only {
+            return Err(crate::error::Error::ReadOnly(self.root.clone(), what));
+        }
+        Ok(())
     }
 
     /// Holds the GC lock exclusively (garbage collection).
     pub fn gc_exclusive(&self) -> Result<GcExclusive<'_>> {
+        self.writable("garbage collection")?;
         self.gc.exclusive().map_err(|e| self.gc_error(e))
     }
 

@@ -224,7 +224,12 @@ pub(crate) fn now_ms() -> u64 {
 impl Database {
     pub(crate) fn open(store: Arc<Env>, name: &str, dir: PathBuf) -> Result<Database> {
         let lp = dir.join("LOCK");
-        let lock = match DbLock::open(&dir) {
+        let opened = if store.opts.read_only {
+            DbLock::open_read_only(&dir)
+        } else {
+            DbLock::open(&dir)
+        };
+        let lock = match opened {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NoSuchDatabase(name.into()))
@@ -521,6 +526,7 @@ impl Database {
                 "keep_archive is a store setting, not a database one".into(),
             ));
         }
+        self.inner.store.writable("a settings change")?;
         let sync = self.inner.sync();
         s.write(&self.inner.dir.join("settings.json"), sync)?;
         *self

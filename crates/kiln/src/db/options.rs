@@ -49,6 +49,12 @@ pub struct Options {
     /// out again (the most recently opened; 0: every call opens anew). Each costs three file
     /// descriptors and its handle's caches (the block cache is the store's, shared).
     pub open_databases: usize,
+    /// Open the store for reading only: it must exist (nothing is created), no file is
+    /// written, opened for writing or locked, and every write (commits, compaction, purge,
+    /// gc, settings, metadata, creating, forking or dropping databases, proposals) is
+    /// [`crate::Error::ReadOnly`]. Works on a read-only mount. (A diff a power cut lost, which
+    /// a read would put back from the head record's copy, is then reported instead.)
+    pub read_only: bool,
 }
 
 impl Default for Options {
@@ -61,6 +67,7 @@ impl Default for Options {
             background_compaction: true,
             reserve_files: 160,
             open_databases: 64,
+            read_only: false,
         }
     }
 }

@@ -167,6 +167,9 @@ impl Store {
                     });
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.read_only => {
+                return Err(Error::NoStore(root));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 for d in [root.clone(), root.join("dbs")] {
                     std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
@@ -196,8 +199,12 @@ impl Store {
                     opts.reserve_files,
                 )),
                 keybag: Keybag::new(root.join("keys")),
-                gc: GcLock::open(root.join(GC), opts.lock_timeout)
-                    .map_err(|e| Error::io(root.join(GC), e))?,
+                gc: if opts.read_only {
+                    GcLock::read_only(&root, opts.lock_timeout).map_err(|e| Error::io(&root, e))?
+                } else {
+                    GcLock::open(root.join(GC), opts.lock_timeout)
+                        .map_err(|e| Error::io(root.join(GC), e))?
+                },
                 root,
                 cache,
                 opts,
@@ -222,6 +229,7 @@ impl Store {
     /// Replaces the store's settings. They apply to databases opened afterwards (and to this
     /// handle's open databases at once).
     pub fn set_settings(&self, s: &Settings) -> Result<()> {
+        self.inner.writable("a settings change")?;
         let p = self.inner.root.join(SETTINGS);
         s.write(&p, self.inner.opts.durability == Durability::Full)?;
         *self
@@ -285,6 +293,7 @@ impl Store {
     /// the store grows by one head record. Writes to either side do not show on the other.
     /// From now on neither deletes files by itself (they are shared); `gc` does, by reference.
     pub fn fork(&self, src: &str, dst: Option<&str>) -> Result<Database> {
+        self.inner.writable("a fork")?;
         let source = self.open_db(src)?;
         let name = self.new_name(dst)?;
         let sync = self.inner.opts.durability == Durability::Full;
@@ -379,7 +388,7 @@ impl Store {
             }
         }
         let db = self.open_plain(name)?;
-        if db.scrubbing_as_read() {
+        if db.scrubbing_as_read() && !self.inner.opts.read_only {
             db.finish_purge_soon();
         }
         self.handles.keep(&db);

@@ -229,6 +229,7 @@ impl Store {
     /// Writes a proposal sealed under its target's key (mode 0600, always fsynced: it is
     /// small and rare), then removes a plaintext copy an older kiln left.
     fn save(&self, p: &Proposal) -> Result<()> {
+        self.inner.writable("a proposal")?;
         let to = self.open_db(&p.to)?;
         let path = self.proposal_path(&p.id)?;
         let body = p.to_json().to_string();

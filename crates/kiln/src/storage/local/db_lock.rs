@@ -26,6 +26,14 @@ impl DbLock {
         Ok(DbLock { file, path })
     }
 
+    /// Opens `dir/LOCK` for reading only (a read-only store: its counter is read, it is never
+    /// locked or written); `NotFound` when there is none.
+    pub fn open_read_only(dir: &Path) -> io::Result<DbLock> {
+        let path = dir.join("LOCK");
+        let file = OpenOptions::new().read(true).open(&path)?;
+        Ok(DbLock { file, path })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -34,6 +34,16 @@ impl GcLock {
         })
     }
 
+    /// A lock for a store opened read-only, which takes it never (every write is refused
+    /// before): the store's folder, opened for reading.
+    pub fn read_only(root: &std::path::Path, timeout: std::time::Duration) -> io::Result<GcLock> {
+        Ok(GcLock {
+            file: std::fs::File::open(root)?,
+            users: std::sync::Mutex::new(0),
+            timeout,
+        })
+    }
+
     /// Waits (up to the lock timeout) while a garbage collection runs.
     pub fn shared(&self) -> io::Result<GcShared<'_>> {
         let mut n = self.users.lock().unwrap_or_else(|p| p.into_inner());
