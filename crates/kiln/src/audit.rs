@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 /// Where a search found the bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
+    /// The file.
     pub path: PathBuf,
     /// `raw`, `diff segment`, `head record`, `carried diff segment` or `proposal`.
     pub how: &'static str,

@@ -10,7 +10,13 @@ use std::path::PathBuf;
 pub enum Error {
     /// A database name outside the allowed alphabet or length.
     #[error("invalid database name {name:?}: {why}")]
-    InvalidName { name: String, why: &'static str },
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// No database of that name in the store.
     #[error("database '{0}' does not exist")]
     NoSuchDatabase(String),
     /// [`crate::Store::open_existing`] found no store at the path (nothing was created).
@@ -19,12 +25,19 @@ pub enum Error {
     /// The ids have no live document in the database (never written, or deleted); nothing
     /// was changed.
     #[error("{}", no_such_document(.db, .ids))]
-    NoSuchDocument { db: String, ids: Vec<String> },
+    NoSuchDocument {
+        /// The database.
+        db: String,
+        /// The ids without a live document.
+        ids: Vec<String>,
+    },
+    /// A database of that name exists already; nothing was created.
     #[error("database '{0}' already exists")]
     DatabaseExists(String),
     /// Bad input for a write; nothing was changed.
     #[error("invalid document: {0}")]
     InvalidDocument(String),
+    /// A bad argument (an option out of range, text that is not what was asked for).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// An expected-version write (`Database::put_if`, `del_if`) found the document at another
@@ -35,21 +48,30 @@ pub enum Error {
     /// and the like); the document is as it was.
     #[error("document {id:?} in database '{db}' does not fit {into}: {why}")]
     Decode {
+        /// The database.
         db: String,
+        /// The document's id.
         id: String,
         /// The type asked for (as `std::any::type_name` spells it).
         into: &'static str,
+        /// What serde said.
         why: String,
     },
     /// JSON that does not parse or does not fit a type, met in an app's own code: lets `?`
     /// turn a `serde_json::Error` into a kiln error.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The event is not in the database's history (or its history was dropped before it).
     #[error("event {0} is not part of database '{1}'")]
     NoSuchEvent(Cid, String),
     /// Stored bytes are damaged or were tampered with. Never reported as "not found".
     #[error("corruption in {location}: {what}")]
-    Corrupt { location: String, what: String },
+    Corrupt {
+        /// Where: a file, a block, a head record.
+        location: String,
+        /// What is wrong there.
+        what: String,
+    },
     /// A file the head record names is gone from storage.
     #[error("file {0} named by the head record of database '{1}' is missing from storage")]
     MissingFile(FileName, String),
@@ -68,8 +90,14 @@ pub enum Error {
     /// still be stored; the next open, write or `gc` of the store tries again.
     #[error("the purge in database '{0}' is committed but not finished: {1}")]
     PurgeUnfinished(String, String),
+    /// Stored data of a format version this kiln does not know (written by a newer one).
     #[error("{what} was written by a newer kiln (format {version}); upgrade kiln")]
-    NewerFormat { what: String, version: u32 },
+    NewerFormat {
+        /// What was read (a file, a head record, the store).
+        what: String,
+        /// The format version it has.
+        version: u32,
+    },
     /// The keybag holds no key for the lineage the head record names: the key file is
     /// missing, or the head record's (plaintext) lineage id is damaged.
     #[error(
@@ -92,9 +120,12 @@ pub enum Error {
     /// gone.
     #[error("the store is busy with garbage collection; retry later")]
     StoreBusy,
+    /// The operating system refused an operation on a file or folder.
     #[error("I/O error on {path}: {source}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -113,7 +144,9 @@ fn no_such_document(db: &str, ids: &[String]) -> String {
 /// What an expected-version write found ([`Error::Conflict`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteConflict {
+    /// The database.
     pub db: String,
+    /// The document's id.
     pub id: String,
     /// The version the write expected (`None`: no document).
     pub expected: Option<crate::Rev>,

@@ -36,6 +36,7 @@ impl Drop for Wiped {
 }
 
 impl Keybag {
+    /// The keybag kept in folder `dir` (nothing is read or made yet).
     pub fn new(dir: impl Into<PathBuf>) -> Keybag {
         Keybag { dir: dir.into() }
     }
@@ -268,6 +269,7 @@ impl Keybag {
         Ok(n)
     }
 
+    /// Removes lineage `l`'s key (its databases become unreadable); absent is fine.
     pub fn remove(&self, l: &Lineage) -> Result<()> {
         let path = self.path(l);
         match std::fs::remove_file(&path) {

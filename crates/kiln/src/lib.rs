@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+#![deny(missing_docs)]
 // Visitor callbacks (`&mut dyn FnMut(..) -> Result<bool, E>`) read better spelled out.
 #![allow(clippy::type_complexity)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

@@ -83,11 +83,13 @@ pub struct GcReport {
     pub live_files: usize,
     /// Files no database named, removed (or archived).
     pub removed_files: usize,
+    /// Bytes of those files.
     pub removed_bytes: u64,
     /// Of those, moved to the archive rather than deleted.
     pub archived: bool,
     /// Space kept for reuse by earlier removals, freed.
     pub reusable_files: u64,
+    /// Bytes of those.
     pub reusable_bytes: u64,
     /// What killed creates, forks and drops left behind (`dbs/.new-*`, `dbs/.drop-*`
     /// folders), removed.

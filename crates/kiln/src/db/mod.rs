@@ -285,6 +285,7 @@ impl Database {
         })
     }
 
+    /// The database's name in its store.
     pub fn name(&self) -> &str {
         &self.inner.name
     }

@@ -20,6 +20,7 @@ pub enum Durability {
 /// Store-wide settings.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// What a commit waits for before it returns (see [`Durability`]).
     pub durability: Durability,
     /// Budget of the shared block cache, in bytes.
     pub cache_bytes: usize,

@@ -19,7 +19,9 @@ pub struct Committed {
 /// so a document written back to an earlier value has a new version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rev {
+    /// Height of the event that wrote this version.
     pub height: u64,
+    /// CID of the version's contents.
     pub cid: Cid,
 }
 
@@ -72,20 +74,26 @@ impl<'de> serde::Deserialize<'de> for Rev {
 /// [`Change::decode`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change<T = Value> {
+    /// The document's id.
     pub id: String,
     /// Clock height of the write that produced the current value.
     pub version: u64,
     /// The document, or `{"_id":…, "_deleted": true}`.
     pub doc: T,
+    /// The document is deleted (`doc` is its tombstone).
     pub deleted: bool,
 }
 
 /// One event of the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
+    /// The event.
     pub cid: Cid,
+    /// The events it follows (none for the first; two or more for a merge or a join).
     pub parents: Vec<Cid>,
+    /// 1 + the greatest height among its parents.
     pub height: u64,
+    /// When it was committed (ms since the Unix epoch; informational).
     pub time: u64,
     /// Ids touched, with `true` for a delete.
     pub ops: Vec<(String, bool)>,
@@ -96,10 +104,15 @@ pub struct LogEntry {
 /// Sizes and counts of a database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Info {
+    /// The database's name.
     pub name: String,
+    /// Its lineage (a UUID): shared with its forks, and its key's name.
     pub lineage: String,
+    /// Live documents.
     pub docs: u64,
+    /// Events in its clock.
     pub events: u64,
+    /// Its clock heads (more than one after concurrent transactions, until the next commit).
     pub heads: Vec<Cid>,
     /// Document-tree root of the current state: equal on replicas holding the same documents
     /// (in trees of one shape).
@@ -107,8 +120,11 @@ pub struct Info {
     /// Where the database's tree nodes end, fixed for its life: `Bounded` for databases created
     /// since head records of version 5, `Mod16` before (docs/format.md, "Tree node").
     pub tree_shape: crate::TreeShape,
+    /// Its live files, newest first.
     pub files: Vec<FileRef>,
+    /// Bytes of its live files.
     pub bytes: u64,
+    /// Times its head record was written.
     pub commits: u64,
     /// When compaction last ran (ms since the Unix epoch), 0 for never.
     pub compacted: u64,
@@ -142,6 +158,7 @@ pub struct MergeReport {
 /// JSON by default; see [`Conflict::decode`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conflict<T = Value> {
+    /// The document's id.
     pub id: String,
     /// The value in their common history (`None`: absent or deleted).
     pub ancestor: Option<T>,
@@ -157,7 +174,9 @@ pub struct Conflict<T = Value> {
 /// A side of a merge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
+    /// The destination (the database merged into).
     Ours,
+    /// The source (the database merged from).
     Theirs,
 }
 
@@ -165,6 +184,7 @@ pub enum Side {
 /// type, JSON by default; see [`DocDiff::decode`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DocDiff<T = Value> {
+    /// The document's id.
     pub id: String,
     /// The document in the first state (`None`: absent or deleted there).
     pub before: Option<T>,
@@ -213,7 +233,9 @@ pub enum Location {
 /// A file in a database's history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryFile {
+    /// The file's name (the hash of its bytes).
     pub name: FileName,
+    /// Where it is now.
     pub location: Location,
     /// 0 for a transaction's diff, n ≥ 1 for a compaction's output; `None` when gone.
     pub level: Option<u8>,

@@ -82,6 +82,7 @@ impl Settings {
             .map_err(|e| Error::io(path, e))
     }
 
+    /// The settings as a JSON object (absent ones as null).
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         if let Some(t) = self.compact_threshold {

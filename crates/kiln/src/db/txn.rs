@@ -82,6 +82,7 @@ impl Transaction {
         }
     }
 
+    /// Writes a document in this transaction (as [`Database::put`]); returns its id.
     pub fn put<T: Serialize + ?Sized>(&mut self, doc: &T) -> Result<String> {
         let w = write_of(doc::prepare_serialize(doc)?);
         let id = w.0.clone();
@@ -89,12 +90,16 @@ impl Transaction {
         Ok(id)
     }
 
+    /// Deletes a document in this transaction (recorded whatever the id holds).
     pub fn del(&mut self, id: &str) -> Result<()> {
         doc::check_id(id)?;
         self.writes.push((id.to_owned(), None));
         Ok(())
     }
 
+    /// Commits the writes as one event: on the latest state when nothing landed since the
+    /// transaction began, else as a concurrent branch on the state it began on (the next commit
+    /// joins the heads; see [`Database::conflicts`]).
     pub fn commit(self) -> Result<Committed> {
         if self.writes.is_empty() {
             return Err(Error::InvalidArgument("nothing to commit".into()));

@@ -76,23 +76,31 @@ impl From<TreeError> for String {
 pub struct Problem {
     /// The file or block concerned.
     pub location: String,
+    /// What is wrong there.
     pub what: String,
 }
 
 /// What `verify` checked and found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
+    /// Files checked.
     pub files: usize,
+    /// Bytes re-hashed.
     pub bytes: u64,
+    /// Blocks checked.
     pub blocks: usize,
+    /// Events reached from the heads.
     pub events: usize,
+    /// Document versions the events name, found and checked.
     pub docs: usize,
+    /// Tree nodes of the trees kept, checked.
     pub tree_nodes: usize,
     /// Document versions events name that were purged on purpose (not problems).
     pub purged: usize,
     /// Purged document versions still stored in a live file (a problem: a purge that did not
     /// finish, e.g. one interrupted before purges were crash-complete).
     pub purged_stored: usize,
+    /// Everything found wrong (empty: the database verifies).
     pub problems: Vec<Problem>,
     /// Files found lost or damaged (a power cut after their commit) and put back from the copy
     /// the head record carries before they were checked (not problems: they check whole now).
@@ -103,6 +111,7 @@ pub struct Report {
 }
 
 impl Report {
+    /// No problem found.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }

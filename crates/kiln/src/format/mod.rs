@@ -4,6 +4,10 @@
 //! Useful for: encoding and decoding what kiln stores. Not for: deciding what to store or
 //! when (that is `db`), or where (that is `storage`).
 
+// The lower layers are reached from outside only through `kiln::internals` (tests,
+// examples, benchmarks: not a stable API); the public API is documented throughout.
+#![allow(missing_docs)]
+
 pub mod block;
 pub mod car;
 pub mod filter;

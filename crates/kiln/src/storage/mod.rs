@@ -13,6 +13,10 @@
 //!
 //! Useful for: keeping and finding bytes. Not for: knowing what they mean.
 
+// The lower layers are reached from outside only through `kiln::internals` (tests,
+// examples, benchmarks: not a stable API); the public API is documented throughout.
+#![allow(missing_docs)]
+
 use std::io::{self, Write};
 
 pub mod faulty;

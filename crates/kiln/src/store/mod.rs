@@ -148,6 +148,8 @@ impl Store {
         }
     }
 
+    /// Opens the store at `root` with `opts`, creating it if absent (unless `opts.read_only`:
+    /// then [`Error::NoStore`]).
     pub fn open_with(root: impl AsRef<Path>, opts: Options) -> Result<Store> {
         // The helper thread large batches share their work with starts with the store, not
         // inside the first batch (~70 µs there).
@@ -240,10 +242,12 @@ impl Store {
         Ok(())
     }
 
+    /// The store's folder.
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
 
+    /// The options it was opened with.
     pub fn options(&self) -> &Options {
         &self.inner.opts
     }

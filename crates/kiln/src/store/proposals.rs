@@ -33,17 +33,26 @@ const PREFIX: usize = 8 + 4 + 16 + SALT_LEN;
 /// Where a proposal stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
+    /// Neither accepted nor rejected yet.
     Open,
     /// Merged into the target by the event named (with `only`: just those documents).
     Accepted {
+        /// The merge event (`None`: a fast-forward).
         event: Option<String>,
+        /// Who accepted it.
         by: String,
+        /// When (ms since the Unix epoch).
         at: u64,
+        /// The documents taken (empty: all).
         only: Vec<String>,
     },
+    /// Declined, with a reason.
     Rejected {
+        /// Who rejected it.
         by: String,
+        /// When (ms since the Unix epoch).
         at: u64,
+        /// Why.
         reason: String,
     },
 }
@@ -51,17 +60,20 @@ pub enum Status {
 /// A nominated contribution.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proposal {
+    /// Its id (a UUIDv7 in hex).
     pub id: String,
     /// The database whose changes are proposed.
     pub fork: String,
     /// The database they are proposed for.
     pub to: String,
+    /// What the proposer wrote about it.
     pub message: String,
     /// ms since the Unix epoch.
     pub created: u64,
     /// The fork's clock heads when the proposal was made (or last updated): what review shows
     /// and accept merges.
     pub heads: Vec<Cid>,
+    /// Where it stands.
     pub status: Status,
 }
 

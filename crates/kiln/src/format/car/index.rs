@@ -21,7 +21,7 @@ pub(super) fn implied_roots(entries: &[Entry]) -> Option<Vec<Cid>> {
         _ => None,
     }
 }
-/// Bytes of an index entry from version 5 on: CID[36] ‖ seg u32 ‖ off u32 ‖ len u32 ‖ kind u8.
+/// Bytes of an index entry from version 5 on: `CID[36] ‖ seg u32 ‖ off u32 ‖ len u32 ‖ kind u8`.
 pub const ENTRY_LEN: usize = CID_LEN + 13;
 
 pub(super) fn kind_of(x: &Entry) -> u8 {

@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// The head record's file: appended to in place, or replaced whole by [`replace_via_spare`],
+/// The head record's file: appended to in place, or replaced whole by `replace_via_spare`,
 /// keeping both files open between writes so a write costs a `pwrite` (and a rename when
 /// replacing), not opens and closes. The caller says whether the cached files can be trusted:
 /// only if no other process wrote since this handle's last write (kiln checks its commit
