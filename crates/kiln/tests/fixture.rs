@@ -377,7 +377,14 @@ fn head_records_carry_their_small_diffs(f: &Fixture) {
     }
     let store = Store::open(d.path()).unwrap();
     let db = store.open_db("fixture").unwrap();
+    assert!(db.repairs().is_empty());
     assert_eq!(db.docs(&ListOptions::default()).unwrap().len(), 25);
+    // The reads that put the files back say so.
+    let mut repaired = db.repairs();
+    repaired.sort();
+    let mut want = diffs.clone();
+    want.sort();
+    assert_eq!(repaired, want);
     assert!(db.verify().unwrap().ok());
     assert!(diffs.iter().all(|n| path(n).exists()));
 }

@@ -475,3 +475,18 @@ fn a_database_keeps_its_own_metadata() {
         assert!(!b.windows(15).any(|w| w == b"TITLE-MARKER-42"), "{p:?}");
     }
 }
+
+#[test]
+fn a_transaction_reads_typed_documents() {
+    let (_d, _s, db) = db();
+    db.put(&msg("m1", "hi")).unwrap();
+    let mut tx = db.transaction().unwrap();
+    tx.put(&msg("m2", "in the transaction")).unwrap();
+    assert_eq!(tx.get_as::<Message>("m1").unwrap(), Some(msg("m1", "hi")));
+    assert_eq!(
+        tx.get_as::<Message>("m2").unwrap(),
+        Some(msg("m2", "in the transaction"))
+    );
+    assert!(matches!(tx.get_as::<u8>("m1"), Err(Error::Decode { .. })));
+    tx.commit().unwrap();
+}

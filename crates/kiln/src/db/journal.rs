@@ -98,6 +98,10 @@ impl Db {
             .storage
             .restore(name, &bytes)
             .map_err(|e| self.file_err(name, e))?;
+        let mut r = self.repaired.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.contains(name) {
+            r.push(*name);
+        }
         Ok(true)
     }
 }

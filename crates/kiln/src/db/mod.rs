@@ -132,6 +132,9 @@ struct Db {
     /// `dbs/<name>/settings.json`, read when first needed (not at open) or set through this
     /// handle.
     settings: RwLock<Option<Settings>>,
+    /// Files this handle found lost or damaged and put back from the head record's copy (see
+    /// [`Database::repairs`]).
+    repaired: Mutex<Vec<FileName>>,
     /// A background compaction of this handle is running.
     compacting: AtomicBool,
     /// The background compaction thread last started by this handle (see
@@ -272,6 +275,7 @@ impl Database {
             filters: Mutex::new(Arc::new(FileFilters::default())),
             pending: RwLock::new(DigestMap::default()),
             settings: RwLock::new(None),
+            repaired: Mutex::new(Vec::new()),
             compacting: AtomicBool::new(false),
             compactor: Mutex::new(None),
             handles: AtomicUsize::new(1),
@@ -309,6 +313,18 @@ impl Database {
     pub fn get(&self, id: &str) -> Result<Option<Value>> {
         doc::check_id(id)?;
         self.inner.read(|v| v.doc(id, v.head.root.as_ref()))
+    }
+
+    /// The files this handle found lost or damaged (a power cut after a fully durable commit
+    /// whose small diff rode in the head record) and put back from the head record's copy,
+    /// in the order repaired, each once: nothing was lost, but the storage under the store
+    /// lost writes it had acknowledged. (`verify` lists the ones it repairs too.)
+    pub fn repairs(&self) -> Vec<FileName> {
+        self.inner
+            .repaired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The version a document is at (`None`: no live document), for [`Database::put_if`].

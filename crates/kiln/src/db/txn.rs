@@ -82,6 +82,13 @@ impl Transaction {
         }
     }
 
+    /// [`Transaction::get`] as a `T` (see [`Database::get_as`]).
+    pub fn get_as<T: serde::de::DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
+        self.get(id)?
+            .map(|d| super::typed::decode(self.db.name(), id, d))
+            .transpose()
+    }
+
     /// Writes a document in this transaction (as [`Database::put`]); returns its id.
     pub fn put<T: Serialize + ?Sized>(&mut self, doc: &T) -> Result<String> {
         let w = write_of(doc::prepare_serialize(doc)?);
