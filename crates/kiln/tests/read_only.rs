@@ -99,6 +99,11 @@ fn a_read_only_store_reads_and_writes_nothing() {
     refused(s.gc().map(|_| ()), "gc");
     refused(s.set_settings(&kiln::Settings::default()), "store settings");
     refused(s.propose("b", "a", "q").map(|_| ()), "propose");
+    // (Found by review: deciding a proposal made its `.decided` mark before refusing.)
+    let id = s.proposals(None, true).unwrap()[0].id.clone();
+    refused(s.reject(&id, "no", "me").map(|_| ()), "reject");
+    refused(s.accept(&id, None, "me").map(|_| ()), "accept");
+    refused(s.update_proposal(&id).map(|_| ()), "update_proposal");
     refused(
         db.merge_from(&s.open_db("b").unwrap(), None).map(|_| ()),
         "merge",
@@ -114,4 +119,54 @@ fn a_read_only_store_reads_and_writes_nothing() {
         Err(Error::NoStore(_))
     ));
     assert!(!none.exists());
+}
+
+/// Found by review: a read-only store must read a database whose head record ends in a torn
+/// append (`info` and `verify` confirmed it under the writer lock, refused) and one whose LOCK
+/// holds a drop mark a killed drop left (its take-back locked and wrote LOCK: EBADF), and
+/// still write nothing.
+#[test]
+fn a_read_only_store_reads_what_crashes_left() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        for n in ["torn", "marked"] {
+            let db = s.create(Some(n)).unwrap();
+            db.put(&json!({"_id": "x", "v": 1})).unwrap();
+            db.put(&json!({"_id": "y", "v": 2})).unwrap();
+        }
+    }
+    use std::io::Write;
+    let torn = dir.path().join("dbs/torn/HEAD");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&torn)
+        .unwrap()
+        .write_all(&[0u8; 5])
+        .unwrap();
+    // A drop killed between marking LOCK and renaming the folder away.
+    std::fs::write(dir.path().join("dbs/marked/LOCK"), [0xffu8; 16]).unwrap();
+    let before = snapshot(dir.path());
+    let s = Store::open_with(dir.path(), read_only()).unwrap();
+    let t = s.open_db("torn").unwrap();
+    assert_eq!(t.get("y").unwrap().unwrap()["v"], 2);
+    assert!(t.info().unwrap().torn_append);
+    let r = t.verify().unwrap();
+    assert!(r.torn_append && r.ok(), "{:?}", r.problems);
+    let m = s.open_db("marked").unwrap();
+    assert_eq!(m.get("x").unwrap().unwrap()["v"], 1);
+    assert_eq!(m.docs(&ListOptions::default()).unwrap().len(), 2);
+    drop((t, m, s));
+    assert!(before == snapshot(dir.path()), "the store changed");
+    // A writer takes the mark back and cuts the torn append.
+    let s = Store::open(dir.path()).unwrap();
+    s.open_db("marked")
+        .unwrap()
+        .put(&json!({"_id": "z"}))
+        .unwrap();
+    s.open_db("torn")
+        .unwrap()
+        .put(&json!({"_id": "z"}))
+        .unwrap();
+    assert!(!s.open_db("torn").unwrap().info().unwrap().torn_append);
 }

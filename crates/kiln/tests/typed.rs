@@ -490,3 +490,40 @@ fn a_transaction_reads_typed_documents() {
     assert!(matches!(tx.get_as::<u8>("m1"), Err(Error::Decode { .. })));
     tx.commit().unwrap();
 }
+
+/// Found by review: `update_meta` ran the caller's closure under the writer lock (a closure
+/// writing to the database deadlocked; a panicking one left the lock held). It now runs on a
+/// copy and the result is written only if nobody changed the metadata meanwhile.
+#[test]
+fn update_meta_runs_the_closure_outside_the_lock() {
+    let (d, _s, db) = db();
+    let other = Store::open(d.path()).unwrap().open_db("chat").unwrap();
+    let mut runs = 0;
+    db.update_meta(|m| {
+        runs += 1;
+        if runs == 1 {
+            // Meanwhile another handle changes it (and this one writes a document).
+            other
+                .update_meta(|o| {
+                    o.insert("by_other".into(), json!(true));
+                })
+                .unwrap();
+            db.put(&msg("inside", "a write from the closure")).unwrap();
+        }
+        m.insert("mine".into(), json!(runs));
+    })
+    .unwrap();
+    assert_eq!(runs, 2, "ran again on the newer metadata");
+    let m = db.meta().unwrap();
+    assert_eq!(
+        (m["by_other"].clone(), m["mine"].clone()),
+        (json!(true), json!(2))
+    );
+    assert!(db.get("inside").unwrap().is_some());
+    // A panicking closure leaves the database writable.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        db.update_meta(|_| panic!("boom")).unwrap();
+    }));
+    assert!(r.is_err());
+    other.put(&msg("after", "the panic")).unwrap();
+}

@@ -16,11 +16,23 @@ pub(super) const DROPPED: u64 = u64::MAX;
 /// holds it until the folder is gone), if this LOCK is still the one at `lp`, its counter
 /// restarts at a fresh value, so no handle mistakes its cached head for current. Otherwise
 /// the drop went through: no such database.
+///
+/// A read-only store (`read_only`) takes no lock and writes nothing: a folder in place is read
+/// as the database it is (the mark stays for a writer to take back), a folder gone is no such
+/// database.
 pub(super) fn recover_unfinished_drop(
     lock: &DbLock,
     name: &str,
     timeout: std::time::Duration,
+    read_only: bool,
 ) -> Result<()> {
+    if read_only {
+        let io = |e| Error::io(lock.path(), e);
+        return match lock.in_place().map_err(io)? {
+            true => Ok(()),
+            false => Err(Error::NoSuchDatabase(name.into())),
+        };
+    }
     match lock.lock(timeout) {
         Ok(true) => {}
         Ok(false) => return Err(Error::Busy(name.into())),

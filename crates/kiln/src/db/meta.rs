@@ -31,11 +31,14 @@ impl Database {
         self.update_meta(|m| *m = meta.clone())
     }
 
-    /// Changes the database's metadata with `f` (read and written under the writer lock, so
-    /// concurrent changes from other handles or processes are not lost).
-    pub fn update_meta(&self, f: impl FnOnce(&mut Map<String, Value>)) -> Result<()> {
-        self.inner.with_lock(|db, head| {
-            let mut m = parse(&db.name, &head.meta)?;
+    /// Changes the database's metadata with `f`: `f` runs on a copy, outside the writer lock,
+    /// and the result is written only if nobody changed the metadata meanwhile (else `f` runs
+    /// again on the newer one), so concurrent changes from other handles or processes are not
+    /// lost and `f` may take its time (or even write to this database).
+    pub fn update_meta(&self, mut f: impl FnMut(&mut Map<String, Value>)) -> Result<()> {
+        loop {
+            let seen = self.inner.refresh()?.head.meta.clone();
+            let mut m = parse(&self.inner.name, &seen)?;
             f(&mut m);
             let text = if m.is_empty() {
                 String::new()
@@ -48,9 +51,17 @@ impl Database {
                     text.len()
                 )));
             }
-            head.meta = text;
-            Ok(((), Vec::new()))
-        })
+            let written = self.inner.with_lock(|_, head| {
+                if head.meta != seen {
+                    return Ok((false, Vec::new()));
+                }
+                head.meta = text;
+                Ok((true, Vec::new()))
+            })?;
+            if written {
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -255,7 +255,8 @@ impl Database {
         // takes `begin` = DROPPED for dropped.)
         if stamp == Some(DROPPED) || lock.counter().map_err(|e| Error::io(&lp, e))?[0] == DROPPED {
             // (The head record stands: a drop that never happened changes nothing in it.)
-            recover_unfinished_drop(&lock, name, store.opts.lock_timeout)?;
+            let o = &store.opts;
+            recover_unfinished_drop(&lock, name, o.lock_timeout, o.read_only)?;
             stamp = None;
         }
         let db = Db {
@@ -292,6 +293,15 @@ impl Database {
     /// The database's name in its store.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Lets go of the database's settings read so far (read again when next needed).
+    pub(crate) fn forget_settings(&self) {
+        *self
+            .inner
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Whether this handle can go on being handed out by its store: it has not failed a write

@@ -581,7 +581,8 @@ impl Db {
             // an open would). Under this handle's writer mutex: the writer lock is this
             // handle's file's, which a drop through this handle may hold.
             let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            recover_unfinished_drop(&self.lock, &self.name, self.store.opts.lock_timeout)?;
+            let o = &self.store.opts;
+            recover_unfinished_drop(&self.lock, &self.name, o.lock_timeout, o.read_only)?;
             return self.reload();
         }
         let st = self.state();

@@ -269,6 +269,14 @@ impl Store {
     /// Creates a database with its own settings (only `compact_threshold` applies to a
     /// database).
     pub fn create_with(&self, name: Option<&str>, settings: &Settings) -> Result<Database> {
+        // Kept for `open_db` once the store's locks are let go (keeping may close another
+        // handle, whose drop waits for its merge).
+        let db = self.create_unkept(name, settings)?;
+        self.handles.keep(&db);
+        Ok(db)
+    }
+
+    fn create_unkept(&self, name: Option<&str>, settings: &Settings) -> Result<Database> {
         if settings.keep_archive.is_some() {
             return Err(Error::InvalidArgument(
                 "keep_archive is a store setting, not a database one".into(),
@@ -297,6 +305,12 @@ impl Store {
     /// the store grows by one head record. Writes to either side do not show on the other.
     /// From now on neither deletes files by itself (they are shared); `gc` does, by reference.
     pub fn fork(&self, src: &str, dst: Option<&str>) -> Result<Database> {
+        let db = self.fork_unkept(src, dst)?;
+        self.handles.keep(&db);
+        Ok(db)
+    }
+
+    fn fork_unkept(&self, src: &str, dst: Option<&str>) -> Result<Database> {
         self.inner.writable("a fork")?;
         let source = self.open_db(src)?;
         let name = self.new_name(dst)?;
@@ -369,9 +383,7 @@ impl Store {
         if sync {
             sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
         }
-        let db = self.open_plain(name)?;
-        self.handles.keep(&db);
-        Ok(db)
+        self.open_plain(name)
     }
 
     /// Opens an existing database. If a purge of it was committed but not finished (the
@@ -387,6 +399,11 @@ impl Store {
         check_name(name)?;
         if let Some(db) = self.handles.take(name) {
             if db.still_good() {
+                // As a fresh open would: settings read again, an interrupted purge retried.
+                db.forget_settings();
+                if db.scrubbing_as_read() && !self.inner.opts.read_only {
+                    db.finish_purge_soon();
+                }
                 self.handles.keep(&db);
                 return Ok(db);
             }
@@ -408,10 +425,16 @@ impl Store {
     /// ([`Database::close`]: background merges finished), then makes every commit durable.
     /// Handles the program still holds stay open.
     pub fn close(self) -> Result<()> {
+        let mut first = None;
         for db in self.handles.drain() {
-            db.close()?;
+            if let Err(e) = db.close() {
+                first.get_or_insert(e);
+            }
         }
-        self.sync()
+        match (self.sync(), first) {
+            (_, Some(e)) | (Err(e), None) => Err(e),
+            (Ok(()), None) => Ok(()),
+        }
     }
 
     /// How many database handles this store keeps open to hand out again.

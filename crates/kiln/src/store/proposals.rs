@@ -294,6 +294,10 @@ impl Store {
                     Error::corrupt(legacy.display().to_string(), "proposal is not JSON")
                 })?;
                 let p = Proposal::from_json(&legacy, &v)?;
+                if self.inner.opts.read_only {
+                    // Sealed by the next writer that reads it.
+                    return Ok(Some(Stored::Proposal(Box::new(p))));
+                }
                 match self.save(&p) {
                     Ok(()) => Ok(Some(Stored::Proposal(Box::new(p)))),
                     // Its target is gone: nothing can decide it any more.
@@ -388,6 +392,7 @@ impl Store {
     /// Nominates `fork`'s changes for `to` (`kiln propose FORK --to MAIN`): the fork's
     /// current heads are pinned.
     pub fn propose(&self, fork: &str, to: &str, message: &str) -> Result<Proposal> {
+        self.inner.writable("a proposal")?;
         if fork == to {
             return Err(Error::InvalidArgument(
                 "a database cannot propose changes to itself".into(),
@@ -498,6 +503,7 @@ impl Store {
     /// state twice changes nothing). The mark file itself stays (unlinking it would let two
     /// claimers lock two files).
     fn claim(&self, id: &str) -> Result<(Proposal, std::fs::File)> {
+        self.inner.writable("a decision on a proposal")?;
         let decided = |p: &Proposal| {
             Error::InvalidArgument(format!(
                 "proposal {id} was already {}",

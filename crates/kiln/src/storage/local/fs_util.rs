@@ -17,6 +17,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Flushes everything written to the file system holding `path` (`syncfs(2)`): every file,
 /// rename and unlink made before reaches the disk.
+#[cfg(target_os = "linux")]
 pub fn sync_file_system(path: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let f = File::open(path)?;
@@ -24,6 +25,16 @@ pub fn sync_file_system(path: &Path) -> io::Result<()> {
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Flushes everything written (elsewhere than Linux, where one file system cannot be asked
+/// alone: `sync(2)`, which also waits for the writes to be done on the systems kiln runs on).
+#[cfg(not(target_os = "linux"))]
+pub fn sync_file_system(path: &Path) -> io::Result<()> {
+    File::open(path)?;
+    // SAFETY: no arguments, no memory.
+    unsafe { libc::sync() };
     Ok(())
 }
 
