@@ -215,8 +215,8 @@ fn meta(ctx: &Ctx, name: String, set: Vec<String>, unset: Vec<String>) -> Result
             for k in &unset {
                 m.remove(k);
             }
-            for (k, v) in changes {
-                m.insert(k, v);
+            for (k, v) in &changes {
+                m.insert(k.clone(), v.clone());
             }
         })?;
     }
