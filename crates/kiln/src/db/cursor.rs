@@ -12,6 +12,21 @@ use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 
+/// A live tree entry of a batch, its document not yet loaded.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Where its id is in the batch's `ids`, and its length.
+    at: u32,
+    len: u32,
+    /// The document version's CID and version.
+    link: Cid,
+    version: u64,
+    /// Where the leaf naming it was read: its document is usually beside it (a batch spans
+    /// many leaves, and a document looked for from another leaf's place goes to the index,
+    /// at a million documents an index page a load: scans were a third slower).
+    near: Option<Place>,
+}
+
 /// Entries read by the first batch; each later batch doubles, up to [`MAX_BATCH`].
 const FIRST_BATCH: usize = 16;
 const MAX_BATCH: usize = 256;
@@ -31,11 +46,10 @@ pub struct Cursor {
     hi: Option<Vec<u8>>,
     desc: bool,
     left: Option<usize>,
-    /// The batch's entries not yet handed out: (where the id is in `ids`, its length, the
-    /// document version's CID, its version). Documents are loaded one at a time as they are
+    /// The batch's entries not yet handed out. Documents are loaded one at a time as they are
     /// handed out (a batch of decoded documents held at once made the allocator's work a
     /// third slower).
-    buf: VecDeque<(u32, u32, Cid, u64)>,
+    buf: VecDeque<Entry>,
     /// The batch's ids, back to back (one allocation for the batch, its room kept).
     ids: Vec<u8>,
     batch: usize,
@@ -89,22 +103,33 @@ fn min_hi(a: Option<Vec<u8>>, b: Option<Vec<u8>>) -> Option<Vec<u8>> {
     }
 }
 
+/// The ids `opts` selects as a key range `[lo, hi)` (`None`: unbounded).
+pub(super) fn bounds(opts: &ListOptions) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let mut lo = opts.start.as_ref().map(|s| s.as_bytes().to_vec());
+    let mut hi = opts.end.as_ref().map(|e| just_after(e.as_bytes()));
+    if let Some(p) = &opts.prefix {
+        lo = max_lo(lo, Some(p.as_bytes().to_vec()));
+        hi = min_hi(hi, prefix_end(p.as_bytes()));
+    }
+    if let Some(a) = &opts.after {
+        if opts.desc {
+            hi = min_hi(hi, Some(a.as_bytes().to_vec()));
+        } else {
+            lo = max_lo(lo, Some(just_after(a.as_bytes())));
+        }
+    }
+    (lo, hi)
+}
+
+/// `id` followed by a zero byte (see [`just_after`]), for the scan in `db/mod.rs`.
+pub(super) fn after(id: &[u8]) -> Vec<u8> {
+    just_after(id)
+}
+
 impl Cursor {
     pub(super) fn open(db: &Database, opts: &ListOptions) -> Result<Cursor> {
         let snapshot = db.inner.refresh()?;
-        let mut lo = opts.start.as_ref().map(|s| s.as_bytes().to_vec());
-        let mut hi = opts.end.as_ref().map(|e| just_after(e.as_bytes()));
-        if let Some(p) = &opts.prefix {
-            lo = max_lo(lo, Some(p.as_bytes().to_vec()));
-            hi = min_hi(hi, prefix_end(p.as_bytes()));
-        }
-        if let Some(a) = &opts.after {
-            if opts.desc {
-                hi = min_hi(hi, Some(a.as_bytes().to_vec()));
-            } else {
-                lo = max_lo(lo, Some(just_after(a.as_bytes())));
-            }
-        }
+        let (lo, hi) = bounds(opts);
         Ok(Cursor {
             db: db.clone(),
             heads: snapshot.head.heads.clone(),
@@ -132,7 +157,14 @@ impl Cursor {
         if self.buf.is_empty() && !self.done {
             self.fill()?;
         }
-        let Some((at, len, link, version)) = self.buf.pop_front() else {
+        let Some(Entry {
+            at,
+            len,
+            link,
+            version,
+            near,
+        }) = self.buf.pop_front()
+        else {
             self.done = true;
             return Ok(None);
         };
@@ -146,7 +178,7 @@ impl Cursor {
         let id = std::str::from_utf8(&self.ids[at as usize..(at + len) as usize])
             .map_err(|_| Error::corrupt(self.db.name().to_owned(), "document id is not UTF-8"))?
             .to_owned();
-        self.with_view(|v| v.load_doc(&id, &link, version))
+        self.with_view(|v| v.load_doc(&id, &link, version, near))
             .map(Some)
     }
 
@@ -212,21 +244,27 @@ impl Cursor {
         let (lo, hi, desc) = (self.lo.clone(), self.hi.clone(), self.desc);
         let mut got = Vec::new();
         let mut ids = std::mem::take(&mut self.ids);
-        self.with_view(|src| {
+        let stop = self.with_view(|src| {
             got.clear();
             ids.clear();
             src.entries(&lo, &hi, desc, want, &mut ids, &mut got)
         })?;
         self.ids = ids;
-        if got.len() < want {
-            self.done = true;
-        }
-        if let Some(&(at, len, _, _)) = got.last() {
-            let id = &self.ids[at as usize..(at + len) as usize];
-            if self.desc {
-                self.hi = Some(id.to_vec());
-            } else {
-                self.lo = Some(just_after(id));
+        match stop {
+            Stop::End => self.done = true,
+            // The next batch starts at the key it stopped before.
+            Stop::Before(k) if self.desc => self.hi = Some(just_after(&k)),
+            Stop::Before(k) => self.lo = Some(k),
+            // Or right after the last entry taken.
+            Stop::Full => {
+                if let Some(&Entry { at, len, .. }) = got.last() {
+                    let id = &self.ids[at as usize..(at + len) as usize];
+                    if self.desc {
+                        self.hi = Some(id.to_vec());
+                    } else {
+                        self.lo = Some(just_after(id));
+                    }
+                }
             }
         }
         self.buf.extend(got);
@@ -274,7 +312,7 @@ impl Cursor {
 /// rebuilt ([`Point`]).
 trait CursorSource {
     /// Appends to `out` up to `want` live entries with ids in `[lo, hi)`, ascending or
-    /// descending, their ids to `ids`.
+    /// descending (a batch ends with a leaf), their ids to `ids`.
     fn entries(
         &self,
         lo: &Option<Vec<u8>>,
@@ -282,9 +320,10 @@ trait CursorSource {
         desc: bool,
         want: usize,
         ids: &mut Vec<u8>,
-        out: &mut Vec<(u32, u32, Cid, u64)>,
-    ) -> Result<()>;
-    fn load_doc(&self, id: &str, link: &Cid, version: u64) -> Result<Value>;
+        out: &mut Vec<Entry>,
+    ) -> Result<Stop>;
+    /// The document of an entry, looked for first beside the leaf that named it.
+    fn load_doc(&self, id: &str, link: &Cid, version: u64, near: Option<Place>) -> Result<Value>;
 }
 
 impl CursorSource for View<'_> {
@@ -295,11 +334,22 @@ impl CursorSource for View<'_> {
         desc: bool,
         want: usize,
         ids: &mut Vec<u8>,
-        out: &mut Vec<(u32, u32, Cid, u64)>,
-    ) -> Result<()> {
-        collect(self, self.head.root.as_ref(), lo, hi, desc, want, ids, out)
+        out: &mut Vec<Entry>,
+    ) -> Result<Stop> {
+        collect(
+            self,
+            self,
+            self.head.root.as_ref(),
+            lo,
+            hi,
+            desc,
+            want,
+            ids,
+            out,
+        )
     }
-    fn load_doc(&self, id: &str, link: &Cid, version: u64) -> Result<Value> {
+    fn load_doc(&self, id: &str, link: &Cid, version: u64, near: Option<Place>) -> Result<Value> {
+        self.near.set(near);
         View::load_doc(self, id, link, version)
     }
 }
@@ -312,43 +362,91 @@ impl CursorSource for Point<'_> {
         desc: bool,
         want: usize,
         ids: &mut Vec<u8>,
-        out: &mut Vec<(u32, u32, Cid, u64)>,
-    ) -> Result<()> {
-        collect(self, self.root.as_ref(), lo, hi, desc, want, ids, out)
+        out: &mut Vec<Entry>,
+    ) -> Result<Stop> {
+        collect(
+            self,
+            &self.view,
+            self.root.as_ref(),
+            lo,
+            hi,
+            desc,
+            want,
+            ids,
+            out,
+        )
     }
-    fn load_doc(&self, id: &str, link: &Cid, version: u64) -> Result<Value> {
+    fn load_doc(&self, id: &str, link: &Cid, version: u64, near: Option<Place>) -> Result<Value> {
+        self.view.near.set(near);
         self.view.load_doc(id, link, version)
     }
 }
 
 /// Appends to `out` up to `want` live entries with ids in `[lo, hi)` of the tree at `root`
-/// (read through `src`), ascending or descending, their ids to `ids`.
+/// (read through `src`, whose view is `view`), ascending or descending, their ids to `ids`;
+/// says why it stopped.
 #[allow(clippy::too_many_arguments)]
 fn collect<S: NodeSource<Error = Error>>(
     src: &S,
+    view: &View,
     root: Option<&Cid>,
     lo: &Option<Vec<u8>>,
     hi: &Option<Vec<u8>>,
     desc: bool,
     want: usize,
     ids: &mut Vec<u8>,
-    out: &mut Vec<(u32, u32, Cid, u64)>,
-) -> Result<()> {
+    out: &mut Vec<Entry>,
+) -> Result<Stop> {
+    let mut stop = Stop::End;
     let mut f = |k: &[u8], s: &Slot| -> Result<bool> {
         let Some(link) = s.link else { return Ok(true) };
-        out.push((ids.len() as u32, k.len() as u32, link, s.version));
+        // A batch ends with its first leaf read from a file: the leaf's segment is then the
+        // view's last one, where its documents are (read again, at a million documents, when
+        // a batch spanned many leaves: the cache keeps a segment only when asked for twice).
+        let near = view.near.get();
+        if out
+            .first()
+            .is_some_and(|e| e.near.is_some() && e.near != near)
+        {
+            stop = Stop::Before(k.to_vec());
+            return Ok(false);
+        }
+        out.push(Entry {
+            at: ids.len() as u32,
+            len: k.len() as u32,
+            link,
+            version: s.version,
+            near,
+        });
         ids.extend_from_slice(k);
-        Ok(out.len() < want)
+        if out.len() >= want {
+            stop = Stop::Full;
+            return Ok(false);
+        }
+        Ok(true)
     };
     let (lo, hi) = (lo.as_deref(), hi.as_deref());
     if lo.zip(hi).is_some_and(|(l, h)| l >= h) {
-        return Ok(());
+        return Ok(Stop::End);
     }
     if desc {
-        tree::range_rev(src, root, lo, hi, &mut f)
+        tree::range_rev(src, root, lo, hi, &mut f)?;
     } else {
-        tree::range(src, root, lo, hi, &mut f)
+        tree::range(src, root, lo, hi, &mut f)?;
     }
+    Ok(stop)
+}
+
+/// Why a batch ended.
+enum Stop {
+    /// The range has no more entries.
+    End,
+    /// It holds as many entries as asked for.
+    Full,
+    /// At a leaf read from a file other than the batch's first: the next batch starts at
+    /// this key (a descent straight to that leaf; after the last entry taken, it would read
+    /// the leaf before it again).
+    Before(Vec<u8>),
 }
 
 impl Iterator for Cursor {

@@ -67,7 +67,19 @@ impl Database {
 
     /// [`Database::docs`] as `T`s: the first document that does not fit `T` fails the call.
     pub fn docs_as<T: DeserializeOwned>(&self, opts: &ListOptions) -> Result<Vec<T>> {
-        self.cursor_as(opts)?.collect()
+        let mut out = Vec::new();
+        let mut failed = None;
+        self.scan(opts, &mut |d| match decode_doc(self.name(), d) {
+            Ok(t) => {
+                out.push(t);
+                true
+            }
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        })?;
+        failed.map_or(Ok(out), Err)
     }
 
     /// [`Database::conflicts`] as `T`s.
