@@ -266,13 +266,10 @@ fn docs(ctx: &Ctx, db: String, opts: ListOptions) -> Result<u8, Fail> {
         ctx.out.print(String::new, || Value::Array(docs));
         return Ok(0);
     }
-    // One line per document as the cursor yields it: a large listing is never held whole.
+    // One line per document as the walk reaches it: a large listing is never held whole.
     let mut o = std::io::BufWriter::new(std::io::stdout().lock());
-    for d in db.cursor(&opts)? {
-        if writeln!(o, "{}", d?).is_err() {
-            return Ok(0); // stdout closed (a pager quit): nothing more to say
-        }
-    }
+    // (A write that fails is stdout closed, a pager quit: nothing more to say.)
+    db.scan(&opts, &mut |d| writeln!(o, "{d}").is_ok())?;
     let _ = o.flush();
     Ok(0)
 }
