@@ -350,17 +350,8 @@ impl Database {
     /// the last handle also waits for the merge, but cannot report an error. The store may
     /// keep the database open to hand it out again: see `Options::open_databases`.)
     pub fn close(self) -> Result<()> {
-        let h = self
-            .inner
-            .compactor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(h) = h {
-            self.inner.closing.store(true, Ordering::SeqCst);
-            let _ = h.join();
-            self.inner.closing.store(false, Ordering::SeqCst);
-        }
+        self.inner.wait_for_compactor();
+        self.inner.closing.store(false, Ordering::SeqCst);
         self.sync()
     }
 }
@@ -373,20 +364,25 @@ impl Drop for Database {
         if self.inner.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
             return; // another handle is left
         }
+        self.inner.wait_for_compactor();
+    }
+}
+
+impl Db {
+    /// Waits for the merge this handle's background compaction is doing (marking the handle
+    /// closing, so it starts no other).
+    fn wait_for_compactor(&self) {
         let h = self
-            .inner
             .compactor
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(h) = h {
-            self.inner.closing.store(true, Ordering::SeqCst);
+            self.closing.store(true, Ordering::SeqCst);
             let _ = h.join();
         }
     }
-}
 
-impl Db {
     /// The commit counter in LOCK: `[begin, end]`; equal when no commit is in flight.
     pub(super) fn counter(&self) -> Result<[u64; 2]> {
         self.lock

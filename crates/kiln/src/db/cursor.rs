@@ -247,7 +247,13 @@ impl Cursor {
         let stop = self.with_view(|src| {
             got.clear();
             ids.clear();
-            src.entries(&lo, &hi, desc, want, &mut ids, &mut got)
+            let b = Batch {
+                lo: &lo,
+                hi: &hi,
+                desc,
+                want,
+            };
+            src.entries(&b, &mut ids, &mut got)
         })?;
         self.ids = ids;
         match stop {
@@ -308,92 +314,55 @@ impl Cursor {
     }
 }
 
+/// What a batch asks for: ids in `[lo, hi)`, ascending or descending, at most `want`.
+struct Batch<'b> {
+    lo: &'b Option<Vec<u8>>,
+    hi: &'b Option<Vec<u8>>,
+    desc: bool,
+    want: usize,
+}
+
 /// What a cursor reads through: a view of its snapshot, or that view with the snapshot's tree
 /// rebuilt ([`Point`]).
 trait CursorSource {
-    /// Appends to `out` up to `want` live entries with ids in `[lo, hi)`, ascending or
-    /// descending (a batch ends with a leaf), their ids to `ids`.
-    fn entries(
-        &self,
-        lo: &Option<Vec<u8>>,
-        hi: &Option<Vec<u8>>,
-        desc: bool,
-        want: usize,
-        ids: &mut Vec<u8>,
-        out: &mut Vec<Entry>,
-    ) -> Result<Stop>;
+    /// Appends to `out` the batch's live entries (a batch ends with a leaf), their ids to
+    /// `ids`.
+    fn entries(&self, b: &Batch, ids: &mut Vec<u8>, out: &mut Vec<Entry>) -> Result<Stop>;
+    /// The view documents are read through.
+    fn view(&self) -> &View<'_>;
     /// The document of an entry, looked for first beside the leaf that named it.
-    fn load_doc(&self, id: &str, link: &Cid, version: u64, near: Option<Place>) -> Result<Value>;
+    fn load_doc(&self, id: &str, link: &Cid, version: u64, near: Option<Place>) -> Result<Value> {
+        self.view().near.set(near);
+        self.view().load_doc(id, link, version)
+    }
 }
 
 impl CursorSource for View<'_> {
-    fn entries(
-        &self,
-        lo: &Option<Vec<u8>>,
-        hi: &Option<Vec<u8>>,
-        desc: bool,
-        want: usize,
-        ids: &mut Vec<u8>,
-        out: &mut Vec<Entry>,
-    ) -> Result<Stop> {
-        collect(
-            self,
-            self,
-            self.head.root.as_ref(),
-            lo,
-            hi,
-            desc,
-            want,
-            ids,
-            out,
-        )
+    fn entries(&self, b: &Batch, ids: &mut Vec<u8>, out: &mut Vec<Entry>) -> Result<Stop> {
+        collect(self, self, self.head.root.as_ref(), b, ids, out)
     }
-    fn load_doc(&self, id: &str, link: &Cid, version: u64, near: Option<Place>) -> Result<Value> {
-        self.near.set(near);
-        View::load_doc(self, id, link, version)
+    fn view(&self) -> &View<'_> {
+        self
     }
 }
 
 impl CursorSource for Point<'_> {
-    fn entries(
-        &self,
-        lo: &Option<Vec<u8>>,
-        hi: &Option<Vec<u8>>,
-        desc: bool,
-        want: usize,
-        ids: &mut Vec<u8>,
-        out: &mut Vec<Entry>,
-    ) -> Result<Stop> {
-        collect(
-            self,
-            &self.view,
-            self.root.as_ref(),
-            lo,
-            hi,
-            desc,
-            want,
-            ids,
-            out,
-        )
+    fn entries(&self, b: &Batch, ids: &mut Vec<u8>, out: &mut Vec<Entry>) -> Result<Stop> {
+        collect(self, &self.view, self.root.as_ref(), b, ids, out)
     }
-    fn load_doc(&self, id: &str, link: &Cid, version: u64, near: Option<Place>) -> Result<Value> {
-        self.view.near.set(near);
-        self.view.load_doc(id, link, version)
+    fn view(&self) -> &View<'_> {
+        &self.view
     }
 }
 
 /// Appends to `out` up to `want` live entries with ids in `[lo, hi)` of the tree at `root`
 /// (read through `src`, whose view is `view`), ascending or descending, their ids to `ids`;
 /// says why it stopped.
-#[allow(clippy::too_many_arguments)]
 fn collect<S: NodeSource<Error = Error>>(
     src: &S,
     view: &View,
     root: Option<&Cid>,
-    lo: &Option<Vec<u8>>,
-    hi: &Option<Vec<u8>>,
-    desc: bool,
-    want: usize,
+    b: &Batch,
     ids: &mut Vec<u8>,
     out: &mut Vec<Entry>,
 ) -> Result<Stop> {
@@ -419,17 +388,17 @@ fn collect<S: NodeSource<Error = Error>>(
             near,
         });
         ids.extend_from_slice(k);
-        if out.len() >= want {
+        if out.len() >= b.want {
             stop = Stop::Full;
             return Ok(false);
         }
         Ok(true)
     };
-    let (lo, hi) = (lo.as_deref(), hi.as_deref());
+    let (lo, hi) = (b.lo.as_deref(), b.hi.as_deref());
     if lo.zip(hi).is_some_and(|(l, h)| l >= h) {
         return Ok(Stop::End);
     }
-    if desc {
+    if b.desc {
         tree::range_rev(src, root, lo, hi, &mut f)?;
     } else {
         tree::range(src, root, lo, hi, &mut f)?;
