@@ -1027,3 +1027,34 @@ fn read_only_from_the_command_line() {
     assert_eq!(code(&o), 4, "{}", stderr(&o));
     assert!(!fresh.exists());
 }
+
+/// `get --history`: a document's versions, newest first, one JSON object per line.
+#[test]
+fn a_documents_history_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    ok(r, &["db", "create", "n"]);
+    ok(r, &["put", "n", r#"{"_id":"a","v":1}"#]);
+    ok(r, &["put", "n", r#"{"_id":"a","v":2}"#]);
+    ok(r, &["del", "n", "a"]);
+    let lines = ok(r, &["get", "n", "a", "--history"]);
+    let h: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(h.len(), 3);
+    assert_eq!(
+        (h[0]["doc"].clone(), h[0]["rev"].clone()),
+        (Value::Null, Value::Null)
+    );
+    assert_eq!(h[1]["doc"]["v"], 2);
+    assert_eq!(h[2]["doc"]["v"], 1);
+    assert_eq!(
+        json(r, &["get", "n", "a", "--history", "--limit", "1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(code(&kiln(r, &["get", "n", "zz", "--history"], None)), 3);
+}

@@ -44,8 +44,9 @@ mod watch;
 pub use db::settings::Settings;
 pub use db::verify::{Problem, Report as VerifyReport};
 pub use db::{
-    Change, Committed, Conflict, Cursor, Database, DocDiff, HistoryFile, Info, ListOptions,
-    Location, LogEntry, MergeReport, PurgeReport, Rev, Side, Transaction, TypedCursor, LEVEL_FANIN,
+    Change, Committed, Conflict, Cursor, Database, DocDiff, DocVersion, HistoryFile, Info,
+    ListOptions, Location, LogEntry, MergeReport, PurgeReport, Rev, Side, Transaction, TypedCursor,
+    LEVEL_FANIN,
 };
 pub use error::{Error, Result, WriteConflict};
 pub use format::block::cid::{Cid, ParseCidError};

@@ -527,3 +527,68 @@ fn update_meta_runs_the_closure_outside_the_lock() {
     assert!(r.is_err());
     other.put(&msg("after", "the panic")).unwrap();
 }
+
+/// A document's own history: every write and delete, newest first, concurrent ones and merged
+/// ones included, bounded by `limit`; before a dropped history, the state at the cut; a purged
+/// version keeps its place without its content.
+#[test]
+fn a_documents_history_lists_its_versions() {
+    let (_d, s, db) = db();
+    let e1 = db.put(&msg("x", "one")).unwrap().event;
+    db.put(&msg("y", "unrelated")).unwrap();
+    db.put(&msg("x", "two")).unwrap();
+    db.del("x").unwrap();
+    db.put(&msg("x", "three")).unwrap();
+    let h = db.history("x", None).unwrap();
+    let texts: Vec<Option<String>> = h
+        .iter()
+        .map(|v| {
+            v.doc
+                .as_ref()
+                .map(|d| d["text"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            Some("three".into()),
+            None,
+            Some("two".into()),
+            Some("one".into())
+        ]
+    );
+    assert_eq!(h[3].event, e1);
+    assert!(h[1].rev.is_none(), "a delete has no version");
+    assert_eq!(h[0].rev, db.rev("x").unwrap());
+    assert_eq!(db.history("x", Some(2)).unwrap().len(), 2);
+    assert!(db.history("never", None).unwrap().is_empty());
+    // Concurrent transactions: both writes are there.
+    let (mut t1, mut t2) = (db.transaction().unwrap(), db.transaction().unwrap());
+    t1.put(&msg("x", "left")).unwrap();
+    t2.put(&msg("x", "right")).unwrap();
+    t1.commit().unwrap();
+    t2.commit().unwrap();
+    let h = db.history("x", Some(2)).unwrap();
+    let mut two: Vec<String> = h
+        .iter()
+        .map(|v| v.doc.as_ref().unwrap()["text"].as_str().unwrap().to_owned())
+        .collect();
+    two.sort();
+    assert_eq!(two, ["left", "right"]);
+    // A fork's write, merged back, is listed with its own event.
+    let fork = s.fork("chat", Some("f")).unwrap();
+    let fe = fork.put(&msg("x", "from the fork")).unwrap().event;
+    db.merge_from(&fork, None).unwrap();
+    assert_eq!(db.history("x", Some(1)).unwrap()[0].event, fe);
+    // History dropped before an event: the state there stands for what came before.
+    let keep = db.put(&msg("z", "cut here")).unwrap().event;
+    db.drop_history_before(&keep).unwrap();
+    db.put(&msg("x", "after the cut")).unwrap();
+    let h = db.history("x", None).unwrap();
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(h[1].event, keep);
+    // A purge: the versions are listed, their content gone.
+    db.purge("x").unwrap();
+    let h = db.history("x", None).unwrap();
+    assert!(h.iter().all(|v| v.doc.is_none()), "{h:?}");
+}

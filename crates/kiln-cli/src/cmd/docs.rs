@@ -46,6 +46,14 @@ pub enum DocsGroup {
         /// document.
         #[arg(long, conflicts_with_all = ["at", "conflicts"])]
         rev: bool,
+        /// Print the document's versions, newest first, one JSON object per line
+        /// ({"event", "rev", "time", "doc"}; doc null for a delete): walks the log back as far
+        /// as the oldest version printed (see --limit).
+        #[arg(long, conflicts_with_all = ["at", "conflicts", "rev"])]
+        history: bool,
+        /// With --history: at most this many versions.
+        #[arg(long, requires = "history")]
+        limit: Option<usize>,
     },
     /// Delete a document (records a tombstone); exit code 3, writing nothing, if it does not
     /// exist.
@@ -122,6 +130,13 @@ impl DocsGroup {
             DocsGroup::Get {
                 db, id, rev: true, ..
             } => rev(ctx, db, id),
+            DocsGroup::Get {
+                db,
+                id,
+                history: true,
+                limit,
+                ..
+            } => history(ctx, db, id, limit),
             DocsGroup::Get {
                 db,
                 id,
@@ -229,6 +244,37 @@ fn get(ctx: &Ctx, db: String, id: String, at: Option<String>) -> Result<u8, Fail
             return Ok(code::NOT_FOUND);
         }
     }
+    Ok(0)
+}
+
+fn history(ctx: &Ctx, db: String, id: String, limit: Option<usize>) -> Result<u8, Fail> {
+    let db = ctx.open(&db)?;
+    let versions: Vec<Value> = db
+        .history(&id, limit)?
+        .into_iter()
+        .map(|v| {
+            json!({
+                "event": v.event.to_string(),
+                "rev": v.rev.map(|r| r.to_string()),
+                "time": v.time,
+                "doc": v.doc,
+            })
+        })
+        .collect();
+    if versions.is_empty() {
+        eprintln!("kiln: no document {id:?} in {} (never written)", db.name());
+        return Ok(code::NOT_FOUND);
+    }
+    ctx.out.print(
+        || {
+            versions
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+        || Value::Array(versions.clone()),
+    );
     Ok(0)
 }
 

@@ -425,6 +425,74 @@ impl Database {
         })
     }
 
+    /// A document's versions, newest first (descending height, then event CID), each with
+    /// the event that wrote it: every write and delete of `id` in the database's history,
+    /// concurrent ones included (a merge's losers too), up to `limit`. It walks the clock from
+    /// the heads until `limit` versions are found: its cost is the events newer than the
+    /// oldest version returned (the whole log when `limit` is `None` or the document has fewer
+    /// versions). Versions from before a dropped history are there as the state at the cut.
+    ///
+    /// ```
+    /// # fn main() -> kiln::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = kiln::Store::open(dir.path())?.create(Some("c"))?;
+    /// use serde_json::json;
+    /// db.put(&json!({"_id": "n", "v": 1}))?;
+    /// db.put(&json!({"_id": "other"}))?;
+    /// db.put(&json!({"_id": "n", "v": 2}))?;
+    /// let h = db.history("n", None)?;
+    /// assert_eq!(h.len(), 2);
+    /// assert_eq!(h[0].doc.as_ref().unwrap()["v"], 2);
+    /// assert_eq!(h[1].doc.as_ref().unwrap()["v"], 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn history(&self, id: &str, limit: Option<usize>) -> Result<Vec<DocVersion>> {
+        doc::check_id(id)?;
+        self.inner.read(|v| {
+            let mut found: Vec<(Cid, Slot, u64)> = Vec::new();
+            if limit == Some(0) {
+                return Ok(Vec::new());
+            }
+            clock::walk(v, &v.head.heads, &mut |c, e| {
+                if let Ok(i) = e.ops.binary_search_by(|(k, _)| k.as_str().cmp(id)) {
+                    let s = Slot {
+                        version: e.height,
+                        link: e.ops[i].1,
+                    };
+                    found.push((*c, s, e.time));
+                } else if let Some(root) = v.head.cut_root(c) {
+                    // History before a cut lives on as the state at it.
+                    if let Some(s) = tree::get(v, root.as_ref(), id.as_bytes())? {
+                        if s.version < e.height {
+                            found.push((*c, s, e.time));
+                        }
+                    }
+                }
+                Ok(limit.is_none_or(|l| found.len() < l))
+            })?;
+            found
+                .into_iter()
+                .map(|(event, s, time)| {
+                    let doc = match s.link {
+                        Some(l) => match v.load_doc(id, &l, s.version) {
+                            Ok(d) => Some(d),
+                            // A purged version: listed, its content gone on purpose.
+                            Err(Error::Purged(..)) => None,
+                            Err(e) => return Err(e),
+                        },
+                        None => None,
+                    };
+                    Ok(DocVersion {
+                        event,
+                        rev: Rev::of(s),
+                        time,
+                        doc,
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// The current clock heads.
     pub fn heads(&self) -> Result<Vec<Cid>> {
         Ok(self.inner.refresh()?.head.heads.clone())

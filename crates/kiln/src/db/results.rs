@@ -84,6 +84,21 @@ pub struct Change<T = Value> {
     pub deleted: bool,
 }
 
+/// One version of a document ([`Database::history`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocVersion {
+    /// The event that wrote it (for a version from before a dropped history: the event the
+    /// history was cut at, whose state holds it).
+    pub event: Cid,
+    /// Its version (`None`: the write deleted the document).
+    pub rev: Option<Rev>,
+    /// When the event was committed (ms since the Unix epoch; informational).
+    pub time: u64,
+    /// The document as written (`None` for a delete, and for a version purged since: then
+    /// `rev` is set).
+    pub doc: Option<Value>,
+}
+
 /// One event of the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
