@@ -82,7 +82,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `id` followed by a zero byte: the smallest id greater than `id`.
-fn just_after(id: &[u8]) -> Vec<u8> {
+pub(super) fn just_after(id: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(id.len() + 1);
     v.extend_from_slice(id);
     v.push(0);
@@ -119,11 +119,6 @@ pub(super) fn bounds(opts: &ListOptions) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         }
     }
     (lo, hi)
-}
-
-/// `id` followed by a zero byte (see [`just_after`]), for the scan in `db/mod.rs`.
-pub(super) fn after(id: &[u8]) -> Vec<u8> {
-    just_after(id)
 }
 
 impl Cursor {

@@ -196,37 +196,16 @@ impl Database {
     /// other is listed here, from then on, and recorded by the commit that joins the heads.
     pub fn conflicts(&self, id: &str) -> Result<Vec<Value>> {
         self.inner.read(|v| {
-            if v.head.heads.len() > 1 {
-                if let Some(ls) = concurrent::open_conflicts(v, &v.head.heads)?.remove(id) {
-                    return ls
-                        .iter()
-                        .map(|l| {
-                            v.with_block(l, None, |b| {
-                                doc::decode(id, b).map_err(|w| v.corrupt_cid(l, w))
-                            })
-                        })
-                        .collect();
-                }
-            }
-            let mut losers: Vec<(Cid, u64)> = Vec::new();
-            let mut settled = false;
-            clock::walk(v, &v.head.heads, &mut |_, e| {
-                if e.ops.binary_search_by(|(k, _)| k.as_str().cmp(id)).is_ok() {
-                    settled = true;
-                    return Ok(false);
-                }
-                if let Some((_, ls)) = e.conflicts.iter().find(|(k, _)| k == id) {
-                    losers.extend(ls.iter().map(|l| (*l, e.height)));
-                    return Ok(false);
-                }
-                Ok(true)
-            })?;
-            if settled {
-                return Ok(Vec::new());
-            }
+            let losers = match v.head.heads.len() {
+                1 => recorded_losers(v, id)?,
+                _ => match concurrent::open_conflicts(v, &v.head.heads)?.remove(id) {
+                    Some(ls) => ls,
+                    None => recorded_losers(v, id)?,
+                },
+            };
             losers
                 .iter()
-                .map(|(l, _)| {
+                .map(|l| {
                     v.with_block(l, None, |b| {
                         doc::decode(id, b).map_err(|w| v.corrupt_cid(l, w))
                     })
@@ -629,4 +608,21 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// The losing values of `id` the newest event naming it records (a merge's, or a commit's
+/// joining concurrent heads), unless a later write settled it: then none.
+fn recorded_losers(v: &View, id: &str) -> Result<Vec<Cid>> {
+    let mut losers = Vec::new();
+    clock::walk(v, &v.head.heads, &mut |_, e| {
+        if e.ops.binary_search_by(|(k, _)| k.as_str().cmp(id)).is_ok() {
+            return Ok(false); // settled by a later write
+        }
+        if let Some((_, ls)) = e.conflicts.iter().find(|(k, _)| k == id) {
+            losers.extend_from_slice(ls);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    Ok(losers)
 }

@@ -410,7 +410,7 @@ impl Database {
                 resume = Some(if opts.desc {
                     k.to_vec()
                 } else {
-                    cursor::after(k)
+                    cursor::just_after(k)
                 });
                 let go = f(d) && opts.limit.is_none_or(|l| n < l);
                 stopped = !go;

@@ -65,8 +65,7 @@ impl serde::Serialize for Rev {
 
 impl<'de> serde::Deserialize<'de> for Rev {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Rev, D::Error> {
-        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        crate::util::from_text(d)
     }
 }
 

@@ -271,8 +271,7 @@ impl serde::Serialize for Cid {
 
 impl<'de> serde::Deserialize<'de> for Cid {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cid, D::Error> {
-        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        crate::util::from_text(d)
     }
 }
 
