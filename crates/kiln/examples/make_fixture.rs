@@ -3,8 +3,9 @@
 //! `tests/fixtures/v3/` (older head records), `tests/fixtures/v4/` (head records version 3),
 //! `tests/fixtures/v5/` (diff files and head records version 4), `tests/fixtures/v6/` (diff
 //! files version 5, head records version 4), `tests/fixtures/v7/` (head records version 5,
-//! `Bounded` trees) and `tests/fixtures/v8/` (today's formats: head records and diff files
-//! version 6; the store's pool of empty files left out);
+//! `Bounded` trees), `tests/fixtures/v8/` (head records and diff files version 6) and
+//! `tests/fixtures/v9/` (today's formats: diff files version 7, with document logs; the
+//! store's pool of empty files left out);
 //! `tests/fixture.rs` reads them on every run. Besides "fixture" and "empty" it writes
 //! "purged": a document purged after a compaction (a purge event and the head's purged list);
 //! "cut": history dropped before its third event (the head's cut list); "merged" and "side":

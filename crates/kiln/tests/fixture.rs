@@ -10,9 +10,10 @@
 //! structural filter in each index; a database "paged" whose diff file has a paged index) and
 //! head records version 4; `tests/fixtures/v7`: the same with head records version 5, whose
 //! databases' trees are of the `Bounded` shape (every tree before is `Mod16`);
-//! `tests/fixtures/v8`: today's formats, the same with head records version 6 (a commit's
-//! delta in the short form) and diff files version 6 (a small file's index without its roots
-//! and structural filter); all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks
+//! `tests/fixtures/v8`: the same with head records version 6 (a commit's delta in the short
+//! form) and diff files version 6 (a small file's index without its roots and structural
+//! filter); `tests/fixtures/v9`: today's formats, the same with diff files version 7 (files of
+//! several events carry a document log); all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks
 //! reading them, or that changes the CIDs kiln computes for the same content, fails here:
 //! formats are contracts.
 
@@ -104,6 +105,16 @@ const V8: Fixture = Fixture {
     cut_at: "bafyreifdkfxp6tms5wcrhi3hx6uruj3l2ow2rk4k7hlyrvqeydrtnf2p5q",
 };
 
+const V9: Fixture = Fixture {
+    dir: "v9",
+    events: [
+        "bafyreide7z6fqws5vx67cgjrfmdfspow4f7jp6526v27do3slgqzu7bece",
+        "bafyreietdivxikvpd55kjvpgwte4mfhrkakl5fdwxdahrespommlmpzm3e",
+        "bafyreihp63zc2d6zh6s4gbiasb5bv2giqxxs7pfdktsade2ex3u27z3efu",
+    ],
+    cut_at: "bafyreifc6e7hsr34b5vhal4ghoql2bqqhlfsag633nflxh67xjlfgethzy",
+};
+
 const V5: Fixture = Fixture {
     dir: "v5",
     events: [
@@ -185,6 +196,11 @@ fn v8_fixture_reads_and_verifies() {
     reads_and_verifies(&V8);
 }
 
+#[test]
+fn v9_fixture_reads_and_verifies() {
+    reads_and_verifies(&V9);
+}
+
 /// The v6 fixture's "paged" database: 300 documents in one diff file whose index is paged
 /// (fixed-width entries), then one more write; every document reads, the filters of its
 /// head record find the tree, and it verifies.
@@ -201,6 +217,11 @@ fn v7_paged_index_reads_and_verifies() {
 #[test]
 fn v8_paged_index_reads_and_verifies() {
     paged_index_reads_and_verifies(&V8);
+}
+
+#[test]
+fn v9_paged_index_reads_and_verifies() {
+    paged_index_reads_and_verifies(&V9);
 }
 
 fn paged_index_reads_and_verifies(f: &Fixture) {
@@ -222,7 +243,16 @@ fn paged_index_reads_and_verifies(f: &Fixture) {
 /// holds a title.
 #[test]
 fn v8_a_joining_commit_records_the_conflict() {
-    let (_d, store) = open(&V8);
+    a_joining_commit_records_the_conflict(&V8);
+}
+
+#[test]
+fn v9_a_joining_commit_records_the_conflict() {
+    a_joining_commit_records_the_conflict(&V9);
+}
+
+fn a_joining_commit_records_the_conflict(f: &Fixture) {
+    let (_d, store) = open(f);
     let db = store.open_db("joined").unwrap();
     assert_eq!(db.heads().unwrap().len(), 1);
     assert_eq!(db.get("x").unwrap().unwrap()["v"], "two");
@@ -275,12 +305,74 @@ fn v7_fixture_files_and_logs_have_keys_of_their_own() {
     files_and_logs_have_keys_of_their_own(&V7, 5, 5);
 }
 
-/// The same of the v8 fixture (today's formats: head records version 6, diff files 6).
+/// The same of the v8 fixture (head records version 6, diff files 6).
 #[test]
 fn v8_fixture_files_and_logs_have_keys_of_their_own() {
-    assert_eq!(kiln::internals::head::VERSION, 6);
-    assert_eq!(kiln::internals::car::VERSION, 6);
     files_and_logs_have_keys_of_their_own(&V8, 6, 6);
+}
+
+/// The same of the v9 fixture (today's formats: head records version 6, diff files 7).
+#[test]
+fn v9_fixture_files_and_logs_have_keys_of_their_own() {
+    assert_eq!(kiln::internals::head::VERSION, 6);
+    assert_eq!(kiln::internals::car::VERSION, 7);
+    files_and_logs_have_keys_of_their_own(&V9, 6, 7);
+}
+
+/// The v9 fixture's compacted file (four transactions, five events) carries a document log
+/// that names exactly the events that wrote each id, and a document's history read through
+/// it is the one its events give; older fixtures, without logs, give the same through their
+/// events.
+#[test]
+fn v9_compacted_file_carries_a_document_log() {
+    let (d, store) = open(&V9);
+    let db = store.open_db("fixture").unwrap();
+    let info = db.info().unwrap();
+    let compacted: Vec<_> = info.files.iter().filter(|f| f.level > 0).collect();
+    assert_eq!(compacted.len(), 1);
+    let keys = kiln::internals::keys::Keybag::new(d.path().join("keys"))
+        .all()
+        .unwrap();
+    let name = compacted[0].name;
+    let hex = name.to_string();
+    let bytes = std::fs::read(
+        d.path()
+            .join("files")
+            .join(&hex[..2])
+            .join(format!("{hex}.kdf")),
+    )
+    .unwrap();
+    let (key, idx) = keys
+        .iter()
+        .find_map(|k| {
+            Some((
+                k,
+                kiln::internals::car::verify_file(k, &name, &bytes).ok()?.0,
+            ))
+        })
+        .unwrap();
+    assert_eq!(idx.log.len(), 1);
+    let mut read = |off: u64, len: usize| Ok(bytes[off as usize..][..len].to_vec());
+    let log = kiln::internals::car::verify_log(key, &idx, &mut read).unwrap();
+    let ids: Vec<&[u8]> = log.iter().map(|e| e.id.as_slice()).collect();
+    assert!(ids.contains(&&b"alpha"[..]) && ids.contains(&&b"bulk-19"[..]));
+    // alpha at heights 5 and 1 (newest first), beta at 4 and 2.
+    let alpha: Vec<u64> = log
+        .iter()
+        .filter(|e| e.id == b"alpha")
+        .map(|e| e.height())
+        .collect();
+    assert_eq!(alpha, [5, 1]);
+    let beta: Vec<u64> = log
+        .iter()
+        .filter(|e| e.id == b"beta")
+        .map(|e| e.height())
+        .collect();
+    assert_eq!(beta, [4, 2]);
+    let h = db.history("beta", None).unwrap();
+    assert_eq!(h.len(), 2);
+    assert!(h[0].doc.is_none()); // the delete
+    assert_eq!(h[1].doc.as_ref().unwrap()["text"], "héllo wörld");
 }
 
 fn files_and_logs_have_keys_of_their_own(f: &Fixture, head_version: u32, file_version: u32) {
@@ -351,6 +443,11 @@ fn v8_head_records_carry_their_small_diffs() {
     head_records_carry_their_small_diffs(&V8);
 }
 
+#[test]
+fn v9_head_records_carry_their_small_diffs() {
+    head_records_carry_their_small_diffs(&V9);
+}
+
 fn head_records_carry_their_small_diffs(f: &Fixture) {
     let (d, store) = open(f);
     let db = store.open_db("fixture").unwrap();
@@ -403,6 +500,7 @@ fn file_names_are_the_hash_of_their_version() {
         (&V6, 5),
         (&V7, 5),
         (&V8, 6),
+        (&V9, 7),
     ] {
         let (d, _store) = open(f);
         let mut n = 0;
@@ -539,13 +637,13 @@ fn reads_and_verifies(f: &Fixture) {
     if !["v1", "v2", "v3", "v4", "v5"].contains(&f.dir) {
         names.insert(4, "paged");
     }
-    if f.dir == "v8" {
+    if matches!(f.dir, "v8" | "v9") {
         names.insert(3, "joined");
     }
     assert_eq!(store.list().unwrap(), names);
     let db = store.open_db("fixture").unwrap();
     let info = db.info().unwrap();
-    let root = if matches!(f.dir, "v7" | "v8") {
+    let root = if matches!(f.dir, "v7" | "v8" | "v9") {
         ROOT_BOUNDED
     } else {
         ROOT
@@ -581,6 +679,14 @@ fn reads_and_verifies(f: &Fixture) {
     assert_eq!(
         db.get_at("alpha", &first).unwrap().unwrap(),
         json!({"_id": "alpha", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5, "y": null, "z": true}})
+    );
+    // A document's history: through the document log (v9 on) or the files' events.
+    let h = db.history("alpha", None).unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].doc.as_ref().unwrap()["n"], 2);
+    assert_eq!(
+        (h[1].event, h[1].doc.as_ref().unwrap()["n"].clone()),
+        (first, json!(1))
     );
     assert_eq!(
         db.get_at("beta", &Cid::parse(second_event).unwrap())

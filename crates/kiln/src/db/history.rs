@@ -301,14 +301,28 @@ impl Db {
             .iter()
             .map(|(c, b, _)| (*c, b.as_slice()))
             .collect();
-        // Kept events: everything reachable but the dropped ones.
+        // Kept events: everything reachable but the dropped ones. An event concurrent with
+        // `e` whose parent would be dropped (a branch merged after `e`) would lose its
+        // history: refused, before anything is written.
         let mut kept: Vec<(Cid, Arc<Event>)> = Vec::new();
+        let mut stranded: Option<Cid> = None;
         clock::walk(&v, &head.heads, &mut |c, x| {
             if !dropped.contains(c) {
+                if c != e && x.parents.iter().any(|p| dropped.contains(p)) {
+                    stranded = Some(*c);
+                    return Ok(false);
+                }
                 kept.push((*c, Arc::new(x.clone())));
             }
             Ok(true)
         })?;
+        if let Some(c) = stranded {
+            return Err(Error::InvalidArgument(format!(
+                "cannot drop the history before event {e}: event {c} is concurrent with it \
+                 and its history would be lost; choose an event that has both as \
+                 ancestors (such as the merge that joined them)"
+            )));
+        }
         kept.reverse(); // oldest first
         let mut cut: Vec<(Cid, Option<Cid>)> = head
             .cut
@@ -371,6 +385,7 @@ impl Db {
                 }
             }
         }
+        doclog::write_log(&mut w, kept.iter().map(|(c, x)| (c, &**x)))?;
         let file = self.store_file(w, level, heights)?;
         let replaced: Vec<FileName> = head.files.iter().map(|f| f.name).collect();
         head.files = Arc::new(vec![file]);

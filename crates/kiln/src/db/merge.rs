@@ -493,6 +493,11 @@ impl Db {
             }
             None => None,
         };
+        let own = ecid.as_ref().zip(event.as_ref());
+        doclog::write_log(
+            &mut w,
+            theirs_only.iter().map(|(c, e)| (c, &**e)).chain(own),
+        )?;
         let file = self.store_file(w, 0, heights)?;
         // Documents count: what the merged slots changed.
         let docs = cur.docs as i64 + tree::live_delta(&ops, &merged.previous);

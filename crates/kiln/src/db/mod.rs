@@ -12,6 +12,7 @@ mod commit;
 mod compact;
 mod concurrent;
 mod cursor;
+mod doclog;
 mod dropped;
 pub mod env;
 mod files;
@@ -427,10 +428,11 @@ impl Database {
 
     /// A document's versions, newest first (descending height, then event CID), each with
     /// the event that wrote it: every write and delete of `id` in the database's history,
-    /// concurrent ones included (a merge's losers too), up to `limit`. It walks the clock from
-    /// the heads until `limit` versions are found: its cost is the events newer than the
-    /// oldest version returned (the whole log when `limit` is `None` or the document has fewer
-    /// versions). Versions from before a dropped history are there as the state at the cut.
+    /// concurrent ones included (a merge's losers too), up to `limit`. It does not walk the
+    /// clock: each compacted file's document log names the events that wrote `id` (a page or
+    /// two read per file), each transaction diff not compacted yet holds one event, and only
+    /// the versions returned are loaded. Versions from before a dropped history are there as
+    /// the state at the cut.
     ///
     /// ```
     /// # fn main() -> kiln::Result<()> {
@@ -449,30 +451,53 @@ impl Database {
     pub fn history(&self, id: &str, limit: Option<usize>) -> Result<Vec<DocVersion>> {
         doc::check_id(id)?;
         self.inner.read(|v| {
-            let mut found: Vec<(Cid, Slot, u64)> = Vec::new();
             if limit == Some(0) {
                 return Ok(Vec::new());
             }
-            clock::walk(v, &v.head.heads, &mut |c, e| {
-                if let Ok(i) = e.ops.binary_search_by(|(k, _)| k.as_str().cmp(id)) {
-                    let s = Slot {
-                        version: e.height,
-                        link: e.ops[i].1,
-                    };
-                    found.push((*c, s, e.time));
-                } else if let Some(root) = v.head.cut_root(c) {
-                    // History before a cut lives on as the state at it.
-                    if let Some(s) = tree::get(v, root.as_ref(), id.as_bytes())? {
-                        if s.version < e.height {
-                            found.push((*c, s, e.time));
-                        }
+            // (height the version is listed at, event, the version's slot when known)
+            let mut found: Vec<(u64, Cid, Option<Slot>)> = self
+                .inner
+                .writers_of(v, id)?
+                .into_iter()
+                .map(|(h, c)| (h, c, None))
+                .collect();
+            // History before a cut lives on as the state at it (unless the cut event wrote
+            // the document itself: then that write is the version).
+            for (c, root) in &v.head.cut {
+                if found.iter().any(|(_, e, _)| e == c) {
+                    continue;
+                }
+                if let Some(s) = tree::get(v, root.as_ref(), id.as_bytes())? {
+                    let e = v.event(c)?;
+                    if s.version < e.height {
+                        found.push((e.height, *c, Some(s)));
                     }
                 }
-                Ok(limit.is_none_or(|l| found.len() < l))
-            })?;
+            }
+            found.sort_unstable_by_key(|x| std::cmp::Reverse((x.0, x.1)));
+            found.truncate(limit.unwrap_or(usize::MAX));
             found
                 .into_iter()
-                .map(|(event, s, time)| {
+                .map(|(_, event, slot)| {
+                    let e = v.event(&event)?;
+                    let s = match slot {
+                        Some(s) => s,
+                        None => {
+                            let i = e
+                                .ops
+                                .binary_search_by(|(k, _)| k.as_str().cmp(id))
+                                .map_err(|_| {
+                                    v.corrupt_cid(
+                                        &event,
+                                        "listed as a writer of a document it does not write",
+                                    )
+                                })?;
+                            Slot {
+                                version: e.height,
+                                link: e.ops[i].1,
+                            }
+                        }
+                    };
                     let doc = match s.link {
                         Some(l) => match v.load_doc(id, &l, s.version) {
                             Ok(d) => Some(d),
@@ -485,7 +510,7 @@ impl Database {
                     Ok(DocVersion {
                         event,
                         rev: Rev::of(s),
-                        time,
+                        time: e.time,
                         doc,
                     })
                 })

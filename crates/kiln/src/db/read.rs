@@ -519,6 +519,13 @@ impl View<'_> {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Events this thread decoded (not found in the cache): what tests count to tell a walk of
+    /// the clock from a lookup.
+    pub(super) static EVENTS_DECODED: Cell<u64> = const { Cell::new(0) };
+}
+
 impl EventSource for View<'_> {
     type Error = Error;
     /// An event; a cut event (its history dropped) comes without parents, so every walk stops
@@ -540,6 +547,8 @@ impl View<'_> {
         let e = match self.db.store.cache.get(&key) {
             Some(Cached::Event(e)) => e,
             _ => {
+                #[cfg(test)]
+                EVENTS_DECODED.with(|n| n.set(n.get() + 1));
                 let decode = |b: &[u8]| Event::decode(b).map_err(|e| self.corrupt_cid(cid, e.0));
                 let e = Arc::new(match at {
                     Some((f, entry)) => {

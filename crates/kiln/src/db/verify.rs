@@ -123,6 +123,41 @@ impl Report {
     }
 }
 
+/// Why a file's document log (see `car::doclog`) is not exactly what its events write (a
+/// history read from it would miss or invent versions), if it is not: one entry per event in
+/// the file (`structural`: its events and tree nodes, all in `blocks`) and id it writes.
+fn log_disagrees(
+    key: &Key,
+    idx: &car::Index,
+    read: &mut car::ReadPart<'_>,
+    blocks: &Blocks,
+    structural_here: &[Cid],
+) -> Option<String> {
+    let log = match car::verify_log(key, idx, read) {
+        Ok(l) => l,
+        Err(e) => return Some(e.to_string()),
+    };
+    let mut want: Vec<car::LogEntry> = Vec::new();
+    for c in structural_here {
+        if let Some(Ok(b)) = structural(blocks, c) {
+            if let Ok(e) = Event::decode(b) {
+                want.extend(
+                    e.ops
+                        .iter()
+                        .map(|(id, _)| car::LogEntry::new(id.as_bytes(), e.height, c)),
+                );
+            }
+        }
+    }
+    want.sort();
+    want.dedup();
+    (log != want).then(|| {
+        "its document log disagrees with its events (history reads would miss or invent \
+         versions)"
+            .to_owned()
+    })
+}
+
 pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> Report {
     let mut r = Report::default();
     let mut blocks: Blocks = HashMap::new();
@@ -254,6 +289,13 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
                 r.blocks += seen_here;
                 for (c, b) in here {
                     blocks.entry(c).or_insert((f.name, b));
+                }
+                if !idx.log.is_empty() {
+                    if let Some(why) =
+                        log_disagrees(key, &idx, &mut read, &blocks, &structural_here)
+                    {
+                        r.bad(&loc, why);
+                    }
                 }
                 bad_docs.extend(bad_here);
             }

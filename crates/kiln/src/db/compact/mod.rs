@@ -183,9 +183,17 @@ impl Db {
         let mut parents: DigestSet<Cid> = DigestSet::default();
         let mut heights = (u64::MAX, 0);
         let mut versions = Vec::with_capacity(sel.len());
+        // The output's document log: merged from the inputs' logs, and the entries of the
+        // events of inputs without one (see `doclog`).
+        let mut logged: Vec<(FileRef, Arc<car::Index>)> = Vec::new();
+        let mut loose_log: Vec<car::LogEntry> = Vec::new();
         for (i, f) in sel.iter().enumerate().rev() {
             let idx = self.index(f)?;
             versions.push(idx.version);
+            let has_log = !idx.log.is_empty();
+            if has_log {
+                logged.push((f.clone(), idx.clone()));
+            }
             for e in self.file_entries(&v, f)? {
                 if e.event {
                     let seg = v.segment(f, e.seg)?;
@@ -197,6 +205,9 @@ impl Db {
                     parents.extend(ev.parents.iter().copied());
                     if idx.version < 2 {
                         values.extend(ev.ops.iter().filter_map(|(_, l)| *l));
+                    }
+                    if !has_log {
+                        loose_log.extend(doclog::entries_of(&e.cid, &ev));
                     }
                     event_set.insert(e.cid);
                 } else if e.node || idx.version < 2 {
@@ -309,6 +320,7 @@ impl Db {
             },
             replaces: sel.iter().map(|f| f.name).collect(),
         };
+        let logs = (event_set.len() > 1).then_some((logged, loose_log));
         drop((parents, event_set));
         let purged = |c: &Cid| head.purged.binary_search(c).is_ok();
         // Pass 2: stream the kept tree with the document versions it names (see `cluster`),
@@ -316,6 +328,7 @@ impl Db {
         // file; memory holds one file's index entries at a time, the new index and a
         // segment, not the files.
         let mut sources = Some(cluster::Sources::new(&v, &sel, nodes_here)?);
+        let mut logs = Some(logs);
         let mut failed: Option<Error> = None;
         let mut done: Option<(u64, car::Index, u32)> = None;
         let name = self.store.storage.put_with(self.sync(), &mut |out| {
@@ -365,6 +378,12 @@ impl Db {
                 }
                 // The map of tree nodes goes before the new file's index is sorted and written.
                 drop(sources);
+                if let Some((logged, loose)) = logs.take().flatten() {
+                    let mut m = doclog::LogMerge::new(self, logged, loose)?;
+                    while let Some(e) = m.next(self)? {
+                        w.add_log_entry(&e).map_err(io)?;
+                    }
+                }
                 let (name, size, index, index_len) = w.finish().map_err(io)?;
                 done = Some((size, index, index_len));
                 Ok(name)

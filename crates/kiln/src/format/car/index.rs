@@ -11,6 +11,8 @@ pub(super) const FILTERED: u32 = 5;
 /// The first version whose index may leave out its roots ("rt") and structural filter ("sf"):
 /// an unpaged file of one event (its root) or of at most [`SMALL_FILE_BLOCKS`] blocks.
 pub(super) const IMPLIED: u32 = 6;
+/// The first version whose index may list a document log ("dl", see [`LogPageRef`]).
+pub const LOGGED: u32 = 7;
 
 /// The roots an unpaged file's index leaves out (version 6 on): its one event. `None` when its
 /// entries hold no event or several.
@@ -233,6 +235,9 @@ pub struct Index {
     /// The structural filter of the file's tree nodes and events (version 5 on; before,
     /// [`Filter::None`]: probe).
     pub filter: Filter,
+    /// The document log's pages (version 7 on, files of several events; else empty: the
+    /// file's events are read instead).
+    pub log: Vec<LogPageRef>,
 }
 
 /// Reads the trailer: (index offset, index length), the index region's: from version 4 on the
@@ -328,8 +333,9 @@ impl Index {
         if salted != (v >= 4) {
             return Err(FormatError::Framing("trailer and index versions differ"));
         }
-        // (Version 6: 7 to 9, checked against the keys present below.)
+        // (Version 6: 7 to 9, 7: 7 to 10, checked against the keys present below.)
         let fields_ok = match v {
+            v if v >= LOGGED as u64 => (7..=10).contains(&fields),
             v if v >= IMPLIED as u64 => (7..=9).contains(&fields),
             v if v >= FILTERED as u64 => fields == 9,
             _ => fields == 8,
@@ -346,6 +352,37 @@ impl Index {
         } else {
             decode_entries(&mut d, usize::MAX)?
         };
+        let has_dl = v >= LOGGED as u64 && d.peek_key()? == "dl";
+        let mut log = Vec::new();
+        if has_dl {
+            d.key("dl")?;
+            let n = d.array()?;
+            log.reserve(n.min(1 << 16));
+            for _ in 0..n {
+                if d.array()? != 4 {
+                    return Err(FormatError::Record("log page ref must have 4 fields"));
+                }
+                let first = d.bytes()?.to_vec();
+                let (off, len, count) = (d.u64()?, d.u64()?, d.u64()?);
+                if off < HEADER_LEN as u64
+                    || len > u32::MAX as u64
+                    || off.saturating_add(len) > index_at
+                    || count == 0
+                    || count > MAX_LOG_PAGE_ENTRIES as u64
+                {
+                    return Err(FormatError::Record("log page ref out of range"));
+                }
+                log.push(LogPageRef {
+                    first,
+                    off,
+                    len: len as u32,
+                    count: count as u32,
+                });
+            }
+            if log.windows(2).any(|w| w[0].first > w[1].first) {
+                return Err(FormatError::Record("log pages not sorted"));
+            }
+        }
         d.key("lv")?;
         let level = d.u64()?.min(255) as u8;
         d.key("pg")?;
@@ -403,7 +440,8 @@ impl Index {
             roots
         };
         let has_sf = v >= FILTERED as u64 && (!optional || d.peek_key()? == "sf");
-        if optional && fields != 7 + usize::from(has_rt) + usize::from(has_sf) {
+        if optional && fields != 7 + usize::from(has_rt) + usize::from(has_sf) + usize::from(has_dl)
+        {
             return Err(FormatError::Record("index: wrong number of fields"));
         }
         let filter = if optional && !has_sf {
@@ -451,6 +489,7 @@ impl Index {
             entries,
             pages,
             filter,
+            log,
         })
     }
 

@@ -31,12 +31,13 @@ use std::fmt;
 use std::sync::Arc;
 
 pub const MAGIC: &[u8; 8] = b"KILNDIFF";
-/// The version written. 6: a small file's index leaves out what a reader knows otherwise (its
+/// The version written. 7: files of several events may hold a document log (see [`doclog`]);
+/// 6: a small file's index leaves out what a reader knows otherwise (its
 /// roots, its structural filter); 5: fixed-width index entries, structural filters, 4 KiB
 /// segments; 4: sealed under a key of its own (a salt before the index); 3: named by BLAKE3;
 /// 2: LZ4-compressed segments, tree nodes marked in the index, named by sha2-256; 1: raw
 /// segments, no node marks, sha2-256. All are read.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 /// The trailer's last bytes: before version 4 (no salt), and from version 4 on (the index
 /// region starts with the file's salt).
 const END_PLAIN: &[u8; 4] = b"KEND";
@@ -274,6 +275,7 @@ const INDEX_AAD: &[u8] = b"kiln/index/v1";
 const SEG_UNIT: u8 = 1;
 const PAGE_UNIT: u8 = 2;
 const INDEX_UNIT: u8 = 3;
+const LOG_UNIT: u8 = 4;
 
 /// The nonce of unit `n` of a kind in a version-4 file: `kind ‖ 0[7] ‖ n u32 LE`. Each is used
 /// once per file, and each file has a key of its own.
@@ -401,6 +403,9 @@ pub struct Writer {
     /// Segments built apart (see [`Run`]), sealed already; they follow segment 0, which then
     /// holds only the CAR header.
     runs: Option<SealedRuns>,
+    /// The document log's pages so far (plaintext, first id, count) and the one being filled.
+    log_pages: Vec<(Vec<u8>, Vec<u8>, u32)>,
+    log: LogPages,
 }
 
 impl Writer {
@@ -429,6 +434,8 @@ impl Writer {
             entries: Vec::with_capacity(blocks),
             seen,
             runs: None,
+            log_pages: Vec::new(),
+            log: LogPages::default(),
         };
         w.open_segment();
         let h = car_header(&w.meta.roots);
@@ -469,6 +476,40 @@ impl Writer {
     /// Adds a tree node.
     pub fn add_node(&mut self, cid: Cid, data: &[u8]) {
         self.add_kind(cid, data, NODE)
+    }
+
+    /// Adds an entry to the file's document log (see [`doclog`]); entries come in order
+    /// ([`LogEntry`]'s), a repeated one is skipped.
+    pub fn add_log_entry(&mut self, e: &LogEntry) -> std::io::Result<()> {
+        if let Some(p) = self.log.push(e)? {
+            self.log_pages.push(p);
+        }
+        Ok(())
+    }
+
+    /// Seals the document log's pages onto `out`, whose first byte is at `base` in the file;
+    /// returns their references.
+    fn seal_log(
+        &mut self,
+        key: &FileKey,
+        base: u64,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<Vec<LogPageRef>> {
+        self.log_pages.extend(self.log.take());
+        let mut refs = Vec::with_capacity(self.log_pages.len());
+        for (n, (plain, first, count)) in
+            std::mem::take(&mut self.log_pages).into_iter().enumerate()
+        {
+            let off = base + out.len() as u64;
+            seal_log_page(key, n as u32, &plain, out)?;
+            refs.push(LogPageRef {
+                first,
+                off,
+                len: (base + out.len() as u64 - off) as u32,
+                count,
+            });
+        }
+        Ok(refs)
     }
 
     fn add_kind(&mut self, cid: Cid, data: &[u8], kind: u8) {
@@ -545,8 +586,9 @@ impl Writer {
             }
             std::mem::take(&mut self.file)
         };
+        let log = self.seal_log(&key, 0, &mut out)?;
         out.reserve(self.entries.len() * 48 + 256);
-        let (index, index_len) = write_tail(&key, self.meta, self.entries, seg_at, &mut out)?;
+        let (index, index_len) = write_tail(&key, self.meta, self.entries, seg_at, log, &mut out)?;
         Ok(Finished {
             split: out.len(),
             bytes: out,
@@ -619,12 +661,14 @@ impl Writer {
         }
         entries.extend(theirs);
         let mut out = std::mem::take(&mut self.file);
+        let log = self.seal_log(key, run_bytes as u64, &mut out)?;
         out.reserve(entries.len() * 48 + 256);
         let (index, index_len) = write_tail_at(
             key,
             self.meta,
             &entries,
             seg_at,
+            log,
             run_bytes as u64,
             &mut out,
             None,
@@ -940,10 +984,11 @@ fn write_tail(
     meta: Meta,
     mut entries: Vec<Entry>,
     seg_at: Vec<(u64, u32)>,
+    log: Vec<LogPageRef>,
     out: &mut Vec<u8>,
 ) -> std::io::Result<(Index, u32)> {
     sort_entries(&mut entries);
-    write_tail_at(key, meta, &entries, seg_at, 0, out, None)
+    write_tail_at(key, meta, &entries, seg_at, log, 0, out, None)
         .map(|(i, l)| (i.with_entries(entries), l))
 }
 
@@ -959,11 +1004,13 @@ type Spill<'a> = Option<&'a mut dyn FnMut(&[u8]) -> std::io::Result<()>>;
 /// entries it lists if paged, else none (callers have them: see [`Index::with_entries`]).
 /// With `spill`, sealed pages go to it whenever [`SPILL_AT`] bytes are ready (`out` then
 /// holds the rest of the tail only).
+#[allow(clippy::too_many_arguments)]
 fn write_tail_at(
     key: &FileKey,
     meta: Meta,
     entries: &[Entry],
     seg_at: Vec<(u64, u32)>,
+    log: Vec<LogPageRef>,
     mut base: u64,
     out: &mut Vec<u8>,
     mut spill: Spill,
@@ -1018,17 +1065,29 @@ fn write_tail_at(
             + meta.replaces.len() * 34
             + meta.roots.len() * 48
             + seg_at.len() * 20
+            + log.iter().map(|p| p.first.len() + 24).sum::<usize>()
             + filter.byte_len(),
     );
     out.extend_from_slice(&key.salt);
     seal_encoded(key, INDEX_UNIT, 0, INDEX_AAD, out, |e| {
-        e.map(7 + usize::from(!roots_implied) + usize::from(!small));
+        e.map(7 + usize::from(!roots_implied) + usize::from(!small) + usize::from(!log.is_empty()));
         e.str("v");
         e.u64(VERSION as u64);
         e.str("at");
         e.u64(meta.time);
         e.str("bk");
         e.bytes_with(listed.len() * ENTRY_LEN, |b| put_fixed_entries(&listed, b));
+        if !log.is_empty() {
+            e.str("dl");
+            e.array(log.len());
+            for p in &log {
+                e.array(4);
+                e.bytes(&p.first);
+                e.u64(p.off);
+                e.u64(p.len as u64);
+                e.u64(p.count as u64);
+            }
+        }
         e.str("lv");
         e.u64(meta.level as u64);
         e.str("pg");
@@ -1077,6 +1136,7 @@ fn write_tail_at(
         meta,
         segs: seg_at,
         filter,
+        log,
         // A paged file's listed entries (a copy), kept: the caller's are all of them.
         entries: match listed {
             Cow::Owned(l) => l,
@@ -1151,6 +1211,10 @@ pub struct StreamWriter<'a> {
     /// How large the current segment may grow: [`SEGMENT_TARGET`], or up to [`GROUP_TARGET`]
     /// while a group is being written.
     limit: usize,
+    /// The document log's page being filled, and the pages written (after the last segment:
+    /// no block is added once the log has begun).
+    log: LogPages,
+    log_refs: Vec<LogPageRef>,
 }
 
 impl<'a> StreamWriter<'a> {
@@ -1172,6 +1236,8 @@ impl<'a> StreamWriter<'a> {
             entries: Vec::new(),
             seen: Added::default(),
             limit: SEGMENT_TARGET,
+            log: LogPages::default(),
+            log_refs: Vec::new(),
         };
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
@@ -1246,7 +1312,44 @@ impl<'a> StreamWriter<'a> {
         Ok(())
     }
 
+    /// Adds an entry to the file's document log (see [`doclog`]), after every block: entries
+    /// come in order ([`LogEntry`]'s), a repeated one is skipped. Full pages are written as
+    /// they fill.
+    pub fn add_log_entry(&mut self, e: &LogEntry) -> std::io::Result<()> {
+        if self.log.is_empty() && !self.cur.is_empty() {
+            self.flush_segment()?;
+        }
+        if let Some(page) = self.log.push(e)? {
+            self.emit_log_page(page)?;
+        }
+        Ok(())
+    }
+
+    fn emit_log_page(
+        &mut self,
+        (plain, first, count): (Vec<u8>, Vec<u8>, u32),
+    ) -> std::io::Result<()> {
+        let n = self.log_refs.len() as u32;
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.clear();
+        seal_log_page(&self.key, n, &plain, &mut sealed)?;
+        self.log_refs.push(LogPageRef {
+            first,
+            off: self.len,
+            len: sealed.len() as u32,
+            count,
+        });
+        self.emit(&sealed)?;
+        self.sealed = sealed;
+        Ok(())
+    }
+
     fn add_kind(&mut self, cid: Cid, data: &[u8], kind: u8) -> std::io::Result<()> {
+        if !self.log.is_empty() {
+            return Err(std::io::Error::other(
+                "a block added after the document log",
+            ));
+        }
         if self.seen.contains(&cid, &self.entries) {
             return Ok(());
         }
@@ -1266,6 +1369,10 @@ impl<'a> StreamWriter<'a> {
         if !self.cur.is_empty() {
             self.flush_segment()?;
         }
+        if let Some(page) = self.log.take() {
+            self.emit_log_page(page)?;
+        }
+        let log = std::mem::take(&mut self.log_refs);
         self.seen = Added::default(); // nothing more is added
         let mut tail = Vec::new();
         let mut entries = std::mem::take(&mut self.entries);
@@ -1280,6 +1387,7 @@ impl<'a> StreamWriter<'a> {
             meta,
             &entries,
             seg_at,
+            log,
             base,
             &mut tail,
             Some(&mut spill),
@@ -1433,6 +1541,12 @@ fn open_segment_in(
     let plain = key
         .open_in(&seg_aad(n), sealed)
         .map_err(|SealError| FormatError::Seal("segment"))?;
+    unpack_segment(plain, version)
+}
+
+/// A segment's (or log page's) CAR bytes from its decrypted plaintext: after the codec byte,
+/// as they are or LZ4-decompressed (version 2 on; before, the plaintext itself).
+fn unpack_segment(plain: &[u8], version: u32) -> Result<Vec<u8>, FormatError> {
     if version < 2 {
         return Ok(plain.to_vec());
     }
@@ -1456,8 +1570,10 @@ fn open_segment_in(
     }
 }
 
+mod doclog;
 mod index;
 mod verify;
+pub use doclog::*;
 pub use index::*;
 pub use verify::*;
 

@@ -227,5 +227,51 @@ pub fn verify_parts(
             "index does not list exactly the blocks in the file",
         ));
     }
+    let events: Vec<[u8; 8]> = {
+        let mut l: Vec<[u8; 8]> = entries
+            .iter()
+            .filter(|e| e.event)
+            .filter_map(|e| e.cid.digest()[..8].try_into().ok())
+            .collect();
+        l.sort_unstable();
+        l
+    };
+    // A reader takes a file without a log for one of at most one event, its root.
+    if index.version >= LOGGED
+        && index.log.is_empty()
+        && (events.len() > 1
+            || entries
+                .iter()
+                .any(|e| e.event && !index.meta.roots.contains(&e.cid)))
+    {
+        return Err(FormatError::Record(
+            "a file of several events without a document log",
+        ));
+    }
+    for e in verify_log(key, &index, read)? {
+        if events.binary_search(&e.lead).is_err() {
+            return Err(FormatError::Record(
+                "document log names an event the file does not hold",
+            ));
+        }
+    }
     Ok(index)
+}
+
+/// A file's document log read whole (`verify`): every page opened and checked against its
+/// reference, the pages in order one sorted run.
+pub fn verify_log(
+    key: &Key,
+    index: &Index,
+    read: &mut ReadPart<'_>,
+) -> Result<Vec<LogEntry>, FormatError> {
+    let mut out: Vec<LogEntry> = Vec::new();
+    for (i, r) in index.log.iter().enumerate() {
+        let page = index.open_log_page(key, i, &mut read(r.off, r.len as usize)?)?;
+        if out.last().zip(page.first()).is_some_and(|(a, b)| a >= b) {
+            return Err(FormatError::Record("document log pages overlap"));
+        }
+        out.extend(page);
+    }
+    Ok(out)
 }
