@@ -108,11 +108,11 @@ const V8: Fixture = Fixture {
 const V9: Fixture = Fixture {
     dir: "v9",
     events: [
-        "bafyreide7z6fqws5vx67cgjrfmdfspow4f7jp6526v27do3slgqzu7bece",
-        "bafyreietdivxikvpd55kjvpgwte4mfhrkakl5fdwxdahrespommlmpzm3e",
-        "bafyreihp63zc2d6zh6s4gbiasb5bv2giqxxs7pfdktsade2ex3u27z3efu",
+        "bafyreichrk5noh7luqy3ix6ar3vs3bcsklgv4uwwre5sm5cskilv5hjrjm",
+        "bafyreicref3ssg6ci27acva5s3lpwwog257zmrvceu2rslfbqjyhunvcvy",
+        "bafyreif66r5e4ez56dmiasnqukc5v77fcvfbwopmgvshsrun5h7ghjswbm",
     ],
-    cut_at: "bafyreifc6e7hsr34b5vhal4ghoql2bqqhlfsag633nflxh67xjlfgethzy",
+    cut_at: "bafyreidor44z27ywb5wn6huijojmee5exqyvvovjxnxpq5x37cpih3pde4",
 };
 
 const V5: Fixture = Fixture {

@@ -15,6 +15,11 @@ pub const LOG_PAGE_TARGET: usize = 16 * 1024;
 /// Entries a log page may declare (a page ref's count), at most.
 pub const MAX_LOG_PAGE_ENTRIES: u32 = 1 << 20;
 
+/// Bytes of an event's digest a log entry keeps: enough to find the event in its file's index
+/// (a reader checks each event it finds; two events of a file that share them cost one more
+/// event read, never a wrong answer).
+pub const LEAD_LEN: usize = 4;
+
 /// One entry of a document log: event at `height`, whose digest starts with `lead`, writes
 /// (or deletes) document `id`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,13 +28,13 @@ pub struct LogEntry {
     /// The event's height, kept as `u64::MAX - height` so the derived order is id ascending,
     /// then height descending, then lead.
     height_rev: u64,
-    pub lead: [u8; 8],
+    pub lead: [u8; LEAD_LEN],
 }
 
 impl LogEntry {
     pub fn new(id: &[u8], height: u64, event: &Cid) -> LogEntry {
-        let mut lead = [0; 8];
-        lead.copy_from_slice(&event.digest()[..8]);
+        let mut lead = [0; LEAD_LEN];
+        lead.copy_from_slice(&event.digest()[..LEAD_LEN]);
         LogEntry {
             id: id.to_vec(),
             height_rev: u64::MAX - height,
@@ -44,7 +49,7 @@ impl LogEntry {
 
     /// Whether `event`'s digest starts with this entry's lead.
     pub fn names(&self, event: &Cid) -> bool {
-        event.digest()[..8] == self.lead
+        event.digest()[..LEAD_LEN] == self.lead
     }
 
     /// The lowest CID (dag-cbor, sha2-256) an event with this lead can have: where a search of
@@ -52,7 +57,7 @@ impl LogEntry {
     pub fn lowest_cid(&self) -> Cid {
         let mut b = [0u8; CID_LEN];
         b[..4].copy_from_slice(&[0x01, 0x71, 0x12, 0x20]);
-        b[4..12].copy_from_slice(&self.lead);
+        b[4..4 + LEAD_LEN].copy_from_slice(&self.lead);
         Cid::from_bytes(&b).unwrap_or_else(|| Cid::of_cbor(&[]))
     }
 
@@ -166,12 +171,12 @@ pub(super) fn decode_log_page(b: &[u8], r: &LogPageRef) -> Result<Vec<LogEntry>,
             .ok_or(bad("document log: id"))?;
         pos += n;
         let height = get_varint(b, &mut pos).ok_or(bad("document log: height"))?;
-        let lead: [u8; 8] = pos
-            .checked_add(8)
+        let lead: [u8; LEAD_LEN] = pos
+            .checked_add(LEAD_LEN)
             .and_then(|end| b.get(pos..end))
             .and_then(|l| l.try_into().ok())
             .ok_or(bad("document log: event"))?;
-        pos += 8;
+        pos += LEAD_LEN;
         let e = LogEntry {
             id: id.to_vec(),
             height_rev: u64::MAX - height,

@@ -227,11 +227,11 @@ pub fn verify_parts(
             "index does not list exactly the blocks in the file",
         ));
     }
-    let events: Vec<[u8; 8]> = {
-        let mut l: Vec<[u8; 8]> = entries
+    let events: Vec<[u8; LEAD_LEN]> = {
+        let mut l: Vec<[u8; LEAD_LEN]> = entries
             .iter()
             .filter(|e| e.event)
-            .filter_map(|e| e.cid.digest()[..8].try_into().ok())
+            .filter_map(|e| e.cid.digest()[..LEAD_LEN].try_into().ok())
             .collect();
         l.sort_unstable();
         l
