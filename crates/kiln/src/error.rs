@@ -78,6 +78,20 @@ pub enum Error {
     /// A block some record links to is in no live file.
     #[error("block {0} is missing from database '{1}'")]
     MissingBlock(Cid, String),
+    /// The file-set holding an attached file is not in this store (its metadata came, its
+    /// bytes not yet: a replica that syncs documents before files) and no source supplied it.
+    #[error("file-set {0} of database '{1}' is not available locally")]
+    FileSetUnavailable(FileName, String),
+    /// The document has no attached file of that name.
+    #[error("document {id:?} in database '{db}' has no file {name:?}")]
+    NoSuchFile {
+        /// The database.
+        db: String,
+        /// The document.
+        id: String,
+        /// The file name asked for.
+        name: String,
+    },
     /// The document version asked for was purged (`kiln purge`): its content is gone on
     /// purpose.
     #[error("document {0:?}: that version was purged from database '{1}'")]

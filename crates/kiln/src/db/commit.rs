@@ -889,6 +889,12 @@ impl Db {
                 if checkpoint {
                     db.write_tree(&mut w, &state)?;
                 }
+                // The file-sets the new versions name (garbage collection keeps them).
+                for (c, body) in sorted.iter().filter_map(|(_, x)| x.as_ref()) {
+                    for set in doc::files::sets_of_body(body) {
+                        w.add_file_ref(*c, FileName(set));
+                    }
+                }
                 w.add_event(ecid, &eb);
                 db.finish_file(w, 0)
             };

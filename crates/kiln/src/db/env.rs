@@ -16,6 +16,8 @@ use std::sync::Arc;
 pub(crate) struct Env {
     pub root: PathBuf,
     pub storage: Arc<LocalStorage>,
+    /// `ROOT/filesets`: the file-sets of attached files (`.kfs`), apart from the diff files.
+    pub filesets: Arc<LocalStorage>,
     pub keybag: Keybag,
     pub cache: Cache,
     pub opts: Options,
@@ -112,6 +114,13 @@ pub struct GcReport {
     pub purges_unfinished: Vec<(String, String)>,
     /// Archived files removed because they held a purged version.
     pub archived_scrubbed: usize,
+    /// File-sets (attached files) no document version of any database names, removed.
+    pub removed_filesets: usize,
+    /// Their bytes.
+    pub removed_fileset_bytes: u64,
+    /// File-sets no document version names yet, kept for [`crate::Options::fileset_grace`]
+    /// (or because a database could not be read).
+    pub kept_filesets: usize,
 }
 
 impl GcReport {

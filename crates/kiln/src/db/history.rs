@@ -220,6 +220,14 @@ impl Database {
     }
 }
 
+/// Adds document version `l` (`body`) to `w`, with the file-sets it names.
+fn add_value(w: &mut car::Writer, l: Cid, body: &[u8]) {
+    for set in doc::files::sets_of_body(body) {
+        w.add_file_ref(l, FileName(set));
+    }
+    w.add(l, body);
+}
+
 impl Db {
     /// The tree of the state at event `e` built from its history: for every id, the highest
     /// slot among `e` and its ancestors (and the states at cuts among them). Checked against
@@ -360,7 +368,7 @@ impl Db {
             w.add_event(*c, &raw(c)?);
             for l in x.ops.iter().filter_map(|(_, l)| *l) {
                 if head.purged.binary_search(&l).is_err() && added.insert(l) {
-                    w.add(l, &raw(&l)?);
+                    add_value(&mut w, l, &raw(&l)?);
                 }
             }
         }
@@ -380,7 +388,7 @@ impl Db {
             if let tree::Items::Leaf(slots) = &node.items {
                 for l in slots.iter().filter_map(|s| s.link) {
                     if head.purged.binary_search(&l).is_err() && added.insert(l) {
-                        w.add(l, &raw(&l)?);
+                        add_value(&mut w, l, &raw(&l)?);
                     }
                 }
             }

@@ -477,6 +477,9 @@ impl Db {
                     again.push(l);
                 }
                 let body = sv.with_checked_block(&l, Some(e.height), |b| Ok(b.to_vec()))?;
+                for set in doc::files::sets_of_body(&body) {
+                    w.add_file_ref(l, FileName(set));
+                }
                 w.add(l, &body);
             }
             let b = sv.with_checked_block(c, Some(e.height), |b| Ok(b.to_vec()))?;

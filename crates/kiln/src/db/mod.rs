@@ -430,9 +430,10 @@ impl Database {
     /// the event that wrote it: every write and delete of `id` in the database's history,
     /// concurrent ones included (a merge's losers too), up to `limit`. It does not walk the
     /// clock: each compacted file's document log names the events that wrote `id` (a page or
-    /// two read per file), each transaction diff not compacted yet holds one event, and only
-    /// the versions returned are loaded. Versions from before a dropped history are there as
-    /// the state at the cut.
+    /// two read per file), each transaction diff not compacted yet holds one event (read), and
+    /// of the versions found only those returned are loaded: its cost is the live files (a
+    /// few dozen) and the versions, not the log. Versions from before a dropped history are
+    /// there as the state at the cut.
     ///
     /// ```
     /// # fn main() -> kiln::Result<()> {
@@ -638,6 +639,19 @@ impl Database {
             .collect())
     }
 
+    /// The file-sets the document versions in this database's live files name (each file's
+    /// index lists them), sorted, each once.
+    pub(crate) fn fileset_refs(&self) -> Result<Vec<FileName>> {
+        let st = self.inner.refresh()?;
+        let mut out = Vec::new();
+        for f in st.head.files.iter() {
+            out.extend(self.inner.index(f)?.refs.0.iter().map(|(_, s)| *s));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Bytes of this database's live files that another database (a fork, or what it was
     /// forked from) also names; the rest are its own. Reads the head record of every other
     /// database of its lineage (none unless the lineage was ever forked).
@@ -725,6 +739,7 @@ impl Database {
                 }
             }
             let mut r = crate::db::verify::verify(&db.name, &*db.store.storage, &db.key, &st.head);
+            crate::db::verify::verify_filesets(&mut r, &db.key, &*db.store.filesets);
             if r.ok() || tries == 5 || self.inner.reload()?.head == st.head {
                 r.repaired = repaired;
                 r.torn_append = db.torn_append(&st)?;
@@ -796,5 +811,17 @@ impl Db {
 
     fn sync(&self) -> bool {
         self.store.opts.durability == Durability::Full
+    }
+}
+
+impl Database {
+    /// The store this database is in (for the capabilities above this layer).
+    pub(crate) fn env(&self) -> &Arc<Env> {
+        &self.inner.store
+    }
+
+    /// Whether commits are durable when acknowledged (so is what they name).
+    pub(crate) fn durable(&self) -> bool {
+        self.inner.sync()
     }
 }

@@ -56,6 +56,10 @@ pub struct Options {
     /// [`crate::Error::ReadOnly`]. Works on a read-only mount. (A diff a power cut lost, which
     /// a read would put back from the head record's copy, is then reported instead.)
     pub read_only: bool,
+    /// How old a file-set (the bytes of attached files) no document version names must be
+    /// before garbage collection removes it: a file-set is written before the commit that
+    /// names it (a transaction's, until it commits), and is kept this long for it.
+    pub fileset_grace: std::time::Duration,
 }
 
 impl Default for Options {
@@ -69,6 +73,7 @@ impl Default for Options {
             reserve_files: 160,
             open_databases: 64,
             read_only: false,
+            fileset_grace: std::time::Duration::from_secs(3600),
         }
     }
 }

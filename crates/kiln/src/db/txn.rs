@@ -97,6 +97,11 @@ impl Transaction {
         Ok(id)
     }
 
+    /// The database this transaction writes to.
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Deletes a document in this transaction (recorded whatever the id holds).
     pub fn del(&mut self, id: &str) -> Result<()> {
         doc::check_id(id)?;

@@ -100,6 +100,8 @@ pub struct Report {
     /// Purged document versions still stored in a live file (a problem: a purge that did not
     /// finish, e.g. one interrupted before purges were crash-complete).
     pub purged_stored: usize,
+    /// File-sets (attached files) the document versions name, checked whole.
+    pub filesets: usize,
     /// Everything found wrong (empty: the database verifies).
     pub problems: Vec<Problem>,
     /// Files found lost or damaged (a power cut after their commit) and put back from the copy
@@ -108,6 +110,9 @@ pub struct Report {
     /// The head record ends in an append a crash left unfinished (a commit never
     /// acknowledged), which was discarded: readers skip it and the next commit cuts it off.
     pub torn_append: bool,
+    /// The file-sets the document versions name, with the files named in each (for
+    /// `verify_filesets`).
+    pub(crate) named_files: std::collections::BTreeMap<FileName, Vec<Cid>>,
 }
 
 impl Report {
@@ -156,6 +161,50 @@ fn log_disagrees(
          versions)"
             .to_owned()
     })
+}
+
+/// Checks every file-set `r`'s document versions name (as `verify` found them) whole: each is
+/// in `filesets`, opens, every chunk authenticates, every file's bytes match its CID, and
+/// holds every file a document names in it.
+pub(crate) fn verify_filesets(r: &mut Report, key: &Key, filesets: &dyn Files) {
+    for (set, cids) in std::mem::take(&mut r.named_files) {
+        let loc = format!("file-set {set}");
+        let len = match filesets.len(&set) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                r.bad(loc, "not available locally (named by a document's _files)");
+                continue;
+            }
+            Err(e) => {
+                r.bad(loc, format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        r.filesets += 1;
+        r.bytes += len;
+        let mut read = |off: u64, n: usize| {
+            filesets
+                .read_at(&set, off, n)
+                .ok()
+                .filter(|b| b.len() == n)
+                .ok_or(car::FormatError::Framing(
+                    "a part lies outside the file-set",
+                ))
+        };
+        match crate::format::fileset::verify(key, &set, len, &mut read) {
+            Ok(files) => {
+                for c in cids {
+                    if !files.iter().any(|f| f.cid == c) {
+                        r.bad(
+                            &loc,
+                            format!("holds no file {c} (a document names it there)"),
+                        );
+                    }
+                }
+            }
+            Err(e) => r.bad(loc, e.to_string()),
+        }
+    }
 }
 
 pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> Report {
@@ -238,10 +287,18 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
         let mut bad_here: Vec<(Cid, &'static str)> = Vec::new();
         let mut purged_here = 0;
         let mut structural_here: Vec<Cid> = Vec::new();
+        // The file-sets this file's document versions name, and the files named in each.
+        let mut refs_here: Vec<(Cid, FileName)> = Vec::new();
+        let mut named_here: Vec<(FileName, Cid)> = Vec::new();
         let checked = car::verify_parts(key, size, &mut read, &mut |c, b, kept| {
             seen_here += 1;
             if kept {
                 structural_here.push(c);
+            } else if let Ok(files) = doc::files::of_body(b) {
+                for m in files {
+                    refs_here.push((c, FileName(m.set)));
+                    named_here.push((FileName(m.set), m.cid));
+                }
             }
             if head.purged.binary_search(&c).is_ok() {
                 purged_here += 1;
@@ -289,6 +346,18 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
                 r.blocks += seen_here;
                 for (c, b) in here {
                     blocks.entry(c).or_insert((f.name, b));
+                }
+                refs_here.sort_unstable();
+                refs_here.dedup();
+                if refs_here != idx.refs.0 {
+                    r.bad(
+                        &loc,
+                        "its list of the file-sets its documents name disagrees with them \
+                         (garbage collection could remove attached files still named)",
+                    );
+                }
+                for (set, cid) in named_here {
+                    r.named_files.entry(set).or_default().push(cid);
                 }
                 if !idx.log.is_empty() {
                     if let Some(why) =

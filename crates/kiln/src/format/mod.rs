@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod car;
+pub mod fileset;
 pub mod filter;
 pub mod head;
 pub mod seal;

@@ -49,6 +49,8 @@ pub enum Purpose {
     HeadLog,
     /// One write of a proposal record.
     Proposal,
+    /// One file-set file (the files attached in one document write).
+    FileSet,
 }
 
 impl Purpose {
@@ -58,6 +60,7 @@ impl Purpose {
             Purpose::DiffFile => b"kiln/v4 diff file key",
             Purpose::HeadLog => b"kiln/v4 head log key",
             Purpose::Proposal => b"kiln/v1 proposal key",
+            Purpose::FileSet => b"kiln/v1 file-set key",
         }
     }
 }

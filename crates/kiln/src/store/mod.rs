@@ -77,6 +77,8 @@ const NEW_PREFIX: &str = ".new-";
 const DROP_PREFIX: &str = ".drop-";
 const SETTINGS: &str = "settings.json";
 const GC: &str = "GC";
+/// The folder of file-sets (attached files), beside `files/`.
+pub(crate) const FILESETS: &str = "filesets";
 const STORE_VERSION: u64 = 1;
 
 /// Longest database name.
@@ -200,6 +202,7 @@ impl Store {
                     root.join("files"),
                     opts.reserve_files,
                 )),
+                filesets: Arc::new(LocalStorage::with_ext(root.join(FILESETS), ".kfs")),
                 keybag: Keybag::new(root.join("keys")),
                 gc: if opts.read_only {
                     GcLock::read_only(&root, opts.lock_timeout).map_err(|e| Error::io(&root, e))?
@@ -547,6 +550,9 @@ impl Store {
         // Lineages some database uses, and what may be an unreadable database's.
         let mut lineages = std::collections::HashSet::new();
         let mut damaged = Damaged::default();
+        // The file-sets some document version names; unknown when a database cannot be read.
+        let mut named_sets = std::collections::HashSet::new();
+        let mut sets_known = true;
         let mut scrubbing = Vec::new();
         let names = self.list()?;
         for name in &names {
@@ -562,12 +568,20 @@ impl Store {
                 let files = db.file_names()?;
                 Ok((db, files))
             });
+            let named = named.and_then(|(db, files)| {
+                let sets = db.fileset_refs()?;
+                Ok((db, files, sets))
+            });
             let (db, files) = match named {
-                Ok(x) => x,
+                Ok((db, files, sets)) => {
+                    named_sets.extend(sets);
+                    (db, files)
+                }
                 // Dropped meanwhile: nothing to keep. (Not while the folder is in place: no
                 // drop commits while gc holds its lock, so that is damage, kept below.)
                 Err(Error::NoSuchDatabase(_)) if !self.dbs().join(name).exists() => continue,
                 Err(e) => {
+                    sets_known = false;
                     r.unreadable.push((name.clone(), e.to_string()));
                     match self.lineage_on_disk(name) {
                         Some(l) => {
@@ -634,7 +648,44 @@ impl Store {
             r.keys_removed = self.inner.keybag.remove_unused(&lineages)?;
         }
         r.proposals_removed = self.remove_unreadable_proposals()?;
+        self.sweep_filesets(&named_sets, sets_known, &mut r)?;
         Ok((r, scrubbing))
+    }
+
+    /// Removes the file-sets no document version names (`named`), once older than
+    /// [`Options::fileset_grace`] (all are kept when `known` is false: a database could not be
+    /// read), and the partial file-sets a crash left (writers hold the GC lock while they
+    /// write one, so none is being written).
+    fn sweep_filesets(
+        &self,
+        named: &std::collections::HashSet<FileName>,
+        known: bool,
+        r: &mut GcReport,
+    ) -> Result<()> {
+        let sets = &self.inner.filesets;
+        let dir = self.inner.root.join(FILESETS);
+        let io = |e| Error::io(&dir, e);
+        let grace = self.inner.opts.fileset_grace;
+        for s in sets.list().map_err(io)? {
+            if named.contains(&s) {
+                continue;
+            }
+            let path = sets.path(&s);
+            let age = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if !known || age.is_none_or(|a| a < grace) {
+                r.kept_filesets += 1;
+                continue;
+            }
+            let len = sets.len(&s).unwrap_or(0);
+            sets.erase(&s).map_err(io)?;
+            r.removed_filesets += 1;
+            r.removed_fileset_bytes += len;
+        }
+        sets.clear_reusable().map_err(io)?;
+        Ok(())
     }
 
     /// Removes the folders killed creates, forks and drops left under `dbs/` (callers hold the

@@ -187,10 +187,13 @@ impl Db {
         // events of inputs without one (see `doclog`).
         let mut logged: Vec<(FileRef, Arc<car::Index>)> = Vec::new();
         let mut loose_log: Vec<car::LogEntry> = Vec::new();
+        // The file-sets the inputs' versions name (those of purged versions are left out).
+        let mut file_refs: Vec<(Cid, FileName)> = Vec::new();
         for (i, f) in sel.iter().enumerate().rev() {
             let idx = self.index(f)?;
             versions.push(idx.version);
             let has_log = !idx.log.is_empty();
+            file_refs.extend(idx.refs.0.iter().copied());
             if has_log {
                 logged.push((f.clone(), idx.clone()));
             }
@@ -323,6 +326,7 @@ impl Db {
         let logs = (event_set.len() > 1).then_some((logged, loose_log));
         drop((parents, event_set));
         let purged = |c: &Cid| head.purged.binary_search(c).is_ok();
+        file_refs.retain(|(c, _)| !purged(c));
         // Pass 2: stream the kept tree with the document versions it names (see `cluster`),
         // then every other kept block, oldest file first and in file order, into the new
         // file; memory holds one file's index entries at a time, the new index and a
@@ -378,6 +382,9 @@ impl Db {
                 }
                 // The map of tree nodes goes before the new file's index is sorted and written.
                 drop(sources);
+                for (c, set) in std::mem::take(&mut file_refs) {
+                    w.add_file_ref(c, set);
+                }
                 if let Some((logged, loose)) = logs.take().flatten() {
                     let mut m = doclog::LogMerge::new(self, logged, loose)?;
                     while let Some(e) = m.next(self)? {

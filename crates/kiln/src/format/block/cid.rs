@@ -91,6 +91,17 @@ impl Cid {
         Cid { bytes }
     }
 
+    /// The CID of content whose sha2-256 digest is `digest` (hashed elsewhere, as it streamed).
+    pub fn from_digest(codec: Codec, digest: &[u8; 32]) -> Cid {
+        let mut bytes = [0u8; CID_LEN];
+        bytes[0] = 0x01;
+        bytes[1] = codec.code();
+        bytes[2] = 0x12;
+        bytes[3] = 0x20;
+        bytes[4..].copy_from_slice(digest);
+        Cid { bytes }
+    }
+
     /// The CID of a dag-cbor block.
     pub fn of_cbor(data: &[u8]) -> Cid {
         Cid::hash(Codec::DagCbor, data)

@@ -1,10 +1,11 @@
 //! A diff file's document log (version 7): for each event the file holds and each document id
-//! that event writes, one entry (the id, the event's height, the first 8 bytes of the event's
+//! that event writes, one entry (the id, the event's height, the first 4 bytes of the event's
 //! digest), sorted by id, then height from the highest. It lies in sealed pages after the
 //! segments, listed in the index ("dl"), so a document's versions in a file are found by
-//! reading a page or two instead of every event (`Database::history`). Only files of more than
-//! one event have one (a transaction's diff is its own log); a file without one is read
-//! event by event, so the log speeds reads up and never decides what they return.
+//! reading a page or two instead of every event (`Database::history`). Every version-7 file
+//! of more than one event has one, exactly what its events write (`verify` checks both); a
+//! version-7 file without one holds one event at most, among its roots (a transaction's diff
+//! is its own log); files of earlier versions are read event by event.
 
 use super::*;
 

@@ -238,6 +238,8 @@ pub struct Index {
     /// The document log's pages (version 7 on, files of several events; else empty: the
     /// file's events are read instead).
     pub log: Vec<LogPageRef>,
+    /// The file-sets its document versions name (version 7 on).
+    pub refs: FileRefs,
 }
 
 /// Reads the trailer: (index offset, index length), the index region's: from version 4 on the
@@ -333,9 +335,9 @@ impl Index {
         if salted != (v >= 4) {
             return Err(FormatError::Framing("trailer and index versions differ"));
         }
-        // (Version 6: 7 to 9, 7: 7 to 10, checked against the keys present below.)
+        // (Version 6: 7 to 9, 7: 7 to 11, checked against the keys present below.)
         let fields_ok = match v {
-            v if v >= LOGGED as u64 => (7..=10).contains(&fields),
+            v if v >= LOGGED as u64 => (7..=11).contains(&fields),
             v if v >= IMPLIED as u64 => (7..=9).contains(&fields),
             v if v >= FILTERED as u64 => fields == 9,
             _ => fields == 8,
@@ -381,6 +383,25 @@ impl Index {
             }
             if log.windows(2).any(|w| w[0].first > w[1].first) {
                 return Err(FormatError::Record("log pages not sorted"));
+            }
+        }
+        let has_fr = v >= LOGGED as u64 && d.peek_key()? == "fr";
+        let mut refs = FileRefs::default();
+        if has_fr {
+            d.key("fr")?;
+            let b = d.bytes()?;
+            if b.is_empty() || b.len() % FILE_REF_LEN != 0 {
+                return Err(FormatError::Record("index: file-set references length"));
+            }
+            for r in b.chunks_exact(FILE_REF_LEN) {
+                let c = Cid::from_bytes(&r[..CID_LEN])
+                    .ok_or(FormatError::Record("index: file-set reference CID"))?;
+                let mut n = [0u8; 32];
+                n.copy_from_slice(&r[CID_LEN..]);
+                refs.0.push((c, FileName(n)));
+            }
+            if refs.0.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(FormatError::Record("index: file-set references not sorted"));
             }
         }
         d.key("lv")?;
@@ -440,7 +461,12 @@ impl Index {
             roots
         };
         let has_sf = v >= FILTERED as u64 && (!optional || d.peek_key()? == "sf");
-        if optional && fields != 7 + usize::from(has_rt) + usize::from(has_sf) + usize::from(has_dl)
+        if optional
+            && fields
+                != 7 + usize::from(has_rt)
+                    + usize::from(has_sf)
+                    + usize::from(has_dl)
+                    + usize::from(has_fr)
         {
             return Err(FormatError::Record("index: wrong number of fields"));
         }
@@ -490,6 +516,7 @@ impl Index {
             pages,
             filter,
             log,
+            refs,
         })
     }
 

@@ -369,6 +369,15 @@ fn get_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
+/// Bytes of one file-set reference in an index ("fr"): `value CID[36] ‖ file-set name[32]`.
+pub const FILE_REF_LEN: usize = CID_LEN + 32;
+
+/// The file-sets a diff file's document versions name (version 7, "fr"): (document version,
+/// file-set name) pairs, sorted, each once. Garbage collection keeps every file-set a live
+/// file names; compaction carries the pairs of the versions it keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileRefs(pub Vec<(Cid, FileName)>);
+
 /// Descriptive fields of a file, stored in its sealed index.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Meta {
@@ -406,6 +415,8 @@ pub struct Writer {
     /// The document log's pages so far (plaintext, first id, count) and the one being filled.
     log_pages: Vec<(Vec<u8>, Vec<u8>, u32)>,
     log: LogPages,
+    /// The file-sets the file's document versions name (see [`FileRefs`]).
+    refs: FileRefs,
 }
 
 impl Writer {
@@ -436,6 +447,7 @@ impl Writer {
             runs: None,
             log_pages: Vec::new(),
             log: LogPages::default(),
+            refs: FileRefs::default(),
         };
         w.open_segment();
         let h = car_header(&w.meta.roots);
@@ -485,6 +497,11 @@ impl Writer {
             self.log_pages.push(p);
         }
         Ok(())
+    }
+
+    /// Records that document version `value` in this file names file-set `set`.
+    pub fn add_file_ref(&mut self, value: Cid, set: FileName) {
+        self.refs.0.push((value, set));
     }
 
     /// Seals the document log's pages onto `out`, whose first byte is at `base` in the file;
@@ -588,7 +605,9 @@ impl Writer {
         };
         let log = self.seal_log(&key, 0, &mut out)?;
         out.reserve(self.entries.len() * 48 + 256);
-        let (index, index_len) = write_tail(&key, self.meta, self.entries, seg_at, log, &mut out)?;
+        let refs = std::mem::take(&mut self.refs);
+        let (index, index_len) =
+            write_tail(&key, self.meta, self.entries, seg_at, (log, refs), &mut out)?;
         Ok(Finished {
             split: out.len(),
             bytes: out,
@@ -663,12 +682,13 @@ impl Writer {
         let mut out = std::mem::take(&mut self.file);
         let log = self.seal_log(key, run_bytes as u64, &mut out)?;
         out.reserve(entries.len() * 48 + 256);
+        let refs = std::mem::take(&mut self.refs);
         let (index, index_len) = write_tail_at(
             key,
             self.meta,
             &entries,
             seg_at,
-            log,
+            (log, refs),
             run_bytes as u64,
             &mut out,
             None,
@@ -984,11 +1004,11 @@ fn write_tail(
     meta: Meta,
     mut entries: Vec<Entry>,
     seg_at: Vec<(u64, u32)>,
-    log: Vec<LogPageRef>,
+    extra: (Vec<LogPageRef>, FileRefs),
     out: &mut Vec<u8>,
 ) -> std::io::Result<(Index, u32)> {
     sort_entries(&mut entries);
-    write_tail_at(key, meta, &entries, seg_at, log, 0, out, None)
+    write_tail_at(key, meta, &entries, seg_at, extra, 0, out, None)
         .map(|(i, l)| (i.with_entries(entries), l))
 }
 
@@ -1010,12 +1030,14 @@ fn write_tail_at(
     meta: Meta,
     entries: &[Entry],
     seg_at: Vec<(u64, u32)>,
-    log: Vec<LogPageRef>,
+    (log, mut refs): (Vec<LogPageRef>, FileRefs),
     mut base: u64,
     out: &mut Vec<u8>,
     mut spill: Spill,
 ) -> std::io::Result<(Index, u32)> {
     let at = |base: u64, out: &Vec<u8>| base + out.len() as u64;
+    refs.0.sort_unstable();
+    refs.0.dedup();
     let mut pages = Vec::new();
     // Paged: the document versions and events go into pages, the tree nodes stay in the index
     // itself (a node lookup then reads no page; they are a few percent of a file's blocks).
@@ -1066,11 +1088,17 @@ fn write_tail_at(
             + meta.roots.len() * 48
             + seg_at.len() * 20
             + log.iter().map(|p| p.first.len() + 24).sum::<usize>()
+            + refs.0.len() * FILE_REF_LEN
             + filter.byte_len(),
     );
     out.extend_from_slice(&key.salt);
     seal_encoded(key, INDEX_UNIT, 0, INDEX_AAD, out, |e| {
-        e.map(7 + usize::from(!roots_implied) + usize::from(!small) + usize::from(!log.is_empty()));
+        e.map(
+            7 + usize::from(!roots_implied)
+                + usize::from(!small)
+                + usize::from(!log.is_empty())
+                + usize::from(!refs.0.is_empty()),
+        );
         e.str("v");
         e.u64(VERSION as u64);
         e.str("at");
@@ -1087,6 +1115,15 @@ fn write_tail_at(
                 e.u64(p.len as u64);
                 e.u64(p.count as u64);
             }
+        }
+        if !refs.0.is_empty() {
+            e.str("fr");
+            e.bytes_with(refs.0.len() * FILE_REF_LEN, |b| {
+                for (c, n) in &refs.0 {
+                    b.extend_from_slice(c.as_bytes());
+                    b.extend_from_slice(&n.0);
+                }
+            });
         }
         e.str("lv");
         e.u64(meta.level as u64);
@@ -1137,6 +1174,7 @@ fn write_tail_at(
         segs: seg_at,
         filter,
         log,
+        refs,
         // A paged file's listed entries (a copy), kept: the caller's are all of them.
         entries: match listed {
             Cow::Owned(l) => l,
@@ -1215,6 +1253,7 @@ pub struct StreamWriter<'a> {
     /// no block is added once the log has begun).
     log: LogPages,
     log_refs: Vec<LogPageRef>,
+    refs: FileRefs,
 }
 
 impl<'a> StreamWriter<'a> {
@@ -1238,6 +1277,7 @@ impl<'a> StreamWriter<'a> {
             limit: SEGMENT_TARGET,
             log: LogPages::default(),
             log_refs: Vec::new(),
+            refs: FileRefs::default(),
         };
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
@@ -1325,6 +1365,11 @@ impl<'a> StreamWriter<'a> {
         Ok(())
     }
 
+    /// Records that document version `value` in this file names file-set `set`.
+    pub fn add_file_ref(&mut self, value: Cid, set: FileName) {
+        self.refs.0.push((value, set));
+    }
+
     fn emit_log_page(
         &mut self,
         (plain, first, count): (Vec<u8>, Vec<u8>, u32),
@@ -1373,6 +1418,7 @@ impl<'a> StreamWriter<'a> {
             self.emit_log_page(page)?;
         }
         let log = std::mem::take(&mut self.log_refs);
+        let refs = std::mem::take(&mut self.refs);
         self.seen = Added::default(); // nothing more is added
         let mut tail = Vec::new();
         let mut entries = std::mem::take(&mut self.entries);
@@ -1387,7 +1433,7 @@ impl<'a> StreamWriter<'a> {
             meta,
             &entries,
             seg_at,
-            log,
+            (log, refs),
             base,
             &mut tail,
             Some(&mut spill),

@@ -115,6 +115,9 @@ fn a_streamed_file_is_a_valid_file() {
             }
         }
         w.add(blocks[1].0, &blocks[1].1).unwrap(); // repeats are ignored
+        for e in log_of(blocks.iter().step_by(3).map(|(c, _)| c)) {
+            w.add_log_entry(&e).unwrap();
+        }
         let (name, size, index, index_len) = w.finish().unwrap();
         assert_eq!((name, size), (FileName::of(&out), out.len() as u64));
         let (idx, got) = verify_file(&key, &name, &out).unwrap();
@@ -340,6 +343,10 @@ fn runs_file(n: usize, size: usize, keep: usize) -> (Key, Finished, Vec<(Cid, Ve
     w.add(body[3].0, &body[3].1);
     for (c, d) in tail {
         w.add_event(*c, d);
+    }
+    // Several events: a document log names them (what readers of version 7 rely on).
+    for e in log_of(tail.iter().map(|(c, _)| c)) {
+        w.add_log_entry(&e).unwrap();
     }
     let f = w.finish(&key, false, keep).unwrap();
     (key, f, blocks)
@@ -823,4 +830,14 @@ fn a_small_files_index_leaves_out_its_roots_and_filter() {
     assert!(matches!(large.filter, Filter::Structural(_)));
     assert_eq!((rt, sf), (false, true));
     assert!(large.filter.may_hold(&Cid::of_cbor(b"the event")));
+}
+
+/// A document log naming `events` (one entry each, an id per event), sorted.
+fn log_of<'a>(events: impl Iterator<Item = &'a Cid>) -> Vec<LogEntry> {
+    let mut log: Vec<LogEntry> = events
+        .enumerate()
+        .map(|(i, c)| LogEntry::new(format!("id{i}").as_bytes(), 1, c))
+        .collect();
+    log.sort();
+    log
 }

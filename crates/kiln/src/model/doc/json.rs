@@ -90,7 +90,7 @@ impl<'de> Visitor<'de> for Top {
             first = false;
             if k == "_id" {
                 id = Some(m.next_value_seed(IdSeed)?);
-            } else if k.starts_with('_') {
+            } else if super::files::is_reserved(&k) {
                 return Err(de::Error::custom(reserved_msg(&k)));
             } else {
                 fields.value(k, &mut m)?;

@@ -2,9 +2,11 @@
 //! object without `_id` (the id is the tree key); reads put `_id` back.
 //!
 //! Reserved top-level fields (a name starting with `_`): `_id` is the document id; `_deleted`
-//! marks a deletion in change feeds; `_files`, `_conflicts` and every other `_` name are
-//! reserved for later use and refused in writes.
+//! marks a deletion in change feeds; `_files` holds the metadata of attached files (see
+//! [`files`]); `_conflicts` and every other `_` name are reserved for later use and refused in
+//! writes.
 
+pub mod files;
 mod json;
 mod ser;
 #[cfg(test)]
@@ -185,7 +187,7 @@ pub fn prepare(doc: &Value) -> Result<(String, Vec<u8>)> {
         }
         Some(other) => return Err(Error::InvalidDocument(id_not_string_msg(kind(other)))),
     };
-    if let Some(k) = obj.keys().find(|k| k.starts_with('_') && *k != "_id") {
+    if let Some(k) = obj.keys().find(|k| files::is_reserved(k)) {
         return Err(Error::InvalidDocument(reserved_msg(k)));
     }
     if let Some(t) = big_integer_in(obj) {
@@ -216,8 +218,12 @@ fn sort_fields<K: AsRef<str> + PartialEq, V>(fields: &mut Vec<(K, V)>) {
     });
 }
 
-/// A prepared document, refused when its body is over [`MAX_DOC_BYTES`].
+/// A prepared document, refused when its body is over [`MAX_DOC_BYTES`] or names files in a
+/// `_files` that is not well-formed.
 fn sized(id: String, body: Vec<u8>) -> Result<(String, Vec<u8>)> {
+    if let Err(why) = files::of_body(&body) {
+        return Err(Error::InvalidDocument(format!("document {id:?}: {why}")));
+    }
     if body.len() > MAX_DOC_BYTES {
         return Err(Error::InvalidDocument(format!(
             "document {id:?} is {} bytes encoded; the limit is {MAX_DOC_BYTES}",

@@ -183,7 +183,7 @@ impl Top {
     /// keeps (sorted, or insertion order under serde_json's `preserve_order` feature, which
     /// another crate in the program may turn on), as on the `Value` path.
     fn note_reserved(&mut self, key: &str) {
-        if !key.starts_with('_') {
+        if !super::files::is_reserved(key) {
             return;
         }
         let first = match &self.reserved {

@@ -87,7 +87,8 @@ impl Drop for Pending {
     }
 }
 
-/// Files under a local folder: `DIR/ab/abcdef….kdf`, 256 shards by the first byte of the name.
+/// Files under a local folder: `DIR/ab/abcdef….kdf` (or another extension: file-sets are
+/// `.kfs`), 256 shards by the first byte of the name.
 ///
 /// Removed files are not unlinked but renamed into `DIR/.pool/` (up to [`POOL_MAX`]) and reused
 /// for later files: rename-and-rewrite allocates no inode. Files retired by a commit stay under
@@ -107,6 +108,8 @@ pub struct LocalStorage {
     instance: u32,
     /// Empty files to keep ready in the pool (0: none); see [`LocalStorage::with_reserve`].
     reserve: usize,
+    /// The files' extension, with its dot.
+    ext: &'static str,
     /// The thread creating them, while it runs.
     filler: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -166,7 +169,15 @@ impl LocalStorage {
             },
             reserve,
             filler: Mutex::new(None),
+            ext: ".kdf",
         }
+    }
+
+    /// Files under `dir` named `<hash><ext>` (`ext` with its dot), no reserve.
+    pub fn with_ext(dir: impl Into<PathBuf>, ext: &'static str) -> LocalStorage {
+        let mut s = LocalStorage::new(dir);
+        s.ext = ext;
+        s
     }
 
     /// Creates the reserve now (when a store is created, so its first commits find it too).
@@ -272,7 +283,7 @@ impl LocalStorage {
         self.dir
             .join(".archive")
             .join(&h[..2])
-            .join(format!("{h}.kdf"))
+            .join(format!("{h}{}", self.ext))
     }
 
     pub fn path(&self, name: &FileName) -> PathBuf {
@@ -284,7 +295,7 @@ impl LocalStorage {
         p.push(&h[..2]);
         p.push("/");
         p.push(&h);
-        p.push(".kdf");
+        p.push(self.ext);
         PathBuf::from(p)
     }
 
@@ -907,7 +918,7 @@ impl LocalStorage {
     }
 
     pub fn list_archived(&self) -> io::Result<Vec<FileName>> {
-        list_shards(&self.dir.join(".archive"))
+        list_shards(&self.dir.join(".archive"), self.ext)
     }
 
     pub fn clear_reusable(&self) -> io::Result<(u64, u64)> {
@@ -957,7 +968,7 @@ impl LocalStorage {
     }
 
     pub fn list(&self) -> io::Result<Vec<FileName>> {
-        let mut out = list_shards(&self.dir)?;
+        let mut out = list_shards(&self.dir, self.ext)?;
         // This process's spares are space kept for reuse, not files.
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if !pool.spare.is_empty() {
@@ -970,8 +981,8 @@ impl LocalStorage {
     }
 }
 
-/// The files named `<hash>.kdf` in the shard folders of `dir` (hidden folders skipped).
-fn list_shards(dir: &Path) -> io::Result<Vec<FileName>> {
+/// The files named `<hash><ext>` in the shard folders of `dir` (hidden folders skipped).
+fn list_shards(dir: &Path, ext: &str) -> io::Result<Vec<FileName>> {
     let mut out = Vec::new();
     let rd = match fs::read_dir(dir) {
         Ok(r) => r,
@@ -988,7 +999,7 @@ fn list_shards(dir: &Path) -> io::Result<Vec<FileName>> {
             let n = f.file_name();
             if let Some(name) = n
                 .to_str()
-                .and_then(|s| s.strip_suffix(".kdf"))
+                .and_then(|s| s.strip_suffix(ext))
                 .and_then(FileName::parse)
             {
                 out.push(name);

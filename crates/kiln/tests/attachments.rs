@@ -1,0 +1,398 @@
+//! Attached files (issue 16): file-sets written apart from the diffs, named by `_files`,
+//! streamed, read by range, replaced in part, detached, read back in time, and every damage
+//! reported as corruption naming the file-set.
+
+use kiln::{Attachment, Error, Store};
+use serde_json::json;
+use std::io::{Read, Seek, SeekFrom};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+fn read_all(db: &kiln::Database, id: &str, name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    db.open_file(id, name)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// Bytes that differ at every position (a misplaced chunk shows).
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+/// The file-set files in a store's `filesets/` folder.
+fn fileset_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir.join("filesets")) else {
+        return out;
+    };
+    for shard in rd {
+        let shard = shard.unwrap().path();
+        if !shard.is_dir()
+            || shard
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with('.')
+        {
+            continue;
+        }
+        for f in std::fs::read_dir(&shard).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn files_attach_read_replace_detach_and_travel_in_time() {
+    let (dir, store) = store();
+    let db = store.create(Some("museum")).unwrap();
+    let photo = pattern(300_000, 1);
+    let thumb = pattern(1_000, 2);
+    let first = db
+        .put_with_files(
+            &json!({"_id": "vase", "title": "Blue vase"}),
+            vec![
+                Attachment::bytes("photo.jpg", &photo),
+                Attachment::bytes("thumb.png", &thumb).modified(1_700_000_000_000),
+            ],
+        )
+        .unwrap();
+    // One file-set for the write, apart from the diff files.
+    assert_eq!(fileset_files(dir.path()).len(), 1);
+    let doc = db.get("vase").unwrap().unwrap();
+    assert_eq!(doc["title"], "Blue vase");
+    assert_eq!(doc["_files"]["photo.jpg"]["size"], 300_000);
+    assert_eq!(doc["_files"]["photo.jpg"]["type"], "image/jpeg");
+    assert_eq!(doc["_files"]["thumb.png"]["modified"], 1_700_000_000_000u64);
+    let files = db.files("vase").unwrap();
+    assert_eq!(
+        files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["photo.jpg", "thumb.png"]
+    );
+    assert_eq!(files[0].set, files[1].set);
+    assert_eq!(read_all(&db, "vase", "photo.jpg"), photo);
+    assert_eq!(read_all(&db, "vase", "thumb.png"), thumb);
+
+    // Ranges and seeks, across chunk boundaries.
+    let mut r = db.open_file("vase", "photo.jpg").unwrap();
+    assert_eq!(r.len(), 300_000);
+    assert_eq!(r.read_range(65_000, 2_000).unwrap(), photo[65_000..67_000]);
+    assert_eq!(r.read_range(299_990, 100).unwrap(), photo[299_990..]);
+    assert_eq!(r.read_range(400_000, 10).unwrap(), Vec::<u8>::new());
+    r.seek(SeekFrom::End(-10)).unwrap();
+    let mut tail = Vec::new();
+    r.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail, photo[299_990..]);
+    r.seek(SeekFrom::Start(131_071)).unwrap();
+    let mut two = [0u8; 2];
+    r.read_exact(&mut two).unwrap();
+    assert_eq!(two, photo[131_071..131_073]);
+
+    // Partial replace: the new photo in a new file-set, the thumbnail still from the first.
+    let photo2 = pattern(70_000, 3);
+    db.attach("vase", vec![Attachment::bytes("photo.jpg", &photo2)])
+        .unwrap();
+    assert_eq!(fileset_files(dir.path()).len(), 2);
+    let now = db.files("vase").unwrap();
+    assert_ne!(now[0].set, files[0].set);
+    assert_eq!(now[1], files[1]);
+    assert_eq!(read_all(&db, "vase", "photo.jpg"), photo2);
+    assert_eq!(read_all(&db, "vase", "thumb.png"), thumb);
+    // The document's other fields stay.
+    assert_eq!(db.get("vase").unwrap().unwrap()["title"], "Blue vase");
+
+    // Detach one; the other stays.
+    db.detach("vase", &["thumb.png"]).unwrap();
+    assert_eq!(db.files("vase").unwrap().len(), 1);
+    assert!(matches!(
+        db.open_file("vase", "thumb.png"),
+        Err(Error::NoSuchFile { .. })
+    ));
+    assert!(matches!(
+        db.detach("vase", &["thumb.png"]),
+        Err(Error::NoSuchFile { .. })
+    ));
+
+    // Time travel: the document as first written lists its two files, readable.
+    let then = db.files_at("vase", &first.event).unwrap();
+    assert_eq!(then, files);
+    let mut old = Vec::new();
+    db.open_file_at("vase", "photo.jpg", &first.event)
+        .unwrap()
+        .read_to_end(&mut old)
+        .unwrap();
+    assert_eq!(old, photo);
+    assert!(db.verify().unwrap().ok());
+}
+
+/// A plain write carries `_files` back as read; a hand-made `_files` that is not well-formed
+/// is refused, nothing written.
+#[test]
+fn files_metadata_is_checked_on_writes() {
+    let (_dir, store) = store();
+    let db = store.create(Some("d")).unwrap();
+    db.put_with_files(
+        &json!({"_id": "a"}),
+        vec![Attachment::bytes("x.txt", b"hello")],
+    )
+    .unwrap();
+    let mut doc = db.get("a").unwrap().unwrap();
+    doc["note"] = json!("edited");
+    db.put(&doc).unwrap();
+    let mut s = String::new();
+    db.open_file("a", "x.txt")
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "hello");
+    for bad in [
+        json!({"_id": "b", "_files": 3}),
+        json!({"_id": "b", "_files": {"x": {"cid": "nope", "size": 1, "type": "", "modified": 0, "set": "00"}}}),
+        json!({"_id": "b", "_files": {"a/b": doc["_files"]["x.txt"].clone()}}),
+        json!({"_id": "b", "_files": {"x": {"size": 1}}}),
+    ] {
+        assert!(
+            matches!(db.put(&bad), Err(Error::InvalidDocument(_))),
+            "{bad}"
+        );
+        assert!(matches!(
+            db.put_json(&bad.to_string()),
+            Err(Error::InvalidDocument(_))
+        ));
+    }
+    assert_eq!(db.get("b").unwrap(), None);
+    // Other reserved names stay refused.
+    assert!(matches!(
+        db.put(&json!({"_id": "c", "_rev": 1})),
+        Err(Error::InvalidDocument(_))
+    ));
+}
+
+#[test]
+fn bad_names_and_missing_documents_write_nothing() {
+    let (dir, store) = store();
+    let db = store.create(Some("d")).unwrap();
+    for name in ["", "a/b", "tab\there", "..", "x\u{7}"] {
+        let r = db.put_with_files(&json!({"_id": "a"}), vec![Attachment::bytes(name, b"x")]);
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{name:?}: {r:?}"
+        );
+    }
+    let twice = db.put_with_files(
+        &json!({"_id": "a"}),
+        vec![Attachment::bytes("x", b"1"), Attachment::bytes("x", b"2")],
+    );
+    assert!(matches!(twice, Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        db.attach("missing", vec![Attachment::bytes("x", b"1")]),
+        Err(Error::NoSuchDocument { .. })
+    ));
+    assert!(matches!(
+        db.put_with_files(&json!({"_id": 5}), vec![Attachment::bytes("x", b"1")]),
+        Err(Error::InvalidDocument(_))
+    ));
+    assert_eq!(db.get("a").unwrap(), None);
+    assert!(fileset_files(dir.path()).is_empty());
+}
+
+/// Every damage is reported as corruption naming the file-set, never as wrong bytes; a
+/// file-set that is not there is "not available locally".
+#[test]
+fn damaged_truncated_and_missing_file_sets_are_reported() {
+    let (dir, store) = store();
+    let db = store.create(Some("d")).unwrap();
+    let bytes = pattern(200_000, 7);
+    db.put_with_files(&json!({"_id": "a"}), vec![Attachment::bytes("f", &bytes)])
+        .unwrap();
+    let path = fileset_files(dir.path()).pop().unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let set = db.files("a").unwrap()[0].set.to_string();
+
+    // A flipped byte in the second chunk: reading the first chunk still works, the second
+    // is corruption.
+    let mut bad = good.clone();
+    bad[16 + 65_536 + 28 + 100] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let mut r = db.open_file("a", "f").unwrap();
+    assert_eq!(r.read_range(0, 1000).unwrap(), bytes[..1000]);
+    let e = r.read_range(70_000, 10).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains(&set), "{e}");
+    let mut all = Vec::new();
+    assert!(db
+        .open_file("a", "f")
+        .unwrap()
+        .read_to_end(&mut all)
+        .is_err());
+    assert!(!db.verify().unwrap().ok());
+
+    // Truncated.
+    std::fs::write(&path, &good[..good.len() - 40]).unwrap();
+    let e = db.open_file("a", "f").unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    std::fs::write(&path, &good[..100_000]).unwrap();
+    assert!(matches!(db.open_file("a", "f"), Err(Error::Corrupt { .. })));
+
+    // Missing (moved away; a fresh handle, as storage keeps files it opened open).
+    std::fs::remove_file(&path).unwrap();
+    drop((db, store));
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.open_db("d").unwrap();
+    let e = db.open_file("a", "f").unwrap_err();
+    assert!(matches!(e, Error::FileSetUnavailable(..)), "{e}");
+    assert!(e.to_string().contains("not available locally"), "{e}");
+    // The document itself still reads.
+    assert_eq!(
+        db.get("a").unwrap().unwrap()["_files"]["f"]["size"],
+        200_000
+    );
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(read_all(&db, "a", "f"), bytes);
+    assert!(db.verify().unwrap().ok());
+}
+
+/// A file streamed from a reader is never held whole: 24 MiB through a reader that makes its
+/// bytes as it goes, read back in pieces and compared.
+#[test]
+fn a_large_file_streams_in_and_out() {
+    struct Gen(u64, u64);
+    impl Read for Gen {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = (buf.len() as u64).min(self.1 - self.0) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = ((self.0 + i as u64) * 31 % 251) as u8;
+            }
+            self.0 += n as u64;
+            Ok(n)
+        }
+    }
+    let (_dir, store) = store();
+    let db = store.create(Some("d")).unwrap();
+    let size = 24 << 20;
+    db.put_with_files(
+        &json!({"_id": "big"}),
+        vec![Attachment::reader("level.bin", Gen(0, size)).content_type("application/x-level")],
+    )
+    .unwrap();
+    let info = &db.files("big").unwrap()[0];
+    assert_eq!(
+        (info.size, info.content_type.as_str()),
+        (size, "application/x-level")
+    );
+    let mut r = db.open_file("big", "level.bin").unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for (i, b) in buf[..n].iter().enumerate() {
+            assert_eq!(*b, ((at + i as u64) * 31 % 251) as u8);
+        }
+        at += n as u64;
+    }
+    assert_eq!(at, size);
+    // A range in the middle opens only the chunks it needs.
+    let mid = r.read_range(size / 2, 10).unwrap();
+    assert_eq!(mid[0], ((size / 2) * 31 % 251) as u8);
+}
+
+/// Files attached in a transaction commit with it.
+#[test]
+fn files_attach_in_a_transaction() {
+    let (_dir, store) = store();
+    let db = store.create(Some("d")).unwrap();
+    let mut t = db.transaction().unwrap();
+    t.put_with_files(&json!({"_id": "a"}), vec![Attachment::bytes("x", b"one")])
+        .unwrap();
+    t.put_with_files(&json!({"_id": "b"}), vec![Attachment::bytes("y", b"two")])
+        .unwrap();
+    assert!(db.files("a").unwrap().is_empty());
+    t.commit().unwrap();
+    assert_eq!(read_all(&db, "a", "x"), b"one");
+    assert_eq!(read_all(&db, "b", "y"), b"two");
+}
+
+/// File-sets live while any kept document version names them: replacing a file keeps the old
+/// one (history keeps its version); purge then gc frees the file-sets only the purged document
+/// named; dropping a database frees its own; a file-set no version names yet is kept for the
+/// grace period; compaction never rewrites file-sets.
+#[test]
+fn file_sets_live_while_a_kept_version_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |grace: u64| {
+        Store::open_with(
+            dir.path(),
+            kiln::Options {
+                fileset_grace: std::time::Duration::from_secs(grace),
+                compact_threshold: 4,
+                background_compaction: false,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let store = open(0);
+    let db = store.create(Some("d")).unwrap();
+    db.put_with_files(&json!({"_id": "a"}), vec![Attachment::bytes("f", b"one")])
+        .unwrap();
+    db.attach("a", vec![Attachment::bytes("f", b"two")])
+        .unwrap();
+    db.put_with_files(&json!({"_id": "b"}), vec![Attachment::bytes("g", b"bee")])
+        .unwrap();
+    for i in 0..10 {
+        db.put(&json!({"_id": format!("x{i}")})).unwrap();
+    }
+    db.compact_full().unwrap();
+    let before = fileset_files(dir.path());
+    assert_eq!(before.len(), 3);
+    let r = store.gc().unwrap();
+    assert_eq!(r.removed_filesets, 0);
+    assert_eq!(fileset_files(dir.path()), before);
+    // An orphan (a transaction never committed): removed once past the grace period.
+    {
+        let mut t = db.transaction().unwrap();
+        t.put_with_files(&json!({"_id": "c"}), vec![Attachment::bytes("h", b"never")])
+            .unwrap();
+    }
+    assert_eq!(fileset_files(dir.path()).len(), 4);
+    drop((db, store));
+    let store = open(3600);
+    assert_eq!(store.gc().unwrap().kept_filesets, 1);
+    assert_eq!(fileset_files(dir.path()).len(), 4);
+    drop(store);
+    let store = open(0);
+    assert_eq!(store.gc().unwrap().removed_filesets, 1);
+    assert_eq!(fileset_files(dir.path()), before);
+    // Purge "a": both of its file-sets go, "b"'s stays.
+    let db = store.open_db("d").unwrap();
+    db.purge("a").unwrap();
+    assert_eq!(fileset_files(dir.path()).len(), 1);
+    assert_eq!(read_all(&db, "b", "g"), b"bee");
+    assert!(db.verify().unwrap().ok());
+    // A fork names its source's file-sets: dropping the source keeps them for the fork.
+    let fork = store.fork("d", Some("f")).unwrap();
+    drop(db);
+    store.drop_db("d").unwrap();
+    store.gc().unwrap();
+    assert_eq!(fileset_files(dir.path()).len(), 1);
+    assert_eq!(read_all(&fork, "b", "g"), b"bee");
+    drop(fork);
+    store.drop_db("f").unwrap();
+    store.gc().unwrap();
+    assert!(fileset_files(dir.path()).is_empty());
+}
