@@ -14,9 +14,17 @@
 //! `v6` on): 300 documents in one transaction, a diff file whose index is paged, then one more
 //! write; "joined" (from `v8` on): two transactions on one state wrote "x" differently, and
 //! the next commit joined the two heads, recording the losing value in its event, and its
-//! metadata holds a title.
+//! metadata holds a title; "attached" (from `v9` on): a document with two attached files, one
+//! replaced by a later update (two file-sets).
 
-use kiln::{Durability, Options, Store};
+use kiln::{Attachment, Durability, Options, Store};
+
+/// Bytes that differ at every position (the fixture test makes the same ones).
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
 use serde_json::json;
 
 fn main() -> kiln::Result<()> {
@@ -108,6 +116,21 @@ fn main() -> kiln::Result<()> {
         joined.get("x")?.unwrap_or_default(),
         joined.conflicts("x")?
     );
+    // A document with two attached files, one replaced by a later update (from v9 on): two
+    // file-sets, the first still holding the file the update kept and the one it replaced.
+    let attached = store.create(Some("attached"))?;
+    let first = attached.put_with_files(
+        &json!({"_id": "vase", "title": "Blue vase"}),
+        vec![
+            Attachment::bytes("photo.jpg", &pattern(150_000, 1)).modified(1_700_000_000_000),
+            Attachment::bytes("notes.txt", b"glazed, 1920s").modified(1_700_000_000_001),
+        ],
+    )?;
+    attached.attach(
+        "vase",
+        vec![Attachment::bytes("photo.jpg", &pattern(70_000, 2)).modified(1_700_000_000_002)],
+    )?;
+    println!("attached: first event {}", first.event);
     let i = db.info()?;
     println!("root {}", i.root.map(|r| r.to_string()).unwrap_or_default());
     println!(

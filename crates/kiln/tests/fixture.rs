@@ -108,12 +108,15 @@ const V8: Fixture = Fixture {
 const V9: Fixture = Fixture {
     dir: "v9",
     events: [
-        "bafyreichrk5noh7luqy3ix6ar3vs3bcsklgv4uwwre5sm5cskilv5hjrjm",
-        "bafyreicref3ssg6ci27acva5s3lpwwog257zmrvceu2rslfbqjyhunvcvy",
-        "bafyreif66r5e4ez56dmiasnqukc5v77fcvfbwopmgvshsrun5h7ghjswbm",
+        "bafyreibsy6kup26lha7owecrjhk4atrntfxwb6bikkkncngdthf3kznxh4",
+        "bafyreid22sgon6egamy3d7lvjbvuvoatp6qihhkrhl3psikz5plefgtqva",
+        "bafyreihrgzpnvu5nkxbibddafn2rccku5roh7yecgfwhlxuzsc6qjy4akm",
     ],
-    cut_at: "bafyreidor44z27ywb5wn6huijojmee5exqyvvovjxnxpq5x37cpih3pde4",
+    cut_at: "bafyreidwnnka5u3f7drpbvtonnqjr5glc6idoq6dmzzpmvf57znx5ony5a",
 };
+
+/// The v9 fixture's "attached" database: its first event (two files attached).
+const V9_ATTACHED_FIRST: &str = "bafyreibpfxpwrpeds3s55g6cciegiqu6iu72ngjv54h3switpxrssytlkm";
 
 const V5: Fixture = Fixture {
     dir: "v5",
@@ -264,6 +267,69 @@ fn a_joining_commit_records_the_conflict(f: &Fixture) {
     assert_eq!(db.meta().unwrap()["title"], "Joined room");
     let r = db.verify().unwrap();
     assert!(r.ok(), "{:?}", r.problems);
+}
+
+/// Bytes that differ at every position (as `make_fixture` makes them).
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+/// The v9 fixture's "attached" database: a document with two files, one replaced by a later
+/// update. The current version reads the new photo from the second file-set and the notes
+/// from the first; the first version reads the old photo; everything verifies (file-sets
+/// whole, every chunk).
+#[test]
+fn v9_attached_files_read_back() {
+    use std::io::Read;
+    let (_d, store) = open(&V9);
+    let db = store.open_db("attached").unwrap();
+    let read = |r: kiln::FileReader| {
+        let mut v = Vec::new();
+        let mut r = r;
+        r.read_to_end(&mut v).unwrap();
+        v
+    };
+    let files = db.files("vase").unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(
+        (
+            files[0].name.as_str(),
+            files[0].content_type.as_str(),
+            files[0].modified
+        ),
+        ("notes.txt", "text/plain", 1_700_000_000_001)
+    );
+    assert_eq!(files[1].name, "photo.jpg");
+    assert_ne!(files[0].set, files[1].set);
+    assert_eq!(
+        read(db.open_file("vase", "photo.jpg").unwrap()),
+        pattern(70_000, 2)
+    );
+    assert_eq!(
+        read(db.open_file("vase", "notes.txt").unwrap()),
+        b"glazed, 1920s"
+    );
+    let first = Cid::parse(V9_ATTACHED_FIRST).unwrap();
+    let then = db.files_at("vase", &first).unwrap();
+    assert_eq!(then[0], files[0]);
+    assert_eq!(then[1].set, files[0].set);
+    assert_eq!(
+        read(db.open_file_at("vase", "photo.jpg", &first).unwrap()),
+        pattern(150_000, 1)
+    );
+    assert_eq!(
+        db.open_file("vase", "photo.jpg")
+            .unwrap()
+            .read_range(65_530, 12)
+            .unwrap(),
+        pattern(70_000, 2)[65_530..65_542]
+    );
+    assert_eq!(db.get("vase").unwrap().unwrap()["title"], "Blue vase");
+    let r = db.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.problems);
+    assert_eq!(r.filesets, 2);
 }
 
 /// The v5 fixture holds a sealed proposal (side → merged): it opens with the target's key, its
@@ -639,6 +705,9 @@ fn reads_and_verifies(f: &Fixture) {
     }
     if matches!(f.dir, "v8" | "v9") {
         names.insert(3, "joined");
+    }
+    if f.dir == "v9" {
+        names.insert(0, "attached");
     }
     assert_eq!(store.list().unwrap(), names);
     let db = store.open_db("fixture").unwrap();
