@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use cmd::contrib::ContribGroup;
 use cmd::db::{DbCmd, DbGroup};
 use cmd::docs::DocsGroup;
+use cmd::files::FilesGroup;
 use cmd::history::HistoryGroup;
 use cmd::store::StoreGroup;
 use cmd::Ctx;
@@ -58,6 +59,8 @@ enum Cmd {
     Db(DbGroup),
     #[command(flatten)]
     Docs(DocsGroup),
+    #[command(flatten)]
+    Files(FilesGroup),
     #[command(flatten)]
     History(HistoryGroup),
     #[command(flatten)]
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
     match cli.cmd {
         Cmd::Db(c) => c.run(&ctx),
         Cmd::Docs(c) => c.run(&ctx),
+        Cmd::Files(c) => c.run(&ctx),
         Cmd::History(c) => c.run(&ctx),
         Cmd::Contrib(c) => c.run(&ctx),
         Cmd::Store(c) => c.run(&ctx),

@@ -78,7 +78,9 @@ pub fn exit_code(e: &Error) -> u8 {
         | Error::InvalidArgument(_)
         | Error::DatabaseExists(_) => code::USAGE,
         Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) | Error::NoStore(_) => code::NO_SUCH,
-        Error::Purged(..) | Error::NoSuchDocument { .. } => code::NOT_FOUND,
+        Error::Purged(..) | Error::NoSuchDocument { .. } | Error::NoSuchFile { .. } => {
+            code::NOT_FOUND
+        }
         Error::Changed(_) => code::USAGE,
         Error::Conflict(_) => code::CONFLICT,
         e if e.is_corruption() => code::CORRUPT,

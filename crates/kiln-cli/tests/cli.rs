@@ -1058,3 +1058,128 @@ fn a_documents_history_from_the_command_line() {
     );
     assert_eq!(code(&kiln(r, &["get", "n", "zz", "--history"], None)), 3);
 }
+
+/// Attached files from the command line (issue 16): `put --file`, `attach`, `files`, `file`
+/// (whole, to a path, a range, as of an event), `detach`, `get` showing `_files` and never
+/// bytes; bad input exits 2 writing nothing.
+#[test]
+fn files_attach_list_read_and_detach() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let root = root.as_path();
+    ok(root, &["db", "create", "m"]);
+    let photo: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let p = dir.path().join("photo.jpg");
+    std::fs::write(&p, &photo).unwrap();
+    let n = dir.path().join("notes.txt");
+    std::fs::write(&n, "glazed").unwrap();
+    let spec = |name: &str, path: &Path| format!("{name}={}", path.display());
+    let out = ok(
+        root,
+        &[
+            "--json",
+            "put",
+            "m",
+            r#"{"_id": "vase", "title": "Blue"}"#,
+            "--file",
+            &spec("photo.jpg", &p),
+            "--file",
+            &spec("notes.txt", &n),
+        ],
+    );
+    let first: Value = serde_json::from_str(out.trim()).unwrap();
+    let first = first["event"].as_str().unwrap().to_owned();
+    let doc: Value = serde_json::from_str(&ok(root, &["--json", "get", "m", "vase"])).unwrap();
+    assert_eq!(doc["_files"]["photo.jpg"]["size"], 200_000);
+    assert_eq!(doc["_files"]["photo.jpg"]["type"], "image/jpeg");
+    assert_eq!(doc["_files"]["notes.txt"]["type"], "text/plain");
+    let listed: Value = serde_json::from_str(&ok(root, &["--json", "files", "m", "vase"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    // Whole, to stdout and to a path; a range.
+    let o = kiln(root, &["file", "m", "vase", "photo.jpg"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, photo);
+    let out_path = dir.path().join("out.bin");
+    ok(
+        root,
+        &[
+            "file",
+            "m",
+            "vase",
+            "photo.jpg",
+            "-o",
+            out_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(&out_path).unwrap(), photo);
+    let o = kiln(
+        root,
+        &["file", "m", "vase", "photo.jpg", "--range", "65530-65545"],
+        None,
+    );
+    assert_eq!(o.stdout, photo[65_530..=65_545]);
+    let o = kiln(
+        root,
+        &["file", "m", "vase", "photo.jpg", "--range", "199990-"],
+        None,
+    );
+    assert_eq!(o.stdout, photo[199_990..]);
+    // Replace one; the other stays; the old one as of the first event.
+    let p2 = dir.path().join("photo2.png");
+    std::fs::write(&p2, b"new photo").unwrap();
+    ok(
+        root,
+        &[
+            "attach",
+            "m",
+            "vase",
+            &spec("photo.jpg", &p2),
+            "--type",
+            "image/png",
+        ],
+    );
+    let o = kiln(root, &["file", "m", "vase", "photo.jpg"], None);
+    assert_eq!(o.stdout, b"new photo");
+    let o = kiln(root, &["file", "m", "vase", "notes.txt"], None);
+    assert_eq!(o.stdout, b"glazed");
+    let o = kiln(
+        root,
+        &["file", "m", "vase", "photo.jpg", "--at", &first],
+        None,
+    );
+    assert_eq!(o.stdout, photo);
+    let listed = ok(root, &["files", "m", "vase"]);
+    assert!(listed.contains("photo.jpg\t9\timage/png\t"), "{listed}");
+    // Detach.
+    ok(root, &["detach", "m", "vase", "notes.txt"]);
+    let o = kiln(root, &["file", "m", "vase", "notes.txt"], None);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    // Bad input: exit 2, nothing written.
+    let before = ok(root, &["--json", "log", "m"]);
+    for args in [
+        vec!["attach", "m", "vase", "x=/no/such/path"],
+        vec!["attach", "m", "vase", "no-equals-sign"],
+        vec!["attach", "m", "missing", &spec("x", &n)],
+        vec!["attach", "m", "vase", &spec("a/b", &n)],
+        vec!["attach", "m", "vase", &spec("tab\there", &n)],
+    ] {
+        let o = kiln(root, &args, None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).is_empty());
+    }
+    let o = kiln(
+        root,
+        &["put", "m", r#"{"_id":"z"}"#, "--file", "x=/no/such"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = kiln(
+        root,
+        &["file", "m", "vase", "photo.jpg", "--range", "9-2"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(ok(root, &["--json", "log", "m"]), before);
+    assert_eq!(kiln(root, &["get", "m", "z"], None).status.code(), Some(3));
+    ok(root, &["verify", "m"]);
+}

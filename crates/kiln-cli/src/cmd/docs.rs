@@ -30,6 +30,14 @@ pub enum DocsGroup {
         /// Write only if the document does not exist; else exit 6, writing nothing.
         #[arg(long)]
         if_absent: bool,
+        /// Attach a file: NAME=PATH (repeat for several; all go into one file-set). The
+        /// document is replaced whole, so it has these files and those its JSON `_files`
+        /// carries (`kiln attach` adds to the files it has).
+        #[arg(long = "file", value_name = "NAME=PATH", conflicts_with_all = ["if_rev", "if_absent"])]
+        files: Vec<String>,
+        /// Content type of the files given (else guessed from each name's extension).
+        #[arg(long = "type", value_name = "TYPE", requires = "files")]
+        content_type: Option<String>,
     },
     /// Read a document; exit code 3 if it does not exist.
     Get {
@@ -47,8 +55,8 @@ pub enum DocsGroup {
         #[arg(long, conflicts_with_all = ["at", "conflicts"])]
         rev: bool,
         /// Print the document's versions, newest first, one JSON object per line
-        /// ({"event", "rev", "time", "doc"}; doc null for a delete): walks the log back as far
-        /// as the oldest version printed (see --limit).
+        /// ({"event", "rev", "time", "doc"}; doc null for a delete), found through the files'
+        /// document logs (the log is not walked).
         #[arg(long, conflicts_with_all = ["at", "conflicts", "rev"])]
         history: bool,
         /// With --history: at most this many versions.
@@ -124,8 +132,16 @@ impl DocsGroup {
             DocsGroup::Put {
                 db,
                 doc: text,
+                files,
+                content_type,
+                ..
+            } if !files.is_empty() => put_with_files(ctx, db, text, files, content_type),
+            DocsGroup::Put {
+                db,
+                doc: text,
                 if_rev,
                 if_absent,
+                ..
             } => put(ctx, db, text, expected(if_rev, if_absent)?),
             DocsGroup::Get {
                 db, id, rev: true, ..
@@ -205,6 +221,36 @@ fn put(
         None => db.put_json(&text)?,
         Some(rev) => db.put_json_if(&text, rev.as_ref())?,
     };
+    ctx.out.print(
+        || format!("{} {}", esc(&c.ids[0]), c.event),
+        || json!({"id": c.ids[0], "event": c.event.to_string(), "heads": cids(&c.heads)}),
+    );
+    Ok(0)
+}
+
+/// `put --file`: the document (checked as JSON text first: an integer outside 64 bits is
+/// refused, not made a float) with its files, in one commit.
+fn put_with_files(
+    ctx: &Ctx,
+    db: String,
+    text: Option<String>,
+    specs: Vec<String>,
+    content_type: Option<String>,
+) -> Result<u8, Fail> {
+    let db = ctx.open(&db)?;
+    let text = match text {
+        Some(t) if t != "-" => {
+            if t.len() > MAX_TEXT {
+                return Err(bad_input(too_long("the document")));
+            }
+            t
+        }
+        _ => read_stdin_doc()?,
+    };
+    kiln::check_document_json(&text)?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| bad_input(e.to_string()))?;
+    let files = super::files::open_files(&specs, content_type.as_deref())?;
+    let c = db.put_with_files(&doc, files)?;
     ctx.out.print(
         || format!("{} {}", esc(&c.ids[0]), c.event),
         || json!({"id": c.ids[0], "event": c.event.to_string(), "heads": cids(&c.heads)}),

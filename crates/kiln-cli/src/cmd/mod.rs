@@ -5,6 +5,7 @@
 pub mod contrib;
 pub mod db;
 pub mod docs;
+pub mod files;
 pub mod history;
 pub mod store;
 
