@@ -396,3 +396,64 @@ fn file_sets_live_while_a_kept_version_names_them() {
     store.gc().unwrap();
     assert!(fileset_files(dir.path()).is_empty());
 }
+
+/// A file-set that is not in the store (metadata synced, bytes not yet) is asked of the store's
+/// source on first read, checked against its name, and kept; a source without it leaves the
+/// read "not available locally", one with other bytes is refused as corruption.
+#[test]
+fn a_missing_file_set_is_fetched_from_the_source() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    struct Remote(Mutex<HashMap<kiln::FileName, Vec<u8>>>, Mutex<usize>);
+    impl kiln::FileSource for Remote {
+        fn fetch(
+            &self,
+            name: &kiln::FileName,
+            out: &mut dyn std::io::Write,
+        ) -> std::io::Result<bool> {
+            *self.1.lock().unwrap() += 1;
+            match self.0.lock().unwrap().get(name) {
+                Some(b) => out.write_all(b).map(|()| true),
+                None => Ok(false),
+            }
+        }
+    }
+    let (dir, store) = store();
+    let db = store.create(Some("d")).unwrap();
+    let bytes = pattern(100_000, 9);
+    db.put_with_files(&json!({"_id": "a"}), vec![Attachment::bytes("f", &bytes)])
+        .unwrap();
+    let path = fileset_files(dir.path()).pop().unwrap();
+    let set = db.files("a").unwrap()[0].set;
+    let moved = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    drop((db, store));
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.open_db("d").unwrap();
+    // No source: not available.
+    assert!(matches!(
+        db.open_file("a", "f"),
+        Err(Error::FileSetUnavailable(n, _)) if n == set
+    ));
+    // A source without it: the same.
+    let remote = Arc::new(Remote(Mutex::new(HashMap::new()), Mutex::new(0)));
+    store.set_fileset_source(Some(remote.clone()));
+    assert!(matches!(
+        db.open_file("a", "f"),
+        Err(Error::FileSetUnavailable(..))
+    ));
+    // One that gives other bytes under its name: refused, nothing kept.
+    let mut other = moved.clone();
+    other[100] ^= 1;
+    remote.0.lock().unwrap().insert(set, other);
+    assert!(matches!(db.open_file("a", "f"), Err(Error::Corrupt { .. })));
+    assert!(fileset_files(dir.path()).is_empty());
+    // The right bytes: fetched once, kept, read.
+    remote.0.lock().unwrap().insert(set, moved.clone());
+    let before = *remote.1.lock().unwrap();
+    assert_eq!(read_all(&db, "a", "f"), bytes);
+    assert_eq!(read_all(&db, "a", "f"), bytes);
+    assert_eq!(*remote.1.lock().unwrap(), before + 1);
+    assert_eq!(std::fs::read(&path).unwrap(), moved);
+    assert!(db.verify().unwrap().ok());
+}

@@ -391,6 +391,66 @@ impl Transaction {
     }
 }
 
+/// Fetches file-set `set`, which this store does not hold, from the store's file-set source
+/// into its `filesets/`, keeping it only if its bytes hash to its name.
+/// [`Error::FileSetUnavailable`] when there is no source or it does not have it.
+fn fetch(db: &Database, set: &FileName) -> Result<()> {
+    let env = db.env();
+    let source = env
+        .fileset_source
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let unavailable = || Error::FileSetUnavailable(*set, db.name().to_owned());
+    let Some(source) = source else {
+        return Err(unavailable());
+    };
+    // Written in `filesets/.tmp/` first, which garbage collection empties.
+    let _gc = env.gc_shared()?;
+    let mut found = true;
+    let mut wrong = false;
+    let r = env.filesets.put_with(db.durable(), &mut |out| {
+        let mut tee = Hashing {
+            out,
+            hash: blake3::Hasher::new(),
+        };
+        found = source.fetch(set, &mut tee)?;
+        let name = FileName(*tee.hash.finalize().as_bytes());
+        if !found || name != *set {
+            wrong = found;
+            return Err(std::io::Error::other("not the file-set asked for"));
+        }
+        Ok(name)
+    });
+    match r {
+        Ok(_) => Ok(()),
+        Err(_) if !found => Err(unavailable()),
+        Err(_) if wrong => Err(Error::corrupt(
+            format!("file-set {set}"),
+            "the bytes its source gave do not hash to its name",
+        )),
+        Err(e) => Err(Error::io(format!("fetching file-set {set}"), e)),
+    }
+}
+
+/// A sink that hashes what it passes on (a fetched file-set's name is checked as it comes).
+struct Hashing<'a> {
+    out: &'a mut dyn std::io::Write,
+    hash: blake3::Hasher,
+}
+
+impl std::io::Write for Hashing<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(b)?;
+        self.hash.update(&b[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// An attached file opened for reading: `Read + Seek`, reading a chunk at a time (64 KiB of
 /// plaintext), each chunk authenticated as it is opened, so damage or tampering is an error
 /// naming the file-set, never wrong bytes.
@@ -424,7 +484,10 @@ impl FileReader {
         let len = match storage.len(&set) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::FileSetUnavailable(set, db.name().to_owned()))
+                fetch(db, &set)?;
+                storage
+                    .len(&set)
+                    .map_err(|e| Error::io(format!("file-set {set}"), e))?
             }
             Err(e) => return Err(Error::io(format!("file-set {set}"), e)),
         };

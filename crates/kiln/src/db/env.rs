@@ -18,6 +18,8 @@ pub(crate) struct Env {
     pub storage: Arc<LocalStorage>,
     /// `ROOT/filesets`: the file-sets of attached files (`.kfs`), apart from the diff files.
     pub filesets: Arc<LocalStorage>,
+    /// Where a file-set this store does not hold is fetched from, if anywhere.
+    pub fileset_source: std::sync::RwLock<Option<Arc<dyn crate::storage::FileSource>>>,
     pub keybag: Keybag,
     pub cache: Cache,
     pub opts: Options,

@@ -62,6 +62,15 @@ impl std::fmt::Debug for FileName {
     }
 }
 
+/// Somewhere else a missing file may be fetched from by name (a sync remote: a replica that
+/// takes documents first and files on demand): asked when a read needs a file this store does
+/// not hold.
+pub trait FileSource: Send + Sync {
+    /// Writes the bytes of file `name` to `out`; `Ok(false)` when this source does not have
+    /// it. The caller checks that they hash to `name` and keeps them only then.
+    fn fetch(&self, name: &FileName, out: &mut dyn Write) -> io::Result<bool>;
+}
+
 /// Immutable files kept by name: the interface every backend offers. A name is the hash of a
 /// file's bytes, so a file is never changed, only stored, read and deleted; storing a name
 /// again stores the same bytes.

@@ -203,6 +203,7 @@ impl Store {
                     opts.reserve_files,
                 )),
                 filesets: Arc::new(LocalStorage::with_ext(root.join(FILESETS), ".kfs")),
+                fileset_source: Default::default(),
                 keybag: Keybag::new(root.join("keys")),
                 gc: if opts.read_only {
                     GcLock::read_only(&root, opts.lock_timeout).map_err(|e| Error::io(&root, e))?
@@ -449,6 +450,18 @@ impl Store {
     fn open_plain(&self, name: &str) -> Result<Database> {
         check_name(name)?;
         Database::open(self.inner.clone(), name, self.dbs().join(name))
+    }
+
+    /// Sets where file-sets (attached files' bytes) this store does not hold are fetched
+    /// from when a read needs one (`None`: nowhere; such a read fails with
+    /// [`Error::FileSetUnavailable`]). A fetched file-set is kept only if its bytes hash to its
+    /// name, and then stays in the store like any other.
+    pub fn set_fileset_source(&self, source: Option<Arc<dyn crate::storage::FileSource>>) {
+        *self
+            .inner
+            .fileset_source
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = source;
     }
 
     /// Whether a database of that name exists.
