@@ -457,3 +457,88 @@ fn a_missing_file_set_is_fetched_from_the_source() {
     assert_eq!(std::fs::read(&path).unwrap(), moved);
     assert!(db.verify().unwrap().ok());
 }
+
+/// Identical content is stored once in a lineage: twice in one write, again in another
+/// document, in a fork; `file_set_usage` counts it once. Once its file-set is collected, the
+/// content is stored anew.
+#[test]
+fn identical_content_is_stored_once_in_a_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        kiln::Options {
+            fileset_grace: std::time::Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let db = store.create(Some("d")).unwrap();
+    let big = pattern(300_000, 4);
+    let other = pattern(1_000, 5);
+    db.put_with_files(
+        &json!({"_id": "a"}),
+        vec![
+            Attachment::bytes("one", &big),
+            Attachment::bytes("same", &big),
+            Attachment::bytes("other", &other),
+        ],
+    )
+    .unwrap();
+    assert_eq!(fileset_files(dir.path()).len(), 1);
+    let one_set = std::fs::metadata(&fileset_files(dir.path())[0])
+        .unwrap()
+        .len();
+    assert!(one_set < 2 * 300_000, "{one_set}: the content twice");
+    // Another document, the same content: no new file-set at all.
+    db.put_with_files(&json!({"_id": "b"}), vec![Attachment::bytes("copy", &big)])
+        .unwrap();
+    assert_eq!(fileset_files(dir.path()).len(), 1);
+    // With one new file: a file-set with only that one.
+    db.put_with_files(
+        &json!({"_id": "c"}),
+        vec![
+            Attachment::bytes("copy", &big),
+            Attachment::bytes("new", b"new"),
+        ],
+    )
+    .unwrap();
+    let sets = fileset_files(dir.path());
+    assert_eq!(sets.len(), 2);
+    assert!(sets
+        .iter()
+        .all(|p| p == &sets[0] || std::fs::metadata(p).unwrap().len() < 1_000));
+    for (id, name, want) in [
+        ("a", "one", &big),
+        ("a", "same", &big),
+        ("a", "other", &other),
+        ("b", "copy", &big),
+        ("c", "copy", &big),
+    ] {
+        assert_eq!(&read_all(&db, id, name), want, "{id} {name}");
+    }
+    assert_eq!(read_all(&db, "c", "new"), b"new");
+    let (n, bytes) = db.file_set_usage().unwrap();
+    assert_eq!(n, 2);
+    assert!(bytes < 310_000, "{bytes}");
+    // A fork shares the lineage: its copy of the content is the source's.
+    let fork = store.fork("d", Some("f")).unwrap();
+    fork.put_with_files(&json!({"_id": "z"}), vec![Attachment::bytes("copy", &big)])
+        .unwrap();
+    assert_eq!(fileset_files(dir.path()).len(), 2);
+    // Another lineage stores its own.
+    let db2 = store.create(Some("e")).unwrap();
+    db2.put_with_files(&json!({"_id": "y"}), vec![Attachment::bytes("copy", &big)])
+        .unwrap();
+    assert_eq!(fileset_files(dir.path()).len(), 3);
+    assert!(db.verify().unwrap().ok() && fork.verify().unwrap().ok() && db2.verify().unwrap().ok());
+    // Collected, then attached again: stored anew (the content map's record is stale).
+    drop(db2);
+    store.drop_db("e").unwrap();
+    store.gc().unwrap();
+    assert_eq!(fileset_files(dir.path()).len(), 2);
+    let db3 = store.create(Some("g")).unwrap();
+    db3.put_with_files(&json!({"_id": "y"}), vec![Attachment::bytes("copy", &big)])
+        .unwrap();
+    assert_eq!(read_all(&db3, "y", "copy"), big);
+    assert_eq!(fileset_files(dir.path()).len(), 3);
+}

@@ -247,6 +247,7 @@ fn info(ctx: &Ctx, name: String) -> Result<u8, Fail> {
     let db = ctx.store.open_db(&name)?;
     let i = db.info()?;
     let shared = db.shared_bytes()?;
+    let (filesets, fileset_bytes) = db.file_set_usage()?;
     let levels = |l: u8| i.files.iter().filter(|f| f.level == l).count();
     ctx.out.print(
         || {
@@ -267,6 +268,9 @@ fn info(ctx: &Ctx, name: String) -> Result<u8, Fail> {
                 "\nshared     {shared} bytes with other databases, {} its own",
                 i.bytes - shared
             ));
+            s.push_str(&format!(
+                "\nattached   {filesets} file-sets, {fileset_bytes} bytes (each stored once)"
+            ));
             s.push_str(&format!("\ntree shape {}", shape_name(i.tree_shape)));
             s.push_str(&format!(
                 "\ncompacted  {}\nthreshold  {} ({})",
@@ -285,6 +289,7 @@ fn info(ctx: &Ctx, name: String) -> Result<u8, Fail> {
                 "commits": i.commits, "compacted_ms": i.compacted,
                 "diffs": levels(0), "compacted_files": i.files.len() - levels(0),
                 "shared_bytes": shared, "own_bytes": i.bytes - shared,
+                "filesets": filesets, "fileset_bytes": fileset_bytes,
                 "compact_threshold": i.compact_threshold, "settings": i.settings.to_json(),
                 "torn_append": i.torn_append, "tree_shape": shape_name(i.tree_shape),
                 "files": i.files.iter().map(|f| json!({"name": f.name.to_string(), "level": f.level, "size": f.size})).collect::<Vec<_>>()})

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::block::cid::Cid;
 use crate::format::fileset;
 use crate::model::doc::files::{self as doc_files, FileMeta, FILES};
+use crate::storage::local::content_map;
 use crate::storage::FileName;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -120,6 +121,9 @@ const COPY_BUF: usize = 256 * 1024;
 
 /// Writes `files` into one new file-set of `db`'s store and returns their metadata (none and
 /// nothing written for no files). Names are checked first; two files of one name are refused.
+/// A file whose content the lineage stores already (in an earlier file-set, or earlier in this
+/// one) is not stored again: its metadata names where it is (the store's content map, see
+/// `storage::local::content_map`, finds it).
 fn write_set(db: &Database, files: Vec<Attachment<'_>>) -> Result<Vec<FileMeta>> {
     if files.is_empty() {
         return Ok(Vec::new());
@@ -136,62 +140,151 @@ fn write_set(db: &Database, files: Vec<Attachment<'_>>) -> Result<Vec<FileMeta>>
     }
     let env = db.env();
     let key = db.key();
+    let dir = env.root.join(crate::store::FILESETS);
+    let io = |e| Error::io(&dir, e);
     // From the first byte in `filesets/.tmp/` until the file-set has its name (garbage
     // collection empties `.tmp/`, and keeps a new file-set a while: see `store::gc`).
     let _gc = env.gc_shared()?;
-    let mut metas = Vec::with_capacity(files.len());
-    let mut failed: Option<Error> = None;
-    let mut files = Some(files);
-    let dir = env.root.join(crate::store::FILESETS);
-    let name = env.filesets.put_with(db.durable(), &mut |out| {
-        let r = (|| -> Result<FileName> {
-            let io = |e| Error::io(&dir, e);
-            let mut w = fileset::Writer::new(&key, out).map_err(io)?;
-            let mut buf = vec![0u8; COPY_BUF];
-            for mut a in files.take().unwrap_or_default() {
-                w.begin_file().map_err(io)?;
-                loop {
-                    let n = match a.source.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            return Err(Error::io(format!("the source of file {:?}", a.name), e))
-                        }
-                    };
-                    w.write(&buf[..n]).map_err(io)?;
-                }
-                let (_, cid, size) = w.end_file().map_err(io)?;
-                metas.push(FileMeta {
-                    content_type: a
-                        .content_type
-                        .take()
-                        .unwrap_or_else(|| content_type_of(&a.name).to_owned()),
-                    name: a.name,
-                    cid,
-                    size,
-                    modified: a.modified.unwrap_or_else(now_ms),
-                    set: [0; 32],
-                });
-            }
-            let (name, _, _) = w.finish().map_err(io)?;
-            Ok(name)
-        })();
-        r.map_err(|e| {
-            let msg = e.to_string();
-            failed = Some(e);
-            std::io::Error::other(msg)
-        })
-    });
-    let name = match (name, failed) {
-        (_, Some(e)) => return Err(e),
-        (Err(e), None) => return Err(Error::io(&dir, e)),
-        (Ok(n), None) => n,
+    let pending = env.filesets.begin().map_err(io)?;
+    let mut sink = PendingSink {
+        pending: &pending,
+        at: 0,
+        buf: Vec::with_capacity(SINK_BUF),
     };
-    for m in &mut metas {
-        m.set = name.0;
+    let mut w = fileset::Writer::new(&key, &mut sink).map_err(io)?;
+    let mut buf = vec![0u8; COPY_BUF];
+    // Each file's metadata, with the file-set it is in (`None`: this one) and its tag.
+    let mut metas: Vec<(FileMeta, Option<FileName>)> = Vec::with_capacity(files.len());
+    let mut here: std::collections::HashSet<Cid> = Default::default();
+    let mut new_tags = Vec::new();
+    for mut a in files {
+        w.begin_file().map_err(io)?;
+        loop {
+            let n = match a.source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("the source of file {:?}", a.name), e)),
+            };
+            w.write(&buf[..n]).map_err(io)?;
+        }
+        let (_, cid, size) = w.end_file().map_err(io)?;
+        let t = content_tag(&key, &cid);
+        let elsewhere = if here.contains(&cid) {
+            w.drop_last_file().map_err(io)?;
+            None // earlier in this file-set
+        } else if let Some(set) =
+            content_map::find(&env.filesets, &dir, &t).filter(|s| touch(&env.filesets.path(s)))
+        {
+            w.drop_last_file().map_err(io)?;
+            Some(set)
+        } else {
+            here.insert(cid);
+            new_tags.push(t);
+            None
+        };
+        metas.push((
+            FileMeta {
+                content_type: a
+                    .content_type
+                    .take()
+                    .unwrap_or_else(|| content_type_of(&a.name).to_owned()),
+                name: a.name,
+                cid,
+                size,
+                modified: a.modified.unwrap_or_else(now_ms),
+                set: [0; 32],
+            },
+            elsewhere,
+        ));
     }
-    Ok(metas)
+    let name = if here.is_empty() {
+        None // every file is stored already: no file-set
+    } else {
+        let (name, len, _) = w.finish().map_err(io)?;
+        std::io::Write::flush(&mut sink).map_err(io)?;
+        pending.set_len(len).map_err(io)?;
+        env.filesets
+            .finish(pending, &name, len, db.durable())
+            .map_err(io)?;
+        content_map::record(&dir, &name, &new_tags);
+        Some(name)
+    };
+    Ok(metas
+        .into_iter()
+        .map(|(mut m, elsewhere)| {
+            m.set = elsewhere.or(name).map(|n| n.0).unwrap_or_default();
+            m
+        })
+        .collect())
+}
+
+/// Marks a file-set written now, so garbage collection keeps it for the grace period although
+/// no version names it yet (a write about to name it again may find it unnamed otherwise);
+/// false if it cannot (then it is not reused).
+fn touch(path: &std::path::Path) -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .is_ok()
+}
+
+/// The content map's key for a file of content `cid` in `key`'s lineage.
+fn content_tag(key: &crate::format::seal::Key, cid: &Cid) -> content_map::Tag {
+    let t = key.tag(b"kiln/v1 content tag", cid.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&t[..16]);
+    out
+}
+
+/// Bytes a file-set's writer gathers before it writes them out.
+const SINK_BUF: usize = 1 << 20;
+
+/// A file-set being written into a pending file at positions, so a file found stored already
+/// can be taken out again (see [`fileset::Sink`]).
+struct PendingSink<'a> {
+    pending: &'a crate::storage::Pending,
+    /// Where `buf` goes.
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for PendingSink<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > SINK_BUF {
+            self.flush()?;
+        }
+        if b.len() >= SINK_BUF {
+            self.pending.write_at(b, self.at)?;
+            self.at += b.len() as u64;
+        } else {
+            self.buf.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.pending.write_at(&self.buf, self.at)?;
+            self.at += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl fileset::Sink for PendingSink<'_> {
+    fn rewind(&mut self, len: u64) -> std::io::Result<()> {
+        let end = self.at + self.buf.len() as u64;
+        if len >= self.at && len <= end {
+            self.buf.truncate((len - self.at) as usize);
+        } else {
+            self.buf.clear();
+            self.at = len;
+        }
+        Ok(())
+    }
 }
 
 /// `doc` (a JSON object) with `files` added to its `_files` (replacing entries of the same
@@ -331,6 +424,17 @@ impl Database {
             db: self.name().to_owned(),
             ids: vec![id.to_owned()],
         }
+    }
+
+    /// The file-sets (attached files' bytes) the document versions of this database name,
+    /// and their bytes: each file-set once, however many versions or documents name it (and a
+    /// file attached to several documents is stored in one). File-sets not in this store
+    /// (not fetched yet) count 0 bytes.
+    pub fn file_set_usage(&self) -> Result<(usize, u64)> {
+        let sets = self.fileset_refs()?;
+        let storage = &self.env().filesets;
+        let bytes = sets.iter().map(|s| storage.len(s).unwrap_or(0)).sum();
+        Ok((sets.len(), bytes))
     }
 
     /// The files attached to document `id` (none when it has none or no live document), in

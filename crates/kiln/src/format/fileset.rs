@@ -210,18 +210,28 @@ impl Index {
     }
 }
 
+/// Where a file-set is written: bytes in order, and a way back to an earlier length (a file
+/// found to be stored already is taken out again).
+pub trait Sink: std::io::Write {
+    /// The next byte goes at `len`; what was written from there on is gone.
+    fn rewind(&mut self, len: u64) -> std::io::Result<()>;
+}
+
 /// Writes a file-set to `out` as it goes: one chunk in memory at a time. Files are added one
-/// after the other ([`Writer::begin_file`], [`Writer::write`], [`Writer::end_file`]); the name
-/// (the hash of every byte) is known at [`Writer::finish`].
+/// after the other ([`Writer::begin_file`], [`Writer::write`], [`Writer::end_file`], or
+/// [`Writer::drop_last_file`]); the name (the hash of every byte) is known at
+/// [`Writer::finish`].
 pub struct Writer<'a> {
     key: SubKey,
     salt: Salt,
-    out: &'a mut dyn std::io::Write,
+    out: &'a mut dyn Sink,
     hash: blake3::Hasher,
     len: u64,
     files: Vec<Entry>,
     /// The file being written: its content hash, size so far and chunks sealed.
     cur: Option<(Sha256, u64, u64)>,
+    /// The name's hash and length as the last file began (to take it out again).
+    before_file: Option<(blake3::Hasher, u64)>,
     chunk: Vec<u8>,
     sealed: Vec<u8>,
 }
@@ -229,7 +239,7 @@ pub struct Writer<'a> {
 impl<'a> Writer<'a> {
     /// A new file-set under lineage key `key` (a fresh salt; fails when the system's random
     /// source does), its header written.
-    pub fn new(key: &Key, out: &'a mut dyn std::io::Write) -> std::io::Result<Writer<'a>> {
+    pub fn new(key: &Key, out: &'a mut dyn Sink) -> std::io::Result<Writer<'a>> {
         let salt = crate::format::seal::fresh_salt()?;
         let mut w = Writer {
             key: key.subkey(Purpose::FileSet, &salt),
@@ -239,6 +249,7 @@ impl<'a> Writer<'a> {
             len: 0,
             files: Vec::new(),
             cur: None,
+            before_file: None,
             chunk: Vec::with_capacity(CHUNK),
             sealed: Vec::with_capacity(CHUNK + CHUNK_OVERHEAD),
         };
@@ -265,6 +276,20 @@ impl<'a> Writer<'a> {
             ));
         }
         self.cur = Some((Sha256::new(), 0, 0));
+        self.before_file = Some((self.hash.clone(), self.len));
+        Ok(())
+    }
+
+    /// Takes the file just ended out of the file-set again (its content is stored elsewhere):
+    /// the next file goes where it began.
+    pub fn drop_last_file(&mut self) -> std::io::Result<()> {
+        let Some((hash, len)) = self.before_file.take().filter(|_| self.cur.is_none()) else {
+            return Err(std::io::Error::other("file-set: no file just ended"));
+        };
+        self.files.pop();
+        self.out.rewind(len)?;
+        self.hash = hash;
+        self.len = len;
         Ok(())
     }
 

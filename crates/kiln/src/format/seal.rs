@@ -233,6 +233,22 @@ impl Key {
         sub
     }
 
+    /// A tag of `msg` that only holders of this key can compute (HKDF-Expand of the lineage
+    /// key with info `label ‖ msg`, a pseudo-random function of `msg`): what the store's
+    /// content map keys attached files by, so their content hashes are never stored in the
+    /// clear.
+    // ring's HKDF fails only for an output longer than 255 hashes; ours is one.
+    #[allow(clippy::expect_used)]
+    pub fn tag(&self, label: &[u8], msg: &[u8]) -> [u8; 32] {
+        let mut t = [0u8; 32];
+        self.0
+            .prk
+            .expand(&[label, msg], KeyLen)
+            .and_then(|okm| okm.fill(&mut t))
+            .expect("32 bytes of HKDF output");
+        t
+    }
+
     /// The head log subkey under `salt`, derived once for consecutive uses of one log.
     pub(crate) fn log_key(&self, salt: &Salt) -> Arc<SubKey> {
         let mut last = self.0.last_log.lock().unwrap_or_else(|p| p.into_inner());

@@ -698,6 +698,7 @@ impl Store {
             r.removed_fileset_bytes += len;
         }
         sets.clear_reusable().map_err(io)?;
+        crate::storage::local::content_map::prune(&dir, &|n| sets.len(n).is_ok()).map_err(io)?;
         Ok(())
     }
 

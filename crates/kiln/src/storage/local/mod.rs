@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+pub mod content_map;
 mod db_lock;
 mod fs_util;
 mod gc_lock;
@@ -47,6 +48,14 @@ struct LocalPending {
 }
 
 impl Pending {
+    /// Cuts the file to `len` bytes (a writer that went back over what it wrote).
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        match &self.0 {
+            Some(p) => p.file.set_len(len),
+            None => Err(io::Error::other("pending file already finished")),
+        }
+    }
+
     /// Writes `bytes` at `offset`.
     pub fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
         match &self.0 {
