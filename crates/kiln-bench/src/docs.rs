@@ -45,6 +45,22 @@ fn to_int32_bits(i: u64) -> u32 {
     (i & 0xffff_ffff) as u32
 }
 
+/// `makeBlob(i, size)`: `size` pseudo-random bytes seeded by `i` (the `attach` workload's
+/// attachment).
+pub fn make_blob(i: u64, size: usize) -> Vec<u8> {
+    let mut r = Mulberry32::new(0x00a7_7ac4 ^ to_int32_bits(i));
+    let mut out = vec![0u8; size];
+    for k in (0..size).step_by(4) {
+        let v = (r.next() * 4_294_967_296.0) as u32;
+        for (j, b) in v.to_le_bytes().iter().enumerate() {
+            if k + j < size {
+                out[k + j] = *b;
+            }
+        }
+    }
+    out
+}
+
 pub fn doc_id(i: u64) -> String {
     format!("doc-{i:08}")
 }

@@ -10,7 +10,7 @@ mod docs;
 mod out;
 mod systems;
 
-use docs::{doc_id, make_doc, to_uint32, Mulberry32};
+use docs::{doc_id, make_blob, make_doc, to_uint32, Mulberry32};
 use out::{disk_stats, fixed, iso_now, num, peak_rss_mb, Obj};
 use serde_json::Value;
 use std::io::Write as _;
@@ -27,8 +27,8 @@ Usage: kiln-bench <system> <workload> <N> <datadir> [options]
   system   : kiln | kiln-sync | sqlite | sqlite-sync
              (kiln: no fsync per commit; kiln-sync: fsync per commit;
               sqlite: WAL + synchronous=NORMAL; sqlite-sync: WAL + synchronous=FULL)
-  workload : put-seq | put-bulk | get | reopen | alldocs | update
-             (query and attach are not supported: exit code 3)
+  workload : put-seq | put-bulk | get | reopen | alldocs | update | attach
+             (query is not supported: exit code 3)
   N        : number of docs
   datadir  : must not exist, be empty, or be a previous bench dir (has .bench-data);
              it is wiped at start.
@@ -38,7 +38,8 @@ Options:
   --seed=42           PRNG seed for random ids
   --batch=1000        batch size for put-bulk and bulk pre-loading
   --grace-s=60        watchdog: exit with a partial result this long after the timeout
-  (--queries, --att-size and any other --x=y are accepted and ignored)
+  --att-size=102400   attachment size in bytes for the attach workload
+  (--queries and any other --x=y are accepted and ignored)
 Environment (kiln only, for experiments; defaults are kiln's own):
   KILN_TH=N           compaction threshold (default 100)
   KILN_INLINE=1       compact inside the commits, not in kiln's background thread
@@ -46,8 +47,10 @@ Environment (kiln only, for experiments; defaults are kiln's own):
   KILN_JSON_TEXT=1    hand kiln JSON text (as SQLite gets) instead of the documents as values
 Prints one JSON result line on stdout, starting with {\"system\":.";
 
-const WORKLOADS: &[&str] = &["put-seq", "put-bulk", "get", "reopen", "alldocs", "update"];
-const UNSUPPORTED: &[&str] = &["query", "attach"];
+const WORKLOADS: &[&str] = &[
+    "put-seq", "put-bulk", "get", "reopen", "alldocs", "update", "attach",
+];
+const UNSUPPORTED: &[&str] = &["query"];
 const MARKER: &str = ".bench-data";
 
 fn usage(msg: &str) -> ! {
@@ -531,6 +534,40 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
                     }
                 }
                 ops = completed;
+            }
+            "attach" => {
+                // As bench.mjs: N documents each with one attachment, one put each, then all
+                // read back (sizes checked, and the first one's bytes); ops = puts + reads.
+                let size = js_number(opt.get("att-size")).max(0.0) as usize;
+                let tp = Instant::now();
+                for i in 0..n {
+                    a.put_with_attachment(&make_doc(i, n), "blob.bin", &make_blob(i, size))?;
+                    if tick(&mut completed, 1) {
+                        timed_out = true;
+                        break;
+                    }
+                }
+                res.set("attach_put_ms", fixed(ms_since(tp), 2));
+                let tr = Instant::now();
+                let mut read_bytes = 0u64;
+                for i in 0..completed {
+                    let b = a.get_attachment(&doc_id(i), "blob.bin")?;
+                    if b.len() != size {
+                        return Err(format!(
+                            "attachment {i} has {} bytes, expected {size}",
+                            b.len()
+                        )
+                        .into());
+                    }
+                    if i == 0 && b != make_blob(0, size) {
+                        return Err("attachment content mismatch".into());
+                    }
+                    read_bytes += b.len() as u64;
+                }
+                res.set("attach_read_ms", fixed(ms_since(tr), 2));
+                res.set("att_size", size as u64);
+                res.set("read_bytes", read_bytes);
+                ops = completed * 2;
             }
             other => return Err(format!("workload {other} not supported by kiln-bench").into()),
         }

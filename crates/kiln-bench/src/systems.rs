@@ -40,6 +40,10 @@ pub trait Adapter {
     fn update(&mut self, id: &str) -> Res<()>;
     /// Reads all documents with their bodies; returns how many.
     fn all_docs(&mut self) -> Res<u64>;
+    /// One document with one attached file, its own transaction.
+    fn put_with_attachment(&mut self, doc: &Doc, name: &str, bytes: &[u8]) -> Res<()>;
+    /// An attached file's bytes.
+    fn get_attachment(&mut self, id: &str, name: &str) -> Res<Vec<u8>>;
     fn close(self: Box<Self>) -> Res<()>;
 }
 
@@ -127,6 +131,20 @@ impl Adapter for KilnAdapter {
             .ok_or_else(|| format!("not found {id}").into())
     }
 
+    fn put_with_attachment(&mut self, doc: &Doc, name: &str, bytes: &[u8]) -> Res<()> {
+        let file = kiln::Attachment::bytes(name, bytes).content_type("application/octet-stream");
+        self.db.put_with_files(doc, vec![file])?;
+        Ok(())
+    }
+
+    fn get_attachment(&mut self, id: &str, name: &str) -> Res<Vec<u8>> {
+        use std::io::Read;
+        let mut r = self.db.open_file(id, name)?;
+        let mut out = Vec::with_capacity(r.len() as usize);
+        r.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
     fn update(&mut self, id: &str) -> Res<()> {
         let mut d = self.db.get(id)?.ok_or_else(|| format!("not found {id}"))?;
         apply_update(&mut d)?;
@@ -202,6 +220,31 @@ impl Adapter for SqliteAdapter {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn put_with_attachment(&mut self, doc: &Doc, name: &str, bytes: &[u8]) -> Res<()> {
+        // As the JS harness's SQLite adapter: the document (with its file's metadata) and a
+        // BLOB row, in one transaction.
+        let tx = self.conn.transaction()?;
+        {
+            let mut d = serde_json::to_value(doc)?;
+            d["_files"] = serde_json::json!({ name: {"type": "application/octet-stream", "size": bytes.len()} });
+            tx.prepare_cached(SQL_PUT)?
+                .execute(params![doc.id, serde_json::to_string(&d)?])?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO files (doc_id, name, type, data) VALUES (?, ?, ?, ?)",
+            )?
+            .execute(params![doc.id, name, "application/octet-stream", bytes])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_attachment(&mut self, id: &str, name: &str) -> Res<Vec<u8>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT data FROM files WHERE doc_id = ? AND name = ?")?;
+        Ok(st.query_row(params![id, name], |r| r.get(0))?)
     }
 
     fn get(&mut self, id: &str) -> Res<Value> {

@@ -150,6 +150,7 @@ fn write_set(db: &Database, files: Vec<Attachment<'_>>) -> Result<Vec<FileMeta>>
         pending: &pending,
         at: 0,
         buf: Vec::with_capacity(SINK_BUF),
+        durable: db.durable(),
     };
     let mut w = fileset::Writer::new(&key, &mut sink).map_err(io)?;
     let mut buf = vec![0u8; COPY_BUF];
@@ -248,6 +249,20 @@ struct PendingSink<'a> {
     /// Where `buf` goes.
     at: u64,
     buf: Vec<u8>,
+    /// The file-set is made durable at the end: the disk starts on each part as it is
+    /// written, so the final flush has little left (a 1 GiB put with `Durability::Full`).
+    durable: bool,
+}
+
+impl PendingSink<'_> {
+    fn write_out(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.pending.write_at(b, self.at)?;
+        if self.durable {
+            self.pending.start_writeback(self.at, b.len() as u64);
+        }
+        self.at += b.len() as u64;
+        Ok(())
+    }
 }
 
 impl std::io::Write for PendingSink<'_> {
@@ -256,8 +271,7 @@ impl std::io::Write for PendingSink<'_> {
             self.flush()?;
         }
         if b.len() >= SINK_BUF {
-            self.pending.write_at(b, self.at)?;
-            self.at += b.len() as u64;
+            self.write_out(b)?;
         } else {
             self.buf.extend_from_slice(b);
         }
@@ -266,8 +280,9 @@ impl std::io::Write for PendingSink<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
-            self.pending.write_at(&self.buf, self.at)?;
-            self.at += self.buf.len() as u64;
+            let b = std::mem::take(&mut self.buf);
+            self.write_out(&b)?;
+            self.buf = b;
             self.buf.clear();
         }
         Ok(())

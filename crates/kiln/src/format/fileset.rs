@@ -35,6 +35,8 @@ const END: &[u8; 4] = b"KFSE";
 pub const CHUNK: usize = 64 * 1024;
 /// Bytes a sealed chunk adds to its plaintext (nonce and tag).
 pub const CHUNK_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// Chunks sealed and written at a time (the content hash of each batch runs beside).
+const BATCH: usize = 16;
 /// Files one file-set holds, at most.
 pub const MAX_FILES: usize = 1 << 16;
 /// Largest index accepted (a file-set of `MAX_FILES` files needs ~3 MiB).
@@ -250,8 +252,8 @@ impl<'a> Writer<'a> {
             files: Vec::new(),
             cur: None,
             before_file: None,
-            chunk: Vec::with_capacity(CHUNK),
-            sealed: Vec::with_capacity(CHUNK + CHUNK_OVERHEAD),
+            chunk: Vec::new(),
+            sealed: Vec::new(),
         };
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
@@ -296,44 +298,54 @@ impl<'a> Writer<'a> {
     /// Appends bytes to the file begun.
     pub fn write(&mut self, mut b: &[u8]) -> std::io::Result<()> {
         while !b.is_empty() {
-            let room = CHUNK - self.chunk.len();
+            let room = BATCH * CHUNK - self.chunk.len();
             let (now, rest) = b.split_at(room.min(b.len()));
             self.chunk.extend_from_slice(now);
             b = rest;
-            if self.chunk.len() == CHUNK {
-                self.seal_chunk()?;
+            if self.chunk.len() == BATCH * CHUNK {
+                self.seal_batch()?;
             }
         }
         Ok(())
     }
 
-    fn seal_chunk(&mut self) -> std::io::Result<()> {
+    /// Seals the plaintext gathered (whole chunks, and a file's last one), writes it out and
+    /// hashes it. The content hash (sha2-256, the slowest step) runs on the helper thread
+    /// meanwhile: a 1 GiB file went in at ~600 MB/s with it inline here.
+    fn seal_batch(&mut self) -> std::io::Result<()> {
         let i = self.files.len() as u32;
         let Some((h, size, j)) = self.cur.as_mut() else {
             return Err(std::io::Error::other("file-set: no file begun"));
         };
-        h.update(&self.chunk);
-        *size += self.chunk.len() as u64;
-        let jn = u32::try_from(*j).map_err(|_| std::io::Error::other("file too large"))?;
-        *j += 1;
-        self.sealed.clear();
-        self.key.seal_into(
-            nonce(CHUNK_UNIT, i, jn),
-            &chunk_aad(i, jn),
-            &self.chunk,
-            &mut self.sealed,
-        )?;
+        let plain = &self.chunk;
+        let (key, sealed, out, hash) =
+            (&self.key, &mut self.sealed, &mut *self.out, &mut self.hash);
+        let first = *j;
+        let (written, ()) = crate::util::par::join(
+            || -> std::io::Result<u64> {
+                sealed.clear();
+                for (k, c) in plain.chunks(CHUNK).enumerate() {
+                    let jn = u32::try_from(first + k as u64)
+                        .map_err(|_| std::io::Error::other("file too large"))?;
+                    key.seal_into(nonce(CHUNK_UNIT, i, jn), &chunk_aad(i, jn), c, sealed)?;
+                }
+                out.write_all(sealed)?;
+                hash.update(sealed);
+                Ok(sealed.len() as u64)
+            },
+            || h.update(plain),
+        );
+        self.len += written?;
+        *size += plain.len() as u64;
+        *j += plain.len().div_ceil(CHUNK) as u64;
         self.chunk.clear();
-        self.out.write_all(&self.sealed)?;
-        self.hash.update(&self.sealed);
-        self.len += self.sealed.len() as u64;
         Ok(())
     }
 
     /// Ends the file begun; returns its number in the set, content CID and size.
     pub fn end_file(&mut self) -> std::io::Result<(usize, Cid, u64)> {
         if !self.chunk.is_empty() {
-            self.seal_chunk()?;
+            self.seal_batch()?;
         }
         let Some((h, size, j)) = self.cur.take() else {
             return Err(std::io::Error::other("file-set: no file begun"));

@@ -185,6 +185,10 @@ impl Store {
                 s.create_shards()
                     .and_then(|()| s.fill_reserve())
                     .map_err(|e| Error::io(&files, e))?;
+                let sets = root.join(FILESETS);
+                LocalStorage::with_ext(&sets, ".kfs")
+                    .create_shards()
+                    .map_err(|e| Error::io(&sets, e))?;
                 Keybag::new(root.join("keys")).init()?;
                 let body = serde_json::json!({ "kiln_store": STORE_VERSION }).to_string();
                 write_atomic(&marker, body.as_bytes(), true, None)

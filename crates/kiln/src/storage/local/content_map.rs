@@ -23,6 +23,8 @@ pub type Tag = [u8; 16];
 struct Map {
     read: u64,
     sets: HashMap<Tag, FileName>,
+    /// The map's file, open, with its inode.
+    file: Option<(u64, std::fs::File)>,
 }
 
 /// Maps of the stores this process used, by folder (records other processes append are read
@@ -32,17 +34,24 @@ fn maps() -> &'static Mutex<HashMap<PathBuf, Map>> {
     M.get_or_init(Default::default)
 }
 
-/// Reads the records appended since last time.
+/// Reads the records appended since last time (the map's file kept open between calls: a
+/// rewrite by gc replaces it, and is seen by its inode).
 fn catch_up(path: &Path, m: &mut Map) {
-    let Ok(mut f) = std::fs::File::open(path) else {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::fs::metadata(path).ok().map(|x| (x.ino(), x.len()));
+    let Some((ino, len)) = now else {
         return;
     };
-    let Ok(len) = f.metadata().map(|x| x.len()) else {
-        return;
-    };
-    if len < m.read {
-        *m = Map::default(); // rewritten by gc
+    if m.file.as_ref().map(|(i, _)| *i) != Some(ino) {
+        *m = Map::default();
+        match std::fs::File::open(path) {
+            Ok(f) => m.file = Some((ino, f)),
+            Err(_) => return,
+        }
     }
+    let Some((_, f)) = m.file.as_mut() else {
+        return;
+    };
     if len == m.read || f.seek(SeekFrom::Start(m.read)).is_err() {
         return;
     }
