@@ -1,4 +1,4 @@
-//! Kills `kiln db drop`, `db create`, `fork` and `purge` at every step: before each call of
+//! Kills `kiln db drop`, `db create`, `fork`, `purge` and `attach` at every step: before each call of
 //! every system call that changes the file system (or takes a lock), one run per call, with
 //! `strace --inject=SYSCALL:signal=KILL:when=N` (counted per system call and per thread), until
 //! a run finishes unkilled. After each kill `kiln gc` runs, then:
@@ -7,7 +7,7 @@
 //!   of the databases that exist;
 //! - the command either happened or did not: a dropped database is gone or reads as before,
 //!   a created or forked one exists whole or not at all, a purged document reads as purged
-//!   or as before;
+//!   or as before, a document files were attached to has all of them, readable, or none;
 //! - what was dropped or purged is nowhere in the store: every file is searched raw and
 //!   decrypted with every key the store ever had (`kiln::audit`);
 //! - the other database still reads, verifies, and purges.
@@ -305,4 +305,67 @@ fn a_purge_killed_at_any_step_is_finished_and_leaves_nothing_readable() {
 #[test]
 fn a_purge_killed_at_any_step_leaves_nothing_in_the_archive_either() {
     purge_at_every_step(true);
+}
+
+/// Attaching files, killed at every step: the document has its old version or the new one with
+/// both files whole and readable; `gc --fileset-grace 0` leaves no partial or unnamed
+/// file-set, and a file-set the document names is never removed.
+#[test]
+fn an_attach_killed_at_any_step_leaves_the_old_document_or_all_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), false);
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let (p1, p2) = (dir.path().join("big.bin"), dir.path().join("small.txt"));
+    std::fs::write(&p1, &big).unwrap();
+    std::fs::write(&p2, b"FILE-small").unwrap();
+    let (a1, a2) = (
+        format!("big.bin={}", p1.display()),
+        format!("small.txt={}", p2.display()),
+    );
+    let all = keys(&t);
+    let kills = every_step(
+        &t,
+        &dir.path().join("w"),
+        &["attach", "s", "b", &a1, &a2],
+        &|w| {
+            let gc = kiln(w, &["gc", "--fileset-grace", "0"]);
+            assert!(
+                gc.status.success(),
+                "{}",
+                String::from_utf8_lossy(&gc.stderr)
+            );
+            let doc = doc_reads(w, "s", "b").expect("the document stays");
+            assert!(doc.contains("plain"), "{doc}");
+            let sets = w.join("filesets");
+            let stored: Vec<_> = std::fs::read_dir(&sets)
+                .map(|r| {
+                    r.filter_map(|e| e.ok())
+                        .filter(|e| {
+                            e.file_type().unwrap().is_dir()
+                                && !e.file_name().to_string_lossy().starts_with('.')
+                        })
+                        .flat_map(|d| std::fs::read_dir(d.path()).unwrap())
+                        .filter_map(|e| e.ok().map(|e| e.file_name()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if doc.contains("_files") {
+                assert_eq!(stored.len(), 1, "{stored:?}");
+                let o = kiln(w, &["file", "s", "b", "big.bin"]);
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                assert_eq!(o.stdout, big);
+                let o = kiln(w, &["file", "s", "b", "small.txt"]);
+                assert_eq!(o.stdout, b"FILE-small");
+            } else {
+                assert!(stored.is_empty(), "left behind: {stored:?}");
+            }
+            let tmp = sets.join(".tmp");
+            let partial = std::fs::read_dir(&tmp).map(|r| r.count()).unwrap_or(0);
+            assert_eq!(partial, 0, "partial file-sets left in {tmp:?}");
+            let v = kiln(w, &["verify", "s"]);
+            assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+            after_kill(w, &all, "", false);
+        },
+    );
+    assert!(kills > 10, "{kills}");
 }

@@ -17,7 +17,13 @@ pub enum StoreGroup {
     /// and proposals no key opens. Safe while other processes write. A database whose head
     /// record cannot be read is reported (exit 5) and whatever may be its is kept; the rest of
     /// the store is collected.
-    Gc,
+    Gc {
+        /// Remove file-sets (attached files' bytes) no document version names once this many
+        /// seconds old (default 3600: a file-set is written before the commit that names it,
+        /// and a transaction's until it commits; 0 removes every unnamed one now).
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        fileset_grace: u64,
+    },
     /// Show or change store settings (--compact-threshold N|default, --keep-archive on|off).
     Config {
         /// Compact a database when more than N diff files are live (default 100), unless the
@@ -36,7 +42,7 @@ pub enum StoreGroup {
 impl StoreGroup {
     pub fn run(self, ctx: &Ctx) -> Result<u8, Fail> {
         match self {
-            StoreGroup::Gc => gc(ctx),
+            StoreGroup::Gc { fileset_grace } => gc(ctx, fileset_grace),
             StoreGroup::Config {
                 compact_threshold,
                 keep_archive,
@@ -46,8 +52,10 @@ impl StoreGroup {
     }
 }
 
-fn gc(ctx: &Ctx) -> Result<u8, Fail> {
-    let r = ctx.store.gc()?;
+fn gc(ctx: &Ctx, fileset_grace: u64) -> Result<u8, Fail> {
+    let r = ctx
+        .store
+        .gc_with_fileset_grace(std::time::Duration::from_secs(fileset_grace))?;
     let freed = r.removed_bytes + r.reusable_bytes;
     ctx.out.print(
         || {
@@ -62,6 +70,12 @@ fn gc(ctx: &Ctx) -> Result<u8, Fail> {
                 r.reusable_bytes,
                 if r.archived { r.reusable_bytes } else { freed }
             );
+            if r.removed_filesets + r.kept_filesets > 0 {
+                s.push_str(&format!(
+                    "\nfile-sets no document names: {} ({} bytes) removed, {} kept for the grace period",
+                    r.removed_filesets, r.removed_fileset_bytes, r.kept_filesets
+                ));
+            }
             if r.leftovers_removed + r.keys_removed + r.proposals_removed + r.archived_removed > 0 {
                 s.push_str(&format!(
                     "\nleft by interrupted commands: {} database folders, {} keys, {} proposals, {} archived files removed",
@@ -94,6 +108,9 @@ fn gc(ctx: &Ctx) -> Result<u8, Fail> {
                 "leftovers_removed": r.leftovers_removed, "keys_removed": r.keys_removed,
                 "proposals_removed": r.proposals_removed,
                 "archived_removed": r.archived_removed,
+                "removed_filesets": r.removed_filesets,
+                "removed_fileset_bytes": r.removed_fileset_bytes,
+                "kept_filesets": r.kept_filesets,
                 "purges_finished": r.purges_finished,
                 "unreadable": r.unreadable.iter().map(|(n, w)| json!({"database": n, "error": w})).collect::<Vec<_>>(),
                 "kept_files": r.kept_files.iter().map(|f| f.to_string()).collect::<Vec<_>>(),

@@ -148,5 +148,8 @@ impl GcReport {
         self.databases = o.databases;
         self.unreadable = o.unreadable;
         self.kept_files = o.kept_files;
+        self.removed_filesets += o.removed_filesets;
+        self.removed_fileset_bytes += o.removed_fileset_bytes;
+        self.kept_filesets = o.kept_filesets;
     }
 }

@@ -507,7 +507,14 @@ impl Store {
     /// [`GcReport::unreadable`] and whatever may be its (files that open under its key, or
     /// every unnamed file and key when its lineage or key is unknown) is kept.
     pub fn gc(&self) -> Result<GcReport> {
-        let (mut r, scrubbing) = self.sweep()?;
+        self.gc_with_fileset_grace(self.inner.opts.fileset_grace)
+    }
+
+    /// [`Store::gc`], removing unnamed file-sets once older than `grace` (instead of
+    /// [`Options::fileset_grace`]): `Duration::ZERO` removes every file-set no document
+    /// version names now, a transaction's not committed yet too.
+    pub fn gc_with_fileset_grace(&self, grace: std::time::Duration) -> Result<GcReport> {
+        let (mut r, scrubbing) = self.sweep(grace)?;
         if scrubbing.is_empty() {
             return Ok(r);
         }
@@ -522,7 +529,7 @@ impl Store {
                 Err(e) => r.purges_unfinished.push((db.name().into(), e.to_string())),
             }
         }
-        let (again, _) = self.sweep()?;
+        let (again, _) = self.sweep(grace)?;
         r.absorb(again);
         for (db, purged) in done {
             let name = db.name().to_owned();
@@ -554,7 +561,7 @@ impl Store {
 
     /// One pass of garbage collection under the exclusive GC lock (see [`Store::gc`]);
     /// returns the report and the databases with an unfinished purge.
-    fn sweep(&self) -> Result<(GcReport, Vec<Database>)> {
+    fn sweep(&self, grace: std::time::Duration) -> Result<(GcReport, Vec<Database>)> {
         let _x = self.inner.gc_exclusive()?;
         let storage = &self.inner.storage;
         let files_dir = self.inner.root.join("files");
@@ -665,7 +672,7 @@ impl Store {
             r.keys_removed = self.inner.keybag.remove_unused(&lineages)?;
         }
         r.proposals_removed = self.remove_unreadable_proposals()?;
-        self.sweep_filesets(&named_sets, sets_known, &mut r)?;
+        self.sweep_filesets(&named_sets, sets_known, grace, &mut r)?;
         Ok((r, scrubbing))
     }
 
@@ -677,12 +684,12 @@ impl Store {
         &self,
         named: &std::collections::HashSet<FileName>,
         known: bool,
+        grace: std::time::Duration,
         r: &mut GcReport,
     ) -> Result<()> {
         let sets = &self.inner.filesets;
         let dir = self.inner.root.join(FILESETS);
         let io = |e| Error::io(&dir, e);
-        let grace = self.inner.opts.fileset_grace;
         for s in sets.list().map_err(io)? {
             if named.contains(&s) {
                 continue;
