@@ -542,3 +542,35 @@ fn identical_content_is_stored_once_in_a_lineage() {
     assert_eq!(read_all(&db3, "y", "copy"), big);
     assert_eq!(fileset_files(dir.path()).len(), 3);
 }
+
+/// Many documents with their files in one transaction (one event).
+#[test]
+fn files_attach_in_a_bulk() {
+    let (_dir, store) = store();
+    let db = store.create(Some("d")).unwrap();
+    let c = db
+        .bulk_with_files(vec![
+            (json!({"_id": "a"}), vec![Attachment::bytes("x", b"one")]),
+            (json!({"_id": "b"}), vec![]),
+            (
+                json!({"_id": "c"}),
+                vec![
+                    Attachment::bytes("y", b"three"),
+                    Attachment::bytes("z", b"3"),
+                ],
+            ),
+        ])
+        .unwrap();
+    assert_eq!(c.ids, ["a", "b", "c"]);
+    assert_eq!(db.log(None).unwrap().len(), 1);
+    assert_eq!(read_all(&db, "a", "x"), b"one");
+    assert!(db.files("b").unwrap().is_empty());
+    assert_eq!(read_all(&db, "c", "z"), b"3");
+    // A bad document anywhere: nothing written, no file-set.
+    let r = db.bulk_with_files(vec![
+        (json!({"_id": "d"}), vec![Attachment::bytes("x", b"never")]),
+        (json!({"_id": "e", "_rev": 1}), vec![]),
+    ]);
+    assert!(matches!(r, Err(Error::InvalidDocument(_))));
+    assert_eq!(db.get("d").unwrap(), None);
+}

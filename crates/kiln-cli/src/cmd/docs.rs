@@ -249,8 +249,12 @@ fn put_with_files(
     };
     kiln::check_document_json(&text)?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| bad_input(e.to_string()))?;
-    let files = super::files::open_files(&specs, content_type.as_deref())?;
-    let c = db.put_with_files(&doc, files)?;
+    let (files, bar) = super::files::open_files(&specs, content_type.as_deref())?;
+    let c = db.put_with_files(&doc, files);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let c = c?;
     ctx.out.print(
         || format!("{} {}", esc(&c.ids[0]), c.event),
         || json!({"id": c.ids[0], "event": c.event.to_string(), "heads": cids(&c.heads)}),

@@ -84,13 +84,27 @@ impl FilesGroup {
     }
 }
 
+/// Files over this many bytes in all get a progress bar on a terminal.
+const PROGRESS_FROM: u64 = 4 << 20;
+
+/// A progress bar of `total` bytes (drawn only on a terminal, on stderr).
+fn progress(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// The files given as NAME=PATH, each opened (so a missing path fails before anything is
-/// written), with their modified times.
+/// written), with their modified times; with a progress bar when they are large (finish it
+/// when done).
 pub fn open_files(
     specs: &[String],
     content_type: Option<&str>,
-) -> Result<Vec<Attachment<'static>>, Fail> {
-    let mut out = Vec::with_capacity(specs.len());
+) -> Result<(Vec<Attachment<'static>>, Option<indicatif::ProgressBar>), Fail> {
+    let mut opened = Vec::with_capacity(specs.len());
     for s in specs {
         let Some((name, path)) = s.split_once('=') else {
             return Err(bad_input(format!(
@@ -111,7 +125,17 @@ pub fn open_files(
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as u64);
-        let mut a = Attachment::reader(name, std::io::BufReader::with_capacity(1 << 20, f));
+        opened.push((name.to_owned(), f, meta.len(), modified));
+    }
+    let total: u64 = opened.iter().map(|(_, _, n, _)| n).sum();
+    let bar = (total >= PROGRESS_FROM).then(|| progress(total));
+    let mut out = Vec::with_capacity(opened.len());
+    for (name, f, _, modified) in opened {
+        let r = std::io::BufReader::with_capacity(1 << 20, f);
+        let mut a = match &bar {
+            Some(b) => Attachment::reader(name, b.wrap_read(r)),
+            None => Attachment::reader(name, r),
+        };
         if let Some(m) = modified {
             a = a.modified(m);
         }
@@ -120,7 +144,7 @@ pub fn open_files(
         }
         out.push(a);
     }
-    Ok(out)
+    Ok((out, bar))
 }
 
 /// Bad names and the like are bad input (exit 2), as is attaching to no document.
@@ -139,8 +163,12 @@ fn attach(
     content_type: Option<String>,
 ) -> Result<u8, Fail> {
     let db = ctx.open(&db)?;
-    let files = open_files(&specs, content_type.as_deref())?;
-    let c = db.attach(&id, files).map_err(input_error)?;
+    let (files, bar) = open_files(&specs, content_type.as_deref())?;
+    let c = db.attach(&id, files).map_err(input_error);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let c = c?;
     ctx.out.print(
         || format!("{} {}", esc(&id), c.event),
         || json!({"id": id, "event": c.event.to_string(), "files": db.files(&id).unwrap_or_default()}),
@@ -212,6 +240,7 @@ fn file(
     r.seek(std::io::SeekFrom::Start(start))
         .map_err(|e| Fail::from(Error::InvalidArgument(e.to_string())))?;
     let mut left = end - start;
+    let bar = (left >= PROGRESS_FROM && out.is_some()).then(|| progress(left));
     let mut buf = vec![0u8; 1 << 20];
     let write_err = |e: std::io::Error| Fail {
         code: crate::out::code::ERROR,
@@ -239,6 +268,12 @@ fn file(
         };
         sink.write_all(&buf[..n]).map_err(write_err)?;
         left -= n as u64;
+        if let Some(b) = &bar {
+            b.inc(n as u64);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     sink.flush().map_err(write_err)?;
     Ok(0)

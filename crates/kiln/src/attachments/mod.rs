@@ -376,6 +376,27 @@ impl Database {
         self.put(&with_files(doc, &metas)?)
     }
 
+    /// Writes many documents, each with its files, in one transaction (one event): a file-set
+    /// per document that has files (identical content stored once), then one commit. Every
+    /// document is checked before any file is written.
+    pub fn bulk_with_files<T: Serialize>(
+        &self,
+        docs: Vec<(T, Vec<Attachment<'_>>)>,
+    ) -> Result<Committed> {
+        let mut values = Vec::with_capacity(docs.len());
+        for (d, _) in &docs {
+            let v = serde_json::to_value(d)?;
+            crate::model::doc::prepare(&v)?;
+            values.push(v);
+        }
+        let mut out = Vec::with_capacity(values.len());
+        for (v, (_, files)) in values.into_iter().zip(docs) {
+            let metas = write_set(self, files)?;
+            out.push(with_files(v, &metas)?);
+        }
+        self.bulk(&out)
+    }
+
     /// Adds `files` to an existing document (replacing files of the same names; the others
     /// stay, read from the file-sets they are in): one new file-set and one commit. Another
     /// writer's change to the document meanwhile is kept (the document is read again and the
