@@ -3,8 +3,9 @@
 //! content may be readable, even with the key) and for tests; it reads every file whole.
 //!
 //! What it opens: diff files (every segment, decompressed), head records (every record that
-//! authenticates anywhere in the file, including diffs carried in file records), and
-//! proposals, under each of the keys given; and every file's raw bytes.
+//! authenticates anywhere in the file, including diffs carried in file records), file-sets
+//! (every file's chunks), and proposals, under each of the keys given; and every file's raw
+//! bytes.
 
 use crate::format::seal::Key;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub struct Finding {
     /// The file.
     pub path: PathBuf,
-    /// `raw`, `diff segment`, `head record`, `carried diff segment` or `proposal`.
+    /// `raw`, `diff segment`, `head record`, `carried diff segment`, `file-set` or `proposal`.
     pub how: &'static str,
 }
 
@@ -60,6 +61,13 @@ fn search(b: &[u8], stem: &str, keys: &[Key], needle: &[u8]) -> Vec<&'static str
             && crate::format::car::plaintexts(k, b).iter().any(|p| has(p))
         {
             out.push("diff segment");
+        }
+        if b.starts_with(crate::format::fileset::MAGIC)
+            && crate::format::fileset::plaintexts(k, b)
+                .iter()
+                .any(|p| has(p))
+        {
+            out.push("file-set");
         }
         if b.starts_with(crate::format::head::MAGIC) {
             for (kind, body) in crate::format::head::plaintexts(b, k) {

@@ -20,7 +20,8 @@ pub enum StoreGroup {
     Gc {
         /// Remove file-sets (attached files' bytes) no document version names once this many
         /// seconds old (default 3600: a file-set is written before the commit that names it,
-        /// and a transaction's until it commits; 0 removes every unnamed one now).
+        /// and a transaction's until it commits; 0 removes every unnamed one now, also one a
+        /// write running meanwhile is about to name: use 0 only while nothing writes).
         #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
         fileset_grace: u64,
     },

@@ -128,6 +128,13 @@ fn write_set(db: &Database, files: Vec<Attachment<'_>>) -> Result<Vec<FileMeta>>
     if files.is_empty() {
         return Ok(Vec::new());
     }
+    if files.len() > doc_files::MAX_FILES {
+        return Err(Error::InvalidArgument(format!(
+            "{} files given; a document names at most {}",
+            files.len(),
+            doc_files::MAX_FILES
+        )));
+    }
     let mut names = std::collections::HashSet::new();
     for a in &files {
         doc_files::check_name(&a.name).map_err(Error::InvalidArgument)?;
@@ -208,7 +215,12 @@ fn write_set(db: &Database, files: Vec<Attachment<'_>>) -> Result<Vec<FileMeta>>
         env.filesets
             .finish(pending, &name, len, db.durable())
             .map_err(io)?;
-        content_map::record(&dir, &name, &new_tags);
+        // Only a file-set of one file is offered for reuse: a document naming a file-set
+        // holds on to all of it, and a purge of another document must not leave its other
+        // files stored for this one's sake.
+        if here.len() == 1 {
+            content_map::record(&dir, &name, &new_tags);
+        }
         Some(name)
     };
     Ok(metas

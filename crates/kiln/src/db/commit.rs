@@ -53,6 +53,7 @@ pub(super) fn prepare_all<T: Sync>(
             }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut writes = Vec::with_capacity(part.len());
+                let mut refs = Vec::new();
                 for d in part {
                     let (id, body) = prepare(d)?;
                     if run.is_empty() {
@@ -63,10 +64,16 @@ pub(super) fn prepare_all<T: Sync>(
                         run.reserve(bytes, share);
                     }
                     let cid = Cid::of_cbor(&body);
+                    // (The body goes into the run: the file-sets it names are noted here.)
+                    refs.extend(
+                        doc::files::sets_of_body(&body)
+                            .into_iter()
+                            .map(|s| (cid, FileName(s))),
+                    );
                     run.add(cid, &body);
                     writes.push((id, Some((cid, Vec::new()))));
                 }
-                Ok(writes)
+                Ok((writes, refs))
             }));
             if !matches!(r, Ok(Ok(_))) {
                 failed.fetch_min(i, Ordering::Relaxed);
@@ -75,9 +82,13 @@ pub(super) fn prepare_all<T: Sync>(
         },
     );
     let mut out = Vec::with_capacity(docs.len());
+    let mut file_refs = Vec::new();
     for part in parts {
         match part {
-            Some(Ok(Ok(v))) => out.extend(v),
+            Some(Ok(Ok((v, r)))) => {
+                out.extend(v);
+                file_refs.extend(r);
+            }
             Some(Ok(Err(e))) => return Err(e),
             Some(Err(p)) => std::panic::resume_unwind(p),
             None => unreachable!("a chunk is skipped only after an earlier one failed"),
@@ -90,6 +101,7 @@ pub(super) fn prepare_all<T: Sync>(
         pending: pa.or(pb),
         deletes_need_live: false,
         expect: Vec::new(),
+        file_refs,
     })
 }
 
@@ -139,6 +151,8 @@ pub(super) struct Prepared {
     /// Versions the written ids must be at (`None`: no live document) for the commit to go
     /// ahead, checked under the writer lock ([`Error::Conflict`] otherwise).
     pub(super) expect: Vec<(String, Option<Rev>)>,
+    /// The file-sets the bodies in `runs` name (the writes' own bodies are empty then).
+    pub(super) file_refs: Vec<(Cid, FileName)>,
 }
 
 impl Prepared {
@@ -150,6 +164,7 @@ impl Prepared {
             pending: None,
             deletes_need_live: false,
             expect: Vec::new(),
+            file_refs: Vec::new(),
         }
     }
 }
@@ -608,6 +623,7 @@ impl Db {
             pending,
             deletes_need_live,
             expect,
+            file_refs,
         } = batch;
         // Let a finished background compaction swap its result in first (bounded wait).
         let t = std::time::Instant::now();
@@ -889,10 +905,20 @@ impl Db {
                 if checkpoint {
                     db.write_tree(&mut w, &state)?;
                 }
-                // The file-sets the new versions name (garbage collection keeps them).
+                // The file-sets the new versions name (garbage collection keeps them): from
+                // the bodies, or noted as a large batch's were encoded into its runs.
                 for (c, body) in sorted.iter().filter_map(|(_, x)| x.as_ref()) {
                     for set in doc::files::sets_of_body(body) {
                         w.add_file_ref(*c, FileName(set));
+                    }
+                }
+                if !file_refs.is_empty() {
+                    let written: DigestSet<Cid> = sorted
+                        .iter()
+                        .filter_map(|(_, x)| Some(x.as_ref()?.0))
+                        .collect();
+                    for (c, set) in file_refs.iter().filter(|(c, _)| written.contains(c)) {
+                        w.add_file_ref(*c, *set);
                     }
                 }
                 w.add_event(ecid, &eb);

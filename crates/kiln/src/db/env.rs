@@ -18,6 +18,9 @@ pub(crate) struct Env {
     pub storage: Arc<LocalStorage>,
     /// `ROOT/filesets`: the file-sets of attached files (`.kfs`), apart from the diff files.
     pub filesets: Arc<LocalStorage>,
+    /// File-sets purged document versions named: the next garbage collection removes each
+    /// that no version names any more at once, not after the grace period.
+    pub purged_sets: std::sync::Mutex<std::collections::HashSet<FileName>>,
     /// Where a file-set this store does not hold is fetched from, if anywhere.
     pub fileset_source: std::sync::RwLock<Option<Arc<dyn crate::storage::FileSource>>>,
     pub keybag: Keybag,

@@ -79,6 +79,23 @@ impl Database {
             })?
             .committed;
         let ev = self.inner.read(|v| v.event(&c.event))?;
+        // The file-sets its versions named: removed by the gc below if no version names them
+        // any more, whatever their age.
+        let sets: Vec<[u8; 32]> = self.inner.read(|v| {
+            let mut sets = Vec::new();
+            for l in &ev.purge {
+                if let Ok(s) = v.with_checked_block(l, None, |b| Ok(doc::files::sets_of_body(b))) {
+                    sets.extend(s);
+                }
+            }
+            Ok(sets)
+        })?;
+        self.inner
+            .store
+            .purged_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(sets.into_iter().map(FileName));
         // (Committed: a gc that fails leaves the purge unfinished, not undone; opens and
         // writes of this handle's store wait a while before they try again.)
         let unfinished = |why: String| {

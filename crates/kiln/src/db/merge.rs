@@ -174,6 +174,12 @@ impl Database {
             .filter(|((_, m), w)| m.and_then(|s| s.link) != w.1.as_ref().map(|x| x.0))
             .map(|((id, _), _)| id.clone())
             .collect();
+        self.inner.bring_filesets(
+            &src.inner,
+            writes
+                .iter()
+                .filter_map(|(_, w)| w.as_ref().map(|(_, b)| b.as_slice())),
+        )?;
         let c = self
             .inner
             .commit(CommitRequest {
@@ -480,6 +486,7 @@ impl Db {
                 for set in doc::files::sets_of_body(&body) {
                     w.add_file_ref(l, FileName(set));
                 }
+                self.bring_filesets(src, std::iter::once(body.as_slice()))?;
                 w.add(l, &body);
             }
             let b = sv.with_checked_block(c, Some(e.height), |b| Ok(b.to_vec()))?;
@@ -633,4 +640,71 @@ fn recorded_losers(v: &View, id: &str) -> Result<Vec<Cid>> {
         Ok(true)
     })?;
     Ok(losers)
+}
+
+impl Db {
+    /// Makes the file-sets the document bodies `bodies` (taken from `src`) name readable here
+    /// before they are committed: a file-set of `src`'s store this store lacks is copied as it
+    /// is (same lineage, same key; checked against its name). A file-set of another lineage
+    /// is sealed under another key: such a merge is refused, nothing written.
+    pub(super) fn bring_filesets<'a>(
+        &self,
+        src: &Db,
+        bodies: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<()> {
+        let mut sets: Vec<FileName> = bodies
+            .flat_map(doc::files::sets_of_body)
+            .map(FileName)
+            .collect();
+        if sets.is_empty() {
+            return Ok(());
+        }
+        sets.sort_unstable();
+        sets.dedup();
+        if src.lineage != self.lineage {
+            return Err(Error::InvalidArgument(format!(
+                "cannot merge documents with attached files from '{}' (another lineage: its \
+                 files are sealed under another key); merge them without their files, or attach \
+                 them again here",
+                src.name
+            )));
+        }
+        let (from, to) = (&src.store.filesets, &self.store.filesets);
+        if Arc::ptr_eq(from, to) {
+            return Ok(());
+        }
+        let _gc = self.store.gc_shared()?;
+        for set in sets {
+            if to.len(&set).is_ok() {
+                continue;
+            }
+            let len = match from.len(&set) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // not there either
+                Err(e) => return Err(Error::io(format!("file-set {set}"), e)),
+            };
+            let name = to
+                .put_with(self.sync(), &mut |out| {
+                    let mut h = blake3::Hasher::new();
+                    let mut at = 0u64;
+                    while at < len {
+                        let n = (len - at).min(1 << 20) as usize;
+                        let b = from.read_at(&set, at, n)?;
+                        h.update(&b);
+                        out.write_all(&b)?;
+                        at += n as u64;
+                    }
+                    let name = FileName(*h.finalize().as_bytes());
+                    if name != set {
+                        return Err(std::io::Error::other(
+                            "file-set bytes do not hash to its name",
+                        ));
+                    }
+                    Ok(name)
+                })
+                .map_err(|e| Error::io(format!("file-set {set}"), e))?;
+            debug_assert_eq!(name, set);
+        }
+        Ok(())
+    }
 }

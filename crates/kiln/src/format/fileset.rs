@@ -13,10 +13,12 @@
 //! ```
 //!
 //! Every unit is sealed under the file-set's key (HKDF of the lineage key and the salt), with
-//! nonce `kind ‖ 0[3] ‖ i u32 ‖ j u32` (kind 5 for chunks, 6 for the index): a chunk
-//! authenticates its own place, so a reader that opens only the chunks a byte range needs
-//! still gets the right bytes or an error, never others. A file's content CID is the raw-codec
-//! sha2-256 CID of all its bytes (what a document's `_files` names); a whole read checks it.
+//! nonce `kind ‖ d[3] ‖ i u32 ‖ j u32` (kind 5 for chunks, 6 for the index; `d` see
+//! [`nonce`]): a chunk authenticates its own place, so a reader that opens only the chunks a
+//! byte range needs still gets the right bytes or an error, never others. A file's content CID
+//! is the raw-codec sha2-256 CID of all its bytes (what a document's `_files` names); `verify`
+//! checks it, reads rely on each chunk's authentication (only a holder of the key could seal
+//! other bytes).
 
 use crate::format::block::cbor::{Decoder, Encoder};
 use crate::format::block::cid::{Cid, Codec};
@@ -53,9 +55,14 @@ fn chunk_aad(i: u32, j: u32) -> [u8; 22] {
     a
 }
 
-fn nonce(kind: u8, i: u32, j: u32) -> [u8; NONCE_LEN] {
+/// The nonce of unit `j` of file `i` of a kind: `kind ‖ d[3] ‖ i u32 ‖ j u32`, where `d` counts
+/// the files the writer took back out before (their chunks, sealed as file `i` too, may have
+/// reached the disk: never the same nonce twice under one key). Readers take the stored nonce;
+/// the associated data binds `i` and `j`.
+fn nonce(kind: u8, d: u32, i: u32, j: u32) -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
     n[0] = kind;
+    n[1..4].copy_from_slice(&d.to_le_bytes()[..3]);
     n[4..8].copy_from_slice(&i.to_le_bytes());
     n[8..].copy_from_slice(&j.to_le_bytes());
     n
@@ -79,7 +86,10 @@ impl Entry {
 
     /// Offset and sealed length of chunk `j`.
     pub fn chunk_at(&self, j: u64) -> (u64, usize) {
-        let plain = (self.size - j * CHUNK as u64).min(CHUNK as u64) as usize;
+        let plain = self
+            .size
+            .saturating_sub(j.saturating_mul(CHUNK as u64))
+            .min(CHUNK as u64) as usize;
         (
             self.start + j * (CHUNK + CHUNK_OVERHEAD) as u64,
             plain + CHUNK_OVERHEAD,
@@ -234,6 +244,8 @@ pub struct Writer<'a> {
     cur: Option<(Sha256, u64, u64)>,
     /// The name's hash and length as the last file began (to take it out again).
     before_file: Option<(blake3::Hasher, u64)>,
+    /// Files taken back out so far (in the nonces that follow).
+    dropped: u32,
     chunk: Vec<u8>,
     sealed: Vec<u8>,
 }
@@ -252,6 +264,7 @@ impl<'a> Writer<'a> {
             files: Vec::new(),
             cur: None,
             before_file: None,
+            dropped: 0,
             chunk: Vec::new(),
             sealed: Vec::new(),
         };
@@ -288,6 +301,12 @@ impl<'a> Writer<'a> {
         let Some((hash, len)) = self.before_file.take().filter(|_| self.cur.is_none()) else {
             return Err(std::io::Error::other("file-set: no file just ended"));
         };
+        if self.dropped >= (1 << 24) - 1 {
+            return Err(std::io::Error::other(
+                "file-set: too many files taken back out",
+            ));
+        }
+        self.dropped += 1;
         self.files.pop();
         self.out.rewind(len)?;
         self.hash = hash;
@@ -320,6 +339,7 @@ impl<'a> Writer<'a> {
         let plain = &self.chunk;
         let (key, sealed, out, hash) =
             (&self.key, &mut self.sealed, &mut *self.out, &mut self.hash);
+        let d = self.dropped;
         let first = *j;
         let (written, ()) = crate::util::par::join(
             || -> std::io::Result<u64> {
@@ -327,7 +347,7 @@ impl<'a> Writer<'a> {
                 for (k, c) in plain.chunks(CHUNK).enumerate() {
                     let jn = u32::try_from(first + k as u64)
                         .map_err(|_| std::io::Error::other("file too large"))?;
-                    key.seal_into(nonce(CHUNK_UNIT, i, jn), &chunk_aad(i, jn), c, sealed)?;
+                    key.seal_into(nonce(CHUNK_UNIT, d, i, jn), &chunk_aad(i, jn), c, sealed)?;
                 }
                 out.write_all(sealed)?;
                 hash.update(sealed);
@@ -382,7 +402,7 @@ impl<'a> Writer<'a> {
         let mut tail = Vec::with_capacity(plain.len() + SALT_LEN + 64);
         tail.extend_from_slice(&self.salt);
         self.key
-            .seal_into(nonce(INDEX_UNIT, 0, 0), INDEX_AAD, &plain, &mut tail)?;
+            .seal_into(nonce(INDEX_UNIT, 0, 0, 0), INDEX_AAD, &plain, &mut tail)?;
         let index_len = (tail.len()) as u32;
         tail.extend_from_slice(&at.to_le_bytes());
         tail.extend_from_slice(&index_len.to_le_bytes());
@@ -394,6 +414,44 @@ impl<'a> Writer<'a> {
             self.files,
         ))
     }
+}
+
+/// Every file of a file-set's bytes that opens under `key`, decrypted (its chunks that
+/// authenticate, in order), for audits: empty when the bytes are no file-set or its index does
+/// not open under `key`.
+pub fn plaintexts(key: &Key, bytes: &[u8]) -> Vec<Vec<u8>> {
+    let len = bytes.len() as u64;
+    let Some(t) = bytes.get(bytes.len().saturating_sub(TRAILER_LEN)..) else {
+        return Vec::new();
+    };
+    if check_header(bytes).is_err() {
+        return Vec::new();
+    }
+    let Ok((at, ilen)) = parse_trailer(len, t) else {
+        return Vec::new();
+    };
+    let Some(region) = bytes.get(at as usize..(at + ilen as u64) as usize) else {
+        return Vec::new();
+    };
+    let Ok(idx) = Index::open(key, region, at) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, e) in idx.files.iter().enumerate() {
+        let mut plain = Vec::new();
+        for j in 0..e.chunks() {
+            let (off, l) = e.chunk_at(j);
+            let Some(unit) = bytes.get(off as usize..off as usize + l) else {
+                break;
+            };
+            let mut unit = unit.to_vec();
+            if let Ok(p) = idx.open_chunk(i, j, &mut unit) {
+                plain.extend_from_slice(p);
+            }
+        }
+        out.push(plain);
+    }
+    out
 }
 
 /// A whole-file check (`verify`): name, framing, the index, every chunk, and each file's

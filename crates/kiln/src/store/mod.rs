@@ -208,6 +208,7 @@ impl Store {
                 )),
                 filesets: Arc::new(LocalStorage::with_ext(root.join(FILESETS), ".kfs")),
                 fileset_source: Default::default(),
+                purged_sets: Default::default(),
                 keybag: Keybag::new(root.join("keys")),
                 gc: if opts.read_only {
                     GcLock::read_only(&root, opts.lock_timeout).map_err(|e| Error::io(&root, e))?
@@ -512,7 +513,9 @@ impl Store {
 
     /// [`Store::gc`], removing unnamed file-sets once older than `grace` (instead of
     /// [`Options::fileset_grace`]): `Duration::ZERO` removes every file-set no document
-    /// version names now, a transaction's not committed yet too.
+    /// version names now, also one a write running meanwhile (a transaction not committed
+    /// yet, or a `put_with_files` between its file-set and its commit) is about to name: use it
+    /// only while nothing writes.
     pub fn gc_with_fileset_grace(&self, grace: std::time::Duration) -> Result<GcReport> {
         let (mut r, scrubbing) = self.sweep(grace)?;
         if scrubbing.is_empty() {
@@ -690,8 +693,21 @@ impl Store {
         let sets = &self.inner.filesets;
         let dir = self.inner.root.join(FILESETS);
         let io = |e| Error::io(&dir, e);
+        let mut purged = self
+            .inner
+            .purged_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for s in sets.list().map_err(io)? {
             if named.contains(&s) {
+                continue;
+            }
+            // A purged version's file-set goes now (its content with it), if no version names it.
+            if known && purged.remove(&s) {
+                let len = sets.len(&s).unwrap_or(0);
+                sets.erase(&s).map_err(io)?;
+                r.removed_filesets += 1;
+                r.removed_fileset_bytes += len;
                 continue;
             }
             let path = sets.path(&s);

@@ -92,13 +92,19 @@ pub fn record(dir: &Path, set: &FileName, tags: &[Tag]) {
         b.extend_from_slice(t);
         b.extend_from_slice(&set.0);
     }
-    // One write in append mode: records of concurrent writers do not interleave.
+    // One write in append mode: records of concurrent writers do not interleave. A record a
+    // crash cut short is cut off first, so the ones after it stay in step.
     let _ = std::fs::create_dir_all(dir);
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(FILE))
     {
+        if let Ok(len) = f.metadata().map(|m| m.len()) {
+            if len % RECORD as u64 != 0 {
+                let _ = f.set_len(len - len % RECORD as u64);
+            }
+        }
         let _ = f.write_all(&b);
     }
 }
@@ -127,4 +133,31 @@ pub fn prune(dir: &Path, keep: &dyn Fn(&FileName) -> bool) -> std::io::Result<()
     super::write_atomic(&path, &kept, false, None)?;
     maps().lock().unwrap_or_else(|p| p.into_inner()).remove(dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record a crash cut short does not put the ones appended after it out of step.
+    #[test]
+    fn a_torn_record_is_cut_off_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let sets = LocalStorage::with_ext(dir.path(), ".kfs");
+        let (a, b) = (FileName([1; 32]), FileName([2; 32]));
+        sets.put(&a, b"x", false).unwrap();
+        sets.put(&b, b"y", false).unwrap();
+        record(dir.path(), &a, &[[7; 16]]);
+        // A crash in the middle of the next append.
+        let path = dir.path().join(FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[9; 20]).unwrap();
+        record(dir.path(), &b, &[[8; 16]]);
+        assert_eq!(find(&sets, dir.path(), &[7; 16]), Some(a));
+        assert_eq!(find(&sets, dir.path(), &[8; 16]), Some(b));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * RECORD as u64);
+    }
 }
