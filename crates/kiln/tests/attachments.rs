@@ -12,6 +12,20 @@ fn store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// A store that keeps unnamed file-sets for `grace` (gc with no grace removes them at once).
+fn store_with_grace(grace: std::time::Duration) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        kiln::Options {
+            fileset_grace: grace,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (dir, store)
+}
+
 fn read_all(db: &kiln::Database, id: &str, name: &str) -> Vec<u8> {
     let mut out = Vec::new();
     db.open_file(id, name)
@@ -463,15 +477,7 @@ fn a_missing_file_set_is_fetched_from_the_source() {
 /// content is stored anew.
 #[test]
 fn identical_content_is_stored_once_in_a_lineage() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        kiln::Options {
-            fileset_grace: std::time::Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (dir, store) = store_with_grace(std::time::Duration::ZERO);
     let db = store.create(Some("d")).unwrap();
     let big = pattern(300_000, 4);
     let other = pattern(1_000, 5);
@@ -603,15 +609,7 @@ fn files_attach_in_a_bulk() {
 /// survive a gc now.
 #[test]
 fn a_large_bulk_records_the_file_sets_its_documents_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        kiln::Options {
-            fileset_grace: std::time::Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (_dir, store) = store_with_grace(std::time::Duration::ZERO);
     let db = store.create(Some("d")).unwrap();
     let bodies: Vec<Vec<u8>> = (0..150).map(|i| format!("file {i}").into_bytes()).collect();
     let docs: Vec<_> = bodies

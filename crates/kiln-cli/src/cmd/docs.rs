@@ -199,6 +199,19 @@ fn expected(if_rev: Option<String>, if_absent: bool) -> Result<Option<Option<Rev
     }
 }
 
+/// The document's JSON text: the argument (up to 8 MiB), or stdin when it is absent or `-`.
+fn doc_text(text: Option<String>) -> Result<String, Fail> {
+    match text {
+        Some(t) if t != "-" => {
+            if t.len() > MAX_TEXT {
+                return Err(bad_input(too_long("the document")));
+            }
+            Ok(t)
+        }
+        _ => read_stdin_doc(),
+    }
+}
+
 fn put(
     ctx: &Ctx,
     db: String,
@@ -206,15 +219,7 @@ fn put(
     expect: Option<Option<Rev>>,
 ) -> Result<u8, Fail> {
     let db = ctx.open(&db)?;
-    let text = match text {
-        Some(t) if t != "-" => {
-            if t.len() > MAX_TEXT {
-                return Err(bad_input(too_long("the document")));
-            }
-            t
-        }
-        _ => read_stdin_doc()?,
-    };
+    let text = doc_text(text)?;
     // From the text (not through a serde_json Value, which makes a float of an
     // integer outside the 64-bit range: the text path refuses it).
     let c = match expect {
@@ -238,15 +243,7 @@ fn put_with_files(
     content_type: Option<String>,
 ) -> Result<u8, Fail> {
     let db = ctx.open(&db)?;
-    let text = match text {
-        Some(t) if t != "-" => {
-            if t.len() > MAX_TEXT {
-                return Err(bad_input(too_long("the document")));
-            }
-            t
-        }
-        _ => read_stdin_doc()?,
-    };
+    let text = doc_text(text)?;
     kiln::check_document_json(&text)?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| bad_input(e.to_string()))?;
     let (files, bar) = super::files::open_files(&specs, content_type.as_deref())?;
