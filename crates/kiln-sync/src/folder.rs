@@ -1,0 +1,309 @@
+//! A remote in a folder (a mounted disk, a network share): the remote layout in files.
+//!
+//! ```text
+//! ROOT/KILN-REMOTE              marker, JSON {"kiln_remote": 1}
+//! ROOT/files/ab/<hash>.kdf      diff files, as a store names them
+//! ROOT/filesets/ab/<hash>.kfs   file-sets
+//! ROOT/heads/<db>.head          a database's head record: etag u64 LE ‖ the record's bytes
+//! ROOT/heads/.lock              flock'd exclusively by whoever writes a head record
+//! ROOT/.tmp/                    uploads being written (renamed into place when whole)
+//! ```
+//!
+//! Compare-and-swap of head records: a writer takes the lock, reads the record's etag, writes
+//! the new record (a fresh random etag in front) to `.tmp/` and renames it into place, then lets
+//! the lock go; readers take no lock (a rename replaces the record whole). The etag is random
+//! per write, not a counter, so a record removed and made again never matches a version read
+//! before. `flock` works between processes of one machine and on local disks; a folder shared
+//! by another tool between machines (a synced folder, some network file systems) does not
+//! honour it, and [`crate::probe`] cannot always tell: use such folders from one machine at a
+//! time.
+
+use crate::{check_db, Conflict, Etag, FileName, HeadRead, Kind, Remote};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The folder layout's version (in `KILN-REMOTE`).
+pub const LAYOUT_VERSION: u64 = 1;
+const MARKER: &str = "KILN-REMOTE";
+
+/// A remote in a folder (see the module doc for its layout).
+#[derive(Debug)]
+pub struct FolderRemote {
+    root: PathBuf,
+}
+
+impl FolderRemote {
+    /// Opens the remote in folder `root`, making it (and its marker) when absent. A folder that
+    /// holds something else than a remote is refused (a typo must not scatter files into a
+    /// user's folder).
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<FolderRemote> {
+        let root = root.into();
+        let marker = root.join(MARKER);
+        match fs::read_to_string(&marker) {
+            Ok(s) => {
+                let v = s
+                    .split(|c: char| !c.is_ascii_digit())
+                    .find(|x| !x.is_empty())
+                    .and_then(|x| x.parse::<u64>().ok());
+                match v {
+                    Some(LAYOUT_VERSION) => {}
+                    Some(n) if n > LAYOUT_VERSION => {
+                        return Err(io::Error::other(format!(
+                            "the remote at {} has layout {n}, newer than this kiln's \
+                             ({LAYOUT_VERSION}); upgrade kiln",
+                            root.display()
+                        )))
+                    }
+                    _ => {
+                        return Err(io::Error::other(format!(
+                            "{} is not a kiln remote (its {MARKER} is damaged)",
+                            marker.display()
+                        )))
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let empty = match fs::read_dir(&root) {
+                    Ok(mut rd) => rd.next().is_none(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+                    Err(e) => return Err(e),
+                };
+                if !empty {
+                    return Err(io::Error::other(format!(
+                        "{} is not empty and not a kiln remote: refusing to make one there",
+                        root.display()
+                    )));
+                }
+                for d in ["files", "filesets", "heads", ".tmp"] {
+                    fs::create_dir_all(root.join(d))?;
+                }
+                write_whole(
+                    &root,
+                    &marker,
+                    format!("{{\"kiln_remote\": {LAYOUT_VERSION}}}\n").as_bytes(),
+                )?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(FolderRemote { root })
+    }
+
+    fn dir(&self, kind: Kind) -> (PathBuf, &'static str) {
+        match kind {
+            Kind::Diff => (self.root.join("files"), "kdf"),
+            Kind::FileSet => (self.root.join("filesets"), "kfs"),
+        }
+    }
+
+    fn path(&self, kind: Kind, name: &FileName) -> PathBuf {
+        let (dir, ext) = self.dir(kind);
+        let h = name.to_string();
+        dir.join(&h[..2]).join(format!("{h}.{ext}"))
+    }
+
+    fn head_path(&self, db: &str) -> io::Result<PathBuf> {
+        check_db(db)?;
+        Ok(self.root.join("heads").join(format!("{db}.head")))
+    }
+
+    /// The lock head writers hold (released when the file is dropped).
+    fn head_lock(&self) -> io::Result<File> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("heads").join(".lock"))?;
+        f.lock()?;
+        Ok(f)
+    }
+}
+
+/// Writes `bytes` to `path` whole: into `ROOT/.tmp/` first, synced, then renamed, and the
+/// folder synced.
+fn write_whole(root: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp_dir = root.join(".tmp");
+    fs::create_dir_all(&tmp_dir)?;
+    let mut r = [0u8; 8];
+    getrandom::getrandom(&mut r).map_err(io::Error::other)?;
+    let tmp = tmp_dir.join(format!("{}.part", u64::from_le_bytes(r)));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        let parent = path.parent().unwrap_or(root);
+        fs::create_dir_all(parent)?;
+        fs::rename(&tmp, path)?;
+        File::open(parent)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn read_opt(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A head file's etag and record.
+fn split_head(b: Vec<u8>, path: &Path) -> io::Result<(Etag, Vec<u8>)> {
+    if b.len() < 8 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is shorter than its etag", path.display()),
+        ));
+    }
+    let mut e = [0u8; 8];
+    e.copy_from_slice(&b[..8]);
+    Ok((
+        Etag(format!("{:016x}", u64::from_le_bytes(e))),
+        b[8..].to_vec(),
+    ))
+}
+
+/// The etag of the head at `path`, if there is one.
+fn etag_at(path: &Path) -> io::Result<Option<Etag>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut e = [0u8; 8];
+    f.read_exact(&mut e)?;
+    Ok(Some(Etag(format!("{:016x}", u64::from_le_bytes(e)))))
+}
+
+impl Remote for FolderRemote {
+    fn put_file(&self, kind: Kind, name: &FileName, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(kind, name);
+        if path.exists() {
+            return Ok(()); // the same name is the same bytes
+        }
+        write_whole(&self.root, &path, bytes)
+    }
+
+    fn get_file(&self, kind: Kind, name: &FileName) -> io::Result<Option<Vec<u8>>> {
+        read_opt(&self.path(kind, name))
+    }
+
+    fn list_files(&self, kind: Kind) -> io::Result<Vec<(FileName, u64)>> {
+        let (dir, ext) = self.dir(kind);
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for shard in rd {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(shard.path())? {
+                let f = f?;
+                let n = f.file_name();
+                let Some(name) = n
+                    .to_str()
+                    .and_then(|s| s.strip_suffix(ext)?.strip_suffix('.'))
+                    .and_then(FileName::parse)
+                else {
+                    continue;
+                };
+                let age = f
+                    .metadata()?
+                    .modified()?
+                    .elapsed()
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                out.push((name, age));
+            }
+        }
+        out.sort_by_key(|(n, _)| *n);
+        Ok(out)
+    }
+
+    fn delete_file(&self, kind: Kind, name: &FileName) -> io::Result<()> {
+        match fs::remove_file(self.path(kind, name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn read_head(&self, db: &str, known: Option<&Etag>) -> io::Result<HeadRead> {
+        let path = self.head_path(db)?;
+        if let Some(k) = known {
+            // One small read when nothing changed (what a no-op sync costs).
+            if etag_at(&path)?.as_ref() == Some(k) {
+                return Ok(HeadRead::NotModified);
+            }
+        }
+        match read_opt(&path)? {
+            None => Ok(HeadRead::Absent),
+            Some(b) => {
+                let (etag, bytes) = split_head(b, &path)?;
+                if known == Some(&etag) {
+                    return Ok(HeadRead::NotModified);
+                }
+                Ok(HeadRead::Found { bytes, etag })
+            }
+        }
+    }
+
+    fn write_head(
+        &self,
+        db: &str,
+        expected: Option<&Etag>,
+        bytes: &[u8],
+    ) -> io::Result<Result<Etag, Conflict>> {
+        let path = self.head_path(db)?;
+        let _lock = self.head_lock()?;
+        let now = etag_at(&path)?;
+        if now.as_ref() != expected {
+            return Ok(Err(Conflict { now }));
+        }
+        let mut r = [0u8; 8];
+        getrandom::getrandom(&mut r).map_err(io::Error::other)?;
+        let mut b = Vec::with_capacity(8 + bytes.len());
+        b.extend_from_slice(&r);
+        b.extend_from_slice(bytes);
+        write_whole(&self.root, &path, &b)?;
+        Ok(Ok(Etag(format!("{:016x}", u64::from_le_bytes(r)))))
+    }
+
+    fn delete_head(&self, db: &str, expected: &Etag) -> io::Result<Result<(), Conflict>> {
+        let path = self.head_path(db)?;
+        let _lock = self.head_lock()?;
+        let now = etag_at(&path)?;
+        if now.as_ref() != Some(expected) {
+            return Ok(Err(Conflict { now }));
+        }
+        fs::remove_file(&path)?;
+        File::open(path.parent().unwrap_or(&self.root))?.sync_all()?;
+        Ok(Ok(()))
+    }
+
+    fn list_heads(&self) -> io::Result<Vec<(String, Etag)>> {
+        let dir = self.root.join("heads");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            let n = e.file_name();
+            let Some(db) = n.to_str().and_then(|s| s.strip_suffix(".head")) else {
+                continue;
+            };
+            if check_db(db).is_err() {
+                continue;
+            }
+            if let Some(etag) = etag_at(&e.path())? {
+                out.push((db.to_owned(), etag));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}

@@ -1,0 +1,116 @@
+//! kiln's remotes: where replicas of a database meet. A remote keeps two things, and trusts
+//! neither: immutable files named by the hash of their bytes (diff files and file-sets, as a
+//! store keeps them: ciphertext only), and one small mutable head record per database, written
+//! only by compare-and-swap. This crate holds the [`Remote`] interface every remote offers
+//! (a folder today; an S3-compatible bucket and the kiln sync server to come), the folder
+//! remote ([`FolderRemote`]), and [`probe`], which checks that a remote's compare-and-swap is
+//! honest before anything relies on it. The core library (`kiln`) stays free of async runtimes
+//! and HTTP; this crate is where they will come in.
+//!
+//! What a remote is trusted with: nothing it could not learn anyway. Callers check every file
+//! they download against its name before using or keeping it, seal head records, and choose
+//! keys from the local catalog; a remote can drop, truncate, swap or replay what it holds, and
+//! the sync layer treats all of that as damage, never as data.
+
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod folder;
+mod probe;
+
+pub use folder::FolderRemote;
+pub use kiln::FileName;
+pub use probe::{probe, ProbeError};
+
+use std::io;
+
+/// The two kinds of immutable files a remote keeps, in places of their own (file-sets
+/// replicate apart from the documents: a replica may take the diffs and fetch files on demand).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Diff files (`.kdf`): transactions and their compactions.
+    Diff,
+    /// File-sets (`.kfs`): attached files' bytes.
+    FileSet,
+}
+
+/// A version of a remote head record, as the remote says it (an ETag, a generation number):
+/// equal means unchanged since; nothing else may be read into it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Etag(pub String);
+
+/// What reading a head record found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeadRead {
+    /// No head record for that database.
+    Absent,
+    /// Unchanged since the version the reader gave (one request, no bytes).
+    NotModified,
+    /// The record and its version.
+    Found {
+        /// The record's bytes (sealed by the writer; the remote cannot read them).
+        bytes: Vec<u8>,
+        /// Its version.
+        etag: Etag,
+    },
+}
+
+/// A head record write refused: the record is no longer at the version the writer read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The version now (`None`: there is no record).
+    pub now: Option<Etag>,
+}
+
+/// Where replicas meet: immutable files by name and kind, and head records by database,
+/// written by compare-and-swap. Every method is one round trip to the remote (or a few, for
+/// lists of more than a page), so a sync counts its requests by counting calls.
+pub trait Remote: Send + Sync + std::fmt::Debug {
+    /// Stores a file under its name unless it is there already (the same name is the same
+    /// bytes: a second upload changes nothing). Whole or not at all.
+    fn put_file(&self, kind: Kind, name: &FileName, bytes: &[u8]) -> io::Result<()>;
+    /// A file's bytes, `None` when the remote does not have it. Unchecked: the caller hashes
+    /// them against `name` before it uses or keeps them.
+    fn get_file(&self, kind: Kind, name: &FileName) -> io::Result<Option<Vec<u8>>>;
+    /// Every file of a kind, sorted, with its age in seconds as the remote knows it (for a
+    /// remote garbage collection's grace period).
+    fn list_files(&self, kind: Kind) -> io::Result<Vec<(FileName, u64)>>;
+    /// Removes a file; absent is not an error.
+    fn delete_file(&self, kind: Kind, name: &FileName) -> io::Result<()>;
+    /// A database's head record; with `known`, [`HeadRead::NotModified`] when it is still at
+    /// that version (the one request a sync of an unchanged database makes).
+    fn read_head(&self, db: &str, known: Option<&Etag>) -> io::Result<HeadRead>;
+    /// Writes `db`'s head record if it is still at `expected` (`None`: only if it has none).
+    /// Returns the new version, or the conflict. A reader sees the old record or the new one.
+    fn write_head(
+        &self,
+        db: &str,
+        expected: Option<&Etag>,
+        bytes: &[u8],
+    ) -> io::Result<Result<Etag, Conflict>>;
+    /// Removes `db`'s head record if it is still at `expected`.
+    fn delete_head(&self, db: &str, expected: &Etag) -> io::Result<Result<(), Conflict>>;
+    /// Every database with a head record, sorted, with its version: one listing answers
+    /// "which of my databases changed".
+    fn list_heads(&self) -> io::Result<Vec<(String, Etag)>>;
+}
+
+/// Checks a remote database id (a head record's name): 1–128 characters of `A–Z a–z 0–9 . _
+/// -`, not starting with `.` (names reach paths and URLs).
+pub fn check_db(db: &str) -> io::Result<()> {
+    let ok = !db.is_empty()
+        && db.len() <= 128
+        && !db.starts_with('.')
+        && db
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{db:?} is not a remote database id"),
+        ))
+    }
+}
