@@ -13,6 +13,7 @@ use cmd::db::{DbCmd, DbGroup};
 use cmd::docs::DocsGroup;
 use cmd::files::FilesGroup;
 use cmd::history::HistoryGroup;
+use cmd::keys::KeyGroup;
 use cmd::store::StoreGroup;
 use cmd::Ctx;
 use kiln::{Durability, Options, Store};
@@ -61,6 +62,8 @@ enum Cmd {
     Docs(DocsGroup),
     #[command(flatten)]
     Files(FilesGroup),
+    #[command(flatten)]
+    Key(KeyGroup),
     #[command(flatten)]
     History(HistoryGroup),
     #[command(flatten)]
@@ -113,6 +116,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         Cmd::Db(c) => c.run(&ctx),
         Cmd::Docs(c) => c.run(&ctx),
         Cmd::Files(c) => c.run(&ctx),
+        Cmd::Key(c) => c.run(&ctx),
         Cmd::History(c) => c.run(&ctx),
         Cmd::Contrib(c) => c.run(&ctx),
         Cmd::Store(c) => c.run(&ctx),

@@ -1183,3 +1183,62 @@ fn files_attach_list_read_and_detach() {
     assert_eq!(kiln(root, &["get", "m", "z"], None).status.code(), Some(3));
     ok(root, &["verify", "m"]);
 }
+
+/// A database's key carried by hand (issue 17): exported wrapped under a passphrase (or raw),
+/// imported into a copy of the store that lacks it; a wrong passphrase or another database's
+/// key is refused, nothing stored.
+#[test]
+fn keys_export_and_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    ok(&a, &["db", "create", "notes"]);
+    ok(&a, &["put", "notes", r#"{"_id":"n","v":"secret"}"#]);
+    let run = |root: &Path, args: &[&str], pass: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.arg("--root").arg(root).args(args).env_remove("KILN_ROOT");
+        match pass {
+            Some(p) => c.env("KILN_PASSPHRASE", p),
+            None => c.env_remove("KILN_PASSPHRASE"),
+        };
+        c.stdin(Stdio::null()).output().unwrap()
+    };
+    let o = run(&a, &["key", "export", "notes"], Some("hunter2 hunter2"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let wrapped = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    assert!(wrapped.starts_with("kiln-key-1."), "{wrapped}");
+    let o = run(&a, &["key", "export", "notes", "--raw"], None);
+    let raw = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    assert!(raw.starts_with("kiln-key-1-raw."), "{raw}");
+    // A copy of the store without its keys.
+    let b = dir.path().join("b");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&a)
+        .arg(&b)
+        .status()
+        .unwrap()
+        .success());
+    for e in std::fs::read_dir(b.join("keys")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    assert!(!run(&b, &["get", "notes", "n"], None).status.success());
+    let o = run(&b, &["key", "import", "notes", &wrapped], Some("wrong"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!run(&b, &["get", "notes", "n"], None).status.success());
+    let o = run(
+        &b,
+        &["key", "import", "notes", &wrapped],
+        Some("hunter2 hunter2"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&b, &["get", "notes", "n"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("secret"));
+    // Again: already there; the raw form too.
+    let o = run(&b, &["--json", "key", "import", "notes", &raw], None);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stored"], false);
+    // Another database's key: refused.
+    ok(&b, &["db", "create", "other"]);
+    let o = run(&b, &["key", "import", "other", &raw], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -7,6 +7,7 @@ pub mod db;
 pub mod docs;
 pub mod files;
 pub mod history;
+pub mod keys;
 pub mod store;
 
 use crate::out::{torn_note, Out};

@@ -13,4 +13,5 @@ pub mod car;
 pub mod fileset;
 pub mod filter;
 pub mod head;
+pub mod key_export;
 pub mod seal;

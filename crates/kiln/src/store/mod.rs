@@ -753,6 +753,60 @@ impl Store {
         Ok(n)
     }
 
+    /// Database `name`'s key as one line of text, to carry it to another machine (`kiln key
+    /// export`): wrapped under `passphrase` (Argon2id, then AES-256-GCM; docs/format.md
+    /// "Exported key"), or raw with `None`. Whoever holds it (and the passphrase) reads every
+    /// database of the lineage; kiln never sends it to a remote.
+    pub fn export_key(&self, name: &str, passphrase: Option<&str>) -> Result<String> {
+        if passphrase.is_some_and(str::is_empty) {
+            return Err(Error::InvalidArgument(
+                "an empty passphrase wraps nothing".into(),
+            ));
+        }
+        let db = self.open_db(name)?;
+        crate::format::key_export::export(&db.key(), &db.lineage(), passphrase)
+            .map_err(|e| Error::io("the random source", e))
+    }
+
+    /// Stores an exported key (see [`Store::export_key`]) for database `name`, whose head
+    /// record is here (a replica pulled without its key): the key must be of the database's
+    /// lineage and open its head record. Returns false when the keybag holds it already; a
+    /// different key for the lineage is refused, nothing changed.
+    pub fn import_key(&self, name: &str, text: &str, passphrase: Option<&str>) -> Result<bool> {
+        self.inner.writable("importing a key")?;
+        check_name(name)?;
+        let (lineage, key) = crate::format::key_export::import(text, passphrase)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let Some(on_disk) = self.lineage_on_disk(name) else {
+            return Err(Error::NoSuchDatabase(name.to_owned()));
+        };
+        if on_disk != lineage {
+            return Err(Error::InvalidArgument(format!(
+                "this key is of lineage {}; database '{name}' is of {}",
+                crate::keys::lineage_string(&lineage),
+                crate::keys::lineage_string(&on_disk)
+            )));
+        }
+        let hp = self.dbs().join(name).join("HEAD");
+        let head = std::fs::read(&hp).map_err(|e| Error::io(&hp, e))?;
+        if Head::open(&head, &key).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "this key does not open database '{name}' (its lineage matches: the key is wrong)"
+            )));
+        }
+        match self.inner.keybag.get(&lineage)? {
+            Some(k) if k.export_raw() == key.export_raw() => Ok(false),
+            Some(_) => Err(Error::InvalidArgument(format!(
+                "the keybag holds another key for database '{name}''s lineage; nothing changed"
+            ))),
+            None => {
+                let sync = self.inner.opts.durability == Durability::Full;
+                self.inner.keybag.put(&lineage, &key, sync)?;
+                Ok(true)
+            }
+        }
+    }
+
     /// The lineage a database's head record names in plaintext, if it can be read.
     fn lineage_on_disk(&self, name: &str) -> Option<Lineage> {
         let b = std::fs::read(self.dbs().join(name).join("HEAD")).ok()?;
