@@ -18,12 +18,10 @@
 
 mod folder;
 mod probe;
-mod sync;
 
 pub use folder::FolderRemote;
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
-pub use sync::{sync, RemoteFiles, SyncError, SyncOptions, SyncReport};
 
 use std::io;
 

@@ -70,7 +70,7 @@ impl Database {
         src.inner.ensure_tree(&sst.head)?;
         let r = self
             .inner
-            .with_lock(|db, head| db.merge(head, &src.inner, &sst.head, note, false, false))?;
+            .with_lock(|db, head| db.merge(head, &src.inner, &sst.head, note, false))?;
         // The source's purges apply here too: versions it purged leave this database's files
         // (the merge is done whatever comes of that, as for any commit: see `finish`).
         self.finish_purge_soon();
@@ -103,7 +103,7 @@ impl Database {
         let st = self.inner.refresh()?;
         let mut head = st.head.clone();
         self.inner
-            .merge(&mut head, &src.inner, &sst.head, "", true, false)
+            .merge(&mut head, &src.inner, &sst.head, "", true)
             .map(|(r, _)| r)
     }
 
@@ -275,10 +275,7 @@ impl Database {
 }
 
 impl Db {
-    /// The merge step of [`Database::merge_from`], under this database's writer lock. With
-    /// `adopt` (a replica's head, `src` this same database, every file `shead` names stored
-    /// here): its files become live files of the result as they are, instead of their events
-    /// and versions being copied into the merge's file.
+    /// The merge step of [`Database::merge_from`], under this database's writer lock.
     pub(super) fn merge(
         &self,
         head: &mut Head,
@@ -286,7 +283,6 @@ impl Db {
         shead: &Head,
         note: &str,
         dry_run: bool,
-        adopt: bool,
     ) -> Result<(MergeReport, Vec<FileName>)> {
         self.ensure_tree(head)?;
         let cur = head.clone();
@@ -477,7 +473,7 @@ impl Db {
         let mut heights = (u64::MAX, 0);
         // Versions this database purged that the source has (see `commit`): stored again.
         let mut again: Vec<Cid> = Vec::new();
-        for (c, e) in theirs_only.iter().filter(|_| !adopt) {
+        for (c, e) in &theirs_only {
             heights = (heights.0.min(e.height), heights.1.max(e.height));
             for l in e.ops.iter().filter_map(|(_, l)| *l) {
                 if shead.purged.binary_search(&l).is_ok() {
@@ -510,11 +506,7 @@ impl Db {
         let own = ecid.as_ref().zip(event.as_ref());
         doclog::write_log(
             &mut w,
-            theirs_only
-                .iter()
-                .filter(|_| !adopt)
-                .map(|(c, e)| (c, &**e))
-                .chain(own),
+            theirs_only.iter().map(|(c, e)| (c, &**e)).chain(own),
         )?;
         let file = self.store_file(w, 0, heights)?;
         // Documents count: what the merged slots changed.
@@ -534,9 +526,6 @@ impl Db {
         head.docs = docs.max(0) as u64;
         head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
         head.files_mut().insert(0, file);
-        if adopt {
-            self.adopt_files(head, shead)?;
-        }
         if !again.is_empty() {
             again.sort();
             head.purged.retain(|c| again.binary_search(c).is_err());
@@ -716,30 +705,6 @@ impl Db {
                 .map_err(|e| Error::io(format!("file-set {set}"), e))?;
             debug_assert_eq!(name, set);
         }
-        Ok(())
-    }
-}
-
-impl Db {
-    /// Adds `shead`'s files that `head` lacks to `head`'s live files (a replica's, stored here
-    /// as they are), keeping the list by level, lowest first; a local file that an adopted
-    /// compacted file replaces (its index says so) leaves the list.
-    pub(super) fn adopt_files(&self, head: &mut Head, shead: &Head) -> Result<()> {
-        let have: std::collections::HashSet<FileName> = head.files.iter().map(|f| f.name).collect();
-        let mut replaced: std::collections::HashSet<FileName> = Default::default();
-        let new: Vec<FileRef> = shead
-            .files
-            .iter()
-            .filter(|f| !have.contains(&f.name))
-            .cloned()
-            .collect();
-        for f in &new {
-            replaced.extend(self.index(f)?.meta.replaces.iter().copied());
-        }
-        let files = head.files_mut();
-        files.extend(new);
-        files.retain(|f| !replaced.contains(&f.name));
-        files.sort_by_key(|f| f.level);
         Ok(())
     }
 }

@@ -23,7 +23,6 @@ mod meta;
 pub mod options;
 mod pending;
 mod read;
-mod replica;
 pub mod results;
 pub mod settings;
 #[cfg(test)]
@@ -55,7 +54,6 @@ use files::*;
 use merge::*;
 use options::Durability;
 use read::*;
-pub use replica::{Adopted, ReplicaState};
 pub use results::*;
 use serde::Serialize;
 use serde_json::Value;

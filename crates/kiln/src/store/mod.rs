@@ -77,15 +77,6 @@ const NEW_PREFIX: &str = ".new-";
 const DROP_PREFIX: &str = ".drop-";
 const SETTINGS: &str = "settings.json";
 const GC: &str = "GC";
-/// The two kinds of immutable files a store keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FileKind {
-    /// Diff files (`files/`).
-    Diff,
-    /// File-sets (`filesets/`).
-    FileSet,
-}
-
 /// The folder of file-sets (attached files), beside `files/`.
 pub(crate) const FILESETS: &str = "filesets";
 const STORE_VERSION: u64 = 1;
@@ -760,59 +751,6 @@ impl Store {
             sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
         }
         Ok(n)
-    }
-
-    /// The bytes of a file this store holds (`None`: not here), for a replica to upload.
-    pub fn stored_file(&self, kind: FileKind, name: &FileName) -> Result<Option<Vec<u8>>> {
-        let s = self.files_of(kind);
-        match s.read(name) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("file {name}"), e)),
-        }
-    }
-
-    /// Whether this store holds a file.
-    pub fn has_file(&self, kind: FileKind, name: &FileName) -> bool {
-        self.files_of(kind).len(name).is_ok()
-    }
-
-    /// Keeps a file fetched from elsewhere (a remote), if its bytes hash to its name (else
-    /// [`Error::Corrupt`], nothing kept). It becomes part of a database when a head record
-    /// names it ([`Database::adopt_replica`]); until then garbage collection may remove it.
-    pub fn keep_fetched_file(&self, kind: FileKind, name: &FileName, bytes: &[u8]) -> Result<()> {
-        let actual = match kind {
-            FileKind::Diff => FileName::of(bytes),
-            FileKind::FileSet => FileName(*blake3::hash(bytes).as_bytes()),
-        };
-        if actual != *name {
-            return Err(Error::corrupt(
-                format!("fetched file {name}"),
-                "its bytes do not hash to its name",
-            ));
-        }
-        let _gc = self.inner.gc_shared()?;
-        let sync = self.inner.opts.durability == Durability::Full;
-        let files = self.files_of(kind);
-        // A file of that name that is not these bytes (one this store retired, reused in
-        // place) is replaced; else a put leaves the one there.
-        // (Written fresh, never into a reused file: `restore` makes a new file and renames
-        // it over whatever holds the name.)
-        let same = files.read(name).is_ok_and(|b| b == bytes);
-        let r = if same {
-            Ok(())
-        } else {
-            files.restore(name, bytes)
-        };
-        let _ = sync; // `restore` always syncs what it writes
-        r.map_err(|e| Error::io(format!("file {name}"), e))
-    }
-
-    fn files_of(&self, kind: FileKind) -> &LocalStorage {
-        match kind {
-            FileKind::Diff => &self.inner.storage,
-            FileKind::FileSet => &self.inner.filesets,
-        }
     }
 
     /// Database `name`'s key as one line of text, to carry it to another machine (`kiln key

@@ -452,8 +452,7 @@ impl LocalStorage {
     }
 
     /// Takes `name` off the spares, if it is one.
-    /// Takes `name` off this process's spares (a file live again: a replica's head names it).
-    pub fn unspare(&self, name: &FileName) {
+    fn unspare(&self, name: &FileName) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = pool.spare.iter().position(|s| s.name == *name) {
             pool.spare.swap_remove(i);
@@ -728,9 +727,6 @@ impl LocalStorage {
     }
 
     pub fn restore(&self, name: &FileName, bytes: &[u8]) -> io::Result<()> {
-        // Live again: a spare of this name (retired by this process, kept for reuse under its
-        // name) must not be renamed away to hold another file.
-        self.unspare(name);
         let tmp = self.tmp_path();
         fs::create_dir_all(self.dir.join(".tmp"))?;
         let path = self.path(name);
