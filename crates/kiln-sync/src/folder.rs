@@ -179,6 +179,17 @@ fn etag_at(path: &Path) -> io::Result<Option<Etag>> {
 }
 
 impl Remote for FolderRemote {
+    fn location(&self) -> String {
+        std::path::absolute(&self.root)
+            .unwrap_or_else(|_| self.root.clone())
+            .display()
+            .to_string()
+    }
+
+    fn has_file(&self, kind: Kind, name: &FileName) -> io::Result<bool> {
+        Ok(self.path(kind, name).exists())
+    }
+
     fn put_file(&self, kind: Kind, name: &FileName, bytes: &[u8]) -> io::Result<()> {
         let path = self.path(kind, name);
         if path.exists() {

@@ -18,10 +18,13 @@
 
 mod folder;
 mod probe;
+mod state;
+mod sync;
 
 pub use folder::FolderRemote;
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
+pub use sync::{sync, FileSets, RemoteFiles, SyncError, SyncOptions, SyncReport};
 
 use std::io;
 
@@ -67,6 +70,11 @@ pub struct Conflict {
 /// written by compare-and-swap. Every method is one round trip to the remote (or a few, for
 /// lists of more than a page), so a sync counts its requests by counting calls.
 pub trait Remote: Send + Sync + std::fmt::Debug {
+    /// Where the remote is, as a user would name it (a folder's path, a URL): what a store's
+    /// memory of past syncs is keyed by.
+    fn location(&self) -> String;
+    /// Whether the remote holds a file of that name.
+    fn has_file(&self, kind: Kind, name: &FileName) -> io::Result<bool>;
     /// Stores a file under its name unless it is there already (the same name is the same
     /// bytes: a second upload changes nothing). Whole or not at all.
     fn put_file(&self, kind: Kind, name: &FileName, bytes: &[u8]) -> io::Result<()>;

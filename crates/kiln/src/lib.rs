@@ -45,9 +45,9 @@ pub use attachments::{content_type_of, Attachment, FileInfo, FileReader};
 pub use db::settings::Settings;
 pub use db::verify::{Problem, Report as VerifyReport};
 pub use db::{
-    Change, Committed, Conflict, Cursor, Database, DocDiff, DocVersion, HistoryFile, Info,
-    ListOptions, Location, LogEntry, MergeReport, PurgeReport, Rev, Side, Transaction, TypedCursor,
-    LEVEL_FANIN,
+    record_names, Change, Committed, Conflict, Cursor, Database, DocDiff, DocVersion, HistoryFile,
+    Info, ListOptions, Location, LogEntry, MergeReport, PurgeReport, Relation, Replica,
+    ReplicaRecord, Rev, Side, TakenIn, Transaction, TypedCursor, LEVEL_FANIN,
 };
 pub use error::{Error, Result, WriteConflict};
 pub use format::block::cid::{Cid, ParseCidError};
@@ -56,7 +56,7 @@ pub use format::seal::Key;
 pub use model::doc::MAX_DOC_BYTES;
 pub use storage::{FileName, FileSource};
 pub use store::proposals::{Proposal, Status};
-pub use store::{check_name, Durability, GcReport, Options, Store};
+pub use store::{check_name, Durability, FileKind, FilesHold, GcReport, Options, Store};
 
 // README's library section is compiled as a doctest (so the front page cannot drift from the
 // API).

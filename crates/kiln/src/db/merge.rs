@@ -70,7 +70,7 @@ impl Database {
         src.inner.ensure_tree(&sst.head)?;
         let r = self
             .inner
-            .with_lock(|db, head| db.merge(head, &src.inner, &sst.head, note, false))?;
+            .with_lock(|db, head| db.merge(head, &src.inner, &sst.head, note, false, false))?;
         // The source's purges apply here too: versions it purged leave this database's files
         // (the merge is done whatever comes of that, as for any commit: see `finish`).
         self.finish_purge_soon();
@@ -103,7 +103,7 @@ impl Database {
         let st = self.inner.refresh()?;
         let mut head = st.head.clone();
         self.inner
-            .merge(&mut head, &src.inner, &sst.head, "", true)
+            .merge(&mut head, &src.inner, &sst.head, "", true, false)
             .map(|(r, _)| r)
     }
 
@@ -283,6 +283,7 @@ impl Db {
         shead: &Head,
         note: &str,
         dry_run: bool,
+        as_is: bool,
     ) -> Result<(MergeReport, Vec<FileName>)> {
         self.ensure_tree(head)?;
         let cur = head.clone();
@@ -473,7 +474,27 @@ impl Db {
         let mut heights = (u64::MAX, 0);
         // Versions this database purged that the source has (see `commit`): stored again.
         let mut again: Vec<Cid> = Vec::new();
+        // As is: the source's files holding its new events and their versions.
+        let mut taken: Vec<FileRef> = Vec::new();
         for (c, e) in &theirs_only {
+            if as_is {
+                let mut take = |f: &FileRef| {
+                    if !taken.iter().any(|t| t.name == f.name) {
+                        taken.push(f.clone());
+                    }
+                };
+                take(sv.locate(c, Some(e.height))?.0);
+                for l in e.ops.iter().filter_map(|(_, l)| *l) {
+                    if shead.purged.binary_search(&l).is_ok() {
+                        continue;
+                    }
+                    if head.purged.binary_search(&l).is_ok() {
+                        again.push(l);
+                    }
+                    take(sv.locate(&l, Some(e.height))?.0);
+                }
+                continue;
+            }
             heights = (heights.0.min(e.height), heights.1.max(e.height));
             for l in e.ops.iter().filter_map(|(_, l)| *l) {
                 if shead.purged.binary_search(&l).is_ok() {
@@ -506,7 +527,11 @@ impl Db {
         let own = ecid.as_ref().zip(event.as_ref());
         doclog::write_log(
             &mut w,
-            theirs_only.iter().map(|(c, e)| (c, &**e)).chain(own),
+            theirs_only
+                .iter()
+                .filter(|_| !as_is)
+                .map(|(c, e)| (c, &**e))
+                .chain(own),
         )?;
         let file = self.store_file(w, 0, heights)?;
         // Documents count: what the merged slots changed.
@@ -526,6 +551,9 @@ impl Db {
         head.docs = docs.max(0) as u64;
         head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
         head.files_mut().insert(0, file);
+        if as_is {
+            self.take_files_as_is(head, taken, &theirs_only, &ours_only, shead)?;
+        }
         if !again.is_empty() {
             again.sort();
             head.purged.retain(|c| again.binary_search(c).is_err());
@@ -563,7 +591,14 @@ impl Db {
                 Some(Slot {
                     link: Some(l),
                     version,
-                }) => v.load_doc(id, l, *version).map(Some),
+                }) => match v.load_doc(id, l, *version) {
+                    Ok(d) => Ok(Some(d)),
+                    // A purged version is reported as such, not as an error of the merge.
+                    Err(Error::Purged(..)) => {
+                        Ok(Some(serde_json::json!({"_id": id, "_purged": true})))
+                    }
+                    Err(e) => Err(e),
+                },
                 _ => Ok(None),
             }
         };

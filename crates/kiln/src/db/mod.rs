@@ -23,6 +23,7 @@ mod meta;
 pub mod options;
 mod pending;
 mod read;
+mod replica;
 pub mod results;
 pub mod settings;
 #[cfg(test)]
@@ -54,6 +55,7 @@ use files::*;
 use merge::*;
 use options::Durability;
 use read::*;
+pub use replica::{record_names, Relation, Replica, ReplicaRecord, TakenIn};
 pub use results::*;
 use serde::Serialize;
 use serde_json::Value;

@@ -206,7 +206,7 @@ impl<'a> View<'a> {
     }
 
     /// `cid`'s entry in file `f`'s index, if it has one.
-    fn probe(&self, f: &FileRef, cid: &Cid) -> Result<Option<car::Entry>> {
+    pub(super) fn probe(&self, f: &FileRef, cid: &Cid) -> Result<Option<car::Entry>> {
         self.probe_in(f, &*self.db.index(f)?, cid)
     }
 

@@ -347,6 +347,25 @@ pub(crate) fn verify(db: &str, storage: &dyn Files, key: &Key, head: &Head) -> R
                 for (c, b) in here {
                     blocks.entry(c).or_insert((f.name, b));
                 }
+                if idx.version >= car::LOGGED && idx.log.is_empty() {
+                    // A reader takes a file without a log for one whose events other than its
+                    // roots (the file's newest) write no document: a transaction's diff, or
+                    // merge events.
+                    let unlogged = structural_here
+                        .iter()
+                        .filter(|c| !idx.meta.roots.contains(c))
+                        .filter_map(|c| match blocks.get(c) {
+                            Some((_, Some(b))) => Event::decode(b).ok(),
+                            _ => None,
+                        })
+                        .any(|e| !e.ops.is_empty());
+                    if unlogged {
+                        r.bad(
+                            &loc,
+                            "bad record: a file of several events without a document log",
+                        );
+                    }
+                }
                 refs_here.sort_unstable();
                 refs_here.dedup();
                 if refs_here != idx.refs.0 {

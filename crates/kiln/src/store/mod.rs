@@ -79,6 +79,20 @@ const SETTINGS: &str = "settings.json";
 const GC: &str = "GC";
 /// The folder of file-sets (attached files), beside `files/`.
 pub(crate) const FILESETS: &str = "filesets";
+
+/// The two kinds of immutable files a store keeps (and a remote: see `kiln-sync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// Diff files (`files/`).
+    Diff,
+    /// File-sets (`filesets/`).
+    FileSet,
+}
+
+/// While held, garbage collection of the store waits (in every process): files kept but not
+/// yet named by a head record stay (see [`Store::hold_files`]).
+pub struct FilesHold<'a>(#[allow(dead_code)] crate::storage::local::GcShared<'a>);
+
 const STORE_VERSION: u64 = 1;
 
 /// Longest database name.
@@ -751,6 +765,57 @@ impl Store {
             sync_dir(&dbs).map_err(|e| Error::io(&dbs, e))?;
         }
         Ok(n)
+    }
+
+    /// Holds off garbage collection (of every process on this store) until dropped: what a
+    /// sync does from fetching a replica's files until a head record names them. Commits go
+    /// on meanwhile; a gc waits (and gives up after the store's lock timeout).
+    pub fn hold_files(&self) -> Result<FilesHold<'_>> {
+        Ok(FilesHold(self.inner.gc_shared()?))
+    }
+
+    /// The bytes of a file this store holds (`None`: not here), for a replica to upload.
+    pub fn stored_file(&self, kind: FileKind, name: &FileName) -> Result<Option<Vec<u8>>> {
+        match self.files_of(kind).read(name) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("file {name}"), e)),
+        }
+    }
+
+    /// Whether this store holds a file of that name.
+    pub fn has_file(&self, kind: FileKind, name: &FileName) -> bool {
+        self.files_of(kind).len(name).is_ok()
+    }
+
+    /// Keeps a file fetched from elsewhere (a remote) if its bytes hash to its name (else
+    /// [`Error::Corrupt`], nothing kept). It is written as a new file renamed over whatever
+    /// holds the name (never into a file this store retired and may reuse). It becomes part
+    /// of a database when a head record names it ([`Database::take_in`]); until then garbage
+    /// collection may remove it, unless the caller holds [`Store::hold_files`].
+    pub fn keep_fetched_file(&self, kind: FileKind, name: &FileName, bytes: &[u8]) -> Result<()> {
+        self.inner.writable("keeping a fetched file")?;
+        let actual = match kind {
+            FileKind::Diff => FileName::of(bytes),
+            FileKind::FileSet => FileName(*blake3::hash(bytes).as_bytes()),
+        };
+        if actual != *name {
+            return Err(Error::corrupt(
+                format!("fetched file {name}"),
+                "its bytes do not hash to its name",
+            ));
+        }
+        let _gc = self.inner.gc_shared()?;
+        self.files_of(kind)
+            .restore(name, bytes)
+            .map_err(|e| Error::io(format!("file {name}"), e))
+    }
+
+    fn files_of(&self, kind: FileKind) -> &crate::storage::LocalStorage {
+        match kind {
+            FileKind::Diff => &self.inner.storage,
+            FileKind::FileSet => &self.inner.filesets,
+        }
     }
 
     /// Database `name`'s key as one line of text, to carry it to another machine (`kiln key

@@ -374,6 +374,14 @@ impl LocalStorage {
                     return Err(e);
                 }
             }
+            // The name may hold another file by now (a sync kept a replica's copy of it, live
+            // again, under its name, as a new file): that one goes back, untouched.
+            if !same_file(&sp.file, path)? {
+                if rename_noreplace(path, &from).is_err() {
+                    let _ = fs::remove_file(path); // the name holds these bytes again anyway
+                }
+                continue;
+            }
             // Written through by this process, so no other name holds its inode.
             let f = Arc::try_unwrap(sp.file).or_else(|f| f.try_clone())?;
             return Ok(Some((f, sp.len)));
@@ -451,8 +459,9 @@ impl LocalStorage {
         Ok(())
     }
 
-    /// Takes `name` off the spares, if it is one.
-    fn unspare(&self, name: &FileName) {
+    /// Takes `name` off this process's spares, if it is one (a file live again: a replica's
+    /// head names it).
+    pub fn unspare(&self, name: &FileName) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = pool.spare.iter().position(|s| s.name == *name) {
             pool.spare.swap_remove(i);
@@ -1057,4 +1066,11 @@ impl Files for LocalStorage {
     fn delete(&self, name: &FileName) -> io::Result<()> {
         self.remove(name)
     }
+}
+
+/// Whether the file at `path` is the open file `f` (same device and inode).
+fn same_file(f: &File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (f.metadata()?, fs::metadata(path)?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
 }

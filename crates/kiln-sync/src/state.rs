@@ -1,0 +1,86 @@
+//! What a store remembers of its last sync of a database with a remote: the remote head
+//! record's version and bytes as last seen, the remote's clock heads then (a later state must
+//! descend from them), and the digest of the local state that was in sync with it. Kept in
+//! `<store>/sync/<remote>/<db id>.json` and `.record` (`<remote>`: the first 16 bytes of the
+//! BLAKE3 hash of the remote's location, hex); losing them costs a sync a full comparison,
+//! never data.
+
+use crate::Etag;
+use kiln::{Cid, Store};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::PathBuf;
+
+/// The memory of one (database, remote) pair.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Memory {
+    /// The remote head record's version last seen.
+    pub etag: Option<String>,
+    /// The remote's clock heads then.
+    pub heads: Vec<String>,
+    /// The digest (hex) of the local state that matched it.
+    pub digest: String,
+}
+
+impl Memory {
+    pub fn etag(&self) -> Option<Etag> {
+        self.etag.clone().map(Etag)
+    }
+
+    pub fn heads(&self) -> Vec<Cid> {
+        self.heads.iter().filter_map(|h| h.parse().ok()).collect()
+    }
+}
+
+/// Where a store keeps its memory of syncs with one remote.
+pub(crate) struct Place {
+    dir: PathBuf,
+}
+
+impl Place {
+    pub fn new(store: &Store, location: &str) -> Place {
+        let h = blake3::hash(location.as_bytes());
+        let hex: String = h.as_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Place {
+            dir: store.root().join("sync").join(hex),
+        }
+    }
+
+    /// The memory of database id `id`, with the record it last saw (default: none).
+    pub fn load(&self, id: &str) -> (Memory, Option<Vec<u8>>) {
+        let m: Memory = std::fs::read(self.dir.join(format!("{id}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let rec = std::fs::read(self.dir.join(format!("{id}.record"))).ok();
+        match (&m.etag, rec) {
+            (Some(_), Some(r)) => (m, Some(r)),
+            _ => (Memory::default(), None),
+        }
+    }
+
+    /// Remembers `m` and the record it saw (the record first: a memory names only a record
+    /// kept whole).
+    pub fn save(&self, id: &str, m: &Memory, record: &[u8]) -> io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        write_atomic(&self.dir.join(format!("{id}.record")), record)?;
+        let json = serde_json::to_vec_pretty(m).map_err(io::Error::other)?;
+        write_atomic(&self.dir.join(format!("{id}.json")), &json)
+    }
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    let mut rnd = [0u8; 8];
+    getrandom::getrandom(&mut rnd).map_err(io::Error::other)?;
+    let tmp = path.with_extension(format!(
+        "tmp-{}",
+        rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}

@@ -1,0 +1,434 @@
+//! Syncing one database with a remote.
+//!
+//! One round: read the remote head record, conditionally on the version last seen (unchanged
+//! and nothing new here: that one request is the whole sync). When it changed: bring in the
+//! files it names that this database's head does not (a copy held here is checked against its
+//! name and kept anew, else fetched and checked), check that it descends from the remote state
+//! seen before (else a rollback is reported), and take it in (adopted when this replica is
+//! behind, merged when they diverged: `Database::take_in`), all while garbage collection is
+//! held off. Then, if this replica has what the remote lacks: upload the files the remote's
+//! record does not name (each only if absent there), then write the record by compare-and-
+//! swap on the version read; a lost race starts the round again.
+
+use crate::state::{Memory, Place};
+use crate::{Etag, FileName, HeadRead, Kind, Remote};
+use kiln::{Database, FileKind, MergeReport, Replica, Store};
+use std::collections::HashSet;
+
+/// Which attached files' bytes (file-sets) a sync moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FileSets {
+    /// None, either way: documents and their `_files` only.
+    None,
+    /// Push every file-set this replica holds that the remote lacks; pull none (a read fetches
+    /// what it needs: [`RemoteFiles`]).
+    #[default]
+    OnDemand,
+    /// Push as above, and pull every file-set the remote names that this replica lacks.
+    All,
+}
+
+/// What to sync.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncOptions {
+    /// Take the remote's changes.
+    pub pull: bool,
+    /// Give the remote this replica's changes.
+    pub push: bool,
+    /// Which file-sets move.
+    pub files: FileSets,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            pull: true,
+            push: true,
+            files: FileSets::OnDemand,
+        }
+    }
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncReport {
+    /// Requests made to the remote.
+    pub requests: usize,
+    /// Diff files fetched from the remote (and their bytes).
+    pub files_pulled: usize,
+    /// Bytes of the diff files fetched.
+    pub bytes_pulled: u64,
+    /// Diff files uploaded.
+    pub files_pushed: usize,
+    /// Bytes of the diff files uploaded.
+    pub bytes_pushed: u64,
+    /// File-sets fetched.
+    pub filesets_pulled: usize,
+    /// File-sets uploaded.
+    pub filesets_pushed: usize,
+    /// This replica took the remote's state in whole (it was behind, or at the same events).
+    pub adopted: bool,
+    /// The merge of the remote's state into this one, when they had diverged.
+    pub merged: Option<MergeReport>,
+    /// The remote head record was written.
+    pub pushed: bool,
+    /// Lost compare-and-swap races (each started the round again).
+    pub retries: usize,
+}
+
+impl SyncReport {
+    /// Whether nothing moved either way.
+    pub fn is_noop(&self) -> bool {
+        !self.pushed && !self.adopted && self.merged.is_none() && self.filesets_pulled == 0
+    }
+}
+
+/// Why a sync failed.
+#[derive(Debug)]
+pub enum SyncError {
+    /// The database said no (a damaged or foreign remote record, a missing key…).
+    Kiln(kiln::Error),
+    /// The remote could not be reached or refused.
+    Remote(std::io::Error),
+    /// The remote shows a state that does not descend from one it showed before (rolled back,
+    /// replayed, or withholding an update): nothing was taken in.
+    Rollback(String),
+    /// A push was asked without a pull, and the remote has changes this replica lacks.
+    NeedsPull(String),
+    /// Other writers kept winning the race for the remote head.
+    Busy,
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncError::Kiln(e) => e.fmt(f),
+            SyncError::Remote(e) => write!(f, "the remote: {e}"),
+            SyncError::Rollback(db) => write!(
+                f,
+                "the remote's state of '{db}' does not descend from the one it showed before \
+                 (rolled back, replayed or withheld): nothing taken in"
+            ),
+            SyncError::NeedsPull(db) => write!(
+                f,
+                "the remote has changes to '{db}' this replica lacks: pull them first"
+            ),
+            SyncError::Busy => f.write_str("other replicas kept writing the remote head; retry"),
+        }
+    }
+}
+
+impl std::error::Error for SyncError {}
+
+impl From<kiln::Error> for SyncError {
+    fn from(e: kiln::Error) -> Self {
+        SyncError::Kiln(e)
+    }
+}
+
+impl From<std::io::Error> for SyncError {
+    fn from(e: std::io::Error) -> Self {
+        SyncError::Remote(e)
+    }
+}
+
+/// Attempts at writing the remote head before giving up (each lost race pulls again).
+const TRIES: usize = 16;
+
+fn file_kind(k: Kind) -> FileKind {
+    match k {
+        Kind::Diff => FileKind::Diff,
+        Kind::FileSet => FileKind::FileSet,
+    }
+}
+
+/// A remote that counts the requests made through it.
+struct Counted<'a> {
+    remote: &'a dyn Remote,
+    n: std::cell::Cell<usize>,
+}
+
+impl Counted<'_> {
+    fn tick(&self) -> &dyn Remote {
+        self.n.set(self.n.get() + 1);
+        self.remote
+    }
+}
+
+/// Syncs database `db` of `store` with `remote`, where it is held under id `id` (see the
+/// module doc). Idempotent: a sync killed at any point and run again completes (files are
+/// uploaded before the record that names them, and taken in only once all are here).
+pub fn sync(
+    store: &Store,
+    db: &Database,
+    remote: &dyn Remote,
+    id: &str,
+    opts: SyncOptions,
+) -> Result<SyncReport, SyncError> {
+    crate::check_db(id)?;
+    let place = Place::new(store, &remote.location());
+    let remote = Counted {
+        remote,
+        n: std::cell::Cell::new(0),
+    };
+    let mut r = SyncReport::default();
+    let out = (|| {
+        for _ in 0..TRIES {
+            if round(store, db, &remote, &place, id, opts, &mut r)? {
+                return Ok(());
+            }
+            r.retries += 1;
+        }
+        Err(SyncError::Busy)
+    })();
+    r.requests = remote.n.get();
+    out.map(|()| r)
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One round; false when a compare-and-swap was lost.
+fn round(
+    store: &Store,
+    db: &Database,
+    remote: &Counted,
+    place: &Place,
+    id: &str,
+    opts: SyncOptions,
+    r: &mut SyncReport,
+) -> Result<bool, SyncError> {
+    let (memory, seen) = place.load(id);
+    let known = memory.etag();
+    let read = remote.tick().read_head(id, known.as_ref())?;
+    let (record, etag) = match read {
+        HeadRead::NotModified => match seen {
+            Some(b) => (b, known.clone()),
+            None => {
+                return Err(SyncError::Remote(std::io::Error::other(
+                    "not modified, but nothing was known",
+                )))
+            }
+        },
+        HeadRead::Found { bytes, etag } => (bytes, Some(etag)),
+        HeadRead::Absent => {
+            if known.is_some() {
+                // It had a record: removed (by whom?) or rolled back to before the first push.
+                return Err(SyncError::Rollback(db.name().to_owned()));
+            }
+            if !opts.push {
+                return Ok(true);
+            }
+            return push(store, db, remote, place, id, None, None, opts, r);
+        }
+    };
+    let theirs = db.open_replica(id, &record)?;
+    let changed_remote = etag != known || memory.digest.is_empty();
+    if changed_remote {
+        // Bring in the files it names, and take it in, while gc is held off.
+        let hold = store.hold_files()?;
+        for name in db.replica_files_to_bring(&theirs)? {
+            bring(store, remote, Kind::Diff, &name, r)?;
+        }
+        if !memory.heads.is_empty() && !db.replica_descends_from(&theirs, &memory.heads())? {
+            return Err(SyncError::Rollback(db.name().to_owned()));
+        }
+        if opts.pull {
+            // (Still at the state taken in last time: behind the remote's, even where it
+            // dropped the history that would show it.)
+            let unchanged = !memory.digest.is_empty() && hex(&db.state_digest()?) == memory.digest;
+            let known = memory.heads();
+            let t = db.take_in_known(&theirs, unchanged.then_some(&known[..]))?;
+            if t.changed {
+                match t.merge {
+                    Some(m) => r.merged = Some(m),
+                    None => r.adopted = true,
+                }
+            }
+        } else if !matches!(
+            db.relation(&theirs)?,
+            kiln::Relation::Ahead | kiln::Relation::Same
+        ) {
+            return Err(SyncError::NeedsPull(db.name().to_owned()));
+        }
+        drop(hold);
+        if opts.pull {
+            db.finish_purge_after_take_in();
+        }
+        if opts.pull && opts.files == FileSets::All {
+            pull_filesets(store, remote, &theirs, r)?;
+        }
+    }
+    let digest = hex(&db.state_digest()?);
+    let in_sync = digest == hex(&theirs.digest());
+    let remember = |d: &str| {
+        place.save(
+            id,
+            &Memory {
+                etag: etag.as_ref().map(|e| e.0.clone()),
+                heads: theirs.heads().iter().map(|c| c.to_string()).collect(),
+                digest: d.to_owned(),
+            },
+            &record,
+        )
+    };
+    // Pushed when this replica's state moved on from the remote's: it changed since the last
+    // sync (the remote did not), or the remote changed and this replica is ahead of it now.
+    let ahead = if changed_remote {
+        !in_sync
+    } else {
+        digest != memory.digest
+    };
+    if changed_remote {
+        // (No local state matches a remote this replica is ahead of: the next sync compares.)
+        remember(if in_sync { &digest } else { "" })?;
+    }
+    if !ahead || !opts.push {
+        return Ok(true);
+    }
+    if !changed_remote && !db.has_events(theirs.heads())? {
+        // This replica no longer has the remote's events (its store was restored from an
+        // older copy?): never pushed over them.
+        return Err(SyncError::NeedsPull(db.name().to_owned()));
+    }
+    push(store, db, remote, place, id, etag, Some(&theirs), opts, r)
+}
+
+/// Uploads what `base` (the remote's record, if any) lacks and writes this replica's record
+/// on `etag`; false when the race was lost.
+#[allow(clippy::too_many_arguments)]
+fn push(
+    store: &Store,
+    db: &Database,
+    remote: &Counted,
+    place: &Place,
+    id: &str,
+    etag: Option<Etag>,
+    base: Option<&Replica>,
+    opts: SyncOptions,
+    r: &mut SyncReport,
+) -> Result<bool, SyncError> {
+    let mine = db.replica_record(id)?;
+    let there: HashSet<FileName> = base
+        .map(|b| b.files().into_iter().map(|(n, _)| n).collect())
+        .unwrap_or_default();
+    for (name, _) in mine.state.files() {
+        if there.contains(&name) || remote.tick().has_file(Kind::Diff, &name)? {
+            continue;
+        }
+        let Some(bytes) = store.stored_file(FileKind::Diff, &name)? else {
+            return Err(SyncError::Kiln(kiln::Error::MissingFile(
+                name,
+                db.name().to_owned(),
+            )));
+        };
+        remote.tick().put_file(Kind::Diff, &name, &bytes)?;
+        r.files_pushed += 1;
+        r.bytes_pushed += bytes.len() as u64;
+    }
+    if opts.files != FileSets::None {
+        let there: HashSet<FileName> = base
+            .map(|b| b.filesets().iter().copied().collect())
+            .unwrap_or_default();
+        for name in mine.state.filesets() {
+            if there.contains(name) {
+                continue;
+            }
+            // A file-set this replica never fetched is not its to give.
+            if !store.has_file(FileKind::FileSet, name)
+                || remote.tick().has_file(Kind::FileSet, name)?
+            {
+                continue;
+            }
+            if let Some(bytes) = store.stored_file(FileKind::FileSet, name)? {
+                remote.tick().put_file(Kind::FileSet, name, &bytes)?;
+                r.filesets_pushed += 1;
+            }
+        }
+    }
+    match remote.tick().write_head(id, etag.as_ref(), &mine.bytes)? {
+        Ok(new) => {
+            r.pushed = true;
+            place.save(
+                id,
+                &Memory {
+                    etag: Some(new.0),
+                    heads: mine.state.heads().iter().map(|c| c.to_string()).collect(),
+                    digest: hex(&mine.state.digest()),
+                },
+                &mine.bytes,
+            )?;
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+/// Brings file `name` in: a copy held here under the name (a file retired here, say) is
+/// checked and kept anew; else it is fetched, checked and kept.
+fn bring(
+    store: &Store,
+    remote: &Counted,
+    kind: Kind,
+    name: &FileName,
+    r: &mut SyncReport,
+) -> Result<(), SyncError> {
+    if let Some(bytes) = store.stored_file(file_kind(kind), name)? {
+        if store
+            .keep_fetched_file(file_kind(kind), name, &bytes)
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    let Some(bytes) = remote.tick().get_file(kind, name)? else {
+        return Err(SyncError::Remote(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("file {name} is named by the remote head but not on the remote"),
+        )));
+    };
+    store.keep_fetched_file(file_kind(kind), name, &bytes)?;
+    match kind {
+        Kind::Diff => {
+            r.files_pulled += 1;
+            r.bytes_pulled += bytes.len() as u64;
+        }
+        Kind::FileSet => r.filesets_pulled += 1,
+    }
+    Ok(())
+}
+
+/// Fetches every file-set `theirs` names that this store lacks (one the remote lacks too is
+/// skipped: its writer never uploaded it).
+fn pull_filesets(
+    store: &Store,
+    remote: &Counted,
+    theirs: &Replica,
+    r: &mut SyncReport,
+) -> Result<(), SyncError> {
+    for name in theirs.filesets() {
+        if store.has_file(FileKind::FileSet, name) {
+            continue;
+        }
+        if let Some(bytes) = remote.tick().get_file(Kind::FileSet, name)? {
+            store.keep_fetched_file(FileKind::FileSet, name, &bytes)?;
+            r.filesets_pulled += 1;
+        }
+    }
+    Ok(())
+}
+
+/// File-sets fetched on first read from a remote (plug into [`Store::set_fileset_source`]):
+/// a replica synced without files reads them when it needs them.
+#[derive(Debug)]
+pub struct RemoteFiles<R: Remote>(pub R);
+
+impl<R: Remote> kiln::FileSource for RemoteFiles<R> {
+    fn fetch(&self, name: &FileName, out: &mut dyn std::io::Write) -> std::io::Result<bool> {
+        match self.0.get_file(Kind::FileSet, name)? {
+            Some(b) => out.write_all(&b).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
