@@ -15,6 +15,7 @@ use cmd::files::FilesGroup;
 use cmd::history::HistoryGroup;
 use cmd::keys::KeyGroup;
 use cmd::store::StoreGroup;
+use cmd::sync::SyncGroup;
 use cmd::Ctx;
 use kiln::{Durability, Options, Store};
 use out::{code, Fail, Out};
@@ -33,7 +34,7 @@ use std::process::ExitCode;
                   The store folder is --root, else $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln."
 )]
 struct Cli {
-    /// Store folder. Only `db create`, `demo` and a `config` change create a store where
+    /// Store folder. Only `db create`, `demo`, `key import` and a `config` change create a store where
     /// there is none; other commands say "no kiln store" (exit 4).
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
@@ -66,6 +67,8 @@ enum Cmd {
     Key(KeyGroup),
     #[command(flatten)]
     History(HistoryGroup),
+    #[command(flatten)]
+    Sync(SyncGroup),
     #[command(flatten)]
     Contrib(ContribGroup),
     #[command(flatten)]
@@ -118,6 +121,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         Cmd::Files(c) => c.run(&ctx),
         Cmd::Key(c) => c.run(&ctx),
         Cmd::History(c) => c.run(&ctx),
+        Cmd::Sync(c) => c.run(&ctx),
         Cmd::Contrib(c) => c.run(&ctx),
         Cmd::Store(c) => c.run(&ctx),
     }
@@ -127,7 +131,9 @@ fn run(cli: Cli) -> Result<u8, Fail> {
 /// mistyped folder.
 fn creates_store(cmd: &Cmd) -> bool {
     match cmd {
-        Cmd::Db(DbGroup::Db(DbCmd::Create { .. })) | Cmd::Store(StoreGroup::Demo) => true,
+        Cmd::Db(DbGroup::Db(DbCmd::Create { .. }))
+        | Cmd::Store(StoreGroup::Demo)
+        | Cmd::Key(KeyGroup::Key(cmd::keys::KeyCmd::Import { .. })) => true,
         Cmd::Store(StoreGroup::Config {
             compact_threshold,
             keep_archive,

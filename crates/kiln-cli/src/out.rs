@@ -167,3 +167,37 @@ mod tests {
         assert_eq!(super::utc(1_795_857_206_688), "2026-11-28 09:13:26.688Z");
     }
 }
+
+/// A merge's conflicts, a line each (`kiln merge`, `kiln sync`).
+pub fn conflict_lines(r: &kiln::MergeReport) -> Vec<String> {
+    r.conflicts
+        .iter()
+        .map(|c| {
+            format!(
+                "conflict {}: ancestor {} | ours {} | theirs {} -> {} wins",
+                esc(&c.id),
+                c.ancestor
+                    .as_ref()
+                    .map_or("(none)".into(), |v| v.to_string()),
+                c.ours.as_ref().map_or("(none)".into(), |v| v.to_string()),
+                c.theirs.as_ref().map_or("(none)".into(), |v| v.to_string()),
+                side(c.winner)
+            )
+        })
+        .collect()
+}
+
+fn side(x: kiln::Side) -> &'static str {
+    match x {
+        kiln::Side::Ours => "ours",
+        kiln::Side::Theirs => "theirs",
+    }
+}
+
+/// A merge report as JSON (`kiln merge --json`, `kiln sync --json`).
+pub fn merge_json(r: &kiln::MergeReport) -> Value {
+    serde_json::json!({"event": r.event.map(|e| e.to_string()), "fast_forward": r.fast_forward,
+        "events": r.events, "changed": r.changed,
+        "conflicts": r.conflicts.iter().map(|c| serde_json::json!({"id": c.id, "ancestor": c.ancestor,
+            "ours": c.ours, "theirs": c.theirs, "winner": side(c.winner)})).collect::<Vec<_>>()})
+}

@@ -18,12 +18,14 @@
 
 mod folder;
 mod probe;
+mod remotes;
 mod state;
 mod sync;
 
 pub use folder::FolderRemote;
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
+pub use remotes::{check_remote_name, open_remote, Remotes};
 pub use sync::{sync, FileSets, RemoteFiles, SyncError, SyncOptions, SyncReport};
 
 use std::io;

@@ -39,6 +39,9 @@ impl From<std::io::Error> for ProbeError {
 /// Racing writers of the probe.
 const RACERS: usize = 8;
 
+/// Requests a probe that passes makes (the racers, 5 checks, a read and a delete to clean up).
+pub(crate) const REQUESTS: usize = RACERS + 7;
+
 /// Probes `remote`'s compare-and-swap on a head record of its own (named `kiln-probe-…`,
 /// removed after): see the module doc. Leaves nothing behind when it passes.
 pub fn probe(remote: &dyn Remote) -> Result<(), ProbeError> {

@@ -49,6 +49,17 @@ impl Place {
         }
     }
 
+    /// Whether this store probed the remote (see [`crate::probe`]) before.
+    pub fn probed(&self) -> bool {
+        self.dir.join("probed").exists()
+    }
+
+    /// Remembers that the remote passed the probe.
+    pub fn mark_probed(&self) -> io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        write_atomic(&self.dir.join("probed"), b"")
+    }
+
     /// The memory of database id `id`, with the record it last saw (default: none).
     pub fn load(&self, id: &str) -> (Memory, Option<Vec<u8>>) {
         let m: Memory = std::fs::read(self.dir.join(format!("{id}.json")))
@@ -72,7 +83,7 @@ impl Place {
     }
 }
 
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
     let mut rnd = [0u8; 8];
     getrandom::getrandom(&mut rnd).map_err(io::Error::other)?;
     let tmp = path.with_extension(format!(

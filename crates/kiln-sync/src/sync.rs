@@ -173,6 +173,18 @@ pub fn sync(
     };
     let mut r = SyncReport::default();
     let out = (|| {
+        if !place.probed() {
+            // The first sync with a remote checks its compare-and-swap (a remote that ignores
+            // conditional writes would lose writes silently).
+            remote.n.set(remote.n.get() + crate::probe::REQUESTS);
+            crate::probe(remote.remote).map_err(|e| {
+                SyncError::Remote(std::io::Error::other(format!(
+                    "{} refused: {e}",
+                    remote.remote.location()
+                )))
+            })?;
+            place.mark_probed()?;
+        }
         for _ in 0..TRIES {
             if round(store, db, &remote, &place, id, opts, &mut r)? {
                 return Ok(());

@@ -118,10 +118,6 @@ fn diff(ctx: &Ctx, a: String, b: String) -> Result<u8, Fail> {
 fn merge(ctx: &Ctx, src: String, into: String, only: Vec<String>) -> Result<u8, Fail> {
     let (s, d) = (ctx.open(&src)?, ctx.open(&into)?);
     let r = d.merge_from(&s, (!only.is_empty()).then_some(only.as_slice()))?;
-    let side = |x: kiln::Side| match x {
-        kiln::Side::Ours => "ours",
-        kiln::Side::Theirs => "theirs",
-    };
     ctx.out.print(
         || {
             let mut lines = vec![match (&r.event, r.fast_forward) {
@@ -134,24 +130,10 @@ fn merge(ctx: &Ctx, src: String, into: String, only: Vec<String>) -> Result<u8, 
                     r.conflicts.len()
                 ),
             }];
-            for c in &r.conflicts {
-                lines.push(format!(
-                    "conflict {}: ancestor {} | ours {} | theirs {} -> {} wins",
-                    esc(&c.id),
-                    c.ancestor.as_ref().map_or("(none)".into(), |v| v.to_string()),
-                    c.ours.as_ref().map_or("(none)".into(), |v| v.to_string()),
-                    c.theirs.as_ref().map_or("(none)".into(), |v| v.to_string()),
-                    side(c.winner)
-                ));
-            }
+            lines.extend(crate::out::conflict_lines(&r));
             lines.join("\n")
         },
-        || {
-            json!({"event": r.event.map(|e| e.to_string()), "fast_forward": r.fast_forward,
-                "events": r.events, "changed": r.changed,
-                "conflicts": r.conflicts.iter().map(|c| json!({"id": c.id, "ancestor": c.ancestor,
-                    "ours": c.ours, "theirs": c.theirs, "winner": side(c.winner)})).collect::<Vec<_>>()})
-        },
+        || crate::out::merge_json(&r),
     );
     Ok(0)
 }

@@ -9,6 +9,7 @@ pub mod files;
 pub mod history;
 pub mod keys;
 pub mod store;
+pub mod sync;
 
 use crate::out::{torn_note, Out};
 use kiln::{Database, Store};

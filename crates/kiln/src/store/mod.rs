@@ -833,17 +833,25 @@ impl Store {
             .map_err(|e| Error::io("the random source", e))
     }
 
-    /// Stores an exported key (see [`Store::export_key`]) for database `name`, whose head
-    /// record is here (a replica pulled without its key): the key must be of the database's
-    /// lineage and open its head record. Returns false when the keybag holds it already; a
-    /// different key for the lineage is refused, nothing changed.
+    /// Stores an exported key (see [`Store::export_key`]) for database `name`. When its head
+    /// record is here (a replica pulled without its key), the key must be of the database's
+    /// lineage and open its head record; when there is no such database, an empty one of the
+    /// key's lineage is made (a new replica: a sync takes the database's state in). Returns
+    /// false when the keybag holds it already; a different key for the lineage is refused,
+    /// nothing changed.
     pub fn import_key(&self, name: &str, text: &str, passphrase: Option<&str>) -> Result<bool> {
         self.inner.writable("importing a key")?;
         check_name(name)?;
         let (lineage, key) = crate::format::key_export::import(text, passphrase)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let Some(on_disk) = self.lineage_on_disk(name) else {
-            return Err(Error::NoSuchDatabase(name.to_owned()));
+            if self.dbs().join(name).exists() {
+                return Err(Error::corrupt(
+                    format!("database '{name}'"),
+                    "its head record does not read",
+                ));
+            }
+            return self.new_replica(name, &lineage, &key).map(|_| true);
         };
         if on_disk != lineage {
             return Err(Error::InvalidArgument(format!(
@@ -870,6 +878,28 @@ impl Store {
                 Ok(true)
             }
         }
+    }
+
+    /// A new, empty database `name` of `lineage` under `key` (another machine's, imported): a
+    /// replica to take that database's state in by sync. Refused when the keybag holds
+    /// another key for the lineage.
+    fn new_replica(&self, name: &str, lineage: &Lineage, key: &Key) -> Result<Database> {
+        let name = self.new_name(Some(name))?;
+        let sync = self.inner.opts.durability == Durability::Full;
+        let _gc = self.inner.gc_shared()?;
+        match self.inner.keybag.get(lineage)? {
+            Some(k) if k.export_raw() != key.export_raw() => {
+                return Err(Error::InvalidArgument(format!(
+                    "the keybag holds another key for this key's lineage; nothing changed                      (database '{name}' not made)"
+                )))
+            }
+            Some(_) => {}
+            None => self.inner.keybag.put(lineage, key, sync)?,
+        }
+        self.inner.keybag.mark_shared(lineage, sync)?;
+        let db = self.place(&name, lineage, key, &Head::default(), &Settings::default())?;
+        self.handles.keep(&db);
+        Ok(db)
     }
 
     /// The lineage a database's head record names in plaintext, if it can be read.

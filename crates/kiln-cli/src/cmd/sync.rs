@@ -1,0 +1,342 @@
+//! Sync: `kiln remote add|list|remove` (a database's remembered remotes) and `kiln sync`.
+
+use super::Ctx;
+use crate::out::{bad_input, esc, Fail};
+use clap::Subcommand;
+use kiln_sync::{FileSets, Remotes, SyncError, SyncOptions, SyncReport};
+use serde_json::{json, Value};
+
+/// `kiln remote …`, `kiln sync`.
+#[derive(Subcommand)]
+pub enum SyncGroup {
+    /// A database's remotes, remembered by name so `kiln sync DB` needs no URL.
+    #[command(subcommand)]
+    Remote(RemoteCmd),
+    /// Sync databases with their remotes: pull what the remote has that this replica lacks
+    /// (taken in as it is: a fast-forward, or a merge whose conflicts are reported as `kiln
+    /// merge` reports them), push what it lacks (files first, then the remote's head record by
+    /// compare-and-swap). Attached files' bytes are pushed, and pulled on demand (or all with
+    /// --files). Killed at any point and run again, it completes.
+    Sync {
+        /// The database (with --all: none; the remote's name comes first).
+        db: Option<String>,
+        /// A remote of the database (its name, or a URL); default: every remote it has.
+        remote: Option<String>,
+        /// Every database that has this remote (its name).
+        #[arg(long)]
+        all: bool,
+        /// Only take the remote's changes.
+        #[arg(long, conflicts_with = "push")]
+        pull: bool,
+        /// Only give the remote this replica's changes (refused when it has changes this
+        /// replica lacks).
+        #[arg(long)]
+        push: bool,
+        /// Move no attached files' bytes either way (documents and their `_files` only).
+        #[arg(long, conflicts_with = "files")]
+        no_files: bool,
+        /// Also fetch every attached file the remote holds that this replica lacks.
+        #[arg(long)]
+        files: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RemoteCmd {
+    /// Remember remote NAME (a folder: a path or file:///path) for database DB. The remote is
+    /// probed first: a remote whose compare-and-swap is not honest is refused.
+    Add {
+        db: String,
+        name: String,
+        url: String,
+    },
+    /// List a database's remotes (every database's without DB).
+    List { db: Option<String> },
+    /// Forget remote NAME of database DB (nothing on the remote is touched).
+    Remove { db: String, name: String },
+}
+
+impl SyncGroup {
+    pub fn run(self, ctx: &Ctx) -> Result<u8, Fail> {
+        match self {
+            SyncGroup::Remote(c) => remote(ctx, c),
+            SyncGroup::Sync {
+                db,
+                remote,
+                all,
+                pull,
+                push,
+                no_files,
+                files,
+            } => {
+                let opts = SyncOptions {
+                    pull: !push,
+                    push: !pull,
+                    files: if no_files {
+                        FileSets::None
+                    } else if files {
+                        FileSets::All
+                    } else {
+                        FileSets::OnDemand
+                    },
+                };
+                let targets = targets(ctx, db, remote, all)?;
+                sync(ctx, targets, opts)
+            }
+        }
+    }
+}
+
+fn io_fail(e: std::io::Error) -> Fail {
+    let code = if e.kind() == std::io::ErrorKind::InvalidInput {
+        crate::out::code::USAGE
+    } else {
+        1
+    };
+    Fail {
+        code,
+        msg: e.to_string(),
+    }
+}
+
+/// A folder given as a relative path is remembered absolute (syncs run from anywhere).
+fn normalize_url(url: &str) -> Result<String, Fail> {
+    if url.contains("://") {
+        return Ok(url.to_owned());
+    }
+    let p = std::path::absolute(url).map_err(|e| bad_input(format!("{url}: {e}")))?;
+    Ok(p.display().to_string())
+}
+
+fn remote(ctx: &Ctx, c: RemoteCmd) -> Result<u8, Fail> {
+    let mut remotes = Remotes::load(&ctx.store).map_err(io_fail)?;
+    match c {
+        RemoteCmd::Add { db, name, url } => {
+            ctx.store.open_db(&db)?; // exists, and is readable here
+            kiln_sync::check_remote_name(&name).map_err(io_fail)?;
+            let url = normalize_url(&url)?;
+            let r = kiln_sync::open_remote(&url).map_err(io_fail)?;
+            kiln_sync::probe(&*r).map_err(|e| Fail {
+                code: 1,
+                msg: format!("remote {url} refused: {e}"),
+            })?;
+            let added = remotes.add(&db, &name, &url).map_err(io_fail)?;
+            remotes.save().map_err(io_fail)?;
+            ctx.out.print(
+                || {
+                    if added {
+                        format!("{db}: remote {name} = {}", esc(&url))
+                    } else {
+                        format!("{db}: remote {name} = {} (already)", esc(&url))
+                    }
+                },
+                || json!({"database": db, "remote": name, "url": url, "added": added}),
+            );
+            Ok(0)
+        }
+        RemoteCmd::List { db } => {
+            let rows: Vec<(String, Vec<(String, String)>)> = match db {
+                Some(d) => {
+                    ctx.store.open_db(&d)?;
+                    vec![(d.clone(), remotes.of(&d))]
+                }
+                None => remotes.all(),
+            };
+            ctx.out.print(
+                || {
+                    rows.iter()
+                        .flat_map(|(d, rs)| {
+                            rs.iter().map(move |(n, u)| format!("{d}\t{n}\t{}", esc(u)))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                || {
+                    Value::Array(
+                        rows.iter()
+                            .flat_map(|(d, rs)| {
+                                rs.iter().map(
+                                    move |(n, u)| json!({"database": d, "remote": n, "url": u}),
+                                )
+                            })
+                            .collect(),
+                    )
+                },
+            );
+            Ok(0)
+        }
+        RemoteCmd::Remove { db, name } => {
+            if !remotes.remove(&db, &name) {
+                return Err(Fail {
+                    code: crate::out::code::NO_SUCH,
+                    msg: format!("database '{db}' has no remote '{name}' (see `kiln remote list`)"),
+                });
+            }
+            remotes.save().map_err(io_fail)?;
+            ctx.out.print(
+                || format!("{db}: remote {name} forgotten"),
+                || json!({"database": db, "remote": name, "removed": true}),
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// The (database, remote name, URL) pairs a `kiln sync` names.
+fn targets(
+    ctx: &Ctx,
+    db: Option<String>,
+    remote: Option<String>,
+    all: bool,
+) -> Result<Vec<(String, String, String)>, Fail> {
+    let remotes = Remotes::load(&ctx.store).map_err(io_fail)?;
+    if all {
+        // `kiln sync --all [REMOTE]`: the first word is the remote.
+        if remote.is_some() {
+            return Err(bad_input(
+                "kiln sync --all takes one remote name at most".into(),
+            ));
+        }
+        let out: Vec<(String, String, String)> = match db {
+            Some(name) => remotes
+                .with_remote(&name)
+                .into_iter()
+                .map(|(d, u)| (d, name.clone(), u))
+                .collect(),
+            None => remotes
+                .all()
+                .into_iter()
+                .flat_map(|(d, rs)| rs.into_iter().map(move |(n, u)| (d.clone(), n, u)))
+                .collect(),
+        };
+        return Ok(out);
+    }
+    let Some(db) = db else {
+        return Err(bad_input(
+            "kiln sync DB [REMOTE], or kiln sync --all [REMOTE]".into(),
+        ));
+    };
+    ctx.store.open_db(&db)?;
+    let known = remotes.of(&db);
+    match remote {
+        Some(r) => match known.iter().find(|(n, _)| *n == r) {
+            Some((n, u)) => Ok(vec![(db, n.clone(), u.clone())]),
+            None if r.contains('/') || r.contains("://") => {
+                let u = normalize_url(&r)?;
+                Ok(vec![(db, u.clone(), u)])
+            }
+            None => Err(Fail {
+                code: crate::out::code::NO_SUCH,
+                msg: format!(
+                    "database '{db}' has no remote '{r}' (see `kiln remote list {db}`; a folder \
+                     path contains a /)"
+                ),
+            }),
+        },
+        None if known.is_empty() => Err(bad_input(format!(
+            "database '{db}' has no remote: `kiln remote add {db} NAME URL` first, or name one \
+             (kiln sync {db} URL)"
+        ))),
+        None => Ok(known.into_iter().map(|(n, u)| (db.clone(), n, u)).collect()),
+    }
+}
+
+fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) -> Result<u8, Fail> {
+    let mut rows: Vec<Value> = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    let mut failed: Option<Fail> = None;
+    for (db, name, url) in targets {
+        let r = (|| -> Result<SyncReport, Fail> {
+            let handle = ctx.open(&db)?;
+            let remote = kiln_sync::open_remote(&url).map_err(io_fail)?;
+            kiln_sync::sync(&ctx.store, &handle, &*remote, &db, opts).map_err(sync_fail)
+        })();
+        match r {
+            Ok(r) => {
+                lines.extend(describe(&db, &name, &r));
+                rows.push(report_json(&db, &name, &r));
+            }
+            Err(f) => {
+                lines.push(format!("{db} ⇄ {name}: failed: {}", f.msg));
+                rows.push(json!({"database": db, "remote": name, "error": f.msg}));
+                failed.get_or_insert(f);
+            }
+        }
+    }
+    ctx.out.print(|| lines.join("\n"), || Value::Array(rows));
+    match failed {
+        Some(f) => Err(Fail {
+            code: f.code,
+            msg: format!("sync failed: {}", f.msg),
+        }),
+        None => Ok(0),
+    }
+}
+
+fn sync_fail(e: SyncError) -> Fail {
+    match e {
+        SyncError::Kiln(e) => e.into(),
+        other => Fail {
+            code: 1,
+            msg: other.to_string(),
+        },
+    }
+}
+
+fn describe(db: &str, name: &str, r: &SyncReport) -> Vec<String> {
+    let mut parts = Vec::new();
+    if r.adopted {
+        parts.push(format!(
+            "took the remote's state ({} files, {} bytes fetched)",
+            r.files_pulled, r.bytes_pulled
+        ));
+    }
+    if let Some(m) = &r.merged {
+        parts.push(format!(
+            "merged the remote's {} events: {} documents changed, {} conflicts ({} files, {} bytes fetched)",
+            m.events,
+            m.changed.len(),
+            m.conflicts.len(),
+            r.files_pulled,
+            r.bytes_pulled
+        ));
+    }
+    if r.pushed {
+        parts.push(format!(
+            "pushed ({} files, {} bytes uploaded)",
+            r.files_pushed, r.bytes_pushed
+        ));
+    }
+    if r.filesets_pulled + r.filesets_pushed > 0 {
+        parts.push(format!(
+            "attached file-sets: {} fetched, {} uploaded",
+            r.filesets_pulled, r.filesets_pushed
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("up to date".into());
+    }
+    let mut lines = vec![format!(
+        "{db} ⇄ {name}: {} ({} requests)",
+        parts.join("; "),
+        r.requests
+    )];
+    if let Some(m) = &r.merged {
+        lines.extend(crate::out::conflict_lines(m));
+    }
+    lines
+}
+
+fn report_json(db: &str, name: &str, r: &SyncReport) -> Value {
+    json!({
+        "database": db,
+        "remote": name,
+        "requests": r.requests,
+        "pulled": {"files": r.files_pulled, "bytes": r.bytes_pulled, "filesets": r.filesets_pulled},
+        "pushed": {"files": r.files_pushed, "bytes": r.bytes_pushed, "filesets": r.filesets_pushed,
+                   "head": r.pushed},
+        "adopted": r.adopted,
+        "merge": r.merged.as_ref().map(crate::out::merge_json),
+        "retries": r.retries,
+    })
+}

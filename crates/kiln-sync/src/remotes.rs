@@ -1,0 +1,157 @@
+//! A store's remembered remotes: for each database, the remotes it syncs with, by name
+//! (`kiln remote add|list|remove`), so `kiln sync DB` needs no URL. Kept in
+//! `<store>/sync/remotes.json` (`{"version": 1, "databases": {DB: {NAME: URL}}}`). A database
+//! no remote names is never uploaded anywhere (selective sync).
+
+use crate::{FolderRemote, Remote};
+use kiln::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+
+/// The remembered remotes of a store's databases.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Remotes {
+    version: u32,
+    databases: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(skip)]
+    path: PathBuf,
+}
+
+/// Checks a remote's name: 1–64 characters of `A–Z a–z 0–9 . _ -`, not starting with `.` or
+/// `-` (it may look like a flag).
+pub fn check_remote_name(name: &str) -> io::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{name:?} is not a remote name (1–64 of A–Z a–z 0–9 . _ -, not starting with . or -)"
+            ),
+        ))
+    }
+}
+
+impl Remotes {
+    /// The remotes remembered in `store` (none when it never had any).
+    pub fn load(store: &Store) -> io::Result<Remotes> {
+        let path = store.root().join("sync").join("remotes.json");
+        let mut r = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice::<Remotes>(&b).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Remotes::default(),
+            Err(e) => return Err(e),
+        };
+        if r.version > 1 {
+            return Err(io::Error::other(format!(
+                "{} is of version {}, newer than this kiln's; upgrade kiln",
+                path.display(),
+                r.version
+            )));
+        }
+        r.version = 1;
+        r.path = path;
+        Ok(r)
+    }
+
+    /// Writes the remotes back (whole, atomically).
+    pub fn save(&self) -> io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        crate::state::write_atomic(&self.path, &json)
+    }
+
+    /// Remembers remote `name` at `url` for database `db`; false when it was there already
+    /// with that URL. Another URL under the name is refused (remove it first).
+    pub fn add(&mut self, db: &str, name: &str, url: &str) -> io::Result<bool> {
+        check_remote_name(name)?;
+        let m = self.databases.entry(db.to_owned()).or_default();
+        match m.get(name) {
+            Some(u) if u == url => Ok(false),
+            Some(u) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("database '{db}' has a remote '{name}' already ({u}); remove it first"),
+            )),
+            None => {
+                m.insert(name.to_owned(), url.to_owned());
+                Ok(true)
+            }
+        }
+    }
+
+    /// Forgets remote `name` of database `db`; false when there was none.
+    pub fn remove(&mut self, db: &str, name: &str) -> bool {
+        let Some(m) = self.databases.get_mut(db) else {
+            return false;
+        };
+        let had = m.remove(name).is_some();
+        if m.is_empty() {
+            self.databases.remove(db);
+        }
+        had
+    }
+
+    /// Forgets every remote of database `db` (it was dropped).
+    pub fn forget_db(&mut self, db: &str) -> bool {
+        self.databases.remove(db).is_some()
+    }
+
+    /// Database `db`'s remotes, `(name, url)` by name.
+    pub fn of(&self, db: &str) -> Vec<(String, String)> {
+        self.databases
+            .get(db)
+            .map(|m| m.iter().map(|(n, u)| (n.clone(), u.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every database with a remote of that name, with its URL.
+    pub fn with_remote(&self, name: &str) -> Vec<(String, String)> {
+        self.databases
+            .iter()
+            .filter_map(|(db, m)| m.get(name).map(|u| (db.clone(), u.clone())))
+            .collect()
+    }
+
+    /// Every database with a remote, and its remotes.
+    pub fn all(&self) -> Vec<(String, Vec<(String, String)>)> {
+        self.databases
+            .keys()
+            .map(|db| (db.clone(), self.of(db)))
+            .collect()
+    }
+}
+
+/// Opens the remote a URL names: a folder (`/path`, `./path`, `file:///path`). (S3 buckets
+/// and the sync server come next.)
+pub fn open_remote(url: &str) -> io::Result<Box<dyn Remote>> {
+    if let Some(p) = url.strip_prefix("file://") {
+        if !p.starts_with('/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{url}: a file URL names an absolute path (file:///path)"),
+            ));
+        }
+        return Ok(Box::new(FolderRemote::open(p)?));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{url}: remotes of scheme {scheme:?} are not supported (folders: a path or file:///path)"),
+        ));
+    }
+    Ok(Box::new(FolderRemote::open(url)?))
+}
