@@ -1,0 +1,202 @@
+//! `kiln remote` and `kiln sync` as a user runs them, and syncs killed (SIGKILL) at random
+//! points and run again.
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn kiln(root: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.arg("--root").arg(root).env_remove("KILN_ROOT");
+    c
+}
+
+fn run(root: &Path, args: &[&str]) -> Output {
+    kiln(root).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    let o = run(root, args);
+    assert!(
+        o.status.success(),
+        "kiln {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn import(root: &Path, db: &str, lines: &str) {
+    let mut c = kiln(root)
+        .args(["import", db, "-", "--batch", "100"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+fn cp(from: &Path, to: &Path) {
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn remotes_are_remembered_and_sync_reports_what_moved() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    ok(&a, &["db", "create", "notes"]);
+    ok(&a, &["put", "notes", r#"{"_id":"x","v":1}"#]);
+    cp(&a, &b);
+    let remote = d.path().join("remote");
+    let url = remote.to_str().unwrap();
+    // Without a remote: told how to add one (bad usage).
+    let o = run(&a, &["sync", "notes"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kiln remote add"));
+    for r in [&a, &b] {
+        ok(r, &["remote", "add", "notes", "origin", url]);
+    }
+    // The same again is fine; another URL under the name is not; bad names are refused.
+    ok(&a, &["remote", "add", "notes", "origin", url]);
+    assert!(
+        !run(&a, &["remote", "add", "notes", "origin", "/elsewhere"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        run(&a, &["remote", "add", "notes", "-x", url])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&a, &["remote", "add", "nope", "origin", url])
+            .status
+            .code(),
+        Some(4)
+    );
+    let l: Value = serde_json::from_str(&ok(&a, &["--json", "remote", "list"])).unwrap();
+    assert_eq!(l[0]["remote"], "origin");
+    assert_eq!(l[0]["url"], url);
+    // A folder that is not empty and not a remote is refused.
+    std::fs::create_dir_all(d.path().join("stuff")).unwrap();
+    std::fs::write(d.path().join("stuff/notes.txt"), "mine").unwrap();
+    let o = run(
+        &a,
+        &[
+            "remote",
+            "add",
+            "notes",
+            "other",
+            d.path().join("stuff").to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a kiln remote"));
+
+    let s: Value = serde_json::from_str(&ok(&a, &["--json", "sync", "notes"])).unwrap();
+    assert_eq!(s[0]["pushed"]["head"], true);
+    ok(&a, &["put", "notes", r#"{"_id":"x","v":2}"#]);
+    ok(&b, &["put", "notes", r#"{"_id":"x","v":3}"#]);
+    ok(&a, &["sync", "notes"]);
+    let out = ok(&b, &["sync", "notes", "origin"]);
+    assert!(out.contains("merged the remote's"), "{out}");
+    assert!(out.contains("conflict x: ancestor"), "{out}");
+    let out = ok(&a, &["sync", "--all", "origin"]);
+    assert!(out.contains("took the remote's state"), "{out}");
+    let s: Value = serde_json::from_str(&ok(&a, &["--json", "sync", "notes"])).unwrap();
+    assert_eq!(s[0]["requests"], 1, "{s}");
+    assert_eq!(
+        ok(&a, &["get", "notes", "x"]),
+        ok(&b, &["get", "notes", "x"])
+    );
+    ok(&a, &["remote", "remove", "notes", "origin"]);
+    assert_eq!(
+        run(&a, &["remote", "remove", "notes", "origin"])
+            .status
+            .code(),
+        Some(4)
+    );
+    // A new machine: the key, the remote, a sync.
+    let key = ok(&a, &["key", "export", "notes", "--raw"]);
+    let c = d.path().join("c");
+    ok(&c, &["key", "import", "notes", key.trim()]);
+    ok(&c, &["remote", "add", "notes", "origin", url]);
+    ok(&c, &["sync", "notes"]);
+    assert_eq!(ok(&c, &["docs", "notes"]), ok(&b, &["docs", "notes"]));
+    ok(&c, &["verify", "notes"]);
+}
+
+/// Syncs killed at random points (SIGKILL, mid-upload, mid-download, mid-merge) and run again:
+/// the replicas converge, nothing acknowledged is lost, every store verifies.
+#[test]
+fn syncs_killed_at_random_points_complete_when_run_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    ok(&a, &["db", "create", "notes"]);
+    ok(&a, &["put", "notes", r#"{"_id":"start"}"#]);
+    cp(&a, &b);
+    let url = d.path().join("remote");
+    let url = url.to_str().unwrap();
+    for r in [&a, &b] {
+        ok(r, &["remote", "add", "notes", "origin", url]);
+    }
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pad = "p".repeat(300);
+    let mut kills = 0;
+    for round in 0..12 {
+        for (side, root) in [("a", &a), ("b", &b)] {
+            let lines: String = (0..400)
+                .map(|i| format!("{{\"_id\":\"{side}{round}-{i:03}\",\"pad\":\"{pad}\"}}\n"))
+                .collect();
+            import(root, "notes", &lines);
+            if round % 4 == 3 {
+                ok(root, &["compact", "notes"]);
+            }
+            // A sync, killed after a random delay (or finishing first).
+            let mut child = kiln(root)
+                .args(["sync", "notes"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(next() % 80_000));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                kills += 1;
+            }
+            child.wait().unwrap();
+        }
+    }
+    eprintln!("{kills} of 24 syncs killed");
+    assert!(kills > 3, "only {kills} syncs were killed");
+    for _ in 0..2 {
+        for root in [&a, &b] {
+            ok(root, &["sync", "notes"]);
+        }
+    }
+    let (da, db) = (ok(&a, &["docs", "notes"]), ok(&b, &["docs", "notes"]));
+    assert_eq!(da, db);
+    assert_eq!(da.lines().count(), 1 + 2 * 12 * 400);
+    for root in [&a, &b] {
+        ok(root, &["verify", "notes"]);
+        ok(root, &["gc"]);
+        ok(root, &["verify", "notes"]);
+    }
+    // Quiet now.
+    let s: Value = serde_json::from_str(&ok(&a, &["--json", "sync", "notes"])).unwrap();
+    assert_eq!(s[0]["requests"], 1, "{s}");
+}
