@@ -158,16 +158,6 @@ pub fn utc(ms: u64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000Z");
-        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123Z");
-        assert_eq!(super::utc(1_795_857_206_688), "2026-11-28 09:13:26.688Z");
-    }
-}
-
 /// A merge's conflicts, a line each (`kiln merge`, `kiln sync`).
 pub fn conflict_lines(r: &kiln::MergeReport) -> Vec<String> {
     r.conflicts
@@ -200,4 +190,14 @@ pub fn merge_json(r: &kiln::MergeReport) -> Value {
         "events": r.events, "changed": r.changed,
         "conflicts": r.conflicts.iter().map(|c| serde_json::json!({"id": c.id, "ancestor": c.ancestor,
             "ours": c.ours, "theirs": c.theirs, "winner": side(c.winner)})).collect::<Vec<_>>()})
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000Z");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123Z");
+        assert_eq!(super::utc(1_795_857_206_688), "2026-11-28 09:13:26.688Z");
+    }
 }

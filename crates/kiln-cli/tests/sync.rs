@@ -132,6 +132,18 @@ fn remotes_are_remembered_and_sync_reports_what_moved() {
     ok(&c, &["sync", "notes"]);
     assert_eq!(ok(&c, &["docs", "notes"]), ok(&b, &["docs", "notes"]));
     ok(&c, &["verify", "notes"]);
+    // The remote's gc: b compacts and pushes; what no record names goes (grace 0 here).
+    ok(&b, &["compact", "notes", "--full"]);
+    ok(&b, &["sync", "notes"]);
+    let g: Value = serde_json::from_str(&ok(
+        &a,
+        &["--json", "gc", "--remote", url, "--remote-grace", "0"],
+    ))
+    .unwrap();
+    assert!(g["removed"].as_u64().unwrap() > 0, "{g}");
+    ok(&c, &["sync", "notes"]);
+    assert_eq!(ok(&c, &["docs", "notes"]), ok(&b, &["docs", "notes"]));
+    ok(&c, &["verify", "notes"]);
 }
 
 /// Syncs killed at random points (SIGKILL, mid-upload, mid-download, mid-merge) and run again:

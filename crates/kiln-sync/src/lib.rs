@@ -17,12 +17,14 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod folder;
+mod gc;
 mod probe;
 mod remotes;
 mod state;
 mod sync;
 
 pub use folder::FolderRemote;
+pub use gc::{gc_remote, RemoteGcReport};
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
 pub use remotes::{check_remote_name, open_remote, Remotes};
@@ -77,8 +79,14 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     fn location(&self) -> String;
     /// Whether the remote holds a file of that name.
     fn has_file(&self, kind: Kind, name: &FileName) -> io::Result<bool>;
+    /// [`Remote::has_file`], making the file young again where the remote can (what a push
+    /// calls for a file it names without uploading it: a remote gc spares young files).
+    fn refresh_file(&self, kind: Kind, name: &FileName) -> io::Result<bool> {
+        self.has_file(kind, name)
+    }
     /// Stores a file under its name unless it is there already (the same name is the same
-    /// bytes: a second upload changes nothing). Whole or not at all.
+    /// bytes: a second upload changes nothing). Whole or not at all. A remote that can makes
+    /// a file already there young again (a remote gc spares young files: see [`gc_remote`]).
     fn put_file(&self, kind: Kind, name: &FileName, bytes: &[u8]) -> io::Result<()>;
     /// A file's bytes, `None` when the remote does not have it. Unchecked: the caller hashes
     /// them against `name` before it uses or keeps them.

@@ -241,7 +241,17 @@ fn round(
         // Bring in the files it names, and take it in, while gc is held off.
         let hold = store.hold_files()?;
         for name in db.replica_files_to_bring(&theirs)? {
-            bring(store, remote, Kind::Diff, &name, r)?;
+            match bring(store, remote, Kind::Diff, &name, r) {
+                Err(SyncError::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // A newer record may have replaced this one (and a remote gc removed
+                    // the files only the old one named): start over with it, if so.
+                    return match remote.tick().read_head(id, etag.as_ref())? {
+                        HeadRead::NotModified => Err(SyncError::Remote(e)),
+                        _ => Ok(false),
+                    };
+                }
+                x => x?,
+            }
         }
         if !memory.heads.is_empty() && !db.replica_descends_from(&theirs, &memory.heads())? {
             return Err(SyncError::Rollback(db.name().to_owned()));
@@ -326,7 +336,7 @@ fn push(
         .map(|b| b.files().into_iter().map(|(n, _)| n).collect())
         .unwrap_or_default();
     for (name, _) in mine.state.files() {
-        if there.contains(&name) || remote.tick().has_file(Kind::Diff, &name)? {
+        if there.contains(&name) || remote.tick().refresh_file(Kind::Diff, &name)? {
             continue;
         }
         let Some(bytes) = store.stored_file(FileKind::Diff, &name)? else {
@@ -349,7 +359,7 @@ fn push(
             }
             // A file-set this replica never fetched is not its to give.
             if !store.has_file(FileKind::FileSet, name)
-                || remote.tick().has_file(Kind::FileSet, name)?
+                || remote.tick().refresh_file(Kind::FileSet, name)?
             {
                 continue;
             }

@@ -24,6 +24,19 @@ pub enum StoreGroup {
         /// write running meanwhile is about to name: use 0 only while nothing writes).
         #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
         fileset_grace: u64,
+        /// Collect this remote instead (a folder: a path or file:///path): remove the files no
+        /// head record there names, once older than --remote-grace. Needs no key.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// With --remote: spare files younger than this many seconds (default a day: a sync
+        /// uploads files before the record naming them, and a slow one must not lose them).
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 86400,
+            requires = "remote"
+        )]
+        remote_grace: u64,
     },
     /// Show or change store settings (--compact-threshold N|default, --keep-archive on|off).
     Config {
@@ -43,7 +56,12 @@ pub enum StoreGroup {
 impl StoreGroup {
     pub fn run(self, ctx: &Ctx) -> Result<u8, Fail> {
         match self {
-            StoreGroup::Gc { fileset_grace } => gc(ctx, fileset_grace),
+            StoreGroup::Gc {
+                remote: Some(url),
+                remote_grace,
+                ..
+            } => gc_remote(ctx, &url, remote_grace),
+            StoreGroup::Gc { fileset_grace, .. } => gc(ctx, fileset_grace),
             StoreGroup::Config {
                 compact_threshold,
                 keep_archive,
@@ -51,6 +69,29 @@ impl StoreGroup {
             StoreGroup::Demo => Ok(demo(&ctx.store, &ctx.out)?),
         }
     }
+}
+
+fn gc_remote(ctx: &Ctx, url: &str, grace: u64) -> Result<u8, Fail> {
+    let io = |e: std::io::Error| Fail {
+        code: if e.kind() == std::io::ErrorKind::InvalidInput {
+            crate::out::code::USAGE
+        } else {
+            1
+        },
+        msg: format!("{url}: {e}"),
+    };
+    let remote = kiln_sync::open_remote(url).map_err(io)?;
+    let r = kiln_sync::gc_remote(&*remote, std::time::Duration::from_secs(grace)).map_err(io)?;
+    ctx.out.print(
+        || {
+            format!(
+                "{} databases, {} live files; {} files removed; {} unnamed files kept for the grace period",
+                r.heads, r.live, r.removed, r.young
+            )
+        },
+        || json!({"remote": url, "databases": r.heads, "live": r.live, "removed": r.removed, "young": r.young}),
+    );
+    Ok(0)
 }
 
 fn gc(ctx: &Ctx, fileset_grace: u64) -> Result<u8, Fail> {
