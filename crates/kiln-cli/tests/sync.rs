@@ -212,3 +212,56 @@ fn syncs_killed_at_random_points_complete_when_run_again() {
     let s: Value = serde_json::from_str(&ok(&a, &["--json", "sync", "notes"])).unwrap();
     assert_eq!(s[0]["requests"], 1, "{s}");
 }
+
+/// `kiln sync --watch`: another replica's push arrives by polling; this replica's commits (by
+/// other processes) go out without another command.
+#[test]
+fn watch_pulls_what_arrives_and_pushes_what_is_written() {
+    use std::io::BufRead;
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    ok(&a, &["db", "create", "notes"]);
+    cp(&a, &b);
+    let url = d.path().join("remote");
+    let url = url.to_str().unwrap();
+    for r in [&a, &b] {
+        ok(r, &["remote", "add", "notes", "origin", url]);
+    }
+    ok(&a, &["sync", "notes"]);
+    let mut w = kiln(&b)
+        .args(["--json", "sync", "notes", "--watch", "--poll", "0.2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let out = w.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let wait = |what: &str, f: &dyn Fn(&Value) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while let Ok(v) = rx.recv_timeout(deadline - std::time::Instant::now()) {
+            if f(&v) {
+                return;
+            }
+        }
+        panic!("no sync line for {what}");
+    };
+    ok(&a, &["put", "notes", r#"{"_id":"from-a"}"#]);
+    ok(&a, &["sync", "notes"]);
+    wait("a's push", &|v| v["adopted"] == true);
+    assert!(ok(&b, &["get", "notes", "from-a"]).contains("from-a"));
+    ok(&b, &["put", "notes", r#"{"_id":"from-b"}"#]);
+    wait("b's commit", &|v| v["pushed"]["head"] == true);
+    ok(&a, &["sync", "notes"]);
+    assert!(ok(&a, &["get", "notes", "from-b"]).contains("from-b"));
+    w.kill().unwrap();
+    w.wait().unwrap();
+}

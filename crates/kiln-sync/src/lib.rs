@@ -28,7 +28,9 @@ pub use gc::{gc_remote, RemoteGcReport};
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
 pub use remotes::{check_remote_name, open_remote, Remotes};
-pub use sync::{sync, FileSets, RemoteFiles, SyncError, SyncOptions, SyncReport};
+pub use sync::{
+    sync, watch, FileSets, RemoteFiles, SyncError, SyncOptions, SyncReport, WatchOptions,
+};
 
 use std::io;
 

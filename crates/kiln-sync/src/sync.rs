@@ -454,3 +454,60 @@ impl<R: Remote> kiln::FileSource for RemoteFiles<R> {
         }
     }
 }
+
+/// How [`watch`] paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchOptions {
+    /// How often the remote is asked for changes when nothing happens here (one conditional
+    /// read each: an idle watch of one database costs one request per interval).
+    pub poll: std::time::Duration,
+    /// The least time between two syncs that local commits start: commits made meanwhile go
+    /// out together (a busy database writes its remote head at most once per interval).
+    pub min_interval: std::time::Duration,
+    /// How often this replica's state is looked at for new commits (a read of its commit
+    /// counter; the head record only when it moved).
+    pub look: std::time::Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            poll: std::time::Duration::from_secs(5),
+            min_interval: std::time::Duration::from_secs(1),
+            look: std::time::Duration::from_millis(100),
+        }
+    }
+}
+
+/// Syncs `db` with `remote` until `on_sync` returns false: once at the start, then whenever
+/// this replica has new commits (at most once per [`WatchOptions::min_interval`]) or
+/// [`WatchOptions::poll`] has passed. `on_sync` sees each sync's outcome (a failed sync is
+/// tried again at the next turn; the caller decides whether to go on).
+pub fn watch(
+    store: &Store,
+    db: &Database,
+    remote: &dyn Remote,
+    id: &str,
+    opts: SyncOptions,
+    pace: WatchOptions,
+    on_sync: &mut dyn FnMut(&Result<SyncReport, SyncError>) -> bool,
+) -> Result<(), SyncError> {
+    loop {
+        let started = std::time::Instant::now();
+        let r = sync(store, db, remote, id, opts);
+        if !on_sync(&r) {
+            return Ok(());
+        }
+        let synced = db.state_digest()?;
+        loop {
+            std::thread::sleep(pace.look);
+            let waited = started.elapsed();
+            if waited >= pace.poll {
+                break;
+            }
+            if waited >= pace.min_interval && db.state_digest()? != synced {
+                break;
+            }
+        }
+    }
+}

@@ -38,6 +38,20 @@ pub enum SyncGroup {
         /// Also fetch every attached file the remote holds that this replica lacks.
         #[arg(long)]
         files: bool,
+        /// Keep syncing until interrupted: this replica's commits go out as they happen (at
+        /// most one sync a second: commits meanwhile go together), and the remote is asked for
+        /// changes every --poll seconds (one request each when nothing changed). One line (or
+        /// JSON object) per sync that moved something.
+        #[arg(long, conflicts_with = "all")]
+        watch: bool,
+        /// With --watch: seconds between two looks at the remote.
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 5.0,
+            requires = "watch"
+        )]
+        poll: f64,
     },
 }
 
@@ -68,6 +82,8 @@ impl SyncGroup {
                 push,
                 no_files,
                 files,
+                watch,
+                poll,
             } => {
                 let opts = SyncOptions {
                     pull: !push,
@@ -81,6 +97,9 @@ impl SyncGroup {
                     },
                 };
                 let targets = targets(ctx, db, remote, all)?;
+                if watch {
+                    return watch_one(ctx, targets, opts, poll);
+                }
                 sync(ctx, targets, opts)
             }
         }
@@ -271,6 +290,43 @@ fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) ->
         }),
         None => Ok(0),
     }
+}
+
+/// `kiln sync DB [REMOTE] --watch`: until interrupted.
+fn watch_one(
+    ctx: &Ctx,
+    targets: Vec<(String, String, String)>,
+    opts: SyncOptions,
+    poll: f64,
+) -> Result<u8, Fail> {
+    let [(db, name, url)] = &targets[..] else {
+        return Err(bad_input(
+            "kiln sync --watch follows one remote: name it (kiln sync DB REMOTE --watch)".into(),
+        ));
+    };
+    if !(0.05..=86_400.0).contains(&poll) {
+        return Err(bad_input("--poll is between 0.05 and 86400 seconds".into()));
+    }
+    let handle = ctx.open(db)?;
+    let remote = kiln_sync::open_remote(url).map_err(io_fail)?;
+    let pace = kiln_sync::WatchOptions {
+        poll: std::time::Duration::from_secs_f64(poll),
+        ..kiln_sync::WatchOptions::default()
+    };
+    let mut on_sync = |r: &Result<SyncReport, SyncError>| {
+        match r {
+            Ok(r) if r.is_noop() => {}
+            Ok(r) => ctx.out.print(
+                || describe(db, name, r).join("\n"),
+                || report_json(db, name, r),
+            ),
+            Err(e) => eprintln!("kiln: {db} ⇄ {name}: {e} (trying again)"),
+        }
+        true
+    };
+    kiln_sync::watch(&ctx.store, &handle, &*remote, db, opts, pace, &mut on_sync)
+        .map_err(sync_fail)?;
+    Ok(0)
 }
 
 fn sync_fail(e: SyncError) -> Fail {
