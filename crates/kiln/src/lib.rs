@@ -38,7 +38,6 @@ mod util; // helpers that know nothing of kiln
           // Places for the capabilities to come (each says what will live there).
 mod attachments;
 mod index;
-mod sync;
 mod watch;
 
 pub use attachments::{content_type_of, Attachment, FileInfo, FileReader};
