@@ -29,7 +29,7 @@ pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
 pub use remotes::{check_remote_name, open_remote, Remotes};
 pub use sync::{
-    sync, watch, FileSets, RemoteFiles, SyncError, SyncOptions, SyncReport, WatchOptions,
+    sync, sync_many, watch, FileSets, RemoteFiles, SyncError, SyncOptions, SyncReport, WatchOptions,
 };
 
 use std::io;

@@ -511,3 +511,38 @@ pub fn watch(
         }
     }
 }
+
+/// Syncs several databases of `store` with one remote (`kiln sync --all`): one listing of the
+/// remote's head records (a request per thousand) tells which records changed since each
+/// database's last sync; a database whose record did not change and that has nothing new
+/// itself costs no request, the others a sync each. Returns each database's outcome, in order.
+pub fn sync_many(
+    store: &Store,
+    dbs: &[(&Database, &str)],
+    remote: &dyn Remote,
+    opts: SyncOptions,
+) -> Result<Vec<Result<SyncReport, SyncError>>, SyncError> {
+    let listed: std::collections::HashMap<String, Etag> =
+        remote.list_heads()?.into_iter().collect();
+    let place = Place::new(store, &remote.location());
+    let mut out = Vec::with_capacity(dbs.len());
+    for (i, (db, id)) in dbs.iter().enumerate() {
+        let (memory, _) = place.load(id);
+        let unchanged_there = memory.etag().is_some() && memory.etag().as_ref() == listed.get(*id);
+        let unchanged_here = !memory.digest.is_empty() && hex(&db.state_digest()?) == memory.digest;
+        if unchanged_there && unchanged_here {
+            // (The listing's request is counted once, with the first database.)
+            out.push(Ok(SyncReport {
+                requests: usize::from(i == 0),
+                ..SyncReport::default()
+            }));
+            continue;
+        }
+        let mut r = sync(store, db, remote, id, opts);
+        if let (0, Ok(r)) = (i, &mut r) {
+            r.requests += 1;
+        }
+        out.push(r);
+    }
+    Ok(out)
+}

@@ -297,3 +297,55 @@ fn a_push_without_pull_is_refused_when_the_remote_moved_on() {
     sync(&a, &da, &remote, "notes", ALL).unwrap();
     assert_eq!(da.heads().unwrap(), db.heads().unwrap());
 }
+
+#[test]
+fn syncing_many_databases_lists_once_and_syncs_only_the_changed() {
+    let d = tempfile::tempdir().unwrap();
+    let a = Store::open_with(d.path().join("a"), opts()).unwrap();
+    let names: Vec<String> = (0..60).map(|i| format!("db{i:02}")).collect();
+    for n in &names {
+        a.create(Some(n))
+            .unwrap()
+            .put(&json!({"_id": "x", "db": n}))
+            .unwrap();
+    }
+    drop(a);
+    copy(&d.path().join("a"), &d.path().join("b"));
+    let (a, b) = (
+        Store::open_with(d.path().join("a"), opts()).unwrap(),
+        Store::open_with(d.path().join("b"), opts()).unwrap(),
+    );
+    let remote = FolderRemote::open(d.path().join("remote")).unwrap();
+    let handles = |s: &Store| {
+        names
+            .iter()
+            .map(|n| s.open_db(n).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (ha, hb) = (handles(&a), handles(&b));
+    fn pairs<'a>(
+        h: &'a [kiln::Database],
+        names: &'a [String],
+    ) -> Vec<(&'a kiln::Database, &'a str)> {
+        h.iter().zip(names).map(|(d, n)| (d, n.as_str())).collect()
+    }
+    let total = |rs: &[Result<kiln_sync::SyncReport, SyncError>]| {
+        rs.iter()
+            .map(|r| r.as_ref().unwrap().requests)
+            .sum::<usize>()
+    };
+    kiln_sync::sync_many(&a, &pairs(&ha, &names), &remote, ALL).unwrap();
+    kiln_sync::sync_many(&b, &pairs(&hb, &names), &remote, ALL).unwrap();
+    // Nothing changed: one listing.
+    let rs = kiln_sync::sync_many(&b, &pairs(&hb, &names), &remote, ALL).unwrap();
+    assert_eq!(total(&rs), 1);
+    // Two changed on a: b lists, then syncs those two.
+    ha[3].put(&json!({"_id": "y"})).unwrap();
+    ha[40].put(&json!({"_id": "y"})).unwrap();
+    let rs = kiln_sync::sync_many(&a, &pairs(&ha, &names), &remote, ALL).unwrap();
+    assert_eq!(rs.iter().filter(|r| r.as_ref().unwrap().pushed).count(), 2);
+    let rs = kiln_sync::sync_many(&b, &pairs(&hb, &names), &remote, ALL).unwrap();
+    assert_eq!(rs.iter().filter(|r| r.as_ref().unwrap().adopted).count(), 2);
+    assert!(total(&rs) <= 1 + 2 * 3, "{}", total(&rs));
+    assert!(hb[40].get("y").unwrap().is_some());
+}

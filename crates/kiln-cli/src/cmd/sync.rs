@@ -264,12 +264,61 @@ fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) ->
     let mut rows: Vec<Value> = Vec::new();
     let mut lines: Vec<String> = Vec::new();
     let mut failed: Option<Fail> = None;
-    for (db, name, url) in targets {
-        let r = (|| -> Result<SyncReport, Fail> {
-            let handle = ctx.open(&db)?;
-            let remote = kiln_sync::open_remote(&url).map_err(io_fail)?;
-            kiln_sync::sync(&ctx.store, &handle, &*remote, &db, opts).map_err(sync_fail)
+    // By remote: one listing of its records answers which of its databases changed.
+    let mut urls: Vec<&str> = targets.iter().map(|t| t.2.as_str()).collect();
+    urls.sort_unstable();
+    urls.dedup();
+    let mut results: Vec<(String, String, Result<SyncReport, Fail>)> = Vec::new();
+    for url in urls {
+        let group: Vec<&(String, String, String)> = targets.iter().filter(|t| t.2 == url).collect();
+        let outcome = (|| -> Result<Vec<Result<SyncReport, Fail>>, Fail> {
+            let remote = kiln_sync::open_remote(url).map_err(io_fail)?;
+            let handles = group
+                .iter()
+                .map(|(db, _, _)| ctx.open(db))
+                .collect::<kiln::Result<Vec<_>>>()?;
+            if let [(db, _, _)] = &group[..] {
+                return Ok(vec![kiln_sync::sync(
+                    &ctx.store,
+                    &handles[0],
+                    &*remote,
+                    db,
+                    opts,
+                )
+                .map_err(sync_fail)]);
+            }
+            let pairs: Vec<(&kiln::Database, &str)> = handles
+                .iter()
+                .zip(&group)
+                .map(|(h, (db, _, _))| (h, db.as_str()))
+                .collect();
+            Ok(kiln_sync::sync_many(&ctx.store, &pairs, &*remote, opts)
+                .map_err(sync_fail)?
+                .into_iter()
+                .map(|r| r.map_err(sync_fail))
+                .collect())
         })();
+        match outcome {
+            Ok(rs) => {
+                for ((db, name, _), r) in group.iter().zip(rs) {
+                    results.push((db.clone(), name.clone(), r));
+                }
+            }
+            Err(f) => {
+                for (db, name, _) in &group {
+                    results.push((
+                        db.clone(),
+                        name.clone(),
+                        Err(Fail {
+                            code: f.code,
+                            msg: f.msg.clone(),
+                        }),
+                    ));
+                }
+            }
+        }
+    }
+    for (db, name, r) in results {
         match r {
             Ok(r) => {
                 lines.extend(describe(&db, &name, &r));
