@@ -83,6 +83,19 @@ impl Place {
     }
 }
 
+/// Forgets what was remembered of database id `id` (damaged).
+impl Place {
+    pub fn forget(&self, id: &str) -> io::Result<()> {
+        for ext in ["json", "record"] {
+            match std::fs::remove_file(self.dir.join(format!("{id}.{ext}"))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
     let mut rnd = [0u8; 8];
     getrandom::getrandom(&mut rnd).map_err(io::Error::other)?;
@@ -90,8 +103,13 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<(
         "tmp-{}",
         rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    r.inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
 }

@@ -135,13 +135,6 @@ impl From<std::io::Error> for SyncError {
 /// Attempts at writing the remote head before giving up (each lost race pulls again).
 const TRIES: usize = 16;
 
-fn file_kind(k: Kind) -> FileKind {
-    match k {
-        Kind::Diff => FileKind::Diff,
-        Kind::FileSet => FileKind::FileSet,
-    }
-}
-
 /// A remote that counts the requests made through it.
 struct Counted<'a> {
     remote: &'a dyn Remote,
@@ -186,8 +179,14 @@ pub fn sync(
             place.mark_probed()?;
         }
         for _ in 0..TRIES {
-            if round(store, db, &remote, &place, id, opts, &mut r)? {
-                return Ok(());
+            let before = db.state_digest()?;
+            match round(store, db, &remote, &place, id, opts, &mut r) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // A file of this replica's state went away under the round: a compaction here
+                // (another thread or process) replaced it. Start over with the new state.
+                Err(SyncError::Kiln(e)) if gone(&e) && db.state_digest()? != before => {}
+                Err(e) => return Err(e),
             }
             r.retries += 1;
         }
@@ -195,6 +194,15 @@ pub fn sync(
     })();
     r.requests = remote.n.get();
     out.map(|()| r)
+}
+
+/// Whether `e` says a file is not there.
+fn gone(e: &kiln::Error) -> bool {
+    match e {
+        kiln::Error::MissingFile(..) => true,
+        kiln::Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
 }
 
 fn hex(d: &[u8]) -> String {
@@ -214,6 +222,7 @@ fn round(
     let (memory, seen) = place.load(id);
     let known = memory.etag();
     let read = remote.tick().read_head(id, known.as_ref())?;
+    let seen_record = seen.clone().filter(|_| !memory.digest.is_empty());
     let (record, etag) = match read {
         HeadRead::NotModified => match seen {
             Some(b) => (b, known.clone()),
@@ -235,13 +244,21 @@ fn round(
             return push(store, db, remote, place, id, None, None, opts, r);
         }
     };
-    let theirs = db.open_replica(id, &record)?;
+    let theirs = match db.open_replica(id, &record) {
+        // The record remembered here is damaged: forgotten, and read again whole.
+        Err(_) if etag == known && known.is_some() => {
+            place.forget(id)?;
+            return Ok(false);
+        }
+        x => x?,
+    };
     let changed_remote = etag != known || memory.digest.is_empty();
     if changed_remote {
         // Bring in the files it names, and take it in, while gc is held off.
         let hold = store.hold_files()?;
-        for name in db.replica_files_to_bring(&theirs)? {
-            match bring(store, remote, Kind::Diff, &name, r) {
+        let brought = db.replica_files_to_bring(&theirs)?;
+        for name in &brought {
+            match bring(store, &hold, remote, name, r) {
                 Err(SyncError::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                     // A newer record may have replaced this one (and a remote gc removed
                     // the files only the old one named): start over with it, if so.
@@ -253,15 +270,22 @@ fn round(
                 x => x?,
             }
         }
+        // Durable, all at once, before a head record names them.
+        hold.sync()?;
         if !memory.heads.is_empty() && !db.replica_descends_from(&theirs, &memory.heads())? {
             return Err(SyncError::Rollback(db.name().to_owned()));
         }
         if opts.pull {
-            // (Still at the state taken in last time: behind the remote's, even where it
-            // dropped the history that would show it.)
-            let unchanged = !memory.digest.is_empty() && hex(&db.state_digest()?) == memory.digest;
-            let known = memory.heads();
-            let t = db.take_in_known(&theirs, unchanged.then_some(&known[..]))?;
+            // The metadata both sides had at the last sync (a change on one side wins).
+            let base_meta = seen_record
+                .as_deref()
+                .and_then(|b| db.open_replica(id, b).ok())
+                .map(|r| r.meta().to_owned());
+            let t = match db.take_in(&theirs, &brought, base_meta.as_deref()) {
+                // Another process retired a file meanwhile: bring them again.
+                Err(kiln::Error::Changed(_)) => return Ok(false),
+                x => x?,
+            };
             if t.changed {
                 match t.merge {
                     Some(m) => r.merged = Some(m),
@@ -276,7 +300,8 @@ fn round(
         }
         drop(hold);
         if opts.pull {
-            db.finish_purge_after_take_in();
+            // (Best effort: a push below insists.)
+            let _ = db.finish_pending_purge();
         }
         if opts.pull && opts.files == FileSets::All {
             pull_filesets(store, remote, &theirs, r)?;
@@ -331,6 +356,8 @@ fn push(
     opts: SyncOptions,
     r: &mut SyncReport,
 ) -> Result<bool, SyncError> {
+    // A purge not finished here must not reach the remote.
+    db.finish_pending_purge()?;
     let mine = db.replica_record(id)?;
     let there: HashSet<FileName> = base
         .map(|b| b.files().into_iter().map(|(n, _)| n).collect())
@@ -340,6 +367,10 @@ fn push(
             continue;
         }
         let Some(bytes) = store.stored_file(FileKind::Diff, &name)? else {
+            if db.state_digest()? != mine.state.digest() {
+                // A compaction here replaced it meanwhile: start over with the new state.
+                return Ok(false);
+            }
             return Err(SyncError::Kiln(kiln::Error::MissingFile(
                 name,
                 db.name().to_owned(),
@@ -387,37 +418,29 @@ fn push(
     }
 }
 
-/// Brings file `name` in: a copy held here under the name (a file retired here, say) is
-/// checked and kept anew; else it is fetched, checked and kept.
+/// Brings diff file `name` in: a copy held here under the name (a file retired here, say) is
+/// checked and kept anew; else it is fetched, checked and kept (durable with `hold.sync()`).
 fn bring(
     store: &Store,
+    hold: &kiln::FilesHold,
     remote: &Counted,
-    kind: Kind,
     name: &FileName,
     r: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    if let Some(bytes) = store.stored_file(file_kind(kind), name)? {
-        if store
-            .keep_fetched_file(file_kind(kind), name, &bytes)
-            .is_ok()
-        {
+    if let Some(bytes) = store.stored_file(FileKind::Diff, name)? {
+        if hold.keep(name, &bytes).is_ok() {
             return Ok(());
         }
     }
-    let Some(bytes) = remote.tick().get_file(kind, name)? else {
+    let Some(bytes) = remote.tick().get_file(Kind::Diff, name)? else {
         return Err(SyncError::Remote(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("file {name} is named by the remote head but not on the remote"),
         )));
     };
-    store.keep_fetched_file(file_kind(kind), name, &bytes)?;
-    match kind {
-        Kind::Diff => {
-            r.files_pulled += 1;
-            r.bytes_pulled += bytes.len() as u64;
-        }
-        Kind::FileSet => r.filesets_pulled += 1,
-    }
+    hold.keep(name, &bytes)?;
+    r.files_pulled += 1;
+    r.bytes_pulled += bytes.len() as u64;
     Ok(())
 }
 

@@ -232,7 +232,17 @@ impl Database {
     /// tree, so reads at `event` and at every later event, `changes` since them, and the
     /// current state are unchanged. Reads at a dropped event fail with
     /// [`Error::NoSuchEvent`]. Leaves exactly one file. Returns the number of events dropped.
+    ///
+    /// Refused for a database that has synced with a remote: its replicas would disagree on
+    /// what history exists.
     pub fn drop_history_before(&self, event: &Cid) -> Result<usize> {
+        if self.inner.dir.join(super::replica::REPLICATED).exists() {
+            return Err(Error::InvalidArgument(format!(
+                "database '{}' syncs with a remote: its history cannot be cut (its replicas \
+                 would disagree on what history exists); fork it and cut the fork",
+                self.inner.name
+            )));
+        }
         self.inner.with_lock(|db, head| db.squash(head, event))
     }
 }

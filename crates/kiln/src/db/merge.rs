@@ -558,11 +558,16 @@ impl Db {
             again.sort();
             head.purged.retain(|c| again.binary_search(c).is_err());
         }
-        // Versions the source purged are gone here too: say so, not "missing".
+        // Versions the source purged are gone here too: say so, not "missing" (but for those
+        // this side's own new events wrote: stored here, as a write of a purged version is).
+        let written_here: DigestSet<Cid> = ours_only
+            .iter()
+            .flat_map(|(_, e)| e.ops.iter().filter_map(|(_, l)| *l))
+            .collect();
         let purged: Vec<Cid> = theirs_only
             .iter()
             .flat_map(|(_, e)| e.ops.iter().filter_map(|(_, l)| *l))
-            .filter(|l| shead.purged.binary_search(l).is_ok())
+            .filter(|l| shead.purged.binary_search(l).is_ok() && !written_here.contains(l))
             .collect();
         if !purged.is_empty() {
             head.purged.extend(purged);

@@ -19,6 +19,8 @@ use super::*;
 const MAGIC: &[u8; 8] = b"KILNRHD1";
 /// The associated data's prefix.
 const AAD: &[u8] = b"kiln/remote-head/v1";
+/// The mark of a database that synced with a remote (see `Database::mark_replicated`).
+pub(super) const REPLICATED: &str = "REPLICATED";
 /// Names listed in the clear at most (diff files and file-sets together): 2 M names, 64 MiB.
 const MAX_NAMES: usize = 1 << 21;
 
@@ -54,8 +56,13 @@ impl Replica {
         &self.filesets
     }
 
-    /// A digest of what a sync compares: the clock heads, the live files (as a set) and the
-    /// purged versions. Two states of one database with equal digests need no sync.
+    /// The database's metadata in this state (compact JSON text, empty for none).
+    pub fn meta(&self) -> &str {
+        &self.head.meta
+    }
+
+    /// A digest of what a sync compares: the clock heads, the live files (as a set), the
+    /// purged versions, the cut events and the database's metadata. Two states of one database with equal digests need no sync.
     pub fn digest(&self) -> [u8; 32] {
         state_digest(&self.head)
     }
@@ -100,6 +107,12 @@ fn state_digest(h: &Head) -> [u8; 32] {
     for c in &h.purged {
         d.update(c.as_bytes());
     }
+    d.update(&(h.cut.len() as u64).to_be_bytes());
+    for (c, _) in &h.cut {
+        d.update(c.as_bytes());
+    }
+    d.update(&(h.meta.len() as u64).to_be_bytes());
+    d.update(h.meta.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.finish().as_ref());
     out
@@ -207,12 +220,12 @@ impl Database {
         Ok(out)
     }
 
-    /// A replicated lineage's retired files may be named again (by a replica's head): like a
-    /// forked lineage's, they are removed only by garbage collection, never reused in place.
+    /// Marks this database as synced with a remote (`dbs/<name>/REPLICATED`): its history can
+    /// no longer be cut (its replicas would disagree on what history exists).
     fn mark_replicated(&self) -> Result<()> {
-        let keybag = &self.inner.store.keybag;
-        if !keybag.is_shared(&self.inner.lineage) {
-            keybag.mark_shared(&self.inner.lineage, true)?;
+        let p = self.inner.dir.join(REPLICATED);
+        if !p.exists() {
+            std::fs::write(&p, b"").map_err(|e| Error::io(&p, e))?;
         }
         Ok(())
     }
@@ -324,45 +337,78 @@ impl Database {
         Ok(true)
     }
 
-    /// Finishes a purge that taking a replica in left unfinished (its purges apply here: see
-    /// [`Database::take_in`]), best effort: through garbage collection of the store, so not
-    /// while [`Store::hold_files`](crate::Store::hold_files) is held. A purge still
-    /// unfinished is finished by the next open, write or `gc`.
-    pub fn finish_purge_after_take_in(&self) {
-        self.finish_purge_soon();
+    /// Finishes a purge that is committed but not finished (one a replica's state brought,
+    /// or this database's own): through garbage collection of the store, so not while
+    /// [`Store::hold_files`](crate::Store::hold_files) is held. Fails with
+    /// [`Error::PurgeUnfinished`] when it cannot finish now (a sync must not upload purged
+    /// versions).
+    pub fn finish_pending_purge(&self) -> Result<()> {
+        if !self.scrubbing()? {
+            return Ok(());
+        }
+        self.finish_purge()?;
+        if self.scrubbing()? {
+            return Err(Error::PurgeUnfinished(
+                self.inner.name.clone(),
+                "another process holds the store's files (a sync?); try again".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Takes `r` in: adopted when this database is behind it or at the same events, merged
     /// when they diverged, nothing when this one is ahead (see the module doc). Every file `r`
     /// names must be stored here, and stay so until this returns (hold the store's files, see
-    /// [`Store::hold_files`](crate::Store::hold_files)). A purge it brings is finished by
-    /// [`Database::finish_purge_after_take_in`], once the hold is dropped.
-    pub fn take_in(&self, r: &Replica) -> Result<TakenIn> {
-        self.take_in_known(r, None)
-    }
-
-    /// [`Database::take_in`], knowing that `r` descends from the state with clock heads
-    /// `known` (a remote's state this replica took in before, and the remote showed no
-    /// rollback since): when this database is still at `known`, it is behind `r` even where
-    /// `r` dropped the history that would show it.
-    pub fn take_in_known(&self, r: &Replica, known: Option<&[Cid]>) -> Result<TakenIn> {
+    /// [`Store::hold_files`](crate::Store::hold_files)): those this database's head named
+    /// when the caller looked ([`Database::replica_files_to_bring`]), and `brought`, the others,
+    /// which the caller kept. When one of the first kind is no longer live (another process
+    /// compacted meanwhile, and may reuse it), nothing is taken in: [`Error::Changed`], and
+    /// the caller brings the files again. A purge it brings is finished by
+    /// [`Database::finish_pending_purge`], once the hold is dropped.
+    ///
+    /// Cut history (`drop_history_before`) does not travel between replicas that have both
+    /// written: a state whose cuts differ from this database's is refused, unless this one is
+    /// empty (a new replica takes it whole).
+    ///
+    /// The database's metadata is merged three ways against `base_meta`, the metadata of the
+    /// state the two last shared (when known): a side that changed it wins over one that did
+    /// not; when both did, the replica's; without a base, an adoption takes the replica's and
+    /// a merge keeps this one's.
+    pub fn take_in(
+        &self,
+        r: &Replica,
+        brought: &[FileName],
+        base_meta: Option<&str>,
+    ) -> Result<TakenIn> {
         self.mark_replicated()?;
         for f in r.head.files.iter() {
             // A spare of this process (retired, kept for reuse under its name) is live again.
             self.inner.store.storage.unspare(&f.name);
         }
-        if let Some(n) = self.replica_files_missing(r).first() {
-            return Err(Error::MissingFile(*n, self.inner.name.clone()));
-        }
+        let name = self.inner.name.clone();
         let out = self.inner.with_lock(|db, head| {
-            let (rel, theirs_only) = match relate(db, head, &r.head) {
-                Err(Error::InvalidArgument(_)) if known == Some(&head.heads[..]) => {
-                    (Relation::Behind, Vec::new())
-                }
-                x => x?,
-            };
-            match rel {
-                Relation::Ahead => Ok((TakenIn::default(), Vec::new())),
+            let live: HashSet<FileName> = head.files.iter().map(|f| f.name).collect();
+            if r.head
+                .files
+                .iter()
+                .any(|f| !live.contains(&f.name) && !brought.contains(&f.name))
+            {
+                return Err(Error::Changed(name.clone()));
+            }
+            if let Some(n) = self.replica_files_missing(r).first() {
+                return Err(Error::MissingFile(*n, name.clone()));
+            }
+            if head.cut != r.head.cut && !head.heads.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "the history of '{name}' was cut (drop_history_before) on one replica and \
+                     not on the other: they cannot be synced; start this replica anew from the \
+                     remote (kiln key import into a new store, then kiln sync)"
+                )));
+            }
+            let (rel, theirs_only) = relate(db, head, &r.head)?;
+            let cur = head.clone();
+            let out = match rel {
+                Relation::Ahead => return Ok((TakenIn::default(), Vec::new())),
                 Relation::Same | Relation::Behind => {
                     if state_digest(head) == state_digest(&r.head) && head.cut == r.head.cut {
                         return Ok((TakenIn::default(), Vec::new()));
@@ -374,43 +420,87 @@ impl Database {
                         .map(|f| f.name)
                         .filter(|n| !keep.contains(n))
                         .collect();
-                    let cur = head.clone();
                     *head = Head {
                         seq: cur.seq,
+                        meta: merge_meta(base_meta, &cur.meta, &r.head.meta, true),
                         ..r.head.clone()
                     };
-                    if head
-                        .purged
-                        .iter()
-                        .any(|c| cur.purged.binary_search(c).is_err())
-                    {
-                        // The files this one retires may hold versions the replica purged.
-                        head.scrub = true;
-                    }
-                    let _ = theirs_only;
-                    Ok((
+                    // A purge unfinished here stays so (its versions may be in files this one
+                    // retires); one the replica brings is finished here too.
+                    head.scrub |= cur.scrub
+                        || head
+                            .purged
+                            .iter()
+                            .any(|c| cur.purged.binary_search(c).is_err());
+                    (
                         TakenIn {
                             changed: true,
                             merge: None,
                         },
                         retired,
-                    ))
+                    )
                 }
                 Relation::Diverged => {
                     db.ensure_tree(&r.head)?;
                     let (report, _) = db.merge_as_is(head, &r.head, theirs_only)?;
-                    Ok((
+                    head.meta = merge_meta(base_meta, &cur.meta, &r.head.meta, false);
+                    (
                         TakenIn {
                             changed: true,
                             merge: Some(report),
                         },
                         Vec::new(),
-                    ))
+                    )
                 }
-            }
+            };
+            db.note_purged_sets(&cur, head);
+            Ok(out)
         })?;
         Ok(out)
     }
+}
+
+impl Db {
+    /// The file-sets of the versions `new` purges that `cur` did not (a replica's purge taken
+    /// in): garbage collection removes them at once when nothing else names them, as after a
+    /// purge here.
+    fn note_purged_sets(&self, cur: &Head, new: &Head) {
+        let added: Vec<Cid> = new
+            .purged
+            .iter()
+            .filter(|c| cur.purged.binary_search(c).is_err())
+            .copied()
+            .collect();
+        if added.is_empty() {
+            return;
+        }
+        let v = View::new(self, cur);
+        let mut sets = Vec::new();
+        for l in &added {
+            if let Ok(s) = v.with_checked_block(l, None, |b| Ok(doc::files::sets_of_body(b))) {
+                sets.extend(s);
+            }
+        }
+        self.store
+            .purged_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(sets.into_iter().map(FileName));
+    }
+}
+
+/// The metadata of a state taken in (see [`Database::take_in`]): `adopt` says which side wins
+/// without a base.
+fn merge_meta(base: Option<&str>, ours: &str, theirs: &str, adopt: bool) -> String {
+    match base {
+        _ if ours == theirs => ours,
+        Some(b) if ours == b => theirs,
+        Some(b) if theirs == b => ours,
+        Some(_) => theirs,
+        None if adopt => theirs,
+        None => ours,
+    }
+    .to_owned()
 }
 
 /// The events of `theirs` that `cur` lacks, oldest first.
@@ -423,6 +513,10 @@ type Only = Vec<(Cid, Arc<Event>)>;
 fn relate(db: &Db, cur: &Head, theirs: &Head) -> Result<(Relation, Only)> {
     if cur.heads == theirs.heads {
         return Ok((Relation::Same, Vec::new()));
+    }
+    if cur.heads.is_empty() {
+        // Empty: behind any state (whose history may be cut: nothing here to find).
+        return Ok((Relation::Behind, Vec::new()));
     }
     let dv = View::new(db, cur);
     let sv = View::new(db, theirs);

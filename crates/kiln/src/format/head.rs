@@ -469,6 +469,7 @@ impl Head {
         if !log.appendable()
             || self.files.len() < prev.files.len()
             || self.purged != prev.purged
+            || self.cut != prev.cut
             || self.scrub != prev.scrub
             || self.shape != prev.shape
             || self.meta != prev.meta

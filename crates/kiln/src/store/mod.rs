@@ -89,9 +89,46 @@ pub enum FileKind {
     FileSet,
 }
 
-/// While held, garbage collection of the store waits (in every process): files kept but not
-/// yet named by a head record stay (see [`Store::hold_files`]).
-pub struct FilesHold<'a>(#[allow(dead_code)] crate::storage::local::GcShared<'a>);
+/// While held, garbage collection of the store waits (in every process), and the diff files
+/// kept through it stay where they are (this process's own cleanups leave them too) until a
+/// head record names them (see [`Store::hold_files`]).
+pub struct FilesHold<'a> {
+    _gc: crate::storage::local::GcShared<'a>,
+    store: &'a Store,
+    kept: std::sync::Mutex<Vec<FileName>>,
+}
+
+impl FilesHold<'_> {
+    /// Keeps a diff file fetched from elsewhere (a remote), if its bytes hash to its name
+    /// (else [`Error::Corrupt`], nothing kept), not yet durable: [`FilesHold::sync`] makes
+    /// those kept durable at once, before a head record names them. Written as a new file
+    /// renamed over whatever holds the name (never into a file this store retired and may
+    /// reuse), and held until the hold ends.
+    pub fn keep(&self, name: &FileName, bytes: &[u8]) -> Result<()> {
+        let storage = &self.store.inner.storage;
+        storage.hold(name);
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(*name);
+        self.store.keep_fetched(FileKind::Diff, name, bytes, false)
+    }
+
+    /// Makes the files kept through this hold durable.
+    pub fn sync(&self) -> Result<()> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.store.sync_fetched(FileKind::Diff, &kept)
+    }
+}
+
+impl Drop for FilesHold<'_> {
+    fn drop(&mut self) {
+        let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+        for n in &kept {
+            self.store.inner.storage.release(n);
+        }
+    }
+}
 
 const STORE_VERSION: u64 = 1;
 
@@ -771,7 +808,11 @@ impl Store {
     /// sync does from fetching a replica's files until a head record names them. Commits go
     /// on meanwhile; a gc waits (and gives up after the store's lock timeout).
     pub fn hold_files(&self) -> Result<FilesHold<'_>> {
-        Ok(FilesHold(self.inner.gc_shared()?))
+        Ok(FilesHold {
+            _gc: self.inner.gc_shared()?,
+            store: self,
+            kept: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// The bytes of a file this store holds (`None`: not here), for a replica to upload.
@@ -794,6 +835,23 @@ impl Store {
     /// of a database when a head record names it ([`Database::take_in`]); until then garbage
     /// collection may remove it, unless the caller holds [`Store::hold_files`].
     pub fn keep_fetched_file(&self, kind: FileKind, name: &FileName, bytes: &[u8]) -> Result<()> {
+        self.keep_fetched(kind, name, bytes, true)
+    }
+
+    /// Makes files kept without syncing durable.
+    fn sync_fetched(&self, kind: FileKind, names: &[FileName]) -> Result<()> {
+        self.files_of(kind)
+            .sync_named(names)
+            .map_err(|e| Error::io(self.root().join("files"), e))
+    }
+
+    fn keep_fetched(
+        &self,
+        kind: FileKind,
+        name: &FileName,
+        bytes: &[u8],
+        sync: bool,
+    ) -> Result<()> {
         self.inner.writable("keeping a fetched file")?;
         let actual = match kind {
             FileKind::Diff => FileName::of(bytes),
@@ -806,8 +864,12 @@ impl Store {
             ));
         }
         let _gc = self.inner.gc_shared()?;
+        if kind == FileKind::Diff {
+            // Live again: a spare of this process under the name is not reused.
+            self.inner.storage.unspare(name);
+        }
         self.files_of(kind)
-            .restore(name, bytes)
+            .restore_with(name, bytes, sync)
             .map_err(|e| Error::io(format!("file {name}"), e))
     }
 

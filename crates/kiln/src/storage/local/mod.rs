@@ -132,6 +132,9 @@ struct Pool {
     /// Files this process retired ([`Storage::retire`]), still under their own names: a put
     /// renames one straight to its new name (one rename per reuse instead of two).
     spare: Vec<Spare>,
+    /// Files a sync kept and a head record is about to name ([`LocalStorage::hold`]): never
+    /// removed, retired or reused meanwhile, whatever this process's own cleanups think.
+    held: HashMap<FileName, usize>,
 }
 
 #[derive(Debug)]
@@ -354,6 +357,11 @@ impl LocalStorage {
                 pool.spare.swap_remove(i)
             };
             let from = self.path(&sp.name);
+            // The name may hold another file by now (a sync kept a replica's copy of it, live
+            // again, under its name, as a new file): that one is not this spare to take.
+            if !same_file(&sp.file, &from).unwrap_or(false) {
+                continue;
+            }
             let moved = match rename_noreplace(&from, path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
                     self.make_shard(path.parent().unwrap_or(&self.dir), sync)?;
@@ -736,18 +744,29 @@ impl LocalStorage {
     }
 
     pub fn restore(&self, name: &FileName, bytes: &[u8]) -> io::Result<()> {
+        self.restore_with(name, bytes, true)
+    }
+
+    /// [`LocalStorage::restore`], durable only with `sync` (else [`LocalStorage::sync_named`]
+    /// makes a batch of them durable at once, before anything names them).
+    pub fn restore_with(&self, name: &FileName, bytes: &[u8], sync: bool) -> io::Result<()> {
         let tmp = self.tmp_path();
         fs::create_dir_all(self.dir.join(".tmp"))?;
         let path = self.path(name);
         let r = (|| {
             let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all_at(bytes, 0)?;
-            f.sync_all()?;
+            if sync {
+                f.sync_all()?;
+            }
             if let Some(shard) = path.parent() {
-                self.make_shard(shard, true)?;
+                self.make_shard(shard, sync)?;
             }
             fs::rename(&tmp, &path)?;
-            sync_dir(path.parent().unwrap_or(&self.dir))
+            if sync {
+                sync_dir(path.parent().unwrap_or(&self.dir))?;
+            }
+            Ok(())
         })();
         if r.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -758,6 +777,28 @@ impl LocalStorage {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         r
+    }
+
+    /// Makes files written without syncing durable: each file, then each folder holding one
+    /// (and the folder of shards).
+    pub fn sync_named(&self, names: &[FileName]) -> io::Result<()> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for n in names {
+            let path = self.path(n);
+            File::open(&path)?.sync_all()?;
+            if let Some(d) = path.parent() {
+                if !dirs.iter().any(|x| x == d) {
+                    dirs.push(d.to_path_buf());
+                }
+            }
+        }
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        if !dirs.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     pub fn put_with(
@@ -839,6 +880,9 @@ impl LocalStorage {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.held.contains_key(name) {
+            return Ok(()); // a sync holds it: live again in a moment
+        }
         if pool.known.len() + pool.spare.len() >= POOL_MAX {
             drop(pool);
             return self.remove(name);
@@ -871,13 +915,34 @@ impl LocalStorage {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         let path = self.path(name);
-        // Not a spare any more: its name goes now.
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .spare
-            .retain(|s| s.name != *name);
+        {
+            // Not a spare any more: its name goes now (unless a sync holds it).
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.spare.retain(|s| s.name != *name);
+            if pool.held.contains_key(name) {
+                return Ok(());
+            }
+        }
         pool_or_unlink(&self.pool, &self.pool_dir(), self.instance, &path)
+    }
+
+    /// Keeps `name` where it is until [`LocalStorage::release`]: a sync brought it in and a
+    /// head record is about to name it (this process's spare of that name is dropped).
+    pub fn hold(&self, name: &FileName) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.spare.retain(|s| s.name != *name);
+        *pool.held.entry(*name).or_insert(0) += 1;
+    }
+
+    /// Ends a [`LocalStorage::hold`].
+    pub fn release(&self, name: &FileName) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = pool.held.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                pool.held.remove(name);
+            }
+        }
     }
 
     pub fn erase(&self, name: &FileName) -> io::Result<()> {
