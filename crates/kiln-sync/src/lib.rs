@@ -2,7 +2,7 @@
 //! neither: immutable files named by the hash of their bytes (diff files and file-sets, as a
 //! store keeps them: ciphertext only), and one small mutable head record per database, written
 //! only by compare-and-swap. This crate holds the [`Remote`] interface every remote offers
-//! (a folder today; an S3-compatible bucket and the kiln sync server to come), the folder
+//! (a folder, an S3-compatible bucket; the kiln sync server to come), the folder
 //! remote ([`FolderRemote`]), and [`probe`], which checks that a remote's compare-and-swap is
 //! honest before anything relies on it. The core library (`kiln`) stays free of async runtimes
 //! and HTTP; this crate is where they will come in.
@@ -20,6 +20,7 @@ mod folder;
 mod gc;
 mod probe;
 mod remotes;
+mod s3;
 mod state;
 mod sync;
 
@@ -28,6 +29,7 @@ pub use gc::{gc_remote, RemoteGcReport};
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
 pub use remotes::{check_remote_name, open_remote, Remotes};
+pub use s3::{S3Config, S3Remote};
 pub use sync::{
     sync, sync_many, watch, FileSets, RemoteFiles, SyncError, SyncOptions, SyncReport, WatchOptions,
 };

@@ -135,9 +135,17 @@ impl Remotes {
     }
 }
 
-/// Opens the remote a URL names: a folder (`/path`, `./path`, `file:///path`). (S3 buckets
-/// and the sync server come next.)
+/// Opens the remote a URL names: a folder (`/path`, `./path`, `file:///path`) or an
+/// S3-compatible bucket (`s3://bucket/prefix`: endpoint, region and credentials from the usual
+/// `AWS_*` environment variables, see [`crate::S3Config::from_env`]). (The sync server comes
+/// next.)
 pub fn open_remote(url: &str) -> io::Result<Box<dyn Remote>> {
+    if url.starts_with("s3://") {
+        return Ok(Box::new(crate::S3Remote::open(
+            url,
+            crate::S3Config::from_env(),
+        )?));
+    }
     if let Some(p) = url.strip_prefix("file://") {
         if !p.starts_with('/') {
             return Err(io::Error::new(
