@@ -124,7 +124,11 @@ fn main() {
         reqs / 100,
         t.elapsed().as_secs_f64() * 10.0
     );
-    // One commit pushed, and pulled.
+    // One commit pushed, and pulled (after one that crosses the compaction limit, whose push
+    // carries the compacted file).
+    da.put(&json!({"_id": "one", "v": 0})).unwrap();
+    sync(&a, &da, &remote, "bench", SyncOptions::default()).unwrap();
+    sync(&b, &db, &remote, "bench", SyncOptions::default()).unwrap();
     da.put(&json!({"_id": "one", "v": 1})).unwrap();
     let r = sync(&a, &da, &remote, "bench", SyncOptions::default()).unwrap();
     let r2 = sync(&b, &db, &remote, "bench", SyncOptions::default()).unwrap();

@@ -200,3 +200,53 @@ fn uploaders_and_readers_racing_a_gc_lose_nothing() {
     );
     assert!(db.verify().unwrap().ok());
 }
+
+/// What a remote holds, searched raw and decrypted with the keys (remote head records
+/// included): a marker written is found (the search works), one purged is gone from every
+/// replica and, after the remote's gc, from the remote; the database's metadata too.
+#[test]
+fn a_purge_reaches_the_remote_as_far_as_its_gc() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = two(d.path());
+    let root = d.path().join("remote");
+    let remote = FolderRemote::open(&root).unwrap();
+    let (da, db) = (a.open_db("notes").unwrap(), b.open_db("notes").unwrap());
+    da.put(&json!({"_id": "keep", "v": "MARKER-KEPT"})).unwrap();
+    da.put(&json!({"_id": "secret", "v": "MARKER-PURGED"}))
+        .unwrap();
+    da.set_meta(json!({"title": "MARKER-TITLE"}).as_object().unwrap())
+        .unwrap();
+    sync(&a, &da, &remote, "notes", SyncOptions::default()).unwrap();
+    sync(&b, &db, &remote, "notes", SyncOptions::default()).unwrap();
+    let keys = kiln::internals::keys::Keybag::new(d.path().join("a/keys"))
+        .all()
+        .unwrap();
+    let found = |needle: &[u8]| kiln::audit::find(&root, &keys, needle).unwrap();
+    assert!(!found(b"MARKER-KEPT").is_empty());
+    assert!(found(b"MARKER-TITLE")
+        .iter()
+        .any(|f| f.how == "remote head record"));
+    assert!(
+        found(b"MARKER-KEPT").iter().all(|f| f.how != "raw"),
+        "plaintext on the remote"
+    );
+    assert!(found(b"MARKER-PURGED").iter().all(|f| f.how != "raw"));
+    // B purges; both sync; the remote's gc takes the old files.
+    db.purge("secret").unwrap();
+    sync(&b, &db, &remote, "notes", SyncOptions::default()).unwrap();
+    sync(&a, &da, &remote, "notes", SyncOptions::default()).unwrap();
+    gc_remote(&remote, Duration::ZERO).unwrap();
+    a.gc().unwrap();
+    b.gc().unwrap();
+    assert_eq!(
+        found(b"MARKER-PURGED"),
+        vec![],
+        "the remote still holds the purged value"
+    );
+    for s in ["a", "b"] {
+        let hits = kiln::audit::find(&d.path().join(s), &keys, b"MARKER-PURGED").unwrap();
+        assert_eq!(hits, vec![], "replica {s} still holds it");
+    }
+    assert!(!found(b"MARKER-KEPT").is_empty());
+    assert!(da.get("secret").unwrap().is_none());
+}

@@ -4,8 +4,9 @@
 //!
 //! What it opens: diff files (every segment, decompressed), head records (every record that
 //! authenticates anywhere in the file, including diffs carried in file records), file-sets
-//! (every file's chunks), and proposals, under each of the keys given; and every file's raw
-//! bytes.
+//! (every file's chunks), remote head records (the head record sealed inside), and proposals,
+//! under each of the keys given; and every file's raw bytes. A remote's folder is searched
+//! the same way.
 
 use crate::format::seal::Key;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 pub struct Finding {
     /// The file.
     pub path: PathBuf,
-    /// `raw`, `diff segment`, `head record`, `carried diff segment`, `file-set` or `proposal`.
+    /// `raw`, `diff segment`, `head record`, `carried diff segment`, `file-set`, `remote head
+    /// record` or `proposal`.
     pub how: &'static str,
 }
 
@@ -85,6 +87,15 @@ fn search(b: &[u8], stem: &str, keys: &[Key], needle: &[u8]) -> Vec<&'static str
                         }
                     }
                 }
+            }
+        }
+        // A remote's head record (kiln-sync): the head record sealed inside it.
+        if let Some(snapshot) = crate::db::record_snapshot(b, k, stem) {
+            if crate::format::head::plaintexts(&snapshot, k)
+                .iter()
+                .any(|(_, body)| has(body))
+            {
+                out.push("remote head record");
             }
         }
         if crate::store::proposals::opens_with(b, k, stem).is_some_and(|p| has(&p)) {

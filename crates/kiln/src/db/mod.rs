@@ -55,6 +55,7 @@ use files::*;
 use merge::*;
 use options::Durability;
 use read::*;
+pub(crate) use replica::record_snapshot;
 pub use replica::{record_names, Relation, Replica, ReplicaRecord, TakenIn};
 pub use results::*;
 use serde::Serialize;

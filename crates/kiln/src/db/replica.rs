@@ -168,6 +168,23 @@ fn split_record(record: &[u8]) -> std::result::Result<Split<'_>, &'static str> {
     Ok((files, sets, 32 + 32 * (nf + ns)))
 }
 
+/// The sealed head record snapshot inside a remote head record of database id `id`, if it
+/// opens under `key` (for audits: `kiln::audit`). The record may follow a folder remote's
+/// 8-byte version.
+pub(crate) fn record_snapshot(b: &[u8], key: &Key, id: &str) -> Option<Vec<u8>> {
+    let record = if b.starts_with(MAGIC) {
+        b
+    } else if b.get(8..16) == Some(&MAGIC[..]) {
+        &b[8..]
+    } else {
+        return None;
+    };
+    let (_, _, at) = split_record(record).ok()?;
+    let lineage: Lineage = record[8..24].try_into().ok()?;
+    key.open(&aad(&lineage, id, &record[24..at]), &record[at..])
+        .ok()
+}
+
 impl Database {
     /// This database's current state as a remote holds it under id `id` (see
     /// [`ReplicaRecord`]). Files the head record carries in itself (small diffs a power cut
