@@ -552,7 +552,7 @@ impl Db {
         head.events += theirs_only.len() as u64 + u64::from(ecid.is_some());
         head.files_mut().insert(0, file);
         if as_is {
-            self.take_files_as_is(head, taken, &theirs_only, &ours_only, shead)?;
+            self.take_files_as_is(head, taken, &ours_only, shead)?;
         }
         if !again.is_empty() {
             again.sort();

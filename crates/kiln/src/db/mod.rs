@@ -645,14 +645,7 @@ impl Database {
     /// The file-sets the document versions in this database's live files name (each file's
     /// index lists them), sorted, each once.
     pub(crate) fn fileset_refs(&self) -> Result<Vec<FileName>> {
-        let st = self.inner.refresh()?;
-        let mut out = Vec::new();
-        for f in st.head.files.iter() {
-            out.extend(self.inner.index(f)?.refs.0.iter().map(|(_, s)| *s));
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
+        self.filesets_of(&self.inner.refresh()?.head)
     }
 
     /// Bytes of this database's live files that another database (a fork, or what it was

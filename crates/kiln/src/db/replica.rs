@@ -227,7 +227,7 @@ impl Database {
     }
 
     /// The file-sets the versions in `head`'s files name, sorted, each once.
-    fn filesets_of(&self, head: &Head) -> Result<Vec<FileName>> {
+    pub(super) fn filesets_of(&self, head: &Head) -> Result<Vec<FileName>> {
         let mut out = Vec::new();
         for f in head.files.iter() {
             out.extend(self.inner.index(f)?.refs.0.iter().map(|(_, s)| *s));
@@ -303,7 +303,7 @@ impl Database {
     /// How this database's state relates to `r` (every file `r` names must be stored here).
     pub fn relation(&self, r: &Replica) -> Result<Relation> {
         let st = self.inner.refresh()?;
-        relate(&self.inner, &st.head, &r.head).map(|(rel, _)| rel)
+        relate(&self.inner, &st.head, &r.head)
     }
 
     /// Whether this database's clock holds every event of `heads`.
@@ -422,7 +422,7 @@ impl Database {
                      remote (kiln key import into a new store, then kiln sync)"
                 )));
             }
-            let (rel, theirs_only) = relate(db, head, &r.head)?;
+            let rel = relate(db, head, &r.head)?;
             let cur = head.clone();
             let out = match rel {
                 Relation::Ahead => return Ok((TakenIn::default(), Vec::new())),
@@ -459,7 +459,7 @@ impl Database {
                 }
                 Relation::Diverged => {
                     db.ensure_tree(&r.head)?;
-                    let (report, _) = db.merge_as_is(head, &r.head, theirs_only)?;
+                    let (report, _) = db.merge_as_is(head, &r.head)?;
                     head.meta = merge_meta(base_meta, &cur.meta, &r.head.meta, false);
                     (
                         TakenIn {
@@ -520,26 +520,23 @@ fn merge_meta(base: Option<&str>, ours: &str, theirs: &str, adopt: bool) -> Stri
     .to_owned()
 }
 
-/// The events of `theirs` that `cur` lacks, oldest first.
-type Only = Vec<(Cid, Arc<Event>)>;
-
-/// How `cur` relates to `theirs` (whose files are all stored here), with the events only
-/// `theirs` has. A walk from `theirs`' heads stops at the events `cur` has; `cur` is behind
-/// when each of its heads is one of those (a head of `cur` that `theirs` has, it has below
-/// its own heads: the first event of `cur` on any path down to it is the head itself).
-fn relate(db: &Db, cur: &Head, theirs: &Head) -> Result<(Relation, Only)> {
+/// How `cur` relates to `theirs` (whose files are all stored here). A walk from `theirs`'
+/// heads stops at the events `cur` has; `cur` is behind when each of its heads is one of those
+/// (a head of `cur` that `theirs` has, it has below its own heads: the first event of `cur` on
+/// any path down to it is the head itself).
+fn relate(db: &Db, cur: &Head, theirs: &Head) -> Result<Relation> {
     if cur.heads == theirs.heads {
-        return Ok((Relation::Same, Vec::new()));
+        return Ok(Relation::Same);
     }
     if cur.heads.is_empty() {
         // Empty: behind any state (whose history may be cut: nothing here to find).
-        return Ok((Relation::Behind, Vec::new()));
+        return Ok(Relation::Behind);
     }
     let dv = View::new(db, cur);
     let sv = View::new(db, theirs);
     let mut stops: DigestSet<Cid> = DigestSet::default();
     let mut seen: DigestSet<Cid> = DigestSet::default();
-    let mut out = Vec::new();
+    let mut theirs_only = 0usize;
     let mut stack: Vec<Cid> = theirs.heads.clone();
     while let Some(c) = stack.pop() {
         if !seen.insert(c) {
@@ -560,19 +557,16 @@ fn relate(db: &Db, cur: &Head, theirs: &Head) -> Result<(Relation, Only)> {
                 db.name
             )));
         }
-        let e = sv.event(&c)?;
-        stack.extend_from_slice(&e.parents);
-        out.push((c, e));
+        stack.extend_from_slice(&sv.event(&c)?.parents);
+        theirs_only += 1;
     }
-    out.sort_by_key(|(c, e)| (e.height, *c));
-    let rel = if out.is_empty() {
+    Ok(if theirs_only == 0 {
         Relation::Ahead
     } else if cur.heads.iter().all(|h| stops.contains(h)) {
         Relation::Behind
     } else {
         Relation::Diverged
-    };
-    Ok((rel, out))
+    })
 }
 
 impl Db {
@@ -582,22 +576,21 @@ impl Db {
         &self,
         head: &mut Head,
         shead: &Head,
-        _theirs_only: Only,
     ) -> Result<(MergeReport, Vec<FileName>)> {
         self.merge(head, self, shead, "", false, true)
     }
 
     /// The rest of an as-is merge, after its own file went into `head`: the replica's files
     /// `taken` (those holding its new events and their versions) become live files here, and
-    /// its purges apply here: the versions its state purged and those its new purge events
-    /// list (as their state's purged list has them), but for versions this side's own new events wrote (stored again here, as a write
-    /// of a purged version is). When a file taken in may hold a version purged here, the
-    /// purge is finished again (the files are rewritten without it).
+    /// its purges apply here: the versions its state's purged list holds (not its purge
+    /// events' lists: a version purged and written again there left the list), but for
+    /// versions this side's own new events wrote (stored again here, as a write of a purged
+    /// version is). When a file taken in may hold a version purged here, the purge is finished
+    /// again (the files are rewritten without it).
     pub(super) fn take_files_as_is(
         &self,
         head: &mut Head,
         taken: Vec<FileRef>,
-        theirs_only: &[(Cid, Arc<Event>)],
         ours_only: &[(Cid, Arc<Event>)],
         shead: &Head,
     ) -> Result<()> {
@@ -605,9 +598,6 @@ impl Db {
             .iter()
             .flat_map(|(_, e)| e.ops.iter().filter_map(|(_, l)| *l))
             .collect();
-        // (Their state's purged list, not their purge events' lists: a version purged and
-        // then written again there is stored again, and left its list.)
-        let _ = theirs_only;
         let mut purged: Vec<Cid> = shead
             .purged
             .iter()
