@@ -31,7 +31,9 @@ use std::process::ExitCode;
                   over 8 MiB of JSON text, an integer outside the 64-bit range), 3 document not \
                   found (or purged), 4 no such store, database or event, 5 corruption found, 6 the \
                   document changed (put --if-rev / --if-absent, del --if-rev): nothing written.\n\
-                  The store folder is --root, else $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln."
+                  The store folder is --root, else $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln; \
+                  its keys are outside it, in --keys DIR, else $KILN_KEYS, else $XDG_CONFIG_HOME/kiln/keys, \
+                  else ~/.config/kiln/keys (one folder per store)."
 )]
 struct Cli {
     /// Store folder. Only `db create`, `demo`, `key import` and a `config` change create a store where
@@ -49,6 +51,20 @@ struct Cli {
     /// read-only mount); a command that writes fails with exit 1.
     #[arg(long, global = true)]
     read_only: bool,
+    /// The folder holding the keys of stores that keep them outside their own folder (the
+    /// default): each store's keys are in DIR/<store id>/. Default $KILN_KEYS, else
+    /// $XDG_CONFIG_HOME/kiln/keys, else ~/.config/kiln/keys.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        conflicts_with = "keys_in_store"
+    )]
+    keys: Option<PathBuf>,
+    /// A store made now keeps its keys in its own folder (ROOT/keys/): a copy of the folder is
+    /// then a copy of the keys. Older stores keep them there until opened without this flag.
+    #[arg(long, global = true)]
+    keys_in_store: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -103,6 +119,11 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         // the process exits, not on a thread the exit would cut short.
         background_compaction: false,
         read_only: cli.read_only,
+        keys: if cli.keys_in_store {
+            kiln::KeyPlace::InStore
+        } else {
+            kiln::KeyPlace::Outside(cli.keys.clone())
+        },
         ..Options::default()
     };
     let root = cli.root.clone().unwrap_or_else(Store::default_root);

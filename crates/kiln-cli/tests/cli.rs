@@ -903,7 +903,7 @@ fn control_characters_in_ids_are_escaped_in_text_output() {
 }
 
 /// A head record whose lineage id names no key (a flipped byte) says "no key for database",
-/// and points to no command that does not exist.
+/// where it looked and how a key is brought over.
 #[test]
 fn a_lineage_without_a_key_says_no_key() {
     let d = tempfile::tempdir().unwrap();
@@ -918,7 +918,7 @@ fn a_lineage_without_a_key_says_no_key() {
     let e = stderr(&o);
     assert_eq!(code(&o), 1, "{e}");
     assert!(e.starts_with("kiln: no key for database 'x'"), "{e}");
-    assert!(!e.contains("import") && !e.contains("`kiln"), "{e}");
+    assert!(e.contains(".key") && e.contains("`kiln key import`"), "{e}");
 }
 
 /// `get --rev`, then `put --if-rev` / `--if-absent` and `del --if-rev`: a write that finds
@@ -1185,17 +1185,23 @@ fn files_attach_list_read_and_detach() {
 }
 
 /// A database's key carried by hand (issue 17): exported wrapped under a passphrase (or raw),
-/// imported into a copy of the store that lacks it; a wrong passphrase or another database's
-/// key is refused, nothing stored.
+/// imported into a copy of the store on another machine (another keys folder), which has no key
+/// since the store's folder holds none; a wrong passphrase or another database's key is
+/// refused, nothing stored.
 #[test]
 fn keys_export_and_import() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a");
     ok(&a, &["db", "create", "notes"]);
     ok(&a, &["put", "notes", r#"{"_id":"n","v":"secret"}"#]);
+    let b = dir.path().join("b");
+    let b_keys = dir.path().join("b-keys");
     let run = |root: &Path, args: &[&str], pass: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
         c.arg("--root").arg(root).args(args).env_remove("KILN_ROOT");
+        if root == b {
+            c.arg("--keys").arg(&b_keys);
+        }
         match pass {
             Some(p) => c.env("KILN_PASSPHRASE", p),
             None => c.env_remove("KILN_PASSPHRASE"),
@@ -1209,8 +1215,7 @@ fn keys_export_and_import() {
     let o = run(&a, &["key", "export", "notes", "--raw"], None);
     let raw = String::from_utf8(o.stdout).unwrap().trim().to_owned();
     assert!(raw.starts_with("kiln-key-1-raw."), "{raw}");
-    // A copy of the store without its keys.
-    let b = dir.path().join("b");
+    // A copy of the store's folder on another machine: no key came with it.
     assert!(Command::new("cp")
         .arg("-a")
         .arg(&a)
@@ -1218,10 +1223,13 @@ fn keys_export_and_import() {
         .status()
         .unwrap()
         .success());
-    for e in std::fs::read_dir(b.join("keys")).unwrap() {
-        std::fs::remove_file(e.unwrap().path()).unwrap();
-    }
-    assert!(!run(&b, &["get", "notes", "n"], None).status.success());
+    let o = run(&b, &["get", "notes", "n"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no key for database 'notes'"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(&b, &["key", "import", "notes", &wrapped], Some("wrong"));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(!run(&b, &["get", "notes", "n"], None).status.success());
@@ -1238,7 +1246,66 @@ fn keys_export_and_import() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["stored"], false);
     // Another database's key: refused.
-    ok(&b, &["db", "create", "other"]);
+    assert!(run(&b, &["db", "create", "other"], None).status.success());
     let o = run(&b, &["key", "import", "other", &raw], None);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Where keys go without --keys: $KILN_KEYS, else $XDG_CONFIG_HOME/kiln/keys, else
+/// ~/.config/kiln/keys, one folder per store, never inside the store; `--keys-in-store` keeps a
+/// new store's keys in its folder.
+#[test]
+fn keys_go_to_the_config_folder_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let xdg = dir.path().join("xdg");
+    let run = |root: &Path, extra: &[&str], xdg_set: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.arg("--root")
+            .arg(root)
+            .args(extra)
+            .args(["db", "create", "notes"])
+            .env_remove("KILN_ROOT")
+            .env_remove("KILN_KEYS")
+            .env("HOME", &home);
+        if xdg_set {
+            c.env("XDG_CONFIG_HOME", &xdg);
+        } else {
+            c.env_remove("XDG_CONFIG_HOME");
+        }
+        let o = c.stdin(Stdio::null()).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let id = |root: &Path| {
+        let m: Value = serde_json::from_slice(&std::fs::read(root.join("KILN")).unwrap()).unwrap();
+        m["id"].as_str().unwrap().to_owned()
+    };
+    let key_files = |d: &Path| {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "key")
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let (s1, s2, s3) = (
+        dir.path().join("s1"),
+        dir.path().join("s2"),
+        dir.path().join("s3"),
+    );
+    run(&s1, &[], false);
+    assert_eq!(key_files(&home.join(".config/kiln/keys").join(id(&s1))), 1);
+    run(&s2, &[], true);
+    assert_eq!(key_files(&xdg.join("kiln/keys").join(id(&s2))), 1);
+    run(&s3, &["--keys-in-store"], false);
+    assert_eq!(key_files(&s3.join("keys")), 1);
+    for s in [&s1, &s2] {
+        assert!(!s.join("keys").exists());
+    }
 }

@@ -91,14 +91,12 @@ fn killed_run(root: &Path, args: &[&str], syscall: &str, n: u32) -> bool {
 
 /// Every key the keybag of `root` holds.
 fn keys(root: &Path) -> Vec<kiln::Key> {
-    kiln::internals::keys::Keybag::new(root.join("keys"))
-        .all()
-        .unwrap()
+    kiln::audit::keys_of(root).unwrap()
 }
 
 /// The lineages of the keybag's keys, and of the databases that exist.
 fn lineages(root: &Path) -> (Vec<String>, Vec<String>) {
-    let mut keys: Vec<String> = std::fs::read_dir(root.join("keys"))
+    let mut keys: Vec<String> = std::fs::read_dir(kiln::audit::keys_dir(root).unwrap())
         .unwrap()
         .filter_map(|e| {
             let n = e.unwrap().file_name().into_string().unwrap();

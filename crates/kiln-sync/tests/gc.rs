@@ -218,9 +218,7 @@ fn a_purge_reaches_the_remote_as_far_as_its_gc() {
         .unwrap();
     sync(&a, &da, &remote, "notes", SyncOptions::default()).unwrap();
     sync(&b, &db, &remote, "notes", SyncOptions::default()).unwrap();
-    let keys = kiln::internals::keys::Keybag::new(d.path().join("a/keys"))
-        .all()
-        .unwrap();
+    let keys = kiln::audit::keys_of(&d.path().join("a")).unwrap();
     let found = |needle: &[u8]| kiln::audit::find(&root, &keys, needle).unwrap();
     assert!(!found(b"MARKER-KEPT").is_empty());
     assert!(found(b"MARKER-TITLE")

@@ -100,9 +100,7 @@ const ALL: SyncOptions = SyncOptions {
 };
 
 fn keys_of(dir: &Path) -> Vec<kiln::Key> {
-    kiln::internals::keys::Keybag::new(dir.join("keys"))
-        .all()
-        .unwrap()
+    kiln::audit::keys_of(dir).unwrap()
 }
 
 /// B writes a version and purges it; A, concurrently, writes the same body (same CID) later

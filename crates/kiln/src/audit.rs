@@ -21,6 +21,17 @@ pub struct Finding {
     pub how: &'static str,
 }
 
+/// The keys of the store at `root`, wherever it keeps them (as a default open finds them), to
+/// search its files decrypted with.
+pub fn keys_of(root: &Path) -> crate::Result<Vec<Key>> {
+    crate::store::keyplace::keybag_at(root)?.all()
+}
+
+/// The folder the store at `root` keeps its keys in.
+pub fn keys_dir(root: &Path) -> crate::Result<PathBuf> {
+    Ok(crate::store::keyplace::keybag_at(root)?.dir().to_path_buf())
+}
+
 /// Searches every file under `root` for `needle`, in its raw bytes and in everything that
 /// opens under one of `keys`.
 pub fn find(root: &Path, keys: &[Key], needle: &[u8]) -> std::io::Result<Vec<Finding>> {

@@ -112,12 +112,13 @@ pub enum Error {
         /// The format version it has.
         version: u32,
     },
-    /// The keybag holds no key for the lineage the head record names: the key file is
-    /// missing, or the head record's (plaintext) lineage id is damaged.
+    /// The keybag holds no key for the lineage the head record names: the key file (the
+    /// second field) is missing, or the head record's (plaintext) lineage id is damaged.
     #[error(
-        "no key for database '{0}': the keybag has no keys/{1}.key (restore that file from a \
-         backup of the store's keys/ folder; if the database was never moved or copied, the \
-         lineage id in its head record may be damaged)"
+        "no key for database '{0}': there is no {1} (bring the key over with `kiln key export` \
+         there and `kiln key import` here, or restore that file from a backup of the keys; if \
+         the database was never moved or copied, the lineage id in its head record may be \
+         damaged)"
     )]
     MissingKey(String, String),
     /// A write failed part-way (after which the on-disk state is uncertain): reopen.

@@ -1,6 +1,9 @@
-//! The keybag: one key per database lineage, in `ROOT/keys/<lineage>.key`, mode 0600, in a
-//! folder of mode 0700 owned by this user. The file is JSON:
-//! `{"v":1,"lineage":"<uuid>","key":"<64 hex>"}`.
+//! The keybag: one key per database lineage, `<lineage>.key`, mode 0600, in a folder of mode
+//! 0700 owned by this user. The file is JSON: `{"v":1,"lineage":"<uuid>","key":"<64 hex>"}`.
+//! Where that folder is (outside the store's folder by default, so that a tool syncing the
+//! store's folder never carries keys) is the store's choice: `store::keyplace`. Beside the keys,
+//! a folder of marks (`<lineage>.shared`: the lineage has forks) that is store state, not a
+//! secret: it stays in the store's folder.
 //!
 //! **Invariant:** keys are written nowhere else; diff files and head records name the lineage,
 //! never the key.
@@ -20,10 +23,11 @@ use std::path::{Path, PathBuf};
 
 pub use crate::format::head::{lineage_string, Lineage};
 
-/// The keybag folder of a store.
+/// The keybag of a store: its keys' folder and its marks' folder.
 #[derive(Debug, Clone)]
 pub struct Keybag {
     dir: PathBuf,
+    marks: PathBuf,
 }
 
 /// Bytes wiped when dropped (a keybag entry's text).
@@ -36,24 +40,53 @@ impl Drop for Wiped {
 }
 
 impl Keybag {
-    /// The keybag kept in folder `dir` (nothing is read or made yet).
+    /// The keybag kept in folder `dir`, marks and keys together (nothing is read or made yet).
     pub fn new(dir: impl Into<PathBuf>) -> Keybag {
-        Keybag { dir: dir.into() }
+        let dir = dir.into();
+        Keybag {
+            marks: dir.clone(),
+            dir,
+        }
+    }
+
+    /// The keybag whose keys are kept in folder `dir` and whose marks in folder `marks`.
+    pub fn with_marks(dir: impl Into<PathBuf>, marks: impl Into<PathBuf>) -> Keybag {
+        Keybag {
+            dir: dir.into(),
+            marks: marks.into(),
+        }
+    }
+
+    /// The folder of the keys.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where lineage `l`'s key is (or would be) kept.
+    pub fn key_path(&self, l: &Lineage) -> PathBuf {
+        self.path(l)
     }
 
     fn path(&self, l: &Lineage) -> PathBuf {
         self.dir.join(format!("{}.key", lineage_string(l)))
     }
 
-    /// Creates the keybag folder (mode 0700) if absent, and checks it (see
-    /// [`Keybag::check`]).
+    /// Creates the keybag folder (mode 0700, and its missing parents 0700 too) and the marks'
+    /// folder if absent, and checks the keys' folder (see [`Keybag::check`]).
     pub fn init(&self) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
-        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+        match std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&self.dir)
+        {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::io(&self.dir, e))
             }
             _ => {}
+        }
+        if self.marks != self.dir {
+            std::fs::create_dir_all(&self.marks).map_err(|e| Error::io(&self.marks, e))?;
         }
         self.check()
     }
@@ -105,38 +138,15 @@ impl Keybag {
         }
         body.0.extend_from_slice(b"\"}");
         let path = self.path(l);
-        self.write_private(&path, &body.0)
-            .map_err(|e| Error::io(&path, e))
+        write_private(&self.dir, &path, &body.0).map_err(|e| Error::io(&path, e))
     }
 
-    /// Writes `bytes` to `path` in the keybag: a fresh, randomly named file created exclusively
-    /// without following a link, mode 0600 from creation, fsynced, renamed over `path`, the
-    /// folder fsynced.
-    fn write_private(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut r = [0u8; 16];
-        crate::format::seal::fill_random(&mut r)?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.tmp", crate::format::block::cid::hex(&r)));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        let done = f
-            .write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .and_then(|()| {
-                drop(f);
-                std::fs::rename(&tmp, path)
-            });
-        if let Err(e) = done {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        crate::storage::sync_dir(&self.dir)
+    /// Writes a small private file `name` into the keys' folder (mode 0600, fsynced; see
+    /// [`Keybag::put`]).
+    pub fn put_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.check()?;
+        let path = self.dir.join(name);
+        write_private(&self.dir, &path, bytes).map_err(|e| Error::io(&path, e))
     }
 
     /// Loads a lineage's key; `None` when the keybag has none. The folder is checked first
@@ -178,15 +188,16 @@ impl Keybag {
     /// it deletes files by itself (they may be shared); garbage collection does, by reference.
     /// Always fsynced (a lost mark would let a database delete files a fork still names).
     pub fn mark_shared(&self, l: &Lineage, _sync: bool) -> Result<()> {
-        self.check()?;
-        let path = self.dir.join(format!("{}.shared", lineage_string(l)));
-        self.write_private(&path, b"")
-            .map_err(|e| Error::io(&path, e))
+        if self.marks == self.dir {
+            self.check()?;
+        }
+        let path = self.marks.join(format!("{}.shared", lineage_string(l)));
+        write_private(&self.marks, &path, b"").map_err(|e| Error::io(&path, e))
     }
 
     /// Whether [`Keybag::mark_shared`] was called for the lineage.
     pub fn is_shared(&self, l: &Lineage) -> bool {
-        self.dir
+        self.marks
             .join(format!("{}.shared", lineage_string(l)))
             .exists()
     }
@@ -203,24 +214,31 @@ impl Keybag {
     }
 
     /// The lineages the keybag holds keys (or shared marks) for.
-    fn lineages(&self) -> Result<Vec<Lineage>> {
-        let rd = match std::fs::read_dir(&self.dir) {
-            Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(&self.dir, e)),
-        };
+    pub(crate) fn lineages(&self) -> Result<Vec<Lineage>> {
         let mut out = Vec::new();
-        for e in rd {
-            let e = e.map_err(|e| Error::io(&self.dir, e))?;
-            let name = e.file_name();
-            let Some(stem) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".key").or_else(|| n.strip_suffix(".shared")))
-            else {
-                continue;
+        let folders: &[&Path] = if self.marks == self.dir {
+            &[&self.dir]
+        } else {
+            &[&self.dir, &self.marks]
+        };
+        for dir in folders {
+            let rd = match std::fs::read_dir(dir) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(dir, e)),
             };
-            if let Ok(u) = uuid::Uuid::parse_str(stem) {
-                out.push(*u.as_bytes());
+            for e in rd {
+                let e = e.map_err(|e| Error::io(dir, e))?;
+                let name = e.file_name();
+                let Some(stem) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".key").or_else(|| n.strip_suffix(".shared")))
+                else {
+                    continue;
+                };
+                if let Ok(u) = uuid::Uuid::parse_str(stem) {
+                    out.push(*u.as_bytes());
+                }
             }
         }
         out.sort_unstable();
@@ -255,7 +273,7 @@ impl Keybag {
                 n += 1;
             }
             self.remove(&l)?;
-            let shared = self.dir.join(format!("{}.shared", lineage_string(&l)));
+            let shared = self.marks.join(format!("{}.shared", lineage_string(&l)));
             match std::fs::remove_file(&shared) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io(&shared, e))
@@ -277,6 +295,34 @@ impl Keybag {
             _ => Ok(()),
         }
     }
+}
+
+/// Writes `bytes` to `path` in folder `dir`: a fresh, randomly named file created exclusively
+/// without following a link, mode 0600 from creation, fsynced, renamed over `path`, the folder
+/// fsynced.
+fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut r = [0u8; 16];
+    crate::format::seal::fill_random(&mut r)?;
+    let tmp = dir.join(format!(".{}.tmp", crate::format::block::cid::hex(&r)));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    let done = f
+        .write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| {
+            drop(f);
+            std::fs::rename(&tmp, path)
+        });
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    crate::storage::sync_dir(dir)
 }
 
 /// Parses a keybag entry. The key's text is read in place (never copied into a string of its
@@ -365,9 +411,16 @@ mod tests {
         let s = tempfile::tempdir().unwrap();
         let store = crate::Store::open(s.path()).unwrap();
         store.create(Some("t")).unwrap();
-        let keys = s.path().join("keys");
+        let keys = store.keys_dir().to_path_buf();
         std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let e = match crate::Store::open(s.path()).unwrap().open_db("t") {
+        // (Opening the store for writing checks it at once; for reading, opening a database.)
+        let e = crate::Store::open(s.path()).unwrap_err();
+        assert!(e.to_string().contains("refusing the keybag"), "{e}");
+        let ro = crate::Options {
+            read_only: true,
+            ..Default::default()
+        };
+        let e = match crate::Store::open_with(s.path(), ro).unwrap().open_db("t") {
             Ok(_) => panic!("opened a database through an open keybag"),
             Err(e) => e,
         };

@@ -41,6 +41,7 @@ mod index;
 mod watch;
 
 pub use attachments::{content_type_of, Attachment, FileInfo, FileReader};
+pub use db::options::KeyPlace;
 pub use db::settings::Settings;
 pub use db::verify::{Problem, Report as VerifyReport};
 pub use db::{

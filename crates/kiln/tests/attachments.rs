@@ -665,9 +665,7 @@ fn a_purge_removes_its_documents_file_sets_at_once() {
         vec![Attachment::bytes("k.txt", b"kept")],
     )
     .unwrap();
-    let keys = kiln::internals::keys::Keybag::new(dir.path().join("keys"))
-        .all()
-        .unwrap();
+    let keys = kiln::audit::keys_of(dir.path()).unwrap();
     assert!(!kiln::audit::find(dir.path(), &keys, b"TOP-SECRET-FILE")
         .unwrap()
         .is_empty());
@@ -704,12 +702,6 @@ fn merges_bring_their_file_sets_or_are_refused() {
     // A replica: the store copied whole (same lineage, same key), then a file attached there.
     let other = tempfile::tempdir().unwrap();
     copy(dir.path(), other.path());
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        other.path().join("keys"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .unwrap();
     let replica_store = Store::open(other.path()).unwrap();
     let replica = replica_store.open_db("d").unwrap();
     let bytes = pattern(90_000, 3);

@@ -406,19 +406,7 @@ fn stored_plaintext(root: &std::path::Path) -> Vec<u8> {
     }
     let mut files = Vec::new();
     walk(root, &mut files);
-    let keys: Vec<kiln::Key> = files
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "key"))
-        .map(|p| {
-            let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-            let hex = v["key"].as_str().unwrap();
-            let mut raw = [0u8; 32];
-            for (i, b) in raw.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-            }
-            kiln::Key::from_raw(raw)
-        })
-        .collect();
+    let keys = kiln::audit::keys_of(root).unwrap();
     let mut out = Vec::new();
     for p in files {
         let bytes = std::fs::read(&p).unwrap();

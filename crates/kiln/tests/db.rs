@@ -384,7 +384,13 @@ fn databases_create_list_open_drop() {
         .filter(|p| !p.to_string_lossy().contains("/.pool/"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    assert_eq!(all_files(&dir.path().join("keys")).len(), 1);
+    let keys = all_files(store.keys_dir());
+    assert_eq!(
+        keys.iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "key"))
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -1226,7 +1232,7 @@ fn open_existing_creates_nothing() {
 }
 
 /// A head record whose lineage id names no key in the keybag (a byte of it flipped, or the key
-/// file gone) says there is no key for the database, and names no command that does not exist.
+/// file gone) says there is no key for the database, where it looked, and how to bring one.
 #[test]
 fn a_lineage_without_a_key_says_no_key_for_the_database() {
     let dir = tempfile::tempdir().unwrap();
@@ -1248,5 +1254,8 @@ fn a_lineage_without_a_key_says_no_key_for_the_database() {
     assert!(matches!(e, Error::MissingKey(..)), "{e}");
     let msg = e.to_string();
     assert!(msg.starts_with("no key for database 't'"), "{msg}");
-    assert!(msg.contains(".key") && !msg.contains("import"), "{msg}");
+    assert!(
+        msg.contains(".key") && msg.contains("kiln key import"),
+        "{msg}"
+    );
 }

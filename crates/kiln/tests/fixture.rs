@@ -396,9 +396,7 @@ fn v9_compacted_file_carries_a_document_log() {
     let info = db.info().unwrap();
     let compacted: Vec<_> = info.files.iter().filter(|f| f.level > 0).collect();
     assert_eq!(compacted.len(), 1);
-    let keys = kiln::internals::keys::Keybag::new(d.path().join("keys"))
-        .all()
-        .unwrap();
+    let keys = kiln::audit::keys_of(d.path()).unwrap();
     let name = compacted[0].name;
     let hex = name.to_string();
     let bytes = std::fs::read(

@@ -19,13 +19,11 @@ fn store(dir: &Path) -> Store {
 }
 
 fn keys(root: &Path) -> Vec<kiln::Key> {
-    kiln::internals::keys::Keybag::new(root.join("keys"))
-        .all()
-        .unwrap()
+    kiln::audit::keys_of(root).unwrap()
 }
 
 fn key_files(root: &Path) -> usize {
-    std::fs::read_dir(root.join("keys"))
+    std::fs::read_dir(kiln::audit::keys_dir(root).unwrap())
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -432,8 +430,8 @@ fn a_damaged_key_does_not_block_gc_through_a_proposal() {
     o.put(&json!({"_id": "x", "v": "SECRET"})).unwrap();
     o.put(&json!({"_id": "y"})).unwrap();
     drop(o);
-    let kp = root.join(format!(
-        "keys/{}.key",
+    let kp = s.keys_dir().join(format!(
+        "{}.key",
         kiln::internals::keys::lineage_string(&lineage)
     ));
     std::fs::write(&kp, b"{\"v\":1,\"key\":\"damaged\"}").unwrap();

@@ -247,10 +247,10 @@ impl Database {
         let ((head, lineage, key, log), mut stamp) = read_head_with(&lock, &hp, name, |bytes| {
             let lineage =
                 Head::lineage(bytes).map_err(|e| Error::format(hp.display().to_string(), e))?;
-            let key = store
-                .keybag
-                .get(&lineage)?
-                .ok_or_else(|| Error::MissingKey(name.into(), lineage_string(&lineage)))?;
+            let key = store.keybag.get(&lineage)?.ok_or_else(|| {
+                let path = store.keybag.key_path(&lineage);
+                Error::MissingKey(name.into(), path.display().to_string())
+            })?;
             let (head, log) = Head::open_log(bytes, &key)
                 .map_err(|e| Error::format(hp.display().to_string(), e))?;
             Ok((head, lineage, key, log))

@@ -60,6 +60,30 @@ pub struct Options {
     /// before garbage collection removes it: a file-set is written before the commit that
     /// names it (a transaction's, until it commits), and is kept this long for it.
     pub fileset_grace: std::time::Duration,
+    /// Where a new store keeps its keys, and where an older store's keys (kept in its folder,
+    /// `keys/`) move to when it is first opened for writing. Outside the store's folder by
+    /// default, so that copying or syncing the folder with another tool never carries a key.
+    /// A store made with [`KeyPlace::InStore`] keeps its keys in its folder whatever later
+    /// opens say.
+    pub keys: KeyPlace,
+}
+
+/// Where a store's keys are kept (see [`Options::keys`] and docs/format.md, "Keybag").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyPlace {
+    /// In a folder of their own outside the store: `<home>/<store id>/`, where `<home>` is the
+    /// given folder, else `$KILN_KEYS`, else `$XDG_CONFIG_HOME/kiln/keys`, else
+    /// `~/.config/kiln/keys`.
+    Outside(Option<std::path::PathBuf>),
+    /// In the store's folder (`ROOT/keys/`), as stores before store format 2 kept them: a copy
+    /// of the folder is then a copy of its keys too.
+    InStore,
+}
+
+impl Default for KeyPlace {
+    fn default() -> Self {
+        KeyPlace::Outside(None)
+    }
 }
 
 impl Default for Options {
@@ -74,6 +98,7 @@ impl Default for Options {
             open_databases: 64,
             read_only: false,
             fileset_grace: std::time::Duration::from_secs(3600),
+            keys: KeyPlace::default(),
         }
     }
 }

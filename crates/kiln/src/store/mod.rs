@@ -2,7 +2,7 @@
 //! the keybag.
 //!
 //! ```text
-//! ROOT/KILN                  store marker: {"kiln_store":1}
+//! ROOT/KILN                  store marker: {"kiln_store":2,"id":"<uuid>","keys":"outside"}
 //! ROOT/settings.json         store settings (optional, see `settings`)
 //! ROOT/GC                    lock between garbage collection and writers (empty)
 //! ROOT/files/.archive/ab/…   retired files, when the store keeps an archive
@@ -12,10 +12,13 @@
 //! ROOT/dbs/<name>/LOCK       writer lock (flock) + commit counter
 //! ROOT/files/ab/<hash>.kdf   diff files, named by the hash of their bytes (BLAKE3; sha2-256
 //!                            for files of format versions 1 and 2)
-//! ROOT/keys/<lineage>.key    keybag entries (0600)
+//! ROOT/lineages/<l>.shared   the lineage has forks (keys outside; else in ROOT/keys/)
+//! KEYS/<store id>/<l>.key    keybag entries (0600), outside the store (`keyplace`); in
+//!                            ROOT/keys/ for stores that keep them there
 //! ```
 
 mod handles;
+pub mod keyplace;
 pub mod proposals;
 
 use crate::db::cache::Cache;
@@ -28,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::format::car::FileName;
 use crate::format::head::Head;
 use crate::format::seal::Key;
-use crate::keys::{Keybag, Lineage};
+use crate::keys::Lineage;
 use crate::storage::local::GcLock;
 use crate::storage::{sync_dir, write_atomic, LocalStorage};
 use std::path::{Path, PathBuf};
@@ -68,7 +71,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-const MARKER: &str = "KILN";
+use keyplace::{Marker, MARKER};
 /// Prefix of a database folder being created (or forked) under `dbs/`, renamed into place
 /// when whole.
 const NEW_PREFIX: &str = ".new-";
@@ -129,8 +132,6 @@ impl Drop for FilesHold<'_> {
         }
     }
 }
-
-const STORE_VERSION: u64 = 1;
 
 /// Longest database name.
 pub const MAX_NAME: usize = 128;
@@ -208,24 +209,10 @@ impl Store {
         // inside the first batch (~70 µs there).
         crate::util::par::warm();
         let root = root.as_ref().to_path_buf();
-        let marker = root.join(MARKER);
-        match std::fs::read(&marker) {
-            Ok(b) => {
-                let v: serde_json::Value = serde_json::from_slice(&b).map_err(|_| {
-                    Error::corrupt(marker.display().to_string(), "store marker is not JSON")
-                })?;
-                let ver = v.get("kiln_store").and_then(|x| x.as_u64()).unwrap_or(0);
-                if ver > STORE_VERSION {
-                    return Err(Error::NewerFormat {
-                        what: format!("store {}", root.display()),
-                        version: ver as u32,
-                    });
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.read_only => {
-                return Err(Error::NoStore(root));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let marker = match Marker::read(&root)? {
+            Some(m) => m,
+            None if opts.read_only => return Err(Error::NoStore(root)),
+            None => {
                 for d in [root.clone(), root.join("dbs")] {
                     std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
                 }
@@ -240,13 +227,23 @@ impl Store {
                 LocalStorage::with_ext(&sets, ".kfs")
                     .create_shards()
                     .map_err(|e| Error::io(&sets, e))?;
-                Keybag::new(root.join("keys")).init()?;
-                let body = serde_json::json!({ "kiln_store": STORE_VERSION }).to_string();
-                write_atomic(&marker, body.as_bytes(), true, None)
-                    .map_err(|e| Error::io(&marker, e))?;
+                let m = Marker::new(&opts.keys);
+                keyplace::create(&root, &m, &opts.keys)?;
+                m.write(&root)?;
+                m
             }
-            Err(e) => return Err(Error::io(&marker, e)),
-        }
+        };
+        let gc = if opts.read_only {
+            GcLock::read_only(&root, opts.lock_timeout).map_err(|e| Error::io(&root, e))?
+        } else {
+            GcLock::open(root.join(GC), opts.lock_timeout)
+                .map_err(|e| Error::io(root.join(GC), e))?
+        };
+        let keybag = if opts.read_only {
+            keyplace::keybag_of(&root, &marker, &opts.keys)?
+        } else {
+            keyplace::settle(&root, marker, &opts.keys, &gc)?
+        };
         let cache = Cache::new(opts.cache_bytes);
         let settings = Settings::read(&root.join(SETTINGS))?;
         let handles = Arc::new(handles::Handles::new(opts.open_databases));
@@ -260,13 +257,8 @@ impl Store {
                 filesets: Arc::new(LocalStorage::with_ext(root.join(FILESETS), ".kfs")),
                 fileset_source: Default::default(),
                 purged_sets: Default::default(),
-                keybag: Keybag::new(root.join("keys")),
-                gc: if opts.read_only {
-                    GcLock::read_only(&root, opts.lock_timeout).map_err(|e| Error::io(&root, e))?
-                } else {
-                    GcLock::open(root.join(GC), opts.lock_timeout)
-                        .map_err(|e| Error::io(root.join(GC), e))?
-                },
+                keybag,
+                gc,
                 root,
                 cache,
                 opts,
@@ -305,6 +297,12 @@ impl Store {
     /// The store's folder.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// The folder its keys are kept in (outside the store's folder unless the store keeps
+    /// them in it: [`Options::keys`]).
+    pub fn keys_dir(&self) -> &Path {
+        self.inner.keybag.dir()
     }
 
     /// The options it was opened with.
