@@ -65,6 +65,21 @@ struct Cli {
     /// then a copy of the keys. Older stores keep them there until opened without this flag.
     #[arg(long, global = true)]
     keys_in_store: bool,
+    /// An S3-compatible server's URL, for s3:// remotes (default $AWS_ENDPOINT_URL_S3, else
+    /// $AWS_ENDPOINT_URL, else AWS). Plain HTTP only when it is an http:// URL.
+    #[arg(long, global = true, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// The region S3 requests are signed for (default $AWS_REGION, else $AWS_DEFAULT_REGION,
+    /// else us-east-1).
+    #[arg(long, global = true, value_name = "REGION")]
+    s3_region: Option<String>,
+    /// The S3 access key id (default $AWS_ACCESS_KEY_ID).
+    #[arg(long, global = true, value_name = "ID")]
+    s3_access_key: Option<String>,
+    /// A file whose first line is the S3 secret access key (default $AWS_SECRET_ACCESS_KEY;
+    /// never a flag's value, which other users can see in the process list).
+    #[arg(long, global = true, value_name = "FILE")]
+    s3_secret_key_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -108,6 +123,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// S3 settings: the flags, else the usual environment variables.
+fn s3_config(cli: &Cli) -> Result<kiln_sync::S3Config, Fail> {
+    let mut c = kiln_sync::S3Config::from_env();
+    if let Some(e) = &cli.s3_endpoint {
+        c = c.with_endpoint(e.clone());
+    }
+    if let Some(r) = &cli.s3_region {
+        c.region = Some(r.clone());
+    }
+    if let Some(k) = &cli.s3_access_key {
+        c.access_key = Some(k.clone());
+    }
+    if let Some(f) = &cli.s3_secret_key_file {
+        let text = std::fs::read_to_string(f).map_err(|e| Fail {
+            code: code::USAGE,
+            msg: format!("--s3-secret-key-file {}: {e}", f.display()),
+        })?;
+        let secret = text.lines().next().unwrap_or("").trim().to_owned();
+        if secret.is_empty() {
+            return Err(Fail {
+                code: code::USAGE,
+                msg: format!("--s3-secret-key-file {}: the file is empty", f.display()),
+            });
+        }
+        c.secret_key = Some(secret);
+    }
+    Ok(c)
+}
+
 fn run(cli: Cli) -> Result<u8, Fail> {
     let opts = Options {
         durability: if cli.durability == "buffered" {
@@ -135,6 +179,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
     let ctx = Ctx {
         store,
         out: Out { json: cli.json },
+        s3: s3_config(&cli)?,
     };
     match cli.cmd {
         Cmd::Db(c) => c.run(&ctx),

@@ -192,6 +192,68 @@ pub fn merge_json(r: &kiln::MergeReport) -> Value {
             "ours": c.ours, "theirs": c.theirs, "winner": side(c.winner)})).collect::<Vec<_>>()})
 }
 
+/// A sync's progress on one line of stderr, redrawn in place (at most ten times a second),
+/// when stderr is a terminal and the output is not JSON; wiped when done.
+pub struct Bar {
+    on: bool,
+    last: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl Bar {
+    pub fn new(out: &Out) -> Bar {
+        use std::io::IsTerminal;
+        Bar {
+            on: !out.json && std::io::stderr().is_terminal(),
+            last: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Draws where a sync's transfers are.
+    pub fn sync(&self, p: &kiln_sync::Progress) {
+        if !self.on || p.total == 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let due = self
+            .last
+            .get()
+            .is_none_or(|t| now.duration_since(t).as_millis() >= 100);
+        if !due && p.done < p.total {
+            return;
+        }
+        self.last.set(Some(now));
+        let what = match p.step {
+            kiln_sync::Step::Pull => "pulling files",
+            kiln_sync::Step::PullFileSets => "pulling file-sets",
+            kiln_sync::Step::Push => "pushing files",
+            kiln_sync::Step::PushFileSets => "pushing file-sets",
+        };
+        const W: usize = 24;
+        let full = W * p.done / p.total;
+        let bar: String = "#".repeat(full) + &"-".repeat(W - full);
+        let mb = p.bytes as f64 / 1e6;
+        let mut e = std::io::stderr().lock();
+        let _ = write!(
+            e,
+            "\r\x1b[K{}: {what} [{bar}] {}/{} {mb:.1} MB",
+            esc(p.db),
+            p.done,
+            p.total
+        );
+        let _ = e.flush();
+    }
+
+    /// Wipes the line, if anything was drawn.
+    pub fn clear(&self) {
+        if self.on && self.last.get().is_some() {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(e, "\r\x1b[K");
+            let _ = e.flush();
+            self.last.set(None);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -201,3 +263,4 @@ mod tests {
         assert_eq!(super::utc(1_795_857_206_688), "2026-11-28 09:13:26.688Z");
     }
 }
+

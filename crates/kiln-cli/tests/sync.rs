@@ -265,3 +265,51 @@ fn watch_pulls_what_arrives_and_pushes_what_is_written() {
     w.kill().unwrap();
     w.wait().unwrap();
 }
+
+/// On a terminal, `kiln sync` draws its progress on stderr (a bar redrawn in place, wiped when
+/// done); piped, or with --json, it draws nothing. The terminal is `script`'s pseudo-terminal.
+#[test]
+fn sync_shows_progress_on_a_terminal() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, remote) = (d.path().join("a"), d.path().join("remote"));
+    ok(&a, &["db", "create", "notes"]);
+    for k in 0..5 {
+        let lines: String = (0..50)
+            .map(|i| format!("{{\"_id\":\"d{k}-{i}\",\"n\":{i}}}\n"))
+            .collect();
+        import(&a, "notes", &lines);
+    }
+    let remote_s = remote.to_str().unwrap();
+    // Piped: no bar.
+    let o = run(&a, &["sync", "notes", remote_s, "--push"]);
+    assert!(o.status.success());
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("pushing"),
+        "{o:?}"
+    );
+    // On a terminal: the bar, then the report.
+    let b = d.path().join("b");
+    let cmd = format!(
+        "{} --root {} sync notes {} --pull",
+        env!("CARGO_BIN_EXE_kiln"),
+        b.display(),
+        remote_s
+    );
+    // (b has no database: it needs the key first.)
+    let key = ok(&a, &["key", "export", "notes", "--raw"]);
+    ok(&b, &["key", "import", "notes", key.trim()]);
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("KILN_ROOT")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("notes: pulling files ["), "{text}");
+    assert!(text.contains("\r\x1b[K"), "{text}");
+    assert_eq!(
+        ok(&b, &["get", "notes", "d4-49"]).trim(),
+        ok(&a, &["get", "notes", "d4-49"]).trim()
+    );
+}

@@ -28,10 +28,11 @@ pub use folder::FolderRemote;
 pub use gc::{gc_remote, RemoteGcReport};
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
-pub use remotes::{check_remote_name, open_remote, Remotes};
+pub use remotes::{check_remote_name, open_remote, open_remote_with, Remotes};
 pub use s3::{S3Config, S3Remote};
 pub use sync::{
-    sync, sync_many, watch, FileSets, RemoteFiles, SyncError, SyncOptions, SyncReport, WatchOptions,
+    sync, sync_many, sync_with_progress, watch, FileSets, Progress, RemoteFiles, Step, SyncError,
+    SyncOptions, SyncReport, WatchOptions,
 };
 
 use std::io;

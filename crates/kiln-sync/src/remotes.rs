@@ -140,11 +140,13 @@ impl Remotes {
 /// `AWS_*` environment variables, see [`crate::S3Config::from_env`]). (The sync server comes
 /// next.)
 pub fn open_remote(url: &str) -> io::Result<Box<dyn Remote>> {
+    open_remote_with(url, &crate::S3Config::from_env())
+}
+
+/// [`open_remote`], with an S3 bucket's server and credentials given by `s3`.
+pub fn open_remote_with(url: &str, s3: &crate::S3Config) -> io::Result<Box<dyn Remote>> {
     if url.starts_with("s3://") {
-        return Ok(Box::new(crate::S3Remote::open(
-            url,
-            crate::S3Config::from_env(),
-        )?));
+        return Ok(Box::new(crate::S3Remote::open(url, s3.clone())?));
     }
     if let Some(p) = url.strip_prefix("file://") {
         if !p.starts_with('/') {

@@ -70,6 +70,8 @@ pub struct S3Config {
     pub access_key: Option<String>,
     /// The secret access key (required, with the access key).
     pub secret_key: Option<String>,
+    /// A session token, for temporary credentials.
+    pub session_token: Option<String>,
     /// Allow plain HTTP (an endpoint on loopback, a test server); otherwise HTTPS only.
     pub allow_http: bool,
 }
@@ -81,6 +83,10 @@ impl std::fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("access_key", &self.access_key)
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<hidden>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<hidden>"),
+            )
             .field("allow_http", &self.allow_http)
             .finish()
     }
@@ -89,8 +95,8 @@ impl std::fmt::Debug for S3Config {
 impl S3Config {
     /// The configuration the usual environment variables give: `AWS_ENDPOINT_URL_S3` (else
     /// `AWS_ENDPOINT_URL`), `AWS_REGION` (else `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`; plain HTTP is allowed when the endpoint is an `http://` URL.
-    /// Empty variables count as unset.
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; plain HTTP is allowed when the endpoint
+    /// is an `http://` URL. Empty variables count as unset.
     pub fn from_env() -> S3Config {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let endpoint = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL"));
@@ -102,7 +108,15 @@ impl S3Config {
             region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
             access_key: var("AWS_ACCESS_KEY_ID"),
             secret_key: var("AWS_SECRET_ACCESS_KEY"),
+            session_token: var("AWS_SESSION_TOKEN"),
         }
+    }
+
+    /// Sets the endpoint (plain HTTP allowed exactly when it is an `http://` URL).
+    pub fn with_endpoint(mut self, endpoint: String) -> S3Config {
+        self.allow_http = endpoint.to_ascii_lowercase().starts_with("http://");
+        self.endpoint = Some(endpoint);
+        self
     }
 }
 
@@ -248,6 +262,9 @@ impl S3Remote {
                 ..RetryConfig::default()
             })
             .with_http_connector(Counting(Arc::clone(&requests)));
+        if let Some(t) = cfg.session_token {
+            builder = builder.with_token(t);
+        }
         let place = if prefix.is_empty() {
             bucket.clone()
         } else {

@@ -135,9 +135,40 @@ impl From<std::io::Error> for SyncError {
 /// Attempts at writing the remote head before giving up (each lost race pulls again).
 const TRIES: usize = 16;
 
-/// A remote that counts the requests made through it.
+/// How far a sync's file transfers are (for a progress bar): `done` of `total` files of this
+/// step moved, `bytes` so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress<'a> {
+    /// The database's id on the remote.
+    pub db: &'a str,
+    /// What moves.
+    pub step: Step,
+    /// Files of this step moved so far.
+    pub done: usize,
+    /// Files this step moves at most (some may turn out to be there already).
+    pub total: usize,
+    /// Bytes moved so far in this step.
+    pub bytes: u64,
+}
+
+/// A step of a sync that moves files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Diff files fetched.
+    Pull,
+    /// File-sets fetched (`--files`).
+    PullFileSets,
+    /// Diff files uploaded.
+    Push,
+    /// File-sets uploaded.
+    PushFileSets,
+}
+
+/// A remote that counts the requests made through it, and tells how file transfers go.
 struct Counted<'a> {
     remote: &'a dyn Remote,
+    progress: &'a dyn Fn(&Progress),
+    db: &'a str,
     n: std::cell::Cell<usize>,
 }
 
@@ -145,6 +176,16 @@ impl Counted<'_> {
     fn tick(&self) -> &dyn Remote {
         self.n.set(self.n.get() + 1);
         self.remote
+    }
+
+    fn tell(&self, step: Step, done: usize, total: usize, bytes: u64) {
+        (self.progress)(&Progress {
+            db: self.db,
+            step,
+            done,
+            total,
+            bytes,
+        });
     }
 }
 
@@ -158,10 +199,24 @@ pub fn sync(
     id: &str,
     opts: SyncOptions,
 ) -> Result<SyncReport, SyncError> {
+    sync_with_progress(store, db, remote, id, opts, &|_| {})
+}
+
+/// [`sync`], telling `progress` how its file transfers go (after each file moved).
+pub fn sync_with_progress(
+    store: &Store,
+    db: &Database,
+    remote: &dyn Remote,
+    id: &str,
+    opts: SyncOptions,
+    progress: &dyn Fn(&Progress),
+) -> Result<SyncReport, SyncError> {
     crate::check_db(id)?;
     let place = Place::new(store, &remote.location());
     let remote = Counted {
         remote,
+        progress,
+        db: id,
         n: std::cell::Cell::new(0),
     };
     let mut r = SyncReport::default();
@@ -257,7 +312,9 @@ fn round(
         // Bring in the files it names, and take it in, while gc is held off.
         let hold = store.hold_files()?;
         let brought = db.replica_files_to_bring(&theirs)?;
-        for name in &brought {
+        let bytes_before = r.bytes_pulled;
+        for (i, name) in brought.iter().enumerate() {
+            remote.tell(Step::Pull, i, brought.len(), r.bytes_pulled - bytes_before);
             match bring(store, &hold, remote, name, r) {
                 Err(SyncError::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                     // A newer record may have replaced this one (and a remote gc removed
@@ -270,6 +327,12 @@ fn round(
                 x => x?,
             }
         }
+        remote.tell(
+            Step::Pull,
+            brought.len(),
+            brought.len(),
+            r.bytes_pulled - bytes_before,
+        );
         // Durable, all at once, before a head record names them.
         hold.sync()?;
         if !memory.heads.is_empty() && !db.replica_descends_from(&theirs, &memory.heads())? {
@@ -362,8 +425,17 @@ fn push(
     let there: HashSet<FileName> = base
         .map(|b| b.files().into_iter().map(|(n, _)| n).collect())
         .unwrap_or_default();
-    for (name, _) in mine.state.files() {
-        if there.contains(&name) || remote.tick().refresh_file(Kind::Diff, &name)? {
+    let todo: Vec<FileName> = mine
+        .state
+        .files()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| !there.contains(n))
+        .collect();
+    let bytes_before = r.bytes_pushed;
+    for (i, name) in todo.iter().copied().enumerate() {
+        remote.tell(Step::Push, i, todo.len(), r.bytes_pushed - bytes_before);
+        if remote.tick().refresh_file(Kind::Diff, &name)? {
             continue;
         }
         let Some(bytes) = store.stored_file(FileKind::Diff, &name)? else {
@@ -380,25 +452,38 @@ fn push(
         r.files_pushed += 1;
         r.bytes_pushed += bytes.len() as u64;
     }
+    remote.tell(
+        Step::Push,
+        todo.len(),
+        todo.len(),
+        r.bytes_pushed - bytes_before,
+    );
     if opts.files != FileSets::None {
         let there: HashSet<FileName> = base
             .map(|b| b.filesets().iter().copied().collect())
             .unwrap_or_default();
-        for name in mine.state.filesets() {
-            if there.contains(name) {
-                continue;
-            }
+        let todo: Vec<&FileName> = mine
+            .state
+            .filesets()
+            .iter()
+            .filter(|n| !there.contains(n))
+            .collect();
+        let mut bytes = 0;
+        for (i, name) in todo.iter().copied().enumerate() {
+            remote.tell(Step::PushFileSets, i, todo.len(), bytes);
             // A file-set this replica never fetched is not its to give.
             if !store.has_file(FileKind::FileSet, name)
                 || remote.tick().refresh_file(Kind::FileSet, name)?
             {
                 continue;
             }
-            if let Some(bytes) = store.stored_file(FileKind::FileSet, name)? {
-                remote.tick().put_file(Kind::FileSet, name, &bytes)?;
+            if let Some(b) = store.stored_file(FileKind::FileSet, name)? {
+                remote.tick().put_file(Kind::FileSet, name, &b)?;
                 r.filesets_pushed += 1;
+                bytes += b.len() as u64;
             }
         }
+        remote.tell(Step::PushFileSets, todo.len(), todo.len(), bytes);
     }
     match remote.tick().write_head(id, etag.as_ref(), &mine.bytes)? {
         Ok(new) => {
@@ -452,15 +537,21 @@ fn pull_filesets(
     theirs: &Replica,
     r: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    for name in theirs.filesets() {
-        if store.has_file(FileKind::FileSet, name) {
-            continue;
-        }
+    let todo: Vec<&FileName> = theirs
+        .filesets()
+        .iter()
+        .filter(|n| !store.has_file(FileKind::FileSet, n))
+        .collect();
+    let mut moved = 0;
+    for (i, name) in todo.iter().copied().enumerate() {
+        remote.tell(Step::PullFileSets, i, todo.len(), moved);
         if let Some(bytes) = remote.tick().get_file(Kind::FileSet, name)? {
             store.keep_fetched_file(FileKind::FileSet, name, &bytes)?;
             r.filesets_pulled += 1;
+            moved += bytes.len() as u64;
         }
     }
+    remote.tell(Step::PullFileSets, todo.len(), todo.len(), moved);
     Ok(())
 }
 

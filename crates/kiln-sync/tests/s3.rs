@@ -114,6 +114,7 @@ impl Server {
             access_key: Some(self.key.clone()),
             secret_key: Some(self.secret.clone()),
             allow_http: true,
+            session_token: None,
         }
     }
 

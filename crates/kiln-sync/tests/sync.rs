@@ -349,3 +349,66 @@ fn syncing_many_databases_lists_once_and_syncs_only_the_changed() {
     assert!(total(&rs) <= 1 + 2 * 3, "{}", total(&rs));
     assert!(hb[40].get("y").unwrap().is_some());
 }
+
+/// A sync tells how its transfers go: for each step, counts that only grow up to the total,
+/// ending at it, with the bytes the report gives.
+#[test]
+fn progress_is_told_step_by_step() {
+    use kiln_sync::{sync_with_progress, Step};
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = two(d.path());
+    let remote = FolderRemote::open(d.path().join("remote")).unwrap();
+    let (da, db) = (a.open_db("notes").unwrap(), b.open_db("notes").unwrap());
+    for i in 0..12 {
+        da.put_with_files(
+            &json!({"_id": format!("a{i}")}),
+            vec![Attachment::bytes("f", format!("file {i}").as_bytes())],
+        )
+        .unwrap();
+    }
+    let seen = std::cell::RefCell::new(Vec::new());
+    let tell = |p: &kiln_sync::Progress| {
+        assert_eq!(p.db, "notes");
+        seen.borrow_mut().push((p.step, p.done, p.total, p.bytes));
+    };
+    let check = |step: Step, files: usize, bytes: u64| {
+        let s: Vec<_> = seen
+            .borrow()
+            .iter()
+            .filter(|x| x.0 == step)
+            .copied()
+            .collect();
+        assert!(!s.is_empty(), "{step:?}: nothing told");
+        for w in s.windows(2) {
+            assert!(w[0].1 <= w[1].1 && w[0].3 <= w[1].3, "{s:?}");
+        }
+        let last = s.last().unwrap();
+        assert_eq!((last.1, last.2), (last.2, files.max(last.2)), "{s:?}");
+        assert_eq!(last.3, bytes, "{s:?}");
+        assert!(s.iter().all(|x| x.1 <= x.2), "{s:?}");
+    };
+    let r = sync_with_progress(&a, &da, &remote, "notes", ALL, &tell).unwrap();
+    check(Step::Push, r.files_pushed, r.bytes_pushed);
+    let pushed_sets: Vec<_> = seen
+        .borrow()
+        .iter()
+        .filter(|x| x.0 == Step::PushFileSets)
+        .copied()
+        .collect();
+    assert_eq!(pushed_sets.last().unwrap().1, 12, "{pushed_sets:?}");
+    seen.borrow_mut().clear();
+    let r = sync_with_progress(&b, &db, &remote, "notes", ALL, &tell).unwrap();
+    check(Step::Pull, r.files_pulled, r.bytes_pulled);
+    let pulled_sets: Vec<_> = seen
+        .borrow()
+        .iter()
+        .filter(|x| x.0 == Step::PullFileSets)
+        .copied()
+        .collect();
+    assert_eq!(
+        pulled_sets.last().unwrap().1,
+        r.filesets_pulled,
+        "{pulled_sets:?}"
+    );
+    assert_eq!(r.filesets_pulled, 12);
+}

@@ -18,6 +18,8 @@ use kiln::{Database, Store};
 pub struct Ctx {
     pub store: Store,
     pub out: Out,
+    /// Where s3:// remotes are served and how to sign requests (flags, else `AWS_*`).
+    pub s3: kiln_sync::S3Config,
 }
 
 impl Ctx {

@@ -134,7 +134,7 @@ fn remote(ctx: &Ctx, c: RemoteCmd) -> Result<u8, Fail> {
             ctx.store.open_db(&db)?; // exists, and is readable here
             kiln_sync::check_remote_name(&name).map_err(io_fail)?;
             let url = normalize_url(&url)?;
-            let r = kiln_sync::open_remote(&url).map_err(io_fail)?;
+            let r = kiln_sync::open_remote_with(&url, &ctx.s3).map_err(io_fail)?;
             kiln_sync::probe(&*r).map_err(|e| Fail {
                 code: 1,
                 msg: format!("remote {url} refused: {e}"),
@@ -272,20 +272,23 @@ fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) ->
     for url in urls {
         let group: Vec<&(String, String, String)> = targets.iter().filter(|t| t.2 == url).collect();
         let outcome = (|| -> Result<Vec<Result<SyncReport, Fail>>, Fail> {
-            let remote = kiln_sync::open_remote(url).map_err(io_fail)?;
+            let remote = kiln_sync::open_remote_with(url, &ctx.s3).map_err(io_fail)?;
             let handles = group
                 .iter()
                 .map(|(db, _, _)| ctx.open(db))
                 .collect::<kiln::Result<Vec<_>>>()?;
             if let [(db, _, _)] = &group[..] {
-                return Ok(vec![kiln_sync::sync(
+                let bar = crate::out::Bar::new(&ctx.out);
+                let r = kiln_sync::sync_with_progress(
                     &ctx.store,
                     &handles[0],
                     &*remote,
                     db,
                     opts,
-                )
-                .map_err(sync_fail)]);
+                    &|p| bar.sync(p),
+                );
+                bar.clear();
+                return Ok(vec![r.map_err(sync_fail)]);
             }
             let pairs: Vec<(&kiln::Database, &str)> = handles
                 .iter()
@@ -357,7 +360,7 @@ fn watch_one(
         return Err(bad_input("--poll is between 0.05 and 86400 seconds".into()));
     }
     let handle = ctx.open(db)?;
-    let remote = kiln_sync::open_remote(url).map_err(io_fail)?;
+    let remote = kiln_sync::open_remote_with(url, &ctx.s3).map_err(io_fail)?;
     let pace = kiln_sync::WatchOptions {
         poll: std::time::Duration::from_secs_f64(poll),
         ..kiln_sync::WatchOptions::default()
