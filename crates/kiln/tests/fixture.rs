@@ -13,7 +13,8 @@
 //! `tests/fixtures/v8`: the same with head records version 6 (a commit's delta in the short
 //! form) and diff files version 6 (a small file's index without its roots and structural
 //! filter); `tests/fixtures/v9`: today's formats, the same with diff files version 7 (files of
-//! several events carry a document log); all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks
+//! several events carry a document log), and `tests/fixtures/store-v2` the same as a store of
+//! format 2 with its keys outside it; all written by `cargo run -p kiln --example make_fixture -- DIR`). A change that breaks
 //! reading them, or that changes the CIDs kiln computes for the same content, fails here:
 //! formats are contracts.
 
@@ -115,6 +116,14 @@ const V9: Fixture = Fixture {
     cut_at: "bafyreidwnnka5u3f7drpbvtonnqjr5glc6idoq6dmzzpmvf57znx5ony5a",
 };
 
+/// The v9 fixture as a store of format 2 (`tests/fixtures/store-v2`: `store/`, whose marker
+/// says its keys are outside, and `keys/`, the folder holding its keybag, `keys/<store id>/`),
+/// made by opening a copy of v9 for writing with `--keys` (its keys moved out).
+const STORE_V2: Fixture = Fixture {
+    dir: "store-v2",
+    ..V9
+};
+
 /// The v9 fixture's "attached" database: its first event (two files attached).
 const V9_ATTACHED_FIRST: &str = "bafyreibpfxpwrpeds3s55g6cciegiqu6iu72ngjv54h3switpxrssytlkm";
 
@@ -146,15 +155,30 @@ fn open(f: &Fixture) -> (tempfile::TempDir, Store) {
         .join("../../tests/fixtures")
         .join(f.dir);
     let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let private = |p: &Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
+    };
+    if src.join("store").exists() {
+        // A store of format 2 with its keys outside: the store, then the keys' folder.
+        let (root, keys) = (dir.path().join("store"), dir.path().join("keys"));
+        copy(&src.join("store"), &root);
+        copy(&src.join("keys"), &keys);
+        private(&keys);
+        for e in std::fs::read_dir(&keys).unwrap() {
+            private(&e.unwrap().path());
+        }
+        let opts = kiln::Options {
+            keys: kiln::KeyPlace::Outside(Some(keys)),
+            ..kiln::Options::default()
+        };
+        let store = Store::open_with(&root, opts).unwrap();
+        return (dir, store);
+    }
     copy(&src, dir.path());
     // Git keeps no folder modes: the keybag folder must be private again (kiln refuses it
     // otherwise).
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        dir.path().join("keys"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .unwrap();
+    private(&dir.path().join("keys"));
     let store = Store::open(dir.path()).unwrap();
     (dir, store)
 }
@@ -202,6 +226,11 @@ fn v8_fixture_reads_and_verifies() {
 #[test]
 fn v9_fixture_reads_and_verifies() {
     reads_and_verifies(&V9);
+}
+
+#[test]
+fn store_v2_fixture_reads_and_verifies() {
+    reads_and_verifies(&STORE_V2);
 }
 
 /// The v6 fixture's "paged" database: 300 documents in one diff file whose index is paged
@@ -701,16 +730,16 @@ fn reads_and_verifies(f: &Fixture) {
     if !["v1", "v2", "v3", "v4", "v5"].contains(&f.dir) {
         names.insert(4, "paged");
     }
-    if matches!(f.dir, "v8" | "v9") {
+    if matches!(f.dir, "v8" | "v9" | "store-v2") {
         names.insert(3, "joined");
     }
-    if f.dir == "v9" {
+    if matches!(f.dir, "v9" | "store-v2") {
         names.insert(0, "attached");
     }
     assert_eq!(store.list().unwrap(), names);
     let db = store.open_db("fixture").unwrap();
     let info = db.info().unwrap();
-    let root = if matches!(f.dir, "v7" | "v8" | "v9") {
+    let root = if matches!(f.dir, "v7" | "v8" | "v9" | "store-v2") {
         ROOT_BOUNDED
     } else {
         ROOT
