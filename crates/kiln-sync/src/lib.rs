@@ -1,11 +1,13 @@
 //! kiln's remotes: where replicas of a database meet. A remote keeps two things, and trusts
 //! neither: immutable files named by the hash of their bytes (diff files and file-sets, as a
-//! store keeps them: ciphertext only), and one small mutable head record per database, written
-//! only by compare-and-swap. This crate holds the [`Remote`] interface every remote offers
-//! (a folder, an S3-compatible bucket; the kiln sync server to come), the folder
-//! remote ([`FolderRemote`]), and [`probe`], which checks that a remote's compare-and-swap is
+//! store keeps them: ciphertext only), and small mutable head records: one per database
+//! written by compare-and-swap (a folder), or one per replica of each database, each written
+//! by its replica only, a sync taking in their union (a bucket: [`Remote::per_replica_heads`]).
+//! This crate holds the [`Remote`] interface every remote offers (a folder, an S3-compatible
+//! bucket; the kiln sync server to come), the folder remote ([`FolderRemote`]), the bucket
+//! remote ([`S3Remote`]), and [`probe`], which checks that a remote's compare-and-swap is
 //! honest before anything relies on it. The core library (`kiln`) stays free of async runtimes
-//! and HTTP; this crate is where they will come in.
+//! and HTTP; this crate is where they come in.
 //!
 //! What a remote is trusted with: nothing it could not learn anyway. Callers check every file
 //! they download against its name before using or keeping it, seal head records, and choose
@@ -114,9 +116,60 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     ) -> io::Result<Result<Etag, Conflict>>;
     /// Removes `db`'s head record if it is still at `expected`.
     fn delete_head(&self, db: &str, expected: &Etag) -> io::Result<Result<(), Conflict>>;
-    /// Every database with a head record, sorted, with its version: one listing answers
-    /// "which of my databases changed".
+    /// Every head record, by name (see [`Remote::per_replica_heads`]), sorted, with its
+    /// version: one listing answers "which of my databases changed".
     fn list_heads(&self) -> io::Result<Vec<(String, Etag)>>;
+    /// Whether the remote keeps one head record per replica of a database (named
+    /// [`replica_head`]`(db, replica)`, each written by its replica only, a sync taking in the
+    /// union of them) rather than one per database written by compare-and-swap. For remotes
+    /// whose compare-and-swap cannot be trusted (many S3-compatible servers), which need none
+    /// then.
+    fn per_replica_heads(&self) -> bool {
+        false
+    }
+    /// The head records of database `db`'s replicas ([`Remote::per_replica_heads`]), sorted,
+    /// with their versions: one listing.
+    fn list_replica_heads(&self, db: &str) -> io::Result<Vec<(String, Etag)>> {
+        let mut out = self.list_heads()?;
+        out.retain(|(n, _)| split_head_name(n).0 == db && n.contains('~'));
+        Ok(out)
+    }
+}
+
+/// The name of replica `replica`'s head record of database `db`, on a remote that keeps one
+/// per replica: `<db>~<replica>`.
+pub fn replica_head(db: &str, replica: &str) -> String {
+    format!("{db}~{replica}")
+}
+
+/// A head record's name split into the database id and the replica id, if any.
+pub fn split_head_name(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('~') {
+        Some((db, r)) => (db, Some(r)),
+        None => (name, None),
+    }
+}
+
+/// Checks a head record's name: a database id ([`check_db`]), or a database id, `~` and a
+/// replica id (1–64 characters of `a–z 0–9 -`).
+pub fn check_head_name(name: &str) -> io::Result<()> {
+    let (db, replica) = split_head_name(name);
+    check_db(db)?;
+    match replica {
+        Some(r)
+            if r.is_empty()
+                || r.len() > 64
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a remote head record's name"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks a remote database id (a head record's name): 1–128 characters of `A–Z a–z 0–9 . _

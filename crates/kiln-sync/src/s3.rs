@@ -1,39 +1,40 @@
-//! A remote in an S3-compatible bucket: the folder remote's layout as object keys under a
-//! prefix, on top of `object_store`'s S3 client.
+//! A remote in an S3-compatible bucket: files as the folder remote keeps them, as object keys
+//! under a prefix, and a head record per replica of each database, on top of `object_store`'s
+//! S3 client.
 //!
 //! ```text
-//! PREFIX/KILN-REMOTE              marker, JSON {"kiln_remote": 1} (as the folder's)
-//! PREFIX/files/ab/<hash>.kdf      diff files
-//! PREFIX/filesets/ab/<hash>.kfs   file-sets
-//! PREFIX/heads/<db>.head          a head record: 8 random bytes ‖ the record's bytes
-//! PREFIX/heads/<db>.head (empty)  a removed head record's tombstone (reads as absent)
+//! PREFIX/KILN-REMOTE                  marker, JSON {"kiln_remote": 2}
+//! PREFIX/files/ab/<hash>.kdf          diff files
+//! PREFIX/filesets/ab/<hash>.kfs       file-sets
+//! PREFIX/heads/<db>/<replica>.head    a replica's head record (`<db>~<replica>` in the API):
+//!                                     8 random bytes ‖ the record's bytes
+//! PREFIX/heads/<name>.head (empty)    a removed head record's tombstone (reads as absent)
 //! ```
 //!
-//! Compare-and-swap of head records is the server's: a create is a PUT with
-//! `If-None-Match: *`, a write on a version a PUT with `If-Match: <etag>`, and the version is
-//! the object's ETag. The 8 random bytes in front of a record make every write's bytes, and so
+//! Each replica writes only its own record and a sync takes in the union (see `sync`), so
+//! nothing relies on the server's conditional writes, which many S3-compatible servers lack or
+//! do without atomicity. They are still sent where they cost nothing: a create is a PUT with
+//! `If-None-Match: *`, a write on a version a PUT with `If-Match: <etag>` (the version is the
+//! object's ETag). The 8 random bytes in front of a record make every write's bytes, and so
 //! its ETag, new (an ETag is often the MD5 of the bytes): a record removed and made again, or
-//! written twice with the same bytes, never matches a version read before. A head object's
-//! bytes are those of the folder remote's head file, so a folder remote copied into a bucket
-//! (or back) is the same remote.
+//! written twice with the same bytes, never matches a version read before. (Names without a
+//! replica, `heads/<db>.head`, are what [`crate::probe`] writes.)
 //!
-//! S3 has no conditional delete that `object_store` can send, so removing a head record is a
-//! compare-and-swap too: it is replaced by an empty object, a tombstone, which reads and lists
-//! as absent and which a create replaces by compare-and-swap on the tombstone's ETag. A
-//! tombstone stays behind (0 bytes; listing skips it by its size, without a request).
+//! S3 has no conditional delete that `object_store` can send, so removing a head record
+//! replaces it by an empty object, a tombstone, which reads and lists as absent. A tombstone
+//! stays behind (0 bytes; listing skips it by its size, without a request).
 //!
 //! Reading a head record on a known version sends `If-None-Match: <etag>`: one request, no
 //! bytes when the server honours it, and still one request when it ignores it (the ETag it
 //! returns is compared here). Listing head records is one LIST request per 1,000, the versions
 //! taken from the listing; a server that leaves ETags out of listings costs a HEAD request per
-//! record listed. Whether a server's conditional writes hold is for [`crate::probe`] to check:
-//! run it before trusting a bucket.
+//! record listed.
 //!
 //! The core library has no async runtime; an [`S3Remote`] owns a small one (a current-thread
 //! tokio runtime, its I/O and timers) and blocks on each request. Its methods must not be
 //! called from inside an async runtime.
 
-use crate::{check_db, Conflict, Etag, FileName, HeadRead, Kind, Remote};
+use crate::{check_head_name, split_head_name, Conflict, Etag, FileName, HeadRead, Kind, Remote};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
@@ -53,6 +54,8 @@ use std::time::Duration;
 
 /// The marker object's name under the prefix (the folder remote's).
 const MARKER: &str = "KILN-REMOTE";
+/// The layout a bucket remote has (the marker says): 2, head records per replica.
+const LAYOUT: u64 = 2;
 /// Keys in one LIST request (S3's largest page).
 const PAGE: usize = 1000;
 /// The largest object one PUT may carry (S3's limit).
@@ -345,9 +348,14 @@ impl S3Remote {
         self.key(&format!("{dir}/{}/{h}.{ext}", &h[..2]))
     }
 
-    fn head_key(&self, db: &str) -> io::Result<Path> {
-        check_db(db)?;
-        Ok(self.key(&format!("heads/{db}.head")))
+    /// A head record's key: `heads/<db>/<replica>.head` for a replica's (the remote's own
+    /// kind), `heads/<db>.head` for a name without a replica (the probe's).
+    fn head_key(&self, name: &str) -> io::Result<Path> {
+        check_head_name(name)?;
+        Ok(match split_head_name(name) {
+            (db, Some(replica)) => self.key(&format!("heads/{db}/{replica}.head")),
+            (db, None) => self.key(&format!("heads/{db}.head")),
+        })
     }
 
     /// The error of `what` on `key`, as an `io::Error` that says where.
@@ -493,7 +501,7 @@ impl S3Remote {
                 self.location
             )));
         }
-        let marker = format!("{{\"kiln_remote\": {}}}\n", crate::folder::LAYOUT_VERSION);
+        let marker = format!("{{\"kiln_remote\": {LAYOUT}}}\n");
         match self.put(&key, PutPayload::from(marker.into_bytes()), PutMode::Create) {
             Ok(_) => Ok(()),
             // Made meanwhile by another opener: check theirs.
@@ -514,9 +522,15 @@ impl S3Remote {
         let version = serde_json::from_slice::<serde_json::Value>(b)
             .ok()
             .and_then(|v| v.get("kiln_remote")?.as_u64());
-        let ours = crate::folder::LAYOUT_VERSION;
+        let ours = LAYOUT;
         match version {
             Some(v) if v == ours => Ok(()),
+            Some(v) if v < ours => Err(io::Error::other(format!(
+                "the remote at {} has layout {v} (one head record per database, by \
+                 compare-and-swap), which kiln no longer keeps in a bucket: make a new remote \
+                 (another prefix) and sync to it",
+                self.location
+            ))),
             Some(v) if v > ours => Err(io::Error::other(format!(
                 "the remote at {} has layout {v}, newer than this kiln's ({ours}); upgrade kiln",
                 self.location
@@ -705,18 +719,38 @@ impl Remote for S3Remote {
     }
 
     fn list_heads(&self) -> io::Result<Vec<(String, Etag)>> {
-        let dir = self.list_prefix("heads");
+        self.list_head_records("heads")
+    }
+
+    fn per_replica_heads(&self) -> bool {
+        true
+    }
+
+    fn list_replica_heads(&self, db: &str) -> io::Result<Vec<(String, Etag)>> {
+        crate::check_db(db)?;
+        self.list_head_records(&format!("heads/{db}"))
+    }
+}
+
+impl S3Remote {
+    /// The head records under `dir` (`heads`, or `heads/<db>`), by name, with their versions:
+    /// a LIST request per [`PAGE`].
+    fn list_head_records(&self, dir: &str) -> io::Result<Vec<(String, Etag)>> {
+        let top = self.list_prefix("heads");
+        let dir = self.list_prefix(dir);
         let mut out = Vec::new();
         self.list_all(&dir, |m| {
-            let Some(db) = m
+            let Some(rest) = m
                 .location
                 .as_ref()
-                .strip_prefix(dir.as_str())
+                .strip_prefix(top.as_str())
                 .and_then(|s| s.strip_suffix(".head"))
             else {
                 return Ok(());
             };
-            if check_db(db).is_err() || m.size == 0 {
+            // `<db>/<replica>` → `<db>~<replica>`; `<db>` as it is.
+            let name = rest.replacen('/', "~", 1);
+            if check_head_name(&name).is_err() || m.size == 0 {
                 return Ok(()); // not a head record, or a tombstone
             }
             let etag = match m.e_tag {
@@ -727,7 +761,7 @@ impl Remote for S3Remote {
                     _ => return Ok(()),
                 },
             };
-            out.push((db.to_owned(), etag));
+            out.push((name, etag));
             Ok(())
         })?;
         out.sort_by(|a, b| a.0.cmp(&b.0));

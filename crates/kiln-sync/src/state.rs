@@ -1,9 +1,10 @@
 //! What a store remembers of its last sync of a database with a remote: the remote head
 //! record's version and bytes as last seen, the remote's clock heads then (a later state must
 //! descend from them), and the digest of the local state that was in sync with it. Kept in
-//! `<store>/sync/<remote>/<db id>.json` and `.record` (`<remote>`: the first 16 bytes of the
-//! BLAKE3 hash of the remote's location, hex); losing them costs a sync a full comparison,
-//! never data.
+//! `<store>/sync/<remote>/<name>.json` and `.record`, where `<name>` is the head record's
+//! (the database id, or `<db id>~<replica>` on a remote that keeps one per replica) and
+//! `<remote>` the first 16 bytes of the BLAKE3 hash of the remote's location, hex; losing them
+//! costs a sync a full comparison, never data.
 
 use crate::Etag;
 use kiln::{Cid, Store};
@@ -83,8 +84,33 @@ impl Place {
     }
 }
 
-/// Forgets what was remembered of database id `id` (damaged).
 impl Place {
+    /// The replicas' head records of database id `id` this store remembers (on a remote that
+    /// keeps one per replica), by name.
+    pub fn remembered(&self, id: &str) -> io::Result<Vec<String>> {
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let name = e?.file_name();
+            let Some(slot) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if crate::split_head_name(slot).0 == id
+                && slot.contains('~')
+                && self.load(slot).0.etag.is_some()
+            {
+                out.push(slot.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Forgets what was remembered of head record `id` (damaged).
     pub fn forget(&self, id: &str) -> io::Result<()> {
         for ext in ["json", "record"] {
             match std::fs::remove_file(self.dir.join(format!("{id}.{ext}"))) {

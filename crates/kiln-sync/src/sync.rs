@@ -9,6 +9,14 @@
 //! held off. Then, if this replica has what the remote lacks: upload the files the remote's
 //! record does not name (each only if absent there), then write the record by compare-and-
 //! swap on the version read; a lost race starts the round again.
+//!
+//! On a remote that keeps a head record per replica (an S3 bucket: many S3-compatible servers'
+//! conditional writes cannot be trusted, so none are relied on), each replica writes only its
+//! own record (`<db>~<store id>`), and a sync takes in the union: one listing of the database's
+//! records, a pull-only round for each other replica's record that changed since last seen
+//! (adopted or merged, as above), then a round on its own record. Replicas converge as with one
+//! record (a merge of two states descends from both, so the other side adopts it); a replica's
+//! record that was seen and is gone from the listing is reported as a rollback.
 
 use crate::state::{Memory, Place};
 use crate::{Etag, FileName, HeadRead, Kind, Remote};
@@ -220,8 +228,9 @@ pub fn sync_with_progress(
         n: std::cell::Cell::new(0),
     };
     let mut r = SyncReport::default();
+    let per_replica = remote.remote.per_replica_heads();
     let out = (|| {
-        if !place.probed() {
+        if !per_replica && !place.probed() {
             // The first sync with a remote checks its compare-and-swap (a remote that ignores
             // conditional writes would lose writes silently).
             remote.n.set(remote.n.get() + crate::probe::REQUESTS);
@@ -235,7 +244,12 @@ pub fn sync_with_progress(
         }
         for _ in 0..TRIES {
             let before = db.state_digest()?;
-            match round(store, db, &remote, &place, id, opts, &mut r) {
+            let done = if per_replica {
+                replicas_round(store, db, &remote, &place, id, opts, &mut r)
+            } else {
+                round(store, db, &remote, &place, id, id, opts, &mut r)
+            };
+            match done {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 // A file of this replica's state went away under the round: a compaction here
@@ -251,6 +265,70 @@ pub fn sync_with_progress(
     out.map(|()| r)
 }
 
+/// One round with a remote that keeps a head record per replica
+/// ([`Remote::per_replica_heads`]): one listing of the database's records; each other
+/// replica's record that changed since last seen is taken in (a round that only pulls), then
+/// this replica's own record is brought up to date (a round on it: no one else writes it).
+/// Nothing changed anywhere: the listing was the whole sync. False when a round must start
+/// over.
+fn replicas_round(
+    store: &Store,
+    db: &Database,
+    remote: &Counted,
+    place: &Place,
+    id: &str,
+    opts: SyncOptions,
+    r: &mut SyncReport,
+) -> Result<bool, SyncError> {
+    let me = crate::replica_head(id, &store.id()?);
+    let listed = remote.tick().list_replica_heads(id)?;
+    check_none_withheld(place, id, &listed, db)?;
+    let mut own_listed = None;
+    let mut others_changed = false;
+    for (slot, etag) in &listed {
+        if *slot == me {
+            own_listed = Some(etag);
+            continue;
+        }
+        if place.load(slot).0.etag().as_ref() == Some(etag) || !opts.pull {
+            continue;
+        }
+        others_changed = true;
+        let only_pull = SyncOptions {
+            push: false,
+            ..opts
+        };
+        if !round(store, db, remote, place, id, slot, only_pull, r)? {
+            return Ok(false);
+        }
+    }
+    let (mine, _) = place.load(&me);
+    let quiet = !others_changed
+        && own_listed.is_some()
+        && mine.etag().as_ref() == own_listed
+        && mine.digest == hex(&db.state_digest()?);
+    if quiet {
+        return Ok(true);
+    }
+    round(store, db, remote, place, id, &me, opts, r)
+}
+
+/// A replica's record seen before and missing from the listing now was removed or withheld:
+/// reported as a rollback.
+fn check_none_withheld(
+    place: &Place,
+    id: &str,
+    listed: &[(String, Etag)],
+    db: &Database,
+) -> Result<(), SyncError> {
+    for slot in place.remembered(id)? {
+        if !listed.iter().any(|(s, _)| *s == slot) {
+            return Err(SyncError::Rollback(db.name().to_owned()));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `e` says a file is not there.
 fn gone(e: &kiln::Error) -> bool {
     match e {
@@ -264,19 +342,22 @@ fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One round; false when a compare-and-swap was lost.
+/// One round with head record `slot` (`id` itself, or a replica's record of it); false when a
+/// compare-and-swap was lost.
+#[allow(clippy::too_many_arguments)]
 fn round(
     store: &Store,
     db: &Database,
     remote: &Counted,
     place: &Place,
     id: &str,
+    slot: &str,
     opts: SyncOptions,
     r: &mut SyncReport,
 ) -> Result<bool, SyncError> {
-    let (memory, seen) = place.load(id);
+    let (memory, seen) = place.load(slot);
     let known = memory.etag();
-    let read = remote.tick().read_head(id, known.as_ref())?;
+    let read = remote.tick().read_head(slot, known.as_ref())?;
     let seen_record = seen.clone().filter(|_| !memory.digest.is_empty());
     let (record, etag) = match read {
         HeadRead::NotModified => match seen {
@@ -296,13 +377,13 @@ fn round(
             if !opts.push {
                 return Ok(true);
             }
-            return push(store, db, remote, place, id, None, None, opts, r);
+            return push(store, db, remote, place, id, slot, None, None, opts, r);
         }
     };
     let theirs = match db.open_replica(id, &record) {
         // The record remembered here is damaged: forgotten, and read again whole.
         Err(_) if etag == known && known.is_some() => {
-            place.forget(id)?;
+            place.forget(slot)?;
             return Ok(false);
         }
         x => x?,
@@ -319,7 +400,7 @@ fn round(
                 Err(SyncError::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                     // A newer record may have replaced this one (and a remote gc removed
                     // the files only the old one named): start over with it, if so.
-                    return match remote.tick().read_head(id, etag.as_ref())? {
+                    return match remote.tick().read_head(slot, etag.as_ref())? {
                         HeadRead::NotModified => Err(SyncError::Remote(e)),
                         _ => Ok(false),
                     };
@@ -374,7 +455,7 @@ fn round(
     let in_sync = digest == hex(&theirs.digest());
     let remember = |d: &str| {
         place.save(
-            id,
+            slot,
             &Memory {
                 etag: etag.as_ref().map(|e| e.0.clone()),
                 heads: theirs.heads().iter().map(|c| c.to_string()).collect(),
@@ -402,7 +483,18 @@ fn round(
         // older copy?): never pushed over them.
         return Err(SyncError::NeedsPull(db.name().to_owned()));
     }
-    push(store, db, remote, place, id, etag, Some(&theirs), opts, r)
+    push(
+        store,
+        db,
+        remote,
+        place,
+        id,
+        slot,
+        etag,
+        Some(&theirs),
+        opts,
+        r,
+    )
 }
 
 /// Uploads what `base` (the remote's record, if any) lacks and writes this replica's record
@@ -414,6 +506,7 @@ fn push(
     remote: &Counted,
     place: &Place,
     id: &str,
+    slot: &str,
     etag: Option<Etag>,
     base: Option<&Replica>,
     opts: SyncOptions,
@@ -485,11 +578,11 @@ fn push(
         }
         remote.tell(Step::PushFileSets, todo.len(), todo.len(), bytes);
     }
-    match remote.tick().write_head(id, etag.as_ref(), &mine.bytes)? {
+    match remote.tick().write_head(slot, etag.as_ref(), &mine.bytes)? {
         Ok(new) => {
             r.pushed = true;
             place.save(
-                id,
+                slot,
                 &Memory {
                     etag: Some(new.0),
                     heads: mine.state.heads().iter().map(|c| c.to_string()).collect(),
@@ -636,15 +729,38 @@ pub fn sync_many(
     remote: &dyn Remote,
     opts: SyncOptions,
 ) -> Result<Vec<Result<SyncReport, SyncError>>, SyncError> {
-    let listed: std::collections::HashMap<String, Etag> =
-        remote.list_heads()?.into_iter().collect();
+    let listed = remote.list_heads()?;
     let place = Place::new(store, &remote.location());
+    let per_replica = remote.per_replica_heads();
+    let me = if per_replica {
+        store.id()?
+    } else {
+        String::new()
+    };
     let mut out = Vec::with_capacity(dbs.len());
     for (i, (db, id)) in dbs.iter().enumerate() {
-        let (memory, _) = place.load(id);
-        let unchanged_there = memory.etag().is_some() && memory.etag().as_ref() == listed.get(*id);
+        // Its records in the listing, and the one this replica syncs through.
+        let records: Vec<(String, Etag)> = listed
+            .iter()
+            .filter(|(n, _)| match crate::split_head_name(n) {
+                (d, Some(_)) => per_replica && d == *id,
+                (d, None) => !per_replica && d == *id,
+            })
+            .cloned()
+            .collect();
+        let own = if per_replica {
+            crate::replica_head(id, &me)
+        } else {
+            (*id).to_owned()
+        };
+        let (memory, _) = place.load(&own);
+        let seen_all = records
+            .iter()
+            .all(|(slot, etag)| place.load(slot).0.etag().as_ref() == Some(etag))
+            && records.iter().any(|(slot, _)| *slot == own)
+            && (!per_replica || place.remembered(id)?.len() == records.len());
         let unchanged_here = !memory.digest.is_empty() && hex(&db.state_digest()?) == memory.digest;
-        if unchanged_there && unchanged_here {
+        if seen_all && unchanged_here {
             // (The listing's request is counted once, with the first database.)
             out.push(Ok(SyncReport {
                 requests: usize::from(i == 0),

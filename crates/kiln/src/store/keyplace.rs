@@ -160,6 +160,12 @@ pub(super) fn keybag_of(root: &Path, marker: &Marker, place: &KeyPlace) -> Resul
     }
 }
 
+/// The id of the store at `root` (`None` for a store of format 1 never opened for writing
+/// since ids came).
+pub(super) fn id_of(root: &Path) -> Result<Option<uuid::Uuid>> {
+    Ok(Marker::read(root)?.and_then(|m| m.id))
+}
+
 /// The keybag of the store at `root` as a default open finds it (for audits and tests).
 pub(crate) fn keybag_at(root: &Path) -> Result<Keybag> {
     let m = Marker::read(root)?.ok_or_else(|| Error::NoStore(root.to_path_buf()))?;
@@ -187,6 +193,16 @@ pub(super) fn settle(root: &Path, marker: Marker, place: &KeyPlace, gc: &GcLock)
         marker = Marker::read(root)?.ok_or_else(|| Error::NoStore(root.to_path_buf()))?;
         if marker.keys_in_store && marker.version < 2 {
             marker = move_out(root, marker, place)?;
+        }
+    }
+    if marker.id.is_none() {
+        // A format 1 store that keeps its keys: an id all the same (what its replicas are
+        // known by on a remote).
+        let _x = gc.exclusive().map_err(|e| Error::io(root.join("GC"), e))?;
+        marker = Marker::read(root)?.ok_or_else(|| Error::NoStore(root.to_path_buf()))?;
+        if marker.id.is_none() {
+            marker.id = Some(uuid::Uuid::new_v4());
+            marker.write(root)?;
         }
     }
     let kb = keybag_of(root, &marker, place)?;

@@ -299,6 +299,20 @@ impl Store {
         &self.inner.root
     }
 
+    /// The store's id (its marker's): a random UUID given when it was made, and anew to a copy
+    /// of its folder opened for writing. What the store's replicas are known by on a remote.
+    /// [`Error::InvalidArgument`] for a store of format 1 never opened for writing since.
+    pub fn id(&self) -> Result<String> {
+        keyplace::id_of(&self.inner.root)?
+            .map(|u| u.to_string())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the store at {} has no id yet: open it once for writing",
+                    self.inner.root.display()
+                ))
+            })
+    }
+
     /// The folder its keys are kept in (outside the store's folder unless the store keeps
     /// them in it: [`Options::keys`]).
     pub fn keys_dir(&self) -> &Path {
