@@ -136,6 +136,12 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The id `store`'s replicas go by on a remote that keeps a head record per replica (made on
+/// first use; a copy of the store, or the same folder on another machine, makes its own).
+pub fn replica_id(store: &kiln::Store) -> io::Result<String> {
+    state::replica_id(store)
+}
+
 /// The name of replica `replica`'s head record of database `db`, on a remote that keeps one
 /// per replica: `<db>~<replica>`.
 pub fn replica_head(db: &str, replica: &str) -> String {

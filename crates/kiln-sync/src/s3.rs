@@ -748,9 +748,10 @@ impl S3Remote {
             else {
                 return Ok(());
             };
-            // `<db>/<replica>` → `<db>~<replica>`; `<db>` as it is.
+            // `<db>/<replica>` → `<db>~<replica>`; `<db>` as it is. (A key with a `~` of its
+            // own would pass for another: not a head record.)
             let name = rest.replacen('/', "~", 1);
-            if check_head_name(&name).is_err() || m.size == 0 {
+            if rest.contains('~') || check_head_name(&name).is_err() || m.size == 0 {
                 return Ok(()); // not a head record, or a tombstone
             }
             let etag = match m.e_tag {

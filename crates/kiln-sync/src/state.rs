@@ -122,6 +122,82 @@ impl Place {
     }
 }
 
+/// The id this store's replicas go by on remotes that keep a head record per replica: 16 random
+/// bytes (hex) kept in `<store>/sync/replica.json` with the store's folder and the machine it was
+/// made for (`/etc/machine-id`, else the host name). A copy of the store (another folder) or
+/// the same folder on another machine (synced there by another tool) makes an id of its own,
+/// so no two replicas ever write one record; a moved store does too (its old record stays
+/// behind, named by no one: see docs/format.md on removing it).
+pub(crate) fn replica_id(store: &Store) -> io::Result<String> {
+    #[derive(Serialize, Deserialize, PartialEq)]
+    struct Replica {
+        replica: String,
+        root: String,
+        machine: String,
+    }
+    let root = std::fs::canonicalize(store.root())?
+        .to_string_lossy()
+        .into_owned();
+    let machine = [
+        "/etc/machine-id",
+        "/var/lib/dbus/machine-id",
+        "/proc/sys/kernel/hostname",
+    ]
+    .iter()
+    .find_map(|p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    })
+    .unwrap_or_default();
+    let dir = store.root().join("sync");
+    let path = dir.join("replica.json");
+    if let Some(r) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Replica>(&b).ok())
+    {
+        if r.root == root
+            && r.machine == machine
+            && crate::check_head_name(&format!("x~{}", r.replica)).is_ok()
+        {
+            return Ok(r.replica);
+        }
+    }
+    let mut rnd = [0u8; 16];
+    getrandom::getrandom(&mut rnd).map_err(io::Error::other)?;
+    let replica: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+    let r = Replica {
+        replica,
+        root,
+        machine,
+    };
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::to_vec_pretty(&r).map_err(io::Error::other)?;
+    // Two processes making one at once: the first written stands, the other reads it.
+    let tmp = dir.join(format!("replica.json.tmp-{}", &r.replica[..8]));
+    write_atomic(&tmp, &json)?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(r.replica),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let b = std::fs::read(&path)?;
+            match serde_json::from_slice::<Replica>(&b) {
+                Ok(theirs) if theirs.root == r.root && theirs.machine == r.machine => {
+                    Ok(theirs.replica)
+                }
+                // Another place's (a copy's): replaced by this one's.
+                _ => {
+                    write_atomic(&path, &json)?;
+                    Ok(r.replica)
+                }
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
     let mut rnd = [0u8; 8];
     getrandom::getrandom(&mut rnd).map_err(io::Error::other)?;

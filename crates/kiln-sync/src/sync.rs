@@ -280,9 +280,9 @@ fn replicas_round(
     opts: SyncOptions,
     r: &mut SyncReport,
 ) -> Result<bool, SyncError> {
-    let me = crate::replica_head(id, &store.id()?);
+    let me = crate::replica_head(id, &crate::state::replica_id(store)?);
     let listed = remote.tick().list_replica_heads(id)?;
-    check_none_withheld(place, id, &listed, db)?;
+    forget_gone(place, id, &listed)?;
     let mut own_listed = None;
     let mut others_changed = false;
     for (slot, etag) in &listed {
@@ -302,7 +302,15 @@ fn replicas_round(
             return Ok(false);
         }
     }
-    let (mine, _) = place.load(&me);
+    let (mut mine, _) = place.load(&me);
+    if mine.etag().is_some() && mine.etag().as_ref() != own_listed {
+        // This replica's own record is not the one it wrote last: another process of this
+        // store wrote it meanwhile, or someone removed or replaced it. This replica holds all
+        // it ever wrote there: what the record holds now is taken in like another's, and
+        // this replica's state written over it.
+        place.forget(&me)?;
+        mine = Default::default();
+    }
     let quiet = !others_changed
         && own_listed.is_some()
         && mine.etag().as_ref() == own_listed
@@ -313,17 +321,13 @@ fn replicas_round(
     round(store, db, remote, place, id, &me, opts, r)
 }
 
-/// A replica's record seen before and missing from the listing now was removed or withheld:
-/// reported as a rollback.
-fn check_none_withheld(
-    place: &Place,
-    id: &str,
-    listed: &[(String, Etag)],
-    db: &Database,
-) -> Result<(), SyncError> {
+/// Forgets the replicas' records seen before and missing from the listing now: a replica
+/// retired (its record removed by hand, docs/format.md), or withheld by the remote. Nothing is
+/// lost either way: what this replica took from it, it holds.
+fn forget_gone(place: &Place, id: &str, listed: &[(String, Etag)]) -> Result<(), SyncError> {
     for slot in place.remembered(id)? {
         if !listed.iter().any(|(s, _)| *s == slot) {
-            return Err(SyncError::Rollback(db.name().to_owned()));
+            place.forget(&slot)?;
         }
     }
     Ok(())
@@ -733,7 +737,7 @@ pub fn sync_many(
     let place = Place::new(store, &remote.location());
     let per_replica = remote.per_replica_heads();
     let me = if per_replica {
-        store.id()?
+        crate::state::replica_id(store)?
     } else {
         String::new()
     };

@@ -555,7 +555,7 @@ fn two_replicas_sync_through_s3() {
         .collect();
     assert_eq!(ids, ["a1", "a2", "b1"]);
     assert!(db.verify().unwrap().ok());
-    // A record per replica, each named by its store's id.
+    // A record per replica, each named by its replica id.
     let heads: Vec<String> = remote
         .list_heads()
         .unwrap()
@@ -563,8 +563,8 @@ fn two_replicas_sync_through_s3() {
         .map(|h| h.0)
         .collect();
     let mut want = vec![
-        kiln_sync::replica_head("notes", &a.id().unwrap()),
-        kiln_sync::replica_head("notes", &b.id().unwrap()),
+        kiln_sync::replica_head("notes", &kiln_sync::replica_id(&a).unwrap()),
+        kiln_sync::replica_head("notes", &kiln_sync::replica_id(&b).unwrap()),
     ];
     want.sort();
     assert_eq!(heads, want);
@@ -690,8 +690,7 @@ fn syncing_many_through_a_bucket_lists_once() {
         .map(|s| names.iter().map(|n| s.open_db(n).unwrap()).collect())
         .collect();
     let all = |i: usize| -> Vec<kiln_sync::SyncReport> {
-        let pairs: Vec<(&kiln::Database, &str)> =
-            handles[i].iter().zip(names).map(|(h, n)| (h, n)).collect();
+        let pairs: Vec<(&kiln::Database, &str)> = handles[i].iter().zip(names).collect();
         kiln_sync::sync_many(&stores[i], &pairs, &remote, SyncOptions::default())
             .unwrap()
             .into_iter()

@@ -75,6 +75,17 @@ impl Keybag {
     /// folder if absent, and checks the keys' folder (see [`Keybag::check`]).
     pub fn init(&self) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
+        // The folders made here are made durable in their parents (a head record that
+        // outlives its keybag's folder after a power cut would leave it unreadable).
+        let mut made = Vec::new();
+        let mut p = self.dir.as_path();
+        while !p.exists() {
+            made.push(p.to_path_buf());
+            match p.parent() {
+                Some(q) if !q.as_os_str().is_empty() => p = q,
+                _ => break,
+            }
+        }
         match std::fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)
@@ -85,8 +96,23 @@ impl Keybag {
             }
             _ => {}
         }
+        for d in &made {
+            if let Some(parent) = d.parent().filter(|q| !q.as_os_str().is_empty()) {
+                crate::storage::sync_dir(parent).map_err(|e| Error::io(parent, e))?;
+            }
+        }
         if self.marks != self.dir {
-            std::fs::create_dir_all(&self.marks).map_err(|e| Error::io(&self.marks, e))?;
+            // (Mode 0700 as the keys' folder was: keys an older kiln leaves there are read.)
+            match std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&self.marks)
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io(&self.marks, e))
+                }
+                _ => {}
+            }
         }
         self.check()
     }

@@ -69,6 +69,10 @@ fn old_store(root: &Path) {
     std::fs::write(root.join("KILN"), br#"{"kiln_store":1}"#).unwrap();
 }
 
+fn s_keys(root: &Path, home: &Path) -> PathBuf {
+    home.join(marker(root)["id"].as_str().unwrap())
+}
+
 fn read_back(s: &Store) {
     assert_eq!(
         s.open_db("notes").unwrap().get("n1").unwrap().unwrap()["text"],
@@ -96,7 +100,7 @@ fn a_new_store_keeps_no_key_in_its_folder() {
     assert_eq!(s.keys_dir(), home.path().join(id));
     assert_eq!(files_ending(s.keys_dir(), ".key").len(), 1);
     // The fork's mark is store state: it stays in the store.
-    assert_eq!(files_ending(&root.join("lineages"), ".shared").len(), 1);
+    assert_eq!(files_ending(&root.join("keys"), ".shared").len(), 1);
     // The keybag says whose it is.
     let owner = std::fs::read(s.keys_dir().join("OWNER")).unwrap();
     assert_eq!(
@@ -129,13 +133,12 @@ fn an_older_stores_keys_move_out_when_opened_for_writing() {
     assert_eq!(marker(&root), json!({"kiln_store": 1}));
     // Opened for writing: moved.
     let s = Store::open_with(&root, opts(home.path())).unwrap();
-    assert!(!root.join("keys").exists());
     assert!(files_ending(&root, ".key").is_empty());
     assert_eq!(files_ending(s.keys_dir(), ".key").len(), 2);
     assert_eq!(marker(&root)["keys"], "outside");
     read_back(&s);
     // The fork's mark came along: writes in the fork and its source still delete no shared file.
-    assert_eq!(files_ending(&root.join("lineages"), ".shared").len(), 1);
+    assert_eq!(files_ending(&root.join("keys"), ".shared").len(), 1);
     for db in ["notes", "draft"] {
         let h = s.open_db(db).unwrap();
         for i in 0..150 {
@@ -176,11 +179,11 @@ fn a_move_cut_short_resumes() {
     assert_eq!(marker(&root)["id"], id);
     read_back(&s);
     drop(s);
-    // Cut after the marker: the old folder is still there (and is removed on the next open).
-    std::fs::create_dir(root.join("keys")).unwrap();
-    std::fs::write(root.join("keys/leftover.key"), b"{}").unwrap();
+    // Cut after the marker: a key is still there (taken in if need be, then removed).
+    let k = files_ending(s_keys(&root, home.path()).as_path(), ".key")[0].clone();
+    std::fs::copy(&k, root.join("keys").join(k.file_name().unwrap())).unwrap();
     let s = Store::open_with(&root, opts(home.path())).unwrap();
-    assert!(!root.join("keys").exists());
+    assert!(files_ending(&root.join("keys"), ".key").is_empty());
     read_back(&s);
 }
 
@@ -273,5 +276,129 @@ fn markers_newer_or_damaged_are_refused() {
         std::fs::write(root.join("KILN"), bad.to_string()).unwrap();
         let e = Store::open_with(&root, opts(home.path())).unwrap_err();
         assert!(e.to_string().contains(want), "{e}");
+    }
+}
+
+/// A process that opened a format 1 store keeping its keys there (`--keys-in-store`, which
+/// the docs say older stores honour: "Older stores keep them there until opened without this
+/// flag"; or a process of the kiln before 6a4f9c6) keeps looking for shared marks in
+/// `ROOT/keys/`. Another process opening the store with the default moved the marks to
+/// `ROOT/lineages/` and removed `ROOT/keys/` (review): the first process then took the lineage
+/// for unshared, and its compaction of the source retired files the fork still names. The
+/// marks stay in `ROOT/keys/` now.
+#[test]
+fn a_process_keeping_keys_in_store_loses_the_fork_mark_when_another_moves_keys_out() {
+    let (d, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let root = d.path().join("s");
+    {
+        let s = Store::open_with(&root, in_store()).unwrap();
+        let db = s.create(Some("notes")).unwrap();
+        for i in 0..20 {
+            db.put(&json!({"_id": format!("n{i}"), "text": "hello"}))
+                .unwrap();
+        }
+        s.fork("notes", Some("draft")).unwrap();
+    }
+    std::fs::write(root.join("KILN"), br#"{"kiln_store":1}"#).unwrap();
+
+    // A long-running process that keeps keys in the store.
+    let p = Store::open_with(&root, in_store()).unwrap();
+    let notes = p.open_db("notes").unwrap();
+    // Another process, with the default: the keys and marks move out.
+    drop(Store::open_with(&root, opts(home.path())).unwrap());
+    assert!(files_ending(&root.join("keys"), ".key").is_empty());
+    // The first process goes on writing and compacting its source database.
+    for i in 0..20 {
+        notes
+            .put(&json!({"_id": format!("n{i}"), "text": "changed"}))
+            .unwrap();
+    }
+    notes.compact().unwrap();
+    drop(notes);
+    drop(p);
+
+    let s = Store::open_with(&root, opts(home.path())).unwrap();
+    let draft = s.open_db("draft").unwrap();
+    let read = draft.get("n0");
+    assert!(
+        matches!(&read, Ok(Some(_))),
+        "the fork lost its files: {:?}",
+        read.as_ref().err().map(|e| e.to_string())
+    );
+    let v = draft.verify().unwrap();
+    assert!(v.ok(), "the fork no longer verifies: {v:?}");
+}
+
+/// A store of format 2 with keys outside that still has `ROOT/keys/` (what a move cut short
+/// leaves, and what the docs' fix-up on the next open is for) has the folder removed whole,
+/// without a look at what it holds: a key there that the keybag outside lacks (one that came
+/// back through a folder-sync tool from a machine still on format 1, a process of the older
+/// kiln, or a restore from a backup of `keys/`) is deleted, and its database can no longer
+/// be read anywhere (review). Now such keys are taken into the keybag, then removed there.
+#[test]
+fn a_leftover_keys_folder_is_removed_with_keys_the_keybag_lacks() {
+    let (d, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let root = d.path().join("s");
+    let kb;
+    let b_key;
+    {
+        let s = Store::open_with(&root, opts(home.path())).unwrap();
+        kb = s.keys_dir().to_path_buf();
+        s.create(Some("a"))
+            .unwrap()
+            .put(&json!({"_id": "x"}))
+            .unwrap();
+        let before = files_ending(&kb, ".key");
+        s.create(Some("b"))
+            .unwrap()
+            .put(&json!({"_id": "y"}))
+            .unwrap();
+        b_key = files_ending(&kb, ".key")
+            .into_iter()
+            .find(|k| !before.contains(k))
+            .unwrap();
+    }
+    // b's key is in the old place only.
+    std::fs::create_dir_all(root.join("keys")).unwrap();
+    let old = root.join("keys").join(b_key.file_name().unwrap());
+    std::fs::rename(&b_key, &old).unwrap();
+    // The next open for writing:
+    let s = Store::open_with(&root, opts(home.path())).unwrap();
+    let key_left = old.exists() || b_key.exists();
+    let read = s.open_db("b").and_then(|db| db.get("y"));
+    assert!(
+        key_left && matches!(read, Ok(Some(_))),
+        "b's key was deleted with the leftover folder (key anywhere: {key_left}): {:?}",
+        read.err().map(|e| e.to_string())
+    );
+}
+
+/// Several processes making one store at once (review: each made an id and a keybag, the
+/// marker written last won, and the others went on with a keybag no later open looks in): the
+/// marker is written only where none is, and a maker that finds one uses it.
+#[test]
+fn processes_making_one_store_at_once_share_its_keybag() {
+    let (d, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let root = d.path().join("s");
+    std::thread::scope(|sc| {
+        for i in 0..6 {
+            let (root, home) = (&root, home.path());
+            sc.spawn(move || {
+                let s = Store::open_with(root, opts(home)).unwrap();
+                s.create(Some(&format!("t{i}")))
+                    .unwrap()
+                    .put(&json!({"_id": "x"}))
+                    .unwrap();
+            });
+        }
+    });
+    let s = Store::open_with(&root, opts(home.path())).unwrap();
+    for i in 0..6 {
+        assert!(s
+            .open_db(&format!("t{i}"))
+            .unwrap()
+            .get("x")
+            .unwrap()
+            .is_some());
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The store marker (`ROOT/KILN`) records it. Store format 1 kept keys and shared marks in
 //! `ROOT/keys/`; format 2 records `"keys": "outside"` (the default: keys in
-//! `<home>/<store id>/`, marks in `ROOT/lineages/`) or `"keys": "store"` (as format 1). A
+//! `<home>/<store id>/`, shared marks still in `ROOT/keys/`) or `"keys": "store"` (as format 1). A
 //! format 1 store opened for writing with keys outside has them moved out (below), so that a
 //! tool that copies or syncs the store's folder never carries a key.
 //!
@@ -98,22 +98,46 @@ impl Marker {
         }))
     }
 
-    /// Writes the marker (replaced atomically, always durable).
-    pub fn write(&self, root: &Path) -> Result<()> {
+    /// Writes a new store's marker unless one is there: false when another process made the
+    /// store meanwhile (its marker stands; read it). Durable.
+    pub fn write_new(&self, root: &Path) -> Result<bool> {
+        let path = root.join(MARKER);
+        let mut rnd = [0u8; 8];
+        crate::format::seal::fill_random(&mut rnd).map_err(|e| Error::io(root, e))?;
+        let tmp = root.join(format!(".{MARKER}.{}", crate::util::hex::hex(&rnd)));
+        write_atomic(&tmp, self.json().as_bytes(), true, None).map_err(|e| Error::io(&tmp, e))?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                crate::storage::sync_dir(root).map_err(|e| Error::io(root, e))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    fn json(&self) -> String {
         let mut v = serde_json::json!({ "kiln_store": self.version });
         if let Some(id) = self.id {
             v["id"] = id.to_string().into();
         }
         if self.version >= 2 {
-            v["keys"] = if self.keys_in_store {
+            let place = if self.keys_in_store {
                 "store"
             } else {
                 "outside"
-            }
-            .into();
+            };
+            v["keys"] = place.into();
         }
+        v.to_string()
+    }
+
+    /// Writes the marker (replaced atomically, always durable).
+    pub fn write(&self, root: &Path) -> Result<()> {
         let path = root.join(MARKER);
-        write_atomic(&path, v.to_string().as_bytes(), true, None).map_err(|e| Error::io(&path, e))
+        write_atomic(&path, self.json().as_bytes(), true, None).map_err(|e| Error::io(&path, e))
     }
 }
 
@@ -152,9 +176,10 @@ fn home_of(place: &KeyPlace) -> Result<PathBuf> {
 /// The keybag a store with `marker` has, as it stands (nothing read, made or moved).
 pub(super) fn keybag_of(root: &Path, marker: &Marker, place: &KeyPlace) -> Result<Keybag> {
     match (marker.keys_in_store, marker.id) {
+        // (The marks stay in `ROOT/keys/`, where every kiln looks for them.)
         (false, Some(id)) => Ok(Keybag::with_marks(
             home_of(place)?.join(id.to_string()),
-            root.join("lineages"),
+            root.join("keys"),
         )),
         _ => Ok(Keybag::new(root.join("keys"))),
     }
@@ -210,12 +235,13 @@ pub(super) fn settle(root: &Path, marker: Marker, place: &KeyPlace, gc: &GcLock)
         kb.init()?;
         return Ok(kb);
     }
-    // A move whose marker was written but whose old folder was not yet removed.
-    let old = root.join("keys");
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
     kb.init()?;
+    if has_keys(&root.join("keys"))? {
+        // A move whose marker was written but whose keys were not yet removed there, or keys
+        // that came back (a folder-sync tool, a backup, an older kiln): taken in, then removed.
+        let _x = gc.exclusive().map_err(|e| Error::io(root.join("GC"), e))?;
+        absorb_keys(root, &kb)?;
+    }
     match owner_of(&kb)? {
         Some(o) if o == canonical(root)? => Ok(kb),
         Some(o) if is_copy_of(&o, &marker) => {
@@ -236,8 +262,9 @@ pub(super) fn settle(root: &Path, marker: Marker, place: &KeyPlace, gc: &GcLock)
 
 /// Moves a format 1 store's keys out of its folder (holding the store's GC lock exclusively):
 /// an id (written into the marker first, so an interrupted move resumes with the same one),
-/// every key copied (durably) into the new keybag and every shared mark into `lineages/`,
-/// the marker rewritten (the move's commit point), the old folder removed.
+/// every key copied (durably) into the new keybag, the marker rewritten (the move's commit
+/// point), then the keys removed from `ROOT/keys/` (its shared marks stay: every kiln, older
+/// processes still running included, looks for them there).
 fn move_out(root: &Path, mut marker: Marker, place: &KeyPlace) -> Result<Marker> {
     if marker.id.is_none() {
         marker.id = Some(uuid::Uuid::new_v4());
@@ -252,16 +279,46 @@ fn move_out(root: &Path, mut marker: Marker, place: &KeyPlace) -> Result<Marker>
     let new = keybag_of(root, &new_marker, place)?;
     new.init()?;
     copy_keys(&old, &new)?;
-    for l in old.lineages()? {
-        if old.is_shared(&l) {
-            new.mark_shared(&l, true)?;
-        }
-    }
     claim(&new, root)?;
     new_marker.write(root)?;
-    let dir = root.join("keys");
-    std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    absorb_keys(root, &new)?;
     Ok(new_marker)
+}
+
+/// Whether folder `dir` holds a key file.
+fn has_keys(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(rd
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().ends_with(".key"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Takes the keys left in `ROOT/keys/` into keybag `kb` (outside), then removes them there
+/// (holding the store's GC lock exclusively). A key the keybag holds already must be the same;
+/// another is refused, nothing removed.
+fn absorb_keys(root: &Path, kb: &Keybag) -> Result<()> {
+    let dir = root.join("keys");
+    let old = Keybag::new(&dir);
+    for l in old.lineages()? {
+        let Some(k) = old.get(&l)? else { continue };
+        match kb.get(&l)? {
+            None => kb.put(&l, &k, true)?,
+            Some(have) if have.raw() == k.raw() => {}
+            Some(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} holds another key than {} for the same lineage: remove the one that \
+                     is wrong (nothing changed)",
+                    old.key_path(&l).display(),
+                    kb.key_path(&l).display()
+                )))
+            }
+        }
+        old.remove(&l)?;
+    }
+    crate::storage::sync_dir(&dir).map_err(|e| Error::io(&dir, e))
 }
 
 /// Gives a copied store an id and a keybag of its own, its keys copied from `shared` (holding

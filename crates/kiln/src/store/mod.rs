@@ -12,7 +12,7 @@
 //! ROOT/dbs/<name>/LOCK       writer lock (flock) + commit counter
 //! ROOT/files/ab/<hash>.kdf   diff files, named by the hash of their bytes (BLAKE3; sha2-256
 //!                            for files of format versions 1 and 2)
-//! ROOT/lineages/<l>.shared   the lineage has forks (keys outside; else in ROOT/keys/)
+//! ROOT/keys/<l>.shared       the lineage has forks (with the keys when they are in the store)
 //! KEYS/<store id>/<l>.key    keybag entries (0600), outside the store (`keyplace`); in
 //!                            ROOT/keys/ for stores that keep them there
 //! ```
@@ -229,8 +229,12 @@ impl Store {
                     .map_err(|e| Error::io(&sets, e))?;
                 let m = Marker::new(&opts.keys);
                 keyplace::create(&root, &m, &opts.keys)?;
-                m.write(&root)?;
-                m
+                if m.write_new(&root)? {
+                    m
+                } else {
+                    // Another process made the store meanwhile: its marker (and keybag) stand.
+                    Marker::read(&root)?.ok_or_else(|| Error::NoStore(root.clone()))?
+                }
             }
         };
         let gc = if opts.read_only {
