@@ -190,6 +190,10 @@ impl Remote for FolderRemote {
         Ok(self.path(kind, name).exists())
     }
 
+    fn refresh_makes_young(&self) -> bool {
+        true
+    }
+
     fn refresh_file(&self, kind: Kind, name: &FileName) -> io::Result<bool> {
         let touched = OpenOptions::new()
             .write(true)

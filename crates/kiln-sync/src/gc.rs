@@ -11,10 +11,12 @@
 //! - **readers**: a sync that read a record whose files a newer record no longer names, and
 //!   finds one gone, reads the record again and starts over with the new one.
 //!
-//! What is left: a push that names an old, no-longer-named file without uploading it, landing
-//! between gc's second reading of the records and its removal (a window of one request per
-//! file removed), on a remote whose `put_file` cannot refresh a file's age (S3). A record
-//! that is not a kiln record stops the collection: nothing is removed.
+//! On a remote that cannot make a file young again (S3: [`crate::Remote::refresh_makes_young`])
+//! a push that names an old, no-longer-named file without uploading it may have it removed by
+//! a gc under way; once its record is written, such a push checks those files and uploads
+//! again the ones gone (a reader in between finds one missing, reads again, and may fail that
+//! sync: the next one succeeds). A record that is not a kiln record stops the collection:
+//! nothing is removed.
 
 use crate::{FileName, HeadRead, Kind, Remote};
 use std::collections::{HashMap, HashSet};

@@ -91,6 +91,13 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     fn refresh_file(&self, kind: Kind, name: &FileName) -> io::Result<bool> {
         self.has_file(kind, name)
     }
+    /// Whether [`Remote::refresh_file`] makes a file young again (a folder touches it; S3
+    /// cannot without copying it): where it does not, a push checks the files it named
+    /// without uploading once its record is written, and uploads again any a remote gc
+    /// removed meanwhile.
+    fn refresh_makes_young(&self) -> bool {
+        false
+    }
     /// Stores a file under its name unless it is there already (the same name is the same
     /// bytes: a second upload changes nothing). Whole or not at all. A remote that can makes
     /// a file already there young again (a remote gc spares young files: see [`gc_remote`]).

@@ -530,9 +530,16 @@ fn push(
         .filter(|n| !there.contains(n))
         .collect();
     let bytes_before = r.bytes_pushed;
+    // Files found there and named without an upload, on a remote that cannot make them young
+    // again: a remote gc under way may remove them (checked once the record is written).
+    let young = remote.remote.refresh_makes_young();
+    let mut found = Vec::new();
     for (i, name) in todo.iter().copied().enumerate() {
         remote.tell(Step::Push, i, todo.len(), r.bytes_pushed - bytes_before);
         if remote.tick().refresh_file(Kind::Diff, &name)? {
+            if !young {
+                found.push((Kind::Diff, name));
+            }
             continue;
         }
         let Some(bytes) = store.stored_file(FileKind::Diff, &name)? else {
@@ -569,9 +576,13 @@ fn push(
         for (i, name) in todo.iter().copied().enumerate() {
             remote.tell(Step::PushFileSets, i, todo.len(), bytes);
             // A file-set this replica never fetched is not its to give.
-            if !store.has_file(FileKind::FileSet, name)
-                || remote.tick().refresh_file(Kind::FileSet, name)?
-            {
+            if !store.has_file(FileKind::FileSet, name) {
+                continue;
+            }
+            if remote.tick().refresh_file(Kind::FileSet, name)? {
+                if !young {
+                    found.push((Kind::FileSet, *name));
+                }
                 continue;
             }
             if let Some(b) = store.stored_file(FileKind::FileSet, name)? {
@@ -585,6 +596,7 @@ fn push(
     match remote.tick().write_head(slot, etag.as_ref(), &mine.bytes)? {
         Ok(new) => {
             r.pushed = true;
+            reupload_gone(store, remote, &found, r)?;
             place.save(
                 slot,
                 &Memory {
@@ -598,6 +610,33 @@ fn push(
         }
         Err(_) => Ok(false),
     }
+}
+
+/// Uploads again the files of `found` a remote gc removed while the push that found them was
+/// under way (a remote that cannot make a file young again: docs/format.md, "Remote gc").
+fn reupload_gone(
+    store: &Store,
+    remote: &Counted,
+    found: &[(Kind, FileName)],
+    r: &mut SyncReport,
+) -> Result<(), SyncError> {
+    for (kind, name) in found {
+        if remote.tick().has_file(*kind, name)? {
+            continue;
+        }
+        let local = match kind {
+            Kind::Diff => FileKind::Diff,
+            Kind::FileSet => FileKind::FileSet,
+        };
+        if let Some(bytes) = store.stored_file(local, name)? {
+            remote.tick().put_file(*kind, name, &bytes)?;
+            match kind {
+                Kind::Diff => r.files_pushed += 1,
+                Kind::FileSet => r.filesets_pushed += 1,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Brings diff file `name` in: a copy held here under the name (a file retired here, say) is

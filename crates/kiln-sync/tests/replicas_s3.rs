@@ -1292,9 +1292,9 @@ fn a_push_naming_an_old_file_keeps_it_from_a_gc_folder() {
 /// narrower window (between gc's second reading of the records and its removal); this one is
 /// the whole push, on any remote whose files cannot be made young. On the folder remote
 /// (above) the same steps lose nothing. Not hit by the random runs (their remote gcs never
-/// run mid-push).
+/// run mid-push). Fixed: once its record is written, a push checks the files it named without
+/// uploading on such a remote, and uploads again the ones gone.
 #[test]
-#[ignore = "a kiln-sync issue: on S3 a gc during a push removes old files the push names"]
 fn a_push_naming_an_old_file_keeps_it_from_a_gc_s3() {
     let s3 = Server::start();
     let remote = s3.open("old");
