@@ -313,3 +313,44 @@ fn sync_shows_progress_on_a_terminal() {
         ok(&a, &["get", "notes", "d4-49"]).trim()
     );
 }
+
+/// `kiln sync DB` with two remotes that diverged: what the second brings reaches the first in
+/// the same command, so two replicas doing the same go quiet (no merges without end).
+#[test]
+fn a_database_with_two_remotes_goes_quiet() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    ok(&a, &["db", "create", "notes"]);
+    ok(&a, &["put", "notes", r#"{"_id":"start"}"#]);
+    cp(&a, &b);
+    let (r1, r2) = (d.path().join("r1"), d.path().join("r2"));
+    for s in [&a, &b] {
+        ok(s, &["remote", "add", "notes", "one", r1.to_str().unwrap()]);
+        ok(s, &["remote", "add", "notes", "two", r2.to_str().unwrap()]);
+    }
+    ok(&a, &["put", "notes", r#"{"_id":"x"}"#]);
+    ok(&a, &["sync", "notes", "one"]);
+    ok(&b, &["put", "notes", r#"{"_id":"y"}"#]);
+    ok(&b, &["sync", "notes", "two"]);
+    for _ in 0..2 {
+        ok(&a, &["sync", "notes"]);
+        ok(&b, &["sync", "notes"]);
+    }
+    for s in [&a, &b] {
+        // Quiet: each remote's sync moves nothing.
+        let out = ok(s, &["--json", "sync", "notes"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let rows: Vec<&Value> = match &v {
+            Value::Array(a) => a.iter().collect(),
+            one => vec![one],
+        };
+        assert_eq!(rows.len(), 2, "{out}");
+        for row in rows {
+            assert!(row["merge"].is_null(), "{out}");
+            assert_eq!(row["adopted"], false, "{out}");
+            assert_eq!(row["pushed"]["head"], false, "{out}");
+        }
+        assert!(ok(s, &["get", "notes", "x"]).contains('x'));
+        assert!(ok(s, &["get", "notes", "y"]).contains('y'));
+    }
+}

@@ -33,8 +33,8 @@ pub use probe::{probe, ProbeError};
 pub use remotes::{check_remote_name, open_remote, open_remote_with, Remotes};
 pub use s3::{S3Config, S3Remote};
 pub use sync::{
-    sync, sync_many, sync_with_progress, watch, FileSets, Progress, RemoteFiles, Step, SyncError,
-    SyncOptions, SyncReport, WatchOptions,
+    sync, sync_many, sync_remotes, sync_with_progress, watch, FileSets, Progress, RemoteFiles,
+    Step, SyncError, SyncOptions, SyncReport, WatchOptions,
 };
 
 use std::io;

@@ -89,6 +89,57 @@ impl SyncReport {
     pub fn is_noop(&self) -> bool {
         !self.pushed && !self.adopted && self.merged.is_none() && self.filesets_pulled == 0
     }
+
+    /// Adds what a later sync with the same remote did.
+    fn add(&mut self, b: SyncReport) {
+        self.requests += b.requests;
+        self.files_pulled += b.files_pulled;
+        self.bytes_pulled += b.bytes_pulled;
+        self.files_pushed += b.files_pushed;
+        self.bytes_pushed += b.bytes_pushed;
+        self.filesets_pulled += b.filesets_pulled;
+        self.filesets_pushed += b.filesets_pushed;
+        self.adopted |= b.adopted;
+        self.pushed |= b.pushed;
+        self.retries += b.retries;
+        if b.merged.is_some() {
+            self.merged = b.merged;
+        }
+    }
+}
+
+/// Syncs `db` with each of `remotes` in turn (`kiln sync DB` for a database with several
+/// remotes), then again while a sync after the first changed the local state (at most three
+/// passes): a state taken from the second remote must reach the first too, or replicas that
+/// each sync the remotes in turn merge each other's merges without end. Returns each remote's
+/// outcome (the passes added up; an error is the last one met).
+pub fn sync_remotes(
+    store: &Store,
+    db: &Database,
+    remotes: &[&dyn Remote],
+    id: &str,
+    opts: SyncOptions,
+    progress: &dyn Fn(&Progress),
+) -> Vec<Result<SyncReport, SyncError>> {
+    let mut out: Vec<Result<SyncReport, SyncError>> =
+        remotes.iter().map(|_| Ok(SyncReport::default())).collect();
+    for _ in 0..3 {
+        let mut again = false;
+        for (i, remote) in remotes.iter().enumerate() {
+            let r = sync_with_progress(store, db, *remote, id, opts, progress);
+            if let Ok(rep) = &r {
+                again |= i > 0 && (rep.adopted || rep.merged.is_some());
+            }
+            match (&mut out[i], r) {
+                (Ok(sum), Ok(rep)) => sum.add(rep),
+                (slot, r) => *slot = r,
+            }
+        }
+        if !again {
+            break;
+        }
+    }
+    out
 }
 
 /// Why a sync failed.

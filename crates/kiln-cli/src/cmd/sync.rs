@@ -273,7 +273,37 @@ fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) ->
     urls.sort_unstable();
     urls.dedup();
     let mut results: Vec<(String, String, Result<SyncReport, Fail>)> = Vec::new();
-    for url in urls {
+    if urls.len() > 1 && targets.iter().all(|t| t.0 == targets[0].0) {
+        // One database, several remotes: in turn, and again while a later one changed it
+        // (kiln_sync::sync_remotes), so that what one remote brought reaches the others.
+        let db = &targets[0].0;
+        let mut opened = Vec::new();
+        for (_, name, url) in &targets {
+            let r = kiln_sync::open_remote_with(url, &ctx.s3).map_err(io_fail);
+            opened.push((name, r));
+        }
+        let usable: Vec<&dyn kiln_sync::Remote> = opened
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok().map(|b| &**b))
+            .collect();
+        let handle = ctx.open(db)?;
+        let bar = crate::out::Bar::new(&ctx.out);
+        let mut outcomes =
+            kiln_sync::sync_remotes(&ctx.store, &handle, &usable, db, opts, &|p| bar.sync(p))
+                .into_iter();
+        bar.clear();
+        for (name, r) in opened {
+            let r = match r {
+                Ok(_) => outcomes.next().map_or_else(
+                    || Err(io_fail(std::io::Error::other("no outcome"))),
+                    |o| o.map_err(sync_fail),
+                ),
+                Err(f) => Err(f),
+            };
+            results.push((db.clone(), name.clone(), r));
+        }
+    }
+    for url in if results.is_empty() { urls } else { Vec::new() } {
         let group: Vec<&(String, String, String)> = targets.iter().filter(|t| t.2 == url).collect();
         let outcome = (|| -> Result<Vec<Result<SyncReport, Fail>>, Fail> {
             let remote = kiln_sync::open_remote_with(url, &ctx.s3).map_err(io_fail)?;
