@@ -713,3 +713,70 @@ fn syncing_many_through_a_bucket_lists_once() {
     assert!(rs[1].adopted, "{rs:?}");
     assert!(handles[1][1].get("changed").unwrap().is_some());
 }
+
+/// The bucket fixture (`tests/fixtures/bucket-v2`, docs/format.md "An S3-compatible bucket"):
+/// layout 2 as s3s-fs keeps it (a bucket's objects as files), holding database "notes" as one
+/// replica's record (`heads/notes/<replica>.head`: the sync fixture's record) with its diff files
+/// and file-set. The sync fixture's empty replica syncs from it through S3 and reads exactly the
+/// expected documents and attached file; then writes, pushes its own record beside it, and a
+/// second empty replica takes in the union.
+#[test]
+fn the_bucket_fixture_syncs_into_a_replica() {
+    let s = Server::start();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        assert!(Command::new("cp")
+            .arg("-a")
+            .arg(from.join("."))
+            .arg(to)
+            .status()
+            .unwrap()
+            .success());
+    };
+    copy(&root.join("bucket-v2"), &s.folder("fixture"));
+    let d = tempfile::tempdir().unwrap();
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        let dir = d.path().join(format!("replica{i}"));
+        copy(&root.join("sync-v1/replica"), &dir);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("keys"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        replicas.push(dir);
+    }
+    let remote = s.open("fixture");
+    let all = SyncOptions {
+        files: kiln_sync::FileSets::All,
+        ..SyncOptions::default()
+    };
+    let store = kiln::Store::open(&replicas[0]).unwrap();
+    let db = store.open_db("notes").unwrap();
+    let rep = sync(&store, &db, &remote, "notes", all).unwrap();
+    assert!(
+        rep.adopted && rep.files_pulled == 3 && rep.filesets_pulled == 1,
+        "{rep:?}"
+    );
+    let expected: Vec<serde_json::Value> =
+        std::fs::read_to_string(root.join("sync-v1/expected.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(docs(&db), expected);
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut db.open_file("with-file", "hello.txt").unwrap(),
+        &mut text,
+    )
+    .unwrap();
+    assert_eq!(text, "hello, remote");
+    assert!(db.verify().unwrap().ok());
+    // Its own record beside the fixture's; a second replica takes in both.
+    db.put(&json!({"_id": "from-replica0"})).unwrap();
+    sync(&store, &db, &remote, "notes", all).unwrap();
+    assert_eq!(remote.list_replica_heads("notes").unwrap().len(), 2);
+    let store1 = kiln::Store::open(&replicas[1]).unwrap();
+    let db1 = store1.open_db("notes").unwrap();
+    sync(&store1, &db1, &remote, "notes", all).unwrap();
+    assert_eq!(docs(&db1), docs(&db));
+}
