@@ -105,6 +105,11 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// A file's bytes, `None` when the remote does not have it. Unchecked: the caller hashes
     /// them against `name` before it uses or keeps them.
     fn get_file(&self, kind: Kind, name: &FileName) -> io::Result<Option<Vec<u8>>>;
+    /// [`Remote::get_file`] of several files, in order: a remote that can fetches them at
+    /// once (S3: concurrent requests), one request each.
+    fn get_files(&self, kind: Kind, names: &[FileName]) -> io::Result<Vec<Option<Vec<u8>>>> {
+        names.iter().map(|n| self.get_file(kind, n)).collect()
+    }
     /// Every file of a kind, sorted, with its age in seconds as the remote knows it (for a
     /// remote garbage collection's grace period).
     fn list_files(&self, kind: Kind) -> io::Result<Vec<(FileName, u64)>>;

@@ -606,6 +606,41 @@ impl Remote for S3Remote {
         self.get(&key, "downloading")
     }
 
+    fn get_files(&self, kind: Kind, names: &[FileName]) -> io::Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<Path> = names.iter().map(|n| self.file_key(kind, n)).collect();
+        let got: Vec<Option<object_store::Result<Option<Vec<u8>>>>> = self.rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, key) in keys.iter().cloned().enumerate() {
+                let store = self.store.clone();
+                set.spawn(async move {
+                    let r = match store.get_opts(&key, GetOptions::default()).await {
+                        Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    (i, r)
+                });
+            }
+            let mut out: Vec<Option<object_store::Result<Option<Vec<u8>>>>> =
+                (0..keys.len()).map(|_| None).collect();
+            while let Some(joined) = set.join_next().await {
+                if let Ok((i, r)) = joined {
+                    out[i] = Some(r);
+                }
+            }
+            out
+        });
+        got.into_iter()
+            .zip(&keys)
+            .map(|(r, key)| match r {
+                Some(r) => r.map_err(|e| self.err("downloading", key.as_ref(), e)),
+                None => Err(io::Error::other(format!(
+                    "downloading {key}: the task failed"
+                ))),
+            })
+            .collect()
+    }
+
     fn list_files(&self, kind: Kind) -> io::Result<Vec<(FileName, u64)>> {
         let (dir, ext) = Self::dir(kind);
         let dir = self.list_prefix(dir);

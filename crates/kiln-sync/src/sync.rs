@@ -449,9 +449,23 @@ fn round(
         let hold = store.hold_files()?;
         let brought = db.replica_files_to_bring(&theirs)?;
         let bytes_before = r.bytes_pulled;
-        for (i, name) in brought.iter().enumerate() {
-            remote.tell(Step::Pull, i, brought.len(), r.bytes_pulled - bytes_before);
-            match bring(store, &hold, remote, name, r) {
+        // Copies held here first; the rest fetched a batch at a time (at once where the
+        // remote can), each checked and kept as it comes.
+        let mut fetch = Vec::new();
+        for name in &brought {
+            if !keep_local(store, &hold, name)? {
+                fetch.push(*name);
+            }
+        }
+        let mut done = brought.len() - fetch.len();
+        for batch in fetch.chunks(FETCH_BATCH) {
+            remote.tell(
+                Step::Pull,
+                done,
+                brought.len(),
+                r.bytes_pulled - bytes_before,
+            );
+            match bring(&hold, remote, batch, r) {
                 Err(SyncError::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                     // A newer record may have replaced this one (and a remote gc removed
                     // the files only the old one named): start over with it, if so.
@@ -462,6 +476,7 @@ fn round(
                 }
                 x => x?,
             }
+            done += batch.len();
         }
         remote.tell(
             Step::Pull,
@@ -690,29 +705,39 @@ fn reupload_gone(
     Ok(())
 }
 
-/// Brings diff file `name` in: a copy held here under the name (a file retired here, say) is
-/// checked and kept anew; else it is fetched, checked and kept (durable with `hold.sync()`).
+/// Files fetched at once (at most this many in memory).
+const FETCH_BATCH: usize = 8;
+
+/// Keeps the copy of diff file `name` this store holds (a file retired here, say), checked
+/// and written anew; false when there is none (or it does not check).
+fn keep_local(store: &Store, hold: &kiln::FilesHold, name: &FileName) -> Result<bool, SyncError> {
+    Ok(match store.stored_file(FileKind::Diff, name)? {
+        Some(bytes) => hold.keep(name, &bytes).is_ok(),
+        None => false,
+    })
+}
+
+/// Fetches diff files `names` (one request each, at once where the remote can), checks each
+/// against its name and keeps it (durable with `hold.sync()`).
 fn bring(
-    store: &Store,
     hold: &kiln::FilesHold,
     remote: &Counted,
-    name: &FileName,
+    names: &[FileName],
     r: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    if let Some(bytes) = store.stored_file(FileKind::Diff, name)? {
-        if hold.keep(name, &bytes).is_ok() {
-            return Ok(());
-        }
+    remote.n.set(remote.n.get() + names.len());
+    let got = remote.remote.get_files(Kind::Diff, names)?;
+    for (name, bytes) in names.iter().zip(got) {
+        let Some(bytes) = bytes else {
+            return Err(SyncError::Remote(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("file {name} is named by the remote head but not on the remote"),
+            )));
+        };
+        hold.keep(name, &bytes)?;
+        r.files_pulled += 1;
+        r.bytes_pulled += bytes.len() as u64;
     }
-    let Some(bytes) = remote.tick().get_file(Kind::Diff, name)? else {
-        return Err(SyncError::Remote(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("file {name} is named by the remote head but not on the remote"),
-        )));
-    };
-    hold.keep(name, &bytes)?;
-    r.files_pulled += 1;
-    r.bytes_pulled += bytes.len() as u64;
     Ok(())
 }
 
