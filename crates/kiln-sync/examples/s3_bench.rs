@@ -42,14 +42,13 @@
 //! `LD_PRELOAD=$PWD/libnodelay.so cargo run --release -p kiln-sync --example s3_bench -- DIR`
 
 use kiln::{FileKind, Options, Store};
-use kiln_sync::{sync, Kind, Remote, S3Config, S3Remote, SyncOptions};
+use kiln_sync::testing::S3sFs;
+use kiln_sync::{sync, Kind, Remote, SyncOptions};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as Key;
 use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload, RetryConfig};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The bucket of the raw transfers and of the pull's and push's parts; each full push goes to
@@ -63,119 +62,24 @@ fn env_usize(k: &str, d: usize) -> usize {
         .unwrap_or(d)
 }
 
-/// s3s-fs on loopback (stopped when dropped): as crates/kiln-sync/tests/s3.rs starts it.
-struct Server {
-    child: Child,
-    endpoint: String,
-    key: String,
-    secret: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let bin = std::env::var_os("KILN_S3S_FS")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/bin/s3s-fs")
-            });
-        assert!(
-            bin.is_file(),
-            "s3s-fs is not installed (looked for {}): run scripts/s3-server.sh --install",
-            bin.display()
-        );
-        for b in [BUCKET, "bench0", "bench1", "bench2", "bench3", "bench4"] {
-            std::fs::create_dir_all(data.join(b)).unwrap();
-        }
-        let mut r = [0u8; 16];
-        getrandom::getrandom(&mut r).unwrap();
-        let secret: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let key = format!("kiln-{}", &secret[..8]);
-        let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", &key, "--secret-key", &secret])
-            .arg(data)
-            .env("RUST_LOG", "s3s_fs=info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find("http://127.0.0.1:") {
-                    let port: String = line[i + 17..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit())
-                        .collect();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(format!("http://127.0.0.1:{port}"));
-                    }
-                }
-            }
-        });
-        let endpoint = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(e) => e,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("s3s-fs did not say where it listens within 30 s");
-            }
-        };
-        Server {
-            child,
-            endpoint,
-            key,
-            secret,
-        }
-    }
-
-    fn config(&self) -> S3Config {
-        S3Config {
-            endpoint: Some(self.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            access_key: Some(self.key.clone()),
-            secret_key: Some(self.secret.clone()),
-            allow_http: true,
-            ..S3Config::default()
-        }
-    }
-
-    /// The remote at `s3://bucket/prefix` (a bucket s3s-fs serves: made above).
-    fn open(&self, bucket_and_prefix: &str) -> S3Remote {
-        S3Remote::open(&format!("s3://{bucket_and_prefix}"), self.config()).unwrap()
-    }
-
-    /// The S3 client as `S3Remote::open` builds it (without its request counter).
-    fn client(&self) -> AmazonS3 {
-        AmazonS3Builder::new()
-            .with_bucket_name(BUCKET)
-            .with_region("us-east-1")
-            .with_access_key_id(&self.key)
-            .with_secret_access_key(&self.secret)
-            .with_virtual_hosted_style_request(false)
-            .with_allow_http(true)
-            .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .with_retry(RetryConfig {
-                max_retries: 5,
-                retry_timeout: Duration::from_secs(60),
-                ..RetryConfig::default()
-            })
-            .with_endpoint(&self.endpoint)
-            .build()
-            .unwrap()
-    }
+/// The S3 client as `S3Remote::open` builds it (without its request counter).
+fn client(server: &S3sFs) -> AmazonS3 {
+    AmazonS3Builder::new()
+        .with_bucket_name(BUCKET)
+        .with_region("us-east-1")
+        .with_access_key_id(&server.key)
+        .with_secret_access_key(&server.secret)
+        .with_virtual_hosted_style_request(false)
+        .with_allow_http(true)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_retry(RetryConfig {
+            max_retries: 5,
+            retry_timeout: Duration::from_secs(60),
+            ..RetryConfig::default()
+        })
+        .with_endpoint(&server.endpoint)
+        .build()
+        .unwrap()
 }
 
 /// What one kind of raw transfer does with one object.
@@ -255,7 +159,10 @@ fn main() {
     let par = env_usize("PAR", 8).max(1);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let server = Server::start(&dir.join("s3data"));
+    let server = S3sFs::start_in(
+        &dir.join("s3data"),
+        &[BUCKET, "bench0", "bench1", "bench2", "bench3", "bench4"],
+    );
     let opts = Options {
         background_compaction: false,
         ..Options::default()
@@ -299,7 +206,7 @@ fn main() {
     let (mut push, mut pull) = (Vec::new(), Vec::new());
     let (mut push_calls, mut push_http, mut pull_calls, mut pull_http) = (0, 0, 0, 0);
     for rep in 0..reps {
-        let remote = server.open(&format!("bench{}/db", rep % 5));
+        let remote = server.open_at(&format!("bench{}/db", rep % 5));
         let before = remote.requests();
         let t = Instant::now();
         let r = sync(&a, &da, &remote, "bench", SyncOptions::default()).unwrap();
@@ -311,7 +218,7 @@ fn main() {
         let b = Store::open_with(dir.join(format!("b{rep}")), opts.clone()).unwrap();
         b.import_key("bench", &key, None).unwrap();
         let db = b.open_db("bench").unwrap();
-        let remote = server.open(&format!("bench{}/db", rep % 5));
+        let remote = server.open_at(&format!("bench{}/db", rep % 5));
         let before = remote.requests();
         let t = Instant::now();
         let r = sync(&b, &db, &remote, "bench", SyncOptions::default()).unwrap();
@@ -322,7 +229,7 @@ fn main() {
     }
 
     // Raw: the same bytes, the same client, one at a time and `par` at a time.
-    let client = server.client();
+    let client = client(&server);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -351,7 +258,7 @@ fn main() {
     let (mut s_get, mut s_keep, mut s_fsync, mut s_head, mut s_put) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
-        let remote = server.open("bench0/db");
+        let remote = server.open_at("bench0/db");
         let c = Store::open_with(dir.join(format!("c{rep}")), opts.clone()).unwrap();
         let t = Instant::now();
         let got: Vec<Vec<u8>> = info
@@ -370,7 +277,7 @@ fn main() {
         hold.sync().unwrap();
         s_fsync.push(t.elapsed().as_secs_f64());
         drop(hold);
-        let remote = server.open(&format!("{BUCKET}/parts{rep}"));
+        let remote = server.open_at(&format!("{BUCKET}/parts{rep}"));
         let t = Instant::now();
         for f in &info.files {
             assert!(!remote.refresh_file(Kind::Diff, &f.name).unwrap());
@@ -384,7 +291,7 @@ fn main() {
     }
 
     // A no-op sync (the replica pulled last), and one commit pushed and pulled.
-    let remote = server.open("bench0/db");
+    let remote = server.open_at("bench0/db");
     let b = Store::open_with(dir.join("b0"), opts.clone()).unwrap();
     let db = b.open_db("bench").unwrap();
     let before = remote.requests();
@@ -405,7 +312,7 @@ fn main() {
              shim)"
         );
     }
-    let ra = server.open("bench0/db");
+    let ra = server.open_at("bench0/db");
     da.put(&json!({"_id": "one", "v": 0})).unwrap();
     sync(&a, &da, &ra, "bench", SyncOptions::default()).unwrap();
     sync(&b, &db, &remote, "bench", SyncOptions::default()).unwrap();

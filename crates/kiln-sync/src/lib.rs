@@ -25,6 +25,7 @@ mod remotes;
 mod s3;
 mod state;
 mod sync;
+pub mod testing;
 
 pub use folder::FolderRemote;
 pub use gc::{gc_remote, RemoteGcReport};

@@ -8,113 +8,15 @@
 //! record PUT lands whatever version it names.
 
 use kiln_sync::{
-    sync, Conflict, Etag, FileName, HeadRead, Kind, Remote, S3Config, S3Remote, SyncError,
-    SyncOptions,
+    sync, Conflict, Etag, FileName, HeadRead, Kind, Remote, S3Remote, SyncError, SyncOptions,
 };
 use serde_json::json;
-use std::io::{self, BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{self};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::Duration;
 
-const BUCKET: &str = "kiln";
-
-fn s3s_fs() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_S3S_FS").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/bin/s3s-fs")
-}
-
-struct Server {
-    child: Child,
-    endpoint: String,
-    key: String,
-    secret: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start() -> Server {
-        let bin = s3s_fs();
-        assert!(bin.is_file(), "no s3s-fs at {}", bin.display());
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(data.join(BUCKET)).unwrap();
-        let mut r = [0u8; 16];
-        {
-            use std::io::Read;
-            std::fs::File::open("/dev/urandom")
-                .unwrap()
-                .read_exact(&mut r)
-                .unwrap();
-        }
-        let secret: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let key = format!("kiln-{}", &secret[..8]);
-        let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", &key, "--secret-key", &secret])
-            .arg(&data)
-            .env("RUST_LOG", "s3s_fs=info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find("http://127.0.0.1:") {
-                    let port: String = line[i + 17..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit())
-                        .collect();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(format!("http://127.0.0.1:{port}"));
-                    }
-                }
-            }
-        });
-        let endpoint = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(e) => e,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("s3s-fs did not say where it listens");
-            }
-        };
-        Server {
-            child,
-            endpoint,
-            key,
-            secret,
-            _dir: dir,
-        }
-    }
-
-    fn open(&self, prefix: &str) -> S3Remote {
-        let c = S3Config {
-            endpoint: Some(self.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            access_key: Some(self.key.clone()),
-            secret_key: Some(self.secret.clone()),
-            allow_http: true,
-            session_token: None,
-        };
-        S3Remote::open(&format!("s3://{BUCKET}/{prefix}"), c).unwrap()
-    }
-}
+use kiln_sync::testing::S3sFs as Server;
 
 type Hook<'a> = Mutex<Option<Box<dyn FnOnce() + Send + 'a>>>;
 

@@ -7,134 +7,13 @@
 //! test makes its bucket with `mkdir`, and can look at (and under) the objects as files.
 
 use kiln_sync::{
-    probe, sync, Conflict, FileName, HeadRead, Kind, ProbeError, Remote, S3Config, S3Remote,
-    SyncOptions,
+    probe, sync, Conflict, FileName, HeadRead, Kind, ProbeError, Remote, S3Remote, SyncOptions,
 };
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
 
-const BUCKET: &str = "kiln";
-
-/// s3s-fs: `KILN_S3S_FS`, else where `scripts/s3-server.sh --install` puts it.
-fn s3s_fs() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_S3S_FS").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/bin/s3s-fs")
-}
-
-/// A server of this test's own (stopped when dropped).
-struct Server {
-    child: Child,
-    /// The server's data folder: the bucket is `data/kiln`.
-    data: PathBuf,
-    endpoint: String,
-    key: String,
-    secret: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start() -> Server {
-        let bin = s3s_fs();
-        assert!(
-            bin.is_file(),
-            "the S3 test server s3s-fs is not installed (looked for {}): run \
-             scripts/s3-server.sh --install (or set KILN_S3S_FS to an s3s-fs 0.14.1 binary)",
-            bin.display()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(data.join(BUCKET)).unwrap();
-        let mut r = [0u8; 16];
-        getrandom(&mut r);
-        let secret: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let key = format!("kiln-{}", &secret[..8]);
-        // Port 0: the system picks a free one, and s3s-fs logs the address it bound.
-        let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", &key, "--secret-key", &secret])
-            .arg(&data)
-            .env("RUST_LOG", "s3s_fs=info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log to its end (a full pipe would stall the server).
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find("http://127.0.0.1:") {
-                    let port: String = line[i + 17..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit())
-                        .collect();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(format!("http://127.0.0.1:{port}"));
-                    }
-                }
-            }
-        });
-        let endpoint = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(e) => e,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("s3s-fs did not say where it listens within 30 s");
-            }
-        };
-        Server {
-            child,
-            data,
-            endpoint,
-            key,
-            secret,
-            _dir: dir,
-        }
-    }
-
-    fn config(&self) -> S3Config {
-        S3Config {
-            endpoint: Some(self.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            access_key: Some(self.key.clone()),
-            secret_key: Some(self.secret.clone()),
-            allow_http: true,
-            session_token: None,
-        }
-    }
-
-    fn open(&self, prefix: &str) -> S3Remote {
-        S3Remote::open(&format!("s3://{BUCKET}/{prefix}"), self.config()).unwrap()
-    }
-
-    /// The folder that holds the objects under `prefix`.
-    fn folder(&self, prefix: &str) -> PathBuf {
-        self.data.join(BUCKET).join(prefix)
-    }
-}
-
-fn getrandom(b: &mut [u8]) {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(b)
-        .unwrap();
-}
+use kiln_sync::testing::S3sFs as Server;
 
 fn name(b: &[u8]) -> FileName {
     // Any 32 bytes name a file here; the sync layer checks names against contents.
