@@ -85,28 +85,35 @@ impl Place {
 }
 
 impl Place {
-    /// The replicas' head records of database id `id` this store remembers (on a remote that
-    /// keeps one per replica), by name.
-    pub fn remembered(&self, id: &str) -> io::Result<Vec<String>> {
+    /// The version of head record `name` last seen (its memory's alone: the record's bytes
+    /// are not read).
+    pub fn etag(&self, name: &str) -> Option<Etag> {
+        std::fs::read(self.dir.join(format!("{name}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Memory>(&b).ok())
+            .and_then(|m| m.etag())
+    }
+
+    /// The replicas' head records this store remembers a version of (on a remote that keeps
+    /// one per replica), by database id: one read of the folder for all databases.
+    pub fn remembered(&self) -> io::Result<std::collections::HashMap<String, Vec<String>>> {
+        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(e),
         };
-        let mut out = Vec::new();
         for e in rd {
             let name = e?.file_name();
             let Some(slot) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
-            if crate::split_head_name(slot).0 == id
-                && slot.contains('~')
-                && self.load(slot).0.etag.is_some()
-            {
-                out.push(slot.to_owned());
+            if let (db, Some(_)) = crate::split_head_name(slot) {
+                if self.etag(slot).is_some() {
+                    out.entry(db.to_owned()).or_default().push(slot.to_owned());
+                }
             }
         }
-        out.sort();
         Ok(out)
     }
 

@@ -341,7 +341,7 @@ fn replicas_round(
             own_listed = Some(etag);
             continue;
         }
-        if place.load(slot).0.etag().as_ref() == Some(etag) || !opts.pull {
+        if place.etag(slot).as_ref() == Some(etag) || !opts.pull {
             continue;
         }
         others_changed = true;
@@ -376,7 +376,7 @@ fn replicas_round(
 /// retired (its record removed by hand, docs/format.md), or withheld by the remote. Nothing is
 /// lost either way: what this replica took from it, it holds.
 fn forget_gone(place: &Place, id: &str, listed: &[(String, Etag)]) -> Result<(), SyncError> {
-    for slot in place.remembered(id)? {
+    for slot in place.remembered()?.remove(id).unwrap_or_default() {
         if !listed.iter().any(|(s, _)| *s == slot) {
             place.forget(&slot)?;
         }
@@ -851,10 +851,10 @@ pub fn sync_many(
     let listed = remote.list_heads()?;
     let place = Place::new(store, &remote.location());
     let per_replica = remote.per_replica_heads();
-    let me = if per_replica {
-        crate::state::replica_id(store)?
+    let (me, remembered) = if per_replica {
+        (crate::state::replica_id(store)?, place.remembered()?)
     } else {
-        String::new()
+        Default::default()
     };
     let mut out = Vec::with_capacity(dbs.len());
     for (i, (db, id)) in dbs.iter().enumerate() {
@@ -875,9 +875,9 @@ pub fn sync_many(
         let (memory, _) = place.load(&own);
         let seen_all = records
             .iter()
-            .all(|(slot, etag)| place.load(slot).0.etag().as_ref() == Some(etag))
+            .all(|(slot, etag)| place.etag(slot).as_ref() == Some(etag))
             && records.iter().any(|(slot, _)| *slot == own)
-            && (!per_replica || place.remembered(id)?.len() == records.len());
+            && (!per_replica || remembered.get(*id).map_or(0, Vec::len) == records.len());
         let unchanged_here = !memory.digest.is_empty() && hex(&db.state_digest()?) == memory.digest;
         if seen_all && unchanged_here {
             // (The listing's request is counted once, with the first database.)
