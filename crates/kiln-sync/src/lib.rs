@@ -40,6 +40,11 @@ pub use sync::{
 
 use std::io;
 
+/// Requests a remote keeps in flight at once where it can ([`Remote::get_files`],
+/// [`Remote::has_files`], [`Remote::put_files`]): also how many files a transfer holds in
+/// memory at most.
+pub const WINDOW: usize = 8;
+
 /// The two kinds of immutable files a remote keeps, in places of their own (file-sets
 /// replicate apart from the documents: a replica may take the diffs and fetch files on demand).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,10 +111,52 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// A file's bytes, `None` when the remote does not have it. Unchecked: the caller hashes
     /// them against `name` before it uses or keeps them.
     fn get_file(&self, kind: Kind, name: &FileName) -> io::Result<Option<Vec<u8>>>;
-    /// [`Remote::get_file`] of several files, in order: a remote that can fetches them at
-    /// once (S3: concurrent requests), one request each.
-    fn get_files(&self, kind: Kind, names: &[FileName]) -> io::Result<Vec<Option<Vec<u8>>>> {
-        names.iter().map(|n| self.get_file(kind, n)).collect()
+    /// [`Remote::get_file`] of several files, one request each, each file handed to `each`
+    /// with its index in `names` as it arrives. A remote that can keeps [`WINDOW`] requests in
+    /// flight (S3), handing files over in the order they complete; at most that many are in
+    /// memory at once. An error from `each` stops the fetch and is returned.
+    fn get_files(
+        &self,
+        kind: Kind,
+        names: &[FileName],
+        each: &mut dyn FnMut(usize, Option<Vec<u8>>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        for (i, n) in names.iter().enumerate() {
+            each(i, self.get_file(kind, n)?)?;
+        }
+        Ok(())
+    }
+    /// [`Remote::has_file`] of several files, in order, one request each ([`WINDOW`] in
+    /// flight where the remote can).
+    fn has_files(&self, kind: Kind, names: &[FileName]) -> io::Result<Vec<bool>> {
+        names.iter().map(|n| self.has_file(kind, n)).collect()
+    }
+    /// [`Remote::put_file`] of several files, one request each, the bytes of file `i` asked
+    /// of `load(i)` when it is to be uploaded (`None`: skipped; a remote that looks files up
+    /// first asks only for those it lacks). Returns, in order, whether each was uploaded
+    /// (false: skipped, or there already, made young where the remote can). An error from
+    /// `load` stops the upload and is returned. A remote that can keeps [`WINDOW`] uploads in flight (S3), or makes the
+    /// files durable together (a folder); all are durable when it returns.
+    fn put_files(
+        &self,
+        kind: Kind,
+        names: &[FileName],
+        load: &mut dyn FnMut(usize) -> io::Result<Option<Vec<u8>>>,
+    ) -> io::Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            if self.refresh_file(kind, n)? {
+                out.push(false);
+                continue;
+            }
+            let Some(bytes) = load(i)? else {
+                out.push(false);
+                continue;
+            };
+            self.put_file(kind, n, &bytes)?;
+            out.push(true);
+        }
+        Ok(out)
     }
     /// Every file of a kind, sorted, with its age in seconds as the remote knows it (for a
     /// remote garbage collection's grace period).

@@ -34,7 +34,9 @@
 //! tokio runtime, its I/O and timers) and blocks on each request. Its methods must not be
 //! called from inside an async runtime.
 
-use crate::{check_head_name, split_head_name, Conflict, Etag, FileName, HeadRead, Kind, Remote};
+use crate::{
+    check_head_name, split_head_name, Conflict, Etag, FileName, HeadRead, Kind, Remote, WINDOW,
+};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
@@ -387,6 +389,59 @@ impl S3Remote {
         })
     }
 
+    /// Refuses an object larger than one S3 upload takes.
+    fn check_size(&self, key: &Path, len: usize) -> io::Result<()> {
+        if len > MAX_PUT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the S3 remote {}: {key} is {len} bytes, more than one S3 upload takes \
+                     (5 GiB)",
+                    self.location
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `n` requests with at most [`WINDOW`] in flight: `start(i)` makes request `i`
+    /// (`None`: none for `i`), `done(i, result)` takes its result as it completes (in any
+    /// order). The first error from either stops the rest (requests in flight are dropped).
+    fn windowed<T, F>(
+        &self,
+        n: usize,
+        mut start: impl FnMut(usize) -> io::Result<Option<F>>,
+        mut done: impl FnMut(usize, T) -> io::Result<()>,
+    ) -> io::Result<()>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            let mut next = 0;
+            loop {
+                while set.len() < WINDOW && next < n {
+                    if let Some(request) = start(next)? {
+                        let i = next;
+                        set.spawn(async move { (i, request.await) });
+                    }
+                    next += 1;
+                }
+                match set.join_next().await {
+                    None => return Ok(()),
+                    Some(Ok((i, r))) => done(i, r)?,
+                    Some(Err(e)) => {
+                        return Err(io::Error::other(format!(
+                            "the S3 remote {}: a request failed: {e}",
+                            self.location
+                        )))
+                    }
+                }
+            }
+        })
+    }
+
     /// An object's bytes; `None` when absent.
     fn get(&self, key: &Path, what: &str) -> io::Result<Option<Vec<u8>>> {
         self.get_raw(key, GetOptions::default())
@@ -583,17 +638,7 @@ impl Remote for S3Remote {
 
     fn put_file(&self, kind: Kind, name: &FileName, bytes: &[u8]) -> io::Result<()> {
         let key = self.file_key(kind, name);
-        if bytes.len() > MAX_PUT {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "the S3 remote {}: {key} is {} bytes, more than one S3 upload takes \
-                     (5 GiB)",
-                    self.location,
-                    bytes.len()
-                ),
-            ));
-        }
+        self.check_size(&key, bytes.len())?;
         match self.put(&key, PutPayload::from(bytes.to_vec()), PutMode::Create) {
             // There already: the same name is the same bytes.
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
@@ -606,39 +651,92 @@ impl Remote for S3Remote {
         self.get(&key, "downloading")
     }
 
-    fn get_files(&self, kind: Kind, names: &[FileName]) -> io::Result<Vec<Option<Vec<u8>>>> {
+    fn get_files(
+        &self,
+        kind: Kind,
+        names: &[FileName],
+        each: &mut dyn FnMut(usize, Option<Vec<u8>>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let keys: Vec<Path> = names.iter().map(|n| self.file_key(kind, n)).collect();
-        let got: Vec<Option<object_store::Result<Option<Vec<u8>>>>> = self.rt.block_on(async {
-            let mut set = tokio::task::JoinSet::new();
-            for (i, key) in keys.iter().cloned().enumerate() {
-                let store = self.store.clone();
-                set.spawn(async move {
-                    let r = match store.get_opts(&key, GetOptions::default()).await {
+        self.windowed(
+            keys.len(),
+            |i| {
+                let (store, key) = (self.store.clone(), keys[i].clone());
+                Ok(Some(async move {
+                    match store.get_opts(&key, GetOptions::default()).await {
                         Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(e) => Err(e),
-                    };
-                    (i, r)
-                });
-            }
-            let mut out: Vec<Option<object_store::Result<Option<Vec<u8>>>>> =
-                (0..keys.len()).map(|_| None).collect();
-            while let Some(joined) = set.join_next().await {
-                if let Ok((i, r)) = joined {
-                    out[i] = Some(r);
-                }
-            }
-            out
-        });
-        got.into_iter()
-            .zip(&keys)
-            .map(|(r, key)| match r {
-                Some(r) => r.map_err(|e| self.err("downloading", key.as_ref(), e)),
-                None => Err(io::Error::other(format!(
-                    "downloading {key}: the task failed"
-                ))),
-            })
-            .collect()
+                    }
+                }))
+            },
+            |i, r| {
+                each(
+                    i,
+                    r.map_err(|e| self.err("downloading", keys[i].as_ref(), e))?,
+                )
+            },
+        )
+    }
+
+    fn has_files(&self, kind: Kind, names: &[FileName]) -> io::Result<Vec<bool>> {
+        let keys: Vec<Path> = names.iter().map(|n| self.file_key(kind, n)).collect();
+        let mut out = vec![false; keys.len()];
+        self.windowed(
+            keys.len(),
+            |i| {
+                let (store, key) = (self.store.clone(), keys[i].clone());
+                Ok(Some(async move {
+                    match store.head(&key).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::NotFound { .. }) => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                }))
+            },
+            |i, r| {
+                out[i] = r.map_err(|e| self.err("looking up", keys[i].as_ref(), e))?;
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    fn put_files(
+        &self,
+        kind: Kind,
+        names: &[FileName],
+        load: &mut dyn FnMut(usize) -> io::Result<Option<Vec<u8>>>,
+    ) -> io::Result<Vec<bool>> {
+        let keys: Vec<Path> = names.iter().map(|n| self.file_key(kind, n)).collect();
+        let mut out = vec![false; keys.len()];
+        self.windowed(
+            keys.len(),
+            |i| {
+                let Some(bytes) = load(i)? else {
+                    return Ok(None);
+                };
+                self.check_size(&keys[i], bytes.len())?;
+                let (store, key) = (self.store.clone(), keys[i].clone());
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..PutOptions::default()
+                };
+                Ok(Some(async move {
+                    match store.put_opts(&key, PutPayload::from(bytes), opts).await {
+                        Ok(_) => Ok(true),
+                        // There already: the same name is the same bytes.
+                        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                }))
+            },
+            |i, r| {
+                out[i] = r.map_err(|e| self.err("uploading", keys[i].as_ref(), e))?;
+                Ok(())
+            },
+        )?;
+        Ok(out)
     }
 
     fn list_files(&self, kind: Kind) -> io::Result<Vec<(FileName, u64)>> {

@@ -229,6 +229,10 @@ struct Counted<'a> {
     progress: &'a dyn Fn(&Progress),
     db: &'a str,
     n: std::cell::Cell<usize>,
+    /// Files named by the head records this sync read: there on the remote (unless a remote
+    /// gc removes them meanwhile, so a push names them unchecked and checks them once its
+    /// record is written, where the remote cannot make them young).
+    named: std::cell::RefCell<HashSet<FileName>>,
 }
 
 impl Counted<'_> {
@@ -277,6 +281,7 @@ pub fn sync_with_progress(
         progress,
         db: id,
         n: std::cell::Cell::new(0),
+        named: Default::default(),
     };
     let mut r = SyncReport::default();
     let per_replica = remote.remote.per_replica_heads();
@@ -443,40 +448,35 @@ fn round(
         }
         x => x?,
     };
+    {
+        let mut named = remote.named.borrow_mut();
+        named.extend(theirs.files().into_iter().map(|(n, _)| n));
+        named.extend(theirs.filesets().iter().copied());
+    }
     let changed_remote = etag != known || memory.digest.is_empty();
     if changed_remote {
         // Bring in the files it names, and take it in, while gc is held off.
         let hold = store.hold_files()?;
         let brought = db.replica_files_to_bring(&theirs)?;
         let bytes_before = r.bytes_pulled;
-        // Copies held here first; the rest fetched a batch at a time (at once where the
-        // remote can), each checked and kept as it comes.
+        // Copies held here first; the rest fetched (several at once where the remote can),
+        // each checked and kept as it comes.
         let mut fetch = Vec::new();
         for name in &brought {
             if !keep_local(store, &hold, name)? {
                 fetch.push(*name);
             }
         }
-        let mut done = brought.len() - fetch.len();
-        for batch in fetch.chunks(FETCH_BATCH) {
-            remote.tell(
-                Step::Pull,
-                done,
-                brought.len(),
-                r.bytes_pulled - bytes_before,
-            );
-            match bring(&hold, remote, batch, r) {
-                Err(SyncError::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                    // A newer record may have replaced this one (and a remote gc removed
-                    // the files only the old one named): start over with it, if so.
-                    return match remote.tick().read_head(slot, etag.as_ref())? {
-                        HeadRead::NotModified => Err(SyncError::Remote(e)),
-                        _ => Ok(false),
-                    };
-                }
-                x => x?,
+        match bring(&hold, remote, &fetch, brought.len(), r) {
+            Err(SyncError::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A newer record may have replaced this one (and a remote gc removed the files
+                // only the old one named): start over with it, if so.
+                return match remote.tick().read_head(slot, etag.as_ref())? {
+                    HeadRead::NotModified => Err(SyncError::Remote(e)),
+                    _ => Ok(false),
+                };
             }
-            done += batch.len();
+            x => x?,
         }
         remote.tell(
             Step::Pull,
@@ -595,69 +595,36 @@ fn push(
         .map(|(n, _)| n)
         .filter(|n| !there.contains(n))
         .collect();
-    let bytes_before = r.bytes_pushed;
     // Files found there and named without an upload, on a remote that cannot make them young
     // again: a remote gc under way may remove them (checked once the record is written).
-    let young = remote.remote.refresh_makes_young();
     let mut found = Vec::new();
-    for (i, name) in todo.iter().copied().enumerate() {
-        remote.tell(Step::Push, i, todo.len(), r.bytes_pushed - bytes_before);
-        if remote.tick().refresh_file(Kind::Diff, &name)? {
-            if !young {
-                found.push((Kind::Diff, name));
-            }
-            continue;
+    let up = upload(store, remote, Kind::Diff, &todo, Some(&mut found), false)?;
+    if let Some(name) = up.vanished {
+        if db.state_digest()? != mine.state.digest() {
+            // A compaction here replaced it meanwhile: start over with the new state.
+            return Ok(false);
         }
-        let Some(bytes) = store.stored_file(FileKind::Diff, &name)? else {
-            if db.state_digest()? != mine.state.digest() {
-                // A compaction here replaced it meanwhile: start over with the new state.
-                return Ok(false);
-            }
-            return Err(SyncError::Kiln(kiln::Error::MissingFile(
-                name,
-                db.name().to_owned(),
-            )));
-        };
-        remote.tick().put_file(Kind::Diff, &name, &bytes)?;
-        r.files_pushed += 1;
-        r.bytes_pushed += bytes.len() as u64;
+        return Err(SyncError::Kiln(kiln::Error::MissingFile(
+            name,
+            db.name().to_owned(),
+        )));
     }
-    remote.tell(
-        Step::Push,
-        todo.len(),
-        todo.len(),
-        r.bytes_pushed - bytes_before,
-    );
+    r.files_pushed += up.files;
+    r.bytes_pushed += up.bytes;
     if opts.files != FileSets::None {
         let there: HashSet<FileName> = base
             .map(|b| b.filesets().iter().copied().collect())
             .unwrap_or_default();
-        let todo: Vec<&FileName> = mine
+        // A file-set this replica never fetched is not its to give.
+        let todo: Vec<FileName> = mine
             .state
             .filesets()
             .iter()
-            .filter(|n| !there.contains(n))
+            .filter(|n| !there.contains(n) && store.has_file(FileKind::FileSet, n))
+            .copied()
             .collect();
-        let mut bytes = 0;
-        for (i, name) in todo.iter().copied().enumerate() {
-            remote.tell(Step::PushFileSets, i, todo.len(), bytes);
-            // A file-set this replica never fetched is not its to give.
-            if !store.has_file(FileKind::FileSet, name) {
-                continue;
-            }
-            if remote.tick().refresh_file(Kind::FileSet, name)? {
-                if !young {
-                    found.push((Kind::FileSet, *name));
-                }
-                continue;
-            }
-            if let Some(b) = store.stored_file(FileKind::FileSet, name)? {
-                remote.tick().put_file(Kind::FileSet, name, &b)?;
-                r.filesets_pushed += 1;
-                bytes += b.len() as u64;
-            }
-        }
-        remote.tell(Step::PushFileSets, todo.len(), todo.len(), bytes);
+        let up = upload(store, remote, Kind::FileSet, &todo, Some(&mut found), true)?;
+        r.filesets_pushed += up.files;
     }
     match remote.tick().write_head(slot, etag.as_ref(), &mine.bytes)? {
         Ok(new) => {
@@ -678,6 +645,122 @@ fn push(
     }
 }
 
+/// What [`upload`] moved.
+struct Uploaded {
+    files: usize,
+    bytes: u64,
+    /// A diff file of the state being pushed that is no longer here (the upload stopped).
+    vanished: Option<FileName>,
+}
+
+/// Uploads the files of `todo` the remote lacks ([`WINDOW`](crate::WINDOW) at a time where it
+/// can), telling the progress as it goes. Files there already are made young again where the
+/// remote can; where it cannot, they are looked up first (no bytes sent for those there) and
+/// added to `found`, unless `found` is `None` (all uploaded: those there stay as they are). A diff file gone from this store stops
+/// the upload (`vanished`) unless `skip_missing`; a file-set this store lacks is skipped.
+fn upload(
+    store: &Store,
+    remote: &Counted,
+    kind: Kind,
+    todo: &[FileName],
+    found: Option<&mut Vec<(Kind, FileName)>>,
+    skip_missing: bool,
+) -> Result<Uploaded, SyncError> {
+    let (local, step) = match kind {
+        Kind::Diff => (FileKind::Diff, Step::Push),
+        Kind::FileSet => (FileKind::FileSet, Step::PushFileSets),
+    };
+    let total = todo.len();
+    let young = remote.remote.refresh_makes_young();
+    let todo = match found {
+        Some(found) if !young => look_up(remote, kind, todo, found)?,
+        _ => todo.to_vec(),
+    };
+    if young {
+        // (A folder looks each file up as it goes: one request per file, and one per upload.)
+        remote.n.set(remote.n.get() + todo.len());
+    }
+    let (mut loaded, mut bytes) = (0, 0u64);
+    let mut sizes = vec![0u64; todo.len()];
+    let (mut vanished, mut failed) = (None, None);
+    let put = remote.remote.put_files(kind, &todo, &mut |i| {
+        remote.tell(step, total - todo.len() + loaded, total, bytes);
+        let stored = store.stored_file(local, &todo[i]).map_err(|e| {
+            let told = std::io::Error::other(e.to_string());
+            failed = Some(e);
+            told
+        })?;
+        match stored {
+            Some(b) => {
+                loaded += 1;
+                bytes += b.len() as u64;
+                sizes[i] = b.len() as u64;
+                Ok(Some(b))
+            }
+            None if skip_missing || kind == Kind::FileSet => Ok(None),
+            None => {
+                vanished = Some(todo[i]);
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("diff file {} is gone from this store", todo[i]),
+                ))
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(SyncError::Kiln(e));
+    }
+    if vanished.is_some() {
+        return Ok(Uploaded {
+            files: 0,
+            bytes: 0,
+            vanished,
+        });
+    }
+    let put = put?;
+    remote.n.set(remote.n.get() + loaded);
+    let mut up = Uploaded {
+        files: 0,
+        bytes: 0,
+        vanished: None,
+    };
+    for (i, uploaded) in put.into_iter().enumerate() {
+        if uploaded {
+            up.files += 1;
+            up.bytes += sizes[i];
+        }
+    }
+    remote.tell(step, total, total, up.bytes);
+    Ok(up)
+}
+
+/// The files of `todo` a remote that cannot make files young lacks, looked up (no bytes sent
+/// for those there) but for those a record read in this sync names; the others are added to
+/// `found`, to be checked again once the record naming them is written.
+fn look_up(
+    remote: &Counted,
+    kind: Kind,
+    todo: &[FileName],
+    found: &mut Vec<(Kind, FileName)>,
+) -> Result<Vec<FileName>, SyncError> {
+    let named = remote.named.borrow();
+    let (known, unknown): (Vec<FileName>, Vec<FileName>) =
+        todo.iter().partition(|n| named.contains(n));
+    drop(named);
+    found.extend(known.into_iter().map(|n| (kind, n)));
+    remote.n.set(remote.n.get() + unknown.len());
+    let there = remote.remote.has_files(kind, &unknown)?;
+    let mut lacking = Vec::new();
+    for (n, there) in unknown.into_iter().zip(there) {
+        if there {
+            found.push((kind, n));
+        } else {
+            lacking.push(n);
+        }
+    }
+    Ok(lacking)
+}
+
 /// Uploads again the files of `found` a remote gc removed while the push that found them was
 /// under way (a remote that cannot make a file young again: docs/format.md, "Remote gc").
 fn reupload_gone(
@@ -686,27 +769,33 @@ fn reupload_gone(
     found: &[(Kind, FileName)],
     r: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    for (kind, name) in found {
-        if remote.tick().has_file(*kind, name)? {
+    for kind in [Kind::Diff, Kind::FileSet] {
+        let names: Vec<FileName> = found
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, n)| *n)
+            .collect();
+        if names.is_empty() {
             continue;
         }
-        let local = match kind {
-            Kind::Diff => FileKind::Diff,
-            Kind::FileSet => FileKind::FileSet,
-        };
-        if let Some(bytes) = store.stored_file(local, name)? {
-            remote.tick().put_file(*kind, name, &bytes)?;
-            match kind {
-                Kind::Diff => r.files_pushed += 1,
-                Kind::FileSet => r.filesets_pushed += 1,
-            }
+        remote.n.set(remote.n.get() + names.len());
+        let there = remote.remote.has_files(kind, &names)?;
+        let gone: Vec<FileName> = names
+            .iter()
+            .zip(there)
+            .filter(|(_, there)| !there)
+            .map(|(n, _)| *n)
+            .collect();
+        // (One gone from this store too was replaced here by a compaction: the next push
+        // names its successor.)
+        let up = upload(store, remote, kind, &gone, None, true)?;
+        match kind {
+            Kind::Diff => r.files_pushed += up.files,
+            Kind::FileSet => r.filesets_pushed += up.files,
         }
     }
     Ok(())
 }
-
-/// Files fetched at once (at most this many in memory).
-const FETCH_BATCH: usize = 8;
 
 /// Keeps the copy of diff file `name` this store holds (a file retired here, say), checked
 /// and written anew; false when there is none (or it does not check).
@@ -717,28 +806,45 @@ fn keep_local(store: &Store, hold: &kiln::FilesHold, name: &FileName) -> Result<
     })
 }
 
-/// Fetches diff files `names` (one request each, at once where the remote can), checks each
-/// against its name and keeps it (durable with `hold.sync()`).
+/// Fetches diff files `names` (one request each, several at once where the remote can),
+/// checks each against its name and keeps it (durable with `hold.sync()`), telling the
+/// progress of `total` files (the rest were here).
 fn bring(
     hold: &kiln::FilesHold,
     remote: &Counted,
     names: &[FileName],
+    total: usize,
     r: &mut SyncReport,
 ) -> Result<(), SyncError> {
     remote.n.set(remote.n.get() + names.len());
-    let got = remote.remote.get_files(Kind::Diff, names)?;
-    for (name, bytes) in names.iter().zip(got) {
+    let (mut done, bytes_before) = (total - names.len(), r.bytes_pulled);
+    let (mut missing, mut failed) = (None, None);
+    let got = remote.remote.get_files(Kind::Diff, names, &mut |i, bytes| {
+        remote.tell(Step::Pull, done, total, r.bytes_pulled - bytes_before);
         let Some(bytes) = bytes else {
-            return Err(SyncError::Remote(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("file {name} is named by the remote head but not on the remote"),
-            )));
+            missing = Some(names[i]);
+            return Err(std::io::ErrorKind::NotFound.into());
         };
-        hold.keep(name, &bytes)?;
+        hold.keep(&names[i], &bytes).map_err(|e| {
+            let told = std::io::Error::other(e.to_string());
+            failed = Some(e);
+            told
+        })?;
+        done += 1;
         r.files_pulled += 1;
         r.bytes_pulled += bytes.len() as u64;
+        Ok(())
+    });
+    if let Some(e) = failed {
+        return Err(SyncError::Kiln(e));
     }
-    Ok(())
+    if let Some(name) = missing {
+        return Err(SyncError::Remote(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("file {name} is named by the remote head but not on the remote"),
+        )));
+    }
+    Ok(got?)
 }
 
 /// Fetches every file-set `theirs` names that this store lacks (one the remote lacks too is

@@ -1,10 +1,11 @@
-//! An S3-compatible server on loopback for tests and benchmarks: s3s-fs 0.14.1, which
+//! Helpers for tests and benchmarks: [`check_batches`], the promises of a remote's batch
+//! transfers, and an S3-compatible server on loopback: s3s-fs 0.14.1, which
 //! `scripts/s3-server.sh --install` builds into `target/tools/bin/` (or `KILN_S3S_FS` names).
 //! s3s-fs keeps a bucket as a folder of its data folder and an object as a file in it, so a
 //! caller makes a bucket with `mkdir` and can look at (and under) the objects as files. Not
 //! for production use: it panics when the server cannot start.
 
-use crate::{S3Config, S3Remote};
+use crate::{FileName, Kind, Remote, S3Config, S3Remote, WINDOW};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -157,4 +158,83 @@ impl S3sFs {
     pub fn folder(&self, prefix: &str) -> PathBuf {
         self.data.join(BUCKET).join(prefix)
     }
+}
+
+/// Checks that `r` keeps the promises of [`Remote::put_files`], [`Remote::has_files`] and
+/// [`Remote::get_files`] over more files than [`WINDOW`]: files there already and skipped ones
+/// are not uploaded, every file comes back once with its bytes, absent ones as `None`, and an
+/// error from either callback stops the transfer and is returned. Panics when one is broken.
+#[allow(clippy::unwrap_used)] // a test helper: a broken promise panics
+pub fn check_batches(r: &dyn Remote) {
+    let n = WINDOW * 3 + 1;
+    let names: Vec<FileName> = (0..n).map(|i| FileName([i as u8 + 1; 32])).collect();
+    let bytes = |i: usize| format!("file {i}").repeat(i + 1).into_bytes();
+    // Every third one there already; every fifth one skipped by the loader.
+    for i in (0..n).step_by(3) {
+        r.put_file(Kind::Diff, &names[i], &bytes(i)).unwrap();
+    }
+    let put = r
+        .put_files(Kind::Diff, &names, &mut |i| {
+            Ok((i % 5 != 0 || i % 3 == 0).then(|| bytes(i)))
+        })
+        .unwrap();
+    for (i, uploaded) in put.iter().enumerate() {
+        assert_eq!(*uploaded, i % 3 != 0 && i % 5 != 0, "file {i}");
+    }
+    let there = r.has_files(Kind::Diff, &names).unwrap();
+    for (i, there) in there.iter().enumerate() {
+        assert_eq!(*there, i % 3 == 0 || i % 5 != 0, "file {i}");
+    }
+    assert!(!r
+        .has_files(Kind::FileSet, &names)
+        .unwrap()
+        .iter()
+        .any(|x| *x));
+    let mut got = vec![None; n];
+    r.get_files(Kind::Diff, &names, &mut |i, b| {
+        assert!(got[i].is_none(), "file {i} came twice");
+        got[i] = Some(b);
+        Ok(())
+    })
+    .unwrap();
+    for (i, b) in got.into_iter().enumerate() {
+        let want = (i % 3 == 0 || i % 5 != 0).then(|| bytes(i));
+        assert_eq!(b, Some(want), "file {i}");
+    }
+    // An error from a callback stops the transfer and comes back as it was.
+    let mut calls = 0;
+    let e = r
+        .get_files(Kind::Diff, &names, &mut |_, _| {
+            calls += 1;
+            if calls == 2 {
+                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stop"));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    assert_eq!((e.kind(), calls), (std::io::ErrorKind::Interrupted, 2));
+    let fresh: Vec<FileName> = (0..n).map(|i| FileName([i as u8 + 101; 32])).collect();
+    let mut loads = 0;
+    let e = r
+        .put_files(Kind::Diff, &fresh, &mut |i| {
+            loads += 1;
+            if loads == WINDOW + 2 {
+                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stop"));
+            }
+            Ok(Some(bytes(i)))
+        })
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), loads),
+        (std::io::ErrorKind::Interrupted, WINDOW + 2)
+    );
+    // A folder publishes nothing of a stopped batch; S3 may keep the uploads done: whole
+    // files either way.
+    r.get_files(Kind::Diff, &fresh, &mut |i, b| {
+        if let Some(b) = b {
+            assert_eq!(b, bytes(i), "file {i}");
+        }
+        Ok(())
+    })
+    .unwrap();
 }

@@ -256,3 +256,13 @@ fn the_v1_remote_folder_fixture_reads() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn batches_keep_their_promises() {
+    let d = tempfile::tempdir().unwrap();
+    kiln_sync::testing::check_batches(&FolderRemote::open(d.path().join("remote")).unwrap());
+    // Nothing left behind in the staging folder (a stopped batch removes its files).
+    let tmp = d.path().join("remote/.tmp");
+    let left = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0);
+}

@@ -659,3 +659,45 @@ fn the_bucket_fixture_syncs_into_a_replica() {
     sync(&store1, &db1, &remote, "notes", all).unwrap();
     assert_eq!(docs(&db1), docs(&db));
 }
+
+#[test]
+fn batches_keep_their_promises() {
+    let s = Server::start();
+    kiln_sync::testing::check_batches(&s.open("batches"));
+}
+
+/// A new replica's first sync fetches the files another replica's record names and then writes
+/// its own record naming the same files: it looks none of them up before (a record just read
+/// names them), and checks each once after (a remote gc may have removed one meanwhile).
+#[test]
+fn a_new_replica_looks_files_up_once() {
+    let s = Server::start();
+    let d = tempfile::tempdir().unwrap();
+    let opts = kiln::Options {
+        background_compaction: false,
+        ..kiln::Options::default()
+    };
+    let a = kiln::Store::open_with(d.path().join("a"), opts.clone()).unwrap();
+    let da = a.create(Some("notes")).unwrap();
+    for i in 0..12 {
+        // Large enough to be a diff file of its own each (not inlined in the head record).
+        da.put(&json!({"_id": format!("d{i}"), "text": "x".repeat(80_000)}))
+            .unwrap();
+    }
+    let remote = s.open("fresh");
+    let r = sync(&a, &da, &remote, "notes", SyncOptions::default()).unwrap();
+    let files = r.files_pushed;
+    assert!(r.pushed && files >= 12, "{r:?}");
+
+    let b = kiln::Store::open_with(d.path().join("b"), opts).unwrap();
+    b.import_key("notes", &a.export_key("notes", None).unwrap(), None)
+        .unwrap();
+    let db = b.open_db("notes").unwrap();
+    let r = sync(&b, &db, &remote, "notes", SyncOptions::default()).unwrap();
+    assert!(r.adopted && r.pushed, "{r:?}");
+    assert_eq!((r.files_pulled, r.files_pushed), (files, 0), "{r:?}");
+    // A listing; a's record read and its files fetched; b's own record looked for, written,
+    // and its files checked once.
+    assert_eq!(r.requests, 1 + (1 + files) + (1 + 1 + files), "{r:?}");
+    assert_eq!(db.info().unwrap().docs, 12);
+}
