@@ -104,6 +104,8 @@ enum Cmd {
     Contrib(ContribGroup),
     #[command(flatten)]
     Store(StoreGroup),
+    /// Serve databases to `kiln sync` clients over HTTP (the sync server; needs no store).
+    Serve(cmd::serve::Serve),
 }
 
 fn main() -> ExitCode {
@@ -153,6 +155,11 @@ fn s3_config(cli: &Cli) -> Result<kiln_sync::S3Config, Fail> {
 }
 
 fn run(cli: Cli) -> Result<u8, Fail> {
+    if let Cmd::Serve(serve) = &cli.cmd {
+        // The server holds no store and no key: it keeps what clients send.
+        let s3 = s3_config(&cli)?;
+        return serve.run(&Out { json: cli.json }, &s3);
+    }
     let opts = Options {
         durability: if cli.durability == "buffered" {
             Durability::Buffered
@@ -190,6 +197,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         Cmd::Sync(c) => c.run(&ctx),
         Cmd::Contrib(c) => c.run(&ctx),
         Cmd::Store(c) => c.run(&ctx),
+        Cmd::Serve(s) => s.run(&ctx.out, &ctx.s3),
     }
 }
 

@@ -20,15 +20,18 @@
 
 mod folder;
 mod gc;
+mod http;
 mod probe;
 mod remotes;
 mod s3;
 mod state;
 mod sync;
 pub mod testing;
+mod window;
 
 pub use folder::FolderRemote;
 pub use gc::{gc_remote, RemoteGcReport};
+pub use http::{etag_header, kind_segment, parse_etag_header, HttpRemote, API_VERSION};
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
 pub use remotes::{check_remote_name, open_remote, open_remote_with, Remotes};
@@ -53,6 +56,18 @@ pub enum Kind {
     Diff,
     /// File-sets (`.kfs`): attached files' bytes.
     FileSet,
+}
+
+impl Kind {
+    /// The name a file of this kind with these bytes has: the hash of its bytes (a diff file's
+    /// as `kiln` names it, a file-set's BLAKE3). What every downloaded or uploaded file is
+    /// checked against.
+    pub fn name_of(self, bytes: &[u8]) -> FileName {
+        match self {
+            Kind::Diff => FileName::of(bytes),
+            Kind::FileSet => FileName(*blake3::hash(bytes).as_bytes()),
+        }
+    }
 }
 
 /// A version of a remote head record, as the remote says it (an ETag, a generation number):

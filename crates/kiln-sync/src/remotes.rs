@@ -137,8 +137,8 @@ impl Remotes {
 
 /// Opens the remote a URL names: a folder (`/path`, `./path`, `file:///path`) or an
 /// S3-compatible bucket (`s3://bucket/prefix`: endpoint, region and credentials from the usual
-/// `AWS_*` environment variables, see [`crate::S3Config::from_env`]). (The sync server comes
-/// next.)
+/// `AWS_*` environment variables, see [`crate::S3Config::from_env`]) or a kiln sync server
+/// (`http://host:port`, `https://…`; a bearer token from `KILN_TOKEN`).
 pub fn open_remote(url: &str) -> io::Result<Box<dyn Remote>> {
     open_remote_with(url, &crate::S3Config::from_env())
 }
@@ -147,6 +147,10 @@ pub fn open_remote(url: &str) -> io::Result<Box<dyn Remote>> {
 pub fn open_remote_with(url: &str, s3: &crate::S3Config) -> io::Result<Box<dyn Remote>> {
     if url.starts_with("s3://") {
         return Ok(Box::new(crate::S3Remote::open(url, s3.clone())?));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        let token = std::env::var("KILN_TOKEN").ok().filter(|t| !t.is_empty());
+        return Ok(Box::new(crate::HttpRemote::open(url, token)?));
     }
     if let Some(p) = url.strip_prefix("file://") {
         if !p.starts_with('/') {
@@ -160,7 +164,7 @@ pub fn open_remote_with(url: &str, s3: &crate::S3Config) -> io::Result<Box<dyn R
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{url}: remotes of scheme {scheme:?} are not supported (folders: a path or file:///path)"),
+            format!("{url}: remotes of scheme {scheme:?} are not supported (a path or file:///path, s3://bucket/prefix, http(s)://host:port)"),
         ));
     }
     Ok(Box::new(FolderRemote::open(url)?))

@@ -34,9 +34,7 @@
 //! tokio runtime, its I/O and timers) and blocks on each request. Its methods must not be
 //! called from inside an async runtime.
 
-use crate::{
-    check_head_name, split_head_name, Conflict, Etag, FileName, HeadRead, Kind, Remote, WINDOW,
-};
+use crate::{check_head_name, split_head_name, Conflict, Etag, FileName, HeadRead, Kind, Remote};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
@@ -404,44 +402,6 @@ impl S3Remote {
         Ok(())
     }
 
-    /// Runs `n` requests with at most [`WINDOW`] in flight: `start(i)` makes request `i`
-    /// (`None`: none for `i`), `done(i, result)` takes its result as it completes (in any
-    /// order). The first error from either stops the rest (requests in flight are dropped).
-    fn windowed<T, F>(
-        &self,
-        n: usize,
-        mut start: impl FnMut(usize) -> io::Result<Option<F>>,
-        mut done: impl FnMut(usize, T) -> io::Result<()>,
-    ) -> io::Result<()>
-    where
-        F: Future<Output = T> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.rt.block_on(async {
-            let mut set = tokio::task::JoinSet::new();
-            let mut next = 0;
-            loop {
-                while set.len() < WINDOW && next < n {
-                    if let Some(request) = start(next)? {
-                        let i = next;
-                        set.spawn(async move { (i, request.await) });
-                    }
-                    next += 1;
-                }
-                match set.join_next().await {
-                    None => return Ok(()),
-                    Some(Ok((i, r))) => done(i, r)?,
-                    Some(Err(e)) => {
-                        return Err(io::Error::other(format!(
-                            "the S3 remote {}: a request failed: {e}",
-                            self.location
-                        )))
-                    }
-                }
-            }
-        })
-    }
-
     /// An object's bytes; `None` when absent.
     fn get(&self, key: &Path, what: &str) -> io::Result<Option<Vec<u8>>> {
         self.get_raw(key, GetOptions::default())
@@ -658,7 +618,9 @@ impl Remote for S3Remote {
         each: &mut dyn FnMut(usize, Option<Vec<u8>>) -> io::Result<()>,
     ) -> io::Result<()> {
         let keys: Vec<Path> = names.iter().map(|n| self.file_key(kind, n)).collect();
-        self.windowed(
+        crate::window::windowed(
+            &self.rt,
+            &self.location,
             keys.len(),
             |i| {
                 let (store, key) = (self.store.clone(), keys[i].clone());
@@ -682,7 +644,9 @@ impl Remote for S3Remote {
     fn has_files(&self, kind: Kind, names: &[FileName]) -> io::Result<Vec<bool>> {
         let keys: Vec<Path> = names.iter().map(|n| self.file_key(kind, n)).collect();
         let mut out = vec![false; keys.len()];
-        self.windowed(
+        crate::window::windowed(
+            &self.rt,
+            &self.location,
             keys.len(),
             |i| {
                 let (store, key) = (self.store.clone(), keys[i].clone());
@@ -710,7 +674,9 @@ impl Remote for S3Remote {
     ) -> io::Result<Vec<bool>> {
         let keys: Vec<Path> = names.iter().map(|n| self.file_key(kind, n)).collect();
         let mut out = vec![false; keys.len()];
-        self.windowed(
+        crate::window::windowed(
+            &self.rt,
+            &self.location,
             keys.len(),
             |i| {
                 let Some(bytes) = load(i)? else {

@@ -167,8 +167,9 @@ impl S3sFs {
 #[allow(clippy::unwrap_used)] // a test helper: a broken promise panics
 pub fn check_batches(r: &dyn Remote) {
     let n = WINDOW * 3 + 1;
-    let names: Vec<FileName> = (0..n).map(|i| FileName([i as u8 + 1; 32])).collect();
     let bytes = |i: usize| format!("file {i}").repeat(i + 1).into_bytes();
+    // Named as a store names them (a server checks).
+    let names: Vec<FileName> = (0..n).map(|i| Kind::Diff.name_of(&bytes(i))).collect();
     // Every third one there already; every fifth one skipped by the loader.
     for i in (0..n).step_by(3) {
         r.put_file(Kind::Diff, &names[i], &bytes(i)).unwrap();
@@ -213,7 +214,8 @@ pub fn check_batches(r: &dyn Remote) {
         })
         .unwrap_err();
     assert_eq!((e.kind(), calls), (std::io::ErrorKind::Interrupted, 2));
-    let fresh: Vec<FileName> = (0..n).map(|i| FileName([i as u8 + 101; 32])).collect();
+    let bytes = |i: usize| format!("fresh {i}").repeat(i + 1).into_bytes();
+    let fresh: Vec<FileName> = (0..n).map(|i| Kind::Diff.name_of(&bytes(i))).collect();
     let mut loads = 0;
     let e = r
         .put_files(Kind::Diff, &fresh, &mut |i| {

@@ -8,6 +8,7 @@ pub mod docs;
 pub mod files;
 pub mod history;
 pub mod keys;
+pub mod serve;
 pub mod store;
 pub mod sync;
 

@@ -1,0 +1,66 @@
+//! `kiln serve`: the sync server (`kiln-server`) over a folder or an S3-compatible bucket.
+
+use crate::out::{bad_input, Fail, Out};
+use clap::Args;
+use std::io::Write;
+use std::sync::Arc;
+
+/// Serve databases to `kiln sync` clients over HTTP (`http://ADDR` is then a remote). The
+/// server keeps ciphertext only, in --storage, and never holds a key. Runs until SIGTERM or
+/// Ctrl-C, finishing the requests under way. Prints `listening on http://ADDR` once it listens.
+#[derive(Args)]
+pub struct Serve {
+    /// The address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8077", value_name = "HOST:PORT")]
+    addr: String,
+    /// Where the server keeps files and head records: a folder (made if need be) or an
+    /// S3-compatible bucket (`s3://bucket/prefix`, with the --s3-* flags or `AWS_*`).
+    /// Several servers may serve one bucket.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    storage: String,
+    /// The largest request body taken (a file or a head record), in bytes.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    max_body: usize,
+}
+
+impl Serve {
+    pub fn run(&self, out: &Out, s3: &kiln_sync::S3Config) -> Result<u8, Fail> {
+        if self.storage.starts_with("http://") || self.storage.starts_with("https://") {
+            return Err(bad_input(format!(
+                "--storage {}: a server keeps its data in a folder or a bucket, not behind \
+                 another server",
+                self.storage
+            )));
+        }
+        let storage = kiln_sync::open_remote_with(&self.storage, s3).map_err(|e| Fail {
+            code: if e.kind() == std::io::ErrorKind::InvalidInput {
+                crate::out::code::USAGE
+            } else {
+                crate::out::code::ERROR
+            },
+            msg: format!("--storage {}: {e}", self.storage),
+        })?;
+        let opts = kiln_server::ServerOptions {
+            max_body: self.max_body,
+        };
+        let json = out.json;
+        kiln_server::run_until_signal(&self.addr, Arc::from(storage), opts, |addr| {
+            let mut o = std::io::stdout().lock();
+            let _ = if json {
+                writeln!(
+                    o,
+                    "{}",
+                    serde_json::json!({"listening": format!("http://{addr}")})
+                )
+            } else {
+                writeln!(o, "listening on http://{addr}")
+            };
+            let _ = o.flush();
+        })
+        .map_err(|e| Fail {
+            code: crate::out::code::ERROR,
+            msg: format!("serve on {}: {e}", self.addr),
+        })?;
+        Ok(0)
+    }
+}

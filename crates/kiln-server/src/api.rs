@@ -1,0 +1,336 @@
+//! The HTTP API, version 1 (docs/server.md): handlers that check what they are given and hand
+//! it to the storage (a [`Remote`], whose calls block: each runs on the blocking pool).
+
+use crate::ServerOptions;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use kiln_sync::{
+    check_db, check_head_name, etag_header, parse_etag_header, Conflict, Etag, FileName, HeadRead,
+    Kind, Remote, API_VERSION,
+};
+use serde::Deserialize;
+use std::io;
+use std::sync::Arc;
+
+/// Names one `missing` request may ask about.
+const MAX_MISSING: usize = 1000;
+
+struct App {
+    storage: Arc<dyn Remote>,
+}
+
+type Shared = State<Arc<App>>;
+
+/// The API over `storage`.
+pub fn router(storage: Arc<dyn Remote>, opts: ServerOptions) -> Router {
+    let app = Arc::new(App { storage });
+    Router::new()
+        .route("/v1", get(info))
+        .route("/v1/files/{kind}", get(list_files))
+        .route("/v1/files/{kind}/missing", axum::routing::post(missing))
+        .route(
+            "/v1/files/{kind}/{name}",
+            get(get_file)
+                .head(has_file)
+                .put(put_file)
+                .delete(delete_file),
+        )
+        .route("/v1/heads", get(list_heads))
+        .route(
+            "/v1/heads/{name}",
+            get(read_head).put(write_head).delete(delete_head),
+        )
+        .layer(DefaultBodyLimit::max(opts.max_body))
+        .with_state(app)
+}
+
+/// A refusal: a status and a reason, sent as text.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+impl Refused {
+    fn bad(why: impl Into<String>) -> Refused {
+        Refused(StatusCode::BAD_REQUEST, why.into())
+    }
+
+    /// The storage failed: its error's kind says whose fault.
+    fn storage(e: io::Error) -> Refused {
+        let status = match e.kind() {
+            io::ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+            io::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Refused(status, format!("storage: {e}"))
+    }
+}
+
+/// Runs a storage call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, Refused> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Refused::storage),
+        Err(e) => Err(Refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the request's task failed: {e}"),
+        )),
+    }
+}
+
+fn kind(s: &str) -> Result<Kind, Refused> {
+    match s {
+        "diff" => Ok(Kind::Diff),
+        "fileset" => Ok(Kind::FileSet),
+        _ => Err(Refused::bad(format!(
+            "{s:?} is not a kind of file (diff, fileset)"
+        ))),
+    }
+}
+
+fn file_name(s: &str) -> Result<FileName, Refused> {
+    FileName::parse(s).ok_or_else(|| Refused::bad(format!("{s:?} is not a file name (64 hex)")))
+}
+
+fn head_name(s: &str) -> Result<String, Refused> {
+    check_head_name(s).map_err(|e| Refused::bad(e.to_string()))?;
+    Ok(s.to_owned())
+}
+
+/// A version given in header `h` (`None`: not given); one that is not a version is refused.
+fn version(headers: &HeaderMap, h: header::HeaderName) -> Result<Option<Etag>, Refused> {
+    match headers.get(&h) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(parse_etag_header)
+            .map(Some)
+            .ok_or_else(|| Refused::bad(format!("{h}: not a version this server gave"))),
+    }
+}
+
+fn with_version(mut r: Response, e: &Etag) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&etag_header(e)) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+fn conflict(c: Conflict) -> Response {
+    let r = (StatusCode::PRECONDITION_FAILED, "the record moved\n").into_response();
+    match c.now {
+        Some(now) => with_version(r, &now),
+        None => r,
+    }
+}
+
+async fn info(State(app): Shared) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "kiln_server": API_VERSION,
+        "per_replica_heads": app.storage.per_replica_heads(),
+    }))
+}
+
+async fn list_files(State(app): Shared, Path(k): Path<String>) -> Result<Response, Refused> {
+    let k = kind(&k)?;
+    let listed = blocking(move || app.storage.list_files(k)).await?;
+    let out: Vec<(String, u64)> = listed
+        .into_iter()
+        .map(|(n, a)| (n.to_string(), a))
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+async fn missing(
+    State(app): Shared,
+    Path(k): Path<String>,
+    Json(asked): Json<Vec<String>>,
+) -> Result<Response, Refused> {
+    let k = kind(&k)?;
+    if asked.len() > MAX_MISSING {
+        return Err(Refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_MISSING} names a request"),
+        ));
+    }
+    let names = asked
+        .iter()
+        .map(|n| file_name(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let there = blocking(move || app.storage.has_files(k, &names)).await?;
+    let out: Vec<&String> = asked
+        .iter()
+        .zip(there)
+        .filter(|(_, there)| !there)
+        .map(|(n, _)| n)
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+async fn get_file(
+    State(app): Shared,
+    Path((k, n)): Path<(String, String)>,
+) -> Result<Response, Refused> {
+    let (k, n) = (kind(&k)?, file_name(&n)?);
+    match blocking(move || app.storage.get_file(k, &n)).await? {
+        Some(b) => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Bytes::from(b),
+        )
+            .into_response()),
+        None => Err(Refused(StatusCode::NOT_FOUND, format!("no file {n}"))),
+    }
+}
+
+async fn has_file(
+    State(app): Shared,
+    Path((k, n)): Path<(String, String)>,
+) -> Result<StatusCode, Refused> {
+    let (k, n) = (kind(&k)?, file_name(&n)?);
+    Ok(if blocking(move || app.storage.has_file(k, &n)).await? {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+/// Keeps a file whose bytes hash to its name: 201 when new, 200 when it was there (the same
+/// name is the same bytes).
+async fn put_file(
+    State(app): Shared,
+    Path((k, n)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, Refused> {
+    let (k, n) = (kind(&k)?, file_name(&n)?);
+    if k.name_of(&body) != n {
+        return Err(Refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the bytes sent do not hash to {n}"),
+        ));
+    }
+    let uploaded = blocking(move || {
+        let mut body = Some(body.to_vec());
+        app.storage.put_files(k, &[n], &mut |_| Ok(body.take()))
+    })
+    .await?;
+    Ok(if uploaded.first() == Some(&true) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    })
+}
+
+async fn delete_file(
+    State(app): Shared,
+    Path((k, n)): Path<(String, String)>,
+) -> Result<StatusCode, Refused> {
+    let (k, n) = (kind(&k)?, file_name(&n)?);
+    blocking(move || app.storage.delete_file(k, &n)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ListHeads {
+    db: Option<String>,
+}
+
+async fn list_heads(State(app): Shared, Query(q): Query<ListHeads>) -> Result<Response, Refused> {
+    if let Some(db) = &q.db {
+        check_db(db).map_err(|e| Refused::bad(e.to_string()))?;
+    }
+    let listed = blocking(move || match &q.db {
+        Some(db) => app.storage.list_replica_heads(db),
+        None => app.storage.list_heads(),
+    })
+    .await?;
+    let out: Vec<(String, String)> = listed.into_iter().map(|(n, e)| (n, e.0)).collect();
+    Ok(Json(out).into_response())
+}
+
+async fn read_head(
+    State(app): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    let name = head_name(&name)?;
+    let known = version(&headers, header::IF_NONE_MATCH)?;
+    let asked = known.clone();
+    match blocking(move || app.storage.read_head(&name, asked.as_ref())).await? {
+        HeadRead::Absent => Err(Refused(StatusCode::NOT_FOUND, "no head record".into())),
+        HeadRead::NotModified => match known {
+            Some(k) => Ok(with_version(StatusCode::NOT_MODIFIED.into_response(), &k)),
+            None => Err(Refused(
+                StatusCode::BAD_GATEWAY,
+                "storage: not modified, but no version was asked about".into(),
+            )),
+        },
+        HeadRead::Found { bytes, etag } => Ok(with_version(
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                Bytes::from(bytes),
+            )
+                .into_response(),
+            &etag,
+        )),
+    }
+}
+
+/// Writes a head record on the version given in `If-Match`, or only if there is none
+/// (`If-None-Match: *`); one of them is required (428).
+async fn write_head(
+    State(app): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused> {
+    let name = head_name(&name)?;
+    let expected = match headers.get(header::IF_NONE_MATCH) {
+        Some(v) if v.as_bytes() == b"*" => None,
+        Some(_) => return Err(Refused::bad("If-None-Match: only * (create only)")),
+        None => match version(&headers, header::IF_MATCH)? {
+            Some(e) => Some(e),
+            None => {
+                return Err(Refused(
+                    StatusCode::PRECONDITION_REQUIRED,
+                    "a head record is written on a version (If-Match) or created \
+                     (If-None-Match: *)"
+                        .into(),
+                ))
+            }
+        },
+    };
+    let written = blocking(move || app.storage.write_head(&name, expected.as_ref(), &body)).await?;
+    Ok(match written {
+        Ok(e) => with_version(StatusCode::OK.into_response(), &e),
+        Err(c) => conflict(c),
+    })
+}
+
+async fn delete_head(
+    State(app): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    let name = head_name(&name)?;
+    let Some(expected) = version(&headers, header::IF_MATCH)? else {
+        return Err(Refused(
+            StatusCode::PRECONDITION_REQUIRED,
+            "a head record is removed on a version (If-Match)".into(),
+        ));
+    };
+    Ok(
+        match blocking(move || app.storage.delete_head(&name, &expected)).await? {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(c) => conflict(c),
+        },
+    )
+}
