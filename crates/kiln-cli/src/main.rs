@@ -80,6 +80,11 @@ struct Cli {
     /// never a flag's value, which other users can see in the process list).
     #[arg(long, global = true, value_name = "FILE")]
     s3_secret_key_file: Option<PathBuf>,
+    /// The token a kiln sync server (http:// and https:// remotes) asks for (default
+    /// $KILN_TOKEN). Other users can see a flag's value in the process list: prefer
+    /// $KILN_TOKEN on shared machines.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -154,11 +159,26 @@ fn s3_config(cli: &Cli) -> Result<kiln_sync::S3Config, Fail> {
     Ok(c)
 }
 
+/// The sync server token: the flag, else `KILN_TOKEN`.
+fn token(cli: &Cli) -> Result<Option<String>, Fail> {
+    match &cli.token {
+        Some(t) if t.trim().is_empty() => Err(Fail {
+            code: code::USAGE,
+            msg: "--token: empty".into(),
+        }),
+        Some(t) => Ok(Some(t.trim().to_owned())),
+        None => Ok(kiln_sync::RemoteConfig::from_env().token),
+    }
+}
+
 fn run(cli: Cli) -> Result<u8, Fail> {
     if let Cmd::Serve(serve) = &cli.cmd {
         // The server holds no store and no key: it keeps what clients send.
-        let s3 = s3_config(&cli)?;
-        return serve.run(&Out { json: cli.json }, &s3);
+        let remote = kiln_sync::RemoteConfig {
+            s3: s3_config(&cli)?,
+            token: None,
+        };
+        return serve.run(&Out { json: cli.json }, &remote);
     }
     let opts = Options {
         durability: if cli.durability == "buffered" {
@@ -186,7 +206,10 @@ fn run(cli: Cli) -> Result<u8, Fail> {
     let ctx = Ctx {
         store,
         out: Out { json: cli.json },
-        s3: s3_config(&cli)?,
+        remote: kiln_sync::RemoteConfig {
+            s3: s3_config(&cli)?,
+            token: token(&cli)?,
+        },
     };
     match cli.cmd {
         Cmd::Db(c) => c.run(&ctx),
@@ -197,7 +220,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         Cmd::Sync(c) => c.run(&ctx),
         Cmd::Contrib(c) => c.run(&ctx),
         Cmd::Store(c) => c.run(&ctx),
-        Cmd::Serve(s) => s.run(&ctx.out, &ctx.s3),
+        Cmd::Serve(s) => s.run(&ctx.out, &ctx.remote),
     }
 }
 

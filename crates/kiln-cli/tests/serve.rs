@@ -32,9 +32,14 @@ impl Drop for Server {
 
 /// Starts `kiln serve` over folder `storage` on a free port: the process and its URL.
 fn serve(storage: &Path) -> (Server, String) {
+    serve_with(storage, &[])
+}
+
+fn serve_with(storage: &Path, more: &[&str]) -> (Server, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
         .arg(storage)
+        .args(more)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -100,4 +105,71 @@ fn serve_refuses_bad_storage() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{o:?}");
+}
+
+#[test]
+fn tokens_are_asked_for_and_read_again_on_sighup() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = d.path().join("tokens");
+    let (first, second) = ("first-token-0123456789", "second-token-012345678");
+    std::fs::write(&tokens, format!("# who may write\n{first} write notes\n")).unwrap();
+    let (server, url) = serve_with(
+        &d.path().join("storage"),
+        &["--tokens", tokens.to_str().unwrap()],
+    );
+    let a = d.path().join("a");
+    ok(&a, &["db", "create", "notes"]);
+    ok(&a, &["remote", "add", "notes", "origin", &url]);
+    let sync = |token: Option<&str>| {
+        let mut c = kiln(&a);
+        c.args(["sync", "notes"]).env_remove("KILN_TOKEN");
+        if let Some(t) = token {
+            c.env("KILN_TOKEN", t);
+        }
+        c.stdin(Stdio::null()).output().unwrap()
+    };
+    // No token: refused, and told how to give one.
+    let o = sync(None);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("401") && err.contains("KILN_TOKEN"), "{err}");
+    assert!(sync(Some(first)).status.success());
+    // The file replaced and read again on SIGHUP: the first token no longer works.
+    std::fs::write(&tokens, format!("{second} write *\n")).unwrap();
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut refused = false;
+    for _ in 0..100 {
+        ok(&a, &["put", "notes", r#"{"_id":"again"}"#]);
+        if !sync(Some(first)).status.success() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(refused, "the first token still works after SIGHUP");
+    let o = kiln(&a)
+        .args(["--token", second, "sync", "notes"])
+        .env_remove("KILN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A tokens file that does not read keeps the server from starting.
+    std::fs::write(&tokens, "short write *\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
+        .arg(d.path().join("storage"))
+        .arg("--tokens")
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("line 1"),
+        "{o:?}"
+    );
 }

@@ -1,6 +1,7 @@
 //! The HTTP API, version 1 (docs/server.md): handlers that check what they are given and hand
 //! it to the storage (a [`Remote`], whose calls block: each runs on the blocking pool).
 
+use crate::auth::{Access, Scope, SharedTokens};
 use crate::ServerOptions;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -9,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use kiln_sync::{
-    check_db, check_head_name, etag_header, parse_etag_header, Conflict, Etag, FileName, HeadRead,
-    Kind, Remote, API_VERSION,
+    check_db, check_head_name, etag_header, parse_etag_header, split_head_name, Conflict, Etag,
+    FileName, HeadRead, Kind, Remote, API_VERSION,
 };
 use serde::Deserialize;
 use std::io;
@@ -21,13 +22,76 @@ const MAX_MISSING: usize = 1000;
 
 struct App {
     storage: Arc<dyn Remote>,
+    /// The tokens taken (`None`: no tokens asked for, anyone who reaches the server may read
+    /// and write); replaced whole when the file is read again.
+    tokens: Option<SharedTokens>,
+}
+
+/// What a request needs its token to allow.
+enum Need<'a> {
+    /// This access to this database.
+    Db(Access, &'a str),
+    /// This access to some database (files are shared by all: their names are hashes that
+    /// only a head record tells).
+    Any(Access),
+    /// This access to every database (a remote gc: files of all of them).
+    All(Access),
+    /// A valid token, whatever it allows (listings, filtered by its scope).
+    Valid,
+}
+
+impl App {
+    /// The request's token's scope (`None`: the server takes no tokens), or the refusal:
+    /// 401 without a valid token, 403 when it does not allow what is needed.
+    fn authorize(&self, headers: &HeaderMap, need: Need) -> Result<Option<Scope>, Refused> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(None);
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(given) = given else {
+            return Err(Refused(
+                StatusCode::UNAUTHORIZED,
+                "a token is needed (Authorization: Bearer TOKEN)".into(),
+            ));
+        };
+        let tokens = tokens.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(scope) = tokens.scope(given.as_bytes()) else {
+            return Err(Refused(StatusCode::UNAUTHORIZED, "unknown token".into()));
+        };
+        let (ok, what) = match need {
+            Need::Db(Access::Read, db) => (scope.allows(Access::Read, db), format!("read {db}")),
+            Need::Db(Access::Write, db) => (scope.allows(Access::Write, db), format!("write {db}")),
+            Need::Any(Access::Read) => (scope.allows_any(Access::Read), "read files".into()),
+            Need::Any(Access::Write) => (scope.allows_any(Access::Write), "write files".into()),
+            Need::All(Access::Read) => {
+                (scope.allows_all(Access::Read), "read every database".into())
+            }
+            Need::All(Access::Write) => (
+                scope.allows_all(Access::Write),
+                "write every database".into(),
+            ),
+            Need::Valid => (true, String::new()),
+        };
+        if !ok {
+            return Err(Refused(
+                StatusCode::FORBIDDEN,
+                format!("this token may not {what}"),
+            ));
+        }
+        Ok(Some(scope))
+    }
 }
 
 type Shared = State<Arc<App>>;
 
 /// The API over `storage`.
 pub fn router(storage: Arc<dyn Remote>, opts: ServerOptions) -> Router {
-    let app = Arc::new(App { storage });
+    let tokens = opts.tokens.clone();
+    let app = Arc::new(App { storage, tokens });
     Router::new()
         .route("/v1", get(info))
         .route("/v1/files/{kind}", get(list_files))
@@ -140,7 +204,12 @@ async fn info(State(app): Shared) -> Json<serde_json::Value> {
     }))
 }
 
-async fn list_files(State(app): Shared, Path(k): Path<String>) -> Result<Response, Refused> {
+async fn list_files(
+    State(app): Shared,
+    Path(k): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    app.authorize(&headers, Need::All(Access::Read))?;
     let k = kind(&k)?;
     let listed = blocking(move || app.storage.list_files(k)).await?;
     let out: Vec<(String, u64)> = listed
@@ -153,8 +222,10 @@ async fn list_files(State(app): Shared, Path(k): Path<String>) -> Result<Respons
 async fn missing(
     State(app): Shared,
     Path(k): Path<String>,
+    headers: HeaderMap,
     Json(asked): Json<Vec<String>>,
 ) -> Result<Response, Refused> {
+    app.authorize(&headers, Need::Any(Access::Read))?;
     let k = kind(&k)?;
     if asked.len() > MAX_MISSING {
         return Err(Refused(
@@ -179,7 +250,9 @@ async fn missing(
 async fn get_file(
     State(app): Shared,
     Path((k, n)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, Refused> {
+    app.authorize(&headers, Need::Any(Access::Read))?;
     let (k, n) = (kind(&k)?, file_name(&n)?);
     match blocking(move || app.storage.get_file(k, &n)).await? {
         Some(b) => Ok((
@@ -194,7 +267,9 @@ async fn get_file(
 async fn has_file(
     State(app): Shared,
     Path((k, n)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, Refused> {
+    app.authorize(&headers, Need::Any(Access::Read))?;
     let (k, n) = (kind(&k)?, file_name(&n)?);
     Ok(if blocking(move || app.storage.has_file(k, &n)).await? {
         StatusCode::OK
@@ -208,8 +283,10 @@ async fn has_file(
 async fn put_file(
     State(app): Shared,
     Path((k, n)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, Refused> {
+    app.authorize(&headers, Need::Any(Access::Write))?;
     let (k, n) = (kind(&k)?, file_name(&n)?);
     if k.name_of(&body) != n {
         return Err(Refused(
@@ -232,7 +309,9 @@ async fn put_file(
 async fn delete_file(
     State(app): Shared,
     Path((k, n)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, Refused> {
+    app.authorize(&headers, Need::All(Access::Write))?;
     let (k, n) = (kind(&k)?, file_name(&n)?);
     blocking(move || app.storage.delete_file(k, &n)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -243,16 +322,32 @@ struct ListHeads {
     db: Option<String>,
 }
 
-async fn list_heads(State(app): Shared, Query(q): Query<ListHeads>) -> Result<Response, Refused> {
+async fn list_heads(
+    State(app): Shared,
+    Query(q): Query<ListHeads>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
     if let Some(db) = &q.db {
         check_db(db).map_err(|e| Refused::bad(e.to_string()))?;
     }
+    let scope = match &q.db {
+        Some(db) => app.authorize(&headers, Need::Db(Access::Read, db))?,
+        None => app.authorize(&headers, Need::Valid)?,
+    };
     let listed = blocking(move || match &q.db {
         Some(db) => app.storage.list_replica_heads(db),
         None => app.storage.list_heads(),
     })
     .await?;
-    let out: Vec<(String, String)> = listed.into_iter().map(|(n, e)| (n, e.0)).collect();
+    // A token sees the records of the databases it may read, and no others.
+    let out: Vec<(String, String)> = listed
+        .into_iter()
+        .filter(|(n, _)| {
+            let db = split_head_name(n).0;
+            scope.as_ref().is_none_or(|s| s.allows(Access::Read, db))
+        })
+        .map(|(n, e)| (n, e.0))
+        .collect();
     Ok(Json(out).into_response())
 }
 
@@ -262,6 +357,7 @@ async fn read_head(
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
     let name = head_name(&name)?;
+    app.authorize(&headers, Need::Db(Access::Read, split_head_name(&name).0))?;
     let known = version(&headers, header::IF_NONE_MATCH)?;
     let asked = known.clone();
     match blocking(move || app.storage.read_head(&name, asked.as_ref())).await? {
@@ -293,6 +389,7 @@ async fn write_head(
     body: Bytes,
 ) -> Result<Response, Refused> {
     let name = head_name(&name)?;
+    app.authorize(&headers, Need::Db(Access::Write, split_head_name(&name).0))?;
     let expected = match headers.get(header::IF_NONE_MATCH) {
         Some(v) if v.as_bytes() == b"*" => None,
         Some(_) => return Err(Refused::bad("If-None-Match: only * (create only)")),
@@ -321,6 +418,7 @@ async fn delete_head(
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
     let name = head_name(&name)?;
+    app.authorize(&headers, Need::Db(Access::Write, split_head_name(&name).0))?;
     let Some(expected) = version(&headers, header::IF_MATCH)? else {
         return Err(Refused(
             StatusCode::PRECONDITION_REQUIRED,

@@ -14,13 +14,16 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod api;
+pub mod auth;
 
 pub use api::router;
+pub use auth::{SharedTokens, Tokens};
 
 use kiln_sync::Remote;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// How a server behaves.
@@ -29,11 +32,17 @@ pub struct ServerOptions {
     /// The largest request body taken (a file or a head record), in bytes; larger ones get
     /// 413. Bodies are held whole in memory while checked and stored.
     pub max_body: usize,
+    /// The tokens taken (docs/server.md "Tokens"); `None`: none needed, anyone who reaches
+    /// the server may read and write every database.
+    pub tokens: Option<SharedTokens>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { max_body: 1 << 30 }
+        ServerOptions {
+            max_body: 1 << 30,
+            tokens: None,
+        }
     }
 }
 
@@ -48,6 +57,20 @@ pub async fn serve(
     axum::serve(listener, router(storage, opts))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Checks a storage before serving it: one that keeps a head record per database must pass
+/// [`kiln_sync::probe`] (honest compare-and-swap), since clients of the server do not probe.
+pub fn check_storage(storage: &dyn Remote) -> io::Result<()> {
+    if storage.per_replica_heads() {
+        return Ok(());
+    }
+    kiln_sync::probe(storage).map_err(|e| {
+        io::Error::other(format!(
+            "the storage {} cannot be served: {e}",
+            storage.location()
+        ))
+    })
 }
 
 /// A server running on a thread of its own ([`spawn`]); stopped (gracefully) when dropped.
@@ -88,9 +111,10 @@ impl Drop for Running {
     }
 }
 
-/// Starts a server on `addr` (`127.0.0.1:0` picks a free port) over `storage`, on a thread
-/// with a runtime of its own; returns once it listens.
+/// Starts a server on `addr` (`127.0.0.1:0` picks a free port) over `storage` (checked first:
+/// [`check_storage`]), on a thread with a runtime of its own; returns once it listens.
 pub fn spawn(addr: &str, storage: Arc<dyn Remote>, opts: ServerOptions) -> io::Result<Running> {
+    check_storage(&*storage)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -119,20 +143,29 @@ pub fn spawn(addr: &str, storage: Arc<dyn Remote>, opts: ServerOptions) -> io::R
 }
 
 /// Serves the API over `storage` on `addr` until SIGTERM or SIGINT (Ctrl-C), then finishes the
-/// requests under way and returns (what `kiln serve` runs). `ready` is told the address once
-/// the server listens.
+/// requests under way and returns (what `kiln serve` runs). With `tokens_file`, takes the
+/// tokens it lists and reads it again on SIGHUP (a file that does not read leaves the tokens
+/// as they were, and says so on stderr). `ready` is told the address once the server listens.
 pub fn run_until_signal(
     addr: &str,
     storage: Arc<dyn Remote>,
-    opts: ServerOptions,
+    mut opts: ServerOptions,
+    tokens_file: Option<&Path>,
     ready: impl FnOnce(SocketAddr),
 ) -> io::Result<()> {
+    if let Some(f) = tokens_file {
+        opts.tokens = Some(Tokens::load(f)?.shared());
+    }
+    check_storage(&*storage)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let kept = storage.clone();
     let r = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        if let (Some(f), Some(shared)) = (tokens_file, opts.tokens.clone()) {
+            reload_on_hangup(f.to_owned(), shared)?;
+        }
         ready(listener.local_addr()?);
         serve(listener, storage, opts, stop_signal()).await
     });
@@ -140,6 +173,30 @@ pub fn run_until_signal(
     drop(rt);
     drop(kept);
     r
+}
+
+/// Reads tokens file `f` again into `shared` on every SIGHUP.
+fn reload_on_hangup(f: PathBuf, shared: SharedTokens) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match Tokens::load(&f) {
+                    Ok(t) => {
+                        let n = t.len();
+                        *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
+                        eprintln!("kiln serve: read {} again: {n} tokens", f.display());
+                    }
+                    Err(e) => eprintln!("kiln serve: {e}; the tokens stay as they were"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (f, shared);
+    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT.

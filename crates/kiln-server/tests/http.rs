@@ -114,7 +114,10 @@ fn bad_requests_are_refused_and_change_nothing() {
     let s = spawn(
         "127.0.0.1:0",
         Arc::new(FolderRemote::open(&storage).unwrap()),
-        ServerOptions { max_body: 4096 },
+        ServerOptions {
+            max_body: 4096,
+            ..Default::default()
+        },
     )
     .unwrap();
     let good = Kind::Diff.name_of(b"right bytes");

@@ -504,6 +504,12 @@ impl Remote for HttpRemote {
         self.list_head_records(None)
     }
 
+    fn swaps_checked(&self) -> bool {
+        // The server probed its storage's compare-and-swap when it started (or keeps a record
+        // per replica, which needs none).
+        true
+    }
+
     fn per_replica_heads(&self) -> bool {
         self.per_replica
     }

@@ -34,7 +34,7 @@ pub use gc::{gc_remote, RemoteGcReport};
 pub use http::{etag_header, kind_segment, parse_etag_header, HttpRemote, API_VERSION};
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
-pub use remotes::{check_remote_name, open_remote, open_remote_with, Remotes};
+pub use remotes::{check_remote_name, open_remote, open_remote_with, RemoteConfig, Remotes};
 pub use s3::{S3Config, S3Remote};
 pub use sync::{
     sync, sync_many, sync_remotes, sync_with_progress, watch, FileSets, Progress, RemoteFiles,
@@ -194,6 +194,12 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// Every head record, by name (see [`Remote::per_replica_heads`]), sorted, with its
     /// version: one listing answers "which of my databases changed".
     fn list_heads(&self) -> io::Result<Vec<(String, Etag)>>;
+    /// Whether the remote's compare-and-swap was checked by the remote itself, so a client
+    /// need not [`probe`] it (a kiln sync server probes its folder when it starts, and the
+    /// probe's records are not every client's to write).
+    fn swaps_checked(&self) -> bool {
+        false
+    }
     /// Whether the remote keeps one head record per replica of a database (named
     /// [`replica_head`]`(db, replica)`, each written by its replica only, a sync taking in the
     /// union of them) rather than one per database written by compare-and-swap. For remotes

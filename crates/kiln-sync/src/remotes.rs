@@ -135,22 +135,41 @@ impl Remotes {
     }
 }
 
-/// Opens the remote a URL names: a folder (`/path`, `./path`, `file:///path`) or an
-/// S3-compatible bucket (`s3://bucket/prefix`: endpoint, region and credentials from the usual
-/// `AWS_*` environment variables, see [`crate::S3Config::from_env`]) or a kiln sync server
-/// (`http://host:port`, `https://…`; a bearer token from `KILN_TOKEN`).
-pub fn open_remote(url: &str) -> io::Result<Box<dyn Remote>> {
-    open_remote_with(url, &crate::S3Config::from_env())
+/// How to reach remotes: an S3-compatible server's settings, and the token a kiln sync server
+/// asks for.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteConfig {
+    /// For `s3://` remotes.
+    pub s3: crate::S3Config,
+    /// For `http(s)://` remotes: the bearer token (docs/server.md "Tokens").
+    pub token: Option<String>,
 }
 
-/// [`open_remote`], with an S3 bucket's server and credentials given by `s3`.
-pub fn open_remote_with(url: &str, s3: &crate::S3Config) -> io::Result<Box<dyn Remote>> {
+impl RemoteConfig {
+    /// From the environment: the usual `AWS_*` variables ([`crate::S3Config::from_env`]) and
+    /// `KILN_TOKEN`.
+    pub fn from_env() -> RemoteConfig {
+        RemoteConfig {
+            s3: crate::S3Config::from_env(),
+            token: std::env::var("KILN_TOKEN").ok().filter(|t| !t.is_empty()),
+        }
+    }
+}
+
+/// Opens the remote a URL names: a folder (`/path`, `./path`, `file:///path`), an
+/// S3-compatible bucket (`s3://bucket/prefix`) or a kiln sync server (`http://host:port`,
+/// `https://…`), with settings and token from the environment ([`RemoteConfig::from_env`]).
+pub fn open_remote(url: &str) -> io::Result<Box<dyn Remote>> {
+    open_remote_with(url, &RemoteConfig::from_env())
+}
+
+/// [`open_remote`], with the settings of `cfg`.
+pub fn open_remote_with(url: &str, cfg: &RemoteConfig) -> io::Result<Box<dyn Remote>> {
     if url.starts_with("s3://") {
-        return Ok(Box::new(crate::S3Remote::open(url, s3.clone())?));
+        return Ok(Box::new(crate::S3Remote::open(url, cfg.s3.clone())?));
     }
     if url.starts_with("http://") || url.starts_with("https://") {
-        let token = std::env::var("KILN_TOKEN").ok().filter(|t| !t.is_empty());
-        return Ok(Box::new(crate::HttpRemote::open(url, token)?));
+        return Ok(Box::new(crate::HttpRemote::open(url, cfg.token.clone())?));
     }
     if let Some(p) = url.strip_prefix("file://") {
         if !p.starts_with('/') {

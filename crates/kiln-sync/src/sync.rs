@@ -286,7 +286,7 @@ pub fn sync_with_progress(
     let mut r = SyncReport::default();
     let per_replica = remote.remote.per_replica_heads();
     let out = (|| {
-        if !per_replica && !place.probed() {
+        if !per_replica && !remote.remote.swaps_checked() && !place.probed() {
             // The first sync with a remote checks its compare-and-swap (a remote that ignores
             // conditional writes would lose writes silently).
             remote.n.set(remote.n.get() + crate::probe::REQUESTS);

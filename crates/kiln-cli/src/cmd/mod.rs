@@ -19,8 +19,9 @@ use kiln::{Database, Store};
 pub struct Ctx {
     pub store: Store,
     pub out: Out,
-    /// Where s3:// remotes are served and how to sign requests (flags, else `AWS_*`).
-    pub s3: kiln_sync::S3Config,
+    /// Where s3:// remotes are served and how to sign requests (flags, else `AWS_*`), and the
+    /// token for sync servers (`--token`, else `KILN_TOKEN`).
+    pub remote: kiln_sync::RemoteConfig,
 }
 
 impl Ctx {

@@ -21,10 +21,15 @@ pub struct Serve {
     /// The largest request body taken (a file or a head record), in bytes.
     #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
     max_body: usize,
+    /// The tokens clients must give: a file of `TOKEN read|write GLOB` lines (a token at least
+    /// 16 characters; GLOB matches database names, `*` any run); read again on SIGHUP.
+    /// Without it, anyone who reaches the server may read and write every database.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<std::path::PathBuf>,
 }
 
 impl Serve {
-    pub fn run(&self, out: &Out, s3: &kiln_sync::S3Config) -> Result<u8, Fail> {
+    pub fn run(&self, out: &Out, remote: &kiln_sync::RemoteConfig) -> Result<u8, Fail> {
         if self.storage.starts_with("http://") || self.storage.starts_with("https://") {
             return Err(bad_input(format!(
                 "--storage {}: a server keeps its data in a folder or a bucket, not behind \
@@ -32,7 +37,7 @@ impl Serve {
                 self.storage
             )));
         }
-        let storage = kiln_sync::open_remote_with(&self.storage, s3).map_err(|e| Fail {
+        let storage = kiln_sync::open_remote_with(&self.storage, remote).map_err(|e| Fail {
             code: if e.kind() == std::io::ErrorKind::InvalidInput {
                 crate::out::code::USAGE
             } else {
@@ -42,9 +47,17 @@ impl Serve {
         })?;
         let opts = kiln_server::ServerOptions {
             max_body: self.max_body,
+            ..Default::default()
         };
+        if self.tokens.is_none() {
+            eprintln!(
+                "kiln serve: no --tokens: anyone who reaches {} may read and write every database",
+                self.addr
+            );
+        }
         let json = out.json;
-        kiln_server::run_until_signal(&self.addr, Arc::from(storage), opts, |addr| {
+        let tokens = self.tokens.as_deref();
+        kiln_server::run_until_signal(&self.addr, Arc::from(storage), opts, tokens, |addr| {
             let mut o = std::io::stdout().lock();
             let _ = if json {
                 writeln!(

@@ -80,7 +80,7 @@ fn gc_remote(ctx: &Ctx, url: &str, grace: u64) -> Result<u8, Fail> {
         },
         msg: format!("{url}: {e}"),
     };
-    let remote = kiln_sync::open_remote_with(url, &ctx.s3).map_err(io)?;
+    let remote = kiln_sync::open_remote_with(url, &ctx.remote).map_err(io)?;
     let r = kiln_sync::gc_remote(&*remote, std::time::Duration::from_secs(grace)).map_err(io)?;
     ctx.out.print(
         || {

@@ -134,10 +134,11 @@ fn remote(ctx: &Ctx, c: RemoteCmd) -> Result<u8, Fail> {
             ctx.store.open_db(&db)?; // exists, and is readable here
             kiln_sync::check_remote_name(&name).map_err(io_fail)?;
             let url = normalize_url(&url)?;
-            let r = kiln_sync::open_remote_with(&url, &ctx.s3).map_err(io_fail)?;
-            // (A remote that keeps a head record per replica relies on no compare-and-swap;
-            // opening it checked that it is there and is a kiln remote.)
-            if !r.per_replica_heads() {
+            let r = kiln_sync::open_remote_with(&url, &ctx.remote).map_err(io_fail)?;
+            // (A remote that keeps a head record per replica relies on no compare-and-swap,
+            // and a sync server checked its own; opening it checked that it is there and is
+            // a kiln remote.)
+            if !r.per_replica_heads() && !r.swaps_checked() {
                 kiln_sync::probe(&*r).map_err(|e| Fail {
                     code: 1,
                     msg: format!("remote {url} refused: {e}"),
@@ -279,7 +280,7 @@ fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) ->
         let db = &targets[0].0;
         let mut opened = Vec::new();
         for (_, name, url) in &targets {
-            let r = kiln_sync::open_remote_with(url, &ctx.s3).map_err(io_fail);
+            let r = kiln_sync::open_remote_with(url, &ctx.remote).map_err(io_fail);
             opened.push((name, r));
         }
         let usable: Vec<&dyn kiln_sync::Remote> = opened
@@ -306,7 +307,7 @@ fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) ->
     for url in if results.is_empty() { urls } else { Vec::new() } {
         let group: Vec<&(String, String, String)> = targets.iter().filter(|t| t.2 == url).collect();
         let outcome = (|| -> Result<Vec<Result<SyncReport, Fail>>, Fail> {
-            let remote = kiln_sync::open_remote_with(url, &ctx.s3).map_err(io_fail)?;
+            let remote = kiln_sync::open_remote_with(url, &ctx.remote).map_err(io_fail)?;
             let handles = group
                 .iter()
                 .map(|(db, _, _)| ctx.open(db))
@@ -394,7 +395,7 @@ fn watch_one(
         return Err(bad_input("--poll is between 0.05 and 86400 seconds".into()));
     }
     let handle = ctx.open(db)?;
-    let remote = kiln_sync::open_remote_with(url, &ctx.s3).map_err(io_fail)?;
+    let remote = kiln_sync::open_remote_with(url, &ctx.remote).map_err(io_fail)?;
     let pace = kiln_sync::WatchOptions {
         poll: std::time::Duration::from_secs_f64(poll),
         ..kiln_sync::WatchOptions::default()
