@@ -2,6 +2,7 @@
 //! it to the storage (a [`Remote`], whose calls block: each runs on the blocking pool).
 
 use crate::auth::{Access, Scope, SharedTokens};
+use crate::metrics::Metrics;
 use crate::ServerOptions;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -92,7 +93,19 @@ type Shared = State<Arc<App>>;
 pub fn router(storage: Arc<dyn Remote>, opts: ServerOptions) -> Router {
     let tokens = opts.tokens.clone();
     let app = Arc::new(App { storage, tokens });
+    let metrics = Arc::new(Metrics::new());
+    let shown = metrics.clone();
     Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    shown.render(),
+                )
+            }),
+        )
         .route("/v1", get(info))
         .route("/v1/files/{kind}", get(list_files))
         .route("/v1/files/{kind}/missing", axum::routing::post(missing))
@@ -109,6 +122,10 @@ pub fn router(storage: Arc<dyn Remote>, opts: ServerOptions) -> Router {
             get(read_head).put(write_head).delete(delete_head),
         )
         .layer(DefaultBodyLimit::max(opts.max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::count,
+        ))
         .with_state(app)
 }
 

@@ -15,6 +15,7 @@
 
 mod api;
 pub mod auth;
+mod metrics;
 
 pub use api::router;
 pub use auth::{SharedTokens, Tokens};

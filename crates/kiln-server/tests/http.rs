@@ -288,3 +288,37 @@ fn replicas_sync_through_two_servers_over_one_bucket() {
     assert_eq!(files, r1.list_files(Kind::Diff).unwrap());
     let _ = FileName::parse(&files[0].0.to_string()).unwrap();
 }
+
+#[test]
+fn health_and_metrics_for_an_operator() {
+    let d = tempfile::tempdir().unwrap();
+    let s = folder_server(&d.path().join("storage"));
+    let (st, _, body) = raw(&s, &request("GET", "/healthz", &[], b""));
+    assert_eq!((st, body), (200, b"ok\n".to_vec()));
+    let r = HttpRemote::open(&s.url(), None).unwrap();
+    assert_eq!(r.read_head("notes", None).unwrap(), HeadRead::Absent);
+    r.has_file(Kind::Diff, &Kind::Diff.name_of(b"x")).unwrap();
+    raw(&s, &request("BREW", "/v1/heads/secret-db-name", &[], b""));
+    let (st, head, body) = raw(&s, &request("GET", "/metrics", &[], b""));
+    assert_eq!(st, 200);
+    assert!(
+        head.to_lowercase().contains("content-type: text/plain"),
+        "{head}"
+    );
+    let text = String::from_utf8(body).unwrap();
+    for want in [
+        r#"kiln_server_requests_total{route="/v1/heads/{name}",method="GET",status="404"} 1"#,
+        r#"kiln_server_requests_total{route="/v1/files/{kind}/{name}",method="HEAD",status="404"} 1"#,
+        r#"kiln_server_requests_total{route="/v1",method="GET",status="200"} 1"#,
+        r#"kiln_server_request_seconds_count{route="/v1/heads/{name}",method="GET"} 1"#,
+        r#"method="other""#,
+        "kiln_server_uptime_seconds ",
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+    // Routes, never names: no database or file name in the metrics.
+    assert!(
+        !text.contains("notes") && !text.contains("secret-db-name"),
+        "{text}"
+    );
+}
