@@ -5,6 +5,7 @@ use crate::auth::{Access, Scope, SharedTokens};
 use crate::metrics::Metrics;
 use crate::ServerOptions;
 use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -178,7 +179,9 @@ fn kind(s: &str) -> Result<Kind, Refused> {
 }
 
 fn file_name(s: &str) -> Result<FileName, Refused> {
-    FileName::parse(s).ok_or_else(|| Refused::bad(format!("{s:?} is not a file name (64 hex)")))
+    FileName::parse(s)
+        .filter(|n| n.to_string() == s)
+        .ok_or_else(|| Refused::bad(format!("{s:?} is not a file name (64 lowercase hex)")))
 }
 
 fn head_name(s: &str) -> Result<String, Refused> {
@@ -240,10 +243,14 @@ async fn missing(
     State(app): Shared,
     Path(k): Path<String>,
     headers: HeaderMap,
-    Json(asked): Json<Vec<String>>,
+    asked: Result<Json<Vec<String>>, JsonRejection>,
 ) -> Result<Response, Refused> {
     app.authorize(&headers, Need::Any(Access::Read))?;
     let k = kind(&k)?;
+    let Json(asked) = asked.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Refused(e.status(), e.body_text()),
+        _ => Refused::bad(format!("not a JSON array of names: {}", e.body_text())),
+    })?;
     if asked.len() > MAX_MISSING {
         return Err(Refused(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -188,6 +188,21 @@ fn bad_requests_are_refused_and_change_nothing() {
         ),
     );
     assert_eq!(st, 400);
+    // Not JSON, not a list of strings, no JSON type: 400 too; an uppercase name is no name.
+    for (body, ctype) in [
+        (&b"{\"a\": 1}"[..], "Content-Type: application/json"),
+        (&b"[1, 2]"[..], "Content-Type: application/json"),
+        (&b"[]"[..], "Content-Type: text/plain"),
+        (&b"[\"x"[..], "Content-Type: application/json"),
+    ] {
+        let (st, _, _) = raw(
+            &s,
+            &request("POST", "/v1/files/diff/missing", &[ctype], body),
+        );
+        assert_eq!(st, 400, "{}", String::from_utf8_lossy(body));
+    }
+    let upper = format!("/v1/files/diff/{}", good.to_string().to_uppercase());
+    assert_eq!(raw(&s, &request("GET", &upper, &[], b"")).0, 400);
     // Nothing of it reached the storage.
     let r = FolderRemote::open(&storage).unwrap();
     assert!(r.list_files(Kind::Diff).unwrap().is_empty());

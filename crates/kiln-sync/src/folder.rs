@@ -177,7 +177,7 @@ impl<'a> Staged<'a> {
         if self.files.is_empty() {
             return Ok(());
         }
-        let together = cfg!(target_os = "linux") && self.files.len() >= SYNCFS_FROM;
+        let together = self.files.len() >= SYNCFS_FROM && kiln::syncfs_covers(self.root);
         if together {
             kiln::sync_file_system(self.root)?;
         } else {
@@ -188,7 +188,13 @@ impl<'a> Staged<'a> {
         let mut dirs: Vec<&Path> = Vec::new();
         for (tmp, path) in &self.files {
             let parent = path.parent().unwrap_or(self.root);
-            fs::create_dir_all(parent)?;
+            if !parent.exists() {
+                fs::create_dir_all(parent)?;
+                // A new shard folder: its name in its own folder is made durable too.
+                if let Some(up) = parent.parent().filter(|u| !dirs.contains(u)) {
+                    dirs.push(up);
+                }
+            }
             fs::rename(tmp, path)?;
             if !dirs.contains(&parent) {
                 dirs.push(parent);

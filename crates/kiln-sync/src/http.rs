@@ -57,7 +57,8 @@ pub fn etag_header(e: &Etag) -> String {
     format!("\"{hex}\"")
 }
 
-/// Reads an `ETag` header value [`etag_header`] made; `None` when it is not one.
+/// Reads an `ETag` header value [`etag_header`] made; `None` when it is not one, or does not
+/// hold a version's shape ([`is_version_shape`]).
 pub fn parse_etag_header(v: &str) -> Option<Etag> {
     let hex = v.trim().strip_prefix('"')?.strip_suffix('"')?;
     if hex.len() % 2 != 0 {
@@ -67,7 +68,19 @@ pub fn parse_etag_header(v: &str) -> Option<Etag> {
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect();
-    String::from_utf8(bytes?).ok().map(Etag)
+    let text = String::from_utf8(bytes?).ok()?;
+    is_version_shape(&text).then_some(Etag(text))
+}
+
+/// Whether `v` can be a storage's version of one record: 1–256 visible ASCII characters, not
+/// `*` (which a conditional request matches to any record), no comma (which lists several),
+/// not weak (`W/`). Anything else sent as a version is refused before it reaches a storage.
+pub fn is_version_shape(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 256
+        && v != "*"
+        && !v.starts_with("W/")
+        && v.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
 impl HttpRemote {
@@ -288,6 +301,10 @@ impl Remote for HttpRemote {
             out.extend(asked.iter().map(|n| !missing.contains(n)));
         }
         Ok(out)
+    }
+
+    fn lookup_requests(&self, n: usize) -> usize {
+        n.div_ceil(MISSING_PAGE)
     }
 
     fn put_file(&self, kind: Kind, name: &FileName, bytes: &[u8]) -> io::Result<()> {
@@ -525,9 +542,14 @@ mod tests {
 
     #[test]
     fn versions_travel_hex_quoted() {
-        for v in ["", "0123abcd", "\"quoted\"", "W/\"weak\"", "é"] {
+        for v in ["0123abcd", "\"quoted\"", "f477895a8f6c62fa"] {
             let e = Etag(v.to_owned());
             assert_eq!(parse_etag_header(&etag_header(&e)), Some(e));
+        }
+        // Not a version: refused whole.
+        for v in ["", "*", "W/\"weak\"", "a,b", "new\nline", "é", "sp ace"] {
+            let e = Etag(v.to_owned());
+            assert_eq!(parse_etag_header(&etag_header(&e)), None, "{v:?}");
         }
         assert_eq!(parse_etag_header("abc"), None);
         assert_eq!(parse_etag_header("\"abc\""), None);

@@ -146,6 +146,11 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     fn has_files(&self, kind: Kind, names: &[FileName]) -> io::Result<Vec<bool>> {
         names.iter().map(|n| self.has_file(kind, n)).collect()
     }
+    /// How many requests [`Remote::has_files`] makes for `n` names (one each, unless the
+    /// remote answers for many at once).
+    fn lookup_requests(&self, n: usize) -> usize {
+        n
+    }
     /// [`Remote::put_file`] of several files, one request each, the bytes of file `i` asked
     /// of `load(i)` when it is to be uploaded (`None`: skipped; a remote that looks files up
     /// first asks only for those it lacks). Returns, in order, whether each was uploaded

@@ -748,7 +748,9 @@ fn look_up(
         todo.iter().partition(|n| named.contains(n));
     drop(named);
     found.extend(known.into_iter().map(|n| (kind, n)));
-    remote.n.set(remote.n.get() + unknown.len());
+    remote
+        .n
+        .set(remote.n.get() + remote.remote.lookup_requests(unknown.len()));
     let there = remote.remote.has_files(kind, &unknown)?;
     let mut lacking = Vec::new();
     for (n, there) in unknown.into_iter().zip(there) {
@@ -778,7 +780,9 @@ fn reupload_gone(
         if names.is_empty() {
             continue;
         }
-        remote.n.set(remote.n.get() + names.len());
+        remote
+            .n
+            .set(remote.n.get() + remote.remote.lookup_requests(names.len()));
         let there = remote.remote.has_files(kind, &names)?;
         let gone: Vec<FileName> = names
             .iter()

@@ -266,3 +266,17 @@ fn batches_keep_their_promises() {
     let left = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0);
 }
+
+/// One `syncfs` stands for an fsync of each file only on local disk file systems: never on
+/// others (procfs here stands for a file system it does not cover) or a path that is not there.
+#[test]
+fn syncfs_covers_local_disks_only() {
+    assert!(!kiln::syncfs_covers(std::path::Path::new("/proc")));
+    assert!(!kiln::syncfs_covers(std::path::Path::new("/no/such/path")));
+    let d = tempfile::tempdir().unwrap();
+    eprintln!(
+        "syncfs covers {}: {}",
+        d.path().display(),
+        kiln::syncfs_covers(d.path())
+    );
+}

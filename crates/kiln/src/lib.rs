@@ -54,7 +54,7 @@ pub use format::block::cid::{Cid, ParseCidError};
 pub use format::head::TreeShape;
 pub use format::seal::Key;
 pub use model::doc::MAX_DOC_BYTES;
-pub use storage::{sync_file_system, FileName, FileSource};
+pub use storage::{sync_file_system, syncfs_covers, FileName, FileSource};
 pub use store::proposals::{Proposal, Status};
 pub use store::{check_name, Durability, FileKind, FilesHold, GcReport, Options, Store};
 

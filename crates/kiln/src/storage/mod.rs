@@ -26,7 +26,8 @@ pub mod memory;
 
 pub use heads::{Conflict, Heads, Version};
 pub use local::{
-    sync_dir, sync_file_system, write_atomic, DbLock, HeadFile, LocalHeads, LocalStorage, Pending,
+    sync_dir, sync_file_system, syncfs_covers, write_atomic, DbLock, HeadFile, LocalHeads,
+    LocalStorage, Pending,
 };
 
 /// A file's name: 32 bytes, the hash of its bytes (the formats choose the hash; storage

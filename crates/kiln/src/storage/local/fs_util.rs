@@ -28,6 +28,39 @@ pub fn sync_file_system(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether one [`sync_file_system`] of the file system holding `path` makes what was written
+/// there durable as an fsync of each file would: only on local disk file systems known to
+/// flush that way (ext4, xfs, btrfs, f2fs, tmpfs). Not on network or stacked ones (NFS, SMB,
+/// FUSE, ecryptfs), where `syncfs` may not send what fsync sends, nor elsewhere than Linux.
+#[cfg(target_os = "linux")]
+pub fn syncfs_covers(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const KNOWN: [i64; 5] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0xF2F5_2010, // f2fs
+        0x0102_1994, // tmpfs
+    ];
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a zeroed statfs for the call to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    KNOWN.contains(&(st.f_type as i64))
+}
+
+/// Whether one [`sync_file_system`] covers what was written under `path`: never elsewhere
+/// than Linux (files are flushed one by one there).
+#[cfg(not(target_os = "linux"))]
+pub fn syncfs_covers(_path: &Path) -> bool {
+    false
+}
+
 /// Flushes everything written (elsewhere than Linux, where one file system cannot be asked
 /// alone: `sync(2)`, which also waits for the writes to be done on the systems kiln runs on).
 #[cfg(not(target_os = "linux"))]

@@ -23,7 +23,7 @@ mod tests;
 
 pub use db_lock::DbLock;
 pub(crate) use fs_util::*;
-pub use fs_util::{sync_dir, sync_file_system, write_atomic};
+pub use fs_util::{sync_dir, sync_file_system, syncfs_covers, write_atomic};
 pub use gc_lock::{GcExclusive, GcLock, GcShared};
 pub use head_file::HeadFile;
 pub(crate) use heads::read_counter;
@@ -785,7 +785,7 @@ impl LocalStorage {
     /// Makes files written without syncing durable: each file, then each folder holding one
     /// (and the folder of shards).
     pub fn sync_named(&self, names: &[FileName]) -> io::Result<()> {
-        if cfg!(target_os = "linux") && names.len() >= SYNCFS_FROM {
+        if names.len() >= SYNCFS_FROM && syncfs_covers(&self.dir) {
             // One flush of the whole file system writes them out together: for a pull of
             // many files, faster than a flush per file and folder (each a journal commit).
             return sync_file_system(&self.dir);
