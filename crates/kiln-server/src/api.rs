@@ -124,6 +124,10 @@ pub fn router(storage: Arc<dyn Remote>, opts: ServerOptions) -> Router {
         )
         .layer(DefaultBodyLimit::max(opts.max_body))
         .layer(axum::middleware::from_fn_with_state(
+            opts.request_timeout,
+            deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::metrics::count,
         ))
@@ -455,4 +459,21 @@ async fn delete_head(
             Err(c) => conflict(c),
         },
     )
+}
+
+/// Middleware: a request that takes longer than `limit` (a slow upload, say) gets 408, and
+/// what it was doing is dropped (a file is kept whole or not at all).
+async fn deadline(
+    State(limit): State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => Refused(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request took longer than {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
 }

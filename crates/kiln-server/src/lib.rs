@@ -15,6 +15,7 @@
 
 mod api;
 pub mod auth;
+mod conn;
 mod metrics;
 
 pub use api::router;
@@ -26,6 +27,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How a server behaves.
 #[derive(Clone, Debug)]
@@ -36,6 +38,15 @@ pub struct ServerOptions {
     /// The tokens taken (docs/server.md "Tokens"); `None`: none needed, anyone who reaches
     /// the server may read and write every database.
     pub tokens: Option<SharedTokens>,
+    /// Connections served at once; more wait to be accepted (memory grows with connections,
+    /// not with what is stored).
+    pub max_connections: usize,
+    /// The longest a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// The longest a request may take, its body's upload included (408 after).
+    pub request_timeout: Duration,
+    /// The longest a stopping server waits for the requests under way.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -43,6 +54,10 @@ impl Default for ServerOptions {
         ServerOptions {
             max_body: 1 << 30,
             tokens: None,
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -55,9 +70,12 @@ pub async fn serve(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    axum::serve(listener, router(storage, opts))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = conn::Limits {
+        max_connections: opts.max_connections,
+        header_timeout: opts.header_timeout,
+        drain_timeout: opts.drain_timeout,
+    };
+    conn::serve_connections(listener, router(storage, opts), limits, shutdown).await
 }
 
 /// Checks a storage before serving it: one that keeps a head record per database must pass

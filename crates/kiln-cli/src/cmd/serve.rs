@@ -26,6 +26,12 @@ pub struct Serve {
     /// Without it, anyone who reaches the server may read and write every database.
     #[arg(long, value_name = "FILE")]
     tokens: Option<std::path::PathBuf>,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    max_connections: usize,
+    /// The longest a request may take, its upload included (408 after).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    request_timeout: u64,
 }
 
 impl Serve {
@@ -47,6 +53,8 @@ impl Serve {
         })?;
         let opts = kiln_server::ServerOptions {
             max_body: self.max_body,
+            max_connections: self.max_connections.max(1),
+            request_timeout: std::time::Duration::from_secs(self.request_timeout.max(1)),
             ..Default::default()
         };
         if self.tokens.is_none() {
