@@ -2,6 +2,7 @@
 //! it to the storage (a [`Remote`], whose calls block: each runs on the blocking pool).
 
 use crate::auth::{Access, Scope, SharedTokens};
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::ServerOptions;
 use axum::body::Bytes;
@@ -24,6 +25,7 @@ const MAX_MISSING: usize = 1000;
 
 struct App {
     storage: Arc<dyn Remote>,
+    live: Arc<Live>,
     /// The tokens taken (`None`: no tokens asked for, anyone who reaches the server may read
     /// and write); replaced whole when the file is read again.
     tokens: Option<SharedTokens>,
@@ -92,11 +94,24 @@ type Shared = State<Arc<App>>;
 
 /// The API over `storage`.
 pub fn router(storage: Arc<dyn Remote>, opts: ServerOptions) -> Router {
+    router_and_live(storage, opts).0
+}
+
+/// [`router`], and its live channel's subscribers (to end them when the server stops).
+pub(crate) fn router_and_live(
+    storage: Arc<dyn Remote>,
+    opts: ServerOptions,
+) -> (Router, Arc<Live>) {
     let tokens = opts.tokens.clone();
-    let app = Arc::new(App { storage, tokens });
+    let live = Arc::new(Live::new(opts.poll));
+    let app = Arc::new(App {
+        storage,
+        live: live.clone(),
+        tokens,
+    });
     let metrics = Arc::new(Metrics::new());
     let shown = metrics.clone();
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/metrics",
@@ -118,6 +133,7 @@ pub fn router(storage: Arc<dyn Remote>, opts: ServerOptions) -> Router {
                 .delete(delete_file),
         )
         .route("/v1/heads", get(list_heads))
+        .route("/v1/watch", get(watch))
         .route(
             "/v1/heads/{name}",
             get(read_head).put(write_head).delete(delete_head),
@@ -131,7 +147,8 @@ pub fn router(storage: Arc<dyn Remote>, opts: ServerOptions) -> Router {
             metrics,
             crate::metrics::count,
         ))
-        .with_state(app)
+        .with_state(app);
+    (router, live)
 }
 
 /// A refusal: a status and a reason, sent as text.
@@ -433,9 +450,14 @@ async fn write_head(
             }
         },
     };
-    let written = blocking(move || app.storage.write_head(&name, expected.as_ref(), &body)).await?;
+    let db = split_head_name(&name).0.to_owned();
+    let storage = app.storage.clone();
+    let written = blocking(move || storage.write_head(&name, expected.as_ref(), &body)).await?;
     Ok(match written {
-        Ok(e) => with_version(StatusCode::OK.into_response(), &e),
+        Ok(e) => {
+            app.live.tell(&db);
+            with_version(StatusCode::OK.into_response(), &e)
+        }
         Err(c) => conflict(c),
     })
 }
@@ -453,9 +475,14 @@ async fn delete_head(
             "a head record is removed on a version (If-Match)".into(),
         ));
     };
+    let db = split_head_name(&name).0.to_owned();
+    let storage = app.storage.clone();
     Ok(
-        match blocking(move || app.storage.delete_head(&name, &expected)).await? {
-            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        match blocking(move || storage.delete_head(&name, &expected)).await? {
+            Ok(()) => {
+                app.live.tell(&db);
+                StatusCode::NO_CONTENT.into_response()
+            }
             Err(c) => conflict(c),
         },
     )
@@ -476,4 +503,30 @@ async fn deadline(
         )
         .into_response(),
     }
+}
+
+#[derive(Deserialize)]
+struct Watch {
+    dbs: String,
+}
+
+/// Subscribes to databases `dbs` (comma-separated; read access to each needed).
+async fn watch(
+    State(app): Shared,
+    Query(q): Query<Watch>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    let mut dbs = std::collections::HashSet::new();
+    for db in q.dbs.split(',') {
+        check_db(db).map_err(|e| Refused::bad(e.to_string()))?;
+        app.authorize(&headers, Need::Db(Access::Read, db))?;
+        dbs.insert(db.to_owned());
+    }
+    if dbs.len() > MAX_MISSING {
+        return Err(Refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_MISSING} databases a subscription"),
+        ));
+    }
+    Ok(app.live.subscribe(dbs, app.storage.clone()).into_response())
 }

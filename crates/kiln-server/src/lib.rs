@@ -16,6 +16,7 @@
 mod api;
 pub mod auth;
 mod conn;
+mod live;
 mod metrics;
 
 pub use api::router;
@@ -47,6 +48,9 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     /// The longest a stopping server waits for the requests under way.
     pub drain_timeout: Duration,
+    /// How often the storage's head records are listed while clients watch (to tell them of
+    /// changes written through other servers on the same storage).
+    pub poll: Duration,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +62,7 @@ impl Default for ServerOptions {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
+            poll: Duration::from_secs(2),
         }
     }
 }
@@ -75,7 +80,13 @@ pub async fn serve(
         header_timeout: opts.header_timeout,
         drain_timeout: opts.drain_timeout,
     };
-    conn::serve_connections(listener, router(storage, opts), limits, shutdown).await
+    let (app, live) = api::router_and_live(storage, opts);
+    let shutdown = async move {
+        shutdown.await;
+        // Subscriptions never end by themselves: ended, so the stop does not wait on them.
+        live.close();
+    };
+    conn::serve_connections(listener, app, limits, shutdown).await
 }
 
 /// Checks a storage before serving it: one that keeps a head record per database must pass

@@ -242,6 +242,74 @@ impl HttpRemote {
     }
 }
 
+/// Listens to a server's live channel at `url` (docs/server.md "Live channel"), sending `()`
+/// to `tx` at each event (a change, a fall behind, a new subscription: each may have missed
+/// changes), and at least every 20 s (to learn whether anyone still listens); reconnects after
+/// a second when the connection drops. Returns when the receiver is gone, or when the server
+/// has no live channel or refuses this subscription.
+fn listen(url: &str, token: Option<&str>, tx: &std::sync::mpsc::Sender<()>) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let Ok(client) = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .build()
+    else {
+        return;
+    };
+    loop {
+        let mut req = client
+            .get(url)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        match rt.block_on(async { req.send().await }) {
+            Ok(mut r) if r.status() == StatusCode::OK => {
+                let mut pending = String::new();
+                loop {
+                    let chunk = rt.block_on(async {
+                        tokio::time::timeout(Duration::from_secs(20), r.chunk()).await
+                    });
+                    match chunk {
+                        Ok(Ok(Some(bytes))) => {
+                            pending.push_str(&String::from_utf8_lossy(&bytes));
+                            while let Some(end) = pending.find("\n\n") {
+                                let event: String = pending.drain(..end + 2).collect();
+                                let told = event.lines().any(|l| {
+                                    matches!(l, "event: head" | "event: resync" | "event: ready")
+                                });
+                                if told && tx.send(()).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        // Quiet for 20 s: does anyone still listen?
+                        Err(_) => {
+                            if tx.send(()).is_err() {
+                                return;
+                            }
+                        }
+                        // Closed or broken: connect again.
+                        Ok(_) => break,
+                    }
+                }
+            }
+            // No live channel there, or not for this token: the caller polls.
+            Ok(_) => return,
+            Err(_) => {}
+        }
+        if tx.send(()).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// The error for a request the server refused with `status` and `reason`.
 fn refusal_error(base: &str, what: &str, status: StatusCode, reason: &str) -> io::Error {
     let kind = match status {
@@ -519,6 +587,18 @@ impl Remote for HttpRemote {
 
     fn list_heads(&self) -> io::Result<Vec<(String, Etag)>> {
         self.list_head_records(None)
+    }
+
+    fn notify(&self, db: &str) -> Option<std::sync::mpsc::Receiver<()>> {
+        crate::check_db(db).ok()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let url = format!("{}/v1/watch?dbs={db}", self.base);
+        let token = self.token.clone();
+        std::thread::Builder::new()
+            .name("kiln live channel".into())
+            .spawn(move || listen(&url, token.as_deref(), &tx))
+            .ok()?;
+        Some(rx)
     }
 
     fn swaps_checked(&self) -> bool {

@@ -199,6 +199,15 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// Every head record, by name (see [`Remote::per_replica_heads`]), sorted, with its
     /// version: one listing answers "which of my databases changed".
     fn list_heads(&self) -> io::Result<Vec<(String, Etag)>>;
+    /// Starts listening for changes to database `db`'s head records where the remote can tell
+    /// of them as they happen (a sync server's live channel), and returns what hears them: it
+    /// receives `()` at each change (and now and then without one; a listener that wakes
+    /// looks and waits again). `None` where the remote cannot: callers poll. Listening stops
+    /// once the receiver is dropped.
+    fn notify(&self, db: &str) -> Option<std::sync::mpsc::Receiver<()>> {
+        let _ = db;
+        None
+    }
     /// Whether the remote's compare-and-swap was checked by the remote itself, so a client
     /// need not [`probe`] it (a kiln sync server probes its folder when it starts, and the
     /// probe's records are not every client's to write).

@@ -928,6 +928,9 @@ pub fn watch(
     pace: WatchOptions,
     on_sync: &mut dyn FnMut(&Result<SyncReport, SyncError>) -> bool,
 ) -> Result<(), SyncError> {
+    // Where the remote tells of its changes (a sync server's live channel), they are taken
+    // in as they come; elsewhere the remote is polled.
+    let mut told = remote.notify(id);
     loop {
         let started = std::time::Instant::now();
         let r = sync(store, db, remote, id, opts);
@@ -936,9 +939,21 @@ pub fn watch(
         }
         let synced = db.state_digest()?;
         loop {
-            std::thread::sleep(pace.look);
+            let mut moved_there = false;
+            match &told {
+                Some(rx) => match rx.recv_timeout(pace.look) {
+                    Ok(()) => {
+                        // (Every note waiting is taken: one sync answers them all.)
+                        while rx.try_recv().is_ok() {}
+                        moved_there = true;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => told = None,
+                },
+                None => std::thread::sleep(pace.look),
+            }
             let waited = started.elapsed();
-            if waited >= pace.poll {
+            if moved_there || waited >= pace.poll {
                 break;
             }
             if waited >= pace.min_interval && db.state_digest()? != synced {

@@ -1,0 +1,136 @@
+//! The live channel (docs/server.md "Live channel"): clients subscribe to databases
+//! (`GET /v1/watch?dbs=A,B`, Server-Sent Events) and hear when one's head records change, a
+//! notification and not the data: they then sync as usual. Changes written through this server
+//! are told at once; changes written through another server on the same storage are found by
+//! listing the storage's head records every poll interval, while anyone is subscribed.
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::Stream;
+use kiln_sync::{split_head_name, Etag, Remote};
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Notifications queued per subscriber before it counts as behind (told to sync everything).
+const QUEUE: usize = 1024;
+
+/// The subscribers of a server and what tells them.
+#[derive(Debug)]
+pub struct Live {
+    tx: broadcast::Sender<String>,
+    closing: tokio::sync::watch::Sender<bool>,
+    polling: AtomicBool,
+    poll: Duration,
+}
+
+impl Live {
+    /// No subscribers yet; the storage is listed every `poll` while there are some.
+    pub fn new(poll: Duration) -> Live {
+        Live {
+            tx: broadcast::channel(QUEUE).0,
+            closing: tokio::sync::watch::channel(false).0,
+            polling: AtomicBool::new(false),
+            poll,
+        }
+    }
+
+    /// Ends every subscription (the server is stopping: they would hold it up).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Tells the subscribers of `db` that its head records changed.
+    pub fn tell(&self, db: &str) {
+        let _ = self.tx.send(db.to_owned());
+    }
+
+    /// A subscription to databases `dbs`: an event stream of `ready` (subscribed), then
+    /// `head` (`{"db": DB}`) for each change, `resync` when this subscriber fell behind and
+    /// should sync every database it watches; a comment every 15 s keeps it open.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        dbs: HashSet<String>,
+        storage: Arc<dyn Remote>,
+    ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+        let rx = self.tx.subscribe();
+        let closing = self.closing.subscribe();
+        self.start_polling(storage);
+        let stream = futures_util::stream::unfold(
+            (rx, closing, dbs, true),
+            |(mut rx, mut closing, dbs, first)| async move {
+                if first {
+                    let e = Event::default().event("ready").data("{}");
+                    return Some((Ok(e), (rx, closing, dbs, false)));
+                }
+                loop {
+                    if *closing.borrow() {
+                        return None;
+                    }
+                    let got = tokio::select! {
+                        got = rx.recv() => got,
+                        _ = closing.changed() => return None,
+                    };
+                    let e = match got {
+                        Ok(db) if dbs.contains(&db) => {
+                            let data = serde_json::json!({ "db": db }).to_string();
+                            Event::default().event("head").data(data)
+                        }
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            Event::default().event("resync").data("{}")
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    };
+                    return Some((Ok(e), (rx, closing, dbs, false)));
+                }
+            },
+        );
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    }
+
+    /// Lists the storage's head records every poll interval while anyone is subscribed, and
+    /// tells of those that changed (written through another server). One poller per server.
+    fn start_polling(self: &Arc<Self>, storage: Arc<dyn Remote>) {
+        if self.polling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let live = self.clone();
+        tokio::spawn(async move {
+            let mut seen: Option<HashMap<String, Etag>> = None;
+            loop {
+                tokio::time::sleep(live.poll).await;
+                if live.tx.receiver_count() == 0 {
+                    live.polling.store(false, Ordering::SeqCst);
+                    // (A subscriber that came meanwhile starts it again, or finds it on.)
+                    if live.tx.receiver_count() == 0 || live.polling.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                let s = storage.clone();
+                let Ok(Ok(listed)) = tokio::task::spawn_blocking(move || s.list_heads()).await
+                else {
+                    continue;
+                };
+                let now: HashMap<String, Etag> = listed.into_iter().collect();
+                if let Some(before) = &seen {
+                    let mut changed: HashSet<&str> = HashSet::new();
+                    for (name, etag) in &now {
+                        if before.get(name) != Some(etag) {
+                            changed.insert(split_head_name(name).0);
+                        }
+                    }
+                    for name in before.keys().filter(|n| !now.contains_key(*n)) {
+                        changed.insert(split_head_name(name).0);
+                    }
+                    for db in changed {
+                        live.tell(db);
+                    }
+                }
+                seen = Some(now);
+            }
+        });
+    }
+}

@@ -1,0 +1,162 @@
+//! The live channel over real HTTP on loopback: subscribers hear of head record changes as
+//! they are written (through this server, or through another on the same bucket), `watch`
+//! takes them in without waiting for its poll, and a stop does not wait on subscribers.
+
+use kiln_server::{spawn, Running, ServerOptions};
+use kiln_sync::{sync, watch, FolderRemote, HttpRemote, Remote, SyncOptions, WatchOptions};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn folder_server(dir: &std::path::Path) -> Running {
+    spawn(
+        "127.0.0.1:0",
+        Arc::new(FolderRemote::open(dir).unwrap()),
+        ServerOptions::default(),
+    )
+    .unwrap()
+}
+
+/// Reads from `c` until `want` has come, or `wait` passes: what came.
+fn read_until(c: &mut TcpStream, want: &str, wait: Duration) -> String {
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (t, mut got) = (Instant::now(), Vec::new());
+    while t.elapsed() < wait && !String::from_utf8_lossy(&got).contains(want) {
+        let mut buf = [0u8; 4096];
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn subscribers_hear_of_their_databases_only() {
+    let d = tempfile::tempdir().unwrap();
+    let s = folder_server(&d.path().join("storage"));
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"GET /v1/watch?dbs=notes,todo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = read_until(&mut c, "event: ready", Duration::from_secs(5));
+    assert!(
+        got.contains("text/event-stream") && got.contains("event: ready"),
+        "{got}"
+    );
+    let r = HttpRemote::open(&s.url(), None).unwrap();
+    r.write_head("other", None, b"x").unwrap().unwrap();
+    let e = r.write_head("todo", None, b"x").unwrap().unwrap();
+    let got = read_until(&mut c, "todo", Duration::from_secs(5));
+    assert!(
+        got.contains("event: head") && got.contains(r#"{"db":"todo"}"#),
+        "{got}"
+    );
+    assert!(!got.contains("other"), "{got}");
+    r.delete_head("todo", &e).unwrap().unwrap();
+    let got = read_until(&mut c, "todo", Duration::from_secs(5));
+    assert!(
+        got.contains(r#"{"db":"todo"}"#),
+        "a removal is told too: {got}"
+    );
+    // Bad subscriptions.
+    for path in ["/v1/watch", "/v1/watch?dbs=", "/v1/watch?dbs=..%2Fx"] {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let got = read_until(&mut c, "\r\n", Duration::from_secs(5));
+        assert!(got.starts_with("HTTP/1.1 400"), "{path}: {got}");
+    }
+    // A stop does not wait on the subscription.
+    let t = Instant::now();
+    s.stop().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+/// Replica B watches (its poll a minute, so only the live channel can bring A's writes in
+/// sooner); A writes and syncs; B has each write within seconds.
+fn watch_takes_writes_in(remote_a: &dyn Remote, remote_b: HttpRemote) {
+    let d = tempfile::tempdir().unwrap();
+    let a = kiln::Store::open(d.path().join("a")).unwrap();
+    let da = a.create(Some("notes")).unwrap();
+    da.put(&json!({"_id": "start"})).unwrap();
+    sync(&a, &da, remote_a, "notes", SyncOptions::default()).unwrap();
+    let key = a.export_key("notes", None).unwrap();
+    let b_dir = d.path().join("b");
+    let watcher = std::thread::spawn(move || {
+        let b = kiln::Store::open(&b_dir).unwrap();
+        b.import_key("notes", &key, None).unwrap();
+        let db = b.open_db("notes").unwrap();
+        let pace = WatchOptions {
+            poll: Duration::from_secs(60),
+            ..WatchOptions::default()
+        };
+        let mut seen = Vec::new();
+        watch(
+            &b,
+            &db,
+            &remote_b,
+            "notes",
+            SyncOptions::default(),
+            pace,
+            &mut |r| {
+                r.as_ref().unwrap();
+                for i in 0..3 {
+                    let id = format!("w{i}");
+                    if !seen.contains(&id) && db.get(&id).unwrap().is_some() {
+                        seen.push(id);
+                    }
+                }
+                seen.len() < 3
+            },
+        )
+        .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut lags = Vec::new();
+    for i in 0..3 {
+        da.put(&json!({"_id": format!("w{i}")})).unwrap();
+        sync(&a, &da, remote_a, "notes", SyncOptions::default()).unwrap();
+        lags.push(Instant::now());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let t = Instant::now();
+    while !watcher.is_finished() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the watching replica did not take the writes in"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    watcher.join().unwrap();
+    eprintln!("all taken in {:?} after the last write", lags[2].elapsed());
+}
+
+#[test]
+fn watch_takes_writes_in_through_the_live_channel() {
+    let d = tempfile::tempdir().unwrap();
+    let s = folder_server(&d.path().join("storage"));
+    let remote_a = HttpRemote::open(&s.url(), None).unwrap();
+    let remote_b = HttpRemote::open(&s.url(), None).unwrap();
+    watch_takes_writes_in(&remote_a, remote_b);
+}
+
+#[test]
+fn watch_hears_of_writes_through_another_server_on_the_bucket() {
+    let s3 = kiln_sync::testing::S3sFs::start();
+    let opts = ServerOptions {
+        poll: Duration::from_millis(200),
+        ..ServerOptions::default()
+    };
+    let one = spawn("127.0.0.1:0", Arc::new(s3.open("live")), opts.clone()).unwrap();
+    let two = spawn("127.0.0.1:0", Arc::new(s3.open("live")), opts).unwrap();
+    let remote_a = HttpRemote::open(&one.url(), None).unwrap();
+    let remote_b = HttpRemote::open(&two.url(), None).unwrap();
+    watch_takes_writes_in(&remote_a, remote_b);
+}
