@@ -15,8 +15,8 @@
 //! a push that names an old, no-longer-named file without uploading it may have it removed by
 //! a gc under way; once its record is written, such a push checks those files and uploads
 //! again the ones gone (a reader in between finds one missing, reads again, and may fail that
-//! sync: the next one succeeds). A record that is not a kiln record stops the collection:
-//! nothing is removed.
+//! sync: the next one succeeds). A record that is not a kiln record stops the collection
+//! (nothing is removed), but for a probe's (`kiln-probe-…`, a client's first sync under way).
 
 use crate::{FileName, HeadRead, Kind, Remote};
 use std::collections::{HashMap, HashSet};
@@ -35,6 +35,12 @@ pub struct RemoteGcReport {
     pub young: usize,
 }
 
+/// Whether head record `name` is one a [`crate::probe`] writes (`kiln-probe-` and 16 hex).
+fn is_probe(name: &str) -> bool {
+    name.strip_prefix(crate::probe::PROBE_PREFIX)
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Files by kind and name.
 type Names = HashSet<(Kind, FileName)>;
 
@@ -47,6 +53,9 @@ fn live_names(remote: &dyn Remote) -> io::Result<(Names, HashMap<String, crate::
             continue; // removed meanwhile
         };
         let Some((files, sets)) = kiln::record_names(&bytes) else {
+            if is_probe(&db) {
+                continue; // a probe under way (a client's first sync): it names no files
+            }
             return Err(io::Error::other(format!(
                 "the remote's head record of '{db}' is not a kiln record: not collecting \
                  (nothing removed)"

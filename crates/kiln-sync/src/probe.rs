@@ -42,12 +42,15 @@ const RACERS: usize = 8;
 /// Requests a probe that passes makes (the racers, 5 checks, a read and a delete to clean up).
 pub(crate) const REQUESTS: usize = RACERS + 7;
 
+/// How the head records a probe writes are named (then 16 hex digits): never a database's.
+pub const PROBE_PREFIX: &str = "kiln-probe-";
+
 /// Probes `remote`'s compare-and-swap on a head record of its own (named `kiln-probe-…`,
 /// removed after): see the module doc. Leaves nothing behind when it passes.
 pub fn probe(remote: &dyn Remote) -> Result<(), ProbeError> {
     let mut r = [0u8; 8];
     getrandom::getrandom(&mut r).map_err(std::io::Error::other)?;
-    let db = format!("kiln-probe-{:016x}", u64::from_le_bytes(r));
+    let db = format!("{PROBE_PREFIX}{:016x}", u64::from_le_bytes(r));
     let result = run(remote, &db);
     // Cleaned up whatever came of it (best effort when the remote misbehaved).
     if let Ok(HeadRead::Found { etag, .. }) = remote.read_head(&db, None) {

@@ -248,3 +248,22 @@ fn a_purge_reaches_the_remote_as_far_as_its_gc() {
     assert!(!found(b"MARKER-KEPT").is_empty());
     assert!(da.get("secret").unwrap().is_none());
 }
+
+/// A gc while a client's first sync probes the remote: the probe's record (not a kiln record)
+/// is passed over, not a reason to stop (it stopped the gc before, which the race above hit
+/// now and then). Another record that is not a kiln record still stops it.
+#[test]
+fn a_probe_under_way_does_not_stop_a_gc() {
+    let d = tempfile::tempdir().unwrap();
+    let remote = FolderRemote::open(d.path().join("remote")).unwrap();
+    remote
+        .write_head("kiln-probe-00000000000000ab", None, b"probe bytes")
+        .unwrap()
+        .unwrap();
+    gc_remote(&remote, Duration::ZERO).unwrap();
+    remote
+        .write_head("kiln-probe-x", None, b"not a probe's name")
+        .unwrap()
+        .unwrap();
+    assert!(gc_remote(&remote, Duration::ZERO).is_err());
+}
