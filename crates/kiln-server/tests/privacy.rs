@@ -25,7 +25,8 @@ fn the_server_holds_ciphertext_and_a_purge_reaches_it_through_gc() {
     };
     let a = kiln::Store::open(d.path().join("a")).unwrap();
     let da = a.create(Some("notes")).unwrap();
-    da.put(&json!({"_id": "keep", "v": "MARKER-KEPT-5e1"})).unwrap();
+    da.put(&json!({"_id": "keep", "v": "MARKER-KEPT-5e1"}))
+        .unwrap();
     da.put(&json!({"_id": "secret", "v": "MARKER-PURGED-5e1"}))
         .unwrap();
     da.attach(
@@ -52,7 +53,10 @@ fn the_server_holds_ciphertext_and_a_purge_reaches_it_through_gc() {
         b"MARKER-TITLE-5e1",
     ] {
         let hits = found(marker);
-        assert!(!hits.is_empty(), "the search works: {marker:?} is there, sealed");
+        assert!(
+            !hits.is_empty(),
+            "the search works: {marker:?} is there, sealed"
+        );
         assert!(
             hits.iter().all(|f| f.how != "raw"),
             "plaintext in the server's storage: {hits:?}"
