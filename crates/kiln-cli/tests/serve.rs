@@ -173,3 +173,51 @@ fn tokens_are_asked_for_and_read_again_on_sighup() {
         "{o:?}"
     );
 }
+
+#[test]
+fn serve_over_tls() {
+    let d = tempfile::tempdir().unwrap();
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tls");
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    let (_server, url) = serve_with(
+        &d.path().join("storage"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let a = d.path().join("a");
+    ok(&a, &["db", "create", "notes"]);
+    ok(&a, &["put", "notes", r#"{"_id":"x"}"#]);
+    let sync = |trust: &Path| {
+        kiln(&a)
+            .args(["sync", "notes", &url])
+            .env("SSL_CERT_FILE", trust)
+            .env_remove("SSL_CERT_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // A client that does not trust the certificate refuses the server.
+    let o = sync(Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    assert!(err.contains("certificate") || err.contains("tls"), "{err}");
+    // One that trusts it syncs.
+    let o = sync(&cert);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A certificate that does not read: exit 2, said why.
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
+        .arg(d.path().join("storage"))
+        .arg("--tls-cert")
+        .arg(&key)
+        .arg("--tls-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}

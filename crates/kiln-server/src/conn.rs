@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
 /// How connections are taken.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
@@ -19,6 +19,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// The longest the server waits at shutdown for requests under way.
     pub drain_timeout: Duration,
+    /// Serve HTTPS with this configuration (the TLS handshake within `header_timeout`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets the
@@ -53,19 +55,19 @@ pub async fn serve_connections(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let mut stop = stop_rx.clone();
+        let app = app.clone();
+        let stop = stop_rx.clone();
+        let (tls, header_timeout) = (limits.tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let conn = b.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => serve_one(stream, app, header_timeout, stop).await,
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let shake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                    // A failed or slow handshake: the connection is dropped.
+                    if let Ok(Ok(tls)) = shake.await {
+                        serve_one(tls, app, header_timeout, stop).await;
+                    }
                 }
             }
             drop(permit);
@@ -76,4 +78,28 @@ pub async fn serve_connections(
     // Every connection gives its slot back when done: all slots back, all done.
     let _ = tokio::time::timeout(limits.drain_timeout, slots.acquire_many(max as u32)).await;
     Ok(())
+}
+
+/// Serves one connection's requests until it closes, or until `stop` says so (then the
+/// request under way finishes first).
+async fn serve_one<IO>(
+    io: IO,
+    app: Router,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = b.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }

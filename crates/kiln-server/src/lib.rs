@@ -51,6 +51,8 @@ pub struct ServerOptions {
     /// How often the storage's head records are listed while clients watch (to tell them of
     /// changes written through other servers on the same storage).
     pub poll: Duration,
+    /// Serve HTTPS with this configuration ([`tls_config`]); `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
@@ -63,6 +65,7 @@ impl Default for ServerOptions {
             request_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
             poll: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -79,6 +82,7 @@ pub async fn serve(
         max_connections: opts.max_connections,
         header_timeout: opts.header_timeout,
         drain_timeout: opts.drain_timeout,
+        tls: opts.tls.clone(),
     };
     let (app, live) = api::router_and_live(storage, opts);
     let shutdown = async move {
@@ -87,6 +91,35 @@ pub async fn serve(
         live.close();
     };
     conn::serve_connections(listener, app, limits, shutdown).await
+}
+
+/// A TLS configuration (rustls with ring: TLS 1.2 and 1.3) from a PEM certificate chain and
+/// its PEM private key (PKCS#8, PKCS#1 or SEC1), for [`ServerOptions::tls`].
+pub fn tls_config(cert: &Path, key: &Path) -> io::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |f: &Path, e: &dyn std::fmt::Display| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {e}", f.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad(cert, &"no certificate in it"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    // ring rather than aws-lc keeps the build pure and quick; its provider has no post-quantum
+    // key exchange, which rustls marks by deprecating it.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| bad(key, &e))?;
+    Ok(Arc::new(config))
 }
 
 /// Checks a storage before serving it: one that keeps a head record per database must pass

@@ -168,7 +168,17 @@ impl HttpRemote {
         } else {
             io::ErrorKind::Other
         };
-        io::Error::new(kind, format!("the sync server {}: {what}: {e}", self.base))
+        // The causes too: reqwest's own message leaves out why (a certificate refused, say).
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        io::Error::new(
+            kind,
+            format!("the sync server {}: {what}: {why}", self.base),
+        )
     }
 
     /// A successful response's body; any other status as an error.

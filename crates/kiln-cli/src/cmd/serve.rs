@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 /// Serve databases to `kiln sync` clients over HTTP (`http://ADDR` is then a remote). The
 /// server keeps ciphertext only, in --storage, and never holds a key. Runs until SIGTERM or
-/// Ctrl-C, finishing the requests under way. Prints `listening on http://ADDR` once it listens.
+/// Ctrl-C, finishing the requests under way. Prints `listening on http://ADDR` (https with --tls-cert) once it listens.
 #[derive(Args)]
 pub struct Serve {
     /// The address to listen on (`127.0.0.1:0` picks a free port).
@@ -32,6 +32,12 @@ pub struct Serve {
     /// The longest a request may take, its upload included (408 after).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     request_timeout: u64,
+    /// Serve HTTPS: the certificate chain (PEM). Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 impl Serve {
@@ -51,7 +57,16 @@ impl Serve {
             },
             msg: format!("--storage {}: {e}", self.storage),
         })?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some(kiln_server::tls_config(c, k).map_err(|e| Fail {
+                code: crate::out::code::USAGE,
+                msg: e.to_string(),
+            })?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let opts = kiln_server::ServerOptions {
+            tls,
             max_body: self.max_body,
             max_connections: self.max_connections.max(1),
             request_timeout: std::time::Duration::from_secs(self.request_timeout.max(1)),
@@ -71,10 +86,10 @@ impl Serve {
                 writeln!(
                     o,
                     "{}",
-                    serde_json::json!({"listening": format!("http://{addr}")})
+                    serde_json::json!({"listening": format!("{scheme}://{addr}")})
                 )
             } else {
-                writeln!(o, "listening on http://{addr}")
+                writeln!(o, "listening on {scheme}://{addr}")
             };
             let _ = o.flush();
         })
