@@ -3,44 +3,12 @@
 //! that is no header value; `*`, which S3 would match to any record).
 
 use kiln_server::{spawn, Running, ServerOptions};
-use kiln_sync::{sync, FolderRemote, HttpRemote, SyncOptions};
+use kiln_sync::{sync, HttpRemote, SyncOptions};
 use serde_json::json;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 
-fn folder_server(dir: &std::path::Path) -> Running {
-    let storage = Arc::new(FolderRemote::open(dir).unwrap());
-    spawn("127.0.0.1:0", storage, ServerOptions::default()).unwrap()
-}
-
-#[allow(dead_code)]
-fn raw(s: &Running, request: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    c.write_all(request).unwrap();
-    let mut out = Vec::new();
-    c.read_to_end(&mut out).unwrap();
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head, out[split + 4..].to_vec())
-}
-
-#[allow(dead_code)]
-fn request(method: &str, path: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for h in headers {
-        r.push_str(h);
-        r.push_str("\r\n");
-    }
-    r.push_str("\r\n");
-    let mut r = r.into_bytes();
-    r.extend_from_slice(body);
-    r
-}
+mod common;
+use common::{folder_server, raw, request};
 
 fn store_with_files(dir: &std::path::Path, n: usize) -> (kiln::Store, kiln::Database) {
     let opts = kiln::Options {

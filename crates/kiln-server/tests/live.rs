@@ -3,21 +3,15 @@
 //! takes them in without waiting for its poll, and a stop does not wait on subscribers.
 
 use kiln_server::{spawn, Running, ServerOptions};
-use kiln_sync::{sync, watch, FolderRemote, HttpRemote, Remote, SyncOptions, WatchOptions};
+use kiln_sync::{sync, watch, HttpRemote, Remote, SyncOptions, WatchOptions};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn folder_server(dir: &std::path::Path) -> Running {
-    spawn(
-        "127.0.0.1:0",
-        Arc::new(FolderRemote::open(dir).unwrap()),
-        ServerOptions::default(),
-    )
-    .unwrap()
-}
+mod common;
+use common::folder_server;
 
 /// Reads from `c` until `want` has come, or `wait` passes: what came.
 fn read_until(c: &mut TcpStream, want: &str, wait: Duration) -> String {

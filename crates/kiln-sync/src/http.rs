@@ -320,6 +320,17 @@ fn listen(url: &str, token: Option<&str>, tx: &std::sync::mpsc::Sender<()>) {
     }
 }
 
+/// The conflict a 412 answer tells: the record's version now, if it has one.
+fn conflict_of(r: &Response) -> Conflict {
+    Conflict {
+        now: r
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_etag_header),
+    }
+}
+
 /// The error for a request the server refused with `status` and `reason`.
 fn refusal_error(base: &str, what: &str, status: StatusCode, reason: &str) -> io::Error {
     let kind = match status {
@@ -564,13 +575,7 @@ impl Remote for HttpRemote {
         };
         let r = self.send(req, what)?;
         match r.status() {
-            StatusCode::PRECONDITION_FAILED => Ok(Err(Conflict {
-                now: r
-                    .headers()
-                    .get(reqwest::header::ETAG)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_etag_header),
-            })),
+            StatusCode::PRECONDITION_FAILED => Ok(Err(conflict_of(&r))),
             s if s.is_success() => Ok(Ok(self.version_of(&r, what)?)),
             _ => Err(self.refusal(r, what)),
         }
@@ -583,13 +588,7 @@ impl Remote for HttpRemote {
             .header(reqwest::header::IF_MATCH, etag_header(expected));
         let r = self.send(req, what)?;
         match r.status() {
-            StatusCode::PRECONDITION_FAILED => Ok(Err(Conflict {
-                now: r
-                    .headers()
-                    .get(reqwest::header::ETAG)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_etag_header),
-            })),
+            StatusCode::PRECONDITION_FAILED => Ok(Err(conflict_of(&r))),
             s if s.is_success() => Ok(Ok(())),
             _ => Err(self.refusal(r, what)),
         }
