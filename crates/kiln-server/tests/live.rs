@@ -2,7 +2,7 @@
 //! they are written (through this server, or through another on the same bucket), `watch`
 //! takes them in without waiting for its poll, and a stop does not wait on subscribers.
 
-use kiln_server::{spawn, Running, ServerOptions};
+use kiln_server::{spawn, ServerOptions};
 use kiln_sync::{sync, watch, HttpRemote, Remote, SyncOptions, WatchOptions};
 use serde_json::json;
 use std::io::{Read, Write};
