@@ -6,7 +6,6 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::ServerOptions;
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +24,8 @@ const MAX_MISSING: usize = 1000;
 
 struct App {
     storage: Arc<dyn Remote>,
+    /// The largest body taken.
+    max_body: usize,
     live: Arc<Live>,
     /// The tokens taken (`None`: no tokens asked for, anyone who reaches the server may read
     /// and write); replaced whole when the file is read again.
@@ -106,6 +107,7 @@ pub(crate) fn router_and_live(
     let live = Arc::new(Live::new(opts.poll));
     let app = Arc::new(App {
         storage,
+        max_body: opts.max_body,
         live: live.clone(),
         tokens,
     });
@@ -174,6 +176,23 @@ impl Refused {
         };
         Refused(status, format!("storage: {e}"))
     }
+}
+
+/// A request's body, read only now (after its token was checked: no one without a token
+/// makes the server hold a body), at most `limit` bytes (413 beyond).
+async fn body_of(body: axum::body::Body, limit: usize) -> Result<Bytes, Refused> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {limit} bytes"),
+            )
+        } else {
+            Refused::bad(format!("the body could not be read: {e}"))
+        }
+    })
 }
 
 /// Runs a storage call on the blocking pool.
@@ -264,14 +283,14 @@ async fn missing(
     State(app): Shared,
     Path(k): Path<String>,
     headers: HeaderMap,
-    asked: Result<Json<Vec<String>>, JsonRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, Refused> {
     app.authorize(&headers, Need::Any(Access::Read))?;
     let k = kind(&k)?;
-    let Json(asked) = asked.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => Refused(e.status(), e.body_text()),
-        _ => Refused::bad(format!("not a JSON array of names: {}", e.body_text())),
-    })?;
+    // At most 1,000 names of 64 characters, quoted, with commas and some room.
+    let body = body_of(body, (MAX_MISSING * 70).min(app.max_body)).await?;
+    let asked: Vec<String> = serde_json::from_slice(&body)
+        .map_err(|e| Refused::bad(format!("not a JSON array of names: {e}")))?;
     if asked.len() > MAX_MISSING {
         return Err(Refused(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -329,10 +348,11 @@ async fn put_file(
     State(app): Shared,
     Path((k, n)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<StatusCode, Refused> {
     app.authorize(&headers, Need::Any(Access::Write))?;
     let (k, n) = (kind(&k)?, file_name(&n)?);
+    let body = body_of(body, app.max_body).await?;
     if k.name_of(&body) != n {
         return Err(Refused(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -431,7 +451,7 @@ async fn write_head(
     State(app): Shared,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, Refused> {
     let name = head_name(&name)?;
     app.authorize(&headers, Need::Db(Access::Write, split_head_name(&name).0))?;
@@ -450,6 +470,7 @@ async fn write_head(
             }
         },
     };
+    let body = body_of(body, app.max_body).await?;
     let db = split_head_name(&name).0.to_owned();
     let storage = app.storage.clone();
     let written = blocking(move || storage.write_head(&name, expected.as_ref(), &body)).await?;
@@ -516,17 +537,17 @@ async fn watch(
     Query(q): Query<Watch>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
+    if q.dbs.split(',').count() > MAX_MISSING {
+        return Err(Refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_MISSING} databases a subscription"),
+        ));
+    }
     let mut dbs = std::collections::HashSet::new();
     for db in q.dbs.split(',') {
         check_db(db).map_err(|e| Refused::bad(e.to_string()))?;
         app.authorize(&headers, Need::Db(Access::Read, db))?;
         dbs.insert(db.to_owned());
-    }
-    if dbs.len() > MAX_MISSING {
-        return Err(Refused(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("at most {MAX_MISSING} databases a subscription"),
-        ));
     }
     Ok(app.live.subscribe(dbs, app.storage.clone()).into_response())
 }

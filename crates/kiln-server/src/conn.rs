@@ -31,7 +31,10 @@ pub async fn serve_connections(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    // (Bounded so that waiting for all slots back, `acquire_many(u32)`, counts them all.)
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let slots = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -93,6 +96,8 @@ async fn serve_one<IO>(
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
+    // A client must read as promptly as it must send its headers.
+    let io = Stalls::new(io, header_timeout);
     let conn = b.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -100,6 +105,95 @@ async fn serve_one<IO>(
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+    }
+}
+
+/// A connection whose writes fail once one has waited `limit` without progress (a client that
+/// stops reading its response would otherwise hold its connection's slot for ever).
+struct Stalls<IO> {
+    io: IO,
+    limit: Duration,
+    since: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> Stalls<IO> {
+    fn new(io: IO, limit: Duration) -> Stalls<IO> {
+        Stalls {
+            io,
+            limit,
+            since: None,
+        }
+    }
+
+    /// After a write that could not progress: an error once it has waited too long.
+    fn stalled(&mut self, cx: &mut std::task::Context<'_>) -> Option<io::Error> {
+        let limit = self.limit;
+        let sleep = self
+            .since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        sleep.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for too long",
+            )
+        })
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stalls<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalls<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(r, cx)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.progress(r, cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
+        self.progress(r, cx)
+    }
+}
+
+impl<IO> Stalls<IO> {
+    /// Resets the clock on progress; on a wait, an error once it has lasted too long.
+    fn progress<T>(
+        &mut self,
+        r: std::task::Poll<io::Result<T>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<T>> {
+        match r {
+            std::task::Poll::Pending => match self.stalled(cx) {
+                Some(e) => std::task::Poll::Ready(Err(e)),
+                None => std::task::Poll::Pending,
+            },
+            ready => {
+                self.since = None;
+                ready
+            }
         }
     }
 }

@@ -42,7 +42,8 @@ pub struct ServerOptions {
     /// Connections served at once; more wait to be accepted (memory grows with connections,
     /// not with what is stored).
     pub max_connections: usize,
-    /// The longest a client may take to send a request's headers.
+    /// The longest a client may take to send a request's headers, or to take any of a
+    /// response it is sent (a write that waits longer closes the connection).
     pub header_timeout: Duration,
     /// The longest a request may take, its body's upload included (408 after).
     pub request_timeout: Duration,
@@ -141,14 +142,16 @@ pub fn check_storage(storage: &dyn Remote) -> io::Result<()> {
 pub struct Running {
     /// The address it listens on.
     pub addr: SocketAddr,
+    tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
 impl Running {
-    /// Its URL (`http://ADDR`).
+    /// Its URL (`http://ADDR`, or `https://ADDR` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops it: requests under way finish first.
@@ -185,6 +188,7 @@ pub fn spawn(addr: &str, storage: Arc<dyn Remote>, opts: ServerOptions) -> io::R
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
     let local = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tls = opts.tls.is_some();
     let thread = std::thread::Builder::new()
         .name(format!("kiln-server {local}"))
         .spawn(move || {
@@ -200,6 +204,7 @@ pub fn spawn(addr: &str, storage: Arc<dyn Remote>, opts: ServerOptions) -> io::R
         })?;
     Ok(Running {
         addr: local,
+        tls,
         stop: Some(stop),
         thread: Some(thread),
     })

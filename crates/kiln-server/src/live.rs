@@ -24,6 +24,9 @@ pub struct Live {
     closing: tokio::sync::watch::Sender<bool>,
     polling: AtomicBool,
     poll: Duration,
+    /// The storage's head records as last listed (what the poller compares with); kept
+    /// while no one watches, so changes made meanwhile are told when watching starts again.
+    seen: std::sync::Mutex<Option<HashMap<String, Etag>>>,
 }
 
 impl Live {
@@ -34,6 +37,7 @@ impl Live {
             closing: tokio::sync::watch::channel(false).0,
             polling: AtomicBool::new(false),
             poll,
+            seen: std::sync::Mutex::new(None),
         }
     }
 
@@ -57,13 +61,18 @@ impl Live {
     ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
         let rx = self.tx.subscribe();
         let closing = self.closing.subscribe();
-        self.start_polling(storage);
+        self.start_polling(storage.clone());
+        let first = Some((self.clone(), storage));
         let stream = futures_util::stream::unfold(
-            (rx, closing, dbs, true),
+            (rx, closing, dbs, first),
             |(mut rx, mut closing, dbs, first)| async move {
-                if first {
+                if let Some((live, storage)) = first {
+                    // What the storage holds now is what later listings are compared with
+                    // before the subscriber hears it is subscribed (and syncs): a change made
+                    // after that is told.
+                    live.baseline(&storage).await;
                     let e = Event::default().event("ready").data("{}");
-                    return Some((Ok(e), (rx, closing, dbs, false)));
+                    return Some((Ok(e), (rx, closing, dbs, None)));
                 }
                 loop {
                     if *closing.borrow() {
@@ -84,7 +93,7 @@ impl Live {
                         }
                         Err(broadcast::error::RecvError::Closed) => return None,
                     };
-                    return Some((Ok(e), (rx, closing, dbs, false)));
+                    return Some((Ok(e), (rx, closing, dbs, None)));
                 }
             },
         );
@@ -99,7 +108,6 @@ impl Live {
         }
         let live = self.clone();
         tokio::spawn(async move {
-            let mut seen: Option<HashMap<String, Etag>> = None;
             loop {
                 tokio::time::sleep(live.poll).await;
                 if live.tx.receiver_count() == 0 {
@@ -109,13 +117,15 @@ impl Live {
                         return;
                     }
                 }
-                let s = storage.clone();
-                let Ok(Ok(listed)) = tokio::task::spawn_blocking(move || s.list_heads()).await
-                else {
+                let Some(now) = list(&storage).await else {
                     continue;
                 };
-                let now: HashMap<String, Etag> = listed.into_iter().collect();
-                if let Some(before) = &seen {
+                let before = live
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(now.clone());
+                if let Some(before) = before {
                     let mut changed: HashSet<&str> = HashSet::new();
                     for (name, etag) in &now {
                         if before.get(name) != Some(etag) {
@@ -129,8 +139,34 @@ impl Live {
                         live.tell(db);
                     }
                 }
-                seen = Some(now);
             }
         });
+    }
+
+    /// Lists the storage once if nothing was listed yet (the first subscription).
+    async fn baseline(&self, storage: &Arc<dyn Remote>) {
+        if self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        if let Some(now) = list(storage).await {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.is_none() {
+                *seen = Some(now);
+            }
+        }
+    }
+}
+
+/// The storage's head records and their versions (`None`: the listing failed).
+async fn list(storage: &Arc<dyn Remote>) -> Option<HashMap<String, Etag>> {
+    let s = storage.clone();
+    match tokio::task::spawn_blocking(move || s.list_heads()).await {
+        Ok(Ok(listed)) => Some(listed.into_iter().collect()),
+        _ => None,
     }
 }

@@ -254,10 +254,16 @@ impl HttpRemote {
 
 /// Listens to a server's live channel at `url` (docs/server.md "Live channel"), sending `()`
 /// to `tx` at each event (a change, a fall behind, a new subscription: each may have missed
-/// changes), and at least every 20 s (to learn whether anyone still listens); reconnects after
-/// a second when the connection drops. Returns when the receiver is gone, or when the server
-/// has no live channel or refuses this subscription.
-fn listen(url: &str, token: Option<&str>, tx: &std::sync::mpsc::Sender<()>) {
+/// changes); reconnects when the connection drops (after 1 s, doubling up to 30 s while the
+/// server cannot be reached). Returns within a second once `alive` is gone (no one listens),
+/// or when the server has no live channel or refuses this subscription.
+fn listen(
+    url: &str,
+    token: Option<&str>,
+    tx: &std::sync::mpsc::Sender<()>,
+    alive: &std::sync::Weak<()>,
+) {
+    let gone = || alive.strong_count() == 0;
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -271,7 +277,8 @@ fn listen(url: &str, token: Option<&str>, tx: &std::sync::mpsc::Sender<()>) {
     else {
         return;
     };
-    loop {
+    let mut backoff = Duration::from_secs(1);
+    while !gone() {
         let mut req = client
             .get(url)
             .header(reqwest::header::ACCEPT, "text/event-stream");
@@ -280,10 +287,11 @@ fn listen(url: &str, token: Option<&str>, tx: &std::sync::mpsc::Sender<()>) {
         }
         match rt.block_on(async { req.send().await }) {
             Ok(mut r) if r.status() == StatusCode::OK => {
+                backoff = Duration::from_secs(1);
                 let mut pending = String::new();
-                loop {
+                while !gone() {
                     let chunk = rt.block_on(async {
-                        tokio::time::timeout(Duration::from_secs(20), r.chunk()).await
+                        tokio::time::timeout(Duration::from_secs(1), r.chunk()).await
                     });
                     match chunk {
                         Ok(Ok(Some(bytes))) => {
@@ -298,25 +306,21 @@ fn listen(url: &str, token: Option<&str>, tx: &std::sync::mpsc::Sender<()>) {
                                 }
                             }
                         }
-                        // Quiet for 20 s: does anyone still listen?
-                        Err(_) => {
-                            if tx.send(()).is_err() {
-                                return;
-                            }
-                        }
-                        // Closed or broken: connect again.
-                        Ok(_) => break,
+                        Err(_) => {}    // quiet: look whether anyone still listens
+                        Ok(_) => break, // closed or broken: connect again
                     }
                 }
             }
             // No live channel there, or not for this token: the caller polls.
             Ok(_) => return,
-            Err(_) => {}
+            Err(_) => {
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
         }
-        if tx.send(()).is_err() {
-            return;
+        let t = std::time::Instant::now();
+        while t.elapsed() < backoff && !gone() {
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -598,16 +602,16 @@ impl Remote for HttpRemote {
         self.list_head_records(None)
     }
 
-    fn notify(&self, db: &str) -> Option<std::sync::mpsc::Receiver<()>> {
+    fn notify(&self, db: &str) -> Option<crate::Notices> {
         crate::check_db(db).ok()?;
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (notices, tx, alive) = crate::Notices::new();
         let url = format!("{}/v1/watch?dbs={db}", self.base);
         let token = self.token.clone();
         std::thread::Builder::new()
             .name("kiln live channel".into())
-            .spawn(move || listen(&url, token.as_deref(), &tx))
+            .spawn(move || listen(&url, token.as_deref(), &tx, &alive))
             .ok()?;
-        Some(rx)
+        Some(notices)
     }
 
     fn swaps_checked(&self) -> bool {

@@ -43,6 +43,38 @@ pub use sync::{
 
 use std::io;
 
+/// What hears of a remote's changes ([`Remote::notify`]): a receiver of `()` per change, and
+/// the token whose drop tells the listener to stop.
+#[derive(Debug)]
+pub struct Notices {
+    rx: std::sync::mpsc::Receiver<()>,
+    _alive: std::sync::Arc<()>,
+}
+
+impl Notices {
+    /// New notices, the sender that feeds them, and what tells the feeder whether anyone
+    /// still listens (`strong_count() == 0`: stop).
+    pub fn new() -> (Notices, std::sync::mpsc::Sender<()>, std::sync::Weak<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let alive = std::sync::Arc::new(());
+        let weak = std::sync::Arc::downgrade(&alive);
+        (Notices { rx, _alive: alive }, tx, weak)
+    }
+
+    /// Waits at most `d` for a notice.
+    pub fn recv_timeout(
+        &self,
+        d: std::time::Duration,
+    ) -> Result<(), std::sync::mpsc::RecvTimeoutError> {
+        self.rx.recv_timeout(d)
+    }
+
+    /// A notice if one is waiting.
+    pub fn try_recv(&self) -> Result<(), std::sync::mpsc::TryRecvError> {
+        self.rx.try_recv()
+    }
+}
+
 /// Requests a remote keeps in flight at once where it can ([`Remote::get_files`],
 /// [`Remote::has_files`], [`Remote::put_files`]): also how many files a transfer holds in
 /// memory at most.
@@ -201,10 +233,10 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     fn list_heads(&self) -> io::Result<Vec<(String, Etag)>>;
     /// Starts listening for changes to database `db`'s head records where the remote can tell
     /// of them as they happen (a sync server's live channel), and returns what hears them: it
-    /// receives `()` at each change (and now and then without one; a listener that wakes
-    /// looks and waits again). `None` where the remote cannot: callers poll. Listening stops
-    /// once the receiver is dropped.
-    fn notify(&self, db: &str) -> Option<std::sync::mpsc::Receiver<()>> {
+    /// receives `()` at each change (or each time changes may have been missed: a new
+    /// connection). `None` where the remote cannot: callers poll. Listening stops once the
+    /// [`Notices`] are dropped.
+    fn notify(&self, db: &str) -> Option<Notices> {
         let _ = db;
         None
     }

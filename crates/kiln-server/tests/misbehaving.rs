@@ -1,0 +1,228 @@
+//! Regressions from a review of the server's tokens, limits and live channel: a body is not
+//! read before its token is checked, a client that stops reading loses its slot, a change
+//! right after subscribing is told, a live-channel listener ends with its watcher, and a stop
+//! drains whatever the connection bound.
+
+use kiln_server::{spawn, Running, ServerOptions, Tokens};
+use kiln_sync::{FolderRemote, HttpRemote, Kind, Remote};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const READER: &str = "reader-of-notes-0001";
+
+fn server(dir: &std::path::Path, opts: ServerOptions) -> Running {
+    spawn(
+        "127.0.0.1:0",
+        Arc::new(FolderRemote::open(dir).unwrap()),
+        opts,
+    )
+    .unwrap()
+}
+
+/// Everything the server sends until it closes (or `wait` passes without a byte).
+fn read_all(c: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    c.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    out
+}
+
+/// Reads from `c` until `want` has come, or `wait` passes: what came.
+fn read_until(c: &mut TcpStream, want: &str, wait: Duration) -> String {
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (t, mut got) = (Instant::now(), Vec::new());
+    while t.elapsed() < wait && !String::from_utf8_lossy(&got).contains(want) {
+        let mut buf = [0u8; 4096];
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// api.rs put_file/write_head/missing: the body is taken whole (up to --max-body, 1 GiB)
+/// before the token is looked at, so anyone who reaches a server with --tokens can make it
+/// buffer a gigabyte per connection (and waits out the request deadline), instead of a 401 at
+/// once.
+#[test]
+fn a_request_without_a_token_is_refused_before_its_body() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = Tokens::parse(&format!("{READER} read notes\n")).unwrap();
+    let s = server(
+        &d.path().join("storage"),
+        ServerOptions {
+            tokens: Some(tokens.shared()),
+            ..ServerOptions::default()
+        },
+    );
+    let name = Kind::Diff.name_of(b"x");
+    for (method, path) in [
+        ("PUT", format!("/v1/files/diff/{name}")),
+        ("PUT", "/v1/heads/notes".to_owned()),
+        ("POST", "/v1/files/diff/missing".to_owned()),
+    ] {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        // A gigabyte announced, none of it sent, no token.
+        write!(
+            c,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             If-None-Match: *\r\nContent-Length: 1000000000\r\n\r\n"
+        )
+        .unwrap();
+        let got = read_until(&mut c, "\r\n", Duration::from_secs(3));
+        assert!(
+            got.starts_with("HTTP/1.1 401"),
+            "{method} {path} without a token: no 401 before the body ({got:?})"
+        );
+    }
+}
+
+/// conn.rs serve_one: nothing bounds the time a response takes to go out. A client that asks
+/// for a large file and never reads holds its connection slot forever (past the header and
+/// request deadlines); --max-connections of them stop the server.
+#[test]
+fn a_client_that_never_reads_does_not_hold_a_slot_forever() {
+    let d = tempfile::tempdir().unwrap();
+    let storage = d.path().join("storage");
+    let s = server(
+        &storage,
+        ServerOptions {
+            max_connections: 1,
+            header_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(1),
+            ..ServerOptions::default()
+        },
+    );
+    let bytes: Vec<u8> = (0..64u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+    let name = Kind::FileSet.name_of(&bytes);
+    FolderRemote::open(&storage)
+        .unwrap()
+        .put_file(Kind::FileSet, &name, &bytes)
+        .unwrap();
+    let mut greedy = TcpStream::connect(s.addr).unwrap();
+    write!(
+        greedy,
+        "GET /v1/files/fileset/{name} HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let head = read_until(&mut greedy, "\r\n", Duration::from_secs(10));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // It reads no more. Well past every deadline, another client is still not served.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut other = TcpStream::connect(s.addr).unwrap();
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let got = read_all(&mut other, Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    drop(greedy);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "a client that does not read holds the only slot past the deadlines: {text:?}"
+    );
+}
+
+/// live.rs start_polling: a poller that starts takes its first listing one interval later,
+/// as the baseline, so a change written through another server (here: straight to the
+/// storage) after a subscriber's `ready` and before that first listing is never told.
+#[test]
+fn a_change_through_another_server_right_after_subscribing_is_told() {
+    let d = tempfile::tempdir().unwrap();
+    let storage = d.path().join("storage");
+    let s = server(
+        &storage,
+        ServerOptions {
+            poll: Duration::from_millis(1000),
+            ..ServerOptions::default()
+        },
+    );
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"GET /v1/watch?dbs=notes HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = read_until(&mut c, "event: ready", Duration::from_secs(5));
+    assert!(got.contains("event: ready"), "{got}");
+    // (The subscriber now syncs, then waits to be told.) Another server writes.
+    let other = FolderRemote::open(&storage).unwrap();
+    other.write_head("notes", None, b"x").unwrap().unwrap();
+    let got = read_until(&mut c, "event: head", Duration::from_secs(5));
+    assert!(
+        got.contains(r#"{"db":"notes"}"#),
+        "a change through another server, after ready, never told: {got:?}"
+    );
+}
+
+fn live_channel_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|n| n.starts_with("kiln live"))
+        .count()
+}
+
+/// kiln-sync http.rs listen: the 20 s "does anyone still listen" timeout is per chunk, and
+/// the server's keep-alive comment comes every 15 s, so on a quiet database the listener never
+/// learns that its receiver is gone: the thread and its connection (a server slot) live on
+/// after the watcher has returned.
+#[test]
+fn listen_ends_once_its_receiver_is_gone() {
+    let d = tempfile::tempdir().unwrap();
+    let s = server(&d.path().join("storage"), ServerOptions::default());
+    let r = HttpRemote::open(&s.url(), None).unwrap();
+    let before = live_channel_threads();
+    let rx = r.notify("notes").unwrap();
+    // `ready` came: subscribed.
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(live_channel_threads(), before + 1);
+    drop(rx);
+    let t = Instant::now();
+    while live_channel_threads() > before && t.elapsed() < Duration::from_secs(50) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        live_channel_threads(),
+        before,
+        "the live channel's thread still runs {:?} after its receiver was dropped",
+        t.elapsed()
+    );
+}
+
+/// conn.rs serve_connections: the drain waits for `max as u32` permits; a bound of 2^32
+/// truncates to 0, so a stop does not wait for the requests under way (an upload is cut).
+#[test]
+fn a_stop_drains_whatever_the_connection_bound() {
+    let d = tempfile::tempdir().unwrap();
+    let storage = d.path().join("storage");
+    let s = server(
+        &storage,
+        ServerOptions {
+            max_connections: 1 << 32,
+            ..ServerOptions::default()
+        },
+    );
+    let bytes = vec![9u8; 200_000];
+    let name = Kind::Diff.name_of(&bytes);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT /v1/files/diff/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    )
+    .unwrap();
+    c.write_all(&bytes[..1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stopper = std::thread::spawn(move || s.stop());
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = c.write_all(&bytes[1000..]);
+    let got = read_all(&mut c, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&got);
+    stopper.join().unwrap().unwrap();
+    assert!(
+        text.starts_with("HTTP/1.1 201"),
+        "the upload under way was cut at the stop: {text:?}"
+    );
+}
