@@ -4,9 +4,10 @@
 //! written by compare-and-swap (a folder), or one per replica of each database, each written
 //! by its replica only, a sync taking in their union (a bucket: [`Remote::per_replica_heads`]).
 //! This crate holds the [`Remote`] interface every remote offers (a folder, an S3-compatible
-//! bucket; the kiln sync server to come), the folder remote ([`FolderRemote`]), the bucket
-//! remote ([`S3Remote`]), and [`probe`], which checks that a remote's compare-and-swap is
-//! honest before anything relies on it. The core library (`kiln`) stays free of async runtimes
+//! bucket, a kiln sync server), the folder remote ([`FolderRemote`]), the bucket remote
+//! ([`S3Remote`]), the sync server's client ([`HttpRemote`]; the server is `kiln-server`), the
+//! sync itself, and [`probe`], which checks that a remote's compare-and-swap is honest before
+//! anything relies on it. The core library (`kiln`) stays free of async runtimes
 //! and HTTP; this crate is where they come in.
 //!
 //! What a remote is trusted with: nothing it could not learn anyway. Callers check every file
