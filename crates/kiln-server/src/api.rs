@@ -471,14 +471,18 @@ async fn write_head(
         },
     };
     let body = body_of(body, app.max_body).await?;
-    let db = split_head_name(&name).0.to_owned();
-    let storage = app.storage.clone();
-    let written = blocking(move || storage.write_head(&name, expected.as_ref(), &body)).await?;
-    Ok(match written {
-        Ok(e) => {
-            app.live.tell(&db);
-            with_version(StatusCode::OK.into_response(), &e)
+    let (storage, live) = (app.storage.clone(), app.live.clone());
+    // (Told where it is written: a write that lands after its request's deadline is told too.)
+    let written = blocking(move || {
+        let w = storage.write_head(&name, expected.as_ref(), &body)?;
+        if w.is_ok() {
+            live.tell(split_head_name(&name).0);
         }
+        Ok(w)
+    })
+    .await?;
+    Ok(match written {
+        Ok(e) => with_version(StatusCode::OK.into_response(), &e),
         Err(c) => conflict(c),
     })
 }
@@ -496,17 +500,20 @@ async fn delete_head(
             "a head record is removed on a version (If-Match)".into(),
         ));
     };
-    let db = split_head_name(&name).0.to_owned();
     let storage = app.storage.clone();
-    Ok(
-        match blocking(move || storage.delete_head(&name, &expected)).await? {
-            Ok(()) => {
-                app.live.tell(&db);
-                StatusCode::NO_CONTENT.into_response()
-            }
-            Err(c) => conflict(c),
-        },
-    )
+    let live = app.live.clone();
+    let removed = blocking(move || {
+        let d = storage.delete_head(&name, &expected)?;
+        if d.is_ok() {
+            live.tell(split_head_name(&name).0);
+        }
+        Ok(d)
+    })
+    .await?;
+    Ok(match removed {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(c) => conflict(c),
+    })
 }
 
 /// Middleware: a request that takes longer than `limit` (a slow upload, say) gets 408, and

@@ -226,3 +226,91 @@ fn a_stop_drains_whatever_the_connection_bound() {
         "the upload under way was cut at the stop: {text:?}"
     );
 }
+
+/// A storage whose head record writes take a while.
+#[derive(Debug)]
+struct SlowWrites(FolderRemote);
+
+impl Remote for SlowWrites {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn has_file(&self, k: Kind, n: &kiln_sync::FileName) -> std::io::Result<bool> {
+        self.0.has_file(k, n)
+    }
+    fn put_file(&self, k: Kind, n: &kiln_sync::FileName, b: &[u8]) -> std::io::Result<()> {
+        self.0.put_file(k, n, b)
+    }
+    fn get_file(&self, k: Kind, n: &kiln_sync::FileName) -> std::io::Result<Option<Vec<u8>>> {
+        self.0.get_file(k, n)
+    }
+    fn list_files(&self, k: Kind) -> std::io::Result<Vec<(kiln_sync::FileName, u64)>> {
+        self.0.list_files(k)
+    }
+    fn delete_file(&self, k: Kind, n: &kiln_sync::FileName) -> std::io::Result<()> {
+        self.0.delete_file(k, n)
+    }
+    fn read_head(
+        &self,
+        db: &str,
+        known: Option<&kiln_sync::Etag>,
+    ) -> std::io::Result<kiln_sync::HeadRead> {
+        self.0.read_head(db, known)
+    }
+    fn write_head(
+        &self,
+        db: &str,
+        expected: Option<&kiln_sync::Etag>,
+        bytes: &[u8],
+    ) -> std::io::Result<Result<kiln_sync::Etag, kiln_sync::Conflict>> {
+        std::thread::sleep(Duration::from_millis(800));
+        self.0.write_head(db, expected, bytes)
+    }
+    fn delete_head(
+        &self,
+        db: &str,
+        expected: &kiln_sync::Etag,
+    ) -> std::io::Result<Result<(), kiln_sync::Conflict>> {
+        self.0.delete_head(db, expected)
+    }
+    fn list_heads(&self) -> std::io::Result<Vec<(String, kiln_sync::Etag)>> {
+        self.0.list_heads()
+    }
+}
+
+/// A head record write that lands after its request's deadline (the client got 408) is still
+/// told to the database's watchers: they must not miss a record that changed.
+#[test]
+fn a_write_past_its_deadline_is_told_all_the_same() {
+    let d = tempfile::tempdir().unwrap();
+    let storage = SlowWrites(FolderRemote::open(d.path().join("storage")).unwrap());
+    let s = spawn(
+        "127.0.0.1:0",
+        Arc::new(storage),
+        ServerOptions {
+            request_timeout: Duration::from_millis(300),
+            // (Only the write's own notice, not a later poll of the storage, can tell it.)
+            poll: Duration::from_secs(60),
+            ..ServerOptions::default()
+        },
+    )
+    .unwrap();
+    let mut watcher = TcpStream::connect(s.addr).unwrap();
+    watcher
+        .write_all(b"GET /v1/watch?dbs=notes HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = read_until(&mut watcher, "event: ready", Duration::from_secs(5));
+    assert!(got.contains("event: ready"), "{got}");
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(
+        b"PUT /v1/heads/notes HTTP/1.1\r\nHost: x\r\nConnection: close\r\nIf-None-Match: *\r\nContent-Length: 1\r\n\r\nx",
+    )
+    .unwrap();
+    let answer = String::from_utf8_lossy(&read_all(&mut c, Duration::from_secs(5))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let got = read_until(&mut watcher, "notes", Duration::from_secs(5));
+    assert!(
+        got.contains(r#"{"db":"notes"}"#),
+        "the late write was not told: {got}"
+    );
+}
