@@ -290,14 +290,20 @@ impl Database {
 
     /// The files `r` names that this store does not hold as they are there (missing, or of
     /// another length).
-    fn replica_files_missing(&self, r: &Replica) -> Vec<FileName> {
+    /// The first file `r` names that this store lacks (or holds at another size); an error
+    /// other than "not found" while looking (out of descriptors, say) is that error, never
+    /// "missing".
+    fn replica_file_missing(&self, r: &Replica) -> Result<Option<FileName>> {
         let storage = &self.inner.store.storage;
-        r.head
-            .files
-            .iter()
-            .filter(|f| storage.len(&f.name).ok() != Some(f.size))
-            .map(|f| f.name)
-            .collect()
+        for f in r.head.files.iter() {
+            match storage.len(&f.name) {
+                Ok(len) if len == f.size => {}
+                Ok(_) => return Ok(Some(f.name)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(f.name)),
+                Err(e) => return Err(Error::io(format!("file {}", f.name), e)),
+            }
+        }
+        Ok(None)
     }
 
     /// How this database's state relates to `r` (every file `r` names must be stored here).
@@ -412,8 +418,8 @@ impl Database {
             {
                 return Err(Error::Changed(name.clone()));
             }
-            if let Some(n) = self.replica_files_missing(r).first() {
-                return Err(Error::MissingFile(*n, name.clone()));
+            if let Some(n) = self.replica_file_missing(r)? {
+                return Err(Error::MissingFile(n, name.clone()));
             }
             if head.cut != r.head.cut && !head.heads.is_empty() {
                 return Err(Error::InvalidArgument(format!(
