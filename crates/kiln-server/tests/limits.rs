@@ -1,29 +1,14 @@
 //! Slow and greedy clients over real HTTP on loopback: a deadline for request headers and for
 //! whole requests, a bound on connections, and a stop that lets requests under way finish.
 
-use kiln_server::{spawn, Running, ServerOptions};
+use kiln_server::ServerOptions;
 use kiln_sync::{FolderRemote, Kind, Remote};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn server(dir: &std::path::Path, opts: ServerOptions) -> Running {
-    spawn(
-        "127.0.0.1:0",
-        Arc::new(FolderRemote::open(dir).unwrap()),
-        opts,
-    )
-    .unwrap()
-}
-
-/// Everything the server sends until it closes (or `wait` passes without a byte).
-fn read_all(c: &mut TcpStream, wait: Duration) -> Vec<u8> {
-    c.set_read_timeout(Some(wait)).unwrap();
-    let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
-    out
-}
+mod common;
+use common::{read_all, server};
 
 #[test]
 fn slow_headers_and_slow_bodies_are_cut_off() {

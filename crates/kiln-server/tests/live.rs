@@ -5,29 +5,13 @@
 use kiln_server::{spawn, ServerOptions};
 use kiln_sync::{sync, watch, HttpRemote, Remote, SyncOptions, WatchOptions};
 use serde_json::json;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::folder_server;
-
-/// Reads from `c` until `want` has come, or `wait` passes: what came.
-fn read_until(c: &mut TcpStream, want: &str, wait: Duration) -> String {
-    c.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let (t, mut got) = (Instant::now(), Vec::new());
-    while t.elapsed() < wait && !String::from_utf8_lossy(&got).contains(want) {
-        let mut buf = [0u8; 4096];
-        match c.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
+use common::{folder_server, read_until};
 
 #[test]
 fn subscribers_hear_of_their_databases_only() {

@@ -3,47 +3,17 @@
 //! right after subscribing is told, a live-channel listener ends with its watcher, and a stop
 //! drains whatever the connection bound.
 
-use kiln_server::{spawn, Running, ServerOptions, Tokens};
+use kiln_server::{spawn, ServerOptions, Tokens};
 use kiln_sync::{FolderRemote, HttpRemote, Kind, Remote};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{read_all, read_until, server};
+
 const READER: &str = "reader-of-notes-0001";
-
-fn server(dir: &std::path::Path, opts: ServerOptions) -> Running {
-    spawn(
-        "127.0.0.1:0",
-        Arc::new(FolderRemote::open(dir).unwrap()),
-        opts,
-    )
-    .unwrap()
-}
-
-/// Everything the server sends until it closes (or `wait` passes without a byte).
-fn read_all(c: &mut TcpStream, wait: Duration) -> Vec<u8> {
-    c.set_read_timeout(Some(wait)).unwrap();
-    let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
-    out
-}
-
-/// Reads from `c` until `want` has come, or `wait` passes: what came.
-fn read_until(c: &mut TcpStream, want: &str, wait: Duration) -> String {
-    c.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let (t, mut got) = (Instant::now(), Vec::new());
-    while t.elapsed() < wait && !String::from_utf8_lossy(&got).contains(want) {
-        let mut buf = [0u8; 4096];
-        match c.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
 
 /// api.rs put_file/write_head/missing: the body is taken whole (up to --max-body, 1 GiB)
 /// before the token is looked at, so anyone who reaches a server with --tokens can make it

@@ -6,11 +6,41 @@ use kiln_sync::FolderRemote;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A server on a free loopback port over a folder storage at `dir`.
 pub fn folder_server(dir: &std::path::Path) -> Running {
+    server(dir, ServerOptions::default())
+}
+
+/// [`folder_server`] with options.
+pub fn server(dir: &std::path::Path, opts: ServerOptions) -> Running {
     let storage = Arc::new(FolderRemote::open(dir).unwrap());
-    spawn("127.0.0.1:0", storage, ServerOptions::default()).unwrap()
+    spawn("127.0.0.1:0", storage, opts).unwrap()
+}
+
+/// Everything the server sends until it closes (or `wait` passes without a byte).
+pub fn read_all(c: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    c.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    out
+}
+
+/// Reads from `c` until `want` has come, or `wait` passes: what came.
+pub fn read_until(c: &mut TcpStream, want: &str, wait: Duration) -> String {
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (t, mut got) = (Instant::now(), Vec::new());
+    while t.elapsed() < wait && !String::from_utf8_lossy(&got).contains(want) {
+        let mut buf = [0u8; 4096];
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// One raw HTTP/1.1 exchange (the connection closed after): status, headers, body.
