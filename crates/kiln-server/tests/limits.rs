@@ -88,32 +88,45 @@ fn connections_beyond_the_bound_wait_their_turn() {
     );
 }
 
+/// A stop lets an upload under way finish whole, whatever the connection bound (a bound of
+/// 2^32 once truncated the drain's count of slots to 0, cutting the upload at the stop).
 #[test]
 fn a_stop_lets_an_upload_under_way_finish_whole() {
-    let d = tempfile::tempdir().unwrap();
-    let storage = d.path().join("storage");
-    let s = server(&storage, ServerOptions::default());
-    let bytes = vec![9u8; 200_000];
-    let name = Kind::Diff.name_of(&bytes);
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    write!(
-        c,
-        "PUT /v1/files/diff/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        bytes.len()
-    )
-    .unwrap();
-    c.write_all(&bytes[..1000]).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    // The server is told to stop while the body is on its way; the rest comes after.
-    let stopper = std::thread::spawn(move || s.stop());
-    std::thread::sleep(Duration::from_millis(200));
-    c.write_all(&bytes[1000..]).unwrap();
-    let got = read_all(&mut c, Duration::from_secs(10));
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
-    stopper.join().unwrap().unwrap();
-    let r = FolderRemote::open(&storage).unwrap();
-    assert_eq!(r.get_file(Kind::Diff, &name).unwrap(), Some(bytes));
+    for max_connections in [ServerOptions::default().max_connections, 1 << 32] {
+        let d = tempfile::tempdir().unwrap();
+        let storage = d.path().join("storage");
+        let s = server(
+            &storage,
+            ServerOptions {
+                max_connections,
+                ..ServerOptions::default()
+            },
+        );
+        let bytes = vec![9u8; 200_000];
+        let name = Kind::Diff.name_of(&bytes);
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        write!(
+            c,
+            "PUT /v1/files/diff/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            bytes.len()
+        )
+        .unwrap();
+        c.write_all(&bytes[..1000]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // The server is told to stop while the body is on its way; the rest comes after.
+        let stopper = std::thread::spawn(move || s.stop());
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = c.write_all(&bytes[1000..]);
+        let got = read_all(&mut c, Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 201"),
+            "bound {max_connections}: the upload under way was cut at the stop: {text:?}"
+        );
+        stopper.join().unwrap().unwrap();
+        let r = FolderRemote::open(&storage).unwrap();
+        assert_eq!(r.get_file(Kind::Diff, &name).unwrap(), Some(bytes));
+    }
 }
 
 #[test]
