@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use kiln_sync::{
-    check_db, check_head_name, etag_header, parse_etag_header, split_head_name, Conflict, Etag,
-    FileName, HeadRead, Kind, Remote, API_VERSION,
+    check_db, check_head_name, check_proposal_record, etag_header, parse_etag_header,
+    split_head_name, Conflict, Etag, FileName, HeadRead, Kind, Remote, API_VERSION,
 };
 use serde::Deserialize;
 use std::io;
@@ -69,13 +69,19 @@ impl App {
         };
         let (ok, what) = match need {
             Need::Db(Access::Read, db) => (scope.allows(Access::Read, db), format!("read {db}")),
+            Need::Db(Access::Propose, db) => (
+                scope.allows(Access::Propose, db),
+                format!("propose changes to {db}"),
+            ),
             Need::Db(Access::Write, db) => (scope.allows(Access::Write, db), format!("write {db}")),
             Need::Any(Access::Read) => (scope.allows_any(Access::Read), "read files".into()),
-            Need::Any(Access::Write) => (scope.allows_any(Access::Write), "write files".into()),
+            Need::Any(Access::Propose) | Need::Any(Access::Write) => {
+                (scope.allows_any(Access::Write), "write files".into())
+            }
             Need::All(Access::Read) => {
                 (scope.allows_all(Access::Read), "read every database".into())
             }
-            Need::All(Access::Write) => (
+            Need::All(Access::Propose) | Need::All(Access::Write) => (
                 scope.allows_all(Access::Write),
                 "write every database".into(),
             ),
@@ -136,6 +142,12 @@ pub(crate) fn router_and_live(
         )
         .route("/v1/heads", get(list_heads))
         .route("/v1/watch", get(watch))
+        .route("/v1/access/{db}", get(access))
+        .route("/v1/proposals/{db}", get(list_proposals))
+        .route(
+            "/v1/proposals/{db}/{name}",
+            get(get_proposal).put(put_proposal),
+        )
         .route(
             "/v1/heads/{name}",
             get(read_head).put(write_head).delete(delete_head),
@@ -513,6 +525,102 @@ async fn delete_head(
     Ok(match removed {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(c) => conflict(c),
+    })
+}
+
+/// What the request's token may do to a database (any valid token may ask).
+async fn access(
+    State(app): Shared,
+    Path(db): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    check_db(&db).map_err(|e| Refused::bad(e.to_string()))?;
+    let scope = app.authorize(&headers, Need::Valid)?;
+    let may = |a| scope.as_ref().is_none_or(|s| s.allows(a, &db));
+    Ok(Json(kiln_sync::Allowed {
+        read: may(Access::Read),
+        propose: may(Access::Propose),
+        write: may(Access::Write),
+    })
+    .into_response())
+}
+
+/// A proposal record's path parts, checked.
+fn proposal_parts(db: &str, name: &str) -> Result<bool, Refused> {
+    check_db(db).map_err(|e| Refused::bad(e.to_string()))?;
+    let (_, decision) = check_proposal_record(name).map_err(|e| Refused::bad(e.to_string()))?;
+    Ok(decision)
+}
+
+async fn list_proposals(
+    State(app): Shared,
+    Path(db): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    check_db(&db).map_err(|e| Refused::bad(e.to_string()))?;
+    app.authorize(&headers, Need::Db(Access::Read, &db))?;
+    let names = blocking(move || app.storage.list_proposal_records(&db)).await?;
+    Ok(Json(names).into_response())
+}
+
+async fn get_proposal(
+    State(app): Shared,
+    Path((db, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    proposal_parts(&db, &name)?;
+    app.authorize(&headers, Need::Db(Access::Read, &db))?;
+    match blocking(move || app.storage.get_proposal_record(&db, &name)).await? {
+        Some(b) => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Bytes::from(b),
+        )
+            .into_response()),
+        None => Err(Refused(
+            StatusCode::NOT_FOUND,
+            "no such proposal record".into(),
+        )),
+    }
+}
+
+/// Files a proposal (`ID.prop`, `propose` of the database needed) or its decision
+/// (`ID.decision`, `write` needed), create-only (`If-None-Match: *`): 201 kept, 412 one of
+/// that name is there already.
+async fn put_proposal(
+    State(app): Shared,
+    Path((db, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, Refused> {
+    let decision = proposal_parts(&db, &name)?;
+    let need = if decision {
+        Access::Write
+    } else {
+        Access::Propose
+    };
+    app.authorize(&headers, Need::Db(need, &db))?;
+    if headers.get(header::IF_NONE_MATCH).map(|v| v.as_bytes()) != Some(b"*") {
+        return Err(Refused(
+            StatusCode::PRECONDITION_REQUIRED,
+            "a proposal record is created only (If-None-Match: *)".into(),
+        ));
+    }
+    let body = body_of(body, kiln_sync::MAX_PROPOSAL_RECORD.min(app.max_body)).await?;
+    if !body.starts_with(kiln::PROPOSAL_RECORD_MAGIC) {
+        return Err(Refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not a sealed proposal record".into(),
+        ));
+    }
+    let kept = blocking(move || app.storage.put_proposal_record(&db, &name, &body)).await?;
+    Ok(if kept {
+        StatusCode::CREATED.into_response()
+    } else {
+        (
+            StatusCode::PRECONDITION_FAILED,
+            "a proposal record of that name is there already\n",
+        )
+            .into_response()
     })
 }
 

@@ -1,8 +1,9 @@
-//! Bearer tokens scoped to database-name globs, `read` or `write` (docs/server.md "Tokens").
+//! Bearer tokens scoped to database-name globs, `read`, `propose` or `write` (docs/server.md "Tokens").
 //!
-//! A tokens file has one `TOKEN read|write GLOB` per line (blank lines and `#` comments
+//! A tokens file has one `TOKEN read|propose|write GLOB` per line (blank lines and `#` comments
 //! skipped); a token may have several lines. A glob matches a database id: `*` any run of
-//! characters, `?` one, anything else itself. `write` includes `read`. Tokens are compared in
+//! characters, `?` one, anything else itself. `write` includes `propose`, which includes
+//! `read`. Tokens are compared in
 //! constant time (every token of the file is compared, whole, whatever matches).
 
 use std::io;
@@ -17,7 +18,9 @@ pub type SharedTokens = Arc<RwLock<Arc<Tokens>>>;
 pub enum Access {
     /// Reads it.
     Read,
-    /// Writes it (and may read it).
+    /// Files proposals for it (and may read it), but neither writes it nor decides them.
+    Propose,
+    /// Writes it and decides its proposals (and may read it and propose).
     Write,
 }
 
@@ -39,7 +42,7 @@ pub struct Tokens {
 pub const MIN_TOKEN: usize = 16;
 
 impl Tokens {
-    /// Reads a tokens file; a line that is not `TOKEN read|write GLOB` is an error naming it.
+    /// Reads a tokens file; a line that is not `TOKEN read|propose|write GLOB` is an error naming it.
     pub fn load(path: &Path) -> io::Result<Tokens> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -62,7 +65,7 @@ impl Tokens {
             let at = |why: &str| format!("line {}: {why}", i + 1);
             let parts: Vec<&str> = line.split_whitespace().collect();
             let [token, access, glob] = parts[..] else {
-                return Err(at("not `TOKEN read|write GLOB`"));
+                return Err(at("not `TOKEN read|propose|write GLOB`"));
             };
             if token.len() < MIN_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(at(&format!(
@@ -71,8 +74,9 @@ impl Tokens {
             }
             let access = match access {
                 "read" => Access::Read,
+                "propose" => Access::Propose,
                 "write" => Access::Write,
-                _ => return Err(at("the scope is read or write")),
+                _ => return Err(at("the scope is read, propose or write")),
             };
             grants.push(Grant {
                 token: token.as_bytes().to_vec(),

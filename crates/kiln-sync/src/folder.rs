@@ -6,6 +6,8 @@
 //! ROOT/filesets/ab/<hash>.kfs   file-sets
 //! ROOT/heads/<db>.head          a database's head record: etag u64 LE ‖ the record's bytes
 //! ROOT/heads/.lock              flock'd exclusively by whoever writes a head record
+//! ROOT/proposals/<db>/<id>.prop       a contribution filed for <db>, sealed (create-only)
+//! ROOT/proposals/<db>/<id>.decision   a moderator's decision on it, sealed (create-only)
 //! ROOT/.tmp/                    uploads being written (renamed into place when whole)
 //! ```
 //!
@@ -18,7 +20,7 @@
 //! honour it, and [`crate::probe`] cannot always tell: use such folders from one machine at a
 //! time.
 
-use crate::{check_db, Conflict, Etag, FileName, HeadRead, Kind, Remote};
+use crate::{check_db, check_proposal_record, Conflict, Etag, FileName, HeadRead, Kind, Remote};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -105,6 +107,12 @@ impl FolderRemote {
     fn head_path(&self, db: &str) -> io::Result<PathBuf> {
         check_db(db)?;
         Ok(self.root.join("heads").join(format!("{db}.head")))
+    }
+
+    fn proposal_path(&self, db: &str, name: &str) -> io::Result<PathBuf> {
+        check_db(db)?;
+        check_proposal_record(name)?;
+        Ok(self.root.join("proposals").join(db).join(name))
     }
 
     /// The lock head writers hold (released when the file is dropped).
@@ -433,6 +441,55 @@ impl Remote for FolderRemote {
         fs::remove_file(&path)?;
         File::open(path.parent().unwrap_or(&self.root))?.sync_all()?;
         Ok(Ok(()))
+    }
+
+    fn put_proposal_record(&self, db: &str, name: &str, bytes: &[u8]) -> io::Result<bool> {
+        let path = self.proposal_path(db, name)?;
+        let dir = path.parent().unwrap_or(&self.root).to_owned();
+        if !dir.exists() {
+            fs::create_dir_all(&dir)?;
+            for d in [dir.parent().unwrap_or(&self.root), &self.root] {
+                File::open(d)?.sync_all()?;
+            }
+        }
+        // Written whole and synced in `.tmp/`, then linked to its name: a link fails where the
+        // name is taken, so of two writers one keeps its record and the other is told.
+        let mut staged = Staged::new(&self.root);
+        staged.write(path.clone(), bytes)?;
+        let tmp = staged.files[0].0.clone();
+        File::open(&tmp)?.sync_all()?;
+        let kept = match fs::hard_link(&tmp, &path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        if kept {
+            File::open(&dir)?.sync_all()?;
+        }
+        Ok(kept) // (the staged copy is removed as `staged` drops)
+    }
+
+    fn get_proposal_record(&self, db: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
+        read_opt(&self.proposal_path(db, name)?)
+    }
+
+    fn list_proposal_records(&self, db: &str) -> io::Result<Vec<String>> {
+        check_db(db)?;
+        let dir = self.root.join("proposals").join(db);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let n = e?.file_name();
+            if let Some(n) = n.to_str().filter(|n| check_proposal_record(n).is_ok()) {
+                out.push(n.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn list_heads(&self) -> io::Result<Vec<(String, Etag)>> {

@@ -152,6 +152,12 @@ impl HttpRemote {
         Ok(format!("/v1/heads/{name}"))
     }
 
+    fn proposal_path(db: &str, name: &str) -> io::Result<String> {
+        crate::check_db(db)?;
+        crate::check_proposal_record(name)?;
+        Ok(format!("/v1/proposals/{db}/{name}"))
+    }
+
     /// Sends a request and waits for its response's head.
     fn send(&self, req: RequestBuilder, what: &str) -> io::Result<Response> {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -600,6 +606,56 @@ impl Remote for HttpRemote {
 
     fn list_heads(&self) -> io::Result<Vec<(String, Etag)>> {
         self.list_head_records(None)
+    }
+
+    fn allowed(&self, db: &str) -> io::Result<crate::Allowed> {
+        let what = "asking what this token may do";
+        crate::check_db(db)?;
+        let r = self.send(self.request(Method::GET, &format!("/v1/access/{db}")), what)?;
+        let b = self.ok(r, what)?;
+        self.json(&b, what)
+    }
+
+    fn put_proposal_record(&self, db: &str, name: &str, bytes: &[u8]) -> io::Result<bool> {
+        let what = "filing a proposal record";
+        let req = self
+            .request(Method::PUT, &Self::proposal_path(db, name)?)
+            .header(reqwest::header::IF_NONE_MATCH, "*")
+            .body(bytes.to_vec());
+        let r = self.send(req, what)?;
+        match r.status() {
+            StatusCode::PRECONDITION_FAILED => Ok(false),
+            s if s.is_success() => Ok(true),
+            _ => Err(self.refusal(r, what)),
+        }
+    }
+
+    fn get_proposal_record(&self, db: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let what = "reading a proposal record";
+        let r = self.send(
+            self.request(Method::GET, &Self::proposal_path(db, name)?),
+            what,
+        )?;
+        match r.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => self.ok(r, what).map(Some),
+        }
+    }
+
+    fn list_proposal_records(&self, db: &str) -> io::Result<Vec<String>> {
+        let what = "listing proposal records";
+        crate::check_db(db)?;
+        let r = self.send(
+            self.request(Method::GET, &format!("/v1/proposals/{db}")),
+            what,
+        )?;
+        let b = self.ok(r, what)?;
+        let mut names: Vec<String> = self.json(&b, what)?;
+        for n in &names {
+            crate::check_proposal_record(n)?;
+        }
+        names.sort();
+        Ok(names)
     }
 
     fn notify(&self, db: &str) -> Option<crate::Notices> {

@@ -23,6 +23,7 @@ mod folder;
 mod gc;
 mod http;
 mod probe;
+pub mod proposals;
 mod remotes;
 mod s3;
 mod state;
@@ -261,6 +262,77 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
         let mut out = self.list_heads()?;
         out.retain(|(n, _)| split_head_name(n).0 == db && n.contains('~'));
         Ok(out)
+    }
+    /// What this client may do to database `db` on the remote (a sync server answers for the
+    /// token given; other remotes let anyone who reaches them do anything): asked before a
+    /// step that would change things here and then be refused there.
+    fn allowed(&self, db: &str) -> io::Result<Allowed> {
+        let _ = db;
+        Ok(Allowed {
+            read: true,
+            propose: true,
+            write: true,
+        })
+    }
+    /// Keeps proposal record `name` ([`check_proposal_record`]: `<id>.prop`, a contribution
+    /// filed for database `db`, or `<id>.decision`, a moderator's decision on it) unless one
+    /// of that name is there already: true when kept, false when there already (nothing
+    /// changed). Records are sealed by their writers and never change once kept, so a
+    /// proposal is decided once. Remotes without proposals refuse (`Unsupported`).
+    fn put_proposal_record(&self, db: &str, name: &str, bytes: &[u8]) -> io::Result<bool> {
+        let _ = (db, name, bytes);
+        Err(no_proposals())
+    }
+    /// Proposal record `name` of database `db`, `None` when absent.
+    fn get_proposal_record(&self, db: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let _ = (db, name);
+        Err(no_proposals())
+    }
+    /// The names of database `db`'s proposal records, sorted.
+    fn list_proposal_records(&self, db: &str) -> io::Result<Vec<String>> {
+        let _ = db;
+        Err(no_proposals())
+    }
+}
+
+/// What a client may do to a database on a remote ([`Remote::allowed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Allowed {
+    /// Read it (pull).
+    pub read: bool,
+    /// File proposals for it.
+    pub propose: bool,
+    /// Write it (push) and decide its proposals.
+    pub write: bool,
+}
+
+fn no_proposals() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "this remote keeps no proposals")
+}
+
+/// The largest proposal record a remote takes (a proposal's message is free text: 1 MiB).
+pub const MAX_PROPOSAL_RECORD: usize = 1 << 20;
+
+/// Checks a proposal record's name: a proposal id (1–64 ASCII letters and digits) and
+/// `.prop` (the contribution) or `.decision` (its decision). Returns the id and whether it
+/// names a decision.
+pub fn check_proposal_record(name: &str) -> io::Result<(&str, bool)> {
+    let parsed = name
+        .strip_suffix(".prop")
+        .map(|id| (id, false))
+        .or_else(|| name.strip_suffix(".decision").map(|id| (id, true)));
+    match parsed {
+        Some((id, decision))
+            if !id.is_empty()
+                && id.len() <= 64
+                && id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            Ok((id, decision))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a proposal record's name (ID.prop or ID.decision)"),
+        )),
     }
 }
 

@@ -358,6 +358,13 @@ impl S3Remote {
         })
     }
 
+    /// A proposal record's key: `proposals/<db>/<name>`.
+    fn proposal_key(&self, db: &str, name: &str) -> io::Result<Path> {
+        crate::check_db(db)?;
+        crate::check_proposal_record(name)?;
+        Ok(self.key(&format!("proposals/{db}/{name}")))
+    }
+
     /// The error of `what` on `key`, as an `io::Error` that says where.
     fn err(&self, what: &str, key: &str, e: object_store::Error) -> io::Error {
         use object_store::Error as E;
@@ -823,6 +830,38 @@ impl Remote for S3Remote {
 
     fn per_replica_heads(&self) -> bool {
         true
+    }
+
+    fn put_proposal_record(&self, db: &str, name: &str, bytes: &[u8]) -> io::Result<bool> {
+        let key = self.proposal_key(db, name)?;
+        // A create: of two writers one keeps its record (on a bucket whose conditional writes
+        // are atomic; docs/format.md says what happens on one whose are not).
+        match self.put(&key, PutPayload::from(bytes.to_vec()), PutMode::Create) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.err("writing the proposal record", key.as_ref(), e)),
+        }
+    }
+
+    fn get_proposal_record(&self, db: &str, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let key = self.proposal_key(db, name)?;
+        self.get(&key, "reading the proposal record")
+    }
+
+    fn list_proposal_records(&self, db: &str) -> io::Result<Vec<String>> {
+        crate::check_db(db)?;
+        let dir = self.list_prefix(&format!("proposals/{db}"));
+        let mut out = Vec::new();
+        self.list_all(&dir, |m| {
+            if let Some(n) = m.location.as_ref().strip_prefix(dir.as_str()) {
+                if crate::check_proposal_record(n).is_ok() {
+                    out.push(n.to_owned());
+                }
+            }
+            Ok(())
+        })?;
+        out.sort();
+        Ok(out)
     }
 
     fn list_replica_heads(&self, db: &str) -> io::Result<Vec<(String, Etag)>> {

@@ -55,7 +55,7 @@ pub use format::head::TreeShape;
 pub use format::seal::Key;
 pub use model::doc::MAX_DOC_BYTES;
 pub use storage::{sync_file_system, syncfs_covers, FileName, FileSource};
-pub use store::proposals::{Proposal, Status};
+pub use store::proposals::{Proposal, Status, RECORD_MAGIC as PROPOSAL_RECORD_MAGIC};
 pub use store::{check_name, Durability, FileKind, FilesHold, GcReport, Options, Store};
 
 // README's library section is compiled as a doctest (so the front page cannot drift from the

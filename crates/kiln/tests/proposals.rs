@@ -123,3 +123,61 @@ fn a_public_cms_takes_contributions() {
     assert!(s.proposal("../x").is_err());
     assert!(s.review("0000000000000000").is_err());
 }
+
+#[test]
+fn proposal_records_travel_sealed_and_decisions_are_not_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (here, there) = (store(&dir.path().join("a")), store(&dir.path().join("b")));
+    let site = here.create(Some("site")).unwrap();
+    site.put(&json!({"_id": "home", "text": "Welcome"}))
+        .unwrap();
+    let fork = here.fork("site", Some("edits")).unwrap();
+    fork.put(&json!({"_id": "home", "text": "Hello"})).unwrap();
+    let p = here.propose("edits", "site", "a better welcome").unwrap();
+    let open = here.proposal_record(&p.id).unwrap();
+    assert!(open.starts_with(kiln::PROPOSAL_RECORD_MAGIC));
+    // Sealed: none of its words travel in clear.
+    assert!(!open.windows(6).any(|w| w == b"better"));
+    // Another store opens it only with the target's key.
+    let e = there.take_in_proposal(&p.id, &open).unwrap_err();
+    assert!(e.to_string().contains("keybag lacks"), "{e}");
+    there
+        .import_key("site", &here.export_key("site", None).unwrap(), None)
+        .unwrap();
+    assert_eq!(there.take_in_proposal(&p.id, &open).unwrap(), p);
+    assert_eq!(there.proposal(&p.id).unwrap(), p);
+    // Under another id, or damaged: refused, nothing kept.
+    assert!(there.take_in_proposal("0123abcd", &open).is_err());
+    let mut bad = open.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert!(there.take_in_proposal(&p.id, &bad).is_err());
+    // A decision replaces the open copy; an open copy taken in later does not undo it.
+    here.reject(&p.id, "not now", "mod").unwrap();
+    let decided = here.proposal_record(&p.id).unwrap();
+    let got = there.take_in_proposal(&p.id, &decided).unwrap();
+    assert!(matches!(got.status, Status::Rejected { ref reason, .. } if reason == "not now"));
+    let again = there.take_in_proposal(&p.id, &open).unwrap();
+    assert_eq!(again.status, got.status);
+    assert_eq!(there.proposal(&p.id).unwrap().status, got.status);
+}
+
+#[test]
+fn a_replica_of_a_lineage_starts_empty_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let site = s.create(Some("site")).unwrap();
+    site.put(&json!({"_id": "home"})).unwrap();
+    let r = s.replica_of("pulled", "site").unwrap();
+    assert!(r.heads().unwrap().is_empty());
+    assert!(matches!(
+        s.replica_of("pulled", "site"),
+        Err(kiln::Error::DatabaseExists(_))
+    ));
+    assert!(matches!(
+        s.replica_of("x", "nowhere"),
+        Err(kiln::Error::NoSuchDatabase(_))
+    ));
+    // It merges with its lineage (the same key).
+    r.merge_from(&site, None).unwrap();
+    assert!(r.get("home").unwrap().is_some());
+}

@@ -21,7 +21,7 @@ pub struct Serve {
     /// The largest request body taken (a file or a head record), in bytes.
     #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
     max_body: usize,
-    /// The tokens clients must give: a file of `TOKEN read|write GLOB` lines (a token at least
+    /// The tokens clients must give: a file of `TOKEN read|propose|write GLOB` lines (a token at least
     /// 16 characters; GLOB matches database names, `*` any run); read again on SIGHUP.
     /// Without it, anyone who reaches the server may read and write every database.
     #[arg(long, value_name = "FILE")]

@@ -1,7 +1,7 @@
 //! Sync: `kiln remote add|list|remove` (a database's remembered remotes) and `kiln sync`.
 
 use super::Ctx;
-use crate::out::{bad_input, esc, Fail};
+use crate::out::{bad_input, esc, proposal_json, Fail};
 use clap::Subcommand;
 use kiln_sync::{FileSets, Remotes, SyncError, SyncOptions, SyncReport};
 use serde_json::{json, Value};
@@ -106,7 +106,7 @@ impl SyncGroup {
     }
 }
 
-fn io_fail(e: std::io::Error) -> Fail {
+pub(crate) fn io_fail(e: std::io::Error) -> Fail {
     let code = if e.kind() == std::io::ErrorKind::InvalidInput {
         crate::out::code::USAGE
     } else {
@@ -243,26 +243,41 @@ fn targets(
     ctx.store.open_db(&db)?;
     let known = remotes.of(&db);
     match remote {
-        Some(r) => match known.iter().find(|(n, _)| *n == r) {
-            Some((n, u)) => Ok(vec![(db, n.clone(), u.clone())]),
-            None if r.contains('/') || r.contains("://") => {
-                let u = normalize_url(&r)?;
-                Ok(vec![(db, u.clone(), u)])
-            }
-            None => Err(Fail {
-                code: crate::out::code::NO_SUCH,
-                msg: format!(
-                    "database '{db}' has no remote '{r}' (see `kiln remote list {db}`; a folder \
-                     path contains a /)"
-                ),
-            }),
-        },
+        Some(r) => {
+            let (n, u) = named(&known, &db, &r)?;
+            Ok(vec![(db, n, u)])
+        }
         None if known.is_empty() => Err(bad_input(format!(
             "database '{db}' has no remote: `kiln remote add {db} NAME URL` first, or name one \
              (kiln sync {db} URL)"
         ))),
         None => Ok(known.into_iter().map(|(n, u)| (db.clone(), n, u)).collect()),
     }
+}
+
+/// Remote `r` of database `db` (its name, or a URL or folder path): its name and URL.
+fn named(known: &[(String, String)], db: &str, r: &str) -> Result<(String, String), Fail> {
+    match known.iter().find(|(n, _)| *n == r) {
+        Some((n, u)) => Ok((n.clone(), u.clone())),
+        None if r.contains('/') || r.contains("://") => {
+            let u = normalize_url(r)?;
+            Ok((u.clone(), u))
+        }
+        None => Err(Fail {
+            code: crate::out::code::NO_SUCH,
+            msg: format!(
+                "database '{db}' has no remote '{r}' (see `kiln remote list {db}`; a folder \
+                 path contains a /)"
+            ),
+        }),
+    }
+}
+
+/// Remote `r` of database `db` (its name, or a URL or folder path), opened.
+pub(crate) fn open_named(ctx: &Ctx, db: &str, r: &str) -> Result<Box<dyn kiln_sync::Remote>, Fail> {
+    let remotes = Remotes::load(&ctx.store).map_err(io_fail)?;
+    let (_, url) = named(&remotes.of(db), db, r)?;
+    kiln_sync::open_remote_with(&url, &ctx.remote).map_err(io_fail)
 }
 
 fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) -> Result<u8, Fail> {
@@ -356,11 +371,17 @@ fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) ->
             }
         }
     }
+    let mut told = decisions(ctx, &targets, &results);
     for (db, name, r) in results {
         match r {
             Ok(r) => {
                 lines.extend(describe(&db, &name, &r));
-                rows.push(report_json(&db, &name, &r));
+                let mut row = report_json(&db, &name, &r);
+                if let Some(ps) = told.remove(&(db.clone(), name.clone())) {
+                    lines.extend(ps.iter().map(decision_line));
+                    row["decisions"] = Value::Array(ps.iter().map(proposal_json).collect());
+                }
+                rows.push(row);
             }
             Err(f) => {
                 lines.push(format!("{db} ⇄ {name}: failed: {}", f.msg));
@@ -377,6 +398,71 @@ fn sync(ctx: &Ctx, targets: Vec<(String, String, String)>, opts: SyncOptions) ->
         }),
         None => Ok(0),
     }
+}
+
+/// Decisions made on the proposals this store filed on the remotes synced (see
+/// `kiln_sync::proposals::decisions`), by the (database, remote name) pair whose row tells
+/// them. Asking fails quietly (said on stderr): the sync itself went through.
+fn decisions(
+    ctx: &Ctx,
+    targets: &[(String, String, String)],
+    results: &[(String, String, Result<SyncReport, Fail>)],
+) -> std::collections::HashMap<(String, String), Vec<kiln::Proposal>> {
+    let mut out = std::collections::HashMap::new();
+    if !kiln_sync::proposals::awaiting_decisions(&ctx.store).unwrap_or(false) {
+        return out;
+    }
+    let mut urls: Vec<&str> = targets.iter().map(|t| t.2.as_str()).collect();
+    urls.sort_unstable();
+    urls.dedup();
+    for url in urls {
+        let synced: Vec<(&str, &str)> = targets
+            .iter()
+            .filter(|t| t.2 == url)
+            .filter(|t| {
+                results
+                    .iter()
+                    .any(|(d, n, r)| *d == t.0 && *n == t.1 && r.is_ok())
+            })
+            .map(|t| (t.0.as_str(), t.1.as_str()))
+            .collect();
+        let Some(&first) = synced.first() else {
+            continue;
+        };
+        let dbs: Vec<&str> = synced.iter().map(|(d, _)| *d).collect();
+        let found = kiln_sync::open_remote_with(url, &ctx.remote)
+            .map_err(kiln_sync::SyncError::Remote)
+            .and_then(|r| kiln_sync::proposals::decisions(&ctx.store, &*r, &dbs));
+        match found {
+            Ok(ps) => {
+                for p in ps {
+                    let (db, name) = synced
+                        .iter()
+                        .find(|(d, _)| *d == p.fork)
+                        .or_else(|| synced.iter().find(|(d, _)| *d == p.to))
+                        .copied()
+                        .unwrap_or(first);
+                    out.entry((db.to_owned(), name.to_owned()))
+                        .or_insert_with(Vec::new)
+                        .push(p);
+                }
+            }
+            Err(e) => eprintln!("kiln: asking {} about proposals filed there: {e}", esc(url)),
+        }
+    }
+    out
+}
+
+/// A decision told by a sync, as a line.
+fn decision_line(p: &kiln::Proposal) -> String {
+    let what = match &p.status {
+        kiln::Status::Accepted { by, .. } => format!("accepted by {}", esc(by)),
+        kiln::Status::Rejected { by, reason, .. } => {
+            format!("rejected by {}: {}", esc(by), esc(reason))
+        }
+        kiln::Status::Open => "open".into(),
+    };
+    format!("proposal {} ({} -> {}) {what}", p.id, p.fork, p.to)
 }
 
 /// `kiln sync DB [REMOTE] --watch`: until interrupted.
@@ -416,7 +502,7 @@ fn watch_one(
     Ok(0)
 }
 
-fn sync_fail(e: SyncError) -> Fail {
+pub(crate) fn sync_fail(e: SyncError) -> Fail {
     match e {
         SyncError::Kiln(e) => e.into(),
         other => Fail {

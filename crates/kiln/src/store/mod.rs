@@ -961,6 +961,15 @@ impl Store {
     /// A new, empty database `name` of `lineage` under `key` (another machine's, imported): a
     /// replica to take that database's state in by sync. Refused when the keybag holds
     /// another key for the lineage.
+    /// A new, empty database `name` of database `of`'s lineage (its key): a replica to pull
+    /// a database of that lineage into from a remote (a fork of `of` that a contributor
+    /// pushed, say). Refused when `name` exists.
+    pub fn replica_of(&self, name: &str, of: &str) -> Result<Database> {
+        self.inner.writable("a new database")?;
+        let src = self.open_db(of)?;
+        self.new_replica(name, &src.lineage(), &src.key())
+    }
+
     fn new_replica(&self, name: &str, lineage: &Lineage, key: &Key) -> Result<Database> {
         let name = self.new_name(Some(name))?;
         let sync = self.inner.opts.durability == Durability::Full;

@@ -26,7 +26,9 @@ use crate::store::Store;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"KILNPROP";
+/// What a sealed proposal record starts with (a remote that keeps records checks for it).
+pub const RECORD_MAGIC: &[u8; 8] = b"KILNPROP";
+const MAGIC: &[u8; 8] = RECORD_MAGIC;
 const VERSION: u32 = 1;
 const PREFIX: usize = 8 + 4 + 16 + SALT_LEN;
 
@@ -389,6 +391,60 @@ impl Store {
         Ok(n)
     }
 
+    /// The sealed record of proposal `id` as this store keeps it: what travels to a remote
+    /// (`kiln propose --remote`), readable only with its target's key.
+    pub fn proposal_record(&self, id: &str) -> Result<Vec<u8>> {
+        self.proposal(id)?; // (a plaintext one an older kiln left is sealed now)
+        let path = self.proposal_path(id)?;
+        std::fs::read(&path).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Takes in proposal `id`'s sealed record `bytes` from elsewhere (a remote): opened with
+    /// the key of the lineage it names (refused when the keybag lacks it or it does not open)
+    /// and kept as it is. A decided record replaces what is kept here; an open one replaces
+    /// only an open one (a decision is never undone by an older copy). Returns the proposal
+    /// as kept now.
+    pub fn take_in_proposal(&self, id: &str, bytes: &[u8]) -> Result<Proposal> {
+        self.inner.writable("a proposal")?;
+        let path = self.proposal_path(id)?;
+        let what = || format!("proposal record {id}");
+        let l = lineage_of(Path::new(&what()), bytes)?;
+        let Some(key) = self.inner.keybag.get(&l)? else {
+            return Err(Error::InvalidArgument(format!(
+                "proposal {id} is sealed with the key of lineage {}, which this store's \
+                 keybag lacks (import the target database's key first)",
+                crate::keys::lineage_string(&l)
+            )));
+        };
+        let body = open_sealed(bytes, &l, &key, id)
+            .ok_or_else(|| Error::corrupt(what(), "proposal record fails authentication"))?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|_| Error::corrupt(what(), "proposal is not JSON"))?;
+        let p = Proposal::from_json(Path::new(&what()), &v)?;
+        if p.id != id {
+            return Err(Error::corrupt(what(), "proposal id mismatch"));
+        }
+        if p.status == Status::Open {
+            if let Some(Stored::Proposal(here)) = self.load(id)? {
+                if here.status != Status::Open {
+                    return Ok(*here);
+                }
+            }
+        }
+        self.make_proposals_dir()?;
+        write_atomic(&path, bytes, true, Some(0o600)).map_err(|e| Error::io(&path, e))?;
+        Ok(p)
+    }
+
+    fn make_proposals_dir(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.proposals_dir();
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::io(&dir, e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Nominates `fork`'s changes for `to` (`kiln propose FORK --to MAIN`): the fork's
     /// current heads are pinned.
     pub fn propose(&self, fork: &str, to: &str, message: &str) -> Result<Proposal> {
@@ -405,16 +461,7 @@ impl Store {
             )));
         }
         self.open_db(to)?;
-        let dir = self.proposals_dir();
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    return Err(Error::io(&dir, e))
-                }
-                _ => {}
-            }
-        }
+        self.make_proposals_dir()?;
         let p = Proposal {
             // Time-ordered (and, within a millisecond, ordered within this process).
             id: uuid::Uuid::now_v7().simple().to_string(),
