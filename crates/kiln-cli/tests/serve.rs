@@ -40,6 +40,7 @@ fn serve_with(storage: &Path, more: &[&str]) -> (Server, String) {
         .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
         .arg(storage)
         .args(more)
+        .env("KILN_LOG", "warn") // (a line per request otherwise)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -220,4 +221,108 @@ fn serve_over_tls() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{o:?}");
+}
+
+#[test]
+fn logs_are_structured_and_hold_no_secrets() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = d.path().join("tokens");
+    let token = "secret-token-0123456789";
+    std::fs::write(&tokens, format!("{token} write notes\n")).unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--storage",
+        ])
+        .arg(d.path().join("storage"))
+        .arg("--tokens")
+        .arg(&tokens)
+        .env_remove("KILN_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let server = Server(c);
+    let a = d.path().join("a");
+    ok(&a, &["db", "create", "notes"]);
+    ok(
+        &a,
+        &[
+            "put",
+            "notes",
+            r#"{"_id":"x","secret":"marker-in-a-value"}"#,
+        ],
+    );
+    let o = kiln(&a)
+        .args(["sync", "notes", &url])
+        .env("KILN_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A request without a token: logged with its 401.
+    let _ = kiln(&a)
+        .args(["sync", "notes", &url])
+        .env_remove("KILN_TOKEN")
+        .output();
+    let mut server = server;
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(server.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(server.0.wait().unwrap().success());
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let msg = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(
+        events
+            .iter()
+            .any(|e| msg(e) == "serving" && e["level"] == "INFO"),
+        "{err}"
+    );
+    assert!(events.iter().any(|e| msg(e) == "stopped"), "{err}");
+    let requests: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["target"] == "kiln_server::request")
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .any(|e| e["fields"]["route"] == "/v1/heads/{name}"
+                && e["fields"]["method"] == "PUT"
+                && e["fields"]["status"] == 200
+                && e["fields"]["peer"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("127.0.0.1:")
+                && e["fields"]["ms"].as_f64().is_some()),
+        "{err}"
+    );
+    assert!(
+        requests.iter().any(|e| e["fields"]["status"] == 401),
+        "{err}"
+    );
+    assert!(
+        !err.contains(token) && !err.contains("marker-in-a-value"),
+        "{err}"
+    );
 }

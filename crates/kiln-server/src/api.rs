@@ -161,6 +161,7 @@ pub(crate) fn router_and_live(
             metrics,
             crate::metrics::count,
         ))
+        .layer(axum::middleware::from_fn(crate::log::request))
         .with_state(app);
     (router, live)
 }
@@ -186,6 +187,9 @@ impl Refused {
             io::ErrorKind::NotFound => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_GATEWAY,
         };
+        if status == StatusCode::BAD_GATEWAY {
+            tracing::error!(error = %e, "the storage failed");
+        }
         Refused(status, format!("storage: {e}"))
     }
 }

@@ -3,7 +3,6 @@
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -46,12 +45,13 @@ pub async fn serve_connections(
                 Err(_) => break,
             },
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 // Out of descriptors, a connection reset before it was taken: go on.
-                Err(_) => {
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -63,13 +63,13 @@ pub async fn serve_connections(
         let (tls, header_timeout) = (limits.tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
             match tls {
-                None => serve_one(stream, app, header_timeout, stop).await,
+                None => serve_one(stream, peer, app, header_timeout, stop).await,
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
                     let shake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
                     // A failed or slow handshake: the connection is dropped.
                     if let Ok(Ok(tls)) = shake.await {
-                        serve_one(tls, app, header_timeout, stop).await;
+                        serve_one(tls, peer, app, header_timeout, stop).await;
                     }
                 }
             }
@@ -87,6 +87,7 @@ pub async fn serve_connections(
 /// request under way finishes first).
 async fn serve_one<IO>(
     io: IO,
+    peer: std::net::SocketAddr,
     app: Router,
     header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
@@ -98,7 +99,12 @@ async fn serve_one<IO>(
         .header_read_timeout(header_timeout);
     // A client must read as promptly as it must send its headers.
     let io = Stalls::new(io, header_timeout);
-    let conn = b.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    // Each request learns the connection's peer (for the request log).
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(crate::log::Peer(peer));
+        tower_service::Service::call(&mut app.clone(), req)
+    });
+    let conn = b.serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

@@ -17,10 +17,12 @@ mod api;
 pub mod auth;
 mod conn;
 mod live;
+pub mod log;
 mod metrics;
 
 pub use api::router;
 pub use auth::{SharedTokens, Tokens};
+pub use log::LogFormat;
 
 use kiln_sync::Remote;
 use std::future::Future;
@@ -234,8 +236,27 @@ pub fn run_until_signal(
         if let (Some(f), Some(shared)) = (tokens_file, opts.tokens.clone()) {
             reload_on_hangup(f.to_owned(), shared)?;
         }
-        ready(listener.local_addr()?);
-        serve(listener, storage, opts, stop_signal()).await
+        let at = listener.local_addr()?;
+        tracing::info!(
+            addr = %at,
+            storage = %storage.location(),
+            tls = opts.tls.is_some(),
+            tokens = opts.tokens.is_some(),
+            "serving"
+        );
+        if opts.tokens.is_none() {
+            tracing::warn!(
+                "no tokens: anyone who reaches the server may read and write every database"
+            );
+        }
+        ready(at);
+        let stop = async {
+            stop_signal().await;
+            tracing::info!("stopping: the requests under way finish first");
+        };
+        let r = serve(listener, storage, opts, stop).await;
+        tracing::info!("stopped");
+        r
     });
     // (Outside the runtime: a storage may own a runtime of its own.)
     drop(rt);
@@ -255,9 +276,11 @@ fn reload_on_hangup(f: PathBuf, shared: SharedTokens) -> io::Result<()> {
                     Ok(t) => {
                         let n = t.len();
                         *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
-                        eprintln!("kiln serve: read {} again: {n} tokens", f.display());
+                        tracing::info!(file = %f.display(), tokens = n, "tokens read again");
                     }
-                    Err(e) => eprintln!("kiln serve: {e}; the tokens stay as they were"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "tokens not read again; they stay as they were")
+                    }
                 }
             }
         });

@@ -167,6 +167,10 @@ async fn list(storage: &Arc<dyn Remote>) -> Option<HashMap<String, Etag>> {
     let s = storage.clone();
     match tokio::task::spawn_blocking(move || s.list_heads()).await {
         Ok(Ok(listed)) => Some(listed.into_iter().collect()),
-        _ => None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "listing the storage for watchers failed");
+            None
+        }
+        Err(_) => None,
     }
 }

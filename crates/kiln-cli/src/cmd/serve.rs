@@ -38,6 +38,28 @@ pub struct Serve {
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Logs on stderr: one line per event, `text` or `json` (one object per line: timestamp,
+    /// level, target, fields). Each request answered is one event (peer, method, path,
+    /// route, status, ms).
+    #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
+    log_format: LogFormatArg,
+    /// The least level logged: error, warn, info (each request) or debug.
+    #[arg(long, env = "KILN_LOG", default_value = "info", value_name = "LEVEL")]
+    log_level: LevelArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LevelArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
 }
 
 impl Serve {
@@ -72,12 +94,18 @@ impl Serve {
             request_timeout: std::time::Duration::from_secs(self.request_timeout.max(1)),
             ..Default::default()
         };
-        if self.tokens.is_none() {
-            eprintln!(
-                "kiln serve: no --tokens: anyone who reaches {} may read and write every database",
-                self.addr
-            );
-        }
+        kiln_server::log::to_stderr(
+            match self.log_format {
+                LogFormatArg::Text => kiln_server::LogFormat::Text,
+                LogFormatArg::Json => kiln_server::LogFormat::Json,
+            },
+            match self.log_level {
+                LevelArg::Error => kiln_server::log::Level::ERROR,
+                LevelArg::Warn => kiln_server::log::Level::WARN,
+                LevelArg::Info => kiln_server::log::Level::INFO,
+                LevelArg::Debug => kiln_server::log::Level::DEBUG,
+            },
+        );
         let json = out.json;
         let tokens = self.tokens.as_deref();
         kiln_server::run_until_signal(&self.addr, Arc::from(storage), opts, tokens, |addr| {
