@@ -162,7 +162,7 @@ impl HttpRemote {
     fn send(&self, req: RequestBuilder, what: &str) -> io::Result<Response> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.rt
-            .block_on(async { req.send().await })
+            .block_on(send_once_more(req))
             .map_err(|e| self.transport(what, e))
     }
 
@@ -256,6 +256,51 @@ impl HttpRemote {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+}
+
+/// Sends a request, and sends it once more when it failed on a connection that was closed
+/// under it (a kept-alive connection to a server that restarted meanwhile: the first request
+/// after the restart meets the old connection). Every request kiln sends may be sent twice:
+/// reads and file uploads are idempotent, and a head record write on a version that went
+/// through the first time is refused the second (the record moved: the sync reads it again).
+async fn send_once_more(req: RequestBuilder) -> reqwest::Result<Response> {
+    let again = req.try_clone();
+    match req.send().await {
+        Err(e) if closed_under(&e) => match again {
+            Some(again) => again.send().await,
+            None => Err(e),
+        },
+        r => r,
+    }
+}
+
+/// Whether a request failed on a connection closed under it (not a refused connection, not
+/// a timeout: sending again would meet the same).
+fn closed_under(e: &reqwest::Error) -> bool {
+    if e.is_timeout() || e.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        if s.to_string()
+            .contains("connection closed before message completed")
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Listens to a server's live channel at `url` (docs/server.md "Live channel"), sending `()`
@@ -434,7 +479,7 @@ impl Remote for HttpRemote {
                     .request(Method::PUT, &Self::file_path(kind, &names[i]))
                     .body(bytes);
                 Ok(Some(async move {
-                    let r = req.send().await?;
+                    let r = send_once_more(req).await?;
                     let status = r.status();
                     let reason = if status.is_success() {
                         String::new()
@@ -490,7 +535,7 @@ impl Remote for HttpRemote {
                 self.requests.fetch_add(1, Ordering::Relaxed);
                 let req = self.request(Method::GET, &Self::file_path(kind, &names[i]));
                 Ok(Some(async move {
-                    let r = req.send().await?;
+                    let r = send_once_more(req).await?;
                     let status = r.status();
                     let body = r.bytes().await?.to_vec();
                     Ok::<_, reqwest::Error>((status, body))
