@@ -282,8 +282,12 @@ fn etag_at(path: &Path) -> io::Result<Option<Etag>> {
 
 impl Remote for FolderRemote {
     fn location(&self) -> String {
+        // (One spelling per folder: `DIR/` and `DIR/./` are `DIR`, as a store's memory of
+        // syncs and of proposals filed is keyed by it.)
         std::path::absolute(&self.root)
             .unwrap_or_else(|_| self.root.clone())
+            .components()
+            .collect::<PathBuf>()
             .display()
             .to_string()
     }
@@ -444,6 +448,7 @@ impl Remote for FolderRemote {
     }
 
     fn put_proposal_record(&self, db: &str, name: &str, bytes: &[u8]) -> io::Result<bool> {
+        crate::check_proposal_size(bytes)?;
         let path = self.proposal_path(db, name)?;
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         if !dir.exists() {

@@ -313,6 +313,20 @@ fn no_proposals() -> io::Error {
 /// The largest proposal record a remote takes (a proposal's message is free text: 1 MiB).
 pub const MAX_PROPOSAL_RECORD: usize = 1 << 20;
 
+/// Refuses a proposal record over [`MAX_PROPOSAL_RECORD`] (`InvalidInput`).
+pub fn check_proposal_size(bytes: &[u8]) -> io::Result<()> {
+    if bytes.len() > MAX_PROPOSAL_RECORD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a proposal record is at most {MAX_PROPOSAL_RECORD} bytes ({} given)",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a proposal record's name: a proposal id (1–64 ASCII letters and digits) and
 /// `.prop` (the contribution) or `.decision` (its decision). Returns the id and whether it
 /// names a decision.

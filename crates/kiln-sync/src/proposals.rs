@@ -54,9 +54,15 @@ pub struct Listed {
     pub unreadable: Vec<(String, String)>,
 }
 
+/// The longest message a proposal filed on a remote may carry (its record, sealed, must stay
+/// under [`crate::MAX_PROPOSAL_RECORD`]).
+pub const MAX_MESSAGE: usize = crate::MAX_PROPOSAL_RECORD / 2;
+
 /// Pushes database `fork` to `remote` (a full sync) and files a proposal of its changes for
 /// database `to` there (`kiln propose FORK --to MAIN --remote URL`). The proposal is kept
-/// here too, and remembered as filed on the remote, so [`decisions`] asks about it.
+/// here too, and remembered as filed on the remote, so [`decisions`] asks about it. A filing
+/// whose answer was lost is finished by running it again (the same proposal is filed, not a
+/// second one); one the remote refuses leaves no proposal here.
 pub fn propose(
     store: &Store,
     remote: &dyn Remote,
@@ -66,10 +72,15 @@ pub fn propose(
 ) -> Result<(Proposal, SyncReport), SyncError> {
     crate::check_db(fork)?;
     crate::check_db(to)?;
+    if message.len() > MAX_MESSAGE {
+        return Err(kiln::Error::InvalidArgument(format!(
+            "a proposal filed on a remote carries a message of at most {MAX_MESSAGE} bytes"
+        ))
+        .into());
+    }
     let db = store.open_db(fork)?;
     store.open_db(to)?;
-    let may = remote.allowed(fork)?;
-    if !may.write {
+    if !remote.allowed(fork)?.write {
         return Err(refused(
             remote,
             &format!("may not write '{fork}' (the fork is pushed)"),
@@ -82,21 +93,71 @@ pub fn propose(
         ));
     }
     let pushed = sync(store, &db, remote, fork, SyncOptions::default())?;
-    let p = store.propose(fork, to, message)?;
+    let here = remote.location();
+    let mut filed = Filed::load(store)?;
+    // A filing of this fork's state for `to` whose answer was lost: the same proposal again.
+    let heads = db.heads()?;
+    let pending = filed.pending.iter().find_map(|(id, at)| {
+        let p = store.proposal(id).ok()?;
+        (*at == here
+            && p.fork == fork
+            && p.to == to
+            && p.status == Status::Open
+            && p.heads == heads)
+            .then_some(p)
+    });
+    let p = match pending {
+        Some(p) => p,
+        None => {
+            let p = store.propose(fork, to, message)?;
+            filed.pending.insert(p.id.clone(), here.clone());
+            filed.save()?;
+            p
+        }
+    };
     let record = store.proposal_record(&p.id)?;
-    if !remote.put_proposal_record(to, &prop_name(&p.id), &record)? {
-        return Err(SyncError::Remote(io::Error::other(format!(
-            "{} holds a proposal {} already",
-            remote.location(),
-            p.id
-        ))));
+    match remote.put_proposal_record(to, &prop_name(&p.id), &record) {
+        Ok(true) => {}
+        // There already: this store's own filing whose answer was lost, or not.
+        Ok(false) => {
+            let there = remote.get_proposal_record(to, &prop_name(&p.id))?;
+            if there.as_deref() != Some(record.as_slice()) {
+                return Err(SyncError::Remote(io::Error::other(format!(
+                    "{here} holds another proposal {} already",
+                    p.id
+                ))));
+            }
+        }
+        Err(e) if refusal(&e) => {
+            filed.pending.remove(&p.id);
+            filed.save()?;
+            store.forget_proposal(&p.id)?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()), // (kept pending: running it again finishes it)
     }
-    Filed::load(store)?.add(&p.id, &remote.location())?;
+    filed.pending.remove(&p.id);
+    filed.filed.insert(p.id.clone(), here);
+    filed.save()?;
     Ok((p, pushed))
 }
 
+/// Whether a remote's error is its refusal of the request (it was not kept, and sending it
+/// again will not change that), not a failure to reach it or hear its answer.
+fn refusal(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied
+            | io::ErrorKind::InvalidInput
+            | io::ErrorKind::InvalidData
+            | io::ErrorKind::Unsupported
+    )
+}
+
 /// The proposals filed on `remote` for database `to` (open ones only unless `all`), each
-/// taken in here with its decision, if any, so it can be reviewed and decided.
+/// taken in here with its decision, if any, so it can be reviewed and decided. Records that
+/// are not what their names say (damaged, sealed for another target, a filed proposal that
+/// claims a decision) are left out, changing nothing here.
 pub fn list(store: &Store, remote: &dyn Remote, to: &str, all: bool) -> Result<Listed, SyncError> {
     let names = remote.list_proposal_records(to)?;
     let mut out = Listed::default();
@@ -106,28 +167,24 @@ pub fn list(store: &Store, remote: &dyn Remote, to: &str, all: bool) -> Result<L
             continue;
         }
         let decided = names.contains(&decision_name(id));
-        // A decision taken in before needs no request.
-        let p = match store.proposal(id).ok() {
-            Some(p) if p.status != Status::Open => Ok(Some(p)),
-            _ => {
-                let which = if decided {
-                    decision_name(id)
-                } else {
-                    prop_name(id)
-                };
-                take_in(store, remote, to, id, &which)
+        let known = store.proposal(id).ok().filter(|p| p.to == to);
+        let p = (|| {
+            // The filed proposal first (a decision is checked against it), unless kept here.
+            let mut p = match known {
+                Some(p) => Some(p),
+                None => take_in(store, remote, to, id, false)?,
+            };
+            if decided && p.as_ref().is_some_and(|p| p.status == Status::Open) {
+                p = take_in(store, remote, to, id, true)?.or(p);
             }
-        };
+            Ok::<_, SyncError>(p)
+        })();
         match p {
-            Ok(Some(p)) if p.to == to => {
+            Ok(Some(p)) => {
                 if all || p.status == Status::Open {
                     out.proposals.push(p);
                 }
             }
-            Ok(Some(p)) => out.unreadable.push((
-                id.to_owned(),
-                format!("filed for '{to}' but names '{}'", p.to),
-            )),
             Ok(None) => {} // (gone meanwhile)
             Err(SyncError::Kiln(e)) => out.unreadable.push((id.to_owned(), e.to_string())),
             Err(e) => return Err(e),
@@ -137,16 +194,22 @@ pub fn list(store: &Store, remote: &dyn Remote, to: &str, all: bool) -> Result<L
     Ok(out)
 }
 
-/// Reads record `name` of proposal `id` from the remote and takes it in (`None`: absent).
+/// Reads proposal `id`'s record (its decision with `decision`) from database `to`'s records
+/// on the remote and takes it in (`None`: absent).
 fn take_in(
     store: &Store,
     remote: &dyn Remote,
     to: &str,
     id: &str,
-    name: &str,
+    decision: bool,
 ) -> Result<Option<Proposal>, SyncError> {
-    match remote.get_proposal_record(to, name)? {
-        Some(b) => Ok(Some(store.take_in_proposal(id, &b)?)),
+    let name = if decision {
+        decision_name(id)
+    } else {
+        prop_name(id)
+    };
+    match remote.get_proposal_record(to, &name)? {
+        Some(b) => Ok(Some(store.take_in_proposal(id, &b, to, decision)?)),
         None => Ok(None),
     }
 }
@@ -156,13 +219,13 @@ fn take_in(
 /// which database's records hold it.
 fn refresh(store: &Store, remote: &dyn Remote, id: &str) -> Result<(Proposal, bool), SyncError> {
     let p = store.proposal(id)?;
-    if let Some(d) = take_in(store, remote, &p.to, id, &decision_name(id))? {
+    if let Some(d) = take_in(store, remote, &p.to, id, true)? {
         return Ok((d, true));
     }
     if p.status != Status::Open {
         return Ok((p, false));
     }
-    match take_in(store, remote, &p.to, id, &prop_name(id))? {
+    match take_in(store, remote, &p.to, id, false)? {
         Some(p) => Ok((p, false)),
         None => Err(SyncError::Remote(io::Error::new(
             io::ErrorKind::NotFound,
@@ -175,6 +238,11 @@ fn refresh(store: &Store, remote: &dyn Remote, id: &str) -> Result<(Proposal, bo
     }
 }
 
+/// The refusal to decide a proposal the remote holds a decision on.
+fn already(p: &Proposal) -> SyncError {
+    kiln::Error::InvalidArgument(format!("proposal {} was already {}", p.id, state(p))).into()
+}
+
 /// The remote's refusal of `what`, told before anything changed here.
 fn refused(remote: &dyn Remote, what: &str) -> SyncError {
     SyncError::Remote(io::Error::new(
@@ -183,31 +251,32 @@ fn refused(remote: &dyn Remote, what: &str) -> SyncError {
     ))
 }
 
-/// Refuses a decision on `p` a client may not write to the remote.
-fn may_decide(remote: &dyn Remote, p: &Proposal) -> Result<(), SyncError> {
-    if remote.allowed(&p.to)?.write {
+/// Refuses a decision on proposal `id` (of database `to`) a client may not write.
+fn may_decide(remote: &dyn Remote, to: &str) -> Result<(), SyncError> {
+    if remote.allowed(to)?.write {
         return Ok(());
     }
     Err(refused(
         remote,
-        &format!(
-            "may not write '{}' (deciding a proposal for it needs that)",
-            p.to
-        ),
+        &format!("may not write '{to}' (deciding a proposal for it needs that)"),
     ))
-}
-
-/// The refusal to decide a proposal the remote holds a decision on.
-fn already(p: &Proposal) -> SyncError {
-    kiln::Error::InvalidArgument(format!("proposal {} was already {}", p.id, state(p))).into()
 }
 
 /// Pulls database `name` from the remote (made here as an empty replica of `like`'s lineage
 /// when absent: a contributor's fork, whose files the target shares, so only what the fork
-/// adds is fetched).
+/// adds is fetched). A database of that name here of another lineage is refused.
 fn pull(store: &Store, remote: &dyn Remote, name: &str, like: &str) -> Result<Database, SyncError> {
     let db = match store.open_db(name) {
-        Ok(db) => db,
+        Ok(db) => {
+            if name != like && !store.same_lineage(name, like)? {
+                return Err(kiln::Error::InvalidArgument(format!(
+                    "database '{name}' here is not of '{like}''s lineage: it cannot be the \
+                     proposal's fork (rename it, or review from another store)"
+                ))
+                .into());
+            }
+            db
+        }
         Err(kiln::Error::NoSuchDatabase(_)) => store.replica_of(name, like)?,
         Err(e) => return Err(e.into()),
     };
@@ -227,15 +296,20 @@ pub fn review(
     id: &str,
 ) -> Result<(Proposal, MergeReport), SyncError> {
     let (p, _) = refresh(store, remote, id)?;
+    if !remote.allowed(&p.fork)?.read {
+        return Err(refused(remote, &format!("may not read '{}'", p.fork)));
+    }
     pull(store, remote, &p.to, &p.to)?;
     pull(store, remote, &p.fork, &p.to)?;
     Ok(store.review(id)?)
 }
 
-/// Accepts proposal `id` (`kiln accept ID --remote`): pulls the target and the fork, merges
-/// the fork's pinned state into the target here (with `only`, just those documents), pushes
-/// the target, then writes the decision. An accept stopped after its merge is finished by
-/// running it again (the push and the decision).
+/// Accepts proposal `id` (`kiln accept ID --remote`): pulls the target and the fork, checks
+/// the merge, wins the decision (the create-only `ID.decision`: of two moderators deciding at
+/// once one keeps it, and the other publishes nothing), then merges the fork's pinned state
+/// into the target here (with `only`, just those documents) and pushes it. An accept
+/// stopped after its decision is finished by running it again: the merge is made where the
+/// target lacks it, and pushed.
 pub fn accept(
     store: &Store,
     remote: &dyn Remote,
@@ -244,30 +318,43 @@ pub fn accept(
     by: &str,
 ) -> Result<Decided, SyncError> {
     let (p, decided) = refresh(store, remote, id)?;
-    if decided {
-        return Err(already(&p));
-    }
-    may_decide(remote, &p)?;
-    let merge = match p.status {
-        Status::Open => {
-            pull(store, remote, &p.to, &p.to)?;
-            pull(store, remote, &p.fork, &p.to)?;
-            Some(store.accept(id, only, by)?)
-        }
-        Status::Accepted { .. } => None, // merged here before: finish it
-        Status::Rejected { .. } => {
+    may_decide(remote, &p.to)?;
+    match (&p.status, decided) {
+        (Status::Rejected { .. }, true) => return Err(already(&p)),
+        (Status::Rejected { .. }, false) => {
             return Err(kiln::Error::InvalidArgument(format!(
                 "proposal {id} was rejected here; its decision is not on the remote yet: \
                  `kiln reject {id} --remote` files it"
             ))
             .into())
         }
-    };
+        (Status::Open, _) => {
+            pull(store, remote, &p.to, &p.to)?;
+            pull(store, remote, &p.fork, &p.to)?;
+            store.review(id)?; // (the pinned state is here and merges: checked before deciding)
+            store.mark_accepted(id, only, by)?;
+            decide(store, remote, id)?;
+        }
+        // Accepted (here, or there by anyone): what is left is the merge and its push.
+        (Status::Accepted { .. }, false) => {
+            decide(store, remote, id)?;
+        }
+        (Status::Accepted { .. }, true) => {}
+    }
     let target = store.open_db(&p.to)?;
-    let pushed = sync(store, &target, remote, &p.to, SyncOptions::default())?;
-    let proposal = decide(store, remote, id)?;
+    // (A merge made here before and not pushed goes now; one pushed by another is taken.)
+    let mut pushed = sync(store, &target, remote, &p.to, SyncOptions::default())?;
+    pull(store, remote, &p.fork, &p.to)?;
+    let (_, preview) = store.review(id)?;
+    let merge = if preview.events > 0 || !preview.changed.is_empty() {
+        let m = store.merge_proposal(id)?;
+        pushed = sync(store, &target, remote, &p.to, SyncOptions::default())?;
+        Some(m)
+    } else {
+        None
+    };
     Ok(Decided {
-        proposal,
+        proposal: store.proposal(id)?,
         merge,
         pushed: Some(pushed),
     })
@@ -285,7 +372,7 @@ pub fn reject(
     if decided {
         return Err(already(&p));
     }
-    may_decide(remote, &p)?;
+    may_decide(remote, &p.to)?;
     match p.status {
         Status::Open => {
             store.reject(id, reason, by)?;
@@ -308,21 +395,23 @@ pub fn reject(
 }
 
 /// Writes this store's decision on proposal `id` to the remote. Another moderator's decision
-/// written meanwhile wins: it is taken in, and the call fails saying so.
+/// written meanwhile wins: it is taken in, and the call fails saying so (nothing of this
+/// decision was published).
 fn decide(store: &Store, remote: &dyn Remote, id: &str) -> Result<Proposal, SyncError> {
     let ours = store.proposal(id)?;
     let record = store.proposal_record(id)?;
     if remote.put_proposal_record(&ours.to, &decision_name(id), &record)? {
         return Ok(ours);
     }
-    let theirs = take_in(store, remote, &ours.to, id, &decision_name(id))?.unwrap_or(ours);
+    let there = remote.get_proposal_record(&ours.to, &decision_name(id))?;
+    if there.as_deref() == Some(record.as_slice()) {
+        return Ok(ours); // (our own, whose answer was lost before)
+    }
+    let theirs = take_in(store, remote, &ours.to, id, true)?.unwrap_or(ours);
     Err(kiln::Error::InvalidArgument(format!(
-        "proposal {id} was decided by another moderator meanwhile ({}); that decision stands{}",
-        state(&theirs),
-        match theirs.status {
-            Status::Accepted { .. } => "",
-            _ => " (a merge made here was pushed all the same: the same changes)",
-        }
+        "proposal {id} was decided by another moderator meanwhile ({}); that decision stands, \
+         and nothing of this one was published",
+        state(&theirs)
     ))
     .into())
 }
@@ -337,7 +426,8 @@ fn state(p: &Proposal) -> String {
 
 /// Decisions made on the proposals this store filed on `remote` for or from databases `dbs`
 /// and still holds open (one request each): each is taken in and returned (what `kiln sync`
-/// tells a contributor). Decided ones are forgotten as filed.
+/// tells a contributor), then forgotten as filed. When a request fails, the call fails and
+/// forgets nothing: the next one tells them all.
 pub fn decisions(
     store: &Store,
     remote: &dyn Remote,
@@ -346,27 +436,32 @@ pub fn decisions(
     let mut filed = Filed::load(store)?;
     let here = remote.location();
     let mut out = Vec::new();
-    let ids: Vec<String> = filed
-        .filed
-        .iter()
-        .filter(|(_, at)| **at == here)
-        .map(|(id, _)| id.clone())
-        .collect();
-    for id in ids {
-        let p = match store.proposal(&id) {
+    let mut gone = Vec::new();
+    for (id, at) in &filed.filed {
+        if *at != here {
+            continue;
+        }
+        let p = match store.proposal(id) {
             Ok(p) => p,
-            Err(_) => {
-                filed.remove(&id)?; // (gone here: its target was dropped)
+            Err(kiln::Error::InvalidArgument(_)) => {
+                gone.push(id.clone()); // (no longer here: its target was dropped)
                 continue;
             }
+            Err(e) => return Err(e.into()),
         };
         if !dbs.contains(&p.fork.as_str()) && !dbs.contains(&p.to.as_str()) {
             continue;
         }
-        if let Some(d) = take_in(store, remote, &p.to, &id, &decision_name(&id))? {
-            filed.remove(&id)?;
+        if let Some(d) = take_in(store, remote, &p.to, id, true)? {
+            gone.push(id.clone());
             out.push(d);
         }
+    }
+    if !gone.is_empty() {
+        for id in &gone {
+            filed.filed.remove(id);
+        }
+        filed.save()?;
     }
     Ok(out)
 }
@@ -381,7 +476,11 @@ pub fn awaiting_decisions(store: &Store) -> io::Result<bool> {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Filed {
     version: u32,
+    /// Filed: id → the remote's location.
     filed: BTreeMap<String, String>,
+    /// Being filed (made here, its filing's answer not heard yet): id → location.
+    #[serde(default)]
+    pending: BTreeMap<String, String>,
     #[serde(skip)]
     path: std::path::PathBuf,
 }
@@ -410,17 +509,5 @@ impl Filed {
         }
         let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         crate::state::write_atomic(&self.path, &json)
-    }
-
-    fn add(&mut self, id: &str, location: &str) -> io::Result<()> {
-        self.filed.insert(id.to_owned(), location.to_owned());
-        self.save()
-    }
-
-    fn remove(&mut self, id: &str) -> io::Result<()> {
-        if self.filed.remove(id).is_some() {
-            self.save()?;
-        }
-        Ok(())
     }
 }

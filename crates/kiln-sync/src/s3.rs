@@ -833,6 +833,7 @@ impl Remote for S3Remote {
     }
 
     fn put_proposal_record(&self, db: &str, name: &str, bytes: &[u8]) -> io::Result<bool> {
+        crate::check_proposal_size(bytes)?;
         let key = self.proposal_key(db, name)?;
         // A create: of two writers one keeps its record (on a bucket whose conditional writes
         // are atomic; docs/format.md says what happens on one whose are not).

@@ -122,31 +122,31 @@ fn an_accept_stopped_after_its_merge_is_finished_by_running_it_again() {
     *remote.fail_head.lock().unwrap() = Some("main".into());
     let e = proposals::accept(&moderator, &remote, &id, None, "mod").unwrap_err();
     assert!(e.to_string().contains("connection dropped"), "{e}");
-    // Merged here, but neither pushed nor decided there: the contributor hears nothing yet.
+    // Decided there (the decision comes first) and merged here, but not pushed: the
+    // contributor hears the decision once; main there lacks the change yet.
     assert!(matches!(
         moderator.proposal(&id).unwrap().status,
         Status::Accepted { .. }
     ));
-    assert!(proposals::decisions(&contributor, &remote, &["edits"])
-        .unwrap()
-        .is_empty());
-    *remote.fail_head.lock().unwrap() = None;
-    let done = proposals::accept(&moderator, &remote, &id, None, "mod").unwrap();
-    assert!(done.merge.is_none(), "merged once only");
-    assert!(done.pushed.is_some());
-    // Now decided there; the contributor hears it once, and main there holds the change.
     let heard = proposals::decisions(&contributor, &remote, &["edits"]).unwrap();
     assert_eq!(heard.len(), 1);
     assert!(matches!(heard[0].status, Status::Accepted { ref by, .. } if by == "mod"));
     assert!(proposals::decisions(&contributor, &remote, &["edits"])
         .unwrap()
         .is_empty());
+    *remote.fail_head.lock().unwrap() = None;
+    let done = proposals::accept(&moderator, &remote, &id, None, "mod").unwrap();
+    assert!(done.merge.is_none(), "merged once only");
+    assert!(done.pushed.is_some_and(|p| p.pushed));
+    // Now main there holds the change.
     let main = contributor.open_db("main").unwrap();
     kiln_sync::sync(&contributor, &main, &remote, "main", Default::default()).unwrap();
     assert_eq!(main.get("page").unwrap().unwrap()["text"], "new");
-    // Decided once: a second accept, or a reject, is refused.
+    // Decided once: a reject is refused; a second accept has nothing left to do.
     let e = proposals::reject(&moderator, &remote, &id, "no", "other").unwrap_err();
     assert!(e.to_string().contains("already accepted"), "{e}");
+    let again = proposals::accept(&moderator, &remote, &id, None, "mod").unwrap();
+    assert!(again.merge.is_none() && again.pushed.is_some_and(|p| !p.pushed));
 }
 
 #[test]
@@ -186,4 +186,14 @@ fn of_two_moderators_deciding_at_once_one_decision_stands() {
     ));
     let all = proposals::list(&moderator, &remote, "main", true).unwrap();
     assert!(matches!(all.proposals[0].status, Status::Rejected { .. }));
+    // Nothing of the losing accept was published, nor merged here.
+    let main = moderator.open_db("main").unwrap();
+    assert_eq!(main.get("page").unwrap().unwrap()["text"], "old");
+    let fresh = store(&dir.path().join("fresh"));
+    fresh
+        .import_key("main", &moderator.export_key("main", None).unwrap(), None)
+        .unwrap();
+    let there = fresh.open_db("main").unwrap();
+    kiln_sync::sync(&fresh, &there, &remote, "main", Default::default()).unwrap();
+    assert_eq!(there.get("page").unwrap().unwrap()["text"], "old");
 }

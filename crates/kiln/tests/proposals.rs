@@ -139,24 +139,44 @@ fn proposal_records_travel_sealed_and_decisions_are_not_undone() {
     // Sealed: none of its words travel in clear.
     assert!(!open.windows(6).any(|w| w == b"better"));
     // Another store opens it only with the target's key.
-    let e = there.take_in_proposal(&p.id, &open).unwrap_err();
-    assert!(e.to_string().contains("keybag lacks"), "{e}");
+    let e = there
+        .take_in_proposal(&p.id, &open, "site", false)
+        .unwrap_err();
+    assert!(matches!(e, kiln::Error::NoSuchDatabase(_)), "{e}");
     there
         .import_key("site", &here.export_key("site", None).unwrap(), None)
         .unwrap();
-    assert_eq!(there.take_in_proposal(&p.id, &open).unwrap(), p);
+    assert_eq!(
+        there.take_in_proposal(&p.id, &open, "site", false).unwrap(),
+        p
+    );
     assert_eq!(there.proposal(&p.id).unwrap(), p);
     // Under another id, or damaged: refused, nothing kept.
-    assert!(there.take_in_proposal("0123abcd", &open).is_err());
+    assert!(there
+        .take_in_proposal("0123abcd", &open, "site", false)
+        .is_err());
     let mut bad = open.clone();
     *bad.last_mut().unwrap() ^= 1;
-    assert!(there.take_in_proposal(&p.id, &bad).is_err());
+    assert!(there.take_in_proposal(&p.id, &bad, "site", false).is_err());
+    // Taken in as what it is not: an open record as a decision, under another target.
+    assert!(there.take_in_proposal(&p.id, &open, "site", true).is_err());
+    there.create(Some("other")).unwrap();
+    assert!(there
+        .take_in_proposal(&p.id, &open, "other", false)
+        .is_err());
     // A decision replaces the open copy; an open copy taken in later does not undo it.
     here.reject(&p.id, "not now", "mod").unwrap();
     let decided = here.proposal_record(&p.id).unwrap();
-    let got = there.take_in_proposal(&p.id, &decided).unwrap();
+    // (A decided record filed as a proposal claims a decision it is not.)
+    assert!(there
+        .take_in_proposal(&p.id, &decided, "site", false)
+        .is_err());
+    assert_eq!(there.proposal(&p.id).unwrap().status, Status::Open);
+    let got = there
+        .take_in_proposal(&p.id, &decided, "site", true)
+        .unwrap();
     assert!(matches!(got.status, Status::Rejected { ref reason, .. } if reason == "not now"));
-    let again = there.take_in_proposal(&p.id, &open).unwrap();
+    let again = there.take_in_proposal(&p.id, &open, "site", false).unwrap();
     assert_eq!(again.status, got.status);
     assert_eq!(there.proposal(&p.id).unwrap().status, got.status);
 }

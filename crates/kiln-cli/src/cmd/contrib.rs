@@ -198,7 +198,7 @@ fn review(ctx: &Ctx, id: String, remote: Option<String>) -> Result<u8, Fail> {
     let (p, r) = match remote {
         None => ctx.store.review(&id)?,
         Some(rm) => {
-            let remote = open_named(ctx, &ctx.store.proposal(&id)?.to, &rm)?;
+            let remote = open_named(ctx, &target_of(ctx, &id)?, &rm)?;
             kiln_sync::proposals::review(&ctx.store, &*remote, &id).map_err(sync_fail)?
         }
     };
@@ -258,7 +258,7 @@ fn accept(
         print_accepted(ctx, &id, &r, None);
         return Ok(0);
     };
-    let remote = open_named(ctx, &ctx.store.proposal(&id)?.to, &rm)?;
+    let remote = open_named(ctx, &target_of(ctx, &id)?, &rm)?;
     let d =
         kiln_sync::proposals::accept(&ctx.store, &*remote, &id, only, &by).map_err(sync_fail)?;
     match &d.merge {
@@ -266,7 +266,8 @@ fn accept(
         None => ctx.out.print(
             || {
                 format!(
-                    "accepted {id} (merged here before): pushed, decision filed on {}",
+                    "accepted {id} (decided before): {} holds its changes on {}",
+                    d.proposal.to,
                     esc(&remote.location())
                 )
             },
@@ -321,7 +322,7 @@ fn reject(
     let p = match remote {
         None => ctx.store.reject(&id, &message, &by)?,
         Some(rm) => {
-            let remote = open_named(ctx, &ctx.store.proposal(&id)?.to, &rm)?;
+            let remote = open_named(ctx, &target_of(ctx, &id)?, &rm)?;
             kiln_sync::proposals::reject(&ctx.store, &*remote, &id, &message, &by)
                 .map_err(sync_fail)?
                 .proposal
@@ -330,6 +331,19 @@ fn reject(
     ctx.out
         .print(|| format!("rejected {}", p.id), || proposal_json(&p));
     Ok(0)
+}
+
+/// The target database of proposal `id`, which must be known here (listed from the remote
+/// first, or filed from here).
+fn target_of(ctx: &Ctx, id: &str) -> Result<String, Fail> {
+    match ctx.store.proposal(id) {
+        Ok(p) => Ok(p.to),
+        Err(kiln::Error::InvalidArgument(m)) if m.starts_with("no proposal") => Err(Fail {
+            code: crate::out::code::NO_SUCH,
+            msg: format!("{m} here: list the remote's first (kiln proposals MAIN --remote REMOTE)"),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Who is deciding: $USER, else "unknown".

@@ -958,9 +958,12 @@ impl Store {
         }
     }
 
-    /// A new, empty database `name` of `lineage` under `key` (another machine's, imported): a
-    /// replica to take that database's state in by sync. Refused when the keybag holds
-    /// another key for the lineage.
+    /// Whether databases `a` and `b` are of one lineage (a fork and its source, replicas of
+    /// one database: they share a key and can merge).
+    pub fn same_lineage(&self, a: &str, b: &str) -> Result<bool> {
+        Ok(self.open_db(a)?.lineage() == self.open_db(b)?.lineage())
+    }
+
     /// A new, empty database `name` of database `of`'s lineage (its key): a replica to pull
     /// a database of that lineage into from a remote (a fork of `of` that a contributor
     /// pushed, say). Refused when `name` exists.
@@ -970,6 +973,9 @@ impl Store {
         self.new_replica(name, &src.lineage(), &src.key())
     }
 
+    /// A new, empty database `name` of `lineage` under `key` (another machine's, imported): a
+    /// replica to take that database's state in by sync. Refused when the keybag holds
+    /// another key for the lineage.
     fn new_replica(&self, name: &str, lineage: &Lineage, key: &Key) -> Result<Database> {
         let name = self.new_name(Some(name))?;
         let sync = self.inner.opts.durability == Durability::Full;

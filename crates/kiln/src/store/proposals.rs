@@ -399,23 +399,33 @@ impl Store {
         std::fs::read(&path).map_err(|e| Error::io(&path, e))
     }
 
-    /// Takes in proposal `id`'s sealed record `bytes` from elsewhere (a remote): opened with
-    /// the key of the lineage it names (refused when the keybag lacks it or it does not open)
-    /// and kept as it is. A decided record replaces what is kept here; an open one replaces
-    /// only an open one (a decision is never undone by an older copy). Returns the proposal
-    /// as kept now.
-    pub fn take_in_proposal(&self, id: &str, bytes: &[u8]) -> Result<Proposal> {
+    /// Takes in proposal `id`'s sealed record `bytes` from elsewhere (a remote's record of
+    /// target database `to`: the proposal as filed, or with `decision` its decision) and keeps
+    /// it as it is. Refused, with nothing changed, when it does not open with `to`'s key, is of
+    /// another id or target, claims a decision it is not (a filed proposal that reads decided,
+    /// a decision that decides nothing), or is a decision on another proposal than the one
+    /// kept here (other fork, heads, message or time). A decision replaces what is kept here;
+    /// a filed proposal replaces only an open one (a decision is never undone by an older
+    /// copy). Returns the proposal as kept now.
+    pub fn take_in_proposal(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        to: &str,
+        decision: bool,
+    ) -> Result<Proposal> {
         self.inner.writable("a proposal")?;
         let path = self.proposal_path(id)?;
         let what = || format!("proposal record {id}");
         let l = lineage_of(Path::new(&what()), bytes)?;
-        let Some(key) = self.inner.keybag.get(&l)? else {
-            return Err(Error::InvalidArgument(format!(
-                "proposal {id} is sealed with the key of lineage {}, which this store's \
-                 keybag lacks (import the target database's key first)",
-                crate::keys::lineage_string(&l)
-            )));
-        };
+        let target = self.open_db(to)?;
+        if target.lineage() != l {
+            return Err(Error::corrupt(
+                what(),
+                format!("sealed for another lineage than '{to}''s"),
+            ));
+        }
+        let key = target.key();
         let body = open_sealed(bytes, &l, &key, id)
             .ok_or_else(|| Error::corrupt(what(), "proposal record fails authentication"))?;
         let v: Value = serde_json::from_slice(&body)
@@ -424,16 +434,54 @@ impl Store {
         if p.id != id {
             return Err(Error::corrupt(what(), "proposal id mismatch"));
         }
-        if p.status == Status::Open {
-            if let Some(Stored::Proposal(here)) = self.load(id)? {
-                if here.status != Status::Open {
-                    return Ok(*here);
+        if p.to != to {
+            return Err(Error::corrupt(
+                what(),
+                format!("filed for '{to}' but names '{}'", p.to),
+            ));
+        }
+        let kept = match self.load(id)? {
+            Some(Stored::Proposal(k)) => Some(*k),
+            _ => None,
+        };
+        if decision {
+            if p.status == Status::Open {
+                return Err(Error::corrupt(what(), "a decision that decides nothing"));
+            }
+            if let Some(k) = &kept {
+                let same = k.fork == p.fork
+                    && k.heads == p.heads
+                    && k.message == p.message
+                    && k.created == p.created;
+                if !same {
+                    return Err(Error::corrupt(
+                        what(),
+                        "a decision on another proposal than the one filed",
+                    ));
                 }
+            }
+        } else {
+            if p.status != Status::Open {
+                return Err(Error::corrupt(
+                    what(),
+                    "a filed proposal that claims a decision",
+                ));
+            }
+            if let Some(k) = kept.filter(|k| k.status != Status::Open) {
+                return Ok(k);
             }
         }
         self.make_proposals_dir()?;
         write_atomic(&path, bytes, true, Some(0o600)).map_err(|e| Error::io(&path, e))?;
         Ok(p)
+    }
+
+    /// Removes proposal `id` kept here while it is open (one this store made but could not
+    /// file where it was meant to go).
+    pub fn forget_proposal(&self, id: &str) -> Result<()> {
+        let (p, _claim) = self.claim(id)?;
+        let path = self.proposal_path(&p.id)?;
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))
     }
 
     fn make_proposals_dir(&self) -> Result<()> {
@@ -614,6 +662,40 @@ impl Store {
         };
         self.save(&p)?;
         Ok(r)
+    }
+
+    /// Marks a proposal accepted (with `only`, of those documents) without merging it yet: a
+    /// decision to be won elsewhere first (a remote's create-only decision record) before the
+    /// merge is made and published ([`Store::merge_proposal`]). Refused once the fork moved on.
+    pub fn mark_accepted(&self, id: &str, only: Option<&[String]>, by: &str) -> Result<Proposal> {
+        let (mut p, _claim) = self.claim(id)?;
+        self.pinned_fork(&p)?;
+        p.status = Status::Accepted {
+            event: None,
+            by: by.into(),
+            at: now_ms(),
+            only: only.map(<[String]>::to_vec).unwrap_or_default(),
+        };
+        self.save(&p)?;
+        Ok(p)
+    }
+
+    /// Merges an accepted proposal's pinned fork state into its target (after
+    /// [`Store::mark_accepted`]; merging the same state again changes nothing).
+    pub fn merge_proposal(&self, id: &str) -> Result<MergeReport> {
+        let p = self.proposal(id)?;
+        let Status::Accepted { by, only, .. } = &p.status else {
+            return Err(Error::InvalidArgument(format!(
+                "proposal {id} is not accepted"
+            )));
+        };
+        let (fork, to) = (self.pinned_fork(&p)?, self.open_db(&p.to)?);
+        let note = format!(
+            "accepted proposal {} from {} by {by}: {}",
+            p.id, p.fork, p.message
+        );
+        let only = (!only.is_empty()).then_some(only.as_slice());
+        to.merge_pinned(&fork, &p.heads, only, &note)
     }
 
     /// Rejects a proposal, with a reason.
