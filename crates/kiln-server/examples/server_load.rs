@@ -1,19 +1,20 @@
-//! Concurrent load on one sync server (issue 18; README "Measured"): C clients (default 100)
-//! each keep a replica of D shared databases (default 10), and for R rounds (default 5) write a
-//! document to each and sync it, all at once, through one `kiln serve` process over a folder.
-//! Then every replica syncs until quiet, and each must hold every write (nothing lost).
-//! Reports syncs and requests per second, sync latency p50/p99, and the server's peak memory.
+//! Concurrent load on one sync server (issue 18; README "Measured"): C clients (default 100),
+//! each a process of its own with its own store, keep a replica of D shared databases
+//! (default 10), and for R rounds (default 5) write a document to each and sync it, all at
+//! once, through one `kiln serve` process over a folder (`folder`, one head record per
+//! database written by compare-and-swap) or an S3-compatible bucket (`s3`, s3s-fs: a record
+//! per replica, no races). Then every replica syncs until quiet, and each must hold every
+//! write (nothing lost). Reports syncs and requests per second, sync latency p50/p99, and the
+//! server's peak memory.
 //!
 //! `cargo build --release -p kiln-cli && cargo run --release -p kiln-server --example
-//! server_load -- DIR [CLIENTS] [DATABASES] [ROUNDS]`
+//! server_load -- DIR [CLIENTS] [DATABASES] [ROUNDS] [folder|s3]`
 
 use kiln::{Options, Store};
 use kiln_sync::{sync, HttpRemote, SyncOptions};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex};
 use std::time::Instant;
 
 fn arg(i: usize, d: usize) -> usize {
@@ -34,9 +35,74 @@ fn peak_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+fn opts() -> Options {
+    Options {
+        background_compaction: false,
+        ..Options::default()
+    }
+}
+
+/// One client, in a process of its own: `--client C DIR URL ROUNDS DB…`. Says `ready` once its
+/// store holds the keys, waits for a line on stdin, then writes and syncs; prints a JSON line
+/// of what it measured.
+fn client(args: &[String]) {
+    let (c, dir, url) = (&args[0], std::path::Path::new(&args[1]), &args[2]);
+    let rounds: usize = args[3].parse().unwrap();
+    let names = &args[4..];
+    let store = Store::open_with(dir.join(format!("c{c}")), opts()).unwrap();
+    let keys: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("keys.json")).unwrap()).unwrap();
+    for n in names {
+        store
+            .import_key(n, keys[n.as_str()].as_str().unwrap(), None)
+            .unwrap();
+    }
+    let remote = HttpRemote::open(url, None).unwrap();
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    let (mut latencies, mut requests, mut busy, mut retries) = (Vec::new(), 0, 0, 0);
+    let seed: usize = c.parse().unwrap();
+    for r in 0..rounds {
+        for n in names {
+            let db = store.open_db(n).unwrap();
+            db.put(&json!({"_id": format!("c{c}-r{r}"), "by": c}))
+                .unwrap();
+            let t = Instant::now();
+            // A folder keeps one record per database, written by compare-and-swap: a hundred
+            // replicas racing on it lose often, and a sync that lost too many rounds says
+            // "retry" (Busy), as an app would, after a pause.
+            let rep = loop {
+                match sync(&store, &db, &remote, n, SyncOptions::default()) {
+                    Ok(rep) => break rep,
+                    Err(kiln_sync::SyncError::Busy) => {
+                        busy += 1;
+                        let pause = 5 + (seed as u64 * 7 + r as u64 * 13) % 20;
+                        std::thread::sleep(std::time::Duration::from_millis(pause));
+                    }
+                    Err(e) => panic!("client {c}, {n}: {e}"),
+                }
+            };
+            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            requests += rep.requests;
+            retries += rep.retries;
+        }
+    }
+    println!(
+        "{}",
+        json!({"latencies": latencies, "requests": requests, "busy": busy, "retries": retries})
+    );
+}
+
 fn main() {
-    let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("DIR"));
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--client") {
+        return client(&args[2..]);
+    }
+    let dir = std::path::PathBuf::from(args.get(1).expect("DIR"));
     let (clients, dbs, rounds) = (arg(2, 100), arg(3, 10), arg(4, 5));
+    let over = args.get(5).map_or("folder", String::as_str).to_owned();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let kiln = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/kiln");
@@ -44,9 +110,31 @@ fn main() {
         kiln.exists(),
         "build it first: cargo build --release -p kiln-cli"
     );
-    let mut server = Command::new(&kiln)
-        .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
-        .arg(dir.join("storage"))
+    let s3 = (over == "s3").then(kiln_sync::testing::S3sFs::start);
+    let mut serve = Command::new(&kiln);
+    serve.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--max-connections",
+        "1024",
+        "--storage",
+    ]);
+    match &s3 {
+        Some(s3) => {
+            serve
+                .arg(format!("s3://{}/load", kiln_sync::testing::BUCKET))
+                .env("AWS_ENDPOINT_URL", &s3.endpoint)
+                .env("AWS_ACCESS_KEY_ID", &s3.key)
+                .env("AWS_SECRET_ACCESS_KEY", &s3.secret)
+                .env("AWS_REGION", "us-east-1");
+        }
+        None => {
+            serve.arg(dir.join("storage"));
+        }
+    }
+    let mut server = serve
+        .env("KILN_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -58,118 +146,108 @@ fn main() {
     let url = line
         .trim()
         .strip_prefix("listening on ")
-        .unwrap()
+        .unwrap_or_else(|| panic!("{line:?}"))
         .to_owned();
     let idle = peak_mib(server.id());
 
-    // The databases, made once; every client holds their keys.
-    let opts = Options {
-        background_compaction: false,
-        ..Options::default()
-    };
-    let seed = Store::open_with(dir.join("seed"), opts.clone()).unwrap();
+    // The databases, made once; every client imports their keys.
+    let seed = Store::open_with(dir.join("seed"), opts()).unwrap();
     let names: Vec<String> = (0..dbs).map(|d| format!("shared{d}")).collect();
-    let keys: Vec<String> = names
-        .iter()
-        .map(|n| {
-            seed.create(Some(n)).unwrap();
-            seed.export_key(n, None).unwrap()
+    let mut keys = serde_json::Map::new();
+    for n in &names {
+        seed.create(Some(n)).unwrap();
+        keys.insert(n.clone(), seed.export_key(n, None).unwrap().into());
+    }
+    std::fs::write(
+        dir.join("keys.json"),
+        serde_json::Value::Object(keys).to_string(),
+    )
+    .unwrap();
+    drop(seed);
+
+    // The clients, each a process; all start together.
+    let me = std::env::current_exe().unwrap();
+    let mut procs: Vec<std::process::Child> = (0..clients)
+        .map(|c| {
+            Command::new(&me)
+                .arg("--client")
+                .arg(c.to_string())
+                .arg(&dir)
+                .arg(&url)
+                .arg(rounds.to_string())
+                .args(&names)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
-    // (Each client's store is opened in its thread and let go of after: a hundred stores'
-    // open files at once would pass this machine's limit of descriptors.)
-    let store_of = |c: usize| Store::open_with(dir.join(format!("c{c}")), opts.clone()).unwrap();
-    for c in 0..clients {
-        let s = store_of(c);
-        for (n, k) in names.iter().zip(&keys) {
-            s.import_key(n, k, None).unwrap();
-        }
+    let mut outs: Vec<BufReader<std::process::ChildStdout>> = procs
+        .iter_mut()
+        .map(|p| BufReader::new(p.stdout.take().unwrap()))
+        .collect();
+    for o in &mut outs {
+        let mut l = String::new();
+        o.read_line(&mut l).unwrap();
+        assert_eq!(l.trim(), "ready", "a client did not start");
     }
-
-    let (requests, syncs) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let (busy, retries) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let latencies = Mutex::new(Vec::new());
-    let start = Barrier::new(clients);
     let t = Instant::now();
-    std::thread::scope(|sc| {
-        for c in 0..clients {
-            let (url, names, start, store_of) = (&url, &names, &start, &store_of);
-            let (requests, syncs, latencies) = (&requests, &syncs, &latencies);
-            let (busy, retries) = (&busy, &retries);
-            sc.spawn(move || {
-                let remote = HttpRemote::open(url, None).unwrap();
-                let store = &store_of(c);
-                let mut mine = Vec::new();
-                start.wait();
-                for r in 0..rounds {
-                    for n in names {
-                        let db = store.open_db(n).unwrap();
-                        db.put(&json!({"_id": format!("c{c}-r{r}"), "by": c}))
-                            .unwrap();
-                        let t = Instant::now();
-                        // A folder keeps one record per database, written by compare-and-swap:
-                        // a hundred replicas racing on it lose often, and a sync that lost too
-                        // many rounds says "retry" (Busy), as an app would, after a pause.
-                        let rep = loop {
-                            match sync(store, &db, &remote, n, SyncOptions::default()) {
-                                Ok(rep) => break rep,
-                                Err(kiln_sync::SyncError::Busy) => {
-                                    busy.fetch_add(1, Ordering::Relaxed);
-                                    let pause = 5 + (c as u64 * 7 + r as u64 * 13) % 20;
-                                    std::thread::sleep(std::time::Duration::from_millis(pause));
-                                }
-                                Err(e) => panic!("client {c}, {n}: {e}"),
-                            }
-                        };
-                        mine.push(t.elapsed().as_secs_f64() * 1e3);
-                        requests.fetch_add(rep.requests, Ordering::Relaxed);
-                        retries.fetch_add(rep.retries, Ordering::Relaxed);
-                        syncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                latencies.lock().unwrap().extend(mine);
-            });
-        }
-    });
+    for p in &mut procs {
+        writeln!(p.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    let (mut latencies, mut reqs, mut busy, mut retries) = (Vec::new(), 0u64, 0u64, 0u64);
+    for (p, o) in procs.iter_mut().zip(&mut outs) {
+        let mut l = String::new();
+        o.read_line(&mut l).unwrap();
+        assert!(p.wait().unwrap().success(), "a client failed");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        latencies.extend(
+            v["latencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap()),
+        );
+        reqs += v["requests"].as_u64().unwrap();
+        busy += v["busy"].as_u64().unwrap();
+        retries += v["retries"].as_u64().unwrap();
+    }
     let secs = t.elapsed().as_secs_f64();
     let peak = peak_mib(server.id());
 
-    // Until quiet: every replica takes in the others' last writes.
+    // Until quiet: every replica takes in the others' last writes (one store open at a time).
     let remote = HttpRemote::open(&url, None).unwrap();
     for _ in 0..3 {
         for c in 0..clients {
-            let store = &store_of(c);
+            let store = Store::open_with(dir.join(format!("c{c}")), opts()).unwrap();
             for n in &names {
                 let db = store.open_db(n).unwrap();
-                sync(store, &db, &remote, n, SyncOptions::default()).unwrap();
+                sync(&store, &db, &remote, n, SyncOptions::default()).unwrap();
             }
         }
     }
     let want = clients * rounds;
     let mut lost = 0;
     for c in 0..clients {
-        let store = &store_of(c);
+        let store = Store::open_with(dir.join(format!("c{c}")), opts()).unwrap();
         for n in &names {
-            let db = store.open_db(n).unwrap();
-            let have = db.info().unwrap().docs as usize;
+            let have = store.open_db(n).unwrap().info().unwrap().docs as usize;
             lost += want.saturating_sub(have);
         }
     }
     let _ = server.kill();
     let _ = server.wait();
 
-    let mut l = latencies.into_inner().unwrap();
-    l.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
-    let (reqs, n_syncs) = (requests.into_inner(), syncs.into_inner());
-    let (busy, retries) = (busy.into_inner(), retries.into_inner());
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let n_syncs = latencies.len();
     println!(
-        "{clients} clients x {dbs} databases x {rounds} rounds through one server: {n_syncs} syncs, \
-         {reqs} requests in {secs:.2} s: {:.0} requests/s, {:.0} syncs/s; a sync (a commit \
-         pushed, others' taken in): p50 {:.1} ms, p99 {:.1} ms ({retries} lost races retried \
-         inside syncs, {busy} syncs said retry); server peak memory {peak:.1} MiB \
-         (idle {idle:.1} MiB); writes lost: {lost} of {} (every replica of every database \
-         holds all {want})",
+        "{clients} client processes x {dbs} databases x {rounds} rounds through one server over \
+         {over}: {n_syncs} syncs, {reqs} requests in {secs:.2} s: {:.0} requests/s, {:.0} \
+         syncs/s; a sync (a commit pushed, others' taken in): p50 {:.1} ms, p99 {:.1} ms \
+         ({retries} lost races retried inside syncs, {busy} syncs said retry); server peak \
+         memory {peak:.1} MiB (idle {idle:.1} MiB); writes lost: {lost} of {} (every replica \
+         of every database holds all {want})",
         reqs as f64 / secs,
         n_syncs as f64 / secs,
         pct(0.5),

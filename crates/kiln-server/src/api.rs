@@ -52,12 +52,7 @@ impl App {
         let Some(tokens) = &self.tokens else {
             return Ok(None);
         };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(given) = given else {
+        let Some(given) = bearer(headers) else {
             return Err(Refused(
                 StatusCode::UNAUTHORIZED,
                 "a token is needed (Authorization: Bearer TOKEN)".into(),
@@ -95,6 +90,15 @@ impl App {
         }
         Ok(Some(scope))
     }
+}
+
+/// The bearer token a request gives, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 type Shared = State<Arc<App>>;
@@ -668,5 +672,21 @@ async fn watch(
         app.authorize(&headers, Need::Db(Access::Read, db))?;
         dbs.insert(db.to_owned());
     }
-    Ok(app.live.subscribe(dbs, app.storage.clone()).into_response())
+    // A token taken out of the tokens file (SIGHUP) ends its subscriptions.
+    let allowed: crate::live::StillAllowed = match &app.tokens {
+        None => Box::new(|| true),
+        Some(tokens) => {
+            let (tokens, watched) = (tokens.clone(), dbs.clone());
+            let token = bearer(&headers).unwrap_or_default().as_bytes().to_vec();
+            Box::new(move || {
+                let now = tokens.read().unwrap_or_else(|p| p.into_inner()).clone();
+                now.scope(&token)
+                    .is_some_and(|s| watched.iter().all(|db| s.allows(Access::Read, db)))
+            })
+        }
+    };
+    Ok(app
+        .live
+        .subscribe(dbs, app.storage.clone(), allowed)
+        .into_response())
 }

@@ -17,6 +17,19 @@ use tokio::sync::broadcast;
 /// Notifications queued per subscriber before it counts as behind (told to sync everything).
 const QUEUE: usize = 1024;
 
+/// How often a subscription checks that it is still allowed (its token not revoked since).
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Whether a subscription is still allowed (its token still reads every database watched).
+pub type StillAllowed = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// What one subscription watches, and what ends it.
+struct Watched {
+    dbs: HashSet<String>,
+    allowed: StillAllowed,
+    recheck: tokio::time::Interval,
+}
+
 /// The subscribers of a server and what tells them.
 #[derive(Debug)]
 pub struct Live {
@@ -53,37 +66,51 @@ impl Live {
 
     /// A subscription to databases `dbs`: an event stream of `ready` (subscribed), then
     /// `head` (`{"db": DB}`) for each change, `resync` when this subscriber fell behind and
-    /// should sync every database it watches; a comment every 15 s keeps it open.
+    /// should sync every database it watches; a comment every 15 s keeps it open. It ends
+    /// once `allowed` says no (checked before each event and every [`RECHECK`]: a token taken
+    /// out of the tokens file stops hearing within that time).
     pub fn subscribe(
         self: &Arc<Self>,
         dbs: HashSet<String>,
         storage: Arc<dyn Remote>,
+        allowed: StillAllowed,
     ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
         let rx = self.tx.subscribe();
         let closing = self.closing.subscribe();
         self.start_polling(storage.clone());
         let first = Some((self.clone(), storage));
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watched = Watched {
+            dbs,
+            allowed,
+            recheck,
+        };
         let stream = futures_util::stream::unfold(
-            (rx, closing, dbs, first),
-            |(mut rx, mut closing, dbs, first)| async move {
+            (rx, closing, watched, first),
+            |(mut rx, mut closing, mut w, first)| async move {
                 if let Some((live, storage)) = first {
                     // What the storage holds now is what later listings are compared with
                     // before the subscriber hears it is subscribed (and syncs): a change made
                     // after that is told.
                     live.baseline(&storage).await;
                     let e = Event::default().event("ready").data("{}");
-                    return Some((Ok(e), (rx, closing, dbs, None)));
+                    return Some((Ok(e), (rx, closing, w, None)));
                 }
                 loop {
-                    if *closing.borrow() {
+                    if *closing.borrow() || !(w.allowed)() {
                         return None;
                     }
                     let got = tokio::select! {
                         got = rx.recv() => got,
                         _ = closing.changed() => return None,
+                        _ = w.recheck.tick() => continue,
                     };
+                    if !(w.allowed)() {
+                        return None;
+                    }
                     let e = match got {
-                        Ok(db) if dbs.contains(&db) => {
+                        Ok(db) if w.dbs.contains(&db) => {
                             let data = serde_json::json!({ "db": db }).to_string();
                             Event::default().event("head").data(data)
                         }
@@ -93,7 +120,7 @@ impl Live {
                         }
                         Err(broadcast::error::RecvError::Closed) => return None,
                     };
-                    return Some((Ok(e), (rx, closing, dbs, None)));
+                    return Some((Ok(e), (rx, closing, w, None)));
                 }
             },
         );

@@ -138,3 +138,51 @@ fn watch_hears_of_writes_through_another_server_on_the_bucket() {
     let remote_b = HttpRemote::open(&two.url(), None).unwrap();
     watch_takes_writes_in(&remote_a, remote_b);
 }
+
+/// A token taken out of the tokens file (read again on SIGHUP) stops hearing: its open
+/// subscription ends within the recheck interval (5 s), while another token's goes on.
+#[test]
+fn a_revoked_token_stops_hearing() {
+    let d = tempfile::tempdir().unwrap();
+    let (kept, revoked) = ("kept-token-0123456789", "revoked-token-0123456");
+    let tokens = kiln_server::Tokens::parse(&format!("{kept} read notes\n{revoked} read notes\n"))
+        .unwrap()
+        .shared();
+    let s = common::server(
+        &d.path().join("storage"),
+        ServerOptions {
+            tokens: Some(tokens.clone()),
+            ..ServerOptions::default()
+        },
+    );
+    let subscribe = |token: &str| {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        write!(
+            c,
+            "GET /v1/watch?dbs=notes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let got = read_until(&mut c, "event: ready", Duration::from_secs(5));
+        assert!(got.contains("event: ready"), "{got}");
+        c
+    };
+    let (mut a, mut b) = (subscribe(kept), subscribe(revoked));
+    // The file now holds the first token only (what a SIGHUP reload does).
+    *tokens.write().unwrap() =
+        Arc::new(kiln_server::Tokens::parse(&format!("{kept} read notes\n")).unwrap());
+    let t = Instant::now();
+    // (The event stream's last chunk: the subscription is over; the connection may stay.)
+    let gone = read_until(&mut b, "0\r\n\r\n", Duration::from_secs(20));
+    assert!(
+        gone.ends_with("0\r\n\r\n"),
+        "the revoked subscription stayed open for {:?}: {gone:?}",
+        t.elapsed()
+    );
+    // The other still hears.
+    let admin = kiln_server::Tokens::parse(&format!("{kept} write notes\n")).unwrap();
+    *tokens.write().unwrap() = Arc::new(admin);
+    let r = HttpRemote::open(&s.url(), Some(kept.into())).unwrap();
+    r.write_head("notes", None, b"x").unwrap().unwrap();
+    let got = read_until(&mut a, "notes", Duration::from_secs(5));
+    assert!(got.contains(r#"{"db":"notes"}"#), "{got}");
+}
