@@ -338,13 +338,79 @@ async fn get_file(
 ) -> Result<Response, Refused> {
     app.authorize(&headers, Need::Any(Access::Read))?;
     let (k, n) = (kind(&k)?, file_name(&n)?);
-    match blocking(move || app.storage.get_file(k, &n)).await? {
-        Some(b) => Ok((
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            Bytes::from(b),
+    let octets = (header::CONTENT_TYPE, "application/octet-stream");
+    let ranges = (header::ACCEPT_RANGES, "bytes");
+    let Some(range) = byte_range(&headers) else {
+        return match blocking(move || app.storage.get_file(k, &n)).await? {
+            Some(b) => Ok(([octets, ranges], Bytes::from(b)).into_response()),
+            None => Err(Refused(StatusCode::NOT_FOUND, format!("no file {n}"))),
+        };
+    };
+    let part = blocking(move || {
+        let (start, end) = match range {
+            ByteRange::From(s, e) => (s, e),
+            ByteRange::Last(count) => {
+                let Some((_, len)) = app.storage.get_file_range(k, &n, 0, 0)? else {
+                    return Ok(None);
+                };
+                (len.saturating_sub(count), len)
+            }
+        };
+        Ok(app
+            .storage
+            .get_file_range(k, &n, start, end)?
+            .map(|(b, len)| (b, start, len)))
+    })
+    .await?;
+    match part {
+        None => Err(Refused(StatusCode::NOT_FOUND, "no such file".into())),
+        Some((_, start, len)) if start >= len => Ok((
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
         )
             .into_response()),
-        None => Err(Refused(StatusCode::NOT_FOUND, format!("no file {n}"))),
+        Some((b, start, len)) => {
+            let last = start + b.len() as u64 - 1;
+            Ok((
+                StatusCode::PARTIAL_CONTENT,
+                [(header::CONTENT_RANGE, format!("bytes {start}-{last}/{len}"))],
+                [octets, ranges],
+                Bytes::from(b),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// A single byte range asked for (`Range: bytes=A-B`, `bytes=A-` or `bytes=-N`); anything
+/// else (several ranges, another unit, a malformed value) is ignored: the whole file is sent.
+#[derive(Clone, Copy, Debug)]
+enum ByteRange {
+    /// Bytes `start..end` (end exclusive, cut at the file's end).
+    From(u64, u64),
+    /// The last `n` bytes.
+    Last(u64),
+}
+
+fn byte_range(headers: &HeaderMap) -> Option<ByteRange> {
+    let v = headers.get(header::RANGE)?.to_str().ok()?.trim();
+    let spec = v.strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (a.trim(), b.trim()) {
+        ("", n) => num(n).filter(|n| *n > 0).map(ByteRange::Last),
+        (a, "") => Some(ByteRange::From(num(a)?, u64::MAX)),
+        (a, b) => {
+            let (a, b) = (num(a)?, num(b)?);
+            (b >= a).then(|| ByteRange::From(a, b.saturating_add(1)))
+        }
     }
 }
 

@@ -307,3 +307,52 @@ fn health_and_metrics_for_an_operator() {
         "{text}"
     );
 }
+
+/// Parts of files (`Range`): every remote reads the same bytes and length, the server's
+/// client as its storage does, over a folder and over a bucket.
+#[test]
+fn parts_of_files_read_alike_everywhere() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let name = Kind::Diff.name_of(&bytes);
+    let s3 = kiln_sync::testing::S3sFs::start();
+    let folder = FolderRemote::open(d.path().join("folder")).unwrap();
+    let bucket = s3.open("parts");
+    let over_folder = spawn(
+        "127.0.0.1:0",
+        Arc::new(FolderRemote::open(d.path().join("served")).unwrap()),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let over_bucket = spawn(
+        "127.0.0.1:0",
+        Arc::new(s3.open("served")),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let remotes: Vec<Box<dyn Remote>> = vec![
+        Box::new(folder),
+        Box::new(bucket),
+        Box::new(HttpRemote::open(&over_folder.url(), None).unwrap()),
+        Box::new(HttpRemote::open(&over_bucket.url(), None).unwrap()),
+    ];
+    for r in &remotes {
+        r.put_file(Kind::Diff, &name, &bytes).unwrap();
+        let part = |s, e| r.get_file_range(Kind::Diff, &name, s, e).unwrap().unwrap();
+        assert_eq!(part(0, 10), (bytes[..10].to_vec(), 5000), "{r:?}");
+        assert_eq!(part(4990, 6000), (bytes[4990..].to_vec(), 5000), "{r:?}");
+        assert_eq!(
+            part(1234, 2345),
+            (bytes[1234..2345].to_vec(), 5000),
+            "{r:?}"
+        );
+        assert_eq!(part(7000, 8000), (Vec::new(), 5000), "past the end: {r:?}");
+        assert_eq!(part(10, 10), (Vec::new(), 5000), "empty: {r:?}");
+        let absent = Kind::Diff.name_of(b"absent");
+        assert_eq!(
+            r.get_file_range(Kind::Diff, &absent, 0, 10).unwrap(),
+            None,
+            "{r:?}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! The server never decrypts anything: after replicas sync documents, metadata, attachments and
-//! a purge through it (and a remote gc through it), its storage, searched raw and decrypted
-//! with the clients' keys, holds a kept marker only sealed and a purged one nowhere.
+//! a purge through it (and a remote gc through it), and a proposal filed through it, its
+//! storage, searched raw and decrypted with the clients' keys, holds a kept marker only sealed
+//! and a purged one nowhere.
 
 use kiln_server::{spawn, ServerOptions};
 use kiln_sync::{gc_remote, sync, FileSets, FolderRemote, HttpRemote, SyncOptions};
@@ -70,4 +71,13 @@ fn the_server_holds_ciphertext_and_a_purge_reaches_it_through_gc() {
     assert_eq!(found(b"MARKER-PURGED-5e1"), vec![]);
     assert!(!found(b"MARKER-KEPT-5e1").is_empty());
     assert!(da.get("secret").unwrap().is_none());
+    // A proposal filed through the server: its message travels sealed too (the fork is
+    // made after the purge: a fork made before would keep the purged document, its own).
+    let fork = a.fork("notes", Some("edits")).unwrap();
+    fork.put(&json!({"_id": "keep", "v": "edited"})).unwrap();
+    kiln_sync::proposals::propose(&a, &remote, "edits", "notes", "MARKER-PROPOSAL-5e1").unwrap();
+    let hits = found(b"MARKER-PROPOSAL-5e1");
+    assert!(hits.iter().any(|f| f.how == "proposal"), "{hits:?}");
+    assert!(hits.iter().all(|f| f.how != "raw"), "{hits:?}");
+    assert_eq!(found(b"MARKER-PURGED-5e1"), vec![]);
 }

@@ -100,10 +100,26 @@ fn the_checked_in_exchanges_hold() {
             let v: Value = serde_json::from_slice(body).unwrap();
             assert_eq!(v, want["json"], "{why}");
         }
+        if let Some(h) = want["headers"].as_object() {
+            for (k, v) in h {
+                let line = format!(
+                    "{}: {}",
+                    k.to_lowercase(),
+                    v.as_str().unwrap().to_lowercase()
+                );
+                assert!(
+                    head.lines().any(|l| l == line),
+                    "{why}: no {line:?} in {head}"
+                );
+            }
+        }
         if let Some(f) = want["body_file"].as_str() {
             let skip = want["body_skip"].as_u64().unwrap_or(0) as usize;
             let file = std::fs::read(fixtures().join(f)).unwrap();
-            assert!(body == &file[skip..], "{why}: the body differs");
+            let take = want["body_take"]
+                .as_u64()
+                .map_or(file.len(), |t| skip + t as usize);
+            assert!(body == &file[skip..take], "{why}: the body differs");
         }
     }
 

@@ -376,6 +376,18 @@ fn listen(
 }
 
 /// The conflict a 412 answer tells: the record's version now, if it has one.
+/// The whole length a `Content-Range: bytes …/LEN` names.
+fn total_of(r: &Response) -> Option<u64> {
+    r.headers()
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?
+        .rsplit('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn conflict_of(r: &Response) -> Conflict {
     Conflict {
         now: r
@@ -518,6 +530,50 @@ impl Remote for HttpRemote {
         match r.status() {
             StatusCode::NOT_FOUND => Ok(None),
             _ => self.ok(r, what).map(Some),
+        }
+    }
+
+    fn get_file_range(
+        &self,
+        kind: Kind,
+        name: &FileName,
+        start: u64,
+        end: u64,
+    ) -> io::Result<Option<(Vec<u8>, u64)>> {
+        let what = "downloading part of a file";
+        if end <= start {
+            // (An empty part: its length only, from a HEAD-like one-byte read.)
+            return Ok(self
+                .get_file_range(kind, name, 0, 1)?
+                .map(|(_, len)| (Vec::new(), len)));
+        }
+        let req = self
+            .request(Method::GET, &Self::file_path(kind, name))
+            .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
+        let r = self.send(req, what)?;
+        match r.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                let len = total_of(&r).unwrap_or(0);
+                Ok(Some((Vec::new(), len)))
+            }
+            StatusCode::PARTIAL_CONTENT => {
+                let len = total_of(&r).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the sync server {}: {what}: no Content-Range", self.base),
+                    )
+                })?;
+                Ok(Some((self.body(r, what)?, len)))
+            }
+            // (A server that ignores ranges sends the whole file.)
+            StatusCode::OK => {
+                let b = self.body(r, what)?;
+                let len = b.len() as u64;
+                let (s, e) = (start.min(len) as usize, end.min(len) as usize);
+                Ok(Some((b[s..e.max(s)].to_vec(), len)))
+            }
+            _ => Err(self.refusal(r, what)),
         }
     }
 

@@ -160,6 +160,22 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// A file's bytes, `None` when the remote does not have it. Unchecked: the caller hashes
     /// them against `name` before it uses or keeps them.
     fn get_file(&self, kind: Kind, name: &FileName) -> io::Result<Option<Vec<u8>>>;
+    /// Bytes `start..end` of a file (cut at its end) and the file's whole length; `None` when
+    /// the remote does not have it. Unchecked, and a part cannot be hashed against the name:
+    /// a caller checks what it reads against what a checked part (a sealed index) says.
+    fn get_file_range(
+        &self,
+        kind: Kind,
+        name: &FileName,
+        start: u64,
+        end: u64,
+    ) -> io::Result<Option<(Vec<u8>, u64)>> {
+        Ok(self.get_file(kind, name)?.map(|b| {
+            let len = b.len() as u64;
+            let (s, e) = (start.min(len) as usize, end.min(len) as usize);
+            (b[s..e.max(s)].to_vec(), len)
+        }))
+    }
     /// [`Remote::get_file`] of several files, one request each, each file handed to `each`
     /// with its index in `names` as it arrives. A remote that can keeps [`WINDOW`] requests in
     /// flight (S3), handing files over in the order they complete; at most that many are in
