@@ -211,6 +211,11 @@ fn run(cli: Cli) -> Result<u8, Fail> {
             token: token(&cli)?,
         },
     };
+    // Attached files' bytes a sync left on the remote are fetched when first read.
+    if let Ok(Some(files)) = kiln_sync::RememberedFiles::of(&ctx.store, ctx.remote.clone()) {
+        ctx.store
+            .set_fileset_source(Some(std::sync::Arc::new(files)));
+    }
     match cli.cmd {
         Cmd::Db(c) => c.run(&ctx),
         Cmd::Docs(c) => c.run(&ctx),

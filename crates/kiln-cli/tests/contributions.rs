@@ -5,42 +5,12 @@
 //! contributors learn the decisions on their next sync, and every replica converges.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-/// A `kiln serve` process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(storage: &Path, tokens: &Path) -> (Server, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
-        .arg(storage)
-        .arg("--tokens")
-        .arg(tokens)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned();
-    (Server(c), url)
-}
+mod common;
+use common::Serve;
 
 /// One person's machine: a store and the token they hold.
 struct Person {
@@ -130,7 +100,8 @@ fn three_contributors_and_a_moderator_through_the_server() {
     )
     .unwrap();
     let storage = d.path().join("storage");
-    let (_server, url) = serve(&storage, &tokens);
+    let server = Serve::start(&storage, &["--tokens", tokens.to_str().unwrap()]);
+    let url = server.url.clone();
     let person = |name: &str, token| Person {
         root: d.path().join(name),
         token,

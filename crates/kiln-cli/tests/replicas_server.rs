@@ -14,6 +14,9 @@
 //! Knobs: `SEEDS` (default 3), `SEED0` (1), `ROUNDS` (90).
 #![allow(clippy::needless_range_loop)]
 
+mod common;
+use common::Serve;
+
 use kiln::{Attachment, Database, ListOptions, Options, Store};
 use kiln_sync::testing::S3sFs;
 use kiln_sync::{
@@ -22,71 +25,9 @@ use kiln_sync::{
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::Mutex;
-
-/// A `kiln serve` process over a folder, restartable on the address it first took.
-struct Serve {
-    child: Option<Child>,
-    storage: PathBuf,
-    addr: String,
-}
-
-impl Serve {
-    fn start(storage: &Path) -> Serve {
-        let mut s = Serve {
-            child: None,
-            storage: storage.to_owned(),
-            addr: "127.0.0.1:0".into(),
-        };
-        s.run();
-        s
-    }
-
-    fn run(&mut self) {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["serve", "--addr", &self.addr, "--storage"])
-            .arg(&self.storage)
-            .env("KILN_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(c.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_owned();
-        self.child = Some(c);
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn is_up(&self) -> bool {
-        self.child.is_some()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Where a kill lands in a push.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -260,8 +201,8 @@ fn random_run(s3: &S3sFs, seed: u64, rounds: usize, kills: &mut usize) -> Result
         s.import_key("notes", &key, None).unwrap();
     }
     let dbs: Vec<Database> = stores.iter().map(|s| s.open_db("notes").unwrap()).collect();
-    let server = Mutex::new(Serve::start(&d.path().join("served")));
-    let url = server.lock().unwrap().url();
+    let server = Mutex::new(Serve::start(&d.path().join("served"), &[]));
+    let url = server.lock().unwrap().url.clone();
     let folder_root = d.path().join("folder");
     let prefix = format!("seed{seed}");
     let folders: Vec<FolderRemote> = (0..3)
@@ -357,7 +298,7 @@ fn random_run(s3: &S3sFs, seed: u64, rounds: usize, kills: &mut usize) -> Result
                         // sync through it completes.
                         *kills += 1;
                         log.push(format!("{round}: r{i} sync server killed ({kill:?}): {e}"));
-                        server.lock().unwrap().run();
+                        server.lock().unwrap().restart();
                         sync(
                             &stores[i],
                             db,

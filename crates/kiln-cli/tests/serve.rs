@@ -1,8 +1,7 @@
 //! `kiln serve` as an operator runs it, and `kiln sync` through it over HTTP on loopback.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 fn kiln(root: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
@@ -20,41 +19,18 @@ fn ok(root: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// A `kiln serve` process, killed when dropped (a failed test leaves none behind).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::Serve;
 
 /// Starts `kiln serve` over folder `storage` on a free port: the process and its URL.
-fn serve(storage: &Path) -> (Server, String) {
+fn serve(storage: &Path) -> (Serve, String) {
     serve_with(storage, &[])
 }
 
-fn serve_with(storage: &Path, more: &[&str]) -> (Server, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
-        .arg(storage)
-        .args(more)
-        .env("KILN_LOG", "warn") // (a line per request otherwise)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned();
-    (Server(c), url)
+fn serve_with(storage: &Path, more: &[&str]) -> (Serve, String) {
+    let s = Serve::start(storage, more);
+    let url = s.url.clone();
+    (s, url)
 }
 
 #[test]
@@ -83,13 +59,13 @@ fn stores_sync_through_kiln_serve() {
         .unwrap();
     assert!(grep.stdout.is_empty(), "{grep:?}");
     // SIGTERM: it stops, cleanly.
-    let pid = server.0.id().to_string();
+    let pid = server.child().id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    let status = server.0.wait().unwrap();
+    let status = server.child().wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
 
@@ -114,7 +90,7 @@ fn tokens_are_asked_for_and_read_again_on_sighup() {
     let tokens = d.path().join("tokens");
     let (first, second) = ("first-token-0123456789", "second-token-012345678");
     std::fs::write(&tokens, format!("# who may write\n{first} write notes\n")).unwrap();
-    let (server, url) = serve_with(
+    let (mut server, url) = serve_with(
         &d.path().join("storage"),
         &["--tokens", tokens.to_str().unwrap()],
     );
@@ -137,7 +113,7 @@ fn tokens_are_asked_for_and_read_again_on_sighup() {
     assert!(sync(Some(first)).status.success());
     // The file replaced and read again on SIGHUP: the first token no longer works.
     std::fs::write(&tokens, format!("{second} write *\n")).unwrap();
-    let pid = server.0.id().to_string();
+    let pid = server.child().id().to_string();
     assert!(Command::new("kill")
         .args(["-HUP", &pid])
         .status()
@@ -229,34 +205,11 @@ fn logs_are_structured_and_hold_no_secrets() {
     let tokens = d.path().join("tokens");
     let token = "secret-token-0123456789";
     std::fs::write(&tokens, format!("{token} write notes\n")).unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--storage",
-        ])
-        .arg(d.path().join("storage"))
-        .arg("--tokens")
-        .arg(&tokens)
-        .env_remove("KILN_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    let server = Server(c);
+    let mut server = Serve::with_logs(
+        &d.path().join("storage"),
+        &["--log-format", "json", "--tokens", tokens.to_str().unwrap()],
+    );
+    let url = server.url.clone();
     let a = d.path().join("a");
     ok(&a, &["db", "create", "notes"]);
     ok(
@@ -278,16 +231,15 @@ fn logs_are_structured_and_hold_no_secrets() {
         .args(["sync", "notes", &url])
         .env_remove("KILN_TOKEN")
         .output();
-    let mut server = server;
-    let pid = server.0.id().to_string();
+    let pid = server.child().id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
     let mut err = String::new();
-    std::io::Read::read_to_string(server.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(server.0.wait().unwrap().success());
+    std::io::Read::read_to_string(server.child().stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(server.child().wait().unwrap().success());
     let events: Vec<serde_json::Value> = err
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
@@ -325,4 +277,63 @@ fn logs_are_structured_and_hold_no_secrets() {
         !err.contains(token) && !err.contains("marker-in-a-value"),
         "{err}"
     );
+}
+
+/// Attached files' bytes stay on the server until first read: `kiln sync` (on demand) moves
+/// documents only, and `kiln file` then fetches the bytes through the remote the database
+/// remembers.
+#[test]
+fn attached_files_come_through_the_server_on_first_read() {
+    let d = tempfile::tempdir().unwrap();
+    let (_server, url) = serve(&d.path().join("storage"));
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let photo = d.path().join("photo.bin");
+    let bytes: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    ok(&a, &["db", "create", "notes"]);
+    ok(&a, &["put", "notes", r#"{"_id":"x"}"#]);
+    ok(
+        &a,
+        &[
+            "attach",
+            "notes",
+            "x",
+            &format!("photo.bin={}", photo.display()),
+        ],
+    );
+    ok(&a, &["remote", "add", "notes", "origin", &url]);
+    ok(&a, &["sync", "notes"]);
+    let key = ok(&a, &["key", "export", "notes", "--raw"]);
+    ok(&b, &["key", "import", "notes", key.trim()]);
+    ok(&b, &["remote", "add", "notes", "origin", &url]);
+    let s: serde_json::Value = serde_json::from_str(&ok(&b, &["--json", "sync", "notes"])).unwrap();
+    assert_eq!(s[0]["pulled"]["filesets"], 0, "on demand: {s}");
+    let out = d.path().join("got.bin");
+    ok(
+        &b,
+        &[
+            "file",
+            "notes",
+            "x",
+            "photo.bin",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&out).unwrap() == bytes, "the bytes differ");
+    // Kept now: read again with the server gone.
+    drop(_server);
+    std::fs::remove_file(&out).unwrap();
+    ok(
+        &b,
+        &[
+            "file",
+            "notes",
+            "x",
+            "photo.bin",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&out).unwrap() == bytes);
 }

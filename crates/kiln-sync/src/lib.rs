@@ -36,7 +36,9 @@ pub use gc::{gc_remote, RemoteGcReport};
 pub use http::{etag_header, kind_segment, parse_etag_header, HttpRemote, API_VERSION};
 pub use kiln::FileName;
 pub use probe::{probe, ProbeError};
-pub use remotes::{check_remote_name, open_remote, open_remote_with, RemoteConfig, Remotes};
+pub use remotes::{
+    check_remote_name, open_remote, open_remote_with, RememberedFiles, RemoteConfig, Remotes,
+};
 pub use s3::{S3Config, S3Remote};
 pub use sync::{
     sync, sync_many, sync_remotes, sync_with_progress, watch, FileSets, Progress, RemoteFiles,

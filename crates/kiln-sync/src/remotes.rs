@@ -188,3 +188,71 @@ pub fn open_remote_with(url: &str, cfg: &RemoteConfig) -> io::Result<Box<dyn Rem
     }
     Ok(Box::new(FolderRemote::open(url)?))
 }
+
+/// File-sets fetched on first read from the remotes a store remembers (`kiln remote add`), in
+/// the order remembered: what the CLI gives [`Store::set_fileset_source`], so a replica synced
+/// without attached files' bytes (the default: on demand) reads them when it needs them. The
+/// remotes are opened on the first file-set missing here. A remote that fails is passed over
+/// for the next; when every one failed, the last failure is the answer.
+pub struct RememberedFiles {
+    urls: Vec<String>,
+    cfg: RemoteConfig,
+    opened: std::sync::Mutex<Option<Vec<Box<dyn Remote>>>>,
+}
+
+impl std::fmt::Debug for RememberedFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RememberedFiles")
+            .field("urls", &self.urls)
+            .finish()
+    }
+}
+
+impl RememberedFiles {
+    /// The remotes `store` remembers for any of its databases (`None`: it remembers none).
+    pub fn of(store: &Store, cfg: RemoteConfig) -> io::Result<Option<RememberedFiles>> {
+        let mut urls: Vec<String> = Vec::new();
+        for (_, rs) in Remotes::load(store)?.all() {
+            for (_, u) in rs {
+                if !urls.contains(&u) {
+                    urls.push(u);
+                }
+            }
+        }
+        Ok((!urls.is_empty()).then(|| RememberedFiles {
+            urls,
+            cfg,
+            opened: std::sync::Mutex::new(None),
+        }))
+    }
+}
+
+impl kiln::FileSource for RememberedFiles {
+    fn fetch(&self, name: &kiln::FileName, out: &mut dyn std::io::Write) -> io::Result<bool> {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failed = None;
+        let remotes = opened.get_or_insert_with(|| {
+            self.urls
+                .iter()
+                .filter_map(|u| match crate::open_remote_with(u, &self.cfg) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                })
+                .collect()
+        });
+        for r in remotes.iter() {
+            match r.get_file(crate::Kind::FileSet, name) {
+                Ok(Some(b)) => return out.write_all(&b).map(|()| true),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(false),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Helpers the CLI's tests share: a `kiln serve` process.
+#![allow(dead_code)] // each test file uses some
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A `kiln serve` process over a storage (killed when dropped: a failed test leaves none
+/// behind), restartable on the address it first took.
+pub struct Serve {
+    child: Option<Child>,
+    storage: PathBuf,
+    more: Vec<String>,
+    /// Its logs on a pipe (`child().stderr`), from `KILN_LOG` or info up; else errors only,
+    /// on the test's stderr.
+    logs: bool,
+    addr: String,
+    /// Its URL (`http://ADDR`, or `https://` with `--tls-cert`).
+    pub url: String,
+}
+
+impl Serve {
+    /// `kiln serve --storage STORAGE MORE…` on a free loopback port, logging errors only
+    /// (a line per request, and warnings, otherwise).
+    pub fn start(storage: &Path, more: &[&str]) -> Serve {
+        Serve::new(storage, more, false)
+    }
+
+    /// [`Serve::start`], its logs (info up) on a pipe: `child().stderr`.
+    pub fn with_logs(storage: &Path, more: &[&str]) -> Serve {
+        Serve::new(storage, more, true)
+    }
+
+    fn new(storage: &Path, more: &[&str], logs: bool) -> Serve {
+        let mut s = Serve {
+            child: None,
+            storage: storage.to_owned(),
+            more: more.iter().map(|m| m.to_string()).collect(),
+            logs,
+            addr: "127.0.0.1:0".into(),
+            url: String::new(),
+        };
+        s.run();
+        s
+    }
+
+    fn run(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(["serve", "--addr", &self.addr, "--storage"])
+            .arg(&self.storage)
+            .args(&self.more)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        if self.logs {
+            cmd.env_remove("KILN_LOG").stderr(Stdio::piped());
+        } else {
+            cmd.env("KILN_LOG", "error");
+        }
+        let mut c = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        self.url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{line:?}"))
+            .to_owned();
+        self.addr = self.url.split_once("://").unwrap().1.to_owned();
+        self.child = Some(c);
+    }
+
+    /// Starts it again (after [`Serve::kill`]) on the same address.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+
+    /// SIGKILL, and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The process (while up).
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
