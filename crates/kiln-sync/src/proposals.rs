@@ -329,11 +329,19 @@ pub fn accept(
             .into())
         }
         (Status::Open, _) => {
-            pull(store, remote, &p.to, &p.to)?;
+            let target = pull(store, remote, &p.to, &p.to)?;
             pull(store, remote, &p.fork, &p.to)?;
             store.review(id)?; // (the pinned state is here and merges: checked before deciding)
             store.mark_accepted(id, only, by)?;
             decide(store, remote, id)?;
+            // (Both were pulled just now: the merge and its push are all that is left.)
+            let merge = store.merge_proposal(id)?;
+            let pushed = sync(store, &target, remote, &p.to, SyncOptions::default())?;
+            return Ok(Decided {
+                proposal: store.proposal(id)?,
+                merge: Some(merge),
+                pushed: Some(pushed),
+            });
         }
         // Accepted (here, or there by anyone): what is left is the merge and its push.
         (Status::Accepted { .. }, false) => {
@@ -341,8 +349,9 @@ pub fn accept(
         }
         (Status::Accepted { .. }, true) => {}
     }
+    // Finishing an accept decided before: a merge made here and not pushed goes now; one
+    // pushed by another is taken.
     let target = store.open_db(&p.to)?;
-    // (A merge made here before and not pushed goes now; one pushed by another is taken.)
     let mut pushed = sync(store, &target, remote, &p.to, SyncOptions::default())?;
     pull(store, remote, &p.fork, &p.to)?;
     let (_, preview) = store.review(id)?;
