@@ -1,6 +1,8 @@
 //! `kiln remote` and `kiln sync` as a user runs them, and syncs killed (SIGKILL) at random
 //! points and run again.
 
+mod common;
+
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
@@ -160,15 +162,9 @@ fn syncs_killed_at_random_points_complete_when_run_again() {
     for r in [&a, &b] {
         ok(r, &["remote", "add", "notes", "origin", url]);
     }
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut killer =
+        common::RandomKiller::new(std::time::Duration::from_millis(80), 0x9E37_79B9_7F4A_7C15);
     let pad = "p".repeat(300);
-    let mut kills = 0;
     for round in 0..12 {
         for (side, root) in [("a", &a), ("b", &b)] {
             let lines: String = (0..400)
@@ -179,20 +175,16 @@ fn syncs_killed_at_random_points_complete_when_run_again() {
                 ok(root, &["compact", "notes"]);
             }
             // A sync, killed after a random delay (or finishing first).
-            let mut child = kiln(root)
+            let child = kiln(root)
                 .args(["sync", "notes"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(std::time::Duration::from_micros(next() % 80_000));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap();
-                kills += 1;
-            }
-            child.wait().unwrap();
+            killer.run(child);
         }
     }
+    let kills = killer.kills;
     eprintln!("{kills} of 24 syncs killed");
     assert!(kills > 3, "only {kills} syncs were killed");
     for _ in 0..2 {

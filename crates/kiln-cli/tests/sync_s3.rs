@@ -9,6 +9,8 @@
 //! record per replica and relies on no compare-and-swap, so `kiln remote add` does not probe
 //! it (s3s-fs's conditional writes do not hold against racing writers: tests/s3.rs).
 
+mod common;
+
 use kiln_sync::{HeadRead, Kind, Remote, S3Remote};
 use serde_json::Value;
 use std::io::Write;
@@ -95,15 +97,11 @@ fn s3_syncs_killed_at_random_points_complete_when_run_again() {
     }
     let rounds = env_u64("ROUNDS", 8);
     let kill_ms = env_u64("KILL_MS", 400).max(1);
-    let mut seed = env_u64("SEED", 0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut killer = common::RandomKiller::new(
+        Duration::from_millis(kill_ms),
+        env_u64("SEED", 0x9E37_79B9_7F4A_7C15),
+    );
     let pad = "p".repeat(300);
-    let (mut kills, mut syncs) = (0, 0);
     for round in 0..rounds {
         for (side, root) in [("a", &a), ("b", &b)] {
             let lines: String = (0..400)
@@ -114,21 +112,16 @@ fn s3_syncs_killed_at_random_points_complete_when_run_again() {
                 ok(root, &s, &["compact", "notes"]);
             }
             // A sync, killed after a random delay (or finishing first).
-            let mut child = kiln(root, &s)
+            let child = kiln(root, &s)
                 .args(["sync", "notes"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            syncs += 1;
-            std::thread::sleep(Duration::from_micros(next() % (kill_ms * 1000)));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap();
-                kills += 1;
-            }
-            child.wait().unwrap();
+            killer.run(child);
         }
     }
+    let (kills, syncs) = (killer.kills, killer.runs);
     eprintln!("{kills} of {syncs} syncs killed");
     assert!(
         kills * 5 >= syncs,

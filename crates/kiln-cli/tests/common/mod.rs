@@ -99,3 +99,56 @@ impl Drop for Serve {
         self.kill();
     }
 }
+
+/// Kills processes after a random delay drawn from a window that follows how long the
+/// processes take: a run that finishes before its kill shrinks the window to its own
+/// duration, so most runs are cut somewhere inside (however fast the machine), and a kill
+/// widens it again a little.
+pub struct RandomKiller {
+    window: std::time::Duration,
+    seed: u64,
+    pub runs: u32,
+    pub kills: u32,
+}
+
+impl RandomKiller {
+    pub fn new(window: std::time::Duration, seed: u64) -> RandomKiller {
+        RandomKiller {
+            window: window.max(std::time::Duration::from_millis(1)),
+            seed: seed | 1,
+            runs: 0,
+            kills: 0,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed
+    }
+
+    /// Waits for `child` until a random delay inside the window has passed, then kills it;
+    /// says whether it was killed.
+    pub fn run(&mut self, mut child: Child) -> bool {
+        use std::time::{Duration, Instant};
+        let micros = self.window.as_micros().max(1) as u64;
+        let delay = Duration::from_micros(self.next() % micros);
+        let start = Instant::now();
+        self.runs += 1;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                self.window = start.elapsed().max(Duration::from_millis(1));
+                return false;
+            }
+            if start.elapsed() >= delay {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                self.kills += 1;
+                self.window += self.window / 8;
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+}
