@@ -27,8 +27,7 @@ Usage: kiln-bench <system> <workload> <N> <datadir> [options]
   system   : kiln | kiln-sync | sqlite | sqlite-sync
              (kiln: no fsync per commit; kiln-sync: fsync per commit;
               sqlite: WAL + synchronous=NORMAL; sqlite-sync: WAL + synchronous=FULL)
-  workload : put-seq | put-bulk | get | reopen | alldocs | update | attach
-             (query is not supported: exit code 3)
+  workload : put-seq | put-bulk | get | reopen | alldocs | query | update | attach
   N        : number of docs
   datadir  : must not exist, be empty, or be a previous bench dir (has .bench-data);
              it is wiped at start.
@@ -39,7 +38,8 @@ Options:
   --batch=1000        batch size for put-bulk and bulk pre-loading
   --grace-s=60        watchdog: exit with a partial result this long after the timeout
   --att-size=102400   attachment size in bytes for the attach workload
-  (--queries and any other --x=y are accepted and ignored)
+  --queries=20        range queries (each ~1% of the documents, with bodies) for query
+  (any other --x=y is accepted and ignored)
 Environment (kiln only, for experiments; defaults are kiln's own):
   KILN_TH=N           compaction threshold (default 100)
   KILN_INLINE=1       compact inside the commits, not in kiln's background thread
@@ -48,9 +48,9 @@ Environment (kiln only, for experiments; defaults are kiln's own):
 Prints one JSON result line on stdout, starting with {\"system\":.";
 
 const WORKLOADS: &[&str] = &[
-    "put-seq", "put-bulk", "get", "reopen", "alldocs", "update", "attach",
+    "put-seq", "put-bulk", "get", "reopen", "alldocs", "query", "update", "attach",
 ];
-const UNSUPPORTED: &[&str] = &["query"];
+const UNSUPPORTED: &[&str] = &[];
 const MARKER: &str = ".bench-data";
 
 fn usage(msg: &str) -> ! {
@@ -524,6 +524,41 @@ fn run(system: &str, workload: &str, n: u64, dir: &Path, opt: &Opts) -> Res<Obj>
                 completed = c;
                 ops = c;
             }
+            "query" => {
+                // As bench.mjs: the index build and first query reported apart, then the
+                // timed queries (each ~1% of the documents, with their bodies).
+                let width = (loaded as f64 / 100.0).round().max(1.0) as u64;
+                let tp = Instant::now();
+                a.query_prepare()?;
+                let first = a.query(0, width - 1)?;
+                res.set("index_build_ms", fixed(ms_since(tp), 2));
+                res.set("first_query_rows", first);
+                res.set("rows_expected", width);
+                let mut mismatch = first != width;
+                let q = js_number(opt.get("queries")).max(0.0) as u64;
+                let mut times = Vec::new();
+                let mut rows = 0u64;
+                let tq = Instant::now();
+                for _ in 0..q {
+                    let lo = (rnd.next() * (loaded - width) as f64).floor() as u64;
+                    let ts = Instant::now();
+                    let got = a.query(lo, lo + width - 1)?;
+                    mismatch |= got != width;
+                    rows += got;
+                    times.push(ms_since(ts));
+                    if tick(&mut completed, 1) {
+                        timed_out = true;
+                        break;
+                    }
+                }
+                if mismatch {
+                    res.set("row_count_mismatch", true);
+                }
+                res.set("queries_ms", fixed(ms_since(tq), 2));
+                res.set("query_median_ms", fixed(median(&mut times), 3));
+                res.set("avg_rows", num(rows as f64 / completed.max(1) as f64));
+                ops = completed;
+            }
             "update" => {
                 for _ in 0..n {
                     let id = doc_id(rnd.below(loaded));
@@ -669,4 +704,18 @@ fn set_rate(r: &mut out::Obj, wall: f64, ops: u64) {
             Value::Null
         },
     );
+}
+
+/// The median as bench.mjs computes it (the mean of the two middle values of an even count).
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }

@@ -44,6 +44,11 @@ pub trait Adapter {
     fn put_with_attachment(&mut self, doc: &Doc, name: &str, bytes: &[u8]) -> Res<()>;
     /// An attached file's bytes.
     fn get_attachment(&mut self, id: &str, name: &str) -> Res<Vec<u8>>;
+    /// Declares an index on field `n` (where the system builds it lazily, the first query
+    /// builds it).
+    fn query_prepare(&mut self) -> Res<()>;
+    /// Documents with `lo ≤ n ≤ hi`, read with their bodies; returns how many.
+    fn query(&mut self, lo: u64, hi: u64) -> Res<u64>;
     fn close(self: Box<Self>) -> Res<()>;
 }
 
@@ -161,6 +166,24 @@ impl Adapter for KilnAdapter {
         Ok(c)
     }
 
+    fn query_prepare(&mut self) -> Res<()> {
+        self.db
+            .create_index("n", kiln::index::IndexDef::fields(["n"]))?;
+        Ok(())
+    }
+
+    fn query(&mut self, lo: u64, hi: u64) -> Res<u64> {
+        let q = kiln::index::Query::range(lo.into(), hi.into()).with_docs();
+        let rows = self.db.query("n", &q)?;
+        if rows
+            .iter()
+            .any(|r| r.doc.as_ref().is_none_or(Value::is_null))
+        {
+            return Err("a query row without its document".into());
+        }
+        Ok(rows.len() as u64)
+    }
+
     fn close(self: Box<Self>) -> Res<()> {
         drop(self);
         Ok(())
@@ -176,6 +199,7 @@ pub struct SqliteAdapter {
 
 const SQL_PUT: &str = "INSERT OR REPLACE INTO docs (id, body) VALUES (?, ?)";
 const SQL_GET: &str = "SELECT body FROM docs WHERE id = ?";
+const SQL_QUERY: &str = "SELECT id, body FROM docs WHERE json_extract(body, '$.n') BETWEEN ? AND ?";
 
 impl SqliteAdapter {
     fn open(dir: &Path, synchronous: &str) -> Res<Self> {
@@ -269,6 +293,26 @@ impl Adapter for SqliteAdapter {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn query_prepare(&mut self) -> Res<()> {
+        // As the JS harness: an expression index, then a prepared statement.
+        self.conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS docs_n ON docs (json_extract(body, '$.n'))",
+        )?;
+        self.conn.prepare_cached(SQL_QUERY)?;
+        Ok(())
+    }
+
+    fn query(&mut self, lo: u64, hi: u64) -> Res<u64> {
+        let mut st = self.conn.prepare_cached(SQL_QUERY)?;
+        let mut rows = st.query(params![lo as i64, hi as i64])?;
+        let mut c = 0u64;
+        while let Some(r) = rows.next()? {
+            let _v: Value = serde_json::from_str(r.get_ref(1)?.as_str()?)?;
+            c += 1;
+        }
+        Ok(c)
     }
 
     fn all_docs(&mut self) -> Res<u64> {

@@ -117,3 +117,17 @@ pub fn parse_threshold(s: &str) -> kiln::Result<Option<usize>> {
         ))
     })
 }
+
+/// A key or value given on the command line: JSON when it parses as JSON, else the text as a
+/// string (`0` is the number zero, `'"0"'` the string "0", `red` the string "red").
+pub fn parse_key(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()))
+}
+
+/// `FIELD=VALUE` of `kiln find --where` (the value as [`parse_key`] reads it).
+pub fn parse_where(s: &str) -> Result<(String, serde_json::Value), String> {
+    match s.split_once('=') {
+        Some((f, v)) if !f.is_empty() => Ok((f.to_owned(), parse_key(v))),
+        _ => Err(format!("expected FIELD=VALUE, got {s:?}")),
+    }
+}

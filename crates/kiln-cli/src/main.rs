@@ -13,6 +13,7 @@ use cmd::db::{DbCmd, DbGroup};
 use cmd::docs::DocsGroup;
 use cmd::files::FilesGroup;
 use cmd::history::HistoryGroup;
+use cmd::index::IndexGroup;
 use cmd::keys::KeyGroup;
 use cmd::store::StoreGroup;
 use cmd::sync::SyncGroup;
@@ -32,7 +33,7 @@ use std::process::ExitCode;
                   found (or purged), 4 no such store, database or event, 5 corruption found, 6 the \
                   document changed (put --if-rev / --if-absent, del --if-rev): nothing written.\n\
                   The store folder is --root, else $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln; \
-                  its keys are outside it, in --keys DIR, else $KILN_KEYS, else $XDG_CONFIG_HOME/kiln/keys, \
+                  its keys are outside it, in --keys-dir DIR, else $KILN_KEYS, else $XDG_CONFIG_HOME/kiln/keys, \
                   else ~/.config/kiln/keys (one folder per store)."
 )]
 struct Cli {
@@ -55,7 +56,7 @@ struct Cli {
     /// default): each store's keys are in DIR/<store id>/. Default $KILN_KEYS, else
     /// $XDG_CONFIG_HOME/kiln/keys, else ~/.config/kiln/keys.
     #[arg(
-        long,
+        long = "keys-dir",
         global = true,
         value_name = "DIR",
         conflicts_with = "keys_in_store"
@@ -103,6 +104,8 @@ enum Cmd {
     Key(KeyGroup),
     #[command(flatten)]
     History(HistoryGroup),
+    #[command(flatten)]
+    Index(IndexGroup),
     #[command(flatten)]
     Sync(SyncGroup),
     #[command(flatten)]
@@ -222,6 +225,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         Cmd::Files(c) => c.run(&ctx),
         Cmd::Key(c) => c.run(&ctx),
         Cmd::History(c) => c.run(&ctx),
+        Cmd::Index(c) => c.run(&ctx),
         Cmd::Sync(c) => c.run(&ctx),
         Cmd::Contrib(c) => c.run(&ctx),
         Cmd::Store(c) => c.run(&ctx),

@@ -77,7 +77,10 @@ pub fn exit_code(e: &Error) -> u8 {
         | Error::InvalidDocument(_)
         | Error::InvalidArgument(_)
         | Error::DatabaseExists(_) => code::USAGE,
-        Error::NoSuchDatabase(_) | Error::NoSuchEvent(..) | Error::NoStore(_) => code::NO_SUCH,
+        Error::NoSuchDatabase(_)
+        | Error::NoSuchEvent(..)
+        | Error::NoSuchIndex(..)
+        | Error::NoStore(_) => code::NO_SUCH,
         Error::Purged(..) | Error::NoSuchDocument { .. } | Error::NoSuchFile { .. } => {
             code::NOT_FOUND
         }

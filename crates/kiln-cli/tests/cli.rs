@@ -1200,7 +1200,7 @@ fn keys_export_and_import() {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
         c.arg("--root").arg(root).args(args).env_remove("KILN_ROOT");
         if root == b {
-            c.arg("--keys").arg(&b_keys);
+            c.arg("--keys-dir").arg(&b_keys);
         }
         match pass {
             Some(p) => c.env("KILN_PASSPHRASE", p),

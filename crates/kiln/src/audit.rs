@@ -4,7 +4,8 @@
 //!
 //! What it opens: diff files (every segment, decompressed), head records (every record that
 //! authenticates anywhere in the file, including diffs carried in file records), file-sets
-//! (every file's chunks), remote head records (the head record sealed inside), and proposals,
+//! (every file's chunks), remote head records (the head record sealed inside), proposals and derived records (a
+//! database's indexes' state; the index trees themselves are diff files),
 //! under each of the keys given; and every file's raw bytes. A remote's folder is searched
 //! the same way.
 
@@ -17,7 +18,7 @@ pub struct Finding {
     /// The file.
     pub path: PathBuf,
     /// `raw`, `diff segment`, `head record`, `carried diff segment`, `file-set`, `remote head
-    /// record` or `proposal`.
+    /// record`, `proposal` or `derived record`.
     pub how: &'static str,
 }
 
@@ -111,6 +112,9 @@ fn search(b: &[u8], stem: &str, keys: &[Key], needle: &[u8]) -> Vec<&'static str
         }
         if crate::store::proposals::opens_with(b, k, stem).is_some_and(|p| has(&p)) {
             out.push("proposal");
+        }
+        if crate::db::derived::opens_with(b, k).is_some_and(|p| has(&p)) {
+            out.push("derived record");
         }
     }
     out.sort_unstable();

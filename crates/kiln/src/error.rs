@@ -64,6 +64,10 @@ pub enum Error {
     /// The event is not in the database's history (or its history was dropped before it).
     #[error("event {0} is not part of database '{1}'")]
     NoSuchEvent(Cid, String),
+
+    /// No index of that name (index, database).
+    #[error("database '{1}' has no index '{0}' (see `kiln index list`)")]
+    NoSuchIndex(String, String),
     /// Stored bytes are damaged or were tampered with. Never reported as "not found".
     #[error("corruption in {location}: {what}")]
     Corrupt {

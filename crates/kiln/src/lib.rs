@@ -37,7 +37,7 @@ mod store; // a store of databases: create, fork, drop, gc, proposals
 mod util; // helpers that know nothing of kiln
           // Places for the capabilities to come (each says what will live there).
 mod attachments;
-mod index;
+pub mod index; // secondary indexes and queries
 mod watch;
 
 pub use attachments::{content_type_of, Attachment, FileInfo, FileReader};
@@ -53,6 +53,7 @@ pub use error::{Error, Result, WriteConflict};
 pub use format::block::cid::{Cid, ParseCidError};
 pub use format::head::TreeShape;
 pub use format::seal::Key;
+pub use index::{Emit, IndexDef, IndexInfo, IndexUpdate, Query, Row, Select};
 pub use model::doc::MAX_DOC_BYTES;
 pub use storage::{sync_file_system, syncfs_covers, FileName, FileSource};
 pub use store::proposals::{Proposal, Status, RECORD_MAGIC as PROPOSAL_RECORD_MAGIC};

@@ -149,6 +149,12 @@ impl Cursor {
 
     /// The next document as JSON, or `None` at the end.
     fn next_value(&mut self) -> Result<Option<Value>> {
+        Ok(self.next_linked()?.map(|(_, _, _, d)| d))
+    }
+
+    /// The next document with its id, its version's CID and its version (an index keeps
+    /// the CID to read the version again without the tree), or `None` at the end.
+    pub(crate) fn next_linked(&mut self) -> Result<Option<(String, Cid, u64, Value)>> {
         if self.buf.is_empty() && !self.done {
             self.fill()?;
         }
@@ -173,8 +179,8 @@ impl Cursor {
         let id = std::str::from_utf8(&self.ids[at as usize..(at + len) as usize])
             .map_err(|_| Error::corrupt(self.db.name().to_owned(), "document id is not UTF-8"))?
             .to_owned();
-        self.with_view(|v| v.load_doc(&id, &link, version, near))
-            .map(Some)
+        let doc = self.with_view(|v| v.load_doc(&id, &link, version, near))?;
+        Ok(Some((id, link, version, doc)))
     }
 
     /// Runs `f` on a view of the snapshot. If the files it reads through are gone (another

@@ -177,6 +177,11 @@ impl Database {
     /// `None` when no purge is pending. The replaced files are left for garbage collection's
     /// sweep, which runs next.
     pub(crate) fn scrub_files(&self) -> Result<Option<Vec<Cid>>> {
+        // Derived data (indexes) may hold values of the purged versions: gone too (rebuilt
+        // from what is left when next used).
+        if self.scrubbing()? {
+            self.clear_derived()?;
+        }
         self.inner.with_lock(|db, head| {
             if !head.scrub {
                 return Ok((None, Vec::new()));
@@ -243,7 +248,10 @@ impl Database {
                 self.inner.name
             )));
         }
-        self.inner.with_lock(|db, head| db.squash(head, event))
+        let dropped = self.inner.with_lock(|db, head| db.squash(head, event))?;
+        // Derived data (indexes) may hold values only the dropped history had.
+        self.clear_derived()?;
+        Ok(dropped)
     }
 }
 

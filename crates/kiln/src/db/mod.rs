@@ -12,6 +12,7 @@ mod commit;
 mod compact;
 mod concurrent;
 mod cursor;
+pub(crate) mod derived;
 mod doclog;
 mod dropped;
 pub mod env;
@@ -116,6 +117,8 @@ impl Clone for Database {
 }
 
 struct Db {
+    /// State the layers above keep per handle (an index's registered map functions), by type.
+    upper: Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
     name: String,
     dir: PathBuf,
     store: Arc<Env>,
@@ -288,6 +291,7 @@ impl Database {
             swap_waiting: AtomicBool::new(false),
             file_buf: Mutex::new(Vec::new()),
             carried: Mutex::new(None),
+            upper: Mutex::new(HashMap::new()),
         };
         Ok(Database {
             inner: Arc::new(db),
@@ -531,6 +535,22 @@ impl Database {
     /// value, ordered by the version of that value, then id. `None` lists every document ever
     /// written (deleted ones as tombstones).
     pub fn changes(&self, since: Option<&[Cid]>) -> Result<Vec<Change>> {
+        Ok(self.changes_with_heads(since)?.1)
+    }
+
+    /// [`Database::changes`] with the heads of the state they were read from (changes since
+    /// those heads are the next ones).
+    pub fn changes_with_heads(&self, since: Option<&[Cid]>) -> Result<(Vec<Cid>, Vec<Change>)> {
+        let (heads, linked) = self.changes_linked(since)?;
+        Ok((heads, linked.into_iter().map(|(c, _)| c).collect()))
+    }
+
+    /// [`Database::changes_with_heads`], each change with its version's CID (`None` for a
+    /// delete): an index keeps it to read that version again without the tree.
+    pub(crate) fn changes_linked(
+        &self,
+        since: Option<&[Cid]>,
+    ) -> Result<(Vec<Cid>, Vec<(Change, Option<Cid>)>)> {
         self.inner.read(|v| {
             let mut ids: Vec<(Vec<u8>, Slot)> = Vec::new();
             match since {
@@ -563,14 +583,28 @@ impl Database {
                     Some(l) => (v.load_doc(&id, &l, s.version)?, false),
                     None => (doc::tombstone(&id), true),
                 };
-                out.push(Change {
-                    id,
-                    version: s.version,
-                    doc,
-                    deleted,
-                });
+                out.push((
+                    Change {
+                        id,
+                        version: s.version,
+                        doc,
+                        deleted,
+                    },
+                    s.link,
+                ));
             }
-            Ok(out)
+            Ok((v.head.heads.clone(), out))
+        })
+    }
+
+    /// Document versions by CID (each with its id and version, as a tree slot names them),
+    /// read from one state: what an index's rows name.
+    pub(crate) fn load_linked(&self, items: &[(&str, Cid, u64)]) -> Result<Vec<Value>> {
+        self.inner.read(|v| {
+            items
+                .iter()
+                .map(|(id, cid, version)| v.load_doc(id, cid, *version))
+                .collect()
         })
     }
 
@@ -814,6 +848,20 @@ impl Database {
     /// The store this database is in (for the capabilities above this layer).
     pub(crate) fn env(&self) -> &Arc<Env> {
         &self.inner.store
+    }
+
+    /// This handle's state of type `T` kept by a layer above (made on first use): shared by
+    /// every clone of the handle.
+    pub(crate) fn upper_state<T: std::any::Any + Send + Sync + Default>(&self) -> Arc<T> {
+        let mut m = self.inner.upper.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        match e.clone().downcast::<T>() {
+            Ok(t) => t,
+            // (Keyed by its own type: never another.)
+            Err(_) => Arc::new(T::default()),
+        }
     }
 
     /// Whether commits are durable when acknowledged (so is what they name).

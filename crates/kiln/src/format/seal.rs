@@ -51,6 +51,8 @@ pub enum Purpose {
     Proposal,
     /// One file-set file (the files attached in one document write).
     FileSet,
+    /// One write of a database's derived record (its indexes).
+    Derived,
 }
 
 impl Purpose {
@@ -61,6 +63,7 @@ impl Purpose {
             Purpose::HeadLog => b"kiln/v4 head log key",
             Purpose::Proposal => b"kiln/v1 proposal key",
             Purpose::FileSet => b"kiln/v1 file-set key",
+            Purpose::Derived => b"kiln/v1 derived record key",
         }
     }
 }

@@ -401,7 +401,14 @@ impl Store {
         let _gc = self.inner.gc_shared()?;
         let mut head = source.head_for_fork()?;
         head.seq = 0;
-        self.place(&name, &lineage, &source.key(), &head, &Settings::default())
+        // The fork shares its source's derived data (indexes) as it shares its files.
+        let derived = source.derived_bytes()?;
+        let db = self.place(&name, &lineage, &source.key(), &head, &Settings::default())?;
+        if let Some(bytes) = derived {
+            let path = self.dbs().join(&name).join(crate::db::derived::DERIVED);
+            write_atomic(&path, &bytes, sync, None).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(db)
     }
 
     /// A name for a new database: the given one (checked, and not taken) or a fresh UUID.
@@ -659,7 +666,8 @@ impl Store {
                 continue;
             }
             let named = self.open_plain(name).and_then(|db| {
-                let files = db.file_names()?;
+                let mut files = db.file_names()?;
+                files.extend(db.derived_file_names()?);
                 Ok((db, files))
             });
             let named = named.and_then(|(db, files)| {

@@ -1,0 +1,255 @@
+//! Bringing an index up to date: the documents changed since the heads its tree holds (read
+//! from the clock, so changes that came by merge or sync count too) are mapped once each and
+//! their rows replaced; a first build, or one whose heads a history cut dropped, maps every
+//! live document.
+//!
+//! The tree holds two kinds of entries (docs/format.md "Indexes"):
+//! - a row: `0x01 ‖ key ‖ id ‖ value`, in (key, id, value) order, what queries read;
+//! - its twin by document: `0x00 ‖ id ‖ key ‖ value`, so a changed document's old rows are
+//!   found without mapping its old version again.
+//!
+//! `key`, `value` and `id` are encoded as in [`super::key`] (self-delimiting, so the parts
+//! split again); a document's identical rows count once. A row's slot names the document
+//! version it was made from (its version and CID: a query with documents reads exactly that
+//! version, without the document tree); a by-document entry's slot is empty (version 0, no
+//! link). So the tree's root depends on the rows and the versions they come from only.
+
+use super::def::{Mapper, MAX_ROWS_PER_DOC};
+use super::key;
+use super::nodes::Nodes;
+use super::state::IndexState;
+use crate::db::{Database, ListOptions};
+use crate::error::{Error, Result};
+use crate::format::block::cid::Cid;
+use crate::model::tree::{self, Mode, Shape, Slot};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub const BY_ID: u8 = 0x00;
+pub const ROW: u8 = 0x01;
+const SLOT: Slot = Slot {
+    version: 0,
+    link: None,
+};
+
+/// What an update did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexUpdate {
+    /// Documents mapped (the map function's calls).
+    pub mapped: u64,
+    /// Rows added and removed.
+    pub added: u64,
+    /// Rows removed.
+    pub removed: u64,
+    /// Every live document was mapped (a first build or a rebuild).
+    pub full: bool,
+}
+
+/// Brings `st` (of index `name`) up to the database's current heads, its new nodes kept in
+/// `nodes` (fresh, not written).
+pub fn bring_up_to_date(
+    db: &Database,
+    name: &str,
+    st: &mut IndexState,
+    mapper: &Mapper,
+    nodes: &mut Nodes,
+) -> Result<IndexUpdate> {
+    let now = db.heads()?;
+    if st.heads.as_deref() == Some(&now[..]) {
+        return Ok(IndexUpdate::default());
+    }
+    let since = match &st.heads {
+        Some(h) => match db.changes_linked(Some(h)) {
+            Ok(c) => Some(c),
+            // Its heads were cut away: build again.
+            Err(Error::NoSuchEvent(..)) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    match since {
+        Some((heads, changes)) => incremental(db, name, st, mapper, nodes, heads, changes),
+        None => build(db, name, st, mapper, nodes),
+    }
+}
+
+/// Maps every live document into an empty tree.
+fn build(
+    db: &Database,
+    name: &str,
+    st: &mut IndexState,
+    mapper: &Mapper,
+    nodes: &mut Nodes,
+) -> Result<IndexUpdate> {
+    let mut cursor = db.cursor(&ListOptions::default())?;
+    let heads = cursor.heads().to_vec();
+    let mut ops: Vec<tree::Op> = Vec::new();
+    let mut up = IndexUpdate {
+        full: true,
+        ..IndexUpdate::default()
+    };
+    while let Some((id, link, version, doc)) = cursor.next_linked()? {
+        up.mapped += 1;
+        let row = Slot {
+            version,
+            link: Some(link),
+        };
+        for (k, v) in rows_of(name, mapper, &id, &doc)? {
+            let (b, r) = entry_keys(&id, &k, &v);
+            ops.push((b.into(), Some(SLOT)));
+            ops.push((r.into(), Some(row)));
+            up.added += 1;
+        }
+    }
+    ops.sort_by(|a, b| a.0.cmp(&b.0));
+    ops.dedup_by(|a, b| a.0 == b.0);
+    let u = tree::update(nodes, None, &ops, Mode::Overwrite, Shape::Bounded)?;
+    nodes.add(u.blocks);
+    // A build replaces every file.
+    st.files.clear();
+    st.based = false;
+    st.root = u.root;
+    st.rows = up.added;
+    st.heads = Some(heads);
+    Ok(up)
+}
+
+/// Replaces the rows of the documents in `changes`.
+fn incremental(
+    db: &Database,
+    name: &str,
+    st: &mut IndexState,
+    mapper: &Mapper,
+    nodes: &mut Nodes,
+    heads: Vec<Cid>,
+    changes: Vec<(crate::db::Change, Option<Cid>)>,
+) -> Result<IndexUpdate> {
+    let _ = db;
+    let mut up = IndexUpdate::default();
+    let mut ops: BTreeMap<Vec<u8>, Option<Slot>> = BTreeMap::new();
+    for (c, link) in changes {
+        // Its rows so far: removed unless emitted again.
+        let mut old: Vec<Vec<u8>> = Vec::new();
+        let lo = by_id_prefix(&c.id);
+        let hi = super::query::after_prefix(&lo);
+        tree::range(
+            &*nodes,
+            st.root.as_ref(),
+            Some(&lo),
+            hi.as_deref(),
+            &mut |k, _| {
+                old.push(k.to_vec());
+                Ok(true)
+            },
+        )?;
+        for b in old {
+            let r = row_key_of(&b).map_err(|w| Error::corrupt(format!("index {name}"), w))?;
+            ops.insert(b, None);
+            ops.insert(r, None);
+        }
+        if let (false, Some(link)) = (c.deleted, link) {
+            up.mapped += 1;
+            let row = Slot {
+                version: c.version,
+                link: Some(link),
+            };
+            for (k, v) in rows_of(name, mapper, &c.id, &c.doc)? {
+                let (b, r) = entry_keys(&c.id, &k, &v);
+                ops.insert(b, Some(SLOT));
+                ops.insert(r, Some(row));
+            }
+        }
+    }
+    let ops: Vec<tree::Op> = ops.into_iter().map(|(k, s)| (Arc::from(k), s)).collect();
+    let u = tree::update(
+        &*nodes,
+        st.root.as_ref(),
+        &ops,
+        Mode::Overwrite,
+        Shape::Bounded,
+    )?;
+    let none = std::iter::repeat(&None);
+    for ((k, new), prev) in ops.iter().zip(u.previous.iter().chain(none)) {
+        if k.first() != Some(&ROW) {
+            continue;
+        }
+        match (prev.is_some(), new.is_some()) {
+            (false, true) => up.added += 1,
+            (true, false) => up.removed += 1,
+            _ => {}
+        }
+    }
+    nodes.add(u.blocks);
+    st.root = u.root;
+    st.rows = (st.rows + up.added).saturating_sub(up.removed);
+    st.heads = Some(heads);
+    Ok(up)
+}
+
+/// The rows `mapper` makes of `doc`, a map function's panic or flood an error naming both.
+fn rows_of(name: &str, mapper: &Mapper, id: &str, doc: &Value) -> Result<Vec<(Value, Value)>> {
+    let rows = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mapper.rows(doc)))
+        .map_err(|_| {
+            Error::InvalidArgument(format!(
+                "index '{name}': the map function panicked on document '{id}'"
+            ))
+        })?;
+    if rows.len() > MAX_ROWS_PER_DOC {
+        return Err(Error::InvalidArgument(format!(
+            "index '{name}': document '{id}' emitted {} rows (at most {MAX_ROWS_PER_DOC})",
+            rows.len()
+        )));
+    }
+    Ok(rows)
+}
+
+/// A row's two entries: by document, and the row.
+fn entry_keys(id: &str, k: &Value, v: &Value) -> (Vec<u8>, Vec<u8>) {
+    let (kb, vb) = (key::to_bytes(k), key::to_bytes(v));
+    let mut b = by_id_prefix(id);
+    b.extend_from_slice(&kb);
+    b.extend_from_slice(&vb);
+    let mut r = vec![ROW];
+    r.extend_from_slice(&kb);
+    key::encode_str(id, &mut r);
+    r.extend_from_slice(&vb);
+    (b, r)
+}
+
+/// `0x00 ‖ id`: the start of every by-document entry of `id`.
+fn by_id_prefix(id: &str) -> Vec<u8> {
+    let mut b = vec![BY_ID];
+    key::encode_str(id, &mut b);
+    b
+}
+
+/// The row a by-document entry stands for.
+fn row_key_of(b: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
+    let mut pos = 1;
+    let id_start = pos;
+    key::skip(b, &mut pos).map_err(|e| e.0)?;
+    let id = &b[id_start..pos];
+    let k_start = pos;
+    key::skip(b, &mut pos).map_err(|e| e.0)?;
+    let k = &b[k_start..pos];
+    let v = &b[pos..];
+    let mut r = Vec::with_capacity(b.len());
+    r.push(ROW);
+    r.extend_from_slice(k);
+    r.extend_from_slice(id);
+    r.extend_from_slice(v);
+    Ok(r)
+}
+
+/// A row's parts: key, id, value.
+pub fn parse_row(b: &[u8]) -> std::result::Result<(Value, String, Value), &'static str> {
+    if b.first() != Some(&ROW) {
+        return Err("not a row");
+    }
+    let mut pos = 1;
+    let k = key::decode(b, &mut pos).map_err(|e| e.0)?;
+    let id = key::decode_str(b, &mut pos).map_err(|e| e.0)?;
+    let v = key::decode(b, &mut pos).map_err(|e| e.0)?;
+    Ok((k, id, v))
+}

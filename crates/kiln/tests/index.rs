@@ -1,0 +1,438 @@
+//! Indexes and queries: definitions, query forms, incremental updates (map calls counted),
+//! and what indexes survive (reopen, compaction, fork, merge, purge, gc).
+
+use kiln::index::{IndexDef, Query, Select};
+use kiln::{Database, Store};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    (d, s)
+}
+
+fn ids(rows: &[kiln::Row]) -> Vec<&str> {
+    rows.iter().map(|r| r.id.as_str()).collect()
+}
+
+fn keys(rows: &[kiln::Row]) -> Vec<Value> {
+    rows.iter().map(|r| r.key.clone()).collect()
+}
+
+/// A map function that counts its calls: emits `n`.
+fn counted(db: &Database, name: &str) -> Arc<AtomicU64> {
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    db.register_map(name, 1, move |doc, emit| {
+        c.fetch_add(1, Ordering::SeqCst);
+        if let Some(n) = doc.get("n") {
+            emit.row(n.clone(), json!(null));
+        }
+    })
+    .unwrap();
+    calls
+}
+
+#[test]
+fn query_forms_on_a_field_index() {
+    let (_d, s) = store();
+    let db = s.create(Some("q")).unwrap();
+    let docs = vec![
+        json!({"_id": "a", "n": 0}),
+        json!({"_id": "b", "n": ""}),
+        json!({"_id": "c", "n": null}),
+        json!({"_id": "d", "n": 1.5}),
+        json!({"_id": "e", "n": 1}),
+        json!({"_id": "f", "n": "x"}),
+        json!({"_id": "g", "n": [1, 2]}),
+        json!({"_id": "h", "n": {"k": 1}}),
+        json!({"_id": "i", "n": false}),
+        json!({"_id": "j"}),
+        json!({"_id": "k", "n": 1.0}),
+    ];
+    db.bulk(&docs).unwrap();
+    db.create_index("by-n", IndexDef::fields(["n"])).unwrap();
+    let all = db.query("by-n", &Query::all()).unwrap();
+    assert_eq!(
+        ids(&all),
+        ["c", "i", "a", "e", "k", "d", "b", "f", "g", "h"]
+    );
+    // `0` and `""` match only themselves.
+    assert_eq!(
+        ids(&db.query("by-n", &Query::key(json!(0))).unwrap()),
+        ["a"]
+    );
+    assert_eq!(
+        ids(&db.query("by-n", &Query::key(json!(""))).unwrap()),
+        ["b"]
+    );
+    // 1 and 1.0 are one key.
+    assert_eq!(
+        ids(&db.query("by-n", &Query::key(json!(1.0))).unwrap()),
+        ["e", "k"]
+    );
+    assert_eq!(
+        ids(&db
+            .query(
+                "by-n",
+                &Query::keys(vec![json!("x"), json!(null), json!("x")])
+            )
+            .unwrap()),
+        ["c", "f"]
+    );
+    // Ranges: inclusive unless told otherwise.
+    assert_eq!(
+        ids(&db
+            .query("by-n", &Query::range(json!(0), json!(1.5)))
+            .unwrap()),
+        ["a", "e", "k", "d"]
+    );
+    let excl = Query {
+        select: Select::Range {
+            start: Some(json!(0)),
+            end: Some(json!(1.5)),
+            exclusive_end: true,
+        },
+        ..Query::default()
+    };
+    assert_eq!(ids(&db.query("by-n", &excl).unwrap()), ["a", "e", "k"]);
+    // Limit 0 is no rows; skip, limit, desc.
+    assert!(db.query("by-n", &Query::all().limit(0)).unwrap().is_empty());
+    assert_eq!(
+        ids(&db.query("by-n", &Query::all().skip(2).limit(3)).unwrap()),
+        ["a", "e", "k"]
+    );
+    assert_eq!(
+        ids(&db.query("by-n", &Query::all().desc().limit(2)).unwrap()),
+        ["h", "g"]
+    );
+    assert_eq!(
+        ids(&db.query("by-n", &Query::all().desc().skip(8)).unwrap()),
+        ["i", "c"]
+    );
+    // Documents with the rows.
+    let r = db
+        .query("by-n", &Query::key(json!("x")).with_docs())
+        .unwrap();
+    assert_eq!(r[0].doc, Some(json!({"_id": "f", "n": "x"})));
+    assert_eq!(r[0].value, json!(null));
+    // An unknown index is its own error.
+    assert!(matches!(
+        db.query("nope", &Query::all()),
+        Err(kiln::Error::NoSuchIndex(..))
+    ));
+}
+
+#[test]
+fn compound_keys_and_prefixes_whatever_follows() {
+    let (_d, s) = store();
+    let db = s.create(Some("c")).unwrap();
+    db.bulk(&[
+        json!({"_id": "1", "a": "x", "b": -1}),
+        json!({"_id": "2", "a": "x", "b": "s"}),
+        json!({"_id": "3", "a": "x", "b": null}),
+        json!({"_id": "4", "a": "x", "b": [0]}),
+        json!({"_id": "5", "a": "y", "b": 0}),
+        json!({"_id": "6", "a": "xy", "b": 0}),
+    ])
+    .unwrap();
+    db.create_index("ab", IndexDef::fields(["a", "b"])).unwrap();
+    let r = db.query("ab", &Query::prefix(vec![json!("x")])).unwrap();
+    assert_eq!(ids(&r), ["3", "1", "2", "4"]);
+    assert_eq!(keys(&r)[1], json!(["x", -1]));
+    let r = db
+        .query("ab", &Query::prefix(vec![json!("x"), json!(-1)]))
+        .unwrap();
+    assert_eq!(ids(&r), ["1"]);
+    let r = db.query("ab", &Query::prefix(vec![])).unwrap();
+    assert_eq!(r.len(), 6);
+}
+
+#[test]
+fn each_element_of_an_array_field_is_a_row() {
+    let (_d, s) = store();
+    let db = s.create(Some("t")).unwrap();
+    db.bulk(&[
+        json!({"_id": "p", "tags": ["red", "blue", "red"]}),
+        json!({"_id": "q", "tags": ["blue"]}),
+        json!({"_id": "r", "tags": "red"}),
+    ])
+    .unwrap();
+    db.create_index("tags", IndexDef::fields(["tags"]).each())
+        .unwrap();
+    assert_eq!(
+        ids(&db.query("tags", &Query::key(json!("blue"))).unwrap()),
+        ["p", "q"]
+    );
+    assert_eq!(
+        ids(&db.query("tags", &Query::key(json!("red"))).unwrap()),
+        ["p", "r"]
+    );
+    // Multi-emit: a document's rows leave together.
+    db.put(&json!({"_id": "p", "tags": ["green"]})).unwrap();
+    assert_eq!(
+        ids(&db.query("tags", &Query::key(json!("red"))).unwrap()),
+        ["r"]
+    );
+    assert_eq!(
+        ids(&db.query("tags", &Query::key(json!("green"))).unwrap()),
+        ["p"]
+    );
+}
+
+#[test]
+fn one_write_maps_one_document_at_100k() {
+    let (_d, s) = store();
+    let db = s.create(Some("big")).unwrap();
+    let n = 100_000;
+    let docs: Vec<Value> = (0..n)
+        .map(|i| json!({"_id": format!("d{i:06}"), "n": i}))
+        .collect();
+    for chunk in docs.chunks(20_000) {
+        db.bulk(chunk).unwrap();
+    }
+    let calls = counted(&db, "n");
+    let r = db
+        .query("n", &Query::range(json!(500), json!(504)))
+        .unwrap();
+    assert_eq!(
+        ids(&r),
+        ["d000500", "d000501", "d000502", "d000503", "d000504"]
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), n);
+    // Nothing changed: nothing mapped.
+    db.query("n", &Query::key(json!(7))).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), n);
+    // One write: one map call.
+    db.put(&json!({"_id": "d000007", "n": -7})).unwrap();
+    let r = db.query("n", &Query::key(json!(-7))).unwrap();
+    assert_eq!(ids(&r), ["d000007"]);
+    assert_eq!(calls.load(Ordering::SeqCst), n + 1);
+    assert!(db.query("n", &Query::key(json!(7))).unwrap().is_empty());
+    // A delete maps nothing and leaves the index.
+    db.del("d000008").unwrap();
+    assert!(db.query("n", &Query::key(json!(8))).unwrap().is_empty());
+    assert_eq!(calls.load(Ordering::SeqCst), n + 1);
+    let info = db.indexes().unwrap();
+    assert_eq!(info[0].rows, n - 1);
+    assert!(info[0].current);
+}
+
+#[test]
+fn a_declared_index_is_kept_across_reopen_and_updated_incrementally() {
+    let (d, s) = store();
+    let db = s.create(Some("r")).unwrap();
+    let docs: Vec<Value> = (0..1000)
+        .map(|i| json!({"_id": format!("{i:04}"), "n": i % 10}))
+        .collect();
+    db.bulk(&docs).unwrap();
+    db.create_index("mod", IndexDef::fields(["n"])).unwrap();
+    let up = db.update_index("mod").unwrap();
+    assert_eq!((up.mapped, up.added, up.full), (1000, 1000, true));
+    // The same definition again changes nothing; another one rebuilds.
+    assert!(!db.create_index("mod", IndexDef::fields(["n"])).unwrap());
+    drop(db);
+    drop(s);
+    let s = Store::open(d.path()).unwrap();
+    let db = s.open_db("r").unwrap();
+    assert_eq!(db.query("mod", &Query::key(json!(3))).unwrap().len(), 100);
+    db.put(&json!({"_id": "0003", "n": 4})).unwrap();
+    let up = db.update_index("mod").unwrap();
+    assert_eq!((up.mapped, up.added, up.removed, up.full), (1, 1, 1, false));
+    assert_eq!(db.query("mod", &Query::key(json!(3))).unwrap().len(), 99);
+    assert!(db
+        .create_index("mod", IndexDef::fields(["n", "_id"]))
+        .unwrap());
+    let up = db.update_index("mod").unwrap();
+    assert!(up.full);
+    assert_eq!(
+        db.query("mod", &Query::prefix(vec![json!(4)]))
+            .unwrap()
+            .len(),
+        101
+    );
+    let up = db.rebuild_index("mod").unwrap();
+    assert_eq!((up.mapped, up.full), (1000, true));
+    assert!(db.drop_index("mod").unwrap());
+    assert!(!db.drop_index("mod").unwrap());
+    assert!(db.indexes().unwrap().is_empty());
+}
+
+#[test]
+fn many_small_updates_keep_few_files_and_the_same_answers() {
+    let (_d, s) = store();
+    let db = s.create(Some("u")).unwrap();
+    db.bulk(
+        &(0..2000)
+            .map(|i| json!({"_id": format!("{i:04}"), "n": i}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    for i in 0..40 {
+        db.put(&json!({"_id": format!("{i:04}"), "n": -i - 1}))
+            .unwrap();
+        let r = db.query("n", &Query::key(json!(-i - 1))).unwrap();
+        assert_eq!(r.len(), 1);
+        let info = &db.indexes().unwrap()[0];
+        assert!(info.files <= 1 + 8, "{info:?}");
+    }
+    let all = db.query("n", &Query::all()).unwrap();
+    assert_eq!(all.len(), 2000);
+    assert_eq!(all[0].key, json!(-40));
+    // Garbage collection keeps what the index uses.
+    s.gc().unwrap();
+    assert_eq!(db.query("n", &Query::all()).unwrap().len(), 2000);
+    db.put(&json!({"_id": "new", "n": 0.5})).unwrap();
+    assert_eq!(
+        ids(&db.query("n", &Query::key(json!(0.5))).unwrap()),
+        ["new"]
+    );
+}
+
+#[test]
+fn indexes_survive_compaction_fork_and_merge() {
+    let (_d, s) = store();
+    let db = s.create(Some("m")).unwrap();
+    db.bulk(
+        &(0..300)
+            .map(|i| json!({"_id": format!("{i:03}"), "n": i}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    assert_eq!(db.query("n", &Query::all()).unwrap().len(), 300);
+    db.compact().unwrap();
+    assert_eq!(db.query("n", &Query::all()).unwrap().len(), 300);
+    // A fork shares its source's index (no build: nothing to map).
+    let f = s.fork("m", Some("f")).unwrap();
+    let up = f.update_index("n").unwrap();
+    assert_eq!(up.mapped, 0);
+    f.put(&json!({"_id": "fork-only", "n": 1000})).unwrap();
+    f.del("000").unwrap();
+    assert_eq!(
+        ids(&f.query("n", &Query::key(json!(1000))).unwrap()),
+        ["fork-only"]
+    );
+    // The source's index does not see the fork's writes.
+    assert!(db.query("n", &Query::key(json!(1000))).unwrap().is_empty());
+    // Changes that arrive by merge are indexed.
+    db.merge_from(&f, None).unwrap();
+    let up = db.update_index("n").unwrap();
+    assert_eq!((up.mapped, up.added, up.removed), (1, 1, 1));
+    assert_eq!(
+        ids(&db.query("n", &Query::key(json!(1000))).unwrap()),
+        ["fork-only"]
+    );
+    assert!(db.query("n", &Query::key(json!(0))).unwrap().is_empty());
+}
+
+#[test]
+fn a_purge_drops_index_data_and_the_index_is_rebuilt() {
+    let (_d, s) = store();
+    let db = s.create(Some("p")).unwrap();
+    db.put(&json!({"_id": "secret", "n": "marker-value-123"}))
+        .unwrap();
+    db.put(&json!({"_id": "other", "n": "fine"})).unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    assert_eq!(db.query("n", &Query::all()).unwrap().len(), 2);
+    db.purge("secret").unwrap();
+    // The definition stays; what was built went, and is built again from what is left.
+    let info = &db.indexes().unwrap()[0];
+    assert!(!info.built && info.files == 0, "{info:?}");
+    assert_eq!(ids(&db.query("n", &Query::all()).unwrap()), ["other"]);
+    assert_eq!(db.update_index("n").unwrap().mapped, 0);
+}
+
+#[test]
+fn find_uses_an_index_when_one_fits_and_scans_otherwise() {
+    let (_d, s) = store();
+    let db = s.create(Some("f")).unwrap();
+    db.bulk(&(0..100)
+        .map(|i| json!({"_id": format!("{i:03}"), "kind": if i % 2 == 0 {"even"} else {"odd"}, "n": i % 5}))
+        .collect::<Vec<_>>())
+    .unwrap();
+    let w = |k: &str, v: Value| (k.to_owned(), v);
+    let scan = db
+        .find(&[w("kind", json!("odd")), w("n", json!(3))], None)
+        .unwrap();
+    assert_eq!(scan.len(), 10);
+    assert!(db.index_for(&[w("kind", json!("odd"))]).unwrap().is_none());
+    db.create_index("kind", IndexDef::fields(["kind"])).unwrap();
+    let conds = [w("kind", json!("odd")), w("n", json!(3.0))];
+    assert_eq!(
+        db.index_for(&conds).unwrap(),
+        Some(("kind".into(), json!("odd")))
+    );
+    let by_index = db.find(&conds, None).unwrap();
+    assert_eq!(by_index, scan);
+    assert_eq!(db.find(&conds, Some(2)).unwrap(), scan[..2].to_vec());
+    assert!(db.find(&conds, Some(0)).unwrap().is_empty());
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let (_d, s) = store();
+    let db = s.create(Some("b")).unwrap();
+    assert!(db.create_index("", IndexDef::fields(["n"])).is_err());
+    assert!(db
+        .create_index("x", IndexDef::fields(Vec::<String>::new()))
+        .is_err());
+    assert!(db.create_index("x", IndexDef::fields(["a..b"])).is_err());
+    db.register_map("m", 1, |_, _| panic!("boom")).unwrap();
+    db.put(&json!({"_id": "z"})).unwrap();
+    let e = db.query("m", &Query::all()).unwrap_err();
+    assert!(e.to_string().contains("panicked on document 'z'"), "{e}");
+    // A map index another process defined, not registered here.
+    let s2 = Store::open(s.root()).unwrap();
+    let e = s2
+        .open_db("b")
+        .unwrap()
+        .query("m", &Query::all())
+        .unwrap_err();
+    assert!(e.to_string().contains("has not registered"), "{e}");
+}
+
+#[test]
+fn index_keys_are_sealed_and_a_purge_leaves_none_behind() {
+    let (d, s) = store();
+    let db = s.create(Some("priv")).unwrap();
+    let marker = "INDEX-MARKER-5150";
+    db.put(&json!({"_id": "secret", "name": marker})).unwrap();
+    db.bulk(
+        &(0..50)
+            .map(|i| json!({"_id": format!("o{i}"), "name": format!("n{i}")}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    db.create_index("name", IndexDef::fields(["name"])).unwrap();
+    db.register_map("upper", 1, |doc, emit| {
+        if let Some(n) = doc.get("name").and_then(Value::as_str) {
+            emit.row(json!(n), json!({"copy": n}));
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        db.query("name", &Query::key(json!(marker))).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        db.query("upper", &Query::key(json!(marker))).unwrap()[0].value,
+        json!({"copy": marker})
+    );
+    // Compact the documents so the marker's only plain copies would be the index's.
+    db.compact().unwrap();
+    let keys = kiln::audit::keys_of(d.path()).unwrap();
+    let found = kiln::audit::find(d.path(), &keys, marker.as_bytes()).unwrap();
+    assert!(!found.is_empty());
+    assert!(found.iter().all(|f| f.how != "raw"), "{found:?}");
+    // The index files hold it (decrypted), and nothing holds it raw.
+    let index_files: Vec<_> = found.iter().filter(|f| f.how == "diff segment").collect();
+    assert!(index_files.len() >= 2, "{found:?}");
+    db.purge("secret").unwrap();
+    s.gc().unwrap();
+    let found = kiln::audit::find(d.path(), &keys, marker.as_bytes()).unwrap();
+    assert!(found.is_empty(), "{found:?}");
+}
