@@ -17,6 +17,7 @@ use cmd::index::IndexGroup;
 use cmd::keys::KeyGroup;
 use cmd::store::StoreGroup;
 use cmd::sync::SyncGroup;
+use cmd::watch::WatchGroup;
 use cmd::Ctx;
 use kiln::{Durability, Options, Store};
 use out::{code, Fail, Out};
@@ -106,6 +107,8 @@ enum Cmd {
     History(HistoryGroup),
     #[command(flatten)]
     Index(IndexGroup),
+    #[command(flatten)]
+    Watch(WatchGroup),
     #[command(flatten)]
     Sync(SyncGroup),
     #[command(flatten)]
@@ -226,6 +229,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         Cmd::Key(c) => c.run(&ctx),
         Cmd::History(c) => c.run(&ctx),
         Cmd::Index(c) => c.run(&ctx),
+        Cmd::Watch(c) => c.run(&ctx),
         Cmd::Sync(c) => c.run(&ctx),
         Cmd::Contrib(c) => c.run(&ctx),
         Cmd::Store(c) => c.run(&ctx),

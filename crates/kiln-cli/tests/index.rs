@@ -211,3 +211,37 @@ fn bad_input_is_a_usage_error() {
     assert_eq!(code(&root, &["query", "n", "x", "--exclusive-end"]), 2);
     assert_eq!(code(&root, &["query", "nodb", "x"]), 4);
 }
+
+#[test]
+fn query_at_an_event_and_changes_limit() {
+    let (_d, root) = setup();
+    ok(&root, &["index", "create", "n", "by-n", "--field", "n"]);
+    let log: Value =
+        serde_json::from_str(&ok(&root, &["--json", "log", "n", "--limit", "1"])).unwrap();
+    let then = log[0]["cid"]
+        .as_str()
+        .or(log[0]["event"].as_str())
+        .unwrap()
+        .to_owned();
+    let o = kiln(&root, &["put", "n"], Some(r#"{"_id":"a","n":99}"#));
+    assert!(o.status.success());
+    assert!(ok(&root, &["query", "n", "by-n", "--key", "0"]).is_empty());
+    assert_eq!(
+        ids(&ok(
+            &root,
+            &["query", "n", "by-n", "--key", "0", "--at", &then]
+        )),
+        ["a"]
+    );
+    assert_eq!(code(&root, &["query", "n", "by-n", "--at", "nonsense"]), 2);
+    // The 2 most recent changes, oldest first.
+    let v: Value =
+        serde_json::from_str(&ok(&root, &["--json", "changes", "n", "--limit", "2"])).unwrap();
+    let got: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ["g", "a"]);
+}

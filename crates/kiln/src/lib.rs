@@ -35,10 +35,10 @@ mod model; // documents, the prolly tree, the Merkle clock
 mod storage; // immutable named files and the local folder that keeps them
 mod store; // a store of databases: create, fork, drop, gc, proposals
 mod util; // helpers that know nothing of kiln
-          // Places for the capabilities to come (each says what will live there).
+          // The capabilities on top.
 mod attachments;
 pub mod index; // secondary indexes and queries
-mod watch;
+pub mod watch; // subscriptions and live queries
 
 pub use attachments::{content_type_of, Attachment, FileInfo, FileReader};
 pub use db::options::KeyPlace;
@@ -58,6 +58,7 @@ pub use model::doc::MAX_DOC_BYTES;
 pub use storage::{sync_file_system, syncfs_covers, FileName, FileSource};
 pub use store::proposals::{Proposal, Status, RECORD_MAGIC as PROPOSAL_RECORD_MAGIC};
 pub use store::{check_name, Durability, FileKind, FilesHold, GcReport, Options, Store};
+pub use watch::{ChangeSet, LiveQuery, Subscription};
 
 // README's library section is compiled as a doctest (so the front page cannot drift from the
 // API).

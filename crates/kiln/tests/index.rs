@@ -436,3 +436,136 @@ fn index_keys_are_sealed_and_a_purge_leaves_none_behind() {
     let found = kiln::audit::find(d.path(), &keys, marker.as_bytes()).unwrap();
     assert!(found.is_empty(), "{found:?}");
 }
+
+#[test]
+fn changes_limit_keeps_the_most_recent_oldest_first() {
+    let (_d, s) = store();
+    let db = s.create(Some("ch")).unwrap();
+    let first = db.put(&json!({"_id": "a"})).unwrap();
+    for id in ["b", "c", "d", "e"] {
+        db.put(&json!({"_id": id})).unwrap();
+    }
+    db.put(&json!({"_id": "b", "again": true})).unwrap();
+    let all: Vec<String> = db
+        .changes(None)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(all, ["a", "c", "d", "e", "b"]);
+    let last2: Vec<String> = db
+        .changes_limited(None, 2)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(last2, ["e", "b"]);
+    assert!(db.changes_limited(None, 0).unwrap().is_empty());
+    let since: Vec<String> = db
+        .changes_limited(Some(&[first.event]), 10)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(since, ["c", "d", "e", "b"]);
+}
+
+#[test]
+fn an_empty_index_returns_no_rows_without_calling_the_map() {
+    let (_d, s) = store();
+    let db = s.create(Some("e")).unwrap();
+    let calls = counted(&db, "n");
+    assert!(db.query("n", &Query::all()).unwrap().is_empty());
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // Documents without the field: mapped, no rows.
+    db.put(&json!({"_id": "x"})).unwrap();
+    assert!(db.query("n", &Query::all()).unwrap().is_empty());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn two_map_indexes_with_the_same_code_are_two_indexes() {
+    let (_d, s) = store();
+    let db = s.create(Some("same")).unwrap();
+    db.put(&json!({"_id": "a", "n": 1})).unwrap();
+    let a = counted(&db, "first");
+    let b = counted(&db, "second");
+    db.query("first", &Query::all()).unwrap();
+    db.query("second", &Query::all()).unwrap();
+    assert_eq!((a.load(Ordering::SeqCst), b.load(Ordering::SeqCst)), (1, 1));
+    // A new version of a function rebuilds its index only.
+    let c = Arc::new(AtomicU64::new(0));
+    let c2 = c.clone();
+    db.register_map("first", 2, move |doc, emit| {
+        c2.fetch_add(1, Ordering::SeqCst);
+        emit.row(json!(["v2", doc["n"].clone()]), json!(null));
+    })
+    .unwrap();
+    assert_eq!(
+        keys(&db.query("first", &Query::all()).unwrap()),
+        [json!(["v2", 1])]
+    );
+    assert_eq!(c.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        keys(&db.query("second", &Query::all()).unwrap()),
+        [json!(1)]
+    );
+}
+
+#[test]
+fn a_document_whose_field_changes_type_moves_in_the_order() {
+    let (_d, s) = store();
+    let db = s.create(Some("t")).unwrap();
+    db.bulk(&[json!({"_id": "a", "n": 5}), json!({"_id": "b", "n": "m"})])
+        .unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    assert_eq!(ids(&db.query("n", &Query::all()).unwrap()), ["a", "b"]);
+    db.put(&json!({"_id": "a", "n": "z"})).unwrap();
+    assert_eq!(ids(&db.query("n", &Query::all()).unwrap()), ["b", "a"]);
+    db.put(&json!({"_id": "a", "n": [0]})).unwrap();
+    db.put(&json!({"_id": "b", "n": null})).unwrap();
+    let r = db.query("n", &Query::all()).unwrap();
+    assert_eq!(ids(&r), ["b", "a"]);
+    assert_eq!(keys(&r), [json!(null), json!([0])]);
+    assert!(db.query("n", &Query::key(json!("z"))).unwrap().is_empty());
+}
+
+#[test]
+fn a_query_at_a_past_event_answers_from_the_state_then() {
+    let (_d, s) = store();
+    let db = s.create(Some("at")).unwrap();
+    db.bulk(
+        &(0..50)
+            .map(|i| json!({"_id": format!("{i:02}"), "n": i}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let then = db.put(&json!({"_id": "07", "n": 700})).unwrap().event;
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    db.put(&json!({"_id": "07", "n": -1})).unwrap();
+    db.del("08").unwrap();
+    db.compact().unwrap();
+    let now = db
+        .query("n", &Query::range(json!(-5), json!(8)).with_docs())
+        .unwrap();
+    assert_eq!(ids(&now), ["07", "00", "01", "02", "03", "04", "05", "06"]);
+    let past = db
+        .query_at("n", &Query::range(json!(-5), json!(8)).with_docs(), &then)
+        .unwrap();
+    assert_eq!(ids(&past), ["00", "01", "02", "03", "04", "05", "06", "08"]);
+    let r = db
+        .query_at("n", &Query::key(json!(700)).with_docs(), &then)
+        .unwrap();
+    assert_eq!(r[0].doc, Some(json!({"_id": "07", "n": 700})));
+    // The kept index is untouched.
+    assert_eq!(db.query("n", &Query::key(json!(700))).unwrap().len(), 0);
+    assert!(db
+        .query_at(
+            "n",
+            &Query::all(),
+            &"bafyreigvory4f2u3pvab54u5vuiklgy5cg43yeslwshc4pojia2kuef2ru"
+                .parse()
+                .unwrap()
+        )
+        .is_err());
+}

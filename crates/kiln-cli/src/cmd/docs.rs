@@ -117,6 +117,9 @@ pub enum DocsGroup {
         /// Event CID(s); repeat or separate with commas for several heads.
         #[arg(long, value_name = "EVENT", value_delimiter = ',')]
         since: Vec<String>,
+        /// Only the N most recent changes (still oldest first; 0: none).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// The event log, newest first.
     Log {
@@ -183,7 +186,7 @@ impl DocsGroup {
             ),
             DocsGroup::Import { db, file, batch } => import(ctx, db, file, batch),
             DocsGroup::Export { db } => export(ctx, db),
-            DocsGroup::Changes { db, since } => changes(ctx, db, since),
+            DocsGroup::Changes { db, since, limit } => changes(ctx, db, since, limit),
             DocsGroup::Log { db, limit } => log(ctx, db, limit),
         }
     }
@@ -396,13 +399,21 @@ fn export(ctx: &Ctx, db: String) -> Result<u8, Fail> {
     Ok(0)
 }
 
-fn changes(ctx: &Ctx, db: String, since: Vec<String>) -> Result<u8, Fail> {
+fn changes(ctx: &Ctx, db: String, since: Vec<String>, limit: Option<usize>) -> Result<u8, Fail> {
     let db = ctx.open(&db)?;
     let since: Vec<Cid> = since
         .iter()
         .map(|s| parse_event(s))
         .collect::<kiln::Result<_>>()?;
-    let ch = db.changes(if since.is_empty() { None } else { Some(&since) })?;
+    let since = if since.is_empty() {
+        None
+    } else {
+        Some(&since[..])
+    };
+    let ch = match limit {
+        Some(l) => db.changes_limited(since, l)?,
+        None => db.changes(since)?,
+    };
     ctx.out.print(
         || {
             ch.iter()

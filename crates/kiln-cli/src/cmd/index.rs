@@ -25,33 +25,12 @@ pub enum IndexGroup {
     Query {
         db: String,
         index: String,
-        /// Rows with exactly this key.
-        #[arg(long, value_name = "K", conflicts_with_all = ["key_list", "range", "prefix"])]
-        key: Option<String>,
-        /// Rows with any of these keys.
-        #[arg(long = "keys", id = "key_list", value_name = "K", num_args = 1.., conflicts_with_all = ["range", "prefix"])]
-        keys: Vec<String>,
-        /// Rows with LO ≤ key ≤ HI.
-        #[arg(long, num_args = 2, value_names = ["LO", "HI"], conflicts_with = "prefix")]
-        range: Vec<String>,
-        /// With --range: leave HI itself out.
-        #[arg(long, requires = "range")]
-        exclusive_end: bool,
-        /// Rows whose compound key (an array) begins with these elements, whatever follows.
-        #[arg(long, value_name = "P", num_args = 1..)]
-        prefix: Vec<String>,
-        /// At most N rows (0: none).
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
-        /// Pass over the first N rows.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        skip: usize,
-        /// Descending order.
-        #[arg(long)]
-        desc: bool,
-        /// Each row with its document.
-        #[arg(long)]
-        docs: bool,
+        #[command(flatten)]
+        q: QueryArgs,
+        /// Answer from the state at this event (the index is built in memory from that
+        /// state: every document it held is mapped; nothing is written).
+        #[arg(long, value_name = "EVENT")]
+        at: Option<String>,
     },
     /// Documents whose fields equal the values given, in id order (one per line).
     ///
@@ -68,6 +47,66 @@ pub enum IndexGroup {
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
     },
+}
+
+/// Which rows of an index a query reads (`kiln query`, `kiln watch --query`).
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// Rows with exactly this key.
+    #[arg(long, value_name = "K", conflicts_with_all = ["key_list", "range", "prefix"])]
+    key: Option<String>,
+    /// Rows with any of these keys.
+    #[arg(long = "keys", id = "key_list", value_name = "K", num_args = 1.., conflicts_with_all = ["range", "prefix"])]
+    keys: Vec<String>,
+    /// Rows with LO ≤ key ≤ HI.
+    #[arg(long, num_args = 2, value_names = ["LO", "HI"], conflicts_with = "prefix")]
+    range: Vec<String>,
+    /// With --range: leave HI itself out.
+    #[arg(long, requires = "range")]
+    exclusive_end: bool,
+    /// Rows whose compound key (an array) begins with these elements, whatever follows.
+    #[arg(long, value_name = "P", num_args = 1..)]
+    prefix: Vec<String>,
+    /// At most N rows (0: none).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Pass over the first N rows.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip: usize,
+    /// Descending order.
+    #[arg(long)]
+    desc: bool,
+    /// Each row with its document.
+    #[arg(long)]
+    docs: bool,
+}
+
+impl QueryArgs {
+    /// The query these flags ask for (keys read as JSON when they parse, else as strings).
+    pub fn query(&self) -> Query {
+        let select = if let Some(k) = &self.key {
+            Select::Key(parse_key(k))
+        } else if !self.keys.is_empty() {
+            Select::Keys(self.keys.iter().map(|k| parse_key(k)).collect())
+        } else if let [lo, hi] = &self.range[..] {
+            Select::Range {
+                start: Some(parse_key(lo)),
+                end: Some(parse_key(hi)),
+                exclusive_end: self.exclusive_end,
+            }
+        } else if !self.prefix.is_empty() {
+            Select::Prefix(self.prefix.iter().map(|p| parse_key(p)).collect())
+        } else {
+            Select::All
+        };
+        Query {
+            select,
+            limit: self.limit,
+            skip: self.skip,
+            desc: self.desc,
+            docs: self.docs,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -102,43 +141,7 @@ impl IndexGroup {
     pub fn run(self, ctx: &Ctx) -> Result<u8, Fail> {
         match self {
             IndexGroup::Index(c) => c.run(ctx),
-            IndexGroup::Query {
-                db,
-                index,
-                key,
-                keys,
-                range,
-                exclusive_end,
-                prefix,
-                limit,
-                skip,
-                desc,
-                docs,
-            } => {
-                let select = if let Some(k) = key {
-                    Select::Key(parse_key(&k))
-                } else if !keys.is_empty() {
-                    Select::Keys(keys.iter().map(|k| parse_key(k)).collect())
-                } else if let [lo, hi] = &range[..] {
-                    Select::Range {
-                        start: Some(parse_key(lo)),
-                        end: Some(parse_key(hi)),
-                        exclusive_end,
-                    }
-                } else if !prefix.is_empty() {
-                    Select::Prefix(prefix.iter().map(|p| parse_key(p)).collect())
-                } else {
-                    Select::All
-                };
-                let q = Query {
-                    select,
-                    limit,
-                    skip,
-                    desc,
-                    docs,
-                };
-                query(ctx, db, index, q)
-            }
+            IndexGroup::Query { db, index, q, at } => query(ctx, db, index, q.query(), at),
             IndexGroup::Find {
                 db,
                 conditions,
@@ -267,9 +270,12 @@ fn describe(def: &IndexDef) -> String {
     }
 }
 
-fn query(ctx: &Ctx, db: String, index: String, q: Query) -> Result<u8, Fail> {
+fn query(ctx: &Ctx, db: String, index: String, q: Query, at: Option<String>) -> Result<u8, Fail> {
     let db = ctx.open(&db)?;
-    let rows = db.query(&index, &q)?;
+    let rows = match at {
+        Some(e) => db.query_at(&index, &q, &crate::input::parse_event(&e)?)?,
+        None => db.query(&index, &q)?,
+    };
     if ctx.out.json {
         ctx.out.print(String::new, || json!(rows));
         return Ok(0);

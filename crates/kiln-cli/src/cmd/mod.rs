@@ -12,6 +12,7 @@ pub mod keys;
 pub mod serve;
 pub mod store;
 pub mod sync;
+pub mod watch;
 
 use crate::out::{torn_note, Out};
 use kiln::{Database, Store};

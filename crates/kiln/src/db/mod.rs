@@ -541,8 +541,15 @@ impl Database {
     /// [`Database::changes`] with the heads of the state they were read from (changes since
     /// those heads are the next ones).
     pub fn changes_with_heads(&self, since: Option<&[Cid]>) -> Result<(Vec<Cid>, Vec<Change>)> {
-        let (heads, linked) = self.changes_linked(since)?;
+        let (heads, linked) = self.changes_linked(since, None)?;
         Ok((heads, linked.into_iter().map(|(c, _)| c).collect()))
+    }
+
+    /// [`Database::changes`], keeping the `limit` most recent (the last ones in its order),
+    /// still oldest first; `0` returns none. Only those are loaded.
+    pub fn changes_limited(&self, since: Option<&[Cid]>, limit: usize) -> Result<Vec<Change>> {
+        let (_, linked) = self.changes_linked(since, Some(limit))?;
+        Ok(linked.into_iter().map(|(c, _)| c).collect())
     }
 
     /// [`Database::changes_with_heads`], each change with its version's CID (`None` for a
@@ -550,6 +557,7 @@ impl Database {
     pub(crate) fn changes_linked(
         &self,
         since: Option<&[Cid]>,
+        limit: Option<usize>,
     ) -> Result<(Vec<Cid>, Vec<(Change, Option<Cid>)>)> {
         self.inner.read(|v| {
             let mut ids: Vec<(Vec<u8>, Slot)> = Vec::new();
@@ -575,6 +583,9 @@ impl Database {
                 }
             }
             ids.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
+            if let Some(l) = limit {
+                ids.drain(..ids.len().saturating_sub(l));
+            }
             let mut out = Vec::with_capacity(ids.len());
             for (k, s) in ids {
                 let id = String::from_utf8(k)
@@ -595,6 +606,88 @@ impl Database {
             }
             Ok((v.head.heads.clone(), out))
         })
+    }
+
+    /// The commits in `ancestors(heads) − ancestors(since)`, oldest first (ascending height,
+    /// then CID), each with the documents it wrote as it wrote them (a delete as its
+    /// tombstone, a purged version as `{"_id", "_purged": true}`), and the heads they lead
+    /// to; `None` when there are more than `max` (the caller catches up from `changes`).
+    pub(crate) fn commits_since(
+        &self,
+        since: &[Cid],
+        max: usize,
+    ) -> Result<Option<(Vec<Cid>, Vec<(Cid, Vec<Value>)>)>> {
+        self.inner.read(|v| {
+            for b in since {
+                v.given_event(b)?;
+            }
+            let mut events: Vec<(u64, Cid, Arc<Event>)> = Vec::new();
+            let mut over = false;
+            clock::since(v, &v.head.heads, since, &mut |c, e| {
+                if events.len() == max {
+                    over = true;
+                    return Ok(false);
+                }
+                events.push((e.height, *c, Arc::new(e.clone())));
+                Ok(true)
+            })?;
+            if over {
+                return Ok(None);
+            }
+            events.sort_by_key(|a| (a.0, a.1));
+            let mut out = Vec::with_capacity(events.len());
+            for (height, cid, e) in events {
+                let mut docs = Vec::with_capacity(e.ops.len());
+                for (id, link) in &e.ops {
+                    docs.push(match link {
+                        None => doc::tombstone(id),
+                        Some(l) => match v.load_doc(id, l, height) {
+                            Err(Error::Purged(..)) => {
+                                serde_json::json!({"_id": id, "_purged": true})
+                            }
+                            r => r?,
+                        },
+                    });
+                }
+                out.push((cid, docs));
+            }
+            Ok(Some((v.head.heads.clone(), out)))
+        })
+    }
+
+    /// Visits every live document of the state at `event` (in id order) with its version's
+    /// CID and version: what a query at a past event maps. The event's own tree when it is
+    /// still stored, else the state built from its history.
+    pub(crate) fn docs_at(
+        &self,
+        event: &Cid,
+        f: &mut dyn FnMut(&str, Cid, u64, Value) -> Result<()>,
+    ) -> Result<()> {
+        let st = self.inner.refresh()?;
+        let mut build = false;
+        loop {
+            let p = self.inner.point(&st.head, Some(event), build)?;
+            let mut entries: Vec<(Vec<u8>, Slot)> = Vec::new();
+            match tree::range(&p, p.root.as_ref(), None, None, &mut |k, s| {
+                entries.push((k.to_vec(), *s));
+                Ok(true)
+            }) {
+                Err(Error::MissingBlock(..)) if !build => {
+                    build = true;
+                    continue;
+                }
+                r => r?,
+            }
+            for (k, s) in entries {
+                let Some(link) = s.link else { continue };
+                let id = std::str::from_utf8(&k).map_err(|_| {
+                    Error::corrupt(self.inner.name.clone(), "document id is not UTF-8")
+                })?;
+                let doc = p.view.load_doc(id, &link, s.version)?;
+                f(id, link, s.version, doc)?;
+            }
+            return Ok(());
+        }
     }
 
     /// Document versions by CID (each with its id and version, as a tree slot names them),
@@ -848,6 +941,13 @@ impl Database {
     /// The store this database is in (for the capabilities above this layer).
     pub(crate) fn env(&self) -> &Arc<Env> {
         &self.inner.store
+    }
+
+    /// A watch that wakes when this database commits, in any process (on its `LOCK`, whose
+    /// counter every commit writes).
+    pub(crate) fn commit_watch(&self) -> Result<crate::storage::local::FileWatch> {
+        let p = self.inner.dir.join("LOCK");
+        crate::storage::local::FileWatch::new(&p).map_err(|e| Error::io(&p, e))
     }
 
     /// This handle's state of type `T` kept by a layer above (made on first use): shared by

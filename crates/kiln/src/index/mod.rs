@@ -192,6 +192,19 @@ impl Database {
         }
     }
 
+    /// Reads rows of index `name` as they were at `event` (see [`Query`]): the index is built
+    /// in memory from the state at that event, mapping every document it holds (the cost of
+    /// a build; nothing is written), and documents are read as they were then.
+    pub fn query_at(&self, name: &str, q: &Query, event: &crate::Cid) -> Result<Vec<Row>> {
+        let d = self.derived()?;
+        let st = self.index_state(&d, name)?;
+        let mapper = self.mapper(name, &st.def)?;
+        let mut nodes = Nodes::new(self, &IndexState::new(st.def.clone()));
+        let root = update::build_at(self, name, event, &mapper, &mut nodes)?;
+        let rows = query::run(&nodes, root.as_ref(), q, name)?;
+        self.with_docs(rows, q.docs)
+    }
+
     fn query_once(&self, name: &str, q: &Query) -> Result<Vec<Row>> {
         let d = self.derived()?;
         let st = self.index_state(&d, name)?;
@@ -209,7 +222,16 @@ impl Database {
             update::bring_up_to_date(self, name, &mut st, &mapper, &mut nodes)?;
             query::run(&nodes, st.root.as_ref(), q, name)?
         };
-        if !q.docs {
+        self.with_docs(rows, q.docs)
+    }
+
+    /// The rows, each with its document (the version its slot names) when `docs`.
+    fn with_docs(
+        &self,
+        rows: Vec<(Row, crate::model::tree::Slot)>,
+        docs: bool,
+    ) -> Result<Vec<Row>> {
+        if !docs {
             return Ok(rows.into_iter().map(|(r, _)| r).collect());
         }
         // Each row's document as the version it was made from, read in one state.

@@ -60,7 +60,7 @@ pub fn bring_up_to_date(
         return Ok(IndexUpdate::default());
     }
     let since = match &st.heads {
-        Some(h) => match db.changes_linked(Some(h)) {
+        Some(h) => match db.changes_linked(Some(h), None) {
             Ok(c) => Some(c),
             // Its heads were cut away: build again.
             Err(Error::NoSuchEvent(..)) => None,
@@ -113,6 +113,35 @@ fn build(
     st.rows = up.added;
     st.heads = Some(heads);
     Ok(up)
+}
+
+/// Builds index `name`'s tree of the state at `event` into `nodes` (fresh, never written):
+/// every live document of that state is mapped.
+pub fn build_at(
+    db: &Database,
+    name: &str,
+    event: &Cid,
+    mapper: &Mapper,
+    nodes: &mut Nodes,
+) -> Result<Option<Cid>> {
+    let mut ops: Vec<tree::Op> = Vec::new();
+    db.docs_at(event, &mut |id, link, version, doc| {
+        let row = Slot {
+            version,
+            link: Some(link),
+        };
+        for (k, v) in rows_of(name, mapper, id, &doc)? {
+            let (b, r) = entry_keys(id, &k, &v);
+            ops.push((b.into(), Some(SLOT)));
+            ops.push((r.into(), Some(row)));
+        }
+        Ok(())
+    })?;
+    ops.sort_by(|a, b| a.0.cmp(&b.0));
+    ops.dedup_by(|a, b| a.0 == b.0);
+    let u = tree::update(&*nodes, None, &ops, Mode::Overwrite, Shape::Bounded)?;
+    nodes.add(u.blocks);
+    Ok(u.root)
 }
 
 /// Replaces the rows of the documents in `changes`.

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub mod content_map;
 mod db_lock;
+mod file_watch;
 mod fs_util;
 mod gc_lock;
 mod head_file;
@@ -22,6 +23,7 @@ mod heads;
 mod tests;
 
 pub use db_lock::DbLock;
+pub use file_watch::FileWatch;
 pub(crate) use fs_util::*;
 pub use fs_util::{sync_dir, sync_file_system, syncfs_covers, write_atomic};
 pub use gc_lock::{GcExclusive, GcLock, GcShared};
