@@ -412,3 +412,52 @@ fn progress_is_told_step_by_step() {
     );
     assert_eq!(r.filesets_pulled, 12);
 }
+
+/// Indexes are not synced: each replica brings its own up to date from what a sync brought
+/// in, mapping only the documents that came (and a subscriber hears the synced commits).
+#[test]
+fn an_index_takes_in_what_a_sync_brings_and_is_never_uploaded() {
+    use kiln::index::{IndexDef, Query};
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = two(d.path());
+    let remote = FolderRemote::open(d.path().join("remote")).unwrap();
+    let (da, db) = (a.open_db("notes").unwrap(), b.open_db("notes").unwrap());
+    da.bulk(
+        &(0..500)
+            .map(|i| json!({"_id": format!("a{i:03}"), "n": i}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    da.create_index("n", IndexDef::fields(["n"])).unwrap();
+    assert_eq!(da.update_index("n").unwrap().mapped, 501); // and "start"
+    sync(&a, &da, &remote, "notes", ALL).unwrap();
+    // Nothing of the index went up: the remote holds the database's live files only.
+    assert!(da.indexes().unwrap()[0].files >= 1);
+    let live: Vec<_> = da.info().unwrap().files.iter().map(|f| f.name).collect();
+    for (f, _) in remote.list_files(Kind::Diff).unwrap() {
+        assert!(
+            live.contains(&f),
+            "{f} on the remote is not one of the database's files"
+        );
+    }
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    assert_eq!(db.update_index("n").unwrap().mapped, 1); // "start"
+    let mut sub = db.subscribe().unwrap();
+    sync(&b, &db, &remote, "notes", ALL).unwrap();
+    let up = db.update_index("n").unwrap();
+    assert_eq!((up.mapped, up.full), (500, false));
+    assert_eq!(
+        db.query("n", &Query::range(json!(10), json!(12)))
+            .unwrap()
+            .len(),
+        3
+    );
+    let heard = sub.try_recv().unwrap().expect("the synced commit");
+    assert_eq!(heard.docs.len(), 500);
+    // A write on A, synced over: one map call on B.
+    da.put(&json!({"_id": "a007", "n": -7})).unwrap();
+    sync(&a, &da, &remote, "notes", ALL).unwrap();
+    sync(&b, &db, &remote, "notes", ALL).unwrap();
+    assert_eq!(db.update_index("n").unwrap().mapped, 1);
+    assert_eq!(db.query("n", &Query::key(json!(-7))).unwrap()[0].id, "a007");
+}

@@ -84,7 +84,9 @@ fn build(
 ) -> Result<IndexUpdate> {
     let mut cursor = db.cursor(&ListOptions::default())?;
     let heads = cursor.heads().to_vec();
-    let mut ops: Vec<tree::Op> = Vec::new();
+    // By-document entries come in id order (nearly sorted already), rows in key order (sorted
+    // apart); every by-document key (0x00…) sorts before every row (0x01…).
+    let (mut by_id, mut rows): (Vec<tree::Op>, Vec<tree::Op>) = (Vec::new(), Vec::new());
     let mut up = IndexUpdate {
         full: true,
         ..IndexUpdate::default()
@@ -97,13 +99,17 @@ fn build(
         };
         for (k, v) in rows_of(name, mapper, &id, &doc)? {
             let (b, r) = entry_keys(&id, &k, &v);
-            ops.push((b.into(), Some(SLOT)));
-            ops.push((r.into(), Some(row)));
-            up.added += 1;
+            by_id.push((b.into(), Some(SLOT)));
+            rows.push((r.into(), Some(row)));
         }
     }
-    ops.sort_by(|a, b| a.0.cmp(&b.0));
-    ops.dedup_by(|a, b| a.0 == b.0);
+    by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    by_id.dedup_by(|a, b| a.0 == b.0);
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    rows.dedup_by(|a, b| a.0 == b.0);
+    up.added = rows.len() as u64;
+    let mut ops = by_id;
+    ops.append(&mut rows);
     let u = tree::update(nodes, None, &ops, Mode::Overwrite, Shape::Bounded)?;
     nodes.add(u.blocks);
     // A build replaces every file.
