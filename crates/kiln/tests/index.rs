@@ -569,3 +569,22 @@ fn a_query_at_a_past_event_answers_from_the_state_then() {
         )
         .is_err());
 }
+
+#[test]
+fn a_map_function_that_queries_an_index_gets_an_error_not_a_hang() {
+    let (_d, s) = store();
+    let db = s.create(Some("re")).unwrap();
+    db.put(&json!({"_id": "a", "n": 1})).unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    let inner = db.clone();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let s2 = seen.clone();
+    db.register_map("nested", 1, move |_, emit| {
+        *s2.lock().unwrap() = Some(inner.query("n", &Query::all()).map(|r| r.len()));
+        emit.row(json!(1), json!(null));
+    })
+    .unwrap();
+    db.query("nested", &Query::all()).unwrap();
+    let got = seen.lock().unwrap().take().unwrap();
+    assert!(got.unwrap_err().to_string().contains("may not use indexes"));
+}

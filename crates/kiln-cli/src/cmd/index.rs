@@ -131,7 +131,7 @@ pub enum IndexCmd {
     },
     /// List a database's indexes: name, definition, rows, whether up to date, size.
     List { db: String },
-    /// Drop an index (its files go at the next `kiln gc`); exit code 3 if there is none.
+    /// Drop an index (its files go at the next `kiln gc`); exit code 4 if there is none.
     Drop { db: String, name: String },
     /// Build an index again from every document (all of the database's when NAME is omitted).
     Rebuild { db: String, name: Option<String> },

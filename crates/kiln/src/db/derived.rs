@@ -19,6 +19,11 @@ use crate::format::block::cbor::{Decoder, Encoder};
 use crate::format::seal::{Purpose, Salt, SALT_LEN};
 use crate::storage::write_atomic;
 
+/// The level a derived file's index records (no diff file has it): garbage collection removes
+/// such a file when nothing names it, never archives it (a purge clears derived data, which
+/// may hold what it purges, and the archive would keep it).
+pub(crate) const DERIVED_FILE_LEVEL: u8 = u8::MAX;
+
 /// The derived record's file, in the database's folder.
 pub(crate) const DERIVED: &str = "DERIVED";
 const DERIVED_LOCK: &str = "DERIVED.lock";
@@ -171,6 +176,8 @@ impl Database {
         &self,
         f: impl FnOnce(&mut Derived, &DerivedWriter) -> Result<T>,
     ) -> Result<T> {
+        // (First: a second update from within would wait on this thread's own locks.)
+        let _inside = Reentry::enter()?;
         let env = &self.inner.store;
         let _gc = env.gc_shared()?;
         let lock_path = self.inner.dir.join(DERIVED_LOCK);
@@ -185,10 +192,14 @@ impl Database {
                 _ => Error::io(&lock_path, e),
             })?;
         lock.lock().map_err(|e| Error::io(&lock_path, e))?;
-        let mut d = self.derived()?;
+        // A damaged record is derived data lost: replaced (its indexes are declared again).
+        let (mut d, damaged) = match self.derived() {
+            Err(e) if e.is_corruption() => (Derived::default(), true),
+            r => (r?, false),
+        };
         let before = d.clone();
         let out = f(&mut d, &DerivedWriter { db: self })?;
-        if d != before {
+        if d != before || damaged {
             self.write_derived(&d)?;
         }
         Ok(out)
@@ -209,7 +220,7 @@ impl Database {
     /// Clears every derived entry's state and files, keeping its definition (a purge or a
     /// history cut: the state may hold what it removes).
     pub(crate) fn clear_derived(&self) -> Result<()> {
-        if !self.derived_path().exists() {
+        if !self.derived_path().exists() || self.inner.store.writable("").is_err() {
             return Ok(());
         }
         self.update_derived(|d, _| {
@@ -221,9 +232,13 @@ impl Database {
         })
     }
 
-    /// The files this database's derived entries keep alive.
+    /// The files this database's derived entries keep alive (none when the record is
+    /// damaged: derived data, rebuilt when next used).
     pub(crate) fn derived_file_names(&self) -> Result<Vec<FileName>> {
-        Ok(self.derived()?.files())
+        match self.derived() {
+            Err(e) if e.is_corruption() => Ok(Vec::new()),
+            r => Ok(r?.files()),
+        }
     }
 
     /// The sealed derived record as stored (a fork copies it), if any.
@@ -248,6 +263,33 @@ impl Database {
     }
 }
 
+thread_local! {
+    static UPDATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as inside an update of derived data: a second one from within (a map
+/// function querying an index) would wait on the lock its own thread holds, forever.
+struct Reentry;
+
+impl Reentry {
+    fn enter() -> Result<Reentry> {
+        if UPDATING.with(|u| u.replace(true)) {
+            return Err(Error::InvalidArgument(
+                "an index's map function may not use indexes (it runs while an index is \
+                 being updated)"
+                    .into(),
+            ));
+        }
+        Ok(Reentry)
+    }
+}
+
+impl Drop for Reentry {
+    fn drop(&mut self) {
+        UPDATING.with(|u| u.set(false));
+    }
+}
+
 /// Writes files for derived data (inside [`Database::update_derived`]).
 pub(crate) struct DerivedWriter<'a> {
     db: &'a Database,
@@ -261,7 +303,7 @@ impl DerivedWriter<'_> {
     ) -> Result<(FileName, u64)> {
         let db = &self.db.inner;
         let mut w = car::Writer::new(car::Meta {
-            level: 1,
+            level: DERIVED_FILE_LEVEL,
             time: now_ms(),
             roots: Vec::new(),
             replaces: Vec::new(),

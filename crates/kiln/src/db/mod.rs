@@ -696,7 +696,11 @@ impl Database {
         self.inner.read(|v| {
             items
                 .iter()
-                .map(|(id, cid, version)| v.load_doc(id, cid, *version))
+                .map(|(id, cid, version)| match v.load_doc(id, cid, *version) {
+                    // Purged since the caller read its CID: gone.
+                    Err(Error::Purged(..)) => Ok(Value::Null),
+                    r => r,
+                })
                 .collect()
         })
     }

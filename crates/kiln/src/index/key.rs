@@ -27,8 +27,25 @@ const OBJECT: u8 = 0x07;
 const ZERO_ESCAPE: u8 = 0xFF;
 const STRING_END: u8 = 0x01;
 
-/// Deepest nesting of arrays and objects a key may have (as documents: see `model::doc`).
-pub const MAX_DEPTH: usize = 64;
+/// Deepest nesting of arrays and objects a key or a value may have: a document's deepest (128)
+/// inside a compound key's array, with room to spare; rows deeper than this are refused when
+/// they are made.
+pub const MAX_DEPTH: usize = 160;
+
+/// How deep `v` nests (a scalar: 0).
+pub fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|e| (e, d + 1))),
+            Value::Object(m) => stack.extend(m.values().map(|e| (e, d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
 
 /// Why bytes do not decode as a key (a damaged index: the caller says which).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,7 +426,7 @@ mod tests {
         }
         let mut pos = 0;
         assert!(decode(&[0x99], &mut pos).is_err());
-        let deep = vec![ARRAY; 200];
+        let deep = vec![ARRAY; 400];
         pos = 0;
         assert!(decode(&deep, &mut pos).is_err());
     }

@@ -187,6 +187,11 @@ impl Database {
         loop {
             match self.query_once(name, q) {
                 Err(Error::MissingFile(..)) if tries + 1 < READ_TRIES => tries += 1,
+                // An index file lost for good: derived data, built again.
+                Err(Error::MissingFile(..)) if self.writable() => {
+                    self.update_kept(name, true)?;
+                    return self.query_once(name, q);
+                }
                 r => return r,
             }
         }
@@ -328,8 +333,17 @@ impl Database {
     }
 
     fn index_state(&self, d: &crate::db::derived::Derived, name: &str) -> Result<IndexState> {
-        IndexState::of(d, name)?
-            .ok_or_else(|| Error::NoSuchIndex(name.to_owned(), self.name().to_owned()))
+        if let Some(st) = IndexState::of(d, name)? {
+            return Ok(st);
+        }
+        // A map function registered here whose definition could not be written (a read-only
+        // store): an index not built yet.
+        let maps = self.upper_state::<Registry>();
+        let maps = maps.maps.read().unwrap_or_else(|p| p.into_inner());
+        match maps.get(name) {
+            Some((version, _)) => Ok(IndexState::new(IndexDef::Map { version: *version })),
+            None => Err(Error::NoSuchIndex(name.to_owned(), self.name().to_owned())),
+        }
     }
 
     /// What maps documents for index `name`.
@@ -363,8 +377,19 @@ impl Database {
             }
             let mapper = self.mapper(name, &st.def)?;
             let mut nodes = Nodes::new(self, &st);
-            let up = update::bring_up_to_date(self, name, &mut st, &mapper, &mut nodes)?;
-            nodes.write_out(&mut st, w)?;
+            let up = match update::bring_up_to_date(self, name, &mut st, &mapper, &mut nodes)
+                .and_then(|up| nodes.write_out(&mut st, w).map(|()| up))
+            {
+                // A file of the index is lost: derived data, built again from the documents.
+                Err(Error::MissingFile(..)) => {
+                    st.reset();
+                    nodes = Nodes::new(self, &st);
+                    let up = update::bring_up_to_date(self, name, &mut st, &mapper, &mut nodes)?;
+                    nodes.write_out(&mut st, w)?;
+                    up
+                }
+                r => r?,
+            };
             st.put(d, name);
             Ok((st, up))
         })

@@ -117,7 +117,8 @@ pub struct Row {
     pub id: String,
     /// The value emitted with it (`null` for declared fields).
     pub value: Value,
-    /// The document (with `docs`; `null` when it was deleted since the index was read).
+    /// The document as the version the row was made from (with `docs`; `null` when that
+    /// version was purged since).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doc: Option<Value>,
 }

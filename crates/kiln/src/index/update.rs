@@ -38,7 +38,7 @@ const SLOT: Slot = Slot {
 pub struct IndexUpdate {
     /// Documents mapped (the map function's calls).
     pub mapped: u64,
-    /// Rows added and removed.
+    /// Rows added.
     pub added: u64,
     /// Rows removed.
     pub removed: u64,
@@ -60,13 +60,15 @@ pub fn bring_up_to_date(
         return Ok(IndexUpdate::default());
     }
     let since = match &st.heads {
-        Some(h) => match db.changes_linked(Some(h), None) {
+        // (Empty heads: built on an empty database, which may since have taken in a replica
+        // whose history was cut, so the clock no longer has every document's event: build.)
+        Some(h) if !h.is_empty() => match db.changes_linked(Some(h), None) {
             Ok(c) => Some(c),
             // Its heads were cut away: build again.
             Err(Error::NoSuchEvent(..)) => None,
             Err(e) => return Err(e),
         },
-        None => None,
+        _ => None,
     };
     match since {
         Some((heads, changes)) => incremental(db, name, st, mapper, nodes, heads, changes),
@@ -230,6 +232,15 @@ fn rows_of(name: &str, mapper: &Mapper, id: &str, doc: &Value) -> Result<Vec<(Va
                 "index '{name}': the map function panicked on document '{id}'"
             ))
         })?;
+    if rows
+        .iter()
+        .any(|(k, v)| key::depth(k) > key::MAX_DEPTH || key::depth(v) > key::MAX_DEPTH)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "index '{name}': document '{id}' emitted a row nested deeper than {} levels",
+            key::MAX_DEPTH
+        )));
+    }
     if rows.len() > MAX_ROWS_PER_DOC {
         return Err(Error::InvalidArgument(format!(
             "index '{name}': document '{id}' emitted {} rows (at most {MAX_ROWS_PER_DOC})",

@@ -729,10 +729,14 @@ impl Store {
                 continue;
             }
             let len = storage.len(f).unwrap_or(0);
-            let done = if archive && self.file_opens_with(f, &archive_keys) {
-                storage.archive(f)
-            } else {
-                storage.remove(f)
+            // (A derived file, an index's, is removed: a purge clears derived data, which the
+            // archive would otherwise keep.)
+            let level = archive
+                .then(|| self.file_level_with(f, &archive_keys))
+                .flatten();
+            let done = match level {
+                Some(l) if l != crate::db::derived::DERIVED_FILE_LEVEL => storage.archive(f),
+                _ => storage.remove(f),
             };
             done.map_err(|e| Error::io(&files_dir, e))?;
             r.removed_files += 1;
@@ -1012,24 +1016,27 @@ impl Store {
     /// Whether diff file `f`'s sealed index opens under one of `keys` (the file is of that
     /// lineage). A file that cannot be read opens under none.
     fn file_opens_with(&self, f: &FileName, keys: &[Key]) -> bool {
+        self.file_level_with(f, keys).is_some()
+    }
+
+    /// The level diff file `f`'s sealed index records, when it opens under one of `keys`.
+    fn file_level_with(&self, f: &FileName, keys: &[Key]) -> Option<u8> {
         let storage = &self.inner.storage;
-        let Ok(len) = storage.len(f) else {
-            return false;
-        };
+        let len = storage.len(f).ok()?;
         let t_at = len.saturating_sub(crate::format::car::TRAILER_LEN as u64);
-        let Ok(t) = storage.read_at(f, t_at, crate::format::car::TRAILER_LEN) else {
-            return false;
-        };
-        let Ok((at, ilen)) = crate::format::car::parse_trailer(len, &t) else {
-            return false;
-        };
+        let t = storage
+            .read_at(f, t_at, crate::format::car::TRAILER_LEN)
+            .ok()?;
+        let (at, ilen) = crate::format::car::parse_trailer(len, &t).ok()?;
         // The index region and the trailer.
-        let Ok(tail) = storage.read_at(f, at, ilen as usize + crate::format::car::TRAILER_LEN)
-        else {
-            return false;
-        };
-        keys.iter()
-            .any(|k| crate::format::car::Index::open(k, &tail, at).is_ok())
+        let tail = storage
+            .read_at(f, at, ilen as usize + crate::format::car::TRAILER_LEN)
+            .ok()?;
+        keys.iter().find_map(|k| {
+            crate::format::car::Index::open(k, &tail, at)
+                .ok()
+                .map(|i| i.meta.level)
+        })
     }
 
     /// [`Store::file_opens_with`] for a file in the archive.
