@@ -32,6 +32,10 @@ const MAGIC: &[u8; 8] = b"KILNDRV\0";
 const VERSION: u32 = 1;
 const PREFIX: usize = 8 + 4 + SALT_LEN;
 
+/// The derived record a handle opened last, with its sealed bytes.
+#[derive(Default)]
+struct DerivedCache(std::sync::Mutex<Option<(Vec<u8>, Derived)>>);
+
 /// A database's derived entries, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Derived {
@@ -140,7 +144,10 @@ impl Database {
         self.inner.dir.join(DERIVED)
     }
 
-    /// The database's derived entries (none when it has no record).
+    /// The database's derived entries (none when it has no record). The record last opened
+    /// is kept with the handle, with its sealed bytes: bytes read again that equal them are
+    /// not opened again (every write seals under a fresh salt, so a changed record never
+    /// reads the same).
     pub(crate) fn derived(&self) -> Result<Derived> {
         let path = self.derived_path();
         let b = match std::fs::read(&path) {
@@ -148,6 +155,18 @@ impl Database {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Derived::default()),
             Err(e) => return Err(Error::io(&path, e)),
         };
+        let cache = self.upper_state::<DerivedCache>();
+        if let Some((sealed, d)) = &*cache.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *sealed == b {
+                return Ok(d.clone());
+            }
+        }
+        let d = self.open_derived(&path, &b)?;
+        *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((b, d.clone()));
+        Ok(d)
+    }
+
+    fn open_derived(&self, path: &std::path::Path, b: &[u8]) -> Result<Derived> {
         let bad = |what: &str| Error::corrupt(path.display().to_string(), what);
         if b.len() < PREFIX || &b[..8] != MAGIC {
             return Err(bad("not a derived record"));
