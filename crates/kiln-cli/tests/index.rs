@@ -1,39 +1,18 @@
 //! `kiln index …`, `kiln query` and `kiln find` end to end: key values read as JSON or text,
 //! every query form, exit codes, and an index kept across processes.
 
+mod common;
+
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 fn kiln(root: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--root")
-        .arg(root)
-        .args(["--durability", "buffered"])
-        .args(args)
-        .env_remove("KILN_ROOT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut i = c.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        i.write_all(s.as_bytes()).unwrap();
-    }
-    drop(i);
-    c.wait_with_output().unwrap()
+    common::run_kiln(root, args, stdin)
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {
-    let o = kiln(root, args, None);
-    assert!(
-        o.status.success(),
-        "kiln {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    common::kiln_ok(root, args, None)
 }
 
 fn code(root: &Path, args: &[&str]) -> i32 {

@@ -2,7 +2,9 @@
 //! make (deletes marked), from an event with --since, and a query's rows with --query.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -15,25 +17,7 @@ fn kiln(root: &Path) -> Command {
 }
 
 fn ok(root: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut c = kiln(root)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut i = c.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        i.write_all(s.as_bytes()).unwrap();
-    }
-    drop(i);
-    let o = c.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "kiln {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    common::kiln_ok(root, args, stdin)
 }
 
 /// A `kiln watch` process and its output lines (killed when dropped).

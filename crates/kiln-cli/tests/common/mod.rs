@@ -152,3 +152,36 @@ impl RandomKiller {
         }
     }
 }
+
+/// Runs `kiln --root ROOT --durability buffered ARGS…` with `stdin` (if any) and waits.
+pub fn run_kiln(root: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(root)
+        .args(["--durability", "buffered"])
+        .args(args)
+        .env_remove("KILN_ROOT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut i = c.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        i.write_all(s.as_bytes()).unwrap();
+    }
+    drop(i);
+    c.wait_with_output().unwrap()
+}
+
+/// [`run_kiln`], which must succeed: its standard output.
+pub fn kiln_ok(root: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let o = run_kiln(root, args, stdin);
+    assert!(
+        o.status.success(),
+        "kiln {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}

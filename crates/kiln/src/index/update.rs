@@ -95,15 +95,17 @@ fn build(
     };
     while let Some((id, link, version, doc)) = cursor.next_linked()? {
         up.mapped += 1;
-        let row = Slot {
-            version,
-            link: Some(link),
-        };
-        for (k, v) in rows_of(name, mapper, &id, &doc)? {
-            let (b, r) = entry_keys(&id, &k, &v);
-            by_id.push((b.into(), Some(SLOT)));
-            rows.push((r.into(), Some(row)));
-        }
+        entries_of(
+            name,
+            mapper,
+            &id,
+            (link, version),
+            &doc,
+            &mut |b, r, row| {
+                by_id.push((b.into(), Some(SLOT)));
+                rows.push((r.into(), Some(row)));
+            },
+        )?;
     }
     by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     by_id.dedup_by(|a, b| a.0 == b.0);
@@ -134,16 +136,10 @@ pub fn build_at(
 ) -> Result<Option<Cid>> {
     let mut ops: Vec<tree::Op> = Vec::new();
     db.docs_at(event, &mut |id, link, version, doc| {
-        let row = Slot {
-            version,
-            link: Some(link),
-        };
-        for (k, v) in rows_of(name, mapper, id, &doc)? {
-            let (b, r) = entry_keys(id, &k, &v);
+        entries_of(name, mapper, id, (link, version), &doc, &mut |b, r, row| {
             ops.push((b.into(), Some(SLOT)));
             ops.push((r.into(), Some(row)));
-        }
-        Ok(())
+        })
     })?;
     ops.sort_by(|a, b| a.0.cmp(&b.0));
     ops.dedup_by(|a, b| a.0 == b.0);
@@ -187,15 +183,17 @@ fn incremental(
         }
         if let (false, Some(link)) = (c.deleted, link) {
             up.mapped += 1;
-            let row = Slot {
-                version: c.version,
-                link: Some(link),
-            };
-            for (k, v) in rows_of(name, mapper, &c.id, &c.doc)? {
-                let (b, r) = entry_keys(&c.id, &k, &v);
-                ops.insert(b, Some(SLOT));
-                ops.insert(r, Some(row));
-            }
+            entries_of(
+                name,
+                mapper,
+                &c.id,
+                (link, c.version),
+                &c.doc,
+                &mut |b, r, row| {
+                    ops.insert(b, Some(SLOT));
+                    ops.insert(r, Some(row));
+                },
+            )?;
         }
     }
     let ops: Vec<tree::Op> = ops.into_iter().map(|(k, s)| (Arc::from(k), s)).collect();
@@ -222,6 +220,27 @@ fn incremental(
     st.rows = (st.rows + up.added).saturating_sub(up.removed);
     st.heads = Some(heads);
     Ok(up)
+}
+
+/// Hands `put` each row `mapper` makes of document `id` (its version `at`: CID, height): the
+/// by-document entry, the row entry and the row's slot.
+fn entries_of(
+    name: &str,
+    mapper: &Mapper,
+    id: &str,
+    at: (Cid, u64),
+    doc: &Value,
+    put: &mut dyn FnMut(Vec<u8>, Vec<u8>, Slot),
+) -> Result<()> {
+    let row = Slot {
+        version: at.1,
+        link: Some(at.0),
+    };
+    for (k, v) in rows_of(name, mapper, id, doc)? {
+        let (b, r) = entry_keys(id, &k, &v);
+        put(b, r, row);
+    }
+    Ok(())
 }
 
 /// The rows `mapper` makes of `doc`, a map function's panic or flood an error naming both.

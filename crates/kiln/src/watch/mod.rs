@@ -115,12 +115,9 @@ impl Subscription {
             if !self.queued.is_empty() {
                 continue;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !wait_until(&mut self.watch, deadline)? {
                 return Ok(None);
             }
-            let path = self.watch.path().to_path_buf();
-            self.watch.wait(left).map_err(|e| Error::io(path, e))?;
         }
     }
 
@@ -183,6 +180,18 @@ impl Iterator for Subscription {
     }
 }
 
+/// Waits on `watch` until a commit may have happened or `deadline` passes; `false` once it
+/// has passed.
+fn wait_until(watch: &mut FileWatch, deadline: Instant) -> Result<bool> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Ok(false);
+    }
+    let path = watch.path().to_path_buf();
+    watch.wait(left).map_err(|e| Error::io(path, e))?;
+    Ok(true)
+}
+
 /// A live query (see [`Database::live_query`]).
 pub struct LiveQuery {
     db: Database,
@@ -228,12 +237,9 @@ impl LiveQuery {
                 }
                 continue;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !wait_until(&mut self.watch, deadline)? {
                 return Ok(None);
             }
-            let path = self.watch.path().to_path_buf();
-            self.watch.wait(left).map_err(|e| Error::io(path, e))?;
         }
     }
 }
