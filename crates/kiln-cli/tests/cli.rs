@@ -1,5 +1,7 @@
 //! The `kiln` binary end to end: output, JSON mode and exit codes.
 
+mod common;
+
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::io::Write;
@@ -7,23 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn kiln(root: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--root")
-        .arg(root)
-        .args(["--durability", "buffered"])
-        .args(args)
-        .env_remove("KILN_ROOT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut i = c.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        i.write_all(s.as_bytes()).unwrap();
-    }
-    drop(i);
-    c.wait_with_output().unwrap()
+    common::run_kiln(root, args, stdin)
 }
 
 /// Runs `kiln` with `args` (any bytes) and `stdin` written from a thread, so a `kiln` that
