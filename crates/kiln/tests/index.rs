@@ -588,3 +588,33 @@ fn a_map_function_that_queries_an_index_gets_an_error_not_a_hang() {
     let got = seen.lock().unwrap().take().unwrap();
     assert!(got.unwrap_err().to_string().contains("may not use indexes"));
 }
+
+#[test]
+fn another_handle_sees_every_change_to_the_index_record() {
+    // Each handle keeps the derived record it read last; every change another handle makes
+    // (a new definition, an update, a drop that removes the record, a new one after it) is
+    // seen at the next read.
+    let (d, s) = store();
+    let a = s.create(Some("h")).unwrap();
+    let other = Store::open(d.path()).unwrap();
+    let b = other.open_db("h").unwrap();
+    a.put(&json!({"_id": "x", "n": 1, "m": 5})).unwrap();
+    a.create_index("i", IndexDef::fields(["n"])).unwrap();
+    assert_eq!(keys(&a.query("i", &Query::all()).unwrap()), [json!(1)]);
+    for round in 0..20 {
+        // Redefined through b: a sees the new definition (and builds it).
+        let field = if round % 2 == 0 { "m" } else { "n" };
+        b.create_index("i", IndexDef::fields([field])).unwrap();
+        let want = if round % 2 == 0 { 5 } else { 1 };
+        assert_eq!(keys(&a.query("i", &Query::all()).unwrap()), [json!(want)]);
+        // Dropped through b (the record goes), then made again: a sees both.
+        assert!(b.drop_index("i").unwrap());
+        assert!(matches!(
+            a.query("i", &Query::all()),
+            Err(kiln::Error::NoSuchIndex(..))
+        ));
+        b.create_index("i", IndexDef::fields([field])).unwrap();
+        assert_eq!(a.indexes().unwrap().len(), 1);
+        assert!(!a.indexes().unwrap()[0].built);
+    }
+}

@@ -32,9 +32,32 @@ const MAGIC: &[u8; 8] = b"KILNDRV\0";
 const VERSION: u32 = 1;
 const PREFIX: usize = 8 + 4 + SALT_LEN;
 
-/// The derived record a handle opened last, with its sealed bytes.
+/// The derived record a handle opened last, with the file it was read from held open.
 #[derive(Default)]
-struct DerivedCache(std::sync::Mutex<Option<(Vec<u8>, Derived)>>);
+struct DerivedCache(std::sync::Mutex<Option<KeptRecord>>);
+
+/// A derived record as read, and its file. A record is never changed in place (every write
+/// makes a new file and renames it over the old), and a file held open keeps its inode: while
+/// the path names that inode, the record is the one read.
+struct KeptRecord {
+    /// Held open (never read again) so that its inode is not reused.
+    _file: std::fs::File,
+    meta: std::fs::Metadata,
+    record: Arc<Derived>,
+}
+
+/// Whether two open files are the same file.
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// (Without inode numbers the record is read again every time.)
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    false
+}
 
 /// A database's derived entries, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -145,25 +168,37 @@ impl Database {
     }
 
     /// The database's derived entries (none when it has no record). The record last opened
-    /// is kept with the handle, with its sealed bytes: bytes read again that equal them are
-    /// not opened again (every write seals under a fresh salt, so a changed record never
-    /// reads the same).
-    pub(crate) fn derived(&self) -> Result<Derived> {
+    /// is kept with the handle, its file held open (see [`KeptRecord`]): while the record's
+    /// path still names that file, it is not read again.
+    pub(crate) fn derived(&self) -> Result<Arc<Derived>> {
         let path = self.derived_path();
-        let b = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Derived::default()),
+        let now = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
             Err(e) => return Err(Error::io(&path, e)),
         };
         let cache = self.upper_state::<DerivedCache>();
-        if let Some((sealed, d)) = &*cache.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            if *sealed == b {
-                return Ok(d.clone());
+        let mut kept = cache.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = &*kept {
+            if same_file(&k.meta, &now) {
+                return Ok(k.record.clone());
             }
         }
-        let d = self.open_derived(&path, &b)?;
-        *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((b, d.clone()));
-        Ok(d)
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut b).map_err(|e| Error::io(&path, e))?;
+        let record = Arc::new(self.open_derived(&path, &b)?);
+        *kept = Some(KeptRecord {
+            _file: file,
+            meta,
+            record: record.clone(),
+        });
+        Ok(record)
     }
 
     fn open_derived(&self, path: &std::path::Path, b: &[u8]) -> Result<Derived> {
@@ -214,7 +249,7 @@ impl Database {
         // A damaged record is derived data lost: replaced (its indexes are declared again).
         let (mut d, damaged) = match self.derived() {
             Err(e) if e.is_corruption() => (Derived::default(), true),
-            r => (r?, false),
+            r => ((*r?).clone(), false),
         };
         let before = d.clone();
         let out = f(&mut d, &DerivedWriter { db: self })?;
