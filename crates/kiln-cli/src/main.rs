@@ -13,6 +13,7 @@ use cmd::db::{DbCmd, DbGroup};
 use cmd::docs::DocsGroup;
 use cmd::files::FilesGroup;
 use cmd::history::HistoryGroup;
+use cmd::import::ImportGroup;
 use cmd::index::IndexGroup;
 use cmd::keys::KeyGroup;
 use cmd::store::StoreGroup;
@@ -109,6 +110,8 @@ enum Cmd {
     Index(IndexGroup),
     #[command(flatten)]
     Watch(WatchGroup),
+    #[command(flatten)]
+    Import(ImportGroup),
     #[command(flatten)]
     Sync(SyncGroup),
     #[command(flatten)]
@@ -230,6 +233,7 @@ fn run(cli: Cli) -> Result<u8, Fail> {
         Cmd::History(c) => c.run(&ctx),
         Cmd::Index(c) => c.run(&ctx),
         Cmd::Watch(c) => c.run(&ctx),
+        Cmd::Import(c) => c.run(&ctx),
         Cmd::Sync(c) => c.run(&ctx),
         Cmd::Contrib(c) => c.run(&ctx),
         Cmd::Store(c) => c.run(&ctx),
@@ -243,6 +247,7 @@ fn creates_store(cmd: &Cmd) -> bool {
     match cmd {
         Cmd::Db(DbGroup::Db(DbCmd::Create { .. }))
         | Cmd::Store(StoreGroup::Demo)
+        | Cmd::Import(_)
         | Cmd::Key(KeyGroup::Key(cmd::keys::KeyCmd::Import { .. })) => true,
         Cmd::Store(StoreGroup::Config {
             compact_threshold,

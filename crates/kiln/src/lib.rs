@@ -37,6 +37,7 @@ mod store; // a store of databases: create, fork, drop, gc, proposals
 mod util; // helpers that know nothing of kiln
           // The capabilities on top.
 mod attachments;
+pub mod import; // data from other systems (Fireproof)
 pub mod index; // secondary indexes and queries
 pub mod watch; // subscriptions and live queries
 

@@ -7,6 +7,7 @@ pub mod db;
 pub mod docs;
 pub mod files;
 pub mod history;
+pub mod import;
 pub mod index;
 pub mod keys;
 pub mod serve;

@@ -153,6 +153,9 @@ struct Db {
     /// The last handle is being dropped: the background compaction stops after the merge it
     /// is doing (or, not yet begun, the one it was started for).
     closing: AtomicBool,
+    /// Commits skip their flushes until [`Database::sync`] (an importer's, whose work is all or
+    /// nothing and made durable at its end).
+    buffered: AtomicBool,
     /// The background compaction waits to swap its result in: commits let it go first (the
     /// in-process mutex is not fair, and back-to-back commits would starve it).
     swap_waiting: AtomicBool,
@@ -288,6 +291,7 @@ impl Database {
             compactor: Mutex::new(None),
             handles: AtomicUsize::new(1),
             closing: AtomicBool::new(false),
+            buffered: AtomicBool::new(false),
             swap_waiting: AtomicBool::new(false),
             file_buf: Mutex::new(Vec::new()),
             carried: Mutex::new(None),
@@ -937,7 +941,7 @@ impl Db {
     }
 
     fn sync(&self) -> bool {
-        self.store.opts.durability == Durability::Full
+        self.store.opts.durability == Durability::Full && !self.buffered.load(Ordering::SeqCst)
     }
 }
 
@@ -971,5 +975,12 @@ impl Database {
     /// Whether commits are durable when acknowledged (so is what they name).
     pub(crate) fn durable(&self) -> bool {
         self.inner.sync()
+    }
+
+    /// With `on`, this database's commits skip their flushes (as `Durability::Buffered`) until
+    /// it is set off again; [`Database::sync`] then makes them durable. For work that is all
+    /// or nothing, such as an import.
+    pub(crate) fn buffer_commits(&self, on: bool) {
+        self.inner.buffered.store(on, Ordering::SeqCst);
     }
 }

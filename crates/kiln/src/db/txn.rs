@@ -109,6 +109,18 @@ impl Transaction {
         Ok(())
     }
 
+    /// [`Transaction::commit`] with a note recorded in the event (an importer's).
+    pub(crate) fn commit_noted(self, note: &str) -> Result<Committed> {
+        if self.writes.is_empty() {
+            return Err(Error::InvalidArgument("nothing to commit".into()));
+        }
+        self.db.finish(self.db.inner.commit(CommitRequest {
+            base: Some(&self.base.head),
+            note,
+            ..CommitRequest::of(Prepared::of(self.writes))
+        })?)
+    }
+
     /// Commits the writes as one event: on the latest state when nothing landed since the
     /// transaction began, else as a concurrent branch on the state it began on (the next commit
     /// joins the heads; see [`Database::conflicts`]).
@@ -138,6 +150,47 @@ impl Database {
         Ok(Transaction {
             db: self.clone(),
             base: st,
+            writes: Vec::new(),
+        })
+    }
+
+    /// A transaction whose parents will be `parents` (events of this database), for an
+    /// importer replaying another system's history: on the current state when they are the
+    /// current heads, else a concurrent branch on the state of their one event (kiln's merge
+    /// of heads then applies, as for any branch). Several parents that are not the current
+    /// heads are refused ([`Error::InvalidArgument`]): that state is no event's. Its reads see
+    /// the current state, not the parents'.
+    pub(crate) fn transaction_on(&self, parents: &[Cid]) -> Result<Transaction> {
+        let st = self.inner.refresh()?;
+        self.inner.ensure_tree(&st.head)?;
+        let mut want = parents.to_vec();
+        want.sort();
+        want.dedup();
+        if want == st.head.heads {
+            return self.transaction();
+        }
+        let root = match want.as_slice() {
+            [] => None,
+            [one] => {
+                let v = View::new(&self.inner, &st.head);
+                v.given_event(one)?.root
+            }
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "a transaction on several events that are not the current heads".into(),
+                ))
+            }
+        };
+        let mut head = st.head.clone();
+        head.heads = want;
+        head.root = root;
+        Ok(Transaction {
+            db: self.clone(),
+            base: Arc::new(State {
+                head,
+                stamp: st.stamp,
+                log: st.log.clone(),
+            }),
             writes: Vec::new(),
         })
     }
