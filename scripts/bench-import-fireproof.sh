@@ -20,7 +20,7 @@ KILN="$ROOT/target/release/kiln"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
-for load in seq bulk; do
+for load in bulk seq; do
     fp="$WORK/fp-$load"
     (cd "$JS" && node bench.mjs fireproof alldocs "$N" "$fp" --load="$load" --timeout-s=3600) \
         | grep '^{' | tail -1 >>"$OUT"

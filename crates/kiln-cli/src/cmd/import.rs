@@ -101,12 +101,17 @@ impl ImportGroup {
                     r.files_read,
                     r.bytes_read
                 );
-                if r.compacted || r.hollow_versions > 0 || r.missing_events > 0 {
+                if r.hollow_versions > 0 {
                     s.push_str(&format!(
-                        "\nnote: Fireproof compacted this ledger: {} earlier document versions \
-                         and {} events were no longer stored; the history that was there is \
-                         imported",
-                        r.hollow_versions, r.missing_events
+                        "\nnote: Fireproof's compaction had dropped {} earlier document versions \
+                         ({} events wrote nothing else and have no kiln event); the state and \
+                         the history that were there are imported",
+                        r.hollow_versions, r.hollow_events
+                    ));
+                }
+                for f in &r.skipped_files {
+                    s.push_str(&format!(
+                        "\nnote: passed over a file the ledger's car log does not name: {f}"
                     ));
                 }
                 if r.indexes_skipped {

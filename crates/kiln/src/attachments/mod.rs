@@ -316,18 +316,6 @@ impl fileset::Sink for PendingSink<'_> {
 
 /// `doc` (a JSON object) with `files` added to its `_files` (replacing entries of the same
 /// names).
-/// Writes `files` as one file-set and returns their `_files` entries by name (for an importer
-/// that names the same bytes again in later versions without writing them twice).
-pub(crate) fn store_files(
-    db: &Database,
-    files: Vec<Attachment<'_>>,
-) -> Result<Vec<(String, Value)>> {
-    Ok(write_set(db, files)?
-        .into_iter()
-        .map(|m| (m.name.clone(), m.to_json()))
-        .collect())
-}
-
 fn with_files(mut doc: Value, files: &[FileMeta]) -> Result<Value> {
     let Value::Object(obj) = &mut doc else {
         return Err(Error::InvalidDocument(
@@ -349,6 +337,19 @@ fn with_files(mut doc: Value, files: &[FileMeta]) -> Result<Value> {
         m.insert(f.name.clone(), f.to_json());
     }
     Ok(doc)
+}
+
+/// Writes `files` as one file-set and returns their `_files` entries by name, with the
+/// file-set's name (for an importer that names the same bytes again in later versions without
+/// writing them twice, and takes the file-set back if it fails).
+pub(crate) fn store_files(
+    db: &Database,
+    files: Vec<Attachment<'_>>,
+) -> Result<Vec<(String, Value, FileName)>> {
+    Ok(write_set(db, files)?
+        .into_iter()
+        .map(|m| (m.name.clone(), m.to_json(), FileName(m.set)))
+        .collect())
 }
 
 /// The files a document names (none for none).

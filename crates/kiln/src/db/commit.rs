@@ -118,6 +118,9 @@ pub(super) struct CommitRequest<'a> {
     pub(super) source: Vec<Cid>,
     /// Who did what and why (an accepted proposal), recorded in the event.
     pub(super) note: &'a str,
+    /// The event commits to its own state's root (false: its base is no tree's, an
+    /// importer's branch on several events).
+    pub(super) own_root: bool,
 }
 
 impl CommitRequest<'_> {
@@ -129,6 +132,7 @@ impl CommitRequest<'_> {
             purge: None,
             source: Vec::new(),
             note: "",
+            own_root: true,
         }
     }
 }
@@ -616,6 +620,7 @@ impl Db {
             purge: purge_id,
             source,
             note,
+            own_root: commits_root,
         } = req;
         let Prepared {
             writes,
@@ -691,6 +696,7 @@ impl Db {
                 // compaction may have lost its tree (only the current tree is kept); the event
                 // then carries no root commitment and reads at it replay the clock instead.
                 let own = match tree::update(&v, base_root.as_ref(), &ops, Mode::Max, cur.shape) {
+                    _ if !commits_root && merged.is_some() => None,
                     Ok(u) => Some(u),
                     Err(Error::MissingBlock(..)) if merged.is_some() => None,
                     Err(e) => return Err(e),

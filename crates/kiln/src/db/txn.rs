@@ -28,6 +28,9 @@ pub struct Transaction {
     db: Database,
     base: Arc<State>,
     writes: Vec<Write>,
+    /// The event commits to its own state's root (false: a base no tree stands for, see
+    /// [`Database::transaction_on`]).
+    own_root: bool,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -117,6 +120,7 @@ impl Transaction {
         self.db.finish(self.db.inner.commit(CommitRequest {
             base: Some(&self.base.head),
             note,
+            own_root: self.own_root,
             ..CommitRequest::of(Prepared::of(self.writes))
         })?)
     }
@@ -151,15 +155,16 @@ impl Database {
             db: self.clone(),
             base: st,
             writes: Vec::new(),
+            own_root: true,
         })
     }
 
     /// A transaction whose parents will be `parents` (events of this database), for an
     /// importer replaying another system's history: on the current state when they are the
     /// current heads, else a concurrent branch on the state of their one event (kiln's merge
-    /// of heads then applies, as for any branch). Several parents that are not the current
-    /// heads are refused ([`Error::InvalidArgument`]): that state is no event's. Its reads see
-    /// the current state, not the parents'.
+    /// of heads then applies, as for any branch); on several parents that are not the current
+    /// heads, an event without a root commitment. Its reads see the current state, not the
+    /// parents'.
     pub(crate) fn transaction_on(&self, parents: &[Cid]) -> Result<Transaction> {
         let st = self.inner.refresh()?;
         self.inner.ensure_tree(&st.head)?;
@@ -169,17 +174,16 @@ impl Database {
         if want == st.head.heads {
             return self.transaction();
         }
-        let root = match want.as_slice() {
-            [] => None,
+        let (root, own_root) = match want.as_slice() {
+            [] => (None, true),
             [one] => {
                 let v = View::new(&self.inner, &st.head);
-                v.given_event(one)?.root
+                (v.given_event(one)?.root, true)
             }
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "a transaction on several events that are not the current heads".into(),
-                ))
-            }
+            // No tree stands for the state of several events that are not the heads: the event
+            // makes no root commitment (as a branch whose base tree compaction dropped), and
+            // reads at it replay the clock.
+            _ => (st.head.root, false),
         };
         let mut head = st.head.clone();
         head.heads = want;
@@ -192,6 +196,7 @@ impl Database {
                 log: st.log.clone(),
             }),
             writes: Vec::new(),
+            own_root,
         })
     }
 }

@@ -12,10 +12,16 @@ pub struct Car {
     pub blocks: Vec<(FpCid, Vec<u8>)>,
 }
 
-/// Whether `file` is an encryption envelope (a CBOR map of three: `iv`, `keyId`, `data`)
-/// rather than a bare CAR (which starts with its header's varint length, never `0xa3`).
+/// Whether `file` is an encryption envelope (a CBOR map of three byte strings: `iv`, `keyId`,
+/// `data`) rather than a bare CAR (which starts with its header's varint length: that may be
+/// `0xa3` too, but then the whole file is no such map).
 pub fn is_envelope(file: &[u8]) -> bool {
     file.first() == Some(&0xa3)
+        && ipld::decode(file).is_ok_and(|v| {
+            ["iv", "keyId", "data"]
+                .iter()
+                .all(|k| v.get(k).and_then(Ipld::as_bytes).is_some())
+        })
 }
 
 /// An envelope's key fingerprint (`keyId`: sha256 of the raw key).

@@ -22,6 +22,32 @@ pub struct FpFile {
 
 /// The field that lists which files came from `_publicFiles`.
 pub const PUBLIC_FILES: &str = "fp_publicFiles";
+/// The field that maps a file's kiln name to its Fireproof name, where kiln refused that.
+pub const FILE_NAMES: &str = "fp_fileNames";
+
+/// A file name kiln takes, made from one it refuses: '/', '\\' and control characters as
+/// `_`, `_` before an empty name, `.` or `..`, cut to 200 bytes.
+fn usable_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if s.is_empty() || s == "." || s == ".." {
+        s.insert(0, '_');
+    }
+    let mut cut = s.len().min(200);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s
+}
 
 /// Converts document `id`'s value: the JSON body (without `_files`) and its files.
 pub fn document(id: &str, doc: &Ipld) -> Result<(Map<String, Value>, Vec<FpFile>), String> {
@@ -33,6 +59,7 @@ pub fn document(id: &str, doc: &Ipld) -> Result<(Map<String, Value>, Vec<FpFile>
     for (k, v) in fields {
         match k.as_str() {
             "_id" => {}
+            "_files" | "_publicFiles" if *v == Ipld::Null => {}
             "_files" | "_publicFiles" => files.extend(files_of(id, v, k == "_publicFiles")?),
             _ => {
                 let json = v
@@ -52,12 +79,46 @@ pub fn document(id: &str, doc: &Ipld) -> Result<(Map<String, Value>, Vec<FpFile>
         }
     }
     // A public file named as a private one keeps both, the public one renamed.
-    let mut seen = std::collections::HashSet::new();
-    for f in files.iter_mut() {
-        if !seen.insert(f.name.clone()) {
-            f.name = format!("public-{}", f.name);
-            seen.insert(f.name.clone());
+    let mut seen: std::collections::HashSet<String> = files
+        .iter()
+        .filter(|f| !f.public)
+        .map(|f| f.name.clone())
+        .collect();
+    for f in files.iter_mut().filter(|f| f.public) {
+        let mut name = f.name.clone();
+        while seen.contains(&name) {
+            name = format!("public-{name}");
         }
+        seen.insert(name.clone());
+        f.name = name;
+    }
+    // Names kiln refuses ('/', '\\', control characters, empty, `.`, `..`, over 255 bytes)
+    // are made into names it takes; the originals are kept in `fp_fileNames`.
+    let mut renamed = Map::new();
+    let mut taken: std::collections::HashSet<String> =
+        files.iter().map(|f| f.name.clone()).collect();
+    for f in files.iter_mut() {
+        if crate::model::doc::files::check_name(&f.name).is_ok() {
+            continue;
+        }
+        let mut name = usable_name(&f.name);
+        let mut n = 1;
+        while taken.contains(&name) {
+            n += 1;
+            name = format!("{}-{n}", usable_name(&f.name));
+        }
+        taken.insert(name.clone());
+        renamed.insert(name.clone(), Value::String(f.name.clone()));
+        f.name = name;
+    }
+    if !renamed.is_empty()
+        && out
+            .insert(FILE_NAMES.into(), Value::Object(renamed))
+            .is_some()
+    {
+        return Err(format!(
+            "document {id:?} has a field {FILE_NAMES:?} already"
+        ));
     }
     let public: Vec<Value> = files
         .iter()

@@ -57,6 +57,15 @@ pub fn read_file(path: &Path) -> Result<Vec<FpKey>, String> {
     }
     let mut out = Vec::new();
     for s in spelled {
+        // (A key is 16 or 32 bytes: ~45 characters at most. Longer is no key, and base58 of a
+        // long string is slow to decode.)
+        if s.len() > 100 {
+            return Err(format!(
+                "{}: a key of {} characters",
+                path.display(),
+                s.len()
+            ));
+        }
         let key = s
             .strip_prefix('z')
             .and_then(base58_decode)

@@ -60,8 +60,8 @@ fn is_ledger(p: &Path) -> bool {
 pub fn layout(dir: &Path) -> Result<Layout, ReadError> {
     let not = || {
         ReadError::NotAStore(format!(
-            "{} holds no .fireproof folder, no keybag and no ledger (a folder with data/ and \
-             meta/)",
+            "{} holds no ledger (a folder with data/ and meta/, in .fireproof/v0.19/ or \
+             given itself)",
             dir.display()
         ))
     };
@@ -71,6 +71,9 @@ pub fn layout(dir: &Path) -> Result<Layout, ReadError> {
             dir.display()
         )));
     }
+    // (Absolute, so that a ledger folder given as `./name` finds the keybag two levels up.)
+    let dir = &std::fs::canonicalize(dir)
+        .map_err(|e| ReadError::NotAStore(format!("{}: {e}", dir.display())))?;
     if is_ledger(dir) {
         let name = dir
             .file_name()
@@ -112,7 +115,7 @@ pub fn layout(dir: &Path) -> Result<Layout, ReadError> {
         }
     }
     let keybag = root.join("keybag");
-    if ledgers.is_empty() && !keybag.is_dir() {
+    if ledgers.is_empty() {
         return Err(not());
     }
     let keybag = if keybag.is_dir() {
@@ -155,6 +158,8 @@ pub struct Ledger {
     pub compacted: bool,
     /// The ledger has index stores (derived data, not imported).
     pub has_indexes: bool,
+    /// CARs its car log does not name that did not read, and why.
+    pub skipped: Vec<String>,
 }
 
 fn damaged(file: &Path, why: impl Into<String>) -> ReadError {
@@ -244,6 +249,7 @@ impl Ledger {
             bytes: 0,
             compacted: false,
             has_indexes: dir.join("idx-data").is_dir() || dir.join("idx-meta").is_dir(),
+            skipped: Vec::new(),
             dir,
         };
         let groups = meta_groups(&l.dir)?;
@@ -286,7 +292,11 @@ impl Ledger {
         }
         extra.sort();
         for c in extra {
-            l.read_car(&c, false)?;
+            // Not part of the ledger's state: one that does not read (torn by a crash before
+            // its meta was written, or under a key no longer in the keybag) is passed over.
+            if let Err(e) = l.read_car(&c, false) {
+                l.skipped.push(e.to_string());
+            }
         }
         heads.sort();
         heads.dedup();

@@ -26,6 +26,7 @@ use crate::store::Store;
 use convert::FpFile;
 use ipld::FpCid;
 use ledger::{Event, Layout, Ledger, ReadError, GENESIS_ID};
+use replay::Replayer;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -75,8 +76,9 @@ pub struct ImportReport {
     /// Events all of whose values Fireproof's compaction dropped: nothing to write, so no kiln
     /// event stands for them (their children follow their parents).
     pub hollow_events: u64,
-    /// Events whose blocks Fireproof no longer has (history cut short there).
-    pub missing_events: u64,
+    /// Fireproof files its car log does not name (left by a compaction or a crash) that did
+    /// not read, and why: passed over.
+    pub skipped_files: Vec<String>,
     /// The ledger has indexes (derived data: not imported; recreate them with
     /// `kiln index create`).
     pub indexes_skipped: bool,
@@ -133,24 +135,66 @@ pub fn import_fireproof(
     let into = opts.into.clone().unwrap_or_else(|| name.clone());
     crate::store::check_name(&into)
         .map_err(|e| Error::InvalidArgument(format!("{e} (name the new database with --into)")))?;
-    if store.exists(&into) {
-        return Err(Error::DatabaseExists(into));
-    }
     let l = read_ledger(&layout, &name, opts.key_name.as_deref())?;
-    let db = store.create(Some(&into))?;
-    // All or nothing: commits are made durable once, at the end.
-    db.buffer_commits(true);
-    let done = Importer::new(&l, &db).run(&mut opts);
-    db.buffer_commits(false);
-    match done.and_then(|r| db.sync().map(|()| r)) {
-        Ok(mut report) => {
-            report.database = into;
-            Ok(report)
+    if store.exists(&into) {
+        // What a killed import left is replaced; any other database is never written into.
+        let unfinished = store
+            .open_db(&into)
+            .and_then(|d| d.meta())
+            .is_ok_and(|m| m.contains_key(UNFINISHED));
+        if !unfinished {
+            return Err(Error::DatabaseExists(into));
         }
-        Err(e) => {
-            drop(db);
-            let _ = store.drop_db(&into);
-            Err(e)
+        store.drop_db(&into)?;
+    }
+    let db = store.create(Some(&into))?;
+    let mut undo = Undo {
+        store,
+        name: into.clone(),
+        db: Some(db.clone()),
+        sets: Vec::new(),
+    };
+    // Marked until done (a killed import is replaced by the next); all or nothing: commits are
+    // made durable once, at the end.
+    db.update_meta(|m| {
+        m.insert(UNFINISHED.into(), Value::String(name.clone()));
+    })?;
+    db.buffer_commits(true);
+    let mut importer = Importer::new(&l, &db);
+    let done = importer.run(&mut opts);
+    undo.sets = std::mem::take(&mut importer.sets);
+    let mut report = done?;
+    db.buffer_commits(false);
+    db.update_meta(|m| {
+        m.remove(UNFINISHED);
+    })?;
+    db.sync()?;
+    undo.db = None;
+    report.database = into;
+    Ok(report)
+}
+
+/// The metadata key that marks a database an import is still making.
+pub const UNFINISHED: &str = "fireproof_import_unfinished";
+
+/// Takes back an import that did not finish (an error, or a panic): the new database and the
+/// file-sets it wrote (nothing else names them: they are under its new lineage's key).
+struct Undo<'a> {
+    store: &'a Store,
+    name: String,
+    db: Option<Database>,
+    sets: Vec<crate::storage::FileName>,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        let Some(db) = self.db.take() else { return };
+        db.buffer_commits(false);
+        let env = db.env().clone();
+        drop(db);
+        let _ = self.store.drop_db(&self.name);
+        for s in &self.sets {
+            let _ = env.filesets.remove(s);
         }
     }
 }
@@ -164,10 +208,18 @@ struct Importer<'a> {
     db: &'a Database,
     /// Each Fireproof event's kiln events (itself, or its parents' when it wrote nothing).
     mapped: HashMap<FpCid, Vec<Cid>>,
+    /// The Fireproof event each kiln event was made for.
+    origin: HashMap<Cid, FpCid>,
+    /// Value blocks Fireproof no longer has.
+    hollow: std::collections::HashSet<FpCid>,
+    /// Ids written with a value at some point.
+    written: std::collections::HashSet<String>,
     /// Attachments written, by their Fireproof CID: their `_files` entry.
     files: HashMap<FpCid, Value>,
     report: ImportReport,
     deleted: std::collections::BTreeSet<String>,
+    /// File-sets written.
+    sets: Vec<crate::storage::FileName>,
 }
 
 impl<'a> Importer<'a> {
@@ -176,6 +228,9 @@ impl<'a> Importer<'a> {
             l,
             db,
             mapped: HashMap::new(),
+            origin: HashMap::new(),
+            hollow: Default::default(),
+            written: Default::default(),
             files: HashMap::new(),
             report: ImportReport {
                 ledger: l.name.clone(),
@@ -188,50 +243,74 @@ impl<'a> Importer<'a> {
                 ..ImportReport::default()
             },
             deleted: Default::default(),
+            sets: Vec::new(),
         }
     }
 
-    fn run(mut self, opts: &mut ImportOptions<'_>) -> Result<ImportReport> {
+    fn run(&mut self, opts: &mut ImportOptions<'_>) -> Result<ImportReport> {
         let (events, missing) = self.l.events().map_err(read_err)?;
-        self.report.missing_events = missing.len() as u64;
+        if let Some(m) = missing.first() {
+            // (Fireproof's compaction keeps every event: one missing is damage.)
+            return Err(Error::Corrupt {
+                location: format!("ledger {}", self.l.name),
+                what: format!("event {m} is missing (a head or a parent names it)"),
+            });
+        }
         let order = topological(&events);
         let total = order.len() as u64;
+        let mut replay = Replayer::new(&events);
         for (i, c) in order.iter().enumerate() {
             let e = &events[c];
-            self.event(e, &events)?;
+            self.event(e, &mut replay)?;
             if let Some(p) = opts.progress.as_mut() {
                 p(i as u64 + 1, total);
             }
         }
-        self.join_heads(&events)?;
-        self.check_state(&events)?;
+        self.join_heads(&mut replay)?;
+        self.check_state(&events, &mut replay)?;
         self.report.documents = self.db.info()?.docs;
         self.report.deleted = self
             .deleted
             .iter()
             .filter(|id| matches!(self.db.get(id), Ok(None)))
             .count() as u64;
-        Ok(self.report)
+        self.report.skipped_files = self.l.skipped.clone();
+        Ok(self.report.clone())
     }
 
-    fn parents_of(&self, e: &Event) -> Vec<Cid> {
-        let mut out: Vec<Cid> = e
-            .parents
+    /// The kiln events standing for `e`'s parents, less any that is an ancestor of another
+    /// (a parent that wrote nothing stands for its own parents, which may lie below a sibling).
+    fn parents_of(&self, parents: &[FpCid], replay: &Replayer) -> Vec<Cid> {
+        let mut out: Vec<Cid> = parents
             .iter()
             .flat_map(|p| self.mapped.get(p).cloned().unwrap_or_default())
             .collect();
         out.sort();
         out.dedup();
+        if out.len() > 1 {
+            let fp: Vec<Option<&FpCid>> = out.iter().map(|k| self.origin.get(k)).collect();
+            let below = |i: usize| {
+                fp.iter().enumerate().any(|(j, b)| {
+                    j != i && matches!((fp[i], b), (Some(a), Some(b)) if replay.is_ancestor(a, b))
+                })
+            };
+            let keep: Vec<bool> = (0..out.len()).map(|i| !below(i)).collect();
+            let mut i = 0;
+            out.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
         out
     }
 
     /// Imports one event as a kiln event (none when it writes nothing kiln keeps).
-    fn event(&mut self, e: &Event, events: &BTreeMap<FpCid, Event>) -> Result<()> {
-        let parents = self.parents_of(e);
+    fn event(&mut self, e: &Event, replay: &mut Replayer) -> Result<()> {
+        let parents = self.parents_of(&e.parents, replay);
         let mut writes: Vec<(String, FpCid)> = Vec::new();
         if e.parents.len() > 1 {
             // Fireproof joins heads by its replay: the keys the branches wrote get its values.
-            let (_, puts) = replay::plan(events, &e.parents).map_err(|w| Error::Corrupt {
+            let (_, puts) = replay.plan(&e.parents).map_err(|w| Error::Corrupt {
                 location: format!("ledger {}", self.l.name),
                 what: w,
             })?;
@@ -251,18 +330,15 @@ impl<'a> Importer<'a> {
 
     /// Where the ledger ends with several heads: one kiln event joins them, writing what
     /// Fireproof's replay says the branches' keys hold.
-    fn join_heads(&mut self, events: &BTreeMap<FpCid, Event>) -> Result<()> {
+    fn join_heads(&mut self, replay: &mut Replayer) -> Result<()> {
         if self.l.heads.len() < 2 {
             return Ok(());
         }
-        let (_, puts) = replay::plan(events, &self.l.heads).map_err(|w| Error::Corrupt {
+        let (_, puts) = replay.plan(&self.l.heads).map_err(|w| Error::Corrupt {
             location: format!("ledger {}", self.l.name),
             what: w,
         })?;
-        let mut parents = Vec::new();
-        for h in &self.l.heads {
-            parents.extend(self.mapped.get(h).cloned().unwrap_or_default());
-        }
+        let parents = self.parents_of(&self.l.heads, replay);
         let mut last: BTreeMap<String, FpCid> = BTreeMap::new();
         for (k, v) in puts {
             if k != GENESIS_ID {
@@ -281,7 +357,7 @@ impl<'a> Importer<'a> {
     /// Checks the database's state against Fireproof's own (its head's trie, or for several
     /// heads the trie of their common ancestor with the replay on top), document by
     /// document. Skipped where Fireproof no longer has that trie.
-    fn check_state(&self, events: &BTreeMap<FpCid, Event>) -> Result<()> {
+    fn check_state(&self, events: &BTreeMap<FpCid, Event>, replay: &mut Replayer) -> Result<()> {
         let want: BTreeMap<String, FpCid> = match self.l.heads.as_slice() {
             [] => BTreeMap::new(),
             [h] => match events.get(h).and_then(|e| e.root.clone()) {
@@ -292,7 +368,7 @@ impl<'a> Importer<'a> {
                 None => return Ok(()),
             },
             heads => {
-                let (ancestor, puts) = replay::plan(events, heads).map_err(|w| Error::Corrupt {
+                let (ancestor, puts) = replay.plan(heads).map_err(|w| Error::Corrupt {
                     location: format!("ledger {}", self.l.name),
                     what: w,
                 })?;
@@ -363,10 +439,16 @@ impl<'a> Importer<'a> {
         let mut n = 0;
         for (id, v) in last {
             match self.l.value(v).map_err(read_err)? {
-                None => self.report.hollow_versions += 1,
+                None => {
+                    if self.hollow.insert(v.clone()) {
+                        self.report.hollow_versions += 1;
+                    }
+                }
                 Some(None) => {
                     tx.del(id)?;
-                    self.deleted.insert(id.to_owned());
+                    if self.written.contains(id) {
+                        self.deleted.insert(id.to_owned());
+                    }
                     n += 1;
                 }
                 Some(Some(doc)) => {
@@ -379,7 +461,15 @@ impl<'a> Importer<'a> {
                             Value::Object(entries),
                         );
                     }
-                    tx.put(&Value::Object(body))?;
+                    tx.put(&Value::Object(body)).map_err(|e| match e {
+                        Error::InvalidDocument(w) | Error::InvalidArgument(w) => {
+                            Error::InvalidDocument(format!(
+                                "Fireproof document {id:?} cannot be a kiln document: {w}"
+                            ))
+                        }
+                        e => e,
+                    })?;
+                    self.written.insert(id.to_owned());
                     n += 1;
                 }
             }
@@ -413,8 +503,9 @@ impl<'a> Importer<'a> {
                     .content_type(f.content_type.clone())
                     .modified(f.modified);
                 let entries = crate::attachments::store_files(self.db, vec![a])?;
-                for (_, v) in entries {
+                for (_, v, set) in entries {
                     self.files.insert(f.cid.clone(), v);
+                    self.sets.push(set);
                 }
                 self.report.attachments += 1;
                 self.report.attachment_bytes += bytes.len() as u64;
@@ -437,7 +528,7 @@ impl<'a> Importer<'a> {
 pub const NOTE_PREFIX: &str = "fireproof event ";
 
 fn is_genesis(e: &Event) -> bool {
-    e.ops.iter().all(|(k, _)| k == GENESIS_ID)
+    !e.ops.is_empty() && e.ops.iter().all(|(k, _)| k == GENESIS_ID)
 }
 
 /// The events in an order where parents come first: by height (1 + the highest parent's,
