@@ -4,6 +4,9 @@
 //! history event by event, several heads; and the failures (not a store, wrong or missing
 //! key, a tampered file) leaving nothing behind.
 
+mod fireproof_common;
+use fireproof_common::{copy_dir, fixtures};
+
 use kiln::import::fireproof::{
     import_fireproof, list_ledgers, ImportOptions, ImportReport, NOTE_PREFIX,
 };
@@ -12,10 +15,6 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/fireproof")
-}
 
 fn expected(ledger: &str) -> Value {
     let p = fixtures().join("expected").join(format!("{ledger}.json"));
@@ -308,19 +307,6 @@ fn copy_store() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("store"), d.path());
     d
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
 }
 
 fn import_from(dir: &Path, ledger: &str) -> (tempfile::TempDir, Store, kiln::Result<ImportReport>) {

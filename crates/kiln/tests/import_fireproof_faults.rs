@@ -4,6 +4,9 @@
 //! checked-in fixtures. Tests that could crash, hang or kill the process run the import in a
 //! child process (this test binary re-run on one test) with a time limit.
 
+mod fireproof_common;
+use fireproof_common::{copy_dir, fixtures};
+
 use kiln::import::fireproof::{import_fireproof, ImportOptions, ImportReport};
 use kiln::Store;
 use sha2::{Digest, Sha256};
@@ -326,23 +329,6 @@ fn import_into(store: &Store, dir: &Path, ledger: &str) -> kiln::Result<ImportRe
             ..ImportOptions::default()
         },
     )
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/fireproof")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------

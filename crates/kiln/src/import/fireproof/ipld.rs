@@ -2,6 +2,7 @@
 //! strings), the base encodings keys and metas use (base58btc, base64), dag-cbor values, and
 //! the mapping of a dag-cbor value onto JSON (dag-json's conventions for bytes and links).
 
+use crate::format::block::cid::{base32_decode, base32_encode};
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -119,40 +120,6 @@ pub fn varint(b: &[u8], at: &mut usize) -> Result<u64, &'static str> {
         }
     }
     Err("varint too long")
-}
-
-const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-
-fn base32_encode(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len() * 8 / 5 + 1);
-    let (mut acc, mut bits) = (0u32, 0);
-    for &x in b {
-        acc = (acc << 8) | u32::from(x);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(B32[((acc >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(B32[((acc << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-fn base32_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 5 / 8);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes() {
-        let v = B32.iter().position(|&x| x == c)? as u32;
-        acc = (acc << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
 }
 
 const B58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
