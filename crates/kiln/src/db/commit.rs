@@ -695,11 +695,16 @@ impl Db {
                 // The event's own state: its base plus its writes. A base older than a
                 // compaction may have lost its tree (only the current tree is kept); the event
                 // then carries no root commitment and reads at it replay the clock instead.
-                let own = match tree::update(&v, base_root.as_ref(), &ops, Mode::Max, cur.shape) {
-                    _ if !commits_root && merged.is_some() => None,
-                    Ok(u) => Some(u),
-                    Err(Error::MissingBlock(..)) if merged.is_some() => None,
-                    Err(e) => return Err(e),
+                // (An importer's event on several events that are not the heads commits to
+                // no root: no tree stands for its base.)
+                let own = if !commits_root && merged.is_some() {
+                    None
+                } else {
+                    match tree::update(&v, base_root.as_ref(), &ops, Mode::Max, cur.shape) {
+                        Ok(u) => Some(u),
+                        Err(Error::MissingBlock(..)) if merged.is_some() => None,
+                        Err(e) => return Err(e),
+                    }
                 };
                 let own_root = own.as_ref().and_then(|u| u.root);
                 let state = match (merged, own) {

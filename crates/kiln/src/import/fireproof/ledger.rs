@@ -151,6 +151,8 @@ pub struct Ledger {
     keys: Vec<FpKey>,
     /// CARs read already.
     read: BTreeSet<FpCid>,
+    /// Each CAR's root (the first CAR of a commit's: its header).
+    roots: HashMap<FpCid, FpCid>,
     /// CAR files read, and their bytes on disk.
     pub cars: usize,
     pub bytes: u64,
@@ -245,6 +247,7 @@ impl Ledger {
             encrypted: false,
             keys,
             read: BTreeSet::new(),
+            roots: HashMap::new(),
             cars: 0,
             bytes: 0,
             compacted: false,
@@ -311,16 +314,11 @@ impl Ledger {
     /// The header (a CAR's root block) of CAR `c`.
     fn header_of(&self, c: &FpCid) -> Result<Ipld, ReadError> {
         let path = self.dir.join("data").join(format!("{c}.car"));
-        let (plain, _) = self.file_plain(&path, c)?;
-        let parsed = car::parse(&plain).map_err(|e| damaged(&path, e))?;
-        let root = parsed
-            .roots
-            .first()
-            .ok_or_else(|| damaged(&path, "no root"))?;
         let b = self
-            .blocks
-            .get(root)
-            .ok_or_else(|| damaged(&path, "root block missing"))?;
+            .roots
+            .get(c)
+            .and_then(|root| self.blocks.get(root))
+            .ok_or_else(|| damaged(&path, "its root block is missing"))?;
         ipld::decode(b).map_err(|e| damaged(&path, e))
     }
 
@@ -371,6 +369,9 @@ impl Ledger {
         self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
         // A header written by a compaction lists what it replaced.
         let root = parsed.roots.first();
+        if let Some(r) = root {
+            self.roots.insert(c.clone(), r.clone());
+        }
         if let Some((_, b)) = parsed.blocks.iter().find(|(c, _)| Some(c) == root) {
             let compact = ipld::decode(b).ok().and_then(|h| {
                 h.get("fp")
