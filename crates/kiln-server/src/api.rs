@@ -122,7 +122,7 @@ pub(crate) fn router_and_live(
         tokens,
     });
     let metrics = Arc::new(Metrics::new());
-    let shown = metrics.clone();
+    let (shown, watched) = (metrics.clone(), live.clone());
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -130,7 +130,7 @@ pub(crate) fn router_and_live(
             get(move || async move {
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    shown.render(),
+                    shown.render() + &watched.render(),
                 )
             }),
         )

@@ -51,8 +51,10 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     /// The longest a stopping server waits for the requests under way.
     pub drain_timeout: Duration,
-    /// How often the storage's head records are listed while clients watch (to tell them of
-    /// changes written through other servers on the same storage).
+    /// How often the watched databases' head records are listed while clients watch (to tell
+    /// them of changes written through other servers on the same storage): one request per
+    /// watched database each time, or the storage's whole listing beyond
+    /// 64 of them.
     pub poll: Duration,
     /// Serve HTTPS with this configuration ([`tls_config`]); `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,

@@ -2,15 +2,16 @@
 //! (`GET /v1/watch?dbs=A,B`, Server-Sent Events) and hear when one's head records change, a
 //! notification and not the data: they then sync as usual. Changes written through this server
 //! are told at once; changes written through another server on the same storage are found by
-//! listing the storage's head records every poll interval, while anyone is subscribed.
+//! listing the watched databases' head records every poll interval, while anyone is
+//! subscribed. The server keeps what it last listed for watched databases only.
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::Stream;
-use kiln_sync::{split_head_name, Etag, Remote};
+use kiln_sync::{split_head_name, Etag, HeadRead, Remote};
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -37,21 +38,76 @@ pub struct Live {
     closing: tokio::sync::watch::Sender<bool>,
     polling: AtomicBool,
     poll: Duration,
-    /// The storage's head records as last listed (what the poller compares with); kept
-    /// while no one watches, so changes made meanwhile are told when watching starts again.
-    seen: std::sync::Mutex<Option<HashMap<String, Etag>>>,
+    /// The databases someone watches, each with its subscriber count and its head records as
+    /// last listed (what the poller compares with). Only watched databases are kept: the
+    /// server's memory follows its subscriptions, not what the storage holds.
+    watched: Mutex<HashMap<String, WatchedDb>>,
+}
+
+/// One watched database.
+#[derive(Debug, Default)]
+struct WatchedDb {
+    subscribers: usize,
+    /// Its head records and their versions as last listed (`None`: not listed yet).
+    seen: Option<Vec<(String, Etag)>>,
+}
+
+/// Up to this many watched databases, the poller lists each one's head records (one request
+/// each); beyond it, the storage's whole listing (one request per 1,000 records), keeping
+/// only the watched databases' records.
+pub(crate) const LIST_EACH_UP_TO: usize = 64;
+
+/// A subscription's hold on its databases: while it lives they are polled; dropping it (the
+/// subscriber went away) lets go of them.
+struct Holding {
+    live: Arc<Live>,
+    dbs: Vec<String>,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let mut w = self.live.lock_watched();
+        for db in &self.dbs {
+            if let Some(e) = w.get_mut(db) {
+                e.subscribers -= 1;
+                if e.subscribers == 0 {
+                    w.remove(db);
+                }
+            }
+        }
+    }
 }
 
 impl Live {
-    /// No subscribers yet; the storage is listed every `poll` while there are some.
+    /// No subscribers yet; the watched databases are listed every `poll` while there are
+    /// some.
     pub fn new(poll: Duration) -> Live {
         Live {
             tx: broadcast::channel(QUEUE).0,
             closing: tokio::sync::watch::channel(false).0,
             polling: AtomicBool::new(false),
             poll,
-            seen: std::sync::Mutex::new(None),
+            watched: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn lock_watched(&self) -> std::sync::MutexGuard<'_, HashMap<String, WatchedDb>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live channel's gauges in the Prometheus text format: the databases watched (what
+    /// the server keeps for its subscribers) and the subscriptions open.
+    pub fn render(&self) -> String {
+        let dbs = self.lock_watched().len();
+        let subs = self.tx.receiver_count();
+        format!(
+            "# HELP kiln_server_watched_databases Databases the live channel's subscribers watch.\n\
+             # TYPE kiln_server_watched_databases gauge\n\
+             kiln_server_watched_databases {dbs}\n\
+             # HELP kiln_server_subscriptions Live channel subscriptions open.\n\
+             # TYPE kiln_server_subscriptions gauge\n\
+             kiln_server_subscriptions {subs}\n"
+        )
     }
 
     /// Ends every subscription (the server is stopping: they would hold it up).
@@ -77,6 +133,7 @@ impl Live {
     ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
         let rx = self.tx.subscribe();
         let closing = self.closing.subscribe();
+        let holding = self.hold(&dbs);
         self.start_polling(storage.clone());
         let first = Some((self.clone(), storage));
         let mut recheck = tokio::time::interval(RECHECK);
@@ -87,15 +144,15 @@ impl Live {
             recheck,
         };
         let stream = futures_util::stream::unfold(
-            (rx, closing, watched, first),
-            |(mut rx, mut closing, mut w, first)| async move {
+            (rx, closing, watched, first, holding),
+            |(mut rx, mut closing, mut w, first, holding)| async move {
                 if let Some((live, storage)) = first {
                     // What the storage holds now is what later listings are compared with
                     // before the subscriber hears it is subscribed (and syncs): a change made
                     // after that is told.
-                    live.baseline(&storage).await;
+                    live.baseline(&storage, &holding.dbs).await;
                     let e = Event::default().event("ready").data("{}");
-                    return Some((Ok(e), (rx, closing, w, None)));
+                    return Some((Ok(e), (rx, closing, w, None, holding)));
                 }
                 loop {
                     if *closing.borrow() || !(w.allowed)() {
@@ -120,15 +177,28 @@ impl Live {
                         }
                         Err(broadcast::error::RecvError::Closed) => return None,
                     };
-                    return Some((Ok(e), (rx, closing, w, None)));
+                    return Some((Ok(e), (rx, closing, w, None, holding)));
                 }
             },
         );
         Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
     }
 
-    /// Lists the storage's head records every poll interval while anyone is subscribed, and
-    /// tells of those that changed (written through another server). One poller per server.
+    /// Counts a subscriber of each of `dbs` until the returned hold is dropped.
+    fn hold(self: &Arc<Self>, dbs: &HashSet<String>) -> Holding {
+        let mut w = self.lock_watched();
+        for db in dbs {
+            w.entry(db.clone()).or_default().subscribers += 1;
+        }
+        Holding {
+            live: self.clone(),
+            dbs: dbs.iter().cloned().collect(),
+        }
+    }
+
+    /// Lists the watched databases' head records every poll interval while anyone is
+    /// subscribed, and tells of those that changed (written through another server). One
+    /// poller per server.
     fn start_polling(self: &Arc<Self>, storage: Arc<dyn Remote>) {
         if self.polling.swap(true, Ordering::SeqCst) {
             return;
@@ -137,67 +207,106 @@ impl Live {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(live.poll).await;
-                if live.tx.receiver_count() == 0 {
+                if live.lock_watched().is_empty() {
                     live.polling.store(false, Ordering::SeqCst);
                     // (A subscriber that came meanwhile starts it again, or finds it on.)
-                    if live.tx.receiver_count() == 0 || live.polling.swap(true, Ordering::SeqCst) {
+                    if live.lock_watched().is_empty() || live.polling.swap(true, Ordering::SeqCst) {
                         return;
                     }
                 }
-                let Some(now) = list(&storage).await else {
+                let dbs: Vec<String> = live.lock_watched().keys().cloned().collect();
+                let Some(now) = list(&storage, dbs).await else {
                     continue;
                 };
-                let before = live
-                    .seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .replace(now.clone());
-                if let Some(before) = before {
-                    let mut changed: HashSet<&str> = HashSet::new();
-                    for (name, etag) in &now {
-                        if before.get(name) != Some(etag) {
-                            changed.insert(split_head_name(name).0);
+                let mut changed = Vec::new();
+                {
+                    let mut w = live.lock_watched();
+                    for (db, records) in now {
+                        // (A database no one watches any more is not kept.)
+                        let Some(e) = w.get_mut(&db) else { continue };
+                        let before = e.seen.replace(records);
+                        if before.is_some_and(|b| Some(&b) != e.seen.as_ref()) {
+                            changed.push(db);
                         }
                     }
-                    for name in before.keys().filter(|n| !now.contains_key(*n)) {
-                        changed.insert(split_head_name(name).0);
-                    }
-                    for db in changed {
-                        live.tell(db);
-                    }
+                }
+                for db in changed {
+                    live.tell(&db);
                 }
             }
         });
     }
 
-    /// Lists the storage once if nothing was listed yet (the first subscription).
-    async fn baseline(&self, storage: &Arc<dyn Remote>) {
-        if self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-        {
+    /// Lists the databases of a new subscription that were not listed yet.
+    async fn baseline(&self, storage: &Arc<dyn Remote>, dbs: &[String]) {
+        let new: Vec<String> = {
+            let w = self.lock_watched();
+            dbs.iter()
+                .filter(|db| w.get(*db).is_some_and(|e| e.seen.is_none()))
+                .cloned()
+                .collect()
+        };
+        if new.is_empty() {
             return;
         }
-        if let Some(now) = list(storage).await {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.is_none() {
-                *seen = Some(now);
+        if let Some(now) = list(storage, new).await {
+            let mut w = self.lock_watched();
+            for (db, records) in now {
+                if let Some(e) = w.get_mut(&db) {
+                    e.seen.get_or_insert(records);
+                }
             }
         }
     }
 }
 
-/// The storage's head records and their versions (`None`: the listing failed).
-async fn list(storage: &Arc<dyn Remote>) -> Option<HashMap<String, Etag>> {
+/// The head records of databases `dbs` with their versions, by database (`None`: a listing
+/// failed): each database's own listing for a few, the whole storage's for many.
+async fn list(
+    storage: &Arc<dyn Remote>,
+    dbs: Vec<String>,
+) -> Option<Vec<(String, Vec<(String, Etag)>)>> {
     let s = storage.clone();
-    match tokio::task::spawn_blocking(move || s.list_heads()).await {
-        Ok(Ok(listed)) => Some(listed.into_iter().collect()),
+    let listed = tokio::task::spawn_blocking(move || records_of(&*s, dbs)).await;
+    match listed {
+        Ok(Ok(v)) => Some(v),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "listing the storage for watchers failed");
             None
         }
         Err(_) => None,
     }
+}
+
+/// [`list`]'s work (blocking).
+fn records_of(
+    storage: &dyn Remote,
+    dbs: Vec<String>,
+) -> std::io::Result<Vec<(String, Vec<(String, Etag)>)>> {
+    let mut out: Vec<(String, Vec<(String, Etag)>)> = Vec::with_capacity(dbs.len());
+    if dbs.len() > LIST_EACH_UP_TO {
+        let mut by_db: HashMap<String, Vec<(String, Etag)>> =
+            dbs.into_iter().map(|db| (db, Vec::new())).collect();
+        for (name, etag) in storage.list_heads()? {
+            if let Some(v) = by_db.get_mut(split_head_name(&name).0) {
+                v.push((name, etag));
+            }
+        }
+        out.extend(by_db);
+        return Ok(out);
+    }
+    for db in dbs {
+        let records = if storage.per_replica_heads() {
+            let mut v = storage.list_replica_heads(&db)?;
+            v.retain(|(n, _)| split_head_name(n).0 == db);
+            v
+        } else {
+            match storage.read_head(&db, None)? {
+                HeadRead::Found { etag, .. } => vec![(db.clone(), etag)],
+                HeadRead::Absent | HeadRead::NotModified => Vec::new(),
+            }
+        };
+        out.push((db, records));
+    }
+    Ok(out)
 }

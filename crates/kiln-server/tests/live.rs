@@ -186,3 +186,88 @@ fn a_revoked_token_stops_hearing() {
     let got = read_until(&mut a, "notes", Duration::from_secs(5));
     assert!(got.contains(r#"{"db":"notes"}"#), "{got}");
 }
+
+/// The `kiln_server_watched_databases` gauge of a server's `/metrics`.
+fn watched_databases(s: &kiln_server::Running) -> usize {
+    let (_, _, body) = common::raw(s, &common::request("GET", "/metrics", &[], b""));
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("kiln_server_watched_databases "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gauge in {text}"))
+}
+
+/// A server keeps what it polls for the databases watched only, whatever the storage holds:
+/// over a folder of 300 databases, watchers of 3 and of 100 (the whole-listing path) hear of
+/// writes made through another server, not of others; once they leave, nothing is kept.
+#[test]
+fn a_server_polls_and_keeps_the_watched_databases_only() {
+    let d = tempfile::tempdir().unwrap();
+    let storage = d.path().join("storage");
+    let one = common::folder_server(&storage);
+    let two = common::server(
+        &storage,
+        ServerOptions {
+            poll: Duration::from_millis(50),
+            ..ServerOptions::default()
+        },
+    );
+    let writer = HttpRemote::open(&one.url(), None).unwrap();
+    let mut etags = std::collections::HashMap::new();
+    for i in 0..300 {
+        let db = format!("db{i:03}");
+        let e = writer.write_head(&db, None, b"v1").unwrap().unwrap();
+        etags.insert(db, e);
+    }
+    assert_eq!(watched_databases(&two), 0);
+    let subscribe = |dbs: &[String]| {
+        let mut c = TcpStream::connect(two.addr).unwrap();
+        write!(
+            c,
+            "GET /v1/watch?dbs={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            dbs.join(",")
+        )
+        .unwrap();
+        let got = read_until(&mut c, "event: ready", Duration::from_secs(10));
+        assert!(got.contains("event: ready"), "{got}");
+        c
+    };
+    let few: Vec<String> = (0..3).map(|i| format!("db{i:03}")).collect();
+    let many: Vec<String> = (100..200).map(|i| format!("db{i:03}")).collect();
+    let mut a = subscribe(&few);
+    let mut b = subscribe(&many);
+    assert_eq!(watched_databases(&two), 103);
+    let mut bump = |db: &str| {
+        let e = etags.get_mut(db).unwrap();
+        *e = writer.write_head(db, Some(e), b"v2").unwrap().unwrap();
+    };
+    // Unwatched first: a later event for a watched one shows it was not told.
+    bump("db250");
+    bump("db001");
+    bump("db150");
+    let got = read_until(&mut a, "db001", Duration::from_secs(10));
+    assert!(got.contains(r#"{"db":"db001"}"#), "{got}");
+    let got = read_until(&mut b, "db150", Duration::from_secs(10));
+    assert!(got.contains(r#"{"db":"db150"}"#), "{got}");
+    assert!(!got.contains("db250") && !got.contains("db001"), "{got}");
+    // The watchers leave; a change to what they watched is the next write to them.
+    drop((a, b));
+    let reader = HttpRemote::open(&two.url(), None).unwrap();
+    let t = Instant::now();
+    while watched_databases(&two) != 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "still kept");
+        let e = reader
+            .write_head("db002", Some(&etags["db002"]), b"v3")
+            .unwrap();
+        if let Ok(e) = e {
+            etags.insert("db002".into(), e);
+        }
+        let e = reader
+            .write_head("db199", Some(&etags["db199"]), b"v3")
+            .unwrap();
+        if let Ok(e) = e {
+            etags.insert("db199".into(), e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -32,6 +32,16 @@ pub struct Serve {
     /// The longest a request may take, its upload included (408 after).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     request_timeout: u64,
+    /// How often, while clients watch (`kiln sync --watch`), the watched databases' head
+    /// records are listed to find writes made through other servers on the same storage: one
+    /// request per watched database each time (the whole listing beyond 64 of them). Writes
+    /// through this server are told at once.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS", value_parser = positive_seconds)]
+    poll: f64,
+    /// On SIGTERM, how long requests under way may take to finish; those still running then
+    /// are dropped (an upload cut short keeps nothing).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = positive_seconds)]
+    drain_timeout: f64,
     /// Serve HTTPS: the certificate chain (PEM). Needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -46,6 +56,16 @@ pub struct Serve {
     /// The least level logged: error, warn, info (each request) or debug.
     #[arg(long, env = "KILN_LOG", default_value = "info", value_name = "LEVEL")]
     log_level: LevelArg,
+}
+
+/// A number of seconds above zero and at most a day.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "{s}: expected seconds above 0 and at most 86400 (e.g. 0.5)"
+        )),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -92,6 +112,8 @@ impl Serve {
             max_body: self.max_body,
             max_connections: self.max_connections.max(1),
             request_timeout: std::time::Duration::from_secs(self.request_timeout.max(1)),
+            poll: std::time::Duration::from_secs_f64(self.poll),
+            drain_timeout: std::time::Duration::from_secs_f64(self.drain_timeout),
             ..Default::default()
         };
         kiln_server::log::to_stderr(
