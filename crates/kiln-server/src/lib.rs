@@ -52,9 +52,8 @@ pub struct ServerOptions {
     /// The longest a stopping server waits for the requests under way.
     pub drain_timeout: Duration,
     /// How often the watched databases' head records are listed while clients watch (to tell
-    /// them of changes written through other servers on the same storage): one request per
-    /// watched database each time, or the storage's whole listing beyond
-    /// 64 of them.
+    /// them of changes written through other servers on the same storage): one listing per
+    /// watched database each time, 8 at once.
     pub poll: Duration,
     /// Serve HTTPS with this configuration ([`tls_config`]); `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,

@@ -52,10 +52,8 @@ struct WatchedDb {
     seen: Option<Vec<(String, Etag)>>,
 }
 
-/// Up to this many watched databases, the poller lists each one's head records (one request
-/// each); beyond it, the storage's whole listing (one request per 1,000 records), keeping
-/// only the watched databases' records.
-pub(crate) const LIST_EACH_UP_TO: usize = 64;
+/// Watched databases listed at once by the poller (each its own listing).
+const LISTINGS_IN_FLIGHT: usize = 8;
 
 /// A subscription's hold on its databases: while it lives they are polled; dropping it (the
 /// subscriber went away) lets go of them.
@@ -261,52 +259,58 @@ impl Live {
 }
 
 /// The head records of databases `dbs` with their versions, by database (`None`: a listing
-/// failed): each database's own listing for a few, the whole storage's for many.
+/// failed): each database's own listing (a few records: the server never holds the whole
+/// storage's), [`LISTINGS_IN_FLIGHT`] at a time.
 async fn list(
     storage: &Arc<dyn Remote>,
     dbs: Vec<String>,
 ) -> Option<Vec<(String, Vec<(String, Etag)>)>> {
-    let s = storage.clone();
-    let listed = tokio::task::spawn_blocking(move || records_of(&*s, dbs)).await;
-    match listed {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
+    let mut set = tokio::task::JoinSet::new();
+    let mut out = Vec::with_capacity(dbs.len());
+    let mut failed = None;
+    for db in dbs {
+        if set.len() >= LISTINGS_IN_FLIGHT {
+            collect(set.join_next().await, &mut out, &mut failed);
+        }
+        let s = storage.clone();
+        set.spawn_blocking(move || records_of(&*s, &db).map(|r| (db, r)));
+    }
+    while let Some(r) = set.join_next().await {
+        collect(Some(r), &mut out, &mut failed);
+    }
+    match failed {
+        Some(e) => {
             tracing::warn!(error = %e, "listing the storage for watchers failed");
             None
         }
-        Err(_) => None,
+        None => Some(out),
     }
 }
 
-/// [`list`]'s work (blocking).
-fn records_of(
-    storage: &dyn Remote,
-    dbs: Vec<String>,
-) -> std::io::Result<Vec<(String, Vec<(String, Etag)>)>> {
-    let mut out: Vec<(String, Vec<(String, Etag)>)> = Vec::with_capacity(dbs.len());
-    if dbs.len() > LIST_EACH_UP_TO {
-        let mut by_db: HashMap<String, Vec<(String, Etag)>> =
-            dbs.into_iter().map(|db| (db, Vec::new())).collect();
-        for (name, etag) in storage.list_heads()? {
-            if let Some(v) = by_db.get_mut(split_head_name(&name).0) {
-                v.push((name, etag));
-            }
-        }
-        out.extend(by_db);
-        return Ok(out);
+/// Takes one listing's outcome into [`list`]'s answer.
+fn collect<T>(
+    got: Option<Result<std::io::Result<T>, tokio::task::JoinError>>,
+    out: &mut Vec<T>,
+    failed: &mut Option<String>,
+) {
+    match got {
+        Some(Ok(Ok(v))) => out.push(v),
+        Some(Ok(Err(e))) => *failed = Some(e.to_string()),
+        Some(Err(e)) => *failed = Some(e.to_string()),
+        None => {}
     }
-    for db in dbs {
-        let records = if storage.per_replica_heads() {
-            let mut v = storage.list_replica_heads(&db)?;
-            v.retain(|(n, _)| split_head_name(n).0 == db);
-            v
-        } else {
-            match storage.read_head(&db, None)? {
-                HeadRead::Found { etag, .. } => vec![(db.clone(), etag)],
-                HeadRead::Absent | HeadRead::NotModified => Vec::new(),
-            }
-        };
-        out.push((db, records));
+}
+
+/// Database `db`'s head records and their versions (blocking): its replicas' records, or its
+/// one record.
+fn records_of(storage: &dyn Remote, db: &str) -> std::io::Result<Vec<(String, Etag)>> {
+    if storage.per_replica_heads() {
+        let mut v = storage.list_replica_heads(db)?;
+        v.retain(|(n, _)| split_head_name(n).0 == db);
+        return Ok(v);
     }
-    Ok(out)
+    Ok(match storage.read_head(db, None)? {
+        HeadRead::Found { etag, .. } => vec![(db.to_owned(), etag)],
+        HeadRead::Absent | HeadRead::NotModified => Vec::new(),
+    })
 }

@@ -198,7 +198,7 @@ fn watched_databases(s: &kiln_server::Running) -> usize {
 }
 
 /// A server keeps what it polls for the databases watched only, whatever the storage holds:
-/// over a folder of 300 databases, watchers of 3 and of 100 (the whole-listing path) hear of
+/// over a folder of 300 databases, watchers of 3 and of 100 hear of
 /// writes made through another server, not of others; once they leave, nothing is kept.
 #[test]
 fn a_server_polls_and_keeps_the_watched_databases_only() {

@@ -536,4 +536,11 @@ impl Remote for FolderRemote {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+
+    /// None: a folder keeps one record per database (written by compare-and-swap), never one
+    /// per replica; answered without listing the folder (the trait's default lists it all).
+    fn list_replica_heads(&self, db: &str) -> io::Result<Vec<(String, Etag)>> {
+        check_db(db)?;
+        Ok(Vec::new())
+    }
 }

@@ -34,8 +34,8 @@ pub struct Serve {
     request_timeout: u64,
     /// How often, while clients watch (`kiln sync --watch`), the watched databases' head
     /// records are listed to find writes made through other servers on the same storage: one
-    /// request per watched database each time (the whole listing beyond 64 of them). Writes
-    /// through this server are told at once.
+    /// listing per watched database each time (a request on a bucket). Writes through this
+    /// server are told at once.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS", value_parser = positive_seconds)]
     poll: f64,
     /// On SIGTERM, how long requests under way may take to finish; those still running then
