@@ -142,8 +142,12 @@ fn three_contributors_and_a_moderator_through_the_server() {
 
     // Roles: a contributor writes their own fork and proposes, but writes neither main nor
     // another's fork, and decides nothing.
-    alice.ok(&["put", "main", r#"{"_id":"intro","text":"hijacked"}"#]);
-    let err = alice.refused(&["sync", "main", "origin", "--push"]);
+    // (From another machine of alice's, with her token: her own replicas stay as they are.)
+    let laptop = person("alice-laptop", "alice-token-0123456789");
+    laptop.ok(&["key", "import", "main", key.trim()]);
+    laptop.ok(&["sync", "main", &url]);
+    laptop.ok(&["put", "main", r#"{"_id":"intro","text":"hijacked"}"#]);
+    let err = laptop.refused(&["sync", "main", &url, "--push"]);
     assert!(err.contains("403"), "{err}");
     alice.ok(&["fork", "alice-edits", "bob-edits"]);
     let err = alice.refused(&["sync", "bob-edits", &url]);
@@ -233,13 +237,27 @@ fn three_contributors_and_a_moderator_through_the_server() {
     let p = carol.json(&["proposals", "main", "--all"]);
     assert_eq!(p[0]["status"]["reason"], "off topic", "{p}");
 
-    // Every replica converges on the new main (alice drops her refused local write first).
-    alice.ok(&["db", "drop", "main"]);
-    alice.ok(&["key", "import", "main", key.trim()]);
+    // Every replica converges on the new main: the same documents, the same heads, each
+    // verified.
     let want = moderator.ok(&["docs", "main"]);
     assert!(want.contains("by alice") && !want.contains("spam") && !want.contains("hijacked"));
+    let heads = moderator.json(&["db", "info", "main"])["heads"].clone();
     for who in [&alice, &bob, &carol] {
         who.ok(&["sync", "main", &url]);
         assert_eq!(who.ok(&["docs", "main"]), want);
+        assert_eq!(who.json(&["db", "info", "main"])["heads"], heads);
+    }
+    for who in [&moderator, &alice, &bob, &carol] {
+        who.ok(&["verify", "main"]);
+    }
+    // The server's storage holds no document value in the clear, decrypted or not, but sealed.
+    drop(server);
+    let keys = kiln::audit::keys_of(&moderator.root).unwrap();
+    for marker in [&b"by alice"[..], b"off topic", b"hijacked"] {
+        let hits = kiln::audit::find(&storage, &keys, marker).unwrap();
+        assert!(hits.iter().all(|f| f.how != "raw"), "{marker:?}: {hits:?}");
+        if marker != b"hijacked" {
+            assert!(!hits.is_empty(), "{marker:?} is there, sealed");
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! real `kiln serve` process over a folder of its own). Random writes, bulk writes, deletes,
 //! attached files, compactions, and syncs through any path. In some seeds the server process is
 //! killed (SIGKILL) in the middle of a push (as its first upload is handed over, or just before
-//! the head record is written); the sync fails, the server is started again on the same
-//! address, and the replica's next sync through it completes.
+//! the head record is written); the sync fails, the replica retries with backoff while the
+//! server is down (100–600 ms, then started again on the same address), and completes once it
+//! is back.
 //!
 //! At the end every replica syncs through every path (`sync_remotes`) until a whole pass moves
 //! nothing; then
@@ -294,20 +295,45 @@ fn random_run(s3: &S3sFs, seed: u64, rounds: usize, kills: &mut usize) -> Result
                 match r {
                     Ok(r) => Ok(format!("sync {} {r:?}", PATHS[p])),
                     Err(e) if p == 2 && !server.lock().unwrap().is_up() => {
-                        // Killed under the push: back on the same address, and the next
-                        // sync through it completes.
+                        // Killed under the push. The server comes back on the same address a
+                        // little later; meanwhile the client retries with backoff, and
+                        // completes once it is back.
                         *kills += 1;
                         log.push(format!("{round}: r{i} sync server killed ({kill:?}): {e}"));
-                        server.lock().unwrap().restart();
-                        sync(
-                            &stores[i],
-                            db,
-                            remote(i, p),
-                            "notes",
-                            SyncOptions::default(),
-                        )
-                        .map(|r| format!("sync server again {r:?}"))
-                        .map_err(|e| format!("the sync after the restart: {e}"))
+                        let down = std::time::Duration::from_millis(100 + rng.below(500));
+                        std::thread::scope(|sc| {
+                            sc.spawn(|| {
+                                std::thread::sleep(down);
+                                server.lock().unwrap().restart();
+                            });
+                            let mut wait = std::time::Duration::from_millis(20);
+                            let mut failed = 0;
+                            loop {
+                                match sync(
+                                    &stores[i],
+                                    db,
+                                    remote(i, p),
+                                    "notes",
+                                    SyncOptions::default(),
+                                ) {
+                                    Ok(r) => {
+                                        break Ok(format!(
+                                            "sync server again after {failed} failed tries \
+                                             ({down:?} down) {r:?}"
+                                        ))
+                                    }
+                                    Err(e) if failed < 40 => {
+                                        failed += 1;
+                                        log.push(format!("{round}: r{i} retry {failed}: {e}"));
+                                        std::thread::sleep(wait);
+                                        wait = (wait * 2).min(std::time::Duration::from_secs(1));
+                                    }
+                                    Err(e) => {
+                                        break Err(format!("the sync after the restart: {e}"))
+                                    }
+                                }
+                            }
+                        })
                     }
                     Err(e) => Err(format!("sync {}: {e}", PATHS[p])),
                 }
@@ -368,6 +394,20 @@ fn random_run(s3: &S3sFs, seed: u64, rounds: usize, kills: &mut usize) -> Result
         let v = db.verify().unwrap();
         if !v.ok() {
             return Err(fail(&log, format!("r{i} verify: {:?}", v.problems)));
+        }
+    }
+    // The server's storage holds what was written, sealed only: searched raw and decrypted.
+    let keys = kiln::audit::keys_of(&dirs[0]).unwrap();
+    let markers = acked
+        .docs
+        .keys()
+        .map(|id| id.as_bytes())
+        .chain(acked.files.values().map(|b| b.as_slice()))
+        .take(6);
+    for m in markers {
+        let hits = kiln::audit::find(&d.path().join("served"), &keys, m).unwrap();
+        if hits.is_empty() || hits.iter().any(|f| f.how == "raw") {
+            return Err(fail(&log, format!("the server's storage: {hits:?}")));
         }
     }
     Ok(())

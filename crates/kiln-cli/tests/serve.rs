@@ -337,3 +337,104 @@ fn attached_files_come_through_the_server_on_first_read() {
     );
     assert!(std::fs::read(&out).unwrap() == bytes);
 }
+
+/// Two `kiln serve` processes over one S3-compatible bucket (s3s-fs on loopback): replicas
+/// writing through each converge, and `kiln sync --watch` through one (its own poll a minute)
+/// takes in, within seconds, what another replica pushes through the other (the watcher's
+/// server polls the bucket every 0.2 s for the databases watched).
+#[test]
+fn two_servers_over_one_bucket_converge_and_watchers_hear_across_them() {
+    use std::io::BufRead;
+    let s3 = kiln_sync::testing::S3sFs::start();
+    let d = tempfile::tempdir().unwrap();
+    let secret = d.path().join("secret");
+    std::fs::write(&secret, &s3.secret).unwrap();
+    let bucket = format!("s3://{}/two-servers", kiln_sync::testing::BUCKET);
+    let s3_flags = [
+        "--s3-endpoint",
+        &s3.endpoint,
+        "--s3-access-key",
+        &s3.key,
+        "--s3-secret-key-file",
+        secret.to_str().unwrap(),
+        "--poll",
+        "0.2",
+    ];
+    let (_one, url1) = serve_with(Path::new(&bucket), &s3_flags);
+    let (_two, url2) = serve_with(Path::new(&bucket), &s3_flags);
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    ok(&a, &["db", "create", "notes"]);
+    ok(&a, &["put", "notes", r#"{"_id":"x","by":"a"}"#]);
+    ok(&a, &["sync", "notes", &url1]);
+    let key = ok(&a, &["key", "export", "notes", "--raw"]);
+    ok(&b, &["key", "import", "notes", key.trim()]);
+    ok(&b, &["sync", "notes", &url2]);
+    assert!(ok(&b, &["get", "notes", "x"]).contains("\"by\": \"a\""));
+    ok(&b, &["put", "notes", r#"{"_id":"y","by":"b"}"#]);
+    ok(&b, &["sync", "notes", &url2]);
+    ok(&a, &["sync", "notes", &url1]);
+    assert!(ok(&a, &["get", "notes", "y"]).contains("\"by\": \"b\""));
+
+    // B watches through server two; A pushes through server one.
+    let mut w = kiln(&b)
+        .args(["--json", "sync", "notes", &url2, "--watch", "--poll", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let out = w.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    // Once it listens on server two's live channel (and its first sync, at start, is done).
+    let t = std::time::Instant::now();
+    while subscriptions(&url2) == 0 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "never subscribed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    ok(&a, &["put", "notes", r#"{"_id":"z","by":"a"}"#]);
+    let pushed = std::time::Instant::now();
+    ok(&a, &["sync", "notes", &url1]);
+    let deadline = pushed + std::time::Duration::from_secs(20);
+    let mut arrived = false;
+    while let Ok(v) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        if v["adopted"] == true || v["merged"].is_object() {
+            arrived = true;
+            break;
+        }
+    }
+    w.kill().unwrap();
+    w.wait().unwrap();
+    assert!(arrived, "the watcher never took A's push in");
+    assert!(ok(&b, &["get", "notes", "z"]).contains("\"by\": \"a\""));
+}
+
+/// The `kiln_server_subscriptions` gauge of the server at `url`.
+fn subscriptions(url: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("kiln_server_subscriptions "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -3,7 +3,8 @@
 //! uploaded and downloaded raw with the same HTTP client (reqwest, 8 requests in flight, as
 //! the sync keeps), and the write-to-visible latency of `watch` through the live channel.
 //!
-//! `cargo run --release -p kiln-server --example server_bench -- DIR [N] [WRITES]`
+//! `cargo run --release -p kiln-server --example server_bench -- DIR [N] [WRITES] [POLL_MS]`
+//! (POLL_MS: how often the watcher's server polls the bucket in the two-server run; 200)
 
 use kiln::{Options, Store};
 use kiln_server::{spawn, ServerOptions};
@@ -141,18 +142,19 @@ fn main() {
     }
     assert_eq!(Kind::Diff.name_of(&files[0].1), files[0].0);
 
-    let mut lat = latency(&a, &da, &remote, b, db, &s1.url(), "w", writes);
+    let (mut lat, mut pushes) = latency(&a, &da, &remote, b, db, &s1.url(), "w", writes);
     println!(
         "write-to-visible through the live channel, {writes} writes (a put, a push, the other replica's watch taking it in): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99),
         pct(&mut lat, 1.0)
     );
+    of_which(&mut pushes);
 
     // The same with two servers over one bucket (s3s-fs on loopback): A pushes through one,
     // B watches through the other, which polls the bucket every 200 ms.
     let s3 = kiln_sync::testing::S3sFs::start_in(&dir.join("s3data"), &["live"]);
-    let poll = Duration::from_millis(200);
+    let poll = Duration::from_millis(arg(4, 200) as u64);
     let on_bucket = || {
         spawn(
             "127.0.0.1:0",
@@ -174,20 +176,20 @@ fn main() {
     b2.import_key("small", &a2.export_key("small", None).unwrap(), None)
         .unwrap();
     let db2 = b2.open_db("small").unwrap();
-    let few = writes.min(200);
-    let mut lat = latency(&a2, &da2, &r1, b2, db2, &two.url(), "v", few);
+    let (mut lat, mut pushes2) = latency(&a2, &da2, &r1, b2, db2, &two.url(), "v", writes);
     println!(
-        "the same through two servers over one bucket (the watcher's server polls it every {} ms), {few} writes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "the same through two servers over one bucket (the watcher's server polls it every {} ms), {writes} writes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         poll.as_millis(),
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99),
         pct(&mut lat, 1.0)
     );
+    of_which(&mut pushes2);
 }
 
 /// Write-to-visible latency, in ms, of `writes` documents (ids `PREFIX0…`): B watches `url`
 /// (its poll a minute, so only the live channel brings writes sooner); A writes a document
-/// and syncs through `remote`; the time until B holds it.
+/// and syncs through `remote`; the time until B holds it, and how long A's put and sync took.
 #[allow(clippy::too_many_arguments)]
 fn latency(
     a: &Store,
@@ -198,7 +200,7 @@ fn latency(
     url: &str,
     prefix: &'static str,
     writes: usize,
-) -> Vec<f64> {
+) -> (Vec<f64>, Vec<f64>) {
     let id = da.name().to_owned();
     let seen = Arc::new(AtomicUsize::new(0));
     let (seen_b, url, id_b) = (seen.clone(), url.to_owned(), id.clone());
@@ -229,12 +231,13 @@ fn latency(
         .unwrap();
     });
     std::thread::sleep(Duration::from_millis(500));
-    let mut lat = Vec::with_capacity(writes);
+    let (mut lat, mut pushes) = (Vec::with_capacity(writes), Vec::with_capacity(writes));
     for i in 0..writes {
         let t = Instant::now();
         da.put(&json!({"_id": format!("{prefix}{i}"), "n": i}))
             .unwrap();
         sync(a, da, remote, &id, SyncOptions::default()).unwrap();
+        pushes.push(t.elapsed().as_secs_f64() * 1e3);
         while seen.load(Ordering::SeqCst) <= i {
             std::thread::sleep(Duration::from_micros(200));
             assert!(
@@ -245,5 +248,14 @@ fn latency(
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
     watcher.join().unwrap();
-    lat
+    (lat, pushes)
+}
+
+/// Prints a latency line's breakdown: how long the writer's put and push took.
+fn of_which(pushes: &mut [f64]) {
+    println!(
+        "  of which the writer's put and push: p50 {:.1} ms, p99 {:.1} ms",
+        pct(pushes, 0.5),
+        pct(pushes, 0.99)
+    );
 }

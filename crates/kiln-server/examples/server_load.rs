@@ -238,10 +238,18 @@ fn main() {
     let mut lost = 0;
     for c in 0..clients {
         let store = Store::open_with(dir.join(format!("c{c}")), opts()).unwrap();
-        let members = (clients - c / team * team).min(team);
+        let first = c / team * team;
+        let members = first..(first + team).min(clients);
         for n in &names_of(c / team) {
-            let have = store.open_db(n).unwrap().info().unwrap().docs as usize;
-            lost += (members * rounds).saturating_sub(have);
+            // Every write of every member of the team, by its id and its writer.
+            let db = store.open_db(n).unwrap();
+            for m in members.clone() {
+                for r in 0..rounds {
+                    let by = m.to_string();
+                    let doc = db.get(&format!("c{m}-r{r}")).unwrap();
+                    lost += usize::from(doc.is_none_or(|d| d["by"] != by.as_str()));
+                }
+            }
         }
     }
     let _ = server.kill();

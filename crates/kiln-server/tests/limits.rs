@@ -129,6 +129,45 @@ fn a_stop_lets_an_upload_under_way_finish_whole() {
     }
 }
 
+/// An upload still under way when a stopping server's drain time runs out is dropped whole:
+/// the stop ends, the connection closes, and nothing of the file is kept.
+#[test]
+fn a_stop_drops_an_upload_that_outlasts_the_drain() {
+    let d = tempfile::tempdir().unwrap();
+    let storage = d.path().join("storage");
+    let s = server(
+        &storage,
+        ServerOptions {
+            drain_timeout: Duration::from_millis(300),
+            ..ServerOptions::default()
+        },
+    );
+    let bytes = vec![7u8; 200_000];
+    let name = Kind::Diff.name_of(&bytes);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT /v1/files/diff/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    )
+    .unwrap();
+    c.write_all(&bytes[..1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The rest never comes.
+    let t = Instant::now();
+    s.stop().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let got = read_all(&mut c, Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        !text.starts_with("HTTP/1.1 2"),
+        "an upload cut short was answered as kept: {text:?}"
+    );
+    let r = FolderRemote::open(&storage).unwrap();
+    assert_eq!(r.get_file(Kind::Diff, &name).unwrap(), None);
+    assert!(!r.has_file(Kind::Diff, &name).unwrap());
+}
+
 #[test]
 fn an_idle_kept_alive_connection_is_closed() {
     let d = tempfile::tempdir().unwrap();
