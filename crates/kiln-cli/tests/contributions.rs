@@ -5,7 +5,7 @@
 //! contributors learn the decisions on their next sync, and every replica converges.
 
 use serde_json::Value;
-use std::io::{Read, Write};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -58,16 +58,8 @@ impl Person {
 /// How many file downloads (`GET /v1/files/…`, answered 200) the server has served, from its
 /// `/metrics`.
 fn downloads(url: &str) -> u64 {
-    let addr = url.strip_prefix("http://").unwrap();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
+    common::metrics(url)
+        .lines()
         .filter(|l| {
             l.starts_with("kiln_server_requests_total{route=\"/v1/files/{kind}/{name}\",method=\"GET\",status=\"200\"}")
         })

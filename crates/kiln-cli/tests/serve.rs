@@ -344,7 +344,6 @@ fn attached_files_come_through_the_server_on_first_read() {
 /// server polls the bucket every 0.2 s for the databases watched).
 #[test]
 fn two_servers_over_one_bucket_converge_and_watchers_hear_across_them() {
-    use std::io::BufRead;
     let s3 = kiln_sync::testing::S3sFs::start();
     let d = tempfile::tempdir().unwrap();
     let secret = d.path().join("secret");
@@ -383,16 +382,7 @@ fn two_servers_over_one_bucket_converge_and_watchers_hear_across_them() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    let out = w.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = common::json_lines(w.stdout.take().unwrap());
     // Once it listens on server two's live channel (and its first sync, at start, is done).
     let t = std::time::Instant::now();
     while subscriptions(&url2) == 0 {
@@ -423,17 +413,8 @@ fn two_servers_over_one_bucket_converge_and_watchers_hear_across_them() {
 
 /// The `kiln_server_subscriptions` gauge of the server at `url`.
 fn subscriptions(url: &str) -> u64 {
-    use std::io::{Read, Write};
-    let addr = url.strip_prefix("http://").unwrap();
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        c,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    c.read_to_string(&mut text).unwrap();
-    text.lines()
+    common::metrics(url)
+        .lines()
         .find_map(|l| l.strip_prefix("kiln_server_subscriptions "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)

@@ -209,7 +209,6 @@ fn syncs_killed_at_random_points_complete_when_run_again() {
 /// other processes) go out without another command.
 #[test]
 fn watch_pulls_what_arrives_and_pushes_what_is_written() {
-    use std::io::BufRead;
     let d = tempfile::tempdir().unwrap();
     let (a, b) = (d.path().join("a"), d.path().join("b"));
     ok(&a, &["db", "create", "notes"]);
@@ -227,16 +226,7 @@ fn watch_pulls_what_arrives_and_pushes_what_is_written() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    let out = w.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = common::json_lines(w.stdout.take().unwrap());
     let wait = |what: &str, f: &dyn Fn(&Value) -> bool| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while let Ok(v) = rx.recv_timeout(deadline - std::time::Instant::now()) {

@@ -185,3 +185,32 @@ pub fn kiln_ok(root: &Path, args: &[&str], stdin: Option<&str>) -> String {
     );
     String::from_utf8(o.stdout).unwrap()
 }
+
+/// The `/metrics` text of the server at `url` (`http://…`).
+pub fn metrics(url: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://").expect("an http:// URL");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// A process's stdout read as JSON lines on a thread of its own: each line as it comes.
+pub fn json_lines(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
