@@ -264,10 +264,21 @@ fn a_create_or_fork_killed_at_any_step_leaves_it_whole_or_absent() {
         assert!(doc_reads(w, "s", "a").is_some());
     });
     assert!(kills > 5, "{kills}");
+    // The source has an index: a fork shares its definition (and its built tree).
+    let o = kiln(&t, &["index", "create", "s", "byv", "--field", "v"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let kills = every_step(&t, &dir.path().join("w"), &["fork", "s", "f"], &|w| {
         if w.join("dbs/f").exists() {
             let a = doc_reads(w, "f", "a").expect("a fork is whole");
             assert!(a.contains("SECRET-second"), "{a}");
+            // Its index too (a fork killed after it was in place once had none).
+            let q = kiln(w, &["query", "f", "byv", "--key", "plain"]);
+            let out = String::from_utf8_lossy(&q.stdout);
+            assert!(
+                q.status.success() && out.contains("\"b\""),
+                "{out}{}",
+                String::from_utf8_lossy(&q.stderr)
+            );
         }
         after_kill(w, &all, "", false);
         assert!(doc_reads(w, "s", "a").is_some());

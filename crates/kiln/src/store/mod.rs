@@ -401,14 +401,17 @@ impl Store {
         let _gc = self.inner.gc_shared()?;
         let mut head = source.head_for_fork()?;
         head.seq = 0;
-        // The fork shares its source's derived data (indexes) as it shares its files.
+        // The fork shares its source's derived data (indexes) as it shares its files: placed
+        // with it, so a fork is never seen without its index definitions.
         let derived = source.derived_bytes()?;
-        let db = self.place(&name, &lineage, &source.key(), &head, &Settings::default())?;
-        if let Some(bytes) = derived {
-            let path = self.dbs().join(&name).join(crate::db::derived::DERIVED);
-            write_atomic(&path, &bytes, sync, None).map_err(|e| Error::io(&path, e))?;
-        }
-        Ok(db)
+        self.place_with(
+            &name,
+            &lineage,
+            &source.key(),
+            &head,
+            &Settings::default(),
+            derived.as_deref(),
+        )
     }
 
     /// A name for a new database: the given one (checked, and not taken) or a fresh UUID.
@@ -435,6 +438,19 @@ impl Store {
         head: &Head,
         settings: &Settings,
     ) -> Result<Database> {
+        self.place_with(name, lineage, key, head, settings, None)
+    }
+
+    /// [`Store::place`], the folder holding `derived` (a sealed derived record) too.
+    fn place_with(
+        &self,
+        name: &str,
+        lineage: &Lineage,
+        key: &Key,
+        head: &Head,
+        settings: &Settings,
+        derived: Option<&[u8]>,
+    ) -> Result<Database> {
         let dbs = self.dbs();
         let final_dir = dbs.join(name);
         let sync = self.inner.opts.durability == Durability::Full;
@@ -449,6 +465,10 @@ impl Store {
             write_atomic(&hp, &bytes, sync, None).map_err(|e| Error::io(&hp, e))?;
             let lp = tmp.join("LOCK");
             std::fs::write(&lp, [0u8; 16]).map_err(|e| Error::io(&lp, e))?;
+            if let Some(bytes) = derived {
+                let dp = tmp.join(crate::db::derived::DERIVED);
+                write_atomic(&dp, bytes, sync, None).map_err(|e| Error::io(&dp, e))?;
+            }
             settings.write(&tmp.join(SETTINGS), sync)
         })();
         if let Err(e) = result {
