@@ -272,10 +272,10 @@ fn a_create_or_fork_killed_at_any_step_leaves_it_whole_or_absent() {
             let a = doc_reads(w, "f", "a").expect("a fork is whole");
             assert!(a.contains("SECRET-second"), "{a}");
             // Its index too (a fork killed after it was in place once had none).
-            let q = kiln(w, &["query", "f", "byv", "--key", "plain"]);
+            let q = kiln(w, &["--json", "index", "list", "f"]);
             let out = String::from_utf8_lossy(&q.stdout);
             assert!(
-                q.status.success() && out.contains("\"b\""),
+                q.status.success() && out.contains("\"byv\""),
                 "{out}{}",
                 String::from_utf8_lossy(&q.stderr)
             );
