@@ -173,15 +173,18 @@ impl Adapter for KilnAdapter {
     }
 
     fn query(&mut self, lo: u64, hi: u64) -> Res<u64> {
+        // Row by row, as the SQLite adapter reads its statement's rows.
         let q = kiln::index::Query::range(lo.into(), hi.into()).with_docs();
-        let rows = self.db.query("n", &q)?;
-        if rows
-            .iter()
-            .any(|r| r.doc.as_ref().is_none_or(Value::is_null))
-        {
+        let (mut rows, mut missing) = (0u64, false);
+        self.db.query_each("n", &q, &mut |r| {
+            rows += 1;
+            missing |= r.doc.as_ref().is_none_or(Value::is_null);
+            Ok(true)
+        })?;
+        if missing {
             return Err("a query row without its document".into());
         }
-        Ok(rows.len() as u64)
+        Ok(rows)
     }
 
     fn close(self: Box<Self>) -> Res<()> {

@@ -224,3 +224,47 @@ fn query_at_an_event_and_changes_limit() {
         .collect();
     assert_eq!(got, ["g", "a"]);
 }
+
+#[test]
+fn a_large_answer_streams_and_a_reader_that_stops_stops_the_query() {
+    use std::io::BufRead;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("s");
+    ok(&root, &["db", "create", "big"]);
+    let lines: String = (0..20_000)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"_id": format!("d{i:05}"), "n": i, "pad": "x".repeat(200)})
+            )
+        })
+        .collect();
+    let o = kiln(&root, &["import", "big", "-"], Some(&lines));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&root, &["index", "create", "big", "n", "--field", "n"]);
+    // Every row, one line each, in key order.
+    let all = ok(&root, &["query", "big", "n", "--docs"]);
+    assert_eq!(all.lines().count(), 20_000);
+    assert!(all.lines().next().unwrap().contains("\"d00000\""));
+    // A reader that takes one line and goes away (as `head -1`): the query ends, cleanly.
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(&root)
+        .args(["query", "big", "n", "--docs"])
+        .env_remove("KILN_ROOT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"d00000\""), "{first}");
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -618,3 +618,125 @@ fn another_handle_sees_every_change_to_the_index_record() {
         assert!(!a.indexes().unwrap()[0].built);
     }
 }
+
+#[test]
+fn query_each_hands_over_rows_one_at_a_time_until_told_to_stop() {
+    let (_d, s) = store();
+    let db = s.create(Some("each")).unwrap();
+    let docs: Vec<Value> = (0..50)
+        .map(|i| json!({"_id": format!("d{i:02}"), "n": 49 - i}))
+        .collect();
+    db.bulk(&docs).unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    for q in [
+        Query::all().with_docs(),
+        Query::range(json!(10), json!(20))
+            .desc()
+            .skip(2)
+            .limit(5)
+            .with_docs(),
+        Query::keys(vec![json!(3), json!(1), json!(99)]),
+        Query::all().limit(0),
+    ] {
+        let mut each = Vec::new();
+        db.query_each("n", &q, &mut |r| {
+            each.push(r);
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(each, db.query("n", &q).unwrap(), "{q:?}");
+    }
+    // Told to stop: no row after.
+    let mut seen = Vec::new();
+    db.query_each("n", &Query::all().with_docs(), &mut |r| {
+        assert_eq!(r.doc.as_ref().unwrap()["n"], r.key);
+        seen.push(r.id);
+        Ok(seen.len() < 7)
+    })
+    .unwrap();
+    assert_eq!(seen, ["d49", "d48", "d47", "d46", "d45", "d44", "d43"]);
+    // The caller's error comes back as it is, after one call: a row is never handed over
+    // twice.
+    let mut calls = 0;
+    let e = db
+        .query_each("n", &Query::all().with_docs(), &mut |_| {
+            calls += 1;
+            Err(kiln::Error::InvalidArgument("enough".into()))
+        })
+        .unwrap_err();
+    assert!(
+        matches!(e, kiln::Error::InvalidArgument(ref m) if m == "enough"),
+        "{e}"
+    );
+    assert_eq!(calls, 1);
+}
+
+#[test]
+fn a_build_reading_only_the_indexed_fields_makes_the_rows_a_whole_read_makes() {
+    // Enough documents that a build reads them in two halves; fields nested, in arrays, with
+    // a dot in a name, absent, null, and the id itself.
+    let (_d, s) = store();
+    let db = s.create(Some("pick")).unwrap();
+    let fields = ["a.b", "l.1", "x\\.y", "_id"];
+    db.create_index("kept", IndexDef::fields(fields)).unwrap();
+    let doc = |i: u64| {
+        let mut d = json!({
+            "_id": format!("d{i:05}"),
+            "a": {"b": i % 7, "c": "not read"},
+            "l": [i, format!("s{}", i % 3), {"deep": i}],
+            "x.y": if i.is_multiple_of(11) { Value::Null } else { json!(i % 5) },
+            "x": {"y": "another field"},
+            "body": "x".repeat(50),
+        });
+        if i.is_multiple_of(13) {
+            d["a"] = json!(["no", "b", "here"]);
+        }
+        d
+    };
+    let all: Vec<Value> = (0..6_000).map(doc).collect();
+    // "kept" is brought up to date commit by commit (whole documents read)...
+    for chunk in all.chunks(1_500) {
+        db.bulk(chunk).unwrap();
+        db.query("kept", &Query::all().limit(1)).unwrap();
+    }
+    // ... "built" maps them all at once (only its fields read, in two halves), "mapped" by a
+    // map function that reads whole documents.
+    db.create_index("built", IndexDef::fields(fields)).unwrap();
+    db.register_map("mapped", 1, |doc, emit| {
+        let at = |p: &[&str]| {
+            let mut v = doc;
+            for s in p {
+                v = match v {
+                    Value::Object(m) => m.get(*s)?,
+                    Value::Array(a) => a.get(s.parse::<usize>().ok()?)?,
+                    _ => return None,
+                };
+            }
+            Some(v.clone())
+        };
+        let got: Option<Vec<Value>> = [&["a", "b"][..], &["l", "1"], &["x.y"], &["_id"]]
+            .iter()
+            .map(|p| at(p))
+            .collect();
+        if let Some(k) = got {
+            emit.row(Value::Array(k), json!(null));
+        }
+    })
+    .unwrap();
+    let built = db.query("built", &Query::all()).unwrap();
+    assert_eq!(built.len(), 6_000 - 6_000 / 13 - 1);
+    assert_eq!(built, db.query("mapped", &Query::all()).unwrap());
+    assert_eq!(built, db.query("kept", &Query::all()).unwrap());
+    // The same rows from the same versions: the same tree.
+    let root = |name: &str| {
+        db.indexes()
+            .unwrap()
+            .into_iter()
+            .find(|i| i.name == name)
+            .unwrap()
+            .root
+    };
+    assert!(root("built").is_some());
+    assert_eq!(root("built"), root("kept"));
+    assert_eq!(root("built"), root("mapped"));
+}

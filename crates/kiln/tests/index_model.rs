@@ -200,12 +200,19 @@ proptest! {
                 }
                 Op::Ask(q, compound) => {
                     let index = if compound { "two" } else { "one" };
-                    let got: Vec<(Value, String)> = db
-                        .query(index, &q)
-                        .unwrap()
-                        .into_iter()
-                        .map(|r| (r.key, r.id))
-                        .collect();
+                    let rows = db.query(index, &q).unwrap();
+                    // Row by row, with documents or without: the same rows.
+                    for q in [q.clone(), q.clone().with_docs()] {
+                        let mut each = Vec::new();
+                        db.query_each(index, &q, &mut |r| {
+                            each.push(r);
+                            Ok(true)
+                        })
+                        .unwrap();
+                        prop_assert_eq!(&each, &db.query(index, &q).unwrap());
+                    }
+                    let got: Vec<(Value, String)> =
+                        rows.into_iter().map(|r| (r.key, r.id)).collect();
                     let want = answer(&model, &q, compound);
                     prop_assert_eq!(got.len(), want.len(), "{:?}", q);
                     for (g, w) in got.iter().zip(&want) {

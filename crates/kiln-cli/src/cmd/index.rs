@@ -272,6 +272,16 @@ fn describe(def: &IndexDef) -> String {
 
 fn query(ctx: &Ctx, db: String, index: String, q: Query, at: Option<String>) -> Result<u8, Fail> {
     let db = ctx.open(&db)?;
+    if at.is_none() && !ctx.out.json {
+        // A line per row as it is read: a large answer is never held whole (and a reader that
+        // stops reading, `head`, stops the query).
+        let mut o = std::io::BufWriter::new(std::io::stdout().lock());
+        db.query_each(&index, &q, &mut |r| {
+            Ok(writeln!(o, "{}", serde_json::to_string(&r).unwrap_or_default()).is_ok())
+        })?;
+        let _ = o.flush();
+        return Ok(0);
+    }
     let rows = match at {
         Some(e) => db.query_at(&index, &q, &crate::input::parse_event(&e)?)?,
         None => db.query(&index, &q)?,

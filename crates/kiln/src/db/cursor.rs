@@ -7,7 +7,9 @@
 //! tree is rebuilt once from its history (the same state, as every replica computes it) and
 //! the cursor goes on from there: what it hands out is always the state it was opened on.
 
+use super::read::DecodeDoc;
 use super::*;
+use crate::model::tree::NodeSource;
 use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -121,6 +123,9 @@ pub(super) fn bounds(opts: &ListOptions) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     (lo, hi)
 }
 
+/// Children of the root below which [`Cursor::split`] looks one level further down.
+const SPLIT_FANOUT: usize = 16;
+
 impl Cursor {
     pub(super) fn open(db: &Database, opts: &ListOptions) -> Result<Cursor> {
         let snapshot = db.inner.refresh()?;
@@ -147,6 +152,55 @@ impl Cursor {
         &self.heads
     }
 
+    /// This cursor's documents as two cursors over the same state, the first's ids all below
+    /// the second's, split where the top of the document tree splits them (about in half), so
+    /// two threads can read them apart. An ascending cursor not yet read from and without a
+    /// limit splits; another, or one over too few documents, comes back whole (`None`).
+    pub(crate) fn split(mut self) -> Result<(Cursor, Option<Cursor>)> {
+        let fresh = self.buf.is_empty() && !self.done && self.left.is_none();
+        let root = self.snapshot.head.root;
+        let (Some(root), true, false, None) = (root, fresh, self.desc, &self.rebuilt) else {
+            return Ok((self, None));
+        };
+        // The first keys of the nodes one level below the root, or two when the root has few
+        // children (their sizes vary: a split among a handful is seldom near the middle).
+        let keys = self.with_view(|v| {
+            let node = v.view().node(&root)?;
+            if node.level < 2 || node.keys.len() >= SPLIT_FANOUT {
+                return Ok(node.keys.clone());
+            }
+            let mut keys = Vec::new();
+            for c in node.children() {
+                keys.extend(v.view().node(c)?.keys.iter().cloned());
+            }
+            Ok(keys)
+        })?;
+        let inside = |k: &[u8]| {
+            self.lo.as_deref().is_none_or(|lo| lo < k) && self.hi.as_deref().is_none_or(|hi| k < hi)
+        };
+        let at = (keys.len() >= 2).then(|| keys[keys.len() / 2].to_vec());
+        let Some(at) = at.filter(|k| inside(k)) else {
+            return Ok((self, None));
+        };
+        let second = Cursor {
+            db: self.db.clone(),
+            heads: self.heads.clone(),
+            snapshot: self.snapshot.clone(),
+            rebuilt: None,
+            lo: Some(at.clone()),
+            hi: self.hi.take(),
+            desc: false,
+            left: None,
+            buf: VecDeque::new(),
+            ids: Vec::new(),
+            batch: FIRST_BATCH,
+            done: false,
+            hints: Hints::default(),
+        };
+        self.hi = Some(at);
+        Ok((self, Some(second)))
+    }
+
     /// The next document as JSON, or `None` at the end.
     fn next_value(&mut self) -> Result<Option<Value>> {
         Ok(self.next_linked()?.map(|(_, _, _, d)| d))
@@ -155,6 +209,14 @@ impl Cursor {
     /// The next document with its id, its version's CID and its version (an index keeps
     /// the CID to read the version again without the tree), or `None` at the end.
     pub(crate) fn next_linked(&mut self) -> Result<Option<(String, Cid, u64, Value)>> {
+        self.next_linked_as(&crate::model::doc::decode)
+    }
+
+    /// [`Cursor::next_linked`], the document decoded by `decode` (some fields only, say).
+    pub(crate) fn next_linked_as(
+        &mut self,
+        decode: &DecodeDoc<'_>,
+    ) -> Result<Option<(String, Cid, u64, Value)>> {
         if self.buf.is_empty() && !self.done {
             self.fill()?;
         }
@@ -179,7 +241,7 @@ impl Cursor {
         let id = std::str::from_utf8(&self.ids[at as usize..(at + len) as usize])
             .map_err(|_| Error::corrupt(self.db.name().to_owned(), "document id is not UTF-8"))?
             .to_owned();
-        let doc = self.with_view(|v| v.load_doc(&id, &link, version, near))?;
+        let doc = self.with_view(|v| v.load_doc(&id, &link, version, near, decode))?;
         Ok(Some((id, link, version, doc)))
     }
 
@@ -332,9 +394,16 @@ trait CursorSource {
     /// The view documents are read through.
     fn view(&self) -> &View<'_>;
     /// The document of an entry, looked for first beside the leaf that named it.
-    fn load_doc(&self, id: &str, link: &Cid, version: u64, near: Option<Place>) -> Result<Value> {
+    fn load_doc(
+        &self,
+        id: &str,
+        link: &Cid,
+        version: u64,
+        near: Option<Place>,
+        decode: &DecodeDoc<'_>,
+    ) -> Result<Value> {
         self.view().near.set(near);
-        self.view().load_doc(id, link, version)
+        self.view().load_doc_as(id, link, version, decode)
     }
 }
 
@@ -502,5 +571,65 @@ impl Database {
             inner: Cursor::open(self, opts)?,
             _doc: PhantomData,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ids(mut c: Cursor) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some((id, ..)) = c.next_linked().unwrap() {
+            out.push(id);
+        }
+        out
+    }
+
+    #[test]
+    fn a_split_cursor_reads_every_document_once_in_two_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let db = store.create(Some("s")).unwrap();
+        let all: Vec<String> = (0..5_000).map(|i| format!("d{i:05}")).collect();
+        let docs: Vec<Value> = all.iter().map(|id| json!({"_id": id})).collect();
+        db.bulk(&docs).unwrap();
+        let (a, b) = db.cursor(&ListOptions::default()).unwrap().split().unwrap();
+        let (a, b) = (ids(a), ids(b.expect("5,000 documents split")));
+        // About in half (the top of the tree splits them), and together every one once.
+        assert!(
+            a.len() > 1_000 && b.len() > 1_000,
+            "{} / {}",
+            a.len(),
+            b.len()
+        );
+        assert_eq!([a, b].concat(), all);
+        // Bounds are kept: the halves of a range are that range.
+        let opts = ListOptions::default().start("d00100").end("d04899");
+        let (a, b) = db.cursor(&opts).unwrap().split().unwrap();
+        let mut got = ids(a);
+        got.extend(b.map(ids).unwrap_or_default());
+        assert_eq!(got, all[100..4_900]);
+        // A cursor read from, descending or limited stays whole.
+        let mut read = db.cursor(&ListOptions::default()).unwrap();
+        read.next_linked().unwrap();
+        assert!(read.split().unwrap().1.is_none());
+        for opts in [
+            ListOptions::default().desc(),
+            ListOptions::default().limit(10),
+        ] {
+            assert!(db.cursor(&opts).unwrap().split().unwrap().1.is_none());
+        }
+        // One document (the root a leaf) stays whole.
+        let small = store.create(Some("small")).unwrap();
+        small.bulk(&docs[..1]).unwrap();
+        let (a, b) = small
+            .cursor(&ListOptions::default())
+            .unwrap()
+            .split()
+            .unwrap();
+        assert!(b.is_none());
+        assert_eq!(ids(a), all[..1]);
     }
 }

@@ -694,19 +694,10 @@ impl Database {
         }
     }
 
-    /// Document versions by CID (each with its id and version, as a tree slot names them),
-    /// read from one state: what an index's rows name.
-    pub(crate) fn load_linked(&self, items: &[(&str, Cid, u64)]) -> Result<Vec<Value>> {
-        self.inner.read(|v| {
-            items
-                .iter()
-                .map(|(id, cid, version)| match v.load_doc(id, cid, *version) {
-                    // Purged since the caller read its CID: gone.
-                    Err(Error::Purged(..)) => Ok(Value::Null),
-                    r => r,
-                })
-                .collect()
-        })
+    /// Runs `f` with a reader of documents from one state: what an index's rows name. Like
+    /// every read, `f` runs again on a newer state if a compaction replaced a file under it.
+    pub(crate) fn read_docs<T>(&self, mut f: impl FnMut(&DocReader) -> Result<T>) -> Result<T> {
+        self.inner.read(|v| f(&DocReader { view: v }))
     }
 
     /// Events, newest first (descending height, then CID).
@@ -982,5 +973,26 @@ impl Database {
     /// or nothing, such as an import.
     pub(crate) fn buffer_commits(&self, on: bool) {
         self.inner.buffered.store(on, Ordering::SeqCst);
+    }
+}
+
+/// Reads documents from one state ([`Database::read_docs`]).
+pub(crate) struct DocReader<'v, 'a> {
+    view: &'v read::View<'a>,
+}
+
+impl DocReader<'_, '_> {
+    /// Version `cid` of document `id` (`height`: the version of the slot that names it);
+    /// `null` when it was purged since.
+    pub(crate) fn version(&self, id: &str, cid: &Cid, height: u64) -> Result<Value> {
+        match self.view.load_doc(id, cid, height) {
+            Err(Error::Purged(..)) => Ok(Value::Null),
+            r => r,
+        }
+    }
+
+    /// The current version of document `id`, if it is live.
+    pub(crate) fn current(&self, id: &str) -> Result<Option<Value>> {
+        self.view.doc(id, self.view.head.root.as_ref())
     }
 }

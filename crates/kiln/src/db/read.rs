@@ -59,6 +59,11 @@ thread_local! {
 /// document, gets its own).
 const KEEP_SEALED: usize = 1 << 20;
 
+/// How a document version's body becomes a value: given its id and its bytes
+/// ([`doc::decode`], or a decoder of some fields only).
+pub(crate) type DecodeDoc<'f> =
+    dyn Fn(&str, &[u8]) -> std::result::Result<Value, &'static str> + 'f;
+
 /// Reads against one head record.
 pub(super) struct View<'a> {
     pub(super) db: &'a Db,
@@ -353,11 +358,22 @@ impl<'a> View<'a> {
 
     /// A document version; `height` is the version of the slot that names it (a hint).
     pub(super) fn load_doc(&self, id: &str, cid: &Cid, height: u64) -> Result<Value> {
+        self.load_doc_as(id, cid, height, &doc::decode)
+    }
+
+    /// [`View::load_doc`], decoded by `decode` (given the id and the body).
+    pub(super) fn load_doc_as(
+        &self,
+        id: &str,
+        cid: &Cid,
+        height: u64,
+        decode: &DecodeDoc<'_>,
+    ) -> Result<Value> {
         if self.head.purged.binary_search(cid).is_ok() {
             return Err(Error::Purged(id.to_owned(), self.db.name.clone()));
         }
         self.with_block(cid, Some(height), |b| {
-            doc::decode(id, b).map_err(|w| self.corrupt_cid(cid, w))
+            decode(id, b).map_err(|w| self.corrupt_cid(cid, w))
         })
     }
 

@@ -2,6 +2,7 @@
 //! the rows it makes of a document.
 
 use crate::error::{Error, Result};
+use crate::format::block::cbor::Pick;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -162,6 +163,21 @@ impl Mapper {
                 .collect::<Result<_>>()?,
             each,
         })
+    }
+
+    /// The parts of a document this mapper reads, when it reads only some (declared fields):
+    /// a document decoded with only them makes the same rows as the whole document.
+    pub fn pick(&self) -> Option<Pick> {
+        match self {
+            Mapper::Map(_) => None,
+            Mapper::Fields { paths, .. } => {
+                let mut p = Pick::default();
+                for path in paths {
+                    p.add(path);
+                }
+                Some(p)
+            }
+        }
     }
 
     /// The rows of `doc` (key, value), in emission order.

@@ -34,6 +34,9 @@ pub const MAX_DEPTH: usize = 160;
 
 /// How deep `v` nests (a scalar: 0).
 pub fn depth(v: &Value) -> usize {
+    if !matches!(v, Value::Array(_) | Value::Object(_)) {
+        return 0;
+    }
     let mut max = 0;
     let mut stack = vec![(v, 0usize)];
     while let Some((v, d)) = stack.pop() {
@@ -107,13 +110,16 @@ fn sorted(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
 
 /// Appends a string's encoding (its UTF-8 bytes, a zero byte escaped, then the end mark).
 pub fn encode_str(s: &str, out: &mut Vec<u8>) {
+    out.reserve(s.len() + 3);
     out.push(STRING);
-    for &b in s.as_bytes() {
-        out.push(b);
-        if b == 0 {
-            out.push(ZERO_ESCAPE);
-        }
+    let mut rest = s.as_bytes();
+    // Runs without a zero byte are copied as they are; each zero is escaped.
+    while let Some(z) = rest.iter().position(|&b| b == 0) {
+        out.extend_from_slice(&rest[..=z]);
+        out.push(ZERO_ESCAPE);
+        rest = &rest[z + 1..];
     }
+    out.extend_from_slice(rest);
     out.extend_from_slice(&[0, STRING_END]);
 }
 
@@ -198,12 +204,14 @@ pub fn decode_str(b: &[u8], pos: &mut usize) -> Result<String, KeyError> {
 fn decode_str_body(b: &[u8], pos: &mut usize) -> Result<String, KeyError> {
     let mut s = Vec::new();
     loop {
-        let c = *b.get(*pos).ok_or(KeyError("string cut short"))?;
-        *pos += 1;
-        if c != 0 {
-            s.push(c);
-            continue;
-        }
+        // The bytes up to the next zero are the string's own; the zero escapes one or ends it.
+        let rest = b.get(*pos..).unwrap_or_default();
+        let z = rest
+            .iter()
+            .position(|&c| c == 0)
+            .ok_or(KeyError("string cut short"))?;
+        s.extend_from_slice(&rest[..z]);
+        *pos += z + 1;
         match b.get(*pos) {
             Some(&ZERO_ESCAPE) => s.push(0),
             Some(&STRING_END) => {

@@ -67,6 +67,9 @@ pub struct IndexInfo {
     pub files: usize,
 }
 
+/// A query's rows without documents, and each row's slot (the version it was made from).
+type Found = (Vec<Row>, Vec<crate::model::tree::Slot>);
+
 /// How often a query starts again when a file its index named was replaced under it by
 /// another process.
 const READ_TRIES: usize = 3;
@@ -183,18 +186,41 @@ impl Database {
 
     /// Reads rows of index `name` (see [`Query`]), bringing it up to date first.
     pub fn query(&self, name: &str, q: &Query) -> Result<Vec<Row>> {
-        let mut tries = 0;
-        loop {
-            match self.query_once(name, q) {
-                Err(Error::MissingFile(..)) if tries + 1 < READ_TRIES => tries += 1,
-                // An index file lost for good: derived data, built again.
-                Err(Error::MissingFile(..)) if self.writable() => {
-                    self.update_kept(name, true)?;
-                    return self.query_once(name, q);
-                }
-                r => return r,
-            }
+        let (mut rows, slots) = self.rows_of(name, q)?;
+        if q.docs {
+            self.add_docs(&mut rows, &slots, &mut |_| Ok(1))?;
         }
+        Ok(rows)
+    }
+
+    /// [`Database::query`] one row at a time: `f` takes each row (with its document, when
+    /// asked) as it is read, and returns whether to go on. The index is read first (its rows
+    /// without documents are held, ~100 bytes each); each document is read only when its row
+    /// is handed over and is the caller's from then on, so a large answer is never held whole.
+    ///
+    /// ```
+    /// # fn main() -> kiln::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = kiln::Store::open(dir.path())?.create(Some("shop"))?;
+    /// db.put(&serde_json::json!({"_id": "a", "price": 3}))?;
+    /// db.create_index("price", kiln::IndexDef::fields(["price"]))?;
+    /// let mut total = 0;
+    /// db.query_each("price", &kiln::Query::all().with_docs(), &mut |row| {
+    ///     total += row.doc.as_ref().and_then(|d| d["price"].as_i64()).unwrap_or(0);
+    ///     Ok(true)
+    /// })?;
+    /// assert_eq!(total, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn query_each(
+        &self,
+        name: &str,
+        q: &Query,
+        f: &mut dyn FnMut(Row) -> Result<bool>,
+    ) -> Result<()> {
+        let rows = self.rows_of(name, q)?;
+        self.hand_over(rows, q.docs, f)
     }
 
     /// Reads rows of index `name` as they were at `event` (see [`Query`]): the index is built
@@ -207,53 +233,109 @@ impl Database {
         let mut nodes = Nodes::new(self, &IndexState::new(st.def.clone()));
         let root = update::build_at(self, name, event, &mapper, &mut nodes)?;
         let rows = query::run(&nodes, root.as_ref(), q, name)?;
-        self.with_docs(rows, q.docs)
+        let mut out = Vec::new();
+        self.hand_over(rows, q.docs, &mut |r| {
+            out.push(r);
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
-    fn query_once(&self, name: &str, q: &Query) -> Result<Vec<Row>> {
+    /// The rows `q` selects, without documents, each with its slot.
+    fn rows_of(&self, name: &str, q: &Query) -> Result<Found> {
+        let mut tries = 0;
+        loop {
+            match self.rows_once(name, q) {
+                Err(Error::MissingFile(..)) if tries + 1 < READ_TRIES => tries += 1,
+                // An index file lost for good: derived data, built again.
+                Err(Error::MissingFile(..)) if self.writable() => {
+                    self.update_kept(name, true)?;
+                    return self.rows_once(name, q);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn rows_once(&self, name: &str, q: &Query) -> Result<Found> {
         let d = self.derived()?;
         let st = self.index_state(&d, name)?;
         let current = st.heads.as_deref() == Some(&self.heads()?[..]);
-        let rows = if current {
-            query::run(&Nodes::new(self, &st), st.root.as_ref(), q, name)?
+        if current {
+            query::run(&Nodes::new(self, &st), st.root.as_ref(), q, name)
         } else if self.writable() {
             let (st, _) = self.update_kept(name, false)?;
-            query::run(&Nodes::new(self, &st), st.root.as_ref(), q, name)?
+            query::run(&Nodes::new(self, &st), st.root.as_ref(), q, name)
         } else {
             // A read-only store: brought up to date in memory, for this query.
             let mut st = st;
             let mapper = self.mapper(name, &st.def)?;
             let mut nodes = Nodes::new(self, &st);
             update::bring_up_to_date(self, name, &mut st, &mapper, &mut nodes)?;
-            query::run(&nodes, st.root.as_ref(), q, name)?
-        };
-        self.with_docs(rows, q.docs)
+            query::run(&nodes, st.root.as_ref(), q, name)
+        }
     }
 
-    /// The rows, each with its document (the version its slot names) when `docs`.
-    fn with_docs(
+    /// Hands `f` each row, with its document when `docs`, until it says stop.
+    fn hand_over(
         &self,
-        rows: Vec<(Row, crate::model::tree::Slot)>,
+        (mut rows, slots): Found,
         docs: bool,
-    ) -> Result<Vec<Row>> {
+        f: &mut dyn FnMut(Row) -> Result<bool>,
+    ) -> Result<()> {
+        let mut take = |r: &mut Row| -> Result<bool> {
+            f(Row {
+                key: std::mem::take(&mut r.key),
+                id: std::mem::take(&mut r.id),
+                value: std::mem::take(&mut r.value),
+                doc: r.doc.take(),
+            })
+        };
         if !docs {
-            return Ok(rows.into_iter().map(|(r, _)| r).collect());
+            for r in &mut rows {
+                if !take(r)? {
+                    break;
+                }
+            }
+            return Ok(());
         }
-        // Each row's document as the version it was made from, read in one state.
-        let linked: Vec<(&str, crate::Cid, u64)> = rows
-            .iter()
-            .filter_map(|(r, s)| s.link.map(|l| (r.id.as_str(), l, s.version)))
-            .collect();
-        let mut docs = self.load_linked(&linked)?.into_iter();
-        let mut out = Vec::with_capacity(rows.len());
-        for (mut r, s) in rows {
-            r.doc = Some(match s.link {
-                Some(_) => docs.next().unwrap_or(Value::Null),
-                None => self.get(&r.id)?.unwrap_or(Value::Null),
-            });
-            out.push(r);
-        }
-        Ok(out)
+        self.add_docs(&mut rows, &slots, &mut |r| Ok(usize::from(take(r)?)))
+            .map(|_| ())
+    }
+
+    /// Gives each row its document (the version its slot names; `null` when purged since),
+    /// read in one state, and hands it to `then`, which says how many rows on to go next
+    /// (0: stop). A read that must start again on a newer state (a file a compaction
+    /// replaced) goes on from the row it stopped at: `then` sees each row once, in order.
+    fn add_docs(
+        &self,
+        rows: &mut [Row],
+        slots: &[crate::model::tree::Slot],
+        then: &mut dyn FnMut(&mut Row) -> Result<usize>,
+    ) -> Result<()> {
+        let mut next = 0;
+        let mut refused = None;
+        self.read_docs(|docs| {
+            while next < rows.len() {
+                let r = &mut rows[next];
+                let doc = match slots[next].link {
+                    Some(l) => docs.version(&r.id, &l, slots[next].version)?,
+                    None => docs.current(&r.id)?.unwrap_or(Value::Null),
+                };
+                r.doc = Some(doc);
+                // The caller's error is its own: not a reason to read again.
+                match then(r) {
+                    Ok(0) => next = rows.len(),
+                    Ok(_) => next += 1,
+                    Err(e) => {
+                        refused = Some(e);
+                        next = rows.len();
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        refused.map_or(Ok(()), Err)
     }
 
     /// Documents whose fields equal the values given (`field`: a dotted path as in

@@ -181,18 +181,24 @@ fn ranges(s: &Select) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     }
 }
 
-/// Runs `q` over the tree at `root`: the rows, each with its slot (the document version it
-/// was made from), documents not loaded (the caller adds them).
+/// Rows a query's answer has room for before it grows.
+const FIRST_ROOM: usize = 256;
+
+/// Runs `q` over the tree at `root`: the rows, documents not loaded (the caller adds them),
+/// and beside them each row's slot (the document version it was made from).
 pub fn run<S: NodeSource<Error = Error>>(
     src: &S,
     root: Option<&crate::format::block::cid::Cid>,
     q: &Query,
     index: &str,
-) -> Result<Vec<(Row, tree::Slot)>> {
-    let mut out = Vec::new();
+) -> Result<(Vec<Row>, Vec<tree::Slot>)> {
     if q.limit == Some(0) {
-        return Ok(out);
+        return Ok((Vec::new(), Vec::new()));
     }
+    // Room for a page of rows from the start: growing by doubling reallocates (and copies)
+    // the rows made so far several times over.
+    let room = q.limit.unwrap_or(FIRST_ROOM).min(FIRST_ROOM);
+    let (mut out, mut slots) = (Vec::with_capacity(room), Vec::with_capacity(room));
     let mut rs = ranges(&q.select);
     if q.desc {
         rs.reverse();
@@ -206,15 +212,15 @@ pub fn run<S: NodeSource<Error = Error>>(
                 return Ok(true);
             }
             match parse_row(k) {
-                Ok((key, id, value)) => out.push((
-                    Row {
+                Ok((key, id, value)) => {
+                    out.push(Row {
                         key,
                         id,
                         value,
                         doc: None,
-                    },
-                    *s,
-                )),
+                    });
+                    slots.push(*s);
+                }
                 Err(w) => {
                     bad = Some(w);
                     return Ok(false);
@@ -234,5 +240,5 @@ pub fn run<S: NodeSource<Error = Error>>(
             break;
         }
     }
-    Ok(out)
+    Ok((out, slots))
 }

@@ -33,6 +33,13 @@ const SLOT: Slot = Slot {
     link: None,
 };
 
+thread_local! {
+    /// Where [`entries_of`] writes a row's two entries (reused: a build makes millions).
+    static ENTRY_KEYS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
 /// What an update did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexUpdate {
@@ -76,7 +83,8 @@ pub fn bring_up_to_date(
     }
 }
 
-/// Maps every live document into an empty tree.
+/// Maps every live document into an empty tree. The documents are read and mapped in two
+/// halves (by id) at once, on two threads.
 fn build(
     db: &Database,
     name: &str,
@@ -84,36 +92,32 @@ fn build(
     mapper: &Mapper,
     nodes: &mut Nodes,
 ) -> Result<IndexUpdate> {
-    let mut cursor = db.cursor(&ListOptions::default())?;
+    let cursor = db.cursor(&ListOptions::default())?;
     let heads = cursor.heads().to_vec();
-    // By-document entries come in id order (nearly sorted already), rows in key order (sorted
-    // apart); every by-document key (0x00…) sorts before every row (0x01…).
-    let (mut by_id, mut rows): (Vec<tree::Op>, Vec<tree::Op>) = (Vec::new(), Vec::new());
-    let mut up = IndexUpdate {
+    let (first, second) = cursor.split()?;
+    let (a, b) = match second {
+        Some(second) => crate::util::par::join(
+            || map_all(name, mapper, first),
+            || map_all(name, mapper, second),
+        ),
+        None => (map_all(name, mapper, first), Ok(Mapped::default())),
+    };
+    let (mut a, b) = (a?, b?);
+    // Each half's entries are sorted; the halves' ranges of document ids do not overlap, so
+    // the by-document entries stay in order end to end, and the rows are two sorted runs
+    // (which a stable sort merges in one pass).
+    a.by_id.extend(b.by_id);
+    a.rows.extend(b.rows);
+    a.rows.sort_by(|x, y| x.0.cmp(&y.0));
+    a.rows.dedup_by(|x, y| x.0 == y.0);
+    let up = IndexUpdate {
         full: true,
+        mapped: a.mapped + b.mapped,
+        added: a.rows.len() as u64,
         ..IndexUpdate::default()
     };
-    while let Some((id, link, version, doc)) = cursor.next_linked()? {
-        up.mapped += 1;
-        entries_of(
-            name,
-            mapper,
-            &id,
-            (link, version),
-            &doc,
-            &mut |b, r, row| {
-                by_id.push((b.into(), Some(SLOT)));
-                rows.push((r.into(), Some(row)));
-            },
-        )?;
-    }
-    by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    by_id.dedup_by(|a, b| a.0 == b.0);
-    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    rows.dedup_by(|a, b| a.0 == b.0);
-    up.added = rows.len() as u64;
-    let mut ops = by_id;
-    ops.append(&mut rows);
+    let mut ops = a.by_id;
+    ops.append(&mut a.rows);
     let u = tree::update(nodes, None, &ops, Mode::Overwrite, Shape::Bounded)?;
     nodes.add(u.blocks);
     // A build replaces every file.
@@ -123,6 +127,47 @@ fn build(
     st.rows = up.added;
     st.heads = Some(heads);
     Ok(up)
+}
+
+/// What mapping a run of documents made: their by-document entries and their rows, each
+/// sorted and without repeats.
+#[derive(Default)]
+struct Mapped {
+    by_id: Vec<tree::Op>,
+    rows: Vec<tree::Op>,
+    mapped: u64,
+}
+
+/// Maps every document `cursor` reads.
+fn map_all(name: &str, mapper: &Mapper, mut cursor: crate::db::Cursor) -> Result<Mapped> {
+    let mut m = Mapped::default();
+    // Declared fields: each document decoded with only those fields (and its id).
+    let pick = mapper.pick();
+    let picked = |id: &str, b: &[u8]| match &pick {
+        Some(p) => crate::model::doc::decode_picked(id, b, p),
+        None => crate::model::doc::decode(id, b),
+    };
+    while let Some((id, link, version, doc)) = cursor.next_linked_as(&picked)? {
+        m.mapped += 1;
+        entries_of(
+            name,
+            mapper,
+            &id,
+            (link, version),
+            &doc,
+            &mut |b, r, row| {
+                m.by_id.push((Arc::from(b), Some(SLOT)));
+                m.rows.push((Arc::from(r), Some(row)));
+            },
+        )?;
+    }
+    // By-document entries come in id order (nearly sorted already), rows in key order (sorted
+    // apart); every by-document key (0x00…) sorts before every row (0x01…).
+    m.by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    m.by_id.dedup_by(|a, b| a.0 == b.0);
+    m.rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    m.rows.dedup_by(|a, b| a.0 == b.0);
+    Ok(m)
 }
 
 /// Builds index `name`'s tree of the state at `event` into `nodes` (fresh, never written):
@@ -137,8 +182,8 @@ pub fn build_at(
     let mut ops: Vec<tree::Op> = Vec::new();
     db.docs_at(event, &mut |id, link, version, doc| {
         entries_of(name, mapper, id, (link, version), &doc, &mut |b, r, row| {
-            ops.push((b.into(), Some(SLOT)));
-            ops.push((r.into(), Some(row)));
+            ops.push((Arc::from(b), Some(SLOT)));
+            ops.push((Arc::from(r), Some(row)));
         })
     })?;
     ops.sort_by(|a, b| a.0.cmp(&b.0));
@@ -190,8 +235,8 @@ fn incremental(
                 (link, c.version),
                 &c.doc,
                 &mut |b, r, row| {
-                    ops.insert(b, Some(SLOT));
-                    ops.insert(r, Some(row));
+                    ops.insert(b.to_vec(), Some(SLOT));
+                    ops.insert(r.to_vec(), Some(row));
                 },
             )?;
         }
@@ -230,17 +275,19 @@ fn entries_of(
     id: &str,
     at: (Cid, u64),
     doc: &Value,
-    put: &mut dyn FnMut(Vec<u8>, Vec<u8>, Slot),
+    put: &mut dyn FnMut(&[u8], &[u8], Slot),
 ) -> Result<()> {
     let row = Slot {
         version: at.1,
         link: Some(at.0),
     };
-    for (k, v) in rows_of(name, mapper, id, doc)? {
-        let (b, r) = entry_keys(id, &k, &v);
-        put(b, r, row);
-    }
-    Ok(())
+    ENTRY_KEYS.with_borrow_mut(|(b, r)| {
+        for (k, v) in rows_of(name, mapper, id, doc)? {
+            entry_keys(id, &k, &v, b, r);
+            put(b, r, row);
+        }
+        Ok(())
+    })
 }
 
 /// The rows `mapper` makes of `doc`, a map function's panic or flood an error naming both.
@@ -269,17 +316,21 @@ fn rows_of(name: &str, mapper: &Mapper, id: &str, doc: &Value) -> Result<Vec<(Va
     Ok(rows)
 }
 
-/// A row's two entries: by document, and the row.
-fn entry_keys(id: &str, k: &Value, v: &Value) -> (Vec<u8>, Vec<u8>) {
-    let (kb, vb) = (key::to_bytes(k), key::to_bytes(v));
-    let mut b = by_id_prefix(id);
-    b.extend_from_slice(&kb);
-    b.extend_from_slice(&vb);
-    let mut r = vec![ROW];
-    r.extend_from_slice(&kb);
-    key::encode_str(id, &mut r);
-    r.extend_from_slice(&vb);
-    (b, r)
+/// A row's two entries, written over `b` (by document: `0x00 ‖ id ‖ key ‖ value`) and `r` (the
+/// row: `0x01 ‖ key ‖ id ‖ value`).
+fn entry_keys(id: &str, k: &Value, v: &Value, b: &mut Vec<u8>, r: &mut Vec<u8>) {
+    b.clear();
+    b.push(BY_ID);
+    key::encode_str(id, b);
+    let key_at = b.len();
+    key::encode(k, b);
+    let value_at = b.len();
+    key::encode(v, b);
+    r.clear();
+    r.push(ROW);
+    r.extend_from_slice(&b[key_at..value_at]);
+    key::encode_str(id, r);
+    r.extend_from_slice(&b[value_at..]);
 }
 
 /// `0x00 ‖ id`: the start of every by-document entry of `id`.

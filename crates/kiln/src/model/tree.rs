@@ -314,16 +314,10 @@ pub enum LeafRef {
 
 impl LeafRef {
     /// Its keys and slots, in key order; a node that is not a leaf is an error.
-    fn entries(&self, cid: &Cid) -> Result<Vec<(&[u8], Slot)>, TreeError> {
+    fn entries(&self, cid: &Cid) -> Result<Entries<'_>, TreeError> {
         match self {
-            LeafRef::Leaf(l) => Ok((0..l.slots.len()).map(|i| (l.key(i), l.slots[i])).collect()),
-            LeafRef::Node(n) => match &n.items {
-                Items::Leaf(v) => Ok(n.keys.iter().map(|k| &**k).zip(v.iter().copied()).collect()),
-                Items::Branch(_) => Err(TreeError {
-                    cid: *cid,
-                    what: "child at the wrong level",
-                }),
-            },
+            LeafRef::Leaf(l) => Ok(Entries::Leaf(l)),
+            LeafRef::Node(n) => Entries::of_node(n, cid),
         }
     }
 
@@ -343,6 +337,59 @@ impl LeafRef {
                 }),
             },
         }
+    }
+}
+
+/// A leaf's entries by position, read in place (a range visits them without a copy).
+enum Entries<'a> {
+    Leaf(&'a Leaf),
+    Node(&'a [Arc<[u8]>], &'a [Slot]),
+}
+
+impl<'a> Entries<'a> {
+    fn of_node(n: &'a Node, cid: &Cid) -> Result<Entries<'a>, TreeError> {
+        match &n.items {
+            Items::Leaf(v) => Ok(Entries::Node(&n.keys, v)),
+            Items::Branch(_) => Err(TreeError {
+                cid: *cid,
+                what: "child at the wrong level",
+            }),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Entries::Leaf(l) => l.slots.len(),
+            Entries::Node(_, v) => v.len(),
+        }
+    }
+
+    fn key(&self, i: usize) -> &'a [u8] {
+        match self {
+            Entries::Leaf(l) => l.key(i),
+            Entries::Node(k, _) => &k[i],
+        }
+    }
+
+    fn slot(&self, i: usize) -> &'a Slot {
+        match self {
+            Entries::Leaf(l) => &l.slots[i],
+            Entries::Node(_, v) => &v[i],
+        }
+    }
+
+    /// The position of the first key not below `key` (`len()` if none).
+    fn lower_bound(&self, key: &[u8]) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.key(mid) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 }
 
@@ -476,10 +523,7 @@ pub fn range<S: NodeSource>(
         f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, S::Error>,
     ) -> Result<bool, S::Error> {
         match &node.items {
-            Items::Leaf(v) => {
-                let entries = node.keys.iter().map(|k| &**k).zip(v.iter().copied());
-                in_leaf(entries, start, end, f)
-            }
+            Items::Leaf(v) => in_leaf(&Entries::Node(&node.keys, v), start, end, f),
             Items::Branch(c) => {
                 let from = start.map_or(0, |s| node.route(s));
                 for (k, link) in node.keys.iter().zip(c).skip(from) {
@@ -489,7 +533,7 @@ pub fn range<S: NodeSource>(
                     let more = if node.level == 1 {
                         // Leaves as a point read reads them (see `NodeSource::leaf`).
                         let leaf = src.leaf(link)?;
-                        in_leaf(leaf.entries(link)?.into_iter(), start, end, f)?
+                        in_leaf(&leaf.entries(link)?, start, end, f)?
                     } else {
                         walk(src, &*child_of(src, node, link)?, start, end, f)?
                     };
@@ -502,17 +546,19 @@ pub fn range<S: NodeSource>(
         }
     }
     /// Visits a leaf's entries from `start` until `end`; false once done (`end` or `f`).
-    fn in_leaf<'k, E>(
-        entries: impl Iterator<Item = (&'k [u8], Slot)>,
+    fn in_leaf<E>(
+        entries: &Entries,
         start: Option<&[u8]>,
         end: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, E>,
     ) -> Result<bool, E> {
-        for (k, slot) in entries.skip_while(|(k, _)| start.is_some_and(|s| *k < s)) {
+        let from = start.map_or(0, |s| entries.lower_bound(s));
+        for i in from..entries.len() {
+            let k = entries.key(i);
             if end.is_some_and(|e| k >= e) {
                 return Ok(false);
             }
-            if !f(k, &slot)? {
+            if !f(k, entries.slot(i))? {
                 return Ok(false);
             }
         }
@@ -543,15 +589,7 @@ pub fn range_rev<S: NodeSource>(
         f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, S::Error>,
     ) -> Result<bool, S::Error> {
         match &node.items {
-            Items::Leaf(v) => {
-                let entries: Vec<(&[u8], Slot)> = node
-                    .keys
-                    .iter()
-                    .map(|k| &**k)
-                    .zip(v.iter().copied())
-                    .collect();
-                in_leaf_rev(entries, start, end, f)
-            }
+            Items::Leaf(v) => in_leaf_rev(&Entries::Node(&node.keys, v), start, end, f),
             Items::Branch(c) => {
                 // Children whose first key is below `end` (child i holds [k[i], k[i+1])).
                 let upto = end.map_or(c.len(), |e| node.keys.partition_point(|k| **k < *e));
@@ -559,7 +597,7 @@ pub fn range_rev<S: NodeSource>(
                     let link = &c[i];
                     let more = if node.level == 1 {
                         let leaf = src.leaf(link)?;
-                        in_leaf_rev(leaf.entries(link)?, start, end, f)?
+                        in_leaf_rev(&leaf.entries(link)?, start, end, f)?
                     } else {
                         walk(src, &*child_of(src, node, link)?, start, end, f)?
                     };
@@ -574,20 +612,18 @@ pub fn range_rev<S: NodeSource>(
     }
     /// Visits a leaf's entries below `end` downwards until `start`; false once done.
     fn in_leaf_rev<E>(
-        entries: Vec<(&[u8], Slot)>,
+        entries: &Entries,
         start: Option<&[u8]>,
         end: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, E>,
     ) -> Result<bool, E> {
-        let below_end = entries
-            .into_iter()
-            .rev()
-            .skip_while(|(k, _)| end.is_some_and(|e| *k >= e));
-        for (k, slot) in below_end {
+        let below_end = end.map_or(entries.len(), |e| entries.lower_bound(e));
+        for i in (0..below_end).rev() {
+            let k = entries.key(i);
             if start.is_some_and(|s| k < s) {
                 return Ok(false);
             }
-            if !f(k, &slot)? {
+            if !f(k, entries.slot(i))? {
                 return Ok(false);
             }
         }

@@ -167,6 +167,41 @@ pub fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
         .then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
+/// [`key_order`] on a key's bytes.
+fn key_order_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// Which parts of a map to decode ([`Decoder::json_picked`]): the entries named, each decoded
+/// whole when its own pick is empty (or it is not a map), else picked in turn. What a reader
+/// of a few fields (an index's declared fields) needs, without the cost of the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pick {
+    /// The entries kept, by key, each with what of it to keep.
+    pub keys: Vec<(String, Pick)>,
+}
+
+impl Pick {
+    /// The pick that keeps `path` (map keys, outermost first) and all beneath it, added to
+    /// this one; a path whose prefix is kept whole changes nothing.
+    pub fn add(&mut self, path: &[String]) {
+        let Some((first, rest)) = path.split_first() else {
+            return;
+        };
+        match self.keys.iter_mut().find(|(k, _)| k == first) {
+            // Kept whole already.
+            Some((_, sub)) if sub.keys.is_empty() => {}
+            Some((_, sub)) if rest.is_empty() => sub.keys.clear(),
+            Some((_, sub)) => sub.add(rest),
+            None => {
+                let mut sub = Pick::default();
+                sub.add(rest);
+                self.keys.push((first.clone(), sub));
+            }
+        }
+    }
+}
+
 /// Reads dag-cbor items from a byte slice.
 pub struct Decoder<'a> {
     buf: &'a [u8],
@@ -364,6 +399,63 @@ impl<'a> Decoder<'a> {
         self.json_at(0)
     }
 
+    /// Reads a JSON-compatible map with only the parts `pick` names decoded (see [`Pick`]);
+    /// the other entries are stepped over, their bytes not checked beyond their framing.
+    pub fn json_picked(&mut self, pick: &Pick) -> R<Value> {
+        self.picked_at(pick, 0)
+    }
+
+    fn picked_at(&mut self, pick: &Pick, depth: usize) -> R<Value> {
+        if pick.keys.is_empty() || self.peek()? >> 5 != 5 {
+            return self.json_at(depth);
+        }
+        if depth > MAX_DEPTH {
+            return Err(CborError("nesting too deep"));
+        }
+        let (_, n) = self.head()?;
+        let n = self.len(n)?;
+        let mut m = Map::new();
+        let mut prev: Option<&[u8]> = None;
+        for _ in 0..n {
+            let k = self.expect(3, "expected a text string")?;
+            let k = self.take(self.len(k)?)?;
+            if let Some(p) = prev {
+                if key_order_bytes(p, k) != std::cmp::Ordering::Less {
+                    return Err(CborError("map keys out of order or repeated"));
+                }
+            }
+            prev = Some(k);
+            match pick.keys.iter().find(|(name, _)| name.as_bytes() == k) {
+                Some((name, sub)) => {
+                    let v = self.picked_at(sub, depth + 1)?;
+                    m.insert(name.clone(), v);
+                }
+                None => self.skip()?,
+            }
+        }
+        Ok(Value::Object(m))
+    }
+
+    /// Steps over one item (and everything inside it), checking its framing only.
+    pub fn skip(&mut self) -> R<()> {
+        // Items still to step over: no recursion, so no depth limit is needed.
+        let mut pending: u64 = 1;
+        while pending > 0 {
+            pending -= 1;
+            let (major, n) = self.head()?;
+            match major {
+                2 | 3 => {
+                    self.take(self.len(n)?)?;
+                }
+                4 => pending += self.len(n)? as u64,
+                5 => pending += 2 * self.len(n)? as u64,
+                6 => pending += 1,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn json_at(&mut self, depth: usize) -> R<Value> {
         if depth > MAX_DEPTH {
             return Err(CborError("nesting too deep"));
@@ -439,6 +531,35 @@ mod tests {
             let mut d = Decoder::new(&b);
             let _ = d.link();
             let _ = crate::model::clock::Event::decode(&b);
+            let _ = Decoder::new(&b).skip();
+            let mut pick = Pick::default();
+            pick.add(&["a".into(), "b".into()]);
+            let _ = Decoder::new(&b).json_picked(&pick);
+        }
+
+        #[test]
+        fn a_picked_read_keeps_the_paths_whole_and_skips_the_rest(
+            v in json_value(3),
+            paths in prop::collection::vec(prop::collection::vec(".{0,2}", 1..4), 0..4),
+        ) {
+            let mut e = Encoder::new();
+            e.json(&v);
+            let b = e.into_bytes();
+            let mut pick = Pick::default();
+            for p in &paths {
+                pick.add(p);
+            }
+            let mut d = Decoder::new(&b);
+            let got = d.json_picked(&pick).unwrap();
+            d.finish().unwrap();
+            // What each path reaches is the same in both (see `reach`), and a skip steps over
+            // exactly one item.
+            for p in &paths {
+                prop_assert_eq!(reach(&got, p), reach(&v, p));
+            }
+            let mut d = Decoder::new(&b);
+            d.skip().unwrap();
+            d.finish().unwrap();
         }
 
         #[test]
@@ -465,6 +586,46 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    /// The value at `path` (map keys; a number also an array's index), as index fields read.
+    fn reach<'v>(v: &'v Value, path: &[String]) -> Option<&'v Value> {
+        let mut v = v;
+        for s in path {
+            v = match v {
+                Value::Object(m) => m.get(s)?,
+                Value::Array(a) => a.get(s.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+
+    #[test]
+    fn picks_merge_and_a_whole_entry_stays_whole() {
+        let p = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
+        let mut pick = Pick::default();
+        pick.add(&p("a.b"));
+        pick.add(&p("a.c.d"));
+        pick.add(&p("e"));
+        pick.add(&p("e.f"));
+        let v =
+            json!({"a": {"b": 1, "c": {"d": 2, "x": 3}, "z": 4}, "e": {"f": 5, "g": 6}, "h": 7});
+        let mut e = Encoder::new();
+        e.json(&v);
+        let b = e.into_bytes();
+        let got = Decoder::new(&b).json_picked(&pick).unwrap();
+        assert_eq!(
+            got,
+            json!({"a": {"b": 1, "c": {"d": 2}}, "e": {"f": 5, "g": 6}})
+        );
+        // A path that meets an array keeps it whole (an element may be picked by number).
+        pick.add(&p("h"));
+        let v = json!({"h": [1, {"k": 2}], "l": [3]});
+        let mut e = Encoder::new();
+        e.json(&v);
+        let got = Decoder::new(&e.into_bytes()).json_picked(&pick).unwrap();
+        assert_eq!(got, json!({"h": [1, {"k": 2}]}));
     }
 
     fn round(v: &Value) -> Value {

@@ -275,6 +275,25 @@ pub fn decode(id: &str, body: &[u8]) -> std::result::Result<Value, &'static str>
     }
 }
 
+/// A document with only the parts `pick` names decoded, and its `_id` (see
+/// [`Decoder::json_picked`]): what reading a few fields (an index's) needs.
+pub fn decode_picked(
+    id: &str,
+    body: &[u8],
+    pick: &crate::format::block::cbor::Pick,
+) -> std::result::Result<Value, &'static str> {
+    let mut d = Decoder::new(body);
+    let v = d.json_picked(pick).map_err(|e| e.0)?;
+    d.finish().map_err(|e| e.0)?;
+    match v {
+        Value::Object(mut m) => {
+            m.insert("_id".into(), Value::String(id.to_owned()));
+            Ok(Value::Object(m))
+        }
+        _ => Err("document body is not a map"),
+    }
+}
+
 /// The change-feed form of a deletion.
 pub fn tombstone(id: &str) -> Value {
     let mut m = Map::new();
