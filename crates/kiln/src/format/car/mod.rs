@@ -52,10 +52,6 @@ pub const HEADER_LEN: usize = 16;
 pub const TRAILER_LEN: usize = 16;
 /// Plaintext bytes per segment before a new one starts (a larger block gets a segment alone).
 pub const SEGMENT_TARGET: usize = 4 * 1024;
-/// Plain bytes from which [`Writer::finish`] packs a file's segments on two threads (below it,
-/// handing half to the helper costs about what it saves).
-const PARALLEL_PACK: usize = 256 << 10;
-
 /// Index entries per page written; files with more entries get a paged index. Small pages keep
 /// a lookup in a large file cheap: one ~12 KiB page, not the whole index.
 pub const PAGE_ENTRIES: usize = 128;
@@ -590,19 +586,12 @@ impl Writer {
         let mut out = if compress {
             let mut out = Vec::with_capacity(plain / 2 + 64 * self.segs.len() + 256);
             out.extend_from_slice(&self.file[..HEADER_LEN]);
-            // Segments are packed and sealed apart: a large file's two halves at once.
-            let n = self.segs.len();
-            let half = if plain >= PARALLEL_PACK { n / 2 } else { 0 };
-            let pack = |range: std::ops::Range<usize>| self.pack_segments(&key, range);
-            let (first, second) = if half > 0 {
-                crate::util::par::join(|| pack(0..half), || pack(half..n))
-            } else {
-                (pack(0..n), Ok((Vec::new(), Vec::new())))
-            };
-            for (bytes, at) in [first?, second?] {
-                let base = out.len() as u64;
-                seg_at.extend(at.into_iter().map(|(off, len)| (base + off, len)));
-                out.extend_from_slice(&bytes);
+            let mut packed = Vec::new();
+            for (i, &(s, e)) in self.segs.iter().enumerate() {
+                let start = out.len() as u64;
+                pack_segment(&self.file[s..e], &mut packed, true);
+                key.seal_into(SEG_UNIT, i as u32, &seg_aad(i as u32), &packed, &mut out)?;
+                seg_at.push((start, (out.len() as u64 - start) as u32));
             }
             out
         } else {
@@ -627,24 +616,6 @@ impl Writer {
             index_len,
             segments,
         })
-    }
-
-    /// Segments `range`, each compressed (when that makes it smaller) and sealed, back to
-    /// back, with where each starts in the bytes returned and its length.
-    fn pack_segments(
-        &self,
-        key: &FileKey,
-        range: std::ops::Range<usize>,
-    ) -> std::io::Result<(Vec<u8>, Vec<(u64, u32)>)> {
-        let (mut out, mut at, mut packed) = (Vec::new(), Vec::new(), Vec::new());
-        for i in range {
-            let (s, e) = self.segs[i];
-            let start = out.len() as u64;
-            pack_segment(&self.file[s..e], &mut packed, true);
-            key.seal_into(SEG_UNIT, i as u32, &seg_aad(i as u32), &packed, &mut out)?;
-            at.push((start, (out.len() as u64 - start) as u32));
-        }
-        Ok((out, at))
     }
 
     /// [`Writer::finish`] of a file with runs: segment 0, the runs' segments, this writer's
