@@ -182,7 +182,7 @@ fn an_index_built_empty_maps_every_document_of_a_cut_state_taken_in() {
 }
 
 /// A query with documents computes its rows, then reads each row's document version in a
-/// second, fresh state (`query_once` → `load_linked`). A purge committed in between makes
+/// second, fresh state (`rows_of`, then `add_docs` → `read_docs`). A purge committed in between makes
 /// that read fail with `Error::Purged`, so the whole query fails, where the Row docs promise
 /// `null` for a document deleted since the index was read. Shown deterministically: the
 /// reader's map function (a read-only handle, updating in memory) waits while the other
