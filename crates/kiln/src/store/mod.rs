@@ -367,7 +367,7 @@ impl Store {
         // removes keys no database uses) waits.
         let _gc = self.inner.gc_shared()?;
         self.inner.keybag.put(&lineage, &key, sync)?;
-        match self.place(&name, &lineage, &key, &Head::default(), settings) {
+        match self.place(&name, &lineage, &key, &Head::default(), settings, None) {
             Ok(db) => Ok(db),
             Err(e) => {
                 let _ = self.inner.keybag.remove(&lineage);
@@ -404,7 +404,7 @@ impl Store {
         // The fork shares its source's derived data (indexes) as it shares its files: placed
         // with it, so a fork is never seen without its index definitions.
         let derived = source.derived_bytes()?;
-        self.place_with(
+        self.place(
             &name,
             &lineage,
             &source.key(),
@@ -427,22 +427,10 @@ impl Store {
         Ok(name)
     }
 
-    /// Writes a database folder holding `head` under a hidden name, then renames it into
-    /// place: a database appears whole or not at all, and two creators of one name cannot
-    /// both win.
+    /// Writes a database folder holding `head` (and `derived`, a sealed derived record, if
+    /// any) under a hidden name, then renames it into place: a database appears whole or not
+    /// at all, and two creators of one name cannot both win.
     fn place(
-        &self,
-        name: &str,
-        lineage: &Lineage,
-        key: &Key,
-        head: &Head,
-        settings: &Settings,
-    ) -> Result<Database> {
-        self.place_with(name, lineage, key, head, settings, None)
-    }
-
-    /// [`Store::place`], the folder holding `derived` (a sealed derived record) too.
-    fn place_with(
         &self,
         name: &str,
         lineage: &Lineage,
@@ -1022,7 +1010,14 @@ impl Store {
             None => self.inner.keybag.put(lineage, key, sync)?,
         }
         self.inner.keybag.mark_shared(lineage, sync)?;
-        let db = self.place(&name, lineage, key, &Head::default(), &Settings::default())?;
+        let db = self.place(
+            &name,
+            lineage,
+            key,
+            &Head::default(),
+            &Settings::default(),
+            None,
+        )?;
         self.handles.keep(&db);
         Ok(db)
     }
