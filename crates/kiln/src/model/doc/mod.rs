@@ -13,7 +13,7 @@ mod ser;
 mod testgen;
 
 use crate::error::{Error, Result};
-use crate::format::block::cbor::{Decoder, Encoder};
+use crate::format::block::cbor::{CborError, Decoder, Encoder};
 use serde_json::{Map, Value};
 
 /// Longest document id, in bytes of UTF-8.
@@ -263,16 +263,7 @@ fn too_deep_at(v: &Value, depth: usize) -> bool {
 
 /// Rebuilds the JSON document from its stored body.
 pub fn decode(id: &str, body: &[u8]) -> std::result::Result<Value, &'static str> {
-    let mut d = Decoder::new(body);
-    let v = d.json().map_err(|e| e.0)?;
-    d.finish().map_err(|e| e.0)?;
-    match v {
-        Value::Object(mut m) => {
-            m.insert("_id".into(), Value::String(id.to_owned()));
-            Ok(Value::Object(m))
-        }
-        _ => Err("document body is not a map"),
-    }
+    decode_with(id, body, |d| d.json())
 }
 
 /// A document with only the parts `pick` names decoded, and its `_id` (see
@@ -282,8 +273,17 @@ pub fn decode_picked(
     body: &[u8],
     pick: &crate::format::block::cbor::Pick,
 ) -> std::result::Result<Value, &'static str> {
+    decode_with(id, body, |d| d.json_picked(pick))
+}
+
+/// The stored body read by `read` (to its last byte), a map, with the document's `_id` added.
+fn decode_with(
+    id: &str,
+    body: &[u8],
+    read: impl FnOnce(&mut Decoder) -> std::result::Result<Value, CborError>,
+) -> std::result::Result<Value, &'static str> {
     let mut d = Decoder::new(body);
-    let v = d.json_picked(pick).map_err(|e| e.0)?;
+    let v = read(&mut d).map_err(|e| e.0)?;
     d.finish().map_err(|e| e.0)?;
     match v {
         Value::Object(mut m) => {
