@@ -590,6 +590,34 @@ fn a_map_function_that_queries_an_index_gets_an_error_not_a_hang() {
 }
 
 #[test]
+fn a_map_function_building_a_large_index_that_queries_one_behind_gets_an_error_not_a_hang() {
+    // Enough documents for a build to read them in two halves: the map function still runs on
+    // the thread that holds the update (on another, its query would wait on that update).
+    let (_d, s) = store();
+    let db = s.create(Some("re2")).unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    db.query("n", &Query::all()).unwrap();
+    let docs: Vec<Value> = (0..6_000)
+        .map(|i| json!({"_id": format!("d{i:05}"), "n": i}))
+        .collect();
+    db.bulk(&docs).unwrap();
+    let inner = db.clone();
+    let errors = Arc::new(AtomicU64::new(0));
+    let e2 = errors.clone();
+    db.register_map("nested", 1, move |doc, emit| {
+        // "n" is behind: querying it would update it.
+        if let Err(e) = inner.query("n", &Query::key(json!(1))) {
+            assert!(e.to_string().contains("may not use indexes"), "{e}");
+            e2.fetch_add(1, Ordering::SeqCst);
+        }
+        emit.row(doc["n"].clone(), json!(null));
+    })
+    .unwrap();
+    assert_eq!(db.query("nested", &Query::all()).unwrap().len(), 6_000);
+    assert_eq!(errors.load(Ordering::SeqCst), 6_000);
+}
+
+#[test]
 fn another_handle_sees_every_change_to_the_index_record() {
     // Each handle keeps the derived record it read last; every change another handle makes
     // (a new definition, an update, a drop that removes the record, a new one after it) is

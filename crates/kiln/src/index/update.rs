@@ -83,8 +83,10 @@ pub fn bring_up_to_date(
     }
 }
 
-/// Maps every live document into an empty tree. The documents are read and mapped in two
-/// halves (by id) at once, on two threads.
+/// Maps every live document into an empty tree. For declared fields the documents are read
+/// and mapped in two halves (by id) at once, on two threads; a map function is the user's code
+/// and runs on the calling thread only (where, inside the update, it is told it may not use
+/// indexes: on another thread it would wait on this update's lock).
 fn build(
     db: &Database,
     name: &str,
@@ -94,7 +96,10 @@ fn build(
 ) -> Result<IndexUpdate> {
     let cursor = db.cursor(&ListOptions::default())?;
     let heads = cursor.heads().to_vec();
-    let (first, second) = cursor.split()?;
+    let (first, second) = match mapper {
+        Mapper::Fields { .. } => cursor.split()?,
+        Mapper::Map(_) => (cursor, None),
+    };
     let (a, b) = match second {
         Some(second) => crate::util::par::join(
             || map_all(name, mapper, first),
