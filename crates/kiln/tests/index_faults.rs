@@ -288,3 +288,38 @@ fn a_lost_index_file_is_rebuilt() {
     let rows = db2.query("n", &Query::all()).unwrap();
     assert_eq!(ids(&rows), ["a", "b"]);
 }
+
+/// A map function may read other indexes where no update lock is held: on a read-only handle
+/// (each index brought up to date in memory, for the query) it queried an index that was
+/// behind, which built that one inside the first one's build, on the same thread. The row
+/// buffers the build reuses were still borrowed then, so the inner build panicked and the query
+/// failed ("the map function panicked").
+#[test]
+fn a_map_function_on_a_read_only_handle_may_query_an_index_that_is_behind() {
+    let (d, s) = store();
+    let db = s.create(Some("ro2")).unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    let docs: Vec<Value> = (0..50)
+        .map(|i| json!({"_id": format!("d{i:02}"), "n": i % 10}))
+        .collect();
+    db.bulk(&docs).unwrap();
+    let ro = Store::open_with(
+        d.path(),
+        Options {
+            read_only: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let rdb = ro.open_db("ro2").unwrap();
+    let inner = rdb.clone();
+    rdb.register_map("same", 1, move |doc, emit| {
+        // "n" was never built: this query builds it, in memory.
+        let same = inner.query("n", &Query::key(doc["n"].clone())).unwrap().len();
+        emit.row(doc["n"].clone(), json!(same));
+    })
+    .unwrap();
+    let rows = rdb.query("same", &Query::all()).unwrap();
+    assert_eq!(rows.len(), 50);
+    assert!(rows.iter().all(|r| r.value == json!(5)), "{rows:?}");
+}

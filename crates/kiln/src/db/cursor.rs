@@ -158,20 +158,24 @@ impl Cursor {
     /// limit splits; another, or one over too few documents, comes back whole (`None`).
     pub(crate) fn split(mut self) -> Result<(Cursor, Option<Cursor>)> {
         let fresh = self.buf.is_empty() && !self.done && self.left.is_none();
-        let root = self.snapshot.head.root;
-        let (Some(root), true, false, None) = (root, fresh, self.desc, &self.rebuilt) else {
+        if !fresh || self.desc || self.rebuilt.is_some() || self.snapshot.head.root.is_none() {
             return Ok((self, None));
-        };
+        }
         // The first keys of the nodes one level below the root, or two when the root has few
         // children (their sizes vary: a split among a handful is seldom near the middle).
         let keys = self.with_view(|v| {
-            let node = v.view().node(&root)?;
+            // (Through the source: once a compaction replaced the snapshot's files, its tree
+            // is the one rebuilt from history.)
+            let Some(root) = v.root() else {
+                return Ok(Vec::new());
+            };
+            let node = v.node(&root)?;
             if node.level < 2 || node.keys.len() >= SPLIT_FANOUT {
                 return Ok(node.keys.clone());
             }
             let mut keys = Vec::new();
             for c in node.children() {
-                keys.extend(v.view().node(c)?.keys.iter().cloned());
+                keys.extend(v.node(c)?.keys.iter().cloned());
             }
             Ok(keys)
         })?;
@@ -393,6 +397,9 @@ trait CursorSource {
     fn entries(&self, b: &Batch, ids: &mut Vec<u8>, out: &mut Vec<Entry>) -> Result<Stop>;
     /// The view documents are read through.
     fn view(&self) -> &View<'_>;
+    /// The root of the snapshot's tree, and a node of it.
+    fn root(&self) -> Option<Cid>;
+    fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>>;
     /// The document of an entry, looked for first beside the leaf that named it.
     fn load_doc(
         &self,
@@ -414,6 +421,12 @@ impl CursorSource for View<'_> {
     fn view(&self) -> &View<'_> {
         self
     }
+    fn root(&self) -> Option<Cid> {
+        self.head.root
+    }
+    fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>> {
+        NodeSource::node(self, cid)
+    }
 }
 
 impl CursorSource for Point<'_> {
@@ -422,6 +435,12 @@ impl CursorSource for Point<'_> {
     }
     fn view(&self) -> &View<'_> {
         &self.view
+    }
+    fn root(&self) -> Option<Cid> {
+        self.root
+    }
+    fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>> {
+        NodeSource::node(self, cid)
     }
 }
 

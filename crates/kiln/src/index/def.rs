@@ -11,6 +11,9 @@ use std::sync::Arc;
 pub const MAX_NAME: usize = 128;
 /// Most fields of a declared index.
 pub const MAX_FIELDS: usize = 16;
+/// Most segments of a field path: a document nests at most 128 levels, so a longer path
+/// reaches nothing.
+pub const MAX_PATH_SEGMENTS: usize = 129;
 /// Most rows one document may emit into one index (a map function emitting more fails the
 /// index update, naming the document).
 pub const MAX_ROWS_PER_DOC: usize = 10_000;
@@ -113,6 +116,13 @@ pub fn parse_path(path: &str) -> Result<Vec<String>> {
     if out.iter().any(|s| s.is_empty()) {
         return Err(Error::InvalidArgument(format!(
             "bad field path {path:?}: empty segment"
+        )));
+    }
+    if out.len() > MAX_PATH_SEGMENTS {
+        return Err(Error::InvalidArgument(format!(
+            "bad field path: {} segments (at most {MAX_PATH_SEGMENTS}: deeper than any \
+             document nests)",
+            out.len()
         )));
     }
     Ok(out)
@@ -273,6 +283,11 @@ mod tests {
         assert!(IndexDef::fields(Vec::<String>::new()).check().is_err());
         assert!(IndexDef::fields(["a..b"]).check().is_err());
         assert!(IndexDef::fields([""]).check().is_err());
+        let deep = vec!["a"; MAX_PATH_SEGMENTS].join(".");
+        assert!(IndexDef::fields([deep.as_str()]).check().is_ok());
+        let deeper = vec!["a"; 50_000].join(".");
+        let e = IndexDef::fields([deeper.as_str()]).check().unwrap_err();
+        assert!(e.to_string().contains("at most 129"), "{e}");
         assert!(check_name("by-n").is_ok());
         assert!(check_name("").is_err());
         assert!(check_name("a/b").is_err());

@@ -286,13 +286,16 @@ fn entries_of(
         version: at.1,
         link: Some(at.0),
     };
+    // (The map function runs before the buffers are borrowed: it may itself bring another
+    // index up to date on this thread, a read-only handle's or a `query_at`.)
+    let rows = rows_of(name, mapper, id, doc)?;
     ENTRY_KEYS.with_borrow_mut(|(b, r)| {
-        for (k, v) in rows_of(name, mapper, id, doc)? {
+        for (k, v) in rows {
             entry_keys(id, &k, &v, b, r);
             put(b, r, row);
         }
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// The rows `mapper` makes of `doc`, a map function's panic or flood an error naming both.
