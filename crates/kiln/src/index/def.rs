@@ -44,7 +44,8 @@ pub enum IndexDef {
 
 impl IndexDef {
     /// An index on `fields` (dotted paths: `a.b` is field `b` of field `a`; a segment that is
-    /// a number also picks an array's element; `\.` is a dot inside a name).
+    /// a number also picks an array's element; `\.` is a dot inside a name; at most
+    /// [`MAX_PATH_SEGMENTS`] segments).
     pub fn fields<S: AsRef<str>>(fields: impl IntoIterator<Item = S>) -> IndexDef {
         IndexDef::Fields {
             fields: fields.into_iter().map(|f| f.as_ref().to_owned()).collect(),
