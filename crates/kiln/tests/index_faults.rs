@@ -315,7 +315,10 @@ fn a_map_function_on_a_read_only_handle_may_query_an_index_that_is_behind() {
     let inner = rdb.clone();
     rdb.register_map("same", 1, move |doc, emit| {
         // "n" was never built: this query builds it, in memory.
-        let same = inner.query("n", &Query::key(doc["n"].clone())).unwrap().len();
+        let same = inner
+            .query("n", &Query::key(doc["n"].clone()))
+            .unwrap()
+            .len();
         emit.row(doc["n"].clone(), json!(same));
     })
     .unwrap();

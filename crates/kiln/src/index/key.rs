@@ -114,7 +114,7 @@ pub fn encode_str(s: &str, out: &mut Vec<u8>) {
     out.push(STRING);
     let mut rest = s.as_bytes();
     // Runs without a zero byte are copied as they are; each zero is escaped.
-    while let Some(z) = rest.iter().position(|&b| b == 0) {
+    while let Some(z) = memchr::memchr(0, rest) {
         out.extend_from_slice(&rest[..=z]);
         out.push(ZERO_ESCAPE);
         rest = &rest[z + 1..];
@@ -206,10 +206,7 @@ fn decode_str_body(b: &[u8], pos: &mut usize) -> Result<String, KeyError> {
     loop {
         // The bytes up to the next zero are the string's own; the zero escapes one or ends it.
         let rest = b.get(*pos..).unwrap_or_default();
-        let z = rest
-            .iter()
-            .position(|&c| c == 0)
-            .ok_or(KeyError("string cut short"))?;
+        let z = memchr::memchr(0, rest).ok_or(KeyError("string cut short"))?;
         s.extend_from_slice(&rest[..z]);
         *pos += z + 1;
         match b.get(*pos) {

@@ -188,7 +188,7 @@ impl Database {
     pub fn query(&self, name: &str, q: &Query) -> Result<Vec<Row>> {
         let (mut rows, slots) = self.rows_of(name, q)?;
         if q.docs {
-            self.add_docs(&mut rows, &slots, &mut |_| Ok(1))?;
+            self.add_docs(&mut rows, &slots, &mut |_| Ok(true))?;
         }
         Ok(rows)
     }
@@ -299,19 +299,17 @@ impl Database {
             }
             return Ok(());
         }
-        self.add_docs(&mut rows, &slots, &mut |r| Ok(usize::from(take(r)?)))
-            .map(|_| ())
+        self.add_docs(&mut rows, &slots, &mut take)
     }
 
     /// Gives each row its document (the version its slot names; `null` when purged since),
-    /// read in one state, and hands it to `then`, which says how many rows on to go next
-    /// (0: stop). A read that must start again on a newer state (a file a compaction
+    /// read in one state, and hands it to `then`, which says whether to go on. A read that must start again on a newer state (a file a compaction
     /// replaced) goes on from the row it stopped at: `then` sees each row once, in order.
     fn add_docs(
         &self,
         rows: &mut [Row],
         slots: &[crate::model::tree::Slot],
-        then: &mut dyn FnMut(&mut Row) -> Result<usize>,
+        then: &mut dyn FnMut(&mut Row) -> Result<bool>,
     ) -> Result<()> {
         let mut next = 0;
         let mut refused = None;
@@ -325,8 +323,8 @@ impl Database {
                 r.doc = Some(doc);
                 // The caller's error is its own: not a reason to read again.
                 match then(r) {
-                    Ok(0) => next = rows.len(),
-                    Ok(_) => next += 1,
+                    Ok(true) => next += 1,
+                    Ok(false) => next = rows.len(),
                     Err(e) => {
                         refused = Some(e);
                         next = rows.len();
