@@ -11,6 +11,18 @@ fn store() -> (tempfile::TempDir, Store) {
     (d, s)
 }
 
+/// The store at `root` opened read-only.
+fn read_only(root: &std::path::Path) -> Store {
+    Store::open_with(
+        root,
+        Options {
+            read_only: true,
+            ..Options::default()
+        },
+    )
+    .unwrap()
+}
+
 fn ids(rows: &[kiln::Row]) -> Vec<&str> {
     rows.iter().map(|r| r.id.as_str()).collect()
 }
@@ -101,14 +113,7 @@ fn a_map_registered_on_a_read_only_store_is_queried_in_memory() {
         let db = s.create(Some("ro")).unwrap();
         db.put(&json!({"_id": "a", "n": 1})).unwrap();
     }
-    let s = Store::open_with(
-        d.path(),
-        Options {
-            read_only: true,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let s = read_only(d.path());
     let db = s.open_db("ro").unwrap();
     db.register_map("n", 1, |doc, emit| {
         if let Some(n) = doc.get("n") {
@@ -208,14 +213,7 @@ fn a_query_with_docs_reads_null_for_a_version_purged_meanwhile() {
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let root = d.path().to_path_buf();
     let reader = std::thread::spawn(move || {
-        let ro = Store::open_with(
-            &root,
-            Options {
-                read_only: true,
-                ..Options::default()
-            },
-        )
-        .unwrap();
+        let ro = read_only(&root);
         let rdb = ro.open_db("pr").unwrap();
         let first = AtomicBool::new(true);
         let chans = Mutex::new((mapping_tx, go_rx));
@@ -303,14 +301,7 @@ fn a_map_function_on_a_read_only_handle_may_query_an_index_that_is_behind() {
         .map(|i| json!({"_id": format!("d{i:02}"), "n": i % 10}))
         .collect();
     db.bulk(&docs).unwrap();
-    let ro = Store::open_with(
-        d.path(),
-        Options {
-            read_only: true,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let ro = read_only(d.path());
     let rdb = ro.open_db("ro2").unwrap();
     let inner = rdb.clone();
     rdb.register_map("same", 1, move |doc, emit| {

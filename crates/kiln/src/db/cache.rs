@@ -11,7 +11,6 @@ use crate::format::head::Lineage;
 use crate::model::clock::Event;
 use crate::model::tree::{Leaf, Node};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Decoded blocks are cached per lineage: a read takes a block from its authenticated segment
@@ -47,7 +46,7 @@ pub enum Cached {
 impl Cached {
     /// Approximate bytes held, including the map entry and allocator overhead (measured: RSS
     /// tracked about twice the payload-only estimate).
-    fn weight(&self) -> usize {
+    pub fn weight(&self) -> usize {
         160 + match self {
             Cached::Node(n, _) => n.weight() * 3 / 2,
             Cached::Leaf(l, _) => l.weight(),
@@ -63,7 +62,6 @@ impl Cached {
 
 pub struct Cache {
     budget: usize,
-    tick: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -97,6 +95,9 @@ struct Inner {
     map: DigestMap<CacheKey, (Cached, usize, u64)>,
     total: usize,
     upper: usize,
+    /// Stamps entries by use (under the lock, which every use takes anyway: no atomic of
+    /// its own).
+    tick: u64,
     /// Fingerprints of keys offered once through [`Cache::admit`] and turned away: a key
     /// offered again while its fingerprint is still here gets in (see [`Cache::admit`]).
     /// Empty until the cache first evicts.
@@ -111,11 +112,11 @@ impl Cache {
     pub fn new(budget: usize) -> Cache {
         Cache {
             budget,
-            tick: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 map: DigestMap::default(),
                 total: 0,
                 upper: 0,
+                tick: 0,
                 seen: Vec::new(),
             }),
         }
@@ -146,8 +147,9 @@ impl Cache {
     }
 
     pub fn get(&self, k: &CacheKey) -> Option<Cached> {
-        let t = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.tick += 1;
+        let t = g.tick;
         let e = g.map.get_mut(k)?;
         e.2 = t;
         Some(e.0.clone())
@@ -158,8 +160,9 @@ impl Cache {
         if w > self.budget / 4 {
             return;
         }
-        let t = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.tick += 1;
+        let t = g.tick;
         if v.class() == Class::Upper {
             g.upper += w;
         }
@@ -179,6 +182,11 @@ impl Cache {
             };
             g.evict(class, self.budget);
         }
+    }
+
+    /// Bytes this cache may hold.
+    pub fn budget(&self) -> usize {
+        self.budget
     }
 
     /// Bytes currently held (approximate).

@@ -126,6 +126,27 @@ pub(super) fn bounds(opts: &ListOptions) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
 /// Children of the root below which [`Cursor::split`] looks one level further down.
 const SPLIT_FANOUT: usize = 16;
 
+/// Keys that cut a tree into pieces of about equal size: the first keys of the nodes one
+/// level below the root, or two when the root has few children (their sizes vary: a split
+/// among a handful is seldom near the middle). The middle one halves the tree.
+pub(super) fn split_keys(
+    root: Option<Cid>,
+    node: &dyn Fn(&Cid) -> Result<Arc<tree::Node>>,
+) -> Result<Vec<Arc<[u8]>>> {
+    let Some(root) = root else {
+        return Ok(Vec::new());
+    };
+    let top = node(&root)?;
+    if top.level < 2 || top.keys.len() >= SPLIT_FANOUT {
+        return Ok(top.keys.clone());
+    }
+    let mut keys = Vec::new();
+    for c in top.children() {
+        keys.extend(node(c)?.keys.iter().cloned());
+    }
+    Ok(keys)
+}
+
 impl Cursor {
     pub(super) fn open(db: &Database, opts: &ListOptions) -> Result<Cursor> {
         let snapshot = db.inner.refresh()?;
@@ -161,23 +182,10 @@ impl Cursor {
         if !fresh || self.desc || self.rebuilt.is_some() || self.snapshot.head.root.is_none() {
             return Ok((self, None));
         }
-        // The first keys of the nodes one level below the root, or two when the root has few
-        // children (their sizes vary: a split among a handful is seldom near the middle).
         let keys = self.with_view(|v| {
             // (Through the source: once a compaction replaced the snapshot's files, its tree
             // is the one rebuilt from history.)
-            let Some(root) = v.root() else {
-                return Ok(Vec::new());
-            };
-            let node = v.node(&root)?;
-            if node.level < 2 || node.keys.len() >= SPLIT_FANOUT {
-                return Ok(node.keys.clone());
-            }
-            let mut keys = Vec::new();
-            for c in node.children() {
-                keys.extend(v.node(c)?.keys.iter().cloned());
-            }
-            Ok(keys)
+            split_keys(v.root(), &|c| v.node(c))
         })?;
         let inside = |k: &[u8]| {
             self.lo.as_deref().is_none_or(|lo| lo < k) && self.hi.as_deref().is_none_or(|hi| k < hi)

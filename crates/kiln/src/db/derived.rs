@@ -382,6 +382,10 @@ impl DerivedWriter<'_> {
     }
 }
 
+/// The share of the cache (one in this many bytes) an update's written nodes may take
+/// there whole ([`DerivedNodes::keep_written`]).
+const KEEP_WRITTEN_SHARE: usize = 8;
+
 /// Reads tree nodes from derived files (their indexes opened once per handle, nodes through
 /// the store's cache).
 pub(crate) struct DerivedNodes<'a> {
@@ -448,6 +452,24 @@ impl DerivedNodes<'_> {
             db.name.clone(),
             format!("derived tree node {cid} is in none of its files"),
         ))
+    }
+
+    /// Keeps `nodes`, just written, in the store's cache: the first queries after an update
+    /// read them without opening its file again. As nodes built in memory (no place in a
+    /// file): the next update replaces some of them, so they are not kept as upper levels
+    /// are. Only the upper levels when all of them would take more than
+    /// [`KEEP_WRITTEN_SHARE`] of the cache (a large build would push out everything else).
+    pub fn keep_written<'n>(&self, nodes: impl Iterator<Item = (&'n Cid, &'n Arc<tree::Node>)>) {
+        let db = &self.db.inner;
+        let cache = &db.store.cache;
+        let entries: Vec<(Cid, u8, Cached)> = nodes
+            .map(|(c, n)| (*c, n.level, Cached::Node(n.clone(), None)))
+            .collect();
+        let weight: usize = entries.iter().map(|(_, _, e)| e.weight()).sum();
+        let all = weight <= cache.budget() / KEEP_WRITTEN_SHARE;
+        for (cid, _, entry) in entries.into_iter().filter(|(_, l, _)| all || *l > 0) {
+            cache.insert(CacheKey::Node(db.lineage, cid), entry);
+        }
     }
 
     /// Whether file `f` holds block `cid`.

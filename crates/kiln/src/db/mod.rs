@@ -26,6 +26,7 @@ mod pending;
 mod read;
 mod replica;
 pub mod results;
+mod scan;
 pub mod settings;
 #[cfg(test)]
 mod tests;

@@ -60,9 +60,10 @@ thread_local! {
 const KEEP_SEALED: usize = 1 << 20;
 
 /// How a document version's body becomes a value: given its id and its bytes
-/// ([`doc::decode`], or a decoder of some fields only).
+/// ([`doc::decode`], or a decoder of some fields only); any thread may call it (a scan reads
+/// on two).
 pub(crate) type DecodeDoc<'f> =
-    dyn Fn(&str, &[u8]) -> std::result::Result<Value, &'static str> + 'f;
+    dyn Fn(&str, &[u8]) -> std::result::Result<Value, &'static str> + Sync + 'f;
 
 /// Reads against one head record.
 pub(super) struct View<'a> {
@@ -149,7 +150,7 @@ impl<'a> View<'a> {
             {
                 return Ok((f, e));
             }
-            if let Some(e) = self.probe(f, cid)? {
+            if let Some(e) = self.probe_version(f, cid)? {
                 return Ok((f, e));
             }
         }
@@ -225,6 +226,21 @@ impl<'a> View<'a> {
         if let Some(e) = idx.find(cid) {
             return Ok(Some(e));
         }
+        self.probe_pages(f, idx, cid)
+    }
+
+    /// [`View::probe`] for a document version: a paged file lists those in its pages only (its
+    /// index's own entries are its tree nodes and events), so the pages are asked first.
+    fn probe_version(&self, f: &FileRef, cid: &Cid) -> Result<Option<car::Entry>> {
+        let idx = self.db.index(f)?;
+        if let Some(e) = self.probe_pages(f, &idx, cid)? {
+            return Ok(Some(e));
+        }
+        Ok(idx.find(cid))
+    }
+
+    /// `cid`'s entry in the page of file `f` that would list it (none in an unpaged file).
+    fn probe_pages(&self, f: &FileRef, idx: &car::Index, cid: &Cid) -> Result<Option<car::Entry>> {
         Ok(if let Some(p) = idx.page_for(cid) {
             self.page(&f.name, idx, p)?
                 .find(cid, idx.segs.len())

@@ -31,6 +31,7 @@ pub use def::{Emit, IndexDef, MapFn};
 pub use query::{Query, Row, Select};
 pub use update::IndexUpdate;
 
+use crate::db::derived::Derived;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use def::Mapper;
@@ -38,7 +39,12 @@ use nodes::Nodes;
 use serde_json::Value;
 use state::IndexState;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Index states parsed from the derived record last read (it is replaced whole, so a record
+/// still the same `Arc` holds the same states).
+#[derive(Default)]
+struct ParsedStates(Mutex<Option<(Arc<Derived>, HashMap<String, Arc<IndexState>>)>>);
 
 /// The map functions registered with one database handle.
 #[derive(Default)]
@@ -259,7 +265,7 @@ impl Database {
 
     fn rows_once(&self, name: &str, q: &Query) -> Result<Found> {
         let d = self.derived()?;
-        let st = self.index_state(&d, name)?;
+        let st = self.parsed_state(&d, name)?;
         let current = st.heads.as_deref() == Some(&self.heads()?[..]);
         if current {
             query::run(&Nodes::new(self, &st), st.root.as_ref(), q, name)
@@ -268,7 +274,7 @@ impl Database {
             query::run(&Nodes::new(self, &st), st.root.as_ref(), q, name)
         } else {
             // A read-only store: brought up to date in memory, for this query.
-            let mut st = st;
+            let mut st = IndexState::clone(&st);
             let mapper = self.mapper(name, &st.def)?;
             let mut nodes = Nodes::new(self, &st);
             update::bring_up_to_date(self, name, &mut st, &mapper, &mut nodes)?;
@@ -412,12 +418,40 @@ impl Database {
         Ok(best.map(|(_, n, k)| (n, k)))
     }
 
-    fn index_state(&self, d: &crate::db::derived::Derived, name: &str) -> Result<IndexState> {
-        if let Some(st) = IndexState::of(d, name)? {
-            return Ok(st);
+    /// [`Database::index_state`], parsed once per derived record: a query on an index that
+    /// is current parses nothing.
+    fn parsed_state(&self, d: &Arc<Derived>, name: &str) -> Result<Arc<IndexState>> {
+        let memo = self.upper_state::<ParsedStates>();
+        let mut kept = memo.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, states) = match &mut *kept {
+            Some(k) if Arc::ptr_eq(&k.0, d) => k,
+            other => other.insert((d.clone(), HashMap::new())),
+        };
+        if let Some(st) = states.get(name) {
+            return Ok(st.clone());
         }
-        // A map function registered here whose definition could not be written (a read-only
-        // store): an index not built yet.
+        match IndexState::of(d, name)? {
+            Some(st) => {
+                let st = Arc::new(st);
+                states.insert(name.to_owned(), st.clone());
+                Ok(st)
+            }
+            // (Not kept: the state of a map function's index the record lacks follows what
+            // this handle registers.)
+            None => Ok(Arc::new(self.unrecorded_state(name)?)),
+        }
+    }
+
+    fn index_state(&self, d: &crate::db::derived::Derived, name: &str) -> Result<IndexState> {
+        match IndexState::of(d, name)? {
+            Some(st) => Ok(st),
+            None => self.unrecorded_state(name),
+        }
+    }
+
+    /// The state of index `name`, which the derived record lacks: a map function registered
+    /// here whose definition could not be written (a read-only store), not built yet.
+    fn unrecorded_state(&self, name: &str) -> Result<IndexState> {
         let maps = self.upper_state::<Registry>();
         let maps = maps.maps.read().unwrap_or_else(|p| p.into_inner());
         match maps.get(name) {

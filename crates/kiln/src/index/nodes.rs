@@ -60,6 +60,8 @@ impl<'a> Nodes<'a> {
                 live.iter()
                     .filter_map(|c| self.fresh.get(c).map(|(b, _)| (c, b.as_slice()))),
             )?;
+            let written = live.iter().filter_map(|c| Some((c, &self.fresh.get(c)?.1)));
+            self.db.derived_nodes().keep_written(written);
             if st.files.is_empty() {
                 st.based = true;
             }

@@ -94,24 +94,24 @@ fn build(
     mapper: &Mapper,
     nodes: &mut Nodes,
 ) -> Result<IndexUpdate> {
-    let cursor = db.cursor(&ListOptions::default())?;
-    let heads = cursor.heads().to_vec();
-    let (first, second) = match mapper {
-        Mapper::Fields { .. } => cursor.split()?,
-        Mapper::Map(_) => (cursor, None),
+    let (heads, mut a, b) = match mapper {
+        // The scan is a shortcut: when a file is gone or does not read (a compaction replaced
+        // it meanwhile, or damage) the cursors read the documents again, and know what to do
+        // about it. Other errors (a document the index refuses) are the same either way.
+        Mapper::Fields { .. } => match scan_all(db, name, mapper) {
+            Err(e) if e.is_corruption() || matches!(e, Error::MissingFile(..)) => {
+                read_all(db, name, mapper)?
+            }
+            r => r?,
+        },
+        // A map function is the user's code: it runs on the calling thread (inside an
+        // update it may not use indexes, which a thread-local mark tells it).
+        Mapper::Map(_) => read_all(db, name, mapper)?,
     };
-    let (a, b) = match second {
-        Some(second) => crate::util::par::join(
-            || map_all(name, mapper, first),
-            || map_all(name, mapper, second),
-        ),
-        None => (map_all(name, mapper, first), Ok(Mapped::default())),
-    };
-    let (mut a, b) = (a?, b?);
-    // Each half's entries are sorted; the halves' ranges of document ids do not overlap, so
-    // the by-document entries stay in order end to end, and the rows are two sorted runs
-    // (which a stable sort merges in one pass).
+    // Each half's entries are sorted: a stable sort merges the two runs in one pass.
     a.by_id.extend(b.by_id);
+    a.by_id.sort_by(|x, y| x.0.cmp(&y.0));
+    a.by_id.dedup_by(|x, y| x.0 == y.0);
     a.rows.extend(b.rows);
     a.rows.sort_by(|x, y| x.0.cmp(&y.0));
     a.rows.dedup_by(|x, y| x.0 == y.0);
@@ -134,8 +134,40 @@ fn build(
     Ok(up)
 }
 
-/// What mapping a run of documents made: their by-document entries and their rows, each
-/// sorted and without repeats.
+/// Maps every live document, read in id order by a cursor: for declared fields in two halves
+/// of the ids on two threads, for a map function on the calling thread.
+fn read_all(db: &Database, name: &str, mapper: &Mapper) -> Result<(Vec<Cid>, Mapped, Mapped)> {
+    let cursor = db.cursor(&ListOptions::default())?;
+    let heads = cursor.heads().to_vec();
+    let (first, second) = match mapper {
+        Mapper::Fields { .. } => cursor.split()?,
+        Mapper::Map(_) => (cursor, None),
+    };
+    let (a, b) = match second {
+        Some(second) => crate::util::par::join(
+            || map_all(name, mapper, first),
+            || map_all(name, mapper, second),
+        ),
+        None => (map_all(name, mapper, first), Ok(Mapped::default())),
+    };
+    Ok((heads, a?, b?))
+}
+
+/// Maps every live document of declared fields, read file by file as the files store them
+/// (`Database::scan_docs`, on two threads), each half's entries sorted.
+fn scan_all(db: &Database, name: &str, mapper: &Mapper) -> Result<(Vec<Cid>, Mapped, Mapped)> {
+    let pick = mapper.pick();
+    let picked = decoder(pick.as_ref());
+    let done = db.scan_docs(&picked, Mapped::default, &|m, id, link, version, doc| {
+        m.add(name, mapper, id, (*link, version), &doc)
+    })?;
+    let [mut a, mut b] = done.states;
+    crate::util::par::join(|| a.sort(), || b.sort());
+    Ok((done.heads, a, b))
+}
+
+/// What mapping a run of documents made: their by-document entries and their rows (each
+/// sorted and without repeats once [`Mapped::sort`] ran).
 #[derive(Default)]
 struct Mapped {
     by_id: Vec<tree::Op>,
@@ -143,35 +175,53 @@ struct Mapped {
     mapped: u64,
 }
 
+impl Mapped {
+    /// Maps document `id` (its version `at`: CID, height).
+    fn add(
+        &mut self,
+        name: &str,
+        mapper: &Mapper,
+        id: &str,
+        at: (Cid, u64),
+        doc: &Value,
+    ) -> Result<()> {
+        self.mapped += 1;
+        entries_of(name, mapper, id, at, doc, &mut |b, r, row| {
+            self.by_id.push((Arc::from(b), Some(SLOT)));
+            self.rows.push((Arc::from(r), Some(row)));
+        })
+    }
+
+    fn sort(&mut self) {
+        self.by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.by_id.dedup_by(|a, b| a.0 == b.0);
+        self.rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.rows.dedup_by(|a, b| a.0 == b.0);
+    }
+}
+
+/// How a build decodes a document: for declared fields (`pick`), only those fields (and its
+/// id); for a map function, whole.
+fn decoder(
+    pick: Option<&crate::format::block::cbor::Pick>,
+) -> impl Fn(&str, &[u8]) -> std::result::Result<Value, &'static str> + Sync + '_ {
+    move |id, b| match pick {
+        Some(p) => crate::model::doc::decode_picked(id, b, p),
+        None => crate::model::doc::decode(id, b),
+    }
+}
+
 /// Maps every document `cursor` reads.
 fn map_all(name: &str, mapper: &Mapper, mut cursor: crate::db::Cursor) -> Result<Mapped> {
     let mut m = Mapped::default();
-    // Declared fields: each document decoded with only those fields (and its id).
     let pick = mapper.pick();
-    let picked = |id: &str, b: &[u8]| match &pick {
-        Some(p) => crate::model::doc::decode_picked(id, b, p),
-        None => crate::model::doc::decode(id, b),
-    };
+    let picked = decoder(pick.as_ref());
     while let Some((id, link, version, doc)) = cursor.next_linked_as(&picked)? {
-        m.mapped += 1;
-        entries_of(
-            name,
-            mapper,
-            &id,
-            (link, version),
-            &doc,
-            &mut |b, r, row| {
-                m.by_id.push((Arc::from(b), Some(SLOT)));
-                m.rows.push((Arc::from(r), Some(row)));
-            },
-        )?;
+        m.add(name, mapper, &id, (link, version), &doc)?;
     }
     // By-document entries come in id order (nearly sorted already), rows in key order (sorted
     // apart); every by-document key (0x00…) sorts before every row (0x01…).
-    m.by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    m.by_id.dedup_by(|a, b| a.0 == b.0);
-    m.rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    m.rows.dedup_by(|a, b| a.0 == b.0);
+    m.sort();
     Ok(m)
 }
 

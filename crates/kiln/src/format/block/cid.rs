@@ -43,32 +43,36 @@ pub struct Cid {
 }
 
 impl Ord for Cid {
-    /// The order of the binary forms, compared 8 bytes at a time (as big-endian integers):
-    /// lookups in sorted CID lists are most of a read's comparisons, and every kiln CID starts
-    /// with the same 4 bytes, which a byte-wise compare walks each time.
     #[inline]
     fn cmp(&self, other: &Cid) -> std::cmp::Ordering {
-        let word = |b: &[u8; CID_LEN], i: usize| {
-            u64::from_be_bytes([
-                b[i],
-                b[i + 1],
-                b[i + 2],
-                b[i + 3],
-                b[i + 4],
-                b[i + 5],
-                b[i + 6],
-                b[i + 7],
-            ])
-        };
-        let (a, b) = (&self.bytes, &other.bytes);
-        for i in [0, 8, 16, 24] {
-            match word(a, i).cmp(&word(b, i)) {
-                std::cmp::Ordering::Equal => {}
-                o => return o,
-            }
-        }
-        a[32..].cmp(&b[32..])
+        cmp_binary(&self.bytes, &other.bytes)
     }
+}
+
+/// The order of two CIDs' binary forms, compared 8 bytes at a time (as big-endian integers):
+/// lookups in sorted CID lists are most of a read's comparisons, and every kiln CID starts
+/// with the same 4 bytes, which a byte-wise compare (a call to `memcmp`) walks each time.
+#[inline]
+pub fn cmp_binary(a: &[u8; CID_LEN], b: &[u8; CID_LEN]) -> std::cmp::Ordering {
+    let word = |b: &[u8; CID_LEN], i: usize| {
+        u64::from_be_bytes([
+            b[i],
+            b[i + 1],
+            b[i + 2],
+            b[i + 3],
+            b[i + 4],
+            b[i + 5],
+            b[i + 6],
+            b[i + 7],
+        ])
+    };
+    for i in [0, 8, 16, 24] {
+        match word(a, i).cmp(&word(b, i)) {
+            std::cmp::Ordering::Equal => {}
+            o => return o,
+        }
+    }
+    a[32..].cmp(&b[32..])
 }
 
 impl PartialOrd for Cid {

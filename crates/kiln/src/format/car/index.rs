@@ -2,7 +2,7 @@
 //! and the `Index` a reader opens, with its lookups.
 
 use super::*;
-use crate::format::block::cid::{search_sorted, spread_key};
+use crate::format::block::cid::{cmp_binary, search_sorted, spread_key};
 
 /// The first version whose index entries are fixed-width records (see [`ENTRY_LEN`]).
 pub(super) const FIXED_ENTRIES: u32 = 5;
@@ -104,26 +104,31 @@ pub(super) fn decode_fixed_entries(b: &[u8], segs: usize) -> Result<Vec<Entry>, 
     }
     let mut v: Vec<Entry> = Vec::with_capacity(b.len() / ENTRY_LEN);
     for r in b.chunks_exact(ENTRY_LEN) {
-        let cid =
-            Cid::from_bytes(&r[..CID_LEN]).ok_or(FormatError::Record("index entry: bad CID"))?;
-        let u = |i: usize| u32::from_le_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
-        let (seg, off, len, kind) = (u(CID_LEN), u(CID_LEN + 4), u(CID_LEN + 8), r[CID_LEN + 12]);
-        if seg as usize >= segs || kind > NODE {
-            return Err(FormatError::Record("index entry out of range"));
-        }
-        if v.last().is_some_and(|p| p.cid >= cid) {
+        let e = decode_fixed_entry(r, segs)?;
+        if v.last().is_some_and(|p| p.cid >= e.cid) {
             return Err(FormatError::Record("index entries not sorted"));
         }
-        v.push(Entry {
-            cid,
-            seg,
-            off,
-            len,
-            event: kind == EVENT,
-            node: kind == NODE,
-        });
+        v.push(e);
     }
     Ok(v)
+}
+
+/// One fixed-size entry (`r`: exactly [`ENTRY_LEN`] bytes), naming one of `segs` segments.
+fn decode_fixed_entry(r: &[u8], segs: usize) -> Result<Entry, FormatError> {
+    let cid = Cid::from_bytes(&r[..CID_LEN]).ok_or(FormatError::Record("index entry: bad CID"))?;
+    let u = |i: usize| u32::from_le_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+    let (seg, off, len, kind) = (u(CID_LEN), u(CID_LEN + 4), u(CID_LEN + 8), r[CID_LEN + 12]);
+    if seg as usize >= segs || kind > NODE {
+        return Err(FormatError::Record("index entry out of range"));
+    }
+    Ok(Entry {
+        cid,
+        seg,
+        off,
+        len,
+        event: kind == EVENT,
+        node: kind == NODE,
+    })
 }
 
 /// Reads index entries of versions 1 to 4 (a CBOR array of 5-element arrays).
@@ -172,19 +177,21 @@ impl Page {
         match self {
             Page::Decoded(v) => Ok(find_entry(v, cid).map(|i| v[i])),
             Page::Fixed(b) => {
-                let want = cid.as_bytes();
-                let cid_at = |i: usize| &b[i * ENTRY_LEN..][..CID_LEN];
+                // (Entry `i < len / ENTRY_LEN` always has its CID_LEN bytes.)
+                let cid_at = |i: usize| -> &[u8; CID_LEN] {
+                    b[i * ENTRY_LEN..].first_chunk().unwrap_or(&[0; CID_LEN])
+                };
                 let found = search_sorted(
                     b.len() / ENTRY_LEN,
                     cid,
-                    |i| cid_at(i).cmp(want),
+                    |i| cmp_binary(cid_at(i), cid.as_bytes()),
                     |i| spread_key(cid_at(i)),
                 );
                 match found {
-                    Ok(i) => {
-                        let e = decode_fixed_entries(&b[i * ENTRY_LEN..][..ENTRY_LEN], segs)?;
-                        Ok(e.first().copied())
-                    }
+                    Ok(i) => Ok(Some(decode_fixed_entry(
+                        &b[i * ENTRY_LEN..][..ENTRY_LEN],
+                        segs,
+                    )?)),
                     Err(_) => Ok(None),
                 }
             }

@@ -60,154 +60,6 @@ pub const MAX_PAGE_ENTRIES: usize = 4096;
 
 pub use crate::storage::FileName;
 
-impl FileName {
-    /// The name of a file's bytes: BLAKE3 for version 3 on, sha2-256 for files of versions 1
-    /// and 2 (and for bytes that are no diff file at all), as their header says.
-    pub fn of(bytes: &[u8]) -> FileName {
-        let mut h = NameHasher::new(bytes);
-        h.update(bytes);
-        h.finish()
-    }
-}
-
-/// [`FileName::of`] fed piece by piece, the file's first bytes (at least its header) first.
-pub enum NameHasher {
-    Sha(Box<Sha256>),
-    Blake(Box<blake3::Hasher>),
-}
-
-impl NameHasher {
-    pub fn new(start: &[u8]) -> NameHasher {
-        if header_version(start).is_some_and(|v| v >= 3) {
-            NameHasher::Blake(Box::default())
-        } else {
-            NameHasher::Sha(Box::default())
-        }
-    }
-
-    pub fn update(&mut self, b: &[u8]) {
-        match self {
-            NameHasher::Sha(h) => h.update(b),
-            NameHasher::Blake(h) => {
-                h.update(b);
-            }
-        }
-    }
-
-    pub fn finish(self) -> FileName {
-        match self {
-            NameHasher::Sha(h) => FileName(h.finalize().into()),
-            NameHasher::Blake(h) => FileName(*h.finalize().as_bytes()),
-        }
-    }
-}
-
-/// BLAKE3 chaining values of the largest aligned subtrees wholly inside one span of a file,
-/// hashed ahead of the rest (a large diff's runs, on the helper thread while this one
-/// finishes the file): [`Finished::name_with`] then does not hash those bytes again.
-#[derive(Default)]
-pub struct Subtrees {
-    /// Where the span starts in its file.
-    start: u64,
-    /// Offset, length and chaining value of each subtree.
-    trees: Vec<(u64, u64, ChainingValue)>,
-}
-
-type ChainingValue = blake3::hazmat::ChainingValue;
-
-impl Subtrees {
-    /// The subtrees of `runs`' bytes, which start at `start` in their file.
-    pub fn of_runs(runs: &[Run], start: u64) -> Subtrees {
-        let parts: Vec<&[u8]> = runs.iter().map(|r| r.buf.as_slice()).collect();
-        Subtrees::of(&parts, start)
-    }
-
-    /// The subtrees of `parts` (consecutive bytes of a file from `start` on).
-    pub fn of(parts: &[&[u8]], start: u64) -> Subtrees {
-        use blake3::hazmat::HasherExt;
-        let chunk = blake3::CHUNK_LEN as u64;
-        let end = start + parts.iter().map(|p| p.len() as u64).sum::<u64>();
-        let (mut at, stop) = (start.div_ceil(chunk) * chunk, end / chunk * chunk);
-        let mut out = Vec::new();
-        while at < stop {
-            // The largest power-of-two run of chunks starting at a multiple of its size.
-            let mut size = chunk;
-            while at % (2 * size) == 0 && at + 2 * size <= stop {
-                size *= 2;
-            }
-            let mut h = blake3::Hasher::new();
-            h.set_input_offset(at);
-            feed(&mut h, parts, start, at, at + size);
-            out.push((at, size, h.finalize_non_root()));
-            at += size;
-        }
-        Subtrees { start, trees: out }
-    }
-
-    fn find(&self, lo: u64, hi: u64) -> Option<&ChainingValue> {
-        self.trees
-            .iter()
-            .find(|k| k.0 == lo && k.0 + k.1 == hi)
-            .map(|k| &k.2)
-    }
-
-    fn any_within(&self, lo: u64, hi: u64) -> bool {
-        self.trees.iter().any(|k| k.0 >= lo && k.0 + k.1 <= hi)
-    }
-}
-
-/// Hashes the bytes `[lo, hi)` of the file whose bytes from `base` on are `parts`.
-fn feed(h: &mut blake3::Hasher, parts: &[&[u8]], base: u64, lo: u64, hi: u64) {
-    let mut at = base;
-    for p in parts {
-        let end = at + p.len() as u64;
-        if end > lo && at < hi {
-            let from = lo.max(at) - at;
-            let to = hi.min(end) - at;
-            h.update(&p[from as usize..to as usize]);
-        }
-        at = end;
-    }
-}
-
-/// The chaining value of the BLAKE3 subtree `[lo, hi)` of a file (`parts` from offset 0),
-/// taking the subtrees `known` wherever the tree has them.
-fn subtree_cv(parts: &[&[u8]], lo: u64, hi: u64, known: &Subtrees) -> ChainingValue {
-    use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, HasherExt, Mode};
-    if let Some(cv) = known.find(lo, hi) {
-        return *cv;
-    }
-    if hi - lo <= blake3::CHUNK_LEN as u64 || !known.any_within(lo, hi) {
-        let mut h = blake3::Hasher::new();
-        h.set_input_offset(lo);
-        feed(&mut h, parts, 0, lo, hi);
-        return h.finalize_non_root();
-    }
-    let mid = lo + left_subtree_len(hi - lo);
-    merge_subtrees_non_root(
-        &subtree_cv(parts, lo, mid, known),
-        &subtree_cv(parts, mid, hi, known),
-        Mode::Hash,
-    )
-}
-
-/// The BLAKE3 hash of the file `parts` (from offset 0, `len` bytes), taking `known` subtrees.
-fn blake3_with(parts: &[&[u8]], len: u64, known: &Subtrees) -> [u8; 32] {
-    use blake3::hazmat::{left_subtree_len, merge_subtrees_root, Mode};
-    if len <= blake3::CHUNK_LEN as u64 || !known.any_within(0, len) {
-        let mut h = blake3::Hasher::new();
-        feed(&mut h, parts, 0, 0, len);
-        return *h.finalize().as_bytes();
-    }
-    let mid = left_subtree_len(len);
-    let root = merge_subtrees_root(
-        &subtree_cv(parts, 0, mid, known),
-        &subtree_cv(parts, mid, len, known),
-        Mode::Hash,
-    );
-    *root.as_bytes()
-}
-
 /// Where a block sits: segment number and the byte range of its data in the segment plaintext.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -705,188 +557,6 @@ impl Writer {
     }
 }
 
-/// Blocks laid out as a file's raw segments apart from its [`Writer`], so a large batch's
-/// documents can be encoded on two threads at once, each into a run of its own; the file then
-/// takes the runs' segments as they are (sealed in place by [`seal_runs`], written without a
-/// copy). Blocks go in any order; a file's index is sorted by CID whatever the order.
-pub struct Run {
-    /// Raw segment units back to back: room for the nonce, the codec byte, the CAR bytes and
-    /// (once closed) room for the tag.
-    buf: Vec<u8>,
-    /// Where each closed unit's CAR bytes start and end in `buf`.
-    segs: Vec<(usize, usize)>,
-    /// Where the open unit's CAR bytes start.
-    cur: usize,
-    /// Blocks, with `seg` numbering this run's units from 0.
-    entries: Vec<Entry>,
-}
-
-impl Run {
-    /// An empty run with room for about `bytes` of blocks.
-    pub fn with_capacity(bytes: usize, blocks: usize) -> Run {
-        let mut buf = Vec::with_capacity(bytes + bytes / SEGMENT_TARGET * 40 + 64);
-        Run {
-            cur: open_unit(&mut buf),
-            buf,
-            segs: Vec::new(),
-            entries: Vec::with_capacity(blocks),
-        }
-    }
-
-    /// Adds a block (the same rule for ending a segment as [`Writer::add`]; a CID added twice
-    /// is stored twice: [`seal_runs`] refuses such runs).
-    pub fn add(&mut self, cid: Cid, data: &[u8]) {
-        if segment_full(self.buf.len() - self.cur, data.len()) {
-            close_unit(&mut self.buf, self.cur, &mut self.segs);
-            self.cur = open_unit(&mut self.buf);
-        }
-        let seg = self.segs.len() as u32;
-        push_section(
-            &mut self.buf,
-            self.cur,
-            &mut self.entries,
-            seg,
-            cid,
-            data,
-            OTHER,
-        );
-    }
-
-    /// Ends the open segment; adds nothing afterwards.
-    fn close(&mut self) {
-        if self.buf.len() > self.cur {
-            close_unit(&mut self.buf, self.cur, &mut self.segs);
-        } else {
-            // Nothing in the open unit: drop its room.
-            self.buf.truncate(self.cur - 1 - NONCE_LEN);
-        }
-    }
-
-    /// The blocks, in the order added.
-    pub fn blocks(&self) -> impl Iterator<Item = (Cid, &[u8])> {
-        self.entries.iter().map(move |e| {
-            let (start, _) = self
-                .segs
-                .get(e.seg as usize)
-                .copied()
-                .unwrap_or((self.cur, self.buf.len()));
-            let at = start + e.off as usize;
-            (e.cid, &self.buf[at..at + e.len as usize])
-        })
-    }
-
-    /// Makes room for `blocks` more blocks of `bytes` in all.
-    pub fn reserve(&mut self, bytes: usize, blocks: usize) {
-        self.buf
-            .reserve(bytes + bytes / SEGMENT_TARGET * (NONCE_LEN + 1 + TAG_LEN) + 64);
-        self.entries.reserve(blocks);
-    }
-
-    /// Bytes of its blocks' sections so far.
-    pub fn byte_len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Blocks held.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-/// Runs ready for [`Writer::with_runs`]: sealed, numbered from segment 1 on.
-pub struct SealedRuns {
-    /// The key of the file the runs go into (drawn before they were sealed).
-    key: FileKey,
-    /// (Shared: a name's hashing may read them while the file is finished.)
-    runs: Arc<Vec<Run>>,
-    /// Their units.
-    units: usize,
-    /// Every block, numbered as in the file, sorted by CID.
-    entries: Vec<Entry>,
-    /// The units' CAR bytes before sealing (when kept) and their total length.
-    plain: Option<Vec<Vec<u8>>>,
-    plain_len: usize,
-}
-
-impl SealedRuns {
-    /// The runs' bytes, in file order (they start at [`runs_offset`] in a file with one root).
-    pub fn bytes(&self) -> impl Iterator<Item = &[u8]> {
-        self.runs.iter().map(|r| r.buf.as_slice())
-    }
-
-    /// The runs, shared (see [`Subtrees::of_runs`]).
-    pub fn shared(&self) -> Arc<Vec<Run>> {
-        self.runs.clone()
-    }
-
-    fn holds(&self, cid: &Cid) -> bool {
-        self.entries
-            .binary_search_by(|e| entry_order(e, &Entry { cid: *cid, ..*e }))
-            .is_ok()
-    }
-}
-
-/// Closes `runs`, numbers their segments from 1 in order and seals them in place under a new
-/// file's key (keeping a copy of their CAR bytes when these are at most `keep_plain` bytes);
-/// the file ([`Writer::with_runs`]) takes that key. `Ok(Err(runs))`, the runs closed but
-/// unsealed, when a CID repeats among them (a file lists a block once).
-pub fn seal_runs(
-    key: &Key,
-    mut runs: Vec<Run>,
-    keep_plain: usize,
-) -> std::io::Result<Result<SealedRuns, Vec<Run>>> {
-    let mut entries = Vec::with_capacity(runs.iter().map(Run::len).sum());
-    let mut first = 1u32;
-    for r in &mut runs {
-        r.close();
-        entries.extend(r.entries.iter().map(|e| Entry {
-            seg: e.seg + first,
-            ..*e
-        }));
-        first += r.segs.len() as u32;
-    }
-    sort_entries(&mut entries);
-    if entries.windows(2).any(|w| w[0].cid == w[1].cid) {
-        return Ok(Err(runs));
-    }
-    let plain_len: usize = runs
-        .iter()
-        .flat_map(|r| r.segs.iter().map(|(s, e)| e - s))
-        .sum();
-    let plain = (plain_len <= keep_plain).then(|| {
-        runs.iter()
-            .flat_map(|r| r.segs.iter().map(|&(s, e)| r.buf[s..e].to_vec()))
-            .collect()
-    });
-    let key = FileKey::new(key)?;
-    let mut n = 1u32;
-    for r in &mut runs {
-        for &(s, e) in &r.segs {
-            key.seal_in_place(SEG_UNIT, n, &seg_aad(n), &mut r.buf[unit(s, e)])?;
-            n += 1;
-        }
-    }
-    Ok(Ok(SealedRuns {
-        key,
-        units: (n - 1) as usize,
-        runs: Arc::new(runs),
-        entries,
-        plain,
-        plain_len,
-    }))
-}
-
-/// Where the runs of a [`Writer::with_runs`] file with one root start: after the header and
-/// segment 0 (the CAR header alone), whose length depends only on how many roots it has.
-pub fn runs_offset() -> u64 {
-    let header = car_header(&[Cid::of_cbor(&[])]).len();
-    (HEADER_LEN + NONCE_LEN + 1 + header + TAG_LEN) as u64
-}
-
 /// The order of a file's index: by CID. Most pairs differ in their first 8 bytes (4 of them
 /// the digest's), compared as one integer before the whole CID.
 fn entry_order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
@@ -941,6 +611,25 @@ pub fn find_in_segment(seg: &[u8], n: u32, cid: &Cid) -> Option<Entry> {
         pos = end;
     }
     None
+}
+
+/// Each block of a segment's plaintext `seg`, in order: its CID and its bytes. Sections that
+/// are no block (a header: too short, or not labelled with a CID) are stepped over; the walk
+/// ends early where the bytes do not frame as sections (a reader that must find every block
+/// it wants looks the missing ones up through the file's index, which reports the damage).
+pub fn sections(seg: &[u8]) -> impl Iterator<Item = (Cid, &[u8])> {
+    let mut pos = 0;
+    std::iter::from_fn(move || loop {
+        let len = get_varint(seg, &mut pos)? as usize;
+        let end = pos.checked_add(len).filter(|&e| e <= seg.len())?;
+        let at = pos;
+        pos = end;
+        if len >= CID_LEN {
+            if let Some(cid) = Cid::from_bytes(&seg[at..at + CID_LEN]) {
+                return Some((cid, &seg[at + CID_LEN..end]));
+            }
+        }
+    })
 }
 
 /// Opens a raw segment unit at the end of `buf` (room for the nonce, the codec byte); returns
@@ -1231,233 +920,6 @@ fn car_header(roots: &[Cid]) -> Vec<u8> {
     out
 }
 
-/// Writes a diff file of any size to `out` as it goes: each segment is sealed and written when
-/// it fills, so memory holds one segment and the index entries, not the file. The name (the
-/// hash of all bytes) is known at the end.
-pub struct StreamWriter<'a> {
-    key: FileKey,
-    out: &'a mut dyn std::io::Write,
-    hash: blake3::Hasher,
-    len: u64,
-    meta: Meta,
-    cur: Vec<u8>,
-    packed: Vec<u8>,
-    sealed: Vec<u8>,
-    seg_at: Vec<(u64, u32)>,
-    entries: Vec<Entry>,
-    seen: Added,
-    /// How large the current segment may grow: [`SEGMENT_TARGET`], or up to [`GROUP_TARGET`]
-    /// while a group is being written.
-    limit: usize,
-    /// The document log's page being filled, and the pages written (after the last segment:
-    /// no block is added once the log has begun).
-    log: LogPages,
-    log_refs: Vec<LogPageRef>,
-    refs: FileRefs,
-}
-
-impl<'a> StreamWriter<'a> {
-    pub fn new(
-        meta: Meta,
-        key: &Key,
-        out: &'a mut dyn std::io::Write,
-    ) -> std::io::Result<StreamWriter<'a>> {
-        let mut w = StreamWriter {
-            key: FileKey::new(key)?,
-            out,
-            hash: blake3::Hasher::new(),
-            len: 0,
-            cur: car_header(&meta.roots),
-            meta,
-            packed: Vec::new(),
-            sealed: Vec::new(),
-            seg_at: Vec::new(),
-            entries: Vec::new(),
-            seen: Added::default(),
-            limit: SEGMENT_TARGET,
-            log: LogPages::default(),
-            log_refs: Vec::new(),
-            refs: FileRefs::default(),
-        };
-        let mut h = Vec::with_capacity(HEADER_LEN);
-        h.extend_from_slice(MAGIC);
-        h.extend_from_slice(&VERSION.to_le_bytes());
-        h.extend_from_slice(&0u32.to_le_bytes());
-        w.emit(&h)?;
-        Ok(w)
-    }
-
-    fn emit(&mut self, b: &[u8]) -> std::io::Result<()> {
-        emit_to(&mut self.out, &mut self.hash, &mut self.len, b)
-    }
-
-    fn flush_segment(&mut self) -> std::io::Result<()> {
-        let n = self.seg_at.len() as u32;
-        pack_segment(&self.cur, &mut self.packed, true);
-        let mut sealed = std::mem::take(&mut self.sealed);
-        sealed.clear();
-        self.key
-            .seal_into(SEG_UNIT, n, &seg_aad(n), &self.packed, &mut sealed)?;
-        self.seg_at.push((self.len, sealed.len() as u32));
-        self.emit(&sealed)?;
-        self.sealed = sealed;
-        self.cur.clear();
-        Ok(())
-    }
-
-    pub fn add(&mut self, cid: Cid, data: &[u8]) -> std::io::Result<()> {
-        self.add_kind(cid, data, OTHER)
-    }
-
-    pub fn add_event(&mut self, cid: Cid, data: &[u8]) -> std::io::Result<()> {
-        self.add_kind(cid, data, EVENT)
-    }
-
-    pub fn add_node(&mut self, cid: Cid, data: &[u8]) -> std::io::Result<()> {
-        self.add_kind(cid, data, NODE)
-    }
-
-    /// Whether `cid` was added already (a later add of it is ignored).
-    pub fn holds(&self, cid: &Cid) -> bool {
-        self.seen.contains(cid, &self.entries)
-    }
-
-    /// Makes room for `blocks` more blocks' entries at once (a compaction knows how many its
-    /// inputs hold): growing by doubling, the list held up to twice its size, and three times
-    /// while being copied.
-    pub fn reserve(&mut self, blocks: usize) {
-        self.entries.reserve_exact(blocks);
-        self.seen.by_lead.reserve(blocks);
-    }
-
-    /// The next blocks, about `bytes` of them, are read together (a tree leaf and the document
-    /// versions it names): they start a segment of their own unless they fit in the current
-    /// one, and that segment may grow to [`GROUP_TARGET`] bytes before it ends, until
-    /// [`StreamWriter::end_group`].
-    pub fn begin_group(&mut self, bytes: usize) -> std::io::Result<()> {
-        if !self.cur.is_empty() && self.cur.len() + bytes > SEGMENT_TARGET {
-            self.flush_segment()?;
-        }
-        self.limit = GROUP_TARGET;
-        Ok(())
-    }
-
-    /// Ends a group: segments go back to [`SEGMENT_TARGET`] bytes; the group's segment ends
-    /// here, so what follows does not share it.
-    pub fn end_group(&mut self) -> std::io::Result<()> {
-        self.limit = SEGMENT_TARGET;
-        if self.cur.len() > SEGMENT_TARGET / 2 {
-            self.flush_segment()?;
-        }
-        Ok(())
-    }
-
-    /// Adds an entry to the file's document log (see [`doclog`]), after every block: entries
-    /// come in order ([`LogEntry`]'s), a repeated one is skipped. Full pages are written as
-    /// they fill.
-    pub fn add_log_entry(&mut self, e: &LogEntry) -> std::io::Result<()> {
-        if self.log.is_empty() && !self.cur.is_empty() {
-            self.flush_segment()?;
-        }
-        if let Some(page) = self.log.push(e)? {
-            self.emit_log_page(page)?;
-        }
-        Ok(())
-    }
-
-    /// Records that document version `value` in this file names file-set `set`.
-    pub fn add_file_ref(&mut self, value: Cid, set: FileName) {
-        self.refs.0.push((value, set));
-    }
-
-    fn emit_log_page(
-        &mut self,
-        (plain, first, count): (Vec<u8>, Vec<u8>, u32),
-    ) -> std::io::Result<()> {
-        let n = self.log_refs.len() as u32;
-        let mut sealed = std::mem::take(&mut self.sealed);
-        sealed.clear();
-        seal_log_page(&self.key, n, &plain, &mut sealed)?;
-        self.log_refs.push(LogPageRef {
-            first,
-            off: self.len,
-            len: sealed.len() as u32,
-            count,
-        });
-        self.emit(&sealed)?;
-        self.sealed = sealed;
-        Ok(())
-    }
-
-    fn add_kind(&mut self, cid: Cid, data: &[u8], kind: u8) -> std::io::Result<()> {
-        if !self.log.is_empty() {
-            return Err(std::io::Error::other(
-                "a block added after the document log",
-            ));
-        }
-        if self.seen.contains(&cid, &self.entries) {
-            return Ok(());
-        }
-        if segment_full_at(self.cur.len(), data.len(), self.limit) {
-            self.flush_segment()?;
-        }
-        // Noted only now, right before its entry is pushed (the position it names).
-        self.seen.insert(&cid, &self.entries);
-        let seg = self.seg_at.len() as u32;
-        push_section(&mut self.cur, 0, &mut self.entries, seg, cid, data, kind);
-        Ok(())
-    }
-
-    /// Writes the rest and returns the file's name, size, index (with its entries) and index
-    /// length.
-    pub fn finish(mut self) -> std::io::Result<(FileName, u64, Index, u32)> {
-        if !self.cur.is_empty() {
-            self.flush_segment()?;
-        }
-        if let Some(page) = self.log.take() {
-            self.emit_log_page(page)?;
-        }
-        let log = std::mem::take(&mut self.log_refs);
-        let refs = std::mem::take(&mut self.refs);
-        self.seen = Added::default(); // nothing more is added
-        let mut tail = Vec::new();
-        let mut entries = std::mem::take(&mut self.entries);
-        let seg_at = std::mem::take(&mut self.seg_at);
-        let meta = self.meta.clone();
-        sort_entries(&mut entries);
-        let base = self.len;
-        let (out, hash, len) = (&mut self.out, &mut self.hash, &mut self.len);
-        let mut spill = |b: &[u8]| emit_to(out, hash, len, b);
-        let (index, index_len) = write_tail_at(
-            &self.key,
-            meta,
-            &entries,
-            seg_at,
-            (log, refs),
-            base,
-            &mut tail,
-            Some(&mut spill),
-        )?;
-        self.emit(&tail)?;
-        let name = FileName(*self.hash.finalize().as_bytes());
-        let index = index.with_entries(entries);
-        Ok((name, self.len, index, index_len))
-    }
-}
-
-/// Writes `b` on a streaming writer's output, hashing and counting it.
-fn emit_to(
-    out: &mut dyn std::io::Write,
-    hash: &mut blake3::Hasher,
-    len: &mut u64,
-    b: &[u8],
-) -> std::io::Result<()> {
-    out.write_all(b)?;
-    hash.update(b);
-    *len += b.len() as u64;
-    Ok(())
-}
-
 /// The CIDs a [`StreamWriter`] has added, in ~16 bytes each where a set of CIDs takes ~60
 /// (a compaction of a million blocks held both this and their entries): each CID's first 8
 /// digest bytes mapped to the position of its entry, which holds the whole CID; the rare CID
@@ -1618,9 +1080,15 @@ fn unpack_segment(plain: &[u8], version: u32) -> Result<Vec<u8>, FormatError> {
 
 mod doclog;
 mod index;
+mod name;
+mod runs;
+mod stream;
 mod verify;
 pub use doclog::*;
 pub use index::*;
+pub use name::*;
+pub use runs::*;
+pub use stream::*;
 pub use verify::*;
 
 #[cfg(test)]

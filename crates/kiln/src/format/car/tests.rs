@@ -841,3 +841,49 @@ fn log_of<'a>(events: impl Iterator<Item = &'a Cid>) -> Vec<LogEntry> {
     log.sort();
     log
 }
+
+/// `sections` walks a segment's plaintext: every block of the file comes out of the segment
+/// the index puts it in, with its own bytes, once; a section that is no block (the header, or
+/// one too short for a CID) is stepped over, not the end.
+#[test]
+fn sections_give_every_block_of_a_segment() {
+    let (k, name, bytes, blocks) = sample(40, true);
+    let (index, _) = verify_file(&k, &name, &bytes).unwrap();
+    assert!(index.pages.is_empty() && index.segs.len() > 1);
+    let mut seen = std::collections::BTreeMap::new();
+    for n in 0..index.segs.len() as u32 {
+        let (off, len) = index.segs[n as usize];
+        let plain = index
+            .open_segment(&k, n, &bytes[off as usize..][..len as usize])
+            .unwrap();
+        for (cid, block) in sections(&plain) {
+            assert_eq!(index.find(&cid).map(|e| e.seg), Some(n));
+            assert!(seen.insert(cid, block.to_vec()).is_none(), "{cid} twice");
+        }
+    }
+    assert_eq!(seen.len(), blocks.len());
+    for (c, d) in &blocks {
+        assert_eq!(seen.get(c), Some(d));
+    }
+    // A 3-byte section first: the block after it still comes out.
+    let (c, d) = &blocks[0];
+    let mut seg = Vec::new();
+    put_varint(&mut seg, 3);
+    seg.extend_from_slice(b"hdr");
+    put_varint(&mut seg, (CID_LEN + d.len()) as u64);
+    seg.extend_from_slice(c.as_bytes());
+    seg.extend_from_slice(d);
+    let got: Vec<_> = sections(&seg).collect();
+    assert_eq!(got, vec![(*c, d.as_slice())]);
+}
+
+proptest! {
+    /// Any bytes, walked as a segment, give sections inside them, each with a CID's bytes,
+    /// and never panic.
+    #[test]
+    fn sections_take_any_bytes(seg in proptest::collection::vec(any::<u8>(), 0..600)) {
+        for (_, block) in sections(&seg) {
+            prop_assert!(block.len() + CID_LEN < seg.len());
+        }
+    }
+}
