@@ -62,8 +62,8 @@ const KEEP_SEALED: usize = 1 << 20;
 /// How a document version's body becomes a value: given its id and its bytes
 /// ([`doc::decode`], or a decoder of some fields only); any thread may call it (a scan reads
 /// on two).
-pub(crate) type DecodeDoc<'f> =
-    dyn Fn(&str, &[u8]) -> std::result::Result<Value, &'static str> + Sync + 'f;
+pub(crate) type DecodeDoc<'f, T = Value> =
+    dyn Fn(&str, &[u8]) -> std::result::Result<T, &'static str> + Sync + 'f;
 
 /// Reads against one head record.
 pub(super) struct View<'a> {
@@ -378,13 +378,13 @@ impl<'a> View<'a> {
     }
 
     /// [`View::load_doc`], decoded by `decode` (given the id and the body).
-    pub(super) fn load_doc_as(
+    pub(super) fn load_doc_as<T>(
         &self,
         id: &str,
         cid: &Cid,
         height: u64,
-        decode: &DecodeDoc<'_>,
-    ) -> Result<Value> {
+        decode: &DecodeDoc<'_, T>,
+    ) -> Result<T> {
         if self.head.purged.binary_search(cid).is_ok() {
             return Err(Error::Purged(id.to_owned(), self.db.name.clone()));
         }

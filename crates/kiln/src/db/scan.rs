@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a scan hands over for each live document: its id, its version's CID and height, and
 /// the document as decoded.
-pub(crate) type ScanEach<'f, S> = dyn Fn(&mut S, &str, &Cid, u64, Value) -> Result<()> + Sync + 'f;
+pub(crate) type ScanEach<'f, S, T = Value> =
+    dyn Fn(&mut S, &str, &Cid, u64, T) -> Result<()> + Sync + 'f;
 
 /// Segments per piece of work handed out to either thread.
 const PIECE: usize = 8;
@@ -138,15 +139,16 @@ pub(crate) struct Scanned<S> {
 }
 
 impl Database {
-    /// Hands `each` every live document of the current state, decoded by `decode`, in no
+    /// Hands `each` every live document of the current state, decoded by `decode` (whole, or
+    /// only what the caller reads), in no
     /// particular order, on this thread and the helper (each with its state, made by `init`).
     /// On an error, some documents may have been handed over already: the caller starts again
     /// its own way.
-    pub(crate) fn scan_docs<S: Send>(
+    pub(crate) fn scan_docs<S: Send, T>(
         &self,
-        decode: &DecodeDoc<'_>,
+        decode: &DecodeDoc<'_, T>,
         init: impl Fn() -> S + Sync,
-        each: &ScanEach<'_, S>,
+        each: &ScanEach<'_, S, T>,
     ) -> Result<Scanned<S>> {
         let db = &*self.inner;
         let st = db.refresh()?;

@@ -2,7 +2,6 @@
 //! the rows it makes of a document.
 
 use crate::error::{Error, Result};
-use crate::format::block::cbor::Pick;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -131,15 +130,7 @@ pub fn parse_path(path: &str) -> Result<Vec<String>> {
 
 /// The value at `path` in `doc`, if there is one.
 pub fn lookup<'a>(doc: &'a Value, path: &[String]) -> Option<&'a Value> {
-    let mut v = doc;
-    for seg in path {
-        v = match v {
-            Value::Object(m) => m.get(seg)?,
-            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(v)
+    crate::format::block::cbor::json_lookup(doc, path)
 }
 
 /// Where a map function's rows go.
@@ -176,21 +167,6 @@ impl Mapper {
         })
     }
 
-    /// The parts of a document this mapper reads, when it reads only some (declared fields):
-    /// a document decoded with only them makes the same rows as the whole document.
-    pub fn pick(&self) -> Option<Pick> {
-        match self {
-            Mapper::Map(_) => None,
-            Mapper::Fields { paths, .. } => {
-                let mut p = Pick::default();
-                for path in paths {
-                    p.add(path);
-                }
-                Some(p)
-            }
-        }
-    }
-
     /// The rows of `doc` (key, value), in emission order.
     pub fn rows(&self, doc: &Value) -> Vec<(Value, Value)> {
         match self {
@@ -200,41 +176,57 @@ impl Mapper {
                 e.rows
             }
             Mapper::Fields { paths, each } => {
-                let mut vals = Vec::with_capacity(paths.len());
-                for p in paths {
-                    match lookup(doc, p) {
-                        Some(v) => vals.push(v),
-                        None => return Vec::new(),
-                    }
-                }
-                let key_of = |first: &Value| -> Value {
-                    if paths.len() == 1 {
-                        first.clone()
-                    } else {
-                        let mut k = Vec::with_capacity(vals.len());
-                        k.push(first.clone());
-                        k.extend(vals[1..].iter().map(|v| (*v).clone()));
-                        Value::Array(k)
-                    }
-                };
-                match (each, vals[0]) {
-                    (true, Value::Array(elems)) => {
-                        let mut seen: Vec<Vec<u8>> = Vec::new();
-                        let mut out = Vec::new();
-                        for e in elems {
-                            let b = super::key::to_bytes(e);
-                            if seen.contains(&b) {
-                                continue;
-                            }
-                            seen.push(b);
-                            out.push((key_of(e), Value::Null));
-                        }
-                        out
-                    }
-                    (_, first) => vec![(key_of(first), Value::Null)],
-                }
+                let vals: Vec<Option<&Value>> = paths.iter().map(|p| lookup(doc, p)).collect();
+                field_rows(&vals, *each)
             }
         }
+    }
+
+    /// The field paths of declared fields (none for a map function).
+    pub fn paths(&self) -> Vec<&[String]> {
+        match self {
+            Mapper::Fields { paths, .. } => paths.iter().map(Vec::as_slice).collect(),
+            Mapper::Map(_) => Vec::new(),
+        }
+    }
+}
+
+/// The rows declared fields make of their values in a document (`vals`, one per field,
+/// `None` where the document has none): none unless every field is there; one row keyed by
+/// the value (by the values in an array, for several fields); with `each`, one row per
+/// distinct element of an array first field.
+pub fn field_rows(vals: &[Option<&Value>], each: bool) -> Vec<(Value, Value)> {
+    let Some(vals) = vals.iter().copied().collect::<Option<Vec<&Value>>>() else {
+        return Vec::new();
+    };
+    let Some((&first, others)) = vals.split_first() else {
+        return Vec::new();
+    };
+    let key_of = |first: &Value| -> Value {
+        if others.is_empty() {
+            first.clone()
+        } else {
+            let mut k = Vec::with_capacity(vals.len());
+            k.push(first.clone());
+            k.extend(others.iter().map(|v| (*v).clone()));
+            Value::Array(k)
+        }
+    };
+    match (each, first) {
+        (true, Value::Array(elems)) => {
+            let mut seen: Vec<Vec<u8>> = Vec::new();
+            let mut out = Vec::new();
+            for e in elems {
+                let b = super::key::to_bytes(e);
+                if seen.contains(&b) {
+                    continue;
+                }
+                seen.push(b);
+                out.push((key_of(e), Value::Null));
+            }
+            out
+        }
+        (_, first) => vec![(key_of(first), Value::Null)],
     }
 }
 

@@ -14,7 +14,7 @@
 //! version, without the document tree); a by-document entry's slot is empty (version 0, no
 //! link). So the tree's root depends on the rows and the versions they come from only.
 
-use super::def::{Mapper, MAX_ROWS_PER_DOC};
+use super::def::{field_rows, Mapper, MAX_ROWS_PER_DOC};
 use super::key;
 use super::nodes::Nodes;
 use super::state::IndexState;
@@ -108,13 +108,16 @@ fn build(
         // update it may not use indexes, which a thread-local mark tells it).
         Mapper::Map(_) => read_all(db, name, mapper)?,
     };
-    // Each half's entries are sorted: a stable sort merges the two runs in one pass.
+    // Each half's entries are sorted: a stable sort merges the two runs in one pass (the
+    // by-document entries on one thread, the rows on the other).
     a.by_id.extend(b.by_id);
-    a.by_id.sort_by(|x, y| x.0.cmp(&y.0));
-    a.by_id.dedup_by(|x, y| x.0 == y.0);
     a.rows.extend(b.rows);
-    a.rows.sort_by(|x, y| x.0.cmp(&y.0));
-    a.rows.dedup_by(|x, y| x.0 == y.0);
+    let merge = |v: &mut Vec<tree::Op>| {
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v.dedup_by(|x, y| x.0 == y.0);
+    };
+    let (by_id, rows) = (&mut a.by_id, &mut a.rows);
+    crate::util::par::join(|| merge(by_id), || merge(rows));
     let up = IndexUpdate {
         full: true,
         mapped: a.mapped + b.mapped,
@@ -154,12 +157,17 @@ fn read_all(db: &Database, name: &str, mapper: &Mapper) -> Result<(Vec<Cid>, Map
 }
 
 /// Maps every live document of declared fields, read file by file as the files store them
-/// (`Database::scan_docs`, on two threads), each half's entries sorted.
+/// (`Database::scan_docs`, on two threads), each half's entries sorted. Of each document only
+/// the fields' values are decoded.
 fn scan_all(db: &Database, name: &str, mapper: &Mapper) -> Result<(Vec<Cid>, Mapped, Mapped)> {
-    let pick = mapper.pick();
-    let picked = decoder(pick.as_ref());
-    let done = db.scan_docs(&picked, Mapped::default, &|m, id, link, version, doc| {
-        m.add(name, mapper, id, (*link, version), &doc)
+    let Mapper::Fields { each, .. } = mapper else {
+        return read_all(db, name, mapper);
+    };
+    let paths = mapper.paths();
+    let fields = |id: &str, b: &[u8]| crate::model::doc::decode_fields(id, b, &paths);
+    let done = db.scan_docs(&fields, Mapped::default, &|m, id, link, version, vals| {
+        let vals: Vec<Option<&Value>> = vals.iter().map(Option::as_ref).collect();
+        m.add_rows(name, id, (*link, version), || field_rows(&vals, *each))
     })?;
     let [mut a, mut b] = done.states;
     crate::util::par::join(|| a.sort(), || b.sort());
@@ -185,11 +193,24 @@ impl Mapped {
         at: (Cid, u64),
         doc: &Value,
     ) -> Result<()> {
+        self.add_rows(name, id, at, || mapper.rows(doc))
+    }
+
+    /// Adds the rows `make` makes of document `id` (its version `at`).
+    fn add_rows(
+        &mut self,
+        name: &str,
+        id: &str,
+        at: (Cid, u64),
+        make: impl FnOnce() -> Vec<(Value, Value)>,
+    ) -> Result<()> {
         self.mapped += 1;
-        entries_of(name, mapper, id, at, doc, &mut |b, r, row| {
+        let rows = checked_rows(name, id, make)?;
+        entries_of(id, at, rows, &mut |b, r, row| {
             self.by_id.push((Arc::from(b), Some(SLOT)));
             self.rows.push((Arc::from(r), Some(row)));
-        })
+        });
+        Ok(())
     }
 
     fn sort(&mut self) {
@@ -200,23 +221,10 @@ impl Mapped {
     }
 }
 
-/// How a build decodes a document: for declared fields (`pick`), only those fields (and its
-/// id); for a map function, whole.
-fn decoder(
-    pick: Option<&crate::format::block::cbor::Pick>,
-) -> impl Fn(&str, &[u8]) -> std::result::Result<Value, &'static str> + Sync + '_ {
-    move |id, b| match pick {
-        Some(p) => crate::model::doc::decode_picked(id, b, p),
-        None => crate::model::doc::decode(id, b),
-    }
-}
-
 /// Maps every document `cursor` reads.
 fn map_all(name: &str, mapper: &Mapper, mut cursor: crate::db::Cursor) -> Result<Mapped> {
     let mut m = Mapped::default();
-    let pick = mapper.pick();
-    let picked = decoder(pick.as_ref());
-    while let Some((id, link, version, doc)) = cursor.next_linked_as(&picked)? {
+    while let Some((id, link, version, doc)) = cursor.next_linked()? {
         m.add(name, mapper, &id, (link, version), &doc)?;
     }
     // By-document entries come in id order (nearly sorted already), rows in key order (sorted
@@ -236,10 +244,12 @@ pub fn build_at(
 ) -> Result<Option<Cid>> {
     let mut ops: Vec<tree::Op> = Vec::new();
     db.docs_at(event, &mut |id, link, version, doc| {
-        entries_of(name, mapper, id, (link, version), &doc, &mut |b, r, row| {
+        let rows = rows_of(name, mapper, id, &doc)?;
+        entries_of(id, (link, version), rows, &mut |b, r, row| {
             ops.push((Arc::from(b), Some(SLOT)));
             ops.push((Arc::from(r), Some(row)));
-        })
+        });
+        Ok(())
     })?;
     ops.sort_by(|a, b| a.0.cmp(&b.0));
     ops.dedup_by(|a, b| a.0 == b.0);
@@ -283,17 +293,11 @@ fn incremental(
         }
         if let (false, Some(link)) = (c.deleted, link) {
             up.mapped += 1;
-            entries_of(
-                name,
-                mapper,
-                &c.id,
-                (link, c.version),
-                &c.doc,
-                &mut |b, r, row| {
-                    ops.insert(b.to_vec(), Some(SLOT));
-                    ops.insert(r.to_vec(), Some(row));
-                },
-            )?;
+            let rows = rows_of(name, mapper, &c.id, &c.doc)?;
+            entries_of(&c.id, (link, c.version), rows, &mut |b, r, row| {
+                ops.insert(b.to_vec(), Some(SLOT));
+                ops.insert(r.to_vec(), Some(row));
+            });
         }
     }
     let ops: Vec<tree::Op> = ops.into_iter().map(|(k, s)| (Arc::from(k), s)).collect();
@@ -322,40 +326,45 @@ fn incremental(
     Ok(up)
 }
 
-/// Hands `put` each row `mapper` makes of document `id` (its version `at`: CID, height): the
+/// Hands `put` each of `rows` (of document `id`, its version `at`: CID, height): the
 /// by-document entry, the row entry and the row's slot.
 fn entries_of(
-    name: &str,
-    mapper: &Mapper,
     id: &str,
     at: (Cid, u64),
-    doc: &Value,
+    rows: Vec<(Value, Value)>,
     put: &mut dyn FnMut(&[u8], &[u8], Slot),
-) -> Result<()> {
+) {
     let row = Slot {
         version: at.1,
         link: Some(at.0),
     };
-    // (The map function runs before the buffers are borrowed: it may itself bring another
-    // index up to date on this thread, a read-only handle's or a `query_at`.)
-    let rows = rows_of(name, mapper, id, doc)?;
+    // (Borrowed only once the rows are made: a map function may itself bring another index
+    // up to date on this thread, a read-only handle's or a `query_at`.)
     ENTRY_KEYS.with_borrow_mut(|(b, r)| {
         for (k, v) in rows {
             entry_keys(id, &k, &v, b, r);
             put(b, r, row);
         }
     });
-    Ok(())
 }
 
-/// The rows `mapper` makes of `doc`, a map function's panic or flood an error naming both.
+/// The rows `mapper` makes of `doc` (see [`checked_rows`]).
 fn rows_of(name: &str, mapper: &Mapper, id: &str, doc: &Value) -> Result<Vec<(Value, Value)>> {
-    let rows = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mapper.rows(doc)))
-        .map_err(|_| {
-            Error::InvalidArgument(format!(
-                "index '{name}': the map function panicked on document '{id}'"
-            ))
-        })?;
+    checked_rows(name, id, || mapper.rows(doc))
+}
+
+/// The rows `make` makes of document `id`, a map function's panic or flood an error naming
+/// both.
+fn checked_rows(
+    name: &str,
+    id: &str,
+    make: impl FnOnce() -> Vec<(Value, Value)>,
+) -> Result<Vec<(Value, Value)>> {
+    let rows = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "index '{name}': the map function panicked on document '{id}'"
+        ))
+    })?;
     if rows
         .iter()
         .any(|(k, v)| key::depth(k) > key::MAX_DEPTH || key::depth(v) > key::MAX_DEPTH)

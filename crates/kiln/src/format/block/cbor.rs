@@ -172,34 +172,18 @@ fn key_order_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
-/// Which parts of a map to decode ([`Decoder::json_picked`]): the entries named, each decoded
-/// whole when its own pick is empty (or it is not a map), else picked in turn. What a reader
-/// of a few fields (an index's declared fields) needs, without the cost of the rest.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Pick {
-    /// The entries kept, by key, each with what of it to keep.
-    pub keys: Vec<(String, Pick)>,
-}
-
-impl Pick {
-    /// The pick that keeps `path` (map keys, outermost first) and all beneath it, added to
-    /// this one; a path whose prefix is kept whole changes nothing.
-    pub fn add(&mut self, path: &[String]) {
-        let Some((first, rest)) = path.split_first() else {
-            return;
+/// The value at `path` in `v` (map keys, and array positions as decimal numbers), if there
+/// is one.
+pub fn json_lookup<'v>(v: &'v Value, path: &[String]) -> Option<&'v Value> {
+    let mut v = v;
+    for seg in path {
+        v = match v {
+            Value::Object(m) => m.get(seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
         };
-        match self.keys.iter_mut().find(|(k, _)| k == first) {
-            // Kept whole already.
-            Some((_, sub)) if sub.keys.is_empty() => {}
-            Some((_, sub)) if rest.is_empty() => sub.keys.clear(),
-            Some((_, sub)) => sub.add(rest),
-            None => {
-                let mut sub = Pick::default();
-                sub.add(rest);
-                self.keys.push((first.clone(), sub));
-            }
-        }
     }
+    Some(v)
 }
 
 /// Reads dag-cbor items from a byte slice.
@@ -399,41 +383,88 @@ impl<'a> Decoder<'a> {
         self.json_at(0)
     }
 
-    /// Reads a JSON-compatible map with only the parts `pick` names decoded (see [`Pick`]);
-    /// the other entries are stepped over, their bytes not checked beyond their framing.
-    pub fn json_picked(&mut self, pick: &Pick) -> R<Value> {
-        self.picked_at(pick, 0)
+    /// The values at `paths` in the map this decoder reads (each path map keys and array
+    /// positions, outermost first, as [`json_lookup`] follows them), each decoded whole;
+    /// `None` where a path reaches nothing. One pass, the rest stepped over (its framing
+    /// checked, as [`Decoder::json_picked`] does), and no map built: what a reader of a few
+    /// fields (an index build's) needs.
+    pub fn json_at_paths(&mut self, paths: &[&[String]]) -> R<Vec<Option<Value>>> {
+        if self.peek()? >> 5 != 5 {
+            return Err(CborError("expected a map"));
+        }
+        let mut out = vec![None; paths.len()];
+        let want: Vec<(usize, &[String])> = paths.iter().copied().enumerate().collect();
+        self.paths_at(&want, 0, &mut out)?;
+        Ok(out)
     }
 
-    fn picked_at(&mut self, pick: &Pick, depth: usize) -> R<Value> {
-        if pick.keys.is_empty() || self.peek()? >> 5 != 5 {
-            return self.json_at(depth);
+    /// [`Decoder::json_at_paths`] of the item here, `want` the paths (by their place in `out`)
+    /// that reach it, `depth` segments of each behind.
+    fn paths_at(
+        &mut self,
+        want: &[(usize, &[String])],
+        depth: usize,
+        out: &mut [Option<Value>],
+    ) -> R<()> {
+        if want.iter().any(|(_, p)| p.len() == depth) {
+            // A path ends here: the item whole, and any that go on read in it.
+            let v = self.json_at(depth)?;
+            let Some((last, rest)) = want.split_last() else {
+                return Ok(());
+            };
+            for (i, p) in rest {
+                out[*i] = json_lookup(&v, &p[depth..]).cloned();
+            }
+            out[last.0] = match last.1.len() == depth {
+                true => Some(v), // (the usual case: one path, ending here, takes it)
+                false => json_lookup(&v, &last.1[depth..]).cloned(),
+            };
+            return Ok(());
         }
         if depth > MAX_DEPTH {
             return Err(CborError("nesting too deep"));
         }
-        let (_, n) = self.head()?;
-        let n = self.len(n)?;
-        let mut m = Map::new();
-        let mut prev: Option<&[u8]> = None;
-        for _ in 0..n {
-            let k = self.expect(3, "expected a text string")?;
-            let k = self.take(self.len(k)?)?;
-            if let Some(p) = prev {
-                if key_order_bytes(p, k) != std::cmp::Ordering::Less {
-                    return Err(CborError("map keys out of order or repeated"));
+        let going_on = |seg: &dyn Fn(&str) -> bool| -> Vec<(usize, &[String])> {
+            want.iter()
+                .filter(|(_, p)| seg(&p[depth]))
+                .copied()
+                .collect()
+        };
+        match self.peek()? >> 5 {
+            5 => {
+                let (_, n) = self.head()?;
+                let n = self.len(n)?;
+                let mut prev: Option<&[u8]> = None;
+                for _ in 0..n {
+                    let k = self.expect(3, "expected a text string")?;
+                    let k = self.take(self.len(k)?)?;
+                    if prev.is_some_and(|p| key_order_bytes(p, k) != std::cmp::Ordering::Less) {
+                        return Err(CborError("map keys out of order or repeated"));
+                    }
+                    prev = Some(k);
+                    let here = going_on(&|s| s.as_bytes() == k);
+                    if here.is_empty() {
+                        self.skip()?;
+                    } else {
+                        self.paths_at(&here, depth + 1, out)?;
+                    }
                 }
             }
-            prev = Some(k);
-            match pick.keys.iter().find(|(name, _)| name.as_bytes() == k) {
-                Some((name, sub)) => {
-                    let v = self.picked_at(sub, depth + 1)?;
-                    m.insert(name.clone(), v);
+            4 => {
+                let (_, n) = self.head()?;
+                for e in 0..self.len(n)? {
+                    let here = going_on(&|s| s.parse::<usize>().ok() == Some(e));
+                    if here.is_empty() {
+                        self.skip()?;
+                    } else {
+                        self.paths_at(&here, depth + 1, out)?;
+                    }
                 }
-                None => self.skip()?,
             }
+            // Not a container: the paths that go on reach nothing.
+            _ => self.skip()?,
         }
-        Ok(Value::Object(m))
+        Ok(())
     }
 
     /// Steps over one item (and everything inside it), checking its framing only.
@@ -532,36 +563,30 @@ mod tests {
             let _ = d.link();
             let _ = crate::model::clock::Event::decode(&b);
             let _ = Decoder::new(&b).skip();
-            let mut pick = Pick::default();
-            pick.add(&["a".into(), "b".into()]);
-            let _ = Decoder::new(&b).json_picked(&pick);
+            let paths = [&["a".to_owned(), "b".to_owned()][..], &["1".to_owned()]];
+            let _ = Decoder::new(&b).json_at_paths(&paths);
         }
 
         #[test]
-        fn a_picked_read_keeps_the_paths_whole_and_skips_the_rest(
-            v in json_value(3),
-            paths in prop::collection::vec(prop::collection::vec(".{0,2}", 1..4), 0..4),
+        fn the_values_at_paths_are_those_of_the_whole_value(
+            v in json_value_with(3, "[ab01]{1,2}"),
+            paths in prop::collection::vec(prop::collection::vec("[ab01+]{1,2}", 1..4), 0..5),
         ) {
             let mut e = Encoder::new();
             e.json(&v);
             let b = e.into_bytes();
-            let mut pick = Pick::default();
-            for p in &paths {
-                pick.add(p);
-            }
+            let paths: Vec<&[String]> = paths.iter().map(Vec::as_slice).collect();
             let mut d = Decoder::new(&b);
-            let got = d.json_picked(&pick).unwrap();
-            d.finish().unwrap();
-            // What each path reaches is the same in both (see `reach`), and a skip steps over
-            // exactly one item.
-            for p in &paths {
-                prop_assert_eq!(reach(&got, p), reach(&v, p));
+            match d.json_at_paths(&paths) {
+                Ok(got) => {
+                    d.finish().unwrap();
+                    let want: Vec<Option<Value>> =
+                        paths.iter().map(|p| json_lookup(&v, p).cloned()).collect();
+                    prop_assert_eq!(got, want);
+                }
+                Err(_) => prop_assert!(!v.is_object()),
             }
-            let mut d = Decoder::new(&b);
-            d.skip().unwrap();
-            d.finish().unwrap();
         }
-
         #[test]
         fn json_documents_round_trip(v in json_value(3)) {
             prop_assert_eq!(round(&v), v);
@@ -569,6 +594,11 @@ mod tests {
     }
 
     fn json_value(depth: u32) -> impl Strategy<Value = Value> {
+        json_value_with(depth, ".{0,8}")
+    }
+
+    /// JSON values whose map keys match `keys` (a small alphabet: paths then meet them).
+    fn json_value_with(depth: u32, keys: &'static str) -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
@@ -579,53 +609,53 @@ mod tests {
                 .prop_map(|f| json!(f)),
             ".{0,12}".prop_map(Value::String),
         ];
-        leaf.prop_recursive(depth, 64, 8, |inner| {
+        leaf.prop_recursive(depth, 64, 8, move |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                prop::collection::btree_map(keys, inner, 0..6)
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }
 
-    /// The value at `path` (map keys; a number also an array's index), as index fields read.
-    fn reach<'v>(v: &'v Value, path: &[String]) -> Option<&'v Value> {
-        let mut v = v;
-        for s in path {
-            v = match v {
-                Value::Object(m) => m.get(s)?,
-                Value::Array(a) => a.get(s.parse::<usize>().ok()?)?,
-                _ => return None,
-            };
-        }
-        Some(v)
-    }
-
     #[test]
-    fn picks_merge_and_a_whole_entry_stays_whole() {
+    fn paths_that_share_a_start_each_get_their_value() {
         let p = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
-        let mut pick = Pick::default();
-        pick.add(&p("a.b"));
-        pick.add(&p("a.c.d"));
-        pick.add(&p("e"));
-        pick.add(&p("e.f"));
-        let v =
-            json!({"a": {"b": 1, "c": {"d": 2, "x": 3}, "z": 4}, "e": {"f": 5, "g": 6}, "h": 7});
+        let v = json!({"a": {"b": 1, "c": {"d": 2, "x": 3}, "z": 4}, "e": [5, {"f": 6}], "h": 7});
         let mut e = Encoder::new();
         e.json(&v);
         let b = e.into_bytes();
-        let got = Decoder::new(&b).json_picked(&pick).unwrap();
+        let paths = [
+            p("a.b"),
+            p("a.c.d"),
+            p("a"),
+            p("e.1.f"),
+            p("e.01"),
+            p("h.0"),
+            p("q"),
+        ];
+        let paths: Vec<&[String]> = paths.iter().map(Vec::as_slice).collect();
+        let got = Decoder::new(&b).json_at_paths(&paths).unwrap();
+        let a = json!({"b": 1, "c": {"d": 2, "x": 3}, "z": 4});
         assert_eq!(
             got,
-            json!({"a": {"b": 1, "c": {"d": 2}}, "e": {"f": 5, "g": 6}})
+            // ("01" is position 1, as a lookup in a whole value reads it.)
+            vec![
+                Some(json!(1)),
+                Some(json!(2)),
+                Some(a),
+                Some(json!(6)),
+                Some(json!({"f": 6})),
+                None,
+                None
+            ]
         );
-        // A path that meets an array keeps it whole (an element may be picked by number).
-        pick.add(&p("h"));
-        let v = json!({"h": [1, {"k": 2}], "l": [3]});
-        let mut e = Encoder::new();
-        e.json(&v);
-        let got = Decoder::new(&e.into_bytes()).json_picked(&pick).unwrap();
-        assert_eq!(got, json!({"h": [1, {"k": 2}]}));
+        let not_a_map = {
+            let mut e = Encoder::new();
+            e.json(&json!([1]));
+            e.into_bytes()
+        };
+        assert!(Decoder::new(&not_a_map).json_at_paths(&paths).is_err());
     }
 
     fn round(v: &Value) -> Value {

@@ -55,6 +55,10 @@ pub const SEGMENT_TARGET: usize = 4 * 1024;
 /// Index entries per page written; files with more entries get a paged index. Small pages keep
 /// a lookup in a large file cheap: one ~12 KiB page, not the whole index.
 pub const PAGE_ENTRIES: usize = 128;
+/// Segments a thread packs and seals at a time when a file's are shared between two
+/// ([`Writer::finish`]): ~64 KiB of plaintext, small enough that neither thread waits long
+/// for the other's last piece.
+const PACK_PIECE: usize = 16;
 /// Most entries a reader accepts in one page (writers may choose any page size up to it).
 pub const MAX_PAGE_ENTRIES: usize = 4096;
 
@@ -438,13 +442,7 @@ impl Writer {
         let mut out = if compress {
             let mut out = Vec::with_capacity(plain / 2 + 64 * self.segs.len() + 256);
             out.extend_from_slice(&self.file[..HEADER_LEN]);
-            let mut packed = Vec::new();
-            for (i, &(s, e)) in self.segs.iter().enumerate() {
-                let start = out.len() as u64;
-                pack_segment(&self.file[s..e], &mut packed, true);
-                key.seal_into(SEG_UNIT, i as u32, &seg_aad(i as u32), &packed, &mut out)?;
-                seg_at.push((start, (out.len() as u64 - start) as u32));
-            }
+            self.pack_and_seal(&key, &mut out, &mut seg_at)?;
             out
         } else {
             // Raw: the codec byte and the CAR bytes are sealed where they are.
@@ -468,6 +466,48 @@ impl Writer {
             index_len,
             segments,
         })
+    }
+
+    /// Compresses and seals every segment onto `out`, each one's place in `seg_at`. A file of
+    /// many segments (a compaction's, an index build's) is packed in pieces on two threads,
+    /// each piece's sealed units then copied onto `out` in order: the bytes are the same as
+    /// one thread's (each unit's nonce is its number's).
+    fn pack_and_seal(
+        &self,
+        key: &FileKey,
+        out: &mut Vec<u8>,
+        seg_at: &mut Vec<(u64, u32)>,
+    ) -> std::io::Result<()> {
+        let seal_piece = |packed: &mut Vec<u8>, first: usize, segs: &[(usize, usize)]| {
+            let mut sealed = Vec::with_capacity(segs.iter().map(|(s, e)| e - s).sum::<usize>());
+            let mut ends = Vec::with_capacity(segs.len());
+            for (k, &(s, e)) in segs.iter().enumerate() {
+                let n = (first + k) as u32;
+                pack_segment(&self.file[s..e], packed, true);
+                key.seal_into(SEG_UNIT, n, &seg_aad(n), packed, &mut sealed)?;
+                ends.push(sealed.len());
+            }
+            Ok::<_, std::io::Error>((sealed, ends))
+        };
+        let pieces = if self.segs.len() >= 2 * PACK_PIECE {
+            crate::util::par::map_chunks(&self.segs, PACK_PIECE, Vec::new, |packed, i, segs| {
+                seal_piece(packed, i * PACK_PIECE, segs)
+            })
+            .0
+        } else {
+            vec![seal_piece(&mut Vec::new(), 0, &self.segs)]
+        };
+        for piece in pieces {
+            let (sealed, ends) = piece?;
+            let base = out.len();
+            let mut start = 0;
+            for end in ends {
+                seg_at.push(((base + start) as u64, (end - start) as u32));
+                start = end;
+            }
+            out.extend_from_slice(&sealed);
+        }
+        Ok(())
     }
 
     /// [`Writer::finish`] of a file with runs: segment 0, the runs' segments, this writer's

@@ -567,6 +567,8 @@ fn small_and_large_files_verify_and_locate() {
         (3, false, false),
         (40, true, true),
         (40, true, false),
+        // Enough segments (~150) to be packed and sealed on two threads.
+        (200, true, true),
         (300, false, false),
         (3000, false, true),
         (3000, false, false),

@@ -266,14 +266,33 @@ pub fn decode(id: &str, body: &[u8]) -> std::result::Result<Value, &'static str>
     decode_with(id, body, |d| d.json())
 }
 
-/// A document with only the parts `pick` names decoded, and its `_id` (see
-/// [`Decoder::json_picked`]): what reading a few fields (an index's) needs.
-pub fn decode_picked(
+/// The values at `paths` of a document (see [`Decoder::json_at_paths`]; a path that starts
+/// at `_id` reads the document's id), each `None` where the path reaches nothing: the
+/// document as a reader of a few fields (an index build) needs it, and no more.
+pub fn decode_fields(
     id: &str,
     body: &[u8],
-    pick: &crate::format::block::cbor::Pick,
-) -> std::result::Result<Value, &'static str> {
-    decode_with(id, body, |d| d.json_picked(pick))
+    paths: &[&[String]],
+) -> std::result::Result<Vec<Option<Value>>, &'static str> {
+    let is_id = |p: &[String]| p.first().is_some_and(|s| s == "_id");
+    let in_body: Vec<&[String]> = paths.iter().copied().filter(|p| !is_id(p)).collect();
+    let mut d = Decoder::new(body);
+    let mut found = d
+        .json_at_paths(&in_body)
+        .map_err(|e| match e.0 {
+            "expected a map" => "document body is not a map",
+            w => w,
+        })?
+        .into_iter();
+    d.finish().map_err(|e| e.0)?;
+    Ok(paths
+        .iter()
+        .map(|p| match p.split_first() {
+            Some((_, [])) if is_id(p) => Some(Value::String(id.to_owned())),
+            _ if is_id(p) => None, // a string has no fields
+            _ => found.next().flatten(),
+        })
+        .collect())
 }
 
 /// The stored body read by `read` (to its last byte), a map, with the document's `_id` added.
@@ -325,6 +344,30 @@ mod tests {
         assert_eq!(decode(&id, &body).unwrap(), json!({"_id": "a", "x": 1}));
         let (id, _) = prepare(&json!({"x": 1})).unwrap();
         assert_eq!(id.len(), 36);
+    }
+
+    #[test]
+    fn the_fields_of_a_body_are_those_of_the_whole_document() {
+        let doc = json!({"_id": "d1", "a": {"b": [1, 2]}, "n": 3});
+        let (id, body) = prepare(&doc).unwrap();
+        let p = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
+        let paths = [p("a.b.1"), p("_id"), p("n"), p("_id.x"), p("m"), p("a")];
+        let paths: Vec<&[String]> = paths.iter().map(Vec::as_slice).collect();
+        let whole = decode(&id, &body).unwrap();
+        let want: Vec<Option<Value>> = paths
+            .iter()
+            .map(|p| crate::format::block::cbor::json_lookup(&whole, p).cloned())
+            .collect();
+        assert_eq!(want[1], Some(json!("d1")));
+        assert_eq!(decode_fields(&id, &body, &paths).unwrap(), want);
+        // A body that is not a map is refused as a whole read refuses it.
+        let mut e = Encoder::new();
+        e.json(&json!([1]));
+        let not_a_map = e.into_bytes();
+        assert_eq!(
+            decode_fields("x", &not_a_map, &paths).unwrap_err(),
+            decode("x", &not_a_map).unwrap_err()
+        );
     }
 
     #[test]

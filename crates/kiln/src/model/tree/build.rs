@@ -69,10 +69,19 @@ pub(super) fn rebuild<S: NodeSource>(
             let node = src.node(r)?;
             b.walk(src, &node, ops, 0)?;
         }
+        None if ops.len() >= SHARED_LEAVES && ops.iter().all(|o| o.1.is_some()) => {
+            b.fresh_leaves(ops)
+        }
         None => b.merge_leaf(&[], &[], ops, 0),
     }
     b.finish(src)
 }
+
+/// Entries from which a new tree's leaves are encoded and hashed on two threads
+/// ([`Builder::fresh_leaves`]): below, handing half over costs more than it saves.
+pub(super) const SHARED_LEAVES: usize = 4096;
+/// Leaves a thread encodes and hashes at a time when they are shared between two.
+const LEAF_PIECE: usize = 64;
 
 /// One key's change by path copying: the leaf and the branch nodes above it are copied with
 /// the one entry and the child links changed, without re-deciding any node boundary. Exact only
@@ -249,6 +258,47 @@ impl Builder {
         let cid = Cid::of_cbor(&bytes);
         self.out.push((l, cid, Arc::new(node), bytes));
         self.push_child(l + 1, first, cid);
+    }
+
+    /// The leaves of a new tree holding `ops` (sorted, every one a set), their boundaries
+    /// decided here in order (cheap: a hash of each key), then encoded and hashed on two
+    /// threads, then handed to level 1 in order. The same nodes as pushing each entry.
+    fn fresh_leaves(&mut self, ops: &[Op]) {
+        let mut ends = Vec::with_capacity(ops.len() / BOUNDED_MIN + 1);
+        let mut start = 0;
+        for (i, (key, _)) in ops.iter().enumerate() {
+            if is_boundary(self.shape, key, 0, i - start + 1) {
+                ends.push(i + 1);
+                start = i + 1;
+            }
+        }
+        if start < ops.len() {
+            ends.push(ops.len()); // the level's last leaf
+        }
+        let leaf = |end_at: usize| {
+            let (from, to) = (if end_at == 0 { 0 } else { ends[end_at - 1] }, ends[end_at]);
+            let part = &ops[from..to];
+            let node = Node {
+                level: 0,
+                keys: part.iter().map(|o| o.0.clone()).collect(),
+                items: Items::Leaf(part.iter().filter_map(|o| o.1).collect()),
+            };
+            let bytes = node.encode();
+            (Cid::of_cbor(&bytes), Arc::new(node), bytes)
+        };
+        let numbers: Vec<usize> = (0..ends.len()).collect();
+        let (pieces, _) = crate::util::par::map_chunks(
+            &numbers,
+            LEAF_PIECE,
+            || (),
+            |(), _, nums| nums.iter().map(|&n| leaf(n)).collect::<Vec<_>>(),
+        );
+        self.level(0);
+        for (cid, node, bytes) in pieces.into_iter().flatten() {
+            let first = node.keys[0].clone();
+            self.out.push((0, cid, node, bytes));
+            self.push_child(1, first, cid);
+        }
     }
 
     fn merge_leaf(&mut self, keys: &[Arc<[u8]>], slots: &[Slot], ops: &[Op], op_base: usize) {

@@ -115,6 +115,31 @@ fn sequential_inserts_match_bulk_build_in(shape: Shape) {
 }
 
 #[test]
+fn a_large_new_tree_shared_between_threads_is_the_one_grown_in_batches() {
+    for shape in [Shape::Mod16, Shape::Bounded] {
+        let mem = Mem::of(shape);
+        // Past the size at which a new tree's leaves are built on two threads.
+        let n = 3 * super::build::SHARED_LEAVES as u32 + 77;
+        let ops: Vec<Op> = (0..n).map(|i| (key(i), slot(i as u64))).collect();
+        let whole = mem.apply(None, &ops, Mode::Overwrite);
+        let mut grown = None;
+        for batch in ops.chunks(1000) {
+            grown = mem.apply(grown, batch, Mode::Overwrite);
+        }
+        assert_eq!(whole, grown, "{shape:?}");
+        assert_eq!(mem.all(whole).len(), n as usize);
+        let u = update(&mem, None, &ops, Mode::Overwrite, shape).unwrap();
+        assert_eq!(u.root, whole);
+        assert!(u.previous.is_empty());
+        // Every new node once, each reachable.
+        let mut cids: Vec<Cid> = u.blocks.iter().map(|b| b.0).collect();
+        cids.sort();
+        cids.dedup();
+        assert_eq!(cids.len(), u.blocks.len());
+    }
+}
+
+#[test]
 fn max_mode_keeps_the_higher_rank() {
     let mem = Mem::default();
     let r = mem.apply(None, &[(key(1), slot(5))], Mode::Max);
