@@ -356,12 +356,20 @@ impl DerivedWriter<'_> {
         nodes: impl Iterator<Item = (&'b Cid, &'b [u8])>,
     ) -> Result<(FileName, u64)> {
         let db = &self.db.inner;
-        let mut w = car::Writer::new(car::Meta {
-            level: DERIVED_FILE_LEVEL,
-            time: now_ms(),
-            roots: Vec::new(),
-            replaces: Vec::new(),
-        });
+        // Sized once (each block framed by a length and its CID): growing a large index's
+        // file by doubling copied it and touched fresh memory at each step.
+        let nodes: Vec<(&Cid, &[u8])> = nodes.collect();
+        let bytes: usize = nodes.iter().map(|(_, b)| b.len() + 48).sum();
+        let mut w = car::Writer::with_capacity(
+            car::Meta {
+                level: DERIVED_FILE_LEVEL,
+                time: now_ms(),
+                roots: Vec::new(),
+                replaces: Vec::new(),
+            },
+            nodes.len(),
+            Vec::with_capacity(bytes + 256),
+        );
         for (cid, bytes) in nodes {
             w.add_node(*cid, bytes);
         }

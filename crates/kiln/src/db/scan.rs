@@ -46,10 +46,13 @@ impl Live {
             let v = View::new(db, head);
             super::cursor::split_keys(head.root, &|c| NodeSource::node(&v, c))?
         };
-        let walk = |lo, hi| Live::walk(&View::new(db, head), lo, hi);
+        // (Sized for the live documents the head counts: the first half, which takes the
+        // second in, for all of them.)
+        let walk = |lo, hi, room| Live::walk(&View::new(db, head), lo, hi, room);
+        let all = head.docs as usize + 1;
         let (a, b) = match keys.get(keys.len() / 2).filter(|_| keys.len() >= 2) {
-            Some(m) => par::join(|| walk(None, Some(m)), || walk(Some(m), None)),
-            None => (walk(None, None), Ok(Live::default())),
+            Some(m) => par::join(|| walk(None, Some(m), all), || walk(Some(m), None, all / 2)),
+            None => (walk(None, None, all), Ok(Live::default())),
         };
         let mut live = a?;
         live.append(b?, &db.name)?;
@@ -57,9 +60,16 @@ impl Live {
         Ok(live)
     }
 
-    /// The live versions of the tree `v` reads with ids from `lo` to before `hi`.
-    fn walk(v: &View, lo: Option<&[u8]>, hi: Option<&[u8]>) -> Result<Live> {
-        let mut live = Live::default();
+    /// The live versions of the tree `v` reads with ids from `lo` to before `hi`, with room
+    /// for `room` of them.
+    fn walk(v: &View, lo: Option<&[u8]>, hi: Option<&[u8]>, room: usize) -> Result<Live> {
+        // (Bounded: the count is the head record's word, not the tree's.)
+        let room = room.min(1 << 24);
+        let mut live = Live {
+            versions: Vec::with_capacity(room),
+            ids: Vec::with_capacity(room * 16),
+            ..Live::default()
+        };
         tree::range(v, v.head.root.as_ref(), lo, hi, &mut |k, slot| {
             if let Some(link) = slot.link {
                 let at = live.ids.len() as u32;

@@ -94,7 +94,7 @@ fn build(
     mapper: &Mapper,
     nodes: &mut Nodes,
 ) -> Result<IndexUpdate> {
-    let (heads, mut a, b) = match mapper {
+    let (heads, a, b) = match mapper {
         // The scan is a shortcut: when a file is gone or does not read (a compaction replaced
         // it meanwhile, or damage) the cursors read the documents again, and know what to do
         // about it. Other errors (a document the index refuses) are the same either way.
@@ -108,24 +108,18 @@ fn build(
         // update it may not use indexes, which a thread-local mark tells it).
         Mapper::Map(_) => read_all(db, name, mapper)?,
     };
-    // Each half's entries are sorted: a stable sort merges the two runs in one pass (the
-    // by-document entries on one thread, the rows on the other).
-    a.by_id.extend(b.by_id);
-    a.rows.extend(b.rows);
-    let merge = |v: &mut Vec<tree::Op>| {
-        v.sort_by(|x, y| x.0.cmp(&y.0));
-        v.dedup_by(|x, y| x.0 == y.0);
-    };
-    let (by_id, rows) = (&mut a.by_id, &mut a.rows);
-    crate::util::par::join(|| merge(by_id), || merge(rows));
+    // Each half's entries are sorted: merged into one run, by-document entries (0x00…)
+    // before rows (0x01…), sized once.
+    let mut ops = Vec::with_capacity(a.by_id.len() + b.by_id.len() + a.rows.len() + b.rows.len());
+    merge_sorted(a.by_id, b.by_id, &mut ops);
+    let by_id = ops.len();
+    merge_sorted(a.rows, b.rows, &mut ops);
     let up = IndexUpdate {
         full: true,
         mapped: a.mapped + b.mapped,
-        added: a.rows.len() as u64,
+        added: (ops.len() - by_id) as u64,
         ..IndexUpdate::default()
     };
-    let mut ops = a.by_id;
-    ops.append(&mut a.rows);
     let u = tree::update(nodes, None, &ops, Mode::Overwrite, Shape::Bounded)?;
     nodes.add(u.blocks);
     // A build replaces every file.
@@ -135,6 +129,30 @@ fn build(
     st.rows = up.added;
     st.heads = Some(heads);
     Ok(up)
+}
+
+/// Appends to `out` the entries of `a` and `b` (each sorted, keys unique) in key order, an
+/// entry in both once.
+fn merge_sorted(a: Vec<tree::Op>, b: Vec<tree::Op>, out: &mut Vec<tree::Op>) {
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => match x.0.cmp(&y.0) {
+                std::cmp::Ordering::Less => a.next(),
+                std::cmp::Ordering::Greater => b.next(),
+                std::cmp::Ordering::Equal => {
+                    b.next();
+                    a.next()
+                }
+            },
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some(op) => out.push(op),
+            None => return,
+        }
+    }
 }
 
 /// Maps every live document, read in id order by a cursor: for declared fields in two halves
@@ -435,4 +453,43 @@ pub fn parse_row(b: &[u8]) -> std::result::Result<(Value, String, Value), &'stat
     let id = key::decode_str(b, &mut pos).map_err(|e| e.0)?;
     let v = key::decode(b, &mut pos).map_err(|e| e.0)?;
     Ok((k, id, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_halves_merge_into_one_run_each_key_once() {
+        let op = |k: &str, v: u64| -> tree::Op {
+            (
+                Arc::from(k.as_bytes()),
+                Some(Slot {
+                    version: v,
+                    link: None,
+                }),
+            )
+        };
+        let a = vec![op("a", 1), op("c", 1), op("e", 1), op("f", 1)];
+        let b = vec![op("b", 2), op("c", 2), op("d", 2)];
+        let mut out = vec![op("0", 0)];
+        merge_sorted(a, b, &mut out);
+        let got: Vec<(&[u8], u64)> = out
+            .iter()
+            .map(|(k, s)| (&k[..], s.map_or(0, |s| s.version)))
+            .collect();
+        let want: Vec<(&[u8], u64)> = vec![
+            (b"0", 0),
+            (b"a", 1),
+            (b"b", 2),
+            (b"c", 1),
+            (b"d", 2),
+            (b"e", 1),
+            (b"f", 1),
+        ];
+        assert_eq!(got, want);
+        let mut none = Vec::new();
+        merge_sorted(Vec::new(), vec![op("x", 3)], &mut none);
+        assert_eq!(none.len(), 1);
+    }
 }
