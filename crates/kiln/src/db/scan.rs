@@ -150,14 +150,14 @@ pub(crate) struct Scanned<S> {
 
 impl Database {
     /// Hands `each` every live document of the current state, decoded by `decode` (whole, or
-    /// only what the caller reads), in no
-    /// particular order, on this thread and the helper (each with its state, made by `init`).
-    /// On an error, some documents may have been handed over already: the caller starts again
-    /// its own way.
+    /// only what the caller reads), in no particular order, on this thread and the helper
+    /// (each with its state, made by `init` given about how many documents the thread will
+    /// take). On an error, some documents may have been handed over already: the caller starts
+    /// again its own way.
     pub(crate) fn scan_docs<S: Send, T>(
         &self,
         decode: &DecodeDoc<'_, T>,
-        init: impl Fn() -> S + Sync,
+        init: impl Fn(usize) -> S + Sync,
         each: &ScanEach<'_, S, T>,
     ) -> Result<Scanned<S>> {
         let db = &*self.inner;
@@ -168,10 +168,12 @@ impl Database {
         if live.versions.is_empty() {
             return Ok(Scanned {
                 heads: head.heads.clone(),
-                states: [init(), init()],
+                states: [init(0), init(0)],
                 looked_up: 0,
             });
         }
+        // What either thread may expect to take, about (for its state's room).
+        let share = live.versions.len() / 2 + live.versions.len() / 16;
         let mut units = Vec::new();
         for (i, f) in head.files.iter().enumerate() {
             let segs = db.index(f)?.segs.len() as u32;
@@ -201,7 +203,7 @@ impl Database {
         let (done, states) = par::map_chunks(
             &units,
             PIECE,
-            || (View::new(db, head), init()),
+            || (View::new(db, head), init(share)),
             |(v, s), _, piece| -> Result<()> {
                 if failed.load(Ordering::Relaxed) {
                     return Ok(()); // the error is in another piece's result
@@ -270,7 +272,7 @@ mod tests {
         }
         let decode = |id: &str, b: &[u8]| doc::decode(id, b);
         let got = db
-            .scan_docs(&decode, Vec::new, &|v, id, _, _, d| {
+            .scan_docs(&decode, Vec::with_capacity, &|v, id, _, _, d| {
                 v.push((id.to_owned(), d));
                 Ok(())
             })

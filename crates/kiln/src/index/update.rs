@@ -183,7 +183,7 @@ fn scan_all(db: &Database, name: &str, mapper: &Mapper) -> Result<(Vec<Cid>, Map
     };
     let paths = mapper.paths();
     let fields = |id: &str, b: &[u8]| crate::model::doc::decode_fields(id, b, &paths);
-    let done = db.scan_docs(&fields, Mapped::default, &|m, id, link, version, vals| {
+    let done = db.scan_docs(&fields, Mapped::with_room, &|m, id, link, version, vals| {
         let vals: Vec<Option<&Value>> = vals.iter().map(Option::as_ref).collect();
         m.add_rows(name, id, (*link, version), || field_rows(&vals, *each))
     })?;
@@ -202,6 +202,16 @@ struct Mapped {
 }
 
 impl Mapped {
+    /// With room for the entries of `docs` documents of one row each (growing by doubling
+    /// touched twice the memory, all of it fresh).
+    fn with_room(docs: usize) -> Mapped {
+        Mapped {
+            by_id: Vec::with_capacity(docs),
+            rows: Vec::with_capacity(docs),
+            mapped: 0,
+        }
+    }
+
     /// Maps document `id` (its version `at`: CID, height).
     fn add(
         &mut self,

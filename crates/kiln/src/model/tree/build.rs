@@ -294,6 +294,9 @@ impl Builder {
             |(), _, nums| nums.iter().map(|&n| leaf(n)).collect::<Vec<_>>(),
         );
         self.level(0);
+        // (The leaves, and the nodes above them: about one for every BOUNDED_MIN below.)
+        self.out
+            .reserve(ends.len() + ends.len() / (BOUNDED_MIN - 1) + 1);
         for (cid, node, bytes) in pieces.into_iter().flatten() {
             let first = node.keys[0].clone();
             self.out.push((0, cid, node, bytes));
