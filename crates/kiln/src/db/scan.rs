@@ -49,7 +49,7 @@ impl Live {
         // (Sized for the live documents the head counts: the first half, which takes the
         // second in, for all of them.)
         let walk = |lo, hi, room| Live::walk(&View::new(db, head), lo, hi, room);
-        let all = head.docs as usize + 1;
+        let all = usize::try_from(head.docs).map_or(usize::MAX, |d| d.saturating_add(1));
         let (a, b) = match keys.get(keys.len() / 2).filter(|_| keys.len() >= 2) {
             Some(m) => par::join(|| walk(None, Some(m), all), || walk(Some(m), None, all / 2)),
             None => (walk(None, None, all), Ok(Live::default())),
@@ -63,13 +63,12 @@ impl Live {
     /// The live versions of the tree `v` reads with ids from `lo` to before `hi`, with room
     /// for `room` of them.
     fn walk(v: &View, lo: Option<&[u8]>, hi: Option<&[u8]>, room: usize) -> Result<Live> {
-        // (Bounded: the count is the head record's word, not the tree's.)
+        // Room asked for, not required: the count is the head record's word, not the
+        // tree's (a damaged one could ask for anything), so a refusal is no error.
         let room = room.min(1 << 24);
-        let mut live = Live {
-            versions: Vec::with_capacity(room),
-            ids: Vec::with_capacity(room * 16),
-            ..Live::default()
-        };
+        let mut live = Live::default();
+        let _ = live.versions.try_reserve(room);
+        let _ = live.ids.try_reserve(room.saturating_mul(16));
         tree::range(v, v.head.root.as_ref(), lo, hi, &mut |k, slot| {
             if let Some(link) = slot.link {
                 let at = live.ids.len() as u32;
@@ -290,5 +289,16 @@ mod tests {
         .unwrap();
         assert_eq!(all.len(), want.len());
         assert_eq!(all, want);
+        // The head record's document count only sizes the live table: a wrong one (damage)
+        // changes nothing, and the largest one neither overflows nor asks for all memory.
+        let st = db.inner.refresh().unwrap();
+        let live = Live::of(&db.inner, &st.head).unwrap();
+        for docs in [0, 1, u64::MAX / 2, u64::MAX] {
+            let mut head = st.head.clone();
+            head.docs = docs;
+            let other = Live::of(&db.inner, &head).unwrap();
+            assert_eq!(other.versions, live.versions, "docs = {docs}");
+            assert_eq!(other.ids, live.ids);
+        }
     }
 }

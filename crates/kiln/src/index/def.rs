@@ -158,6 +158,12 @@ pub(crate) enum Mapper {
 
 impl Mapper {
     pub fn of_fields(fields: &[String], each: bool) -> Result<Mapper> {
+        // (A definition is checked when made; a stored one read back may still be damaged.)
+        if fields.is_empty() {
+            return Err(Error::InvalidArgument(
+                "an index of fields needs at least one field".into(),
+            ));
+        }
         Ok(Mapper::Fields {
             paths: fields
                 .iter()
@@ -274,6 +280,8 @@ mod tests {
     #[test]
     fn bad_definitions_are_refused() {
         assert!(IndexDef::fields(Vec::<String>::new()).check().is_err());
+        // A stored definition read back without its fields (damage) is refused when used.
+        assert!(Mapper::of_fields(&[], false).is_err());
         assert!(IndexDef::fields(["a..b"]).check().is_err());
         assert!(IndexDef::fields([""]).check().is_err());
         let deep = vec!["a"; MAX_PATH_SEGMENTS].join(".");

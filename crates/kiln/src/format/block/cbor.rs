@@ -167,11 +167,6 @@ pub fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
         .then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
-/// [`key_order`] on a key's bytes.
-fn key_order_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-}
-
 /// The value at `path` in `v` (map keys, and array positions as decimal numbers), if there
 /// is one.
 pub fn json_lookup<'v>(v: &'v Value, path: &[String]) -> Option<&'v Value> {
@@ -385,9 +380,9 @@ impl<'a> Decoder<'a> {
 
     /// The values at `paths` in the map this decoder reads (each path map keys and array
     /// positions, outermost first, as [`json_lookup`] follows them), each decoded whole;
-    /// `None` where a path reaches nothing. One pass, the rest stepped over (its framing
-    /// checked, as [`Decoder::json_picked`] does), and no map built: what a reader of a few
-    /// fields (an index build's) needs.
+    /// `None` where a path reaches nothing. One pass, the rest stepped over (checked as
+    /// [`Decoder::json`] checks it, so the same bodies are refused) and no map built: what a
+    /// reader of a few fields (an index build's) needs.
     pub fn json_at_paths(&mut self, paths: &[&[String]]) -> R<Vec<Option<Value>>> {
         if self.peek()? >> 5 != 5 {
             return Err(CborError("expected a map"));
@@ -434,17 +429,16 @@ impl<'a> Decoder<'a> {
             5 => {
                 let (_, n) = self.head()?;
                 let n = self.len(n)?;
-                let mut prev: Option<&[u8]> = None;
+                let mut prev: Option<&str> = None;
                 for _ in 0..n {
-                    let k = self.expect(3, "expected a text string")?;
-                    let k = self.take(self.len(k)?)?;
-                    if prev.is_some_and(|p| key_order_bytes(p, k) != std::cmp::Ordering::Less) {
+                    let k = self.str()?;
+                    if prev.is_some_and(|p| key_order(p, k) != std::cmp::Ordering::Less) {
                         return Err(CborError("map keys out of order or repeated"));
                     }
                     prev = Some(k);
-                    let here = going_on(&|s| s.as_bytes() == k);
+                    let here = going_on(&|s| s == k);
                     if here.is_empty() {
-                        self.skip()?;
+                        self.check_at(depth + 1)?;
                     } else {
                         self.paths_at(&here, depth + 1, out)?;
                     }
@@ -455,14 +449,14 @@ impl<'a> Decoder<'a> {
                 for e in 0..self.len(n)? {
                     let here = going_on(&|s| s.parse::<usize>().ok() == Some(e));
                     if here.is_empty() {
-                        self.skip()?;
+                        self.check_at(depth + 1)?;
                     } else {
                         self.paths_at(&here, depth + 1, out)?;
                     }
                 }
             }
             // Not a container: the paths that go on reach nothing.
-            _ => self.skip()?,
+            _ => self.check_at(depth)?,
         }
         Ok(())
     }
@@ -488,33 +482,46 @@ impl<'a> Decoder<'a> {
     }
 
     fn json_at(&mut self, depth: usize) -> R<Value> {
+        // (Built: an item is never `None`.)
+        Ok(self.item_at::<true>(depth)?.unwrap_or(Value::Null))
+    }
+
+    /// Steps over a JSON-compatible item with every check [`Decoder::json`] makes, building
+    /// nothing: what a reader of some fields does with the others, so that it refuses exactly
+    /// the bodies a whole read refuses.
+    fn check_at(&mut self, depth: usize) -> R<()> {
+        self.item_at::<false>(depth).map(drop)
+    }
+
+    /// The JSON-compatible item here, checked; with `BUILD` its value, else `None`.
+    fn item_at<const BUILD: bool>(&mut self, depth: usize) -> R<Option<Value>> {
         if depth > MAX_DEPTH {
             return Err(CborError("nesting too deep"));
         }
         let start = self.pos;
         let (major, n) = self.head()?;
         Ok(match major {
-            0 => Value::Number(Number::from(n)),
+            0 => BUILD.then(|| Value::Number(Number::from(n))),
             1 => {
                 if n > i64::MAX as u64 {
                     return Err(CborError("negative integer out of range"));
                 }
-                Value::Number(Number::from(-1 - n as i64))
+                BUILD.then(|| Value::Number(Number::from(-1 - n as i64)))
             }
             2 => return Err(CborError("byte strings are not valid in a document")),
             3 => {
                 let n = self.len(n)?;
                 let s = std::str::from_utf8(self.take(n)?)
                     .map_err(|_| CborError("text string is not UTF-8"))?;
-                Value::String(s.to_owned())
+                BUILD.then(|| Value::String(s.to_owned()))
             }
             4 => {
                 let n = self.len(n)?;
-                let mut a = Vec::with_capacity(n.min(1024));
+                let mut a = Vec::with_capacity(if BUILD { n.min(1024) } else { 0 });
                 for _ in 0..n {
-                    a.push(self.json_at(depth + 1)?);
+                    a.extend(self.item_at::<BUILD>(depth + 1)?);
                 }
-                Value::Array(a)
+                BUILD.then_some(Value::Array(a))
             }
             5 => {
                 let n = self.len(n)?;
@@ -528,19 +535,21 @@ impl<'a> Decoder<'a> {
                         }
                     }
                     prev = Some(k);
-                    let v = self.json_at(depth + 1)?;
-                    m.insert(k.to_owned(), v);
+                    if let Some(v) = self.item_at::<BUILD>(depth + 1)? {
+                        m.insert(k.to_owned(), v);
+                    }
                 }
-                Value::Object(m)
+                BUILD.then_some(Value::Object(m))
             }
             6 => return Err(CborError("links are not valid in a document")),
             _ => match self.buf[start] {
-                0xf4 => Value::Bool(false),
-                0xf5 => Value::Bool(true),
-                0xf6 => Value::Null,
+                0xf4 => BUILD.then_some(Value::Bool(false)),
+                0xf5 => BUILD.then_some(Value::Bool(true)),
+                0xf6 => BUILD.then_some(Value::Null),
                 0xfb => {
                     let x = f64::from_bits(n);
-                    Value::Number(Number::from_f64(x).ok_or(CborError("NaN or infinite float"))?)
+                    let x = Number::from_f64(x).ok_or(CborError("NaN or infinite float"))?;
+                    BUILD.then_some(Value::Number(x))
                 }
                 _ => return Err(CborError("unsupported simple value or float width")),
             },
@@ -587,6 +596,39 @@ mod tests {
                 Err(_) => prop_assert!(!v.is_object()),
             }
         }
+        #[test]
+        fn reading_some_fields_refuses_what_a_whole_read_refuses(
+            v in json_value_with(3, "[ab01]{1,2}"),
+            paths in prop::collection::vec(prop::collection::vec("[ab01]{1,2}", 1..3), 0..3),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        ) {
+            // A map body, a few of its bytes changed: whatever a read of some of its fields
+            // says (a value, or a refusal), a read of all of it says the same.
+            let v = if v.is_object() { v } else { json!({"a": v}) };
+            let mut e = Encoder::new();
+            e.json(&v);
+            let mut b = e.into_bytes();
+            for (at, x) in &flips {
+                let i = at.index(b.len());
+                b[i] = *x;
+            }
+            let paths: Vec<&[String]> = paths.iter().map(Vec::as_slice).collect();
+            let mut whole = Decoder::new(&b);
+            let whole = whole.json().and_then(|w| whole.finish().map(|()| w));
+            let mut some = Decoder::new(&b);
+            let some = some.json_at_paths(&paths).and_then(|f| some.finish().map(|()| f));
+            match (whole, some) {
+                (Ok(w), Ok(f)) => {
+                    let want: Vec<Option<Value>> =
+                        paths.iter().map(|p| json_lookup(&w, p).cloned()).collect();
+                    prop_assert_eq!(f, want);
+                }
+                (Err(_), Err(_)) => {}
+                (Ok(w), Err(e)) => prop_assert!(!w.is_object(), "refused {:?}: {}", w, e.0),
+                (Err(e), Ok(f)) => prop_assert!(false, "read {:?} where a whole read says {}", f, e.0),
+            }
+        }
+
         #[test]
         fn json_documents_round_trip(v in json_value(3)) {
             prop_assert_eq!(round(&v), v);

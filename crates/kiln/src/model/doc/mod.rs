@@ -277,13 +277,16 @@ pub fn decode_fields(
     let is_id = |p: &[String]| p.first().is_some_and(|s| s == "_id");
     let in_body: Vec<&[String]> = paths.iter().copied().filter(|p| !is_id(p)).collect();
     let mut d = Decoder::new(body);
-    let mut found = d
-        .json_at_paths(&in_body)
-        .map_err(|e| match e.0 {
-            "expected a map" => "document body is not a map",
-            w => w,
-        })?
-        .into_iter();
+    let mut found = match d.json_at_paths(&in_body) {
+        Ok(found) => found.into_iter(),
+        // Not a map: refused as a whole read refuses it (which may find worse first).
+        Err(CborError("expected a map")) => {
+            return Err(decode(id, body)
+                .err()
+                .unwrap_or("document body is not a map"))
+        }
+        Err(e) => return Err(e.0),
+    };
     d.finish().map_err(|e| e.0)?;
     Ok(paths
         .iter()
