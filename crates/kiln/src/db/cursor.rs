@@ -7,7 +7,6 @@
 //! tree is rebuilt once from its history (the same state, as every replica computes it) and
 //! the cursor goes on from there: what it hands out is always the state it was opened on.
 
-use super::read::DecodeDoc;
 use super::*;
 use crate::model::tree::NodeSource;
 use serde::de::DeserializeOwned;
@@ -221,14 +220,6 @@ impl Cursor {
     /// The next document with its id, its version's CID and its version (an index keeps
     /// the CID to read the version again without the tree), or `None` at the end.
     pub(crate) fn next_linked(&mut self) -> Result<Option<(String, Cid, u64, Value)>> {
-        self.next_linked_as(&crate::model::doc::decode)
-    }
-
-    /// [`Cursor::next_linked`], the document decoded by `decode` (some fields only, say).
-    pub(crate) fn next_linked_as(
-        &mut self,
-        decode: &DecodeDoc<'_>,
-    ) -> Result<Option<(String, Cid, u64, Value)>> {
         if self.buf.is_empty() && !self.done {
             self.fill()?;
         }
@@ -253,7 +244,7 @@ impl Cursor {
         let id = std::str::from_utf8(&self.ids[at as usize..(at + len) as usize])
             .map_err(|_| Error::corrupt(self.db.name().to_owned(), "document id is not UTF-8"))?
             .to_owned();
-        let doc = self.with_view(|v| v.load_doc(&id, &link, version, near, decode))?;
+        let doc = self.with_view(|v| v.load_doc(&id, &link, version, near))?;
         Ok(Some((id, link, version, doc)))
     }
 
@@ -409,16 +400,9 @@ trait CursorSource {
     fn root(&self) -> Option<Cid>;
     fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>>;
     /// The document of an entry, looked for first beside the leaf that named it.
-    fn load_doc(
-        &self,
-        id: &str,
-        link: &Cid,
-        version: u64,
-        near: Option<Place>,
-        decode: &DecodeDoc<'_>,
-    ) -> Result<Value> {
+    fn load_doc(&self, id: &str, link: &Cid, version: u64, near: Option<Place>) -> Result<Value> {
         self.view().near.set(near);
-        self.view().load_doc_as(id, link, version, decode)
+        self.view().load_doc(id, link, version)
     }
 }
 
