@@ -356,26 +356,16 @@ impl DerivedWriter<'_> {
         nodes: impl Iterator<Item = (&'b Cid, &'b [u8])>,
     ) -> Result<(FileName, u64)> {
         let db = &self.db.inner;
-        // Sized once (each block framed by a length and its CID): growing a large index's
-        // file by doubling copied it and touched fresh memory at each step.
-        let nodes: Vec<(&Cid, &[u8])> = nodes.collect();
-        let bytes: usize = nodes.iter().map(|(_, b)| b.len() + 48).sum();
-        let mut w = car::Writer::with_capacity(
-            car::Meta {
-                level: DERIVED_FILE_LEVEL,
-                time: now_ms(),
-                roots: Vec::new(),
-                replaces: Vec::new(),
-            },
-            nodes.len(),
-            Vec::with_capacity(bytes + 256),
-        );
-        for (cid, bytes) in nodes {
-            w.add_node(*cid, bytes);
-        }
-        let f = w
-            .finish(&db.key, true, 0)
-            .map_err(|e| Error::io(&db.dir, e))?;
+        let nodes: Vec<(Cid, &[u8])> = nodes.map(|(c, b)| (*c, b)).collect();
+        let meta = car::Meta {
+            level: DERIVED_FILE_LEVEL,
+            time: now_ms(),
+            roots: Vec::new(),
+            replaces: Vec::new(),
+        };
+        // Packed and sealed straight from the encodings (an index build's nodes are
+        // megabytes: copied into one buffer first, they were written to fresh memory twice).
+        let f = car::pack_nodes(&db.key, meta, &nodes).map_err(|e| Error::io(&db.dir, e))?;
         let name = f.name();
         let len = f.file_len() as u64;
         db.store

@@ -51,7 +51,7 @@ impl Db {
             // Written while hashed; the runs may be there already.
             Some((pending, runs_at)) => {
                 let parts = f.parts();
-                let runs_written = runs_at == Some(f.split as u64);
+                let runs_written = !f.runs.is_empty() && runs_at == Some(f.split as u64);
                 let (name, written) = crate::util::par::join(
                     || f.name_with(known),
                     || {

@@ -76,6 +76,8 @@ pub(super) struct View<'a> {
     /// The last segment this view opened: a leaf's document is usually in the leaf's segment,
     /// which the cache may have declined to keep ([`Cache::admit`]).
     last: RefCell<Option<(Place, Arc<Vec<u8>>)>>,
+    /// Leaves this view decodes go into the cache (not for a walk that reads each leaf once).
+    keep_leaves: bool,
 }
 
 /// A view's memory of where it last read ([`View::hints`]).
@@ -92,6 +94,17 @@ impl<'a> View<'a> {
             head,
             near: Cell::new(None),
             last: RefCell::new(None),
+            keep_leaves: true,
+        }
+    }
+
+    /// A view whose leaves, decoded from files, stay out of the cache: for a walk over a whole
+    /// tree that reads each leaf once (a scan's list of live versions), which would otherwise
+    /// fill the cache, and fresh memory, with leaves no later read may want.
+    pub(super) fn passing(db: &'a Db, head: &'a Head) -> View<'a> {
+        View {
+            keep_leaves: false,
+            ..View::new(db, head)
         }
     }
 
@@ -103,6 +116,7 @@ impl<'a> View<'a> {
             head,
             near: Cell::new(hints.near),
             last: RefCell::new(hints.last),
+            keep_leaves: true,
         }
     }
 
@@ -524,7 +538,9 @@ impl NodeSource for View<'_> {
         }
         let (l, at) = self.decode_node(cid, tree::Leaf::decode)?;
         let l = Arc::new(l);
-        self.db.store.cache.insert(key, Cached::Leaf(l.clone(), at));
+        if self.keep_leaves {
+            self.db.store.cache.insert(key, Cached::Leaf(l.clone(), at));
+        }
         Ok(LeafRef::Leaf(l))
     }
 }

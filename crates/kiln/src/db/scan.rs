@@ -48,7 +48,7 @@ impl Live {
         };
         // (Sized for the live documents the head counts: the first half, which takes the
         // second in, for all of them.)
-        let walk = |lo, hi, room| Live::walk(&View::new(db, head), lo, hi, room);
+        let walk = |lo, hi, room| Live::walk(&View::passing(db, head), lo, hi, room);
         let all = usize::try_from(head.docs).map_or(usize::MAX, |d| d.saturating_add(1));
         let (a, b) = match keys.get(keys.len() / 2).filter(|_| keys.len() >= 2) {
             Some(m) => par::join(|| walk(None, Some(m), all), || walk(Some(m), None, all / 2)),
@@ -240,6 +240,54 @@ impl Database {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A scan lists the live versions by walking the whole document tree once: its leaves
+    /// stay out of the cache (thousands of leaves no later read may want, and fresh memory
+    /// for each); the documents' segments are cached as any read's.
+    #[test]
+    fn a_scan_leaves_the_document_trees_leaves_out_of_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || crate::Options {
+            durability: crate::Durability::Buffered,
+            ..Default::default()
+        };
+        {
+            let store = crate::Store::open_with(dir.path(), opts()).unwrap();
+            let db = store.create(Some("t")).unwrap();
+            let docs: Vec<_> = (0..5_000)
+                .map(|i| json!({"_id": format!("d{i:05}"), "n": i}))
+                .collect();
+            db.bulk(&docs).unwrap();
+        }
+        // Reopened: nothing cached.
+        let store = crate::Store::open_with(dir.path(), opts()).unwrap();
+        let db = store.open_db("t").unwrap();
+        let decode = |id: &str, b: &[u8]| doc::decode(id, b);
+        let got = db
+            .scan_docs(&decode, |_| 0usize, &|n, _, _, _, _| {
+                *n += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(got.states[0] + got.states[1], 5_000);
+        let inner = &db.inner;
+        let st = inner.refresh().unwrap();
+        let v = View::new(inner, &st.head);
+        let mut leaves = Vec::new();
+        let mut level = vec![st.head.root.unwrap()];
+        while let Some(c) = level.pop() {
+            let n = NodeSource::node(&v, &c).unwrap();
+            match n.level {
+                0 => leaves.push(c),
+                _ => level.extend(n.children().iter().copied()),
+            }
+        }
+        assert!(leaves.len() > 10, "a tree of many leaves");
+        for c in &leaves {
+            let cached = inner.store.cache.get(&CacheKey::Leaf(inner.lineage, *c));
+            assert!(cached.is_none(), "leaf {c} was cached");
+        }
+    }
 
     #[test]
     fn a_scan_hands_over_each_live_document_once_from_the_segments() {

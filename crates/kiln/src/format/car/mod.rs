@@ -287,9 +287,7 @@ impl Writer {
     /// file will need).
     pub fn with_capacity(meta: Meta, blocks: usize, mut buf: Vec<u8>) -> Writer {
         buf.clear();
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&VERSION.to_le_bytes());
-        buf.extend_from_slice(&0u32.to_le_bytes());
+        put_file_header(&mut buf);
         let mut seen = DigestSet::default();
         seen.reserve(blocks);
         let mut w = Writer {
@@ -439,11 +437,14 @@ impl Writer {
             Vec::new()
         };
         let mut seg_at = Vec::with_capacity(self.segs.len());
-        let mut out = if compress {
-            let mut out = Vec::with_capacity(plain / 2 + 64 * self.segs.len() + 256);
-            out.extend_from_slice(&self.file[..HEADER_LEN]);
-            self.pack_and_seal(&key, &mut out, &mut seg_at)?;
-            out
+        let (mut out, pieces) = if compress {
+            // Packed in pieces the file takes as they are, after its header.
+            let (file, segs) = (&self.file, &self.segs);
+            let pieces = seal_segments(&key, segs.len(), &mut seg_at, &|i, _, with| {
+                let (s, e) = segs[i];
+                with(&file[s..e])
+            })?;
+            (self.file[..HEADER_LEN].to_vec(), pieces)
         } else {
             // Raw: the codec byte and the CAR bytes are sealed where they are.
             for (i, &(s, e)) in self.segs.iter().enumerate() {
@@ -451,63 +452,35 @@ impl Writer {
                 seg_at.push((u.start as u64, u.len() as u32));
                 key.seal_in_place(SEG_UNIT, i as u32, &seg_aad(i as u32), &mut self.file[u])?;
             }
-            std::mem::take(&mut self.file)
+            (std::mem::take(&mut self.file), Vec::new())
         };
-        let log = self.seal_log(&key, 0, &mut out)?;
+        let split = if pieces.is_empty() {
+            out.len()
+        } else {
+            HEADER_LEN
+        };
+        let base = pieces.iter().map(Vec::len).sum::<usize>() as u64;
+        let log = self.seal_log(&key, base, &mut out)?;
         out.reserve(self.entries.len() * 48 + 256);
         let refs = std::mem::take(&mut self.refs);
-        let (index, index_len) =
-            write_tail(&key, self.meta, self.entries, seg_at, (log, refs), &mut out)?;
+        let (index, index_len) = write_tail(
+            &key,
+            self.meta,
+            self.entries,
+            seg_at,
+            (log, refs),
+            base,
+            &mut out,
+        )?;
         Ok(Finished {
-            split: out.len(),
+            split,
             bytes: out,
             runs: Arc::default(),
+            pieces,
             index,
             index_len,
             segments,
         })
-    }
-
-    /// Compresses and seals every segment onto `out`, each one's place in `seg_at`. A file of
-    /// many segments (a compaction's, an index build's) is packed in pieces on two threads,
-    /// each piece's sealed units then copied onto `out` in order: the bytes are the same as
-    /// one thread's (each unit's nonce is its number's).
-    fn pack_and_seal(
-        &self,
-        key: &FileKey,
-        out: &mut Vec<u8>,
-        seg_at: &mut Vec<(u64, u32)>,
-    ) -> std::io::Result<()> {
-        let seal_piece = |packed: &mut Vec<u8>, first: usize, segs: &[(usize, usize)]| {
-            let mut sealed = Vec::with_capacity(segs.iter().map(|(s, e)| e - s).sum::<usize>());
-            let mut ends = Vec::with_capacity(segs.len());
-            for (k, &(s, e)) in segs.iter().enumerate() {
-                let n = (first + k) as u32;
-                pack_segment(&self.file[s..e], packed, true);
-                key.seal_into(SEG_UNIT, n, &seg_aad(n), packed, &mut sealed)?;
-                ends.push(sealed.len());
-            }
-            Ok::<_, std::io::Error>((sealed, ends))
-        };
-        let pieces = if self.segs.len() >= 2 * PACK_PIECE {
-            crate::util::par::map_chunks(&self.segs, PACK_PIECE, Vec::new, |packed, i, segs| {
-                seal_piece(packed, i * PACK_PIECE, segs)
-            })
-            .0
-        } else {
-            vec![seal_piece(&mut Vec::new(), 0, &self.segs)]
-        };
-        for piece in pieces {
-            let (sealed, ends) = piece?;
-            let base = out.len();
-            let mut start = 0;
-            for end in ends {
-                seg_at.push(((base + start) as u64, (end - start) as u32));
-                start = end;
-            }
-            out.extend_from_slice(&sealed);
-        }
-        Ok(())
     }
 
     /// [`Writer::finish`] of a file with runs: segment 0, the runs' segments, this writer's
@@ -590,6 +563,7 @@ impl Writer {
             bytes: out,
             split,
             runs: runs.runs,
+            pieces: Vec::new(),
             index,
             index_len,
             segments,
@@ -727,17 +701,19 @@ fn push_section(
 }
 
 /// Appends a file's index pages, index and trailer to `out`, which holds the file's bytes so
-/// far (its header and sealed segments). Returns the index as a reader would get it.
+/// far but for `base` of them (sealed segments the file takes apart). Returns the index as a
+/// reader would get it.
 fn write_tail(
     key: &FileKey,
     meta: Meta,
     mut entries: Vec<Entry>,
     seg_at: Vec<(u64, u32)>,
     extra: (Vec<LogPageRef>, FileRefs),
+    base: u64,
     out: &mut Vec<u8>,
 ) -> std::io::Result<(Index, u32)> {
     sort_entries(&mut entries);
-    write_tail_at(key, meta, &entries, seg_at, extra, 0, out, None)
+    write_tail_at(key, meta, &entries, seg_at, extra, base, out, None)
         .map(|(i, l)| (i.with_entries(entries), l))
 }
 
@@ -1003,6 +979,9 @@ pub struct Finished {
     pub split: usize,
     /// The runs' buffers, in order.
     pub runs: Arc<Vec<Run>>,
+    /// Sealed segments packed apart (a compressed file's), in order: they go between
+    /// `bytes[..split]` and `bytes[split..]` as runs do (a file has one or the other).
+    pub pieces: Vec<Vec<u8>>,
     /// The index, as [`Index::open`] would read it back.
     pub index: Index,
     /// Length of the sealed index (it ends where the trailer starts).
@@ -1014,16 +993,19 @@ pub struct Finished {
 impl Finished {
     /// The file's bytes, in order, as slices (its name is the hash of their concatenation).
     pub fn parts(&self) -> Vec<&[u8]> {
-        let mut p = Vec::with_capacity(self.runs.len() + 2);
+        let mut p = Vec::with_capacity(self.runs.len() + self.pieces.len() + 2);
         p.push(&self.bytes[..self.split]);
         p.extend(self.runs.iter().map(|r| r.buf.as_slice()));
+        p.extend(self.pieces.iter().map(Vec::as_slice));
         p.push(&self.bytes[self.split..]);
         p
     }
 
     /// The file's length.
     pub fn file_len(&self) -> usize {
-        self.bytes.len() + self.runs.iter().map(|r| r.buf.len()).sum::<usize>()
+        self.bytes.len()
+            + self.runs.iter().map(|r| r.buf.len()).sum::<usize>()
+            + self.pieces.iter().map(Vec::len).sum::<usize>()
     }
 
     /// [`Finished::name`], taking the hashes of subtrees of its runs computed before (ignored
@@ -1046,6 +1028,134 @@ impl Finished {
         }
         h.finish()
     }
+}
+
+/// A compressed file of tree nodes (`nodes`: CID and encoding; a repeated CID is stored
+/// once), laid out as a [`Writer`] adding them in order would lay them, but packed and sealed
+/// straight from the encodings (each segment assembled in a small buffer of its thread's)
+/// rather than first copied into one buffer the size of the file: an index build writes
+/// megabytes of nodes at once. No document log, no file-set references.
+pub fn pack_nodes(key: &Key, meta: Meta, nodes: &[(Cid, &[u8])]) -> std::io::Result<Finished> {
+    let key = FileKey::new(key)?;
+    let header = car_header(&meta.roots);
+    let mut seen = DigestSet::default();
+    seen.reserve(nodes.len());
+    let blocks: Vec<&(Cid, &[u8])> = nodes.iter().filter(|n| seen.insert(n.0)).collect();
+    // Segment boundaries as `Writer::add_kind` decides them (segment 0 opens with the header).
+    let mut entries = Vec::with_capacity(blocks.len());
+    let mut segs = Vec::new();
+    let (mut from, mut used) = (0, header.len());
+    for (i, (cid, data)) in blocks.iter().enumerate() {
+        if segment_full(used, data.len()) {
+            segs.push(from..i);
+            (from, used) = (i, 0);
+        }
+        let head = varint_len((CID_LEN + data.len()) as u64) + CID_LEN;
+        entries.push(Entry {
+            cid: *cid,
+            seg: segs.len() as u32,
+            off: (used + head) as u32,
+            len: data.len() as u32,
+            event: false,
+            node: true,
+        });
+        used += head + data.len();
+    }
+    segs.push(from..blocks.len());
+    let mut seg_at = Vec::with_capacity(segs.len());
+    let pieces = seal_segments(&key, segs.len(), &mut seg_at, &|i, plain, with| {
+        plain.clear();
+        if i == 0 {
+            plain.extend_from_slice(&header);
+        }
+        for (cid, data) in &blocks[segs[i].clone()] {
+            put_varint(plain, (CID_LEN + data.len()) as u64);
+            plain.extend_from_slice(cid.as_bytes());
+            plain.extend_from_slice(data);
+        }
+        with(plain)
+    })?;
+    let mut out = Vec::with_capacity(HEADER_LEN + entries.len() * 48 + 256);
+    put_file_header(&mut out);
+    let base = pieces.iter().map(Vec::len).sum::<usize>() as u64;
+    let extra = (Vec::new(), FileRefs::default());
+    let (index, index_len) = write_tail(&key, meta, entries, seg_at, extra, base, &mut out)?;
+    Ok(Finished {
+        split: HEADER_LEN,
+        bytes: out,
+        runs: Arc::default(),
+        pieces,
+        index,
+        index_len,
+        segments: Vec::new(),
+    })
+}
+
+/// A file's first bytes: magic, format version, flags (none).
+fn put_file_header(buf: &mut Vec<u8>) {
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&VERSION.to_le_bytes());
+    buf.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// Bytes [`put_varint`] writes for `n`.
+fn varint_len(n: u64) -> usize {
+    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Hands segment `i`'s CAR bytes to `with` (assembling them in the thread's buffer it is
+/// given, if need be): what [`seal_segments`] packs.
+type PlainOf<'a> = dyn Fn(usize, &mut Vec<u8>, &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()>
+    + Sync
+    + 'a;
+
+/// Compresses and seals segments `0..count` of a file (their CAR bytes from `plain_of`),
+/// each one's place pushed onto `seg_at` (the first right after the file's header). They are
+/// sealed in pieces, on two threads for a file of many; the pieces, in order, are the file's
+/// bytes after its header ([`Finished::pieces`]). Each unit's nonce is its number, so the
+/// bytes are the same however the work was shared.
+fn seal_segments(
+    key: &FileKey,
+    count: usize,
+    seg_at: &mut Vec<(u64, u32)>,
+    plain_of: &PlainOf<'_>,
+) -> std::io::Result<Vec<Vec<u8>>> {
+    let seal_piece = |bufs: &mut (Vec<u8>, Vec<u8>), nums: &[usize]| {
+        let (plain, packed) = bufs;
+        let mut sealed = Vec::with_capacity(nums.len() * SEGMENT_TARGET);
+        let mut ends = Vec::with_capacity(nums.len());
+        for &i in nums {
+            let n = i as u32;
+            plain_of(i, plain, &mut |p| {
+                pack_segment(p, packed, true);
+                key.seal_into(SEG_UNIT, n, &seg_aad(n), packed, &mut sealed)
+            })?;
+            ends.push(sealed.len());
+        }
+        Ok::<_, std::io::Error>((sealed, ends))
+    };
+    let numbers: Vec<usize> = (0..count).collect();
+    let done = if count >= 2 * PACK_PIECE {
+        crate::util::par::map_chunks(&numbers, PACK_PIECE, Default::default, |bufs, _, nums| {
+            seal_piece(bufs, nums)
+        })
+        .0
+    } else {
+        vec![seal_piece(&mut Default::default(), &numbers)]
+    };
+    let mut pieces = Vec::with_capacity(done.len());
+    let mut at = HEADER_LEN as u64;
+    for piece in done {
+        let (sealed, ends) = piece?;
+        let mut start = 0;
+        for end in ends {
+            seg_at.push((at + start as u64, (end - start) as u32));
+            start = end;
+        }
+        at += sealed.len() as u64;
+        pieces.push(sealed);
+    }
+    Ok(pieces)
 }
 
 /// A segment's stored plaintext (version 2): a codec byte, then the CAR bytes as they are

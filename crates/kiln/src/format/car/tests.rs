@@ -59,7 +59,7 @@ fn sample_with(
         w.add(*c, d);
     }
     let f = w.finish(&key, compress, usize::MAX).unwrap();
-    let bytes = &f.bytes;
+    let bytes = &f.parts().concat();
     // The segments handed back are the CAR bytes a reader decrypts.
     assert_eq!(f.segments.len(), f.index.segs.len());
     for (i, (o, l)) in f.index.segs.iter().enumerate() {
@@ -886,6 +886,73 @@ proptest! {
     fn sections_take_any_bytes(seg in proptest::collection::vec(any::<u8>(), 0..600)) {
         for (_, block) in sections(&seg) {
             prop_assert!(block.len() + CID_LEN < seg.len());
+        }
+    }
+}
+
+/// `pack_nodes` lays nodes out as a writer adding them does (the same segments, entries and
+/// plaintext; only the salt differs), packed straight from their encodings: on one thread
+/// and, for a file of many segments, on two; a repeated CID is stored once; a node larger
+/// than a segment gets one alone; no nodes is a file of the header's segment only.
+#[test]
+fn packed_nodes_are_the_file_a_writer_makes_of_them() {
+    let key = Key::generate().unwrap();
+    let node = |i: usize, len: usize| {
+        let d: Vec<u8> = (0..len).map(|k| ((i * 31 + k / 7) % 251) as u8).collect();
+        (Cid::of_cbor(&d), d)
+    };
+    let cases: Vec<Vec<(Cid, Vec<u8>)>> = vec![
+        vec![],
+        (0..5).map(|i| node(i, 40 + i)).collect(),
+        // ~150 segments: packed on two threads.
+        (0..600).map(|i| node(i, 900 + i % 300)).collect(),
+        // One larger than a segment, and a repeat.
+        vec![
+            node(1, 100),
+            node(2, 3 * SEGMENT_TARGET),
+            node(1, 100),
+            node(3, 50),
+        ],
+    ];
+    for blocks in cases {
+        let meta = || Meta {
+            level: 9,
+            time: 5,
+            roots: vec![],
+            replaces: vec![],
+        };
+        let mut w = Writer::new(meta());
+        for (c, d) in &blocks {
+            w.add_node(*c, d);
+        }
+        let want = w.finish(&key, true, usize::MAX).unwrap();
+        let nodes: Vec<(Cid, &[u8])> = blocks.iter().map(|(c, d)| (*c, &d[..])).collect();
+        let got = pack_nodes(&key, meta(), &nodes).unwrap();
+        let bytes = got.parts().concat();
+        assert_eq!(bytes.len(), got.file_len());
+        let (idx, checked) = verify_file(&key, &got.name(), &bytes).unwrap();
+        assert_eq!(FileName::of(&bytes), got.name());
+        assert_eq!(idx.entries, want.index.entries);
+        assert_eq!(got.index.entries, want.index.entries);
+        assert_eq!(idx.segs, got.index.segs);
+        assert_eq!(idx.segs.len(), want.segments.len());
+        assert_eq!(idx.meta, want.index.meta);
+        for (n, &(o, l)) in idx.segs.iter().enumerate() {
+            let plain = idx
+                .open_segment(&key, n as u32, &bytes[o as usize..(o + l as u64) as usize])
+                .unwrap();
+            assert_eq!(plain, want.segments[n], "segment {n}");
+        }
+        let unique: std::collections::HashSet<Cid> = blocks.iter().map(|b| b.0).collect();
+        assert_eq!(checked.len(), unique.len());
+        for (c, d) in &blocks {
+            let e = idx.find(c).unwrap();
+            assert!(e.node);
+            let (o, l) = idx.segs[e.seg as usize];
+            let seg = idx
+                .open_segment(&key, e.seg, &bytes[o as usize..(o + l as u64) as usize])
+                .unwrap();
+            assert_eq!(block_in(&seg, &e).unwrap(), &d[..]);
         }
     }
 }
