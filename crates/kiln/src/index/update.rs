@@ -108,19 +108,24 @@ fn build(
         // update it may not use indexes, which a thread-local mark tells it).
         Mapper::Map(_) => read_all(db, name, mapper)?,
     };
-    // Each half's entries are sorted: merged into one run, by-document entries (0x00…)
-    // before rows (0x01…), sized once.
-    let mut ops = Vec::with_capacity(a.by_id.len() + b.by_id.len() + a.rows.len() + b.rows.len());
-    merge_sorted(a.by_id, b.by_id, &mut ops);
-    let by_id = ops.len();
-    merge_sorted(a.rows, b.rows, &mut ops);
+    // Each half's entries are sorted: merged, by-document entries (0x00…) on this thread and
+    // rows (0x01…) on the helper, into two runs (each sized once), which the tree takes as
+    // one (every by-document entry sorts before every row).
+    let (mut by_id, mut rows) = (
+        Vec::with_capacity(a.by_id.len() + b.by_id.len()),
+        Vec::with_capacity(a.rows.len() + b.rows.len()),
+    );
+    crate::util::par::join(
+        || merge_sorted(a.by_id, b.by_id, &mut by_id),
+        || merge_sorted(a.rows, b.rows, &mut rows),
+    );
     let up = IndexUpdate {
         full: true,
         mapped: a.mapped + b.mapped,
-        added: (ops.len() - by_id) as u64,
+        added: rows.len() as u64,
         ..IndexUpdate::default()
     };
-    let u = tree::update(nodes, None, &ops, Mode::Overwrite, Shape::Bounded)?;
+    let u = tree::build_new(nodes, &[&by_id, &rows], Shape::Bounded)?;
     nodes.add(u.blocks);
     // A build replaces every file.
     st.files.clear();

@@ -70,11 +70,51 @@ pub(super) fn rebuild<S: NodeSource>(
             b.walk(src, &node, ops, 0)?;
         }
         None if ops.len() >= SHARED_LEAVES && ops.iter().all(|o| o.1.is_some()) => {
-            b.fresh_leaves(ops)
+            b.fresh_leaves(&[ops])
         }
         None => b.merge_leaf(&[], &[], ops, 0),
     }
     b.finish(src)
+}
+
+/// A new tree of the entries of `runs` (each sorted, keys unique, every one a set, and
+/// every key of a run below every key of the next): what [`update`] of an empty tree with
+/// their concatenation makes, without the runs being copied into one.
+pub fn build_new<S: NodeSource>(src: &S, runs: &[&[Op]], shape: Shape) -> Result<Update, S::Error> {
+    debug_assert!(runs.iter().all(|r| r.iter().all(|o| o.1.is_some())));
+    debug_assert!(runs
+        .iter()
+        .flat_map(|r| r.iter())
+        .zip(runs.iter().flat_map(|r| r.iter()).skip(1))
+        .all(|(a, b)| a.0 < b.0));
+    let total: usize = runs.iter().map(|r| r.len()).sum();
+    if total < SHARED_LEAVES {
+        let ops: Vec<Op> = runs.iter().flat_map(|r| r.iter().cloned()).collect();
+        return update(src, None, &ops, Mode::Overwrite, shape);
+    }
+    let mut b = Builder {
+        shape,
+        levels: Vec::new(),
+        out: Vec::new(),
+        previous: Vec::new(),
+        mode: Mode::Overwrite,
+    };
+    b.fresh_leaves(runs);
+    b.finish(src)
+}
+
+/// The entries `from..to` of the concatenation of `runs`.
+fn span<'a>(runs: &[&'a [Op]], from: usize, to: usize) -> impl Iterator<Item = &'a Op> + Clone {
+    let mut at = 0;
+    let mut parts = Vec::with_capacity(runs.len());
+    for r in runs {
+        let (s, e) = (from.clamp(at, at + r.len()), to.clamp(at, at + r.len()));
+        if s < e {
+            parts.push(&r[s - at..e - at]);
+        }
+        at += r.len();
+    }
+    parts.into_iter().flatten()
 }
 
 /// Entries from which a new tree's leaves are encoded and hashed on two threads
@@ -263,25 +303,26 @@ impl Builder {
     /// The leaves of a new tree holding `ops` (sorted, every one a set), their boundaries
     /// decided here in order (cheap: a hash of each key), then encoded and hashed on two
     /// threads, then handed to level 1 in order. The same nodes as pushing each entry.
-    fn fresh_leaves(&mut self, ops: &[Op]) {
-        let mut ends = Vec::with_capacity(ops.len() / BOUNDED_MIN + 1);
+    fn fresh_leaves(&mut self, runs: &[&[Op]]) {
+        let total: usize = runs.iter().map(|r| r.len()).sum();
+        let mut ends = Vec::with_capacity(total / BOUNDED_MIN + 1);
         let mut start = 0;
-        for (i, (key, _)) in ops.iter().enumerate() {
+        for (i, (key, _)) in runs.iter().flat_map(|r| r.iter()).enumerate() {
             if is_boundary(self.shape, key, 0, i - start + 1) {
                 ends.push(i + 1);
                 start = i + 1;
             }
         }
-        if start < ops.len() {
-            ends.push(ops.len()); // the level's last leaf
+        if start < total {
+            ends.push(total); // the level's last leaf
         }
         let leaf = |end_at: usize| {
             let (from, to) = (if end_at == 0 { 0 } else { ends[end_at - 1] }, ends[end_at]);
-            let part = &ops[from..to];
+            let part = span(runs, from, to);
             let node = Node {
                 level: 0,
-                keys: part.iter().map(|o| o.0.clone()).collect(),
-                items: Items::Leaf(part.iter().filter_map(|o| o.1).collect()),
+                keys: part.clone().map(|o| o.0.clone()).collect(),
+                items: Items::Leaf(part.filter_map(|o| o.1).collect()),
             };
             let bytes = node.encode();
             (Cid::of_cbor(&bytes), Arc::new(node), bytes)

@@ -139,6 +139,34 @@ fn a_large_new_tree_shared_between_threads_is_the_one_grown_in_batches() {
     }
 }
 
+/// A new tree built from sorted runs (an index build's by-document entries and rows) is the
+/// one an update of an empty tree with their concatenation makes, wherever the runs split
+/// (empty runs included), below and above the size shared between threads.
+#[test]
+fn a_new_tree_of_runs_is_the_one_of_their_concatenation() {
+    for shape in [Shape::Mod16, Shape::Bounded] {
+        let mem = Mem::of(shape);
+        for n in [10u32, 3 * super::build::SHARED_LEAVES as u32 + 77] {
+            let ops: Vec<Op> = (0..n).map(|i| (key(i), slot(i as u64))).collect();
+            let want = update(&mem, None, &ops, Mode::Overwrite, shape).unwrap();
+            let cuts = [0, 1, n as usize / 3, n as usize / 2 + 5, n as usize];
+            for (i, &c) in cuts.iter().enumerate() {
+                let d = cuts[(i + 2) % cuts.len()].max(c);
+                let runs = [&ops[..c], &ops[c..d], &ops[d..]];
+                let got = build_new(&mem, &runs, shape).unwrap();
+                assert_eq!(got.root, want.root, "{shape:?} n={n} cut {c}..{d}");
+                let cids = |u: &Update| {
+                    let mut v: Vec<Cid> = u.blocks.iter().map(|b| b.0).collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(cids(&got), cids(&want));
+                assert!(got.previous.is_empty());
+            }
+        }
+    }
+}
+
 #[test]
 fn max_mode_keeps_the_higher_rank() {
     let mem = Mem::default();
