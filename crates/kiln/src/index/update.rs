@@ -247,10 +247,47 @@ impl Mapped {
     }
 
     fn sort(&mut self) {
+        // By-document entries come in file order, which is mostly id order (a sort that
+        // finds them sorted is done at once); rows come in any order.
         self.by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.by_id.dedup_by(|a, b| a.0 == b.0);
-        self.rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        sort_by_prefix(&mut self.rows);
         self.rows.dedup_by(|a, b| a.0 == b.0);
+    }
+}
+
+/// Sorts `ops` by key, comparing each key's first 8 bytes as one number (read once per key,
+/// into a compact array that is sorted instead: each key is its own allocation, and a sort
+/// comparing keys read them again at every comparison, each read a likely cache miss) and
+/// the whole keys only where those are equal; then moves the entries into that order.
+fn sort_by_prefix(ops: &mut [tree::Op]) {
+    let Ok(n) = u32::try_from(ops.len()) else {
+        ops.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        return;
+    };
+    // Zero-padded big-endian: a key below another never has a larger prefix.
+    let prefix = |k: &[u8]| {
+        let mut p = [0u8; 8];
+        let l = k.len().min(8);
+        p[..l].copy_from_slice(&k[..l]);
+        u64::from_be_bytes(p)
+    };
+    let mut order: Vec<(u64, u32)> = (0..n).map(|i| (prefix(&ops[i as usize].0), i)).collect();
+    order.sort_unstable();
+    for run in order.chunk_by_mut(|a, b| a.0 == b.0) {
+        if run.len() > 1 {
+            run.sort_unstable_by(|a, b| ops[a.1 as usize].0.cmp(&ops[b.1 as usize].0));
+        }
+    }
+    // Position i takes the entry `order[i]` names; an entry moved away earlier is found by
+    // following where it went (each lands once: n swaps at most).
+    for i in 0..order.len() {
+        let mut from = order[i].1 as usize;
+        while from < i {
+            from = order[from].1 as usize;
+        }
+        order[i].1 = from as u32;
+        ops.swap(i, from);
     }
 }
 
@@ -473,6 +510,38 @@ pub fn parse_row(b: &[u8]) -> std::result::Result<(Value, String, Value), &'stat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Sorting by key prefix, then whole keys where prefixes tie, is a sort by key:
+        /// short keys, keys that share long prefixes, and repeats included.
+        #[test]
+        fn a_sort_by_prefix_is_a_sort_by_key(
+            keys in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(255u8), any::<u8>()], 0..12),
+                0..200,
+            ),
+        ) {
+            let ops: Vec<tree::Op> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (Arc::from(&k[..]), Some(Slot { version: i as u64, link: None })))
+                .collect();
+            let mut got = ops.clone();
+            sort_by_prefix(&mut got);
+            let mut want = ops;
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            let keys_of = |v: &[tree::Op]| v.iter().map(|o| o.0.to_vec()).collect::<Vec<_>>();
+            prop_assert_eq!(keys_of(&got), keys_of(&want));
+            // The same entries, each once (a slot goes with its key).
+            let mut a: Vec<_> = got.iter().map(|o| (o.0.to_vec(), o.1.unwrap().version)).collect();
+            let mut b: Vec<_> = want.iter().map(|o| (o.0.to_vec(), o.1.unwrap().version)).collect();
+            a.sort();
+            b.sort();
+            prop_assert_eq!(a, b);
+        }
+    }
 
     #[test]
     fn sorted_halves_merge_into_one_run_each_key_once() {
