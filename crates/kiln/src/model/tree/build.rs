@@ -122,8 +122,6 @@ fn span<'a>(runs: &[&'a [Op]], from: usize, to: usize) -> impl Iterator<Item = &
 pub(super) const SHARED_LEAVES: usize = 4096;
 /// Leaves a thread encodes and hashes at a time when they are shared between two.
 const LEAF_PIECE: usize = 64;
-/// Keys a thread hashes at a time when a new tree's anchors are found on two.
-const ANCHOR_PIECE: usize = 2048;
 
 /// One key's change by path copying: the leaf and the branch nodes above it are copied with
 /// the one entry and the child links changed, without re-deciding any node boundary. Exact only
@@ -307,30 +305,10 @@ impl Builder {
     /// threads, then handed to level 1 in order. The same nodes as pushing each entry.
     fn fresh_leaves(&mut self, runs: &[&[Op]]) {
         let total: usize = runs.iter().map(|r| r.len()).sum();
-        // Which keys are anchors (their hash: reading every key, on two threads), then where
-        // the leaves end (positions: in order, from those flags alone).
-        let shape = self.shape;
-        let anchors: Vec<bool> = runs
-            .iter()
-            .flat_map(|r| {
-                crate::util::par::map_chunks(
-                    r,
-                    ANCHOR_PIECE,
-                    || (),
-                    |(), _, ops| {
-                        ops.iter()
-                            .map(|(k, _)| is_anchor(shape, k, 0))
-                            .collect::<Vec<bool>>()
-                    },
-                )
-                .0
-            })
-            .flatten()
-            .collect();
         let mut ends = Vec::with_capacity(total / BOUNDED_MIN + 1);
         let mut start = 0;
-        for (i, &anchor) in anchors.iter().enumerate() {
-            if ends_node(shape, anchor, i - start + 1) {
+        for (i, (key, _)) in runs.iter().flat_map(|r| r.iter()).enumerate() {
+            if is_boundary(self.shape, key, 0, i - start + 1) {
                 ends.push(i + 1);
                 start = i + 1;
             }

@@ -438,27 +438,19 @@ pub fn ends_as_shaped(node: &Node, shape: Shape, last_of_level: bool) -> bool {
 
 /// Whether the item with `key` at position `pos` (from 1) of a node at `level` ends it.
 fn is_boundary(shape: Shape, key: &[u8], level: u8, pos: usize) -> bool {
-    level < MAX_LEVEL && ends_node(shape, is_anchor(shape, key, level), pos)
-}
-
-/// The part of [`is_boundary`] that depends on the key alone (its hash), for a level below
-/// [`MAX_LEVEL`].
-fn is_anchor(shape: Shape, key: &[u8], level: u8) -> bool {
+    if level >= MAX_LEVEL {
+        return false;
+    }
     match shape {
         Shape::Mod16 => boundary_hash(key, level).is_multiple_of(FANOUT),
-        Shape::Bounded => boundary_hash(key, level).is_multiple_of(BOUNDED_ANCHOR),
-    }
-}
-
-/// [`is_boundary`] of an item at position `pos` (from 1) whose key is an anchor or not.
-fn ends_node(shape: Shape, anchor: bool, pos: usize) -> bool {
-    match shape {
-        Shape::Mod16 => anchor,
         // (A boundary that does not depend on the position wherever it can: an insertion or
         // deletion shifts the positions after it, and a rule that leaned on them more, such as
         // a chance rising with the position, moved the boundaries of ~3.5 nodes per insertion
         // on average and up to ~25, where this moves ~1.4 and at most ~5.)
-        Shape::Bounded => pos >= BOUNDED_MAX || (pos >= BOUNDED_MIN && anchor),
+        Shape::Bounded => {
+            pos >= BOUNDED_MAX
+                || (pos >= BOUNDED_MIN && boundary_hash(key, level).is_multiple_of(BOUNDED_ANCHOR))
+        }
     }
 }
 
