@@ -973,8 +973,9 @@ impl Added {
 
 /// A sealed file's bytes, index and segments.
 pub struct Finished {
-    /// The file's bytes, but for its runs' segments (a writer with runs): those go between
-    /// `bytes[..split]` and `bytes[split..]` (see [`Finished::parts`]).
+    /// The file's bytes, but for its runs' segments (a writer with runs) or its pieces (a
+    /// compressed file's sealed segments): those go between `bytes[..split]` and
+    /// `bytes[split..]` (see [`Finished::parts`]).
     pub bytes: Vec<u8>,
     pub split: usize,
     /// The runs' buffers, in order.

@@ -77,18 +77,18 @@ pub(super) fn rebuild<S: NodeSource>(
     b.finish(src)
 }
 
-/// A new tree of the entries of `runs` (each sorted, keys unique, every one a set, and
-/// every key of a run below every key of the next): what [`update`] of an empty tree with
-/// their concatenation makes, without the runs being copied into one.
+/// A new tree of the entries of `runs` (each sorted, keys unique, and every key of a run
+/// below every key of the next): what [`update`] of an empty tree with their concatenation
+/// makes, without the runs being copied into one when every entry is a set.
 pub fn build_new<S: NodeSource>(src: &S, runs: &[&[Op]], shape: Shape) -> Result<Update, S::Error> {
-    debug_assert!(runs.iter().all(|r| r.iter().all(|o| o.1.is_some())));
     debug_assert!(runs
         .iter()
         .flat_map(|r| r.iter())
         .zip(runs.iter().flat_map(|r| r.iter()).skip(1))
         .all(|(a, b)| a.0 < b.0));
     let total: usize = runs.iter().map(|r| r.len()).sum();
-    if total < SHARED_LEAVES {
+    // (A removal among them: nothing to remove from an empty tree, as `update` knows.)
+    if total < SHARED_LEAVES || runs.iter().any(|r| r.iter().any(|o| o.1.is_none())) {
         let ops: Vec<Op> = runs.iter().flat_map(|r| r.iter().cloned()).collect();
         return update(src, None, &ops, Mode::Overwrite, shape);
     }

@@ -163,6 +163,14 @@ fn a_new_tree_of_runs_is_the_one_of_their_concatenation() {
                 assert_eq!(cids(&got), cids(&want));
                 assert!(got.previous.is_empty());
             }
+            // A removal among the entries (none of the build's): what `update` makes of them.
+            let mut with_removal = ops.clone();
+            with_removal[n as usize / 2].1 = None;
+            let half = n as usize / 2 + 1;
+            let runs = [&with_removal[..half], &with_removal[half..]];
+            let got = build_new(&mem, &runs, shape).unwrap();
+            let want = update(&mem, None, &with_removal, Mode::Overwrite, shape).unwrap();
+            assert_eq!(got.root, want.root, "{shape:?} n={n} with a removal");
         }
     }
 }
