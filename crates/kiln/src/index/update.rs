@@ -247,8 +247,8 @@ impl Mapped {
     }
 
     fn sort(&mut self) {
-        // By-document entries come in file order, which is mostly id order (a sort that
-        // finds them sorted is done at once); rows come in any order.
+        // By-document entries come in file order, often id order already (which the sort
+        // finds in one pass); rows come in any order.
         self.by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.by_id.dedup_by(|a, b| a.0 == b.0);
         sort_by_prefix(&mut self.rows);

@@ -52,18 +52,12 @@ pub(super) fn rebuild<S: NodeSource>(
     mode: Mode,
     shape: Shape,
 ) -> Result<Update, S::Error> {
-    let mut b = Builder {
-        shape,
-        levels: Vec::new(),
-        out: Vec::new(),
-        // (Nothing had a slot in an empty tree.)
-        previous: if root.is_some() {
-            vec![None; ops.len()]
-        } else {
-            Vec::new()
-        },
-        mode,
+    // (Nothing had a slot in an empty tree.)
+    let previous = match root {
+        Some(_) => vec![None; ops.len()],
+        None => Vec::new(),
     };
+    let mut b = Builder::new(shape, mode, previous);
     match root {
         Some(r) => {
             let node = src.node(r)?;
@@ -92,13 +86,7 @@ pub fn build_new<S: NodeSource>(src: &S, runs: &[&[Op]], shape: Shape) -> Result
         let ops: Vec<Op> = runs.iter().flat_map(|r| r.iter().cloned()).collect();
         return update(src, None, &ops, Mode::Overwrite, shape);
     }
-    let mut b = Builder {
-        shape,
-        levels: Vec::new(),
-        out: Vec::new(),
-        previous: Vec::new(),
-        mode: Mode::Overwrite,
-    };
+    let mut b = Builder::new(shape, Mode::Overwrite, Vec::new());
     b.fresh_leaves(runs);
     b.finish(src)
 }
@@ -232,6 +220,16 @@ struct Builder {
 }
 
 impl Builder {
+    fn new(shape: Shape, mode: Mode, previous: Vec<Option<Slot>>) -> Builder {
+        Builder {
+            shape,
+            levels: Vec::new(),
+            out: Vec::new(),
+            previous,
+            mode,
+        }
+    }
+
     fn level(&mut self, l: u8) -> &mut Level {
         while self.levels.len() <= l as usize {
             self.levels.push(Level {
