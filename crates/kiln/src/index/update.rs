@@ -108,24 +108,25 @@ fn build(
         // update it may not use indexes, which a thread-local mark tells it).
         Mapper::Map(_) => read_all(db, name, mapper)?,
     };
-    // Each half's entries are sorted: merged, by-document entries (0x00…) on this thread and
-    // rows (0x01…) on the helper, into two runs (each sized once), which the tree takes as
-    // one (every by-document entry sorts before every row).
-    let (mut by_id, mut rows) = (
-        Vec::with_capacity(a.by_id.len() + b.by_id.len()),
-        Vec::with_capacity(a.rows.len() + b.rows.len()),
+    // Each half's entries are sorted: the order that merges them is found, by-document
+    // entries on this thread and rows on the helper, and the tree reads the entries where
+    // they are in that order (every by-document entry sorts before every row).
+    let (by_id, rows) = crate::util::par::join(
+        || merge_order(&a.by_id, &b.by_id, |k| k),
+        || merge_order(&a.rows, &b.rows, |r| &r.0),
     );
-    crate::util::par::join(
-        || merge_sorted(a.by_id, b.by_id, &mut by_id),
-        || merge_sorted(a.rows, b.rows, &mut rows),
-    );
+    let merged = Merged {
+        halves: [&a, &b],
+        by_id: by_id?,
+        rows: rows?,
+    };
     let up = IndexUpdate {
         full: true,
         mapped: a.mapped + b.mapped,
-        added: rows.len() as u64,
+        added: merged.rows.len() as u64,
         ..IndexUpdate::default()
     };
-    let u = tree::build_new(nodes, &[&by_id, &rows], Shape::Bounded)?;
+    let u = tree::build_new(nodes, &merged, Shape::Bounded)?;
     nodes.add(u.blocks);
     // A build replaces every file.
     st.files.clear();
@@ -136,27 +137,79 @@ fn build(
     Ok(up)
 }
 
-/// Appends to `out` the entries of `a` and `b` (each sorted, keys unique) in key order, an
-/// entry in both once.
-fn merge_sorted(a: Vec<tree::Op>, b: Vec<tree::Op>, out: &mut Vec<tree::Op>) {
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
-    loop {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => match x.0.cmp(&y.0) {
-                std::cmp::Ordering::Less => a.next(),
-                std::cmp::Ordering::Greater => b.next(),
-                std::cmp::Ordering::Equal => {
-                    b.next();
-                    a.next()
-                }
-            },
-            (Some(_), None) => a.next(),
-            (None, _) => b.next(),
-        };
-        match next {
-            Some(op) => out.push(op),
-            None => return,
+/// Which half an entry of a [`Merged`] is from: the top bit of its place.
+const HALF_B: u32 = 1 << 31;
+
+/// The order that merges `a` and `b` (each sorted by `key`, keys unique): for each entry of
+/// the merge, its place (`HALF_B` set: in `b`); a key in both once, from `a`.
+fn merge_order<T>(a: &[T], b: &[T], key: impl Fn(&T) -> &[u8]) -> Result<Vec<u32>> {
+    if a.len() >= HALF_B as usize || b.len() >= HALF_B as usize {
+        return Err(Error::InvalidArgument(
+            "too many index entries to build at once".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match key(&a[i]).cmp(key(&b[j])) {
+            std::cmp::Ordering::Less => {
+                out.push(i as u32);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(j as u32 | HALF_B);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(i as u32);
+                i += 1;
+                j += 1;
+            }
         }
+    }
+    out.extend((i..a.len()).map(|i| i as u32));
+    out.extend((j..b.len()).map(|j| j as u32 | HALF_B));
+    Ok(out)
+}
+
+/// Both halves' entries as one sorted sequence ([`tree::Sorted`]): the by-document entries,
+/// then the rows, each in the order [`merge_order`] found (no merged copy: a build's entries
+/// are the most memory it touches, and fresh memory costs a page fault per 4 KiB).
+struct Merged<'a> {
+    halves: [&'a Mapped; 2],
+    by_id: Vec<u32>,
+    rows: Vec<u32>,
+}
+
+impl Merged<'_> {
+    fn half(&self, place: u32) -> (&Mapped, usize) {
+        let h = usize::from(place & HALF_B != 0);
+        (self.halves[h], (place & !HALF_B) as usize)
+    }
+}
+
+impl tree::Sorted for Merged<'_> {
+    fn len(&self) -> usize {
+        self.by_id.len() + self.rows.len()
+    }
+    fn key(&self, i: usize) -> &Arc<[u8]> {
+        match self.by_id.get(i) {
+            Some(&p) => {
+                let (m, at) = self.half(p);
+                &m.by_id[at]
+            }
+            None => {
+                let (m, at) = self.half(self.rows[i - self.by_id.len()]);
+                &m.rows[at].0
+            }
+        }
+    }
+    fn slot(&self, i: usize) -> Option<Slot> {
+        if i < self.by_id.len() {
+            return Some(SLOT);
+        }
+        let (m, at) = self.half(self.rows[i - self.by_id.len()]);
+        Some(m.slot_of(&m.rows[at]))
     }
 }
 
@@ -198,11 +251,16 @@ fn scan_all(db: &Database, name: &str, mapper: &Mapper) -> Result<(Vec<Cid>, Map
 }
 
 /// What mapping a run of documents made: their by-document entries and their rows (each
-/// sorted and without repeats once [`Mapped::sort`] ran).
+/// sorted and without repeats once [`Mapped::sort`] ran). Kept small (fresh memory is most
+/// of a build's cost): a by-document entry is its key alone (its slot is empty), a row its
+/// key and its document's place in `versions`.
 #[derive(Default)]
 struct Mapped {
-    by_id: Vec<tree::Op>,
-    rows: Vec<tree::Op>,
+    by_id: Vec<Arc<[u8]>>,
+    rows: Vec<(Arc<[u8]>, u32)>,
+    /// The document versions the rows were made of (CID, height), one per document mapped
+    /// to at least one row.
+    versions: Vec<(Cid, u64)>,
     mapped: u64,
 }
 
@@ -213,6 +271,7 @@ impl Mapped {
         Mapped {
             by_id: Vec::with_capacity(docs),
             rows: Vec::with_capacity(docs),
+            versions: Vec::with_capacity(docs),
             mapped: 0,
         }
     }
@@ -239,30 +298,48 @@ impl Mapped {
     ) -> Result<()> {
         self.mapped += 1;
         let rows = checked_rows(name, id, make)?;
-        entries_of(id, at, rows, &mut |b, r, row| {
-            self.by_id.push((Arc::from(b), Some(SLOT)));
-            self.rows.push((Arc::from(r), Some(row)));
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let Ok(version) = u32::try_from(self.versions.len()) else {
+            return Err(Error::InvalidArgument(
+                "too many documents to index at once".into(),
+            ));
+        };
+        self.versions.push(at);
+        entries_of(id, at, rows, &mut |b, r, _| {
+            self.by_id.push(Arc::from(b));
+            self.rows.push((Arc::from(r), version));
         });
         Ok(())
+    }
+
+    /// The slot of row `r`: the document version it was made of.
+    fn slot_of(&self, r: &(Arc<[u8]>, u32)) -> Slot {
+        let (link, version) = self.versions[r.1 as usize];
+        Slot {
+            version,
+            link: Some(link),
+        }
     }
 
     fn sort(&mut self) {
         // By-document entries come in file order, often id order already (which the sort
         // finds in one pass); rows come in any order.
-        self.by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        self.by_id.dedup_by(|a, b| a.0 == b.0);
-        sort_by_prefix(&mut self.rows);
+        self.by_id.sort_unstable();
+        self.by_id.dedup();
+        sort_by_prefix(&mut self.rows, |r| &r.0);
         self.rows.dedup_by(|a, b| a.0 == b.0);
     }
 }
 
-/// Sorts `ops` by key, comparing each key's first 8 bytes as one number (read once per key,
+/// Sorts `ops` by `key`, comparing each key's first 8 bytes as one number (read once per key,
 /// into a compact array that is sorted instead: each key is its own allocation, and a sort
 /// comparing keys read them again at every comparison, each read a likely cache miss) and
 /// the whole keys only where those are equal; then moves the entries into that order.
-fn sort_by_prefix(ops: &mut [tree::Op]) {
+fn sort_by_prefix<T>(ops: &mut [T], key: impl Fn(&T) -> &[u8]) {
     let Ok(n) = u32::try_from(ops.len()) else {
-        ops.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        ops.sort_unstable_by(|a, b| key(a).cmp(key(b)));
         return;
     };
     // Zero-padded big-endian: a key below another never has a larger prefix.
@@ -272,11 +349,11 @@ fn sort_by_prefix(ops: &mut [tree::Op]) {
         p[..l].copy_from_slice(&k[..l]);
         u64::from_be_bytes(p)
     };
-    let mut order: Vec<(u64, u32)> = (0..n).map(|i| (prefix(&ops[i as usize].0), i)).collect();
+    let mut order: Vec<(u64, u32)> = (0..n).map(|i| (prefix(key(&ops[i as usize])), i)).collect();
     order.sort_unstable();
     for run in order.chunk_by_mut(|a, b| a.0 == b.0) {
         if run.len() > 1 {
-            run.sort_unstable_by(|a, b| ops[a.1 as usize].0.cmp(&ops[b.1 as usize].0));
+            run.sort_unstable_by(|a, b| key(&ops[a.1 as usize]).cmp(key(&ops[b.1 as usize])));
         }
     }
     // Position i takes the entry `order[i]` names; an entry moved away earlier is found by
@@ -529,7 +606,7 @@ mod tests {
                 .map(|(i, k)| (Arc::from(&k[..]), Some(Slot { version: i as u64, link: None })))
                 .collect();
             let mut got = ops.clone();
-            sort_by_prefix(&mut got);
+            sort_by_prefix(&mut got, |o| &o.0);
             let mut want = ops;
             want.sort_by(|a, b| a.0.cmp(&b.0));
             let keys_of = |v: &[tree::Op]| v.iter().map(|o| o.0.to_vec()).collect::<Vec<_>>();
@@ -544,36 +621,66 @@ mod tests {
     }
 
     #[test]
-    fn sorted_halves_merge_into_one_run_each_key_once() {
-        let op = |k: &str, v: u64| -> tree::Op {
-            (
-                Arc::from(k.as_bytes()),
-                Some(Slot {
-                    version: v,
-                    link: None,
-                }),
-            )
-        };
-        let a = vec![op("a", 1), op("c", 1), op("e", 1), op("f", 1)];
-        let b = vec![op("b", 2), op("c", 2), op("d", 2)];
-        let mut out = vec![op("0", 0)];
-        merge_sorted(a, b, &mut out);
-        let got: Vec<(&[u8], u64)> = out
+    fn the_merge_order_of_sorted_halves_names_each_key_once() {
+        let keys = |ks: &[&'static str]| ks.iter().map(|k| k.as_bytes()).collect::<Vec<_>>();
+        let a = keys(&["a", "c", "e", "f"]);
+        let b = keys(&["b", "c", "d"]);
+        let order = merge_order(&a, &b, |k| k).unwrap();
+        let got: Vec<&[u8]> = order
             .iter()
-            .map(|(k, s)| (&k[..], s.map_or(0, |s| s.version)))
+            .map(|&p| match p & HALF_B {
+                0 => a[p as usize],
+                _ => b[(p & !HALF_B) as usize],
+            })
             .collect();
-        let want: Vec<(&[u8], u64)> = vec![
-            (b"0", 0),
-            (b"a", 1),
-            (b"b", 2),
-            (b"c", 1),
-            (b"d", 2),
-            (b"e", 1),
-            (b"f", 1),
-        ];
-        assert_eq!(got, want);
-        let mut none = Vec::new();
-        merge_sorted(Vec::new(), vec![op("x", 3)], &mut none);
-        assert_eq!(none.len(), 1);
+        assert_eq!(got, keys(&["a", "b", "c", "d", "e", "f"]));
+        // A key in both is taken from the first half.
+        assert_eq!(order[2], 1);
+        let none: Vec<&[u8]> = Vec::new();
+        assert_eq!(
+            merge_order(&none, &keys(&["x"]), |k| k).unwrap(),
+            vec![HALF_B]
+        );
+        assert_eq!(merge_order(&keys(&["x"]), &none, |k| k).unwrap(), vec![0]);
+    }
+
+    /// Two halves' entries read through their merge order are the sorted entries of both,
+    /// each row with its own document's slot, by-document entries first.
+    #[test]
+    fn merged_halves_read_as_one_sorted_sequence() {
+        use tree::Sorted;
+        let link = |i: u8| Cid::of_cbor(&[i]);
+        let mut halves = [Mapped::default(), Mapped::default()];
+        for (i, n) in [(0u8, 5u64), (1, 3), (2, 9), (3, 1), (4, 3)] {
+            let id = format!("d{i}");
+            let row = vec![(Value::from(n), Value::Null)];
+            halves[usize::from(i % 2)]
+                .add_rows("t", &id, (link(i), u64::from(i) + 10), || row)
+                .unwrap();
+        }
+        for h in &mut halves {
+            h.sort();
+        }
+        let [a, b] = &halves;
+        let merged = Merged {
+            halves: [a, b],
+            by_id: merge_order(&a.by_id, &b.by_id, |k| k).unwrap(),
+            rows: merge_order(&a.rows, &b.rows, |r| &r.0).unwrap(),
+        };
+        assert_eq!(merged.len(), 10);
+        let keys: Vec<&[u8]> = (0..10).map(|i| &merged.key(i)[..]).collect();
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(keys, want, "sorted");
+        assert!((0..5).all(|i| merged.key(i)[0] == BY_ID && merged.slot(i) == Some(SLOT)));
+        for i in 5..10 {
+            let (_, id, _) = parse_row(merged.key(i)).unwrap();
+            let d: u8 = id[1..].parse().unwrap();
+            let want = Slot {
+                version: u64::from(d) + 10,
+                link: Some(link(d)),
+            };
+            assert_eq!(merged.slot(i), Some(want), "row of {id}");
+        }
     }
 }

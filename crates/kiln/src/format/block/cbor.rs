@@ -60,6 +60,19 @@ impl Encoder {
     pub fn u64(&mut self, n: u64) {
         self.head(0, n)
     }
+    /// The bytes of an item's head (major type and argument `n`): what [`Encoder::u64`]
+    /// writes of `n`, and what precedes a string, array or map of `n`.
+    pub fn head_len(n: u64) -> usize {
+        match n {
+            0..24 => 1,
+            24..=0xff => 2,
+            0x100..=0xffff => 3,
+            0x1_0000..=0xffff_ffff => 5,
+            _ => 9,
+        }
+    }
+    /// The bytes [`Encoder::link`] writes.
+    pub const LINK_LEN: usize = 2 + 2 + 1 + CID_LEN;
     pub fn i64(&mut self, n: i64) {
         if n >= 0 {
             self.head(0, n as u64)

@@ -64,45 +64,58 @@ pub(super) fn rebuild<S: NodeSource>(
             b.walk(src, &node, ops, 0)?;
         }
         None if ops.len() >= SHARED_LEAVES && ops.iter().all(|o| o.1.is_some()) => {
-            b.fresh_leaves(&[ops])
+            b.fresh_leaves(ops)
         }
         None => b.merge_leaf(&[], &[], ops, 0),
     }
     b.finish(src)
 }
 
-/// A new tree of the entries of `runs` (each sorted, keys unique, and every key of a run
-/// below every key of the next): what [`update`] of an empty tree with their concatenation
-/// makes, without the runs being copied into one when every entry is a set.
-pub fn build_new<S: NodeSource>(src: &S, runs: &[&[Op]], shape: Shape) -> Result<Update, S::Error> {
-    debug_assert!(runs
-        .iter()
-        .flat_map(|r| r.iter())
-        .zip(runs.iter().flat_map(|r| r.iter()).skip(1))
-        .all(|(a, b)| a.0 < b.0));
-    let total: usize = runs.iter().map(|r| r.len()).sum();
+/// Entries sorted by key (keys unique), read by position: what [`build_new`] makes a tree
+/// of. The caller keeps them in whatever form is cheapest for it (an index build: each
+/// thread's entries and the order that merges them, not one merged copy).
+pub trait Sorted: Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The key at position `i`.
+    fn key(&self, i: usize) -> &Arc<[u8]>;
+    /// The change at position `i`: a set, or `None`, a removal.
+    fn slot(&self, i: usize) -> Option<Slot>;
+}
+
+impl Sorted for [Op] {
+    fn len(&self) -> usize {
+        <[Op]>::len(self)
+    }
+    fn key(&self, i: usize) -> &Arc<[u8]> {
+        &self[i].0
+    }
+    fn slot(&self, i: usize) -> Option<Slot> {
+        self[i].1
+    }
+}
+
+/// A new tree of `entries`: what [`update`] of an empty tree with them makes, read where
+/// they are (not copied into one list of ops) when every entry is a set.
+pub fn build_new<S: NodeSource, E: Sorted + ?Sized>(
+    src: &S,
+    entries: &E,
+    shape: Shape,
+) -> Result<Update, S::Error> {
+    let n = entries.len();
+    debug_assert!((1..n).all(|i| entries.key(i - 1) < entries.key(i)));
     // (A removal among them: nothing to remove from an empty tree, as `update` knows.)
-    if total < SHARED_LEAVES || runs.iter().any(|r| r.iter().any(|o| o.1.is_none())) {
-        let ops: Vec<Op> = runs.iter().flat_map(|r| r.iter().cloned()).collect();
+    if n < SHARED_LEAVES || (0..n).any(|i| entries.slot(i).is_none()) {
+        let ops: Vec<Op> = (0..n)
+            .map(|i| (entries.key(i).clone(), entries.slot(i)))
+            .collect();
         return update(src, None, &ops, Mode::Overwrite, shape);
     }
     let mut b = Builder::new(shape, Mode::Overwrite, Vec::new());
-    b.fresh_leaves(runs);
+    b.fresh_leaves(entries);
     b.finish(src)
-}
-
-/// The entries `from..to` of the concatenation of `runs`.
-fn span<'a>(runs: &[&'a [Op]], from: usize, to: usize) -> impl Iterator<Item = &'a Op> + Clone {
-    let mut at = 0;
-    let mut parts = Vec::with_capacity(runs.len());
-    for r in runs {
-        let (s, e) = (from.clamp(at, at + r.len()), to.clamp(at, at + r.len()));
-        if s < e {
-            parts.push(&r[s - at..e - at]);
-        }
-        at += r.len();
-    }
-    parts.into_iter().flatten()
 }
 
 /// Entries from which a new tree's leaves are encoded and hashed on two threads
@@ -301,12 +314,12 @@ impl Builder {
     /// The leaves of a new tree holding `ops` (sorted, every one a set), their boundaries
     /// decided here in order (cheap: a hash of each key), then encoded and hashed on two
     /// threads, then handed to level 1 in order. The same nodes as pushing each entry.
-    fn fresh_leaves(&mut self, runs: &[&[Op]]) {
-        let total: usize = runs.iter().map(|r| r.len()).sum();
+    fn fresh_leaves<E: Sorted + ?Sized>(&mut self, entries: &E) {
+        let total = entries.len();
         let mut ends = Vec::with_capacity(total / BOUNDED_MIN + 1);
         let mut start = 0;
-        for (i, (key, _)) in runs.iter().flat_map(|r| r.iter()).enumerate() {
-            if is_boundary(self.shape, key, 0, i - start + 1) {
+        for i in 0..total {
+            if is_boundary(self.shape, entries.key(i), 0, i - start + 1) {
                 ends.push(i + 1);
                 start = i + 1;
             }
@@ -314,13 +327,20 @@ impl Builder {
         if start < total {
             ends.push(total); // the level's last leaf
         }
+        // Every entry is a set here. Sized at once: a filtered collect grows by doubling,
+        // reallocating, and leaves up to half its room unused (fresh memory, thousands of
+        // leaves).
+        let slots = |from: usize, to: usize| {
+            let mut v = Vec::with_capacity(to - from);
+            v.extend((from..to).filter_map(|i| entries.slot(i)));
+            v
+        };
         let leaf = |end_at: usize| {
             let (from, to) = (if end_at == 0 { 0 } else { ends[end_at - 1] }, ends[end_at]);
-            let part = span(runs, from, to);
             let node = Node {
                 level: 0,
-                keys: part.clone().map(|o| o.0.clone()).collect(),
-                items: Items::Leaf(part.filter_map(|o| o.1).collect()),
+                keys: (from..to).map(|i| entries.key(i).clone()).collect(),
+                items: Items::Leaf(slots(from, to)),
             };
             let bytes = node.encode();
             (Cid::of_cbor(&bytes), Arc::new(node), bytes)

@@ -119,10 +119,11 @@ pub enum Items {
 
 impl Node {
     pub fn encode(&self) -> Vec<u8> {
-        // Keys plus at most 2 + 46 bytes per item (a link, or a version and a link).
-        let cap = 16 + self.keys.iter().map(|k| k.len() + 50).sum::<usize>();
+        // Exactly sized: a build keeps thousands of these until they are written, and the
+        // unused room of each took fresh memory too.
+        let len = self.encoded_len();
         let mut e = Encoder {
-            buf: Vec::with_capacity(cap),
+            buf: Vec::with_capacity(len),
         };
         e.map(3);
         e.str("k");
@@ -149,7 +150,26 @@ impl Node {
                 }
             }
         }
+        debug_assert_eq!(e.buf.len(), len, "encoded_len is exact");
         e.into_bytes()
+    }
+
+    /// The length of [`Node::encode`]'s bytes.
+    pub fn encoded_len(&self) -> usize {
+        let head = |n: usize| Encoder::head_len(n as u64);
+        let keys: usize = self.keys.iter().map(|k| head(k.len()) + k.len()).sum();
+        let items = match &self.items {
+            Items::Leaf(v) => {
+                let slot = |s: &Slot| {
+                    let link = s.link.map_or(1, |_| Encoder::LINK_LEN);
+                    1 + Encoder::head_len(s.version) + link
+                };
+                head(v.len()) + v.iter().map(slot).sum::<usize>()
+            }
+            Items::Branch(v) => head(v.len()) + v.len() * Encoder::LINK_LEN,
+        };
+        // The map's head and its three one-letter keys.
+        1 + 3 * 2 + head(self.keys.len()) + keys + Encoder::head_len(self.level.into()) + items
     }
 
     pub fn decode(b: &[u8]) -> Result<Node, CborError> {

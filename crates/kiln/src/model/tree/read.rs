@@ -77,6 +77,7 @@ pub fn range<S: NodeSource>(
         }
     }
     /// Visits a leaf's entries from `start` until `end`; false once done (`end` or `f`).
+    /// Both bounds are found by binary search (not by comparing each key with `end`).
     fn in_leaf<E>(
         entries: &Entries,
         start: Option<&[u8]>,
@@ -84,16 +85,14 @@ pub fn range<S: NodeSource>(
         f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, E>,
     ) -> Result<bool, E> {
         let from = start.map_or(0, |s| entries.lower_bound(s));
-        for i in from..entries.len() {
-            let k = entries.key(i);
-            if end.is_some_and(|e| k >= e) {
-                return Ok(false);
-            }
-            if !f(k, entries.slot(i))? {
+        let to = end.map_or(entries.len(), |e| entries.lower_bound(e));
+        for i in from..to {
+            if !f(entries.key(i), entries.slot(i))? {
                 return Ok(false);
             }
         }
-        Ok(true)
+        // A key at or past `end` ends the walk.
+        Ok(to == entries.len())
     }
     if let Some(root) = root {
         let node = src.node(root)?;
@@ -149,16 +148,14 @@ pub fn range_rev<S: NodeSource>(
         f: &mut dyn FnMut(&[u8], &Slot) -> Result<bool, E>,
     ) -> Result<bool, E> {
         let below_end = end.map_or(entries.len(), |e| entries.lower_bound(e));
-        for i in (0..below_end).rev() {
-            let k = entries.key(i);
-            if start.is_some_and(|s| k < s) {
-                return Ok(false);
-            }
-            if !f(k, entries.slot(i))? {
+        let from = start.map_or(0, |s| entries.lower_bound(s)).min(below_end);
+        for i in (from..below_end).rev() {
+            if !f(entries.key(i), entries.slot(i))? {
                 return Ok(false);
             }
         }
-        Ok(true)
+        // A key below `start` ends the walk.
+        Ok(from == 0)
     }
     if let Some(root) = root {
         let node = src.node(root)?;

@@ -139,6 +139,33 @@ fn a_large_new_tree_shared_between_threads_is_the_one_grown_in_batches() {
     }
 }
 
+/// Sorted runs read as their concatenation (every key of a run below every key of the next).
+struct Runs<'a>(pub &'a [&'a [Op]]);
+
+impl Runs<'_> {
+    fn at(&self, mut i: usize) -> &Op {
+        for r in self.0 {
+            if i < r.len() {
+                return &r[i];
+            }
+            i -= r.len();
+        }
+        panic!("position past the runs' end")
+    }
+}
+
+impl Sorted for Runs<'_> {
+    fn len(&self) -> usize {
+        self.0.iter().map(|r| r.len()).sum()
+    }
+    fn key(&self, i: usize) -> &Arc<[u8]> {
+        &self.at(i).0
+    }
+    fn slot(&self, i: usize) -> Option<Slot> {
+        self.at(i).1
+    }
+}
+
 /// A new tree built from sorted runs (an index build's by-document entries and rows) is the
 /// one an update of an empty tree with their concatenation makes, wherever the runs split
 /// (empty runs included), below and above the size shared between threads.
@@ -153,7 +180,7 @@ fn a_new_tree_of_runs_is_the_one_of_their_concatenation() {
             for (i, &c) in cuts.iter().enumerate() {
                 let d = cuts[(i + 2) % cuts.len()].max(c);
                 let runs = [&ops[..c], &ops[c..d], &ops[d..]];
-                let got = build_new(&mem, &runs, shape).unwrap();
+                let got = build_new(&mem, &Runs(&runs), shape).unwrap();
                 assert_eq!(got.root, want.root, "{shape:?} n={n} cut {c}..{d}");
                 let cids = |u: &Update| {
                     let mut v: Vec<Cid> = u.blocks.iter().map(|b| b.0).collect();
@@ -168,7 +195,7 @@ fn a_new_tree_of_runs_is_the_one_of_their_concatenation() {
             with_removal[n as usize / 2].1 = None;
             let half = n as usize / 2 + 1;
             let runs = [&with_removal[..half], &with_removal[half..]];
-            let got = build_new(&mem, &runs, shape).unwrap();
+            let got = build_new(&mem, &Runs(&runs), shape).unwrap();
             let want = update(&mem, None, &with_removal, Mode::Overwrite, shape).unwrap();
             assert_eq!(got.root, want.root, "{shape:?} n={n} with a removal");
         }
@@ -514,5 +541,48 @@ proptest! {
     #[test]
     fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = Node::decode(&bytes);
+    }
+}
+
+/// A node's encoding is sized exactly in advance: `encoded_len` is the length of `encode`'s
+/// bytes for keys, versions and levels across every CBOR head size, with and without links.
+#[test]
+fn a_nodes_encoded_length_is_known_before_it_is_encoded() {
+    let lens = [0usize, 1, 23, 24, 255, 256, 65_535, 65_536];
+    let versions = [
+        0u64,
+        23,
+        24,
+        255,
+        256,
+        65_535,
+        65_536,
+        u32::MAX as u64 + 1,
+        u64::MAX,
+    ];
+    let keys: Vec<Arc<[u8]>> = lens.iter().map(|&l| vec![7u8; l].into()).collect();
+    for count in [0, 1, 23, 24, lens.len()] {
+        let ks: Vec<Arc<[u8]>> = keys.iter().cycle().take(count).cloned().collect();
+        let slots: Vec<Slot> = (0..count)
+            .map(|i| Slot {
+                version: versions[i % versions.len()],
+                link: (i % 2 == 0).then(|| Cid::of_cbor(&[i as u8])),
+            })
+            .collect();
+        let kids: Vec<Cid> = (0..count).map(|i| Cid::of_cbor(&[i as u8, 1])).collect();
+        for node in [
+            Node {
+                level: 0,
+                keys: ks.clone(),
+                items: Items::Leaf(slots),
+            },
+            Node {
+                level: 24,
+                keys: ks,
+                items: Items::Branch(kids),
+            },
+        ] {
+            assert_eq!(node.encoded_len(), node.encode().len(), "{count} items");
+        }
     }
 }
