@@ -398,6 +398,10 @@ impl DerivedNodes<'_> {
         if let Some(Cached::Node(n, _)) = db.store.cache.get(&ck) {
             return Ok(n);
         }
+        // A leaf an update kept as it wrote it (an update of the tree reads it as a node).
+        if let Some(Cached::Leaf(l, _)) = db.store.cache.get(&CacheKey::Leaf(db.lineage, *cid)) {
+            return Ok(Arc::new(l.to_node()));
+        }
         for f in files {
             let index = self.index(f)?;
             let Some(e) = index.find(cid) else { continue };
@@ -452,21 +456,43 @@ impl DerivedNodes<'_> {
         ))
     }
 
+    /// The leaf `cid` for reading its entries: as an update kept it ([`Self::keep_written`]),
+    /// else as [`Self::node`] reads it.
+    pub fn leaf(&self, files: &[FileName], cid: &Cid) -> Result<tree::LeafRef> {
+        let db = &self.db.inner;
+        if let Some(Cached::Leaf(l, _)) = db.store.cache.get(&CacheKey::Leaf(db.lineage, *cid)) {
+            return Ok(tree::LeafRef::Leaf(l));
+        }
+        self.node(files, cid).map(tree::LeafRef::Node)
+    }
+
     /// Keeps `nodes`, just written, in the store's cache: the first queries after an update
     /// read them without opening its file again. As nodes built in memory (no place in a
     /// file): the next update replaces some of them, so they are not kept as upper levels
     /// are. Only the upper levels when all of them would take more than
     /// [`KEEP_WRITTEN_SHARE`] of the cache (a large build would push out everything else).
-    pub fn keep_written<'n>(&self, nodes: impl Iterator<Item = (&'n Cid, &'n Arc<tree::Node>)>) {
+    /// Leaves made as [`tree::Leaf`]s (a new tree's) are kept so, read back as leaves.
+    pub fn keep_written<'n>(
+        &self,
+        nodes: impl Iterator<Item = (&'n Cid, &'n Arc<tree::Node>)>,
+        leaves: impl Iterator<Item = (&'n Cid, &'n Arc<tree::Leaf>)>,
+    ) {
         let db = &self.db.inner;
         let cache = &db.store.cache;
-        let entries: Vec<(Cid, u8, Cached)> = nodes
-            .map(|(c, n)| (*c, n.level, Cached::Node(n.clone(), None)))
+        let mut entries: Vec<(CacheKey, u8, Cached)> = nodes
+            .map(|(c, n)| {
+                let key = CacheKey::Node(db.lineage, *c);
+                (key, n.level, Cached::Node(n.clone(), None))
+            })
             .collect();
+        entries.extend(leaves.map(|(c, l)| {
+            let key = CacheKey::Leaf(db.lineage, *c);
+            (key, 0, Cached::Leaf(l.clone(), None))
+        }));
         let weight: usize = entries.iter().map(|(_, _, e)| e.weight()).sum();
         let all = weight <= cache.budget() / KEEP_WRITTEN_SHARE;
-        for (cid, _, entry) in entries.into_iter().filter(|(_, l, _)| all || *l > 0) {
-            cache.insert(CacheKey::Node(db.lineage, cid), entry);
+        for (key, _, entry) in entries.into_iter().filter(|(_, l, _)| all || *l > 0) {
+            cache.insert(key, entry);
         }
     }
 

@@ -20,8 +20,24 @@ pub const MAX_DELTAS: usize = 8;
 pub struct Nodes<'a> {
     db: &'a Database,
     files: Vec<FileName>,
-    /// Nodes made in memory and not (yet) written: CID → (encoding, node).
-    pub fresh: HashMap<Cid, (Vec<u8>, Arc<tree::Node>)>,
+    /// Nodes made in memory and not (yet) written.
+    fresh: HashMap<Cid, Fresh>,
+}
+
+/// A node made in memory: decoded with its encoding, or a leaf made as a [`tree::Leaf`] (a
+/// new tree's: its encoding inside).
+enum Fresh {
+    Node(Vec<u8>, Arc<tree::Node>),
+    Leaf(Arc<tree::Leaf>),
+}
+
+impl Fresh {
+    fn encoding(&self) -> &[u8] {
+        match self {
+            Fresh::Node(b, _) => b,
+            Fresh::Leaf(l) => l.encoding(),
+        }
+    }
 }
 
 impl<'a> Nodes<'a> {
@@ -33,10 +49,18 @@ impl<'a> Nodes<'a> {
         }
     }
 
-    /// Keeps an update's new nodes in memory.
-    pub fn add(&mut self, blocks: Vec<(Cid, Vec<u8>, Arc<tree::Node>)>) {
+    /// Keeps an update's new nodes (`blocks`, and `leaves` made as leaves) in memory.
+    pub fn add(
+        &mut self,
+        blocks: Vec<(Cid, Vec<u8>, Arc<tree::Node>)>,
+        leaves: Vec<(Cid, Arc<tree::Leaf>)>,
+    ) {
+        self.fresh.reserve(blocks.len() + leaves.len());
         for (c, b, n) in blocks {
-            self.fresh.insert(c, (b, n));
+            self.fresh.insert(c, Fresh::Node(b, n));
+        }
+        for (c, l) in leaves {
+            self.fresh.insert(c, Fresh::Leaf(l));
         }
     }
 
@@ -58,10 +82,20 @@ impl<'a> Nodes<'a> {
         if !live.is_empty() {
             let named = w.write_nodes(
                 live.iter()
-                    .filter_map(|c| self.fresh.get(c).map(|(b, _)| (c, b.as_slice()))),
+                    .filter_map(|c| self.fresh.get(c).map(|f| (c, f.encoding()))),
             )?;
-            let written = live.iter().filter_map(|c| Some((c, &self.fresh.get(c)?.1)));
-            self.db.derived_nodes().keep_written(written);
+            let written = live
+                .iter()
+                .filter_map(|c| self.fresh.get(c).map(|f| (c, f)));
+            let nodes = written.clone().filter_map(|(c, f)| match f {
+                Fresh::Node(_, n) => Some((c, n)),
+                Fresh::Leaf(_) => None,
+            });
+            let leaves = written.filter_map(|(c, f)| match f {
+                Fresh::Leaf(l) => Some((c, l)),
+                Fresh::Node(..) => None,
+            });
+            self.db.derived_nodes().keep_written(nodes, leaves);
             if st.files.is_empty() {
                 st.based = true;
             }
@@ -116,8 +150,8 @@ impl<'a> Nodes<'a> {
 
     /// A node's encoding.
     fn encoded(&self, c: &Cid) -> Result<Vec<u8>> {
-        if let Some((b, _)) = self.fresh.get(c) {
-            return Ok(b.clone());
+        if let Some(f) = self.fresh.get(c) {
+            return Ok(f.encoding().to_vec());
         }
         Ok(self.node(c)?.encode())
     }
@@ -135,8 +169,10 @@ impl<'a> Nodes<'a> {
             if !take(&c) {
                 continue;
             }
-            let n = self.node(&c)?;
-            stack.extend(n.children().iter().copied());
+            // (A leaf made as a leaf has no children: not made a node to be asked.)
+            if !matches!(self.fresh.get(&c), Some(Fresh::Leaf(_))) {
+                stack.extend(self.node(&c)?.children().iter().copied());
+            }
             out.push(c);
         }
         Ok(())
@@ -146,9 +182,17 @@ impl<'a> Nodes<'a> {
 impl NodeSource for Nodes<'_> {
     type Error = Error;
     fn node(&self, cid: &Cid) -> Result<Arc<tree::Node>> {
-        if let Some((_, n)) = self.fresh.get(cid) {
-            return Ok(n.clone());
+        match self.fresh.get(cid) {
+            Some(Fresh::Node(_, n)) => Ok(n.clone()),
+            Some(Fresh::Leaf(l)) => Ok(Arc::new(l.to_node())),
+            None => self.db.derived_nodes().node(&self.files, cid),
         }
-        self.db.derived_nodes().node(&self.files, cid)
+    }
+    fn leaf(&self, cid: &Cid) -> Result<tree::LeafRef> {
+        match self.fresh.get(cid) {
+            Some(Fresh::Node(_, n)) => Ok(tree::LeafRef::Node(n.clone())),
+            Some(Fresh::Leaf(l)) => Ok(tree::LeafRef::Leaf(l.clone())),
+            None => self.db.derived_nodes().leaf(&self.files, cid),
+        }
     }
 }

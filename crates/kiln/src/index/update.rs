@@ -112,8 +112,8 @@ fn build(
     // entries on this thread and rows on the helper, and the tree reads the entries where
     // they are in that order (every by-document entry sorts before every row).
     let (by_id, rows) = crate::util::par::join(
-        || merge_order(&a.by_id, &b.by_id, |k| k),
-        || merge_order(&a.rows, &b.rows, |r| &r.0),
+        || merge_order(&a.by_id, &b.by_id, |s| a.key(*s), |s| b.key(*s)),
+        || merge_order(&a.rows, &b.rows, |r| a.key(r.0), |r| b.key(r.0)),
     );
     let merged = Merged {
         halves: [&a, &b],
@@ -127,7 +127,7 @@ fn build(
         ..IndexUpdate::default()
     };
     let u = tree::build_new(nodes, &merged, Shape::Bounded)?;
-    nodes.add(u.blocks);
+    nodes.add(u.blocks, u.leaves);
     // A build replaces every file.
     st.files.clear();
     st.based = false;
@@ -137,21 +137,38 @@ fn build(
     Ok(up)
 }
 
+/// The bytes of `keys` at `s`.
+fn span_of(keys: &[u8], s: Span) -> &[u8] {
+    &keys[s.0 as usize..(s.0 + s.1) as usize]
+}
+
+/// Key bytes [`Mapped::with_room`] asks room for per document (two entries of a short key).
+const ROOM_PER_DOC: usize = 64;
+
+/// A build with more entries than one thread's positions can name (u32).
+fn too_many() -> Error {
+    Error::InvalidArgument("too many index entries to build at once".into())
+}
+
 /// Which half an entry of a [`Merged`] is from: the top bit of its place.
 const HALF_B: u32 = 1 << 31;
 
-/// The order that merges `a` and `b` (each sorted by `key`, keys unique): for each entry of
-/// the merge, its place (`HALF_B` set: in `b`); a key in both once, from `a`.
-fn merge_order<T>(a: &[T], b: &[T], key: impl Fn(&T) -> &[u8]) -> Result<Vec<u32>> {
+/// The order that merges `a` and `b` (each sorted by its key, `key_a` and `key_b`, keys
+/// unique): for each entry of the merge, its place (`HALF_B` set: in `b`); a key in both
+/// once, from `a`.
+fn merge_order<'k, T>(
+    a: &[T],
+    b: &[T],
+    key_a: impl Fn(&T) -> &'k [u8],
+    key_b: impl Fn(&T) -> &'k [u8],
+) -> Result<Vec<u32>> {
     if a.len() >= HALF_B as usize || b.len() >= HALF_B as usize {
-        return Err(Error::InvalidArgument(
-            "too many index entries to build at once".into(),
-        ));
+        return Err(too_many());
     }
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
-        match key(&a[i]).cmp(key(&b[j])) {
+        match key_a(&a[i]).cmp(key_b(&b[j])) {
             std::cmp::Ordering::Less => {
                 out.push(i as u32);
                 i += 1;
@@ -192,15 +209,15 @@ impl tree::Sorted for Merged<'_> {
     fn len(&self) -> usize {
         self.by_id.len() + self.rows.len()
     }
-    fn key(&self, i: usize) -> &Arc<[u8]> {
+    fn key(&self, i: usize) -> &[u8] {
         match self.by_id.get(i) {
             Some(&p) => {
                 let (m, at) = self.half(p);
-                &m.by_id[at]
+                m.key(m.by_id[at])
             }
             None => {
                 let (m, at) = self.half(self.rows[i - self.by_id.len()]);
-                &m.rows[at].0
+                m.key(m.rows[at].0)
             }
         }
     }
@@ -250,14 +267,19 @@ fn scan_all(db: &Database, name: &str, mapper: &Mapper) -> Result<(Vec<Cid>, Map
     Ok((done.heads, a, b))
 }
 
+/// Where an entry's key lies in [`Mapped::keys`]: start and length.
+type Span = (u32, u32);
+
 /// What mapping a run of documents made: their by-document entries and their rows (each
 /// sorted and without repeats once [`Mapped::sort`] ran). Kept small (fresh memory is most
-/// of a build's cost): a by-document entry is its key alone (its slot is empty), a row its
-/// key and its document's place in `versions`.
+/// of a build's cost): the keys back to back in one buffer, a by-document entry the span of
+/// its key (its slot is empty), a row the span of its key and its document's place in
+/// `versions`.
 #[derive(Default)]
 struct Mapped {
-    by_id: Vec<Arc<[u8]>>,
-    rows: Vec<(Arc<[u8]>, u32)>,
+    keys: Vec<u8>,
+    by_id: Vec<Span>,
+    rows: Vec<(Span, u32)>,
     /// The document versions the rows were made of (CID, height), one per document mapped
     /// to at least one row.
     versions: Vec<(Cid, u64)>,
@@ -268,7 +290,9 @@ impl Mapped {
     /// With room for the entries of `docs` documents of one row each (growing by doubling
     /// touched twice the memory, all of it fresh).
     fn with_room(docs: usize) -> Mapped {
+        // (Room asked for, not touched: pages never written cost nothing.)
         Mapped {
+            keys: Vec::with_capacity(docs.saturating_mul(ROOM_PER_DOC)),
             by_id: Vec::with_capacity(docs),
             rows: Vec::with_capacity(docs),
             versions: Vec::with_capacity(docs),
@@ -302,20 +326,41 @@ impl Mapped {
             return Ok(());
         }
         let Ok(version) = u32::try_from(self.versions.len()) else {
-            return Err(Error::InvalidArgument(
-                "too many documents to index at once".into(),
-            ));
+            return Err(too_many());
         };
         self.versions.push(at);
-        entries_of(id, at, rows, &mut |b, r, _| {
-            self.by_id.push(Arc::from(b));
-            self.rows.push((Arc::from(r), version));
-        });
-        Ok(())
+        let mut room = Ok(());
+        entries_of(
+            id,
+            at,
+            rows,
+            &mut |b, r, _| match (self.put_key(b), self.put_key(r)) {
+                (Some(b), Some(r)) => {
+                    self.by_id.push(b);
+                    self.rows.push((r, version));
+                }
+                _ => room = Err(too_many()),
+            },
+        );
+        room
+    }
+
+    /// Appends `k` to the keys; `None` past 4 GiB of them.
+    fn put_key(&mut self, k: &[u8]) -> Option<Span> {
+        let at = u32::try_from(self.keys.len()).ok()?;
+        let len = u32::try_from(k.len()).ok()?;
+        at.checked_add(len)?;
+        self.keys.extend_from_slice(k);
+        Some((at, len))
+    }
+
+    /// The key at `s`.
+    fn key(&self, s: Span) -> &[u8] {
+        span_of(&self.keys, s)
     }
 
     /// The slot of row `r`: the document version it was made of.
-    fn slot_of(&self, r: &(Arc<[u8]>, u32)) -> Slot {
+    fn slot_of(&self, r: &(Span, u32)) -> Slot {
         let (link, version) = self.versions[r.1 as usize];
         Slot {
             version,
@@ -326,10 +371,12 @@ impl Mapped {
     fn sort(&mut self) {
         // By-document entries come in file order, often id order already (which the sort
         // finds in one pass); rows come in any order.
-        self.by_id.sort_unstable();
-        self.by_id.dedup();
-        sort_by_prefix(&mut self.rows, |r| &r.0);
-        self.rows.dedup_by(|a, b| a.0 == b.0);
+        let keys = &self.keys[..];
+        let key = |s: &Span| span_of(keys, *s);
+        self.by_id.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        self.by_id.dedup_by(|a, b| key(a) == key(b));
+        sort_by_prefix(&mut self.rows, |r| span_of(keys, r.0));
+        self.rows.dedup_by(|a, b| key(&a.0) == key(&b.0));
     }
 }
 
@@ -337,7 +384,7 @@ impl Mapped {
 /// into a compact array that is sorted instead: each key is its own allocation, and a sort
 /// comparing keys read them again at every comparison, each read a likely cache miss) and
 /// the whole keys only where those are equal; then moves the entries into that order.
-fn sort_by_prefix<T>(ops: &mut [T], key: impl Fn(&T) -> &[u8]) {
+fn sort_by_prefix<'k, T>(ops: &mut [T], key: impl Fn(&T) -> &'k [u8]) {
     let Ok(n) = u32::try_from(ops.len()) else {
         ops.sort_unstable_by(|a, b| key(a).cmp(key(b)));
         return;
@@ -401,7 +448,7 @@ pub fn build_at(
     ops.sort_by(|a, b| a.0.cmp(&b.0));
     ops.dedup_by(|a, b| a.0 == b.0);
     let u = tree::update(&*nodes, None, &ops, Mode::Overwrite, Shape::Bounded)?;
-    nodes.add(u.blocks);
+    nodes.add(u.blocks, u.leaves);
     Ok(u.root)
 }
 
@@ -466,7 +513,7 @@ fn incremental(
             _ => {}
         }
     }
-    nodes.add(u.blocks);
+    nodes.add(u.blocks, u.leaves);
     st.root = u.root;
     st.rows = (st.rows + up.added).saturating_sub(up.removed);
     st.heads = Some(heads);
@@ -600,23 +647,18 @@ mod tests {
                 0..200,
             ),
         ) {
-            let ops: Vec<tree::Op> = keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (Arc::from(&k[..]), Some(Slot { version: i as u64, link: None })))
-                .collect();
-            let mut got = ops.clone();
-            sort_by_prefix(&mut got, |o| &o.0);
-            let mut want = ops;
-            want.sort_by(|a, b| a.0.cmp(&b.0));
-            let keys_of = |v: &[tree::Op]| v.iter().map(|o| o.0.to_vec()).collect::<Vec<_>>();
+            // Entries name their keys by position, as a build's name them by span.
+            let key = |e: &usize| &keys[*e][..];
+            let mut got: Vec<usize> = (0..keys.len()).collect();
+            sort_by_prefix(&mut got, key);
+            let mut want: Vec<usize> = (0..keys.len()).collect();
+            want.sort_by(|a, b| key(a).cmp(key(b)));
+            let keys_of = |v: &[usize]| v.iter().map(|e| key(e).to_vec()).collect::<Vec<_>>();
             prop_assert_eq!(keys_of(&got), keys_of(&want));
-            // The same entries, each once (a slot goes with its key).
-            let mut a: Vec<_> = got.iter().map(|o| (o.0.to_vec(), o.1.unwrap().version)).collect();
-            let mut b: Vec<_> = want.iter().map(|o| (o.0.to_vec(), o.1.unwrap().version)).collect();
+            // The same entries, each once.
+            let mut a = got.clone();
             a.sort();
-            b.sort();
-            prop_assert_eq!(a, b);
+            prop_assert_eq!(a, (0..keys.len()).collect::<Vec<_>>());
         }
     }
 
@@ -625,7 +667,7 @@ mod tests {
         let keys = |ks: &[&'static str]| ks.iter().map(|k| k.as_bytes()).collect::<Vec<_>>();
         let a = keys(&["a", "c", "e", "f"]);
         let b = keys(&["b", "c", "d"]);
-        let order = merge_order(&a, &b, |k| k).unwrap();
+        let order = merge_order(&a, &b, |k| k, |k| k).unwrap();
         let got: Vec<&[u8]> = order
             .iter()
             .map(|&p| match p & HALF_B {
@@ -638,10 +680,13 @@ mod tests {
         assert_eq!(order[2], 1);
         let none: Vec<&[u8]> = Vec::new();
         assert_eq!(
-            merge_order(&none, &keys(&["x"]), |k| k).unwrap(),
+            merge_order(&none, &keys(&["x"]), |k| k, |k| k).unwrap(),
             vec![HALF_B]
         );
-        assert_eq!(merge_order(&keys(&["x"]), &none, |k| k).unwrap(), vec![0]);
+        assert_eq!(
+            merge_order(&keys(&["x"]), &none, |k| k, |k| k).unwrap(),
+            vec![0]
+        );
     }
 
     /// Two halves' entries read through their merge order are the sorted entries of both,
@@ -664,11 +709,11 @@ mod tests {
         let [a, b] = &halves;
         let merged = Merged {
             halves: [a, b],
-            by_id: merge_order(&a.by_id, &b.by_id, |k| k).unwrap(),
-            rows: merge_order(&a.rows, &b.rows, |r| &r.0).unwrap(),
+            by_id: merge_order(&a.by_id, &b.by_id, |s| a.key(*s), |s| b.key(*s)).unwrap(),
+            rows: merge_order(&a.rows, &b.rows, |r| a.key(r.0), |r| b.key(r.0)).unwrap(),
         };
         assert_eq!(merged.len(), 10);
-        let keys: Vec<&[u8]> = (0..10).map(|i| &merged.key(i)[..]).collect();
+        let keys: Vec<&[u8]> = (0..10).map(|i| merged.key(i)).collect();
         let mut want = keys.clone();
         want.sort();
         assert_eq!(keys, want, "sorted");

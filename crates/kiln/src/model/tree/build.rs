@@ -12,6 +12,9 @@ pub struct Update {
     /// New nodes, each with its CID, encoding and decoded form; every one is reachable from
     /// `root`.
     pub blocks: Vec<(Cid, Vec<u8>, Arc<Node>)>,
+    /// New leaves made as [`Leaf`]s (their encoding inside) rather than nodes: a new tree's,
+    /// from [`build_new`]; reachable from `root` as `blocks` are. Empty from [`update`].
+    pub leaves: Vec<(Cid, Arc<Leaf>)>,
     /// For each op, in order: the slot the key had before (`None` when absent); empty when
     /// the tree was empty (every key was absent).
     pub previous: Vec<Option<Slot>>,
@@ -33,6 +36,7 @@ pub fn update<S: NodeSource>(
         return Ok(Update {
             root: root.copied(),
             blocks: Vec::new(),
+            leaves: Vec::new(),
             previous: Vec::new(),
         });
     }
@@ -64,7 +68,7 @@ pub(super) fn rebuild<S: NodeSource>(
             b.walk(src, &node, ops, 0)?;
         }
         None if ops.len() >= SHARED_LEAVES && ops.iter().all(|o| o.1.is_some()) => {
-            b.fresh_leaves(ops)
+            b.fresh_leaves(ops, false)
         }
         None => b.merge_leaf(&[], &[], ops, 0),
     }
@@ -80,7 +84,11 @@ pub trait Sorted: Sync {
         self.len() == 0
     }
     /// The key at position `i`.
-    fn key(&self, i: usize) -> &Arc<[u8]>;
+    fn key(&self, i: usize) -> &[u8];
+    /// The key at position `i` as a node keeps it.
+    fn key_arc(&self, i: usize) -> Arc<[u8]> {
+        Arc::from(self.key(i))
+    }
     /// The change at position `i`: a set, or `None`, a removal.
     fn slot(&self, i: usize) -> Option<Slot>;
 }
@@ -89,8 +97,11 @@ impl Sorted for [Op] {
     fn len(&self) -> usize {
         <[Op]>::len(self)
     }
-    fn key(&self, i: usize) -> &Arc<[u8]> {
+    fn key(&self, i: usize) -> &[u8] {
         &self[i].0
+    }
+    fn key_arc(&self, i: usize) -> Arc<[u8]> {
+        self[i].0.clone()
     }
     fn slot(&self, i: usize) -> Option<Slot> {
         self[i].1
@@ -98,7 +109,8 @@ impl Sorted for [Op] {
 }
 
 /// A new tree of `entries`: what [`update`] of an empty tree with them makes, read where
-/// they are (not copied into one list of ops) when every entry is a set.
+/// they are (not copied into one list of ops) when every entry is a set, its leaves then
+/// made as [`Leaf`]s (in [`Update::leaves`]: no node, no allocation per key).
 pub fn build_new<S: NodeSource, E: Sorted + ?Sized>(
     src: &S,
     entries: &E,
@@ -109,12 +121,12 @@ pub fn build_new<S: NodeSource, E: Sorted + ?Sized>(
     // (A removal among them: nothing to remove from an empty tree, as `update` knows.)
     if n < SHARED_LEAVES || (0..n).any(|i| entries.slot(i).is_none()) {
         let ops: Vec<Op> = (0..n)
-            .map(|i| (entries.key(i).clone(), entries.slot(i)))
+            .map(|i| (entries.key_arc(i), entries.slot(i)))
             .collect();
         return update(src, None, &ops, Mode::Overwrite, shape);
     }
     let mut b = Builder::new(shape, Mode::Overwrite, Vec::new());
-    b.fresh_leaves(entries);
+    b.fresh_leaves(entries, true);
     b.finish(src)
 }
 
@@ -123,6 +135,12 @@ pub fn build_new<S: NodeSource, E: Sorted + ?Sized>(
 pub(super) const SHARED_LEAVES: usize = 4096;
 /// Leaves a thread encodes and hashes at a time when they are shared between two.
 const LEAF_PIECE: usize = 64;
+
+/// A leaf [`Builder::fresh_leaves`] made: a node with its encoding, or a [`Leaf`].
+enum Fresh {
+    Node(Arc<Node>, Vec<u8>),
+    Leaf(Arc<Leaf>),
+}
 
 /// One key's change by path copying: the leaf and the branch nodes above it are copied with
 /// the one entry and the child links changed, without re-deciding any node boundary. Exact only
@@ -155,6 +173,7 @@ pub(super) fn update_one<S: NodeSource>(
         Some(Update {
             root: Some(*root),
             blocks: Vec::new(),
+            leaves: Vec::new(),
             previous: vec![previous],
         })
     };
@@ -213,6 +232,7 @@ pub(super) fn update_one<S: NodeSource>(
     Ok(Some(Update {
         root: Some(blocks[0].0),
         blocks,
+        leaves: Vec::new(),
         previous: vec![previous],
     }))
 }
@@ -228,6 +248,8 @@ struct Builder {
     shape: Shape,
     levels: Vec<Level>,
     out: Vec<(u8, Cid, Arc<Node>, Vec<u8>)>,
+    /// Leaves made as [`Leaf`]s ([`Builder::fresh_leaves`] for [`build_new`]).
+    leaves: Vec<(Cid, Arc<Leaf>)>,
     previous: Vec<Option<Slot>>,
     mode: Mode,
 }
@@ -238,6 +260,7 @@ impl Builder {
             shape,
             levels: Vec::new(),
             out: Vec::new(),
+            leaves: Vec::new(),
             previous,
             mode,
         }
@@ -314,7 +337,7 @@ impl Builder {
     /// The leaves of a new tree holding `ops` (sorted, every one a set), their boundaries
     /// decided here in order (cheap: a hash of each key), then encoded and hashed on two
     /// threads, then handed to level 1 in order. The same nodes as pushing each entry.
-    fn fresh_leaves<E: Sorted + ?Sized>(&mut self, entries: &E) {
+    fn fresh_leaves<E: Sorted + ?Sized>(&mut self, entries: &E, as_leaves: bool) {
         let total = entries.len();
         let mut ends = Vec::with_capacity(total / BOUNDED_MIN + 1);
         let mut start = 0;
@@ -337,13 +360,18 @@ impl Builder {
         };
         let leaf = |end_at: usize| {
             let (from, to) = (if end_at == 0 { 0 } else { ends[end_at - 1] }, ends[end_at]);
-            let node = Node {
-                level: 0,
-                keys: (from..to).map(|i| entries.key(i).clone()).collect(),
-                items: Items::Leaf(slots(from, to)),
-            };
-            let bytes = node.encode();
-            (Cid::of_cbor(&bytes), Arc::new(node), bytes)
+            if as_leaves {
+                let leaf = Leaf::of((from..to).map(|i| entries.key(i)), slots(from, to));
+                (Cid::of_cbor(leaf.encoding()), Fresh::Leaf(Arc::new(leaf)))
+            } else {
+                let node = Node {
+                    level: 0,
+                    keys: (from..to).map(|i| entries.key_arc(i)).collect(),
+                    items: Items::Leaf(slots(from, to)),
+                };
+                let bytes = node.encode();
+                (Cid::of_cbor(&bytes), Fresh::Node(Arc::new(node), bytes))
+            }
         };
         let numbers: Vec<usize> = (0..ends.len()).collect();
         let (pieces, _) = crate::util::par::map_chunks(
@@ -354,11 +382,26 @@ impl Builder {
         );
         self.level(0);
         // (The leaves, and the nodes above them: about one for every BOUNDED_MIN below.)
-        self.out
-            .reserve(ends.len() + ends.len() / (BOUNDED_MIN - 1) + 1);
-        for (cid, node, bytes) in pieces.into_iter().flatten() {
-            let first = node.keys[0].clone();
-            self.out.push((0, cid, node, bytes));
+        let upper = ends.len() / (BOUNDED_MIN - 1) + 1;
+        if as_leaves {
+            self.leaves.reserve(ends.len());
+            self.out.reserve(upper);
+        } else {
+            self.out.reserve(ends.len() + upper);
+        }
+        for (cid, made) in pieces.into_iter().flatten() {
+            let first = match made {
+                Fresh::Node(node, bytes) => {
+                    let first = node.keys[0].clone();
+                    self.out.push((0, cid, node, bytes));
+                    first
+                }
+                Fresh::Leaf(leaf) => {
+                    let first = Arc::from(leaf.first_key());
+                    self.leaves.push((cid, leaf));
+                    first
+                }
+            };
             self.push_child(1, first, cid);
         }
     }
@@ -455,6 +498,9 @@ impl Builder {
         };
         // A root never has a single child: strip such nodes (built here or reused).
         while let Some(r) = root {
+            if self.leaves.iter().any(|x| x.0 == r) {
+                break; // a leaf made here
+            }
             let node = match self.out.iter().find(|x| x.1 == r) {
                 Some(x) => x.2.clone(),
                 None => src.node(&r)?,
@@ -466,7 +512,10 @@ impl Builder {
         }
         // Keep only new nodes reachable from the root (drops stripped ones), once each.
         let mut blocks = Vec::new();
+        let mut leaves = Vec::with_capacity(self.leaves.len());
         if let Some(r) = root {
+            let mut made: crate::format::block::DigestMap<Cid, Arc<Leaf>> =
+                self.leaves.into_iter().collect();
             let mut by_cid: crate::format::block::DigestMap<Cid, (Arc<Node>, Vec<u8>)> = self
                 .out
                 .into_iter()
@@ -477,12 +526,15 @@ impl Builder {
                 if let Some((n, b)) = by_cid.remove(&c) {
                     stack.extend_from_slice(n.children());
                     blocks.push((c, b, n));
+                } else if let Some(l) = made.remove(&c) {
+                    leaves.push((c, l));
                 }
             }
         }
         Ok(Update {
             root,
             blocks,
+            leaves,
             previous: self.previous,
         })
     }

@@ -287,6 +287,64 @@ impl Leaf {
         })
     }
 
+    /// A new leaf of `keys` (sorted, unique, at least one) and their `slots`: its encoding is
+    /// the one [`Node::encode`] makes of the same leaf, written straight from the keys (no
+    /// node, no allocation per key).
+    pub fn of<'k>(keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone, slots: Vec<Slot>) -> Leaf {
+        debug_assert_eq!(keys.len(), slots.len());
+        let head = |n: usize| Encoder::head_len(n as u64);
+        let key_bytes: usize = keys.clone().map(|k| head(k.len()) + k.len()).sum();
+        let slot =
+            |s: &Slot| 1 + Encoder::head_len(s.version) + s.link.map_or(1, |_| Encoder::LINK_LEN);
+        let len = 1
+            + 3 * 2
+            + head(keys.len())
+            + key_bytes
+            + 1
+            + head(slots.len())
+            + slots.iter().map(slot).sum::<usize>();
+        let mut e = Encoder {
+            buf: Vec::with_capacity(len),
+        };
+        let mut at = Vec::with_capacity(keys.len());
+        e.map(3);
+        e.str("k");
+        e.array(keys.len());
+        for k in keys {
+            e.bytes(k);
+            at.push(((e.buf.len() - k.len()) as u32, k.len() as u32));
+        }
+        e.str("l");
+        e.u64(0);
+        e.str("v");
+        e.array(slots.len());
+        for s in &slots {
+            e.array(2);
+            e.u64(s.version);
+            e.opt_link(s.link.as_ref());
+        }
+        debug_assert_eq!(
+            e.buf.len(),
+            len,
+            "a leaf's length is known before it is encoded"
+        );
+        Leaf {
+            raw: e.into_bytes().into_boxed_slice(),
+            keys: at,
+            slots,
+        }
+    }
+
+    /// Its encoding.
+    pub fn encoding(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Its first key.
+    pub fn first_key(&self) -> &[u8] {
+        self.key(0)
+    }
+
     /// The decoded node (what a commit changes), without parsing or hashing the leaf again.
     pub fn to_node(&self) -> Node {
         Node {

@@ -158,7 +158,7 @@ impl Sorted for Runs<'_> {
     fn len(&self) -> usize {
         self.0.iter().map(|r| r.len()).sum()
     }
-    fn key(&self, i: usize) -> &Arc<[u8]> {
+    fn key(&self, i: usize) -> &[u8] {
         &self.at(i).0
     }
     fn slot(&self, i: usize) -> Option<Slot> {
@@ -182,12 +182,22 @@ fn a_new_tree_of_runs_is_the_one_of_their_concatenation() {
                 let runs = [&ops[..c], &ops[c..d], &ops[d..]];
                 let got = build_new(&mem, &Runs(&runs), shape).unwrap();
                 assert_eq!(got.root, want.root, "{shape:?} n={n} cut {c}..{d}");
-                let cids = |u: &Update| {
-                    let mut v: Vec<Cid> = u.blocks.iter().map(|b| b.0).collect();
+                // The same nodes, byte for byte, the leaves of a large one made as leaves.
+                let encodings = |u: &Update| {
+                    let mut v: Vec<(Cid, Vec<u8>)> =
+                        u.blocks.iter().map(|b| (b.0, b.1.clone())).collect();
+                    v.extend(u.leaves.iter().map(|(c, l)| (*c, l.encoding().to_vec())));
                     v.sort();
                     v
                 };
-                assert_eq!(cids(&got), cids(&want));
+                assert_eq!(encodings(&got), encodings(&want));
+                let large = n as usize >= super::build::SHARED_LEAVES;
+                assert_eq!(!got.leaves.is_empty(), large);
+                assert!(got.blocks.iter().all(|b| b.2.level > 0 || !large));
+                for (c, l) in &got.leaves {
+                    assert_eq!(Cid::of_cbor(l.encoding()), *c);
+                    assert_eq!(Node::decode(l.encoding()).unwrap(), l.to_node());
+                }
                 assert!(got.previous.is_empty());
             }
             // A removal among the entries (none of the build's): what `update` makes of them.
@@ -560,9 +570,15 @@ fn a_nodes_encoded_length_is_known_before_it_is_encoded() {
         u32::MAX as u64 + 1,
         u64::MAX,
     ];
-    let keys: Vec<Arc<[u8]>> = lens.iter().map(|&l| vec![7u8; l].into()).collect();
     for count in [0, 1, 23, 24, lens.len()] {
-        let ks: Vec<Arc<[u8]>> = keys.iter().cycle().take(count).cloned().collect();
+        // Sorted, unique (the first byte counts up), of every length in `lens` (but 0).
+        let ks: Vec<Arc<[u8]>> = (0..count)
+            .map(|i| {
+                let mut k = vec![i as u8];
+                k.resize(lens[i % lens.len()].max(1), 7);
+                k.into()
+            })
+            .collect();
         let slots: Vec<Slot> = (0..count)
             .map(|i| Slot {
                 version: versions[i % versions.len()],
@@ -583,6 +599,14 @@ fn a_nodes_encoded_length_is_known_before_it_is_encoded() {
             },
         ] {
             assert_eq!(node.encoded_len(), node.encode().len(), "{count} items");
+            // A leaf made straight from its keys is the same bytes, its keys found in them.
+            if let Items::Leaf(slots) = &node.items {
+                let leaf = Leaf::of(node.keys.iter().map(|k| &k[..]), slots.clone());
+                assert_eq!(leaf.encoding(), &node.encode()[..], "{count} items");
+                for (k, s) in node.keys.iter().zip(slots) {
+                    assert_eq!(leaf.get(k), Some(*s));
+                }
+            }
         }
     }
 }
