@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 /// Longest index name.
@@ -201,20 +202,23 @@ impl Mapper {
 /// `None` where the document has none): none unless every field is there; one row keyed by
 /// the value (by the values in an array, for several fields); with `each`, one row per
 /// distinct element of an array first field.
-pub fn field_rows(vals: &[Option<&Value>], each: bool) -> Vec<(Value, Value)> {
-    let Some(vals) = vals.iter().copied().collect::<Option<Vec<&Value>>>() else {
+pub fn field_rows<V: Borrow<Value>>(vals: &[Option<V>], each: bool) -> Vec<(Value, Value)> {
+    // (Read where they are: an index build calls this once per document.)
+    if vals.iter().any(Option::is_none) {
+        return Vec::new();
+    }
+    let mut present = vals.iter().flatten().map(Borrow::borrow);
+    let Some(first) = present.next() else {
         return Vec::new();
     };
-    let Some((&first, others)) = vals.split_first() else {
-        return Vec::new();
-    };
+    let others = present;
     let key_of = |first: &Value| -> Value {
-        if others.is_empty() {
+        if vals.len() == 1 {
             first.clone()
         } else {
             let mut k = Vec::with_capacity(vals.len());
             k.push(first.clone());
-            k.extend(others.iter().map(|v| (*v).clone()));
+            k.extend(others.clone().cloned());
             Value::Array(k)
         }
     };

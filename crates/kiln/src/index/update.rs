@@ -259,7 +259,6 @@ fn scan_all(db: &Database, name: &str, mapper: &Mapper) -> Result<(Vec<Cid>, Map
     let paths = mapper.paths();
     let fields = |id: &str, b: &[u8]| crate::model::doc::decode_fields(id, b, &paths);
     let done = db.scan_docs(&fields, Mapped::with_room, &|m, id, link, version, vals| {
-        let vals: Vec<Option<&Value>> = vals.iter().map(Option::as_ref).collect();
         m.add_rows(name, id, (*link, version), || field_rows(&vals, *each))
     })?;
     let [mut a, mut b] = done.states;
@@ -369,11 +368,12 @@ impl Mapped {
     }
 
     fn sort(&mut self) {
-        // By-document entries come in file order, often id order already (which the sort
-        // finds in one pass); rows come in any order.
+        // By-document entries come in file order: a run in id order per file (or part of
+        // one), which a stable sort finds and merges (an unstable one sorted them over: 3.7×
+        // the instructions at 10,000 documents in ten files); rows come in any order.
         let keys = &self.keys[..];
         let key = |s: &Span| span_of(keys, *s);
-        self.by_id.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        self.by_id.sort_by(|a, b| key(a).cmp(key(b)));
         self.by_id.dedup_by(|a, b| key(a) == key(b));
         sort_by_prefix(&mut self.rows, |r| span_of(keys, r.0));
         self.rows.dedup_by(|a, b| key(&a.0) == key(&b.0));

@@ -401,9 +401,42 @@ impl<'a> Decoder<'a> {
             return Err(CborError("expected a map"));
         }
         let mut out = vec![None; paths.len()];
-        let want: Vec<(usize, &[String])> = paths.iter().copied().enumerate().collect();
-        self.paths_at(&want, 0, &mut out)?;
+        if paths.iter().all(|p| p.len() == 1) {
+            self.top_fields(paths, &mut out)?;
+        } else {
+            let want: Vec<(usize, &[String])> = paths.iter().copied().enumerate().collect();
+            self.paths_at(&want, 0, &mut out)?;
+        }
         Ok(out)
+    }
+
+    /// [`Decoder::json_at_paths`] of paths of one segment each, the map's own fields (an
+    /// index on a document's top-level fields, the usual kind): each entry's key compared
+    /// with the names as it comes, no lists of the paths that go on made per entry. Checks
+    /// what [`Decoder::paths_at`] checks, in the same order.
+    fn top_fields(&mut self, paths: &[&[String]], out: &mut [Option<Value>]) -> R<()> {
+        let (_, n) = self.head()?;
+        let n = self.len(n)?;
+        let mut prev: Option<&str> = None;
+        for _ in 0..n {
+            let k = self.str()?;
+            if prev.is_some_and(|p| key_order(p, k) != std::cmp::Ordering::Less) {
+                return Err(CborError("map keys out of order or repeated"));
+            }
+            prev = Some(k);
+            let mut named = (0..paths.len()).filter(|&i| paths[i][0] == k);
+            match named.next() {
+                None => self.check_at(1)?,
+                Some(first) => {
+                    let v = self.json_at(1)?;
+                    for i in named {
+                        out[i] = Some(v.clone());
+                    }
+                    out[first] = Some(v);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// [`Decoder::json_at_paths`] of the item here, `want` the paths (by their place in `out`)
@@ -743,6 +776,23 @@ mod tests {
             e.into_bytes()
         };
         assert!(Decoder::new(&not_a_map).json_at_paths(&paths).is_err());
+        // Top-level fields only (read without lists of paths): a name asked twice gets its
+        // value twice, a missing one none, and a damaged entry after them is still refused.
+        let top = [p("h"), p("a"), p("h"), p("q")];
+        let top: Vec<&[String]> = top.iter().map(Vec::as_slice).collect();
+        let got = Decoder::new(&b).json_at_paths(&top).unwrap();
+        assert_eq!(got[0], Some(json!(7)));
+        assert_eq!(got[1], Some(json!({"b": 1, "c": {"d": 2, "x": 3}, "z": 4})));
+        assert_eq!((&got[2], &got[3]), (&Some(json!(7)), &None));
+        let mut e = Encoder::new();
+        e.map(2);
+        e.str("a");
+        e.u64(1);
+        e.str("b");
+        e.buf.extend_from_slice(&[0x62, 0xff, 0xfe]); // a text string that is not UTF-8
+        let bad = e.into_bytes();
+        assert!(Decoder::new(&bad).json().is_err());
+        assert!(Decoder::new(&bad).json_at_paths(&top[1..2]).is_err());
     }
 
     fn round(v: &Value) -> Value {

@@ -275,9 +275,19 @@ pub fn decode_fields(
     paths: &[&[String]],
 ) -> std::result::Result<Vec<Option<Value>>, &'static str> {
     let is_id = |p: &[String]| p.first().is_some_and(|s| s == "_id");
-    let in_body: Vec<&[String]> = paths.iter().copied().filter(|p| !is_id(p)).collect();
+    // (The usual case, no path at `_id`: the body's values are the answer as they are, no
+    // list made of the paths in the body, nor of the answer.)
+    let with_id = paths.iter().any(|p| is_id(p));
+    let in_body: Vec<&[String]> = match with_id {
+        true => paths.iter().copied().filter(|p| !is_id(p)).collect(),
+        false => Vec::new(),
+    };
     let mut d = Decoder::new(body);
-    let mut found = match d.json_at_paths(&in_body) {
+    let mut found = match d.json_at_paths(if with_id { &in_body } else { paths }) {
+        Ok(found) if !with_id => {
+            d.finish().map_err(|e| e.0)?;
+            return Ok(found);
+        }
         Ok(found) => found.into_iter(),
         // Not a map: refused as a whole read refuses it (which may find worse first).
         Err(CborError("expected a map")) => {

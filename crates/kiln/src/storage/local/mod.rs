@@ -870,7 +870,8 @@ impl LocalStorage {
             // (An empty read reads nothing, but not past the end either.)
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        buf.clear();
+        // (What the buffer held is overwritten, not zeroed first: only growth is filled.)
+        buf.truncate(len);
         buf.resize(len, 0);
         f.read_exact_at(buf, offset)
     }
