@@ -17,7 +17,7 @@
 //!
 //! One caller uses the helper at a time; a second caller meanwhile runs both halves itself.
 //! A helper woken on its caller's CPU moves to another one before it starts (see
-//! [`move_off`]): two halves on one CPU take turns.
+//! `move_off`): two halves on one CPU take turns.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
