@@ -879,3 +879,44 @@ fn the_first_queries_after_a_build_read_its_nodes_from_memory() {
         "no rebuild"
     );
 }
+
+/// A build large enough that its leaves are made and kept as leaves, then more one-document
+/// updates than an index keeps delta files for (so its nodes are rewritten, reading those
+/// leaves back as nodes and as encodings), with a cache too small to keep them (so they are
+/// read from the files): every answer is the one a fresh build gives.
+#[test]
+fn a_large_build_then_many_updates_answer_as_a_fresh_build() {
+    for cache_bytes in [32 << 20, 64 << 10] {
+        let d = tempfile::tempdir().unwrap();
+        let opts = kiln::Options {
+            cache_bytes,
+            ..kiln::Options::default()
+        };
+        let s = Store::open_with(d.path(), opts).unwrap();
+        let db = s.create(Some("big")).unwrap();
+        let docs: Vec<Value> = (0..3_000)
+            .map(|i| json!({"_id": format!("d{i:05}"), "n": (i * 7919) % 3_000, "t": "x"}))
+            .collect();
+        db.bulk(&docs).unwrap();
+        db.create_index("n", IndexDef::fields(["n"])).unwrap();
+        let all = |db: &Database| {
+            let rows = db.query("n", &Query::all()).unwrap();
+            rows.iter()
+                .map(|r| (r.key.clone(), r.id.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all(&db).len(), 3_000);
+        for i in 0..12u64 {
+            let id = format!("d{:05}", i * 97);
+            db.put(&json!({"_id": id, "n": -(i as i64), "t": "y"}))
+                .unwrap();
+            let got = db.query("n", &Query::key(json!(-(i as i64)))).unwrap();
+            assert_eq!(ids(&got), [id.as_str()], "cache {cache_bytes}, update {i}");
+        }
+        db.del("d00001").unwrap();
+        let updated = all(&db);
+        assert_eq!(updated.len(), 2_999);
+        db.rebuild_index("n").unwrap();
+        assert_eq!(all(&db), updated, "cache {cache_bytes}");
+    }
+}

@@ -80,10 +80,13 @@ impl<'a> Nodes<'a> {
         let mut live = Vec::new();
         self.collect(&root, &mut |c| self.fresh.contains_key(c), &mut live)?;
         if !live.is_empty() {
-            let named = w.write_nodes(
-                live.iter()
-                    .filter_map(|c| self.fresh.get(c).map(|f| (c, f.encoding()))),
-            )?;
+            // (A build's file is packed on two threads: see `par::apart`.)
+            let named = crate::util::par::apart(|| {
+                w.write_nodes(
+                    live.iter()
+                        .filter_map(|c| self.fresh.get(c).map(|f| (c, f.encoding()))),
+                )
+            })?;
             let written = live
                 .iter()
                 .filter_map(|c| self.fresh.get(c).map(|f| (c, f)));
@@ -153,7 +156,11 @@ impl<'a> Nodes<'a> {
         if let Some(f) = self.fresh.get(c) {
             return Ok(f.encoding().to_vec());
         }
-        Ok(self.node(c)?.encode())
+        // (A leaf kept as a leaf has its encoding: not made a node to be encoded again.)
+        Ok(match self.leaf(c)? {
+            tree::LeafRef::Leaf(l) => l.encoding().to_vec(),
+            tree::LeafRef::Node(n) => n.encode(),
+        })
     }
 
     /// The nodes under `root` (itself included) that `take` accepts, not descending below a
@@ -169,9 +176,17 @@ impl<'a> Nodes<'a> {
             if !take(&c) {
                 continue;
             }
-            // (A leaf made as a leaf has no children: not made a node to be asked.)
-            if !matches!(self.fresh.get(&c), Some(Fresh::Leaf(_))) {
-                stack.extend(self.node(&c)?.children().iter().copied());
+            // (A leaf made or kept as a leaf has no children: not made a node to be asked.)
+            let node = match self.fresh.get(&c) {
+                Some(Fresh::Leaf(_)) => None,
+                Some(Fresh::Node(_, n)) => Some(n.clone()),
+                None => match self.leaf(&c)? {
+                    tree::LeafRef::Leaf(_) => None,
+                    tree::LeafRef::Node(n) => Some(n),
+                },
+            };
+            if let Some(n) = node {
+                stack.extend(n.children().iter().copied());
             }
             out.push(c);
         }

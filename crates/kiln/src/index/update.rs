@@ -79,7 +79,8 @@ pub fn bring_up_to_date(
     };
     match since {
         Some((heads, changes)) => incremental(db, name, st, mapper, nodes, heads, changes),
-        None => build(db, name, st, mapper, nodes),
+        // (A build keeps both threads busy for milliseconds per step: see `par::apart`.)
+        None => crate::util::par::apart(|| build(db, name, st, mapper, nodes)),
     }
 }
 
@@ -368,9 +369,10 @@ impl Mapped {
     }
 
     fn sort(&mut self) {
-        // By-document entries come in file order: a run in id order per file (or part of
-        // one), which a stable sort finds and merges (an unstable one sorted them over: 3.7×
-        // the instructions at 10,000 documents in ten files); rows come in any order.
+        // By-document entries come in id order (read by a cursor) or in file order (a
+        // scan): a run in id order per file, or part of one, which a stable sort finds and
+        // merges (an unstable one sorted them over: 3.7× the instructions at 10,000
+        // documents in ten files); rows come in any order.
         let keys = &self.keys[..];
         let key = |s: &Span| span_of(keys, *s);
         self.by_id.sort_by(|a, b| key(a).cmp(key(b)));
@@ -381,9 +383,9 @@ impl Mapped {
 }
 
 /// Sorts `ops` by `key`, comparing each key's first 8 bytes as one number (read once per key,
-/// into a compact array that is sorted instead: each key is its own allocation, and a sort
-/// comparing keys read them again at every comparison, each read a likely cache miss) and
-/// the whole keys only where those are equal; then moves the entries into that order.
+/// into a compact array that is sorted instead: a sort comparing keys reads them again at
+/// every comparison, each read a likely cache miss) and the whole keys only where those are
+/// equal; then moves the entries into that order.
 fn sort_by_prefix<'k, T>(ops: &mut [T], key: impl Fn(&T) -> &'k [u8]) {
     let Ok(n) = u32::try_from(ops.len()) else {
         ops.sort_unstable_by(|a, b| key(a).cmp(key(b)));

@@ -88,8 +88,9 @@ pub trait Files: Send + Sync + std::fmt::Debug {
     ) -> io::Result<FileName>;
     /// `len` bytes at `offset` (`UnexpectedEof` past the end, `NotFound` for no such file).
     fn read_at(&self, name: &FileName, offset: u64, len: usize) -> io::Result<Vec<u8>>;
-    /// [`Files::read_at`] into `buf` (replacing its contents), reusing its allocation: a read
-    /// that opens one segment after another need not allocate for each.
+    /// [`Files::read_at`] into `buf` (replacing its contents; on an error they are
+    /// unspecified), reusing its allocation: a read that opens one segment after another need
+    /// not allocate for each.
     fn read_into(
         &self,
         name: &FileName,

@@ -870,8 +870,8 @@ impl LocalStorage {
             // (An empty read reads nothing, but not past the end either.)
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        // (What the buffer held is overwritten, not zeroed first: only growth is filled.)
-        buf.truncate(len);
+        // (What the buffer held is overwritten, not zeroed first: only growth is filled. On
+        // an error its contents are unspecified, as `Files::read_into` says.)
         buf.resize(len, 0);
         f.read_exact_at(buf, offset)
     }
