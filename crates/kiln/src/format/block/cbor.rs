@@ -415,6 +415,26 @@ impl<'a> Decoder<'a> {
     /// with the names as it comes, no lists of the paths that go on made per entry. Checks
     /// what [`Decoder::paths_at`] checks, in the same order.
     fn top_fields(&mut self, paths: &[&[String]], out: &mut [Option<Value>]) -> R<()> {
+        self.map_entries(|d, k| {
+            let mut named = (0..paths.len()).filter(|&i| paths[i][0] == k);
+            match named.next() {
+                None => d.check_at(1)?,
+                Some(first) => {
+                    let v = d.json_at(1)?;
+                    for i in named {
+                        out[i] = Some(v.clone());
+                    }
+                    out[first] = Some(v);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads the map here: its head, then each entry's key (in dag-cbor order, none
+    /// repeated, else an error), handing `value` the decoder at the entry's value, which it
+    /// must read or step over.
+    fn map_entries(&mut self, mut value: impl FnMut(&mut Self, &'a str) -> R<()>) -> R<()> {
         let (_, n) = self.head()?;
         let n = self.len(n)?;
         let mut prev: Option<&str> = None;
@@ -424,17 +444,7 @@ impl<'a> Decoder<'a> {
                 return Err(CborError("map keys out of order or repeated"));
             }
             prev = Some(k);
-            let mut named = (0..paths.len()).filter(|&i| paths[i][0] == k);
-            match named.next() {
-                None => self.check_at(1)?,
-                Some(first) => {
-                    let v = self.json_at(1)?;
-                    for i in named {
-                        out[i] = Some(v.clone());
-                    }
-                    out[first] = Some(v);
-                }
-            }
+            value(self, k)?;
         }
         Ok(())
     }
@@ -472,24 +482,14 @@ impl<'a> Decoder<'a> {
                 .collect()
         };
         match self.peek()? >> 5 {
-            5 => {
-                let (_, n) = self.head()?;
-                let n = self.len(n)?;
-                let mut prev: Option<&str> = None;
-                for _ in 0..n {
-                    let k = self.str()?;
-                    if prev.is_some_and(|p| key_order(p, k) != std::cmp::Ordering::Less) {
-                        return Err(CborError("map keys out of order or repeated"));
-                    }
-                    prev = Some(k);
-                    let here = going_on(&|s| s == k);
-                    if here.is_empty() {
-                        self.check_at(depth + 1)?;
-                    } else {
-                        self.paths_at(&here, depth + 1, out)?;
-                    }
+            5 => self.map_entries(|d, k| {
+                let here = going_on(&|s| s == k);
+                if here.is_empty() {
+                    d.check_at(depth + 1)
+                } else {
+                    d.paths_at(&here, depth + 1, out)
                 }
-            }
+            })?,
             4 => {
                 let (_, n) = self.head()?;
                 for e in 0..self.len(n)? {
