@@ -117,59 +117,101 @@ pub enum Items {
     Branch(Vec<Cid>),
 }
 
+/// What a node's `v` field holds, for encoding: a leaf's slots or a branch's links.
+#[derive(Clone, Copy)]
+enum ItemsRef<'a> {
+    Leaf(&'a [Slot]),
+    Branch(&'a [Cid]),
+}
+
+impl Items {
+    fn as_ref(&self) -> ItemsRef<'_> {
+        match self {
+            Items::Leaf(v) => ItemsRef::Leaf(v),
+            Items::Branch(v) => ItemsRef::Branch(v),
+        }
+    }
+}
+
+/// The length of [`encode_parts`]'s bytes.
+fn encoded_len_of<'k>(
+    level: u8,
+    keys: impl ExactSizeIterator<Item = &'k [u8]>,
+    items: ItemsRef,
+) -> usize {
+    let head = |n: usize| Encoder::head_len(n as u64);
+    let count = keys.len();
+    let keys: usize = keys.map(|k| head(k.len()) + k.len()).sum();
+    let items = match items {
+        ItemsRef::Leaf(v) => {
+            let slot = |s: &Slot| {
+                let link = s.link.map_or(1, |_| Encoder::LINK_LEN);
+                1 + Encoder::head_len(s.version) + link
+            };
+            head(v.len()) + v.iter().map(slot).sum::<usize>()
+        }
+        ItemsRef::Branch(v) => head(v.len()) + v.len() * Encoder::LINK_LEN,
+    };
+    // The map's head and its three one-letter keys.
+    1 + 3 * 2 + head(count) + keys + Encoder::head_len(level.into()) + items
+}
+
+/// A node's encoding (`{k: keys, l: level, v: items}`, dag-cbor), exactly sized (a build
+/// keeps thousands of these until they are written, and the unused room of each took fresh
+/// memory too); `at` is told where each key lies in it (offset, length).
+fn encode_parts<'k>(
+    level: u8,
+    keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone,
+    items: ItemsRef,
+    at: &mut dyn FnMut(u32, u32),
+) -> Vec<u8> {
+    let len = encoded_len_of(level, keys.clone(), items);
+    let mut e = Encoder {
+        buf: Vec::with_capacity(len),
+    };
+    e.map(3);
+    e.str("k");
+    e.array(keys.len());
+    for k in keys {
+        e.bytes(k);
+        at((e.buf.len() - k.len()) as u32, k.len() as u32);
+    }
+    e.str("l");
+    e.u64(level as u64);
+    e.str("v");
+    match items {
+        ItemsRef::Leaf(v) => {
+            e.array(v.len());
+            for s in v {
+                e.array(2);
+                e.u64(s.version);
+                e.opt_link(s.link.as_ref());
+            }
+        }
+        ItemsRef::Branch(v) => {
+            e.array(v.len());
+            for c in v {
+                e.link(c);
+            }
+        }
+    }
+    debug_assert_eq!(e.buf.len(), len, "encoded_len_of is exact");
+    e.into_bytes()
+}
+
 impl Node {
     pub fn encode(&self) -> Vec<u8> {
-        // Exactly sized: a build keeps thousands of these until they are written, and the
-        // unused room of each took fresh memory too.
-        let len = self.encoded_len();
-        let mut e = Encoder {
-            buf: Vec::with_capacity(len),
-        };
-        e.map(3);
-        e.str("k");
-        e.array(self.keys.len());
-        for k in &self.keys {
-            e.bytes(k);
-        }
-        e.str("l");
-        e.u64(self.level as u64);
-        e.str("v");
-        match &self.items {
-            Items::Leaf(v) => {
-                e.array(v.len());
-                for s in v {
-                    e.array(2);
-                    e.u64(s.version);
-                    e.opt_link(s.link.as_ref());
-                }
-            }
-            Items::Branch(v) => {
-                e.array(v.len());
-                for c in v {
-                    e.link(c);
-                }
-            }
-        }
-        debug_assert_eq!(e.buf.len(), len, "encoded_len is exact");
-        e.into_bytes()
+        let keys = self.keys.iter().map(|k| &k[..]);
+        encode_parts(self.level, keys, self.items.as_ref(), &mut |_, _| {})
     }
 
     /// The length of [`Node::encode`]'s bytes.
     pub fn encoded_len(&self) -> usize {
-        let head = |n: usize| Encoder::head_len(n as u64);
-        let keys: usize = self.keys.iter().map(|k| head(k.len()) + k.len()).sum();
-        let items = match &self.items {
-            Items::Leaf(v) => {
-                let slot = |s: &Slot| {
-                    let link = s.link.map_or(1, |_| Encoder::LINK_LEN);
-                    1 + Encoder::head_len(s.version) + link
-                };
-                head(v.len()) + v.iter().map(slot).sum::<usize>()
-            }
-            Items::Branch(v) => head(v.len()) + v.len() * Encoder::LINK_LEN,
-        };
-        // The map's head and its three one-letter keys.
-        1 + 3 * 2 + head(self.keys.len()) + keys + Encoder::head_len(self.level.into()) + items
+        encoded_len_of(
+            self.level,
+            self.keys.iter().map(|k| &k[..]),
+            self.items.as_ref(),
+        )
     }
 
     pub fn decode(b: &[u8]) -> Result<Node, CborError> {
@@ -292,44 +334,10 @@ impl Leaf {
     /// node, no allocation per key).
     pub fn of<'k>(keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone, slots: Vec<Slot>) -> Leaf {
         debug_assert_eq!(keys.len(), slots.len());
-        let head = |n: usize| Encoder::head_len(n as u64);
-        let key_bytes: usize = keys.clone().map(|k| head(k.len()) + k.len()).sum();
-        let slot =
-            |s: &Slot| 1 + Encoder::head_len(s.version) + s.link.map_or(1, |_| Encoder::LINK_LEN);
-        let len = 1
-            + 3 * 2
-            + head(keys.len())
-            + key_bytes
-            + 1
-            + head(slots.len())
-            + slots.iter().map(slot).sum::<usize>();
-        let mut e = Encoder {
-            buf: Vec::with_capacity(len),
-        };
         let mut at = Vec::with_capacity(keys.len());
-        e.map(3);
-        e.str("k");
-        e.array(keys.len());
-        for k in keys {
-            e.bytes(k);
-            at.push(((e.buf.len() - k.len()) as u32, k.len() as u32));
-        }
-        e.str("l");
-        e.u64(0);
-        e.str("v");
-        e.array(slots.len());
-        for s in &slots {
-            e.array(2);
-            e.u64(s.version);
-            e.opt_link(s.link.as_ref());
-        }
-        debug_assert_eq!(
-            e.buf.len(),
-            len,
-            "a leaf's length is known before it is encoded"
-        );
+        let raw = encode_parts(0, keys, ItemsRef::Leaf(&slots), &mut |o, l| at.push((o, l)));
         Leaf {
-            raw: e.into_bytes().into_boxed_slice(),
+            raw: raw.into_boxed_slice(),
             keys: at,
             slots,
         }
