@@ -708,6 +708,76 @@ fn query_each_hands_over_rows_one_at_a_time_until_told_to_stop() {
     assert_eq!(calls, 1);
 }
 
+/// A query's documents are found many at a time (`db/gather.rs`): over more rows than one
+/// batch, with versions in a bulk's diff, in single commits' diffs, in a compacted file, in
+/// versions a later commit replaced, every row gets its own document, in order; a caller that
+/// stops (or fails) in the second batch is handed no row after.
+#[test]
+fn documents_found_together_are_each_rows_own() {
+    let (_d, s) = store();
+    let db = s.create(Some("many")).unwrap();
+    let doc = |i: u64, v: u64| json!({"_id": format!("d{i:03}"), "n": i, "v": v});
+    db.bulk(&(0..120).map(|i| doc(i, 0)).collect::<Vec<_>>())
+        .unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    for i in 120..170 {
+        db.put(&doc(i, 0)).unwrap();
+    }
+    db.compact().unwrap();
+    for i in (0..170).step_by(7) {
+        db.put(&doc(i, 1)).unwrap();
+    }
+    for i in 170..200 {
+        db.put(&doc(i, 2)).unwrap();
+    }
+    db.del("d005").unwrap();
+    let want = |i: u64| {
+        doc(
+            i,
+            if i >= 170 {
+                2
+            } else if i.is_multiple_of(7) {
+                1
+            } else {
+                0
+            },
+        )
+    };
+    let live: Vec<u64> = (0..200).filter(|&i| i != 5).collect();
+    for q in [Query::all().with_docs(), Query::all().desc().with_docs()] {
+        let rows = db.query("n", &q).unwrap();
+        let mut ids: Vec<u64> = live.clone();
+        if q.desc {
+            ids.reverse();
+        }
+        assert_eq!(rows.len(), ids.len());
+        for (r, i) in rows.iter().zip(ids) {
+            assert_eq!(r.doc.as_ref(), Some(&want(i)), "{q:?}");
+            assert_eq!(r.key, json!(i));
+        }
+    }
+    let mut seen = Vec::new();
+    db.query_each("n", &Query::all().with_docs(), &mut |r| {
+        assert_eq!(r.doc.as_ref().unwrap()["n"], r.key);
+        seen.push(r.key.as_u64().unwrap());
+        Ok(seen.len() < 100)
+    })
+    .unwrap();
+    assert_eq!(seen, live[..100]);
+    let mut calls = 0;
+    let e = db
+        .query_each("n", &Query::all().skip(10).with_docs(), &mut |_| {
+            calls += 1;
+            match calls {
+                90 => Err(kiln::Error::InvalidArgument("enough".into())),
+                _ => Ok(true),
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(e, kiln::Error::InvalidArgument(_)), "{e}");
+    assert_eq!(calls, 90);
+}
+
 #[test]
 fn a_build_reading_only_the_indexed_fields_makes_the_rows_a_whole_read_makes() {
     // Enough documents that a build reads them in two halves; fields nested, in arrays, with

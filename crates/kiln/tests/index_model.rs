@@ -210,6 +210,12 @@ proptest! {
                         })
                         .unwrap();
                         prop_assert_eq!(&each, &db.query(index, &q).unwrap());
+                        // Each row's document is the one it was made from.
+                        for r in each.iter().filter(|_| q.docs) {
+                            let (a, b) = &model[&r.id];
+                            let want = json!({"_id": r.id, "a": a, "b": b});
+                            prop_assert_eq!(r.doc.as_ref(), Some(&want));
+                        }
                     }
                     let got: Vec<(Value, String)> =
                         rows.into_iter().map(|r| (r.key, r.id)).collect();

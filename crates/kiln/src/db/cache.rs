@@ -10,6 +10,7 @@ use crate::format::car::{FileName, Page};
 use crate::format::head::Lineage;
 use crate::model::clock::Event;
 use crate::model::tree::{Leaf, Node};
+use std::cell::Cell;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
@@ -58,6 +59,18 @@ impl Cached {
             Cached::Page(p) => 64 + p.byte_len(),
         }
     }
+
+    /// Reads the entry's shared count (a plain load): brings its first line into the CPU's
+    /// cache before a clone writes it ([`Cache::get_each`]).
+    fn warm(&self) -> usize {
+        match self {
+            Cached::Node(n, _) => Arc::strong_count(n),
+            Cached::Leaf(l, _) => Arc::strong_count(l),
+            Cached::Event(e) => Arc::strong_count(e),
+            Cached::Bytes(b) => Arc::strong_count(b),
+            Cached::Page(p) => Arc::strong_count(p),
+        }
+    }
 }
 
 pub struct Cache {
@@ -91,8 +104,12 @@ impl Cached {
 /// The share of the budget kept for [`Class::Upper`] entries when both classes compete.
 const UPPER_SHARE: usize = 3;
 
+/// A cached value, its weight, and the stamp of its last use (a cell: lookups made together
+/// stamp through shared borrows, [`Cache::get_each`]).
+type Slot = (Cached, usize, Cell<u64>);
+
 struct Inner {
-    map: DigestMap<CacheKey, (Cached, usize, u64)>,
+    map: DigestMap<CacheKey, Slot>,
     total: usize,
     upper: usize,
     /// Stamps entries by use (under the lock, which every use takes anyway: no atomic of
@@ -150,9 +167,36 @@ impl Cache {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.tick += 1;
         let t = g.tick;
-        let e = g.map.get_mut(k)?;
-        e.2 = t;
+        let e = g.map.get(k)?;
+        e.2.set(t);
         Some(e.0.clone())
+    }
+
+    /// [`Cache::get`] of each key, in order, under one lock. For many lookups at once (a
+    /// query's rows): a lookup that misses the CPU's cache waits for memory, and so does the
+    /// next one when a lock or a shared count's atomic update comes between them (an atomic
+    /// update waits for every load before it). Here the table's probes run one after another
+    /// with nothing between them, then the values' counts are read with plain loads, and only
+    /// then are the values cloned: the memory waits of the lookups overlap.
+    pub fn get_each(&self, keys: &[CacheKey]) -> Vec<Option<Cached>> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.tick += 1;
+        let t = g.tick;
+        let hits: Vec<Option<&Slot>> = keys.iter().map(|k| g.map.get(k)).collect();
+        let warm = hits
+            .iter()
+            .flatten()
+            .map(|e| e.0.warm())
+            .fold(0, usize::wrapping_add);
+        std::hint::black_box(warm);
+        hits.iter()
+            .map(|e| {
+                e.map(|e| {
+                    e.2.set(t);
+                    e.0.clone()
+                })
+            })
+            .collect()
     }
 
     pub fn insert(&self, k: CacheKey, v: Cached) {
@@ -166,7 +210,7 @@ impl Cache {
         if v.class() == Class::Upper {
             g.upper += w;
         }
-        if let Some(old) = g.map.insert(k, (v, w, t)) {
+        if let Some(old) = g.map.insert(k, (v, w, Cell::new(t))) {
             g.total -= old.1;
             if old.0.class() == Class::Upper {
                 g.upper -= old.1;
@@ -206,7 +250,7 @@ impl Inner {
             .map
             .values()
             .filter(|e| e.0.class() == class)
-            .map(|e| e.2)
+            .map(|e| e.2.get())
             .collect();
         if stamps.is_empty() {
             return;
@@ -216,7 +260,7 @@ impl Inner {
         let cut = *cut;
         let (mut freed, mut freed_upper) = (0, 0);
         self.map.retain(|_, e| {
-            let keep = e.0.class() != class || e.2 > cut;
+            let keep = e.0.class() != class || e.2.get() > cut;
             if !keep {
                 freed += e.1;
                 if class == Class::Upper {
@@ -247,6 +291,34 @@ mod tests {
             assert!(c.get(&hot).is_some(), "hot entry evicted at {i}");
             assert!(c.weight() <= 100_000 + 2000);
         }
+    }
+
+    /// Lookups made together answer as one by one, in order (a key twice, a key absent), and
+    /// count as uses: what they found outlives what was cached before it.
+    #[test]
+    fn lookups_made_together_answer_in_order_and_count_as_uses() {
+        let c = Cache::new(100_000);
+        let seg = |i: u32| CacheKey::Segment(FileName([1; 32]), i);
+        for i in 0..50u32 {
+            c.insert(seg(i), Cached::Bytes(Arc::new(vec![i as u8; 1000])));
+        }
+        let keys = [seg(3), seg(999), seg(0), seg(3)];
+        let got: Vec<Option<u8>> = c
+            .get_each(&keys)
+            .into_iter()
+            .map(|v| match v {
+                Some(Cached::Bytes(b)) => Some(b[0]),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, [Some(3), None, Some(0), Some(3)]);
+        assert!(c.get_each(&[]).is_empty());
+        // Filling the cache evicts the oldest by use: 0 and 3 were used last.
+        for i in 1000..1060u32 {
+            c.insert(seg(i), Cached::Bytes(Arc::new(vec![0; 1000])));
+        }
+        assert!(c.get(&seg(1)).is_none(), "an entry not used since was kept");
+        assert!(c.get(&seg(0)).is_some() && c.get(&seg(3)).is_some());
     }
 
     /// Issue 14: segments offered through `admit` are cached at once while nothing was

@@ -17,6 +17,7 @@ mod doclog;
 mod dropped;
 pub mod env;
 mod files;
+mod gather;
 mod history;
 mod journal;
 mod merge;
@@ -977,18 +978,54 @@ impl Database {
     }
 }
 
+/// Document versions a [`DocReader`] found together (none when one of them had no version).
+pub(crate) struct Versions<'a>(Option<gather::Gathered<'a>>);
+
 /// Reads documents from one state ([`Database::read_docs`]).
 pub(crate) struct DocReader<'v, 'a> {
     view: &'v read::View<'a>,
 }
 
-impl DocReader<'_, '_> {
+impl<'a> DocReader<'_, 'a> {
     /// Version `cid` of document `id` (`height`: the version of the slot that names it);
     /// `null` when it was purged since.
     pub(crate) fn version(&self, id: &str, cid: &Cid, height: u64) -> Result<Value> {
         match self.view.load_doc(id, cid, height) {
             Err(Error::Purged(..)) => Ok(Value::Null),
             r => r,
+        }
+    }
+
+    /// Finds each of `wants` (the version a slot names and the slot's version; no version:
+    /// the current one) for [`DocReader::gathered`]: faster than reading each with
+    /// [`DocReader::version`], the versions are found together (see `db/gather.rs`).
+    pub(crate) fn gather(&self, wants: &[(Option<Cid>, u64)]) -> Result<Versions<'a>> {
+        let linked = wants
+            .iter()
+            .map(|&(link, version)| Some((link?, version)))
+            .collect::<Option<Vec<_>>>();
+        Ok(Versions(match linked {
+            Some(w) => Some(self.view.gather(w)?),
+            None => None,
+        }))
+    }
+
+    /// Document `id` as the `i`th of the versions `g` names: [`DocReader::version`] (or
+    /// [`DocReader::current`] with no version, `null` when not live).
+    pub(crate) fn gathered(
+        &self,
+        g: &Versions<'a>,
+        wants: &[(Option<Cid>, u64)],
+        i: usize,
+        id: &str,
+    ) -> Result<Value> {
+        match (&g.0, wants[i]) {
+            (Some(g), _) => match self.view.load_gathered(g, i, id, &doc::decode) {
+                Err(Error::Purged(..)) => Ok(Value::Null),
+                r => r,
+            },
+            (None, (Some(l), version)) => self.version(id, &l, version),
+            (None, (None, _)) => Ok(self.current(id)?.unwrap_or(Value::Null)),
         }
     }
 

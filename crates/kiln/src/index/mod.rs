@@ -80,6 +80,11 @@ type Found = (Vec<Row>, Vec<crate::model::tree::Slot>);
 /// another process.
 const READ_TRIES: usize = 3;
 
+/// Rows whose documents are read together (`DocReader::versions`): enough for the lookups'
+/// waits for memory to overlap, few enough that a caller who stops early has not had many
+/// read for nothing.
+const DOCS_AT_ONCE: usize = 64;
+
 impl Database {
     /// Declares index `name` on the database (kept with it: every process sees it). The same
     /// definition again changes nothing (`false`); a different one replaces the index, which
@@ -321,19 +326,26 @@ impl Database {
         let mut refused = None;
         self.read_docs(|docs| {
             while next < rows.len() {
-                let r = &mut rows[next];
-                let doc = match slots[next].link {
-                    Some(l) => docs.version(&r.id, &l, slots[next].version)?,
-                    None => docs.current(&r.id)?.unwrap_or(Value::Null),
-                };
-                r.doc = Some(doc);
-                // The caller's error is its own: not a reason to read again.
-                match then(r) {
-                    Ok(true) => next += 1,
-                    Ok(false) => next = rows.len(),
-                    Err(e) => {
-                        refused = Some(e);
-                        next = rows.len();
+                let end = rows.len().min(next + DOCS_AT_ONCE);
+                let wants: Vec<_> = slots[next..end]
+                    .iter()
+                    .map(|s| (s.link, s.version))
+                    .collect();
+                let found = docs.gather(&wants)?;
+                for (k, i) in (next..end).enumerate() {
+                    let r = &mut rows[i];
+                    r.doc = Some(docs.gathered(&found, &wants, k, &r.id)?);
+                    // The caller's error is its own: not a reason to read again.
+                    match then(r) {
+                        Ok(true) => next += 1,
+                        Ok(false) => next = rows.len(),
+                        Err(e) => {
+                            refused = Some(e);
+                            next = rows.len();
+                        }
+                    }
+                    if next == rows.len() {
+                        break;
                     }
                 }
             }
