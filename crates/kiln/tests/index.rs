@@ -778,6 +778,53 @@ fn documents_found_together_are_each_rows_own() {
     assert_eq!(calls, 90);
 }
 
+/// With a cache too small to keep them, a query's pages and segments are read from the files,
+/// many per batch of rows, half of them on the helper thread (`gather::read_all`): every row
+/// still gets its own document, in order, with or without a cache, forwards and backwards.
+#[test]
+fn documents_read_from_the_files_on_two_threads_are_each_rows_own() {
+    let d = tempfile::tempdir().unwrap();
+    for cache_bytes in [0, 64 << 10, 32 << 20] {
+        let s = Store::open_with(
+            d.path().join(cache_bytes.to_string()),
+            kiln::Options {
+                cache_bytes,
+                ..kiln::Options::default()
+            },
+        )
+        .unwrap();
+        let db = s.create(Some("big")).unwrap();
+        let doc = |i: u64| json!({"_id": format!("d{i:05}"), "n": (i * 7919) % 3000, "b": "x".repeat(200)});
+        for part in 0..3u64 {
+            db.bulk(
+                &(part * 1000..(part + 1) * 1000)
+                    .map(doc)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        }
+        db.create_index("n", IndexDef::fields(["n"])).unwrap();
+        for q in [
+            Query::all().with_docs(),
+            Query::all().desc().skip(5).with_docs(),
+        ] {
+            let rows = db.query("n", &q).unwrap();
+            assert_eq!(rows.len(), 3000 - q.skip, "cache {cache_bytes}");
+            for r in &rows {
+                let i: u64 = r.id[1..].parse().unwrap();
+                assert_eq!(r.doc.as_ref(), Some(&doc(i)), "cache {cache_bytes}, {q:?}");
+            }
+            let keys: Vec<u64> = rows.iter().map(|r| r.key.as_u64().unwrap()).collect();
+            let mut sorted = keys.clone();
+            sorted.sort_unstable();
+            if q.desc {
+                sorted.reverse();
+            }
+            assert_eq!(keys, sorted[..]);
+        }
+    }
+}
+
 #[test]
 fn a_build_reading_only_the_indexed_fields_makes_the_rows_a_whole_read_makes() {
     // Enough documents that a build reads them in two halves; fields nested, in arrays, with
