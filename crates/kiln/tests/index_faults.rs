@@ -317,3 +317,58 @@ fn a_map_function_on_a_read_only_handle_may_query_an_index_that_is_behind() {
     assert_eq!(rows.len(), 50);
     assert!(rows.iter().all(|r| r.value == json!(5)), "{rows:?}");
 }
+
+/// Review of 79dbc27 (documents found 64 rows at a time): the pages and segments of the rows
+/// after the one being handed over were read first, so a file that cannot be read failed a
+/// `query_each` whose caller stopped before reaching its row. An error now comes at the row
+/// whose document it is, as when each document was read alone.
+#[test]
+fn a_damaged_file_fails_a_query_only_at_the_row_that_reads_it() {
+    // (Buffered commits: the head record carries no copy of a diff to put back.)
+    let d = tempfile::tempdir().unwrap();
+    let buffered = Options {
+        durability: kiln::Durability::Buffered,
+        ..Options::default()
+    };
+    let s = Store::open_with(d.path(), buffered).unwrap();
+    let db = s.create(Some("dmg")).unwrap();
+    db.put(&json!({"_id": "a", "n": 0})).unwrap();
+    db.create_index("n", IndexDef::fields(["n"])).unwrap();
+    db.update_index("n").unwrap();
+    let before = stored_files(d.path());
+    db.put(&json!({"_id": "b", "n": 1, "pad": "x".repeat(40_000)}))
+        .unwrap();
+    let new: Vec<_> = stored_files(d.path())
+        .difference(&before)
+        .cloned()
+        .collect();
+    db.update_index("n").unwrap();
+    drop((db, s));
+    // The diff of b's commit damaged in its document, the first part of it.
+    assert_eq!(new.len(), 1, "{new:?}");
+    let mut bytes = std::fs::read(&new[0]).unwrap();
+    let mid = bytes.len() / 4;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0xFF;
+    }
+    std::fs::write(&new[0], &bytes).unwrap();
+    let s = Store::open_with(
+        d.path(),
+        Options {
+            cache_bytes: 0,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let db = s.open_db("dmg").unwrap();
+    // (The diff's tree nodes, which every read of this state needs, follow the document.)
+    assert_eq!(db.get("a").unwrap(), Some(json!({"_id": "a", "n": 0})));
+    let mut seen = Vec::new();
+    db.query_each("n", &Query::all().with_docs(), &mut |r| {
+        seen.push(r.doc.unwrap());
+        Ok(false)
+    })
+    .unwrap();
+    assert_eq!(seen, [json!({"_id": "a", "n": 0})]);
+    assert!(db.query("n", &Query::all().with_docs()).is_err());
+}

@@ -180,8 +180,10 @@ impl Cache {
     /// then are the values cloned: the memory waits of the lookups overlap.
     pub fn get_each(&self, keys: &[CacheKey]) -> Vec<Option<Cached>> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.tick += 1;
+        // A stamp of its own for each use, as one by one (an eviction's cut falls between
+        // stamps: a shared one would take a whole batch at once).
         let t = g.tick;
+        g.tick += keys.len() as u64;
         let hits: Vec<Option<&Slot>> = keys.iter().map(|k| g.map.get(k)).collect();
         let warm = hits
             .iter()
@@ -189,10 +191,11 @@ impl Cache {
             .map(|e| e.0.warm())
             .fold(0, usize::wrapping_add);
         std::hint::black_box(warm);
-        hits.iter()
-            .map(|e| {
+        (1..)
+            .zip(&hits)
+            .map(|(i, e)| {
                 e.map(|e| {
-                    e.2.set(t);
+                    e.2.set(t + i);
                     e.0.clone()
                 })
             })
@@ -319,6 +322,28 @@ mod tests {
         }
         assert!(c.get(&seg(1)).is_none(), "an entry not used since was kept");
         assert!(c.get(&seg(0)).is_some() && c.get(&seg(3)).is_some());
+    }
+
+    /// Lookups made together stamp each entry as its own use: an eviction whose cut falls
+    /// among them takes the oldest quarter, not every entry of the batch (with one stamp for
+    /// the batch, all 60 went at once).
+    #[test]
+    fn an_eviction_takes_a_quarter_of_entries_looked_up_together() {
+        let c = Cache::new(100_000);
+        let seg = |i: u32| CacheKey::Segment(FileName([1; 32]), i);
+        let bytes = || Cached::Bytes(Arc::new(vec![0; 1000]));
+        for i in 0..60u32 {
+            c.insert(seg(i), bytes());
+        }
+        let keys: Vec<CacheKey> = (0..60).map(seg).collect();
+        assert!(c.get_each(&keys).iter().all(Option::is_some));
+        // Past the budget once (~81 entries fit): a quarter goes, the oldest uses first.
+        for i in 1000..1022u32 {
+            c.insert(seg(i), bytes());
+        }
+        let kept = c.get_each(&keys).iter().filter(|v| v.is_some()).count();
+        assert!((35..60).contains(&kept), "{kept} of 60 kept");
+        assert!(c.get(&seg(59)).is_some() && c.get(&seg(0)).is_none());
     }
 
     /// Issue 14: segments offered through `admit` are cached at once while nothing was

@@ -978,7 +978,8 @@ impl Database {
     }
 }
 
-/// Document versions a [`DocReader`] found together (none when one of them had no version).
+/// Document versions a [`DocReader`] found together (none when one of them had no version, or
+/// when finding them together failed: then each is read alone).
 pub(crate) struct Versions<'a>(Option<gather::Gathered<'a>>);
 
 /// Reads documents from one state ([`Database::read_docs`]).
@@ -998,16 +999,16 @@ impl<'a> DocReader<'_, 'a> {
 
     /// Finds each of `wants` (the version a slot names and the slot's version; no version:
     /// the current one) for [`DocReader::gathered`]: faster than reading each with
-    /// [`DocReader::version`], the versions are found together (see `db/gather.rs`).
-    pub(crate) fn gather(&self, wants: &[(Option<Cid>, u64)]) -> Result<Versions<'a>> {
+    /// [`DocReader::version`], the versions are found together (see `db/gather.rs`). When
+    /// finding them together fails (a file that cannot be read), each is read alone, so that
+    /// the error comes at the row whose document it is: a caller that stops before that row
+    /// never meets it.
+    pub(crate) fn gather(&self, wants: &[(Option<Cid>, u64)]) -> Versions<'a> {
         let linked = wants
             .iter()
             .map(|&(link, version)| Some((link?, version)))
             .collect::<Option<Vec<_>>>();
-        Ok(Versions(match linked {
-            Some(w) => Some(self.view.gather(w)?),
-            None => None,
-        }))
+        Versions(linked.and_then(|w| self.view.gather(w).ok()))
     }
 
     /// Document `id` as the `i`th of the versions `g` names: [`DocReader::version`] (or

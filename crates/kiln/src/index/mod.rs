@@ -80,9 +80,9 @@ type Found = (Vec<Row>, Vec<crate::model::tree::Slot>);
 /// another process.
 const READ_TRIES: usize = 3;
 
-/// Rows whose documents are read together (`DocReader::versions`): enough for the lookups'
+/// Rows whose documents are found together (`DocReader::gather`): enough for the lookups'
 /// waits for memory to overlap, few enough that a caller who stops early has not had many
-/// read for nothing.
+/// found for nothing.
 const DOCS_AT_ONCE: usize = 64;
 
 impl Database {
@@ -206,8 +206,10 @@ impl Database {
 
     /// [`Database::query`] one row at a time: `f` takes each row (with its document, when
     /// asked) as it is read, and returns whether to go on. The index is read first (its rows
-    /// without documents are held, ~100 bytes each); each document is read only when its row
-    /// is handed over and is the caller's from then on, so a large answer is never held whole.
+    /// without documents are held, ~100 bytes each); the documents are found a batch of rows
+    /// ahead (their file pages and segments read), each decoded only when its row is handed
+    /// over and the caller's from then on, so a large answer is never held whole. A document
+    /// that cannot be read is an error at its row, not before.
     ///
     /// ```
     /// # fn main() -> kiln::Result<()> {
@@ -331,7 +333,7 @@ impl Database {
                     .iter()
                     .map(|s| (s.link, s.version))
                     .collect();
-                let found = docs.gather(&wants)?;
+                let found = docs.gather(&wants);
                 for (k, i) in (next..end).enumerate() {
                     let r = &mut rows[i];
                     r.doc = Some(docs.gathered(&found, &wants, k, &r.id)?);

@@ -691,6 +691,18 @@ mod tests {
         );
     }
 
+    /// A half with more entries than a position can name is refused with an error, not
+    /// wrapped (entries of no size: 2^31 of them take no memory).
+    #[test]
+    fn a_half_too_large_for_its_positions_is_an_error() {
+        let huge: &[()] = &[(); HALF_B as usize];
+        let key = |_: &()| -> &[u8] { b"k" };
+        for (a, b) in [(huge, &[][..]), (&[][..], huge)] {
+            let e = merge_order(a, b, key, key).unwrap_err();
+            assert!(e.to_string().contains("too many index entries"), "{e}");
+        }
+    }
+
     /// Two halves' entries read through their merge order are the sorted entries of both,
     /// each row with its own document's slot, by-document entries first.
     #[test]
