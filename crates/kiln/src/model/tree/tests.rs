@@ -212,6 +212,33 @@ fn a_new_tree_of_runs_is_the_one_of_their_concatenation() {
     }
 }
 
+/// A new tree whose entries all fit one leaf (keys chosen so that none ends a node), more of
+/// them than a build makes as leaves: its root is that leaf, made as a leaf (the case of
+/// `finish` a Bounded tree never reaches: its leaves hold at most 24 entries), and it is the
+/// tree an update of an empty tree makes.
+#[test]
+fn a_new_tree_of_one_large_leaf_has_it_as_its_root() {
+    let shape = Shape::Mod16;
+    let mem = Mem::of(shape);
+    let n = super::build::SHARED_LEAVES + 10;
+    let ops: Vec<Op> = (0u32..)
+        .map(key)
+        .filter(|k| !is_boundary(shape, k, 0, 1))
+        .take(n)
+        .zip(0u64..)
+        .map(|(k, v)| (k, slot(v)))
+        .collect();
+    let want = update(&mem, None, &ops, Mode::Overwrite, shape).unwrap();
+    let got = build_new(&mem, &Runs(&[&ops[..n / 2], &ops[n / 2..]]), shape).unwrap();
+    assert_eq!(got.root, want.root);
+    assert!(got.blocks.is_empty(), "no node above the leaf");
+    assert_eq!(got.leaves.len(), 1);
+    let (cid, leaf) = &got.leaves[0];
+    assert_eq!(Some(*cid), got.root);
+    assert_eq!(leaf.slots.len(), n);
+    assert_eq!(Cid::of_cbor(leaf.encoding()), *cid);
+}
+
 #[test]
 fn max_mode_keeps_the_higher_rank() {
     let mem = Mem::default();
