@@ -29,6 +29,22 @@ pub(crate) struct Gathered<'a> {
     segments: Vec<Option<Arc<Vec<u8>>>>,
 }
 
+/// What [`View::read_once`] read, by key.
+struct ReadOnce<K, T> {
+    /// Sorted, each once.
+    keys: Vec<K>,
+    /// Each key's value.
+    values: Vec<T>,
+}
+
+impl<K: Ord, T: Clone> ReadOnce<K, T> {
+    /// The value read for `k`, if it was one of the keys.
+    fn get(&self, k: &K) -> Option<T> {
+        let at = self.keys.binary_search(k).ok()?;
+        Some(self.values[at].clone())
+    }
+}
+
 /// Where a version was found: its file and its entry there.
 type Found<'a> = Option<(&'a FileRef, car::Entry)>;
 
@@ -122,23 +138,21 @@ impl<'a> View<'a> {
             .collect();
         let cached = self.db.store.cache.get_each(&keys);
         // The pages the cache did not hold, each read once from its file.
-        let mut missing: Vec<(usize, usize)> = (paged.iter().zip(&cached))
+        let missing = (paged.iter().zip(&cached))
             .filter(|(_, c)| !matches!(c, Some(Cached::Page(_))))
-            .map(|(&(_, k, p), _)| (k, p))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        let read = self.read_all(&missing, |v, &(k, p)| {
-            v.page(&indexes[k].0.name, &indexes[k].1, p)
-        })?;
+            .map(|(&(_, k, p), _)| (k, p));
+        let read = self.read_once(
+            missing.collect(),
+            |&kp| kp,
+            |v, &(k, p)| v.page(&indexes[k].0.name, &indexes[k].1, p),
+        )?;
         for (&(i, k, p), c) in paged.iter().zip(cached) {
             let (f, idx) = (indexes[k].0, &indexes[k].1);
             let page = match c {
                 Some(Cached::Page(page)) => page,
-                _ => match missing.binary_search(&(k, p)) {
-                    Ok(at) => read[at].clone(),
-                    Err(_) => self.page(&f.name, idx, p)?,
-                },
+                _ => read
+                    .get(&(k, p))
+                    .map_or_else(|| self.page(&f.name, idx, p), Ok)?,
             };
             let cid = &wants[i].0;
             let e = page
@@ -159,13 +173,14 @@ impl<'a> View<'a> {
             .collect();
         let cached = self.db.store.cache.get_each(&keys);
         // The segments the cache did not hold, each read once from its file.
-        let mut missing: Vec<(&'a FileRef, u32)> = (found.iter().flatten().zip(&cached))
+        let missing = (found.iter().flatten().zip(&cached))
             .filter(|(_, c)| !matches!(c, Some(Cached::Bytes(_))))
-            .map(|(&(f, e), _)| (f, e.seg))
-            .collect();
-        missing.sort_unstable_by_key(|&(f, seg)| (f.name, seg));
-        missing.dedup_by_key(|&mut (f, seg)| (f.name, seg));
-        let read = self.read_all(&missing, |v, &(f, seg)| v.segment(f, seg))?;
+            .map(|(&(f, e), _)| (f, e.seg));
+        let read = self.read_once(
+            missing.collect(),
+            |&(f, seg)| (f.name, seg),
+            |v, &(f, seg)| v.segment(f, seg),
+        )?;
         let mut cached = cached.into_iter();
         found
             .iter()
@@ -173,16 +188,29 @@ impl<'a> View<'a> {
                 let Some((f, e)) = f else { return Ok(None) };
                 match cached.next().flatten() {
                     Some(Cached::Bytes(b)) => Ok(Some(b)),
-                    _ => {
-                        match missing.binary_search_by_key(&(f.name, e.seg), |&(g, s)| (g.name, s))
-                        {
-                            Ok(at) => Ok(Some(read[at].clone())),
-                            Err(_) => self.segment(f, e.seg).map(Some),
-                        }
-                    }
+                    _ => (read.get(&(f.name, e.seg)))
+                        .map_or_else(|| self.segment(f, e.seg), Ok)
+                        .map(Some),
                 }
             })
             .collect()
+    }
+
+    /// `read` of each of `items` (duplicates allowed), each key (`key`) read once
+    /// ([`View::read_all`]), to be taken by key from what it returns.
+    fn read_once<I: Sync, K: Ord, T: Send>(
+        &self,
+        mut items: Vec<I>,
+        key: impl Fn(&I) -> K,
+        read: impl Fn(&View<'a>, &I) -> Result<T> + Sync,
+    ) -> Result<ReadOnce<K, T>> {
+        items.sort_unstable_by_key(&key);
+        items.dedup_by_key(|i| key(i));
+        let values = self.read_all(&items, read)?;
+        Ok(ReadOnce {
+            keys: items.iter().map(key).collect(),
+            values,
+        })
     }
 
     /// `read` of each of `items` (a page or a segment to read from its file: a read, a
